@@ -1,0 +1,143 @@
+"""The msgpack codec: messages to header maps and back, validating everything.
+
+A frame header is a msgpack map: `t` names the message type, the other keys are the
+message's fields, and the reserved key `_n` gives the length of the raw payload that
+follows the header (absent when there is none). Decoding checks the type tag, that
+every field is present with the annotated type, that no unknown field is there, and
+the message's own `check()`; any failure is a `RemoteProtoError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage
+from proto.messages import ALL_MESSAGES, Message
+
+TYPE_KEY = "t"
+PAYLOAD_KEY = "_n"
+MAX_STR = 16 * 1024
+MAX_BIN = 16 * 1024
+MAX_ITEMS = 4096
+U64_MAX = (1 << 64) - 1
+
+Checker = Callable[[object], bool]
+
+
+def _checker_for(hint: object) -> Checker:
+    """A predicate that accepts exactly the values of the annotated type on the wire."""
+    if hint is int:
+        return lambda v: type(v) is int and 0 <= v <= U64_MAX
+    if hint is bool:
+        return lambda v: type(v) is bool
+    if hint is str:
+        return lambda v: type(v) is str
+    if hint is bytes:
+        return lambda v: type(v) is bytes
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [_checker_for(a) for a in args if a is not type(None)]
+        nullable = type(None) in args
+        return lambda v: (nullable and v is None) or any(c(v) for c in options)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _checker_for(args[0])
+        return lambda v: type(v) is tuple and len(v) <= MAX_ITEMS and all(item(x) for x in v)
+    if origin is tuple:
+        items = [_checker_for(a) for a in args]
+        return lambda v: (
+            type(v) is tuple
+            and len(v) == len(items)
+            and all(c(x) for c, x in zip(items, v, strict=True))
+        )
+    raise TypeError(f"no wire form for {hint!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Schema:
+    cls: type[Message]
+    required: frozenset[str]
+    fields: dict[str, Checker]
+
+
+def _schema(cls: type[Message]) -> _Schema:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: _checker_for(hints[f.name]) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    required = frozenset(
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    return _Schema(cls, required, fields)
+
+
+_SCHEMAS: dict[str, _Schema] = {cls.TAG: _schema(cls) for cls in ALL_MESSAGES}
+_BY_CLASS: dict[type[Message], _Schema] = {s.cls: s for s in _SCHEMAS.values()}
+
+
+def encode_header(message: Message, payload_length: int = 0) -> bytes:
+    """The msgpack header of a frame; raises LocalProtoError for an invalid message."""
+    schema = _BY_CLASS.get(type(message))
+    if schema is None:
+        raise LocalProtoError(f"{type(message).__name__} is not a wire message")
+    header: dict[str, Any] = {TYPE_KEY: message.TAG}
+    for name, check in schema.fields.items():
+        value = getattr(message, name)
+        if not check(value):
+            raise LocalProtoError(f"{message.TAG}.{name}: bad value {value!r:.80}")
+        header[name] = value
+    try:
+        message.check()
+    except ValueError as exc:
+        raise LocalProtoError(f"{message.TAG}: {exc}") from exc
+    if payload_length:
+        header[PAYLOAD_KEY] = payload_length
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def decode_header(data: bytes | bytearray | memoryview) -> tuple[Message, int]:
+    """Decode and validate a header: (message, payload length)."""
+    try:
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            max_str_len=MAX_STR,
+            max_bin_len=MAX_BIN,
+            max_array_len=MAX_ITEMS,
+            max_map_len=64,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedFrame(f"header is not valid msgpack: {exc}") from exc
+    if type(raw) is not dict:
+        raise MalformedFrame(f"header is a {type(raw).__name__}, not a map")
+    tag = raw.pop(TYPE_KEY, None)
+    schema = _SCHEMAS.get(tag) if type(tag) is str else None
+    if schema is None:
+        raise UnknownMessage(tag)
+    payload_length = raw.pop(PAYLOAD_KEY, 0)
+    if type(payload_length) is not int or not 0 <= payload_length <= U64_MAX:
+        raise BadField(tag, PAYLOAD_KEY, "payload length must be a non-negative integer")
+    for name, value in raw.items():
+        check = schema.fields.get(name)
+        if check is None:
+            raise BadField(tag, str(name), "unknown field")
+        if not check(value):
+            raise BadField(tag, name, f"wrong type or range: {value!r:.80}")
+    missing = schema.required - raw.keys()
+    if missing:
+        raise BadField(tag, sorted(missing)[0], "missing")
+    message = schema.cls(**raw)
+    try:
+        message.check()
+    except ValueError as exc:
+        raise BadField(tag, "*", str(exc)) from exc
+    return message, payload_length

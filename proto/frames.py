@@ -1,0 +1,137 @@
+"""Framing: u32 big-endian header length ‖ msgpack header ‖ optional raw payload.
+
+`FrameDecoder` is sans-IO (bytes in, frames out). Limits are checked before anything
+is allocated: the header length against `max_header`, the payload length named in
+the header against `max_payload`. Once a payload's length is known the decoder
+allocates it once; an I/O layer may fill it in place through `payload_view()` so a
+multi-MiB piece is read from the socket without intermediate copies.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from proto.codec import decode_header, encode_header
+from proto.errors import FrameTooLarge, LocalProtoError, MalformedFrame
+from proto.messages import Message
+from proto.pieces import MAX_PIECE_SIZE, TAG_SIZE
+
+PREFIX = struct.Struct(">I")
+MAX_HEADER = 64 * 1024
+MAX_PAYLOAD = MAX_PIECE_SIZE + TAG_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    message: Message
+    payload: bytearray
+
+
+def encode_frame(message: Message, payload_length: int = 0) -> bytes:
+    """Prefix and header of a frame; the caller sends `payload_length` bytes after it."""
+    header = encode_header(message, payload_length)
+    if len(header) > MAX_HEADER:
+        raise LocalProtoError(f"{message.TAG} header of {len(header)} bytes is over the limit")
+    return PREFIX.pack(len(header)) + header
+
+
+def encode(message: Message, payload: bytes = b"") -> bytes:
+    """A whole frame in one buffer (small messages, tests)."""
+    return encode_frame(message, len(payload)) + payload
+
+
+class _State(Enum):
+    PREFIX = auto()
+    HEADER = auto()
+    PAYLOAD = auto()
+    BROKEN = auto()
+
+
+class FrameDecoder:
+    """Turns received bytes into frames; raises RemoteProtoError on hostile input."""
+
+    def __init__(self, *, max_header: int = MAX_HEADER, max_payload: int = MAX_PAYLOAD) -> None:
+        self.max_header = max_header
+        self.max_payload = max_payload
+        self._state = _State.PREFIX
+        self._buf = bytearray()
+        self._need = PREFIX.size
+        self._message: Message | None = None
+        self._payload = bytearray()
+        self._filled = 0
+        self._frames: deque[Frame] = deque()
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes; complete frames queue up for `next_frame()`."""
+        view = memoryview(data)
+        while view.nbytes:
+            if self._state is _State.PAYLOAD:
+                take = min(view.nbytes, len(self._payload) - self._filled)
+                self._payload[self._filled : self._filled + take] = view[:take]
+                view = view[take:]
+                self.payload_received(take)
+            elif self._state is _State.BROKEN:
+                raise MalformedFrame("decoder is broken by an earlier error")
+            else:
+                take = min(view.nbytes, self._need - len(self._buf))
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) == self._need:
+                    self._guarded(self._advance)
+
+    def next_frame(self) -> Frame | None:
+        """The oldest complete frame, or None if more bytes are needed."""
+        return self._frames.popleft() if self._frames else None
+
+    def payload_view(self) -> memoryview | None:
+        """The unfilled part of the payload being received, for `recv_into`, if any."""
+        if self._state is not _State.PAYLOAD:
+            return None
+        return memoryview(self._payload)[self._filled :]
+
+    def payload_received(self, count: int) -> None:
+        """Record `count` bytes written into `payload_view()`."""
+        self._filled += count
+        if self._filled == len(self._payload):
+            assert self._message is not None
+            self._frames.append(Frame(self._message, self._payload))
+            self._message, self._payload, self._filled = None, bytearray(), 0
+            self._state, self._need = _State.PREFIX, PREFIX.size
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame has been received (a close now truncates it)."""
+        return bool(self._buf) or self._state is _State.PAYLOAD
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:
+            self._state = _State.BROKEN
+            raise
+
+    def _advance(self) -> None:
+        if self._state is _State.PREFIX:
+            (length,) = PREFIX.unpack(self._buf)
+            if length == 0:
+                raise MalformedFrame("empty frame header")
+            if length > self.max_header:
+                raise FrameTooLarge("header", length, self.max_header)
+            self._buf.clear()
+            self._state, self._need = _State.HEADER, length
+            return
+        message, payload_length = decode_header(self._buf)
+        self._buf.clear()
+        if payload_length > self.max_payload:
+            raise FrameTooLarge("payload", payload_length, self.max_payload)
+        if payload_length == 0:
+            self._frames.append(Frame(message, bytearray()))
+            self._state, self._need = _State.PREFIX, PREFIX.size
+            return
+        self._message = message
+        self._payload = bytearray(payload_length)
+        self._state = _State.PAYLOAD

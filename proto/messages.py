@@ -1,0 +1,244 @@
+"""Every message of the wire, as frozen slotted dataclasses.
+
+Only `proto.codec` knows how these become msgpack. Each class names its wire tag in
+`TAG`; `check()` holds the semantic rules beyond field types (the codec checks types
+from the annotations) and raises `ValueError` with a short reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from proto.errors import ErrorCode
+from proto.taskid import check_task_id
+
+PROTOCOL_VERSIONS = (1,)
+
+Headers = tuple[tuple[str, str], ...]
+
+ROLES = frozenset({"peer", "supernode"})
+DIGEST_BYTES = 32  # blake3 of a piece's plaintext
+KEY_BYTES = 32  # X25519 and Ed25519 public keys, AES-256 keys
+
+
+class Message:
+    """Base of all messages."""
+
+    __slots__ = ()
+    TAG: ClassVar[str]
+
+    def check(self) -> None:
+        """Raise ValueError when a field breaks a rule its type cannot express."""
+
+
+def _check_headers(headers: Headers) -> None:
+    for name, value in headers:
+        if not name or any(c in name for c in "\r\n:\0 ") or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"bad header {name!r}")
+
+
+# -- handshake --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame a client sends on every connection."""
+
+    TAG: ClassVar[str] = "hello"
+    versions: tuple[int, ...]
+    role: str
+    peer_id: str
+    agent: str = ""
+
+    def check(self) -> None:
+        if not self.versions or len(self.versions) > 16:
+            raise ValueError("versions must list 1 to 16 entries")
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}")
+        if not 1 <= len(self.peer_id) <= 128:
+            raise ValueError("peer_id must be 1 to 128 characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """The server's answer to Hello: the version both will speak."""
+
+    TAG: ClassVar[str] = "welcome"
+    version: int
+    role: str
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """A typed error answering any request; the sender closes after it if fatal."""
+
+    TAG: ClassVar[str] = "error"
+    code: str
+    message: str
+    status: int | None = None
+
+    def check(self) -> None:
+        if len(self.message) > 4096:
+            raise ValueError("message longer than 4096 characters")
+
+
+# -- control session: peer <-> supernode -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Message):
+    """A peer asks for a task: the supernode resolves it and starts the CDN if needed."""
+
+    TAG: ClassVar[str] = "register"
+    url: str
+    headers: Headers
+    digest: str | None
+    tag: str
+    filter: tuple[str, ...]
+    public_key: bytes
+    upload_port: int = 0
+    token_proof: bytes | None = None
+
+    def check(self) -> None:
+        if not self.url.startswith(("http://", "https://")) or len(self.url) > 8192:
+            raise ValueError("url must be http(s) and at most 8192 characters")
+        _check_headers(self.headers)
+        if len(self.public_key) != KEY_BYTES:
+            raise ValueError("public_key must be 32 bytes")
+        if self.upload_port > 65535:
+            raise ValueError("upload_port out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Message):
+    """The task as the supernode knows it now; digests follow in PiecesReady frames."""
+
+    TAG: ClassVar[str] = "registered"
+    task_id: str
+    generation: int
+    length: int | None
+    piece_size: int
+    wrapped_key: bytes
+    ticket_key: bytes
+    cdn_ticket: bytes
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if not 0 < self.piece_size <= 1 << 30:
+            raise ValueError("piece_size out of range")
+        if len(self.ticket_key) != KEY_BYTES:
+            raise ValueError("ticket_key must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class PiecesReady(Message):
+    """Pieces start..start+len(digests)-1 are on the CDN, with their plaintext digests."""
+
+    TAG: ClassVar[str] = "pieces_ready"
+    task_id: str
+    generation: int
+    start: int
+    digests: tuple[bytes, ...]
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if not 1 <= len(self.digests) <= 1024:
+            raise ValueError("1 to 1024 digests a frame")
+        if any(len(d) != DIGEST_BYTES for d in self.digests):
+            raise ValueError("every digest is 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone(Message):
+    """The CDN holds the whole task: its length and piece count are final."""
+
+    TAG: ClassVar[str] = "task_done"
+    task_id: str
+    generation: int
+    length: int
+    piece_count: int
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed(Message):
+    """The task cannot be completed (origin error, digest mismatch, eviction)."""
+
+    TAG: ClassVar[str] = "task_failed"
+    task_id: str
+    code: str
+    message: str
+    status: int | None = None
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+
+
+# -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PieceRequest(Message):
+    """Ask for one sealed piece; several may be in flight on one connection."""
+
+    TAG: ClassVar[str] = "piece_request"
+    task_id: str
+    generation: int
+    index: int
+    ticket: bytes
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if len(self.ticket) > 1024:
+            raise ValueError("ticket longer than 1024 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class PieceData(Message):
+    """A sealed piece follows as the frame's payload (plaintext length + 16-byte tag)."""
+
+    TAG: ClassVar[str] = "piece_data"
+    task_id: str
+    generation: int
+    index: int
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PieceRefused(Message):
+    """A typed refusal of one PieceRequest (busy, not held, bad ticket, stale)."""
+
+    TAG: ClassVar[str] = "piece_refused"
+    task_id: str
+    index: int
+    code: str
+    message: str = ""
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Welcome,
+    ErrorReply,
+    Register,
+    Registered,
+    PiecesReady,
+    TaskDone,
+    TaskFailed,
+    PieceRequest,
+    PieceData,
+    PieceRefused,
+)
+
+
+def error_reply(code: ErrorCode, message: str, status: int | None = None) -> ErrorReply:
+    """An ErrorReply whose message is cut to the wire's limit."""
+    return ErrorReply(code=str(code), message=message[:4096], status=status)

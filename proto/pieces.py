@@ -1,0 +1,104 @@
+"""Pieces: how a task is cut, and how each piece is digested and sealed.
+
+Sealing is AES-256-GCM with a per-task (per-generation) random key; piece *i* uses
+nonce = 4 zero bytes ‖ u64 *i* and AAD = task id ‖ u64 *i* ‖ u64 length. Because the
+nonce is fixed by the index, a (key, index) pair must only ever seal one plaintext:
+a refetch whose content cannot be proven identical gets a new key (generation).
+The determinism lets a peer re-seal a verified piece and produce the CDN's bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from proto.errors import PieceCorrupted
+
+MiB = 1 << 20
+MIN_PIECE_SIZE = 1 * MiB
+MAX_PIECE_SIZE = 64 * MiB
+MAX_PIECES_TARGET = 256  # pick the smallest size that keeps a task at or under this
+UNKNOWN_LENGTH_PIECE_SIZE = 4 * MiB  # chunked bodies: the size must be fixed up front
+TAG_SIZE = 16
+KEY_SIZE = 32
+
+_U64 = struct.Struct(">Q")
+
+
+def piece_size_for(length: int | None) -> int:
+    """Power of two in [1 MiB, 64 MiB] giving roughly 64–256 pieces."""
+    if length is None:
+        return UNKNOWN_LENGTH_PIECE_SIZE
+    size = MIN_PIECE_SIZE
+    while size * MAX_PIECES_TARGET < length and size < MAX_PIECE_SIZE:
+        size *= 2
+    return size
+
+
+def piece_count(length: int, piece_size: int) -> int:
+    """Number of pieces of a task; an empty task has none."""
+    return -(-length // piece_size)
+
+
+def piece_length(index: int, length: int, piece_size: int) -> int:
+    """Plaintext length of piece `index` (the last one may be short)."""
+    start = index * piece_size
+    if not 0 <= start < length:
+        raise IndexError(f"piece {index} outside a task of {length} bytes")
+    return min(piece_size, length - start)
+
+
+def piece_digest(plaintext: bytes | bytearray | memoryview) -> bytes:
+    """The 32-byte blake3 digest of a piece's plaintext."""
+    return blake3.blake3(plaintext).digest()
+
+
+def new_task_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def _nonce(index: int) -> bytes:
+    return b"\0\0\0\0" + _U64.pack(index)
+
+
+def _aad(task_id: str, index: int, length: int) -> bytes:
+    return task_id.encode("ascii") + _U64.pack(index) + _U64.pack(length)
+
+
+class PieceSealer:
+    """Seals and opens the pieces of one task generation (holds its AESGCM context)."""
+
+    __slots__ = ("_aead", "task_id")
+
+    def __init__(self, key: bytes, task_id: str) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError("a task key is 32 bytes")
+        self._aead = AESGCM(key)
+        self.task_id = task_id
+
+    def seal(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """Ciphertext ‖ 16-byte tag of piece `index`."""
+        aad = _aad(self.task_id, index, len(plaintext))
+        return self._aead.encrypt(_nonce(index), plaintext, aad)
+
+    def open(self, index: int, sealed: bytes | bytearray | memoryview) -> bytes:
+        """Plaintext of a sealed piece, or PieceCorrupted if the tag does not verify."""
+        if len(sealed) < TAG_SIZE:
+            raise PieceCorrupted(self.task_id, index, "shorter than a GCM tag")
+        aad = _aad(self.task_id, index, len(sealed) - TAG_SIZE)
+        try:
+            return self._aead.decrypt(_nonce(index), sealed, aad)
+        except InvalidTag:
+            raise PieceCorrupted(self.task_id, index, "GCM tag does not verify") from None
+
+    def open_verified(
+        self, index: int, sealed: bytes | bytearray | memoryview, digest: bytes
+    ) -> bytes:
+        """Open a piece and check its plaintext against the CDN's digest."""
+        plaintext = self.open(index, sealed)
+        if piece_digest(plaintext) != digest:
+            raise PieceCorrupted(self.task_id, index, "plaintext does not match its digest")
+        return plaintext

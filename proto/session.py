@@ -1,0 +1,131 @@
+"""The session state machine: which side may send which message when.
+
+All transitions live in `TRANSITIONS` and `OPEN_SENDS`. The client (whoever opened
+the connection: a peer to the supernode, or a downloader to an uploader) speaks
+first with Hello; the server answers Welcome (or ErrorReply and closes). After that
+the client sends requests and the server answers and pushes. Sending out of turn is a
+`LocalProtoError`; receiving out of turn is an `UnexpectedMessage` (remote fault).
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from proto.errors import ErrorCode, LocalProtoError, UnexpectedMessage, VersionMismatch
+from proto.frames import Frame, FrameDecoder, encode_frame
+from proto.messages import (
+    PROTOCOL_VERSIONS,
+    ErrorReply,
+    Hello,
+    Message,
+    PieceData,
+    PieceRefused,
+    PieceRequest,
+    PiecesReady,
+    Register,
+    Registered,
+    TaskDone,
+    TaskFailed,
+    Welcome,
+    error_reply,
+)
+
+
+class Side(Enum):
+    CLIENT = auto()
+    SERVER = auto()
+
+
+class State(Enum):
+    START = auto()
+    AWAIT_WELCOME = auto()  # client sent Hello
+    NEGOTIATING = auto()  # server got Hello, owes Welcome
+    OPEN = auto()
+    CLOSED = auto()
+
+
+SEND, RECV = "send", "recv"
+
+TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
+    (Side.CLIENT, State.START, SEND, Hello): State.AWAIT_WELCOME,
+    (Side.CLIENT, State.AWAIT_WELCOME, RECV, Welcome): State.OPEN,
+    (Side.CLIENT, State.AWAIT_WELCOME, RECV, ErrorReply): State.CLOSED,
+    (Side.SERVER, State.START, RECV, Hello): State.NEGOTIATING,
+    (Side.SERVER, State.NEGOTIATING, SEND, Welcome): State.OPEN,
+    (Side.SERVER, State.NEGOTIATING, SEND, ErrorReply): State.CLOSED,
+}
+
+# Once open, what each side may send (and so what the other may receive).
+OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
+    Side.CLIENT: frozenset({Register, PieceRequest}),
+    Side.SERVER: frozenset(
+        {Registered, PiecesReady, TaskDone, TaskFailed, PieceData, PieceRefused, ErrorReply}
+    ),
+}
+
+_OTHER = {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}
+
+
+def negotiate(hello: Hello, role: str, agent: str = "") -> Welcome:
+    """The Welcome for a Hello: the highest version both sides speak."""
+    common = set(hello.versions) & set(PROTOCOL_VERSIONS)
+    if not common:
+        raise VersionMismatch(
+            f"peer speaks versions {list(hello.versions)}, we speak {list(PROTOCOL_VERSIONS)}"
+        )
+    return Welcome(version=max(common), role=role, agent=agent)
+
+
+class Session:
+    """One connection's protocol state: encodes what we send, decodes what arrives."""
+
+    def __init__(self, side: Side, decoder: FrameDecoder | None = None) -> None:
+        self.side = side
+        self.state = State.START
+        self.decoder = decoder or FrameDecoder()
+        self.peer_hello: Hello | None = None
+        self.version: int | None = None
+
+    def _step(self, direction: str, message: Message) -> None:
+        side = self.side
+        key = (side, self.state, direction, type(message))
+        if key in TRANSITIONS:
+            self.state = TRANSITIONS[key]
+            if isinstance(message, Hello) and direction == RECV:
+                self.peer_hello = message
+            if isinstance(message, Welcome):
+                self.version = message.version
+            return
+        sender = side if direction == SEND else _OTHER[side]
+        if self.state is State.OPEN and type(message) in OPEN_SENDS[sender]:
+            return
+        what = f"{message.TAG} in state {self.state.name} ({side.name.lower()} {direction})"
+        if direction == SEND:
+            raise LocalProtoError(f"cannot send {what}")
+        raise UnexpectedMessage(f"did not expect {what}")
+
+    def send(self, message: Message, payload_length: int = 0) -> bytes:
+        """Prefix and header bytes for `message`, after checking it may be sent now."""
+        self._step(SEND, message)
+        return encode_frame(message, payload_length)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        self.decoder.receive_data(data)
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, checked against the state table."""
+        frame = self.decoder.next_frame()
+        if frame is not None:
+            self._step(RECV, frame.message)
+        return frame
+
+    def refuse(self, exc: Exception) -> bytes | None:
+        """The ErrorReply frame that tells the peer why we close, if one may be sent."""
+        if self.state not in (State.NEGOTIATING, State.OPEN) or self.side is not Side.SERVER:
+            return None
+        code = getattr(exc, "code", None)
+        reply = error_reply(
+            code if isinstance(code, ErrorCode) else ErrorCode.BAD_REQUEST, str(exc)
+        )
+        self.state = State.CLOSED
+        return encode_frame(reply)
