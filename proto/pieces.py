@@ -94,6 +94,25 @@ class PieceSealer:
         except InvalidTag:
             raise PieceCorrupted(self.task_id, index, "GCM tag does not verify") from None
 
+    def open_into(
+        self, index: int, sealed: bytes | bytearray | memoryview, out: bytearray
+    ) -> memoryview:
+        """Open a sealed piece into `out` (no allocation); the plaintext view of `out`.
+
+        On failure `out` may hold unverified bytes: the caller must not use them.
+        """
+        length = len(sealed) - TAG_SIZE
+        if length < 0:
+            raise PieceCorrupted(self.task_id, index, "shorter than a GCM tag")
+        if length > len(out):
+            raise PieceCorrupted(self.task_id, index, f"{length} bytes, larger than a piece")
+        view = memoryview(out)[:length]
+        try:
+            self._aead.decrypt_into(_nonce(index), sealed, _aad(self.task_id, index, length), view)
+        except InvalidTag:
+            raise PieceCorrupted(self.task_id, index, "GCM tag does not verify") from None
+        return view
+
     def open_verified(
         self, index: int, sealed: bytes | bytearray | memoryview, digest: bytes
     ) -> bytes:

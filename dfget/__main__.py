@@ -1,0 +1,5 @@
+import sys
+
+from dfget.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""Back-to-source: download straight from the origin when no supernode can help."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx
+
+from dfget.errors import IntegrityError, OriginFailed
+from dfget.output import AtomicOutput
+from proto.digests import digest_matches, new_hasher
+from proto.io import RateLimiter
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int | None], None]
+
+
+async def fetch_from_origin(
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    output: AtomicOutput,
+    *,
+    digest: str | None,
+    limiter: RateLimiter,
+    insecure: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Stream the origin's body into `output`; returns the byte count."""
+    hasher = new_hasher(digest) if digest else None
+    received = 0
+    sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
+    sent.append(("accept-encoding", "identity"))
+    try:
+        async with (
+            httpx.AsyncClient(
+                verify=not insecure,
+                follow_redirects=True,
+                timeout=httpx.Timeout(60.0, connect=10.0),
+            ) as client,
+            client.stream("GET", url, headers=sent) as response,
+        ):
+            if response.status_code >= 400:
+                raise OriginFailed(
+                    f"origin answered {response.status_code} {response.reason_phrase} for {url}",
+                    response.status_code,
+                )
+            length_header = response.headers.get("content-length")
+            total = int(length_header) if length_header and length_header.isdigit() else None
+            async for chunk in response.aiter_raw():
+                await limiter.acquire(len(chunk))
+                output.write_at(received, chunk)
+                if hasher:
+                    hasher.update(chunk)
+                received += len(chunk)
+                if progress:
+                    progress(received, total)
+    except httpx.TimeoutException as exc:
+        raise OriginFailed(f"origin timed out: {url}") from exc
+    except httpx.HTTPError as exc:
+        raise OriginFailed(f"cannot download {url} from the origin: {exc}") from exc
+    if hasher and digest and not digest_matches(digest, hasher):
+        raise IntegrityError(f"content from the origin does not match {digest}")
+    return received

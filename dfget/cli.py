@@ -1,0 +1,186 @@
+"""`dfget URL -o OUT`: download a file through the P2P system."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from dfget import __version__
+from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
+from dfget.errors import EXIT_CODES, DfgetError, UsageError
+from dfget.progress import ProgressBar
+from proto.units import format_size, parse_rate
+
+log = logging.getLogger("dfget")
+
+EPILOG = """\
+examples:
+  dfget https://example.com/big.iso -o big.iso
+  dfget URL -o out.bin --supernode 10.0.0.5:8002,10.0.0.6:8002 --digest sha256:HEX
+  dfget URL -o out.bin -H 'Authorization: Bearer TOKEN' --rate-limit 20MiB --json
+
+The file appears at OUT only once it is complete and verified (a temp file beside it
+is renamed). With no reachable supernode, dfget downloads straight from the origin
+and warns, unless --no-back-source is given.
+
+exit codes:
+""" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
+        raise argparse.ArgumentTypeError(f"bad header {text!r} (want 'Key: Value')")
+    return name.strip(), value.strip()
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text!r}")
+    return value
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfget",
+        description="Download a file through the P2P distribution system.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("url", help="http:// or https:// URL to download")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="where to save it")
+    parser.add_argument(
+        "--supernode",
+        type=_csv,
+        default=(DEFAULT_SUPERNODE,),
+        metavar="HOST:PORT[,…]",
+        help=f"supernode(s) to use (default {DEFAULT_SUPERNODE}); "
+        "each file goes to one, chosen by rendezvous hashing, the others are fallbacks",
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="'Key: Value'",
+        help="header for the origin request (repeatable)",
+    )
+    parser.add_argument(
+        "--digest",
+        metavar="ALGO:HEX",
+        help="expected sha256:HEX or blake3:HEX of the whole file; also names the task",
+    )
+    parser.add_argument("--tag", default="", help="extra identity for the task (default none)")
+    parser.add_argument(
+        "--filter",
+        type=_csv,
+        default=(),
+        metavar="KEY[,KEY…]",
+        help="query keys that do not change the content (e.g. signatures), left out of the id",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long (default: no limit)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=None,
+        metavar="RATE",
+        help="cap the download rate, e.g. 20MiB, 500KB (default: none)",
+    )
+    parser.add_argument(
+        "--no-back-source",
+        dest="back_source",
+        action="store_false",
+        help="fail instead of downloading from the origin when no supernode is reachable",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="skip TLS verification when going to the origin"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON summary object on stdout at the end"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    parser.add_argument("--version", action="version", version=f"dfget {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="dfget: %(message)s", stream=sys.stderr)
+    request = DownloadRequest(
+        url=args.url,
+        output=args.output.expanduser(),
+        headers=tuple(args.headers),
+        digest=args.digest,
+        tag=args.tag,
+        filter=args.filter,
+        supernodes=args.supernode,
+        timeout=args.timeout,
+        rate_limit=args.rate_limit,
+        back_source=args.back_source,
+        insecure=args.insecure,
+    )
+    show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
+    bar = ProgressBar(args.output.name) if show_bar else None
+    try:
+        result = trio.run(lambda: download(request, progress=bar.update if bar else None))
+    except KeyboardInterrupt:
+        print("dfget: interrupted", file=sys.stderr)
+        return 130
+    except DfgetError as exc:
+        if bar:
+            bar.close()
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if bar:
+        bar.close()
+    _report(result, args.json, args.quiet)
+    return 0
+
+
+def _report(result: DownloadResult, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        print(json.dumps(result.summary()))
+        return
+    if quiet:
+        return
+    rate = result.bytes / max(result.seconds, 1e-9)
+    print(
+        f"dfget: saved {result.output}: {format_size(result.bytes)} in {result.seconds:.2f}s "
+        f"({format_size(rate)}/s); from cdn {format_size(result.from_cdn)}, "
+        f"peers {format_size(result.from_peers)}, source {format_size(result.from_source)}",
+        file=sys.stderr,
+    )
+
+
+__all__ = ["UsageError", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

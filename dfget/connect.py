@@ -1,0 +1,55 @@
+"""Connections from this peer to a supernode or an uploader, with errors translated.
+
+Everything that can go wrong while talking to a supernode leaves here as a dfget
+error: unreachable or dropped → `SupernodeUnavailable` (the caller may go back to
+source); a protocol violation → `SupernodeFailed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import trio
+
+from dfget import __version__
+from dfget.errors import SupernodeFailed, SupernodeUnavailable, UsageError
+from proto.errors import ConnectionLost, ProtoError, RemoteFailure
+from proto.io import FramedStream, open_session
+
+AGENT = f"dfget/{__version__}"
+CONNECT_TIMEOUT = 5.0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"bad supernode address {text!r} (want HOST:PORT)")
+    return host.strip("[]"), int(port)
+
+
+@contextmanager
+def translate_errors(address: str) -> Iterator[None]:
+    """Map wire and socket errors of one supernode connection to dfget errors."""
+    try:
+        yield
+    except ConnectionLost as exc:
+        raise SupernodeUnavailable(f"lost the connection to supernode {address}: {exc}") from exc
+    except RemoteFailure as exc:
+        raise SupernodeFailed(f"supernode {address} refused: {exc}") from exc
+    except ProtoError as exc:
+        raise SupernodeFailed(f"supernode {address} broke the protocol: {exc}") from exc
+
+
+@asynccontextmanager
+async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
+    """An open, handshaken session to `address` (HOST:PORT)."""
+    host, port = parse_address(address)
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise SupernodeUnavailable(f"cannot reach supernode {address}: {exc}") from exc
+    with translate_errors(address):
+        async with open_session(stream, role="peer", peer_id=peer_id, agent=AGENT) as framed:
+            yield framed

@@ -1,0 +1,71 @@
+"""Errors of dfget; each carries the process exit code the CLI returns for it.
+
+Exit codes (documented in `dfget --help` and docs/dfget.md):
+  0 success            3 origin error          6 timeout
+  1 other failure      4 integrity error       7 output error
+  2 usage error        5 no supernode          8 supernode protocol error
+"""
+
+from __future__ import annotations
+
+
+class DfgetError(Exception):
+    exit_code = 1
+
+
+class UsageError(DfgetError):
+    """Bad arguments: URL, digest, header, rate."""
+
+    exit_code = 2
+
+
+class OriginFailed(DfgetError):
+    """The origin refused or failed; `status` is its HTTP status if it answered."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class IntegrityError(DfgetError):
+    """Bytes did not match: a piece that would not verify, or the whole-file digest."""
+
+    exit_code = 4
+
+
+class SupernodeUnavailable(DfgetError):
+    """No supernode could be reached (and back-to-source was not allowed)."""
+
+    exit_code = 5
+
+
+class DownloadTimeout(DfgetError):
+    exit_code = 6
+
+
+class OutputError(DfgetError):
+    """The output file could not be written or renamed."""
+
+    exit_code = 7
+
+
+class SupernodeFailed(DfgetError):
+    """The supernode broke the protocol or failed internally."""
+
+    exit_code = 8
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "other failure",
+    2: "usage error (bad URL, digest, header, rate)",
+    3: "origin error (HTTP status from the origin, unreachable origin)",
+    4: "integrity error (a piece or the whole file failed verification)",
+    5: "no supernode reachable and --no-back-source given",
+    6: "timeout (--timeout reached)",
+    7: "output error (cannot write or rename the output file)",
+    8: "supernode error (protocol violation or internal failure)",
+    130: "interrupted",
+}

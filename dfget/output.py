@@ -1,0 +1,75 @@
+"""The output file appears atomically: a temp file beside it, renamed on success.
+
+The temp file lives in the target's folder (so the rename is atomic on one file
+system) and is named so it cannot be taken for the finished file. On any failure it
+is removed, and OUT is never touched: a failed download leaves no file that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from types import TracebackType
+
+from dfget.errors import OutputError
+
+
+class AtomicOutput:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.temp = target.parent / f".{target.name}.{secrets.token_hex(4)}.dfget-part"
+        self.fd = -1
+
+    def __enter__(self) -> AtomicOutput:
+        if self.target.is_dir():
+            raise OutputError(f"{self.target} is a directory")
+        if not self.target.parent.is_dir():
+            raise OutputError(f"folder {self.target.parent} does not exist")
+        try:
+            self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create a file in {self.target.parent}: {exc}") from exc
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if kind is not None or self.temp.exists():
+            # Still here: not committed (an error, a cancel, or the caller forgot).
+            self.temp.unlink(missing_ok=True)
+
+    def reset(self) -> None:
+        """Forget everything written (before a fallback starts over)."""
+        self.truncate(0)
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        try:
+            view = memoryview(data)
+            while view.nbytes:
+                written = os.pwrite(self.fd, view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.temp}: {exc}") from exc
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def truncate(self, length: int) -> None:
+        try:
+            os.ftruncate(self.fd, length)
+        except OSError as exc:
+            raise OutputError(f"cannot size {self.temp}: {exc}") from exc
+
+    def commit(self) -> None:
+        """Rename the finished temp file onto the target."""
+        try:
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.temp, self.target)
+        except OSError as exc:
+            raise OutputError(f"cannot rename onto {self.target}: {exc}") from exc

@@ -1,0 +1,73 @@
+"""Open, verify and write pieces; check the whole file against the user's digest.
+
+`store_piece` is synchronous and thread-safe: the engine runs it in a worker thread so
+the event loop keeps receiving while a piece is decrypted (AES-GCM), digested (blake3)
+and written at its offset. Nothing reaches the file before both checks pass. The
+whole-file digest is fed in piece order: the piece at the cursor is hashed from
+memory, pieces that landed ahead of it are read back when the cursor gets there.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from dfget.errors import IntegrityError
+from dfget.output import AtomicOutput
+from proto.digests import Hasher, digest_matches, new_hasher
+from proto.errors import PieceCorrupted
+from proto.pieces import PieceSealer, piece_digest
+
+
+class PieceWriter:
+    def __init__(
+        self, output: AtomicOutput, sealer: PieceSealer, piece_size: int, digest: str | None
+    ) -> None:
+        self.output = output
+        self.sealer = sealer
+        self.piece_size = piece_size
+        self.digest = digest
+        self._hasher: Hasher | None = new_hasher(digest) if digest else None
+        self._lock = threading.Lock()
+        self._on_disk: dict[int, int] = {}  # index → length, not hashed yet
+        self._cursor = 0
+
+    def store_piece(
+        self, index: int, sealed: bytearray, expected: bytes, scratch: bytearray
+    ) -> int:
+        """Verify piece `index` and write it; returns its plaintext length.
+
+        Raises PieceCorrupted if it does not open or does not match `expected`.
+        """
+        plain = self.sealer.open_into(index, sealed, scratch)
+        if piece_digest(plain) != expected:
+            raise PieceCorrupted(self.sealer.task_id, index, "plaintext does not match its digest")
+        self.output.write_at(index * self.piece_size, plain)
+        if self._hasher is not None:
+            self._hash_in_order(index, plain)
+        return len(plain)
+
+    def _hash_in_order(self, index: int, plain: memoryview) -> None:
+        with self._lock:
+            assert self._hasher is not None
+            if index != self._cursor:
+                self._on_disk[index] = len(plain)
+                return
+            self._hasher.update(plain)
+            self._cursor += 1
+            while self._cursor in self._on_disk:
+                length = self._on_disk.pop(self._cursor)
+                offset = self._cursor * self.piece_size
+                self._hasher.update(self.output.read_at(offset, length))
+                self._cursor += 1
+
+    def verify_whole(self) -> None:
+        """After the last piece: raise IntegrityError if the file is not what was named."""
+        if self._hasher is None or self.digest is None:
+            return
+        if self._on_disk:
+            raise IntegrityError(f"pieces {sorted(self._on_disk)[:5]} were never hashed in order")
+        if not digest_matches(self.digest, self._hasher):
+            raise IntegrityError(
+                f"downloaded content does not match {self.digest} "
+                f"(got {self.digest.split(':')[0]}:{self._hasher.hexdigest()})"
+            )

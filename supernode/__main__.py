@@ -1,0 +1,5 @@
+import sys
+
+from supernode.cli import main
+
+sys.exit(main())

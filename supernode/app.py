@@ -1,0 +1,73 @@
+"""The supernode put together: store, CDN, peer server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from proto.io import RateLimiter, unwrap_group
+from supernode.cdn.fetch import FetchPolicy
+from supernode.cdn.origin import OriginClient
+from supernode.cdn.service import Cdn
+from supernode.cdn.store import Store
+from supernode.keys import load_or_create_ticket_key
+from supernode.server import PeerServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8002
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/dragonfly-py/supernode, or ~/.local/share/… ."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dragonfly-py" / "supernode"
+
+
+@dataclass
+class SupernodeConfig:
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    insecure: bool = False
+    origin_timeout: float = 30.0
+    origin_rate_limit: float | None = None
+    cdn_upload_limit: float | None = None
+    ticket_ttl: float = 3600.0
+    max_resumes: int = 5
+
+
+class Supernode:
+    """`await nursery.start(node.serve)` returns the bound (host, port)."""
+
+    def __init__(self, config: SupernodeConfig) -> None:
+        self.config = config
+        self.store = Store(config.data_dir)
+        self.origin = OriginClient(insecure=config.insecure, timeout=config.origin_timeout)
+        limiter = RateLimiter(config.origin_rate_limit) if config.origin_rate_limit else None
+        self.cdn = Cdn(self.store, self.origin, FetchPolicy(config.max_resumes, limiter))
+        self.ticket_key = load_or_create_ticket_key(config.data_dir)
+        uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
+        self.server = PeerServer(
+            self.cdn, self.ticket_key, ticket_ttl=config.ticket_ttl, upload_limiter=uploads
+        )
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        loaded = self.cdn.load()
+        log.info("store %s: %d complete tasks", self.config.data_dir, loaded)
+        try:
+            with unwrap_group():
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.cdn.run)
+                    address = await nursery.start(
+                        self.server.serve, self.config.host, self.config.port
+                    )
+                    task_status.started(address)
+        finally:
+            await self.origin.aclose()

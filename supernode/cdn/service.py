@@ -1,0 +1,156 @@
+"""The CDN service: one fetch per task however many peers ask, revalidation, restarts.
+
+`open_task(spec)` returns the task's current generation, starting a back-to-source
+fetch if nobody has one running. A stored task is revalidated with the requester's own
+headers (a conditional GET, or a HEAD when the origin gave no validators), so a peer
+without access upstream gets the origin's 401/403, not the cached bytes; content that
+changed upstream gets a new generation with a new key. Tasks named by a content digest
+are immutable and skip revalidation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import trio
+
+from supernode.cdn.fetch import FetchPolicy, fetch_task
+from supernode.cdn.origin import OriginClient, Validators
+from supernode.cdn.store import Store, TaskMeta
+from supernode.cdn.task import CdnTask, TaskSpec, TaskState
+from supernode.errors import SupernodeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CdnStatistics:
+    tasks: int
+    running: int
+    origin_fetches: int
+    revalidations: int
+    bytes_from_origin: int
+
+
+class Cdn:
+    def __init__(self, store: Store, origin: OriginClient, policy: FetchPolicy) -> None:
+        self.store = store
+        self.origin = origin
+        self.policy = policy
+        self.tasks: dict[str, CdnTask] = {}
+        self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
+        self._fetches = 0
+        self._revalidations = 0
+        self._bytes_from_origin = 0
+
+    def load(self) -> int:
+        """Adopt the complete tasks found in the store; returns how many."""
+        for meta in self.store.load_all():
+            self.tasks[meta.task_id] = _stored_task(meta)
+        return len(self.tasks)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run fetch jobs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for task in self._jobs_recv:
+                nursery.start_soon(self._fetch, task)
+
+    async def _fetch(self, task: CdnTask) -> None:
+        self._fetches += 1
+        try:
+            meta = await fetch_task(task, self.origin, self.store, self.policy)
+        finally:
+            self._bytes_from_origin += task.bytes_from_origin
+            task.close()
+        if meta is not None:
+            # The older generations' pieces can go: nobody can be handed them any more.
+            for path in self.store.task_dir(task.task_id).glob("g*.pieces"):
+                if path != self.store.pieces_path(task.task_id, task.generation):
+                    path.unlink(missing_ok=True)
+
+    def current(self, task_id: str) -> CdnTask | None:
+        return self.tasks.get(task_id)
+
+    async def open_task(self, spec: TaskSpec) -> CdnTask:
+        """The task's current generation, fetched or revalidated for this requester."""
+        task = self.tasks.get(spec.task_id)
+        if task is None or task.failed:
+            task = self._start(spec, task)
+        elif spec.digest is None:
+            await task.wait_started()
+            if not task.failed and not await self._still_valid(task, spec):
+                log.info("cdn: task %s changed upstream: new generation", spec.task_id[:16])
+                task = self._start(spec, task)
+        await task.wait_started()
+        if task.failed:
+            assert task.error is not None
+            raise task.error
+        return task
+
+    def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
+        generation = previous.generation + 1 if previous else 1
+        task = CdnTask(spec, generation)
+        self.tasks[spec.task_id] = task
+        self._jobs_send.send_nowait(task)
+        log.info(
+            "cdn: fetching %s (task %s, generation %d)", spec.url, spec.task_id[:16], generation
+        )
+        return task
+
+    async def _still_valid(self, task: CdnTask, spec: TaskSpec) -> bool:
+        """Ask the origin, with this requester's headers, whether our copy is current."""
+        self._revalidations += 1
+        validators = task.validators
+        if validators:
+            conditions = []
+            if validators.etag:
+                conditions.append(("If-None-Match", validators.etag))
+            if validators.last_modified:
+                conditions.append(("If-Modified-Since", validators.last_modified))
+            async with self.origin.open(
+                "GET",
+                spec.url,
+                spec.headers,
+                extra=tuple(conditions),
+                ok=frozenset({200, 206, 304}),
+            ) as response:
+                if response.status == 304:
+                    return True
+                # Some origins ignore conditions: the same strong ETag still proves it.
+                strong = response.validators.strong_etag
+                return strong is not None and strong == validators.strong_etag
+        async with self.origin.open(
+            "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501})
+        ) as response:
+            if response.status in (405, 501):  # no HEAD here: nothing to compare
+                return True
+            return response.length is None or response.length == task.length
+
+    def statistics(self) -> CdnStatistics:
+        running = sum(1 for t in self.tasks.values() if not t.settled)
+        live = sum(t.bytes_from_origin for t in self.tasks.values() if not t.settled)
+        return CdnStatistics(
+            tasks=len(self.tasks),
+            running=running,
+            origin_fetches=self._fetches,
+            revalidations=self._revalidations,
+            bytes_from_origin=self._bytes_from_origin + live,
+        )
+
+
+def _stored_task(meta: TaskMeta) -> CdnTask:
+    spec = TaskSpec(meta.url, (), meta.digest, "", (), meta.task_id, None)
+    task = CdnTask(spec, meta.generation, bytes.fromhex(meta.key))
+    task.length = meta.length
+    task.piece_size = meta.piece_size
+    task.digests = [bytes.fromhex(d) for d in meta.digests]
+    task.validators = Validators(meta.etag, meta.last_modified)
+    task.state = TaskState.DONE
+    task.created = meta.created
+    return task
+
+
+__all__ = ["Cdn", "CdnStatistics", "SupernodeError"]

@@ -1,0 +1,154 @@
+"""The piece store on disk: one folder per task, sealed pieces at fixed offsets.
+
+    DATA/tasks/<id[:2]>/<id>/meta.json      written (atomically) once the task is complete
+    DATA/tasks/<id[:2]>/<id>/g<N>.pieces    generation N: sealed piece i at i * (size + 16)
+
+Pieces are stored sealed, exactly as they go on the wire, so serving one is a single
+`sendfile` from this file. Paths are only ever built from validated task ids. The
+task key is kept in meta.json, readable by the supernode's user only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proto.pieces import TAG_SIZE
+from proto.taskid import check_task_id
+from supernode.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+
+
+@dataclass
+class TaskMeta:
+    """What must survive a restart for a complete task."""
+
+    task_id: str
+    url: str
+    generation: int
+    key: str  # hex
+    length: int
+    piece_size: int
+    digests: list[str]  # hex blake3 of each piece's plaintext
+    digest: str | None = None  # the content digest the task is named by, if any
+    etag: str | None = None
+    last_modified: str | None = None
+    created: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if self.generation < 1 or len(bytes.fromhex(self.key)) != 32:
+            raise ValueError("bad generation or key")
+        if self.length < 0 or self.piece_size <= 0:
+            raise ValueError("bad length or piece size")
+        if len(self.digests) != -(-self.length // self.piece_size):
+            raise ValueError("digest count does not match the length")
+
+
+def sealed_offset(index: int, piece_size: int) -> int:
+    return index * (piece_size + TAG_SIZE)
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tasks_root = root / "tasks"
+        try:
+            self.tasks_root.mkdir(parents=True, exist_ok=True)
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot use data dir {root}: {exc}") from exc
+
+    def task_dir(self, task_id: str) -> Path:
+        check_task_id(task_id)
+        return self.tasks_root / task_id[:2] / task_id
+
+    def pieces_path(self, task_id: str, generation: int) -> Path:
+        return self.task_dir(task_id) / f"g{int(generation)}.pieces"
+
+    def create_pieces(self, task_id: str, generation: int) -> int:
+        """A fresh, empty pieces file for a generation; returns a read-write fd."""
+        path = self.pieces_path(task_id, generation)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc}") from exc
+
+    def open_pieces(self, task_id: str, generation: int) -> int:
+        path = self.pieces_path(task_id, generation)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+
+    def save_meta(self, meta: TaskMeta) -> None:
+        """Write meta.json atomically: a crash leaves the old one or the new one."""
+        meta.check()
+        target = self.task_dir(meta.task_id) / META
+        temp = target.with_suffix(".tmp")
+        try:
+            with open(temp, "w", encoding="utf-8", opener=_private_opener) as out:
+                json.dump(asdict(meta), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except OSError as exc:
+            raise StoreError(f"cannot write {target}: {exc}") from exc
+
+    def load_all(self) -> list[TaskMeta]:
+        """Complete tasks on disk. Incomplete or unreadable ones are removed."""
+        found = []
+        for shard in sorted(self.tasks_root.iterdir()):
+            for task_dir in sorted(shard.iterdir()) if shard.is_dir() else ():
+                meta = self._load(task_dir)
+                if meta is None:
+                    log.info("store: dropping incomplete task %s", task_dir.name[:16])
+                    shutil.rmtree(task_dir, ignore_errors=True)
+                    continue
+                self._drop_other_generations(meta)
+                found.append(meta)
+        return found
+
+    def _load(self, task_dir: Path) -> TaskMeta | None:
+        try:
+            raw = json.loads((task_dir / META).read_text(encoding="utf-8"))
+            meta = TaskMeta(**raw)
+            meta.check()
+            if meta.task_id != task_dir.name:
+                raise ValueError("task id does not match its folder")
+            size = self.pieces_path(meta.task_id, meta.generation).stat().st_size
+            expected = meta.length + TAG_SIZE * len(meta.digests)
+            if size != expected:
+                raise ValueError(f"pieces file is {size} bytes, want {expected}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("store: discarding unreadable task %s: %s", task_dir.name[:16], exc)
+            return None
+        return meta
+
+    def _drop_other_generations(self, meta: TaskMeta) -> None:
+        keep = self.pieces_path(meta.task_id, meta.generation).name
+        for path in self.task_dir(meta.task_id).glob("g*.pieces"):
+            if path.name != keep:
+                path.unlink(missing_ok=True)
+
+    def remove_generation(self, task_id: str, generation: int) -> None:
+        self.pieces_path(task_id, generation).unlink(missing_ok=True)
+
+    def remove_task(self, task_id: str) -> None:
+        shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)

@@ -1,0 +1,138 @@
+"""A CDN task generation in memory: what is known of it, and who is waiting for news.
+
+The fetcher is the only writer (`begin`, `add_piece`, `finish`, `fail`); any number of
+control sessions read it and `await task.wait_changed(...)` for the next piece.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import trio
+
+from proto.pieces import PieceSealer, new_task_key, piece_count
+from proto.taskid import parse_range, task_id_for
+from supernode.cdn.origin import Headers, Validators
+from supernode.errors import SupernodeError
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a peer asked for, normalised; `task_id` follows from the rest."""
+
+    url: str
+    headers: Headers
+    digest: str | None
+    tag: str
+    filter: tuple[str, ...]
+    task_id: str
+    range: tuple[int, int | None] | None
+
+    @classmethod
+    def from_request(
+        cls,
+        url: str,
+        headers: Headers,
+        *,
+        digest: str | None = None,
+        tag: str = "",
+        filter_keys: tuple[str, ...] = (),
+    ) -> TaskSpec:
+        """Raises ValueError for a bad URL, digest or Range."""
+        range_header = next((v for k, v in headers if k.lower() == "range"), None)
+        task_id = task_id_for(
+            url, digest=digest, tag=tag, filter_keys=filter_keys, range_header=range_header
+        )
+        span = parse_range(range_header) if range_header is not None else None
+        return cls(url, headers, digest, tag, filter_keys, task_id, span)
+
+
+class TaskState(StrEnum):
+    STARTING = "starting"  # waiting for the origin's response headers
+    RUNNING = "running"  # pieces arriving
+    DONE = "done"
+    FAILED = "failed"
+
+
+class CdnTask:
+    """One generation of a task: key, geometry, pieces ready so far, final state."""
+
+    def __init__(self, spec: TaskSpec, generation: int, key: bytes | None = None) -> None:
+        self.spec = spec
+        self.task_id = spec.task_id
+        self.generation = generation
+        self.key = key or new_task_key()
+        self.sealer = PieceSealer(self.key, self.task_id)
+        self.state = TaskState.STARTING
+        self.length: int | None = None
+        self.piece_size = 0
+        self.digests: list[bytes] = []
+        self.validators = Validators(None, None)
+        self.error: SupernodeError | None = None
+        self.fd: int | None = None
+        self.created = time.time()
+        self.bytes_from_origin = 0
+        self.bytes_served = 0  # sealed bytes the CDN served for this generation
+        self._changed = trio.Event()
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> int:
+        """Pieces 0..ready-1 are sealed on disk."""
+        return len(self.digests)
+
+    @property
+    def piece_count(self) -> int | None:
+        return None if self.length is None else piece_count(self.length, self.piece_size)
+
+    @property
+    def failed(self) -> bool:
+        return self.state is TaskState.FAILED
+
+    @property
+    def settled(self) -> bool:
+        return self.state in (TaskState.DONE, TaskState.FAILED)
+
+    async def wait_changed(self) -> None:
+        """Return after the next state change (a piece, the headers, done or failed)."""
+        await self._changed.wait()
+
+    async def wait_started(self) -> None:
+        """Return once the geometry is known or the task failed."""
+        while self.state is TaskState.STARTING:
+            await self.wait_changed()
+
+    # -- writing (the fetcher only) -----------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def begin(self, length: int | None, piece_size: int, validators: Validators, fd: int) -> None:
+        self.length, self.piece_size, self.validators, self.fd = length, piece_size, validators, fd
+        self.state = TaskState.RUNNING
+        self._notify()
+
+    def add_piece(self, digest: bytes) -> None:
+        self.digests.append(digest)
+        self._notify()
+
+    def finish(self, length: int) -> None:
+        self.length = length
+        self.state = TaskState.DONE
+        self._notify()
+
+    def fail(self, error: SupernodeError) -> None:
+        self.error = error
+        self.state = TaskState.FAILED
+        self.close()
+        self._notify()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

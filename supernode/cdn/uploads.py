@@ -1,0 +1,117 @@
+"""The CDN's upload side: answer PieceRequests with sealed pieces straight from disk.
+
+Each request is checked (task, generation, ticket, piece ready) and answered with a
+`PieceData` frame whose payload is `sendfile`d from the pieces file, or with a typed
+`PieceRefused`. Requests on one connection are answered in order; the requester keeps
+several in flight to fill the pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from proto.errors import BadTicket, ErrorCode, UnexpectedMessage
+from proto.io import FramedStream, RateLimiter
+from proto.messages import PieceData, PieceRefused, PieceRequest
+from proto.pieces import TAG_SIZE, piece_length
+from proto.tickets import CDN_UPLOADER, verify_ticket
+from supernode.cdn.service import Cdn
+from supernode.cdn.store import sealed_offset
+from supernode.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class CdnUploads:
+    """Serves one piece session; owns the pieces-file descriptors it opens."""
+
+    def __init__(
+        self,
+        framed: FramedStream,
+        *,
+        peer_id: str,
+        cdn: Cdn,
+        ticket_public: Ed25519PublicKey,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.framed = framed
+        self.peer_id = peer_id
+        self.cdn = cdn
+        self.ticket_public = ticket_public
+        self.limiter = limiter
+        self._fds: dict[tuple[str, int], int] = {}
+        self.bytes_sent = 0
+
+    async def run(self, first: PieceRequest) -> None:
+        try:
+            request = first
+            while True:
+                await self._answer(request)
+                frame = await self.framed.receive()
+                if not isinstance(frame.message, PieceRequest):
+                    raise UnexpectedMessage(f"{frame.message.TAG} on a piece session")
+                request = frame.message
+        finally:
+            for fd in self._fds.values():
+                _close(fd)
+
+    async def _refuse(self, request: PieceRequest, code: ErrorCode, message: str) -> None:
+        await self.framed.send(
+            PieceRefused(
+                task_id=request.task_id, index=request.index, code=str(code), message=message
+            )
+        )
+
+    async def _answer(self, request: PieceRequest) -> None:
+        task = self.cdn.current(request.task_id)
+        if task is None:
+            return await self._refuse(request, ErrorCode.UNKNOWN_TASK, "no such task on this CDN")
+        if task.generation != request.generation:
+            return await self._refuse(
+                request, ErrorCode.STALE, f"task is at generation {task.generation}"
+            )
+        try:
+            verify_ticket(
+                self.ticket_public,
+                request.ticket,
+                task_id=request.task_id,
+                requester=self.peer_id,
+                uploader=CDN_UPLOADER,
+                now=time.time(),
+            )
+        except BadTicket as exc:
+            return await self._refuse(request, ErrorCode.BAD_TICKET, str(exc))
+        if request.index >= task.ready:
+            return await self._refuse(request, ErrorCode.NOT_HELD, "piece not on the CDN yet")
+        if task.length is None:
+            size = task.piece_size
+        else:
+            size = piece_length(request.index, task.length, task.piece_size)
+        key = (task.task_id, task.generation)
+        try:
+            fd = self._fds.get(key) or self.cdn.store.open_pieces(*key)
+        except StoreError as exc:
+            log.warning("cdn uploads: %s", exc)
+            return await self._refuse(request, ErrorCode.STALE, "task generation is gone")
+        self._fds[key] = fd
+        if self.limiter:
+            await self.limiter.acquire(size + TAG_SIZE)
+        await self.framed.send_file(
+            PieceData(task_id=task.task_id, generation=task.generation, index=request.index),
+            fd,
+            sealed_offset(request.index, task.piece_size),
+            size + TAG_SIZE,
+        )
+        self.bytes_sent += size + TAG_SIZE
+        task.bytes_served += size + TAG_SIZE
+        return None
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

@@ -1,0 +1,130 @@
+"""`supernode`: run the CDN and peer server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from proto.units import parse_rate
+from supernode import __version__
+from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
+from supernode.errors import SupernodeError
+
+EPILOG = """\
+examples:
+  supernode                                    # 0.0.0.0:8002, data in ~/.local/share
+  supernode --listen 127.0.0.1:8002 --data-dir /var/lib/dfpy
+  supernode --origin-rate-limit 100MiB         # cap back-to-source traffic
+
+Peers (dfget, dfdaemon) connect with --supernode HOST:PORT. The CDN fetches each file
+from its origin once, stores it as sealed pieces in DATA_DIR and serves them to peers;
+the store survives restarts.
+"""
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """'HOST:PORT', 'HOST', ':PORT' or '[v6]:PORT' → (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"bad address {text!r} (want HOST:PORT)")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supernode",
+        description="CDN and scheduler of the P2P distribution system.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--listen",
+        default=f"0.0.0.0:{DEFAULT_PORT}",
+        type=lambda s: parse_address(s, DEFAULT_PORT),
+        help="HOST:PORT for peers (default 0.0.0.0:%(const)s)".replace(
+            "%(const)s", str(DEFAULT_PORT)
+        ),
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"piece store and keys (default {default_data_dir()})",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify origin TLS certificates (default: verify with system CAs)",
+    )
+    parser.add_argument(
+        "--origin-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="connect/read timeout towards origins (default 30)",
+    )
+    parser.add_argument(
+        "--origin-rate-limit",
+        type=parse_rate,
+        default=None,
+        metavar="RATE",
+        help="cap back-to-source download, e.g. 100MiB (default: none)",
+    )
+    parser.add_argument(
+        "--cdn-upload-limit",
+        type=parse_rate,
+        default=None,
+        metavar="RATE",
+        help="cap what the CDN serves to peers, e.g. 50MiB (default: none)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument("--version", action="version", version=f"supernode {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO; the CDN logs what matters itself.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    host, port = args.listen
+    config = SupernodeConfig(
+        host=host,
+        port=port,
+        data_dir=args.data_dir or default_data_dir(),
+        insecure=args.insecure,
+        origin_timeout=args.origin_timeout,
+        origin_rate_limit=args.origin_rate_limit,
+        cdn_upload_limit=args.cdn_upload_limit,
+    )
+    try:
+        node = Supernode(config)
+        trio.run(node.serve)
+    except KeyboardInterrupt:
+        return 130
+    except SupernodeError as exc:
+        print(f"supernode: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"supernode: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Errors of the supernode, split by who is at fault, each mapping to a wire code."""
+
+from __future__ import annotations
+
+from proto.errors import ErrorCode
+
+
+class SupernodeError(Exception):
+    """Root of the supernode's errors; `code` is what a peer is told."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    status: int | None = None
+
+
+class BadRequest(SupernodeError):
+    """A peer asked for something malformed (URL, digest, range)."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class OriginError(SupernodeError):
+    """The origin could not give us the bytes."""
+
+
+class OriginStatusError(OriginError):
+    """The origin answered an HTTP error status (kept in `status` for the peer)."""
+
+    code = ErrorCode.ORIGIN_STATUS
+
+    def __init__(self, url: str, status: int, reason: str = "") -> None:
+        super().__init__(f"origin answered {status} {reason} for {url}".replace("  ", " "))
+        self.status = status
+
+
+class OriginUnreachable(OriginError):
+    code = ErrorCode.ORIGIN_UNREACHABLE
+
+
+class OriginTimeout(OriginError):
+    code = ErrorCode.ORIGIN_TIMEOUT
+
+
+class OriginBroken(OriginError):
+    """The body was cut short and could not be resumed."""
+
+    code = ErrorCode.ORIGIN_BROKEN
+
+
+class ContentMismatch(SupernodeError):
+    """The body did not match the digest the task is named by."""
+
+    code = ErrorCode.DIGEST_MISMATCH
+
+
+class StoreError(SupernodeError):
+    """The piece store could not write or read (disk full, permissions)."""
+
+    code = ErrorCode.STORE
+
+
+class TaskEvicted(SupernodeError):
+    code = ErrorCode.UNKNOWN_TASK
