@@ -53,6 +53,7 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
     (Side.SERVER, State.START, RECV, Hello): State.NEGOTIATING,
     (Side.SERVER, State.NEGOTIATING, SEND, Welcome): State.OPEN,
     (Side.SERVER, State.NEGOTIATING, SEND, ErrorReply): State.CLOSED,
+    (Side.SERVER, State.START, SEND, ErrorReply): State.CLOSED,  # garbage instead of Hello
 }
 
 # Once open, what each side may send (and so what the other may receive).
@@ -121,7 +122,7 @@ class Session:
 
     def refuse(self, exc: Exception) -> bytes | None:
         """The ErrorReply frame that tells the peer why we close, if one may be sent."""
-        if self.state not in (State.NEGOTIATING, State.OPEN) or self.side is not Side.SERVER:
+        if self.state is State.CLOSED or self.side is not Side.SERVER:
             return None
         code = getattr(exc, "code", None)
         reply = error_reply(

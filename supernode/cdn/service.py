@@ -105,7 +105,8 @@ class Cdn:
         self._revalidations += 1
         validators = task.validators
         if validators:
-            conditions = []
+            # Range 0-0: if the content did change, the origin sends one byte, not all.
+            conditions = [("Range", "bytes=0-0")]
             if validators.etag:
                 conditions.append(("If-None-Match", validators.etag))
             if validators.last_modified:

@@ -1,0 +1,212 @@
+"""dfget through a real supernode from a real origin: cold, warm, sizes, integrity."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, StartSupernode, downloads
+
+from dfget.engine import DownloadRequest, download
+from dfget.errors import IntegrityError
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+
+def blob(size: int, seed: int = 1) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size] if size else b""
+
+
+def random_blob(size: int) -> bytes:
+    return os.urandom(size)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, MiB - 1, MiB, MiB + 1, 3 * MiB + 12345],
+    ids=["empty", "1-byte", "under-a-piece", "one-piece", "piece-plus-one", "ragged"],
+)
+async def test_cold_download_of_every_shape(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, tmp_path: Path, size: int
+) -> None:
+    data = random_blob(size)
+    origin.add("/f.bin", data)
+    result = await fetch(origin.url("/f.bin"), supernode, name="f.bin")
+    assert (tmp_path / "downloads" / "f.bin").read_bytes() == data
+    assert result.bytes == size == result.from_cdn
+    assert result.from_source == 0 and result.from_peers == 0
+    assert result.pieces == -(-size // MiB)
+    assert downloads(tmp_path) == ["f.bin"]  # no temp file left behind
+    summary = result.summary()
+    for key in ("task_id", "url", "output", "bytes", "seconds", "from_source", "from_cdn"):
+        assert key in summary
+
+
+async def test_warm_download_comes_from_the_store(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    data = random_blob(5 * MiB)
+    origin.add("/f.bin", data)
+    for _ in range(5):
+        result = await fetch(origin.url("/f.bin"), supernode)
+        assert Path(result.output).read_bytes() == data
+    stats = origin.stats["/f.bin"]
+    assert stats.full_bodies == 1  # one body from the origin for five downloads
+    conditional = [h for _, h in stats.requests if any(k == "if-none-match" for k, _ in h)]
+    assert len(conditional) == 4  # each warm download revalidated, none refetched
+    assert supernode.node.cdn.statistics().origin_fetches == 1
+
+
+async def test_concurrent_cold_downloads_share_one_origin_fetch(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = random_blob(6 * MiB + 7)
+    origin.add("/f.bin", data, rate=30 * MiB)
+    results = []
+
+    async def one() -> None:
+        results.append(await fetch(origin.url("/f.bin"), supernode))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(one)
+    assert len(results) == 4
+    assert all(Path(r.output).read_bytes() == data for r in results)
+    assert origin.stats["/f.bin"].full_bodies == 1
+
+
+async def test_cold_download_streams_before_the_origin_finishes(
+    origin: FakeOrigin, supernode: RunningSupernode, tmp_path: Path
+) -> None:
+    data = random_blob(8 * MiB)
+    gate = trio.Event()
+    origin.add("/slow.bin", data, gate_after=3 * MiB, gate=gate)
+    seen_early = trio.Event()
+    progress: list[int] = []
+
+    def on_progress(done: int, total: int | None) -> None:
+        progress.append(done)
+        if done >= 2 * MiB and not gate.is_set():
+            seen_early.set()
+
+    request = DownloadRequest(
+        url=origin.url("/slow.bin"), output=tmp_path / "slow.bin", supernodes=(supernode.address,)
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: download(request, progress=on_progress))
+        with trio.fail_after(20):
+            await seen_early.wait()  # dfget wrote 2 MiB while the origin is held at 3 MiB
+        assert not (tmp_path / "slow.bin").exists()  # nothing at OUT until it is complete
+        gate.set()
+    assert (tmp_path / "slow.bin").read_bytes() == data
+    assert progress[-1] == len(data)
+
+
+async def test_digest_checked_and_wrong_digest_leaves_nothing(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    data = random_blob(2 * MiB + 3)
+    origin.add("/f.bin", data)
+    good = "sha256:" + hashlib.sha256(data).hexdigest()
+    result = await fetch(origin.url("/f.bin"), supernode, digest=good, name="good")
+    assert Path(result.output).read_bytes() == data
+    bad = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(IntegrityError):
+        await fetch(origin.url("/f.bin"), supernode, digest=bad, name="bad")
+    assert downloads(tmp_path) == ["good"]
+
+
+async def test_blake3_digest(origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch) -> None:
+    import blake3
+
+    data = random_blob(MiB + 5)
+    origin.add("/f.bin", data)
+    digest = "blake3:" + blake3.blake3(data).hexdigest()
+    result = await fetch(origin.url("/f.bin"), supernode, digest=digest)
+    assert Path(result.output).read_bytes() == data
+
+
+async def test_store_survives_a_restart(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    data = random_blob(3 * MiB)
+    origin.add("/f.bin", data)
+    first = await start_supernode(data_dir=tmp_path / "store")
+    await fetch(origin.url("/f.bin"), first)
+    await first.stop()
+    second = await start_supernode(data_dir=tmp_path / "store")
+    result = await fetch(origin.url("/f.bin"), second)
+    assert Path(result.output).read_bytes() == data
+    assert result.from_cdn == len(data)
+    assert origin.stats["/f.bin"].full_bodies == 1
+
+
+async def test_changed_content_gets_a_new_generation(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    old, new = random_blob(2 * MiB), random_blob(2 * MiB)
+    origin.add("/f.bin", old)
+    assert Path((await fetch(origin.url("/f.bin"), supernode)).output).read_bytes() == old
+    origin.add("/f.bin", new)  # new ETag and Last-Modified
+    assert Path((await fetch(origin.url("/f.bin"), supernode)).output).read_bytes() == new
+    task = supernode.node.cdn.current(await _task_id(origin.url("/f.bin")))
+    assert task is not None and task.generation == 2
+    stats = origin.stats["/f.bin"]
+    assert stats.full_bodies == 2  # the old and the new content, once each
+    assert stats.bytes_sent <= 4 * MiB + 1  # plus one byte for the revalidation
+
+
+async def _task_id(url: str) -> str:
+    from proto.taskid import task_id_for
+
+    return task_id_for(url)
+
+
+async def test_origin_without_validators_is_cached_and_checked_with_head(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = random_blob(MiB + 1)
+    origin.add("/plain.bin", data, etag=False, last_modified=False)
+    for _ in range(3):
+        assert Path((await fetch(origin.url("/plain.bin"), supernode)).output).read_bytes() == data
+    stats = origin.stats["/plain.bin"]
+    assert stats.full_bodies == 1
+    assert [m for m, _ in stats.requests].count("HEAD") == 2
+
+
+async def test_headers_reach_the_origin_and_range_is_a_task_of_its_own(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = random_blob(3 * MiB)
+    origin.add("/f.bin", data)
+    headers = (("Cookie", "session=abc"), ("X-Trace", "42"), ("Range", "bytes=100-2000099"))
+    result = await fetch(origin.url("/f.bin"), supernode, headers=headers)
+    assert Path(result.output).read_bytes() == data[100:2000100]
+    _, got = origin.stats["/f.bin"].requests[0]
+    assert ("cookie", "session=abc") in got and ("x-trace", "42") in got
+    whole = await fetch(origin.url("/f.bin"), supernode)
+    assert Path(whole.output).read_bytes() == data
+    assert whole.task_id != result.task_id
+
+
+async def test_redirects_are_followed(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = random_blob(MiB + 9)
+    origin.add("/real.bin", data)
+    origin.add("/moved.bin", b"", redirect_to="/real.bin")
+    result = await fetch(origin.url("/moved.bin"), supernode)
+    assert Path(result.output).read_bytes() == data
+
+
+async def test_unknown_length_chunked_body(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = random_blob(9 * MiB + 77)  # unknown length: 4 MiB pieces, a short last one
+    origin.add("/chunked.bin", data, chunked=True)
+    result = await fetch(origin.url("/chunked.bin"), supernode)
+    assert Path(result.output).read_bytes() == data
+    assert result.piece_size == 4 * MiB and result.pieces == 3

@@ -1,0 +1,206 @@
+"""Sealing, digests, piece geometry, task ids, tickets, key wrapping, units, buckets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from proto import PieceCorrupted, piece_count, piece_length, piece_size_for, task_id_for
+from proto.errors import BadTicket
+from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context, wrap_key
+from proto.pieces import MiB, PieceSealer, piece_digest
+from proto.ratelimit import TokenBucket
+from proto.taskid import canonical_url, check_task_id, parse_range
+from proto.tickets import issue_ticket, verify_ticket
+from proto.units import parse_rate, parse_size
+
+KEY = bytes(range(32))
+TID = "a" * 64
+
+
+def test_seal_fixed_vector_and_layout_from_the_design() -> None:
+    sealed = PieceSealer(KEY, TID).seal(7, b"hello piece")
+    assert sealed.hex() == "88087f7378372e93a13c8ad20c94163d5e3e64b7ab7769a7dd1538"
+    # Independently: nonce = 4 zero bytes ‖ u64 index, AAD = task id ‖ u64 index ‖ u64 len.
+    nonce = b"\0" * 4 + struct.pack(">Q", 7)
+    aad = TID.encode() + struct.pack(">QQ", 7, len(b"hello piece"))
+    assert AESGCM(KEY).decrypt(nonce, sealed, aad) == b"hello piece"
+
+
+def test_blake3_piece_digest_vector() -> None:
+    assert piece_digest(b"hello piece").hex() == (
+        "ef8aae56c7c1d897e57693741c2e71712862c3398511d7b16d1beac47cd6cbc5"
+    )
+
+
+def test_open_rejects_tampering_wrong_index_and_wrong_key() -> None:
+    sealer = PieceSealer(KEY, TID)
+    sealed = bytearray(sealer.seal(3, b"x" * 1000))
+    assert sealer.open(3, sealed) == b"x" * 1000
+    with pytest.raises(PieceCorrupted):
+        sealer.open(4, sealed)  # moved to another index
+    with pytest.raises(PieceCorrupted):
+        PieceSealer(bytes(32), TID).open(3, sealed)
+    with pytest.raises(PieceCorrupted):
+        PieceSealer(KEY, "b" * 64).open(3, sealed)  # another task
+    sealed[10] ^= 1
+    with pytest.raises(PieceCorrupted):
+        sealer.open(3, sealed)
+    with pytest.raises(PieceCorrupted):
+        sealer.open(3, b"short")
+
+
+def test_open_into_and_digest_check() -> None:
+    sealer = PieceSealer(KEY, TID)
+    sealed = sealer.seal(0, b"abc" * 100)
+    out = bytearray(1024)
+    assert bytes(sealer.open_into(0, sealed, out)) == b"abc" * 100
+    with pytest.raises(PieceCorrupted):
+        sealer.open_into(0, sealed, bytearray(10))  # larger than a piece
+    with pytest.raises(PieceCorrupted, match="digest"):
+        sealer.open_verified(0, sealed, piece_digest(b"other"))
+
+
+def test_sealing_is_deterministic_so_peers_can_reseal() -> None:
+    assert PieceSealer(KEY, TID).seal(5, b"data") == PieceSealer(KEY, TID).seal(5, b"data")
+
+
+@pytest.mark.parametrize(
+    ("length", "size"),
+    [
+        (None, 4 * MiB),
+        (0, MiB),
+        (1, MiB),
+        (256 * MiB, MiB),
+        (256 * MiB + 1, 2 * MiB),
+        (1 << 30, 4 * MiB),
+        (1 << 40, 64 * MiB),
+    ],
+)
+def test_piece_size_rule(length: int | None, size: int) -> None:
+    assert piece_size_for(length) == size
+
+
+def test_piece_geometry() -> None:
+    assert piece_count(0, MiB) == 0
+    assert piece_count(1, MiB) == 1
+    assert piece_count(MiB, MiB) == 1
+    assert piece_count(MiB + 1, MiB) == 2
+    assert piece_length(1, MiB + 1, MiB) == 1
+    with pytest.raises(IndexError):
+        piece_length(2, MiB + 1, MiB)
+
+
+def test_task_id_vectors_and_canonical_form() -> None:
+    signed = "https://Example.COM:443/a/b?z=1&a=2&X-Amz-Signature=x&ns=docker.io"
+    plain = "https://example.com/a/b?a=2&z=1"
+    assert (
+        task_id_for(signed)
+        == task_id_for(plain)
+        == ("44eed95fb622ecd5c6e521a9b4ef8f62daaab5a08126e13e70c2c4bd22bd4ec8")
+    )
+    assert canonical_url(signed) == plain
+    assert task_id_for(plain, tag="v2") != task_id_for(plain)
+    assert task_id_for(plain + "&token=1", filter_keys=["token"]) == task_id_for(plain)
+    assert task_id_for(plain, range_header="bytes=0-9") != task_id_for(plain)
+    assert task_id_for("http://example.com:8080/a") != task_id_for("http://example.com/a")
+
+
+def test_digest_names_the_task_whatever_the_url() -> None:
+    digest = "sha256:" + "ab" * 32
+    one = task_id_for("https://registry-a/v2/x/blobs/y", digest=digest)
+    assert one == task_id_for("https://mirror-b/other?sig=1", digest=digest)
+    assert one == "5f061c1b765b3cb2dbd94311da1ecc70c710651ddd0ce13ee3fb9277a5d6dd59"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["ftp://x/y", "not a url", "http:///path"],
+)
+def test_bad_urls(bad: str) -> None:
+    with pytest.raises(ValueError):
+        task_id_for(bad)
+
+
+def test_task_id_validation() -> None:
+    assert check_task_id("0" * 64)
+    for bad in ["", "0" * 63, "g" * 64, "../" + "0" * 61, "0" * 64 + "\n"]:
+        with pytest.raises(ValueError):
+            check_task_id(bad)
+    with pytest.raises(ValueError):
+        task_id_for("http://x/y", digest="md5:abc")
+
+
+def test_ranges() -> None:
+    assert parse_range("bytes=0-99") == (0, 99)
+    assert parse_range("bytes=100-") == (100, None)
+    for bad in ["bytes=5-1", "bytes=0-1,3-4", "items=0-1", "bytes=-5"]:
+        with pytest.raises(ValueError):
+            parse_range(bad)
+
+
+def test_tickets() -> None:
+    key = Ed25519PrivateKey.generate()
+    ticket = issue_ticket(key, task_id=TID, requester="a", uploader="b", expires=100.0)
+    args = {"task_id": TID, "requester": "a", "uploader": "b"}
+    verify_ticket(key.public_key(), ticket, now=99.0, **args)
+    with pytest.raises(BadTicket, match="expired"):
+        verify_ticket(key.public_key(), ticket, now=100.5, **args)
+    with pytest.raises(BadTicket, match="another"):
+        verify_ticket(key.public_key(), ticket, now=1.0, **{**args, "requester": "c"})
+    with pytest.raises(BadTicket, match="signature"):
+        verify_ticket(Ed25519PrivateKey.generate().public_key(), ticket, now=1.0, **args)
+    forged = bytearray(ticket)
+    forged[5] ^= 1
+    with pytest.raises(BadTicket):
+        verify_ticket(key.public_key(), bytes(forged), now=1.0, **args)
+    with pytest.raises(BadTicket, match="no ticket"):
+        verify_ticket(key.public_key(), b"", now=1.0, **args)
+
+
+def test_key_wrap_round_trip_and_binding() -> None:
+    peer = X25519PrivateKey.generate()
+    context = wrap_context(TID, 2)
+    wrapped = wrap_key(KEY, raw_public(peer), context)
+    assert unwrap_key(peer, wrapped, context) == KEY
+    with pytest.raises(BadWrappedKey):
+        unwrap_key(X25519PrivateKey.generate(), wrapped, context)
+    with pytest.raises(BadWrappedKey):
+        unwrap_key(peer, wrapped, wrap_context(TID, 3))
+    with pytest.raises(BadWrappedKey):
+        unwrap_key(peer, wrapped[:-1], context)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("20MiB", 20 * MiB),
+        ("20M", 20 * MiB),
+        ("500KB", 500_000),
+        ("1.5GiB", 3 * (1 << 29)),
+        ("4096", 4096),
+        ("10 mb", 10_000_000),
+    ],
+)
+def test_sizes(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_rates() -> None:
+    assert parse_rate("20MiB/s") == 20 * MiB
+    for bad in ["", "fast", "0", "-5M", "5 parsecs"]:
+        with pytest.raises(ValueError):
+            parse_rate(bad)
+
+
+def test_token_bucket_averages_the_rate_and_allows_a_burst() -> None:
+    bucket = TokenBucket(rate=1000, burst=500, now=0.0)
+    assert bucket.reserve(500, now=0.0) == 0.0  # the burst passes at once
+    assert bucket.reserve(1000, now=0.0) == pytest.approx(1.0)  # then one second of debt
+    assert bucket.reserve(100, now=1.0) == pytest.approx(0.1)
+    assert bucket.reserve(0, now=10.0) == 0.0  # refilled, capped at the burst
+    assert bucket.statistics().tokens == 500
