@@ -1,0 +1,102 @@
+"""Process orchestration shared by the demo and the benchmarks.
+
+Everything runs on 127.0.0.1: the programs are started as real processes through the
+project's console scripts (or `python -m`), exactly as a user would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MiB = 1 << 20
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(ROOT) + os.pathsep + out.get("PYTHONPATH", "")
+    return out
+
+
+@contextmanager
+def supernode_process(data_dir: Path, *extra: str, log: Path | None = None) -> Iterator[str]:
+    """Start `supernode` on an ephemeral port; yields its HOST:PORT; stops it after."""
+    log = log or data_dir.with_suffix(".log")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "supernode",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env(),
+        )
+        try:
+            yield _wait_for_address(proc, log)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for_address(proc: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        match = re.search(r"peer server listening on (\S+:\d+)", log.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"supernode exited ({proc.returncode}):\n{log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"supernode did not start:\n{log.read_text()}")
+
+
+def dfget_command(url: str, output: Path, supernode: str | None, *extra: str) -> list[str]:
+    command = [PYTHON, "-m", "dfget", url, "-o", str(output), "--json", *extra]
+    if supernode:
+        command += ["--supernode", supernode]
+    return command
+
+
+def run_json(command: Sequence[str]) -> dict[str, object]:
+    """Run a command that prints one JSON object; raise with its stderr if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env(), check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[2:4]} exited {done.returncode}: {done.stderr.strip()}")
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def timed(command: Sequence[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env(), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def mib_s(size: int, seconds: float) -> float:
+    return size / MiB / seconds
