@@ -342,6 +342,7 @@ class _Peer:
                     in_flight.discard(index)
                     if isinstance(frame.message, PieceData):
                         await self._store(book, writer, index, frame.payload, scratch)
+                        framed.recycle(frame.payload)
                     else:
                         assert isinstance(frame.message, PieceRefused)
                         self._refused(book, index, frame.message)

@@ -64,6 +64,7 @@ class FrameDecoder:
         self._payload = bytearray()
         self._filled = 0
         self._frames: deque[Frame] = deque()
+        self._spare: dict[int, list[bytearray]] = {}
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes; complete frames queue up for `next_frame()`."""
@@ -102,6 +103,16 @@ class FrameDecoder:
             self._message, self._payload, self._filled = None, bytearray(), 0
             self._state, self._need = _State.PREFIX, PREFIX.size
 
+    def recycle(self, payload: bytearray) -> None:
+        """Hand back a payload the caller is done with, to receive a later one into.
+
+        Pieces of a task all have the same size, so reusing their buffers saves a
+        multi-MiB allocation (and its page faults) per piece.
+        """
+        spare = self._spare.setdefault(len(payload), [])
+        if len(spare) < 4:
+            spare.append(payload)
+
     @property
     def in_frame(self) -> bool:
         """True while part of a frame has been received (a close now truncates it)."""
@@ -133,5 +144,6 @@ class FrameDecoder:
             self._state, self._need = _State.PREFIX, PREFIX.size
             return
         self._message = message
-        self._payload = bytearray(payload_length)
+        spare = self._spare.get(payload_length)
+        self._payload = spare.pop() if spare else bytearray(payload_length)
         self._state = _State.PAYLOAD

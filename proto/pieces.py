@@ -84,6 +84,15 @@ class PieceSealer:
         aad = _aad(self.task_id, index, len(plaintext))
         return self._aead.encrypt(_nonce(index), plaintext, aad)
 
+    def seal_into(
+        self, index: int, plaintext: bytes | bytearray | memoryview, out: bytearray | memoryview
+    ) -> memoryview:
+        """Seal into `out` (at least plaintext + 16 bytes); the sealed view of `out`."""
+        view = memoryview(out)[: len(plaintext) + TAG_SIZE]
+        aad = _aad(self.task_id, index, len(plaintext))
+        self._aead.encrypt_into(_nonce(index), plaintext, aad, view)
+        return view
+
     def open(self, index: int, sealed: bytes | bytearray | memoryview) -> bytes:
         """Plaintext of a sealed piece, or PieceCorrupted if the tag does not verify."""
         if len(sealed) < TAG_SIZE:

@@ -85,6 +85,10 @@ class FramedStream:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(f"receive failed: {exc}", clean=False) from exc
 
+    def recycle(self, payload: bytearray) -> None:
+        """Give a received payload back for reuse (see `FrameDecoder.recycle`)."""
+        self.session.decoder.recycle(payload)
+
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
             scope.shield = True

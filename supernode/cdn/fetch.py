@@ -9,23 +9,21 @@ cold file while it is still arriving. A body cut short is resumed with a Range r
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
 import trio
 
-from proto.digests import digest_matches, new_hasher
-from proto.io import RateLimiter
-from proto.pieces import piece_digest, piece_size_for
+from proto.digests import Hasher, digest_matches, new_hasher
+from proto.io import RateLimiter, unwrap_group
+from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
 from supernode.cdn.origin import OriginClient, OriginResponse
-from supernode.cdn.store import Store, TaskMeta, sealed_offset
+from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
     BadRequest,
     ContentMismatch,
     OriginBroken,
-    StoreError,
     SupernodeError,
 )
 
@@ -39,42 +37,72 @@ class FetchPolicy:
 
 
 class _Assembler:
-    """Cuts a byte stream into pieces and hands each full one to the store."""
+    """Cuts the body into pieces; each full piece is digested, sealed and written in a
+    worker thread while the next one fills (a few buffers, so memory stays bounded)."""
 
-    def __init__(self, task: CdnTask, store: Store) -> None:
+    BUFFERS = 3
+
+    def __init__(self, task: CdnTask, hasher: Hasher | None) -> None:
         self.task = task
-        self.store = store
+        self.hasher = hasher
         self.buffer = bytearray(task.piece_size)
         self.filled = 0
         self.received = 0  # bytes of the task's content received so far
+        self._allocated = 1
+        self._submitted = 0
+        self._jobs_send, self._jobs_recv = trio.open_memory_channel[tuple[int, bytearray, int]](
+            self.BUFFERS - 1
+        )
+        self._free_send, self._free_recv = trio.open_memory_channel[bytearray](self.BUFFERS)
+        self._sealed = bytearray(task.piece_size + TAG_SIZE)  # the sealer's own, reused
 
-    def feed(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view.nbytes:
-            take = min(view.nbytes, len(self.buffer) - self.filled)
-            self.buffer[self.filled : self.filled + take] = view[:take]
-            self.filled += take
-            self.received += take
-            view = view[take:]
+    async def fill_from(self, response: OriginResponse, limiter: RateLimiter | None) -> None:
+        """Read the body straight into piece buffers until it ends."""
+        while True:
+            count = await response.read_into(memoryview(self.buffer)[self.filled :])
+            if count == 0:
+                return
+            if limiter:
+                await limiter.acquire(count)
+            self.task.bytes_from_origin += count
+            self.filled += count
+            self.received += count
             if self.filled == len(self.buffer):
-                self.flush()
+                await self._submit()
 
-    def flush(self) -> None:
-        """Seal and store the buffered piece (full, or the short last one)."""
-        if not self.filled:
-            return
-        task = self.task
-        index = task.ready
-        plain = memoryview(self.buffer)[: self.filled]
-        sealed = task.sealer.seal(index, plain)
-        digest = piece_digest(plain)
-        assert task.fd is not None
-        try:
-            os.pwrite(task.fd, sealed, sealed_offset(index, task.piece_size))
-        except OSError as exc:
-            raise StoreError(f"cannot write piece {index}: {exc}") from exc
+    async def finish(self) -> None:
+        """Submit the short last piece, if any, and let the sealer drain."""
+        if self.filled:
+            await self._submit()
+        await self._jobs_send.aclose()
+
+    async def _submit(self) -> None:
+        await self._jobs_send.send((self._submitted, self.buffer, self.filled))
+        self._submitted += 1
         self.filled = 0
-        task.add_piece(digest)
+        if self._allocated < self.BUFFERS:
+            self._allocated += 1
+            self.buffer = bytearray(self.task.piece_size)
+        else:
+            self.buffer = await self._free_recv.receive()
+
+    async def run_sealer(self) -> None:
+        """Store submitted pieces in order; announce each once it is on disk."""
+        async with self._jobs_recv:
+            async for index, buffer, length in self._jobs_recv:
+                digest = await trio.to_thread.run_sync(self._store, index, buffer, length)
+                self.task.add_piece(digest)
+                self._free_send.send_nowait(buffer)
+
+    def _store(self, index: int, buffer: bytearray, length: int) -> bytes:
+        task = self.task
+        plain = memoryview(buffer)[:length]
+        if self.hasher is not None:
+            self.hasher.update(plain)
+        sealed = task.sealer.seal_into(index, plain, self._sealed)
+        assert task.pieces is not None
+        task.pieces.write(index, sealed)
+        return piece_digest(plain)
 
 
 async def fetch_task(
@@ -112,49 +140,52 @@ async def _fetch(
     hasher = new_hasher(spec.digest) if spec.digest else None
     assembler: _Assembler | None = None
     resumes = 0
-    while True:
-        resuming = assembler is not None
-        offset = assembler.received if assembler else 0
-        extra: list[tuple[str, str]] = []
-        if spec.range or resuming:
-            extra.append(("Range", f"bytes={first + offset}-{'' if last is None else last}"))
-        if resuming:
-            validator = task.validators.strong_etag or task.validators.last_modified
-            if validator:
-                extra.append(("If-Range", validator))
-        try:
-            async with origin.open("GET", spec.url, spec.headers, extra=tuple(extra)) as response:
-                if assembler is None:
-                    assembler = _start(task, store, response)
-                else:
-                    _check_resumed(response, first + offset)
-                async for chunk in response.chunks(1 << 20):
-                    if policy.limiter:
-                        await policy.limiter.acquire(len(chunk))
-                    if hasher:
-                        hasher.update(chunk)
-                    assembler.feed(chunk)
-                    task.bytes_from_origin += len(chunk)
-            if task.length is not None and assembler.received < task.length:
-                raise OriginBroken(f"body ended at {assembler.received} of {task.length} bytes")
-            break
-        except OriginBroken as exc:
-            # Without a validator for If-Range, a resumed body could belong to a newer
-            # version of the file: better to fail than to mix two versions.
-            if assembler is None or not task.validators:
-                raise
-            if resumes >= policy.max_resumes:
-                raise OriginBroken(f"{exc} (gave up after {resumes} resumes)") from exc
-            resumes += 1
-            log.info(
-                "cdn: task %s: %s; resuming at byte %d (%d/%d)",
-                task.task_id[:16],
-                exc,
-                assembler.received,
-                resumes,
-                policy.max_resumes,
-            )
-    assembler.flush()
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            while True:
+                resuming = assembler is not None
+                offset = assembler.received if assembler else 0
+                extra: list[tuple[str, str]] = []
+                if spec.range or resuming:
+                    end = "" if last is None else str(last)
+                    extra.append(("Range", f"bytes={first + offset}-{end}"))
+                if resuming:
+                    validator = task.validators.strong_etag or task.validators.last_modified
+                    if validator:
+                        extra.append(("If-Range", validator))
+                try:
+                    async with origin.open(
+                        "GET", spec.url, spec.headers, extra=tuple(extra)
+                    ) as response:
+                        if assembler is None:
+                            _start(task, store, response)
+                            assembler = _Assembler(task, hasher)
+                            nursery.start_soon(assembler.run_sealer)
+                        else:
+                            _check_resumed(response, first + offset)
+                        await assembler.fill_from(response, policy.limiter)
+                    if task.length is not None and assembler.received < task.length:
+                        raise OriginBroken(
+                            f"body ended at {assembler.received} of {task.length} bytes"
+                        )
+                    break
+                except OriginBroken as exc:
+                    # Without a validator for If-Range, a resumed body could belong to a
+                    # newer version of the file: better to fail than to mix two versions.
+                    if assembler is None or not task.validators:
+                        raise
+                    if resumes >= policy.max_resumes:
+                        raise OriginBroken(f"{exc} (gave up after {resumes} resumes)") from exc
+                    resumes += 1
+                    log.info(
+                        "cdn: task %s: %s; resuming at byte %d (%d/%d)",
+                        task.task_id[:16],
+                        exc,
+                        assembler.received,
+                        resumes,
+                        policy.max_resumes,
+                    )
+            await assembler.finish()
     length = assembler.received
     if hasher and spec.digest and not digest_matches(spec.digest, hasher):
         raise ContentMismatch(f"origin content does not match {spec.digest}")
@@ -176,7 +207,7 @@ async def _fetch(
     return meta
 
 
-def _start(task: CdnTask, store: Store, response: OriginResponse) -> _Assembler:
+def _start(task: CdnTask, store: Store, response: OriginResponse) -> None:
     """First response: fix the task's geometry and open its pieces file."""
     if task.spec.range and response.status != 206:
         raise BadRequest("origin ignored the Range header (answered 200, not 206)")
@@ -184,9 +215,9 @@ def _start(task: CdnTask, store: Store, response: OriginResponse) -> _Assembler:
     first, last = task.spec.range or (0, None)
     if length is not None and last is not None and length != last - first + 1:
         raise BadRequest(f"origin sent {length} bytes for a range of {last - first + 1}")
-    fd = store.create_pieces(task.task_id, task.generation)
-    task.begin(length, piece_size_for(length), response.validators, fd)
-    return _Assembler(task, store)
+    piece_size = piece_size_for(length)
+    pieces = store.create_pieces(task.task_id, task.generation, piece_size)
+    task.begin(length, piece_size, response.validators, pieces)
 
 
 def _check_resumed(response: OriginResponse, expected_start: int) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import trio
 
 from supernode.cdn.fetch import FetchPolicy, fetch_task
-from supernode.cdn.origin import OriginClient, Validators
+from supernode.cdn.origin import OriginClient
+from supernode.cdn.response import Validators
 from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
 from supernode.errors import SupernodeError

@@ -1,11 +1,11 @@
 """The piece store on disk: one folder per task, sealed pieces at fixed offsets.
 
     DATA/tasks/<id[:2]>/<id>/meta.json      written (atomically) once the task is complete
-    DATA/tasks/<id[:2]>/<id>/g<N>.pieces    generation N: sealed piece i at i * (size + 16)
+    DATA/tasks/<id[:2]>/<id>/g<N>.pieces    generation N: sealed pieces (see piecefile.py)
 
-Pieces are stored sealed, exactly as they go on the wire, so serving one is a single
-`sendfile` from this file. Paths are only ever built from validated task ids. The
-task key is kept in meta.json, readable by the supernode's user only.
+Pieces are stored sealed, exactly as they go on the wire. Paths are only ever built
+from validated task ids. The task key is kept in meta.json, readable by the
+supernode's user only.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proto.pieces import TAG_SIZE
 from proto.taskid import check_task_id
+from supernode.cdn.piecefile import PiecesFile, file_size
 from supernode.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,6 @@ class TaskMeta:
             raise ValueError("digest count does not match the length")
 
 
-def sealed_offset(index: int, piece_size: int) -> int:
-    return index * (piece_size + TAG_SIZE)
-
-
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -75,21 +71,18 @@ class Store:
     def pieces_path(self, task_id: str, generation: int) -> Path:
         return self.task_dir(task_id) / f"g{int(generation)}.pieces"
 
-    def create_pieces(self, task_id: str, generation: int) -> int:
-        """A fresh, empty pieces file for a generation; returns a read-write fd."""
+    def create_pieces(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:
+        """A fresh, empty pieces file for a generation, open for writing."""
         path = self.pieces_path(task_id, generation)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreError(f"cannot create {path}: {exc}") from exc
+            raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+        return PiecesFile(path, piece_size, create=True)
 
-    def open_pieces(self, task_id: str, generation: int) -> int:
+    def open_pieces(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:
         path = self.pieces_path(task_id, generation)
-        try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StoreError(f"cannot open {path}: {exc}") from exc
+        return PiecesFile(path, piece_size, create=False)
 
     def save_meta(self, meta: TaskMeta) -> None:
         """Write meta.json atomically: a crash leaves the old one or the new one."""
@@ -127,7 +120,7 @@ class Store:
             if meta.task_id != task_dir.name:
                 raise ValueError("task id does not match its folder")
             size = self.pieces_path(meta.task_id, meta.generation).stat().st_size
-            expected = meta.length + TAG_SIZE * len(meta.digests)
+            expected = file_size(meta.length, meta.piece_size)
             if size != expected:
                 raise ValueError(f"pieces file is {size} bytes, want {expected}")
         except FileNotFoundError:

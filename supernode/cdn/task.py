@@ -6,7 +6,6 @@ control sessions read it and `await task.wait_changed(...)` for the next piece.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -15,7 +14,8 @@ import trio
 
 from proto.pieces import PieceSealer, new_task_key, piece_count
 from proto.taskid import parse_range, task_id_for
-from supernode.cdn.origin import Headers, Validators
+from supernode.cdn.piecefile import PiecesFile
+from supernode.cdn.response import Headers, Validators
 from supernode.errors import SupernodeError
 
 
@@ -72,7 +72,7 @@ class CdnTask:
         self.digests: list[bytes] = []
         self.validators = Validators(None, None)
         self.error: SupernodeError | None = None
-        self.fd: int | None = None
+        self.pieces: PiecesFile | None = None  # the fetcher's, open for writing
         self.created = time.time()
         self.bytes_from_origin = 0
         self.bytes_served = 0  # sealed bytes the CDN served for this generation
@@ -112,8 +112,11 @@ class CdnTask:
         self._changed.set()
         self._changed = trio.Event()
 
-    def begin(self, length: int | None, piece_size: int, validators: Validators, fd: int) -> None:
-        self.length, self.piece_size, self.validators, self.fd = length, piece_size, validators, fd
+    def begin(
+        self, length: int | None, piece_size: int, validators: Validators, pieces: PiecesFile
+    ) -> None:
+        self.length, self.piece_size, self.validators = length, piece_size, validators
+        self.pieces = pieces
         self.state = TaskState.RUNNING
         self._notify()
 
@@ -133,6 +136,6 @@ class CdnTask:
         self._notify()
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.pieces is not None:
+            self.pieces.close()
+            self.pieces = None

@@ -2,15 +2,13 @@
 
 Each request is checked (task, generation, ticket, piece ready) and answered with a
 `PieceData` frame whose payload is `sendfile`d from the pieces file, or with a typed
-`PieceRefused`. Requests on one connection are answered in order; the requester keeps
-several in flight to fill the pipe.
+`PieceRefused`. Requests on one connection are
+answered in order; the requester keeps several in flight to fill the pipe.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -20,8 +18,8 @@ from proto.io import FramedStream, RateLimiter
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE, piece_length
 from proto.tickets import CDN_UPLOADER, verify_ticket
+from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.service import Cdn
-from supernode.cdn.store import sealed_offset
 from supernode.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -44,7 +42,7 @@ class CdnUploads:
         self.cdn = cdn
         self.ticket_public = ticket_public
         self.limiter = limiter
-        self._fds: dict[tuple[str, int], int] = {}
+        self._files: dict[tuple[str, int], PiecesFile] = {}
         self.bytes_sent = 0
 
     async def run(self, first: PieceRequest) -> None:
@@ -57,8 +55,8 @@ class CdnUploads:
                     raise UnexpectedMessage(f"{frame.message.TAG} on a piece session")
                 request = frame.message
         finally:
-            for fd in self._fds.values():
-                _close(fd)
+            for pieces in self._files.values():
+                pieces.close()
 
     async def _refuse(self, request: PieceRequest, code: ErrorCode, message: str) -> None:
         await self.framed.send(
@@ -92,26 +90,22 @@ class CdnUploads:
             size = task.piece_size
         else:
             size = piece_length(request.index, task.length, task.piece_size)
-        key = (task.task_id, task.generation)
+        sealed = size + TAG_SIZE
+        reply = PieceData(task_id=task.task_id, generation=task.generation, index=request.index)
         try:
-            fd = self._fds.get(key) or self.cdn.store.open_pieces(*key)
+            pieces = self._open(task.task_id, task.generation, task.piece_size)
+            if self.limiter:
+                await self.limiter.acquire(sealed)
+            await self.framed.send_file(reply, pieces.fd, pieces.offset(request.index), sealed)
         except StoreError as exc:
             log.warning("cdn uploads: %s", exc)
             return await self._refuse(request, ErrorCode.STALE, "task generation is gone")
-        self._fds[key] = fd
-        if self.limiter:
-            await self.limiter.acquire(size + TAG_SIZE)
-        await self.framed.send_file(
-            PieceData(task_id=task.task_id, generation=task.generation, index=request.index),
-            fd,
-            sealed_offset(request.index, task.piece_size),
-            size + TAG_SIZE,
-        )
-        self.bytes_sent += size + TAG_SIZE
-        task.bytes_served += size + TAG_SIZE
+        self.bytes_sent += sealed
+        task.bytes_served += sealed
         return None
 
-
-def _close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
+    def _open(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:
+        key = (task_id, generation)
+        if key not in self._files:
+            self._files[key] = self.cdn.store.open_pieces(task_id, generation, piece_size)
+        return self._files[key]
