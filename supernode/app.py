@@ -39,6 +39,7 @@ class SupernodeConfig:
     cdn_upload_limit: float | None = None
     ticket_ttl: float = 3600.0
     max_resumes: int = 5
+    lean_http: bool = True  # plain-HTTP bodies through cdn/lean.py (else all httpx)
 
 
 class Supernode:
@@ -47,7 +48,9 @@ class Supernode:
     def __init__(self, config: SupernodeConfig) -> None:
         self.config = config
         self.store = Store(config.data_dir)
-        self.origin = OriginClient(insecure=config.insecure, timeout=config.origin_timeout)
+        self.origin = OriginClient(
+            insecure=config.insecure, timeout=config.origin_timeout, lean=config.lean_http
+        )
         limiter = RateLimiter(config.origin_rate_limit) if config.origin_rate_limit else None
         self.cdn = Cdn(self.store, self.origin, FetchPolicy(config.max_resumes, limiter))
         self.ticket_key = load_or_create_ticket_key(config.data_dir)

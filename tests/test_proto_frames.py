@@ -120,6 +120,19 @@ def test_payload_can_be_filled_in_place() -> None:
     assert frame is not None and bytes(frame.payload) == payload
 
 
+def test_recycled_payload_buffers_are_reused() -> None:
+    frame_bytes = encode(PieceData(task_id=TID, generation=1, index=0), b"a" * 100)
+    decoder = FrameDecoder()
+    decoder.receive_data(frame_bytes)
+    first = decoder.next_frame()
+    assert first is not None
+    decoder.recycle(first.payload)
+    decoder.receive_data(encode(PieceData(task_id=TID, generation=1, index=1), b"b" * 100))
+    second = decoder.next_frame()
+    assert second is not None and second.payload is first.payload
+    assert bytes(second.payload) == b"b" * 100
+
+
 def test_truncated_frame_is_incomplete_not_an_error() -> None:
     data = encode(SAMPLES[3])
     decoder = FrameDecoder()

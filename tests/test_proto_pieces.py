@@ -65,6 +65,12 @@ def test_open_into_and_digest_check() -> None:
         sealer.open_verified(0, sealed, piece_digest(b"other"))
 
 
+def test_seal_into_matches_seal() -> None:
+    sealer = PieceSealer(KEY, TID)
+    out = bytearray(64)
+    assert bytes(sealer.seal_into(9, b"twelve bytes", out)) == sealer.seal(9, b"twelve bytes")
+
+
 def test_sealing_is_deterministic_so_peers_can_reseal() -> None:
     assert PieceSealer(KEY, TID).seal(5, b"data") == PieceSealer(KEY, TID).seal(5, b"data")
 

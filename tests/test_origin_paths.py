@@ -1,0 +1,99 @@
+"""Both back-to-source paths (the lean HTTP/1.1 body reader and httpx) behave alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, StartSupernode, downloads
+
+from dfget.errors import OriginFailed
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+pytestmark = pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx"])
+
+
+async def test_plain_chunked_and_ranged_bodies(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    node = await start_supernode(lean_http=lean)
+    data = os.urandom(5 * MiB + 3)
+    origin.add("/plain.bin", data)
+    origin.add("/chunked.bin", data, chunked=True)
+    for path in ("/plain.bin", "/chunked.bin"):
+        result = await fetch(origin.url(path), node)
+        assert Path(result.output).read_bytes() == data
+    ranged = await fetch(origin.url("/plain.bin"), node, headers=(("Range", "bytes=7-1048583"),))
+    assert Path(ranged.output).read_bytes() == data[7:1048584]
+
+
+async def test_resume_after_drops(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    node = await start_supernode(lean_http=lean)
+    data = os.urandom(4 * MiB)
+    origin.add("/drop.bin", data, drop_after=MiB + 17, drop_times=2)
+    origin.add("/drop-chunked.bin", data, drop_after=MiB + 17, chunked=True)
+    for path in ("/drop.bin", "/drop-chunked.bin"):
+        result = await fetch(origin.url(path), node)
+        assert Path(result.output).read_bytes() == data
+    gets = [h for m, h in origin.stats["/drop.bin"].requests if m == "GET"]
+    # Every resumed GET is guarded by If-Range with the strong ETag.
+    assert len(gets) == 3 and all(dict(h).get("if-range", "").startswith('"') for h in gets[1:])
+
+
+async def test_status_timeout_and_stall(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool, tmp_path: Path
+) -> None:
+    node = await start_supernode(lean_http=lean, origin_timeout=0.5, max_resumes=0)
+    origin.add("/forbidden.bin", b"x", status=403)
+    with pytest.raises(OriginFailed) as info:
+        await fetch(origin.url("/forbidden.bin"), node)
+    assert info.value.status == 403
+    origin.add("/hang.bin", b"x", hang=True)
+    with pytest.raises(OriginFailed, match="timed out"):
+        await fetch(origin.url("/hang.bin"), node)
+    # A body that stops mid-way (and cannot be resumed: max_resumes=0) fails too.
+    origin.add("/stall.bin", os.urandom(2 * MiB), gate_after=MiB + 1, gate=trio.Event())
+    with pytest.raises(OriginFailed, match="stalled"):
+        await fetch(origin.url("/stall.bin"), node)
+    assert downloads(tmp_path) == []
+
+
+async def test_redirect_to_another_origin_drops_credentials(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    lean: bool,
+) -> None:
+    other = FakeOrigin()
+    await nursery.start(other.serve)
+    data = os.urandom(MiB + 1)
+    other.add("/real.bin", data)
+    origin.add("/here.bin", data)
+    origin.add("/moved-here.bin", b"", redirect_to="/here.bin")
+    origin.add("/moved-away.bin", b"", redirect_to=other.url("/real.bin"))
+    node = await start_supernode(lean_http=lean)
+    secret = (("Authorization", "Bearer s3cret"), ("Cookie", "c=1"))
+    same = await fetch(origin.url("/moved-here.bin"), node, headers=secret)
+    assert Path(same.output).read_bytes() == data
+    assert ("authorization", "Bearer s3cret") in origin.stats["/here.bin"].requests[0][1]
+    away = await fetch(origin.url("/moved-away.bin"), node, headers=secret)
+    assert Path(away.output).read_bytes() == data
+    _, sent = other.stats["/real.bin"].requests[0]
+    assert not any(k in ("authorization", "cookie") for k, _ in sent)
+
+
+async def test_redirect_to_https_leaves_the_lean_path(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    # Nothing listens for TLS there: what matters is that httpx takes over and fails
+    # with a clear "cannot reach", not that the lean path tries https itself.
+    origin.add("/to-tls.bin", b"", redirect_to="https://127.0.0.1:1/x.bin")
+    node = await start_supernode(lean_http=lean)
+    with pytest.raises(OriginFailed, match="reach"):
+        await fetch(origin.url("/to-tls.bin"), node)
