@@ -290,27 +290,20 @@ class _Peer:
         """Apply the supernode's news to the book until the task is done or failed."""
         while True:
             message = (await control.receive()).message
-            if isinstance(message, PiecesReady):
-                self._check_task(message.task_id, message.generation, book)
-                try:
-                    book.add_ready(message.start, message.digests)
-                except ValueError as exc:
-                    raise SupernodeFailed(str(exc)) from exc
-            elif isinstance(message, TaskDone):
-                self._check_task(message.task_id, message.generation, book)
-                try:
-                    book.set_done(message.length, message.piece_count)
-                except ValueError as exc:
-                    raise SupernodeFailed(str(exc)) from exc
-                self.out.truncate(message.length)
-            elif isinstance(message, TaskFailed | ErrorReply):
+            if isinstance(message, TaskFailed | ErrorReply):
                 raise _reply_error(message.code, message.message, message.status)
-            else:
+            if not isinstance(message, PiecesReady | TaskDone):
                 raise SupernodeFailed(f"unexpected {message.TAG} on the control session")
-
-    def _check_task(self, task_id: str, generation: int, book: PieceBook) -> None:
-        if task_id != book.task_id or generation != book.generation:
-            raise SupernodeFailed("supernode reported on another task or generation")
+            if message.task_id != book.task_id or message.generation != book.generation:
+                raise SupernodeFailed("supernode reported on another task or generation")
+            try:
+                if isinstance(message, PiecesReady):
+                    book.add_ready(message.start, message.digests)
+                else:
+                    book.set_done(message.length, message.piece_count)
+                    self.out.truncate(message.length)
+            except ValueError as exc:
+                raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
 
     async def _lane(self, book: PieceBook, writer: PieceWriter, ticket: bytes) -> None:
         """One piece connection to the CDN, with up to DEPTH requests in flight."""
