@@ -11,6 +11,7 @@ from dfget.errors import IntegrityError, OriginFailed
 from dfget.output import AtomicOutput
 from proto.digests import digest_matches, new_hasher
 from proto.io import RateLimiter
+from proto.taskid import display_url
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ async def fetch_from_origin(
 ) -> int:
     """Stream the origin's body into `output`; returns the byte count."""
     hasher = new_hasher(digest) if digest else None
+    ranged = any(k.lower() == "range" for k, _ in headers)
     received = 0
     sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
     sent.append(("accept-encoding", "identity"))
@@ -41,11 +43,14 @@ async def fetch_from_origin(
             ) as client,
             client.stream("GET", url, headers=sent) as response,
         ):
+            where = display_url(url)
             if response.status_code >= 400:
                 raise OriginFailed(
-                    f"origin answered {response.status_code} {response.reason_phrase} for {url}",
+                    f"origin answered {response.status_code} {response.reason_phrase} for {where}",
                     response.status_code,
                 )
+            if ranged and response.status_code != 206:
+                raise OriginFailed(f"origin ignored the Range header for {where} (no 206)")
             length_header = response.headers.get("content-length")
             total = int(length_header) if length_header and length_header.isdigit() else None
             async for chunk in response.aiter_raw():

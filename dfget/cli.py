@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--digest",
         metavar="ALGO:HEX",
-        help="expected sha256:HEX or blake3:HEX of the whole file; also names the task",
+        help="expected sha256:HEX, sha512:HEX or blake3:HEX of the whole file; also names the task",
     )
     parser.add_argument("--tag", default="", help="extra identity for the task (default none)")
     parser.add_argument(
@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="dfget: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     request = DownloadRequest(
         url=args.url,
         output=args.output.expanduser(),
@@ -163,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
     _report(result, args.json, args.quiet)
     return 0
+
+
+class _Formatter(logging.Formatter):
+    """`dfget: warning: ...`: one line, the level in lower case, like the error line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"dfget: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def _report(result: DownloadResult, as_json: bool, quiet: bool) -> None:

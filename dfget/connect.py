@@ -15,7 +15,7 @@ import trio
 from dfget import __version__
 from dfget.errors import SupernodeFailed, SupernodeUnavailable, UsageError
 from proto.errors import ConnectionLost, ProtoError, RemoteFailure
-from proto.io import FramedStream, open_session
+from proto.io import FramedStream, client_handshake
 
 AGENT = f"dfget/{__version__}"
 CONNECT_TIMEOUT = 5.0
@@ -51,5 +51,12 @@ async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
     except (OSError, trio.TooSlowError) as exc:
         raise SupernodeUnavailable(f"cannot reach supernode {address}: {exc}") from exc
     with translate_errors(address):
-        async with open_session(stream, role="peer", peer_id=peer_id, agent=AGENT) as framed:
+        with trio.move_on_after(CONNECT_TIMEOUT) as handshake:
+            framed = await client_handshake(stream, role="peer", peer_id=peer_id, agent=AGENT)
+        if handshake.cancelled_caught:
+            await stream.aclose()
+            raise SupernodeUnavailable(f"supernode {address} did not answer the handshake")
+        try:
             yield framed
+        finally:
+            await framed.aclose()

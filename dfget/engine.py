@@ -10,6 +10,7 @@ back-to-source is off. The output appears atomically or not at all.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -48,7 +49,7 @@ from proto.messages import (
 )
 from proto.pieces import PieceSealer
 from proto.rendezvous import rank
-from proto.taskid import check_digest, task_id_for
+from proto.taskid import check_digest, display_url, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ DEFAULT_SUPERNODE = "127.0.0.1:8002"
 LANES = 2  # piece connections to the CDN
 DEPTH = 2  # requests in flight on each
 PIECE_TIMEOUT = 60.0
+REGISTER_TIMEOUT = 120.0
 MAX_PIECE_ATTEMPTS = 3
 CDN = "cdn"
 _ORIGIN_CODES = {
@@ -151,12 +153,12 @@ async def download(request: DownloadRequest, *, progress: Progress | None = None
         raise UsageError("no supernode given and back-to-source disabled")
     started = trio.current_time()
     limiter = RateLimiter(request.rate_limit)
-    try:
-        with trio.fail_after(request.timeout or float("inf")), AtomicOutput(request.output) as out:
+    with trio.move_on_after(request.timeout or math.inf) as deadline:
+        with AtomicOutput(request.output) as out:
             result = await _download(request, task_id, out, limiter, progress)
             out.commit()
-    except trio.TooSlowError:
-        raise DownloadTimeout(f"download did not finish within {request.timeout}s") from None
+    if deadline.cancelled_caught:
+        raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
     result.seconds = trio.current_time() - started
     return result
 
@@ -168,18 +170,22 @@ async def _download(
     limiter: RateLimiter,
     progress: Progress | None,
 ) -> DownloadResult:
-    problem: SupernodeUnavailable | None = None
-    for address in rank(task_id, request.supernodes):
+    ranked = rank(task_id, request.supernodes)
+    for attempt, address in enumerate(ranked, start=1):
         try:
             peer = _Peer(request, task_id, address, out, limiter, progress)
             return await peer.run()
         except SupernodeUnavailable as exc:
-            log.warning("%s", exc)
-            problem = exc
+            if attempt == len(ranked) and not request.back_source:
+                raise
+            log.warning("%s", exc)  # and on to the next supernode, or the origin
             out.reset()
     if not request.back_source:
-        raise problem or SupernodeUnavailable("no supernode given")
-    log.warning("no supernode could serve %s: downloading straight from the origin", request.url)
+        raise SupernodeUnavailable("no supernode given")
+    log.warning(
+        "no supernode could serve %s: downloading straight from the origin",
+        display_url(request.url),
+    )
     received = await fetch_from_origin(
         request.url,
         request.headers,
@@ -261,7 +267,13 @@ class _Peer:
                 public_key=raw_public(self.key),
             )
         )
-        reply = (await control.receive()).message
+        # The supernode answers once the origin's response head is in (or it failed).
+        with trio.move_on_after(REGISTER_TIMEOUT) as waited:
+            reply = (await control.receive()).message
+        if waited.cancelled_caught:
+            raise SupernodeUnavailable(
+                f"supernode {self.address} did not answer Register in {REGISTER_TIMEOUT:.0f}s"
+            )
         if isinstance(reply, ErrorReply):
             raise _reply_error(reply.code, reply.message, reply.status)
         if not isinstance(reply, Registered):
@@ -329,8 +341,12 @@ class _Peer:
                     if not in_flight:
                         await book.wait_changed()
                         continue
-                    with trio.fail_after(PIECE_TIMEOUT):
+                    with trio.move_on_after(PIECE_TIMEOUT) as waited:
                         frame = await framed.receive()
+                    if waited.cancelled_caught:
+                        raise SupernodeUnavailable(
+                            f"supernode {self.address} sent no piece for {PIECE_TIMEOUT:.0f}s"
+                        )
                     index = _answered_index(frame.message, book, in_flight)
                     in_flight.discard(index)
                     if isinstance(frame.message, PieceData):

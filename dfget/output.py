@@ -57,7 +57,10 @@ class AtomicOutput:
             raise OutputError(f"cannot write {self.temp}: {exc}") from exc
 
     def read_at(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+        try:
+            return os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise OutputError(f"cannot read back {self.temp}: {exc}") from exc
 
     def truncate(self, length: int) -> None:
         try:

@@ -27,7 +27,6 @@ class ErrorCode(StrEnum):
     ORIGIN_TIMEOUT = "origin_timeout"
     ORIGIN_BROKEN = "origin_broken"  # body cut short and could not be resumed
     DIGEST_MISMATCH = "digest_mismatch"  # content did not match the digest the task names
-    TOO_LARGE = "too_large"
     STORE = "store"  # the supernode could not store the task
     INTERNAL = "internal"
     SHUTDOWN = "shutdown"

@@ -25,6 +25,10 @@ class BadWrappedKey(RemoteProtoError):
     """A wrapped task key did not open with our private key."""
 
 
+class BadPublicKey(RemoteProtoError):
+    """A peer's X25519 public key is unusable (a low-order point: no shared secret)."""
+
+
 def wrap_context(task_id: str, generation: int) -> bytes:
     return task_id.encode("ascii") + generation.to_bytes(8, "big")
 
@@ -41,7 +45,10 @@ def _kek(shared: bytes, context: bytes) -> bytes:
 
 def wrap_key(task_key: bytes, recipient_public: bytes, context: bytes) -> bytes:
     ephemeral = X25519PrivateKey.generate()
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_public))
+    try:
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_public))
+    except ValueError as exc:
+        raise BadPublicKey(f"cannot wrap a key for this public key: {exc}") from exc
     sealed = AESGCM(_kek(shared, context)).encrypt(_NONCE, task_key, context)
     return raw_public(ephemeral) + sealed
 

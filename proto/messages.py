@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from proto.errors import ErrorCode
+from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
 PROTOCOL_VERSIONS = (1,)
@@ -18,6 +19,9 @@ PROTOCOL_VERSIONS = (1,)
 Headers = tuple[tuple[str, str], ...]
 
 ROLES = frozenset({"peer", "supernode"})
+PIECE_SIZES = frozenset(
+    1 << bits for bits in range(MIN_PIECE_SIZE.bit_length() - 1, MAX_PIECE_SIZE.bit_length())
+)
 DIGEST_BYTES = 32  # blake3 of a piece's plaintext
 KEY_BYTES = 32  # X25519 and Ed25519 public keys, AES-256 keys
 
@@ -126,8 +130,8 @@ class Registered(Message):
 
     def check(self) -> None:
         check_task_id(self.task_id)
-        if not 0 < self.piece_size <= 1 << 30:
-            raise ValueError("piece_size out of range")
+        if self.piece_size not in PIECE_SIZES:
+            raise ValueError("piece_size must be a power of two from 1 to 64 MiB")
         if len(self.ticket_key) != KEY_BYTES:
             raise ValueError("ticket_key must be 32 bytes")
 

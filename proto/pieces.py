@@ -29,7 +29,9 @@ _U64 = struct.Struct(">Q")
 
 
 def piece_size_for(length: int | None) -> int:
-    """Power of two in [1 MiB, 64 MiB] giving roughly 64–256 pieces."""
+    """The smallest power of two in [1 MiB, 64 MiB] that cuts `length` into at most
+    256 pieces: 64 MiB-1 GiB files get 64-256 pieces of 1-4 MiB, smaller files fewer
+    1 MiB pieces, files over 16 GiB more than 256 pieces of 64 MiB."""
     if length is None:
         return UNKNOWN_LENGTH_PIECE_SIZE
     size = MIN_PIECE_SIZE

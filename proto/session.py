@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from enum import Enum, auto
 
-from proto.errors import ErrorCode, LocalProtoError, UnexpectedMessage, VersionMismatch
+from proto.errors import (
+    ErrorCode,
+    LocalProtoError,
+    RemoteProtoError,
+    UnexpectedMessage,
+    VersionMismatch,
+)
 from proto.frames import Frame, FrameDecoder, encode_frame
 from proto.messages import (
     PROTOCOL_VERSIONS,
@@ -121,12 +127,17 @@ class Session:
         return frame
 
     def refuse(self, exc: Exception) -> bytes | None:
-        """The ErrorReply frame that tells the peer why we close, if one may be sent."""
+        """The ErrorReply frame that tells the peer why we close, if one may be sent.
+
+        A protocol violation by the peer gets its own code (`bad_request`, `version`);
+        anything else is our fault: `internal`, without details.
+        """
         if self.state is State.CLOSED or self.side is not Side.SERVER:
             return None
-        code = getattr(exc, "code", None)
-        reply = error_reply(
-            code if isinstance(code, ErrorCode) else ErrorCode.BAD_REQUEST, str(exc)
-        )
-        self.state = State.CLOSED
-        return encode_frame(reply)
+        if isinstance(exc, RemoteProtoError):
+            reply = error_reply(exc.code, str(exc))
+        else:
+            reply = error_reply(ErrorCode.INTERNAL, "internal error; see the supernode's log")
+        frame = self.send(reply)
+        self.state = State.CLOSED  # the connection closes after this frame
+        return frame

@@ -53,6 +53,15 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def display_url(url: str) -> str:
+    """The URL as logs may show it: no credentials, no query (it may hold signatures)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+
+
 def check_task_id(task_id: str) -> str:
     """Return `task_id` if it is 64 lower-case hex characters, else raise ValueError.
 
@@ -67,7 +76,7 @@ def check_task_id(task_id: str) -> str:
 def check_digest(digest: str) -> str:
     """Return a content digest `algo:hex` if well formed (sha256, sha512, blake3)."""
     if not _DIGEST.fullmatch(digest):
-        raise ValueError(f"not a digest (want sha256:HEX or blake3:HEX): {digest[:80]!r}")
+        raise ValueError(f"not a digest (want sha256:, sha512: or blake3:HEX): {digest[:80]!r}")
     return digest
 
 

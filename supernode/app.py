@@ -62,9 +62,10 @@ class Supernode:
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        loaded = self.cdn.load()
-        log.info("store %s: %d complete tasks", self.config.data_dir, loaded)
+        self.store.acquire()
         try:
+            loaded = self.cdn.load()
+            log.info("store %s: %d complete tasks", self.config.data_dir, loaded)
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.cdn.run)
@@ -74,3 +75,4 @@ class Supernode:
                     task_status.started(address)
         finally:
             await self.origin.aclose()
+            self.store.release()

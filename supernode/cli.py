@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import trio
 
+from proto.io import unwrap_group
 from proto.units import parse_rate
 from supernode import __version__
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
+
+log = logging.getLogger("supernode")
 
 EPILOG = """\
 examples:
@@ -93,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _serve_until_signalled(node: Supernode) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down in order (running fetches stop,
+    complete tasks are already on disk)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.serve)
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -113,15 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         cdn_upload_limit=args.cdn_upload_limit,
     )
     try:
-        node = Supernode(config)
-        trio.run(node.serve)
+        trio.run(_serve_until_signalled, Supernode(config))
     except KeyboardInterrupt:
         return 130
     except SupernodeError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"supernode: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        print(f"supernode: {exc} (listening on {host}:{port})", file=sys.stderr)
         return 1
     return 0
 

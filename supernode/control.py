@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, unwrap_group
-from proto.keywrap import wrap_context, wrap_key
+from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
     PiecesReady,
     Register,
@@ -24,6 +24,7 @@ from proto.messages import (
     TaskFailed,
     error_reply,
 )
+from proto.taskid import display_url
 from proto.tickets import CDN_UPLOADER, issue_ticket
 from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
@@ -78,10 +79,15 @@ class ControlSession:
         try:
             task = await self.cdn.open_task(spec)
         except SupernodeError as exc:
-            log.info("peer %s: %s refused: %s", self.peer_id[:12], spec.url, exc)
+            log.info("peer %s: %s refused: %s", self.peer_id[:12], display_url(spec.url), exc)
             await self.framed.send(error_reply(exc.code, str(exc), exc.status))
             return
         context = wrap_context(task.task_id, task.generation)
+        try:
+            wrapped = wrap_key(task.key, message.public_key, context)
+        except BadPublicKey as exc:
+            await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
+            return
         ticket = issue_ticket(
             self.ticket_key,
             task_id=task.task_id,
@@ -95,7 +101,7 @@ class ControlSession:
                 generation=task.generation,
                 length=task.length,
                 piece_size=task.piece_size,
-                wrapped_key=wrap_key(task.key, message.public_key, context),
+                wrapped_key=wrapped,
                 ticket_key=raw_public(self.ticket_key),
                 cdn_ticket=ticket,
             )

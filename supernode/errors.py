@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proto.errors import ErrorCode
+from proto.taskid import display_url
 
 
 class SupernodeError(Exception):
@@ -28,7 +29,9 @@ class OriginStatusError(OriginError):
     code = ErrorCode.ORIGIN_STATUS
 
     def __init__(self, url: str, status: int, reason: str = "") -> None:
-        super().__init__(f"origin answered {status} {reason} for {url}".replace("  ", " "))
+        super().__init__(
+            f"origin answered {status} {reason} for {display_url(url)}".replace("  ", " ")
+        )
         self.status = status
 
 
@@ -58,5 +61,7 @@ class StoreError(SupernodeError):
     code = ErrorCode.STORE
 
 
-class TaskEvicted(SupernodeError):
-    code = ErrorCode.UNKNOWN_TASK
+class ShuttingDown(SupernodeError):
+    """The supernode stopped while the task was being fetched."""
+
+    code = ErrorCode.SHUTDOWN

@@ -26,7 +26,7 @@ from supernode.control import ControlSession
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
-IDLE_TIMEOUT = 600.0  # a connection that sends nothing for this long is closed
+IDLE_TIMEOUT = 600.0  # a connection must send its first request within this
 AGENT = f"dragonfly-py-supernode/{__version__}"
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -73,12 +73,20 @@ class PeerServer:
         except RemoteProtoError as exc:
             self.protocol_errors += 1
             log.info("connection from %s broke the protocol: %s", peer, exc)
-            refusal = framed.session.refuse(exc)
-            if refusal is not None:
-                with trio.move_on_after(1), contextlib.suppress(*_GONE):
-                    await stream.send_all(refusal)
+            await self._refuse(framed, exc)
+        except Exception as exc:
+            # A bug of ours must cost one connection, never the server.
+            log.exception("connection from %s: internal error", peer)
+            await self._refuse(framed, exc)
         finally:
             await framed.aclose()
+
+    async def _refuse(self, framed: FramedStream, exc: Exception) -> None:
+        """Tell the peer why we close, if the session still allows a word."""
+        refusal = framed.session.refuse(exc)
+        if refusal is not None:
+            with trio.move_on_after(1), contextlib.suppress(*_GONE):
+                await framed.stream.send_all(refusal)
 
     async def _converse(self, framed: FramedStream) -> None:
         with trio.fail_after(HELLO_TIMEOUT):

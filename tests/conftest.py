@@ -32,10 +32,12 @@ class RunningSupernode:
     node: Supernode
     address: str
     cancel: trio.CancelScope
+    stopped: trio.Event
 
     async def stop(self) -> None:
+        """Stop it and wait until it has (its store lock is then free)."""
         self.cancel.cancel()
-        await trio.lowlevel.checkpoint()  # let the nursery tear it down
+        await self.stopped.wait()
 
 
 StartSupernode = Callable[..., Any]
@@ -51,13 +53,17 @@ async def start_supernode(nursery: trio.Nursery, tmp_path: Path) -> StartSuperno
             setattr(cfg, name, value)
         node = Supernode(cfg)
         scope = trio.CancelScope()
+        stopped = trio.Event()
 
         async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-            with scope:
-                await node.serve(task_status=task_status)
+            try:
+                with scope:
+                    await node.serve(task_status=task_status)
+            finally:
+                stopped.set()
 
         host, port = await nursery.start(run)
-        return RunningSupernode(node, f"{host}:{port}", scope)
+        return RunningSupernode(node, f"{host}:{port}", scope, stopped)
 
     return start
 

@@ -115,11 +115,13 @@ async def _sendfile(sock: trio.socket.SocketType, fd: int, offset: int, count: i
             since_yield = 0
 
 
-@asynccontextmanager
-async def open_session(
+async def client_handshake(
     stream: trio.abc.Stream, *, role: str, peer_id: str, agent: str = ""
-) -> AsyncIterator[FramedStream]:
-    """Client side: say Hello, wait for Welcome, yield the open framed stream."""
+) -> FramedStream:
+    """Client side: say Hello, wait for Welcome; the open framed stream.
+
+    On any failure the stream is closed before the error propagates.
+    """
     framed = FramedStream(stream, Session(Side.CLIENT))
     try:
         await framed.send(
@@ -131,6 +133,19 @@ async def open_session(
                 raise VersionMismatch(frame.message.message)
             raise RemoteFailure(frame.message.code, frame.message.message, frame.message.status)
         assert isinstance(frame.message, Welcome)
+    except BaseException:
+        await framed.aclose()
+        raise
+    return framed
+
+
+@asynccontextmanager
+async def open_session(
+    stream: trio.abc.Stream, *, role: str, peer_id: str, agent: str = ""
+) -> AsyncIterator[FramedStream]:
+    """`client_handshake`, closing the stream when the block ends."""
+    framed = await client_handshake(stream, role=role, peer_id=peer_id, agent=agent)
+    try:
         yield framed
     finally:
         await framed.aclose()

@@ -24,6 +24,7 @@ from supernode.errors import (
     BadRequest,
     ContentMismatch,
     OriginBroken,
+    ShuttingDown,
     SupernodeError,
 )
 
@@ -91,7 +92,7 @@ class _Assembler:
         async with self._jobs_recv:
             async for index, buffer, length in self._jobs_recv:
                 digest = await trio.to_thread.run_sync(self._store, index, buffer, length)
-                self.task.add_piece(digest)
+                self.task.add_piece(digest, length)
                 self._free_send.send_nowait(buffer)
 
     def _store(self, index: int, buffer: bytearray, length: int) -> bytes:
@@ -112,14 +113,19 @@ async def fetch_task(
     started = time.monotonic()
     try:
         meta = await _fetch(task, origin, store, policy)
-    except SupernodeError as exc:
-        log.warning("cdn: task %s failed: %s", task.task_id[:16], exc)
+    except Exception as exc:
+        if isinstance(exc, SupernodeError):
+            log.warning("cdn: task %s failed: %s", task.task_id[:16], exc)
+        else:  # a bug of ours: fail this task, keep the CDN running
+            log.exception("cdn: task %s failed: internal error", task.task_id[:16])
+            exc = SupernodeError(f"internal error: {exc!r}")
         task.fail(exc)
         store.remove_generation(task.task_id, task.generation)
         return None
-    except trio.Cancelled:
-        task.fail(SupernodeError("the supernode is shutting down"))
-        raise
+    finally:
+        if not task.settled:  # cancelled: a shutdown, or a newer generation took over
+            task.fail(ShuttingDown("the fetch was stopped (shutdown or a newer generation)"))
+            store.remove_generation(task.task_id, task.generation)
     seconds = time.monotonic() - started
     log.info(
         "cdn: task %s done: %d bytes in %d pieces from origin in %.2fs (%.0f MiB/s)",
@@ -150,9 +156,7 @@ async def _fetch(
                     end = "" if last is None else str(last)
                     extra.append(("Range", f"bytes={first + offset}-{end}"))
                 if resuming:
-                    validator = task.validators.strong_etag or task.validators.last_modified
-                    if validator:
-                        extra.append(("If-Range", validator))
+                    extra.append(("If-Range", _if_range(task)))
                 try:
                     async with origin.open(
                         "GET", spec.url, spec.headers, extra=tuple(extra)
@@ -172,7 +176,7 @@ async def _fetch(
                 except OriginBroken as exc:
                     # Without a validator for If-Range, a resumed body could belong to a
                     # newer version of the file: better to fail than to mix two versions.
-                    if assembler is None or not task.validators:
+                    if assembler is None or not _if_range(task):
                         raise
                     if resumes >= policy.max_resumes:
                         raise OriginBroken(f"{exc} (gave up after {resumes} resumes)") from exc
@@ -202,8 +206,12 @@ async def _fetch(
         last_modified=task.validators.last_modified,
         created=task.created,
     )
-    store.save_meta(meta)
-    task.finish(length)
+    task.finish(length)  # peers may finish now; what follows only makes it durable
+    pieces = task.pieces
+    assert pieces is not None
+    with trio.CancelScope(shield=True):  # a shutdown now must not lose a complete task
+        await trio.to_thread.run_sync(pieces.sync)
+        store.save_meta(meta)
     return meta
 
 
@@ -218,6 +226,11 @@ def _start(task: CdnTask, store: Store, response: OriginResponse) -> None:
     piece_size = piece_size_for(length)
     pieces = store.create_pieces(task.task_id, task.generation, piece_size)
     task.begin(length, piece_size, response.validators, pieces)
+
+
+def _if_range(task: CdnTask) -> str:
+    """The If-Range value guarding a resume ('' if none can: a weak ETag cannot)."""
+    return task.validators.strong_etag or task.validators.last_modified or ""
 
 
 def _check_resumed(response: OriginResponse, expected_start: int) -> None:

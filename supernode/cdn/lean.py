@@ -12,11 +12,13 @@ revalidation: only the hot path is hand-written.
 from __future__ import annotations
 
 import contextlib
-from urllib.parse import urlsplit
+from base64 import b64encode
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
 
+from proto.taskid import display_url
 from supernode.cdn.response import OriginResponse
 from supernode.errors import OriginBroken, OriginTimeout, OriginUnreachable
 
@@ -126,19 +128,25 @@ async def lean_get(
         raise ValueError(f"lean_get takes plain http URLs, not {url[:100]!r}")
     port = parts.port or 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host_header = host if parts.port in (None, 80) else f"{host}:{port}"
+    if parts.username is not None and not any(k.lower() == "authorization" for k, _ in headers):
+        # user:password@ in the URL means Basic auth, as curl and httpx read it.
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers = [*headers, ("Authorization", "Basic " + b64encode(credentials.encode()).decode())]
     try:
         with trio.fail_after(connect_timeout):
             stream = await trio.open_tcp_stream(parts.hostname, port)
     except trio.TooSlowError as exc:
-        raise OriginTimeout(f"origin timed out: {url}") from exc
+        raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
     except OSError as exc:
-        raise OriginUnreachable(f"cannot reach origin {url}: {exc}") from exc
+        raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
     request = h11.Request(
         method="GET",
         target=target.encode(),
         headers=[
-            ("Host", parts.netloc),
+            ("Host", host_header),
             ("Accept-Encoding", "identity"),
             ("Connection", "close"),
             *[(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS],
@@ -155,13 +163,15 @@ async def lean_get(
                 elif isinstance(event, h11.Response):
                     return LeanResponse(stream, conn, event, url, read_timeout)
                 elif isinstance(event, h11.ConnectionClosed):
-                    raise OriginUnreachable(f"origin closed the connection before answering: {url}")
+                    raise OriginUnreachable(
+                        f"origin closed the connection before answering: {display_url(url)}"
+                    )
     except trio.TooSlowError as exc:
         await stream.aclose()
-        raise OriginTimeout(f"origin timed out: {url}") from exc
+        raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
     except (h11.RemoteProtocolError, trio.BrokenResourceError, OSError) as exc:
         await stream.aclose()
-        raise OriginUnreachable(f"bad answer from origin {url}: {exc}") from exc
+        raise OriginUnreachable(f"bad answer from origin {display_url(url)}: {exc}") from exc
     except BaseException:
         await stream.aclose()
         raise

@@ -19,9 +19,11 @@ import httpcore
 import httpx
 import trio
 
+from proto.taskid import display_url
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
+    BadRequest,
     OriginBroken,
     OriginError,
     OriginStatusError,
@@ -172,22 +174,25 @@ class OriginClient:
             url = target
             if not self._lean_for(url):
                 return None, url, sent
-        raise OriginUnreachable(f"too many redirects from {url}")
+        raise OriginUnreachable(f"too many redirects from {display_url(url)}")
 
     async def _httpx_send(
         self, method: str, url: str, sent: list[tuple[str, str]]
     ) -> HttpxResponse:
-        request = self._client.build_request(method, url, headers=sent)
+        try:
+            request = self._client.build_request(method, url, headers=sent)
+        except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
+            raise BadRequest(f"cannot request {display_url(url)[:200]!r}: {exc}") from exc
         try:
             return HttpxResponse(await self._client.send(request, stream=True))
         except httpx.TimeoutException as exc:
-            raise OriginTimeout(f"origin timed out: {url}") from exc
+            raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
         except httpx.TooManyRedirects as exc:
-            raise OriginUnreachable(f"too many redirects from {url}") from exc
+            raise OriginUnreachable(f"too many redirects from {display_url(url)}") from exc
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
-            raise OriginUnreachable(f"cannot reach origin {url}: {exc}") from exc
+            raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise OriginUnreachable(f"request to {url} failed: {exc!r}") from exc
+            raise OriginUnreachable(f"request to {display_url(url)} failed: {exc!r}") from exc
 
 
 __all__ = ["OriginClient", "OriginError", "OriginResponse", "Validators"]

@@ -42,6 +42,13 @@ class PiecesFile:
         except OSError as exc:
             raise StoreError(f"cannot write piece {index} to {self.path}: {exc}") from exc
 
+    def sync(self) -> None:
+        """Flush the pieces to disk (before meta.json names them complete)."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise StoreError(f"cannot flush {self.path}: {exc}") from exc
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import trio
 
+from proto.pieces import piece_length
+from proto.taskid import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators
@@ -61,16 +63,17 @@ class Cdn:
 
     async def _fetch(self, task: CdnTask) -> None:
         self._fetches += 1
+        meta = None
         try:
-            meta = await fetch_task(task, self.origin, self.store, self.policy)
+            with task.cancel_scope:
+                meta = await fetch_task(task, self.origin, self.store, self.policy)
         finally:
             self._bytes_from_origin += task.bytes_from_origin
             task.close()
         if meta is not None:
-            # The older generations' pieces can go: nobody can be handed them any more.
-            for path in self.store.task_dir(task.task_id).glob("g*.pieces"):
-                if path != self.store.pieces_path(task.task_id, task.generation):
-                    path.unlink(missing_ok=True)
+            # Older generations' pieces can go: nobody can be handed them any more.
+            for older in range(1, task.generation):
+                self.store.remove_generation(task.task_id, older)
 
     def current(self, task_id: str) -> CdnTask | None:
         return self.tasks.get(task_id)
@@ -93,11 +96,16 @@ class Cdn:
 
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
         generation = previous.generation + 1 if previous else 1
+        if previous is not None and not previous.settled:
+            previous.cancel_scope.cancel()  # its content is stale: stop fetching it
         task = CdnTask(spec, generation)
         self.tasks[spec.task_id] = task
         self._jobs_send.send_nowait(task)
         log.info(
-            "cdn: fetching %s (task %s, generation %d)", spec.url, spec.task_id[:16], generation
+            "cdn: fetching %s (task %s, generation %d)",
+            display_url(spec.url),
+            spec.task_id[:16],
+            generation,
         )
         return task
 
@@ -127,7 +135,9 @@ class Cdn:
         async with self.origin.open(
             "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501})
         ) as response:
-            if response.status in (405, 501):  # no HEAD here: nothing to compare
+            if response.status in (405, 501) or spec.range:
+                # No HEAD here, or a Range task (HEAD names the whole file's length):
+                # the requester may read it; nothing else to compare.
                 return True
             return response.length is None or response.length == task.length
 
@@ -149,6 +159,7 @@ def _stored_task(meta: TaskMeta) -> CdnTask:
     task.length = meta.length
     task.piece_size = meta.piece_size
     task.digests = [bytes.fromhex(d) for d in meta.digests]
+    task.lengths = [piece_length(i, meta.length, meta.piece_size) for i in range(len(meta.digests))]
     task.validators = Validators(meta.etag, meta.last_modified)
     task.state = TaskState.DONE
     task.created = meta.created

@@ -10,6 +10,7 @@ supernode's user only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -57,12 +58,32 @@ class TaskMeta:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock_fd: int | None = None
         self.tasks_root = root / "tasks"
         try:
             self.tasks_root.mkdir(parents=True, exist_ok=True)
             os.chmod(root, 0o700)
         except OSError as exc:
             raise StoreError(f"cannot use data dir {root}: {exc}") from exc
+
+    def acquire(self) -> None:
+        """Lock the data dir for this process: two supernodes must not share a store."""
+        path = self.root / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"data dir {self.root} is in use by another supernode") from exc
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the lock
+            self._lock_fd = None
 
     def task_dir(self, task_id: str) -> Path:
         check_task_id(task_id)

@@ -70,6 +70,7 @@ class CdnTask:
         self.length: int | None = None
         self.piece_size = 0
         self.digests: list[bytes] = []
+        self.lengths: list[int] = []  # plaintext length of each ready piece
         self.validators = Validators(None, None)
         self.error: SupernodeError | None = None
         self.pieces: PiecesFile | None = None  # the fetcher's, open for writing
@@ -77,6 +78,8 @@ class CdnTask:
         self.bytes_from_origin = 0
         self.bytes_served = 0  # sealed bytes the CDN served for this generation
         self._changed = trio.Event()
+        # Cancelled when a newer generation replaces this one mid-fetch.
+        self.cancel_scope = trio.CancelScope()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -120,8 +123,9 @@ class CdnTask:
         self.state = TaskState.RUNNING
         self._notify()
 
-    def add_piece(self, digest: bytes) -> None:
+    def add_piece(self, digest: bytes, length: int) -> None:
         self.digests.append(digest)
+        self.lengths.append(length)
         self._notify()
 
     def finish(self, length: int) -> None:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from proto.errors import BadTicket, ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, RateLimiter
 from proto.messages import PieceData, PieceRefused, PieceRequest
-from proto.pieces import TAG_SIZE, piece_length
+from proto.pieces import TAG_SIZE
 from proto.tickets import CDN_UPLOADER, verify_ticket
 from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.service import Cdn
@@ -86,11 +86,7 @@ class CdnUploads:
             return await self._refuse(request, ErrorCode.BAD_TICKET, str(exc))
         if request.index >= task.ready:
             return await self._refuse(request, ErrorCode.NOT_HELD, "piece not on the CDN yet")
-        if task.length is None:
-            size = task.piece_size
-        else:
-            size = piece_length(request.index, task.length, task.piece_size)
-        sealed = size + TAG_SIZE
+        sealed = task.lengths[request.index] + TAG_SIZE
         reply = PieceData(task_id=task.task_id, generation=task.generation, index=request.index)
         try:
             pieces = self._open(task.task_id, task.generation, task.piece_size)

@@ -1,0 +1,5 @@
+import sys
+
+from dfdaemon.cli import main
+
+sys.exit(main())

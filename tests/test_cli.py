@@ -1,0 +1,294 @@
+"""The command-line programs as real subprocesses: dfget, supernode and dfdaemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import PYTHON, RunningSupernode, cli_env
+
+from dfget.engine import DownloadRequest
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+RUN_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+SIZE = 3 * MiB + 12345  # several pieces, the last one ragged
+SUMMARY_KEYS = {"task_id", "url", "output", "bytes", "seconds"}
+SUMMARY_KEYS |= {"from_source", "from_cdn", "from_peers"}
+LISTENING = re.compile(r"peer server listening on (\S+:\d+)")
+
+
+def blob(size: int = SIZE) -> bytes:
+    return os.urandom(size)
+
+
+async def run_argv(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """ARGV as a real process, output captured, whatever its exit code."""
+    with trio.fail_after(RUN_TIMEOUT):
+        return await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False, env=cli_env(), cwd=cwd
+        )
+
+
+async def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return await run_argv([PYTHON, *args], cwd)
+
+
+async def dfget(url: str, out: Path, *flags: str) -> subprocess.CompletedProcess[bytes]:
+    return await run("-m", "dfget", url, "-o", str(out), *flags, cwd=out.parent)
+
+
+def summary_of(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    """The one JSON object `--json` prints; fails unless stdout is exactly that."""
+    assert done.returncode == 0, done.stderr.decode()
+    text = done.stdout.decode()
+    assert text.endswith("\n") and text.count("\n") == 1, text
+    summary = json.loads(text)
+    assert isinstance(summary, dict)
+    return summary
+
+
+def error_line(done: subprocess.CompletedProcess[bytes]) -> str:
+    """The last stderr line, which must be dfget's one-line error, with no traceback."""
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("dfget: error:"), stderr
+    return last
+
+
+@asynccontextmanager
+async def supernode_process(data_dir: Path, log: Path) -> AsyncIterator[str]:
+    """A real `supernode` on an ephemeral port; yields HOST:PORT; always stopped after."""
+    command = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    with open(log, "wb") as log_file:  # a file, not a pipe: a full pipe would stall it
+        proc = await trio.lowlevel.open_process(
+            command, stdout=log_file, stderr=log_file, env=cli_env()
+        )
+    try:
+        with trio.fail_after(STARTUP_TIMEOUT):
+            while not (match := LISTENING.search(log.read_text(errors="replace"))):
+                assert proc.poll() is None, f"supernode exited:\n{log.read_text()}"
+                await trio.sleep(0.05)
+        yield match.group(1)
+    finally:
+        with trio.CancelScope(shield=True):
+            proc.terminate()
+            with trio.move_on_after(STOP_TIMEOUT):
+                await proc.wait()
+            if proc.poll() is None:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    """An empty folder for dfget's output (tmp_path also holds the supernode's store)."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    return out_dir
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port that is bound (so nobody else gets it) but refuses connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def test_json_download_through_supernode_process(
+    origin: FakeOrigin, tmp_path: Path, out_dir: Path
+) -> None:
+    data = blob()
+    origin.add("/f.bin", data)
+    url = origin.url("/f.bin")
+    async with supernode_process(tmp_path / "sn", tmp_path / "sn.log") as address:
+        out = out_dir / "f.bin"
+        done = await dfget(url, out, "--supernode", address, "--json")
+        summary = summary_of(done)
+        assert done.stderr == b""  # no progress bar (not a tty), no warning
+        assert summary.keys() >= SUMMARY_KEYS
+        assert summary["task_id"] == DownloadRequest(url=url, output=out).task_id()
+        assert summary["url"] == url
+        assert summary["output"] == str(out)
+        assert summary["bytes"] == SIZE == summary["from_cdn"]
+        assert summary["from_source"] == 0 and summary["from_peers"] == 0
+        assert isinstance(summary["seconds"], float) and summary["seconds"] > 0
+        assert out.read_bytes() == data
+        assert os.listdir(out_dir) == ["f.bin"]  # no temp file left behind
+
+        # Warm: the supernode serves it from its store, the origin sends no new body.
+        again = out_dir / "again.bin"
+        done = await dfget(url, again, "--supernode", address)
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout == b""
+        lines = done.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dfget: saved"), lines
+        assert "\r" not in done.stderr.decode()  # no progress bar redraws
+        assert again.read_bytes() == data
+        assert sorted(os.listdir(out_dir)) == ["again.bin", "f.bin"]
+    assert origin.stats["/f.bin"].full_bodies == 1
+
+
+async def test_supernode_restart_keeps_the_store(origin: FakeOrigin, tmp_path: Path) -> None:
+    data = blob()
+    origin.add("/f.bin", data)
+    data_dir = tmp_path / "sn"
+    for attempt in range(2):
+        async with supernode_process(data_dir, tmp_path / f"sn-{attempt}.log") as address:
+            out = tmp_path / f"out-{attempt}.bin"
+            summary = summary_of(
+                await dfget(origin.url("/f.bin"), out, "--supernode", address, "--json")
+            )
+            assert summary["from_cdn"] == SIZE and summary["from_source"] == 0
+            assert out.read_bytes() == data
+    assert origin.stats["/f.bin"].full_bodies == 1  # the restarted supernode had it stored
+
+
+BAD_ARGUMENTS = {
+    "ftp-url": ["ftp://127.0.0.1/f.bin", "-o", "out.bin"],
+    "bad-digest": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--digest", "sha256:xyz"],
+    "header-without-colon": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "-H", "NoColon"],
+    "bad-rate-limit": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--rate-limit", "fast"],
+    "missing-output": ["http://127.0.0.1:9/f.bin"],
+    "bad-supernode": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--supernode", "nohost"],
+}
+
+
+@pytest.mark.parametrize("args", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+async def test_bad_arguments_exit_2(out_dir: Path, args: list[str]) -> None:
+    done = await run("-m", "dfget", *args, "--no-back-source", cwd=out_dir)
+    assert done.returncode == 2, done.stderr.decode()
+    error_line(done)
+    assert done.stdout == b""
+    assert os.listdir(out_dir) == []
+
+
+async def test_origin_404_exits_3(
+    origin: FakeOrigin, supernode: RunningSupernode, out_dir: Path
+) -> None:
+    out = out_dir / "out.bin"
+    done = await dfget(origin.url("/missing"), out, "--supernode", supernode.address, "--json")
+    assert done.returncode == 3, done.stderr.decode()
+    assert "404" in error_line(done)
+    assert done.stderr.decode().count("\n") == 1  # the error, on one line, nothing else
+    assert done.stdout == b""
+    assert os.listdir(out_dir) == []
+
+
+async def test_wrong_digest_exits_4(
+    origin: FakeOrigin, supernode: RunningSupernode, out_dir: Path
+) -> None:
+    origin.add("/f.bin", blob())
+    wrong = "sha256:" + "ab" * 32
+    out = out_dir / "out.bin"
+    flags = ("--supernode", supernode.address, "--digest", wrong, "--json")
+    done = await dfget(origin.url("/f.bin"), out, *flags)
+    assert done.returncode == 4, done.stderr.decode()
+    error_line(done)
+    assert os.listdir(out_dir) == []
+
+
+async def test_unreachable_supernode_without_back_source_exits_5(
+    origin: FakeOrigin, out_dir: Path
+) -> None:
+    origin.add("/f.bin", blob())
+    out = out_dir / "out.bin"
+    with refusing_port() as port:
+        flags = ("--supernode", f"127.0.0.1:{port}", "--no-back-source", "--json")
+        done = await dfget(origin.url("/f.bin"), out, *flags)
+    assert done.returncode == 5, done.stderr.decode()
+    assert str(port) in error_line(done)
+    assert os.listdir(out_dir) == []
+    assert origin.stats["/f.bin"].requests == []  # it did not go to the origin
+
+
+async def test_timeout_exits_6(
+    origin: FakeOrigin, supernode: RunningSupernode, out_dir: Path
+) -> None:
+    origin.add("/f.bin", blob(), gate_after=MiB // 2, gate=trio.Event())  # never set
+    out = out_dir / "out.bin"
+    flags = ("--supernode", supernode.address, "--timeout", "1", "--json")
+    started = trio.current_time()
+    done = await dfget(origin.url("/f.bin"), out, *flags)
+    assert done.returncode == 6, done.stderr.decode()
+    assert 1 <= trio.current_time() - started < 20
+    error_line(done)
+    assert os.listdir(out_dir) == []
+
+
+async def test_unreachable_supernode_falls_back_to_origin(
+    origin: FakeOrigin, out_dir: Path
+) -> None:
+    data = blob()
+    origin.add("/f.bin", data)
+    out = out_dir / "out.bin"
+    with refusing_port() as port:
+        done = await dfget(origin.url("/f.bin"), out, "--supernode", f"127.0.0.1:{port}", "--json")
+    summary = summary_of(done)
+    assert summary["bytes"] == SIZE == summary["from_source"]
+    assert summary["from_cdn"] == 0
+    assert out.read_bytes() == data
+    assert os.listdir(out_dir) == ["out.bin"]
+    stderr = done.stderr.decode()
+    assert f"127.0.0.1:{port}" in stderr and "straight from the origin" in stderr, stderr
+    assert "Traceback" not in stderr and "error" not in stderr, stderr
+
+
+async def test_dfget_help_lists_flags_and_exit_codes() -> None:
+    done = await run("-m", "dfget", "--help")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert "exit codes" in text
+    codes = {0: "success", 2: "usage", 3: "origin", 4: "integrity", 5: "no supernode", 6: "timeout"}
+    for code, word in codes.items():
+        assert re.search(rf"^\s*{code}\s+{word}", text, re.MULTILINE), (code, text)
+    flags = ["--supernode", "-H", "--digest", "--tag", "--filter", "--timeout"]
+    flags += ["--rate-limit", "--no-back-source", "--json"]
+    for flag in flags:
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), flag
+
+
+async def test_supernode_help_lists_listen_and_data_dir() -> None:
+    done = await run("-m", "supernode", "--help")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert "--listen" in text and "--data-dir" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[str(Path(PYTHON).with_name("dfdaemon"))], [PYTHON, "-m", "dfdaemon"]],
+    ids=["console-script", "python-m"],
+)
+async def test_dfdaemon_says_not_yet(command: list[str]) -> None:
+    done = await run_argv(command)
+    stderr = done.stderr.decode()
+    assert done.returncode != 0
+    assert "not yet" in stderr and "Traceback" not in stderr, stderr
+
+
+async def test_supernode_on_a_busy_port_exits_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "sn")]
+        done = await run("-m", "supernode", *args)
+    stderr = done.stderr.decode()
+    assert done.returncode != 0
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("supernode:")]
+    assert len(errors) == 1 and str(port) in errors[0], stderr

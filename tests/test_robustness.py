@@ -1,0 +1,137 @@
+"""Inputs that once took the supernode down or misled it: each stays a clean error."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, StartSupernode
+
+from dfget.errors import OriginFailed, UsageError
+from proto import ErrorReply, Register, Registered
+from proto.io import open_session
+from proto.pieces import MiB
+from supernode.app import Supernode, SupernodeConfig
+from supernode.cdn.fetch import _if_range
+from supernode.cdn.response import Validators
+from supernode.cdn.task import CdnTask, TaskSpec
+from supernode.errors import StoreError
+from supernode.testing import FakeOrigin
+
+
+async def register(address: str, message: Register) -> object:
+    host, port = address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with open_session(stream, role="peer", peer_id="tester") as framed:
+        await framed.send(message)
+        with trio.fail_after(10):
+            return (await framed.receive()).message
+
+
+def register_message(url: str, public_key: bytes = b"\x09" * 32) -> Register:
+    return Register(url=url, headers=(), digest=None, tag="", filter=(), public_key=public_key)
+
+
+async def test_unusable_public_key_is_refused_and_the_server_lives_on(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", b"content")
+    reply = await register(supernode.address, register_message(origin.url("/f.bin"), bytes(32)))
+    assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+    ok = await register(supernode.address, register_message(origin.url("/f.bin")))
+    assert isinstance(ok, Registered)
+    assert Path((await fetch(origin.url("/f.bin"), supernode)).output).read_bytes() == b"content"
+
+
+@pytest.mark.parametrize("url", ["https://xn--/x", "http://xn--/x"])
+async def test_unencodable_host_is_refused_and_the_server_lives_on(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, url: str
+) -> None:
+    reply = await register(supernode.address, register_message(url))
+    assert isinstance(reply, ErrorReply) and reply.code in ("bad_request", "origin_unreachable")
+    with pytest.raises((UsageError, OriginFailed)):
+        await fetch(url, supernode)
+    origin.add("/f.bin", b"still here")
+    assert Path((await fetch(origin.url("/f.bin"), supernode)).output).read_bytes() == b"still here"
+
+
+async def test_range_of_an_origin_without_validators_is_fetched_once(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = os.urandom(2 * MiB)
+    origin.add("/plain.bin", data, etag=False, last_modified=False)
+    for _ in range(3):
+        result = await fetch(
+            origin.url("/plain.bin"), supernode, headers=(("Range", "bytes=10-99999"),)
+        )
+        assert Path(result.output).read_bytes() == data[10:100000]
+    task = supernode.node.cdn.current(result.task_id)
+    assert task is not None and task.generation == 1
+    assert origin.stats["/plain.bin"].bodies_started == 1
+
+
+def test_a_weak_etag_cannot_guard_a_resume() -> None:
+    spec = TaskSpec.from_request("http://x/y", ())
+    task = CdnTask(spec, 1)
+    task.validators = Validators('W/"weak"', None)
+    assert _if_range(task) == ""
+    task.validators = Validators('W/"weak"', "Tue, 01 Dec 2026 00:00:00 GMT")
+    assert _if_range(task) == "Tue, 01 Dec 2026 00:00:00 GMT"
+    task.validators = Validators('"strong"', None)
+    assert _if_range(task) == '"strong"'
+
+
+async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_restart(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    gate = trio.Event()
+    origin.add("/f.bin", old, gate_after=MiB + 1, gate=gate)
+    node = await start_supernode(data_dir=tmp_path / "store")
+    failures: list[Exception] = []
+
+    async def old_download() -> None:
+        try:
+            await fetch(origin.url("/f.bin"), node, name="old")
+        except Exception as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(old_download)
+        with trio.fail_after(10):
+            while origin.stats["/f.bin"].bytes_sent <= MiB:  # noqa: ASYNC110 (gen 1 held)
+                await trio.sleep(0.01)
+        origin.add("/f.bin", new, etag=True)  # changed upstream (and no gate) mid-fetch
+        result = await fetch(origin.url("/f.bin"), node, name="new")
+        gate.set()
+    assert Path(result.output).read_bytes() == new
+    assert len(failures) == 1 and not (tmp_path / "downloads" / "old").exists()
+    await node.stop()
+    task_dir = node.node.store.task_dir(result.task_id)
+    assert sorted(p.name for p in task_dir.iterdir()) == ["g2.pieces", "meta.json"]
+    again = await start_supernode(data_dir=tmp_path / "store")
+    restored = again.node.cdn.current(result.task_id)
+    assert restored is not None and restored.generation == 2
+
+
+async def test_two_supernodes_cannot_share_a_data_dir(
+    start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    await start_supernode(data_dir=tmp_path / "shared")
+    second = Supernode(SupernodeConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "shared"))
+    with pytest.raises(StoreError, match="in use"):
+        await second.serve()
+
+
+async def test_logs_show_no_credentials_or_signatures(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin.add("/f.bin", b"x", status=404)
+    url = origin.url("/f.bin").replace("http://", "http://user:hunter2@") + "?X-Sig=s3cr3t"
+    with caplog.at_level(logging.DEBUG), pytest.raises(Exception, match="404"):
+        await fetch(url, supernode)
+    assert "hunter2" not in caplog.text and "s3cr3t" not in caplog.text
+    assert "/f.bin" in caplog.text
