@@ -97,3 +97,17 @@ async def test_redirect_to_https_leaves_the_lean_path(
     node = await start_supernode(lean_http=lean)
     with pytest.raises(OriginFailed, match="reach"):
         await fetch(origin.url("/to-tls.bin"), node)
+
+
+async def test_credentials_in_the_url_are_basic_auth(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    import base64
+
+    data = os.urandom(MiB + 2)
+    origin.add("/private.bin", data, require_auth="Basic " + base64.b64encode(b"u:p w").decode())
+    node = await start_supernode(lean_http=lean)
+    url = origin.url("/private.bin").replace("http://", "http://u:p%20w@")
+    assert Path((await fetch(url, node)).output).read_bytes() == data
+    _, sent = origin.stats["/private.bin"].requests[0]
+    assert dict(sent)["host"] == f"127.0.0.1:{origin.port}"  # no user info in Host

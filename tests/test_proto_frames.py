@@ -195,6 +195,22 @@ def test_bad_fields(change: dict[str, object], field: str) -> None:
     assert info.value.field == field
 
 
+def test_piece_size_must_follow_the_rule() -> None:
+    registered = {
+        "t": "registered",
+        "task_id": TID,
+        "generation": 1,
+        "length": None,
+        "wrapped_key": b"k",
+        "ticket_key": b"t" * 32,
+        "cdn_ticket": b"",
+    }
+    for size in (1 << 30, 3 << 20, 512 * 1024, 0):
+        with pytest.raises(BadField):
+            decode_all(frame_of({**registered, "piece_size": size}))
+    assert decode_all(frame_of({**registered, "piece_size": 1 << 26}))
+
+
 def test_missing_field() -> None:
     header = good_request()
     del header["generation"]
