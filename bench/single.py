@@ -123,13 +123,18 @@ def main() -> int:
     curl = median(times["curl"])
     print()
     print(f"{args.size_mib} MiB from nginx on 127.0.0.1, median of {args.runs} runs, to a file:")
-    print(f"{'client':<14}{'seconds':>9}{'MiB/s':>8}{'vs curl':>9}{'transfer-only MiB/s':>21}")
+    print(
+        f"{'client':<14}{'seconds':>9}{'MiB/s':>8}{'vs curl':>9}{'per-run ratio':>15}"
+        f"{'transfer-only MiB/s':>21}"
+    )
     for kind, values in times.items():
         seconds = median(values)
+        # The ratio within each run (same machine state for both), then its median.
+        per_run = median([c / v for c, v in zip(times["curl"], values, strict=True)])
         transfer = f"{mib_s(size, median(inner[kind])):.0f}" if kind in inner else "-"
         print(
             f"{kind:<14}{seconds:>9.2f}{mib_s(size, seconds):>8.0f}"
-            f"{curl / seconds:>8.2f}x{transfer:>21}"
+            f"{curl / seconds:>8.2f}x{per_run:>14.2f}x{transfer:>21}"
         )
     return 0
 
