@@ -17,6 +17,7 @@ import trio
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.io import RateLimiter, unwrap_group
 from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
+from proto.taskid import display_url
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask
@@ -195,7 +196,7 @@ async def _fetch(
         raise ContentMismatch(f"origin content does not match {spec.digest}")
     meta = TaskMeta(
         task_id=task.task_id,
-        url=spec.url,
+        url=display_url(spec.url),  # shown by tools; never the credentials or signature
         generation=task.generation,
         key=task.key.hex(),
         length=length,
