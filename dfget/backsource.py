@@ -11,7 +11,7 @@ from dfget.errors import IntegrityError, OriginFailed
 from dfget.output import AtomicOutput
 from proto.digests import digest_matches, new_hasher
 from proto.io import RateLimiter
-from proto.taskid import display_url
+from proto.urls import display_url, move_credentials
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ async def fetch_from_origin(
     hasher = new_hasher(digest) if digest else None
     ranged = any(k.lower() == "range" for k, _ in headers)
     received = 0
+    url, headers = move_credentials(url, headers)
     sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
     sent.append(("accept-encoding", "identity"))
     try:
@@ -62,9 +63,9 @@ async def fetch_from_origin(
                 if progress:
                     progress(received, total)
     except httpx.TimeoutException as exc:
-        raise OriginFailed(f"origin timed out: {url}") from exc
+        raise OriginFailed(f"origin timed out: {display_url(url)}") from exc
     except httpx.HTTPError as exc:
-        raise OriginFailed(f"cannot download {url} from the origin: {exc}") from exc
+        raise OriginFailed(f"cannot download {display_url(url)} from the origin: {exc}") from exc
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from the origin does not match {digest}")
     return received

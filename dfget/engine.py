@@ -28,6 +28,7 @@ from dfget.errors import (
     OriginFailed,
     SupernodeFailed,
     SupernodeUnavailable,
+    TaskChanged,
     UsageError,
 )
 from dfget.output import AtomicOutput
@@ -49,7 +50,8 @@ from proto.messages import (
 )
 from proto.pieces import PieceSealer
 from proto.rendezvous import rank
-from proto.taskid import check_digest, display_url, task_id_for
+from proto.taskid import check_digest, task_id_for
+from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ DEFAULT_SUPERNODE = "127.0.0.1:8002"
 LANES = 2  # piece connections to the CDN
 DEPTH = 2  # requests in flight on each
 PIECE_TIMEOUT = 60.0
+MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
 REGISTER_TIMEOUT = 120.0
 MAX_PIECE_ATTEMPTS = 3
 CDN = "cdn"
@@ -173,8 +176,12 @@ async def _download(
     ranked = rank(task_id, request.supernodes)
     for attempt, address in enumerate(ranked, start=1):
         try:
-            peer = _Peer(request, task_id, address, out, limiter, progress)
-            return await peer.run()
+            try:
+                return await _Peer(request, task_id, address, out, limiter, progress).run()
+            except TaskChanged as exc:  # once: the new generation is a new download
+                log.warning("%s; starting over", exc)
+                out.reset()
+                return await _Peer(request, task_id, address, out, limiter, progress).run()
         except SupernodeUnavailable as exc:
             if attempt == len(ranked) and not request.back_source:
                 raise
@@ -320,6 +327,9 @@ class _Peer:
     async def _lane(self, book: PieceBook, writer: PieceWriter, ticket: bytes) -> None:
         """One piece connection to the CDN, with up to DEPTH requests in flight."""
         scratch = bytearray(book.piece_size)
+        # Long enough for DEPTH pieces at a crawl, so big pieces behind a tight CDN
+        # upload cap are not mistaken for a dead supernode.
+        piece_timeout = max(PIECE_TIMEOUT, DEPTH * book.piece_size / MIN_PIECE_RATE)
         async with connect(self.address, peer_id=self.peer_id) as framed:
             with translate_errors(self.address):
                 in_flight: set[int] = set()
@@ -341,11 +351,11 @@ class _Peer:
                     if not in_flight:
                         await book.wait_changed()
                         continue
-                    with trio.move_on_after(PIECE_TIMEOUT) as waited:
+                    with trio.move_on_after(piece_timeout) as waited:
                         frame = await framed.receive()
                     if waited.cancelled_caught:
                         raise SupernodeUnavailable(
-                            f"supernode {self.address} sent no piece for {PIECE_TIMEOUT:.0f}s"
+                            f"supernode {self.address} sent no piece for {piece_timeout:.0f}s"
                         )
                     index = _answered_index(frame.message, book, in_flight)
                     in_flight.discard(index)
@@ -383,7 +393,9 @@ class _Peer:
 
     def _refused(self, book: PieceBook, index: int, refusal: PieceRefused) -> None:
         attempts = book.piece_failed(index, CDN, "refused")
-        if refusal.code in (ErrorCode.STALE, ErrorCode.UNKNOWN_TASK, ErrorCode.BAD_TICKET):
+        if refusal.code == ErrorCode.STALE:
+            raise TaskChanged(f"the file changed upstream during the download: {refusal.message}")
+        if refusal.code in (ErrorCode.UNKNOWN_TASK, ErrorCode.BAD_TICKET):
             raise SupernodeFailed(f"CDN refused piece {index}: {refusal.code} {refusal.message}")
         if attempts >= MAX_PIECE_ATTEMPTS:
             raise SupernodeFailed(f"CDN refused piece {index} {attempts} times: {refusal.code}")
@@ -407,4 +419,6 @@ def _reply_error(code: str, message: str, status: int | None) -> Exception:
         return IntegrityError(message)
     if code == ErrorCode.BAD_REQUEST:
         return UsageError(message)
+    if code == ErrorCode.STALE:
+        return TaskChanged(f"the file changed upstream during the download ({message})")
     return SupernodeFailed(f"{code}: {message}")

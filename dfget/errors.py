@@ -57,6 +57,10 @@ class SupernodeFailed(DfgetError):
     exit_code = 8
 
 
+class TaskChanged(SupernodeFailed):
+    """The file changed upstream during the download (a new task generation)."""
+
+
 EXIT_CODES = {
     0: "success",
     1: "other failure",

@@ -53,15 +53,6 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def display_url(url: str) -> str:
-    """The URL as logs may show it: no credentials, no query (it may hold signatures)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
-
-
 def check_task_id(task_id: str) -> str:
     """Return `task_id` if it is 64 lower-case hex characters, else raise ValueError.
 

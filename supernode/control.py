@@ -24,8 +24,8 @@ from proto.messages import (
     TaskFailed,
     error_reply,
 )
-from proto.taskid import display_url
 from proto.tickets import CDN_UPLOADER, issue_ticket
+from proto.urls import display_url
 from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
 from supernode.errors import SupernodeError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proto.errors import ErrorCode
-from proto.taskid import display_url
+from proto.urls import display_url
 
 
 class SupernodeError(Exception):
@@ -59,6 +59,12 @@ class StoreError(SupernodeError):
     """The piece store could not write or read (disk full, permissions)."""
 
     code = ErrorCode.STORE
+
+
+class TaskSuperseded(SupernodeError):
+    """The content changed upstream: a newer generation of the task replaced this one."""
+
+    code = ErrorCode.STALE
 
 
 class ShuttingDown(SupernodeError):

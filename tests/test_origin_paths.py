@@ -111,3 +111,12 @@ async def test_credentials_in_the_url_are_basic_auth(
     assert Path((await fetch(url, node)).output).read_bytes() == data
     _, sent = origin.stats["/private.bin"].requests[0]
     assert dict(sent)["host"] == f"127.0.0.1:{origin.port}"  # no user info in Host
+
+
+async def test_non_ascii_paths_are_percent_encoded(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    origin.add("/dir/ä b.bin", b"umlaut")
+    node = await start_supernode(lean_http=lean)
+    result = await fetch(origin.url("/dir/ä b.bin"), node)
+    assert Path(result.output).read_bytes() == b"umlaut"

@@ -210,3 +210,22 @@ def test_token_bucket_averages_the_rate_and_allows_a_burst() -> None:
     assert bucket.reserve(100, now=1.0) == pytest.approx(0.1)
     assert bucket.reserve(0, now=10.0) == 0.0  # refilled, capped at the burst
     assert bucket.statistics().tokens == 500
+
+
+def test_display_url_hides_secrets_and_never_raises() -> None:
+    from proto.urls import display_url
+
+    assert display_url("http://u:pw@host:8080/a/b?sig=1") == "http://host:8080/a/b?…"
+    assert display_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
+    assert display_url("http://host:notaport/x") == "<unparsable URL>"
+
+
+def test_credentials_in_a_url_become_basic_auth_unless_a_header_says_otherwise() -> None:
+    from proto.urls import move_credentials
+
+    assert move_credentials("http://h/x", ()) == ("http://h/x", ())
+    url, headers = move_credentials("http://a%40b:p%3Aw@h:81/x?q", ())
+    assert url == "http://h:81/x?q"
+    assert headers == (("Authorization", "Basic YUBiOnA6dw=="),)  # "a@b:p:w"
+    explicit = (("Authorization", "Bearer t"),)
+    assert move_credentials("http://a:b@h/x", explicit) == ("http://h/x", explicit)

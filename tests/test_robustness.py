@@ -85,7 +85,11 @@ def test_a_weak_etag_cannot_guard_a_resume() -> None:
 
 
 async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_restart(
-    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+    caplog: pytest.LogCaptureFixture,
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
 ) -> None:
     old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
     gate = trio.Event()
@@ -108,7 +112,10 @@ async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_resta
         result = await fetch(origin.url("/f.bin"), node, name="new")
         gate.set()
     assert Path(result.output).read_bytes() == new
-    assert len(failures) == 1 and not (tmp_path / "downloads" / "old").exists()
+    # The download that began on generation 1 started over on generation 2.
+    assert failures == []
+    assert (tmp_path / "downloads" / "old").read_bytes() == new
+    assert "changed upstream" in caplog.text
     await node.stop()
     task_dir = node.node.store.task_dir(result.task_id)
     assert sorted(p.name for p in task_dir.iterdir()) == ["g2.pieces", "meta.json"]

@@ -17,7 +17,7 @@ import trio
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.io import RateLimiter, unwrap_group
 from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
-from proto.taskid import display_url
+from proto.urls import display_url
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask
@@ -26,7 +26,9 @@ from supernode.errors import (
     ContentMismatch,
     OriginBroken,
     ShuttingDown,
+    StoreError,
     SupernodeError,
+    TaskSuperseded,
 )
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,11 @@ async def fetch_task(
         store.remove_generation(task.task_id, task.generation)
         return None
     finally:
-        if not task.settled:  # cancelled: a shutdown, or a newer generation took over
-            task.fail(ShuttingDown("the fetch was stopped (shutdown or a newer generation)"))
+        if not task.settled:  # cancelled: a newer generation took over, or a shutdown
+            if task.superseded:
+                task.fail(TaskSuperseded("the content changed upstream: a new generation"))
+            else:
+                task.fail(ShuttingDown("the supernode is shutting down"))
             store.remove_generation(task.task_id, task.generation)
     seconds = time.monotonic() - started
     log.info(
@@ -211,8 +216,11 @@ async def _fetch(
     pieces = task.pieces
     assert pieces is not None
     with trio.CancelScope(shield=True):  # a shutdown now must not lose a complete task
-        await trio.to_thread.run_sync(pieces.sync)
-        store.save_meta(meta)
+        try:
+            await trio.to_thread.run_sync(pieces.sync)
+            store.save_meta(meta)
+        except StoreError as exc:  # served from here on, but it will not survive a restart
+            log.error("cdn: task %s is complete but not saved: %s", task.task_id[:16], exc)
     return meta
 
 

@@ -12,15 +12,14 @@ revalidation: only the hot path is hand-written.
 from __future__ import annotations
 
 import contextlib
-from base64 import b64encode
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import h11
 import trio
 
-from proto.taskid import display_url
+from proto.urls import display_url
 from supernode.cdn.response import OriginResponse
-from supernode.errors import OriginBroken, OriginTimeout, OriginUnreachable
+from supernode.errors import BadRequest, OriginBroken, OriginTimeout, OriginUnreachable
 
 READ_SIZE = 1 << 20
 USER_AGENT = "dragonfly-py-supernode/0.1"
@@ -119,40 +118,51 @@ class LeanResponse(OriginResponse):
             await self._stream.aclose()
 
 
+# Characters left as they are in a request target; anything else (spaces, non-ASCII)
+# is percent-encoded as UTF-8, as httpx and browsers do.
+_TARGET_SAFE = "/?&=:;@!$'()*+,%~-._[]"
+
+
+def _request(url: str, headers: list[tuple[str, str]]) -> tuple[str, int, h11.Request]:
+    """(host, port, request) for `url`; BadRequest if it cannot be put on the wire."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 80
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("lean_get takes plain http URLs")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        target = quote(
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _TARGET_SAFE
+        )
+        request = h11.Request(
+            method="GET",
+            target=target,
+            headers=[
+                ("Host", host if parts.port in (None, 80) else f"{host}:{port}"),
+                ("Accept-Encoding", "identity"),
+                ("Connection", "close"),
+                *[(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS],
+                *([] if any(k.lower() == "user-agent" for k, _ in headers) else [_AGENT]),
+            ],
+        )
+    except (h11.LocalProtocolError, ValueError) as exc:  # UnicodeError is a ValueError
+        raise BadRequest(f"cannot request {display_url(url)}: {exc}") from exc
+    return parts.hostname, port, request
+
+
 async def lean_get(
     url: str, headers: list[tuple[str, str]], *, read_timeout: float, connect_timeout: float
 ) -> LeanResponse:
     """Send `GET url` over a new connection; return once the response head is in."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"lean_get takes plain http URLs, not {url[:100]!r}")
-    port = parts.port or 80
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    host_header = host if parts.port in (None, 80) else f"{host}:{port}"
-    if parts.username is not None and not any(k.lower() == "authorization" for k, _ in headers):
-        # user:password@ in the URL means Basic auth, as curl and httpx read it.
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers = [*headers, ("Authorization", "Basic " + b64encode(credentials.encode()).decode())]
+    hostname, port, request = _request(url, headers)
     try:
         with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(parts.hostname, port)
+            stream = await trio.open_tcp_stream(hostname, port)
     except trio.TooSlowError as exc:
         raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
     except OSError as exc:
         raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
-    request = h11.Request(
-        method="GET",
-        target=target.encode(),
-        headers=[
-            ("Host", host_header),
-            ("Accept-Encoding", "identity"),
-            ("Connection", "close"),
-            *[(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS],
-            *([] if any(k.lower() == "user-agent" for k, _ in headers) else [_AGENT]),
-        ],
-    )
     try:
         with trio.fail_after(read_timeout):
             await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))

@@ -19,7 +19,7 @@ import httpcore
 import httpx
 import trio
 
-from proto.taskid import display_url
+from proto.urls import display_url, move_credentials
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
@@ -139,6 +139,7 @@ class OriginClient:
     ) -> AsyncIterator[OriginResponse]:
         """Send a request (redirects followed); yield the response if its status is in
         `ok`, else raise OriginStatusError."""
+        url, headers = move_credentials(url, headers)
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP] + list(extra)
         response: LeanResponse | HttpxResponse | None = None
         if method == "GET" and self._lean_for(url):
@@ -169,7 +170,7 @@ class OriginClient:
                 return response, url, sent
             await response.aclose()
             target = urljoin(url, location)
-            if urlsplit(target)[:2] != urlsplit(url)[:2]:
+            if _origin_of(target) != _origin_of(url):
                 sent = [(k, v) for k, v in sent if k.lower() not in SENSITIVE]
             url = target
             if not self._lean_for(url):
@@ -193,6 +194,15 @@ class OriginClient:
             raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise OriginUnreachable(f"request to {display_url(url)} failed: {exc!r}") from exc
+
+
+def _origin_of(url: str) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port: what a redirect must keep for credentials to follow."""
+    parts = urlsplit(url)
+    try:
+        return parts.scheme, parts.hostname, parts.port
+    except ValueError as exc:  # a port that is not a number
+        raise OriginUnreachable(f"origin redirected to a bad URL: {display_url(url)}") from exc
 
 
 __all__ = ["OriginClient", "OriginError", "OriginResponse", "Validators"]

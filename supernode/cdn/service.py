@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from proto.pieces import piece_length
-from proto.taskid import display_url
+from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators
@@ -97,7 +97,8 @@ class Cdn:
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
         generation = previous.generation + 1 if previous else 1
         if previous is not None and not previous.settled:
-            previous.cancel_scope.cancel()  # its content is stale: stop fetching it
+            previous.superseded = True  # its content is stale: stop fetching it
+            previous.cancel_scope.cancel()
         task = CdnTask(spec, generation)
         self.tasks[spec.task_id] = task
         self._jobs_send.send_nowait(task)

@@ -158,7 +158,12 @@ class Store:
                 path.unlink(missing_ok=True)
 
     def remove_generation(self, task_id: str, generation: int) -> None:
-        self.pieces_path(task_id, generation).unlink(missing_ok=True)
+        """Delete a generation's pieces; a failure is logged, never raised (cleanup)."""
+        path = self.pieces_path(task_id, generation)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("store: cannot remove %s: %s", path, exc)
 
     def remove_task(self, task_id: str) -> None:
         shutil.rmtree(self.task_dir(task_id), ignore_errors=True)

@@ -80,6 +80,7 @@ class CdnTask:
         self._changed = trio.Event()
         # Cancelled when a newer generation replaces this one mid-fetch.
         self.cancel_scope = trio.CancelScope()
+        self.superseded = False
 
     # -- reading -----------------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""URL helpers shared by every HTTP client of the project: what logs may show, and
+credentials in the URL turned into the header they stand for."""
+
+from __future__ import annotations
+
+from base64 import b64encode
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def display_url(url: str) -> str:
+    """The URL as logs and error messages may show it: no user info, no query (it may
+    hold signatures). Never raises, whatever the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # e.g. a port that is not a number
+        return "<unparsable URL>"
+    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+
+
+def move_credentials(url: str, headers: Headers) -> tuple[str, Headers]:
+    """`http://user:pass@host/x` → (`http://host/x`, headers + Basic auth).
+
+    The user info is always dropped from the URL; it becomes an Authorization header
+    unless one is given already (an explicit header wins, as with curl). Every client
+    then sends the same thing, whichever HTTP library carries the request.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, headers
+    netloc = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if any(name.lower() == "authorization" for name, _ in headers):
+        return bare, headers
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    token = b64encode(credentials.encode()).decode()
+    return bare, (*headers, ("Authorization", f"Basic {token}"))
