@@ -18,6 +18,7 @@ import http
 import os
 import pathlib
 import re
+import ssl
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -175,9 +176,12 @@ class FakeOrigin:
     stops it.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # serve HTTPS with this server context (see `self_signed_tls`)
         self.faults: dict[str, Fault] = {}
         self.stats: dict[str, PathStats] = {}
         self._entries: dict[str, _MemoryEntry | _FileEntry] = {}
@@ -207,7 +211,8 @@ class FakeOrigin:
 
     def url(self, path: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.port}{path}"
 
     async def serve(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -236,8 +241,10 @@ class FakeOrigin:
 
     # -- connection level -----------------------------------------------------------
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)
+        if self.tls is not None:
+            stream = trio.SSLStream(stream, self.tls, server_side=True)
         try:
             while await self._serve_one(stream, conn):
                 conn.start_next_cycle()
@@ -248,7 +255,7 @@ class FakeOrigin:
         finally:
             await stream.aclose()
 
-    async def _serve_one(self, stream: trio.SocketStream, conn: h11.Connection) -> bool:
+    async def _serve_one(self, stream: trio.abc.Stream, conn: h11.Connection) -> bool:
         """Serve one request. Return True if the connection can carry another."""
         event = await _next_event(stream, conn)
         if not isinstance(event, h11.Request):
@@ -262,9 +269,7 @@ class FakeOrigin:
 
     # -- request level --------------------------------------------------------------
 
-    async def _respond(
-        self, stream: trio.SocketStream, conn: h11.Connection, req: _Request
-    ) -> bool:
+    async def _respond(self, stream: trio.abc.Stream, conn: h11.Connection, req: _Request) -> bool:
         stats = self.stats.setdefault(req.path, PathStats())
         stats.requests.append((req.method, [(":path", req.target), *req.headers]))
         fault = self.faults.get(req.path) or Fault()
@@ -286,7 +291,7 @@ class FakeOrigin:
 
     async def _respond_with_content(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         conn: h11.Connection,
         req: _Request,
         fault: Fault,
@@ -306,7 +311,7 @@ class FakeOrigin:
 
 
 async def _send_content(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     conn: h11.Connection,
     req: _Request,
     fault: Fault,
@@ -364,7 +369,7 @@ def _plan_body(fault: Fault, length: int, chunked: bool) -> _BodyPlan:
 
 
 async def _send_body(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     conn: h11.Connection,
     content: _Content,
     start: int,
@@ -397,7 +402,7 @@ async def _send_body(
     return True
 
 
-async def _stage_drop(stream: trio.SocketStream, plan: _BodyPlan, sent: int) -> None:
+async def _stage_drop(stream: trio.abc.Stream, plan: _BodyPlan, sent: int) -> None:
     """Leave the body visibly unfinished. Closing the socket afterwards does the rest.
 
     With Content-Length, the missing bytes already give the cut away. With chunked framing,
@@ -409,7 +414,7 @@ async def _stage_drop(stream: trio.SocketStream, plan: _BodyPlan, sent: int) -> 
 
 
 async def _send_head(
-    stream: trio.SocketStream, conn: h11.Connection, status: int, headers: Headers
+    stream: trio.abc.Stream, conn: h11.Connection, status: int, headers: Headers
 ) -> None:
     headers = [("Date", email.utils.formatdate(usegmt=True)), *headers]
     response = h11.Response(status_code=status, headers=headers, reason=_phrase(status))
@@ -417,7 +422,7 @@ async def _send_head(
 
 
 async def _send_simple(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     conn: h11.Connection,
     req: _Request,
     status: int,
@@ -444,7 +449,7 @@ def _phrase(status: int) -> str:
 
 
 async def _reject_malformed(
-    stream: trio.SocketStream, conn: h11.Connection, exc: h11.RemoteProtocolError
+    stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError
 ) -> None:
     """Answer a bad request with 400 (or h11's hint) if we still can, then give up."""
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -463,18 +468,18 @@ async def _reject_malformed(
 # -- protocol helpers -------------------------------------------------------------
 
 
-async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> h11.Event:
+async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Event:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(64 * 1024))
+            conn.receive_data(bytes(await stream.receive_some(64 * 1024)))
         elif isinstance(event, h11.Event):
             return event
         else:  # PAUSED cannot happen: we never read past the end of a request.
             raise AssertionError(f"unexpected h11 state {event!r}")
 
 
-async def _wait_for_hangup(stream: trio.SocketStream) -> None:
+async def _wait_for_hangup(stream: trio.abc.Stream) -> None:
     """Read and throw away data until the client closes. This is what `hang` is."""
     while await stream.receive_some(64 * 1024):
         pass
@@ -620,3 +625,46 @@ async def _serve_forever(origin: FakeOrigin) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def self_signed_tls(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, bytes]:
+    """A server TLS context with a fresh self-signed certificate for `host`, and that
+    certificate in PEM (for clients that should trust it)."""
+    import ipaddress
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as folder:
+        cert_file, key_file = pathlib.Path(folder, "cert.pem"), pathlib.Path(folder, "key.pem")
+        cert_file.write_bytes(cert_pem)
+        key_file.write_bytes(key_pem)
+        context.load_cert_chain(cert_file, key_file)
+    return context, cert_pem

@@ -1,0 +1,67 @@
+"""HTTPS origins: verified against the system's CAs, with an --insecure opt-out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, StartSupernode, downloads
+
+from dfget.errors import OriginFailed
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin, self_signed_tls
+
+
+@pytest.fixture
+async def tls_origin(nursery: trio.Nursery) -> tuple[FakeOrigin, bytes]:
+    context, cert_pem = self_signed_tls()
+    origin = FakeOrigin(tls=context)
+    await nursery.start(origin.serve)
+    return origin, cert_pem
+
+
+async def test_an_untrusted_certificate_is_refused(
+    tls_origin: tuple[FakeOrigin, bytes],
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+) -> None:
+    origin, _ = tls_origin
+    origin.add("/f.bin", b"secret")
+    node = await start_supernode()
+    with pytest.raises(OriginFailed, match="reach"):
+        await fetch(origin.url("/f.bin"), node)
+    with pytest.raises(OriginFailed):  # straight from the origin, verified too
+        await fetch(origin.url("/f.bin"), None)
+    assert downloads(tmp_path) == []
+
+
+async def test_insecure_opts_out_of_verification(
+    tls_origin: tuple[FakeOrigin, bytes], start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    origin, _ = tls_origin
+    data = os.urandom(2 * MiB + 5)
+    origin.add("/f.bin", data)
+    node = await start_supernode(insecure=True)
+    assert Path((await fetch(origin.url("/f.bin"), node)).output).read_bytes() == data
+    direct = await fetch(origin.url("/f.bin"), None, insecure=True)
+    assert Path(direct.output).read_bytes() == data and direct.from_source == len(data)
+
+
+async def test_the_system_trust_store_is_used(
+    tls_origin: tuple[FakeOrigin, bytes],
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    origin, cert_pem = tls_origin
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(cert_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # OpenSSL's default verify path
+    data = os.urandom(MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    assert Path((await fetch(origin.url("/f.bin"), node)).output).read_bytes() == data
