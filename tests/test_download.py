@@ -210,3 +210,17 @@ async def test_unknown_length_chunked_body(
     result = await fetch(origin.url("/chunked.bin"), supernode)
     assert Path(result.output).read_bytes() == data
     assert result.piece_size == 4 * MiB and result.pieces == 3
+
+
+async def test_rate_limit_paces_the_download(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = random_blob(5 * MiB)
+    origin.add("/f.bin", data)
+    await fetch(origin.url("/f.bin"), supernode)  # warm the CDN: only dfget's pace counts
+    started = trio.current_time()
+    result = await fetch(origin.url("/f.bin"), supernode, rate_limit=8 * MiB)
+    elapsed = trio.current_time() - started
+    assert Path(result.output).read_bytes() == data
+    # 5 MiB at 8 MiB/s with a quarter-second burst (2 MiB): at least 3 MiB / 8 MiB/s.
+    assert elapsed >= 0.37
