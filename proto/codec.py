@@ -10,6 +10,7 @@ the message's own `check()`; any failure is a `RemoteProtoError`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -36,6 +37,8 @@ def _checker_for(hint: object) -> Checker:
         return lambda v: type(v) is int and 0 <= v <= U64_MAX
     if hint is bool:
         return lambda v: type(v) is bool
+    if hint is float:  # durations and rates: finite and not negative
+        return lambda v: type(v) is float and 0.0 <= v < math.inf
     if hint is str:
         return lambda v: type(v) is str
     if hint is bytes:

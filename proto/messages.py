@@ -72,6 +72,11 @@ class Welcome(Message):
     version: int
     role: str
     agent: str = ""
+    challenge: bytes = b""  # admission: the peer proves the cluster token over this
+
+    def check(self) -> None:
+        if len(self.challenge) > 64:
+            raise ValueError("challenge longer than 64 bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +107,8 @@ class Register(Message):
     tag: str
     filter: tuple[str, ...]
     public_key: bytes
-    upload_port: int = 0
+    upload_port: int = 0  # where this peer serves pieces (0: it does not)
+    upload_slots: int = 0  # how many pieces it uploads at once
     token_proof: bytes | None = None
 
     def check(self) -> None:
@@ -111,8 +117,10 @@ class Register(Message):
         _check_headers(self.headers)
         if len(self.public_key) != KEY_BYTES:
             raise ValueError("public_key must be 32 bytes")
-        if self.upload_port > 65535:
-            raise ValueError("upload_port out of range")
+        if self.upload_port > 65535 or self.upload_slots > 1024:
+            raise ValueError("upload_port or upload_slots out of range")
+        if self.token_proof is not None and len(self.token_proof) != 32:
+            raise ValueError("token_proof must be 32 bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +190,70 @@ class TaskFailed(Message):
         check_task_id(self.task_id)
 
 
+@dataclass(frozen=True, slots=True)
+class PieceTasksRequest(Message):
+    """A peer asks which pieces to fetch next, and from whom (at most `want`)."""
+
+    TAG: ClassVar[str] = "piece_tasks_request"
+    task_id: str
+    generation: int
+    want: int
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if not 1 <= self.want <= 256:
+            raise ValueError("want must be 1 to 256")
+
+
+# One piece task: (index, source peer id, host, port, ticket). The CDN is source "cdn"
+# with an empty host and port 0: fetch it from the supernode this session talks to.
+PieceTask = tuple[int, str, str, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PieceTasks(Message):
+    """The scheduler's answer: pieces to fetch, each from one source, with its ticket."""
+
+    TAG: ClassVar[str] = "piece_tasks"
+    task_id: str
+    generation: int
+    tasks: tuple[PieceTask, ...]
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if len(self.tasks) > 256:
+            raise ValueError("at most 256 piece tasks a frame")
+        for _, source, host, port, ticket in self.tasks:
+            if not source or len(source) > 128 or len(host) > 255 or port > 65535:
+                raise ValueError("bad piece task source")
+            if len(ticket) > 1024:
+                raise ValueError("ticket longer than 1024 bytes")
+
+
+OUTCOMES = frozenset({"done", "cancelled", "busy", "refused", "failed", "timeout", "corrupt"})
+
+
+@dataclass(frozen=True, slots=True)
+class PieceResult(Message):
+    """What became of one piece task: the scheduler learns who holds what, and who fails."""
+
+    TAG: ClassVar[str] = "piece_result"
+    task_id: str
+    generation: int
+    index: int
+    source: str
+    outcome: str
+    nbytes: int = 0
+    seconds: float = 0.0
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.outcome!r}")
+        if not self.source or len(self.source) > 128:
+            raise ValueError("bad source")
+
+
 # -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------
 
 
@@ -240,6 +312,9 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PieceRequest,
     PieceData,
     PieceRefused,
+    PieceTasksRequest,
+    PieceTasks,
+    PieceResult,
 )
 
 

@@ -27,7 +27,10 @@ from proto.messages import (
     PieceData,
     PieceRefused,
     PieceRequest,
+    PieceResult,
     PiecesReady,
+    PieceTasks,
+    PieceTasksRequest,
     Register,
     Registered,
     TaskDone,
@@ -64,23 +67,32 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
 
 # Once open, what each side may send (and so what the other may receive).
 OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
-    Side.CLIENT: frozenset({Register, PieceRequest}),
+    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PieceRequest}),
     Side.SERVER: frozenset(
-        {Registered, PiecesReady, TaskDone, TaskFailed, PieceData, PieceRefused, ErrorReply}
+        {
+            Registered,
+            PiecesReady,
+            TaskDone,
+            TaskFailed,
+            PieceTasks,
+            PieceData,
+            PieceRefused,
+            ErrorReply,
+        }
     ),
 }
 
 _OTHER = {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}
 
 
-def negotiate(hello: Hello, role: str, agent: str = "") -> Welcome:
+def negotiate(hello: Hello, role: str, agent: str = "", challenge: bytes = b"") -> Welcome:
     """The Welcome for a Hello: the highest version both sides speak."""
     common = set(hello.versions) & set(PROTOCOL_VERSIONS)
     if not common:
         raise VersionMismatch(
             f"peer speaks versions {list(hello.versions)}, we speak {list(PROTOCOL_VERSIONS)}"
         )
-    return Welcome(version=max(common), role=role, agent=agent)
+    return Welcome(version=max(common), role=role, agent=agent, challenge=challenge)
 
 
 class Session:

@@ -14,10 +14,11 @@ import logging
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proto.admission import new_challenge
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
-from proto.io import FramedStream, RateLimiter
-from proto.messages import Hello, PieceRequest, Register
-from proto.session import Session, Side, negotiate
+from proto.io import FramedStream, RateLimiter, server_handshake
+from proto.messages import PieceRequest, Register
+from proto.session import Session, Side
 from supernode import __version__
 from supernode.cdn.service import Cdn
 from supernode.cdn.uploads import CdnUploads
@@ -89,10 +90,11 @@ class PeerServer:
                 await framed.stream.send_all(refusal)
 
     async def _converse(self, framed: FramedStream) -> None:
+        challenge = new_challenge()
         with trio.fail_after(HELLO_TIMEOUT):
-            hello = (await framed.receive()).message
-        assert isinstance(hello, Hello)  # the session table admits nothing else first
-        await framed.send(negotiate(hello, role="supernode", agent=AGENT))
+            hello = await server_handshake(
+                framed, role="supernode", agent=AGENT, challenge=challenge
+            )
         with trio.fail_after(IDLE_TIMEOUT):
             first = (await framed.receive()).message
         if isinstance(first, Register):

@@ -1,7 +1,14 @@
 """The opt-in trio adapter of the wire: `import proto` never imports this package."""
 
-from proto.io.framed import FramedStream, client_handshake, open_session
+from proto.io.framed import FramedStream, client_handshake, open_session, server_handshake
 from proto.io.groups import unwrap_group
 from proto.io.limiter import RateLimiter
 
-__all__ = ["FramedStream", "RateLimiter", "client_handshake", "open_session", "unwrap_group"]
+__all__ = [
+    "FramedStream",
+    "RateLimiter",
+    "client_handshake",
+    "open_session",
+    "server_handshake",
+    "unwrap_group",
+]

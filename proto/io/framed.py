@@ -18,7 +18,7 @@ import trio
 from proto.errors import ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
 from proto.frames import Frame
 from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcome
-from proto.session import Session, Side
+from proto.session import Session, Side, negotiate
 
 READ_SIZE = 256 * 1024
 _SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
@@ -30,6 +30,7 @@ class FramedStream:
         self.session = session
         self._send_lock = trio.Lock()
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.welcome: Welcome | None = None  # the server's, on a client stream
 
     async def send(
         self, message: Message, payload: bytes | bytearray | memoryview | None = None
@@ -115,10 +116,28 @@ async def _sendfile(sock: trio.socket.SocketType, fd: int, offset: int, count: i
             since_yield = 0
 
 
+async def server_handshake(
+    framed: FramedStream,
+    *,
+    role: str,
+    agent: str = "",
+    challenge: bytes = b"",
+) -> Hello:
+    """Server side: wait for Hello, answer Welcome (callers put a deadline around it).
+
+    Errors propagate with the session still able to `refuse()` them.
+    """
+    hello = (await framed.receive()).message
+    assert isinstance(hello, Hello)  # the session table admits nothing else first
+    await framed.send(negotiate(hello, role=role, agent=agent, challenge=challenge))
+    return hello
+
+
 async def client_handshake(
     stream: trio.abc.Stream, *, role: str, peer_id: str, agent: str = ""
 ) -> FramedStream:
-    """Client side: say Hello, wait for Welcome; the open framed stream.
+    """Client side: say Hello, wait for Welcome; the open framed stream (the Welcome is
+    kept in `framed.welcome`).
 
     On any failure the stream is closed before the error propagates.
     """
@@ -133,6 +152,7 @@ async def client_handshake(
                 raise VersionMismatch(frame.message.message)
             raise RemoteFailure(frame.message.code, frame.message.message, frame.message.status)
         assert isinstance(frame.message, Welcome)
+        framed.welcome = frame.message
     except BaseException:
         await framed.aclose()
         raise
