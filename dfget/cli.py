@@ -13,7 +13,9 @@ import trio
 from dfget import __version__
 from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
+from dfget.peer import PeerOptions
 from dfget.progress import ProgressBar
+from proto.admission import read_token
 from proto.units import format_size, parse_rate
 
 log = logging.getLogger("dfget")
@@ -54,6 +56,13 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text!r}")
     return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"bad address {text!r} (want HOST:PORT)")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -126,6 +135,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON summary object on stdout at the end"
     )
+    swarm = parser.add_argument_group(
+        "peer options", "while it downloads, dfget serves the pieces it holds to other peers"
+    )
+    swarm.add_argument(
+        "--peer-listen",
+        type=_listen,
+        default=("0.0.0.0", 0),
+        metavar="HOST:PORT",
+        help="where to serve pieces (default 0.0.0.0 on a free port; the supernode tells "
+        "other peers the address it sees this peer at)",
+    )
+    swarm.add_argument(
+        "--upload-rate-limit",
+        type=_rate,
+        default=None,
+        metavar="RATE",
+        help="cap what this peer uploads, e.g. 10MiB (default: none)",
+    )
+    swarm.add_argument(
+        "--upload-slots",
+        type=int,
+        default=4,
+        metavar="N",
+        help="pieces uploaded at once; past it peers are told 'busy' (default 4, 0: no uploads)",
+    )
+    swarm.add_argument(
+        "--seed-for",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep serving this long after the download is done (default 0)",
+    )
+    token = swarm.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token", metavar="SECRET", help="the cluster token (prefer --token-file: ps shows it)"
+    )
+    token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.add_argument("--version", action="version", version=f"dfget {__version__}")
     return parser
@@ -136,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    try:
+        token = read_token(args.token, args.token_file)
+    except ValueError as exc:
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return UsageError.exit_code
     request = DownloadRequest(
         url=args.url,
         output=args.output.expanduser(),
@@ -148,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit=args.rate_limit,
         back_source=args.back_source,
         insecure=args.insecure,
+        peer=PeerOptions(
+            listen=args.peer_listen,
+            upload_slots=max(0, args.upload_slots),
+            upload_rate=args.upload_rate_limit,
+            seed_for=max(0.0, args.seed_for),
+            token=token,
+        ),
     )
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
     bar = ProgressBar(args.output.name) if show_bar else None

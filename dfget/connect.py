@@ -41,22 +41,29 @@ def translate_errors(address: str) -> Iterator[None]:
         raise SupernodeFailed(f"supernode {address} broke the protocol: {exc}") from exc
 
 
-@asynccontextmanager
-async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
-    """An open, handshaken session to `address` (HOST:PORT)."""
+async def connect_stream(address: str, *, peer_id: str) -> FramedStream:
+    """An open, handshaken session to `address` (HOST:PORT); the caller closes it."""
     host, port = parse_address(address)
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             stream = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
-        raise SupernodeUnavailable(f"cannot reach supernode {address}: {exc}") from exc
+        raise SupernodeUnavailable(f"cannot reach {address}: {exc}") from exc
     with translate_errors(address):
         with trio.move_on_after(CONNECT_TIMEOUT) as handshake:
             framed = await client_handshake(stream, role="peer", peer_id=peer_id, agent=AGENT)
         if handshake.cancelled_caught:
             await stream.aclose()
-            raise SupernodeUnavailable(f"supernode {address} did not answer the handshake")
-        try:
+            raise SupernodeUnavailable(f"{address} did not answer the handshake")
+    return framed
+
+
+@asynccontextmanager
+async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
+    """`connect_stream`, closed when the block ends; errors inside are translated."""
+    framed = await connect_stream(address, peer_id=peer_id)
+    try:
+        with translate_errors(address):
             yield framed
-        finally:
-            await framed.aclose()
+    finally:
+        await framed.aclose()

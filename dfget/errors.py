@@ -4,6 +4,7 @@ Exit codes (documented in `dfget --help` and docs/dfget.md):
   0 success            3 origin error          6 timeout
   1 other failure      4 integrity error       7 output error
   2 usage error        5 no supernode          8 supernode protocol error
+                                               9 not admitted (cluster token)
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class SupernodeFailed(DfgetError):
     exit_code = 8
 
 
+class NotAdmitted(SupernodeFailed):
+    """The supernode refused this peer: missing or wrong cluster token."""
+
+    exit_code = 9
+
+
 class TaskChanged(SupernodeFailed):
     """The file changed upstream during the download (a new task generation)."""
 
@@ -71,5 +78,6 @@ EXIT_CODES = {
     6: "timeout (--timeout reached)",
     7: "output error (cannot write or rename the output file)",
     8: "supernode error (protocol violation or internal failure)",
+    9: "not admitted by the supernode (missing or wrong cluster token)",
     130: "interrupted",
 }

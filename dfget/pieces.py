@@ -1,7 +1,7 @@
-"""Piece bookkeeping of one download: what is known, wanted, in flight and written.
+"""Piece bookkeeping of one download: what is known, written, and from where.
 
-Pure state, no I/O: the engine feeds it the supernode's news (`add_ready`,
-`set_done`) and the outcome of each transfer, and asks it which piece to fetch next.
+No I/O: the engine feeds it the supernode's news (`add_ready`, `set_done`) and the
+outcome of each transfer; the scheduler on the supernode decides what to fetch next.
 """
 
 from __future__ import annotations
@@ -32,15 +32,13 @@ class PieceBook:
     length: int | None
     digests: list[bytes] = field(default_factory=list)  # index → plaintext blake3
     piece_count: int | None = None  # known once the CDN is done
-    written: set[int] = field(default_factory=set)
-    in_flight: set[int] = field(default_factory=set)
+    written: dict[int, int] = field(default_factory=dict)  # index → plaintext length
     attempts: dict[int, int] = field(default_factory=dict)
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     bytes_written: int = 0
 
     def __post_init__(self) -> None:
         self._changed = trio.Event()
-        self._next = 0  # lowest index that may still be unfetched
 
     # -- news from the supernode -------------------------------------------------------
 
@@ -62,35 +60,28 @@ class PieceBook:
     def complete(self) -> bool:
         return self.piece_count is not None and len(self.written) == self.piece_count
 
-    def next_piece(self) -> int | None:
-        """Lowest announced piece not written nor in flight, or None for now."""
-        index = self._next
-        while index < len(self.digests) and (index in self.written or index in self.in_flight):
-            index += 1
-        if index >= len(self.digests):
-            return None
-        self.in_flight.add(index)
-        return index
-
     def size_of(self, index: int) -> int:
         if self.length is None:
             return self.piece_size
         return piece_length(index, self.length, self.piece_size)
 
+    def holds(self, index: int) -> bool:
+        return index in self.written
+
+    def length_of(self, index: int) -> int:
+        """Plaintext length of a written piece."""
+        return self.written[index]
+
     def piece_written(self, index: int, source: str, size: int) -> None:
-        self.in_flight.discard(index)
-        self.written.add(index)
+        self.written[index] = size
         self.bytes_written += size
         counts = self.sources.setdefault(source, SourceCounts())
         counts.bytes += size
         counts.pieces += 1
-        while self._next in self.written:
-            self._next += 1
         self._notify()
 
     def piece_failed(self, index: int, source: str, kind: str) -> int:
-        """Put a piece back to be fetched again; returns how often it has failed."""
-        self.in_flight.discard(index)
+        """Count a failed transfer of a piece; returns how often that piece has failed."""
         counts = self.sources.setdefault(source, SourceCounts())
         setattr(counts, kind, getattr(counts, kind) + 1)
         self.attempts[index] = self.attempts.get(index, 0) + 1

@@ -49,6 +49,8 @@ class PieceWriter:
     def _hash_in_order(self, index: int, plain: memoryview) -> None:
         with self._lock:
             assert self._hasher is not None
+            if index < self._cursor or index in self._on_disk:
+                return  # a second copy of a piece (endgame): hashed once already
             if index != self._cursor:
                 self._on_disk[index] = len(plain)
                 return

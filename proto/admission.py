@@ -10,9 +10,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 
 CHALLENGE_SIZE = 32
 _CONTEXT = b"dragonfly-py admission v1\0"
+
+
+def read_token(value: str | None, file: Path | None) -> bytes | None:
+    """The cluster token from a flag's value or a file; ValueError if unusable."""
+    if file is not None:
+        try:
+            value = file.read_text().strip()
+        except (OSError, UnicodeError) as exc:
+            raise ValueError(f"cannot read the token file {file}: {exc}") from exc
+    if value is None:
+        return None
+    if len(value) < 8:
+        raise ValueError("a cluster token must be at least 8 characters")
+    return value.encode()
 
 
 def new_challenge() -> bytes:

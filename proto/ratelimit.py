@@ -3,7 +3,8 @@
 `reserve(n, now)` takes `n` tokens, letting the bucket go into debt, and returns how
 long the caller must wait before using them. Going into debt (rather than waiting for
 `n` tokens to accumulate) lets a caller take a piece larger than the burst and still
-average exactly `rate` over time.
+average exactly `rate` over time. The bucket starts empty: a transfer that starts
+cold is paced from its first byte, and only an idle spell earns a burst.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class TokenBucket:
         # Default burst: a quarter second of traffic, so short transfers are not paced
         # byte by byte but the long-run average stays at `rate`.
         self.burst = float(burst) if burst is not None else self.rate / 4
-        self._tokens = self.burst
+        self._tokens = 0.0
         self._stamp = now
         self._taken = 0
 

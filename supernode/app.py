@@ -15,7 +15,9 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
 from supernode.keys import load_or_create_ticket_key
+from supernode.scheduler import Scheduler, SchedulerConfig
 from supernode.server import PeerServer
+from supernode.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class SupernodeConfig:
     ticket_ttl: float = 3600.0
     max_resumes: int = 5
     lean_http: bool = True  # plain-HTTP bodies through cdn/lean.py (else all httpx)
+    token: bytes | None = None  # cluster token: peers must prove it (None: open cluster)
+    cdn_upload_slots: int = 16  # pieces the CDN uploads at once (the scheduler's CDN cap)
 
 
 class Supernode:
@@ -54,10 +58,12 @@ class Supernode:
         limiter = RateLimiter(config.origin_rate_limit) if config.origin_rate_limit else None
         self.cdn = Cdn(self.store, self.origin, FetchPolicy(config.max_resumes, limiter))
         self.ticket_key = load_or_create_ticket_key(config.data_dir)
-        uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
-        self.server = PeerServer(
-            self.cdn, self.ticket_key, ticket_ttl=config.ticket_ttl, upload_limiter=uploads
+        self.scheduler = Scheduler(SchedulerConfig(cdn_upload_slots=config.cdn_upload_slots))
+        self.swarm = Swarm(
+            self.scheduler, self.ticket_key, ticket_ttl=config.ticket_ttl, token=config.token
         )
+        uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
+        self.server = PeerServer(self.cdn, self.swarm, upload_limiter=uploads)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -66,6 +72,8 @@ class Supernode:
         try:
             loaded = self.cdn.load()
             log.info("store %s: %d complete tasks", self.config.data_dir, loaded)
+            if self.config.token is None:
+                log.warning("no cluster token (--token): any peer that reaches us is admitted")
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.cdn.run)

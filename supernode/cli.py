@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from proto.admission import read_token
 from proto.io import unwrap_group
 from proto.units import parse_rate
 from supernode import __version__
@@ -88,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="cap what the CDN serves to peers, e.g. 50MiB (default: none)",
     )
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token",
+        metavar="SECRET",
+        help="cluster token: peers must prove they know it to be admitted (visible in ps: "
+        "prefer --token-file); without one the cluster is open to anyone who reaches it",
+    )
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the cluster token from this file (surrounding whitespace ignored)",
+    )
+    parser.add_argument(
+        "--cdn-upload-slots",
+        type=int,
+        default=16,
+        metavar="N",
+        help="pieces the CDN uploads at once; past it peers are sent to other peers (default 16)",
+    )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -119,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO; the CDN logs what matters itself.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     host, port = args.listen
+    try:
+        token = read_token(args.token, args.token_file)
+    except ValueError as exc:
+        print(f"supernode: {exc}", file=sys.stderr)
+        return 2
     config = SupernodeConfig(
         host=host,
         port=port,
@@ -127,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         origin_timeout=args.origin_timeout,
         origin_rate_limit=args.origin_rate_limit,
         cdn_upload_limit=args.cdn_upload_limit,
+        token=token,
+        cdn_upload_slots=args.cdn_upload_slots,
     )
     try:
         trio.run(_serve_until_signalled, Supernode(config))

@@ -1,35 +1,39 @@
-"""The control session of one peer: Register → Registered, then the task's progress.
+"""The control session of one peer: admission, Register → Registered, then the swarm.
 
-After `Registered`, the session pushes `PiecesReady` as pieces land on the CDN and
-ends the task with `TaskDone` or `TaskFailed`. It keeps reading the peer's messages
-meanwhile; a peer may register several tasks in turn on one session.
+After `Registered`, the session pushes `PiecesReady` as pieces land on the CDN and ends
+the task with `TaskDone` or `TaskFailed`. Meanwhile the peer asks for piece tasks (the
+scheduler's decisions, with tickets) and reports each transfer's result. A peer may
+register several tasks on one session; when the session ends, the peer leaves the
+swarm at once.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, unwrap_group
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
+    PieceResult,
     PiecesReady,
+    PieceTasks,
+    PieceTasksRequest,
     Register,
     Registered,
     TaskDone,
     TaskFailed,
     error_reply,
 )
-from proto.tickets import CDN_UPLOADER, issue_ticket
+from proto.tickets import CDN_UPLOADER
 from proto.urls import display_url
 from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
 from supernode.errors import SupernodeError
 from supernode.keys import raw_public
+from supernode.swarm import PeerIdInUse, PeerRecord, Swarm
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +46,58 @@ class ControlSession:
         framed: FramedStream,
         *,
         peer_id: str,
+        peer_host: str,
+        challenge: bytes,
         cdn: Cdn,
-        ticket_key: Ed25519PrivateKey,
-        ticket_ttl: float,
+        swarm: Swarm,
     ) -> None:
         self.framed = framed
         self.peer_id = peer_id
+        self.peer_host = peer_host  # where the peer's upload port is, as we see it
+        self.challenge = challenge
         self.cdn = cdn
-        self.ticket_key = ticket_key
-        self.ticket_ttl = ticket_ttl
+        self.swarm = swarm
+        self.tasks: dict[str, CdnTask] = {}
+        self.record: PeerRecord | None = None
 
     async def run(self, first: Register) -> None:
         """Serve the session until the peer closes it (ConnectionLost propagates)."""
-        with unwrap_group():
-            async with trio.open_nursery() as nursery:
-                message = first
-                while True:
-                    await self._register(message, nursery=nursery)
-                    frame = await self.framed.receive()
-                    if not isinstance(frame.message, Register):
-                        raise UnexpectedMessage(f"{frame.message.TAG} on a control session")
-                    message = frame.message
+        try:
+            with unwrap_group():
+                async with trio.open_nursery() as nursery:
+                    await self._register(first, nursery=nursery)
+                    while True:
+                        message = (await self.framed.receive()).message
+                        if isinstance(message, Register):
+                            await self._register(message, nursery=nursery)
+                        elif isinstance(message, PieceTasksRequest):
+                            await self._piece_tasks(message)
+                        elif isinstance(message, PieceResult):
+                            self._piece_result(message)
+                        else:
+                            raise UnexpectedMessage(f"{message.TAG} on a control session")
+        finally:
+            if self.record is not None:
+                self.swarm.leave(self.peer_id, trio.current_time())
 
     async def _register(self, message: Register, *, nursery: trio.Nursery) -> None:
+        if not self.swarm.admits(
+            self.challenge, self.peer_id, message.public_key, message.token_proof
+        ):
+            log.warning(
+                "peer %s at %s: not admitted (cluster token)", self.peer_id[:40], self.peer_host
+            )
+            await self.framed.send(
+                error_reply(ErrorCode.FORBIDDEN, "not admitted: missing or wrong cluster token")
+            )
+            return
+        try:
+            record = self.swarm.join(
+                self.peer_id, self.peer_host, message.upload_port, message.upload_slots
+            )
+        except PeerIdInUse as exc:
+            await self.framed.send(error_reply(ErrorCode.FORBIDDEN, str(exc)))
+            return
         try:
             spec = TaskSpec.from_request(
                 message.url,
@@ -88,13 +121,9 @@ class ControlSession:
         except BadPublicKey as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
             return
-        ticket = issue_ticket(
-            self.ticket_key,
-            task_id=task.task_id,
-            requester=self.peer_id,
-            uploader=CDN_UPLOADER,
-            expires=time.time() + self.ticket_ttl,
-        )
+        self.record = record
+        self.tasks[task.task_id] = task
+        self.swarm.enter(record, task, trio.current_time())
         await self.framed.send(
             Registered(
                 task_id=task.task_id,
@@ -102,18 +131,42 @@ class ControlSession:
                 length=task.length,
                 piece_size=task.piece_size,
                 wrapped_key=wrapped,
-                ticket_key=raw_public(self.ticket_key),
-                cdn_ticket=ticket,
+                ticket_key=raw_public(self.swarm.ticket_key),
+                cdn_ticket=self.swarm.ticket(task.task_id, self.peer_id, CDN_UPLOADER),
             )
         )
         log.info(
-            "peer %s registered task %s (generation %d, %s)",
-            self.peer_id[:12],
+            "peer %s (%s:%d) registered task %s (generation %d, %s)",
+            self.peer_id[:40],
+            self.peer_host,
+            message.upload_port,
             task.task_id[:16],
             task.generation,
             task.state,
         )
         nursery.start_soon(self._push_progress, task)
+
+    def _current(self, task_id: str, generation: int) -> CdnTask | None:
+        task = self.tasks.get(task_id)
+        if task is None or task.generation != generation or task.superseded:
+            return None
+        return task
+
+    async def _piece_tasks(self, message: PieceTasksRequest) -> None:
+        task = self._current(message.task_id, message.generation)
+        if task is None:
+            await self.framed.send(
+                error_reply(ErrorCode.STALE, "that task generation is not current here")
+            )
+            return
+        tasks = self.swarm.piece_tasks(task, self.peer_id, message.want, trio.current_time())
+        await self.framed.send(
+            PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
+        )
+
+    def _piece_result(self, message: PieceResult) -> None:
+        if self._current(message.task_id, message.generation) is not None:
+            self.swarm.report(self.peer_id, message, trio.current_time())
 
     async def _push_progress(self, task: CdnTask) -> None:
         sent = 0

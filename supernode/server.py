@@ -8,11 +8,9 @@ peer sends can take the server down or stall other connections.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.admission import new_challenge
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
@@ -23,27 +21,21 @@ from supernode import __version__
 from supernode.cdn.service import Cdn
 from supernode.cdn.uploads import CdnUploads
 from supernode.control import ControlSession
+from supernode.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 IDLE_TIMEOUT = 600.0  # a connection must send its first request within this
 AGENT = f"dragonfly-py-supernode/{__version__}"
-_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class PeerServer:
     def __init__(
-        self,
-        cdn: Cdn,
-        ticket_key: Ed25519PrivateKey,
-        *,
-        ticket_ttl: float = 3600.0,
-        upload_limiter: RateLimiter | None = None,
+        self, cdn: Cdn, swarm: Swarm, *, upload_limiter: RateLimiter | None = None
     ) -> None:
         self.cdn = cdn
-        self.ticket_key = ticket_key
-        self.ticket_ttl = ticket_ttl
+        self.swarm = swarm
         self.upload_limiter = upload_limiter
         self.connections = 0
         self.protocol_errors = 0
@@ -74,20 +66,13 @@ class PeerServer:
         except RemoteProtoError as exc:
             self.protocol_errors += 1
             log.info("connection from %s broke the protocol: %s", peer, exc)
-            await self._refuse(framed, exc)
+            await framed.refuse(exc)
         except Exception as exc:
             # A bug of ours must cost one connection, never the server.
             log.exception("connection from %s: internal error", peer)
-            await self._refuse(framed, exc)
+            await framed.refuse(exc)
         finally:
             await framed.aclose()
-
-    async def _refuse(self, framed: FramedStream, exc: Exception) -> None:
-        """Tell the peer why we close, if the session still allows a word."""
-        refusal = framed.session.refuse(exc)
-        if refusal is not None:
-            with trio.move_on_after(1), contextlib.suppress(*_GONE):
-                await framed.stream.send_all(refusal)
 
     async def _converse(self, framed: FramedStream) -> None:
         challenge = new_challenge()
@@ -101,9 +86,10 @@ class PeerServer:
             control = ControlSession(
                 framed,
                 peer_id=hello.peer_id,
+                peer_host=_host(framed.stream),
+                challenge=challenge,
                 cdn=self.cdn,
-                ticket_key=self.ticket_key,
-                ticket_ttl=self.ticket_ttl,
+                swarm=self.swarm,
             )
             await control.run(first)
         elif isinstance(first, PieceRequest):
@@ -111,12 +97,21 @@ class PeerServer:
                 framed,
                 peer_id=hello.peer_id,
                 cdn=self.cdn,
-                ticket_public=self.ticket_key.public_key(),
+                ticket_public=self.swarm.ticket_key.public_key(),
                 limiter=self.upload_limiter,
             )
             await uploads.run(first)
         else:
             raise UnexpectedMessage(f"{first.TAG} cannot open a session")
+
+
+def _host(stream: trio.abc.Stream) -> str:
+    """The peer's IP address as this connection sees it."""
+    assert isinstance(stream, trio.SocketStream)
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return ""
 
 
 def _address(stream: trio.SocketStream) -> str:

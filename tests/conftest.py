@@ -14,6 +14,7 @@ import trio
 import trio.lowlevel
 
 from dfget.engine import DownloadRequest, DownloadResult, download
+from dfget.peer import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
 from supernode.testing import FakeOrigin
 
@@ -86,6 +87,7 @@ def fetch(tmp_path: Path) -> Fetch:
     ) -> DownloadResult:
         name = fields.pop("name", f"out-{next(counter)}")
         address = supernode.address if isinstance(supernode, RunningSupernode) else supernode
+        fields.setdefault("peer", PeerOptions(listen=("127.0.0.1", 0)))
         request = DownloadRequest(
             url=url,
             output=tmp_path / "downloads" / name,
@@ -111,3 +113,11 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:
+    """Wait until `predicate()` holds: state of servers running beside the test, which
+    offer nothing to await."""
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.02)

@@ -205,11 +205,13 @@ def test_rates() -> None:
 
 def test_token_bucket_averages_the_rate_and_allows_a_burst() -> None:
     bucket = TokenBucket(rate=1000, burst=500, now=0.0)
-    assert bucket.reserve(500, now=0.0) == 0.0  # the burst passes at once
-    assert bucket.reserve(1000, now=0.0) == pytest.approx(1.0)  # then one second of debt
-    assert bucket.reserve(100, now=1.0) == pytest.approx(0.1)
-    assert bucket.reserve(0, now=10.0) == 0.0  # refilled, capped at the burst
+    assert bucket.reserve(500, now=0.0) == pytest.approx(0.5)  # starts empty: paced at once
+    assert bucket.reserve(1000, now=0.5) == pytest.approx(1.0)  # then a second of debt
+    assert bucket.reserve(100, now=1.5) == pytest.approx(0.1)
+    assert bucket.reserve(0, now=10.0) == 0.0  # idle: refilled, capped at the burst
     assert bucket.statistics().tokens == 500
+    assert bucket.reserve(500, now=10.0) == 0.0  # the burst passes at once
+    assert bucket.reserve(100, now=10.0) == pytest.approx(0.1)  # then pacing again
 
 
 def test_display_url_hides_secrets_and_never_raises() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode
+from conftest import Fetch, RunningSupernode, StartSupernode, until
 
 from dfget.errors import OriginFailed, UsageError
 from proto import ErrorReply, Register, Registered
@@ -105,9 +105,7 @@ async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_resta
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(old_download)
-        with trio.fail_after(10):
-            while origin.stats["/f.bin"].bytes_sent <= MiB:  # noqa: ASYNC110 (gen 1 held)
-                await trio.sleep(0.01)
+        await until(lambda: origin.stats["/f.bin"].bytes_sent > MiB)  # generation 1 is held
         origin.add("/f.bin", new, etag=True)  # changed upstream (and no gate) mid-fetch
         result = await fetch(origin.url("/f.bin"), node, name="new")
         gate.set()

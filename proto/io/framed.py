@@ -9,6 +9,7 @@ module sees a raw trio exception.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcom
 from proto.session import Session, Side, negotiate
 
 READ_SIZE = 256 * 1024
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
 
 
@@ -85,6 +87,14 @@ class FramedStream:
                 self.session.receive_data(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(f"receive failed: {exc}", clean=False) from exc
+
+    async def refuse(self, exc: Exception) -> None:
+        """Server side, before closing: tell the peer why, if the session still allows a
+        word (best effort: a peer that is gone is not waited for)."""
+        refusal = self.session.refuse(exc)
+        if refusal is not None:
+            with trio.move_on_after(1), contextlib.suppress(*_GONE):
+                await self.stream.send_all(refusal)
 
     def recycle(self, payload: bytearray) -> None:
         """Give a received payload back for reuse (see `FrameDecoder.recycle`)."""

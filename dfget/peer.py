@@ -1,0 +1,420 @@
+"""One attempt at a download through one supernode, as a peer of the swarm.
+
+The peer listens for uploads first, registers (proving the cluster token if it has
+one), then runs two loops on the control session: `_follow` applies the supernode's
+news (pieces landing on the CDN, the task done or failed, answers to piece-task
+requests) and `_schedule` asks the scheduler which piece to fetch from whom and starts
+a transfer for each. A transfer fetches one sealed piece from a peer or the CDN, opens
+and checks it in a worker thread, writes it, and reports the outcome, so the scheduler
+learns who holds what and who fails. Once the file is complete and verified, the
+output is committed and, with --seed-for, the peer keeps serving for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from dfget.backsource import Progress
+from dfget.connect import connect, translate_errors
+from dfget.errors import (
+    DownloadTimeout,
+    IntegrityError,
+    NotAdmitted,
+    OriginFailed,
+    SupernodeFailed,
+    SupernodeUnavailable,
+    TaskChanged,
+    UsageError,
+)
+from dfget.output import AtomicOutput
+from dfget.pieces import PieceBook
+from dfget.sources import PieceRefusedError, SourceLost, SourcePool
+from dfget.uploads import PieceServer, SharedTask
+from dfget.writer import PieceWriter
+from proto.admission import prove
+from proto.errors import ErrorCode, PieceCorrupted
+from proto.io import FramedStream, RateLimiter, unwrap_group
+from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
+from proto.messages import (
+    ErrorReply,
+    PieceRequest,
+    PieceResult,
+    PiecesReady,
+    PieceTask,
+    PieceTasks,
+    PieceTasksRequest,
+    Register,
+    Registered,
+    TaskDone,
+    TaskFailed,
+)
+from proto.pieces import PieceSealer
+from proto.tickets import CDN_UPLOADER
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = 8  # pieces transferring at once
+PIECE_TIMEOUT = 60.0
+MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
+REGISTER_TIMEOUT = 120.0
+MAX_PIECE_FAILURES = 8  # one piece failing verification this often: give up
+_ORIGIN_CODES = {
+    ErrorCode.ORIGIN_STATUS,
+    ErrorCode.ORIGIN_UNREACHABLE,
+    ErrorCode.ORIGIN_TIMEOUT,
+    ErrorCode.ORIGIN_BROKEN,
+}
+
+
+class PeerOptions:
+    """How this peer takes part in the swarm (from the CLI or a daemon)."""
+
+    def __init__(
+        self,
+        *,
+        listen: tuple[str, int] = ("0.0.0.0", 0),
+        upload_slots: int = 4,
+        upload_rate: float | None = None,
+        seed_for: float = 0.0,
+        token: bytes | None = None,
+        server_factory: type[PieceServer] = PieceServer,
+    ) -> None:
+        self.listen = listen
+        self.upload_slots = upload_slots
+        self.upload_rate = upload_rate
+        self.seed_for = seed_for
+        self.token = token
+        self.server_factory = server_factory  # tests swap in the fakes of dfget.testing
+
+
+class Attempt:
+    """Download one task through the supernode at `address`; see the module docstring."""
+
+    def __init__(
+        self,
+        register: Register,
+        *,
+        task_id: str,
+        address: str,
+        peer_id: str,
+        out: AtomicOutput,
+        digest: str | None,
+        limiter: RateLimiter,
+        options: PeerOptions,
+        deadline: float,
+        progress: Progress | None,
+    ) -> None:
+        self.register_message = register
+        self.task_id = task_id
+        self.address = address
+        self.peer_id = peer_id
+        self.out = out
+        self.digest = digest
+        self.limiter = limiter
+        self.options = options
+        self.deadline = deadline
+        self.progress = progress
+        self.key = X25519PrivateKey.generate()
+        self.pool = SourcePool(peer_id=peer_id)
+        self.book: PieceBook | None = None
+        self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
+        self._running: dict[int, list[trio.CancelScope]] = {}
+        self._scratch: list[bytearray] = []
+
+    async def run(self, on_complete: Callable[[PieceBook], Awaitable[None]]) -> PieceBook:
+        """Download, verify, then `on_complete(book)` (commit, report) before seeding."""
+        server = self.options.server_factory(
+            peer_id=self.peer_id,
+            slots=self.options.upload_slots,
+            limiter=RateLimiter(self.options.upload_rate),
+        )
+        with unwrap_group():
+            async with trio.open_nursery() as outer:
+                host, port = self.options.listen
+                try:
+                    bound = await outer.start(server.serve, host, port)
+                except OSError as exc:
+                    raise UsageError(f"cannot listen for uploads on {host}:{port}: {exc}") from exc
+                async with connect(self.address, peer_id=self.peer_id) as control:
+                    book = await self._download(control, server, bound)
+                    await on_complete(book)
+                    await self._seed(control, book)
+                outer.cancel_scope.cancel()
+        return book
+
+    # -- the download ----------------------------------------------------------------------
+
+    async def _download(self, control: FramedStream, server: PieceServer, port: int) -> PieceBook:
+        registered = await self._register(control, port)
+        context = wrap_context(registered.task_id, registered.generation)
+        try:
+            key = unwrap_key(self.key, registered.wrapped_key, context)
+        except BadWrappedKey as exc:
+            raise SupernodeFailed(str(exc)) from exc
+        book = self.book = PieceBook(
+            task_id=registered.task_id,
+            generation=registered.generation,
+            piece_size=registered.piece_size,
+            length=registered.length,
+        )
+        sealer = PieceSealer(key, registered.task_id)
+        writer = PieceWriter(self.out, sealer, registered.piece_size, self.digest)
+        server.share(
+            SharedTask(
+                task_id=book.task_id,
+                generation=book.generation,
+                sealer=sealer,
+                piece_size=book.piece_size,
+                ticket_key=Ed25519PublicKey.from_public_bytes(registered.ticket_key),
+                holds=book.holds,
+                length_of=book.length_of,
+                fd=os.open(self.out.temp, os.O_RDONLY | os.O_CLOEXEC),
+            )
+        )
+        with trio.move_on_at(self.deadline) as deadline, unwrap_group():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow, control, book)
+                nursery.start_soon(
+                    partial(self._schedule, control, book, writer, connections=nursery)
+                )
+                while not book.complete:
+                    await book.wait_changed()
+                nursery.cancel_scope.cancel()
+        if deadline.cancelled_caught:
+            raise DownloadTimeout("the download did not finish within --timeout")
+        writer.verify_whole()
+        return book
+
+    async def _register(self, control: FramedStream, port: int) -> Registered:
+        message = self.register_message
+        proof = None
+        if self.options.token is not None:
+            challenge = control.welcome.challenge if control.welcome else b""
+            proof = prove(self.options.token, challenge, self.peer_id, raw_public(self.key))
+        await control.send(
+            Register(
+                url=message.url,
+                headers=message.headers,
+                digest=message.digest,
+                tag=message.tag,
+                filter=message.filter,
+                public_key=raw_public(self.key),
+                upload_port=port if self.options.upload_slots else 0,
+                upload_slots=self.options.upload_slots,
+                token_proof=proof,
+            )
+        )
+        # The supernode answers once the origin's response head is in (or it failed).
+        with trio.move_on_after(REGISTER_TIMEOUT) as waited:
+            reply = (await control.receive()).message
+        if waited.cancelled_caught:
+            raise SupernodeUnavailable(
+                f"supernode {self.address} did not answer Register in {REGISTER_TIMEOUT:.0f}s"
+            )
+        if isinstance(reply, ErrorReply):
+            raise reply_error(reply.code, reply.message, reply.status)
+        if not isinstance(reply, Registered):
+            raise SupernodeFailed(f"supernode answered Register with {reply.TAG}")
+        if reply.task_id != self.task_id:
+            raise SupernodeFailed("supernode computed another task id (version skew?)")
+        return reply
+
+    async def _follow(self, control: FramedStream, book: PieceBook) -> None:
+        """Apply the supernode's news to the book; hand piece-task answers over."""
+        while True:
+            message = (await control.receive()).message
+            if isinstance(message, TaskFailed | ErrorReply):
+                raise reply_error(message.code, message.message, message.status)
+            if not isinstance(message, PiecesReady | TaskDone | PieceTasks):
+                raise SupernodeFailed(f"unexpected {message.TAG} on the control session")
+            if message.task_id != book.task_id or message.generation != book.generation:
+                raise SupernodeFailed("supernode reported on another task or generation")
+            try:
+                if isinstance(message, PieceTasks):
+                    self._replies_send.send_nowait(message)
+                elif isinstance(message, PiecesReady):
+                    book.add_ready(message.start, message.digests)
+                else:
+                    book.set_done(message.length, message.piece_count)
+                    self.out.truncate(message.length)
+            except (ValueError, trio.WouldBlock) as exc:
+                raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
+
+    async def _schedule(
+        self,
+        control: FramedStream,
+        book: PieceBook,
+        writer: PieceWriter,
+        *,
+        connections: trio.Nursery,
+    ) -> None:
+        """Ask for piece tasks whenever there is room, start a transfer for each (the
+        readers of source connections run in `connections`, which outlives transfers)."""
+        idle = 0.01
+        async with trio.open_nursery() as transfers:
+            while not book.complete:
+                running = sum(len(scopes) for scopes in self._running.values())
+                if running >= IN_FLIGHT:
+                    await book.wait_changed()
+                    continue
+                await control.send(
+                    PieceTasksRequest(
+                        task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
+                    )
+                )
+                with trio.fail_after(REGISTER_TIMEOUT):
+                    answer = await self._replies_recv.receive()
+                for task in answer.tasks:
+                    scope = trio.CancelScope()
+                    self._running.setdefault(task[0], []).append(scope)
+                    transfers.start_soon(
+                        partial(
+                            self._transfer,
+                            control,
+                            book,
+                            writer,
+                            task,
+                            scope,
+                            connections=connections,
+                        )
+                    )
+                if answer.tasks:
+                    idle = 0.01
+                    continue
+                # Nothing to fetch right now: other peers are still getting the pieces we
+                # lack. Wait for news (a piece landing, a transfer ending), not too long.
+                with trio.move_on_after(idle):
+                    await book.wait_changed()
+                idle = min(idle * 2, 0.25)
+            transfers.cancel_scope.cancel()
+
+    async def _transfer(
+        self,
+        control: FramedStream,
+        book: PieceBook,
+        writer: PieceWriter,
+        task: PieceTask,
+        scope: trio.CancelScope,
+        *,
+        connections: trio.Nursery,
+    ) -> None:
+        index, source, _, _, _ = task
+        kind = "cdn" if source == CDN_UPLOADER else "peers"
+        started = trio.current_time()
+        outcome, size = "cancelled", 0
+        try:
+            with scope:
+                size = await self._fetch(book, writer, task, connections=connections)
+                outcome = "done"
+        except PieceRefusedError as exc:
+            if exc.code == ErrorCode.STALE and source == CDN_UPLOADER:
+                raise TaskChanged(f"the file changed upstream during the download: {exc}") from exc
+            outcome = "busy" if exc.code == ErrorCode.BUSY else "refused"
+            book.piece_failed(index, kind, "refused")
+        except PieceCorrupted as exc:
+            outcome = "corrupt"
+            failures = book.piece_failed(index, kind, "corrupt")
+            log.warning("%s (from %s)", exc, source[:40])
+            if failures >= MAX_PIECE_FAILURES:
+                raise IntegrityError(f"piece {index} failed verification {failures} times") from exc
+        except SourceLost as exc:
+            outcome = "failed"
+            book.piece_failed(index, kind, "failed")
+            log.debug("piece %d from %s: %s", index, source[:40], exc)
+        except trio.TooSlowError:
+            outcome = "timeout"
+            book.piece_failed(index, kind, "failed")
+        finally:
+            self._running[index].remove(scope)
+            if outcome == "done":  # endgame: the other copies of this piece lost the race
+                for loser in self._running.get(index, []):
+                    loser.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await control.send(
+                PieceResult(
+                    task_id=book.task_id,
+                    generation=book.generation,
+                    index=index,
+                    source=source,
+                    outcome=outcome,
+                    nbytes=size,
+                    seconds=max(0.0, trio.current_time() - started),
+                )
+            )
+
+    async def _fetch(
+        self, book: PieceBook, writer: PieceWriter, task: PieceTask, *, connections: trio.Nursery
+    ) -> int:
+        """Fetch, verify and write one piece; its plaintext length (0 if already held)."""
+        index, source, host, port, ticket = task
+        while index >= len(book.digests):  # its PiecesReady is on its way
+            await book.wait_changed()
+        address = self.address if source == CDN_UPLOADER else f"{_bracket(host)}:{port}"
+        await self.limiter.acquire(book.piece_size if book.length is None else book.size_of(index))
+        timeout = max(PIECE_TIMEOUT, 2 * book.piece_size / MIN_PIECE_RATE)
+        with trio.fail_after(timeout):
+            connection = await self.pool.get(address, nursery=connections)
+            frame = await connection.fetch(
+                PieceRequest(
+                    task_id=book.task_id, generation=book.generation, index=index, ticket=ticket
+                )
+            )
+        if book.holds(index):  # a faster copy won meanwhile
+            connection.recycle(frame.payload)
+            return 0
+        scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
+        try:
+            size: int = await trio.to_thread.run_sync(
+                writer.store_piece, index, frame.payload, book.digests[index], scratch
+            )
+        finally:
+            self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
+            connection.recycle(frame.payload)
+        if book.holds(index):
+            return 0
+        book.piece_written(index, "cdn" if source == CDN_UPLOADER else "peers", size)
+        if self.progress:
+            self.progress(book.bytes_written, book.length)
+        return size
+
+    # -- after the download -----------------------------------------------------------------
+
+    async def _seed(self, control: FramedStream, book: PieceBook) -> None:
+        """With --seed-for, keep serving (and the session open) for that long."""
+        if self.options.seed_for <= 0:
+            return
+        log.info("seeding for %gs", self.options.seed_for)
+        with trio.move_on_after(self.options.seed_for), translate_errors(self.address):
+            try:
+                await self._follow(control, book)
+            except (SupernodeFailed, OriginFailed) as exc:
+                log.info("seeding stopped: %s", exc)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def reply_error(code: str, message: str, status: int | None) -> Exception:
+    """A supernode's typed error as the dfget error a user should see."""
+    if code in _ORIGIN_CODES:
+        return OriginFailed(message, status)
+    if code == ErrorCode.DIGEST_MISMATCH:
+        return IntegrityError(message)
+    if code == ErrorCode.BAD_REQUEST:
+        return UsageError(message)
+    if code == ErrorCode.STALE:
+        return TaskChanged(f"the file changed upstream during the download ({message})")
+    if code == ErrorCode.FORBIDDEN:
+        return NotAdmitted(message)
+    return SupernodeFailed(f"{code}: {message}")
+
+
+__all__ = ["Attempt", "PeerOptions"]

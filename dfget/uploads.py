@@ -1,0 +1,169 @@
+"""This peer's upload server: other peers fetch the pieces it holds, sealed, with tickets.
+
+A piece is read back from the (verified) output file and sealed again: sealing is
+deterministic, so the bytes are exactly the CDN's. Every request needs a ticket the
+supernode signed for this task, naming the requester on the connection and this peer
+as the uploader. At most `slots` uploads run at once; past that the answer is `busy`,
+and the scheduler sends the requester elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dfget import __version__
+from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
+from proto.io import FramedStream, RateLimiter, server_handshake
+from proto.messages import PieceData, PieceRefused, PieceRequest
+from proto.pieces import PieceSealer
+from proto.session import Session, Side
+from proto.tickets import verify_ticket
+
+log = logging.getLogger(__name__)
+
+AGENT = f"dfget/{__version__}"
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass
+class SharedTask:
+    """What the upload server needs to serve one task's pieces."""
+
+    task_id: str
+    generation: int
+    sealer: PieceSealer
+    piece_size: int
+    ticket_key: Ed25519PublicKey
+    holds: Callable[[int], bool]  # the piece is written and verified
+    length_of: Callable[[int], int]
+    fd: int  # read-only descriptor of the output file (valid after its rename)
+
+    def read_sealed(self, index: int) -> bytes:
+        """The piece as the CDN sealed it (blocking: a worker thread calls it)."""
+        length = self.length_of(index)
+        plain = os.pread(self.fd, length, index * self.piece_size)
+        if len(plain) != length:
+            raise OSError(f"piece {index} is short on disk")
+        return self.sealer.seal(index, plain)
+
+
+class PieceServer:
+    def __init__(self, *, peer_id: str, slots: int, limiter: RateLimiter) -> None:
+        self.peer_id = peer_id
+        self.slots = trio.CapacityLimiter(max(1, slots))
+        self.limiter = limiter
+        self.tasks: dict[str, SharedTask] = {}
+        self.bytes_uploaded = 0
+        self.pieces_uploaded = 0
+        self.refusals: dict[str, int] = {}
+
+    def share(self, task: SharedTask) -> None:
+        self.tasks[task.task_id] = task
+
+    def unshare(self, task_id: str) -> None:
+        task = self.tasks.pop(task_id, None)
+        if task is not None:
+            with contextlib.suppress(OSError):
+                os.close(task.fd)
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on host:port (0: any free port); reports the bound port."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = int(listeners[0].socket.getsockname()[1])
+        try:
+            task_status.started(bound)
+            await trio.serve_listeners(self._handle, listeners)
+        finally:
+            for task_id in list(self.tasks):
+                self.unshare(task_id)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, Session(Side.SERVER))
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                hello = await server_handshake(framed, role="peer", agent=AGENT)
+            while True:
+                request = (await framed.receive()).message
+                if not isinstance(request, PieceRequest):
+                    raise UnexpectedMessage(f"{request.TAG} on a piece session")
+                await self._answer(framed, hello.peer_id, request)
+        except (ConnectionLost, trio.TooSlowError):
+            pass
+        except RemoteProtoError as exc:
+            log.info("upload: a peer broke the protocol: %s", exc)
+            await framed.refuse(exc)
+        except Exception as exc:
+            log.exception("upload: internal error")
+            await framed.refuse(exc)
+        finally:
+            await framed.aclose()
+
+    async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> None:
+        task = self.tasks.get(request.task_id)
+        refusal = self._check(task, requester, request)
+        if refusal is None:
+            try:
+                self.slots.acquire_nowait()
+            except trio.WouldBlock:
+                refusal = ErrorCode.BUSY, "upload slots are full"
+        if refusal is not None:
+            code, why = refusal
+            self.refusals[str(code)] = self.refusals.get(str(code), 0) + 1
+            await framed.send(
+                PieceRefused(
+                    task_id=request.task_id, index=request.index, code=str(code), message=why
+                )
+            )
+            return
+        assert task is not None
+        try:
+            sealed = await self.piece_bytes(task, request.index)
+            await self.limiter.acquire(len(sealed))
+            await framed.send(
+                PieceData(task_id=task.task_id, generation=task.generation, index=request.index),
+                sealed,
+            )
+            self.bytes_uploaded += len(sealed)
+            self.pieces_uploaded += 1
+        finally:
+            self.slots.release()
+
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+        """The sealed bytes of a piece (the fakes in dfget.testing override this)."""
+        return await trio.to_thread.run_sync(task.read_sealed, index)
+
+    def _check(
+        self, task: SharedTask | None, requester: str, request: PieceRequest
+    ) -> tuple[ErrorCode, str] | None:
+        if task is None:
+            return ErrorCode.UNKNOWN_TASK, "this peer does not share that task"
+        if task.generation != request.generation:
+            return ErrorCode.STALE, f"this peer has generation {task.generation}"
+        try:
+            verify_ticket(
+                task.ticket_key,
+                request.ticket,
+                task_id=request.task_id,
+                requester=requester,
+                uploader=self.peer_id,
+                now=time.time(),
+            )
+        except BadTicket as exc:
+            return ErrorCode.BAD_TICKET, str(exc)
+        if not task.holds(request.index):
+            return ErrorCode.NOT_HELD, "this peer does not hold that piece"
+        return None

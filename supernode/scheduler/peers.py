@@ -1,0 +1,110 @@
+"""Peers as the scheduler knows them: a `Peer` per connected host, a `Member` per task.
+
+A `Peer` holds what is shared by all its tasks: its upload slots (one cap for the
+host) and the uploads in flight that take them, its recent upload speed, and the sources
+it was told were busy. A `Member` is the peer inside one task: which pieces it holds and
+which it is fetching, from whom. Between them they find every assignment a departing
+peer is part of, as downloader or as uploader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supernode.scheduler.flights import Flight
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    peer_id: str
+    upload_slots: int  # concurrent uploads it accepts, over all its tasks; 0: never a source
+    uploads: int = 0  # assignments in flight with this peer as the source
+    members: dict[str, Member] = field(default_factory=dict)  # task id -> membership
+    # Its uploads in flight (a dict: insertion-ordered, so departures replay the same way).
+    uploading: dict[Flight, None] = field(default_factory=dict)
+    busy_until: dict[str, float] = field(default_factory=dict)  # source -> end of backoff
+    speed: float = 0.0  # recent upload speed in bytes/s (0.0 until first measured)
+    speed_at: float | None = None  # `now` of the last speed sample
+    failures: int = 0  # reports that counted against it as an uploader
+
+    def note_speed(self, nbytes: int, seconds: float, now: float, halflife: float) -> None:
+        """Fold one finished upload into the speed estimate (an EWMA over time).
+
+        A sample weighs by how much time it covers: the longer of the transfer itself and
+        the time since the last sample, so that a burst of reports at one instant does
+        not wipe the history, and an estimate untouched for a long while is replaced.
+        """
+        if nbytes <= 0 or seconds <= 0:
+            return
+        sample = nbytes / seconds
+        if self.speed_at is None:
+            self.speed = sample
+        else:
+            span = max(seconds, now - self.speed_at)
+            weight = 1.0 - 0.5 ** (span / halflife)
+            self.speed += weight * (sample - self.speed)
+        self.speed_at = now
+
+    def backing_off(self, now: float) -> list[str]:
+        """The sources this downloader must not be given now; forgets the expired ones."""
+        if not self.busy_until:
+            return []
+        active: list[str] = []
+        for source, until in list(self.busy_until.items()):
+            if until > now:
+                active.append(source)
+            else:
+                del self.busy_until[source]
+        return active
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    peer: Peer
+    task_id: str
+    index: int = -1  # position in the task's peer bitsets (SourcePool), reused after leave
+    have: int = 0  # bitset of the pieces it holds (reported DONE)
+    have_count: int = 0
+    inflight: int = 0  # bitset of the pieces it is fetching (at least one assignment out)
+    flights: dict[int, Flight] = field(default_factory=dict)  # piece -> its download
+    duplicates: dict[int, Flight] = field(default_factory=dict)  # piece -> endgame duplicate
+    is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer.peer_id
+
+    def flight(self, index: int, source: str) -> Flight | None:
+        """Its download of piece `index` from `source`, if one is in flight."""
+        flight = self.flights.get(index)
+        if flight is not None and flight.source != source:
+            flight = self.duplicates.get(index)
+            if flight is not None and flight.source != source:
+                flight = None
+        return flight
+
+    def all_flights(self) -> list[Flight]:
+        return [*self.flights.values(), *self.duplicates.values()]
+
+    def add_flight(self, flight: Flight) -> None:
+        index = flight.index
+        if index in self.flights:
+            assert index not in self.duplicates, "one endgame duplicate per piece"
+            self.duplicates[index] = flight
+        else:
+            self.flights[index] = flight
+            self.inflight |= 1 << index
+
+    def remove_flight(self, flight: Flight) -> None:
+        index = flight.index
+        if self.duplicates.get(index) is flight:
+            del self.duplicates[index]
+            return
+        del self.flights[index]
+        duplicate = self.duplicates.pop(index, None)
+        if duplicate is not None:
+            self.flights[index] = duplicate
+        else:
+            self.inflight ^= 1 << index

@@ -1,0 +1,196 @@
+"""How rare each piece of one task is, and the order in which a downloader tries pieces.
+
+`PieceRarity` counts the holders of every piece (the CDN counts as one once the piece is
+on it) and keeps the pieces bucketed by that count, so that "the rarest pieces this peer
+lacks" is a walk over a few buckets, each one `&` with the peer's wanted set, instead
+of a sort of all pieces on every request. Counts only change on DONE, on departure and
+when the CDN makes progress; each change moves one piece between two buckets.
+
+`PieceOrder` walks a downloader's candidate pieces: at random while the peer is new,
+then rarest first with random tie-breaks.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_left, insort
+from collections.abc import Iterator
+
+from supernode.scheduler.bitsets import iter_bits, mask, random_bit
+
+
+class PieceRarity:
+    def __init__(self) -> None:
+        self.counts: list[int] = []  # holders per piece, the CDN included
+        self.buckets: dict[int, int] = {}  # count -> the pieces with that many holders
+        self.bucket_counts: list[int] = []  # the keys of `buckets`, ascending
+        self.ready = 0  # pieces 0..ready-1 are on the CDN
+        self.total: int | None = None  # the task's piece count, once known
+        self.held = 0  # pieces at least one peer holds
+        # Every bucket below position `_floor` of `bucket_counts` lies outside `_floor_reach`:
+        # in a busy swarm the rarest pieces are all saturated, and every walk would
+        # otherwise start by stepping over them (see `first_bucket`).
+        self._floor = 0
+        self._floor_reach = 0
+
+    @property
+    def size(self) -> int:
+        """Pieces known so far: the total once known, else those the CDN has announced."""
+        return len(self.counts)
+
+    @property
+    def known(self) -> int:
+        return mask(len(self.counts))
+
+    @property
+    def on_cdn(self) -> int:
+        return mask(self.ready)
+
+    def peer_holders(self, index: int) -> int:
+        return self.counts[index] - (1 if index < self.ready else 0)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def cdn_ready(self, ready: int, total: int | None) -> None:
+        """The CDN holds pieces 0..ready-1 (never fewer than before); `total` once known."""
+        if ready < 0 or (total is not None and not 0 <= ready <= total):
+            raise ValueError(f"cdn_ready: bad ready={ready} total={total}")
+        if total is not None:
+            if self.total is not None and total != self.total:
+                raise ValueError(f"cdn_ready: total changed from {self.total} to {total}")
+            if total < self.size:
+                raise ValueError(f"cdn_ready: total {total} below the {self.size} pieces known")
+            self.total = total
+            self._grow(total)
+        if ready <= self.ready:
+            return
+        if self.total is not None and ready > self.total:
+            raise ValueError(f"cdn_ready: ready={ready} beyond total={self.total}")
+        self._grow(ready)
+        for index in range(self.ready, ready):
+            self._move(index, +1)
+        self.ready = ready
+
+    def add_holder(self, index: int) -> None:
+        if self.counts[index] == (index < self.ready):  # no peer holder yet, only the CDN
+            self.held |= 1 << index
+        self._move(index, +1)
+
+    def remove_holder(self, index: int) -> None:
+        self._move(index, -1)
+        if self.peer_holders(index) == 0:
+            self.held &= ~(1 << index)
+
+    def _grow(self, size: int) -> None:
+        old = len(self.counts)
+        if size > old:
+            self._floor = 0
+            self.counts.extend([0] * (size - old))
+            self._bucket_add(0, mask(size) ^ mask(old))
+
+    def _move(self, index: int, delta: int) -> None:
+        """Piece `index` gains (+1) or loses (-1) a holder: it changes buckets."""
+        self._floor = 0
+        buckets, bucket_counts = self.buckets, self.bucket_counts
+        count = self.counts[index]
+        new_count = self.counts[index] = count + delta
+        piece = 1 << index
+        rest = buckets[count] ^ piece
+        if rest:
+            buckets[count] = rest
+        else:
+            del buckets[count]
+            del bucket_counts[bisect_left(bucket_counts, count)]
+        joined = buckets.get(new_count, 0)
+        if not joined:
+            insort(bucket_counts, new_count)
+        buckets[new_count] = joined | piece
+
+    def _bucket_add(self, count: int, pieces: int) -> None:
+        old = self.buckets.get(count, 0)
+        if not old:
+            insort(self.bucket_counts, count)
+        self.buckets[count] = old | pieces
+
+    def first_bucket(self, reach: int) -> int:
+        """Position in `bucket_counts` of the first bucket with a piece in `reach`.
+
+        Remembered between calls while the buckets do not change and `reach` does not
+        grow, so a run of requests in a busy swarm pays for the walk only once.
+        """
+        if reach & ~self._floor_reach:
+            self._floor = 0
+        position, counts, buckets = self._floor, self.bucket_counts, self.buckets
+        while position < len(counts) and not buckets[counts[position]] & reach:
+            position += 1
+        self._floor, self._floor_reach = position, reach
+        return position
+
+    # -- summaries ----------------------------------------------------------------------
+
+    def peer_holder_summary(self) -> tuple[int, float]:
+        """(min, median) of peer holders over the known pieces; (0, 0.0) if none."""
+        if not self.counts:
+            return 0, 0.0
+        ordered = sorted(self.peer_holders(i) for i in range(len(self.counts)))
+        n = len(ordered)
+        mid = n // 2
+        median = float(ordered[mid]) if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return ordered[0], median
+
+
+class PieceOrder(Iterator[int]):
+    """The pieces of `candidates` in the order to try them, each once.
+
+    The first `random_picks` pieces at random; after that, the pieces with the fewest
+    holders first, ties broken at random. `reach` is the set the candidates were drawn
+    from, the same for every downloader (what some source can serve now). `restrict`
+    drops pieces found unreachable half-way. The order is computed lazily: a request
+    served by its first few pieces never looks at the others.
+    """
+
+    def __init__(
+        self,
+        rarity: PieceRarity,
+        candidates: int,
+        reach: int,
+        rng: random.Random,
+        random_picks: int,
+    ) -> None:
+        self._buckets = rarity.buckets
+        self._counts = rarity.bucket_counts  # not changed while an order is walked
+        # Position in `_counts` of the next bucket to walk. `reach` (a superset of
+        # `candidates`, the same for all downloaders) lets the start be remembered.
+        self._next_count = rarity.first_bucket(reach)
+        self._rng = rng
+        self._random_picks = random_picks
+        self.remaining = candidates
+        self._bucket = 0  # the remaining pieces of the bucket being walked
+
+    def restrict(self, keep: int) -> None:
+        self.remaining &= keep
+        self._bucket &= keep
+
+    def __next__(self) -> int:
+        if not self.remaining:
+            raise StopIteration
+        if self._random_picks > 0:  # (no bucket is being walked yet)
+            self._random_picks -= 1
+            index = random_bit(self.remaining, self._rng)
+        else:
+            while not self._bucket:
+                if self._next_count == len(self._counts):  # cannot happen: all pieces have one
+                    raise StopIteration
+                self._bucket = self._buckets[self._counts[self._next_count]] & self.remaining
+                self._next_count += 1
+            index = random_bit(self._bucket, self._rng)
+            self._bucket ^= 1 << index
+        self.remaining ^= 1 << index
+        return index
+
+
+def shuffled_bits(bits: int, rng: random.Random) -> list[int]:
+    """The members of a (small) set, in random order."""
+    members = list(iter_bits(bits))
+    rng.shuffle(members)
+    return members

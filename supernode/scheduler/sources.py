@@ -1,0 +1,124 @@
+"""Who can upload which piece of one task right now, and which of them to pick.
+
+Every member of a task gets a small index; the holders of each piece are a bitset over
+those indexes, and so are the members that can take an upload now ("open": a free slot,
+something to serve, not blacklisted). The sources for piece i are then one `&` of two
+bitsets, whatever the swarm's size, and a departure clears the member's bit piece by
+piece so that its index can be reused.
+
+Among the open holders of a piece the pool prefers more free slots, then higher recent
+speed. When few members are open it ranks them all (ties broken at random); otherwise it
+samples two at random and keeps the better: the "power of two choices" spreads load
+nearly as well as asking everyone, at the cost of two looks.
+
+In a busy swarm the holders of the rarest pieces are the first to run out of slots, and
+every downloader would try those pieces first, in vain. The pool therefore remembers the
+pieces it found without any open holder (`saturated`) and forgets a piece as soon as one
+of its holders opens again, so that a piece is found saturated once per episode rather
+than once per downloader. It stays exact: a piece is in `saturated` only while none of
+its holders is open.
+"""
+
+from __future__ import annotations
+
+import random
+
+from supernode.scheduler.bitsets import iter_bits, random_bit
+from supernode.scheduler.peers import Member
+
+_FEW_OPEN = 32  # with at most this many open members, `choose` looks at each of them
+
+
+class SourcePool:
+    def __init__(self) -> None:
+        self.members: list[Member | None] = []  # by index
+        self._free_indexes: list[int] = []
+        self.holders: list[int] = []  # piece -> bitset of member indexes holding it
+        self.open_bits = 0  # bitset of member indexes that can take an upload now
+        self.open: dict[Member, None] = {}  # the open members, in a reproducible order
+        self.saturated = 0  # pieces found held by peers none of which is open
+
+    def grow(self, pieces: int) -> None:
+        if pieces > len(self.holders):
+            self.holders.extend([0] * (pieces - len(self.holders)))
+
+    def join(self, member: Member) -> None:
+        if self._free_indexes:
+            member.index = self._free_indexes.pop()
+            self.members[member.index] = member
+        else:
+            member.index = len(self.members)
+            self.members.append(member)
+
+    def leave(self, member: Member) -> None:
+        self.set_open(member, False)
+        clear = ~(1 << member.index)
+        holders = self.holders
+        for index in iter_bits(member.have):
+            holders[index] &= clear
+        self.members[member.index] = None
+        self._free_indexes.append(member.index)
+        member.index = -1
+
+    def add_holding(self, member: Member, index: int) -> None:
+        self.holders[index] |= 1 << member.index
+        if member.is_open and (self.saturated >> index) & 1:
+            self.saturated ^= 1 << index
+
+    def set_open(self, member: Member, is_open: bool) -> None:
+        if member.is_open == is_open:
+            return
+        member.is_open = is_open
+        if is_open:
+            self.open_bits |= 1 << member.index
+            self.open[member] = None
+            self.saturated ^= self.saturated & member.have  # i.e. &= ~have, without negatives
+        else:
+            self.open_bits ^= 1 << member.index  # `^`: a fraction of the cost of `& ~`
+            del self.open[member]
+
+    def choose(self, index: int, exclude: int, rng: random.Random) -> Member | None:
+        """An open holder of piece `index` whose bit is not in `exclude`, or None."""
+        if len(self.open) <= _FEW_OPEN:
+            # A saturated swarm: looking at each open member beats big-int arithmetic.
+            holders = [member for member in self.open if (member.have >> index) & 1]
+            if not holders:
+                self.saturated |= 1 << index
+                return None
+            if exclude:
+                holders = [member for member in holders if not (exclude >> member.index) & 1]
+            return _best(holders, rng)
+        candidates = self.holders[index] & self.open_bits
+        if not candidates:
+            self.saturated |= 1 << index
+            return None
+        if exclude:
+            candidates &= ~exclude
+            if not candidates:
+                return None
+        first = self.members[random_bit(candidates, rng)]
+        second = self.members[random_bit(candidates, rng)]
+        assert first is not None and second is not None  # open bits are live members
+        return second if _rank(second) > _rank(first) else first
+
+
+def _rank(member: Member) -> tuple[int, float]:
+    """Higher is better: more free upload slots, then higher recent speed."""
+    peer = member.peer
+    return (peer.upload_slots - peer.uploads, peer.speed)
+
+
+def _best(members: list[Member], rng: random.Random) -> Member | None:
+    """The best ranked of `members`, ties broken at random (None if there are none)."""
+    best: Member | None = None
+    best_rank = (0, 0.0)
+    ties = 0
+    for member in members:
+        rank = _rank(member)
+        if best is None or rank > best_rank:
+            best, best_rank, ties = member, rank, 1
+        elif rank == best_rank:
+            ties += 1
+            if rng.random() * ties < 1.0:  # keeps each tied member with probability 1/ties
+                best = member
+    return best

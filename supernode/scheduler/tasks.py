@@ -1,0 +1,73 @@
+"""One task as the scheduler sees it: its members, who holds which piece, what is in flight.
+
+`Task` keeps the per-task views consistent with each other: a piece that a member
+gains or loses updates the member's bitset, the piece's rarity and the piece's holder
+bitset together. Slots, blacklists and timeouts span tasks and live in the scheduler.
+"""
+
+from __future__ import annotations
+
+from supernode.scheduler.bitsets import iter_bits
+from supernode.scheduler.decisions import CDN
+from supernode.scheduler.peers import Member
+from supernode.scheduler.rarity import PieceRarity
+from supernode.scheduler.reputation import Strikes
+from supernode.scheduler.sources import SourcePool
+from supernode.scheduler.statistics import TaskStatistics
+
+
+class Task:
+    def __init__(self, task_id: str, *, blacklist_after: int) -> None:
+        self.task_id = task_id
+        self.rarity = PieceRarity()
+        self.pool = SourcePool()
+        self.members: dict[str, Member] = {}
+        self.in_flight = 0  # assignments handed out and not yet reported or expired
+        self.strikes = Strikes(blacklist_after)
+        self.bytes_from_cdn = 0
+        self.bytes_from_peers = 0
+
+    def cdn_ready(self, ready: int, total: int | None) -> None:
+        self.rarity.cdn_ready(ready, total)
+        self.pool.grow(self.rarity.size)
+
+    def join(self, member: Member) -> None:
+        self.members[member.peer_id] = member
+        self.pool.join(member)
+
+    def leave(self, member: Member) -> None:
+        """The member's pieces leave the counts and the holder bitsets at once."""
+        del self.members[member.peer_id]
+        for index in iter_bits(member.have):
+            self.rarity.remove_holder(index)
+        self.pool.leave(member)
+
+    def hold(self, member: Member, index: int) -> bool:
+        """`member` now holds piece `index`; False if it already did or the index is unknown."""
+        if not 0 <= index < len(self.rarity.counts) or (member.have >> index) & 1:
+            return False
+        member.have |= 1 << index
+        member.have_count += 1
+        self.rarity.add_holder(index)
+        self.pool.add_holding(member, index)
+        return True
+
+    def count_bytes(self, source: str, nbytes: int) -> None:
+        if source == CDN:
+            self.bytes_from_cdn += nbytes
+        else:
+            self.bytes_from_peers += nbytes
+
+    def statistics(self) -> TaskStatistics:
+        holders_min, holders_median = self.rarity.peer_holder_summary()
+        return TaskStatistics(
+            peers=len(self.members),
+            pieces_on_cdn=self.rarity.ready,
+            total=self.rarity.total,
+            holders_min=holders_min,
+            holders_median=holders_median,
+            bytes_from_cdn=self.bytes_from_cdn,
+            bytes_from_peers=self.bytes_from_peers,
+            assignments_in_flight=self.in_flight,
+            blacklisted=tuple(sorted(self.strikes.blacklisted)),
+        )

@@ -1,0 +1,130 @@
+"""The swarm as the supernode sees it: admitted peers, their upload addresses, and the
+scheduler's decisions turned into piece tasks with tickets.
+
+The scheduler (`supernode/scheduler`) is sans-IO and knows peers by id only; this
+module adds what goes on the wire: where each source listens and the signed ticket that
+lets the requester fetch from it. Control sessions call it; it does no I/O itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from proto.admission import verify
+from proto.messages import PieceResult, PieceTask
+from proto.tickets import CDN_UPLOADER, issue_ticket
+from supernode.cdn.task import CdnTask
+from supernode.scheduler import CDN, Outcome, Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class PeerIdInUse(Exception):
+    """Another live control session already uses this peer id."""
+
+
+@dataclass
+class PeerRecord:
+    peer_id: str
+    host: str
+    port: int  # 0: does not upload
+    slots: int
+    tasks: set[str] = field(default_factory=set)
+
+
+class Swarm:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        ticket_key: Ed25519PrivateKey,
+        *,
+        ticket_ttl: float = 3600.0,
+        token: bytes | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.ticket_key = ticket_key
+        self.ticket_ttl = ticket_ttl
+        self.token = token
+        self.peers: dict[str, PeerRecord] = {}
+
+    # -- admission and membership --------------------------------------------------------
+
+    def admits(
+        self, challenge: bytes, peer_id: str, public_key: bytes, proof: bytes | None
+    ) -> bool:
+        """True if the cluster is open, or the proof shows the peer knows the token."""
+        return self.token is None or verify(self.token, challenge, peer_id, public_key, proof)
+
+    def join(self, peer_id: str, host: str, port: int, slots: int) -> PeerRecord:
+        """A control session's peer, on its first Register."""
+        record = self.peers.get(peer_id)
+        if record is None:
+            record = self.peers[peer_id] = PeerRecord(peer_id, host, port, slots if port else 0)
+        elif (record.host, record.port) != (host, port):
+            raise PeerIdInUse(f"peer id {peer_id[:40]!r} is in use by another session")
+        return record
+
+    def enter(self, record: PeerRecord, task: CdnTask, now: float) -> None:
+        self.scheduler.add_task(task.task_id)
+        self.scheduler.add_peer(task.task_id, record.peer_id, upload_slots=record.slots, now=now)
+        record.tasks.add(task.task_id)
+
+    def leave(self, peer_id: str, now: float) -> None:
+        """The control connection dropped: the peer's pieces leave the swarm at once."""
+        if self.peers.pop(peer_id, None) is not None:
+            self.scheduler.remove_peer(peer_id, now)
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def piece_tasks(
+        self, task: CdnTask, requester: str, want: int, now: float
+    ) -> tuple[PieceTask, ...]:
+        """Up to `want` pieces for `requester` to fetch next, each with source and ticket."""
+        total = task.piece_count if task.settled else None
+        self.scheduler.cdn_ready(task.task_id, task.ready, total=total)
+        tasks: list[PieceTask] = []
+        for assignment in self.scheduler.assign(task.task_id, requester, want, now):
+            source = assignment.source
+            if source == CDN:
+                host, port = "", 0
+            else:
+                record = self.peers.get(source)
+                if record is None or not record.port:  # left between two calls: skip it
+                    self.scheduler.report(
+                        task.task_id,
+                        requester,
+                        assignment.index,
+                        source,
+                        Outcome.CANCELLED,
+                        now=now,
+                    )
+                    continue
+                host, port = record.host, record.port
+            ticket = self.ticket(task.task_id, requester, CDN_UPLOADER if source == CDN else source)
+            tasks.append((assignment.index, source, host, port, ticket))
+        return tuple(tasks)
+
+    def ticket(self, task_id: str, requester: str, uploader: str) -> bytes:
+        return issue_ticket(
+            self.ticket_key,
+            task_id=task_id,
+            requester=requester,
+            uploader=uploader,
+            expires=time.time() + self.ticket_ttl,
+        )
+
+    def report(self, requester: str, result: PieceResult, now: float) -> None:
+        self.scheduler.report(
+            result.task_id,
+            requester,
+            result.index,
+            result.source,
+            Outcome(result.outcome),
+            nbytes=result.nbytes,
+            seconds=result.seconds,
+            now=now,
+        )

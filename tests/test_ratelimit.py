@@ -1,0 +1,94 @@
+"""Every rate limit holds a measured transfer within 10% of its limit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+from conftest import Fetch, StartSupernode, until
+
+from dfget.peer import PeerOptions
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+SIZE = 12 * MiB
+RATE = 8 * MiB
+
+
+def within_ten_percent(nbytes: int, seconds: float, limit: float) -> bool:
+    return 0.9 * limit <= nbytes / seconds <= 1.1 * limit
+
+
+async def test_download_rate_limit(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", os.urandom(SIZE))
+    node = await start_supernode()
+    await fetch(origin.url("/f.bin"), node)  # warm: only dfget's own pace counts below
+    result = await fetch(origin.url("/f.bin"), node, rate_limit=RATE)
+    assert within_ten_percent(result.bytes, result.seconds, RATE), result.seconds
+
+
+async def test_origin_rate_limit(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", os.urandom(SIZE))
+    node = await start_supernode(origin_rate_limit=RATE)
+    started = trio.current_time()
+    await fetch(origin.url("/f.bin"), node)
+    seconds = trio.current_time() - started
+    assert node.node.cdn.statistics().bytes_from_origin == SIZE
+    assert within_ten_percent(SIZE, seconds, RATE), seconds
+
+
+async def test_cdn_upload_limit(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", os.urandom(SIZE))
+    node = await start_supernode(cdn_upload_limit=RATE)
+    result = await fetch(origin.url("/f.bin"), node)
+    assert result.from_cdn == SIZE
+    sealed = SIZE + 16 * result.pieces  # the limit counts what goes on the wire
+    assert within_ten_percent(sealed, result.seconds, RATE), result.seconds
+
+
+async def test_upload_rate_limit(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(SIZE)
+    origin.add("/f.bin", data)
+    # The CDN serves one piece at a time and slowly: the seeder is the better source.
+    node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=MiB)
+    seeded = trio.Event()
+
+    async def seeder() -> None:
+        peer = PeerOptions(listen=("127.0.0.1", 0), upload_rate=RATE, seed_for=60)
+        await fetch(origin.url("/f.bin"), node, name="seed", peer=peer)
+
+    nursery.start_soon(seeder)
+    task_id = await _first_task(node)
+    await until(lambda: _holders_of_everything(node, task_id) >= 1, seconds=60)
+    seeded.set()
+    result = await fetch(origin.url("/f.bin"), node, name="leech")
+    assert Path(result.output).read_bytes() == data
+    # What came from the seeder came at most at its upload limit.
+    assert result.from_peers / result.seconds <= 1.1 * RATE
+
+
+async def _first_task(node: object) -> str:
+    cdn = node.node.cdn  # type: ignore[attr-defined]
+    await until(lambda: cdn.tasks)
+    return str(next(iter(cdn.tasks)))
+
+
+def _holders_of_everything(node: object, task_id: str) -> int:
+    swarm = node.node.swarm  # type: ignore[attr-defined]
+    scheduler = node.node.scheduler  # type: ignore[attr-defined]
+    task = node.node.cdn.current(task_id)  # type: ignore[attr-defined]
+    if task is None or task.piece_count is None:
+        return 0
+    return sum(
+        all(scheduler.has(task_id, peer, i) for i in range(task.piece_count))
+        for peer in swarm.peers
+    )

@@ -1,0 +1,668 @@
+"""The sans-IO scheduler: decisions only, no sockets, no sleeps, seeded randomness."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
+
+from proto.messages import OUTCOMES
+from proto.tickets import CDN_UPLOADER
+from supernode.scheduler import CDN, Assignment, Outcome, Scheduler, SchedulerConfig
+from supernode.scheduler.simulation import SwarmSimulation
+
+
+def make(seed: int = 7, **config: Any) -> Scheduler:
+    return Scheduler(SchedulerConfig(**config), rng=random.Random(seed))
+
+
+def give(s: Scheduler, task: str, peer: str, indexes: Iterable[int], now: float = 0.0) -> None:
+    """`peer` holds `indexes` (a DONE that matches no assignment still adds holdings)."""
+    for index in indexes:
+        s.report(task, peer, index, CDN, Outcome.DONE, now=now)
+
+
+def seed_task(
+    s: Scheduler,
+    *,
+    total: int,
+    ready: int = 0,
+    holders: Mapping[str, tuple[int, Iterable[int]]] | None = None,
+    downloaders: Iterable[str] = (),
+    task: str = "t",
+) -> None:
+    """A task of `total` pieces, `ready` on the CDN; holders: peer -> (slots, pieces)."""
+    s.cdn_ready(task, ready, total=total)
+    for peer, (slots, pieces) in (holders or {}).items():
+        s.add_peer(task, peer, upload_slots=slots, now=0.0)
+        give(s, task, peer, pieces)
+    for peer in downloaders:
+        s.add_peer(task, peer, upload_slots=0, now=0.0)
+
+
+def done(
+    s: Scheduler, peer: str, plan: list[Assignment], now: float = 0.0, task: str = "t"
+) -> None:
+    for a in plan:
+        s.report(task, peer, a.index, a.source, Outcome.DONE, nbytes=100, seconds=1.0, now=now)
+
+
+def uploads(s: Scheduler, peer: str) -> int:
+    stats = s.peer_statistics(peer)
+    assert stats is not None
+    return stats.uploads_in_flight
+
+
+# -- the shared vocabulary ------------------------------------------------------------------
+
+
+def test_names_match_the_wire() -> None:
+    assert CDN == CDN_UPLOADER == "cdn"
+    assert {o.value for o in Outcome} == OUTCOMES
+
+
+def test_importing_the_scheduler_leaves_trio_out() -> None:
+    code = (
+        "import sys, supernode.scheduler, supernode.scheduler.simulation; "
+        "print('trio' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_config_and_cdn_progress_are_checked() -> None:
+    with pytest.raises(ValueError):
+        SchedulerConfig(cdn_upload_slots=-1)
+    with pytest.raises(ValueError):
+        SchedulerConfig(assignment_timeout=0)
+    s = make()
+    s.cdn_ready("t", 3, total=5)
+    s.cdn_ready("t", 2)  # going back is ignored: readiness is monotonic
+    assert (stats := s.task_statistics("t")) is not None and stats.pieces_on_cdn == 3
+    with pytest.raises(ValueError):
+        s.cdn_ready("t", 6)  # beyond the total
+    with pytest.raises(ValueError):
+        s.cdn_ready("t", 3, total=4)  # the total changed
+    with pytest.raises(ValueError):
+        s.add_peer("t", CDN, upload_slots=1, now=0.0)
+
+
+# -- piece order ------------------------------------------------------------------------------
+
+
+def test_rarest_first_by_holder_count() -> None:
+    s = make(first_random=0, endgame_pieces=0)
+    holders = {"A": (9, [0, 1, 2]), "B": (9, [1, 2]), "C": (9, [2])}
+    seed_task(s, total=3, holders=holders, downloaders=["D"])
+    assert [a.index for a in s.assign("t", "D", 1, 0.0)] == [0]
+    assert [a.index for a in s.assign("t", "D", 1, 0.0)] == [1]
+    assert [a.index for a in s.assign("t", "D", 1, 0.0)] == [2]
+    assert s.assign("t", "D", 1, 0.0) == []
+
+
+def test_the_cdn_counts_as_a_holder() -> None:
+    # Pieces 0 and 1 have two peer holders each; piece 0 is also on the CDN, so 1 is rarer.
+    for seed in range(20):
+        s = make(seed, first_random=0)
+        seed_task(s, total=2, ready=1, holders={"A": (9, [0, 1]), "B": (9, [0, 1])})
+        s.add_peer("t", "D", upload_slots=0, now=0.0)
+        assert [a.index for a in s.assign("t", "D", 1, 0.0)] == [1]
+
+
+def test_first_pieces_at_random_then_rarest_first() -> None:
+    common, rare = range(10), range(10, 20)
+    common_picks = 0
+    first_sets = set()
+    for seed in range(40):
+        s = make(seed, first_random=4, cdn_upload_slots=100)
+        holders = {p: (100, common) for p in ("A", "B", "C")}
+        seed_task(s, total=20, ready=20, holders=holders, downloaders=["D"])
+        first = s.assign("t", "D", 4, 0.0)
+        assert len(first) == 4
+        first_sets.add(frozenset(a.index for a in first))
+        common_picks += sum(a.index in common for a in first)
+        done(s, "D", first)
+        then = s.assign("t", "D", 4, 0.0)
+        # Now rarest first: the CDN-only pieces D still misses, from the CDN.
+        assert len(then) == 4
+        assert all(a.index in rare and a.source == CDN for a in then)
+        assert not any(s.has("t", "D", a.index) for a in then)
+    # Random, not rarest: common and rare pieces alike, and many different starts.
+    assert 0.3 < common_picks / (40 * 4) < 0.7
+    assert len(first_sets) > 30
+
+
+# -- sources: slots, spreading, the CDN ---------------------------------------------------------
+
+
+def test_no_source_gets_more_than_its_slots() -> None:
+    s = make(cdn_upload_slots=0)
+    holders = {"A": (2, range(10)), "B": (3, range(10))}
+    downloaders = [f"D{n}" for n in range(10)]
+    seed_task(s, total=10, holders=holders, downloaders=downloaders)
+    plans = {d: s.assign("t", d, 4, 0.0) for d in downloaders}
+    by_source = Counter(a.source for plan in plans.values() for a in plan)
+    assert by_source == {"A": 2, "B": 3}
+    assert (uploads(s, "A"), uploads(s, "B")) == (2, 3)
+    assert all(s.assign("t", d, 4, 0.0) == [] for d in downloaders)
+    # One report frees one slot, and it is handed out again at once.
+    d, plan = next((d, plan) for d, plan in plans.items() if any(a.source == "A" for a in plan))
+    done(s, d, [next(a for a in plan if a.source == "A")])
+    again = [a for other in downloaders for a in s.assign("t", other, 4, 0.0)]
+    assert [a.source for a in again] == ["A"]
+
+
+def test_load_spreads_over_the_holders() -> None:
+    s = make(cdn_upload_slots=0)
+    holders = {f"H{n}": (10, range(50)) for n in range(10)}
+    downloaders = [f"D{n}" for n in range(20)]
+    seed_task(s, total=50, holders=holders, downloaders=downloaders)
+    for d in downloaders:
+        assert len(s.assign("t", d, 1, 0.0)) == 1
+    loads = [uploads(s, h) for h in holders]
+    assert max(loads) - min(loads) <= 1  # more free slots is preferred
+
+
+def test_more_free_slots_then_faster_sources_are_preferred() -> None:
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=4, holders={"A": (4, range(4)), "B": (4, range(4))}, downloaders=["D"])
+    s.add_peer("t", "E", upload_slots=0, now=0.0)
+    first = s.assign("t", "D", 1, 0.0)[0]
+    other = "B" if first.source == "A" else "A"
+    assert s.assign("t", "E", 1, 0.0)[0].source == other  # 4 free slots beat 3
+
+    # Equal free slots: the faster source wins. Speeds are per peer, over all tasks.
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=2, holders={"A": (4, [0]), "B": (4, [1])}, downloaders=["W"], task="w")
+    for a in s.assign("w", "W", 2, 0.0):
+        seconds = 10.0 if a.source == "A" else 1.0
+        s.report("w", "W", a.index, a.source, Outcome.DONE, nbytes=10_000, seconds=seconds, now=1)
+    speed = {p: s.peer_statistics(p).recent_speed for p in "AB"}  # type: ignore[union-attr]
+    assert speed == {"A": 1_000.0, "B": 10_000.0}
+    seed_task(s, total=4, holders={"A": (4, range(4)), "B": (4, range(4))}, downloaders=["D"])
+    assert [a.source for a in s.assign("t", "D", 1, 1.0)] == ["B"]
+
+
+def test_the_cdn_is_the_last_resort_within_its_own_cap() -> None:
+    s = make(cdn_upload_slots=2, first_random=0)
+    seed_task(s, total=10, ready=10, holders={"A": (1, range(10))}, downloaders=["D"])
+    plan = s.assign("t", "D", 10, 0.0)
+    assert [a.source for a in plan] == ["A", CDN, CDN]  # the peer first, the CDN up to its cap
+    assert s.statistics().cdn_uploads_in_flight == 2
+    # The cap is the CDN's own, over all tasks.
+    seed_task(s, total=3, ready=3, downloaders=["E"], task="u")
+    assert s.assign("u", "E", 3, 0.0) == []
+    done(s, "D", [plan[1]])
+    assert [a.source for a in s.assign("u", "E", 3, 0.0)] == [CDN]
+
+
+def test_pieces_stream_from_the_cdn_as_they_land() -> None:
+    s = make(cdn_upload_slots=16)
+    s.add_task("t")
+    s.add_peer("t", "D", upload_slots=4, now=0.0)
+    assert s.assign("t", "D", 4, 0.0) == []  # nothing on the CDN yet
+    s.cdn_ready("t", 2)  # the total is not known yet
+    assert sorted(a.index for a in s.assign("t", "D", 8, 0.0)) == [0, 1]
+    s.cdn_ready("t", 5)
+    assert sorted(a.index for a in s.assign("t", "D", 8, 0.0)) == [2, 3, 4]
+    s.cdn_ready("t", 5, total=8)  # pieces 5..7 are known but not fetched: never assigned
+    assert s.assign("t", "D", 8, 0.0) == []
+    s.cdn_ready("t", 8)
+    assert sorted(a.index for a in s.assign("t", "D", 8, 0.0)) == [5, 6, 7]
+
+
+def test_upload_slots_are_shared_by_a_peers_tasks_and_zero_never_uploads() -> None:
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=4, holders={"A": (2, range(4)), "Z": (0, range(4))}, downloaders=["D"])
+    seed_task(s, total=4, holders={"A": (2, range(4))}, downloaders=["E"], task="u")
+    assert [a.source for a in s.assign("t", "D", 4, 0.0)] == ["A", "A"]  # never Z
+    assert s.assign("u", "E", 4, 0.0) == []  # A's two slots are taken in task t
+
+
+def test_a_downloader_is_never_its_own_source_nor_given_what_it_holds() -> None:
+    s = make(cdn_upload_slots=2)
+    peers = [f"P{n}" for n in range(12)]
+    seed_task(s, total=30, ready=30)
+    for p in peers:
+        s.add_peer("t", p, upload_slots=2, now=0.0)
+    rng = random.Random(1)
+    for round_ in range(200):
+        plans = []
+        for p in peers:
+            for a in s.assign("t", p, 3, float(round_)):
+                assert a.source != p
+                assert not s.has("t", p, a.index)
+                plans.append((p, a))
+        for p, a in plans:
+            outcome = Outcome.DONE if rng.random() < 0.8 else Outcome.CANCELLED
+            s.report("t", p, a.index, a.source, outcome, now=float(round_))
+        if all(s.has("t", p, i) for p in peers for i in range(30)):
+            break
+    assert all(s.has("t", p, i) for p in peers for i in range(30))
+    assert all(s.assign("t", p, 4, 1000.0) == [] for p in peers)  # holds everything
+
+
+# -- failures and blacklists ------------------------------------------------------------------
+
+
+def test_three_failures_blacklist_a_source_for_the_task_for_everyone() -> None:
+    s = make(cdn_upload_slots=0)
+    downloaders = ["D1", "D2", "D3", "D4"]
+    seed_task(s, total=4, holders={"X": (9, range(4))}, downloaders=downloaders)
+    for d, outcome in zip(
+        downloaders[:3], (Outcome.FAILED, Outcome.REFUSED, Outcome.TIMEOUT), strict=True
+    ):
+        [a] = s.assign("t", d, 1, 0.0)  # still a source after one and two failures
+        assert a.source == "X"
+        s.report("t", d, a.index, "X", outcome, now=0.0)
+    assert all(s.assign("t", d, 4, 0.0) == [] for d in downloaders)
+    stats = s.peer_statistics("X")
+    assert stats is not None
+    assert (stats.failures, stats.blacklisted_tasks, stats.globally_blacklisted_until) == (
+        3,
+        ("t",),
+        None,
+    )
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("X",)
+    assert s.statistics().blacklisted_sources == 1
+    # Another holder serves instead; X's pieces still count as held.
+    s.add_peer("t", "Y", upload_slots=9, now=0.0)
+    give(s, "t", "Y", range(4))
+    assert {a.source for d in downloaders for a in s.assign("t", d, 4, 0.0)} == {"Y"}
+
+
+def test_one_corrupt_piece_blacklists_at_once_but_never_the_cdn() -> None:
+    s = make(cdn_upload_slots=4)
+    seed_task(s, total=4, ready=4, holders={"X": (9, range(4))}, downloaders=["D"])
+    [a] = s.assign("t", "D", 1, 0.0)
+    assert a.source == "X"
+    s.report("t", "D", a.index, "X", Outcome.CORRUPT, now=0.0)
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("X",)
+    # Only the CDN is left, and corrupt pieces from it never blacklist it.
+    for _ in range(5):
+        [a] = s.assign("t", "D", 1, 0.0)
+        assert a.source == CDN
+        s.report("t", "D", a.index, CDN, Outcome.CORRUPT, now=0.0)
+    assert [a.source for a in s.assign("t", "D", 1, 0.0)] == [CDN]
+
+
+def test_blacklisted_in_two_tasks_means_every_task_for_a_while() -> None:
+    s = make(cdn_upload_slots=0, global_blacklist_tasks=2, global_blacklist_seconds=300.0)
+    for task in ("t1", "t2", "t3"):
+        seed_task(s, total=1, holders={"X": (9, [0])}, downloaders=["D"], task=task)
+    for task in ("t1", "t2"):
+        [a] = s.assign(task, "D", 1, 10.0)
+        s.report(task, "D", a.index, "X", Outcome.CORRUPT, now=10.0)
+        if task == "t1":  # one task: only that task
+            [probe] = s.assign("t3", "D", 1, 10.0)
+            assert probe.source == "X"
+            s.report("t3", "D", 0, "X", Outcome.CANCELLED, now=10.0)
+    stats = s.peer_statistics("X")
+    assert stats is not None and stats.globally_blacklisted_until == 310.0
+    assert s.statistics().globally_blacklisted == ("X",)
+    assert s.assign("t3", "D", 1, 10.0) == []
+    assert s.assign("t3", "D", 1, 309.9) == []
+    assert [a.source for a in s.assign("t3", "D", 1, 310.0)] == ["X"]  # allowed again
+    assert s.statistics().globally_blacklisted == ()
+    assert s.statistics().blacklisted_sources == 1  # still in t1 and t2
+    assert s.assign("t1", "D", 1, 310.0) == []  # still out of the tasks that blacklisted it
+
+
+def test_busy_backs_a_source_off_for_that_downloader_only() -> None:
+    s = make(cdn_upload_slots=0, busy_backoff_seconds=1.0)
+    seed_task(s, total=3, holders={"X": (9, range(3))}, downloaders=["D", "E"])
+    [a] = s.assign("t", "D", 1, 0.0)
+    s.report("t", "D", a.index, "X", Outcome.BUSY, now=0.0)
+    assert s.assign("t", "D", 3, 0.5) == []  # X is the only holder, and backed off for D
+    assert [a.source for a in s.assign("t", "E", 1, 0.5)] == ["X"]  # not for E
+    s.add_peer("t", "Y", upload_slots=9, now=0.5)
+    give(s, "t", "Y", range(3), now=0.5)
+    assert {a.source for a in s.assign("t", "D", 1, 0.9)} == {"Y"}  # another source meanwhile
+    assert [a.source for a in s.assign("t", "D", 2, 1.0) if a.source == "X"]  # over after 1 s
+    assert (x := s.peer_statistics("X")) is not None and x.failures == 0
+
+
+def test_cancelled_frees_the_slot_without_penalty() -> None:
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=2, holders={"X": (1, range(2))}, downloaders=["D", "E"])
+    [a] = s.assign("t", "D", 1, 0.0)
+    assert s.assign("t", "E", 1, 0.0) == []
+    s.report("t", "D", a.index, "X", Outcome.CANCELLED, now=0.0)
+    assert [b.source for b in s.assign("t", "E", 1, 0.0)] == ["X"]
+    assert (x := s.peer_statistics("X")) is not None and x.failures == 0
+    assert s.statistics().decisions_by_outcome["cancelled"] == 1
+    assert not s.has("t", "D", a.index)
+
+
+# -- time and departures ------------------------------------------------------------------------
+
+
+def test_an_unreported_assignment_frees_its_slot_after_the_timeout() -> None:
+    s = make(cdn_upload_slots=0, assignment_timeout=60.0)
+    seed_task(s, total=2, holders={"X": (1, range(2))}, downloaders=["D", "E"])
+    [a] = s.assign("t", "D", 1, 0.0)
+    assert s.assign("t", "E", 1, 59.9) == []
+    [b] = s.assign("t", "E", 1, 60.0)
+    assert b.source == "X" and uploads(s, "X") == 1
+    # D's piece is no longer in flight; a late DONE still counts as held, frees nothing.
+    s.report("t", "D", a.index, "X", Outcome.DONE, nbytes=10, now=61.0)
+    assert s.has("t", "D", a.index)
+    assert uploads(s, "X") == 1
+    # A late failure for the expired assignment counts for nothing.
+    s.report("t", "D", a.index, "X", Outcome.FAILED, now=61.0)
+    assert (x := s.peer_statistics("X")) is not None and x.failures == 0
+
+
+def test_departure_drops_pieces_slots_and_flights_at_once() -> None:
+    s = make(cdn_upload_slots=0, first_random=0)
+    seed_task(s, total=2, holders={"X": (1, [0, 1]), "Y": (1, [0])}, downloaders=["D"])
+    seed_task(s, total=1, holders={"Z": (1, [0])}, task="u")
+    s.add_peer("u", "X", upload_slots=1, now=0.0)
+    assert s.assign("u", "X", 1, 0.0) == [Assignment(0, "Z")]  # X downloads, too
+    assert s.assign("t", "D", 2, 0.0) == [Assignment(1, "X"), Assignment(0, "Y")]
+    t_before = s.task_statistics("t")
+    assert t_before is not None and t_before.holders_min == 1
+
+    s.remove_peer("X", now=1.0)
+
+    assert s.peer_statistics("X") is None
+    assert not s.has("t", "X", 0) and not s.has("u", "X", 0)
+    t, u = s.task_statistics("t"), s.task_statistics("u")
+    assert t is not None and u is not None
+    assert (t.peers, t.holders_min, t.assignments_in_flight) == (2, 0, 1)  # piece 1: no holder
+    assert (u.peers, u.assignments_in_flight) == (1, 0)
+    assert uploads(s, "Z") == 0  # X's download freed Z's slot
+    # D's download from X is forgotten: the late report is ignored, nobody gets X again.
+    s.report("t", "D", 1, "X", Outcome.FAILED, now=1.0)
+    assert s.assign("t", "D", 2, 1.0) == []
+    s.add_peer("t", "W", upload_slots=1, now=1.0)
+    give(s, "t", "W", [1], now=1.0)
+    assert s.assign("t", "D", 2, 1.0) == [Assignment(1, "W")]
+    # Coming back is joining afresh: no pieces.
+    s.add_peer("t", "X", upload_slots=1, now=2.0)
+    assert not s.has("t", "X", 0)
+
+
+def test_remove_task_frees_the_slots_its_assignments_held() -> None:
+    s = make(cdn_upload_slots=1)
+    seed_task(s, total=2, ready=2, holders={"X": (1, range(2))}, downloaders=["D"])
+    assert len(s.assign("t", "D", 2, 0.0)) == 2
+    s.remove_task("t")
+    assert uploads(s, "X") == 0 and s.statistics().cdn_uploads_in_flight == 0
+    assert s.task_statistics("t") is None
+    assert (x := s.peer_statistics("X")) is not None and x.tasks == ()
+    s.report("t", "D", 0, "X", Outcome.DONE, now=0.0)  # ignored
+
+
+# -- endgame ----------------------------------------------------------------------------------
+
+
+def test_endgame_duplicates_the_last_pieces_from_other_sources() -> None:
+    s = make(cdn_upload_slots=0, endgame_pieces=2, first_random=0)
+    seed_task(s, total=6, holders={"X": (9, range(6)), "Y": (9, range(6))}, downloaders=["D"])
+    give(s, "t", "D", [0, 1, 2])
+    first = s.assign("t", "D", 3, 0.0)
+    assert sorted(a.index for a in first) == [3, 4, 5]
+    assert s.assign("t", "D", 3, 0.0) == []  # three missing: not yet the endgame
+    done(s, "D", first[:1])
+    duplicates = s.assign("t", "D", 4, 0.0)
+    original = {a.index: a.source for a in first[1:]}
+    assert sorted(a.index for a in duplicates) == sorted(original)
+    assert all(a.source != original[a.index] for a in duplicates)  # another source each
+    assert s.assign("t", "D", 4, 0.0) == []  # one duplicate per piece
+    # The winner's DONE completes the piece; the loser is cancelled, without penalty.
+    for a in duplicates:
+        done(s, "D", [a])
+        s.report("t", "D", a.index, original[a.index], Outcome.CANCELLED, now=0.0)
+    assert all(s.has("t", "D", i) for i in range(6))
+    assert (uploads(s, "X"), uploads(s, "Y")) == (0, 0)
+
+
+def test_endgame_never_duplicates_from_the_same_source() -> None:
+    s = make(cdn_upload_slots=0, endgame_pieces=4)
+    seed_task(s, total=2, holders={"X": (9, range(2))}, downloaders=["D"])
+    assert len(s.assign("t", "D", 2, 0.0)) == 2
+    assert s.assign("t", "D", 2, 0.0) == []  # X is the only source of both
+
+
+# -- reports and statistics ---------------------------------------------------------------------
+
+
+def test_unknown_and_stale_reports_are_ignored() -> None:
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=2, holders={"X": (1, range(2))}, downloaders=["D"])
+    [a] = s.assign("t", "D", 1, 0.0)
+    s.report("nope", "D", a.index, "X", Outcome.FAILED, now=0.0)
+    s.report("t", "ghost", a.index, "X", Outcome.FAILED, now=0.0)
+    s.report("t", "D", a.index, "someone", Outcome.FAILED, now=0.0)
+    s.report("t", "D", 1 - a.index, "X", Outcome.FAILED, now=0.0)  # not assigned
+    s.report("t", "D", -1, "X", Outcome.DONE, now=0.0)
+    s.report("t", "D", 99, "X", Outcome.DONE, now=0.0)
+    assert (x := s.peer_statistics("X")) is not None and (x.failures, x.uploads_in_flight) == (0, 1)
+    s.report("t", "D", a.index, "X", Outcome.FAILED, now=0.0)
+    s.report("t", "D", a.index, "X", Outcome.FAILED, now=0.0)  # the same report twice
+    assert (x := s.peer_statistics("X")) is not None and (x.failures, x.uploads_in_flight) == (1, 0)
+    s.report("t", "D", 0, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings work
+    assert s.has("t", "D", 0)
+    assert not s.has("t", "D", -1) and not s.has("nope", "D", 0) and not s.has("t", "?", 0)
+    assert s.assign("nope", "D", 1, 0.0) == [] and s.assign("t", "ghost", 1, 0.0) == []
+
+
+def test_statistics() -> None:
+    s = make(cdn_upload_slots=4, first_random=0)
+    seed_task(s, total=4, ready=4, holders={"X": (9, [0, 1])}, downloaders=["D"])
+    plan = s.assign("t", "D", 4, 0.0)
+    assert Counter(a.source for a in plan) == {"X": 2, CDN: 2}
+    stats = s.statistics()
+    assert (stats.tasks, stats.peers, stats.assignments, stats.assignments_in_flight) == (
+        1,
+        2,
+        4,
+        4,
+    )
+    for a in plan:
+        s.report("t", "D", a.index, a.source, Outcome.DONE, nbytes=1_000, seconds=1.0, now=1.0)
+    task = s.task_statistics("t")
+    assert task is not None
+    assert (task.bytes_from_peers, task.bytes_from_cdn) == (2_000, 2_000)
+    assert (task.peers, task.pieces_on_cdn, task.total) == (2, 4, 4)
+    assert (task.holders_min, task.holders_median, task.assignments_in_flight) == (1, 1.5, 0)
+    stats = s.statistics()
+    assert stats.decisions_by_outcome["done"] == 4 + 2  # the two `give`s count, too
+    assert stats.assignments_in_flight == 0
+    x = s.peer_statistics("X")
+    assert x is not None and x.tasks == ("t",) and x.upload_slots == 9 and x.recent_speed == 1_000
+    with pytest.raises(TypeError):
+        stats.decisions_by_outcome["done"] = 0  # type: ignore[index]
+
+
+# -- whole swarms ---------------------------------------------------------------------------------
+
+
+def swarm(seed: int, *, peers: int = 50, pieces: int = 200, **config: Any) -> SwarmSimulation:
+    s = make(seed, **config)
+    s.cdn_ready("t", pieces, total=pieces)
+    ids = [f"p{n:02d}" for n in range(peers)]
+    for peer in ids:
+        s.add_peer("t", peer, upload_slots=4, now=0.0)
+    return SwarmSimulation(s, "t", ids, pieces=pieces, want=4, rng=random.Random(seed + 1))
+
+
+def test_a_swarm_completes_with_most_bytes_from_peers() -> None:
+    sim = swarm(3, cdn_upload_slots=4)
+    tally = sim.run(max_rounds=500)
+    assert sim.complete
+    assert tally.peer_share >= 0.9
+    assert min(sim.cdn_copies) >= 1  # the CDN is where every piece starts
+    assert sum(sim.cdn_copies) <= 0.1 * 50 * 200  # ... but far less than one copy per peer
+    task = sim.scheduler.task_statistics("t")
+    assert task is not None and task.holders_min == 50 and task.assignments_in_flight == 0
+    assert task.bytes_from_peers >= 9 * task.bytes_from_cdn
+    # Upload capacity bounds the rounds: 200 pieces at 4 per round, plus the ramp-up.
+    assert tally.rounds < 200 / 4 * 1.5
+
+
+def test_a_swarm_with_corrupt_peers_blacklists_them_and_completes() -> None:
+    s = make(5, cdn_upload_slots=4)
+    s.cdn_ready("t", 100, total=100)
+    ids = [f"p{n:02d}" for n in range(30)]
+    for peer in ids:
+        s.add_peer("t", peer, upload_slots=4, now=0.0)
+    bad = ["p03", "p17"]
+    sim = SwarmSimulation(
+        s, "t", ids, pieces=100, bad_sources=bad, bad_outcome=Outcome.CORRUPT,
+        rng=random.Random(6),
+    )  # fmt: skip
+    sim.run(max_rounds=500)
+    assert sim.complete
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == tuple(bad)
+    # Blacklisted at the first corrupt piece: only what was already in flight (at most a
+    # full set of slots each) fails after that.
+    assert 2 <= sim.tally.failed <= 2 * 4
+
+
+def test_decisions_are_reproducible_with_a_seeded_rng() -> None:
+    def run(seed: int) -> list[tuple[str, Assignment]]:
+        sim = swarm(seed, peers=20, pieces=40)
+        decisions: list[tuple[str, Assignment]] = []
+        for round_ in range(5):
+            plan = sim.ask(float(round_))
+            decisions += zip(plan.peers, plan.assignments, strict=True)
+            sim.answer(plan, float(round_ + 1))
+        return decisions
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+def test_timeouts_hold_when_the_clock_goes_back() -> None:
+    s = make(cdn_upload_slots=0, assignment_timeout=60.0)
+    seed_task(s, total=2, holders={"X": (2, range(2))}, downloaders=["D", "E"])
+    s.assign("t", "D", 1, 10.0)  # deadline 70
+    s.assign("t", "E", 1, 5.0)  # deadline 65: out of order
+    s.assign("t", "D", 1, 64.9)
+    assert uploads(s, "X") == 2
+    s.assign("t", "D", 1, 65.0)  # E's expired: D gets its slot
+    assert uploads(s, "X") == 2 and s.assign("t", "E", 1, 65.0) == []
+    s.assign("t", "E", 1, 70.0)
+    assert uploads(s, "X") == 2  # D's first expired, E took it
+
+
+# -- the structures underneath ----------------------------------------------------------------
+
+
+def test_piece_order_is_rarest_first_over_any_history() -> None:
+    from supernode.scheduler.rarity import PieceOrder, PieceRarity
+
+    rng = random.Random(2)
+    rarity = PieceRarity()
+    rarity.cdn_ready(0, 64)
+    holders = [0] * 64
+    for step in range(400):
+        index = rng.randrange(64)
+        if holders[index] and rng.random() < 0.3:
+            rarity.remove_holder(index)
+            holders[index] -= 1
+        else:
+            rarity.add_holder(index)
+            holders[index] += 1
+        if step % 50 == 0:
+            rarity.cdn_ready(min(64, step // 5), None)
+        cdn = [1 if i < rarity.ready else 0 for i in range(64)]
+        reach = rng.getrandbits(64)
+        candidates = reach & rng.getrandbits(64)
+        order = list(PieceOrder(rarity, candidates, reach, rng, random_picks=0))
+        assert sorted(order) == [i for i in range(64) if (candidates >> i) & 1]
+        counts = [holders[i] + cdn[i] for i in order]
+        assert counts == sorted(counts)
+        assert rarity.held == sum(1 << i for i in range(64) if holders[i])
+
+
+def test_invariants_hold_through_a_chaotic_swarm() -> None:
+    """Failures, busy answers, cancellations, departures and timeouts, checked each round."""
+    rng = random.Random(9)
+    s = make(4, cdn_upload_slots=3, assignment_timeout=5.0, endgame_pieces=3)
+    pieces = 40
+    s.cdn_ready("t", 10, total=pieces)
+    live: dict[str, int] = {}  # peer -> its upload slots
+    outstanding: list[tuple[str, Assignment, float]] = []
+    for n in range(25):
+        live[f"p{n}"] = rng.choice([0, 1, 2, 4])
+        s.add_peer("t", f"p{n}", upload_slots=live[f"p{n}"], now=0.0)
+    joined = 25
+    outcomes = [Outcome.DONE] * 12 + [Outcome.FAILED, Outcome.BUSY, Outcome.CANCELLED]
+    for round_ in range(150):
+        now = float(round_)
+        s.cdn_ready("t", min(pieces, 10 + round_))
+        if rng.random() < 0.15 and live:  # someone leaves
+            gone = rng.choice(sorted(live))
+            del live[gone]
+            s.remove_peer(gone, now)
+        if rng.random() < 0.15:  # someone joins
+            peer = f"p{joined}"
+            joined += 1
+            live[peer] = rng.choice([1, 2, 4])
+            s.add_peer("t", peer, upload_slots=live[peer], now=now)
+        stats = s.task_statistics("t")
+        assert stats is not None
+        blacklisted = set(stats.blacklisted)
+        for peer in sorted(live):
+            for a in s.assign("t", peer, rng.randint(1, 4), now):
+                assert a.source != peer and not s.has("t", peer, a.index)
+                assert a.source == CDN or (a.source in live and a.source not in blacklisted)
+                assert a.source != CDN or a.index < min(pieces, 10 + round_)
+                outstanding.append((peer, a, now))
+        # Some reports arrive, some never do (they time out).
+        kept = []
+        for peer, a, at in outstanding:
+            if rng.random() < 0.6:
+                s.report("t", peer, a.index, a.source, rng.choice(outcomes), nbytes=1, now=now)
+            elif now - at < 10:
+                kept.append((peer, a, at))
+        outstanding = kept
+        check_invariants(s, live)
+    assert s.statistics().decisions_by_outcome["done"] > 100
+
+
+def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
+    task = s._tasks["t"]
+    pool, rarity = task.pool, task.rarity
+    assert set(task.members) == set(live)
+    cdn_in_flight = 0
+    uploads_of: Counter[str] = Counter()
+    in_flight = 0
+    for peer_id, member in task.members.items():
+        assert member.peer.upload_slots == live[peer_id]
+        for flight in member.all_flights():
+            in_flight += 1
+            if flight.uploader is None:
+                cdn_in_flight += 1
+            else:
+                uploads_of[flight.source] += 1
+        assert member.inflight == sum(1 << i for i in member.flights)
+    assert in_flight == task.in_flight == s.statistics().assignments_in_flight
+    assert cdn_in_flight == s.statistics().cdn_uploads_in_flight <= s.config.cdn_upload_slots
+    for peer_id, slots in live.items():
+        assert uploads(s, peer_id) == uploads_of[peer_id]
+        assert uploads_of[peer_id] <= slots
+    for index in range(rarity.size):
+        holders = [m for m in task.members.values() if (m.have >> index) & 1]
+        assert rarity.peer_holders(index) == len(holders)
+        assert pool.holders[index] == sum(1 << m.index for m in holders)
+        if (pool.saturated >> index) & 1:  # saturated: no open holder, exactly
+            assert not any(m.is_open for m in holders)
+    for member in task.members.values():
+        peer = member.peer
+        expected = (
+            peer.uploads < peer.upload_slots
+            and member.have_count > 0
+            and peer.peer_id not in task.strikes
+            and not s._blacklist.banned(peer.peer_id)
+        )
+        assert member.is_open == expected
+        assert ((pool.open_bits >> member.index) & 1 == 1) == expected

@@ -1,0 +1,141 @@
+"""The piece mesh on 127.0.0.1: peers fetch from each other, the CDN sends little."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, StartSupernode, until
+
+from dfget.engine import DownloadResult
+from dfget.errors import NotAdmitted
+from dfget.peer import PeerOptions
+from dfget.testing import CorruptingPieceServer
+from proto import ErrorReply, PieceRefused, PieceRequest
+from proto.io import open_session
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+LOCAL = ("127.0.0.1", 0)
+
+
+async def swarm(
+    fetch: Fetch, url: str, node: RunningSupernode, peers: int, **options: object
+) -> list[DownloadResult]:
+    """`peers` dfget downloads at once, each an uploading peer; their results."""
+    results: list[DownloadResult] = []
+
+    async def one(i: int) -> None:
+        peer = PeerOptions(listen=LOCAL, **options)  # type: ignore[arg-type]
+        results.append(await fetch(url, node, name=f"peer{i}", peer=peer))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(peers):
+            nursery.start_soon(one, i)
+    return results
+
+
+async def test_eight_peers_share_pieces_and_all_verify(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    data = os.urandom(24 * MiB)
+    origin.add("/big.bin", data)
+    # A CDN that uploads one piece at a time at 16 MiB/s: peers must help each other.
+    node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=16 * MiB)
+    results = await swarm(fetch, origin.url("/big.bin"), node, peers=8, seed_for=0.5)
+    assert len(results) == 8
+    for result in results:
+        assert Path(result.output).read_bytes() == data
+        assert result.from_cdn + result.from_peers == len(data)
+    from_peers = sum(r.from_peers for r in results)
+    from_cdn = sum(r.from_cdn for r in results)
+    assert from_peers > from_cdn  # most bytes came from other peers
+    assert origin.stats["/big.bin"].full_bodies == 1
+
+
+async def test_a_corrupt_peer_is_caught_blacklisted_and_the_rest_finish(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(16 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=8 * MiB)
+    liar_done = trio.Event()
+
+    async def liar() -> None:
+        bad = PeerOptions(listen=LOCAL, seed_for=30, server_factory=CorruptingPieceServer)
+        await fetch(origin.url("/f.bin"), node, name="liar", peer=bad)
+        liar_done.set()
+
+    nursery.start_soon(liar)
+    await until(lambda: node.node.swarm.peers)  # the liar registered
+    results = await swarm(fetch, origin.url("/f.bin"), node, peers=5)
+    for result in results:
+        assert Path(result.output).read_bytes() == data
+    corrupt = sum(c.corrupt for r in results for c in r.sources.values())
+    assert corrupt >= 1  # the liar was asked, and caught
+    liar_id = next(p for p in node.node.swarm.peers if node.node.swarm.peers[p].port)
+    stats = node.node.scheduler.statistics()
+    assert stats.blacklisted_sources >= 1, liar_id
+
+
+async def test_admission_needs_the_cluster_token(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", b"members only")
+    node = await start_supernode(token=b"correct horse battery")
+    with pytest.raises(NotAdmitted):
+        await fetch(origin.url("/f.bin"), node, name="none")
+    with pytest.raises(NotAdmitted):
+        await fetch(
+            origin.url("/f.bin"),
+            node,
+            name="wrong",
+            peer=PeerOptions(listen=LOCAL, token=b"wrong horse battery"),
+        )
+    ok = await fetch(
+        origin.url("/f.bin"),
+        node,
+        name="member",
+        peer=PeerOptions(listen=LOCAL, token=b"correct horse battery"),
+    )
+    assert Path(ok.output).read_bytes() == b"members only"
+
+
+async def test_a_peer_refuses_requests_without_a_valid_ticket(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(2 * MiB)
+    origin.add("/f.bin", data)
+    result: list[DownloadResult] = []
+
+    async def seeder() -> None:
+        result.append(
+            await fetch(
+                origin.url("/f.bin"),
+                supernode,
+                name="seed",
+                peer=PeerOptions(listen=LOCAL, seed_for=30),
+            )
+        )
+
+    nursery.start_soon(seeder)
+    await until(lambda: supernode.node.swarm.peers)
+    record = next(iter(supernode.node.swarm.peers.values()))
+    task_id = next(iter(supernode.node.cdn.tasks))
+    await until(lambda: supernode.node.scheduler.has(task_id, record.peer_id, 0))
+    forged = supernode.node.swarm.ticket(task_id, "someone-else", record.peer_id)
+    for ticket, peer_id in ((b"", "intruder"), (b"x" * 100, "intruder"), (forged, "intruder")):
+        stream = await trio.open_tcp_stream(record.host, record.port)
+        async with open_session(stream, role="peer", peer_id=peer_id) as framed:
+            await framed.send(PieceRequest(task_id=task_id, generation=1, index=0, ticket=ticket))
+            reply = (await framed.receive()).message
+        assert isinstance(reply, PieceRefused | ErrorReply)
+        assert reply.code == "bad_ticket"
+    good = supernode.node.swarm.ticket(task_id, "friend", record.peer_id)
+    stream = await trio.open_tcp_stream(record.host, record.port)
+    async with open_session(stream, role="peer", peer_id="friend") as framed:
+        await framed.send(PieceRequest(task_id=task_id, generation=1, index=0, ticket=good))
+        frame = await framed.receive()
+    assert frame.message.TAG == "piece_data" and len(frame.payload) == MiB + 16
