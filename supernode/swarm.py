@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proto.admission import verify
 from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, issue_ticket
+from proto.units import format_size
 from supernode.cdn.task import CdnTask
 from supernode.scheduler import CDN, Outcome, Scheduler
 
@@ -50,6 +51,7 @@ class Swarm:
         self.ticket_ttl = ticket_ttl
         self.token = token
         self.peers: dict[str, PeerRecord] = {}
+        self.generations: dict[str, int] = {}  # task id → the generation being scheduled
 
     # -- admission and membership --------------------------------------------------------
 
@@ -61,6 +63,8 @@ class Swarm:
 
     def join(self, peer_id: str, host: str, port: int, slots: int) -> PeerRecord:
         """A control session's peer, on its first Register."""
+        if peer_id == CDN:
+            raise PeerIdInUse(f"peer id {CDN!r} is reserved for the supernode's CDN")
         record = self.peers.get(peer_id)
         if record is None:
             record = self.peers[peer_id] = PeerRecord(peer_id, host, port, slots if port else 0)
@@ -69,14 +73,42 @@ class Swarm:
         return record
 
     def enter(self, record: PeerRecord, task: CdnTask, now: float) -> None:
+        scheduled = self.generations.get(task.task_id)
+        if scheduled is not None and scheduled != task.generation:
+            # The content changed upstream: the old generation's holdings mean nothing.
+            self._finish(task.task_id, why=f"superseded by generation {task.generation}")
+        self.generations[task.task_id] = task.generation
         self.scheduler.add_task(task.task_id)
         self.scheduler.add_peer(task.task_id, record.peer_id, upload_slots=record.slots, now=now)
         record.tasks.add(task.task_id)
 
     def leave(self, peer_id: str, now: float) -> None:
         """The control connection dropped: the peer's pieces leave the swarm at once."""
-        if self.peers.pop(peer_id, None) is not None:
-            self.scheduler.remove_peer(peer_id, now)
+        record = self.peers.pop(peer_id, None)
+        if record is None:
+            return
+        self.scheduler.remove_peer(peer_id, now)
+        for task_id in sorted(record.tasks):
+            stats = self.scheduler.task_statistics(task_id)
+            if stats is not None and stats.peers == 0:
+                self._finish(task_id, why="its last peer left")
+
+    def _finish(self, task_id: str, *, why: str) -> None:
+        """The task leaves the scheduler; log who sent its bytes."""
+        stats = self.scheduler.task_statistics(task_id)
+        if stats is not None:
+            total = stats.bytes_from_cdn + stats.bytes_from_peers
+            share = stats.bytes_from_peers / total if total else 0.0
+            log.info(
+                "task %s finished (%s): %s from the CDN, %s from peers (%.0f%% from peers)",
+                task_id[:16],
+                why,
+                format_size(stats.bytes_from_cdn),
+                format_size(stats.bytes_from_peers),
+                100 * share,
+            )
+        self.scheduler.remove_task(task_id)
+        self.generations.pop(task_id, None)
 
     # -- decisions ------------------------------------------------------------------------
 

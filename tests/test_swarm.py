@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, until
+from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, until
 
 from dfget.engine import DownloadResult
 from dfget.errors import NotAdmitted
 from dfget.peer import PeerOptions
-from dfget.testing import CorruptingPieceServer
+from dfget.testing import CorruptingPieceServer, SlowPieceServer
+from dfget.uploads import SharedTask
 from proto import ErrorReply, PieceRefused, PieceRequest
 from proto.io import open_session
 from proto.pieces import MiB
@@ -139,3 +142,79 @@ async def test_a_peer_refuses_requests_without_a_valid_ticket(
         await framed.send(PieceRequest(task_id=task_id, generation=1, index=0, ticket=good))
         frame = await framed.receive()
     assert frame.message.TAG == "piece_data" and len(frame.payload) == MiB + 16
+
+
+async def test_a_peer_killed_mid_transfer_does_not_stop_the_others(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    data = os.urandom(24 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=8 * MiB)
+    swarm_state, scheduler = node.node.swarm, node.node.scheduler
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(tmp_path / "victim")]
+    argv += ["--supernode", node.address, "--peer-listen", "127.0.0.1:0", "--seed-for", "60"]
+    async with trio.open_nursery() as nursery:
+        victim = await nursery.start(
+            partial(trio.run_process, argv, env=cli_env(), check=False, stderr=subprocess.DEVNULL)
+        )
+        await until(lambda: swarm_state.peers)
+        victim_id = next(iter(swarm_state.peers))
+        task_id = next(iter(node.node.cdn.tasks))
+        await until(lambda: sum(scheduler.has(task_id, victim_id, i) for i in range(24)) >= 4)
+        results: list[DownloadResult] = []
+
+        async def others() -> None:
+            results.extend(await swarm(fetch, origin.url("/f.bin"), node, peers=4))
+
+        nursery.start_soon(others)
+
+        def victim_uploading() -> bool:
+            stats = scheduler.peer_statistics(victim_id)
+            return stats is not None and stats.uploads_in_flight > 0
+
+        await until(victim_uploading)
+        victim.kill()  # SIGKILL, mid-upload: the kernel closes its sockets
+        await victim.wait()
+        await until(lambda: victim_id not in swarm_state.peers)  # its pieces left at once
+        assert scheduler.peer_statistics(victim_id) is None
+    assert len(results) == 4
+    for result in results:
+        assert Path(result.output).read_bytes() == data
+    assert origin.stats["/f.bin"].full_bodies == 1
+
+
+class CountingSlowServer(SlowPieceServer):
+    delay = 30.0  # far longer than the whole download takes from anyone else
+    asked = 0
+
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+        CountingSlowServer.asked += 1
+        return await super().piece_bytes(task, index)
+
+
+async def test_work_moves_away_from_a_slow_peer(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(16 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode(cdn_upload_slots=4)
+    scheduler = node.node.scheduler
+
+    async def slow() -> None:
+        peer = PeerOptions(listen=LOCAL, seed_for=60, server_factory=CountingSlowServer)
+        await fetch(origin.url("/f.bin"), node, name="slow", peer=peer)
+
+    nursery.start_soon(slow)
+    await until(lambda: node.node.swarm.peers)
+    slow_id = next(iter(node.node.swarm.peers))
+    task_id = next(iter(node.node.cdn.tasks))
+    await until(lambda: all(scheduler.has(task_id, slow_id, i) for i in range(16)))
+    started = trio.current_time()
+    results = await swarm(fetch, origin.url("/f.bin"), node, peers=4)
+    elapsed = trio.current_time() - started
+    for result in results:
+        assert Path(result.output).read_bytes() == data
+    # Pieces handed to the slow peer were fetched elsewhere (endgame) long before it
+    # answered, and once its slots were taken nothing more was sent its way.
+    assert elapsed < CountingSlowServer.delay / 2
+    assert 0 < CountingSlowServer.asked <= 4  # never more than its upload slots
