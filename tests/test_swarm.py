@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from functools import partial
@@ -19,6 +20,7 @@ from dfget.uploads import SharedTask
 from proto import ErrorReply, PieceRefused, PieceRequest
 from proto.io import open_session
 from proto.pieces import MiB
+from proto.units import format_size
 from supernode.testing import FakeOrigin
 
 LOCAL = ("127.0.0.1", 0)
@@ -41,8 +43,12 @@ async def swarm(
 
 
 async def test_eight_peers_share_pieces_and_all_verify(
-    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="supernode.swarm")
     data = os.urandom(24 * MiB)
     origin.add("/big.bin", data)
     # A CDN that uploads one piece at a time at 16 MiB/s: peers must help each other.
@@ -56,6 +62,10 @@ async def test_eight_peers_share_pieces_and_all_verify(
     from_cdn = sum(r.from_cdn for r in results)
     assert from_peers > from_cdn  # most bytes came from other peers
     assert origin.stats["/big.bin"].full_bodies == 1
+    # Once the last peer has left, the supernode logs who sent the task's bytes.
+    await until(lambda: "finished (its last peer left)" in caplog.text)
+    line = next(r.getMessage() for r in caplog.records if "finished" in r.getMessage())
+    assert f"{format_size(from_cdn)} from the CDN, {format_size(from_peers)} from peers" in line
 
 
 async def test_a_corrupt_peer_is_caught_blacklisted_and_the_rest_finish(
