@@ -100,3 +100,17 @@ def median(values: Sequence[float]) -> float:
 
 def mib_s(size: int, seconds: float) -> float:
     return size / MiB / seconds
+
+
+def free_hot_memory(size: int) -> None:
+    """Touch `size` bytes of memory and free them, just before a timed run.
+
+    These VMs hand freed memory back to the host after a couple of seconds
+    (virtio-balloon free page reporting): the first write to such a page costs a
+    host fault, so a page-cache write into it runs at ~300 MiB/s instead of GiB/s.
+    Whichever client happened to start right after something freed memory would win.
+    Handing every client the same fresh supply of host-backed free pages makes the
+    runs compare the clients, as on a machine without this artifact.
+    """
+    block = bytearray(b"\1") * size
+    del block

@@ -1,27 +1,47 @@
-"""Run the project's FakeOrigin as a separate process serving a folder (for demos)."""
+"""Run the project's FakeOrigin as a separate process serving a folder (demo, benchmarks)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import PYTHON, env
 
 
+@dataclass
+class Origin:
+    url: str  # base URL, no trailing slash
+    proc: subprocess.Popen[str]
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)  # after stop(): per path
+
+    def stop(self) -> dict[str, dict[str, int]]:
+        """Stop it and collect what it sent: {path: {bytes_sent, full_bodies, requests}}."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            for line in out.splitlines():
+                if line.startswith("stats "):
+                    self.stats = json.loads(line[len("stats ") :])
+        return self.stats
+
+
 @contextmanager
-def origin_process(folder: Path) -> Iterator[str]:
-    """`python -m supernode.testing --dir FOLDER`; yields its base URL."""
+def origin_process(folder: Path, *extra: str) -> Iterator[Origin]:
+    """`python -m supernode.testing --dir FOLDER [extra...]`; yields it, running."""
     proc = subprocess.Popen(
-        [PYTHON, "-m", "supernode.testing", "--dir", str(folder), "--port", "0"],
+        [PYTHON, "-m", "supernode.testing", "--dir", str(folder), "--port", "0", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env(),
         text=True,
     )
+    origin = None
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 20
@@ -29,11 +49,16 @@ def origin_process(folder: Path) -> Iterator[str]:
             line = proc.stdout.readline()
             match = re.search(r"listening on (http://\S+)", line)
             if match:
-                yield match.group(1).rstrip("/")
-                return
+                origin = Origin(match.group(1).rstrip("/"), proc)
+                break
             if not line and proc.poll() is not None:
                 break
-        raise RuntimeError("origin did not start")
+        if origin is None:
+            raise RuntimeError("origin did not start")
+        yield origin
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if origin is not None:
+            origin.stop()
+        elif proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -22,7 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, MiB, dfget_command, median, mib_s, supernode_process
+from bench.common import (
+    ROOT,
+    MiB,
+    dfget_command,
+    free_hot_memory,
+    median,
+    mib_s,
+    supernode_process,
+)
 from bench.common import env as bench_env
 from bench.nginx import nginx
 
@@ -36,20 +44,6 @@ def make_payload(path: Path, size: int) -> None:
             chunk = os.urandom(min(remaining, 64 * MiB))
             out.write(chunk)
             remaining -= len(chunk)
-
-
-def free_hot_memory(size: int) -> None:
-    """Touch `size` bytes of memory and free them, just before a timed run.
-
-    These VMs hand freed memory back to the host after a couple of seconds
-    (virtio-balloon free page reporting): the first write to such a page costs a
-    host fault, so a page-cache write into it runs at ~300 MiB/s instead of GiB/s.
-    Whichever client happened to start right after something freed memory would win.
-    Handing every client the same fresh supply of host-backed free pages makes the
-    runs compare the clients, as on a machine without this artifact.
-    """
-    block = bytearray(b"\1") * size
-    del block
 
 
 def settle(output: Path, size: int) -> None:

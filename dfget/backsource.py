@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import httpx
 
 from dfget.errors import IntegrityError, OriginFailed
 from dfget.output import AtomicOutput
+from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
 from proto.io import RateLimiter
 from proto.urls import display_url, move_credentials
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int | None], None]
 
 
 async def fetch_from_origin(

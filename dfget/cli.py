@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="keep serving this long after the download is done (default 0)",
+        help="keep serving this long after the download is done (default 0); SIGTERM or "
+        "Ctrl-C while seeding ends it early and still exits 0",
     )
     token = swarm.add_mutually_exclusive_group()
     token.add_argument(
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             upload_rate=args.upload_rate_limit,
             seed_for=max(0.0, args.seed_for),
             token=token,
+            signals_end_seeding=True,
         ),
     )
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import trio
 
-from dfget.backsource import Progress, fetch_from_origin
 from dfget.errors import (
     DownloadTimeout,
     SupernodeUnavailable,
@@ -29,6 +28,7 @@ from dfget.errors import (
 from dfget.output import AtomicOutput
 from dfget.peer import Attempt, PeerOptions
 from dfget.pieces import PieceBook, SourceCounts
+from dfget.progress import Progress
 from proto.io import RateLimiter
 from proto.messages import Register
 from proto.rendezvous import rank
@@ -165,6 +165,8 @@ async def _download(
         "no supernode could serve %s: downloading straight from the origin",
         display_url(request.url),
     )
+    from dfget.backsource import fetch_from_origin  # httpx: loaded only when needed
+
     with trio.move_on_at(deadline) as scope:
         received = await fetch_from_origin(
             request.url,

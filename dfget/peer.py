@@ -12,16 +12,17 @@ output is committed and, with --seed-for, the peer keeps serving for a while.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from dfget.backsource import Progress
 from dfget.connect import connect, translate_errors
 from dfget.errors import (
     DownloadTimeout,
@@ -35,6 +36,7 @@ from dfget.errors import (
 )
 from dfget.output import AtomicOutput
 from dfget.pieces import PieceBook
+from dfget.progress import Progress
 from dfget.sources import PieceRefusedError, SourceLost, SourcePool
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
@@ -64,6 +66,7 @@ IN_FLIGHT = 8  # pieces transferring at once
 PIECE_TIMEOUT = 60.0
 MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
 REGISTER_TIMEOUT = 120.0
+NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
 MAX_PIECE_FAILURES = 8  # one piece failing verification this often: give up
 _ORIGIN_CODES = {
     ErrorCode.ORIGIN_STATUS,
@@ -85,6 +88,7 @@ class PeerOptions:
         seed_for: float = 0.0,
         token: bytes | None = None,
         server_factory: type[PieceServer] = PieceServer,
+        signals_end_seeding: bool = False,
     ) -> None:
         self.listen = listen
         self.upload_slots = upload_slots
@@ -92,6 +96,9 @@ class PeerOptions:
         self.seed_for = seed_for
         self.token = token
         self.server_factory = server_factory  # tests swap in the fakes of dfget.testing
+        # SIGTERM/SIGINT while seeding end the seeding, not the (finished) download: the
+        # CLI sets this, so `kill` on a seeding dfget still exits 0 with its summary.
+        self.signals_end_seeding = signals_end_seeding
 
 
 class Attempt:
@@ -257,7 +264,6 @@ class Attempt:
     ) -> None:
         """Ask for piece tasks whenever there is room, start a transfer for each (the
         readers of source connections run in `connections`, which outlives transfers)."""
-        idle = 0.01
         async with trio.open_nursery() as transfers:
             while not book.complete:
                 running = sum(len(scopes) for scopes in self._running.values())
@@ -285,14 +291,11 @@ class Attempt:
                             connections=connections,
                         )
                     )
-                if answer.tasks:
-                    idle = 0.01
-                    continue
-                # Nothing to fetch right now: other peers are still getting the pieces we
-                # lack. Wait for news (a piece landing, a transfer ending), not too long.
-                with trio.move_on_after(idle):
-                    await book.wait_changed()
-                idle = min(idle * 2, 0.25)
+                if not answer.tasks:
+                    # Nothing to fetch yet: the supernode held the request until news or
+                    # its long-poll timeout. Ask again, after a breath.
+                    with trio.move_on_after(NOTHING_YET_PAUSE):
+                        await book.wait_changed()
             transfers.cancel_scope.cancel()
 
     async def _transfer(
@@ -391,11 +394,36 @@ class Attempt:
         if self.options.seed_for <= 0:
             return
         log.info("seeding for %gs", self.options.seed_for)
-        with trio.move_on_after(self.options.seed_for), translate_errors(self.address):
+        with (
+            trio.move_on_after(self.options.seed_for),
+            _ended_by_signals(self.options.signals_end_seeding) as signalled,
+            translate_errors(self.address),
+        ):
             try:
-                await self._follow(control, book)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_signal, signalled, nursery.cancel_scope)
+                    await self._follow(control, book)
             except (SupernodeFailed, OriginFailed) as exc:
                 log.info("seeding stopped: %s", exc)
+
+
+@contextlib.contextmanager
+def _ended_by_signals(enabled: bool) -> Iterator[AsyncIterator[int] | None]:
+    """A receiver of SIGTERM and SIGINT while the block runs (None when not enabled)."""
+    if not enabled:
+        yield None
+        return
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        yield signals
+
+
+async def _cancel_on_signal(signals: AsyncIterator[int] | None, scope: trio.CancelScope) -> None:
+    if signals is None:
+        return
+    async for signum in signals:
+        log.info("%s: seeding stopped", signal.Signals(signum).name)
+        scope.cancel()
+        return
 
 
 def _bracket(host: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from tqdm import tqdm
+Progress = Callable[[int, int | None], None]
+"""`progress(bytes_done, total_or_None)`, called as the download advances."""
 
 
 class ProgressBar:
     def __init__(self, name: str) -> None:
+        from tqdm import tqdm  # only on a terminal: start-up matters when 1,000 hosts start
+
         self._bar = tqdm(
             desc=name[:30],
             unit="B",

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from proto.io import RateLimiter, unwrap_group
+from proto.units import format_size
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
@@ -82,5 +83,15 @@ class Supernode:
                     )
                     task_status.started(address)
         finally:
+            stats = self.cdn.statistics()
+            log.info(
+                "totals: %s (%d bytes) from origins in %d fetches, %s (%d bytes) uploaded "
+                "by the CDN",
+                format_size(stats.bytes_from_origin),
+                stats.bytes_from_origin,
+                stats.origin_fetches,
+                format_size(stats.bytes_served),
+                stats.bytes_served,
+            )
             await self.origin.aclose()
             self.store.release()

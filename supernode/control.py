@@ -10,6 +10,8 @@ swarm at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -38,6 +40,7 @@ from supernode.swarm import PeerIdInUse, PeerRecord, Swarm
 log = logging.getLogger(__name__)
 
 DIGESTS_PER_FRAME = 1024
+LONG_POLL = 1.0  # seconds a piece-task request with no answer yet waits for news
 
 
 class ControlSession:
@@ -71,7 +74,9 @@ class ControlSession:
                         if isinstance(message, Register):
                             await self._register(message, nursery=nursery)
                         elif isinstance(message, PieceTasksRequest):
-                            await self._piece_tasks(message)
+                            # Answered from its own task: it may wait for news while
+                            # this loop goes on taking the peer's results.
+                            nursery.start_soon(self._piece_tasks, message)
                         elif isinstance(message, PieceResult):
                             self._piece_result(message)
                         else:
@@ -159,7 +164,15 @@ class ControlSession:
                 error_reply(ErrorCode.STALE, "that task generation is not current here")
             )
             return
-        tasks = self.swarm.piece_tasks(task, self.peer_id, message.want, trio.current_time())
+        deadline = trio.current_time() + LONG_POLL
+        while True:
+            tasks = self.swarm.piece_tasks(task, self.peer_id, message.want, trio.current_time())
+            if tasks or trio.current_time() >= deadline or task.superseded:
+                break
+            # Nothing to fetch now: answer at the first news (a transfer reported, a peer
+            # joined or left, a piece landed on the CDN) instead of making the peer poll.
+            with trio.move_on_at(deadline):
+                await _first_of(partial(self.swarm.wait_news, task.task_id), task.wait_changed)
         await self.framed.send(
             PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
         )
@@ -205,3 +218,15 @@ class ControlSession:
                 )
                 return
             await task.wait_changed()
+
+
+async def _first_of(*waits: Callable[[], Awaitable[None]]) -> None:
+    """Return as soon as one of `waits` does (the others are cancelled)."""
+    async with trio.open_nursery() as nursery:
+
+        async def one(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(one, wait)

@@ -3,7 +3,9 @@ scheduler's decisions turned into piece tasks with tickets.
 
 The scheduler (`supernode/scheduler`) is sans-IO and knows peers by id only; this
 module adds what goes on the wire: where each source listens and the signed ticket that
-lets the requester fetch from it. Control sessions call it; it does no I/O itself.
+lets the requester fetch from it. Control sessions call it; it does no I/O itself, but
+keeps one event per task that fires whenever a decision may have changed (a report, a
+peer joining or leaving), so that a request answered "nothing now" can wait for news.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.admission import verify
@@ -52,6 +55,7 @@ class Swarm:
         self.token = token
         self.peers: dict[str, PeerRecord] = {}
         self.generations: dict[str, int] = {}  # task id → the generation being scheduled
+        self._news: dict[str, trio.Event] = {}  # task id → fires at the next change
 
     # -- admission and membership --------------------------------------------------------
 
@@ -81,6 +85,7 @@ class Swarm:
         self.scheduler.add_task(task.task_id)
         self.scheduler.add_peer(task.task_id, record.peer_id, upload_slots=record.slots, now=now)
         record.tasks.add(task.task_id)
+        self._notify(task.task_id)
 
     def leave(self, peer_id: str, now: float) -> None:
         """The control connection dropped: the peer's pieces leave the swarm at once."""
@@ -89,6 +94,7 @@ class Swarm:
             return
         self.scheduler.remove_peer(peer_id, now)
         for task_id in sorted(record.tasks):
+            self._notify(task_id)
             stats = self.scheduler.task_statistics(task_id)
             if stats is not None and stats.peers == 0:
                 self._finish(task_id, why="its last peer left")
@@ -150,6 +156,7 @@ class Swarm:
         )
 
     def report(self, requester: str, result: PieceResult, now: float) -> None:
+        self._notify(result.task_id)  # a slot is free again, maybe a piece has a new holder
         self.scheduler.report(
             result.task_id,
             requester,
@@ -160,3 +167,17 @@ class Swarm:
             seconds=result.seconds,
             now=now,
         )
+
+    # -- news -------------------------------------------------------------------------------
+
+    async def wait_news(self, task_id: str) -> None:
+        """Return at the task's next change (report, join, departure)."""
+        event = self._news.get(task_id)
+        if event is None:
+            event = self._news[task_id] = trio.Event()
+        await event.wait()
+
+    def _notify(self, task_id: str) -> None:
+        event = self._news.pop(task_id, None)
+        if event is not None:
+            event.set()

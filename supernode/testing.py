@@ -15,9 +15,11 @@ import datetime
 import email.utils
 import hashlib
 import http
+import json
 import os
 import pathlib
 import re
+import signal
 import ssl
 import time
 import urllib.parse
@@ -27,6 +29,9 @@ from typing import Any, NoReturn
 
 import h11
 import trio
+
+from proto.io import RateLimiter
+from proto.units import parse_rate
 
 CHUNK_SIZE = 256 * 1024
 """Largest body piece handed to one socket write."""
@@ -177,11 +182,18 @@ class FakeOrigin:
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        rate_limit: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.tls = tls  # serve HTTPS with this server context (see `self_signed_tls`)
+        # All bodies together go out at most this fast (bytes/s): one uplink, shared.
+        self.egress = RateLimiter(rate_limit)
         self.faults: dict[str, Fault] = {}
         self.stats: dict[str, PathStats] = {}
         self._entries: dict[str, _MemoryEntry | _FileEntry] = {}
@@ -302,7 +314,7 @@ class FakeOrigin:
             await _send_simple(stream, conn, req, 404)
             return True
         try:
-            return await _send_content(stream, conn, req, fault, content, stats)
+            return await _send_content(stream, conn, req, fault, content, stats, self.egress)
         finally:
             content.close()
 
@@ -317,6 +329,7 @@ async def _send_content(
     fault: Fault,
     content: _Content,
     stats: PathStats,
+    egress: RateLimiter,
 ) -> bool:
     """Answer with the content: 200, 206, 304 or 416. Return False if the body was cut."""
     headers = _validators(content, fault)
@@ -350,7 +363,7 @@ async def _send_content(
         # close-delimited body.
         chunked = fault.chunked and conn.their_http_version == b"1.1"
         plan = _plan_body(fault, end - start, chunked)
-        if not await _send_body(stream, conn, content, start, plan, stats):
+        if not await _send_body(stream, conn, content, start, plan, stats, egress):
             return False
     await stream.send_all(conn.send(h11.EndOfMessage()))
     return True
@@ -375,6 +388,7 @@ async def _send_body(
     start: int,
     plan: _BodyPlan,
     stats: PathStats,
+    egress: RateLimiter,
 ) -> bool:
     """Write the body. Return False if it was cut short, so the connection must close."""
     began = trio.current_time()
@@ -391,6 +405,7 @@ async def _send_body(
             if not block:
                 return False  # The file shrank under us, so the promised body cannot be kept.
         size = plan.piece_size(sent, len(block) - used)
+        await egress.acquire(size)
         # Count before writing: a client may read the bytes before send_all returns to us,
         # and tests check stats right after their read.
         stats.bytes_sent += size
@@ -604,23 +619,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dir", type=pathlib.Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--rate-limit",
+        type=parse_rate,
+        metavar="RATE",
+        help="total egress of all bodies together, e.g. 16MiB (default: unlimited)",
+    )
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"not a directory: {args.dir}")
-    origin = FakeOrigin(args.host, args.port)
+    origin = FakeOrigin(args.host, args.port, rate_limit=args.rate_limit)
     for file in sorted(args.dir.rglob("*")):
         if file.is_file():
             origin.add_file("/" + file.relative_to(args.dir).as_posix(), file)
-    try:
-        trio.run(_serve_forever, origin)
-    except* KeyboardInterrupt:
-        pass  # Ctrl-C is how a demo ends. Trio wraps it in a group, hence except*.
+    trio.run(_serve_until_signalled, origin)
 
 
-async def _serve_forever(origin: FakeOrigin) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(origin.serve)
-        print(f"listening on {origin.url('')}", flush=True)
+async def _serve_until_signalled(origin: FakeOrigin) -> None:
+    """Serve until SIGTERM or SIGINT, then print what was sent (one JSON line)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.serve)
+            print(f"listening on {origin.url('')}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    sent = {
+        path: {
+            "bytes_sent": s.bytes_sent,
+            "full_bodies": s.full_bodies,
+            "requests": len(s.requests),
+        }
+        for path, s in origin.stats.items()
+    }
+    print("stats " + json.dumps(sent, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class CdnStatistics:
     origin_fetches: int
     revalidations: int
     bytes_from_origin: int
+    bytes_served: int  # sealed piece bytes uploaded to peers, all tasks since the start
 
 
 class Cdn:
@@ -46,7 +47,9 @@ class Cdn:
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
         self._fetches = 0
         self._revalidations = 0
-        self._bytes_from_origin = 0
+        self._bytes_from_origin = 0  # fetches that ended
+        self._fetching: set[CdnTask] = set()
+        self.bytes_served = 0  # sealed bytes uploaded by the CDN (cdn/uploads.py counts)
 
     def load(self) -> int:
         """Adopt the complete tasks found in the store; returns how many."""
@@ -63,12 +66,14 @@ class Cdn:
 
     async def _fetch(self, task: CdnTask) -> None:
         self._fetches += 1
+        self._fetching.add(task)  # its bytes count live, until added to the total
         meta = None
         try:
             with task.cancel_scope:
                 meta = await fetch_task(task, self.origin, self.store, self.policy)
         finally:
             self._bytes_from_origin += task.bytes_from_origin
+            self._fetching.discard(task)
             task.close()
         if meta is not None:
             # Older generations' pieces can go: nobody can be handed them any more.
@@ -144,13 +149,14 @@ class Cdn:
 
     def statistics(self) -> CdnStatistics:
         running = sum(1 for t in self.tasks.values() if not t.settled)
-        live = sum(t.bytes_from_origin for t in self.tasks.values() if not t.settled)
+        live = sum(t.bytes_from_origin for t in self._fetching)
         return CdnStatistics(
             tasks=len(self.tasks),
             running=running,
             origin_fetches=self._fetches,
             revalidations=self._revalidations,
             bytes_from_origin=self._bytes_from_origin + live,
+            bytes_served=self.bytes_served,
         )
 
 

@@ -98,6 +98,7 @@ class CdnUploads:
             return await self._refuse(request, ErrorCode.STALE, "task generation is gone")
         self.bytes_sent += sealed
         task.bytes_served += sealed
+        self.cdn.bytes_served += sealed
         return None
 
     def _open(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:

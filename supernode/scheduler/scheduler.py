@@ -162,7 +162,9 @@ class Scheduler:
         # failing that, the CDN. The downloader never holds what it wants, so it is never
         # its own source.
         pool = task.pool
-        cdn_pieces = task.rarity.on_cdn if self._cdn_free(avoid) else 0
+        # The CDN is the last resort, and it sends one copy of a piece at a time: a
+        # piece it is already uploading reaches the others sooner through that peer.
+        cdn_pieces = task.rarity.on_cdn & ~task.cdn_busy if self._cdn_free(avoid) else 0
         reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
         random_picks = self.config.first_random - member.have_count - len(member.flights)
         order = PieceOrder(task.rarity, wanted & reach, reach, self._rng, random_picks)
@@ -173,6 +175,8 @@ class Scheduler:
             plan.append(self._launch(task, member, index, source, now))
             if len(plan) >= want:
                 return
+            if source is None:
+                cdn_pieces &= ~(1 << index)
             if cdn_pieces and not self._cdn_free(avoid):
                 cdn_pieces = 0
                 order.restrict(task.rarity.held)
@@ -209,7 +213,9 @@ class Scheduler:
             taken = avoid.bits if uploader is None else avoid.bits | 1 << uploader.index
             source = task.pool.choose(index, taken, self._rng)
             if source is None and (
-                cdn_taken or not self._cdn_free(avoid) or not (task.rarity.on_cdn >> index) & 1
+                cdn_taken
+                or not self._cdn_free(avoid)
+                or not ((task.rarity.on_cdn & ~task.cdn_busy) >> index) & 1
             ):
                 continue
             plan.append(self._launch(task, member, index, source, now))
@@ -306,6 +312,7 @@ class Scheduler:
         self._wakeup = min(self._wakeup, deadline)
         if uploader is None:
             self._cdn_uploads += 1
+            task.cdn_flight(index, +1)
         else:
             peer = uploader.peer
             peer.uploads += 1
@@ -321,6 +328,7 @@ class Scheduler:
         flight.downloader.remove_flight(flight)
         if flight.uploader is None:
             self._cdn_uploads -= 1
+            task.cdn_flight(flight.index, -1)
         else:
             peer = flight.uploader.peer
             was_full = peer.uploads >= peer.upload_slots

@@ -23,6 +23,10 @@ class Task:
         self.pool = SourcePool()
         self.members: dict[str, Member] = {}
         self.in_flight = 0  # assignments handed out and not yet reported or expired
+        # Pieces the CDN is uploading right now (bitset), and how many copies of each:
+        # the CDN sends one copy of a piece at a time; peers spread the others.
+        self.cdn_busy = 0
+        self._cdn_copies: dict[int, int] = {}
         self.strikes = Strikes(blacklist_after)
         self.bytes_from_cdn = 0
         self.bytes_from_peers = 0
@@ -51,6 +55,16 @@ class Task:
         self.rarity.add_holder(index)
         self.pool.add_holding(member, index)
         return True
+
+    def cdn_flight(self, index: int, delta: int) -> None:
+        """A CDN upload of piece `index` starts (+1) or ends (-1)."""
+        copies = self._cdn_copies.get(index, 0) + delta
+        if copies > 0:
+            self._cdn_copies[index] = copies
+            self.cdn_busy |= 1 << index
+        else:
+            self._cdn_copies.pop(index, None)
+            self.cdn_busy &= ~(1 << index)
 
     def count_bytes(self, source: str, nbytes: int) -> None:
         if source == CDN:

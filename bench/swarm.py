@@ -1,0 +1,259 @@
+"""Swarm benchmark: N dfget peers at once vs the same N straight from the origin.
+
+    .venv/bin/python bench/swarm.py [--peers 16] [--size-mib 128] [--rate 16MiB]
+        [--origin-rate RATE] [--runs 1] [--no-direct]
+
+One origin (the project's FakeOrigin as its own process) whose total egress is
+throttled to U_s (`--origin-rate`, default `--rate`), one supernode whose CDN upload is
+capped at U (`--cdn-upload-limit`), and N dfget processes, each with its download
+(`--rate-limit`) and upload (`--upload-rate-limit`) capped at U. All peers start at
+once; each peer's completion time runs from that common start to the moment its output
+file appears (dfget renames it into place once verified), start-up included. Peers keep
+seeding until every peer is done, then get SIGTERM and print their `--json` summary.
+
+Then the same N peers download straight from the throttled origin with curl, at once.
+
+Prints completion p50/p99/max, origin egress / F, CDN egress / F (sealed bytes, from
+the supernode's totals line), the share of bytes that came from peers, the fluid lower
+bound T* = max(F/U_s, F/U, N*F/(U_s + N*U)), p99/T*, and direct time / P2P time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, MiB, dfget_command, env, free_hot_memory, median, supernode_process
+from bench.origin_process import origin_process
+from proto.units import parse_rate
+
+TOTALS = re.compile(
+    r"totals: .*?\((\d+) bytes\) from origins.*?\((\d+) bytes\) uploaded by the CDN"
+)
+STARTUP_GRACE = 60.0  # seconds on top of the direct download's fluid time
+
+
+@dataclass
+class SwarmRun:
+    times: list[float]  # per peer, seconds from the common start to its output file
+    origin_bytes: int
+    cdn_bytes: int
+    peer_bytes: int  # plaintext bytes the peers got from other peers (their summaries)
+    total_bytes: int
+    inside: list[float]  # per peer, the download's own time (its summary's `seconds`)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 16 values is the largest)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def make_payload(path: Path, size: int) -> str:
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(remaining, 16 * MiB))
+            out.write(chunk)
+            remaining -= len(chunk)
+    return sha256_of(path)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(4 * MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def wait_for_outputs(
+    outputs: list[Path], procs: list[subprocess.Popen[str]], started: float, limit: float
+) -> list[float]:
+    """Poll until every output exists; the time each appeared, from `started`."""
+    times: list[float | None] = [None] * len(outputs)
+    while None in times:
+        now = time.perf_counter()
+        for i, output in enumerate(outputs):
+            if times[i] is None and output.exists():
+                times[i] = now - started
+            elif times[i] is None and procs[i].poll() is not None:
+                _, err = procs[i].communicate()
+                raise RuntimeError(f"peer {i} exited {procs[i].returncode}: {err[-2000:]}")
+        if now - started > limit:
+            raise RuntimeError(f"peers still running after {limit:.0f}s")
+        time.sleep(0.01)
+    return [t for t in times if t is not None]
+
+
+def run_swarm(args: argparse.Namespace, work: Path, payload: Path, sha256: str) -> SwarmRun:
+    rate = str(args.rate)
+    outputs = [work / "p2p" / f"peer{i}.bin" for i in range(args.peers)]
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    for output in outputs:
+        output.unlink(missing_ok=True)
+    shutil.rmtree(work / "supernode", ignore_errors=True)
+    os.sync()
+    # Every copy (N outputs and the CDN's) lands in the page cache: give it host-backed
+    # pages, as on a machine without free page reporting (see free_hot_memory).
+    free_hot_memory(int(1.2 * (args.peers + 1) * args.size_mib * MiB))
+    log = work / "supernode.log"
+    limit = STARTUP_GRACE + 4 * args.peers * args.size_mib * MiB / args.origin_rate
+    with (
+        origin_process(payload.parent, "--rate-limit", str(args.origin_rate)) as origin,
+        supernode_process(work / "supernode", "--cdn-upload-limit", rate, log=log) as node,
+    ):
+        url = f"{origin.url}/{payload.name}"
+        flags = ["--rate-limit", rate, "--upload-rate-limit", rate]
+        flags += ["--peer-listen", "127.0.0.1:0", "--seed-for", "3600"]
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                dfget_command(url, output, node, *flags),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env(),
+            )
+            for output in outputs
+        ]
+        try:
+            times = wait_for_outputs(outputs, procs, started, limit)
+            summaries = []
+            for proc in procs:  # every peer is done: end their seeding
+                proc.send_signal(signal.SIGTERM)
+            for i, proc in enumerate(procs):
+                out, err = proc.communicate(timeout=60)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"peer {i} exited {proc.returncode}: {err[-2000:]}")
+                summaries.append(json.loads(out))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        origin_stats = origin.stop()
+    for output in outputs:  # the peers checked every piece (blake3); check the whole, too
+        if sha256_of(output) != sha256:
+            raise RuntimeError(f"{output} differs from the origin's file")
+    match = TOTALS.search(log.read_text())
+    if match is None:
+        raise RuntimeError(f"no totals line in {log}")
+    return SwarmRun(
+        times=times,
+        origin_bytes=origin_stats.get("/" + payload.name, {}).get("bytes_sent", 0),
+        cdn_bytes=int(match.group(2)),
+        peer_bytes=sum(int(s["from_peers"]) for s in summaries),
+        total_bytes=sum(int(s["bytes"]) for s in summaries),
+        inside=[float(s["seconds"]) for s in summaries],
+    )
+
+
+def run_direct(args: argparse.Namespace, work: Path, payload: Path) -> tuple[list[float], int]:
+    """The same N peers with curl, straight from the throttled origin."""
+    outputs = [work / "direct" / f"peer{i}.bin" for i in range(args.peers)]
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    for output in outputs:
+        output.unlink(missing_ok=True)
+    with origin_process(payload.parent, "--rate-limit", str(args.origin_rate)) as origin:
+        url = f"{origin.url}/{payload.name}"
+        started = time.perf_counter()
+        procs = [subprocess.Popen(["curl", "-sSf", "-o", str(output), url]) for output in outputs]
+        times = [0.0] * len(procs)
+        running = set(range(len(procs)))
+        while running:  # curl writes in place: a copy is complete when its curl exits
+            for i in sorted(running):
+                if procs[i].poll() is not None:
+                    if procs[i].returncode != 0:
+                        raise RuntimeError(f"curl exited {procs[i].returncode}")
+                    times[i] = time.perf_counter() - started
+                    running.discard(i)
+            time.sleep(0.01)
+        sent = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
+    size = args.size_mib * MiB
+    for output in outputs:
+        if output.stat().st_size != size:
+            raise RuntimeError(f"{output} is short")
+    return times, sent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=int, default=16)
+    parser.add_argument("--size-mib", type=int, default=128)
+    parser.add_argument("--rate", type=parse_rate, default=parse_rate("16MiB"), metavar="U")
+    parser.add_argument("--origin-rate", type=parse_rate, default=None, metavar="U_S")
+    parser.add_argument("--runs", type=int, default=1, help="P2P runs (medians are quoted)")
+    parser.add_argument("--no-direct", action="store_true", help="skip the direct baseline")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "swarm")
+    args = parser.parse_args()
+    if args.origin_rate is None:
+        args.origin_rate = args.rate
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "www").mkdir(parents=True)
+    size = args.size_mib * MiB
+    payload = work / "www" / "blob.bin"
+    sha256 = make_payload(payload, size)
+    n, u, us = args.peers, args.rate, args.origin_rate
+    t_star = max(size / us, size / u, n * size / (us + n * u))
+    print(
+        f"swarm: N={n} F={args.size_mib} MiB U={u / MiB:g} MiB/s U_s={us / MiB:g} MiB/s "
+        f"T*={t_star:.2f}s",
+        flush=True,
+    )
+
+    runs: list[SwarmRun] = []
+    for i in range(args.runs):
+        run = run_swarm(args, work, payload, sha256)
+        runs.append(run)
+        print(
+            f"p2p run {i + 1}: p50 {median(run.times):.2f}s p99 {percentile(run.times, 99):.2f}s "
+            f"max {max(run.times):.2f}s; origin {run.origin_bytes / size:.3f}F, "
+            f"CDN {run.cdn_bytes / size:.2f}F, from peers "
+            f"{run.peer_bytes / run.total_bytes:.1%}; download alone (start-up left out) "
+            f"p50 {median(run.inside):.2f}s max {max(run.inside):.2f}s",
+            flush=True,
+        )
+    p50 = median([median(r.times) for r in runs])
+    p99 = median([percentile(r.times, 99) for r in runs])
+    worst = median([max(r.times) for r in runs])
+    origin_f = median([r.origin_bytes / size for r in runs])
+    cdn_f = median([r.cdn_bytes / size for r in runs])
+    share = median([r.peer_bytes / r.total_bytes for r in runs])
+    print()
+    print(f"P2P ({args.runs} run(s), medians):")
+    print(f"  completion       p50 {p50:.2f}s  p99 {p99:.2f}s  max {worst:.2f}s")
+    print(f"  fluid bound T*   {t_star:.2f}s   p99/T* = {p99 / t_star:.2f}   (target <= 1.5)")
+    print(f"  origin egress    {origin_f:.3f} F                  (target <= 1.01)")
+    print(f"  CDN egress       {cdn_f:.2f} F                   (target <= 3)")
+    print(f"  from peers       {share:.1%} of all bytes")
+    if not args.no_direct:
+        direct, sent = run_direct(args, work, payload)
+        d50, d99 = median(direct), percentile(direct, 99)
+        print(f"direct from origin (curl x {n}):")
+        print(
+            f"  completion       p50 {d50:.2f}s  p99 {d99:.2f}s  origin egress {sent / size:.2f} F"
+        )
+        print(f"  direct / P2P     p50 {d50 / p50:.1f}x  p99 {d99 / p99:.1f}x  (target >= 5)")
+    shutil.rmtree(work / "p2p", ignore_errors=True)
+    shutil.rmtree(work / "direct", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
