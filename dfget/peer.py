@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dfget.connect import connect, translate_errors
 from dfget.errors import (
+    DfgetError,
     DownloadTimeout,
     IntegrityError,
     NotAdmitted,
@@ -67,7 +68,7 @@ PIECE_TIMEOUT = 60.0
 MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
 REGISTER_TIMEOUT = 120.0
 NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
-MAX_PIECE_FAILURES = 8  # one piece failing verification this often: give up
+MAX_PIECE_FAILURES = 8  # one piece failing this often (busy aside): give up on this swarm
 _ORIGIN_CODES = {
     ErrorCode.ORIGIN_STATUS,
     ErrorCode.ORIGIN_UNREACHABLE,
@@ -319,8 +320,12 @@ class Attempt:
         except PieceRefusedError as exc:
             if exc.code == ErrorCode.STALE and source == CDN_UPLOADER:
                 raise TaskChanged(f"the file changed upstream during the download: {exc}") from exc
-            outcome = "busy" if exc.code == ErrorCode.BUSY else "refused"
-            book.piece_failed(index, kind, "refused")
+            if exc.code == ErrorCode.BUSY:  # a normal answer in a busy swarm: not a failure
+                outcome = "busy"
+                book.piece_failed(index, kind, "refused", counts_as_attempt=False)
+            else:
+                outcome = "refused"
+                self._give_up_after(book.piece_failed(index, kind, "refused"), index, exc)
         except PieceCorrupted as exc:
             outcome = "corrupt"
             failures = book.piece_failed(index, kind, "corrupt")
@@ -329,11 +334,11 @@ class Attempt:
                 raise IntegrityError(f"piece {index} failed verification {failures} times") from exc
         except SourceLost as exc:
             outcome = "failed"
-            book.piece_failed(index, kind, "failed")
             log.debug("piece %d from %s: %s", index, source[:40], exc)
-        except trio.TooSlowError:
+            self._give_up_after(book.piece_failed(index, kind, "failed"), index, exc)
+        except trio.TooSlowError as exc:
             outcome = "timeout"
-            book.piece_failed(index, kind, "failed")
+            self._give_up_after(book.piece_failed(index, kind, "failed"), index, exc)
         finally:
             self._running[index].remove(scope)
             if outcome == "done":  # endgame: the other copies of this piece lost the race
@@ -351,6 +356,15 @@ class Attempt:
                     seconds=max(0.0, trio.current_time() - started),
                 )
             )
+
+    def _give_up_after(self, failures: int, index: int, last: Exception) -> None:
+        """One piece failing this often means this swarm cannot deliver it: move on to
+        the next supernode or the origin (as when the supernode is unreachable)."""
+        if failures >= MAX_PIECE_FAILURES:
+            raise SupernodeUnavailable(
+                f"piece {index} failed {failures} times through supernode {self.address} "
+                f"(last: {str(last) or type(last).__name__})"
+            ) from last
 
     async def _fetch(
         self, book: PieceBook, writer: PieceWriter, task: PieceTask, *, connections: trio.Nursery
@@ -397,14 +411,14 @@ class Attempt:
         with (
             trio.move_on_after(self.options.seed_for),
             _ended_by_signals(self.options.signals_end_seeding) as signalled,
-            translate_errors(self.address),
         ):
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_signal, signalled, nursery.cancel_scope)
-                    await self._follow(control, book)
-            except (SupernodeFailed, OriginFailed) as exc:
-                log.info("seeding stopped: %s", exc)
+                with translate_errors(self.address), unwrap_group():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_cancel_on_signal, signalled, nursery.cancel_scope)
+                        await self._follow(control, book)
+            except DfgetError as exc:  # the download is done: seeding just ends
+                log.warning("seeding stopped: %s", exc)
 
 
 @contextlib.contextmanager

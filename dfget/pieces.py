@@ -80,11 +80,14 @@ class PieceBook:
         counts.pieces += 1
         self._notify()
 
-    def piece_failed(self, index: int, source: str, kind: str) -> int:
+    def piece_failed(
+        self, index: int, source: str, kind: str, *, counts_as_attempt: bool = True
+    ) -> int:
         """Count a failed transfer of a piece; returns how often that piece has failed."""
         counts = self.sources.setdefault(source, SourceCounts())
         setattr(counts, kind, getattr(counts, kind) + 1)
-        self.attempts[index] = self.attempts.get(index, 0) + 1
+        if counts_as_attempt:
+            self.attempts[index] = self.attempts.get(index, 0) + 1
         self._notify()
         return self.attempts[index]
 

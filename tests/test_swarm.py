@@ -14,13 +14,15 @@ from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, u
 
 from dfget.engine import DownloadResult
 from dfget.errors import NotAdmitted
-from dfget.peer import PeerOptions
+from dfget.peer import MAX_PIECE_FAILURES, PeerOptions
 from dfget.testing import CorruptingPieceServer, SlowPieceServer
 from dfget.uploads import SharedTask
 from proto import ErrorReply, PieceRefused, PieceRequest
+from proto.errors import ErrorCode
 from proto.io import open_session
 from proto.pieces import MiB
 from proto.units import format_size
+from supernode.cdn.uploads import CdnUploads
 from supernode.testing import FakeOrigin
 
 LOCAL = ("127.0.0.1", 0)
@@ -228,3 +230,61 @@ async def test_work_moves_away_from_a_slow_peer(
     # answered, and once its slots were taken nothing more was sent its way.
     assert elapsed < CountingSlowServer.delay / 2
     assert 0 < CountingSlowServer.asked <= 4  # never more than its upload slots
+
+
+async def test_a_piece_nobody_can_deliver_sends_dfget_back_to_the_source(
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    fetch: Fetch,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CDN that keeps refusing one piece (as a broken disk would): after 8 failed
+    transfers of that piece dfget stops waiting for this swarm and goes to the origin."""
+    data = os.urandom(4 * MiB)
+    origin.add("/f.bin", data)
+    answer = CdnUploads._answer
+    refused: list[int] = []
+
+    async def refuse_piece_2(self: CdnUploads, request: PieceRequest) -> None:
+        if request.index != 2:
+            return await answer(self, request)
+        refused.append(request.index)
+        return await self._refuse(request, ErrorCode.NOT_HELD, "cannot read it")
+
+    monkeypatch.setattr(CdnUploads, "_answer", refuse_piece_2)
+    with trio.fail_after(30):
+        result = await fetch(origin.url("/f.bin"), supernode)
+    assert Path(result.output).read_bytes() == data
+    assert result.supernode is None and result.from_source == len(data)
+    assert len(refused) == MAX_PIECE_FAILURES
+    assert "piece 2 failed 8 times" in caplog.text
+
+
+async def test_a_seeding_peer_outlives_its_supernode(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    """The download is done: losing the supernode while seeding ends the seeding, not
+    in an error."""
+    data = os.urandom(2 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    results: list[DownloadResult] = []
+    done = trio.Event()
+
+    async def seeder() -> None:
+        peer = PeerOptions(listen=LOCAL, seed_for=600)
+        results.append(await fetch(origin.url("/f.bin"), node, name="seed", peer=peer))
+        done.set()
+
+    nursery.start_soon(seeder)
+    await until((tmp_path / "downloads" / "seed").exists)  # committed: now seeding
+    with trio.fail_after(10):
+        await node.stop()
+        await done.wait()
+    assert Path(results[0].output).read_bytes() == data
+    assert results[0].from_cdn == len(data)
