@@ -47,6 +47,7 @@ def main() -> int:
                 ]
                 results = list(pool.map(run_json, commands))
             wall = time.perf_counter() - started
+            origin_sent = sum(path["bytes_sent"] for path in origin.stop().values())
         print()
         print(
             f"{'peer':<8}{'bytes':>12}{'from cdn':>12}{'from peers':>12}{'from origin':>13}"
@@ -68,6 +69,17 @@ def main() -> int:
         print()
         print(f"demo: {PEERS} copies verified in {wall:.2f}s wall time")
         print(f"demo: supernode: {origin_line.split(': ', 1)[-1]}")
+        served = {
+            "the origin": origin_sent,
+            "the supernode's CDN": sum(r["from_cdn"] for r in results),
+            "other peers": sum(r["from_peers"] for r in results),
+        }
+        print(
+            "demo: served by "
+            + ", ".join(
+                f"{who} {n / MiB:.0f} MiB ({n / SIZE:.2f} copies)" for who, n in served.items()
+            )
+        )
     return 0
 
 
