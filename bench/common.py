@@ -114,3 +114,13 @@ def free_hot_memory(size: int) -> None:
     """
     block = bytearray(b"\1") * size
     del block
+
+
+def write_random(path: Path, size: int) -> None:
+    """`size` random bytes into `path`, written in chunks (no whole copy in memory)."""
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(remaining, 16 * MiB))
+            out.write(chunk)
+            remaining -= len(chunk)

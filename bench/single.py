@@ -30,20 +30,15 @@ from bench.common import (
     median,
     mib_s,
     supernode_process,
+    write_random,
 )
 from bench.common import env as bench_env
 from bench.nginx import nginx
 
 
 def make_payload(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    with open(path, "wb") as out:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(remaining, 64 * MiB))
-            out.write(chunk)
-            remaining -= len(chunk)
+    if not (path.exists() and path.stat().st_size == size):
+        write_random(path, size)
 
 
 def settle(output: Path, size: int) -> None:

@@ -36,7 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, MiB, dfget_command, env, free_hot_memory, median, supernode_process
+from bench.common import (
+    ROOT,
+    MiB,
+    dfget_command,
+    env,
+    free_hot_memory,
+    median,
+    supernode_process,
+    write_random,
+)
 from bench.origin_process import origin_process
 from proto.units import parse_rate
 
@@ -64,12 +73,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def make_payload(path: Path, size: int) -> str:
-    with open(path, "wb") as out:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(remaining, 16 * MiB))
-            out.write(chunk)
-            remaining -= len(chunk)
+    write_random(path, size)
     return sha256_of(path)
 
 
