@@ -42,7 +42,7 @@ from dfget.sources import PieceRefusedError, SourceLost, SourcePool
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
-from proto.errors import ErrorCode, PieceCorrupted
+from proto.errors import ErrorCode, PieceCorrupted, ProtoError
 from proto.io import FramedStream, RateLimiter, unwrap_group
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
@@ -245,7 +245,9 @@ class Attempt:
             if message.task_id != book.task_id or message.generation != book.generation:
                 raise SupernodeFailed("supernode reported on another task or generation")
             try:
-                if isinstance(message, PieceTasks):
+                if isinstance(message, PieceTasks) and book.complete:
+                    await self._decline(control, book, message)
+                elif isinstance(message, PieceTasks):
                     self._replies_send.send_nowait(message)
                 elif isinstance(message, PiecesReady):
                     book.add_ready(message.start, message.digests)
@@ -254,6 +256,12 @@ class Attempt:
                     self.out.truncate(message.length)
             except (ValueError, trio.WouldBlock) as exc:
                 raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
+
+    async def _decline(self, control: FramedStream, book: PieceBook, answer: PieceTasks) -> None:
+        """A late answer to a request made before the last piece landed: report its tasks
+        cancelled, so that their uploaders' slots (and the CDN's) are free at once."""
+        for index, source, _, _, _ in answer.tasks:
+            await _report(control, book, index, source, "cancelled", 0, 0.0)
 
     async def _schedule(
         self,
@@ -344,18 +352,10 @@ class Attempt:
             if outcome == "done":  # endgame: the other copies of this piece lost the race
                 for loser in self._running.get(index, []):
                     loser.cancel()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await control.send(
-                PieceResult(
-                    task_id=book.task_id,
-                    generation=book.generation,
-                    index=index,
-                    source=source,
-                    outcome=outcome,
-                    nbytes=size,
-                    seconds=max(0.0, trio.current_time() - started),
-                )
-            )
+            # Always report, even when the whole download is being cancelled (it just
+            # completed, or failed): the uploader's slot is free only once we say so.
+            seconds = max(0.0, trio.current_time() - started)
+            await _report(control, book, index, source, outcome, size, seconds)
 
     def _give_up_after(self, failures: int, index: int, last: Exception) -> None:
         """One piece failing this often means this swarm cannot deliver it: move on to
@@ -419,6 +419,31 @@ class Attempt:
                         await self._follow(control, book)
             except DfgetError as exc:  # the download is done: seeding just ends
                 log.warning("seeding stopped: %s", exc)
+
+
+async def _report(
+    control: FramedStream,
+    book: PieceBook,
+    index: int,
+    source: str,
+    outcome: str,
+    nbytes: int,
+    seconds: float,
+) -> None:
+    """Send one PieceResult, even from a cancelled task; a broken session is left to
+    `_follow` to notice (it raises there)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(ProtoError):
+        await control.send(
+            PieceResult(
+                task_id=book.task_id,
+                generation=book.generation,
+                index=index,
+                source=source,
+                outcome=outcome,
+                nbytes=nbytes,
+                seconds=seconds,
+            )
+        )
 
 
 @contextlib.contextmanager

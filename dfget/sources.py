@@ -32,7 +32,7 @@ class SourceLost(Exception):
     """The connection to the uploader failed or broke before the answer came."""
 
 
-@dataclass
+@dataclass(eq=False)  # waiters are told apart by identity
 class _Waiter:
     done: trio.Event = field(default_factory=trio.Event)
     frame: Frame | None = None
@@ -44,12 +44,17 @@ class SourceConnection:
         self.framed = framed
         self.address = address
         self.broken: Exception | None = None
-        self._waiters: dict[tuple[str, int], _Waiter] = {}
+        # Requests for the same piece may overlap (a retry after a cancelled copy): the
+        # uploader answers in order, so each answer goes to the oldest waiter for it.
+        self._waiters: dict[tuple[str, int], list[_Waiter]] = {}
 
     async def fetch(self, request: PieceRequest) -> Frame:
         """The PieceData frame answering `request`; PieceRefusedError or SourceLost."""
         key = (request.task_id, request.index)
-        waiter = self._waiters[key] = _Waiter()
+        waiter = _Waiter()
+        if self.broken is not None:
+            raise SourceLost(f"{self.address}: {self.broken}")
+        self._waiters.setdefault(key, []).append(waiter)
         try:
             try:
                 await self.framed.send(request)
@@ -57,7 +62,7 @@ class SourceConnection:
                 self._break(exc)
             await waiter.done.wait()
         finally:
-            self._waiters.pop(key, None)
+            self._forget(key, waiter)
         if waiter.error is not None:
             raise waiter.error
         assert waiter.frame is not None
@@ -76,10 +81,11 @@ class SourceConnection:
                     raise SourceLost(f"{self.address} closed: {message.code}: {message.message}")
                 if not isinstance(message, PieceData | PieceRefused):
                     raise UnexpectedMessage(f"{message.TAG} on a piece session")
-                waiter = self._waiters.get((message.task_id, message.index))
-                if waiter is None:  # nobody waits any more (cancelled): drop it
+                waiters = self._waiters.get((message.task_id, message.index))
+                if not waiters:  # nobody waits any more (cancelled): drop it
                     self.framed.recycle(frame.payload)
                     continue
+                waiter = waiters.pop(0)
                 if isinstance(message, PieceRefused):
                     waiter.error = PieceRefusedError(message.code, message.message)
                 else:
@@ -91,10 +97,17 @@ class SourceConnection:
             self._break(ConnectionLost(f"connection to {self.address} closed", clean=True))
             await self.framed.aclose()
 
+    def _forget(self, key: tuple[str, int], waiter: _Waiter) -> None:
+        waiters = self._waiters.get(key, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(key, None)
+
     def _break(self, cause: Exception) -> None:
         if self.broken is None:
             self.broken = cause
-        for waiter in self._waiters.values():
+        for waiter in (w for waiters in self._waiters.values() for w in waiters):
             if not waiter.done.is_set():
                 waiter.error = SourceLost(f"{self.address}: {cause}")
                 waiter.done.set()

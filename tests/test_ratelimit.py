@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import trio
 from conftest import Fetch, StartSupernode, until
 
 from dfget.peer import PeerOptions
+from dfget.uploads import PieceServer, SharedTask
+from proto import PieceRequest
+from proto.io import FramedStream
 from proto.pieces import MiB
 from supernode.testing import FakeOrigin
 
@@ -53,6 +57,29 @@ async def test_cdn_upload_limit(
     assert within_ten_percent(sealed, result.seconds, RATE), result.seconds
 
 
+class TimedPieceServer(PieceServer):
+    """Records when the first upload was asked for and when each one was sent."""
+
+    servers: list[TimedPieceServer] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.first_asked: float | None = None
+        self.last_sent = 0.0
+        TimedPieceServer.servers.append(self)
+
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+        if self.first_asked is None:
+            self.first_asked = trio.current_time()
+        return await super().piece_bytes(task, index)
+
+    async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> None:
+        sent = self.pieces_uploaded
+        await super()._answer(framed, requester, request)
+        if self.pieces_uploaded > sent:
+            self.last_sent = trio.current_time()
+
+
 async def test_upload_rate_limit(
     origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
 ) -> None:
@@ -60,20 +87,25 @@ async def test_upload_rate_limit(
     origin.add("/f.bin", data)
     # The CDN serves one piece at a time and slowly: the seeder is the better source.
     node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=MiB)
-    seeded = trio.Event()
 
     async def seeder() -> None:
-        peer = PeerOptions(listen=("127.0.0.1", 0), upload_rate=RATE, seed_for=60)
+        peer = PeerOptions(
+            listen=("127.0.0.1", 0), upload_rate=RATE, seed_for=60, server_factory=TimedPieceServer
+        )
         await fetch(origin.url("/f.bin"), node, name="seed", peer=peer)
 
+    TimedPieceServer.servers.clear()
     nursery.start_soon(seeder)
     task_id = await _first_task(node)
     await until(lambda: _holders_of_everything(node, task_id) >= 1, seconds=60)
-    seeded.set()
     result = await fetch(origin.url("/f.bin"), node, name="leech")
     assert Path(result.output).read_bytes() == data
-    # What came from the seeder came at most at its upload limit.
-    assert result.from_peers / result.seconds <= 1.1 * RATE
+    [server] = TimedPieceServer.servers
+    assert server.first_asked is not None
+    assert server.pieces_uploaded >= SIZE // MiB // 2  # the seeder carried most of it
+    # From the first request to the last piece sent, the seeder uploaded at its limit.
+    seconds = server.last_sent - server.first_asked
+    assert within_ten_percent(server.bytes_uploaded, seconds, RATE), seconds
 
 
 async def _first_task(node: object) -> str:

@@ -288,3 +288,28 @@ async def test_a_seeding_peer_outlives_its_supernode(
         await done.wait()
     assert Path(results[0].output).read_bytes() == data
     assert results[0].from_cdn == len(data)
+
+
+async def test_finished_peers_leave_no_assignment_behind(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    """Copies still in flight when a download completes (endgame duplicates, late
+    answers) are reported cancelled at once, so no upload slot stays taken: with one
+    CDN slot, a leaked CDN assignment would stall every later download for a minute."""
+    data = os.urandom(16 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=32 * MiB)
+    scheduler = node.node.scheduler
+    for i in range(6):
+        peer = PeerOptions(listen=LOCAL, seed_for=60)
+        nursery.start_soon(partial(fetch, origin.url("/f.bin"), node, name=f"p{i}", peer=peer))
+    outputs = [tmp_path / "downloads" / f"p{i}" for i in range(6)]
+    await until(lambda: all(path.exists() for path in outputs))
+    await until(lambda: scheduler.statistics().assignments_in_flight == 0, seconds=5)
+    assert scheduler.statistics().cdn_uploads_in_flight == 0
+    for path in outputs:
+        assert path.read_bytes() == data
