@@ -89,7 +89,7 @@ class PieceBook:
         if counts_as_attempt:
             self.attempts[index] = self.attempts.get(index, 0) + 1
         self._notify()
-        return self.attempts[index]
+        return self.attempts.get(index, 0)
 
     # -- waiting ---------------------------------------------------------------------------
 
