@@ -9,11 +9,13 @@ atomically or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,21 +121,36 @@ def new_peer_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-async def download(request: DownloadRequest, *, progress: Progress | None = None) -> DownloadResult:
+async def download(
+    request: DownloadRequest,
+    *,
+    progress: Progress | None = None,
+    output: AtomicOutput | None = None,
+    limiter: RateLimiter | None = None,
+    on_done: Callable[[DownloadResult], None] | None = None,
+) -> DownloadResult:
     """Download `request.url` to `request.output`; raises a DfgetError on failure.
 
     With `request.peer.seed_for`, returns only after seeding; `seconds` in the result
-    is the download's own time.
+    is the download's own time, and `on_done(result)` is called as soon as the output
+    is in place (before seeding). A caller that reads the file while it is being
+    written (dfdaemon) passes its own open `output`; a host-wide `limiter` replaces
+    the request's own `rate_limit`.
     """
     task_id = request.task_id()
     if not request.supernodes and not request.back_source:
         raise UsageError("no supernode given and back-to-source disabled")
     started = trio.current_time()
     deadline = started + (request.timeout or math.inf)
-    limiter = RateLimiter(request.rate_limit)
-    with AtomicOutput(request.output) as out:
-        result = await _download(request, task_id, out, limiter, progress, deadline)
-    result.seconds = result.seconds - started
+    limiter = limiter or RateLimiter(request.rate_limit)
+
+    def done(result: DownloadResult) -> None:
+        result.seconds = result.seconds - started
+        if on_done is not None:
+            on_done(result)
+
+    with contextlib.nullcontext(output) if output else AtomicOutput(request.output) as out:
+        result = await _download(request, task_id, out, limiter, progress, deadline, done)
     return result
 
 
@@ -144,16 +161,21 @@ async def _download(
     limiter: RateLimiter,
     progress: Progress | None,
     deadline: float,
+    done: Callable[[DownloadResult], None],
 ) -> DownloadResult:
     ranked = rank(task_id, request.supernodes)
     for attempt, address in enumerate(ranked, start=1):
         try:
             try:
-                return await _through(request, task_id, address, out, limiter, progress, deadline)
+                return await _through(
+                    request, task_id, address, out, limiter, progress, deadline, done
+                )
             except TaskChanged as exc:  # once: the new generation is a new download
                 log.warning("%s; starting over", exc)
                 out.reset()
-                return await _through(request, task_id, address, out, limiter, progress, deadline)
+                return await _through(
+                    request, task_id, address, out, limiter, progress, deadline, done
+                )
         except SupernodeUnavailable as exc:
             if attempt == len(ranked) and not request.back_source:
                 raise
@@ -180,7 +202,7 @@ async def _download(
     if scope.cancelled_caught:
         raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
     out.commit()
-    return DownloadResult(
+    result = DownloadResult(
         task_id=task_id,
         url=request.url,
         output=str(request.output),
@@ -189,6 +211,8 @@ async def _download(
         from_source=received,
         sources={"source": SourceCounts(bytes=received)},
     )
+    done(result)
+    return result
 
 
 async def _through(
@@ -199,6 +223,7 @@ async def _through(
     limiter: RateLimiter,
     progress: Progress | None,
     deadline: float,
+    done: Callable[[DownloadResult], None],
 ) -> DownloadResult:
     """One attempt through the supernode at `address`; commits the output when done."""
     results: list[DownloadResult] = []
@@ -221,6 +246,7 @@ async def _through(
                 sources=book.sources,
             )
         )
+        done(results[0])
 
     register = Register(
         url=request.url,

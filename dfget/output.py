@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -21,6 +22,30 @@ class AtomicOutput:
         self.target = target
         self.temp = target.parent / f".{target.name}.{secrets.token_hex(4)}.dfget-part"
         self.fd = -1
+        # What is written, for a reader that streams the file while it is written:
+        # `filled` bytes from the start, plus islands further on (start → end).
+        self._lock = threading.Lock()
+        self._filled = 0
+        self._islands: dict[int, int] = {}
+
+    @property
+    def filled(self) -> int:
+        """How many bytes from the start are written (thread-safe)."""
+        with self._lock:
+            return self._filled
+
+    def _wrote(self, start: int, end: int) -> None:
+        with self._lock:
+            if start > self._filled:
+                self._islands[start] = max(end, self._islands.get(start, end))
+                return
+            self._filled = max(self._filled, end)
+            while self._islands:
+                reached = [s for s in self._islands if s <= self._filled]
+                if not reached:
+                    break
+                for s in reached:
+                    self._filled = max(self._filled, self._islands.pop(s))
 
     def __enter__(self) -> AtomicOutput:
         if self.target.is_dir():
@@ -48,6 +73,7 @@ class AtomicOutput:
         self.truncate(0)
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        start = offset
         try:
             view = memoryview(data)
             while view.nbytes:
@@ -55,6 +81,7 @@ class AtomicOutput:
                 view, offset = view[written:], offset + written
         except OSError as exc:
             raise OutputError(f"cannot write {self.temp}: {exc}") from exc
+        self._wrote(start, offset)
 
     def read_at(self, offset: int, length: int) -> bytes:
         try:
@@ -67,6 +94,9 @@ class AtomicOutput:
             os.ftruncate(self.fd, length)
         except OSError as exc:
             raise OutputError(f"cannot size {self.temp}: {exc}") from exc
+        if length == 0:  # a reset: nothing counts as written any more
+            with self._lock:
+                self._filled, self._islands = 0, {}
 
     def commit(self) -> None:
         """Rename the finished temp file onto the target."""

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -77,6 +78,14 @@ _ORIGIN_CODES = {
 }
 
 
+@dataclass(frozen=True)
+class SharedServer:
+    """A running upload server and the port it listens on."""
+
+    server: PieceServer
+    port: int
+
+
 class PeerOptions:
     """How this peer takes part in the swarm (from the CLI or a daemon)."""
 
@@ -89,6 +98,7 @@ class PeerOptions:
         seed_for: float = 0.0,
         token: bytes | None = None,
         server_factory: type[PieceServer] = PieceServer,
+        server: SharedServer | None = None,
         signals_end_seeding: bool = False,
     ) -> None:
         self.listen = listen
@@ -97,6 +107,9 @@ class PeerOptions:
         self.seed_for = seed_for
         self.token = token
         self.server_factory = server_factory  # tests swap in the fakes of dfget.testing
+        # A daemon's one upload server, already listening, shared by all its downloads;
+        # without it each download starts its own (from `listen` and `server_factory`).
+        self.server = server
         # SIGTERM/SIGINT while seeding end the seeding, not the (finished) download: the
         # CLI sets this, so `kill` on a seeding dfget still exits 0 with its summary.
         self.signals_end_seeding = signals_end_seeding
@@ -138,10 +151,14 @@ class Attempt:
 
     async def run(self, on_complete: Callable[[PieceBook], Awaitable[None]]) -> PieceBook:
         """Download, verify, then `on_complete(book)` (commit, report) before seeding."""
+        if self.options.server is not None:
+            shared = self.options.server
+            try:
+                return await self._run(shared.server, shared.port, on_complete)
+            finally:
+                shared.server.unshare(self.task_id)
         server = self.options.server_factory(
-            peer_id=self.peer_id,
-            slots=self.options.upload_slots,
-            limiter=RateLimiter(self.options.upload_rate),
+            slots=self.options.upload_slots, limiter=RateLimiter(self.options.upload_rate)
         )
         with unwrap_group():
             async with trio.open_nursery() as outer:
@@ -150,11 +167,20 @@ class Attempt:
                     bound = await outer.start(server.serve, host, port)
                 except OSError as exc:
                     raise UsageError(f"cannot listen for uploads on {host}:{port}: {exc}") from exc
-                async with connect(self.address, peer_id=self.peer_id) as control:
-                    book = await self._download(control, server, bound)
-                    await on_complete(book)
-                    await self._seed(control, book)
+                book = await self._run(server, bound, on_complete)
                 outer.cancel_scope.cancel()
+        return book
+
+    async def _run(
+        self,
+        server: PieceServer,
+        port: int,
+        on_complete: Callable[[PieceBook], Awaitable[None]],
+    ) -> PieceBook:
+        async with connect(self.address, peer_id=self.peer_id) as control:
+            book = await self._download(control, server, port)
+            await on_complete(book)
+            await self._seed(control, book)
         return book
 
     # -- the download ----------------------------------------------------------------------
@@ -178,6 +204,7 @@ class Attempt:
             SharedTask(
                 task_id=book.task_id,
                 generation=book.generation,
+                uploader=self.peer_id,
                 sealer=sealer,
                 piece_size=book.piece_size,
                 ticket_key=Ed25519PublicKey.from_public_bytes(registered.ticket_key),
@@ -484,4 +511,4 @@ def reply_error(code: str, message: str, status: int | None) -> Exception:
     return SupernodeFailed(f"{code}: {message}")
 
 
-__all__ = ["Attempt", "PeerOptions"]
+__all__ = ["Attempt", "PeerOptions", "SharedServer"]

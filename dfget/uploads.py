@@ -39,6 +39,7 @@ class SharedTask:
 
     task_id: str
     generation: int
+    uploader: str  # the peer id tickets must name for this task (one per download)
     sealer: PieceSealer
     piece_size: int
     ticket_key: Ed25519PublicKey
@@ -56,8 +57,10 @@ class SharedTask:
 
 
 class PieceServer:
-    def __init__(self, *, peer_id: str, slots: int, limiter: RateLimiter) -> None:
-        self.peer_id = peer_id
+    """Serves every task shared with it; one server may serve the downloads of several
+    peer ids (a daemon runs one download, with its own peer id, per task)."""
+
+    def __init__(self, *, slots: int, limiter: RateLimiter) -> None:
         self.slots = trio.CapacityLimiter(max(1, slots))
         self.limiter = limiter
         self.tasks: dict[str, SharedTask] = {}
@@ -159,7 +162,7 @@ class PieceServer:
                 request.ticket,
                 task_id=request.task_id,
                 requester=requester,
-                uploader=self.peer_id,
+                uploader=task.uploader,
                 now=time.time(),
             )
         except BadTicket as exc:
