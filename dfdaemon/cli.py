@@ -1,17 +1,264 @@
-"""`dfdaemon`: placeholder until the registry-mirror work lands."""
+"""`dfdaemon`: the per-host agent. Flags override the `--config` file (TOML)."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import re
+import signal
 import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dfdaemon import __version__
+from dfdaemon.app import Daemon, DaemonConfig
+from proto.addresses import parse_listen
+from proto.admission import read_token
+from proto.io import unwrap_group
+from proto.units import parse_rate
+
+log = logging.getLogger("dfdaemon")
+
+DEFAULT_PORT = 65001
+
+EPILOG = """\
+examples:
+  dfdaemon --supernode 10.0.0.5:8002 --registry https://registry.example.com \\
+           --data-dir /var/lib/dfdaemon
+  dfdaemon --config /etc/dfdaemon/config.toml
+
+Point docker at it with "registry-mirrors": ["http://127.0.0.1:65001"] in
+/etc/docker/daemon.json, containerd with a hosts.toml (see docs/dfdaemon.md). Blob
+downloads go P2P through the supernode; everything else is passed to the registry.
+GET /metrics on the same port gives Prometheus metrics.
+
+config file keys (TOML; flags win): listen, supernodes (list), registry, data_dir,
+peer_listen, download_rate, upload_rate, upload_slots, rules (list), plain_http (list),
+back_source (bool), insecure (bool), token_file, log_level.
+"""
+
+# Config-file keys and the flag each stands for.
+CONFIG_KEYS = {
+    "listen": "listen",
+    "supernodes": "supernode",
+    "registry": "registry",
+    "data_dir": "data_dir",
+    "peer_listen": "peer_listen",
+    "download_rate": "download_rate",
+    "upload_rate": "upload_rate",
+    "upload_slots": "upload_slots",
+    "rules": "rule",
+    "plain_http": "plain_http",
+    "back_source": "back_source",
+    "insecure": "insecure",
+    "token_file": "token_file",
+    "log_level": "log_level",
+}
+
+
+def _address(default_port: int | None) -> Any:
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_listen(text, default_port)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _supernodes(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfdaemon",
+        description="Per-host agent: registry mirror for docker and containerd, P2P peer.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--listen",
+        type=_address(DEFAULT_PORT),
+        metavar="HOST:PORT",
+        help=f"the mirror's HTTP address (default 127.0.0.1:{DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--supernode",
+        type=_supernodes,
+        action="extend",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="supernodes to download through (repeatable); none: straight to the upstream",
+    )
+    parser.add_argument(
+        "--registry",
+        metavar="URL",
+        help="the upstream registry when a request names none with ?ns= "
+        "(default https://registry-1.docker.io)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="the blob cache (default /var/lib/dfdaemon)"
+    )
+    parser.add_argument(
+        "--peer-listen",
+        type=_address(None),
+        metavar="HOST:PORT",
+        help="where other peers fetch pieces from this host (default 0.0.0.0 on a free port)",
+    )
+    parser.add_argument(
+        "--download-rate", type=_rate, metavar="RATE", help="host-wide download cap, e.g. 100MiB"
+    )
+    parser.add_argument(
+        "--upload-rate", type=_rate, metavar="RATE", help="host-wide upload cap to other peers"
+    )
+    parser.add_argument(
+        "--upload-slots", type=int, metavar="N", help="pieces uploaded at once (default 8)"
+    )
+    parser.add_argument(
+        "--rule",
+        action="append",
+        metavar="REGEX",
+        help="forward proxy: plain-HTTP GETs whose URL matches go P2P (repeatable)",
+    )
+    parser.add_argument(
+        "--plain-http",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a registry named by ?ns= that speaks plain http, not https (repeatable)",
+    )
+    parser.add_argument(
+        "--no-back-source",
+        dest="back_source",
+        action="store_const",
+        const=False,
+        help="when P2P fails, answer 502 instead of fetching the blob from the upstream",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="do not verify the upstream's TLS certificate",
+    )
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token", metavar="SECRET", help="the cluster token (prefer --token-file)")
+    token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"dfdaemon {__version__}")
+    return parser
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The config file's settings, by flag destination; ValueError if unusable."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc}") from exc
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = CONFIG_KEYS[key]
+        try:
+            if key in ("listen",):
+                value = parse_listen(str(value), DEFAULT_PORT)
+            elif key == "peer_listen":
+                value = parse_listen(str(value))
+            elif key in ("download_rate", "upload_rate"):
+                value = parse_rate(str(value))
+            elif key in ("data_dir", "token_file"):
+                value = Path(str(value))
+            elif key in ("supernodes", "rules", "plain_http"):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError("want a list of strings")
+            elif key in ("back_source", "insecure") and not isinstance(value, bool):
+                raise ValueError("want true or false")
+            elif key == "upload_slots" and not isinstance(value, int):
+                raise ValueError("want a number")
+        except ValueError as exc:
+            raise ValueError(f"{path}: {key}: {exc}") from exc
+        settings[dest] = value
+    return settings
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
+    """Flags over the config file over defaults; ValueError if unusable."""
+    settings = load_config(args.config) if args.config else {}
+    for name, value in vars(args).items():
+        if value is not None and name != "config":
+            settings[name] = value
+    defaults = DaemonConfig()
+    rules = tuple(settings.get("rule", ()))
+    for rule in rules:
+        try:
+            re.compile(rule)
+        except re.error as exc:
+            raise ValueError(f"bad --rule {rule!r}: {exc}") from exc
+    token = read_token(settings.get("token"), settings.get("token_file"))
+    config = DaemonConfig(
+        listen=settings.get("listen", defaults.listen),
+        supernodes=tuple(settings.get("supernode", ())),
+        registry=settings.get("registry", defaults.registry).rstrip("/"),
+        data_dir=settings.get("data_dir", defaults.data_dir),
+        peer_listen=settings.get("peer_listen", defaults.peer_listen),
+        download_rate=settings.get("download_rate"),
+        upload_rate=settings.get("upload_rate"),
+        upload_slots=max(1, settings.get("upload_slots", defaults.upload_slots)),
+        plain_http=frozenset(settings.get("plain_http", ())),
+        back_source=settings.get("back_source", True),
+        insecure=settings.get("insecure", False),
+        token=token,
+        rules=rules,
+    )
+    if not config.registry.startswith(("http://", "https://")):
+        raise ValueError(f"--registry wants an http:// or https:// URL, not {config.registry!r}")
+    return config, settings.get("log_level", "info")
+
+
+async def _serve_until_signalled(daemon: Daemon) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.serve)
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "dfdaemon: not yet available in this version; use `dfget URL -o FILE` with a "
-        "supernode for now (see README.md).",
-        file=sys.stderr,
+    args = build_parser().parse_args(argv)
+    try:
+        config, level = resolve_config(args)
+    except ValueError as exc:
+        print(f"dfdaemon: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
-    return 2
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if not config.supernodes:
+        log.warning("no --supernode: every blob is fetched straight from the upstream")
+    try:
+        trio.run(_serve_until_signalled, Daemon(config))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"dfdaemon: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, dow
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
 from dfget.peer import PeerOptions
 from dfget.progress import ProgressBar
+from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.units import format_size, parse_rate
 
@@ -59,10 +60,10 @@ def _positive(text: str) -> float:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"bad address {text!r} (want HOST:PORT)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _csv(text: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.io import unwrap_group
 from proto.units import parse_rate
@@ -33,13 +34,10 @@ the store survives restarts.
 
 def parse_address(text: str, default_port: int) -> tuple[str, int]:
     """'HOST:PORT', 'HOST', ':PORT' or '[v6]:PORT' → (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        host, port = text, str(default_port)
-    host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"bad address {text!r} (want HOST:PORT)")
-    return host, int(port)
+    try:
+        return parse_listen(text, default_port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

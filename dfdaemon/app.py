@@ -1,0 +1,130 @@
+"""The daemon: one HTTP port (registry mirror, /metrics), one upload port for other
+peers, and the blob cache with the downloads that fill and seed it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import trio
+
+from dfdaemon.blobs import BlobStore, DownloadSettings
+from dfdaemon.httpserver import Reply, Request, serve_http
+from dfdaemon.metrics import CONTENT_TYPE, Metrics
+from dfdaemon.mirror import Mirror
+from dfdaemon.upstream import Upstream
+from dfget.peer import SharedServer
+from dfget.uploads import PieceServer
+from proto.io import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 65001)
+    supernodes: tuple[str, ...] = ()
+    registry: str = "https://registry-1.docker.io"
+    data_dir: Path = Path("/var/lib/dfdaemon")
+    peer_listen: tuple[str, int] = ("0.0.0.0", 0)
+    download_rate: float | None = None
+    upload_rate: float | None = None
+    upload_slots: int = 8
+    plain_http: frozenset[str] = frozenset()  # registries spoken to over http (ns=HOST)
+    back_source: bool = True  # fetch a blob from the upstream when P2P fails
+    insecure: bool = False  # do not verify upstream TLS certificates
+    token: bytes | None = None
+    rules: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.upload = PieceServer(
+            slots=config.upload_slots, limiter=RateLimiter(config.upload_rate)
+        )
+        self.upstream = Upstream(insecure=config.insecure)
+        self.blobs: BlobStore | None = None
+        self.metrics: Metrics | None = None
+        self.mirror: Mirror | None = None
+        self.address = ""
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            async with trio.open_nursery() as nursery:
+                host, port = config.peer_listen
+                upload_port = await nursery.start(self.upload.serve, host, port)
+                settings = DownloadSettings(
+                    supernodes=config.supernodes,
+                    server=SharedServer(self.upload, upload_port),
+                    limiter=RateLimiter(config.download_rate),
+                    back_source=config.back_source,
+                    token=config.token,
+                    upload_slots=config.upload_slots,
+                )
+                blobs = self.blobs = BlobStore(config.data_dir, settings, nursery)
+                metrics = self.metrics = Metrics(
+                    cache_usage=blobs.usage,
+                    active_tasks=lambda: len(blobs.running),
+                    uploaded=lambda: self.upload.bytes_uploaded,
+                )
+                blobs.on_result = self._count
+                self.mirror = Mirror(
+                    registry=config.registry,
+                    plain_http=config.plain_http,
+                    upstream=self.upstream,
+                    blobs=blobs,
+                    metrics=metrics,
+                )
+                host, port = config.listen
+                bound = await nursery.start(serve_http, host, port, self.handle)
+                self.address = f"{host}:{bound}"
+                log.info(
+                    "dfdaemon listening on %s (uploads on port %d), registry %s, supernodes %s",
+                    self.address,
+                    upload_port,
+                    config.registry,
+                    ",".join(config.supernodes) or "none (straight to the upstream)",
+                )
+                task_status.started((host, bound))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.upstream.aclose()
+
+    def _count(self, blob: object) -> None:
+        from dfdaemon.blobs import Blob
+
+        assert isinstance(blob, Blob) and self.metrics is not None
+        result = blob.result
+        if result is None:
+            return
+        self.metrics.downloaded.labels("cdn").inc(result.from_cdn)
+        self.metrics.downloaded.labels("peers").inc(result.from_peers)
+        self.metrics.downloaded.labels("upstream").inc(result.from_source)
+        if blob.fell_back:
+            self.metrics.fallbacks.inc()
+        log.info(
+            "blob %s: %d bytes: %d from the CDN, %d from peers, %d from the upstream",
+            blob.hex[:12],
+            result.bytes,
+            result.from_cdn,
+            result.from_peers,
+            result.from_source,
+        )
+
+    async def handle(self, request: Request, reply: Reply) -> None:
+        assert self.mirror is not None and self.metrics is not None
+        path = urlsplit(request.target).path
+        if request.method == "GET" and path == "/metrics":
+            self.metrics.requests.labels("metrics").inc()
+            await reply.simple(200, self.metrics.render(), CONTENT_TYPE)
+        elif path == "/v2" or path.startswith("/v2/"):
+            await self.mirror.handle(request, reply)
+        else:
+            await reply.simple(404, b"not found: this is a registry mirror (/v2/)\n", "text/plain")

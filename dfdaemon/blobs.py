@@ -1,0 +1,236 @@
+"""The daemon's blob cache and the downloads that fill it.
+
+A blob is named by its sha256 and kept at `DATA/blobs/sha256/<hex>` once complete and
+verified. While it downloads (through the peer engine, as a peer of the swarm, or from
+the upstream when P2P fails) it lives in a temp file beside that path; readers stream
+from the temp file as its start fills in, so a client gets bytes while the download
+runs. After the download the engine keeps seeding the blob to other peers until the
+daemon stops. One download per blob at a time, whoever asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from dfget.engine import DownloadRequest, DownloadResult, download
+from dfget.errors import DfgetError, OriginFailed, UsageError
+from dfget.output import AtomicOutput
+from dfget.peer import PeerOptions, SharedServer
+from proto.io import RateLimiter
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1024 * 1024
+
+
+class BlobUnavailable(Exception):
+    """The blob could not be downloaded (the cause is chained)."""
+
+
+@dataclass
+class DownloadSettings:
+    supernodes: tuple[str, ...]
+    server: SharedServer | None
+    limiter: RateLimiter
+    back_source: bool = True  # fetch from the upstream when P2P fails
+    token: bytes | None = None
+    upload_slots: int = 4
+
+
+@dataclass
+class Blob:
+    hex: str
+    path: Path
+    length: int | None = None
+    out: AtomicOutput | None = None  # while downloading
+    complete: bool = False
+    error: BaseException | None = None
+    result: DownloadResult | None = None
+    fell_back: bool = False
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    @property
+    def filled(self) -> int:
+        if self.complete:
+            return self.length or 0
+        return self.out.filled if self.out is not None else 0
+
+    def open(self) -> int:
+        """A read-only descriptor of the blob's bytes, valid across the final rename."""
+        if self.complete:
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        assert self.out is not None
+        return os.dup(self.out.fd)
+
+
+class BlobStore:
+    """Complete blobs on disk, and the downloads in progress."""
+
+    def __init__(self, root: Path, settings: DownloadSettings, nursery: trio.Nursery) -> None:
+        self.root = root / "blobs" / "sha256"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.nursery = nursery
+        self.running: dict[str, Blob] = {}
+        self.on_result: Callable[[Blob], None] = lambda blob: None  # metrics
+        self._clean_temp_files()
+
+    def _clean_temp_files(self) -> None:
+        for leftover in self.root.glob(".*.dfget-part"):
+            leftover.unlink(missing_ok=True)
+
+    def path(self, hex_digest: str) -> Path:
+        return self.root / hex_digest
+
+    def cached(self, hex_digest: str) -> Blob | None:
+        path = self.path(hex_digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        return Blob(hex_digest, path, length=size, complete=True)
+
+    def drop(self, hex_digest: str) -> None:
+        """Forget a blob whose bytes turned out wrong."""
+        self.path(hex_digest).unlink(missing_ok=True)
+
+    def usage(self) -> tuple[int, int]:
+        """(blobs, bytes) in the cache."""
+        sizes = [p.stat().st_size for p in self.root.iterdir() if not p.name.startswith(".")]
+        return len(sizes), sum(sizes)
+
+    def get(self, hex_digest: str, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
+        """The blob, complete or downloading; starts its download if nobody has."""
+        blob = self.running.get(hex_digest)
+        if blob is not None and blob.error is None:
+            return blob
+        cached = self.cached(hex_digest)
+        if cached is not None:
+            return cached
+        blob = Blob(hex_digest, self.path(hex_digest))
+        self.running[hex_digest] = blob
+        self.nursery.start_soon(self._download, blob, url, headers)
+        return blob
+
+    async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
+        settings = self.settings
+        digest = f"sha256:{blob.hex}"
+
+        def request(supernodes: tuple[str, ...]) -> DownloadRequest:
+            return DownloadRequest(
+                url=url,
+                output=blob.path,
+                supernodes=supernodes,
+                headers=headers,
+                digest=digest,
+                back_source=not supernodes,
+                peer=PeerOptions(
+                    server=settings.server,
+                    seed_for=math.inf,  # until the daemon stops
+                    token=settings.token,
+                    upload_slots=settings.upload_slots,
+                ),
+            )
+
+        def progress(done: int, total: int | None) -> None:
+            if total is not None:
+                blob.length = total
+            blob.notify()
+
+        def finished(result: DownloadResult) -> None:
+            blob.length, blob.complete, blob.result = result.bytes, True, result
+            blob.out = None
+            self.on_result(blob)
+            blob.notify()
+
+        try:
+            with AtomicOutput(blob.path) as out:
+                blob.out = out
+                try:
+                    await download(
+                        request(settings.supernodes),
+                        output=out,
+                        limiter=settings.limiter,
+                        progress=progress,
+                        on_done=finished,
+                    )
+                except (OriginFailed, UsageError):
+                    raise  # the upstream's own answer: falling back would get the same
+                except DfgetError as exc:
+                    if blob.complete or not settings.back_source or not settings.supernodes:
+                        raise
+                    log.warning(
+                        "blob %s: P2P failed (%s): fetching it from the upstream",
+                        blob.hex[:12],
+                        exc,
+                    )
+                    blob.fell_back = True
+                    out.reset()
+                    blob.notify()
+                    await download(
+                        request(()),
+                        output=out,
+                        limiter=settings.limiter,
+                        progress=progress,
+                        on_done=finished,
+                    )
+        except BaseException as exc:
+            if not blob.complete:
+                blob.error = exc
+                blob.out = None
+                self.on_result(blob)
+                blob.notify()
+            if not isinstance(exc, Exception):
+                raise
+            if not blob.complete:
+                log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
+        finally:
+            if self.running.get(blob.hex) is blob:
+                del self.running[blob.hex]
+
+
+async def read_blob(blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    """The blob's bytes [start, end) in order, as soon as they are written; raises
+    BlobUnavailable if its download fails first."""
+    fd = -1
+    offset = start
+    try:
+        while end is None or offset < end:
+            stop = blob.length if end is None else end
+            if stop is not None and offset >= stop:
+                return
+            if blob.error is not None:
+                raise BlobUnavailable(f"blob {blob.hex[:12]}: {blob.error}") from blob.error
+            filled = blob.filled
+            if filled <= offset:
+                if blob.complete:
+                    return
+                await blob.wait_changed()
+                continue
+            if fd < 0:
+                fd = blob.open()
+            count = min(READ_CHUNK, filled - offset, (stop or filled) - offset)
+            data = await trio.to_thread.run_sync(os.pread, fd, count, offset)
+            if not data:
+                raise BlobUnavailable(f"blob {blob.hex[:12]} is short on disk")
+            offset += len(data)
+            yield data
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,0 +1,220 @@
+"""A small HTTP/1.1 server on h11 and trio: the daemon's one port serves the registry
+mirror, the forward proxy and /metrics.
+
+hypercorn speaks ASGI, which has no way to hand a connection over to a raw tunnel, so
+`CONNECT` could not work there; h11 gives the daemon the whole connection. Each
+request reaches the handler as a `Request` (headers in order, repeated names kept, the
+body as an async iterator) with a `Reply` to answer through. Connections are kept
+alive between requests unless either side says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+MAX_HEAD = 64 * 1024  # request line and headers
+HEAD_TIMEOUT = 30.0  # for a request's head, once the connection is open or idle
+IDLE_TIMEOUT = 120.0  # a kept-alive connection with no new request
+
+
+class ClientGone(Exception):
+    """The client closed or broke the connection."""
+
+
+@dataclass
+class Request:
+    method: str
+    target: str  # as sent: "/v2/...", "http://host/path" (proxy) or "host:443" (CONNECT)
+    headers: list[tuple[str, str]]  # names in lower case, order and repeats kept
+    client: str
+    _body: Callable[[], AsyncIterator[bytes]] = field(repr=False)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (lower case), if any."""
+        return next((v for k, v in self.headers if k == name), None)
+
+    def body(self) -> AsyncIterator[bytes]:
+        return self._body()
+
+
+class Reply:
+    """The answer to one request: `start`, then `send` body chunks, then `end`; or
+    `tunnel()` after a 2xx answer to CONNECT."""
+
+    def __init__(self, connection: _Connection, method: str) -> None:
+        self._connection = connection
+        self._method = method
+        self.status = 0
+        self.started = False
+        self.ended = False
+        self.bytes_sent = 0
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status, self.started = status, True
+        await self._connection.send(
+            h11.Response(status_code=status, headers=[(k, v) for k, v in headers])
+        )
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        if data and self._method != "HEAD":
+            await self._connection.send(h11.Data(data=bytes(data)))
+            self.bytes_sent += len(data)
+
+    async def end(self) -> None:
+        await self._connection.send(h11.EndOfMessage())
+        self.ended = True
+
+    async def simple(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """A whole answer in one go."""
+        await self.start(
+            status,
+            [("content-type", content_type), ("content-length", str(len(body))), *headers],
+        )
+        await self.send(body)
+        await self.end()
+
+    def tunnel(self) -> tuple[trio.SocketStream, bytes]:
+        """After `start(200, ...)` to a CONNECT: the raw stream and what the client
+        already sent past the request."""
+        self.ended = True
+        return self._connection.stream, self._connection.h11.trailing_data[0]
+
+
+Handler = Callable[[Request, Reply], Awaitable[None]]
+
+
+class _Connection:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ClientGone(str(exc)) from exc
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ClientGone(str(exc)) from exc
+            self.h11.receive_data(data)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise ClientGone(f"unexpected {type(event).__name__} in a request body")
+
+
+async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
+    """Answer requests on one connection until it closes."""
+    connection = _Connection(stream)
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        client = f"{host}:{port}"
+    except OSError:
+        client = "?"
+    first = True
+    try:
+        while True:
+            with trio.move_on_after(HEAD_TIMEOUT if first else IDLE_TIMEOUT) as waited:
+                event = await connection.next_event()
+            if waited.cancelled_caught or isinstance(event, h11.ConnectionClosed):
+                return
+            first = False
+            if not isinstance(event, h11.Request):
+                return
+            request = Request(
+                method=event.method.decode("ascii", "replace"),
+                target=event.target.decode("ascii", "replace"),
+                headers=[
+                    (k.decode("ascii", "replace").lower(), v.decode("latin-1"))
+                    for k, v in event.headers
+                ],
+                client=client,
+                _body=connection.body,
+            )
+            reply = Reply(connection, request.method)
+            try:
+                await handler(request, reply)
+            except ClientGone:
+                return
+            except Exception:
+                log.exception("%s %s: internal error", request.method, request.target[:200])
+                if reply.started:
+                    return  # half an answer: closing is all that is left
+                await reply.simple(500, b"internal error\n", "text/plain")
+            if reply.status and request.method == "CONNECT" and 200 <= reply.status < 300:
+                return  # the handler's tunnel owned the connection
+            if not reply.ended:
+                return  # a broken answer (for example a blob whose digest failed)
+            while connection.h11.their_state is h11.SEND_BODY:  # a body nobody read
+                await connection.next_event()
+            if connection.h11.our_state is h11.MUST_CLOSE:
+                return
+            if connection.h11.their_state is h11.DONE:
+                connection.h11.start_next_cycle()
+            else:
+                return
+    except ClientGone:
+        pass
+    except h11.RemoteProtocolError as exc:  # a malformed request: say so, then close
+        if connection.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = f"bad request: {exc}\n".encode()
+            headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
+            try:
+                with trio.move_on_after(1):
+                    await connection.send(
+                        h11.Response(status_code=exc.error_status_hint, headers=headers)
+                    )
+                    await connection.send(h11.Data(data=body))
+                    await connection.send(h11.EndOfMessage())
+            except (ClientGone, h11.LocalProtocolError):
+                pass
+    except h11.LocalProtocolError as exc:
+        log.warning("http: %s", exc)
+    finally:
+        await stream.aclose()
+
+
+async def serve_http(
+    host: str,
+    port: int,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port (0: a free port); reports the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(int(listeners[0].socket.getsockname()[1]))
+
+    async def one(stream: trio.SocketStream) -> None:
+        await serve_connection(stream, handler)
+
+    await trio.serve_listeners(one, listeners)

@@ -1,0 +1,72 @@
+"""The daemon's Prometheus metrics (`GET /metrics`), one registry per daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(
+        self,
+        *,
+        cache_usage: Callable[[], tuple[int, int]],
+        active_tasks: Callable[[], int],
+        uploaded: Callable[[], int],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "dfdaemon_requests",
+            "HTTP requests answered, by kind: blob (P2P), passthrough (sent to the upstream "
+            "as is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.downloaded = Counter(
+            "dfdaemon_downloaded_bytes",
+            "Blob bytes downloaded, by source: cdn (the supernode), peers (other hosts), "
+            "upstream (straight from the registry or origin, after P2P failed or without "
+            "a supernode)",
+            ["source"],
+            registry=self.registry,
+        )
+        self.served = Counter(
+            "dfdaemon_served_bytes",
+            "Body bytes sent to clients, by kind (blob, passthrough, proxy)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "dfdaemon_fallbacks",
+            "Blobs fetched from the upstream by the daemon because P2P failed",
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "dfdaemon_blob_failures",
+            "Blob requests that failed, by reason (download, digest_mismatch, denied)",
+            ["reason"],
+            registry=self.registry,
+        )
+        Gauge(
+            "dfdaemon_cache_bytes", "Bytes of complete blobs in the cache", registry=self.registry
+        ).set_function(lambda: cache_usage()[1])
+        Gauge(
+            "dfdaemon_cache_blobs", "Complete blobs in the cache", registry=self.registry
+        ).set_function(lambda: cache_usage()[0])
+        Gauge(
+            "dfdaemon_active_tasks",
+            "Downloads running or seeding",
+            registry=self.registry,
+        ).set_function(active_tasks)
+        Gauge(
+            "dfdaemon_uploaded_bytes",
+            "Sealed piece bytes uploaded to other peers since the start",
+            registry=self.registry,
+        ).set_function(uploaded)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

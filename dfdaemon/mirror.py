@@ -1,0 +1,205 @@
+"""The registry mirror: blobs by sha256 go P2P, everything else goes to the upstream.
+
+A blob request is first checked with the upstream (`HEAD` with the client's own
+credentials): only a client that may read the blob there gets it from the cache or the
+swarm; any other answer (401 with its `WWW-Authenticate`, 404...) is the upstream's own
+answer to the client's `GET`. The bytes stream to the client in order while the
+download runs; their sha256 is checked on the way and the last chunk is held back until
+it matches, so a client never receives a whole blob with the wrong content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob
+from dfdaemon.httpserver import Reply, Request
+from dfdaemon.metrics import Metrics
+from dfdaemon.registry import BadReference, Target, blob_digest, resolve
+from dfdaemon.upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+# Sent to the supernode with a blob's URL, for its back-to-source fetch.
+CREDENTIAL_HEADERS = ("authorization",)
+
+
+def registry_error(status: int, code: str, message: str) -> tuple[int, bytes]:
+    body = {"errors": [{"code": code, "message": message, "detail": None}]}
+    return status, json.dumps(body).encode()
+
+
+class Mirror:
+    def __init__(
+        self,
+        *,
+        registry: str,
+        plain_http: frozenset[str],
+        upstream: Upstream,
+        blobs: BlobStore,
+        metrics: Metrics,
+    ) -> None:
+        self.registry = registry
+        self.plain_http = plain_http
+        self.upstream = upstream
+        self.blobs = blobs
+        self.metrics = metrics
+
+    async def handle(self, request: Request, reply: Reply) -> None:
+        try:
+            target = resolve(request.target, self.registry, self.plain_http)
+            blob = blob_digest(target.path)
+        except BadReference as exc:
+            self.metrics.requests.labels("bad_request").inc()
+            status, body = registry_error(400, exc.code, str(exc))
+            await reply.simple(status, body, "application/json")
+            return
+        if blob is not None and request.method == "GET":
+            self.metrics.requests.labels("blob").inc()
+            await self._blob(request, reply, target, blob[1])
+        else:
+            self.metrics.requests.labels("passthrough").inc()
+            await self._relay(request, reply, target.url)
+
+    async def _relay(self, request: Request, reply: Reply, url: str) -> None:
+        try:
+            await self.upstream.relay(request, url, reply)
+        except UpstreamError as exc:
+            log.warning("upstream unreachable: %s", exc)
+            if not reply.started:
+                status, body = registry_error(502, "UNAVAILABLE", f"upstream unreachable: {exc}")
+                await reply.simple(status, body, "application/json")
+        finally:
+            self.metrics.served.labels("passthrough").inc(reply.bytes_sent)
+
+    async def _blob(self, request: Request, reply: Reply, target: Target, hex_digest: str) -> None:
+        # May this client read this blob upstream? Asked every time: the cache (and the
+        # swarm) may hold it because another client could.
+        try:
+            head = await self.upstream.head(target.url, request.headers)
+        except UpstreamError as exc:
+            log.warning("blob %s: cannot check access upstream: %s", hex_digest[:12], exc)
+            self.metrics.failures.labels("upstream").inc()
+            status, body = registry_error(502, "UNAVAILABLE", f"upstream unreachable: {exc}")
+            await reply.simple(status, body, "application/json")
+            return
+        if head.status_code != 200:
+            self.metrics.failures.labels("denied").inc()
+            log.info(
+                "blob %s: upstream answered %d: passing that on", hex_digest[:12], head.status_code
+            )
+            await self._relay(request, reply, target.url)
+            return
+        length_header = head.headers.get("content-length", "")
+        length = int(length_header) if length_header.isdigit() else None
+        credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
+        blob = self.blobs.get(hex_digest, target.url, credentials)
+        if blob.length is None:
+            blob.length = length
+        byte_range = request.header("range")
+        try:
+            if byte_range is not None and length is not None:
+                await self._blob_range(reply, blob, hex_digest, byte_range, length)
+            else:
+                await self._blob_whole(reply, blob, hex_digest, length)
+        except BlobUnavailable as exc:
+            self.metrics.failures.labels("download").inc()
+            log.warning("blob %s: %s", hex_digest[:12], exc)
+            if not reply.started:  # nothing sent yet: let the upstream answer
+                await self._relay(request, reply, target.url)
+        finally:
+            self.metrics.served.labels("blob").inc(reply.bytes_sent)
+
+    def _headers(self, hex_digest: str) -> list[tuple[str, str]]:
+        return [
+            ("content-type", "application/octet-stream"),
+            ("docker-content-digest", f"sha256:{hex_digest}"),
+            ("etag", f'"sha256:{hex_digest}"'),
+            ("accept-ranges", "bytes"),
+        ]
+
+    async def _blob_whole(
+        self, reply: Reply, blob: Blob, hex_digest: str, length: int | None
+    ) -> None:
+        chunks = read_blob(blob)
+        first = await anext(chunks, None)  # nothing is promised before a byte exists
+        headers = self._headers(hex_digest)
+        if length is not None:
+            headers.append(("content-length", str(length)))
+        await reply.start(200, headers)
+        hasher = hashlib.sha256()
+        held = first
+        sent = 0
+        async for chunk in chunks:
+            if held is not None:
+                hasher.update(held)
+                await reply.send(held)
+                sent += len(held)
+            held = chunk
+        if held is not None:
+            hasher.update(held)
+        total = sent + (len(held) if held else 0)
+        if hasher.hexdigest() != hex_digest or (length is not None and total != length):
+            self.metrics.failures.labels("digest_mismatch").inc()
+            log.error(
+                "blob %s: content does not match its digest (%d bytes): response broken off, "
+                "blob dropped",
+                hex_digest[:12],
+                total,
+            )
+            self.blobs.drop(hex_digest)
+            return  # not ended: the connection closes, the client retries
+        if held:
+            await reply.send(held)
+        await reply.end()
+
+    async def _blob_range(
+        self, reply: Reply, blob: Blob, hex_digest: str, header: str, length: int
+    ) -> None:
+        span = parse_range(header, length)
+        if span is None:
+            await reply.start(
+                416, [("content-range", f"bytes */{length}"), ("content-length", "0")]
+            )
+            await reply.end()
+            return
+        start, end = span
+        while not blob.complete:  # a range is served from the verified file only
+            if blob.error is not None:
+                raise BlobUnavailable(f"blob {hex_digest[:12]}: {blob.error}") from blob.error
+            await blob.wait_changed()
+        headers = self._headers(hex_digest)
+        headers += [
+            ("content-range", f"bytes {start}-{end - 1}/{length}"),
+            ("content-length", str(end - start)),
+        ]
+        await reply.start(206, headers)
+        async for chunk in read_blob(blob, start, end):
+            await reply.send(chunk)
+        await reply.end()
+
+
+def parse_range(header: str, length: int) -> tuple[int, int] | None:
+    """[start, end) of a single `bytes=` range, or None if it cannot be satisfied.
+    Several ranges are not supported: the first is served."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec:
+        return None
+    first = spec.split(",")[0].strip()
+    low, dash, high = first.partition("-")
+    if not dash:
+        return None
+    try:
+        if not low:  # the last N bytes
+            count = int(high)
+            return (max(0, length - count), length) if count > 0 and length else None
+        start = int(low)
+        end = int(high) + 1 if high else length
+    except ValueError:
+        return None
+    end = min(end, length)
+    if start >= length or start < 0 or end <= start:
+        return None
+    return start, end

@@ -1,0 +1,114 @@
+"""Requests the daemon passes straight to an upstream (registry or origin), and the
+answer passed back as it is: status, headers (hop-by-hop ones aside) and body bytes,
+undecoded. Repeated headers (several `Accept` lines) travel as they came.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+
+from dfdaemon.httpserver import Reply, Request
+
+log = logging.getLogger(__name__)
+
+# Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, never forwarded; Host is
+# set from the upstream URL.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+# What httpx adds to every request unless the caller gives them; a pass-through sends
+# only what the client sent.
+_CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
+
+
+def forwardable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`headers` without hop-by-hop ones, nor those the Connection header names."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name == "connection"
+        for token in value.split(",")
+    }
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke off."""
+
+
+class Upstream:
+    """One shared httpx client for every pass-through request of the daemon."""
+
+    def __init__(self, *, insecure: bool = False, timeout: float = 60.0) -> None:
+        self.client = httpx.AsyncClient(
+            verify=not insecure,
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def build(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: AsyncIterator[bytes] | None = None,
+    ) -> httpx.Request:
+        sent = forwardable(headers)
+        request = self.client.build_request(method, url, headers=sent, content=body)
+        given = {k for k, _ in sent}
+        for name in _CLIENT_DEFAULTS:
+            if name not in given and name in request.headers:
+                del request.headers[name]
+        return request
+
+    async def relay(self, request: Request, url: str, reply: Reply) -> int:
+        """Send `request` to `url` and its answer back through `reply`; the status."""
+        has_body = request.header("content-length") not in (None, "0") or (
+            request.header("transfer-encoding") is not None
+        )
+        outgoing = self.build(
+            request.method, url, request.headers, request.body() if has_body else None
+        )
+        try:
+            response = await self.client.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{request.method} {url}: {exc}") from exc
+        try:
+            await reply.start(
+                response.status_code, forwardable(list(response.headers.multi_items()))
+            )
+            try:
+                async for chunk in response.aiter_raw():
+                    await reply.send(chunk)
+            except httpx.HTTPError as exc:
+                log.warning("upstream broke off %s %s: %s", request.method, url, exc)
+                return response.status_code  # the client sees a short body and retries
+            await reply.end()
+        finally:
+            await response.aclose()
+        return response.status_code
+
+    async def head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
+        """HEAD `url` with the client's headers, redirects followed (to storage)."""
+        request = self.build("HEAD", url, headers)
+        try:
+            return await self.client.send(request, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"HEAD {url}: {exc}") from exc
