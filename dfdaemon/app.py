@@ -125,6 +125,16 @@ class Daemon:
             self.metrics.requests.labels("metrics").inc()
             await reply.simple(200, self.metrics.render(), CONTENT_TYPE)
         elif path == "/v2" or path.startswith("/v2/"):
-            await self.mirror.handle(request, reply)
+            try:
+                await self.mirror.handle(request, reply)
+            finally:
+                log.debug(
+                    "%s %s %s -> %d (%d bytes)",
+                    request.client,
+                    request.method,
+                    request.target[:300],
+                    reply.status,
+                    reply.bytes_sent,
+                )
         else:
             await reply.simple(404, b"not found: this is a registry mirror (/v2/)\n", "text/plain")

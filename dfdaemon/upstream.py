@@ -106,8 +106,10 @@ class Upstream:
         return response.status_code
 
     async def head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
-        """HEAD `url` with the client's headers, redirects followed (to storage)."""
-        request = self.build("HEAD", url, headers)
+        """HEAD `url` with the client's headers (but its range and conditions: this asks
+        about access, not content), redirects followed (to storage)."""
+        asked = [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]
+        request = self.build("HEAD", url, asked)
         try:
             return await self.client.send(request, follow_redirects=True)
         except httpx.HTTPError as exc:

@@ -5,6 +5,7 @@ not compress)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -236,7 +238,13 @@ async def skopeo_pull(
     )
     argv = [SKOPEO, "--insecure-policy", "--registries-conf", str(conf), "copy"]
     if creds:
-        argv += ["--src-creds", creds]
+        # --src-creds does not reach a mirror: containers/image looks up credentials by
+        # the host it talks to, so the auth file names the mirror too.
+        token = base64.b64encode(creds.encode()).decode()
+        authfile = work / "auth.json"
+        hosts = (registry.address, mirror)
+        authfile.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
+        argv += ["--src-authfile", str(authfile)]
     argv += [f"docker://{registry.address}/{reference}", f"dir:{out}"]
     return await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
 
@@ -246,3 +254,96 @@ def verify_dir_copy(out: Path, image: Image) -> None:
     for digest in image.blobs:
         data = (out / digest.split(":")[1]).read_bytes()
         assert f"sha256:{hashlib.sha256(data).hexdigest()}" == digest
+
+
+needs_containerd = pytest.mark.skipif(
+    not (CONTAINERD and CTR) or os.geteuid() != 0,
+    reason="containerd (installed by `make test`) runs as root",
+)
+
+
+class Containerd:
+    """containerd with a private root, state and socket (CRI off, no TCP listener)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        # Unix socket paths must stay short: not under pytest's long tmp_path.
+        self.sockets = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
+        self.socket = self.sockets / "containerd.sock"
+        self.log = root / "containerd.log"
+        self.process: trio.Process | None = None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        assert CONTAINERD and CTR
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.root / "root"}"\n'
+            f'state = "{self.sockets / "state"}"\n'
+            "disabled_plugins = [\n"
+            '  "io.containerd.grpc.v1.cri",\n'
+            '  "io.containerd.snapshotter.v1.aufs",\n'
+            '  "io.containerd.snapshotter.v1.btrfs",\n'
+            '  "io.containerd.snapshotter.v1.zfs",\n'
+            '  "io.containerd.snapshotter.v1.devmapper",\n'
+            "]\n"
+            "[grpc]\n"
+            f'  address = "{self.socket}"\n'
+            "[ttrpc]\n"
+            f'  address = "{self.socket}.ttrpc"\n'
+            "[debug]\n"
+            '  address = ""\n'
+            "[metrics]\n"
+            '  address = ""\n'
+            '[plugins."io.containerd.internal.v1.opt"]\n'
+            f'  path = "{self.root / "opt"}"\n'
+        )
+        log = open(self.log, "wb")  # noqa: SIM115 (the containerd process writes it)
+        run = partial(trio.run_process, [CONTAINERD, "--config", str(config)], check=False)
+        self.process = await nursery.start(partial(run, stdout=log, stderr=log))
+        with trio.fail_after(20):
+            while True:
+                done = await trio.run_process(
+                    [CTR, "--address", str(self.socket), "version"],
+                    check=False,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                )
+                if done.returncode == 0:
+                    return
+                await trio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+        shutil.rmtree(self.sockets, ignore_errors=True)
+
+    async def pull(
+        self, registry: Registry, mirror: str, reference: str, *, creds: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """ctr images pull through `mirror`, with a hosts.toml of its own."""
+        assert CTR
+        hosts = self.root / "certs.d" / registry.address
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(
+            f'server = "{registry.url}"\n\n'
+            f'[host."http://{mirror}"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+        )
+        argv = [CTR, "--address", str(self.socket), "-n", "tests", "images", "pull"]
+        argv += ["--plain-http", "--hosts-dir", str(self.root / "certs.d")]
+        argv += ["--snapshotter", "native"]
+        if creds:
+            argv += ["--user", creds]
+        argv.append(f"{registry.address}/{reference}")
+        return await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+
+    async def content_digests(self) -> set[str]:
+        """Digests of every blob in containerd's content store."""
+        assert CTR
+        done = await trio.run_process(
+            [CTR, "--address", str(self.socket), "-n", "tests", "content", "ls", "-q"],
+            capture_stdout=True,
+        )
+        return set(done.stdout.decode().split())

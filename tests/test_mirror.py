@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,16 @@ import httpx
 import pytest
 import trio
 from conftest import RunningSupernode, StartSupernode
-from registry import Registry, needs_registry, skopeo_pull, verify_dir_copy, write_oci_image
+from registry import (
+    Containerd,
+    Registry,
+    free_port,
+    needs_containerd,
+    needs_registry,
+    skopeo_pull,
+    verify_dir_copy,
+    write_oci_image,
+)
 
 from dfdaemon.app import Daemon, DaemonConfig
 
@@ -28,12 +39,22 @@ async def registry(nursery: trio.Nursery, tmp_path: Path) -> Registry:
 StartDaemon = Any
 
 
+@dataclass
+class RunningSupernodeAddress:
+    """A supernode address with nothing behind it."""
+
+    address: str
+
+
 @pytest.fixture
 async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> StartDaemon:
     """`await start_daemon(name, registry, supernode, **config)` → a running Daemon."""
 
     async def start(
-        name: str, registry: Registry, supernode: RunningSupernode | None, **config: Any
+        name: str,
+        registry: Registry,
+        supernode: RunningSupernode | RunningSupernodeAddress | None,
+        **config: Any,
     ) -> Daemon:
         daemon = Daemon(
             DaemonConfig(
@@ -79,3 +100,208 @@ async def test_skopeo_pulls_through_the_mirror(
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://{daemon.address}/metrics")).text
     assert 'dfdaemon_requests_total{kind="blob"} 3.0' in text
+
+
+@pytest.fixture
+async def containerd(nursery: trio.Nursery, tmp_path: Path) -> Containerd:
+    server = Containerd(tmp_path / "containerd")
+    await server.start(nursery)
+    yield server
+    server.stop()
+
+
+@needs_containerd
+async def test_containerd_pulls_through_the_mirror(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    containerd: Containerd,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [2 * MiB, 3 * MiB, 1 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    daemon = await start_daemon("host1", registry, node)
+    result = await containerd.pull(registry, daemon.address, "test/img:1")
+    assert result.returncode == 0, result.stderr.decode()
+    # containerd checks every digest itself; its content store holds the whole image.
+    assert set(image.blobs) | {image.manifest} <= await containerd.content_digests()
+    # containerd falls back per blob when the mirror fails: prove they came through it.
+    assert metric(daemon, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
+    assert metric(daemon, "dfdaemon_served_bytes_total", kind="blob") == sum(image.sizes.values())
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
+
+
+@needs_containerd
+async def test_the_second_host_gets_its_layers_from_the_first(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [6 * MiB, 4 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    first = await start_daemon("host1", registry, node)
+    second = await start_daemon("host2", registry, node)
+    for name, daemon in (("c1", first), ("c2", second)):
+        client = Containerd(tmp_path / name)
+        await client.start(nursery)
+        try:
+            result = await client.pull(registry, daemon.address, "test/img:1")
+            assert result.returncode == 0, result.stderr.decode()
+            assert set(image.blobs) <= await client.content_digests()
+        finally:
+            client.stop()
+    total = sum(image.sizes.values())
+    assert metric(second, "dfdaemon_served_bytes_total", kind="blob") == total
+    from_peers = metric(second, "dfdaemon_downloaded_bytes_total", source="peers")
+    from_cdn = metric(second, "dfdaemon_downloaded_bytes_total", source="cdn")
+    assert from_peers + from_cdn == total
+    assert from_peers >= 0.9 * total  # the first host's daemon served its layers
+    assert metric(first, "dfdaemon_uploaded_bytes") >= from_peers
+    # The registry sent each blob's bytes once in total, for both hosts.
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
+
+
+async def test_a_malformed_digest_is_refused_and_nothing_is_fetched(
+    registry: Registry, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    node = await start_supernode()
+    daemon = await start_daemon("host1", registry, node)
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
+        for path in (
+            "/v2/test/img/blobs/sha256:xyz",
+            "/v2/test/img/blobs/sha256:" + "A" * 64,
+            "/v2/test/img/blobs/sha256:" + "a" * 63,
+            "/v2/Bad..Name/blobs/sha256:" + "a" * 64,
+            "/v2/test/img/blobs/not a digest",
+        ):
+            response = await client.get(path)
+            assert response.status_code == 400, path
+            code = response.json()["errors"][0]["code"]
+            assert code in ("DIGEST_INVALID", "NAME_INVALID"), path
+    assert "/blobs/" not in registry.log.read_text()  # not even a HEAD
+    assert not node.node.cdn.tasks  # nothing reached the supernode either
+
+
+async def test_without_a_supernode_the_daemon_fetches_from_the_upstream(
+    registry: Registry, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    image = write_oci_image(tmp_path / "image", [2 * MiB])
+    await registry.push(image, "test/img:1")
+    dead = RunningSupernodeAddress(f"127.0.0.1:{free_port()}")
+    daemon = await start_daemon("host1", registry, dead)
+    result = await skopeo_pull(registry, daemon.address, "test/img:1", tmp_path / "out", tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    verify_dir_copy(tmp_path / "out", image)
+    assert metric(daemon, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
+    assert metric(daemon, "dfdaemon_fallbacks_total") == len(image.blobs)
+    total = sum(image.sizes.values())
+    assert metric(daemon, "dfdaemon_downloaded_bytes_total", source="upstream") == total
+
+
+async def test_upstream_down_is_a_clear_error(
+    registry: Registry, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    node = await start_supernode()
+    daemon = await start_daemon("host1", registry, node)
+    registry.stop()
+    await registry.process.wait()  # type: ignore[union-attr]
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
+        with trio.fail_after(20):
+            ping = await client.get("/v2/")
+            blob = await client.get("/v2/test/img/blobs/sha256:" + "a" * 64)
+    assert ping.status_code == 502 and ping.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert blob.status_code == 502
+
+
+async def test_a_client_leaving_mid_blob_does_not_hurt_the_next(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [48 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    daemon = await start_daemon("host1", registry, node, download_rate=16 * MiB)
+    layer = image.layers[0]
+    url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
+    async with httpx.AsyncClient() as client, client.stream("GET", url) as response:
+        assert response.status_code == 200
+        async for _ in response.aiter_raw():
+            break  # one chunk, then hang up
+    async with httpx.AsyncClient(timeout=60) as client:
+        whole = await client.get(url)
+    assert whole.status_code == 200
+    assert f"sha256:{hashlib.sha256(whole.content).hexdigest()}" == layer
+    assert registry.blob_gets() == {layer: 1}
+
+
+async def test_range_requests_on_a_blob(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [3 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    daemon = await start_daemon("host1", registry, node)
+    layer = image.layers[0]
+    data = (image.layout / "blobs" / "sha256" / layer.split(":")[1]).read_bytes()
+    url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
+    async with httpx.AsyncClient(timeout=60) as client:
+        part = await client.get(url, headers={"range": "bytes=1000-1999"})
+        tail = await client.get(url, headers={"range": "bytes=-10"})
+        beyond = await client.get(url, headers={"range": f"bytes={len(data)}-"})
+    assert part.status_code == 206 and part.content == data[1000:2000]
+    assert part.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    assert beyond.status_code == 416
+
+
+async def test_private_layers_need_the_clients_own_credentials(
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    registry = Registry(tmp_path / "private", users={"alice": "wonderland"})
+    await registry.start(nursery)
+    try:
+        image = write_oci_image(tmp_path / "image", [2 * MiB])
+        await registry.push(image, "team/app:1", creds="alice:wonderland")
+        node = await start_supernode()
+        first = await start_daemon("host1", registry, node)
+        second = await start_daemon("host2", registry, node)
+        pulled = await skopeo_pull(
+            registry,
+            first.address,
+            "team/app:1",
+            tmp_path / "out",
+            tmp_path,
+            creds="alice:wonderland",
+        )
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        verify_dir_copy(tmp_path / "out", image)
+        assert metric(first, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
+        layer = image.layers[0]
+        path = f"/v2/team/app/blobs/{layer}"
+        for daemon in (first, second):  # cached on the first host, and at the supernode
+            async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
+                anonymous = await client.get(path)
+                wrong = await client.get(path, auth=("alice", "rabbit"))
+                right = await client.get(path, auth=("alice", "wonderland"))
+            assert anonymous.status_code == 401
+            assert "basic" in anonymous.headers["www-authenticate"].lower()
+            assert len(anonymous.content) < 1000  # the registry's error, not the layer
+            assert wrong.status_code == 401
+            assert right.status_code == 200
+            assert f"sha256:{hashlib.sha256(right.content).hexdigest()}" == layer
+        assert metric(second, "dfdaemon_blob_failures_total", reason="denied") >= 2
+        assert registry.blob_gets()[layer] == 1  # the supernode's fetch, with alice's header
+    finally:
+        registry.stop()
