@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from conftest import PYTHON, RunningSupernode, cli_env
@@ -273,11 +275,59 @@ async def test_supernode_help_lists_listen_and_data_dir() -> None:
     [[str(Path(PYTHON).with_name("dfdaemon"))], [PYTHON, "-m", "dfdaemon"]],
     ids=["console-script", "python-m"],
 )
-async def test_dfdaemon_says_not_yet(command: list[str]) -> None:
-    done = await run_argv(command)
+async def test_dfdaemon_help(command: list[str]) -> None:
+    done = await run_argv([*command, "--help"])
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert "--registry" in text and "registry-mirrors" in text and "hosts.toml" in text
+
+
+async def test_dfdaemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "dfdaemon.log"
+    argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
+    argv += ["--registry", "http://127.0.0.1:1", "--peer-listen", "127.0.0.1:0"]
+    with open(log, "wb") as log_file:
+        proc = await trio.lowlevel.open_process(
+            argv, stdout=log_file, stderr=log_file, env=cli_env()
+        )
+    try:
+        with trio.fail_after(STARTUP_TIMEOUT):
+            pattern = re.compile(r"dfdaemon listening on (\S+:\d+)")
+            while not (match := pattern.search(log.read_text(errors="replace"))):
+                assert proc.poll() is None, log.read_text()
+                await trio.sleep(0.05)
+        async with httpx.AsyncClient() as client:
+            metrics = await client.get(f"http://{match.group(1)}/metrics")
+        assert metrics.status_code == 200 and "dfdaemon_requests_total" in metrics.text
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(STOP_TIMEOUT):
+            assert await proc.wait() == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            await proc.wait()
+    assert "no --supernode" in log.read_text()  # the warning for a daemon without one
+
+
+@pytest.mark.parametrize(
+    ("config", "flags", "message"),
+    [
+        ("listen = '127.0.0.1:7000'\ncolour = 'blue'\n", [], "unknown keys colour"),
+        ("upload_rate = 'fast'\n", [], "upload_rate"),
+        ("", ["--registry", "ftp://example.com"], "http:// or https://"),
+        ("", ["--rule", "(unclosed"], "bad --rule"),
+        ("not toml at all [", [], "cannot read the config file"),
+    ],
+)
+async def test_dfdaemon_refuses_bad_settings(
+    tmp_path: Path, config: str, flags: list[str], message: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    done = await run("-m", "dfdaemon", "--config", str(path), *flags)
     stderr = done.stderr.decode()
-    assert done.returncode != 0
-    assert "not yet" in stderr and "Traceback" not in stderr, stderr
+    assert done.returncode == 2, stderr
+    assert message in stderr and "Traceback" not in stderr, stderr
 
 
 async def test_supernode_on_a_busy_port_exits_with_one_line(tmp_path: Path) -> None:
