@@ -14,6 +14,7 @@ from dfdaemon.blobs import BlobStore, DownloadSettings
 from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror
+from dfdaemon.proxy import Proxy
 from dfdaemon.upstream import Upstream
 from dfget.peer import SharedServer
 from dfget.uploads import PieceServer
@@ -49,6 +50,7 @@ class Daemon:
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
+        self.proxy: Proxy | None = None
         self.address = ""
 
     async def serve(
@@ -81,6 +83,9 @@ class Daemon:
                     upstream=self.upstream,
                     blobs=blobs,
                     metrics=metrics,
+                )
+                self.proxy = Proxy(
+                    rules=config.rules, upstream=self.upstream, blobs=blobs, metrics=metrics
                 )
                 host, port = config.listen
                 bound = await nursery.start(serve_http, host, port, self.handle)
@@ -120,6 +125,10 @@ class Daemon:
 
     async def handle(self, request: Request, reply: Reply) -> None:
         assert self.mirror is not None and self.metrics is not None
+        assert self.proxy is not None
+        if request.method == "CONNECT" or request.target.startswith(("http://", "https://")):
+            await self.proxy.handle(request, reply)  # a forward-proxy request
+            return
         path = urlsplit(request.target).path
         if request.method == "GET" and path == "/metrics":
             self.metrics.requests.labels("metrics").inc()

@@ -47,14 +47,16 @@ class DownloadSettings:
 
 @dataclass
 class Blob:
-    hex: str
+    hex: str  # the sha256 of a blob, or the task id of a URL (forward proxy)
     path: Path
+    digest: str | None = None  # "sha256:HEX" for blobs; None for URLs
     length: int | None = None
     out: AtomicOutput | None = None  # while downloading
     complete: bool = False
     error: BaseException | None = None
     result: DownloadResult | None = None
     fell_back: bool = False
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its download
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def notify(self) -> None:
@@ -83,7 +85,9 @@ class BlobStore:
 
     def __init__(self, root: Path, settings: DownloadSettings, nursery: trio.Nursery) -> None:
         self.root = root / "blobs" / "sha256"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.urls = root / "blobs" / "urls"  # forward-proxy downloads, named by task id
+        for folder in (self.root, self.urls):
+            folder.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.nursery = nursery
         self.running: dict[str, Blob] = {}
@@ -91,8 +95,9 @@ class BlobStore:
         self._clean_temp_files()
 
     def _clean_temp_files(self) -> None:
-        for leftover in self.root.glob(".*.dfget-part"):
-            leftover.unlink(missing_ok=True)
+        for folder in (self.root, self.urls):
+            for leftover in folder.glob(".*.dfget-part"):
+                leftover.unlink(missing_ok=True)
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest
@@ -122,14 +127,35 @@ class BlobStore:
         cached = self.cached(hex_digest)
         if cached is not None:
             return cached
-        blob = Blob(hex_digest, self.path(hex_digest))
-        self.running[hex_digest] = blob
+        return self._start(
+            Blob(hex_digest, self.path(hex_digest), digest=f"sha256:{hex_digest}"), url, headers
+        )
+
+    def get_url(self, task_id: str, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
+        """A download of `url` (its content may change: never served from the cache).
+        Joins one in progress; a finished one (seeding) is stopped and fetched again, so
+        that the supernode revalidates it with the origin."""
+        blob = self.running.get(task_id)
+        if blob is not None and blob.error is None and not blob.complete:
+            return blob
+        if blob is not None:
+            blob.scope.cancel()
+            del self.running[task_id]
+        return self._start(Blob(task_id, self.urls / task_id), url, headers)
+
+    def _start(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
+        self.running[blob.hex] = blob
         self.nursery.start_soon(self._download, blob, url, headers)
         return blob
 
     async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
+        with blob.scope:  # cancelled: stopped (its error says so if it was not done)
+            await self._run(blob, url, headers)
+        if self.running.get(blob.hex) is blob:
+            del self.running[blob.hex]
+
+    async def _run(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         settings = self.settings
-        digest = f"sha256:{blob.hex}"
 
         def request(supernodes: tuple[str, ...]) -> DownloadRequest:
             return DownloadRequest(
@@ -137,7 +163,7 @@ class BlobStore:
                 output=blob.path,
                 supernodes=supernodes,
                 headers=headers,
-                digest=digest,
+                digest=blob.digest,
                 back_source=not supernodes,
                 peer=PeerOptions(
                     server=settings.server,
@@ -199,9 +225,6 @@ class BlobStore:
                 raise
             if not blob.complete:
                 log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
-        finally:
-            if self.running.get(blob.hex) is blob:
-                del self.running[blob.hex]
 
 
 async def read_blob(blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

@@ -107,8 +107,13 @@ class Mirror:
         except BlobUnavailable as exc:
             self.metrics.failures.labels("download").inc()
             log.warning("blob %s: %s", hex_digest[:12], exc)
-            if not reply.started:  # nothing sent yet: let the upstream answer
+            if reply.started:
+                return  # broken off: the client retries
+            if self.blobs.settings.back_source:  # let the upstream answer, whatever it is
                 await self._relay(request, reply, target.url)
+            else:
+                status, body = registry_error(503, "UNAVAILABLE", f"P2P download failed: {exc}")
+                await reply.simple(status, body, "application/json")
         finally:
             self.metrics.served.labels("blob").inc(reply.bytes_sent)
 

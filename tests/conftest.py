@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.peer import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
@@ -121,3 +122,47 @@ async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:
     with trio.fail_after(seconds):
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.02)
+
+
+StartDaemon = Callable[..., Any]
+
+
+@dataclass
+class RunningSupernodeAddress:
+    """A supernode address with nothing behind it."""
+
+    address: str
+
+
+@pytest.fixture
+async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> StartDaemon:
+    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon on
+    127.0.0.1 (`registry`: a URL, or anything with a `url`)."""
+
+    async def start(
+        name: str,
+        registry: Any,
+        supernode: RunningSupernode | RunningSupernodeAddress | None,
+        **config: Any,
+    ) -> Daemon:
+        daemon = Daemon(
+            DaemonConfig(
+                listen=("127.0.0.1", 0),
+                supernodes=(supernode.address,) if supernode else (),
+                registry=getattr(registry, "url", registry),
+                data_dir=tmp_path / name,
+                peer_listen=("127.0.0.1", 0),
+                **config,
+            )
+        )
+        await nursery.start(daemon.serve)
+        return daemon
+
+    return start
+
+
+def metric(daemon: Daemon, name: str, **labels: str) -> float:
+    """A sample of the daemon's Prometheus registry (0 if never counted)."""
+    assert daemon.metrics is not None
+    value = daemon.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
-from conftest import RunningSupernode, StartSupernode
+from conftest import RunningSupernodeAddress, StartDaemon, StartSupernode, metric
 from registry import (
     Containerd,
     Registry,
@@ -22,8 +20,6 @@ from registry import (
     write_oci_image,
 )
 
-from dfdaemon.app import Daemon, DaemonConfig
-
 pytestmark = needs_registry
 MiB = 1 << 20
 
@@ -34,48 +30,6 @@ async def registry(nursery: trio.Nursery, tmp_path: Path) -> Registry:
     await server.start(nursery)
     yield server
     server.stop()
-
-
-StartDaemon = Any
-
-
-@dataclass
-class RunningSupernodeAddress:
-    """A supernode address with nothing behind it."""
-
-    address: str
-
-
-@pytest.fixture
-async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> StartDaemon:
-    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon."""
-
-    async def start(
-        name: str,
-        registry: Registry,
-        supernode: RunningSupernode | RunningSupernodeAddress | None,
-        **config: Any,
-    ) -> Daemon:
-        daemon = Daemon(
-            DaemonConfig(
-                listen=("127.0.0.1", 0),
-                supernodes=(supernode.address,) if supernode else (),
-                registry=registry.url,
-                data_dir=tmp_path / name,
-                peer_listen=("127.0.0.1", 0),
-                **config,
-            )
-        )
-        await nursery.start(daemon.serve)
-        return daemon
-
-    return start
-
-
-def metric(daemon: Daemon, name: str, **labels: str) -> float:
-    assert daemon.metrics is not None
-    value = daemon.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
 
 
 async def test_skopeo_pulls_through_the_mirror(
@@ -307,3 +261,19 @@ async def test_private_layers_need_the_clients_own_credentials(
         assert registry.blob_gets()[layer] == 1  # the supernode's fetch, with alice's header
     finally:
         registry.stop()
+
+
+async def test_without_back_source_a_failed_p2p_download_is_an_error(
+    registry: Registry, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    image = write_oci_image(tmp_path / "image", [1 * MiB])
+    await registry.push(image, "test/img:1")
+    dead = RunningSupernodeAddress(f"127.0.0.1:{free_port()}")
+    daemon = await start_daemon("host1", registry, dead, back_source=False)
+    layer = image.layers[0]
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
+        response = await client.get(f"/v2/test/img/blobs/{layer}")
+    assert response.status_code == 503
+    assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert registry.blob_gets() == {}  # the daemon did not fetch it itself
+    assert metric(daemon, "dfdaemon_blob_failures_total", reason="download") == 1

@@ -1,0 +1,135 @@
+"""Forward proxy (`HTTP_PROXY=http://127.0.0.1:65001`): plain-HTTP GETs whose URL
+matches a `--rule` go P2P; every other request is passed to its origin as it is;
+`CONNECT` opens a tunnel and copies bytes both ways, untouched (HTTPS stays end to
+end: the daemon sees only the host name)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import urlsplit
+
+import trio
+
+from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob
+from dfdaemon.httpserver import Reply, Request
+from dfdaemon.metrics import Metrics
+from dfdaemon.upstream import Upstream, UpstreamError
+from dfget.engine import DownloadRequest
+from proto.addresses import parse_listen
+
+log = logging.getLogger(__name__)
+
+TUNNEL_CONNECT_TIMEOUT = 10.0
+TUNNEL_CHUNK = 64 * 1024
+# Request headers that go with a proxied P2P download to the supernode (its
+# revalidation and back-to-source fetch are made with them).
+P2P_HEADERS = ("authorization", "cookie", "user-agent")
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        rules: tuple[str, ...],
+        upstream: Upstream,
+        blobs: BlobStore,
+        metrics: Metrics,
+    ) -> None:
+        self.rules = [re.compile(rule) for rule in rules]
+        self.upstream = upstream
+        self.blobs = blobs
+        self.metrics = metrics
+
+    def goes_p2p(self, request: Request) -> bool:
+        if request.method != "GET" or request.header("range") is not None:
+            return False  # ranges pass through: a P2P task is the whole file
+        return any(r.search(request.target) for r in self.rules)
+
+    async def handle(self, request: Request, reply: Reply) -> None:
+        if request.method == "CONNECT":
+            self.metrics.requests.labels("connect").inc()
+            await self._tunnel(request, reply)
+        elif self.goes_p2p(request):
+            self.metrics.requests.labels("proxy_p2p").inc()
+            await self._p2p(request, reply)
+        else:
+            self.metrics.requests.labels("proxy_passthrough").inc()
+            await self._relay(request, reply)
+
+    async def _relay(self, request: Request, reply: Reply) -> None:
+        try:
+            await self.upstream.relay(request, request.target, reply)
+        except UpstreamError as exc:
+            log.info("proxy: %s", exc)
+            if not reply.started:
+                await reply.simple(502, f"origin unreachable: {exc}\n".encode(), "text/plain")
+        finally:
+            self.metrics.served.labels("proxy").inc(reply.bytes_sent)
+
+    async def _p2p(self, request: Request, reply: Reply) -> None:
+        headers = tuple((k, v) for k, v in request.headers if k in P2P_HEADERS)
+        try:
+            task_id = DownloadRequest(url=request.target, output=self.blobs.urls).task_id()
+        except Exception as exc:  # a URL the engine cannot name: the origin decides
+            log.info("proxy: %s: passed through (%s)", request.target[:200], exc)
+            await self._relay(request, reply)
+            return
+        blob = self.blobs.get_url(task_id, request.target, headers)
+        chunks = read_blob(blob)
+        try:
+            first = await anext(chunks, None)
+        except BlobUnavailable as exc:
+            # Nothing sent yet: the origin's own answer (a 404, a 401...) is the best one.
+            log.info("proxy: P2P failed for %s (%s): passed through", request.target[:200], exc)
+            await self._relay(request, reply)
+            return
+        headers_out = [("content-type", "application/octet-stream")]
+        if blob.length is not None:
+            headers_out.append(("content-length", str(blob.length)))
+        await reply.start(200, headers_out)
+        try:
+            if first:
+                await reply.send(first)
+            async for chunk in chunks:
+                await reply.send(chunk)
+        except BlobUnavailable as exc:
+            log.warning("proxy: %s broke off: %s", request.target[:200], exc)
+            return  # not ended: the connection closes
+        finally:
+            self.metrics.served.labels("proxy").inc(reply.bytes_sent)
+        await reply.end()
+
+    async def _tunnel(self, request: Request, reply: Reply) -> None:
+        try:
+            host, port = parse_listen(request.target)
+            if not host or port == 0 or urlsplit(f"//{request.target}").hostname is None:
+                raise ValueError(request.target)
+        except ValueError:
+            await reply.simple(400, b"CONNECT wants HOST:PORT\n", "text/plain")
+            return
+        try:
+            with trio.fail_after(TUNNEL_CONNECT_TIMEOUT):
+                remote = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            await reply.simple(502, f"cannot reach {host}:{port}: {exc}\n".encode(), "text/plain")
+            return
+        async with remote:
+            await reply.start(200, [])
+            client, already = reply.tunnel()
+            if already:
+                await remote.send_all(already)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, client, remote, nursery.cancel_scope)
+                nursery.start_soon(_pump, remote, client, nursery.cancel_scope)
+
+
+async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.CancelScope) -> None:
+    """Copy until either side closes; then the whole tunnel ends."""
+    try:
+        while data := await source.receive_some(TUNNEL_CHUNK):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        done.cancel()

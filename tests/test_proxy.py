@@ -1,0 +1,84 @@
+"""dfdaemon as a forward proxy (HTTP_PROXY): rules choose what goes P2P, the rest and
+CONNECT tunnels pass through untouched."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import trio
+from conftest import StartDaemon, StartSupernode, metric
+
+from proto.pieces import MiB
+from supernode.cdn.task import TaskState
+from supernode.testing import FakeOrigin, self_signed_tls
+
+RULES = (r"\.bin$",)
+
+
+async def test_a_get_matching_a_rule_goes_p2p(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    data = os.urandom(5 * MiB + 17)
+    origin.add("/models/m.bin", data)
+    node = await start_supernode()
+    first = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
+    second = await start_daemon("host2", "http://127.0.0.1:1", node, rules=RULES)
+    url = origin.url("/models/m.bin")
+    for daemon in (first, second):
+        async with httpx.AsyncClient(proxy=f"http://{daemon.address}", timeout=60) as client:
+            response = await client.get(url)
+        assert response.status_code == 200 and response.content == data
+        assert response.headers["content-length"] == str(len(data))
+        assert metric(daemon, "dfdaemon_requests_total", kind="proxy_p2p") == 1
+    assert origin.stats["/models/m.bin"].full_bodies == 1  # the supernode's fetch only
+    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") > 0
+
+
+async def test_other_requests_pass_through(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    origin.add("/page.html", b"<html>hello</html>")
+    origin.add("/m.bin", os.urandom(MiB))
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
+    async with httpx.AsyncClient(proxy=f"http://{daemon.address}") as client:
+        page = await client.get(origin.url("/page.html"))
+        missing = await client.get(origin.url("/nothing.bin"))  # a rule, but a 404
+        ranged = await client.get(origin.url("/m.bin"), headers={"range": "bytes=0-9"})
+    assert page.status_code == 200 and page.content == b"<html>hello</html>"
+    assert missing.status_code == 404  # the origin's own answer
+    assert ranged.status_code == 206 and len(ranged.content) == 10
+    assert metric(daemon, "dfdaemon_requests_total", kind="proxy_passthrough") == 2
+    assert metric(daemon, "dfdaemon_requests_total", kind="proxy_p2p") == 1
+    # Only the rule's 404 reached the supernode; the page and the range went straight.
+    assert [t.state for t in node.node.cdn.tasks.values()] == [TaskState.FAILED]
+
+
+async def test_connect_tunnels_https_untouched(
+    nursery: trio.Nursery, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    context, cert_pem = self_signed_tls()
+    origin = FakeOrigin(tls=context)
+    await nursery.start(origin.serve)
+    data = os.urandom(MiB)
+    origin.add("/secret.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
+    verify = httpx.create_ssl_context()
+    verify.load_verify_locations(cadata=cert_pem.decode())
+    async with httpx.AsyncClient(proxy=f"http://{daemon.address}", verify=verify) as client:
+        response = await client.get(origin.url("/secret.bin"))
+    assert response.status_code == 200 and response.content == data
+    assert metric(daemon, "dfdaemon_requests_total", kind="connect") == 1
+    assert not node.node.cdn.tasks  # HTTPS is never opened: nothing went P2P
+
+
+async def test_connect_to_nowhere_is_a_502(start_daemon: StartDaemon) -> None:
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    host, port = daemon.address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+        answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 502 ")
