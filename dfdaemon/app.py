@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import trio
 
 from dfdaemon.blobs import BlobStore, DownloadSettings
+from dfdaemon.control import SOCKET_NAME, ControlApi
 from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror
@@ -38,6 +39,7 @@ class DaemonConfig:
     insecure: bool = False  # do not verify upstream TLS certificates
     token: bytes | None = None
     rules: tuple[str, ...] = field(default_factory=tuple)
+    control_socket: Path | None = None  # default: DATA_DIR/dfdaemon.sock
 
 
 class Daemon:
@@ -51,6 +53,8 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
         self.proxy: Proxy | None = None
+        self.control: ControlApi | None = None
+        self.socket_path = config.control_socket or config.data_dir / SOCKET_NAME
         self.address = ""
 
     async def serve(
@@ -87,13 +91,17 @@ class Daemon:
                 self.proxy = Proxy(
                     rules=config.rules, upstream=self.upstream, blobs=blobs, metrics=metrics
                 )
+                self.control = ControlApi(blobs=blobs, upstream=self.upstream, metrics=metrics)
+                await nursery.start(self.control.serve, self.socket_path)
                 host, port = config.listen
                 bound = await nursery.start(serve_http, host, port, self.handle)
                 self.address = f"{host}:{bound}"
                 log.info(
-                    "dfdaemon listening on %s (uploads on port %d), registry %s, supernodes %s",
+                    "dfdaemon listening on %s (uploads on port %d, dfget on %s), registry %s, "
+                    "supernodes %s",
                     self.address,
                     upload_port,
+                    self.socket_path,
                     config.registry,
                     ",".join(config.supernodes) or "none (straight to the upstream)",
                 )

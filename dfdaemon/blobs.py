@@ -131,7 +131,13 @@ class BlobStore:
             Blob(hex_digest, self.path(hex_digest), digest=f"sha256:{hex_digest}"), url, headers
         )
 
-    def get_url(self, task_id: str, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
+    def get_url(
+        self,
+        task_id: str,
+        url: str,
+        headers: tuple[tuple[str, str], ...],
+        digest: str | None = None,
+    ) -> Blob:
         """A download of `url` (its content may change: never served from the cache).
         Joins one in progress; a finished one (seeding) is stopped and fetched again, so
         that the supernode revalidates it with the origin."""
@@ -141,7 +147,7 @@ class BlobStore:
         if blob is not None:
             blob.scope.cancel()
             del self.running[task_id]
-        return self._start(Blob(task_id, self.urls / task_id), url, headers)
+        return self._start(Blob(task_id, self.urls / task_id, digest=digest), url, headers)
 
     def _start(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
         self.running[blob.hex] = blob

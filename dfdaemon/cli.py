@@ -37,7 +37,7 @@ GET /metrics on the same port gives Prometheus metrics.
 
 config file keys (TOML; flags win): listen, supernodes (list), registry, data_dir,
 peer_listen, download_rate, upload_rate, upload_slots, rules (list), plain_http (list),
-back_source (bool), insecure (bool), token_file, log_level.
+back_source (bool), insecure (bool), token_file, control_socket, log_level.
 """
 
 # Config-file keys and the flag each stands for.
@@ -55,6 +55,7 @@ CONFIG_KEYS = {
     "back_source": "back_source",
     "insecure": "insecure",
     "token_file": "token_file",
+    "control_socket": "control_socket",
     "log_level": "log_level",
 }
 
@@ -152,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token", metavar="SECRET", help="the cluster token (prefer --token-file)")
     token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
+    parser.add_argument(
+        "--control-socket",
+        type=Path,
+        metavar="PATH",
+        help="the Unix socket dfget hands downloads to (default DATA_DIR/dfdaemon.sock)",
+    )
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"dfdaemon {__version__}")
@@ -177,7 +184,7 @@ def load_config(path: Path) -> dict[str, Any]:
                 value = parse_listen(str(value))
             elif key in ("download_rate", "upload_rate"):
                 value = parse_rate(str(value))
-            elif key in ("data_dir", "token_file"):
+            elif key in ("data_dir", "token_file", "control_socket"):
                 value = Path(str(value))
             elif key in ("supernodes", "rules", "plain_http"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -220,6 +227,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
         insecure=settings.get("insecure", False),
         token=token,
         rules=rules,
+        control_socket=settings.get("control_socket"),
     )
     if not config.registry.startswith(("http://", "https://")):
         raise ValueError(f"--registry wants an http:// or https:// URL, not {config.registry!r}")

@@ -136,8 +136,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
     """Answer requests on one connection until it closes."""
     connection = _Connection(stream)
     try:
-        host, port = stream.socket.getpeername()[:2]
-        client = f"{host}:{port}"
+        peer = stream.socket.getpeername()
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
     except OSError:
         client = "?"
     first = True

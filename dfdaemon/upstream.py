@@ -114,3 +114,14 @@ class Upstream:
             return await self.client.send(request, follow_redirects=True)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"HEAD {url}: {exc}") from exc
+
+    async def first_byte(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
+        """GET the first byte of `url` (for origins without HEAD); the body is not read."""
+        asked = [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]
+        request = self.build("GET", url, [*asked, ("range", "bytes=0-0")])
+        try:
+            response = await self.client.send(request, follow_redirects=True, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"GET {url}: {exc}") from exc
+        await response.aclose()
+        return response

@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from dfget import __version__
+from dfget.daemon import DEFAULT_SOCKET
 from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
 from dfget.peer import PeerOptions
@@ -28,8 +29,9 @@ examples:
   dfget URL -o out.bin -H 'Authorization: Bearer TOKEN' --rate-limit 20MiB --json
 
 The file appears at OUT only once it is complete and verified (a temp file beside it
-is renamed). With no reachable supernode, dfget downloads straight from the origin
-and warns, unless --no-back-source is given.
+is renamed). When this host runs dfdaemon, dfget hands the download to it (see
+--daemon-socket); otherwise it is a peer itself. With no reachable supernode, dfget
+downloads straight from the origin and warns, unless --no-back-source is given.
 
 exit codes:
 """ + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
@@ -134,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="skip TLS verification when going to the origin"
     )
     parser.add_argument(
+        "--daemon-socket",
+        type=Path,
+        metavar="PATH",
+        help=f"hand the download to the dfdaemon on this socket, which keeps it cached and "
+        f"seeds it (default {DEFAULT_SOCKET} when it exists; '' never); without an "
+        f"answering daemon dfget downloads itself",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON summary object on stdout at the end"
     )
     swarm = parser.add_argument_group(
@@ -201,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit=args.rate_limit,
         back_source=args.back_source,
         insecure=args.insecure,
+        daemon_socket=_daemon_socket(args.daemon_socket),
+        daemon_warn=args.daemon_socket is not None,
         peer=PeerOptions(
             listen=args.peer_listen,
             upload_slots=max(0, args.upload_slots),
@@ -226,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
     _report(result, args.json, args.quiet)
     return 0
+
+
+def _daemon_socket(given: Path | None) -> Path | None:
+    """The daemon socket to try: the one given ('' = none), else the default if present."""
+    if given is not None:
+        return given if str(given) not in ("", ".") else None
+    return DEFAULT_SOCKET if DEFAULT_SOCKET.is_socket() else None
 
 
 class _Formatter(logging.Formatter):

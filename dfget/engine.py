@@ -56,6 +56,8 @@ class DownloadRequest:
     back_source: bool = True
     insecure: bool = False
     peer: PeerOptions = field(default_factory=PeerOptions)
+    daemon_socket: Path | None = None  # hand the download to this host's dfdaemon
+    daemon_warn: bool = False  # say so when that daemon cannot be reached
 
     def task_id(self) -> str:
         """The task id (also validates URL, digest and Range); UsageError if bad."""
@@ -88,6 +90,7 @@ class DownloadResult:
     piece_size: int | None = None
     pieces: int = 0
     sources: dict[str, SourceCounts] = field(default_factory=dict)
+    daemon: str | None = None  # the socket of the dfdaemon that downloaded it
 
     def summary(self) -> dict[str, object]:
         """The `--json` object."""
@@ -101,6 +104,7 @@ class DownloadResult:
             "from_cdn": self.from_cdn,
             "from_peers": self.from_peers,
             "supernode": self.supernode,
+            "daemon": self.daemon,
             "piece_size": self.piece_size,
             "pieces": self.pieces,
             "mib_per_s": round(self.bytes / max(self.seconds, 1e-9) / (1 << 20), 2),
@@ -138,7 +142,7 @@ async def download(
     the request's own `rate_limit`.
     """
     task_id = request.task_id()
-    if not request.supernodes and not request.back_source:
+    if not request.supernodes and not request.back_source and request.daemon_socket is None:
         raise UsageError("no supernode given and back-to-source disabled")
     started = trio.current_time()
     deadline = started + (request.timeout or math.inf)
@@ -150,8 +154,68 @@ async def download(
             on_done(result)
 
     with contextlib.nullcontext(output) if output else AtomicOutput(request.output) as out:
+        if request.daemon_socket is not None:
+            handed = await _via_daemon(request, task_id, out, limiter, progress, deadline)
+            if handed is not None:
+                done(handed)
+                return handed
         result = await _download(request, task_id, out, limiter, progress, deadline, done)
     return result
+
+
+async def _via_daemon(
+    request: DownloadRequest,
+    task_id: str,
+    out: AtomicOutput,
+    limiter: RateLimiter,
+    progress: Progress | None,
+    deadline: float,
+) -> DownloadResult | None:
+    """The download through this host's dfdaemon; None if no daemon answers."""
+    from dfget.daemon import DaemonUnreachable, counts, through_daemon  # httpx: lazily
+
+    assert request.daemon_socket is not None
+    with trio.move_on_at(deadline) as scope:
+        try:
+            summary = await through_daemon(
+                request.url,
+                request.headers,
+                digest=request.digest,
+                tag=request.tag,
+                filter_keys=request.filter,
+                socket_path=request.daemon_socket,
+                out=out,
+                limiter=limiter,
+                progress=progress,
+            )
+        except DaemonUnreachable as exc:
+            (log.warning if request.daemon_warn else log.debug)("%s: going on without it", exc)
+            out.reset()
+            return None
+    if scope.cancelled_caught:
+        raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
+    out.commit()
+
+    def number(key: str) -> int:
+        value = summary.get(key)
+        return value if isinstance(value, int) else 0
+
+    supernode = summary.get("supernode")
+    return DownloadResult(
+        task_id=task_id,
+        url=request.url,
+        output=str(request.output),
+        bytes=number("bytes"),
+        seconds=trio.current_time(),
+        from_source=number("from_source"),
+        from_cdn=number("from_cdn"),
+        from_peers=number("from_peers"),
+        supernode=supernode if isinstance(supernode, str) else None,
+        piece_size=number("piece_size") or None,
+        pieces=number("pieces"),
+        sources=counts(summary),
+        daemon=str(request.daemon_socket),
+    )
 
 
 async def _download(

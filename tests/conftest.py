@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +137,15 @@ class RunningSupernodeAddress:
 
 
 @pytest.fixture
-async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> StartDaemon:
+def short_dir() -> Iterator[Path]:
+    """A folder with a short path, for Unix sockets (at most 107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="dfpy-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -> StartDaemon:
     """`await start_daemon(name, registry, supernode, **config)` → a running Daemon on
     127.0.0.1 (`registry`: a URL, or anything with a `url`)."""
 
@@ -145,6 +155,7 @@ async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> StartDaemon:
         supernode: RunningSupernode | RunningSupernodeAddress | None,
         **config: Any,
     ) -> Daemon:
+        config.setdefault("control_socket", short_dir / f"{name}.sock")
         daemon = Daemon(
             DaemonConfig(
                 listen=("127.0.0.1", 0),

@@ -282,10 +282,13 @@ async def test_dfdaemon_help(command: list[str]) -> None:
     assert "--registry" in text and "registry-mirrors" in text and "hosts.toml" in text
 
 
-async def test_dfdaemon_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+async def test_dfdaemon_serves_metrics_and_stops_on_sigterm(
+    tmp_path: Path, short_dir: Path
+) -> None:
     log = tmp_path / "dfdaemon.log"
     argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
     argv += ["--registry", "http://127.0.0.1:1", "--peer-listen", "127.0.0.1:0"]
+    argv += ["--control-socket", str(short_dir / "d.sock")]
     with open(log, "wb") as log_file:
         proc = await trio.lowlevel.open_process(
             argv, stdout=log_file, stderr=log_file, env=cli_env()

@@ -1,0 +1,114 @@
+"""dfget hands its download to the host's dfdaemon over the control socket."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env
+
+from dfget.errors import OriginFailed
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
+
+
+async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    data = os.urandom(6 * MiB + 5)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    first = await start_daemon("host1", "http://127.0.0.1:1", node)
+    second = await start_daemon("host2", "http://127.0.0.1:1", node)
+    one = await fetch(origin.url("/f.bin"), None, daemon_socket=first.socket_path, name="one")
+    assert Path(one.output).read_bytes() == data
+    assert one.daemon == str(first.socket_path) and one.from_cdn == len(data)
+    # dfget has exited; the first host's daemon still seeds: the second host's daemon
+    # gets the file from it.
+    two = await fetch(origin.url("/f.bin"), None, daemon_socket=second.socket_path, name="two")
+    assert Path(two.output).read_bytes() == data
+    assert two.from_peers > len(data) // 2
+    assert origin.stats["/f.bin"].full_bodies == 1
+
+
+async def test_a_digest_named_file_is_cached_but_access_is_checked(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    data = os.urandom(2 * MiB)
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    origin.add("/private.bin", data, require_auth=AUTH)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url, sock = origin.url("/private.bin"), daemon.socket_path
+    auth = (("Authorization", AUTH),)
+    ok = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
+    assert Path(ok.output).read_bytes() == data
+    again = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
+    assert Path(again.output).read_bytes() == data
+    assert again.from_cdn == again.from_peers == 0  # from the daemon's cache
+    with pytest.raises(OriginFailed) as info:  # cached, but this dfget may not read it
+        await fetch(url, None, daemon_socket=sock, digest=digest, back_source=False)
+    assert info.value.status == 401
+
+
+async def test_origin_errors_come_back_with_their_exit_code(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    out = tmp_path / "missing.bin"
+    argv = [PYTHON, "-m", "dfget", origin.url("/missing.bin"), "-o", str(out)]
+    argv += ["--daemon-socket", str(daemon.socket_path), "--no-back-source"]
+    done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
+    assert done.returncode == 3, done.stderr.decode()
+    assert "404" in done.stderr.decode()
+    assert not out.exists()
+
+
+async def test_the_cli_reports_the_daemon_in_its_json(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    out = tmp_path / "f.bin"
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(out), "--json"]
+    argv += ["--daemon-socket", str(daemon.socket_path)]
+    done = await trio.run_process(argv, env=cli_env(), capture_stdout=True, check=False)
+    assert done.returncode == 0
+    summary = json.loads(done.stdout)
+    assert summary["daemon"] == str(daemon.socket_path) and out.read_bytes() == data
+    assert summary["from_cdn"] + summary["from_peers"] == len(data)
+
+
+async def test_without_a_daemon_dfget_downloads_itself_and_says_so(
+    origin: FakeOrigin, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    origin.add("/f.bin", b"x" * 1000)
+    node = await start_supernode()
+    out = tmp_path / "f.bin"
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(out), "-q"]
+    argv += ["--daemon-socket", str(tmp_path / "nobody.sock"), "--supernode", node.address]
+    done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
+    assert done.returncode == 0 and out.read_bytes() == b"x" * 1000
+    assert "dfdaemon at" in done.stderr.decode() and "going on without it" in done.stderr.decode()
