@@ -1,349 +1,41 @@
-"""Real registry parts for the mirror tests: Debian's docker-registry (distribution),
-skopeo and containerd, each started on 127.0.0.1 with a config of its own, and OCI
-images written by the test code (gzip'd tars of random bytes: valid layers that do
-not compress)."""
+"""Markers for the tests that need the real registry parts of `dfdaemon.testing`."""
 
 from __future__ import annotations
 
-import base64
-import gzip
-import hashlib
-import io
-import json
 import os
-import shutil
-import socket
-import subprocess
-import tarfile
-import tempfile
-from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 
-import httpx
 import pytest
-import trio
 
-REGISTRY = shutil.which("docker-registry")
-SKOPEO = shutil.which("skopeo")
-CONTAINERD = shutil.which("containerd")
-CTR = shutil.which("ctr")
-HTPASSWD = shutil.which("htpasswd")
+from dfdaemon.testing import (
+    CONTAINERD,
+    CTR,
+    REGISTRY,
+    SKOPEO,
+    Containerd,
+    Image,
+    Registry,
+    free_port,
+    skopeo_pull,
+    verify_dir_copy,
+    write_oci_image,
+)
 
 needs_registry = pytest.mark.skipif(
     not (REGISTRY and SKOPEO), reason="docker-registry and skopeo are installed by `make test`"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Image:
-    layout: Path  # an OCI layout (oci:LAYOUT:latest)
-    manifest: str  # sha256:...
-    config: str
-    layers: list[str]  # sha256:... of each (compressed) layer
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def blobs(self) -> list[str]:
-        return [*self.layers, self.config]
-
-
-def _blob(layout: Path, data: bytes) -> str:
-    hex_digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / hex_digest).write_bytes(data)
-    return f"sha256:{hex_digest}"
-
-
-def write_oci_image(layout: Path, layer_sizes: list[int], seed: int = 0) -> Image:
-    """An OCI image layout with one layer per size: each a gzip'd tar of one file of
-    `size` pseudo-random bytes."""
-    (layout / "blobs" / "sha256").mkdir(parents=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    layers, diff_ids, sizes = [], [], {}
-    for i, size in enumerate(layer_sizes):
-        payload = os.urandom(size) if seed == 0 else _seeded(size, seed * 1000 + i)
-        tar = io.BytesIO()
-        with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as archive:
-            info = tarfile.TarInfo(f"layer{i}.bin")
-            info.size, info.mtime, info.mode = size, 0, 0o644
-            archive.addfile(info, io.BytesIO(payload))
-        raw = tar.getvalue()
-        diff_ids.append(f"sha256:{hashlib.sha256(raw).hexdigest()}")
-        compressed = gzip.compress(raw, compresslevel=1, mtime=0)
-        digest = _blob(layout, compressed)
-        layers.append(digest)
-        sizes[digest] = len(compressed)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }
-    ).encode()
-    config_digest = _blob(layout, config)
-    sizes[config_digest] = len(config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": digest,
-                    "size": sizes[digest],
-                }
-                for digest in layers
-            ],
-        }
-    ).encode()
-    manifest_digest = _blob(layout, manifest)
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": "latest"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    return Image(layout, manifest_digest, config_digest, layers, sizes)
-
-
-def _seeded(size: int, seed: int) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
-
-
-class Registry:
-    """docker-registry on 127.0.0.1 with its own config and storage; optional
-    htpasswd auth. Counts the blob bytes it serves from its access log."""
-
-    def __init__(self, root: Path, *, users: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.port = free_port()
-        self.users = users or {}
-        self.address = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.address}"
-        self.log = root / "registry.log"
-        self.process: trio.Process | None = None
-
-    def _config(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        lines = [
-            "version: 0.1",
-            "log:",
-            "  level: info",
-            "  accesslog:",
-            "    disabled: false",
-            "storage:",
-            "  filesystem:",
-            f"    rootdirectory: {self.root / 'data'}",
-            "  delete:",
-            "    enabled: true",
-            "http:",
-            f"  addr: 127.0.0.1:{self.port}",
-            "  secret: dragonfly-py-tests",
-        ]
-        if self.users:
-            assert HTPASSWD, "htpasswd (apache2-utils) is installed by `make test`"
-            htpasswd = self.root / "htpasswd"
-            for i, (user, password) in enumerate(self.users.items()):
-                flags = "-Bbc" if i == 0 else "-Bb"
-                subprocess.run([HTPASSWD, flags, str(htpasswd), user, password], check=True)
-            lines += ["auth:", "  htpasswd:", "    realm: tests", f"    path: {htpasswd}"]
-        path = self.root / "config.yml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        assert REGISTRY
-        config = self._config()
-        log = open(self.log, "wb")  # noqa: SIM115 (the registry process writes it)
-        run = partial(trio.run_process, [REGISTRY, "serve", str(config)], check=False)
-        self.process = await nursery.start(partial(run, stdout=log, stderr=log))
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        await client.get(f"{self.url}/v2/")
-                        return
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-
-    def blob_gets(self) -> dict[str, int]:
-        """Blob digest → how many times the registry answered a GET for it with 200."""
-        counts: dict[str, int] = {}
-        for line in self.log.read_text(errors="replace").splitlines():
-            if '"GET /v2/' in line and "/blobs/sha256:" in line and '" 200 ' in line:
-                digest = line.split("/blobs/")[1].split()[0].split("?")[0]
-                counts[digest] = counts.get(digest, 0) + 1
-        return counts
-
-    async def push(self, image: Image, reference: str, creds: str | None = None) -> None:
-        """skopeo copy of the layout to REGISTRY/reference (digests preserved)."""
-        assert SKOPEO
-        argv = [SKOPEO, "--insecure-policy", "copy", "--dest-tls-verify=false"]
-        argv += ["--format", "oci", "--preserve-digests"]
-        if creds:
-            argv += ["--dest-creds", creds]
-        argv += [f"oci:{image.layout}:latest", f"docker://{self.address}/{reference}"]
-        await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
-
-
-async def skopeo_pull(
-    registry: Registry,
-    mirror: str,
-    reference: str,
-    out: Path,
-    work: Path,
-    *,
-    creds: str | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """skopeo copy docker://REGISTRY/reference dir:out, with the daemon as a mirror in a
-    registries.conf of its own."""
-    assert SKOPEO
-    conf = work / "registries.conf"
-    conf.write_text(
-        "unqualified-search-registries = []\n"
-        "[[registry]]\n"
-        f'prefix = "{registry.address}"\n'
-        f'location = "{registry.address}"\n'
-        "insecure = true\n"
-        "[[registry.mirror]]\n"
-        f'location = "{mirror}"\n'
-        "insecure = true\n"
-    )
-    argv = [SKOPEO, "--insecure-policy", "--registries-conf", str(conf), "copy"]
-    if creds:
-        # --src-creds does not reach a mirror: containers/image looks up credentials by
-        # the host it talks to, so the auth file names the mirror too.
-        token = base64.b64encode(creds.encode()).decode()
-        authfile = work / "auth.json"
-        hosts = (registry.address, mirror)
-        authfile.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
-        argv += ["--src-authfile", str(authfile)]
-    argv += [f"docker://{registry.address}/{reference}", f"dir:{out}"]
-    return await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-
-
-def verify_dir_copy(out: Path, image: Image) -> None:
-    """Every blob skopeo wrote to a dir: copy matches its digest."""
-    for digest in image.blobs:
-        data = (out / digest.split(":")[1]).read_bytes()
-        assert f"sha256:{hashlib.sha256(data).hexdigest()}" == digest
-
-
 needs_containerd = pytest.mark.skipif(
     not (CONTAINERD and CTR) or os.geteuid() != 0,
     reason="containerd (installed by `make test`) runs as root",
 )
 
-
-class Containerd:
-    """containerd with a private root, state and socket (CRI off, no TCP listener)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        # Unix socket paths must stay short: not under pytest's long tmp_path.
-        self.sockets = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
-        self.socket = self.sockets / "containerd.sock"
-        self.log = root / "containerd.log"
-        self.process: trio.Process | None = None
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        assert CONTAINERD and CTR
-        self.root.mkdir(parents=True, exist_ok=True)
-        config = self.root / "config.toml"
-        config.write_text(
-            "version = 2\n"
-            f'root = "{self.root / "root"}"\n'
-            f'state = "{self.sockets / "state"}"\n'
-            "disabled_plugins = [\n"
-            '  "io.containerd.grpc.v1.cri",\n'
-            '  "io.containerd.snapshotter.v1.aufs",\n'
-            '  "io.containerd.snapshotter.v1.btrfs",\n'
-            '  "io.containerd.snapshotter.v1.zfs",\n'
-            '  "io.containerd.snapshotter.v1.devmapper",\n'
-            "]\n"
-            "[grpc]\n"
-            f'  address = "{self.socket}"\n'
-            "[ttrpc]\n"
-            f'  address = "{self.socket}.ttrpc"\n'
-            "[debug]\n"
-            '  address = ""\n'
-            "[metrics]\n"
-            '  address = ""\n'
-            '[plugins."io.containerd.internal.v1.opt"]\n'
-            f'  path = "{self.root / "opt"}"\n'
-        )
-        log = open(self.log, "wb")  # noqa: SIM115 (the containerd process writes it)
-        run = partial(trio.run_process, [CONTAINERD, "--config", str(config)], check=False)
-        self.process = await nursery.start(partial(run, stdout=log, stderr=log))
-        with trio.fail_after(20):
-            while True:
-                done = await trio.run_process(
-                    [CTR, "--address", str(self.socket), "version"],
-                    check=False,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                )
-                if done.returncode == 0:
-                    return
-                await trio.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-        shutil.rmtree(self.sockets, ignore_errors=True)
-
-    async def pull(
-        self, registry: Registry, mirror: str, reference: str, *, creds: str | None = None
-    ) -> subprocess.CompletedProcess[bytes]:
-        """ctr images pull through `mirror`, with a hosts.toml of its own."""
-        assert CTR
-        hosts = self.root / "certs.d" / registry.address
-        hosts.mkdir(parents=True, exist_ok=True)
-        (hosts / "hosts.toml").write_text(
-            f'server = "{registry.url}"\n\n'
-            f'[host."http://{mirror}"]\n'
-            '  capabilities = ["pull", "resolve"]\n'
-        )
-        argv = [CTR, "--address", str(self.socket), "-n", "tests", "images", "pull"]
-        argv += ["--plain-http", "--hosts-dir", str(self.root / "certs.d")]
-        argv += ["--snapshotter", "native"]
-        if creds:
-            argv += ["--user", creds]
-        argv.append(f"{registry.address}/{reference}")
-        return await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-
-    async def content_digests(self) -> set[str]:
-        """Digests of every blob in containerd's content store."""
-        assert CTR
-        done = await trio.run_process(
-            [CTR, "--address", str(self.socket), "-n", "tests", "content", "ls", "-q"],
-            capture_stdout=True,
-        )
-        return set(done.stdout.decode().split())
+__all__ = [
+    "Containerd",
+    "Image",
+    "Registry",
+    "free_port",
+    "needs_containerd",
+    "needs_registry",
+    "skopeo_pull",
+    "verify_dir_copy",
+    "write_oci_image",
+]
