@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,8 @@ SKOPEO = shutil.which("skopeo")
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")
 HTPASSWD = shutil.which("htpasswd")
+# An access-log line of a blob sent whole: "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 200 BYTES
+_ACCESS_BLOB = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]{64}\S* HTTP/[0-9.]+" 200 (\d+)')
 
 
 def free_port() -> int:
@@ -196,6 +199,13 @@ class Registry:
                 digest = line.split("/blobs/")[1].split()[0].split("?")[0]
                 counts[digest] = counts.get(digest, 0) + 1
         return counts
+
+    def blob_bytes(self) -> int:
+        """Body bytes of every blob the registry sent (GETs answered 200), from its log."""
+        total = 0
+        for match in _ACCESS_BLOB.finditer(self.log.read_text(errors="replace")):
+            total += int(match[1])
+        return total
 
     async def push(self, image: Image, reference: str, creds: str | None = None) -> None:
         """skopeo copy of the layout to REGISTRY/reference (digests preserved)."""
