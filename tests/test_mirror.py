@@ -277,3 +277,29 @@ async def test_without_back_source_a_failed_p2p_download_is_an_error(
     assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
     assert registry.blob_gets() == {}  # the daemon did not fetch it itself
     assert metric(daemon, "dfdaemon_blob_failures_total", reason="download") == 1
+
+
+async def test_the_host_wide_download_rate_holds(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [6 * MiB, 6 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    rate = 8 * MiB
+    daemon = await start_daemon("host1", registry, node, download_rate=rate)
+    total = sum(image.sizes[layer] for layer in image.layers)
+
+    async def get(client: httpx.AsyncClient, layer: str) -> None:
+        response = await client.get(f"/v2/test/img/blobs/{layer}")
+        assert response.status_code == 200 and len(response.content) == image.sizes[layer]
+
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=60) as client:
+        started = trio.current_time()
+        async with trio.open_nursery() as both:  # two blobs at once share the one limit
+            for layer in image.layers:
+                both.start_soon(get, client, layer)
+        seconds = trio.current_time() - started
+    assert 0.9 * rate <= total / seconds <= 1.1 * rate, seconds
