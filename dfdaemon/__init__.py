@@ -1,3 +1,3 @@
-"""dfdaemon: the per-host agent (registry mirror, proxy, long-lived peer). Not yet built."""
+"""dfdaemon: the per-host agent (registry mirror, forward proxy, long-lived peer)."""
 
 __version__ = "0.1.0"

@@ -3,7 +3,9 @@ peers, and the blob cache with the downloads that fill and seed it."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,6 +44,21 @@ class DaemonConfig:
     control_socket: Path | None = None  # default: DATA_DIR/dfdaemon.sock
 
 
+class DataDirInUse(Exception):
+    """Another dfdaemon runs on the same data dir."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold DATA_DIR/lock for the life of the process (closing the fd drops it)."""
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise DataDirInUse(f"data dir {data_dir} is in use by another dfdaemon") from exc
+    return fd
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
@@ -62,6 +79,7 @@ class Daemon:
     ) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = lock_data_dir(config.data_dir)
         try:
             async with trio.open_nursery() as nursery:
                 host, port = config.peer_listen
@@ -71,6 +89,7 @@ class Daemon:
                     server=SharedServer(self.upload, upload_port),
                     limiter=RateLimiter(config.download_rate),
                     back_source=config.back_source,
+                    insecure=config.insecure,
                     token=config.token,
                     upload_slots=config.upload_slots,
                 )
@@ -109,6 +128,7 @@ class Daemon:
         finally:
             with trio.CancelScope(shield=True):
                 await self.upstream.aclose()
+            os.close(lock)
 
     def _count(self, blob: object) -> None:
         from dfdaemon.blobs import Blob

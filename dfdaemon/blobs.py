@@ -41,6 +41,7 @@ class DownloadSettings:
     server: SharedServer | None
     limiter: RateLimiter
     back_source: bool = True  # fetch from the upstream when P2P fails
+    insecure: bool = False  # do not verify the upstream's TLS certificate (fallback)
     token: bytes | None = None
     upload_slots: int = 4
 
@@ -170,7 +171,10 @@ class BlobStore:
                 supernodes=supernodes,
                 headers=headers,
                 digest=blob.digest,
-                back_source=not supernodes,
+                # Through the supernodes: no fallback inside the engine (the daemon's own,
+                # below, resets the file first); without any: the upstream, if allowed.
+                back_source=not supernodes and settings.back_source,
+                insecure=settings.insecure,
                 # The supernode checks a digest-named file whole before it calls the task
                 # done, the engine checks every piece against the supernode's digests, and
                 # the mirror hashes what it streams: one more sha256 pass would only cost.

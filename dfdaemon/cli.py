@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from dfdaemon import __version__
-from dfdaemon.app import Daemon, DaemonConfig
+from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
 from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.io import unwrap_group
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="back_source",
         action="store_const",
         const=False,
-        help="when P2P fails, answer 502 instead of fetching the blob from the upstream",
+        help="when P2P fails (or without --supernode), answer 503 instead of fetching a "
+        "blob from the upstream",
     )
     parser.add_argument(
         "--insecure",
@@ -193,6 +194,8 @@ def load_config(path: Path) -> dict[str, Any]:
                 raise ValueError("want true or false")
             elif key == "upload_slots" and not isinstance(value, int):
                 raise ValueError("want a number")
+            elif key == "log_level" and value not in ("debug", "info", "warning", "error"):
+                raise ValueError("want debug, info, warning or error")
         except ValueError as exc:
             raise ValueError(f"{path}: {key}: {exc}") from exc
         settings[dest] = value
@@ -202,6 +205,8 @@ def load_config(path: Path) -> dict[str, Any]:
 def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
     """Flags over the config file over defaults; ValueError if unusable."""
     settings = load_config(args.config) if args.config else {}
+    if args.token is not None:  # a token on the command line beats the file's token_file
+        settings.pop("token_file", None)
     for name, value in vars(args).items():
         if value is not None and name != "config":
             settings[name] = value
@@ -263,8 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_serve_until_signalled, Daemon(config))
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
+    except DataDirInUse as exc:
         print(f"dfdaemon: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        host, port = config.listen
+        print(f"dfdaemon: {exc} (listening on {host}:{port} and for uploads)", file=sys.stderr)
         return 1
     return 0
 

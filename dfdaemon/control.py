@@ -33,6 +33,7 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
+from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class ControlApi:
             async for chunk in chunks:
                 await reply.send(chunk)
         except BlobUnavailable as exc:
-            log.warning("control: %s broke off: %s", wanted.url[:200], exc)
+            log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
             return  # not ended: dfget sees a short body
         finally:
             self.metrics.served.labels("dfget").inc(reply.bytes_sent)
@@ -166,8 +167,8 @@ class ControlApi:
         digest = wanted.digest
         if digest is not None and digest.startswith("sha256:"):
             hex_digest = digest.split(":", 1)[1]
-            if self.blobs.cached(hex_digest) is not None:
-                await self._check_access(wanted)
+            if hex_digest in self.blobs.running or self.blobs.cached(hex_digest) is not None:
+                await self._check_access(wanted)  # someone else's download: may this one?
             return self.blobs.get(hex_digest, wanted.url, wanted.headers)
         return self.blobs.get_url(task_id, wanted.url, wanted.headers, digest=digest)
 
@@ -179,10 +180,11 @@ class ControlApi:
             if answer.status_code in (405, 501):  # no HEAD here: ask for one byte
                 answer = await self.upstream.first_byte(wanted.url, headers)
         except UpstreamError as exc:
-            raise OriginFailed(f"cannot check access to {wanted.url}: {exc}") from exc
+            raise OriginFailed(f"cannot check access: {exc}") from exc
         if answer.status_code >= 400:
+            where = display_url(wanted.url)
             raise OriginFailed(
-                f"origin answered {answer.status_code} for {wanted.url}", answer.status_code
+                f"origin answered {answer.status_code} for {where}", answer.status_code
             )
 
     async def _result(self, key: str, reply: Reply) -> None:

@@ -21,8 +21,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "dfdaemon_requests",
-            "HTTP requests answered, by kind: blob (P2P), passthrough (sent to the upstream "
-            "as is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request",
+            "Requests answered, by kind: blob (P2P), passthrough (sent to the upstream as "
+            "is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request, dfget (on the "
+            "control socket)",
             ["kind"],
             registry=self.registry,
         )
@@ -36,7 +37,7 @@ class Metrics:
         )
         self.served = Counter(
             "dfdaemon_served_bytes",
-            "Body bytes sent to clients, by kind (blob, passthrough, proxy)",
+            "Body bytes sent to clients, by kind (blob, passthrough, proxy, dfget)",
             ["kind"],
             registry=self.registry,
         )
@@ -47,7 +48,9 @@ class Metrics:
         )
         self.failures = Counter(
             "dfdaemon_blob_failures",
-            "Blob requests that failed, by reason (download, digest_mismatch, denied)",
+            "Blob requests not served from P2P, by reason: denied (the upstream refused this "
+            "client), upstream (unreachable for the access check), download (P2P and the "
+            "fallback failed), digest_mismatch",
             ["reason"],
             registry=self.registry,
         )

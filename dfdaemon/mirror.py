@@ -100,22 +100,23 @@ class Mirror:
             blob.length = length
         byte_range = request.header("range")
         try:
-            if byte_range is not None and length is not None:
-                await self._blob_range(reply, blob, hex_digest, byte_range, length)
-            else:
-                await self._blob_whole(reply, blob, hex_digest, length)
+            try:
+                if byte_range is not None and length is not None:
+                    await self._blob_range(reply, blob, hex_digest, byte_range, length)
+                else:
+                    await self._blob_whole(reply, blob, hex_digest, length)
+            finally:
+                self.metrics.served.labels("blob").inc(reply.bytes_sent)
         except BlobUnavailable as exc:
             self.metrics.failures.labels("download").inc()
-            log.warning("blob %s: %s", hex_digest[:12], exc)
+            log.warning("%s", exc)
             if reply.started:
                 return  # broken off: the client retries
             if self.blobs.settings.back_source:  # let the upstream answer, whatever it is
-                await self._relay(request, reply, target.url)
+                await self._relay(request, reply, target.url)  # counted as passthrough
             else:
                 status, body = registry_error(503, "UNAVAILABLE", f"P2P download failed: {exc}")
                 await reply.simple(status, body, "application/json")
-        finally:
-            self.metrics.served.labels("blob").inc(reply.bytes_sent)
 
     def _headers(self, hex_digest: str) -> list[tuple[str, str]]:
         return [

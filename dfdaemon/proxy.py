@@ -17,6 +17,7 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from proto.addresses import parse_listen
+from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Proxy:
         try:
             task_id = DownloadRequest(url=request.target, output=self.blobs.urls).task_id()
         except Exception as exc:  # a URL the engine cannot name: the origin decides
-            log.info("proxy: %s: passed through (%s)", request.target[:200], exc)
+            log.info("proxy: %s: passed through (%s)", display_url(request.target), exc)
             await self._relay(request, reply)
             return
         blob = self.blobs.get_url(task_id, request.target, headers)
@@ -81,7 +82,8 @@ class Proxy:
             first = await anext(chunks, None)
         except BlobUnavailable as exc:
             # Nothing sent yet: the origin's own answer (a 404, a 401...) is the best one.
-            log.info("proxy: P2P failed for %s (%s): passed through", request.target[:200], exc)
+            where = display_url(request.target)
+            log.info("proxy: P2P failed for %s (%s): passed through", where, exc)
             await self._relay(request, reply)
             return
         headers_out = [("content-type", "application/octet-stream")]
@@ -94,7 +96,7 @@ class Proxy:
             async for chunk in chunks:
                 await reply.send(chunk)
         except BlobUnavailable as exc:
-            log.warning("proxy: %s broke off: %s", request.target[:200], exc)
+            log.warning("proxy: %s broke off: %s", display_url(request.target), exc)
             return  # not ended: the connection closes
         finally:
             self.metrics.served.labels("proxy").inc(reply.bytes_sent)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from dfdaemon.httpserver import Reply, Request
+from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Upstream:
         try:
             response = await self.client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"{request.method} {url}: {exc}") from exc
+            raise UpstreamError(f"{request.method} {display_url(url)}: {exc}") from exc
         try:
             await reply.start(
                 response.status_code, forwardable(list(response.headers.multi_items()))
@@ -98,7 +99,8 @@ class Upstream:
                 async for chunk in response.aiter_raw():
                     await reply.send(chunk)
             except httpx.HTTPError as exc:
-                log.warning("upstream broke off %s %s: %s", request.method, url, exc)
+                where = display_url(url)
+                log.warning("upstream broke off %s %s: %s", request.method, where, exc)
                 return response.status_code  # the client sees a short body and retries
             await reply.end()
         finally:
@@ -113,7 +115,7 @@ class Upstream:
         try:
             return await self.client.send(request, follow_redirects=True)
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"HEAD {url}: {exc}") from exc
+            raise UpstreamError(f"HEAD {display_url(url)}: {exc}") from exc
 
     async def first_byte(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """GET the first byte of `url` (for origins without HEAD); the body is not read."""
@@ -122,6 +124,6 @@ class Upstream:
         try:
             response = await self.client.send(request, follow_redirects=True, stream=True)
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"GET {url}: {exc}") from exc
+            raise UpstreamError(f"GET {display_url(url)}: {exc}") from exc
         await response.aclose()
         return response

@@ -18,6 +18,7 @@ import pytest
 import trio
 from conftest import PYTHON, RunningSupernode, cli_env
 
+from dfdaemon.app import lock_data_dir
 from dfget.engine import DownloadRequest
 from proto.pieces import MiB
 from supernode.testing import FakeOrigin
@@ -345,3 +346,25 @@ async def test_supernode_on_a_busy_port_exits_with_one_line(tmp_path: Path) -> N
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("supernode:")]
     assert len(errors) == 1 and str(port) in errors[0], stderr
+
+
+async def test_two_dfdaemons_cannot_share_a_data_dir(tmp_path: Path, short_dir: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    fd = lock_data_dir(data)  # as a running daemon holds it
+    try:
+        done = await run(
+            "-m",
+            "dfdaemon",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--control-socket",
+            str(short_dir / "d.sock"),
+        )
+    finally:
+        os.close(fd)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and "in use by another dfdaemon" in stderr, stderr
+    assert "Traceback" not in stderr

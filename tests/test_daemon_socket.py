@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env
+from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, until
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
@@ -112,3 +112,37 @@ async def test_without_a_daemon_dfget_downloads_itself_and_says_so(
     done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
     assert done.returncode == 0 and out.read_bytes() == b"x" * 1000
     assert "dfdaemon at" in done.stderr.decode() and "going on without it" in done.stderr.decode()
+
+
+async def test_joining_someone_elses_running_download_needs_access_too(
+    nursery: trio.Nursery,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    slow = FakeOrigin(rate_limit=4 * MiB)  # the first download takes a while
+    await nursery.start(slow.serve)
+    data = os.urandom(8 * MiB)
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    slow.add("/private.bin", data, require_auth=AUTH)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url, sock = slow.url("/private.bin"), daemon.socket_path
+    auth = (("Authorization", AUTH),)
+    done = trio.Event()
+
+    async def owner() -> None:
+        result = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
+        assert Path(result.output).read_bytes() == data
+        done.set()
+
+    nursery.start_soon(owner)
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    await until(lambda: digest.split(":")[1] in blobs.running)
+    with pytest.raises(OriginFailed) as info:  # no credentials: not even a byte
+        await fetch(url, None, daemon_socket=sock, digest=digest, back_source=False)
+    assert info.value.status == 401
+    assert not done.is_set()  # it was refused while the other download still ran
+    with trio.fail_after(30):
+        await done.wait()
