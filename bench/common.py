@@ -52,12 +52,17 @@ def supernode_process(data_dir: Path, *extra: str, log: Path | None = None) -> I
         try:
             yield _wait_for_address(proc, log)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_for_address(proc: subprocess.Popen[bytes], log: Path) -> str:

@@ -34,7 +34,15 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PYTHON, MiB, env, free_hot_memory, median, supernode_process
+from bench.common import (
+    PYTHON,
+    MiB,
+    env,
+    free_hot_memory,
+    median,
+    stop_process,
+    supernode_process,
+)
 from dfdaemon.testing import CTR, Containerd, Registry, write_oci_image
 
 LISTENING = re.compile(r"dfdaemon listening on (\S+:\d+)")
@@ -60,12 +68,7 @@ def daemon_process(work: Path, name: str, supernode: str, registry: str) -> Iter
             time.sleep(0.05)
         yield match[1]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(sockets, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import trio
 
+from dfdaemon.httpserver import Reply
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.errors import DfgetError, OriginFailed, UsageError
 from dfget.output import AtomicOutput
@@ -239,6 +240,19 @@ class BlobStore:
                 raise
             if not blob.complete:
                 log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
+
+
+async def send_blob(
+    reply: Reply, headers: list[tuple[str, str]], first: bytes, rest: AsyncIterator[bytes]
+) -> None:
+    """Answer 200 with a blob's bytes (`first`, then `rest`, from `read_blob`); raises
+    BlobUnavailable if its download fails on the way (the reply is then not ended)."""
+    await reply.start(200, headers)
+    if first:
+        await reply.send(first)
+    async for chunk in rest:
+        await reply.send(chunk)
+    await reply.end()
 
 
 async def read_blob(blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

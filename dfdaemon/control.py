@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob
+from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob, send_blob
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
@@ -150,18 +150,12 @@ class ControlApi:
         headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", blob.hex)]
         if blob.length is not None:
             headers.append(("content-length", str(blob.length)))
-        await reply.start(200, headers)
         try:
-            if first:
-                await reply.send(first)
-            async for chunk in chunks:
-                await reply.send(chunk)
-        except BlobUnavailable as exc:
+            await send_blob(reply, headers, first or b"", chunks)
+        except BlobUnavailable as exc:  # not ended: dfget sees a short body
             log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
-            return  # not ended: dfget sees a short body
         finally:
             self.metrics.served.labels("dfget").inc(reply.bytes_sent)
-        await reply.end()
 
     async def _blob(self, wanted: DownloadRequest, task_id: str) -> Blob:
         digest = wanted.digest

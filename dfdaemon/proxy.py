@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob
+from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob, send_blob
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
@@ -89,18 +89,12 @@ class Proxy:
         headers_out = [("content-type", "application/octet-stream")]
         if blob.length is not None:
             headers_out.append(("content-length", str(blob.length)))
-        await reply.start(200, headers_out)
         try:
-            if first:
-                await reply.send(first)
-            async for chunk in chunks:
-                await reply.send(chunk)
-        except BlobUnavailable as exc:
+            await send_blob(reply, headers_out, first or b"", chunks)
+        except BlobUnavailable as exc:  # not ended: the connection closes
             log.warning("proxy: %s broke off: %s", display_url(request.target), exc)
-            return  # not ended: the connection closes
         finally:
             self.metrics.served.labels("proxy").inc(reply.bytes_sent)
-        await reply.end()
 
     async def _tunnel(self, request: Request, reply: Reply) -> None:
         try:
