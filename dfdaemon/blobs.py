@@ -17,6 +17,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -113,7 +114,11 @@ class BlobStore:
         return Blob(hex_digest, path, length=size, complete=True)
 
     def drop(self, hex_digest: str) -> None:
-        """Forget a blob whose bytes turned out wrong."""
+        """Forget a blob whose bytes turned out wrong: its file goes, and so does its
+        download (it stops seeding them); the next request downloads it anew."""
+        running = self.running.pop(hex_digest, None)
+        if running is not None:
+            running.scope.cancel()
         self.path(hex_digest).unlink(missing_ok=True)
 
     def usage(self) -> tuple[int, int]:
@@ -242,6 +247,17 @@ class BlobStore:
                 log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
 
 
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
+    data = os.pread(fd, count, offset)
+    if hasher is not None:
+        hasher.update(data)  # hashlib drops the GIL for large buffers
+    return data
+
+
 async def send_blob(
     reply: Reply, headers: list[tuple[str, str]], first: bytes, rest: AsyncIterator[bytes]
 ) -> None:
@@ -255,9 +271,12 @@ async def send_blob(
     await reply.end()
 
 
-async def read_blob(blob: Blob, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+async def read_blob(
+    blob: Blob, start: int = 0, end: int | None = None, hasher: Hasher | None = None
+) -> AsyncIterator[bytes]:
     """The blob's bytes [start, end) in order, as soon as they are written; raises
-    BlobUnavailable if its download fails first."""
+    BlobUnavailable if its download fails first. With `hasher`, every chunk is hashed
+    in the worker thread that reads it, off the event loop."""
     fd = -1
     offset = start
     try:
@@ -276,7 +295,7 @@ async def read_blob(blob: Blob, start: int = 0, end: int | None = None) -> Async
             if fd < 0:
                 fd = blob.open()
             count = min(READ_CHUNK, filled - offset, (stop or filled) - offset)
-            data = await trio.to_thread.run_sync(os.pread, fd, count, offset)
+            data = await trio.to_thread.run_sync(_read, fd, count, offset, hasher)
             if not data:
                 raise BlobUnavailable(f"blob {blob.hex[:12]} is short on disk")
             offset += len(data)

@@ -129,23 +129,20 @@ class Mirror:
     async def _blob_whole(
         self, reply: Reply, blob: Blob, hex_digest: str, length: int | None
     ) -> None:
-        chunks = read_blob(blob)
+        hasher = hashlib.sha256()  # fed by the reader, chunk by chunk, in order
+        chunks = read_blob(blob, hasher=hasher)
         first = await anext(chunks, None)  # nothing is promised before a byte exists
         headers = self._headers(hex_digest)
         if length is not None:
             headers.append(("content-length", str(length)))
         await reply.start(200, headers)
-        hasher = hashlib.sha256()
         held = first
         sent = 0
         async for chunk in chunks:
             if held is not None:
-                hasher.update(held)
                 await reply.send(held)
                 sent += len(held)
             held = chunk
-        if held is not None:
-            hasher.update(held)
         total = sent + (len(held) if held else 0)
         if hasher.hexdigest() != hex_digest or (length is not None and total != length):
             self.metrics.failures.labels("digest_mismatch").inc()

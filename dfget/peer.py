@@ -156,7 +156,7 @@ class Attempt:
             try:
                 return await self._run(shared.server, shared.port, on_complete)
             finally:
-                shared.server.unshare(self.task_id)
+                shared.server.unshare(self.task_id, self.peer_id)
         server = self.options.server_factory(
             slots=self.options.upload_slots, limiter=RateLimiter(self.options.upload_rate)
         )

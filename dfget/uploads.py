@@ -71,7 +71,11 @@ class PieceServer:
     def share(self, task: SharedTask) -> None:
         self.tasks[task.task_id] = task
 
-    def unshare(self, task_id: str) -> None:
+    def unshare(self, task_id: str, uploader: str | None = None) -> None:
+        """Stop serving `task_id` (only if `uploader` still shares it, when given: a
+        newer download of the same task may have taken over)."""
+        if uploader is not None and getattr(self.tasks.get(task_id), "uploader", None) != uploader:
+            return
         task = self.tasks.pop(task_id, None)
         if task is not None:
             with contextlib.suppress(OSError):

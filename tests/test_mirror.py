@@ -303,3 +303,33 @@ async def test_the_host_wide_download_rate_holds(
                 both.start_soon(get, client, layer)
         seconds = trio.current_time() - started
     assert 0.9 * rate <= total / seconds <= 1.1 * rate, seconds
+
+
+async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [3 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    daemon = await start_daemon("host1", registry, node)
+    layer = image.layers[0]
+    url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
+    async with httpx.AsyncClient(timeout=60) as client:
+        assert (await client.get(url)).status_code == 200  # now cached
+        assert daemon.blobs is not None
+        cached = daemon.blobs.path(layer.split(":")[1])
+        with open(cached, "r+b") as f:  # the disk flips a byte
+            f.seek(MiB + 5)
+            byte = f.read(1)
+            f.seek(MiB + 5)
+            f.write(bytes([byte[0] ^ 1]))
+        with pytest.raises(httpx.RemoteProtocolError):  # the body never completes
+            await client.get(url)
+        assert not cached.exists()  # dropped
+        assert metric(daemon, "dfdaemon_blob_failures_total", reason="digest_mismatch") == 1
+        again = await client.get(url)  # fetched anew (from the supernode's CDN)
+    assert again.status_code == 200
+    assert f"sha256:{hashlib.sha256(again.content).hexdigest()}" == layer
