@@ -23,7 +23,7 @@ import trio
 
 from dfdaemon.httpserver import Reply
 from dfget.engine import DownloadRequest, DownloadResult, download
-from dfget.errors import DfgetError, OriginFailed, UsageError
+from dfget.errors import DfgetError, OriginFailed, SupernodeUnavailable, UsageError
 from dfget.output import AtomicOutput
 from dfget.peer import PeerOptions, SharedServer
 from proto.io import RateLimiter
@@ -169,6 +169,11 @@ class BlobStore:
 
     async def _run(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         settings = self.settings
+        if not settings.supernodes and not settings.back_source:
+            blob.error = SupernodeUnavailable("no supernode configured, and no back-to-source")
+            self.on_result(blob)
+            blob.notify()
+            return
 
         def request(supernodes: tuple[str, ...]) -> DownloadRequest:
             return DownloadRequest(
@@ -250,6 +255,8 @@ class BlobStore:
 class Hasher(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
+    def hexdigest(self) -> str: ...
+
 
 def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
     data = os.pread(fd, count, offset)
@@ -259,16 +266,35 @@ def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
 
 
 async def send_blob(
-    reply: Reply, headers: list[tuple[str, str]], first: bytes, rest: AsyncIterator[bytes]
-) -> None:
-    """Answer 200 with a blob's bytes (`first`, then `rest`, from `read_blob`); raises
-    BlobUnavailable if its download fails on the way (the reply is then not ended)."""
+    reply: Reply,
+    headers: list[tuple[str, str]],
+    first: bytes | None,
+    rest: AsyncIterator[bytes],
+    check: Callable[[int], bool] | None = None,
+) -> bool:
+    """Answer 200 with a blob's bytes (`first`, then `rest`, from `read_blob`). With
+    `check(total bytes)`, the last chunk is held back until it passes: if it fails,
+    the reply is left unended (the connection closes, the client never holds the whole
+    wrong blob) and False is returned. Raises BlobUnavailable if the download fails on
+    the way (the reply is then not ended either)."""
     await reply.start(200, headers)
-    if first:
-        await reply.send(first)
+    held, sent = first, 0
     async for chunk in rest:
-        await reply.send(chunk)
+        if held:
+            await reply.send(held)
+            sent += len(held)
+        held = chunk
+    if check is not None and not check(sent + len(held or b"")):
+        return False
+    if held:
+        await reply.send(held)
     await reply.end()
+    return True
+
+
+def sha256_check(hasher: Hasher, hex_digest: str, length: int | None) -> Callable[[int], bool]:
+    """A `send_blob` check: the bytes read (fed to `hasher`) are the blob named."""
+    return lambda total: hasher.hexdigest() == hex_digest and length in (None, total)
 
 
 async def read_blob(

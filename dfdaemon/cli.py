@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import re
 import signal
@@ -57,6 +58,19 @@ CONFIG_KEYS = {
     "token_file": "token_file",
     "control_socket": "control_socket",
     "log_level": "log_level",
+}
+
+
+_STRING_KEYS = {
+    "listen",
+    "registry",
+    "data_dir",
+    "peer_listen",
+    "download_rate",
+    "upload_rate",
+    "token_file",
+    "control_socket",
+    "log_level",
 }
 
 
@@ -179,6 +193,8 @@ def load_config(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         dest = CONFIG_KEYS[key]
         try:
+            if key in _STRING_KEYS and not isinstance(value, str):
+                raise ValueError("want a string")
             if key in ("listen",):
                 value = parse_listen(str(value), DEFAULT_PORT)
             elif key == "peer_listen":
@@ -272,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dfdaemon: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        host, port = config.listen
-        print(f"dfdaemon: {exc} (listening on {host}:{port} and for uploads)", file=sys.stderr)
+        where = ""
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            (host, port), (peer_host, peer_port) = config.listen, config.peer_listen
+            where = f" (listening on {host}:{port}, uploads on {peer_host}:{peer_port})"
+        print(f"dfdaemon: {exc}{where}", file=sys.stderr)
         return 1
     return 0
 

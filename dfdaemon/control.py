@@ -17,6 +17,7 @@ origin confirms, with the dfget's own headers, that it may read the URL.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import trio
 
-from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob, send_blob
+from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob, send_blob, sha256_check
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
@@ -138,7 +139,10 @@ class ControlApi:
             await _error(reply, exc)
             return
         cached = blob.complete
-        chunks = read_blob(blob)
+        digest = blob.digest or ""
+        sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else ""
+        hasher = hashlib.sha256() if sha256 else None
+        chunks = read_blob(blob, hasher=hasher)
         try:
             first = await anext(chunks, None)
         except BlobUnavailable as exc:
@@ -150,8 +154,13 @@ class ControlApi:
         headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", blob.hex)]
         if blob.length is not None:
             headers.append(("content-length", str(blob.length)))
+        check = sha256_check(hasher, sha256, blob.length) if hasher else None
         try:
-            await send_blob(reply, headers, first or b"", chunks)
+            if not await send_blob(reply, headers, first, chunks, check):
+                # A cached copy gone bad: dfget sees a short body and downloads itself;
+                # the next request downloads the blob anew.
+                log.error("blob %s: content does not match its digest: dropped", sha256[:12])
+                self.blobs.drop(sha256)
         except BlobUnavailable as exc:  # not ended: dfget sees a short body
             log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
         finally:

@@ -166,7 +166,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
             except ClientGone:
                 return
             except Exception:
-                log.exception("%s %s: internal error", request.method, request.target[:200])
+                where = request.target.split("?")[0].rsplit("@", 1)[-1][:200]  # no secrets
+                log.exception("%s %s: internal error", request.method, where)
                 if reply.started:
                     return  # half an answer: closing is all that is left
                 await reply.simple(500, b"internal error\n", "text/plain")

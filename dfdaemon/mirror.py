@@ -14,7 +14,14 @@ import hashlib
 import json
 import logging
 
-from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob
+from dfdaemon.blobs import (
+    Blob,
+    BlobStore,
+    BlobUnavailable,
+    read_blob,
+    send_blob,
+    sha256_check,
+)
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
@@ -135,28 +142,14 @@ class Mirror:
         headers = self._headers(hex_digest)
         if length is not None:
             headers.append(("content-length", str(length)))
-        await reply.start(200, headers)
-        held = first
-        sent = 0
-        async for chunk in chunks:
-            if held is not None:
-                await reply.send(held)
-                sent += len(held)
-            held = chunk
-        total = sent + (len(held) if held else 0)
-        if hasher.hexdigest() != hex_digest or (length is not None and total != length):
+        check = sha256_check(hasher, hex_digest, length)
+        if not await send_blob(reply, headers, first, chunks, check):
             self.metrics.failures.labels("digest_mismatch").inc()
             log.error(
-                "blob %s: content does not match its digest (%d bytes): response broken off, "
-                "blob dropped",
+                "blob %s: content does not match its digest: response broken off, blob dropped",
                 hex_digest[:12],
-                total,
             )
             self.blobs.drop(hex_digest)
-            return  # not ended: the connection closes, the client retries
-        if held:
-            await reply.send(held)
-        await reply.end()
 
     async def _blob_range(
         self, reply: Reply, blob: Blob, hex_digest: str, header: str, length: int

@@ -90,7 +90,7 @@ class Proxy:
         if blob.length is not None:
             headers_out.append(("content-length", str(blob.length)))
         try:
-            await send_blob(reply, headers_out, first or b"", chunks)
+            await send_blob(reply, headers_out, first, chunks)
         except BlobUnavailable as exc:  # not ended: the connection closes
             log.warning("proxy: %s broke off: %s", display_url(request.target), exc)
         finally:

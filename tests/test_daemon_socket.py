@@ -146,3 +146,29 @@ async def test_joining_someone_elses_running_download_needs_access_too(
     assert not done.is_set()  # it was refused while the other download still ran
     with trio.fail_after(30):
         await done.wait()
+
+
+async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    data = os.urandom(2 * MiB)
+    hex_digest = hashlib.sha256(data).hexdigest()
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url, sock, digest = origin.url("/f.bin"), daemon.socket_path, f"sha256:{hex_digest}"
+    await fetch(url, None, daemon_socket=sock, digest=digest)
+    assert daemon.blobs is not None
+    cached = daemon.blobs.path(hex_digest)
+    with open(cached, "r+b") as f:  # the disk flips a byte
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    # The daemon breaks off; dfget goes on without it (through the supernode itself).
+    result = await fetch(url, node, daemon_socket=sock, digest=digest, daemon_warn=True)
+    assert Path(result.output).read_bytes() == data and result.daemon is None
+    assert not cached.exists()
