@@ -93,7 +93,8 @@ class Daemon:
                     token=config.token,
                     upload_slots=config.upload_slots,
                 )
-                blobs = self.blobs = BlobStore(config.data_dir, settings, nursery)
+                blobs = self.blobs = BlobStore(config.data_dir, settings)
+                await nursery.start(blobs.run)
                 metrics = self.metrics = Metrics(
                     cache_usage=blobs.usage,
                     active_tasks=lambda: len(blobs.running),

@@ -86,13 +86,17 @@ class Blob:
 class BlobStore:
     """Complete blobs on disk, and the downloads in progress."""
 
-    def __init__(self, root: Path, settings: DownloadSettings, nursery: trio.Nursery) -> None:
+    def __init__(self, root: Path, settings: DownloadSettings) -> None:
         self.root = root / "blobs" / "sha256"
         self.urls = root / "blobs" / "urls"  # forward-proxy downloads, named by task id
         for folder in (self.root, self.urls):
             folder.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        self.nursery = nursery
+        # Downloads are started by `run`, which owns their nursery; `get` (synchronous,
+        # called by request handlers) only queues them.
+        self._starts_send, self._starts_recv = trio.open_memory_channel[
+            tuple[Blob, str, tuple[tuple[str, str], ...]]
+        ](math.inf)
         self.running: dict[str, Blob] = {}
         self.on_result: Callable[[Blob], None] = lambda blob: None  # metrics
         self._clean_temp_files()
@@ -158,8 +162,15 @@ class BlobStore:
 
     def _start(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
         self.running[blob.hex] = blob
-        self.nursery.start_soon(self._download, blob, url, headers)
+        self._starts_send.send_nowait((blob, url, headers))
         return blob
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the downloads `get` asks for (and their seeding) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for blob, url, headers in self._starts_recv:
+                nursery.start_soon(self._download, blob, url, headers)
 
     async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         with blob.scope:  # cancelled: stopped (its error says so if it was not done)
