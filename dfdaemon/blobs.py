@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,21 @@ import trio
 
 from dfdaemon.httpserver import Reply
 from dfget.engine import DownloadRequest, DownloadResult, download
-from dfget.errors import DfgetError, OriginFailed, SupernodeUnavailable, UsageError
-from dfget.output import AtomicOutput
+from dfget.errors import (
+    DfgetError,
+    IntegrityError,
+    OriginFailed,
+    SupernodeUnavailable,
+    UsageError,
+)
+from dfget.output import AtomicOutput, ExistingOutput
 from dfget.peer import PeerOptions, SharedServer
 from proto.io import RateLimiter
+from proto.urls import move_credentials
 
 log = logging.getLogger(__name__)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 READ_CHUNK = 1024 * 1024
 
@@ -115,7 +125,7 @@ class BlobStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        return Blob(hex_digest, path, length=size, complete=True)
+        return Blob(hex_digest, path, digest=f"sha256:{hex_digest}", length=size, complete=True)
 
     def drop(self, hex_digest: str) -> None:
         """Forget a blob whose bytes turned out wrong: its file goes, and so does its
@@ -124,10 +134,30 @@ class BlobStore:
         if running is not None:
             running.scope.cancel()
         self.path(hex_digest).unlink(missing_ok=True)
+        self._url_file(hex_digest).unlink(missing_ok=True)
+
+    def _url_file(self, hex_digest: str) -> Path:
+        """Where a blob's upstream URL is kept, to seed it again after a restart."""
+        return self.root / f"{hex_digest}.url"
+
+    def _remember_url(self, blob: Blob, url: str) -> None:
+        if blob.digest is None or blob.path.parent != self.root:
+            return
+        bare, _ = move_credentials(url, ())  # user info never goes to disk
+        temp = self.root / f".{blob.hex}.url.tmp"
+        try:
+            temp.write_text(bare)
+            os.replace(temp, self._url_file(blob.hex))
+        except OSError as exc:
+            log.warning(
+                "blob %s: cannot keep its URL (it will not be seeded after a restart): %s",
+                blob.hex[:12],
+                exc,
+            )
 
     def usage(self) -> tuple[int, int]:
         """(blobs, bytes) in the cache."""
-        sizes = [p.stat().st_size for p in self.root.iterdir() if not p.name.startswith(".")]
+        sizes = [p.stat().st_size for p in self.root.iterdir() if _HEX64.fullmatch(p.name)]
         return len(sizes), sum(sizes)
 
     def get(self, hex_digest: str, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
@@ -168,9 +198,59 @@ class BlobStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the downloads `get` asks for (and their seeding) until cancelled."""
         async with trio.open_nursery() as nursery:
+            if self.settings.supernodes:  # what was seeded before a restart, seeded again
+                for blob, url in self._seedable():
+                    self.running[blob.hex] = blob
+                    nursery.start_soon(self._seed_again, blob, url)
             task_status.started()
             async for blob, url, headers in self._starts_recv:
                 nursery.start_soon(self._download, blob, url, headers)
+
+    def _seedable(self) -> list[tuple[Blob, str]]:
+        """Cached blobs whose upstream URL was kept."""
+        found = []
+        for url_file in sorted(self.root.glob("*.url")):
+            blob = self.cached(url_file.name.removesuffix(".url"))
+            if blob is not None and _HEX64.fullmatch(blob.hex):
+                try:
+                    found.append((blob, url_file.read_text().strip()))
+                except (OSError, UnicodeError) as exc:
+                    log.warning("blob %s: unreadable %s: %s", blob.hex[:12], url_file.name, exc)
+        return found
+
+    async def _seed_again(self, blob: Blob, url: str) -> None:
+        """Announce a blob cached before a restart to the swarm and seed it: the engine
+        checks every piece against the supernode's digests first (`adopt`)."""
+        settings = self.settings
+        try:
+            with blob.scope, ExistingOutput(blob.path) as out:
+                await download(
+                    DownloadRequest(
+                        url=url,
+                        output=blob.path,
+                        supernodes=settings.supernodes,
+                        digest=blob.digest,
+                        back_source=False,
+                        verify_whole=False,
+                        peer=PeerOptions(
+                            server=settings.server,
+                            seed_for=math.inf,
+                            token=settings.token,
+                            upload_slots=settings.upload_slots,
+                            adopt=True,
+                        ),
+                    ),
+                    output=out,
+                    limiter=settings.limiter,
+                )
+        except IntegrityError as exc:
+            log.warning("blob %s: cached copy is damaged (%s): dropped", blob.hex[:12], exc)
+            self.drop(blob.hex)
+        except (DfgetError, OSError) as exc:
+            log.info("blob %s: not seeded again: %s", blob.hex[:12], exc)
+        finally:
+            if self.running.get(blob.hex) is blob:
+                del self.running[blob.hex]
 
     async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         with blob.scope:  # cancelled: stopped (its error says so if it was not done)
@@ -217,6 +297,7 @@ class BlobStore:
         def finished(result: DownloadResult) -> None:
             blob.length, blob.complete, blob.result = result.bytes, True, result
             blob.out = None
+            self._remember_url(blob, url)
             self.on_result(blob)
             blob.notify()
 

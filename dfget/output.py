@@ -106,3 +106,36 @@ class AtomicOutput:
             os.replace(self.temp, self.target)
         except OSError as exc:
             raise OutputError(f"cannot rename onto {self.target}: {exc}") from exc
+
+
+class ExistingOutput(AtomicOutput):
+    """A complete file that is already in place, for a download that only checks and
+    shares it (`PeerOptions.adopt`): opened read-only, never written, never removed."""
+
+    def __init__(self, target: Path) -> None:
+        super().__init__(target)
+        self.temp = target  # where the file's bytes are read from
+
+    def __enter__(self) -> ExistingOutput:
+        try:
+            self.fd = os.open(self.target, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OutputError(f"cannot open {self.target}: {exc}") from exc
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        raise OutputError(f"{self.target} is complete: nothing may be written to it")
+
+    def truncate(self, length: int) -> None:
+        if os.fstat(self.fd).st_size != length:
+            raise OutputError(f"{self.target} is not {length} bytes long")
+
+    def commit(self) -> None:
+        """Nothing to rename: the file is in place."""

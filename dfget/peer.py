@@ -59,7 +59,7 @@ from proto.messages import (
     TaskDone,
     TaskFailed,
 )
-from proto.pieces import PieceSealer
+from proto.pieces import PieceSealer, piece_digest
 from proto.tickets import CDN_UPLOADER
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class PeerOptions:
         server_factory: type[PieceServer] = PieceServer,
         server: SharedServer | None = None,
         signals_end_seeding: bool = False,
+        adopt: bool = False,
     ) -> None:
         self.listen = listen
         self.upload_slots = upload_slots
@@ -110,6 +111,10 @@ class PeerOptions:
         # A daemon's one upload server, already listening, shared by all its downloads;
         # without it each download starts its own (from `listen` and `server_factory`).
         self.server = server
+        # The output already holds the whole file (a daemon's cache after a restart):
+        # check it piece by piece against the supernode's digests and announce it, so
+        # the swarm can fetch from it, instead of downloading.
+        self.adopt = adopt
         # SIGTERM/SIGINT while seeding end the seeding, not the (finished) download: the
         # CLI sets this, so `kill` on a seeding dfget still exits 0 with its summary.
         self.signals_end_seeding = signals_end_seeding
@@ -216,9 +221,12 @@ class Attempt:
         with trio.move_on_at(self.deadline) as deadline, unwrap_group():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow, control, book)
-                nursery.start_soon(
-                    partial(self._schedule, control, book, writer, connections=nursery)
-                )
+                if self.options.adopt:
+                    nursery.start_soon(self._adopt, control, book)
+                else:
+                    nursery.start_soon(
+                        partial(self._schedule, control, book, writer, connections=nursery)
+                    )
                 while not book.complete:
                     await book.wait_changed()
                 nursery.cancel_scope.cancel()
@@ -226,6 +234,26 @@ class Attempt:
             raise DownloadTimeout("the download did not finish within --timeout")
         writer.verify_whole()
         return book
+
+    async def _adopt(self, control: FramedStream, book: PieceBook) -> None:
+        """Check the local copy against every piece digest, then report each piece as
+        held (a DONE with this peer as its source and no bytes moved)."""
+        while book.piece_count is None:  # all digests are known once TaskDone is in
+            await book.wait_changed()
+        count, fd = book.piece_count, self.out.fd
+
+        def check() -> list[int]:
+            sizes = []
+            for index in range(count):
+                plain = os.pread(fd, book.size_of(index), index * book.piece_size)
+                if piece_digest(plain) != book.digests[index]:
+                    raise IntegrityError(f"the local copy's piece {index} does not match")
+                sizes.append(len(plain))
+            return sizes
+
+        for index, size in enumerate(await trio.to_thread.run_sync(check)):
+            book.piece_written(index, "local", size)
+            await _report(control, book, index, self.peer_id, "done", 0, 0.0)
 
     async def _register(self, control: FramedStream, port: int) -> Registered:
         message = self.register_message

@@ -83,6 +83,10 @@ class Swarm:
             self._finish(task.task_id, why=f"superseded by generation {task.generation}")
         self.generations[task.task_id] = task.generation
         self.scheduler.add_task(task.task_id)
+        # What the CDN holds, now: a peer may report pieces it already has (a daemon
+        # that adopts its cache) before anyone asks for piece tasks.
+        total = task.piece_count if task.settled else None
+        self.scheduler.cdn_ready(task.task_id, task.ready, total=total)
         self.scheduler.add_peer(task.task_id, record.peer_id, upload_slots=record.slots, now=now)
         record.tasks.add(task.task_id)
         self._notify(task.task_id)

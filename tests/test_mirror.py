@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from conftest import RunningSupernodeAddress, StartDaemon, StartSupernode, metric
+from conftest import (
+    RunningSupernode,
+    RunningSupernodeAddress,
+    StartDaemon,
+    StartSupernode,
+    metric,
+    until,
+)
 from registry import (
     Containerd,
     Registry,
@@ -19,6 +27,8 @@ from registry import (
     verify_dir_copy,
     write_oci_image,
 )
+
+from dfdaemon.app import Daemon, DaemonConfig
 
 pytestmark = needs_registry
 MiB = 1 << 20
@@ -333,3 +343,107 @@ async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
         again = await client.get(url)  # fetched anew (from the supernode's CDN)
     assert again.status_code == 200
     assert f"sha256:{hashlib.sha256(again.content).hexdigest()}" == layer
+
+
+async def stoppable_daemon(
+    nursery: trio.Nursery,
+    node: RunningSupernode,
+    registry: Registry,
+    data_dir: Path,
+    socket: Path,
+) -> tuple[Daemon, Callable[[], Awaitable[None]]]:
+    """A daemon and a coroutine function that stops it (and waits until it has)."""
+    daemon = Daemon(
+        DaemonConfig(
+            listen=("127.0.0.1", 0),
+            supernodes=(node.address,),
+            registry=registry.url,
+            data_dir=data_dir,
+            peer_listen=("127.0.0.1", 0),
+            control_socket=socket,
+        )
+    )
+    scope, stopped = trio.CancelScope(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        with scope:
+            await daemon.serve(task_status=task_status)
+        stopped.set()
+
+    async def stop() -> None:
+        scope.cancel()
+        await stopped.wait()
+
+    await nursery.start(run)
+    return daemon, stop
+
+
+async def test_after_a_restart_the_daemon_seeds_its_cache_again(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    short_dir: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [6 * MiB, 4 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    first, stop = await stoppable_daemon(
+        nursery, node, registry, tmp_path / "host1", short_dir / "first.sock"
+    )
+    async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
+        for layer in image.layers:
+            assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
+    await stop()  # the first host's daemon stops: its pieces leave the swarm
+    again = await start_daemon("host1", registry, node)  # same data dir, new ports
+    assert again.blobs is not None
+    blobs = again.blobs
+    await until(lambda: all(d.split(":")[1] in blobs.running for d in image.layers))
+    scheduler, task_ids = node.node.scheduler, list(node.node.cdn.tasks)
+
+    def announced() -> bool:  # every piece of both blobs has a holder again
+        stats = [scheduler.task_statistics(task_id) for task_id in task_ids]
+        return all(s is not None and s.holders_min >= 1 for s in stats)
+
+    await until(announced)
+    second = await start_daemon("host2", registry, node)
+    async with httpx.AsyncClient(base_url=f"http://{second.address}", timeout=60) as client:
+        for layer in image.layers:
+            response = await client.get(f"/v2/test/img/blobs/{layer}")
+            assert f"sha256:{hashlib.sha256(response.content).hexdigest()}" == layer
+    total = sum(image.sizes[layer] for layer in image.layers)
+    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.5 * total
+    assert metric(again, "dfdaemon_uploaded_bytes") > 0  # the restarted daemon served them
+    assert {d: n for d, n in registry.blob_gets().items() if d in image.layers} == {
+        layer: 1 for layer in image.layers
+    }
+
+
+async def test_a_damaged_cache_is_not_seeded_after_a_restart(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    short_dir: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [3 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    first, stop = await stoppable_daemon(
+        nursery, node, registry, tmp_path / "host1", short_dir / "first.sock"
+    )
+    layer = image.layers[0]
+    async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
+        assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
+    await stop()
+    cached = tmp_path / "host1" / "blobs" / "sha256" / layer.split(":")[1]
+    with open(cached, "r+b") as f:  # damaged while the daemon was down
+        f.seek(MiB + 1)
+        byte = f.read(1)
+        f.seek(MiB + 1)
+        f.write(bytes([byte[0] ^ 1]))
+    await start_daemon("host1", registry, node)
+    await until(lambda: not cached.exists())  # checked against the digests, dropped
+    assert not cached.with_suffix(".url").exists()
