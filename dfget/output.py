@@ -61,12 +61,15 @@ class AtomicOutput:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close()
         if kind is not None or self.temp.exists():
             # Still here: not committed (an error, a cancel, or the caller forgot).
             self.temp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def reset(self) -> None:
         """Forget everything written (before a fallback starts over)."""
@@ -126,9 +129,7 @@ class ExistingOutput(AtomicOutput):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close()
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         raise OutputError(f"{self.target} is complete: nothing may be written to it")

@@ -19,6 +19,7 @@ from conftest import (
 )
 from registry import (
     Containerd,
+    Image,
     Registry,
     free_port,
     needs_containerd,
@@ -40,6 +41,20 @@ async def registry(nursery: trio.Nursery, tmp_path: Path) -> Registry:
     await server.start(nursery)
     yield server
     server.stop()
+
+
+async def one_image(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+    layers_mib: list[int],
+) -> tuple[Image, Daemon]:
+    """An image pushed as test/img:1, a supernode and one daemon ("host1") before it."""
+    image = write_oci_image(tmp_path / "image", [size * MiB for size in layers_mib])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    return image, await start_daemon("host1", registry, node)
 
 
 async def test_skopeo_pulls_through_the_mirror(
@@ -212,10 +227,7 @@ async def test_range_requests_on_a_blob(
     start_daemon: StartDaemon,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [3 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    daemon = await start_daemon("host1", registry, node)
+    image, daemon = await one_image(registry, start_supernode, start_daemon, tmp_path, [3])
     layer = image.layers[0]
     data = (image.layout / "blobs" / "sha256" / layer.split(":")[1]).read_bytes()
     url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
@@ -321,10 +333,7 @@ async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
     start_daemon: StartDaemon,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [3 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    daemon = await start_daemon("host1", registry, node)
+    image, daemon = await one_image(registry, start_supernode, start_daemon, tmp_path, [3])
     layer = image.layers[0]
     url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
     async with httpx.AsyncClient(timeout=60) as client:
