@@ -43,6 +43,8 @@ def supernode_process(data_dir: Path, *extra: str, log: Path | None = None) -> I
                 "127.0.0.1:0",
                 "--data-dir",
                 str(data_dir),
+                "--admin-listen",
+                "127.0.0.1:0",
                 *extra,
             ],
             stdout=log_file,

@@ -11,6 +11,7 @@ import trio
 
 from proto.io import RateLimiter, unwrap_group
 from proto.units import format_size
+from supernode.admin.api import AdminApi
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
@@ -45,6 +46,7 @@ class SupernodeConfig:
     lean_http: bool = True  # plain-HTTP bodies through cdn/lean.py (else all httpx)
     token: bytes | None = None  # cluster token: peers must prove it (None: open cluster)
     cdn_upload_slots: int = 16  # pieces the CDN uploads at once (the scheduler's CDN cap)
+    admin_listen: tuple[str, int] | None = None  # the admin HTTP API (the CLI: 127.0.0.1:8001)
 
 
 class Supernode:
@@ -65,6 +67,8 @@ class Supernode:
         )
         uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
         self.server = PeerServer(self.cdn, self.swarm, upload_limiter=uploads)
+        self.admin = AdminApi(self)
+        self.admin_address: str | None = None  # HOST:PORT once listening
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -81,6 +85,9 @@ class Supernode:
                     address = await nursery.start(
                         self.server.serve, self.config.host, self.config.port
                     )
+                    if self.config.admin_listen is not None:
+                        host, port = self.config.admin_listen
+                        self.admin_address = await nursery.start(self.admin.serve, host, port)
                     task_status.started(address)
         finally:
             stats = self.cdn.statistics()

@@ -40,6 +40,13 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+ADMIN_PORT = 8001
+
+
+def _admin_address(text: str) -> tuple[str, int] | None:
+    return None if text.strip().lower() == "off" else parse_address(text, ADMIN_PORT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supernode",
@@ -101,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the cluster token from this file (surrounding whitespace ignored)",
     )
     parser.add_argument(
+        "--admin-listen",
+        type=_admin_address,
+        default=("127.0.0.1", ADMIN_PORT),
+        metavar="HOST:PORT",
+        help=f"the admin HTTP API: health, metrics, tasks, peers (default 127.0.0.1:{ADMIN_PORT}; "
+        "'off' for none)",
+    )
+    parser.add_argument(
         "--cdn-upload-slots",
         type=int,
         default=16,
@@ -153,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         cdn_upload_limit=args.cdn_upload_limit,
         token=token,
         cdn_upload_slots=args.cdn_upload_slots,
+        admin_listen=args.admin_listen,
     )
     try:
         trio.run(_serve_until_signalled, Supernode(config))
@@ -162,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supernode: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"supernode: {exc} (listening on {host}:{port})", file=sys.stderr)
+        admin = "off" if args.admin_listen is None else "{}:{}".format(*args.admin_listen)
+        print(f"supernode: {exc} (listening on {host}:{port}, admin API {admin})", file=sys.stderr)
         return 1
     return 0
 

@@ -75,6 +75,7 @@ def error_line(done: subprocess.CompletedProcess[bytes]) -> str:
 async def supernode_process(data_dir: Path, log: Path) -> AsyncIterator[str]:
     """A real `supernode` on an ephemeral port; yields HOST:PORT; always stopped after."""
     command = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    command += ["--admin-listen", "127.0.0.1:0"]
     with open(log, "wb") as log_file:  # a file, not a pipe: a full pipe would stall it
         proc = await trio.lowlevel.open_process(
             command, stdout=log_file, stderr=log_file, env=cli_env()

@@ -1,0 +1,83 @@
+"""The supernode's Prometheus metrics, read from its parts at each scrape."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from supernode.cdn.task import TaskState
+
+if TYPE_CHECKING:
+    from supernode.app import Supernode
+
+
+class SupernodeCollector(Collector):
+    def __init__(self, node: Supernode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        cdn = node.cdn.statistics()
+        states = Counter(str(task.state) for task in node.cdn.tasks.values())
+        tasks = GaugeMetricFamily(
+            "supernode_tasks", "Tasks known to the CDN, by state", labels=["state"]
+        )
+        for state in TaskState:
+            tasks.add_metric([state.value], states.get(state.value, 0))
+        yield tasks
+        yield GaugeMetricFamily(
+            "supernode_peers", "Peers in the swarm", value=len(node.swarm.peers)
+        )
+        yield CounterMetricFamily(
+            "supernode_origin_bytes", "Body bytes fetched from origins", value=cdn.bytes_from_origin
+        )
+        yield CounterMetricFamily(
+            "supernode_origin_fetches", "Back-to-source fetches started", value=cdn.origin_fetches
+        )
+        yield CounterMetricFamily(
+            "supernode_cdn_uploaded_bytes",
+            "Sealed piece bytes the CDN sent to peers",
+            value=cdn.bytes_served,
+        )
+        from_cdn = from_peers = 0
+        for task_id in node.cdn.tasks:
+            stats = node.scheduler.task_statistics(task_id)
+            if stats is not None:
+                from_cdn += stats.bytes_from_cdn
+                from_peers += stats.bytes_from_peers
+        reported = GaugeMetricFamily(
+            "supernode_reported_bytes",
+            "Plaintext bytes downloaders reported verified, by source, for tasks in the swarm",
+            labels=["source"],
+        )
+        reported.add_metric(["cdn"], from_cdn)
+        reported.add_metric(["peers"], from_peers)
+        yield reported
+        scheduler = node.scheduler.statistics()
+        yield CounterMetricFamily(
+            "supernode_scheduler_assignments",
+            "Piece assignments handed out by the scheduler",
+            value=scheduler.assignments,
+        )
+        outcomes = CounterMetricFamily(
+            "supernode_scheduler_reports",
+            "Transfer outcomes reported by downloaders",
+            labels=["outcome"],
+        )
+        for outcome, count in scheduler.decisions_by_outcome.items():
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        yield GaugeMetricFamily(
+            "supernode_assignments_in_flight",
+            "Assignments not reported yet",
+            value=scheduler.assignments_in_flight,
+        )
+        yield GaugeMetricFamily(
+            "supernode_store_bytes",
+            "Bytes of origin content in the CDN store (complete and running tasks)",
+            value=sum(task.length or 0 for task in node.cdn.tasks.values()),
+        )

@@ -1,0 +1,103 @@
+"""The supernode's admin HTTP API on hypercorn: health, version, metrics, tasks, peers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, StartSupernode
+
+from dfget.peer import PeerOptions
+from proto.pieces import MiB
+from supernode import __version__
+from supernode.testing import FakeOrigin
+
+
+@pytest.fixture
+async def node(start_supernode: StartSupernode) -> RunningSupernode:
+    return await start_supernode(admin_listen=("127.0.0.1", 0))  # type: ignore[no-any-return]
+
+
+def admin(node: RunningSupernode) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://{node.node.admin_address}")
+
+
+async def poll(client: httpx.AsyncClient, path: str, key: str) -> dict[str, Any]:
+    """GET `path` until its JSON has a non-empty `key` (state of a server beside us)."""
+    with trio.fail_after(20):
+        while not (answer := (await client.get(path)).json())[key]:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return answer  # type: ignore[no-any-return]
+
+
+async def test_health_version_and_metrics(node: RunningSupernode) -> None:
+    async with admin(node) as client:
+        health = await client.get("/healthz")
+        version = await client.get("/version")
+        metrics = await client.get("/metrics")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert version.json()["version"] == __version__
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("supernode_tasks", "supernode_peers", "supernode_origin_bytes_total"):
+        assert name in metrics.text
+
+
+async def test_a_task_and_its_peer_while_it_is_seeded(
+    origin: FakeOrigin, node: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(3 * MiB)
+    origin.add("/f.bin", data)
+    done = trio.Event()
+
+    async def seeder() -> None:
+        peer = PeerOptions(listen=("127.0.0.1", 0), seed_for=30)
+        await fetch(origin.url("/f.bin"), node, peer=peer)
+        done.set()
+
+    nursery.start_soon(seeder)
+    async with admin(node) as client:
+        tasks = await poll(client, "/api/v1/tasks?state=done", "tasks")
+        task = tasks["tasks"][0]
+        assert tasks["total"] == 1 and task["length"] == len(data)
+        assert task["piece_size"] == MiB and task["pieces_ready"] == task["piece_count"] == 3
+        assert task["bytes_from_origin"] == len(data)
+        detail = await poll(client, f"/api/v1/tasks/{task['id']}", "peers")
+        assert detail["bytes_from_cdn"] == len(data) and detail["bytes_from_peers"] == 0
+        [peer_id] = detail["peers"]
+        peers = (await client.get("/api/v1/peers")).json()["peers"]
+        assert [p["id"] for p in peers] == [peer_id]
+        peer = (await client.get(f"/api/v1/peers/{peer_id}")).json()
+        assert peer["tasks"] == [task["id"]] and peer["address"].startswith("127.0.0.1:")
+        metrics = (await client.get("/metrics")).text
+        assert 'supernode_tasks{state="done"} 1.0' in metrics
+    registry = node.node.admin.registry
+    assert registry.get_sample_value("supernode_origin_bytes_total") == len(data)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/tasks/not-a-task-id", 400),
+        ("GET", "/api/v1/tasks/" + "a" * 64, 404),
+        ("GET", "/api/v1/tasks?state=sleeping", 400),
+        ("GET", "/api/v1/tasks?limit=0", 400),
+        ("GET", "/api/v1/tasks?limit=x", 400),
+        ("GET", "/api/v1/tasks?offset=-1", 400),
+        ("GET", "/api/v1/tasks?state=done&state=failed", 400),
+        ("GET", "/api/v1/peers/nobody", 404),
+        ("GET", "/nowhere", 404),
+        ("POST", "/healthz", 405),
+    ],
+)
+async def test_bad_requests_get_problem_json(
+    node: RunningSupernode, method: str, path: str, status: int
+) -> None:
+    async with admin(node) as client:
+        response = await client.request(method, path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["title"]
