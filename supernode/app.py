@@ -47,6 +47,8 @@ class SupernodeConfig:
     token: bytes | None = None  # cluster token: peers must prove it (None: open cluster)
     cdn_upload_slots: int = 16  # pieces the CDN uploads at once (the scheduler's CDN cap)
     admin_listen: tuple[str, int] | None = None  # the admin HTTP API (the CLI: 127.0.0.1:8001)
+    admin_token: bytes | None = None  # Bearer token for the admin routes that change things
+    admin_protect_reads: bool = False  # ...and for the ones that only read
 
 
 class Supernode:

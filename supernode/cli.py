@@ -115,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the admin HTTP API: health, metrics, tasks, peers (default 127.0.0.1:{ADMIN_PORT}; "
         "'off' for none)",
     )
+    admin_token = parser.add_mutually_exclusive_group()
+    admin_token.add_argument(
+        "--admin-token",
+        metavar="SECRET",
+        help="admin API routes that change things (DELETE...) need 'Authorization: Bearer "
+        "SECRET' (visible in ps: prefer --admin-token-file)",
+    )
+    admin_token.add_argument(
+        "--admin-token-file", type=Path, metavar="PATH", help="read the admin token from a file"
+    )
+    parser.add_argument(
+        "--admin-protect-reads",
+        action="store_true",
+        help="with an admin token, the admin API's reads need it too",
+    )
     parser.add_argument(
         "--cdn-upload-slots",
         type=int,
@@ -155,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.listen
     try:
         token = read_token(args.token, args.token_file)
+        admin_token = read_token(args.admin_token, args.admin_token_file)
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 2
@@ -169,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         token=token,
         cdn_upload_slots=args.cdn_upload_slots,
         admin_listen=args.admin_listen,
+        admin_token=admin_token,
+        admin_protect_reads=args.admin_protect_reads,
     )
     try:
         trio.run(_serve_until_signalled, Supernode(config))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode
+from conftest import Fetch, RunningSupernode, StartSupernode, until
 
 from dfget.peer import PeerOptions
 from proto.pieces import MiB
@@ -101,3 +102,56 @@ async def test_bad_requests_get_problem_json(
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert problem["status"] == status and problem["title"]
+
+
+async def test_evicting_needs_the_admin_token_and_forgets_the_task(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    token = b"admin-secret-123"
+    node = await start_supernode(admin_listen=("127.0.0.1", 0), admin_token=token)
+    data = os.urandom(2 * MiB)
+    origin.add("/f.bin", data)
+    first = await fetch(origin.url("/f.bin"), node)
+    task_dir = node.node.store.task_dir(first.task_id)
+    assert task_dir.exists()
+    path = f"/api/v1/tasks/{first.task_id}"
+    async with admin(node) as client:
+        anonymous = await client.delete(path)
+        wrong = await client.delete(path, headers={"authorization": "Bearer nope"})
+        assert (await client.get(path)).status_code == 200  # reads stay open
+        right = await client.delete(path, headers={"authorization": f"Bearer {token.decode()}"})
+        after = await client.get(path)
+    for refused in (anonymous, wrong):
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert refused.headers["content-type"] == "application/problem+json"
+    assert right.status_code == 200 and right.json() == {"evicted": first.task_id}
+    assert after.status_code == 404 and not task_dir.exists()
+    again = await fetch(origin.url("/f.bin"), node)  # fetched anew, on a new generation
+    assert Path(again.output).read_bytes() == data
+    assert origin.stats["/f.bin"].full_bodies == 2
+    assert node.node.cdn.tasks[first.task_id].generation == 2
+
+
+async def test_evicting_a_task_mid_download_makes_dfget_start_over(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    slow = FakeOrigin(rate_limit=4 * MiB)
+    await nursery.start(slow.serve)
+    data = os.urandom(8 * MiB)
+    slow.add("/f.bin", data)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    results = []
+
+    async def download() -> None:
+        results.append(await fetch(slow.url("/f.bin"), node))
+
+    nursery.start_soon(download)
+    cdn = node.node.cdn
+    await until(lambda: any(t.ready >= 2 for t in cdn.tasks.values()))
+    task_id = next(iter(cdn.tasks))
+    async with admin(node) as client:
+        assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
+    await until(lambda: bool(results), seconds=30)
+    assert Path(results[0].output).read_bytes() == data  # started over, finished right
+    assert cdn.tasks[task_id].generation == 2

@@ -4,6 +4,7 @@ Served by hypercorn on trio, in the supernode's own nursery."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class AdminApi:
         router.add("GET", "/metrics", self.metrics)
         router.add("GET", "/api/v1/tasks", self.tasks)
         router.add("GET", "/api/v1/tasks/{id}", self.task)
+        router.add("DELETE", "/api/v1/tasks/{id}", self.evict)
         router.add("GET", "/api/v1/peers", self.peers)
         router.add("GET", "/api/v1/peers/{id}", self.peer)
 
@@ -67,6 +69,7 @@ class AdminApi:
         try:
             request = await read_request(scope, receive)
             handler, request.params = self.router.find(request.method, request.path)
+            self._authorize(request)
             response = await handler(request)
         except Problem as problem:
             response = problem_response(problem)
@@ -88,6 +91,21 @@ class AdminApi:
             address = binds[0].removeprefix("http://")
             log.info("admin API listening on http://%s", address)
             task_status.started(address)
+
+    def _authorize(self, request: Request) -> None:
+        """With --admin-token, every route that changes something needs it as a Bearer
+        token (and, with --admin-protect-reads, every route)."""
+        token = self.node.config.admin_token
+        if token is None or (request.method == "GET" and not self.node.config.admin_protect_reads):
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
+            raise Problem(
+                401,
+                "Unauthorized",
+                "this route needs the admin token: Authorization: Bearer TOKEN",
+                (("www-authenticate", 'Bearer realm="supernode admin"'),),
+            )
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -123,15 +141,17 @@ class AdminApi:
         )
 
     async def task(self, request: Request) -> Response:
-        task_id = request.params["id"]
-        try:
-            check_task_id(task_id)
-        except ValueError as exc:
-            raise Problem(400, "Bad Request", f"not a task id: {exc}") from exc
+        task_id = self._task_id(request)
         task = self.node.cdn.tasks.get(task_id)
         if task is None:
             raise Problem(404, "Not Found", f"no task {task_id}")
         return Response.json(self._task(task))
+
+    async def evict(self, request: Request) -> Response:
+        task_id = self._task_id(request)
+        if not self.node.cdn.evict(task_id):
+            raise Problem(404, "Not Found", f"no task {task_id}")
+        return Response.json({"evicted": task_id})
 
     async def peers(self, request: Request) -> Response:
         return Response.json({"peers": [self._peer(p) for p in sorted(self.node.swarm.peers)]})
@@ -141,6 +161,15 @@ class AdminApi:
         if peer_id not in self.node.swarm.peers:
             raise Problem(404, "Not Found", f"no peer {peer_id[:100]!r}")
         return Response.json(self._peer(peer_id))
+
+    @staticmethod
+    def _task_id(request: Request) -> str:
+        task_id = request.params["id"]
+        try:
+            check_task_id(task_id)
+        except ValueError as exc:
+            raise Problem(400, "Bad Request", f"not a task id: {exc}") from exc
+        return task_id
 
     # -- representations ---------------------------------------------------------------------
 

@@ -21,9 +21,11 @@ MAX_BODY = 1024 * 1024
 class Problem(Exception):
     """An answer in RFC 9457 problem+json form."""
 
-    def __init__(self, status: int, title: str, detail: str = "") -> None:
+    def __init__(
+        self, status: int, title: str, detail: str = "", headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(detail or title)
-        self.status, self.title, self.detail = status, title, detail
+        self.status, self.title, self.detail, self.headers = status, title, detail, headers
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Response:
     status: int
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def json(cls, value: object, status: int = 200) -> Response:
@@ -109,6 +112,7 @@ async def send_response(send: Send, response: Response) -> None:
                 (b"content-type", response.content_type.encode()),
                 (b"content-length", str(len(response.body)).encode()),
                 (b"cache-control", b"no-store"),
+                *((k.encode(), v.encode()) for k, v in response.headers),
             ],
         }
     )
@@ -119,7 +123,9 @@ def problem_response(problem: Problem) -> Response:
     body = {"type": "about:blank", "title": problem.title, "status": problem.status}
     if problem.detail:
         body["detail"] = problem.detail
-    return Response(problem.status, json.dumps(body).encode(), "application/problem+json")
+    return Response(
+        problem.status, json.dumps(body).encode(), "application/problem+json", problem.headers
+    )
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

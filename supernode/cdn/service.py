@@ -23,7 +23,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators
 from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
-from supernode.errors import SupernodeError
+from supernode.errors import SupernodeError, TaskSuperseded
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Cdn:
         self.origin = origin
         self.policy = policy
         self.tasks: dict[str, CdnTask] = {}
+        self._retired: dict[str, int] = {}  # evicted task id → its last generation
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
         self._fetches = 0
         self._revalidations = 0
@@ -75,6 +76,8 @@ class Cdn:
             self._bytes_from_origin += task.bytes_from_origin
             self._fetching.discard(task)
             task.close()
+            if task.task_id in self._retired and task.task_id not in self.tasks:
+                self.store.remove_task(task.task_id)  # evicted while fetching: all of it
         if meta is not None:
             # Older generations' pieces can go: nobody can be handed them any more.
             for older in range(1, task.generation):
@@ -99,8 +102,28 @@ class Cdn:
             raise task.error
         return task
 
+    def evict(self, task_id: str) -> bool:
+        """Forget a task (an operator's DELETE): its fetch stops, its peers are told it is
+        stale (dfget starts over once, on a fresh fetch), its files go. False if unknown."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return False
+        # A later task of the same id must not reuse this generation's file names: the
+        # fetch being stopped removes its own generation's file when it ends.
+        self._retired[task_id] = task.generation
+        task.superseded = True
+        if task.settled:
+            if not task.failed:
+                task.fail(TaskSuperseded("the task was evicted from the CDN"))
+            self.store.remove_task(task_id)
+        else:
+            task.cancel_scope.cancel()  # the fetch fails it (stale) and cleans up
+        log.info("cdn: task %s evicted (generation %d)", task_id[:16], task.generation)
+        return True
+
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
-        generation = previous.generation + 1 if previous else 1
+        last = previous.generation if previous else self._retired.pop(spec.task_id, 0)
+        generation = last + 1
         if previous is not None and not previous.settled:
             previous.superseded = True  # its content is stale: stop fetching it
             previous.cancel_scope.cancel()
