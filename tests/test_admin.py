@@ -155,3 +155,12 @@ async def test_evicting_a_task_mid_download_makes_dfget_start_over(
     await until(lambda: bool(results), seconds=30)
     assert Path(results[0].output).read_bytes() == data  # started over, finished right
     assert cdn.tasks[task_id].generation == 2
+
+
+async def test_the_openapi_document_matches_the_routes(node: RunningSupernode) -> None:
+    async with admin(node) as client:
+        spec = (await client.get("/openapi.json")).json()
+    described = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    served = {(method, pattern) for method, _, pattern, _ in node.node.admin.router.routes}
+    assert described == served
+    assert spec["openapi"].startswith("3.")

@@ -32,6 +32,7 @@ from supernode.admin.asgi import (
     send_response,
 )
 from supernode.admin.metrics import SupernodeCollector
+from supernode.admin.openapi import document
 from supernode.cdn.task import CdnTask, TaskState
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class AdminApi:
         router.add("GET", "/healthz", self.healthz)
         router.add("GET", "/version", self.version)
         router.add("GET", "/metrics", self.metrics)
+        router.add("GET", "/openapi.json", self.openapi)
         router.add("GET", "/api/v1/tasks", self.tasks)
         router.add("GET", "/api/v1/tasks/{id}", self.task)
         router.add("DELETE", "/api/v1/tasks/{id}", self.evict)
@@ -117,6 +119,9 @@ class AdminApi:
 
     async def metrics(self, request: Request) -> Response:
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return Response.json(document())
 
     async def tasks(self, request: Request) -> Response:
         state = request.one("state")

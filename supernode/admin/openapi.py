@@ -1,0 +1,93 @@
+"""The admin API described as OpenAPI 3.1 (`GET /openapi.json`); a test holds it to the
+route table, so a route cannot be added without being described."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supernode import __version__
+
+_PROBLEM = {"description": "An error", "content": {"application/problem+json": {}}}
+_TASK_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "64 lower-case hex digits",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+}
+_PEER_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _ok(description: str) -> dict[str, Any]:
+    return {"description": description, **_JSON}
+
+
+# path → method → operation
+OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("ok")}}},
+    "/version": {"get": {"summary": "Version and protocol", "responses": {"200": _ok("ok")}}},
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {"200": {"description": "text", "content": {"text/plain": {}}}},
+        }
+    },
+    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _ok("ok")}}},
+    "/api/v1/tasks": {
+        "get": {
+            "summary": "Tasks, oldest first",
+            "parameters": [
+                {
+                    "name": "state",
+                    "in": "query",
+                    "schema": {"enum": ["starting", "running", "done", "failed"]},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {"200": _ok("a page of tasks"), "400": _PROBLEM},
+        }
+    },
+    "/api/v1/tasks/{id}": {
+        "get": {
+            "summary": "One task",
+            "parameters": [_TASK_ID],
+            "responses": {"200": _ok("the task"), "400": _PROBLEM, "404": _PROBLEM},
+        },
+        "delete": {
+            "summary": "Evict a task (its peers start over on a fresh fetch)",
+            "parameters": [_TASK_ID],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _ok("evicted"),
+                "400": _PROBLEM,
+                "401": _PROBLEM,
+                "404": _PROBLEM,
+            },
+        },
+    },
+    "/api/v1/peers": {"get": {"summary": "Peers", "responses": {"200": _ok("the peers")}}},
+    "/api/v1/peers/{id}": {
+        "get": {
+            "summary": "One peer",
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {"200": _ok("the peer"), "404": _PROBLEM},
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dragonfly-py supernode admin API", "version": __version__},
+        "paths": OPERATIONS,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
