@@ -12,6 +12,7 @@ import trio
 from proto.io import RateLimiter, unwrap_group
 from proto.units import format_size
 from supernode.admin.api import AdminApi
+from supernode.admin.preheat import Preheats
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
@@ -69,6 +70,7 @@ class Supernode:
         )
         uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
         self.server = PeerServer(self.cdn, self.swarm, upload_limiter=uploads)
+        self.preheats = Preheats(self.cdn, insecure=config.insecure)
         self.admin = AdminApi(self)
         self.admin_address: str | None = None  # HOST:PORT once listening
 
@@ -84,6 +86,7 @@ class Supernode:
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.cdn.run)
+                    await nursery.start(self.preheats.run)
                     address = await nursery.start(
                         self.server.serve, self.config.host, self.config.port
                     )

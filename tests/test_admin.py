@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, until
+from registry import Registry, needs_registry, write_oci_image
 
 from dfget.peer import PeerOptions
 from proto.pieces import MiB
@@ -164,3 +166,77 @@ async def test_the_openapi_document_matches_the_routes(node: RunningSupernode) -
     served = {(method, pattern) for method, _, pattern, _ in node.node.admin.router.routes}
     assert described == served
     assert spec["openapi"].startswith("3.")
+
+
+async def test_preheating_a_file(origin: FakeOrigin, node: RunningSupernode, fetch: Fetch) -> None:
+    data = os.urandom(3 * MiB)
+    origin.add("/model.bin", data)
+    async with admin(node) as client:
+        created = await client.post(
+            "/api/v1/preheats", json={"type": "file", "url": origin.url("/model.bin")}
+        )
+        assert created.status_code == 202
+        path = f"/api/v1/preheats/{created.json()['id']}"
+        state = await poll_state(client, path)
+    assert state["state"] == "succeeded" and state["tasks"][0]["state"] == "done"
+    assert state["tasks"][0]["length"] == len(data)
+    result = await fetch(origin.url("/model.bin"), node)  # warm: the CDN has it
+    assert Path(result.output).read_bytes() == data
+    assert origin.stats["/model.bin"].full_bodies == 1
+
+
+@needs_registry
+async def test_preheating_an_image_from_a_registry_with_auth(
+    node: RunningSupernode, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    registry = Registry(tmp_path / "registry", users={"ci": "secret-pass"})
+    await registry.start(nursery)
+    try:
+        image = write_oci_image(tmp_path / "image", [2 * MiB, 1 * MiB])
+        await registry.push(image, "team/app:1", creds="ci:secret-pass")
+        basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
+        url = f"{registry.url}/v2/team/app/manifests/1"
+        async with admin(node) as client:
+            anonymous = await client.post("/api/v1/preheats", json={"type": "image", "url": url})
+            with_creds = await client.post(
+                "/api/v1/preheats",
+                json={"type": "image", "url": url, "headers": {"Authorization": basic}},
+            )
+            refused = await poll_state(client, f"/api/v1/preheats/{anonymous.json()['id']}")
+            done = await poll_state(client, f"/api/v1/preheats/{with_creds.json()['id']}")
+        assert refused["state"] == "failed" and "401" in refused["error"]
+        assert done["state"] == "succeeded", done
+        assert len(done["tasks"]) == len(image.blobs)
+        assert all(task["state"] == "done" for task in done["tasks"])
+        assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"type": "file"}',
+        b'{"type": "disk", "url": "http://x/y"}',
+        b'{"type": "file", "url": "ftp://x/y"}',
+        b'{"type": "file", "url": "http://x/y", "colour": "blue"}',
+        b'{"type": "file", "url": "http://x/y", "headers": [["a"]]}',
+    ],
+)
+async def test_bad_preheat_requests_are_refused(node: RunningSupernode, body: bytes) -> None:
+    async with admin(node) as client:
+        response = await client.post("/api/v1/preheats", content=body)
+        missing = await client.get("/api/v1/preheats/nothing")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert missing.status_code == 404
+
+
+async def poll_state(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
+    """A preheat's state once it has ended."""
+    with trio.fail_after(30):
+        while (answer := (await client.get(path)).json())["state"] in ("pending", "running"):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return answer  # type: ignore[no-any-return]

@@ -5,8 +5,10 @@ Served by hypercorn on trio, in the supernode's own nursery."""
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
@@ -59,6 +61,8 @@ class AdminApi:
         router.add("GET", "/api/v1/tasks", self.tasks)
         router.add("GET", "/api/v1/tasks/{id}", self.task)
         router.add("DELETE", "/api/v1/tasks/{id}", self.evict)
+        router.add("POST", "/api/v1/preheats", self.preheat)
+        router.add("GET", "/api/v1/preheats/{id}", self.preheat_state)
         router.add("GET", "/api/v1/peers", self.peers)
         router.add("GET", "/api/v1/peers/{id}", self.peer)
 
@@ -158,6 +162,33 @@ class AdminApi:
             raise Problem(404, "Not Found", f"no task {task_id}")
         return Response.json({"evicted": task_id})
 
+    async def preheat(self, request: Request) -> Response:
+        fields = _json_object(request.body)
+        unknown = set(fields) - {"type", "url", "headers", "tag", "filter", "platform"}
+        if unknown:
+            raise Problem(400, "Bad Request", f"unknown fields: {', '.join(sorted(unknown))}")
+        kind, url = fields.get("type"), fields.get("url")
+        if kind not in ("file", "image"):
+            raise Problem(400, "Bad Request", "type must be 'file' or 'image'")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise Problem(400, "Bad Request", "url must be an http:// or https:// URL")
+        extra: dict[str, Any] = {
+            "tag": _string(fields, "tag", ""),
+            "filter": tuple(_strings(fields, "filter")),
+            "platform": _string(fields, "platform", "linux/amd64"),
+        }
+        try:
+            preheat = self.node.preheats.submit(kind, url, _headers(fields.get("headers")), **extra)
+        except trio.WouldBlock as exc:
+            raise Problem(503, "Service Unavailable", "too many preheats waiting") from exc
+        return Response.json({"id": preheat.id}, status=202)
+
+    async def preheat_state(self, request: Request) -> Response:
+        preheat = self.node.preheats.all.get(request.params["id"])
+        if preheat is None:
+            raise Problem(404, "Not Found", "no such preheat")
+        return Response.json(preheat.summary())
+
     async def peers(self, request: Request) -> Response:
         return Response.json({"peers": [self._peer(p) for p in sorted(self.node.swarm.peers)]})
 
@@ -212,6 +243,43 @@ class AdminApi:
             "globally_blacklisted_until": stats.globally_blacklisted_until if stats else None,
             "recent_speed": stats.recent_speed if stats else 0.0,
         }
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Problem(400, "Bad Request", f"the body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise Problem(400, "Bad Request", "the body must be a JSON object")
+    return value
+
+
+def _string(fields: dict[str, Any], name: str, default: str) -> str:
+    value = fields.get(name, default)
+    if not isinstance(value, str):
+        raise Problem(400, "Bad Request", f"{name} must be a string")
+    return value
+
+
+def _strings(fields: dict[str, Any], name: str) -> list[str]:
+    value = fields.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Problem(400, "Bad Request", f"{name} must be a list of strings")
+    return value
+
+
+def _headers(value: object) -> tuple[tuple[str, str], ...]:
+    """Headers as {"Name": "value"} or [["Name", "value"], ...]."""
+    if value is None:
+        return ()
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        for p in pairs
+    ):
+        raise Problem(400, "Bad Request", "headers must be an object of strings or [[name, value]]")
+    return tuple((k, v) for k, v in pairs)
 
 
 def _number(text: str | None, name: str, default: int, low: int, high: int | None) -> int:

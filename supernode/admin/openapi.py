@@ -71,6 +71,40 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         },
     },
+    "/api/v1/preheats": {
+        "post": {
+            "summary": "Warm the CDN with a file or an image's config and layers",
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type", "url"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "type": {"enum": ["file", "image"]},
+                                "url": {"type": "string"},
+                                "headers": {"type": "object"},
+                                "tag": {"type": "string"},
+                                "filter": {"type": "array", "items": {"type": "string"}},
+                                "platform": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {"202": _ok("{id}"), "400": _PROBLEM, "401": _PROBLEM},
+        }
+    },
+    "/api/v1/preheats/{id}": {
+        "get": {
+            "summary": "A preheat's state (pending, running, succeeded, failed) and tasks",
+            "parameters": [_PEER_ID],
+            "responses": {"200": _ok("the preheat"), "404": _PROBLEM},
+        }
+    },
     "/api/v1/peers": {"get": {"summary": "Peers", "responses": {"200": _ok("the peers")}}},
     "/api/v1/peers/{id}": {
         "get": {

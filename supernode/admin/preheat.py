@@ -1,0 +1,259 @@
+"""Preheat: warm the CDN before a roll-out (`POST /api/v1/preheats`).
+
+A file preheat fetches one URL into the CDN, as a first `Register` would. An image
+preheat reads a manifest URL (`https://registry/v2/<name>/manifests/<ref>`), resolves
+an index to one platform's manifest (linux/amd64 unless told otherwise), then fetches
+the config and every layer into the CDN as digest-named tasks, the tasks dfdaemon's
+mirror asks for. Registry auth: the request's own headers (for example Basic
+credentials) are sent; a `401` with a Bearer challenge is answered by fetching a token
+from the challenge's realm (with the same Basic credentials, if any) and retrying.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import trio
+
+from proto.urls import display_url
+from supernode.cdn.task import CdnTask, TaskSpec
+from supernode.errors import SupernodeError
+
+if TYPE_CHECKING:
+    from supernode.cdn.service import Cdn
+
+log = logging.getLogger(__name__)
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
+MAX_MANIFEST = 4 * 1024 * 1024
+KEEP = 1000  # preheats remembered
+
+
+class PreheatError(Exception):
+    """The preheat cannot go on (its message is shown in its state)."""
+
+
+@dataclass
+class Preheat:
+    id: str
+    type: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    tag: str = ""
+    filter: tuple[str, ...] = ()
+    platform: str = "linux/amd64"
+    state: str = "pending"  # running, succeeded, failed
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    tasks: list[CdnTask] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "url": display_url(self.url),
+            "state": self.state,
+            "error": self.error,
+            "tasks": [
+                {
+                    "id": task.task_id,
+                    "url": display_url(task.spec.url),
+                    "state": str(task.state),
+                    "pieces_ready": task.ready,
+                    "piece_count": task.piece_count,
+                    "length": task.length,
+                }
+                for task in self.tasks
+            ],
+        }
+
+
+class Preheats:
+    def __init__(self, cdn: Cdn, *, insecure: bool = False) -> None:
+        self.cdn = cdn
+        self.insecure = insecure
+        self.all: dict[str, Preheat] = {}
+        self._send, self._recv = trio.open_memory_channel[Preheat](1024)
+
+    def submit(
+        self, kind: str, url: str, headers: tuple[tuple[str, str], ...], **extra: Any
+    ) -> Preheat:
+        preheat = Preheat(secrets.token_hex(16), kind, url, headers, **extra)
+        self._send.send_nowait(preheat)  # WouldBlock past 1024 waiting: the caller says 503
+        self.all[preheat.id] = preheat
+        while len(self.all) > KEEP:
+            del self.all[next(iter(self.all))]
+        return preheat
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with (
+            httpx.AsyncClient(verify=not self.insecure, timeout=30.0) as client,
+            trio.open_nursery() as nursery,
+        ):
+            task_status.started()
+            async for preheat in self._recv:
+                nursery.start_soon(self._run, client, preheat)
+
+    async def _run(self, client: httpx.AsyncClient, preheat: Preheat) -> None:
+        preheat.state = "running"
+        try:
+            if preheat.type == "file":
+                specs = [
+                    TaskSpec.from_request(
+                        preheat.url, preheat.headers, tag=preheat.tag, filter_keys=preheat.filter
+                    )
+                ]
+            else:
+                specs = await self._image_specs(client, preheat)
+            for spec in specs:
+                preheat.tasks.append(await self.cdn.open_task(spec))
+            for task in preheat.tasks:
+                while not task.settled:
+                    await task.wait_changed()
+                if task.failed:
+                    raise PreheatError(f"{display_url(task.spec.url)}: {task.error}")
+            preheat.state = "succeeded"
+            log.info("preheat %s: %d tasks in the CDN", preheat.id[:8], len(preheat.tasks))
+        except (PreheatError, SupernodeError, ValueError) as exc:
+            preheat.state, preheat.error = "failed", str(exc)
+            log.warning("preheat %s failed: %s", preheat.id[:8], exc)
+
+    async def _image_specs(self, client: httpx.AsyncClient, preheat: Preheat) -> list[TaskSpec]:
+        parts = urlsplit(preheat.url)
+        path = parts.path
+        if "/v2/" not in path or "/manifests/" not in path:
+            raise PreheatError("an image preheat wants https://REGISTRY/v2/NAME/manifests/REF")
+        name = path.split("/v2/", 1)[1].rsplit("/manifests/", 1)[0]
+        base = f"{parts.scheme}://{parts.netloc}"
+        headers = list(preheat.headers)
+        manifest, headers = await self._manifest(client, preheat.url, headers)
+        if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
+            digest = _pick(manifest, preheat.platform)
+            url = f"{base}/v2/{name}/manifests/{digest}"
+            manifest, headers = await self._manifest(client, url, headers)
+        blobs = [manifest.get("config", {}), *manifest.get("layers", [])]
+        specs = []
+        for blob in blobs:
+            digest = blob.get("digest")
+            if not isinstance(digest, str) or not digest.startswith("sha256:"):
+                raise PreheatError(f"a manifest entry without a sha256 digest: {blob!r:.200}")
+            specs.append(
+                TaskSpec.from_request(
+                    f"{base}/v2/{name}/blobs/{digest}", tuple(headers), digest=digest
+                )
+            )
+        return specs
+
+    async def _manifest(
+        self, client: httpx.AsyncClient, url: str, headers: list[tuple[str, str]]
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The manifest at `url`, and the headers that got it (with a Bearer token if the
+        registry asked for one)."""
+        asked = [*headers, *(("accept", t) for t in MANIFEST_TYPES)]
+        response = await _get(client, url, asked)
+        if response.status_code == 401:
+            token = await _bearer_token(client, response, headers)
+            if token is not None:
+                headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+                headers.append(("authorization", f"Bearer {token}"))
+                response = await _get(
+                    client, url, [*headers, *(("accept", t) for t in MANIFEST_TYPES)]
+                )
+        if response.status_code != 200:
+            raise PreheatError(f"registry answered {response.status_code} for {display_url(url)}")
+        if len(response.content) > MAX_MANIFEST:
+            raise PreheatError("manifest too large")
+        try:
+            manifest = json.loads(response.content)
+        except ValueError as exc:
+            raise PreheatError(f"manifest is not JSON: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise PreheatError("manifest is not a JSON object")
+        return manifest, headers
+
+
+async def _get(
+    client: httpx.AsyncClient, url: str, headers: list[tuple[str, str]]
+) -> httpx.Response:
+    try:
+        return await client.get(url, headers=headers, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise PreheatError(f"cannot reach {display_url(url)}: {exc}") from exc
+
+
+async def _bearer_token(
+    client: httpx.AsyncClient, response: httpx.Response, headers: list[tuple[str, str]]
+) -> str | None:
+    """The token a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` asks for."""
+    challenge = response.headers.get("www-authenticate", "")
+    scheme, _, rest = challenge.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    params = dict(_challenge_params(rest))
+    realm = params.pop("realm", None)
+    if not realm:
+        return None
+    basic = [
+        (k, v)
+        for k, v in headers
+        if k.lower() == "authorization" and v.lower().startswith("basic ")
+    ]
+    answer = await _get(client, f"{realm}?{urlencode(params)}", basic)
+    if answer.status_code != 200:
+        raise PreheatError(f"token server answered {answer.status_code}")
+    try:
+        data = answer.json()
+    except ValueError as exc:
+        raise PreheatError(f"token server sent no JSON: {exc}") from exc
+    token = data.get("token") or data.get("access_token")
+    return token if isinstance(token, str) else None
+
+
+def _challenge_params(text: str) -> list[tuple[str, str]]:
+    """`realm="https://auth",service="registry",scope="repository:a:pull"` → pairs."""
+    pairs = []
+    for item in _split_quoted(text):
+        key, _, value = item.partition("=")
+        pairs.append((key.strip().lower(), value.strip().strip('"')))
+    return pairs
+
+
+def _split_quoted(text: str) -> list[str]:
+    items, current, quoted = [], "", False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        items.append(current)
+    return items
+
+
+def _pick(index: dict[str, Any], platform: str) -> str:
+    os_name, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    for entry in index.get("manifests", []):
+        p = entry.get("platform", {})
+        same = p.get("os") == os_name and p.get("architecture") == arch
+        if same and (not variant or p.get("variant") == variant):
+            digest = entry.get("digest")
+            if isinstance(digest, str):
+                return digest
+    raise PreheatError(f"the index has no manifest for {platform}")
