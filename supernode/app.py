@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from proto.io import RateLimiter, unwrap_group
+from proto.pieces import TAG_SIZE
 from proto.units import format_size
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats
 from supernode.cdn.fetch import FetchPolicy
+from supernode.cdn.gc import GcPolicy, StoredTask, plan
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
@@ -50,6 +53,8 @@ class SupernodeConfig:
     admin_listen: tuple[str, int] | None = None  # the admin HTTP API (the CLI: 127.0.0.1:8001)
     admin_token: bytes | None = None  # Bearer token for the admin routes that change things
     admin_protect_reads: bool = False  # ...and for the ones that only read
+    gc: GcPolicy = field(default_factory=GcPolicy)  # store quota, watermarks, task TTL
+    gc_interval: float = 5.0  # seconds between two looks at the store
 
 
 class Supernode:
@@ -74,6 +79,29 @@ class Supernode:
         self.admin = AdminApi(self)
         self.admin_address: str | None = None  # HOST:PORT once listening
 
+    def collect_garbage(self) -> list[str]:
+        """Evict what the store policy says should go now; the evicted task ids."""
+        in_swarm = {task_id for record in self.swarm.peers.values() for task_id in record.tasks}
+        stored = [
+            StoredTask(
+                task.task_id,
+                sum(task.lengths) + TAG_SIZE * len(task.lengths),
+                task.last_used,
+                in_use=not task.settled or task.task_id in in_swarm,
+            )
+            for task in self.cdn.tasks.values()
+        ]
+        sizes = {s.task_id: s.size for s in stored}
+        evicted = [t for t in plan(stored, self.config.gc, time.monotonic()) if self.cdn.evict(t)]
+        for task_id in evicted:
+            log.info("gc: evicted task %s (%s)", task_id[:16], format_size(sizes[task_id]))
+        return evicted
+
+    async def _collect_garbage(self) -> None:
+        while True:
+            await trio.sleep(self.config.gc_interval)
+            self.collect_garbage()
+
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -87,6 +115,8 @@ class Supernode:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.cdn.run)
                     await nursery.start(self.preheats.run)
+                    if self.config.gc.quota is not None or self.config.gc.ttl is not None:
+                        nursery.start_soon(self._collect_garbage)
                     address = await nursery.start(
                         self.server.serve, self.config.host, self.config.port
                     )

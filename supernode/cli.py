@@ -13,9 +13,10 @@ import trio
 from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.io import unwrap_group
-from proto.units import parse_rate
+from proto.units import parse_rate, parse_size
 from supernode import __version__
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
+from supernode.cdn.gc import GcPolicy
 from supernode.errors import SupernodeError
 
 log = logging.getLogger("supernode")
@@ -41,6 +42,13 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
 
 
 ADMIN_PORT = 8001
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _admin_address(text: str) -> tuple[str, int] | None:
@@ -130,6 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with an admin token, the admin API's reads need it too",
     )
+    store = parser.add_argument_group(
+        "store",
+        "eviction of idle tasks (no fetch running, no peer in their swarm), least "
+        "recently used first",
+    )
+    store.add_argument(
+        "--store-quota",
+        type=_size,
+        metavar="SIZE",
+        help="disk quota for the CDN's pieces files, for example 200GiB (default: none)",
+    )
+    store.add_argument(
+        "--store-high-watermark",
+        type=float,
+        default=0.9,
+        metavar="SHARE",
+        help="usage (share of the quota) that starts an eviction (default 0.9)",
+    )
+    store.add_argument(
+        "--store-low-watermark",
+        type=float,
+        default=0.7,
+        metavar="SHARE",
+        help="usage an eviction brings the store down to (default 0.7)",
+    )
+    store.add_argument(
+        "--task-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="evict idle tasks unused for this long, whatever the usage (default: never)",
+    )
     parser.add_argument(
         "--cdn-upload-slots",
         type=int,
@@ -171,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         token = read_token(args.token, args.token_file)
         admin_token = read_token(args.admin_token, args.admin_token_file)
+        gc = GcPolicy(
+            quota=args.store_quota,
+            high=args.store_high_watermark,
+            low=args.store_low_watermark,
+            ttl=args.task_ttl,
+        )
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 2
@@ -187,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         admin_listen=args.admin_listen,
         admin_token=admin_token,
         admin_protect_reads=args.admin_protect_reads,
+        gc=gc,
     )
     try:
         trio.run(_serve_until_signalled, Supernode(config))

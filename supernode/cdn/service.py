@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import trio
@@ -100,6 +101,7 @@ class Cdn:
         if task.failed:
             assert task.error is not None
             raise task.error
+        task.last_used = time.monotonic()
         return task
 
     def evict(self, task_id: str) -> bool:

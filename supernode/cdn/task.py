@@ -75,6 +75,7 @@ class CdnTask:
         self.error: SupernodeError | None = None
         self.pieces: PiecesFile | None = None  # the fetcher's, open for writing
         self.created = time.time()
+        self.last_used = time.monotonic()  # a registration or an upload (GC: LRU, TTL)
         self.bytes_from_origin = 0
         self.bytes_served = 0  # sealed bytes the CDN served for this generation
         self._changed = trio.Event()

@@ -98,6 +98,7 @@ class CdnUploads:
             return await self._refuse(request, ErrorCode.STALE, "task generation is gone")
         self.bytes_sent += sealed
         task.bytes_served += sealed
+        task.last_used = time.monotonic()
         self.cdn.bytes_served += sealed
         return None
 

@@ -1,0 +1,87 @@
+"""The CDN store's eviction plan, without a store: quota, watermarks, TTL, in use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, StartSupernode, until
+
+from dfget.peer import PeerOptions
+from supernode.cdn.gc import GcPolicy, StoredTask, plan
+from supernode.testing import FakeOrigin
+
+MiB = 1 << 20
+
+
+def task(name: str, size_mib: int, last_used: float, in_use: bool = False) -> StoredTask:
+    return StoredTask(name, size_mib * MiB, last_used, in_use)
+
+
+def test_nothing_goes_below_the_high_watermark() -> None:
+    tasks = [task("a", 40, 1), task("b", 49, 2)]
+    assert plan(tasks, GcPolicy(quota=100 * MiB), now=10) == []
+
+
+def test_past_the_high_watermark_the_least_recently_used_go_down_to_the_low() -> None:
+    tasks = [task("new", 30, 9), task("old", 30, 1), task("mid", 30, 5), task("x", 5, 8)]
+    # 95 MiB > 90: evict old (65 MiB left, <= 70): stop.
+    assert plan(tasks, GcPolicy(quota=100 * MiB), now=10) == ["old"]
+    # A lower low watermark takes the next least recently used too.
+    assert plan(tasks, GcPolicy(quota=100 * MiB, low=0.5), now=10) == ["old", "mid"]
+
+
+def test_a_task_in_use_is_never_evicted() -> None:
+    tasks = [task("busy", 80, 0, in_use=True), task("idle", 15, 5)]
+    assert plan(tasks, GcPolicy(quota=100 * MiB, low=0.1), now=10) == ["idle"]
+
+
+def test_the_ttl_evicts_idle_tasks_whatever_the_usage() -> None:
+    tasks = [task("stale", 1, 0), task("fresh", 1, 95), task("busy", 1, 0, in_use=True)]
+    assert plan(tasks, GcPolicy(ttl=60), now=100) == ["stale"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"low": 0.9, "high": 0.8}, {"low": 0}, {"high": 1.5}, {"quota": 0}, {"ttl": -1}],
+)
+def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        GcPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    files = {f"/f{i}.bin": os.urandom(3 * MiB) for i in range(4)}
+    for path, data in files.items():
+        origin.add(path, data)
+    # 10 MiB quota: past 9 MiB evict down to 7 MiB. Three 3 MiB files fill it.
+    node = await start_supernode(gc=GcPolicy(quota=10 * MiB), gc_interval=3600)
+    supernode = node.node
+
+    async def seeder() -> None:  # keeps f0 in use for the whole test
+        peer = PeerOptions(listen=("127.0.0.1", 0), seed_for=60)
+        await fetch(origin.url("/f0.bin"), node, name="seed", peer=peer)
+
+    nursery.start_soon(seeder)
+    await until(lambda: any(t.settled for t in supernode.cdn.tasks.values()))
+    await until(lambda: bool(supernode.swarm.peers))
+    for path in ("/f1.bin", "/f2.bin", "/f3.bin"):
+        result = await fetch(origin.url(path), node)
+        assert Path(result.output).read_bytes() == files[path]
+    ids = {
+        path: task_id
+        for task_id, t in supernode.cdn.tasks.items()
+        for path in files
+        if t.spec.url.endswith(path)
+    }
+    evicted = supernode.collect_garbage()  # 12 MiB stored > 9 MiB
+    assert evicted == [ids["/f1.bin"], ids["/f2.bin"]]  # least recently used, down to 6 MiB
+    assert ids["/f0.bin"] in supernode.cdn.tasks  # in use: its seeder is in the swarm
+    assert not supernode.store.task_dir(ids["/f1.bin"]).exists()
+    again = await fetch(origin.url("/f1.bin"), node)  # evicted: fetched again
+    assert Path(again.output).read_bytes() == files["/f1.bin"]
+    assert origin.stats["/f1.bin"].full_bodies == 2
