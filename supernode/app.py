@@ -10,13 +10,13 @@ from pathlib import Path
 
 import trio
 
+from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter, unwrap_group
 from proto.pieces import TAG_SIZE
 from proto.units import format_size
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats
 from supernode.cdn.fetch import FetchPolicy
-from supernode.cdn.gc import GcPolicy, StoredTask, plan
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store

@@ -12,11 +12,11 @@ import trio
 
 from proto.addresses import parse_listen
 from proto.admission import read_token
+from proto.eviction import GcPolicy
 from proto.io import unwrap_group
 from proto.units import parse_rate, parse_size
 from supernode import __version__
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
-from supernode.cdn.gc import GcPolicy
 from supernode.errors import SupernodeError
 
 log = logging.getLogger("supernode")

@@ -10,7 +10,7 @@ import trio
 from conftest import Fetch, StartSupernode, until
 
 from dfget.peer import PeerOptions
-from supernode.cdn.gc import GcPolicy, StoredTask, plan
+from proto.eviction import GcPolicy, StoredTask, plan
 from supernode.testing import FakeOrigin
 
 MiB = 1 << 20

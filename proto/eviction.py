@@ -1,10 +1,11 @@
-"""Which tasks to evict from the CDN store: a disk quota with watermarks, and a TTL.
+"""Which tasks to evict from a store (the supernode's CDN, dfdaemon's cache): a disk
+quota with watermarks, and a TTL.
 
 Sans-IO: `plan` takes the tasks as they are and `now`, and returns the ids to evict.
-Only idle tasks go (no fetch running, no peer in their swarm), least recently used
+Only idle tasks go (the caller says which are in use), least recently used
 first. Past the high watermark (a share of the quota), idle tasks are evicted until
 usage is at or below the low watermark; any idle task unused for longer than the TTL
-goes whatever the usage. Usage counts only the store's own pieces files.
+goes whatever the usage. Usage counts only the store's own files.
 """
 
 from __future__ import annotations
