@@ -21,6 +21,7 @@ from dfdaemon.proxy import Proxy
 from dfdaemon.upstream import Upstream
 from dfget.peer import SharedServer
 from dfget.uploads import PieceServer
+from proto.eviction import GcPolicy
 from proto.io import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class DaemonConfig:
     token: bytes | None = None
     rules: tuple[str, ...] = field(default_factory=tuple)
     control_socket: Path | None = None  # default: DATA_DIR/dfdaemon.sock
+    cache: GcPolicy = field(default_factory=GcPolicy)  # the blob cache's quota and TTL
 
 
 class DataDirInUse(Exception):
@@ -92,6 +94,7 @@ class Daemon:
                     insecure=config.insecure,
                     token=config.token,
                     upload_slots=config.upload_slots,
+                    gc=config.cache,
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)

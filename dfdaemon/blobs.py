@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import re
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from dfget.errors import (
 )
 from dfget.output import AtomicOutput, ExistingOutput
 from dfget.peer import PeerOptions, SharedServer
+from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter
 from proto.urls import move_credentials
 
@@ -56,6 +59,8 @@ class DownloadSettings:
     insecure: bool = False  # do not verify the upstream's TLS certificate (fallback)
     token: bytes | None = None
     upload_slots: int = 4
+    gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
+    gc_interval: float = 5.0
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Blob:
     result: DownloadResult | None = None
     fell_back: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its download
+    readers: Counter[str] | None = None  # the store's count of readers, by blob (GC)
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def notify(self) -> None:
@@ -108,6 +114,8 @@ class BlobStore:
             tuple[Blob, str, tuple[tuple[str, str], ...]]
         ](math.inf)
         self.running: dict[str, Blob] = {}
+        self.readers: Counter[str] = Counter()  # clients reading each blob now
+        self.last_used: dict[str, float] = {}  # blob → when a client last asked for it
         self.on_result: Callable[[Blob], None] = lambda blob: None  # metrics
         self._clean_temp_files()
 
@@ -125,7 +133,14 @@ class BlobStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        return Blob(hex_digest, path, digest=f"sha256:{hex_digest}", length=size, complete=True)
+        return Blob(
+            hex_digest,
+            path,
+            digest=f"sha256:{hex_digest}",
+            length=size,
+            complete=True,
+            readers=self.readers,
+        )
 
     def drop(self, hex_digest: str) -> None:
         """Forget a blob whose bytes turned out wrong: its file goes, and so does its
@@ -162,6 +177,7 @@ class BlobStore:
 
     def get(self, hex_digest: str, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
         """The blob, complete or downloading; starts its download if nobody has."""
+        self.last_used[hex_digest] = time.monotonic()
         blob = self.running.get(hex_digest)
         if blob is not None and blob.error is None:
             return blob
@@ -191,6 +207,7 @@ class BlobStore:
         return self._start(Blob(task_id, self.urls / task_id, digest=digest), url, headers)
 
     def _start(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
+        blob.readers = self.readers
         self.running[blob.hex] = blob
         self._starts_send.send_nowait((blob, url, headers))
         return blob
@@ -202,9 +219,39 @@ class BlobStore:
                 for blob, url in self._seedable():
                     self.running[blob.hex] = blob
                     nursery.start_soon(self._seed_again, blob, url)
+            if self.settings.gc.quota is not None or self.settings.gc.ttl is not None:
+                nursery.start_soon(self._collect_garbage)
             task_status.started()
             async for blob, url, headers in self._starts_recv:
                 nursery.start_soon(self._download, blob, url, headers)
+
+    def collect_garbage(self) -> list[str]:
+        """Evict what the cache policy says should go now (a blob being read or still
+        downloading stays; one that is only seeded may go); the evicted digests."""
+        now, wall = time.monotonic(), time.time()
+        stored = []
+        for path in self.root.iterdir():
+            if not _HEX64.fullmatch(path.name):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            running = self.running.get(path.name)
+            busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
+            last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
+            stored.append(StoredTask(path.name, stat.st_size, last, in_use=busy))
+        evicted = plan(stored, self.settings.gc, now)
+        for hex_digest in evicted:
+            self.drop(hex_digest)
+            self.last_used.pop(hex_digest, None)
+            log.info("gc: evicted blob %s", hex_digest[:12])
+        return evicted
+
+    async def _collect_garbage(self) -> None:
+        while True:
+            await trio.sleep(self.settings.gc_interval)
+            self.collect_garbage()
 
     def _seedable(self) -> list[tuple[Blob, str]]:
         """Cached blobs whose upstream URL was kept."""
@@ -397,6 +444,8 @@ async def read_blob(
     in the worker thread that reads it, off the event loop."""
     fd = -1
     offset = start
+    if blob.readers is not None:
+        blob.readers[blob.hex] += 1
     try:
         while end is None or offset < end:
             stop = blob.length if end is None else end
@@ -419,6 +468,8 @@ async def read_blob(
             offset += len(data)
             yield data
     finally:
+        if blob.readers is not None:
+            blob.readers[blob.hex] -= 1
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)

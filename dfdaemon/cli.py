@@ -18,8 +18,9 @@ from dfdaemon import __version__
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
 from proto.addresses import parse_listen
 from proto.admission import read_token
+from proto.eviction import GcPolicy
 from proto.io import unwrap_group
-from proto.units import parse_rate
+from proto.units import parse_rate, parse_size
 
 log = logging.getLogger("dfdaemon")
 
@@ -38,7 +39,8 @@ GET /metrics on the same port gives Prometheus metrics.
 
 config file keys (TOML; flags win): listen, supernodes (list), registry, data_dir,
 peer_listen, download_rate, upload_rate, upload_slots, rules (list), plain_http (list),
-back_source (bool), insecure (bool), token_file, control_socket, log_level.
+back_source (bool), insecure (bool), token_file, control_socket, cache_quota,
+cache_ttl, log_level.
 """
 
 # Config-file keys and the flag each stands for.
@@ -57,6 +59,8 @@ CONFIG_KEYS = {
     "insecure": "insecure",
     "token_file": "token_file",
     "control_socket": "control_socket",
+    "cache_quota": "cache_quota",
+    "cache_ttl": "cache_ttl",
     "log_level": "log_level",
 }
 
@@ -87,6 +91,13 @@ def _address(default_port: int | None) -> Any:
 def _rate(text: str) -> float:
     try:
         return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -169,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--token", metavar="SECRET", help="the cluster token (prefer --token-file)")
     token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
     parser.add_argument(
+        "--cache-quota",
+        type=_size,
+        metavar="SIZE",
+        help="disk quota for cached blobs, e.g. 50GiB: past 90%% of it, blobs no client is "
+        "reading are evicted, least recently used first, down to 70%% (default: none)",
+    )
+    parser.add_argument(
+        "--cache-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="evict cached blobs no client asked for in this long (default: never)",
+    )
+    parser.add_argument(
         "--control-socket",
         type=Path,
         metavar="PATH",
@@ -201,6 +225,10 @@ def load_config(path: Path) -> dict[str, Any]:
                 value = parse_listen(str(value))
             elif key in ("download_rate", "upload_rate"):
                 value = parse_rate(str(value))
+            elif key == "cache_quota":
+                value = parse_size(str(value))
+            elif key == "cache_ttl" and not isinstance(value, int | float):
+                raise ValueError("want a number of seconds")
             elif key in ("data_dir", "token_file", "control_socket"):
                 value = Path(str(value))
             elif key in ("supernodes", "rules", "plain_http"):
@@ -249,6 +277,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
         token=token,
         rules=rules,
         control_socket=settings.get("control_socket"),
+        cache=GcPolicy(quota=settings.get("cache_quota"), ttl=settings.get("cache_ttl")),
     )
     if not config.registry.startswith(("http://", "https://")):
         raise ValueError(f"--registry wants an http:// or https:// URL, not {config.registry!r}")

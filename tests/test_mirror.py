@@ -30,6 +30,7 @@ from registry import (
 )
 
 from dfdaemon.app import Daemon, DaemonConfig
+from proto.eviction import GcPolicy
 
 pytestmark = needs_registry
 MiB = 1 << 20
@@ -456,3 +457,37 @@ async def test_a_damaged_cache_is_not_seeded_after_a_restart(
     await start_daemon("host1", registry, node)
     await until(lambda: not cached.exists())  # checked against the digests, dropped
     assert not cached.with_suffix(".url").exists()
+
+
+async def test_the_cache_quota_evicts_blobs_nobody_is_reading(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [4 * MiB, 4 * MiB, 4 * MiB])
+    await registry.push(image, "test/img:1")
+    node = await start_supernode()
+    # 10 MiB: past 9 MiB evict down to 7 MiB; three 4 MiB layers go over.
+    daemon = await start_daemon(
+        "host1", registry, node, cache=GcPolicy(quota=10 * MiB), download_rate=64 * MiB
+    )
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    first, second, third = image.layers
+    base = f"http://{daemon.address}/v2/test/img/blobs"
+    async with httpx.AsyncClient(timeout=60) as client:
+        for layer in (first, second, third):
+            assert (await client.get(f"{base}/{layer}")).status_code == 200
+        # A client is still reading the oldest one: it stays, the next oldest goes.
+        async with client.stream("GET", f"{base}/{first}") as reading:
+            async for _ in reading.aiter_raw():
+                break
+            assert blobs.readers[first.split(":")[1]] == 1
+            evicted = blobs.collect_garbage()
+    # 12 MiB stored, over 9: idle blobs go, least recently used first, until 7 or less.
+    # The first is in use, so the second and the third go.
+    assert evicted == [second.split(":")[1], third.split(":")[1]]
+    assert blobs.path(first.split(":")[1]).exists()
+    assert not blobs.path(second.split(":")[1]).exists()
+    assert blobs.usage() == (1, image.sizes[first])
