@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +242,32 @@ async def poll_state(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
         while (answer := (await client.get(path)).json())["state"] in ("pending", "running"):  # noqa: ASYNC110
             await trio.sleep(0.05)
     return answer  # type: ignore[no-any-return]
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
+async def test_the_status_page_shows_a_running_download(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    slow = FakeOrigin(rate_limit=2 * MiB)  # the download runs for a few seconds
+    await nursery.start(slow.serve)
+    slow.add("/big.bin", os.urandom(12 * MiB))
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    nursery.start_soon(partial(fetch, slow.url("/big.bin"), node))
+    cdn = node.node.cdn
+    await until(lambda: any(t.ready >= 1 for t in cdn.tasks.values()))
+    task_id = next(iter(cdn.tasks))
+    assert CHROMIUM is not None
+    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    argv += [f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=4000"]
+    argv += ["--dump-dom", f"http://{node.node.admin_address}/"]
+    with trio.fail_after(60):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+    dom = done.stdout.decode()
+    # The page's script filled the tasks table from the API: the running task is there.
+    assert f'data-task="{task_id}"' in dom, dom[-2000:]
+    row = dom.split(f'data-task="{task_id}"', 1)[1].split("</tr>", 1)[0]
+    assert "running" in row and "/big.bin" in row
+    assert '<p id="error"></p>' in dom  # every API call answered

@@ -35,6 +35,7 @@ from supernode.admin.asgi import (
 )
 from supernode.admin.metrics import SupernodeCollector
 from supernode.admin.openapi import document
+from supernode.admin.status import PAGE
 from supernode.cdn.task import CdnTask, TaskState
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class AdminApi:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SupernodeCollector(node))
         router = self.router = Router()
+        router.add("GET", "/", self.status_page)
         router.add("GET", "/healthz", self.healthz)
         router.add("GET", "/version", self.version)
         router.add("GET", "/metrics", self.metrics)
@@ -114,6 +116,9 @@ class AdminApi:
             )
 
     # -- routes -----------------------------------------------------------------------------
+
+    async def status_page(self, request: Request) -> Response:
+        return Response(200, PAGE.encode(), "text/html; charset=utf-8")
 
     async def healthz(self, request: Request) -> Response:
         return Response.json({"status": "ok"})

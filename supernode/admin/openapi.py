@@ -25,6 +25,12 @@ def _ok(description: str) -> dict[str, Any]:
 
 # path → method → operation
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "/": {
+        "get": {
+            "summary": "The status page (HTML)",
+            "responses": {"200": {"description": "html", "content": {"text/html": {}}}},
+        }
+    },
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("ok")}}},
     "/version": {"get": {"summary": "Version and protocol", "responses": {"200": _ok("ok")}}},
     "/metrics": {
