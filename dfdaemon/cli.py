@@ -16,6 +16,7 @@ import trio
 
 from dfdaemon import __version__
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
+from proto import argtypes
 from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.eviction import GcPolicy
@@ -78,30 +79,6 @@ _STRING_KEYS = {
 }
 
 
-def _address(default_port: int | None) -> Any:
-    def parse(text: str) -> tuple[str, int]:
-        try:
-            return parse_listen(text, default_port)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-
-    return parse
-
-
-def _rate(text: str) -> float:
-    try:
-        return parse_rate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def _supernodes(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -115,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--listen",
-        type=_address(DEFAULT_PORT),
+        type=argtypes.address(DEFAULT_PORT),
         metavar="HOST:PORT",
         help=f"the mirror's HTTP address (default 127.0.0.1:{DEFAULT_PORT})",
     )
@@ -137,15 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--peer-listen",
-        type=_address(None),
+        type=argtypes.address(),
         metavar="HOST:PORT",
         help="where other peers fetch pieces from this host (default 0.0.0.0 on a free port)",
     )
     parser.add_argument(
-        "--download-rate", type=_rate, metavar="RATE", help="host-wide download cap, e.g. 100MiB"
+        "--download-rate",
+        type=argtypes.rate,
+        metavar="RATE",
+        help="host-wide download cap, e.g. 100MiB",
     )
     parser.add_argument(
-        "--upload-rate", type=_rate, metavar="RATE", help="host-wide upload cap to other peers"
+        "--upload-rate",
+        type=argtypes.rate,
+        metavar="RATE",
+        help="host-wide upload cap to other peers",
     )
     parser.add_argument(
         "--upload-slots", type=int, metavar="N", help="pieces uploaded at once (default 8)"
@@ -181,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
     parser.add_argument(
         "--cache-quota",
-        type=_size,
+        type=argtypes.size,
         metavar="SIZE",
         help="disk quota for cached blobs, e.g. 50GiB: past 90%% of it, blobs no client is "
         "reading are evicted, least recently used first, down to 70%% (default: none)",

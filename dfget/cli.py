@@ -16,9 +16,9 @@ from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, dow
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
 from dfget.peer import PeerOptions
 from dfget.progress import ProgressBar
-from proto.addresses import parse_listen
+from proto import argtypes
 from proto.admission import read_token
-from proto.units import format_size, parse_rate
+from proto.units import format_size
 
 log = logging.getLogger("dfget")
 
@@ -44,13 +44,6 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _rate(text: str) -> int:
-    try:
-        return parse_rate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -59,13 +52,6 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text!r}")
     return value
-
-
-def _listen(text: str) -> tuple[str, int]:
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -121,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rate-limit",
-        type=_rate,
+        type=argtypes.rate,
         default=None,
         metavar="RATE",
         help="cap the download rate, e.g. 20MiB, 500KB (default: none)",
@@ -151,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     swarm.add_argument(
         "--peer-listen",
-        type=_listen,
+        type=argtypes.address(),
         default=("0.0.0.0", 0),
         metavar="HOST:PORT",
         help="where to serve pieces (default 0.0.0.0 on a free port; the supernode tells "
@@ -159,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     swarm.add_argument(
         "--upload-rate-limit",
-        type=_rate,
+        type=argtypes.rate,
         default=None,
         metavar="RATE",
         help="cap what this peer uploads, e.g. 10MiB (default: none)",

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import trio
 
-from proto.addresses import parse_listen
+from proto import argtypes
 from proto.admission import read_token
 from proto.eviction import GcPolicy
 from proto.io import unwrap_group
-from proto.units import parse_rate, parse_size
 from supernode import __version__
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
@@ -33,26 +32,11 @@ the store survives restarts.
 """
 
 
-def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """'HOST:PORT', 'HOST', ':PORT' or '[v6]:PORT' → (host, port)."""
-    try:
-        return parse_listen(text, default_port)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 ADMIN_PORT = 8001
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def _admin_address(text: str) -> tuple[str, int] | None:
-    return None if text.strip().lower() == "off" else parse_address(text, ADMIN_PORT)
+    return None if text.strip().lower() == "off" else argtypes.address(ADMIN_PORT)(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--listen",
         default=f"0.0.0.0:{DEFAULT_PORT}",
-        type=lambda s: parse_address(s, DEFAULT_PORT),
+        type=argtypes.address(DEFAULT_PORT),
         help="HOST:PORT for peers (default 0.0.0.0:%(const)s)".replace(
             "%(const)s", str(DEFAULT_PORT)
         ),
@@ -90,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--origin-rate-limit",
-        type=parse_rate,
+        type=argtypes.rate,
         default=None,
         metavar="RATE",
         help="cap back-to-source download, e.g. 100MiB (default: none)",
     )
     parser.add_argument(
         "--cdn-upload-limit",
-        type=parse_rate,
+        type=argtypes.rate,
         default=None,
         metavar="RATE",
         help="cap what the CDN serves to peers, e.g. 50MiB (default: none)",
@@ -145,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     store.add_argument(
         "--store-quota",
-        type=_size,
+        type=argtypes.size,
         metavar="SIZE",
         help="disk quota for the CDN's pieces files, for example 200GiB (default: none)",
     )

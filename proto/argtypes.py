@@ -1,0 +1,36 @@
+"""argparse `type=` converters from the parsers the programs share (ValueError → a
+usage error that names the bad value)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+from proto.addresses import parse_listen
+from proto.units import parse_rate, parse_size
+
+T = TypeVar("T")
+
+
+def argument_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """`parse` as an argparse type; `name` is what argparse calls it in errors."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = name
+    return convert
+
+
+rate = argument_type(parse_rate, "rate")
+size = argument_type(parse_size, "size")
+
+
+def address(default_port: int | None = None) -> Callable[[str], tuple[str, int]]:
+    """HOST:PORT (`HOST` alone takes `default_port`, if there is one)."""
+    return argument_type(partial(parse_listen, default_port=default_port), "address")
