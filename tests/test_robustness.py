@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -140,3 +141,46 @@ async def test_logs_show_no_credentials_or_signatures(
         await fetch(url, supernode)
     assert "hunter2" not in caplog.text and "s3cr3t" not in caplog.text
     assert "/f.bin" in caplog.text
+
+
+@pytest.mark.parametrize("by_digest", [False, True], ids=["url", "digest"])
+async def test_a_fetch_stopped_by_a_restart_resumes_with_range(
+    by_digest: bool,
+    caplog: pytest.LogCaptureFixture,
+    nursery: trio.Nursery,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.INFO, logger="supernode.cdn")
+    slow = FakeOrigin(rate_limit=2 * MiB)  # the fetch takes a few seconds
+    await nursery.start(slow.serve)
+    data = os.urandom(10 * MiB)
+    slow.add("/f.bin", data, etag=True)  # a strong validator: a resume can be guarded
+    # Named by digest, the resumed fetch hashes the pieces it kept, then the rest.
+    named = {"digest": f"sha256:{hashlib.sha256(data).hexdigest()}"} if by_digest else {}
+    node = await start_supernode(data_dir=tmp_path / "store")
+    failures: list[Exception] = []
+
+    async def first() -> None:
+        try:
+            await fetch(slow.url("/f.bin"), node, name="first", back_source=False, **named)
+        except Exception as exc:  # its supernode goes away
+            failures.append(exc)
+
+    nursery.start_soon(first)
+    await until(lambda: any(t.ready >= 3 for t in node.node.cdn.tasks.values()))
+    await node.stop()  # mid-fetch
+    await until(lambda: bool(failures))
+    sent_before = slow.stats["/f.bin"].bytes_sent
+    again = await start_supernode(data_dir=tmp_path / "store")
+    result = await fetch(slow.url("/f.bin"), again, name="second", **named)
+    assert Path(result.output).read_bytes() == data
+    assert "kept to resume" in caplog.text and "resuming" in caplog.text
+    # The restarted supernode asked only for the rest: far less than the whole file.
+    assert slow.stats["/f.bin"].bytes_sent - sent_before < len(data) - 2 * MiB
+    task = again.node.cdn.tasks[result.task_id]
+    assert task.generation == 1  # the same generation: same key, same pieces
+    await again.stop()
+    files = sorted(p.name for p in again.node.store.task_dir(result.task_id).iterdir())
+    assert files == ["g1.pieces", "meta.json"]  # complete: partial.json is gone

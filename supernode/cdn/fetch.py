@@ -19,7 +19,7 @@ from proto.io import RateLimiter, unwrap_group
 from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
 from proto.urls import display_url
 from supernode.cdn.origin import OriginClient, OriginResponse
-from supernode.cdn.store import Store, TaskMeta
+from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
     BadRequest,
@@ -51,9 +51,10 @@ class _Assembler:
         self.hasher = hasher
         self.buffer = bytearray(task.piece_size)
         self.filled = 0
-        self.received = 0  # bytes of the task's content received so far
+        # A resumed fetch starts after the pieces it already has (all full pieces).
+        self.received = task.ready * task.piece_size  # bytes of the content so far
         self._allocated = 1
-        self._submitted = 0
+        self._submitted = task.ready
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[tuple[int, bytearray, int]](
             self.BUFFERS - 1
         )
@@ -129,9 +130,12 @@ async def fetch_task(
         if not task.settled:  # cancelled: a newer generation took over, or a shutdown
             if task.superseded:
                 task.fail(TaskSuperseded("the content changed upstream: a new generation"))
+                store.remove_generation(task.task_id, task.generation)
             else:
+                kept = _keep_for_resume(task, store)
                 task.fail(ShuttingDown("the supernode is shutting down"))
-            store.remove_generation(task.task_id, task.generation)
+                if not kept:
+                    store.remove_generation(task.task_id, task.generation)
     seconds = time.monotonic() - started
     log.info(
         "cdn: task %s done: %d bytes in %d pieces from origin in %.2fs (%.0f MiB/s)",
@@ -154,6 +158,11 @@ async def _fetch(
     resumes = 0
     with unwrap_group():
         async with trio.open_nursery() as nursery:
+            if task.pieces is not None:  # resumed after a restart: go on from its pieces
+                if hasher is not None:
+                    await trio.to_thread.run_sync(_rehash, task, hasher)
+                assembler = _Assembler(task, hasher)
+                nursery.start_soon(assembler.run_sealer)
             while True:
                 resuming = assembler is not None
                 offset = assembler.received if assembler else 0
@@ -219,9 +228,46 @@ async def _fetch(
         try:
             await trio.to_thread.run_sync(pieces.sync)
             store.save_meta(meta)
+            store.forget_partial(task.task_id)
         except StoreError as exc:  # served from here on, but it will not survive a restart
             log.error("cdn: task %s is complete but not saved: %s", task.task_id[:16], exc)
     return meta
+
+
+def _keep_for_resume(task: CdnTask, store: Store) -> bool:
+    """On a shutdown: keep what a fetch has so far (durable, with partial.json) if a
+    later start can resume it safely (If-Range needs a strong validator)."""
+    if not task.digests or not _if_range(task) or task.pieces is None:
+        return False
+    partial = PartialMeta(
+        task_id=task.task_id,
+        generation=task.generation,
+        key=task.key.hex(),
+        piece_size=task.piece_size,
+        length=task.length,
+        digests=[d.hex() for d in task.digests],
+        digest=task.spec.digest,
+        etag=task.validators.etag,
+        last_modified=task.validators.last_modified,
+        created=task.created,
+    )
+    try:
+        partial.check()
+        task.pieces.sync()
+        store.save_partial(partial)
+    except (StoreError, ValueError) as exc:
+        log.warning("cdn: task %s cannot be kept to resume: %s", task.task_id[:16], exc)
+        return False
+    log.info("cdn: task %s stopped at piece %d: kept to resume", task.task_id[:16], task.ready)
+    return True
+
+
+def _rehash(task: CdnTask, hasher: Hasher) -> None:
+    """Feed the whole-content hasher the pieces a resumed fetch already has."""
+    assert task.pieces is not None
+    scratch = bytearray(task.piece_size)
+    for index in range(task.ready):
+        hasher.update(task.sealer.open_into(index, task.pieces.read(index), scratch))
 
 
 def _start(task: CdnTask, store: Store, response: OriginResponse) -> None:

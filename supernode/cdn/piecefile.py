@@ -20,11 +20,17 @@ def file_size(length: int, piece_size: int) -> int:
 
 
 class PiecesFile:
-    def __init__(self, path: Path, piece_size: int, *, create: bool) -> None:
+    def __init__(
+        self, path: Path, piece_size: int, *, create: bool, writable: bool = False
+    ) -> None:
         self.path = path
         self.piece_size = piece_size
         self.slot = piece_size + TAG_SIZE
-        flags = os.O_CLOEXEC | (os.O_RDWR | os.O_CREAT | os.O_TRUNC if create else os.O_RDONLY)
+        if create:
+            mode = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        else:  # an existing file: read it, or go on writing it (a resumed fetch)
+            mode = os.O_RDWR if writable else os.O_RDONLY
+        flags = os.O_CLOEXEC | mode
         try:
             self.fd = os.open(path, flags, 0o600)
         except OSError as exc:
@@ -41,6 +47,13 @@ class PiecesFile:
                 sealed, offset = sealed[written:], offset + written
         except OSError as exc:
             raise StoreError(f"cannot write piece {index} to {self.path}: {exc}") from exc
+
+    def read(self, index: int) -> bytes:
+        """The sealed piece `index` (a full piece: only resumed fetches read back)."""
+        try:
+            return os.pread(self.fd, self.slot, self.offset(index))
+        except OSError as exc:
+            raise StoreError(f"cannot read piece {index} of {self.path}: {exc}") from exc
 
     def sync(self) -> None:
         """Flush the pieces to disk (before meta.json names them complete)."""

@@ -22,9 +22,9 @@ from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators
-from supernode.cdn.store import Store, TaskMeta
+from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
-from supernode.errors import SupernodeError, TaskSuperseded
+from supernode.errors import StoreError, SupernodeError, TaskSuperseded
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class Cdn:
         self.policy = policy
         self.tasks: dict[str, CdnTask] = {}
         self._retired: dict[str, int] = {}  # evicted task id → its last generation
+        self._partials: dict[str, PartialMeta] = {}  # fetches stopped by a shutdown
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
         self._fetches = 0
         self._revalidations = 0
@@ -57,6 +58,13 @@ class Cdn:
         """Adopt the complete tasks found in the store; returns how many."""
         for meta in self.store.load_all():
             self.tasks[meta.task_id] = _stored_task(meta)
+        self._partials = dict(self.store.partials)
+        for task_id, partial in self._partials.items():
+            log.info(
+                "store: task %s stopped at piece %d: it resumes at its next request",
+                task_id[:16],
+                len(partial.digests),
+            )
         return len(self.tasks)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -90,7 +98,10 @@ class Cdn:
     async def open_task(self, spec: TaskSpec) -> CdnTask:
         """The task's current generation, fetched or revalidated for this requester."""
         task = self.tasks.get(spec.task_id)
-        if task is None or task.failed:
+        partial = self._partials.pop(spec.task_id, None) if task is None else None
+        if partial is not None:
+            task = self._resume(spec, partial)
+        elif task is None or task.failed:
             task = self._start(spec, task)
         elif spec.digest is None:
             await task.wait_started()
@@ -109,7 +120,10 @@ class Cdn:
         stale (dfget starts over once, on a fresh fetch), its files go. False if unknown."""
         task = self.tasks.pop(task_id, None)
         if task is None:
-            return False
+            if self._partials.pop(task_id, None) is None:
+                return False
+            self.store.remove_task(task_id)  # a stopped fetch, never resumed
+            return True
         # A later task of the same id must not reuse this generation's file names: the
         # fetch being stopped removes its own generation's file when it ends.
         self._retired[task_id] = task.generation
@@ -122,6 +136,32 @@ class Cdn:
             task.cancel_scope.cancel()  # the fetch fails it (stale) and cleans up
         log.info("cdn: task %s evicted (generation %d)", task_id[:16], task.generation)
         return True
+
+    def _resume(self, spec: TaskSpec, partial: PartialMeta) -> CdnTask:
+        """A fetch stopped by a shutdown goes on where it stopped (Range + If-Range): the
+        same generation and key, its pieces as they are on disk."""
+        task = CdnTask(spec, partial.generation, bytes.fromhex(partial.key))
+        task.created = partial.created
+        try:
+            pieces = self.store.open_partial(partial)
+        except StoreError as exc:
+            log.warning("cdn: task %s cannot resume: %s", spec.task_id[:16], exc)
+            self.store.remove_task(spec.task_id)
+            return self._start(spec, None)
+        validators = Validators(partial.etag, partial.last_modified)
+        task.begin(partial.length, partial.piece_size, validators, pieces)
+        for digest in partial.digests:
+            task.add_piece(bytes.fromhex(digest), partial.piece_size)
+        self.tasks[spec.task_id] = task
+        self._jobs_send.send_nowait(task)
+        log.info(
+            "cdn: resuming %s (task %s, generation %d) at piece %d",
+            display_url(spec.url),
+            spec.task_id[:16],
+            task.generation,
+            task.ready,
+        )
+        return task
 
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
         last = previous.generation if previous else self._retired.pop(spec.task_id, 0)

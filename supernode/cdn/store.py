@@ -10,6 +10,7 @@ supernode's user only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -26,6 +27,7 @@ from supernode.errors import StoreError
 log = logging.getLogger(__name__)
 
 META = "meta.json"
+PARTIAL = "partial.json"
 
 
 @dataclass
@@ -55,9 +57,35 @@ class TaskMeta:
             raise ValueError("digest count does not match the length")
 
 
+@dataclass
+class PartialMeta:
+    """A fetch stopped by a shutdown, with what it takes to resume it with Range."""
+
+    task_id: str
+    generation: int
+    key: str  # hex
+    piece_size: int
+    length: int | None
+    digests: list[str]  # hex blake3 of each full piece stored so far, in order
+    digest: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    created: float = 0.0
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if self.generation < 1 or len(bytes.fromhex(self.key)) != 32 or self.piece_size <= 0:
+            raise ValueError("bad generation, key or piece size")
+        if not self.digests or not (self.etag or self.last_modified):
+            raise ValueError("nothing to resume, or no validator to resume it with")
+        if self.length is not None and len(self.digests) * self.piece_size >= self.length:
+            raise ValueError("more pieces than the length holds")
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.partials: dict[str, PartialMeta] = {}  # filled by load_all
         self._lock_fd: int | None = None
         self.tasks_root = root / "tasks"
         try:
@@ -119,12 +147,40 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {exc}") from exc
 
+    def save_partial(self, partial: PartialMeta) -> None:
+        """Write partial.json atomically: a fetch stopped by a shutdown, to resume."""
+        target = self.task_dir(partial.task_id) / PARTIAL
+        temp = target.with_suffix(".tmp")
+        try:
+            with open(temp, "w", encoding="utf-8", opener=_private_opener) as out:
+                json.dump(asdict(partial), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except OSError as exc:
+            raise StoreError(f"cannot write {target}: {exc}") from exc
+
+    def forget_partial(self, task_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.task_dir(task_id) / PARTIAL).unlink(missing_ok=True)
+
+    def open_partial(self, partial: PartialMeta) -> PiecesFile:
+        """The pieces file of a stopped fetch, open to go on writing it."""
+        path = self.pieces_path(partial.task_id, partial.generation)
+        return PiecesFile(path, partial.piece_size, create=False, writable=True)
+
     def load_all(self) -> list[TaskMeta]:
-        """Complete tasks on disk. Incomplete or unreadable ones are removed."""
+        """Complete tasks on disk; fetches stopped by a shutdown go to `self.partials`.
+        Incomplete or unreadable ones are removed."""
         found = []
+        self.partials = {}
         for shard in sorted(self.tasks_root.iterdir()):
             for task_dir in sorted(shard.iterdir()) if shard.is_dir() else ():
                 meta = self._load(task_dir)
+                partial = self._load_partial(task_dir) if meta is None else None
+                if partial is not None:
+                    self.partials[partial.task_id] = partial
+                    continue
                 if meta is None:
                     log.info("store: dropping incomplete task %s", task_dir.name[:16])
                     shutil.rmtree(task_dir, ignore_errors=True)
@@ -150,6 +206,23 @@ class Store:
             log.warning("store: discarding unreadable task %s: %s", task_dir.name[:16], exc)
             return None
         return meta
+
+    def _load_partial(self, task_dir: Path) -> PartialMeta | None:
+        try:
+            raw = json.loads((task_dir / PARTIAL).read_text(encoding="utf-8"))
+            partial = PartialMeta(**raw)
+            partial.check()
+            if partial.task_id != task_dir.name:
+                raise ValueError("task id does not match its folder")
+            size = self.pieces_path(partial.task_id, partial.generation).stat().st_size
+            if size < len(partial.digests) * (partial.piece_size + 16):
+                raise ValueError("pieces file shorter than its pieces")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("store: discarding stopped fetch %s: %s", task_dir.name[:16], exc)
+            return None
+        return partial
 
     def _drop_other_generations(self, meta: TaskMeta) -> None:
         keep = self.pieces_path(meta.task_id, meta.generation).name
