@@ -57,6 +57,8 @@ class Fault:
     """Answer every GET/HEAD with this final status (>= 200) and a short text body."""
     require_auth: str | None = None
     """Exact Authorization value expected; missing or wrong gets 401."""
+    challenge: str = 'Basic realm="origin"'
+    """The WWW-Authenticate value of that 401 (a registry's Bearer challenge, say)."""
     drop_after: int | None = None
     """Cut the connection after this many body bytes of a 200/206 GET body."""
     drop_times: int = 1
@@ -291,7 +293,7 @@ class FakeOrigin:
         if req.method not in ("GET", "HEAD"):
             await _send_simple(stream, conn, req, 405, [("Allow", "GET, HEAD")])
         elif fault.require_auth is not None and req.header("authorization") != fault.require_auth:
-            challenge = [("WWW-Authenticate", 'Basic realm="origin"')]
+            challenge = [("WWW-Authenticate", fault.challenge)]
             await _send_simple(stream, conn, req, 401, challenge)
         elif fault.status is not None:
             await _send_simple(stream, conn, req, fault.status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 from functools import partial
@@ -271,3 +272,45 @@ async def test_the_status_page_shows_a_running_download(
     row = dom.split(f'data-task="{task_id}"', 1)[1].split("</tr>", 1)[0]
     assert "running" in row and "/big.bin" in row
     assert '<p id="error"></p>' in dom  # every API call answered
+
+
+async def test_preheating_an_image_through_the_registrys_bearer_token_flow(
+    node: RunningSupernode, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    """A registry that wants a Bearer token (the FakeOrigin plays registry and token
+    server): the preheat gets a token with its Basic credentials, then the manifest and
+    every blob with the token."""
+    image = write_oci_image(tmp_path / "image", [MiB, MiB // 2])
+    blobs = image.layout / "blobs" / "sha256"
+    basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
+    bearer = "Bearer token-for-ci"
+    challenge = (
+        f'Bearer realm="{origin.url("/token")}",service="fake-registry",'
+        'scope="repository:team/app:pull"'
+    )
+    origin.add("/token", json.dumps({"token": "token-for-ci"}).encode(), require_auth=basic)
+    manifest = (blobs / image.manifest.split(":")[1]).read_bytes()
+    protected = {"require_auth": bearer, "challenge": challenge}
+    origin.add("/v2/team/app/manifests/1", manifest, **protected)
+    for digest in image.blobs:
+        data = (blobs / digest.split(":")[1]).read_bytes()
+        origin.add(f"/v2/team/app/blobs/{digest}", data, **protected)
+    async with admin(node) as client:
+        created = await client.post(
+            "/api/v1/preheats",
+            json={
+                "type": "image",
+                "url": origin.url("/v2/team/app/manifests/1"),
+                "headers": {"Authorization": basic},
+            },
+        )
+        state = await poll_state(client, f"/api/v1/preheats/{created.json()['id']}")
+    assert state["state"] == "succeeded", state
+    assert sorted(t["id"] for t in state["tasks"]) == sorted(
+        node.node.cdn.tasks
+    )  # every blob is a task of the CDN
+    assert len(state["tasks"]) == len(image.blobs)
+    for digest in image.blobs:
+        assert origin.stats[f"/v2/team/app/blobs/{digest}"].full_bodies == 1
+    token_requests = origin.stats["/token"].requests
+    assert any("scope=repository" in dict(headers)[":path"] for _, headers in token_requests)

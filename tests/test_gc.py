@@ -85,3 +85,26 @@ async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
     again = await fetch(origin.url("/f1.bin"), node)  # evicted: fetched again
     assert Path(again.output).read_bytes() == files["/f1.bin"]
     assert origin.stats["/f1.bin"].full_bodies == 2
+
+
+async def test_a_fetch_still_running_is_never_evicted(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    slow = FakeOrigin(rate_limit=2 * MiB)
+    await nursery.start(slow.serve)
+    data = os.urandom(8 * MiB)
+    slow.add("/big.bin", data)
+    node = await start_supernode(gc=GcPolicy(quota=2 * MiB, low=0.1), gc_interval=3600)
+    results = []
+
+    async def download() -> None:
+        results.append(await fetch(slow.url("/big.bin"), node))
+
+    nursery.start_soon(download)
+    cdn = node.node.cdn
+    await until(lambda: any(t.ready >= 3 for t in cdn.tasks.values()))  # over the quota
+    assert node.node.collect_garbage() == []  # fetching, and a peer in its swarm
+    await until(lambda: bool(results), seconds=30)
+    assert Path(results[0].output).read_bytes() == data
+    await until(lambda: not node.node.swarm.peers)  # the download left: now it is idle
+    assert node.node.collect_garbage() == [results[0].task_id]
