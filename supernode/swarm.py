@@ -56,6 +56,8 @@ class Swarm:
         self.peers: dict[str, PeerRecord] = {}
         self.generations: dict[str, int] = {}  # task id → the generation being scheduled
         self._news: dict[str, trio.Event] = {}  # task id → fires at the next change
+        self.decisions = 0  # piece-task requests answered (assignments decided)
+        self.decision_seconds = 0.0  # time spent deciding them, tickets included
 
     # -- admission and membership --------------------------------------------------------
 
@@ -126,6 +128,16 @@ class Swarm:
         self, task: CdnTask, requester: str, want: int, now: float
     ) -> tuple[PieceTask, ...]:
         """Up to `want` pieces for `requester` to fetch next, each with source and ticket."""
+        started = time.perf_counter()
+        try:
+            return self._piece_tasks(task, requester, want, now)
+        finally:
+            self.decision_seconds += time.perf_counter() - started
+            self.decisions += 1
+
+    def _piece_tasks(
+        self, task: CdnTask, requester: str, want: int, now: float
+    ) -> tuple[PieceTask, ...]:
         total = task.piece_count if task.settled else None
         self.scheduler.cdn_ready(task.task_id, task.ready, total=total)
         tasks: list[PieceTask] = []

@@ -16,6 +16,7 @@ import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, until
 from registry import Registry, needs_registry, write_oci_image
 
+from dfget.errors import OriginFailed
 from dfget.peer import PeerOptions
 from proto.pieces import MiB
 from supernode import __version__
@@ -314,3 +315,17 @@ async def test_preheating_an_image_through_the_registrys_bearer_token_flow(
         assert origin.stats[f"/v2/team/app/blobs/{digest}"].full_bodies == 1
     token_requests = origin.stats["/token"].requests
     assert any("scope=repository" in dict(headers)[":path"] for _, headers in token_requests)
+
+
+async def test_metrics_count_scheduler_decisions_and_origin_errors(
+    origin: FakeOrigin, node: RunningSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", os.urandom(MiB))
+    await fetch(origin.url("/f.bin"), node)
+    with pytest.raises(OriginFailed):
+        await fetch(origin.url("/missing.bin"), node, back_source=False)
+    registry = node.node.admin.registry
+    assert (registry.get_sample_value("supernode_scheduler_decision_seconds_count") or 0) >= 1
+    assert (registry.get_sample_value("supernode_scheduler_decision_seconds_sum") or 0) > 0
+    errors = registry.get_sample_value("supernode_origin_errors_total", {"code": "origin_status"})
+    assert errors == 1

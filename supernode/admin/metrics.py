@@ -6,7 +6,12 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from supernode.cdn.task import TaskState
@@ -71,6 +76,21 @@ class SupernodeCollector(Collector):
         for outcome, count in scheduler.decisions_by_outcome.items():
             outcomes.add_metric([outcome], count)
         yield outcomes
+        latency = SummaryMetricFamily(
+            "supernode_scheduler_decision_seconds",
+            "Time to answer a piece-task request (scheduler decisions and tickets)",
+            count_value=node.swarm.decisions,
+            sum_value=node.swarm.decision_seconds,
+        )
+        yield latency
+        errors = CounterMetricFamily(
+            "supernode_origin_errors",
+            "Back-to-source fetches that failed, by error code",
+            labels=["code"],
+        )
+        for code, count in sorted(node.cdn.origin_errors.items()):
+            errors.add_metric([code], count)
+        yield errors
         yield GaugeMetricFamily(
             "supernode_assignments_in_flight",
             "Assignments not reported yet",

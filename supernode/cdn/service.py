@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import trio
@@ -49,6 +50,7 @@ class Cdn:
         self._partials: dict[str, PartialMeta] = {}  # fetches stopped by a shutdown
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
         self._fetches = 0
+        self.origin_errors: Counter[str] = Counter()  # fetches that failed, by error code
         self._revalidations = 0
         self._bytes_from_origin = 0  # fetches that ended
         self._fetching: set[CdnTask] = set()
@@ -87,6 +89,8 @@ class Cdn:
             task.close()
             if task.task_id in self._retired and task.task_id not in self.tasks:
                 self.store.remove_task(task.task_id)  # evicted while fetching: all of it
+        if meta is None and task.error is not None and task.error.code != "shutdown":
+            self.origin_errors[str(task.error.code)] += 1
         if meta is not None:
             # Older generations' pieces can go: nobody can be handed them any more.
             for older in range(1, task.generation):
