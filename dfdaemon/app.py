@@ -44,6 +44,7 @@ class DaemonConfig:
     rules: tuple[str, ...] = field(default_factory=tuple)
     control_socket: Path | None = None  # default: DATA_DIR/dfdaemon.sock
     cache: GcPolicy = field(default_factory=GcPolicy)  # the blob cache's quota and TTL
+    reseed_delay: float = 5.0  # before announcing a blob again when its seeding ended
 
 
 class DataDirInUse(Exception):
@@ -95,6 +96,7 @@ class Daemon:
                     token=config.token,
                     upload_slots=config.upload_slots,
                     gc=config.cache,
+                    reseed_delay=config.reseed_delay,
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)

@@ -42,6 +42,7 @@ from proto.urls import move_credentials
 log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+RESEED_MAX_DELAY = 120.0
 
 READ_CHUNK = 1024 * 1024
 
@@ -61,6 +62,7 @@ class DownloadSettings:
     upload_slots: int = 4
     gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
     gc_interval: float = 5.0
+    reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended
 
 
 @dataclass
@@ -266,44 +268,67 @@ class BlobStore:
         return found
 
     async def _seed_again(self, blob: Blob, url: str) -> None:
-        """Announce a blob cached before a restart to the swarm and seed it: the engine
-        checks every piece against the supernode's digests first (`adopt`)."""
-        settings = self.settings
+        """Seed a blob cached before a restart (see `_keep_seeding`)."""
         try:
-            with blob.scope, ExistingOutput(blob.path) as out:
-                await download(
-                    DownloadRequest(
-                        url=url,
-                        output=blob.path,
-                        supernodes=settings.supernodes,
-                        digest=blob.digest,
-                        back_source=False,
-                        verify_whole=False,
-                        peer=PeerOptions(
-                            server=settings.server,
-                            seed_for=math.inf,
-                            token=settings.token,
-                            upload_slots=settings.upload_slots,
-                            adopt=True,
-                        ),
-                    ),
-                    output=out,
-                    limiter=settings.limiter,
-                )
-        except IntegrityError as exc:
-            log.warning("blob %s: cached copy is damaged (%s): dropped", blob.hex[:12], exc)
-            self.drop(blob.hex)
-        except (DfgetError, OSError) as exc:
-            log.info("blob %s: not seeded again: %s", blob.hex[:12], exc)
+            with blob.scope:
+                await self._keep_seeding(blob, url, wait_first=False)
         finally:
             if self.running.get(blob.hex) is blob:
                 del self.running[blob.hex]
 
     async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
-        with blob.scope:  # cancelled: stopped (its error says so if it was not done)
-            await self._run(blob, url, headers)
-        if self.running.get(blob.hex) is blob:
-            del self.running[blob.hex]
+        try:
+            with blob.scope:  # cancelled: stopped (its error says so if it was not done)
+                await self._run(blob, url, headers)
+                # Its seeding ended without being stopped: the supernode went away, or
+                # dropped the task. Keep offering the blob when it is back.
+                if blob.complete and blob.digest is not None and blob.path.parent == self.root:
+                    await self._keep_seeding(blob, url, wait_first=True)
+        finally:
+            if self.running.get(blob.hex) is blob:
+                del self.running[blob.hex]
+
+    async def _keep_seeding(self, blob: Blob, url: str, *, wait_first: bool) -> None:
+        """Announce a complete blob to the swarm and seed it, again whenever the seeding
+        ends (its supernode restarted, say), retrying with a growing delay. The engine
+        checks every piece against the supernode's digests first (`adopt`)."""
+        settings = self.settings
+        if not settings.supernodes:
+            return
+        delay = settings.reseed_delay
+        if wait_first:
+            await trio.sleep(delay)
+        while True:
+            try:
+                with ExistingOutput(blob.path) as out:
+                    await download(
+                        DownloadRequest(
+                            url=url,
+                            output=blob.path,
+                            supernodes=settings.supernodes,
+                            digest=blob.digest,
+                            back_source=False,
+                            verify_whole=False,
+                            peer=PeerOptions(
+                                server=settings.server,
+                                seed_for=math.inf,
+                                token=settings.token,
+                                upload_slots=settings.upload_slots,
+                                adopt=True,
+                            ),
+                        ),
+                        output=out,
+                        limiter=settings.limiter,
+                    )
+                delay = settings.reseed_delay  # it seeded until the supernode went away
+            except IntegrityError as exc:
+                log.warning("blob %s: cached copy is damaged (%s): dropped", blob.hex[:12], exc)
+                self.drop(blob.hex)
+                return
+            except (DfgetError, OSError) as exc:
+                log.info("blob %s: not seeded for now: %s", blob.hex[:12], exc)
+                delay = min(2 * delay, RESEED_MAX_DELAY)
+            await trio.sleep(delay)
 
     async def _run(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         settings = self.settings

@@ -491,3 +491,36 @@ async def test_the_cache_quota_evicts_blobs_nobody_is_reading(
     assert blobs.path(first.split(":")[1]).exists()
     assert not blobs.path(second.split(":")[1]).exists()
     assert blobs.usage() == (1, image.sizes[first])
+
+
+async def test_after_its_supernode_restarts_the_daemon_seeds_again(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [6 * MiB])
+    await registry.push(image, "test/img:1")
+    layer = image.layers[0]
+    node = await start_supernode(data_dir=tmp_path / "store")
+    port = int(node.address.rsplit(":", 1)[1])
+    first = await start_daemon("host1", registry, node, reseed_delay=0.2)
+    async with httpx.AsyncClient(timeout=60) as client:
+        url = f"http://{first.address}/v2/test/img/blobs/{layer}"
+        assert (await client.get(url)).status_code == 200
+    await node.stop()  # the supernode restarts, on the same address and store
+    again = await start_supernode(data_dir=tmp_path / "store", port=port)
+    scheduler = again.node.scheduler
+
+    def announced() -> bool:
+        stats = [scheduler.task_statistics(task_id) for task_id in again.node.cdn.tasks]
+        return any(s is not None and s.holders_min >= 1 for s in stats)
+
+    await until(announced)  # the first daemon came back by itself
+    second = await start_daemon("host2", registry, again)
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.get(f"http://{second.address}/v2/test/img/blobs/{layer}")
+    assert f"sha256:{hashlib.sha256(response.content).hexdigest()}" == layer
+    size = image.sizes[layer]
+    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= size / 2
+    assert registry.blob_gets() == {layer: 1}
