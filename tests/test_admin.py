@@ -20,6 +20,7 @@ from dfget.errors import OriginFailed
 from dfget.peer import PeerOptions
 from proto.pieces import MiB
 from supernode import __version__
+from supernode.admin.preheat import PreheatError, _pick
 from supernode.testing import FakeOrigin
 
 
@@ -329,3 +330,24 @@ async def test_metrics_count_scheduler_decisions_and_origin_errors(
     assert (registry.get_sample_value("supernode_scheduler_decision_seconds_sum") or 0) > 0
     errors = registry.get_sample_value("supernode_origin_errors_total", {"code": "origin_status"})
     assert errors == 1
+
+
+def test_an_index_resolves_to_the_platform_asked_for() -> None:
+    def entry(digit: str, os_name: str, arch: str, **extra: str) -> dict[str, object]:
+        return {
+            "digest": "sha256:" + digit * 64,
+            "platform": {"os": os_name, "architecture": arch, **extra},
+        }
+
+    index = {
+        "manifests": [
+            entry("1", "linux", "arm64", variant="v8"),
+            entry("2", "linux", "amd64"),
+            entry("3", "windows", "amd64"),
+        ]
+    }
+    assert _pick(index, "linux/amd64") == "sha256:" + "2" * 64
+    assert _pick(index, "linux/arm64/v8") == "sha256:" + "1" * 64
+    assert _pick(index, "windows/amd64") == "sha256:" + "3" * 64
+    with pytest.raises(PreheatError, match="linux/s390x"):
+        _pick(index, "linux/s390x")
