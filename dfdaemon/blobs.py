@@ -281,8 +281,11 @@ class BlobStore:
             with blob.scope:  # cancelled: stopped (its error says so if it was not done)
                 await self._run(blob, url, headers)
                 # Its seeding ended without being stopped: the supernode went away, or
-                # dropped the task. Keep offering the blob when it is back.
-                if blob.complete and blob.digest is not None and blob.path.parent == self.root:
+                # dropped the task. Keep offering the blob when it is back. (Not one
+                # fetched from the upstream after P2P failed: announcing it would make
+                # the supernode fetch it from the registry once more.)
+                reseed = blob.digest is not None and blob.path.parent == self.root
+                if blob.complete and reseed and not blob.fell_back:
                     await self._keep_seeding(blob, url, wait_first=True)
         finally:
             if self.running.get(blob.hex) is blob:
