@@ -228,8 +228,8 @@ async def test_timeout_exits_6(
     started = trio.current_time()
     done = await dfget(origin.url("/f.bin"), out, *flags)
     assert done.returncode == 6, done.stderr.decode()
-    assert 1 <= trio.current_time() - started < 20
-    error_line(done)
+    assert trio.current_time() - started >= 1  # it did not give up before its deadline
+    assert error_line(done) == "dfget: error: download did not finish within 1s"
     assert os.listdir(out_dir) == []
 
 
