@@ -64,6 +64,40 @@ class DownloadSettings:
     gc_interval: float = 5.0
     reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended
 
+    def request(
+        self,
+        url: str,
+        blob: Blob,
+        *,
+        supernodes: tuple[str, ...],
+        headers: tuple[tuple[str, str], ...] = (),
+        adopt: bool = False,
+    ) -> DownloadRequest:
+        """A download (or, with `adopt`, an announcement) of `blob`, seeded until the
+        daemon stops."""
+        return DownloadRequest(
+            url=url,
+            output=blob.path,
+            supernodes=supernodes,
+            headers=headers,
+            digest=blob.digest,
+            # Through the supernodes: no fallback inside the engine (the daemon's own
+            # resets the file first); without any: the upstream, if allowed.
+            back_source=not supernodes and self.back_source,
+            insecure=self.insecure,
+            # The supernode checks a digest-named file whole before it calls the task
+            # done, the engine checks every piece against the supernode's digests, and
+            # the mirror hashes what it streams: one more sha256 pass would only cost.
+            verify_whole=False,
+            peer=PeerOptions(
+                server=self.server,
+                seed_for=math.inf,
+                token=self.token,
+                upload_slots=self.upload_slots,
+                adopt=adopt,
+            ),
+        )
+
 
 @dataclass
 class Blob:
@@ -166,6 +200,8 @@ class BlobStore:
             temp.write_text(bare)
             os.replace(temp, self._url_file(blob.hex))
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             log.warning(
                 "blob %s: cannot keep its URL (it will not be seeded after a restart): %s",
                 blob.hex[:12],
@@ -304,25 +340,10 @@ class BlobStore:
         while True:
             try:
                 with ExistingOutput(blob.path) as out:
-                    await download(
-                        DownloadRequest(
-                            url=url,
-                            output=blob.path,
-                            supernodes=settings.supernodes,
-                            digest=blob.digest,
-                            back_source=False,
-                            verify_whole=False,
-                            peer=PeerOptions(
-                                server=settings.server,
-                                seed_for=math.inf,
-                                token=settings.token,
-                                upload_slots=settings.upload_slots,
-                                adopt=True,
-                            ),
-                        ),
-                        output=out,
-                        limiter=settings.limiter,
+                    request = settings.request(
+                        url, blob, supernodes=settings.supernodes, adopt=True
                     )
+                    await download(request, output=out, limiter=settings.limiter)
                 delay = settings.reseed_delay  # it seeded until the supernode went away
             except IntegrityError as exc:
                 log.warning("blob %s: cached copy is damaged (%s): dropped", blob.hex[:12], exc)
@@ -331,38 +352,21 @@ class BlobStore:
             except (DfgetError, OSError) as exc:
                 log.info("blob %s: not seeded for now: %s", blob.hex[:12], exc)
                 delay = min(2 * delay, RESEED_MAX_DELAY)
+            except Exception:  # a bug of ours: this blob stops seeding, the daemon goes on
+                log.exception("blob %s: seeding failed", blob.hex[:12])
+                return
             await trio.sleep(delay)
+
+    def _fail(self, blob: Blob, error: BaseException) -> None:
+        blob.error, blob.out = error, None
+        self.on_result(blob)
+        blob.notify()
 
     async def _run(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         settings = self.settings
         if not settings.supernodes and not settings.back_source:
-            blob.error = SupernodeUnavailable("no supernode configured, and no back-to-source")
-            self.on_result(blob)
-            blob.notify()
+            self._fail(blob, SupernodeUnavailable("no supernode configured, and no back-to-source"))
             return
-
-        def request(supernodes: tuple[str, ...]) -> DownloadRequest:
-            return DownloadRequest(
-                url=url,
-                output=blob.path,
-                supernodes=supernodes,
-                headers=headers,
-                digest=blob.digest,
-                # Through the supernodes: no fallback inside the engine (the daemon's own,
-                # below, resets the file first); without any: the upstream, if allowed.
-                back_source=not supernodes and settings.back_source,
-                insecure=settings.insecure,
-                # The supernode checks a digest-named file whole before it calls the task
-                # done, the engine checks every piece against the supernode's digests, and
-                # the mirror hashes what it streams: one more sha256 pass would only cost.
-                verify_whole=False,
-                peer=PeerOptions(
-                    server=settings.server,
-                    seed_for=math.inf,  # until the daemon stops
-                    token=settings.token,
-                    upload_slots=settings.upload_slots,
-                ),
-            )
 
         def progress(done: int, total: int | None) -> None:
             if total is not None:
@@ -376,17 +380,17 @@ class BlobStore:
             self.on_result(blob)
             blob.notify()
 
+        async def fetch(out: AtomicOutput, supernodes: tuple[str, ...]) -> None:
+            request = settings.request(url, blob, supernodes=supernodes, headers=headers)
+            await download(
+                request, output=out, limiter=settings.limiter, progress=progress, on_done=finished
+            )
+
         try:
             with AtomicOutput(blob.path) as out:
                 blob.out = out
                 try:
-                    await download(
-                        request(settings.supernodes),
-                        output=out,
-                        limiter=settings.limiter,
-                        progress=progress,
-                        on_done=finished,
-                    )
+                    await fetch(out, settings.supernodes)
                 except (OriginFailed, UsageError):
                     raise  # the upstream's own answer: falling back would get the same
                 except DfgetError as exc:
@@ -400,19 +404,10 @@ class BlobStore:
                     blob.fell_back = True
                     out.reset()
                     blob.notify()
-                    await download(
-                        request(()),
-                        output=out,
-                        limiter=settings.limiter,
-                        progress=progress,
-                        on_done=finished,
-                    )
+                    await fetch(out, ())
         except BaseException as exc:
             if not blob.complete:
-                blob.error = exc
-                blob.out = None
-                self.on_result(blob)
-                blob.notify()
+                self._fail(blob, exc)
             if not isinstance(exc, Exception):
                 raise
             if not blob.complete:

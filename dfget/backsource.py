@@ -7,7 +7,7 @@ import logging
 import httpx
 
 from dfget.errors import IntegrityError, OriginFailed
-from dfget.output import AtomicOutput
+from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
 from proto.io import RateLimiter
@@ -29,7 +29,6 @@ async def fetch_from_origin(
     """Stream the origin's body into `output`; returns the byte count."""
     hasher = new_hasher(digest) if digest else None
     ranged = any(k.lower() == "range" for k, _ in headers)
-    received = 0
     url, headers = move_credentials(url, headers)
     sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
     sent.append(("accept-encoding", "identity"))
@@ -50,16 +49,14 @@ async def fetch_from_origin(
                 )
             if ranged and response.status_code != 206:
                 raise OriginFailed(f"origin ignored the Range header for {where} (no 206)")
-            length_header = response.headers.get("content-length")
-            total = int(length_header) if length_header and length_header.isdigit() else None
-            async for chunk in response.aiter_raw():
-                await limiter.acquire(len(chunk))
-                output.write_at(received, chunk)
-                if hasher:
-                    hasher.update(chunk)
-                received += len(chunk)
-                if progress:
-                    progress(received, total)
+            received = await write_body(
+                output,
+                response.aiter_raw(),
+                length=response.headers.get("content-length"),
+                limiter=limiter,
+                hasher=hasher,
+                progress=progress,
+            )
     except httpx.TimeoutException as exc:
         raise OriginFailed(f"origin timed out: {display_url(url)}") from exc
     except httpx.HTTPError as exc:

@@ -18,7 +18,7 @@ from dfget.errors import (
     SupernodeUnavailable,
     UsageError,
 )
-from dfget.output import AtomicOutput
+from dfget.output import AtomicOutput, write_body
 from dfget.pieces import SourceCounts
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
@@ -66,7 +66,6 @@ async def through_daemon(
     hasher = new_hasher(digest) if digest else None
     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
     timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
-    received = 0
     async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
         try:
             async with client.stream("POST", "http://dfdaemon/v1/downloads", json=body) as answer:
@@ -74,22 +73,21 @@ async def through_daemon(
                     raise _error(answer.status_code, await answer.aread())
                 key = answer.headers.get("x-dfdaemon-key", "")
                 length = answer.headers.get("content-length")
-                total = int(length) if length and length.isdigit() else None
-                async for chunk in answer.aiter_raw():
-                    await limiter.acquire(len(chunk))
-                    out.write_at(received, chunk)
-                    if hasher:
-                        hasher.update(chunk)
-                    received += len(chunk)
-                    if progress:
-                        progress(received, total)
+                received = await write_body(
+                    out,
+                    answer.aiter_raw(),
+                    length=length,
+                    limiter=limiter,
+                    hasher=hasher,
+                    progress=progress,
+                )
             summary = (await client.get(f"http://dfdaemon/v1/downloads/{key}")).json()
         except (httpx.TransportError, json.JSONDecodeError) as exc:
             raise DaemonUnreachable(f"dfdaemon at {socket_path}: {exc}") from exc
         except OSError as exc:
             raise DaemonUnreachable(f"dfdaemon at {socket_path}: {exc}") from exc
-    if total is not None and received != total:
-        raise DaemonUnreachable(f"dfdaemon at {socket_path} sent {received} of {total} bytes")
+    if length and length.isdigit() and received != int(length):
+        raise DaemonUnreachable(f"dfdaemon at {socket_path} sent {received} of {length} bytes")
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from dfdaemon does not match {digest}")
     if not isinstance(summary, dict):

@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
 from dfget.errors import OutputError
+from dfget.progress import Progress
+from proto.digests import Hasher
+from proto.io import RateLimiter
 
 
 class AtomicOutput:
@@ -140,3 +144,27 @@ class ExistingOutput(AtomicOutput):
 
     def commit(self) -> None:
         """Nothing to rename: the file is in place."""
+
+
+async def write_body(
+    out: AtomicOutput,
+    chunks: AsyncIterator[bytes],
+    *,
+    length: str | None,
+    limiter: RateLimiter,
+    hasher: Hasher | None,
+    progress: Progress | None,
+) -> int:
+    """Write an HTTP body to `out` in order, paced by `limiter`, fed to `hasher`;
+    `length` is its Content-Length header, if any. The byte count."""
+    total = int(length) if length and length.isdigit() else None
+    received = 0
+    async for chunk in chunks:
+        await limiter.acquire(len(chunk))
+        out.write_at(received, chunk)
+        if hasher:
+            hasher.update(chunk)
+        received += len(chunk)
+        if progress:
+            progress(received, total)
+    return received

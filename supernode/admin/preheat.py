@@ -130,6 +130,9 @@ class Preheats:
         except (PreheatError, SupernodeError, ValueError) as exc:
             preheat.state, preheat.error = "failed", str(exc)
             log.warning("preheat %s failed: %s", preheat.id[:8], exc)
+        except Exception:  # a bug of ours: this preheat fails, the supernode goes on
+            log.exception("preheat %s: internal error", preheat.id[:8])
+            preheat.state, preheat.error = "failed", "internal error"
 
     async def _image_specs(self, client: httpx.AsyncClient, preheat: Preheat) -> list[TaskSpec]:
         parts = urlsplit(preheat.url)

@@ -136,29 +136,11 @@ class Store:
     def save_meta(self, meta: TaskMeta) -> None:
         """Write meta.json atomically: a crash leaves the old one or the new one."""
         meta.check()
-        target = self.task_dir(meta.task_id) / META
-        temp = target.with_suffix(".tmp")
-        try:
-            with open(temp, "w", encoding="utf-8", opener=_private_opener) as out:
-                json.dump(asdict(meta), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except OSError as exc:
-            raise StoreError(f"cannot write {target}: {exc}") from exc
+        _write_json(self.task_dir(meta.task_id) / META, asdict(meta))
 
     def save_partial(self, partial: PartialMeta) -> None:
         """Write partial.json atomically: a fetch stopped by a shutdown, to resume."""
-        target = self.task_dir(partial.task_id) / PARTIAL
-        temp = target.with_suffix(".tmp")
-        try:
-            with open(temp, "w", encoding="utf-8", opener=_private_opener) as out:
-                json.dump(asdict(partial), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except OSError as exc:
-            raise StoreError(f"cannot write {target}: {exc}") from exc
+        _write_json(self.task_dir(partial.task_id) / PARTIAL, asdict(partial))
 
     def forget_partial(self, task_id: str) -> None:
         with contextlib.suppress(OSError):
@@ -240,6 +222,21 @@ class Store:
 
     def remove_task(self, task_id: str) -> None:
         shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
+
+
+def _write_json(target: Path, value: object) -> None:
+    """Write `target` atomically and durably: a crash leaves the old file or the new."""
+    temp = target.with_suffix(".tmp")
+    try:
+        with open(temp, "w", encoding="utf-8", opener=_private_opener) as out:
+            json.dump(value, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)  # never leave a half-written temp behind
+        raise StoreError(f"cannot write {target}: {exc}") from exc
 
 
 def _private_opener(path: str, flags: int) -> int:
