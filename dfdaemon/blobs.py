@@ -95,6 +95,7 @@ class DownloadSettings:
                 token=self.token,
                 upload_slots=self.upload_slots,
                 adopt=adopt,
+                in_order=True,  # its readers stream it front to back as it arrives
             ),
         )
 

@@ -101,6 +101,7 @@ class PeerOptions:
         server: SharedServer | None = None,
         signals_end_seeding: bool = False,
         adopt: bool = False,
+        in_order: bool = False,
     ) -> None:
         self.listen = listen
         self.upload_slots = upload_slots
@@ -115,6 +116,9 @@ class PeerOptions:
         # check it piece by piece against the supernode's digests and announce it, so
         # the swarm can fetch from it, instead of downloading.
         self.adopt = adopt
+        # Ask the scheduler for pieces in index order: a reader streams the file while
+        # it downloads (dfdaemon), so the front matters more than spreading rare pieces.
+        self.in_order = in_order
         # SIGTERM/SIGINT while seeding end the seeding, not the (finished) download: the
         # CLI sets this, so `kill` on a seeding dfget still exits 0 with its summary.
         self.signals_end_seeding = signals_end_seeding
@@ -272,6 +276,7 @@ class Attempt:
                 upload_port=port if self.options.upload_slots else 0,
                 upload_slots=self.options.upload_slots,
                 token_proof=proof,
+                in_order=self.options.in_order,
             )
         )
         # The supernode answers once the origin's response head is in (or it failed).

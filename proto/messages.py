@@ -110,6 +110,9 @@ class Register(Message):
     upload_port: int = 0  # where this peer serves pieces (0: it does not)
     upload_slots: int = 0  # how many pieces it uploads at once
     token_proof: bytes | None = None
+    # It streams the file to a reader front to back (dfdaemon's mirror): pieces in
+    # index order rather than rarest first, so the reader never waits on a gap.
+    in_order: bool = False
 
     def check(self) -> None:
         if not self.url.startswith(("http://", "https://")) or len(self.url) > 8192:

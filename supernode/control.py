@@ -128,7 +128,7 @@ class ControlSession:
             return
         self.record = record
         self.tasks[task.task_id] = task
-        self.swarm.enter(record, task, trio.current_time())
+        self.swarm.enter(record, task, trio.current_time(), in_order=message.in_order)
         await self.framed.send(
             Registered(
                 task_id=task.task_id,

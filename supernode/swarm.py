@@ -78,7 +78,9 @@ class Swarm:
             raise PeerIdInUse(f"peer id {peer_id[:40]!r} is in use by another session")
         return record
 
-    def enter(self, record: PeerRecord, task: CdnTask, now: float) -> None:
+    def enter(
+        self, record: PeerRecord, task: CdnTask, now: float, *, in_order: bool = False
+    ) -> None:
         scheduled = self.generations.get(task.task_id)
         if scheduled is not None and scheduled != task.generation:
             # The content changed upstream: the old generation's holdings mean nothing.
@@ -89,7 +91,9 @@ class Swarm:
         # that adopts its cache) before anyone asks for piece tasks.
         total = task.piece_count if task.settled else None
         self.scheduler.cdn_ready(task.task_id, task.ready, total=total)
-        self.scheduler.add_peer(task.task_id, record.peer_id, upload_slots=record.slots, now=now)
+        self.scheduler.add_peer(
+            task.task_id, record.peer_id, upload_slots=record.slots, now=now, in_order=in_order
+        )
         record.tasks.add(task.task_id)
         self._notify(task.task_id)
 

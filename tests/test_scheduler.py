@@ -137,6 +137,24 @@ def test_first_pieces_at_random_then_rarest_first() -> None:
     assert len(first_sets) > 30
 
 
+def test_a_streaming_downloader_gets_the_lowest_pieces_first() -> None:
+    # Rarity and randomness would pick 10-19 first; a reader streaming the file needs 0.
+    for seed in range(20):
+        s = make(seed, first_random=4, cdn_upload_slots=100, endgame_pieces=0)
+        holders = {p: (100, range(10)) for p in ("A", "B", "C")}
+        seed_task(s, total=20, ready=20, holders=holders)
+        s.add_peer("t", "D", upload_slots=0, now=0.0, in_order=True)
+        first = s.assign("t", "D", 4, 0.0)
+        assert [a.index for a in first] == [0, 1, 2, 3]
+        done(s, "D", first[1:])  # 0 still in flight: 4-7 come next, 0 is not repeated
+        assert [a.index for a in s.assign("t", "D", 4, 0.0)] == [4, 5, 6, 7]
+    # Only pieces some source can serve: the CDN has 0-2, a peer holds 5.
+    s = make(cdn_upload_slots=100)
+    seed_task(s, total=8, ready=3, holders={"A": (9, [5])})
+    s.add_peer("t", "D", upload_slots=0, now=0.0, in_order=True)
+    assert [a.index for a in s.assign("t", "D", 8, 0.0)] == [0, 1, 2, 5]
+
+
 # -- sources: slots, spreading, the CDN ---------------------------------------------------------
 
 

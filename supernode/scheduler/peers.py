@@ -71,6 +71,7 @@ class Member:
     flights: dict[int, Flight] = field(default_factory=dict)  # piece -> its download
     duplicates: dict[int, Flight] = field(default_factory=dict)  # piece -> endgame duplicate
     is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
+    in_order: bool = False  # it streams the file: lowest missing pieces first
 
     @property
     def peer_id(self) -> str:

@@ -7,7 +7,8 @@ of a sort of all pieces on every request. Counts only change on DONE, on departu
 when the CDN makes progress; each change moves one piece between two buckets.
 
 `PieceOrder` walks a downloader's candidate pieces: at random while the peer is new,
-then rarest first with random tie-breaks.
+then rarest first with random tie-breaks. `IndexOrder` walks them lowest first, for a
+downloader that streams the file to a reader as it arrives.
 """
 
 from __future__ import annotations
@@ -187,6 +188,24 @@ class PieceOrder(Iterator[int]):
             self._bucket ^= 1 << index
         self.remaining ^= 1 << index
         return index
+
+
+class IndexOrder(Iterator[int]):
+    """The pieces of `candidates` lowest index first, each once: for a downloader whose
+    reader streams the file front to back (same `restrict` as PieceOrder)."""
+
+    def __init__(self, candidates: int) -> None:
+        self.remaining = candidates
+
+    def restrict(self, keep: int) -> None:
+        self.remaining &= keep
+
+    def __next__(self) -> int:
+        if not self.remaining:
+            raise StopIteration
+        lowest = self.remaining & -self.remaining
+        self.remaining ^= lowest
+        return lowest.bit_length() - 1
 
 
 def shuffled_bits(bits: int, rng: random.Random) -> list[int]:

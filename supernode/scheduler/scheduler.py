@@ -27,7 +27,7 @@ from typing import NamedTuple
 from supernode.scheduler.decisions import CDN, Assignment, Outcome, SchedulerConfig
 from supernode.scheduler.flights import Flight, FlightTable
 from supernode.scheduler.peers import Member, Peer
-from supernode.scheduler.rarity import PieceOrder, shuffled_bits
+from supernode.scheduler.rarity import IndexOrder, PieceOrder, shuffled_bits
 from supernode.scheduler.reputation import GlobalBlacklist
 from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, TaskStatistics
 from supernode.scheduler.tasks import Task
@@ -83,10 +83,14 @@ class Scheduler:
         """
         self._task(task_id).cdn_ready(ready, total)
 
-    def add_peer(self, task_id: str, peer_id: str, *, upload_slots: int, now: float) -> None:
+    def add_peer(
+        self, task_id: str, peer_id: str, *, upload_slots: int, now: float, in_order: bool = False
+    ) -> None:
         """`peer_id` joins `task_id` (creating the task if needed); idempotent.
 
         `upload_slots` is the peer's cap over all its tasks; the latest call sets it.
+        With `in_order` it is assigned the lowest pieces it misses first (a reader
+        streams the file as it arrives), not random then rarest first.
         """
         if upload_slots < 0:
             raise ValueError(f"upload_slots must be >= 0, not {upload_slots}")
@@ -101,6 +105,7 @@ class Scheduler:
         if task_id not in peer.members:
             member = peer.members[task_id] = Member(peer, task_id)
             task.join(member)
+        peer.members[task_id].in_order = in_order
         self._refresh(peer)
 
     def remove_peer(self, peer_id: str, now: float) -> None:
@@ -166,8 +171,12 @@ class Scheduler:
         # piece it is already uploading reaches the others sooner through that peer.
         cdn_pieces = task.rarity.on_cdn & ~task.cdn_busy if self._cdn_free(avoid) else 0
         reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
-        random_picks = self.config.first_random - member.have_count - len(member.flights)
-        order = PieceOrder(task.rarity, wanted & reach, reach, self._rng, random_picks)
+        order: PieceOrder | IndexOrder
+        if member.in_order:
+            order = IndexOrder(wanted & reach)
+        else:
+            random_picks = self.config.first_random - member.have_count - len(member.flights)
+            order = PieceOrder(task.rarity, wanted & reach, reach, self._rng, random_picks)
         for index in order:
             source = pool.choose(index, avoid.bits, self._rng)
             if source is None and not (cdn_pieces >> index) & 1:
