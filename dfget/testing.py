@@ -11,7 +11,7 @@ from dfget.uploads import PieceServer, SharedTask
 class CorruptingPieceServer(PieceServer):
     """Serves every piece with one byte flipped: the GCM tag no longer verifies."""
 
-    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
         sealed = bytearray(await super().piece_bytes(task, index))
         sealed[len(sealed) // 2] ^= 0x5A
         return bytes(sealed)
@@ -22,6 +22,6 @@ class SlowPieceServer(PieceServer):
 
     delay = 1.0
 
-    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
         await trio.sleep(self.delay)
         return await super().piece_bytes(task, index)

@@ -68,7 +68,7 @@ class TimedPieceServer(PieceServer):
         self.last_sent = 0.0
         TimedPieceServer.servers.append(self)
 
-    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
         if self.first_asked is None:
             self.first_asked = trio.current_time()
         return await super().piece_bytes(task, index)

@@ -199,7 +199,7 @@ class CountingSlowServer(SlowPieceServer):
     delay = 30.0  # far longer than the whole download takes from anyone else
     asked = 0
 
-    async def piece_bytes(self, task: SharedTask, index: int) -> bytes:
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
         CountingSlowServer.asked += 1
         return await super().piece_bytes(task, index)
 
