@@ -12,14 +12,21 @@ fresh containerd (its own root, so nothing is cached) for each pull:
 - cold: through dfdaemon A (its cache and the supernode's CDN empty);
 - second host: through dfdaemon B, after A's pull: its layers come from A's daemon.
 
-Times are `ctr images pull` wall clock (unpacking included, as a user sees it). The
-registry's access log says how many blob bytes it sent during each pull.
+Times are `ctr images pull` wall clock (unpacking included, as a user sees it). ctr
+fetches every blob first and unpacks after, and says how long each took: both phases
+are printed too (the mirror only takes part in the fetch; the unpack is the same work
+every time, and it is what varies most on these machines). Before each pull the
+previous pulls' dirty pages are flushed (`sync`), so no pull pays for another's
+writeback, and the direct pull moves from first to second to last place from run to
+run (the host's speed drifts within a run: no kind of pull should always go first).
+The registry's access log says how many blob bytes it sent during each pull.
 Targets: cold <= 1.3x direct; second host <= 1.0x direct with zero registry blob bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -46,6 +53,8 @@ from bench.common import (
 from dfdaemon.testing import CTR, Containerd, Registry, write_oci_image
 
 LISTENING = re.compile(r"dfdaemon listening on (\S+:\d+)")
+FETCHED = re.compile(r"elapsed: ([\d.]+) s")  # ctr's progress line; the last one is final
+UNPACKED = re.compile(r"unpacking .*\n.*?done: ([\d.]+)(m?s)")
 
 
 @contextmanager
@@ -72,13 +81,17 @@ def daemon_process(work: Path, name: str, supernode: str, registry: str) -> Iter
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-async def pull(registry: Registry, root: Path, mirror: str | None, size: int) -> float:
-    """One `ctr images pull` into a fresh containerd; its wall time in seconds."""
+async def pull(
+    registry: Registry, root: Path, mirror: str | None, size: int
+) -> tuple[float, float, float]:
+    """One `ctr images pull` into a fresh containerd: its wall time, and ctr's own
+    fetch and unpack times, in seconds."""
     assert CTR
     async with trio.open_nursery() as nursery:
         containerd = Containerd(root)
         await containerd.start(nursery)
         try:
+            os.sync()  # the earlier pulls' writeback is not this one's
             free_hot_memory(5 * size)  # enough for every copy any of the pulls writes
             started = time.perf_counter()
             if mirror is None:
@@ -95,7 +108,17 @@ async def pull(registry: Registry, root: Path, mirror: str | None, size: int) ->
             containerd.stop()
             nursery.cancel_scope.cancel()
     shutil.rmtree(root, ignore_errors=True)
-    return seconds
+    return seconds, *ctr_phases(done.stdout.decode(errors="replace"))
+
+
+def ctr_phases(output: str) -> tuple[float, float]:
+    """Fetch and unpack seconds from `ctr images pull`'s output."""
+    fetched = FETCHED.findall(output)
+    unpacked = UNPACKED.search(output)
+    if not fetched or unpacked is None:
+        raise RuntimeError(f"ctr pull printed no timings:\n{output[-2000:]}")
+    unpack = float(unpacked[1]) / (1000 if unpacked[2] == "ms" else 1)
+    return float(fetched[-1]), unpack
 
 
 async def bench(args: argparse.Namespace) -> int:
@@ -110,6 +133,7 @@ async def bench(args: argparse.Namespace) -> int:
             await registry.start(nursery)
             await registry.push(image, "bench/img:1")
             rows: dict[str, list[float]] = {"direct": [], "cold": [], "second": []}
+            phases: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
             registry_bytes: dict[str, list[int]] = {"direct": [], "cold": [], "second": []}
             for run in range(1, args.runs + 1):
                 run_dir = work / f"run{run}"
@@ -118,10 +142,17 @@ async def bench(args: argparse.Namespace) -> int:
                     daemon_process(run_dir, "hostA", node, registry.url) as host_a,
                     daemon_process(run_dir, "hostB", node, registry.url) as host_b,
                 ):
-                    for name, mirror in (("direct", None), ("cold", host_a), ("second", host_b)):
+                    pulls = [("cold", host_a), ("second", host_b)]
+                    # The direct pull takes turns at each place (the second host's pull
+                    # needs the cold one first): no kind of pull always goes first.
+                    pulls.insert((run - 1) % 3, ("direct", None))
+                    for name, mirror in pulls:
                         before = registry.blob_bytes()
-                        seconds = await pull(registry, run_dir / f"ctd-{name}", mirror, size)
+                        seconds, *fetch_unpack = await pull(
+                            registry, run_dir / f"ctd-{name}", mirror, size
+                        )
                         rows[name].append(seconds)
+                        phases[name].append((fetch_unpack[0], fetch_unpack[1]))
                         registry_bytes[name].append(registry.blob_bytes() - before)
                 print(
                     f"run {run}: direct {rows['direct'][-1]:.2f}s, cold {rows['cold'][-1]:.2f}s, "
@@ -135,7 +166,10 @@ async def bench(args: argparse.Namespace) -> int:
         print(
             f"\nimage: {len(layers)} layers + config, {size / MiB:.0f} MiB; medians of {args.runs}"
         )
-        print(f"  {'pull':<14}{'seconds':>9}{'MiB/s':>8}{'vs direct':>11}  registry blob bytes")
+        print(
+            f"  {'pull':<14}{'seconds':>9}{'MiB/s':>8}{'vs direct':>11}{'fetch':>8}{'unpack':>8}"
+            "  registry blob bytes"
+        )
         for name, label in (
             ("direct", "direct"),
             ("cold", "cold daemon"),
@@ -143,10 +177,12 @@ async def bench(args: argparse.Namespace) -> int:
         ):
             seconds = median(rows[name])
             per_run = median([d / s for d, s in zip(rows["direct"], rows[name], strict=True)])
+            fetch = median([f for f, _ in phases[name]])
+            unpack = median([u for _, u in phases[name]])
             print(
                 f"  {label:<14}{seconds:>9.2f}{size / MiB / seconds:>8.0f}"
-                f"{seconds / direct:>10.2f}x  {max(registry_bytes[name])}"
-                f"   (per-run direct/this: {per_run:.2f})"
+                f"{seconds / direct:>10.2f}x{fetch:>8.2f}{unpack:>8.2f}"
+                f"  {max(registry_bytes[name])}   (per-run direct/this: {per_run:.2f})"
             )
         print("  targets: cold <= 1.3x direct; second host <= 1.0x direct, 0 registry bytes")
     finally:
