@@ -142,7 +142,7 @@ async def bench(args: argparse.Namespace) -> int:
                     daemon_process(run_dir, "hostA", node, registry.url) as host_a,
                     daemon_process(run_dir, "hostB", node, registry.url) as host_b,
                 ):
-                    pulls = [("cold", host_a), ("second", host_b)]
+                    pulls: list[tuple[str, str | None]] = [("cold", host_a), ("second", host_b)]
                     # The direct pull takes turns at each place (the second host's pull
                     # needs the cold one first): no kind of pull always goes first.
                     pulls.insert((run - 1) % 3, ("direct", None))

@@ -1,0 +1,114 @@
+"""CPU each process spends on the mirror paths, without containerd in the way.
+
+    .venv/bin/python bench/mirror_cpu.py [--layers-mib 96,80,64,48] [--runs 3]
+
+The same setup as bench/mirror.py (a docker-registry on 127.0.0.1 with a generated
+image, a supernode, dfdaemons A and B as processes), but the clients are curl: one per
+layer, all at once, reading to /dev/null. For each way of getting the layers (straight
+from the registry, through A cold, through B after A) it prints the wall time and the
+CPU seconds (user + system, from /proc/PID/stat) of the registry, the supernode and
+both daemons, as medians over the runs. Before each, as in bench/mirror.py: `sync`
+and a fresh supply of freed memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import MiB, free_hot_memory, median, supernode_process
+from bench.mirror import daemon_process
+from dfdaemon.testing import Registry, write_oci_image
+
+TICK = os.sysconf("SC_CLK_TCK")
+WAYS = ("direct", "cold A", "second B")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def pid_of(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return sorted(int(pid) for pid in found.stdout.split())
+
+
+def fetch_all(base: str, digests: list[str]) -> float:
+    """Every layer through `base` with one curl each, all at once; wall seconds."""
+    started = time.perf_counter()
+    curls = [
+        subprocess.Popen(["curl", "-sf", "-o", "/dev/null", f"http://{base}/v2/b/i/blobs/{d}"])
+        for d in digests
+    ]
+    if any(curl.wait() for curl in curls):
+        raise RuntimeError(f"a curl through {base} failed")
+    return time.perf_counter() - started
+
+
+async def bench(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="dfpy-mirror-cpu-"))
+    rows: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
+    try:
+        image = write_oci_image(work / "image", [int(x) * MiB for x in args.layers_mib.split(",")])
+        async with trio.open_nursery() as nursery:
+            registry = Registry(work / "registry")
+            await registry.start(nursery)
+            await registry.push(image, "b/i:1")
+            assert registry.process is not None
+            for run in range(args.runs):
+                run_dir = work / f"run{run}"
+                with (
+                    supernode_process(run_dir / "supernode") as node,
+                    daemon_process(run_dir, "hostA", node, registry.url) as host_a,
+                    daemon_process(run_dir, "hostB", node, registry.url) as host_b,
+                ):
+                    daemon_a, daemon_b = pid_of(f"dfdaemon .*{run_dir}/host[AB] ")
+                    pids = {
+                        "registry": registry.process.pid,
+                        "supernode": pid_of(f"supernode .*{run_dir}/supernode")[0],
+                        "A": daemon_a,
+                        "B": daemon_b,
+                    }
+                    bases = (registry.address, host_a, host_b)
+                    for way, base in zip(WAYS, bases, strict=True):
+                        os.sync()  # as in bench/mirror.py
+                        free_hot_memory(5 * sum(image.sizes.values()))
+                        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                        row = {"wall": fetch_all(base, list(image.layers))}
+                        row |= {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+                        rows[way].append(row)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            registry.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = sum(image.sizes[d] for d in image.layers) / MiB
+    print(f"{len(image.layers)} layers, {size:.0f} MiB, curl; medians of {args.runs} (seconds)")
+    names = ("wall", "registry", "supernode", "A", "B")
+    print(f"  {'layers':<10}" + "".join(f"{name:>11}" for name in names))
+    for way in WAYS:
+        values = [median([row[name] for row in rows[way]]) for name in names]
+        print(f"  {way:<10}" + "".join(f"{value:>11.2f}" for value in values))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers-mib", default="96,80,64,48", help="layer sizes in MiB")
+    parser.add_argument("--runs", type=int, default=3)
+    return trio.run(bench, parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
