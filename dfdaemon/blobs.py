@@ -45,6 +45,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 RESEED_MAX_DELAY = 120.0
 
 READ_CHUNK = 1024 * 1024
+HOLD_BACK = READ_CHUNK  # of a blob streamed as it downloads, until it is verified whole
 
 
 class BlobUnavailable(Exception):
@@ -85,10 +86,12 @@ class DownloadSettings:
             # resets the file first); without any: the upstream, if allowed.
             back_source=not supernodes and self.back_source,
             insecure=self.insecure,
-            # The supernode checks a digest-named file whole before it calls the task
-            # done, the engine checks every piece against the supernode's digests, and
-            # the mirror hashes what it streams: one more sha256 pass would only cost.
-            verify_whole=False,
+            # The engine hashes a download whole, in piece order from memory as pieces
+            # land, and fails it before it completes if that is not the digest: the
+            # mirror streams a blob being downloaded without hashing it again and holds
+            # its end back until then (`stream_download`). An adopted blob is a file
+            # already in the cache: nothing new to hash.
+            verify_whole=not adopt,
             peer=PeerOptions(
                 server=self.server,
                 seed_for=math.inf,
@@ -468,9 +471,8 @@ async def read_blob(
     in the worker thread that reads it, off the event loop."""
     fd = -1
     offset = start
-    if blob.readers is not None:
-        blob.readers[blob.hex] += 1
     try:
+        _reading(blob, +1)
         while end is None or offset < end:
             stop = blob.length if end is None else end
             if stop is not None and offset >= stop:
@@ -492,8 +494,64 @@ async def read_blob(
             offset += len(data)
             yield data
     finally:
-        if blob.readers is not None:
-            blob.readers[blob.hex] -= 1
+        _reading(blob, -1)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _reading(blob: Blob, change: int) -> None:
+    """Count a client starting (+1) or ending (-1) a read of `blob`: GC leaves it alone."""
+    if blob.readers is not None:
+        blob.readers[blob.hex] += change
+
+
+async def stream_download(
+    reply: Reply, blob: Blob, headers: list[tuple[str, str]], length: int | None
+) -> bool:
+    """Answer 200 with a blob still downloading, sent from its file by sendfile as the
+    file fills in. The download's engine hashes it whole and fails it before it
+    completes if that is not its digest, so the last HOLD_BACK bytes wait for the blob
+    to be complete: the client never holds a whole wrong blob. False (the reply left
+    unended) if its length is not the `length` announced. Raises BlobUnavailable if
+    the download fails, or restarts from the upstream once bytes were sent (those can
+    no longer be vouched for)."""
+    fd, offset, fell_back = -1, 0, blob.fell_back
+    try:
+        _reading(blob, +1)
+        while True:
+            if blob.error is not None:
+                raise BlobUnavailable(f"blob {blob.hex[:12]}: {blob.error}") from blob.error
+            if blob.fell_back != fell_back:
+                if offset:
+                    raise BlobUnavailable(
+                        f"blob {blob.hex[:12]}: restarted from the upstream after {offset} "
+                        "bytes were sent"
+                    )
+                fell_back = blob.fell_back
+            complete = blob.complete
+            limit = blob.filled if complete else blob.filled - HOLD_BACK
+            if length is not None:
+                limit = min(limit, length)
+            if offset < limit:
+                if not reply.started:  # nothing is promised before a byte exists
+                    await reply.start(200, headers)
+                if fd < 0:
+                    fd = blob.open()
+                await reply.send_file(fd, offset, limit - offset)
+                offset = limit
+            elif complete:
+                break
+            else:
+                await blob.wait_changed()
+        if length is not None and blob.length != length:
+            return False
+        if not reply.started:
+            await reply.start(200, headers)
+        await reply.end()
+        return True
+    finally:
+        _reading(blob, -1)
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)

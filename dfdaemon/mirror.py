@@ -21,6 +21,7 @@ from dfdaemon.blobs import (
     read_blob,
     send_blob,
     sha256_check,
+    stream_download,
 )
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
@@ -136,14 +137,18 @@ class Mirror:
     async def _blob_whole(
         self, reply: Reply, blob: Blob, hex_digest: str, length: int | None
     ) -> None:
-        hasher = hashlib.sha256()  # fed by the reader, chunk by chunk, in order
-        chunks = read_blob(blob, hasher=hasher)
-        first = await anext(chunks, None)  # nothing is promised before a byte exists
         headers = self._headers(hex_digest)
         if length is not None:
             headers.append(("content-length", str(length)))
-        check = sha256_check(hasher, hex_digest, length)
-        if not await send_blob(reply, headers, first, chunks, check):
+        if not blob.complete:  # its download hashes it whole: sent as it fills in
+            sent_whole = await stream_download(reply, blob, headers, length)
+        else:  # from the cache: hashed as it is read (the disk may have damaged it)
+            hasher = hashlib.sha256()  # fed by the reader, chunk by chunk, in order
+            chunks = read_blob(blob, hasher=hasher)
+            first = await anext(chunks, None)  # nothing is promised before a byte exists
+            check = sha256_check(hasher, hex_digest, length)
+            sent_whole = await send_blob(reply, headers, first, chunks, check)
+        if not sent_whole:
             self.metrics.failures.labels("digest_mismatch").inc()
             log.error(
                 "blob %s: content does not match its digest: response broken off, blob dropped",

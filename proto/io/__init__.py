@@ -1,6 +1,12 @@
 """The opt-in trio adapter of the wire: `import proto` never imports this package."""
 
-from proto.io.framed import FramedStream, client_handshake, open_session, server_handshake
+from proto.io.framed import (
+    FramedStream,
+    client_handshake,
+    open_session,
+    send_file,
+    server_handshake,
+)
 from proto.io.groups import unwrap_group
 from proto.io.limiter import RateLimiter
 
@@ -9,6 +15,7 @@ __all__ = [
     "RateLimiter",
     "client_handshake",
     "open_session",
+    "send_file",
     "server_handshake",
     "unwrap_group",
 ]

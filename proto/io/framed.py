@@ -60,7 +60,7 @@ class FramedStream:
             head = self.session.send(message, count)
             try:
                 await self.stream.send_all(head)
-                await _sendfile(self._socket, fd, offset, count)
+                await send_file(self._socket, fd, offset, count)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(f"send failed: {exc}", clean=False) from exc
 
@@ -106,7 +106,9 @@ class FramedStream:
             await self.stream.aclose()
 
 
-async def _sendfile(sock: trio.socket.SocketType, fd: int, offset: int, count: int) -> None:
+async def send_file(sock: trio.socket.SocketType, fd: int, offset: int, count: int) -> None:
+    """`count` bytes of file `fd` from `offset` on a non-blocking socket, by sendfile(2):
+    the kernel copies them from the page cache, they never pass through Python."""
     out = sock.fileno()
     end = offset + count
     since_yield = 0
