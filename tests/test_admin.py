@@ -254,9 +254,11 @@ CHROMIUM = shutil.which("chromium")
 async def test_the_status_page_shows_a_running_download(
     nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
 ) -> None:
-    slow = FakeOrigin(rate_limit=2 * MiB)  # the download runs for a few seconds
+    # The download runs for about 30 s, well past chromium's start on a busy machine
+    # (cancelled with the nursery when the test ends).
+    slow = FakeOrigin(rate_limit=1 * MiB)
     await nursery.start(slow.serve)
-    slow.add("/big.bin", os.urandom(12 * MiB))
+    slow.add("/big.bin", os.urandom(32 * MiB))
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
     nursery.start_soon(partial(fetch, slow.url("/big.bin"), node))
     cdn = node.node.cdn
