@@ -190,11 +190,16 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The options of the mirror benchmarks (this one and mirror_cpu.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--layers-mib", default="96,80,64,48", help="layer sizes in MiB")
     parser.add_argument("--runs", type=int, default=3)
-    return trio.run(bench, parser.parse_args())
+    return parser.parse_args()
+
+
+def main() -> int:
+    return trio.run(bench, arguments(__doc__))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MiB, free_hot_memory, median, supernode_process
-from bench.mirror import daemon_process
+from bench.mirror import arguments, daemon_process
 from dfdaemon.testing import Registry, write_oci_image
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -104,10 +104,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers-mib", default="96,80,64,48", help="layer sizes in MiB")
-    parser.add_argument("--runs", type=int, default=3)
-    return trio.run(bench, parser.parse_args())
+    return trio.run(bench, arguments(__doc__))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,37 @@ class Blob:
         assert self.out is not None
         return os.dup(self.out.fd)
 
+    def raise_if_failed(self) -> None:
+        """BlobUnavailable (the cause chained) once its download has failed."""
+        if self.error is not None:
+            raise BlobUnavailable(f"blob {self.hex[:12]}: {self.error}") from self.error
+
+
+class _Reading:
+    """One client's read of a blob: counted while it lasts (GC leaves the blob alone),
+    with a descriptor opened at first use and closed at the end."""
+
+    def __init__(self, blob: Blob) -> None:
+        self.blob = blob
+        self._fd = -1
+
+    def __enter__(self) -> _Reading:
+        if self.blob.readers is not None:
+            self.blob.readers[self.blob.hex] += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.blob.readers is not None:
+            self.blob.readers[self.blob.hex] -= 1
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+    def fd(self) -> int:
+        if self._fd < 0:
+            self._fd = self.blob.open()
+        return self._fd
+
 
 class BlobStore:
     """Complete blobs on disk, and the downloads in progress."""
@@ -469,41 +500,25 @@ async def read_blob(
     """The blob's bytes [start, end) in order, as soon as they are written; raises
     BlobUnavailable if its download fails first. With `hasher`, every chunk is hashed
     in the worker thread that reads it, off the event loop."""
-    fd = -1
     offset = start
-    try:
-        _reading(blob, +1)
+    with _Reading(blob) as reading:
         while end is None or offset < end:
             stop = blob.length if end is None else end
             if stop is not None and offset >= stop:
                 return
-            if blob.error is not None:
-                raise BlobUnavailable(f"blob {blob.hex[:12]}: {blob.error}") from blob.error
+            blob.raise_if_failed()
             filled = blob.filled
             if filled <= offset:
                 if blob.complete:
                     return
                 await blob.wait_changed()
                 continue
-            if fd < 0:
-                fd = blob.open()
             count = min(READ_CHUNK, filled - offset, (stop or filled) - offset)
-            data = await trio.to_thread.run_sync(_read, fd, count, offset, hasher)
+            data = await trio.to_thread.run_sync(_read, reading.fd(), count, offset, hasher)
             if not data:
                 raise BlobUnavailable(f"blob {blob.hex[:12]} is short on disk")
             offset += len(data)
             yield data
-    finally:
-        _reading(blob, -1)
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _reading(blob: Blob, change: int) -> None:
-    """Count a client starting (+1) or ending (-1) a read of `blob`: GC leaves it alone."""
-    if blob.readers is not None:
-        blob.readers[blob.hex] += change
 
 
 async def stream_download(
@@ -516,12 +531,10 @@ async def stream_download(
     unended) if its length is not the `length` announced. Raises BlobUnavailable if
     the download fails, or restarts from the upstream once bytes were sent (those can
     no longer be vouched for)."""
-    fd, offset, fell_back = -1, 0, blob.fell_back
-    try:
-        _reading(blob, +1)
+    offset, fell_back = 0, blob.fell_back
+    with _Reading(blob) as reading:
         while True:
-            if blob.error is not None:
-                raise BlobUnavailable(f"blob {blob.hex[:12]}: {blob.error}") from blob.error
+            blob.raise_if_failed()
             if blob.fell_back != fell_back:
                 if offset:
                     raise BlobUnavailable(
@@ -536,9 +549,7 @@ async def stream_download(
             if offset < limit:
                 if not reply.started:  # nothing is promised before a byte exists
                     await reply.start(200, headers)
-                if fd < 0:
-                    fd = blob.open()
-                await reply.send_file(fd, offset, limit - offset)
+                await reply.send_file(reading.fd(), offset, limit - offset)
                 offset = limit
             elif complete:
                 break
@@ -550,8 +561,3 @@ async def stream_download(
             await reply.start(200, headers)
         await reply.end()
         return True
-    finally:
-        _reading(blob, -1)
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)

@@ -168,8 +168,7 @@ class Mirror:
             return
         start, end = span
         while not blob.complete:  # a range is served from the verified file only
-            if blob.error is not None:
-                raise BlobUnavailable(f"blob {hex_digest[:12]}: {blob.error}") from blob.error
+            blob.raise_if_failed()
             await blob.wait_changed()
         headers = self._headers(hex_digest)
         headers += [
