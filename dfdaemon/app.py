@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from dfdaemon.blobs import BlobStore, DownloadSettings
+from dfdaemon.blobs import Blob, BlobStore, DownloadSettings
 from dfdaemon.control import SOCKET_NAME, ControlApi
 from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
@@ -136,10 +136,8 @@ class Daemon:
                 await self.upstream.aclose()
             os.close(lock)
 
-    def _count(self, blob: object) -> None:
-        from dfdaemon.blobs import Blob
-
-        assert isinstance(blob, Blob) and self.metrics is not None
+    def _count(self, blob: Blob) -> None:
+        assert self.metrics is not None
         result = blob.result
         if result is None:
             return

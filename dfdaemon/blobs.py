@@ -17,10 +17,9 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
@@ -35,6 +34,7 @@ from dfget.errors import (
 )
 from dfget.output import AtomicOutput, ExistingOutput
 from dfget.peer import PeerOptions, SharedServer
+from proto.digests import Hasher
 from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter
 from proto.urls import move_credentials
@@ -86,12 +86,6 @@ class DownloadSettings:
             # resets the file first); without any: the upstream, if allowed.
             back_source=not supernodes and self.back_source,
             insecure=self.insecure,
-            # The engine hashes a download whole, in piece order from memory as pieces
-            # land, and fails it before it completes if that is not the digest: the
-            # mirror streams a blob being downloaded without hashing it again and holds
-            # its end back until then (`stream_download`). An adopted blob is a file
-            # already in the cache: nothing new to hash.
-            verify_whole=not adopt,
             peer=PeerOptions(
                 server=self.server,
                 seed_for=math.inf,
@@ -445,14 +439,12 @@ class BlobStore:
                 self._fail(blob, exc)
             if not isinstance(exc, Exception):
                 raise
-            if not blob.complete:
+            if not isinstance(exc, DfgetError | OSError):  # a bug of ours: this blob only
+                log.exception("blob %s: internal error", blob.hex[:12])
+            elif not blob.complete:
                 log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
-
-
-class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-
-    def hexdigest(self) -> str: ...
+            else:
+                log.info("blob %s: seeding ended: %s", blob.hex[:12], exc)
 
 
 def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
@@ -466,21 +458,23 @@ async def send_blob(
     reply: Reply,
     headers: list[tuple[str, str]],
     first: bytes | None,
-    rest: AsyncIterator[bytes],
+    rest: AsyncGenerator[bytes, None],
     check: Callable[[int], bool] | None = None,
 ) -> bool:
     """Answer 200 with a blob's bytes (`first`, then `rest`, from `read_blob`). With
     `check(total bytes)`, the last chunk is held back until it passes: if it fails,
     the reply is left unended (the connection closes, the client never holds the whole
     wrong blob) and False is returned. Raises BlobUnavailable if the download fails on
-    the way (the reply is then not ended either)."""
-    await reply.start(200, headers)
-    held, sent = first, 0
-    async for chunk in rest:
-        if held:
-            await reply.send(held)
-            sent += len(held)
-        held = chunk
+    the way (the reply is then not ended either). `rest` is closed in any case: a
+    client gone half-way does not keep the blob counted as read, nor its descriptor."""
+    async with contextlib.aclosing(rest):
+        await reply.start(200, headers)
+        held, sent = first, 0
+        async for chunk in rest:
+            if held:
+                await reply.send(held)
+                sent += len(held)
+            held = chunk
     if check is not None and not check(sent + len(held or b"")):
         return False
     if held:
@@ -496,7 +490,7 @@ def sha256_check(hasher: Hasher, hex_digest: str, length: int | None) -> Callabl
 
 async def read_blob(
     blob: Blob, start: int = 0, end: int | None = None, hasher: Hasher | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The blob's bytes [start, end) in order, as soon as they are written; raises
     BlobUnavailable if its download fails first. With `hasher`, every chunk is hashed
     in the worker thread that reads it, off the event loop."""

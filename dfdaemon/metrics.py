@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -54,12 +56,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        Gauge(
-            "dfdaemon_cache_bytes", "Bytes of complete blobs in the cache", registry=self.registry
-        ).set_function(lambda: cache_usage()[1])
-        Gauge(
-            "dfdaemon_cache_blobs", "Complete blobs in the cache", registry=self.registry
-        ).set_function(lambda: cache_usage()[0])
+        self.registry.register(_CacheCollector(cache_usage))
         Gauge(
             "dfdaemon_active_tasks",
             "Downloads running or seeding",
@@ -73,3 +70,17 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheCollector(Collector):
+    """The cache's two gauges from one look at the cache per scrape."""
+
+    def __init__(self, usage: Callable[[], tuple[int, int]]) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        blobs, size = self.usage()
+        yield GaugeMetricFamily(
+            "dfdaemon_cache_bytes", "Bytes of complete blobs in the cache", value=size
+        )
+        yield GaugeMetricFamily("dfdaemon_cache_blobs", "Complete blobs in the cache", value=blobs)

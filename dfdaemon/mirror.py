@@ -10,6 +10,7 @@ it matches, so a client never receives a whole blob with the wrong content.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -176,8 +177,9 @@ class Mirror:
             ("content-length", str(end - start)),
         ]
         await reply.start(206, headers)
-        async for chunk in read_blob(blob, start, end):
-            await reply.send(chunk)
+        async with contextlib.aclosing(read_blob(blob, start, end)) as chunks:
+            async for chunk in chunks:
+                await reply.send(chunk)
         await reply.end()
 
 

@@ -16,6 +16,7 @@ from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
+from dfget.errors import UsageError
 from proto.addresses import parse_listen
 from proto.urls import display_url
 
@@ -72,7 +73,7 @@ class Proxy:
         headers = tuple((k, v) for k, v in request.headers if k in P2P_HEADERS)
         try:
             task_id = DownloadRequest(url=request.target, output=self.blobs.urls).task_id()
-        except Exception as exc:  # a URL the engine cannot name: the origin decides
+        except UsageError as exc:  # a URL the engine cannot name: the origin decides
             log.info("proxy: %s: passed through (%s)", display_url(request.target), exc)
             await self._relay(request, reply)
             return

@@ -72,8 +72,6 @@ def blob_digest(path: str) -> tuple[str, str] | None:
     if match is None or match["name"].endswith("/blobs") or "/blobs/uploads" in path:
         return None
     name, digest = match["name"], match["digest"]
-    if digest == "uploads":
-        return None
     if not NAME.fullmatch(name):
         raise BadReference("NAME_INVALID", f"invalid repository name {name!r}")
     if digest.startswith("sha256:"):

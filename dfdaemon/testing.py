@@ -175,9 +175,9 @@ class Registry:
     async def start(self, nursery: trio.Nursery) -> None:
         assert REGISTRY
         config = self._config()
-        log = open(self.log, "wb")  # noqa: ASYNC230, SIM115 (the registry writes it)
         run = partial(trio.run_process, [REGISTRY, "serve", str(config)], check=False)
-        self.process = await nursery.start(partial(run, stdout=log, stderr=log))
+        with open(self.log, "wb") as log:  # noqa: ASYNC230 (the registry has its own copy)
+            self.process = await nursery.start(partial(run, stdout=log, stderr=log))
         async with httpx.AsyncClient() as client:
             with trio.fail_after(20):
                 while True:
@@ -298,9 +298,9 @@ class Containerd:
             '[plugins."io.containerd.internal.v1.opt"]\n'
             f'  path = "{self.root / "opt"}"\n'
         )
-        log = open(self.log, "wb")  # noqa: ASYNC230, SIM115 (containerd writes it)
         run = partial(trio.run_process, [CONTAINERD, "--config", str(config)], check=False)
-        self.process = await nursery.start(partial(run, stdout=log, stderr=log))
+        with open(self.log, "wb") as log:  # noqa: ASYNC230 (containerd has its own copy)
+            self.process = await nursery.start(partial(run, stdout=log, stderr=log))
         with trio.fail_after(20):
             while True:
                 done = await trio.run_process(

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 def _daemon_socket(given: Path | None) -> Path | None:
     """The daemon socket to try: the one given ('' = none), else the default if present."""
     if given is not None:
-        return given if str(given) not in ("", ".") else None
+        return given if given != Path() else None
     try:
         return DEFAULT_SOCKET if DEFAULT_SOCKET.is_socket() else None
     except OSError:  # for example a data dir this user may not enter

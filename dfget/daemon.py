@@ -27,12 +27,15 @@ from proto.io import RateLimiter
 DEFAULT_SOCKET = Path("/var/lib/dfdaemon/dfdaemon.sock")
 CONNECT_TIMEOUT = 5.0
 _BY_EXIT: dict[int, type[DfgetError]] = {
-    2: UsageError,
-    4: IntegrityError,
-    5: SupernodeUnavailable,
-    7: OutputError,
-    8: SupernodeFailed,
-    9: NotAdmitted,
+    error.exit_code: error
+    for error in (
+        UsageError,
+        IntegrityError,
+        SupernodeUnavailable,
+        OutputError,
+        SupernodeFailed,
+        NotAdmitted,
+    )
 }
 
 
@@ -82,9 +85,7 @@ async def through_daemon(
                     progress=progress,
                 )
             summary = (await client.get(f"http://dfdaemon/v1/downloads/{key}")).json()
-        except (httpx.TransportError, json.JSONDecodeError) as exc:
-            raise DaemonUnreachable(f"dfdaemon at {socket_path}: {exc}") from exc
-        except OSError as exc:
+        except (httpx.TransportError, json.JSONDecodeError, OSError) as exc:
             raise DaemonUnreachable(f"dfdaemon at {socket_path}: {exc}") from exc
     if length and length.isdigit() and received != int(length):
         raise DaemonUnreachable(f"dfdaemon at {socket_path} sent {received} of {length} bytes")

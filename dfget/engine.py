@@ -57,12 +57,6 @@ class DownloadRequest:
     insecure: bool = False
     peer: PeerOptions = field(default_factory=PeerOptions)
     daemon_socket: Path | None = None  # hand the download to this host's dfdaemon
-    # Hash the whole file against `digest` when it comes through a supernode. Off only
-    # for a caller that hashes every byte it passes on itself (dfdaemon's mirror): the
-    # pieces are still checked against the supernode's digests, and the supernode
-    # checked the whole file before it said the task is done. Back-to-source always
-    # checks.
-    verify_whole: bool = True
     daemon_warn: bool = False  # say so when that daemon cannot be reached
 
     def task_id(self) -> str:
@@ -332,7 +326,7 @@ async def _through(
         address=address,
         peer_id=new_peer_id(),
         out=out,
-        digest=request.digest if request.verify_whole else None,
+        digest=request.digest,
         limiter=limiter,
         options=request.peer,
         deadline=deadline,

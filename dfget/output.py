@@ -44,12 +44,10 @@ class AtomicOutput:
                 self._islands[start] = max(end, self._islands.get(start, end))
                 return
             self._filled = max(self._filled, end)
-            while self._islands:
-                reached = [s for s in self._islands if s <= self._filled]
-                if not reached:
+            for island in sorted(self._islands):  # the ones it reaches now join it
+                if island > self._filled:
                     break
-                for s in reached:
-                    self._filled = max(self._filled, self._islands.pop(s))
+                self._filled = max(self._filled, self._islands.pop(island))
 
     def __enter__(self) -> AtomicOutput:
         if self.target.is_dir():
@@ -78,6 +76,8 @@ class AtomicOutput:
     def reset(self) -> None:
         """Forget everything written (before a fallback starts over)."""
         self.truncate(0)
+        with self._lock:
+            self._filled, self._islands = 0, {}
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         start = offset
@@ -101,9 +101,6 @@ class AtomicOutput:
             os.ftruncate(self.fd, length)
         except OSError as exc:
             raise OutputError(f"cannot size {self.temp}: {exc}") from exc
-        if length == 0:  # a reset: nothing counts as written any more
-            with self._lock:
-                self._filled, self._islands = 0, {}
 
     def commit(self) -> None:
         """Rename the finished temp file onto the target."""

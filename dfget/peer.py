@@ -208,7 +208,10 @@ class Attempt:
             length=registered.length,
         )
         sealer = PieceSealer(key, registered.task_id)
-        writer = PieceWriter(self.out, sealer, registered.piece_size, self.digest)
+        # The whole file is hashed as pieces land (an adopted file gets none: it was
+        # checked when it was downloaded, and piece by piece now).
+        digest = None if self.options.adopt else self.digest
+        writer = PieceWriter(self.out, sealer, registered.piece_size, digest)
         server.share(
             SharedTask(
                 task_id=book.task_id,

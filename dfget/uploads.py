@@ -50,6 +50,26 @@ class SharedTask:
     holds: Callable[[int], bool]  # the piece is written and verified
     length_of: Callable[[int], int]
     fd: int  # read-only descriptor of the output file (valid after its rename)
+    readers: int = 0  # worker threads reading `fd` now
+    retired: bool = False  # no longer shared: the last reader closes `fd`
+
+    def retire(self) -> None:
+        self.retired = True
+        self._close_if_unused()
+
+    def _close_if_unused(self) -> None:
+        if self.retired and not self.readers:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+    async def sealed(self, index: int, out: bytearray) -> memoryview:
+        """`read_sealed` in a worker thread; `fd` stays open until it is done."""
+        self.readers += 1
+        try:
+            return await trio.to_thread.run_sync(self.read_sealed, index, out)
+        finally:
+            self.readers -= 1
+            self._close_if_unused()
 
     def read_sealed(self, index: int, out: bytearray) -> memoryview:
         """The piece as the CDN sealed it, in `out` (blocking: a worker thread calls it;
@@ -88,17 +108,19 @@ class PieceServer:
         self.refusals: dict[str, int] = {}
 
     def share(self, task: SharedTask) -> None:
+        replaced = self.tasks.get(task.task_id)
         self.tasks[task.task_id] = task
+        if replaced is not None and replaced is not task:
+            replaced.retire()
 
     def unshare(self, task_id: str, uploader: str | None = None) -> None:
         """Stop serving `task_id` (only if `uploader` still shares it, when given: a
         newer download of the same task may have taken over)."""
-        if uploader is not None and getattr(self.tasks.get(task_id), "uploader", None) != uploader:
+        task = self.tasks.get(task_id)
+        if task is None or (uploader is not None and task.uploader != uploader):
             return
-        task = self.tasks.pop(task_id, None)
-        if task is not None:
-            with contextlib.suppress(OSError):
-                os.close(task.fd)
+        del self.tasks[task_id]
+        task.retire()  # closed now, or by the last upload still reading it
 
     async def serve(
         self,
@@ -179,7 +201,7 @@ class PieceServer:
     async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
         """The sealed bytes of a piece (the fakes in dfget.testing override this)."""
         out = self._spare.pop() if self._spare else bytearray()
-        return await trio.to_thread.run_sync(task.read_sealed, index, out)
+        return await task.sealed(index, out)
 
     def _check(
         self, task: SharedTask | None, requester: str, request: PieceRequest

@@ -40,9 +40,9 @@ class StoredTask:
 def plan(tasks: list[StoredTask], policy: GcPolicy, now: float) -> list[str]:
     """The task ids to evict now, in order."""
     idle = sorted((t for t in tasks if not t.in_use), key=lambda t: t.last_used)
-    evict: list[str] = []
+    evict: dict[str, None] = {}  # in order, with a set's lookups
     if policy.ttl is not None:
-        evict += [t.task_id for t in idle if now - t.last_used > policy.ttl]
+        evict.update((t.task_id, None) for t in idle if now - t.last_used > policy.ttl)
     if policy.quota is not None:
         usage = sum(t.size for t in tasks) - sum(t.size for t in idle if t.task_id in evict)
         if usage > policy.high * policy.quota:
@@ -50,6 +50,6 @@ def plan(tasks: list[StoredTask], policy: GcPolicy, now: float) -> list[str]:
                 if usage <= policy.low * policy.quota:
                     break
                 if task.task_id not in evict:
-                    evict.append(task.task_id)
+                    evict[task.task_id] = None
                     usage -= task.size
-    return evict
+    return list(evict)

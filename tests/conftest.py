@@ -172,6 +172,15 @@ async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -
     return start
 
 
+def flip_byte(path: Path, offset: int, mask: int = 1) -> None:
+    """Damage a file as a disk would: the byte at `offset` XOR `mask`."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ mask]))
+
+
 def metric(daemon: Daemon, name: str, **labels: str) -> float:
     """A sample of the daemon's Prometheus registry (0 if never counted)."""
     assert daemon.metrics is not None

@@ -58,12 +58,10 @@ async def test_a_task_and_its_peer_while_it_is_seeded(
 ) -> None:
     data = os.urandom(3 * MiB)
     origin.add("/f.bin", data)
-    done = trio.Event()
 
     async def seeder() -> None:
         peer = PeerOptions(listen=("127.0.0.1", 0), seed_for=30)
         await fetch(origin.url("/f.bin"), node, peer=peer)
-        done.set()
 
     nursery.start_soon(seeder)
     async with admin(node) as client:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, until
+from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, flip_byte, until
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
@@ -163,11 +163,7 @@ async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
     await fetch(url, None, daemon_socket=sock, digest=digest)
     assert daemon.blobs is not None
     cached = daemon.blobs.path(hex_digest)
-    with open(cached, "r+b") as f:  # the disk flips a byte
-        f.seek(100)
-        byte = f.read(1)
-        f.seek(100)
-        f.write(bytes([byte[0] ^ 1]))
+    flip_byte(cached, 100)  # the disk flips a byte
     # The daemon breaks off; dfget goes on without it (through the supernode itself).
     result = await fetch(url, node, daemon_socket=sock, digest=digest, daemon_warn=True)
     assert Path(result.output).read_bytes() == data and result.daemon is None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, downloads
+from conftest import Fetch, RunningSupernode, StartSupernode, downloads, flip_byte
 
 from dfget.errors import (
     DownloadTimeout,
@@ -166,11 +166,7 @@ async def test_corrupted_piece_on_disk_is_detected_and_never_written(
     origin.add("/f.bin", data)
     first = await fetch(origin.url("/f.bin"), supernode, name="first")
     pieces = supernode.node.store.pieces_path(first.task_id, 1)
-    with open(pieces, "r+b") as f:  # flip one byte inside piece 1
-        f.seek(MiB + 16 + 1000)
-        byte = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(pieces, MiB + 16 + 1000, 0xFF)  # one byte inside piece 1
     with pytest.raises(IntegrityError, match="piece 1"):
         await fetch(origin.url("/f.bin"), supernode, name="second")
     assert downloads(tmp_path) == ["first"]

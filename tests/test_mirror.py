@@ -14,6 +14,7 @@ from conftest import (
     RunningSupernodeAddress,
     StartDaemon,
     StartSupernode,
+    flip_byte,
     metric,
     until,
 )
@@ -341,11 +342,7 @@ async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
         assert (await client.get(url)).status_code == 200  # now cached
         assert daemon.blobs is not None
         cached = daemon.blobs.path(layer.split(":")[1])
-        with open(cached, "r+b") as f:  # the disk flips a byte
-            f.seek(MiB + 5)
-            byte = f.read(1)
-            f.seek(MiB + 5)
-            f.write(bytes([byte[0] ^ 1]))
+        flip_byte(cached, MiB + 5)  # the disk flips a byte
         with pytest.raises(httpx.RemoteProtocolError):  # the body never completes
             await client.get(url)
         assert not cached.exists()  # dropped
@@ -449,11 +446,7 @@ async def test_a_damaged_cache_is_not_seeded_after_a_restart(
         assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
     await stop()
     cached = tmp_path / "host1" / "blobs" / "sha256" / layer.split(":")[1]
-    with open(cached, "r+b") as f:  # damaged while the daemon was down
-        f.seek(MiB + 1)
-        byte = f.read(1)
-        f.seek(MiB + 1)
-        f.write(bytes([byte[0] ^ 1]))
+    flip_byte(cached, MiB + 1)  # damaged while the daemon was down
     await start_daemon("host1", registry, node)
     await until(lambda: not cached.exists())  # checked against the digests, dropped
     assert not cached.with_suffix(".url").exists()

@@ -22,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import trio
 
-from proto.urls import display_url
+from proto.urls import display_url, move_credentials
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import SupernodeError
 
@@ -135,14 +135,16 @@ class Preheats:
             preheat.state, preheat.error = "failed", "internal error"
 
     async def _image_specs(self, client: httpx.AsyncClient, preheat: Preheat) -> list[TaskSpec]:
-        parts = urlsplit(preheat.url)
+        # user:pass@ in the URL becomes Basic auth, as for every other fetch: left in the
+        # URL, httpx would put it back over the Bearer token the registry hands out.
+        manifest_url, given = move_credentials(preheat.url, preheat.headers)
+        parts = urlsplit(manifest_url)
         path = parts.path
         if "/v2/" not in path or "/manifests/" not in path:
             raise PreheatError("an image preheat wants https://REGISTRY/v2/NAME/manifests/REF")
         name = path.split("/v2/", 1)[1].rsplit("/manifests/", 1)[0]
         base = f"{parts.scheme}://{parts.netloc}"
-        headers = list(preheat.headers)
-        manifest, headers = await self._manifest(client, preheat.url, headers)
+        manifest, headers = await self._manifest(client, manifest_url, list(given))
         if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
             digest = _pick(manifest, preheat.platform)
             url = f"{base}/v2/{name}/manifests/{digest}"

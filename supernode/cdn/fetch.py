@@ -132,7 +132,8 @@ async def fetch_task(
                 task.fail(TaskSuperseded("the content changed upstream: a new generation"))
                 store.remove_generation(task.task_id, task.generation)
             else:
-                kept = _keep_for_resume(task, store)
+                with trio.CancelScope(shield=True):  # (its fsync runs in a thread)
+                    kept = await _keep_for_resume(task, store)
                 task.fail(ShuttingDown("the supernode is shutting down"))
                 if not kept:
                     store.remove_generation(task.task_id, task.generation)
@@ -234,7 +235,7 @@ async def _fetch(
     return meta
 
 
-def _keep_for_resume(task: CdnTask, store: Store) -> bool:
+async def _keep_for_resume(task: CdnTask, store: Store) -> bool:
     """On a shutdown: keep what a fetch has so far (durable, with partial.json) if a
     later start can resume it safely (If-Range needs a strong validator)."""
     if not task.digests or not _if_range(task) or task.pieces is None:
@@ -253,7 +254,7 @@ def _keep_for_resume(task: CdnTask, store: Store) -> bool:
     )
     try:
         partial.check()
-        task.pieces.sync()
+        await trio.to_thread.run_sync(task.pieces.sync)
         store.save_partial(partial)
     except (StoreError, ValueError) as exc:
         log.warning("cdn: task %s cannot be kept to resume: %s", task.task_id[:16], exc)

@@ -197,7 +197,7 @@ class Store:
             if partial.task_id != task_dir.name:
                 raise ValueError("task id does not match its folder")
             size = self.pieces_path(partial.task_id, partial.generation).stat().st_size
-            if size < len(partial.digests) * (partial.piece_size + 16):
+            if size < file_size(len(partial.digests) * partial.piece_size, partial.piece_size):
                 raise ValueError("pieces file shorter than its pieces")
         except FileNotFoundError:
             return None
@@ -213,12 +213,14 @@ class Store:
                 path.unlink(missing_ok=True)
 
     def remove_generation(self, task_id: str, generation: int) -> None:
-        """Delete a generation's pieces; a failure is logged, never raised (cleanup)."""
+        """Delete a generation's pieces, and a partial.json that could only describe
+        them; a failure is logged, never raised (cleanup)."""
         path = self.pieces_path(task_id, generation)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("store: cannot remove %s: %s", path, exc)
+        self.forget_partial(task_id)
 
     def remove_task(self, task_id: str) -> None:
         shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
