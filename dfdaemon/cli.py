@@ -6,7 +6,6 @@ import argparse
 import errno
 import logging
 import re
-import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -20,7 +19,7 @@ from proto import argtypes
 from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.eviction import GcPolicy
-from proto.io import unwrap_group
+from proto.io.service import log_to_stderr, serve_until_signalled
 from proto.units import parse_rate, parse_size
 
 log = logging.getLogger("dfdaemon")
@@ -267,16 +266,6 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
     return config, settings.get("log_level", "info")
 
 
-async def _serve_until_signalled(daemon: Daemon) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(daemon.serve)
-            async for signum in signals:
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -284,16 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dfdaemon: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    log_to_stderr(level)
     if not config.supernodes:
         log.warning("no --supernode: every blob is fetched straight from the upstream")
     try:
-        trio.run(_serve_until_signalled, Daemon(config))
+        trio.run(serve_until_signalled, Daemon(config).serve)
     except KeyboardInterrupt:
         return 130
     except DataDirInUse as exc:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -13,12 +11,10 @@ import trio
 from proto import argtypes
 from proto.admission import read_token
 from proto.eviction import GcPolicy
-from proto.io import unwrap_group
+from proto.io.service import log_to_stderr, serve_until_signalled
 from supernode import __version__
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
-
-log = logging.getLogger("supernode")
 
 EPILOG = """\
 examples:
@@ -169,27 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve_until_signalled(node: Supernode) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down in order (running fetches stop,
-    complete tasks are already on disk)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, unwrap_group():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(node.serve)
-            async for signum in signals:
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO; the CDN logs what matters itself.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    log_to_stderr(args.log_level)
     host, port = args.listen
     try:
         token = read_token(args.token, args.token_file)
@@ -219,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         gc=gc,
     )
     try:
-        trio.run(_serve_until_signalled, Supernode(config))
+        trio.run(serve_until_signalled, Supernode(config).serve)
     except KeyboardInterrupt:
         return 130
     except SupernodeError as exc:
