@@ -25,6 +25,11 @@ READ_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # request line and headers
 HEAD_TIMEOUT = 30.0  # for a request's head, once the connection is open or idle
 IDLE_TIMEOUT = 120.0  # a kept-alive connection with no new request
+# A request body the handler left unread is read and dropped after the answer, to keep
+# the connection for the next request, only if it is this short and this quick; any
+# longer or slower (an endless upload, say) and the connection is closed instead.
+MAX_UNREAD_BODY = 64 * 1024
+UNREAD_BODY_TIMEOUT = 5.0
 
 
 class ClientGone(Exception):
@@ -157,6 +162,20 @@ class _Connection:
                 raise ClientGone(str(exc)) from exc
             self.h11.receive_data(data)
 
+    async def skip_body(self) -> bool:
+        """Drop the rest of a request body nobody read, if it is short and quick: True
+        if the connection can take the next request."""
+        left = MAX_UNREAD_BODY
+        with trio.move_on_after(UNREAD_BODY_TIMEOUT):
+            while self.h11.their_state is h11.SEND_BODY:
+                event = await self.next_event()
+                if isinstance(event, h11.Data):
+                    left -= len(event.data)
+                    if left < 0:
+                        return False
+            return True
+        return False
+
     async def body(self) -> AsyncIterator[bytes]:
         while True:
             event = await self.next_event()
@@ -211,8 +230,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
                 return  # the handler's tunnel owned the connection
             if not reply.ended:
                 return  # a broken answer (for example a blob whose digest failed)
-            while connection.h11.their_state is h11.SEND_BODY:  # a body nobody read
-                await connection.next_event()
+            if not await connection.skip_body():
+                return  # the answer went out whole; only the connection is given up
             if connection.h11.our_state is h11.MUST_CLOSE:
                 return
             if connection.h11.their_state is h11.DONE:

@@ -20,7 +20,7 @@ from dfget.errors import OriginFailed
 from dfget.peer import PeerOptions
 from proto.pieces import MiB
 from supernode import __version__
-from supernode.admin.preheat import PreheatError, _pick
+from supernode.admin.preheat import MAX_RUNNING, PreheatError, _pick
 from supernode.testing import FakeOrigin
 
 
@@ -186,6 +186,34 @@ async def test_preheating_a_file(origin: FakeOrigin, node: RunningSupernode, fet
     result = await fetch(origin.url("/model.bin"), node)  # warm: the CDN has it
     assert Path(result.output).read_bytes() == data
     assert origin.stats["/model.bin"].full_bodies == 1
+
+
+async def test_only_a_few_preheats_run_at_once_and_the_rest_wait_their_turn(
+    origin: FakeOrigin, node: RunningSupernode
+) -> None:
+    def bodies_started() -> int:
+        return sum(stats.bodies_started for stats in origin.stats.values())
+
+    gate = trio.Event()  # the origin holds every body until it is set
+    paths = [f"/model-{n}.bin" for n in range(MAX_RUNNING + 2)]
+    for path in paths:
+        origin.add(path, os.urandom(64 * 1024), gate_after=0, gate=gate)
+    async with admin(node) as client:
+        ids = []
+        for path in paths:
+            created = await client.post(
+                "/api/v1/preheats", json={"type": "file", "url": origin.url(path)}
+            )
+            assert created.status_code == 202
+            ids.append(created.json()["id"])
+        await until(lambda: bodies_started() >= MAX_RUNNING)
+        states = [(await client.get(f"/api/v1/preheats/{id_}")).json()["state"] for id_ in ids]
+        assert sorted(states) == ["pending"] * 2 + ["running"] * MAX_RUNNING, states
+        assert bodies_started() == MAX_RUNNING
+        gate.set()
+        ended = [await poll_state(client, f"/api/v1/preheats/{id_}") for id_ in ids]
+    assert [state["state"] for state in ended] == ["succeeded"] * len(paths)
+    assert all(origin.stats[path].full_bodies == 1 for path in paths)
 
 
 @needs_registry

@@ -40,6 +40,7 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 MAX_MANIFEST = 4 * 1024 * 1024
 KEEP = 1000  # preheats remembered
+MAX_RUNNING = 4  # preheats fetching at once; the others wait in the queue, "pending"
 
 
 class PreheatError(Exception):
@@ -87,6 +88,7 @@ class Preheats:
         self.insecure = insecure
         self.all: dict[str, Preheat] = {}
         self._send, self._recv = trio.open_memory_channel[Preheat](1024)
+        self._slots = trio.CapacityLimiter(MAX_RUNNING)
 
     def submit(
         self, kind: str, url: str, headers: tuple[tuple[str, str], ...], **extra: Any
@@ -105,6 +107,9 @@ class Preheats:
         ):
             task_status.started()
             async for preheat in self._recv:
+                # This preheat waits here for a slot, the ones behind it in the queue,
+                # "pending" all; the queue's bound still turns away the 1025th (a 503).
+                await self._slots.acquire_on_behalf_of(preheat.id)
                 nursery.start_soon(self._run, client, preheat)
 
     async def _run(self, client: httpx.AsyncClient, preheat: Preheat) -> None:
@@ -133,6 +138,8 @@ class Preheats:
         except Exception:  # a bug of ours: this preheat fails, the supernode goes on
             log.exception("preheat %s: internal error", preheat.id[:8])
             preheat.state, preheat.error = "failed", "internal error"
+        finally:
+            self._slots.release_on_behalf_of(preheat.id)
 
     async def _image_specs(self, client: httpx.AsyncClient, preheat: Preheat) -> list[TaskSpec]:
         # user:pass@ in the URL becomes Basic auth, as for every other fetch: left in the

@@ -1,0 +1,107 @@
+"""dfdaemon's HTTP/1.1 server on a real socket: a request body its handler never read
+keeps the connection only if it is short and quick."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import h11
+import pytest
+import trio
+
+from dfdaemon import httpserver
+from dfdaemon.httpserver import Reply, Request, serve_http
+
+
+async def answer_without_reading(request: Request, reply: Reply) -> None:
+    await reply.simple(200, f"{request.method} {request.target}\n".encode(), "text/plain")
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[trio.SocketStream]:
+    """A client's connection to a server whose one handler never reads a body."""
+    port = await nursery.start(serve_http, "127.0.0.1", 0, answer_without_reading)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        yield stream
+
+
+def put(length: int) -> h11.Request:
+    return h11.Request(
+        method="PUT", target="/upload", headers=[("host", "x"), ("content-length", str(length))]
+    )
+
+
+def wire(client: h11.Connection, *events: h11.Event) -> bytes:
+    """The bytes that `events` go out as."""
+    return b"".join(client.send(event) or b"" for event in events)
+
+
+async def read_answer(stream: trio.SocketStream, client: h11.Connection) -> bytes:
+    """The body of the next whole answer (status 200)."""
+    body = b""
+    while True:
+        event = client.next_event()
+        if event is h11.NEED_DATA:
+            client.receive_data(await stream.receive_some())
+        elif isinstance(event, h11.Response):
+            assert event.status_code == 200
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return body
+        else:
+            raise AssertionError(f"unexpected {event!r}")
+
+
+async def wait_closed(stream: trio.SocketStream) -> None:
+    """Until the server closes the connection (with unread bytes it resets it)."""
+    try:
+        while await stream.receive_some():
+            raise AssertionError("more bytes after the answer")
+    except trio.BrokenResourceError:
+        pass
+
+
+async def test_an_endless_unread_body_closes_the_connection_after_the_answer(
+    server: trio.SocketStream,
+) -> None:
+    async def send_forever() -> None:
+        try:
+            while True:
+                await server.send_all(bytes(16 * 1024))
+        except trio.BrokenResourceError:
+            pass  # the server hung up, as it should
+
+    client = h11.Connection(h11.CLIENT)
+    async with trio.open_nursery() as nursery:
+        await server.send_all(wire(client, put(1 << 40)))
+        nursery.start_soon(send_forever)
+        with trio.fail_after(httpserver.UNREAD_BODY_TIMEOUT / 2):  # well before the timeout
+            assert await read_answer(server, client) == b"PUT /upload\n"
+            await wait_closed(server)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_unread_body_closes_the_connection_after_a_while(
+    server: trio.SocketStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpserver, "UNREAD_BODY_TIMEOUT", 0.2)
+    client = h11.Connection(h11.CLIENT)
+    # 10 bytes of the 1000 announced, and never the rest
+    await server.send_all(wire(client, put(1000), h11.Data(data=bytes(10))))
+    with trio.fail_after(5):
+        assert await read_answer(server, client) == b"PUT /upload\n"
+        await wait_closed(server)
+
+
+async def test_a_short_unread_body_keeps_the_connection_alive(server: trio.SocketStream) -> None:
+    client = h11.Connection(h11.CLIENT)
+    get = h11.Request(method="GET", target="/next", headers=[("host", "x")])
+    with trio.fail_after(5):
+        await server.send_all(
+            wire(client, put(1000), h11.Data(data=bytes(1000)), h11.EndOfMessage())
+        )
+        assert await read_answer(server, client) == b"PUT /upload\n"
+        client.start_next_cycle()
+        await server.send_all(wire(client, get, h11.EndOfMessage()))
+        assert await read_answer(server, client) == b"GET /next\n"
