@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MiB = 1 << 20
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_order")
 
 
 def env() -> dict[str, str]:
@@ -109,6 +111,25 @@ def mib_s(size: int, seconds: float) -> float:
     return size / MiB / seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (not idle, not waiting for I/O)."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICK
+
+
+def pid_of(pattern: str) -> list[int]:
+    """The pids whose command line matches `pattern` (pgrep -f), lowest first."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return sorted(int(pid) for pid in found.stdout.split())
+
+
 def free_hot_memory(size: int) -> None:
     """Touch `size` bytes of memory and free them, just before a timed run.
 
@@ -121,6 +142,30 @@ def free_hot_memory(size: int) -> None:
     """
     block = bytearray(b"\1") * size
     del block
+
+
+@contextmanager
+def free_page_reporting_off() -> Iterator[bool]:
+    """Switch the VM's free page reporting off for a benchmark, and back on after;
+    yields whether it could (root, and a kernel that has it).
+
+    free_hot_memory alone is not enough for a run of several seconds: about 2 s after
+    memory is freed, the reporting hands it back to the host, so whatever starts
+    writing late in a run (containerd's unpack after a longer fetch) writes into cold
+    pages at a fraction of the speed. With reporting off, freed memory stays backed:
+    the runs then compare the programs, not how late in a run each one wrote.
+    """
+    try:
+        before = PAGE_REPORTING.read_text().strip()
+        orders = len(Path("/proc/buddyinfo").read_text().split("\n")[0].split()) - 4
+        PAGE_REPORTING.write_text(f"{orders}\n")  # no free block is this large
+    except (OSError, IndexError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        PAGE_REPORTING.write_text(f"{before}\n")
 
 
 def write_random(path: Path, size: int) -> None:

@@ -14,6 +14,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -71,8 +72,8 @@ def main() -> int:
         print(f"demo: supernode: {origin_line.split(': ', 1)[-1]}")
         served = {
             "the origin": origin_sent,
-            "the supernode's CDN": sum(r["from_cdn"] for r in results),
-            "other peers": sum(r["from_peers"] for r in results),
+            "the supernode's CDN": sum(cast(int, r["from_cdn"]) for r in results),
+            "other peers": sum(cast(int, r["from_peers"]) for r in results),
         }
         print(
             "demo: served by "

@@ -15,17 +15,26 @@ fresh containerd (its own root, so nothing is cached) for each pull:
 Times are `ctr images pull` wall clock (unpacking included, as a user sees it). ctr
 fetches every blob first and unpacks after, and says how long each took: both phases
 are printed too (the mirror only takes part in the fetch; the unpack is the same work
-every time, and it is what varies most on these machines). Before each pull the
-previous pulls' dirty pages are flushed (`sync`), so no pull pays for another's
-writeback, and the direct pull moves from first to second to last place from run to
-run (the host's speed drifts within a run: no kind of pull should always go first).
-The registry's access log says how many blob bytes it sent during each pull.
+every time). Before each pull the previous pulls' dirty pages are flushed (`sync`), so
+no pull pays for another's writeback, and the direct pull moves from first to second
+to last place from run to run (the host's speed drifts within a run: no kind of pull
+should always go first). Run as root on these VMs, the script switches the free page
+reporting off while it runs (see bench/common.py): with it on, an unpack that starts
+later writes into memory already handed back to the host and takes up to twice as
+long. The registry's access log says how many blob bytes it sent during each pull.
+
+Everything shares this machine's cores, so the script also measures CPU: the whole
+machine's busy time during each fetch (/proc/stat) and what the supernode, the daemons
+and the registry spent (/proc/PID/stat). From them it prints a floor per pull: the
+least time it could take if its extra CPU first filled the cores the direct fetch left
+idle and then shared them all.
 Targets: cold <= 1.3x direct; second host <= 1.0x direct with zero registry blob bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -33,8 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -44,9 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     PYTHON,
     MiB,
+    busy_seconds,
+    cpu_seconds,
     env,
     free_hot_memory,
+    free_page_reporting_off,
     median,
+    pid_of,
     stop_process,
     supernode_process,
 )
@@ -55,6 +69,8 @@ from dfdaemon.testing import CTR, Containerd, Registry, write_oci_image
 LISTENING = re.compile(r"dfdaemon listening on (\S+:\d+)")
 FETCHED = re.compile(r"elapsed: ([\d.]+) s")  # ctr's progress line; the last one is final
 UNPACKED = re.compile(r"unpacking .*\n.*?done: ([\d.]+)(m?s)")
+CORES = os.cpu_count() or 1
+SAMPLE_EVERY = 0.05  # seconds between looks at the machine's busy time
 
 
 @contextmanager
@@ -81,19 +97,32 @@ def daemon_process(work: Path, name: str, supernode: str, registry: str) -> Iter
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+@dataclass
+class Pull:
+    """One timed pull: wall, ctr's fetch and unpack phases, and CPU-seconds spent."""
+
+    seconds: float
+    fetch: float
+    unpack: float
+    busy_fetch: float  # the whole machine's busy CPU during the fetch phase
+    cpu: dict[str, float]  # each of our processes' CPU during the pull
+
+
 async def pull(
-    registry: Registry, root: Path, mirror: str | None, size: int
-) -> tuple[float, float, float]:
-    """One `ctr images pull` into a fresh containerd: its wall time, and ctr's own
-    fetch and unpack times, in seconds."""
+    registry: Registry, root: Path, mirror: str | None, size: int, pids: dict[str, int]
+) -> Pull:
+    """One `ctr images pull` into a fresh containerd."""
     assert CTR
+    samples: list[tuple[float, float]] = []  # (seconds since the start, busy CPU-s)
     async with trio.open_nursery() as nursery:
         containerd = Containerd(root)
         await containerd.start(nursery)
         try:
             os.sync()  # the earlier pulls' writeback is not this one's
             free_hot_memory(5 * size)  # enough for every copy any of the pulls writes
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             started = time.perf_counter()
+            nursery.start_soon(sample_busy, samples, started)
             if mirror is None:
                 argv = [CTR, "--address", str(containerd.socket), "-n", "bench", "images"]
                 argv += ["pull", "--plain-http", "--snapshotter", "native"]
@@ -102,13 +131,39 @@ async def pull(
             else:
                 done = await containerd.pull(registry, mirror, "bench/img:1")
             seconds = time.perf_counter() - started
+            cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
             if done.returncode != 0:
                 raise RuntimeError(f"ctr pull failed: {done.stderr.decode()}")
         finally:
             containerd.stop()
             nursery.cancel_scope.cancel()
     shutil.rmtree(root, ignore_errors=True)
-    return seconds, *ctr_phases(done.stdout.decode(errors="replace"))
+    fetch, unpack = ctr_phases(done.stdout.decode(errors="replace"))
+    return Pull(seconds, fetch, unpack, busy_until(samples, fetch), cpu)
+
+
+async def sample_busy(samples: list[tuple[float, float]], started: float) -> None:
+    while True:
+        samples.append((time.perf_counter() - started, busy_seconds()))
+        await trio.sleep(SAMPLE_EVERY)
+
+
+def busy_until(samples: list[tuple[float, float]], seconds: float) -> float:
+    """Busy CPU-s from the first sample to `seconds` in (interpolated between samples)."""
+    for (t0, b0), (t1, b1) in itertools.pairwise(samples):
+        if t1 >= seconds:
+            return b0 + (b1 - b0) * (seconds - t0) / (t1 - t0) - samples[0][1]
+    return samples[-1][1] - samples[0][1]
+
+
+def floor(direct: Pull, this: Pull, names: Iterable[str]) -> float:
+    """The least `this` pull could take, as a multiple of its run's direct pull, if
+    containerd's work were the direct pull's and the CPU-seconds of the processes
+    `names` had to fit in as well (the direct pull's registry work is not needed):
+    first into the cores the direct fetch left idle, the rest spread over all cores."""
+    extra = sum(this.cpu[name] for name in names) - direct.cpu["registry"]
+    idle = CORES * direct.fetch - direct.busy_fetch
+    return 1 + max(0.0, extra - idle) / CORES / direct.seconds
 
 
 def ctr_phases(output: str) -> tuple[float, float]:
@@ -119,6 +174,11 @@ def ctr_phases(output: str) -> tuple[float, float]:
         raise RuntimeError(f"ctr pull printed no timings:\n{output[-2000:]}")
     unpack = float(unpacked[1]) / (1000 if unpacked[2] == "ms" else 1)
     return float(fetched[-1]), unpack
+
+
+KINDS = {"direct": "direct", "cold": "cold daemon", "second": "second host"}
+HOST = {"direct": None, "cold": "A", "second": "B"}  # the daemon on the pulling host
+OURS = ("supernode", "A", "B")
 
 
 async def bench(args: argparse.Namespace) -> int:
@@ -132,9 +192,10 @@ async def bench(args: argparse.Namespace) -> int:
             registry = Registry(work / "registry")
             await registry.start(nursery)
             await registry.push(image, "bench/img:1")
-            rows: dict[str, list[float]] = {"direct": [], "cold": [], "second": []}
-            phases: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
-            registry_bytes: dict[str, list[int]] = {"direct": [], "cold": [], "second": []}
+            assert registry.process is not None
+            registry_pid = registry.process.pid
+            pulls: dict[str, list[Pull]] = {kind: [] for kind in KINDS}
+            registry_bytes: dict[str, list[int]] = {kind: [] for kind in KINDS}
             for run in range(1, args.runs + 1):
                 run_dir = work / f"run{run}"
                 with (
@@ -142,52 +203,66 @@ async def bench(args: argparse.Namespace) -> int:
                     daemon_process(run_dir, "hostA", node, registry.url) as host_a,
                     daemon_process(run_dir, "hostB", node, registry.url) as host_b,
                 ):
-                    pulls: list[tuple[str, str | None]] = [("cold", host_a), ("second", host_b)]
+                    daemon_a, daemon_b = pid_of(f"dfdaemon .*{run_dir}/host[AB] ")
+                    node_pid = pid_of(f"supernode .*{run_dir}/supernode")[0]
+                    pids = {"supernode": node_pid, "A": daemon_a, "B": daemon_b}
+                    pids["registry"] = registry_pid
+                    order: list[tuple[str, str | None]] = [("cold", host_a), ("second", host_b)]
                     # The direct pull takes turns at each place (the second host's pull
                     # needs the cold one first): no kind of pull always goes first.
-                    pulls.insert((run - 1) % 3, ("direct", None))
-                    for name, mirror in pulls:
+                    order.insert((run - 1) % 3, ("direct", None))
+                    for kind, mirror in order:
                         before = registry.blob_bytes()
-                        seconds, *fetch_unpack = await pull(
-                            registry, run_dir / f"ctd-{name}", mirror, size
-                        )
-                        rows[name].append(seconds)
-                        phases[name].append((fetch_unpack[0], fetch_unpack[1]))
-                        registry_bytes[name].append(registry.blob_bytes() - before)
+                        root = run_dir / f"ctd-{kind}"
+                        pulls[kind].append(await pull(registry, root, mirror, size, pids))
+                        registry_bytes[kind].append(registry.blob_bytes() - before)
                 print(
-                    f"run {run}: direct {rows['direct'][-1]:.2f}s, cold {rows['cold'][-1]:.2f}s, "
-                    f"second host {rows['second'][-1]:.2f}s; registry blob bytes "
-                    f"{registry_bytes['direct'][-1]}/{registry_bytes['cold'][-1]}/"
-                    f"{registry_bytes['second'][-1]}"
+                    f"run {run}: "
+                    + ", ".join(f"{KINDS[kind]} {pulls[kind][-1].seconds:.2f}s" for kind in KINDS)
+                    + "; registry blob bytes "
+                    + "/".join(str(registry_bytes[kind][-1]) for kind in KINDS)
                 )
             registry.stop()
             nursery.cancel_scope.cancel()
-        direct = median(rows["direct"])
-        print(
-            f"\nimage: {len(layers)} layers + config, {size / MiB:.0f} MiB; medians of {args.runs}"
-        )
-        print(
-            f"  {'pull':<14}{'seconds':>9}{'MiB/s':>8}{'vs direct':>11}{'fetch':>8}{'unpack':>8}"
-            "  registry blob bytes"
-        )
-        for name, label in (
-            ("direct", "direct"),
-            ("cold", "cold daemon"),
-            ("second", "second host"),
-        ):
-            seconds = median(rows[name])
-            per_run = median([d / s for d, s in zip(rows["direct"], rows[name], strict=True)])
-            fetch = median([f for f, _ in phases[name]])
-            unpack = median([u for _, u in phases[name]])
-            print(
-                f"  {label:<14}{seconds:>9.2f}{size / MiB / seconds:>8.0f}"
-                f"{seconds / direct:>10.2f}x{fetch:>8.2f}{unpack:>8.2f}"
-                f"  {max(registry_bytes[name])}   (per-run direct/this: {per_run:.2f})"
-            )
-        print("  targets: cold <= 1.3x direct; second host <= 1.0x direct, 0 registry bytes")
+        report(pulls, registry_bytes, size, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def report(
+    pulls: dict[str, list[Pull]], registry_bytes: dict[str, list[int]], size: int, runs: int
+) -> None:
+    direct = median([p.seconds for p in pulls["direct"]])
+    print(f"\nimage: {size / MiB:.0f} MiB; medians of {runs}; {CORES} cores")
+    print(
+        f"  {'pull':<12}{'seconds':>8}{'MiB/s':>6}{'vs direct':>10}{'per run':>8}{'fetch':>6}"
+        f"{'unpack':>7}{'cores':>6}{'our CPU':>8}{'floor':>7}{'host':>6}  registry bytes"
+    )
+    for kind, label in KINDS.items():
+        rows = list(zip(pulls["direct"], pulls[kind], strict=True))
+        host = HOST[kind]
+        seconds = median([p.seconds for p in pulls[kind]])
+        print(
+            f"  {label:<12}{seconds:>8.2f}{size / MiB / seconds:>6.0f}{seconds / direct:>9.2f}x"
+            f"{median([p.seconds / d.seconds for d, p in rows]):>7.2f}x"
+            f"{median([p.fetch for p in pulls[kind]]):>6.2f}"
+            f"{median([p.unpack for p in pulls[kind]]):>7.2f}"
+            f"{median([p.busy_fetch / p.fetch for p in pulls[kind]]):>6.2f}"
+            f"{median([sum(p.cpu[name] for name in OURS) for p in pulls[kind]]):>8.2f}"
+            f"{median([floor(d, p, [*OURS, 'registry']) for d, p in rows]):>6.2f}x"
+            f"{median([floor(d, p, [host] if host else []) for d, p in rows]):>5.2f}x"
+            f"  {max(registry_bytes[kind])}"
+        )
+    print(
+        "  per run: median of this pull / its run's direct pull; cores: CPUs busy during\n"
+        "  the fetch (whole machine); our CPU: CPU-s of the supernode and both daemons;\n"
+        "  floor: the least possible time (x direct) if that CPU and the registry's (less\n"
+        "  the direct pull's) only used what the direct fetch left idle, then shared the\n"
+        "  cores; host: the same for the pulling host's daemon alone (as if the registry,\n"
+        "  the supernode and the other daemon ran on other machines).\n"
+        "  targets: cold <= 1.3x direct; second host <= 1.0x direct, 0 registry bytes"
+    )
 
 
 def arguments(doc: str) -> argparse.Namespace:
@@ -199,7 +274,10 @@ def arguments(doc: str) -> argparse.Namespace:
 
 
 def main() -> int:
-    return trio.run(bench, arguments(__doc__))
+    args = arguments(__doc__)
+    with free_page_reporting_off() as off:
+        print(f"mirror: the VM's free page reporting {'off' if off else 'left as it is'}")
+        return trio.run(bench, args)
 
 
 if __name__ == "__main__":

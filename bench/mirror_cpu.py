@@ -8,7 +8,7 @@ layer, all at once, reading to /dev/null. For each way of getting the layers (st
 from the registry, through A cold, through B after A) it prints the wall time and the
 CPU seconds (user + system, from /proc/PID/stat) of the registry, the supernode and
 both daemons, as medians over the runs. Before each, as in bench/mirror.py: `sync`
-and a fresh supply of freed memory.
+and a fresh supply of freed memory, with the VM's free page reporting off.
 """
 
 from __future__ import annotations
@@ -26,22 +26,19 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MiB, free_hot_memory, median, supernode_process
+from bench.common import (
+    MiB,
+    cpu_seconds,
+    free_hot_memory,
+    free_page_reporting_off,
+    median,
+    pid_of,
+    supernode_process,
+)
 from bench.mirror import arguments, daemon_process
 from dfdaemon.testing import Registry, write_oci_image
 
-TICK = os.sysconf("SC_CLK_TCK")
 WAYS = ("direct", "cold A", "second B")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def pid_of(pattern: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return sorted(int(pid) for pid in found.stdout.split())
 
 
 def fetch_all(base: str, digests: list[str]) -> float:
@@ -104,7 +101,9 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    return trio.run(bench, arguments(__doc__))
+    args = arguments(__doc__)
+    with free_page_reporting_off():
+        return trio.run(bench, args)
 
 
 if __name__ == "__main__":

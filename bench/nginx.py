@@ -91,7 +91,7 @@ def nginx(root: Path, work: Path) -> Iterator[str]:
             except OSError as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}"
+                        f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
                     ) from exc
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
