@@ -216,6 +216,7 @@ async def bench(args: argparse.Namespace) -> int:
                         root = run_dir / f"ctd-{kind}"
                         pulls[kind].append(await pull(registry, root, mirror, size, pids))
                         registry_bytes[kind].append(registry.blob_bytes() - before)
+                shutil.rmtree(run_dir, ignore_errors=True)  # each run starts from the same
                 print(
                     f"run {run}: "
                     + ", ".join(f"{KINDS[kind]} {pulls[kind][-1].seconds:.2f}s" for kind in KINDS)
