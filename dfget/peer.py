@@ -60,7 +60,7 @@ from proto.messages import (
     TaskFailed,
 )
 from proto.pieces import PieceSealer, piece_digest
-from proto.tickets import CDN_UPLOADER
+from proto.tickets import CDN_UPLOADER, TicketVerifier
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class Attempt:
                 uploader=self.peer_id,
                 sealer=sealer,
                 piece_size=book.piece_size,
-                ticket_key=Ed25519PublicKey.from_public_bytes(registered.ticket_key),
+                tickets=TicketVerifier(Ed25519PublicKey.from_public_bytes(registered.ticket_key)),
                 holds=book.holds,
                 length_of=book.length_of,
                 fd=os.open(self.out.temp, os.O_RDONLY | os.O_CLOEXEC),

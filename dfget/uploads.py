@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dfget import __version__
 from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
@@ -28,7 +27,7 @@ from proto.io import FramedStream, RateLimiter, server_handshake
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE, PieceSealer
 from proto.session import Session, Side
-from proto.tickets import verify_ticket
+from proto.tickets import TicketVerifier
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class SharedTask:
     uploader: str  # the peer id tickets must name for this task (one per download)
     sealer: PieceSealer
     piece_size: int
-    ticket_key: Ed25519PublicKey
+    tickets: TicketVerifier  # the supernode's key, and the tickets already verified
     holds: Callable[[int], bool]  # the piece is written and verified
     length_of: Callable[[int], int]
     fd: int  # read-only descriptor of the output file (valid after its rename)
@@ -211,8 +210,7 @@ class PieceServer:
         if task.generation != request.generation:
             return ErrorCode.STALE, f"this peer has generation {task.generation}"
         try:
-            verify_ticket(
-                task.ticket_key,
+            task.tickets.verify(
                 request.ticket,
                 task_id=request.task_id,
                 requester=requester,

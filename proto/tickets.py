@@ -41,6 +41,66 @@ def verify_ticket(
     now: float,
 ) -> None:
     """Raise BadTicket unless `ticket` lets `requester` fetch `task_id` from `uploader` now."""
+    _check(
+        _open(public_key, ticket), task_id=task_id, requester=requester, uploader=uploader, now=now
+    )
+
+
+class TicketVerifier:
+    """`verify_ticket` for one uploader that remembers the tickets whose signature it
+    has verified. The supernode hands a requester the same ticket for an uploader for a
+    while (see `TicketIssuer`), so a piece session verifies one signature, not one per
+    piece; what a ticket names and its expiry are still checked on every request."""
+
+    def __init__(self, public_key: Ed25519PublicKey, capacity: int = 4096) -> None:
+        self.public_key = public_key
+        self.capacity = capacity
+        self._opened: dict[bytes, _Fields] = {}
+
+    def verify(
+        self, ticket: bytes, *, task_id: str, requester: str, uploader: str, now: float
+    ) -> None:
+        fields = self._opened.get(ticket)
+        if fields is None:
+            fields = _open(self.public_key, ticket)
+            if len(self._opened) >= self.capacity:
+                del self._opened[next(iter(self._opened))]  # the oldest goes
+            self._opened[ticket] = fields
+        _check(fields, task_id=task_id, requester=requester, uploader=uploader, now=now)
+
+
+class TicketIssuer:
+    """The supernode's side: `issue_ticket` that hands out the same ticket for a (task,
+    requester, uploader) until half its lifetime is gone, so uploaders can verify it once
+    (a signature costs the supernode ~30 us and each uploader ~100 us per piece)."""
+
+    def __init__(self, key: Ed25519PrivateKey, ttl: float, capacity: int = 65536) -> None:
+        self.key = key
+        self.ttl = ttl
+        self.capacity = capacity
+        self._issued: dict[tuple[str, str, str], tuple[bytes, float]] = {}
+
+    def ticket(self, task_id: str, requester: str, uploader: str, *, now: float) -> bytes:
+        names = (task_id, requester, uploader)
+        known = self._issued.get(names)
+        if known is not None and known[1] - now > self.ttl / 2:
+            return known[0]
+        expires = now + self.ttl
+        ticket = issue_ticket(
+            self.key, task_id=task_id, requester=requester, uploader=uploader, expires=expires
+        )
+        self._issued.pop(names, None)  # re-inserted last: the oldest stay first
+        if len(self._issued) >= self.capacity:
+            del self._issued[next(iter(self._issued))]
+        self._issued[names] = ticket, expires
+        return ticket
+
+
+_Fields = tuple[str, str, str, float]  # task id, requester, uploader, expires
+
+
+def _open(public_key: Ed25519PublicKey, ticket: bytes) -> _Fields:
+    """The fields of a ticket whose signature verifies (BadTicket otherwise)."""
     if len(ticket) <= SIGNATURE_SIZE:
         raise BadTicket("no ticket")
     body, signature = ticket[:-SIGNATURE_SIZE], ticket[-SIGNATURE_SIZE:]
@@ -54,7 +114,14 @@ def verify_ticket(
         raise BadTicket("ticket body is malformed") from None
     if version != TICKET_VERSION:
         raise BadTicket(f"ticket version {version!r} unsupported")
+    if not isinstance(expires, float):
+        raise BadTicket("ticket expiry is malformed")
+    return t_task, t_requester, t_uploader, expires
+
+
+def _check(fields: _Fields, *, task_id: str, requester: str, uploader: str, now: float) -> None:
+    t_task, t_requester, t_uploader, expires = fields
     if (t_task, t_requester, t_uploader) != (task_id, requester, uploader):
         raise BadTicket("ticket is for another task, requester or uploader")
-    if not isinstance(expires, float) or now > expires:
+    if now > expires:
         raise BadTicket("ticket expired")

@@ -17,6 +17,7 @@ from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
 from proto.io import FramedStream, RateLimiter, server_handshake
 from proto.messages import PieceRequest, Register
 from proto.session import Session, Side
+from proto.tickets import TicketVerifier
 from supernode import __version__
 from supernode.cdn.service import Cdn
 from supernode.cdn.uploads import CdnUploads
@@ -37,6 +38,7 @@ class PeerServer:
         self.cdn = cdn
         self.swarm = swarm
         self.upload_limiter = upload_limiter
+        self.tickets = TicketVerifier(swarm.ticket_key.public_key())  # for the CDN's uploads
         self.connections = 0
         self.protocol_errors = 0
 
@@ -97,7 +99,7 @@ class PeerServer:
                 framed,
                 peer_id=hello.peer_id,
                 cdn=self.cdn,
-                ticket_public=self.swarm.ticket_key.public_key(),
+                tickets=self.tickets,
                 limiter=self.upload_limiter,
             )
             await uploads.run(first)

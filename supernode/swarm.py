@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.admission import verify
 from proto.messages import PieceResult, PieceTask
-from proto.tickets import CDN_UPLOADER, issue_ticket
+from proto.tickets import CDN_UPLOADER, TicketIssuer
 from proto.units import format_size
 from supernode.cdn.task import CdnTask
 from supernode.scheduler import CDN, Outcome, Scheduler
@@ -52,6 +52,7 @@ class Swarm:
         self.scheduler = scheduler
         self.ticket_key = ticket_key
         self.ticket_ttl = ticket_ttl
+        self.tickets = TicketIssuer(ticket_key, ticket_ttl)
         self.token = token
         self.peers: dict[str, PeerRecord] = {}
         self.generations: dict[str, int] = {}  # task id → the generation being scheduled
@@ -167,13 +168,7 @@ class Swarm:
         return tuple(tasks)
 
     def ticket(self, task_id: str, requester: str, uploader: str) -> bytes:
-        return issue_ticket(
-            self.ticket_key,
-            task_id=task_id,
-            requester=requester,
-            uploader=uploader,
-            expires=time.time() + self.ticket_ttl,
-        )
+        return self.tickets.ticket(task_id, requester, uploader, now=time.time())
 
     def report(self, requester: str, result: PieceResult, now: float) -> None:
         self._notify(result.task_id)  # a slot is free again, maybe a piece has a new holder

@@ -5,7 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -15,7 +18,7 @@ from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context, w
 from proto.pieces import MiB, PieceSealer, piece_digest
 from proto.ratelimit import TokenBucket
 from proto.taskid import canonical_url, check_task_id, parse_range
-from proto.tickets import issue_ticket, verify_ticket
+from proto.tickets import TicketIssuer, TicketVerifier, issue_ticket, verify_ticket
 from proto.units import parse_rate, parse_size
 
 KEY = bytes(range(32))
@@ -166,6 +169,69 @@ def test_tickets() -> None:
         verify_ticket(key.public_key(), bytes(forged), now=1.0, **args)
     with pytest.raises(BadTicket, match="no ticket"):
         verify_ticket(key.public_key(), b"", now=1.0, **args)
+
+
+class CountingKey:
+    """A public key that counts the signatures it checks."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key = key
+        self.checks = 0
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.checks += 1
+        self.key.verify(signature, data)
+
+
+def test_a_ticket_verifier_checks_each_signature_once_and_every_field_each_time() -> None:
+    key = Ed25519PrivateKey.generate()
+    counting = CountingKey(key.public_key())
+    verifier = TicketVerifier(counting, capacity=2)  # type: ignore[arg-type]
+    ticket = issue_ticket(key, task_id=TID, requester="a", uploader="b", expires=100.0)
+    args = {"task_id": TID, "requester": "a", "uploader": "b"}
+    verifier.verify(ticket, now=1.0, **args)
+    verifier.verify(ticket, now=2.0, **args)
+    assert counting.checks == 1
+    # Remembered, but still checked: another requester, another task, too late.
+    with pytest.raises(BadTicket, match="another"):
+        verifier.verify(ticket, now=3.0, **{**args, "requester": "c"})
+    with pytest.raises(BadTicket, match="another"):
+        verifier.verify(ticket, now=3.0, **{**args, "task_id": "f" * 64})
+    with pytest.raises(BadTicket, match="expired"):
+        verifier.verify(ticket, now=100.5, **args)
+    assert counting.checks == 1
+    # A forged ticket is refused every time: nothing about it is remembered.
+    forged = bytearray(ticket)
+    forged[-1] ^= 1
+    for _ in range(2):
+        with pytest.raises(BadTicket, match="signature"):
+            verifier.verify(bytes(forged), now=1.0, **args)
+    assert counting.checks == 3
+    # It remembers at most `capacity` tickets: the oldest is verified again.
+    for requester in ("x", "y"):
+        other = issue_ticket(key, task_id=TID, requester=requester, uploader="b", expires=100.0)
+        verifier.verify(other, now=1.0, **{**args, "requester": requester})
+    verifier.verify(ticket, now=1.0, **args)
+    assert counting.checks == 6
+
+
+def test_the_ticket_issuer_hands_out_one_ticket_until_half_its_life_is_gone() -> None:
+    key = Ed25519PrivateKey.generate()
+    issuer = TicketIssuer(key, ttl=100.0, capacity=2)
+    first = issuer.ticket(TID, "a", "b", now=1000.0)
+    assert issuer.ticket(TID, "a", "b", now=1049.0) == first
+    for_c = issuer.ticket(TID, "c", "b", now=1049.0)
+    assert for_c != first  # each names its requester
+    renewed = issuer.ticket(TID, "a", "b", now=1051.0)
+    assert renewed != first
+    args = {"task_id": TID, "requester": "a", "uploader": "b"}
+    verify_ticket(key.public_key(), renewed, now=1150.0, **args)  # a full ttl from 1051
+    with pytest.raises(BadTicket, match="expired"):
+        verify_ticket(key.public_key(), first, now=1100.5, **args)
+    assert issuer.ticket(TID, "c", "b", now=1052.0) == for_c  # still remembered
+    # At most `capacity` remembered: the least recently issued ("c") is forgotten.
+    issuer.ticket(TID, "d", "b", now=1053.0)
+    assert issuer.ticket(TID, "c", "b", now=1054.0) != for_c
 
 
 def test_key_wrap_round_trip_and_binding() -> None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 import time
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from proto.errors import BadTicket, ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, RateLimiter
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE
-from proto.tickets import CDN_UPLOADER, verify_ticket
+from proto.tickets import CDN_UPLOADER, TicketVerifier
 from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.service import Cdn
 from supernode.errors import StoreError
@@ -34,13 +32,13 @@ class CdnUploads:
         *,
         peer_id: str,
         cdn: Cdn,
-        ticket_public: Ed25519PublicKey,
+        tickets: TicketVerifier,
         limiter: RateLimiter | None = None,
     ) -> None:
         self.framed = framed
         self.peer_id = peer_id
         self.cdn = cdn
-        self.ticket_public = ticket_public
+        self.tickets = tickets
         self.limiter = limiter
         self._files: dict[tuple[str, int], PiecesFile] = {}
         self.bytes_sent = 0
@@ -74,8 +72,7 @@ class CdnUploads:
                 request, ErrorCode.STALE, f"task is at generation {task.generation}"
             )
         try:
-            verify_ticket(
-                self.ticket_public,
+            self.tickets.verify(
                 request.ticket,
                 task_id=request.task_id,
                 requester=self.peer_id,
