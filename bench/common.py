@@ -6,6 +6,7 @@ project's console scripts (or `python -m`), exactly as a user would run them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -121,7 +122,8 @@ def busy_seconds() -> float:
     """CPU time the whole machine has spent busy (not idle, not waiting for I/O)."""
     with open("/proc/stat") as stat:
         fields = [int(x) for x in stat.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / TICK
+    # user nice system idle iowait irq softirq steal (guest time is inside user/nice)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
 
 
 def pid_of(pattern: str) -> list[int]:
@@ -145,27 +147,41 @@ def free_hot_memory(size: int) -> None:
 
 
 @contextmanager
-def free_page_reporting_off() -> Iterator[bool]:
+def free_page_reporting_off() -> Iterator[str]:
     """Switch the VM's free page reporting off for a benchmark, and back on after;
-    yields whether it could (root, and a kernel that has it).
+    yields what it did ("off", "largest blocks only", or why it left it as it was).
 
     free_hot_memory alone is not enough for a run of several seconds: about 2 s after
     memory is freed, the reporting hands it back to the host, so whatever starts
     writing late in a run (containerd's unpack after a longer fetch) writes into cold
     pages at a fraction of the speed. With reporting off, freed memory stays backed:
     the runs then compare the programs, not how late in a run each one wrote.
+    The setting is put back on a normal end, an error or Ctrl-C (not on SIGKILL).
     """
     try:
         before = PAGE_REPORTING.read_text().strip()
         orders = len(Path("/proc/buddyinfo").read_text().split("\n")[0].split()) - 4
-        PAGE_REPORTING.write_text(f"{orders}\n")  # no free block is this large
-    except (OSError, IndexError):
-        yield False
+    except (OSError, IndexError) as exc:
+        yield f"left as it is ({exc})"
+        return
+    done = ""
+    # Above the largest block order nothing is reported; kernels that refuse that
+    # value take the largest order itself (only the largest free blocks are reported).
+    for order, what in ((orders, "off"), (orders - 1, "largest blocks only")):
+        try:
+            PAGE_REPORTING.write_text(f"{order}\n")
+        except OSError:
+            continue
+        done = what
+        break
+    if not done:
+        yield "left as it is (cannot write its order)"
         return
     try:
-        yield True
+        yield done
     finally:
-        PAGE_REPORTING.write_text(f"{before}\n")
+        with contextlib.suppress(OSError):
+            PAGE_REPORTING.write_text(f"{before}\n")
 
 
 def write_random(path: Path, size: int) -> None:

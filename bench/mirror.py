@@ -177,6 +177,7 @@ def ctr_phases(output: str) -> tuple[float, float]:
 
 
 KINDS = {"direct": "direct", "cold": "cold daemon", "second": "second host"}
+HOSTS = ("hostA", "hostB")  # the daemons' data dirs
 HOST = {"direct": None, "cold": "A", "second": "B"}  # the daemon on the pulling host
 OURS = ("supernode", "A", "B")
 
@@ -200,10 +201,10 @@ async def bench(args: argparse.Namespace) -> int:
                 run_dir = work / f"run{run}"
                 with (
                     supernode_process(run_dir / "supernode") as node,
-                    daemon_process(run_dir, "hostA", node, registry.url) as host_a,
-                    daemon_process(run_dir, "hostB", node, registry.url) as host_b,
+                    daemon_process(run_dir, HOSTS[0], node, registry.url) as host_a,
+                    daemon_process(run_dir, HOSTS[1], node, registry.url) as host_b,
                 ):
-                    daemon_a, daemon_b = pid_of(f"dfdaemon .*{run_dir}/host[AB] ")
+                    daemon_a, daemon_b = (pid_of(f"dfdaemon .*{run_dir}/{h} ")[0] for h in HOSTS)
                     node_pid = pid_of(f"supernode .*{run_dir}/supernode")[0]
                     pids = {"supernode": node_pid, "A": daemon_a, "B": daemon_b}
                     pids["registry"] = registry_pid
@@ -276,8 +277,8 @@ def arguments(doc: str) -> argparse.Namespace:
 
 def main() -> int:
     args = arguments(__doc__)
-    with free_page_reporting_off() as off:
-        print(f"mirror: the VM's free page reporting {'off' if off else 'left as it is'}")
+    with free_page_reporting_off() as reporting:
+        print(f"mirror: the VM's free page reporting: {reporting}")
         return trio.run(bench, args)
 
 

@@ -35,7 +35,7 @@ from bench.common import (
     pid_of,
     supernode_process,
 )
-from bench.mirror import arguments, daemon_process
+from bench.mirror import HOSTS, arguments, daemon_process
 from dfdaemon.testing import Registry, write_oci_image
 
 WAYS = ("direct", "cold A", "second B")
@@ -67,10 +67,10 @@ async def bench(args: argparse.Namespace) -> int:
                 run_dir = work / f"run{run}"
                 with (
                     supernode_process(run_dir / "supernode") as node,
-                    daemon_process(run_dir, "hostA", node, registry.url) as host_a,
-                    daemon_process(run_dir, "hostB", node, registry.url) as host_b,
+                    daemon_process(run_dir, HOSTS[0], node, registry.url) as host_a,
+                    daemon_process(run_dir, HOSTS[1], node, registry.url) as host_b,
                 ):
-                    daemon_a, daemon_b = pid_of(f"dfdaemon .*{run_dir}/host[AB] ")
+                    daemon_a, daemon_b = (pid_of(f"dfdaemon .*{run_dir}/{h} ")[0] for h in HOSTS)
                     pids = {
                         "registry": registry.process.pid,
                         "supernode": pid_of(f"supernode .*{run_dir}/supernode")[0],

@@ -10,6 +10,7 @@ alive between requests unless either side says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import trio
 from proto.io import send_file
 
 log = logging.getLogger(__name__)
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 READ_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # request line and headers
@@ -30,6 +32,10 @@ IDLE_TIMEOUT = 120.0  # a kept-alive connection with no new request
 # longer or slower (an endless upload, say) and the connection is closed instead.
 MAX_UNREAD_BODY = 64 * 1024
 UNREAD_BODY_TIMEOUT = 5.0
+# Before closing on a client still sending: say so (FIN) and drop what still comes for
+# this long, so the kernel does not answer its bytes with a reset that can destroy the
+# answer before the client has read it (nginx's lingering close).
+LINGER = 2.0
 
 
 class ClientGone(Exception):
@@ -135,7 +141,7 @@ class _Connection:
         if data:
             try:
                 await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except _GONE as exc:
                 raise ClientGone(str(exc)) from exc
 
     async def send_file(self, fd: int, offset: int, count: int) -> None:
@@ -148,7 +154,7 @@ class _Connection:
                     await send_file(self.stream.socket, fd, offset, count)
                 else:
                     await self.stream.send_all(part)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except _GONE as exc:
             raise ClientGone(str(exc)) from exc
 
     async def next_event(self) -> h11.Event:
@@ -158,7 +164,7 @@ class _Connection:
                 return event  # type: ignore[return-value]
             try:
                 data = await self.stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except _GONE as exc:
                 raise ClientGone(str(exc)) from exc
             self.h11.receive_data(data)
 
@@ -175,6 +181,13 @@ class _Connection:
                         return False
             return True
         return False
+
+    async def linger(self) -> None:
+        """End our side and read (and drop) what the client still sends, for a while."""
+        with trio.move_on_after(LINGER), contextlib.suppress(*_GONE):
+            await self.stream.send_eof()
+            while await self.stream.receive_some(READ_SIZE):
+                pass
 
     async def body(self) -> AsyncIterator[bytes]:
         while True:
@@ -231,7 +244,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
             if not reply.ended:
                 return  # a broken answer (for example a blob whose digest failed)
             if not await connection.skip_body():
-                return  # the answer went out whole; only the connection is given up
+                await connection.linger()  # the answer went out whole: only the
+                return  # connection is given up
             if connection.h11.our_state is h11.MUST_CLOSE:
                 return
             if connection.h11.their_state is h11.DONE:

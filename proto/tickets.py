@@ -50,9 +50,11 @@ class TicketVerifier:
     """`verify_ticket` for one uploader that remembers the tickets whose signature it
     has verified. The supernode hands a requester the same ticket for an uploader for a
     while (see `TicketIssuer`), so a piece session verifies one signature, not one per
-    piece; what a ticket names and its expiry are still checked on every request."""
+    piece; what a ticket names and its expiry are still checked on every request. It
+    remembers the `capacity` tickets used last (under 1 KiB each). Not thread-safe: it
+    is called on the trio thread."""
 
-    def __init__(self, public_key: Ed25519PublicKey, capacity: int = 4096) -> None:
+    def __init__(self, public_key: Ed25519PublicKey, capacity: int = 1024) -> None:
         self.public_key = public_key
         self.capacity = capacity
         self._opened: dict[bytes, _Fields] = {}
@@ -60,21 +62,22 @@ class TicketVerifier:
     def verify(
         self, ticket: bytes, *, task_id: str, requester: str, uploader: str, now: float
     ) -> None:
-        fields = self._opened.get(ticket)
+        fields = self._opened.pop(ticket, None)
         if fields is None:
             fields = _open(self.public_key, ticket)
             if len(self._opened) >= self.capacity:
-                del self._opened[next(iter(self._opened))]  # the oldest goes
-            self._opened[ticket] = fields
+                del self._opened[next(iter(self._opened))]  # the least recently used goes
+        self._opened[ticket] = fields  # (re)inserted last: the most recently used
         _check(fields, task_id=task_id, requester=requester, uploader=uploader, now=now)
 
 
 class TicketIssuer:
     """The supernode's side: `issue_ticket` that hands out the same ticket for a (task,
     requester, uploader) until half its lifetime is gone, so uploaders can verify it once
-    (a signature costs the supernode ~30 us and each uploader ~100 us per piece)."""
+    (a signature costs the supernode ~30 us and each uploader ~100 us per piece). It
+    remembers the `capacity` tickets issued last (under 1 KiB each)."""
 
-    def __init__(self, key: Ed25519PrivateKey, ttl: float, capacity: int = 65536) -> None:
+    def __init__(self, key: Ed25519PrivateKey, ttl: float, capacity: int = 16384) -> None:
         self.key = key
         self.ttl = ttl
         self.capacity = capacity

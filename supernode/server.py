@@ -38,7 +38,8 @@ class PeerServer:
         self.cdn = cdn
         self.swarm = swarm
         self.upload_limiter = upload_limiter
-        self.tickets = TicketVerifier(swarm.ticket_key.public_key())  # for the CDN's uploads
+        # The CDN's uploads, every task's: room for one ticket per peer per task at scale.
+        self.tickets = TicketVerifier(swarm.ticket_key.public_key(), capacity=16384)
         self.connections = 0
         self.protocol_errors = 0
 

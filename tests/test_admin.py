@@ -20,7 +20,8 @@ from dfget.errors import OriginFailed
 from dfget.peer import PeerOptions
 from proto.pieces import MiB
 from supernode import __version__
-from supernode.admin.preheat import MAX_RUNNING, PreheatError, _pick
+from supernode.admin import preheat as preheat_module
+from supernode.admin.preheat import MAX_RUNNING, PreheatError, Preheats, _pick
 from supernode.testing import FakeOrigin
 
 
@@ -214,6 +215,18 @@ async def test_only_a_few_preheats_run_at_once_and_the_rest_wait_their_turn(
         ended = [await poll_state(client, f"/api/v1/preheats/{id_}") for id_ in ids]
     assert [state["state"] for state in ended] == ["succeeded"] * len(paths)
     assert all(origin.stats[path].full_bodies == 1 for path in paths)
+
+
+def test_only_finished_preheats_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preheat_module, "KEEP", 2)
+    preheats = Preheats(cdn=None)  # type: ignore[arg-type]  # submit never touches it
+    first, second, third = (preheats.submit("file", f"http://o/{n}", ()) for n in range(3))
+    assert list(preheats.all) == [first.id, second.id, third.id]  # none finished: all stay
+    second.state, third.state = "succeeded", "failed"
+    fourth = preheats.submit("file", "http://o/4", ())
+    assert list(preheats.all) == [first.id, fourth.id]  # finished ones went, down to KEEP
+    fifth = preheats.submit("file", "http://o/5", ())
+    assert list(preheats.all) == [first.id, fourth.id, fifth.id]  # over KEEP: all live
 
 
 @needs_registry

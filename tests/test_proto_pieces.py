@@ -207,11 +207,17 @@ def test_a_ticket_verifier_checks_each_signature_once_and_every_field_each_time(
         with pytest.raises(BadTicket, match="signature"):
             verifier.verify(bytes(forged), now=1.0, **args)
     assert counting.checks == 3
-    # It remembers at most `capacity` tickets: the oldest is verified again.
-    for requester in ("x", "y"):
-        other = issue_ticket(key, task_id=TID, requester=requester, uploader="b", expires=100.0)
-        verifier.verify(other, now=1.0, **{**args, "requester": requester})
+    # It remembers the `capacity` tickets used last: one used since stays, the other goes.
+    others = {
+        requester: issue_ticket(key, task_id=TID, requester=requester, uploader="b", expires=1e9)
+        for requester in ("x", "y")
+    }
+    verifier.verify(others["x"], now=1.0, **{**args, "requester": "x"})  # 4 checks so far
+    verifier.verify(ticket, now=1.0, **args)  # used again: now the most recent
+    verifier.verify(others["y"], now=1.0, **{**args, "requester": "y"})  # "x" goes
     verifier.verify(ticket, now=1.0, **args)
+    assert counting.checks == 5
+    verifier.verify(others["x"], now=1.0, **{**args, "requester": "x"})
     assert counting.checks == 6
 
 

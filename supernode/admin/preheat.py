@@ -39,7 +39,7 @@ MANIFEST_TYPES = (
 )
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 MAX_MANIFEST = 4 * 1024 * 1024
-KEEP = 1000  # preheats remembered
+KEEP = 1000  # preheats remembered: past this the oldest finished go, never a live one
 MAX_RUNNING = 4  # preheats fetching at once; the others wait in the queue, "pending"
 
 
@@ -96,8 +96,10 @@ class Preheats:
         preheat = Preheat(secrets.token_hex(16), kind, url, headers, **extra)
         self._send.send_nowait(preheat)  # WouldBlock past 1024 waiting: the caller says 503
         self.all[preheat.id] = preheat
-        while len(self.all) > KEEP:
-            del self.all[next(iter(self.all))]
+        if len(self.all) > KEEP:  # the oldest finished ones go; waiting and running stay
+            ended = [id_ for id_, p in self.all.items() if p.state in ("succeeded", "failed")]
+            for id_ in ended[: len(self.all) - KEEP]:
+                del self.all[id_]
         return preheat
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
