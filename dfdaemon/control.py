@@ -28,7 +28,15 @@ from typing import Any
 
 import trio
 
-from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob, send_blob, sha256_check
+from dfdaemon.blobs import (
+    Blob,
+    BlobStore,
+    BlobUnavailable,
+    read_blob,
+    send_blob,
+    sha256_check,
+    stream_download,
+)
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
@@ -138,33 +146,52 @@ class ControlApi:
         except DfgetError as exc:
             await _error(reply, exc)
             return
-        cached = blob.complete
+        try:
+            if blob.complete:
+                await self._send_cached(reply, blob)
+            else:
+                await self._send_downloading(reply, blob)
+        except BlobUnavailable as exc:
+            if not reply.started:
+                await _error(reply, exc.__cause__ or exc)
+            else:  # not ended: dfget sees a short body and goes on without the daemon
+                log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
+        finally:
+            self.metrics.served.labels("dfget").inc(reply.bytes_sent)
+
+    async def _send_cached(self, reply: Reply, blob: Blob) -> None:
+        """From the cache, hashed as it is read (the disk may have damaged it)."""
         digest = blob.digest or ""
         sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else ""
         hasher = hashlib.sha256() if sha256 else None
         chunks = read_blob(blob, hasher=hasher)
-        try:
-            first = await anext(chunks, None)
-        except BlobUnavailable as exc:
-            await _error(reply, exc.__cause__ or exc)
-            return
+        first = await anext(chunks, None)
+        check = sha256_check(hasher, sha256, blob.length) if hasher else None
+        if not await send_blob(reply, self._headers(blob, cached=True), first, chunks, check):
+            # A cached copy gone bad: dfget sees a short body and downloads itself;
+            # the next request downloads the blob anew.
+            log.error("blob %s: content does not match its digest: dropped", sha256[:12])
+            self.blobs.drop(sha256)
+
+    async def _send_downloading(self, reply: Reply, blob: Blob) -> None:
+        """Still downloading: sent from its file by sendfile as it fills in. Its
+        download checks the digest (and dfget checks it again)."""
+        while not (blob.filled or blob.complete):  # its length is known by then
+            blob.raise_if_failed()
+            await blob.wait_changed()
+        headers = self._headers(blob, cached=False)
+        if not await stream_download(reply, blob, headers, blob.length):
+            log.error("blob %s: not the length announced: response broken off", blob.hex[:12])
+
+    def _headers(self, blob: Blob, *, cached: bool) -> list[tuple[str, str]]:
+        """The answer's headers; from here on dfget may ask where the bytes came from."""
         self.served[blob.hex] = (blob, cached)
         while len(self.served) > KEEP_RESULTS:  # the oldest go first
             del self.served[next(iter(self.served))]
         headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", blob.hex)]
         if blob.length is not None:
             headers.append(("content-length", str(blob.length)))
-        check = sha256_check(hasher, sha256, blob.length) if hasher else None
-        try:
-            if not await send_blob(reply, headers, first, chunks, check):
-                # A cached copy gone bad: dfget sees a short body and downloads itself;
-                # the next request downloads the blob anew.
-                log.error("blob %s: content does not match its digest: dropped", sha256[:12])
-                self.blobs.drop(sha256)
-        except BlobUnavailable as exc:  # not ended: dfget sees a short body
-            log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
-        finally:
-            self.metrics.served.labels("dfget").inc(reply.bytes_sent)
+        return headers
 
     async def _blob(self, wanted: DownloadRequest, task_id: str) -> Blob:
         digest = wanted.digest
