@@ -18,10 +18,11 @@ are printed too (the mirror only takes part in the fetch; the unpack is the same
 every time). Before each pull the previous pulls' dirty pages are flushed (`sync`), so
 no pull pays for another's writeback, and the direct pull moves from first to second
 to last place from run to run (the host's speed drifts within a run: no kind of pull
-should always go first). Run as root on these VMs, the script switches the free page
-reporting off while it runs (see bench/common.py): with it on, an unpack that starts
-later writes into memory already handed back to the host and takes up to twice as
-long. The registry's access log says how many blob bytes it sent during each pull.
+should always go first). A first, uncounted run warms up (memory, imports). Run as
+root on these VMs, the script switches the free page reporting off while it runs (see
+bench/common.py): with it on, an unpack that starts later writes into memory already
+handed back to the host and takes up to twice as long. The registry's access log says
+how many blob bytes it sent during each pull.
 
 Everything shares this machine's cores, so the script also measures CPU: the whole
 machine's busy time during each fetch (/proc/stat) and what the supernode, the daemons
@@ -197,7 +198,7 @@ async def bench(args: argparse.Namespace) -> int:
             registry_pid = registry.process.pid
             pulls: dict[str, list[Pull]] = {kind: [] for kind in KINDS}
             registry_bytes: dict[str, list[int]] = {kind: [] for kind in KINDS}
-            for run in range(1, args.runs + 1):
+            for run in range(args.runs + 1):  # run 0 warms up: not counted
                 run_dir = work / f"run{run}"
                 with (
                     supernode_process(run_dir / "supernode") as node,
@@ -211,7 +212,7 @@ async def bench(args: argparse.Namespace) -> int:
                     order: list[tuple[str, str | None]] = [("cold", host_a), ("second", host_b)]
                     # The direct pull takes turns at each place (the second host's pull
                     # needs the cold one first): no kind of pull always goes first.
-                    order.insert((run - 1) % 3, ("direct", None))
+                    order.insert(max(run - 1, 0) % 3, ("direct", None))
                     for kind, mirror in order:
                         before = registry.blob_bytes()
                         root = run_dir / f"ctd-{kind}"
@@ -219,11 +220,14 @@ async def bench(args: argparse.Namespace) -> int:
                         registry_bytes[kind].append(registry.blob_bytes() - before)
                 shutil.rmtree(run_dir, ignore_errors=True)  # each run starts from the same
                 print(
-                    f"run {run}: "
+                    (f"run {run}: " if run else "warm-up run (not counted): ")
                     + ", ".join(f"{KINDS[kind]} {pulls[kind][-1].seconds:.2f}s" for kind in KINDS)
                     + "; registry blob bytes "
                     + "/".join(str(registry_bytes[kind][-1]) for kind in KINDS)
                 )
+                if not run:  # the first pulls pay for cold memory and first imports
+                    pulls = {kind: [] for kind in KINDS}
+                    registry_bytes = {kind: [] for kind in KINDS}
             registry.stop()
             nursery.cancel_scope.cancel()
         report(pulls, registry_bytes, size, args.runs)
