@@ -11,6 +11,7 @@ daemon stops. One download per blob at a time, whoever asks.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -452,6 +453,32 @@ def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
     if hasher is not None:
         hasher.update(data)  # hashlib drops the GIL for large buffers
     return data
+
+
+async def send_whole(
+    reply: Reply,
+    blob: Blob,
+    headers: Callable[[], list[tuple[str, str]]],
+    sha256: str | None,
+    length: int | None = None,
+) -> bool:
+    """Answer 200 with a whole blob; False (the reply left unended: the client never
+    holds all of a wrong blob) if it is not the blob named. A blob still downloading
+    is sent by sendfile as it fills in, checked by its download; a cached one is hashed
+    as it is read, against `sha256` (the disk may have damaged it). `headers()` is
+    asked once the first byte exists (its length is known by then); `length`, if given,
+    is the length announced elsewhere (an upstream's HEAD). Raises BlobUnavailable if
+    the blob fails, before the reply starts if no byte existed yet."""
+    if not blob.complete:
+        while not (blob.filled or blob.complete):
+            blob.raise_if_failed()
+            await blob.wait_changed()
+        return await stream_download(reply, blob, headers(), length or blob.length)
+    hasher = hashlib.sha256() if sha256 else None  # fed by the reader, chunk by chunk
+    chunks = read_blob(blob, hasher=hasher)
+    first = await anext(chunks, None)  # nothing is promised before a byte exists
+    check = sha256_check(hasher, sha256, length or blob.length) if hasher and sha256 else None
+    return await send_blob(reply, headers(), first, chunks, check)
 
 
 async def send_blob(

@@ -17,7 +17,6 @@ origin confirms, with the dfget's own headers, that it may read the URL.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,15 +27,7 @@ from typing import Any
 
 import trio
 
-from dfdaemon.blobs import (
-    Blob,
-    BlobStore,
-    BlobUnavailable,
-    read_blob,
-    send_blob,
-    sha256_check,
-    stream_download,
-)
+from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, send_whole
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.upstream import Upstream, UpstreamError
@@ -146,11 +137,16 @@ class ControlApi:
         except DfgetError as exc:
             await _error(reply, exc)
             return
+        cached = blob.complete
+        digest = blob.digest or ""
+        sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else None
         try:
-            if blob.complete:
-                await self._send_cached(reply, blob)
-            else:
-                await self._send_downloading(reply, blob)
+            if not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
+                # A cached copy gone bad: dfget sees a short body and downloads itself;
+                # the next request downloads the blob anew.
+                log.error("blob %s: not the blob named: dropped", blob.hex[:12])
+                if sha256:
+                    self.blobs.drop(sha256)
         except BlobUnavailable as exc:
             if not reply.started:
                 await _error(reply, exc.__cause__ or exc)
@@ -159,31 +155,7 @@ class ControlApi:
         finally:
             self.metrics.served.labels("dfget").inc(reply.bytes_sent)
 
-    async def _send_cached(self, reply: Reply, blob: Blob) -> None:
-        """From the cache, hashed as it is read (the disk may have damaged it)."""
-        digest = blob.digest or ""
-        sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else ""
-        hasher = hashlib.sha256() if sha256 else None
-        chunks = read_blob(blob, hasher=hasher)
-        first = await anext(chunks, None)
-        check = sha256_check(hasher, sha256, blob.length) if hasher else None
-        if not await send_blob(reply, self._headers(blob, cached=True), first, chunks, check):
-            # A cached copy gone bad: dfget sees a short body and downloads itself;
-            # the next request downloads the blob anew.
-            log.error("blob %s: content does not match its digest: dropped", sha256[:12])
-            self.blobs.drop(sha256)
-
-    async def _send_downloading(self, reply: Reply, blob: Blob) -> None:
-        """Still downloading: sent from its file by sendfile as it fills in. Its
-        download checks the digest (and dfget checks it again)."""
-        while not (blob.filled or blob.complete):  # its length is known by then
-            blob.raise_if_failed()
-            await blob.wait_changed()
-        headers = self._headers(blob, cached=False)
-        if not await stream_download(reply, blob, headers, blob.length):
-            log.error("blob %s: not the length announced: response broken off", blob.hex[:12])
-
-    def _headers(self, blob: Blob, *, cached: bool) -> list[tuple[str, str]]:
+    def _headers(self, blob: Blob, cached: bool) -> list[tuple[str, str]]:
         """The answer's headers; from here on dfget may ask where the bytes came from."""
         self.served[blob.hex] = (blob, cached)
         while len(self.served) > KEEP_RESULTS:  # the oldest go first

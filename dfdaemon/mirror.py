@@ -11,19 +11,10 @@ it matches, so a client never receives a whole blob with the wrong content.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 
-from dfdaemon.blobs import (
-    Blob,
-    BlobStore,
-    BlobUnavailable,
-    read_blob,
-    send_blob,
-    sha256_check,
-    stream_download,
-)
+from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob, send_whole
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
@@ -141,15 +132,7 @@ class Mirror:
         headers = self._headers(hex_digest)
         if length is not None:
             headers.append(("content-length", str(length)))
-        if not blob.complete:  # its download hashes it whole: sent as it fills in
-            sent_whole = await stream_download(reply, blob, headers, length)
-        else:  # from the cache: hashed as it is read (the disk may have damaged it)
-            hasher = hashlib.sha256()  # fed by the reader, chunk by chunk, in order
-            chunks = read_blob(blob, hasher=hasher)
-            first = await anext(chunks, None)  # nothing is promised before a byte exists
-            check = sha256_check(hasher, hex_digest, length)
-            sent_whole = await send_blob(reply, headers, first, chunks, check)
-        if not sent_whole:
+        if not await send_whole(reply, blob, lambda: headers, hex_digest, length):
             self.metrics.failures.labels("digest_mismatch").inc()
             log.error(
                 "blob %s: content does not match its digest: response broken off, blob dropped",
