@@ -91,6 +91,10 @@ class Supernode:
             )
             for task in self.cdn.tasks.values()
         ]
+        stored += [  # idle since the restart that found them
+            StoredTask(task_id, size, self.cdn.loaded_at, in_use=False)
+            for task_id, size in self.cdn.stopped_fetches().items()
+        ]
         sizes = {s.task_id: s.size for s in stored}
         evicted = [t for t in plan(stored, self.config.gc, time.monotonic()) if self.cdn.evict(t)]
         for task_id in evicted:

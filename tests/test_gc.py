@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -108,3 +109,30 @@ async def test_a_fetch_still_running_is_never_evicted(
     assert Path(results[0].output).read_bytes() == data
     await until(lambda: not node.node.swarm.peers)  # the download left: now it is idle
     assert node.node.collect_garbage() == [results[0].task_id]
+
+
+async def test_a_fetch_a_restart_stopped_and_nobody_resumed_counts_and_can_be_evicted(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    slow = FakeOrigin(rate_limit=2 * MiB)  # the fetch takes a few seconds
+    await nursery.start(slow.serve)
+    slow.add("/big.bin", os.urandom(10 * MiB), etag=True)  # a strong validator: kept
+    node = await start_supernode(data_dir=tmp_path / "store")
+
+    async def download() -> None:
+        with contextlib.suppress(Exception):  # its supernode goes away
+            await fetch(slow.url("/big.bin"), node, back_source=False)
+
+    nursery.start_soon(download)
+    await until(lambda: any(t.ready >= 3 for t in node.node.cdn.tasks.values()))
+    (task_id,) = node.node.cdn.tasks
+    await node.stop()  # mid-fetch: kept to resume
+    # Restarted under a 2 MiB quota: the stopped fetch's 3+ MiB count, and go.
+    again = await start_supernode(
+        data_dir=tmp_path / "store", gc=GcPolicy(quota=2 * MiB), gc_interval=3600
+    )
+    assert again.node.cdn.stopped_fetches()[task_id] >= 3 * MiB
+    assert again.node.store.task_dir(task_id).exists()
+    assert again.node.collect_garbage() == [task_id]
+    assert not again.node.store.task_dir(task_id).exists()
+    assert again.node.cdn.stopped_fetches() == {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
-from proto.pieces import piece_length
+from proto.pieces import TAG_SIZE, piece_length
 from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
@@ -48,6 +48,7 @@ class Cdn:
         self.tasks: dict[str, CdnTask] = {}
         self._retired: dict[str, int] = {}  # evicted task id → its last generation
         self._partials: dict[str, PartialMeta] = {}  # fetches stopped by a shutdown
+        self.loaded_at = time.monotonic()  # when `load` found them
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
         self._fetches = 0
         self.origin_errors: Counter[str] = Counter()  # fetches that failed, by error code
@@ -61,6 +62,7 @@ class Cdn:
         for meta in self.store.load_all():
             self.tasks[meta.task_id] = _stored_task(meta)
         self._partials = dict(self.store.partials)
+        self.loaded_at = time.monotonic()
         for task_id, partial in self._partials.items():
             log.info(
                 "store: task %s stopped at piece %d: it resumes at its next request",
@@ -95,6 +97,14 @@ class Cdn:
             # Older generations' pieces can go: nobody can be handed them any more.
             for older in range(1, task.generation):
                 self.store.remove_generation(task.task_id, older)
+
+    def stopped_fetches(self) -> dict[str, int]:
+        """Fetches a shutdown stopped and no request has resumed yet: task id → the
+        bytes their pieces take on disk (`evict` removes one)."""
+        return {
+            task_id: len(partial.digests) * (partial.piece_size + TAG_SIZE)
+            for task_id, partial in self._partials.items()
+        }
 
     def current(self, task_id: str) -> CdnTask | None:
         return self.tasks.get(task_id)
