@@ -82,6 +82,9 @@ async def test_a_task_and_its_peer_while_it_is_seeded(
         assert 'supernode_tasks{state="done"} 1.0' in metrics
     registry = node.node.admin.registry
     assert registry.get_sample_value("supernode_origin_bytes_total") == len(data)
+    reported = "supernode_reported_bytes"
+    assert registry.get_sample_value(reported, {"source": "cdn"}) == len(data)
+    assert registry.get_sample_value(reported, {"source": "peers"}) == 0
 
 
 @pytest.mark.parametrize(

@@ -48,12 +48,7 @@ class SupernodeCollector(Collector):
             "Sealed piece bytes the CDN sent to peers",
             value=cdn.bytes_served,
         )
-        from_cdn = from_peers = 0
-        for task_id in node.cdn.tasks:
-            stats = node.scheduler.task_statistics(task_id)
-            if stats is not None:
-                from_cdn += stats.bytes_from_cdn
-                from_peers += stats.bytes_from_peers
+        from_cdn, from_peers = node.scheduler.reported_bytes(node.cdn.tasks)
         reported = GaugeMetricFamily(
             "supernode_reported_bytes",
             "Plaintext bytes downloaders reported verified, by source, for tasks in the swarm",
