@@ -41,6 +41,18 @@ async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
     assert origin.stats["/f.bin"].full_bodies == 1
 
 
+async def test_a_file_of_unknown_length_streams_through_the_daemon(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> None:
+    data = os.urandom(9 * MiB + 7)  # chunked: the daemon answers dfget in chunks too
+    origin.add("/chunked.bin", data, chunked=True)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    result = await fetch(origin.url("/chunked.bin"), None, daemon_socket=daemon.socket_path)
+    assert Path(result.output).read_bytes() == data
+    assert result.daemon == str(daemon.socket_path) and result.from_cdn == len(data)
+
+
 async def test_a_digest_named_file_is_cached_but_access_is_checked(
     origin: FakeOrigin,
     start_supernode: StartSupernode,
