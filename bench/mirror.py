@@ -98,6 +98,24 @@ def daemon_process(work: Path, name: str, supernode: str, registry: str) -> Iter
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+@contextmanager
+def mirror_hosts(run_dir: Path, registry: Registry) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """One run's fresh supernode and daemons A and B, as processes: yields A's and B's
+    HOST:PORT and the pids whose CPU the benchmarks count (the registry's too); stops
+    them and removes the run's data after, so every run starts from the same state."""
+    assert registry.process is not None
+    with (
+        supernode_process(run_dir / "supernode") as node,
+        daemon_process(run_dir, HOSTS[0], node, registry.url) as host_a,
+        daemon_process(run_dir, HOSTS[1], node, registry.url) as host_b,
+    ):
+        daemon_a, daemon_b = (pid_of(f"dfdaemon .*{run_dir}/{host} ")[0] for host in HOSTS)
+        pids = {"registry": registry.process.pid, "A": daemon_a, "B": daemon_b}
+        pids["supernode"] = pid_of(f"supernode .*{run_dir}/supernode")[0]
+        yield host_a, host_b, pids
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @dataclass
 class Pull:
     """One timed pull: wall, ctr's fetch and unpack phases, and CPU-seconds spent."""
@@ -194,21 +212,11 @@ async def bench(args: argparse.Namespace) -> int:
             registry = Registry(work / "registry")
             await registry.start(nursery)
             await registry.push(image, "bench/img:1")
-            assert registry.process is not None
-            registry_pid = registry.process.pid
             pulls: dict[str, list[Pull]] = {kind: [] for kind in KINDS}
             registry_bytes: dict[str, list[int]] = {kind: [] for kind in KINDS}
             for run in range(args.runs + 1):  # run 0 warms up: not counted
                 run_dir = work / f"run{run}"
-                with (
-                    supernode_process(run_dir / "supernode") as node,
-                    daemon_process(run_dir, HOSTS[0], node, registry.url) as host_a,
-                    daemon_process(run_dir, HOSTS[1], node, registry.url) as host_b,
-                ):
-                    daemon_a, daemon_b = (pid_of(f"dfdaemon .*{run_dir}/{h} ")[0] for h in HOSTS)
-                    node_pid = pid_of(f"supernode .*{run_dir}/supernode")[0]
-                    pids = {"supernode": node_pid, "A": daemon_a, "B": daemon_b}
-                    pids["registry"] = registry_pid
+                with mirror_hosts(run_dir, registry) as (host_a, host_b, pids):
                     order: list[tuple[str, str | None]] = [("cold", host_a), ("second", host_b)]
                     # The direct pull takes turns at each place (the second host's pull
                     # needs the cold one first): no kind of pull always goes first.
@@ -218,7 +226,6 @@ async def bench(args: argparse.Namespace) -> int:
                         root = run_dir / f"ctd-{kind}"
                         pulls[kind].append(await pull(registry, root, mirror, size, pids))
                         registry_bytes[kind].append(registry.blob_bytes() - before)
-                shutil.rmtree(run_dir, ignore_errors=True)  # each run starts from the same
                 print(
                     (f"run {run}: " if run else "warm-up run (not counted): ")
                     + ", ".join(f"{KINDS[kind]} {pulls[kind][-1].seconds:.2f}s" for kind in KINDS)

@@ -32,10 +32,8 @@ from bench.common import (
     free_hot_memory,
     free_page_reporting_off,
     median,
-    pid_of,
-    supernode_process,
 )
-from bench.mirror import HOSTS, arguments, daemon_process
+from bench.mirror import arguments, mirror_hosts
 from dfdaemon.testing import Registry, write_oci_image
 
 WAYS = ("direct", "cold A", "second B")
@@ -62,21 +60,8 @@ async def bench(args: argparse.Namespace) -> int:
             registry = Registry(work / "registry")
             await registry.start(nursery)
             await registry.push(image, "b/i:1")
-            assert registry.process is not None
             for run in range(args.runs):
-                run_dir = work / f"run{run}"
-                with (
-                    supernode_process(run_dir / "supernode") as node,
-                    daemon_process(run_dir, HOSTS[0], node, registry.url) as host_a,
-                    daemon_process(run_dir, HOSTS[1], node, registry.url) as host_b,
-                ):
-                    daemon_a, daemon_b = (pid_of(f"dfdaemon .*{run_dir}/{h} ")[0] for h in HOSTS)
-                    pids = {
-                        "registry": registry.process.pid,
-                        "supernode": pid_of(f"supernode .*{run_dir}/supernode")[0],
-                        "A": daemon_a,
-                        "B": daemon_b,
-                    }
+                with mirror_hosts(work / f"run{run}", registry) as (host_a, host_b, pids):
                     bases = (registry.address, host_a, host_b)
                     for way, base in zip(WAYS, bases, strict=True):
                         os.sync()  # as in bench/mirror.py
@@ -85,7 +70,6 @@ async def bench(args: argparse.Namespace) -> int:
                         row = {"wall": fetch_all(base, list(image.layers))}
                         row |= {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
                         rows[way].append(row)
-                shutil.rmtree(run_dir, ignore_errors=True)
             registry.stop()
             nursery.cancel_scope.cancel()
     finally:

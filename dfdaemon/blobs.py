@@ -470,14 +470,14 @@ async def send_whole(
     is the length announced elsewhere (an upstream's HEAD). Raises BlobUnavailable if
     the blob fails, before the reply starts if no byte existed yet."""
     if not blob.complete:
-        while not (blob.filled or blob.complete):
-            blob.raise_if_failed()
-            await blob.wait_changed()
-        return await stream_download(reply, blob, headers(), length or blob.length)
-    hasher = hashlib.sha256() if sha256 else None  # fed by the reader, chunk by chunk
+        return await stream_download(reply, blob, headers, length)
+    hasher: Hasher | None = None
+    check: Callable[[int], bool] | None = None
+    if sha256 is not None:
+        hasher = hashlib.sha256()  # fed by the reader, chunk by chunk
+        check = sha256_check(hasher, sha256, blob.length if length is None else length)
     chunks = read_blob(blob, hasher=hasher)
     first = await anext(chunks, None)  # nothing is promised before a byte exists
-    check = sha256_check(hasher, sha256, length or blob.length) if hasher and sha256 else None
     return await send_blob(reply, headers(), first, chunks, check)
 
 
@@ -543,13 +543,14 @@ async def read_blob(
 
 
 async def stream_download(
-    reply: Reply, blob: Blob, headers: list[tuple[str, str]], length: int | None
+    reply: Reply, blob: Blob, headers: Callable[[], list[tuple[str, str]]], length: int | None
 ) -> bool:
     """Answer 200 with a blob still downloading, sent from its file by sendfile as the
     file fills in. The download's engine hashes it whole and fails it before it
     completes if that is not its digest, so the last HOLD_BACK bytes wait for the blob
-    to be complete: the client never holds a whole wrong blob. False (the reply left
-    unended) if its length is not the `length` announced. Raises BlobUnavailable if
+    to be complete: the client never holds a whole wrong blob. `headers()` is asked
+    when the answer starts. False (the reply left unended) if its length is not the
+    `length` announced. Raises BlobUnavailable if
     the download fails, or restarts from the upstream once bytes were sent (those can
     no longer be vouched for)."""
     offset, fell_back = 0, blob.fell_back
@@ -569,7 +570,7 @@ async def stream_download(
                 limit = min(limit, length)
             if offset < limit:
                 if not reply.started:  # nothing is promised before a byte exists
-                    await reply.start(200, headers)
+                    await reply.start(200, headers())
                 await reply.send_file(reading.fd(), offset, limit - offset)
                 offset = limit
             elif complete:
@@ -579,6 +580,6 @@ async def stream_download(
         if length is not None and blob.length != length:
             return False
         if not reply.started:
-            await reply.start(200, headers)
+            await reply.start(200, headers())
         await reply.end()
         return True

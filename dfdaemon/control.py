@@ -142,9 +142,9 @@ class ControlApi:
         sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else None
         try:
             if not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
-                # A cached copy gone bad: dfget sees a short body and downloads itself;
-                # the next request downloads the blob anew.
-                log.error("blob %s: not the blob named: dropped", blob.hex[:12])
+                # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
+                # is dropped, the next request downloads it anew.
+                log.error("blob %s: not the blob named: response broken off", blob.hex[:12])
                 if sha256:
                     self.blobs.drop(sha256)
         except BlobUnavailable as exc:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from proto.io import send_file
+from proto.io import STREAM_ERRORS, send_file
 
 log = logging.getLogger(__name__)
-_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 READ_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # request line and headers
@@ -141,7 +140,7 @@ class _Connection:
         if data:
             try:
                 await self.stream.send_all(data)
-            except _GONE as exc:
+            except STREAM_ERRORS as exc:
                 raise ClientGone(str(exc)) from exc
 
     async def send_file(self, fd: int, offset: int, count: int) -> None:
@@ -154,7 +153,7 @@ class _Connection:
                     await send_file(self.stream.socket, fd, offset, count)
                 else:
                     await self.stream.send_all(part)
-        except _GONE as exc:
+        except STREAM_ERRORS as exc:
             raise ClientGone(str(exc)) from exc
 
     async def next_event(self) -> h11.Event:
@@ -164,7 +163,7 @@ class _Connection:
                 return event  # type: ignore[return-value]
             try:
                 data = await self.stream.receive_some(READ_SIZE)
-            except _GONE as exc:
+            except STREAM_ERRORS as exc:
                 raise ClientGone(str(exc)) from exc
             self.h11.receive_data(data)
 
@@ -184,7 +183,7 @@ class _Connection:
 
     async def linger(self) -> None:
         """End our side and read (and drop) what the client still sends, for a while."""
-        with trio.move_on_after(LINGER), contextlib.suppress(*_GONE):
+        with trio.move_on_after(LINGER), contextlib.suppress(*STREAM_ERRORS):
             await self.stream.send_eof()
             while await self.stream.receive_some(READ_SIZE):
                 pass

@@ -18,6 +18,7 @@ from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import UsageError
 from proto.addresses import parse_listen
+from proto.io import STREAM_ERRORS
 from proto.urls import display_url
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.Cance
     try:
         while data := await source.receive_some(TUNNEL_CHUNK):
             await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+    except STREAM_ERRORS:
         pass
     finally:
         done.cancel()

@@ -8,6 +8,8 @@ themselves, and that it has not expired. `now` is passed in: this module reads n
 
 from __future__ import annotations
 
+import functools
+
 import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -51,23 +53,17 @@ class TicketVerifier:
     has verified. The supernode hands a requester the same ticket for an uploader for a
     while (see `TicketIssuer`), so a piece session verifies one signature, not one per
     piece; what a ticket names and its expiry are still checked on every request. It
-    remembers the `capacity` tickets used last (under 1 KiB each). Not thread-safe: it
-    is called on the trio thread."""
+    remembers the `capacity` tickets used last (under 1 KiB each); a forged one raises,
+    so it is never remembered."""
 
     def __init__(self, public_key: Ed25519PublicKey, capacity: int = 1024) -> None:
         self.public_key = public_key
-        self.capacity = capacity
-        self._opened: dict[bytes, _Fields] = {}
+        self._open = functools.lru_cache(maxsize=capacity)(functools.partial(_open, public_key))
 
     def verify(
         self, ticket: bytes, *, task_id: str, requester: str, uploader: str, now: float
     ) -> None:
-        fields = self._opened.pop(ticket, None)
-        if fields is None:
-            fields = _open(self.public_key, ticket)
-            if len(self._opened) >= self.capacity:
-                del self._opened[next(iter(self._opened))]  # the least recently used goes
-        self._opened[ticket] = fields  # (re)inserted last: the most recently used
+        fields = self._open(ticket)
         _check(fields, task_id=task_id, requester=requester, uploader=uploader, now=now)
 
 

@@ -51,7 +51,6 @@ class Swarm:
     ) -> None:
         self.scheduler = scheduler
         self.ticket_key = ticket_key
-        self.ticket_ttl = ticket_ttl
         self.tickets = TicketIssuer(ticket_key, ticket_ttl)
         self.token = token
         self.peers: dict[str, PeerRecord] = {}

@@ -1,6 +1,7 @@
 """The opt-in trio adapter of the wire: `import proto` never imports this package."""
 
 from proto.io.framed import (
+    STREAM_ERRORS,
     FramedStream,
     client_handshake,
     open_session,
@@ -11,6 +12,7 @@ from proto.io.groups import unwrap_group
 from proto.io.limiter import RateLimiter
 
 __all__ = [
+    "STREAM_ERRORS",
     "FramedStream",
     "RateLimiter",
     "client_handshake",

@@ -22,7 +22,8 @@ from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcom
 from proto.session import Session, Side, negotiate
 
 READ_SIZE = 256 * 1024
-_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+# What a stream that the other side left (or we closed) raises.
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
 
 
@@ -48,7 +49,7 @@ class FramedStream:
                     await self.stream.send_all(head)
                     if payload is not None:
                         await self.stream.send_all(payload)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except STREAM_ERRORS as exc:
                 raise ConnectionLost(f"send failed: {exc}", clean=False) from exc
 
     async def send_file(self, message: Message, fd: int, offset: int, count: int) -> None:
@@ -61,7 +62,7 @@ class FramedStream:
             try:
                 await self.stream.send_all(head)
                 await send_file(self._socket, fd, offset, count)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except STREAM_ERRORS as exc:
                 raise ConnectionLost(f"send failed: {exc}", clean=False) from exc
 
     async def receive(self) -> Frame:
@@ -85,7 +86,7 @@ class FramedStream:
                         raise MalformedFrame("connection closed in the middle of a frame")
                     raise ConnectionLost("peer closed the connection", clean=True)
                 self.session.receive_data(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except STREAM_ERRORS as exc:
             raise ConnectionLost(f"receive failed: {exc}", clean=False) from exc
 
     async def refuse(self, exc: Exception) -> None:
@@ -93,7 +94,7 @@ class FramedStream:
         word (best effort: a peer that is gone is not waited for)."""
         refusal = self.session.refuse(exc)
         if refusal is not None:
-            with trio.move_on_after(1), contextlib.suppress(*_GONE):
+            with trio.move_on_after(1), contextlib.suppress(*STREAM_ERRORS):
                 await self.stream.send_all(refusal)
 
     def recycle(self, payload: bytearray) -> None:

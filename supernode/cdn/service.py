@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import trio
 
-from proto.pieces import TAG_SIZE, piece_length
+from proto.pieces import piece_length
 from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
+from supernode.cdn.piecefile import file_size
 from supernode.cdn.response import Validators
 from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
@@ -102,7 +103,7 @@ class Cdn:
         """Fetches a shutdown stopped and no request has resumed yet: task id → the
         bytes their pieces take on disk (`evict` removes one)."""
         return {
-            task_id: len(partial.digests) * (partial.piece_size + TAG_SIZE)
+            task_id: file_size(len(partial.digests) * partial.piece_size, partial.piece_size)
             for task_id, partial in self._partials.items()
         }
 
