@@ -1,5 +1,6 @@
 """The opt-in trio adapter of the wire: `import proto` never imports this package."""
 
+from proto.io.connections import remote_address, serve_limited
 from proto.io.framed import (
     STREAM_ERRORS,
     FramedStream,
@@ -17,7 +18,9 @@ __all__ = [
     "RateLimiter",
     "client_handshake",
     "open_session",
+    "remote_address",
     "send_file",
+    "serve_limited",
     "server_handshake",
     "unwrap_group",
 ]

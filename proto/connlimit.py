@@ -1,0 +1,76 @@
+"""How many connections a listening port holds at once, in total and per remote address.
+
+Sans-IO bookkeeping: `ConnectionLimit.try_acquire(address)` says whether one more
+connection from `address` fits; `release(address)` gives its place back. The servers
+(`proto.io.connections.serve_limited`) ask before they read a single byte of a new
+connection and close the ones that do not fit at once, so a stranger who opens
+thousands of sockets costs a file descriptor each for an instant, nothing more.
+
+The share of one address is a fraction of the total (`per_address_share`, at least
+`MIN_PER_ADDRESS`): one host can take a good part of a server, never all of it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+DEFAULT_SHARE = 8  # one address may hold 1/8 of the total
+MIN_PER_ADDRESS = 16
+
+
+def per_address_share(total: int, share: int = DEFAULT_SHARE) -> int:
+    """The per-address cap for `total` connections: total/share, at least
+    MIN_PER_ADDRESS (and never more than the total)."""
+    return min(total, max(MIN_PER_ADDRESS, total // share))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    open: int  # connections held now
+    addresses: int  # distinct remote addresses holding them
+    refused: int  # connections closed at once since the start (no room)
+    total_limit: int
+    per_address_limit: int
+
+
+class ConnectionLimit:
+    def __init__(self, total: int, per_address: int | None = None) -> None:
+        if total < 1:
+            raise ValueError(f"the connection limit must be at least 1, not {total}")
+        self.total = total
+        self.per_address = per_address if per_address is not None else per_address_share(total)
+        if self.per_address < 1:
+            raise ValueError(f"the per-address limit must be at least 1, not {self.per_address}")
+        self._open = 0
+        self._by_address: Counter[str] = Counter()
+        self._refused = 0
+
+    def try_acquire(self, address: str) -> bool:
+        """Take a place for one connection from `address`; False if none is left."""
+        if self._open >= self.total or self._by_address[address] >= self.per_address:
+            self._refused += 1
+            return False
+        self._open += 1
+        self._by_address[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        """Give back the place a `try_acquire(address)` took."""
+        count = self._by_address[address]
+        if count <= 0:
+            raise ValueError(f"no connection from {address!r} to release")
+        if count == 1:
+            del self._by_address[address]
+        else:
+            self._by_address[address] = count - 1
+        self._open -= 1
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            open=self._open,
+            addresses=len(self._by_address),
+            refused=self._refused,
+            total_limit=self.total,
+            per_address_limit=self.per_address,
+        )

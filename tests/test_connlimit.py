@@ -1,0 +1,67 @@
+"""Connection caps: total and per remote address, checked before a byte is read."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from conftest import until
+
+from proto.connlimit import MIN_PER_ADDRESS, ConnectionLimit, per_address_share
+from proto.io import serve_limited
+
+
+def test_the_total_and_each_address_have_a_cap() -> None:
+    limit = ConnectionLimit(4, per_address=2)
+    assert limit.try_acquire("a") and limit.try_acquire("a")
+    assert not limit.try_acquire("a")  # its share is used up
+    assert limit.try_acquire("b") and limit.try_acquire("c")
+    assert not limit.try_acquire("d")  # the total is used up
+    limit.release("a")
+    assert limit.try_acquire("d")
+    stats = limit.statistics()
+    assert (stats.open, stats.addresses, stats.refused) == (4, 4, 2)
+
+
+def test_releasing_what_was_never_taken_is_a_bug() -> None:
+    with pytest.raises(ValueError):
+        ConnectionLimit(2).release("nobody")
+    with pytest.raises(ValueError):
+        ConnectionLimit(0)
+
+
+def test_the_share_of_one_address() -> None:
+    assert per_address_share(1024) == 128
+    assert per_address_share(64) == MIN_PER_ADDRESS
+    assert per_address_share(4) == 4
+
+
+async def test_connections_past_the_cap_are_closed_unread(nursery: trio.Nursery) -> None:
+    limit = ConnectionLimit(10, per_address=2)
+    served: list[bytes] = []
+    release = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        served.append(await stream.receive_some(10))
+        await release.wait()
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await nursery.start(serve_limited, handler, listeners, limit)
+    clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    for client in clients:
+        await client.send_all(b"hi")
+    await until(lambda: len(served) == 2)
+    extra = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(5):
+        try:
+            await extra.send_all(b"hi")
+            assert await extra.receive_some(10) == b""
+        except trio.BrokenResourceError:
+            pass  # reset: closed without being read
+    assert served == [b"hi", b"hi"]
+    assert limit.statistics().open == 2 and limit.statistics().refused == 1
+    release.set()
+    await until(lambda: limit.statistics().open == 0)
+    for client in [*clients, extra]:
+        await client.aclose()
