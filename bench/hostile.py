@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -329,16 +329,22 @@ async def _hostile(target: str, kind: str, source: str, stats: Counter[str]) -> 
         await trio.sleep(RECONNECT * random.uniform(0.75, 1.25))
 
 
-def _frame(header: dict[str, object], payload_length: int = 0) -> bytes:
+def _frame(header: Mapping[str, object], payload_length: int = 0) -> bytes:
     import msgpack
 
     if payload_length:
         header = {**header, "_n": payload_length}
-    body = msgpack.packb(header)
+    body: bytes = msgpack.packb(header)
     return len(body).to_bytes(4, "big") + body
 
 
-HELLO = {"t": "hello", "versions": [1], "role": "peer", "peer_id": "stranger", "agent": ""}
+HELLO: dict[str, object] = {
+    "t": "hello",
+    "versions": [1],
+    "role": "peer",
+    "peer_id": "stranger",
+    "agent": "",
+}
 
 
 async def _wire(stream: object, kind: str) -> None:
@@ -359,7 +365,7 @@ async def _wire(stream: object, kind: str) -> None:
         await stream.send_all(_frame(HELLO))
         await stream.receive_some(65536)  # Welcome
         if kind == "unadmitted":
-            register = {
+            register: dict[str, object] = {
                 "t": "register",
                 "url": "http://127.0.0.1:9/x",
                 "headers": [],
@@ -374,7 +380,7 @@ async def _wire(stream: object, kind: str) -> None:
             }
             await stream.send_all(_frame(register))
         else:  # idle after one request: a piece request the server can answer
-            request = {
+            request: dict[str, object] = {
                 "t": "piece_request",
                 "task_id": os.urandom(32).hex(),
                 "generation": 1,
