@@ -30,8 +30,13 @@ async def node(start_supernode: StartSupernode) -> RunningSupernode:
     return await start_supernode(admin_listen=("127.0.0.1", 0))  # type: ignore[no-any-return]
 
 
-def admin(node: RunningSupernode) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://{node.node.admin_address}")
+def admin(node: RunningSupernode, *, token: bool = True) -> httpx.AsyncClient:
+    """A client of the node's admin API, with its admin token (the one given, or the one
+    it made in its data dir) unless `token=False`."""
+    headers = {}
+    if token and node.node.admin.token is not None:
+        headers["authorization"] = f"Bearer {node.node.admin.token.decode()}"
+    return httpx.AsyncClient(base_url=f"http://{node.node.admin_address}", headers=headers)
 
 
 async def poll(client: httpx.AsyncClient, path: str, key: str) -> dict[str, Any]:
@@ -124,7 +129,7 @@ async def test_evicting_needs_the_admin_token_and_forgets_the_task(
     task_dir = node.node.store.task_dir(first.task_id)
     assert task_dir.exists()
     path = f"/api/v1/tasks/{first.task_id}"
-    async with admin(node) as client:
+    async with admin(node, token=False) as client:
         anonymous = await client.delete(path)
         wrong = await client.delete(path, headers={"authorization": "Bearer nope"})
         assert (await client.get(path)).status_code == 200  # reads stay open
@@ -274,7 +279,9 @@ async def test_preheating_an_image_from_a_registry_with_auth(
 )
 async def test_bad_preheat_requests_are_refused(node: RunningSupernode, body: bytes) -> None:
     async with admin(node) as client:
-        response = await client.post("/api/v1/preheats", content=body)
+        response = await client.post(
+            "/api/v1/preheats", content=body, headers={"content-type": "application/json"}
+        )
         missing = await client.get("/api/v1/preheats/nothing")
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
