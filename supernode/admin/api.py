@@ -1,13 +1,10 @@
 """The admin HTTP API (`supernode --admin-listen`, default 127.0.0.1:8001): health,
 version, Prometheus metrics, tasks and peers, as JSON; errors as problem+json.
 
-Served by hypercorn's HTTP/1.1 protocol on trio, in the supernode's own nursery, but
-behind our own accept loop (`proto.io.serve_limited`): hypercorn has no connection
-cap, so each accepted connection is checked against `admin_max_connections` before
-hypercorn's `TCPServer` gets it. A request head must arrive within
-`keep_alive_timeout`, a body within `body_timeout`, and each answer must be taken by
-the client within `send_timeout`: a slow or silent client holds a connection for
-seconds, not forever.
+Served by hypercorn's HTTP/1.1 protocol on trio, in the supernode's own nursery, behind
+our own accept loop with a connection cap (`admin_max_connections`) and deadlines
+(`serving.py`). A request body must arrive within `body_timeout` (else 408): a slow
+or silent client holds a connection for seconds, not forever.
 
 Routes that change something need the admin token (given, or made by the supernode in
 its data dir: `token.py`) unless the operator passed `--admin-open`, and a JSON body
@@ -27,16 +24,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper
-from hypercorn.utils import wrap_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from proto.connlimit import ConnectionLimit
-from proto.io import serve_limited
 from proto.messages import PROTOCOL_VERSIONS
 from proto.taskid import check_task_id
 from proto.urls import display_url
@@ -56,6 +47,7 @@ from supernode.admin.asgi import (
 )
 from supernode.admin.metrics import SupernodeCollector
 from supernode.admin.openapi import document
+from supernode.admin.serving import Deadlines, serve_http
 from supernode.admin.status import PAGE
 from supernode.admin.token import load_or_create_admin_token
 from supernode.cdn.task import CdnTask, TaskState
@@ -126,29 +118,13 @@ class AdminApi:
     ) -> None:
         """Listen on host:port (0: a free port); reports the bound `HOST:PORT`."""
         self._settle_token()
-        config = Config()
-        config.accesslog = None
-        config.errorlog = log
-        config.keep_alive_timeout = self.keep_alive_timeout
-        config.read_timeout = self.read_timeout  # type: ignore[assignment]  # int in its hints
-        app = wrap_app(self, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-        context = WorkerContext(None)
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        bound = listeners[0].socket.getsockname()
-        address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-        handler = partial(self._connection, app, config, context)
+        deadlines = Deadlines(self.keep_alive_timeout, self.read_timeout, self.send_timeout)
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(serve_limited, handler, listeners, self.connections, what="admin API")
+            address = await nursery.start(
+                partial(serve_http, self, host, port, self.connections, deadlines, what="admin API")
             )
             log.info("admin API listening on http://%s", address)
             task_status.started(address)
-
-    async def _connection(
-        self, app: AppWrapper, config: Config, context: WorkerContext, stream: trio.SocketStream
-    ) -> None:
-        """One connection, served by hypercorn's HTTP/1.1 server."""
-        await TCPServer(app, config, context, {}, _SendDeadline(stream, self.send_timeout)).run()  # type: ignore[arg-type]
 
     async def _read_request(self, scope: Scope, receive: Receive) -> Request:
         """The request with its whole body, which must arrive within `body_timeout` (a
@@ -324,37 +300,6 @@ class AdminApi:
             "globally_blacklisted_until": stats.globally_blacklisted_until if stats else None,
             "recent_speed": stats.recent_speed if stats else 0.0,
         }
-
-
-class _SendDeadline(trio.abc.HalfCloseableStream):
-    """A socket stream whose every `send_all` must finish within `timeout`: past it the
-    connection is closed (hypercorn shields its writes from cancellation, so a client
-    that never reads would otherwise hold the connection forever). Keeps `socket`,
-    which hypercorn reads the addresses from."""
-
-    def __init__(self, stream: trio.SocketStream, timeout: float) -> None:
-        self.stream = stream
-        self.socket = stream.socket
-        self.timeout = timeout
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(self.timeout) as scope:
-            await self.stream.send_all(data)
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self.stream)
-            raise trio.BrokenResourceError(f"the client took nothing for {self.timeout}s")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 def _check_body_type(request: Request) -> None:

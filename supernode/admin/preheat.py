@@ -355,7 +355,7 @@ async def _get(
                         raise PreheatError(f"{what} too large: over {cap} bytes")
             return _Answer(answer.status_code, answer.headers, bytes(body))
     except AddressDenied as exc:
-        raise PreheatError(f"cannot fetch {display_url(url)}: {exc}") from exc
+        raise PreheatError(f"refused to fetch {display_url(url)}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise PreheatError(f"cannot reach {display_url(url)}: {exc}") from exc
 

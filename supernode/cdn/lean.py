@@ -175,7 +175,7 @@ async def lean_get(
     except trio.TooSlowError as exc:
         raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
     except AddressDenied as exc:
-        raise OriginDenied(f"cannot fetch {display_url(url)}: {exc}") from exc
+        raise OriginDenied(f"refused to fetch {display_url(url)}: {exc}") from exc
     except OSError as exc:
         raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)

@@ -205,7 +205,7 @@ class OriginClient:
         try:
             return HttpxResponse(await self._client.send(request, stream=True))
         except AddressDenied as exc:  # this URL or a redirect hop: nothing was sent
-            raise OriginDenied(f"cannot fetch {display_url(url)}: {exc}") from exc
+            raise OriginDenied(f"refused to fetch {display_url(url)}: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
         except httpx.TooManyRedirects as exc:
