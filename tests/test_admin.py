@@ -402,3 +402,45 @@ def test_an_index_resolves_to_the_platform_asked_for() -> None:
     assert _pick(index, "windows/amd64") == "sha256:" + "3" * 64
     with pytest.raises(PreheatError, match="linux/s390x"):
         _pick(index, "linux/s390x")
+
+
+async def test_the_admin_token_file_is_made_once_and_only_when_needed(
+    start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    # A token given, or --admin-open: no file.
+    given = await start_supernode(
+        data_dir=tmp_path / "given", admin_listen=("127.0.0.1", 0), admin_token=b"given-123"
+    )
+    opened = await start_supernode(
+        data_dir=tmp_path / "open", admin_listen=("127.0.0.1", 0), admin_open=True
+    )
+    assert given.node.admin.token == b"given-123" and opened.node.admin.token is None
+    assert not (tmp_path / "given" / "admin-token").exists()
+    assert not (tmp_path / "open" / "admin-token").exists()
+    # An existing file others could read is narrowed to 0600 and kept.
+    data_dir = tmp_path / "kept"
+    data_dir.mkdir()
+    (data_dir / "admin-token").write_text("an-old-token-of-mine\n")
+    os.chmod(data_dir / "admin-token", 0o644)
+    kept = await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))
+    assert kept.node.admin.token == b"an-old-token-of-mine"
+    assert (data_dir / "admin-token").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in data_dir.iterdir() if "admin-token" in p.name] == ["admin-token"]
+
+
+async def test_an_admin_token_file_that_is_a_symlink_or_too_short_stops_the_start(
+    start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    from supernode.errors import StoreError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("someone-elses-token\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "admin-token").symlink_to(elsewhere)
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "admin-token").write_text("abc\n")
+    for data_dir in (linked, short):
+        with pytest.raises(StoreError, match="admin-token"):
+            await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))

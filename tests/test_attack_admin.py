@@ -207,6 +207,23 @@ async def test_the_admin_port_caps_its_connections(start_supernode: StartSuperno
         await stream.aclose()
 
 
+async def test_a_client_dripping_a_request_head_is_dropped(
+    start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AdminApi, "keep_alive_timeout", 1.0, raising=False)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    stream = await open_raw(node)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 1000
+    began = trio.current_time()
+    with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError):
+        for byte in head:  # a byte every 50 ms: never idle long
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(0.05)
+    assert await read_all(stream) == b""
+    assert trio.current_time() - began < 5  # hypercorn's default would be 5 s and more
+    await stream.aclose()
+
+
 async def test_a_client_dripping_a_body_gets_a_408(
     start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
