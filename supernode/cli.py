@@ -253,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 2
+    if args.admin_open and args.admin_protect_reads:
+        print(
+            "supernode: --admin-protect-reads needs an admin token, not --admin-open",
+            file=sys.stderr,
+        )
+        return 2
     config = SupernodeConfig(
         host=host,
         port=port,
