@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import datetime
+import ssl
+import tempfile
+from pathlib import Path
+
 import pytest
 import trio
 from fakenet import FakeNetwork
 
-from proto.io.origins import numeric_address, open_checked_tcp_stream
+from proto.io.origins import checked_client, numeric_address, open_checked_tcp_stream
 from proto.origins import AddressDenied, OriginPolicy, parse_address, parse_network
 from supernode.admin.preheat import RealmHost, realm_gets_credentials
 from supernode.testing import FakeOrigin
@@ -111,6 +116,68 @@ async def test_a_connect_falls_through_to_the_next_allowed_address(
     with pytest.raises(OSError, match=r"resolve|not known"):
         net.names["none.test"] = []
         await open_checked_tcp_stream(OriginPolicy(), "none.test", 80)
+
+
+def tls_for_name(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it) for a certificate naming `name`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as folder:
+        cert_file, key_file = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(
+        cadata=cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    return server, client
+
+
+async def test_the_checked_client_keeps_the_name_for_tls_and_checks_every_hop(
+    nursery: trio.Nursery,
+) -> None:
+    """What dfdaemon's upstream client will be: connects to the checked address, while
+    SNI, the certificate check and Host use the name; a redirect is checked again."""
+    net = FakeNetwork().install()
+    server_tls, client_tls = tls_for_name("secure.test")
+    origin = FakeOrigin(tls=server_tls)
+    await nursery.start(origin.serve)
+    origin.add("/f.bin", b"hello")
+    origin.add("/away", b"", redirect_to="http://169.254.169.254/latest/meta-data/")
+    net.names["secure.test"] = ["169.254.169.254", "127.0.0.1"]
+    url = f"https://secure.test:{origin.port}"
+    async with checked_client(OriginPolicy(), verify=client_tls, follow_redirects=True) as client:
+        answer = await client.get(f"{url}/f.bin")
+        assert answer.status_code == 200 and answer.content == b"hello"
+        with pytest.raises(AddressDenied, match=r"169\.254\.169\.254"):
+            await client.get(f"{url}/away")
+    _, headers = origin.stats["/f.bin"].requests[0]
+    assert ("host", f"secure.test:{origin.port}") in headers
+    assert net.connects == [("127.0.0.1", origin.port)]  # one connection, reused
 
 
 REGISTRY = "https://registry.example.com/v2/team/app/manifests/1"
