@@ -321,11 +321,14 @@ def _check_body_type(request: Request) -> None:
 
 
 def _http_url(url: str) -> bool:
+    """An http(s) URL with a host, one a client could request (a bad port or IPv6
+    literal would only fail later, in the preheat)."""
     try:
         parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != -1
-    except ValueError:  # "http://[x", a port that is not a number
+        _ = parts.port  # ValueError for a port that is not a number in range
+    except ValueError:  # "http://[x", "http://h:99999999"
         return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
