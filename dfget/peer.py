@@ -75,6 +75,7 @@ _ORIGIN_CODES = {
     ErrorCode.ORIGIN_UNREACHABLE,
     ErrorCode.ORIGIN_TIMEOUT,
     ErrorCode.ORIGIN_BROKEN,
+    ErrorCode.ORIGIN_DENIED,  # refused by the supernode's policy: never back to source
 }
 
 

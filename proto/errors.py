@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     ORIGIN_UNREACHABLE = "origin_unreachable"  # refused, DNS, TLS
     ORIGIN_TIMEOUT = "origin_timeout"
     ORIGIN_BROKEN = "origin_broken"  # body cut short and could not be resumed
+    ORIGIN_DENIED = "origin_denied"  # the operator's origin policy refuses that address
     DIGEST_MISMATCH = "digest_mismatch"  # content did not match the digest the task names
     STORE = "store"  # the supernode could not store the task
     INTERNAL = "internal"

@@ -12,10 +12,11 @@ import trio
 
 from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter, unwrap_group
+from proto.origins import OriginPolicy
 from proto.pieces import TAG_SIZE
 from proto.units import format_size
 from supernode.admin.api import AdminApi
-from supernode.admin.preheat import Preheats
+from supernode.admin.preheat import Preheats, RealmHost
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
@@ -52,7 +53,12 @@ class SupernodeConfig:
     cdn_upload_slots: int = 16  # pieces the CDN uploads at once (the scheduler's CDN cap)
     admin_listen: tuple[str, int] | None = None  # the admin HTTP API (the CLI: 127.0.0.1:8001)
     admin_token: bytes | None = None  # Bearer token for the admin routes that change things
+    admin_open: bool = False  # no token at all (else, none given: DATA/admin-token)
     admin_protect_reads: bool = False  # ...and for the ones that only read
+    admin_max_connections: int = 256  # connections the admin port holds at once
+    origin_allow: tuple[str, ...] = ()  # CIDRs origins may be at (over the defaults)
+    origin_deny: tuple[str, ...] = ()  # CIDRs origins may not be at (proto/origins.py)
+    preheat_realms: tuple[str, ...] = ()  # token realms trusted with preheat credentials
     gc: GcPolicy = field(default_factory=GcPolicy)  # store quota, watermarks, task TTL
     gc_interval: float = 5.0  # seconds between two looks at the store
 
@@ -63,8 +69,14 @@ class Supernode:
     def __init__(self, config: SupernodeConfig) -> None:
         self.config = config
         self.store = Store(config.data_dir)
+        self.origin_policy = OriginPolicy(
+            config.origin_allow, config.origin_deny, allow_flag="the supernode's --origin-allow"
+        )
         self.origin = OriginClient(
-            insecure=config.insecure, timeout=config.origin_timeout, lean=config.lean_http
+            insecure=config.insecure,
+            timeout=config.origin_timeout,
+            lean=config.lean_http,
+            policy=self.origin_policy,
         )
         limiter = RateLimiter(config.origin_rate_limit) if config.origin_rate_limit else None
         self.cdn = Cdn(self.store, self.origin, FetchPolicy(config.max_resumes, limiter))
@@ -75,7 +87,12 @@ class Supernode:
         )
         uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
         self.server = PeerServer(self.cdn, self.swarm, upload_limiter=uploads)
-        self.preheats = Preheats(self.cdn, insecure=config.insecure)
+        self.preheats = Preheats(
+            self.cdn,
+            insecure=config.insecure,
+            policy=self.origin_policy,
+            realms=[RealmHost.parse(text) for text in config.preheat_realms],
+        )
         self.admin = AdminApi(self)
         self.admin_address: str | None = None  # HOST:PORT once listening
 

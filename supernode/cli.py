@@ -12,7 +12,9 @@ from proto import argtypes
 from proto.admission import read_token
 from proto.eviction import GcPolicy
 from proto.io.service import log_to_stderr, serve_until_signalled
+from proto.origins import parse_network
 from supernode import __version__
+from supernode.admin.preheat import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
 
@@ -33,6 +35,28 @@ ADMIN_PORT = 8001
 
 def _admin_address(text: str) -> tuple[str, int] | None:
     return None if text.strip().lower() == "off" else argtypes.address(ADMIN_PORT)(text)
+
+
+def _cidr(text: str) -> str:
+    parse_network(text)  # ValueError: a usage error naming the value
+    return text.strip()
+
+
+def _realm(text: str) -> str:
+    RealmHost.parse(text)
+    return text.strip()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+cidr = argtypes.argument_type(_cidr, "CIDR")
+positive = argtypes.argument_type(_positive, "count")
+realm = argtypes.argument_type(_realm, "realm host")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,10 +137,58 @@ def build_parser() -> argparse.ArgumentParser:
     admin_token.add_argument(
         "--admin-token-file", type=Path, metavar="PATH", help="read the admin token from a file"
     )
+    admin_token.add_argument(
+        "--admin-open",
+        action="store_true",
+        help="no admin token: anyone who reaches the admin API may evict tasks and start "
+        "preheats (default: without --admin-token the supernode keeps one in DATA_DIR/"
+        "admin-token)",
+    )
     parser.add_argument(
         "--admin-protect-reads",
         action="store_true",
         help="with an admin token, the admin API's reads need it too",
+    )
+    parser.add_argument(
+        "--admin-max-connections",
+        type=positive,
+        default=256,
+        metavar="N",
+        help="connections the admin API holds at once; one address gets an eighth, at "
+        "least 16 (default 256)",
+    )
+    origins = parser.add_argument_group(
+        "origins",
+        "which addresses the supernode may fetch from: the most specific matching rule "
+        "wins (a tie is a deny); link-local and cloud-metadata addresses are denied by "
+        "default, everything else is allowed",
+    )
+    origins.add_argument(
+        "--origin-allow",
+        type=cidr,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow origins in this network, e.g. 169.254.169.254/32 (repeatable)",
+    )
+    origins.add_argument(
+        "--origin-deny",
+        type=cidr,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="refuse origins in this network, e.g. 10.0.0.0/8; '--origin-deny 0.0.0.0/0 "
+        "--origin-deny ::/0' with --origin-allow makes an allow-list (repeatable)",
+    )
+    origins.add_argument(
+        "--preheat-realm",
+        type=realm,
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a token realm an image preheat may send the registry credentials to, over "
+        "https (http://HOST:PORT: plain http too); by default only https on the "
+        "registry's own host (repeatable)",
     )
     store = parser.add_argument_group(
         "store",
@@ -181,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 2
+    if args.admin_open and args.admin_protect_reads:
+        print(
+            "supernode: --admin-protect-reads needs an admin token, not --admin-open",
+            file=sys.stderr,
+        )
+        return 2
     config = SupernodeConfig(
         host=host,
         port=port,
@@ -193,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         cdn_upload_slots=args.cdn_upload_slots,
         admin_listen=args.admin_listen,
         admin_token=admin_token,
+        admin_open=args.admin_open,
         admin_protect_reads=args.admin_protect_reads,
+        admin_max_connections=args.admin_max_connections,
+        origin_allow=tuple(args.origin_allow),
+        origin_deny=tuple(args.origin_deny),
+        preheat_realms=tuple(args.preheat_realm),
         gc=gc,
     )
     try:

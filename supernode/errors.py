@@ -49,6 +49,13 @@ class OriginBroken(OriginError):
     code = ErrorCode.ORIGIN_BROKEN
 
 
+class OriginDenied(OriginError):
+    """The origin's address is one the operator's policy refuses (`--origin-allow`,
+    `--origin-deny`; link-local and cloud metadata by default): nothing was sent."""
+
+    code = ErrorCode.ORIGIN_DENIED
+
+
 class ContentMismatch(SupernodeError):
     """The body did not match the digest the task is named by."""
 

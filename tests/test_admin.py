@@ -30,8 +30,13 @@ async def node(start_supernode: StartSupernode) -> RunningSupernode:
     return await start_supernode(admin_listen=("127.0.0.1", 0))  # type: ignore[no-any-return]
 
 
-def admin(node: RunningSupernode) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://{node.node.admin_address}")
+def admin(node: RunningSupernode, *, token: bool = True) -> httpx.AsyncClient:
+    """A client of the node's admin API, with its admin token (the one given, or the one
+    it made in its data dir) unless `token=False`."""
+    headers = {}
+    if token and node.node.admin.token is not None:
+        headers["authorization"] = f"Bearer {node.node.admin.token.decode()}"
+    return httpx.AsyncClient(base_url=f"http://{node.node.admin_address}", headers=headers)
 
 
 async def poll(client: httpx.AsyncClient, path: str, key: str) -> dict[str, Any]:
@@ -124,7 +129,7 @@ async def test_evicting_needs_the_admin_token_and_forgets_the_task(
     task_dir = node.node.store.task_dir(first.task_id)
     assert task_dir.exists()
     path = f"/api/v1/tasks/{first.task_id}"
-    async with admin(node) as client:
+    async with admin(node, token=False) as client:
         anonymous = await client.delete(path)
         wrong = await client.delete(path, headers={"authorization": "Bearer nope"})
         assert (await client.get(path)).status_code == 200  # reads stay open
@@ -274,7 +279,9 @@ async def test_preheating_an_image_from_a_registry_with_auth(
 )
 async def test_bad_preheat_requests_are_refused(node: RunningSupernode, body: bytes) -> None:
     async with admin(node) as client:
-        response = await client.post("/api/v1/preheats", content=body)
+        response = await client.post(
+            "/api/v1/preheats", content=body, headers={"content-type": "application/json"}
+        )
         missing = await client.get("/api/v1/preheats/nothing")
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
@@ -395,3 +402,45 @@ def test_an_index_resolves_to_the_platform_asked_for() -> None:
     assert _pick(index, "windows/amd64") == "sha256:" + "3" * 64
     with pytest.raises(PreheatError, match="linux/s390x"):
         _pick(index, "linux/s390x")
+
+
+async def test_the_admin_token_file_is_made_once_and_only_when_needed(
+    start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    # A token given, or --admin-open: no file.
+    given = await start_supernode(
+        data_dir=tmp_path / "given", admin_listen=("127.0.0.1", 0), admin_token=b"given-123"
+    )
+    opened = await start_supernode(
+        data_dir=tmp_path / "open", admin_listen=("127.0.0.1", 0), admin_open=True
+    )
+    assert given.node.admin.token == b"given-123" and opened.node.admin.token is None
+    assert not (tmp_path / "given" / "admin-token").exists()
+    assert not (tmp_path / "open" / "admin-token").exists()
+    # An existing file others could read is narrowed to 0600 and kept.
+    data_dir = tmp_path / "kept"
+    data_dir.mkdir()
+    (data_dir / "admin-token").write_text("an-old-token-of-mine\n")
+    os.chmod(data_dir / "admin-token", 0o644)
+    kept = await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))
+    assert kept.node.admin.token == b"an-old-token-of-mine"
+    assert (data_dir / "admin-token").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in data_dir.iterdir() if "admin-token" in p.name] == ["admin-token"]
+
+
+async def test_an_admin_token_file_that_is_a_symlink_or_too_short_stops_the_start(
+    start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    from supernode.errors import StoreError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("someone-elses-token\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "admin-token").symlink_to(elsewhere)
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "admin-token").write_text("abc\n")
+    for data_dir in (linked, short):
+        with pytest.raises(StoreError, match="admin-token"):
+            await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))

@@ -1,21 +1,33 @@
 """The admin HTTP API (`supernode --admin-listen`, default 127.0.0.1:8001): health,
 version, Prometheus metrics, tasks and peers, as JSON; errors as problem+json.
-Served by hypercorn on trio, in the supernode's own nursery."""
+
+Served by hypercorn's HTTP/1.1 protocol on trio, in the supernode's own nursery, behind
+our own accept loop with a connection cap (`admin_max_connections`) and deadlines
+(`serving.py`). A request body must arrive within `body_timeout` (else 408): a slow
+or silent client holds a connection for seconds, not forever.
+
+Routes that change something need the admin token (given, or made by the supernode in
+its data dir: `token.py`) unless the operator passed `--admin-open`, and a JSON body
+(`Content-Type: application/json`): a web page cannot send that cross-origin without
+a CORS preflight, which this server never grants, so a browser on the host cannot
+start a preheat.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from proto.connlimit import ConnectionLimit
 from proto.messages import PROTOCOL_VERSIONS
 from proto.taskid import check_task_id
 from proto.urls import display_url
@@ -35,7 +47,9 @@ from supernode.admin.asgi import (
 )
 from supernode.admin.metrics import SupernodeCollector
 from supernode.admin.openapi import document
+from supernode.admin.serving import Deadlines, serve_http
 from supernode.admin.status import PAGE
+from supernode.admin.token import load_or_create_admin_token
 from supernode.cdn.task import CdnTask, TaskState
 
 if TYPE_CHECKING:
@@ -45,13 +59,25 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_DIGITS = 18  # a number in a query: more digits is a 400, never a huge int
+MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class AdminApi:
     """The ASGI application; `serve` runs it with hypercorn."""
 
+    keep_alive_timeout = 5.0  # seconds for a request head, from connect or last answer
+    read_timeout = 30.0  # seconds without a byte from the client, while connected
+    body_timeout = 30.0  # seconds for a whole request body (else 408)
+    send_timeout = 30.0  # seconds for the client to take each write of an answer
+
     def __init__(self, node: Supernode) -> None:
         self.node = node
+        # None: mutations are open (--admin-open); set in `serve` when the data dir
+        # supplies it.
+        self.token: bytes | None = node.config.admin_token
+        self.token_file: Path | None = None
+        self.connections = ConnectionLimit(node.config.admin_max_connections)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SupernodeCollector(node))
         router = self.router = Router()
@@ -75,9 +101,10 @@ class AdminApi:
         if scope["type"] != "http":
             return
         try:
-            request = await read_request(scope, receive)
+            request = await self._read_request(scope, receive)
             handler, request.params = self.router.find(request.method, request.path)
             self._authorize(request)
+            _check_body_type(request)
             response = await handler(request)
         except Problem as problem:
             response = problem_response(problem)
@@ -90,20 +117,45 @@ class AdminApi:
         self, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen on host:port (0: a free port); reports the bound `HOST:PORT`."""
-        config = Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = log
+        self._settle_token()
+        deadlines = Deadlines(self.keep_alive_timeout, self.read_timeout, self.send_timeout)
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(hypercorn_serve, self, config)
-            address = binds[0].removeprefix("http://")
+            address = await nursery.start(
+                partial(serve_http, self, host, port, self.connections, deadlines, what="admin API")
+            )
             log.info("admin API listening on http://%s", address)
             task_status.started(address)
 
+    async def _read_request(self, scope: Scope, receive: Receive) -> Request:
+        """The request with its whole body, which must arrive within `body_timeout` (a
+        client dripping a byte now and then gets a 408, not a connection held forever)."""
+        with trio.move_on_after(self.body_timeout):
+            return await read_request(scope, receive)
+        raise Problem(408, "Request Timeout", f"no whole body within {self.body_timeout:g}s")
+
+    def _settle_token(self) -> None:
+        """Without a token given and without --admin-open, the one in the data dir (made
+        on the first start): mutations are never open by accident. Its path is logged,
+        never the token."""
+        config = self.node.config
+        if self.token is not None:
+            return
+        if config.admin_open:
+            log.warning(
+                "admin API: --admin-open: anyone who reaches it can evict tasks and start preheats"
+            )
+            return
+        self.token, self.token_file, created = load_or_create_admin_token(config.data_dir)
+        log.info(
+            "admin API: changes need the admin token in %s (%s)",
+            self.token_file,
+            "created" if created else "kept from an earlier start",
+        )
+
     def _authorize(self, request: Request) -> None:
-        """With --admin-token, every route that changes something needs it as a Bearer
-        token (and, with --admin-protect-reads, every route)."""
-        token = self.node.config.admin_token
+        """Every route that changes something needs the admin token as a Bearer token
+        (and, with --admin-protect-reads, every route); none with --admin-open."""
+        token = self.token
         if token is None or (request.method == "GET" and not self.node.config.admin_protect_reads):
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -175,7 +227,7 @@ class AdminApi:
         kind, url = fields.get("type"), fields.get("url")
         if kind not in ("file", "image"):
             raise Problem(400, "Bad Request", "type must be 'file' or 'image'")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        if not isinstance(url, str) or not _http_url(url):
             raise Problem(400, "Bad Request", "url must be an http:// or https:// URL")
         extra: dict[str, Any] = {
             "tag": _string(fields, "tag", ""),
@@ -250,11 +302,42 @@ class AdminApi:
         }
 
 
+def _check_body_type(request: Request) -> None:
+    """A request that changes something, and any DELETE with a body, must say its body
+    is JSON (415 otherwise): a "simple" cross-origin POST (text/plain, a form) is what a
+    web page can send without asking, and it must not reach a handler."""
+    has_body = bool(request.body) or "transfer-encoding" in request.headers
+    if request.method not in MUTATIONS or (request.method == "DELETE" and not has_body):
+        return
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            f"{request.method} needs a JSON body sent as Content-Type: application/json"
+            + (f", not {media!r}" if media else ""),
+            (("accept-post", "application/json"),),
+        )
+
+
+def _http_url(url: str) -> bool:
+    """An http(s) URL with a host, one a client could request (a bad port or IPv6
+    literal would only fail later, in the preheat)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError for a port that is not a number in range
+    except ValueError:  # "http://[x", "http://h:99999999"
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Problem(400, "Bad Request", f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # arrays nested deeper than the parser goes
+        raise Problem(400, "Bad Request", "the body is JSON nested too deep") from exc
     if not isinstance(value, dict):
         raise Problem(400, "Bad Request", "the body must be a JSON object")
     return value
@@ -288,9 +371,13 @@ def _headers(value: object) -> tuple[tuple[str, str], ...]:
 
 
 def _number(text: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    """A query parameter that must be a whole number: ASCII digits only (`str.isdigit`
+    also takes '²' and other digits `int` refuses), at most MAX_DIGITS of them."""
     if text is None:
         return default
-    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
-        bounds = f"{low}-{high}" if high is not None else f">= {low}"
+    ok = text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
+    value = int(text) if ok else None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f"{low}-{high}" if high is not None else f">= {low}, at most {MAX_DIGITS} digits"
         raise Problem(400, "Bad Request", f"{name} must be a whole number {bounds}")
-    return int(text)
+    return value

@@ -54,7 +54,11 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                 },
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+                },
             ],
             "responses": {"200": _ok("a page of tasks"), "400": _PROBLEM},
         }
@@ -74,6 +78,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "400": _PROBLEM,
                 "401": _PROBLEM,
                 "404": _PROBLEM,
+                "415": _PROBLEM,  # a body, not sent as application/json
             },
         },
     },
@@ -101,7 +106,13 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     }
                 },
             },
-            "responses": {"202": _ok("{id}"), "400": _PROBLEM, "401": _PROBLEM},
+            "responses": {
+                "202": _ok("{id}"),
+                "400": _PROBLEM,
+                "401": _PROBLEM,
+                "415": _PROBLEM,  # a body not sent as application/json
+                "503": _PROBLEM,
+            },
         }
     },
     "/api/v1/preheats/{id}": {

@@ -6,7 +6,14 @@ an index to one platform's manifest (linux/amd64 unless told otherwise), then fe
 the config and every layer into the CDN as digest-named tasks, the tasks dfdaemon's
 mirror asks for. Registry auth: the request's own headers (for example Basic
 credentials) are sent; a `401` with a Bearer challenge is answered by fetching a token
-from the challenge's realm (with the same Basic credentials, if any) and retrying.
+from the challenge's realm and retrying. The Basic credentials go with the token
+request only to a realm the registry cannot have picked to collect them
+(`realm_gets_credentials`): https on the registry's own host, the manifest URL's own
+origin (which got them already), or a realm the operator named (`--preheat-realm`).
+Elsewhere the token is asked for anonymously (public images still work).
+
+Every connection goes through the supernode's origin policy (`proto.io.origins`),
+redirects included, and a manifest is read only up to `MAX_MANIFEST`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -22,6 +30,8 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import trio
 
+from proto.io.origins import checked_client
+from proto.origins import AddressDenied, OriginPolicy
 from proto.urls import display_url, move_credentials
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import SupernodeError
@@ -39,6 +49,7 @@ MANIFEST_TYPES = (
 )
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 MAX_MANIFEST = 4 * 1024 * 1024
+MAX_TOKEN_ANSWER = 1024 * 1024  # a token server's JSON (JWTs are a few KiB)
 KEEP = 1000  # preheats remembered: past this the oldest finished go, never a live one
 MAX_RUNNING = 4  # preheats fetching at once; the others wait in the queue, "pending"
 
@@ -82,10 +93,84 @@ class Preheat:
         }
 
 
+@dataclass(frozen=True)
+class RealmHost:
+    """A token realm the operator trusts with registry credentials (`--preheat-realm
+    HOST[:PORT]`: over https; `http://HOST:PORT`: over plain http too)."""
+
+    host: str
+    port: int | None = None  # None: any port
+    plain_http: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> RealmHost:
+        scheme, _, rest = text.strip().rpartition("://")
+        if scheme not in ("", "http", "https"):
+            raise ValueError(f"{text!r}: a realm host is HOST[:PORT] or http://HOST[:PORT]")
+        try:
+            parts = urlsplit(f"//{rest}")
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not HOST[:PORT]: {exc}") from exc
+        if not host or parts.path or parts.query or parts.username is not None:
+            raise ValueError(f"{text!r} is not HOST[:PORT]")
+        return cls(host.lower(), port, plain_http=scheme == "http")
+
+    def matches(self, scheme: str, host: str, port: int) -> bool:
+        return (
+            host == self.host
+            and self.port in (None, port)
+            and (scheme == "https" or (scheme == "http" and self.plain_http))
+        )
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def realm_gets_credentials(
+    manifest_url: str, realm_url: str, trusted: Iterable[RealmHost] = ()
+) -> bool:
+    """Whether the registry's credentials may go with a token request to `realm_url`,
+    a URL the registry named: only where they cannot leak to a stranger or in clear."""
+    try:
+        registry, realm = urlsplit(manifest_url), urlsplit(realm_url)
+        realm_port = realm.port or _default_port(realm.scheme)
+        registry_port = registry.port or _default_port(registry.scheme)
+    except ValueError:  # a port that is not a number
+        return False
+    host = (realm.hostname or "").lower()
+    if not host:
+        return False
+    if any(t.matches(realm.scheme, host, realm_port) for t in trusted):
+        return True
+    if realm.scheme == "https" and host == (registry.hostname or "").lower():
+        return True  # the registry's own host, over TLS
+    # The manifest URL's own origin: the first manifest request sent them there already.
+    same = (realm.scheme, host, realm_port)
+    return same == (registry.scheme, (registry.hostname or "").lower(), registry_port)
+
+
+@dataclass
+class _Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
 class Preheats:
-    def __init__(self, cdn: Cdn, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        cdn: Cdn,
+        *,
+        insecure: bool = False,
+        policy: OriginPolicy | None = None,
+        realms: Iterable[RealmHost] = (),
+    ) -> None:
         self.cdn = cdn
         self.insecure = insecure
+        self.policy = policy if policy is not None else OriginPolicy()
+        self.realms = tuple(realms)
         self.all: dict[str, Preheat] = {}
         self._send, self._recv = trio.open_memory_channel[Preheat](1024)
         self._slots = trio.CapacityLimiter(MAX_RUNNING)
@@ -104,7 +189,7 @@ class Preheats:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with (
-            httpx.AsyncClient(verify=not self.insecure, timeout=30.0) as client,
+            checked_client(self.policy, verify=not self.insecure, timeout=30.0) as client,
             trio.open_nursery() as nursery,
         ):
             task_status.started()
@@ -177,63 +262,102 @@ class Preheats:
         """The manifest at `url`, and the headers that got it (with a Bearer token if the
         registry asked for one)."""
         asked = [*headers, *(("accept", t) for t in MANIFEST_TYPES)]
-        response = await _get(client, url, asked)
-        if response.status_code == 401:
-            token = await _bearer_token(client, response, headers)
+        response = await _get(client, url, asked, cap=MAX_MANIFEST, what="manifest")
+        withheld = ""
+        if response.status == 401:
+            token, withheld = await self._bearer_token(client, url, response, headers)
             if token is not None:
                 headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
                 headers.append(("authorization", f"Bearer {token}"))
                 response = await _get(
-                    client, url, [*headers, *(("accept", t) for t in MANIFEST_TYPES)]
+                    client,
+                    url,
+                    [*headers, *(("accept", t) for t in MANIFEST_TYPES)],
+                    cap=MAX_MANIFEST,
+                    what="manifest",
                 )
-        if response.status_code != 200:
-            raise PreheatError(f"registry answered {response.status_code} for {display_url(url)}")
-        if len(response.content) > MAX_MANIFEST:
-            raise PreheatError("manifest too large")
+        if response.status != 200:
+            raise PreheatError(
+                f"registry answered {response.status} for {display_url(url)}{withheld}"
+            )
         try:
-            manifest = json.loads(response.content)
+            manifest = json.loads(response.body)
         except ValueError as exc:
             raise PreheatError(f"manifest is not JSON: {exc}") from exc
         if not isinstance(manifest, dict):
             raise PreheatError("manifest is not a JSON object")
         return manifest, headers
 
+    async def _bearer_token(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        response: _Answer,
+        headers: list[tuple[str, str]],
+    ) -> tuple[str | None, str]:
+        """The token a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` asks
+        for, and a note for the error message if the credentials were withheld."""
+        challenge = response.headers.get("www-authenticate", "")
+        scheme, _, rest = challenge.partition(" ")
+        if scheme.lower() != "bearer":
+            return None, ""
+        params = dict(_challenge_params(rest))
+        realm = params.pop("realm", None)
+        if not realm:
+            return None, ""
+        basic = [
+            (k, v)
+            for k, v in headers
+            if k.lower() == "authorization" and v.lower().startswith("basic ")
+        ]
+        withheld = ""
+        if basic and not realm_gets_credentials(url, realm, self.realms):
+            withheld = (
+                f" (the credentials were not sent to the token realm {display_url(realm)}: "
+                "it is not https on the registry's own host; the supernode's "
+                "--preheat-realm HOST[:PORT] trusts a realm)"
+            )
+            log.warning("preheat: credentials withheld from token realm %s", display_url(realm))
+            basic = []
+        answer = await _get(
+            client, f"{realm}?{urlencode(params)}", basic, cap=MAX_TOKEN_ANSWER, what="token"
+        )
+        if answer.status != 200:
+            raise PreheatError(f"token server answered {answer.status}{withheld}")
+        try:
+            data = json.loads(answer.body)
+        except ValueError as exc:
+            raise PreheatError(f"token server sent no JSON: {exc}") from exc
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        return (token if isinstance(token, str) else None), withheld
+
 
 async def _get(
-    client: httpx.AsyncClient, url: str, headers: list[tuple[str, str]]
-) -> httpx.Response:
+    client: httpx.AsyncClient,
+    url: str,
+    headers: list[tuple[str, str]],
+    *,
+    cap: int,
+    what: str,
+) -> _Answer:
+    """GET `url` (redirects followed); the body of a 200, read only up to `cap` bytes
+    (PreheatError past it: a registry cannot make us hold more)."""
     try:
-        return await client.get(url, headers=headers, follow_redirects=True)
+        async with client.stream("GET", url, headers=headers, follow_redirects=True) as answer:
+            body = bytearray()
+            if answer.status_code == 200:
+                length = answer.headers.get("content-length", "")
+                if length.isascii() and length.isdigit() and int(length) > cap:
+                    raise PreheatError(f"{what} too large: {length} bytes (limit {cap})")
+                async for chunk in answer.aiter_bytes():
+                    body += chunk
+                    if len(body) > cap:
+                        raise PreheatError(f"{what} too large: over {cap} bytes")
+            return _Answer(answer.status_code, answer.headers, bytes(body))
+    except AddressDenied as exc:
+        raise PreheatError(f"refused to fetch {display_url(url)}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise PreheatError(f"cannot reach {display_url(url)}: {exc}") from exc
-
-
-async def _bearer_token(
-    client: httpx.AsyncClient, response: httpx.Response, headers: list[tuple[str, str]]
-) -> str | None:
-    """The token a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` asks for."""
-    challenge = response.headers.get("www-authenticate", "")
-    scheme, _, rest = challenge.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    params = dict(_challenge_params(rest))
-    realm = params.pop("realm", None)
-    if not realm:
-        return None
-    basic = [
-        (k, v)
-        for k, v in headers
-        if k.lower() == "authorization" and v.lower().startswith("basic ")
-    ]
-    answer = await _get(client, f"{realm}?{urlencode(params)}", basic)
-    if answer.status_code != 200:
-        raise PreheatError(f"token server answered {answer.status_code}")
-    try:
-        data = answer.json()
-    except ValueError as exc:
-        raise PreheatError(f"token server sent no JSON: {exc}") from exc
-    token = data.get("token") or data.get("access_token")
-    return token if isinstance(token, str) else None
 
 
 def _challenge_params(text: str) -> list[tuple[str, str]]:

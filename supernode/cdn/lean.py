@@ -17,9 +17,17 @@ from urllib.parse import quote, urlsplit
 import h11
 import trio
 
+from proto.io.origins import open_checked_tcp_stream
+from proto.origins import AddressDenied, OriginPolicy
 from proto.urls import display_url
 from supernode.cdn.response import OriginResponse
-from supernode.errors import BadRequest, OriginBroken, OriginTimeout, OriginUnreachable
+from supernode.errors import (
+    BadRequest,
+    OriginBroken,
+    OriginDenied,
+    OriginTimeout,
+    OriginUnreachable,
+)
 
 READ_SIZE = 1 << 20
 USER_AGENT = "dragonfly-py-supernode/0.1"
@@ -151,15 +159,23 @@ def _request(url: str, headers: list[tuple[str, str]]) -> tuple[str, int, h11.Re
 
 
 async def lean_get(
-    url: str, headers: list[tuple[str, str]], *, read_timeout: float, connect_timeout: float
+    url: str,
+    headers: list[tuple[str, str]],
+    *,
+    policy: OriginPolicy,
+    read_timeout: float,
+    connect_timeout: float,
 ) -> LeanResponse:
-    """Send `GET url` over a new connection; return once the response head is in."""
+    """Send `GET url` over a new connection, to an address `policy` allows; return once
+    the response head is in."""
     hostname, port, request = _request(url, headers)
     try:
         with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(hostname, port)
+            stream = await open_checked_tcp_stream(policy, hostname, port)
     except trio.TooSlowError as exc:
         raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
+    except AddressDenied as exc:
+        raise OriginDenied(f"refused to fetch {display_url(url)}: {exc}") from exc
     except OSError as exc:
         raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)

@@ -19,12 +19,15 @@ import httpcore
 import httpx
 import trio
 
+from proto.io.origins import checked_client
+from proto.origins import AddressDenied, OriginPolicy
 from proto.urls import display_url, move_credentials
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
     BadRequest,
     OriginBroken,
+    OriginDenied,
     OriginError,
     OriginStatusError,
     OriginTimeout,
@@ -105,16 +108,27 @@ class HttpxResponse(OriginResponse):
 
 
 class OriginClient:
-    """One httpx client shared by every fetch of the supernode."""
+    """One httpx client shared by every fetch of the supernode. Every connection, on
+    either path and for every redirect hop, goes to an address `policy` allows
+    (`proto.io.origins`)."""
 
-    def __init__(self, *, insecure: bool = False, timeout: float = 30.0, lean: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        insecure: bool = False,
+        timeout: float = 30.0,
+        lean: bool = True,
+        policy: OriginPolicy | None = None,
+    ) -> None:
         verify: ssl.SSLContext | bool = False if insecure else ssl.create_default_context()
         self.timeout = timeout
+        self.policy = policy if policy is not None else OriginPolicy()
         # Plain-HTTP GETs take the lean body path unless a proxy is configured (httpx
         # honours the proxy variables; the lean path does not speak to proxies).
         proxies = urllib.request.getproxies()
         self.lean = lean and not (proxies.get("http") or proxies.get("all"))
-        self._client = httpx.AsyncClient(
+        self._client = checked_client(
+            self.policy,
             verify=verify,
             follow_redirects=True,
             max_redirects=10,
@@ -163,7 +177,11 @@ class OriginClient:
         when a redirect leads somewhere the lean path does not go (https)."""
         for _ in range(MAX_REDIRECTS + 1):
             response = await lean_get(
-                url, sent, read_timeout=self.timeout, connect_timeout=min(self.timeout, 10.0)
+                url,
+                sent,
+                policy=self.policy,
+                read_timeout=self.timeout,
+                connect_timeout=min(self.timeout, 10.0),
             )
             location = response.header("location")
             if response.status not in REDIRECTS or not location:
@@ -186,6 +204,8 @@ class OriginClient:
             raise BadRequest(f"cannot request {display_url(url)[:200]!r}: {exc}") from exc
         try:
             return HttpxResponse(await self._client.send(request, stream=True))
+        except AddressDenied as exc:  # this URL or a redirect hop: nothing was sent
+            raise OriginDenied(f"refused to fetch {display_url(url)}: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
         except httpx.TooManyRedirects as exc:

@@ -1,0 +1,270 @@
+"""Connections to origins under an `OriginPolicy` (`proto.origins`): trio and httpx.
+
+Every way the programs reach an origin goes through `open_checked_tcp_stream`: it
+resolves the name itself, asks the policy about every address, and connects only to
+allowed ones, to the very address checked (the name is never resolved a second time,
+so a DNS answer that changes between check and connect changes nothing). The name
+stays the caller's for `Host`, SNI and the certificate check.
+
+- `open_checked_tcp_stream(policy, host, port)`: a `trio.SocketStream` (the lean HTTP
+  reader, a CONNECT tunnel).
+- `CheckedNetworkBackend(policy)`: an httpcore network backend doing the same for every
+  connection an httpx client opens, redirect hops included (each hop to a new origin
+  is a new connection).
+- `checked_transport(policy, ...)` and `checked_client(policy, ...)`: httpx transports
+  and clients on that backend. `checked_client` honours the proxy environment
+  variables as httpx does; through a proxy, the connection goes to the proxy, so the
+  policy checks the proxy's address, plus the target host when it is an IP literal
+  (a name is the proxy's to resolve).
+
+Not exported from `proto.io`: it imports httpx, which dfget loads only when needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import httpcore
+import httpx
+import trio
+
+from proto.origins import AddressDenied, IPAddress, OriginPolicy, parse_address
+
+HAPPY_EYEBALLS_DELAY = 0.25  # as trio.open_tcp_stream: the next address after this long
+
+S = TypeVar("S")
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to for a TCP connection, in the resolver's order,
+    without repeats (an IP literal is its own answer, without a DNS query)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = parse_address(str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def numeric_address(host: str) -> IPAddress | None:
+    """`host` as an IP address if it is one in any form the OS accepts (`127.1`,
+    `0x7f.0.0.1`, `2130706433`, `[::1]`), without a DNS query; else None."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return parse_address(str(infos[0][4][0])) if infos else None
+
+
+async def allowed_addresses(policy: OriginPolicy, host: str, port: int) -> list[IPAddress]:
+    """The addresses of `host` a connection may go to; AddressDenied if none (OSError
+    if the name does not resolve)."""
+    return policy.check(host, await resolve(host, port))
+
+
+async def open_checked_tcp_stream(
+    policy: OriginPolicy,
+    host: str,
+    port: int,
+    *,
+    happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY,
+) -> trio.SocketStream:
+    """`trio.open_tcp_stream(host, port)` to an address the policy allows: AddressDenied
+    if it allows none, OSError if none can be reached. No deadline of its own: wrap it
+    in the caller's connect timeout."""
+    addresses = await allowed_addresses(policy, host, port)
+
+    async def connect(address: IPAddress) -> trio.SocketStream:
+        return await trio.open_tcp_stream(str(address), port)
+
+    return await first_connected(
+        addresses, connect, _aclose, (OSError,), delay=happy_eyeballs_delay
+    )
+
+
+async def _aclose(stream: trio.abc.AsyncResource) -> None:
+    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await stream.aclose()
+
+
+async def first_connected(
+    addresses: list[IPAddress],
+    connect: Callable[[IPAddress], Awaitable[S]],
+    close: Callable[[S], Awaitable[None]],
+    failures: tuple[type[Exception], ...],
+    *,
+    delay: float,
+) -> S:
+    """Happy eyeballs over checked addresses: start an attempt on each in turn, the next
+    one when the last failed or after `delay`; the first to connect wins and the others
+    are cancelled (or closed, if they connected too). All failing: the last failure."""
+    if not addresses:
+        raise OSError("no address to connect to")
+    winner: list[S] = []
+    errors: list[Exception] = []
+
+    async def attempt(address: IPAddress, failed: trio.Event, nursery: trio.Nursery) -> None:
+        try:
+            stream = await connect(address)
+        except failures as exc:
+            errors.append(exc)
+            failed.set()
+            return
+        if winner:  # another attempt won meanwhile
+            await close(stream)
+            return
+        winner.append(stream)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for address in addresses:
+            failed = trio.Event()
+            nursery.start_soon(attempt, address, failed, nursery)
+            with trio.move_on_after(delay):
+                await failed.wait()
+    if winner:
+        return winner[0]
+    raise errors[-1]
+
+
+class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with every TCP connect going through the policy (on
+    trio, which the deadlines use); Unix sockets are passed through."""
+
+    def __init__(
+        self, policy: OriginPolicy, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self.policy = policy
+        self.inner = inner if inner is not None else httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        options = list(socket_options) if socket_options is not None else None
+
+        async def connect(address: IPAddress) -> httpcore.AsyncNetworkStream:
+            return await self.inner.connect_tcp(
+                str(address), port, None, local_address=local_address, socket_options=options
+            )
+
+        try:
+            with trio.fail_after(timeout if timeout is not None else float("inf")):
+                try:
+                    addresses = await allowed_addresses(self.policy, host, port)
+                except AddressDenied:
+                    raise
+                except OSError as exc:  # the name does not resolve
+                    raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+                return await first_connected(
+                    addresses,
+                    connect,
+                    _aclose_network_stream,
+                    (httpcore.ConnectError, httpcore.ConnectTimeout, OSError),
+                    delay=HAPPY_EYEBALLS_DELAY,
+                )
+        except trio.TooSlowError as exc:
+            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self.inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+async def _aclose_network_stream(stream: httpcore.AsyncNetworkStream) -> None:
+    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await stream.aclose()
+
+
+class CheckedTransport(httpx.AsyncHTTPTransport):
+    """`httpx.AsyncHTTPTransport` whose connections go through the policy; with a
+    `proxy`, a request to an IP-literal host the policy refuses is refused here (the
+    proxy resolves names, so only literals can be checked before it connects)."""
+
+    def __init__(self, policy: OriginPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy = policy
+        self.proxied = kwargs.get("proxy") is not None
+        # httpx builds its httpcore pool (direct, HTTP proxy or SOCKS proxy) without a
+        # way to pass a network backend; each keeps it in `_network_backend` and uses
+        # it for every connection it opens. Fail loudly if that ever changes: an
+        # unchecked client must not pass for a checked one.
+        pool: Any = getattr(self, "_pool", None)
+        if not hasattr(pool, "_network_backend"):
+            raise RuntimeError("this httpx/httpcore version hides the network backend")
+        pool._network_backend = CheckedNetworkBackend(self.policy)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.proxied:
+            literal = numeric_address(request.url.host)
+            if literal is not None:
+                self.policy.check(request.url.host, [literal])
+        return await super().handle_async_request(request)
+
+
+def checked_transport(policy: OriginPolicy, **kwargs: Any) -> CheckedTransport:
+    """An httpx transport (arguments as `httpx.AsyncHTTPTransport`) under `policy`."""
+    return CheckedTransport(policy, **kwargs)
+
+
+def checked_client(
+    policy: OriginPolicy,
+    *,
+    verify: Any = True,
+    limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
+    trust_env: bool = True,
+    **kwargs: Any,
+) -> httpx.AsyncClient:
+    """`httpx.AsyncClient(**kwargs)` whose every connection, direct or to a proxy from
+    the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY, as httpx reads
+    them), goes through `policy`."""
+    transport = CheckedTransport(policy, verify=verify, limits=limits, trust_env=trust_env)
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    if trust_env:
+        for pattern, proxy in _environment_proxies().items():
+            mounts[pattern] = (
+                None
+                if proxy is None
+                else CheckedTransport(
+                    policy, verify=verify, limits=limits, trust_env=trust_env, proxy=proxy
+                )
+            )
+    return httpx.AsyncClient(
+        transport=transport, mounts=mounts, verify=verify, trust_env=trust_env, **kwargs
+    )
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    """The proxies httpx itself would take from the environment (pattern → proxy URL,
+    None: no proxy for that pattern). httpx ignores them once a transport is given."""
+    from httpx._utils import get_environment_proxies  # the one httpx's client uses
+
+    return get_environment_proxies()
+
+
+__all__ = [
+    "CheckedNetworkBackend",
+    "CheckedTransport",
+    "allowed_addresses",
+    "checked_client",
+    "checked_transport",
+    "first_connected",
+    "numeric_address",
+    "open_checked_tcp_stream",
+    "resolve",
+]

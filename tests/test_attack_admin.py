@@ -1,0 +1,348 @@
+"""Attacks on the supernode's admin API and preheats (issue 12, items 7 and 8): a web
+page's "simple" POST, an admin port with no token, query values that broke handlers,
+a stranger holding connections, a registry that names a token realm elsewhere or sends
+an endless manifest."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import trio
+from conftest import RunningSupernode, StartSupernode, until
+from fakenet import FakeNetwork
+
+from proto.pieces import MiB
+from supernode.admin.api import AdminApi
+from supernode.testing import FakeOrigin
+
+
+def admin_url(node: RunningSupernode) -> str:
+    return f"http://{node.node.admin_address}"
+
+
+def token_headers(node: RunningSupernode) -> dict[str, str]:
+    """The admin token's header, if the node has one (on the base commit: none)."""
+    token = getattr(node.node.admin, "token", None)
+    return {"authorization": f"Bearer {token.decode()}"} if token else {}
+
+
+def admin_connections(node: RunningSupernode) -> int | None:
+    """Connections the admin port holds now (None: a server that does not count)."""
+    limit = getattr(node.node.admin, "connections", None)
+    return None if limit is None else int(limit.statistics().open)
+
+
+async def ended(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
+    with trio.fail_after(30):
+        while (answer := (await client.get(path)).json())["state"] in ("pending", "running"):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return answer  # type: ignore[no-any-return]
+
+
+# -- a web page in a browser on the host -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
+async def test_a_browser_simple_post_cannot_start_a_preheat(
+    origin: FakeOrigin, start_supernode: StartSupernode, content_type: str | None
+) -> None:
+    """What a page on any web site can make a browser send to 127.0.0.1:8001 without a
+    CORS preflight: a POST whose body is JSON but whose type is not. Even on an admin
+    port the operator opened (--admin-open), it must not start anything."""
+    node = await start_supernode(admin_listen=("127.0.0.1", 0), admin_open=True)
+    origin.add("/big.iso", os.urandom(MiB))
+    body = json.dumps({"type": "file", "url": origin.url("/big.iso")}).encode()
+    headers = {"origin": "https://evil.example", "content-type": content_type or ""}
+    async with httpx.AsyncClient(base_url=admin_url(node)) as client:
+        answer = await client.post("/api/v1/preheats", content=body, headers=headers)
+    assert answer.status_code == 415, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "application/json" in answer.json()["detail"]
+    assert node.node.preheats.all == {}
+    assert origin.stats["/big.iso"].requests == []
+
+
+async def test_mutations_are_never_open_unless_the_operator_says_so(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="supernode.admin.api")
+    data_dir = tmp_path / "sn"
+    origin.add("/f.bin", os.urandom(MiB))
+    body = {"type": "file", "url": origin.url("/f.bin")}
+    node = await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))
+    async with httpx.AsyncClient(base_url=admin_url(node)) as client:
+        anonymous = await client.post("/api/v1/preheats", json=body)
+        evict = await client.delete("/api/v1/tasks/" + "a" * 64)
+    assert anonymous.status_code == evict.status_code == 401, anonymous.text
+    assert node.node.preheats.all == {}
+    # The token the supernode made for itself: in the data dir, 0600, logged by path only.
+    token_file = data_dir / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) >= 32
+    assert str(token_file) in caplog.text and token not in caplog.text
+    async with httpx.AsyncClient(base_url=admin_url(node)) as client:
+        allowed = await client.post(
+            "/api/v1/preheats", json=body, headers={"authorization": f"Bearer {token}"}
+        )
+    assert allowed.status_code == 202
+    # A restart keeps it.
+    await node.stop()
+    again = await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))
+    assert token_file.read_text().strip() == token
+    async with httpx.AsyncClient(base_url=admin_url(again)) as client:
+        anonymous = await client.post("/api/v1/preheats", json=body)
+        allowed = await client.post(
+            "/api/v1/preheats", json=body, headers={"authorization": f"Bearer {token}"}
+        )
+    assert (anonymous.status_code, allowed.status_code) == (401, 202)
+
+
+# -- query values and bodies that broke handlers -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=" + quote("²"),  # str.isdigit() but not a number int() takes
+        "offset=" + quote("⁵"),
+        "limit=" + quote("١٠"),  # Arabic-Indic digits
+        "limit=" + quote("１"),  # a fullwidth digit
+        "limit=" + "9" * 5000,  # past int()'s digit limit
+        "offset=" + "9" * 5000,
+        "offset=" + "9" * 30,
+        "limit=%FF%FE",  # not UTF-8
+        "limit=%",  # bad percent-encoding
+        "state=%ZZ",
+        "limit=1&limit=2",
+        "offset=-0",
+        "limit=1e3",
+    ],
+)
+async def test_bad_query_values_get_400_not_500(
+    start_supernode: StartSupernode, query: str
+) -> None:
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    async with httpx.AsyncClient(base_url=admin_url(node)) as client:
+        answer = await client.get(f"/api/v1/tasks?{query}")
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # nested deeper than the JSON parser goes
+        b'{"type": "file", "url": "http://[not-an-address/x"}',
+        b'{"type": "file", "url": "http://host:99999999/x"}',
+        b'{"type": "file", "url": "http:///nohost"}',
+    ],
+    ids=["deep", "bad-ipv6", "bad-port", "no-host"],
+)
+async def test_bad_preheat_bodies_get_400_not_500(
+    start_supernode: StartSupernode, body: bytes
+) -> None:
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    headers = {**token_headers(node), "content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=admin_url(node)) as client:
+        answer = await client.post("/api/v1/preheats", content=body, headers=headers)
+    assert answer.status_code == 400, answer.text
+    assert node.node.preheats.all == {}
+
+
+# -- strangers holding connections ---------------------------------------------------------
+
+
+async def open_raw(node: RunningSupernode) -> trio.SocketStream:
+    host, port = str(node.node.admin_address).rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def read_all(stream: trio.SocketStream, seconds: float = 10.0) -> bytes:
+    """Everything until the server closes (a reset counts as a close)."""
+    received = b""
+    with trio.fail_after(seconds):
+        while True:
+            try:
+                chunk = await stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+
+
+async def test_the_admin_port_caps_its_connections(start_supernode: StartSupernode) -> None:
+    node = await start_supernode(admin_listen=("127.0.0.1", 0), admin_max_connections=4)
+    held = [await open_raw(node) for _ in range(4)]
+    for stream in held:  # a request head that never ends
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    await until(lambda: admin_connections(node) in (None, 4))  # None: nothing counts
+    extra = await open_raw(node)
+    with contextlib.suppress(trio.BrokenResourceError):
+        await extra.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert await read_all(extra) == b""  # closed before a byte was read: no answer
+    await extra.aclose()
+    await held.pop().aclose()  # its place is free as soon as the server sees the close
+    await until(lambda: admin_connections(node) == 3)
+    async with httpx.AsyncClient(base_url=admin_url(node)) as client:
+        assert (await client.get("/healthz")).status_code == 200  # room again
+    for stream in held:
+        await stream.aclose()
+
+
+async def test_a_client_dripping_a_request_head_is_dropped(
+    start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AdminApi, "keep_alive_timeout", 1.0, raising=False)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    stream = await open_raw(node)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 1000
+    began = trio.current_time()
+    with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError):
+        for byte in head:  # a byte every 50 ms: never idle long
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(0.05)
+    assert await read_all(stream) == b""
+    assert trio.current_time() - began < 5  # hypercorn's default would be 5 s and more
+    await stream.aclose()
+
+
+async def test_a_client_dripping_a_body_gets_a_408(
+    start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AdminApi, "body_timeout", 1.0, raising=False)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0), admin_open=True)
+    stream = await open_raw(node)
+    head = (
+        b"POST /api/v1/preheats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    await stream.send_all(head)
+    answer = b""
+    with trio.move_on_after(10):  # the fix answers after about 1 s; none would hang here
+        async with trio.open_nursery() as nursery:
+
+            async def drip() -> None:
+                while True:  # a byte every 100 ms: never idle long enough for a timeout
+                    await stream.send_all(b" ")
+                    await trio.sleep(0.1)
+
+            nursery.start_soon(drip)
+            answer = await stream.receive_some(1 << 16)
+            nursery.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    await stream.aclose()
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AdminApi, "send_timeout", 1.0, raising=False)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+    host, port = str(node.node.admin_address).rsplit(":", 1)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    # ~5 MB of status pages: more than the socket buffers hold (at most 4 MiB to send),
+    # under hypercorn's 1000 requests a connection.
+    count = 990
+    requests = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * count
+    async with trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(requests)
+
+        nursery.start_soon(send)
+        # The fix closes the connection once a write waits 1 s; without it the server
+        # waits forever (`None`: a server that does not count, go on and read).
+        await until(lambda: admin_connections(node) in (None, 1))
+        await until(lambda: admin_connections(node) in (None, 0), seconds=20)
+        received = await read_all(stream, seconds=30)
+        nursery.cancel_scope.cancel()
+    answered = received.count(b"HTTP/1.1 200")
+    assert answered < count, "the server kept a connection nobody read for good"
+
+
+# -- preheat: token realms and manifests ---------------------------------------------------
+
+
+async def test_a_preheat_keeps_registry_credentials_from_a_foreign_token_realm(
+    nursery: trio.Nursery, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    """The registry's 401 names a realm on another host, over plain http: the Basic
+    credentials must not go there, unless the operator trusts that realm."""
+    net = FakeNetwork().install()
+    registry, realm = FakeOrigin(), FakeOrigin()
+    await nursery.start(registry.serve)
+    await nursery.start(realm.serve)
+    net.names["registry.test"] = net.names["auth.test"] = ["127.0.0.1"]
+    basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
+    realm_url = f"http://auth.test:{realm.port}/token"
+    challenge = f'Bearer realm="{realm_url}",service="registry",scope="repository:team/app:pull"'
+    realm.add("/token", json.dumps({"token": "t0ken"}).encode())
+    registry.add(
+        "/v2/team/app/manifests/1", b"{}", require_auth="Bearer t0ken", challenge=challenge
+    )
+    url = f"http://registry.test:{registry.port}/v2/team/app/manifests/1"
+
+    async def preheat(node: RunningSupernode) -> dict[str, Any]:
+        async with httpx.AsyncClient(
+            base_url=admin_url(node), headers=token_headers(node)
+        ) as client:
+            created = await client.post(
+                "/api/v1/preheats",
+                json={"type": "image", "url": url, "headers": {"Authorization": basic}},
+            )
+            assert created.status_code == 202, created.text
+            return await ended(client, f"/api/v1/preheats/{created.json()['id']}")
+
+    def sent_to_realm() -> list[str | None]:
+        return [dict(h).get("authorization") for _, h in realm.stats["/token"].requests]
+
+    wary = await start_supernode(data_dir=tmp_path / "wary", admin_listen=("127.0.0.1", 0))
+    await preheat(wary)
+    assert sent_to_realm() == [None]  # asked anonymously: the credentials stayed home
+    trusting = await start_supernode(
+        data_dir=tmp_path / "trusting",
+        admin_listen=("127.0.0.1", 0),
+        preheat_realms=(f"http://auth.test:{realm.port}",),
+    )
+    await preheat(trusting)
+    assert sent_to_realm() == [None, basic]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_preheat_stops_reading_a_huge_manifest(
+    origin: FakeOrigin, start_supernode: StartSupernode, chunked: bool
+) -> None:
+    size = 48 * MiB  # the cap is 4 MiB
+    origin.add("/v2/team/app/manifests/1", b" " * size, chunked=chunked)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    async with httpx.AsyncClient(base_url=admin_url(node), headers=token_headers(node)) as client:
+        created = await client.post(
+            "/api/v1/preheats",
+            json={"type": "image", "url": origin.url("/v2/team/app/manifests/1")},
+        )
+        state = await ended(client, f"/api/v1/preheats/{created.json()['id']}")
+    assert state["state"] == "failed" and "too large" in state["error"]
+    # Stopped near the cap: what the origin wrote is the cap plus socket buffers.
+    assert origin.stats["/v2/team/app/manifests/1"].bytes_sent < 24 * MiB
