@@ -93,6 +93,7 @@ class Daemon:
             slots=config.upload_slots, limiter=RateLimiter(config.upload_rate)
         )
         self.trust = Trust(config.registry, config.allow_registries)
+        self.http_limit = http_limit(config.max_connections, config.listen[0])
         self.upstream = Upstream(insecure=config.insecure)
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
@@ -151,9 +152,8 @@ class Daemon:
                 )
                 await nursery.start(self.control.serve, self.socket_path)
                 host, port = config.listen
-                limit = http_limit(config.max_connections, host)
                 bound = await nursery.start(
-                    functools.partial(serve_http, host, port, self.handle, limit=limit)
+                    functools.partial(serve_http, host, port, self.handle, limit=self.http_limit)
                 )
                 self.address = f"{host}:{bound}"
                 log.info(
