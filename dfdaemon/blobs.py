@@ -289,13 +289,14 @@ class BlobStore:
         file, and the one its running download was started with."""
         running = self.running.get(hex_digest)
         now = {running.origin} if running is not None and running.origin else set()
-        if hex_digest not in self._origins:
-            self._origins[hex_digest] = self._read_origins(hex_digest)
-        return self._origins[hex_digest] | now
+        kept = self._origins.get(hex_digest)
+        if kept is None:
+            if not self.path(hex_digest).exists():
+                return frozenset(now)  # nothing kept for a blob that is not here
+            kept = self._origins[hex_digest] = self._read_origins(hex_digest)
+        return kept | now
 
     def _read_origins(self, hex_digest: str) -> frozenset[str]:
-        if not self.path(hex_digest).exists():
-            return frozenset()
         try:
             lines = self._from_file(hex_digest).read_text().split()
         except FileNotFoundError:  # cached before provenance was kept: its URL says

@@ -16,19 +16,16 @@ allowed (405, 501).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 
-from dfdaemon.upstream import Upstream, UpstreamError
+from dfdaemon.upstream import Upstream
 from proto.urls import display_url
 
 if TYPE_CHECKING:
     from dfdaemon.blobs import Blob, BlobStore
-
-log = logging.getLogger(__name__)
 
 
 class JoinRefused(Exception):
@@ -141,10 +138,6 @@ async def url_download(
         if blob is None:
             return blobs.get_url(task_id, url, headers, digest=digest)
         if not checked:
-            try:
-                await check_join(upstream, blob, url, headers)
-            except (JoinRefused, UpstreamError) as exc:
-                log.info("download %s: not shared: %s", task_id[:12], exc)
-                raise
+            await check_join(upstream, blob, url, headers)
         if blobs.running_url(task_id) is blob:  # still the one that was checked
             return blob
