@@ -1,7 +1,11 @@
 """Real registry parts for tests and benchmarks: Debian's docker-registry
 (distribution), skopeo and containerd, each started on 127.0.0.1 with a config of its
 own, and OCI images written here (gzip'd tars of random bytes: valid layers that do not
-compress). The Debian packages are installed by `make test`."""
+compress). The Debian packages are installed by `make test`.
+
+`ScriptedOrigin` is a hostile upstream for the attack tests: an HTTP server whose every
+answer is a function of the request (a registry that vouches for any blob, one that
+lies about lengths, an origin that serves each user other content)."""
 
 from __future__ import annotations
 

@@ -697,6 +697,16 @@ async def test_a_client_that_never_reads_its_answer_loses_the_connection(
         await local.send_all(head.encode() + body)
         await until(lambda: limit.statistics().open == 1)
         await until(lambda: limit.statistics().open == 0, seconds=10)
+    # And through a CONNECT tunnel: the origin sends, the client never reads.
+    tunnel_sock = trio.socket.socket()
+    tunnel_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await tunnel_sock.connect((host, int(port)))
+    async with trio.SocketStream(tunnel_sock) as tunnel:
+        target = f"127.0.0.1:{origin.port}"
+        await tunnel.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        await until(lambda: daemon.http_limit.statistics().open == 1)
+        await tunnel.send_all(b"GET /big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: daemon.http_limit.statistics().open == 0, seconds=10)
 
 
 async def test_a_request_body_that_stalls_loses_the_connection(
