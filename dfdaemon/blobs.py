@@ -244,6 +244,8 @@ class BlobStore:
         for folder in (self.root, self.urls):
             for leftover in folder.glob(".*.dfget-part"):
                 leftover.unlink(missing_ok=True)
+        for leftover in self.root.glob(".*.tmp"):  # a .url or .from being replaced
+            leftover.unlink(missing_ok=True)
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest
