@@ -4,6 +4,7 @@ peers, and the blob cache with the downloads that fill and seed it."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -14,13 +15,15 @@ import trio
 
 from dfdaemon.blobs import Blob, BlobStore, DownloadSettings
 from dfdaemon.control import SOCKET_NAME, ControlApi
-from dfdaemon.httpserver import Reply, Request, serve_http
+from dfdaemon.httpserver import Reply, Request, http_limit, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror
 from dfdaemon.proxy import Proxy
+from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
 from dfget.peer import SharedServer
 from dfget.uploads import PieceServer
+from proto.connlimit import ConnectionLimit
 from proto.eviction import GcPolicy
 from proto.io import RateLimiter
 
@@ -38,6 +41,10 @@ class DaemonConfig:
     upload_rate: float | None = None
     upload_slots: int = 8
     plain_http: frozenset[str] = frozenset()  # registries spoken to over http (ns=HOST)
+    # Registries besides --registry that the mirror and the control socket take a
+    # client's access check from (HOST[:PORT]): any other ns= gets 403.
+    allow_registries: tuple[str, ...] = ()
+    max_connections: int = 256  # at once on the HTTP port, and on the control socket
     back_source: bool = True  # fetch a blob from the upstream when P2P fails
     insecure: bool = False  # do not verify upstream TLS certificates
     token: bytes | None = None
@@ -49,6 +56,21 @@ class DaemonConfig:
 
 class DataDirInUse(Exception):
     """Another dfdaemon runs on the same data dir."""
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """Create the data dir 0700 (whatever the umask); an existing one loses any read
+    or write permission of others (a 0711 one stays: other users' dfget reach the
+    control socket in it, as the systemd unit in docs/dfdaemon.md sets it up)."""
+    try:
+        mode = data_dir.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        data_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(data_dir, 0o700)
+        return
+    if mode & 0o066:
+        os.chmod(data_dir, mode & ~0o066)
+        log.info("data dir %s: mode %o made %o", data_dir, mode, mode & ~0o066)
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -65,9 +87,13 @@ def lock_data_dir(data_dir: Path) -> int:
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
+        # wired at merge: PieceServer(..., connections=ConnectionLimit(
+        #     config.max_connections)) once dfget/uploads.py takes a `connections` cap.
         self.upload = PieceServer(
             slots=config.upload_slots, limiter=RateLimiter(config.upload_rate)
         )
+        self.trust = Trust(config.registry, config.allow_registries)
+        self.http_limit = http_limit(config.max_connections, config.listen[0])
         self.upstream = Upstream(insecure=config.insecure)
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
@@ -81,7 +107,7 @@ class Daemon:
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_data_dir(config.data_dir)
         lock = lock_data_dir(config.data_dir)
         try:
             async with trio.open_nursery() as nursery:
@@ -112,14 +138,23 @@ class Daemon:
                     upstream=self.upstream,
                     blobs=blobs,
                     metrics=metrics,
+                    trust=self.trust,
                 )
                 self.proxy = Proxy(
                     rules=config.rules, upstream=self.upstream, blobs=blobs, metrics=metrics
                 )
-                self.control = ControlApi(blobs=blobs, upstream=self.upstream, metrics=metrics)
+                self.control = ControlApi(
+                    blobs=blobs,
+                    upstream=self.upstream,
+                    metrics=metrics,
+                    trust=self.trust,
+                    limit=ConnectionLimit(config.max_connections),  # a share per local user
+                )
                 await nursery.start(self.control.serve, self.socket_path)
                 host, port = config.listen
-                bound = await nursery.start(serve_http, host, port, self.handle)
+                bound = await nursery.start(
+                    functools.partial(serve_http, host, port, self.handle, limit=self.http_limit)
+                )
                 self.address = f"{host}:{bound}"
                 log.info(
                     "dfdaemon listening on %s (uploads on port %d, dfget on %s), registry %s, "

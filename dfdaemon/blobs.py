@@ -6,6 +6,11 @@ the upstream when P2P fails) it lives in a temp file beside that path; readers s
 from the temp file as its start fills in, so a client gets bytes while the download
 runs. After the download the engine keeps seeding the blob to other peers until the
 daemon stops. One download per blob at a time, whoever asks.
+
+Beside each complete blob the store keeps its upstream URL (`<hex>.url`, to seed it
+again after a restart) and the upstream hosts it was fetched from (`<hex>.from`, its
+provenance: an upstream the blob came from may vouch for it, see `trust.py`). Blob
+files are fsynced before they are named, and the cache folders are private (0700).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 import trio
 
 from dfdaemon.httpserver import Reply
+from dfdaemon.sharing import Validators
+from dfdaemon.trust import origin_of
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.errors import (
     DfgetError,
@@ -51,6 +58,40 @@ HOLD_BACK = READ_CHUNK  # of a blob streamed as it downloads, until it is verifi
 
 class BlobUnavailable(Exception):
     """The blob could not be downloaded (the cause is chained)."""
+
+
+class LengthMismatch(Exception):
+    """An upstream announced a length the blob does not have: that one answer fails
+    (the blob itself is not in question; only its digest can condemn it)."""
+
+    def __init__(self, hex_digest: str, announced: int, actual: int) -> None:
+        super().__init__(
+            f"blob {hex_digest[:12]}: the upstream announced {announced} bytes, "
+            f"the blob has {actual}"
+        )
+        self.announced, self.actual = announced, actual
+
+
+def private_folder(path: Path) -> None:
+    """Create `path` (and its parents) if missing and make it 0700, whatever the umask
+    or its mode before."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def _file_key(stat: os.stat_result) -> tuple[int, int, int]:
+    """What must not change for a verified file to stay verified."""
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _hash_file(fd: int) -> str:
+    """The sha256 of a whole file (in a worker thread)."""
+    hasher = hashlib.sha256()
+    offset = 0
+    while data := os.pread(fd, READ_CHUNK, offset):
+        hasher.update(data)
+        offset += len(data)
+    return hasher.hexdigest()
 
 
 @dataclass
@@ -103,7 +144,15 @@ class Blob:
     hex: str  # the sha256 of a blob, or the task id of a URL (forward proxy)
     path: Path
     digest: str | None = None  # "sha256:HEX" for blobs; None for URLs
-    length: int | None = None
+    length: int | None = None  # from its download or its file, never from a client's HEAD
+    # The first requester's URL and headers (what the download was started with), and
+    # the upstream host it names (`host:port`, its provenance once complete).
+    url: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    origin: str | None = None
+    # What the origin answered the first requester about a URL download, asked the
+    # first time another client wants to join it (`sharing.py`).
+    validators: Validators | None = None
     out: AtomicOutput | None = None  # while downloading
     complete: bool = False
     error: BaseException | None = None
@@ -111,6 +160,7 @@ class Blob:
     fell_back: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its download
     readers: Counter[str] | None = None  # the store's count of readers, by blob (GC)
+    verified: dict[str, tuple[int, int, int]] | None = None  # the store's good files
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def notify(self) -> None:
@@ -171,8 +221,8 @@ class BlobStore:
     def __init__(self, root: Path, settings: DownloadSettings) -> None:
         self.root = root / "blobs" / "sha256"
         self.urls = root / "blobs" / "urls"  # forward-proxy downloads, named by task id
-        for folder in (self.root, self.urls):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (root / "blobs", self.root, self.urls):
+            private_folder(folder)
         self.settings = settings
         # Downloads are started by `run`, which owns their nursery; `get` (synchronous,
         # called by request handlers) only queues them.
@@ -183,12 +233,19 @@ class BlobStore:
         self.readers: Counter[str] = Counter()  # clients reading each blob now
         self.last_used: dict[str, float] = {}  # blob → when a client last asked for it
         self.on_result: Callable[[Blob], None] = lambda blob: None  # metrics
+        self._origins: dict[str, frozenset[str]] = {}  # provenance of cached blobs, read once
+        # Complete files known to match their digest (by inode, size and mtime): checked
+        # by their own download, or hashed whole once (before a Range is served).
+        self._verified: dict[str, tuple[int, int, int]] = {}
+        self._verifying: dict[str, trio.Event] = {}
         self._clean_temp_files()
 
     def _clean_temp_files(self) -> None:
         for folder in (self.root, self.urls):
             for leftover in folder.glob(".*.dfget-part"):
                 leftover.unlink(missing_ok=True)
+        for leftover in self.root.glob(".*.tmp"):  # a .url or .from being replaced
+            leftover.unlink(missing_ok=True)
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest
@@ -206,6 +263,7 @@ class BlobStore:
             length=size,
             complete=True,
             readers=self.readers,
+            verified=self._verified,
         )
 
     def drop(self, hex_digest: str) -> None:
@@ -216,27 +274,108 @@ class BlobStore:
             running.scope.cancel()
         self.path(hex_digest).unlink(missing_ok=True)
         self._url_file(hex_digest).unlink(missing_ok=True)
+        self._from_file(hex_digest).unlink(missing_ok=True)
+        self._origins.pop(hex_digest, None)
+        self._verified.pop(hex_digest, None)
 
     def _url_file(self, hex_digest: str) -> Path:
         """Where a blob's upstream URL is kept, to seed it again after a restart."""
         return self.root / f"{hex_digest}.url"
 
+    def _from_file(self, hex_digest: str) -> Path:
+        """Where the upstream hosts a blob was fetched from are kept, one a line."""
+        return self.root / f"{hex_digest}.from"
+
+    def provenance(self, hex_digest: str) -> frozenset[str]:
+        """The upstreams (`host:port`) the blob was fetched from: those of its cached
+        file, and the one its running download was started with."""
+        running = self.running.get(hex_digest)
+        now = {running.origin} if running is not None and running.origin else set()
+        kept = self._origins.get(hex_digest)
+        if kept is None:
+            if not self.path(hex_digest).exists():
+                return frozenset(now)  # nothing kept for a blob that is not here
+            kept = self._origins[hex_digest] = self._read_origins(hex_digest)
+        return kept | now
+
+    def _read_origins(self, hex_digest: str) -> frozenset[str]:
+        try:
+            lines = self._from_file(hex_digest).read_text().split()
+        except FileNotFoundError:  # cached before provenance was kept: its URL says
+            try:
+                lines = [origin_of(self._url_file(hex_digest).read_text().strip()).key]
+            except (OSError, UnicodeError, ValueError):
+                return frozenset()
+        except (OSError, UnicodeError) as exc:
+            log.warning("blob %s: unreadable provenance: %s", hex_digest[:12], exc)
+            return frozenset()
+        return frozenset(lines)
+
     def _remember_url(self, blob: Blob, url: str) -> None:
         if blob.digest is None or blob.path.parent != self.root:
             return
         bare, _ = move_credentials(url, ())  # user info never goes to disk
-        temp = self.root / f".{blob.hex}.url.tmp"
+        origins = self._origins.get(blob.hex, frozenset())
+        if blob.origin:
+            origins |= {blob.origin}
+        self._origins[blob.hex] = origins
         try:
-            temp.write_text(bare)
-            os.replace(temp, self._url_file(blob.hex))
+            _write_small(self.root, self._url_file(blob.hex), bare)
+            _write_small(self.root, self._from_file(blob.hex), "".join(f"{o}\n" for o in origins))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
             log.warning(
                 "blob %s: cannot keep its URL (it will not be seeded after a restart): %s",
                 blob.hex[:12],
                 exc,
             )
+
+    def mark_verified(self, blob: Blob, fd: int | None = None) -> None:
+        """The blob's complete file (or the open `fd` of it) matches its digest."""
+        try:
+            stat = os.fstat(fd) if fd is not None else blob.path.stat()
+        except OSError:
+            return
+        self._verified[blob.hex] = _file_key(stat)
+
+    async def verify(self, blob: Blob) -> None:
+        """Make sure a complete blob's file still matches its digest before a part of
+        it is served: hashed whole (in a worker thread) unless it is known good since
+        it was last written. On a mismatch it is dropped and BlobUnavailable raised."""
+        assert blob.complete and blob.digest is not None
+        hex_digest = blob.digest.split(":", 1)[1]
+        while True:
+            try:
+                fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise BlobUnavailable(f"blob {blob.hex[:12]}: {exc}") from exc
+            try:
+                key = _file_key(os.fstat(fd))
+                if self._verified.get(blob.hex) == key:
+                    return
+                busy = self._verifying.get(blob.hex)
+                if busy is None:
+                    break
+            finally:
+                os.close(fd)
+            await busy.wait()  # someone else hashes it: then look again
+        done = self._verifying[blob.hex] = trio.Event()
+        try:
+            fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                key = _file_key(os.fstat(fd))
+                actual = await trio.to_thread.run_sync(_hash_file, fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise BlobUnavailable(f"blob {blob.hex[:12]}: {exc}") from exc
+        finally:
+            del self._verifying[blob.hex]
+            done.set()
+        if actual != hex_digest:
+            log.error("blob %s: cached copy does not match its digest: dropped", blob.hex[:12])
+            self.drop(blob.hex)
+            raise BlobUnavailable(f"blob {blob.hex[:12]}: cached copy does not match its digest")
+        self._verified[blob.hex] = key
 
     def usage(self) -> tuple[int, int]:
         """(blobs, bytes) in the cache."""
@@ -274,8 +413,19 @@ class BlobStore:
             del self.running[task_id]
         return self._start(Blob(task_id, self.urls / task_id, digest=digest), url, headers)
 
+    def running_url(self, task_id: str) -> Blob | None:
+        """The URL download of `task_id` that a client would join now: running, not
+        complete, not failed."""
+        blob = self.running.get(task_id)
+        if blob is None or blob.error is not None or blob.complete:
+            return None
+        return blob
+
     def _start(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> Blob:
-        blob.readers = self.readers
+        blob.readers, blob.verified = self.readers, self._verified
+        blob.url, blob.headers = url, headers
+        with contextlib.suppress(ValueError):
+            blob.origin = origin_of(url).key
         self.running[blob.hex] = blob
         self._starts_send.send_nowait((blob, url, headers))
         return blob
@@ -406,6 +556,8 @@ class BlobStore:
         def finished(result: DownloadResult) -> None:
             blob.length, blob.complete, blob.result = result.bytes, True, result
             blob.out = None
+            if blob.digest is not None:  # the download checked it whole against it
+                self.mark_verified(blob)
             self._remember_url(blob, url)
             self.on_result(blob)
             blob.notify()
@@ -417,7 +569,7 @@ class BlobStore:
             )
 
         try:
-            with AtomicOutput(blob.path) as out:
+            with AtomicOutput(blob.path, durable=True) as out:
                 blob.out = out
                 try:
                     await fetch(out, settings.supernodes)
@@ -448,6 +600,29 @@ class BlobStore:
                 log.info("blob %s: seeding ended: %s", blob.hex[:12], exc)
 
 
+def _write_small(folder: Path, path: Path, text: str) -> None:
+    """Replace `path` with `text`, durably (a temp file fsynced, renamed, the folder
+    fsynced): a crash leaves the old file or the new one."""
+    temp = folder / f".{path.name}.tmp"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
 def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
     data = os.pread(fd, count, offset)
     if hasher is not None:
@@ -463,22 +638,30 @@ async def send_whole(
     length: int | None = None,
 ) -> bool:
     """Answer 200 with a whole blob; False (the reply left unended: the client never
-    holds all of a wrong blob) if it is not the blob named. A blob still downloading
-    is sent by sendfile as it fills in, checked by its download; a cached one is hashed
-    as it is read, against `sha256` (the disk may have damaged it). `headers()` is
-    asked once the first byte exists (its length is known by then); `length`, if given,
-    is the length announced elsewhere (an upstream's HEAD). Raises BlobUnavailable if
-    the blob fails, before the reply starts if no byte existed yet."""
+    holds all of a wrong blob) if its content is not the blob named. A blob still
+    downloading is sent by sendfile as it fills in, checked by its download; a cached
+    one is hashed as it is read, against `sha256` (the disk may have damaged it).
+    `headers()` is asked once the first byte exists (its length is known by then);
+    `length`, if given, is the length announced elsewhere (an upstream's HEAD): a blob
+    of another length raises LengthMismatch (before the reply starts if it is known by
+    then). Raises BlobUnavailable if the blob fails, before the reply starts if no
+    byte existed yet."""
     if not blob.complete:
         return await stream_download(reply, blob, headers, length)
+    if length is not None and blob.length != length:
+        raise LengthMismatch(blob.hex, length, blob.length or 0)
     hasher: Hasher | None = None
     check: Callable[[int], bool] | None = None
     if sha256 is not None:
         hasher = hashlib.sha256()  # fed by the reader, chunk by chunk
-        check = sha256_check(hasher, sha256, blob.length if length is None else length)
-    chunks = read_blob(blob, hasher=hasher)
-    first = await anext(chunks, None)  # nothing is promised before a byte exists
-    return await send_blob(reply, headers(), first, chunks, check)
+        check = sha256_check(hasher, sha256, blob.length)
+    with _Reading(blob) as reading:
+        chunks = read_blob(blob, hasher=hasher, reading=reading)
+        first = await anext(chunks, None)  # nothing is promised before a byte exists
+        good = await send_blob(reply, headers(), first, chunks, check)
+        if good and check is not None and blob.verified is not None:
+            blob.verified[blob.hex] = _file_key(os.fstat(reading.fd()))  # hashed whole
+        return good
 
 
 async def send_blob(
@@ -516,18 +699,36 @@ def sha256_check(hasher: Hasher, hex_digest: str, length: int | None) -> Callabl
 
 
 async def read_blob(
-    blob: Blob, start: int = 0, end: int | None = None, hasher: Hasher | None = None
+    blob: Blob,
+    start: int = 0,
+    end: int | None = None,
+    hasher: Hasher | None = None,
+    reading: _Reading | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The blob's bytes [start, end) in order, as soon as they are written; raises
-    BlobUnavailable if its download fails first. With `hasher`, every chunk is hashed
-    in the worker thread that reads it, off the event loop."""
-    offset = start
-    with _Reading(blob) as reading:
+    BlobUnavailable if its download fails first, or restarts from the upstream once
+    bytes were read (a P2P prefix never meets an upstream suffix). With `hasher`,
+    every chunk is hashed in the worker thread that reads it, off the event loop.
+    `reading`: the caller's own (open, counted) read of the blob."""
+    offset, fell_back = start, blob.fell_back
+
+    def check_source() -> None:
+        nonlocal fell_back
+        if blob.fell_back != fell_back:
+            if offset > start:
+                raise BlobUnavailable(
+                    f"blob {blob.hex[:12]}: restarted from the upstream after "
+                    f"{offset - start} bytes were read"
+                )
+            fell_back = blob.fell_back
+
+    with contextlib.nullcontext(reading) if reading is not None else _Reading(blob) as read:
         while end is None or offset < end:
             stop = blob.length if end is None else end
             if stop is not None and offset >= stop:
                 return
             blob.raise_if_failed()
+            check_source()
             filled = blob.filled
             if filled <= offset:
                 if blob.complete:
@@ -535,7 +736,9 @@ async def read_blob(
                 await blob.wait_changed()
                 continue
             count = min(READ_CHUNK, filled - offset, (stop or filled) - offset)
-            data = await trio.to_thread.run_sync(_read, reading.fd(), count, offset, hasher)
+            data = await trio.to_thread.run_sync(_read, read.fd(), count, offset, hasher)
+            blob.raise_if_failed()
+            check_source()  # what was read may already be the upstream's: never sent
             if not data:
                 raise BlobUnavailable(f"blob {blob.hex[:12]} is short on disk")
             offset += len(data)
@@ -549,21 +752,28 @@ async def stream_download(
     file fills in. The download's engine hashes it whole and fails it before it
     completes if that is not its digest, so the last HOLD_BACK bytes wait for the blob
     to be complete: the client never holds a whole wrong blob. `headers()` is asked
-    when the answer starts. False (the reply left unended) if its length is not the
-    `length` announced. Raises BlobUnavailable if
-    the download fails, or restarts from the upstream once bytes were sent (those can
-    no longer be vouched for)."""
+    when the answer starts. Raises LengthMismatch as soon as the blob's length is
+    known to differ from the `length` announced (the reply is then left unended if it
+    had started), and BlobUnavailable if the download fails, or restarts from the
+    upstream once bytes were sent (those can no longer be vouched for)."""
     offset, fell_back = 0, blob.fell_back
+
+    def check() -> None:
+        nonlocal fell_back
+        blob.raise_if_failed()
+        if blob.fell_back != fell_back:
+            if offset:
+                raise BlobUnavailable(
+                    f"blob {blob.hex[:12]}: restarted from the upstream after {offset} "
+                    "bytes were sent"
+                )
+            fell_back = blob.fell_back
+        if length is not None and blob.length is not None and blob.length != length:
+            raise LengthMismatch(blob.hex, length, blob.length)
+
     with _Reading(blob) as reading:
         while True:
-            blob.raise_if_failed()
-            if blob.fell_back != fell_back:
-                if offset:
-                    raise BlobUnavailable(
-                        f"blob {blob.hex[:12]}: restarted from the upstream after {offset} "
-                        "bytes were sent"
-                    )
-                fell_back = blob.fell_back
+            check()
             complete = blob.complete
             limit = blob.filled if complete else blob.filled - HOLD_BACK
             if length is not None:
@@ -577,8 +787,7 @@ async def stream_download(
                 break
             else:
                 await blob.wait_changed()
-        if length is not None and blob.length != length:
-            return False
+        check()
         if not reply.started:
             await reply.start(200, headers())
         await reply.end()

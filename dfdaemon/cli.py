@@ -15,6 +15,7 @@ import trio
 
 from dfdaemon import __version__
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
+from dfdaemon.trust import origin_of, parse_allowed
 from proto import argtypes
 from proto.addresses import parse_listen
 from proto.admission import read_token
@@ -37,10 +38,10 @@ Point docker at it with "registry-mirrors": ["http://127.0.0.1:65001"] in
 downloads go P2P through the supernode; everything else is passed to the registry.
 GET /metrics on the same port gives Prometheus metrics.
 
-config file keys (TOML; flags win): listen, supernodes (list), registry, data_dir,
-peer_listen, download_rate, upload_rate, upload_slots, rules (list), plain_http (list),
-back_source (bool), insecure (bool), token_file, control_socket, cache_quota,
-cache_ttl, log_level.
+config file keys (TOML; flags win): listen, supernodes (list), registry,
+allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
+upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
+token_file, control_socket, cache_quota, cache_ttl, max_connections, log_level.
 """
 
 # Config-file keys and the flag each stands for.
@@ -48,6 +49,7 @@ CONFIG_KEYS = {
     "listen": "listen",
     "supernodes": "supernode",
     "registry": "registry",
+    "allow_registries": "allow_registry",
     "data_dir": "data_dir",
     "peer_listen": "peer_listen",
     "download_rate": "download_rate",
@@ -61,6 +63,7 @@ CONFIG_KEYS = {
     "control_socket": "control_socket",
     "cache_quota": "cache_quota",
     "cache_ttl": "cache_ttl",
+    "max_connections": "max_connections",
     "log_level": "log_level",
 }
 
@@ -107,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the upstream registry when a request names none with ?ns= "
         "(default https://registry-1.docker.io)",
+    )
+    parser.add_argument(
+        "--allow-registry",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="another registry a request may name with ?ns= (repeatable); any other ns= "
+        "gets 403, so a hostile upstream cannot vouch for a cached private blob",
     )
     parser.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="the blob cache (default /var/lib/dfdaemon)"
@@ -180,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the Unix socket dfget hands downloads to (default DATA_DIR/dfdaemon.sock)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections held at once on the HTTP port, and on the control socket "
+        "(each local user at most 1/8 of them there); past it new ones are closed "
+        "(default 256)",
+    )
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"dfdaemon {__version__}")
@@ -213,12 +231,14 @@ def load_config(path: Path) -> dict[str, Any]:
                 raise ValueError("want a number of seconds")
             elif key in ("data_dir", "token_file", "control_socket"):
                 value = Path(str(value))
-            elif key in ("supernodes", "rules", "plain_http"):
+            elif key in ("supernodes", "rules", "plain_http", "allow_registries"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("want a list of strings")
             elif key in ("back_source", "insecure") and not isinstance(value, bool):
                 raise ValueError("want true or false")
-            elif key == "upload_slots" and not isinstance(value, int):
+            elif key in ("upload_slots", "max_connections") and (
+                not isinstance(value, int) or isinstance(value, bool)
+            ):
                 raise ValueError("want a number")
             elif key == "log_level" and value not in ("debug", "info", "warning", "error"):
                 raise ValueError("want debug, info, warning or error")
@@ -243,6 +263,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
             re.compile(rule)
         except re.error as exc:
             raise ValueError(f"bad --rule {rule!r}: {exc}") from exc
+    allowed = tuple(settings.get("allow_registry", ()))
+    for entry in allowed:
+        try:
+            parse_allowed(entry)
+        except ValueError as exc:
+            raise ValueError(f"bad --allow-registry {entry!r}: {exc}") from exc
+    max_connections = settings.get("max_connections", defaults.max_connections)
+    if max_connections < 1:
+        raise ValueError(f"--max-connections wants at least 1, not {max_connections}")
     token = read_token(settings.get("token"), settings.get("token_file"))
     config = DaemonConfig(
         listen=settings.get("listen", defaults.listen),
@@ -254,6 +283,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
         upload_rate=settings.get("upload_rate"),
         upload_slots=max(1, settings.get("upload_slots", defaults.upload_slots)),
         plain_http=frozenset(settings.get("plain_http", ())),
+        allow_registries=allowed,
+        max_connections=max_connections,
         back_source=settings.get("back_source", True),
         insecure=settings.get("insecure", False),
         token=token,
@@ -263,6 +294,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
     )
     if not config.registry.startswith(("http://", "https://")):
         raise ValueError(f"--registry wants an http:// or https:// URL, not {config.registry!r}")
+    try:
+        origin_of(config.registry)
+    except ValueError as exc:
+        raise ValueError(f"--registry wants a URL with a host: {exc}") from exc
     return config, settings.get("log_level", "info")
 
 

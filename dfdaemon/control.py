@@ -10,18 +10,30 @@ HTTP/1.1 over the Unix socket, JSON in and out:
 - `GET /v1/downloads/KEY` → where its bytes came from (`from_cdn`, `from_peers`,
   `from_source`, `cached`...).
 
-A blob already in the cache (named by sha256) is served to a dfget only after the
-origin confirms, with the dfget's own headers, that it may read the URL.
+A download named by its digest (a sha256 blob of the cache shared with the mirror) is
+one only when the URL's host is trusted for that digest (`trust.py`): a registry the
+operator configured, or the host the blob was fetched from. It is served, cached,
+running or new, only after that host confirms, with the dfget's own headers, that it
+may read the URL. With any other host the digest is left out of the task's identity:
+the request is a URL download like one without a digest (the supernode fetches and
+revalidates that URL with the dfget's headers, and dfget checks the digest itself), so
+no copy of the digest fetched for someone else reaches it. A dfget joining a URL
+download that is running is checked with the origin first (`sharing.py`).
+
+The socket is bound in a fresh private folder, given its mode there and renamed into
+place: nothing at its path is ever chmodded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +42,13 @@ import trio
 from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, send_whole
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
+from dfdaemon.sharing import ContentDiffers, JoinRefused, ask_origin, url_download
+from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
+from proto.connlimit import ConnectionLimit
+from proto.io import serve_limited
 from proto.urls import display_url
 
 log = logging.getLogger(__name__)
@@ -45,6 +61,11 @@ _RESULT_PATH = re.compile(r"/v1/downloads/([0-9a-f]{64})")
 
 class BadInput(ValueError):
     pass
+
+
+class ShareRefused(Exception):
+    """A running download this dfget may not share (its content would differ): dfget
+    is told to download by itself (`"fallback": true`)."""
 
 
 def _parse(body: bytes) -> DownloadRequest:
@@ -80,10 +101,20 @@ def _parse(body: bytes) -> DownloadRequest:
 
 
 class ControlApi:
-    def __init__(self, *, blobs: BlobStore, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        blobs: BlobStore,
+        upstream: Upstream,
+        metrics: Metrics,
+        trust: Trust,
+        limit: ConnectionLimit | None = None,
+    ) -> None:
         self.blobs = blobs
         self.upstream = upstream
         self.metrics = metrics
+        self.trust = trust
+        self.limit = limit or ConnectionLimit(256)  # per local user: a share of it
         # key → a recent download's blob, and whether it was complete before it was asked
         # for (then this dfget got it from the cache, not from the swarm)
         self.served: dict[str, tuple[Blob, bool]] = {}
@@ -92,22 +123,20 @@ class ControlApi:
         self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen on the Unix socket `path` (any local user may connect, as to the
-        daemon's HTTP port on 127.0.0.1)."""
-        _remove(path)  # a leftover of a daemon that did not stop cleanly
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(str(path))
-        os.chmod(path, 0o666)
+        daemon's HTTP port on 127.0.0.1), at most `limit` connections at once (each
+        local user a share of them)."""
+        sock, inode = await _bind_unix(path)
         sock.listen(128)
         listener = trio.SocketListener(sock)
-        task_status.started()
 
         async def one(stream: trio.SocketStream) -> None:
             await serve_connection(stream, self.handle)
 
         try:
-            await trio.serve_listeners(one, [listener])
+            what = f"control socket {path}"
+            await serve_limited(one, [listener], self.limit, what=what, task_status=task_status)
         finally:
-            _remove(path)
+            _remove(path, inode)
 
     async def handle(self, request: Request, reply: Reply) -> None:
         path = request.target.split("?")[0]
@@ -134,6 +163,10 @@ class ControlApi:
             return
         try:
             blob = await self._blob(wanted, task_id)
+        except ShareRefused as exc:  # dfget downloads by itself
+            log.info("control: %s", exc)
+            await _json(reply, 409, {"error": str(exc), "exit": 1, "fallback": True})
+            return
         except DfgetError as exc:
             await _error(reply, exc)
             return
@@ -165,22 +198,54 @@ class ControlApi:
             headers.append(("content-length", str(blob.length)))
         return headers
 
+    def _trusted(self, wanted: DownloadRequest) -> bool:
+        """Is the URL's host trusted for the digest it names? (configured, or the
+        sha256 blob was fetched from it)"""
+        assert wanted.digest is not None
+        try:
+            origin = origin_of(wanted.url)
+        except ValueError:
+            return False
+        algorithm, _, hex_digest = wanted.digest.partition(":")
+        provenance = self.blobs.provenance(hex_digest) if algorithm == "sha256" else frozenset()
+        return self.trust.trusted_for(origin, provenance)
+
     async def _blob(self, wanted: DownloadRequest, task_id: str) -> Blob:
         digest = wanted.digest
-        if digest is not None and digest.startswith("sha256:"):
-            hex_digest = digest.split(":", 1)[1]
-            if hex_digest in self.blobs.running or self.blobs.cached(hex_digest) is not None:
-                await self._check_access(wanted)  # someone else's download: may this one?
-            return self.blobs.get(hex_digest, wanted.url, wanted.headers)
-        return self.blobs.get_url(task_id, wanted.url, wanted.headers, digest=digest)
+        try:
+            if digest is not None and self._trusted(wanted):
+                # Cached, running or new, a digest names bytes someone else may have
+                # fetched (here or at the supernode): the URL's host must say yes first.
+                await self._check_access(wanted)
+                if self._trusted(wanted):  # still (its provenance may have gone)
+                    if digest.startswith("sha256:"):
+                        hex_digest = digest.split(":", 1)[1]
+                        return self.blobs.get(hex_digest, wanted.url, wanted.headers)
+                    return await url_download(
+                        self.blobs,
+                        self.upstream,
+                        task_id,
+                        wanted.url,
+                        wanted.headers,
+                        digest=digest,
+                        checked=True,
+                    )
+            if digest is not None:  # an untrusted host: the URL, not the digest, names it
+                task_id = dataclasses.replace(wanted, digest=None).task_id()
+            return await url_download(
+                self.blobs, self.upstream, task_id, wanted.url, wanted.headers
+            )
+        except ContentDiffers as exc:
+            raise ShareRefused(str(exc)) from exc
+        except JoinRefused as exc:
+            raise OriginFailed(str(exc), exc.status) from exc
+        except UpstreamError as exc:
+            raise OriginFailed(f"cannot check access: {exc}") from exc
 
     async def _check_access(self, wanted: DownloadRequest) -> None:
         """May this dfget read the URL at the origin? (A cached copy proves nothing.)"""
-        headers = [(k.lower(), v) for k, v in wanted.headers]
         try:
-            answer = await self.upstream.head(wanted.url, headers)
-            if answer.status_code in (405, 501):  # no HEAD here: ask for one byte
-                answer = await self.upstream.first_byte(wanted.url, headers)
+            answer = await ask_origin(self.upstream, wanted.url, wanted.headers)
         except UpstreamError as exc:
             raise OriginFailed(f"cannot check access: {exc}") from exc
         if answer.status_code >= 400:
@@ -223,6 +288,32 @@ async def _error(reply: Reply, exc: BaseException) -> None:
     await _json(reply, 502, {"error": str(exc), "exit": exit_code, "status": status})
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+async def _bind_unix(path: Path) -> tuple[trio.socket.SocketType, int]:
+    """A Unix socket bound at `path` with mode 0666, and its inode. It is bound and
+    chmodded inside a fresh private folder beside `path` (nobody else can put anything
+    in there), then renamed onto `path`, which replaces whatever is there (a leftover
+    socket, or a symlink: never followed). Nothing but our own new socket is chmodded."""
+    private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))  # 0700
+    temp = private / "s"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(str(temp))
+        os.chmod(temp, 0o666)
+        inode = os.lstat(temp).st_ino
+        os.rename(temp, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+    return sock, inode
+
+
+def _remove(path: Path, inode: int) -> None:
+    """Remove our socket at `path`, not whatever may have replaced it since."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)

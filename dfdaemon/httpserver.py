@@ -6,19 +6,25 @@ hypercorn speaks ASGI, which has no way to hand a connection over to a raw tunne
 request reaches the handler as a `Request` (headers in order, repeated names kept, the
 body as an async iterator) with a `Reply` to answer through. Connections are kept
 alive between requests unless either side says otherwise.
+
+Nobody holds a connection for nothing: a request head must come within HEAD_TIMEOUT
+(IDLE_TIMEOUT between requests) and cannot pass MAX_HEAD bytes; a request body that
+stops flowing for BODY_TIMEOUT, and a client that stops reading its answer for
+SEND_TIMEOUT, lose the connection. `serve_http` caps the connections held at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import h11
 import trio
 
-from proto.io import STREAM_ERRORS, send_file
+from proto.connlimit import ConnectionLimit, per_address_share
+from proto.io import STREAM_ERRORS, send_file, serve_limited
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,11 @@ READ_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # request line and headers
 HEAD_TIMEOUT = 30.0  # for a request's head, once the connection is open or idle
 IDLE_TIMEOUT = 120.0  # a kept-alive connection with no new request
+BODY_TIMEOUT = 60.0  # a request body that sends nothing for this long is given up
+SEND_TIMEOUT = 60.0  # an answer the client reads nothing of for this long is given up
+# Answers go out in slices of this size, each under SEND_TIMEOUT from the previous
+# one's end: a client reading at least this much a minute keeps its connection.
+SEND_SLICE = 256 * 1024
 # A request body the handler left unread is read and dropped after the answer, to keep
 # the connection for the next request, only if it is this short and this quick; any
 # longer or slower (an endless upload, say) and the connection is closed instead.
@@ -138,21 +149,43 @@ class _Connection:
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
-            try:
-                await self.stream.send_all(data)
-            except STREAM_ERRORS as exc:
-                raise ClientGone(str(exc)) from exc
+            with self._progress() as watch:
+                await self._send_all(data, watch)
 
     async def send_file(self, fd: int, offset: int, count: int) -> None:
         # h11 frames the body (Content-Length or chunks) around a stand-in of the right
         # length, and hands it back untouched where the bytes go (h11's sendfile recipe).
         span = _FileSpan(count)
-        try:
+        with self._progress() as watch:
             for part in self.h11.send_with_data_passthrough(h11.Data(data=span)) or ():
-                if part is span:
-                    await send_file(self.stream.socket, fd, offset, count)
-                else:
-                    await self.stream.send_all(part)
+                if part is not span:
+                    await self._send_all(part, watch)
+                    continue
+                end = offset + count
+                while offset < end:
+                    size = min(SEND_SLICE, end - offset)
+                    try:
+                        await send_file(self.stream.socket, fd, offset, size)
+                    except STREAM_ERRORS as exc:
+                        raise ClientGone(str(exc)) from exc
+                    offset += size
+                    watch.deadline = trio.current_time() + SEND_TIMEOUT
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[trio.CancelScope]:
+        """A deadline SEND_TIMEOUT ahead, pushed on by every slice that goes out;
+        ClientGone if it passes (the client stopped reading)."""
+        with trio.CancelScope(deadline=trio.current_time() + SEND_TIMEOUT) as watch:
+            yield watch
+        if watch.cancelled_caught:
+            raise ClientGone(f"the client read nothing for {SEND_TIMEOUT:g}s")
+
+    async def _send_all(self, data: bytes, watch: trio.CancelScope) -> None:
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), SEND_SLICE):
+                await self.stream.send_all(view[start : start + SEND_SLICE])
+                watch.deadline = trio.current_time() + SEND_TIMEOUT
         except STREAM_ERRORS as exc:
             raise ClientGone(str(exc)) from exc
 
@@ -190,7 +223,10 @@ class _Connection:
 
     async def body(self) -> AsyncIterator[bytes]:
         while True:
-            event = await self.next_event()
+            with trio.move_on_after(BODY_TIMEOUT) as waited:
+                event = await self.next_event()
+            if waited.cancelled_caught:
+                raise ClientGone(f"the request body stalled for {BODY_TIMEOUT:g}s")
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -272,18 +308,32 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
         await stream.aclose()
 
 
+def http_limit(total: int, host: str) -> ConnectionLimit:
+    """The cap of an HTTP port listening on `host`: `total` connections, a share of it
+    per client address; on loopback every client has the same address (127.0.0.1 or
+    ::1), so there the total alone counts."""
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    return ConnectionLimit(total, total if loopback else per_address_share(total))
+
+
 async def serve_http(
     host: str,
     port: int,
     handler: Handler,
     *,
+    limit: ConnectionLimit | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on host:port (0: a free port); reports the bound port."""
+    """Listen on host:port (0: a free port), at most `limit` connections at once (past
+    it, new ones are closed before anything is read); reports the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
-    task_status.started(int(listeners[0].socket.getsockname()[1]))
+    bound = int(listeners[0].socket.getsockname()[1])
 
     async def one(stream: trio.SocketStream) -> None:
         await serve_connection(stream, handler)
 
-    await trio.serve_listeners(one, listeners)
+    task_status.started(bound)
+    if limit is None:
+        await trio.serve_listeners(one, listeners)
+    else:
+        await serve_limited(one, listeners, limit, what=f"http port {host}:{bound}")

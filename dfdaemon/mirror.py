@@ -1,11 +1,19 @@
 """The registry mirror: blobs by sha256 go P2P, everything else goes to the upstream.
 
-A blob request is first checked with the upstream (`HEAD` with the client's own
+A request may name its upstream (`?ns=HOST`); only an upstream the daemon trusts is
+asked anything: the `--registry`, one given with `--allow-registry`, or (for a blob)
+one the blob was fetched from. Any other gets 403 at once, whatever it is for.
+
+A blob request is then checked with the upstream (`HEAD` with the client's own
 credentials): only a client that may read the blob there gets it from the cache or the
 swarm; any other answer (401 with its `WWW-Authenticate`, 404...) is the upstream's own
-answer to the client's `GET`. The bytes stream to the client in order while the
-download runs; their sha256 is checked on the way and the last chunk is held back until
-it matches, so a client never receives a whole blob with the wrong content.
+answer to the client's `GET`. A `Content-Length` in that answer that the blob does not
+have fails this answer (502) and nothing else: only the digest condemns a blob.
+
+The bytes stream to the client in order while the download runs; their sha256 is
+checked on the way and the last chunk is held back until it matches, so a client never
+receives a whole blob with the wrong content. A `Range` is served from the complete
+file, once it is known to match its digest (hashed whole once after a start).
 """
 
 from __future__ import annotations
@@ -14,10 +22,18 @@ import contextlib
 import json
 import logging
 
-from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, read_blob, send_whole
+from dfdaemon.blobs import (
+    Blob,
+    BlobStore,
+    BlobUnavailable,
+    LengthMismatch,
+    read_blob,
+    send_whole,
+)
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
+from dfdaemon.trust import Trust, untrusted_message
 from dfdaemon.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -40,9 +56,11 @@ class Mirror:
         upstream: Upstream,
         blobs: BlobStore,
         metrics: Metrics,
+        trust: Trust | None = None,
     ) -> None:
         self.registry = registry
         self.plain_http = plain_http
+        self.trust = trust or Trust(registry)
         self.upstream = upstream
         self.blobs = blobs
         self.metrics = metrics
@@ -56,12 +74,24 @@ class Mirror:
             status, body = registry_error(400, exc.code, str(exc))
             await reply.simple(status, body, "application/json")
             return
-        if blob is not None and request.method == "GET":
+        hex_digest = blob[1] if blob is not None and request.method == "GET" else None
+        if not self._trusted(target, hex_digest):
+            self.metrics.requests.labels("untrusted").inc()
+            log.info("%s", untrusted_message(target.origin))
+            status, body = registry_error(403, "DENIED", untrusted_message(target.origin))
+            await reply.simple(status, body, "application/json")
+        elif hex_digest is not None:
             self.metrics.requests.labels("blob").inc()
-            await self._blob(request, reply, target, blob[1])
+            await self._blob(request, reply, target, hex_digest)
         else:
             self.metrics.requests.labels("passthrough").inc()
             await self._relay(request, reply, target.url)
+
+    def _trusted(self, target: Target, hex_digest: str | None) -> bool:
+        """May `target`'s upstream be asked about this request? A registry the
+        operator configured always; another only for a blob it was fetched from."""
+        provenance = self.blobs.provenance(hex_digest) if hex_digest else frozenset()
+        return self.trust.trusted_for(target.origin, provenance)
 
     async def _relay(self, request: Request, reply: Reply, url: str) -> None:
         try:
@@ -92,12 +122,16 @@ class Mirror:
             )
             await self._relay(request, reply, target.url)
             return
+        if not self._trusted(target, hex_digest):  # its provenance went while we asked
+            status, body = registry_error(403, "DENIED", untrusted_message(target.origin))
+            await reply.simple(status, body, "application/json")
+            return
+        # The HEAD's length is this answer's business only: it is checked against the
+        # blob's own, never stored on the blob other clients share.
         length_header = head.headers.get("content-length", "")
         length = int(length_header) if length_header.isdigit() else None
         credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
         blob = self.blobs.get(hex_digest, target.url, credentials)
-        if blob.length is None:
-            blob.length = length
         byte_range = request.header("range")
         try:
             try:
@@ -107,6 +141,12 @@ class Mirror:
                     await self._blob_whole(reply, blob, hex_digest, length)
             finally:
                 self.metrics.served.labels("blob").inc(reply.bytes_sent)
+        except LengthMismatch as exc:
+            self.metrics.failures.labels("length_mismatch").inc()
+            log.warning("%s: %s", exc, "answer broken off" if reply.started else "answered 502")
+            if not reply.started:
+                status, body = registry_error(502, "UNAVAILABLE", f"upstream disagrees: {exc}")
+                await reply.simple(status, body, "application/json")
         except BlobUnavailable as exc:
             self.metrics.failures.labels("download").inc()
             log.warning("%s", exc)
@@ -154,6 +194,9 @@ class Mirror:
         while not blob.complete:  # a range is served from the verified file only
             blob.raise_if_failed()
             await blob.wait_changed()
+        if blob.length != length:
+            raise LengthMismatch(hex_digest, length, blob.length or 0)
+        await self.blobs.verify(blob)  # hashed whole once, if not known good
         headers = self._headers(hex_digest)
         headers += [
             ("content-range", f"bytes {start}-{end - 1}/{length}"),

@@ -1,7 +1,13 @@
 """Forward proxy (`HTTP_PROXY=http://127.0.0.1:65001`): plain-HTTP GETs whose URL
 matches a `--rule` go P2P; every other request is passed to its origin as it is;
 `CONNECT` opens a tunnel and copies bytes both ways, untouched (HTTPS stays end to
-end: the daemon sees only the host name)."""
+end: the daemon sees only the host name).
+
+A P2P GET that would join a download another client started is checked with the
+origin first, with this client's headers (`sharing.py`): a refusal, or other content,
+and the request goes to the origin as it is, which answers it itself. Bytes come from
+one source only: a download that restarts from the origin after bytes were sent
+breaks the answer off."""
 
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ from urllib.parse import urlsplit
 
 import trio
 
+from dfdaemon import httpserver
 from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob, send_blob
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
+from dfdaemon.sharing import JoinRefused, url_download
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import UsageError
@@ -78,7 +86,12 @@ class Proxy:
             log.info("proxy: %s: passed through (%s)", display_url(request.target), exc)
             await self._relay(request, reply)
             return
-        blob = self.blobs.get_url(task_id, request.target, headers)
+        try:
+            blob = await url_download(self.blobs, self.upstream, task_id, request.target, headers)
+        except (JoinRefused, UpstreamError) as exc:  # the origin answers it itself
+            log.info("proxy: %s: not shared (%s): passed through", display_url(request.target), exc)
+            await self._relay(request, reply)
+            return
         chunks = read_blob(blob)
         try:
             first = await anext(chunks, None)
@@ -123,11 +136,13 @@ class Proxy:
 
 
 async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.CancelScope) -> None:
-    """Copy until either side closes; then the whole tunnel ends."""
+    """Copy until either side closes, or one stops reading what the other sends for
+    SEND_TIMEOUT; then the whole tunnel ends."""
     try:
         while data := await source.receive_some(TUNNEL_CHUNK):
-            await sink.send_all(data)
-    except STREAM_ERRORS:
+            with trio.fail_after(httpserver.SEND_TIMEOUT):
+                await sink.send_all(data)
+    except (*STREAM_ERRORS, trio.TooSlowError):
         pass
     finally:
         done.cancel()

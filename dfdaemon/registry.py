@@ -11,14 +11,22 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from dfdaemon.trust import (
+    DEFAULT_PORTS,
+    DOCKER_HUB_HOST,
+    HOST,
+    Origin,
+    hub_alias,
+    normal_host,
+    origin_of,
+)
+
 # distribution/reference: path components of lower-case alphanumerics and separators.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 BLOB_PATH = re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)")
-HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
 class BadReference(ValueError):
@@ -34,6 +42,8 @@ class Target:
     upstream: str  # scheme://host[:port], no trailing slash
     path: str  # /v2/...
     query: str  # without ns, encoded, may be empty
+    origin: Origin  # the upstream as the daemon connects to it (for the trust check)
+    named: bool = False  # named by ns= (not the default --registry)
 
     @property
     def url(self) -> str:
@@ -43,26 +53,38 @@ class Target:
 def resolve(target: str, registry: str, plain_http: frozenset[str] = frozenset()) -> Target:
     """The upstream URL of a request target `/v2/...[?ns=HOST&...]`.
 
-    `registry` is the default upstream (`--registry`); an `ns` equal to its host keeps
-    its scheme, a host in `plain_http` is spoken to over http, any other over https
-    (Docker Hub's `docker.io` is its registry host)."""
+    `registry` is the default upstream (`--registry`); an `ns` naming its host (and
+    port; compared normalised) keeps its scheme, Docker Hub's aliases are its registry
+    host, a host in `plain_http` is spoken to over http, any other over https."""
     parts = urlsplit(target)
     query = parse_qsl(parts.query, keep_blank_values=True)
     ns = [v for k, v in query if k == "ns"]
     rest = urlencode([(k, v) for k, v in query if k != "ns"])
     base = registry.rstrip("/")
-    if ns:
-        host = ns[0]
+    default = origin_of(base)
+    if not ns:
+        return Target(upstream=base, path=parts.path, query=rest, origin=default)
+    host = ns[0]
+    try:
         if not HOST.fullmatch(host):
-            raise BadReference("NAME_INVALID", f"bad ns parameter {host!r}")
-        default = urlsplit(base)
-        if host == default.netloc:
-            base = f"{default.scheme}://{host}"
-        elif host in DOCKER_HUB:
-            base = "https://registry-1.docker.io"
-        else:
-            base = f"{'http' if host in plain_http else 'https'}://{host}"
-    return Target(upstream=base, path=parts.path, query=rest)
+            raise ValueError(host)
+        named = urlsplit(f"//{host}")
+        if named.hostname is None or ("[" in host and ":" not in named.hostname):
+            raise ValueError(host)
+        name, port = hub_alias(normal_host(named.hostname)), named.port  # port: ValueError
+    except ValueError:
+        raise BadReference("NAME_INVALID", f"bad ns parameter {host!r}") from None
+    if name == default.host and (port or DEFAULT_PORTS[default.scheme]) == default.port:
+        base = f"{default.scheme}://{urlsplit(base).netloc}"
+    elif name == DOCKER_HUB_HOST:
+        base = f"https://{DOCKER_HUB_HOST}" + (f":{port}" if port else "")
+    else:
+        base = f"{'http' if host in plain_http else 'https'}://{host}"
+    try:
+        origin = origin_of(base)
+    except ValueError:
+        raise BadReference("NAME_INVALID", f"bad ns parameter {host!r}") from None
+    return Target(upstream=base, path=parts.path, query=rest, origin=origin, named=True)
 
 
 def blob_digest(path: str) -> tuple[str, str] | None:

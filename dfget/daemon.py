@@ -104,6 +104,8 @@ def _error(status: int, raw: bytes) -> Exception:
         origin_status = data.get("status")
     except (ValueError, KeyError, TypeError):
         return DaemonUnreachable(f"dfdaemon answered {status} without an explanation")
+    if data.get("fallback") is True:  # the daemon cannot serve this one: go on without it
+        return DaemonUnreachable(f"dfdaemon: {message}")
     if code == 3:
         return OriginFailed(message, origin_status if isinstance(origin_status, int) else None)
     return _BY_EXIT.get(code, DfgetError)(message)

@@ -4,6 +4,13 @@ The temp file lives in the target's folder (so the rename is atomic on one file
 system) and is named so it cannot be taken for the finished file. On any failure it
 is removed, and OUT is never touched: a failed download leaves no file that looks
 complete.
+
+dfget's own output is not fsynced (like curl: the rename makes a crash of dfget safe,
+not a power loss). A `durable` output (dfdaemon's cache, which serves and seeds what it
+names) is: the temp file is fsynced before the rename and its folder after, so a name
+in the folder always stands for the whole file. So that the final fsync does not wait
+for gigabytes, a durable output also syncs what it has written every SYNC_EVERY bytes,
+in the thread that writes them.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ from dfget.progress import Progress
 from proto.digests import Hasher
 from proto.io import RateLimiter
 
+SYNC_EVERY = 64 * 1024 * 1024  # durable outputs: written bytes flushed at least this often
+
 
 class AtomicOutput:
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, *, durable: bool = False) -> None:
         self.target = target
         self.temp = target.parent / f".{target.name}.{secrets.token_hex(4)}.dfget-part"
         self.fd = -1
+        self.durable = durable
+        self._unsynced = 0  # bytes written since the last flush (durable only)
         # What is written, for a reader that streams the file while it is written:
         # `filled` bytes from the start, plus islands further on (start → end).
         self._lock = threading.Lock()
@@ -89,6 +100,20 @@ class AtomicOutput:
         except OSError as exc:
             raise OutputError(f"cannot write {self.temp}: {exc}") from exc
         self._wrote(start, offset)
+        if self.durable:
+            self._flush_now_and_then(offset - start)
+
+    def _flush_now_and_then(self, written: int) -> None:
+        with self._lock:
+            self._unsynced += written
+            due = self._unsynced >= SYNC_EVERY
+            if due:
+                self._unsynced = 0
+        if due:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.temp}: {exc}") from exc
 
     def read_at(self, offset: int, length: int) -> bytes:
         try:
@@ -103,13 +128,26 @@ class AtomicOutput:
             raise OutputError(f"cannot size {self.temp}: {exc}") from exc
 
     def commit(self) -> None:
-        """Rename the finished temp file onto the target."""
+        """Rename the finished temp file onto the target (durable: fsynced first, and
+        the folder after)."""
         try:
+            if self.durable:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             os.replace(self.temp, self.target)
+            if self.durable:
+                _fsync_folder(self.target.parent)
         except OSError as exc:
             raise OutputError(f"cannot rename onto {self.target}: {exc}") from exc
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ExistingOutput(AtomicOutput):

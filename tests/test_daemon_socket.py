@@ -19,6 +19,12 @@ from supernode.testing import FakeOrigin
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
 
 
+def address(origin: FakeOrigin) -> str:
+    """The origin as `--allow-registry` names it: the daemon takes its word for the
+    digests it serves (sha256 downloads from it are cached and shared)."""
+    return f"{origin.host}:{origin.port}"
+
+
 async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
     origin: FakeOrigin,
     start_supernode: StartSupernode,
@@ -63,7 +69,9 @@ async def test_a_digest_named_file_is_cached_but_access_is_checked(
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
     origin.add("/private.bin", data, require_auth=AUTH)
     node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
+    )
     url, sock = origin.url("/private.bin"), daemon.socket_path
     auth = (("Authorization", AUTH),)
     ok = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
@@ -138,7 +146,9 @@ async def test_joining_someone_elses_running_download_needs_access_too(
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
     slow.add("/private.bin", data, require_auth=AUTH)
     node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", node, allow_registries=(address(slow),)
+    )
     url, sock = slow.url("/private.bin"), daemon.socket_path
     auth = (("Authorization", AUTH),)
     done = trio.Event()
@@ -170,7 +180,9 @@ async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
     hex_digest = hashlib.sha256(data).hexdigest()
     origin.add("/f.bin", data)
     node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
+    )
     url, sock, digest = origin.url("/f.bin"), daemon.socket_path, f"sha256:{hex_digest}"
     await fetch(url, None, daemon_socket=sock, digest=digest)
     assert daemon.blobs is not None

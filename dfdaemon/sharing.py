@@ -1,0 +1,143 @@
+"""Who may share a download another client started.
+
+A URL download (the forward proxy's `--rule` matches, dfget without a trusted sha256
+digest) is named by its URL, and what a URL returns may depend on who asks. Before a
+second client joins one that is running, the origin is asked, with that client's own
+headers, whether it may read the URL and what it would get: its answer must be a
+success and its validators (a strong ETag, else Last-Modified, and Content-Length when
+both give one) must equal those the origin gives the client that started the download
+(asked once, with that client's headers, the first time someone wants to join). A
+finished URL download is never shared: the next client starts it again, so that the
+supernode revalidates the URL with that client's headers (`BlobStore.get_url`).
+
+Checks go through `Upstream`: a `HEAD`, or a one-byte `GET` where `HEAD` is not
+allowed (405, 501).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+
+from dfdaemon.upstream import Upstream
+from proto.urls import display_url
+
+if TYPE_CHECKING:
+    from dfdaemon.blobs import Blob, BlobStore
+
+
+class JoinRefused(Exception):
+    """The origin did not let this client read the URL (its status is kept)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ContentDiffers(JoinRefused):
+    """The client may read the URL, but it would not get what the running download is
+    fetching (or that cannot be shown): it must not get the shared bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What identifies one version of a URL's content in an origin's answer."""
+
+    etag: str | None  # strong ETags only: a weak one does not promise the same bytes
+    last_modified: str | None
+    length: int | None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Validators:
+        etag = response.headers.get("etag")
+        if etag is not None and etag.startswith(("W/", "w/")):
+            etag = None
+        length: int | None = None
+        if response.status_code == 206:  # the one-byte GET: the length is in the range
+            total = response.headers.get("content-range", "").rpartition("/")[2]
+            length = int(total) if total.isdigit() else None
+        else:
+            value = response.headers.get("content-length", "")
+            length = int(value) if value.isdigit() else None
+        return cls(etag, response.headers.get("last-modified"), length)
+
+    def same_content(self, other: Validators) -> bool:
+        """True only if both name one version: strong ETags equal, or (without them)
+        Last-Modified equal; and lengths equal where both are given."""
+        if self.length is not None and other.length is not None and self.length != other.length:
+            return False
+        if self.etag is not None and other.etag is not None:
+            return self.etag == other.etag
+        if self.last_modified is not None and other.last_modified is not None:
+            return self.last_modified == other.last_modified
+        return False
+
+
+def lower(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    return [(name.lower(), value) for name, value in headers]
+
+
+async def ask_origin(
+    upstream: Upstream, url: str, headers: tuple[tuple[str, str], ...]
+) -> httpx.Response:
+    """The origin's answer to a `HEAD` of `url` with `headers`, or to a one-byte `GET`
+    if it does not allow `HEAD`. UpstreamError if it cannot be reached."""
+    asked = lower(headers)
+    answer = await upstream.head(url, asked)
+    if answer.status_code in (405, 501):
+        answer = await upstream.first_byte(url, asked)
+    return answer
+
+
+async def check_join(
+    upstream: Upstream, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]
+) -> None:
+    """May a client with `headers`, asking for `url`, share `blob`'s running download?
+    JoinRefused (the origin's status) if the origin refuses it, ContentDiffers if it
+    would get other content, UpstreamError if the origin cannot be reached."""
+    answer = await ask_origin(upstream, url, headers)
+    if not 200 <= answer.status_code < 300:
+        raise JoinRefused(
+            f"origin answered {answer.status_code} for {display_url(url)}", answer.status_code
+        )
+    theirs = Validators.of(answer)
+    ours = blob.validators
+    if ours is None:  # the first time someone joins: what did its first client get?
+        first = await ask_origin(upstream, blob.url, blob.headers)
+        if not 200 <= first.status_code < 300:
+            raise ContentDiffers(
+                f"{display_url(url)}: cannot compare with the running download "
+                f"(the origin answered its first client {first.status_code})"
+            )
+        ours = blob.validators = Validators.of(first)
+    if not ours.same_content(theirs):
+        raise ContentDiffers(
+            f"{display_url(url)}: the origin gives this client other content than the "
+            "running download's (or no validators to tell)"
+        )
+
+
+async def url_download(
+    blobs: BlobStore,
+    upstream: Upstream,
+    task_id: str,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    *,
+    digest: str | None = None,
+    checked: bool = False,
+) -> Blob:
+    """The URL download `task_id` for a client with `headers`: a running one it may
+    join (checked with the origin, see `check_join`), else a new one. With `checked`
+    (a digest-named download whose access was checked already: its digest pins its
+    content), a running one is joined as it is."""
+    while True:
+        blob = blobs.running_url(task_id)
+        if blob is None:
+            return blobs.get_url(task_id, url, headers, digest=digest)
+        if not checked:
+            await check_join(upstream, blob, url, headers)
+        if blobs.running_url(task_id) is blob:  # still the one that was checked
+            return blob

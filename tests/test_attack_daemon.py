@@ -1,0 +1,892 @@
+"""dfdaemon under attack (issue 12): each test does what a hostile local user, upstream
+or client would, against real daemons, supernodes and registries on 127.0.0.1.
+
+- provenance: a private blob another client cached (or the supernode holds) never
+  reaches a client because an upstream the daemon does not trust says yes;
+- shared URL downloads: joining one is checked with the origin, with the joiner's own
+  headers, and the content it would get;
+- a lying HEAD fails one answer, never the blob;
+- integrity at rest: ranges from verified files, durable cache files, no splice of
+  sources, a socket and folders nobody else can touch;
+- bounded cost: connection caps, and deadlines for clients that drip or never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from conftest import (
+    Fetch,
+    RunningSupernode,
+    StartDaemon,
+    StartSupernode,
+    flip_byte,
+    metric,
+    until,
+)
+from registry import Image, Registry, needs_registry, write_oci_image
+
+from dfdaemon import httpserver
+from dfdaemon.app import Daemon, DaemonConfig
+from dfdaemon.cli import build_parser, resolve_config
+from dfdaemon.registry import BadReference, resolve
+from dfdaemon.testing import Answer, ScriptedOrigin, Seen
+from dfdaemon.trust import Trust, origin_of
+from dfget.output import AtomicOutput
+from proto.pieces import MiB
+from supernode.testing import FakeOrigin
+
+USERS = {"alice": "wonderland"}
+ALICE = ("alice", "wonderland")
+
+
+@pytest.fixture
+async def private_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
+    server = Registry(tmp_path / "private", users=USERS)
+    await server.start(nursery)
+    yield server
+    server.stop()
+
+
+StartScripted = Callable[[Callable[[Seen], Answer]], Awaitable[ScriptedOrigin]]
+
+
+@pytest.fixture
+def scripted(nursery: trio.Nursery) -> StartScripted:
+    """`await scripted(answer)`: a ScriptedOrigin on 127.0.0.1."""
+
+    async def start(answer: Callable[[Seen], Answer]) -> ScriptedOrigin:
+        server = ScriptedOrigin(answer)
+        await nursery.start(server.serve)
+        return server
+
+    return start
+
+
+def layer_bytes(image: Image, digest: str) -> bytes:
+    return (image.layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+
+async def control(sock: Path, body: dict[str, Any]) -> tuple[int, bytes]:
+    """POST /v1/downloads on a daemon's control socket, as any local user can: the
+    status and whatever body came (a body broken off counts as what arrived)."""
+    transport = httpx.AsyncHTTPTransport(uds=str(sock))
+    received = bytearray()
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+        try:
+            async with client.stream("POST", "http://dfdaemon/v1/downloads", json=body) as answer:
+                async for chunk in answer.aiter_raw():
+                    received += chunk
+        except httpx.RemoteProtocolError:
+            pass
+    return answer.status_code, bytes(received)
+
+
+def says_yes(length: int) -> Callable[[Seen], Answer]:
+    """A 'registry' that vouches for any blob (HEAD 200 with the length asked for) and
+    has none of them (GET 404)."""
+
+    def answer(seen: Seen) -> Answer:
+        if seen.method == "HEAD":
+            return Answer(200, [("content-length", str(length))])
+        return Answer(404, body=b"no such blob")
+
+    return answer
+
+
+# -- 1. provenance for cached blobs ---------------------------------------------------
+
+
+@needs_registry
+async def test_a_host_that_says_yes_gets_no_private_blob_through_the_mirror(
+    private_registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    scripted: StartScripted,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [2 * MiB])
+    await private_registry.push(image, "team/app:1", creds="alice:wonderland")
+    layer = image.layers[0]
+    secret = layer_bytes(image, layer)
+    yes = await scripted(says_yes(len(secret)))
+    node = await start_supernode()
+    plain = frozenset({yes.address})  # or a real certificate: the attacker's own host
+    first = await start_daemon("host1", private_registry, node, plain_http=plain)
+    second = await start_daemon("host2", private_registry, node, plain_http=plain)
+    path = f"/v2/team/app/blobs/{layer}"
+    async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
+        pulled = await client.get(path, auth=ALICE)  # alice pulls: cached on host1
+    assert pulled.status_code == 200 and pulled.content == secret
+    # The attacker names its own host: cached on host1, held by the supernode for host2.
+    for daemon in (first, second):
+        async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=60) as client:
+            whole = await client.get(f"{path}?ns={yes.address}")
+            part = await client.get(f"{path}?ns={yes.address}", headers={"range": "bytes=0-99"})
+            manifest = await client.get(f"/v2/team/app/manifests/1?ns={yes.address}")
+        for answer in (whole, part, manifest):
+            assert answer.status_code == 403, answer.content[:200]
+            error = answer.json()["errors"][0]
+            assert error["code"] == "DENIED"
+            assert f"--allow-registry {yes.address}" in error["message"]
+        assert metric(daemon, "dfdaemon_requests_total", kind="untrusted") == 3
+    assert yes.seen == []  # not even asked
+    assert private_registry.blob_gets() == {layer: 1}  # the supernode's fetch for alice
+
+
+@needs_registry
+async def test_a_host_that_says_yes_gets_no_private_blob_through_the_control_socket(
+    private_registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    scripted: StartScripted,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [2 * MiB])
+    await private_registry.push(image, "team/app:1", creds="alice:wonderland")
+    layer = image.layers[0]
+    secret = layer_bytes(image, layer)
+    yes = await scripted(says_yes(len(secret)))
+    node = await start_supernode()
+    first = await start_daemon("host1", private_registry, node)
+    second = await start_daemon("host2", private_registry, node)
+    async with httpx.AsyncClient(timeout=60) as client:
+        url = f"http://{first.address}/v2/team/app/blobs/{layer}"
+        assert (await client.get(url, auth=ALICE)).content == secret  # cached on host1
+    # A dfget (or anything that speaks to the socket) names the digest with its URL.
+    asked = {"url": yes.url(f"/v2/team/app/blobs/{layer}"), "digest": layer}
+    for daemon in (first, second):
+        status, body = await control(daemon.socket_path, asked)
+        assert secret[:4096] not in body  # not even a prefix of it
+        assert status != 200 or hashlib.sha256(body).hexdigest() != layer.split(":")[1]
+        assert daemon.blobs is not None
+    # The cached copy is untouched; the supernode never handed its copy over.
+    assert first.blobs is not None and first.blobs.path(layer.split(":")[1]).exists()
+    assert second.blobs is not None and not second.blobs.path(layer.split(":")[1]).exists()
+    assert private_registry.blob_gets() == {layer: 1}
+
+
+@needs_registry
+async def test_a_fresh_digest_download_through_the_control_socket_is_checked_too(
+    private_registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [2 * MiB])
+    await private_registry.push(image, "team/app:1", creds="alice:wonderland")
+    layer = image.layers[0]
+    secret = layer_bytes(image, layer)
+    node = await start_supernode()
+    first = await start_daemon("host1", private_registry, node)
+    second = await start_daemon("host2", private_registry, node)
+    async with httpx.AsyncClient(timeout=60) as client:
+        url = f"http://{first.address}/v2/team/app/blobs/{layer}"
+        assert (await client.get(url, auth=ALICE)).content == secret  # the supernode has it
+    # On host2 nothing is cached or running: the daemon would start a new digest-named
+    # download, which the supernode serves from its copy without asking anyone.
+    asked = {"url": f"{private_registry.url}/v2/team/app/blobs/{layer}", "digest": layer}
+    status, body = await control(second.socket_path, asked)
+    assert status == 502 and secret[:4096] not in body
+    error = json.loads(body)
+    assert error["exit"] == 3 and error["status"] == 401
+    assert second.blobs is not None and not second.blobs.running  # nothing started
+
+
+# -- 2. joining a running URL download ------------------------------------------------
+
+AUTH = "Basic YWxpY2U6d29uZGVybGFuZA=="  # alice:wonderland
+RULES = (r"\.bin$",)
+
+
+async def slow_private_origin(nursery: trio.Nursery, data: bytes) -> FakeOrigin:
+    """An origin that wants alice's credentials for /private.bin, slow enough that a
+    download of it is still running when the attacker comes."""
+    origin = FakeOrigin(rate_limit=4 * MiB)
+    await nursery.start(origin.serve)
+    origin.add("/private.bin", data, require_auth=AUTH)
+    return origin
+
+
+async def test_joining_a_running_url_download_on_the_control_socket_needs_access(
+    nursery: trio.Nursery,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    data = os.urandom(8 * MiB)
+    origin = await slow_private_origin(nursery, data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url, sock = origin.url("/private.bin"), daemon.socket_path
+    done = trio.Event()
+
+    async def owner() -> None:  # alice's dfget, with her credentials, no digest
+        result = await fetch(url, None, daemon_socket=sock, headers=(("Authorization", AUTH),))
+        assert Path(result.output).read_bytes() == data
+        done.set()
+
+    nursery.start_soon(owner)
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    await until(lambda: any(b.filled for b in blobs.running.values()))  # bytes flowing
+    status, body = await control(sock, {"url": url})  # no credentials
+    assert status == 502 and data[:4096] not in body
+    assert json.loads(body)["exit"] == 3 and json.loads(body)["status"] == 401
+    assert not done.is_set()  # refused while alice's download still ran
+    with trio.fail_after(30):
+        await done.wait()
+
+
+async def test_joining_a_running_proxy_download_needs_access(
+    nursery: trio.Nursery, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    data = os.urandom(8 * MiB)
+    origin = await slow_private_origin(nursery, data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
+    proxy, url = f"http://{daemon.address}", origin.url("/private.bin")
+    started, done = trio.Event(), trio.Event()
+
+    async def owner() -> None:
+        body = bytearray()
+        async with (
+            httpx.AsyncClient(proxy=proxy, timeout=60) as client,
+            client.stream("GET", url, headers={"authorization": AUTH}) as answer,
+        ):
+            async for chunk in answer.aiter_raw():
+                body += chunk
+                started.set()
+        assert answer.status_code == 200 and body == data
+        done.set()
+
+    nursery.start_soon(owner)
+    await started.wait()
+    async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
+        stranger = await client.get(url)
+    assert stranger.status_code == 401  # the origin's own answer, relayed
+    assert data[:4096] not in stranger.content
+    assert "www-authenticate" in stranger.headers
+    assert not done.is_set()
+    with trio.fail_after(30):
+        await done.wait()
+
+
+def per_user(contents: dict[str, bytes], rate: float) -> Callable[[Seen], Answer]:
+    """An origin whose /mine.bin is each user's own file (keyed by Authorization),
+    each with its own strong ETag; strangers get 401."""
+
+    def answer(seen: Seen) -> Answer:
+        data = contents.get(seen.headers.get("authorization", ""))
+        if data is None:
+            return Answer(401, [("www-authenticate", 'Basic realm="mine"')], b"who are you")
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+        return Answer(200, [("etag", etag)], data, rate=rate)
+
+    return answer
+
+
+async def test_a_user_allowed_to_read_a_url_but_served_other_content_never_shares(
+    nursery: trio.Nursery,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    scripted: StartScripted,
+    fetch: Fetch,
+) -> None:
+    alice, bob = os.urandom(8 * MiB), os.urandom(MiB)  # alice's takes about 4 s
+    keys = {"Bearer alice": alice, "Bearer bob": bob}
+    origin = await scripted(per_user(keys, rate=2 * MiB))
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
+    proxy, url = f"http://{daemon.address}", origin.url("/mine.bin")
+    started, done = trio.Event(), trio.Event()
+
+    async def owner() -> None:
+        async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
+            got = bytearray()
+            async with client.stream("GET", url, headers={"authorization": "Bearer alice"}) as r:
+                async for chunk in r.aiter_raw():
+                    got += chunk
+                    started.set()
+        assert got == alice
+        done.set()
+
+    nursery.start_soon(owner)
+    await started.wait()
+    async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
+        theirs = await client.get(url, headers={"authorization": "Bearer bob"})
+    assert theirs.status_code == 200 and theirs.content == bob  # from the origin, his own
+    # dfget through the control socket: the daemon says no, dfget fetches by itself.
+    result = await fetch(
+        url,
+        None,
+        daemon_socket=daemon.socket_path,
+        headers=(("Authorization", "Bearer bob"),),
+        name="bob.bin",
+    )
+    assert Path(result.output).read_bytes() == bob and result.daemon is None
+    assert not done.is_set()
+    with trio.fail_after(30):
+        await done.wait()
+
+
+# -- 3. only a hash mismatch drops a blob ----------------------------------------------
+
+
+class LyingRegistry:
+    """A registry serving one blob whose HEAD answers may lie about its length."""
+
+    def __init__(self, data: bytes, rate: float | None = None) -> None:
+        self.data, self.rate = data, rate
+        self.digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        self.path = f"/v2/test/img/blobs/{self.digest}"
+        self.head_length: int | None = None  # what HEAD says, if not the truth
+
+    def __call__(self, seen: Seen) -> Answer:
+        if seen.path != self.path:
+            return Answer(404)
+        if seen.method == "HEAD":
+            length = len(self.data) if self.head_length is None else self.head_length
+            return Answer(200, [("content-length", str(length))])
+        return Answer(200, body=self.data, rate=self.rate)
+
+
+async def test_a_head_with_a_wrong_length_fails_that_answer_not_the_cached_blob(
+    start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    lying = LyingRegistry(os.urandom(3 * MiB + 11))
+    upstream = await scripted(lying)
+    daemon = await start_daemon("host1", upstream.url(""), None)  # fetches by itself
+    assert daemon.blobs is not None
+    cached = daemon.blobs.path(lying.digest.split(":")[1])
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=60) as client:
+        assert (await client.get(lying.path)).content == lying.data  # now cached
+        for wrong in (len(lying.data) + 1, len(lying.data) - 1):
+            lying.head_length = wrong
+            whole = await client.get(lying.path)
+            part = await client.get(lying.path, headers={"range": "bytes=0-9"})
+            for answer in (whole, part):
+                assert answer.status_code == 502
+                assert "upstream disagrees" in answer.json()["errors"][0]["message"]
+            assert cached.exists()  # the blob itself is fine: nothing dropped
+        lying.head_length = None
+        again = await client.get(lying.path)
+    assert again.status_code == 200 and again.content == lying.data
+    assert [s.method for s in upstream.seen].count("GET") == 1  # never fetched again
+    assert metric(daemon, "dfdaemon_blob_failures_total", reason="length_mismatch") == 4
+    assert metric(daemon, "dfdaemon_blob_failures_total", reason="digest_mismatch") == 0
+
+
+async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
+    nursery: trio.Nursery, start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    lying = LyingRegistry(os.urandom(8 * MiB), rate=4 * MiB)  # about two seconds
+    upstream = await scripted(lying)
+    daemon = await start_daemon("host1", upstream.url(""), None)
+    url = f"http://{daemon.address}{lying.path}"
+    started, done = trio.Event(), trio.Event()
+
+    async def first_client() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            body = bytearray()
+            async with client.stream("GET", url) as answer:
+                async for chunk in answer.aiter_raw():
+                    body += chunk
+                    started.set()
+        assert body == lying.data
+        done.set()
+
+    nursery.start_soon(first_client)
+    await started.wait()
+    lying.head_length = 1  # another client's HEAD comes back with a lie
+    async with httpx.AsyncClient(timeout=60) as client:
+        lied_to = await client.get(url)
+    assert lied_to.status_code == 502
+    assert daemon.blobs is not None
+    blob = daemon.blobs.running[lying.digest.split(":")[1]]
+    assert blob.length == len(lying.data)  # the lie is not stored on the shared blob
+    with trio.fail_after(30):
+        await done.wait()  # the first client got all of it, unbroken
+    assert daemon.blobs.path(lying.digest.split(":")[1]).exists()
+
+
+# -- 4. integrity at rest --------------------------------------------------------------
+
+
+@pytest.fixture
+async def public_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
+    server = Registry(tmp_path / "public")
+    await server.start(nursery)
+    yield server
+    server.stop()
+
+
+async def stoppable(
+    nursery: trio.Nursery, config: DaemonConfig
+) -> tuple[Daemon, Callable[[], Awaitable[None]]]:
+    """A running daemon and a coroutine function that stops it (and waits)."""
+    daemon, scope, stopped = Daemon(config), trio.CancelScope(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        try:
+            with scope:
+                await daemon.serve(task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def stop() -> None:
+        scope.cancel()
+        await stopped.wait()
+
+    await nursery.start(run)
+    return daemon, stop
+
+
+@needs_registry
+async def test_a_range_is_served_only_from_a_cached_file_that_matches_its_digest(
+    public_registry: Registry, nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    image = write_oci_image(tmp_path / "image", [3 * MiB])
+    await public_registry.push(image, "test/img:1")
+    layer = image.layers[0]
+    data = layer_bytes(image, layer)
+    config = DaemonConfig(
+        listen=("127.0.0.1", 0),
+        registry=public_registry.url,
+        data_dir=tmp_path / "host1",
+        peer_listen=("127.0.0.1", 0),
+        control_socket=short_dir / "r.sock",
+    )
+    daemon, stop = await stoppable(nursery, config)
+    path = f"/v2/test/img/blobs/{layer}"
+    cached = config.data_dir / "blobs" / "sha256" / layer.split(":")[1]
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=60) as client:
+        assert (await client.get(path)).content == data  # cached, checked by its download
+        flip_byte(cached, 1500)  # the disk damages it while the daemon runs
+        part = await client.get(path, headers={"range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == data[1000:2000]  # not the bad copy
+        assert not cached.exists()  # the bad copy is gone
+        assert (await client.get(path)).content == data  # cached anew
+    await stop()
+    before = cached.stat()
+    flip_byte(cached, 2500)  # bit rot while the daemon is down: the mtime stays
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again, _ = await stoppable(nursery, config)
+    async with httpx.AsyncClient(base_url=f"http://{again.address}", timeout=60) as client:
+        part = await client.get(path, headers={"range": "bytes=2000-2999"})
+    assert part.status_code == 206 and part.content == data[2000:3000]
+    assert not cached.exists()
+
+
+def recorded_sync(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every fsync (by the path of its descriptor) and rename (by its target), in order."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source: Any, target: Any, **kwargs: Any) -> None:
+        events.append(("rename", str(target)))
+        real_replace(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_a_durable_output_is_on_disk_before_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = recorded_sync(monkeypatch)
+    target = tmp_path / "blob"
+    with AtomicOutput(target, durable=True) as out:  # type: ignore[call-arg,unused-ignore]
+        temp = str(out.temp)
+        out.write_at(0, b"x" * 1000)
+        out.commit()
+    assert events == [("fsync", temp), ("rename", str(target)), ("fsync", str(tmp_path))]
+    events.clear()
+    with AtomicOutput(tmp_path / "dfget-output") as out:  # dfget's own: as curl does
+        out.write_at(0, b"y")
+        out.commit()
+    assert events == [("rename", str(tmp_path / "dfget-output"))]
+
+
+async def test_the_daemon_fsyncs_a_blob_before_it_names_it(
+    start_daemon: StartDaemon, scripted: StartScripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = LyingRegistry(os.urandom(2 * MiB))  # honest here
+    upstream = await scripted(registry)
+    daemon = await start_daemon("host1", upstream.url(""), None)
+    events = recorded_sync(monkeypatch)
+    async with httpx.AsyncClient(timeout=60) as client:
+        answer = await client.get(f"http://{daemon.address}{registry.path}")
+    assert answer.content == registry.data
+    assert daemon.blobs is not None
+    final = str(daemon.blobs.path(registry.digest.split(":")[1]))
+    named = events.index(("rename", final))
+    assert events[named - 1][0] == "fsync" and ".dfget-part" in events[named - 1][1]
+    assert ("fsync", str(daemon.blobs.root)) in events[named + 1 :]
+
+
+async def test_the_proxy_never_splices_p2p_bytes_to_upstream_bytes(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    old, new = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    origin.add("/m.bin", old, rate=4 * MiB)  # about two seconds for the CDN to fetch it
+    node: RunningSupernode = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
+    body = bytearray()
+    async with httpx.AsyncClient(proxy=f"http://{daemon.address}", timeout=60) as client:
+        with pytest.raises(httpx.RemoteProtocolError):  # broken off, never a whole body
+            async with client.stream("GET", origin.url("/m.bin")) as answer:
+                assert answer.status_code == 200
+                async for chunk in answer.aiter_raw():
+                    if not body:  # the file changes and P2P fails: the daemon refetches
+                        origin.add("/m.bin", new, rate=4 * MiB)
+                        await node.stop()
+                    body += chunk
+    assert 0 < len(body) < len(old)
+    assert body == old[: len(body)]  # nothing of the new version after the old
+    assert metric(daemon, "dfdaemon_fallbacks_total") <= 1
+
+
+async def test_the_control_socket_is_never_chmodded_where_others_could_swap_it(
+    start_daemon: StartDaemon, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = short_dir / "victim"  # a file of the daemon's user that others must not read
+    victim.write_text("private")
+    os.chmod(victim, 0o600)
+    sock = short_dir / "race.sock"
+    os.symlink(victim, sock)  # waiting at the socket's path before the daemon starts
+    real_chmod = os.chmod
+
+    def racing_chmod(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == sock and not os.path.islink(sock):
+            # The attacker wins the race between bind and chmod: a symlink in its place.
+            os.unlink(sock)
+            os.symlink(victim, sock)
+        real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", racing_chmod)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None, control_socket=sock)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    made = os.lstat(sock)
+    assert stat.S_ISSOCK(made.st_mode) and stat.S_IMODE(made.st_mode) == 0o666
+    assert daemon.socket_path == sock
+    assert not [p for p in short_dir.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+async def test_cache_folders_are_private_whatever_the_umask(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    old = os.umask(0o022)
+    try:
+        existing = tmp_path / "host2"  # made by hand, as an admin with umask 022 would
+        (existing / "blobs" / "sha256").mkdir(parents=True, mode=0o755)
+        os.chmod(existing, 0o755)
+        fresh = await start_daemon("host1", "http://127.0.0.1:1", None)
+        again = await start_daemon("host2", "http://127.0.0.1:1", None)
+    finally:
+        os.umask(old)
+    for daemon in (fresh, again):
+        data = daemon.config.data_dir
+        for folder in (data / "blobs", data / "blobs" / "sha256", data / "blobs" / "urls"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(fresh.config.data_dir.stat().st_mode) == 0o700
+    # An existing data dir keeps only its search bits for others (its socket stays
+    # reachable for their dfget, its contents unlisted).
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o711
+
+
+# -- 5. bounded cost ----------------------------------------------------------------
+
+
+async def closed_at_once(stream: trio.abc.Stream) -> bool:
+    """Does the server end this connection without being asked anything?"""
+    with trio.fail_after(5):
+        try:
+            return await stream.receive_some(1) == b""
+        except trio.BrokenResourceError:  # a reset: closed, with nothing owed
+            return True
+
+
+async def answered(stream: trio.abc.Stream) -> bool:
+    """Does the server answer a request on this connection (kept alive after)?"""
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5):
+        try:
+            return (await stream.receive_some(100)).startswith(b"HTTP/1.1 ")
+        except trio.BrokenResourceError:
+            return False
+
+
+async def test_connections_past_the_cap_are_closed_at_once(start_daemon: StartDaemon) -> None:
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None, max_connections=4)
+    host, port = daemon.address.rsplit(":", 1)
+
+    async def tcp() -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, int(port))
+
+    async def unix() -> trio.abc.Stream:
+        return await trio.open_unix_socket(str(daemon.socket_path))
+
+    for connect in (tcp, unix):  # the HTTP port, the control socket (one local user)
+        held = [await connect() for _ in range(4)]
+        for stream in held:  # each is served (and then kept alive, holding its place)
+            assert await answered(stream)
+        extra = await connect()
+        assert await closed_at_once(extra)
+        await held.pop().aclose()  # one goes: there is room again, soon
+        with trio.fail_after(5):
+            while True:
+                async with await connect() as again:
+                    if await answered(again):
+                        break
+        for stream in held:
+            await stream.aclose()
+
+
+async def test_a_client_that_never_reads_its_answer_loses_the_connection(
+    origin: FakeOrigin, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpserver, "SEND_TIMEOUT", 1.0)
+    data = os.urandom(32 * MiB)  # far more than the socket buffers hold
+    origin.add("/big.iso", data)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    host, port = daemon.address.rsplit(":", 1)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    request = f"GET {origin.url('/big.iso')} HTTP/1.1\r\nHost: x\r\n\r\n"
+    await stream.send_all(request.encode())  # a proxy request, then nothing is read
+    # The daemon takes the connection, then gives it up while nothing is read.
+    await until(lambda: daemon.http_limit.statistics().open == 1)
+    await until(lambda: daemon.http_limit.statistics().open == 0, seconds=10)
+    received = 0
+    with trio.fail_after(10):  # what was sent before it gave up, then the end
+        try:
+            while chunk := await stream.receive_some(1 << 20):
+                received += len(chunk)
+        except trio.BrokenResourceError:
+            pass
+    assert received < len(data)
+    await stream.aclose()
+    # The same on the control socket, where a download in progress goes out by sendfile.
+    assert daemon.control is not None
+    limit = daemon.control.limit
+    unix = trio.socket.socket(socket.AF_UNIX)
+    unix.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await unix.connect(str(daemon.socket_path))
+    body = json.dumps({"url": origin.url("/big.iso")}).encode()
+    head = f"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    async with trio.SocketStream(unix) as local:
+        await local.send_all(head.encode() + body)
+        await until(lambda: limit.statistics().open == 1)
+        await until(lambda: limit.statistics().open == 0, seconds=10)
+    # And through a CONNECT tunnel: the origin sends, the client never reads.
+    tunnel_sock = trio.socket.socket()
+    tunnel_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await tunnel_sock.connect((host, int(port)))
+    async with trio.SocketStream(tunnel_sock) as tunnel:
+        target = f"127.0.0.1:{origin.port}"
+        await tunnel.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        await until(lambda: daemon.http_limit.statistics().open == 1)
+        await tunnel.send_all(b"GET /big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: daemon.http_limit.statistics().open == 0, seconds=10)
+
+
+async def test_a_request_body_that_stalls_loses_the_connection(
+    start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpserver, "BODY_TIMEOUT", 1.0)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    async with await trio.open_unix_socket(str(daemon.socket_path)) as stream:
+        head = b"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+        await stream.send_all(head + b'{"url": ')  # and then nothing more
+        started = trio.current_time()
+        assert await closed_at_once(stream)
+        assert trio.current_time() - started < 4
+
+
+async def test_a_slow_drip_head_is_cut_at_its_deadline_and_size(
+    start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check of what held before: at most MAX_HEAD bytes, for at most HEAD_TIMEOUT."""
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 1.0)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    host, port = daemon.address.rsplit(":", 1)
+    async with await trio.open_tcp_stream(host, int(port)) as drip:
+        started = trio.current_time()
+        await drip.send_all(b"GET /v2/ HTTP/1.1\r\n")
+        with trio.move_on_after(5):
+            try:
+                while True:  # a header byte every 50 ms, never the end of the head
+                    await drip.send_all(b"X")
+                    await trio.sleep(0.05)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        assert trio.current_time() - started < 3
+        assert await closed_at_once(drip)
+    async with await trio.open_tcp_stream(host, int(port)) as flood:
+        line = b"X-Fill: " + b"a" * 1000 + b"\r\n"
+        with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+            await flood.send_all(b"GET /v2/ HTTP/1.1\r\n" + line * 100)
+        answer = b""
+        with trio.fail_after(5):
+            try:
+                while chunk := await flood.receive_some(4096):
+                    answer += chunk
+            except trio.BrokenResourceError:
+                pass
+        assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+# -- 6. ns= spellings ----------------------------------------------------------------
+
+
+async def test_no_spelling_of_an_untrusted_ns_reaches_it(
+    start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    blob = LyingRegistry(os.urandom(MiB))
+    trusted = await scripted(blob)
+    yes = await scripted(says_yes(MiB))
+    q = yes.port
+    spellings = [
+        f"127.0.0.1:{q}",
+        f"127.0.0.1:0{q}",
+        f"[::ffff:127.0.0.1]:{q}",
+        f"127.0.0.1.:{q}",
+        f"localhost:{q}",
+        f"LOCALHOST:{q}",
+        f"alice@127.0.0.1:{q}",
+        f"127.0.0.1:{trusted.port}@127.0.0.1:{q}",
+        f"127.0.0.1:{trusted.port}/@127.0.0.1:{q}",
+        f"127.0.0.1:{q}#127.0.0.1:{trusted.port}",
+        f"127.0.0.1:{q}%00",
+    ]
+    plain = frozenset(spellings)  # the attacker's host even speaks plain http
+    daemon = await start_daemon("host1", trusted.url(""), None, plain_http=plain)
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=30) as client:
+        assert (await client.get(blob.path)).content == blob.data  # cached, from --registry
+        for ns in spellings:
+            answer = await client.get(blob.path, params={"ns": ns})
+            assert answer.status_code in (400, 403), ns
+            assert blob.data[:4096] not in answer.content, ns
+        named = await client.get(blob.path, params={"ns": f"127.0.0.1:{trusted.port}"})
+        first = await client.get(
+            blob.path, params=[("ns", f"127.0.0.1:{trusted.port}"), ("ns", f"127.0.0.1:{q}")]
+        )
+    assert named.content == blob.data and first.content == blob.data  # only the first counts
+    assert yes.seen == []
+
+
+def test_hosts_are_compared_normalised() -> None:
+    trust = Trust(
+        "https://registry.example.com",
+        ["Mirror.Example.ORG", "[0:0::1]:5000", "docker.io", "10.0.0.5:8443"],
+    )
+    registry = "https://registry.example.com"
+    for ns, upstream in (
+        ("registry.example.com", registry),
+        ("REGISTRY.example.com", registry),
+        ("registry.example.com:443", registry),
+        ("mirror.example.org", "https://mirror.example.org"),
+        ("[::1]:5000", "https://[::1]:5000"),
+        ("DOCKER.IO", "https://registry-1.docker.io"),
+        ("index.docker.io", "https://registry-1.docker.io"),
+        ("10.0.0.5:8443", "https://10.0.0.5:8443"),
+    ):
+        target = resolve(f"/v2/x/manifests/1?ns={ns}", registry)
+        assert target.upstream == upstream, ns
+        assert trust.configured(target.origin), ns
+    for ns in (
+        "registry.example.com:444",
+        "mirror.example.org:8443",
+        "[::2]:5000",
+        "[::1]:5001",
+        "10.0.0.5",
+        "registry.example.com.evil.net",
+        "evil.net",
+        "docker.io:5000",
+    ):
+        target = resolve(f"/v2/x/manifests/1?ns={ns}", registry)
+        assert not trust.configured(target.origin), ns
+    for ns in ("a@b", "host.:5000", "[1.2.3.4]:5", "h:99999", "h/x", "", "[::1"):
+        with pytest.raises(BadReference):
+            resolve(f"/v2/x/manifests/1?ns={ns}", registry)
+    # The control socket compares the URL it would fetch, spelled any way.
+    assert trust.configured(origin_of("https://REGISTRY.EXAMPLE.COM./v2/x"))
+    assert trust.configured(origin_of("https://[::1]:5000/v2/x"))
+    assert not trust.configured(origin_of("http://registry.example.com/v2/x"))  # port 80
+    assert not trust.configured(origin_of("https://docker.io/v2/x"))  # not what it names
+    with pytest.raises(ValueError):
+        Trust("https://r.example", ["alice@evil.net"])
+
+
+def test_the_flags_and_config_keys(tmp_path: Path) -> None:
+    config = tmp_path / "dfdaemon.toml"
+    config.write_text('allow_registries = ["r1.example:5000"]\nmax_connections = 64\n')
+    parsed, _ = resolve_config(build_parser().parse_args(["--config", str(config)]))
+    assert parsed.allow_registries == ("r1.example:5000",) and parsed.max_connections == 64
+    flags = ["--allow-registry", "a.example", "--allow-registry", "b.example:5000"]
+    parsed, _ = resolve_config(build_parser().parse_args([*flags, "--max-connections", "8"]))
+    assert parsed.allow_registries == ("a.example", "b.example:5000")
+    assert parsed.max_connections == 8
+    assert DaemonConfig().max_connections == 256 and DaemonConfig().allow_registries == ()
+    for bad in (["--allow-registry", "x@y"], ["--max-connections", "0"]):
+        with pytest.raises(ValueError):
+            resolve_config(build_parser().parse_args(bad))
+
+
+# -- provenance ------------------------------------------------------------------------
+
+
+async def test_an_upstream_a_blob_came_from_may_still_vouch_for_it(
+    start_daemon: StartDaemon, scripted: StartScripted, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Trust follows the blob: fetched from a registry the operator allowed then, that
+    registry may still vouch for that blob (and only it) once it is no longer allowed."""
+    blob = LyingRegistry(os.urandom(MiB))
+    other = await scripted(blob)  # an extra registry, allowed at first
+    home = await scripted(lambda seen: Answer(404))  # the daemon's --registry
+    config = DaemonConfig(
+        listen=("127.0.0.1", 0),
+        registry=home.url(""),
+        data_dir=tmp_path / "host1",
+        peer_listen=("127.0.0.1", 0),
+        control_socket=tmp_path / "p.sock",
+        plain_http=frozenset({other.address}),
+        allow_registries=(other.address,),
+    )
+    daemon, stop = await stoppable(nursery, config)
+    ns = {"ns": other.address}
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=30) as client:
+        assert (await client.get(blob.path, params=ns)).content == blob.data
+    hex_digest = blob.digest.split(":")[1]
+    kept = config.data_dir / "blobs" / "sha256" / f"{hex_digest}.from"
+    assert kept.read_text().split() == [other.address]
+    await stop()
+    config.allow_registries = ()  # the operator no longer allows it
+    again, _ = await stoppable(nursery, config)
+    async with httpx.AsyncClient(base_url=f"http://{again.address}", timeout=30) as client:
+        cached = await client.get(blob.path, params=ns)
+        unknown = await client.get(f"/v2/test/img/blobs/sha256:{'0' * 64}", params=ns)
+        manifest = await client.get("/v2/test/img/manifests/1", params=ns)
+    assert cached.status_code == 200 and cached.content == blob.data  # after its HEAD
+    assert unknown.status_code == manifest.status_code == 403
+    heads = [s.method for s in other.seen]
+    assert heads.count("GET") == 1 and heads.count("HEAD") == 2  # asked each time
