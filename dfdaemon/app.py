@@ -26,6 +26,7 @@ from dfget.uploads import PieceServer
 from proto.connlimit import ConnectionLimit
 from proto.eviction import GcPolicy
 from proto.io import RateLimiter
+from proto.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class DaemonConfig:
     # client's access check from (HOST[:PORT]): any other ns= gets 403.
     allow_registries: tuple[str, ...] = ()
     max_connections: int = 256  # at once on the HTTP port, and on the control socket
+    # Networks upstreams may (not) be in, over the built-in denials of link-local and
+    # cloud-metadata addresses (proto/origins.py): --origin-allow, --origin-deny.
+    origin_allow: tuple[str, ...] = ()
+    origin_deny: tuple[str, ...] = ()
     back_source: bool = True  # fetch a blob from the upstream when P2P fails
     insecure: bool = False  # do not verify upstream TLS certificates
     token: bytes | None = None
@@ -94,7 +99,10 @@ class Daemon:
         )
         self.trust = Trust(config.registry, config.allow_registries)
         self.http_limit = http_limit(config.max_connections, config.listen[0])
-        self.upstream = Upstream(insecure=config.insecure)
+        self.origin_policy = OriginPolicy(
+            config.origin_allow, config.origin_deny, allow_flag="dfdaemon's --origin-allow"
+        )
+        self.upstream = Upstream(insecure=config.insecure, policy=self.origin_policy)
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
@@ -123,6 +131,7 @@ class Daemon:
                     upload_slots=config.upload_slots,
                     gc=config.cache,
                     reseed_delay=config.reseed_delay,
+                    origin_policy=self.origin_policy,
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)

@@ -45,6 +45,7 @@ from dfget.peer import PeerOptions, SharedServer
 from proto.digests import Hasher
 from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter
+from proto.origins import OriginPolicy
 from proto.urls import move_credentials
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class DownloadSettings:
     gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
     gc_interval: float = 5.0
     reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended
+    origin_policy: OriginPolicy | None = None  # where the fallback to the upstream may go
 
     def request(
         self,
@@ -128,6 +130,7 @@ class DownloadSettings:
             # resets the file first); without any: the upstream, if allowed.
             back_source=not supernodes and self.back_source,
             insecure=self.insecure,
+            origin_policy=self.origin_policy,
             peer=PeerOptions(
                 server=self.server,
                 seed_for=math.inf,

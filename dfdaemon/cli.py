@@ -21,6 +21,7 @@ from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.eviction import GcPolicy
 from proto.io.service import log_to_stderr, serve_until_signalled
+from proto.origins import parse_network
 from proto.units import parse_rate, parse_size
 
 log = logging.getLogger("dfdaemon")
@@ -41,7 +42,8 @@ GET /metrics on the same port gives Prometheus metrics.
 config file keys (TOML; flags win): listen, supernodes (list), registry,
 allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
 upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
-token_file, control_socket, cache_quota, cache_ttl, max_connections, log_level.
+token_file, control_socket, cache_quota, cache_ttl, max_connections, origin_allow
+(list), origin_deny (list), log_level.
 """
 
 # Config-file keys and the flag each stands for.
@@ -64,6 +66,8 @@ CONFIG_KEYS = {
     "cache_quota": "cache_quota",
     "cache_ttl": "cache_ttl",
     "max_connections": "max_connections",
+    "origin_allow": "origin_allow",
+    "origin_deny": "origin_deny",
     "log_level": "log_level",
 }
 
@@ -120,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="the blob cache (default /var/lib/dfdaemon)"
+    )
+    origins = parser.add_argument_group(
+        "origins",
+        "which addresses the daemon may connect to for its clients (registries, proxied "
+        "URLs, CONNECT, the fallback to the upstream): the most specific matching rule "
+        "wins (a tie is a deny); link-local and cloud-metadata addresses are denied by "
+        "default, everything else is allowed",
+    )
+    origins.add_argument(
+        "--origin-allow",
+        type=argtypes.cidr,
+        action="append",
+        metavar="CIDR",
+        help="allow upstreams in this network, e.g. 169.254.169.254/32 (repeatable)",
+    )
+    origins.add_argument(
+        "--origin-deny",
+        type=argtypes.cidr,
+        action="append",
+        metavar="CIDR",
+        help="deny upstreams in this network (repeatable); '--origin-deny 0.0.0.0/0 "
+        "--origin-deny ::/0' with --origin-allow makes an allow-list",
     )
     parser.add_argument(
         "--peer-listen",
@@ -234,6 +260,11 @@ def load_config(path: Path) -> dict[str, Any]:
             elif key in ("supernodes", "rules", "plain_http", "allow_registries"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("want a list of strings")
+            elif key in ("origin_allow", "origin_deny"):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError("want a list of networks (CIDR strings)")
+                for network in value:
+                    parse_network(network)
             elif key in ("back_source", "insecure") and not isinstance(value, bool):
                 raise ValueError("want true or false")
             elif key in ("upload_slots", "max_connections") and (
@@ -285,6 +316,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
         plain_http=frozenset(settings.get("plain_http", ())),
         allow_registries=allowed,
         max_connections=max_connections,
+        origin_allow=tuple(settings.get("origin_allow", ())),
+        origin_deny=tuple(settings.get("origin_deny", ())),
         back_source=settings.get("back_source", True),
         insecure=settings.get("insecure", False),
         token=token,

@@ -34,7 +34,7 @@ from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
 from dfdaemon.trust import Trust, untrusted_message
-from dfdaemon.upstream import Upstream, UpstreamError
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ class Mirror:
     async def _relay(self, request: Request, reply: Reply, url: str) -> None:
         try:
             await self.upstream.relay(request, url, reply)
+        except UpstreamDenied as exc:
+            log.warning("%s", exc)
+            status, body = registry_error(403, "DENIED", str(exc))
+            await reply.simple(status, body, "application/json")
         except UpstreamError as exc:
             log.warning("upstream unreachable: %s", exc)
             if not reply.started:
@@ -109,6 +113,11 @@ class Mirror:
         # swarm) may hold it because another client could.
         try:
             head = await self.upstream.head(target.url, request.headers)
+        except UpstreamDenied as exc:
+            log.warning("blob %s: %s", hex_digest[:12], exc)
+            status, body = registry_error(403, "DENIED", str(exc))
+            await reply.simple(status, body, "application/json")
+            return
         except UpstreamError as exc:
             log.warning("blob %s: cannot check access upstream: %s", hex_digest[:12], exc)
             self.metrics.failures.labels("upstream").inc()

@@ -22,11 +22,13 @@ from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob, send_blob
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.sharing import JoinRefused, url_download
-from dfdaemon.upstream import Upstream, UpstreamError
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import UsageError
 from proto.addresses import parse_listen
 from proto.io import STREAM_ERRORS
+from proto.io.origins import open_checked_tcp_stream
+from proto.origins import AddressDenied
 from proto.urls import display_url
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class Proxy:
     async def _relay(self, request: Request, reply: Reply) -> None:
         try:
             await self.upstream.relay(request, request.target, reply)
+        except UpstreamDenied as exc:
+            log.warning("proxy: %s", exc)
+            await reply.simple(403, f"{exc}\n".encode(), "text/plain")
         except UpstreamError as exc:
             log.info("proxy: %s", exc)
             if not reply.started:
@@ -121,7 +126,11 @@ class Proxy:
             return
         try:
             with trio.fail_after(TUNNEL_CONNECT_TIMEOUT):
-                remote = await trio.open_tcp_stream(host, port)
+                remote = await open_checked_tcp_stream(self.upstream.policy, host, port)
+        except AddressDenied as exc:
+            log.warning("proxy: CONNECT %s:%d: %s", host, port, exc)
+            await reply.simple(403, f"{exc}\n".encode(), "text/plain")
+            return
         except (OSError, trio.TooSlowError) as exc:
             await reply.simple(502, f"cannot reach {host}:{port}: {exc}\n".encode(), "text/plain")
             return

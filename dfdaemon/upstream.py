@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from dfdaemon.httpserver import Reply, Request
+from proto.io.origins import checked_client
+from proto.origins import AddressDenied, OriginPolicy
 from proto.urls import display_url
 
 log = logging.getLogger(__name__)
@@ -51,11 +53,22 @@ class UpstreamError(Exception):
     """The upstream could not be reached or broke off."""
 
 
+class UpstreamDenied(UpstreamError):
+    """The origin policy (--origin-allow, --origin-deny) refuses the upstream's address:
+    nothing was sent to it."""
+
+
 class Upstream:
     """One shared httpx client for every pass-through request of the daemon."""
 
-    def __init__(self, *, insecure: bool = False, timeout: float = 60.0) -> None:
-        self.client = httpx.AsyncClient(
+    def __init__(
+        self, *, insecure: bool = False, timeout: float = 60.0, policy: OriginPolicy | None = None
+    ) -> None:
+        # Every connection (redirect hops to storage included) goes to an address the
+        # origin policy allows: a client must not make the daemon reach cloud metadata.
+        self.policy = policy or OriginPolicy(allow_flag="dfdaemon's --origin-allow")
+        self.client = checked_client(
+            self.policy,
             verify=not insecure,
             follow_redirects=False,
             timeout=httpx.Timeout(timeout, connect=10.0),
@@ -89,6 +102,8 @@ class Upstream:
         )
         try:
             response = await self.client.send(outgoing, stream=True)
+        except AddressDenied as exc:
+            raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{request.method} {display_url(url)}: {exc}") from exc
         try:
@@ -114,6 +129,8 @@ class Upstream:
         request = self.build("HEAD", url, asked)
         try:
             return await self.client.send(request, follow_redirects=True)
+        except AddressDenied as exc:
+            raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"HEAD {display_url(url)}: {exc}") from exc
 
@@ -123,6 +140,8 @@ class Upstream:
         request = self.build("GET", url, [*asked, ("range", "bytes=0-0")])
         try:
             response = await self.client.send(request, follow_redirects=True, stream=True)
+        except AddressDenied as exc:
+            raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"GET {display_url(url)}: {exc}") from exc
         await response.aclose()

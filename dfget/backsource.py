@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 
@@ -11,6 +12,7 @@ from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
 from proto.io import RateLimiter
+from proto.origins import AddressDenied, OriginPolicy
 from proto.urls import display_url, move_credentials
 
 log = logging.getLogger(__name__)
@@ -25,20 +27,28 @@ async def fetch_from_origin(
     limiter: RateLimiter,
     insecure: bool = False,
     progress: Progress | None = None,
+    policy: OriginPolicy | None = None,
 ) -> int:
-    """Stream the origin's body into `output`; returns the byte count."""
+    """Stream the origin's body into `output`; returns the byte count. With `policy`,
+    every address connected to (redirect hops too) must be one it allows."""
     hasher = new_hasher(digest) if digest else None
     ranged = any(k.lower() == "range" for k, _ in headers)
     url, headers = move_credentials(url, headers)
     sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
     sent.append(("accept-encoding", "identity"))
+    options: dict[str, Any] = {
+        "follow_redirects": True,
+        "timeout": httpx.Timeout(60.0, connect=10.0),
+    }
+    if policy is None:
+        client = httpx.AsyncClient(verify=not insecure, **options)
+    else:
+        from proto.io.origins import checked_client
+
+        client = checked_client(policy, verify=not insecure, **options)
     try:
         async with (
-            httpx.AsyncClient(
-                verify=not insecure,
-                follow_redirects=True,
-                timeout=httpx.Timeout(60.0, connect=10.0),
-            ) as client,
+            client,
             client.stream("GET", url, headers=sent) as response,
         ):
             where = display_url(url)
@@ -57,6 +67,8 @@ async def fetch_from_origin(
                 hasher=hasher,
                 progress=progress,
             )
+    except AddressDenied as exc:
+        raise OriginFailed(str(exc)) from exc
     except httpx.TimeoutException as exc:
         raise OriginFailed(f"origin timed out: {display_url(url)}") from exc
     except httpx.HTTPError as exc:

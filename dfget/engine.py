@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -36,6 +37,9 @@ from proto.messages import Register
 from proto.rendezvous import rank
 from proto.taskid import check_digest, task_id_for
 from proto.urls import display_url
+
+if TYPE_CHECKING:
+    from proto.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class DownloadRequest:
     peer: PeerOptions = field(default_factory=PeerOptions)
     daemon_socket: Path | None = None  # hand the download to this host's dfdaemon
     daemon_warn: bool = False  # say so when that daemon cannot be reached
+    # Addresses back-to-source may connect to (dfdaemon's --origin-allow/--origin-deny);
+    # None: any (dfget on its own fetches what its user asked for).
+    origin_policy: OriginPolicy | None = None
 
     def task_id(self) -> str:
         """The task id (also validates URL, digest and Range); UsageError if bad."""
@@ -262,6 +269,7 @@ async def _download(
             limiter=limiter,
             insecure=request.insecure,
             progress=progress,
+            policy=request.origin_policy,
         )
     if scope.cancelled_caught:
         raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")

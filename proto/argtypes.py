@@ -9,6 +9,7 @@ from functools import partial
 from typing import TypeVar
 
 from proto.addresses import parse_listen
+from proto.origins import parse_network
 from proto.units import parse_rate, parse_size
 
 T = TypeVar("T")
@@ -34,3 +35,12 @@ size = argument_type(parse_size, "size")
 def address(default_port: int | None = None) -> Callable[[str], tuple[str, int]]:
     """HOST:PORT (`HOST` alone takes `default_port`, if there is one)."""
     return argument_type(partial(parse_listen, default_port=default_port), "address")
+
+
+def _cidr(text: str) -> str:
+    parse_network(text)  # ValueError: a usage error naming the value
+    return text.strip()
+
+
+cidr = argument_type(_cidr, "CIDR")
+"""A network for --origin-allow / --origin-deny (`10.0.0.0/8`, `fe80::/10`, one address)."""

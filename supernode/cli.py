@@ -12,7 +12,6 @@ from proto import argtypes
 from proto.admission import read_token
 from proto.eviction import GcPolicy
 from proto.io.service import log_to_stderr, serve_until_signalled
-from proto.origins import parse_network
 from supernode import __version__
 from supernode.admin.preheat import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
@@ -37,11 +36,6 @@ def _admin_address(text: str) -> tuple[str, int] | None:
     return None if text.strip().lower() == "off" else argtypes.address(ADMIN_PORT)(text)
 
 
-def _cidr(text: str) -> str:
-    parse_network(text)  # ValueError: a usage error naming the value
-    return text.strip()
-
-
 def _realm(text: str) -> str:
     RealmHost.parse(text)
     return text.strip()
@@ -54,7 +48,6 @@ def _positive(text: str) -> int:
     return value
 
 
-cidr = argtypes.argument_type(_cidr, "CIDR")
 positive = argtypes.argument_type(_positive, "count")
 realm = argtypes.argument_type(_realm, "realm host")
 
@@ -165,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     origins.add_argument(
         "--origin-allow",
-        type=cidr,
+        type=argtypes.cidr,
         action="append",
         default=[],
         metavar="CIDR",
@@ -173,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     origins.add_argument(
         "--origin-deny",
-        type=cidr,
+        type=argtypes.cidr,
         action="append",
         default=[],
         metavar="CIDR",

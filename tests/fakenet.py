@@ -96,6 +96,9 @@ class _RoutedSocket(_SocketType):
         self._network = network
 
     async def connect(self, address: Any) -> None:
+        if self.family == socket.AF_UNIX:  # a local socket: nothing to route
+            await super().connect(address)
+            return
         host, port = str(address[0]), int(address[1])
         self._network.connects.append((host, port))
         target = self._network.routes.get((host, port))

@@ -1,0 +1,138 @@
+"""Attacks on "origins the operator allows" through dfdaemon (issue 12, item 7): a local
+client making the daemon reach a cloud metadata service through its forward proxy, a
+CONNECT tunnel, a registry or the fallback to the upstream.
+
+The test network (`fakenet.py`) routes 169.254.169.254:80 to a real server on
+127.0.0.1 holding a "credential", as a cloud VM's network routes it to the metadata
+service: an attack that works shows up as that credential downloaded, and every test
+checks that nothing even tried to connect to the refused address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from conftest import StartDaemon
+from fakenet import FakeNetwork
+
+from supernode.testing import FakeOrigin
+
+METADATA_IP = "169.254.169.254"
+CREDENTIAL_PATH = "/latest/meta-data/iam/security-credentials/node-role"
+METADATA_URL = f"http://{METADATA_IP}{CREDENTIAL_PATH}"
+SECRET = b'{"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "do-not-leak"}'
+
+
+@pytest.fixture
+async def net() -> FakeNetwork:
+    return FakeNetwork().install()
+
+
+@pytest.fixture
+async def metadata(nursery: trio.Nursery, net: FakeNetwork) -> FakeOrigin:
+    """The "metadata service": a server on 127.0.0.1 that 169.254.169.254:80 leads to."""
+    server = FakeOrigin()
+    await nursery.start(server.serve)
+    server.add(CREDENTIAL_PATH, SECRET)
+    server.add("/v2/", b"{}")
+    net.routes[(METADATA_IP, 80)] = ("127.0.0.1", server.port)
+    net.names["metadata.test"] = [METADATA_IP]
+    return server
+
+
+def untouched(net: FakeNetwork, server: FakeOrigin) -> None:
+    assert not net.tried(METADATA_IP)
+    assert sum(len(stats.requests) for stats in server.stats.values()) == 0
+
+
+def names_the_flag(text: str) -> None:
+    assert METADATA_IP in text and "dfdaemon's --origin-allow" in text, text
+
+
+async def test_the_forward_proxy_does_not_fetch_cloud_metadata(
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None, rules=(r"meta-data",))
+    async with httpx.AsyncClient(proxy=f"http://{daemon.address}", timeout=30) as client:
+        for url in (
+            METADATA_URL,
+            f"http://metadata.test{CREDENTIAL_PATH}",
+            "http://169.254.169.254/",
+        ):
+            answer = await client.get(url)
+            assert answer.status_code == 403, (url, answer.status_code, answer.text)
+            assert SECRET not in answer.content
+            names_the_flag(answer.text)
+    untouched(net, metadata)
+
+
+async def test_a_connect_tunnel_to_cloud_metadata_is_refused(
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    host, port = daemon.address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    untouched(net, metadata)
+
+
+async def test_a_registry_at_a_metadata_address_is_refused_until_the_operator_allows_it(
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
+) -> None:
+    # The operator named it as a registry (trusted), but its address is link-local.
+    refused = await start_daemon("refused", f"http://{METADATA_IP}", None)
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"http://{refused.address}/v2/")
+        blob = await client.get(f"http://{refused.address}/v2/x/blobs/sha256:{'a' * 64}")
+    assert answer.status_code == 403 and blob.status_code == 403
+    names_the_flag(json.loads(answer.content)["errors"][0]["message"])
+    untouched(net, metadata)
+    allowed = await start_daemon(
+        "allowed", f"http://{METADATA_IP}", None, origin_allow=(f"{METADATA_IP}/32",)
+    )
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"http://{allowed.address}/v2/")
+    assert answer.status_code == 200 and answer.content == b"{}"
+    assert net.tried(METADATA_IP)
+
+
+async def test_the_fallback_to_the_upstream_does_not_fetch_cloud_metadata(
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon, short_dir: Path
+) -> None:
+    # No supernode: a dfget's download through the control socket goes to the upstream.
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    body = json.dumps({"url": METADATA_URL, "headers": []}).encode()
+    sock = daemon.socket_path
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock))) as client:
+        answer = await client.post("http://daemon/v1/downloads", content=body, timeout=30)
+    assert answer.status_code >= 400 and SECRET not in answer.content
+    error = answer.json()
+    assert error["exit"] == 3
+    names_the_flag(error["error"])
+    untouched(net, metadata)
+
+
+async def test_the_policy_in_the_config_file(tmp_path: Path) -> None:
+    from dfdaemon.cli import build_parser, resolve_config
+
+    config = tmp_path / "dfdaemon.toml"
+    config.write_text('origin_allow = ["169.254.169.254/32"]\norigin_deny = ["10.0.0.0/8"]\n')
+    args = build_parser().parse_args(["--config", str(config), "--origin-deny", "::/0"])
+    daemon, _ = resolve_config(args)
+    assert daemon.origin_allow == ("169.254.169.254/32",)
+    assert daemon.origin_deny == ("::/0",)  # the flag wins over the file's key
+    config.write_text('origin_deny = ["not-a-network"]\n')
+    with pytest.raises(ValueError, match="origin_deny"):
+        resolve_config(build_parser().parse_args(["--config", str(config)]))
+    assert os.path.exists(config)
