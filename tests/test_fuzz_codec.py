@@ -4,6 +4,7 @@ encoding a message with bad field values raises `LocalProtoError` and nothing el
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 
@@ -74,7 +75,7 @@ def test_real_messages_with_fields_changed(header: dict[object, object]) -> None
     result = decode_or_refuse(header)
     if result is not None:  # accepted: then it is exactly what the map said
         message, payload_length = result
-        assert message.TAG == header[TYPE_KEY]
+        assert header[TYPE_KEY] == message.TAG
         assert payload_length == header.get(PAYLOAD_KEY, 0)
         for name, value in header.items():
             if name not in (TYPE_KEY, PAYLOAD_KEY):
@@ -107,10 +108,8 @@ def test_each_message_type_with_random_field_values(
 def test_each_message_type_with_values_of_any_type(cls: type[Message], data: st.DataObject) -> None:
     fields = {f.name: data.draw(msgpack_values) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     message = cls(**fields)
-    try:
+    with contextlib.suppress(LocalProtoError):
         encode_header(message)
-    except LocalProtoError:
-        pass
     decode_or_refuse({TYPE_KEY: cls.TAG, **fields})
 
 
@@ -193,7 +192,5 @@ def test_a_lone_surrogate_is_a_local_error() -> None:
 @given(message=any_message(Hello) | any_message(PieceRefused) | any_message(ErrorReply))
 def test_encoding_any_message_raises_only_local_errors(message: Message) -> None:
     # Text here has no lone surrogate: that case is the xfail above.
-    try:
+    with contextlib.suppress(LocalProtoError):
         encode_header(message)
-    except LocalProtoError:
-        pass

@@ -9,6 +9,7 @@ as they went in, however the bytes are split; once it has raised, the decoder ra
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 from fuzz_strategies import (
@@ -45,7 +46,7 @@ def feed(
     frames: list[tuple[Message, bytes]] = []
     bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
     try:
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in itertools.pairwise(bounds):
             dec.receive_data(data[start:end])
             while (frame := dec.next_frame()) is not None:
                 frames.append((frame.message, bytes(frame.payload)))
