@@ -529,8 +529,7 @@ def run_range(case: dict[str, Any]) -> str:
 
 def run_digest(case: dict[str, Any]) -> str:
     digest, data = case["digest"], case["data"]
-    hasher = blake3.blake3(data)
-    digest_matches(digest, hasher)  # never raises
+    digest_matches(digest, blake3.blake3(data))  # never raises
     check_digest(digest)
     hasher = new_hasher(digest)
     hasher.update(data)
@@ -764,7 +763,7 @@ class Generator:
 
     def session(self) -> dict[str, Any]:
         rng = self.rng
-        script = []
+        script: list[tuple[str, str, Any]] = []  # (side, step, message or exception)
         if rng.random() < 0.7:  # a handshake first, most of the time
             script += [
                 ("CLIENT", "send", Hello(versions=(1,), role="peer", peer_id="p")),
@@ -1224,7 +1223,7 @@ def main() -> None:
     distinct: collections.Counter[str] = collections.Counter()
     known: collections.Counter[str] = collections.Counter()
     known_example: dict[str, str] = {}
-    seconds: collections.Counter[str] = collections.Counter()  # running untraced cases
+    seconds: dict[str, float] = collections.defaultdict(float)  # running untraced cases
     generating = 0.0
     started = last_report = time.perf_counter()
     for number in range(args.skip, args.skip + args.cases):
@@ -1279,8 +1278,9 @@ def main() -> None:
     traced_cases = (
         (args.cases + args.trace_every - 1) // args.trace_every if args.trace_every else 0
     )
-    print(f"coverage of {traced_cases:,} traced cases (sys.settrace, 1 in {args.trace_every}):")
-    for area in ("proto", "dfdaemon", "h11"):
+    if traced_cases:
+        print(f"coverage of {traced_cases:,} traced cases (sys.settrace, 1 in {args.trace_every}):")
+    for area in ("proto", "dfdaemon", "h11") if traced_cases else ():
         hit, total, arcs = coverage.get(area, (0, 0, 0))
         where = {
             "proto": f"proto/{{{','.join(TRACKED_PROTO)}}}.py",
