@@ -40,7 +40,7 @@ and the distinct paths hit, measured two ways: distinct outcomes (kind, exceptio
 message with numbers and quoted values blanked, first 48 characters), and line and
 arc (line-to-line transition) coverage of the project's parsers (proto/ but proto/io,
 dfdaemon/registry.py, dfdaemon/mirror.py) and of h11, recorded with sys.settrace on
-every `--trace-every`-th case (tracing makes a case ~20x slower). Progress to stderr.
+every `--trace-every`-th case (a traced case runs several times slower). Progress to stderr.
 """
 
 from __future__ import annotations
@@ -1267,10 +1267,10 @@ def main() -> None:
         f"{args.cases / wall:,.0f} cases/s "
         f"({generating:.1f} s generating them), one core, Python {sys.version.split()[0]}"
     )
-    print(
-        "no exception but the typed errors"
-        + (f"; KNOWN BUGS (other branches): {dict(known)}" if known else "")
-    )
+    if known:
+        print(f"untyped exceptions: only KNOWN BUGS of other branches: {dict(known)}")
+    else:
+        print("no exception but the typed errors")
     for name, example in known_example.items():
         print(f"  {name}: e.g. {example[:120]}{'…' if len(example) > 120 else ''}")
     print(f"distinct outcomes (kind, exception type, message prefix): {len(distinct)}")
