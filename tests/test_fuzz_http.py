@@ -396,7 +396,7 @@ async def test_daemon_never_answers_500(start_daemon: StartDaemon) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="dfdaemon/app.py Daemon.handle: urlsplit(request.target) raises ValueError for "
-    "'//[' (and resolve() in mirror.py for '/v2/?x' after it): the server answers "
+    "'//[' (an unbalanced bracket in what urlsplit takes for a netloc): the server answers "
     "500 internal error with a logged traceback instead of 400 (daemon helper's file)",
 )
 async def test_daemon_answers_an_unreadable_target_with_400(start_daemon: StartDaemon) -> None:
@@ -506,9 +506,9 @@ async def test_admin_api_queries_never_500(start_supernode: StartSupernode) -> N
 
 @pytest.mark.xfail(
     strict=True,
-    reason="supernode/admin/api.py _number(): str.isdigit() accepts '²' and '١٢' (int() "
-    "refuses or reads them) and 5000 digits pass isdigit() but int() refuses them: 500 "
-    "instead of 400 (origins helper's file; fixed there by MAX_DIGITS and isascii)",
+    reason="supernode/admin/api.py _number(): '²' and 5000 digits pass str.isdigit() but "
+    "int() refuses them: 500 instead of 400 (origins helper's file; fixed on its branch "
+    "by MAX_DIGITS and isascii: remove this marker when merging)",
 )
 @pytest.mark.parametrize("value", ["²", "1" * 5000])
 async def test_admin_api_bad_numbers_are_400(start_supernode: StartSupernode, value: str) -> None:
