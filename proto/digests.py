@@ -24,4 +24,6 @@ def new_hasher(digest: str) -> Hasher:
 
 
 def digest_matches(digest: str, hasher: Hasher) -> bool:
-    return digest.split(":", 1)[1] == hasher.hexdigest()
+    """True if the content hashed by `hasher` is `digest` (False for a malformed one)."""
+    _, sep, hex_digest = digest.partition(":")
+    return bool(sep) and hex_digest == hasher.hexdigest()

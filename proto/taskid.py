@@ -49,7 +49,11 @@ DEFAULT_FILTER = frozenset(
 )
 
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}|blake3:[0-9a-f]{64})")
-_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]*)")  # ASCII digits (`\d` takes any script's)
+# What may follow the user info in an http(s) URL's authority: a host (a bracketed
+# IPv6 literal, or a name without brackets or colons) and an optional port. urlsplit
+# reads `http://[::1]x:81/` as host ::1, port 81; such a URL is refused instead.
+_HOST_PORT = re.compile(r"(?:\[[^\[\]]*\]|[^\[\]:]*)(?::[0-9]*)?")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -66,8 +70,10 @@ def check_task_id(task_id: str) -> str:
 
 def check_digest(digest: str) -> str:
     """Return a content digest `algo:hex` if well formed (sha256, sha512, blake3)."""
-    if not _DIGEST.fullmatch(digest):
-        raise ValueError(f"not a digest (want sha256:, sha512: or blake3:HEX): {digest[:80]!r}")
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ValueError(
+            f"not a digest (want sha256:, sha512: or blake3:HEX): {str(digest)[:80]!r}"
+        )
     return digest
 
 
@@ -84,13 +90,15 @@ def parse_range(value: str) -> tuple[int, int | None]:
 
 
 def canonical_url(url: str, filter_keys: Iterable[str] = ()) -> str:
-    """The URL with filtered query keys removed, the others sorted, the host lower-cased."""
+    """The URL with filtered query keys removed, the others sorted, the host lower-cased.
+    ValueError if it is not an http(s) URL with a host."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+    host_port = parts.netloc.rpartition("@")[2]
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or not _HOST_PORT.fullmatch(host_port):
         raise ValueError(f"not an http(s) URL: {url[:200]!r}")
     host = parts.hostname.lower()
-    if ":" in host:
+    if host_port.startswith("["):  # an IP literal stays one (`[v1.x]` has no colon)
         host = f"[{host}]"
     netloc = host if parts.port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{parts.port}"
     dropped = DEFAULT_FILTER | {key.lower() for key in filter_keys}

@@ -7,6 +7,7 @@ KiB/MiB/GiB and the bare letters K/M/G are powers of 1024 (as curl and Dragonfly
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 _UNITS = {
     "": 1,
@@ -24,7 +25,8 @@ _UNITS = {
     "tib": 1 << 40,
     "tb": 10**12,
 }
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+# ASCII digits only (`\d` would take any script's, and int() reads them all).
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
 
 
 def parse_size(text: str) -> int:
@@ -33,7 +35,8 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
         raise ValueError(f"not a size: {text!r} (try 20MiB, 500KB, 1G)")
-    return int(float(match.group(1)) * _UNITS[unit])
+    # Exact (no float): '9' * 400 would be inf, and int(inf) an OverflowError.
+    return int(Fraction(match.group(1)) * _UNITS[unit])
 
 
 def parse_rate(text: str) -> int:

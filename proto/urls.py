@@ -21,7 +21,13 @@ def display_url(url: str) -> str:
             host = f"{host}:{parts.port}"
     except ValueError:  # e.g. a port that is not a number
         return "<unparsable URL>"
-    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+    query = "…" if parts.query else ""
+    if not parts.netloc and "@" in parts.path:
+        # No authority as urlsplit reads it, yet lenient parsers (browsers, curl, the
+        # WHATWG URL standard) find one in `http:u:pw@h/x`, `http:////u:pw@h/x` or
+        # `u:pw@h/x`: whatever comes before an @ may be user info (the "scheme" too).
+        return "…@" + parts.path.rpartition("@")[2] + (f"?{query}" if query else "")
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
 def move_credentials(url: str, headers: Headers) -> tuple[str, Headers]:
@@ -29,7 +35,8 @@ def move_credentials(url: str, headers: Headers) -> tuple[str, Headers]:
 
     The user info is always dropped from the URL; it becomes an Authorization header
     unless one is given already (an explicit header wins, as with curl). Every client
-    then sends the same thing, whichever HTTP library carries the request.
+    then sends the same thing, whichever HTTP library carries the request. Raises
+    ValueError for a URL that does not parse.
     """
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
