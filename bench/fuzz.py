@@ -134,8 +134,6 @@ KNOWN_BUGS: dict[str, tuple[type[BaseException], str, bool, str]] = {
     "codec-surrogate": (UnicodeEncodeError, "encode_header", False, ""),
     # proto/session.py: Session.send steps the state before encoding fails.
     "session-send-state": (Untyped, "run_session", False, "a refused send of "),
-    # dfdaemon/app.py Daemon.handle: urlsplit(target) raises for '//[' (a 500).
-    "daemon-urlsplit": (ValueError, "route_like_daemon", True, ""),
 }
 
 
@@ -467,7 +465,10 @@ def route_like_daemon(method: str, target: str, headers: list[tuple[str, str]], 
         except ValueError:
             return "proxy-bad-url"
         return "proxy"
-    path = urlsplit(target).path  # Daemon.handle: a ValueError here is the known bug
+    try:
+        path = urlsplit(target).path  # Daemon.handle
+    except ValueError:
+        return "400"
     if not (path == "/v2" or path.startswith("/v2/")):
         return "404"
     try:

@@ -205,7 +205,11 @@ class Daemon:
         if request.method == "CONNECT" or request.target.startswith(("http://", "https://")):
             await self.proxy.handle(request, reply)  # a forward-proxy request
             return
-        path = urlsplit(request.target).path
+        try:
+            path = urlsplit(request.target).path
+        except ValueError:  # "//[...": what urlsplit takes for a bad IPv6 host
+            await reply.simple(400, b"bad request target\n", "text/plain")
+            return
         if request.method == "GET" and path == "/metrics":
             self.metrics.requests.labels("metrics").inc()
             await reply.simple(200, self.metrics.render(), CONTENT_TYPE)

@@ -52,6 +52,11 @@ class ClientGone(Exception):
     """The client closed or broke the connection."""
 
 
+class BrokenBody(ClientGone):
+    """The client's request body broke HTTP/1.1 (a bad chunk size, cut short): its
+    fault, answered 400 if the answer has not started, never a 500."""
+
+
 @dataclass
 class Request:
     method: str
@@ -224,7 +229,10 @@ class _Connection:
     async def body(self) -> AsyncIterator[bytes]:
         while True:
             with trio.move_on_after(BODY_TIMEOUT) as waited:
-                event = await self.next_event()
+                try:
+                    event = await self.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise BrokenBody(f"bad request body: {exc}") from exc
             if waited.cancelled_caught:
                 raise ClientGone(f"the request body stalled for {BODY_TIMEOUT:g}s")
             if isinstance(event, h11.Data):
@@ -266,6 +274,12 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
             reply = Reply(connection, request.method)
             try:
                 await handler(request, reply)
+            except BrokenBody as exc:
+                if not reply.started:
+                    with contextlib.suppress(ClientGone, h11.LocalProtocolError):
+                        with trio.move_on_after(1):
+                            await reply.simple(400, f"{exc}\n".encode(), "text/plain")
+                return
             except ClientGone:
                 return
             except Exception:

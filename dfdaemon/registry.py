@@ -56,7 +56,10 @@ def resolve(target: str, registry: str, plain_http: frozenset[str] = frozenset()
     `registry` is the default upstream (`--registry`); an `ns` naming its host (and
     port; compared normalised) keeps its scheme, Docker Hub's aliases are its registry
     host, a host in `plain_http` is spoken to over http, any other over https."""
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError as exc:  # "//[": an unbalanced bracket where urlsplit sees a host
+        raise BadReference("NAME_INVALID", f"bad request target: {exc}") from exc
     query = parse_qsl(parts.query, keep_blank_values=True)
     ns = [v for k, v in query if k == "ns"]
     rest = urlencode([(k, v) for k, v in query if k != "ns"])

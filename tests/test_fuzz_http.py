@@ -19,7 +19,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import h11
 import pytest
@@ -250,15 +250,9 @@ def test_serve_connection_answers_or_closes(data: bytes) -> None:
 
 
 # Found by fuzzing: a request body that breaks h11's rules (a chunked body cut short by
-# the client's FIN, a bad chunk size) makes `Request.body()` raise h11's own
-# RemoteProtocolError inside the handler; serve_connection takes it for a handler bug:
-# "500 internal error" and a logged traceback, for a client's fault.
-@pytest.mark.xfail(
-    strict=True,
-    reason="dfdaemon/httpserver.py: _Connection.body()/next_event() let "
-    "h11.RemoteProtocolError escape into the handler (fix: raise ClientGone, or a typed "
-    "bad-request error serve_connection answers 400) (daemon helper's file)",
-)
+# the client's FIN, a bad chunk size) made `Request.body()` raise h11's own
+# RemoteProtocolError inside the handler, which serve_connection took for a handler bug:
+# "500 internal error" and a logged traceback, for a client's fault. Now a 400.
 @pytest.mark.parametrize(
     "body",
     [b"5\r\nab", b"zz\r\n", b"ffffffffffffffffffffffff\r\n"],
@@ -319,12 +313,6 @@ def test_registry_resolve_raises_only_bad_reference(target: str, plain: bool) ->
 UNREADABLE_TARGET = "//[/v2/"  # urlsplit: ValueError("Invalid IPv6 URL")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="dfdaemon/registry.py resolve(): urlsplit's ValueError for a target like "
-    "'//[/v2/' is not a BadReference, so Mirror.handle answers 500 (daemon helper's file)",
-)
 def test_registry_resolve_refuses_an_unreadable_target_as_bad_reference() -> None:
     with pytest.raises(BadReference):
         resolve(UNREADABLE_TARGET, "http://127.0.0.1:1")
@@ -393,12 +381,6 @@ async def test_daemon_never_answers_500(start_daemon: StartDaemon) -> None:
     assert answer.startswith(b"HTTP/1.1 200 ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dfdaemon/app.py Daemon.handle: urlsplit(request.target) raises ValueError for "
-    "'//[' (an unbalanced bracket in what urlsplit takes for a netloc): the server answers "
-    "500 internal error with a logged traceback instead of 400 (daemon helper's file)",
-)
 async def test_daemon_answers_an_unreadable_target_with_400(start_daemon: StartDaemon) -> None:
     daemon = await start_daemon("fuzz", "http://127.0.0.1:1", None)
     answer = await trio.to_thread.run_sync(
@@ -439,19 +421,6 @@ admin_paths = (
     | st.text(max_size=30).map(lambda t: "/api/v1/tasks/" + t)
     | st.text(max_size=30).map(lambda t: "/" + t)
 )
-
-
-def known_bug(query: str) -> bool:
-    """A number the base code's `_number` turns into a 500 (see the xfail below):
-    str.isdigit() is true, int() refuses it."""
-    for key, values in parse_qs(query, keep_blank_values=True).items():
-        for value in values if key in ("limit", "offset") else ():
-            try:
-                int(value)
-            except ValueError:
-                if value.isdigit():
-                    return True
-    return False
 
 
 async def call_admin(app: Any, method: str, path: str, query: bytes, token: bytes) -> int:
@@ -496,7 +465,6 @@ async def test_admin_api_queries_never_500(start_supernode: StartSupernode) -> N
         query=query_strings,
     )
     def fuzz(method: str, path: str, query: str) -> None:
-        assume(not known_bug(query))
         status = trio.from_thread.run(call_admin, app, method, path, query.encode("latin-1"), TOKEN)
         assert status != 500 and 200 <= status < 500, f"{method} {path}?{query[:200]}: {status}"
 
@@ -504,12 +472,6 @@ async def test_admin_api_queries_never_500(start_supernode: StartSupernode) -> N
         await run_in_thread(fuzz)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supernode/admin/api.py _number(): '²' and 5000 digits pass str.isdigit() but "
-    "int() refuses them: 500 instead of 400 (origins helper's file; fixed on its branch "
-    "by MAX_DIGITS and isascii: remove this marker when merging)",
-)
 @pytest.mark.parametrize("value", ["²", "1" * 5000])
 async def test_admin_api_bad_numbers_are_400(start_supernode: StartSupernode, value: str) -> None:
     running = await start_supernode(admin_token=TOKEN)
