@@ -2,9 +2,10 @@
 
 A frame header is a msgpack map: `t` names the message type, the other keys are the
 message's fields, and the reserved key `_n` gives the length of the raw payload that
-follows the header (absent when there is none). Decoding checks the type tag, that
-every field is present with the annotated type, that no unknown field is there, and
-the message's own `check()`; any failure is a `RemoteProtoError`.
+follows the header (absent when there is none). Only the types in `PAYLOAD_TYPES` may
+name one. Decoding checks the type tag, that a payload is named only where one is due,
+that every field is present with the annotated type, that no unknown field is there,
+and the message's own `check()`; any failure is a `RemoteProtoError`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import msgpack
 
 from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage
-from proto.messages import ALL_MESSAGES, Message
+from proto.messages import ALL_MESSAGES, Message, PieceData
 
 TYPE_KEY = "t"
 PAYLOAD_KEY = "_n"
@@ -27,6 +28,10 @@ MAX_STR = 16 * 1024
 MAX_BIN = 16 * 1024
 MAX_ITEMS = 4096
 U64_MAX = (1 << 64) - 1
+# The messages a raw payload may follow. A header of any other type naming one is
+# refused as soon as it is decoded: nothing is ever allocated for a payload nobody
+# has a use for (a 60-byte Hello must not be able to reserve 64 MiB).
+PAYLOAD_TYPES: frozenset[type[Message]] = frozenset({PieceData})
 
 Checker = Callable[[object], bool]
 
@@ -100,6 +105,8 @@ def encode_header(message: Message, payload_length: int = 0) -> bytes:
     except ValueError as exc:
         raise LocalProtoError(f"{message.TAG}: {exc}") from exc
     if payload_length:
+        if schema.cls not in PAYLOAD_TYPES:
+            raise LocalProtoError(f"{message.TAG} carries no payload")
         header[PAYLOAD_KEY] = payload_length
     return msgpack.packb(header, use_bin_type=True)
 
@@ -129,6 +136,10 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[Message, int]:
     payload_length = raw.pop(PAYLOAD_KEY, 0)
     if type(payload_length) is not int or not 0 <= payload_length <= U64_MAX:
         raise BadField(tag, PAYLOAD_KEY, "payload length must be a non-negative integer")
+    if payload_length and schema.cls not in PAYLOAD_TYPES:
+        raise BadField(
+            tag, PAYLOAD_KEY, f"a {tag} carries no payload, this one names {payload_length} bytes"
+        )
     for name, value in raw.items():
         check = schema.fields.get(name)
         if check is None:

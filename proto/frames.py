@@ -1,10 +1,15 @@
 """Framing: u32 big-endian header length ‖ msgpack header ‖ optional raw payload.
 
 `FrameDecoder` is sans-IO (bytes in, frames out). Limits are checked before anything
-is allocated: the header length against `max_header`, the payload length named in
-the header against `max_payload`. Once a payload's length is known the decoder
-allocates it once; an I/O layer may fill it in place through `payload_view()` so a
-multi-MiB piece is read from the socket without intermediate copies.
+is allocated: the header length against `max_header` (`max_first_header` for the
+first frame, when set), the payload length named in the header against `max_payload`
+(and the codec refuses a payload on any message type that carries none). Limits are
+set per connection by whoever receives: a server never receives a payload
+(`max_payload=0`) and its first frame must be a small Hello; a client's piece
+connection takes at most one sealed piece of its task. The defaults are permissive,
+for tests and tools. Once a payload's length is known the decoder allocates it once;
+an I/O layer may fill it in place through `payload_view()` so a multi-MiB piece is
+read from the socket without intermediate copies.
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ from proto.pieces import MAX_PIECE_SIZE, TAG_SIZE
 PREFIX = struct.Struct(">I")
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = MAX_PIECE_SIZE + TAG_SIZE
+# A server's first frame must be a Hello, a few dozen bytes: a stranger who drips a
+# header byte by byte makes it buffer this much at most, never MAX_HEADER.
+MAX_FIRST_HEADER = 4 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
     message: Message
     payload: bytearray
+
+
+def server_decoder() -> FrameDecoder:
+    """The decoder of a server's connection: a small Hello first, never a payload."""
+    return FrameDecoder(max_payload=0, max_first_header=MAX_FIRST_HEADER)
 
 
 def encode_frame(message: Message, payload_length: int = 0) -> bytes:
@@ -54,9 +67,17 @@ class _State(Enum):
 class FrameDecoder:
     """Turns received bytes into frames; raises RemoteProtoError on hostile input."""
 
-    def __init__(self, *, max_header: int = MAX_HEADER, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(
+        self,
+        *,
+        max_header: int = MAX_HEADER,
+        max_payload: int = MAX_PAYLOAD,
+        max_first_header: int | None = None,
+    ) -> None:
         self.max_header = max_header
         self.max_payload = max_payload
+        self.max_first_header = max_header if max_first_header is None else max_first_header
+        self._first = True  # no frame header announced yet
         self._state = _State.PREFIX
         self._buf = bytearray()
         self._need = PREFIX.size
@@ -130,14 +151,21 @@ class FrameDecoder:
             (length,) = PREFIX.unpack(self._buf)
             if length == 0:
                 raise MalformedFrame("empty frame header")
-            if length > self.max_header:
-                raise FrameTooLarge("header", length, self.max_header)
+            limit = self.max_first_header if self._first else self.max_header
+            if length > limit:
+                raise FrameTooLarge("header", length, limit)
+            self._first = False
             self._buf.clear()
             self._state, self._need = _State.HEADER, length
             return
         message, payload_length = decode_header(self._buf)
         self._buf.clear()
         if payload_length > self.max_payload:
+            if self.max_payload == 0:
+                raise MalformedFrame(
+                    f"a {message.TAG} frame names a payload of {payload_length} bytes: "
+                    "this side of the connection receives none"
+                )
             raise FrameTooLarge("payload", payload_length, self.max_payload)
         if payload_length == 0:
             self._frames.append(Frame(message, bytearray()))

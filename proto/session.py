@@ -18,11 +18,12 @@ from proto.errors import (
     UnexpectedMessage,
     VersionMismatch,
 )
-from proto.frames import Frame, FrameDecoder, encode_frame
+from proto.frames import Frame, FrameDecoder, encode_frame, server_decoder
 from proto.messages import (
     PROTOCOL_VERSIONS,
     ErrorReply,
     Hello,
+    KeepAlive,
     Message,
     PieceData,
     PieceRefused,
@@ -67,7 +68,7 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
 
 # Once open, what each side may send (and so what the other may receive).
 OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
-    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PieceRequest}),
+    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PieceRequest, KeepAlive}),
     Side.SERVER: frozenset(
         {
             Registered,
@@ -96,12 +97,20 @@ def negotiate(hello: Hello, role: str, agent: str = "", challenge: bytes = b"") 
 
 
 class Session:
-    """One connection's protocol state: encodes what we send, decodes what arrives."""
+    """One connection's protocol state: encodes what we send, decodes what arrives.
+
+    Without a `decoder`, a server's session takes a small Hello first and never a
+    payload (`server_decoder()`: no client message carries one); a client's takes any
+    payload up to `MAX_PAYLOAD`, which suits tests only: a real client connection
+    passes a decoder with its own limit (see `proto.io.client_handshake`).
+    """
 
     def __init__(self, side: Side, decoder: FrameDecoder | None = None) -> None:
         self.side = side
         self.state = State.START
-        self.decoder = decoder or FrameDecoder()
+        if decoder is None:
+            decoder = server_decoder() if side is Side.SERVER else FrameDecoder()
+        self.decoder = decoder
         self.peer_hello: Hello | None = None
         self.version: int | None = None
 

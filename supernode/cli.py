@@ -15,6 +15,7 @@ from proto.io.service import log_to_stderr, serve_until_signalled
 from supernode import __version__
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
+from supernode.server import DEFAULT_MAX_CONNECTIONS
 
 EPILOG = """\
 examples:
@@ -157,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="pieces the CDN uploads at once; past it peers are sent to other peers (default 16)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections the peer port holds at once (default {DEFAULT_MAX_CONNECTIONS}); "
+        "one remote address may hold N/8 of them, at least 16 (512 of the default); past "
+        "either, a new connection is closed at once",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -181,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 2
+    if args.max_connections < 1:
+        print("supernode: --max-connections must be at least 1", file=sys.stderr)
+        return 2
     config = SupernodeConfig(
         host=host,
         port=port,
@@ -195,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         admin_token=admin_token,
         admin_protect_reads=args.admin_protect_reads,
         gc=gc,
+        max_connections=args.max_connections,
     )
     try:
         trio.run(serve_until_signalled, Supernode(config).serve)
