@@ -91,11 +91,17 @@ class SourceConnection:
     def recycle(self, payload: bytearray) -> None:
         self.framed.recycle(payload)
 
-    async def read_answers(self) -> None:
-        """Hand every answer to its waiter, until the connection ends."""
+    async def read_answers(self, max_idle: float = MAX_IDLE) -> None:
+        """Hand every answer to its waiter, until the connection ends, or has had nothing
+        to wait for during `max_idle` (then it is closed: the uploader would soon)."""
         try:
             while True:
-                frame = await self.framed.receive()
+                with trio.move_on_after(max_idle) as waited:
+                    frame = await self.framed.receive()
+                if waited.cancelled_caught:  # no byte of a frame is lost: receive again
+                    if self._waiters:
+                        continue
+                    break
                 self.last_active = trio.current_time()
                 message = frame.message
                 if isinstance(message, ErrorReply):
@@ -160,5 +166,5 @@ class SourcePool:
             except Exception as exc:  # unreachable, handshake refused: all the same here
                 raise SourceLost(f"cannot reach {address}: {exc}") from exc
             connection = self._connections[address] = SourceConnection(framed, address)
-            nursery.start_soon(connection.read_answers)
+            nursery.start_soon(connection.read_answers, self.max_idle)
             return connection
