@@ -22,6 +22,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
+import trio.testing
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -628,6 +629,17 @@ async def test_a_requester_that_never_reads_is_cut_off_by_the_cdn(
     except RemoteProtoError:  # the piece being sent was cut short: so much the better
         got = []
     assert len(got) < 12
+
+
+async def test_a_frame_the_peer_does_not_take_in_time_ends_sending(autojump_clock: object) -> None:
+    ours, _theirs = trio.testing.lockstep_stream_pair()  # a peer that never reads
+    framed = FramedStream(ours, Session(Side.SERVER), send_timeout=30)
+    started = trio.current_time()
+    with pytest.raises(ConnectionLost, match="within 30s"):
+        await framed.send(ErrorReply(code="busy", message="x"))
+    assert trio.current_time() - started == pytest.approx(30)
+    with pytest.raises(ConnectionLost, match="within 30s"):  # nothing may follow a cut frame
+        await framed.send(ErrorReply(code="busy", message="y"), within=1000)
 
 
 # -- 6. memory: a handful of 60-byte frames ------------------------------------------------

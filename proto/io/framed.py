@@ -32,8 +32,9 @@ LINGER = 1.0  # seconds `linger_close` waits for the peer to close after a refus
 class FramedStream:
     """One session over `stream`. Every send has a deadline: `send_timeout` (None: none),
     or the `within` given to that send. A peer that does not take a frame in time (it
-    stopped reading) gets its connection treated as lost: the frame is cut, so nothing
-    more can be sent on it and the caller closes it."""
+    stopped reading) gets its connection treated as lost. A frame cut short (deadline,
+    cancellation, broken socket) ends sending on the stream: any later send raises
+    `ConnectionLost`, and the caller closes it."""
 
     def __init__(
         self, stream: trio.abc.Stream, session: Session, *, send_timeout: float | None = None
@@ -57,6 +58,7 @@ class FramedStream:
         take it `within` seconds (default: `send_timeout`)."""
         size = len(payload) if payload is not None else 0
         async with self._send_lock:
+            self._check_sendable()
             head = self.session.send(message, size)
             with self._sending(message, within):
                 if payload is not None and size < READ_SIZE:
@@ -74,16 +76,19 @@ class FramedStream:
             await self.send(message, os.pread(fd, count, offset), within=within)
             return
         async with self._send_lock:
+            self._check_sendable()
             head = self.session.send(message, count)
             with self._sending(message, within):
                 await self.stream.send_all(head)
                 await send_file(self._socket, fd, offset, count)
 
+    def _check_sendable(self) -> None:
+        if self._send_broken is not None:
+            raise ConnectionLost(self._send_broken, clean=False)
+
     @contextlib.contextmanager
     def _sending(self, message: Message, within: float | None) -> Iterator[None]:
         """The deadline and error translation around the I/O of one frame."""
-        if self._send_broken is not None:
-            raise ConnectionLost(self._send_broken, clean=False)
         seconds = self.send_timeout if within is None else within
         try:
             with trio.fail_after(math.inf if seconds is None else seconds):
@@ -97,6 +102,11 @@ class FramedStream:
         except STREAM_ERRORS as exc:
             self._send_broken = f"send failed: {exc}"
             raise ConnectionLost(self._send_broken, clean=False) from exc
+        except trio.Cancelled:
+            # Part of the frame may be on the wire: another frame after it would read as
+            # garbage on the other side, so none may follow.
+            self._send_broken = f"a {message.TAG} frame was cut short (cancelled)"
+            raise
 
     async def receive(self) -> Frame:
         """The next frame; ConnectionLost if the peer closes, RemoteProtoError if it lies."""
