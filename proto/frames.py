@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -85,28 +84,41 @@ class FrameDecoder:
         self._payload = bytearray()
         self._filled = 0
         self._frames: deque[Frame] = deque()
+        # Bytes received after a complete frame, not decoded yet (from `_taken` on).
+        self._pending = bytearray()
+        self._taken = 0
         self._spare: dict[int, list[bytearray]] = {}
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes; complete frames queue up for `next_frame()`."""
-        view = memoryview(data)
-        while view.nbytes:
-            if self._state is _State.PAYLOAD:
-                take = min(view.nbytes, len(self._payload) - self._filled)
-                self._payload[self._filled : self._filled + take] = view[:take]
-                view = view[take:]
-                self.payload_received(take)
-            elif self._state is _State.BROKEN:
-                raise MalformedFrame("decoder is broken by an earlier error")
-            else:
-                take = min(view.nbytes, self._need - len(self._buf))
-                self._buf += view[:take]
-                view = view[take:]
-                if len(self._buf) == self._need:
-                    self._guarded(self._advance)
+        """Feed bytes; complete frames come out of `next_frame()`.
+
+        Bytes are decoded up to the end of the first complete frame; the rest is kept
+        as received and decoded by `next_frame()`, one frame at a time. So a buffer
+        full of tiny frames costs its own size, never a decoded object per frame.
+        """
+        if self._state is _State.BROKEN:
+            raise MalformedFrame("decoder is broken by an earlier error")
+        if self._frames or self._pending:  # decoded when the frames before are taken
+            self._pending += data
+            return
+        with memoryview(data) as view:
+            used = self._decode(view)
+            if used < view.nbytes:
+                self._pending += view[used:]
 
     def next_frame(self) -> Frame | None:
         """The oldest complete frame, or None if more bytes are needed."""
+        if not self._frames and self._pending:
+            try:
+                with memoryview(self._pending) as pending, pending[self._taken :] as rest:
+                    self._taken += self._decode(rest)
+            except Exception:
+                self._pending.clear()  # broken: nothing more will be decoded
+                self._taken = 0
+                raise
+            if self._taken == len(self._pending):
+                self._pending.clear()
+                self._taken = 0
         return self._frames.popleft() if self._frames else None
 
     def payload_view(self) -> memoryview | None:
@@ -137,14 +149,28 @@ class FrameDecoder:
     @property
     def in_frame(self) -> bool:
         """True while part of a frame has been received (a close now truncates it)."""
-        return bool(self._buf) or self._state is _State.PAYLOAD
+        return bool(self._buf) or bool(self._pending) or self._state is _State.PAYLOAD
 
-    def _guarded(self, step: Callable[[], None]) -> None:
+    def _decode(self, view: memoryview) -> int:
+        """Decode `view` until one frame is complete or it runs out; the bytes used."""
+        used = 0
         try:
-            step()
+            while used < view.nbytes and not self._frames:
+                if self._state is _State.PAYLOAD:
+                    take = min(view.nbytes - used, len(self._payload) - self._filled)
+                    self._payload[self._filled : self._filled + take] = view[used : used + take]
+                    used += take
+                    self.payload_received(take)
+                else:
+                    take = min(view.nbytes - used, self._need - len(self._buf))
+                    self._buf += view[used : used + take]
+                    used += take
+                    if len(self._buf) == self._need:
+                        self._advance()
         except Exception:
             self._state = _State.BROKEN
             raise
+        return used
 
     def _advance(self) -> None:
         if self._state is _State.PREFIX:

@@ -22,7 +22,10 @@ from proto.frames import MAX_PAYLOAD, Frame, FrameDecoder
 from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcome
 from proto.session import Session, Side, negotiate
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 256 * 1024  # a read into a payload (on streams without recv_into)
+# A read between payloads: what a peer's frames can make us hold before they are
+# decoded one by one, per connection (frames are small; a header is at most 64 KiB).
+FRAME_READ_SIZE = 16 * 1024
 # What a stream that the other side left (or we closed) raises.
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
@@ -123,7 +126,9 @@ class FramedStream:
                         raise MalformedFrame("connection closed in the middle of a payload")
                     decoder.payload_received(count)
                     continue
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await self.stream.receive_some(
+                    FRAME_READ_SIZE if view is None else READ_SIZE
+                )
                 if not data:
                     if decoder.in_frame:
                         raise MalformedFrame("connection closed in the middle of a frame")
