@@ -127,14 +127,7 @@ class KnownBug(Exception):
 # Failures already reported to the lead, each in a file of another branch: the exception
 # type, a function of the traceback, and whether every frame below that function must
 # be outside the project (the standard library's).
-KNOWN_BUGS: dict[str, tuple[type[BaseException], str, bool, str]] = {
-    # proto/codec.py: UnknownMessage / BadField repr a value nested ~1000 deep.
-    "codec-recursion": (RecursionError, "decode_header", False, ""),
-    # proto/codec.py: a str with a lone surrogate passes the type check, msgpack refuses it.
-    "codec-surrogate": (UnicodeEncodeError, "encode_header", False, ""),
-    # proto/session.py: Session.send steps the state before encoding fails.
-    "session-send-state": (Untyped, "run_session", False, "a refused send of "),
-}
+KNOWN_BUGS: dict[str, tuple[type[BaseException], str, bool, str]] = {}
 
 
 # -- random values ---------------------------------------------------------------------------

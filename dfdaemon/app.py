@@ -45,7 +45,8 @@ class DaemonConfig:
     # Registries besides --registry that the mirror and the control socket take a
     # client's access check from (HOST[:PORT]): any other ns= gets 403.
     allow_registries: tuple[str, ...] = ()
-    max_connections: int = 256  # at once on the HTTP port, and on the control socket
+    # Connections held at once on each port: HTTP, the control socket, uploads.
+    max_connections: int = 256
     # Networks upstreams may (not) be in, over the built-in denials of link-local and
     # cloud-metadata addresses (proto/origins.py): --origin-allow, --origin-deny.
     origin_allow: tuple[str, ...] = ()
@@ -92,10 +93,10 @@ def lock_data_dir(data_dir: Path) -> int:
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        # wired at merge: PieceServer(..., connections=ConnectionLimit(
-        #     config.max_connections)) once dfget/uploads.py takes a `connections` cap.
         self.upload = PieceServer(
-            slots=config.upload_slots, limiter=RateLimiter(config.upload_rate)
+            slots=config.upload_slots,
+            limiter=RateLimiter(config.upload_rate),
+            connections=ConnectionLimit(config.max_connections),
         )
         self.trust = Trust(config.registry, config.allow_registries)
         self.http_limit = http_limit(config.max_connections, config.listen[0])

@@ -220,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=int,
         metavar="N",
-        help="connections held at once on the HTTP port, and on the control socket "
-        "(each local user at most 1/8 of them there); past it new ones are closed "
-        "(default 256)",
+        help="connections held at once on each of its ports: the HTTP port, the upload "
+        "port (one address at most 1/8 of them, at least 16; on loopback the HTTP port "
+        "has no per-address share) and the control socket (each local user at most 1/8); "
+        "past it new ones are closed at once (default 256)",
     )
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

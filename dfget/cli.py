@@ -14,7 +14,7 @@ from dfget import __version__
 from dfget.daemon import DEFAULT_SOCKET
 from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
-from dfget.peer import PeerOptions
+from dfget.peer import DEFAULT_MAX_CONNECTIONS, PeerOptions
 from dfget.progress import ProgressBar
 from proto import argtypes
 from proto.admission import read_token
@@ -51,6 +51,16 @@ def _positive(text: str) -> float:
         value = -1
     if value <= 0:
         raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text!r}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of at least 1, not {text!r}")
     return value
 
 
@@ -165,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep serving this long after the download is done (default 0); SIGTERM or "
         "Ctrl-C while seeding ends it early and still exits 0",
     )
+    swarm.add_argument(
+        "--max-connections",
+        type=_at_least_one,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections the upload server holds at once (default {DEFAULT_MAX_CONNECTIONS}); "
+        "one remote address may hold N/8 of them, at least 16; past either, a new "
+        "connection is closed at once",
+    )
     token = swarm.add_mutually_exclusive_group()
     token.add_argument(
         "--token", metavar="SECRET", help="the cluster token (prefer --token-file: ps shows it)"
@@ -206,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             seed_for=max(0.0, args.seed_for),
             token=token,
             signals_end_seeding=True,
+            max_connections=args.max_connections,
         ),
     )
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()

@@ -19,6 +19,7 @@ from proto.io import FramedStream, client_handshake
 
 AGENT = f"dfget/{__version__}"
 CONNECT_TIMEOUT = 5.0
+SEND_TIMEOUT = 60.0  # for the other side to take one frame (they are small: requests)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -41,8 +42,12 @@ def translate_errors(address: str) -> Iterator[None]:
         raise SupernodeFailed(f"supernode {address} broke the protocol: {exc}") from exc
 
 
-async def connect_stream(address: str, *, peer_id: str) -> FramedStream:
-    """An open, handshaken session to `address` (HOST:PORT); the caller closes it."""
+async def connect_stream(address: str, *, peer_id: str, max_payload: int) -> FramedStream:
+    """An open, handshaken session to `address` (HOST:PORT); the caller closes it.
+
+    `max_payload` is the largest payload it accepts: 0 on a control session (the
+    supernode sends none there), one sealed piece of the task on a piece session.
+    """
     host, port = parse_address(address)
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
@@ -51,7 +56,14 @@ async def connect_stream(address: str, *, peer_id: str) -> FramedStream:
         raise SupernodeUnavailable(f"cannot reach {address}: {exc}") from exc
     with translate_errors(address):
         with trio.move_on_after(CONNECT_TIMEOUT) as handshake:
-            framed = await client_handshake(stream, role="peer", peer_id=peer_id, agent=AGENT)
+            framed = await client_handshake(
+                stream,
+                role="peer",
+                peer_id=peer_id,
+                agent=AGENT,
+                max_payload=max_payload,
+                send_timeout=SEND_TIMEOUT,
+            )
         if handshake.cancelled_caught:
             await stream.aclose()
             raise SupernodeUnavailable(f"{address} did not answer the handshake")
@@ -60,8 +72,9 @@ async def connect_stream(address: str, *, peer_id: str) -> FramedStream:
 
 @asynccontextmanager
 async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
-    """`connect_stream`, closed when the block ends; errors inside are translated."""
-    framed = await connect_stream(address, peer_id=peer_id)
+    """A control session (`connect_stream`, no payloads), closed when the block ends;
+    errors inside are translated."""
+    framed = await connect_stream(address, peer_id=peer_id, max_payload=0)
     try:
         with translate_errors(address):
             yield framed

@@ -43,11 +43,13 @@ from dfget.sources import PieceRefusedError, SourceLost, SourcePool
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
+from proto.connlimit import ConnectionLimit
 from proto.errors import ErrorCode, PieceCorrupted, ProtoError
 from proto.io import FramedStream, RateLimiter, unwrap_group
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
     ErrorReply,
+    KeepAlive,
     PieceRequest,
     PieceResult,
     PiecesReady,
@@ -70,6 +72,10 @@ MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as st
 REGISTER_TIMEOUT = 120.0
 NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
 MAX_PIECE_FAILURES = 8  # one piece failing this often (busy aside): give up on this swarm
+# The supernode closes a control session silent for 120 s (CONTROL_IDLE): a peer that
+# only waits (slow pieces, seeding) says it is there this often.
+KEEPALIVE_INTERVAL = 30.0
+DEFAULT_MAX_CONNECTIONS = 256  # the upload server's cap (a share of it per address)
 _ORIGIN_CODES = {
     ErrorCode.ORIGIN_STATUS,
     ErrorCode.ORIGIN_UNREACHABLE,
@@ -103,8 +109,10 @@ class PeerOptions:
         signals_end_seeding: bool = False,
         adopt: bool = False,
         in_order: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.listen = listen
+        self.max_connections = max_connections  # of this download's own upload server
         self.upload_slots = upload_slots
         self.upload_rate = upload_rate
         self.seed_for = seed_for
@@ -153,7 +161,7 @@ class Attempt:
         self.deadline = deadline
         self.progress = progress
         self.key = X25519PrivateKey.generate()
-        self.pool = SourcePool(peer_id=peer_id)
+        self.pool: SourcePool | None = None  # once the piece size is known (Registered)
         self.book: PieceBook | None = None
         self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
         self._running: dict[int, list[trio.CancelScope]] = {}
@@ -168,7 +176,9 @@ class Attempt:
             finally:
                 shared.server.unshare(self.task_id, self.peer_id)
         server = self.options.server_factory(
-            slots=self.options.upload_slots, limiter=RateLimiter(self.options.upload_rate)
+            slots=self.options.upload_slots,
+            limiter=RateLimiter(self.options.upload_rate),
+            connections=ConnectionLimit(self.options.max_connections),
         )
         with unwrap_group():
             async with trio.open_nursery() as outer:
@@ -188,9 +198,13 @@ class Attempt:
         on_complete: Callable[[PieceBook], Awaitable[None]],
     ) -> PieceBook:
         async with connect(self.address, peer_id=self.peer_id) as control:
-            book = await self._download(control, server, port)
-            await on_complete(book)
-            await self._seed(control, book)
+            with unwrap_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_keep_alive, control)
+                    book = await self._download(control, server, port)
+                    await on_complete(book)
+                    await self._seed(control, book)
+                    nursery.cancel_scope.cancel()
         return book
 
     # -- the download ----------------------------------------------------------------------
@@ -202,6 +216,8 @@ class Attempt:
             key = unwrap_key(self.key, registered.wrapped_key, context)
         except BadWrappedKey as exc:
             raise SupernodeFailed(str(exc)) from exc
+        # Piece connections take one sealed piece of this task at most.
+        self.pool = SourcePool(peer_id=self.peer_id, piece_size=registered.piece_size)
         book = self.book = PieceBook(
             task_id=registered.task_id,
             generation=registered.generation,
@@ -440,6 +456,7 @@ class Attempt:
         address = self.address if source == CDN_UPLOADER else f"{_bracket(host)}:{port}"
         await self.limiter.acquire(book.piece_size if book.length is None else book.size_of(index))
         timeout = max(PIECE_TIMEOUT, 2 * book.piece_size / MIN_PIECE_RATE)
+        assert self.pool is not None  # made when Registered came
         with trio.fail_after(timeout):
             connection = await self.pool.get(address, nursery=connections)
             frame = await connection.fetch(
@@ -508,6 +525,15 @@ async def _report(
                 seconds=seconds,
             )
         )
+
+
+async def _keep_alive(control: FramedStream) -> None:
+    """A KeepAlive every KEEPALIVE_INTERVAL for as long as the session lasts; a broken
+    session is left to `_follow` to notice."""
+    with contextlib.suppress(ProtoError):
+        while True:
+            await trio.sleep(KEEPALIVE_INTERVAL)
+            await control.send(KeepAlive())
 
 
 @contextlib.contextmanager

@@ -4,6 +4,11 @@ One connection per source address, opened on first use; several requests in flig
 it; a reader task matches each answer to its request by piece index. A transfer that
 gave up (endgame loser, timeout) leaves its answer to be read and dropped. When a
 connection breaks, every request waiting on it fails, and the next use reconnects.
+
+A pool serves one task: its connections take payloads of at most one sealed piece of
+that task. Uploaders close a piece connection that asks for nothing for a while (60 s),
+so one idle here for `max_idle` (30 s) is closed and replaced rather than reused: the
+uploader's close never fails a request.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
 from proto.frames import Frame
 from proto.io import FramedStream
 from proto.messages import ErrorReply, PieceData, PieceRefused, PieceRequest
+from proto.pieces import TAG_SIZE
+
+MAX_IDLE = 30.0  # seconds a connection may rest before it is replaced instead of reused
 
 
 class PieceRefusedError(Exception):
@@ -47,6 +55,17 @@ class SourceConnection:
         # Requests for the same piece may overlap (a retry after a cancelled copy): the
         # uploader answers in order, so each answer goes to the oldest waiter for it.
         self._waiters: dict[tuple[str, int], list[_Waiter]] = {}
+        self.last_active = trio.current_time()  # last request sent or answer received
+
+    def idle_for(self, now: float) -> float:
+        """How long the uploader has waited for a request from us (0 while one is
+        outstanding: it is busy answering)."""
+        return 0.0 if self._waiters else now - self.last_active
+
+    async def close(self) -> None:
+        """Close it (the reader then fails whatever still waits, and ends)."""
+        self._break(ConnectionLost(f"connection to {self.address} closed here", clean=True))
+        await self.framed.aclose()
 
     async def fetch(self, request: PieceRequest) -> Frame:
         """The PieceData frame answering `request`; PieceRefusedError or SourceLost."""
@@ -55,6 +74,7 @@ class SourceConnection:
         if self.broken is not None:
             raise SourceLost(f"{self.address}: {self.broken}")
         self._waiters.setdefault(key, []).append(waiter)
+        self.last_active = trio.current_time()
         try:
             try:
                 await self.framed.send(request)
@@ -71,11 +91,18 @@ class SourceConnection:
     def recycle(self, payload: bytearray) -> None:
         self.framed.recycle(payload)
 
-    async def read_answers(self) -> None:
-        """Hand every answer to its waiter, until the connection ends."""
+    async def read_answers(self, max_idle: float = MAX_IDLE) -> None:
+        """Hand every answer to its waiter, until the connection ends, or has had nothing
+        to wait for during `max_idle` (then it is closed: the uploader would soon)."""
         try:
             while True:
-                frame = await self.framed.receive()
+                with trio.move_on_after(max_idle) as waited:
+                    frame = await self.framed.receive()
+                if waited.cancelled_caught:  # no byte of a frame is lost: receive again
+                    if self._waiters:
+                        continue
+                    break
+                self.last_active = trio.current_time()
                 message = frame.message
                 if isinstance(message, ErrorReply):
                     raise SourceLost(f"{self.address} closed: {message.code}: {message.message}")
@@ -114,10 +141,13 @@ class SourceConnection:
 
 
 class SourcePool:
-    """Connections by address; `get` opens one on first use (its reader runs in `nursery`)."""
+    """Connections by address, for one task whose pieces are `piece_size` bytes; `get`
+    opens one on first use (its reader runs in `nursery`)."""
 
-    def __init__(self, *, peer_id: str) -> None:
+    def __init__(self, *, peer_id: str, piece_size: int) -> None:
         self.peer_id = peer_id
+        self.max_payload = piece_size + TAG_SIZE  # one sealed piece; nothing larger
+        self.max_idle = MAX_IDLE
         self._connections: dict[str, SourceConnection] = {}
         self._opening: dict[str, trio.Lock] = {}
 
@@ -126,11 +156,15 @@ class SourcePool:
         async with lock:
             connection = self._connections.get(address)
             if connection is not None and connection.broken is None:
-                return connection
+                if connection.idle_for(trio.current_time()) <= self.max_idle:
+                    return connection
+                await connection.close()  # the uploader may be closing it: start afresh
             try:
-                framed = await connect_stream(address, peer_id=self.peer_id)
+                framed = await connect_stream(
+                    address, peer_id=self.peer_id, max_payload=self.max_payload
+                )
             except Exception as exc:  # unreachable, handshake refused: all the same here
                 raise SourceLost(f"cannot reach {address}: {exc}") from exc
             connection = self._connections[address] = SourceConnection(framed, address)
-            nursery.start_soon(connection.read_answers)
+            nursery.start_soon(connection.read_answers, self.max_idle)
             return connection

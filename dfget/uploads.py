@@ -7,6 +7,14 @@ multi-MiB allocation per piece costs more in page faults than the sealing itself
 Every request needs a ticket the supernode signed for this task, naming the requester
 on the connection and this peer as the uploader. At most `slots` uploads run at once;
 past that the answer is `busy`, and the scheduler sends the requester elsewhere.
+
+Strangers cost little: connections are capped in total and per address
+(`ConnectionLimit`); a connection must say Hello within `hello_timeout` (in a header of
+at most 4 KiB), ask for its first piece within `first_request_timeout` and then for
+each next one within `piece_idle`; it never sends a payload. A bad ticket is refused
+and the connection closed. A piece must be taken by the requester within
+`piece_send_timeout(sealed size)`, or the connection is closed and its slot freed: a
+requester that never reads cannot hold one.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from dataclasses import dataclass
 import trio
 
 from dfget import __version__
+from proto.connlimit import ConnectionLimit
 from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
-from proto.io import FramedStream, RateLimiter, server_handshake
+from proto.io import FramedStream, RateLimiter, serve_limited, server_handshake
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE, PieceSealer
 from proto.session import Session, Side
@@ -32,8 +41,27 @@ from proto.tickets import TicketVerifier
 log = logging.getLogger(__name__)
 
 AGENT = f"dfget/{__version__}"
-HELLO_TIMEOUT = 10.0
+HELLO_TIMEOUT = 10.0  # from accepting a connection to its Hello
+FIRST_REQUEST_TIMEOUT = 15.0  # from Welcome to the first request (dfget sends it at once)
+PIECE_IDLE = 60.0  # waiting for the next request (dfget drops idle connections at 30 s)
+SEND_TIMEOUT = 60.0  # for the requester to take a refusal
+# A piece must be taken within max(MIN_PIECE_SEND, 2 × sealed size / MIN_SEND_RATE):
+# the deadline the requester gives itself (PIECE_TIMEOUT, MIN_PIECE_RATE in peer.py).
+MIN_PIECE_SEND = 60.0
+MIN_SEND_RATE = 256 * 1024  # bytes/s
+DEFAULT_MAX_CONNECTIONS = 256
 MAX_SPARE = 16 * 1024 * 1024 + TAG_SIZE  # larger sealed buffers are not kept
+
+
+def piece_send_timeout(
+    sealed: int, minimum: float = MIN_PIECE_SEND, rate: float = MIN_SEND_RATE
+) -> float:
+    """Seconds a requester has to take a sealed piece of `sealed` bytes."""
+    return max(minimum, 2 * sealed / rate)
+
+
+class _SessionRefused(Exception):
+    """A refusal that ends the piece session (a bad ticket)."""
 
 
 @dataclass
@@ -97,9 +125,20 @@ class PieceServer:
     """Serves every task shared with it; one server may serve the downloads of several
     peer ids (a daemon runs one download, with its own peer id, per task)."""
 
-    def __init__(self, *, slots: int, limiter: RateLimiter) -> None:
+    def __init__(
+        self, *, slots: int, limiter: RateLimiter, connections: ConnectionLimit | None = None
+    ) -> None:
         self.slots = trio.CapacityLimiter(max(1, slots))
         self.limiter = limiter
+        self.limit = connections or ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
+        # Deadlines, as attributes so that tests can shorten them.
+        self.hello_timeout = HELLO_TIMEOUT
+        self.first_request_timeout = FIRST_REQUEST_TIMEOUT
+        self.piece_idle = PIECE_IDLE
+        self.send_timeout = SEND_TIMEOUT
+        # A piece's send deadline: max(min_piece_send, 2 × sealed size / min_send_rate).
+        self.min_piece_send = MIN_PIECE_SEND
+        self.min_send_rate = MIN_SEND_RATE
         self.tasks: dict[str, SharedTask] = {}
         self._spare: list[bytearray] = []  # sealed-piece buffers, one per slot at most
         self.bytes_uploaded = 0
@@ -133,21 +172,27 @@ class PieceServer:
         bound = int(listeners[0].socket.getsockname()[1])
         try:
             task_status.started(bound)
-            await trio.serve_listeners(self._handle, listeners)
+            await serve_limited(self._handle, listeners, self.limit, what="upload server")
         finally:
             for task_id in list(self.tasks):
                 self.unshare(task_id)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        framed = FramedStream(stream, Session(Side.SERVER))
+        # A server's session: a small Hello first, never a payload (server_decoder).
+        framed = FramedStream(stream, Session(Side.SERVER), send_timeout=self.send_timeout)
         try:
-            with trio.fail_after(HELLO_TIMEOUT):
+            with trio.fail_after(self.hello_timeout):
                 hello = await server_handshake(framed, role="peer", agent=AGENT)
+            wait = self.first_request_timeout
             while True:
-                request = (await framed.receive()).message
+                with trio.fail_after(wait):
+                    request = (await framed.receive()).message
                 if not isinstance(request, PieceRequest):
                     raise UnexpectedMessage(f"{request.TAG} on a piece session")
                 await self._answer(framed, hello.peer_id, request)
+                wait = self.piece_idle
+        except _SessionRefused:
+            await framed.linger_close()
         except (ConnectionLost, trio.TooSlowError):
             pass
         except RemoteProtoError as exc:
@@ -175,14 +220,19 @@ class PieceServer:
                     task_id=request.task_id, index=request.index, code=str(code), message=why
                 )
             )
+            if code is ErrorCode.BAD_TICKET:  # no business here: the session ends
+                raise _SessionRefused(why)
             return
         assert task is not None
         try:
             sealed = await self.piece_bytes(task, request.index)
             await self.limiter.acquire(len(sealed))
+            # The requester must take it in time: one that never reads frees the slot
+            # (the connection closes) when this deadline passes.
             await framed.send(
                 PieceData(task_id=task.task_id, generation=task.generation, index=request.index),
                 sealed,
+                within=piece_send_timeout(len(sealed), self.min_piece_send, self.min_send_rate),
             )
             self.bytes_uploaded += len(sealed)
             self.pieces_uploaded += 1

@@ -2,9 +2,10 @@
 
 A frame header is a msgpack map: `t` names the message type, the other keys are the
 message's fields, and the reserved key `_n` gives the length of the raw payload that
-follows the header (absent when there is none). Decoding checks the type tag, that
-every field is present with the annotated type, that no unknown field is there, and
-the message's own `check()`; any failure is a `RemoteProtoError`.
+follows the header (absent when there is none). Only the types in `PAYLOAD_TYPES` may
+name one. Decoding checks the type tag, that a payload is named only where one is due,
+that every field is present with the annotated type, that no unknown field is there,
+and the message's own `check()`; any failure is a `RemoteProtoError`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 import msgpack
 
-from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage
-from proto.messages import ALL_MESSAGES, Message
+from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage, short_repr
+from proto.messages import ALL_MESSAGES, Message, PieceData
 
 TYPE_KEY = "t"
 PAYLOAD_KEY = "_n"
@@ -27,8 +28,20 @@ MAX_STR = 16 * 1024
 MAX_BIN = 16 * 1024
 MAX_ITEMS = 4096
 U64_MAX = (1 << 64) - 1
+# The messages a raw payload may follow. A header of any other type naming one is
+# refused as soon as it is decoded: nothing is ever allocated for a payload nobody
+# has a use for (a 60-byte Hello must not be able to reserve 64 MiB).
+PAYLOAD_TYPES: frozenset[type[Message]] = frozenset({PieceData})
 
 Checker = Callable[[object], bool]
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _checker_for(hint: object) -> Checker:
@@ -39,8 +52,8 @@ def _checker_for(hint: object) -> Checker:
         return lambda v: type(v) is bool
     if hint is float:  # durations and rates: finite and not negative
         return lambda v: type(v) is float and 0.0 <= v < math.inf
-    if hint is str:
-        return lambda v: type(v) is str
+    if hint is str:  # and encodable: a lone surrogate (from argv, say) is not
+        return lambda v: type(v) is str and (v.isascii() or _utf8(v))
     if hint is bytes:
         return lambda v: type(v) is bytes
     origin = typing.get_origin(hint)
@@ -93,13 +106,15 @@ def encode_header(message: Message, payload_length: int = 0) -> bytes:
     for name, check in schema.fields.items():
         value = getattr(message, name)
         if not check(value):
-            raise LocalProtoError(f"{message.TAG}.{name}: bad value {value!r:.80}")
+            raise LocalProtoError(f"{message.TAG}.{name}: bad value {short_repr(value)}")
         header[name] = value
     try:
         message.check()
     except ValueError as exc:
         raise LocalProtoError(f"{message.TAG}: {exc}") from exc
     if payload_length:
+        if schema.cls not in PAYLOAD_TYPES:
+            raise LocalProtoError(f"{message.TAG} carries no payload")
         header[PAYLOAD_KEY] = payload_length
     return msgpack.packb(header, use_bin_type=True)
 
@@ -129,12 +144,16 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[Message, int]:
     payload_length = raw.pop(PAYLOAD_KEY, 0)
     if type(payload_length) is not int or not 0 <= payload_length <= U64_MAX:
         raise BadField(tag, PAYLOAD_KEY, "payload length must be a non-negative integer")
+    if payload_length and schema.cls not in PAYLOAD_TYPES:
+        raise BadField(
+            tag, PAYLOAD_KEY, f"a {tag} carries no payload, this one names {payload_length} bytes"
+        )
     for name, value in raw.items():
         check = schema.fields.get(name)
         if check is None:
             raise BadField(tag, str(name), "unknown field")
         if not check(value):
-            raise BadField(tag, name, f"wrong type or range: {value!r:.80}")
+            raise BadField(tag, name, f"wrong type or range: {short_repr(value)}")
     missing = schema.required - raw.keys()
     if missing:
         raise BadField(tag, sorted(missing)[0], "missing")

@@ -8,7 +8,19 @@ an origin failure); nothing is wrong with the wire.
 
 from __future__ import annotations
 
+import reprlib
 from enum import StrEnum
+
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12 on)
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 6
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """`repr(value)` for a message about remote input: nesting, lengths and the whole
+    bounded (a value nested a thousand deep would make plain repr() raise
+    RecursionError)."""
+    return _SHORT.repr(value)[:limit]
 
 
 class ErrorCode(StrEnum):
@@ -65,7 +77,7 @@ class UnknownMessage(RemoteProtoError):
     """The header names a message type this version does not know."""
 
     def __init__(self, tag: object) -> None:
-        super().__init__(f"unknown message type {tag!r}")
+        super().__init__(f"unknown message type {short_repr(tag)}")
         self.tag = tag
 
 

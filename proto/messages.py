@@ -257,6 +257,15 @@ class PieceResult(Message):
             raise ValueError("bad source")
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAlive(Message):
+    """A peer says it is still there: the supernode closes a control session that sends
+    nothing for a while, and a peer that only waits (seeding, slow pieces) has nothing
+    else to send. No answer."""
+
+    TAG: ClassVar[str] = "keepalive"
+
+
 # -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------
 
 
@@ -318,6 +327,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PieceTasksRequest,
     PieceTasks,
     PieceResult,
+    KeepAlive,
 )
 
 

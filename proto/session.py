@@ -18,11 +18,12 @@ from proto.errors import (
     UnexpectedMessage,
     VersionMismatch,
 )
-from proto.frames import Frame, FrameDecoder, encode_frame
+from proto.frames import Frame, FrameDecoder, encode_frame, server_decoder
 from proto.messages import (
     PROTOCOL_VERSIONS,
     ErrorReply,
     Hello,
+    KeepAlive,
     Message,
     PieceData,
     PieceRefused,
@@ -67,7 +68,7 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
 
 # Once open, what each side may send (and so what the other may receive).
 OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
-    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PieceRequest}),
+    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PieceRequest, KeepAlive}),
     Side.SERVER: frozenset(
         {
             Registered,
@@ -96,12 +97,20 @@ def negotiate(hello: Hello, role: str, agent: str = "", challenge: bytes = b"") 
 
 
 class Session:
-    """One connection's protocol state: encodes what we send, decodes what arrives."""
+    """One connection's protocol state: encodes what we send, decodes what arrives.
+
+    Without a `decoder`, a server's session takes a small Hello first and never a
+    payload (`server_decoder()`: no client message carries one); a client's takes any
+    payload up to `MAX_PAYLOAD`, which suits tests only: a real client connection
+    passes a decoder with its own limit (see `proto.io.client_handshake`).
+    """
 
     def __init__(self, side: Side, decoder: FrameDecoder | None = None) -> None:
         self.side = side
         self.state = State.START
-        self.decoder = decoder or FrameDecoder()
+        if decoder is None:
+            decoder = server_decoder() if side is Side.SERVER else FrameDecoder()
+        self.decoder = decoder
         self.peer_hello: Hello | None = None
         self.version: int | None = None
 
@@ -124,9 +133,12 @@ class Session:
         raise UnexpectedMessage(f"did not expect {what}")
 
     def send(self, message: Message, payload_length: int = 0) -> bytes:
-        """Prefix and header bytes for `message`, after checking it may be sent now."""
+        """Prefix and header bytes for `message`, after checking it may be sent now.
+
+        Encoded first: a message the codec refuses leaves the state as it was."""
+        frame = encode_frame(message, payload_length)
         self._step(SEND, message)
-        return encode_frame(message, payload_length)
+        return frame
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self.decoder.receive_data(data)

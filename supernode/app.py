@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from proto.connlimit import ConnectionLimit
 from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter, unwrap_group
 from proto.origins import OriginPolicy
@@ -23,7 +24,7 @@ from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
 from supernode.keys import load_or_create_ticket_key
 from supernode.scheduler import Scheduler, SchedulerConfig
-from supernode.server import PeerServer
+from supernode.server import DEFAULT_MAX_CONNECTIONS, PeerServer
 from supernode.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class SupernodeConfig:
     preheat_realms: tuple[str, ...] = ()  # token realms trusted with preheat credentials
     gc: GcPolicy = field(default_factory=GcPolicy)  # store quota, watermarks, task TTL
     gc_interval: float = 5.0  # seconds between two looks at the store
+    # Connections the peer port holds at once; one remote address may hold
+    # per_address_share(max_connections) of them (1/8, at least 16).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 class Supernode:
@@ -86,7 +90,12 @@ class Supernode:
             self.scheduler, self.ticket_key, ticket_ttl=config.ticket_ttl, token=config.token
         )
         uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
-        self.server = PeerServer(self.cdn, self.swarm, upload_limiter=uploads)
+        self.server = PeerServer(
+            self.cdn,
+            self.swarm,
+            upload_limiter=uploads,
+            connections=ConnectionLimit(config.max_connections),
+        )
         self.preheats = Preheats(
             self.cdn,
             insecure=config.insecure,

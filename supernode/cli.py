@@ -16,6 +16,7 @@ from supernode import __version__
 from supernode.admin.preheat import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
+from supernode.server import DEFAULT_MAX_CONNECTIONS
 
 EPILOG = """\
 examples:
@@ -222,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="pieces the CDN uploads at once; past it peers are sent to other peers (default 16)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections the peer port holds at once (default {DEFAULT_MAX_CONNECTIONS}); "
+        "one remote address may hold N/8 of them, at least 16 (512 of the default); past "
+        "either, a new connection is closed at once",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -252,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.max_connections < 1:
+        print("supernode: --max-connections must be at least 1", file=sys.stderr)
+        return 2
     config = SupernodeConfig(
         host=host,
         port=port,
@@ -271,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         origin_deny=tuple(args.origin_deny),
         preheat_realms=tuple(args.preheat_realm),
         gc=gc,
+        max_connections=args.max_connections,
     )
     try:
         trio.run(serve_until_signalled, Supernode(config).serve)

@@ -4,12 +4,15 @@ After `Registered`, the session pushes `PiecesReady` as pieces land on the CDN a
 the task with `TaskDone` or `TaskFailed`. Meanwhile the peer asks for piece tasks (the
 scheduler's decisions, with tickets) and reports each transfer's result. A peer may
 register several tasks on one session; when the session ends, the peer leaves the
-swarm at once.
+swarm at once. A peer that sends nothing for `idle_timeout` (dfget sends a `KeepAlive`
+every 30 s) is closed, and so is one refused admission (`forbidden`): the refusal is
+its last frame.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -19,6 +22,8 @@ from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, unwrap_group
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
+    KeepAlive,
+    Message,
     PieceResult,
     PiecesReady,
     PieceTasks,
@@ -53,8 +58,10 @@ class ControlSession:
         challenge: bytes,
         cdn: Cdn,
         swarm: Swarm,
+        idle_timeout: float = math.inf,
     ) -> None:
         self.framed = framed
+        self.idle_timeout = idle_timeout
         self.peer_id = peer_id
         self.peer_host = peer_host  # where the peer's upload port is, as we see it
         self.challenge = challenge
@@ -64,15 +71,19 @@ class ControlSession:
         self.record: PeerRecord | None = None
 
     async def run(self, first: Register) -> None:
-        """Serve the session until the peer closes it (ConnectionLost propagates)."""
+        """Serve the session until the peer closes it (ConnectionLost propagates), stays
+        silent too long (TooSlowError) or is refused admission (then it returns)."""
         try:
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
-                    await self._register(first, nursery=nursery)
+                    message: Message = first
                     while True:
-                        message = (await self.framed.receive()).message
                         if isinstance(message, Register):
-                            await self._register(message, nursery=nursery)
+                            if not await self._register(message, nursery=nursery):
+                                nursery.cancel_scope.cancel()
+                                break
+                        elif isinstance(message, KeepAlive):
+                            pass  # it reset the idle deadline, nothing more
                         elif isinstance(message, PieceTasksRequest):
                             # Answered from its own task: it may wait for news while
                             # this loop goes on taking the peer's results.
@@ -81,11 +92,16 @@ class ControlSession:
                             self._piece_result(message)
                         else:
                             raise UnexpectedMessage(f"{message.TAG} on a control session")
+                        with trio.fail_after(self.idle_timeout):
+                            message = (await self.framed.receive()).message
+            await self.framed.linger_close()  # refused: the forbidden reply was the last word
         finally:
             if self.record is not None:
                 self.swarm.leave(self.peer_id, trio.current_time())
 
-    async def _register(self, message: Register, *, nursery: trio.Nursery) -> None:
+    async def _register(self, message: Register, *, nursery: trio.Nursery) -> bool:
+        """Answer one Register; False when the peer is refused admission (`forbidden`:
+        the session must end)."""
         if not self.swarm.admits(
             self.challenge, self.peer_id, message.public_key, message.token_proof
         ):
@@ -95,14 +111,17 @@ class ControlSession:
             await self.framed.send(
                 error_reply(ErrorCode.FORBIDDEN, "not admitted: missing or wrong cluster token")
             )
-            return
+            return False
         try:
             record = self.swarm.join(
                 self.peer_id, self.peer_host, message.upload_port, message.upload_slots
             )
         except PeerIdInUse as exc:
             await self.framed.send(error_reply(ErrorCode.FORBIDDEN, str(exc)))
-            return
+            return False
+        # Joined: the session leaves the swarm when it ends, whatever this Register
+        # becomes (else a refused Register would hold its peer id forever).
+        self.record = record
         try:
             spec = TaskSpec.from_request(
                 message.url,
@@ -113,20 +132,19 @@ class ControlSession:
             )
         except ValueError as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
-            return
+            return True
         try:
             task = await self.cdn.open_task(spec)
         except SupernodeError as exc:
             log.info("peer %s: %s refused: %s", self.peer_id[:12], display_url(spec.url), exc)
             await self.framed.send(error_reply(exc.code, str(exc), exc.status))
-            return
+            return True
         context = wrap_context(task.task_id, task.generation)
         try:
             wrapped = wrap_key(task.key, message.public_key, context)
         except BadPublicKey as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        self.record = record
+            return True
         self.tasks[task.task_id] = task
         self.swarm.enter(record, task, trio.current_time(), in_order=message.in_order)
         await self.framed.send(
@@ -150,6 +168,7 @@ class ControlSession:
             task.state,
         )
         nursery.start_soon(self._push_progress, task)
+        return True
 
     def _current(self, task_id: str, generation: int) -> CdnTask | None:
         task = self.tasks.get(task_id)

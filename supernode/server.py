@@ -4,6 +4,14 @@ Every connection starts with Hello/Welcome. Its first request decides what it is
 `Register` opens a control session, a `PieceRequest` a piece session on the CDN. A
 connection that breaks the protocol gets a typed `ErrorReply` and is closed; nothing a
 peer sends can take the server down or stall other connections.
+
+What a stranger can cost is bounded before anything is read: connections are capped
+in total and per remote address (`ConnectionLimit`), a connection must say Hello
+within `hello_timeout` (a small one: its first header may be 4 KiB at most) and send
+its first request within `first_request_timeout`; neither side of a session ever
+receives a payload here. After that, a piece session idle for `piece_idle` and a
+control session silent for `control_idle` are closed, and every frame sent must be
+taken by the peer within `send_timeout` (a piece: see `CdnUploads`).
 """
 
 from __future__ import annotations
@@ -13,33 +21,56 @@ import logging
 import trio
 
 from proto.admission import new_challenge
+from proto.connlimit import ConnectionLimit
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
-from proto.io import FramedStream, RateLimiter, server_handshake
+from proto.io import FramedStream, RateLimiter, serve_limited, server_handshake
 from proto.messages import PieceRequest, Register
 from proto.session import Session, Side
 from proto.tickets import TicketVerifier
 from supernode import __version__
 from supernode.cdn.service import Cdn
-from supernode.cdn.uploads import CdnUploads
+from supernode.cdn.uploads import MIN_PIECE_SEND, MIN_SEND_RATE, CdnUploads
 from supernode.control import ControlSession
 from supernode.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 10.0
-IDLE_TIMEOUT = 600.0  # a connection must send its first request within this
+HELLO_TIMEOUT = 10.0  # from accepting a connection to its Hello
+FIRST_REQUEST_TIMEOUT = 15.0  # from Welcome to the first request (dfget sends it at once)
+CONTROL_IDLE = 120.0  # a control session with no frame from the peer (dfget: keepalives)
+PIECE_IDLE = 60.0  # a piece session with no request (dfget drops idle ones after 30 s)
+SEND_TIMEOUT = 60.0  # for the peer to take one frame other than a piece
+DEFAULT_MAX_CONNECTIONS = 4096
 AGENT = f"dragonfly-py-supernode/{__version__}"
 
 
 class PeerServer:
+    """The peer port. The deadlines are attributes (tests lower them); `connections`
+    caps the connections held at once (default: DEFAULT_MAX_CONNECTIONS in total,
+    `per_address_share` of it per remote address)."""
+
     def __init__(
-        self, cdn: Cdn, swarm: Swarm, *, upload_limiter: RateLimiter | None = None
+        self,
+        cdn: Cdn,
+        swarm: Swarm,
+        *,
+        upload_limiter: RateLimiter | None = None,
+        connections: ConnectionLimit | None = None,
     ) -> None:
         self.cdn = cdn
         self.swarm = swarm
         self.upload_limiter = upload_limiter
+        self.limit = connections or ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
         # The CDN's uploads, every task's: room for one ticket per peer per task at scale.
         self.tickets = TicketVerifier(swarm.ticket_key.public_key(), capacity=16384)
+        self.hello_timeout = HELLO_TIMEOUT
+        self.first_request_timeout = FIRST_REQUEST_TIMEOUT
+        self.control_idle = CONTROL_IDLE
+        self.piece_idle = PIECE_IDLE
+        self.send_timeout = SEND_TIMEOUT
+        # A piece's send deadline: max(min_piece_send, 2 × sealed size / min_send_rate).
+        self.min_piece_send = MIN_PIECE_SEND
+        self.min_send_rate = MIN_SEND_RATE
         self.connections = 0
         self.protocol_errors = 0
 
@@ -54,16 +85,17 @@ class PeerServer:
         sockname = listeners[0].socket.getsockname()
         log.info("peer server listening on %s:%d", sockname[0], sockname[1])
         task_status.started((sockname[0], sockname[1]))
-        await trio.serve_listeners(self._handle, listeners)
+        await serve_limited(self._handle, listeners, self.limit, what="peer server")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        framed = FramedStream(stream, Session(Side.SERVER))
+        # A server's session: a small Hello first, never a payload (server_decoder).
+        framed = FramedStream(stream, Session(Side.SERVER), send_timeout=self.send_timeout)
         peer = _address(stream)
         try:
             await self._converse(framed)
-        except ConnectionLost:
-            pass
+        except ConnectionLost as exc:
+            log.debug("connection from %s: %s", peer, exc)
         except trio.TooSlowError:
             log.info("connection from %s timed out", peer)
         except RemoteProtoError as exc:
@@ -79,11 +111,11 @@ class PeerServer:
 
     async def _converse(self, framed: FramedStream) -> None:
         challenge = new_challenge()
-        with trio.fail_after(HELLO_TIMEOUT):
+        with trio.fail_after(self.hello_timeout):
             hello = await server_handshake(
                 framed, role="supernode", agent=AGENT, challenge=challenge
             )
-        with trio.fail_after(IDLE_TIMEOUT):
+        with trio.fail_after(self.first_request_timeout):
             first = (await framed.receive()).message
         if isinstance(first, Register):
             control = ControlSession(
@@ -93,6 +125,7 @@ class PeerServer:
                 challenge=challenge,
                 cdn=self.cdn,
                 swarm=self.swarm,
+                idle_timeout=self.control_idle,
             )
             await control.run(first)
         elif isinstance(first, PieceRequest):
@@ -102,6 +135,9 @@ class PeerServer:
                 cdn=self.cdn,
                 tickets=self.tickets,
                 limiter=self.upload_limiter,
+                idle_timeout=self.piece_idle,
+                min_send_timeout=self.min_piece_send,
+                min_send_rate=self.min_send_rate,
             )
             await uploads.run(first)
         else:

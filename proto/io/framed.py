@@ -10,60 +10,106 @@ module sees a raw trio exception.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import trio
 
 from proto.errors import ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
-from proto.frames import Frame
+from proto.frames import MAX_PAYLOAD, Frame, FrameDecoder
 from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcome
 from proto.session import Session, Side, negotiate
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 256 * 1024  # a read into a payload (on streams without recv_into)
+# A read between payloads: what a peer's frames can make us hold before they are
+# decoded one by one, per connection (frames are small; a header is at most 64 KiB).
+FRAME_READ_SIZE = 16 * 1024
 # What a stream that the other side left (or we closed) raises.
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
+LINGER = 1.0  # seconds `linger_close` waits for the peer to close after a refusal
 
 
 class FramedStream:
-    def __init__(self, stream: trio.abc.Stream, session: Session) -> None:
+    """One session over `stream`. Every send has a deadline: `send_timeout` (None: none),
+    or the `within` given to that send. A peer that does not take a frame in time (it
+    stopped reading) gets its connection treated as lost. A frame cut short (deadline,
+    cancellation, broken socket) ends sending on the stream: any later send raises
+    `ConnectionLost`, and the caller closes it."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, session: Session, *, send_timeout: float | None = None
+    ) -> None:
         self.stream = stream
         self.session = session
+        self.send_timeout = send_timeout
         self._send_lock = trio.Lock()
+        self._send_broken: str | None = None  # why a frame was cut short
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.welcome: Welcome | None = None  # the server's, on a client stream
 
     async def send(
-        self, message: Message, payload: bytes | bytearray | memoryview | None = None
+        self,
+        message: Message,
+        payload: bytes | bytearray | memoryview | None = None,
+        *,
+        within: float | None = None,
     ) -> None:
-        """Send one frame; concurrent senders queue behind each other."""
+        """Send one frame; concurrent senders queue behind each other. The peer must
+        take it `within` seconds (default: `send_timeout`)."""
         size = len(payload) if payload is not None else 0
         async with self._send_lock:
+            self._check_sendable()
             head = self.session.send(message, size)
-            try:
+            with self._sending(message, within):
                 if payload is not None and size < READ_SIZE:
                     await self.stream.send_all(head + payload)
                 else:
                     await self.stream.send_all(head)
                     if payload is not None:
                         await self.stream.send_all(payload)
-            except STREAM_ERRORS as exc:
-                raise ConnectionLost(f"send failed: {exc}", clean=False) from exc
 
-    async def send_file(self, message: Message, fd: int, offset: int, count: int) -> None:
+    async def send_file(
+        self, message: Message, fd: int, offset: int, count: int, *, within: float | None = None
+    ) -> None:
         """Send one frame whose payload is `count` bytes of file `fd` at `offset`."""
         if self._socket is None:
-            await self.send(message, os.pread(fd, count, offset))
+            await self.send(message, os.pread(fd, count, offset), within=within)
             return
         async with self._send_lock:
+            self._check_sendable()
             head = self.session.send(message, count)
-            try:
+            with self._sending(message, within):
                 await self.stream.send_all(head)
                 await send_file(self._socket, fd, offset, count)
-            except STREAM_ERRORS as exc:
-                raise ConnectionLost(f"send failed: {exc}", clean=False) from exc
+
+    def _check_sendable(self) -> None:
+        if self._send_broken is not None:
+            raise ConnectionLost(self._send_broken, clean=False)
+
+    @contextlib.contextmanager
+    def _sending(self, message: Message, within: float | None) -> Iterator[None]:
+        """The deadline and error translation around the I/O of one frame."""
+        seconds = self.send_timeout if within is None else within
+        try:
+            with trio.fail_after(math.inf if seconds is None else seconds):
+                yield
+        except trio.TooSlowError:
+            self._send_broken = (
+                f"the peer did not take a {message.TAG} frame within {seconds:g}s "
+                "(it stopped reading)"
+            )
+            raise ConnectionLost(self._send_broken, clean=False) from None
+        except STREAM_ERRORS as exc:
+            self._send_broken = f"send failed: {exc}"
+            raise ConnectionLost(self._send_broken, clean=False) from exc
+        except trio.Cancelled:
+            # Part of the frame may be on the wire: another frame after it would read as
+            # garbage on the other side, so none may follow.
+            self._send_broken = f"a {message.TAG} frame was cut short (cancelled)"
+            raise
 
     async def receive(self) -> Frame:
         """The next frame; ConnectionLost if the peer closes, RemoteProtoError if it lies."""
@@ -80,7 +126,9 @@ class FramedStream:
                         raise MalformedFrame("connection closed in the middle of a payload")
                     decoder.payload_received(count)
                     continue
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await self.stream.receive_some(
+                    FRAME_READ_SIZE if view is None else READ_SIZE
+                )
                 if not data:
                     if decoder.in_frame:
                         raise MalformedFrame("connection closed in the middle of a frame")
@@ -92,10 +140,28 @@ class FramedStream:
     async def refuse(self, exc: Exception) -> None:
         """Server side, before closing: tell the peer why, if the session still allows a
         word (best effort: a peer that is gone is not waited for)."""
+        if self._send_broken is not None:  # a frame was cut short: no word can follow it
+            return
         refusal = self.session.refuse(exc)
         if refusal is not None:
             with trio.move_on_after(1), contextlib.suppress(*STREAM_ERRORS):
                 await self.stream.send_all(refusal)
+
+    async def linger_close(self, seconds: float = LINGER) -> None:
+        """Close after a final answer (a refusal) without losing it.
+
+        Closing a socket with unread bytes in its receive buffer (requests the client
+        pipelined) makes the kernel send a reset, which can destroy the answer before
+        the client reads it. So: end our side, then read and drop whatever comes until
+        the client closes too, for `seconds` at most, then close.
+        """
+        with trio.move_on_after(seconds), contextlib.suppress(*STREAM_ERRORS):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                async with self._send_lock:
+                    await self.stream.send_eof()
+            while await self.stream.receive_some(READ_SIZE):
+                pass
+        await self.aclose()
 
     def recycle(self, payload: bytearray) -> None:
         """Give a received payload back for reuse (see `FrameDecoder.recycle`)."""
@@ -147,14 +213,22 @@ async def server_handshake(
 
 
 async def client_handshake(
-    stream: trio.abc.Stream, *, role: str, peer_id: str, agent: str = ""
+    stream: trio.abc.Stream,
+    *,
+    role: str,
+    peer_id: str,
+    max_payload: int,
+    agent: str = "",
+    send_timeout: float | None = None,
 ) -> FramedStream:
     """Client side: say Hello, wait for Welcome; the open framed stream (the Welcome is
-    kept in `framed.welcome`).
+    kept in `framed.welcome`). `max_payload` is the largest payload this connection
+    accepts: 0 for a control session, one sealed piece of the task for a piece session.
 
     On any failure the stream is closed before the error propagates.
     """
-    framed = FramedStream(stream, Session(Side.CLIENT))
+    session = Session(Side.CLIENT, FrameDecoder(max_payload=max_payload))
+    framed = FramedStream(stream, session, send_timeout=send_timeout)
     try:
         await framed.send(
             Hello(versions=PROTOCOL_VERSIONS, role=role, peer_id=peer_id, agent=agent)
@@ -174,10 +248,18 @@ async def client_handshake(
 
 @asynccontextmanager
 async def open_session(
-    stream: trio.abc.Stream, *, role: str, peer_id: str, agent: str = ""
+    stream: trio.abc.Stream,
+    *,
+    role: str,
+    peer_id: str,
+    agent: str = "",
+    max_payload: int = MAX_PAYLOAD,
 ) -> AsyncIterator[FramedStream]:
-    """`client_handshake`, closing the stream when the block ends."""
-    framed = await client_handshake(stream, role=role, peer_id=peer_id, agent=agent)
+    """`client_handshake`, closing the stream when the block ends (for tests and tools:
+    it takes payloads of any size unless told otherwise)."""
+    framed = await client_handshake(
+        stream, role=role, peer_id=peer_id, agent=agent, max_payload=max_payload
+    )
     try:
         yield framed
     finally:

@@ -4,12 +4,21 @@ Each request is checked (task, generation, ticket, piece ready) and answered wit
 `PieceData` frame whose payload is `sendfile`d from the pieces file, or with a typed
 `PieceRefused`. Requests on one connection are
 answered in order; the requester keeps several in flight to fill the pipe.
+
+A `bad_ticket` refusal ends the session (whoever sent it has no business here); the
+other refusals (`unknown_task`, `stale`, `not_held`) keep it. A session with no
+request for `idle_timeout` is closed, and so is one whose requester does not take a
+piece within `piece_send_timeout(sealed size)`: a requester that never reads holds
+its connection no longer than that.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+
+import trio
 
 from proto.errors import BadTicket, ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, RateLimiter
@@ -21,6 +30,23 @@ from supernode.cdn.service import Cdn
 from supernode.errors import StoreError
 
 log = logging.getLogger(__name__)
+
+# A piece must be taken by the requester within max(MIN_PIECE_SEND, sealed size /
+# MIN_SEND_RATE × 2), the deadline dfget gives itself to receive one (PIECE_TIMEOUT,
+# MIN_PIECE_RATE in dfget/peer.py). The upload rate limiter's wait comes before it.
+MIN_PIECE_SEND = 60.0
+MIN_SEND_RATE = 256 * 1024  # bytes/s
+
+
+def piece_send_timeout(
+    sealed: int, minimum: float = MIN_PIECE_SEND, rate: float = MIN_SEND_RATE
+) -> float:
+    """Seconds a requester has to take a sealed piece of `sealed` bytes."""
+    return max(minimum, 2 * sealed / rate)
+
+
+class _SessionRefused(Exception):
+    """A refusal that ends the piece session (a bad ticket)."""
 
 
 class CdnUploads:
@@ -34,8 +60,14 @@ class CdnUploads:
         cdn: Cdn,
         tickets: TicketVerifier,
         limiter: RateLimiter | None = None,
+        idle_timeout: float = math.inf,
+        min_send_timeout: float = MIN_PIECE_SEND,
+        min_send_rate: float = MIN_SEND_RATE,
     ) -> None:
         self.framed = framed
+        self.idle_timeout = idle_timeout
+        self.min_send_timeout = min_send_timeout
+        self.min_send_rate = min_send_rate
         self.peer_id = peer_id
         self.cdn = cdn
         self.tickets = tickets
@@ -44,11 +76,18 @@ class CdnUploads:
         self.bytes_sent = 0
 
     async def run(self, first: PieceRequest) -> None:
+        """Answer requests until the peer closes (ConnectionLost), idles (TooSlowError)
+        or is refused a ticket (then it returns, the connection closed)."""
         try:
             request = first
             while True:
-                await self._answer(request)
-                frame = await self.framed.receive()
+                try:
+                    await self._answer(request)
+                except _SessionRefused:
+                    await self.framed.linger_close()
+                    return
+                with trio.fail_after(self.idle_timeout):
+                    frame = await self.framed.receive()
                 if not isinstance(frame.message, PieceRequest):
                     raise UnexpectedMessage(f"{frame.message.TAG} on a piece session")
                 request = frame.message
@@ -80,7 +119,8 @@ class CdnUploads:
                 now=time.time(),
             )
         except BadTicket as exc:
-            return await self._refuse(request, ErrorCode.BAD_TICKET, str(exc))
+            await self._refuse(request, ErrorCode.BAD_TICKET, str(exc))
+            raise _SessionRefused from exc
         if request.index >= task.ready:
             return await self._refuse(request, ErrorCode.NOT_HELD, "piece not on the CDN yet")
         sealed = task.lengths[request.index] + TAG_SIZE
@@ -89,7 +129,13 @@ class CdnUploads:
             pieces = self._open(task.task_id, task.generation, task.piece_size)
             if self.limiter:
                 await self.limiter.acquire(sealed)
-            await self.framed.send_file(reply, pieces.fd, pieces.offset(request.index), sealed)
+            await self.framed.send_file(
+                reply,
+                pieces.fd,
+                pieces.offset(request.index),
+                sealed,
+                within=piece_send_timeout(sealed, self.min_send_timeout, self.min_send_rate),
+            )
         except StoreError as exc:
             log.warning("cdn uploads: %s", exc)
             return await self._refuse(request, ErrorCode.STALE, "task generation is gone")
