@@ -257,6 +257,52 @@ class PieceResult(Message):
             raise ValueError("bad source")
 
 
+MAX_BITFIELD = 8192  # bytes of one PiecesHeld frame: 65,536 pieces
+
+
+@dataclass(frozen=True, slots=True)
+class PiecesHeld(Message):
+    """The peer holds these pieces, checked against the digests of `PiecesReady` (a
+    daemon's cache after a restart): bit `i` of `bitfield` (the most significant bit of
+    byte 0 first) is piece `start + i`. The scheduler records them as a claim, caught
+    out like any holder if the peer then fails or corrupts them."""
+
+    TAG: ClassVar[str] = "pieces_held"
+    task_id: str
+    generation: int
+    start: int
+    bitfield: bytes
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if not 1 <= len(self.bitfield) <= MAX_BITFIELD:
+            raise ValueError(f"bitfield must be 1 to {MAX_BITFIELD} bytes")
+
+    def indexes(self) -> list[int]:
+        """The piece indexes the bitfield names, lowest first."""
+        bits = int.from_bytes(self.bitfield, "big")
+        width = 8 * len(self.bitfield)
+        return [self.start + i for i in range(width) if (bits >> (width - 1 - i)) & 1]
+
+    @classmethod
+    def of(cls, task_id: str, generation: int, indexes: list[int]) -> list[PiecesHeld]:
+        """The frames that claim `indexes` (as few as fit)."""
+        frames = []
+        ordered = sorted(set(indexes))
+        span = 8 * MAX_BITFIELD
+        while ordered:
+            start = ordered[0]
+            chunk = [i for i in ordered if i < start + span]
+            ordered = ordered[len(chunk) :]
+            width = chunk[-1] - start + 1
+            size = -(-width // 8)
+            bits = 0
+            for index in chunk:
+                bits |= 1 << (8 * size - 1 - (index - start))
+            frames.append(cls(task_id, generation, start, bits.to_bytes(size, "big")))
+        return frames
+
+
 # -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------
 
 
@@ -318,6 +364,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PieceTasksRequest,
     PieceTasks,
     PieceResult,
+    PiecesHeld,
 )
 
 

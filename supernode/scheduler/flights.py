@@ -3,12 +3,16 @@
 A `Flight` is indexed by its downloader's piece (`Member.flights`, where a report finds
 it) and by its uploader (`Peer.uploading`, where a departure finds it), so that a
 report, a departure or a task removal reaches it at once. `FlightTable` adds a third
-view, by deadline, for the assignments nobody reports on: after `assignment_timeout` they
-free their slot, with no penalty to anyone (the scheduler cannot tell whose fault it was).
+view, by deadline, for the assignments nobody reports on: past its deadline a flight
+frees its slot, with no penalty to anyone (the scheduler cannot tell whose fault it was).
 
-Every deadline is `now + assignment_timeout`, so with a clock that does not go back they
-arrive in order: the table is a queue, appended to at the back and expired from the
-front. A deadline out of order (a clock that went back) is inserted in its place.
+A deadline is `now + span`, where the span depends on the piece size (a transfer's
+deadline) or is the CDN's short wait for a request. There are few distinct spans, so
+the table keeps one queue per span: with a clock that does not go back, each queue's
+deadlines arrive in order, and it is appended to at the back and expired from the
+front. A deadline out of order (a clock that went back) is inserted in its place. A
+flight whose deadline moves (the CDN started sending it) is queued again; its old
+entry dies lazily.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass
 
 from supernode.scheduler.peers import Member
 
-# Reported flights stay queued until their deadline comes up; rebuild the queue when the
-# dead outnumber the live by this factor (plus some slack), so memory stays O(live).
+# Dead entries (reported, or queued again) stay until their deadline comes up; rebuild
+# the queues when they outnumber the live by this factor (plus some slack), so memory
+# stays O(live).
 _COMPACT_FACTOR = 2
 _COMPACT_SLACK = 4096
 
@@ -35,42 +40,71 @@ class Flight:
     uploader: Member | None  # None: the CDN
     deadline: float
     live: bool = True
+    cdn_slot: bool = False  # it holds one of the CDN's upload slots (until sent)
 
 
-def _deadline(flight: Flight) -> float:
-    return flight.deadline
+_Entry = tuple[float, Flight]
+
+
+def _deadline(entry: _Entry) -> float:
+    return entry[0]
 
 
 class FlightTable:
     def __init__(self) -> None:
-        self._queue: deque[Flight] = deque()  # by deadline
+        self._queues: dict[float, deque[_Entry]] = {}  # span -> entries by deadline
+        self._entries = 0
         self.live = 0
 
-    def add(self, flight: Flight) -> None:
-        queue = self._queue
-        if not queue or flight.deadline >= queue[-1].deadline:
-            queue.append(flight)
-        else:
-            queue.insert(bisect.bisect_right(queue, flight.deadline, key=_deadline), flight)
+    def add(self, flight: Flight, span: float) -> None:
+        """A new flight, due at `flight.deadline` (= now + `span`)."""
         self.live += 1
-        if len(queue) > _COMPACT_FACTOR * self.live + _COMPACT_SLACK:
-            self._queue = deque(flight for flight in queue if flight.live)
+        self._queue(flight, span)
+
+    def move(self, flight: Flight, deadline: float, span: float) -> None:
+        """The live `flight` is now due at `deadline` (= now + `span`)."""
+        if deadline != flight.deadline:
+            flight.deadline = deadline
+            self._queue(flight, span)
+
+    def _queue(self, flight: Flight, span: float) -> None:
+        queue = self._queues.get(span)
+        if queue is None:
+            queue = self._queues[span] = deque()
+        entry = (flight.deadline, flight)
+        if not queue or entry[0] >= queue[-1][0]:
+            queue.append(entry)
+        else:
+            queue.insert(bisect.bisect_right(queue, entry[0], key=_deadline), entry)
+        self._entries += 1
+        if self._entries > _COMPACT_FACTOR * self.live + _COMPACT_SLACK:
+            self._compact()
+
+    def _compact(self) -> None:
+        for span, queue in list(self._queues.items()):
+            kept = deque(e for e in queue if e[1].live and e[1].deadline == e[0])
+            if kept:
+                self._queues[span] = kept
+            else:
+                del self._queues[span]
+        self._entries = sum(len(q) for q in self._queues.values())
 
     def remove(self, flight: Flight) -> None:
-        """The flight was reported or dropped; its queue entry dies lazily."""
+        """The flight was reported or dropped; its queue entries die lazily."""
         if flight.live:
             flight.live = False
             self.live -= 1
 
     def next_deadline(self) -> float:
-        return self._queue[0].deadline if self._queue else math.inf
+        return min((q[0][0] for q in self._queues.values() if q), default=math.inf)
 
     def expired(self, now: float) -> list[Flight]:
         """Live flights whose deadline is at or before `now` (the caller removes them)."""
-        queue = self._queue
-        out: list[Flight] = []
-        while queue and queue[0].deadline <= now:
-            flight = queue.popleft()
-            if flight.live:
-                out.append(flight)
-        return out
+        out: dict[Flight, None] = {}  # (a flight moved back and forth has two entries)
+        for queue in self._queues.values():
+            while queue and queue[0][0] <= now:
+                deadline, flight = queue.popleft()
+                self._entries -= 1
+                if flight.live and flight.deadline == deadline:
+                    out[flight] = None
+        return list(out)
