@@ -257,7 +257,8 @@ class PieceResult(Message):
             raise ValueError("bad source")
 
 
-MAX_BITFIELD = 8192  # bytes of one PiecesHeld frame: 65,536 pieces
+MAX_BITFIELD = 8192  # bytes of a PiecesHeld bitfield: 65,536 pieces
+_BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +266,7 @@ class PiecesHeld(Message):
     """The peer holds these pieces, checked against the digests of `PiecesReady` (a
     daemon's cache after a restart): bit `i` of `bitfield` (the most significant bit of
     byte 0 first) is piece `start + i`. The scheduler records them as a claim, caught
-    out like any holder if the peer then fails or corrupts them."""
+    out like any holder if the peer then fails or corrupts them. One a task and session."""
 
     TAG: ClassVar[str] = "pieces_held"
     task_id: str
@@ -280,27 +281,23 @@ class PiecesHeld(Message):
 
     def indexes(self) -> list[int]:
         """The piece indexes the bitfield names, lowest first."""
-        bits = int.from_bytes(self.bitfield, "big")
-        width = 8 * len(self.bitfield)
-        return [self.start + i for i in range(width) if (bits >> (width - 1 - i)) & 1]
+        found: list[int] = []
+        for offset, byte in enumerate(self.bitfield):
+            if byte:
+                base = self.start + 8 * offset
+                found.extend(base + bit for bit in _BITS[byte])
+        return found
 
     @classmethod
-    def of(cls, task_id: str, generation: int, indexes: list[int]) -> list[PiecesHeld]:
-        """The frames that claim `indexes` (as few as fit)."""
-        frames = []
-        ordered = sorted(set(indexes))
-        span = 8 * MAX_BITFIELD
-        while ordered:
-            start = ordered[0]
-            chunk = [i for i in ordered if i < start + span]
-            ordered = ordered[len(chunk) :]
-            width = chunk[-1] - start + 1
-            size = -(-width // 8)
-            bits = 0
-            for index in chunk:
-                bits |= 1 << (8 * size - 1 - (index - start))
-            frames.append(cls(task_id, generation, start, bits.to_bytes(size, "big")))
-        return frames
+    def of(cls, task_id: str, generation: int, indexes: list[int]) -> PiecesHeld:
+        """The claim of `indexes` (not empty); those past the first 65,536 pieces from the
+        lowest are left out."""
+        start = min(indexes)
+        held = sorted({i - start for i in indexes if i - start < 8 * MAX_BITFIELD})
+        bitfield = bytearray(held[-1] // 8 + 1)
+        for bit in held:
+            bitfield[bit // 8] |= 0x80 >> (bit % 8)
+        return cls(task_id, generation, start, bytes(bitfield))
 
 
 # -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------

@@ -35,6 +35,13 @@ def _admin_address(text: str) -> tuple[str, int] | None:
     return None if text.strip().lower() == "off" else argtypes.address(ADMIN_PORT)(text)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supernode",
@@ -157,6 +164,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="pieces the CDN uploads at once; past it peers are sent to other peers (default 16)",
     )
     parser.add_argument(
+        "--cdn-slots-per-requester",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CDN uploads one peer may have at once (default: half of --cdn-upload-slots)",
+    )
+    limits = parser.add_argument_group("limits", "what admitted peers can make the supernode do")
+    limits.add_argument(
+        "--max-fetches",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="origin fetches at once; past it a request for a new one is refused as busy "
+        "(the peer tries another supernode or the origin) (default 64)",
+    )
+    limits.add_argument(
+        "--max-task-size",
+        type=argtypes.size,
+        default=None,
+        metavar="SIZE",
+        help="largest task the CDN fetches, e.g. 50GiB; a body of unknown length is "
+        "stopped past it (default: the --store-quota if set, else none)",
+    )
+    limits.add_argument(
+        "--failed-task-ttl",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a failed task is remembered (default 600)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -172,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         token = read_token(args.token, args.token_file)
         admin_token = read_token(args.admin_token, args.admin_token_file)
+        if not args.failed_task_ttl > 0:
+            raise ValueError("--failed-task-ttl must be positive")
         gc = GcPolicy(
             quota=args.store_quota,
             high=args.store_high_watermark,
@@ -191,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         cdn_upload_limit=args.cdn_upload_limit,
         token=token,
         cdn_upload_slots=args.cdn_upload_slots,
+        cdn_slots_per_requester=args.cdn_slots_per_requester,
+        max_fetches=args.max_fetches,
+        max_task_size=args.max_task_size,
+        failed_task_ttl=args.failed_task_ttl,
         admin_listen=args.admin_listen,
         admin_token=admin_token,
         admin_protect_reads=args.admin_protect_reads,

@@ -329,9 +329,10 @@ class Scheduler:
         digests (a daemon's cache after a restart); the checks to run.
 
         Only pieces the scheduler knows of count (the swarm passes only those on the
-        CDN: their digests are all a peer can have checked against). A claimed holder is a holder like any other: a downloader that gets a
-        corrupt piece from it accuses it, and the check catches a lie. One newly claimed
-        piece is also checked at random at once (`spot_check_claims`).
+        CDN: their digests are all a peer can have checked against). A claimed holder is
+        a holder like any other: a downloader that gets a corrupt piece from it accuses
+        it, and the check catches a lie. One newly claimed piece is also checked at
+        random at once (`spot_check_claims`).
         """
         self._tick(now)
         task = self._tasks.get(task_id)
