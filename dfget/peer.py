@@ -265,12 +265,12 @@ class Attempt:
             return sizes
 
         sizes = await trio.to_thread.run_sync(check)
+        if sizes:  # claimed before the book is complete: that ends the download's tasks
+            claim = PiecesHeld.of(book.task_id, book.generation, list(range(len(sizes))))
+            with trio.move_on_after(5), contextlib.suppress(ProtoError):  # (`_follow` sees
+                await control.send(claim)  # a broken session)
         for index, size in enumerate(sizes):
             book.piece_written(index, "local", size)
-        if sizes:
-            claim = PiecesHeld.of(book.task_id, book.generation, list(range(len(sizes))))
-            with contextlib.suppress(ProtoError):  # a broken session: `_follow` raises
-                await control.send(claim)
 
     async def _register(self, control: FramedStream, port: int) -> Registered:
         message = self.register_message

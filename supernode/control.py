@@ -118,6 +118,9 @@ class ControlSession:
         except PeerIdInUse as exc:
             await self.framed.send(error_reply(ErrorCode.FORBIDDEN, str(exc)))
             return
+        # The session's peer from now on, whatever becomes of this Register: it leaves
+        # the swarm when the session ends (a refused task must not leave it behind).
+        self.record = record
         try:
             spec = TaskSpec.from_request(
                 message.url,
@@ -141,7 +144,6 @@ class ControlSession:
         except BadPublicKey as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
             return
-        self.record = record
         self.tasks[task.task_id] = task
         self.swarm.enter(record, task, trio.current_time(), in_order=message.in_order)
         await self.framed.send(

@@ -180,6 +180,12 @@ class Cdn:
     def current(self, task_id: str) -> CdnTask | None:
         return self.tasks.get(task_id)
 
+    @property
+    def active_fetches(self) -> int:
+        """Fetches queued or running, their end (fsync, meta.json) included: the count
+        `max_fetches` caps."""
+        return len(self._active)
+
     def usage(self) -> int:
         """Bytes the store's pieces files take or are reserved for (the quota's count)."""
         return sum(t.disk_size for t in self.tasks.values()) + sum(self.stopped_fetches().values())
