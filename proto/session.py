@@ -68,9 +68,7 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
 
 # Once open, what each side may send (and so what the other may receive).
 OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
-    Side.CLIENT: frozenset(
-        {Register, PieceTasksRequest, PieceResult, PiecesHeld, PieceRequest}
-    ),
+    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PiecesHeld, PieceRequest}),
     Side.SERVER: frozenset(
         {
             Registered,

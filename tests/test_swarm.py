@@ -313,3 +313,15 @@ async def test_finished_peers_leave_no_assignment_behind(
     assert scheduler.statistics().cdn_uploads_in_flight == 0
     for path in outputs:
         assert path.read_bytes() == data
+
+
+def test_reporters_are_grouped_by_host() -> None:
+    """Peer ids cost nothing: the scheduler counts a host (an IPv6 /64) as one witness."""
+    from supernode.swarm import reporter_group
+
+    assert reporter_group("10.0.0.7") == "10.0.0.7"
+    assert reporter_group("::ffff:10.0.0.7") == "10.0.0.7"
+    assert reporter_group("2001:db8:1:2::7") == reporter_group("2001:db8:1:2:ffff::1")
+    assert reporter_group("2001:db8:1:2::7") == "2001:db8:1:2::/64"
+    assert reporter_group("2001:db8:1:3::7") != reporter_group("2001:db8:1:2::7")
+    assert reporter_group("") == ""
