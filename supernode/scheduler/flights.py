@@ -11,8 +11,10 @@ deadline) or is the CDN's short wait for a request. There are few distinct spans
 the table keeps one queue per span: with a clock that does not go back, each queue's
 deadlines arrive in order, and it is appended to at the back and expired from the
 front. A deadline out of order (a clock that went back) is inserted in its place. A
-flight whose deadline moves (the CDN started sending it) is queued again; its old
-entry dies lazily.
+deadline only ever moves later (the CDN started sending the piece): the flight stays
+where it was queued and is queued again, under its new span, when that place comes up.
+The queues hold the flights themselves, one place each: no entry object per
+assignment for the garbage collector to track.
 """
 
 from __future__ import annotations
@@ -39,72 +41,67 @@ class Flight:
     source: str  # peer id or CDN
     uploader: Member | None  # None: the CDN
     deadline: float
+    span: float  # the deadline's distance from the time it was set
+    queued: float = 0.0  # the deadline its place in the table is ordered by
     live: bool = True
     cdn_slot: bool = False  # it holds one of the CDN's upload slots (until sent)
 
 
-_Entry = tuple[float, Flight]
-
-
-def _deadline(entry: _Entry) -> float:
-    return entry[0]
+def _queued(flight: Flight) -> float:
+    return flight.queued
 
 
 class FlightTable:
     def __init__(self) -> None:
-        self._queues: dict[float, deque[_Entry]] = {}  # span -> entries by deadline
+        self._queues: dict[float, deque[Flight]] = {}  # span -> flights, by `queued`
         self._entries = 0
         self.live = 0
 
-    def add(self, flight: Flight, span: float) -> None:
-        """A new flight, due at `flight.deadline` (= now + `span`)."""
+    def add(self, flight: Flight) -> None:
+        """A new flight, due at `flight.deadline` (= now + `flight.span`)."""
         self.live += 1
-        self._queue(flight, span)
+        self._queue(flight)
 
     def move(self, flight: Flight, deadline: float, span: float) -> None:
-        """The live `flight` is now due at `deadline` (= now + `span`)."""
-        if deadline != flight.deadline:
-            flight.deadline = deadline
-            self._queue(flight, span)
+        """The live `flight` is due at `deadline` (= now + `span`) if that is later."""
+        if deadline > flight.deadline:
+            flight.deadline, flight.span = deadline, span
 
-    def _queue(self, flight: Flight, span: float) -> None:
-        queue = self._queues.get(span)
+    def _queue(self, flight: Flight) -> None:
+        flight.queued = flight.deadline
+        queue = self._queues.get(flight.span)
         if queue is None:
-            queue = self._queues[span] = deque()
-        entry = (flight.deadline, flight)
-        if not queue or entry[0] >= queue[-1][0]:
-            queue.append(entry)
+            queue = self._queues[flight.span] = deque()
+        if not queue or flight.queued >= queue[-1].queued:
+            queue.append(flight)
         else:
-            queue.insert(bisect.bisect_right(queue, entry[0], key=_deadline), entry)
+            queue.insert(bisect.bisect_right(queue, flight.queued, key=_queued), flight)
         self._entries += 1
         if self._entries > _COMPACT_FACTOR * self.live + _COMPACT_SLACK:
-            self._compact()
-
-    def _compact(self) -> None:
-        for span, queue in list(self._queues.items()):
-            kept = deque(e for e in queue if e[1].live and e[1].deadline == e[0])
-            if kept:
-                self._queues[span] = kept
-            else:
-                del self._queues[span]
-        self._entries = sum(len(q) for q in self._queues.values())
+            for span, queued in list(self._queues.items()):
+                self._queues[span] = deque(f for f in queued if f.live)
+            self._entries = sum(len(q) for q in self._queues.values())
 
     def remove(self, flight: Flight) -> None:
-        """The flight was reported or dropped; its queue entries die lazily."""
+        """The flight was reported or dropped; its place in the table dies lazily."""
         if flight.live:
             flight.live = False
             self.live -= 1
 
     def next_deadline(self) -> float:
-        return min((q[0][0] for q in self._queues.values() if q), default=math.inf)
+        return min((q[0].queued for q in self._queues.values() if q), default=math.inf)
 
     def expired(self, now: float) -> list[Flight]:
         """Live flights whose deadline is at or before `now` (the caller removes them)."""
-        out: dict[Flight, None] = {}  # (a flight moved back and forth has two entries)
+        out: list[Flight] = []
+        moved: list[Flight] = []
         for queue in self._queues.values():
-            while queue and queue[0][0] <= now:
-                deadline, flight = queue.popleft()
+            while queue and queue[0].queued <= now:
+                flight = queue.popleft()
                 self._entries -= 1
-                if flight.live and flight.deadline == deadline:
-                    out[flight] = None
-        return list(out)
+                if not flight.live:
+                    continue
+                (out if flight.deadline <= now else moved).append(flight)
+        for flight in moved:
+            self._queue(flight)
+        return out

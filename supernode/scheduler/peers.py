@@ -77,12 +77,18 @@ class Member:
     is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
     in_order: bool = False  # it streams the file: lowest missing pieces first
     # Uploaders it reported failing (strikes it gave each) and those it stopped using:
-    # a downloader's own reports always steer its own assignments.
-    strikes_given: dict[str, int] = field(default_factory=dict)
-    shunned: set[str] = field(default_factory=set)
+    # a downloader's own reports always steer its own assignments. (None until needed:
+    # most members never need them, and empty containers cost the garbage collector.)
+    strikes_given: dict[str, int] | None = None
+    shunned: set[str] | None = None
     # Assignments that expired unreported, (piece, source): a late DONE for one still
     # tells who holds what (the transfer was real); any other unmatched report is void.
-    expired: dict[tuple[int, str], None] = field(default_factory=dict)
+    expired: dict[tuple[int, str], None] | None = None
+
+    def shun(self, source: str) -> None:
+        if self.shunned is None:
+            self.shunned = set()
+        self.shunned.add(source)
 
     @property
     def peer_id(self) -> str:

@@ -303,7 +303,7 @@ class Scheduler:
         flight = member.flight(index, source)
         if flight is None:
             late = (index, source)
-            if outcome is Outcome.DONE and late in member.expired:
+            if outcome is Outcome.DONE and member.expired and late in member.expired:
                 del member.expired[late]
                 if self._hold(task, member, index):
                     self._outcomes[outcome] += 1
@@ -387,7 +387,10 @@ class Scheduler:
             return
         for flight in self._flights.expired(now):
             self._land(self._tasks[flight.task_id], flight)
-            expired = flight.downloader.expired
+            downloader = flight.downloader
+            expired = downloader.expired
+            if expired is None:
+                expired = downloader.expired = {}
             expired[flight.index, flight.source] = None
             if len(expired) > _EXPIRED_KEPT:  # a downloader that never reports
                 del expired[next(iter(expired))]
@@ -406,10 +409,11 @@ class Scheduler:
                 other = task.members.get(source)
                 if other is not None:
                     bits |= 1 << other.index
-        for source in member.shunned:  # (never the CDN)
-            other = task.members.get(source)
-            if other is not None:
-                bits |= 1 << other.index
+        if member.shunned:  # (never the CDN)
+            for source in member.shunned:
+                other = task.members.get(source)
+                if other is not None:
+                    bits |= 1 << other.index
         return _Avoid(bits, cdn)
 
     def _cdn_free(self, avoid: _Avoid, peer: Peer) -> bool:
@@ -437,10 +441,10 @@ class Scheduler:
         else:
             source, span = uploader.peer.peer_id, task.transfer_span
         deadline = now + span
-        flight = Flight(task.task_id, member, index, source, uploader, deadline)
+        flight = Flight(task.task_id, member, index, source, uploader, deadline, span)
         task.in_flight += 1
         member.add_flight(flight)
-        self._flights.add(flight, span)
+        self._flights.add(flight)
         if deadline < self._wakeup:
             self._wakeup = deadline
         if uploader is None:
@@ -491,15 +495,17 @@ class Scheduler:
         flight.uploader.peer.failures += 1
         checks: list[Check] = []
         if outcome is Outcome.CORRUPT:
-            member.shunned.add(source)
+            member.shun(source)
             blacklisted, checks = reputation.accuse(
                 task.task_id, source, reporter, member.peer.group, flight.index
             )
         else:
+            if member.strikes_given is None:
+                member.strikes_given = {}
             given = member.strikes_given.get(source, 0) + 1
             member.strikes_given[source] = given
             if given >= self.config.task_blacklist_failures:
-                member.shunned.add(source)
+                member.shun(source)
             blacklisted = reputation.strike(source, reporter, member.peer.group)
         if blacklisted:
             self._blacklisted(task, source, now)
