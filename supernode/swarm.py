@@ -257,7 +257,11 @@ class Swarm:
 
     async def _check(self, check: Check) -> None:
         async with self.check_slots:
-            verdict = await self._verify(check)
+            try:
+                verdict = await self._verify(check)
+            except Exception:  # a bug of ours must cost one check, never the supernode
+                log.exception("piece check of %s: internal error", check.uploader[:40])
+                verdict = Verdict.UNKNOWN
         self.verdicts[verdict.value] += 1
         _log_verdict(check, verdict)
         now = trio.current_time()
