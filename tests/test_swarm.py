@@ -325,3 +325,17 @@ def test_reporters_are_grouped_by_host() -> None:
     assert reporter_group("2001:db8:1:2::7") == "2001:db8:1:2::/64"
     assert reporter_group("2001:db8:1:3::7") != reporter_group("2001:db8:1:2::7")
     assert reporter_group("") == ""
+
+
+def test_a_claim_of_pieces_round_trips_as_a_bitfield() -> None:
+    from proto.frames import FrameDecoder, encode
+    from proto.messages import PiecesHeld
+
+    claim = PiecesHeld.of("0" * 64, 3, [9, 2, 2, 700, 65_536 + 2])  # the last: too far
+    assert claim.start == 2 and claim.indexes() == [2, 9, 700]
+    decoder = FrameDecoder()
+    decoder.receive_data(encode(claim))
+    frame = decoder.next_frame()
+    assert frame is not None and frame.message == claim
+    with pytest.raises(ValueError):
+        PiecesHeld("0" * 64, 3, 0, b"").check()
