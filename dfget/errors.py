@@ -37,7 +37,8 @@ class IntegrityError(DfgetError):
 
 
 class SupernodeUnavailable(DfgetError):
-    """No supernode could be reached (and back-to-source was not allowed)."""
+    """No supernode could serve it: unreachable, or it refused the task for now or for
+    good (busy, store full, too large); back-to-source was not allowed."""
 
     exit_code = 5
 
@@ -74,7 +75,8 @@ EXIT_CODES = {
     2: "usage error (bad URL, digest, header, rate)",
     3: "origin error (HTTP status from the origin, unreachable origin)",
     4: "integrity error (a piece or the whole file failed verification)",
-    5: "no supernode reachable and --no-back-source given",
+    5: "no supernode could serve it (unreachable, busy, store full, task too large) "
+    "and --no-back-source given",
     6: "timeout (--timeout reached)",
     7: "output error (cannot write or rename the output file)",
     8: "supernode error (protocol violation or internal failure)",

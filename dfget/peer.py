@@ -52,6 +52,7 @@ from proto.messages import (
     KeepAlive,
     PieceRequest,
     PieceResult,
+    PiecesHeld,
     PiecesReady,
     PieceTask,
     PieceTasks,
@@ -83,6 +84,10 @@ _ORIGIN_CODES = {
     ErrorCode.ORIGIN_BROKEN,
     ErrorCode.ORIGIN_DENIED,  # refused by the supernode's policy: never back to source
 }
+# The supernode cannot take this task now (it runs its most origin fetches, its store
+# is full) or at all (larger than it carries): nothing is wrong with the file or this
+# peer, so on to the next supernode or the origin, as when it is unreachable.
+_UNAVAILABLE_CODES = {ErrorCode.BUSY, ErrorCode.STORE_FULL, ErrorCode.TOO_LARGE}
 
 
 @dataclass(frozen=True)
@@ -260,8 +265,9 @@ class Attempt:
         return book
 
     async def _adopt(self, control: FramedStream, book: PieceBook) -> None:
-        """Check the local copy against every piece digest, then report each piece as
-        held (a DONE with this peer as its source and no bytes moved)."""
+        """Check the local copy against every piece digest, then claim the pieces
+        (`PiecesHeld`): the scheduler records them as held, and the supernode may fetch
+        one to check the claim."""
         while book.piece_count is None:  # all digests are known once TaskDone is in
             await book.wait_changed()
         count, fd = book.piece_count, self.out.fd
@@ -275,9 +281,13 @@ class Attempt:
                 sizes.append(len(plain))
             return sizes
 
-        for index, size in enumerate(await trio.to_thread.run_sync(check)):
+        sizes = await trio.to_thread.run_sync(check)
+        if sizes:  # claimed before the book is complete: that ends the download's tasks
+            claim = PiecesHeld.of(book.task_id, book.generation, list(range(len(sizes))))
+            with trio.move_on_after(5), contextlib.suppress(ProtoError):  # (`_follow` sees
+                await control.send(claim)  # a broken session)
+        for index, size in enumerate(sizes):
             book.piece_written(index, "local", size)
-            await _report(control, book, index, self.peer_id, "done", 0, 0.0)
 
     async def _register(self, control: FramedStream, port: int) -> Registered:
         message = self.register_message
@@ -571,6 +581,8 @@ def reply_error(code: str, message: str, status: int | None) -> Exception:
         return TaskChanged(f"the file changed upstream during the download ({message})")
     if code == ErrorCode.FORBIDDEN:
         return NotAdmitted(message)
+    if code in _UNAVAILABLE_CODES:
+        return SupernodeUnavailable(f"the supernode cannot serve it ({code}): {message}")
     return SupernodeFailed(f"{code}: {message}")
 
 

@@ -32,7 +32,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_TASK = "unknown_task"
     STALE = "stale"  # the task moved to a new generation
     NOT_HELD = "not_held"  # the uploader does not hold that piece
-    BUSY = "busy"  # upload slots full, try another source
+    BUSY = "busy"  # upload slots full, or the supernode runs its most origin fetches: retry
     BAD_TICKET = "bad_ticket"
     ORIGIN_STATUS = "origin_status"  # the origin answered an HTTP error; `status` says which
     ORIGIN_UNREACHABLE = "origin_unreachable"  # refused, DNS, TLS
@@ -41,6 +41,8 @@ class ErrorCode(StrEnum):
     ORIGIN_DENIED = "origin_denied"  # the operator's origin policy refuses that address
     DIGEST_MISMATCH = "digest_mismatch"  # content did not match the digest the task names
     STORE = "store"  # the supernode could not store the task
+    TOO_LARGE = "too_large"  # the task is larger than the supernode carries (--max-task-size)
+    STORE_FULL = "store_full"  # the store quota has no room for it now (--store-quota): retry
     INTERNAL = "internal"
     SHUTDOWN = "shutdown"
 

@@ -266,6 +266,49 @@ class KeepAlive(Message):
     TAG: ClassVar[str] = "keepalive"
 
 
+MAX_BITFIELD = 8192  # bytes of a PiecesHeld bitfield: 65,536 pieces
+_BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
+
+
+@dataclass(frozen=True, slots=True)
+class PiecesHeld(Message):
+    """The peer holds these pieces, checked against the digests of `PiecesReady` (a
+    daemon's cache after a restart): bit `i` of `bitfield` (the most significant bit of
+    byte 0 first) is piece `start + i`. The scheduler records them as a claim, caught
+    out like any holder if the peer then fails or corrupts them. One a task and session."""
+
+    TAG: ClassVar[str] = "pieces_held"
+    task_id: str
+    generation: int
+    start: int
+    bitfield: bytes
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if not 1 <= len(self.bitfield) <= MAX_BITFIELD:
+            raise ValueError(f"bitfield must be 1 to {MAX_BITFIELD} bytes")
+
+    def indexes(self) -> list[int]:
+        """The piece indexes the bitfield names, lowest first."""
+        found: list[int] = []
+        for offset, byte in enumerate(self.bitfield):
+            if byte:
+                base = self.start + 8 * offset
+                found.extend(base + bit for bit in _BITS[byte])
+        return found
+
+    @classmethod
+    def of(cls, task_id: str, generation: int, indexes: list[int]) -> PiecesHeld:
+        """The claim of `indexes` (not empty); those past the first 65,536 pieces from the
+        lowest are left out."""
+        start = min(indexes)
+        held = sorted({i - start for i in indexes if i - start < 8 * MAX_BITFIELD})
+        bitfield = bytearray(held[-1] // 8 + 1)
+        for bit in held:
+            bitfield[bit // 8] |= 0x80 >> (bit % 8)
+        return cls(task_id, generation, start, bytes(bitfield))
+
+
 # -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------
 
 
@@ -328,6 +371,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PieceTasks,
     PieceResult,
     KeepAlive,
+    PiecesHeld,
 )
 
 

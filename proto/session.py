@@ -29,6 +29,7 @@ from proto.messages import (
     PieceRefused,
     PieceRequest,
     PieceResult,
+    PiecesHeld,
     PiecesReady,
     PieceTasks,
     PieceTasksRequest,
@@ -68,7 +69,9 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
 
 # Once open, what each side may send (and so what the other may receive).
 OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
-    Side.CLIENT: frozenset({Register, PieceTasksRequest, PieceResult, PieceRequest, KeepAlive}),
+    Side.CLIENT: frozenset(
+        {Register, PieceTasksRequest, PieceResult, PiecesHeld, PieceRequest, KeepAlive}
+    ),
     Side.SERVER: frozenset(
         {
             Registered,

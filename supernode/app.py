@@ -14,10 +14,10 @@ from proto.connlimit import ConnectionLimit
 from proto.eviction import GcPolicy, StoredTask, plan
 from proto.io import RateLimiter, unwrap_group
 from proto.origins import OriginPolicy
-from proto.pieces import TAG_SIZE
 from proto.units import format_size
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats, RealmHost
+from supernode.cdn.budget import StoreBudget
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
@@ -65,6 +65,10 @@ class SupernodeConfig:
     # Connections the peer port holds at once; one remote address may hold
     # per_address_share(max_connections) of them (1/8, at least 16).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_fetches: int = 64  # origin fetches at once; past it a new one is refused `busy`
+    max_task_size: int | None = None  # bytes a task may take (None: the store quota, if any)
+    failed_task_ttl: float = 600.0  # seconds a failed task is remembered
+    cdn_slots_per_requester: int | None = None  # None: half of cdn_upload_slots (at least 1)
 
 
 class Supernode:
@@ -83,12 +87,30 @@ class Supernode:
             policy=self.origin_policy,
         )
         limiter = RateLimiter(config.origin_rate_limit) if config.origin_rate_limit else None
-        self.cdn = Cdn(self.store, self.origin, FetchPolicy(config.max_resumes, limiter))
+        budget = StoreBudget(
+            quota=config.gc.quota,
+            max_task_size=config.max_task_size or config.gc.quota,
+            usage=lambda: self.cdn.usage(),
+            make_room=self.make_room,
+        )
+        self.cdn = Cdn(
+            self.store,
+            self.origin,
+            FetchPolicy(config.max_resumes, limiter, budget),
+            max_fetches=config.max_fetches,
+            failed_task_ttl=config.failed_task_ttl,
+        )
         self.ticket_key = load_or_create_ticket_key(config.data_dir)
-        self.scheduler = Scheduler(SchedulerConfig(cdn_upload_slots=config.cdn_upload_slots))
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                cdn_upload_slots=config.cdn_upload_slots,
+                cdn_slots_per_requester=config.cdn_slots_per_requester,
+            )
+        )
         self.swarm = Swarm(
             self.scheduler, self.ticket_key, ticket_ttl=config.ticket_ttl, token=config.token
         )
+        self.cdn.upload_listener = self.swarm  # a CDN slot is free once its piece is sent
         uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
         self.server = PeerServer(
             self.cdn,
@@ -105,18 +127,21 @@ class Supernode:
         self.admin = AdminApi(self)
         self.admin_address: str | None = None  # HOST:PORT once listening
 
-    def collect_garbage(self) -> list[str]:
-        """Evict what the store policy says should go now; the evicted task ids."""
+    def collect_garbage(self, room: int = 0) -> list[str]:
+        """Evict what the store policy says should go now, counting `room` more bytes in
+        use (a fetch about to start); the evicted task ids."""
         in_swarm = {task_id for record in self.swarm.peers.values() for task_id in record.tasks}
         stored = [
             StoredTask(
                 task.task_id,
-                sum(task.lengths) + TAG_SIZE * len(task.lengths),
+                task.disk_size,
                 task.last_used,
                 in_use=not task.settled or task.task_id in in_swarm,
             )
             for task in self.cdn.tasks.values()
         ]
+        if room > 0:
+            stored.append(StoredTask("", room, time.monotonic(), in_use=True))
         stored += [  # idle since the restart that found them
             StoredTask(task_id, size, self.cdn.loaded_at, in_use=False)
             for task_id, size in self.cdn.stopped_fetches().items()
@@ -126,6 +151,11 @@ class Supernode:
         for task_id in evicted:
             log.info("gc: evicted task %s (%s)", task_id[:16], format_size(sizes[task_id]))
         return evicted
+
+    def make_room(self, room: int) -> None:
+        """Before a fetch takes `room` more bytes: evict idle tasks as the GC would."""
+        if self.config.gc.quota is not None:
+            self.collect_garbage(room)
 
     async def _collect_garbage(self) -> None:
         while True:
@@ -144,6 +174,7 @@ class Supernode:
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.cdn.run)
+                    await nursery.start(self.swarm.run)
                     await nursery.start(self.preheats.run)
                     if self.config.gc.quota is not None or self.config.gc.ttl is not None:
                         nursery.start_soon(self._collect_garbage)

@@ -232,6 +232,37 @@ def build_parser() -> argparse.ArgumentParser:
         "either, a new connection is closed at once",
     )
     parser.add_argument(
+        "--cdn-slots-per-requester",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="CDN uploads one peer may have at once (default: half of --cdn-upload-slots)",
+    )
+    limits = parser.add_argument_group("limits", "what admitted peers can make the supernode do")
+    limits.add_argument(
+        "--max-fetches",
+        type=positive,
+        default=64,
+        metavar="N",
+        help="origin fetches at once; past it a request for a new one is refused as busy "
+        "(the peer tries another supernode or the origin) (default 64)",
+    )
+    limits.add_argument(
+        "--max-task-size",
+        type=argtypes.size,
+        default=None,
+        metavar="SIZE",
+        help="largest task the CDN fetches, e.g. 50GiB; a body of unknown length is "
+        "stopped past it (default: the --store-quota if set, else none)",
+    )
+    limits.add_argument(
+        "--failed-task-ttl",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a failed task is remembered (default 600)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -247,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         token = read_token(args.token, args.token_file)
         admin_token = read_token(args.admin_token, args.admin_token_file)
+        if not args.failed_task_ttl > 0:
+            raise ValueError("--failed-task-ttl must be positive")
         gc = GcPolicy(
             quota=args.store_quota,
             high=args.store_high_watermark,
@@ -275,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         cdn_upload_limit=args.cdn_upload_limit,
         token=token,
         cdn_upload_slots=args.cdn_upload_slots,
+        cdn_slots_per_requester=args.cdn_slots_per_requester,
+        max_fetches=args.max_fetches,
+        max_task_size=args.max_task_size,
+        failed_task_ttl=args.failed_task_ttl,
         admin_listen=args.admin_listen,
         admin_token=admin_token,
         admin_open=args.admin_open,

@@ -2,11 +2,12 @@
 
 After `Registered`, the session pushes `PiecesReady` as pieces land on the CDN and ends
 the task with `TaskDone` or `TaskFailed`. Meanwhile the peer asks for piece tasks (the
-scheduler's decisions, with tickets) and reports each transfer's result. A peer may
-register several tasks on one session; when the session ends, the peer leaves the
-swarm at once. A peer that sends nothing for `idle_timeout` (dfget sends a `KeepAlive`
-every 30 s) is closed, and so is one refused admission (`forbidden`): the refusal is
-its last frame.
+scheduler's decisions, with tickets; one request a task at a time) and reports each
+transfer's result, or claims pieces it holds already (`PiecesHeld`, once a task). A
+peer may register several tasks on one session; when the session ends, the peer leaves
+the swarm at once. A peer that sends nothing for `idle_timeout` (dfget sends a
+`KeepAlive` every 30 s) is closed, and so is one refused admission (`forbidden`): the
+refusal is its last frame.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream, unwrap_group
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
+    ErrorReply,
     KeepAlive,
     Message,
     PieceResult,
+    PiecesHeld,
     PiecesReady,
     PieceTasks,
     PieceTasksRequest,
@@ -69,6 +72,10 @@ class ControlSession:
         self.swarm = swarm
         self.tasks: dict[str, CdnTask] = {}
         self.record: PeerRecord | None = None
+        # Tasks with a piece-task request being answered: a peer waits for the answer
+        # before it asks again, so each request costs the supernode one task at most.
+        self._asking: set[str] = set()
+        self._claimed: set[tuple[str, int]] = set()  # (task, generation) claimed once
 
     async def run(self, first: Register) -> None:
         """Serve the session until the peer closes it (ConnectionLost propagates), stays
@@ -85,11 +92,19 @@ class ControlSession:
                         elif isinstance(message, KeepAlive):
                             pass  # it reset the idle deadline, nothing more
                         elif isinstance(message, PieceTasksRequest):
+                            if message.task_id in self._asking:
+                                raise UnexpectedMessage(
+                                    f"a second piece-task request for task "
+                                    f"{message.task_id[:16]} while one is pending"
+                                )
                             # Answered from its own task: it may wait for news while
                             # this loop goes on taking the peer's results.
+                            self._asking.add(message.task_id)
                             nursery.start_soon(self._piece_tasks, message)
                         elif isinstance(message, PieceResult):
                             self._piece_result(message)
+                        elif isinstance(message, PiecesHeld):
+                            self._pieces_held(message)
                         else:
                             raise UnexpectedMessage(f"{message.TAG} on a control session")
                         with trio.fail_after(self.idle_timeout):
@@ -177,12 +192,17 @@ class ControlSession:
         return task
 
     async def _piece_tasks(self, message: PieceTasksRequest) -> None:
+        try:
+            answer = await self._decide(message)
+        finally:
+            # Before the answer goes: the peer may ask again the moment it has it.
+            self._asking.discard(message.task_id)
+        await self.framed.send(answer)
+
+    async def _decide(self, message: PieceTasksRequest) -> PieceTasks | ErrorReply:
         task = self._current(message.task_id, message.generation)
         if task is None:
-            await self.framed.send(
-                error_reply(ErrorCode.STALE, "that task generation is not current here")
-            )
-            return
+            return error_reply(ErrorCode.STALE, "that task generation is not current here")
         deadline = trio.current_time() + LONG_POLL
         while True:
             tasks = self.swarm.piece_tasks(task, self.peer_id, message.want, trio.current_time())
@@ -192,13 +212,24 @@ class ControlSession:
             # joined or left, a piece landed on the CDN) instead of making the peer poll.
             with trio.move_on_at(deadline):
                 await _first_of(partial(self.swarm.wait_news, task.task_id), task.wait_changed)
-        await self.framed.send(
-            PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
-        )
+        return PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
 
     def _piece_result(self, message: PieceResult) -> None:
         if self._current(message.task_id, message.generation) is not None:
             self.swarm.report(self.peer_id, message, trio.current_time())
+
+    def _pieces_held(self, message: PiecesHeld) -> None:
+        """The peer claims pieces it checked on its disk (only those on the CDN count:
+        it cannot have checked others); once per task generation and session."""
+        key = (message.task_id, message.generation)
+        if key in self._claimed:
+            raise UnexpectedMessage(f"a second PiecesHeld for task {message.task_id[:16]}")
+        task = self._current(message.task_id, message.generation)
+        if task is None:
+            return
+        self._claimed.add(key)
+        indexes = [i for i in message.indexes() if i < task.ready]
+        self.swarm.claim(self.peer_id, task.task_id, indexes, trio.current_time())
 
     async def _push_progress(self, task: CdnTask) -> None:
         sent = 0

@@ -78,3 +78,21 @@ class ShuttingDown(SupernodeError):
     """The supernode stopped while the task was being fetched."""
 
     code = ErrorCode.SHUTDOWN
+
+
+class TooManyFetches(SupernodeError):
+    """The supernode runs as many origin fetches as it may (--max-fetches): retry later."""
+
+    code = ErrorCode.BUSY
+
+
+class TaskTooLarge(SupernodeError):
+    """The task is larger than the supernode carries (--max-task-size)."""
+
+    code = ErrorCode.TOO_LARGE
+
+
+class StoreFull(SupernodeError):
+    """The store quota has no room for the task now (--store-quota): retry later."""
+
+    code = ErrorCode.STORE_FULL

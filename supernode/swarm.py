@@ -3,13 +3,19 @@ scheduler's decisions turned into piece tasks with tickets.
 
 The scheduler (`supernode/scheduler`) is sans-IO and knows peers by id only; this
 module adds what goes on the wire: where each source listens and the signed ticket that
-lets the requester fetch from it. Control sessions call it; it does no I/O itself, but
-keeps one event per task that fires whenever a decision may have changed (a report, a
-peer joining or leaving), so that a request answered "nothing now" can wait for news.
+lets the requester fetch from it. Control sessions call it; it keeps one event per task
+that fires whenever a decision may have changed (a report, a peer joining or leaving, a
+CDN upload ending), so that a request answered "nothing now" can wait for news.
+
+Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
+claimed) piece from the uploader itself (`supernode/piececheck.py`), a few at a time,
+and gives the verdict back. Peers are grouped by host for the scheduler (an IPv6 peer
+by its /64): peer ids cost nothing, so a host counts as one witness.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +28,8 @@ from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
 from proto.units import format_size
 from supernode.cdn.task import CdnTask
-from supernode.scheduler import CDN, Outcome, Scheduler
+from supernode.piececheck import check_piece, check_timeout
+from supernode.scheduler import CDN, Check, Outcome, Scheduler, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,24 @@ class PeerRecord:
     tasks: set[str] = field(default_factory=set)
 
 
+CHECKS_AT_ONCE = 4  # piece checks running at once, over all tasks
+CHECKS_QUEUED = 256  # past this many waiting, a check is answered UNKNOWN at once
+
+
+def reporter_group(host: str) -> str:
+    """The scheduler's reporter group of a peer: its IPv4 address, or its IPv6 /64 (one
+    host, or one site's hosts, counts as one witness)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class Swarm:
     def __init__(
         self,
@@ -55,9 +80,14 @@ class Swarm:
         self.token = token
         self.peers: dict[str, PeerRecord] = {}
         self.generations: dict[str, int] = {}  # task id → the generation being scheduled
+        self._tasks: dict[str, CdnTask] = {}  # ... and that generation (for checks)
         self._news: dict[str, trio.Event] = {}  # task id → fires at the next change
         self.decisions = 0  # piece-task requests answered (assignments decided)
         self.decision_seconds = 0.0  # time spent deciding them, tickets included
+        self._checks_send, self._checks_recv = trio.open_memory_channel[Check](CHECKS_QUEUED)
+        self.check_slots = trio.CapacityLimiter(CHECKS_AT_ONCE)
+        self.check_timeout: float | None = None  # None: from the piece size (piececheck)
+        self.verdicts: dict[str, int] = {v.value: 0 for v in Verdict}  # checks done, by verdict
 
     # -- admission and membership --------------------------------------------------------
 
@@ -86,13 +116,19 @@ class Swarm:
             # The content changed upstream: the old generation's holdings mean nothing.
             self._finish(task.task_id, why=f"superseded by generation {task.generation}")
         self.generations[task.task_id] = task.generation
-        self.scheduler.add_task(task.task_id)
+        self._tasks[task.task_id] = task
+        self.scheduler.add_task(task.task_id, piece_size=task.piece_size)
         # What the CDN holds, now: a peer may report pieces it already has (a daemon
         # that adopts its cache) before anyone asks for piece tasks.
         total = task.piece_count if task.settled else None
         self.scheduler.cdn_ready(task.task_id, task.ready, total=total)
         self.scheduler.add_peer(
-            task.task_id, record.peer_id, upload_slots=record.slots, now=now, in_order=in_order
+            task.task_id,
+            record.peer_id,
+            upload_slots=record.slots,
+            now=now,
+            in_order=in_order,
+            group=reporter_group(record.host),
         )
         record.tasks.add(task.task_id)
         self._notify(task.task_id)
@@ -125,6 +161,10 @@ class Swarm:
             )
         self.scheduler.remove_task(task_id)
         self.generations.pop(task_id, None)
+        self._tasks.pop(task_id, None)
+        event = self._news.pop(task_id, None)  # (nobody can wait on a task gone)
+        if event is not None:
+            event.set()
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -171,7 +211,7 @@ class Swarm:
 
     def report(self, requester: str, result: PieceResult, now: float) -> None:
         self._notify(result.task_id)  # a slot is free again, maybe a piece has a new holder
-        self.scheduler.report(
+        checks = self.scheduler.report(
             result.task_id,
             requester,
             result.index,
@@ -181,6 +221,65 @@ class Swarm:
             seconds=result.seconds,
             now=now,
         )
+        self._queue_checks(checks, now)
+
+    def claim(self, peer_id: str, task_id: str, indexes: list[int], now: float) -> None:
+        """`peer_id` holds these pieces (checked on its disk against the digests)."""
+        self._notify(task_id)
+        self._queue_checks(self.scheduler.claim(task_id, peer_id, indexes, now), now)
+
+    # -- the CDN's uploads (cdn/uploads.py tells, through Cdn.uploading) --------------------
+
+    def cdn_upload_started(self, task_id: str, requester: str, index: int) -> None:
+        self.scheduler.cdn_upload_started(task_id, requester, index, trio.current_time())
+
+    def cdn_upload_finished(self, task_id: str, requester: str, index: int) -> None:
+        self.scheduler.cdn_upload_finished(task_id, requester, index, trio.current_time())
+        self._notify(task_id)  # a CDN slot is free
+
+    # -- checks of accused and claimed pieces ----------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the scheduler's piece checks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for check in self._checks_recv:
+                nursery.start_soon(self._check, check)
+
+    def _queue_checks(self, checks: tuple[Check, ...], now: float) -> None:
+        pending = list(checks)
+        while pending:
+            check = pending.pop()
+            try:
+                self._checks_send.send_nowait(check)
+            except trio.WouldBlock:  # too many waiting: no judgement on this one
+                pending += self.scheduler.checked(check, Verdict.UNKNOWN, now)
+
+    async def _check(self, check: Check) -> None:
+        async with self.check_slots:
+            try:
+                verdict = await self._verify(check)
+            except Exception:  # a bug of ours must cost one check, never the supernode
+                log.exception("piece check of %s: internal error", check.uploader[:40])
+                verdict = Verdict.UNKNOWN
+        self.verdicts[verdict.value] += 1
+        _log_verdict(check, verdict)
+        now = trio.current_time()
+        self._queue_checks(self.scheduler.checked(check, verdict, now), now)
+        self._notify(check.task_id)  # a blacklist changes the decisions
+
+    async def _verify(self, check: Check) -> Verdict:
+        record = self.peers.get(check.uploader)
+        task = self._tasks.get(check.task_id)
+        if record is None or not record.port or task is None:
+            return Verdict.UNKNOWN  # it left, or the task did
+        ticket = self.ticket(check.task_id, CDN_UPLOADER, check.uploader)
+        with trio.move_on_after(self.check_timeout or check_timeout(task.piece_size)):
+            return await check_piece(
+                record.host, record.port, task=task, index=check.index, ticket=ticket
+            )
+        log.info("piece check at %s:%d: no answer in time", record.host, record.port)
+        return Verdict.UNKNOWN
 
     # -- news -------------------------------------------------------------------------------
 
@@ -195,3 +294,22 @@ class Swarm:
         event = self._news.pop(task_id, None)
         if event is not None:
             event.set()
+
+
+def _log_verdict(check: Check, verdict: Verdict) -> None:
+    task, uploader, index = check.task_id[:16], check.uploader[:40], check.index
+    if check.reporter is None:
+        what = f"{uploader}'s claim to piece {index} of task {task}"
+    else:
+        what = f"{check.reporter[:40]}'s report of a corrupt piece {index} from {uploader}"
+        what += f" (task {task})"
+    if verdict is Verdict.CORRUPT:
+        log.warning("check of %s: upheld, %s is blacklisted for the task", what, uploader)
+    elif verdict is Verdict.CLEAN and check.reporter is not None:
+        log.warning(
+            "check of %s: the piece is intact; %s's reports no longer count for this task",
+            what,
+            check.reporter[:40],
+        )
+    else:
+        log.info("check of %s: %s", what, verdict.value)

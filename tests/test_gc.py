@@ -59,8 +59,8 @@ async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
     files = {f"/f{i}.bin": os.urandom(3 * MiB) for i in range(4)}
     for path, data in files.items():
         origin.add(path, data)
-    # 10 MiB quota: past 9 MiB evict down to 7 MiB. Three 3 MiB files fill it.
-    node = await start_supernode(gc=GcPolicy(quota=10 * MiB), gc_interval=3600)
+    # 11 MiB quota: past 9.9 MiB evict down to 7.7 MiB. Three 3 MiB files fit.
+    node = await start_supernode(gc=GcPolicy(quota=11 * MiB), gc_interval=3600)
     supernode = node.node
 
     async def seeder() -> None:  # keeps f0 in use for the whole test
@@ -70,22 +70,26 @@ async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
     nursery.start_soon(seeder)
     await until(lambda: any(t.settled for t in supernode.cdn.tasks.values()))
     await until(lambda: bool(supernode.swarm.peers))
-    for path in ("/f1.bin", "/f2.bin", "/f3.bin"):
+    ids = {path: task.task_id for task in supernode.cdn.tasks.values() for path in ["/f0.bin"]}
+    for path in ("/f1.bin", "/f2.bin"):
         result = await fetch(origin.url(path), node)
         assert Path(result.output).read_bytes() == files[path]
-    ids = {
-        path: task_id
-        for task_id, t in supernode.cdn.tasks.items()
-        for path in files
-        if t.spec.url.endswith(path)
-    }
-    evicted = supernode.collect_garbage()  # 12 MiB stored > 9 MiB
-    assert evicted == [ids["/f1.bin"], ids["/f2.bin"]]  # least recently used, down to 6 MiB
+        ids[path] = result.task_id
+    assert supernode.collect_garbage() == []  # 9 MiB stored (and 3 x 48 bytes of tags)
+    # The next fetch reserves its 3 MiB before it starts: 12 MiB > 9.9 MiB, so idle tasks
+    # go first, least recently used, down to 7.7 MiB with it counted; f0 is in use.
+    result = await fetch(origin.url("/f3.bin"), node)
+    assert Path(result.output).read_bytes() == files["/f3.bin"]
+    assert ids["/f1.bin"] not in supernode.cdn.tasks
+    assert ids["/f2.bin"] not in supernode.cdn.tasks
     assert ids["/f0.bin"] in supernode.cdn.tasks  # in use: its seeder is in the swarm
     assert not supernode.store.task_dir(ids["/f1.bin"]).exists()
+    assert supernode.collect_garbage() == []
+    assert supernode.cdn.usage() <= 7 * MiB  # f0 and f3
     again = await fetch(origin.url("/f1.bin"), node)  # evicted: fetched again
     assert Path(again.output).read_bytes() == files["/f1.bin"]
     assert origin.stats["/f1.bin"].full_bodies == 2
+    assert set(supernode.cdn.tasks) == {ids["/f0.bin"], result.task_id, again.task_id}
 
 
 async def test_a_fetch_still_running_is_never_evicted(
@@ -95,7 +99,9 @@ async def test_a_fetch_still_running_is_never_evicted(
     await nursery.start(slow.serve)
     data = os.urandom(8 * MiB)
     slow.add("/big.bin", data)
-    node = await start_supernode(gc=GcPolicy(quota=2 * MiB, low=0.1), gc_interval=3600)
+    # Its 8 MiB fit in the quota (reserved as it starts), but are past the high mark.
+    gc = GcPolicy(quota=12 * MiB, high=0.5, low=0.1)
+    node = await start_supernode(gc=gc, gc_interval=3600)
     results = []
 
     async def download() -> None:
@@ -103,7 +109,7 @@ async def test_a_fetch_still_running_is_never_evicted(
 
     nursery.start_soon(download)
     cdn = node.node.cdn
-    await until(lambda: any(t.ready >= 3 for t in cdn.tasks.values()))  # over the quota
+    await until(lambda: any(t.ready >= 3 for t in cdn.tasks.values()))
     assert node.node.collect_garbage() == []  # fetching, and a peer in its swarm
     await until(lambda: bool(results), seconds=30)
     assert Path(results[0].output).read_bytes() == data

@@ -13,18 +13,26 @@ import pytest
 
 from proto.messages import OUTCOMES
 from proto.tickets import CDN_UPLOADER
-from supernode.scheduler import CDN, Assignment, Outcome, Scheduler, SchedulerConfig
+from supernode.scheduler import (
+    CDN,
+    Assignment,
+    Check,
+    Outcome,
+    Scheduler,
+    SchedulerConfig,
+    Verdict,
+)
 from supernode.scheduler.simulation import SwarmSimulation
 
 
 def make(seed: int = 7, **config: Any) -> Scheduler:
+    config.setdefault("spot_check_claims", False)  # (tests of claims turn them on)
     return Scheduler(SchedulerConfig(**config), rng=random.Random(seed))
 
 
 def give(s: Scheduler, task: str, peer: str, indexes: Iterable[int], now: float = 0.0) -> None:
-    """`peer` holds `indexes` (a DONE that matches no assignment still adds holdings)."""
-    for index in indexes:
-        s.report(task, peer, index, CDN, Outcome.DONE, now=now)
+    """`peer` holds `indexes` (an explicit claim, as a daemon's cache announces itself)."""
+    s.claim(task, peer, list(indexes), now)
 
 
 def seed_task(
@@ -207,7 +215,7 @@ def test_more_free_slots_then_faster_sources_are_preferred() -> None:
 
 
 def test_the_cdn_is_the_last_resort_within_its_own_cap() -> None:
-    s = make(cdn_upload_slots=2, first_random=0)
+    s = make(cdn_upload_slots=2, cdn_slots_per_requester=2, first_random=0)
     seed_task(s, total=10, ready=10, holders={"A": (1, range(10))}, downloaders=["D"])
     plan = s.assign("t", "D", 10, 0.0)
     assert [a.source for a in plan] == ["A", CDN, CDN]  # the peer first, the CDN up to its cap
@@ -217,6 +225,58 @@ def test_the_cdn_is_the_last_resort_within_its_own_cap() -> None:
     assert s.assign("u", "E", 3, 0.0) == []
     done(s, "D", [plan[1]])
     assert [a.source for a in s.assign("u", "E", 3, 0.0)] == [CDN]
+
+
+def test_cdn_slots_are_capped_per_requester() -> None:
+    # Half of the CDN's slots by default: one downloader cannot take them all.
+    assert SchedulerConfig(cdn_upload_slots=16).cdn_requester_cap == 8
+    assert SchedulerConfig(cdn_upload_slots=1).cdn_requester_cap == 1
+    s = make(cdn_upload_slots=4, first_random=0)
+    seed_task(s, total=10, ready=10, downloaders=["D", "E"])
+    seed_task(s, total=10, ready=10, downloaders=["D"], task="u")
+    assert len(s.assign("t", "D", 10, 0.0)) == 2
+    assert s.assign("u", "D", 10, 0.0) == []  # the cap spans the downloader's tasks
+    assert len(s.assign("t", "E", 10, 0.0)) == 2  # the other half is for the others
+    assert s.statistics().cdn_uploads_in_flight == 4
+
+
+def test_a_cdn_slot_is_held_until_the_cdn_has_sent_the_piece() -> None:
+    s = make(cdn_upload_slots=1, cdn_request_deadline=10.0, assignment_timeout=60.0)
+    seed_task(s, total=4, ready=4, downloaders=["D", "E"], task="t")
+    s.add_task("t", piece_size=64 << 20)  # a transfer deadline of 2 x 64 MiB at 256 KiB/s
+    span = SchedulerConfig().transfer_deadline(64 << 20)
+    assert span == 512.0 + 5.0
+    [a] = s.assign("t", "D", 1, 0.0)
+    assert a.source == CDN and s.assign("t", "E", 1, 0.0) == []
+    # D never asks the CDN for it: the slot is free again after the short deadline.
+    assert s.assign("t", "E", 1, 9.9) == []
+    [b] = s.assign("t", "E", 1, 10.0)
+    assert b.source == CDN
+    # E asks: the CDN starts sending, which takes as long as a transfer may ...
+    s.cdn_upload_started("t", "E", b.index, 10.5)
+    assert s.assign("t", "D", 1, 10.5 + 100) == []
+    # ... and once sent, the slot is free while E checks and writes the piece.
+    s.cdn_upload_finished("t", "E", b.index, 200.0)
+    assert s.statistics().cdn_uploads_in_flight == 0
+    assert s.statistics().assignments_in_flight == 1  # E's report is still to come
+    [c] = s.assign("t", "D", 1, 200.0)
+    assert c.source == CDN and c.index != b.index  # one CDN copy of a piece at a time
+    s.report("t", "E", b.index, CDN, Outcome.DONE, nbytes=10, now=201.0)
+    assert s.has("t", "E", b.index)
+    assert s.statistics().cdn_uploads_in_flight == 1  # D's, not freed twice by E's report
+    # Signals for pieces that are not assigned change nothing.
+    s.cdn_upload_finished("t", "E", 3, 202.0)
+    s.cdn_upload_finished("nope", "E", 3, 202.0)
+    assert s.statistics().cdn_uploads_in_flight == 1
+
+
+def test_a_peer_assignment_expires_on_a_deadline_from_the_piece_size() -> None:
+    s = make(cdn_upload_slots=0, assignment_timeout=60.0, report_grace=5.0)
+    seed_task(s, total=2, holders={"X": (1, range(2))}, downloaders=["D", "E"])
+    s.add_task("t", piece_size=32 << 20)  # 2 x 32 MiB / 256 KiB/s = 256 s
+    s.assign("t", "D", 1, 0.0)
+    assert s.assign("t", "E", 1, 260.9) == []
+    assert [a.source for a in s.assign("t", "E", 1, 261.0)] == ["X"]
 
 
 def test_pieces_stream_from_the_cdn_as_they_land() -> None:
@@ -294,19 +354,120 @@ def test_three_failures_blacklist_a_source_for_the_task_for_everyone() -> None:
     assert {a.source for d in downloaders for a in s.assign("t", d, 4, 0.0)} == {"Y"}
 
 
-def test_one_corrupt_piece_blacklists_at_once_but_never_the_cdn() -> None:
+def test_a_corrupt_piece_is_checked_and_a_corrupt_uploader_blacklisted_never_the_cdn() -> None:
     s = make(cdn_upload_slots=4)
     seed_task(s, total=4, ready=4, holders={"X": (9, range(4))}, downloaders=["D"])
     [a] = s.assign("t", "D", 1, 0.0)
     assert a.source == "X"
-    s.report("t", "D", a.index, "X", Outcome.CORRUPT, now=0.0)
+    [check] = s.report("t", "D", a.index, "X", Outcome.CORRUPT, now=0.0)
+    assert check == Check("t", "X", a.index, "D")
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
+    assert s.checked(check, Verdict.CORRUPT, now=0.1) == ()
     assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("X",)
     # Only the CDN is left, and corrupt pieces from it never blacklist it.
     for _ in range(5):
         [a] = s.assign("t", "D", 1, 0.0)
         assert a.source == CDN
-        s.report("t", "D", a.index, CDN, Outcome.CORRUPT, now=0.0)
+        assert s.report("t", "D", a.index, CDN, Outcome.CORRUPT, now=0.0) == ()
     assert [a.source for a in s.assign("t", "D", 1, 0.0)] == [CDN]
+
+
+def accuse(s: Scheduler, downloader: str, uploader: str, task: str = "t") -> tuple[Check, ...]:
+    """`downloader` gets an assignment from `uploader` and reports it corrupt."""
+    return fail(s, downloader, uploader, Outcome.CORRUPT, task=task)
+
+
+def fail(
+    s: Scheduler, downloader: str, uploader: str, outcome: Outcome, *, task: str = "t"
+) -> tuple[Check, ...]:
+    """`downloader` gets an assignment from `uploader` and reports `outcome` (the other
+    assignments it got meanwhile are cancelled)."""
+    plan = s.assign(task, downloader, 8, 0.0)
+    [a] = [a for a in plan if a.source == uploader][:1]
+    for other in plan:
+        if other is not a:
+            s.report(task, downloader, other.index, other.source, Outcome.CANCELLED, now=0.0)
+    return s.report(task, downloader, a.index, uploader, outcome, now=0.0)
+
+
+def test_one_accuser_alone_never_blacklists_and_a_false_accuser_loses_standing() -> None:
+    s = make(cdn_upload_slots=0, first_random=0)
+    seed_task(s, total=8, holders={"X": (9, range(8))}, downloaders=["H", "H2", "E"])
+    # A hostile downloader says X's piece was corrupt; the supernode's check says it was not.
+    [check] = accuse(s, "H", "X")
+    assert s.assign("t", "H", 1, 0.0) == []  # H itself no longer uses X ...
+    assert [a.source for a in s.assign("t", "E", 1, 0.0)] == ["X"]  # ... everyone else does
+    s.checked(check, Verdict.CLEAN, now=0.0)
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
+    # Discredited: its next accusations in this task are not even checked.
+    s.add_peer("t", "Y", upload_slots=9, now=0.0)
+    give(s, "t", "Y", range(8))
+    assert accuse(s, "H", "Y") == ()
+    # However many times it says so, and from however many ids of its own host.
+    s.add_peer("t", "H3", upload_slots=0, now=0.0, group="host-h")
+    s.add_peer("t", "H4", upload_slots=0, now=0.0, group="host-h")
+    [check3] = accuse(s, "H3", "X")
+    assert accuse(s, "H4", "X") == ()  # one check of X at a time; H4 waits for it
+    [check4] = s.checked(check3, Verdict.UNKNOWN, now=0.0)  # X did not answer: H3's stands
+    assert check4.reporter == "H4"
+    s.checked(check4, Verdict.UNKNOWN, now=0.0)  # H4's stands too, but it is the same host
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
+
+
+def test_two_independent_accusers_blacklist_when_no_check_can_tell() -> None:
+    s = make(cdn_upload_slots=0, first_random=0)
+    seed_task(s, total=8, holders={"X": (9, range(8))}, downloaders=["A", "B"])
+    s.add_peer("t", "A", upload_slots=0, now=0.0, group="host-a")
+    s.add_peer("t", "B", upload_slots=0, now=0.0, group="host-b")
+    [check_a] = accuse(s, "A", "X")
+    assert accuse(s, "B", "X") == ()  # queued behind A's check of X
+    [check_b] = s.checked(check_a, Verdict.UNKNOWN, now=0.0)
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
+    s.checked(check_b, Verdict.UNKNOWN, now=0.0)
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("X",)
+
+
+def test_without_checks_two_groups_blacklist_and_one_does_not() -> None:
+    s = make(cdn_upload_slots=0, first_random=0, check_accusations=False)
+    seed_task(s, total=8, holders={"X": (9, range(8))}, downloaders=["A", "A2", "B"])
+    s.add_peer("t", "A", upload_slots=0, now=0.0, group="host-a")
+    s.add_peer("t", "A2", upload_slots=0, now=0.0, group="host-a")
+    assert accuse(s, "A", "X") == () and accuse(s, "A2", "X") == ()
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
+    accuse(s, "B", "X")
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("X",)
+
+
+def test_failures_from_one_host_never_blacklist_but_steer_that_downloader() -> None:
+    s = make(cdn_upload_slots=0, first_random=0)
+    seed_task(s, total=8, holders={"X": (9, range(8)), "Y": (9, range(8))})
+    for peer in ("H1", "H2", "H3"):
+        s.add_peer("t", peer, upload_slots=0, now=0.0, group="host-h")
+    for peer in ("H1", "H2", "H3"):  # many ids, one host: 9 strikes from one witness
+        for _ in range(3):
+            fail(s, peer, "X", Outcome.FAILED)
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
+    # Each of them stopped using X after its own three failures; the others still do.
+    assert all(a.source == "Y" for p in ("H1", "H2", "H3") for a in s.assign("t", p, 4, 1.0))
+    s.add_peer("t", "E", upload_slots=0, now=0.0, group="host-e")
+    assert "X" in {a.source for a in s.assign("t", "E", 8, 1.0)}
+
+
+def test_a_claim_is_spot_checked_and_a_false_claim_blacklists() -> None:
+    s = make(cdn_upload_slots=0, spot_check_claims=True)
+    seed_task(s, total=4, ready=4, downloaders=["D"])
+    s.add_peer("t", "L", upload_slots=4, now=0.0)
+    [check] = s.claim("t", "L", [0, 1, 2, 3, 9, -1], now=0.0)  # 9, -1: unknown pieces
+    assert check.uploader == "L" and check.reporter is None and 0 <= check.index < 4
+    assert all(s.has("t", "L", i) for i in range(4)) and not s.has("t", "L", 9)
+    assert s.claim("t", "L", [0, 1], now=0.0) == ()  # nothing new claimed
+    s.checked(check, Verdict.CORRUPT, now=0.0)  # it did not hold it, or served garbage
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("L",)
+    assert all(a.source == CDN for a in s.assign("t", "D", 4, 0.0))
+    # A claim by a peer that does not upload is not checked; unknown peers claim nothing.
+    s.add_peer("t", "Q", upload_slots=0, now=0.0)
+    assert s.claim("t", "Q", [0], now=0.0) == () and s.has("t", "Q", 0)
+    assert s.claim("t", "ghost", [0], now=0.0) == () and not s.has("t", "ghost", 0)
 
 
 def test_blacklisted_in_two_tasks_means_every_task_for_a_while() -> None:
@@ -315,7 +476,8 @@ def test_blacklisted_in_two_tasks_means_every_task_for_a_while() -> None:
         seed_task(s, total=1, holders={"X": (9, [0])}, downloaders=["D"], task=task)
     for task in ("t1", "t2"):
         [a] = s.assign(task, "D", 1, 10.0)
-        s.report(task, "D", a.index, "X", Outcome.CORRUPT, now=10.0)
+        [check] = s.report(task, "D", a.index, "X", Outcome.CORRUPT, now=10.0)
+        s.checked(check, Verdict.CORRUPT, now=10.0)
         if task == "t1":  # one task: only that task
             [probe] = s.assign("t3", "D", 1, 10.0)
             assert probe.source == "X"
@@ -361,13 +523,14 @@ def test_cancelled_frees_the_slot_without_penalty() -> None:
 
 
 def test_an_unreported_assignment_frees_its_slot_after_the_timeout() -> None:
-    s = make(cdn_upload_slots=0, assignment_timeout=60.0)
+    s = make(cdn_upload_slots=0, assignment_timeout=60.0, report_grace=0.0)
     seed_task(s, total=2, holders={"X": (1, range(2))}, downloaders=["D", "E"])
     [a] = s.assign("t", "D", 1, 0.0)
     assert s.assign("t", "E", 1, 59.9) == []
     [b] = s.assign("t", "E", 1, 60.0)
     assert b.source == "X" and uploads(s, "X") == 1
-    # D's piece is no longer in flight; a late DONE still counts as held, frees nothing.
+    # D's piece is no longer in flight; a late DONE for that very assignment still
+    # counts as held (the transfer was real), frees nothing.
     s.report("t", "D", a.index, "X", Outcome.DONE, nbytes=10, now=61.0)
     assert s.has("t", "D", a.index)
     assert uploads(s, "X") == 1
@@ -465,8 +628,11 @@ def test_unknown_and_stale_reports_are_ignored() -> None:
     s.report("t", "D", a.index, "X", Outcome.FAILED, now=0.0)
     s.report("t", "D", a.index, "X", Outcome.FAILED, now=0.0)  # the same report twice
     assert (x := s.peer_statistics("X")) is not None and (x.failures, x.uploads_in_flight) == (1, 0)
-    s.report("t", "D", 0, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings work
-    assert s.has("t", "D", 0)
+    s.report("t", "D", 0, "X", "done", now=0.0)  # type: ignore[arg-type]
+    assert not s.has("t", "D", 0)  # a DONE for no assignment adds nothing
+    [b] = s.assign("t", "D", 1, 0.0)
+    s.report("t", "D", b.index, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings
+    assert s.has("t", "D", b.index)
     assert not s.has("t", "D", -1) and not s.has("nope", "D", 0) and not s.has("t", "?", 0)
     assert s.assign("nope", "D", 1, 0.0) == [] and s.assign("t", "ghost", 1, 0.0) == []
 
@@ -491,7 +657,7 @@ def test_statistics() -> None:
     assert (task.peers, task.pieces_on_cdn, task.total) == (2, 4, 4)
     assert (task.holders_min, task.holders_median, task.assignments_in_flight) == (1, 1.5, 0)
     stats = s.statistics()
-    assert stats.decisions_by_outcome["done"] == 4 + 2  # the two `give`s count, too
+    assert stats.decisions_by_outcome["done"] == 4  # claims (`give`) are not outcomes
     assert stats.assignments_in_flight == 0
     x = s.peer_statistics("X")
     assert x is not None and x.tasks == ("t",) and x.upload_slots == 9 and x.recent_speed == 1_000
@@ -559,7 +725,7 @@ def test_decisions_are_reproducible_with_a_seeded_rng() -> None:
 
 
 def test_timeouts_hold_when_the_clock_goes_back() -> None:
-    s = make(cdn_upload_slots=0, assignment_timeout=60.0)
+    s = make(cdn_upload_slots=0, assignment_timeout=60.0, report_grace=0.0)
     seed_task(s, total=2, holders={"X": (2, range(2))}, downloaders=["D", "E"])
     s.assign("t", "D", 1, 10.0)  # deadline 70
     s.assign("t", "E", 1, 5.0)  # deadline 65: out of order
@@ -602,18 +768,30 @@ def test_piece_order_is_rarest_first_over_any_history() -> None:
 
 
 def test_invariants_hold_through_a_chaotic_swarm() -> None:
-    """Failures, busy answers, cancellations, departures and timeouts, checked each round."""
+    """Failures, accusations and their checks, busy answers, cancellations, departures,
+    timeouts and CDN uploads ending, checked each round."""
     rng = random.Random(9)
-    s = make(4, cdn_upload_slots=3, assignment_timeout=5.0, endgame_pieces=3)
+    s = make(
+        4,
+        cdn_upload_slots=3,
+        assignment_timeout=5.0,
+        report_grace=0.0,
+        cdn_request_deadline=2.0,
+        endgame_pieces=3,
+        spot_check_claims=True,
+    )
     pieces = 40
     s.cdn_ready("t", 10, total=pieces)
     live: dict[str, int] = {}  # peer -> its upload slots
     outstanding: list[tuple[str, Assignment, float]] = []
+    checks: list[Check] = []
     for n in range(25):
         live[f"p{n}"] = rng.choice([0, 1, 2, 4])
-        s.add_peer("t", f"p{n}", upload_slots=live[f"p{n}"], now=0.0)
+        s.add_peer("t", f"p{n}", upload_slots=live[f"p{n}"], now=0.0, group=f"h{n % 7}")
+    checks += s.claim("t", "p0", range(5), now=0.0)
     joined = 25
     outcomes = [Outcome.DONE] * 12 + [Outcome.FAILED, Outcome.BUSY, Outcome.CANCELLED]
+    outcomes += [Outcome.CORRUPT]
     for round_ in range(150):
         now = float(round_)
         s.cdn_ready("t", min(pieces, 10 + round_))
@@ -635,16 +813,28 @@ def test_invariants_hold_through_a_chaotic_swarm() -> None:
                 assert a.source == CDN or (a.source in live and a.source not in blacklisted)
                 assert a.source != CDN or a.index < min(pieces, 10 + round_)
                 outstanding.append((peer, a, now))
+                if a.source == CDN and rng.random() < 0.5:  # the CDN sends it at once
+                    s.cdn_upload_started("t", peer, a.index, now)
+                    if rng.random() < 0.8:
+                        s.cdn_upload_finished("t", peer, a.index, now)
         # Some reports arrive, some never do (they time out).
         kept = []
         for peer, a, at in outstanding:
             if rng.random() < 0.6:
-                s.report("t", peer, a.index, a.source, rng.choice(outcomes), nbytes=1, now=now)
+                outcome = rng.choice(outcomes)
+                checks += s.report("t", peer, a.index, a.source, outcome, nbytes=1, now=now)
             elif now - at < 10:
                 kept.append((peer, a, at))
         outstanding = kept
+        # Checks come back in any order, some only later.
+        rng.shuffle(checks)
+        answered, checks = checks[: len(checks) // 2 + 1], checks[len(checks) // 2 + 1 :]
+        for check in answered:
+            checks += s.checked(check, rng.choice(list(Verdict)), now)
         check_invariants(s, live)
-    assert s.statistics().decisions_by_outcome["done"] > 100
+    stats = s.statistics()
+    assert stats.decisions_by_outcome["done"] > 100
+    assert stats.decisions_by_outcome["corrupt"] > 10 and stats.blacklisted_sources > 0
 
 
 def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
@@ -656,12 +846,16 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
     in_flight = 0
     for peer_id, member in task.members.items():
         assert member.peer.upload_slots == live[peer_id]
+        cdn_slots = 0
         for flight in member.all_flights():
             in_flight += 1
             if flight.uploader is None:
-                cdn_in_flight += 1
+                cdn_in_flight += flight.cdn_slot
+                cdn_slots += flight.cdn_slot
             else:
+                assert not flight.cdn_slot
                 uploads_of[flight.source] += 1
+        assert member.peer.cdn_uploads == cdn_slots <= s.config.cdn_requester_cap
         assert member.inflight == sum(1 << i for i in member.flights)
     assert in_flight == task.in_flight == s.statistics().assignments_in_flight
     assert cdn_in_flight == s.statistics().cdn_uploads_in_flight <= s.config.cdn_upload_slots
@@ -679,7 +873,7 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
         expected = (
             peer.uploads < peer.upload_slots
             and member.have_count > 0
-            and peer.peer_id not in task.strikes
+            and peer.peer_id not in task.reputation
             and not s._blacklist.banned(peer.peer_id)
         )
         assert member.is_open == expected

@@ -313,3 +313,29 @@ async def test_finished_peers_leave_no_assignment_behind(
     assert scheduler.statistics().cdn_uploads_in_flight == 0
     for path in outputs:
         assert path.read_bytes() == data
+
+
+def test_reporters_are_grouped_by_host() -> None:
+    """Peer ids cost nothing: the scheduler counts a host (an IPv6 /64) as one witness."""
+    from supernode.swarm import reporter_group
+
+    assert reporter_group("10.0.0.7") == "10.0.0.7"
+    assert reporter_group("::ffff:10.0.0.7") == "10.0.0.7"
+    assert reporter_group("2001:db8:1:2::7") == reporter_group("2001:db8:1:2:ffff::1")
+    assert reporter_group("2001:db8:1:2::7") == "2001:db8:1:2::/64"
+    assert reporter_group("2001:db8:1:3::7") != reporter_group("2001:db8:1:2::7")
+    assert reporter_group("") == ""
+
+
+def test_a_claim_of_pieces_round_trips_as_a_bitfield() -> None:
+    from proto.frames import FrameDecoder, encode
+    from proto.messages import PiecesHeld
+
+    claim = PiecesHeld.of("0" * 64, 3, [9, 2, 2, 700, 65_536 + 2])  # the last: too far
+    assert claim.start == 2 and claim.indexes() == [2, 9, 700]
+    decoder = FrameDecoder()
+    decoder.receive_data(encode(claim))
+    frame = decoder.next_frame()
+    assert frame is not None and frame.message == claim
+    with pytest.raises(ValueError):
+        PiecesHeld("0" * 64, 3, 0, b"").check()

@@ -4,6 +4,14 @@ Bytes are copied into a piece-sized buffer; each full piece is digested (blake3)
 sealed (AES-256-GCM) and written at its offset, then announced, so peers download a
 cold file while it is still arriving. A body cut short is resumed with a Range request
 (guarded by If-Range) when the origin allows it; otherwise the task fails cleanly.
+
+The store's limits (`budget.py`) are applied as the body comes: a known length is
+reserved at the first response, an unknown one is stopped when it passes them.
+
+A fetch a shutdown stopped goes on in a new generation with a new key: its kept pieces
+are opened with the old key, checked, and sealed again with the new one. The old key
+never seals anything again, so no (key, nonce) pair can cover two different plaintexts,
+whatever the origin sends after the restart.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from dataclasses import dataclass
 import trio
 
 from proto.digests import Hasher, digest_matches, new_hasher
+from proto.errors import PieceCorrupted
 from proto.io import RateLimiter, unwrap_group
-from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
+from proto.pieces import TAG_SIZE, PieceSealer, piece_digest, piece_size_for
 from proto.urls import display_url
+from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
+from supernode.cdn.piecefile import PiecesFile, file_size
 from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
@@ -38,6 +49,7 @@ log = logging.getLogger(__name__)
 class FetchPolicy:
     max_resumes: int = 5
     limiter: RateLimiter | None = None
+    budget: StoreBudget | None = None  # the store's limits (none: unbounded)
 
 
 class _Assembler:
@@ -46,9 +58,11 @@ class _Assembler:
 
     BUFFERS = 3
 
-    def __init__(self, task: CdnTask, hasher: Hasher | None) -> None:
+    def __init__(self, task: CdnTask, hasher: Hasher | None, budget: StoreBudget | None) -> None:
         self.task = task
         self.hasher = hasher
+        # Limits to apply as the body grows: only a body of unknown length needs them.
+        self.budget = budget if task.length is None else None
         self.buffer = bytearray(task.piece_size)
         self.filled = 0
         # A resumed fetch starts after the pieces it already has (all full pieces).
@@ -72,6 +86,8 @@ class _Assembler:
             self.task.bytes_from_origin += count
             self.filled += count
             self.received += count
+            if self.budget is not None:
+                self.budget.check_received(self.received)
             if self.filled == len(self.buffer):
                 await self._submit()
 
@@ -82,6 +98,8 @@ class _Assembler:
         await self._jobs_send.aclose()
 
     async def _submit(self) -> None:
+        if self.budget is not None:  # this piece must fit in the store before it is written
+            self.budget.check_growth(self.task, self.received + TAG_SIZE * (self._submitted + 1))
         await self._jobs_send.send((self._submitted, self.buffer, self.filled))
         self._submitted += 1
         self.filled = 0
@@ -125,6 +143,8 @@ async def fetch_task(
             exc = SupernodeError(f"internal error: {exc!r}")
         task.fail(exc)
         store.remove_generation(task.task_id, task.generation)
+        if task.resume_from is not None:  # failed while taking the kept pieces over
+            store.remove_generation(task.task_id, task.resume_from.generation)
         return None
     finally:
         if not task.settled:  # cancelled: a newer generation took over, or a shutdown
@@ -159,10 +179,12 @@ async def _fetch(
     resumes = 0
     with unwrap_group():
         async with trio.open_nursery() as nursery:
-            if task.pieces is not None:  # resumed after a restart: go on from its pieces
-                if hasher is not None:
-                    await trio.to_thread.run_sync(_rehash, task, hasher)
-                assembler = _Assembler(task, hasher)
+            if task.resume_from is not None:  # after a restart: go on from its pieces
+                if task.length is not None and policy.budget is not None:
+                    size = file_size(task.length, task.piece_size)
+                    policy.budget.admit(task, task.length, size)
+                await _take_over(task, task.resume_from, store, hasher)
+                assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
             while True:
                 resuming = assembler is not None
@@ -178,8 +200,8 @@ async def _fetch(
                         "GET", spec.url, spec.headers, extra=tuple(extra)
                     ) as response:
                         if assembler is None:
-                            _start(task, store, response)
-                            assembler = _Assembler(task, hasher)
+                            _start(task, store, response, policy.budget)
+                            assembler = _Assembler(task, hasher, policy.budget)
                             nursery.start_soon(assembler.run_sealer)
                         else:
                             _check_resumed(response, first + offset)
@@ -238,6 +260,11 @@ async def _fetch(
 async def _keep_for_resume(task: CdnTask, store: Store) -> bool:
     """On a shutdown: keep what a fetch has so far (durable, with partial.json) if a
     later start can resume it safely (If-Range needs a strong validator)."""
+    if task.resume_from is not None:
+        # Stopped while taking over the pieces of an earlier stop: those stay as they
+        # are (with their partial.json), this generation's copy goes.
+        store.remove_generation(task.task_id, task.generation, partial=False)
+        return True
     if not task.digests or not _if_range(task) or task.pieces is None:
         return False
     partial = PartialMeta(
@@ -263,16 +290,65 @@ async def _keep_for_resume(task: CdnTask, store: Store) -> bool:
     return True
 
 
-def _rehash(task: CdnTask, hasher: Hasher) -> None:
-    """Feed the whole-content hasher the pieces a resumed fetch already has."""
+async def _take_over(
+    task: CdnTask, partial: PartialMeta, store: Store, hasher: Hasher | None
+) -> None:
+    """Move the pieces a stopped fetch kept into this generation: each is opened with the
+    old key and checked against its digest, then sealed with this generation's key and
+    announced. A piece that fails its check ends the take-over there (the fetch goes on
+    from it). The old generation's file and partial.json go afterwards."""
+    try:
+        old = store.open_pieces(task.task_id, partial.generation, partial.piece_size)
+    except StoreError as exc:
+        log.warning(
+            "cdn: task %s: kept pieces unreadable, fetching anew: %s", task.task_id[:16], exc
+        )
+        old = None
+    if old is not None:
+        opener = PieceSealer(bytes.fromhex(partial.key), task.task_id)
+        plain = bytearray(task.piece_size)
+        sealed = bytearray(task.piece_size + TAG_SIZE)
+        try:
+            for index, digest in enumerate(bytes.fromhex(d) for d in partial.digests):
+                args = (task, old, opener, index, digest, hasher, plain, sealed)
+                if not await trio.to_thread.run_sync(_reseal, *args):
+                    log.warning("cdn: task %s: kept piece %d is damaged", task.task_id[:16], index)
+                    break
+                task.add_piece(digest, task.piece_size)
+        finally:
+            old.close()
+    task.resume_from = None
+    store.remove_generation(task.task_id, partial.generation)  # and its partial.json
+
+
+def _reseal(
+    task: CdnTask,
+    old: PiecesFile,
+    opener: PieceSealer,
+    index: int,
+    digest: bytes,
+    hasher: Hasher | None,
+    plain: bytearray,
+    sealed: bytearray,
+) -> bool:
+    """Piece `index` from the old generation's file into this one's (a worker thread)."""
+    try:
+        view = opener.open_into(index, old.read(index), plain)
+    except (PieceCorrupted, StoreError):
+        return False
+    if len(view) != task.piece_size or piece_digest(view) != digest:
+        return False
+    if hasher is not None:
+        hasher.update(view)
     assert task.pieces is not None
-    scratch = bytearray(task.piece_size)
-    for index in range(task.ready):
-        hasher.update(task.sealer.open_into(index, task.pieces.read(index), scratch))
+    task.pieces.write(index, task.sealer.seal_into(index, view, sealed))
+    return True
 
 
-def _start(task: CdnTask, store: Store, response: OriginResponse) -> None:
-    """First response: fix the task's geometry and open its pieces file."""
+def _start(
+    task: CdnTask, store: Store, response: OriginResponse, budget: StoreBudget | None
+) -> None:
+    """First response: fix the task's geometry, reserve its room, open its pieces file."""
     if task.spec.range and response.status != 206:
         raise BadRequest("origin ignored the Range header (answered 200, not 206)")
     length = response.length
@@ -280,6 +356,8 @@ def _start(task: CdnTask, store: Store, response: OriginResponse) -> None:
     if length is not None and last is not None and length != last - first + 1:
         raise BadRequest(f"origin sent {length} bytes for a range of {last - first + 1}")
     piece_size = piece_size_for(length)
+    if length is not None and budget is not None:
+        budget.admit(task, length, file_size(length, piece_size))
     pieces = store.create_pieces(task.task_id, task.generation, piece_size)
     task.begin(length, piece_size, response.validators, pieces)
 

@@ -2,19 +2,28 @@
 
 `open_task(spec)` returns the task's current generation, starting a back-to-source
 fetch if nobody has one running. A stored task is revalidated with the requester's own
-headers (a conditional GET, or a HEAD when the origin gave no validators), so a peer
-without access upstream gets the origin's 401/403, not the cached bytes; content that
-changed upstream gets a new generation with a new key. Tasks named by a content digest
-are immutable and skip revalidation.
+headers (a conditional GET, or a HEAD when the origin gave no validators, and a
+one-byte GET when it allows no HEAD), so a peer without access upstream gets the
+origin's 401/403, not the cached bytes; content that changed upstream gets a new
+generation with a new key. Tasks named by a content digest are immutable and skip
+revalidation.
+
+What one peer can make it do is bounded: at most `max_fetches` origin fetches run at
+once (past that a new one is refused `busy`: try again later), the store's quota and
+task size limit apply to every fetch (`budget.py`), and failed generations are
+forgotten `failed_task_ttl` seconds after they failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -23,10 +32,25 @@ from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.piecefile import file_size
-from supernode.cdn.response import Validators
+from supernode.cdn.response import OriginResponse, Validators
 from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
-from supernode.errors import StoreError, SupernodeError, TaskSuperseded
+from supernode.errors import StoreError, SupernodeError, TaskSuperseded, TooManyFetches
+
+# Task ids forgotten (evicted, or failed and expired) whose last generation is kept, so
+# that a new generation of the same id never takes a number its old peers may still
+# hold. Past this many, the oldest are dropped, and every id from then on starts above
+# the highest generation this process has handed out.
+KEPT_GENERATIONS = 16384
+
+
+class UploadListener(Protocol):
+    """Who hears of the CDN's uploads (the swarm: a CDN slot is taken until one ends)."""
+
+    def cdn_upload_started(self, task_id: str, requester: str, index: int) -> None: ...
+
+    def cdn_upload_finished(self, task_id: str, requester: str, index: int) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +66,27 @@ class CdnStatistics:
 
 
 class Cdn:
-    def __init__(self, store: Store, origin: OriginClient, policy: FetchPolicy) -> None:
+    def __init__(
+        self,
+        store: Store,
+        origin: OriginClient,
+        policy: FetchPolicy,
+        *,
+        max_fetches: int = 64,
+        failed_task_ttl: float = 600.0,
+    ) -> None:
         self.store = store
         self.origin = origin
         self.policy = policy
+        self.max_fetches = max_fetches
+        self.failed_task_ttl = failed_task_ttl
+        self.upload_listener: UploadListener | None = None
         self.tasks: dict[str, CdnTask] = {}
-        self._retired: dict[str, int] = {}  # evicted task id → its last generation
+        # Forgotten task id → its last generation (bounded: see KEPT_GENERATIONS).
+        self._retired: OrderedDict[str, int] = OrderedDict()
+        self._retired_dropped = False
+        self._highest_generation = 0  # handed out or loaded, in this process
+        self._active: set[CdnTask] = set()  # generations queued or fetching
         self._partials: dict[str, PartialMeta] = {}  # fetches stopped by a shutdown
         self.loaded_at = time.monotonic()  # when `load` found them
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[CdnTask](math.inf)
@@ -62,7 +101,10 @@ class Cdn:
         """Adopt the complete tasks found in the store; returns how many."""
         for meta in self.store.load_all():
             self.tasks[meta.task_id] = _stored_task(meta)
+            self._highest_generation = max(self._highest_generation, meta.generation)
         self._partials = dict(self.store.partials)
+        for partial in self._partials.values():
+            self._highest_generation = max(self._highest_generation, partial.generation)
         self.loaded_at = time.monotonic()
         for task_id, partial in self._partials.items():
             log.info(
@@ -73,11 +115,37 @@ class Cdn:
         return len(self.tasks)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run fetch jobs until cancelled."""
+        """Run fetch jobs, and forget failed tasks as they expire, until cancelled."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_failed)
             task_status.started()
             async for task in self._jobs_recv:
                 nursery.start_soon(self._fetch, task)
+
+    async def _expire_failed(self) -> None:
+        while True:
+            await trio.sleep(min(60.0, max(0.05, self.failed_task_ttl / 4)))
+            self.forget_failed(time.monotonic())
+
+    def forget_failed(self, now: float) -> list[str]:
+        """Forget the generations that failed more than `failed_task_ttl` ago (their
+        files are gone already); the task ids forgotten."""
+        expired = [
+            task_id
+            for task_id, task in self.tasks.items()
+            if task.failed_at is not None and now - task.failed_at >= self.failed_task_ttl
+        ]
+        for task_id in expired:
+            self._retire(self.tasks.pop(task_id))
+        return expired
+
+    def _retire(self, task: CdnTask) -> None:
+        """`task`'s id leaves `tasks`: remember its generation (bounded)."""
+        self._retired[task.task_id] = task.generation
+        self._retired.move_to_end(task.task_id)
+        while len(self._retired) > KEPT_GENERATIONS:
+            self._retired.popitem(last=False)
+            self._retired_dropped = True
 
     async def _fetch(self, task: CdnTask) -> None:
         self._fetches += 1
@@ -89,8 +157,10 @@ class Cdn:
         finally:
             self._bytes_from_origin += task.bytes_from_origin
             self._fetching.discard(task)
+            self._active.discard(task)
+            task.reserved = 0  # its file is complete (or gone): it counts as it is
             task.close()
-            if task.task_id in self._retired and task.task_id not in self.tasks:
+            if task.evicted and task.task_id not in self.tasks:
                 self.store.remove_task(task.task_id)  # evicted while fetching: all of it
         if meta is None and task.error is not None and task.error.code != "shutdown":
             self.origin_errors[str(task.error.code)] += 1
@@ -110,10 +180,33 @@ class Cdn:
     def current(self, task_id: str) -> CdnTask | None:
         return self.tasks.get(task_id)
 
+    @property
+    def active_fetches(self) -> int:
+        """Fetches queued or running, their end (fsync, meta.json) included: the count
+        `max_fetches` caps."""
+        return len(self._active)
+
+    def usage(self) -> int:
+        """Bytes the store's pieces files take or are reserved for (the quota's count)."""
+        return sum(t.disk_size for t in self.tasks.values()) + sum(self.stopped_fetches().values())
+
+    @contextlib.contextmanager
+    def uploading(self, task_id: str, requester: str, index: int) -> Iterator[None]:
+        """Around the CDN's upload of one piece (cdn/uploads.py): the swarm frees the CDN
+        slot of that assignment when it ends, sent or not."""
+        listener = self.upload_listener
+        if listener is not None:
+            listener.cdn_upload_started(task_id, requester, index)
+        try:
+            yield
+        finally:
+            if listener is not None:
+                listener.cdn_upload_finished(task_id, requester, index)
+
     async def open_task(self, spec: TaskSpec) -> CdnTask:
         """The task's current generation, fetched or revalidated for this requester."""
         task = self.tasks.get(spec.task_id)
-        partial = self._partials.pop(spec.task_id, None) if task is None else None
+        partial = self._partials.get(spec.task_id) if task is None else None
         if partial is not None:
             task = self._resume(spec, partial)
         elif task is None or task.failed:
@@ -139,9 +232,10 @@ class Cdn:
                 return False
             self.store.remove_task(task_id)  # a stopped fetch, never resumed
             return True
-        # A later task of the same id must not reuse this generation's file names: the
-        # fetch being stopped removes its own generation's file when it ends.
-        self._retired[task_id] = task.generation
+        # A later task of the same id must not reuse this generation's number (file names,
+        # peers' bookkeeping): the fetch being stopped removes its own file when it ends.
+        self._retire(task)
+        task.evicted = True
         task.superseded = True
         if task.settled:
             if not task.failed:
@@ -153,40 +247,42 @@ class Cdn:
         return True
 
     def _resume(self, spec: TaskSpec, partial: PartialMeta) -> CdnTask:
-        """A fetch stopped by a shutdown goes on where it stopped (Range + If-Range): the
-        same generation and key, its pieces as they are on disk."""
-        task = CdnTask(spec, partial.generation, bytes.fromhex(partial.key))
+        """A fetch stopped by a shutdown goes on where it stopped (Range + If-Range), in a
+        new generation with a new key: its kept pieces are sealed again under it as the
+        fetch starts (fetch.py), so the old key never seals different bytes."""
+        self._check_room()
+        del self._partials[spec.task_id]
+        generation = self._next_generation(spec.task_id, partial.generation)
+        task = CdnTask(spec, generation)
         task.created = partial.created
         try:
-            pieces = self.store.open_partial(partial)
+            pieces = self.store.create_pieces(spec.task_id, generation, partial.piece_size)
         except StoreError as exc:
             log.warning("cdn: task %s cannot resume: %s", spec.task_id[:16], exc)
             self.store.remove_task(spec.task_id)
             return self._start(spec, None)
         validators = Validators(partial.etag, partial.last_modified)
         task.begin(partial.length, partial.piece_size, validators, pieces)
-        for digest in partial.digests:
-            task.add_piece(bytes.fromhex(digest), partial.piece_size)
-        self.tasks[spec.task_id] = task
-        self._jobs_send.send_nowait(task)
+        task.resume_from = partial
+        self._launch(task)
         log.info(
-            "cdn: resuming %s (task %s, generation %d) at piece %d",
+            "cdn: resuming %s (task %s, generation %d after %d) at piece %d",
             display_url(spec.url),
             spec.task_id[:16],
-            task.generation,
-            task.ready,
+            generation,
+            partial.generation,
+            len(partial.digests),
         )
         return task
 
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
-        last = previous.generation if previous else self._retired.pop(spec.task_id, 0)
-        generation = last + 1
+        self._check_room()
+        generation = self._next_generation(spec.task_id, previous.generation if previous else 0)
         if previous is not None and not previous.settled:
             previous.superseded = True  # its content is stale: stop fetching it
             previous.cancel_scope.cancel()
         task = CdnTask(spec, generation)
-        self.tasks[spec.task_id] = task
-        self._jobs_send.send_nowait(task)
+        self._launch(task)
         log.info(
             "cdn: fetching %s (task %s, generation %d)",
             display_url(spec.url),
@@ -194,6 +290,28 @@ class Cdn:
             generation,
         )
         return task
+
+    def _check_room(self) -> None:
+        if len(self._active) >= self.max_fetches:
+            raise TooManyFetches(
+                f"the supernode runs {self.max_fetches} origin fetches (--max-fetches): "
+                f"try again later"
+            )
+
+    def _launch(self, task: CdnTask) -> None:
+        self.tasks[task.task_id] = task
+        self._active.add(task)
+        self._jobs_send.send_nowait(task)
+
+    def _next_generation(self, task_id: str, previous: int) -> int:
+        """A generation number `task_id` never had in this process (peers of an old
+        generation must not take a new one for theirs)."""
+        last = max(previous, self._retired.pop(task_id, 0))
+        if last == 0 and self._retired_dropped:
+            last = self._highest_generation  # it may have been forgotten for good
+        generation = last + 1
+        self._highest_generation = max(self._highest_generation, generation)
+        return generation
 
     async def _still_valid(self, task: CdnTask, spec: TaskSpec) -> bool:
         """Ask the origin, with this requester's headers, whether our copy is current."""
@@ -221,11 +339,23 @@ class Cdn:
         async with self.origin.open(
             "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501})
         ) as response:
-            if response.status in (405, 501) or spec.range:
-                # No HEAD here, or a Range task (HEAD names the whole file's length):
-                # the requester may read it; nothing else to compare.
+            if response.status not in (405, 501):
+                # A Range task: HEAD names the whole file's length; it only shows that
+                # the requester may read it.
+                return spec.range is not None or response.length in (None, task.length)
+        # No HEAD here: ask for one byte, with this requester's headers (as dfdaemon
+        # does), so that an origin that would refuse this requester says so.
+        async with self.origin.open(
+            "GET",
+            spec.url,
+            spec.headers,
+            extra=(("Range", "bytes=0-0"),),
+            ok=frozenset({200, 206}),
+        ) as response:
+            if spec.range is not None:
                 return True
-            return response.length is None or response.length == task.length
+            total = _total_length(response)
+            return total is None or total == task.length
 
     def statistics(self) -> CdnStatistics:
         running = sum(1 for t in self.tasks.values() if not t.settled)
@@ -240,6 +370,15 @@ class Cdn:
         )
 
 
+def _total_length(response: OriginResponse) -> int | None:
+    """The whole representation's length from a response to `Range: bytes=0-0`: the
+    `/total` of a 206's Content-Range, a 200's Content-Length (None if not given)."""
+    if response.status == 200:
+        return response.length
+    total = (response.content_range or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
 def _stored_task(meta: TaskMeta) -> CdnTask:
     spec = TaskSpec(meta.url, (), meta.digest, "", (), meta.task_id, None)
     task = CdnTask(spec, meta.generation, bytes.fromhex(meta.key))
@@ -250,6 +389,7 @@ def _stored_task(meta: TaskMeta) -> CdnTask:
     task.validators = Validators(meta.etag, meta.last_modified)
     task.state = TaskState.DONE
     task.created = meta.created
+    task.stored = file_size(meta.length, meta.piece_size)
     return task
 
 

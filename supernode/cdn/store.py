@@ -212,15 +212,16 @@ class Store:
             if path.name != keep:
                 path.unlink(missing_ok=True)
 
-    def remove_generation(self, task_id: str, generation: int) -> None:
-        """Delete a generation's pieces, and a partial.json that could only describe
-        them; a failure is logged, never raised (cleanup)."""
+    def remove_generation(self, task_id: str, generation: int, *, partial: bool = True) -> None:
+        """Delete a generation's pieces, and (unless told not to: it may describe an
+        older generation) partial.json; a failure is logged, never raised (cleanup)."""
         path = self.pieces_path(task_id, generation)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("store: cannot remove %s: %s", path, exc)
-        self.forget_partial(task_id)
+        if partial:
+            self.forget_partial(task_id)
 
     def remove_task(self, task_id: str) -> None:
         shutil.rmtree(self.task_dir(task_id), ignore_errors=True)

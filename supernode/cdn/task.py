@@ -9,14 +9,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import trio
 
-from proto.pieces import PieceSealer, new_task_key, piece_count
+from proto.pieces import TAG_SIZE, PieceSealer, new_task_key, piece_count
 from proto.taskid import parse_range, task_id_for
 from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.response import Headers, Validators
 from supernode.errors import SupernodeError
+
+if TYPE_CHECKING:
+    from supernode.cdn.store import PartialMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,13 @@ class CdnTask:
         self.last_used = time.monotonic()  # a registration or an upload (GC: LRU, TTL)
         self.bytes_from_origin = 0
         self.bytes_served = 0  # sealed bytes the CDN served for this generation
+        self.stored = 0  # bytes of sealed pieces in its pieces file
+        self.reserved = 0  # store bytes set aside for it (known length) while it fetches
+        self.failed_at: float | None = None  # monotonic time of its failure
+        self.evicted = False  # an operator (or the GC) took it out of the CDN
+        # A fetch a shutdown stopped, whose kept pieces this generation takes over
+        # (re-sealed under this generation's own key: see fetch.py).
+        self.resume_from: PartialMeta | None = None
         self._changed = trio.Event()
         # Cancelled when a newer generation replaces this one mid-fetch.
         self.cancel_scope = trio.CancelScope()
@@ -101,6 +112,14 @@ class CdnTask:
     @property
     def settled(self) -> bool:
         return self.state in (TaskState.DONE, TaskState.FAILED)
+
+    @property
+    def disk_size(self) -> int:
+        """Bytes its pieces file takes, or will take (a fetch of known length reserves
+        its whole size up front); a failed one's file is gone."""
+        if self.state is TaskState.FAILED:
+            return 0
+        return max(self.reserved, self.stored)
 
     async def wait_changed(self) -> None:
         """Return after the next state change (a piece, the headers, done or failed)."""
@@ -128,6 +147,7 @@ class CdnTask:
     def add_piece(self, digest: bytes, length: int) -> None:
         self.digests.append(digest)
         self.lengths.append(length)
+        self.stored += length + TAG_SIZE
         self._notify()
 
     def finish(self, length: int) -> None:
@@ -138,6 +158,7 @@ class CdnTask:
     def fail(self, error: SupernodeError) -> None:
         self.error = error
         self.state = TaskState.FAILED
+        self.failed_at = time.monotonic()
         self.close()
         self._notify()
 

@@ -127,15 +127,16 @@ class CdnUploads:
         reply = PieceData(task_id=task.task_id, generation=task.generation, index=request.index)
         try:
             pieces = self._open(task.task_id, task.generation, task.piece_size)
-            if self.limiter:
-                await self.limiter.acquire(sealed)
-            await self.framed.send_file(
-                reply,
-                pieces.fd,
-                pieces.offset(request.index),
-                sealed,
-                within=piece_send_timeout(sealed, self.min_send_timeout, self.min_send_rate),
-            )
+            with self.cdn.uploading(task.task_id, self.peer_id, request.index):  # (CDN slot)
+                if self.limiter:
+                    await self.limiter.acquire(sealed)
+                await self.framed.send_file(
+                    reply,
+                    pieces.fd,
+                    pieces.offset(request.index),
+                    sealed,
+                    within=piece_send_timeout(sealed, self.min_send_timeout, self.min_send_rate),
+                )
         except StoreError as exc:
             log.warning("cdn uploads: %s", exc)
             return await self._refuse(request, ErrorCode.STALE, "task generation is gone")

@@ -6,30 +6,40 @@ The scheduler answers synchronously and does no I/O; `supernode.swarm` turns its
 decisions into piece tasks with tickets.
 
 Modules, in the order a decision flows through them:
-- `decisions`: `Assignment`, `Outcome`, `SchedulerConfig`, `CDN`.
+- `decisions`: `Assignment`, `Outcome`, `Check`, `Verdict`, `SchedulerConfig`, `CDN`.
 - `scheduler`: `Scheduler`, the facade; slots, timeouts and blacklists across tasks.
 - `tasks`: one task's members, holdings and flights, kept consistent.
 - `rarity`: holder counts per piece and the order pieces are tried (random, then rarest).
 - `sources`: which members can upload which piece now, and the pick among them.
 - `peers`: `Peer` (shared by its tasks) and `Member` (the peer in one task).
 - `flights`: assignments in flight and their timeouts.
-- `reputation`: strikes per task and the global blacklist.
+- `reputation`: who is believed: strikes and checked accusations per task, the global
+  blacklist.
 - `bitsets`: sets of small ints as Python ints.
 - `statistics`: frozen snapshots.
 - `simulation`: a lockstep swarm driving the scheduler, for tests and the benchmark.
 """
 
-from supernode.scheduler.decisions import CDN, Assignment, Outcome, SchedulerConfig
+from supernode.scheduler.decisions import (
+    CDN,
+    Assignment,
+    Check,
+    Outcome,
+    SchedulerConfig,
+    Verdict,
+)
 from supernode.scheduler.scheduler import Scheduler
 from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, TaskStatistics
 
 __all__ = [
     "CDN",
     "Assignment",
+    "Check",
     "Outcome",
     "PeerStatistics",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerStatistics",
     "TaskStatistics",
+    "Verdict",
 ]

@@ -5,6 +5,10 @@ answers every assignment with one `Outcome`; the scheduler learns from it who ho
 what (DONE), who is overloaded (BUSY) and who misbehaves (REFUSED, FAILED, TIMEOUT,
 CORRUPT). These names are shared with the control session and the wire
 (`proto.messages.OUTCOMES` holds the same strings).
+
+A downloader's word alone never blacklists anyone: a `Check` asks the supernode to
+fetch the accused piece from the uploader itself and verify it; its `Verdict` comes
+back through `Scheduler.checked`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,24 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True)
+class Check:
+    """A request to the supernode's I/O side: fetch piece `index` of `task_id` from
+    `uploader` (as the CDN, with a ticket of its own), verify it against the CDN's
+    digest, and answer `Scheduler.checked(check, verdict, now)` (every check, once)."""
+
+    task_id: str
+    uploader: str
+    index: int
+    reporter: str | None  # the peer that accused it; None: a spot check of a claim
+
+
+class Verdict(StrEnum):
+    CORRUPT = "corrupt"  # bytes that do not verify, or "not held" for a piece it holds
+    CLEAN = "clean"  # the piece verified: the accusation was false
+    UNKNOWN = "unknown"  # no answer worth a judgement (unreachable, busy, timed out)
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     first_random: int = 4
     """A peer's first pieces are picked at random: rarest-first would send every newcomer
@@ -44,14 +66,38 @@ class SchedulerConfig:
     """Concurrent CDN uploads the scheduler hands out, over all tasks (the CDN's own cap)."""
 
     assignment_timeout: float = 60.0
-    """An assignment nobody reports on frees its source's slot after this long."""
+    """An assignment nobody reports on frees its source's slot after its transfer
+    deadline: max(this, 2 x piece size / `min_transfer_rate`) + `report_grace`, the
+    time dfget gives a transfer before it reports `timeout`, and a little more."""
+
+    min_transfer_rate: float = 256 * 1024
+    """Bytes/s below which a transfer counts as stalled (dfget's MIN_PIECE_RATE)."""
+
+    report_grace: float = 5.0
+    """Seconds on top of a transfer's deadline for its report to arrive."""
+
+    cdn_request_deadline: float = 10.0
+    """A CDN assignment frees its CDN slot when the CDN has sent the piece; if the
+    requester never asks the CDN for it, after this long."""
+
+    cdn_slots_per_requester: int | None = None
+    """CDN uploads in flight for one downloader, over all its tasks (None: half of
+    `cdn_upload_slots`, at least 1): one peer cannot take every CDN slot."""
 
     endgame_pieces: int = 4
     """When a peer misses at most this many pieces and all are in flight, duplicate them."""
 
     task_blacklist_failures: int = 3
-    """Strikes that blacklist an uploader for one task, for every downloader. REFUSED,
-    FAILED and TIMEOUT strike once; CORRUPT strikes this many times, i.e. at once."""
+    """Strikes (REFUSED, FAILED, TIMEOUT: one each) that blacklist an uploader for one
+    task, for every downloader, when they come from at least two reporter groups (hosts);
+    one downloader alone only stops using that uploader itself after this many."""
+
+    check_accusations: bool = True
+    """A CORRUPT report asks for a `Check` of the piece before it counts; without, an
+    accusation stands unchecked (two reporter groups blacklist)."""
+
+    spot_check_claims: bool = True
+    """Claimed holdings (`claim`) get one piece checked at random."""
 
     global_blacklist_tasks: int = 2
     """Blacklisted in this many tasks: blacklisted in every task ..."""
@@ -69,20 +115,33 @@ class SchedulerConfig:
         for name in ("first_random", "cdn_upload_slots", "endgame_pieces"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 0")
+        if self.cdn_slots_per_requester is not None and self.cdn_slots_per_requester < 1:
+            raise ValueError("SchedulerConfig.cdn_slots_per_requester must be >= 1")
         for name in ("task_blacklist_failures", "global_blacklist_tasks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1")
-        for name in ("assignment_timeout", "speed_halflife"):
+        for name in (
+            "assignment_timeout",
+            "speed_halflife",
+            "min_transfer_rate",
+            "cdn_request_deadline",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SchedulerConfig.{name} must be > 0")
-        for name in ("global_blacklist_seconds", "busy_backoff_seconds"):
+        for name in ("global_blacklist_seconds", "busy_backoff_seconds", "report_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 0")
 
-    def strikes(self, outcome: Outcome) -> int:
-        """How much `outcome` counts against the uploader (0: not its fault)."""
-        if outcome is Outcome.CORRUPT:
-            return self.task_blacklist_failures
-        if outcome in (Outcome.REFUSED, Outcome.FAILED, Outcome.TIMEOUT):
-            return 1
-        return 0
+    @property
+    def cdn_requester_cap(self) -> int:
+        """CDN uploads one downloader may have in flight."""
+        if self.cdn_slots_per_requester is not None:
+            return self.cdn_slots_per_requester
+        return max(1, self.cdn_upload_slots // 2)
+
+    def transfer_deadline(self, piece_size: int) -> float:
+        """Seconds an assignment of a piece of `piece_size` bytes may stay unreported."""
+        return (
+            max(self.assignment_timeout, 2 * piece_size / self.min_transfer_rate)
+            + self.report_grace
+        )

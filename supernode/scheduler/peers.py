@@ -1,10 +1,12 @@
 """Peers as the scheduler knows them: a `Peer` per connected host, a `Member` per task.
 
 A `Peer` holds what is shared by all its tasks: its upload slots (one cap for the
-host) and the uploads in flight that take them, its recent upload speed, and the sources
-it was told were busy. A `Member` is the peer inside one task: which pieces it holds and
-which it is fetching, from whom. Between them they find every assignment a departing
-peer is part of, as downloader or as uploader.
+host) and the uploads in flight that take them, the CDN uploads it has in flight as a
+downloader, its recent upload speed, the sources it was told were busy, and its
+reporter group (reports from one group count as one witness). A `Member` is the peer
+inside one task: which pieces it holds and which it is fetching, from whom, and the
+uploaders it stopped using there after they failed it. Between them they find every
+assignment a departing peer is part of, as downloader or as uploader.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
 class Peer:
     peer_id: str
     upload_slots: int  # concurrent uploads it accepts, over all its tasks; 0: never a source
+    group: str = ""  # reporters of one group (a host) count as one witness
     uploads: int = 0  # assignments in flight with this peer as the source
+    cdn_uploads: int = 0  # CDN slots its downloads hold (capped per requester)
     members: dict[str, Member] = field(default_factory=dict)  # task id -> membership
     # Its uploads in flight (a dict: insertion-ordered, so departures replay the same way).
     uploading: dict[Flight, None] = field(default_factory=dict)
@@ -72,6 +76,19 @@ class Member:
     duplicates: dict[int, Flight] = field(default_factory=dict)  # piece -> endgame duplicate
     is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
     in_order: bool = False  # it streams the file: lowest missing pieces first
+    # Uploaders it reported failing (strikes it gave each) and those it stopped using:
+    # a downloader's own reports always steer its own assignments. (None until needed:
+    # most members never need them, and empty containers cost the garbage collector.)
+    strikes_given: dict[str, int] | None = None
+    shunned: set[str] | None = None
+    # Assignments that expired unreported, (piece, source): a late DONE for one still
+    # tells who holds what (the transfer was real); any other unmatched report is void.
+    expired: dict[tuple[int, str], None] | None = None
+
+    def shun(self, source: str) -> None:
+        if self.shunned is None:
+            self.shunned = set()
+        self.shunned.add(source)
 
     @property
     def peer_id(self) -> str:

@@ -11,9 +11,20 @@ assignment handed out must get exactly one `report` (the endgame loser a CANCELL
 `assign` returning [] means "nothing now": ask again after news (a report, a piece on
 the CDN, a peer joining) or after `busy_backoff_seconds` at the latest.
 
-The state per task lives in `Task` (holdings, rarity, holder bitsets); what spans tasks
-lives here: peers and their upload slots, the CDN's slots, the global blacklist, and the
-timeouts of assignments in flight.
+Who holds what comes only from reports on assignments (DONE) and from explicit claims
+(`claim`, a peer announcing pieces it checked on its own disk); a report that matches
+no assignment changes nothing. `report` and `claim` may return `Check`s: the caller
+verifies those pieces itself (fetching them from the uploader) and answers each with
+`checked` (see reputation.py for who is believed).
+
+The CDN's slots are held from the assignment until the CDN has sent the piece
+(`cdn_upload_started`, `cdn_upload_finished`: the CDN's uploads tell), or for
+`cdn_request_deadline` if the downloader never asks; each downloader holds at most
+`cdn_requester_cap` of them. Peer assignments expire after their transfer deadline.
+
+The state per task lives in `Task` (holdings, rarity, holder bitsets, reputation); what
+spans tasks lives here: peers and their upload slots, the CDN's slots, the global
+blacklist, and the deadlines of assignments in flight.
 """
 
 from __future__ import annotations
@@ -25,7 +36,14 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from typing import NamedTuple
 
-from supernode.scheduler.decisions import CDN, Assignment, Outcome, SchedulerConfig
+from supernode.scheduler.decisions import (
+    CDN,
+    Assignment,
+    Check,
+    Outcome,
+    SchedulerConfig,
+    Verdict,
+)
 from supernode.scheduler.flights import Flight, FlightTable
 from supernode.scheduler.peers import Member, Peer
 from supernode.scheduler.rarity import IndexOrder, PieceOrder, shuffled_bits
@@ -34,6 +52,8 @@ from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, 
 from supernode.scheduler.tasks import Task
 
 DEFAULT_CONFIG = SchedulerConfig()
+_NO_CHECKS: tuple[Check, ...] = ()
+_EXPIRED_KEPT = 1024  # expired assignments remembered per downloader and task
 
 
 class _Avoid(NamedTuple):
@@ -56,14 +76,19 @@ class Scheduler:
             config.global_blacklist_tasks, config.global_blacklist_seconds
         )
         self._wakeup = math.inf  # `now` from which `_tick` has a deadline to apply
-        self._cdn_uploads = 0
+        self._cdn_uploads = 0  # CDN slots taken (assigned, not yet sent nor expired)
+        self._cdn_cap = config.cdn_requester_cap
         self._assigned = 0
         self._outcomes: Counter[Outcome] = Counter()
 
     # -- tasks and peers ----------------------------------------------------------------
 
-    def add_task(self, task_id: str) -> None:
-        self._task(task_id)
+    def add_task(self, task_id: str, *, piece_size: int = 0) -> None:
+        """Know `task_id` (idempotent); `piece_size` sets its transfer deadline."""
+        task = self._task(task_id)
+        if piece_size > 0 and piece_size != task.piece_size:
+            task.piece_size = piece_size
+            task.transfer_span = self.config.transfer_deadline(piece_size)
 
     def remove_task(self, task_id: str) -> None:
         """Forget the task: its assignments in flight free their sources' slots."""
@@ -85,13 +110,22 @@ class Scheduler:
         self._task(task_id).cdn_ready(ready, total)
 
     def add_peer(
-        self, task_id: str, peer_id: str, *, upload_slots: int, now: float, in_order: bool = False
+        self,
+        task_id: str,
+        peer_id: str,
+        *,
+        upload_slots: int,
+        now: float,
+        in_order: bool = False,
+        group: str | None = None,
     ) -> None:
         """`peer_id` joins `task_id` (creating the task if needed); idempotent.
 
         `upload_slots` is the peer's cap over all its tasks; the latest call sets it.
         With `in_order` it is assigned the lowest pieces it misses first (a reader
-        streams the file as it arrives), not random then rarest first.
+        streams the file as it arrives), not random then rarest first. `group` (default:
+        the peer id; the latest call sets it) is its reporter group: reports from one
+        group count as one witness (the swarm passes the peer's host).
         """
         if upload_slots < 0:
             raise ValueError(f"upload_slots must be >= 0, not {upload_slots}")
@@ -101,7 +135,9 @@ class Scheduler:
         task = self._task(task_id)
         peer = self._peers.get(peer_id)
         if peer is None:
-            peer = self._peers[peer_id] = Peer(peer_id, upload_slots)
+            peer = self._peers[peer_id] = Peer(peer_id, upload_slots, group or peer_id)
+        elif group is not None:
+            peer.group = group
         peer.upload_slots = upload_slots
         if task_id not in peer.members:
             member = peer.members[task_id] = Member(peer, task_id)
@@ -127,7 +163,13 @@ class Scheduler:
     def _task(self, task_id: str) -> Task:
         task = self._tasks.get(task_id)
         if task is None:
-            task = Task(task_id, blacklist_after=self.config.task_blacklist_failures)
+            config = self.config
+            task = Task(
+                task_id,
+                blacklist_after=config.task_blacklist_failures,
+                check_accusations=config.check_accusations,
+            )
+            task.transfer_span = config.transfer_deadline(0)
             self._tasks[task_id] = task
         return task
 
@@ -170,7 +212,8 @@ class Scheduler:
         pool = task.pool
         # The CDN is the last resort, and it sends one copy of a piece at a time: a
         # piece it is already uploading reaches the others sooner through that peer.
-        cdn_pieces = task.rarity.on_cdn & ~task.cdn_busy if self._cdn_free(avoid) else 0
+        peer = member.peer
+        cdn_pieces = task.rarity.on_cdn & ~task.cdn_busy if self._cdn_free(avoid, peer) else 0
         reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
         order: PieceOrder | IndexOrder
         if member.in_order:
@@ -187,7 +230,7 @@ class Scheduler:
                 return
             if source is None:
                 cdn_pieces &= ~(1 << index)
-            if cdn_pieces and not self._cdn_free(avoid):
+            if cdn_pieces and not self._cdn_free(avoid, peer):
                 cdn_pieces = 0
                 order.restrict(task.rarity.held)
 
@@ -224,7 +267,7 @@ class Scheduler:
             source = task.pool.choose(index, taken, self._rng)
             if source is None and (
                 cdn_taken
-                or not self._cdn_free(avoid)
+                or not self._cdn_free(avoid, member.peer)
                 or not ((task.rarity.on_cdn & ~task.cdn_busy) >> index) & 1
             ):
                 continue
@@ -243,12 +286,12 @@ class Scheduler:
         nbytes: int = 0,
         seconds: float = 0.0,
         now: float,
-    ) -> None:
-        """The downloader's result for one assignment; unknown or stale reports are ignored.
+    ) -> tuple[Check, ...]:
+        """The downloader's result for one assignment; the checks to run (CORRUPT).
 
-        A DONE that matches no assignment in flight (it expired, or was forgotten when its
-        source left) still adds the piece to the downloader's holdings: the downloader
-        verified it. Other unmatched outcomes count for nothing.
+        A report that matches no assignment in flight changes nothing, except a DONE for
+        an assignment that expired unreported (that transfer was real): it adds the
+        piece to the downloader's holdings and frees nothing.
         """
         self._tick(now)
         if not isinstance(outcome, Outcome):
@@ -256,13 +299,16 @@ class Scheduler:
         task = self._tasks.get(task_id)
         member = task.members.get(peer_id) if task is not None else None
         if task is None or member is None:
-            return
+            return _NO_CHECKS
         flight = member.flight(index, source)
         if flight is None:
-            if outcome is Outcome.DONE and self._hold(task, member, index):
-                self._outcomes[outcome] += 1
-                task.count_bytes(source, nbytes)
-            return
+            late = (index, source)
+            if outcome is Outcome.DONE and member.expired and late in member.expired:
+                del member.expired[late]
+                if self._hold(task, member, index):
+                    self._outcomes[outcome] += 1
+                    task.count_bytes(source, nbytes)
+            return _NO_CHECKS
         self._land(task, flight)
         self._outcomes[outcome] += 1
         if outcome is Outcome.DONE:
@@ -272,10 +318,61 @@ class Scheduler:
                 flight.uploader.peer.note_speed(nbytes, seconds, now, self.config.speed_halflife)
         elif outcome is Outcome.BUSY:
             member.peer.busy_until[source] = now + self.config.busy_backoff_seconds
-        else:
-            strikes = self.config.strikes(outcome)
-            if strikes:
-                self._strike(task, flight, strikes, now)
+        elif outcome is not Outcome.CANCELLED and flight.uploader is not None:
+            return self._blame(task, member, flight, outcome, now)
+        return _NO_CHECKS
+
+    def claim(
+        self, task_id: str, peer_id: str, indexes: Iterable[int], now: float
+    ) -> tuple[Check, ...]:
+        """`peer_id` says it holds `indexes`, checked on its own disk against the CDN's
+        digests (a daemon's cache after a restart); the checks to run.
+
+        Only pieces the scheduler knows of count (the swarm passes only those on the
+        CDN: their digests are all a peer can have checked against). A claimed holder is
+        a holder like any other: a downloader that gets a corrupt piece from it accuses
+        it, and the check catches a lie. One newly claimed piece is also checked at
+        random at once (`spot_check_claims`).
+        """
+        self._tick(now)
+        task = self._tasks.get(task_id)
+        member = task.members.get(peer_id) if task is not None else None
+        if task is None or member is None:
+            return _NO_CHECKS
+        claimed = [i for i in indexes if self._hold(task, member, i)]
+        if not claimed or not self.config.spot_check_claims or not member.peer.upload_slots:
+            return _NO_CHECKS
+        index = claimed[int(self._rng.random() * len(claimed))]
+        return tuple(task.reputation.spot_check(task_id, peer_id, index))
+
+    def checked(self, check: Check, verdict: Verdict, now: float) -> tuple[Check, ...]:
+        """The verdict of a check `report` or `claim` returned; the next checks to run."""
+        self._tick(now)
+        task = self._tasks.get(check.task_id)
+        if task is None:
+            return _NO_CHECKS
+        blacklisted, checks = task.reputation.checked(check, Verdict(verdict))
+        if blacklisted:
+            self._blacklisted(task, check.uploader, now)
+        return tuple(checks)
+
+    def cdn_upload_started(self, task_id: str, peer_id: str, index: int, now: float) -> None:
+        """The CDN is sending piece `index` to `peer_id`: its assignment now runs on a
+        transfer's deadline instead of the wait for a request."""
+        self._tick(now)
+        task = self._tasks.get(task_id)
+        flight = self._cdn_flight(task, peer_id, index)
+        if task is not None and flight is not None and flight.cdn_slot:
+            self._flights.move(flight, now + task.transfer_span, task.transfer_span)
+
+    def cdn_upload_finished(self, task_id: str, peer_id: str, index: int, now: float) -> None:
+        """The CDN has sent piece `index` to `peer_id` (or failed to): its CDN slot is
+        free. The assignment stays in flight until the downloader reports it."""
+        self._tick(now)
+        task = self._tasks.get(task_id)
+        flight = self._cdn_flight(task, peer_id, index)
+        if flight is not None and flight.cdn_slot:
+            self._free_cdn_slot(flight)
 
     def has(self, task_id: str, peer_id: str, index: int) -> bool:
         task = self._tasks.get(task_id)
@@ -290,6 +387,13 @@ class Scheduler:
             return
         for flight in self._flights.expired(now):
             self._land(self._tasks[flight.task_id], flight)
+            downloader = flight.downloader
+            expired = downloader.expired
+            if expired is None:
+                expired = downloader.expired = {}
+            expired[flight.index, flight.source] = None
+            if len(expired) > _EXPIRED_KEPT:  # a downloader that never reports
+                del expired[next(iter(expired))]
         for source in self._blacklist.expire(now):
             peer = self._peers.get(source)
             if peer is not None:
@@ -305,23 +409,48 @@ class Scheduler:
                 other = task.members.get(source)
                 if other is not None:
                     bits |= 1 << other.index
+        if member.shunned:  # (never the CDN)
+            for source in member.shunned:
+                other = task.members.get(source)
+                if other is not None:
+                    bits |= 1 << other.index
         return _Avoid(bits, cdn)
 
-    def _cdn_free(self, avoid: _Avoid) -> bool:
-        return not avoid.cdn and self._cdn_uploads < self.config.cdn_upload_slots
+    def _cdn_free(self, avoid: _Avoid, peer: Peer) -> bool:
+        return (
+            not avoid.cdn
+            and self._cdn_uploads < self.config.cdn_upload_slots
+            and peer.cdn_uploads < self._cdn_cap
+        )
+
+    def _free_cdn_slot(self, flight: Flight) -> None:
+        flight.cdn_slot = False
+        self._cdn_uploads -= 1
+        flight.downloader.peer.cdn_uploads -= 1
+
+    @staticmethod
+    def _cdn_flight(task: Task | None, peer_id: str, index: int) -> Flight | None:
+        member = task.members.get(peer_id) if task is not None else None
+        return member.flight(index, CDN) if member is not None else None
 
     def _launch(
         self, task: Task, member: Member, index: int, uploader: Member | None, now: float
     ) -> Assignment:
-        source = CDN if uploader is None else uploader.peer.peer_id
-        deadline = now + self.config.assignment_timeout
-        flight = Flight(task.task_id, member, index, source, uploader, deadline)
+        if uploader is None:
+            source, span = CDN, self.config.cdn_request_deadline
+        else:
+            source, span = uploader.peer.peer_id, task.transfer_span
+        deadline = now + span
+        flight = Flight(task.task_id, member, index, source, uploader, deadline, span)
         task.in_flight += 1
         member.add_flight(flight)
         self._flights.add(flight)
-        self._wakeup = min(self._wakeup, deadline)
+        if deadline < self._wakeup:
+            self._wakeup = deadline
         if uploader is None:
+            flight.cdn_slot = True
             self._cdn_uploads += 1
+            member.peer.cdn_uploads += 1
             task.cdn_flight(index, +1)
         else:
             peer = uploader.peer
@@ -337,7 +466,8 @@ class Scheduler:
         task.in_flight -= 1
         flight.downloader.remove_flight(flight)
         if flight.uploader is None:
-            self._cdn_uploads -= 1
+            if flight.cdn_slot:
+                self._free_cdn_slot(flight)
             task.cdn_flight(flight.index, -1)
         else:
             peer = flight.uploader.peer
@@ -355,14 +485,39 @@ class Scheduler:
             self._refresh(member.peer)
         return True
 
-    def _strike(self, task: Task, flight: Flight, strikes: int, now: float) -> None:
-        if flight.uploader is None:
-            return  # the CDN is never blacklisted (see reputation.py)
-        peer = flight.uploader.peer
-        peer.failures += 1
-        if task.strikes.add(flight.source, strikes):
-            if self._blacklist.task_blacklisted(flight.source, task.task_id, now):
-                self._wakeup = min(self._wakeup, self._blacklist.next_expiry())
+    def _blame(
+        self, task: Task, member: Member, flight: Flight, outcome: Outcome, now: float
+    ) -> tuple[Check, ...]:
+        """A peer uploader failed `member` (see reputation.py for what that costs it)."""
+        assert flight.uploader is not None
+        source, reporter = flight.source, member.peer_id
+        reputation = task.reputation
+        flight.uploader.peer.failures += 1
+        checks: list[Check] = []
+        if outcome is Outcome.CORRUPT:
+            member.shun(source)
+            blacklisted, checks = reputation.accuse(
+                task.task_id, source, reporter, member.peer.group, flight.index
+            )
+        else:
+            if member.strikes_given is None:
+                member.strikes_given = {}
+            given = member.strikes_given.get(source, 0) + 1
+            member.strikes_given[source] = given
+            if given >= self.config.task_blacklist_failures:
+                member.shun(source)
+            blacklisted = reputation.strike(source, reporter, member.peer.group)
+        if blacklisted:
+            self._blacklisted(task, source, now)
+        return tuple(checks) if checks else _NO_CHECKS
+
+    def _blacklisted(self, task: Task, source: str, now: float) -> None:
+        """`source` was just blacklisted in `task`: no longer a source there, and maybe
+        nowhere for a while."""
+        if self._blacklist.task_blacklisted(source, task.task_id, now):
+            self._wakeup = min(self._wakeup, self._blacklist.next_expiry())
+        peer = self._peers.get(source)
+        if peer is not None:
             self._refresh(peer)
 
     def _refresh(self, peer: Peer) -> None:
@@ -371,7 +526,7 @@ class Scheduler:
         can_upload = peer.uploads < peer.upload_slots and not self._blacklist.banned(peer_id)
         for task_id, member in peer.members.items():
             task = self._tasks[task_id]
-            blacklisted = peer_id in task.strikes.blacklisted
+            blacklisted = peer_id in task.reputation.blacklisted
             task.pool.set_open(member, can_upload and member.have_count > 0 and not blacklisted)
 
     # -- statistics -----------------------------------------------------------------------
@@ -386,7 +541,9 @@ class Scheduler:
             uploads_in_flight=peer.uploads,
             failures=peer.failures,
             blacklisted_tasks=tuple(
-                sorted(task_id for task_id, task in self._tasks.items() if peer_id in task.strikes)
+                sorted(
+                    task_id for task_id, task in self._tasks.items() if peer_id in task.reputation
+                )
             ),
             globally_blacklisted_until=self._blacklist.until.get(peer_id),
             recent_speed=peer.speed,
@@ -412,7 +569,7 @@ class Scheduler:
             decisions_by_outcome=MappingProxyType({o.value: self._outcomes[o] for o in Outcome}),
             blacklisted_sources=len(
                 set(self._blacklist.until).union(
-                    *(task.strikes.blacklisted for task in self._tasks.values())
+                    *(task.reputation.blacklisted for task in self._tasks.values())
                 )
             ),
             globally_blacklisted=tuple(sorted(self._blacklist.until)),

@@ -3,9 +3,10 @@
 Each round, every peer that still misses pieces asks for `want` assignments (in random
 order), then every assignment is answered at once: DONE, except those from the
 `bad_sources` (which fail with `bad_outcome`) and endgame losers (CANCELLED, as a real
-downloader cancels the slower copy). A round stands for one transfer time: the slots
-an assignment takes are held for the whole round, so the swarm's upload capacity, not
-the speed of this loop, limits progress.
+downloader cancels the slower copy). The checks the scheduler asks for are answered at
+once: a bad source that corrupts pieces does so for the supernode's check as well. A
+round stands for one transfer time: the slots an assignment takes are held for the
+whole round, so the swarm's upload capacity, not the speed of this loop, limits progress.
 
 The simulation reads no clock either: give it a `timer` (e.g. `time.perf_counter`) and
 it sums the time spent inside `assign` and `report` in `tally.scheduler_seconds`.
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from supernode.scheduler.bitsets import mask
-from supernode.scheduler.decisions import CDN, Assignment, Outcome
+from supernode.scheduler.decisions import CDN, Assignment, Check, Outcome, Verdict
 from supernode.scheduler.scheduler import Scheduler
 
 
@@ -127,9 +128,13 @@ class SwarmSimulation:
                     from_cdn += 1
             outcomes[outcome] += 1
             start = timer()
-            report(
+            checks = report(
                 task_id, peer_id, index, source, outcome, nbytes=nbytes, seconds=seconds, now=now
             )
+            while checks:
+                checks = (
+                    self.scheduler.checked(checks[0], self._verify(checks[0]), now) + checks[1:]
+                )
             spent += timer() - start
         tally = self.tally
         tally.scheduler_seconds += spent
@@ -137,6 +142,10 @@ class SwarmSimulation:
         tally.failed += outcomes[self.bad_outcome]
         tally.from_cdn += from_cdn
         tally.from_peers += outcomes[Outcome.DONE] - from_cdn
+
+    def _verify(self, check: Check) -> Verdict:
+        bad = check.uploader in self.bad_sources and self.bad_outcome is Outcome.CORRUPT
+        return Verdict.CORRUPT if bad else Verdict.CLEAN
 
     def run(self, *, max_rounds: int, start: float = 0.0) -> SwarmTally:
         """Rounds until every peer holds every piece, or `max_rounds`."""

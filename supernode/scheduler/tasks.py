@@ -11,14 +11,18 @@ from supernode.scheduler.bitsets import iter_bits
 from supernode.scheduler.decisions import CDN
 from supernode.scheduler.peers import Member
 from supernode.scheduler.rarity import PieceRarity
-from supernode.scheduler.reputation import Strikes
+from supernode.scheduler.reputation import Reputation
 from supernode.scheduler.sources import SourcePool
 from supernode.scheduler.statistics import TaskStatistics
 
 
 class Task:
-    def __init__(self, task_id: str, *, blacklist_after: int) -> None:
+    def __init__(
+        self, task_id: str, *, blacklist_after: int, check_accusations: bool = True
+    ) -> None:
         self.task_id = task_id
+        self.piece_size = 0  # bytes, once known: sets the transfer deadline
+        self.transfer_span = 0.0  # seconds an assignment of it may stay unreported
         self.rarity = PieceRarity()
         self.pool = SourcePool()
         self.members: dict[str, Member] = {}
@@ -27,7 +31,7 @@ class Task:
         # the CDN sends one copy of a piece at a time; peers spread the others.
         self.cdn_busy = 0
         self._cdn_copies: dict[int, int] = {}
-        self.strikes = Strikes(blacklist_after)
+        self.reputation = Reputation(blacklist_after, check_accusations=check_accusations)
         self.bytes_from_cdn = 0
         self.bytes_from_peers = 0
 
@@ -83,5 +87,5 @@ class Task:
             bytes_from_cdn=self.bytes_from_cdn,
             bytes_from_peers=self.bytes_from_peers,
             assignments_in_flight=self.in_flight,
-            blacklisted=tuple(sorted(self.strikes.blacklisted)),
+            blacklisted=tuple(sorted(self.reputation.blacklisted)),
         )
