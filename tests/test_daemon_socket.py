@@ -31,7 +31,7 @@ async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
     start_daemon: StartDaemon,
     fetch: Fetch,
 ) -> None:
-    data = os.urandom(6 * MiB + 5)
+    data = os.urandom(16 * MiB + 5)
     origin.add("/f.bin", data)
     node = await start_supernode()
     first = await start_daemon("host1", "http://127.0.0.1:1", node)

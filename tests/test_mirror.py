@@ -121,7 +121,7 @@ async def test_the_second_host_gets_its_layers_from_the_first(
     nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [6 * MiB, 4 * MiB])
+    image = write_oci_image(tmp_path / "image", [16 * MiB, 12 * MiB])
     await registry.push(image, "test/img:1")
     node = await start_supernode()
     first = await start_daemon("host1", registry, node)
@@ -393,7 +393,7 @@ async def test_after_a_restart_the_daemon_seeds_its_cache_again(
     tmp_path: Path,
     short_dir: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [6 * MiB, 4 * MiB])
+    image = write_oci_image(tmp_path / "image", [16 * MiB, 12 * MiB])
     await registry.push(image, "test/img:1")
     node = await start_supernode()
     first, stop = await stoppable_daemon(
@@ -492,7 +492,7 @@ async def test_after_its_supernode_restarts_the_daemon_seeds_again(
     start_daemon: StartDaemon,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [6 * MiB])
+    image = write_oci_image(tmp_path / "image", [16 * MiB])
     await registry.push(image, "test/img:1")
     layer = image.layers[0]
     node = await start_supernode(data_dir=tmp_path / "store")
