@@ -125,27 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="the blob cache (default /var/lib/dfdaemon)"
     )
-    origins = parser.add_argument_group(
-        "origins",
+    argtypes.origin_policy_arguments(
+        parser,
         "which addresses the daemon may connect to for its clients (registries, proxied "
-        "URLs, CONNECT, the fallback to the upstream): the most specific matching rule "
-        "wins (a tie is a deny); link-local and cloud-metadata addresses are denied by "
-        "default, everything else is allowed",
-    )
-    origins.add_argument(
-        "--origin-allow",
-        type=argtypes.cidr,
-        action="append",
-        metavar="CIDR",
-        help="allow upstreams in this network, e.g. 169.254.169.254/32 (repeatable)",
-    )
-    origins.add_argument(
-        "--origin-deny",
-        type=argtypes.cidr,
-        action="append",
-        metavar="CIDR",
-        help="deny upstreams in this network (repeatable); '--origin-deny 0.0.0.0/0 "
-        "--origin-deny ::/0' with --origin-allow makes an allow-list",
+        "URLs, CONNECT, the fallback to the upstream)",
     )
     parser.add_argument(
         "--peer-listen",

@@ -44,3 +44,35 @@ def _cidr(text: str) -> str:
 
 cidr = argument_type(_cidr, "CIDR")
 """A network for --origin-allow / --origin-deny (`10.0.0.0/8`, `fe80::/10`, one address)."""
+
+
+def origin_policy_arguments(
+    parser: argparse.ArgumentParser, what: str, default: list[str] | None = None
+) -> argparse._ArgumentGroup:
+    """The "origins" group (`--origin-allow`, `--origin-deny`) of a program that connects
+    out for others (the supernode, dfdaemon): `what` says where to ("which addresses the
+    supernode may fetch from"). The group is returned, for the program's own additions."""
+    origins = parser.add_argument_group(
+        "origins",
+        f"{what}: the most specific matching rule wins (a tie is a deny); link-local and "
+        "cloud-metadata addresses are denied by default, everything else is allowed",
+    )
+    for flag, verb, example in (
+        ("--origin-allow", "allow", "169.254.169.254/32"),
+        ("--origin-deny", "refuse", "10.0.0.0/8"),
+    ):
+        origins.add_argument(
+            flag,
+            type=cidr,
+            action="append",
+            default=default,
+            metavar="CIDR",
+            help=f"{verb} connections to this network, e.g. {example} (repeatable)"
+            + (
+                "; '--origin-deny 0.0.0.0/0 --origin-deny ::/0' with --origin-allow makes "
+                "an allow-list"
+                if flag == "--origin-deny"
+                else ""
+            ),
+        )
+    return origins

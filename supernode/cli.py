@@ -151,28 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections the admin API holds at once; one address gets an eighth, at "
         "least 16 (default 256)",
     )
-    origins = parser.add_argument_group(
-        "origins",
-        "which addresses the supernode may fetch from: the most specific matching rule "
-        "wins (a tie is a deny); link-local and cloud-metadata addresses are denied by "
-        "default, everything else is allowed",
-    )
-    origins.add_argument(
-        "--origin-allow",
-        type=argtypes.cidr,
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="allow origins in this network, e.g. 169.254.169.254/32 (repeatable)",
-    )
-    origins.add_argument(
-        "--origin-deny",
-        type=argtypes.cidr,
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="refuse origins in this network, e.g. 10.0.0.0/8; '--origin-deny 0.0.0.0/0 "
-        "--origin-deny ::/0' with --origin-allow makes an allow-list (repeatable)",
+    origins = argtypes.origin_policy_arguments(
+        parser, "which addresses the supernode may fetch from", default=[]
     )
     origins.add_argument(
         "--preheat-realm",

@@ -661,10 +661,21 @@ if __name__ == "__main__":
     main()
 
 
-def self_signed_tls(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, bytes]:
-    """A server TLS context with a fresh self-signed certificate for `host`, and that
-    certificate in PEM (for clients that should trust it)."""
+def _alt_name(host: str) -> Any:
+    """The certificate's subjectAltName entry for `host` (x509.GeneralName)."""
     import ipaddress
+
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def self_signed_tls(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, bytes]:
+    """A server TLS context with a fresh self-signed certificate for `host` (an IP
+    address or a name), and that certificate in PEM (for clients that should trust it)."""
     import tempfile
 
     from cryptography import x509
@@ -683,10 +694,7 @@ def self_signed_tls(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName([_alt_name(host)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)

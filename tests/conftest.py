@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+from fakenet import FakeNetwork
 
 from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
@@ -186,3 +187,30 @@ def metric(daemon: Daemon, name: str, **labels: str) -> float:
     assert daemon.metrics is not None
     value = daemon.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
+
+
+# -- a cloud metadata service, for the origin-policy attacks --------------------------------
+
+METADATA_IP = "169.254.169.254"
+CREDENTIAL_PATH = "/latest/meta-data/iam/security-credentials/node-role"
+METADATA_URL = f"http://{METADATA_IP}{CREDENTIAL_PATH}"
+SECRET = b'{"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "do-not-leak"}'
+
+
+@pytest.fixture
+async def net() -> FakeNetwork:
+    """The test network (`fakenet.py`) installed in this test's trio run."""
+    return FakeNetwork().install()
+
+
+@pytest.fixture
+async def metadata(nursery: trio.Nursery, net: FakeNetwork) -> FakeOrigin:
+    """The "metadata service": a server on 127.0.0.1 that 169.254.169.254:80 leads to (as
+    a cloud VM's network routes it), holding a credential at CREDENTIAL_PATH; the name
+    metadata.test resolves to it. An attack that works shows up as SECRET downloaded."""
+    server = FakeOrigin()
+    await nursery.start(server.serve)
+    server.add(CREDENTIAL_PATH, SECRET)
+    net.routes[(METADATA_IP, 80)] = ("127.0.0.1", server.port)
+    net.names["metadata.test"] = [METADATA_IP]
+    return server

@@ -17,32 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from conftest import StartDaemon
+from conftest import CREDENTIAL_PATH, METADATA_IP, METADATA_URL, SECRET, StartDaemon
 from fakenet import FakeNetwork
 
 from supernode.testing import FakeOrigin
-
-METADATA_IP = "169.254.169.254"
-CREDENTIAL_PATH = "/latest/meta-data/iam/security-credentials/node-role"
-METADATA_URL = f"http://{METADATA_IP}{CREDENTIAL_PATH}"
-SECRET = b'{"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "do-not-leak"}'
-
-
-@pytest.fixture
-async def net() -> FakeNetwork:
-    return FakeNetwork().install()
-
-
-@pytest.fixture
-async def metadata(nursery: trio.Nursery, net: FakeNetwork) -> FakeOrigin:
-    """The "metadata service": a server on 127.0.0.1 that 169.254.169.254:80 leads to."""
-    server = FakeOrigin()
-    await nursery.start(server.serve)
-    server.add(CREDENTIAL_PATH, SECRET)
-    server.add("/v2/", b"{}")
-    net.routes[(METADATA_IP, 80)] = ("127.0.0.1", server.port)
-    net.names["metadata.test"] = [METADATA_IP]
-    return server
 
 
 def untouched(net: FakeNetwork, server: FakeOrigin) -> None:
@@ -90,6 +68,7 @@ async def test_a_connect_tunnel_to_cloud_metadata_is_refused(
 async def test_a_registry_at_a_metadata_address_is_refused_until_the_operator_allows_it(
     net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
 ) -> None:
+    metadata.add("/v2/", b"{}")
     # The operator named it as a registry (trusted), but its address is link-local.
     refused = await start_daemon("refused", f"http://{METADATA_IP}", None)
     async with httpx.AsyncClient(timeout=30) as client:

@@ -17,33 +17,23 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, downloads
+from conftest import (
+    CREDENTIAL_PATH,
+    METADATA_IP,
+    METADATA_URL,
+    PYTHON,
+    SECRET,
+    Fetch,
+    RunningSupernode,
+    StartSupernode,
+    cli_env,
+    downloads,
+)
 from fakenet import FakeNetwork
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
 from supernode.testing import FakeOrigin
-
-METADATA_IP = "169.254.169.254"
-CREDENTIAL_PATH = "/latest/meta-data/iam/security-credentials/node-role"
-METADATA_URL = f"http://{METADATA_IP}{CREDENTIAL_PATH}"
-SECRET = b'{"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "do-not-leak"}'
-
-
-@pytest.fixture
-async def net() -> FakeNetwork:
-    return FakeNetwork().install()
-
-
-@pytest.fixture
-async def metadata(nursery: trio.Nursery, net: FakeNetwork) -> FakeOrigin:
-    """The "metadata service": a server on 127.0.0.1 that 169.254.169.254:80 leads to."""
-    server = FakeOrigin()
-    await nursery.start(server.serve)
-    server.add(CREDENTIAL_PATH, SECRET)
-    net.routes[(METADATA_IP, 80)] = ("127.0.0.1", server.port)
-    net.names["metadata.test"] = [METADATA_IP]
-    return server
 
 
 def requests(server: FakeOrigin) -> int:

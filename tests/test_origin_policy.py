@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl
-import tempfile
-from pathlib import Path
 
 import pytest
 import trio
@@ -15,7 +12,7 @@ from fakenet import FakeNetwork
 from proto.io.origins import checked_client, numeric_address, open_checked_tcp_stream
 from proto.origins import AddressDenied, OriginPolicy, parse_address, parse_network
 from supernode.admin.preheat import RealmHost, realm_gets_credentials
-from supernode.testing import FakeOrigin
+from supernode.testing import FakeOrigin, self_signed_tls
 
 
 @pytest.mark.parametrize(
@@ -118,52 +115,14 @@ async def test_a_connect_falls_through_to_the_next_allowed_address(
         await open_checked_tcp_stream(OriginPolicy(), "none.test", 80)
 
 
-def tls_for_name(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting it) for a certificate naming `name`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with tempfile.TemporaryDirectory() as folder:
-        cert_file, key_file = Path(folder, "cert.pem"), Path(folder, "key.pem")
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(
-        cadata=cert.public_bytes(serialization.Encoding.PEM).decode()
-    )
-    return server, client
-
-
 async def test_the_checked_client_keeps_the_name_for_tls_and_checks_every_hop(
     nursery: trio.Nursery,
 ) -> None:
     """What dfdaemon's upstream client will be: connects to the checked address, while
     SNI, the certificate check and Host use the name; a redirect is checked again."""
     net = FakeNetwork().install()
-    server_tls, client_tls = tls_for_name("secure.test")
+    server_tls, cert_pem = self_signed_tls("secure.test")
+    client_tls = ssl.create_default_context(cadata=cert_pem.decode())
     origin = FakeOrigin(tls=server_tls)
     await nursery.start(origin.serve)
     origin.add("/f.bin", b"hello")
