@@ -201,7 +201,7 @@ async def _via_daemon(
             return None
     if scope.cancelled_caught:
         raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
-    out.commit()
+    await commit(out)
 
     def number(key: str) -> int:
         value = summary.get(key)
@@ -273,7 +273,7 @@ async def _download(
         )
     if scope.cancelled_caught:
         raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
-    out.commit()
+    await commit(out)
     result = DownloadResult(
         task_id=task_id,
         url=request.url,
@@ -285,6 +285,14 @@ async def _download(
     )
     done(result)
     return result
+
+
+async def commit(out: AtomicOutput) -> None:
+    """Rename the finished output into place; a durable one's fsync runs in a worker
+    thread first (the disk may take a while: the event loop serves others meanwhile)."""
+    if out.durable:
+        await trio.to_thread.run_sync(out.sync)
+    out.commit()
 
 
 async def _through(
@@ -301,7 +309,7 @@ async def _through(
     results: list[DownloadResult] = []
 
     async def complete(book: PieceBook) -> None:
-        out.commit()
+        await commit(out)
         assert book.length is not None
         results.append(
             DownloadResult(

@@ -9,8 +9,9 @@ dfget's own output is not fsynced (like curl: the rename makes a crash of dfget 
 not a power loss). A `durable` output (dfdaemon's cache, which serves and seeds what it
 names) is: the temp file is fsynced before the rename and its folder after, so a name
 in the folder always stands for the whole file. So that the final fsync does not wait
-for gigabytes, a durable output also syncs what it has written every SYNC_EVERY bytes,
-in the thread that writes them.
+for gigabytes, a durable output also has what it wrote synced every SYNC_EVERY bytes,
+by a thread of its own: a writer never waits for the disk, and neither does the event
+loop (`sync` runs in a worker thread before `commit`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class AtomicOutput:
         self.fd = -1
         self.durable = durable
         self._unsynced = 0  # bytes written since the last flush (durable only)
+        self._flushing = threading.Lock()  # held while a background flush runs
+        self._dirty = True  # not fsynced since the last write (or ever)
         # What is written, for a reader that streams the file while it is written:
         # `filled` bytes from the start, plus islands further on (start → end).
         self._lock = threading.Lock()
@@ -81,6 +84,7 @@ class AtomicOutput:
 
     def _close(self) -> None:
         if self.fd >= 0:
+            self._wait_for_flush()  # its fd must not be closed (or reused) under it
             os.close(self.fd)
             self.fd = -1
 
@@ -104,16 +108,41 @@ class AtomicOutput:
             self._flush_now_and_then(offset - start)
 
     def _flush_now_and_then(self, written: int) -> None:
+        """Past SYNC_EVERY new bytes, start a flush in a thread of its own (one at a
+        time); its errors are the final `sync`'s to report."""
         with self._lock:
+            self._dirty = True
             self._unsynced += written
-            due = self._unsynced >= SYNC_EVERY
-            if due:
-                self._unsynced = 0
-        if due:
-            try:
-                os.fdatasync(self.fd)
-            except OSError as exc:
-                raise OutputError(f"cannot write {self.temp}: {exc}") from exc
+            if self._unsynced < SYNC_EVERY or not self._flushing.acquire(blocking=False):
+                return
+            self._unsynced = 0
+        threading.Thread(target=self._flush, name="dfget-output-flush", daemon=True).start()
+
+    def _flush(self) -> None:
+        """The background flush: holds `_flushing` (taken by the thread that started it)."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError:
+            pass  # the final fsync sees it again, and says so
+        finally:
+            self._flushing.release()
+
+    def _wait_for_flush(self) -> None:
+        with self._flushing:
+            pass
+
+    def sync(self) -> None:
+        """Durable outputs: fsync what is written (blocking: run it in a worker thread
+        before `commit`, which then has nothing left to wait for)."""
+        if not self.durable:
+            return
+        self._wait_for_flush()
+        with self._lock:
+            self._dirty = False
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.temp}: {exc}") from exc
 
     def read_at(self, offset: int, length: int) -> bytes:
         try:
@@ -132,7 +161,9 @@ class AtomicOutput:
         the folder after)."""
         try:
             if self.durable:
-                os.fsync(self.fd)
+                self._wait_for_flush()
+                if self._dirty:  # not synced since the last write (or never)
+                    os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             os.replace(self.temp, self.target)
