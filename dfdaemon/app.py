@@ -138,7 +138,7 @@ class Daemon:
                 await nursery.start(blobs.run)
                 metrics = self.metrics = Metrics(
                     cache_usage=blobs.usage,
-                    active_tasks=lambda: len(blobs.running),
+                    active_tasks=lambda: len(blobs.running) + len(blobs.running_urls),
                     uploaded=lambda: self.upload.bytes_uploaded,
                 )
                 blobs.on_result = self._count

@@ -232,7 +232,10 @@ class BlobStore:
         self._starts_send, self._starts_recv = trio.open_memory_channel[
             tuple[Blob, str, tuple[tuple[str, str], ...]]
         ](math.inf)
-        self.running: dict[str, Blob] = {}
+        # Downloads by what names them: a blob's sha256, a URL's task id. Two maps, never
+        # one: both are 64 hex characters, and a URL's task id is anyone's to compute.
+        self.running: dict[str, Blob] = {}  # blobs (sha256)
+        self.running_urls: dict[str, Blob] = {}  # URL downloads (task id)
         self.readers: Counter[str] = Counter()  # clients reading each blob now
         self.last_used: dict[str, float] = {}  # blob → when a client last asked for it
         self.on_result: Callable[[Blob], None] = lambda blob: None  # metrics
@@ -403,23 +406,22 @@ class BlobStore:
         task_id: str,
         url: str,
         headers: tuple[tuple[str, str], ...],
-        digest: str | None = None,
     ) -> Blob:
         """A download of `url` (its content may change: never served from the cache).
         Joins one in progress; a finished one (seeding) is stopped and fetched again, so
         that the supernode revalidates it with the origin."""
-        blob = self.running.get(task_id)
+        blob = self.running_urls.get(task_id)
         if blob is not None and blob.error is None and not blob.complete:
             return blob
         if blob is not None:
             blob.scope.cancel()
-            del self.running[task_id]
-        return self._start(Blob(task_id, self.urls / task_id, digest=digest), url, headers)
+            del self.running_urls[task_id]
+        return self._start(Blob(task_id, self.urls / task_id), url, headers)
 
     def running_url(self, task_id: str) -> Blob | None:
         """The URL download of `task_id` that a client would join now: running, not
         complete, not failed."""
-        blob = self.running.get(task_id)
+        blob = self.running_urls.get(task_id)
         if blob is None or blob.error is not None or blob.complete:
             return None
         return blob
@@ -429,9 +431,18 @@ class BlobStore:
         blob.url, blob.headers = url, headers
         with contextlib.suppress(ValueError):
             blob.origin = origin_of(url).key
-        self.running[blob.hex] = blob
+        self._map_of(blob)[blob.hex] = blob
         self._starts_send.send_nowait((blob, url, headers))
         return blob
+
+    def _map_of(self, blob: Blob) -> dict[str, Blob]:
+        return self.running_urls if blob.path.parent == self.urls else self.running
+
+    def _forget(self, blob: Blob) -> None:
+        """`blob`'s download ended: it is no longer the one running under its name."""
+        running = self._map_of(blob)
+        if running.get(blob.hex) is blob:
+            del running[blob.hex]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the downloads `get` asks for (and their seeding) until cancelled."""
@@ -492,8 +503,7 @@ class BlobStore:
             with blob.scope:
                 await self._keep_seeding(blob, url, wait_first=False)
         finally:
-            if self.running.get(blob.hex) is blob:
-                del self.running[blob.hex]
+            self._forget(blob)
 
     async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         try:
@@ -507,8 +517,7 @@ class BlobStore:
                 if blob.complete and reseed and not blob.fell_back:
                     await self._keep_seeding(blob, url, wait_first=True)
         finally:
-            if self.running.get(blob.hex) is blob:
-                del self.running[blob.hex]
+            self._forget(blob)
 
     async def _keep_seeding(self, blob: Blob, url: str, *, wait_first: bool) -> None:
         """Announce a complete blob to the swarm and seed it, again whenever the seeding

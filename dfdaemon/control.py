@@ -32,16 +32,19 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
 from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, send_whole
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
+from dfdaemon.registry import BadReference, blob_digest
 from dfdaemon.sharing import ContentDiffers, JoinRefused, ask_origin, url_download
 from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError
@@ -189,48 +192,52 @@ class ControlApi:
             self.metrics.served.labels("dfget").inc(reply.bytes_sent)
 
     def _headers(self, blob: Blob, cached: bool) -> list[tuple[str, str]]:
-        """The answer's headers; from here on dfget may ask where the bytes came from."""
-        self.served[blob.hex] = (blob, cached)
+        """The answer's headers; from here on dfget may ask where the bytes came from,
+        under a key of this answer's own (a blob's digest or a URL's task id would let
+        anyone ask about other clients' downloads)."""
+        key = secrets.token_hex(32)
+        self.served[key] = (blob, cached)
         while len(self.served) > KEEP_RESULTS:  # the oldest go first
             del self.served[next(iter(self.served))]
-        headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", blob.hex)]
+        headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", key)]
         if blob.length is not None:
             headers.append(("content-length", str(blob.length)))
         return headers
 
-    def _trusted(self, wanted: DownloadRequest) -> bool:
-        """Is the URL's host trusted for the digest it names? (configured, or the
-        sha256 blob was fetched from it)"""
-        assert wanted.digest is not None
+    def _vouched_blob(self, wanted: DownloadRequest) -> str | None:
+        """The sha256 of the blob `wanted` names, if its URL can vouch for it: the URL
+        is a registry's blob URL for that very digest (`/v2/NAME/blobs/sha256:HEX`), on
+        a host trusted for it (configured, or the blob was fetched from it). Any other
+        URL proves nothing about the digest: a public file on a trusted registry says
+        yes to anyone, whatever digest the request names beside it."""
+        digest = wanted.digest
+        if digest is None or not digest.startswith("sha256:"):
+            return None
+        hex_digest = digest.removeprefix("sha256:")
         try:
             origin = origin_of(wanted.url)
-        except ValueError:
-            return False
-        algorithm, _, hex_digest = wanted.digest.partition(":")
-        provenance = self.blobs.provenance(hex_digest) if algorithm == "sha256" else frozenset()
-        return self.trust.trusted_for(origin, provenance)
+            named = blob_digest(urlsplit(wanted.url).path)
+        except (ValueError, BadReference):
+            return None
+        if named is None or named[1] != hex_digest:
+            return None
+        if not self.trust.trusted_for(origin, self.blobs.provenance(hex_digest)):
+            return None
+        return hex_digest
 
     async def _blob(self, wanted: DownloadRequest, task_id: str) -> Blob:
-        digest = wanted.digest
         try:
-            if digest is not None and self._trusted(wanted):
+            if self._vouched_blob(wanted) is not None:
                 # Cached, running or new, a digest names bytes someone else may have
                 # fetched (here or at the supernode): the URL's host must say yes first.
                 await self._check_access(wanted)
-                if self._trusted(wanted):  # still (its provenance may have gone)
-                    if digest.startswith("sha256:"):
-                        hex_digest = digest.split(":", 1)[1]
-                        return self.blobs.get(hex_digest, wanted.url, wanted.headers)
-                    return await url_download(
-                        self.blobs,
-                        self.upstream,
-                        task_id,
-                        wanted.url,
-                        wanted.headers,
-                        digest=digest,
-                        checked=True,
-                    )
-            if digest is not None:  # an untrusted host: the URL, not the digest, names it
+                hex_digest = self._vouched_blob(wanted)  # still (provenance may go)
+                if hex_digest is not None:
+                    return self.blobs.get(hex_digest, wanted.url, wanted.headers)
+            if wanted.digest is not None:
+                # Nothing vouches for the digest: the URL, not the digest, names the
+                # download (the supernode fetches or revalidates it with that origin and
+                # this client's headers); dfget checks the digest itself.
                 task_id = dataclasses.replace(wanted, digest=None).task_id()
             return await url_download(
                 self.blobs, self.upstream, task_id, wanted.url, wanted.headers

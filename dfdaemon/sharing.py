@@ -125,19 +125,13 @@ async def url_download(
     task_id: str,
     url: str,
     headers: tuple[tuple[str, str], ...],
-    *,
-    digest: str | None = None,
-    checked: bool = False,
 ) -> Blob:
     """The URL download `task_id` for a client with `headers`: a running one it may
-    join (checked with the origin, see `check_join`), else a new one. With `checked`
-    (a digest-named download whose access was checked already: its digest pins its
-    content), a running one is joined as it is."""
+    join (checked with the origin, see `check_join`), else a new one."""
     while True:
         blob = blobs.running_url(task_id)
         if blob is None:
-            return blobs.get_url(task_id, url, headers, digest=digest)
-        if not checked:
-            await check_join(upstream, blob, url, headers)
+            return blobs.get_url(task_id, url, headers)
+        await check_join(upstream, blob, url, headers)
         if blobs.running_url(task_id) is blob:  # still the one that was checked
             return blob

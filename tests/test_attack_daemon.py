@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import httpx
 import pytest
 import trio
@@ -43,6 +44,7 @@ from dfdaemon.cli import build_parser, resolve_config
 from dfdaemon.registry import BadReference, resolve
 from dfdaemon.testing import Answer, ScriptedOrigin, Seen
 from dfdaemon.trust import Trust, origin_of
+from dfget.engine import DownloadRequest
 from dfget.output import AtomicOutput
 from proto.pieces import MiB
 from supernode.testing import FakeOrigin
@@ -201,7 +203,93 @@ async def test_a_fresh_digest_download_through_the_control_socket_is_checked_too
     assert status == 502 and secret[:4096] not in body
     error = json.loads(body)
     assert error["exit"] == 3 and error["status"] == 401
-    assert second.blobs is not None and not second.blobs.running  # nothing started
+    assert second.blobs is not None  # nothing started:
+    assert not second.blobs.running and not second.blobs.running_urls
+
+
+SECRET_LAYER = os.urandom(2 * MiB)
+PUBLIC_LAYER = b"a public layer"
+
+
+def half_public_registry(seen: Seen) -> Answer:
+    """A registry with a private blob (alice's credentials) and a public one."""
+    private = f"/v2/team/app/blobs/sha256:{hashlib.sha256(SECRET_LAYER).hexdigest()}"
+    public = f"/v2/public/app/blobs/sha256:{hashlib.sha256(PUBLIC_LAYER).hexdigest()}"
+    if seen.target == private and seen.headers.get("authorization") != AUTH:
+        return Answer(401, [("www-authenticate", 'Basic realm="x"')], b"denied")
+    for path, data in ((private, SECRET_LAYER), (public, PUBLIC_LAYER)):
+        if seen.target == path:
+            body = data if seen.method == "GET" else b""
+            return Answer(200, [("content-length", str(len(data)))], body)
+    return Answer(404, body=b"nope")
+
+
+async def test_a_public_url_on_a_trusted_registry_vouches_for_no_other_digest(
+    start_supernode: StartSupernode, start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    """Found by review: the control socket checked a digest request against whatever
+    URL came with it. A public blob's URL on a trusted registry said yes, and the
+    private digest beside it was served, from the cache (host1) and from the
+    supernode's copy (host2)."""
+    registry = await scripted(half_public_registry)
+    node = await start_supernode()
+    first = await start_daemon("host1", registry.url(""), node)
+    second = await start_daemon("host2", registry.url(""), node)
+    secret_digest = f"sha256:{hashlib.sha256(SECRET_LAYER).hexdigest()}"
+    async with httpx.AsyncClient(timeout=60) as client:  # alice pulls: cached on host1
+        pulled = await client.get(
+            f"http://{first.address}/v2/team/app/blobs/{secret_digest}",
+            headers={"authorization": AUTH},
+        )
+    assert pulled.content == SECRET_LAYER
+    public_url = registry.url(
+        f"/v2/public/app/blobs/sha256:{hashlib.sha256(PUBLIC_LAYER).hexdigest()}"
+    )
+    blake = blake3.blake3(SECRET_LAYER).hexdigest()
+    for daemon in (first, second):
+        for digest in (secret_digest, f"blake3:{blake}"):
+            status, body = await control(daemon.socket_path, {"url": public_url, "digest": digest})
+            # A download of the public URL (its digest is dfget's to check): never
+            # the private bytes.
+            assert SECRET_LAYER[:4096] not in body, (daemon.socket_path, digest, status)
+            assert status != 200 or body == PUBLIC_LAYER
+
+
+async def test_a_urls_task_id_is_no_blob_digest(
+    nursery: trio.Nursery,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    """Found by review: blobs and URL downloads shared one table, keyed by 64 hex
+    characters: a request naming `sha256:<task id of a private URL>` (anyone can
+    compute it) beside any public page of that host got the URL download's bytes."""
+    data = os.urandom(8 * MiB)
+    origin = await slow_private_origin(nursery, data)
+    origin.add("/index.html", b"hello world")
+    node = await start_supernode()
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", node, allow_registries=(f"127.0.0.1:{origin.port}",)
+    )
+    url, sock = origin.url("/private.bin"), daemon.socket_path
+    task_id = DownloadRequest(url=url, output=Path(os.devnull)).task_id()
+    done = trio.Event()
+
+    async def owner() -> None:  # alice's URL download, with her credentials
+        result = await fetch(url, None, daemon_socket=sock, headers=(("Authorization", AUTH),))
+        assert Path(result.output).read_bytes() == data
+        done.set()
+
+    nursery.start_soon(owner)
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    await until(lambda: any(b.filled for b in blobs.running_urls.values()))
+    for target in ("/index.html", f"/v2/x/blobs/sha256:{task_id}"):
+        asked = {"url": origin.url(target), "digest": f"sha256:{task_id}"}
+        status, body = await control(sock, asked)
+        assert data[:4096] not in body, (target, status)
+    with trio.fail_after(30):
+        await done.wait()  # and alice's download was not disturbed
 
 
 # -- 2. joining a running URL download ------------------------------------------------
@@ -240,7 +328,7 @@ async def test_joining_a_running_url_download_on_the_control_socket_needs_access
     nursery.start_soon(owner)
     assert daemon.blobs is not None
     blobs = daemon.blobs
-    await until(lambda: any(b.filled for b in blobs.running.values()))  # bytes flowing
+    await until(lambda: any(b.filled for b in blobs.running_urls.values()))  # bytes flowing
     status, body = await control(sock, {"url": url})  # no credentials
     assert status == 502 and data[:4096] not in body
     assert json.loads(body)["exit"] == 3 and json.loads(body)["status"] == 401

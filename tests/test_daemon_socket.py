@@ -21,8 +21,14 @@ AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
 
 def address(origin: FakeOrigin) -> str:
     """The origin as `--allow-registry` names it: the daemon takes its word for the
-    digests it serves (sha256 downloads from it are cached and shared)."""
+    blobs it serves (sha256 downloads of its blob URLs are cached and shared)."""
     return f"{origin.host}:{origin.port}"
+
+
+def blob_path(digest: str) -> str:
+    """Where a registry serves blob `digest`: only a URL that names the digest it is
+    asked with can vouch for it (any other is a plain URL download)."""
+    return f"/v2/files/blobs/{digest}"
 
 
 async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
@@ -67,12 +73,12 @@ async def test_a_digest_named_file_is_cached_but_access_is_checked(
 ) -> None:
     data = os.urandom(2 * MiB)
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    origin.add("/private.bin", data, require_auth=AUTH)
+    origin.add(blob_path(digest), data, require_auth=AUTH)
     node = await start_supernode()
     daemon = await start_daemon(
         "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
     )
-    url, sock = origin.url("/private.bin"), daemon.socket_path
+    url, sock = origin.url(blob_path(digest)), daemon.socket_path
     auth = (("Authorization", AUTH),)
     ok = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
     assert Path(ok.output).read_bytes() == data
@@ -144,12 +150,12 @@ async def test_joining_someone_elses_running_download_needs_access_too(
     await nursery.start(slow.serve)
     data = os.urandom(8 * MiB)
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    slow.add("/private.bin", data, require_auth=AUTH)
+    slow.add(blob_path(digest), data, require_auth=AUTH)
     node = await start_supernode()
     daemon = await start_daemon(
         "host1", "http://127.0.0.1:1", node, allow_registries=(address(slow),)
     )
-    url, sock = slow.url("/private.bin"), daemon.socket_path
+    url, sock = slow.url(blob_path(digest)), daemon.socket_path
     auth = (("Authorization", AUTH),)
     done = trio.Event()
 
@@ -178,12 +184,13 @@ async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
 ) -> None:
     data = os.urandom(2 * MiB)
     hex_digest = hashlib.sha256(data).hexdigest()
-    origin.add("/f.bin", data)
+    digest = f"sha256:{hex_digest}"
+    origin.add(blob_path(digest), data)
     node = await start_supernode()
     daemon = await start_daemon(
         "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
     )
-    url, sock, digest = origin.url("/f.bin"), daemon.socket_path, f"sha256:{hex_digest}"
+    url, sock = origin.url(blob_path(digest)), daemon.socket_path
     await fetch(url, None, daemon_socket=sock, digest=digest)
     assert daemon.blobs is not None
     cached = daemon.blobs.path(hex_digest)
