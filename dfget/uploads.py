@@ -183,14 +183,18 @@ class PieceServer:
         try:
             with trio.fail_after(self.hello_timeout):
                 hello = await server_handshake(framed, role="peer", agent=AGENT)
-            wait = self.first_request_timeout
+            # Idle means no request with a valid ticket: asking for made-up tasks
+            # every minute must not hold the connection (or a place of the cap) forever.
+            deadline = trio.current_time() + self.first_request_timeout
+            first = True
             while True:
-                with trio.fail_after(wait):
+                with trio.fail_at(deadline):
                     request = (await framed.receive()).message
                 if not isinstance(request, PieceRequest):
                     raise UnexpectedMessage(f"{request.TAG} on a piece session")
-                await self._answer(framed, hello.peer_id, request)
-                wait = self.piece_idle
+                if await self._answer(framed, hello.peer_id, request) or first:
+                    deadline = trio.current_time() + self.piece_idle
+                first = False
         except _SessionRefused:
             await framed.linger_close()
         except (ConnectionLost, trio.TooSlowError):
@@ -204,7 +208,8 @@ class PieceServer:
         finally:
             await framed.aclose()
 
-    async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> None:
+    async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> bool:
+        """Answer one request; True if it showed a valid ticket (the session is in use)."""
         task = self.tasks.get(request.task_id)
         refusal = self._check(task, requester, request)
         if refusal is None:
@@ -222,7 +227,7 @@ class PieceServer:
             )
             if code is ErrorCode.BAD_TICKET:  # no business here: the session ends
                 raise _SessionRefused(why)
-            return
+            return code not in (ErrorCode.UNKNOWN_TASK, ErrorCode.STALE)
         assert task is not None
         try:
             sealed = await self.piece_bytes(task, request.index)
@@ -242,6 +247,7 @@ class PieceServer:
                 self._keep(buffer)
         finally:
             self.slots.release()
+        return True
 
     def _keep(self, buffer: bytearray) -> None:
         if len(self._spare) < self.slots.total_tokens:

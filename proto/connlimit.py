@@ -12,11 +12,27 @@ The share of one address is a fraction of the total (`per_address_share`, at lea
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 
 DEFAULT_SHARE = 8  # one address may hold 1/8 of the total
 MIN_PER_ADDRESS = 16
+
+
+def host_group(host: str) -> str:
+    """Who a remote address stands for, when counting: an IPv4 address is itself, an
+    IPv6 address its /64 (one host or one site gets a whole /64 and can use any address
+    in it), an IPv4-mapped one its IPv4 address. Anything else is returned as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def per_address_share(total: int, share: int = DEFAULT_SHARE) -> int:

@@ -15,7 +15,6 @@ by its /64): peer ids cost nothing, so a host counts as one witness.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.admission import verify
+from proto.connlimit import host_group
 from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
 from proto.units import format_size
@@ -54,15 +54,7 @@ CHECKS_QUEUED = 256  # past this many waiting, a check is answered UNKNOWN at on
 def reporter_group(host: str) -> str:
     """The scheduler's reporter group of a peer: its IPv4 address, or its IPv6 /64 (one
     host, or one site's hosts, counts as one witness)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    return host_group(host)
 
 
 class Swarm:

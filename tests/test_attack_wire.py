@@ -446,6 +446,39 @@ async def test_the_upload_server_cuts_silence_after_hello_and_idle_sessions(
         assert trio.current_time() - started >= 0.35
 
 
+async def pin_with_made_up_tasks(address: str, idle: float) -> float:
+    """A stranger (no token, no ticket) asking for a made-up task a little before each
+    idle deadline: how long the server kept the session (found by review: forever)."""
+    stream = await raw_connect(address)
+    started = trio.current_time()
+    async with open_session(stream, role="peer", peer_id="stranger", max_payload=0) as framed:
+        with trio.move_on_after(20 * idle):
+            while True:
+                request = PieceRequest(
+                    task_id=os.urandom(32).hex(), generation=1, index=0, ticket=b""
+                )
+                try:
+                    await framed.send(request)
+                    reply = (await framed.receive()).message
+                except ConnectionLost:
+                    break
+                assert isinstance(reply, PieceRefused) and reply.code == "unknown_task"
+                await trio.sleep(idle * 0.6)
+    return trio.current_time() - started
+
+
+async def test_requests_for_made_up_tasks_do_not_keep_a_piece_session(
+    nursery: trio.Nursery, supernode: RunningSupernode
+) -> None:
+    idle = 0.3
+    supernode.node.server.piece_idle = idle
+    assert await pin_with_made_up_tasks(supernode.address, idle) < 5 * idle
+    server = FakePieceServer(slots=2, limiter=RateLimiter(None))
+    server.piece_idle = idle
+    address = await start_upload_server(nursery, server)
+    assert await pin_with_made_up_tasks(address, idle) < 5 * idle
+
+
 @pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive", "no-keepalive"])
 async def test_a_seeding_dfget_keeps_its_control_session_with_keepalives(
     origin: FakeOrigin,

@@ -65,3 +65,14 @@ async def test_connections_past_the_cap_are_closed_unread(nursery: trio.Nursery)
     await until(lambda: limit.statistics().open == 0)
     for client in [*clients, extra]:
         await client.aclose()
+
+
+def test_an_ipv6_host_counts_by_its_64() -> None:
+    """A host with a /64 can use any of its 2^64 addresses: each must not be a new
+    share (found by review)."""
+    from proto.connlimit import host_group
+
+    assert host_group("2001:db8:1:2::7") == host_group("2001:db8:1:2:ffff::1")
+    assert host_group("2001:db8:1:2::7") == "2001:db8:1:2::/64"
+    assert host_group("::ffff:10.0.0.7") == "10.0.0.7" == host_group("10.0.0.7")
+    assert host_group("uid:1000") == "uid:1000"

@@ -73,11 +73,12 @@ class TimedPieceServer(PieceServer):
             self.first_asked = trio.current_time()
         return await super().piece_bytes(task, index)
 
-    async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> None:
+    async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> bool:
         sent = self.pieces_uploaded
-        await super()._answer(framed, requester, request)
+        vouched = await super()._answer(framed, requester, request)
         if self.pieces_uploaded > sent:
             self.last_sent = trio.current_time()
+        return vouched
 
 
 async def test_upload_rate_limit(

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from proto.connlimit import ConnectionLimit
+from proto.connlimit import ConnectionLimit, host_group
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,8 @@ _UCRED = struct.Struct("3i")  # pid, uid, gid (Linux SO_PEERCRED)
 
 def remote_address(stream: trio.SocketStream) -> str:
     """Who is on the other end, as the limit counts them: the IP address of a TCP peer
-    ("?" if unknown), `uid:N` for a Unix-socket peer (each local user is one address)."""
+    (an IPv6 one by its /64: `host_group`; "?" if unknown), `uid:N` for a Unix-socket
+    peer (each local user is one address)."""
     sock = stream.socket
     if sock.family == socket.AF_UNIX:
         try:
@@ -30,7 +31,7 @@ def remote_address(stream: trio.SocketStream) -> str:
         except (OSError, AttributeError):
             return "local"
     try:
-        return str(sock.getpeername()[0])
+        return host_group(str(sock.getpeername()[0]))
     except OSError:
         return "?"
 

@@ -77,16 +77,23 @@ class CdnUploads:
 
     async def run(self, first: PieceRequest) -> None:
         """Answer requests until the peer closes (ConnectionLost), idles (TooSlowError)
-        or is refused a ticket (then it returns, the connection closed)."""
+        or is refused a ticket (then it returns, the connection closed).
+
+        Idle means: no request that showed a valid ticket for `idle_timeout`. Requests
+        for tasks or generations this CDN does not have are answered, but do not keep
+        the session alive: a stranger asking for made-up tasks every minute would
+        otherwise hold the connection forever."""
         try:
             request = first
+            deadline = trio.current_time() + self.idle_timeout
             while True:
                 try:
-                    await self._answer(request)
+                    if await self._answer(request):
+                        deadline = trio.current_time() + self.idle_timeout
                 except _SessionRefused:
                     await self.framed.linger_close()
                     return
-                with trio.fail_after(self.idle_timeout):
+                with trio.fail_at(deadline):
                     frame = await self.framed.receive()
                 if not isinstance(frame.message, PieceRequest):
                     raise UnexpectedMessage(f"{frame.message.TAG} on a piece session")
@@ -102,14 +109,15 @@ class CdnUploads:
             )
         )
 
-    async def _answer(self, request: PieceRequest) -> None:
+    async def _answer(self, request: PieceRequest) -> bool:
+        """Answer one request; True if it showed a valid ticket (the session is in use)."""
         task = self.cdn.current(request.task_id)
         if task is None:
-            return await self._refuse(request, ErrorCode.UNKNOWN_TASK, "no such task on this CDN")
+            await self._refuse(request, ErrorCode.UNKNOWN_TASK, "no such task on this CDN")
+            return False
         if task.generation != request.generation:
-            return await self._refuse(
-                request, ErrorCode.STALE, f"task is at generation {task.generation}"
-            )
+            await self._refuse(request, ErrorCode.STALE, f"task is at generation {task.generation}")
+            return False
         try:
             self.tickets.verify(
                 request.ticket,
@@ -122,7 +130,8 @@ class CdnUploads:
             await self._refuse(request, ErrorCode.BAD_TICKET, str(exc))
             raise _SessionRefused from exc
         if request.index >= task.ready:
-            return await self._refuse(request, ErrorCode.NOT_HELD, "piece not on the CDN yet")
+            await self._refuse(request, ErrorCode.NOT_HELD, "piece not on the CDN yet")
+            return True
         sealed = task.lengths[request.index] + TAG_SIZE
         reply = PieceData(task_id=task.task_id, generation=task.generation, index=request.index)
         try:
@@ -139,12 +148,13 @@ class CdnUploads:
                 )
         except StoreError as exc:
             log.warning("cdn uploads: %s", exc)
-            return await self._refuse(request, ErrorCode.STALE, "task generation is gone")
+            await self._refuse(request, ErrorCode.STALE, "task generation is gone")
+            return True
         self.bytes_sent += sealed
         task.bytes_served += sealed
         task.last_used = time.monotonic()
         self.cdn.bytes_served += sealed
-        return None
+        return True
 
     def _open(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:
         key = (task_id, generation)
