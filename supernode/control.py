@@ -48,6 +48,10 @@ from supernode.swarm import PeerIdInUse, PeerRecord, Swarm
 log = logging.getLogger(__name__)
 
 DIGESTS_PER_FRAME = 1024
+# Tasks one control session may register. dfget registers one; each costs the session a
+# task that pushes its progress, so a peer must not register the same task twice, or
+# thousands of them, on one connection.
+MAX_TASKS_PER_SESSION = 1024
 LONG_POLL = 1.0  # seconds a piece-task request with no answer yet waits for news
 
 
@@ -148,6 +152,10 @@ class ControlSession:
         except ValueError as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
             return True
+        if spec.task_id in self.tasks:
+            raise UnexpectedMessage(f"a second Register of task {spec.task_id[:16]} on a session")
+        if len(self.tasks) >= MAX_TASKS_PER_SESSION:
+            raise UnexpectedMessage(f"more than {MAX_TASKS_PER_SESSION} tasks on one session")
         try:
             task = await self.cdn.open_task(spec)
         except SupernodeError as exc:

@@ -344,6 +344,25 @@ async def test_a_second_piece_task_request_while_one_is_pending_closes_the_sessi
     assert result.supernode == node.address
 
 
+async def test_registering_one_task_twice_on_a_session_closes_it(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    """Found by review: every Register, a repeat included, started a task pushing the
+    task's progress that lived as long as the task: 20,000 pipelined Registers on one
+    session took 66 MiB and 11,705 tasks from the supernode."""
+    gate = trio.Event()
+    origin.add("/f.bin", os.urandom(2 * MiB), gate_after=0, gate=gate)  # a running task
+    node = await start_supernode()
+    async with raw_peer(node, "hostile") as peer:
+        assert isinstance(await register(peer, origin.url("/f.bin")), Registered)
+        reply = await register(peer, origin.url("/f.bin"))
+        assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+        assert "second Register" in reply.message
+        with pytest.raises(Exception):  # noqa: B017  # closed: no more answers
+            await next_message(peer, seconds=3)
+    gate.set()
+
+
 # -- item 6: the scheduler needs corroboration ------------------------------------------------
 
 
