@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 
-from dfdaemon.upstream import Upstream
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from proto.io.origins import allowed_addresses
+from proto.origins import AddressDenied, OriginPolicy
 from proto.urls import display_url
 
 if TYPE_CHECKING:
@@ -119,6 +122,19 @@ async def check_join(
         )
 
 
+async def check_policy(policy: OriginPolicy, url: str) -> None:
+    """UpstreamDenied if `policy` allows none of the addresses of `url`'s host (an
+    UpstreamError if the name does not resolve here)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        await allowed_addresses(policy, parts.hostname or "", port)
+    except AddressDenied as exc:
+        raise UpstreamDenied(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise UpstreamError(f"cannot resolve {display_url(url)}: {exc}") from exc
+
+
 async def url_download(
     blobs: BlobStore,
     upstream: Upstream,
@@ -127,7 +143,11 @@ async def url_download(
     headers: tuple[tuple[str, str], ...],
 ) -> Blob:
     """The URL download `task_id` for a client with `headers`: a running one it may
-    join (checked with the origin, see `check_join`), else a new one."""
+    join (checked with the origin, see `check_join`), else a new one. UpstreamDenied if
+    the daemon's origin policy refuses the URL's host: the supernode would fetch it
+    under its own policy, not this daemon's operator's (its redirects are the
+    supernode's to check)."""
+    await check_policy(upstream.policy, url)
     while True:
         blob = blobs.running_url(task_id)
         if blob is None:

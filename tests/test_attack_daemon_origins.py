@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from conftest import CREDENTIAL_PATH, METADATA_IP, METADATA_URL, SECRET, StartDaemon
+from conftest import (
+    CREDENTIAL_PATH,
+    METADATA_IP,
+    METADATA_URL,
+    SECRET,
+    StartDaemon,
+    StartSupernode,
+)
 from fakenet import FakeNetwork
 
 from supernode.testing import FakeOrigin
@@ -115,3 +122,31 @@ async def test_the_policy_in_the_config_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="origin_deny"):
         resolve_config(build_parser().parse_args(["--config", str(config)]))
     assert os.path.exists(config)
+
+
+async def test_p2p_url_downloads_follow_the_daemons_policy_too(
+    nursery: trio.Nursery, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """Found by review: a proxied `--rule` URL and a control-socket URL download went to
+    the supernode, which fetched them under its own policy: an origin the daemon's
+    operator denied was one hop away."""
+    origin = FakeOrigin()
+    await nursery.start(origin.serve)
+    data = os.urandom(1 << 20)
+    origin.add("/internal.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", node, origin_deny=("127.0.0.0/8",), rules=(r"\.bin$",)
+    )
+    url = origin.url("/internal.bin")
+    async with httpx.AsyncClient(proxy=f"http://{daemon.address}", timeout=30) as client:
+        p2p = await client.get(url)
+    assert p2p.status_code == 403 and data not in p2p.content
+    body = json.dumps({"url": url, "headers": []}).encode()
+    transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
+    async with httpx.AsyncClient(transport=transport) as client:
+        answer = await client.post("http://daemon/v1/downloads", content=body, timeout=30)
+    assert answer.status_code >= 400 and data not in answer.content
+    assert answer.json()["exit"] == 3 and "--origin-allow" in answer.json()["error"]
+    assert not node.node.cdn.tasks  # nothing reached the supernode
+    assert sum(len(stats.requests) for stats in origin.stats.values()) == 0
