@@ -20,7 +20,7 @@ from functools import partial
 import trio
 
 from proto.errors import ErrorCode, UnexpectedMessage
-from proto.io import FramedStream, unwrap_group
+from proto.io import FramedStream, release_place, unwrap_group
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
     ErrorReply,
@@ -191,6 +191,12 @@ class ControlSession:
             task.state,
         )
         nursery.start_soon(self._push_progress, task)
+        if self.swarm.token is not None:
+            # Admitted with the cluster token and registered: out of the connection
+            # caps, which bound strangers (a dfdaemon holds a session for each blob it
+            # seeds, hundreds from one host). In an open cluster nobody proved anything:
+            # every session stays counted.
+            release_place()
         return True
 
     def _current(self, task_id: str, generation: int) -> CdnTask | None:

@@ -796,3 +796,26 @@ async def test_frames_naming_huge_payloads_cost_an_upload_server_nothing(
             [reply] = await until_closed(stream, 2, decoder)
             assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
         assert peak() < 32 * MiB, f"{peak() / MiB:.0f} MiB allocated"
+
+
+async def test_admitted_seeding_sessions_leave_the_connection_caps(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    """Found by review: a dfdaemon keeps a control session for every blob it seeds, so
+    the per-address share (512 by default) refused P2P to a host with more cached
+    blobs. Sessions admitted with the cluster token leave the caps once registered;
+    strangers still count (an open cluster has no admitted peers: everyone counts)."""
+    token = b"cluster-secret-token"
+    node = await start_supernode(token=token, max_connections=3)  # 3 per address too
+    for i in range(5):  # more seeding sessions than the cap holds, one after another
+        origin.add(f"/f{i}.bin", os.urandom(MiB))
+        peer = PeerOptions(listen=("127.0.0.1", 0), token=token, seed_for=60)
+        nursery.start_soon(partial(fetch, origin.url(f"/f{i}.bin"), node, peer=peer))
+        await until(lambda i=i: len(node.node.swarm.peers) == i + 1)  # type: ignore[misc]
+        await until(lambda: node.node.server.limit.statistics().open == 0)
+    assert node.node.server.limit.statistics().open == 0  # 5 seeding, none counted
+    strangers = [await raw_connect(node.address) for _ in range(4)]  # still capped
+    for stranger in strangers[:3]:
+        await raw_hello(stranger)
+    assert node.node.server.limit.statistics().open == 3
+    assert await until_closed(strangers[3], 5) == []  # the fourth: no room

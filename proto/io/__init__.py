@@ -1,6 +1,6 @@
 """The opt-in trio adapter of the wire: `import proto` never imports this package."""
 
-from proto.io.connections import remote_address, serve_limited
+from proto.io.connections import release_place, remote_address, serve_limited
 from proto.io.framed import (
     STREAM_ERRORS,
     FramedStream,
@@ -18,6 +18,7 @@ __all__ = [
     "RateLimiter",
     "client_handshake",
     "open_session",
+    "release_place",
     "remote_address",
     "send_file",
     "serve_limited",

@@ -4,6 +4,7 @@ before anything is read from it."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import socket
 import struct
@@ -36,6 +37,34 @@ def remote_address(stream: trio.SocketStream) -> str:
         return "?"
 
 
+class _Place:
+    """A connection's place in its server's limit, given back once."""
+
+    def __init__(self, limit: ConnectionLimit, address: str) -> None:
+        self.limit, self.address, self.held = limit, address, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.limit.release(self.address)
+
+
+_place: contextvars.ContextVar[_Place | None] = contextvars.ContextVar("place", default=None)
+
+
+def release_place() -> bool:
+    """Give back, now, the place the connection this task serves holds in its server's
+    limit (see `serve_limited`); False if it holds none. For sessions that proved
+    who they are (a peer admitted with the cluster token): the caps bound what
+    strangers can hold, and an admitted dfdaemon keeps a session for every blob it
+    seeds, hundreds of them from one address."""
+    place = _place.get()
+    if place is None or not place.held:
+        return False
+    place.release()
+    return True
+
+
 async def serve_limited(
     handler: Callable[[trio.SocketStream], Awaitable[Any]],
     listeners: list[trio.SocketListener],
@@ -46,7 +75,8 @@ async def serve_limited(
 ) -> None:
     """`trio.serve_listeners` with `limit` checked on every accepted connection: one
     from an address over its share, or past the total, is closed at once (a warning is
-    logged now and then, not for each)."""
+    logged now and then, not for each). The handler may give its place back early
+    (`release_place`)."""
     warned_at = -1e9
 
     async def one(stream: trio.SocketStream) -> None:
@@ -72,10 +102,13 @@ async def serve_limited(
                 )
             await stream.aclose()
             return
+        place = _Place(limit, address)
+        token = _place.set(place)
         try:
             await handler(stream)
         finally:
-            limit.release(address)
+            place.release()
+            _place.reset(token)
 
     task_status.started()
     await trio.serve_listeners(one, listeners)
