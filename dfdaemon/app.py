@@ -15,7 +15,7 @@ import trio
 
 from dfdaemon.blobs import Blob, BlobStore, DownloadSettings
 from dfdaemon.control import SOCKET_NAME, ControlApi
-from dfdaemon.httpserver import Reply, Request, http_limit, serve_http
+from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror
 from dfdaemon.proxy import Proxy
@@ -23,7 +23,7 @@ from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
 from dfget.peer import SharedServer
 from dfget.uploads import PieceServer
-from proto.connlimit import ConnectionLimit
+from proto.connlimit import ConnectionLimit, listen_limit
 from proto.eviction import GcPolicy
 from proto.io import RateLimiter
 from proto.origins import OriginPolicy
@@ -99,7 +99,7 @@ class Daemon:
             connections=ConnectionLimit(config.max_connections),
         )
         self.trust = Trust(config.registry, config.allow_registries)
-        self.http_limit = http_limit(config.max_connections, config.listen[0])
+        self.http_limit = listen_limit(config.max_connections, config.listen[0])
         self.origin_policy = OriginPolicy(
             config.origin_allow, config.origin_deny, allow_flag="dfdaemon's --origin-allow"
         )

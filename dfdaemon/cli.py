@@ -20,7 +20,7 @@ from proto import argtypes
 from proto.addresses import parse_listen
 from proto.admission import read_token
 from proto.eviction import GcPolicy
-from proto.io.service import log_to_stderr, serve_until_signalled
+from proto.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from proto.origins import parse_network
 from proto.units import parse_rate, parse_size
 
@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="connections held at once on each of its ports: the HTTP port, the upload "
-        "port (one address at most 1/8 of them, at least 16; on loopback the HTTP port "
-        "has no per-address share) and the control socket (each local user at most 1/8); "
-        "past it new ones are closed at once (default 256)",
+        "port and the control socket; one address (on the socket, one local user) may "
+        "hold N/8 of them, at least 16 (on a loopback HTTP port, where every client is "
+        "127.0.0.1, all N); past it new ones are closed at once (default 256)",
     )
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     if not config.supernodes:
         log.warning("no --supernode: every blob is fetched straight from the upstream")
     try:
+        # Three ports' connections (HTTP, uploads, dfget's socket), and room for the
+        # downloads' sessions and the cache's files.
+        raise_open_files(3 * config.max_connections + 1024)
         trio.run(serve_until_signalled, Daemon(config).serve)
     except KeyboardInterrupt:
         return 130

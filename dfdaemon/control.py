@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 
+MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path, less its NUL
 SOCKET_NAME = "dfdaemon.sock"
 MAX_REQUEST = 64 * 1024
 KEEP_RESULTS = 1000  # downloads whose result dfget may still ask for
@@ -300,6 +302,11 @@ async def _bind_unix(path: Path) -> tuple[trio.socket.SocketType, int]:
     chmodded inside a fresh private folder beside `path` (nobody else can put anything
     in there), then renamed onto `path`, which replaces whatever is there (a leftover
     socket, or a symlink: never followed). Nothing but our own new socket is chmodded."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # binds elsewhere, so check it here
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"control socket path {path} is over {MAX_SOCKET_PATH} bytes (a Unix socket's limit)",
+        )
     private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))  # 0700
     temp = private / "s"
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

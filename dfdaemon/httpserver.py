@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from proto.connlimit import ConnectionLimit, per_address_share
+from proto.connlimit import ConnectionLimit
 from proto.io import STREAM_ERRORS, send_file, serve_limited
 
 log = logging.getLogger(__name__)
@@ -320,14 +320,6 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
         log.warning("http: %s", exc)
     finally:
         await stream.aclose()
-
-
-def http_limit(total: int, host: str) -> ConnectionLimit:
-    """The cap of an HTTP port listening on `host`: `total` connections, a share of it
-    per client address; on loopback every client has the same address (127.0.0.1 or
-    ::1), so there the total alone counts."""
-    loopback = host in ("localhost", "::1") or host.startswith("127.")
-    return ConnectionLimit(total, total if loopback else per_address_share(total))
 
 
 async def serve_http(

@@ -24,8 +24,8 @@ class Metrics:
         self.requests = Counter(
             "dfdaemon_requests",
             "Requests answered, by kind: blob (P2P), passthrough (sent to the upstream as "
-            "is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request, dfget (on the "
-            "control socket)",
+            "is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request, untrusted (a "
+            "registry the daemon does not trust: 403), dfget (on the control socket)",
             ["kind"],
             registry=self.registry,
         )
@@ -52,7 +52,8 @@ class Metrics:
             "dfdaemon_blob_failures",
             "Blob requests not served from P2P, by reason: denied (the upstream refused this "
             "client), upstream (unreachable for the access check), download (P2P and the "
-            "fallback failed), digest_mismatch",
+            "fallback failed), digest_mismatch, length_mismatch (the upstream announced "
+            "another length: that answer failed)",
             ["reason"],
             registry=self.registry,
         )

@@ -35,6 +35,7 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
 from dfdaemon.trust import Trust, untrusted_message
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from proto.units import header_int
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,7 @@ class Mirror:
             return
         # The HEAD's length is this answer's business only: it is checked against the
         # blob's own, never stored on the blob other clients share.
-        length_header = head.headers.get("content-length", "")
-        length = int(length_header) if length_header.isdigit() else None
+        length = header_int(head.headers.get("content-length", ""))
         credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
         blob = self.blobs.get(hex_digest, target.url, credentials)
         byte_range = request.header("range")

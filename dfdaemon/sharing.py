@@ -25,6 +25,7 @@ import httpx
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
 from proto.io.origins import allowed_addresses
 from proto.origins import AddressDenied, OriginPolicy
+from proto.units import header_int
 from proto.urls import display_url
 
 if TYPE_CHECKING:
@@ -59,11 +60,9 @@ class Validators:
             etag = None
         length: int | None = None
         if response.status_code == 206:  # the one-byte GET: the length is in the range
-            total = response.headers.get("content-range", "").rpartition("/")[2]
-            length = int(total) if total.isdigit() else None
+            length = header_int(response.headers.get("content-range", "").rpartition("/")[2])
         else:
-            value = response.headers.get("content-length", "")
-            length = int(value) if value.isdigit() else None
+            length = header_int(response.headers.get("content-length", ""))
         return cls(etag, response.headers.get("last-modified"), length)
 
     def same_content(self, other: Validators) -> bool:

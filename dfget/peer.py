@@ -374,8 +374,13 @@ class Attempt:
                         task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
                     )
                 )
-                with trio.fail_after(REGISTER_TIMEOUT):
+                with trio.move_on_after(REGISTER_TIMEOUT) as waited:
                     answer = await self._replies_recv.receive()
+                if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
+                    raise SupernodeUnavailable(
+                        f"supernode {self.address} did not answer a piece-task request "
+                        f"in {REGISTER_TIMEOUT:.0f}s"
+                    )
                 for task in answer.tasks:
                     scope = trio.CancelScope()
                     self._running.setdefault(task[0], []).append(scope)

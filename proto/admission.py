@@ -16,8 +16,8 @@ CHALLENGE_SIZE = 32
 _CONTEXT = b"dragonfly-py admission v1\0"
 
 
-def read_token(value: str | None, file: Path | None) -> bytes | None:
-    """The cluster token from a flag's value or a file; ValueError if unusable."""
+def read_token(value: str | None, file: Path | None, what: str = "a cluster token") -> bytes | None:
+    """A token (`what`: which) from a flag's value or a file; ValueError if unusable."""
     if file is not None:
         try:
             value = file.read_text().strip()
@@ -26,7 +26,7 @@ def read_token(value: str | None, file: Path | None) -> bytes | None:
     if value is None:
         return None
     if len(value) < 8:
-        raise ValueError("a cluster token must be at least 8 characters")
+        raise ValueError(f"{what} must be at least 8 characters")
     return value.encode()
 
 

@@ -90,3 +90,11 @@ class ConnectionLimit:
             total_limit=self.total,
             per_address_limit=self.per_address,
         )
+
+
+def listen_limit(total: int, host: str) -> ConnectionLimit:
+    """The cap of a port listening on `host`: `total` connections, a share of it per
+    client address; on a loopback address every client has the same address
+    (127.0.0.1 or ::1), so there the total alone counts."""
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    return ConnectionLimit(total, total if loopback else per_address_share(total))

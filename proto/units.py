@@ -29,6 +29,15 @@ _UNITS = {
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
 
 
+def header_int(text: str, max_digits: int = 19) -> int | None:
+    """A whole number from a header another party wrote (Content-Length, the parts of
+    Content-Range): ASCII digits only, at most `max_digits` of them; else None.
+    (`str.isdigit` is true of '²' and '٣', which `int` refuses or reads otherwise.)"""
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
+
+
 def parse_size(text: str) -> int:
     """Bytes in `text` ('20MiB', '500KB', '1.5G', '4096'); ValueError if unreadable."""
     match = _SIZE.fullmatch(text)

@@ -89,7 +89,12 @@ class Supernode:
         limiter = RateLimiter(config.origin_rate_limit) if config.origin_rate_limit else None
         budget = StoreBudget(
             quota=config.gc.quota,
-            max_task_size=config.max_task_size or config.gc.quota,
+            max_task_size=config.max_task_size
+            if config.max_task_size is not None
+            else config.gc.quota,
+            task_size_flag="--max-task-size"
+            if config.max_task_size is not None
+            else "--store-quota",
             usage=lambda: self.cdn.usage(),
             make_room=self.make_room,
         )
@@ -171,6 +176,8 @@ class Supernode:
             log.info("store %s: %d complete tasks", self.config.data_dir, loaded)
             if self.config.token is None:
                 log.warning("no cluster token (--token): any peer that reaches us is admitted")
+            if self.config.admin_listen is not None:
+                self.admin.settle_token()  # a bad token file stops us before any port opens
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.cdn.run)

@@ -11,7 +11,7 @@ import trio
 from proto import argtypes
 from proto.admission import read_token
 from proto.eviction import GcPolicy
-from proto.io.service import log_to_stderr, serve_until_signalled
+from proto.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from supernode import __version__
 from supernode.admin.preheat import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.listen
     try:
         token = read_token(args.token, args.token_file)
-        admin_token = read_token(args.admin_token, args.admin_token_file)
+        admin_token = read_token(args.admin_token, args.admin_token_file, "an admin token")
         if not args.failed_task_ttl > 0:
             raise ValueError("--failed-task-ttl must be positive")
         gc = GcPolicy(
@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             "supernode: --admin-protect-reads needs an admin token, not --admin-open",
             file=sys.stderr,
         )
+        return 2
+    if args.max_task_size == 0:
+        print("supernode: --max-task-size must be more than 0", file=sys.stderr)
         return 2
     if args.max_connections < 1:
         print("supernode: --max-connections must be at least 1", file=sys.stderr)
@@ -304,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=args.max_connections,
     )
     try:
+        # Both ports' connections, and room for pieces files, the store and origins.
+        raise_open_files(config.max_connections + config.admin_max_connections + 1024)
         trio.run(serve_until_signalled, Supernode(config).serve)
     except KeyboardInterrupt:
         return 130

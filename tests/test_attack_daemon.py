@@ -46,6 +46,7 @@ from dfdaemon.testing import Answer, ScriptedOrigin, Seen
 from dfdaemon.trust import Trust, origin_of
 from dfget.engine import DownloadRequest
 from dfget.output import AtomicOutput
+from proto.io import unwrap_group
 from proto.pieces import MiB
 from supernode.testing import FakeOrigin
 
@@ -978,3 +979,26 @@ async def test_an_upstream_a_blob_came_from_may_still_vouch_for_it(
     assert unknown.status_code == manifest.status_code == 403
     heads = [s.method for s in other.seen]
     assert heads.count("GET") == 1 and heads.count("HEAD") == 2  # asked each time
+
+
+async def test_a_control_socket_path_too_long_stops_the_start(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    """Found in review of the docs: the socket is bound in a private folder and renamed
+    into place, and a rename has no length limit: a path nothing could connect to was
+    accepted. It must stop the start, as a bind there would."""
+    folder = short_dir / ("d" * 60)  # short enough for a socket in it, not for this one
+    folder.mkdir()
+    path = folder / ("s" * 50)
+    assert len(os.fsencode(folder)) < 90 and len(os.fsencode(path)) > 107
+    daemon = Daemon(
+        DaemonConfig(
+            listen=("127.0.0.1", 0),
+            data_dir=tmp_path / "data",
+            peer_listen=("127.0.0.1", 0),
+            control_socket=path,
+        )
+    )
+    with pytest.raises(OSError, match="over 107 bytes"), unwrap_group():  # as the command sees it
+        await daemon.serve()
+    assert not path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -34,3 +35,26 @@ def log_to_stderr(level: str) -> None:
     )
     # httpx logs every request at INFO; the servers log what matters themselves.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's soft limit of open files towards `wanted` (a server holds a
+    descriptor per connection, and its connection caps mean nothing past this limit),
+    as far as the hard limit allows; the soft limit now. Logs a warning when it stays
+    below `wanted`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit to %d: %s", target, exc)
+    if soft < wanted:
+        log.warning(
+            "open-files limit %d is below the %d the connection caps need: raise it "
+            "(ulimit -n, LimitNOFILE=) or lower --max-connections",
+            soft,
+            wanted,
+        )
+    return soft

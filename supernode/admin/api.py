@@ -27,7 +27,7 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from proto.connlimit import ConnectionLimit
+from proto.connlimit import ConnectionLimit, listen_limit
 from proto.messages import PROTOCOL_VERSIONS
 from proto.taskid import check_task_id
 from proto.urls import display_url
@@ -77,6 +77,7 @@ class AdminApi:
         # supplies it.
         self.token: bytes | None = node.config.admin_token
         self.token_file: Path | None = None
+        self._settled = False
         self.connections = ConnectionLimit(node.config.admin_max_connections)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SupernodeCollector(node))
@@ -117,7 +118,8 @@ class AdminApi:
         self, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen on host:port (0: a free port); reports the bound `HOST:PORT`."""
-        self._settle_token()
+        self.settle_token()
+        self.connections = listen_limit(self.node.config.admin_max_connections, host)
         deadlines = Deadlines(self.keep_alive_timeout, self.read_timeout, self.send_timeout)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
@@ -133,11 +135,14 @@ class AdminApi:
             return await read_request(scope, receive)
         raise Problem(408, "Request Timeout", f"no whole body within {self.body_timeout:g}s")
 
-    def _settle_token(self) -> None:
+    def settle_token(self) -> None:
         """Without a token given and without --admin-open, the one in the data dir (made
         on the first start): mutations are never open by accident. Its path is logged,
-        never the token."""
+        never the token. Once: later calls do nothing."""
         config = self.node.config
+        if self._settled:
+            return
+        self._settled = True
         if self.token is not None:
             return
         if config.admin_open:
@@ -261,7 +266,7 @@ class AdminApi:
         try:
             check_task_id(task_id)
         except ValueError as exc:
-            raise Problem(400, "Bad Request", f"not a task id: {exc}") from exc
+            raise Problem(400, "Bad Request", str(exc)) from exc
         return task_id
 
     # -- representations ---------------------------------------------------------------------

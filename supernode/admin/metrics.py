@@ -94,5 +94,5 @@ class SupernodeCollector(Collector):
         yield GaugeMetricFamily(
             "supernode_store_bytes",
             "Bytes of origin content in the CDN store (complete and running tasks)",
-            value=sum(task.length or 0 for task in node.cdn.tasks.values()),
+            value=sum(task.length or 0 for task in node.cdn.tasks.values() if not task.failed),
         )

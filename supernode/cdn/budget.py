@@ -29,9 +29,11 @@ class StoreBudget:
         max_task_size: int | None,
         usage: Callable[[], int],
         make_room: Callable[[int], None],
+        task_size_flag: str = "--max-task-size",
     ) -> None:
         self.quota = quota
         self.max_task_size = max_task_size
+        self.task_size_flag = task_size_flag  # what set the limit, for the messages
         self._usage = usage  # bytes the store's pieces files take (the CDN's count)
         self._make_room = make_room  # evict idle tasks to leave room for this many more
 
@@ -42,7 +44,7 @@ class StoreBudget:
         if limit is not None and length > limit:
             raise TaskTooLarge(
                 f"the task is {_size(length)}, over the supernode's limit of "
-                f"{_size(limit)} a task (--max-task-size)"
+                f"{_size(limit)} a task ({self.task_size_flag})"
             )
         if self.quota is not None:
             if size > self.quota:
@@ -60,7 +62,7 @@ class StoreBudget:
         if limit is not None and received > limit:
             raise TaskTooLarge(
                 f"the body passed the supernode's limit of {_size(limit)} a task "
-                f"(--max-task-size): fetch stopped"
+                f"({self.task_size_flag}): fetch stopped"
             )
 
     def check_growth(self, task: CdnTask, stored: int) -> None:

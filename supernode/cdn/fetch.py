@@ -26,6 +26,7 @@ from proto.digests import Hasher, digest_matches, new_hasher
 from proto.errors import PieceCorrupted
 from proto.io import RateLimiter, unwrap_group
 from proto.pieces import TAG_SIZE, PieceSealer, piece_digest, piece_size_for
+from proto.units import header_int
 from proto.urls import display_url
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
@@ -372,5 +373,5 @@ def _check_resumed(response: OriginResponse, expected_start: int) -> None:
         raise OriginBroken("origin cannot resume (no 206 answer to the Range request)")
     unit, _, spec = response.content_range.partition(" ")
     start = spec.split("-", 1)[0]
-    if unit != "bytes" or not start.isdigit() or int(start) != expected_start:
+    if unit != "bytes" or header_int(start) != expected_start:
         raise OriginBroken(f"origin resumed at the wrong place: {response.content_range!r}")

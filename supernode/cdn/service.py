@@ -28,6 +28,7 @@ from typing import Protocol
 import trio
 
 from proto.pieces import piece_length
+from proto.units import header_int
 from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
@@ -375,8 +376,7 @@ def _total_length(response: OriginResponse) -> int | None:
     `/total` of a 206's Content-Range, a 200's Content-Length (None if not given)."""
     if response.status == 200:
         return response.length
-    total = (response.content_range or "").rpartition("/")[2]
-    return int(total) if total.isdigit() else None
+    return header_int((response.content_range or "").rpartition("/")[2])
 
 
 def _stored_task(meta: TaskMeta) -> CdnTask:

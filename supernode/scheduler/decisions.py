@@ -29,7 +29,7 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # typed refusal other than busy: counts against the uploader
     FAILED = "failed"  # connection error mid-transfer: counts against the uploader
     TIMEOUT = "timeout"  # counts against the uploader
-    CORRUPT = "corrupt"  # GCM/blake3 failure: blacklists the uploader for the task at once
+    CORRUPT = "corrupt"  # GCM/blake3 failure: the supernode checks the piece itself (a `Check`)
 
 
 @dataclass(frozen=True, slots=True)
