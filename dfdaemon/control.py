@@ -11,13 +11,14 @@ HTTP/1.1 over the Unix socket, JSON in and out:
   `from_source`, `cached`...).
 
 A download named by its digest (a sha256 blob of the cache shared with the mirror) is
-one only when the URL's host is trusted for that digest (`trust.py`): a registry the
-operator configured, or the host the blob was fetched from. It is served, cached,
-running or new, only after that host confirms, with the dfget's own headers, that it
-may read the URL. With any other host the digest is left out of the task's identity:
-the request is a URL download like one without a digest (the supernode fetches and
-revalidates that URL with the dfget's headers, and dfget checks the digest itself), so
-no copy of the digest fetched for someone else reaches it. A dfget joining a URL
+one only when its URL vouches for that digest: the URL is a registry's blob URL for
+that very digest (`/v2/NAME/blobs/sha256:HEX`) on a host trusted for it (`trust.py`: a
+registry the operator configured, or the host the blob was fetched from). It is
+served, cached, running or new, only after that host confirms, with the dfget's own
+headers, that it may read the URL. Any other request's digest is left out of the
+task's identity: it is a URL download like one without a digest (the supernode fetches
+and revalidates that URL with the dfget's headers, and dfget checks the digest itself),
+so no copy of the digest fetched for someone else reaches it. A dfget joining a URL
 download that is running is checked with the origin first (`sharing.py`).
 
 The socket is bound in a fresh private folder, given its mode there and renamed into

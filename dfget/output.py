@@ -39,6 +39,9 @@ class AtomicOutput:
         self.durable = durable
         self._unsynced = 0  # bytes written since the last flush (durable only)
         self._flushing = threading.Lock()  # held while a background flush runs
+        # A background flush's error: Linux reports a writeback error once per open
+        # file, so the final fsync would not see it again; `sync` raises it.
+        self._flush_error: OSError | None = None
         self._dirty = True  # not fsynced since the last write (or ever)
         # What is written, for a reader that streams the file while it is written:
         # `filled` bytes from the start, plus islands further on (start → end).
@@ -122,8 +125,8 @@ class AtomicOutput:
         """The background flush: holds `_flushing` (taken by the thread that started it)."""
         try:
             os.fdatasync(self.fd)
-        except OSError:
-            pass  # the final fsync sees it again, and says so
+        except OSError as exc:
+            self._flush_error = exc  # `sync` and `commit` raise it
         finally:
             self._flushing.release()
 
@@ -140,6 +143,8 @@ class AtomicOutput:
         with self._lock:
             self._dirty = False
         try:
+            if self._flush_error is not None:
+                raise self._flush_error
             os.fsync(self.fd)
         except OSError as exc:
             raise OutputError(f"cannot write {self.temp}: {exc}") from exc
@@ -162,6 +167,8 @@ class AtomicOutput:
         try:
             if self.durable:
                 self._wait_for_flush()
+                if self._flush_error is not None:
+                    raise self._flush_error
                 if self._dirty:  # not synced since the last write (or never)
                     os.fsync(self.fd)
             os.close(self.fd)

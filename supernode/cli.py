@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         metavar="N",
         help="connections the admin API holds at once; one address gets an eighth, at "
-        "least 16 (default 256)",
+        "least 16, except on a loopback address, where every client is 127.0.0.1 "
+        "(default 256)",
     )
     origins = argtypes.origin_policy_arguments(
         parser, "which addresses the supernode may fetch from", default=[]
@@ -208,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help=f"connections the peer port holds at once (default {DEFAULT_MAX_CONNECTIONS}); "
-        "one remote address may hold N/8 of them, at least 16 (512 of the default); past "
-        "either, a new connection is closed at once",
+        "one remote address (an IPv6 /64) may hold N/8 of them, at least 16 (512 of the "
+        "default); past either, a new connection is closed at once. With a cluster token, "
+        "a peer's control session leaves the count once admitted and registered",
     )
     parser.add_argument(
         "--cdn-slots-per-requester",
@@ -307,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=args.max_connections,
     )
     try:
-        # Both ports' connections, and room for pieces files, the store and origins.
-        raise_open_files(config.max_connections + config.admin_max_connections + 1024)
+        # Both ports' connections (a piece session holds a pieces file too: twice the
+        # peer port's), and room for the admitted sessions, the store and origins.
+        raise_open_files(2 * config.max_connections + config.admin_max_connections + 4096)
         trio.run(serve_until_signalled, Supernode(config).serve)
     except KeyboardInterrupt:
         return 130
