@@ -72,9 +72,10 @@ import blake3  # noqa: E402
 import h11  # noqa: E402
 import msgpack  # noqa: E402
 
+from common.addresses import parse_listen  # noqa: E402
+from common.urls import display_url, move_credentials  # noqa: E402
 from dfdaemon import mirror  # noqa: E402
 from dfdaemon.registry import BadReference, blob_digest, resolve  # noqa: E402
-from proto.addresses import parse_listen  # noqa: E402
 from proto.codec import PAYLOAD_KEY, TYPE_KEY, decode_header  # noqa: E402
 from proto.digests import digest_matches, new_hasher  # noqa: E402
 from proto.errors import (  # noqa: E402
@@ -107,7 +108,6 @@ from proto.taskid import (  # noqa: E402
     parse_range,
     task_id_for,
 )
-from proto.urls import display_url, move_credentials  # noqa: E402
 
 PREFIX = struct.Struct(">I")
 HEX = "0123456789abcdef"

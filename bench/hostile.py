@@ -61,7 +61,7 @@ from bench.common import (
 )
 from bench.origin_process import origin_process
 from bench.swarm import sha256_of, wait_for_outputs
-from proto.units import parse_rate
+from common.units import parse_rate
 
 KINDS = ("oversize", "garbage", "unadmitted", "drip", "idle")
 TOKEN = "hostile-bench-cluster-token"

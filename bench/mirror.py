@@ -65,7 +65,7 @@ from bench.common import (
     stop_process,
     supernode_process,
 )
-from dfdaemon.testing import CTR, Containerd, Registry, write_oci_image
+from testkit.registry import CTR, Containerd, Registry, write_oci_image
 
 LISTENING = re.compile(r"dfdaemon listening on (\S+:\d+)")
 FETCHED = re.compile(r"elapsed: ([\d.]+) s")  # ctr's progress line; the last one is final

@@ -34,7 +34,7 @@ from bench.common import (
     median,
 )
 from bench.mirror import arguments, mirror_hosts
-from dfdaemon.testing import Registry, write_oci_image
+from testkit.registry import Registry, write_oci_image
 
 WAYS = ("direct", "cold A", "second B")
 

@@ -33,9 +33,9 @@ class Origin:
 
 @contextmanager
 def origin_process(folder: Path, *extra: str) -> Iterator[Origin]:
-    """`python -m supernode.testing --dir FOLDER [extra...]`; yields it, running."""
+    """`python -m testkit.origin --dir FOLDER [extra...]`; yields it, running."""
     proc = subprocess.Popen(
-        [PYTHON, "-m", "supernode.testing", "--dir", str(folder), "--port", "0", *extra],
+        [PYTHON, "-m", "testkit.origin", "--dir", str(folder), "--port", "0", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env(),

@@ -47,7 +47,7 @@ from bench.common import (
     write_random,
 )
 from bench.origin_process import origin_process
-from proto.units import parse_rate
+from common.units import parse_rate
 
 TOTALS = re.compile(
     r"totals: .*?\((\d+) bytes\) from origins.*?\((\d+) bytes\) uploaded by the CDN"

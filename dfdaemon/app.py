@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 
 import trio
 
+from common.connlimit import ConnectionLimit, listen_limit
+from common.eviction import GcPolicy
+from common.io import RateLimiter
+from common.origins import OriginPolicy
 from dfdaemon.blobs import Blob, BlobStore, DownloadSettings
 from dfdaemon.control import SOCKET_NAME, ControlApi
 from dfdaemon.httpserver import Reply, Request, serve_http
@@ -23,10 +27,6 @@ from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
 from dfget.peer import SharedServer
 from dfget.uploads import PieceServer
-from proto.connlimit import ConnectionLimit, listen_limit
-from proto.eviction import GcPolicy
-from proto.io import RateLimiter
-from proto.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,10 @@ from pathlib import Path
 
 import trio
 
+from common.eviction import GcPolicy, StoredTask, plan
+from common.io import RateLimiter
+from common.origins import OriginPolicy
+from common.urls import move_credentials
 from dfdaemon.httpserver import Reply
 from dfdaemon.sharing import Validators
 from dfdaemon.trust import origin_of
@@ -43,10 +47,6 @@ from dfget.errors import (
 from dfget.output import AtomicOutput, ExistingOutput
 from dfget.peer import PeerOptions, SharedServer
 from proto.digests import Hasher
-from proto.eviction import GcPolicy, StoredTask, plan
-from proto.io import RateLimiter
-from proto.origins import OriginPolicy
-from proto.urls import move_credentials
 
 log = logging.getLogger(__name__)
 

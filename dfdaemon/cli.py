@@ -13,16 +13,16 @@ from typing import Any
 
 import trio
 
+from common import argtypes
+from common.addresses import parse_listen
+from common.eviction import GcPolicy
+from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
+from common.origins import parse_network
+from common.tokens import read_token
+from common.units import parse_rate, parse_size
 from dfdaemon import __version__
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
 from dfdaemon.trust import origin_of, parse_allowed
-from proto import argtypes
-from proto.addresses import parse_listen
-from proto.admission import read_token
-from proto.eviction import GcPolicy
-from proto.io.service import log_to_stderr, raise_open_files, serve_until_signalled
-from proto.origins import parse_network
-from proto.units import parse_rate, parse_size
 
 log = logging.getLogger("dfdaemon")
 
@@ -177,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="do not verify the upstream's TLS certificate",
     )
-    token = parser.add_mutually_exclusive_group()
-    token.add_argument("--token", metavar="SECRET", help="the cluster token (prefer --token-file)")
-    token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
+    argtypes.token_arguments(parser)
     parser.add_argument(
         "--cache-quota",
         type=argtypes.size,

@@ -43,6 +43,9 @@ from urllib.parse import urlsplit
 
 import trio
 
+from common.connlimit import ConnectionLimit
+from common.io import serve_limited
+from common.urls import display_url
 from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, send_whole
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
@@ -52,9 +55,6 @@ from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
-from proto.connlimit import ConnectionLimit
-from proto.io import serve_limited
-from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 

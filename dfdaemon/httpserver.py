@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from proto.connlimit import ConnectionLimit
-from proto.io import STREAM_ERRORS, send_file, serve_limited
+from common.connlimit import ConnectionLimit
+from common.io import serve_limited
+from proto.io import STREAM_ERRORS, send_file
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 
+from common.units import header_int
 from dfdaemon.blobs import (
     Blob,
     BlobStore,
@@ -35,7 +36,6 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
 from dfdaemon.trust import Trust, untrusted_message
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
-from proto.units import header_int
 
 log = logging.getLogger(__name__)
 

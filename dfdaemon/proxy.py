@@ -17,6 +17,10 @@ from urllib.parse import urlsplit
 
 import trio
 
+from common.addresses import parse_listen
+from common.io.origins import open_checked_tcp_stream
+from common.origins import AddressDenied
+from common.urls import display_url
 from dfdaemon import httpserver
 from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob, send_blob
 from dfdaemon.httpserver import Reply, Request
@@ -25,11 +29,7 @@ from dfdaemon.sharing import JoinRefused, url_download
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import UsageError
-from proto.addresses import parse_listen
 from proto.io import STREAM_ERRORS
-from proto.io.origins import open_checked_tcp_stream
-from proto.origins import AddressDenied
-from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 

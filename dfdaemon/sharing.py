@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from common.io.origins import allowed_addresses
+from common.origins import AddressDenied, OriginPolicy
+from common.units import header_int
+from common.urls import display_url
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
-from proto.io.origins import allowed_addresses
-from proto.origins import AddressDenied, OriginPolicy
-from proto.units import header_int
-from proto.urls import display_url
 
 if TYPE_CHECKING:
     from dfdaemon.blobs import Blob, BlobStore

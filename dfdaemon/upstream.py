@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from common.io.origins import checked_client
+from common.origins import AddressDenied, OriginPolicy
+from common.urls import display_url
 from dfdaemon.httpserver import Reply, Request
-from proto.io.origins import checked_client
-from proto.origins import AddressDenied, OriginPolicy
-from proto.urls import display_url
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import httpx
 
+from common.io import RateLimiter
+from common.origins import AddressDenied, OriginPolicy
+from common.urls import display_url, move_credentials
 from dfget.errors import IntegrityError, OriginFailed
 from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
-from proto.io import RateLimiter
-from proto.origins import AddressDenied, OriginPolicy
-from proto.urls import display_url, move_credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ async def fetch_from_origin(
     if policy is None:
         client = httpx.AsyncClient(verify=not insecure, **options)
     else:
-        from proto.io.origins import checked_client
+        from common.io.origins import checked_client
 
         client = checked_client(policy, verify=not insecure, **options)
     try:

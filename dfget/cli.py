@@ -10,15 +10,15 @@ from pathlib import Path
 
 import trio
 
+from common import argtypes
+from common.tokens import read_token
+from common.units import format_size
 from dfget import __version__
 from dfget.daemon import DEFAULT_SOCKET
 from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
 from dfget.peer import DEFAULT_MAX_CONNECTIONS, PeerOptions
 from dfget.progress import ProgressBar
-from proto import argtypes
-from proto.admission import read_token
-from proto.units import format_size
 
 log = logging.getLogger("dfget")
 
@@ -184,11 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one remote address may hold N/8 of them, at least 16; past either, a new "
         "connection is closed at once",
     )
-    token = swarm.add_mutually_exclusive_group()
-    token.add_argument(
-        "--token", metavar="SECRET", help="the cluster token (prefer --token-file: ps shows it)"
-    )
-    token.add_argument("--token-file", type=Path, metavar="PATH", help="read the cluster token")
+    argtypes.token_arguments(swarm)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.add_argument("--version", action="version", version=f"dfget {__version__}")
     return parser

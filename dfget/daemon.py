@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.io import RateLimiter
 from dfget.errors import (
     DfgetError,
     IntegrityError,
@@ -22,7 +23,6 @@ from dfget.output import AtomicOutput, write_body
 from dfget.pieces import SourceCounts
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
-from proto.io import RateLimiter
 
 DEFAULT_SOCKET = Path("/var/lib/dfdaemon/dfdaemon.sock")
 CONNECT_TIMEOUT = 5.0

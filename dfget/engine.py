@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from common.io import RateLimiter
+from common.rendezvous import rank
+from common.urls import display_url
 from dfget.errors import (
     DownloadTimeout,
     SupernodeUnavailable,
@@ -32,14 +35,11 @@ from dfget.output import AtomicOutput
 from dfget.peer import Attempt, PeerOptions
 from dfget.pieces import PieceBook, SourceCounts
 from dfget.progress import Progress
-from proto.io import RateLimiter
 from proto.messages import Register
-from proto.rendezvous import rank
 from proto.taskid import check_digest, task_id_for
-from proto.urls import display_url
 
 if TYPE_CHECKING:
-    from proto.origins import OriginPolicy
+    from common.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 

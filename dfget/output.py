@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
+from common.io import RateLimiter
 from dfget.errors import OutputError
 from dfget.progress import Progress
 from proto.digests import Hasher
-from proto.io import RateLimiter
 
 SYNC_EVERY = 64 * 1024 * 1024  # durable outputs: written bytes flushed at least this often
 

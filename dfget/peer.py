@@ -24,6 +24,8 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from common.connlimit import ConnectionLimit
+from common.io import RateLimiter, unwrap_group
 from dfget.connect import connect, translate_errors
 from dfget.errors import (
     DfgetError,
@@ -43,9 +45,8 @@ from dfget.sources import PieceRefusedError, SourceLost, SourcePool
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
-from proto.connlimit import ConnectionLimit
 from proto.errors import ErrorCode, PieceCorrupted, ProtoError
-from proto.io import FramedStream, RateLimiter, unwrap_group
+from proto.io import FramedStream
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
     ErrorReply,
@@ -122,7 +123,7 @@ class PeerOptions:
         self.upload_rate = upload_rate
         self.seed_for = seed_for
         self.token = token
-        self.server_factory = server_factory  # tests swap in the fakes of dfget.testing
+        self.server_factory = server_factory  # tests swap in the fakes of testkit.peers
         # A daemon's one upload server, already listening, shared by all its downloads;
         # without it each download starts its own (from `listen` and `server_factory`).
         self.server = server

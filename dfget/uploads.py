@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import trio
 
+from common.connlimit import ConnectionLimit
+from common.io import RateLimiter, serve_limited
 from dfget import __version__
-from proto.connlimit import ConnectionLimit
 from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
-from proto.io import FramedStream, RateLimiter, serve_limited, server_handshake
+from proto.io import FramedStream, server_handshake
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE, PieceSealer
 from proto.session import Session, Side
@@ -254,7 +255,7 @@ class PieceServer:
             self._spare.append(buffer)
 
     async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
-        """The sealed bytes of a piece (the fakes in dfget.testing override this)."""
+        """The sealed bytes of a piece (the fakes in testkit.peers override this)."""
         out = self._spare.pop() if self._spare else bytearray()
         return await task.sealed(index, out)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import trio
 
-from proto.connlimit import ConnectionLimit
-from proto.eviction import GcPolicy, StoredTask, plan
-from proto.io import RateLimiter, unwrap_group
-from proto.origins import OriginPolicy
-from proto.units import format_size
+from common.connlimit import ConnectionLimit
+from common.eviction import GcPolicy, StoredTask, plan
+from common.io import RateLimiter, unwrap_group
+from common.origins import OriginPolicy
+from common.units import format_size
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats, RealmHost
 from supernode.cdn.budget import StoreBudget

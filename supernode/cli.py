@@ -8,10 +8,10 @@ from pathlib import Path
 
 import trio
 
-from proto import argtypes
-from proto.admission import read_token
-from proto.eviction import GcPolicy
-from proto.io.service import log_to_stderr, raise_open_files, serve_until_signalled
+from common import argtypes
+from common.eviction import GcPolicy
+from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
+from common.tokens import read_token
 from supernode import __version__
 from supernode.admin.preheat import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
@@ -100,18 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="cap what the CDN serves to peers, e.g. 50MiB (default: none)",
     )
-    token = parser.add_mutually_exclusive_group()
-    token.add_argument(
-        "--token",
-        metavar="SECRET",
-        help="cluster token: peers must prove they know it to be admitted (visible in ps: "
-        "prefer --token-file); without one the cluster is open to anyone who reaches it",
-    )
-    token.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="PATH",
-        help="read the cluster token from this file (surrounding whitespace ignored)",
+    argtypes.token_arguments(
+        parser,
+        "cluster token: peers must prove they know it to be admitted; without one the "
+        "cluster is open to anyone who reaches it",
     )
     parser.add_argument(
         "--admin-listen",

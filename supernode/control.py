@@ -19,8 +19,10 @@ from functools import partial
 
 import trio
 
+from common.io import release_place, unwrap_group
+from common.urls import display_url
 from proto.errors import ErrorCode, UnexpectedMessage
-from proto.io import FramedStream, release_place, unwrap_group
+from proto.io import FramedStream
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
     ErrorReply,
@@ -38,7 +40,6 @@ from proto.messages import (
     error_reply,
 )
 from proto.tickets import CDN_UPLOADER
-from proto.urls import display_url
 from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
 from supernode.errors import SupernodeError

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from common.urls import display_url
 from proto.errors import ErrorCode
-from proto.urls import display_url
 
 
 class SupernodeError(Exception):

@@ -20,10 +20,11 @@ import logging
 
 import trio
 
+from common.connlimit import ConnectionLimit
+from common.io import RateLimiter, serve_limited
 from proto.admission import new_challenge
-from proto.connlimit import ConnectionLimit
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
-from proto.io import FramedStream, RateLimiter, serve_limited, server_handshake
+from proto.io import FramedStream, server_handshake
 from proto.messages import PieceRequest, Register
 from proto.session import Session, Side
 from proto.tickets import TicketVerifier

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from common.connlimit import host_group
+from common.units import format_size
 from proto.admission import verify
-from proto.connlimit import host_group
 from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
-from proto.units import format_size
 from supernode.cdn.task import CdnTask
 from supernode.piececheck import check_piece, check_timeout
 from supernode.scheduler import CDN, Check, Outcome, Scheduler, Verdict

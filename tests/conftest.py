@@ -20,7 +20,7 @@ from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.peer import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Markers for the tests that need the real registry parts of `dfdaemon.testing`."""
+"""Markers for the tests that need the real registry parts of `testkit.registry`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dfdaemon.testing import (
+from testkit.registry import (
     CONTAINERD,
     CTR,
     REGISTRY,

@@ -22,7 +22,7 @@ from proto.pieces import MiB
 from supernode import __version__
 from supernode.admin import preheat as preheat_module
 from supernode.admin.preheat import MAX_RUNNING, PreheatError, Preheats, _pick
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from fakenet import FakeNetwork
 
 from proto.pieces import MiB
 from supernode.admin.api import AdminApi
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 def admin_url(node: RunningSupernode) -> str:

@@ -38,17 +38,17 @@ from conftest import (
 )
 from registry import Image, Registry, needs_registry, write_oci_image
 
+from common.io import unwrap_group
 from dfdaemon import httpserver
 from dfdaemon.app import Daemon, DaemonConfig
 from dfdaemon.cli import build_parser, resolve_config
 from dfdaemon.registry import BadReference, resolve
-from dfdaemon.testing import Answer, ScriptedOrigin, Seen
 from dfdaemon.trust import Trust, origin_of
 from dfget.engine import DownloadRequest
 from dfget.output import AtomicOutput
-from proto.io import unwrap_group
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
+from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 USERS = {"alice": "wonderland"}
 ALICE = ("alice", "wonderland")

@@ -27,7 +27,7 @@ from conftest import (
 )
 from fakenet import FakeNetwork
 
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 def untouched(net: FakeNetwork, server: FakeOrigin) -> None:

@@ -33,7 +33,7 @@ from fakenet import FakeNetwork
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 def requests(server: FakeOrigin) -> int:

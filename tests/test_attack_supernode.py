@@ -21,9 +21,9 @@ import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, until
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from common.eviction import GcPolicy
 from dfget.errors import OriginFailed, SupernodeUnavailable
 from dfget.peer import PeerOptions
-from proto.eviction import GcPolicy
 from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public, unwrap_key, wrap_context
 from proto.messages import (
@@ -43,7 +43,7 @@ from proto.messages import (
 )
 from proto.pieces import MiB, PieceSealer, piece_digest
 from proto.session import Session, Side
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 LOCAL = ("127.0.0.1", 0)
 

@@ -27,6 +27,8 @@ from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, u
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dfget.peer
+from common.connlimit import ConnectionLimit
+from common.io import RateLimiter
 from dfget.connect import connect
 from dfget.errors import SupernodeFailed
 from dfget.peer import PeerOptions
@@ -48,12 +50,11 @@ from proto import (
     Welcome,
     encode,
 )
-from proto.connlimit import ConnectionLimit
 from proto.errors import ConnectionLost, FrameTooLarge
-from proto.io import FramedStream, RateLimiter, open_session
+from proto.io import FramedStream, open_session
 from proto.pieces import MiB, PieceSealer
 from proto.tickets import CDN_UPLOADER, TicketIssuer, TicketVerifier
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 HUGE = 64 * MiB
 TID = "ab" * 32

@@ -21,7 +21,7 @@ from conftest import PYTHON, RunningSupernode, cli_env
 from dfdaemon.app import lock_data_dir
 from dfget.engine import DownloadRequest
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 RUN_TIMEOUT = 60.0
 STARTUP_TIMEOUT = 30.0

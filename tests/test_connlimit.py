@@ -6,8 +6,8 @@ import pytest
 import trio
 from conftest import until
 
-from proto.connlimit import MIN_PER_ADDRESS, ConnectionLimit, per_address_share
-from proto.io import serve_limited
+from common.connlimit import MIN_PER_ADDRESS, ConnectionLimit, per_address_share
+from common.io import serve_limited
 
 
 def test_the_total_and_each_address_have_a_cap() -> None:
@@ -70,7 +70,7 @@ async def test_connections_past_the_cap_are_closed_unread(nursery: trio.Nursery)
 def test_an_ipv6_host_counts_by_its_64() -> None:
     """A host with a /64 can use any of its 2^64 addresses: each must not be a new
     share (found by review)."""
-    from proto.connlimit import host_group
+    from common.connlimit import host_group
 
     assert host_group("2001:db8:1:2::7") == host_group("2001:db8:1:2:ffff::1")
     assert host_group("2001:db8:1:2::7") == "2001:db8:1:2::/64"

@@ -14,7 +14,7 @@ from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, flip_b
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
 

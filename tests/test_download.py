@@ -13,7 +13,7 @@ from conftest import Fetch, RunningSupernode, StartSupernode, downloads
 from dfget.engine import DownloadRequest, download
 from dfget.errors import IntegrityError
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 def blob(size: int, seed: int = 1) -> bytes:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 DATA = bytes(range(256)) * 4  # 1024 bytes, every offset recognisable
 
@@ -201,7 +201,7 @@ async def test_add_file_and_keep_alive(origin: FakeOrigin, tmp_path: pathlib.Pat
 async def test_cli_serves_directory(tmp_path: pathlib.Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f.txt").write_bytes(b"hello")
-    command = [sys.executable, "-m", "supernode.testing", "--dir", str(tmp_path)]
+    command = [sys.executable, "-m", "testkit.origin", "--dir", str(tmp_path)]
     async with trio.open_nursery() as nursery:
         run = functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
         process = await nursery.start(run)

@@ -22,7 +22,7 @@ from dfget.errors import (
 from proto import ErrorReply, FrameDecoder, Hello, PieceRefused, PieceRequest, encode
 from proto.io import open_session
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
 

@@ -23,8 +23,10 @@ from fuzz_strategies import FUZZ, fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from common.addresses import parse_listen
+from common.units import _UNITS, format_size, parse_rate, parse_size
+from common.urls import display_url, move_credentials
 from dfdaemon import mirror
-from proto.addresses import parse_listen
 from proto.digests import digest_matches, new_hasher
 from proto.taskid import (
     DEFAULT_FILTER,
@@ -34,8 +36,6 @@ from proto.taskid import (
     parse_range,
     task_id_for,
 )
-from proto.units import _UNITS, format_size, parse_rate, parse_size
-from proto.urls import display_url, move_credentials
 
 # Text as an attacker would send it: every code point but lone surrogates, weighted
 # towards the characters parsers care about.

@@ -10,9 +10,9 @@ import pytest
 import trio
 from conftest import Fetch, StartSupernode, until
 
+from common.eviction import GcPolicy, StoredTask, plan
 from dfget.peer import PeerOptions
-from proto.eviction import GcPolicy, StoredTask, plan
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 MiB = 1 << 20
 

@@ -30,8 +30,8 @@ from registry import (
     write_oci_image,
 )
 
+from common.eviction import GcPolicy
 from dfdaemon.app import Daemon, DaemonConfig
-from proto.eviction import GcPolicy
 
 pytestmark = needs_registry
 MiB = 1 << 20

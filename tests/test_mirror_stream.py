@@ -11,7 +11,7 @@ import httpx
 import pytest
 from conftest import StartDaemon, StartSupernode, metric
 
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 MiB = 1 << 20
 

@@ -11,7 +11,7 @@ from conftest import Fetch, StartSupernode, downloads
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 pytestmark = pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx"])
 

@@ -9,10 +9,10 @@ import pytest
 import trio
 from fakenet import FakeNetwork
 
-from proto.io.origins import checked_client, numeric_address, open_checked_tcp_stream
-from proto.origins import AddressDenied, OriginPolicy, parse_address, parse_network
+from common.io.origins import checked_client, numeric_address, open_checked_tcp_stream
+from common.origins import AddressDenied, OriginPolicy, parse_address, parse_network
 from supernode.admin.preheat import RealmHost, realm_gets_credentials
-from supernode.testing import FakeOrigin, self_signed_tls
+from testkit.origin import FakeOrigin, self_signed_tls
 
 
 @pytest.mark.parametrize(

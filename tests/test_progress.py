@@ -15,7 +15,7 @@ import trio
 from conftest import ROOT, RunningSupernode
 
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 def run_on_a_terminal(command: list[str]) -> tuple[int, str]:

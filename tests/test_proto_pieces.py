@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from common.ratelimit import TokenBucket
+from common.units import parse_rate, parse_size
 from proto import PieceCorrupted, piece_count, piece_length, piece_size_for, task_id_for
 from proto.errors import BadTicket
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context, wrap_key
 from proto.pieces import MiB, PieceSealer, piece_digest
-from proto.ratelimit import TokenBucket
 from proto.taskid import canonical_url, check_task_id, parse_range
 from proto.tickets import TicketIssuer, TicketVerifier, issue_ticket, verify_ticket
-from proto.units import parse_rate, parse_size
 
 KEY = bytes(range(32))
 TID = "a" * 64
@@ -287,7 +287,7 @@ def test_token_bucket_averages_the_rate_and_allows_a_burst() -> None:
 
 
 def test_display_url_hides_secrets_and_never_raises() -> None:
-    from proto.urls import display_url
+    from common.urls import display_url
 
     assert display_url("http://u:pw@host:8080/a/b?sig=1") == "http://host:8080/a/b?…"
     assert display_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
@@ -295,7 +295,7 @@ def test_display_url_hides_secrets_and_never_raises() -> None:
 
 
 def test_credentials_in_a_url_become_basic_auth_unless_a_header_says_otherwise() -> None:
-    from proto.urls import move_credentials
+    from common.urls import move_credentials
 
     assert move_credentials("http://h/x", ()) == ("http://h/x", ())
     url, headers = move_credentials("http://a%40b:p%3Aw@h:81/x?q", ())

@@ -11,7 +11,7 @@ from conftest import StartDaemon, StartSupernode, metric
 
 from proto.pieces import MiB
 from supernode.cdn.task import TaskState
-from supernode.testing import FakeOrigin, self_signed_tls
+from testkit.origin import FakeOrigin, self_signed_tls
 
 RULES = (r"\.bin$",)
 

@@ -14,7 +14,7 @@ from dfget.uploads import PieceServer, SharedTask
 from proto import PieceRequest
 from proto.io import FramedStream
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 SIZE = 12 * MiB
 RATE = 8 * MiB

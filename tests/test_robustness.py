@@ -20,7 +20,7 @@ from supernode.cdn.fetch import _if_range
 from supernode.cdn.response import Validators
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import StoreError
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
 
 
 async def register(address: str, message: Register) -> object:

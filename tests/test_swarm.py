@@ -12,18 +12,18 @@ import pytest
 import trio
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, until
 
+from common.units import format_size
 from dfget.engine import DownloadResult
 from dfget.errors import NotAdmitted
 from dfget.peer import MAX_PIECE_FAILURES, PeerOptions
-from dfget.testing import CorruptingPieceServer, SlowPieceServer
 from dfget.uploads import SharedTask
 from proto import ErrorReply, PieceRefused, PieceRequest
 from proto.errors import ErrorCode
 from proto.io import open_session
 from proto.pieces import MiB
-from proto.units import format_size
 from supernode.cdn.uploads import CdnUploads
-from supernode.testing import FakeOrigin
+from testkit.origin import FakeOrigin
+from testkit.peers import CorruptingPieceServer, SlowPieceServer
 
 LOCAL = ("127.0.0.1", 0)
 

@@ -11,7 +11,7 @@ from conftest import Fetch, StartSupernode, downloads
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
-from supernode.testing import FakeOrigin, self_signed_tls
+from testkit.origin import FakeOrigin, self_signed_tls
 
 
 @pytest.fixture

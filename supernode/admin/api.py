@@ -27,10 +27,10 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from proto.connlimit import ConnectionLimit, listen_limit
+from common.connlimit import ConnectionLimit, listen_limit
+from common.urls import display_url
 from proto.messages import PROTOCOL_VERSIONS
 from proto.taskid import check_task_id
-from proto.urls import display_url
 from supernode import __version__
 from supernode.admin.asgi import (
     Problem,

@@ -12,7 +12,7 @@ request only to a realm the registry cannot have picked to collect them
 origin (which got them already), or a realm the operator named (`--preheat-realm`).
 Elsewhere the token is asked for anonymously (public images still work).
 
-Every connection goes through the supernode's origin policy (`proto.io.origins`),
+Every connection goes through the supernode's origin policy (`common.io.origins`),
 redirects included, and a manifest is read only up to `MAX_MANIFEST`.
 """
 
@@ -30,9 +30,9 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import trio
 
-from proto.io.origins import checked_client
-from proto.origins import AddressDenied, OriginPolicy
-from proto.urls import display_url, move_credentials
+from common.io.origins import checked_client
+from common.origins import AddressDenied, OriginPolicy
+from common.urls import display_url, move_credentials
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import SupernodeError
 

@@ -31,8 +31,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 
-from proto.connlimit import ConnectionLimit
-from proto.io import serve_limited
+from common.connlimit import ConnectionLimit
+from common.io import serve_limited
 
 log = logging.getLogger(__name__)
 

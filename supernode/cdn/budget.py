@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from proto.units import format_size
+from common.units import format_size
 from supernode.cdn.task import CdnTask
 from supernode.errors import StoreFull, TaskTooLarge
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import trio
 
+from common.io import RateLimiter, unwrap_group
+from common.units import header_int
+from common.urls import display_url
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.errors import PieceCorrupted
-from proto.io import RateLimiter, unwrap_group
 from proto.pieces import TAG_SIZE, PieceSealer, piece_digest, piece_size_for
-from proto.units import header_int
-from proto.urls import display_url
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.piecefile import PiecesFile, file_size

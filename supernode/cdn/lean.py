@@ -17,9 +17,9 @@ from urllib.parse import quote, urlsplit
 import h11
 import trio
 
-from proto.io.origins import open_checked_tcp_stream
-from proto.origins import AddressDenied, OriginPolicy
-from proto.urls import display_url
+from common.io.origins import open_checked_tcp_stream
+from common.origins import AddressDenied, OriginPolicy
+from common.urls import display_url
 from supernode.cdn.response import OriginResponse
 from supernode.errors import (
     BadRequest,

@@ -19,9 +19,9 @@ import httpcore
 import httpx
 import trio
 
-from proto.io.origins import checked_client
-from proto.origins import AddressDenied, OriginPolicy
-from proto.urls import display_url, move_credentials
+from common.io.origins import checked_client
+from common.origins import AddressDenied, OriginPolicy
+from common.urls import display_url, move_credentials
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
@@ -110,7 +110,7 @@ class HttpxResponse(OriginResponse):
 class OriginClient:
     """One httpx client shared by every fetch of the supernode. Every connection, on
     either path and for every redirect hop, goes to an address `policy` allows
-    (`proto.io.origins`)."""
+    (`common.io.origins`)."""
 
     def __init__(
         self,

@@ -27,9 +27,9 @@ from typing import Protocol
 
 import trio
 
+from common.units import header_int
+from common.urls import display_url
 from proto.pieces import piece_length
-from proto.units import header_int
-from proto.urls import display_url
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.piecefile import file_size

@@ -20,8 +20,9 @@ import time
 
 import trio
 
+from common.io import RateLimiter
 from proto.errors import BadTicket, ErrorCode, UnexpectedMessage
-from proto.io import FramedStream, RateLimiter
+from proto.io import FramedStream
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE
 from proto.tickets import CDN_UPLOADER, TicketVerifier

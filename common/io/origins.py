@@ -1,4 +1,4 @@
-"""Connections to origins under an `OriginPolicy` (`proto.origins`): trio and httpx.
+"""Connections to origins under an `OriginPolicy` (`common.origins`): trio and httpx.
 
 Every way the programs reach an origin goes through `open_checked_tcp_stream`: it
 resolves the name itself, asks the policy about every address, and connects only to
@@ -17,7 +17,7 @@ stays the caller's for `Host`, SNI and the certificate check.
   policy checks the proxy's address, plus the target host when it is an IP literal
   (a name is the proxy's to resolve).
 
-Not exported from `proto.io`: it imports httpx, which dfget loads only when needed.
+Not exported from `common.io`: it imports httpx, which dfget loads only when needed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import httpcore
 import httpx
 import trio
 
-from proto.origins import AddressDenied, IPAddress, OriginPolicy, parse_address
+from common.origins import AddressDenied, IPAddress, OriginPolicy, parse_address
 
 HAPPY_EYEBALLS_DELAY = 0.25  # as trio.open_tcp_stream: the next address after this long
 

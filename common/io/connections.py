@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from proto.connlimit import ConnectionLimit, host_group
+from common.connlimit import ConnectionLimit, host_group
 
 log = logging.getLogger(__name__)
 

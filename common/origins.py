@@ -1,7 +1,7 @@
 """Which addresses an origin request may connect to: the operator's CIDR rules.
 
 Sans-IO policy: `OriginPolicy.check(address)` says whether a connection to one IP
-address is allowed, and why not. The I/O side (`proto.io.origins`) resolves names
+address is allowed, and why not. The I/O side (`common.io.origins`) resolves names
 itself, asks about every address it could connect to, and connects only to an
 allowed one (the very address checked, so nothing can change between the check and
 the connect); it does so again for every redirect hop.

@@ -1,10 +1,10 @@
-"""An async rate limiter: `proto.ratelimit.TokenBucket` on trio's clock."""
+"""An async rate limiter: `common.ratelimit.TokenBucket` on trio's clock."""
 
 from __future__ import annotations
 
 import trio
 
-from proto.ratelimit import BucketStatistics, TokenBucket
+from common.ratelimit import BucketStatistics, TokenBucket
 
 
 class RateLimiter:

@@ -2,7 +2,7 @@
 
 Sans-IO bookkeeping: `ConnectionLimit.try_acquire(address)` says whether one more
 connection from `address` fits; `release(address)` gives its place back. The servers
-(`proto.io.connections.serve_limited`) ask before they read a single byte of a new
+(`common.io.connections.serve_limited`) ask before they read a single byte of a new
 connection and close the ones that do not fit at once, so a stranger who opens
 thousands of sockets costs a file descriptor each for an instant, nothing more.
 

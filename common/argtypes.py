@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
-from proto.addresses import parse_listen
-from proto.origins import parse_network
-from proto.units import parse_rate, parse_size
+from common.addresses import parse_listen
+from common.origins import parse_network
+from common.units import parse_rate, parse_size
 
 T = TypeVar("T")
 
@@ -76,3 +77,22 @@ def origin_policy_arguments(
             ),
         )
     return origins
+
+
+def token_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "the cluster token"
+) -> None:
+    """`--token SECRET` and `--token-file PATH`, one or the other: the cluster token of
+    the three programs (read with `common.tokens.read_token`)."""
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token",
+        metavar="SECRET",
+        help=f"{what} (visible to every user in ps: prefer --token-file)",
+    )
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the cluster token from this file (surrounding whitespace ignored)",
+    )

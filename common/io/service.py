@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from proto.io.groups import unwrap_group
+from common.io.groups import unwrap_group
 
 log = logging.getLogger(__name__)
 

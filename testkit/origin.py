@@ -4,7 +4,7 @@ Code under test talks real HTTP over real sockets to this server. That way its f
 keep-alive, Range and error handling all get exercised end to end. Faults are set per
 path and read again for every request, so tests can change them between requests.
 
-Demo use: ``python -m supernode.testing --dir DIR [--host H] [--port P]`` serves every
+Demo use: ``python -m testkit.origin --dir DIR [--host H] [--port P]`` serves every
 file under DIR at ``/<relative path>``.
 """
 
@@ -30,8 +30,8 @@ from typing import Any, NoReturn
 import h11
 import trio
 
-from proto.io import RateLimiter
-from proto.units import parse_rate
+from common.io import RateLimiter
+from common.units import parse_rate
 
 CHUNK_SIZE = 256 * 1024
 """Largest body piece handed to one socket write."""
@@ -615,7 +615,7 @@ def _parse_http_date(value: str | None) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m supernode.testing",
+        prog="python -m testkit.origin",
         description="Serve every file under DIR over HTTP/1.1 at /<relative path>.",
     )
     parser.add_argument("--dir", type=pathlib.Path, required=True)
