@@ -41,7 +41,7 @@ from dfget.errors import (
 from dfget.output import AtomicOutput
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
-from dfget.sources import PieceRefusedError, SourceLost, SourcePool
+from dfget.sources import PieceConnections, PieceRefusedError, SourceLost
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
@@ -167,7 +167,7 @@ class Attempt:
         self.deadline = deadline
         self.progress = progress
         self.key = X25519PrivateKey.generate()
-        self.pool: SourcePool | None = None  # once the piece size is known (Registered)
+        self.pool: PieceConnections | None = None  # once the piece size is known (Registered)
         self.book: PieceBook | None = None
         self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
         self._running: dict[int, list[trio.CancelScope]] = {}
@@ -223,7 +223,7 @@ class Attempt:
         except BadWrappedKey as exc:
             raise SupernodeFailed(str(exc)) from exc
         # Piece connections take one sealed piece of this task at most.
-        self.pool = SourcePool(peer_id=self.peer_id, piece_size=registered.piece_size)
+        self.pool = PieceConnections(peer_id=self.peer_id, piece_size=registered.piece_size)
         book = self.book = PieceBook(
             task_id=registered.task_id,
             generation=registered.generation,
