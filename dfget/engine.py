@@ -31,8 +31,9 @@ from dfget.errors import (
     TaskChanged,
     UsageError,
 )
+from dfget.options import PeerOptions
 from dfget.output import AtomicOutput
-from dfget.peer import Attempt, PeerOptions
+from dfget.peer import Attempt
 from dfget.pieces import PieceBook, SourceCounts
 from dfget.progress import Progress
 from proto.messages import Register

@@ -31,7 +31,7 @@ from common.connlimit import ConnectionLimit
 from common.io import RateLimiter
 from dfget.connect import connect
 from dfget.errors import SupernodeFailed
-from dfget.peer import PeerOptions
+from dfget.options import PeerOptions
 from dfget.sources import PieceConnections, PieceRefusedError, SourceLost
 from dfget.uploads import PieceServer, SharedTask
 from proto import (
