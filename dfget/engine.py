@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -182,16 +182,7 @@ class DownloadResult:
             "piece_size": self.piece_size,
             "pieces": self.pieces,
             "mib_per_s": round(self.bytes / max(self.seconds, 1e-9) / (1 << 20), 2),
-            "by_source": {
-                name: {
-                    "bytes": c.bytes,
-                    "pieces": c.pieces,
-                    "refused": c.refused,
-                    "failed": c.failed,
-                    "corrupt": c.corrupt,
-                }
-                for name, c in self.sources.items()
-            },
+            "by_source": {name: asdict(counts) for name, counts in self.sources.items()},
         }
 
 

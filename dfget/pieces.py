@@ -17,7 +17,7 @@ from proto.pieces import piece_length
 
 @dataclass
 class SourceCounts:
-    """Per-source tallies for the summary."""
+    """Per-source tallies for the summary (its `by_source`, field by field)."""
 
     bytes: int = 0
     pieces: int = 0
