@@ -92,11 +92,11 @@ from proto.frames import MAX_PAYLOAD, FrameDecoder, encode  # noqa: E402
 from proto.messages import (  # noqa: E402
     ALL_MESSAGES,
     KEY_BYTES,
-    OUTCOMES,
     PIECE_SIZES,
     ROLES,
     Hello,
     Message,
+    Outcome,
     PieceData,
     Welcome,
 )
@@ -245,7 +245,7 @@ def _valid_field(name: str, hint: object, rng: random.Random) -> Any:
     if name == "role":
         return rng.choice(sorted(ROLES))
     if name == "outcome":
-        return rng.choice(sorted(OUTCOMES))
+        return rng.choice(sorted(o.value for o in Outcome))
     if name == "versions":
         return tuple(rng.choice([1, 1, 2, 7, 1000]) for _ in range(rng.randrange(1, 4)))
     if name in ("peer_id", "source"):

@@ -25,7 +25,7 @@ from dfdaemon.mirror import Mirror
 from dfdaemon.proxy import Proxy
 from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
-from dfget.peer import SharedServer
+from dfget.options import SharedServer
 from dfget.uploads import PieceServer
 
 log = logging.getLogger(__name__)

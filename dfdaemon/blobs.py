@@ -44,8 +44,8 @@ from dfget.errors import (
     SupernodeUnavailable,
     UsageError,
 )
+from dfget.options import PeerOptions, SharedServer
 from dfget.output import AtomicOutput, ExistingOutput
-from dfget.peer import PeerOptions, SharedServer
 from proto.digests import Hasher
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from dfget import __version__
 from dfget.daemon import DEFAULT_SOCKET
 from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
 from dfget.errors import EXIT_CODES, DfgetError, UsageError
-from dfget.peer import DEFAULT_MAX_CONNECTIONS, PeerOptions
+from dfget.options import PeerOptions
 from dfget.progress import ProgressBar
+from dfget.uploads import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("dfget")
 

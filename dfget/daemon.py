@@ -20,7 +20,6 @@ from dfget.errors import (
     UsageError,
 )
 from dfget.output import AtomicOutput, write_body
-from dfget.pieces import SourceCounts
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
 
@@ -111,14 +110,4 @@ def _error(status: int, raw: bytes) -> Exception:
     return _BY_EXIT.get(code, DfgetError)(message)
 
 
-def counts(summary: dict[str, object]) -> dict[str, SourceCounts]:
-    """The daemon's bytes by source, in the shape of dfget's `by_source`."""
-    out: dict[str, SourceCounts] = {}
-    for name, key in (("cdn", "from_cdn"), ("peers", "from_peers"), ("source", "from_source")):
-        value = summary.get(key)
-        if isinstance(value, int) and value:
-            out[name] = SourceCounts(bytes=value)
-    return out
-
-
-__all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "counts", "through_daemon"]
+__all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "through_daemon"]

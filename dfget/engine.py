@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +31,9 @@ from dfget.errors import (
     TaskChanged,
     UsageError,
 )
+from dfget.options import PeerOptions
 from dfget.output import AtomicOutput
-from dfget.peer import Attempt, PeerOptions
+from dfget.peer import Attempt
 from dfget.pieces import PieceBook, SourceCounts
 from dfget.progress import Progress
 from proto.messages import Register
@@ -83,13 +84,16 @@ class DownloadRequest:
             raise UsageError(str(exc)) from exc
 
 
-@dataclass
+@dataclass(frozen=True)
 class DownloadResult:
+    """What a finished download did; built by `finished` (or `from_summary`, for a
+    download handed to dfdaemon) when the output is in place."""
+
     task_id: str
     url: str
     output: str
     bytes: int
-    seconds: float
+    seconds: float  # from the start of `download()` to the output in place (no seeding)
     from_source: int = 0
     from_cdn: int = 0
     from_peers: int = 0
@@ -98,6 +102,69 @@ class DownloadResult:
     pieces: int = 0
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     daemon: str | None = None  # the socket of the dfdaemon that downloaded it
+
+    @classmethod
+    def finished(
+        cls,
+        job: DownloadJob,
+        *,
+        nbytes: int,
+        sources: dict[str, SourceCounts],
+        supernode: str | None = None,
+        piece_size: int | None = None,
+        pieces: int = 0,
+        daemon: str | None = None,
+    ) -> DownloadResult:
+        """The result of `job`, whose output is in place now; `sources`: bytes and
+        tallies by where they came from ("source", "cdn", "peers", "local")."""
+
+        def bytes_from(name: str) -> int:
+            return sources[name].bytes if name in sources else 0
+
+        return cls(
+            task_id=job.task_id,
+            url=job.request.url,
+            output=str(job.request.output),
+            bytes=nbytes,
+            seconds=trio.current_time() - job.started,
+            from_source=bytes_from("source"),
+            from_cdn=bytes_from("cdn"),
+            from_peers=bytes_from("peers"),
+            supernode=supernode,
+            piece_size=piece_size,
+            pieces=pieces,
+            sources={name: replace(counts) for name, counts in sources.items()},  # a snapshot
+            daemon=daemon,
+        )
+
+    @classmethod
+    def from_summary(cls, job: DownloadJob, summary: dict[str, object]) -> DownloadResult:
+        """The result of `job` handed to dfdaemon, from the daemon's account of it (its
+        `--json` summary, with the bytes dfget received)."""
+
+        def number(key: str) -> int:
+            value = summary.get(key)
+            return value if isinstance(value, int) else 0
+
+        sources = {
+            name: SourceCounts(bytes=number(key))
+            for name, key in (
+                ("cdn", "from_cdn"),
+                ("peers", "from_peers"),
+                ("source", "from_source"),
+            )
+            if number(key)
+        }
+        supernode = summary.get("supernode")
+        return cls.finished(
+            job,
+            nbytes=number("bytes"),
+            sources=sources,
+            supernode=supernode if isinstance(supernode, str) else None,
+            piece_size=number("piece_size") or None,
+            pieces=number("pieces"),
+            daemon=str(job.request.daemon_socket),
+        )
 
     def summary(self) -> dict[str, object]:
         """The `--json` object."""
@@ -115,17 +182,31 @@ class DownloadResult:
             "piece_size": self.piece_size,
             "pieces": self.pieces,
             "mib_per_s": round(self.bytes / max(self.seconds, 1e-9) / (1 << 20), 2),
-            "by_source": {
-                name: {
-                    "bytes": c.bytes,
-                    "pieces": c.pieces,
-                    "refused": c.refused,
-                    "failed": c.failed,
-                    "corrupt": c.corrupt,
-                }
-                for name, c in self.sources.items()
-            },
+            "by_source": {name: asdict(counts) for name, counts in self.sources.items()},
         }
+
+
+@dataclass(frozen=True)
+class DownloadJob:
+    """One call of `download()`: the request and what every path through it shares."""
+
+    request: DownloadRequest
+    task_id: str
+    out: AtomicOutput
+    limiter: RateLimiter
+    progress: Progress | None
+    started: float  # trio.current_time() when download() began
+    deadline: float  # started + --timeout
+    on_done: Callable[[DownloadResult], None] | None
+
+    def done(self, result: DownloadResult) -> DownloadResult:
+        """Tell the caller the output is in place (before any seeding)."""
+        if self.on_done is not None:
+            self.on_done(result)
+        return result
+
+    def timed_out(self) -> DownloadTimeout:
+        return DownloadTimeout(f"download did not finish within {self.request.timeout:g}s")
 
 
 def new_peer_id() -> str:
@@ -152,37 +233,31 @@ async def download(
     if not request.supernodes and not request.back_source and request.daemon_socket is None:
         raise UsageError("no supernode given and back-to-source disabled")
     started = trio.current_time()
-    deadline = started + (request.timeout or math.inf)
-    limiter = limiter or RateLimiter(request.rate_limit)
-
-    def done(result: DownloadResult) -> None:
-        result.seconds = result.seconds - started
-        if on_done is not None:
-            on_done(result)
-
     with contextlib.nullcontext(output) if output else AtomicOutput(request.output) as out:
+        job = DownloadJob(
+            request=request,
+            task_id=task_id,
+            out=out,
+            limiter=limiter or RateLimiter(request.rate_limit),
+            progress=progress,
+            started=started,
+            deadline=started + (request.timeout or math.inf),
+            on_done=on_done,
+        )
         if request.daemon_socket is not None:
-            handed = await _via_daemon(request, task_id, out, limiter, progress, deadline)
+            handed = await _via_daemon(job)
             if handed is not None:
-                done(handed)
                 return handed
-        result = await _download(request, task_id, out, limiter, progress, deadline, done)
-    return result
+        return await _download(job)
 
 
-async def _via_daemon(
-    request: DownloadRequest,
-    task_id: str,
-    out: AtomicOutput,
-    limiter: RateLimiter,
-    progress: Progress | None,
-    deadline: float,
-) -> DownloadResult | None:
+async def _via_daemon(job: DownloadJob) -> DownloadResult | None:
     """The download through this host's dfdaemon; None if no daemon answers."""
-    from dfget.daemon import DaemonUnreachable, counts, through_daemon  # httpx: lazily
+    from dfget.daemon import DaemonUnreachable, through_daemon  # httpx: lazily
 
+    request = job.request
     assert request.daemon_socket is not None
-    with trio.move_on_at(deadline) as scope:
+    with trio.move_on_at(job.deadline) as scope:
         try:
             summary = await through_daemon(
                 request.url,
@@ -191,62 +266,32 @@ async def _via_daemon(
                 tag=request.tag,
                 filter_keys=request.filter,
                 socket_path=request.daemon_socket,
-                out=out,
-                limiter=limiter,
-                progress=progress,
+                out=job.out,
+                limiter=job.limiter,
+                progress=job.progress,
             )
         except DaemonUnreachable as exc:
             (log.warning if request.daemon_warn else log.debug)("%s: going on without it", exc)
-            out.reset()
+            job.out.reset()
             return None
     if scope.cancelled_caught:
-        raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
-    await commit(out)
-
-    def number(key: str) -> int:
-        value = summary.get(key)
-        return value if isinstance(value, int) else 0
-
-    supernode = summary.get("supernode")
-    return DownloadResult(
-        task_id=task_id,
-        url=request.url,
-        output=str(request.output),
-        bytes=number("bytes"),
-        seconds=trio.current_time(),
-        from_source=number("from_source"),
-        from_cdn=number("from_cdn"),
-        from_peers=number("from_peers"),
-        supernode=supernode if isinstance(supernode, str) else None,
-        piece_size=number("piece_size") or None,
-        pieces=number("pieces"),
-        sources=counts(summary),
-        daemon=str(request.daemon_socket),
-    )
+        raise job.timed_out()
+    await commit(job.out)
+    return job.done(DownloadResult.from_summary(job, summary))
 
 
-async def _download(
-    request: DownloadRequest,
-    task_id: str,
-    out: AtomicOutput,
-    limiter: RateLimiter,
-    progress: Progress | None,
-    deadline: float,
-    done: Callable[[DownloadResult], None],
-) -> DownloadResult:
-    ranked = rank(task_id, request.supernodes)
+async def _download(job: DownloadJob) -> DownloadResult:
+    """Through each supernode in rendezvous order, then from the origin."""
+    request, out = job.request, job.out
+    ranked = rank(job.task_id, request.supernodes)
     for attempt, address in enumerate(ranked, start=1):
         try:
             try:
-                return await _through(
-                    request, task_id, address, out, limiter, progress, deadline, done
-                )
+                return await _through(job, address)
             except TaskChanged as exc:  # once: the new generation is a new download
                 log.warning("%s; starting over", exc)
                 out.reset()
-                return await _through(
-                    request, task_id, address, out, limiter, progress, deadline, done
-                )
+                return await _through(job, address)
         except SupernodeUnavailable as exc:
             if attempt == len(ranked) and not request.back_source:
                 raise
@@ -258,33 +303,30 @@ async def _download(
         "no supernode could serve %s: downloading straight from the origin",
         display_url(request.url),
     )
+    return await _from_origin(job)
+
+
+async def _from_origin(job: DownloadJob) -> DownloadResult:
+    """Back-to-source: straight from the origin."""
     from dfget.backsource import fetch_from_origin  # httpx: loaded only when needed
 
-    with trio.move_on_at(deadline) as scope:
+    request = job.request
+    with trio.move_on_at(job.deadline) as scope:
         received = await fetch_from_origin(
             request.url,
             request.headers,
-            out,
+            job.out,
             digest=request.digest,
-            limiter=limiter,
+            limiter=job.limiter,
             insecure=request.insecure,
-            progress=progress,
+            progress=job.progress,
             policy=request.origin_policy,
         )
     if scope.cancelled_caught:
-        raise DownloadTimeout(f"download did not finish within {request.timeout:g}s")
-    await commit(out)
-    result = DownloadResult(
-        task_id=task_id,
-        url=request.url,
-        output=str(request.output),
-        bytes=received,
-        seconds=trio.current_time(),
-        from_source=received,
-        sources={"source": SourceCounts(bytes=received)},
-    )
-    done(result)
-    return result
+        raise job.timed_out()
+    await commit(job.out)
+    sources = {"source": SourceCounts(bytes=received)}
+    return job.done(DownloadResult.finished(job, nbytes=received, sources=sources))
 
 
 async def commit(out: AtomicOutput) -> None:
@@ -295,38 +337,23 @@ async def commit(out: AtomicOutput) -> None:
     out.commit()
 
 
-async def _through(
-    request: DownloadRequest,
-    task_id: str,
-    address: str,
-    out: AtomicOutput,
-    limiter: RateLimiter,
-    progress: Progress | None,
-    deadline: float,
-    done: Callable[[DownloadResult], None],
-) -> DownloadResult:
+async def _through(job: DownloadJob, address: str) -> DownloadResult:
     """One attempt through the supernode at `address`; commits the output when done."""
+    request = job.request
     results: list[DownloadResult] = []
 
     async def complete(book: PieceBook) -> None:
-        await commit(out)
+        await commit(job.out)
         assert book.length is not None
-        results.append(
-            DownloadResult(
-                task_id=task_id,
-                url=request.url,
-                output=str(request.output),
-                bytes=book.length,
-                seconds=trio.current_time(),  # made relative by download()
-                from_cdn=book.sources.get("cdn", SourceCounts()).bytes,
-                from_peers=book.sources.get("peers", SourceCounts()).bytes,
-                supernode=address,
-                piece_size=book.piece_size,
-                pieces=len(book.written),
-                sources=book.sources,
-            )
+        result = DownloadResult.finished(
+            job,
+            nbytes=book.length,
+            sources=book.sources,
+            supernode=address,
+            piece_size=book.piece_size,
+            pieces=len(book.written),
         )
-        done(results[0])
+        results.append(job.done(result))
 
     register = Register(
         url=request.url,
@@ -338,18 +365,18 @@ async def _through(
     )
     attempt = Attempt(
         register,
-        task_id=task_id,
+        task_id=job.task_id,
         address=address,
         peer_id=new_peer_id(),
-        out=out,
+        out=job.out,
         digest=request.digest,
-        limiter=limiter,
+        limiter=job.limiter,
         options=request.peer,
-        deadline=deadline,
-        progress=progress,
+        deadline=job.deadline,
+        progress=job.progress,
     )
     try:
         await attempt.run(complete)
     except DownloadTimeout:
-        raise DownloadTimeout(f"download did not finish within {request.timeout:g}s") from None
+        raise job.timed_out() from None
     return results[0]

@@ -1,4 +1,5 @@
 """Errors of dfget; each carries the process exit code the CLI returns for it.
+`reply_error` turns a supernode's typed error code into the one a user should see.
 
 Exit codes (documented in `dfget --help` and docs/dfget.md):
   0 success            3 origin error          6 timeout
@@ -8,6 +9,8 @@ Exit codes (documented in `dfget --help` and docs/dfget.md):
 """
 
 from __future__ import annotations
+
+from proto.errors import ErrorCode
 
 
 class DfgetError(Exception):
@@ -83,3 +86,33 @@ EXIT_CODES = {
     9: "not admitted by the supernode (missing or wrong cluster token)",
     130: "interrupted",
 }
+
+
+_ORIGIN_CODES = {
+    ErrorCode.ORIGIN_STATUS,
+    ErrorCode.ORIGIN_UNREACHABLE,
+    ErrorCode.ORIGIN_TIMEOUT,
+    ErrorCode.ORIGIN_BROKEN,
+    ErrorCode.ORIGIN_DENIED,  # refused by the supernode's policy: never back to source
+}
+# The supernode cannot take this task now (it runs its most origin fetches, its store
+# is full) or at all (larger than it carries): nothing is wrong with the file or this
+# peer, so on to the next supernode or the origin, as when it is unreachable.
+_UNAVAILABLE_CODES = {ErrorCode.BUSY, ErrorCode.STORE_FULL, ErrorCode.TOO_LARGE}
+
+
+def reply_error(code: str, message: str, status: int | None) -> DfgetError:
+    """A supernode's typed error as the dfget error a user should see."""
+    if code in _ORIGIN_CODES:
+        return OriginFailed(message, status)
+    if code == ErrorCode.DIGEST_MISMATCH:
+        return IntegrityError(message)
+    if code == ErrorCode.BAD_REQUEST:
+        return UsageError(message)
+    if code == ErrorCode.STALE:
+        return TaskChanged(f"the file changed upstream during the download ({message})")
+    if code == ErrorCode.FORBIDDEN:
+        return NotAdmitted(message)
+    if code in _UNAVAILABLE_CODES:
+        return SupernodeUnavailable(f"the supernode cannot serve it ({code}): {message}")
+    return SupernodeFailed(f"{code}: {message}")

@@ -3,11 +3,11 @@
 The peer listens for uploads first, registers (proving the cluster token if it has
 one), then runs two loops on the control session: `_follow` applies the supernode's
 news (pieces landing on the CDN, the task done or failed, answers to piece-task
-requests) and `_schedule` asks the scheduler which piece to fetch from whom and starts
-a transfer for each. A transfer fetches one sealed piece from a peer or the CDN, opens
-and checks it in a worker thread, writes it, and reports the outcome, so the scheduler
-learns who holds what and who fails. Once the file is complete and verified, the
-output is committed and, with --seed-for, the peer keeps serving for a while.
+requests) and `Transfers.run` (`dfget.transfers`) asks the scheduler which piece to
+fetch from whom and starts a transfer for each. Once the file is complete and
+verified, the output is committed and, with --seed-for, the peer keeps serving for a
+while. How it takes part (upload slots, seeding, a shared upload server) is
+`dfget.options.PeerOptions`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -31,112 +30,43 @@ from dfget.errors import (
     DfgetError,
     DownloadTimeout,
     IntegrityError,
-    NotAdmitted,
-    OriginFailed,
     SupernodeFailed,
     SupernodeUnavailable,
-    TaskChanged,
     UsageError,
+    reply_error,
 )
+from dfget.options import PeerOptions
 from dfget.output import AtomicOutput
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
-from dfget.sources import PieceRefusedError, SourceLost, SourcePool
+from dfget.transfers import Transfers, report
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
-from proto.errors import ErrorCode, PieceCorrupted, ProtoError
+from proto.errors import ProtoError
 from proto.io import FramedStream
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
     ErrorReply,
     KeepAlive,
-    PieceRequest,
-    PieceResult,
+    Outcome,
     PiecesHeld,
     PiecesReady,
-    PieceTask,
     PieceTasks,
-    PieceTasksRequest,
     Register,
     Registered,
     TaskDone,
     TaskFailed,
 )
 from proto.pieces import PieceSealer, piece_digest
-from proto.tickets import CDN_UPLOADER, TicketVerifier
+from proto.tickets import TicketVerifier
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = 8  # pieces transferring at once
-PIECE_TIMEOUT = 60.0
-MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
 REGISTER_TIMEOUT = 120.0
-NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
-MAX_PIECE_FAILURES = 8  # one piece failing this often (busy aside): give up on this swarm
 # The supernode closes a control session silent for 120 s (CONTROL_IDLE): a peer that
 # only waits (slow pieces, seeding) says it is there this often.
 KEEPALIVE_INTERVAL = 30.0
-DEFAULT_MAX_CONNECTIONS = 256  # the upload server's cap (a share of it per address)
-_ORIGIN_CODES = {
-    ErrorCode.ORIGIN_STATUS,
-    ErrorCode.ORIGIN_UNREACHABLE,
-    ErrorCode.ORIGIN_TIMEOUT,
-    ErrorCode.ORIGIN_BROKEN,
-    ErrorCode.ORIGIN_DENIED,  # refused by the supernode's policy: never back to source
-}
-# The supernode cannot take this task now (it runs its most origin fetches, its store
-# is full) or at all (larger than it carries): nothing is wrong with the file or this
-# peer, so on to the next supernode or the origin, as when it is unreachable.
-_UNAVAILABLE_CODES = {ErrorCode.BUSY, ErrorCode.STORE_FULL, ErrorCode.TOO_LARGE}
-
-
-@dataclass(frozen=True)
-class SharedServer:
-    """A running upload server and the port it listens on."""
-
-    server: PieceServer
-    port: int
-
-
-class PeerOptions:
-    """How this peer takes part in the swarm (from the CLI or a daemon)."""
-
-    def __init__(
-        self,
-        *,
-        listen: tuple[str, int] = ("0.0.0.0", 0),
-        upload_slots: int = 4,
-        upload_rate: float | None = None,
-        seed_for: float = 0.0,
-        token: bytes | None = None,
-        server_factory: type[PieceServer] = PieceServer,
-        server: SharedServer | None = None,
-        signals_end_seeding: bool = False,
-        adopt: bool = False,
-        in_order: bool = False,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    ) -> None:
-        self.listen = listen
-        self.max_connections = max_connections  # of this download's own upload server
-        self.upload_slots = upload_slots
-        self.upload_rate = upload_rate
-        self.seed_for = seed_for
-        self.token = token
-        self.server_factory = server_factory  # tests swap in the fakes of testkit.peers
-        # A daemon's one upload server, already listening, shared by all its downloads;
-        # without it each download starts its own (from `listen` and `server_factory`).
-        self.server = server
-        # The output already holds the whole file (a daemon's cache after a restart):
-        # check it piece by piece against the supernode's digests and announce it, so
-        # the swarm can fetch from it, instead of downloading.
-        self.adopt = adopt
-        # Ask the scheduler for pieces in index order: a reader streams the file while
-        # it downloads (dfdaemon), so the front matters more than spreading rare pieces.
-        self.in_order = in_order
-        # SIGTERM/SIGINT while seeding end the seeding, not the (finished) download: the
-        # CLI sets this, so `kill` on a seeding dfget still exits 0 with its summary.
-        self.signals_end_seeding = signals_end_seeding
 
 
 class Attempt:
@@ -167,11 +97,8 @@ class Attempt:
         self.deadline = deadline
         self.progress = progress
         self.key = X25519PrivateKey.generate()
-        self.pool: SourcePool | None = None  # once the piece size is known (Registered)
         self.book: PieceBook | None = None
         self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
-        self._running: dict[int, list[trio.CancelScope]] = {}
-        self._scratch: list[bytearray] = []
 
     async def run(self, on_complete: Callable[[PieceBook], Awaitable[None]]) -> PieceBook:
         """Download, verify, then `on_complete(book)` (commit, report) before seeding."""
@@ -222,8 +149,6 @@ class Attempt:
             key = unwrap_key(self.key, registered.wrapped_key, context)
         except BadWrappedKey as exc:
             raise SupernodeFailed(str(exc)) from exc
-        # Piece connections take one sealed piece of this task at most.
-        self.pool = SourcePool(peer_id=self.peer_id, piece_size=registered.piece_size)
         book = self.book = PieceBook(
             task_id=registered.task_id,
             generation=registered.generation,
@@ -254,9 +179,17 @@ class Attempt:
                 if self.options.adopt:
                     nursery.start_soon(self._adopt, control, book)
                 else:
-                    nursery.start_soon(
-                        partial(self._schedule, control, book, writer, connections=nursery)
+                    transfers = Transfers(
+                        control,
+                        book,
+                        writer,
+                        answers=self._replies_recv,
+                        address=self.address,
+                        peer_id=self.peer_id,
+                        limiter=self.limiter,
+                        progress=self.progress,
                     )
+                    nursery.start_soon(partial(transfers.run, readers=nursery))
                 while not book.complete:
                     await book.wait_changed()
                 nursery.cancel_scope.cancel()
@@ -352,151 +285,7 @@ class Attempt:
         """A late answer to a request made before the last piece landed: report its tasks
         cancelled, so that their uploaders' slots (and the CDN's) are free at once."""
         for index, source, _, _, _ in answer.tasks:
-            await _report(control, book, index, source, "cancelled", 0, 0.0)
-
-    async def _schedule(
-        self,
-        control: FramedStream,
-        book: PieceBook,
-        writer: PieceWriter,
-        *,
-        connections: trio.Nursery,
-    ) -> None:
-        """Ask for piece tasks whenever there is room, start a transfer for each (the
-        readers of source connections run in `connections`, which outlives transfers)."""
-        async with trio.open_nursery() as transfers:
-            while not book.complete:
-                running = sum(len(scopes) for scopes in self._running.values())
-                if running >= IN_FLIGHT:
-                    await book.wait_changed()
-                    continue
-                await control.send(
-                    PieceTasksRequest(
-                        task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
-                    )
-                )
-                with trio.move_on_after(REGISTER_TIMEOUT) as waited:
-                    answer = await self._replies_recv.receive()
-                if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
-                    raise SupernodeUnavailable(
-                        f"supernode {self.address} did not answer a piece-task request "
-                        f"in {REGISTER_TIMEOUT:.0f}s"
-                    )
-                for task in answer.tasks:
-                    scope = trio.CancelScope()
-                    self._running.setdefault(task[0], []).append(scope)
-                    transfers.start_soon(
-                        partial(
-                            self._transfer,
-                            control,
-                            book,
-                            writer,
-                            task,
-                            scope,
-                            connections=connections,
-                        )
-                    )
-                if not answer.tasks:
-                    # Nothing to fetch yet: the supernode held the request until news or
-                    # its long-poll timeout. Ask again, after a breath.
-                    with trio.move_on_after(NOTHING_YET_PAUSE):
-                        await book.wait_changed()
-            transfers.cancel_scope.cancel()
-
-    async def _transfer(
-        self,
-        control: FramedStream,
-        book: PieceBook,
-        writer: PieceWriter,
-        task: PieceTask,
-        scope: trio.CancelScope,
-        *,
-        connections: trio.Nursery,
-    ) -> None:
-        index, source, _, _, _ = task
-        kind = "cdn" if source == CDN_UPLOADER else "peers"
-        started = trio.current_time()
-        outcome, size = "cancelled", 0
-        try:
-            with scope:
-                size = await self._fetch(book, writer, task, connections=connections)
-                outcome = "done"
-        except PieceRefusedError as exc:
-            if exc.code == ErrorCode.STALE and source == CDN_UPLOADER:
-                raise TaskChanged(f"the file changed upstream during the download: {exc}") from exc
-            if exc.code == ErrorCode.BUSY:  # a normal answer in a busy swarm: not a failure
-                outcome = "busy"
-                book.piece_failed(index, kind, "refused", counts_as_attempt=False)
-            else:
-                outcome = "refused"
-                self._give_up_after(book.piece_failed(index, kind, "refused"), index, exc)
-        except PieceCorrupted as exc:
-            outcome = "corrupt"
-            failures = book.piece_failed(index, kind, "corrupt")
-            log.warning("%s (from %s)", exc, source[:40])
-            if failures >= MAX_PIECE_FAILURES:
-                raise IntegrityError(f"piece {index} failed verification {failures} times") from exc
-        except SourceLost as exc:
-            outcome = "failed"
-            log.debug("piece %d from %s: %s", index, source[:40], exc)
-            self._give_up_after(book.piece_failed(index, kind, "failed"), index, exc)
-        except trio.TooSlowError as exc:
-            outcome = "timeout"
-            self._give_up_after(book.piece_failed(index, kind, "failed"), index, exc)
-        finally:
-            self._running[index].remove(scope)
-            if outcome == "done":  # endgame: the other copies of this piece lost the race
-                for loser in self._running.get(index, []):
-                    loser.cancel()
-            # Always report, even when the whole download is being cancelled (it just
-            # completed, or failed): the uploader's slot is free only once we say so.
-            seconds = max(0.0, trio.current_time() - started)
-            await _report(control, book, index, source, outcome, size, seconds)
-
-    def _give_up_after(self, failures: int, index: int, last: Exception) -> None:
-        """One piece failing this often means this swarm cannot deliver it: move on to
-        the next supernode or the origin (as when the supernode is unreachable)."""
-        if failures >= MAX_PIECE_FAILURES:
-            raise SupernodeUnavailable(
-                f"piece {index} failed {failures} times through supernode {self.address} "
-                f"(last: {str(last) or type(last).__name__})"
-            ) from last
-
-    async def _fetch(
-        self, book: PieceBook, writer: PieceWriter, task: PieceTask, *, connections: trio.Nursery
-    ) -> int:
-        """Fetch, verify and write one piece; its plaintext length (0 if already held)."""
-        index, source, host, port, ticket = task
-        while index >= len(book.digests):  # its PiecesReady is on its way
-            await book.wait_changed()
-        address = self.address if source == CDN_UPLOADER else f"{_bracket(host)}:{port}"
-        await self.limiter.acquire(book.piece_size if book.length is None else book.size_of(index))
-        timeout = max(PIECE_TIMEOUT, 2 * book.piece_size / MIN_PIECE_RATE)
-        assert self.pool is not None  # made when Registered came
-        with trio.fail_after(timeout):
-            connection = await self.pool.get(address, nursery=connections)
-            frame = await connection.fetch(
-                PieceRequest(
-                    task_id=book.task_id, generation=book.generation, index=index, ticket=ticket
-                )
-            )
-        if book.holds(index):  # a faster copy won meanwhile
-            connection.recycle(frame.payload)
-            return 0
-        scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
-        try:
-            size: int = await trio.to_thread.run_sync(
-                writer.store_piece, index, frame.payload, book.digests[index], scratch
-            )
-        finally:
-            self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
-            connection.recycle(frame.payload)
-        if book.holds(index):
-            return 0
-        book.piece_written(index, "cdn" if source == CDN_UPLOADER else "peers", size)
-        if self.progress:
-            self.progress(book.bytes_written, book.length)
-        return size
+            await report(control, book, index, source, Outcome.CANCELLED, 0, 0.0)
 
     # -- after the download -----------------------------------------------------------------
 
@@ -516,31 +305,6 @@ class Attempt:
                         await self._follow(control, book)
             except DfgetError as exc:  # the download is done: seeding just ends
                 log.warning("seeding stopped: %s", exc)
-
-
-async def _report(
-    control: FramedStream,
-    book: PieceBook,
-    index: int,
-    source: str,
-    outcome: str,
-    nbytes: int,
-    seconds: float,
-) -> None:
-    """Send one PieceResult, even from a cancelled task; a broken session is left to
-    `_follow` to notice (it raises there)."""
-    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(ProtoError):
-        await control.send(
-            PieceResult(
-                task_id=book.task_id,
-                generation=book.generation,
-                index=index,
-                source=source,
-                outcome=outcome,
-                nbytes=nbytes,
-                seconds=seconds,
-            )
-        )
 
 
 async def _keep_alive(control: FramedStream) -> None:
@@ -571,25 +335,4 @@ async def _cancel_on_signal(signals: AsyncIterator[int] | None, scope: trio.Canc
         return
 
 
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def reply_error(code: str, message: str, status: int | None) -> Exception:
-    """A supernode's typed error as the dfget error a user should see."""
-    if code in _ORIGIN_CODES:
-        return OriginFailed(message, status)
-    if code == ErrorCode.DIGEST_MISMATCH:
-        return IntegrityError(message)
-    if code == ErrorCode.BAD_REQUEST:
-        return UsageError(message)
-    if code == ErrorCode.STALE:
-        return TaskChanged(f"the file changed upstream during the download ({message})")
-    if code == ErrorCode.FORBIDDEN:
-        return NotAdmitted(message)
-    if code in _UNAVAILABLE_CODES:
-        return SupernodeUnavailable(f"the supernode cannot serve it ({code}): {message}")
-    return SupernodeFailed(f"{code}: {message}")
-
-
-__all__ = ["Attempt", "PeerOptions", "SharedServer"]
+__all__ = ["Attempt"]

@@ -1,7 +1,8 @@
 """Piece bookkeeping of one download: what is known, written, and from where.
 
 No I/O: the engine feeds it the supernode's news (`add_ready`, `set_done`) and the
-outcome of each transfer; the scheduler on the supernode decides what to fetch next.
+outcome of each transfer (how a failed one ends is `dfget.outcomes`); the scheduler on
+the supernode decides what to fetch next.
 """
 
 from __future__ import annotations
@@ -10,18 +11,30 @@ from dataclasses import dataclass, field
 
 import trio
 
+from proto.messages import Outcome
 from proto.pieces import piece_length
 
 
 @dataclass
 class SourceCounts:
-    """Per-source tallies for the summary."""
+    """Per-source tallies for the summary (its `by_source`, field by field)."""
 
     bytes: int = 0
     pieces: int = 0
     refused: int = 0
     failed: int = 0
     corrupt: int = 0
+
+    def tally(self, outcome: Outcome) -> None:
+        """Count a failed transfer: busy is a refusal, a timeout a failure."""
+        if outcome in (Outcome.REFUSED, Outcome.BUSY):
+            self.refused += 1
+        elif outcome in (Outcome.FAILED, Outcome.TIMEOUT):
+            self.failed += 1
+        elif outcome is Outcome.CORRUPT:
+            self.corrupt += 1
+        else:
+            raise ValueError(f"{outcome} is not a failure")
 
 
 @dataclass
@@ -80,16 +93,19 @@ class PieceBook:
         counts.pieces += 1
         self._notify()
 
+    def failures_of(self, index: int) -> int:
+        """How often transfers of piece `index` have failed (busy aside)."""
+        return self.attempts.get(index, 0)
+
     def piece_failed(
-        self, index: int, source: str, kind: str, *, counts_as_attempt: bool = True
+        self, index: int, source: str, outcome: Outcome, *, counts_as_attempt: bool = True
     ) -> int:
         """Count a failed transfer of a piece; returns how often that piece has failed."""
-        counts = self.sources.setdefault(source, SourceCounts())
-        setattr(counts, kind, getattr(counts, kind) + 1)
+        self.sources.setdefault(source, SourceCounts()).tally(outcome)
         if counts_as_attempt:
             self.attempts[index] = self.attempts.get(index, 0) + 1
         self._notify()
-        return self.attempts.get(index, 0)
+        return self.failures_of(index)
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ it; a reader task matches each answer to its request by piece index. A transfer 
 gave up (endgame loser, timeout) leaves its answer to be read and dropped. When a
 connection breaks, every request waiting on it fails, and the next use reconnects.
 
-A pool serves one task: its connections take payloads of at most one sealed piece of
+`PieceConnections` serves one task: its connections take payloads of at most one sealed piece of
 that task. Uploaders close a piece connection that asks for nothing for a while (60 s),
 so one idle here for `max_idle` (30 s) is closed and replaced rather than reused: the
 uploader's close never fails a request.
@@ -47,7 +47,9 @@ class _Waiter:
     error: Exception | None = None
 
 
-class SourceConnection:
+class PieceConnection:
+    """One piece session to one uploader; requests in flight matched to answers."""
+
     def __init__(self, framed: FramedStream, address: str) -> None:
         self.framed = framed
         self.address = address
@@ -140,18 +142,18 @@ class SourceConnection:
                 waiter.done.set()
 
 
-class SourcePool:
-    """Connections by address, for one task whose pieces are `piece_size` bytes; `get`
-    opens one on first use (its reader runs in `nursery`)."""
+class PieceConnections:
+    """Piece connections by source address (one each), for one task whose pieces are
+    `piece_size` bytes; `get` opens one on first use (its reader runs in `nursery`)."""
 
     def __init__(self, *, peer_id: str, piece_size: int) -> None:
         self.peer_id = peer_id
         self.max_payload = piece_size + TAG_SIZE  # one sealed piece; nothing larger
         self.max_idle = MAX_IDLE
-        self._connections: dict[str, SourceConnection] = {}
+        self._connections: dict[str, PieceConnection] = {}
         self._opening: dict[str, trio.Lock] = {}
 
-    async def get(self, address: str, *, nursery: trio.Nursery) -> SourceConnection:
+    async def get(self, address: str, *, nursery: trio.Nursery) -> PieceConnection:
         lock = self._opening.setdefault(address, trio.Lock())
         async with lock:
             connection = self._connections.get(address)
@@ -165,6 +167,6 @@ class SourcePool:
                 )
             except Exception as exc:  # unreachable, handshake refused: all the same here
                 raise SourceLost(f"cannot reach {address}: {exc}") from exc
-            connection = self._connections[address] = SourceConnection(framed, address)
+            connection = self._connections[address] = PieceConnection(framed, address)
             nursery.start_soon(connection.read_answers, self.max_idle)
             return connection

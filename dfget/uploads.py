@@ -47,10 +47,10 @@ FIRST_REQUEST_TIMEOUT = 15.0  # from Welcome to the first request (dfget sends i
 PIECE_IDLE = 60.0  # waiting for the next request (dfget drops idle connections at 30 s)
 SEND_TIMEOUT = 60.0  # for the requester to take a refusal
 # A piece must be taken within max(MIN_PIECE_SEND, 2 × sealed size / MIN_SEND_RATE):
-# the deadline the requester gives itself (PIECE_TIMEOUT, MIN_PIECE_RATE in peer.py).
+# the deadline the requester gives itself (PIECE_TIMEOUT, MIN_PIECE_RATE in transfers.py).
 MIN_PIECE_SEND = 60.0
 MIN_SEND_RATE = 256 * 1024  # bytes/s
-DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS = 256  # the upload server's cap (a share of it per address)
 MAX_SPARE = 16 * 1024 * 1024 + TAG_SIZE  # larger sealed buffers are not kept
 
 

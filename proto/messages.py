@@ -8,6 +8,7 @@ from the annotations) and raises `ValueError` with a short reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar
 
 from proto.errors import ErrorCode
@@ -233,7 +234,17 @@ class PieceTasks(Message):
                 raise ValueError("ticket longer than 1024 bytes")
 
 
-OUTCOMES = frozenset({"done", "cancelled", "busy", "refused", "failed", "timeout", "corrupt"})
+class Outcome(StrEnum):
+    """What became of one piece task (`PieceResult.outcome` carries its value): the
+    downloader's word, and the scheduler's vocabulary."""
+
+    DONE = "done"  # piece verified and written by the downloader
+    CANCELLED = "cancelled"  # dropped by the downloader (endgame loser, shutdown): no penalty
+    BUSY = "busy"  # the uploader was at its cap: no penalty, brief per-downloader backoff
+    REFUSED = "refused"  # typed refusal other than busy: counts against the uploader
+    FAILED = "failed"  # connection error mid-transfer: counts against the uploader
+    TIMEOUT = "timeout"  # counts against the uploader
+    CORRUPT = "corrupt"  # GCM/blake3 failure: the supernode checks the piece itself (a `Check`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,14 +256,16 @@ class PieceResult(Message):
     generation: int
     index: int
     source: str
-    outcome: str
+    outcome: str  # an `Outcome`'s value: the wire carries a plain string
     nbytes: int = 0
     seconds: float = 0.0
 
     def check(self) -> None:
         check_task_id(self.task_id)
-        if self.outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {self.outcome!r}")
+        try:
+            Outcome(self.outcome)
+        except ValueError:
+            raise ValueError(f"unknown outcome {self.outcome!r}") from None
         if not self.source or len(self.source) > 128:
             raise ValueError("bad source")
 

@@ -18,7 +18,7 @@ from fakenet import FakeNetwork
 
 from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
-from dfget.peer import PeerOptions
+from dfget.options import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
 from testkit.origin import FakeOrigin
 

@@ -24,11 +24,11 @@ from proto.errors import ErrorCode
 from proto.messages import (
     ALL_MESSAGES,
     KEY_BYTES,
-    OUTCOMES,
     PIECE_SIZES,
     PROTOCOL_VERSIONS,
     ROLES,
     Message,
+    Outcome,
     PieceData,
 )
 
@@ -95,7 +95,7 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "digests": st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=8).map(tuple),
     "piece_size": st.sampled_from(sorted(PIECE_SIZES)),
     "role": st.sampled_from(sorted(ROLES)),
-    "outcome": st.sampled_from(sorted(OUTCOMES)),
+    "outcome": st.sampled_from(sorted(o.value for o in Outcome)),
     "versions": st.lists(
         st.integers(0, 1000) | st.sampled_from(PROTOCOL_VERSIONS), min_size=1, max_size=16
     ).map(tuple),

@@ -17,7 +17,7 @@ from conftest import Fetch, RunningSupernode, StartSupernode, until
 from registry import Registry, needs_registry, write_oci_image
 
 from dfget.errors import OriginFailed
-from dfget.peer import PeerOptions
+from dfget.options import PeerOptions
 from proto.pieces import MiB
 from supernode import __version__
 from supernode.admin import preheat as preheat_module

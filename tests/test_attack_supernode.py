@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.eviction import GcPolicy
 from dfget.errors import OriginFailed, SupernodeUnavailable
-from dfget.peer import PeerOptions
+from dfget.options import PeerOptions
 from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public, unwrap_key, wrap_context
 from proto.messages import (

@@ -31,8 +31,8 @@ from common.connlimit import ConnectionLimit
 from common.io import RateLimiter
 from dfget.connect import connect
 from dfget.errors import SupernodeFailed
-from dfget.peer import PeerOptions
-from dfget.sources import PieceRefusedError, SourceLost, SourcePool
+from dfget.options import PeerOptions
+from dfget.sources import PieceConnections, PieceRefusedError, SourceLost
 from dfget.uploads import PieceServer, SharedTask
 from proto import (
     ErrorReply,
@@ -247,7 +247,7 @@ async def test_a_piece_connection_takes_one_sealed_piece_of_its_task_at_most(
     nursery: trio.Nursery, size: int
 ) -> None:
     async with hostile_uploader(piece_data_naming(size)) as address, traced() as peak:
-        pool = SourcePool(peer_id="downloader", piece_size=MiB)
+        pool = PieceConnections(peer_id="downloader", piece_size=MiB)
         connection = await pool.get(address, nursery=nursery)
         request = PieceRequest(task_id=TID, generation=1, index=0, ticket=b"t")
         with trio.fail_after(5), pytest.raises(SourceLost, match="exceeds the limit"):
@@ -505,7 +505,7 @@ async def test_dfget_replaces_a_piece_connection_idle_too_long_instead_of_reusin
 ) -> None:
     task_id = await fetched_task(origin, supernode, fetch, 4 * MiB)
     supernode.node.server.piece_idle = 0.6
-    pool = SourcePool(peer_id="reader", piece_size=MiB)
+    pool = PieceConnections(peer_id="reader", piece_size=MiB)
     pool.max_idle = 0.3
     first = await pool.get(supernode.address, nursery=nursery)
     await first.fetch(cdn_request(supernode, task_id, 0, "reader"))
@@ -587,7 +587,7 @@ async def test_a_bad_ticket_ends_a_peer_upload_session_and_dfget_fails_the_rest_
 ) -> None:
     server = FakePieceServer(slots=2, limiter=RateLimiter(None))
     address = await start_upload_server(nursery, server)
-    pool = SourcePool(peer_id="reader", piece_size=MiB)
+    pool = PieceConnections(peer_id="reader", piece_size=MiB)
     connection = await pool.get(address, nursery=nursery)
     outcomes: list[str] = []
 

@@ -11,7 +11,7 @@ import trio
 from conftest import Fetch, StartSupernode, until
 
 from common.eviction import GcPolicy, StoredTask, plan
-from dfget.peer import PeerOptions
+from dfget.options import PeerOptions
 from testkit.origin import FakeOrigin
 
 MiB = 1 << 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dfget.pieces import PieceBook
+from proto.messages import Outcome
 
 
 def book() -> PieceBook:
@@ -11,17 +12,17 @@ def book() -> PieceBook:
 
 def test_busy_is_tallied_but_not_an_attempt() -> None:
     pieces = book()
-    assert pieces.piece_failed(3, "peers", "refused", counts_as_attempt=False) == 0
-    assert pieces.piece_failed(3, "peers", "refused", counts_as_attempt=False) == 0
+    assert pieces.piece_failed(3, "peers", Outcome.REFUSED, counts_as_attempt=False) == 0
+    assert pieces.piece_failed(3, "peers", Outcome.REFUSED, counts_as_attempt=False) == 0
     assert pieces.sources["peers"].refused == 2
     assert pieces.attempts == {}
 
 
 def test_failures_of_one_piece_add_up_over_sources() -> None:
     pieces = book()
-    assert pieces.piece_failed(2, "cdn", "failed") == 1
-    assert pieces.piece_failed(2, "peers", "corrupt") == 2
-    assert pieces.piece_failed(1, "peers", "refused") == 1
-    assert pieces.piece_failed(2, "peers", "refused", counts_as_attempt=False) == 2
+    assert pieces.piece_failed(2, "cdn", Outcome.FAILED) == 1
+    assert pieces.piece_failed(2, "peers", Outcome.CORRUPT) == 2
+    assert pieces.piece_failed(1, "peers", Outcome.REFUSED) == 1
+    assert pieces.piece_failed(2, "peers", Outcome.REFUSED, counts_as_attempt=False) == 2
     assert pieces.sources["cdn"].failed == 1
     assert (pieces.sources["peers"].corrupt, pieces.sources["peers"].refused) == (1, 2)

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from conftest import Fetch, StartSupernode, until
 
-from dfget.peer import PeerOptions
+from dfget.options import PeerOptions
 from dfget.uploads import PieceServer, SharedTask
 from proto import PieceRequest
 from proto.io import FramedStream

@@ -15,7 +15,8 @@ from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, u
 from common.units import format_size
 from dfget.engine import DownloadResult
 from dfget.errors import NotAdmitted
-from dfget.peer import MAX_PIECE_FAILURES, PeerOptions
+from dfget.options import PeerOptions
+from dfget.outcomes import MAX_PIECE_FAILURES
 from dfget.uploads import SharedTask
 from proto import ErrorReply, PieceRefused, PieceRequest
 from proto.errors import ErrorCode

@@ -3,8 +3,8 @@
 An `Assignment` is one decision: "fetch piece `index` from `source`". The downloader
 answers every assignment with one `Outcome`; the scheduler learns from it who holds
 what (DONE), who is overloaded (BUSY) and who misbehaves (REFUSED, FAILED, TIMEOUT,
-CORRUPT). These names are shared with the control session and the wire
-(`proto.messages.OUTCOMES` holds the same strings).
+CORRUPT). `Outcome` is the wire's own (`proto.messages.Outcome`, the value a
+`PieceResult` carries), re-exported here as the scheduler's vocabulary.
 
 A downloader's word alone never blacklists anyone: a `Check` asks the supernode to
 fetch the accused piece from the uploader itself and verify it; its `Verdict` comes
@@ -16,20 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from proto.messages import Outcome as Outcome  # re-exported: the scheduler's vocabulary
 from proto.tickets import CDN_UPLOADER
 
 CDN = CDN_UPLOADER
 """The source name of the supernode's CDN: in assignments, reports and tickets alike."""
-
-
-class Outcome(StrEnum):
-    DONE = "done"  # piece verified and written by the downloader
-    CANCELLED = "cancelled"  # dropped by the downloader (endgame loser, shutdown): no penalty
-    BUSY = "busy"  # the uploader was at its cap: no penalty, brief per-downloader backoff
-    REFUSED = "refused"  # typed refusal other than busy: counts against the uploader
-    FAILED = "failed"  # connection error mid-transfer: counts against the uploader
-    TIMEOUT = "timeout"  # counts against the uploader
-    CORRUPT = "corrupt"  # GCM/blake3 failure: the supernode checks the piece itself (a `Check`)
 
 
 @dataclass(frozen=True, slots=True)

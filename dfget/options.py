@@ -1,0 +1,60 @@
+"""How a peer takes part in the swarm: `PeerOptions` (from dfget's flags or a daemon),
+and `SharedServer`, the seam through which a daemon shares one upload server among all
+its downloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfget.uploads import DEFAULT_MAX_CONNECTIONS, PieceServer
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """A running upload server and the port it listens on."""
+
+    server: PieceServer
+    port: int
+
+
+class PeerOptions:
+    """How this peer takes part in the swarm (from the CLI or a daemon)."""
+
+    def __init__(
+        self,
+        *,
+        listen: tuple[str, int] = ("0.0.0.0", 0),
+        upload_slots: int = 4,
+        upload_rate: float | None = None,
+        seed_for: float = 0.0,
+        token: bytes | None = None,
+        server_factory: type[PieceServer] = PieceServer,
+        server: SharedServer | None = None,
+        signals_end_seeding: bool = False,
+        adopt: bool = False,
+        in_order: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.listen = listen
+        self.max_connections = max_connections  # of this download's own upload server
+        self.upload_slots = upload_slots
+        self.upload_rate = upload_rate
+        self.seed_for = seed_for
+        self.token = token
+        self.server_factory = server_factory  # tests swap in the fakes of testkit.peers
+        # A daemon's one upload server, already listening, shared by all its downloads;
+        # without it each download starts its own (from `listen` and `server_factory`).
+        self.server = server
+        # The output already holds the whole file (a daemon's cache after a restart):
+        # check it piece by piece against the supernode's digests and announce it, so
+        # the swarm can fetch from it, instead of downloading.
+        self.adopt = adopt
+        # Ask the scheduler for pieces in index order: a reader streams the file while
+        # it downloads (dfdaemon), so the front matters more than spreading rare pieces.
+        self.in_order = in_order
+        # SIGTERM/SIGINT while seeding end the seeding, not the (finished) download: the
+        # CLI sets this, so `kill` on a seeding dfget still exits 0 with its summary.
+        self.signals_end_seeding = signals_end_seeding
+
+
+__all__ = ["PeerOptions", "SharedServer"]

@@ -1,0 +1,214 @@
+"""The piece transfers of one attempt (`dfget.peer.Attempt`).
+
+Whenever fewer than IN_FLIGHT transfers run, ask the supernode's scheduler for piece
+tasks; for each, fetch the sealed piece from its source (a peer, or the CDN), open and
+check it in a worker thread, write it, and report the outcome on the control session,
+so the scheduler learns who holds what and who fails. How a failed transfer ends is
+decided by `dfget.outcomes.transfer_end`; the first copy of a piece to land cancels the
+others (endgame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from functools import partial
+
+import trio
+
+from common.io import RateLimiter
+from dfget.errors import SupernodeUnavailable
+from dfget.outcomes import TRANSFER_ERRORS, transfer_end
+from dfget.pieces import PieceBook
+from dfget.progress import Progress
+from dfget.sources import PieceConnections
+from dfget.writer import PieceWriter
+from proto.errors import ProtoError
+from proto.io import FramedStream
+from proto.messages import (
+    Outcome,
+    PieceRequest,
+    PieceResult,
+    PieceTask,
+    PieceTasks,
+    PieceTasksRequest,
+)
+from proto.tickets import CDN_UPLOADER
+
+# The peer's messages keep one logger name, whichever module logs them (dfdaemon's log
+# lines show it).
+log = logging.getLogger("dfget.peer")
+
+IN_FLIGHT = 8  # pieces transferring at once
+PIECE_TIMEOUT = 60.0
+MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
+TASKS_TIMEOUT = 120.0  # for the answer to a piece-task request (as for Register)
+NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
+
+
+class Transfers:
+    """The transfers of one task on the control session `control` to supernode
+    `address`; piece-task answers arrive on `answers` (the session's reader hands them
+    over)."""
+
+    def __init__(
+        self,
+        control: FramedStream,
+        book: PieceBook,
+        writer: PieceWriter,
+        *,
+        answers: trio.MemoryReceiveChannel[PieceTasks],
+        address: str,
+        peer_id: str,
+        limiter: RateLimiter,
+        progress: Progress | None,
+    ) -> None:
+        self.control = control
+        self.book = book
+        self.writer = writer
+        self.answers = answers
+        self.address = address
+        self.limiter = limiter
+        self.progress = progress
+        # Piece connections take one sealed piece of this task at most.
+        self.connections = PieceConnections(peer_id=peer_id, piece_size=book.piece_size)
+        self._running: dict[int, list[trio.CancelScope]] = {}
+        self._scratch: list[bytearray] = []
+
+    async def run(self, *, readers: trio.Nursery) -> None:
+        """Ask for piece tasks whenever there is room, start a transfer for each, until
+        the book is complete (the readers of piece connections run in `readers`, which
+        outlives transfers)."""
+        book = self.book
+        async with trio.open_nursery() as transfers:
+            while not book.complete:
+                running = sum(len(scopes) for scopes in self._running.values())
+                if running >= IN_FLIGHT:
+                    await book.wait_changed()
+                    continue
+                await self.control.send(
+                    PieceTasksRequest(
+                        task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
+                    )
+                )
+                with trio.move_on_after(TASKS_TIMEOUT) as waited:
+                    answer = await self.answers.receive()
+                if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
+                    raise SupernodeUnavailable(
+                        f"supernode {self.address} did not answer a piece-task request "
+                        f"in {TASKS_TIMEOUT:.0f}s"
+                    )
+                for task in answer.tasks:
+                    scope = trio.CancelScope()
+                    self._running.setdefault(task[0], []).append(scope)
+                    transfers.start_soon(partial(self._transfer, task, scope, readers=readers))
+                if not answer.tasks:
+                    # Nothing to fetch yet: the supernode held the request until news or
+                    # its long-poll timeout. Ask again, after a breath.
+                    with trio.move_on_after(NOTHING_YET_PAUSE):
+                        await book.wait_changed()
+            transfers.cancel_scope.cancel()
+
+    async def _transfer(
+        self, task: PieceTask, scope: trio.CancelScope, *, readers: trio.Nursery
+    ) -> None:
+        book = self.book
+        index, source, _, _, _ = task
+        kind = "cdn" if source == CDN_UPLOADER else "peers"
+        started = trio.current_time()
+        outcome, size = Outcome.CANCELLED, 0
+        try:
+            with scope:
+                size = await self._fetch(task, readers=readers)
+                outcome = Outcome.DONE
+        except TRANSFER_ERRORS as exc:
+            end = transfer_end(
+                exc,
+                from_cdn=source == CDN_UPLOADER,
+                failures=book.failures_of(index),
+                index=index,
+                address=self.address,
+            )
+            outcome = end.outcome
+            book.piece_failed(index, kind, outcome, counts_as_attempt=end.counts_as_attempt)
+            if outcome is Outcome.CORRUPT:
+                log.warning("%s (from %s)", exc, source[:40])
+            elif outcome is Outcome.FAILED:
+                log.debug("piece %d from %s: %s", index, source[:40], exc)
+            if end.leave is not None:
+                raise end.leave from exc
+        finally:
+            self._running[index].remove(scope)
+            if outcome is Outcome.DONE:  # endgame: the other copies of this piece lost the race
+                for loser in self._running.get(index, []):
+                    loser.cancel()
+            # Always report, even when the whole download is being cancelled (it just
+            # completed, or failed): the uploader's slot is free only once we say so.
+            seconds = max(0.0, trio.current_time() - started)
+            await report(self.control, book, index, source, outcome, size, seconds)
+
+    async def _fetch(self, task: PieceTask, *, readers: trio.Nursery) -> int:
+        """Fetch, verify and write one piece; its plaintext length (0 if already held)."""
+        book = self.book
+        index, source, host, port, ticket = task
+        while index >= len(book.digests):  # its PiecesReady is on its way
+            await book.wait_changed()
+        address = self.address if source == CDN_UPLOADER else f"{_bracket(host)}:{port}"
+        await self.limiter.acquire(book.piece_size if book.length is None else book.size_of(index))
+        timeout = max(PIECE_TIMEOUT, 2 * book.piece_size / MIN_PIECE_RATE)
+        with trio.fail_after(timeout):
+            connection = await self.connections.get(address, nursery=readers)
+            frame = await connection.fetch(
+                PieceRequest(
+                    task_id=book.task_id, generation=book.generation, index=index, ticket=ticket
+                )
+            )
+        if book.holds(index):  # a faster copy won meanwhile
+            connection.recycle(frame.payload)
+            return 0
+        scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
+        try:
+            size: int = await trio.to_thread.run_sync(
+                self.writer.store_piece, index, frame.payload, book.digests[index], scratch
+            )
+        finally:
+            self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
+            connection.recycle(frame.payload)
+        if book.holds(index):
+            return 0
+        book.piece_written(index, "cdn" if source == CDN_UPLOADER else "peers", size)
+        if self.progress:
+            self.progress(book.bytes_written, book.length)
+        return size
+
+
+async def report(
+    control: FramedStream,
+    book: PieceBook,
+    index: int,
+    source: str,
+    outcome: Outcome,
+    nbytes: int,
+    seconds: float,
+) -> None:
+    """Send one PieceResult, even from a cancelled task; a broken session is left to
+    the session's reader to notice (it raises there)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(ProtoError):
+        await control.send(
+            PieceResult(
+                task_id=book.task_id,
+                generation=book.generation,
+                index=index,
+                source=source,
+                outcome=outcome.value,  # the wire carries the plain string
+                nbytes=nbytes,
+                seconds=seconds,
+            )
+        )
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["IN_FLIGHT", "Transfers", "report"]
