@@ -61,4 +61,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/single.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .import_linter_cache build *.egg-info
