@@ -47,6 +47,7 @@ system-deps:
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
@@ -60,4 +61,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/single.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .import_linter_cache build *.egg-info

@@ -9,14 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from testkit.ready import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -32,32 +36,54 @@ def env() -> dict[str, str]:
 
 
 @contextmanager
-def supernode_process(data_dir: Path, *extra: str, log: Path | None = None) -> Iterator[str]:
-    """Start `supernode` on an ephemeral port; yields its HOST:PORT; stops it after."""
-    log = log or data_dir.with_suffix(".log")
-    data_dir.mkdir(parents=True, exist_ok=True)
+def server_process(argv: Sequence[str], ready: Path, log: Path) -> Iterator[dict[str, Any]]:
+    """Start a server (ARGV, given `--ready-file READY`), its output into LOG; yields
+    its ready file's object once it listens; stops it after."""
+    ready.unlink(missing_ok=True)
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "supernode",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(data_dir),
-                "--admin-listen",
-                "127.0.0.1:0",
-                *extra,
-            ],
+            [*argv, "--ready-file", str(ready)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env(),
         )
-        try:
-            yield _wait_for_address(proc, log)
-        finally:
-            stop_process(proc)
+    try:
+        yield wait_ready(ready, proc, log)
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def supernode_process(
+    data_dir: Path, *extra: str, log: Path | None = None
+) -> Iterator[dict[str, Any]]:
+    """`supernode` on ephemeral ports; yields its ready file's object: "peer" (HOST:PORT
+    for --supernode), "admin", "pid"; stops it after."""
+    log = log or data_dir.with_suffix(".log")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    argv += ["--admin-listen", "127.0.0.1:0", *extra]
+    with server_process(argv, data_dir.with_suffix(".ready"), log) as ready:
+        yield ready
+
+
+@contextmanager
+def daemon_process(
+    data_dir: Path, supernode: str, registry: str, *extra: str
+) -> Iterator[dict[str, Any]]:
+    """`dfdaemon` on ephemeral ports, its log beside DATA_DIR; yields its ready file's
+    object: "http", "upload" (HOST:PORT), "control_socket", "pid"; stops it after."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sockets = Path(tempfile.mkdtemp(prefix="dfb-", dir="/tmp"))  # a short socket path
+    argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--supernode", supernode]
+    argv += ["--registry", registry, "--data-dir", str(data_dir), "--peer-listen", "127.0.0.1:0"]
+    argv += ["--control-socket", str(sockets / "d.sock"), *extra]
+    try:
+        log = data_dir.with_suffix(".log")
+        with server_process(argv, data_dir.with_suffix(".ready"), log) as ready:
+            yield ready
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -68,18 +94,6 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _wait_for_address(proc: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        match = re.search(r"peer server listening on (\S+:\d+)", log.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"supernode exited ({proc.returncode}):\n{log.read_text()}")
-        time.sleep(0.05)
-    raise RuntimeError(f"supernode did not start:\n{log.read_text()}")
 
 
 def dfget_command(url: str, output: Path, supernode: str | None, *extra: str) -> list[str]:
@@ -124,12 +138,6 @@ def busy_seconds() -> float:
         fields = [int(x) for x in stat.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal (guest time is inside user/nice)
     return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
-
-
-def pid_of(pattern: str) -> list[int]:
-    """The pids whose command line matches `pattern` (pgrep -f), lowest first."""
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return sorted(int(pid) for pid in found.stdout.split())
 
 
 def free_hot_memory(size: int) -> None:

@@ -34,8 +34,8 @@ def main() -> int:
         payload.write_bytes(os.urandom(SIZE))
         expected = hashlib.sha256(payload.read_bytes()).hexdigest()
         print(f"demo: origin serves {payload.name}, {SIZE // MiB} MiB, sha256 {expected[:16]}…")
-        with origin_process(www) as origin, supernode_process(work / "supernode") as node:
-            origin_url = origin.url
+        with origin_process(www) as origin, supernode_process(work / "supernode") as ready:
+            origin_url, node = origin.url, ready["peer"]
             print(f"demo: origin {origin_url}, supernode {node}; {PEERS} dfget peers start")
             url = f"{origin_url}/{payload.name}"
             started = time.perf_counter()

@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -52,10 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     PYTHON,
     MiB,
+    daemon_process,
     dfget_command,
     env,
     median,
-    stop_process,
     supernode_process,
     write_random,
 )
@@ -84,100 +83,28 @@ class Servers:
     daemon_pid: int
 
 
-def _admin_address(log: Path) -> str:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        match = re.search(r"admin API listening on http://(\S+)", log.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        time.sleep(0.05)
-    raise RuntimeError(f"no admin address in {log}")
-
-
-@contextlib.contextmanager
-def daemon_process(
-    work: Path, supernode: str, token_file: Path, registry: str, rate: str
-) -> Iterator[tuple[str, str, Path, int]]:
-    """dfdaemon on ephemeral ports; yields (http HOST:PORT, upload HOST:PORT, socket, pid)."""
-    data = work / "daemon"
-    data.mkdir(parents=True, exist_ok=True)
-    sock = Path(f"/tmp/dfpy-hostile-{os.getpid()}.sock")
-    log = work / "daemon.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "dfdaemon",
-                "--listen",
-                "127.0.0.1:0",
-                "--peer-listen",
-                "127.0.0.1:0",
-                "--supernode",
-                supernode,
-                "--token-file",
-                str(token_file),
-                "--registry",
-                registry,
-                "--data-dir",
-                str(data),
-                "--control-socket",
-                str(sock),
-                "--download-rate",
-                rate,
-                "--upload-rate",
-                rate,
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env(),
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                text = log.read_text(errors="replace")
-                match = re.search(r"dfdaemon listening on (\S+:\d+) \(uploads on port (\d+)", text)
-                if match:
-                    break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dfdaemon did not start:\n{text}")
-                time.sleep(0.05)
-            yield match.group(1), f"127.0.0.1:{match.group(2)}", sock, proc.pid
-        finally:
-            stop_process(proc)
-            sock.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def servers(work: Path, registry: str, rate: str) -> Iterator[Servers]:
     token_file = work / "token"
     token_file.write_text(TOKEN)
-    log = work / "supernode.log"
-    with supernode_process(
-        work / "supernode",
-        "--token-file",
-        str(token_file),
-        "--cdn-upload-limit",
-        rate,
-        log=log,
-    ) as address:
-        pid = _pid_listening(address)
-        admin = _admin_address(log)
-        with daemon_process(work, address, token_file, registry, rate) as daemon:
-            http, upload, sock, daemon_pid = daemon
-            yield Servers(address, admin, pid, http, upload, sock, daemon_pid)
-
-
-def _pid_listening(address: str) -> int:
-    """The pid of the process listening on HOST:PORT (from `ss`)."""
-    port = address.rsplit(":", 1)[1]
-    out = subprocess.run(
-        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True
-    ).stdout
-    match = re.search(r"pid=(\d+)", out)
-    if not match:
-        raise RuntimeError(f"nobody listens on {address}: {out!r}")
-    return int(match.group(1))
+    rates = ["--download-rate", rate, "--upload-rate", rate]
+    with (
+        supernode_process(
+            work / "supernode", "--token-file", str(token_file), "--cdn-upload-limit", rate
+        ) as node,
+        daemon_process(
+            work / "daemon", node["peer"], registry, "--token-file", str(token_file), *rates
+        ) as daemon,
+    ):
+        yield Servers(
+            node["peer"],
+            node["admin"],
+            node["pid"],
+            daemon["http"],
+            daemon["upload"],
+            Path(daemon["control_socket"]),
+            daemon["pid"],
+        )
 
 
 def rss(pid: int) -> int:

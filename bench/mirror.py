@@ -39,7 +39,6 @@ import itertools
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,49 +52,21 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    PYTHON,
     MiB,
     busy_seconds,
     cpu_seconds,
-    env,
+    daemon_process,
     free_hot_memory,
     free_page_reporting_off,
     median,
-    pid_of,
-    stop_process,
     supernode_process,
 )
 from testkit.registry import CTR, Containerd, Registry, write_oci_image
 
-LISTENING = re.compile(r"dfdaemon listening on (\S+:\d+)")
 FETCHED = re.compile(r"elapsed: ([\d.]+) s")  # ctr's progress line; the last one is final
 UNPACKED = re.compile(r"unpacking .*\n.*?done: ([\d.]+)(m?s)")
 CORES = os.cpu_count() or 1
 SAMPLE_EVERY = 0.05  # seconds between looks at the machine's busy time
-
-
-@contextmanager
-def daemon_process(work: Path, name: str, supernode: str, registry: str) -> Iterator[str]:
-    """`dfdaemon` as a process; yields its HOST:PORT; stopped (SIGTERM) after."""
-    data = work / name
-    data.mkdir(parents=True)
-    log = work / f"{name}.log"
-    sockets = Path(tempfile.mkdtemp(prefix="dfb-", dir="/tmp"))
-    argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--supernode", supernode]
-    argv += ["--registry", registry, "--data-dir", str(data), "--peer-listen", "127.0.0.1:0"]
-    argv += ["--control-socket", str(sockets / "d.sock")]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env())
-    try:
-        deadline = time.monotonic() + 30
-        while not (match := LISTENING.search(log.read_text(errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dfdaemon did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield match[1]
-    finally:
-        stop_process(proc)
-        shutil.rmtree(sockets, ignore_errors=True)
 
 
 @contextmanager
@@ -106,13 +77,12 @@ def mirror_hosts(run_dir: Path, registry: Registry) -> Iterator[tuple[str, str, 
     assert registry.process is not None
     with (
         supernode_process(run_dir / "supernode") as node,
-        daemon_process(run_dir, HOSTS[0], node, registry.url) as host_a,
-        daemon_process(run_dir, HOSTS[1], node, registry.url) as host_b,
+        daemon_process(run_dir / HOSTS[0], node["peer"], registry.url) as host_a,
+        daemon_process(run_dir / HOSTS[1], node["peer"], registry.url) as host_b,
     ):
-        daemon_a, daemon_b = (pid_of(f"dfdaemon .*{run_dir}/{host} ")[0] for host in HOSTS)
-        pids = {"registry": registry.process.pid, "A": daemon_a, "B": daemon_b}
-        pids["supernode"] = pid_of(f"supernode .*{run_dir}/supernode")[0]
-        yield host_a, host_b, pids
+        pids = {"registry": registry.process.pid, "A": host_a["pid"], "B": host_b["pid"]}
+        pids["supernode"] = node["pid"]
+        yield host_a["http"], host_b["http"], pids
     shutil.rmtree(run_dir, ignore_errors=True)
 
 

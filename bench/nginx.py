@@ -67,6 +67,10 @@ def nginx_binary() -> str:
 
 
 def free_port() -> int:
+    """A port nothing listens on now. The one place where a port is picked by binding,
+    closing and reusing it: nginx refuses `listen 127.0.0.1:0` ("invalid port") and has
+    no other way to say where it listens. Should another program take the port first,
+    nginx fails to start and says so."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

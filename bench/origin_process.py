@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import PYTHON, env
+from testkit.ready import wait_ready
 
 
 @dataclass
@@ -34,31 +34,21 @@ class Origin:
 @contextmanager
 def origin_process(folder: Path, *extra: str) -> Iterator[Origin]:
     """`python -m testkit.origin --dir FOLDER [extra...]`; yields it, running."""
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "testkit.origin", "--dir", str(folder), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env(),
-        text=True,
-    )
-    origin = None
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            match = re.search(r"listening on (http://\S+)", line)
-            if match:
-                origin = Origin(match.group(1).rstrip("/"), proc)
-                break
-            if not line and proc.poll() is not None:
-                break
-        if origin is None:
-            raise RuntimeError("origin did not start")
-        yield origin
-    finally:
-        if origin is not None:
-            origin.stop()
-        elif proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with tempfile.TemporaryDirectory(prefix="dfb-origin-") as work:
+        ready = Path(work) / "origin.ready"
+        argv = [PYTHON, "-m", "testkit.origin", "--dir", str(folder), "--port", "0"]
+        argv += ["--ready-file", str(ready), *extra]
+        # Its stdout holds what it sent, printed when it stops (Origin.stop).
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True
+        )
+        origin = None
+        try:
+            origin = Origin(wait_ready(ready, proc)["url"], proc)
+            yield origin
+        finally:
+            if origin is not None:
+                origin.stop()
+            elif proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

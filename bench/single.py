@@ -93,7 +93,8 @@ def main() -> int:
             store = work / f"store-{run}"
             shutil.rmtree(store, ignore_errors=True)
             log = work / f"supernode-{run}.log"
-            with supernode_process(store, *args.supernode_arg, log=log) as node:
+            with supernode_process(store, *args.supernode_arg, log=log) as ready:
+                node = ready["peer"]
                 for kind in ("dfget cold", "dfget warm"):
                     settle(output, size)
                     seconds, report = run_timed(dfget_command(url, output, node, "-q"))

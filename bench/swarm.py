@@ -119,8 +119,9 @@ def run_swarm(args: argparse.Namespace, work: Path, payload: Path, sha256: str) 
     limit = STARTUP_GRACE + 4 * args.peers * args.size_mib * MiB / args.origin_rate
     with (
         origin_process(payload.parent, "--rate-limit", str(args.origin_rate)) as origin,
-        supernode_process(work / "supernode", "--cdn-upload-limit", rate, log=log) as node,
+        supernode_process(work / "supernode", "--cdn-upload-limit", rate, log=log) as ready,
     ):
+        node = ready["peer"]
         url = f"{origin.url}/{payload.name}"
         flags = ["--rate-limit", rate, "--upload-rate-limit", rate]
         flags += ["--peer-listen", "127.0.0.1:0", "--seed-for", "3600"]

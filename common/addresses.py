@@ -22,3 +22,8 @@ def parse_listen(text: str, default_port: int | None = None) -> tuple[str, int]:
     elif "[" in host or "]" in host or ":" in host:
         raise ValueError(f"bad address {text!r} (an IPv6 address goes in brackets: [::1]:PORT)")
     return host or "0.0.0.0", int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    """HOST:PORT as parse_listen reads it back: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

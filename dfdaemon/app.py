@@ -111,6 +111,7 @@ class Daemon:
         self.control: ControlApi | None = None
         self.socket_path = config.control_socket or config.data_dir / SOCKET_NAME
         self.address = ""
+        self.upload_port = 0  # once listening
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -122,6 +123,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 host, port = config.peer_listen
                 upload_port = await nursery.start(self.upload.serve, host, port)
+                self.upload_port = upload_port
                 settings = DownloadSettings(
                     supernodes=config.supernodes,
                     server=SharedServer(self.upload, upload_port),

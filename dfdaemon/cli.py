@@ -8,16 +8,18 @@ import logging
 import re
 import sys
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from common import argtypes
-from common.addresses import parse_listen
+from common.addresses import format_address, parse_listen
 from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from common.origins import parse_network
+from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.tokens import read_token
 from common.units import parse_rate, parse_size
 from dfdaemon import __version__
@@ -43,7 +45,7 @@ config file keys (TOML; flags win): listen, supernodes (list), registry,
 allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
 upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
 token_file, control_socket, cache_quota, cache_ttl, max_connections, origin_allow
-(list), origin_deny (list), log_level.
+(list), origin_deny (list), ready_file, log_level.
 """
 
 # Config-file keys and the flag each stands for.
@@ -68,6 +70,7 @@ CONFIG_KEYS = {
     "max_connections": "max_connections",
     "origin_allow": "origin_allow",
     "origin_deny": "origin_deny",
+    "ready_file": "ready_file",
     "log_level": "log_level",
 }
 
@@ -81,6 +84,7 @@ _STRING_KEYS = {
     "upload_rate",
     "token_file",
     "control_socket",
+    "ready_file",
     "log_level",
 }
 
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hold N/8 of them, at least 16 (on a loopback HTTP port, where every client is "
         "127.0.0.1, all N); past it new ones are closed at once (default 256)",
     )
+    ready_file_argument(parser, '"http" and "upload" (HOST:PORT) and "control_socket" (its path)')
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"dfdaemon {__version__}")
@@ -237,7 +242,7 @@ def load_config(path: Path) -> dict[str, Any]:
                 value = parse_size(str(value))
             elif key == "cache_ttl" and not isinstance(value, int | float):
                 raise ValueError("want a number of seconds")
-            elif key in ("data_dir", "token_file", "control_socket"):
+            elif key in ("data_dir", "token_file", "control_socket", "ready_file"):
                 value = Path(str(value))
             elif key in ("supernodes", "rules", "plain_http", "allow_registries"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -263,12 +268,24 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
     """Flags over the config file over defaults; ValueError if unusable."""
+    return config_from(settings_of(args))
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags over the config file's settings, by flag destination; ValueError if
+    the file is unusable."""
     settings = load_config(args.config) if args.config else {}
     if args.token is not None:  # a token on the command line beats the file's token_file
         settings.pop("token_file", None)
     for name, value in vars(args).items():
         if value is not None and name != "config":
             settings[name] = value
+    return settings
+
+
+def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
+    """The daemon's config and log level from `settings` over defaults; ValueError if
+    unusable."""
     defaults = DaemonConfig()
     rules = tuple(settings.get("rule", ()))
     for rule in rules:
@@ -316,10 +333,25 @@ def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:
     return config, settings.get("log_level", "info")
 
 
+async def serve(daemon: Daemon, ready_file: Path | None) -> None:
+    """Run the daemon; once it listens, say where in `ready_file`."""
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(daemon.serve)
+        ready = {
+            "http": format_address(host, port),
+            "upload": format_address(daemon.config.peer_listen[0], daemon.upload_port),
+            "control_socket": str(daemon.socket_path.absolute()),
+        }
+        write_ready_file(ready_file, ready)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config, level = resolve_config(args)
+        settings = settings_of(args)
+        config, level = config_from(settings)
+        ready_file = settings.get("ready_file")
+        prepare_ready_file(ready_file)
     except ValueError as exc:
         print(f"dfdaemon: {exc}", file=sys.stderr)
         return 2
@@ -330,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         # Three ports' connections (HTTP, uploads, dfget's socket), and room for the
         # downloads' sessions and the cache's files.
         raise_open_files(3 * config.max_connections + 1024)
-        trio.run(serve_until_signalled, Daemon(config).serve)
+        trio.run(serve_until_signalled, partial(serve, Daemon(config), ready_file))
     except KeyboardInterrupt:
         return 130
     except DataDirInUse as exc:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from common import argtypes
+from common.addresses import format_address
 from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
+from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.tokens import read_token
 from supernode import __version__
 from supernode.admin.preheat import RealmHost
@@ -236,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a failed task is remembered (default 600)",
     )
+    ready_file_argument(parser, '"peer" (HOST:PORT) and "admin" (HOST:PORT or null)')
     parser.add_argument(
         "--log-level",
         default="info",
@@ -243,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"supernode {__version__}")
     return parser
+
+
+async def serve(node: Supernode, ready_file: Path | None) -> None:
+    """Run the supernode; once it listens, say where in `ready_file`."""
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(node.serve)
+        peer = format_address(host, port)
+        write_ready_file(ready_file, {"peer": peer, "admin": node.admin_address})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             low=args.store_low_watermark,
             ttl=args.task_ttl,
         )
+        prepare_ready_file(args.ready_file)
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 2
@@ -304,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         # Both ports' connections (a piece session holds a pieces file too: twice the
         # peer port's), and room for the admitted sessions, the store and origins.
         raise_open_files(2 * config.max_connections + config.admin_max_connections + 4096)
-        trio.run(serve_until_signalled, Supernode(config).serve)
+        trio.run(serve_until_signalled, partial(serve, Supernode(config), args.ready_file))
     except KeyboardInterrupt:
         return 130
     except SupernodeError as exc:

@@ -31,6 +31,7 @@ import h11
 import trio
 
 from common.io import RateLimiter
+from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.units import parse_rate
 
 CHUNK_SIZE = 256 * 1024
@@ -627,22 +628,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="RATE",
         help="total egress of all bodies together, e.g. 16MiB (default: unlimited)",
     )
+    ready_file_argument(parser, '"url" (http://HOST:PORT)')
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"not a directory: {args.dir}")
+    try:
+        prepare_ready_file(args.ready_file)
+    except ValueError as exc:
+        parser.error(str(exc))
     origin = FakeOrigin(args.host, args.port, rate_limit=args.rate_limit)
     for file in sorted(args.dir.rglob("*")):
         if file.is_file():
             origin.add_file("/" + file.relative_to(args.dir).as_posix(), file)
-    trio.run(_serve_until_signalled, origin)
+    trio.run(_serve_until_signalled, origin, args.ready_file)
 
 
-async def _serve_until_signalled(origin: FakeOrigin) -> None:
+async def _serve_until_signalled(origin: FakeOrigin, ready_file: pathlib.Path | None) -> None:
     """Serve until SIGTERM or SIGINT, then print what was sent (one JSON line)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(origin.serve)
             print(f"listening on {origin.url('')}", flush=True)
+            write_ready_file(ready_file, {"url": origin.url("")})
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
@@ -655,10 +662,6 @@ async def _serve_until_signalled(origin: FakeOrigin) -> None:
         for path, s in origin.stats.items()
     }
     print("stats " + json.dumps(sent, sort_keys=True), flush=True)
-
-
-if __name__ == "__main__":
-    main()
 
 
 def _alt_name(host: str) -> Any:
@@ -710,3 +713,7 @@ def self_signed_tls(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, bytes]:
         key_file.write_bytes(key_pem)
         context.load_cert_chain(cert_file, key_file)
     return context, cert_pem
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import httpx
 import trio
 
 REGISTRY = shutil.which("docker-registry")
@@ -31,12 +29,9 @@ CTR = shutil.which("ctr")
 HTPASSWD = shutil.which("htpasswd")
 # An access-log line of a blob sent whole: "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 200 BYTES
 _ACCESS_BLOB = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]{64}\S* HTTP/[0-9.]+" 200 (\d+)')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# docker-registry takes port 0 but has no ready file: the one report of the address it
+# bound is the line it logs once listening, msg="listening on 127.0.0.1:PORT".
+_LISTENING = re.compile(r'msg="listening on ([^"\s]+)"')
 
 
 @dataclass
@@ -137,12 +132,15 @@ class Registry:
 
     def __init__(self, root: Path, *, users: dict[str, str] | None = None) -> None:
         self.root = root
-        self.port = free_port()
         self.users = users or {}
-        self.address = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.address}"
+        self.address = ""  # HOST:PORT, once started
         self.log = root / "registry.log"
         self.process: trio.Process | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.address, "the registry's address is known once it has started"
+        return f"http://{self.address}"
 
     def _config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -158,7 +156,7 @@ class Registry:
             "  delete:",
             "    enabled: true",
             "http:",
-            f"  addr: 127.0.0.1:{self.port}",
+            "  addr: 127.0.0.1:0",
             "  secret: dragonfly-py-tests",
         ]
         if self.users:
@@ -178,14 +176,12 @@ class Registry:
         run = partial(trio.run_process, [REGISTRY, "serve", str(config)], check=False)
         with open(self.log, "wb") as log:  # noqa: ASYNC230 (the registry has its own copy)
             self.process = await nursery.start(partial(run, stdout=log, stderr=log))
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        await client.get(f"{self.url}/v2/")
-                        return
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
+        with trio.fail_after(20):
+            while not (listening := _LISTENING.search(self.log.read_text(errors="replace"))):
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"docker-registry exited:\n{self.log.read_text()}")
+                await trio.sleep(0.05)
+        self.address = listening[1]
 
     def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,24 @@ import pytest
 import trio
 import trio.lowlevel
 from fakenet import FakeNetwork
+from registry import ci_shortfall
 
 from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.options import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
 from testkit.origin import FakeOrigin
+from testkit.ready import await_ready
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under CI, a missing program fails the run at start: it must not go green by
+    skipping the tests that need it."""
+    problem = ci_shortfall()
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 @pytest.fixture
@@ -117,6 +129,48 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class ServerProcess:
+    ready: dict[str, Any]  # its ready file's object: its addresses, "pid"
+    proc: trio.Process
+    log: Path  # its stdout and stderr
+
+
+@asynccontextmanager
+async def server_process(argv: list[str], ready: Path) -> AsyncIterator[ServerProcess]:
+    """ARGV (a server, given `--ready-file READY`) as a real process, its output in
+    READY's .log, once it listens; always stopped after (SIGTERM, then SIGKILL)."""
+    ready.unlink(missing_ok=True)
+    log = ready.with_suffix(".log")
+    with open(log, "wb") as log_file:  # a file, not a pipe: a full pipe would stall it
+        proc = await trio.lowlevel.open_process(
+            [*argv, "--ready-file", str(ready)], stdout=log_file, stderr=log_file, env=cli_env()
+        )
+    try:
+        yield ServerProcess(await await_ready(ready, proc, log), proc, log)
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.poll() is None:
+                proc.terminate()
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await proc.wait()
+            if proc.poll() is None:
+                proc.kill()
+                await proc.wait()
+
+
+@asynccontextmanager
+async def supernode_process(data_dir: Path, *flags: str) -> AsyncIterator[ServerProcess]:
+    """A real `supernode` on ephemeral ports (its admin API too, unless FLAGS say
+    otherwise), its ready file and log beside DATA_DIR: ready "peer", "admin", "pid"."""
+    argv = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    async with server_process(
+        [*argv, "--admin-listen", "127.0.0.1:0", *flags], data_dir.with_suffix(".ready")
+    ) as server:
+        yield server
 
 
 async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:
@@ -135,6 +189,15 @@ class RunningSupernodeAddress:
     """A supernode address with nothing behind it."""
 
     address: str
+
+
+@pytest.fixture
+def refused_address() -> Iterator[str]:
+    """HOST:PORT where nothing listens, for the whole test: the port is bound, so nobody
+    else takes it, but not listening, so every connection to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield "{}:{}".format(*sock.getsockname())
 
 
 @pytest.fixture

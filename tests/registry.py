@@ -1,24 +1,37 @@
-"""Markers for the tests that need the real registry parts of `testkit.registry`."""
+"""The programs `make test` installs (Debian packages) and the markers of the tests that
+need them; under CI they are required, not optional (`ci_shortfall`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from testkit.registry import (
     CONTAINERD,
     CTR,
+    HTPASSWD,
     REGISTRY,
     SKOPEO,
     Containerd,
     Image,
     Registry,
-    free_port,
     skopeo_pull,
     verify_dir_copy,
     write_oci_image,
 )
+
+CHROMIUM = shutil.which("chromium")
+# Each program the tests run, by name, and the Debian package `make test` installs it from.
+PROGRAMS = {
+    "docker-registry": (REGISTRY, "docker-registry"),
+    "skopeo": (SKOPEO, "skopeo"),
+    "containerd": (CONTAINERD, "containerd"),
+    "ctr": (CTR, "containerd"),
+    "htpasswd": (HTPASSWD, "apache2-utils"),
+    "chromium": (CHROMIUM, "chromium"),
+}
 
 needs_registry = pytest.mark.skipif(
     not (REGISTRY and SKOPEO), reason="docker-registry and skopeo are installed by `make test`"
@@ -27,12 +40,41 @@ needs_containerd = pytest.mark.skipif(
     not (CONTAINERD and CTR) or os.geteuid() != 0,
     reason="containerd (installed by `make test`) runs as root",
 )
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (CI=true, as .ci/run sets it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def ci_shortfall() -> str | None:
+    """Under CI, why some tests would be skipped (a missing program, or not root for
+    containerd); None when every test can run, and always None outside CI."""
+    if not in_ci():
+        return None
+    problems = []
+    missing = [name for name, (path, _) in PROGRAMS.items() if path is None]
+    if missing:
+        packages = " ".join(sorted({PROGRAMS[name][1] for name in missing}))
+        problems.append(
+            f"{', '.join(missing)} not found: `make test` installs them when run as root "
+            f"(Debian packages: {packages})"
+        )
+    if os.geteuid() != 0:
+        problems.append(f"not root (uid {os.geteuid()}): the containerd tests need root")
+    if not problems:
+        return None
+    return f"CI=true: {'; '.join(problems)}. Under CI no test is skipped for want of them."
+
 
 __all__ = [
+    "CHROMIUM",
     "Containerd",
     "Image",
     "Registry",
-    "free_port",
+    "ci_shortfall",
+    "needs_chromium",
     "needs_containerd",
     "needs_registry",
     "skopeo_pull",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, until
-from registry import Registry, needs_registry, write_oci_image
+from registry import CHROMIUM, Registry, needs_chromium, needs_registry, write_oci_image
 
 from dfget.errors import OriginFailed
 from dfget.options import PeerOptions
@@ -296,10 +295,7 @@ async def poll_state(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
     return answer  # type: ignore[no-any-return]
 
 
-CHROMIUM = shutil.which("chromium")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
+@needs_chromium
 async def test_the_status_page_shows_a_running_download(
     nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, until
+from conftest import Fetch, RunningSupernode, StartSupernode, supernode_process, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dfget.peer
@@ -721,33 +721,6 @@ def rss(pid: int) -> int:
     return int(match.group(1)) * 1024
 
 
-@asynccontextmanager
-async def supernode_process(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
-    """A real `supernode` process on an ephemeral port: (HOST:PORT, pid)."""
-    log = tmp_path / "supernode.log"
-    command = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0"]
-    command += ["--data-dir", str(tmp_path / "store"), "--admin-listen", "off"]
-    with open(log, "wb") as log_file:
-        proc = await trio.lowlevel.open_process(
-            command, stdout=log_file, stderr=log_file, env=cli_env()
-        )
-    try:
-        with trio.fail_after(30):
-            pattern = re.compile(r"peer server listening on (\S+:\d+)")
-            while not (match := pattern.search(log.read_text(errors="replace"))):
-                assert proc.poll() is None, log.read_text()
-                await trio.sleep(0.05)
-        yield match.group(1), proc.pid
-    finally:
-        with trio.CancelScope(shield=True):
-            proc.terminate()
-            with trio.move_on_after(10):
-                await proc.wait()
-            if proc.poll() is None:
-                proc.kill()
-                await proc.wait()
-
-
 async def send_hostile_frames(
     address: str, count: int
 ) -> list[tuple[trio.SocketStream, FrameDecoder]]:
@@ -771,7 +744,8 @@ async def send_hostile_frames(
 async def test_frames_naming_huge_payloads_cost_the_supernode_process_nothing(
     tmp_path: Path,
 ) -> None:
-    async with supernode_process(tmp_path) as (address, pid):
+    async with supernode_process(tmp_path / "sn", "--admin-listen", "off") as supernode:
+        address, pid = supernode.ready["peer"], supernode.ready["pid"]
         for _ in range(3):  # warm up: first connections, imports done
             await (await raw_connect(address)).send_all(raw_frame(hello_header()))
         await trio.sleep(0.5)

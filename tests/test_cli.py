@@ -8,28 +8,31 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from conftest import PYTHON, RunningSupernode, cli_env
+from conftest import (
+    PYTHON,
+    STOP_TIMEOUT,
+    RunningSupernode,
+    cli_env,
+    server_process,
+    supernode_process,
+)
 
+from common.addresses import parse_listen
 from dfdaemon.app import lock_data_dir
 from dfget.engine import DownloadRequest
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
 RUN_TIMEOUT = 60.0
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 SIZE = 3 * MiB + 12345  # several pieces, the last one ragged
 SUMMARY_KEYS = {"task_id", "url", "output", "bytes", "seconds"}
 SUMMARY_KEYS |= {"from_source", "from_cdn", "from_peers"}
-LISTENING = re.compile(r"peer server listening on (\S+:\d+)")
 
 
 def blob(size: int = SIZE) -> bytes:
@@ -71,31 +74,6 @@ def error_line(done: subprocess.CompletedProcess[bytes]) -> str:
     return last
 
 
-@asynccontextmanager
-async def supernode_process(data_dir: Path, log: Path) -> AsyncIterator[str]:
-    """A real `supernode` on an ephemeral port; yields HOST:PORT; always stopped after."""
-    command = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
-    command += ["--admin-listen", "127.0.0.1:0"]
-    with open(log, "wb") as log_file:  # a file, not a pipe: a full pipe would stall it
-        proc = await trio.lowlevel.open_process(
-            command, stdout=log_file, stderr=log_file, env=cli_env()
-        )
-    try:
-        with trio.fail_after(STARTUP_TIMEOUT):
-            while not (match := LISTENING.search(log.read_text(errors="replace"))):
-                assert proc.poll() is None, f"supernode exited:\n{log.read_text()}"
-                await trio.sleep(0.05)
-        yield match.group(1)
-    finally:
-        with trio.CancelScope(shield=True):
-            proc.terminate()
-            with trio.move_on_after(STOP_TIMEOUT):
-                await proc.wait()
-            if proc.poll() is None:
-                proc.kill()
-                await proc.wait()
-
-
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     """An empty folder for dfget's output (tmp_path also holds the supernode's store)."""
@@ -104,21 +82,14 @@ def out_dir(tmp_path: Path) -> Path:
     return out_dir
 
 
-@contextmanager
-def refusing_port() -> Iterator[int]:
-    """A port that is bound (so nobody else gets it) but refuses connections."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 async def test_json_download_through_supernode_process(
     origin: FakeOrigin, tmp_path: Path, out_dir: Path
 ) -> None:
     data = blob()
     origin.add("/f.bin", data)
     url = origin.url("/f.bin")
-    async with supernode_process(tmp_path / "sn", tmp_path / "sn.log") as address:
+    async with supernode_process(tmp_path / "sn") as supernode:
+        address = supernode.ready["peer"]
         out = out_dir / "f.bin"
         done = await dfget(url, out, "--supernode", address, "--json")
         summary = summary_of(done)
@@ -151,8 +122,9 @@ async def test_supernode_restart_keeps_the_store(origin: FakeOrigin, tmp_path: P
     origin.add("/f.bin", data)
     data_dir = tmp_path / "sn"
     for attempt in range(2):
-        async with supernode_process(data_dir, tmp_path / f"sn-{attempt}.log") as address:
+        async with supernode_process(data_dir) as supernode:
             out = tmp_path / f"out-{attempt}.bin"
+            address = supernode.ready["peer"]
             summary = summary_of(
                 await dfget(origin.url("/f.bin"), out, "--supernode", address, "--json")
             )
@@ -206,15 +178,14 @@ async def test_wrong_digest_exits_4(
 
 
 async def test_unreachable_supernode_without_back_source_exits_5(
-    origin: FakeOrigin, out_dir: Path
+    origin: FakeOrigin, out_dir: Path, refused_address: str
 ) -> None:
     origin.add("/f.bin", blob())
     out = out_dir / "out.bin"
-    with refusing_port() as port:
-        flags = ("--supernode", f"127.0.0.1:{port}", "--no-back-source", "--json")
-        done = await dfget(origin.url("/f.bin"), out, *flags)
+    flags = ("--supernode", refused_address, "--no-back-source", "--json")
+    done = await dfget(origin.url("/f.bin"), out, *flags)
     assert done.returncode == 5, done.stderr.decode()
-    assert str(port) in error_line(done)
+    assert refused_address.rsplit(":", 1)[1] in error_line(done)
     assert os.listdir(out_dir) == []
     assert origin.stats["/f.bin"].requests == []  # it did not go to the origin
 
@@ -234,20 +205,19 @@ async def test_timeout_exits_6(
 
 
 async def test_unreachable_supernode_falls_back_to_origin(
-    origin: FakeOrigin, out_dir: Path
+    origin: FakeOrigin, out_dir: Path, refused_address: str
 ) -> None:
     data = blob()
     origin.add("/f.bin", data)
     out = out_dir / "out.bin"
-    with refusing_port() as port:
-        done = await dfget(origin.url("/f.bin"), out, "--supernode", f"127.0.0.1:{port}", "--json")
+    done = await dfget(origin.url("/f.bin"), out, "--supernode", refused_address, "--json")
     summary = summary_of(done)
     assert summary["bytes"] == SIZE == summary["from_source"]
     assert summary["from_cdn"] == 0
     assert out.read_bytes() == data
     assert os.listdir(out_dir) == ["out.bin"]
     stderr = done.stderr.decode()
-    assert f"127.0.0.1:{port}" in stderr and "straight from the origin" in stderr, stderr
+    assert refused_address in stderr and "straight from the origin" in stderr, stderr
     assert "Traceback" not in stderr and "error" not in stderr, stderr
 
 
@@ -287,31 +257,21 @@ async def test_dfdaemon_help(command: list[str]) -> None:
 async def test_dfdaemon_serves_metrics_and_stops_on_sigterm(
     tmp_path: Path, short_dir: Path
 ) -> None:
-    log = tmp_path / "dfdaemon.log"
-    argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
+    argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")]
     argv += ["--registry", "http://127.0.0.1:1", "--peer-listen", "127.0.0.1:0"]
     argv += ["--control-socket", str(short_dir / "d.sock")]
-    with open(log, "wb") as log_file:
-        proc = await trio.lowlevel.open_process(
-            argv, stdout=log_file, stderr=log_file, env=cli_env()
-        )
-    try:
-        with trio.fail_after(STARTUP_TIMEOUT):
-            pattern = re.compile(r"dfdaemon listening on (\S+:\d+)")
-            while not (match := pattern.search(log.read_text(errors="replace"))):
-                assert proc.poll() is None, log.read_text()
-                await trio.sleep(0.05)
+    async with server_process(argv, tmp_path / "dfdaemon.ready") as daemon:
+        ready, proc = daemon.ready, daemon.proc
+        assert ready.keys() == {"http", "upload", "control_socket", "pid"}
+        assert ready["control_socket"] == str(short_dir / "d.sock") and ready["pid"] == proc.pid
         async with httpx.AsyncClient() as client:
-            metrics = await client.get(f"http://{match.group(1)}/metrics")
+            metrics = await client.get(f"http://{ready['http']}/metrics")
         assert metrics.status_code == 200 and "dfdaemon_requests_total" in metrics.text
+        await (await trio.open_tcp_stream(*parse_listen(ready["upload"]))).aclose()
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(STOP_TIMEOUT):
-            assert await proc.wait() == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            await proc.wait()
-    assert "no --supernode" in log.read_text()  # the warning for a daemon without one
+            assert await proc.wait() == 0, daemon.log.read_text()
+    assert "no --supernode" in daemon.log.read_text()  # the warning for a daemon without one
 
 
 @pytest.mark.parametrize(

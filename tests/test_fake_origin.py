@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import pathlib
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import trio
+from conftest import server_process
 
 from testkit.origin import FakeOrigin
 
@@ -199,17 +198,10 @@ async def test_add_file_and_keep_alive(origin: FakeOrigin, tmp_path: pathlib.Pat
 
 
 async def test_cli_serves_directory(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "f.txt").write_bytes(b"hello")
-    command = [sys.executable, "-m", "testkit.origin", "--dir", str(tmp_path)]
-    async with trio.open_nursery() as nursery:
-        run = functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
-        process = await nursery.start(run)
-        with trio.fail_after(10):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-        base = line.decode().strip().removeprefix("listening on ")
+    (tmp_path / "www" / "sub").mkdir(parents=True)
+    (tmp_path / "www" / "sub" / "f.txt").write_bytes(b"hello")
+    command = [sys.executable, "-m", "testkit.origin", "--dir", str(tmp_path / "www")]
+    async with server_process(command, tmp_path / "origin.ready") as origin:
+        assert origin.ready.keys() == {"url", "pid"}
         async with httpx.AsyncClient() as client:
-            assert (await client.get(base + "/sub/f.txt")).content == b"hello"
-        process.terminate()
+            assert (await client.get(origin.ready["url"] + "/sub/f.txt")).content == b"hello"

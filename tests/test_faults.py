@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import socket
 import struct
 from pathlib import Path
 
@@ -25,12 +24,6 @@ from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_origin_404_reaches_dfget_with_its_status(
@@ -65,9 +58,11 @@ async def test_auth_headers_are_passed_on_and_required_for_cached_copies(
     assert downloads(tmp_path) == ["ok"]
 
 
-async def test_origin_refused(supernode: RunningSupernode, fetch: Fetch, tmp_path: Path) -> None:
+async def test_origin_refused(
+    supernode: RunningSupernode, fetch: Fetch, tmp_path: Path, refused_address: str
+) -> None:
     with pytest.raises(OriginFailed, match="reach"):
-        await fetch(f"http://127.0.0.1:{closed_port()}/f.bin", supernode)
+        await fetch(f"http://{refused_address}/f.bin", supernode)
     assert downloads(tmp_path) == []
 
 
@@ -120,39 +115,42 @@ async def test_origin_that_keeps_dropping_gives_up(
 
 
 async def test_supernode_down_goes_back_to_source_with_a_warning(
-    origin: FakeOrigin, fetch: Fetch, caplog: pytest.LogCaptureFixture
+    origin: FakeOrigin, fetch: Fetch, caplog: pytest.LogCaptureFixture, refused_address: str
 ) -> None:
     data = os.urandom(2 * MiB + 1)
     origin.add("/f.bin", data)
     with caplog.at_level(logging.WARNING):
-        result = await fetch(origin.url("/f.bin"), f"127.0.0.1:{closed_port()}")
+        result = await fetch(origin.url("/f.bin"), refused_address)
     assert Path(result.output).read_bytes() == data
     assert result.from_source == len(data) and result.from_cdn == 0
     assert "straight from the origin" in caplog.text
 
 
 async def test_supernode_down_without_back_source_is_an_error(
-    origin: FakeOrigin, fetch: Fetch, tmp_path: Path
+    origin: FakeOrigin, fetch: Fetch, tmp_path: Path, refused_address: str
 ) -> None:
     origin.add("/f.bin", b"data")
     with pytest.raises(SupernodeUnavailable):
-        await fetch(origin.url("/f.bin"), f"127.0.0.1:{closed_port()}", back_source=False)
+        await fetch(origin.url("/f.bin"), refused_address, back_source=False)
     assert downloads(tmp_path) == []
     assert origin.stats["/f.bin"].requests == []
 
 
 async def test_second_supernode_takes_over(
-    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, tmp_path: Path
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+    refused_address: str,
 ) -> None:
     from dfget.engine import DownloadRequest, download
 
     data = os.urandom(MiB)
     origin.add("/f.bin", data)
-    dead = f"127.0.0.1:{closed_port()}"
     request = DownloadRequest(
         url=origin.url("/f.bin"),
         output=tmp_path / "f.bin",
-        supernodes=(dead, supernode.address),
+        supernodes=(refused_address, supernode.address),
         back_source=False,
     )
     result = await download(request)

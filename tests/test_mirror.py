@@ -22,7 +22,6 @@ from registry import (
     Containerd,
     Image,
     Registry,
-    free_port,
     needs_containerd,
     needs_registry,
     skopeo_pull,
@@ -170,11 +169,11 @@ async def test_a_malformed_digest_is_refused_and_nothing_is_fetched(
 
 
 async def test_without_a_supernode_the_daemon_fetches_from_the_upstream(
-    registry: Registry, start_daemon: StartDaemon, tmp_path: Path
+    registry: Registry, start_daemon: StartDaemon, tmp_path: Path, refused_address: str
 ) -> None:
     image = write_oci_image(tmp_path / "image", [2 * MiB])
     await registry.push(image, "test/img:1")
-    dead = RunningSupernodeAddress(f"127.0.0.1:{free_port()}")
+    dead = RunningSupernodeAddress(refused_address)
     daemon = await start_daemon("host1", registry, dead)
     result = await skopeo_pull(registry, daemon.address, "test/img:1", tmp_path / "out", tmp_path)
     assert result.returncode == 0, result.stderr.decode()
@@ -288,11 +287,11 @@ async def test_private_layers_need_the_clients_own_credentials(
 
 
 async def test_without_back_source_a_failed_p2p_download_is_an_error(
-    registry: Registry, start_daemon: StartDaemon, tmp_path: Path
+    registry: Registry, start_daemon: StartDaemon, tmp_path: Path, refused_address: str
 ) -> None:
     image = write_oci_image(tmp_path / "image", [1 * MiB])
     await registry.push(image, "test/img:1")
-    dead = RunningSupernodeAddress(f"127.0.0.1:{free_port()}")
+    dead = RunningSupernodeAddress(refused_address)
     daemon = await start_daemon("host1", registry, dead, back_source=False)
     layer = image.layers[0]
     async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
