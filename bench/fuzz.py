@@ -20,8 +20,8 @@ same cases):
 - `http`    a request head (and body), well formed or mutated, fed in pieces to an h11
             server connection, then the daemon's own request parsing: the routing of
             `Daemon.handle`, `registry.resolve` and `blob_digest` for /v2, CONNECT's
-            `parse_listen`, the proxy's task id, the mirror's `parse_range`.
-- `range`   a Range header: proto `parse_range`, the mirror's `parse_range` against a
+            `parse_listen`, the proxy's task id, the mirror's `requested_span`.
+- `range`   a Range header: proto `parse_range`, the mirror's `requested_span` against a
             random length (the span must lie inside it).
 - `digest`, `taskid`, `url`: check_digest / new_hasher / digest_matches; check_task_id
             and task_id_for (64 lower-case hex); canonical_url (idempotent),
@@ -39,7 +39,7 @@ Prints cases, cases/s, the count per outcome (`ok`, or the exception type, per k
 and the distinct paths hit, measured two ways: distinct outcomes (kind, exception type,
 message with numbers and quoted values blanked, first 48 characters), and line and
 arc (line-to-line transition) coverage of the project's parsers (proto/ but proto/io,
-dfdaemon/registry.py, dfdaemon/mirror.py) and of h11, recorded with sys.settrace on
+dfdaemon/registry.py) and of h11, recorded with sys.settrace on
 every `--trace-every`-th case (a traced case runs several times slower). Progress to stderr.
 """
 
@@ -74,7 +74,6 @@ import msgpack  # noqa: E402
 
 from common.addresses import parse_listen  # noqa: E402
 from common.urls import display_url, move_credentials  # noqa: E402
-from dfdaemon import mirror  # noqa: E402
 from dfdaemon.registry import BadReference, blob_digest, resolve  # noqa: E402
 from proto.codec import PAYLOAD_KEY, TYPE_KEY, decode_header  # noqa: E402
 from proto.digests import digest_matches, new_hasher  # noqa: E402
@@ -100,12 +99,12 @@ from proto.messages import (  # noqa: E402
     PieceData,
     Welcome,
 )
+from proto.ranges import parse_range, requested_span  # noqa: E402
 from proto.session import Session, Side, State, negotiate  # noqa: E402
 from proto.taskid import (  # noqa: E402
     canonical_url,
     check_digest,
     check_task_id,
-    parse_range,
     task_id_for,
 )
 
@@ -471,7 +470,7 @@ def route_like_daemon(method: str, target: str, headers: list[tuple[str, str]], 
         return "mirror-400"
     byte_range = next((v for k, v in headers if k == "range"), None)
     if byte_range is not None:
-        _check_span(mirror.parse_range(byte_range, length), length)
+        _check_span(requested_span(byte_range, length), length)
     return "blob" if blob else "passthrough"
 
 
@@ -514,7 +513,7 @@ def _check_span(span: tuple[int, int] | None, length: int) -> None:
 
 def run_range(case: dict[str, Any]) -> str:
     header, length = case["header"], case["length"]
-    _check_span(mirror.parse_range(header, length), length)
+    _check_span(requested_span(header, length), length)
     first, last = parse_range(header)
     if first < 0 or (last is not None and last < first):
         raise Untyped(f"range ({first}, {last})")
@@ -1055,8 +1054,7 @@ def serialise(kind: str, case: dict[str, Any]) -> bytes:
 RAW_KINDS = ("frames", "header", "http")
 
 
-# What the coverage figures count: the parsers the cases exercise, whole files but for
-# the mirror (its parse_range only), and h11.
+# What the coverage figures count: the parsers the cases exercise (whole files), and h11.
 TRACKED_PROTO = (
     "frames",
     "codec",
@@ -1064,6 +1062,7 @@ TRACKED_PROTO = (
     "session",
     "errors",
     "taskid",
+    "ranges",
     "urls",
     "digests",
     "addresses",
@@ -1089,7 +1088,6 @@ class Tracer:
             "dfdaemon",
             _executable_lines(compile(Path(path).read_text(), path, "exec")),
         )
-        self.files[mirror.__file__] = ("dfdaemon", _executable_lines(mirror.parse_range.__code__))
         for path_obj in Path(h11.__file__).parent.glob("*.py"):
             path = str(path_obj)
             self.files[path] = (
@@ -1278,7 +1276,7 @@ def main() -> None:
         hit, total, arcs = coverage.get(area, (0, 0, 0))
         where = {
             "proto": f"proto/{{{','.join(TRACKED_PROTO)}}}.py",
-            "dfdaemon": "dfdaemon/registry.py + mirror.parse_range",
+            "dfdaemon": "dfdaemon/registry.py",
             "h11": "h11 (the package)",
         }[area]
         print(f"  {where}: {hit} lines of {total} ({hit / max(total, 1):.0%}), {arcs} arcs")

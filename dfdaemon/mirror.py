@@ -36,6 +36,7 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
 from dfdaemon.trust import Trust, untrusted_message
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from proto.ranges import requested_span
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class Mirror:
     async def _blob_range(
         self, reply: Reply, blob: Blob, hex_digest: str, header: str, length: int
     ) -> None:
-        span = parse_range(header, length)
+        span = requested_span(header, length)
         if span is None:
             await reply.start(
                 416, [("content-range", f"bytes */{length}"), ("content-length", "0")]
@@ -216,27 +217,3 @@ class Mirror:
             async for chunk in chunks:
                 await reply.send(chunk)
         await reply.end()
-
-
-def parse_range(header: str, length: int) -> tuple[int, int] | None:
-    """[start, end) of a single `bytes=` range, or None if it cannot be satisfied.
-    Several ranges are not supported: the first is served."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or not spec:
-        return None
-    first = spec.split(",")[0].strip()
-    low, dash, high = first.partition("-")
-    if not dash:
-        return None
-    try:
-        if not low:  # the last N bytes
-            count = int(high)
-            return (max(0, length - count), length) if count > 0 and length else None
-        start = int(low)
-        end = int(high) + 1 if high else length
-    except ValueError:
-        return None
-    end = min(end, length)
-    if start >= length or start < 0 or end <= start:
-        return None
-    return start, end

@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import blake3
 
+from proto.ranges import parse_range
+
 TASK_ID_LEN = 64
 _TASK_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -49,7 +51,6 @@ DEFAULT_FILTER = frozenset(
 )
 
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}|blake3:[0-9a-f]{64})")
-_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]*)")  # ASCII digits (`\d` takes any script's)
 # What may follow the user info in an http(s) URL's authority: a host (a bracketed
 # IPv6 literal, or a name without brackets or colons) and an optional port. urlsplit
 # reads `http://[::1]x:81/` as host ::1, port 81; such a URL is refused instead.
@@ -75,18 +76,6 @@ def check_digest(digest: str) -> str:
             f"not a digest (want sha256:, sha512: or blake3:HEX): {str(digest)[:80]!r}"
         )
     return digest
-
-
-def parse_range(value: str) -> tuple[int, int | None]:
-    """Parse a single-range `bytes=a-b` or `bytes=a-` header into (first, last or None)."""
-    match = _RANGE.fullmatch(value.strip().replace(" ", ""))
-    if not match:
-        raise ValueError(f"only one 'bytes=first-[last]' range is supported, not {value!r}")
-    first = int(match.group(1))
-    last = int(match.group(2)) if match.group(2) else None
-    if last is not None and last < first:
-        raise ValueError(f"range ends before it starts: {value!r}")
-    return first, last
 
 
 def canonical_url(url: str, filter_keys: Iterable[str] = ()) -> str:

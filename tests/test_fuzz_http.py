@@ -29,9 +29,10 @@ from fuzz_strategies import fuzz_settings
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from dfdaemon import httpserver, mirror
+from dfdaemon import httpserver
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.registry import HOST, BadReference, blob_digest, resolve
+from proto.ranges import requested_span
 
 DEADLINE = 10.0  # seconds for one exchange: far more than any answer takes
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
@@ -183,7 +184,7 @@ async def fuzz_handler(request: Request, reply: Reply) -> None:
     except ValueError:  # a target urlsplit cannot read: see test_daemon_*_unreadable_target
         await reply.simple(400, b"bad target\n", "text/plain")
         return
-    span = mirror.parse_range(request.header("range") or "", 100)
+    span = requested_span(request.header("range") or "", 100)
     body = f"{request.method} {blob is not None} {span}\n".encode()
     await reply.simple(200, body, "text/plain")
 

@@ -26,14 +26,13 @@ from hypothesis import strategies as st
 from common.addresses import parse_listen
 from common.units import _UNITS, format_size, parse_rate, parse_size
 from common.urls import display_url, move_credentials
-from dfdaemon import mirror
 from proto.digests import digest_matches, new_hasher
+from proto.ranges import parse_range, requested_span
 from proto.taskid import (
     DEFAULT_FILTER,
     canonical_url,
     check_digest,
     check_task_id,
-    parse_range,
     task_id_for,
 )
 
@@ -102,7 +101,7 @@ def test_proto_parse_range_takes_ascii_digits_only() -> None:
 @example(header="bytes=0--1", length=10)
 @example(header="bytes=1" + "0" * 5000 + "-", length=10)
 def test_mirror_parse_range_stays_inside_the_blob(header: str, length: int) -> None:
-    span = mirror.parse_range(header, length)  # no exception at all: None if unusable
+    span = requested_span(header, length)  # no exception at all: None if unusable
     if span is not None:
         start, end = span
         assert 0 <= start < end <= length
@@ -111,12 +110,12 @@ def test_mirror_parse_range_stays_inside_the_blob(header: str, length: int) -> N
 @FUZZ
 @given(length=st.integers(1, 1 << 50), first=st.integers(0, 1 << 51), last=st.integers(0, 1 << 51))
 def test_mirror_parse_range_serves_what_was_asked(length: int, first: int, last: int) -> None:
-    span = mirror.parse_range(f"bytes={first}-{last}", length)
+    span = requested_span(f"bytes={first}-{last}", length)
     if first < length and last >= first:
         assert span == (first, min(last + 1, length))
     else:
         assert span is None
-    assert mirror.parse_range(f"bytes=-{last}", length) == (
+    assert requested_span(f"bytes=-{last}", length) == (
         (max(0, length - last), length) if last > 0 else None
     )
 

@@ -18,7 +18,8 @@ from proto import PieceCorrupted, piece_count, piece_length, piece_size_for, tas
 from proto.errors import BadTicket
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context, wrap_key
 from proto.pieces import MiB, PieceSealer, piece_digest
-from proto.taskid import canonical_url, check_task_id, parse_range
+from proto.ranges import parse_range
+from proto.taskid import canonical_url, check_task_id
 from proto.tickets import TicketIssuer, TicketVerifier, issue_ticket, verify_ticket
 
 KEY = bytes(range(32))

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from proto.pieces import TAG_SIZE, PieceSealer, new_task_key, piece_count
-from proto.taskid import parse_range, task_id_for
+from proto.ranges import parse_range
+from proto.taskid import task_id_for
 from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.response import Headers, Validators
 from supernode.errors import SupernodeError
