@@ -17,7 +17,7 @@ from common.connlimit import ConnectionLimit, listen_limit
 from common.eviction import GcPolicy
 from common.io import RateLimiter
 from common.origins import OriginPolicy
-from dfdaemon.blobs import Blob, BlobStore, DownloadSettings
+from dfdaemon.cache import Blob, BlobStore, DownloadSettings
 from dfdaemon.control import SOCKET_NAME, ControlApi
 from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics

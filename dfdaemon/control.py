@@ -46,7 +46,7 @@ import trio
 from common.connlimit import ConnectionLimit
 from common.io import serve_limited
 from common.urls import display_url
-from dfdaemon.blobs import Blob, BlobStore, BlobUnavailable, send_whole
+from dfdaemon.cache import Blob, BlobStore, BlobUnavailable, send_whole
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, blob_digest

@@ -23,7 +23,7 @@ import json
 import logging
 
 from common.units import header_int
-from dfdaemon.blobs import (
+from dfdaemon.cache import (
     Blob,
     BlobStore,
     BlobUnavailable,

@@ -22,7 +22,7 @@ from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied
 from common.urls import display_url
 from dfdaemon import httpserver
-from dfdaemon.blobs import BlobStore, BlobUnavailable, read_blob, send_blob
+from dfdaemon.cache import BlobStore, BlobUnavailable, read_blob, send_blob
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.sharing import JoinRefused, url_download

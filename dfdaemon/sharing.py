@@ -29,7 +29,7 @@ from common.urls import display_url
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
 
 if TYPE_CHECKING:
-    from dfdaemon.blobs import Blob, BlobStore
+    from dfdaemon.cache import Blob, BlobStore
 
 
 class JoinRefused(Exception):
