@@ -17,8 +17,10 @@ from common.connlimit import ConnectionLimit, listen_limit
 from common.eviction import GcPolicy
 from common.io import RateLimiter
 from common.origins import OriginPolicy
-from dfdaemon.cache import Blob, BlobStore, DownloadSettings
+from dfdaemon.blob import Blob
+from dfdaemon.cache import BlobStore
 from dfdaemon.control import SOCKET_NAME, ControlApi
+from dfdaemon.downloads import DownloadSettings
 from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror

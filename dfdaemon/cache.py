@@ -1,21 +1,23 @@
-"""The daemon's blob cache and the downloads that fill it.
+"""The daemon's blob cache, and the downloads that fill it.
 
 A blob is named by its sha256 and kept at `DATA/blobs/sha256/<hex>` once complete and
-verified. While it downloads (through the peer engine, as a peer of the swarm, or from
+verified; a URL download of the forward proxy at `DATA/blobs/urls/<task id>`. While it
+downloads (`downloads.py`: through the peer engine, as a peer of the swarm, or from
 the upstream when P2P fails) it lives in a temp file beside that path; readers stream
-from the temp file as its start fills in, so a client gets bytes while the download
-runs. After the download the engine keeps seeding the blob to other peers until the
-daemon stops. One download per blob at a time, whoever asks.
+from the temp file as its start fills in (`blob.py`), so a client gets bytes while the
+download runs. After the download the engine keeps seeding the blob to other peers
+until the daemon stops. One download per blob at a time, whoever asks.
 
-Beside each complete blob the store keeps its upstream URL (`<hex>.url`, to seed it
-again after a restart) and the upstream hosts it was fetched from (`<hex>.from`, its
-provenance: an upstream the blob came from may vouch for it, see `trust.py`). Blob
+Beside each complete blob the store keeps where it came from (`provenance.py`). Blob
 files are fsynced before they are named, and the cache folders are private (0700).
+The store evicts what its policy says should go (`collect_garbage`), and hashes a
+cached file whole once before a part of it is served (`verify`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -23,54 +25,20 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from common.eviction import GcPolicy, StoredTask, plan
-from common.io import RateLimiter
-from common.origins import OriginPolicy
-from common.urls import move_credentials
-from dfdaemon.httpserver import Reply
-from dfdaemon.sharing import Validators
+from common.eviction import StoredTask, plan
+from dfdaemon.blob import READ_CHUNK, Blob, BlobUnavailable, file_key
+from dfdaemon.downloads import DownloadSettings, download_blob, keep_seeding
+from dfdaemon.provenance import Provenance
 from dfdaemon.trust import origin_of
-from dfget.engine import DownloadRequest, DownloadResult, download
-from dfget.errors import (
-    DfgetError,
-    IntegrityError,
-    OriginFailed,
-    SupernodeUnavailable,
-    UsageError,
-)
-from dfget.options import PeerOptions, SharedServer
-from dfget.output import AtomicOutput, ExistingOutput
-from proto.digests import Hasher
 
 log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-RESEED_MAX_DELAY = 120.0
-
-READ_CHUNK = 1024 * 1024
-HOLD_BACK = READ_CHUNK  # of a blob streamed as it downloads, until it is verified whole
-
-
-class BlobUnavailable(Exception):
-    """The blob could not be downloaded (the cause is chained)."""
-
-
-class LengthMismatch(Exception):
-    """An upstream announced a length the blob does not have: that one answer fails
-    (the blob itself is not in question; only its digest can condemn it)."""
-
-    def __init__(self, hex_digest: str, announced: int, actual: int) -> None:
-        super().__init__(
-            f"blob {hex_digest[:12]}: the upstream announced {announced} bytes, "
-            f"the blob has {actual}"
-        )
-        self.announced, self.actual = announced, actual
 
 
 def private_folder(path: Path) -> None:
@@ -78,11 +46,6 @@ def private_folder(path: Path) -> None:
     or its mode before."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
-
-
-def _file_key(stat: os.stat_result) -> tuple[int, int, int]:
-    """What must not change for a verified file to stay verified."""
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _hash_file(fd: int) -> str:
@@ -93,129 +56,6 @@ def _hash_file(fd: int) -> str:
         hasher.update(data)
         offset += len(data)
     return hasher.hexdigest()
-
-
-@dataclass
-class DownloadSettings:
-    supernodes: tuple[str, ...]
-    server: SharedServer | None
-    limiter: RateLimiter
-    back_source: bool = True  # fetch from the upstream when P2P fails
-    insecure: bool = False  # do not verify the upstream's TLS certificate (fallback)
-    token: bytes | None = None
-    upload_slots: int = 4
-    gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
-    gc_interval: float = 5.0
-    reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended
-    origin_policy: OriginPolicy | None = None  # where the fallback to the upstream may go
-
-    def request(
-        self,
-        url: str,
-        blob: Blob,
-        *,
-        supernodes: tuple[str, ...],
-        headers: tuple[tuple[str, str], ...] = (),
-        adopt: bool = False,
-    ) -> DownloadRequest:
-        """A download (or, with `adopt`, an announcement) of `blob`, seeded until the
-        daemon stops."""
-        return DownloadRequest(
-            url=url,
-            output=blob.path,
-            supernodes=supernodes,
-            headers=headers,
-            digest=blob.digest,
-            # Through the supernodes: no fallback inside the engine (the daemon's own
-            # resets the file first); without any: the upstream, if allowed.
-            back_source=not supernodes and self.back_source,
-            insecure=self.insecure,
-            origin_policy=self.origin_policy,
-            peer=PeerOptions(
-                server=self.server,
-                seed_for=math.inf,
-                token=self.token,
-                upload_slots=self.upload_slots,
-                adopt=adopt,
-                in_order=True,  # its readers stream it front to back as it arrives
-            ),
-        )
-
-
-@dataclass
-class Blob:
-    hex: str  # the sha256 of a blob, or the task id of a URL (forward proxy)
-    path: Path
-    digest: str | None = None  # "sha256:HEX" for blobs; None for URLs
-    length: int | None = None  # from its download or its file, never from a client's HEAD
-    # The first requester's URL and headers (what the download was started with), and
-    # the upstream host it names (`host:port`, its provenance once complete).
-    url: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    origin: str | None = None
-    # What the origin answered the first requester about a URL download, asked the
-    # first time another client wants to join it (`sharing.py`).
-    validators: Validators | None = None
-    out: AtomicOutput | None = None  # while downloading
-    complete: bool = False
-    error: BaseException | None = None
-    result: DownloadResult | None = None
-    fell_back: bool = False
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its download
-    readers: Counter[str] | None = None  # the store's count of readers, by blob (GC)
-    verified: dict[str, tuple[int, int, int]] | None = None  # the store's good files
-    _changed: trio.Event = field(default_factory=trio.Event)
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
-
-    @property
-    def filled(self) -> int:
-        if self.complete:
-            return self.length or 0
-        return self.out.filled if self.out is not None else 0
-
-    def open(self) -> int:
-        """A read-only descriptor of the blob's bytes, valid across the final rename."""
-        if self.complete:
-            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        assert self.out is not None
-        return os.dup(self.out.fd)
-
-    def raise_if_failed(self) -> None:
-        """BlobUnavailable (the cause chained) once its download has failed."""
-        if self.error is not None:
-            raise BlobUnavailable(f"blob {self.hex[:12]}: {self.error}") from self.error
-
-
-class _Reading:
-    """One client's read of a blob: counted while it lasts (GC leaves the blob alone),
-    with a descriptor opened at first use and closed at the end."""
-
-    def __init__(self, blob: Blob) -> None:
-        self.blob = blob
-        self._fd = -1
-
-    def __enter__(self) -> _Reading:
-        if self.blob.readers is not None:
-            self.blob.readers[self.blob.hex] += 1
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.blob.readers is not None:
-            self.blob.readers[self.blob.hex] -= 1
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-    def fd(self) -> int:
-        if self._fd < 0:
-            self._fd = self.blob.open()
-        return self._fd
 
 
 class BlobStore:
@@ -239,7 +79,7 @@ class BlobStore:
         self.readers: Counter[str] = Counter()  # clients reading each blob now
         self.last_used: dict[str, float] = {}  # blob → when a client last asked for it
         self.on_result: Callable[[Blob], None] = lambda blob: None  # metrics
-        self._origins: dict[str, frozenset[str]] = {}  # provenance of cached blobs, read once
+        self._provenance = Provenance(self.root)  # where the cached blobs came from
         # Complete files known to match their digest (by inode, size and mtime): checked
         # by their own download, or hashed whole once (before a Range is served).
         self._verified: dict[str, tuple[int, int, int]] = {}
@@ -250,8 +90,6 @@ class BlobStore:
         for folder in (self.root, self.urls):
             for leftover in folder.glob(".*.dfget-part"):
                 leftover.unlink(missing_ok=True)
-        for leftover in self.root.glob(".*.tmp"):  # a .url or .from being replaced
-            leftover.unlink(missing_ok=True)
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest
@@ -279,69 +117,23 @@ class BlobStore:
         if running is not None:
             running.scope.cancel()
         self.path(hex_digest).unlink(missing_ok=True)
-        self._url_file(hex_digest).unlink(missing_ok=True)
-        self._from_file(hex_digest).unlink(missing_ok=True)
-        self._origins.pop(hex_digest, None)
+        self._provenance.forget(hex_digest)
         self._verified.pop(hex_digest, None)
-
-    def _url_file(self, hex_digest: str) -> Path:
-        """Where a blob's upstream URL is kept, to seed it again after a restart."""
-        return self.root / f"{hex_digest}.url"
-
-    def _from_file(self, hex_digest: str) -> Path:
-        """Where the upstream hosts a blob was fetched from are kept, one a line."""
-        return self.root / f"{hex_digest}.from"
 
     def provenance(self, hex_digest: str) -> frozenset[str]:
         """The upstreams (`host:port`) the blob was fetched from: those of its cached
         file, and the one its running download was started with."""
         running = self.running.get(hex_digest)
         now = {running.origin} if running is not None and running.origin else set()
-        kept = self._origins.get(hex_digest)
-        if kept is None:
-            if not self.path(hex_digest).exists():
-                return frozenset(now)  # nothing kept for a blob that is not here
-            kept = self._origins[hex_digest] = self._read_origins(hex_digest)
-        return kept | now
+        return self._provenance.origins(hex_digest) | now
 
-    def _read_origins(self, hex_digest: str) -> frozenset[str]:
+    def mark_verified(self, blob: Blob) -> None:
+        """The blob's complete file matches its digest."""
         try:
-            lines = self._from_file(hex_digest).read_text().split()
-        except FileNotFoundError:  # cached before provenance was kept: its URL says
-            try:
-                lines = [origin_of(self._url_file(hex_digest).read_text().strip()).key]
-            except (OSError, UnicodeError, ValueError):
-                return frozenset()
-        except (OSError, UnicodeError) as exc:
-            log.warning("blob %s: unreadable provenance: %s", hex_digest[:12], exc)
-            return frozenset()
-        return frozenset(lines)
-
-    def _remember_url(self, blob: Blob, url: str) -> None:
-        if blob.digest is None or blob.path.parent != self.root:
-            return
-        bare, _ = move_credentials(url, ())  # user info never goes to disk
-        origins = self._origins.get(blob.hex, frozenset())
-        if blob.origin:
-            origins |= {blob.origin}
-        self._origins[blob.hex] = origins
-        try:
-            _write_small(self.root, self._url_file(blob.hex), bare)
-            _write_small(self.root, self._from_file(blob.hex), "".join(f"{o}\n" for o in origins))
-        except OSError as exc:
-            log.warning(
-                "blob %s: cannot keep its URL (it will not be seeded after a restart): %s",
-                blob.hex[:12],
-                exc,
-            )
-
-    def mark_verified(self, blob: Blob, fd: int | None = None) -> None:
-        """The blob's complete file (or the open `fd` of it) matches its digest."""
-        try:
-            stat = os.fstat(fd) if fd is not None else blob.path.stat()
+            stat = blob.path.stat()
         except OSError:
             return
-        self._verified[blob.hex] = _file_key(stat)
+        self._verified[blob.hex] = file_key(stat)
 
     async def verify(self, blob: Blob) -> None:
         """Make sure a complete blob's file still matches its digest before a part of
@@ -355,7 +147,7 @@ class BlobStore:
             except OSError as exc:
                 raise BlobUnavailable(f"blob {blob.hex[:12]}: {exc}") from exc
             try:
-                key = _file_key(os.fstat(fd))
+                key = file_key(os.fstat(fd))
                 if self._verified.get(blob.hex) == key:
                     return
                 busy = self._verifying.get(blob.hex)
@@ -368,7 +160,7 @@ class BlobStore:
         try:
             fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                key = _file_key(os.fstat(fd))
+                key = file_key(os.fstat(fd))
                 actual = await trio.to_thread.run_sync(_hash_file, fd)
             finally:
                 os.close(fd)
@@ -488,319 +280,45 @@ class BlobStore:
     def _seedable(self) -> list[tuple[Blob, str]]:
         """Cached blobs whose upstream URL was kept."""
         found = []
-        for url_file in sorted(self.root.glob("*.url")):
-            blob = self.cached(url_file.name.removesuffix(".url"))
+        for hex_digest in self._provenance.blobs_with_url():
+            blob = self.cached(hex_digest)
             if blob is not None and _HEX64.fullmatch(blob.hex):
-                try:
-                    found.append((blob, url_file.read_text().strip()))
-                except (OSError, UnicodeError) as exc:
-                    log.warning("blob %s: unreadable %s: %s", blob.hex[:12], url_file.name, exc)
+                url = self._provenance.url(blob.hex)
+                if url is not None:
+                    found.append((blob, url))
         return found
 
     async def _seed_again(self, blob: Blob, url: str) -> None:
-        """Seed a blob cached before a restart (see `_keep_seeding`)."""
+        """Seed a blob cached before a restart (see `keep_seeding`)."""
         try:
             with blob.scope:
-                await self._keep_seeding(blob, url, wait_first=False)
+                await keep_seeding(self.settings, blob, url, wait_first=False, drop=self.drop)
         finally:
             self._forget(blob)
 
     async def _download(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
         try:
             with blob.scope:  # cancelled: stopped (its error says so if it was not done)
-                await self._run(blob, url, headers)
+                ended = functools.partial(self._ended, url=url)
+                await download_blob(self.settings, blob, url, headers, ended=ended)
                 # Its seeding ended without being stopped: the supernode went away, or
                 # dropped the task. Keep offering the blob when it is back. (Not one
                 # fetched from the upstream after P2P failed: announcing it would make
                 # the supernode fetch it from the registry once more.)
-                reseed = blob.digest is not None and blob.path.parent == self.root
-                if blob.complete and reseed and not blob.fell_back:
-                    await self._keep_seeding(blob, url, wait_first=True)
+                if blob.complete and self._in_cache(blob) and not blob.fell_back:
+                    await keep_seeding(self.settings, blob, url, wait_first=True, drop=self.drop)
         finally:
             self._forget(blob)
 
-    async def _keep_seeding(self, blob: Blob, url: str, *, wait_first: bool) -> None:
-        """Announce a complete blob to the swarm and seed it, again whenever the seeding
-        ends (its supernode restarted, say), retrying with a growing delay. The engine
-        checks every piece against the supernode's digests first (`adopt`)."""
-        settings = self.settings
-        if not settings.supernodes:
-            return
-        delay = settings.reseed_delay
-        if wait_first:
-            await trio.sleep(delay)
-        while True:
-            try:
-                with ExistingOutput(blob.path) as out:
-                    request = settings.request(
-                        url, blob, supernodes=settings.supernodes, adopt=True
-                    )
-                    await download(request, output=out, limiter=settings.limiter)
-                delay = settings.reseed_delay  # it seeded until the supernode went away
-            except IntegrityError as exc:
-                log.warning("blob %s: cached copy is damaged (%s): dropped", blob.hex[:12], exc)
-                self.drop(blob.hex)
-                return
-            except (DfgetError, OSError) as exc:
-                log.info("blob %s: not seeded for now: %s", blob.hex[:12], exc)
-                delay = min(2 * delay, RESEED_MAX_DELAY)
-            except Exception:  # a bug of ours: this blob stops seeding, the daemon goes on
-                log.exception("blob %s: seeding failed", blob.hex[:12])
-                return
-            await trio.sleep(delay)
-
-    def _fail(self, blob: Blob, error: BaseException) -> None:
-        blob.error, blob.out = error, None
+    def _ended(self, blob: Blob, *, url: str) -> None:
+        """`blob`'s download ended, complete or failed (its readers not woken yet)."""
+        if blob.complete and blob.digest is not None:  # the download checked it whole
+            self.mark_verified(blob)
+        if blob.complete and self._in_cache(blob):
+            self._provenance.remember(blob.hex, url, blob.origin)
         self.on_result(blob)
-        blob.notify()
 
-    async def _run(self, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]) -> None:
-        settings = self.settings
-        if not settings.supernodes and not settings.back_source:
-            self._fail(blob, SupernodeUnavailable("no supernode configured, and no back-to-source"))
-            return
-
-        def progress(done: int, total: int | None) -> None:
-            if total is not None:
-                blob.length = total
-            blob.notify()
-
-        def finished(result: DownloadResult) -> None:
-            blob.length, blob.complete, blob.result = result.bytes, True, result
-            blob.out = None
-            if blob.digest is not None:  # the download checked it whole against it
-                self.mark_verified(blob)
-            self._remember_url(blob, url)
-            self.on_result(blob)
-            blob.notify()
-
-        async def fetch(out: AtomicOutput, supernodes: tuple[str, ...]) -> None:
-            request = settings.request(url, blob, supernodes=supernodes, headers=headers)
-            await download(
-                request, output=out, limiter=settings.limiter, progress=progress, on_done=finished
-            )
-
-        try:
-            with AtomicOutput(blob.path, durable=True) as out:
-                blob.out = out
-                try:
-                    await fetch(out, settings.supernodes)
-                except (OriginFailed, UsageError):
-                    raise  # the upstream's own answer: falling back would get the same
-                except DfgetError as exc:
-                    if blob.complete or not settings.back_source or not settings.supernodes:
-                        raise
-                    log.warning(
-                        "blob %s: P2P failed (%s): fetching it from the upstream",
-                        blob.hex[:12],
-                        exc,
-                    )
-                    blob.fell_back = True
-                    out.reset()
-                    blob.notify()
-                    await fetch(out, ())
-        except BaseException as exc:
-            if not blob.complete:
-                self._fail(blob, exc)
-            if not isinstance(exc, Exception):
-                raise
-            if not isinstance(exc, DfgetError | OSError):  # a bug of ours: this blob only
-                log.exception("blob %s: internal error", blob.hex[:12])
-            elif not blob.complete:
-                log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
-            else:
-                log.info("blob %s: seeding ended: %s", blob.hex[:12], exc)
-
-
-def _write_small(folder: Path, path: Path, text: str) -> None:
-    """Replace `path` with `text`, durably (a temp file fsynced, renamed, the folder
-    fsynced): a crash leaves the old file or the new one."""
-    temp = folder / f".{path.name}.tmp"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise
-    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-
-
-def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
-    data = os.pread(fd, count, offset)
-    if hasher is not None:
-        hasher.update(data)  # hashlib drops the GIL for large buffers
-    return data
-
-
-async def send_whole(
-    reply: Reply,
-    blob: Blob,
-    headers: Callable[[], list[tuple[str, str]]],
-    sha256: str | None,
-    length: int | None = None,
-) -> bool:
-    """Answer 200 with a whole blob; False (the reply left unended: the client never
-    holds all of a wrong blob) if its content is not the blob named. A blob still
-    downloading is sent by sendfile as it fills in, checked by its download; a cached
-    one is hashed as it is read, against `sha256` (the disk may have damaged it).
-    `headers()` is asked once the first byte exists (its length is known by then);
-    `length`, if given, is the length announced elsewhere (an upstream's HEAD): a blob
-    of another length raises LengthMismatch (before the reply starts if it is known by
-    then). Raises BlobUnavailable if the blob fails, before the reply starts if no
-    byte existed yet."""
-    if not blob.complete:
-        return await stream_download(reply, blob, headers, length)
-    if length is not None and blob.length != length:
-        raise LengthMismatch(blob.hex, length, blob.length or 0)
-    hasher: Hasher | None = None
-    check: Callable[[int], bool] | None = None
-    if sha256 is not None:
-        hasher = hashlib.sha256()  # fed by the reader, chunk by chunk
-        check = sha256_check(hasher, sha256, blob.length)
-    with _Reading(blob) as reading:
-        chunks = read_blob(blob, hasher=hasher, reading=reading)
-        first = await anext(chunks, None)  # nothing is promised before a byte exists
-        good = await send_blob(reply, headers(), first, chunks, check)
-        if good and check is not None and blob.verified is not None:
-            blob.verified[blob.hex] = _file_key(os.fstat(reading.fd()))  # hashed whole
-        return good
-
-
-async def send_blob(
-    reply: Reply,
-    headers: list[tuple[str, str]],
-    first: bytes | None,
-    rest: AsyncGenerator[bytes, None],
-    check: Callable[[int], bool] | None = None,
-) -> bool:
-    """Answer 200 with a blob's bytes (`first`, then `rest`, from `read_blob`). With
-    `check(total bytes)`, the last chunk is held back until it passes: if it fails,
-    the reply is left unended (the connection closes, the client never holds the whole
-    wrong blob) and False is returned. Raises BlobUnavailable if the download fails on
-    the way (the reply is then not ended either). `rest` is closed in any case: a
-    client gone half-way does not keep the blob counted as read, nor its descriptor."""
-    async with contextlib.aclosing(rest):
-        await reply.start(200, headers)
-        held, sent = first, 0
-        async for chunk in rest:
-            if held:
-                await reply.send(held)
-                sent += len(held)
-            held = chunk
-    if check is not None and not check(sent + len(held or b"")):
-        return False
-    if held:
-        await reply.send(held)
-    await reply.end()
-    return True
-
-
-def sha256_check(hasher: Hasher, hex_digest: str, length: int | None) -> Callable[[int], bool]:
-    """A `send_blob` check: the bytes read (fed to `hasher`) are the blob named."""
-    return lambda total: hasher.hexdigest() == hex_digest and length in (None, total)
-
-
-async def read_blob(
-    blob: Blob,
-    start: int = 0,
-    end: int | None = None,
-    hasher: Hasher | None = None,
-    reading: _Reading | None = None,
-) -> AsyncGenerator[bytes, None]:
-    """The blob's bytes [start, end) in order, as soon as they are written; raises
-    BlobUnavailable if its download fails first, or restarts from the upstream once
-    bytes were read (a P2P prefix never meets an upstream suffix). With `hasher`,
-    every chunk is hashed in the worker thread that reads it, off the event loop.
-    `reading`: the caller's own (open, counted) read of the blob."""
-    offset, fell_back = start, blob.fell_back
-
-    def check_source() -> None:
-        nonlocal fell_back
-        if blob.fell_back != fell_back:
-            if offset > start:
-                raise BlobUnavailable(
-                    f"blob {blob.hex[:12]}: restarted from the upstream after "
-                    f"{offset - start} bytes were read"
-                )
-            fell_back = blob.fell_back
-
-    with contextlib.nullcontext(reading) if reading is not None else _Reading(blob) as read:
-        while end is None or offset < end:
-            stop = blob.length if end is None else end
-            if stop is not None and offset >= stop:
-                return
-            blob.raise_if_failed()
-            check_source()
-            filled = blob.filled
-            if filled <= offset:
-                if blob.complete:
-                    return
-                await blob.wait_changed()
-                continue
-            count = min(READ_CHUNK, filled - offset, (stop or filled) - offset)
-            data = await trio.to_thread.run_sync(_read, read.fd(), count, offset, hasher)
-            blob.raise_if_failed()
-            check_source()  # what was read may already be the upstream's: never sent
-            if not data:
-                raise BlobUnavailable(f"blob {blob.hex[:12]} is short on disk")
-            offset += len(data)
-            yield data
-
-
-async def stream_download(
-    reply: Reply, blob: Blob, headers: Callable[[], list[tuple[str, str]]], length: int | None
-) -> bool:
-    """Answer 200 with a blob still downloading, sent from its file by sendfile as the
-    file fills in. The download's engine hashes it whole and fails it before it
-    completes if that is not its digest, so the last HOLD_BACK bytes wait for the blob
-    to be complete: the client never holds a whole wrong blob. `headers()` is asked
-    when the answer starts. Raises LengthMismatch as soon as the blob's length is
-    known to differ from the `length` announced (the reply is then left unended if it
-    had started), and BlobUnavailable if the download fails, or restarts from the
-    upstream once bytes were sent (those can no longer be vouched for)."""
-    offset, fell_back = 0, blob.fell_back
-
-    def check() -> None:
-        nonlocal fell_back
-        blob.raise_if_failed()
-        if blob.fell_back != fell_back:
-            if offset:
-                raise BlobUnavailable(
-                    f"blob {blob.hex[:12]}: restarted from the upstream after {offset} "
-                    "bytes were sent"
-                )
-            fell_back = blob.fell_back
-        if length is not None and blob.length is not None and blob.length != length:
-            raise LengthMismatch(blob.hex, length, blob.length)
-
-    with _Reading(blob) as reading:
-        while True:
-            check()
-            complete = blob.complete
-            limit = blob.filled if complete else blob.filled - HOLD_BACK
-            if length is not None:
-                limit = min(limit, length)
-            if offset < limit:
-                if not reply.started:  # nothing is promised before a byte exists
-                    await reply.start(200, headers())
-                await reply.send_file(reading.fd(), offset, limit - offset)
-                offset = limit
-            elif complete:
-                break
-            else:
-                await blob.wait_changed()
-        check()
-        if not reply.started:
-            await reply.start(200, headers())
-        await reply.end()
-        return True
+    def _in_cache(self, blob: Blob) -> bool:
+        """A sha256 blob of the cache folder (not a URL download): its provenance is
+        kept, and it is seeded again."""
+        return blob.digest is not None and blob.path.parent == self.root

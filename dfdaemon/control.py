@@ -46,7 +46,9 @@ import trio
 from common.connlimit import ConnectionLimit
 from common.io import serve_limited
 from common.urls import display_url
-from dfdaemon.cache import Blob, BlobStore, BlobUnavailable, send_whole
+from dfdaemon.blob import Blob, BlobUnavailable
+from dfdaemon.bodies import send_whole
+from dfdaemon.cache import BlobStore
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, blob_digest

@@ -23,14 +23,9 @@ import json
 import logging
 
 from common.units import header_int
-from dfdaemon.cache import (
-    Blob,
-    BlobStore,
-    BlobUnavailable,
-    LengthMismatch,
-    read_blob,
-    send_whole,
-)
+from dfdaemon.blob import Blob, BlobUnavailable, read_blob
+from dfdaemon.bodies import LengthMismatch, send_whole
+from dfdaemon.cache import BlobStore
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve

@@ -22,7 +22,9 @@ from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied
 from common.urls import display_url
 from dfdaemon import httpserver
-from dfdaemon.cache import BlobStore, BlobUnavailable, read_blob, send_blob
+from dfdaemon.blob import BlobUnavailable, read_blob
+from dfdaemon.bodies import send_blob
+from dfdaemon.cache import BlobStore
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.sharing import JoinRefused, url_download

@@ -16,20 +16,17 @@ allowed (405, 501).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 
 from common.io.origins import allowed_addresses
 from common.origins import AddressDenied, OriginPolicy
-from common.units import header_int
 from common.urls import display_url
+from dfdaemon.blob import Blob
+from dfdaemon.cache import BlobStore
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
-
-if TYPE_CHECKING:
-    from dfdaemon.cache import Blob, BlobStore
+from dfdaemon.validators import Validators
 
 
 class JoinRefused(Exception):
@@ -43,38 +40,6 @@ class JoinRefused(Exception):
 class ContentDiffers(JoinRefused):
     """The client may read the URL, but it would not get what the running download is
     fetching (or that cannot be shown): it must not get the shared bytes."""
-
-
-@dataclass(frozen=True, slots=True)
-class Validators:
-    """What identifies one version of a URL's content in an origin's answer."""
-
-    etag: str | None  # strong ETags only: a weak one does not promise the same bytes
-    last_modified: str | None
-    length: int | None
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> Validators:
-        etag = response.headers.get("etag")
-        if etag is not None and etag.startswith(("W/", "w/")):
-            etag = None
-        length: int | None = None
-        if response.status_code == 206:  # the one-byte GET: the length is in the range
-            length = header_int(response.headers.get("content-range", "").rpartition("/")[2])
-        else:
-            length = header_int(response.headers.get("content-length", ""))
-        return cls(etag, response.headers.get("last-modified"), length)
-
-    def same_content(self, other: Validators) -> bool:
-        """True only if both name one version: strong ETags equal, or (without them)
-        Last-Modified equal; and lengths equal where both are given."""
-        if self.length is not None and other.length is not None and self.length != other.length:
-            return False
-        if self.etag is not None and other.etag is not None:
-            return self.etag == other.etag
-        if self.last_modified is not None and other.last_modified is not None:
-            return self.last_modified == other.last_modified
-        return False
 
 
 def lower(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:

@@ -1,0 +1,174 @@
+"""A blob of the daemon's cache: the record of its download (running or complete), the
+reads of it going on (counted: GC leaves a blob being read alone), and its bytes, read
+in order as its file fills in.
+
+A blob is named by its sha256 or, for a URL download of the forward proxy, by the
+URL's task id. While it downloads its bytes are in a temp file that readers follow as
+its start fills in; once complete they are in its file of the cache (`cache.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from dfdaemon.validators import Validators
+from dfget.engine import DownloadResult
+from dfget.output import AtomicOutput
+from proto.digests import Hasher
+
+READ_CHUNK = 1024 * 1024
+
+
+class BlobUnavailable(Exception):
+    """The blob could not be downloaded (the cause is chained)."""
+
+
+def file_key(stat: os.stat_result) -> tuple[int, int, int]:
+    """What must not change for a verified file to stay verified."""
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@dataclass
+class Blob:
+    hex: str  # the sha256 of a blob, or the task id of a URL (forward proxy)
+    path: Path
+    digest: str | None = None  # "sha256:HEX" for blobs; None for URLs
+    length: int | None = None  # from its download or its file, never from a client's HEAD
+    # The first requester's URL and headers (what the download was started with), and
+    # the upstream host it names (`host:port`, its provenance once complete).
+    url: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    origin: str | None = None
+    # What the origin answered the first requester about a URL download, asked the
+    # first time another client wants to join it (`sharing.py`).
+    validators: Validators | None = None
+    out: AtomicOutput | None = None  # while downloading
+    complete: bool = False
+    error: BaseException | None = None
+    result: DownloadResult | None = None
+    fell_back: bool = False
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its download
+    readers: Counter[str] | None = None  # the store's count of readers, by blob (GC)
+    verified: dict[str, tuple[int, int, int]] | None = None  # the store's good files
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    @property
+    def filled(self) -> int:
+        if self.complete:
+            return self.length or 0
+        return self.out.filled if self.out is not None else 0
+
+    def open(self) -> int:
+        """A read-only descriptor of the blob's bytes, valid across the final rename."""
+        if self.complete:
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        assert self.out is not None
+        return os.dup(self.out.fd)
+
+    def raise_if_failed(self) -> None:
+        """BlobUnavailable (the cause chained) once its download has failed."""
+        if self.error is not None:
+            raise BlobUnavailable(f"blob {self.hex[:12]}: {self.error}") from self.error
+
+
+class Reading:
+    """One client's read of a blob: counted while it lasts (GC leaves the blob alone),
+    with a descriptor opened at first use and closed at the end."""
+
+    def __init__(self, blob: Blob) -> None:
+        self.blob = blob
+        self._fd = -1
+
+    def __enter__(self) -> Reading:
+        if self.blob.readers is not None:
+            self.blob.readers[self.blob.hex] += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.blob.readers is not None:
+            self.blob.readers[self.blob.hex] -= 1
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+    def fd(self) -> int:
+        if self._fd < 0:
+            self._fd = self.blob.open()
+        return self._fd
+
+
+class OneSource:
+    """The bytes one client takes of a blob come from one source: a P2P prefix never
+    meets an upstream suffix. `check(taken)` raises BlobUnavailable once the blob's
+    download has failed, or has restarted from the upstream after `taken` bytes were
+    taken (read or sent: `taken_as` says which, in the error)."""
+
+    def __init__(self, blob: Blob, taken_as: str) -> None:
+        self.blob, self._taken_as = blob, taken_as
+        self._fell_back = blob.fell_back
+
+    def check(self, taken: int) -> None:
+        blob = self.blob
+        blob.raise_if_failed()
+        if blob.fell_back != self._fell_back:
+            if taken:
+                raise BlobUnavailable(
+                    f"blob {blob.hex[:12]}: restarted from the upstream after {taken} "
+                    f"bytes were {self._taken_as}"
+                )
+            self._fell_back = blob.fell_back
+
+
+def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:
+    data = os.pread(fd, count, offset)
+    if hasher is not None:
+        hasher.update(data)  # hashlib drops the GIL for large buffers
+    return data
+
+
+async def read_blob(
+    blob: Blob,
+    start: int = 0,
+    end: int | None = None,
+    hasher: Hasher | None = None,
+    reading: Reading | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """The blob's bytes [start, end) in order, as soon as they are written; raises
+    BlobUnavailable if its download fails first, or restarts from the upstream once
+    bytes were read (a P2P prefix never meets an upstream suffix). With `hasher`,
+    every chunk is hashed in the worker thread that reads it, off the event loop.
+    `reading`: the caller's own (open, counted) read of the blob."""
+    offset, source = start, OneSource(blob, "read")
+    with contextlib.nullcontext(reading) if reading is not None else Reading(blob) as read:
+        while end is None or offset < end:
+            stop = blob.length if end is None else end
+            if stop is not None and offset >= stop:
+                return
+            source.check(offset - start)
+            filled = blob.filled
+            if filled <= offset:
+                if blob.complete:
+                    return
+                await blob.wait_changed()
+                continue
+            count = min(READ_CHUNK, filled - offset, (stop or filled) - offset)
+            data = await trio.to_thread.run_sync(_read, read.fd(), count, offset, hasher)
+            source.check(offset - start)  # what was read may already be the upstream's: never sent
+            if not data:
+                raise BlobUnavailable(f"blob {blob.hex[:12]} is short on disk")
+            offset += len(data)
+            yield data

@@ -1,0 +1,194 @@
+"""One blob's download into the cache, through dfget's peer engine: from the swarm,
+from the upstream when P2P fails (the file reset first: a P2P prefix never meets an
+upstream suffix), then seeded to other peers until the daemon stops, and announced
+again whenever its seeding ends (a supernode restarted, say).
+
+`BlobStore` (`cache.py`) decides which downloads run (one per blob); this module runs
+one, and says when it ends through the store's callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from common.eviction import GcPolicy
+from common.io import RateLimiter
+from common.origins import OriginPolicy
+from dfdaemon.blob import Blob
+from dfget.engine import DownloadRequest, DownloadResult, download
+from dfget.errors import (
+    DfgetError,
+    IntegrityError,
+    OriginFailed,
+    SupernodeUnavailable,
+    UsageError,
+)
+from dfget.options import PeerOptions, SharedServer
+from dfget.output import AtomicOutput, ExistingOutput
+
+log = logging.getLogger(__name__)
+
+RESEED_MAX_DELAY = 120.0
+
+
+@dataclass
+class DownloadSettings:
+    """How the daemon's downloads run (the swarm, the fallback, seeding), and the
+    cache's eviction policy."""
+
+    supernodes: tuple[str, ...]
+    server: SharedServer | None
+    limiter: RateLimiter
+    back_source: bool = True  # fetch from the upstream when P2P fails
+    insecure: bool = False  # do not verify the upstream's TLS certificate (fallback)
+    token: bytes | None = None
+    upload_slots: int = 4
+    gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
+    gc_interval: float = 5.0
+    reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended
+    origin_policy: OriginPolicy | None = None  # where the fallback to the upstream may go
+
+    def request(
+        self,
+        url: str,
+        blob: Blob,
+        *,
+        supernodes: tuple[str, ...],
+        headers: tuple[tuple[str, str], ...] = (),
+        adopt: bool = False,
+    ) -> DownloadRequest:
+        """A download (or, with `adopt`, an announcement) of `blob`, seeded until the
+        daemon stops."""
+        return DownloadRequest(
+            url=url,
+            output=blob.path,
+            supernodes=supernodes,
+            headers=headers,
+            digest=blob.digest,
+            # Through the supernodes: no fallback inside the engine (the daemon's own
+            # resets the file first); without any: the upstream, if allowed.
+            back_source=not supernodes and self.back_source,
+            insecure=self.insecure,
+            origin_policy=self.origin_policy,
+            peer=PeerOptions(
+                server=self.server,
+                seed_for=math.inf,
+                token=self.token,
+                upload_slots=self.upload_slots,
+                adopt=adopt,
+                in_order=True,  # its readers stream it front to back as it arrives
+            ),
+        )
+
+
+async def download_blob(
+    settings: DownloadSettings,
+    blob: Blob,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    *,
+    ended: Callable[[Blob], None],
+) -> None:
+    """Download `blob` from `url` (with the first requester's `headers`) and seed it
+    until cancelled. The blob's record follows it (length, progress, fallback); once
+    it is complete, or has failed (its error set), `ended(blob)` is called before its
+    readers are woken."""
+    if not settings.supernodes and not settings.back_source:
+        error = SupernodeUnavailable("no supernode configured, and no back-to-source")
+        _fail(blob, error, ended)
+        return
+
+    def progress(done: int, total: int | None) -> None:
+        if total is not None:
+            blob.length = total
+        blob.notify()
+
+    def finished(result: DownloadResult) -> None:
+        blob.length, blob.complete, blob.result = result.bytes, True, result
+        blob.out = None
+        ended(blob)
+        blob.notify()
+
+    async def fetch(out: AtomicOutput, supernodes: tuple[str, ...]) -> None:
+        request = settings.request(url, blob, supernodes=supernodes, headers=headers)
+        await download(
+            request, output=out, limiter=settings.limiter, progress=progress, on_done=finished
+        )
+
+    try:
+        with AtomicOutput(blob.path, durable=True) as out:
+            blob.out = out
+            try:
+                await fetch(out, settings.supernodes)
+            except (OriginFailed, UsageError):
+                raise  # the upstream's own answer: falling back would get the same
+            except DfgetError as exc:
+                if blob.complete or not settings.back_source or not settings.supernodes:
+                    raise
+                log.warning(
+                    "blob %s: P2P failed (%s): fetching it from the upstream",
+                    blob.hex[:12],
+                    exc,
+                )
+                blob.fell_back = True
+                out.reset()
+                blob.notify()
+                await fetch(out, ())
+    except BaseException as exc:
+        if not blob.complete:
+            _fail(blob, exc, ended)
+        if not isinstance(exc, Exception):
+            raise
+        if not isinstance(exc, DfgetError | OSError):  # a bug of ours: this blob only
+            log.exception("blob %s: internal error", blob.hex[:12])
+        elif not blob.complete:
+            log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
+        else:
+            log.info("blob %s: seeding ended: %s", blob.hex[:12], exc)
+
+
+def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:
+    blob.error, blob.out = error, None
+    ended(blob)
+    blob.notify()
+
+
+async def keep_seeding(
+    settings: DownloadSettings,
+    blob: Blob,
+    url: str,
+    *,
+    wait_first: bool,
+    drop: Callable[[str], None],
+) -> None:
+    """Announce a complete blob to the swarm and seed it, again whenever the seeding
+    ends (its supernode restarted, say), retrying with a growing delay. The engine
+    checks every piece against the supernode's digests first (`adopt`): a damaged
+    cached copy is dropped (`drop(hex)`)."""
+    if not settings.supernodes:
+        return
+    delay = settings.reseed_delay
+    if wait_first:
+        await trio.sleep(delay)
+    while True:
+        try:
+            with ExistingOutput(blob.path) as out:
+                request = settings.request(url, blob, supernodes=settings.supernodes, adopt=True)
+                await download(request, output=out, limiter=settings.limiter)
+            delay = settings.reseed_delay  # it seeded until the supernode went away
+        except IntegrityError as exc:
+            log.warning("blob %s: cached copy is damaged (%s): dropped", blob.hex[:12], exc)
+            drop(blob.hex)
+            return
+        except (DfgetError, OSError) as exc:
+            log.info("blob %s: not seeded for now: %s", blob.hex[:12], exc)
+            delay = min(2 * delay, RESEED_MAX_DELAY)
+        except Exception:  # a bug of ours: this blob stops seeding, the daemon goes on
+            log.exception("blob %s: seeding failed", blob.hex[:12])
+            return
+        await trio.sleep(delay)
