@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 CREDENTIAL_HEADERS = ("authorization",)
 
 
-def registry_error(status: int, code: str, message: str) -> tuple[int, bytes]:
+async def registry_error(reply: Reply, status: int, code: str, message: str) -> None:
+    """Answer with an error as a registry does (its JSON body: code and message)."""
     body = {"errors": [{"code": code, "message": message, "detail": None}]}
-    return status, json.dumps(body).encode()
+    await reply.simple(status, json.dumps(body).encode(), "application/json")
 
 
 class Mirror:
@@ -68,15 +69,13 @@ class Mirror:
             blob = blob_digest(target.path)
         except BadReference as exc:
             self.metrics.requests.labels("bad_request").inc()
-            status, body = registry_error(400, exc.code, str(exc))
-            await reply.simple(status, body, "application/json")
+            await registry_error(reply, 400, exc.code, str(exc))
             return
         hex_digest = blob[1] if blob is not None and request.method == "GET" else None
         if not self._trusted(target, hex_digest):
             self.metrics.requests.labels("untrusted").inc()
             log.info("%s", untrusted_message(target.origin))
-            status, body = registry_error(403, "DENIED", untrusted_message(target.origin))
-            await reply.simple(status, body, "application/json")
+            await registry_error(reply, 403, "DENIED", untrusted_message(target.origin))
         elif hex_digest is not None:
             self.metrics.requests.labels("blob").inc()
             await self._blob(request, reply, target, hex_digest)
@@ -95,13 +94,11 @@ class Mirror:
             await self.upstream.relay(request, url, reply)
         except UpstreamDenied as exc:
             log.warning("%s", exc)
-            status, body = registry_error(403, "DENIED", str(exc))
-            await reply.simple(status, body, "application/json")
+            await registry_error(reply, 403, "DENIED", str(exc))
         except UpstreamError as exc:
             log.warning("upstream unreachable: %s", exc)
             if not reply.started:
-                status, body = registry_error(502, "UNAVAILABLE", f"upstream unreachable: {exc}")
-                await reply.simple(status, body, "application/json")
+                await registry_error(reply, 502, "UNAVAILABLE", f"upstream unreachable: {exc}")
         finally:
             self.metrics.served.labels("passthrough").inc(reply.bytes_sent)
 
@@ -112,14 +109,12 @@ class Mirror:
             head = await self.upstream.head(target.url, request.headers)
         except UpstreamDenied as exc:
             log.warning("blob %s: %s", hex_digest[:12], exc)
-            status, body = registry_error(403, "DENIED", str(exc))
-            await reply.simple(status, body, "application/json")
+            await registry_error(reply, 403, "DENIED", str(exc))
             return
         except UpstreamError as exc:
             log.warning("blob %s: cannot check access upstream: %s", hex_digest[:12], exc)
             self.metrics.failures.labels("upstream").inc()
-            status, body = registry_error(502, "UNAVAILABLE", f"upstream unreachable: {exc}")
-            await reply.simple(status, body, "application/json")
+            await registry_error(reply, 502, "UNAVAILABLE", f"upstream unreachable: {exc}")
             return
         if head.status_code != 200:
             self.metrics.failures.labels("denied").inc()
@@ -129,8 +124,7 @@ class Mirror:
             await self._relay(request, reply, target.url)
             return
         if not self._trusted(target, hex_digest):  # its provenance went while we asked
-            status, body = registry_error(403, "DENIED", untrusted_message(target.origin))
-            await reply.simple(status, body, "application/json")
+            await registry_error(reply, 403, "DENIED", untrusted_message(target.origin))
             return
         # The HEAD's length is this answer's business only: it is checked against the
         # blob's own, never stored on the blob other clients share.
@@ -150,8 +144,7 @@ class Mirror:
             self.metrics.failures.labels("length_mismatch").inc()
             log.warning("%s: %s", exc, "answer broken off" if reply.started else "answered 502")
             if not reply.started:
-                status, body = registry_error(502, "UNAVAILABLE", f"upstream disagrees: {exc}")
-                await reply.simple(status, body, "application/json")
+                await registry_error(reply, 502, "UNAVAILABLE", f"upstream disagrees: {exc}")
         except BlobUnavailable as exc:
             self.metrics.failures.labels("download").inc()
             log.warning("%s", exc)
@@ -160,8 +153,7 @@ class Mirror:
             if self.blobs.settings.back_source:  # let the upstream answer, whatever it is
                 await self._relay(request, reply, target.url)  # counted as passthrough
             else:
-                status, body = registry_error(503, "UNAVAILABLE", f"P2P download failed: {exc}")
-                await reply.simple(status, body, "application/json")
+                await registry_error(reply, 503, "UNAVAILABLE", f"P2P download failed: {exc}")
 
     def _headers(self, hex_digest: str) -> list[tuple[str, str]]:
         return [

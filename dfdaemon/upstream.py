@@ -100,12 +100,7 @@ class Upstream:
         outgoing = self.build(
             request.method, url, request.headers, request.body() if has_body else None
         )
-        try:
-            response = await self.client.send(outgoing, stream=True)
-        except AddressDenied as exc:
-            raise UpstreamDenied(str(exc)) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"{request.method} {display_url(url)}: {exc}") from exc
+        response = await self._send(outgoing, request.method, url, stream=True)
         try:
             await reply.start(
                 response.status_code, forwardable(list(response.headers.multi_items()))
@@ -125,24 +120,36 @@ class Upstream:
     async def head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """HEAD `url` with the client's headers (but its range and conditions: this asks
         about access, not content), redirects followed (to storage)."""
-        asked = [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]
-        request = self.build("HEAD", url, asked)
-        try:
-            return await self.client.send(request, follow_redirects=True)
-        except AddressDenied as exc:
-            raise UpstreamDenied(str(exc)) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"HEAD {display_url(url)}: {exc}") from exc
+        request = self.build("HEAD", url, _about_access(headers))
+        return await self._send(request, "HEAD", url, follow_redirects=True)
 
     async def first_byte(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """GET the first byte of `url` (for origins without HEAD); the body is not read."""
-        asked = [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]
-        request = self.build("GET", url, [*asked, ("range", "bytes=0-0")])
+        request = self.build("GET", url, [*_about_access(headers), ("range", "bytes=0-0")])
+        response = await self._send(request, "GET", url, follow_redirects=True, stream=True)
+        await response.aclose()
+        return response
+
+    async def _send(
+        self,
+        request: httpx.Request,
+        method: str,
+        url: str,
+        *,
+        follow_redirects: bool = False,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send `request` (`method` and `url` name it in errors): UpstreamDenied if the
+        origin policy refuses its address, UpstreamError for any other failure."""
         try:
-            response = await self.client.send(request, follow_redirects=True, stream=True)
+            return await self.client.send(request, follow_redirects=follow_redirects, stream=stream)
         except AddressDenied as exc:
             raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"GET {display_url(url)}: {exc}") from exc
-        await response.aclose()
-        return response
+            raise UpstreamError(f"{method} {display_url(url)}: {exc}") from exc
+
+
+def _about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A client's headers but its range and conditions: for a request that asks about
+    access, not content."""
+    return [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]
