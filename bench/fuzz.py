@@ -1063,10 +1063,9 @@ TRACKED_PROTO = (
     "errors",
     "taskid",
     "ranges",
-    "urls",
     "digests",
-    "addresses",
 )
+TRACKED_COMMON = ("urls", "addresses")
 
 
 class Tracer:
@@ -1077,12 +1076,13 @@ class Tracer:
         self.lines: set[tuple[str, int]] = set()
         self.arcs: set[tuple[str, int, int]] = set()
         self.files: dict[str, tuple[str, set[int]]] = {}  # filename: (area, executable lines)
-        for name in TRACKED_PROTO:
-            path = str(ROOT / "proto" / f"{name}.py")
-            self.files[path] = (
-                "proto",
-                _executable_lines(compile(Path(path).read_text(), path, "exec")),
-            )
+        for package, names in (("proto", TRACKED_PROTO), ("common", TRACKED_COMMON)):
+            for name in names:
+                path = str(ROOT / package / f"{name}.py")
+                self.files[path] = (
+                    package,
+                    _executable_lines(compile(Path(path).read_text(), path, "exec")),
+                )
         path = str(ROOT / "dfdaemon" / "registry.py")
         self.files[path] = (
             "dfdaemon",
@@ -1272,10 +1272,11 @@ def main() -> None:
     )
     if traced_cases:
         print(f"coverage of {traced_cases:,} traced cases (sys.settrace, 1 in {args.trace_every}):")
-    for area in ("proto", "dfdaemon", "h11") if traced_cases else ():
+    for area in ("proto", "common", "dfdaemon", "h11") if traced_cases else ():
         hit, total, arcs = coverage.get(area, (0, 0, 0))
         where = {
             "proto": f"proto/{{{','.join(TRACKED_PROTO)}}}.py",
+            "common": f"common/{{{','.join(TRACKED_COMMON)}}}.py",
             "dfdaemon": "dfdaemon/registry.py",
             "h11": "h11 (the package)",
         }[area]
