@@ -23,9 +23,9 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
 from supernode.keys import load_or_create_ticket_key
+from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
+from supernode.peers.swarm import Swarm
 from supernode.scheduler import Scheduler, SchedulerConfig
-from supernode.server import DEFAULT_MAX_CONNECTIONS, PeerServer
-from supernode.swarm import Swarm
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from supernode import __version__
 from supernode.admin.preheat import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
-from supernode.server import DEFAULT_MAX_CONNECTIONS
+from supernode.peers.server import DEFAULT_MAX_CONNECTIONS
 
 EPILOG = """\
 examples:

@@ -2,7 +2,7 @@
 
 Data flow: the CDN announces its progress (`cdn_ready`); control sessions add and
 remove peers, ask for assignments (`assign`) and report each one's outcome (`report`).
-The scheduler answers synchronously and does no I/O; `supernode.swarm` turns its
+The scheduler answers synchronously and does no I/O; `supernode.peers.swarm` turns its
 decisions into piece tasks with tickets.
 
 Modules, in the order a decision flows through them:
