@@ -17,6 +17,7 @@ from common.origins import OriginPolicy
 from common.units import format_size
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats, RealmHost
+from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
@@ -129,7 +130,16 @@ class Supernode:
             policy=self.origin_policy,
             realms=[RealmHost.parse(text) for text in config.preheat_realms],
         )
-        self.admin = AdminApi(self)
+        self.admin = AdminApi(
+            SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats),
+            AdminSettings(
+                config.data_dir,
+                token=config.admin_token,
+                open=config.admin_open,
+                protect_reads=config.admin_protect_reads,
+                max_connections=config.admin_max_connections,
+            ),
+        )
         self.admin_address: str | None = None  # HOST:PORT once listening
 
     def collect_garbage(self, room: int = 0) -> list[str]:

@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -35,9 +35,6 @@ from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import SupernodeError
-
-if TYPE_CHECKING:
-    from supernode.cdn.service import Cdn
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +155,16 @@ class _Answer:
     body: bytes
 
 
+class TaskOpener(Protocol):
+    """Where a preheat's tasks go: the CDN (`Cdn.open_task`, as a first Register)."""
+
+    async def open_task(self, spec: TaskSpec) -> CdnTask: ...
+
+
 class Preheats:
     def __init__(
         self,
-        cdn: Cdn,
+        cdn: TaskOpener,
         *,
         insecure: bool = False,
         policy: OriginPolicy | None = None,
