@@ -16,7 +16,8 @@ from common.io import RateLimiter, unwrap_group
 from common.origins import OriginPolicy
 from common.units import format_size
 from supernode.admin.api import AdminApi
-from supernode.admin.preheat import Preheats, RealmHost
+from supernode.admin.preheat import Preheats
+from supernode.admin.realms import RealmHost
 from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.fetch import FetchPolicy

@@ -13,7 +13,7 @@ from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from common.tokens import read_token
 from supernode import __version__
-from supernode.admin.preheat import RealmHost
+from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS
