@@ -16,16 +16,18 @@ from common.io import RateLimiter, unwrap_group
 from common.origins import OriginPolicy
 from common.units import format_size
 from supernode.admin.api import AdminApi
-from supernode.admin.preheat import Preheats, RealmHost
+from supernode.admin.preheat import Preheats
+from supernode.admin.realms import RealmHost
+from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
 from supernode.keys import load_or_create_ticket_key
+from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
+from supernode.peers.swarm import Swarm
 from supernode.scheduler import Scheduler, SchedulerConfig
-from supernode.server import DEFAULT_MAX_CONNECTIONS, PeerServer
-from supernode.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,16 @@ class Supernode:
             policy=self.origin_policy,
             realms=[RealmHost.parse(text) for text in config.preheat_realms],
         )
-        self.admin = AdminApi(self)
+        self.admin = AdminApi(
+            SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats),
+            AdminSettings(
+                config.data_dir,
+                token=config.admin_token,
+                open=config.admin_open,
+                protect_reads=config.admin_protect_reads,
+                max_connections=config.admin_max_connections,
+            ),
+        )
         self.admin_address: str | None = None  # HOST:PORT once listening
 
     def collect_garbage(self, room: int = 0) -> list[str]:

@@ -16,10 +16,10 @@ from common.io.service import log_to_stderr, raise_open_files, serve_until_signa
 from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.tokens import read_token
 from supernode import __version__
-from supernode.admin.preheat import RealmHost
+from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.errors import SupernodeError
-from supernode.server import DEFAULT_MAX_CONNECTIONS
+from supernode.peers.server import DEFAULT_MAX_CONNECTIONS
 
 EPILOG = """\
 examples:

@@ -11,7 +11,7 @@ from fakenet import FakeNetwork
 
 from common.io.origins import checked_client, numeric_address, open_checked_tcp_stream
 from common.origins import AddressDenied, OriginPolicy, parse_address, parse_network
-from supernode.admin.preheat import RealmHost, realm_gets_credentials
+from supernode.admin.realms import RealmHost, realm_gets_credentials
 from testkit.origin import FakeOrigin, self_signed_tls
 
 

@@ -838,7 +838,7 @@ def test_invariants_hold_through_a_chaotic_swarm() -> None:
 
 
 def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
-    task = s._tasks["t"]
+    task = s._ledger.tasks["t"]
     pool, rarity = task.pool, task.rarity
     assert set(task.members) == set(live)
     cdn_in_flight = 0
@@ -874,7 +874,7 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
             peer.uploads < peer.upload_slots
             and member.have_count > 0
             and peer.peer_id not in task.reputation
-            and not s._blacklist.banned(peer.peer_id)
+            and not s._ledger.blacklist.banned(peer.peer_id)
         )
         assert member.is_open == expected
         assert ((pool.open_bits >> member.index) & 1 == 1) == expected

@@ -51,7 +51,7 @@ async def test_eight_peers_share_pieces_and_all_verify(
     fetch: Fetch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="supernode.swarm")
+    caplog.set_level(logging.INFO, logger="supernode.peers.swarm")
     data = os.urandom(24 * MiB)
     origin.add("/big.bin", data)
     # A CDN that uploads one piece at a time at 16 MiB/s: peers must help each other.
@@ -318,7 +318,7 @@ async def test_finished_peers_leave_no_assignment_behind(
 
 def test_reporters_are_grouped_by_host() -> None:
     """Peer ids cost nothing: the scheduler counts a host (an IPv6 /64) as one witness."""
-    from supernode.swarm import reporter_group
+    from supernode.peers.swarm import reporter_group
 
     assert reporter_group("10.0.0.7") == "10.0.0.7"
     assert reporter_group("::ffff:10.0.0.7") == "10.0.0.7"

@@ -20,7 +20,7 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -50,10 +50,8 @@ from supernode.admin.openapi import document
 from supernode.admin.serving import Deadlines, serve_http
 from supernode.admin.status import PAGE
 from supernode.admin.token import load_or_create_admin_token
+from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.task import CdnTask, TaskState
-
-if TYPE_CHECKING:
-    from supernode.app import Supernode
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +62,25 @@ MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class AdminApi:
-    """The ASGI application; `serve` runs it with hypercorn."""
+    """The ASGI application; `serve` runs it with hypercorn. It reads the supernode
+    through `view` and its configuration from `settings` (view.py)."""
 
     keep_alive_timeout = 5.0  # seconds for a request head, from connect or last answer
     read_timeout = 30.0  # seconds without a byte from the client, while connected
     body_timeout = 30.0  # seconds for a whole request body (else 408)
     send_timeout = 30.0  # seconds for the client to take each write of an answer
 
-    def __init__(self, node: Supernode) -> None:
-        self.node = node
+    def __init__(self, view: SupernodeView, settings: AdminSettings) -> None:
+        self.view = view
+        self.settings = settings
         # None: mutations are open (--admin-open); set in `serve` when the data dir
         # supplies it.
-        self.token: bytes | None = node.config.admin_token
+        self.token: bytes | None = settings.token
         self.token_file: Path | None = None
         self._settled = False
-        self.connections = ConnectionLimit(node.config.admin_max_connections)
+        self.connections = ConnectionLimit(settings.max_connections)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(SupernodeCollector(node))
+        self.registry.register(SupernodeCollector(view))
         router = self.router = Router()
         router.add("GET", "/", self.status_page)
         router.add("GET", "/healthz", self.healthz)
@@ -119,7 +119,7 @@ class AdminApi:
     ) -> None:
         """Listen on host:port (0: a free port); reports the bound `HOST:PORT`."""
         self.settle_token()
-        self.connections = listen_limit(self.node.config.admin_max_connections, host)
+        self.connections = listen_limit(self.settings.max_connections, host)
         deadlines = Deadlines(self.keep_alive_timeout, self.read_timeout, self.send_timeout)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
@@ -139,18 +139,18 @@ class AdminApi:
         """Without a token given and without --admin-open, the one in the data dir (made
         on the first start): mutations are never open by accident. Its path is logged,
         never the token. Once: later calls do nothing."""
-        config = self.node.config
+        settings = self.settings
         if self._settled:
             return
         self._settled = True
         if self.token is not None:
             return
-        if config.admin_open:
+        if settings.open:
             log.warning(
                 "admin API: --admin-open: anyone who reaches it can evict tasks and start preheats"
             )
             return
-        self.token, self.token_file, created = load_or_create_admin_token(config.data_dir)
+        self.token, self.token_file, created = load_or_create_admin_token(settings.data_dir)
         log.info(
             "admin API: changes need the admin token in %s (%s)",
             self.token_file,
@@ -161,7 +161,7 @@ class AdminApi:
         """Every route that changes something needs the admin token as a Bearer token
         (and, with --admin-protect-reads, every route); none with --admin-open."""
         token = self.token
-        if token is None or (request.method == "GET" and not self.node.config.admin_protect_reads):
+        if token is None or (request.method == "GET" and not self.settings.protect_reads):
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
@@ -198,7 +198,7 @@ class AdminApi:
         offset = _number(request.one("offset"), "offset", 0, 0, None)
         chosen = [
             task
-            for task in sorted(self.node.cdn.tasks.values(), key=lambda t: t.created)
+            for task in sorted(self.view.cdn.tasks.values(), key=lambda t: t.created)
             if state is None or task.state == state
         ]
         page = chosen[offset : offset + limit]
@@ -213,14 +213,14 @@ class AdminApi:
 
     async def task(self, request: Request) -> Response:
         task_id = self._task_id(request)
-        task = self.node.cdn.tasks.get(task_id)
+        task = self.view.cdn.tasks.get(task_id)
         if task is None:
             raise Problem(404, "Not Found", f"no task {task_id}")
         return Response.json(self._task(task))
 
     async def evict(self, request: Request) -> Response:
         task_id = self._task_id(request)
-        if not self.node.cdn.evict(task_id):
+        if not self.view.cdn.evict(task_id):
             raise Problem(404, "Not Found", f"no task {task_id}")
         return Response.json({"evicted": task_id})
 
@@ -240,23 +240,23 @@ class AdminApi:
             "platform": _string(fields, "platform", "linux/amd64"),
         }
         try:
-            preheat = self.node.preheats.submit(kind, url, _headers(fields.get("headers")), **extra)
+            preheat = self.view.preheats.submit(kind, url, _headers(fields.get("headers")), **extra)
         except trio.WouldBlock as exc:
             raise Problem(503, "Service Unavailable", "too many preheats waiting") from exc
         return Response.json({"id": preheat.id}, status=202)
 
     async def preheat_state(self, request: Request) -> Response:
-        preheat = self.node.preheats.all.get(request.params["id"])
+        preheat = self.view.preheats.all.get(request.params["id"])
         if preheat is None:
             raise Problem(404, "Not Found", "no such preheat")
         return Response.json(preheat.summary())
 
     async def peers(self, request: Request) -> Response:
-        return Response.json({"peers": [self._peer(p) for p in sorted(self.node.swarm.peers)]})
+        return Response.json({"peers": [self._peer(p) for p in sorted(self.view.swarm.peers)]})
 
     async def peer(self, request: Request) -> Response:
         peer_id = request.params["id"]
-        if peer_id not in self.node.swarm.peers:
+        if peer_id not in self.view.swarm.peers:
             raise Problem(404, "Not Found", f"no peer {peer_id[:100]!r}")
         return Response.json(self._peer(peer_id))
 
@@ -272,8 +272,8 @@ class AdminApi:
     # -- representations ---------------------------------------------------------------------
 
     def _task(self, task: CdnTask) -> dict[str, Any]:
-        stats = self.node.scheduler.task_statistics(task.task_id)
-        holders = sorted(p for p, r in self.node.swarm.peers.items() if task.task_id in r.tasks)
+        stats = self.view.scheduler.task_statistics(task.task_id)
+        holders = sorted(p for p, r in self.view.swarm.peers.items() if task.task_id in r.tasks)
         return {
             "id": task.task_id,
             "url": display_url(task.spec.url),
@@ -292,8 +292,8 @@ class AdminApi:
         }
 
     def _peer(self, peer_id: str) -> dict[str, Any]:
-        record = self.node.swarm.peers[peer_id]
-        stats = self.node.scheduler.peer_statistics(peer_id)
+        record = self.view.swarm.peers[peer_id]
+        stats = self.view.scheduler.peer_statistics(peer_id)
         return {
             "id": peer_id,
             "address": f"{record.host}:{record.port}" if record.port else None,

@@ -1,10 +1,9 @@
-"""The supernode's Prometheus metrics, read from its parts at each scrape."""
+"""The supernode's Prometheus metrics, read from its parts (view.py) at each scrape."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -14,20 +13,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from supernode.admin.view import SupernodeView
 from supernode.cdn.task import TaskState
-
-if TYPE_CHECKING:
-    from supernode.app import Supernode
 
 
 class SupernodeCollector(Collector):
-    def __init__(self, node: Supernode) -> None:
-        self.node = node
+    def __init__(self, view: SupernodeView) -> None:
+        self.view = view
 
     def collect(self) -> Iterator[Metric]:
-        node = self.node
-        cdn = node.cdn.statistics()
-        states = Counter(str(task.state) for task in node.cdn.tasks.values())
+        view = self.view
+        cdn = view.cdn.statistics()
+        states = Counter(str(task.state) for task in view.cdn.tasks.values())
         tasks = GaugeMetricFamily(
             "supernode_tasks", "Tasks known to the CDN, by state", labels=["state"]
         )
@@ -35,7 +32,7 @@ class SupernodeCollector(Collector):
             tasks.add_metric([state.value], states.get(state.value, 0))
         yield tasks
         yield GaugeMetricFamily(
-            "supernode_peers", "Peers in the swarm", value=len(node.swarm.peers)
+            "supernode_peers", "Peers in the swarm", value=len(view.swarm.peers)
         )
         yield CounterMetricFamily(
             "supernode_origin_bytes", "Body bytes fetched from origins", value=cdn.bytes_from_origin
@@ -48,7 +45,7 @@ class SupernodeCollector(Collector):
             "Sealed piece bytes the CDN sent to peers",
             value=cdn.bytes_served,
         )
-        from_cdn, from_peers = node.scheduler.reported_bytes(node.cdn.tasks)
+        from_cdn, from_peers = view.scheduler.reported_bytes(view.cdn.tasks)
         reported = GaugeMetricFamily(
             "supernode_reported_bytes",
             "Plaintext bytes downloaders reported verified, by source, for tasks in the swarm",
@@ -57,7 +54,7 @@ class SupernodeCollector(Collector):
         reported.add_metric(["cdn"], from_cdn)
         reported.add_metric(["peers"], from_peers)
         yield reported
-        scheduler = node.scheduler.statistics()
+        scheduler = view.scheduler.statistics()
         yield CounterMetricFamily(
             "supernode_scheduler_assignments",
             "Piece assignments handed out by the scheduler",
@@ -74,8 +71,8 @@ class SupernodeCollector(Collector):
         latency = SummaryMetricFamily(
             "supernode_scheduler_decision_seconds",
             "Time to answer a piece-task request (scheduler decisions and tickets)",
-            count_value=node.swarm.decisions,
-            sum_value=node.swarm.decision_seconds,
+            count_value=view.swarm.decisions,
+            sum_value=view.swarm.decision_seconds,
         )
         yield latency
         errors = CounterMetricFamily(
@@ -83,7 +80,7 @@ class SupernodeCollector(Collector):
             "Back-to-source fetches that failed, by error code",
             labels=["code"],
         )
-        for code, count in sorted(node.cdn.origin_errors.items()):
+        for code, count in sorted(view.cdn.origin_errors.items()):
             errors.add_metric([code], count)
         yield errors
         yield GaugeMetricFamily(
@@ -94,5 +91,5 @@ class SupernodeCollector(Collector):
         yield GaugeMetricFamily(
             "supernode_store_bytes",
             "Bytes of origin content in the CDN store (complete and running tasks)",
-            value=sum(task.length or 0 for task in node.cdn.tasks.values() if not task.failed),
+            value=sum(task.length or 0 for task in view.cdn.tasks.values() if not task.failed),
         )

@@ -7,9 +7,9 @@ the config and every layer into the CDN as digest-named tasks, the tasks dfdaemo
 mirror asks for. Registry auth: the request's own headers (for example Basic
 credentials) are sent; a `401` with a Bearer challenge is answered by fetching a token
 from the challenge's realm and retrying. The Basic credentials go with the token
-request only to a realm the registry cannot have picked to collect them
-(`realm_gets_credentials`): https on the registry's own host, the manifest URL's own
-origin (which got them already), or a realm the operator named (`--preheat-realm`).
+request only to a realm the registry cannot have picked to collect them (realms.py):
+https on the registry's own host, the manifest URL's own origin (which got them
+already), or a realm the operator named (`--preheat-realm`).
 Elsewhere the token is asked for anonymously (public images still work).
 
 Every connection goes through the supernode's origin policy (`common.io.origins`),
@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -33,11 +33,9 @@ import trio
 from common.io.origins import checked_client
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
+from supernode.admin.realms import RealmHost, challenge_params, realm_gets_credentials
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import SupernodeError
-
-if TYPE_CHECKING:
-    from supernode.cdn.service import Cdn
 
 log = logging.getLogger(__name__)
 
@@ -93,64 +91,6 @@ class Preheat:
         }
 
 
-@dataclass(frozen=True)
-class RealmHost:
-    """A token realm the operator trusts with registry credentials (`--preheat-realm
-    HOST[:PORT]`: over https; `http://HOST:PORT`: over plain http too)."""
-
-    host: str
-    port: int | None = None  # None: any port
-    plain_http: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> RealmHost:
-        scheme, _, rest = text.strip().rpartition("://")
-        if scheme not in ("", "http", "https"):
-            raise ValueError(f"{text!r}: a realm host is HOST[:PORT] or http://HOST[:PORT]")
-        try:
-            parts = urlsplit(f"//{rest}")
-            host, port = parts.hostname, parts.port
-        except ValueError as exc:
-            raise ValueError(f"{text!r} is not HOST[:PORT]: {exc}") from exc
-        if not host or parts.path or parts.query or parts.username is not None:
-            raise ValueError(f"{text!r} is not HOST[:PORT]")
-        return cls(host.lower(), port, plain_http=scheme == "http")
-
-    def matches(self, scheme: str, host: str, port: int) -> bool:
-        return (
-            host == self.host
-            and self.port in (None, port)
-            and (scheme == "https" or (scheme == "http" and self.plain_http))
-        )
-
-
-def _default_port(scheme: str) -> int:
-    return 443 if scheme == "https" else 80
-
-
-def realm_gets_credentials(
-    manifest_url: str, realm_url: str, trusted: Iterable[RealmHost] = ()
-) -> bool:
-    """Whether the registry's credentials may go with a token request to `realm_url`,
-    a URL the registry named: only where they cannot leak to a stranger or in clear."""
-    try:
-        registry, realm = urlsplit(manifest_url), urlsplit(realm_url)
-        realm_port = realm.port or _default_port(realm.scheme)
-        registry_port = registry.port or _default_port(registry.scheme)
-    except ValueError:  # a port that is not a number
-        return False
-    host = (realm.hostname or "").lower()
-    if not host:
-        return False
-    if any(t.matches(realm.scheme, host, realm_port) for t in trusted):
-        return True
-    if realm.scheme == "https" and host == (registry.hostname or "").lower():
-        return True  # the registry's own host, over TLS
-    # The manifest URL's own origin: the first manifest request sent them there already.
-    same = (realm.scheme, host, realm_port)
-    return same == (registry.scheme, (registry.hostname or "").lower(), registry_port)
-
-
 @dataclass
 class _Answer:
     status: int
@@ -158,10 +98,16 @@ class _Answer:
     body: bytes
 
 
+class TaskOpener(Protocol):
+    """Where a preheat's tasks go: the CDN (`Cdn.open_task`, as a first Register)."""
+
+    async def open_task(self, spec: TaskSpec) -> CdnTask: ...
+
+
 class Preheats:
     def __init__(
         self,
-        cdn: Cdn,
+        cdn: TaskOpener,
         *,
         insecure: bool = False,
         policy: OriginPolicy | None = None,
@@ -301,7 +247,7 @@ class Preheats:
         scheme, _, rest = challenge.partition(" ")
         if scheme.lower() != "bearer":
             return None, ""
-        params = dict(_challenge_params(rest))
+        params = dict(challenge_params(rest))
         realm = params.pop("realm", None)
         if not realm:
             return None, ""
@@ -358,30 +304,6 @@ async def _get(
         raise PreheatError(f"refused to fetch {display_url(url)}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise PreheatError(f"cannot reach {display_url(url)}: {exc}") from exc
-
-
-def _challenge_params(text: str) -> list[tuple[str, str]]:
-    """`realm="https://auth",service="registry",scope="repository:a:pull"` → pairs."""
-    pairs = []
-    for item in _split_quoted(text):
-        key, _, value = item.partition("=")
-        pairs.append((key.strip().lower(), value.strip().strip('"')))
-    return pairs
-
-
-def _split_quoted(text: str) -> list[str]:
-    items, current, quoted = [], "", False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        items.append(current)
-    return items
 
 
 def _pick(index: dict[str, Any], platform: str) -> str:

@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from proto.taskid import check_task_id
 from supernode.cdn.piecefile import PiecesFile, file_size
@@ -56,6 +56,12 @@ class TaskMeta:
         if len(self.digests) != -(-self.length // self.piece_size):
             raise ValueError("digest count does not match the length")
 
+    def check_pieces_file(self, size: int) -> None:
+        """A complete task's pieces file holds every piece, sealed, and nothing else."""
+        expected = file_size(self.length, self.piece_size)
+        if size != expected:
+            raise ValueError(f"pieces file is {size} bytes, want {expected}")
+
 
 @dataclass
 class PartialMeta:
@@ -80,6 +86,14 @@ class PartialMeta:
             raise ValueError("nothing to resume, or no validator to resume it with")
         if self.length is not None and len(self.digests) * self.piece_size >= self.length:
             raise ValueError("more pieces than the length holds")
+
+    def check_pieces_file(self, size: int) -> None:
+        """A stopped fetch's pieces file holds at least the pieces it has digests of."""
+        if size < file_size(len(self.digests) * self.piece_size, self.piece_size):
+            raise ValueError("pieces file shorter than its pieces")
+
+
+_Meta = TypeVar("_Meta", TaskMeta, PartialMeta)
 
 
 class Store:
@@ -158,53 +172,36 @@ class Store:
         self.partials = {}
         for shard in sorted(self.tasks_root.iterdir()):
             for task_dir in sorted(shard.iterdir()) if shard.is_dir() else ():
-                meta = self._load(task_dir)
-                partial = self._load_partial(task_dir) if meta is None else None
+                meta = self._read_meta(task_dir, META, TaskMeta, "unreadable task")
+                if meta is not None:
+                    self._drop_other_generations(meta)
+                    found.append(meta)
+                    continue
+                partial = self._read_meta(task_dir, PARTIAL, PartialMeta, "stopped fetch")
                 if partial is not None:
                     self.partials[partial.task_id] = partial
-                    continue
-                if meta is None:
+                else:
                     log.info("store: dropping incomplete task %s", task_dir.name[:16])
                     shutil.rmtree(task_dir, ignore_errors=True)
-                    continue
-                self._drop_other_generations(meta)
-                found.append(meta)
         return found
 
-    def _load(self, task_dir: Path) -> TaskMeta | None:
+    def _read_meta(self, task_dir: Path, name: str, kind: type[_Meta], what: str) -> _Meta | None:
+        """The task folder's `name` (meta.json or partial.json) if it is sound and
+        matches its folder and its pieces file; None if absent, or unsound (logged, as
+        `what` is discarded)."""
         try:
-            raw = json.loads((task_dir / META).read_text(encoding="utf-8"))
-            meta = TaskMeta(**raw)
+            raw = json.loads((task_dir / name).read_text(encoding="utf-8"))
+            meta = kind(**raw)
             meta.check()
             if meta.task_id != task_dir.name:
                 raise ValueError("task id does not match its folder")
-            size = self.pieces_path(meta.task_id, meta.generation).stat().st_size
-            expected = file_size(meta.length, meta.piece_size)
-            if size != expected:
-                raise ValueError(f"pieces file is {size} bytes, want {expected}")
+            meta.check_pieces_file(self.pieces_path(meta.task_id, meta.generation).stat().st_size)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
-            log.warning("store: discarding unreadable task %s: %s", task_dir.name[:16], exc)
+            log.warning("store: discarding %s %s: %s", what, task_dir.name[:16], exc)
             return None
         return meta
-
-    def _load_partial(self, task_dir: Path) -> PartialMeta | None:
-        try:
-            raw = json.loads((task_dir / PARTIAL).read_text(encoding="utf-8"))
-            partial = PartialMeta(**raw)
-            partial.check()
-            if partial.task_id != task_dir.name:
-                raise ValueError("task id does not match its folder")
-            size = self.pieces_path(partial.task_id, partial.generation).stat().st_size
-            if size < file_size(len(partial.digests) * partial.piece_size, partial.piece_size):
-                raise ValueError("pieces file shorter than its pieces")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("store: discarding stopped fetch %s: %s", task_dir.name[:16], exc)
-            return None
-        return partial
 
     def _drop_other_generations(self, meta: TaskMeta) -> None:
         keep = self.pieces_path(meta.task_id, meta.generation).name

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,10 +17,8 @@ from proto.ranges import parse_range
 from proto.taskid import task_id_for
 from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.response import Headers, Validators
+from supernode.cdn.store import PartialMeta
 from supernode.errors import SupernodeError
-
-if TYPE_CHECKING:
-    from supernode.cdn.store import PartialMeta
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,9 @@
-"""Assignments in flight: handed out, not yet reported, each holding a slot of its source.
+"""Assignments in flight by deadline: `FlightTable`.
 
-A `Flight` is indexed by its downloader's piece (`Member.flights`, where a report finds
-it) and by its uploader (`Peer.uploading`, where a departure finds it), so that a
-report, a departure or a task removal reaches it at once. `FlightTable` adds a third
-view, by deadline, for the assignments nobody reports on: past its deadline a flight
-frees its slot, with no penalty to anyone (the scheduler cannot tell whose fault it was).
+A `Flight` (peers.py) is found by its downloader's piece and by its uploader;
+`FlightTable` adds a third view, by deadline, for the assignments nobody reports on:
+past its deadline a flight frees its slot, with no penalty to anyone (the scheduler
+cannot tell whose fault it was).
 
 A deadline is `now + span`, where the span depends on the piece size (a transfer's
 deadline) or is the CDN's short wait for a request. There are few distinct spans, so
@@ -22,29 +21,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from dataclasses import dataclass
 
-from supernode.scheduler.peers import Member
+from supernode.scheduler.peers import Flight
 
 # Dead entries (reported, or queued again) stay until their deadline comes up; rebuild
 # the queues when they outnumber the live by this factor (plus some slack), so memory
 # stays O(live).
 _COMPACT_FACTOR = 2
 _COMPACT_SLACK = 4096
-
-
-@dataclass(eq=False, slots=True)
-class Flight:
-    task_id: str
-    downloader: Member
-    index: int
-    source: str  # peer id or CDN
-    uploader: Member | None  # None: the CDN
-    deadline: float
-    span: float  # the deadline's distance from the time it was set
-    queued: float = 0.0  # the deadline its place in the table is ordered by
-    live: bool = True
-    cdn_slot: bool = False  # it holds one of the CDN's upload slots (until sent)
 
 
 def _queued(flight: Flight) -> float:

@@ -1,21 +1,21 @@
-"""Peers as the scheduler knows them: a `Peer` per connected host, a `Member` per task.
+"""Who is doing what, as the scheduler records it: a `Peer` per connected host, a
+`Member` per task it is in, a `Flight` per assignment in flight.
 
 A `Peer` holds what is shared by all its tasks: its upload slots (one cap for the
 host) and the uploads in flight that take them, the CDN uploads it has in flight as a
 downloader, its recent upload speed, the sources it was told were busy, and its
 reporter group (reports from one group count as one witness). A `Member` is the peer
 inside one task: which pieces it holds and which it is fetching, from whom, and the
-uploaders it stopped using there after they failed it. Between them they find every
-assignment a departing peer is part of, as downloader or as uploader.
+uploaders it stopped using there after they failed it. A `Flight` is indexed by its
+downloader's piece (`Member.flights`, where a report finds it) and by its uploader
+(`Peer.uploading`, where a departure finds it), so that a report, a departure or a task
+removal reaches it at once; `flights.FlightTable` orders them by deadline. The three
+refer to each other, hence one module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from supernode.scheduler.flights import Flight
 
 
 @dataclass(eq=False, slots=True)
@@ -126,3 +126,19 @@ class Member:
             self.flights[index] = duplicate
         else:
             self.inflight ^= 1 << index
+
+
+@dataclass(eq=False, slots=True)
+class Flight:
+    """An assignment handed out and not yet reported, holding a slot of its source."""
+
+    task_id: str
+    downloader: Member
+    index: int
+    source: str  # peer id or CDN
+    uploader: Member | None  # None: the CDN
+    deadline: float
+    span: float  # the deadline's distance from the time it was set
+    queued: float = 0.0  # the deadline its place in the table is ordered by
+    live: bool = True
+    cdn_slot: bool = False  # it holds one of the CDN's upload slots (until sent)

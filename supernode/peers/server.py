@@ -31,8 +31,8 @@ from proto.tickets import TicketVerifier
 from supernode import __version__
 from supernode.cdn.service import Cdn
 from supernode.cdn.uploads import MIN_PIECE_SEND, MIN_SEND_RATE, CdnUploads
-from supernode.control import ControlSession
-from supernode.swarm import Swarm
+from supernode.peers.control import ControlSession
+from supernode.peers.swarm import Swarm
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ that fires whenever a decision may have changed (a report, a peer joining or lea
 CDN upload ending), so that a request answered "nothing now" can wait for news.
 
 Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
-claimed) piece from the uploader itself (`supernode/piececheck.py`), a few at a time,
+claimed) piece from the uploader itself (`supernode/peers/piececheck.py`), a few at a time,
 and gives the verdict back. Peers are grouped by host for the scheduler (an IPv6 peer
 by its /64): peer ids cost nothing, so a host counts as one witness.
 """
@@ -28,7 +28,7 @@ from proto.admission import verify
 from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
 from supernode.cdn.task import CdnTask
-from supernode.piececheck import check_piece, check_timeout
+from supernode.peers.piececheck import check_piece, check_timeout
 from supernode.scheduler import CDN, Check, Outcome, Scheduler, Verdict
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
 from supernode.errors import SupernodeError
 from supernode.keys import raw_public
-from supernode.swarm import PeerIdInUse, PeerRecord, Swarm
+from supernode.peers.swarm import PeerIdInUse, PeerRecord, Swarm
 
 log = logging.getLogger(__name__)
 

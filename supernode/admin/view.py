@@ -1,0 +1,108 @@
+"""What the admin API reads of the supernode, and the little it may change.
+
+The admin API is handed these, never the `Supernode` itself: `SupernodeView` bundles
+the parts it reads, each typed by a `Protocol` that names the members it uses (the
+supernode's `Cdn`, `Swarm`, `Scheduler` and `Preheats` have them), and `AdminSettings`
+is the configuration it reads. What it may change: evict a task (`CdnView.evict`) and
+queue a preheat (`PreheatQueue.submit`); nothing else is within its reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from supernode.admin.preheat import Preheat
+from supernode.cdn.service import CdnStatistics
+from supernode.cdn.task import CdnTask
+from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, TaskStatistics
+
+
+class CdnView(Protocol):
+    """The CDN's tasks, by id; its counters; and eviction, an operator's DELETE."""
+
+    @property
+    def tasks(self) -> Mapping[str, CdnTask]: ...
+
+    @property
+    def origin_errors(self) -> Mapping[str, int]: ...  # failed fetches, by error code
+
+    def statistics(self) -> CdnStatistics: ...
+
+    def evict(self, task_id: str) -> bool: ...  # False: no such task
+
+
+class PeerEntry(Protocol):
+    """A peer in the swarm: where it uploads, with how many slots, in which tasks."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...  # 0: does not upload
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def tasks(self) -> Set[str]: ...
+
+
+class SwarmView(Protocol):
+    """The peers admitted, by id, and the time spent answering their piece-task requests."""
+
+    @property
+    def peers(self) -> Mapping[str, PeerEntry]: ...
+
+    @property
+    def decisions(self) -> int: ...
+
+    @property
+    def decision_seconds(self) -> float: ...
+
+
+class SchedulerView(Protocol):
+    """The scheduler's snapshots."""
+
+    def statistics(self) -> SchedulerStatistics: ...
+
+    def task_statistics(self, task_id: str) -> TaskStatistics | None: ...
+
+    def peer_statistics(self, peer_id: str) -> PeerStatistics | None: ...
+
+    def reported_bytes(self, task_ids: Iterable[str]) -> tuple[int, int]: ...
+
+
+class PreheatQueue(Protocol):
+    """Preheats: queued (`submit` raises trio.WouldBlock when the queue is full), and
+    those remembered, by id."""
+
+    @property
+    def all(self) -> Mapping[str, Preheat]: ...
+
+    def submit(
+        self, kind: str, url: str, headers: tuple[tuple[str, str], ...], **extra: Any
+    ) -> Preheat: ...
+
+
+@dataclass(frozen=True)
+class SupernodeView:
+    """The parts of the supernode the admin API reads (built by `Supernode`)."""
+
+    cdn: CdnView
+    swarm: SwarmView
+    scheduler: SchedulerView
+    preheats: PreheatQueue
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The configuration the admin API reads (`SupernodeConfig`'s admin_* fields)."""
+
+    data_dir: Path  # where the admin token file is kept (token.py)
+    token: bytes | None = None  # given: changes need it as a Bearer token
+    open: bool = False  # no token at all (--admin-open)
+    protect_reads: bool = False  # the token for the routes that only read too
+    max_connections: int = 256  # connections the admin port holds at once

@@ -1,0 +1,253 @@
+"""The scheduler's books: what spans tasks, kept consistent.
+
+The tasks and the peers, the peers' upload slots and the CDN's, the assignments in
+flight with their deadlines (`FlightTable`), the global blacklist, and the counters the
+statistics show. An assignment is `launch`ed (it takes a slot of its source) and
+`land`s exactly once (reported, expired, or its task or a peer gone: the slot is free
+again); `tick` applies the deadlines `now` has passed. Whether a peer can take an
+upload now is recomputed (`refresh`) whenever what it depends on changes: its slots,
+its holdings, a blacklist.
+
+The picking (`picking.py`) and the reports (`reports.py`) change the books only through
+these methods; `Scheduler` (scheduler.py) is the facade over the three.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from types import MappingProxyType
+
+from supernode.scheduler.decisions import CDN, Assignment, Outcome, SchedulerConfig
+from supernode.scheduler.flights import FlightTable
+from supernode.scheduler.peers import Flight, Member, Peer
+from supernode.scheduler.reputation import GlobalBlacklist
+from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics
+from supernode.scheduler.tasks import Task
+
+_EXPIRED_KEPT = 1024  # expired assignments remembered per downloader and task
+
+
+class Ledger:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.tasks: dict[str, Task] = {}
+        self.peers: dict[str, Peer] = {}
+        self.flights = FlightTable()
+        self.blacklist = GlobalBlacklist(
+            config.global_blacklist_tasks, config.global_blacklist_seconds
+        )
+        self.wakeup = math.inf  # `now` from which `tick` has a deadline to apply
+        self.cdn_uploads = 0  # CDN slots taken (assigned, not yet sent nor expired)
+        self.cdn_cap = config.cdn_requester_cap
+        self.assigned = 0  # assignments handed out, since the start
+        self.outcomes: Counter[Outcome] = Counter()  # reports that matched, by outcome
+
+    # -- tasks and peers ----------------------------------------------------------------
+
+    def task(self, task_id: str) -> Task:
+        """The task, known from now on if it was not."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            config = self.config
+            task = Task(
+                task_id,
+                blacklist_after=config.task_blacklist_failures,
+                check_accusations=config.check_accusations,
+            )
+            task.transfer_span = config.transfer_deadline(0)
+            self.tasks[task_id] = task
+        return task
+
+    def member(self, task_id: str, peer_id: str) -> tuple[Task, Member] | None:
+        """The task and `peer_id`'s membership of it, if both are known."""
+        task = self.tasks.get(task_id)
+        member = task.members.get(peer_id) if task is not None else None
+        return (task, member) if task is not None and member is not None else None
+
+    def join(
+        self, task_id: str, peer_id: str, upload_slots: int, in_order: bool, group: str | None
+    ) -> None:
+        task = self.task(task_id)
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            peer = self.peers[peer_id] = Peer(peer_id, upload_slots, group or peer_id)
+        elif group is not None:
+            peer.group = group
+        peer.upload_slots = upload_slots
+        if task_id not in peer.members:
+            member = peer.members[task_id] = Member(peer, task_id)
+            task.join(member)
+        peer.members[task_id].in_order = in_order
+        self.refresh(peer)
+
+    def remove_peer(self, peer_id: str) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for flight in list(peer.uploading):
+            self.land(self.tasks[flight.task_id], flight)
+        for task_id, member in peer.members.items():
+            for flight in member.all_flights():
+                self.land(self.tasks[task_id], flight)
+        for task_id, member in peer.members.items():
+            self.tasks[task_id].leave(member)
+        peer.members.clear()
+
+    def remove_task(self, task_id: str) -> None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        for member in task.members.values():
+            for flight in member.all_flights():
+                self.land(task, flight)
+        del self.tasks[task_id]
+        for member in task.members.values():
+            del member.peer.members[task_id]
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Apply the deadlines that `now` has passed."""
+        if now < self.wakeup:
+            return
+        for flight in self.flights.expired(now):
+            self.land(self.tasks[flight.task_id], flight)
+            downloader = flight.downloader
+            expired = downloader.expired
+            if expired is None:
+                expired = downloader.expired = {}
+            expired[flight.index, flight.source] = None
+            if len(expired) > _EXPIRED_KEPT:  # a downloader that never reports
+                del expired[next(iter(expired))]
+        for source in self.blacklist.expire(now):
+            peer = self.peers.get(source)
+            if peer is not None:
+                self.refresh(peer)
+        self.wakeup = min(self.flights.next_deadline(), self.blacklist.next_expiry())
+
+    # -- assignments in flight and the slots they hold -------------------------------------
+
+    def cdn_free(self, peer: Peer) -> bool:
+        """Whether the CDN has a slot for `peer` as a downloader now."""
+        return self.cdn_uploads < self.config.cdn_upload_slots and peer.cdn_uploads < self.cdn_cap
+
+    def launch(
+        self, task: Task, member: Member, index: int, uploader: Member | None, now: float
+    ) -> Assignment:
+        """`member` fetches piece `index` from `uploader` (None: the CDN), taking a slot."""
+        if uploader is None:
+            source, span = CDN, self.config.cdn_request_deadline
+        else:
+            source, span = uploader.peer.peer_id, task.transfer_span
+        deadline = now + span
+        flight = Flight(task.task_id, member, index, source, uploader, deadline, span)
+        task.in_flight += 1
+        member.add_flight(flight)
+        self.flights.add(flight)
+        self.assigned += 1
+        if deadline < self.wakeup:
+            self.wakeup = deadline
+        if uploader is None:
+            flight.cdn_slot = True
+            self.cdn_uploads += 1
+            member.peer.cdn_uploads += 1
+            task.cdn_flight(index, +1)
+        else:
+            peer = uploader.peer
+            peer.uploads += 1
+            peer.uploading[flight] = None
+            if peer.uploads >= peer.upload_slots:
+                self.refresh(peer)
+        return Assignment(index, source)
+
+    def land(self, task: Task, flight: Flight) -> None:
+        """The flight is over (reported, expired or orphaned): free its slot."""
+        self.flights.remove(flight)
+        task.in_flight -= 1
+        flight.downloader.remove_flight(flight)
+        if flight.uploader is None:
+            if flight.cdn_slot:
+                self.free_cdn_slot(flight)
+            task.cdn_flight(flight.index, -1)
+        else:
+            peer = flight.uploader.peer
+            was_full = peer.uploads >= peer.upload_slots
+            peer.uploads -= 1
+            del peer.uploading[flight]
+            if was_full:
+                self.refresh(peer)
+
+    def free_cdn_slot(self, flight: Flight) -> None:
+        flight.cdn_slot = False
+        self.cdn_uploads -= 1
+        flight.downloader.peer.cdn_uploads -= 1
+
+    def cdn_flight(self, task_id: str, peer_id: str, index: int) -> Flight | None:
+        """`peer_id`'s assignment of piece `index` from the CDN, if one is in flight."""
+        found = self.member(task_id, peer_id)
+        return found[1].flight(index, CDN) if found is not None else None
+
+    # -- holdings and who may upload -----------------------------------------------------
+
+    def hold(self, task: Task, member: Member, index: int) -> bool:
+        """`member` holds piece `index` now; False if it already did (or no such piece)."""
+        if not task.hold(member, index):
+            return False
+        if member.have_count == 1:  # it has something to serve now
+            self.refresh(member.peer)
+        return True
+
+    def blacklisted(self, task: Task, source: str, now: float) -> None:
+        """`source` was just blacklisted in `task`: no longer a source there, and maybe
+        nowhere for a while."""
+        if self.blacklist.task_blacklisted(source, task.task_id, now):
+            self.wakeup = min(self.wakeup, self.blacklist.next_expiry())
+        peer = self.peers.get(source)
+        if peer is not None:
+            self.refresh(peer)
+
+    def refresh(self, peer: Peer) -> None:
+        """Recompute, in each of its tasks, whether the peer can take an upload now."""
+        peer_id = peer.peer_id
+        can_upload = peer.uploads < peer.upload_slots and not self.blacklist.banned(peer_id)
+        for task_id, member in peer.members.items():
+            task = self.tasks[task_id]
+            blacklisted = peer_id in task.reputation.blacklisted
+            task.pool.set_open(member, can_upload and member.have_count > 0 and not blacklisted)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def peer_statistics(self, peer_id: str) -> PeerStatistics | None:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return None
+        return PeerStatistics(
+            tasks=tuple(sorted(peer.members)),
+            upload_slots=peer.upload_slots,
+            uploads_in_flight=peer.uploads,
+            failures=peer.failures,
+            blacklisted_tasks=tuple(
+                sorted(
+                    task_id for task_id, task in self.tasks.items() if peer_id in task.reputation
+                )
+            ),
+            globally_blacklisted_until=self.blacklist.until.get(peer_id),
+            recent_speed=peer.speed,
+        )
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            tasks=len(self.tasks),
+            peers=len(self.peers),
+            assignments=self.assigned,
+            assignments_in_flight=self.flights.live,
+            cdn_uploads_in_flight=self.cdn_uploads,
+            decisions_by_outcome=MappingProxyType({o.value: self.outcomes[o] for o in Outcome}),
+            blacklisted_sources=len(
+                set(self.blacklist.until).union(
+                    *(task.reputation.blacklisted for task in self.tasks.values())
+                )
+            ),
+            globally_blacklisted=tuple(sorted(self.blacklist.until)),
+        )

@@ -1,0 +1,151 @@
+"""Which pieces a downloader fetches next, and from whom: the scheduler's `assign`.
+
+Pieces are tried at random for a peer's first few, then rarest first (`PieceOrder`),
+or lowest first for a peer that streams the file (`IndexOrder`). A piece's source is
+an open peer holder (`SourcePool.choose`) or, failing that, the CDN: the last resort,
+within its slots and the downloader's share of them, and never for a piece it is
+already sending (that piece reaches the others sooner through the peer it goes to).
+Sources the downloader backs off from (BUSY) or stopped using (they failed it) are
+avoided. When the few pieces a downloader misses are all in flight, each gets a second
+source (the endgame): the first copy to arrive wins, the other is cancelled.
+
+Each assignment is launched in the ledger (ledger.py), which holds its slot.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import NamedTuple
+
+from supernode.scheduler.decisions import CDN, Assignment
+from supernode.scheduler.ledger import Ledger
+from supernode.scheduler.peers import Member, Peer
+from supernode.scheduler.rarity import IndexOrder, PieceOrder, shuffled_bits
+from supernode.scheduler.tasks import Task
+
+
+class _Avoid(NamedTuple):
+    """Sources a downloader must not be given now (busy backoff, shunned)."""
+
+    bits: int  # their indexes in the task's SourcePool
+    cdn: bool
+
+
+def assign(
+    ledger: Ledger, rng: random.Random, task: Task, member: Member, want: int, now: float
+) -> list[Assignment]:
+    """Up to `want` new assignments for `member`, launched; [] if none is possible now."""
+    avoid = _avoid(task, member, now)
+    missing = task.rarity.known ^ member.have  # (it holds only known pieces)
+    plan: list[Assignment] = []
+    wanted = missing & ~member.inflight
+    if wanted:
+        _assign_new(ledger, rng, task, member, wanted, want, avoid, now, plan)
+    if len(plan) < want and _in_endgame(ledger, task, member, missing):
+        _assign_duplicates(ledger, rng, task, member, missing, want, avoid, now, plan)
+    return plan
+
+
+def _assign_new(
+    ledger: Ledger,
+    rng: random.Random,
+    task: Task,
+    member: Member,
+    wanted: int,
+    want: int,
+    avoid: _Avoid,
+    now: float,
+    plan: list[Assignment],
+) -> None:
+    # A piece is reachable through an open peer holder (as far as the pool knows) or,
+    # failing that, the CDN. The downloader never holds what it wants, so it is never
+    # its own source.
+    pool = task.pool
+    # The CDN is the last resort, and it sends one copy of a piece at a time: a
+    # piece it is already uploading reaches the others sooner through that peer.
+    peer = member.peer
+    cdn_pieces = task.rarity.on_cdn & ~task.cdn_busy if _cdn_free(ledger, avoid, peer) else 0
+    reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
+    order: PieceOrder | IndexOrder
+    if member.in_order:
+        order = IndexOrder(wanted & reach)
+    else:
+        random_picks = ledger.config.first_random - member.have_count - len(member.flights)
+        order = PieceOrder(task.rarity, wanted & reach, reach, rng, random_picks)
+    for index in order:
+        source = pool.choose(index, avoid.bits, rng)
+        if source is None and not (cdn_pieces >> index) & 1:
+            continue
+        plan.append(ledger.launch(task, member, index, source, now))
+        if len(plan) >= want:
+            return
+        if source is None:
+            cdn_pieces &= ~(1 << index)
+        if cdn_pieces and not _cdn_free(ledger, avoid, peer):
+            cdn_pieces = 0
+            order.restrict(task.rarity.held)
+
+
+def _in_endgame(ledger: Ledger, task: Task, member: Member, missing: int) -> bool:
+    """Few pieces left, all in flight: time to duplicate them (the total must be known)."""
+    rarity = task.rarity
+    return (
+        rarity.total is not None
+        and missing != 0
+        and missing & ~member.inflight == 0
+        and missing.bit_count() <= ledger.config.endgame_pieces
+    )
+
+
+def _assign_duplicates(
+    ledger: Ledger,
+    rng: random.Random,
+    task: Task,
+    member: Member,
+    missing: int,
+    want: int,
+    avoid: _Avoid,
+    now: float,
+    plan: list[Assignment],
+) -> None:
+    """A second source for each missing piece (one duplicate at most per piece).
+
+    The downloader keeps the first copy to arrive and cancels the other.
+    """
+    for index in shuffled_bits(missing, rng):
+        if index in member.duplicates:
+            continue
+        uploader = member.flights[index].uploader
+        cdn_taken = uploader is None
+        taken = avoid.bits if uploader is None else avoid.bits | 1 << uploader.index
+        source = task.pool.choose(index, taken, rng)
+        if source is None and (
+            cdn_taken
+            or not _cdn_free(ledger, avoid, member.peer)
+            or not ((task.rarity.on_cdn & ~task.cdn_busy) >> index) & 1
+        ):
+            continue
+        plan.append(ledger.launch(task, member, index, source, now))
+        if len(plan) >= want:
+            return
+
+
+def _avoid(task: Task, member: Member, now: float) -> _Avoid:
+    bits, cdn = 0, False
+    for source in member.peer.backing_off(now):
+        if source == CDN:
+            cdn = True
+        else:
+            other = task.members.get(source)
+            if other is not None:
+                bits |= 1 << other.index
+    if member.shunned:  # (never the CDN)
+        for source in member.shunned:
+            other = task.members.get(source)
+            if other is not None:
+                bits |= 1 << other.index
+    return _Avoid(bits, cdn)
+
+
+def _cdn_free(ledger: Ledger, avoid: _Avoid, peer: Peer) -> bool:
+    return not avoid.cdn and ledger.cdn_free(peer)
