@@ -36,6 +36,14 @@ pytestmark = needs_registry
 MiB = 1 << 20
 
 
+def downloaded(daemon: Daemon) -> float:
+    """Blob bytes the daemon counted as downloaded, from any source."""
+    return sum(
+        metric(daemon, "dfdaemon_downloaded_bytes_total", source=source)
+        for source in ("cdn", "peers", "upstream")
+    )
+
+
 @pytest.fixture
 async def registry(nursery: trio.Nursery, tmp_path: Path) -> Registry:
     server = Registry(tmp_path / "registry")
@@ -136,6 +144,8 @@ async def test_the_second_host_gets_its_layers_from_the_first(
             client.stop()
     total = sum(image.sizes.values())
     assert metric(second, "dfdaemon_served_bytes_total", kind="blob") == total
+    # Counted when each download ends, which may be just after the answer's last byte.
+    await until(lambda: downloaded(second) == total)
     from_peers = metric(second, "dfdaemon_downloaded_bytes_total", source="peers")
     from_cdn = metric(second, "dfdaemon_downloaded_bytes_total", source="cdn")
     assert from_peers + from_cdn == total
@@ -181,6 +191,8 @@ async def test_without_a_supernode_the_daemon_fetches_from_the_upstream(
     assert metric(daemon, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
     assert metric(daemon, "dfdaemon_fallbacks_total") == len(image.blobs)
     total = sum(image.sizes.values())
+    # Counted when each download ends, which may be just after the answer's last byte.
+    await until(lambda: downloaded(daemon) == total)
     assert metric(daemon, "dfdaemon_downloaded_bytes_total", source="upstream") == total
 
 
@@ -419,6 +431,8 @@ async def test_after_a_restart_the_daemon_seeds_its_cache_again(
             response = await client.get(f"/v2/test/img/blobs/{layer}")
             assert f"sha256:{hashlib.sha256(response.content).hexdigest()}" == layer
     total = sum(image.sizes[layer] for layer in image.layers)
+    # Counted when each download ends, which may be just after the answer's last byte.
+    await until(lambda: downloaded(second) == total)
     assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.5 * total
     assert metric(again, "dfdaemon_uploaded_bytes") > 0  # the restarted daemon served them
     assert {d: n for d, n in registry.blob_gets().items() if d in image.layers} == {
@@ -514,5 +528,7 @@ async def test_after_its_supernode_restarts_the_daemon_seeds_again(
         response = await client.get(f"http://{second.address}/v2/test/img/blobs/{layer}")
     assert f"sha256:{hashlib.sha256(response.content).hexdigest()}" == layer
     size = image.sizes[layer]
+    # Counted when each download ends, which may be just after the answer's last byte.
+    await until(lambda: downloaded(second) == size)
     assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= size / 2
     assert registry.blob_gets() == {layer: 1}
