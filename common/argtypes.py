@@ -96,3 +96,20 @@ def token_arguments(
         metavar="PATH",
         help="read the cluster token from this file (surrounding whitespace ignored)",
     )
+
+
+def rate_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    what: str,
+    example: str = "20MiB",
+) -> None:
+    """A rate cap flag (`--rate-limit`, `--upload-rate`...): a RATE such as 20MiB or
+    500KB (`common.units.parse_rate`), none by default."""
+    parser.add_argument(
+        flag,
+        type=rate,
+        default=None,
+        metavar="RATE",
+        help=f"{what}, e.g. {example} (default: none)",
+    )

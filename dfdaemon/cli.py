@@ -140,18 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where other peers fetch pieces from this host (default 0.0.0.0 on a free port)",
     )
-    parser.add_argument(
-        "--download-rate",
-        type=argtypes.rate,
-        metavar="RATE",
-        help="host-wide download cap, e.g. 100MiB",
-    )
-    parser.add_argument(
-        "--upload-rate",
-        type=argtypes.rate,
-        metavar="RATE",
-        help="host-wide upload cap to other peers",
-    )
+    argtypes.rate_argument(parser, "--download-rate", "host-wide download cap", "100MiB")
+    argtypes.rate_argument(parser, "--upload-rate", "host-wide upload cap to other peers", "50MiB")
     parser.add_argument(
         "--upload-slots", type=int, metavar="N", help="pieces uploaded at once (default 8)"
     )

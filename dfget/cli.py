@@ -116,13 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up after this long (default: no limit)",
     )
-    parser.add_argument(
-        "--rate-limit",
-        type=argtypes.rate,
-        default=None,
-        metavar="RATE",
-        help="cap the download rate, e.g. 20MiB, 500KB (default: none)",
-    )
+    argtypes.rate_argument(parser, "--rate-limit", "cap the download rate", "20MiB")
     parser.add_argument(
         "--no-back-source",
         dest="back_source",
@@ -154,13 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to serve pieces (default 0.0.0.0 on a free port; the supernode tells "
         "other peers the address it sees this peer at)",
     )
-    swarm.add_argument(
-        "--upload-rate-limit",
-        type=argtypes.rate,
-        default=None,
-        metavar="RATE",
-        help="cap what this peer uploads, e.g. 10MiB (default: none)",
-    )
+    argtypes.rate_argument(swarm, "--upload-rate-limit", "cap what this peer uploads", "10MiB")
     swarm.add_argument(
         "--upload-slots",
         type=int,

@@ -89,19 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="connect/read timeout towards origins (default 30)",
     )
-    parser.add_argument(
-        "--origin-rate-limit",
-        type=argtypes.rate,
-        default=None,
-        metavar="RATE",
-        help="cap back-to-source download, e.g. 100MiB (default: none)",
-    )
-    parser.add_argument(
-        "--cdn-upload-limit",
-        type=argtypes.rate,
-        default=None,
-        metavar="RATE",
-        help="cap what the CDN serves to peers, e.g. 50MiB (default: none)",
+    argtypes.rate_argument(parser, "--origin-rate-limit", "cap back-to-source download", "100MiB")
+    argtypes.rate_argument(
+        parser, "--cdn-upload-limit", "cap what the CDN serves to peers", "50MiB"
     )
     argtypes.token_arguments(
         parser,
