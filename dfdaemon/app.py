@@ -50,7 +50,7 @@ class DaemonConfig:
     # Connections held at once on each port: HTTP, the control socket, uploads.
     max_connections: int = 256
     # Networks upstreams may (not) be in, over the built-in denials of link-local and
-    # cloud-metadata addresses (proto/origins.py): --origin-allow, --origin-deny.
+    # cloud-metadata addresses (common/origins.py): --origin-allow, --origin-deny.
     origin_allow: tuple[str, ...] = ()
     origin_deny: tuple[str, ...] = ()
     back_source: bool = True  # fetch a blob from the upstream when P2P fails

@@ -60,7 +60,7 @@ class SupernodeConfig:
     admin_protect_reads: bool = False  # ...and for the ones that only read
     admin_max_connections: int = 256  # connections the admin port holds at once
     origin_allow: tuple[str, ...] = ()  # CIDRs origins may be at (over the defaults)
-    origin_deny: tuple[str, ...] = ()  # CIDRs origins may not be at (proto/origins.py)
+    origin_deny: tuple[str, ...] = ()  # CIDRs origins may not be at (common/origins.py)
     preheat_realms: tuple[str, ...] = ()  # token realms trusted with preheat credentials
     gc: GcPolicy = field(default_factory=GcPolicy)  # store quota, watermarks, task TTL
     gc_interval: float = 5.0  # seconds between two looks at the store

@@ -2,7 +2,7 @@
 deadlines a slow client cannot stretch.
 
 hypercorn (0.18) has no connection cap, and its `serve` owns the accept loop. So the
-listeners are served by `proto.io.serve_limited` (a connection over the cap is closed
+listeners are served by `common.io.serve_limited` (a connection over the cap is closed
 before a byte is read), and each accepted connection is handed to hypercorn's
 `TCPServer`, as `hypercorn.trio.run.worker_serve` would do (hence the pinned version).
 
