@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import trio
@@ -57,7 +57,11 @@ class RunningSupernode:
         await self.stopped.wait()
 
 
-StartSupernode = Callable[..., Any]
+class StartSupernode(Protocol):
+    """`await start_supernode(data_dir=..., **config)` → RunningSupernode on port 0
+    (CONFIG: SupernodeConfig's fields)."""
+
+    async def __call__(self, data_dir: Path | None = None, **config: Any) -> RunningSupernode: ...
 
 
 @pytest.fixture
@@ -87,10 +91,16 @@ async def start_supernode(nursery: trio.Nursery, tmp_path: Path) -> StartSuperno
 
 @pytest.fixture
 async def supernode(start_supernode: StartSupernode) -> RunningSupernode:
-    return await start_supernode()  # type: ignore[no-any-return]
+    return await start_supernode()
 
 
-Fetch = Callable[..., Any]
+class Fetch(Protocol):
+    """`await fetch(url, supernode, name="out", **request_fields)` → DownloadResult
+    (REQUEST_FIELDS: DownloadRequest's)."""
+
+    async def __call__(
+        self, url: str, supernode: RunningSupernode | str | None, **fields: Any
+    ) -> DownloadResult: ...
 
 
 @pytest.fixture
@@ -181,7 +191,9 @@ async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:
             await trio.sleep(0.02)
 
 
-StartDaemon = Callable[..., Any]
+async def until_equal(value: Callable[[], object], expected: object, seconds: float = 20.0) -> None:
+    """Wait until `value() == expected` (`until` for a value the loop around it sets)."""
+    await until(lambda: value() == expected, seconds)
 
 
 @dataclass
@@ -189,6 +201,26 @@ class RunningSupernodeAddress:
     """A supernode address with nothing behind it."""
 
     address: str
+
+
+class HasUrl(Protocol):
+    """A registry server (testkit.registry.Registry): where it listens."""
+
+    @property
+    def url(self) -> str: ...
+
+
+class StartDaemon(Protocol):
+    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon
+    (CONFIG: DaemonConfig's fields)."""
+
+    async def __call__(
+        self,
+        name: str,
+        registry: str | HasUrl,
+        supernode: RunningSupernode | RunningSupernodeAddress | None,
+        **config: Any,
+    ) -> Daemon: ...
 
 
 @pytest.fixture
@@ -215,7 +247,7 @@ async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -
 
     async def start(
         name: str,
-        registry: Any,
+        registry: str | HasUrl,
         supernode: RunningSupernode | RunningSupernodeAddress | None,
         **config: Any,
     ) -> Daemon:
@@ -224,7 +256,7 @@ async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -
             DaemonConfig(
                 listen=("127.0.0.1", 0),
                 supernodes=(supernode.address,) if supernode else (),
-                registry=getattr(registry, "url", registry),
+                registry=registry if isinstance(registry, str) else registry.url,
                 data_dir=tmp_path / name,
                 peer_listen=("127.0.0.1", 0),
                 **config,

@@ -26,7 +26,7 @@ from testkit.origin import FakeOrigin
 
 @pytest.fixture
 async def node(start_supernode: StartSupernode) -> RunningSupernode:
-    return await start_supernode(admin_listen=("127.0.0.1", 0))  # type: ignore[no-any-return]
+    return await start_supernode(admin_listen=("127.0.0.1", 0))
 
 
 def admin(node: RunningSupernode, *, token: bool = True) -> httpx.AsyncClient:

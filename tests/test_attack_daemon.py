@@ -615,7 +615,7 @@ def test_a_durable_output_is_on_disk_before_it_is_named(
 ) -> None:
     events = recorded_sync(monkeypatch)
     target = tmp_path / "blob"
-    with AtomicOutput(target, durable=True) as out:  # type: ignore[call-arg,unused-ignore]
+    with AtomicOutput(target, durable=True) as out:
         temp = str(out.temp)
         out.write_at(0, b"x" * 1000)
         out.commit()

@@ -18,7 +18,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, until
+from conftest import Fetch, RunningSupernode, StartSupernode, until, until_equal
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.eviction import GcPolicy
@@ -239,7 +239,8 @@ async def test_an_endless_chunked_body_is_stopped_at_the_task_size_limit(
             failed = await next_message(peer, seconds=15)
             assert isinstance(failed, TaskFailed) and failed.code == "too_large"
             assert "--max-task-size" in failed.message
-    assert not list(node.node.store.task_dir(failed.task_id).glob("g*.pieces"))
+            task_id = failed.task_id
+    assert not list(node.node.store.task_dir(task_id).glob("g*.pieces"))
     stopped = origin.body_bytes
     assert stopped < 8 * MiB
     await trio.sleep(0.5)
@@ -414,10 +415,10 @@ async def test_one_hostile_downloader_cannot_blacklist_an_honest_uploader(
         async with raw_peer(node, f"hostile-{n}") as peer:
             assert isinstance(await register(peer, url), Registered)
             await blame(peer, seeder_id, "corrupt")
-            await until(lambda n=n: reported() == n + 1)  # the report is in
+            await until_equal(reported, n + 1)  # the report is in
             stats = scheduler.task_statistics(task_id)
             assert stats is not None and stats.blacklisted == ()
-            await until(lambda n=n: swarm.verdicts["clean"] == n + 1)
+            await until_equal(lambda: swarm.verdicts["clean"], n + 1)
     # Failures, three each from three ids of its one host: one witness.
     for n in range(3):
         async with raw_peer(node, f"striker-{n}") as peer:

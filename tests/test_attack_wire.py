@@ -23,7 +23,14 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from conftest import Fetch, RunningSupernode, StartSupernode, supernode_process, until
+from conftest import (
+    Fetch,
+    RunningSupernode,
+    StartSupernode,
+    supernode_process,
+    until,
+    until_equal,
+)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dfget.peer
@@ -786,7 +793,7 @@ async def test_admitted_seeding_sessions_leave_the_connection_caps(
         origin.add(f"/f{i}.bin", os.urandom(MiB))
         peer = PeerOptions(listen=("127.0.0.1", 0), token=token, seed_for=60)
         nursery.start_soon(partial(fetch, origin.url(f"/f{i}.bin"), node, peer=peer))
-        await until(lambda i=i: len(node.node.swarm.peers) == i + 1)  # type: ignore[misc]
+        await until_equal(lambda: len(node.node.swarm.peers), i + 1)
         await until(lambda: node.node.server.limit.statistics().open == 0)
     assert node.node.server.limit.statistics().open == 0  # 5 seeding, none counted
     strangers = [await raw_connect(node.address) for _ in range(4)]  # still capped

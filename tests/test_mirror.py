@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -45,7 +45,7 @@ def downloaded(daemon: Daemon) -> float:
 
 
 @pytest.fixture
-async def registry(nursery: trio.Nursery, tmp_path: Path) -> Registry:
+async def registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
     server = Registry(tmp_path / "registry")
     await server.start(nursery)
     yield server
@@ -91,7 +91,7 @@ async def test_skopeo_pulls_through_the_mirror(
 
 
 @pytest.fixture
-async def containerd(nursery: trio.Nursery, tmp_path: Path) -> Containerd:
+async def containerd(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Containerd]:
     server = Containerd(tmp_path / "containerd")
     await server.start(nursery)
     yield server
@@ -201,8 +201,10 @@ async def test_upstream_down_is_a_clear_error(
 ) -> None:
     node = await start_supernode()
     daemon = await start_daemon("host1", registry, node)
+    process = registry.process
+    assert process is not None
     registry.stop()
-    await registry.process.wait()  # type: ignore[union-attr]
+    await process.wait()
     async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
         with trio.fail_after(20):
             ping = await client.get("/v2/")

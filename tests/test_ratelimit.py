@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from conftest import Fetch, StartSupernode, until
+from conftest import Fetch, RunningSupernode, StartSupernode, until
 
 from dfget.options import PeerOptions
 from dfget.uploads import PieceServer, SharedTask
@@ -109,16 +109,16 @@ async def test_upload_rate_limit(
     assert within_ten_percent(server.bytes_uploaded, seconds, RATE), seconds
 
 
-async def _first_task(node: object) -> str:
-    cdn = node.node.cdn  # type: ignore[attr-defined]
+async def _first_task(node: RunningSupernode) -> str:
+    cdn = node.node.cdn
     await until(lambda: cdn.tasks)
     return str(next(iter(cdn.tasks)))
 
 
-def _holders_of_everything(node: object, task_id: str) -> int:
-    swarm = node.node.swarm  # type: ignore[attr-defined]
-    scheduler = node.node.scheduler  # type: ignore[attr-defined]
-    task = node.node.cdn.current(task_id)  # type: ignore[attr-defined]
+def _holders_of_everything(node: RunningSupernode, task_id: str) -> int:
+    swarm = node.node.swarm
+    scheduler = node.node.scheduler
+    task = node.node.cdn.current(task_id)
     if task is None or task.piece_count is None:
         return 0
     return sum(

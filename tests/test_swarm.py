@@ -7,6 +7,7 @@ import os
 import subprocess
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -30,13 +31,13 @@ LOCAL = ("127.0.0.1", 0)
 
 
 async def swarm(
-    fetch: Fetch, url: str, node: RunningSupernode, peers: int, **options: object
+    fetch: Fetch, url: str, node: RunningSupernode, peers: int, **options: Any
 ) -> list[DownloadResult]:
     """`peers` dfget downloads at once, each an uploading peer; their results."""
     results: list[DownloadResult] = []
 
     async def one(i: int) -> None:
-        peer = PeerOptions(listen=LOCAL, **options)  # type: ignore[arg-type]
+        peer = PeerOptions(listen=LOCAL, **options)
         results.append(await fetch(url, node, name=f"peer{i}", peer=peer))
 
     async with trio.open_nursery() as nursery:
@@ -249,9 +250,10 @@ async def test_a_piece_nobody_can_deliver_sends_dfget_back_to_the_source(
 
     async def refuse_piece_2(self: CdnUploads, request: PieceRequest) -> None:
         if request.index != 2:
-            return await answer(self, request)
+            await answer(self, request)
+            return
         refused.append(request.index)
-        return await self._refuse(request, ErrorCode.NOT_HELD, "cannot read it")
+        await self._refuse(request, ErrorCode.NOT_HELD, "cannot read it")
 
     monkeypatch.setattr(CdnUploads, "_answer", refuse_piece_2)
     with trio.fail_after(30):
