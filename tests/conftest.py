@@ -23,7 +23,7 @@ from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.options import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
-from testkit.origin import FakeOrigin
+from testkit.origin import FakeOrigin, self_signed_tls
 from testkit.ready import await_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,15 @@ async def origin(nursery: trio.Nursery) -> FakeOrigin:
     server = FakeOrigin()
     await nursery.start(server.serve)
     return server
+
+
+@pytest.fixture
+async def tls_origin(nursery: trio.Nursery) -> tuple[FakeOrigin, bytes]:
+    """An HTTPS origin on 127.0.0.1, its certificate self-signed; that certificate (PEM)."""
+    context, cert_pem = self_signed_tls()
+    server = FakeOrigin(tls=context)
+    await nursery.start(server.serve)
+    return server, cert_pem
 
 
 @dataclass
