@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,10 +78,8 @@ async def start_supernode(nursery: trio.Nursery, tmp_path: Path) -> StartSuperno
     """`await start_supernode(data_dir=..., **config)` → RunningSupernode on port 0."""
 
     async def start(data_dir: Path | None = None, **config: Any) -> RunningSupernode:
-        cfg = SupernodeConfig(host="127.0.0.1", port=0, data_dir=data_dir or tmp_path / "sn")
-        for name, value in config.items():
-            setattr(cfg, name, value)
-        node = Supernode(cfg)
+        local = SupernodeConfig(host="127.0.0.1", port=0, data_dir=data_dir or tmp_path / "sn")
+        node = Supernode(replace(local, **config))  # a name it does not have: TypeError
         scope = trio.CancelScope()
         stopped = trio.Event()
 
