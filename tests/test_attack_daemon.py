@@ -959,7 +959,7 @@ def test_the_flags_and_config_keys(tmp_path: Path) -> None:
 
 
 async def test_an_upstream_a_blob_came_from_may_still_vouch_for_it(
-    start_daemon: StartDaemon, scripted: StartScripted, nursery: trio.Nursery, tmp_path: Path
+    scripted: StartScripted, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """Trust follows the blob: fetched from a registry the operator allowed then, that
     registry may still vouch for that blob (and only it) once it is no longer allowed."""

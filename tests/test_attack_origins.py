@@ -210,9 +210,7 @@ async def test_the_operators_rules_decide(
 
 
 async def test_through_a_proxy_a_literal_metadata_address_is_refused_before_the_proxy(
-    net: FakeNetwork,
     metadata: FakeOrigin,
-    origin: FakeOrigin,
     start_supernode: StartSupernode,
     fetch: Fetch,
     nursery: trio.Nursery,

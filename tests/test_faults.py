@@ -137,11 +137,7 @@ async def test_supernode_down_without_back_source_is_an_error(
 
 
 async def test_second_supernode_takes_over(
-    origin: FakeOrigin,
-    supernode: RunningSupernode,
-    fetch: Fetch,
-    tmp_path: Path,
-    refused_address: str,
+    origin: FakeOrigin, supernode: RunningSupernode, tmp_path: Path, refused_address: str
 ) -> None:
     from dfget.engine import DownloadRequest, download
 

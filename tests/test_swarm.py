@@ -78,12 +78,10 @@ async def test_a_corrupt_peer_is_caught_blacklisted_and_the_rest_finish(
     data = os.urandom(16 * MiB)
     origin.add("/f.bin", data)
     node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=8 * MiB)
-    liar_done = trio.Event()
 
     async def liar() -> None:
         bad = PeerOptions(listen=LOCAL, seed_for=30, server_factory=CorruptingPieceServer)
         await fetch(origin.url("/f.bin"), node, name="liar", peer=bad)
-        liar_done.set()
 
     nursery.start_soon(liar)
     await until(lambda: node.node.swarm.peers)  # the liar registered, alone so far
