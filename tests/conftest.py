@@ -275,6 +275,12 @@ async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -
     return start
 
 
+def at_rate_limit(nbytes: int, seconds: float, limit: float) -> bool:
+    """Whether a transfer timed on the real clock kept to its rate `limit`: never over
+    it by more than 10%, and not far under (a busy machine is slower, never faster)."""
+    return 0.75 * limit <= nbytes / seconds <= 1.1 * limit
+
+
 def flip_byte(path: Path, offset: int, mask: int = 1) -> None:
     """Damage a file as a disk would: the byte at `offset` XOR `mask`."""
     with open(path, "r+b") as f:

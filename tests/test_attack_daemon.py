@@ -820,9 +820,7 @@ async def test_a_request_body_that_stalls_loses_the_connection(
     async with await trio.open_unix_socket(str(daemon.socket_path)) as stream:
         head = b"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
         await stream.send_all(head + b'{"url": ')  # and then nothing more
-        started = trio.current_time()
-        assert await closed_at_once(stream)
-        assert trio.current_time() - started < 4
+        assert await closed_at_once(stream)  # within 5 s: the 1 s timeout, not the 60 s one
 
 
 async def test_a_slow_drip_head_is_cut_at_its_deadline_and_size(
@@ -833,16 +831,15 @@ async def test_a_slow_drip_head_is_cut_at_its_deadline_and_size(
     daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
     host, port = daemon.address.rsplit(":", 1)
     async with await trio.open_tcp_stream(host, int(port)) as drip:
-        started = trio.current_time()
         await drip.send_all(b"GET /v2/ HTTP/1.1\r\n")
-        with trio.move_on_after(5):
+        with trio.move_on_after(10) as dripping:  # the default HEAD_TIMEOUT: 30 s
             try:
                 while True:  # a header byte every 50 ms, never the end of the head
                     await drip.send_all(b"X")
                     await trio.sleep(0.05)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        assert trio.current_time() - started < 3
+        assert not dripping.cancelled_caught  # cut by the server (200 bytes: not by size)
         assert await closed_at_once(drip)
     async with await trio.open_tcp_stream(host, int(port)) as flood:
         line = b"X-Fill: " + b"a" * 1000 + b"\r\n"

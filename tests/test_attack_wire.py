@@ -326,7 +326,7 @@ async def test_a_hello_then_silence_is_cut_at_the_first_request_deadline(
     stream = await raw_connect(supernode.address)
     decoder = await raw_hello(stream)
     started = trio.current_time()
-    assert await until_closed(stream, 3, decoder) == []
+    assert await until_closed(stream, 10, decoder) == []  # the default: 15 s
     assert trio.current_time() - started >= 0.25
 
 
@@ -340,7 +340,7 @@ async def test_a_silent_control_session_is_closed_and_its_peer_leaves(
         await framed.send(register_message(origin.url("/f.bin")))
         messages = await framed_until_closed(framed, 5)  # Registered, news, then the close
         assert isinstance(messages[0], Registered)
-    await until(lambda: "sleeper" not in supernode.node.swarm.peers, seconds=2)
+    await until(lambda: "sleeper" not in supernode.node.swarm.peers)
 
 
 async def test_keepalives_keep_a_control_session_open(
@@ -365,8 +365,8 @@ async def test_keepalives_keep_a_control_session_open(
                 while True:
                     await framed.receive()  # ConnectionLost here would fail the test
         assert "awake" in supernode.node.swarm.peers
-        await framed_until_closed(framed, 2)  # keepalives stopped: closed in 0.5 s
-    await until(lambda: "awake" not in supernode.node.swarm.peers, seconds=2)
+        await framed_until_closed(framed, 10)  # keepalives stopped: closed in 0.5 s (not 120)
+    await until(lambda: "awake" not in supernode.node.swarm.peers)
 
 
 async def fetched_task(origin: FakeOrigin, node: RunningSupernode, fetch: Fetch, size: int) -> str:
@@ -391,7 +391,7 @@ async def test_an_idle_cdn_piece_session_is_closed(
         await framed.send(cdn_request(supernode, task_id, 0, "reader"))
         assert isinstance((await framed.receive()).message, PieceData)
         started = trio.current_time()
-        assert await framed_until_closed(framed, 3) == []
+        assert await framed_until_closed(framed, 10) == []  # the default: 60 s
         assert trio.current_time() - started >= 0.35
 
 
@@ -444,23 +444,24 @@ async def test_the_upload_server_cuts_silence_after_hello_and_idle_sessions(
     address = await start_upload_server(nursery, server)
     silent = await raw_connect(address)
     decoder = await raw_hello(silent)
-    assert await until_closed(silent, 3, decoder) == []
+    assert await until_closed(silent, 10, decoder) == []
     stream = await raw_connect(address)
     async with open_session(stream, role="peer", peer_id="reader", max_payload=MiB + 16) as framed:
         await framed.send(peer_request())
         assert isinstance((await framed.receive()).message, PieceData)
         started = trio.current_time()
-        assert await framed_until_closed(framed, 3) == []
+        assert await framed_until_closed(framed, 10) == []  # the default: 60 s
         assert trio.current_time() - started >= 0.35
 
 
 async def pin_with_made_up_tasks(address: str, idle: float) -> float:
     """A stranger (no token, no ticket) asking for a made-up task a little before each
-    idle deadline: how long the server kept the session (found by review: forever)."""
+    idle deadline: how long the server kept the session (found by review: forever; here
+    at most 60 idle deadlines)."""
     stream = await raw_connect(address)
     started = trio.current_time()
     async with open_session(stream, role="peer", peer_id="stranger", max_payload=0) as framed:
-        with trio.move_on_after(20 * idle):
+        with trio.move_on_after(60 * idle):
             while True:
                 request = PieceRequest(
                     task_id=os.urandom(32).hex(), generation=1, index=0, ticket=b""
@@ -480,11 +481,11 @@ async def test_requests_for_made_up_tasks_do_not_keep_a_piece_session(
 ) -> None:
     idle = 0.3
     supernode.node.server.piece_idle = idle
-    assert await pin_with_made_up_tasks(supernode.address, idle) < 5 * idle
+    assert await pin_with_made_up_tasks(supernode.address, idle) < 30 * idle
     server = FakePieceServer(slots=2, limiter=RateLimiter(None))
     server.piece_idle = idle
     address = await start_upload_server(nursery, server)
-    assert await pin_with_made_up_tasks(address, idle) < 5 * idle
+    assert await pin_with_made_up_tasks(address, idle) < 30 * idle
 
 
 @pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive", "no-keepalive"])
@@ -682,9 +683,9 @@ async def test_a_requester_that_never_reads_loses_its_upload_slot(nursery: trio.
     await stream.send_all(encode(peer_request()))
     await until(lambda: server.slots.borrowed_tokens == 1)  # the upload started...
     started = trio.current_time()
-    await until(lambda: server.slots.borrowed_tokens == 0, seconds=3)  # ...and lost its slot
+    await until(lambda: server.slots.borrowed_tokens == 0, seconds=10)  # ...and lost its slot
     assert trio.current_time() - started >= 0.3
-    await until(lambda: server.limit.statistics().open == 0, seconds=3)
+    await until(lambda: server.limit.statistics().open == 0, seconds=10)
     assert server.pieces_uploaded == 0
 
 

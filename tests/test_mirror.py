@@ -14,6 +14,7 @@ from conftest import (
     RunningSupernodeAddress,
     StartDaemon,
     StartSupernode,
+    at_rate_limit,
     flip_byte,
     metric,
     until,
@@ -339,7 +340,7 @@ async def test_the_host_wide_download_rate_holds(
             for layer in image.layers:
                 both.start_soon(get, client, layer)
         seconds = trio.current_time() - started
-    assert 0.9 * rate <= total / seconds <= 1.1 * rate, seconds
+    assert at_rate_limit(total, seconds, rate), seconds
 
 
 async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
