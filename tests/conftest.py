@@ -7,17 +7,17 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import trio
 import trio.lowlevel
 from fakenet import FakeNetwork
-from registry import ci_shortfall
+from registry import Registry, ci_shortfall
 
 from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
@@ -53,17 +53,42 @@ async def tls_origin(nursery: trio.Nursery) -> tuple[FakeOrigin, bytes]:
     return server, cert_pem
 
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+Stop = Callable[[], Awaitable[None]]
+
+
+class Serve(Protocol[T_co]):
+    """A long-lived service's `serve`: it reports where it listens by `task_status`."""
+
+    async def __call__(self, *, task_status: trio.TaskStatus[T_co]) -> None: ...
+
+
+async def start_stoppable(nursery: trio.Nursery, serve: Serve[T]) -> tuple[T, Stop]:
+    """Start a service in NURSERY so that it can be stopped alone: what it reported at
+    start (its address), and a coroutine function that stops it and waits until it has."""
+    scope, stopped = trio.CancelScope(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[T]) -> None:
+        try:
+            with scope:
+                await serve(task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def stop() -> None:
+        scope.cancel()
+        await stopped.wait()
+
+    started: T = await nursery.start(run)
+    return started, stop
+
+
 @dataclass
 class RunningSupernode:
     node: Supernode
     address: str
-    cancel: trio.CancelScope
-    stopped: trio.Event
-
-    async def stop(self) -> None:
-        """Stop it and wait until it has (its store lock is then free)."""
-        self.cancel.cancel()
-        await self.stopped.wait()
+    stop: Stop  # stop it and wait until it has (its store lock is then free)
 
 
 class StartSupernode(Protocol):
@@ -80,18 +105,8 @@ async def start_supernode(nursery: trio.Nursery, tmp_path: Path) -> StartSuperno
     async def start(data_dir: Path | None = None, **config: Any) -> RunningSupernode:
         local = SupernodeConfig(host="127.0.0.1", port=0, data_dir=data_dir or tmp_path / "sn")
         node = Supernode(replace(local, **config))  # a name it does not have: TypeError
-        scope = trio.CancelScope()
-        stopped = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-            try:
-                with scope:
-                    await node.serve(task_status=task_status)
-            finally:
-                stopped.set()
-
-        host, port = await nursery.start(run)
-        return RunningSupernode(node, f"{host}:{port}", scope, stopped)
+        (host, port), stop = await start_stoppable(nursery, node.serve)
+        return RunningSupernode(node, f"{host}:{port}", stop)
 
     return start
 
@@ -203,6 +218,34 @@ async def until_equal(value: Callable[[], object], expected: object, seconds: fl
     await until(lambda: value() == expected, seconds)
 
 
+class StartRegistry(Protocol):
+    """`await start_registry(name, users={...})` → a running docker-registry whose data is
+    in tmp_path/NAME, with htpasswd auth for USERS (none: open); stopped after the test."""
+
+    async def __call__(self, name: str, users: dict[str, str] | None = None) -> Registry: ...
+
+
+@pytest.fixture
+async def start_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartRegistry]:
+    started: list[Registry] = []
+
+    async def start(name: str, users: dict[str, str] | None = None) -> Registry:
+        server = Registry(tmp_path / name, users=users)
+        started.append(server)
+        await server.start(nursery)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def registry(start_registry: StartRegistry) -> Registry:
+    """An open docker-registry (tests that use it are marked `needs_registry`)."""
+    return await start_registry("registry")
+
+
 @dataclass
 class RunningSupernodeAddress:
     """A supernode address with nothing behind it."""
@@ -217,9 +260,15 @@ class HasUrl(Protocol):
     def url(self) -> str: ...
 
 
-class StartDaemon(Protocol):
-    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon
-    (CONFIG: DaemonConfig's fields)."""
+class StartDaemon:
+    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon on
+    127.0.0.1, its data in tmp_path/NAME (`registry`: a URL, or anything with a `url`;
+    CONFIG: DaemonConfig's fields); `await start_daemon.stop(daemon)` stops one and waits
+    until it has (its data dir is then free for another)."""
+
+    def __init__(self, nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -> None:
+        self._nursery, self._tmp_path, self._short_dir = nursery, tmp_path, short_dir
+        self._stops: dict[Daemon, Stop] = {}
 
     async def __call__(
         self,
@@ -227,7 +276,23 @@ class StartDaemon(Protocol):
         registry: str | HasUrl,
         supernode: RunningSupernode | RunningSupernodeAddress | None,
         **config: Any,
-    ) -> Daemon: ...
+    ) -> Daemon:
+        config.setdefault("control_socket", self._short_dir / f"{name}.sock")
+        daemon = Daemon(
+            DaemonConfig(
+                listen=("127.0.0.1", 0),
+                supernodes=(supernode.address,) if supernode else (),
+                registry=registry if isinstance(registry, str) else registry.url,
+                data_dir=self._tmp_path / name,
+                peer_listen=("127.0.0.1", 0),
+                **config,
+            )
+        )
+        _, self._stops[daemon] = await start_stoppable(self._nursery, daemon.serve)
+        return daemon
+
+    async def stop(self, daemon: Daemon) -> None:
+        await self._stops.pop(daemon)()
 
 
 @pytest.fixture
@@ -249,30 +314,7 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -> StartDaemon:
-    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon on
-    127.0.0.1 (`registry`: a URL, or anything with a `url`)."""
-
-    async def start(
-        name: str,
-        registry: str | HasUrl,
-        supernode: RunningSupernode | RunningSupernodeAddress | None,
-        **config: Any,
-    ) -> Daemon:
-        config.setdefault("control_socket", short_dir / f"{name}.sock")
-        daemon = Daemon(
-            DaemonConfig(
-                listen=("127.0.0.1", 0),
-                supernodes=(supernode.address,) if supernode else (),
-                registry=registry if isinstance(registry, str) else registry.url,
-                data_dir=tmp_path / name,
-                peer_listen=("127.0.0.1", 0),
-                **config,
-            )
-        )
-        await nursery.start(daemon.serve)
-        return daemon
-
-    return start
+    return StartDaemon(nursery, tmp_path, short_dir)
 
 
 def at_rate_limit(nbytes: int, seconds: float, limit: float) -> bool:

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, until
-from registry import CHROMIUM, Registry, needs_chromium, needs_registry, write_oci_image
+from conftest import Fetch, RunningSupernode, StartRegistry, StartSupernode, until
+from registry import CHROMIUM, needs_chromium, needs_registry, write_oci_image
 
 from dfget.errors import OriginFailed
 from dfget.options import PeerOptions
@@ -238,30 +238,26 @@ def test_only_finished_preheats_are_forgotten(monkeypatch: pytest.MonkeyPatch) -
 
 @needs_registry
 async def test_preheating_an_image_from_a_registry_with_auth(
-    node: RunningSupernode, nursery: trio.Nursery, tmp_path: Path
+    node: RunningSupernode, start_registry: StartRegistry, tmp_path: Path
 ) -> None:
-    registry = Registry(tmp_path / "registry", users={"ci": "secret-pass"})
-    await registry.start(nursery)
-    try:
-        image = write_oci_image(tmp_path / "image", [2 * MiB, 1 * MiB])
-        await registry.push(image, "team/app:1", creds="ci:secret-pass")
-        basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
-        url = f"{registry.url}/v2/team/app/manifests/1"
-        async with admin(node) as client:
-            anonymous = await client.post("/api/v1/preheats", json={"type": "image", "url": url})
-            with_creds = await client.post(
-                "/api/v1/preheats",
-                json={"type": "image", "url": url, "headers": {"Authorization": basic}},
-            )
-            refused = await poll_state(client, f"/api/v1/preheats/{anonymous.json()['id']}")
-            done = await poll_state(client, f"/api/v1/preheats/{with_creds.json()['id']}")
-        assert refused["state"] == "failed" and "401" in refused["error"]
-        assert done["state"] == "succeeded", done
-        assert len(done["tasks"]) == len(image.blobs)
-        assert all(task["state"] == "done" for task in done["tasks"])
-        assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
-    finally:
-        registry.stop()
+    registry = await start_registry("registry", users={"ci": "secret-pass"})
+    image = write_oci_image(tmp_path / "image", [2 * MiB, 1 * MiB])
+    await registry.push(image, "team/app:1", creds="ci:secret-pass")
+    basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
+    url = f"{registry.url}/v2/team/app/manifests/1"
+    async with admin(node) as client:
+        anonymous = await client.post("/api/v1/preheats", json={"type": "image", "url": url})
+        with_creds = await client.post(
+            "/api/v1/preheats",
+            json={"type": "image", "url": url, "headers": {"Authorization": basic}},
+        )
+        refused = await poll_state(client, f"/api/v1/preheats/{anonymous.json()['id']}")
+        done = await poll_state(client, f"/api/v1/preheats/{with_creds.json()['id']}")
+    assert refused["state"] == "failed" and "401" in refused["error"]
+    assert done["state"] == "succeeded", done
+    assert len(done["tasks"]) == len(image.blobs)
+    assert all(task["state"] == "done" for task in done["tasks"])
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,12 @@ from conftest import (
     Fetch,
     RunningSupernode,
     StartDaemon,
+    StartRegistry,
     StartSupernode,
+    Stop,
     flip_byte,
     metric,
+    start_stoppable,
     until,
 )
 from registry import Image, Registry, needs_registry, write_oci_image
@@ -55,11 +58,8 @@ ALICE = ("alice", "wonderland")
 
 
 @pytest.fixture
-async def private_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
-    server = Registry(tmp_path / "private", users=USERS)
-    await server.start(nursery)
-    yield server
-    server.stop()
+async def private_registry(start_registry: StartRegistry) -> Registry:
+    return await start_registry("private", users=USERS)
 
 
 StartScripted = Callable[[Callable[[Seen], Answer]], Awaitable[ScriptedOrigin]]
@@ -528,31 +528,14 @@ async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
 
 
 @pytest.fixture
-async def public_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
-    server = Registry(tmp_path / "public")
-    await server.start(nursery)
-    yield server
-    server.stop()
+async def public_registry(start_registry: StartRegistry) -> Registry:
+    return await start_registry("public")
 
 
-async def stoppable(
-    nursery: trio.Nursery, config: DaemonConfig
-) -> tuple[Daemon, Callable[[], Awaitable[None]]]:
+async def stoppable(nursery: trio.Nursery, config: DaemonConfig) -> tuple[Daemon, Stop]:
     """A running daemon and a coroutine function that stops it (and waits)."""
-    daemon, scope, stopped = Daemon(config), trio.CancelScope(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-        try:
-            with scope:
-                await daemon.serve(task_status=task_status)
-        finally:
-            stopped.set()
-
-    async def stop() -> None:
-        scope.cancel()
-        await stopped.wait()
-
-    await nursery.start(run)
+    daemon = Daemon(config)
+    _, stop = await start_stoppable(nursery, daemon.serve)
     return daemon, stop
 
 
