@@ -21,7 +21,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 import httpx
@@ -111,42 +111,46 @@ def says_yes(length: int) -> Callable[[Seen], Answer]:
 # -- 1. provenance for cached blobs ---------------------------------------------------
 
 
-async def private_blob_and_a_host_that_says_yes(
+class PrivateBlob(Protocol):
+    """`await private_blob(plain=False)` → (layer digest, its bytes, the attacker's
+    host, host1, host2): a private layer (alice's) in `private_registry`, an attacker's
+    host that answers yes to everything, and two daemons behind one supernode. With
+    `plain`, the daemons speak plain http to the attacker's host (or it would need a
+    real certificate: it is its own host)."""
+
+    async def __call__(
+        self, *, plain: bool = False
+    ) -> tuple[str, bytes, ScriptedOrigin, Daemon, Daemon]: ...
+
+
+@pytest.fixture
+def private_blob(
     private_registry: Registry,
     start_supernode: StartSupernode,
     start_daemon: StartDaemon,
     scripted: StartScripted,
     tmp_path: Path,
-    *,
-    plain: bool = False,
-) -> tuple[str, bytes, ScriptedOrigin, Daemon, Daemon]:
-    """A private layer (alice's) in a real registry, an attacker's host that answers
-    yes to everything, and two daemons behind one supernode: (layer digest, its bytes,
-    the attacker's host, host1, host2). With `plain`, the daemons speak plain http to
-    the attacker's host (or it would need a real certificate: it is its own host)."""
-    image = write_oci_image(tmp_path / "image", [2 * MiB])
-    await private_registry.push(image, "team/app:1", creds="alice:wonderland")
-    layer = image.layers[0]
-    secret = layer_bytes(image, layer)
-    yes = await scripted(says_yes(len(secret)))
-    node = await start_supernode()
-    http = frozenset({yes.address}) if plain else frozenset()
-    first = await start_daemon("host1", private_registry, node, plain_http=http)
-    second = await start_daemon("host2", private_registry, node, plain_http=http)
-    return layer, secret, yes, first, second
+) -> PrivateBlob:
+    async def start(*, plain: bool = False) -> tuple[str, bytes, ScriptedOrigin, Daemon, Daemon]:
+        image = write_oci_image(tmp_path / "image", [2 * MiB])
+        await private_registry.push(image, "team/app:1", creds="alice:wonderland")
+        layer = image.layers[0]
+        secret = layer_bytes(image, layer)
+        yes = await scripted(says_yes(len(secret)))
+        node = await start_supernode()
+        http = frozenset({yes.address}) if plain else frozenset()
+        first = await start_daemon("host1", private_registry, node, plain_http=http)
+        second = await start_daemon("host2", private_registry, node, plain_http=http)
+        return layer, secret, yes, first, second
+
+    return start
 
 
 @needs_registry
 async def test_a_host_that_says_yes_gets_no_private_blob_through_the_mirror(
-    private_registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    scripted: StartScripted,
-    tmp_path: Path,
+    private_blob: PrivateBlob, private_registry: Registry
 ) -> None:
-    layer, secret, yes, first, second = await private_blob_and_a_host_that_says_yes(
-        private_registry, start_supernode, start_daemon, scripted, tmp_path, plain=True
-    )
+    layer, secret, yes, first, second = await private_blob(plain=True)
     path = f"/v2/team/app/blobs/{layer}"
     async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
         pulled = await client.get(path, auth=ALICE)  # alice pulls: cached on host1
@@ -169,15 +173,9 @@ async def test_a_host_that_says_yes_gets_no_private_blob_through_the_mirror(
 
 @needs_registry
 async def test_a_host_that_says_yes_gets_no_private_blob_through_the_control_socket(
-    private_registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    scripted: StartScripted,
-    tmp_path: Path,
+    private_blob: PrivateBlob, private_registry: Registry
 ) -> None:
-    layer, secret, yes, first, second = await private_blob_and_a_host_that_says_yes(
-        private_registry, start_supernode, start_daemon, scripted, tmp_path
-    )
+    layer, secret, yes, first, second = await private_blob()
     async with httpx.AsyncClient(timeout=60) as client:
         url = f"http://{first.address}/v2/team/app/blobs/{layer}"
         assert (await client.get(url, auth=ALICE)).content == secret  # cached on host1

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
+from adminapi import admin_client, preheat_ended
 from conftest import (
     CREDENTIAL_PATH,
     METADATA_IP,
@@ -145,33 +144,22 @@ async def test_preheats_cannot_reach_metadata(
     net: FakeNetwork, metadata: FakeOrigin, start_supernode: StartSupernode
 ) -> None:
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
-    token = getattr(node.node.admin, "token", None)
-    headers = {"authorization": f"Bearer {token.decode()}"} if token else {}
     bodies = [
         {"type": "file", "url": METADATA_URL},
         {"type": "image", "url": "http://metadata.test/v2/team/app/manifests/1"},
     ]
-    async with httpx.AsyncClient(
-        base_url=f"http://{node.node.admin_address}", headers=headers
-    ) as client:
+    async with admin_client(node) as client:
         ids = []
         for body in bodies:
             created = await client.post("/api/v1/preheats", json=body)
             assert created.status_code == 202, created.text
             ids.append(created.json()["id"])
-        states = [await _ended(client, f"/api/v1/preheats/{id_}") for id_ in ids]
+        states = [await preheat_ended(client, f"/api/v1/preheats/{id_}") for id_ in ids]
     for state in states:
         assert state["state"] == "failed", state
         refusal(state["error"])
     assert not net.tried(METADATA_IP)
     assert requests(metadata) == 0
-
-
-async def _ended(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
-    with trio.fail_after(30):
-        while (answer := (await client.get(path)).json())["state"] in ("pending", "running"):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return answer  # type: ignore[no-any-return]
 
 
 async def test_the_operators_rules_decide(

@@ -306,7 +306,7 @@ async def test_failed_tasks_are_forgotten_and_their_generations_never_reused(
     fetch: Fetch,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("supernode.cdn.service.KEPT_GENERATIONS", 3, raising=False)
+    monkeypatch.setattr("supernode.cdn.service.KEPT_GENERATIONS", 3)
     node = await start_supernode(failed_task_ttl=0.2)
     cdn = node.node.cdn
     for i in range(6):
