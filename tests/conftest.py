@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 import trio
@@ -203,6 +203,32 @@ async def supernode_process(data_dir: Path, *flags: str) -> AsyncIterator[Server
         [*argv, "--admin-listen", "127.0.0.1:0", *flags], data_dir.with_suffix(".ready")
     ) as server:
         yield server
+
+
+class Beside(Generic[T]):
+    """Work running beside the test (`beside`): `done` is set once it has returned, and
+    `await result()` is what it returned."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self._returned: list[T] = []
+
+    async def result(self, seconds: float = 30.0) -> T:
+        with trio.fail_after(seconds):
+            await self.done.wait()
+        return self._returned[0]
+
+
+def beside(nursery: trio.Nursery, work: Callable[[], Awaitable[T]]) -> Beside[T]:
+    """Start `work()` in NURSERY, beside the test (its exception, if any, fails the test)."""
+    running: Beside[T] = Beside()
+
+    async def run() -> None:
+        running._returned.append(await work())
+        running.done.set()
+
+    nursery.start_soon(run)
+    return running
 
 
 async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:

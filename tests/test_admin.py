@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 from adminapi import admin_client, poll, preheat_ended
-from conftest import Fetch, RunningSupernode, StartRegistry, StartSupernode, until
+from conftest import Fetch, RunningSupernode, StartRegistry, StartSupernode, beside, until
 from registry import CHROMIUM, needs_chromium, needs_registry, write_oci_image
 
 from dfget.errors import OriginFailed
@@ -136,19 +136,14 @@ async def test_evicting_a_task_mid_download_makes_dfget_start_over(
     data = os.urandom(8 * MiB)
     slow.add("/f.bin", data)
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
-    results = []
-
-    async def download() -> None:
-        results.append(await fetch(slow.url("/f.bin"), node))
-
-    nursery.start_soon(download)
+    download = beside(nursery, lambda: fetch(slow.url("/f.bin"), node))
     cdn = node.node.cdn
     await until(lambda: any(t.ready >= 2 for t in cdn.tasks.values()))
     task_id = next(iter(cdn.tasks))
     async with admin_client(node) as client:
         assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
-    await until(lambda: bool(results), seconds=30)
-    assert Path(results[0].output).read_bytes() == data  # started over, finished right
+    result = await download.result()
+    assert Path(result.output).read_bytes() == data  # started over, finished right
     assert cdn.tasks[task_id].generation == 2
 
 

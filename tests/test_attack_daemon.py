@@ -20,6 +20,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from conftest import (
     StartRegistry,
     StartSupernode,
     Stop,
+    beside,
     flip_byte,
     metric,
     start_stoppable,
@@ -286,14 +288,8 @@ async def test_a_urls_task_id_is_no_blob_digest(
     )
     url, sock = origin.url("/private.bin"), daemon.socket_path
     task_id = DownloadRequest(url=url, output=Path(os.devnull)).task_id()
-    done = trio.Event()
-
-    async def owner() -> None:  # alice's URL download, with her credentials
-        result = await fetch(url, None, daemon_socket=sock, headers=(("Authorization", AUTH),))
-        assert Path(result.output).read_bytes() == data
-        done.set()
-
-    nursery.start_soon(owner)
+    auth = (("Authorization", AUTH),)
+    owner = beside(nursery, lambda: fetch(url, None, daemon_socket=sock, headers=auth))
     assert daemon.blobs is not None
     blobs = daemon.blobs
     await until(lambda: any(b.filled for b in blobs.running_urls.values()))
@@ -301,14 +297,33 @@ async def test_a_urls_task_id_is_no_blob_digest(
         asked = {"url": origin.url(target), "digest": f"sha256:{task_id}"}
         status, body = await control(sock, asked)
         assert data[:4096] not in body, (target, status)
-    with trio.fail_after(30):
-        await done.wait()  # and alice's download was not disturbed
+    result = await owner.result()  # and alice's download was not disturbed
+    assert Path(result.output).read_bytes() == data
 
 
 # -- 2. joining a running URL download ------------------------------------------------
 
 AUTH = "Basic YWxpY2U6d29uZGVybGFuZA=="  # alice:wonderland
 RULES = (r"\.bin$",)
+
+
+async def streamed_get(
+    url: str,
+    started: trio.Event,
+    *,
+    proxy: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """GET `url`, STARTED set once its first bytes are in: (status, body)."""
+    body = bytearray()
+    async with (
+        httpx.AsyncClient(proxy=proxy, timeout=60) as client,
+        client.stream("GET", url, headers=headers) as answer,
+    ):
+        async for chunk in answer.aiter_raw():
+            body += chunk
+            started.set()
+    return answer.status_code, bytes(body)
 
 
 async def slow_private_origin(nursery: trio.Nursery, data: bytes) -> FakeOrigin:
@@ -331,23 +346,16 @@ async def test_joining_a_running_url_download_on_the_control_socket_needs_access
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
     url, sock = origin.url("/private.bin"), daemon.socket_path
-    done = trio.Event()
-
-    async def owner() -> None:  # alice's dfget, with her credentials, no digest
-        result = await fetch(url, None, daemon_socket=sock, headers=(("Authorization", AUTH),))
-        assert Path(result.output).read_bytes() == data
-        done.set()
-
-    nursery.start_soon(owner)
+    auth = (("Authorization", AUTH),)  # alice's dfget, with her credentials, no digest
+    owner = beside(nursery, lambda: fetch(url, None, daemon_socket=sock, headers=auth))
     assert daemon.blobs is not None
     blobs = daemon.blobs
     await until(lambda: any(b.filled for b in blobs.running_urls.values()))  # bytes flowing
     status, body = await control(sock, {"url": url})  # no credentials
     assert status == 502 and data[:4096] not in body
     assert json.loads(body)["exit"] == 3 and json.loads(body)["status"] == 401
-    assert not done.is_set()  # refused while alice's download still ran
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()  # refused while alice's download still ran
+    assert Path((await owner.result()).output).read_bytes() == data
 
 
 async def test_joining_a_running_proxy_download_needs_access(
@@ -358,30 +366,18 @@ async def test_joining_a_running_proxy_download_needs_access(
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
     proxy, url = f"http://{daemon.address}", origin.url("/private.bin")
-    started, done = trio.Event(), trio.Event()
-
-    async def owner() -> None:
-        body = bytearray()
-        async with (
-            httpx.AsyncClient(proxy=proxy, timeout=60) as client,
-            client.stream("GET", url, headers={"authorization": AUTH}) as answer,
-        ):
-            async for chunk in answer.aiter_raw():
-                body += chunk
-                started.set()
-        assert answer.status_code == 200 and body == data
-        done.set()
-
-    nursery.start_soon(owner)
+    started = trio.Event()
+    owner = beside(
+        nursery, partial(streamed_get, url, started, proxy=proxy, headers={"authorization": AUTH})
+    )
     await started.wait()
     async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
         stranger = await client.get(url)
     assert stranger.status_code == 401  # the origin's own answer, relayed
     assert data[:4096] not in stranger.content
     assert "www-authenticate" in stranger.headers
-    assert not done.is_set()
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()
+    assert await owner.result() == (200, data)
 
 
 def per_user(contents: dict[str, bytes], rate: float) -> Callable[[Seen], Answer]:
@@ -411,19 +407,9 @@ async def test_a_user_allowed_to_read_a_url_but_served_other_content_never_share
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
     proxy, url = f"http://{daemon.address}", origin.url("/mine.bin")
-    started, done = trio.Event(), trio.Event()
-
-    async def owner() -> None:
-        async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
-            got = bytearray()
-            async with client.stream("GET", url, headers={"authorization": "Bearer alice"}) as r:
-                async for chunk in r.aiter_raw():
-                    got += chunk
-                    started.set()
-        assert got == alice
-        done.set()
-
-    nursery.start_soon(owner)
+    started = trio.Event()
+    alices = {"authorization": "Bearer alice"}
+    owner = beside(nursery, partial(streamed_get, url, started, proxy=proxy, headers=alices))
     await started.wait()
     async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
         theirs = await client.get(url, headers={"authorization": "Bearer bob"})
@@ -437,9 +423,8 @@ async def test_a_user_allowed_to_read_a_url_but_served_other_content_never_share
         name="bob.bin",
     )
     assert Path(result.output).read_bytes() == bob and result.daemon is None
-    assert not done.is_set()
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()
+    assert (await owner.result())[1] == alice
 
 
 # -- 3. only a hash mismatch drops a blob ----------------------------------------------
@@ -496,19 +481,8 @@ async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
     upstream = await scripted(lying)
     daemon = await start_daemon("host1", upstream.url(""), None)
     url = f"http://{daemon.address}{lying.path}"
-    started, done = trio.Event(), trio.Event()
-
-    async def first_client() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            body = bytearray()
-            async with client.stream("GET", url) as answer:
-                async for chunk in answer.aiter_raw():
-                    body += chunk
-                    started.set()
-        assert body == lying.data
-        done.set()
-
-    nursery.start_soon(first_client)
+    started = trio.Event()
+    first_client = beside(nursery, partial(streamed_get, url, started))
     await started.wait()
     lying.head_length = 1  # another client's HEAD comes back with a lie
     async with httpx.AsyncClient(timeout=60) as client:
@@ -517,8 +491,7 @@ async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
     assert daemon.blobs is not None
     blob = daemon.blobs.running[lying.digest.split(":")[1]]
     assert blob.length == len(lying.data)  # the lie is not stored on the shared blob
-    with trio.fail_after(30):
-        await done.wait()  # the first client got all of it, unbroken
+    assert (await first_client.result())[1] == lying.data  # the first client: all, unbroken
     assert daemon.blobs.path(lying.digest.split(":")[1]).exists()
 
 

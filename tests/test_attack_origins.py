@@ -40,6 +40,12 @@ def requests(server: FakeOrigin) -> int:
     return sum(len(stats.requests) for stats in server.stats.values())
 
 
+def untouched(net: FakeNetwork, metadata: FakeOrigin) -> None:
+    """Nothing tried to connect to the metadata service's address, and it got no request."""
+    assert not net.tried(METADATA_IP)
+    assert requests(metadata) == 0
+
+
 def refusal(error: BaseException | str) -> str:
     """The refusal's message, which must name the address and the flag that allows it."""
     message = str(error)
@@ -57,8 +63,7 @@ async def test_a_peer_cannot_make_the_supernode_fetch_cloud_metadata(
     with pytest.raises(OriginFailed) as refused:
         await fetch(METADATA_URL, supernode)  # back to source allowed: it must not go there
     assert "refused to fetch" in refusal(refused.value)
-    assert not net.tried(METADATA_IP)  # neither the supernode nor dfget itself
-    assert requests(metadata) == 0
+    untouched(net, metadata)  # neither the supernode nor dfget itself
     assert downloads(tmp_path) == []
 
 
@@ -95,8 +100,7 @@ async def test_a_name_resolving_to_metadata_and_a_good_address_connects_only_to_
     net.routes[(METADATA_IP, origin.port)] = ("127.0.0.1", metadata.port)
     result = await fetch(f"http://mixed.test:{origin.port}/f.bin", supernode)
     assert Path(result.output).read_bytes() == data
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-path", "httpx-path"])
@@ -115,8 +119,7 @@ async def test_a_redirect_to_metadata_is_refused(
     with pytest.raises(OriginFailed) as refused:
         await fetch(origin.url("/innocent.bin"), node)
     refusal(refused.value)
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 async def test_a_revalidation_redirected_to_metadata_is_refused(
@@ -136,8 +139,7 @@ async def test_a_revalidation_redirected_to_metadata_is_refused(
     with pytest.raises(OriginFailed) as refused:
         await fetch(origin.url("/f.bin"), supernode)
     refusal(refused.value)
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 async def test_preheats_cannot_reach_metadata(
@@ -158,8 +160,7 @@ async def test_preheats_cannot_reach_metadata(
     for state in states:
         assert state["state"] == "failed", state
         refusal(state["error"])
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 async def test_the_operators_rules_decide(

@@ -17,6 +17,7 @@ from conftest import (
     RunningSupernode,
     StartDaemon,
     StartSupernode,
+    beside,
     cli_env,
     flip_byte,
     until,
@@ -181,23 +182,17 @@ async def test_joining_someone_elses_running_download_needs_access_too(
     )
     sock = daemon.socket_path
     auth = (("Authorization", AUTH),)
-    done = trio.Event()
-
-    async def owner() -> None:
-        result = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
-        assert Path(result.output).read_bytes() == data
-        done.set()
-
-    nursery.start_soon(owner)
+    owner = beside(
+        nursery, lambda: fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
+    )
     assert daemon.blobs is not None
     blobs = daemon.blobs
     await until(lambda: digest.split(":")[1] in blobs.running)
     with pytest.raises(OriginFailed) as info:  # no credentials: not even a byte
         await fetch(url, None, daemon_socket=sock, digest=digest, back_source=False)
     assert info.value.status == 401
-    assert not done.is_set()  # it was refused while the other download still ran
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()  # it was refused while the other download still ran
+    assert Path((await owner.result()).output).read_bytes() == data
 
 
 async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import Fetch, StartSupernode, until
+from conftest import Fetch, StartSupernode, beside, until
 
 from common.eviction import GcPolicy, StoredTask, plan
 from dfget.options import PeerOptions
@@ -103,19 +103,14 @@ async def test_a_fetch_still_running_is_never_evicted(
     # Its 8 MiB fit in the quota (reserved as it starts), but are past the high mark.
     gc = GcPolicy(quota=12 * MiB, high=0.5, low=0.1)
     node = await start_supernode(gc=gc, gc_interval=3600)
-    results = []
-
-    async def download() -> None:
-        results.append(await fetch(slow.url("/big.bin"), node))
-
-    nursery.start_soon(download)
+    download = beside(nursery, lambda: fetch(slow.url("/big.bin"), node))
     cdn = node.node.cdn
     await until(lambda: any(t.ready >= 3 for t in cdn.tasks.values()))
     assert node.node.collect_garbage() == []  # fetching, and a peer in its swarm
-    await until(lambda: bool(results), seconds=30)
-    assert Path(results[0].output).read_bytes() == data
+    result = await download.result()
+    assert Path(result.output).read_bytes() == data
     await until(lambda: not node.node.swarm.peers)  # the download left: now it is idle
-    assert node.node.collect_garbage() == [results[0].task_id]
+    assert node.node.collect_garbage() == [result.task_id]
 
 
 async def test_a_fetch_a_restart_stopped_and_nobody_resumed_counts_and_can_be_evicted(

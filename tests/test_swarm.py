@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, cli_env, until
+from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, beside, cli_env, until
 
 from common.units import format_size
 from dfget.engine import DownloadResult
@@ -278,21 +278,14 @@ async def test_a_seeding_peer_outlives_its_supernode(
     data = os.urandom(2 * MiB)
     origin.add("/f.bin", data)
     node = await start_supernode()
-    results: list[DownloadResult] = []
-    done = trio.Event()
-
-    async def seeder() -> None:
-        peer = PeerOptions(listen=LOCAL, seed_for=600)
-        results.append(await fetch(origin.url("/f.bin"), node, name="seed", peer=peer))
-        done.set()
-
-    nursery.start_soon(seeder)
+    peer = PeerOptions(listen=LOCAL, seed_for=600)
+    seeder = beside(nursery, lambda: fetch(origin.url("/f.bin"), node, name="seed", peer=peer))
     await until((tmp_path / "downloads" / "seed").exists)  # committed: now seeding
     with trio.fail_after(10):
         await node.stop()
-        await done.wait()
-    assert Path(results[0].output).read_bytes() == data
-    assert results[0].from_cdn == len(data)
+        result = await seeder.result()
+    assert Path(result.output).read_bytes() == data
+    assert result.from_cdn == len(data)
 
 
 async def test_finished_peers_leave_no_assignment_behind(
