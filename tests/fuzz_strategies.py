@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 import types
 import typing
 from typing import Any
 
-import msgpack
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -49,7 +47,6 @@ def fuzz_settings(examples: int, deadline_ms: int | None = 2000) -> settings:
 
 FUZZ = fuzz_settings(300)
 
-PREFIX = struct.Struct(">I")
 HEX = "0123456789abcdef"
 
 task_ids = st.text(HEX, min_size=64, max_size=64)
@@ -228,9 +225,3 @@ def raw_header_maps() -> st.SearchStrategy[dict[Any, Any]]:
         return header
 
     return st.tuples(valid_messages, st.data()).map(lambda pair: change(*pair))
-
-
-def frame_bytes(header: object, payload: bytes = b"") -> bytes:
-    """A frame around any msgpack-able header (even one no sender would make)."""
-    raw = msgpack.packb(header, use_bin_type=True)
-    return PREFIX.pack(len(raw)) + raw + payload

@@ -9,7 +9,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import trio
 from adminapi import admin_client, preheat_ended
 from conftest import RunningSupernode, StartSupernode, until
 from fakenet import FakeNetwork
+from rawwire import raw_connect
 
 from proto.pieces import MiB
 from supernode.admin.api import AdminApi
@@ -151,9 +151,9 @@ async def test_bad_preheat_bodies_get_400_not_500(
 # -- strangers holding connections ---------------------------------------------------------
 
 
-async def open_raw(node: RunningSupernode) -> trio.SocketStream:
-    host, port = str(node.node.admin_address).rsplit(":", 1)
-    return await trio.open_tcp_stream(host, int(port))
+async def open_raw(node: RunningSupernode, receive_buffer: int | None = None) -> trio.SocketStream:
+    assert node.node.admin_address is not None
+    return await raw_connect(node.node.admin_address, receive_buffer=receive_buffer)
 
 
 async def read_all(stream: trio.SocketStream, seconds: float = 10.0) -> bytes:
@@ -238,11 +238,7 @@ async def test_a_client_that_never_reads_is_cut_off(
 ) -> None:
     monkeypatch.setattr(AdminApi, "send_timeout", 1.0)
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
-    host, port = str(node.node.admin_address).rsplit(":", 1)
-    await sock.connect((host, int(port)))
-    stream = trio.SocketStream(sock)
+    stream = await open_raw(node, receive_buffer=4096)  # a small window
     # ~5 MB of status pages: more than the socket buffers hold (at most 4 MiB to send),
     # under hypercorn's 1000 requests a connection.
     count = 990

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import stat
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -41,6 +40,7 @@ from conftest import (
     start_stoppable,
     until,
 )
+from rawwire import raw_connect
 from registry import Image, Registry, needs_registry, write_oci_image
 
 from common.io import unwrap_group
@@ -723,11 +723,7 @@ async def test_a_client_that_never_reads_its_answer_loses_the_connection(
     data = os.urandom(32 * MiB)  # far more than the socket buffers hold
     origin.add("/big.iso", data)
     daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
-    host, port = daemon.address.rsplit(":", 1)
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect((host, int(port)))
-    stream = trio.SocketStream(sock)
+    stream = await raw_connect(daemon.address, receive_buffer=4096)
     request = f"GET {origin.url('/big.iso')} HTTP/1.1\r\nHost: x\r\n\r\n"
     await stream.send_all(request.encode())  # a proxy request, then nothing is read
     # The daemon takes the connection, then gives it up while nothing is read.
@@ -745,20 +741,14 @@ async def test_a_client_that_never_reads_its_answer_loses_the_connection(
     # The same on the control socket, where a download in progress goes out by sendfile.
     assert daemon.control is not None
     limit = daemon.control.limit
-    unix = trio.socket.socket(socket.AF_UNIX)
-    unix.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await unix.connect(str(daemon.socket_path))
     body = json.dumps({"url": origin.url("/big.iso")}).encode()
     head = f"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    async with trio.SocketStream(unix) as local:
+    async with await raw_connect(daemon.socket_path, receive_buffer=4096) as local:
         await local.send_all(head.encode() + body)
         await until(lambda: limit.statistics().open == 1)
         await until(lambda: limit.statistics().open == 0, seconds=10)
     # And through a CONNECT tunnel: the origin sends, the client never reads.
-    tunnel_sock = trio.socket.socket()
-    tunnel_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await tunnel_sock.connect((host, int(port)))
-    async with trio.SocketStream(tunnel_sock) as tunnel:
+    async with await raw_connect(daemon.address, receive_buffer=4096) as tunnel:
         target = f"127.0.0.1:{origin.port}"
         await tunnel.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         await until(lambda: daemon.http_limit.statistics().open == 1)

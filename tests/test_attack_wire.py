@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +18,6 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 
-import msgpack
 import pytest
 import trio
 import trio.testing
@@ -32,6 +30,7 @@ from conftest import (
     until_equal,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rawwire import next_message, raw_connect, raw_frame, until_closed
 
 import dfget.peer
 from common.connlimit import ConnectionLimit
@@ -71,12 +70,6 @@ PUBLIC_KEY = b"\x09" * 32  # a usable X25519 public key (the base point)
 # -- frames as an attacker writes them ----------------------------------------------------
 
 
-def raw_frame(header: dict[str, object]) -> bytes:
-    """A frame from a header map, whatever it says (no codec check on the way out)."""
-    body = msgpack.packb(header, use_bin_type=True)
-    return len(body).to_bytes(4, "big") + body
-
-
 def hello_header(peer_id: str = "stranger") -> dict[str, object]:
     return {"t": "hello", "versions": (1,), "role": "peer", "peer_id": peer_id, "agent": ""}
 
@@ -101,30 +94,6 @@ def register_message(url: str) -> Register:
     return Register(url=url, headers=(), digest=None, tag="", filter=(), public_key=PUBLIC_KEY)
 
 
-async def raw_connect(address: str, *, receive_buffer: int | None = None) -> trio.SocketStream:
-    host, port = address.rsplit(":", 1)
-    if receive_buffer is None:
-        return await trio.open_tcp_stream(host, int(port))
-    # A requester that never reads, with a tiny window: the sender's buffers fill at once.
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    await sock.connect((host, int(port)))
-    return trio.SocketStream(sock)
-
-
-async def next_message(stream: trio.SocketStream, decoder: FrameDecoder) -> Message | None:
-    """The next frame's message, or None once the other side has closed."""
-    while (frame := decoder.next_frame()) is None:
-        try:
-            data = await stream.receive_some(1 << 20)
-        except trio.BrokenResourceError:  # reset
-            return None
-        if not data:
-            return None
-        decoder.receive_data(data)
-    return frame.message
-
-
 async def raw_hello(stream: trio.SocketStream, peer_id: str = "stranger") -> FrameDecoder:
     """Say Hello by hand and read the Welcome; the decoder for what comes next."""
     decoder = FrameDecoder()
@@ -132,19 +101,6 @@ async def raw_hello(stream: trio.SocketStream, peer_id: str = "stranger") -> Fra
     with trio.fail_after(5):
         assert isinstance(await next_message(stream, decoder), Welcome)
     return decoder
-
-
-async def until_closed(
-    stream: trio.SocketStream, seconds: float, decoder: FrameDecoder | None = None
-) -> list[Message]:
-    """Every message the server sends until it closes the connection, which it must do
-    within `seconds`."""
-    decoder = decoder or FrameDecoder()
-    messages = []
-    with trio.fail_after(seconds):
-        while (message := await next_message(stream, decoder)) is not None:
-            messages.append(message)
-    return messages
 
 
 async def framed_until_closed(framed: FramedStream, seconds: float) -> list[Message]:
