@@ -49,6 +49,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# mypy --strict on the product, testkit/, bench/ and tests/ (pyproject [tool.mypy]).
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 

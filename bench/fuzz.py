@@ -291,10 +291,14 @@ def _typed(hint: object, rng: random.Random) -> Any:
     raise TypeError(hint)
 
 
-FIELDS = {
-    cls: [(f.name, typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    for cls in ALL_MESSAGES
-}
+def _fields(cls: type[Message]) -> list[tuple[str, Any]]:
+    """A message's fields and their types (every message is a dataclass; the base is not)."""
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+FIELDS = {cls: _fields(cls) for cls in ALL_MESSAGES}
 
 
 def valid_message(cls: type[Message], rng: random.Random) -> Message:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,7 +49,7 @@ def settle(output: Path, size: int) -> None:
     free_hot_memory(int(2.5 * size))
 
 
-def run_timed(command: list[str]) -> tuple[float, dict[str, object] | None]:
+def run_timed(command: list[str]) -> tuple[float, dict[str, Any] | None]:
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=bench_env(), check=False)
     seconds = time.perf_counter() - started
@@ -101,7 +102,7 @@ def main() -> int:
                     assert report is not None and report["bytes"] == size, report
                     assert report["from_cdn"] == size, report
                     times[kind].append(seconds)
-                    inner[kind].append(float(report["seconds"]))  # type: ignore[arg-type]
+                    inner[kind].append(float(report["seconds"]))
             shutil.rmtree(store, ignore_errors=True)
             print(
                 f"run {run + 1}/{args.runs}: "

@@ -139,7 +139,7 @@ class PieceServer:
         self.send_timeout = SEND_TIMEOUT
         # A piece's send deadline: max(min_piece_send, 2 × sealed size / min_send_rate).
         self.min_piece_send = MIN_PIECE_SEND
-        self.min_send_rate = MIN_SEND_RATE
+        self.min_send_rate: float = MIN_SEND_RATE
         self.tasks: dict[str, SharedTask] = {}
         self._spare: list[bytearray] = []  # sealed-piece buffers, one per slot at most
         self.bytes_uploaded = 0

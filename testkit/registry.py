@@ -53,14 +53,14 @@ def _blob(layout: Path, data: bytes) -> str:
     return f"sha256:{hex_digest}"
 
 
-def write_oci_image(layout: Path, layer_sizes: list[int], seed: int = 0) -> Image:
+def write_oci_image(layout: Path, layer_sizes: list[int]) -> Image:
     """An OCI image layout with one layer per size: each a gzip'd tar of one file of
     `size` pseudo-random bytes."""
     (layout / "blobs" / "sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     layers, diff_ids, sizes = [], [], {}
     for i, size in enumerate(layer_sizes):
-        payload = os.urandom(size) if seed == 0 else _seeded(size, seed * 1000 + i)
+        payload = os.urandom(size)
         tar = io.BytesIO()
         with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as archive:
             info = tarfile.TarInfo(f"layer{i}.bin")
@@ -115,15 +115,6 @@ def write_oci_image(layout: Path, layer_sizes: list[int], seed: int = 0) -> Imag
     }
     (layout / "index.json").write_text(json.dumps(index))
     return Image(layout, manifest_digest, config_digest, layers, sizes)
-
-
-def _seeded(size: int, seed: int) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
 
 
 class Registry:

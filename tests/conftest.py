@@ -7,23 +7,23 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 import trio
 import trio.lowlevel
 from fakenet import FakeNetwork
-from registry import ci_shortfall
+from registry import Registry, ci_shortfall
 
 from dfdaemon.app import Daemon, DaemonConfig
 from dfget.engine import DownloadRequest, DownloadResult, download
 from dfget.options import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
-from testkit.origin import FakeOrigin
+from testkit.origin import FakeOrigin, self_signed_tls
 from testkit.ready import await_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,20 +44,58 @@ async def origin(nursery: trio.Nursery) -> FakeOrigin:
     return server
 
 
+@pytest.fixture
+async def tls_origin(nursery: trio.Nursery) -> tuple[FakeOrigin, bytes]:
+    """An HTTPS origin on 127.0.0.1, its certificate self-signed; that certificate (PEM)."""
+    context, cert_pem = self_signed_tls()
+    server = FakeOrigin(tls=context)
+    await nursery.start(server.serve)
+    return server, cert_pem
+
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+Stop = Callable[[], Awaitable[None]]
+
+
+class Serve(Protocol[T_co]):
+    """A long-lived service's `serve`: it reports where it listens by `task_status`."""
+
+    async def __call__(self, *, task_status: trio.TaskStatus[T_co]) -> None: ...
+
+
+async def start_stoppable(nursery: trio.Nursery, serve: Serve[T]) -> tuple[T, Stop]:
+    """Start a service in NURSERY so that it can be stopped alone: what it reported at
+    start (its address), and a coroutine function that stops it and waits until it has."""
+    scope, stopped = trio.CancelScope(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[T]) -> None:
+        try:
+            with scope:
+                await serve(task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def stop() -> None:
+        scope.cancel()
+        await stopped.wait()
+
+    started: T = await nursery.start(run)
+    return started, stop
+
+
 @dataclass
 class RunningSupernode:
     node: Supernode
     address: str
-    cancel: trio.CancelScope
-    stopped: trio.Event
-
-    async def stop(self) -> None:
-        """Stop it and wait until it has (its store lock is then free)."""
-        self.cancel.cancel()
-        await self.stopped.wait()
+    stop: Stop  # stop it and wait until it has (its store lock is then free)
 
 
-StartSupernode = Callable[..., Any]
+class StartSupernode(Protocol):
+    """`await start_supernode(data_dir=..., **config)` → RunningSupernode on port 0
+    (CONFIG: SupernodeConfig's fields)."""
+
+    async def __call__(self, data_dir: Path | None = None, **config: Any) -> RunningSupernode: ...
 
 
 @pytest.fixture
@@ -65,32 +103,26 @@ async def start_supernode(nursery: trio.Nursery, tmp_path: Path) -> StartSuperno
     """`await start_supernode(data_dir=..., **config)` → RunningSupernode on port 0."""
 
     async def start(data_dir: Path | None = None, **config: Any) -> RunningSupernode:
-        cfg = SupernodeConfig(host="127.0.0.1", port=0, data_dir=data_dir or tmp_path / "sn")
-        for name, value in config.items():
-            setattr(cfg, name, value)
-        node = Supernode(cfg)
-        scope = trio.CancelScope()
-        stopped = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-            try:
-                with scope:
-                    await node.serve(task_status=task_status)
-            finally:
-                stopped.set()
-
-        host, port = await nursery.start(run)
-        return RunningSupernode(node, f"{host}:{port}", scope, stopped)
+        local = SupernodeConfig(host="127.0.0.1", port=0, data_dir=data_dir or tmp_path / "sn")
+        node = Supernode(replace(local, **config))  # a name it does not have: TypeError
+        (host, port), stop = await start_stoppable(nursery, node.serve)
+        return RunningSupernode(node, f"{host}:{port}", stop)
 
     return start
 
 
 @pytest.fixture
 async def supernode(start_supernode: StartSupernode) -> RunningSupernode:
-    return await start_supernode()  # type: ignore[no-any-return]
+    return await start_supernode()
 
 
-Fetch = Callable[..., Any]
+class Fetch(Protocol):
+    """`await fetch(url, supernode, name="out", **request_fields)` → DownloadResult
+    (REQUEST_FIELDS: DownloadRequest's)."""
+
+    async def __call__(
+        self, url: str, supernode: RunningSupernode | str | None, **fields: Any
+    ) -> DownloadResult: ...
 
 
 @pytest.fixture
@@ -173,6 +205,32 @@ async def supernode_process(data_dir: Path, *flags: str) -> AsyncIterator[Server
         yield server
 
 
+class Beside(Generic[T]):
+    """Work running beside the test (`beside`): `done` is set once it has returned, and
+    `await result()` is what it returned."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self._returned: list[T] = []
+
+    async def result(self, seconds: float = 30.0) -> T:
+        with trio.fail_after(seconds):
+            await self.done.wait()
+        return self._returned[0]
+
+
+def beside(nursery: trio.Nursery, work: Callable[[], Awaitable[T]]) -> Beside[T]:
+    """Start `work()` in NURSERY, beside the test (its exception, if any, fails the test)."""
+    running: Beside[T] = Beside()
+
+    async def run() -> None:
+        running._returned.append(await work())
+        running.done.set()
+
+    nursery.start_soon(run)
+    return running
+
+
 async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:
     """Wait until `predicate()` holds: state of servers running beside the test, which
     offer nothing to await."""
@@ -181,7 +239,37 @@ async def until(predicate: Callable[[], object], seconds: float = 20.0) -> None:
             await trio.sleep(0.02)
 
 
-StartDaemon = Callable[..., Any]
+async def until_equal(value: Callable[[], object], expected: object, seconds: float = 20.0) -> None:
+    """Wait until `value() == expected` (`until` for a value the loop around it sets)."""
+    await until(lambda: value() == expected, seconds)
+
+
+class StartRegistry(Protocol):
+    """`await start_registry(name, users={...})` → a running docker-registry whose data is
+    in tmp_path/NAME, with htpasswd auth for USERS (none: open); stopped after the test."""
+
+    async def __call__(self, name: str, users: dict[str, str] | None = None) -> Registry: ...
+
+
+@pytest.fixture
+async def start_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartRegistry]:
+    started: list[Registry] = []
+
+    async def start(name: str, users: dict[str, str] | None = None) -> Registry:
+        server = Registry(tmp_path / name, users=users)
+        started.append(server)
+        await server.start(nursery)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def registry(start_registry: StartRegistry) -> Registry:
+    """An open docker-registry (tests that use it are marked `needs_registry`)."""
+    return await start_registry("registry")
 
 
 @dataclass
@@ -189,6 +277,48 @@ class RunningSupernodeAddress:
     """A supernode address with nothing behind it."""
 
     address: str
+
+
+class HasUrl(Protocol):
+    """A registry server (testkit.registry.Registry): where it listens."""
+
+    @property
+    def url(self) -> str: ...
+
+
+class StartDaemon:
+    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon on
+    127.0.0.1, its data in tmp_path/NAME (`registry`: a URL, or anything with a `url`;
+    CONFIG: DaemonConfig's fields); `await start_daemon.stop(daemon)` stops one and waits
+    until it has (its data dir is then free for another)."""
+
+    def __init__(self, nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -> None:
+        self._nursery, self._tmp_path, self._short_dir = nursery, tmp_path, short_dir
+        self._stops: dict[Daemon, Stop] = {}
+
+    async def __call__(
+        self,
+        name: str,
+        registry: str | HasUrl,
+        supernode: RunningSupernode | RunningSupernodeAddress | None,
+        **config: Any,
+    ) -> Daemon:
+        config.setdefault("control_socket", self._short_dir / f"{name}.sock")
+        daemon = Daemon(
+            DaemonConfig(
+                listen=("127.0.0.1", 0),
+                supernodes=(supernode.address,) if supernode else (),
+                registry=registry if isinstance(registry, str) else registry.url,
+                data_dir=self._tmp_path / name,
+                peer_listen=("127.0.0.1", 0),
+                **config,
+            )
+        )
+        _, self._stops[daemon] = await start_stoppable(self._nursery, daemon.serve)
+        return daemon
+
+    async def stop(self, daemon: Daemon) -> None:
+        await self._stops.pop(daemon)()
 
 
 @pytest.fixture
@@ -210,30 +340,13 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def start_daemon(nursery: trio.Nursery, tmp_path: Path, short_dir: Path) -> StartDaemon:
-    """`await start_daemon(name, registry, supernode, **config)` → a running Daemon on
-    127.0.0.1 (`registry`: a URL, or anything with a `url`)."""
+    return StartDaemon(nursery, tmp_path, short_dir)
 
-    async def start(
-        name: str,
-        registry: Any,
-        supernode: RunningSupernode | RunningSupernodeAddress | None,
-        **config: Any,
-    ) -> Daemon:
-        config.setdefault("control_socket", short_dir / f"{name}.sock")
-        daemon = Daemon(
-            DaemonConfig(
-                listen=("127.0.0.1", 0),
-                supernodes=(supernode.address,) if supernode else (),
-                registry=getattr(registry, "url", registry),
-                data_dir=tmp_path / name,
-                peer_listen=("127.0.0.1", 0),
-                **config,
-            )
-        )
-        await nursery.start(daemon.serve)
-        return daemon
 
-    return start
+def at_rate_limit(nbytes: int, seconds: float, limit: float) -> bool:
+    """Whether a transfer timed on the real clock kept to its rate `limit`: never over
+    it by more than 10%, and not far under (a busy machine is slower, never faster)."""
+    return 0.75 * limit <= nbytes / seconds <= 1.1 * limit
 
 
 def flip_byte(path: Path, offset: int, mask: int = 1) -> None:

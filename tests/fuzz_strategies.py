@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 import types
 import typing
 from typing import Any
 
-import msgpack
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -49,21 +47,20 @@ def fuzz_settings(examples: int, deadline_ms: int | None = 2000) -> settings:
 
 FUZZ = fuzz_settings(300)
 
-PREFIX = struct.Struct(">I")
 HEX = "0123456789abcdef"
 
 task_ids = st.text(HEX, min_size=64, max_size=64)
 keys = st.binary(min_size=KEY_BYTES, max_size=KEY_BYTES)
 # Text as a hostile peer would send it: any code point msgpack can carry (no lone
 # surrogates: a msgpack str is UTF-8), control characters included.
-wire_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+wire_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 header_names = st.text(
     st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
     min_size=1,
     max_size=20,
 )
 header_values = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters="\r\n\0"), max_size=40
+    st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\0"), max_size=40
 )
 headers = st.lists(st.tuples(header_names, header_values), max_size=4).map(tuple)
 urls = st.builds(
@@ -112,9 +109,20 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+def field_names(message: Message | type[Message]) -> list[str]:
+    """A message's fields, in order (every message is a dataclass; the base is not)."""
+    assert dataclasses.is_dataclass(message)
+    return [f.name for f in dataclasses.fields(message)]
+
+
+def field_values(message: Message) -> dict[str, Any]:
+    """A message's fields and their values, as its header map carries them."""
+    return {name: getattr(message, name) for name in field_names(message)}
+
+
 def _hints(cls: type[Message]) -> dict[str, object]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return {name: hints[name] for name in field_names(cls)}
 
 
 def for_hint(hint: object, text: st.SearchStrategy[str] = wire_text) -> st.SearchStrategy[Any]:
@@ -203,7 +211,7 @@ def raw_header_maps() -> st.SearchStrategy[dict[Any, Any]]:
 
     def change(message: Message, data: st.DataObject) -> dict[Any, Any]:
         header: dict[Any, Any] = {TYPE_KEY: message.TAG}
-        header.update({f.name: getattr(message, f.name) for f in dataclasses.fields(message)})  # type: ignore[arg-type]
+        header.update(field_values(message))
         for name in list(header):
             roll = data.draw(st.integers(0, 9))
             if roll == 0:
@@ -217,9 +225,3 @@ def raw_header_maps() -> st.SearchStrategy[dict[Any, Any]]:
         return header
 
     return st.tuples(valid_messages, st.data()).map(lambda pair: change(*pair))
-
-
-def frame_bytes(header: object, payload: bytes = b"") -> bytes:
-    """A frame around any msgpack-able header (even one no sender would make)."""
-    raw = msgpack.packb(header, use_bin_type=True)
-    return PREFIX.pack(len(raw)) + raw + payload

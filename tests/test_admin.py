@@ -7,13 +7,12 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, until
-from registry import CHROMIUM, Registry, needs_chromium, needs_registry, write_oci_image
+from adminapi import admin_client, poll, preheat_ended
+from conftest import Fetch, RunningSupernode, StartRegistry, StartSupernode, beside, until
+from registry import CHROMIUM, needs_chromium, needs_registry, write_oci_image
 
 from dfget.errors import OriginFailed
 from dfget.options import PeerOptions
@@ -26,28 +25,11 @@ from testkit.origin import FakeOrigin
 
 @pytest.fixture
 async def node(start_supernode: StartSupernode) -> RunningSupernode:
-    return await start_supernode(admin_listen=("127.0.0.1", 0))  # type: ignore[no-any-return]
-
-
-def admin(node: RunningSupernode, *, token: bool = True) -> httpx.AsyncClient:
-    """A client of the node's admin API, with its admin token (the one given, or the one
-    it made in its data dir) unless `token=False`."""
-    headers = {}
-    if token and node.node.admin.token is not None:
-        headers["authorization"] = f"Bearer {node.node.admin.token.decode()}"
-    return httpx.AsyncClient(base_url=f"http://{node.node.admin_address}", headers=headers)
-
-
-async def poll(client: httpx.AsyncClient, path: str, key: str) -> dict[str, Any]:
-    """GET `path` until its JSON has a non-empty `key` (state of a server beside us)."""
-    with trio.fail_after(20):
-        while not (answer := (await client.get(path)).json())[key]:  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return answer  # type: ignore[no-any-return]
+    return await start_supernode(admin_listen=("127.0.0.1", 0))
 
 
 async def test_health_version_and_metrics(node: RunningSupernode) -> None:
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         health = await client.get("/healthz")
         version = await client.get("/version")
         metrics = await client.get("/metrics")
@@ -69,7 +51,7 @@ async def test_a_task_and_its_peer_while_it_is_seeded(
         await fetch(origin.url("/f.bin"), node, peer=peer)
 
     nursery.start_soon(seeder)
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         tasks = await poll(client, "/api/v1/tasks?state=done", "tasks")
         task = tasks["tasks"][0]
         assert tasks["total"] == 1 and task["length"] == len(data)
@@ -109,7 +91,7 @@ async def test_a_task_and_its_peer_while_it_is_seeded(
 async def test_bad_requests_get_problem_json(
     node: RunningSupernode, method: str, path: str, status: int
 ) -> None:
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         response = await client.request(method, path)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
@@ -128,7 +110,7 @@ async def test_evicting_needs_the_admin_token_and_forgets_the_task(
     task_dir = node.node.store.task_dir(first.task_id)
     assert task_dir.exists()
     path = f"/api/v1/tasks/{first.task_id}"
-    async with admin(node, token=False) as client:
+    async with admin_client(node, token=False) as client:
         anonymous = await client.delete(path)
         wrong = await client.delete(path, headers={"authorization": "Bearer nope"})
         assert (await client.get(path)).status_code == 200  # reads stay open
@@ -154,24 +136,19 @@ async def test_evicting_a_task_mid_download_makes_dfget_start_over(
     data = os.urandom(8 * MiB)
     slow.add("/f.bin", data)
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
-    results = []
-
-    async def download() -> None:
-        results.append(await fetch(slow.url("/f.bin"), node))
-
-    nursery.start_soon(download)
+    download = beside(nursery, lambda: fetch(slow.url("/f.bin"), node))
     cdn = node.node.cdn
     await until(lambda: any(t.ready >= 2 for t in cdn.tasks.values()))
     task_id = next(iter(cdn.tasks))
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         assert (await client.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
-    await until(lambda: bool(results), seconds=30)
-    assert Path(results[0].output).read_bytes() == data  # started over, finished right
+    result = await download.result()
+    assert Path(result.output).read_bytes() == data  # started over, finished right
     assert cdn.tasks[task_id].generation == 2
 
 
 async def test_the_openapi_document_matches_the_routes(node: RunningSupernode) -> None:
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         spec = (await client.get("/openapi.json")).json()
     described = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     served = {(method, pattern) for method, _, pattern, _ in node.node.admin.router.routes}
@@ -182,13 +159,13 @@ async def test_the_openapi_document_matches_the_routes(node: RunningSupernode) -
 async def test_preheating_a_file(origin: FakeOrigin, node: RunningSupernode, fetch: Fetch) -> None:
     data = os.urandom(3 * MiB)
     origin.add("/model.bin", data)
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         created = await client.post(
             "/api/v1/preheats", json={"type": "file", "url": origin.url("/model.bin")}
         )
         assert created.status_code == 202
         path = f"/api/v1/preheats/{created.json()['id']}"
-        state = await poll_state(client, path)
+        state = await preheat_ended(client, path)
     assert state["state"] == "succeeded" and state["tasks"][0]["state"] == "done"
     assert state["tasks"][0]["length"] == len(data)
     result = await fetch(origin.url("/model.bin"), node)  # warm: the CDN has it
@@ -206,7 +183,7 @@ async def test_only_a_few_preheats_run_at_once_and_the_rest_wait_their_turn(
     paths = [f"/model-{n}.bin" for n in range(MAX_RUNNING + 2)]
     for path in paths:
         origin.add(path, os.urandom(64 * 1024), gate_after=0, gate=gate)
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         ids = []
         for path in paths:
             created = await client.post(
@@ -219,7 +196,7 @@ async def test_only_a_few_preheats_run_at_once_and_the_rest_wait_their_turn(
         assert sorted(states) == ["pending"] * 2 + ["running"] * MAX_RUNNING, states
         assert bodies_started() == MAX_RUNNING
         gate.set()
-        ended = [await poll_state(client, f"/api/v1/preheats/{id_}") for id_ in ids]
+        ended = [await preheat_ended(client, f"/api/v1/preheats/{id_}") for id_ in ids]
     assert [state["state"] for state in ended] == ["succeeded"] * len(paths)
     assert all(origin.stats[path].full_bodies == 1 for path in paths)
 
@@ -238,30 +215,26 @@ def test_only_finished_preheats_are_forgotten(monkeypatch: pytest.MonkeyPatch) -
 
 @needs_registry
 async def test_preheating_an_image_from_a_registry_with_auth(
-    node: RunningSupernode, nursery: trio.Nursery, tmp_path: Path
+    node: RunningSupernode, start_registry: StartRegistry, tmp_path: Path
 ) -> None:
-    registry = Registry(tmp_path / "registry", users={"ci": "secret-pass"})
-    await registry.start(nursery)
-    try:
-        image = write_oci_image(tmp_path / "image", [2 * MiB, 1 * MiB])
-        await registry.push(image, "team/app:1", creds="ci:secret-pass")
-        basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
-        url = f"{registry.url}/v2/team/app/manifests/1"
-        async with admin(node) as client:
-            anonymous = await client.post("/api/v1/preheats", json={"type": "image", "url": url})
-            with_creds = await client.post(
-                "/api/v1/preheats",
-                json={"type": "image", "url": url, "headers": {"Authorization": basic}},
-            )
-            refused = await poll_state(client, f"/api/v1/preheats/{anonymous.json()['id']}")
-            done = await poll_state(client, f"/api/v1/preheats/{with_creds.json()['id']}")
-        assert refused["state"] == "failed" and "401" in refused["error"]
-        assert done["state"] == "succeeded", done
-        assert len(done["tasks"]) == len(image.blobs)
-        assert all(task["state"] == "done" for task in done["tasks"])
-        assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
-    finally:
-        registry.stop()
+    registry = await start_registry("registry", users={"ci": "secret-pass"})
+    image = write_oci_image(tmp_path / "image", [2 * MiB, 1 * MiB])
+    await registry.push(image, "team/app:1", creds="ci:secret-pass")
+    basic = "Basic " + base64.b64encode(b"ci:secret-pass").decode()
+    url = f"{registry.url}/v2/team/app/manifests/1"
+    async with admin_client(node) as client:
+        anonymous = await client.post("/api/v1/preheats", json={"type": "image", "url": url})
+        with_creds = await client.post(
+            "/api/v1/preheats",
+            json={"type": "image", "url": url, "headers": {"Authorization": basic}},
+        )
+        refused = await preheat_ended(client, f"/api/v1/preheats/{anonymous.json()['id']}")
+        done = await preheat_ended(client, f"/api/v1/preheats/{with_creds.json()['id']}")
+    assert refused["state"] == "failed" and "401" in refused["error"]
+    assert done["state"] == "succeeded", done
+    assert len(done["tasks"]) == len(image.blobs)
+    assert all(task["state"] == "done" for task in done["tasks"])
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
 
 
 @pytest.mark.parametrize(
@@ -277,7 +250,7 @@ async def test_preheating_an_image_from_a_registry_with_auth(
     ],
 )
 async def test_bad_preheat_requests_are_refused(node: RunningSupernode, body: bytes) -> None:
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         response = await client.post(
             "/api/v1/preheats", content=body, headers={"content-type": "application/json"}
         )
@@ -285,14 +258,6 @@ async def test_bad_preheat_requests_are_refused(node: RunningSupernode, body: by
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
     assert missing.status_code == 404
-
-
-async def poll_state(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
-    """A preheat's state once it has ended."""
-    with trio.fail_after(30):
-        while (answer := (await client.get(path)).json())["state"] in ("pending", "running"):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return answer  # type: ignore[no-any-return]
 
 
 @needs_chromium
@@ -344,7 +309,7 @@ async def test_preheating_an_image_through_the_registrys_bearer_token_flow(
     for digest in image.blobs:
         data = (blobs / digest.split(":")[1]).read_bytes()
         origin.add(f"/v2/team/app/blobs/{digest}", data, **protected)
-    async with admin(node) as client:
+    async with admin_client(node) as client:
         created = await client.post(
             "/api/v1/preheats",
             json={
@@ -353,7 +318,7 @@ async def test_preheating_an_image_through_the_registrys_bearer_token_flow(
                 "headers": {"Authorization": basic},
             },
         )
-        state = await poll_state(client, f"/api/v1/preheats/{created.json()['id']}")
+        state = await preheat_ended(client, f"/api/v1/preheats/{created.json()['id']}")
     assert state["state"] == "succeeded", state
     assert sorted(t["id"] for t in state["tasks"]) == sorted(
         node.node.cdn.tasks

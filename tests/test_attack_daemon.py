@@ -17,11 +17,11 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 import httpx
@@ -31,11 +31,16 @@ from conftest import (
     Fetch,
     RunningSupernode,
     StartDaemon,
+    StartRegistry,
     StartSupernode,
+    Stop,
+    beside,
     flip_byte,
     metric,
+    start_stoppable,
     until,
 )
+from rawwire import raw_connect
 from registry import Image, Registry, needs_registry, write_oci_image
 
 from common.io import unwrap_group
@@ -55,11 +60,8 @@ ALICE = ("alice", "wonderland")
 
 
 @pytest.fixture
-async def private_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
-    server = Registry(tmp_path / "private", users=USERS)
-    await server.start(nursery)
-    yield server
-    server.stop()
+async def private_registry(start_registry: StartRegistry) -> Registry:
+    return await start_registry("private", users=USERS)
 
 
 StartScripted = Callable[[Callable[[Seen], Answer]], Awaitable[ScriptedOrigin]]
@@ -111,42 +113,46 @@ def says_yes(length: int) -> Callable[[Seen], Answer]:
 # -- 1. provenance for cached blobs ---------------------------------------------------
 
 
-async def private_blob_and_a_host_that_says_yes(
+class PrivateBlob(Protocol):
+    """`await private_blob(plain=False)` → (layer digest, its bytes, the attacker's
+    host, host1, host2): a private layer (alice's) in `private_registry`, an attacker's
+    host that answers yes to everything, and two daemons behind one supernode. With
+    `plain`, the daemons speak plain http to the attacker's host (or it would need a
+    real certificate: it is its own host)."""
+
+    async def __call__(
+        self, *, plain: bool = False
+    ) -> tuple[str, bytes, ScriptedOrigin, Daemon, Daemon]: ...
+
+
+@pytest.fixture
+def private_blob(
     private_registry: Registry,
     start_supernode: StartSupernode,
     start_daemon: StartDaemon,
     scripted: StartScripted,
     tmp_path: Path,
-    *,
-    plain: bool = False,
-) -> tuple[str, bytes, ScriptedOrigin, Daemon, Daemon]:
-    """A private layer (alice's) in a real registry, an attacker's host that answers
-    yes to everything, and two daemons behind one supernode: (layer digest, its bytes,
-    the attacker's host, host1, host2). With `plain`, the daemons speak plain http to
-    the attacker's host (or it would need a real certificate: it is its own host)."""
-    image = write_oci_image(tmp_path / "image", [2 * MiB])
-    await private_registry.push(image, "team/app:1", creds="alice:wonderland")
-    layer = image.layers[0]
-    secret = layer_bytes(image, layer)
-    yes = await scripted(says_yes(len(secret)))
-    node = await start_supernode()
-    http = frozenset({yes.address}) if plain else frozenset()
-    first = await start_daemon("host1", private_registry, node, plain_http=http)
-    second = await start_daemon("host2", private_registry, node, plain_http=http)
-    return layer, secret, yes, first, second
+) -> PrivateBlob:
+    async def start(*, plain: bool = False) -> tuple[str, bytes, ScriptedOrigin, Daemon, Daemon]:
+        image = write_oci_image(tmp_path / "image", [2 * MiB])
+        await private_registry.push(image, "team/app:1", creds="alice:wonderland")
+        layer = image.layers[0]
+        secret = layer_bytes(image, layer)
+        yes = await scripted(says_yes(len(secret)))
+        node = await start_supernode()
+        http = frozenset({yes.address}) if plain else frozenset()
+        first = await start_daemon("host1", private_registry, node, plain_http=http)
+        second = await start_daemon("host2", private_registry, node, plain_http=http)
+        return layer, secret, yes, first, second
+
+    return start
 
 
 @needs_registry
 async def test_a_host_that_says_yes_gets_no_private_blob_through_the_mirror(
-    private_registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    scripted: StartScripted,
-    tmp_path: Path,
+    private_blob: PrivateBlob, private_registry: Registry
 ) -> None:
-    layer, secret, yes, first, second = await private_blob_and_a_host_that_says_yes(
-        private_registry, start_supernode, start_daemon, scripted, tmp_path, plain=True
-    )
+    layer, secret, yes, first, second = await private_blob(plain=True)
     path = f"/v2/team/app/blobs/{layer}"
     async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
         pulled = await client.get(path, auth=ALICE)  # alice pulls: cached on host1
@@ -169,15 +175,9 @@ async def test_a_host_that_says_yes_gets_no_private_blob_through_the_mirror(
 
 @needs_registry
 async def test_a_host_that_says_yes_gets_no_private_blob_through_the_control_socket(
-    private_registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    scripted: StartScripted,
-    tmp_path: Path,
+    private_blob: PrivateBlob, private_registry: Registry
 ) -> None:
-    layer, secret, yes, first, second = await private_blob_and_a_host_that_says_yes(
-        private_registry, start_supernode, start_daemon, scripted, tmp_path
-    )
+    layer, secret, yes, first, second = await private_blob()
     async with httpx.AsyncClient(timeout=60) as client:
         url = f"http://{first.address}/v2/team/app/blobs/{layer}"
         assert (await client.get(url, auth=ALICE)).content == secret  # cached on host1
@@ -288,14 +288,8 @@ async def test_a_urls_task_id_is_no_blob_digest(
     )
     url, sock = origin.url("/private.bin"), daemon.socket_path
     task_id = DownloadRequest(url=url, output=Path(os.devnull)).task_id()
-    done = trio.Event()
-
-    async def owner() -> None:  # alice's URL download, with her credentials
-        result = await fetch(url, None, daemon_socket=sock, headers=(("Authorization", AUTH),))
-        assert Path(result.output).read_bytes() == data
-        done.set()
-
-    nursery.start_soon(owner)
+    auth = (("Authorization", AUTH),)
+    owner = beside(nursery, lambda: fetch(url, None, daemon_socket=sock, headers=auth))
     assert daemon.blobs is not None
     blobs = daemon.blobs
     await until(lambda: any(b.filled for b in blobs.running_urls.values()))
@@ -303,14 +297,33 @@ async def test_a_urls_task_id_is_no_blob_digest(
         asked = {"url": origin.url(target), "digest": f"sha256:{task_id}"}
         status, body = await control(sock, asked)
         assert data[:4096] not in body, (target, status)
-    with trio.fail_after(30):
-        await done.wait()  # and alice's download was not disturbed
+    result = await owner.result()  # and alice's download was not disturbed
+    assert Path(result.output).read_bytes() == data
 
 
 # -- 2. joining a running URL download ------------------------------------------------
 
 AUTH = "Basic YWxpY2U6d29uZGVybGFuZA=="  # alice:wonderland
 RULES = (r"\.bin$",)
+
+
+async def streamed_get(
+    url: str,
+    started: trio.Event,
+    *,
+    proxy: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """GET `url`, STARTED set once its first bytes are in: (status, body)."""
+    body = bytearray()
+    async with (
+        httpx.AsyncClient(proxy=proxy, timeout=60) as client,
+        client.stream("GET", url, headers=headers) as answer,
+    ):
+        async for chunk in answer.aiter_raw():
+            body += chunk
+            started.set()
+    return answer.status_code, bytes(body)
 
 
 async def slow_private_origin(nursery: trio.Nursery, data: bytes) -> FakeOrigin:
@@ -333,23 +346,16 @@ async def test_joining_a_running_url_download_on_the_control_socket_needs_access
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
     url, sock = origin.url("/private.bin"), daemon.socket_path
-    done = trio.Event()
-
-    async def owner() -> None:  # alice's dfget, with her credentials, no digest
-        result = await fetch(url, None, daemon_socket=sock, headers=(("Authorization", AUTH),))
-        assert Path(result.output).read_bytes() == data
-        done.set()
-
-    nursery.start_soon(owner)
+    auth = (("Authorization", AUTH),)  # alice's dfget, with her credentials, no digest
+    owner = beside(nursery, lambda: fetch(url, None, daemon_socket=sock, headers=auth))
     assert daemon.blobs is not None
     blobs = daemon.blobs
     await until(lambda: any(b.filled for b in blobs.running_urls.values()))  # bytes flowing
     status, body = await control(sock, {"url": url})  # no credentials
     assert status == 502 and data[:4096] not in body
     assert json.loads(body)["exit"] == 3 and json.loads(body)["status"] == 401
-    assert not done.is_set()  # refused while alice's download still ran
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()  # refused while alice's download still ran
+    assert Path((await owner.result()).output).read_bytes() == data
 
 
 async def test_joining_a_running_proxy_download_needs_access(
@@ -360,30 +366,18 @@ async def test_joining_a_running_proxy_download_needs_access(
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
     proxy, url = f"http://{daemon.address}", origin.url("/private.bin")
-    started, done = trio.Event(), trio.Event()
-
-    async def owner() -> None:
-        body = bytearray()
-        async with (
-            httpx.AsyncClient(proxy=proxy, timeout=60) as client,
-            client.stream("GET", url, headers={"authorization": AUTH}) as answer,
-        ):
-            async for chunk in answer.aiter_raw():
-                body += chunk
-                started.set()
-        assert answer.status_code == 200 and body == data
-        done.set()
-
-    nursery.start_soon(owner)
+    started = trio.Event()
+    owner = beside(
+        nursery, partial(streamed_get, url, started, proxy=proxy, headers={"authorization": AUTH})
+    )
     await started.wait()
     async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
         stranger = await client.get(url)
     assert stranger.status_code == 401  # the origin's own answer, relayed
     assert data[:4096] not in stranger.content
     assert "www-authenticate" in stranger.headers
-    assert not done.is_set()
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()
+    assert await owner.result() == (200, data)
 
 
 def per_user(contents: dict[str, bytes], rate: float) -> Callable[[Seen], Answer]:
@@ -413,19 +407,9 @@ async def test_a_user_allowed_to_read_a_url_but_served_other_content_never_share
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=RULES)
     proxy, url = f"http://{daemon.address}", origin.url("/mine.bin")
-    started, done = trio.Event(), trio.Event()
-
-    async def owner() -> None:
-        async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
-            got = bytearray()
-            async with client.stream("GET", url, headers={"authorization": "Bearer alice"}) as r:
-                async for chunk in r.aiter_raw():
-                    got += chunk
-                    started.set()
-        assert got == alice
-        done.set()
-
-    nursery.start_soon(owner)
+    started = trio.Event()
+    alices = {"authorization": "Bearer alice"}
+    owner = beside(nursery, partial(streamed_get, url, started, proxy=proxy, headers=alices))
     await started.wait()
     async with httpx.AsyncClient(proxy=proxy, timeout=60) as client:
         theirs = await client.get(url, headers={"authorization": "Bearer bob"})
@@ -439,9 +423,8 @@ async def test_a_user_allowed_to_read_a_url_but_served_other_content_never_share
         name="bob.bin",
     )
     assert Path(result.output).read_bytes() == bob and result.daemon is None
-    assert not done.is_set()
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()
+    assert (await owner.result())[1] == alice
 
 
 # -- 3. only a hash mismatch drops a blob ----------------------------------------------
@@ -498,19 +481,8 @@ async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
     upstream = await scripted(lying)
     daemon = await start_daemon("host1", upstream.url(""), None)
     url = f"http://{daemon.address}{lying.path}"
-    started, done = trio.Event(), trio.Event()
-
-    async def first_client() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            body = bytearray()
-            async with client.stream("GET", url) as answer:
-                async for chunk in answer.aiter_raw():
-                    body += chunk
-                    started.set()
-        assert body == lying.data
-        done.set()
-
-    nursery.start_soon(first_client)
+    started = trio.Event()
+    first_client = beside(nursery, partial(streamed_get, url, started))
     await started.wait()
     lying.head_length = 1  # another client's HEAD comes back with a lie
     async with httpx.AsyncClient(timeout=60) as client:
@@ -519,8 +491,7 @@ async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
     assert daemon.blobs is not None
     blob = daemon.blobs.running[lying.digest.split(":")[1]]
     assert blob.length == len(lying.data)  # the lie is not stored on the shared blob
-    with trio.fail_after(30):
-        await done.wait()  # the first client got all of it, unbroken
+    assert (await first_client.result())[1] == lying.data  # the first client: all, unbroken
     assert daemon.blobs.path(lying.digest.split(":")[1]).exists()
 
 
@@ -528,31 +499,14 @@ async def test_a_head_with_a_wrong_length_does_not_break_a_shared_download(
 
 
 @pytest.fixture
-async def public_registry(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Registry]:
-    server = Registry(tmp_path / "public")
-    await server.start(nursery)
-    yield server
-    server.stop()
+async def public_registry(start_registry: StartRegistry) -> Registry:
+    return await start_registry("public")
 
 
-async def stoppable(
-    nursery: trio.Nursery, config: DaemonConfig
-) -> tuple[Daemon, Callable[[], Awaitable[None]]]:
+async def stoppable(nursery: trio.Nursery, config: DaemonConfig) -> tuple[Daemon, Stop]:
     """A running daemon and a coroutine function that stops it (and waits)."""
-    daemon, scope, stopped = Daemon(config), trio.CancelScope(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-        try:
-            with scope:
-                await daemon.serve(task_status=task_status)
-        finally:
-            stopped.set()
-
-    async def stop() -> None:
-        scope.cancel()
-        await stopped.wait()
-
-    await nursery.start(run)
+    daemon = Daemon(config)
+    _, stop = await start_stoppable(nursery, daemon.serve)
     return daemon, stop
 
 
@@ -615,7 +569,7 @@ def test_a_durable_output_is_on_disk_before_it_is_named(
 ) -> None:
     events = recorded_sync(monkeypatch)
     target = tmp_path / "blob"
-    with AtomicOutput(target, durable=True) as out:  # type: ignore[call-arg,unused-ignore]
+    with AtomicOutput(target, durable=True) as out:
         temp = str(out.temp)
         out.write_at(0, b"x" * 1000)
         out.commit()
@@ -769,11 +723,7 @@ async def test_a_client_that_never_reads_its_answer_loses_the_connection(
     data = os.urandom(32 * MiB)  # far more than the socket buffers hold
     origin.add("/big.iso", data)
     daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
-    host, port = daemon.address.rsplit(":", 1)
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect((host, int(port)))
-    stream = trio.SocketStream(sock)
+    stream = await raw_connect(daemon.address, receive_buffer=4096)
     request = f"GET {origin.url('/big.iso')} HTTP/1.1\r\nHost: x\r\n\r\n"
     await stream.send_all(request.encode())  # a proxy request, then nothing is read
     # The daemon takes the connection, then gives it up while nothing is read.
@@ -791,20 +741,14 @@ async def test_a_client_that_never_reads_its_answer_loses_the_connection(
     # The same on the control socket, where a download in progress goes out by sendfile.
     assert daemon.control is not None
     limit = daemon.control.limit
-    unix = trio.socket.socket(socket.AF_UNIX)
-    unix.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await unix.connect(str(daemon.socket_path))
     body = json.dumps({"url": origin.url("/big.iso")}).encode()
     head = f"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    async with trio.SocketStream(unix) as local:
+    async with await raw_connect(daemon.socket_path, receive_buffer=4096) as local:
         await local.send_all(head.encode() + body)
         await until(lambda: limit.statistics().open == 1)
         await until(lambda: limit.statistics().open == 0, seconds=10)
     # And through a CONNECT tunnel: the origin sends, the client never reads.
-    tunnel_sock = trio.socket.socket()
-    tunnel_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await tunnel_sock.connect((host, int(port)))
-    async with trio.SocketStream(tunnel_sock) as tunnel:
+    async with await raw_connect(daemon.address, receive_buffer=4096) as tunnel:
         target = f"127.0.0.1:{origin.port}"
         await tunnel.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         await until(lambda: daemon.http_limit.statistics().open == 1)
@@ -820,9 +764,7 @@ async def test_a_request_body_that_stalls_loses_the_connection(
     async with await trio.open_unix_socket(str(daemon.socket_path)) as stream:
         head = b"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
         await stream.send_all(head + b'{"url": ')  # and then nothing more
-        started = trio.current_time()
-        assert await closed_at_once(stream)
-        assert trio.current_time() - started < 4
+        assert await closed_at_once(stream)  # within 5 s: the 1 s timeout, not the 60 s one
 
 
 async def test_a_slow_drip_head_is_cut_at_its_deadline_and_size(
@@ -833,16 +775,15 @@ async def test_a_slow_drip_head_is_cut_at_its_deadline_and_size(
     daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
     host, port = daemon.address.rsplit(":", 1)
     async with await trio.open_tcp_stream(host, int(port)) as drip:
-        started = trio.current_time()
         await drip.send_all(b"GET /v2/ HTTP/1.1\r\n")
-        with trio.move_on_after(5):
+        with trio.move_on_after(10) as dripping:  # the default HEAD_TIMEOUT: 30 s
             try:
                 while True:  # a header byte every 50 ms, never the end of the head
                     await drip.send_all(b"X")
                     await trio.sleep(0.05)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        assert trio.current_time() - started < 3
+        assert not dripping.cancelled_caught  # cut by the server (200 bytes: not by size)
         assert await closed_at_once(drip)
     async with await trio.open_tcp_stream(host, int(port)) as flood:
         line = b"X-Fill: " + b"a" * 1000 + b"\r\n"
@@ -959,7 +900,7 @@ def test_the_flags_and_config_keys(tmp_path: Path) -> None:
 
 
 async def test_an_upstream_a_blob_came_from_may_still_vouch_for_it(
-    start_daemon: StartDaemon, scripted: StartScripted, nursery: trio.Nursery, tmp_path: Path
+    scripted: StartScripted, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """Trust follows the blob: fetched from a registry the operator allowed then, that
     registry may still vouch for that blob (and only it) once it is no longer allowed."""

@@ -94,7 +94,7 @@ async def test_a_registry_at_a_metadata_address_is_refused_until_the_operator_al
 
 
 async def test_the_fallback_to_the_upstream_does_not_fetch_cloud_metadata(
-    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon, short_dir: Path
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
 ) -> None:
     # No supernode: a dfget's download through the control socket goes to the upstream.
     daemon = await start_daemon("host", "http://127.0.0.1:1", None)

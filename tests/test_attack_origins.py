@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
+from adminapi import admin_client, preheat_ended
 from conftest import (
     CREDENTIAL_PATH,
     METADATA_IP,
@@ -41,6 +40,12 @@ def requests(server: FakeOrigin) -> int:
     return sum(len(stats.requests) for stats in server.stats.values())
 
 
+def untouched(net: FakeNetwork, metadata: FakeOrigin) -> None:
+    """Nothing tried to connect to the metadata service's address, and it got no request."""
+    assert not net.tried(METADATA_IP)
+    assert requests(metadata) == 0
+
+
 def refusal(error: BaseException | str) -> str:
     """The refusal's message, which must name the address and the flag that allows it."""
     message = str(error)
@@ -58,8 +63,7 @@ async def test_a_peer_cannot_make_the_supernode_fetch_cloud_metadata(
     with pytest.raises(OriginFailed) as refused:
         await fetch(METADATA_URL, supernode)  # back to source allowed: it must not go there
     assert "refused to fetch" in refusal(refused.value)
-    assert not net.tried(METADATA_IP)  # neither the supernode nor dfget itself
-    assert requests(metadata) == 0
+    untouched(net, metadata)  # neither the supernode nor dfget itself
     assert downloads(tmp_path) == []
 
 
@@ -96,8 +100,7 @@ async def test_a_name_resolving_to_metadata_and_a_good_address_connects_only_to_
     net.routes[(METADATA_IP, origin.port)] = ("127.0.0.1", metadata.port)
     result = await fetch(f"http://mixed.test:{origin.port}/f.bin", supernode)
     assert Path(result.output).read_bytes() == data
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-path", "httpx-path"])
@@ -116,8 +119,7 @@ async def test_a_redirect_to_metadata_is_refused(
     with pytest.raises(OriginFailed) as refused:
         await fetch(origin.url("/innocent.bin"), node)
     refusal(refused.value)
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 async def test_a_revalidation_redirected_to_metadata_is_refused(
@@ -137,41 +139,28 @@ async def test_a_revalidation_redirected_to_metadata_is_refused(
     with pytest.raises(OriginFailed) as refused:
         await fetch(origin.url("/f.bin"), supernode)
     refusal(refused.value)
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
+    untouched(net, metadata)
 
 
 async def test_preheats_cannot_reach_metadata(
     net: FakeNetwork, metadata: FakeOrigin, start_supernode: StartSupernode
 ) -> None:
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
-    token = getattr(node.node.admin, "token", None)
-    headers = {"authorization": f"Bearer {token.decode()}"} if token else {}
     bodies = [
         {"type": "file", "url": METADATA_URL},
         {"type": "image", "url": "http://metadata.test/v2/team/app/manifests/1"},
     ]
-    async with httpx.AsyncClient(
-        base_url=f"http://{node.node.admin_address}", headers=headers
-    ) as client:
+    async with admin_client(node) as client:
         ids = []
         for body in bodies:
             created = await client.post("/api/v1/preheats", json=body)
             assert created.status_code == 202, created.text
             ids.append(created.json()["id"])
-        states = [await _ended(client, f"/api/v1/preheats/{id_}") for id_ in ids]
+        states = [await preheat_ended(client, f"/api/v1/preheats/{id_}") for id_ in ids]
     for state in states:
         assert state["state"] == "failed", state
         refusal(state["error"])
-    assert not net.tried(METADATA_IP)
-    assert requests(metadata) == 0
-
-
-async def _ended(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
-    with trio.fail_after(30):
-        while (answer := (await client.get(path)).json())["state"] in ("pending", "running"):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return answer  # type: ignore[no-any-return]
+    untouched(net, metadata)
 
 
 async def test_the_operators_rules_decide(
@@ -210,9 +199,7 @@ async def test_the_operators_rules_decide(
 
 
 async def test_through_a_proxy_a_literal_metadata_address_is_refused_before_the_proxy(
-    net: FakeNetwork,
     metadata: FakeOrigin,
-    origin: FakeOrigin,
     start_supernode: StartSupernode,
     fetch: Fetch,
     nursery: trio.Nursery,

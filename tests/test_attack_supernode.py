@@ -18,12 +18,13 @@ from pathlib import Path
 import h11
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, until
+from conftest import Fetch, RunningSupernode, StartSupernode, until, until_equal
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.eviction import GcPolicy
 from dfget.errors import OriginFailed, SupernodeUnavailable
 from dfget.options import PeerOptions
+from proto.errors import ConnectionLost
 from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public, unwrap_key, wrap_context
 from proto.messages import (
@@ -239,7 +240,8 @@ async def test_an_endless_chunked_body_is_stopped_at_the_task_size_limit(
             failed = await next_message(peer, seconds=15)
             assert isinstance(failed, TaskFailed) and failed.code == "too_large"
             assert "--max-task-size" in failed.message
-    assert not list(node.node.store.task_dir(failed.task_id).glob("g*.pieces"))
+            task_id = failed.task_id
+    assert not list(node.node.store.task_dir(task_id).glob("g*.pieces"))
     stopped = origin.body_bytes
     assert stopped < 8 * MiB
     await trio.sleep(0.5)
@@ -304,7 +306,7 @@ async def test_failed_tasks_are_forgotten_and_their_generations_never_reused(
     fetch: Fetch,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("supernode.cdn.service.KEPT_GENERATIONS", 3, raising=False)
+    monkeypatch.setattr("supernode.cdn.service.KEPT_GENERATIONS", 3)
     node = await start_supernode(failed_task_ttl=0.2)
     cdn = node.node.cdn
     for i in range(6):
@@ -334,11 +336,11 @@ async def test_a_second_piece_task_request_while_one_is_pending_closes_the_sessi
         request = PieceTasksRequest(task_id=peer.registered.task_id, generation=1, want=4)
         await peer.framed.send(request)  # held: nothing to hand out yet (long poll)
         await peer.framed.send(request)  # and again, without waiting
-        reply = await next_message(peer, seconds=0.9)  # before the long poll answers
+        reply = await next_message(peer)  # not the long poll's answer: the refusal
         assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
         assert "second piece-task request" in reply.message
-        with pytest.raises(Exception):  # noqa: B017  # closed: no more answers
-            await next_message(peer, seconds=3)
+        with pytest.raises(ConnectionLost):  # closed: no more answers
+            await next_message(peer)
     gate.set()
     result = await fetch(origin.url("/f.bin"), node)  # dfget waits for each answer
     assert result.supernode == node.address
@@ -358,8 +360,8 @@ async def test_registering_one_task_twice_on_a_session_closes_it(
         reply = await register(peer, origin.url("/f.bin"))
         assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
         assert "second Register" in reply.message
-        with pytest.raises(Exception):  # noqa: B017  # closed: no more answers
-            await next_message(peer, seconds=3)
+        with pytest.raises(ConnectionLost):  # closed: no more answers
+            await next_message(peer)
     gate.set()
 
 
@@ -414,10 +416,10 @@ async def test_one_hostile_downloader_cannot_blacklist_an_honest_uploader(
         async with raw_peer(node, f"hostile-{n}") as peer:
             assert isinstance(await register(peer, url), Registered)
             await blame(peer, seeder_id, "corrupt")
-            await until(lambda n=n: reported() == n + 1)  # the report is in
+            await until_equal(reported, n + 1)  # the report is in
             stats = scheduler.task_statistics(task_id)
             assert stats is not None and stats.blacklisted == ()
-            await until(lambda n=n: swarm.verdicts["clean"] == n + 1)
+            await until_equal(lambda: swarm.verdicts["clean"], n + 1)
     # Failures, three each from three ids of its one host: one witness.
     for n in range(3):
         async with raw_peer(node, f"striker-{n}") as peer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -19,12 +18,19 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 
-import msgpack
 import pytest
 import trio
 import trio.testing
-from conftest import Fetch, RunningSupernode, StartSupernode, supernode_process, until
+from conftest import (
+    Fetch,
+    RunningSupernode,
+    StartSupernode,
+    supernode_process,
+    until,
+    until_equal,
+)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rawwire import next_message, raw_connect, raw_frame, until_closed
 
 import dfget.peer
 from common.connlimit import ConnectionLimit
@@ -64,12 +70,6 @@ PUBLIC_KEY = b"\x09" * 32  # a usable X25519 public key (the base point)
 # -- frames as an attacker writes them ----------------------------------------------------
 
 
-def raw_frame(header: dict[str, object]) -> bytes:
-    """A frame from a header map, whatever it says (no codec check on the way out)."""
-    body = msgpack.packb(header, use_bin_type=True)
-    return len(body).to_bytes(4, "big") + body
-
-
 def hello_header(peer_id: str = "stranger") -> dict[str, object]:
     return {"t": "hello", "versions": (1,), "role": "peer", "peer_id": peer_id, "agent": ""}
 
@@ -94,30 +94,6 @@ def register_message(url: str) -> Register:
     return Register(url=url, headers=(), digest=None, tag="", filter=(), public_key=PUBLIC_KEY)
 
 
-async def raw_connect(address: str, *, receive_buffer: int | None = None) -> trio.SocketStream:
-    host, port = address.rsplit(":", 1)
-    if receive_buffer is None:
-        return await trio.open_tcp_stream(host, int(port))
-    # A requester that never reads, with a tiny window: the sender's buffers fill at once.
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    await sock.connect((host, int(port)))
-    return trio.SocketStream(sock)
-
-
-async def next_message(stream: trio.SocketStream, decoder: FrameDecoder) -> Message | None:
-    """The next frame's message, or None once the other side has closed."""
-    while (frame := decoder.next_frame()) is None:
-        try:
-            data = await stream.receive_some(1 << 20)
-        except trio.BrokenResourceError:  # reset
-            return None
-        if not data:
-            return None
-        decoder.receive_data(data)
-    return frame.message
-
-
 async def raw_hello(stream: trio.SocketStream, peer_id: str = "stranger") -> FrameDecoder:
     """Say Hello by hand and read the Welcome; the decoder for what comes next."""
     decoder = FrameDecoder()
@@ -125,19 +101,6 @@ async def raw_hello(stream: trio.SocketStream, peer_id: str = "stranger") -> Fra
     with trio.fail_after(5):
         assert isinstance(await next_message(stream, decoder), Welcome)
     return decoder
-
-
-async def until_closed(
-    stream: trio.SocketStream, seconds: float, decoder: FrameDecoder | None = None
-) -> list[Message]:
-    """Every message the server sends until it closes the connection, which it must do
-    within `seconds`."""
-    decoder = decoder or FrameDecoder()
-    messages = []
-    with trio.fail_after(seconds):
-        while (message := await next_message(stream, decoder)) is not None:
-            messages.append(message)
-    return messages
 
 
 async def framed_until_closed(framed: FramedStream, seconds: float) -> list[Message]:
@@ -319,7 +282,7 @@ async def test_a_hello_then_silence_is_cut_at_the_first_request_deadline(
     stream = await raw_connect(supernode.address)
     decoder = await raw_hello(stream)
     started = trio.current_time()
-    assert await until_closed(stream, 3, decoder) == []
+    assert await until_closed(stream, 10, decoder) == []  # the default: 15 s
     assert trio.current_time() - started >= 0.25
 
 
@@ -333,7 +296,7 @@ async def test_a_silent_control_session_is_closed_and_its_peer_leaves(
         await framed.send(register_message(origin.url("/f.bin")))
         messages = await framed_until_closed(framed, 5)  # Registered, news, then the close
         assert isinstance(messages[0], Registered)
-    await until(lambda: "sleeper" not in supernode.node.swarm.peers, seconds=2)
+    await until(lambda: "sleeper" not in supernode.node.swarm.peers)
 
 
 async def test_keepalives_keep_a_control_session_open(
@@ -358,8 +321,8 @@ async def test_keepalives_keep_a_control_session_open(
                 while True:
                     await framed.receive()  # ConnectionLost here would fail the test
         assert "awake" in supernode.node.swarm.peers
-        await framed_until_closed(framed, 2)  # keepalives stopped: closed in 0.5 s
-    await until(lambda: "awake" not in supernode.node.swarm.peers, seconds=2)
+        await framed_until_closed(framed, 10)  # keepalives stopped: closed in 0.5 s (not 120)
+    await until(lambda: "awake" not in supernode.node.swarm.peers)
 
 
 async def fetched_task(origin: FakeOrigin, node: RunningSupernode, fetch: Fetch, size: int) -> str:
@@ -384,7 +347,7 @@ async def test_an_idle_cdn_piece_session_is_closed(
         await framed.send(cdn_request(supernode, task_id, 0, "reader"))
         assert isinstance((await framed.receive()).message, PieceData)
         started = trio.current_time()
-        assert await framed_until_closed(framed, 3) == []
+        assert await framed_until_closed(framed, 10) == []  # the default: 60 s
         assert trio.current_time() - started >= 0.35
 
 
@@ -437,23 +400,24 @@ async def test_the_upload_server_cuts_silence_after_hello_and_idle_sessions(
     address = await start_upload_server(nursery, server)
     silent = await raw_connect(address)
     decoder = await raw_hello(silent)
-    assert await until_closed(silent, 3, decoder) == []
+    assert await until_closed(silent, 10, decoder) == []
     stream = await raw_connect(address)
     async with open_session(stream, role="peer", peer_id="reader", max_payload=MiB + 16) as framed:
         await framed.send(peer_request())
         assert isinstance((await framed.receive()).message, PieceData)
         started = trio.current_time()
-        assert await framed_until_closed(framed, 3) == []
+        assert await framed_until_closed(framed, 10) == []  # the default: 60 s
         assert trio.current_time() - started >= 0.35
 
 
 async def pin_with_made_up_tasks(address: str, idle: float) -> float:
     """A stranger (no token, no ticket) asking for a made-up task a little before each
-    idle deadline: how long the server kept the session (found by review: forever)."""
+    idle deadline: how long the server kept the session (found by review: forever; here
+    at most 60 idle deadlines)."""
     stream = await raw_connect(address)
     started = trio.current_time()
     async with open_session(stream, role="peer", peer_id="stranger", max_payload=0) as framed:
-        with trio.move_on_after(20 * idle):
+        with trio.move_on_after(60 * idle):
             while True:
                 request = PieceRequest(
                     task_id=os.urandom(32).hex(), generation=1, index=0, ticket=b""
@@ -473,11 +437,11 @@ async def test_requests_for_made_up_tasks_do_not_keep_a_piece_session(
 ) -> None:
     idle = 0.3
     supernode.node.server.piece_idle = idle
-    assert await pin_with_made_up_tasks(supernode.address, idle) < 5 * idle
+    assert await pin_with_made_up_tasks(supernode.address, idle) < 30 * idle
     server = FakePieceServer(slots=2, limiter=RateLimiter(None))
     server.piece_idle = idle
     address = await start_upload_server(nursery, server)
-    assert await pin_with_made_up_tasks(address, idle) < 5 * idle
+    assert await pin_with_made_up_tasks(address, idle) < 30 * idle
 
 
 @pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive", "no-keepalive"])
@@ -675,9 +639,9 @@ async def test_a_requester_that_never_reads_loses_its_upload_slot(nursery: trio.
     await stream.send_all(encode(peer_request()))
     await until(lambda: server.slots.borrowed_tokens == 1)  # the upload started...
     started = trio.current_time()
-    await until(lambda: server.slots.borrowed_tokens == 0, seconds=3)  # ...and lost its slot
+    await until(lambda: server.slots.borrowed_tokens == 0, seconds=10)  # ...and lost its slot
     assert trio.current_time() - started >= 0.3
-    await until(lambda: server.limit.statistics().open == 0, seconds=3)
+    await until(lambda: server.limit.statistics().open == 0, seconds=10)
     assert server.pieces_uploaded == 0
 
 
@@ -786,7 +750,7 @@ async def test_admitted_seeding_sessions_leave_the_connection_caps(
         origin.add(f"/f{i}.bin", os.urandom(MiB))
         peer = PeerOptions(listen=("127.0.0.1", 0), token=token, seed_for=60)
         nursery.start_soon(partial(fetch, origin.url(f"/f{i}.bin"), node, peer=peer))
-        await until(lambda i=i: len(node.node.swarm.peers) == i + 1)  # type: ignore[misc]
+        await until_equal(lambda: len(node.node.swarm.peers), i + 1)
         await until(lambda: node.node.server.limit.statistics().open == 0)
     assert node.node.server.limit.statistics().open == 0  # 5 seeding, none counted
     strangers = [await raw_connect(node.address) for _ in range(4)]  # still capped

@@ -7,11 +7,23 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, flip_byte, until
+from conftest import (
+    PYTHON,
+    Fetch,
+    RunningSupernode,
+    StartDaemon,
+    StartSupernode,
+    beside,
+    cli_env,
+    flip_byte,
+    until,
+)
 
+from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
@@ -29,6 +41,25 @@ def blob_path(digest: str) -> str:
     """Where a registry serves blob `digest`: only a URL that names the digest it is
     asked with can vouch for it (any other is a plain URL download)."""
     return f"/v2/files/blobs/{digest}"
+
+
+async def vouched_blob(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    data: bytes,
+    **options: Any,
+) -> tuple[RunningSupernode, Daemon, str, str]:
+    """DATA at ORIGIN as a registry serves a blob (with `FakeOrigin.add` OPTIONS), a
+    supernode and a daemon that takes ORIGIN's word for it: (supernode, daemon, the
+    blob's URL, its digest)."""
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    origin.add(blob_path(digest), data, **options)
+    node = await start_supernode()
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
+    )
+    return node, daemon, origin.url(blob_path(digest)), digest
 
 
 async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
@@ -72,13 +103,10 @@ async def test_a_digest_named_file_is_cached_but_access_is_checked(
     fetch: Fetch,
 ) -> None:
     data = os.urandom(2 * MiB)
-    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    origin.add(blob_path(digest), data, require_auth=AUTH)
-    node = await start_supernode()
-    daemon = await start_daemon(
-        "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
+    _, daemon, url, digest = await vouched_blob(
+        origin, start_supernode, start_daemon, data, require_auth=AUTH
     )
-    url, sock = origin.url(blob_path(digest)), daemon.socket_path
+    sock = daemon.socket_path
     auth = (("Authorization", AUTH),)
     ok = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
     assert Path(ok.output).read_bytes() == data
@@ -149,31 +177,22 @@ async def test_joining_someone_elses_running_download_needs_access_too(
     slow = FakeOrigin(rate_limit=4 * MiB)  # the first download takes a while
     await nursery.start(slow.serve)
     data = os.urandom(8 * MiB)
-    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    slow.add(blob_path(digest), data, require_auth=AUTH)
-    node = await start_supernode()
-    daemon = await start_daemon(
-        "host1", "http://127.0.0.1:1", node, allow_registries=(address(slow),)
+    _, daemon, url, digest = await vouched_blob(
+        slow, start_supernode, start_daemon, data, require_auth=AUTH
     )
-    url, sock = slow.url(blob_path(digest)), daemon.socket_path
+    sock = daemon.socket_path
     auth = (("Authorization", AUTH),)
-    done = trio.Event()
-
-    async def owner() -> None:
-        result = await fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
-        assert Path(result.output).read_bytes() == data
-        done.set()
-
-    nursery.start_soon(owner)
+    owner = beside(
+        nursery, lambda: fetch(url, None, daemon_socket=sock, digest=digest, headers=auth)
+    )
     assert daemon.blobs is not None
     blobs = daemon.blobs
     await until(lambda: digest.split(":")[1] in blobs.running)
     with pytest.raises(OriginFailed) as info:  # no credentials: not even a byte
         await fetch(url, None, daemon_socket=sock, digest=digest, back_source=False)
     assert info.value.status == 401
-    assert not done.is_set()  # it was refused while the other download still ran
-    with trio.fail_after(30):
-        await done.wait()
+    assert not owner.done.is_set()  # it was refused while the other download still ran
+    assert Path((await owner.result()).output).read_bytes() == data
 
 
 async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
@@ -183,17 +202,11 @@ async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
     fetch: Fetch,
 ) -> None:
     data = os.urandom(2 * MiB)
-    hex_digest = hashlib.sha256(data).hexdigest()
-    digest = f"sha256:{hex_digest}"
-    origin.add(blob_path(digest), data)
-    node = await start_supernode()
-    daemon = await start_daemon(
-        "host1", "http://127.0.0.1:1", node, allow_registries=(address(origin),)
-    )
-    url, sock = origin.url(blob_path(digest)), daemon.socket_path
+    node, daemon, url, digest = await vouched_blob(origin, start_supernode, start_daemon, data)
+    sock = daemon.socket_path
     await fetch(url, None, daemon_socket=sock, digest=digest)
     assert daemon.blobs is not None
-    cached = daemon.blobs.path(hex_digest)
+    cached = daemon.blobs.path(digest.split(":")[1])
     flip_byte(cached, 100)  # the disk flips a byte
     # The daemon breaks off; dfget goes on without it (through the supernode itself).
     result = await fetch(url, node, daemon_socket=sock, digest=digest, daemon_warn=True)

@@ -27,7 +27,9 @@ def compose() -> dict[str, Any]:
 
 
 def services() -> dict[str, dict[str, Any]]:
-    return compose()["services"]  # type: ignore[no-any-return]
+    services = compose()["services"]
+    assert isinstance(services, dict)
+    return services
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -94,7 +96,7 @@ def daemon_configs() -> dict[str, dict[str, Any]]:
         if service.get("command", [None])[0] != "dfdaemon":
             continue
         inside = service["command"][service["command"].index("--config") + 1]
-        mounts = dict(reversed(v.split(":")[:2]) for v in service["volumes"])  # type: ignore[misc]
+        mounts = dict(reversed(v.split(":")[:2]) for v in service["volumes"])
         configs[name] = load_config(DOCKER / mounts[inside])
     return configs
 

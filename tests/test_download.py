@@ -46,7 +46,7 @@ async def test_cold_download_of_every_shape(
 
 
 async def test_warm_download_comes_from_the_store(
-    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, tmp_path: Path
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
 ) -> None:
     data = random_blob(5 * MiB)
     origin.add("/f.bin", data)

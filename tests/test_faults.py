@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, downloads, flip_byte
+from rawwire import next_message, raw_connect
 
 from dfget.errors import (
     DownloadTimeout,
@@ -18,7 +19,7 @@ from dfget.errors import (
     OriginFailed,
     SupernodeUnavailable,
 )
-from proto import ErrorReply, FrameDecoder, Hello, PieceRefused, PieceRequest, encode
+from proto import ErrorReply, FrameDecoder, Hello, Message, PieceRefused, PieceRequest, encode
 from proto.io import open_session
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
@@ -137,11 +138,7 @@ async def test_supernode_down_without_back_source_is_an_error(
 
 
 async def test_second_supernode_takes_over(
-    origin: FakeOrigin,
-    supernode: RunningSupernode,
-    fetch: Fetch,
-    tmp_path: Path,
-    refused_address: str,
+    origin: FakeOrigin, supernode: RunningSupernode, tmp_path: Path, refused_address: str
 ) -> None:
     from dfget.engine import DownloadRequest, download
 
@@ -182,20 +179,10 @@ async def test_dfget_timeout_leaves_nothing(
 # -- hostile bytes on the supernode's port ---------------------------------------------
 
 
-async def raw_connect(address: str) -> trio.SocketStream:
-    host, port = address.rsplit(":", 1)
-    return await trio.open_tcp_stream(host, int(port))
-
-
-async def read_reply(stream: trio.SocketStream) -> object | None:
+async def read_reply(stream: trio.SocketStream) -> Message | None:
     """The frame the server sends before closing, or None if it just closes."""
-    decoder = FrameDecoder()
     with trio.fail_after(5):
-        while (data := await stream.receive_some(65536)) != b"":
-            decoder.receive_data(data)
-            if (frame := decoder.next_frame()) is not None:
-                return frame.message
-    return None
+        return await next_message(stream, FrameDecoder())
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,6 @@ import tracemalloc
 
 from fuzz_strategies import (
     FUZZ,
-    PREFIX,
-    frame_bytes,
     fuzz_settings,
     raw_header_maps,
     task_ids,
@@ -23,6 +21,7 @@ from fuzz_strategies import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from rawwire import PREFIX, raw_frame
 
 from proto.codec import PAYLOAD_KEY, TYPE_KEY
 from proto.errors import FrameTooLarge, MalformedFrame, RemoteProtoError
@@ -145,18 +144,20 @@ mutations = st.one_of(
 
 
 def _mutate(data: bytes, mutation: tuple[str, object]) -> bytes:
-    kind, arg = mutation
-    if kind == "flip":
-        return _flip(data, arg)  # type: ignore[arg-type]
-    if kind == "truncate":
-        return data[: arg % (len(data) + 1)]  # type: ignore[operator]
-    if kind == "prefix":  # the header length of the first frame replaced
-        return PREFIX.pack(arg) + data[4:]  # type: ignore[arg-type]
-    at, what = arg  # type: ignore[misc]
-    at %= len(data) + 1
-    if kind == "insert":
-        return data[:at] + what + data[at:]
-    return data[:at] + data[at + what :]
+    match mutation:
+        case ("flip", list() as positions):
+            return _flip(data, positions)
+        case ("truncate", int(length)):
+            return data[: length % (len(data) + 1)]
+        case ("prefix", int(length)):  # the header length of the first frame replaced
+            return PREFIX.pack(length) + data[4:]
+        case ("insert", (int(at), bytes(extra))):
+            at %= len(data) + 1
+            return data[:at] + extra + data[at:]
+        case ("delete", (int(at), int(count))):
+            at %= len(data) + 1
+            return data[:at] + data[at + count :]
+    raise AssertionError(f"no such mutation: {mutation!r}")
 
 
 @FUZZ
@@ -183,7 +184,7 @@ def test_changed_header_maps_raise_only_protocol_errors(
     header: dict[object, object], payload: bytes
 ) -> None:
     dec = FrameDecoder(max_header=MAX_HEADER * 64, max_payload=MAX_PAYLOAD)
-    _, error = feed(dec, frame_bytes(header, payload), [])
+    _, error = feed(dec, raw_frame(header, payload), [])
     if error is not None:
         assert_stays_broken(dec)
 
@@ -203,7 +204,8 @@ def test_header_length_at_the_limit(agent: str, delta: int) -> None:
     assert delta >= 0
     dec.receive_data(frame[PREFIX.size :])
     received = dec.next_frame()
-    assert received is not None and received.message.agent == agent  # type: ignore[attr-defined]
+    assert received is not None and isinstance(received.message, Hello)
+    assert received.message.agent == agent
 
 
 @fuzz_settings(20)
@@ -225,7 +227,7 @@ def test_payload_length_at_the_limit(task_id: str, extra: int) -> None:
     header = {TYPE_KEY: "piece_data", "task_id": task_id, "generation": 1, "index": 0}
     dec = FrameDecoder(max_payload=MAX_PAYLOAD)
     try:
-        dec.receive_data(frame_bytes({**header, PAYLOAD_KEY: length}, bytes(length)))
+        dec.receive_data(raw_frame({**header, PAYLOAD_KEY: length}, bytes(length)))
     except FrameTooLarge as exc:
         assert extra > 0 and exc.what == "payload"
     else:
@@ -241,7 +243,7 @@ def test_payload_length_at_the_limit(task_id: str, extra: int) -> None:
 )
 def test_a_payload_over_the_limit_is_never_allocated(length: int, tag: str) -> None:
     header = {TYPE_KEY: tag, "task_id": "ab" * 32, "generation": 1, "index": 0, PAYLOAD_KEY: length}
-    dec, frame = FrameDecoder(max_payload=MAX_PAYLOAD), frame_bytes(header)
+    dec, frame = FrameDecoder(max_payload=MAX_PAYLOAD), raw_frame(header)
     tracemalloc.start()
     try:
         dec.receive_data(frame)

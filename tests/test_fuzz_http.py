@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 
 from dfdaemon import httpserver
 from dfdaemon.httpserver import Reply, Request, serve_connection
-from dfdaemon.registry import HOST, BadReference, blob_digest, resolve
+from dfdaemon.registry import BadReference, blob_digest, resolve
+from dfdaemon.trust import HOST
 from proto.ranges import requested_span
 
 DEADLINE = 10.0  # seconds for one exchange: far more than any answer takes

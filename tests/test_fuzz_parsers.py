@@ -39,9 +39,7 @@ from proto.taskid import (
 # Text as an attacker would send it: every code point but lone surrogates, weighted
 # towards the characters parsers care about.
 SPECIAL = "/?#@:[]%\\ \t\r\n\x00\x7f=&;+,.-_~!$'()*"
-any_text = st.text(
-    st.sampled_from(SPECIAL) | st.characters(exclude_categories=("Cs",)), max_size=30
-)
+any_text = st.text(st.sampled_from(SPECIAL) | st.characters(exclude_categories=["Cs"]), max_size=30)
 digits = st.integers(0, 10**25).map(str)
 unicode_digits = st.text(st.characters(categories=("Nd", "No")), min_size=1, max_size=4)
 
@@ -139,7 +137,7 @@ WANT_LENGTH = {"sha256": 64, "sha512": 128, "blake3": 64}
 @given(digest=digest_texts | st.integers() | st.none() | st.binary())
 def test_check_digest(digest: object) -> None:
     try:
-        assert check_digest(digest) == digest  # type: ignore[arg-type]
+        assert check_digest(digest) == digest  # type: ignore[arg-type]  # any type, on purpose
     except ValueError:
         return
     assert isinstance(digest, str)
@@ -170,7 +168,7 @@ def test_a_malformed_digest_matches_nothing() -> None:
 @given(task_id=st.text(HEX + "ABCDEF", min_size=62, max_size=66) | any_text | st.integers())
 def test_check_task_id(task_id: object) -> None:
     try:
-        assert check_task_id(task_id) == task_id  # type: ignore[arg-type]
+        assert check_task_id(task_id) == task_id  # type: ignore[arg-type]  # any type, on purpose
     except ValueError:
         return
     assert isinstance(task_id, str) and len(task_id) == 64 and set(task_id) <= set(HEX)
@@ -181,7 +179,7 @@ def test_check_task_id(task_id: object) -> None:
 USER, PASSWORD, SECRET = "uSeRmArK", "pAsSmArK", "qUeRyMaRk"
 # User info as a user writes it: no raw delimiters (they would be %-encoded).
 userinfo_text = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters="/?#@\\[]:"), max_size=6
+    st.characters(exclude_categories=["Cs"], exclude_characters="/?#@\\[]:"), max_size=6
 )
 hosts = st.one_of(
     st.from_regex(r"[A-Za-z0-9-]{1,12}(\.[A-Za-z0-9-]{1,8}){0,2}\.?", fullmatch=True),
@@ -348,7 +346,9 @@ def test_parse_size_and_rate(text: str) -> None:
     except ValueError:
         pass
     else:
-        number, unit = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text).groups()  # type: ignore[union-attr]
+        parts = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+        assert parts is not None  # parse_size took it: it has this shape
+        number, unit = parts.groups()
         assert size == int(Fraction(number) * _UNITS[unit.lower()]) >= 0
     with contextlib.suppress(ValueError):
         assert parse_rate(text) > 0

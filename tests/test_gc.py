@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from conftest import Fetch, StartSupernode, until
+from conftest import Fetch, StartSupernode, beside, until
 
 from common.eviction import GcPolicy, StoredTask, plan
 from dfget.options import PeerOptions
@@ -48,9 +49,9 @@ def test_the_ttl_evicts_idle_tasks_whatever_the_usage() -> None:
     "kwargs",
     [{"low": 0.9, "high": 0.8}, {"low": 0}, {"high": 1.5}, {"quota": 0}, {"ttl": -1}],
 )
-def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
+def test_bad_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        GcPolicy(**kwargs)  # type: ignore[arg-type]
+        GcPolicy(**kwargs)
 
 
 async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
@@ -102,19 +103,14 @@ async def test_a_fetch_still_running_is_never_evicted(
     # Its 8 MiB fit in the quota (reserved as it starts), but are past the high mark.
     gc = GcPolicy(quota=12 * MiB, high=0.5, low=0.1)
     node = await start_supernode(gc=gc, gc_interval=3600)
-    results = []
-
-    async def download() -> None:
-        results.append(await fetch(slow.url("/big.bin"), node))
-
-    nursery.start_soon(download)
+    download = beside(nursery, lambda: fetch(slow.url("/big.bin"), node))
     cdn = node.node.cdn
     await until(lambda: any(t.ready >= 3 for t in cdn.tasks.values()))
     assert node.node.collect_garbage() == []  # fetching, and a peer in its swarm
-    await until(lambda: bool(results), seconds=30)
-    assert Path(results[0].output).read_bytes() == data
+    result = await download.result()
+    assert Path(result.output).read_bytes() == data
     await until(lambda: not node.node.swarm.peers)  # the download left: now it is idle
-    assert node.node.collect_garbage() == [results[0].task_id]
+    assert node.node.collect_garbage() == [result.task_id]
 
 
 async def test_a_fetch_a_restart_stopped_and_nobody_resumed_counts_and_can_be_evicted(

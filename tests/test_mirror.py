@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -13,7 +14,9 @@ from conftest import (
     RunningSupernode,
     RunningSupernodeAddress,
     StartDaemon,
+    StartRegistry,
     StartSupernode,
+    at_rate_limit,
     flip_byte,
     metric,
     until,
@@ -30,7 +33,7 @@ from registry import (
 )
 
 from common.eviction import GcPolicy
-from dfdaemon.app import Daemon, DaemonConfig
+from dfdaemon.app import Daemon
 
 pytestmark = needs_registry
 MiB = 1 << 20
@@ -44,38 +47,38 @@ def downloaded(daemon: Daemon) -> float:
     )
 
 
+class OneImage(Protocol):
+    """`await one_image(layers_mib, **config)` → (image, supernode, daemon): an image
+    (one layer a size, in MiB) pushed as test/img:1 to `registry`, a supernode and one
+    daemon ("host1", with CONFIG) before it."""
+
+    async def __call__(
+        self, layers_mib: list[int], **config: Any
+    ) -> tuple[Image, RunningSupernode, Daemon]: ...
+
+
 @pytest.fixture
-async def registry(nursery: trio.Nursery, tmp_path: Path) -> Registry:
-    server = Registry(tmp_path / "registry")
-    await server.start(nursery)
-    yield server
-    server.stop()
-
-
-async def one_image(
+def one_image(
     registry: Registry,
     start_supernode: StartSupernode,
     start_daemon: StartDaemon,
     tmp_path: Path,
-    layers_mib: list[int],
-) -> tuple[Image, Daemon]:
-    """An image pushed as test/img:1, a supernode and one daemon ("host1") before it."""
-    image = write_oci_image(tmp_path / "image", [size * MiB for size in layers_mib])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    return image, await start_daemon("host1", registry, node)
+) -> OneImage:
+    async def start(layers_mib: list[int], **config: Any) -> tuple[Image, RunningSupernode, Daemon]:
+        image = write_oci_image(tmp_path / "image", [size * MiB for size in layers_mib])
+        await registry.push(image, "test/img:1")
+        node = await start_supernode()
+        return image, node, await start_daemon("host1", registry, node, **config)
+
+    return start
 
 
 async def test_skopeo_pulls_through_the_mirror(
+    one_image: OneImage,
     registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [3 * MiB, 5 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    daemon = await start_daemon("host1", registry, node)
+    image, _, daemon = await one_image([3, 5])
     result = await skopeo_pull(registry, daemon.address, "test/img:1", tmp_path / "out", tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     verify_dir_copy(tmp_path / "out", image)
@@ -91,7 +94,7 @@ async def test_skopeo_pulls_through_the_mirror(
 
 
 @pytest.fixture
-async def containerd(nursery: trio.Nursery, tmp_path: Path) -> Containerd:
+async def containerd(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Containerd]:
     server = Containerd(tmp_path / "containerd")
     await server.start(nursery)
     yield server
@@ -100,16 +103,11 @@ async def containerd(nursery: trio.Nursery, tmp_path: Path) -> Containerd:
 
 @needs_containerd
 async def test_containerd_pulls_through_the_mirror(
+    one_image: OneImage,
     registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
     containerd: Containerd,
-    tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [2 * MiB, 3 * MiB, 1 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    daemon = await start_daemon("host1", registry, node)
+    image, _, daemon = await one_image([2, 3, 1])
     result = await containerd.pull(registry, daemon.address, "test/img:1")
     assert result.returncode == 0, result.stderr.decode()
     # containerd checks every digest itself; its content store holds the whole image.
@@ -122,16 +120,13 @@ async def test_containerd_pulls_through_the_mirror(
 
 @needs_containerd
 async def test_the_second_host_gets_its_layers_from_the_first(
+    one_image: OneImage,
     registry: Registry,
-    start_supernode: StartSupernode,
     start_daemon: StartDaemon,
     nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [16 * MiB, 12 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    first = await start_daemon("host1", registry, node)
+    image, node, first = await one_image([16, 12])
     second = await start_daemon("host2", registry, node)
     for name, daemon in (("c1", first), ("c2", second)):
         client = Containerd(tmp_path / name)
@@ -201,8 +196,10 @@ async def test_upstream_down_is_a_clear_error(
 ) -> None:
     node = await start_supernode()
     daemon = await start_daemon("host1", registry, node)
+    process = registry.process
+    assert process is not None
     registry.stop()
-    await registry.process.wait()  # type: ignore[union-attr]
+    await process.wait()
     async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
         with trio.fail_after(20):
             ping = await client.get("/v2/")
@@ -212,15 +209,10 @@ async def test_upstream_down_is_a_clear_error(
 
 
 async def test_a_client_leaving_mid_blob_does_not_hurt_the_next(
+    one_image: OneImage,
     registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [48 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    daemon = await start_daemon("host1", registry, node, download_rate=16 * MiB)
+    image, _, daemon = await one_image([48], download_rate=16 * MiB)
     layer = image.layers[0]
     url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
     async with httpx.AsyncClient() as client, client.stream("GET", url) as response:
@@ -235,12 +227,9 @@ async def test_a_client_leaving_mid_blob_does_not_hurt_the_next(
 
 
 async def test_range_requests_on_a_blob(
-    registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    tmp_path: Path,
+    one_image: OneImage,
 ) -> None:
-    image, daemon = await one_image(registry, start_supernode, start_daemon, tmp_path, [3])
+    image, _, daemon = await one_image([3])
     layer = image.layers[0]
     data = (image.layout / "blobs" / "sha256" / layer.split(":")[1]).read_bytes()
     url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
@@ -255,47 +244,43 @@ async def test_range_requests_on_a_blob(
 
 
 async def test_private_layers_need_the_clients_own_credentials(
+    start_registry: StartRegistry,
     start_supernode: StartSupernode,
     start_daemon: StartDaemon,
-    nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    registry = Registry(tmp_path / "private", users={"alice": "wonderland"})
-    await registry.start(nursery)
-    try:
-        image = write_oci_image(tmp_path / "image", [2 * MiB])
-        await registry.push(image, "team/app:1", creds="alice:wonderland")
-        node = await start_supernode()
-        first = await start_daemon("host1", registry, node)
-        second = await start_daemon("host2", registry, node)
-        pulled = await skopeo_pull(
-            registry,
-            first.address,
-            "team/app:1",
-            tmp_path / "out",
-            tmp_path,
-            creds="alice:wonderland",
-        )
-        assert pulled.returncode == 0, pulled.stderr.decode()
-        verify_dir_copy(tmp_path / "out", image)
-        assert metric(first, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
-        layer = image.layers[0]
-        path = f"/v2/team/app/blobs/{layer}"
-        for daemon in (first, second):  # cached on the first host, and at the supernode
-            async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
-                anonymous = await client.get(path)
-                wrong = await client.get(path, auth=("alice", "rabbit"))
-                right = await client.get(path, auth=("alice", "wonderland"))
-            assert anonymous.status_code == 401
-            assert "basic" in anonymous.headers["www-authenticate"].lower()
-            assert len(anonymous.content) < 1000  # the registry's error, not the layer
-            assert wrong.status_code == 401
-            assert right.status_code == 200
-            assert f"sha256:{hashlib.sha256(right.content).hexdigest()}" == layer
-        assert metric(second, "dfdaemon_blob_failures_total", reason="denied") >= 2
-        assert registry.blob_gets()[layer] == 1  # the supernode's fetch, with alice's header
-    finally:
-        registry.stop()
+    registry = await start_registry("private", users={"alice": "wonderland"})
+    image = write_oci_image(tmp_path / "image", [2 * MiB])
+    await registry.push(image, "team/app:1", creds="alice:wonderland")
+    node = await start_supernode()
+    first = await start_daemon("host1", registry, node)
+    second = await start_daemon("host2", registry, node)
+    pulled = await skopeo_pull(
+        registry,
+        first.address,
+        "team/app:1",
+        tmp_path / "out",
+        tmp_path,
+        creds="alice:wonderland",
+    )
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    verify_dir_copy(tmp_path / "out", image)
+    assert metric(first, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
+    layer = image.layers[0]
+    path = f"/v2/team/app/blobs/{layer}"
+    for daemon in (first, second):  # cached on the first host, and at the supernode
+        async with httpx.AsyncClient(base_url=f"http://{daemon.address}") as client:
+            anonymous = await client.get(path)
+            wrong = await client.get(path, auth=("alice", "rabbit"))
+            right = await client.get(path, auth=("alice", "wonderland"))
+        assert anonymous.status_code == 401
+        assert "basic" in anonymous.headers["www-authenticate"].lower()
+        assert len(anonymous.content) < 1000  # the registry's error, not the layer
+        assert wrong.status_code == 401
+        assert right.status_code == 200
+        assert f"sha256:{hashlib.sha256(right.content).hexdigest()}" == layer
+    assert metric(second, "dfdaemon_blob_failures_total", reason="denied") >= 2
+    assert registry.blob_gets()[layer] == 1  # the supernode's fetch, with alice's header
 
 
 async def test_without_back_source_a_failed_p2p_download_is_an_error(
@@ -315,16 +300,10 @@ async def test_without_back_source_a_failed_p2p_download_is_an_error(
 
 
 async def test_the_host_wide_download_rate_holds(
-    registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    tmp_path: Path,
+    one_image: OneImage,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [6 * MiB, 6 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
     rate = 8 * MiB
-    daemon = await start_daemon("host1", registry, node, download_rate=rate)
+    image, _, daemon = await one_image([6, 6], download_rate=rate)
     total = sum(image.sizes[layer] for layer in image.layers)
 
     async def get(client: httpx.AsyncClient, layer: str) -> None:
@@ -337,16 +316,13 @@ async def test_the_host_wide_download_rate_holds(
             for layer in image.layers:
                 both.start_soon(get, client, layer)
         seconds = trio.current_time() - started
-    assert 0.9 * rate <= total / seconds <= 1.1 * rate, seconds
+    assert at_rate_limit(total, seconds, rate), seconds
 
 
 async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
-    registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    tmp_path: Path,
+    one_image: OneImage,
 ) -> None:
-    image, daemon = await one_image(registry, start_supernode, start_daemon, tmp_path, [3])
+    image, _, daemon = await one_image([3])
     layer = image.layers[0]
     url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
     async with httpx.AsyncClient(timeout=60) as client:
@@ -363,57 +339,14 @@ async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
     assert f"sha256:{hashlib.sha256(again.content).hexdigest()}" == layer
 
 
-async def stoppable_daemon(
-    nursery: trio.Nursery,
-    node: RunningSupernode,
-    registry: Registry,
-    data_dir: Path,
-    socket: Path,
-) -> tuple[Daemon, Callable[[], Awaitable[None]]]:
-    """A daemon and a coroutine function that stops it (and waits until it has)."""
-    daemon = Daemon(
-        DaemonConfig(
-            listen=("127.0.0.1", 0),
-            supernodes=(node.address,),
-            registry=registry.url,
-            data_dir=data_dir,
-            peer_listen=("127.0.0.1", 0),
-            control_socket=socket,
-        )
-    )
-    scope, stopped = trio.CancelScope(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-        with scope:
-            await daemon.serve(task_status=task_status)
-        stopped.set()
-
-    async def stop() -> None:
-        scope.cancel()
-        await stopped.wait()
-
-    await nursery.start(run)
-    return daemon, stop
-
-
 async def test_after_a_restart_the_daemon_seeds_its_cache_again(
-    registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    short_dir: Path,
+    one_image: OneImage, registry: Registry, start_daemon: StartDaemon
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [16 * MiB, 12 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    first, stop = await stoppable_daemon(
-        nursery, node, registry, tmp_path / "host1", short_dir / "first.sock"
-    )
+    image, node, first = await one_image([16, 12])
     async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
         for layer in image.layers:
             assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
-    await stop()  # the first host's daemon stops: its pieces leave the swarm
+    await start_daemon.stop(first)  # the first host's daemon stops: its pieces leave the swarm
     again = await start_daemon("host1", registry, node)  # same data dir, new ports
     assert again.blobs is not None
     blobs = again.blobs
@@ -441,23 +374,13 @@ async def test_after_a_restart_the_daemon_seeds_its_cache_again(
 
 
 async def test_a_damaged_cache_is_not_seeded_after_a_restart(
-    registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    short_dir: Path,
+    one_image: OneImage, registry: Registry, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [3 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
-    first, stop = await stoppable_daemon(
-        nursery, node, registry, tmp_path / "host1", short_dir / "first.sock"
-    )
+    image, node, first = await one_image([3])
     layer = image.layers[0]
     async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
         assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
-    await stop()
+    await start_daemon.stop(first)
     cached = tmp_path / "host1" / "blobs" / "sha256" / layer.split(":")[1]
     flip_byte(cached, MiB + 1)  # damaged while the daemon was down
     await start_daemon("host1", registry, node)
@@ -465,18 +388,10 @@ async def test_a_damaged_cache_is_not_seeded_after_a_restart(
     assert not cached.with_suffix(".url").exists()
 
 
-async def test_the_cache_quota_evicts_blobs_nobody_is_reading(
-    registry: Registry,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    tmp_path: Path,
-) -> None:
-    image = write_oci_image(tmp_path / "image", [4 * MiB, 4 * MiB, 4 * MiB])
-    await registry.push(image, "test/img:1")
-    node = await start_supernode()
+async def test_the_cache_quota_evicts_blobs_nobody_is_reading(one_image: OneImage) -> None:
     # 10 MiB: past 9 MiB evict down to 7 MiB; three 4 MiB layers go over.
-    daemon = await start_daemon(
-        "host1", registry, node, cache=GcPolicy(quota=10 * MiB), download_rate=64 * MiB
+    image, _, daemon = await one_image(
+        [4, 4, 4], cache=GcPolicy(quota=10 * MiB), download_rate=64 * MiB
     )
     assert daemon.blobs is not None
     blobs = daemon.blobs

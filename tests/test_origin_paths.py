@@ -9,8 +9,11 @@ import pytest
 import trio
 from conftest import Fetch, StartSupernode, downloads
 
+from common.io.origins import open_checked_tcp_stream
+from common.origins import OriginPolicy
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
+from supernode.cdn import lean as lean_module
 from testkit.origin import FakeOrigin
 
 pytestmark = pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx"])
@@ -89,14 +92,30 @@ async def test_redirect_to_another_origin_drops_credentials(
 
 
 async def test_redirect_to_https_leaves_the_lean_path(
-    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+    origin: FakeOrigin,
+    tls_origin: tuple[FakeOrigin, bytes],
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    lean: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Nothing listens for TLS there: what matters is that httpx takes over and fails
-    # with a clear "cannot reach", not that the lean path tries https itself.
-    origin.add("/to-tls.bin", b"", redirect_to="https://127.0.0.1:1/x.bin")
-    node = await start_supernode(lean_http=lean)
-    with pytest.raises(OriginFailed, match="reach"):
-        await fetch(origin.url("/to-tls.bin"), node)
+    """A plain-HTTP origin redirects to an HTTPS one: the lean path hands the https URL
+    to httpx, and never connects to the HTTPS origin itself (not even to try TLS)."""
+    secure, _ = tls_origin
+    data = os.urandom(MiB + 3)
+    secure.add("/x.bin", data)
+    origin.add("/to-tls.bin", b"", redirect_to=secure.url("/x.bin"))
+    lean_connects: list[tuple[str, int]] = []
+
+    async def connect(policy: OriginPolicy, host: str, port: int) -> trio.SocketStream:
+        lean_connects.append((host, port))
+        return await open_checked_tcp_stream(policy, host, port)
+
+    monkeypatch.setattr(lean_module, "open_checked_tcp_stream", connect)
+    node = await start_supernode(lean_http=lean, insecure=True)  # the certificate: self-signed
+    assert Path((await fetch(origin.url("/to-tls.bin"), node)).output).read_bytes() == data
+    # The lean path took the first hop (when on), and only that one.
+    assert set(lean_connects) == ({("127.0.0.1", origin.port)} if lean else set())
 
 
 async def test_credentials_in_the_url_are_basic_auth(

@@ -8,6 +8,7 @@ from proto import (
     ErrorReply,
     Hello,
     LocalProtoError,
+    Message,
     PieceRequest,
     Register,
     Registered,
@@ -25,8 +26,8 @@ HELLO = Hello(versions=(1,), role="peer", peer_id="p")
 REQUEST = PieceRequest(task_id=TID, generation=1, index=0, ticket=b"t")
 
 
-def deliver(sender: Session, receiver: Session, message: object) -> object:
-    receiver.receive_data(sender.send(message))  # type: ignore[arg-type]
+def deliver(sender: Session, receiver: Session, message: Message) -> Message:
+    receiver.receive_data(sender.send(message))
     frame = receiver.next_frame()
     assert frame is not None
     return frame.message

@@ -49,7 +49,7 @@ async def test_seconds_run_from_the_start_to_the_result(
     sources["cdn"].bytes = 99  # the book goes on (seeding): the result does not
     assert result.sources["cdn"] == SourceCounts(bytes=10, pieces=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        result.seconds = 0.0  # type: ignore[misc]
+        result.seconds = 0.0  # type: ignore[misc]  # frozen, on purpose
 
 
 async def test_a_daemons_summary_becomes_the_result(

@@ -208,8 +208,9 @@ def test_more_free_slots_then_faster_sources_are_preferred() -> None:
     for a in s.assign("w", "W", 2, 0.0):
         seconds = 10.0 if a.source == "A" else 1.0
         s.report("w", "W", a.index, a.source, Outcome.DONE, nbytes=10_000, seconds=seconds, now=1)
-    speed = {p: s.peer_statistics(p).recent_speed for p in "AB"}  # type: ignore[union-attr]
-    assert speed == {"A": 1_000.0, "B": 10_000.0}
+    stats_a, stats_b = s.peer_statistics("A"), s.peer_statistics("B")
+    assert stats_a is not None and stats_b is not None
+    assert (stats_a.recent_speed, stats_b.recent_speed) == (1_000.0, 10_000.0)
     seed_task(s, total=4, holders={"A": (4, range(4)), "B": (4, range(4))}, downloaders=["D"])
     assert [a.source for a in s.assign("t", "D", 1, 1.0)] == ["B"]
 
@@ -628,7 +629,7 @@ def test_unknown_and_stale_reports_are_ignored() -> None:
     s.report("t", "D", a.index, "X", Outcome.FAILED, now=0.0)
     s.report("t", "D", a.index, "X", Outcome.FAILED, now=0.0)  # the same report twice
     assert (x := s.peer_statistics("X")) is not None and (x.failures, x.uploads_in_flight) == (1, 0)
-    s.report("t", "D", 0, "X", "done", now=0.0)  # type: ignore[arg-type]
+    s.report("t", "D", 0, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings
     assert not s.has("t", "D", 0)  # a DONE for no assignment adds nothing
     [b] = s.assign("t", "D", 1, 0.0)
     s.report("t", "D", b.index, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings
@@ -662,7 +663,7 @@ def test_statistics() -> None:
     x = s.peer_statistics("X")
     assert x is not None and x.tasks == ("t",) and x.upload_slots == 9 and x.recent_speed == 1_000
     with pytest.raises(TypeError):
-        stats.decisions_by_outcome["done"] = 0  # type: ignore[index]
+        stats.decisions_by_outcome["done"] = 0  # type: ignore[index]  # read-only, on purpose
 
 
 # -- whole swarms ---------------------------------------------------------------------------------
@@ -832,9 +833,9 @@ def test_invariants_hold_through_a_chaotic_swarm() -> None:
         for check in answered:
             checks += s.checked(check, rng.choice(list(Verdict)), now)
         check_invariants(s, live)
-    stats = s.statistics()
-    assert stats.decisions_by_outcome["done"] > 100
-    assert stats.decisions_by_outcome["corrupt"] > 10 and stats.blacklisted_sources > 0
+    totals = s.statistics()
+    assert totals.decisions_by_outcome["done"] > 100
+    assert totals.decisions_by_outcome["corrupt"] > 10 and totals.blacklisted_sources > 0
 
 
 def check_invariants(s: Scheduler, live: dict[str, int]) -> None:

@@ -6,20 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-import trio
 from conftest import Fetch, StartSupernode, downloads
 
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
-from testkit.origin import FakeOrigin, self_signed_tls
-
-
-@pytest.fixture
-async def tls_origin(nursery: trio.Nursery) -> tuple[FakeOrigin, bytes]:
-    context, cert_pem = self_signed_tls()
-    origin = FakeOrigin(tls=context)
-    await nursery.start(origin.serve)
-    return origin, cert_pem
+from testkit.origin import FakeOrigin
 
 
 async def test_an_untrusted_certificate_is_refused(

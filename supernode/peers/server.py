@@ -71,7 +71,7 @@ class PeerServer:
         self.send_timeout = SEND_TIMEOUT
         # A piece's send deadline: max(min_piece_send, 2 × sealed size / min_send_rate).
         self.min_piece_send = MIN_PIECE_SEND
-        self.min_send_rate = MIN_SEND_RATE
+        self.min_send_rate: float = MIN_SEND_RATE
         self.connections = 0
         self.protocol_errors = 0
 

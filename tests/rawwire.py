@@ -1,0 +1,68 @@
+"""The wire as an attacker writes and reads it: frames from any header (no codec check on
+the way out), raw sockets, frames read until the other side closes."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import msgpack
+import trio
+
+from proto import FrameDecoder, Message
+
+PREFIX = struct.Struct(">I")  # a frame's header length
+
+
+def raw_frame(header: object, payload: bytes = b"") -> bytes:
+    """A frame around any msgpack value as its header (even one no sender would make)."""
+    raw = msgpack.packb(header, use_bin_type=True)
+    return PREFIX.pack(len(raw)) + raw + payload
+
+
+async def raw_connect(
+    address: str | Path, *, receive_buffer: int | None = None
+) -> trio.SocketStream:
+    """A connection to HOST:PORT, or to the Unix socket at a Path. With
+    `receive_buffer`, a tiny window: a client that never reads fills the sender's
+    buffers at once."""
+    if isinstance(address, Path):
+        sock = trio.socket.socket(socket.AF_UNIX)
+        target: str | tuple[str, int] = str(address)
+    else:
+        host, port = address.rsplit(":", 1)
+        if receive_buffer is None:
+            return await trio.open_tcp_stream(host, int(port))
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        target = (host, int(port))
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(target)
+    return trio.SocketStream(sock)
+
+
+async def next_message(stream: trio.SocketStream, decoder: FrameDecoder) -> Message | None:
+    """The next frame's message, or None once the other side has closed."""
+    while (frame := decoder.next_frame()) is None:
+        try:
+            data = await stream.receive_some(1 << 20)
+        except trio.BrokenResourceError:  # reset
+            return None
+        if not data:
+            return None
+        decoder.receive_data(data)
+    return frame.message
+
+
+async def until_closed(
+    stream: trio.SocketStream, seconds: float, decoder: FrameDecoder | None = None
+) -> list[Message]:
+    """Every message the server sends until it closes the connection, which it must do
+    within `seconds`."""
+    decoder = decoder or FrameDecoder()
+    messages = []
+    with trio.fail_after(seconds):
+        while (message := await next_message(stream, decoder)) is not None:
+            messages.append(message)
+    return messages
