@@ -1,5 +1,5 @@
-"""The origin policy's rules (proto/origins.py), the checked connect
-(proto/io/origins.py), and the preheat's rule for token realms."""
+"""The origin policy's rules (common/origins.py), the checked connect
+(common/io/origins.py), and the preheat's rule for token realms."""
 
 from __future__ import annotations
 
