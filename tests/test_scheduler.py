@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -226,6 +227,45 @@ def test_the_cdn_is_the_last_resort_within_its_own_cap() -> None:
     assert s.assign("u", "E", 3, 0.0) == []
     done(s, "D", [plan[1]])
     assert [a.source for a in s.assign("u", "E", 3, 0.0)] == [CDN]
+
+
+
+def test_the_cdn_sends_each_piece_once_until_it_has_sent_them_all() -> None:
+    # A, with one upload slot, holds pieces 0-3; 4 and 5 have spread nowhere yet.
+    s = make(cdn_upload_slots=8, first_random=0)
+    seed_task(s, total=6, ready=6, holders={"A": (1, range(4))}, downloaders=["B", "D"])
+    plan = s.assign("t", "D", 6, 0.0)
+    # D gets the rarest, 4 and 5, from the CDN and one of 0-3 from A; not the other
+    # three from the CDN although A is busy: they reach D through A (or B) later, and
+    # the CDN's link is for what has not left it yet.
+    by_source = {a.index: a.source for a in plan}
+    assert (by_source[4], by_source[5]) == (CDN, CDN) and len(plan) == 3
+    assert "A" in by_source.values()
+    # Nor is a piece the CDN is sending offered twice.
+    assert s.assign("t", "B", 6, 0.0) == []
+    # Once every piece has left the CDN (held by a peer that uploads), its link adds
+    # to the peers': B gets from it pieces whose holders have no slot for B.
+    s.add_peer("t", "D", upload_slots=2, now=0.0)
+    done(s, "D", plan)
+    rest = s.assign("t", "B", 6, 0.0)
+    from_cdn = [a.index for a in rest if a.source == CDN]
+    assert from_cdn and all(i < 4 for i in from_cdn)
+
+
+def test_the_cdn_resends_a_piece_held_only_by_peers_that_cannot_upload_it() -> None:
+    s = make(cdn_upload_slots=0, cdn_slots_per_requester=8)
+    # Z never uploads (no slots); X is blacklisted by three downloaders' failures:
+    # neither spreads what it holds, so the CDN sends those pieces as if nobody had.
+    seed_task(s, total=4, ready=4, holders={"Z": (0, [0]), "X": (9, [1])})
+    seed_task(s, total=4, ready=4, downloaders=["D1", "D2", "D3", "D"])
+    for d in ("D1", "D2", "D3"):
+        [a] = s.assign("t", d, 1, 0.0)
+        assert a.source == "X"
+        s.report("t", d, a.index, "X", Outcome.FAILED, now=0.0)
+    assert (task := s.task_statistics("t")) is not None and task.blacklisted == ("X",)
+    s.config = dataclasses.replace(s.config, cdn_upload_slots=24)  # 4 for each of 6
+    plan = s.assign("t", "D", 4, 0.0)
+    assert sorted(a.index for a in plan) == [0, 1, 2, 3] and {a.source for a in plan} == {CDN}
 
 
 def test_cdn_slots_are_capped_per_requester() -> None:
@@ -879,3 +919,21 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
         )
         assert member.is_open == expected
         assert ((pool.open_bits >> member.index) & 1 == 1) == expected
+
+
+def test_the_cdn_slots_are_shared_among_the_peers_that_miss_pieces() -> None:
+    s = make(cdn_upload_slots=8, first_random=0)
+    seed_task(s, total=20, ready=20, downloaders=["D1", "D2"])
+    assert len(s.assign("t", "D1", 20, 0.0)) == 4  # 8 slots, 2 downloaders
+    for d in ("D3", "D4", "D5", "D6"):
+        s.add_peer("t", d, upload_slots=1, now=0.0)
+    # Six downloaders now: one slot each; D1 keeps what it has but gets no more.
+    assert s.assign("t", "D1", 20, 0.0) == []
+    assert len(s.assign("t", "D2", 20, 0.0)) == 1
+
+
+def test_peers_that_hold_everything_take_no_share_of_the_cdn() -> None:
+    s = make(cdn_upload_slots=8, first_random=0)
+    seed_task(s, total=1, ready=1, holders={f"S{i}": (1, [0]) for i in range(6)}, task="u")
+    seed_task(s, total=20, ready=20, downloaders=["D"])
+    assert len(s.assign("t", "D", 20, 0.0)) == 4  # its cap (half the slots), not 8 // 7

@@ -40,6 +40,7 @@ class Ledger:
         self.wakeup = math.inf  # `now` from which `tick` has a deadline to apply
         self.cdn_uploads = 0  # CDN slots taken (assigned, not yet sent nor expired)
         self.cdn_cap = config.cdn_requester_cap
+        self.downloaders = 0  # peers missing pieces of some task: they share the CDN's slots
         self.assigned = 0  # assignments handed out, since the start
         self.outcomes: Counter[Outcome] = Counter()  # reports that matched, by outcome
 
@@ -78,6 +79,7 @@ class Ledger:
         if task_id not in peer.members:
             member = peer.members[task_id] = Member(peer, task_id)
             task.join(member)
+            self._count_incomplete(peer, +1)
         peer.members[task_id].in_order = in_order
         self.refresh(peer)
 
@@ -92,6 +94,8 @@ class Ledger:
                 self.land(self.tasks[task_id], flight)
         for task_id, member in peer.members.items():
             self.tasks[task_id].leave(member)
+            if not member.complete:
+                self._count_incomplete(peer, -1)
         peer.members.clear()
 
     def remove_task(self, task_id: str) -> None:
@@ -104,6 +108,8 @@ class Ledger:
         del self.tasks[task_id]
         for member in task.members.values():
             del member.peer.members[task_id]
+            if not member.complete:
+                self._count_incomplete(member.peer, -1)
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -129,8 +135,17 @@ class Ledger:
     # -- assignments in flight and the slots they hold -------------------------------------
 
     def cdn_free(self, peer: Peer) -> bool:
-        """Whether the CDN has a slot for `peer` as a downloader now."""
-        return self.cdn_uploads < self.config.cdn_upload_slots and peer.cdn_uploads < self.cdn_cap
+        """Whether the CDN has a slot for `peer` as a downloader now.
+
+        A downloader may hold its share of the CDN's slots, at most `cdn_cap`: the
+        slots divided among the peers that miss pieces, at least one. The CDN's pieces
+        then leave it through many peers at once, and each of them has something to
+        pass on, instead of a few first comers taking every slot and every other peer
+        waiting for them.
+        """
+        slots = self.config.cdn_upload_slots
+        share = max(1, slots // self.downloaders) if self.downloaders else slots
+        return self.cdn_uploads < slots and peer.cdn_uploads < min(self.cdn_cap, share)
 
     def launch(
         self, task: Task, member: Member, index: int, uploader: Member | None, now: float
@@ -196,7 +211,20 @@ class Ledger:
             return False
         if member.have_count == 1:  # it has something to serve now
             self.refresh(member.peer)
+        if member.have_count == task.rarity.total:
+            self.completed(member)
         return True
+
+    def completed(self, member: Member) -> None:
+        """`member` holds the whole task (once; the task's total is known)."""
+        if not member.complete:
+            member.complete = True
+            self._count_incomplete(member.peer, -1)
+
+    def _count_incomplete(self, peer: Peer, delta: int) -> None:
+        was_downloading = peer.incomplete > 0
+        peer.incomplete += delta
+        self.downloaders += (peer.incomplete > 0) - was_downloading
 
     def blacklisted(self, task: Task, source: str, now: float) -> None:
         """`source` was just blacklisted in `task`: no longer a source there, and maybe
@@ -210,11 +238,13 @@ class Ledger:
     def refresh(self, peer: Peer) -> None:
         """Recompute, in each of its tasks, whether the peer can take an upload now."""
         peer_id = peer.peer_id
-        can_upload = peer.uploads < peer.upload_slots and not self.blacklist.banned(peer_id)
+        serves = peer.upload_slots > 0 and not self.blacklist.banned(peer_id)
+        can_upload = serves and peer.uploads < peer.upload_slots
         for task_id, member in peer.members.items():
-            task = self.tasks[task_id]
-            blacklisted = peer_id in task.reputation.blacklisted
-            task.pool.set_open(member, can_upload and member.have_count > 0 and not blacklisted)
+            pool = self.tasks[task_id].pool
+            blacklisted = peer_id in self.tasks[task_id].reputation.blacklisted
+            pool.set_serving(member, serves and not blacklisted)
+            pool.set_open(member, can_upload and member.have_count > 0 and not blacklisted)
 
     # -- statistics -----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ class Peer:
     group: str = ""  # reporters of one group (a host) count as one witness
     uploads: int = 0  # assignments in flight with this peer as the source
     cdn_uploads: int = 0  # CDN slots its downloads hold (capped per requester)
+    incomplete: int = 0  # its members that miss pieces: it is a downloader while > 0
     members: dict[str, Member] = field(default_factory=dict)  # task id -> membership
     # Its uploads in flight (a dict: insertion-ordered, so departures replay the same way).
     uploading: dict[Flight, None] = field(default_factory=dict)
@@ -74,7 +75,9 @@ class Member:
     inflight: int = 0  # bitset of the pieces it is fetching (at least one assignment out)
     flights: dict[int, Flight] = field(default_factory=dict)  # piece -> its download
     duplicates: dict[int, Flight] = field(default_factory=dict)  # piece -> endgame duplicate
+    complete: bool = False  # it holds every piece of the task
     is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
+    serves: bool = False  # it can upload at all (slots, not blacklisted): its pieces spread
     in_order: bool = False  # it streams the file: lowest missing pieces first
     # Uploaders it reported failing (strikes it gave each) and those it stopped using:
     # a downloader's own reports always steer its own assignments. (None until needed:

@@ -3,8 +3,11 @@
 Pieces are tried at random for a peer's first few, then rarest first (`PieceOrder`),
 or lowest first for a peer that streams the file (`IndexOrder`). A piece's source is
 an open peer holder (`SourcePool.choose`) or, failing that, the CDN: the last resort,
-within its slots and the downloader's share of them, and never for a piece it is
-already sending (that piece reaches the others sooner through the peer it goes to).
+within its slots and the downloader's share of them. Its link is the swarm's scarcest,
+so it sends each piece once (`cdn_offer`): never a piece it is already sending, nor
+one that has spread to a peer able to upload it (busy or not: that piece reaches the
+others through that peer), until every piece has spread; then it adds its link to the
+peers' for whatever is missing.
 Sources the downloader backs off from (BUSY) or stopped using (they failed it) are
 avoided. When the few pieces a downloader misses are all in flight, each gets a second
 source (the endgame): the first copy to arrive wins, the other is cancelled.
@@ -61,10 +64,8 @@ def _assign_new(
     # failing that, the CDN. The downloader never holds what it wants, so it is never
     # its own source.
     pool = task.pool
-    # The CDN is the last resort, and it sends one copy of a piece at a time: a
-    # piece it is already uploading reaches the others sooner through that peer.
     peer = member.peer
-    cdn_pieces = task.rarity.on_cdn & ~task.cdn_busy if _cdn_free(ledger, avoid, peer) else 0
+    cdn_pieces = cdn_offer(task) if _cdn_free(ledger, avoid, peer) else 0
     reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
     order: PieceOrder | IndexOrder
     if member.in_order:
@@ -122,12 +123,27 @@ def _assign_duplicates(
         if source is None and (
             cdn_taken
             or not _cdn_free(ledger, avoid, member.peer)
-            or not ((task.rarity.on_cdn & ~task.cdn_busy) >> index) & 1
+            or not (cdn_offer(task) >> index) & 1
         ):
             continue
         plan.append(ledger.launch(task, member, index, source, now))
         if len(plan) >= want:
             return
+
+
+def cdn_offer(task: Task) -> int:
+    """The pieces the CDN may send now (a bitset).
+
+    While some piece has not spread (no peer able to upload holds it), only those
+    pieces, one copy at a time: each piece leaves the CDN once, and the pieces on their
+    way out have the link to themselves. Once all have spread and the CDN holds the
+    whole file, any piece it is not sending: its link then adds to the peers'.
+    """
+    rarity = task.rarity
+    unspread = rarity.on_cdn & ~task.pool.spread
+    if unspread or rarity.total is None or rarity.ready < rarity.total:
+        return unspread & ~task.cdn_busy
+    return rarity.on_cdn & ~task.cdn_busy
 
 
 def _avoid(task: Task, member: Member, now: float) -> _Avoid:

@@ -79,7 +79,13 @@ class Scheduler:
 
         Raises ValueError on contradictions (ready beyond total, total changed).
         """
-        self._ledger.task(task_id).cdn_ready(ready, total)
+        task = self._ledger.task(task_id)
+        known = task.rarity.total
+        task.cdn_ready(ready, total)
+        if known is None and total is not None:  # who holds it all is known only now
+            for member in task.members.values():
+                if member.have_count == total:
+                    self._ledger.completed(member)
 
     def add_peer(
         self,

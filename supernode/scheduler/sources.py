@@ -17,6 +17,11 @@ pieces it found without any open holder (`saturated`) and forgets a piece as soo
 of its holders opens again, so that a piece is found saturated once per episode rather
 than once per downloader. It stays exact: a piece is in `saturated` only while none of
 its holders is open.
+
+It also keeps which pieces have spread (`spread`): pieces that at least one member able
+to upload at all holds (upload slots, not blacklisted; busy or not). The CDN sends such
+a piece again only once it has sent every piece (picking.py): the supernode's link is the
+swarm's scarcest, and a piece a peer holds reaches the others through that peer.
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ class SourcePool:
         self.open_bits = 0  # bitset of member indexes that can take an upload now
         self.open: dict[Member, None] = {}  # the open members, in a reproducible order
         self.saturated = 0  # pieces found held by peers none of which is open
+        self.serving: list[int] = []  # piece -> holders that can upload (now or later)
+        self.spread = 0  # pieces with at least one such holder
 
     def grow(self, pieces: int) -> None:
         if pieces > len(self.holders):
             self.holders.extend([0] * (pieces - len(self.holders)))
+            self.serving.extend([0] * (pieces - len(self.serving)))
 
     def join(self, member: Member) -> None:
         if self._free_indexes:
@@ -52,6 +60,7 @@ class SourcePool:
 
     def leave(self, member: Member) -> None:
         self.set_open(member, False)
+        self.set_serving(member, False)
         clear = ~(1 << member.index)
         holders = self.holders
         for index in iter_bits(member.have):
@@ -62,6 +71,8 @@ class SourcePool:
 
     def add_holding(self, member: Member, index: int) -> None:
         self.holders[index] |= 1 << member.index
+        if member.serves:
+            self._count_server(index, +1)
         if member.is_open and (self.saturated >> index) & 1:
             self.saturated ^= 1 << index
 
@@ -76,6 +87,23 @@ class SourcePool:
         else:
             self.open_bits ^= 1 << member.index  # `^`: a fraction of the cost of `& ~`
             del self.open[member]
+
+    def set_serving(self, member: Member, serves: bool) -> None:
+        """Whether `member` can upload at all (slots, not blacklisted), busy or not."""
+        if member.serves == serves:
+            return
+        member.serves = serves
+        delta = 1 if serves else -1
+        for index in iter_bits(member.have):
+            self._count_server(index, delta)
+
+    def _count_server(self, index: int, delta: int) -> None:
+        count = self.serving[index] + delta
+        self.serving[index] = count
+        if count == 0:
+            self.spread ^= 1 << index
+        elif count == 1 and delta > 0:
+            self.spread |= 1 << index
 
     def choose(self, index: int, exclude: int, rng: random.Random) -> Member | None:
         """An open holder of piece `index` whose bit is not in `exclude`, or None."""
