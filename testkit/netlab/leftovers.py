@@ -41,11 +41,12 @@ def start_time(pid: int) -> str | None:
 
 def record(lab: str, namespaces: list[str]) -> None:
     """Record a lab owned by this process, before any of it exists."""
-    folder = STATE / lab
-    folder.mkdir(parents=True, exist_ok=False)
     me = os.getpid()
     entry = Record(lab, me, start_time(me) or "", namespaces)
-    (folder / "lab.json").write_text(json.dumps(asdict(entry)))
+    draft = STATE / f".{lab}"  # complete before it is seen: `down` may be looking
+    draft.mkdir(parents=True)
+    (draft / "lab.json").write_text(json.dumps(asdict(entry)))
+    draft.rename(STATE / lab)
 
 
 def record_delayer(lab: str, pid: int | None) -> None:
@@ -109,7 +110,7 @@ def down(prefix: str | None = None, everything: bool = False) -> list[str]:
     like a lab's of PREFIX that no record claims; the labs removed."""
     removed = []
     claimed: set[str] = set()
-    folders = sorted(STATE.iterdir()) if STATE.is_dir() else []
+    folders = sorted(STATE.glob("[!.]*"))
     for folder in folders:
         entry = _read(folder)
         if entry is not None and not everything and _alive(entry):

@@ -1,0 +1,247 @@
+"""The network lab (testkit.netlab): a shaped transfer keeps to its rate, round trips
+take the delay set, loss and cuts apply, and nothing is left on the machine afterwards,
+whether the lab ends normally, by Ctrl-C, SIGTERM or SIGKILL (then `down` clears it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import cli_env
+
+from testkit.netlab import Lab, LabError, Link, require_lab
+from testkit.netlab.delayer import DelayLine, parse_packets
+from testkit.netlab.leftovers import STATE
+from testkit.netlab.measure import datagrams, goodput, round_trips
+from testkit.netlab.plan import tbf
+from testkit.netlab.system import shortfall
+
+MiB = 2**20
+needs_lab = pytest.mark.skipif(
+    shortfall() is not None, reason=f"{shortfall()} (`make test` installs the tools)"
+)
+
+
+def root_network() -> tuple[str, str]:
+    """The root namespace's links and qdiscs, which a lab must never touch."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    names = "\n".join(sorted(line.split(":")[1].strip() for line in links.stdout.splitlines()))
+    qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True)
+    return names, qdiscs.stdout
+
+
+def namespaces() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+
+
+def assert_gone(lab_name: str, delayer: int | None = None) -> None:
+    """Nothing of lab LAB_NAME is left: namespaces, state, delayer."""
+    assert [ns for ns in namespaces() if ns.startswith(lab_name)] == []
+    assert not (STATE / lab_name).exists()
+    if delayer is not None:
+        assert not Path(f"/proc/{delayer}").exists()
+
+
+@pytest.fixture
+def untouched_root() -> Iterator[None]:
+    before = root_network()
+    yield
+    assert root_network() == before
+
+
+@needs_lab
+def test_shaped_transfer_keeps_to_its_rate(untouched_root: None) -> None:
+    rate = 8 * MiB
+    link = Link(up=rate, down=rate, delay=0.0025)
+    with Lab(["a", "b", "c"], link=link) as lab:
+        got = goodput(lab, "a", "b", 32 * MiB)
+        sent, _ = lab.counters("a")
+        _, received = lab.counters("b")
+        name = lab.name
+    assert 0.9 * rate <= got <= 1.1 * rate, f"{got / MiB:.2f} MiB/s for {rate / MiB} MiB/s"
+    assert sent >= 32 * MiB and received >= 32 * MiB
+    assert_gone(name)
+
+
+@needs_lab
+def test_round_trips_take_the_delay_of_the_links_crossed(untouched_root: None) -> None:
+    links = {"a": Link(delay=0.01), "b": Link(delay=0.01), "c": Link(delay=0.002)}
+    with Lab(["a", "b", "c"], links=links) as lab:
+        a_b = statistics.median(round_trips(lab, "a", "b", 20)[2:])
+        a_c = statistics.median(round_trips(lab, "a", "c", 20)[2:])
+        lab.set_link("c", Link())
+        a_c_undelayed = statistics.median(round_trips(lab, "a", "c", 20)[2:])
+        delayer, cpu = lab._delayer, lab.delayer_cpu()
+        name = lab.name
+    assert 0.040 <= a_b <= 0.044, f"RTT {a_b * 1000:.2f} ms for 4 x 10 ms"
+    assert 0.024 <= a_c <= 0.0264, f"RTT {a_c * 1000:.2f} ms for 2 x (10 + 2) ms"
+    assert 0.020 <= a_c_undelayed <= 0.022, f"RTT {a_c_undelayed * 1000:.2f} ms for 2 x 10 ms"
+    assert cpu is not None and cpu < 2.0
+    assert_gone(name, delayer.pid if delayer else None)
+
+
+@needs_lab
+def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: None) -> None:
+    with Lab(["a", "b", "c"]) as lab:
+        assert datagrams(lab, "a", "c", 2000) == 2000
+        lab.set_link("c", Link(loss=0.05))  # c's link only: a -> c loses 5%, a -> b nothing
+        lost = 1 - datagrams(lab, "a", "c", 2000) / 2000
+        assert datagrams(lab, "a", "b", 500) == 500
+        lab.cut("b")
+        assert datagrams(lab, "a", "b", 200) == 0
+        assert datagrams(lab, "b", "c", 200) == 0
+        lab.heal("b")
+        assert datagrams(lab, "a", "b", 200) == 200
+        name = lab.name
+    assert 0.03 <= lost <= 0.07, f"lost {lost:.3f} for 0.05"
+    assert_gone(name)
+
+
+@needs_lab
+def test_hosts_reach_each_other_but_nothing_outside() -> None:
+    with Lab(["a", "b"]) as lab:
+        routes = subprocess.run(
+            lab.command("a", ["ip", "-4", "route", "show"]), capture_output=True, text=True
+        )
+        assert routes.stdout.split()[:1] == ["198.18.0.0/15"]
+        assert "default" not in routes.stdout
+        assert lab.address("a") == "198.18.0.1" and lab.address("b") == "198.18.0.2"
+        loopback = subprocess.run(
+            lab.command("b", ["ip", "-o", "addr", "show", "lo"]), text=True, capture_output=True
+        )
+        assert "127.0.0.1/8" in loopback.stdout
+        assert round_trips(lab, "a", "b", 3)
+
+
+CHILD = """
+import sys, time
+from testkit.netlab import Lab, Link
+with Lab(["a", "b"], link=Link(delay=0.01, up=2**20)) as lab:
+    print(lab.name, lab._delayer.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def start_child() -> tuple[subprocess.Popen[str], str, int]:
+    """A process that holds a lab (with a delayer) until it is stopped."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=cli_env()
+    )
+    assert child.stdout is not None
+    name, delayer = child.stdout.readline().split()
+    assert [ns for ns in namespaces() if ns.startswith(name)] != []
+    return child, name, int(delayer)
+
+
+@needs_lab
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_removes_its_lab(sig: signal.Signals, untouched_root: None) -> None:
+    child, name, delayer = start_child()
+    child.send_signal(sig)
+    assert child.wait(20) != 0
+    assert_gone(name, delayer)
+
+
+@needs_lab
+def test_down_removes_what_a_killed_run_left(untouched_root: None) -> None:
+    child, name, delayer = start_child()
+    child.kill()
+    child.wait()
+    assert [ns for ns in namespaces() if ns.startswith(name)] != []
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{delayer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the delayer leaves once its stdin closes
+    down = subprocess.run(
+        [sys.executable, "-m", "testkit.netlab", "down"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert down.returncode == 0 and name in down.stdout
+    assert_gone(name, delayer)
+
+
+@needs_lab
+def test_check_names_what_the_kernel_offers() -> None:
+    check = subprocess.run(
+        [sys.executable, "-m", "testkit.netlab", "check"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert check.returncode == 0
+    offered = dict(
+        line.rsplit(None, 1) for line in check.stdout.splitlines() if not line.startswith("cannot")
+    )
+    assert offered["qdisc tbf"] == "yes" and offered["iptables NFQUEUE"] == "yes"
+    assert "qdisc netem" in offered
+
+
+@needs_lab
+def test_without_root_the_lab_says_so() -> None:
+    os.seteuid(65534)
+    try:
+        with pytest.raises(LabError, match="needs root"):
+            require_lab()
+        with pytest.raises(LabError, match="needs root"), Lab(["a"]):
+            pass
+    finally:
+        os.seteuid(0)
+
+
+# -- the pure parts -------------------------------------------------------------------------
+
+
+def test_links_refuse_what_cannot_be_set() -> None:
+    with pytest.raises(ValueError, match="loss"):
+        Link(loss=1.5)
+    with pytest.raises(ValueError, match="delay"):
+        Link(delay=-0.001)
+    with pytest.raises(ValueError, match="rate"):
+        Link(up=0)
+    with pytest.raises(ValueError, match="distinct"):
+        Lab(["a", "a"])
+    with pytest.raises(ValueError, match="not in the lab"):
+        Lab(["a"], links={"b": Link()})
+
+
+def test_shaping_sets_the_wire_rate_above_the_goodput() -> None:
+    args = tbf("x", 8 * MiB)
+    bits = int(args[args.index("rate") + 1].removesuffix("bit"))
+    assert bits == int(8 * MiB * 1514 / 1448 * 8)
+    assert int(args[args.index("burst") + 1]) >= 64 * 1024
+    assert tbf("x", None) == ["qdisc", "del", "dev", "x", "root"]
+
+
+def test_the_delay_line_releases_in_order_and_in_batches() -> None:
+    line = DelayLine(queue=0)
+    line.delays = {7: 0.010, 8: 0.010, 9: 0.002}
+    line.hold([(1, 7, 8), (2, 8, 7)], now=0.0)  # 20 ms each
+    line.hold([(3, 7, 9)], now=0.001)  # 12 ms: due before 1 and 2
+    assert line.release(0.005) == b""
+    single = line.release(0.013)
+    assert len(single) == 32 and int.from_bytes(single[-4:], "big") == 3
+    assert single[4:6] == (3 << 8 | 1).to_bytes(2, "little")  # one packet's verdict
+    batch = line.release(0.020)
+    assert len(batch) == 32 and int.from_bytes(batch[-4:], "big") == 2
+    assert batch[4:6] == (3 << 8 | 3).to_bytes(2, "little")  # every id <= 2
+    assert line.next_due() is None
+
+
+def test_packet_messages_are_read_for_id_and_ports() -> None:
+    def attr(kind: int, payload: bytes) -> bytes:
+        return (4 + len(payload)).to_bytes(2, "little") + kind.to_bytes(2, "little") + payload
+
+    body = bytes(4) + attr(1, (42).to_bytes(4, "big") + b"\x08\x00\x02\x00")
+    body += attr(7, (5).to_bytes(4, "big")) + attr(8, (6).to_bytes(4, "big"))
+    header = (16 + len(body)).to_bytes(4, "little") + (3 << 8).to_bytes(2, "little") + bytes(10)
+    message = header + body
+    assert parse_packets(memoryview(message * 2), len(message) * 2) == [(42, 5, 6), (42, 5, 6)]
