@@ -81,9 +81,8 @@ def test_round_trips_take_the_delay_of_the_links_crossed(untouched_root: None) -
         a_c_undelayed = statistics.median(round_trips(lab, "a", "c", 20)[2:])
         delayer, cpu = lab._delayer, lab.delayer_cpu()
         name = lab.name
-    assert 0.040 <= a_b <= 0.044, f"RTT {a_b * 1000:.2f} ms for 4 x 10 ms"
-    assert 0.024 <= a_c <= 0.0264, f"RTT {a_c * 1000:.2f} ms for 2 x (10 + 2) ms"
-    assert 0.020 <= a_c_undelayed <= 0.022, f"RTT {a_c_undelayed * 1000:.2f} ms for 2 x 10 ms"
+    for rtt, expected in ((a_b, 0.040), (a_c, 0.024), (a_c_undelayed, 0.020)):
+        assert abs(rtt - expected) <= 0.1 * expected, f"RTT {rtt * 1000:.2f} ms for {expected}"
     assert cpu is not None and cpu < 2.0
     assert_gone(name, delayer.pid if delayer else None)
 

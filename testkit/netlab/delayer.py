@@ -44,6 +44,8 @@ NLMSG_ERROR = 2
 QUEUE_MAXLEN = 65536
 RCVBUF = 8 << 20
 TICK = 0.0002  # release what falls due within this much: one send per tick, not per packet
+GATHER = 0.0005  # under load, one read of what came in this long
+MAX_LATE = 0.002
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("!BBH")
@@ -91,6 +93,29 @@ def bind(sock: socket.socket, queue: int) -> None:
         (error,) = struct.unpack_from("=i", reply, _NLMSGHDR.size)
         if kind == NLMSG_ERROR and error != 0:
             raise OSError(-error, f"nfnetlink_queue config of queue {queue}: {os.strerror(-error)}")
+
+
+# The usual packet message of a bridged IPv4 packet: NFQA_PACKET_HDR, INDEV, PHYSINDEV,
+# OUTDEV, PHYSOUTDEV, ... (the attribute heads in host order, their values big-endian).
+_USUAL = struct.Struct("!2xHI14xHI10xHI")
+_USUAL_AT = _NLMSGHDR.size + _NFGENMSG.size
+_USUAL_KINDS = tuple(
+    struct.unpack("!H", struct.pack("=H", kind))[0]
+    for kind in (NFQA_PACKET_HDR, NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV)
+)
+_PACKET = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
+
+
+def parse_packet(buf: memoryview, size: int) -> list[tuple[int, int, int]]:
+    """`parse_packets` for one message (what one recv gives), the usual layout read in
+    one unpack."""
+    if size >= _USUAL_AT + _USUAL.size:
+        kind_hdr, packet_id, kind_in, phys_in, kind_out, phys_out = _USUAL.unpack_from(
+            buf, _USUAL_AT
+        )
+        if (kind_hdr, kind_in, kind_out) == _USUAL_KINDS and buf[4] | buf[5] << 8 == _PACKET:
+            return [(packet_id, phys_in, phys_out)]
+    return parse_packets(buf, size)
 
 
 def parse_packets(buf: memoryview, size: int) -> list[tuple[int, int, int]]:
@@ -187,25 +212,40 @@ def run(queue: int) -> None:
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     stdin = sys.stdin.fileno()
+    late = 0.0  # how late a wake-up comes, on average: aimed for, and taken off stamps
+    last_read = 0.0
     while True:
         due = line.next_due()
-        timeout = None if due is None else max(0.0, due - time.monotonic())
+        aim = None if due is None else due - late
+        timeout = None if aim is None else max(0.0, aim - time.monotonic())
         readable, _, _ = select.select([sock, stdin], [], [], timeout)
+        woke = time.monotonic()
+        if aim is not None and not readable:
+            late = min(MAX_LATE, max(0.0, late + (woke - aim - late) / 8))
         if stdin in readable and not _read_table(line, pending):
             return
         if sock in readable:
-            now = time.monotonic()
+            # At most one read a GATHER (under load, one wake-up per tick, not per
+            # packet), unless a release falls due sooner; what is read then came
+            # between the wake-up and now, and is stamped half-way.
+            wait = last_read + GATHER - woke
+            if aim is not None:
+                wait = min(wait, aim - woke)
+            if wait > 0:
+                time.sleep(wait)
+            last_read = time.monotonic()
+            came = (woke + last_read) / 2 - late
             while True:
                 try:
                     size = sock.recv_into(buf)
                 except BlockingIOError:
                     break
-                except OSError as exc:  # ENOBUFS: the kernel dropped messages; go on
+                except OSError as exc:  # ENOBUFS: the kernel let packets pass undelayed
                     if exc.errno != errno.ENOBUFS:
                         raise
                     continue
-                line.hold(parse_packets(view, size), now)
-        verdicts = line.release(time.monotonic())
+                line.hold(parse_packet(view, size), came)
+        verdicts = line.release(time.monotonic() + late)
         if verdicts:
             sock.send(verdicts)
 

@@ -15,7 +15,7 @@ import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .system import attempt, run
+from .system import LabError, attempt, run
 
 STATE = Path("/run/dfl-netlab")
 
@@ -97,8 +97,9 @@ def remove(lab: str, names: list[str]) -> None:
     existing = set(namespaces())
     for ns in names:
         if ns in existing:
-            for pid in run(["ip", "netns", "pids", ns]).split():
-                _kill(int(pid))
+            with contextlib.suppress(LabError):  # another `down` may be removing it too
+                for pid in run(["ip", "netns", "pids", ns]).split():
+                    _kill(int(pid))
     gone = [ns for ns in names if ns in existing]
     if gone:
         attempt(["ip", "-force", "-batch", "-"], "".join(f"netns del {ns}\n" for ns in gone))
