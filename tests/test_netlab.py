@@ -79,12 +79,12 @@ def test_round_trips_take_the_delay_of_the_links_crossed(untouched_root: None) -
         a_c = statistics.median(round_trips(lab, "a", "c", 20)[2:])
         lab.set_link("c", Link())
         a_c_undelayed = statistics.median(round_trips(lab, "a", "c", 20)[2:])
-        delayer, cpu = lab._delayer, lab.delayer_cpu()
+        delayer, cpu = lab.delayer_pid, lab.delayer_cpu()
         name = lab.name
     for rtt, expected in ((a_b, 0.040), (a_c, 0.024), (a_c_undelayed, 0.020)):
         assert abs(rtt - expected) <= 0.1 * expected, f"RTT {rtt * 1000:.2f} ms for {expected}"
     assert cpu is not None and cpu < 2.0
-    assert_gone(name, delayer.pid if delayer else None)
+    assert_gone(name, delayer)
 
 
 @needs_lab
@@ -120,11 +120,24 @@ def test_hosts_reach_each_other_but_nothing_outside() -> None:
         assert round_trips(lab, "a", "b", 3)
 
 
+@needs_lab
+def test_two_labs_coexist_apart(untouched_root: None) -> None:
+    with Lab(["a", "b"]) as first, Lab(["a", "b"], link=Link(delay=0.005)) as second:
+        assert first.address("b") == second.address("b")  # the same addresses, apart
+        first.cut("b")
+        assert datagrams(first, "a", "b", 100) == 0
+        assert datagrams(second, "a", "b", 100) == 100
+        assert statistics.median(round_trips(second, "a", "b", 5)) >= 0.018
+        names = first.name, second.name
+    for name in names:
+        assert_gone(name)
+
+
 CHILD = """
 import sys, time
 from testkit.netlab import Lab, Link
 with Lab(["a", "b"], link=Link(delay=0.01, up=2**20)) as lab:
-    print(lab.name, lab._delayer.pid, flush=True)
+    print(lab.name, lab.delayer_pid, flush=True)
     time.sleep(60)
 """
 
@@ -178,7 +191,9 @@ def test_check_names_what_the_kernel_offers() -> None:
     )
     assert check.returncode == 0
     offered = dict(
-        line.rsplit(None, 1) for line in check.stdout.splitlines() if not line.startswith("cannot")
+        line.rsplit(None, 1)
+        for line in check.stdout.splitlines()
+        if not line.startswith(("cannot", "instead"))
     )
     assert offered["qdisc tbf"] == "yes" and offered["iptables NFQUEUE"] == "yes"
     assert "qdisc netem" in offered

@@ -9,13 +9,14 @@ import sys
 from . import leftovers
 from .system import LabError, check
 
-CANNOT = {
-    "qdisc netem": "no netem: delay comes from the NFQUEUE delayer, loss from iptables",
-    "qdisc tbf": "no tbf: links cannot be shaped",
-    "br_netfilter per namespace": "no per-namespace br_netfilter: no loss, delay or cut",
-    "iptables physdev": "no physdev match: no loss, delay or cut",
-    "iptables statistic": "no statistic match: no loss",
-    "iptables NFQUEUE": "no NFQUEUE: no delay",
+# What a missing feature means for the lab.
+MEANING = {
+    "qdisc netem": "instead: no netem: delay comes from the NFQUEUE delayer, loss from iptables",
+    "qdisc tbf": "cannot: no tbf: links cannot be shaped",
+    "br_netfilter per namespace": "cannot: no per-namespace br_netfilter: no loss, delay or cut",
+    "iptables physdev": "cannot: no physdev match: no loss, delay or cut",
+    "iptables statistic": "cannot: no statistic match: no loss",
+    "iptables NFQUEUE": "cannot: no NFQUEUE: no delay",
 }
 
 
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for feature, present in found.items():
         print(f"{feature:28} {'yes' if present else 'no'}")
-    for feature, meaning in CANNOT.items():
+    for feature, meaning in MEANING.items():
         if not found.get(feature, False):
-            print(f"cannot: {meaning}")
+            print(meaning)
     return 0
 
 

@@ -76,11 +76,13 @@ class Lab:
         """Build the lab; on any failure (or Ctrl-C) remove what was made, then raise."""
         require_lab()
         leftovers.down(prefix=self._names.prefix)  # what killed runs left
+        if self._is_up:
+            raise LabError(f"lab {self.name} is already up")
         ns = [self._names.bridge_namespace, *(h.namespace for h in self.hosts.values())]
-        leftovers.record(self.name, ns)
-        _opened(self)
         self._is_up = True
+        _opened(self)
         try:
+            leftovers.record(self.name, ns)
             self._build(ns)
         except BaseException:
             self.down()
@@ -129,7 +131,7 @@ class Lab:
             self._stop_delayer()
             ns = [self._names.bridge_namespace, *(h.namespace for h in self.hosts.values())]
             leftovers.remove(self.name, ns)
-            self._is_up = False
+            self._is_up = self._segmented = False
             _open.discard(self)
 
     def address(self, name: str) -> str:
@@ -145,6 +147,7 @@ class Lab:
 
     def set_link(self, name: str, link: Link) -> None:
         """Reshape host NAME's link while the lab runs."""
+        self._require_up()
         old, self._links[name] = self._links[name], link
         self._shape(name, old, link)
         self._apply()
@@ -152,21 +155,28 @@ class Lab:
     def cut(self, name: str) -> None:
         """Host NAME's link stops passing packets, both ways (no carrier change: the host
         sees silence, as behind a failed switch)."""
+        self._require_up()
         self._cut.add(self.hosts[name].name)
         self._apply()
 
     def heal(self, name: str) -> None:
         """Undo `cut`."""
+        self._require_up()
         self._cut.discard(self.hosts[name].name)
         self._apply()
 
     def counters(self, name: str) -> tuple[int, int]:
         """Bytes host NAME has sent and received on its link (frames, headers included)."""
+        self._require_up()
         host = self.hosts[name]
         shown = run(["ip", "-n", host.namespace, "-s", "-j", "link", "show", host.link])
         listed = json.loads(shown)
         stats = listed[0]["stats64"]
         return int(stats["tx"]["bytes"]), int(stats["rx"]["bytes"])
+
+    def _require_up(self) -> None:
+        if not self._is_up:
+            raise LabError(f"lab {self.name} is not up")
 
     @staticmethod
     def rtt_delay(rtt: float) -> float:
@@ -232,6 +242,11 @@ class Lab:
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+    @property
+    def delayer_pid(self) -> int | None:
+        """The delayer's process id, None if none runs (no link has had a delay)."""
+        return None if self._delayer is None else self._delayer.pid
 
     def delayer_cpu(self) -> float | None:
         """CPU seconds (user + system) the delayer has used, None if none runs."""

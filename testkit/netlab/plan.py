@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
 WIRE_PER_PAYLOAD = 1514 / 1448  # a full TCP segment (timestamps on) over its payload
-BURST_SECONDS = 0.002
+BURST_SECONDS = 0.005
 MIN_BURST = 64 * 1024 + 1514
 QUEUE_SECONDS = 0.1
 MIN_QUEUE_BURSTS = 4

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 CHUNK = 256 * 1024
-QUIET = 1.0
+QUIET = 0.5
 DATAGRAM_RATE = 5000
 
 
