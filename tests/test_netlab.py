@@ -4,11 +4,13 @@ whether the lab ends normally, by Ctrl-C, SIGTERM or SIGKILL (then `down` clears
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +104,32 @@ def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: 
         name = lab.name
     assert 0.03 <= lost <= 0.07, f"lost {lost:.3f} for 0.05"
     assert_gone(name)
+
+
+@needs_lab
+def test_changing_one_link_leaves_the_others_packets_alone(untouched_root: None) -> None:
+    """Packets held by the delayer or queued by tbf survive changes to other links (a
+    rewritten FORWARD chain, or a replaced qdisc, would drop them)."""
+    with Lab(["a", "b", "c"], link=Link(up=1 * MiB, down=1 * MiB, delay=0.05)) as lab:
+        stop = threading.Event()
+
+        def churn() -> None:
+            for rate in itertools.cycle([2 * MiB, 1 * MiB]):
+                lab.cut("c")
+                lab.set_link("c", Link(up=rate, delay=0.01, loss=0.5))
+                lab.heal("c")
+                lab.set_link("a", Link(up=rate, down=rate, delay=0.05))
+                if stop.wait(0.02):
+                    return
+
+        changes = threading.Thread(target=churn)
+        changes.start()
+        try:
+            received = datagrams(lab, "a", "b", 2000)
+        finally:
+            stop.set()
+            changes.join()
+    assert received == 2000
 
 
 @needs_lab
@@ -228,11 +256,12 @@ def test_links_refuse_what_cannot_be_set() -> None:
 
 
 def test_shaping_sets_the_wire_rate_above_the_goodput() -> None:
-    args = tbf("x", 8 * MiB)
+    args = tbf("x", 8 * MiB, shaped=False)
     bits = int(args[args.index("rate") + 1].removesuffix("bit"))
     assert bits == int(8 * MiB * 1514 / 1448 * 8)
     assert int(args[args.index("burst") + 1]) >= 64 * 1024
-    assert tbf("x", None) == ["qdisc", "del", "dev", "x", "root"]
+    assert tbf("x", None, shaped=True) == ["qdisc", "del", "dev", "x", "root"]
+    assert tbf("x", 2 * MiB, shaped=True)[:2] == ["qdisc", "change"]  # keeps what it holds
 
 
 def test_the_delay_line_releases_in_order_and_in_batches() -> None:

@@ -26,7 +26,18 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from . import leftovers
-from .plan import GSO_MAX_SEGS, NETWORK, QUEUE, Host, Link, Names, delay_table, rules, tbf
+from .plan import (
+    CHAIN_HOOK,
+    GSO_MAX_SEGS,
+    NETWORK,
+    QUEUE,
+    Host,
+    Link,
+    Names,
+    delay_table,
+    rules,
+    tbf,
+)
 from .system import BRIDGE_NF, LabError, in_namespace, require_lab, run
 
 DELAYER = Path(__file__).with_name("delayer.py")
@@ -121,6 +132,7 @@ class Lab:
         self._ports = {name: index[host.port] for name, host in self.hosts.items()}
         for name in self.hosts:
             self._shape(name, Link(), self._links[name])
+        run(in_namespace(bridge_ns, ["iptables-restore", "-w"]), CHAIN_HOOK)
         self._apply()
 
     def down(self) -> None:
@@ -191,7 +203,8 @@ class Lab:
             (self._names.bridge_namespace, host.port, old.down, new.down),
         ):
             if before != after:
-                run(["tc", "-n", ns, "-force", "-batch", "-"], " ".join(tbf(device, after)) + "\n")
+                shaping = tbf(device, after, shaped=before is not None)
+                run(["tc", "-n", ns, "-force", "-batch", "-"], " ".join(shaping) + "\n")
 
     def _apply(self) -> None:
         """Make the bridge's rules, the delayer's table and the hosts' packet sizes what
@@ -212,7 +225,7 @@ class Lab:
             except OSError as exc:
                 raise LabError(f"the delayer has exited ({delayer.poll()})") from exc
         table = rules(self.hosts, self._links, self._cut)
-        run(in_namespace(bridge_ns, ["iptables-restore", "-w"]), table)
+        run(in_namespace(bridge_ns, ["iptables-restore", "-w", "--noflush"]), table)
 
     def _start_delayer(self) -> subprocess.Popen[str]:
         argv = in_namespace(self._names.bridge_namespace, [sys.executable, str(DELAYER)])

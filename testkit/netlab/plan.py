@@ -20,11 +20,11 @@ any link of a lab has loss, every host's link takes single-segment packets
 (`gso_max_segs 1`: the kernel cuts what TCP hands it, open connections' included), and
 the delayer then handles each packet.
 
-Rules (FORWARD, in the bridge's namespace, where br_netfilter shows bridged packets,
-matched by bridge port with `physdev`): first a cut host's DROPs, then each lossy
-link's random DROP (`statistic`) for each direction, then the NFQUEUE rule sending
-packets that cross a delayed link to the delayer (`--queue-bypass`: with no delayer
-bound, packets pass undelayed rather than vanish).
+Rules (the lab's chain, which FORWARD jumps to, in the bridge's namespace, where
+br_netfilter shows bridged packets, matched by bridge port with `physdev`): first a
+cut host's DROPs, then each lossy link's random DROP (`statistic`) for each direction,
+then the NFQUEUE rules sending packets that cross a delayed link to the delayer
+(`--queue-bypass`: with no delayer bound, packets pass undelayed rather than vanish).
 """
 
 from __future__ import annotations
@@ -126,9 +126,10 @@ class Names:
         return hosts
 
 
-def tbf(device: str, rate: float | None) -> list[str]:
+def tbf(device: str, rate: float | None, shaped: bool) -> list[str]:
     """`tc` arguments shaping DEVICE's egress to RATE (goodput, bytes/s), or removing the
-    shaping (None). `replace` and `del` both work on a device shaped or not."""
+    shaping (None). SHAPED: whether DEVICE has a tbf now, which `change` keeps with the
+    packets it holds (`replace` would drop them)."""
     if rate is None:
         return ["qdisc", "del", "dev", device, "root"]
     wire = rate * WIRE_PER_PAYLOAD
@@ -136,29 +137,36 @@ def tbf(device: str, rate: float | None) -> list[str]:
     limit = max(MIN_QUEUE_BURSTS * burst, int(wire * QUEUE_SECONDS))
     bits = int(wire * 8)
     shape = ["tbf", "rate", f"{bits}bit", "burst", str(burst), "limit", str(limit)]
-    return ["qdisc", "replace", "dev", device, "root", *shape]
+    return ["qdisc", "change" if shaped else "replace", "dev", device, "root", *shape]
+
+
+CHAIN = "NETLAB"
+# Once, at build: FORWARD jumps to the lab's own chain. Later changes rewrite only that
+# chain (`iptables-restore --noflush`): rewriting FORWARD itself would unhook it for a
+# moment, and the kernel then drops every packet the delayer holds.
+CHAIN_HOOK = f"*filter\n:{CHAIN} - [0:0]\n-A FORWARD -j {CHAIN}\nCOMMIT\n"
 
 
 def rules(hosts: Mapping[str, Host], links: Mapping[str, Link], cut: set[str]) -> str:
-    """The bridge namespace's filter table, as `iptables-restore` input."""
-    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    """The lab's chain, as `iptables-restore --noflush` input (declaring it empties it)."""
+    lines = ["*filter", f":{CHAIN} - [0:0]"]
     for name in sorted(cut):
         port = hosts[name].port
-        lines += [f"-A FORWARD -m physdev --physdev-in {port} -j DROP"]
-        lines += [f"-A FORWARD -m physdev --physdev-out {port} -j DROP"]
+        lines += [f"-A {CHAIN} -m physdev --physdev-in {port} -j DROP"]
+        lines += [f"-A {CHAIN} -m physdev --physdev-out {port} -j DROP"]
     for name, host in hosts.items():
         loss = links[name].loss
         if loss > 0:
             for way in ("in", "out"):
                 lines.append(
-                    f"-A FORWARD -m physdev --physdev-{way} {host.port} -m statistic"
+                    f"-A {CHAIN} -m physdev --physdev-{way} {host.port} -m statistic"
                     f" --mode random --probability {loss:.6f} -j DROP"
                 )
     for name, host in hosts.items():
         if links[name].delay > 0:
             for way in ("in", "out"):
                 lines.append(
-                    f"-A FORWARD -m physdev --physdev-{way} {host.port}"
+                    f"-A {CHAIN} -m physdev --physdev-{way} {host.port}"
                     f" -j NFQUEUE --queue-num {QUEUE} --queue-bypass"
                 )
     return "\n".join([*lines, "COMMIT", ""])
