@@ -1,16 +1,20 @@
 """Measuring a lab from outside (`probe.py` run in its hosts): the goodput of one TCP
 transfer, TCP round trips, and how many of N datagrams arrive. Blocking; for the
-lab's own test, and for a benchmark that wants to see what its lab really gives."""
+lab's own test, and for a benchmark that wants to see what its lab really gives.
+`python -m testkit.netlab.measure` surveys rates, delays and the delayer's CPU."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import select
+import statistics
 import subprocess
 from typing import Any
 
 from . import probe
 from .lab import Lab
+from .plan import Link
 from .system import LabError
 
 TIMEOUT = 120.0
@@ -76,3 +80,49 @@ def datagrams(lab: Lab, src: str, dst: str, count: int, port: int = 5003) -> int
         sink.kill()
         sink.wait()
     return received
+
+
+def _survey(rates: list[float], delays: list[float], runs: int) -> None:
+    """Print what labs give against what was set: goodput, RTT, the delayer's CPU."""
+    mib = 2**20
+    print("rate: set MiB/s, delay per link, loss -> goodput / set, one TCP transfer a -> b")
+    for delay, loss in ((0.0, 0.0), (0.0025, 0.0), (0.0, 0.001)):
+        for rate in rates:
+            got = []
+            for _ in range(runs):
+                link = Link(up=rate * mib, down=rate * mib, delay=delay, loss=loss)
+                with Lab(["a", "b", "c"], link=link) as lab:
+                    nbytes = int(min(4 * rate, 200) * mib)
+                    got.append(goodput(lab, "a", "b", nbytes) / (rate * mib))
+            ratios = " ".join(f"{ratio:.3f}" for ratio in got)
+            print(f"  {rate:6g} MiB/s  {delay * 1000:4.1f} ms  loss {loss:<5g} -> {ratios}")
+    print("RTT: set (4 x delay per link) -> median, min, max of 30 TCP round trips a <-> b")
+    for delay in delays:
+        with Lab(["a", "b", "c"], link=Link(delay=delay)) as lab:
+            rtts = [rtt * 1000 for rtt in round_trips(lab, "a", "b", 30)[2:]]
+        median = statistics.median(rtts)
+        print(f"  {4000 * delay:6.1f} ms -> {median:.2f} {min(rtts):.2f} {max(rtts):.2f} ms")
+    print("delayer CPU: 64 MiB a -> b at 16 MiB/s, 10 ms per link")
+    for loss in (0.0, 0.001):
+        with Lab(["a", "b", "c"], link=Link(16 * mib, 16 * mib, 0.01, loss)) as lab:
+            before = lab.delayer_cpu() or 0.0
+            rate = goodput(lab, "a", "b", 64 * mib) / mib
+            cpu = (lab.delayer_cpu() or 0.0) - before
+        print(f"  loss {loss:<5g}: {rate:.2f} MiB/s, {cpu:.2f} CPU-s, {cpu / 64 * 1000:.1f} ms/MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m testkit.netlab.measure",
+        description="Measure what labs give against what was set (root; a few minutes).",
+    )
+    parser.add_argument("--rates", default="1,4,8,16,50,100", help="MiB/s, comma-separated")
+    parser.add_argument("--delays", default="0.001,0.0025,0.005,0.01,0.025", help="s per link")
+    parser.add_argument("--runs", type=int, default=2, help="transfers per rate")
+    args = parser.parse_args()
+    rates = [float(rate) for rate in args.rates.split(",")]
+    _survey(rates, [float(delay) for delay in args.delays.split(",")], args.runs)
+
+
+if __name__ == "__main__":
+    main()
