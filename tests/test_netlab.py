@@ -22,7 +22,7 @@ from testkit.netlab import Lab, LabError, Link, require_lab
 from testkit.netlab.delayer import DelayLine, parse_packets
 from testkit.netlab.leftovers import STATE
 from testkit.netlab.measure import datagrams, goodput, round_trips
-from testkit.netlab.plan import tbf
+from testkit.netlab.plan import features, tbf
 from testkit.netlab.system import shortfall
 
 MiB = 2**20
@@ -224,6 +224,7 @@ def test_check_names_what_the_kernel_offers() -> None:
         if not line.startswith(("cannot", "instead"))
     )
     assert offered["qdisc tbf"] == "yes" and offered["iptables NFQUEUE"] == "yes"
+    assert offered["nfnetlink_queue"] == "yes"
     assert "qdisc netem" in offered
 
 
@@ -253,6 +254,18 @@ def test_links_refuse_what_cannot_be_set() -> None:
         Lab(["a", "a"])
     with pytest.raises(ValueError, match="not in the lab"):
         Lab(["a"], links={"b": Link()})
+    with pytest.raises(LabError, match="not up"):
+        Lab(["a"]).cut("a")
+
+
+def test_each_setting_names_the_kernel_feature_it_needs() -> None:
+    assert features(Link()) == {}
+    assert set(features(Link(down=MiB, loss=0.1, delay=0.01))) == {
+        "qdisc tbf",
+        "iptables statistic",
+        "iptables NFQUEUE",
+        "nfnetlink_queue",
+    }
 
 
 def test_shaping_sets_the_wire_rate_above_the_goodput() -> None:

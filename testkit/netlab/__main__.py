@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import leftovers
-from .system import LabError, check
+from .system import LabError, check, require_lab
 
 # What a missing feature means for the lab.
 MEANING = {
@@ -17,6 +17,7 @@ MEANING = {
     "iptables physdev": "cannot: no physdev match: no loss, delay or cut",
     "iptables statistic": "cannot: no statistic match: no loss",
     "iptables NFQUEUE": "cannot: no NFQUEUE: no delay",
+    "nfnetlink_queue": "cannot: no nfnetlink_queue: no delay",
 }
 
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check", help="what the kernel offers: qdiscs, iptables matches, NFQUEUE")
     args = parser.parse_args(argv)
     try:
+        require_lab()
         if args.command == "down":
             removed = leftovers.down(prefix=args.prefix, everything=args.all)
             print(f"removed: {' '.join(removed)}" if removed else "nothing to remove")

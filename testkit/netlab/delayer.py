@@ -10,7 +10,7 @@ of one path share one delay, so each path is a FIFO; a release that is a prefix 
 held packets goes out as one batch verdict (every id <= N), anything else as one verdict
 per packet, all in one send a tick.
 
-Run by the lab as `python -m testkit.netlab.delayer QUEUE` inside the bridge's
+Run by the lab as `python delayer.py QUEUE` inside the bridge's
 namespace: it prints "ready" once bound, then reads "IFINDEX SECONDS" lines from stdin
 (a whole table, ended by an empty line, whenever the lab changes a delay). It exits on
 SIGTERM or at the end of stdin: when the lab's process dies, however it dies.
@@ -250,5 +250,15 @@ def run(queue: int) -> None:
             sock.send(verdicts)
 
 
+def probe(queue: int) -> None:
+    """Bind QUEUE and leave: whether this kernel has nfnetlink_queue (`netlab check`)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.bind((0, 0))
+        bind(sock, queue)
+
+
 if __name__ == "__main__":
-    run(int(sys.argv[1]))
+    if sys.argv[1:2] == ["--probe"]:
+        probe(0)
+    else:
+        run(int(sys.argv[1]))

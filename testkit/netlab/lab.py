@@ -20,13 +20,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 
 from . import leftovers
 from .plan import (
+    BASE_FEATURES,
     CHAIN_HOOK,
     GSO_MAX_SEGS,
     NETWORK,
@@ -35,10 +36,11 @@ from .plan import (
     Link,
     Names,
     delay_table,
+    features,
     rules,
     tbf,
 )
-from .system import BRIDGE_NF, LabError, in_namespace, require_lab, run
+from .system import BRIDGE_NF, LabError, in_namespace, offered, require_lab, run
 
 DELAYER = Path(__file__).with_name("delayer.py")
 DELAYER_START = 10.0
@@ -89,6 +91,7 @@ class Lab:
         leftovers.down(prefix=self._names.prefix)  # what killed runs left
         if self._is_up:
             raise LabError(f"lab {self.name} is already up")
+        _require_features(self._links.values())
         ns = [self._names.bridge_namespace, *(h.namespace for h in self.hosts.values())]
         self._is_up = True
         _opened(self)
@@ -160,6 +163,7 @@ class Lab:
     def set_link(self, name: str, link: Link) -> None:
         """Reshape host NAME's link while the lab runs."""
         self._require_up()
+        _require_features([link])
         old, self._links[name] = self._links[name], link
         self._shape(name, old, link)
         self._apply()
@@ -267,6 +271,19 @@ class Lab:
             return None
         fields = Path(f"/proc/{self._delayer.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _require_features(links: Iterable[Link]) -> None:
+    """LabError naming what this kernel lacks for LINKS, and what cannot be set."""
+    have = offered()
+    wanted = dict.fromkeys(BASE_FEATURES, "any lab")
+    for link in links:
+        wanted.update(features(link))
+    missing = [f"{feature} (for {use})" for feature, use in wanted.items() if not have[feature]]
+    if missing:
+        raise LabError(
+            f"this kernel lacks {', '.join(missing)}: see python -m testkit.netlab check"
+        )
 
 
 # -- removal at exit and on signals ------------------------------------------------------

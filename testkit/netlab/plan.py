@@ -68,6 +68,23 @@ class Link:
             raise ValueError(f"a link's loss is a fraction between 0 and 1, not {self.loss}")
 
 
+# What the kernel must offer (the names of `python -m testkit.netlab check`), for any
+# lab (cuts) and for what a link asks.
+BASE_FEATURES = ("br_netfilter per namespace", "iptables physdev")
+
+
+def features(link: Link) -> dict[str, str]:
+    """The kernel features LINK needs, each with what it is for."""
+    needed = {}
+    if link.up is not None or link.down is not None:
+        needed["qdisc tbf"] = "a rate"
+    if link.loss > 0:
+        needed["iptables statistic"] = "loss"
+    if link.delay > 0:
+        needed["iptables NFQUEUE"] = needed["nfnetlink_queue"] = "a delay"
+    return needed
+
+
 @dataclass(frozen=True)
 class Host:
     """A host of the lab: its name, its address, its network namespace, and the names of

@@ -4,12 +4,15 @@ scratch namespace that is removed at once (`check`, `require_lab`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 TOOLS = ("ip", "tc", "iptables-restore", "iptables")
 TIMEOUT = 30.0
@@ -70,9 +73,16 @@ def require_lab() -> None:
         raise LabError(problem)
 
 
+@functools.cache
+def offered() -> dict[str, bool]:
+    """`check()`, once a process."""
+    return check()
+
+
 def check() -> dict[str, bool]:
     """What the kernel offers the lab, probed in a scratch namespace: each qdisc kind,
-    iptables' physdev and statistic matches, NFQUEUE, br_netfilter per namespace."""
+    iptables' physdev and statistic matches, NFQUEUE (the target, and a queue bound
+    over nfnetlink_queue), br_netfilter per namespace."""
     require_lab()
     scratch = f"dflcheck-{secrets.token_hex(3)}"
     run(["ip", "netns", "add", scratch])
@@ -112,4 +122,6 @@ def _probe(ns: str) -> dict[str, bool]:
     }.items():
         table = f"*filter\n-A FORWARD {rule}\nCOMMIT\n"
         found[name] = attempt(in_namespace(ns, ["iptables-restore", "-w"]), table)
+    delayer = str(Path(__file__).with_name("delayer.py"))
+    found["nfnetlink_queue"] = attempt(in_namespace(ns, [sys.executable, delayer, "--probe"]))
     return found
