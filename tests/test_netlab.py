@@ -19,7 +19,7 @@ import pytest
 from conftest import cli_env
 
 from testkit.netlab import Lab, LabError, Link, require_lab
-from testkit.netlab.delayer import DelayLine, parse_packets
+from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
 from testkit.netlab.leftovers import STATE
 from testkit.netlab.measure import datagrams, goodput, round_trips
 from testkit.netlab.plan import features, tbf
@@ -284,10 +284,10 @@ def test_the_delay_line_releases_in_order_and_in_batches() -> None:
     line.hold([(3, 7, 9)], now=0.001)  # 12 ms: due before 1 and 2
     assert line.release(0.005) == b""
     single = line.release(0.013)
-    assert len(single) == 32 and int.from_bytes(single[-4:], "big") == 3
+    assert len(single) == VERDICT_SIZE and int.from_bytes(single[-4:], "big") == 3
     assert single[4:6] == (3 << 8 | 1).to_bytes(2, "little")  # one packet's verdict
     batch = line.release(0.020)
-    assert len(batch) == 32 and int.from_bytes(batch[-4:], "big") == 2
+    assert len(batch) == VERDICT_SIZE and int.from_bytes(batch[-4:], "big") == 2
     assert batch[4:6] == (3 << 8 | 3).to_bytes(2, "little")  # every id <= 2
     assert line.next_due() is None
 
@@ -301,3 +301,12 @@ def test_packet_messages_are_read_for_id_and_ports() -> None:
     header = (16 + len(body)).to_bytes(4, "little") + (3 << 8).to_bytes(2, "little") + bytes(10)
     message = header + body
     assert parse_packets(memoryview(message * 2), len(message) * 2) == [(42, 5, 6), (42, 5, 6)]
+    assert parse_packet(memoryview(message), len(message)) == [(42, 5, 6)]
+    # The usual layout (read in one unpack): in and out devices around the physical ones.
+    body = bytes(4) + attr(1, (43).to_bytes(4, "big") + b"\x08\x00\x02\x00")
+    for kind, index in ((5, 2), (7, 5), (6, 2), (8, 6)):
+        body += attr(kind, index.to_bytes(4, "big"))
+    body += attr(9, bytes(12)) + attr(14, (1514).to_bytes(4, "big"))
+    header = (16 + len(body)).to_bytes(4, "little") + (3 << 8).to_bytes(2, "little") + bytes(10)
+    usual = header + body
+    assert parse_packet(memoryview(usual), len(usual)) == [(43, 5, 6)]

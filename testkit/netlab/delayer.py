@@ -1,17 +1,19 @@
 """The lab's delay line: a process in the bridge's namespace that holds each packet the
 NFQUEUE rule hands it for the delay of the two links it crosses, then lets it go.
 
-The kernel here has no `netem`, so delay comes from userspace: iptables' FORWARD chain
+The kernel here has no `netem`, so delay comes from userspace: the lab's iptables chain
 (which sees bridged packets through br_netfilter) queues packets to one netfilter queue;
 this program reads them over raw nfnetlink_queue netlink (metadata only, never the
 payload), looks up the delay of the bridge port each came in by and each goes out by
 (NFQA_IFINDEX_PHYSINDEV/PHYSOUTDEV), and accepts it once that sum has passed. Packets
 of one path share one delay, so each path is a FIFO; a release that is a prefix of all
 held packets goes out as one batch verdict (every id <= N), anything else as one verdict
-per packet, all in one send a tick.
+per packet, all in one send a tick. Wake-ups come late by a scheduler's whim; the
+program measures by how much, aims that much early and stamps arrivals that much
+earlier, so that the median delay is the one set.
 
-Run by the lab as `python delayer.py QUEUE` inside the bridge's
-namespace: it prints "ready" once bound, then reads "IFINDEX SECONDS" lines from stdin
+Run by the lab as `python delayer.py QUEUE` inside the bridge's namespace: it prints
+"ready" once bound, then reads "IFINDEX SECONDS" lines from stdin
 (a whole table, ended by an empty line, whenever the lab changes a delay). It exits on
 SIGTERM or at the end of stdin: when the lab's process dies, however it dies.
 """
@@ -46,11 +48,12 @@ RCVBUF = 8 << 20
 TICK = 0.0002  # release what falls due within this much: one send per tick, not per packet
 GATHER = 0.0005  # under load, one read of what came in this long
 MAX_LATE = 0.002
+VERDICT_SIZE = 32  # one verdict message: netlink and nfgen heads, one attribute
+SEND_MAX = 2048 * VERDICT_SIZE  # verdicts a send, well under the socket's send buffer
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("!BBH")
 _ATTR = struct.Struct("=HH")
-_VERDICT = struct.Struct("=IHHII" + "BBH" + "HH" + "II")  # whole verdict message, minus BE
 
 
 def _message(msg_type: int, queue: int, attrs: bytes, flags: int = NLM_F_REQUEST) -> bytes:
@@ -246,8 +249,8 @@ def run(queue: int) -> None:
                     continue
                 line.hold(parse_packet(view, size), came)
         verdicts = line.release(time.monotonic() + late)
-        if verdicts:
-            sock.send(verdicts)
+        for start in range(0, len(verdicts), SEND_MAX):
+            sock.send(verdicts[start : start + SEND_MAX])
 
 
 def probe(queue: int) -> None:
