@@ -148,7 +148,8 @@ def run_bt(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha256
     size = payload.stat().st_size
     limit = STARTUP_GRACE + 4 * args.peers * size / args.rate
     addresses = {host: lab.address(host) for host in ["origin", *peers]}
-    run = run_torrent(lab.command, addresses, "origin", peers, payload, work / "bt", limit)
+    extra = ["--utp"] if args.torrent_utp else []
+    run = run_torrent(lab.command, addresses, "origin", peers, payload, work / "bt", limit, extra)
     for host in peers:
         if sha256_of(work / "bt" / host / payload.name) != sha256:
             raise RuntimeError(f"libtorrent's copy on {host} differs from the origin's file")

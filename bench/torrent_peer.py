@@ -17,9 +17,9 @@ print {"final": true, "uploaded": ...} (payload bytes) and exit 0.
 
 Settings, as an operator would tune libtorrent for a LAN swarm it owns:
 - no tracker, DHT, LSD, UPnP or NAT-PMP: peers are given by address; PEX stays on;
-- TCP only (uTP off in and out): uTP's delay-based congestion control yields to any
-  queueing and its user-space pacing costs CPU on a 2-core machine; TCP is what a LAN
-  operator picks;
+- TCP only (uTP off in and out; --utp turns it on, to compare): uTP's delay-based
+  congestion control yields to any queueing and its user-space pacing costs CPU on a
+  2-core machine; TCP is what a LAN operator picks;
 - no rate limits anywhere (the links are shaped by `tc`);
 - unchoke_slots_limit -1 (every interested peer is unchoked: no 15 s choke rounds to
   wait for), connections_limit 500, allow_multiple_connections_per_ip (loopback runs
@@ -51,7 +51,7 @@ BLOCK = 16 << 10  # libtorrent's request size
 TAG = b"~"  # ends the name in a peer id: "p3~" + random bytes
 
 
-def settings(listen: str, name: str) -> dict[str, Any]:
+def settings(listen: str, name: str, utp: bool) -> dict[str, Any]:
     return {
         "listen_interfaces": listen,
         "peer_fingerprint": name + TAG.decode(),
@@ -59,8 +59,10 @@ def settings(listen: str, name: str) -> dict[str, Any]:
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
+        "enable_outgoing_utp": utp,
+        "enable_incoming_utp": utp,
+        "enable_outgoing_tcp": True,
+        "enable_incoming_tcp": True,
         "upload_rate_limit": 0,
         "download_rate_limit": 0,
         "unchoke_slots_limit": -1,
@@ -140,6 +142,7 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="leech: where the file is written")
     parser.add_argument("--start", type=float, help="leech: common start, a time.time()")
     parser.add_argument("--peer", action="append", default=[], help="leech: IP:PORT to connect")
+    parser.add_argument("--utp", action="store_true", help="uTP as well as TCP (to compare)")
     args = parser.parse_args()
     name = args.name or args.role
     if args.role == "seed":
@@ -161,7 +164,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    session = lt.session(settings(args.listen, name))
+    session = lt.session(settings(args.listen, name, args.utp))
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(str(args.torrent))
     params.save_path = str(save_path)

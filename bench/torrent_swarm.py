@@ -94,9 +94,11 @@ def run_torrent(
     payload: Path,
     work: Path,
     limit: float,
+    extra: Sequence[str] = (),
 ) -> TorrentRun:
     """Seed PAYLOAD from SEED_HOST, download it on every host of HOSTS at once; stop
-    them all once each is done (or LIMIT seconds have passed: RuntimeError)."""
+    them all once each is done (or LIMIT seconds have passed: RuntimeError). EXTRA:
+    more torrent_peer.py flags for every peer (--utp)."""
     torrent = work / f"{payload.name}.torrent"
     torrent.unlink(missing_ok=True)
     seed_args = ["seed", "--file", str(payload), "--torrent", str(torrent)]
@@ -109,7 +111,7 @@ def run_torrent(
 
         def start(host: str, args: list[str]) -> subprocess.Popen[str]:
             log = stack.enter_context(open(work / f"{host}.log", "w"))
-            argv = command(host, [SYSTEM_PYTHON, TORRENT_PEER, *args])
+            argv = command(host, [SYSTEM_PYTHON, TORRENT_PEER, *args, *extra])
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
             procs.append(proc)
             return proc
