@@ -47,6 +47,11 @@ PROGRAMS = {
     "ctr": (CTR, "containerd"),
     "htpasswd": (HTPASSWD, "apache2-utils"),
     "chromium": (CHROMIUM, "chromium"),
+    # the network lab (testkit.netlab)
+    "ip": (shutil.which("ip"), "iproute2"),
+    "tc": (shutil.which("tc"), "iproute2"),
+    "iptables": (shutil.which("iptables"), "iptables"),
+    "iptables-restore": (shutil.which("iptables-restore"), "iptables"),
     "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
 }
 
@@ -71,7 +76,7 @@ def in_ci() -> bool:
 
 def ci_shortfall() -> str | None:
     """Under CI, why some tests would be skipped (a missing program, or not root for
-    containerd); None when every test can run, and always None outside CI."""
+    containerd and the network lab); None when every test can run, and always None outside CI."""
     if not in_ci():
         return None
     problems = []
@@ -83,7 +88,9 @@ def ci_shortfall() -> str | None:
             f"(Debian packages: {packages})"
         )
     if os.geteuid() != 0:
-        problems.append(f"not root (uid {os.geteuid()}): the containerd tests need root")
+        problems.append(
+            f"not root (uid {os.geteuid()}): the containerd and network lab tests need root"
+        )
     if not problems:
         return None
     return f"CI=true: {'; '.join(problems)}. Under CI no test is skipped for want of them."
