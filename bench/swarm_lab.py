@@ -37,7 +37,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import MiB, dfget_command, env, free_hot_memory, median, supernode_process
+from bench.common import (
+    MiB,
+    busy_seconds,
+    dfget_command,
+    env,
+    free_hot_memory,
+    median,
+    supernode_process,
+)
 from bench.origin_process import origin_process
 from bench.swarm import (
     STARTUP_GRACE,
@@ -51,6 +59,7 @@ from bench.torrent_swarm import require_libtorrent, run_torrent
 from testkit.netlab import Lab, LabError, Link, require_lab
 
 KINDS = ("ours", "libtorrent", "direct")
+CORES = os.cpu_count() or 1
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Round:
     origin_bytes: int
     notes: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    busy: float = 0.0  # the machine's CPU busy share over the run (all programs, all cores)
 
 
 def sent(lab: Lab, hosts: Sequence[str]) -> dict[str, int]:
@@ -204,6 +214,7 @@ def describe(kind: str, run: Round, size: int, t_star: float) -> str:
         f"{kind}: p50 {median(run.times):.2f}s p99 {p99:.2f}s max {max(run.times):.2f}s "
         f"p99/T* {p99 / t_star:.2f}; origin egress {run.origin_bytes / size:.3f}F"
     )
+    line += f"; CPU busy {run.busy:.0%}"
     return line + (f"; {run.notes}" if run.notes else "")
 
 
@@ -242,12 +253,14 @@ def main(args: argparse.Namespace) -> int:
         for i in range(args.runs):
             for kind in kinds:
                 free_hot_memory(int(1.2 * (n + 1) * size))
+                busy, began = busy_seconds(), time.perf_counter()
                 if kind == "ours":
                     run = run_ours(lab, args, work, payload, sha256)
                 elif kind == "libtorrent":
                     run = run_bt(lab, args, work, payload, sha256)
                 else:
                     run = run_direct(lab, args, work, payload)
+                run.busy = (busy_seconds() - busy) / (time.perf_counter() - began) / CORES
                 results[kind].append(run)
                 print(f"run {i + 1} {describe(kind, run, size, t_star)}", flush=True)
     print()

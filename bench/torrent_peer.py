@@ -118,6 +118,15 @@ class Blocks:
         return dict(sorted(self.by_peer.items()))
 
 
+def trace(status: Any) -> None:
+    print(
+        f"{time.time():.2f} {status.progress:.3f} down {status.download_payload_rate >> 10} "
+        f"KiB/s up {status.upload_payload_rate >> 10} KiB/s peers {status.num_peers}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def say(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
@@ -143,6 +152,8 @@ def main() -> int:
     parser.add_argument("--start", type=float, help="leech: common start, a time.time()")
     parser.add_argument("--peer", action="append", default=[], help="leech: IP:PORT to connect")
     parser.add_argument("--utp", action="store_true", help="uTP as well as TCP (to compare)")
+    parser.add_argument("--super-seed", action="store_true", help="seed: super-seeding mode")
+    parser.add_argument("--trace", action="store_true", help="progress on stderr every 0.5 s")
     args = parser.parse_args()
     name = args.name or args.role
     if args.role == "seed":
@@ -170,11 +181,14 @@ def main() -> int:
     params.save_path = str(save_path)
     params.flags &= ~lt.torrent_flags.auto_managed
     params.flags &= ~lt.torrent_flags.paused
+    if args.super_seed and args.role == "seed":
+        params.flags |= lt.torrent_flags.super_seeding
     handle = session.add_torrent(params)
     for peer in args.peer:
         handle.connect_peer(host_port(peer))
     info = params.ti
     blocks = Blocks(info)
+    next_trace = time.monotonic()
     done = False
     while not stopping:
         drain(session, blocks)
@@ -182,6 +196,9 @@ def main() -> int:
         if status.errc.value():
             print(f"torrent_peer: {status.errc.message()}", file=sys.stderr)
             return 1
+        if args.trace and time.monotonic() >= next_trace:
+            next_trace += 0.5
+            trace(status)
         if not done and status.is_seeding:
             done = True
             report: dict[str, Any] = {"role": args.role, "name": name}

@@ -39,6 +39,7 @@ class TorrentRun:
     from_seed: int  # bytes of the blocks the leechers got from the seed
     total: int  # bytes of all the blocks the leechers got
     uploaded: list[int]  # per leecher, payload bytes it sent
+    sources: list[dict[str, int]]  # per leecher, bytes of the blocks each peer sent it
 
 
 def require_libtorrent() -> None:
@@ -135,6 +136,7 @@ def run_torrent(
         from_seed=sum(int(line["from"].get("seed", 0)) for line in done),
         total=sum(sum(int(n) for n in line["from"].values()) for line in done),
         uploaded=[int(final["uploaded"]) for final in finals[1:]],
+        sources=[{str(k): int(v) for k, v in line["from"].items()} for line in done],
     )
 
 
