@@ -71,6 +71,7 @@ class Round:
     notes: str = ""
     extra: dict[str, float] = field(default_factory=dict)
     busy: float = 0.0  # the machine's CPU busy share over the run (all programs, all cores)
+    delayer: float = 0.0  # CPU seconds the lab's delayer used (with --rtt)
 
 
 def sent(lab: Lab, hosts: Sequence[str]) -> dict[str, int]:
@@ -141,11 +142,13 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
     cdn = int(match.group(2))
     total = sum(int(s["bytes"]) for s in summaries)
     from_peers = sum(int(s["from_peers"]) for s in summaries)
+    inside = [float(s["seconds"]) for s in summaries]
     uploads = [after[host] - before[host] for host in peers]
     supernode_link = after["supernode"] - before["supernode"]
     notes = (
         f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
-        f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}"
+        f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
+        f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s"
     )
     shutil.rmtree(work / "ours", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
@@ -214,7 +217,9 @@ def describe(kind: str, run: Round, size: int, t_star: float) -> str:
         f"{kind}: p50 {median(run.times):.2f}s p99 {p99:.2f}s max {max(run.times):.2f}s "
         f"p99/T* {p99 / t_star:.2f}; origin egress {run.origin_bytes / size:.3f}F"
     )
-    line += f"; CPU busy {run.busy:.0%}"
+    line += f"; CPU busy {run.busy:.0%}" + (
+        f" (delayer {run.delayer:.0f} CPU-s)" if run.delayer else ""
+    )
     return line + (f"; {run.notes}" if run.notes else "")
 
 
@@ -254,6 +259,7 @@ def main(args: argparse.Namespace) -> int:
             for kind in kinds:
                 free_hot_memory(int(1.2 * (n + 1) * size))
                 busy, began = busy_seconds(), time.perf_counter()
+                delayer = lab.delayer_cpu() or 0.0
                 if kind == "ours":
                     run = run_ours(lab, args, work, payload, sha256)
                 elif kind == "libtorrent":
@@ -261,6 +267,7 @@ def main(args: argparse.Namespace) -> int:
                 else:
                     run = run_direct(lab, args, work, payload)
                 run.busy = (busy_seconds() - busy) / (time.perf_counter() - began) / CORES
+                run.delayer = (lab.delayer_cpu() or 0.0) - delayer
                 results[kind].append(run)
                 print(f"run {i + 1} {describe(kind, run, size, t_star)}", flush=True)
     print()
