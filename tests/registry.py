@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -23,6 +24,21 @@ from testkit.registry import (
 )
 
 CHROMIUM = shutil.which("chromium")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def libtorrent_python() -> str | None:
+    """Debian's python3 if it imports libtorrent (python3-libtorrent; the venv cannot)."""
+    try:
+        done = subprocess.run(
+            [SYSTEM_PYTHON, "-c", "import libtorrent"], capture_output=True, timeout=30
+        )
+    except OSError:
+        return None
+    return SYSTEM_PYTHON if done.returncode == 0 else None
+
+
+TORRENT_PYTHON = libtorrent_python()
 # Each program the tests run, by name, and the Debian package `make test` installs it from.
 PROGRAMS = {
     "docker-registry": (REGISTRY, "docker-registry"),
@@ -36,6 +52,7 @@ PROGRAMS = {
     "tc": (shutil.which("tc"), "iproute2"),
     "iptables": (shutil.which("iptables"), "iptables"),
     "iptables-restore": (shutil.which("iptables-restore"), "iptables"),
+    "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
 }
 
 needs_registry = pytest.mark.skipif(
@@ -46,6 +63,10 @@ needs_containerd = pytest.mark.skipif(
     reason="containerd (installed by `make test`) runs as root",
 )
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
+needs_libtorrent = pytest.mark.skipif(
+    TORRENT_PYTHON is None,
+    reason="python3-libtorrent (Debian's python3) is installed by `make test`",
+)
 
 
 def in_ci() -> bool:
@@ -77,12 +98,14 @@ def ci_shortfall() -> str | None:
 
 __all__ = [
     "CHROMIUM",
+    "TORRENT_PYTHON",
     "Containerd",
     "Image",
     "Registry",
     "ci_shortfall",
     "needs_chromium",
     "needs_containerd",
+    "needs_libtorrent",
     "needs_registry",
     "skopeo_pull",
     "verify_dir_copy",
