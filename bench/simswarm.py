@@ -42,6 +42,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class SwarmSetup:
     in_flight: int = IN_FLIGHT
     cdn_slots: int = SchedulerConfig().cdn_upload_slots
     cpu_scale: float = 1.0
+    wake: int | None = None  # held requests one piece of news wakes (None: all, as today)
     seed: int = 1
 
 
@@ -114,6 +116,7 @@ class SwarmTally:
     cancelled: int = 0
     scheduler_cpu: float = 0.0  # process_time inside scheduler calls
     calls: dict[str, int] = field(default_factory=dict)
+    cpu_by_call: dict[str, float] = field(default_factory=dict)
     empty_assigns: int = 0
     busy_by_second: dict[int, float] = field(default_factory=dict)  # supernode time charged
     waited: float = 0.0  # total seconds messages waited for the supernode
@@ -140,6 +143,7 @@ class SimulatedSwarm:
         self._spent = 0.0  # CPU of the message being handled
         self._waiting: dict[SimPeer, tuple[SimPeer, int, int]] = {}  # held requests
         self._deadline: dict[SimPeer, float] = {}
+        self._timed: dict[SimPeer, int] = {}  # the request whose deadline is queued
         self.network = FlowNetwork(self._schedule_flow_end)
         self.cdn = Host(CDN, setup.cdn_rate, setup.cdn_rate)
         self.peers = [
@@ -168,13 +172,25 @@ class SimulatedSwarm:
         """From the supernode: leaves when the message being handled is done."""
         self._outbox.append((delay, handler, arg))
 
-    def run(self) -> SwarmTally:
+    def run(self, *, progress: float = 0.0) -> SwarmTally:
+        """Until every peer is complete; every `progress` simulated seconds (0: never) a
+        line on stderr says how far it got."""
         started = time.perf_counter()
+        next_line = progress if progress > 0 else float("inf")
         for peer in self.peers:
             self.at(peer.joined + self.setup.startup, self._register, peer)
         events, inbox, scale = self._events, self._inbox, self.setup.cpu_scale
         tally = self.tally
         while self.incomplete:
+            if self.now >= next_line:
+                next_line += progress
+                print(
+                    f"  {self.now:.0f} simulated s: {len(self.peers) - self.incomplete} peers "
+                    f"complete, scheduler CPU {tally.scheduler_cpu:.1f} s, "
+                    f"wall {time.perf_counter() - started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             next_event = events[0][0] if events else float("inf")
             if inbox and max(self._cpu_free, inbox[0][0]) <= next_event:
                 arrived, handler, arg = inbox.popleft()
@@ -183,8 +199,7 @@ class SimulatedSwarm:
                 handler(arg)
                 charged = scale * self._spent
                 self._cpu_free = end = start + charged
-                second = int(start)
-                tally.busy_by_second[second] = tally.busy_by_second.get(second, 0.0) + charged
+                self._charge(start, end)
                 tally.waited += start - arrived
                 tally.waited_max = max(tally.waited_max, start - arrived)
                 tally.handled += 1
@@ -205,13 +220,24 @@ class SimulatedSwarm:
         tally.all_pieces = all(peer.have == full for peer in self.peers)
         return tally
 
+    def _charge(self, start: float, end: float) -> None:
+        """Count the supernode's busy time in each simulated second it falls in."""
+        busy = self.tally.busy_by_second
+        while start < end:
+            second = int(start)
+            until = min(end, second + 1.0)
+            busy[second] = busy.get(second, 0.0) + until - start
+            start = until
+
     def _call(self, name: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         started = time.process_time()
         result = call(*args, **kwargs)
         spent = time.process_time() - started
         self._spent += spent
         self.tally.scheduler_cpu += spent
-        self.tally.calls[name] = self.tally.calls.get(name, 0) + 1
+        calls, cpu = self.tally.calls, self.tally.cpu_by_call
+        calls[name] = calls.get(name, 0) + 1
+        cpu[name] = cpu.get(name, 0.0) + spent
         return result
 
     # -- the supernode ---------------------------------------------------------------------
@@ -244,16 +270,20 @@ class SimulatedSwarm:
         self._decide(peer, request_id, want)
 
     def _decide(self, peer: SimPeer, request_id: int, want: int) -> None:
-        assignments = self._call("assign", self.scheduler.assign, TASK, peer.peer_id, want, self.now)
+        assignments = self._call(
+            "assign", self.scheduler.assign, TASK, peer.peer_id, want, self.now
+        )
         if assignments or self.now >= self._deadline[peer]:
             self.reply(self.setup.rtt / 2, self._on_answer, (peer, assignments))
             return
         self.tally.empty_assigns += 1
-        self._waiting[peer] = (peer, request_id, want)
-        self.at(self._deadline[peer], self._long_poll_over, (peer, request_id, want))
+        request = self._waiting[peer] = (peer, request_id, want)
+        if self._timed.get(peer) != request_id:  # one long-poll deadline per request
+            self._timed[peer] = request_id
+            self.at(self._deadline[peer], self._long_poll_over, request)
 
     def _long_poll_over(self, request: tuple[SimPeer, int, int]) -> None:
-        peer, request_id, want = request
+        peer, request_id, _ = request
         held = self._waiting.get(peer)
         if held is not None and held[1] == request_id:
             del self._waiting[peer]
@@ -265,12 +295,20 @@ class SimulatedSwarm:
             self._decide(peer, request_id, want)
 
     def _news(self) -> None:
-        """Every held request is asked again, in turn (its session woke up)."""
-        if self._waiting:
-            now, retry, inbox = self.now, self._retry, self._inbox
-            for request in self._waiting.values():
+        """Every held request is asked again, in turn (its session woke up); with `wake`,
+        only that many of them, the longest held first (a what-if: the supernode wakes
+        them all)."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        now, retry, inbox, wake = self.now, self._retry, self._inbox, self.setup.wake
+        if wake is None or wake >= len(waiting):
+            for request in waiting.values():
                 inbox.append((now, retry, request))
-            self._waiting.clear()
+            waiting.clear()
+        else:  # the longest held first
+            for peer in list(itertools.islice(waiting, wake)):
+                inbox.append((now, retry, waiting.pop(peer)))
 
     def _on_report(self, report: tuple[SimPeer, int, str, Outcome, int, float]) -> None:
         peer, index, source, outcome, nbytes, seconds = report
@@ -363,7 +401,9 @@ class SimulatedSwarm:
         transfer.flow = Flow(uploader, transfer.peer.host, size, transfer)
         self.network.start(transfer.flow, self.now)
         if transfer.source == CDN:
-            self._inbox.append((self.now, self._on_cdn_upload, (True, transfer.peer, transfer.index)))
+            self._inbox.append(
+                (self.now, self._on_cdn_upload, (True, transfer.peer, transfer.index))
+            )
 
     def _schedule_flow_end(self, when: float, flow: Flow, version: int) -> None:
         self.at(when, self._flow_end, (flow, version))

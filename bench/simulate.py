@@ -62,7 +62,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def peer_links(
-    peers: int, rate: float, fast: tuple[float, float], slow: tuple[float, float], rng: random.Random
+    peers: int,
+    rate: float,
+    fast: tuple[float, float],
+    slow: tuple[float, float],
+    rng: random.Random,
 ) -> tuple[float, ...]:
     """Each peer's link: round(share x N) fast ones, as many slow ones, the rest at `rate`,
     in random order."""
@@ -97,8 +101,7 @@ class Figures:
         joins = setup.joins
         since_join = [c - j for c, j in zip(done, joins, strict=True)]
         stretch = [
-            (c - j) / (size / d)
-            for c, j, d in zip(done, joins, setup.peer_links, strict=True)
+            (c - j) / (size / d) for c, j, d in zip(done, joins, setup.peer_links, strict=True)
         ]
         t_star = fluid_bound(setup)
         p99 = percentile(done, 99)
@@ -129,6 +132,7 @@ class Figures:
             "cpu_per_simulated_second": tally.scheduler_cpu / span,
             "busiest_second": max(tally.busy_by_second.values(), default=0.0),
             "calls": dict(sorted(tally.calls.items())),
+            "cpu_by_call": dict(sorted(tally.cpu_by_call.items())),
             "empty_assigns": tally.empty_assigns,
             "supernode_wait_mean": tally.waited / max(1, tally.handled),
             "supernode_wait_max": tally.waited_max,
@@ -144,7 +148,8 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
         f"{s['piece_size'] / MiB:g} MiB, links {', '.join(f'{r / MiB:g}' for r in links)} MiB/s "
         f"(origin {setup.origin_rate / MiB:g}, CDN {setup.cdn_rate / MiB:g}), "
         f"join window {max(setup.joins) - min(setup.joins):.1f} s, rtt {setup.rtt * 1e3:g} ms, "
-        f"start-up {setup.startup:g} s, cpu scale {setup.cpu_scale:g}, seed {setup.seed}"
+        f"start-up {setup.startup:g} s, cpu scale {setup.cpu_scale:g}, "
+        f"news wakes {'all' if setup.wake is None else setup.wake}, seed {setup.seed}"
     )
     print(f"  complete, every piece everywhere: {s['complete']}")
     print(
@@ -165,14 +170,20 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
         f"from peers {s['from_peers']:.2%}   endgame copies cancelled {s['cancelled']}"
     )
     print(
-        f"  scheduler CPU {s['scheduler_cpu']:.2f} s over {s['simulated_seconds']:.2f} simulated s "
-        f"({s['cpu_per_simulated_second']:.1%} of one core; busiest second "
-        f"{s['busiest_second']:.1%}); messages waited for it {s['supernode_wait_mean'] * 1e3:.2f} ms "
-        f"mean, {s['supernode_wait_max'] * 1e3:.1f} ms max"
+        f"  scheduler CPU {s['scheduler_cpu']:.2f} s over {s['simulated_seconds']:.2f} "
+        f"simulated s ({s['cpu_per_simulated_second']:.1%} of one core; busiest second "
+        f"{s['busiest_second']:.1%}); messages waited for it "
+        f"{s['supernode_wait_mean'] * 1e3:.2f} ms mean, {s['supernode_wait_max'] * 1e3:.1f} ms max"
     )
-    calls = ", ".join(f"{name} {count:,}" for name, count in s["calls"].items())
+    calls = ", ".join(
+        f"{name} {count:,} ({s['cpu_by_call'][name] / count * 1e6:.1f} us)"
+        for name, count in s["calls"].items()
+    )
     print(f"  calls: {calls} ({s['empty_assigns']:,} assigns held for news)")
-    print(f"  simulation wall time {s['wall_seconds']:.1f} s ({s['flow_updates']:,} flow rate updates)")
+    print(
+        f"  simulation wall time {s['wall_seconds']:.1f} s "
+        f"({s['flow_updates']:,} flow rate updates)"
+    )
 
 
 def setup_from(args: argparse.Namespace) -> SwarmSetup:
@@ -200,6 +211,7 @@ def setup_from(args: argparse.Namespace) -> SwarmSetup:
         upload_slots=args.upload_slots,
         cdn_slots=args.cdn_slots,
         cpu_scale=args.cpu_scale,
+        wake=args.wake,
         seed=args.seed,
     )
 
@@ -208,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--peers", type=int, default=10_000)
     parser.add_argument("--size-mib", type=int, default=1024, help="F, in MiB")
-    parser.add_argument("--piece-size", type=parse_size, default=None, help="default: as the CDN picks")
+    parser.add_argument(
+        "--piece-size", type=parse_size, default=None, help="default: as the CDN picks"
+    )
     parser.add_argument("--rate", type=parse_rate, default=16 * MiB, help="the median link")
     parser.add_argument("--origin-rate", type=parse_rate, default=None)
     parser.add_argument("--cdn-rate", type=parse_rate, default=None)
@@ -227,11 +241,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=1.0,
         help="simulated supernode seconds per CPU second of a scheduler call (0: instant)",
     )
+    parser.add_argument(
+        "--wake",
+        type=int,
+        default=None,
+        help="what if news woke only this many held requests (default: all, as the supernode)",
+    )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--progress", type=float, default=10.0, help="simulated seconds between progress lines"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     setup = setup_from(args)
-    tally = SimulatedSwarm(setup).run()
+    tally = SimulatedSwarm(setup).run(progress=args.progress)
     summary = Figures(setup, tally).summary()
     if args.json:
         print(json.dumps(summary, indent=2))
