@@ -137,6 +137,7 @@ class Figures:
             "supernode_wait_mean": tally.waited / max(1, tally.handled),
             "supernode_wait_max": tally.waited_max,
             "flow_updates": tally.flow_updates,
+            "gc_seconds": tally.gc_seconds,
             "wall_seconds": tally.wall,
         }
 
@@ -182,7 +183,8 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
     print(f"  calls: {calls} ({s['empty_assigns']:,} assigns held for news)")
     print(
         f"  simulation wall time {s['wall_seconds']:.1f} s "
-        f"({s['flow_updates']:,} flow rate updates)"
+        f"({s['flow_updates']:,} flow rate updates; {s['gc_seconds']:.1f} s collecting "
+        "garbage between events, not charged to the scheduler)"
     )
 
 
