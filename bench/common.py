@@ -55,14 +55,19 @@ def server_process(argv: Sequence[str], ready: Path, log: Path) -> Iterator[dict
 
 @contextmanager
 def supernode_process(
-    data_dir: Path, *extra: str, log: Path | None = None
+    data_dir: Path,
+    *extra: str,
+    log: Path | None = None,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> Iterator[dict[str, Any]]:
-    """`supernode` on ephemeral ports; yields its ready file's object: "peer" (HOST:PORT
-    for --supernode), "admin", "pid"; stops it after."""
+    """`supernode` on ephemeral ports of HOST (its admin API on 127.0.0.1), run under
+    PREFIX (a network lab's `ip netns exec NS`); yields its ready file's object: "peer"
+    (HOST:PORT for --supernode), "admin", "pid"; stops it after."""
     log = log or data_dir.with_suffix(".log")
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [PYTHON, "-m", "supernode", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
-    argv += ["--admin-listen", "127.0.0.1:0", *extra]
+    argv = [*prefix, PYTHON, "-m", "supernode", "--listen", f"{host}:0"]
+    argv += ["--data-dir", str(data_dir), "--admin-listen", "127.0.0.1:0", *extra]
     with server_process(argv, data_dir.with_suffix(".ready"), log) as ready:
         yield ready
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +32,15 @@ class Origin:
 
 
 @contextmanager
-def origin_process(folder: Path, *extra: str) -> Iterator[Origin]:
-    """`python -m testkit.origin --dir FOLDER [extra...]`; yields it, running."""
+def origin_process(
+    folder: Path, *extra: str, host: str = "127.0.0.1", prefix: Sequence[str] = ()
+) -> Iterator[Origin]:
+    """`python -m testkit.origin --dir FOLDER --host HOST [extra...]` on a free port, run
+    under PREFIX (a network lab's `ip netns exec NS`); yields it, running."""
     with tempfile.TemporaryDirectory(prefix="dfb-origin-") as work:
         ready = Path(work) / "origin.ready"
-        argv = [PYTHON, "-m", "testkit.origin", "--dir", str(folder), "--port", "0"]
+        argv = [*prefix, PYTHON, "-m", "testkit.origin", "--dir", str(folder)]
+        argv += ["--host", host, "--port", "0"]
         argv += ["--ready-file", str(ready), *extra]
         # Its stdout holds what it sent, printed when it stops (Origin.stop).
         proc = subprocess.Popen(

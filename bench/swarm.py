@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/swarm.py [--peers 16] [--size-mib 128] [--rate 16MiB]
         [--origin-rate RATE] [--runs 1] [--no-direct]
+    .venv/bin/python bench/swarm.py --netlab [--rtt 20ms] [--loss 0.1%] [...]   (root)
+
+With --netlab the same swarm runs in a network lab, every host on a link shaped by
+`tc`, against libtorrent and curl: see bench/swarm_lab.py. Without it (below),
+everything runs on 127.0.0.1 and the programs' own rate limits stand in for links.
 
 One origin (the project's FakeOrigin as its own process) whose total egress is
 throttled to U_s (`--origin-rate`, default `--rate`), one supernode whose CDN upload is
@@ -83,6 +88,23 @@ def sha256_of(path: Path) -> str:
         while chunk := file.read(4 * MiB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '20ms', '0.02s' or '0.02'."""
+    value = text.strip().lower()
+    if value.endswith("ms"):
+        return float(value[:-2]) / 1000
+    return float(value.removesuffix("s"))
+
+
+def parse_loss(text: str) -> float:
+    """A fraction from '0.1%' or '0.001'."""
+    value = text.strip()
+    loss = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    if not 0 <= loss < 1:
+        raise ValueError(f"loss must be in [0, 1): {text!r}")
+    return loss
 
 
 def wait_for_outputs(
@@ -205,7 +227,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="P2P runs (medians are quoted)")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct baseline")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "swarm")
+    lab = parser.add_argument_group("network lab", "see bench/swarm_lab.py (root only)")
+    lab.add_argument("--netlab", action="store_true", help="links shaped by tc, vs libtorrent")
+    lab.add_argument("--rtt", type=parse_duration, default=0.0, help="RTT between hosts: 20ms")
+    lab.add_argument("--loss", type=parse_loss, default=0.0, help="a link's loss: 0.1%%")
+    lab.add_argument("--torrent-utp", action="store_true", help="libtorrent with uTP too")
     args = parser.parse_args()
+    if args.netlab:
+        from bench import swarm_lab
+
+        return swarm_lab.main(args)
     if args.origin_rate is None:
         args.origin_rate = args.rate
     work = args.work

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -23,6 +24,21 @@ from testkit.registry import (
 )
 
 CHROMIUM = shutil.which("chromium")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def libtorrent_python() -> str | None:
+    """Debian's python3 if it imports libtorrent (python3-libtorrent; the venv cannot)."""
+    try:
+        done = subprocess.run(
+            [SYSTEM_PYTHON, "-c", "import libtorrent"], capture_output=True, timeout=30
+        )
+    except OSError:
+        return None
+    return SYSTEM_PYTHON if done.returncode == 0 else None
+
+
+TORRENT_PYTHON = libtorrent_python()
 # Each program the tests run, by name, and the Debian package `make test` installs it from.
 PROGRAMS = {
     "docker-registry": (REGISTRY, "docker-registry"),
@@ -31,6 +47,12 @@ PROGRAMS = {
     "ctr": (CTR, "containerd"),
     "htpasswd": (HTPASSWD, "apache2-utils"),
     "chromium": (CHROMIUM, "chromium"),
+    # the network lab (testkit.netlab)
+    "ip": (shutil.which("ip"), "iproute2"),
+    "tc": (shutil.which("tc"), "iproute2"),
+    "iptables": (shutil.which("iptables"), "iptables"),
+    "iptables-restore": (shutil.which("iptables-restore"), "iptables"),
+    "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
 }
 
 needs_registry = pytest.mark.skipif(
@@ -41,6 +63,10 @@ needs_containerd = pytest.mark.skipif(
     reason="containerd (installed by `make test`) runs as root",
 )
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
+needs_libtorrent = pytest.mark.skipif(
+    TORRENT_PYTHON is None,
+    reason="python3-libtorrent (Debian's python3) is installed by `make test`",
+)
 
 
 def in_ci() -> bool:
@@ -50,7 +76,7 @@ def in_ci() -> bool:
 
 def ci_shortfall() -> str | None:
     """Under CI, why some tests would be skipped (a missing program, or not root for
-    containerd); None when every test can run, and always None outside CI."""
+    containerd and the network lab); None when every test can run, and always None outside CI."""
     if not in_ci():
         return None
     problems = []
@@ -62,7 +88,9 @@ def ci_shortfall() -> str | None:
             f"(Debian packages: {packages})"
         )
     if os.geteuid() != 0:
-        problems.append(f"not root (uid {os.geteuid()}): the containerd tests need root")
+        problems.append(
+            f"not root (uid {os.geteuid()}): the containerd and network lab tests need root"
+        )
     if not problems:
         return None
     return f"CI=true: {'; '.join(problems)}. Under CI no test is skipped for want of them."
@@ -70,12 +98,14 @@ def ci_shortfall() -> str | None:
 
 __all__ = [
     "CHROMIUM",
+    "TORRENT_PYTHON",
     "Containerd",
     "Image",
     "Registry",
     "ci_shortfall",
     "needs_chromium",
     "needs_containerd",
+    "needs_libtorrent",
     "needs_registry",
     "skopeo_pull",
     "verify_dir_copy",

@@ -1,0 +1,488 @@
+"""A swarm in simulated time, driving the real sans-IO `Scheduler`: the engine of
+`bench/simulate.py`.
+
+A discrete-event simulation at the level of flows (`bench/flows.py`: piece transfers
+sharing each host's up and down link). It plays what the real programs do, as
+docs/architecture.md sections 13 and 14 describe them, and asks the scheduler every
+decision through its public calls, with the simulated `now`:
+
+- a peer joins, pays `startup` seconds (a dfget process starting, connecting,
+  registering), then registers (`add_peer`) and asks for piece tasks;
+- it keeps up to `in_flight` (dfget's IN_FLIGHT, 8) transfers going and asks for
+  `in_flight - running` whenever fewer run and no request of its is pending; after an
+  empty answer it asks again at its next piece or after 10 ms (NOTHING_YET_PAUSE);
+- the supernode holds a request that gets nothing (`assign` returned []) until news
+  for the task (a report, a peer joining, a piece landing on the CDN, a CDN upload
+  ending) or 1 s (LONG_POLL), then asks the scheduler again: at news, every held
+  request is asked again, as every control session waiting on the task wakes;
+- a transfer starts one `rtt` after its answer reaches the peer (the piece request goes
+  out, the first bytes come back) and flows at the links' pace; when its piece lands,
+  the peer reports DONE (`report`, half an `rtt` later) and cancels the other copy of
+  an endgame pair (reported CANCELLED); an assignment for a piece it holds already is
+  reported CANCELLED at once;
+- the CDN fetches the file from the origin once, at min(origin's up, CDN's down),
+  from the first registration on, and announces each piece as it lands (`cdn_ready`);
+  it uploads within its own up link, telling the scheduler when an upload starts and
+  ends (`cdn_upload_started`, `cdn_upload_finished`);
+- peers stay (seeding) until the last one is complete.
+
+The supernode is one thread. Its scheduler calls are timed (`time.process_time`), and
+with `cpu_scale` > 0 each call also takes `cpu_scale` x that CPU time of simulated time
+on a single simulated core: messages that arrive while it is busy wait their turn
+(FIFO), and a request woken by news while it is queued is not queued twice. So a
+scheduler that cannot keep up shows as queueing in the completion times, and the
+herd of held requests that every report wakes costs what it costs (with `cpu_scale` 0
+the calls are instantaneous: deterministic, but every report then wakes every held
+request again, which only small swarms can afford). Only the scheduler's calls are
+charged: framing, tickets and the rest of the supernode's work are not modelled.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.flows import Flow, FlowNetwork, Host
+from proto.pieces import piece_count, piece_length
+from supernode.scheduler import CDN, Assignment, Outcome, Scheduler, SchedulerConfig, Verdict
+
+TASK = "simulated-task"
+IN_FLIGHT = 8  # dfget/transfers.py
+NOTHING_YET_PAUSE = 0.01  # dfget/transfers.py
+LONG_POLL = 1.0  # supernode/peers/control.py
+GC_EVERY = 10.0  # simulated seconds between full collections
+
+Handler = Callable[[Any], None]
+
+
+def _timer_floor() -> float:
+    """What `process_time() - process_time()` reads around nothing (a system call here:
+    ~1.4 us on the CI VMs, a tenth of an `assign`), taken off every timed call."""
+    samples = []
+    for _ in range(200):
+        started = time.process_time()
+        samples.append(time.process_time() - started)
+    return sorted(samples)[len(samples) // 2]
+
+
+TIMER_FLOOR = _timer_floor()
+
+
+@dataclass(frozen=True)
+class SwarmSetup:
+    size: int  # F, bytes
+    piece_size: int
+    peer_links: tuple[float, ...]  # each peer's up and down rate (bytes/s)
+    joins: tuple[float, ...]  # each peer's join time
+    origin_rate: float
+    cdn_rate: float  # the CDN's up and down link
+    rtt: float = 0.001
+    startup: float = 1.0
+    upload_slots: int = 4
+    in_flight: int = IN_FLIGHT
+    cdn_slots: int = SchedulerConfig().cdn_upload_slots
+    cpu_scale: float = 1.0
+    wake: int | None = None  # held requests one piece of news wakes (None: all, as today)
+    seed: int = 1
+
+
+@dataclass(eq=False)
+class Transfer:
+    peer: SimPeer
+    index: int
+    source: str
+    assigned: float
+    flow: Flow | None = None
+    over: bool = False  # landed or cancelled
+
+
+@dataclass(eq=False)
+class SimPeer:
+    number: int
+    peer_id: str
+    host: Host
+    joined: float
+    have: int = 0
+    held: int = 0  # pieces held
+    running: int = 0
+    asking: bool = False
+    request: int = 0  # the id of its pending request
+    completed: float | None = None
+    transfers: dict[int, list[Transfer]] = field(default_factory=dict)
+
+
+@dataclass
+class SwarmTally:
+    """What a run measured; times are simulated seconds from the first join (0)."""
+
+    completed: list[float | None] = field(default_factory=list)  # per peer
+    origin_bytes: int = 0
+    cdn_bytes: float = 0.0  # the CDN's upload, cancelled copies' partial bytes included
+    done_from_cdn: int = 0  # plaintext bytes reported DONE, by source
+    done_from_peers: int = 0
+    cancelled: int = 0
+    scheduler_cpu: float = 0.0  # process_time inside scheduler calls
+    calls: dict[str, int] = field(default_factory=dict)
+    cpu_by_call: dict[str, float] = field(default_factory=dict)
+    empty_assigns: int = 0
+    busy_by_second: dict[int, float] = field(default_factory=dict)  # supernode time charged
+    waited: float = 0.0  # total seconds messages waited for the supernode
+    waited_max: float = 0.0
+    handled: int = 0  # supernode messages handled
+    end: float = 0.0  # simulated time of the last completion
+    wall: float = 0.0  # the simulation's own wall time
+    flow_updates: int = 0
+    gc_seconds: float = 0.0  # collections between events (not charged to the scheduler)
+    all_pieces: bool = False  # every peer holds every piece
+
+
+class SimulatedSwarm:
+    def __init__(self, setup: SwarmSetup) -> None:
+        self.setup = setup
+        self.pieces = piece_count(setup.size, setup.piece_size)
+        config = SchedulerConfig(cdn_upload_slots=setup.cdn_slots)
+        self.scheduler = Scheduler(config, rng=random.Random(setup.seed))
+        self.now = 0.0
+        self._events: list[tuple[float, int, Handler, Any]] = []
+        self._seq = itertools.count()
+        self._inbox: deque[tuple[float, Handler, Any]] = deque()  # the supernode's
+        self._outbox: list[tuple[float, Handler, Any]] = []  # sent once the CPU is done
+        self._cpu_free = 0.0
+        self._spent = 0.0  # CPU of the message being handled
+        self._waiting: dict[SimPeer, tuple[SimPeer, int, int]] = {}  # held requests
+        self._deadline: dict[SimPeer, float] = {}
+        self._timed: dict[SimPeer, int] = {}  # the request whose deadline is queued
+        self.network = FlowNetwork(self._schedule_flow_end)
+        self.cdn = Host(CDN, setup.cdn_rate, setup.cdn_rate)
+        self.peers = [
+            SimPeer(n, f"peer-{n:05d}", Host(f"peer-{n:05d}", rate, rate), joined)
+            for n, (rate, joined) in enumerate(zip(setup.peer_links, setup.joins, strict=True))
+        ]
+        self.by_id = {peer.peer_id: peer for peer in self.peers}
+        self.hosts = {peer.peer_id: peer.host for peer in self.peers} | {CDN: self.cdn}
+        self.cdn_started = False
+        self.incomplete = len(self.peers)
+        self.tally = SwarmTally(completed=[None] * len(self.peers))
+
+    # -- the event loop -------------------------------------------------------------------
+
+    def at(self, when: float, handler: Handler, arg: Any = None) -> None:
+        heapq.heappush(self._events, (when, next(self._seq), handler, arg))
+
+    def to_supernode(self, delay: float, handler: Handler, arg: Any = None) -> None:
+        """A message that reaches the supernode after `delay` and waits for its turn."""
+        self.at(self.now + delay, self._arrive, (handler, arg))
+
+    def _arrive(self, message: tuple[Handler, Any]) -> None:
+        self._inbox.append((self.now, *message))
+
+    def reply(self, delay: float, handler: Handler, arg: Any = None) -> None:
+        """From the supernode: leaves when the message being handled is done."""
+        self._outbox.append((delay, handler, arg))
+
+    def run(self, *, progress: float = 0.0) -> SwarmTally:
+        """Until every peer is complete; every `progress` simulated seconds (0: never) a
+        line on stderr says how far it got."""
+        started = time.perf_counter()
+        next_line = progress if progress > 0 else float("inf")
+        collected = GC_EVERY
+        # The event queue holds millions of objects, and a collection the cyclic garbage
+        # collector starts inside a scheduler call would be charged to it: collect
+        # between events instead (the simulation's objects form no cycles once done).
+        for peer in self.peers:
+            self.at(peer.joined + self.setup.startup, self._register, peer)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(started, progress, next_line, collected)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        tally = self.tally
+        tally.end = self.now
+        tally.wall = time.perf_counter() - started
+        tally.cdn_bytes = self.cdn.sent
+        tally.flow_updates = self.network.updates
+        full = (1 << self.pieces) - 1
+        tally.all_pieces = all(peer.have == full for peer in self.peers)
+        return tally
+
+    def _loop(self, started: float, progress: float, next_line: float, collected: float) -> None:
+        events, inbox, scale = self._events, self._inbox, self.setup.cpu_scale
+        tally = self.tally
+        while self.incomplete:
+            if self.now >= collected:
+                collected += GC_EVERY
+                begun = time.process_time()
+                gc.collect()
+                tally.gc_seconds += time.process_time() - begun
+            if self.now >= next_line:
+                next_line += progress
+                print(
+                    f"  {self.now:.0f} simulated s: {len(self.peers) - self.incomplete} peers "
+                    f"complete, scheduler CPU {tally.scheduler_cpu:.1f} s, "
+                    f"wall {time.perf_counter() - started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            next_event = events[0][0] if events else float("inf")
+            if inbox and max(self._cpu_free, inbox[0][0]) <= next_event:
+                arrived, handler, arg = inbox.popleft()
+                self.now = start = max(self._cpu_free, arrived)
+                self._spent = 0.0
+                handler(arg)
+                charged = scale * self._spent
+                self._cpu_free = end = start + charged
+                self._charge(start, end)
+                tally.waited += start - arrived
+                tally.waited_max = max(tally.waited_max, start - arrived)
+                tally.handled += 1
+                self.now = end
+                for delay, out, out_arg in self._outbox:
+                    self.at(end + delay, out, out_arg)
+                self._outbox.clear()
+            elif events:
+                self.now, _, handler, arg = heapq.heappop(events)
+                handler(arg)
+            else:
+                raise RuntimeError("the swarm stalled: nothing left to happen")
+
+    def _charge(self, start: float, end: float) -> None:
+        """Count the supernode's busy time in each simulated second it falls in."""
+        busy = self.tally.busy_by_second
+        while start < end:
+            second = int(start)
+            until = min(end, second + 1.0)
+            busy[second] = busy.get(second, 0.0) + until - start
+            start = until
+
+    def _call(self, name: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        result = call(*args, **kwargs)
+        spent = max(0.0, time.process_time() - started - TIMER_FLOOR)
+        self._spent += spent
+        self.tally.scheduler_cpu += spent
+        calls, cpu = self.tally.calls, self.tally.cpu_by_call
+        calls[name] = calls.get(name, 0) + 1
+        cpu[name] = cpu.get(name, 0.0) + spent
+        return result
+
+    # -- the supernode ---------------------------------------------------------------------
+
+    def _register(self, peer: SimPeer) -> None:
+        """The peer is up: its Register, then its first request, reach the supernode."""
+        self.to_supernode(self.setup.rtt / 2, self._on_register, peer)
+        peer.asking = True
+        peer.request += 1
+        want = self.setup.in_flight
+        self.to_supernode(self.setup.rtt / 2, self._on_ask, (peer, peer.request, want))
+
+    def _on_register(self, peer: SimPeer) -> None:
+        if not self.cdn_started:
+            self.cdn_started = True
+            self._start_cdn_fetch()
+        self._call(
+            "add_peer",
+            self.scheduler.add_peer,
+            TASK,
+            peer.peer_id,
+            upload_slots=self.setup.upload_slots,
+            now=self.now,
+        )
+        self._news()
+
+    def _on_ask(self, request: tuple[SimPeer, int, int]) -> None:
+        peer, request_id, want = request
+        self._deadline[peer] = self.now + LONG_POLL
+        self._decide(peer, request_id, want)
+
+    def _decide(self, peer: SimPeer, request_id: int, want: int) -> None:
+        assignments = self._call(
+            "assign", self.scheduler.assign, TASK, peer.peer_id, want, self.now
+        )
+        if assignments or self.now >= self._deadline[peer]:
+            self.reply(self.setup.rtt / 2, self._on_answer, (peer, assignments))
+            return
+        self.tally.empty_assigns += 1
+        request = self._waiting[peer] = (peer, request_id, want)
+        if self._timed.get(peer) != request_id:  # one long-poll deadline per request
+            self._timed[peer] = request_id
+            self.at(self._deadline[peer], self._long_poll_over, request)
+
+    def _long_poll_over(self, request: tuple[SimPeer, int, int]) -> None:
+        peer, request_id, _ = request
+        held = self._waiting.get(peer)
+        if held is not None and held[1] == request_id:
+            del self._waiting[peer]
+            self._inbox.append((self.now, self._retry, request))
+
+    def _retry(self, request: tuple[SimPeer, int, int]) -> None:
+        peer, request_id, want = request
+        if peer.request == request_id and peer.asking:
+            self._decide(peer, request_id, want)
+
+    def _news(self) -> None:
+        """Every held request is asked again, in turn (its session woke up); with `wake`,
+        only that many of them, the longest held first (a what-if: the supernode wakes
+        them all)."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        now, retry, inbox, wake = self.now, self._retry, self._inbox, self.setup.wake
+        if wake is None or wake >= len(waiting):
+            for request in waiting.values():
+                inbox.append((now, retry, request))
+            waiting.clear()
+        else:  # the longest held first
+            for peer in list(itertools.islice(waiting, wake)):
+                inbox.append((now, retry, waiting.pop(peer)))
+
+    def _on_report(self, report: tuple[SimPeer, int, str, Outcome, int, float]) -> None:
+        peer, index, source, outcome, nbytes, seconds = report
+        checks = self._call(
+            "report",
+            self.scheduler.report,
+            TASK,
+            peer.peer_id,
+            index,
+            source,
+            outcome,
+            nbytes=nbytes,
+            seconds=seconds,
+            now=self.now,
+        )
+        while checks:  # (nobody lies here: every check is clean)
+            checks = checks[1:] + self._call(
+                "checked", self.scheduler.checked, checks[0], Verdict.CLEAN, self.now
+            )
+        self._news()
+
+    def _start_cdn_fetch(self) -> None:
+        """The CDN fetches the file once, at the pace of the slower of the two links."""
+        rate = min(self.setup.origin_rate, self.cdn.down)
+        self.tally.origin_bytes += self.setup.size
+        at = self.now + self.setup.rtt  # the response's head
+        self._call("cdn_ready", self.scheduler.cdn_ready, TASK, 0, total=self.pieces)
+        for index in range(self.pieces):
+            at += piece_length(index, self.setup.size, self.setup.piece_size) / rate
+            self.at(at, self._arrive, (self._on_cdn_piece, index + 1))
+
+    def _on_cdn_piece(self, ready: int) -> None:
+        self._call("cdn_ready", self.scheduler.cdn_ready, TASK, ready, total=self.pieces)
+        self._news()
+
+    def _on_cdn_upload(self, event: tuple[bool, SimPeer, int]) -> None:
+        started, peer, index = event
+        if started:
+            self._call(
+                "cdn_upload_started",
+                self.scheduler.cdn_upload_started,
+                TASK,
+                peer.peer_id,
+                index,
+                self.now,
+            )
+        else:
+            self._call(
+                "cdn_upload_finished",
+                self.scheduler.cdn_upload_finished,
+                TASK,
+                peer.peer_id,
+                index,
+                self.now,
+            )
+            self._news()
+
+    # -- the peers -------------------------------------------------------------------------
+
+    def _ask(self, peer: SimPeer) -> None:
+        if peer.asking or peer.completed is not None or peer.running >= self.setup.in_flight:
+            return
+        peer.asking = True
+        peer.request += 1
+        want = self.setup.in_flight - peer.running
+        self.to_supernode(self.setup.rtt / 2, self._on_ask, (peer, peer.request, want))
+
+    def _on_answer(self, answer: tuple[SimPeer, list[Assignment]]) -> None:
+        peer, assignments = answer
+        peer.asking = False
+        for assignment in assignments:
+            index, source = assignment.index, assignment.source
+            if (peer.have >> index) & 1:
+                self._report(peer, index, source, Outcome.CANCELLED, 0, 0.0)
+                continue
+            transfer = Transfer(peer, index, source, self.now)
+            peer.transfers.setdefault(index, []).append(transfer)
+            peer.running += 1
+            self.at(self.now + self.setup.rtt, self._start_transfer, transfer)
+        if assignments:
+            self._ask(peer)
+        else:
+            self.at(self.now + NOTHING_YET_PAUSE, self._ask, peer)
+
+    def _start_transfer(self, transfer: Transfer) -> None:
+        if transfer.over:
+            return
+        size = piece_length(transfer.index, self.setup.size, self.setup.piece_size)
+        uploader = self.hosts[transfer.source]
+        transfer.flow = Flow(uploader, transfer.peer.host, size, transfer)
+        self.network.start(transfer.flow, self.now)
+        if transfer.source == CDN:
+            self._inbox.append(
+                (self.now, self._on_cdn_upload, (True, transfer.peer, transfer.index))
+            )
+
+    def _schedule_flow_end(self, when: float, flow: Flow, version: int) -> None:
+        self.at(when, self._flow_end, (flow, version))
+
+    def _flow_end(self, entry: tuple[Flow, int]) -> None:
+        flow, version = entry
+        if version != flow.version:
+            return  # its rate changed since: a later entry counts
+        transfer = flow.payload
+        assert isinstance(transfer, Transfer)
+        self._end_transfer(transfer)
+        peer, index = transfer.peer, transfer.index
+        size = piece_length(index, self.setup.size, self.setup.piece_size)
+        peer.have |= 1 << index
+        peer.held += 1
+        self._report(peer, index, transfer.source, Outcome.DONE, size, self.now - transfer.assigned)
+        if transfer.source == CDN:
+            self.tally.done_from_cdn += size
+        else:
+            self.tally.done_from_peers += size
+        for other in peer.transfers.pop(index, ()):
+            if not other.over:  # the endgame's other copy
+                self._end_transfer(other)
+                self._report(peer, index, other.source, Outcome.CANCELLED, 0, 0.0)
+                self.tally.cancelled += 1
+        if peer.held == self.pieces:
+            peer.completed = self.now
+            self.tally.completed[peer.number] = self.now
+            self.incomplete -= 1
+        else:
+            self._ask(peer)
+
+    def _end_transfer(self, transfer: Transfer) -> None:
+        transfer.over = True
+        transfer.peer.running -= 1
+        if transfer.flow is not None:
+            self.network.stop(transfer.flow, self.now)
+            transfer.flow = None  # (no cycle with its flow's payload: refcounts free both)
+            if transfer.source == CDN:
+                event = (False, transfer.peer, transfer.index)
+                self._inbox.append((self.now, self._on_cdn_upload, event))
+
+    def _report(
+        self, peer: SimPeer, index: int, source: str, outcome: Outcome, nbytes: int, seconds: float
+    ) -> None:
+        report = (peer, index, source, outcome, nbytes, seconds)
+        self.to_supernode(self.setup.rtt / 2, self._on_report, report)

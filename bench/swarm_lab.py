@@ -1,0 +1,291 @@
+"""`bench/swarm.py --netlab`: the swarm on shaped links, against libtorrent and curl.
+
+A network lab (testkit.netlab, root only) with hosts "origin", "supernode" and
+"p0".."p{N-1}", every host's link U each way (`--rate`), with `--rtt` (the round trip
+between any two hosts: each link gets a quarter of it each way) and `--loss` (each
+link, each direction). No program has a rate limit of its own: the links are the only
+limits. Each round runs, one after the other:
+
+- ours: the origin (testkit.origin) on its host, the supernode on its host, one dfget
+  per peer host, all started at once; a peer's time runs from that start to the moment
+  its output file appears (start-up included). Origin egress is the origin's own count.
+- libtorrent: one seed on the origin's host (the same file, the same piece size), one
+  leecher per peer host (bench/torrent_peer.py, bench/torrent_swarm.py); its time runs
+  from the common start to its last piece passing the hash check. Origin egress is
+  what the seed uploaded.
+- direct (unless --no-direct): curl on every peer host, from the origin, at once.
+
+T* = max(F/U_origin, F/U, N*F/(U_seed + N*U)), the fluid lower bound, where the seed is
+what first holds the file beside the peers: for ours the supernode's CDN link (which
+must also get F from the origin once), for libtorrent the seed on the origin's link;
+every link is U here, so T* = F/U for all three. Prints p50/p99/max, p99/T*, origin
+egress / F, and ours' p99 against libtorrent's; with --runs K, K rounds interleaved and
+medians quoted. Ctrl-C (or SIGTERM: the lab makes it SystemExit) stops every process
+and removes the lab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import (
+    MiB,
+    busy_seconds,
+    dfget_command,
+    env,
+    free_hot_memory,
+    median,
+    supernode_process,
+)
+from bench.origin_process import origin_process
+from bench.swarm import (
+    STARTUP_GRACE,
+    TOTALS,
+    make_payload,
+    percentile,
+    sha256_of,
+    wait_for_outputs,
+)
+from bench.torrent_swarm import require_libtorrent, run_torrent
+from testkit.netlab import Lab, LabError, Link, require_lab
+
+KINDS = ("ours", "libtorrent", "direct")
+CORES = os.cpu_count() or 1
+
+
+@dataclass
+class Round:
+    """One kind's run: times per peer, origin egress, and a line of what else it saw."""
+
+    times: list[float]
+    origin_bytes: int
+    notes: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+    busy: float = 0.0  # the machine's CPU busy share over the run (all programs, all cores)
+    delayer: float = 0.0  # CPU seconds the lab's delayer used (with --rtt)
+
+
+def sent(lab: Lab, hosts: Sequence[str]) -> dict[str, int]:
+    return {host: lab.counters(host)[0] for host in hosts}
+
+
+def spread(values: Sequence[float], size: int) -> str:
+    low, middle, high = (f(values) / size for f in (min, median, max))
+    return f"min {low:.2f}F median {middle:.2f}F max {high:.2f}F"
+
+
+def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha256: str) -> Round:
+    peers = [f"p{i}" for i in range(args.peers)]
+    outputs = [work / "ours" / f"{host}.bin" for host in peers]
+    shutil.rmtree(work / "ours", ignore_errors=True)
+    outputs[0].parent.mkdir(parents=True)
+    shutil.rmtree(work / "supernode", ignore_errors=True)
+    size = payload.stat().st_size
+    limit = STARTUP_GRACE + 4 * args.peers * size / args.rate
+    log = work / "supernode.log"
+    before = sent(lab, ["origin", "supernode", *peers])
+    with (
+        origin_process(
+            payload.parent, host=lab.address("origin"), prefix=lab.command("origin", [])
+        ) as origin,
+        supernode_process(
+            work / "supernode",
+            log=log,
+            host=lab.address("supernode"),
+            prefix=lab.command("supernode", []),
+        ) as ready,
+    ):
+        url = f"{origin.url}/{payload.name}"
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            started = time.perf_counter()
+            for host, output in zip(peers, outputs, strict=True):
+                flags = ["--peer-listen", f"{lab.address(host)}:0", "--seed-for", "3600"]
+                flags += ["--daemon-socket", ""]
+                argv = lab.command(host, dfget_command(url, output, ready["peer"], *flags))
+                procs.append(
+                    subprocess.Popen(
+                        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+                    )
+                )
+            times = wait_for_outputs(outputs, procs, started, limit)
+            for proc in procs:  # every peer is done: end their seeding
+                proc.send_signal(signal.SIGTERM)
+            summaries = []
+            for i, proc in enumerate(procs):
+                out, err = proc.communicate(timeout=60)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"peer {i} exited {proc.returncode}: {err[-2000:]}")
+                summaries.append(json.loads(out))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
+    after = sent(lab, ["origin", "supernode", *peers])
+    for output in outputs:
+        if sha256_of(output) != sha256:
+            raise RuntimeError(f"{output} differs from the origin's file")
+    match = TOTALS.search(log.read_text())
+    if match is None:
+        raise RuntimeError(f"no totals line in {log}")
+    cdn = int(match.group(2))
+    total = sum(int(s["bytes"]) for s in summaries)
+    from_peers = sum(int(s["from_peers"]) for s in summaries)
+    inside = [float(s["seconds"]) for s in summaries]
+    uploads = [after[host] - before[host] for host in peers]
+    supernode_link = after["supernode"] - before["supernode"]
+    notes = (
+        f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
+        f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
+        f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s"
+    )
+    shutil.rmtree(work / "ours", ignore_errors=True)
+    return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
+
+
+def run_bt(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha256: str) -> Round:
+    peers = [f"p{i}" for i in range(args.peers)]
+    shutil.rmtree(work / "bt", ignore_errors=True)
+    (work / "bt").mkdir(parents=True)
+    size = payload.stat().st_size
+    limit = STARTUP_GRACE + 4 * args.peers * size / args.rate
+    addresses = {host: lab.address(host) for host in ["origin", *peers]}
+    extra = ["--utp"] if args.torrent_utp else []
+    run = run_torrent(lab.command, addresses, "origin", peers, payload, work / "bt", limit, extra)
+    for host in peers:
+        if sha256_of(work / "bt" / host / payload.name) != sha256:
+            raise RuntimeError(f"libtorrent's copy on {host} differs from the origin's file")
+    notes = (
+        f"from the seed {run.from_seed / run.total:.1%} of the blocks; "
+        f"leechers uploaded {spread(run.uploaded, size)}"
+    )
+    shutil.rmtree(work / "bt", ignore_errors=True)
+    return Round(run.times, run.seed_uploaded, notes, {"from_seed": run.from_seed / run.total})
+
+
+def run_direct(lab: Lab, args: argparse.Namespace, work: Path, payload: Path) -> Round:
+    peers = [f"p{i}" for i in range(args.peers)]
+    outputs = [work / "direct" / f"{host}.bin" for host in peers]
+    shutil.rmtree(work / "direct", ignore_errors=True)
+    outputs[0].parent.mkdir(parents=True)
+    prefix = lab.command("origin", [])
+    with origin_process(payload.parent, host=lab.address("origin"), prefix=prefix) as origin:
+        url = f"{origin.url}/{payload.name}"
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(lab.command(host, ["curl", "-sSf", "-o", str(output), url]))
+            for host, output in zip(peers, outputs, strict=True)
+        ]
+        times = [0.0] * len(procs)
+        try:
+            running = set(range(len(procs)))
+            while running:  # curl writes in place: a copy is complete when its curl exits
+                for i in sorted(running):
+                    if procs[i].poll() is not None:
+                        if procs[i].returncode != 0:
+                            raise RuntimeError(f"curl exited {procs[i].returncode}")
+                        times[i] = time.perf_counter() - started
+                        running.discard(i)
+                time.sleep(0.01)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
+    for output in outputs:
+        if output.stat().st_size != payload.stat().st_size:
+            raise RuntimeError(f"{output} is short")
+    shutil.rmtree(work / "direct", ignore_errors=True)
+    return Round(times, origin_bytes)
+
+
+def describe(kind: str, run: Round, size: int, t_star: float) -> str:
+    p99 = percentile(run.times, 99)
+    line = (
+        f"{kind}: p50 {median(run.times):.2f}s p99 {p99:.2f}s max {max(run.times):.2f}s "
+        f"p99/T* {p99 / t_star:.2f}; origin egress {run.origin_bytes / size:.3f}F"
+    )
+    line += f"; CPU busy {run.busy:.0%}" + (
+        f" (delayer {run.delayer:.0f} CPU-s)" if run.delayer else ""
+    )
+    return line + (f"; {run.notes}" if run.notes else "")
+
+
+def main(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("swarm --netlab needs root (network namespaces, tc, iptables)")
+        return 2
+    try:
+        require_lab()
+        require_libtorrent()
+    except (LabError, RuntimeError) as exc:
+        print(f"swarm --netlab: {exc}")
+        return 2
+    work = args.work.with_name(args.work.name + "-lab")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "www").mkdir(parents=True)
+    size = args.size_mib * MiB
+    payload = work / "www" / "blob.bin"
+    sha256 = make_payload(payload, size)
+    n, u = args.peers, args.rate
+    t_star = max(size / u, size / u, n * size / (u + n * u))
+    delay = Lab.rtt_delay(args.rtt)
+    link = Link(up=u, down=u, delay=delay, loss=args.loss)
+    kinds = [k for k in KINDS if not (k == "direct" and args.no_direct)]
+    print(
+        f"swarm in a lab: N={n} F={args.size_mib} MiB, every link U={u / MiB:g} MiB/s each "
+        f"way, RTT {args.rtt * 1000:g} ms (delay {delay * 1000:g} ms a link a way), loss "
+        f"{args.loss:.2%} a link a way; T* = max(F/U_origin, F/U, N*F/(U_seed + N*U)) "
+        f"= {t_star:.2f}s",
+        flush=True,
+    )
+    results: dict[str, list[Round]] = {kind: [] for kind in kinds}
+
+    names = ["origin", "supernode", *(f"p{i}" for i in range(n))]
+    with Lab(names, link=link, prefix="dfsw") as lab:
+        for i in range(args.runs):
+            for kind in kinds:
+                free_hot_memory(int(1.2 * (n + 1) * size))
+                busy, began = busy_seconds(), time.perf_counter()
+                delayer = lab.delayer_cpu() or 0.0
+                if kind == "ours":
+                    run = run_ours(lab, args, work, payload, sha256)
+                elif kind == "libtorrent":
+                    run = run_bt(lab, args, work, payload, sha256)
+                else:
+                    run = run_direct(lab, args, work, payload)
+                run.busy = (busy_seconds() - busy) / (time.perf_counter() - began) / CORES
+                run.delayer = (lab.delayer_cpu() or 0.0) - delayer
+                results[kind].append(run)
+                print(f"run {i + 1} {describe(kind, run, size, t_star)}", flush=True)
+    print()
+    print(f"medians of {args.runs} run(s)       p50      p99      max   p99/T*  origin/F")
+    p99s = {}
+    for kind, runs in results.items():
+        p50 = median([median(r.times) for r in runs])
+        p99s[kind] = median([percentile(r.times, 99) for r in runs])
+        worst = median([max(r.times) for r in runs])
+        origin_f = median([r.origin_bytes / size for r in runs])
+        print(
+            f"  {kind:<26} {p50:7.2f}s {p99s[kind]:7.2f}s {worst:7.2f}s "
+            f"{p99s[kind] / t_star:7.2f} {origin_f:8.3f}"
+        )
+    target = 1.5 if args.rtt > 0 or args.loss > 0 else 1.3
+    print(f"  ours p99/T* target <= {target}; origin egress target 1.00F")
+    if "libtorrent" in p99s:
+        ratio = p99s["libtorrent"] / p99s["ours"]
+        print(f"  libtorrent p99 / ours p99 = {ratio:.2f}   (target >= 1.5)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0

@@ -1,0 +1,128 @@
+"""Measuring a lab from outside (`probe.py` run in its hosts): the goodput of one TCP
+transfer, TCP round trips, and how many of N datagrams arrive. Blocking; for the
+lab's own test, and for a benchmark that wants to see what its lab really gives.
+`python -m testkit.netlab.measure` surveys rates, delays and the delayer's CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import statistics
+import subprocess
+from typing import Any
+
+from . import probe
+from .lab import Lab
+from .plan import Link
+from .system import LabError
+
+TIMEOUT = 120.0
+
+
+def _server(lab: Lab, host: str, *args: object) -> subprocess.Popen[str]:
+    """A probe server in HOST, once it listens."""
+    proc = subprocess.Popen(lab.command(host, probe.argv(*args)), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+    if not ready or proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise LabError(f"probe {args[0]} in {host} did not start ({proc.wait()})")
+    return proc
+
+
+def _client(lab: Lab, host: str, *args: object) -> Any:
+    done = subprocess.run(
+        lab.command(host, probe.argv(*args)), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    if done.returncode != 0:
+        raise LabError(f"probe {args[0]} in {host} failed: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def _result(proc: subprocess.Popen[str]) -> Any:
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    return json.loads(out)
+
+
+def goodput(lab: Lab, src: str, dst: str, nbytes: int, port: int = 5001) -> float:
+    """Bytes/s of one TCP transfer of NBYTES from SRC to DST (first to last byte)."""
+    sink = _server(lab, dst, "sink", port)
+    try:
+        _client(lab, src, "source", lab.address(dst), port, nbytes)
+        result = _result(sink)
+    finally:
+        sink.kill()
+        sink.wait()
+    if result["bytes"] != nbytes:
+        raise LabError(f"{dst} received {result['bytes']} of {nbytes} bytes")
+    return float(result["bytes"]) / float(result["seconds"])
+
+
+def round_trips(lab: Lab, src: str, dst: str, count: int = 20, port: int = 5002) -> list[float]:
+    """Seconds each of COUNT one-byte TCP round trips from SRC to DST took."""
+    echo = _server(lab, dst, "echo", port)
+    try:
+        rtts: list[float] = _client(lab, src, "rtt", lab.address(dst), port, count)["rtts"]
+    finally:
+        echo.kill()
+        echo.wait()
+    return rtts
+
+
+def datagrams(lab: Lab, src: str, dst: str, count: int, port: int = 5003) -> int:
+    """How many of COUNT UDP datagrams from SRC reach DST."""
+    sink = _server(lab, dst, "udp-sink", port)
+    try:
+        _client(lab, src, "udp-source", lab.address(dst), port, count)
+        received: int = _result(sink)["datagrams"]
+    finally:
+        sink.kill()
+        sink.wait()
+    return received
+
+
+def _survey(rates: list[float], delays: list[float], runs: int) -> None:
+    """Print what labs give against what was set: goodput, RTT, the delayer's CPU."""
+    mib = 2**20
+    print("rate: set MiB/s, delay per link, loss -> goodput / set, one TCP transfer a -> b")
+    for delay, loss in ((0.0, 0.0), (0.0025, 0.0), (0.0, 0.001)):
+        for rate in rates:
+            got = []
+            for _ in range(runs):
+                link = Link(up=rate * mib, down=rate * mib, delay=delay, loss=loss)
+                with Lab(["a", "b", "c"], link=link) as lab:
+                    nbytes = int(min(4 * rate, 200) * mib)
+                    got.append(goodput(lab, "a", "b", nbytes) / (rate * mib))
+            ratios = " ".join(f"{ratio:.3f}" for ratio in got)
+            print(f"  {rate:6g} MiB/s  {delay * 1000:4.1f} ms  loss {loss:<5g} -> {ratios}")
+    print("RTT: set (4 x delay per link) -> median, min, max of 30 TCP round trips a <-> b")
+    for delay in delays:
+        with Lab(["a", "b", "c"], link=Link(delay=delay)) as lab:
+            rtts = [rtt * 1000 for rtt in round_trips(lab, "a", "b", 30)[2:]]
+        median = statistics.median(rtts)
+        print(f"  {4000 * delay:6.1f} ms -> {median:.2f} {min(rtts):.2f} {max(rtts):.2f} ms")
+    print("delayer CPU: 64 MiB a -> b at 16 MiB/s, 10 ms per link")
+    for loss in (0.0, 0.001):
+        with Lab(["a", "b", "c"], link=Link(16 * mib, 16 * mib, 0.01, loss)) as lab:
+            before = lab.delayer_cpu() or 0.0
+            rate = goodput(lab, "a", "b", 64 * mib) / mib
+            cpu = (lab.delayer_cpu() or 0.0) - before
+        print(f"  loss {loss:<5g}: {rate:.2f} MiB/s, {cpu:.2f} CPU-s, {cpu / 64 * 1000:.1f} ms/MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m testkit.netlab.measure",
+        description="Measure what labs give against what was set (root; a few minutes).",
+    )
+    parser.add_argument("--rates", default="1,4,8,16,50,100", help="MiB/s, comma-separated")
+    parser.add_argument("--delays", default="0.001,0.0025,0.005,0.01,0.025", help="s per link")
+    parser.add_argument("--runs", type=int, default=2, help="transfers per rate")
+    args = parser.parse_args()
+    rates = [float(rate) for rate in args.rates.split(",")]
+    _survey(rates, [float(delay) for delay in args.delays.split(",")], args.runs)
+
+
+if __name__ == "__main__":
+    main()

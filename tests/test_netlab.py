@@ -1,0 +1,312 @@
+"""The network lab (testkit.netlab): a shaped transfer keeps to its rate, round trips
+take the delay set, loss and cuts apply, and nothing is left on the machine afterwards,
+whether the lab ends normally, by Ctrl-C, SIGTERM or SIGKILL (then `down` clears it)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import cli_env
+
+from testkit.netlab import Lab, LabError, Link, require_lab
+from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
+from testkit.netlab.leftovers import STATE
+from testkit.netlab.measure import datagrams, goodput, round_trips
+from testkit.netlab.plan import features, tbf
+from testkit.netlab.system import shortfall
+
+MiB = 2**20
+needs_lab = pytest.mark.skipif(
+    shortfall() is not None, reason=f"{shortfall()} (`make test` installs the tools)"
+)
+
+
+def root_network() -> tuple[str, str]:
+    """The root namespace's links and qdiscs, which a lab must never touch."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    names = "\n".join(sorted(line.split(":")[1].strip() for line in links.stdout.splitlines()))
+    qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True)
+    return names, qdiscs.stdout
+
+
+def namespaces() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+
+
+def assert_gone(lab_name: str, delayer: int | None = None) -> None:
+    """Nothing of lab LAB_NAME is left: namespaces, state, delayer."""
+    assert [ns for ns in namespaces() if ns.startswith(lab_name)] == []
+    assert not (STATE / lab_name).exists()
+    if delayer is not None:
+        assert not Path(f"/proc/{delayer}").exists()
+
+
+@pytest.fixture
+def untouched_root() -> Iterator[None]:
+    before = root_network()
+    yield
+    assert root_network() == before
+
+
+@needs_lab
+def test_shaped_transfer_keeps_to_its_rate(untouched_root: None) -> None:
+    rate = 8 * MiB
+    link = Link(up=rate, down=rate, delay=0.0025)
+    with Lab(["a", "b", "c"], link=link) as lab:
+        got = goodput(lab, "a", "b", 32 * MiB)
+        sent, _ = lab.counters("a")
+        _, received = lab.counters("b")
+        name = lab.name
+    assert 0.9 * rate <= got <= 1.1 * rate, f"{got / MiB:.2f} MiB/s for {rate / MiB} MiB/s"
+    assert sent >= 32 * MiB and received >= 32 * MiB
+    assert_gone(name)
+
+
+@needs_lab
+def test_round_trips_take_the_delay_of_the_links_crossed(untouched_root: None) -> None:
+    links = {"a": Link(delay=0.01), "b": Link(delay=0.01), "c": Link(delay=0.002)}
+    with Lab(["a", "b", "c"], links=links) as lab:
+        a_b = statistics.median(round_trips(lab, "a", "b", 20)[2:])
+        a_c = statistics.median(round_trips(lab, "a", "c", 20)[2:])
+        lab.set_link("c", Link())
+        a_c_undelayed = statistics.median(round_trips(lab, "a", "c", 20)[2:])
+        delayer, cpu = lab.delayer_pid, lab.delayer_cpu()
+        name = lab.name
+    for rtt, expected in ((a_b, 0.040), (a_c, 0.024), (a_c_undelayed, 0.020)):
+        assert abs(rtt - expected) <= 0.1 * expected, f"RTT {rtt * 1000:.2f} ms for {expected}"
+    assert cpu is not None and cpu < 2.0
+    assert_gone(name, delayer)
+
+
+@needs_lab
+def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: None) -> None:
+    with Lab(["a", "b", "c"]) as lab:
+        assert datagrams(lab, "a", "c", 2000) == 2000
+        lab.set_link("c", Link(loss=0.05))  # c's link only: a -> c loses 5%, a -> b nothing
+        lost = 1 - datagrams(lab, "a", "c", 2000) / 2000
+        assert datagrams(lab, "a", "b", 500) == 500
+        lab.cut("b")
+        assert datagrams(lab, "a", "b", 200) == 0
+        assert datagrams(lab, "b", "c", 200) == 0
+        lab.heal("b")
+        assert datagrams(lab, "a", "b", 200) == 200
+        name = lab.name
+    assert 0.03 <= lost <= 0.07, f"lost {lost:.3f} for 0.05"
+    assert_gone(name)
+
+
+@needs_lab
+def test_changing_one_link_leaves_the_others_packets_alone(untouched_root: None) -> None:
+    """Packets held by the delayer or queued by tbf survive changes to other links (a
+    rewritten FORWARD chain, or a replaced qdisc, would drop them)."""
+    with Lab(["a", "b", "c"], link=Link(up=1 * MiB, down=1 * MiB, delay=0.05)) as lab:
+        stop = threading.Event()
+
+        def churn() -> None:
+            for rate in itertools.cycle([2 * MiB, 1 * MiB]):
+                lab.cut("c")
+                lab.set_link("c", Link(up=rate, delay=0.01, loss=0.5))
+                lab.heal("c")
+                lab.set_link("a", Link(up=rate, down=rate, delay=0.05))
+                if stop.wait(0.02):
+                    return
+
+        changes = threading.Thread(target=churn)
+        changes.start()
+        try:
+            received = datagrams(lab, "a", "b", 2000)
+        finally:
+            stop.set()
+            changes.join()
+    assert received == 2000
+
+
+@needs_lab
+def test_hosts_reach_each_other_but_nothing_outside() -> None:
+    with Lab(["a", "b"]) as lab:
+        routes = subprocess.run(
+            lab.command("a", ["ip", "-4", "route", "show"]), capture_output=True, text=True
+        )
+        assert routes.stdout.split()[:1] == ["198.18.0.0/15"]
+        assert "default" not in routes.stdout
+        assert lab.address("a") == "198.18.0.1" and lab.address("b") == "198.18.0.2"
+        loopback = subprocess.run(
+            lab.command("b", ["ip", "-o", "addr", "show", "lo"]), text=True, capture_output=True
+        )
+        assert "127.0.0.1/8" in loopback.stdout
+        assert round_trips(lab, "a", "b", 3)
+
+
+@needs_lab
+def test_two_labs_coexist_apart(untouched_root: None) -> None:
+    with Lab(["a", "b"]) as first, Lab(["a", "b"], link=Link(delay=0.005)) as second:
+        assert first.address("b") == second.address("b")  # the same addresses, apart
+        first.cut("b")
+        assert datagrams(first, "a", "b", 100) == 0
+        assert datagrams(second, "a", "b", 100) == 100
+        assert statistics.median(round_trips(second, "a", "b", 5)) >= 0.018
+        names = first.name, second.name
+    for name in names:
+        assert_gone(name)
+
+
+CHILD = """
+import sys, time
+from testkit.netlab import Lab, Link
+with Lab(["a", "b"], link=Link(delay=0.01, up=2**20)) as lab:
+    print(lab.name, lab.delayer_pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def start_child() -> tuple[subprocess.Popen[str], str, int]:
+    """A process that holds a lab (with a delayer) until it is stopped."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=cli_env()
+    )
+    assert child.stdout is not None
+    name, delayer = child.stdout.readline().split()
+    assert [ns for ns in namespaces() if ns.startswith(name)] != []
+    return child, name, int(delayer)
+
+
+@needs_lab
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_removes_its_lab(sig: signal.Signals, untouched_root: None) -> None:
+    child, name, delayer = start_child()
+    child.send_signal(sig)
+    assert child.wait(20) != 0
+    assert_gone(name, delayer)
+
+
+@needs_lab
+def test_down_removes_what_a_killed_run_left(untouched_root: None) -> None:
+    child, name, delayer = start_child()
+    child.kill()
+    child.wait()
+    assert [ns for ns in namespaces() if ns.startswith(name)] != []
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{delayer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the delayer leaves once its stdin closes
+    down = subprocess.run(
+        [sys.executable, "-m", "testkit.netlab", "down"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert down.returncode == 0 and name in down.stdout
+    assert_gone(name, delayer)
+
+
+@needs_lab
+def test_check_names_what_the_kernel_offers() -> None:
+    check = subprocess.run(
+        [sys.executable, "-m", "testkit.netlab", "check"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert check.returncode == 0
+    offered = dict(
+        line.rsplit(None, 1)
+        for line in check.stdout.splitlines()
+        if not line.startswith(("cannot", "instead"))
+    )
+    assert offered["qdisc tbf"] == "yes" and offered["iptables NFQUEUE"] == "yes"
+    assert offered["nfnetlink_queue"] == "yes"
+    assert "qdisc netem" in offered
+
+
+@needs_lab
+def test_without_root_the_lab_says_so() -> None:
+    os.seteuid(65534)
+    try:
+        with pytest.raises(LabError, match="needs root"):
+            require_lab()
+        with pytest.raises(LabError, match="needs root"), Lab(["a"]):
+            pass
+    finally:
+        os.seteuid(0)
+
+
+# -- the pure parts -------------------------------------------------------------------------
+
+
+def test_links_refuse_what_cannot_be_set() -> None:
+    with pytest.raises(ValueError, match="loss"):
+        Link(loss=1.5)
+    with pytest.raises(ValueError, match="delay"):
+        Link(delay=-0.001)
+    with pytest.raises(ValueError, match="rate"):
+        Link(up=0)
+    with pytest.raises(ValueError, match="distinct"):
+        Lab(["a", "a"])
+    with pytest.raises(ValueError, match="not in the lab"):
+        Lab(["a"], links={"b": Link()})
+    with pytest.raises(LabError, match="not up"):
+        Lab(["a"]).cut("a")
+
+
+def test_each_setting_names_the_kernel_feature_it_needs() -> None:
+    assert features(Link()) == {}
+    assert set(features(Link(down=MiB, loss=0.1, delay=0.01))) == {
+        "qdisc tbf",
+        "iptables statistic",
+        "iptables NFQUEUE",
+        "nfnetlink_queue",
+    }
+
+
+def test_shaping_sets_the_wire_rate_above_the_goodput() -> None:
+    args = tbf("x", 8 * MiB, shaped=False)
+    bits = int(args[args.index("rate") + 1].removesuffix("bit"))
+    assert bits == int(8 * MiB * 1514 / 1448 * 8)
+    assert int(args[args.index("burst") + 1]) >= 64 * 1024
+    assert tbf("x", None, shaped=True) == ["qdisc", "del", "dev", "x", "root"]
+    assert tbf("x", 2 * MiB, shaped=True)[:2] == ["qdisc", "change"]  # keeps what it holds
+
+
+def test_the_delay_line_releases_in_order_and_in_batches() -> None:
+    line = DelayLine(queue=0)
+    line.delays = {7: 0.010, 8: 0.010, 9: 0.002}
+    line.hold([(1, 7, 8), (2, 8, 7)], now=0.0)  # 20 ms each
+    line.hold([(3, 7, 9)], now=0.001)  # 12 ms: due before 1 and 2
+    assert line.release(0.005) == b""
+    single = line.release(0.013)
+    assert len(single) == VERDICT_SIZE and int.from_bytes(single[-4:], "big") == 3
+    assert single[4:6] == (3 << 8 | 1).to_bytes(2, "little")  # one packet's verdict
+    batch = line.release(0.020)
+    assert len(batch) == VERDICT_SIZE and int.from_bytes(batch[-4:], "big") == 2
+    assert batch[4:6] == (3 << 8 | 3).to_bytes(2, "little")  # every id <= 2
+    assert line.next_due() is None
+
+
+def test_packet_messages_are_read_for_id_and_ports() -> None:
+    def attr(kind: int, payload: bytes) -> bytes:
+        return (4 + len(payload)).to_bytes(2, "little") + kind.to_bytes(2, "little") + payload
+
+    body = bytes(4) + attr(1, (42).to_bytes(4, "big") + b"\x08\x00\x02\x00")
+    body += attr(7, (5).to_bytes(4, "big")) + attr(8, (6).to_bytes(4, "big"))
+    header = (16 + len(body)).to_bytes(4, "little") + (3 << 8).to_bytes(2, "little") + bytes(10)
+    message = header + body
+    assert parse_packets(memoryview(message * 2), len(message) * 2) == [(42, 5, 6), (42, 5, 6)]
+    assert parse_packet(memoryview(message), len(message)) == [(42, 5, 6)]
+    # The usual layout (read in one unpack): in and out devices around the physical ones.
+    body = bytes(4) + attr(1, (43).to_bytes(4, "big") + b"\x08\x00\x02\x00")
+    for kind, index in ((5, 2), (7, 5), (6, 2), (8, 6)):
+        body += attr(kind, index.to_bytes(4, "big"))
+    body += attr(9, bytes(12)) + attr(14, (1514).to_bytes(4, "big"))
+    header = (16 + len(body)).to_bytes(4, "little") + (3 << 8).to_bytes(2, "little") + bytes(10)
+    usual = header + body
+    assert parse_packet(memoryview(usual), len(usual)) == [(43, 5, 6)]

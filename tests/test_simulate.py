@@ -1,0 +1,115 @@
+"""bench/simulate.py: the simulated swarm completes, conserves bytes and respects the
+links (small swarms, simulated time, the real scheduler)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from bench.simswarm import SimulatedSwarm, SwarmSetup
+from bench.simulate import fluid_bound, main, peer_links
+
+MiB = 1 << 20
+
+
+def setup(
+    *,
+    peers: int = 8,
+    size: int = 8 * MiB,
+    piece_size: int = MiB,
+    links: tuple[float, ...] | None = None,
+    window: float = 0.0,
+    seed: int = 3,
+    **extra: float,
+) -> SwarmSetup:
+    rng = random.Random(seed)
+    if links is None:
+        links = peer_links(peers, 16 * MiB, (0.25, 4.0), (0.25, 0.5), rng)
+    joins = tuple(rng.uniform(0, window) for _ in range(peers))
+    return SwarmSetup(
+        size=size,
+        piece_size=piece_size,
+        peer_links=links,
+        joins=joins,
+        origin_rate=16 * MiB,
+        cdn_rate=16 * MiB,
+        startup=0.5,
+        rtt=0.002,
+        cpu_scale=0.0,  # instantaneous decisions: the same run every time
+        seed=seed,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("window", [0.0, 3.0])
+def test_every_peer_gets_every_piece_and_the_origin_sends_one_copy(window: float) -> None:
+    s = setup(window=window)
+    tally = SimulatedSwarm(s).run()
+    assert tally.all_pieces
+    assert all(c is not None for c in tally.completed)
+    assert tally.origin_bytes == s.size  # the CDN fetched the file once
+    # every byte a peer holds was reported DONE once, from the CDN or from a peer
+    assert tally.done_from_cdn + tally.done_from_peers == len(s.peer_links) * s.size
+    # the CDN is the only way in: it sent each piece at least once
+    assert tally.cdn_bytes >= s.size
+    assert tally.done_from_peers > 0  # the peers traded
+
+
+def test_no_peer_finishes_faster_than_its_link_allows() -> None:
+    s = setup(window=2.0)
+    tally = SimulatedSwarm(s).run()
+    for completed, joined, down in zip(tally.completed, s.joins, s.peer_links, strict=True):
+        assert completed is not None
+        assert completed - joined >= s.startup + s.size / down
+    assert tally.end >= fluid_bound(s)
+
+
+def test_a_run_is_reproducible_with_instant_decisions() -> None:
+    first = SimulatedSwarm(setup(seed=5)).run()
+    second = SimulatedSwarm(setup(seed=5)).run()
+    assert first.completed == second.completed
+    assert first.cdn_bytes == second.cdn_bytes
+
+
+def test_a_slow_origin_paces_the_swarm() -> None:
+    fast = setup(links=(64 * MiB,) * 4, peers=4)
+    slow = SwarmSetup(**{**fast.__dict__, "origin_rate": 2 * MiB})
+    tally = SimulatedSwarm(slow).run()
+    assert fluid_bound(slow) == slow.size / (2 * MiB)
+    assert min(c for c in tally.completed if c is not None) >= slow.size / (2 * MiB)
+
+
+def test_the_scheduler_cpu_is_charged_when_asked() -> None:
+    s = SwarmSetup(**{**setup(peers=4).__dict__, "cpu_scale": 1.0, "wake": 2})
+    tally = SimulatedSwarm(s).run()
+    assert tally.all_pieces
+    assert tally.scheduler_cpu > 0
+    assert sum(tally.busy_by_second.values()) == pytest.approx(tally.scheduler_cpu)
+    assert tally.calls["report"] >= 4 * 8  # one DONE a piece a peer, at least
+
+
+def test_fluid_bound() -> None:
+    s = setup(links=(16 * MiB,) * 8)
+    assert fluid_bound(s) == pytest.approx(8 * MiB / (16 * MiB))
+    # a peer that joins late finishes late: its join plus F at its down rate
+    late = SwarmSetup(**{**s.__dict__, "joins": (0.0,) * 7 + (5.0,)})
+    assert fluid_bound(late) == pytest.approx(5.0 + 8 * MiB / (16 * MiB))
+    # a slow CDN: every piece leaves it once at least
+    slow_cdn = SwarmSetup(**{**s.__dict__, "cdn_rate": 2 * MiB})
+    assert fluid_bound(slow_cdn) == pytest.approx(8 * MiB / (2 * MiB))
+
+
+def test_the_command_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--peers", "6", "--size-mib", "6", "--cpu-scale", "0", "--join-window", "1"]
+    summary = main([*argv, "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == summary
+    assert summary["complete"] is True
+    assert summary["origin_egress_f"] == 1.0
+    assert summary["p99"] >= summary["p50"] > 0
+    assert summary["p99_over_t_star"] >= 1.0
+    assert summary["min_over_own_bound"] >= 1.0
+    main(argv)
+    assert "fluid bound T*" in capsys.readouterr().out
