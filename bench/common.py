@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -205,3 +206,41 @@ def write_random(path: Path, size: int) -> None:
             chunk = os.urandom(min(remaining, 16 * MiB))
             out.write(chunk)
             remaining -= len(chunk)
+
+
+def kill_all(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """Kill and reap whichever of `procs` still run."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def end_seeding(procs: Sequence[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """SIGTERM to every seeding dfget, then each one's `--json` summary (in order);
+    RuntimeError naming the peer if one exits non-zero."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    summaries = []
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"peer {i} exited {proc.returncode}: {err[-2000:]}")
+        summaries.append(json.loads(out))
+    return summaries
+
+
+def wait_for_exits(procs: Sequence[subprocess.Popen[Any]], started: float) -> list[float]:
+    """Seconds from `started` until each of `procs` exited 0 (curl writes in place: its
+    copy is complete when it exits); RuntimeError at the first that fails."""
+    times = [0.0] * len(procs)
+    running = set(range(len(procs)))
+    while running:
+        for i in sorted(running):
+            if procs[i].poll() is not None:
+                if procs[i].returncode != 0:
+                    raise RuntimeError(f"{procs[i].args!r} exited {procs[i].returncode}")
+                times[i] = time.perf_counter() - started
+                running.discard(i)
+        time.sleep(0.01)
+    return times

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,10 +43,13 @@ from bench.common import (
     ROOT,
     MiB,
     dfget_command,
+    end_seeding,
     env,
     free_hot_memory,
+    kill_all,
     median,
     supernode_process,
+    wait_for_exits,
     write_random,
 )
 from bench.origin_process import origin_process
@@ -160,19 +161,9 @@ def run_swarm(args: argparse.Namespace, work: Path, payload: Path, sha256: str) 
         ]
         try:
             times = wait_for_outputs(outputs, procs, started, limit)
-            summaries = []
-            for proc in procs:  # every peer is done: end their seeding
-                proc.send_signal(signal.SIGTERM)
-            for i, proc in enumerate(procs):
-                out, err = proc.communicate(timeout=60)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"peer {i} exited {proc.returncode}: {err[-2000:]}")
-                summaries.append(json.loads(out))
+            summaries = end_seeding(procs)  # every peer is done: end their seeding
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            kill_all(procs)
         origin_stats = origin.stop()
     for output in outputs:  # the peers checked every piece (blake3); check the whole, too
         if sha256_of(output) != sha256:
@@ -200,16 +191,7 @@ def run_direct(args: argparse.Namespace, work: Path, payload: Path) -> tuple[lis
         url = f"{origin.url}/{payload.name}"
         started = time.perf_counter()
         procs = [subprocess.Popen(["curl", "-sSf", "-o", str(output), url]) for output in outputs]
-        times = [0.0] * len(procs)
-        running = set(range(len(procs)))
-        while running:  # curl writes in place: a copy is complete when its curl exits
-            for i in sorted(running):
-                if procs[i].poll() is not None:
-                    if procs[i].returncode != 0:
-                        raise RuntimeError(f"curl exited {procs[i].returncode}")
-                    times[i] = time.perf_counter() - started
-                    running.discard(i)
-            time.sleep(0.01)
+        times = wait_for_exits(procs, started)
         sent = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
     size = args.size_mib * MiB
     for output in outputs:

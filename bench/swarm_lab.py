@@ -27,10 +27,8 @@ and removes the lab.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -41,10 +39,13 @@ from bench.common import (
     MiB,
     busy_seconds,
     dfget_command,
+    end_seeding,
     env,
     free_hot_memory,
+    kill_all,
     median,
     supernode_process,
+    wait_for_exits,
 )
 from bench.origin_process import origin_process
 from bench.swarm import (
@@ -118,19 +119,9 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
                     )
                 )
             times = wait_for_outputs(outputs, procs, started, limit)
-            for proc in procs:  # every peer is done: end their seeding
-                proc.send_signal(signal.SIGTERM)
-            summaries = []
-            for i, proc in enumerate(procs):
-                out, err = proc.communicate(timeout=60)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"peer {i} exited {proc.returncode}: {err[-2000:]}")
-                summaries.append(json.loads(out))
+            summaries = end_seeding(procs)  # every peer is done: end their seeding
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            kill_all(procs)
         origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
     after = sent(lab, ["origin", "supernode", *peers])
     for output in outputs:
@@ -187,22 +178,10 @@ def run_direct(lab: Lab, args: argparse.Namespace, work: Path, payload: Path) ->
             subprocess.Popen(lab.command(host, ["curl", "-sSf", "-o", str(output), url]))
             for host, output in zip(peers, outputs, strict=True)
         ]
-        times = [0.0] * len(procs)
         try:
-            running = set(range(len(procs)))
-            while running:  # curl writes in place: a copy is complete when its curl exits
-                for i in sorted(running):
-                    if procs[i].poll() is not None:
-                        if procs[i].returncode != 0:
-                            raise RuntimeError(f"curl exited {procs[i].returncode}")
-                        times[i] = time.perf_counter() - started
-                        running.discard(i)
-                time.sleep(0.01)
+            times = wait_for_exits(procs, started)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            kill_all(procs)
         origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
     for output in outputs:
         if output.stat().st_size != payload.stat().st_size:

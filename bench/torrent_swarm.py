@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bench.common import ROOT
+from bench.common import ROOT, kill_all
 from proto.pieces import piece_size_for
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-libtorrent is installed
@@ -138,10 +138,3 @@ def run_torrent(
         uploaded=[int(final["uploaded"]) for final in finals[1:]],
         sources=[{str(k): int(v) for k, v in line["from"].items()} for line in done],
     )
-
-
-def kill_all(procs: Sequence[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

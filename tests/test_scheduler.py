@@ -229,7 +229,6 @@ def test_the_cdn_is_the_last_resort_within_its_own_cap() -> None:
     assert [a.source for a in s.assign("u", "E", 3, 0.0)] == [CDN]
 
 
-
 def test_the_cdn_sends_each_piece_once_until_it_has_sent_them_all() -> None:
     # A, with one upload slot, holds pieces 0-3; 4 and 5 have spread nowhere yet.
     s = make(cdn_upload_slots=8, first_random=0)
