@@ -534,8 +534,9 @@ async def test_cdn_slots_are_capped_per_requester_and_freed_when_sent(
         await trio.sleep(1.2)
         async with raw_peer(node, "late") as late:
             assert isinstance(await register(late, origin.url("/f.bin")), Registered)
-            assert len((await ask(late, 8)).tasks) == 2
-            assert scheduler.statistics().cdn_uploads_in_flight == 2  # late's own
+            # Its share: the 4 slots among the 3 peers that miss pieces, all free again.
+            assert len((await ask(late, 8)).tasks) == 1
+            assert scheduler.statistics().cdn_uploads_in_flight == 1  # late's own
 
 
 # -- item 8: a resumed fetch never reuses a (key, nonce) ------------------------------------

@@ -936,3 +936,17 @@ def test_peers_that_hold_everything_take_no_share_of_the_cdn() -> None:
     seed_task(s, total=1, ready=1, holders={f"S{i}": (1, [0]) for i in range(6)}, task="u")
     seed_task(s, total=20, ready=20, downloaders=["D"])
     assert len(s.assign("t", "D", 20, 0.0)) == 4  # its cap (half the slots), not 8 // 7
+
+
+def test_a_done_after_its_uploader_left_still_counts() -> None:
+    # The piece arrived; the uploader's seeding ended before the downloader's report.
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=2, ready=2, holders={"A": (2, [0, 1])}, downloaders=["D"])
+    [a, b] = s.assign("t", "D", 2, 0.0)
+    s.remove_peer("A", 1.0)
+    s.report("t", "D", a.index, "A", Outcome.DONE, nbytes=100, seconds=1.0, now=1.0)
+    assert s.has("t", "D", a.index)
+    assert s.reported_bytes(["t"]) == (0, 100)
+    # A failure of the other one, after A left, changes nothing.
+    s.report("t", "D", b.index, "A", Outcome.FAILED, now=1.0)
+    assert not s.has("t", "D", b.index) and s.statistics().assignments_in_flight == 0

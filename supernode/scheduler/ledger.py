@@ -87,8 +87,9 @@ class Ledger:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
-        for flight in list(peer.uploading):
+        for flight in list(peer.uploading):  # the piece may have arrived before it left
             self.land(self.tasks[flight.task_id], flight)
+            self._unreported(flight)
         for task_id, member in peer.members.items():
             for flight in member.all_flights():
                 self.land(self.tasks[task_id], flight)
@@ -119,13 +120,7 @@ class Ledger:
             return
         for flight in self.flights.expired(now):
             self.land(self.tasks[flight.task_id], flight)
-            downloader = flight.downloader
-            expired = downloader.expired
-            if expired is None:
-                expired = downloader.expired = {}
-            expired[flight.index, flight.source] = None
-            if len(expired) > _EXPIRED_KEPT:  # a downloader that never reports
-                del expired[next(iter(expired))]
+            self._unreported(flight)
         for source in self.blacklist.expire(now):
             peer = self.peers.get(source)
             if peer is not None:
@@ -192,6 +187,17 @@ class Ledger:
             del peer.uploading[flight]
             if was_full:
                 self.refresh(peer)
+
+    def _unreported(self, flight: Flight) -> None:
+        """Remember a flight that landed before its report (expired, or its uploader
+        left): a late DONE for it still tells who holds what, and what was sent."""
+        downloader = flight.downloader
+        expired = downloader.expired
+        if expired is None:
+            expired = downloader.expired = {}
+        expired[flight.index, flight.source] = None
+        if len(expired) > _EXPIRED_KEPT:  # a downloader that never reports
+            del expired[next(iter(expired))]
 
     def free_cdn_slot(self, flight: Flight) -> None:
         flight.cdn_slot = False
