@@ -737,6 +737,10 @@ async def test_frames_naming_huge_payloads_cost_an_upload_server_nothing(
         assert peak() < 32 * MiB, f"{peak() / MiB:.0f} MiB allocated"
 
 
+def done_reports(node: RunningSupernode) -> int:
+    return node.node.scheduler.statistics().decisions_by_outcome.get("done", 0)
+
+
 async def test_admitted_seeding_sessions_leave_the_connection_caps(
     origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
 ) -> None:
@@ -751,6 +755,9 @@ async def test_admitted_seeding_sessions_leave_the_connection_caps(
         peer = PeerOptions(listen=("127.0.0.1", 0), token=token, seed_for=60)
         nursery.start_soon(partial(fetch, origin.url(f"/f{i}.bin"), node, peer=peer))
         await until_equal(lambda: len(node.node.swarm.peers), i + 1)
+        # Its piece is in (its connection for it may open after it registered) ...
+        await until_equal(lambda: done_reports(node), i + 1)
+        # ... and that connection closed: only the seeding control sessions stay.
         await until(lambda: node.node.server.limit.statistics().open == 0)
     assert node.node.server.limit.statistics().open == 0  # 5 seeding, none counted
     strangers = [await raw_connect(node.address) for _ in range(4)]  # still capped
