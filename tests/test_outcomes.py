@@ -13,7 +13,7 @@ from proto.errors import ErrorCode, PieceCorrupted
 from proto.messages import Outcome
 
 TASK = "0" * 64
-SUPERNODE = "10.0.0.5:8002"
+SUPERNODE = "198.18.0.5:8002"
 
 
 def end(error: TransferError, *, from_cdn: bool = False, failures: int = 0) -> TransferEnd:
@@ -57,7 +57,7 @@ def test_stale_from_a_peer_is_a_refusal() -> None:
         (refused(ErrorCode.NOT_HELD), Outcome.REFUSED),
         (refused(ErrorCode.BAD_TICKET), Outcome.REFUSED),
         (corrupt(), Outcome.CORRUPT),
-        (SourceLost("10.0.0.7:40000: connection reset"), Outcome.FAILED),
+        (SourceLost("198.18.0.7:40000: connection reset"), Outcome.FAILED),
         (trio.TooSlowError(), Outcome.TIMEOUT),
     ],
 )

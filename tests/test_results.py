@@ -63,7 +63,7 @@ async def test_a_daemons_summary_becomes_the_result(
         "from_source": 0,
         "from_cdn": 1000,
         "from_peers": 2000,
-        "supernode": "10.0.0.5:8002",
+        "supernode": "198.18.0.5:8002",
         "piece_size": 4 << 20,
         "pieces": 1,
     }
@@ -76,7 +76,7 @@ async def test_a_daemons_summary_becomes_the_result(
         0,
     )
     assert result.sources == {"cdn": SourceCounts(bytes=1000), "peers": SourceCounts(bytes=2000)}
-    assert (result.supernode, result.piece_size, result.pieces) == ("10.0.0.5:8002", 4 << 20, 1)
+    assert (result.supernode, result.piece_size, result.pieces) == ("198.18.0.5:8002", 4 << 20, 1)
     assert result.daemon == str(SOCKET)
 
 
