@@ -113,6 +113,7 @@ def _assign_duplicates(
 
     The downloader keeps the first copy to arrive and cancels the other.
     """
+    offer = cdn_offer(task)  # (a launch changes only its own piece's bit)
     for index in shuffled_bits(missing, rng):
         if index in member.duplicates:
             continue
@@ -121,9 +122,7 @@ def _assign_duplicates(
         taken = avoid.bits if uploader is None else avoid.bits | 1 << uploader.index
         source = task.pool.choose(index, taken, rng)
         if source is None and (
-            cdn_taken
-            or not _cdn_free(ledger, avoid, member.peer)
-            or not (cdn_offer(task) >> index) & 1
+            cdn_taken or not _cdn_free(ledger, avoid, member.peer) or not (offer >> index) & 1
         ):
             continue
         plan.append(ledger.launch(task, member, index, source, now))
