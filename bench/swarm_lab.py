@@ -38,10 +38,12 @@ from pathlib import Path
 from bench.common import (
     MiB,
     busy_seconds,
+    cpu_seconds,
     dfget_command,
     end_seeding,
     env,
     free_hot_memory,
+    free_page_reporting_off,
     kill_all,
     median,
     supernode_process,
@@ -119,6 +121,7 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
                     )
                 )
             times = wait_for_outputs(outputs, procs, started, limit)
+            dfget_cpu = sum(cpu_seconds(proc.pid) for proc in procs)
             summaries = end_seeding(procs)  # every peer is done: end their seeding
         finally:
             kill_all(procs)
@@ -139,7 +142,8 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
     notes = (
         f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
         f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
-        f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s"
+        f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s; "
+        f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / args.peers:.2f}s a peer"
     )
     shutil.rmtree(work / "ours", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
@@ -233,7 +237,10 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, list[Round]] = {kind: [] for kind in kinds}
 
     names = ["origin", "supernode", *(f"p{i}" for i in range(n))]
-    with Lab(names, link=link, prefix="dfsw") as lab:
+    # As bench/mirror.py does: freed memory stays host-backed for the whole run, so
+    # no client writes into cold pages because it happened to write late.
+    with free_page_reporting_off() as reporting, Lab(names, link=link, prefix="dfsw") as lab:
+        print(f"free page reporting: {reporting}", flush=True)
         for i in range(args.runs):
             for kind in kinds:
                 free_hot_memory(int(1.2 * (n + 1) * size))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,11 @@ from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcom
 from proto.session import Session, Side, negotiate
 
 READ_SIZE = 256 * 1024  # a read into a payload (on streams without recv_into)
+# While a payload arrives on a TCP socket, wake for it only once this much (or the
+# rest of the payload) is there (SO_RCVLOWAT): on a link slower than the reader, the
+# kernel would otherwise wake it for every few segments, and each wake-up costs the
+# event loop far more than copying the bytes does.
+PAYLOAD_LOWAT = 256 * 1024
 # A read between payloads: what a peer's frames can make us hold before they are
 # decoded one by one, per connection (frames are small; a header is at most 64 KiB).
 FRAME_READ_SIZE = 16 * 1024
@@ -48,6 +54,7 @@ class FramedStream:
         self._send_lock = trio.Lock()
         self._send_broken: str | None = None  # why a frame was cut short
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._lowat = 1  # the socket's SO_RCVLOWAT, as last set
         self.welcome: Welcome | None = None  # the server's, on a client stream
 
     async def send(
@@ -121,11 +128,13 @@ class FramedStream:
                     return frame
                 view = decoder.payload_view()
                 if view is not None and self._socket is not None:
+                    self._wake_at(min(len(view), PAYLOAD_LOWAT))
                     count = await self._socket.recv_into(view)
                     if count == 0:
                         raise MalformedFrame("connection closed in the middle of a payload")
                     decoder.payload_received(count)
                     continue
+                self._wake_at(1)  # a frame header may be a few bytes
                 data = await self.stream.receive_some(
                     FRAME_READ_SIZE if view is None else READ_SIZE
                 )
@@ -136,6 +145,13 @@ class FramedStream:
                 self.session.receive_data(data)
         except STREAM_ERRORS as exc:
             raise ConnectionLost(f"receive failed: {exc}", clean=False) from exc
+
+    def _wake_at(self, count: int) -> None:
+        """Have the socket wake a reader only once `count` bytes are there (or at its
+        end); a no-op on other streams and when already so."""
+        if self._socket is not None and count != self._lowat:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+            self._lowat = count
 
     async def refuse(self, exc: Exception) -> None:
         """Server side, before closing: tell the peer why, if the session still allows a
