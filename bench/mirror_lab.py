@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -64,6 +65,7 @@ KINDS = ("ours", "direct")
 REFERENCE = "bench/img:1"
 CORES = os.cpu_count() or 1
 SOURCES = ("cdn", "peers", "upstream")
+CPU_PARTS = ("registry", "supernode", "daemons", "skopeo")
 _DOWNLOADED = re.compile(r'^dfdaemon_downloaded_bytes_total\{source="(\w+)"\} (\S+)$', re.M)
 
 
@@ -75,7 +77,7 @@ class Round:
     registry_bytes: int  # blob bytes sent, from the registry's access log
     link_bytes: int  # bytes the registry host sent on its link (frames included)
     busy: float  # CPU-s the whole machine was busy during the round
-    cpu: dict[str, float]  # CPU-s of "registry", "supernode", "daemons" (all summed)
+    cpu: dict[str, float]  # CPU-s of "registry", "supernode", "daemons", "skopeo" (summed)
     sources: dict[str, float] = field(default_factory=dict)  # daemons' bytes by source
 
     @property
@@ -147,6 +149,7 @@ async def pull_all(
     pids = {"registry": registry.process.pid, **pids}
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     blobs, link, busy = registry.blob_bytes(), lab.counters("registry")[0], busy_seconds()
+    children = children_cpu()
     times: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -162,7 +165,7 @@ async def pull_all(
     async with trio.open_nursery() as nursery:
         for host, mirror in mirrors.items():
             nursery.start_soon(pull, host, mirror)
-    busy = busy_seconds() - busy
+    busy, children = busy_seconds() - busy, children_cpu() - children
     cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
     blobs, link = registry.blob_bytes() - blobs, lab.counters("registry")[0] - link
     for host in mirrors:
@@ -170,7 +173,14 @@ async def pull_all(
     shutil.rmtree(out, ignore_errors=True)
     ours = {"registry": cpu.pop("registry"), "supernode": cpu.pop("supernode", 0.0)}
     ours["daemons"] = sum(cpu.values())  # what is left: one per host
+    ours["skopeo"] = children  # the round's reaped children: the skopeos (and a few `ip`)
     return Round([times[host] for host in mirrors], blobs, link, busy, ours)
+
+
+def children_cpu() -> float:
+    """CPU-s (user + system) of every child process reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def sources_of(lab: Lab, mirrors: dict[str, str]) -> dict[str, float]:
@@ -192,7 +202,8 @@ def describe(kind: str, run: Round, size: int, rate: float) -> str:
         f"image, registry link sent {run.link_bytes / size:.2f}; CPU busy "
         f"{run.busy / run.wall:.2f} cores, {run.busy:.1f} CPU-s: registry "
         f"{run.cpu['registry']:.1f}, supernode {run.cpu['supernode']:.1f}, daemons "
-        f"{run.cpu['daemons']:.1f}, rest {run.busy - sum(run.cpu.values()):.1f}; floors: "
+        f"{run.cpu['daemons']:.1f}, skopeo {run.cpu['skopeo']:.1f}, rest (kernel, lab) "
+        f"{run.busy - sum(run.cpu.values()):.1f}; floors: "
         f"network {network:.2f}s, CPU {cpu:.2f}s"
     )
     if run.sources:
@@ -237,21 +248,30 @@ def report(results: dict[str, list[Round]], size: int, args: argparse.Namespace)
     per_run = median([o.wall / d.wall for o, d in zip(ours, direct, strict=True)])
     network = size / args.registry_rate
     cpu = median([r.busy / CORES for r in ours])
-    print(f"\nmedians of {args.runs} run(s); {args.hosts} hosts; {CORES} cores")
-    print(f"  {'pull':<8}{'all done':>9}{'median':>8}{'cores':>7}{'CPU-s':>7}  registry blobs")
+    host = median([(r.cpu["daemons"] + r.cpu["skopeo"]) / args.hosts for r in ours])
+    print(f"\nmedians of {args.runs} run(s); {args.hosts} hosts; {CORES} cores; CPU-s:")
+    print(
+        f"  {'pull':<8}{'all done':>9}{'median':>8}{'cores':>6}{'busy':>6}{'registry':>9}"
+        f"{'supernode':>10}{'daemons':>8}{'skopeo':>7}{'rest':>6}  registry blobs"
+    )
     for kind, runs in results.items():
+        parts = [median([r.cpu[name] for r in runs]) for name in CPU_PARTS]
         print(
             f"  {kind:<8}{wall[kind]:>8.2f}s{median([median(r.times) for r in runs]):>7.2f}s"
-            f"{median([r.busy / r.wall for r in runs]):>7.2f}"
-            f"{median([r.busy for r in runs]):>7.1f}"
+            f"{median([r.busy / r.wall for r in runs]):>6.2f}"
+            f"{median([r.busy for r in runs]):>6.1f}{parts[0]:>9.1f}{parts[1]:>10.1f}"
+            f"{parts[2]:>8.1f}{parts[3]:>7.1f}"
+            f"{median([r.busy - sum(r.cpu.values()) for r in runs]):>6.1f}"
             f"  {median([r.registry_bytes / size for r in runs]):.2f} image"
         )
     print(
         f"  ours / direct (all done): {wall['ours'] / wall['direct']:.3f}x "
         f"(per run {per_run:.3f}x); target <= 0.25x, registry blob bytes 1 image\n"
         f"  floors for ours: network {network:.2f}s ({network / wall['direct']:.3f}x direct), "
-        f"CPU {cpu:.2f}s ({cpu / wall['direct']:.3f}x): the larger is the least ours "
-        f"could take on this machine"
+        f"CPU {cpu:.2f}s ({cpu / wall['direct']:.3f}x): the larger is the least ours\n"
+        f"  could take on this machine; one host's own work (its daemon and skopeo) is\n"
+        f"  {host:.2f} CPU-s ({host / CORES / wall['direct']:.3f}x direct on {CORES} cores "
+        f"of its own)"
     )
 
 
