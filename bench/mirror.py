@@ -277,6 +277,12 @@ def arguments(doc: str, *, netlab: bool = False) -> argparse.Namespace:
             help="every other link, both ways, and the registry's down (default: unshaped)",
         )
         lab.add_argument(
+            "--client",
+            choices=("skopeo", "curl"),
+            default="skopeo",
+            help="each host's pull client (default skopeo; curl: every blob, no manifest)",
+        )
+        lab.add_argument(
             "--work",
             type=Path,
             default=Path("/dev/shm/dfpy-mirror-lab"),

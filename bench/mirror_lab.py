@@ -12,13 +12,16 @@ alternates from run to run):
   mirror (registries.conf);
 - direct: the same skopeo on every host at once, straight from the registry.
 
-A round's time runs from the common start until the last skopeo has exited (each
-copy then checked against the image's digests). Reports per round: all done, the
+With `--client curl`, each host runs one curl fetching every blob at once instead
+(no manifest): the least a client can cost, to show what skopeo's own CPU takes. A
+round's time runs from the common start until the last client has exited (each copy
+then checked against the image's digests). Reports per round: all done, the
 registry's blob bytes (its access log) and what its host sent on its link, as
 multiples of the image; for ours, where the daemons' bytes came from (their metrics:
 CDN, peers, upstream). The machine has few cores, so each round also reports the CPU
-the whole machine was busy (/proc/stat) and what the registry, the supernode and the
-daemons spent (/proc/PID/stat): the rest is skopeo, the kernel and the lab. From them,
+the whole machine was busy (/proc/stat), what the registry, the supernode and the
+daemons spent (/proc/PID/stat) and the clients (the round's reaped children): the rest
+is the kernel, the lab and this script. From them,
 floors: the network's (image / registry rate: the CDN must get the image once) and the
 CPU's (busy CPU-seconds / cores: the round's work perfectly spread over the cores).
 Targets: all done through the daemons <= 0.25x direct; registry blob bytes = 1 image.
@@ -65,7 +68,7 @@ KINDS = ("ours", "direct")
 REFERENCE = "bench/img:1"
 CORES = os.cpu_count() or 1
 SOURCES = ("cdn", "peers", "upstream")
-CPU_PARTS = ("registry", "supernode", "daemons", "skopeo")
+CPU_PARTS = ("registry", "supernode", "daemons", "client")
 _DOWNLOADED = re.compile(r'^dfdaemon_downloaded_bytes_total\{source="(\w+)"\} (\S+)$', re.M)
 
 
@@ -73,11 +76,11 @@ _DOWNLOADED = re.compile(r'^dfdaemon_downloaded_bytes_total\{source="(\w+)"\} (\
 class Round:
     """One kind's round: per-host times, the registry's bytes, CPU, the daemons' sources."""
 
-    times: list[float]  # per host, seconds from the common start until its skopeo exited
+    times: list[float]  # per host, seconds from the common start until its client exited
     registry_bytes: int  # blob bytes sent, from the registry's access log
     link_bytes: int  # bytes the registry host sent on its link (frames included)
     busy: float  # CPU-s the whole machine was busy during the round
-    cpu: dict[str, float]  # CPU-s of "registry", "supernode", "daemons", "skopeo" (summed)
+    cpu: dict[str, float]  # CPU-s of "registry", "supernode", "daemons", "client" (summed)
     sources: dict[str, float] = field(default_factory=dict)  # daemons' bytes by source
 
     @property
@@ -137,9 +140,11 @@ async def pull_all(
     mirrors: dict[str, str | None],
     out: Path,
     pids: dict[str, int],
+    client: str = "skopeo",
 ) -> Round:
-    """One skopeo per host, all at once (through MIRRORS[host], or straight from the
-    registry where it is None); checks every copy and removes it after."""
+    """One CLIENT (skopeo, or curl for each blob) per host, all at once (through
+    MIRRORS[host], or straight from the registry where it is None); checks every copy
+    and removes it after."""
     assert registry.process is not None
     size = sum(image.sizes.values())
     os.sync()  # the earlier rounds' writeback is not this one's
@@ -154,12 +159,16 @@ async def pull_all(
     started = time.perf_counter()
 
     async def pull(host: str, mirror: str | None) -> None:
-        prefix = lab.command(host, [])
-        done = await skopeo_pull(
-            registry, mirror, REFERENCE, out / host / "copy", out / host, prefix=prefix
-        )
+        prefix, copy = lab.command(host, []), out / host / "copy"
+        if client == "curl":
+            copy.mkdir()
+            base = f"http://{mirror}" if mirror else registry.url
+            argv = [*prefix, *curl_blobs(base, image, copy)]
+            done = await trio.run_process(argv, capture_stderr=True, check=False)
+        else:
+            done = await skopeo_pull(registry, mirror, REFERENCE, copy, out / host, prefix=prefix)
         if done.returncode != 0:
-            raise RuntimeError(f"skopeo on {host} exited {done.returncode}: {done.stderr!r}")
+            raise RuntimeError(f"{client} on {host} exited {done.returncode}: {done.stderr!r}")
         times[host] = time.perf_counter() - started
 
     async with trio.open_nursery() as nursery:
@@ -173,8 +182,19 @@ async def pull_all(
     shutil.rmtree(out, ignore_errors=True)
     ours = {"registry": cpu.pop("registry"), "supernode": cpu.pop("supernode", 0.0)}
     ours["daemons"] = sum(cpu.values())  # what is left: one per host
-    ours["skopeo"] = children  # the round's reaped children: the skopeos (and a few `ip`)
+    ours["client"] = children  # the round's reaped children: the clients (and a few `ip`)
     return Round([times[host] for host in mirrors], blobs, link, busy, ours)
+
+
+def curl_blobs(base: str, image: Image, copy: Path) -> list[str]:
+    """One curl fetching every blob of IMAGE from BASE (a registry or a mirror) at once,
+    each into COPY named as skopeo's dir: copies name them (the manifest is left out)."""
+    argv = ["curl", "-sSf", "--parallel", "--parallel-max", str(len(image.blobs))]
+    repository = REFERENCE.split(":")[0]
+    for digest in image.blobs:
+        argv += ["-o", str(copy / digest.split(":")[1])]
+        argv.append(f"{base}/v2/{repository}/blobs/{digest}")
+    return argv
 
 
 def children_cpu() -> float:
@@ -202,7 +222,7 @@ def describe(kind: str, run: Round, size: int, rate: float) -> str:
         f"image, registry link sent {run.link_bytes / size:.2f}; CPU busy "
         f"{run.busy / run.wall:.2f} cores, {run.busy:.1f} CPU-s: registry "
         f"{run.cpu['registry']:.1f}, supernode {run.cpu['supernode']:.1f}, daemons "
-        f"{run.cpu['daemons']:.1f}, skopeo {run.cpu['skopeo']:.1f}, rest (kernel, lab) "
+        f"{run.cpu['daemons']:.1f}, client {run.cpu['client']:.1f}, rest (kernel, lab) "
         f"{run.busy - sum(run.cpu.values()):.1f}; floors: "
         f"network {network:.2f}s, CPU {cpu:.2f}s"
     )
@@ -228,11 +248,15 @@ async def bench(lab: Lab, args: argparse.Namespace, work: Path, hosts: list[str]
             for kind in KINDS if i % 2 == 0 else KINDS[::-1]:
                 if kind == "direct":
                     direct: dict[str, str | None] = dict.fromkeys(hosts)
-                    run = await pull_all(lab, registry, image, direct, work / "out", {})
+                    run = await pull_all(
+                        lab, registry, image, direct, work / "out", {}, args.client
+                    )
                 else:
                     with our_hosts(lab, hosts, work / "run", registry) as (mirrors, pids):
                         through: dict[str, str | None] = dict(mirrors)
-                        run = await pull_all(lab, registry, image, through, work / "out", pids)
+                        run = await pull_all(
+                            lab, registry, image, through, work / "out", pids, args.client
+                        )
                         run.sources = sources_of(lab, mirrors)
                 results[kind].append(run)
                 print(f"run {i + 1} {describe(kind, run, size, args.registry_rate)}", flush=True)
@@ -248,11 +272,11 @@ def report(results: dict[str, list[Round]], size: int, args: argparse.Namespace)
     per_run = median([o.wall / d.wall for o, d in zip(ours, direct, strict=True)])
     network = size / args.registry_rate
     cpu = median([r.busy / CORES for r in ours])
-    host = median([(r.cpu["daemons"] + r.cpu["skopeo"]) / args.hosts for r in ours])
+    host = median([(r.cpu["daemons"] + r.cpu["client"]) / args.hosts for r in ours])
     print(f"\nmedians of {args.runs} run(s); {args.hosts} hosts; {CORES} cores; CPU-s:")
     print(
         f"  {'pull':<8}{'all done':>9}{'median':>8}{'cores':>6}{'busy':>6}{'registry':>9}"
-        f"{'supernode':>10}{'daemons':>8}{'skopeo':>7}{'rest':>6}  registry blobs"
+        f"{'supernode':>10}{'daemons':>8}{'client':>7}{'rest':>6}  registry blobs"
     )
     for kind, runs in results.items():
         parts = [median([r.cpu[name] for r in runs]) for name in CPU_PARTS]
@@ -269,7 +293,7 @@ def report(results: dict[str, list[Round]], size: int, args: argparse.Namespace)
         f"(per run {per_run:.3f}x); target <= 0.25x, registry blob bytes 1 image\n"
         f"  floors for ours: network {network:.2f}s ({network / wall['direct']:.3f}x direct), "
         f"CPU {cpu:.2f}s ({cpu / wall['direct']:.3f}x): the larger is the least ours\n"
-        f"  could take on this machine; one host's own work (its daemon and skopeo) is\n"
+        f"  could take on this machine; one host's own work (its daemon and client) is\n"
         f"  {host:.2f} CPU-s ({host / CORES / wall['direct']:.3f}x direct on {CORES} cores "
         f"of its own)"
     )
