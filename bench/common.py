@@ -75,14 +75,22 @@ def supernode_process(
 
 @contextmanager
 def daemon_process(
-    data_dir: Path, supernode: str, registry: str, *extra: str
+    data_dir: Path,
+    supernode: str,
+    registry: str,
+    *extra: str,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> Iterator[dict[str, Any]]:
-    """`dfdaemon` on ephemeral ports, its log beside DATA_DIR; yields its ready file's
-    object: "http", "upload" (HOST:PORT), "control_socket", "pid"; stops it after."""
+    """`dfdaemon` on ephemeral ports, its log beside DATA_DIR, its peer port on HOST (its
+    mirror port on 127.0.0.1), run under PREFIX (a network lab's `ip netns exec NS`);
+    yields its ready file's object: "http", "upload" (HOST:PORT), "control_socket",
+    "pid"; stops it after."""
     data_dir.mkdir(parents=True, exist_ok=True)
     sockets = Path(tempfile.mkdtemp(prefix="dfb-", dir="/tmp"))  # a short socket path
-    argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--supernode", supernode]
-    argv += ["--registry", registry, "--data-dir", str(data_dir), "--peer-listen", "127.0.0.1:0"]
+    argv = [*prefix, PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0"]
+    argv += ["--supernode", supernode, "--registry", registry, "--data-dir", str(data_dir)]
+    argv += ["--peer-listen", f"{host}:0"]
     argv += ["--control-socket", str(sockets / "d.sock"), *extra]
     try:
         log = data_dir.with_suffix(".log")

@@ -2,6 +2,11 @@
 a cold dfdaemon, and through a second host's dfdaemon after the first has pulled.
 
     .venv/bin/python bench/mirror.py [--layers-mib 96,80,64,48] [--runs 3]
+    .venv/bin/python bench/mirror.py --netlab [--hosts 8] [--registry-rate 50MiB]   (root)
+
+With --netlab, many hosts pull at once from a registry behind a slow link, through
+their daemons and straight from it: see bench/mirror_lab.py. Without it (below),
+everything runs on 127.0.0.1.
 
 A real docker-registry on 127.0.0.1 holds a generated OCI image (gzip'd tars of random
 bytes: several layers, a few hundred MiB). Each run starts, as real processes, a fresh
@@ -61,6 +66,7 @@ from bench.common import (
     median,
     supernode_process,
 )
+from common.units import parse_rate
 from testkit.registry import CTR, Containerd, Registry, write_oci_image
 
 FETCHED = re.compile(r"elapsed: ([\d.]+) s")  # ctr's progress line; the last one is final
@@ -248,16 +254,50 @@ def report(
     )
 
 
-def arguments(doc: str) -> argparse.Namespace:
-    """The options of the mirror benchmarks (this one and mirror_cpu.py)."""
+def arguments(doc: str, *, netlab: bool = False) -> argparse.Namespace:
+    """The options of the mirror benchmarks (this one and mirror_cpu.py; NETLAB: with
+    the network lab's, this one's)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--layers-mib", default="96,80,64,48", help="layer sizes in MiB")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs (medians are quoted)")
+    if netlab:
+        lab = parser.add_argument_group("network lab", "see bench/mirror_lab.py (root only)")
+        lab.add_argument("--netlab", action="store_true", help="N hosts behind one registry")
+        lab.add_argument("--hosts", type=int, default=8, help="hosts pulling at once (8)")
+        lab.add_argument(
+            "--registry-rate",
+            type=parse_rate,
+            default=parse_rate("50MiB"),
+            help="the registry host's link, up (default 50MiB)",
+        )
+        lab.add_argument(
+            "--host-rate",
+            type=parse_rate,
+            default=None,
+            help="every other link, both ways, and the registry's down (default: unshaped)",
+        )
+        lab.add_argument(
+            "--client",
+            choices=("skopeo", "curl"),
+            default="skopeo",
+            help="each host's pull client (default skopeo; curl: every blob, no manifest)",
+        )
+        lab.add_argument(
+            "--work",
+            type=Path,
+            default=Path("/dev/shm/dfpy-mirror-lab"),
+            help="where the image, the caches and the copies go (default in tmpfs: the "
+            "hosts share one disk here, where real hosts have one each)",
+        )
     return parser.parse_args()
 
 
 def main() -> int:
-    args = arguments(__doc__)
+    args = arguments(__doc__, netlab=True)
+    if args.netlab:
+        from bench import mirror_lab
+
+        return mirror_lab.main(args)
     with free_page_reporting_off() as reporting:
         print(f"mirror: the VM's free page reporting: {reporting}")
         return trio.run(bench, args)

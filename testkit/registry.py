@@ -1,7 +1,8 @@
 """Real registry parts for tests and benchmarks: Debian's docker-registry
 (distribution), skopeo and containerd, each started on 127.0.0.1 with a config of its
 own, and OCI images written here (gzip'd tars of random bytes: valid layers that do not
-compress). The Debian packages are installed by `make test`."""
+compress). The Debian packages are installed by `make test`. The registry and skopeo
+also run inside a network lab's host (`host` and `prefix`: bench/mirror_lab.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -118,12 +120,22 @@ def write_oci_image(layout: Path, layer_sizes: list[int]) -> Image:
 
 
 class Registry:
-    """docker-registry on 127.0.0.1 with its own config and storage; optional
-    htpasswd auth. Counts the blob bytes it serves from its access log."""
+    """docker-registry on HOST (127.0.0.1) with its own config and storage; optional
+    htpasswd auth. Counts the blob bytes it serves from its access log. With PREFIX (a
+    network lab's `ip netns exec NS`) it runs, and pushes, inside that lab host."""
 
-    def __init__(self, root: Path, *, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        users: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.root = root
         self.users = users or {}
+        self.host = host
+        self.prefix = list(prefix)
         self.address = ""  # HOST:PORT, once started
         self.log = root / "registry.log"
         self.process: trio.Process | None = None
@@ -147,7 +159,7 @@ class Registry:
             "  delete:",
             "    enabled: true",
             "http:",
-            "  addr: 127.0.0.1:0",
+            f"  addr: {self.host}:0",
             "  secret: dragonfly-py-tests",
         ]
         if self.users:
@@ -164,7 +176,8 @@ class Registry:
     async def start(self, nursery: trio.Nursery) -> None:
         assert REGISTRY
         config = self._config()
-        run = partial(trio.run_process, [REGISTRY, "serve", str(config)], check=False)
+        argv = [*self.prefix, REGISTRY, "serve", str(config)]
+        run = partial(trio.run_process, argv, check=False)
         with open(self.log, "wb") as log:  # noqa: ASYNC230 (the registry has its own copy)
             self.process = await nursery.start(partial(run, stdout=log, stderr=log))
         with trio.fail_after(20):
@@ -197,7 +210,7 @@ class Registry:
     async def push(self, image: Image, reference: str, creds: str | None = None) -> None:
         """skopeo copy of the layout to REGISTRY/reference (digests preserved)."""
         assert SKOPEO
-        argv = [SKOPEO, "--insecure-policy", "copy", "--dest-tls-verify=false"]
+        argv = [*self.prefix, SKOPEO, "--insecure-policy", "copy", "--dest-tls-verify=false"]
         argv += ["--format", "oci", "--preserve-digests"]
         if creds:
             argv += ["--dest-creds", creds]
@@ -207,15 +220,17 @@ class Registry:
 
 async def skopeo_pull(
     registry: Registry,
-    mirror: str,
+    mirror: str | None,
     reference: str,
     out: Path,
     work: Path,
     *,
     creds: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """skopeo copy docker://REGISTRY/reference dir:out, with the daemon as a mirror in a
-    registries.conf of its own."""
+    registries.conf of its own (no mirror: straight from the registry), run under
+    PREFIX (a network lab's `ip netns exec NS`)."""
     assert SKOPEO
     conf = work / "registries.conf"
     conf.write_text(
@@ -224,17 +239,15 @@ async def skopeo_pull(
         f'prefix = "{registry.address}"\n'
         f'location = "{registry.address}"\n'
         "insecure = true\n"
-        "[[registry.mirror]]\n"
-        f'location = "{mirror}"\n'
-        "insecure = true\n"
+        + (f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n' if mirror else "")
     )
-    argv = [SKOPEO, "--insecure-policy", "--registries-conf", str(conf), "copy"]
+    argv = [*prefix, SKOPEO, "--insecure-policy", "--registries-conf", str(conf), "copy"]
     if creds:
         # --src-creds does not reach a mirror: containers/image looks up credentials by
         # the host it talks to, so the auth file names the mirror too.
         token = base64.b64encode(creds.encode()).decode()
         authfile = work / "auth.json"
-        hosts = (registry.address, mirror)
+        hosts = (registry.address, mirror) if mirror else (registry.address,)
         authfile.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
         argv += ["--src-authfile", str(authfile)]
     argv += [f"docker://{registry.address}/{reference}", f"dir:{out}"]
