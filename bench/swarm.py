@@ -213,6 +213,7 @@ def main() -> int:
     lab.add_argument("--netlab", action="store_true", help="links shaped by tc, vs libtorrent")
     lab.add_argument("--rtt", type=parse_duration, default=0.0, help="RTT between hosts: 20ms")
     lab.add_argument("--loss", type=parse_loss, default=0.0, help="a link's loss: 0.1%%")
+    lab.add_argument("--no-torrent", action="store_true", help="skip the libtorrent swarm")
     lab.add_argument("--torrent-utp", action="store_true", help="libtorrent with uTP too")
     args = parser.parse_args()
     if args.netlab:

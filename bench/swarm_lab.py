@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -62,6 +63,7 @@ from bench.torrent_swarm import require_libtorrent, run_torrent
 from testkit.netlab import Lab, LabError, Link, require_lab
 
 KINDS = ("ours", "libtorrent", "direct")
+ORIGIN_DONE = re.compile(r"cdn: task \S+ done: .* from origin in ([0-9.]+)s")
 CORES = os.cpu_count() or 1
 
 
@@ -134,6 +136,7 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
     if match is None:
         raise RuntimeError(f"no totals line in {log}")
     cdn = int(match.group(2))
+    fetched = ORIGIN_DONE.search(log.read_text())
     total = sum(int(s["bytes"]) for s in summaries)
     from_peers = sum(int(s["from_peers"]) for s in summaries)
     inside = [float(s["seconds"]) for s in summaries]
@@ -143,7 +146,8 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
         f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
         f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
         f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s; "
-        f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / args.peers:.2f}s a peer"
+        f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / args.peers:.2f}s a peer; "
+        f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
     shutil.rmtree(work / "ours", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
@@ -212,7 +216,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         require_lab()
-        require_libtorrent()
+        if not args.no_torrent:
+            require_libtorrent()
     except (LabError, RuntimeError) as exc:
         print(f"swarm --netlab: {exc}")
         return 2
@@ -226,7 +231,9 @@ def main(args: argparse.Namespace) -> int:
     t_star = max(size / u, size / u, n * size / (u + n * u))
     delay = Lab.rtt_delay(args.rtt)
     link = Link(up=u, down=u, delay=delay, loss=args.loss)
-    kinds = [k for k in KINDS if not (k == "direct" and args.no_direct)]
+    skip = {"direct"} if args.no_direct else set()
+    skip |= {"libtorrent"} if args.no_torrent else set()
+    kinds = [k for k in KINDS if k not in skip]
     print(
         f"swarm in a lab: N={n} F={args.size_mib} MiB, every link U={u / MiB:g} MiB/s each "
         f"way, RTT {args.rtt * 1000:g} ms (delay {delay * 1000:g} ms a link a way), loss "
