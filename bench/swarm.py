@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -108,23 +109,41 @@ def parse_loss(text: str) -> float:
     return loss
 
 
+class Watch(Protocol):
+    """What a round under a fault (bench/faults.py) adds to the wait."""
+
+    spared: set[int]  # peers (by index) the fault hit: they may fail, or never finish
+
+    def tick(self, elapsed: float) -> None:
+        """Called at every poll, `elapsed` seconds after the start."""
+
+
 def wait_for_outputs(
-    outputs: list[Path], procs: list[subprocess.Popen[str]], started: float, limit: float
+    outputs: list[Path],
+    procs: list[subprocess.Popen[str]],
+    started: float,
+    limit: float,
+    watch: Watch | None = None,
 ) -> list[float]:
-    """Poll until every output exists; the time each appeared, from `started`."""
+    """Poll until every output exists (but those of the peers `watch` spares); the time
+    each appeared, from `started`, in order (the spared left out)."""
+    spared = watch.spared if watch is not None else set()
     times: list[float | None] = [None] * len(outputs)
-    while None in times:
+    while any(t is None for i, t in enumerate(times) if i not in spared):
         now = time.perf_counter()
+        if watch is not None:
+            watch.tick(now - started)
         for i, output in enumerate(outputs):
             if times[i] is None and output.exists():
                 times[i] = now - started
-            elif times[i] is None and procs[i].poll() is not None:
+            elif times[i] is None and i not in spared and procs[i].poll() is not None:
                 _, err = procs[i].communicate()
                 raise RuntimeError(f"peer {i} exited {procs[i].returncode}: {err[-2000:]}")
         if now - started > limit:
-            raise RuntimeError(f"peers still running after {limit:.0f}s")
+            late = [i for i, t in enumerate(times) if t is None and i not in spared]
+            raise RuntimeError(f"peers {late} still running after {limit:.0f}s")
         time.sleep(0.01)
-    return [t for t in times if t is not None]
+    return [t for i, t in enumerate(times) if t is not None and i not in spared]
 
 
 def run_swarm(args: argparse.Namespace, work: Path, payload: Path, sha256: str) -> SwarmRun:

@@ -54,6 +54,7 @@ from bench.origin_process import origin_process
 from bench.swarm import (
     STARTUP_GRACE,
     TOTALS,
+    Watch,
     make_payload,
     percentile,
     sha256_of,
@@ -88,7 +89,17 @@ def spread(values: Sequence[float], size: int) -> str:
     return f"min {low:.2f}F median {middle:.2f}F max {high:.2f}F"
 
 
-def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha256: str) -> Round:
+def run_ours(
+    lab: Lab,
+    args: argparse.Namespace,
+    work: Path,
+    payload: Path,
+    sha256: str,
+    watch: Watch | None = None,
+) -> Round:
+    """One round of ours; with `watch` (bench/faults.py), a fault runs beside it: the
+    peers it spares may fail or never finish (they are killed at the end), the times
+    and summaries are the others'."""
     peers = [f"p{i}" for i in range(args.peers)]
     outputs = [work / "ours" / f"{host}.bin" for host in peers]
     shutil.rmtree(work / "ours", ignore_errors=True)
@@ -111,6 +122,7 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
     ):
         url = f"{origin.url}/{payload.name}"
         procs: list[subprocess.Popen[str]] = []
+        spared = watch.spared if watch is not None else set()
         try:
             started = time.perf_counter()
             for host, output in zip(peers, outputs, strict=True):
@@ -122,15 +134,17 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
                         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
                     )
                 )
-            times = wait_for_outputs(outputs, procs, started, limit)
-            dfget_cpu = sum(cpu_seconds(proc.pid) for proc in procs)
-            summaries = end_seeding(procs)  # every peer is done: end their seeding
+            times = wait_for_outputs(outputs, procs, started, limit, watch)
+            hit = {peers[i]: spared_exit(procs[i]) for i in sorted(spared)}
+            survivors = [proc for i, proc in enumerate(procs) if i not in spared]
+            dfget_cpu = sum(cpu_seconds(proc.pid) for proc in survivors)
+            summaries = end_seeding(survivors)  # every peer is done: end their seeding
         finally:
             kill_all(procs)
         origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
     after = sent(lab, ["origin", "supernode", *peers])
-    for output in outputs:
-        if sha256_of(output) != sha256:
+    for i, output in enumerate(outputs):  # a spared peer's output, if any, must be right too
+        if (i not in spared or output.exists()) and sha256_of(output) != sha256:
             raise RuntimeError(f"{output} differs from the origin's file")
     match = TOTALS.search(log.read_text())
     if match is None:
@@ -146,11 +160,21 @@ def run_ours(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha2
         f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
         f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
         f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s; "
-        f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / args.peers:.2f}s a peer; "
+        f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / len(survivors):.2f}s a peer; "
         f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
+    notes += "".join(f"; {host} (hit): {what}" for host, what in hit.items())
     shutil.rmtree(work / "ours", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
+
+
+def spared_exit(proc: subprocess.Popen[str]) -> str:
+    """What became of a peer a fault hit, as the round ends (before it is killed)."""
+    if proc.poll() is None:
+        return "still running (killed)"
+    _, err = proc.communicate()
+    last = err.strip().splitlines()[-1:] or [""]
+    return f"exited {proc.returncode} ({last[0][:200]})"
 
 
 def run_bt(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha256: str) -> Round:

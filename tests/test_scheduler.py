@@ -310,6 +310,29 @@ def test_a_cdn_slot_is_held_until_the_cdn_has_sent_the_piece() -> None:
     assert s.statistics().cdn_uploads_in_flight == 1
 
 
+def test_a_cdn_copy_to_a_silent_peer_holds_the_others_back_only_so_long() -> None:
+    # The CDN sends piece 0 to D, whose host is then cut off: no report comes until D's
+    # transfer deadline (65 s). The others may have it from the CDN after
+    # max(cdn_copy_wait, piece size / min_transfer_rate), not wait for that deadline.
+    assert SchedulerConfig().cdn_copy_span(1 << 20) == 10.0
+    assert SchedulerConfig().cdn_copy_span(4 << 20) == 16.0  # 4 MiB at 256 KiB/s
+    s = make(cdn_upload_slots=8, first_random=0)
+    seed_task(s, total=2, ready=2, holders={"A": (4, [1])}, downloaders=["D", "E", "F"])
+    s.add_task("t", piece_size=4 << 20)
+    [a] = s.assign("t", "D", 1, 0.0)
+    assert a == Assignment(0, CDN)
+    s.cdn_upload_started("t", "D", 0, 0.5)
+    assert [b.index for b in s.assign("t", "E", 2, 15.9)] == [1]  # from A; 0 waits
+    [b] = s.assign("t", "E", 2, 16.0)
+    assert b == Assignment(0, CDN)
+    # That second copy holds the others back in turn, from its own assignment.
+    assert [c.index for c in s.assign("t", "F", 2, 31.9)] == [1]
+    assert s.assign("t", "F", 1, 32.0) == [Assignment(0, CDN)]
+    # D's own report, however late, still counts (the copy was real).
+    s.report("t", "D", 0, CDN, Outcome.DONE, nbytes=10, now=33.0)
+    assert s.has("t", "D", 0)
+
+
 def test_a_peer_assignment_expires_on_a_deadline_from_the_piece_size() -> None:
     s = make(cdn_upload_slots=0, assignment_timeout=60.0, report_grace=5.0)
     seed_task(s, total=2, holders={"X": (1, range(2))}, downloaders=["D", "E"])

@@ -71,6 +71,12 @@ class SchedulerConfig:
     """A CDN assignment frees its CDN slot when the CDN has sent the piece; if the
     requester never asks the CDN for it, after this long."""
 
+    cdn_copy_wait: float = 10.0
+    """The CDN sends one copy of a piece at a time; a copy holds the others back for at
+    most max(this, piece size / `min_transfer_rate`) seconds from its assignment: its
+    recipient may have gone silent (a host cut off), and the whole swarm would wait for
+    that assignment's transfer deadline."""
+
     cdn_slots_per_requester: int | None = None
     """CDN uploads in flight for one downloader, over all its tasks (None: half of
     `cdn_upload_slots`, at least 1): one peer cannot take every CDN slot."""
@@ -116,6 +122,7 @@ class SchedulerConfig:
             "speed_halflife",
             "min_transfer_rate",
             "cdn_request_deadline",
+            "cdn_copy_wait",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SchedulerConfig.{name} must be > 0")
@@ -129,6 +136,10 @@ class SchedulerConfig:
         if self.cdn_slots_per_requester is not None:
             return self.cdn_slots_per_requester
         return max(1, self.cdn_upload_slots // 2)
+
+    def cdn_copy_span(self, piece_size: int) -> float:
+        """Seconds a CDN copy of a piece of `piece_size` bytes holds back other copies."""
+        return max(self.cdn_copy_wait, piece_size / self.min_transfer_rate)
 
     def transfer_deadline(self, piece_size: int) -> float:
         """Seconds an assignment of a piece of `piece_size` bytes may stay unreported."""

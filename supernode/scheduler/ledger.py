@@ -162,7 +162,7 @@ class Ledger:
             flight.cdn_slot = True
             self.cdn_uploads += 1
             member.peer.cdn_uploads += 1
-            task.cdn_flight(index, +1)
+            task.cdn_flight(index, +1, now)
         else:
             peer = uploader.peer
             peer.uploads += 1

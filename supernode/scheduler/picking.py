@@ -65,7 +65,7 @@ def _assign_new(
     # its own source.
     pool = task.pool
     peer = member.peer
-    cdn_pieces = cdn_offer(task) if _cdn_free(ledger, avoid, peer) else 0
+    cdn_pieces = cdn_offer(ledger, task, now) if _cdn_free(ledger, avoid, peer) else 0
     reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
     order: PieceOrder | IndexOrder
     if member.in_order:
@@ -113,7 +113,7 @@ def _assign_duplicates(
 
     The downloader keeps the first copy to arrive and cancels the other.
     """
-    offer = cdn_offer(task)  # (a launch changes only its own piece's bit)
+    offer = cdn_offer(ledger, task, now)  # (a launch changes only its own piece's bit)
     for index in shuffled_bits(missing, rng):
         if index in member.duplicates:
             continue
@@ -130,19 +130,21 @@ def _assign_duplicates(
             return
 
 
-def cdn_offer(task: Task) -> int:
+def cdn_offer(ledger: Ledger, task: Task, now: float) -> int:
     """The pieces the CDN may send now (a bitset).
 
     While some piece has not spread (no peer able to upload holds it), only those
     pieces, one copy at a time: each piece leaves the CDN once, and the pieces on their
     way out have the link to themselves. Once all have spread and the CDN holds the
-    whole file, any piece it is not sending: its link then adds to the peers'.
+    whole file, any piece it is not sending: its link then adds to the peers'. A copy
+    holds back others only for `SchedulerConfig.cdn_copy_span`: its recipient may be gone.
     """
     rarity = task.rarity
+    busy = task.cdn_holding(now, ledger.config.cdn_copy_span(task.piece_size))
     unspread = rarity.on_cdn & ~task.pool.spread
     if unspread or rarity.total is None or rarity.ready < rarity.total:
-        return unspread & ~task.cdn_busy
-    return rarity.on_cdn & ~task.cdn_busy
+        return unspread & ~busy
+    return rarity.on_cdn & ~busy
 
 
 def _avoid(task: Task, member: Member, now: float) -> _Avoid:

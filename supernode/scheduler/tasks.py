@@ -31,6 +31,7 @@ class Task:
         # the CDN sends one copy of a piece at a time; peers spread the others.
         self.cdn_busy = 0
         self._cdn_copies: dict[int, int] = {}
+        self._cdn_since: dict[int, float] = {}  # ... and when its latest copy was assigned
         self.reputation = Reputation(blacklist_after, check_accusations=check_accusations)
         self.bytes_from_cdn = 0
         self.bytes_from_peers = 0
@@ -60,15 +61,28 @@ class Task:
         self.pool.add_holding(member, index)
         return True
 
-    def cdn_flight(self, index: int, delta: int) -> None:
-        """A CDN upload of piece `index` starts (+1) or ends (-1)."""
+    def cdn_flight(self, index: int, delta: int, now: float = 0.0) -> None:
+        """A CDN upload of piece `index` is assigned at `now` (+1) or ends (-1)."""
         copies = self._cdn_copies.get(index, 0) + delta
         if copies > 0:
             self._cdn_copies[index] = copies
             self.cdn_busy |= 1 << index
+            if delta > 0:
+                self._cdn_since[index] = now
         else:
             self._cdn_copies.pop(index, None)
+            self._cdn_since.pop(index, None)
             self.cdn_busy &= ~(1 << index)
+
+    def cdn_holding(self, now: float, span: float) -> int:
+        """The pieces a CDN copy holds back from other copies (a bitset): those whose
+        latest copy was assigned less than `span` seconds ago."""
+        busy = self.cdn_busy
+        if busy and now - min(self._cdn_since.values()) >= span:
+            for index, since in self._cdn_since.items():
+                if now - since >= span:
+                    busy &= ~(1 << index)
+        return busy
 
     def count_bytes(self, source: str, nbytes: int) -> None:
         if source == CDN:
