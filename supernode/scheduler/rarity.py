@@ -28,6 +28,8 @@ class PieceRarity:
         self.ready = 0  # pieces 0..ready-1 are on the CDN
         self.total: int | None = None  # the task's piece count, once known
         self.held = 0  # pieces at least one peer holds
+        self.known = 0  # the pieces known so far (all of them once the total is known)
+        self.on_cdn = 0  # pieces on the CDN: 0..ready-1
         # Every bucket below position `_floor` of `bucket_counts` lies outside `_floor_reach`:
         # in a busy swarm the rarest pieces are all saturated, and every walk would
         # otherwise start by stepping over them (see `first_bucket`).
@@ -38,14 +40,6 @@ class PieceRarity:
     def size(self) -> int:
         """Pieces known so far: the total once known, else those the CDN has announced."""
         return len(self.counts)
-
-    @property
-    def known(self) -> int:
-        return mask(len(self.counts))
-
-    @property
-    def on_cdn(self) -> int:
-        return mask(self.ready)
 
     def peer_holders(self, index: int) -> int:
         return self.counts[index] - (1 if index < self.ready else 0)
@@ -71,6 +65,7 @@ class PieceRarity:
         for index in range(self.ready, ready):
             self._move(index, +1)
         self.ready = ready
+        self.on_cdn = mask(ready)
 
     def add_holder(self, index: int) -> None:
         if self.counts[index] == (index < self.ready):  # no peer holder yet, only the CDN
@@ -87,6 +82,7 @@ class PieceRarity:
         if size > old:
             self._floor = 0
             self.counts.extend([0] * (size - old))
+            self.known = mask(size)
             self._bucket_add(0, mask(size) ^ mask(old))
 
     def _move(self, index: int, delta: int) -> None:
