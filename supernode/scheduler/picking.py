@@ -95,6 +95,8 @@ def _assign_new(
     for index in order:
         source = pool.choose(index, avoid.bits, rng)
         if source is None and not (cdn_pieces >> index) & 1:
+            if pool.saturated & order.remaining & ~cdn_pieces:  # found saturated on the way
+                order.restrict(~pool.saturated | cdn_pieces)
             continue
         plan.append(ledger.launch(task, member, index, source, now))
         if len(plan) >= want:
