@@ -26,7 +26,9 @@ decision through its public calls, with the simulated `now`:
   ends (`cdn_upload_started`, `cdn_upload_finished`);
 - peers stay (seeding) until the last one is complete.
 
-The supernode is one thread. Its scheduler calls are timed (`time.process_time`), and
+The supernode is one thread (`bench/simcore.py`: the event queue and the supernode's
+core; `bench/simrecords.py`: the set-up, the peers' records and the tally). Its
+scheduler calls are timed (`time.process_time`), and
 with `cpu_scale` > 0 each call also takes `cpu_scale` x that CPU time of simulated time
 on a single simulated core: messages that arrive while it is busy wait their turn
 (FIFO), and a request woken by news while it is queued is not queued twice. So a
@@ -39,124 +41,32 @@ charged: framing, tickets and the rest of the supernode's work are not modelled.
 
 from __future__ import annotations
 
-import gc
-import heapq
 import itertools
 import random
-import sys
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from bench.flows import Flow, FlowNetwork, Host
+from bench.simcore import SimCore
+from bench.simrecords import (
+    LONG_POLL,
+    NOTHING_YET_PAUSE,
+    TASK,
+    SimPeer,
+    SwarmSetup,
+    SwarmTally,
+    Transfer,
+)
 from proto.pieces import piece_count, piece_length
 from supernode.scheduler import CDN, Assignment, Outcome, Scheduler, SchedulerConfig, Verdict
 
-TASK = "simulated-task"
-IN_FLIGHT = 8  # dfget/transfers.py
-NOTHING_YET_PAUSE = 0.01  # dfget/transfers.py
-LONG_POLL = 1.0  # supernode/peers/control.py
-GC_EVERY = 10.0  # simulated seconds between full collections
 
-Handler = Callable[[Any], None]
-
-
-def _timer_floor() -> float:
-    """What `process_time() - process_time()` reads around nothing (a system call here:
-    ~1.4 us on the CI VMs, a tenth of an `assign`), taken off every timed call."""
-    samples = []
-    for _ in range(200):
-        started = time.process_time()
-        samples.append(time.process_time() - started)
-    return sorted(samples)[len(samples) // 2]
-
-
-TIMER_FLOOR = _timer_floor()
-
-
-@dataclass(frozen=True)
-class SwarmSetup:
-    size: int  # F, bytes
-    piece_size: int
-    peer_links: tuple[float, ...]  # each peer's up and down rate (bytes/s)
-    joins: tuple[float, ...]  # each peer's join time
-    origin_rate: float
-    cdn_rate: float  # the CDN's up and down link
-    rtt: float = 0.001
-    startup: float = 1.0
-    upload_slots: int = 4
-    in_flight: int = IN_FLIGHT
-    cdn_slots: int = SchedulerConfig().cdn_upload_slots
-    cpu_scale: float = 1.0
-    wake: int | None = None  # held requests one piece of news wakes (None: all, as today)
-    seed: int = 1
-
-
-@dataclass(eq=False)
-class Transfer:
-    peer: SimPeer
-    index: int
-    source: str
-    assigned: float
-    flow: Flow | None = None
-    over: bool = False  # landed or cancelled
-
-
-@dataclass(eq=False)
-class SimPeer:
-    number: int
-    peer_id: str
-    host: Host
-    joined: float
-    have: int = 0
-    held: int = 0  # pieces held
-    running: int = 0
-    asking: bool = False
-    request: int = 0  # the id of its pending request
-    completed: float | None = None
-    transfers: dict[int, list[Transfer]] = field(default_factory=dict)
-
-
-@dataclass
-class SwarmTally:
-    """What a run measured; times are simulated seconds from the first join (0)."""
-
-    completed: list[float | None] = field(default_factory=list)  # per peer
-    origin_bytes: int = 0
-    cdn_bytes: float = 0.0  # the CDN's upload, cancelled copies' partial bytes included
-    done_from_cdn: int = 0  # plaintext bytes reported DONE, by source
-    done_from_peers: int = 0
-    cancelled: int = 0
-    scheduler_cpu: float = 0.0  # process_time inside scheduler calls
-    calls: dict[str, int] = field(default_factory=dict)
-    cpu_by_call: dict[str, float] = field(default_factory=dict)
-    empty_assigns: int = 0
-    busy_by_second: dict[int, float] = field(default_factory=dict)  # supernode time charged
-    waited: float = 0.0  # total seconds messages waited for the supernode
-    waited_max: float = 0.0
-    handled: int = 0  # supernode messages handled
-    end: float = 0.0  # simulated time of the last completion
-    wall: float = 0.0  # the simulation's own wall time
-    flow_updates: int = 0
-    gc_seconds: float = 0.0  # collections between events (not charged to the scheduler)
-    all_pieces: bool = False  # every peer holds every piece
-
-
-class SimulatedSwarm:
+class SimulatedSwarm(SimCore):
     def __init__(self, setup: SwarmSetup) -> None:
+        super().__init__(setup.cpu_scale, SwarmTally(completed=[None] * len(setup.joins)))
         self.setup = setup
         self.pieces = piece_count(setup.size, setup.piece_size)
         config = SchedulerConfig(cdn_upload_slots=setup.cdn_slots)
         self.scheduler = Scheduler(config, rng=random.Random(setup.seed))
-        self.now = 0.0
-        self._events: list[tuple[float, int, Handler, Any]] = []
-        self._seq = itertools.count()
-        self._inbox: deque[tuple[float, Handler, Any]] = deque()  # the supernode's
-        self._outbox: list[tuple[float, Handler, Any]] = []  # sent once the CPU is done
-        self._cpu_free = 0.0
-        self._spent = 0.0  # CPU of the message being handled
         self._waiting: dict[SimPeer, tuple[SimPeer, int, int]] = {}  # held requests
         self._deadline: dict[SimPeer, float] = {}
         self._timed: dict[SimPeer, int] = {}  # the request whose deadline is queued
@@ -170,42 +80,14 @@ class SimulatedSwarm:
         self.hosts = {peer.peer_id: peer.host for peer in self.peers} | {CDN: self.cdn}
         self.cdn_started = False
         self.incomplete = len(self.peers)
-        self.tally = SwarmTally(completed=[None] * len(self.peers))
-
-    # -- the event loop -------------------------------------------------------------------
-
-    def at(self, when: float, handler: Handler, arg: Any = None) -> None:
-        heapq.heappush(self._events, (when, next(self._seq), handler, arg))
-
-    def to_supernode(self, delay: float, handler: Handler, arg: Any = None) -> None:
-        """A message that reaches the supernode after `delay` and waits for its turn."""
-        self.at(self.now + delay, self._arrive, (handler, arg))
-
-    def _arrive(self, message: tuple[Handler, Any]) -> None:
-        self._inbox.append((self.now, *message))
-
-    def reply(self, delay: float, handler: Handler, arg: Any = None) -> None:
-        """From the supernode: leaves when the message being handled is done."""
-        self._outbox.append((delay, handler, arg))
 
     def run(self, *, progress: float = 0.0) -> SwarmTally:
         """Until every peer is complete; every `progress` simulated seconds (0: never) a
         line on stderr says how far it got."""
         started = time.perf_counter()
-        next_line = progress if progress > 0 else float("inf")
-        collected = GC_EVERY
-        # The event queue holds millions of objects, and a collection the cyclic garbage
-        # collector starts inside a scheduler call would be charged to it: collect
-        # between events instead (the simulation's objects form no cycles once done).
         for peer in self.peers:
             self.at(peer.joined + self.setup.startup, self._register, peer)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            self._loop(started, progress, next_line, collected)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        self.loop(progress)
         tally = self.tally
         tally.end = self.now
         tally.wall = time.perf_counter() - started
@@ -215,65 +97,11 @@ class SimulatedSwarm:
         tally.all_pieces = all(peer.have == full for peer in self.peers)
         return tally
 
-    def _loop(self, started: float, progress: float, next_line: float, collected: float) -> None:
-        events, inbox, scale = self._events, self._inbox, self.setup.cpu_scale
-        tally = self.tally
-        while self.incomplete:
-            if self.now >= collected:
-                collected += GC_EVERY
-                begun = time.process_time()
-                gc.collect()
-                tally.gc_seconds += time.process_time() - begun
-            if self.now >= next_line:
-                next_line += progress
-                print(
-                    f"  {self.now:.0f} simulated s: {len(self.peers) - self.incomplete} peers "
-                    f"complete, scheduler CPU {tally.scheduler_cpu:.1f} s, "
-                    f"wall {time.perf_counter() - started:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            next_event = events[0][0] if events else float("inf")
-            if inbox and max(self._cpu_free, inbox[0][0]) <= next_event:
-                arrived, handler, arg = inbox.popleft()
-                self.now = start = max(self._cpu_free, arrived)
-                self._spent = 0.0
-                handler(arg)
-                charged = scale * self._spent
-                self._cpu_free = end = start + charged
-                self._charge(start, end)
-                tally.waited += start - arrived
-                tally.waited_max = max(tally.waited_max, start - arrived)
-                tally.handled += 1
-                self.now = end
-                for delay, out, out_arg in self._outbox:
-                    self.at(end + delay, out, out_arg)
-                self._outbox.clear()
-            elif events:
-                self.now, _, handler, arg = heapq.heappop(events)
-                handler(arg)
-            else:
-                raise RuntimeError("the swarm stalled: nothing left to happen")
+    def running(self) -> bool:
+        return self.incomplete > 0
 
-    def _charge(self, start: float, end: float) -> None:
-        """Count the supernode's busy time in each simulated second it falls in."""
-        busy = self.tally.busy_by_second
-        while start < end:
-            second = int(start)
-            until = min(end, second + 1.0)
-            busy[second] = busy.get(second, 0.0) + until - start
-            start = until
-
-    def _call(self, name: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        started = time.process_time()
-        result = call(*args, **kwargs)
-        spent = max(0.0, time.process_time() - started - TIMER_FLOOR)
-        self._spent += spent
-        self.tally.scheduler_cpu += spent
-        calls, cpu = self.tally.calls, self.tally.cpu_by_call
-        calls[name] = calls.get(name, 0) + 1
-        cpu[name] = cpu.get(name, 0.0) + spent
-        return result
+    def progress(self) -> str:
+        return f"{len(self.peers) - self.incomplete} peers complete"
 
     # -- the supernode ---------------------------------------------------------------------
 
@@ -305,9 +133,12 @@ class SimulatedSwarm:
         self._decide(peer, request_id, want)
 
     def _decide(self, peer: SimPeer, request_id: int, want: int) -> None:
+        spent = self._spent
         assignments = self._call(
             "assign", self.scheduler.assign, TASK, peer.peer_id, want, self.now
         )
+        if not assignments:
+            self.tally.empty_assign_cpu += self._spent - spent
         if assignments or self.now >= self._deadline[peer]:
             self.reply(self.setup.rtt / 2, self._on_answer, (peer, assignments))
             return

@@ -10,8 +10,9 @@
     .venv/bin/python bench/simulate.py --peers 16 --size-mib 128 --fast-share 0 --slow-share 0
 
 A flow-level, discrete-event simulation (`bench/simswarm.py` plays the peers, the
-supernode's long-polls and the CDN; `bench/flows.py` shares the links) in which every
-decision is the real `supernode.scheduler.Scheduler`'s, called with simulated time.
+supernode's long-polls and the CDN, `bench/simrecords.py` holds its set-up and tally,
+`bench/flows.py` shares the links) in which every decision is the real
+`supernode.scheduler.Scheduler`'s, called with simulated time.
 Peers have symmetric links: `--fast-share` of them at `--fast-factor` x `--rate`,
 `--slow-share` at `--slow-factor` x, the rest at `--rate` (the median). They join at
 times drawn uniformly over `--join-window` (0: all at once). The origin's link is
@@ -48,7 +49,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.simswarm import SimulatedSwarm, SwarmSetup, SwarmTally
+from bench.simrecords import SwarmSetup, SwarmTally
+from bench.simswarm import SimulatedSwarm
 from common.units import parse_rate, parse_size
 from proto.pieces import piece_size_for
 
@@ -134,6 +136,7 @@ class Figures:
             "calls": dict(sorted(tally.calls.items())),
             "cpu_by_call": dict(sorted(tally.cpu_by_call.items())),
             "empty_assigns": tally.empty_assigns,
+            "empty_assign_cpu": tally.empty_assign_cpu,
             "supernode_wait_mean": tally.waited / max(1, tally.handled),
             "supernode_wait_max": tally.waited_max,
             "flow_updates": tally.flow_updates,
@@ -180,7 +183,11 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
         f"{name} {count:,} ({s['cpu_by_call'][name] / count * 1e6:.1f} us)"
         for name, count in s["calls"].items()
     )
-    print(f"  calls: {calls} ({s['empty_assigns']:,} assigns held for news)")
+    held = s["empty_assigns"]
+    print(
+        f"  calls: {calls} ({held:,} assigns held for news, "
+        f"{s['empty_assign_cpu'] / max(1, held) * 1e6:.1f} us each)"
+    )
     print(
         f"  simulation wall time {s['wall_seconds']:.1f} s "
         f"({s['flow_updates']:,} flow rate updates; {s['gc_seconds']:.1f} s collecting "

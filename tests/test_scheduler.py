@@ -810,6 +810,7 @@ def test_piece_order_is_rarest_first_over_any_history() -> None:
     rarity = PieceRarity()
     rarity.cdn_ready(0, 64)
     holders = [0] * 64
+    reach = 0
     for step in range(400):
         index = rng.randrange(64)
         if holders[index] and rng.random() < 0.3:
@@ -821,8 +822,15 @@ def test_piece_order_is_rarest_first_over_any_history() -> None:
         if step % 50 == 0:
             rarity.cdn_ready(min(64, step // 5), None)
         cdn = [1 if i < rarity.ready else 0 for i in range(64)]
-        reach = rng.getrandbits(64)
+        # The same or a smaller reach for a few steps, as in a busy swarm: the walk's
+        # remembered start must follow the pieces that move below it.
+        reach = rng.getrandbits(64) if step % 7 == 0 else reach & ~(1 << rng.randrange(64))
         candidates = reach & rng.getrandbits(64)
+        first = next(
+            (n for n, c in enumerate(rarity.bucket_counts) if rarity.buckets[c] & reach),
+            len(rarity.bucket_counts),
+        )
+        assert rarity.first_bucket(reach) == first
         order = list(PieceOrder(rarity, candidates, reach, rng, random_picks=0))
         assert sorted(order) == [i for i in range(64) if (candidates >> i) & 1]
         counts = [holders[i] + cdn[i] for i in order]

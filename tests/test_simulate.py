@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from bench.simswarm import SimulatedSwarm, SwarmSetup
+from bench.simrecords import SwarmSetup
+from bench.simswarm import SimulatedSwarm
 from bench.simulate import fluid_bound, main, peer_links
 
 MiB = 1 << 20

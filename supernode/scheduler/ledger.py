@@ -168,7 +168,7 @@ class Ledger:
             peer.uploads += 1
             peer.uploading[flight] = None
             if peer.uploads >= peer.upload_slots:
-                self.refresh(peer)
+                self._slots_changed(peer)
         return Assignment(index, source)
 
     def land(self, task: Task, flight: Flight) -> None:
@@ -186,7 +186,7 @@ class Ledger:
             peer.uploads -= 1
             del peer.uploading[flight]
             if was_full:
-                self.refresh(peer)
+                self._slots_changed(peer)
 
     def _unreported(self, flight: Flight) -> None:
         """Remember a flight that landed before its report (expired, or its uploader
@@ -240,6 +240,17 @@ class Ledger:
         peer = self.peers.get(source)
         if peer is not None:
             self.refresh(peer)
+
+    def _slots_changed(self, peer: Peer) -> None:
+        """The peer's upload slots just filled up or one came free: whether it is open
+        follows (whether it serves at all, `Member.serves`, is kept by `refresh`). The
+        hot path's half of `refresh`, at every launch and report in a busy swarm."""
+        can_upload = peer.uploads < peer.upload_slots
+        tasks = self.tasks
+        for task_id, member in peer.members.items():
+            tasks[task_id].pool.set_open(
+                member, can_upload and member.serves and member.have_count > 0
+            )
 
     def refresh(self, peer: Peer) -> None:
         """Recompute, in each of its tasks, whether the peer can take an upload now."""

@@ -37,13 +37,31 @@ class _Avoid(NamedTuple):
 def assign(
     ledger: Ledger, rng: random.Random, task: Task, member: Member, want: int, now: float
 ) -> list[Assignment]:
-    """Up to `want` new assignments for `member`, launched; [] if none is possible now."""
-    avoid = _avoid(task, member, now)
-    missing = task.rarity.known ^ member.have  # (it holds only known pieces)
-    plan: list[Assignment] = []
+    """Up to `want` new assignments for `member`, launched; [] if none is possible now.
+
+    In a saturated swarm most calls find nothing (news wakes every held request), so
+    those are answered first, from whole sets: what the downloader wants against what
+    some source may serve now, before any piece is tried.
+    """
+    cdn_free = ledger.cdn_free(member.peer)
+    pool = task.pool
+    if not pool.open_bits and not cdn_free:
+        return []  # no peer has a free slot, nor the CDN one for this downloader
+    peer = member.peer
+    avoid = _avoid(task, member, now) if peer.busy_until or member.shunned else _NO_AVOID
+    if avoid.cdn:
+        cdn_free = False
+    rarity = task.rarity
+    missing = rarity.known ^ member.have  # (it holds only known pieces)
     wanted = missing & ~member.inflight
+    plan: list[Assignment] = []
     if wanted:
-        _assign_new(ledger, rng, task, member, wanted, want, avoid, now, plan)
+        cdn_pieces = cdn_offer(ledger, task, now) if cdn_free else 0
+        reach = (rarity.held & ~pool.saturated) | cdn_pieces
+        if wanted & reach:
+            _assign_new(
+                ledger, rng, task, member, wanted, want, avoid, now, plan, cdn_pieces, reach
+            )
     if len(plan) < want and _in_endgame(ledger, task, member, missing):
         _assign_duplicates(ledger, rng, task, member, missing, want, avoid, now, plan)
     return plan
@@ -59,14 +77,15 @@ def _assign_new(
     avoid: _Avoid,
     now: float,
     plan: list[Assignment],
+    cdn_pieces: int,
+    reach: int,
 ) -> None:
     # A piece is reachable through an open peer holder (as far as the pool knows) or,
-    # failing that, the CDN. The downloader never holds what it wants, so it is never
-    # its own source.
+    # failing that, the CDN (`cdn_pieces`: what it offers, if it has a slot for this
+    # downloader); `reach` is the union of both. The downloader never holds what it
+    # wants, so it is never its own source.
     pool = task.pool
     peer = member.peer
-    cdn_pieces = cdn_offer(ledger, task, now) if _cdn_free(ledger, avoid, peer) else 0
-    reach = (task.rarity.held & ~pool.saturated) | cdn_pieces
     order: PieceOrder | IndexOrder
     if member.in_order:
         order = IndexOrder(wanted & reach)
@@ -76,6 +95,8 @@ def _assign_new(
     for index in order:
         source = pool.choose(index, avoid.bits, rng)
         if source is None and not (cdn_pieces >> index) & 1:
+            if pool.saturated & order.remaining & ~cdn_pieces:  # found saturated on the way
+                order.restrict(~pool.saturated | cdn_pieces)
             continue
         plan.append(ledger.launch(task, member, index, source, now))
         if len(plan) >= want:
@@ -145,6 +166,9 @@ def cdn_offer(ledger: Ledger, task: Task, now: float) -> int:
     if unspread or rarity.total is None or rarity.ready < rarity.total:
         return unspread & ~busy
     return rarity.on_cdn & ~busy
+
+
+_NO_AVOID = _Avoid(0, False)
 
 
 def _avoid(task: Task, member: Member, now: float) -> _Avoid:

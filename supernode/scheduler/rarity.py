@@ -28,9 +28,12 @@ class PieceRarity:
         self.ready = 0  # pieces 0..ready-1 are on the CDN
         self.total: int | None = None  # the task's piece count, once known
         self.held = 0  # pieces at least one peer holds
-        # Every bucket below position `_floor` of `bucket_counts` lies outside `_floor_reach`:
-        # in a busy swarm the rarest pieces are all saturated, and every walk would
-        # otherwise start by stepping over them (see `first_bucket`).
+        self.known = 0  # the pieces known so far (all of them once the total is known)
+        self.on_cdn = 0  # pieces on the CDN: 0..ready-1
+        # Every bucket of a count below `_floor` holds no piece of `_floor_reach`: in a
+        # busy swarm the rarest pieces are all saturated, and every walk would otherwise
+        # start by stepping over them (see `first_bucket`). A count, not a position, so
+        # that a piece changing buckets moves it only when it lands below it in reach.
         self._floor = 0
         self._floor_reach = 0
 
@@ -38,14 +41,6 @@ class PieceRarity:
     def size(self) -> int:
         """Pieces known so far: the total once known, else those the CDN has announced."""
         return len(self.counts)
-
-    @property
-    def known(self) -> int:
-        return mask(len(self.counts))
-
-    @property
-    def on_cdn(self) -> int:
-        return mask(self.ready)
 
     def peer_holders(self, index: int) -> int:
         return self.counts[index] - (1 if index < self.ready else 0)
@@ -71,6 +66,7 @@ class PieceRarity:
         for index in range(self.ready, ready):
             self._move(index, +1)
         self.ready = ready
+        self.on_cdn = mask(ready)
 
     def add_holder(self, index: int) -> None:
         if self.counts[index] == (index < self.ready):  # no peer holder yet, only the CDN
@@ -87,14 +83,16 @@ class PieceRarity:
         if size > old:
             self._floor = 0
             self.counts.extend([0] * (size - old))
+            self.known = mask(size)
             self._bucket_add(0, mask(size) ^ mask(old))
 
     def _move(self, index: int, delta: int) -> None:
         """Piece `index` gains (+1) or loses (-1) a holder: it changes buckets."""
-        self._floor = 0
         buckets, bucket_counts = self.buckets, self.bucket_counts
         count = self.counts[index]
         new_count = self.counts[index] = count + delta
+        if new_count < self._floor and (self._floor_reach >> index) & 1:
+            self._floor = new_count
         piece = 1 << index
         rest = buckets[count] ^ piece
         if rest:
@@ -116,15 +114,21 @@ class PieceRarity:
     def first_bucket(self, reach: int) -> int:
         """Position in `bucket_counts` of the first bucket with a piece in `reach`.
 
-        Remembered between calls while the buckets do not change and `reach` does not
-        grow, so a run of requests in a busy swarm pays for the walk only once.
+        Remembered between calls (as a count) while no piece of `reach` moves below it
+        and `reach` does not grow, so requests in a busy swarm, reports between them,
+        pay for the walk only once.
         """
         if reach & ~self._floor_reach:
             self._floor = 0
-        position, counts, buckets = self._floor, self.bucket_counts, self.buckets
+        counts, buckets = self.bucket_counts, self.buckets
+        position = bisect_left(counts, self._floor) if self._floor else 0
         while position < len(counts) and not buckets[counts[position]] & reach:
             position += 1
-        self._floor, self._floor_reach = position, reach
+        if position < len(counts):
+            self._floor = counts[position]
+        else:
+            self._floor = counts[-1] + 1 if counts else 0
+        self._floor_reach = reach
         return position
 
     # -- summaries ----------------------------------------------------------------------

@@ -15,8 +15,9 @@ In a busy swarm the holders of the rarest pieces are the first to run out of slo
 every downloader would try those pieces first, in vain. The pool therefore remembers the
 pieces it found without any open holder (`saturated`) and forgets a piece as soon as one
 of its holders opens again, so that a piece is found saturated once per episode rather
-than once per downloader. It stays exact: a piece is in `saturated` only while none of
-its holders is open.
+than once per downloader; when few members are open, a piece found saturated marks
+every piece none of them holds at once. It stays exact: a piece is in `saturated` only
+while none of its holders is open.
 
 It also keeps which pieces have spread (`spread`): pieces that at least one member able
 to upload at all holds (upload slots, not blacklisted; busy or not). The CDN sends such
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import random
 
-from supernode.scheduler.bitsets import iter_bits, random_bit
+from supernode.scheduler.bitsets import iter_bits, mask, random_bit
 from supernode.scheduler.peers import Member
 
 _FEW_OPEN = 32  # with at most this many open members, `choose` looks at each of them
@@ -111,7 +112,13 @@ class SourcePool:
             # A saturated swarm: looking at each open member beats big-int arithmetic.
             holders = [member for member in self.open if (member.have >> index) & 1]
             if not holders:
-                self.saturated |= 1 << index
+                # Every piece no open member holds is saturated, not only this one: late
+                # in a swarm a member that reopens holds most pieces, and each would
+                # otherwise be found saturated again one by one, a failed try each.
+                offered = 0
+                for member in self.open:
+                    offered |= member.have
+                self.saturated |= mask(len(self.holders)) & ~offered
                 return None
             if exclude:
                 holders = [member for member in holders if not (exclude >> member.index) & 1]
