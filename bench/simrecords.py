@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.flows import Flow, Host
+from supernode.peers.swarm import NEWS_WAKES
 from supernode.scheduler import SchedulerConfig
 
 TASK = "simulated-task"
@@ -43,7 +44,7 @@ class SwarmSetup:
     in_flight: int = IN_FLIGHT
     cdn_slots: int = SchedulerConfig().cdn_upload_slots
     cpu_scale: float = 1.0
-    wake: int | None = None  # held requests one piece of news wakes (None: all, as today)
+    wake: int | None = NEWS_WAKES  # held requests news of one freed slot wakes (None: all)
     seed: int = 1
 
 

@@ -13,8 +13,11 @@ decision through its public calls, with the simulated `now`:
   empty answer it asks again at its next piece or after 10 ms (NOTHING_YET_PAUSE);
 - the supernode holds a request that gets nothing (`assign` returned []) until news
   for the task (a report, a peer joining, a piece landing on the CDN, a CDN upload
-  ending) or 1 s (LONG_POLL), then asks the scheduler again: at news, every held
-  request is asked again, as every control session waiting on the task wakes;
+  ending) or 1 s (LONG_POLL), then asks the scheduler again: as the supernode's swarm
+  does (supernode/peers/swarm.py), news of one freed slot (a report, a CDN upload
+  ending) wakes the `wake` requests held longest (NEWS_WAKES) once more than FEW_HELD
+  are held, any other news (a peer registering, a piece landing on the CDN) every held
+  request;
 - a transfer starts one `rtt` after its answer reaches the peer (the piece request goes
   out, the first bytes come back) and flows at the links' pace; when its piece lands,
   the peer reports DONE (`report`, half an `rtt` later) and cancels the other copy of
@@ -33,9 +36,9 @@ with `cpu_scale` > 0 each call also takes `cpu_scale` x that CPU time of simulat
 on a single simulated core: messages that arrive while it is busy wait their turn
 (FIFO), and a request woken by news while it is queued is not queued twice. So a
 scheduler that cannot keep up shows as queueing in the completion times, and the
-herd of held requests that every report wakes costs what it costs (with `cpu_scale` 0
-the calls are instantaneous: deterministic, but every report then wakes every held
-request again, which only small swarms can afford). Only the scheduler's calls are
+herd of held requests that news wakes costs what it costs (with `cpu_scale` 0 the
+calls are instantaneous: deterministic, but with `wake` None every report then wakes
+every held request again, which only small swarms can afford). Only the scheduler's calls are
 charged: framing, tickets and the rest of the supernode's work are not modelled.
 """
 
@@ -57,6 +60,7 @@ from bench.simrecords import (
     Transfer,
 )
 from proto.pieces import piece_count, piece_length
+from supernode.peers.swarm import FEW_HELD
 from supernode.scheduler import CDN, Assignment, Outcome, Scheduler, SchedulerConfig, Verdict
 
 
@@ -160,15 +164,16 @@ class SimulatedSwarm(SimCore):
         if peer.request == request_id and peer.asking:
             self._decide(peer, request_id, want)
 
-    def _news(self) -> None:
-        """Every held request is asked again, in turn (its session woke up); with `wake`,
-        only that many of them, the longest held first (a what-if: the supernode wakes
-        them all)."""
+    def _news(self, *, slot_freed: bool = False) -> None:
+        """Held requests are asked again, in turn (their sessions woke up): all of them,
+        or for news of a freed slot, once more than FEW_HELD are held, the `wake` held
+        longest."""
         waiting = self._waiting
         if not waiting:
             return
-        now, retry, inbox, wake = self.now, self._retry, self._inbox, self.setup.wake
-        if wake is None or wake >= len(waiting):
+        now, retry, inbox = self.now, self._retry, self._inbox
+        wake = self.setup.wake if slot_freed else None
+        if wake is None or len(waiting) <= max(wake, FEW_HELD):
             for request in waiting.values():
                 inbox.append((now, retry, request))
             waiting.clear()
@@ -194,7 +199,7 @@ class SimulatedSwarm(SimCore):
             checks = checks[1:] + self._call(
                 "checked", self.scheduler.checked, checks[0], Verdict.CLEAN, self.now
             )
-        self._news()
+        self._news(slot_freed=True)
 
     def _start_cdn_fetch(self) -> None:
         """The CDN fetches the file once, at the pace of the slower of the two links."""
@@ -230,7 +235,7 @@ class SimulatedSwarm(SimCore):
                 index,
                 self.now,
             )
-            self._news()
+            self._news(slot_freed=True)
 
     # -- the peers -------------------------------------------------------------------------
 

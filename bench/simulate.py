@@ -53,6 +53,7 @@ from bench.simrecords import SwarmSetup, SwarmTally
 from bench.simswarm import SimulatedSwarm
 from common.units import parse_rate, parse_size
 from proto.pieces import piece_size_for
+from supernode.peers.swarm import NEWS_WAKES
 
 MiB = 1 << 20
 
@@ -195,6 +196,15 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
     )
 
 
+def _wake(text: str) -> int | None:
+    if text == "all":
+        return None
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("--wake is a count of at least 1, or 'all'")
+    return count
+
+
 def setup_from(args: argparse.Namespace) -> SwarmSetup:
     size = args.size_mib * MiB
     rng = random.Random(args.seed)
@@ -252,9 +262,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--wake",
-        type=int,
-        default=None,
-        help="what if news woke only this many held requests (default: all, as the supernode)",
+        type=_wake,
+        default=NEWS_WAKES,
+        help="held requests that news of one freed slot wakes, or 'all' "
+        f"(default {NEWS_WAKES}, as the supernode)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

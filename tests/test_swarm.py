@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, beside, cli_env, until
 
 from common.units import format_size
@@ -337,3 +338,46 @@ def test_a_claim_of_pieces_round_trips_as_a_bitfield() -> None:
     assert frame is not None and frame.message == claim
     with pytest.raises(ValueError):
         PiecesHeld("0" * 64, 3, 0, b"").check()
+
+
+async def test_news_of_a_freed_slot_wakes_the_oldest_held_requests_only() -> None:
+    """A herd of thousands asking again at every report costs the supernode a core: news
+    of one freed slot wakes NEWS_WAKES held requests, oldest first, once more than
+    FEW_HELD wait; a request that stops waiting leaves the queue; news that may change
+    many answers wakes them all."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supernode.peers.swarm import FEW_HELD, NEWS_WAKES, Swarm
+    from supernode.scheduler import Scheduler
+
+    node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
+    task_id = "a" * 64
+    woken: list[int] = []
+    gone = trio.CancelScope()
+
+    async def held(i: int, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            await node.wait_news(task_id)
+            woken.append(i)
+
+    count = FEW_HELD + 2  # one of them stops waiting: FEW_HELD + 1 left
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(held, i, gone if i == 1 else None)
+            await trio.testing.wait_all_tasks_blocked()
+        gone.cancel()  # request 1 stops waiting (its long poll ended): it takes no wake-up
+        await trio.testing.wait_all_tasks_blocked()
+        node.cdn_upload_finished(task_id, "peer", 0)  # one CDN slot is free
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == [0, *range(2, NEWS_WAKES + 1)]  # (trio wakes in any order)
+        woken.clear()
+        node.cdn_upload_finished(task_id, "peer", 1)  # FEW_HELD left: all of them wake
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == list(range(NEWS_WAKES + 1, count))
+        for i in range(count):
+            nursery.start_soon(held, i)
+            await trio.testing.wait_all_tasks_blocked()
+        woken.clear()
+        node.claim("peer", task_id, [0], now=trio.current_time())  # pieces: wake them all
+    assert sorted(woken) == list(range(count))
+    assert not node._waiting  # nothing left behind for a task nobody waits on

@@ -3,9 +3,15 @@ scheduler's decisions turned into piece tasks with tickets.
 
 The scheduler (`supernode/scheduler`) is sans-IO and knows peers by id only; this
 module adds what goes on the wire: where each source listens and the signed ticket that
-lets the requester fetch from it. Control sessions call it; it keeps one event per task
-that fires whenever a decision may have changed (a report, a peer joining or leaving, a
-CDN upload ending), so that a request answered "nothing now" can wait for news.
+lets the requester fetch from it. Control sessions call it. A request answered "nothing
+now" waits for news of its task, in a queue, oldest first. While few wait (up to
+`FEW_HELD`), any news wakes them all: it costs little, and no freed slot stays idle
+because the few woken could not use it. Beyond that, news that frees one upload slot (a
+transfer reported, a CDN upload ending) wakes only the `NEWS_WAKES` longest held: a
+swarm of thousands would otherwise ask the scheduler thousands of times per report for
+nothing (a woken request that gets nothing waits again, at the back; the long poll
+bounds every wait). News that may change many answers (a peer joining or leaving,
+claims, a verdict) wakes them all.
 
 Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
 claimed) piece from the uploader itself (`supernode/peers/piececheck.py`), a few at a time,
@@ -15,6 +21,7 @@ by its /64): peer ids cost nothing, so a host counts as one witness.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,6 +39,9 @@ from supernode.peers.piececheck import check_piece, check_timeout
 from supernode.scheduler import CDN, Check, Outcome, Scheduler, Verdict
 
 log = logging.getLogger(__name__)
+
+NEWS_WAKES = 4  # held requests that news of one freed slot wakes: its taker and spares
+FEW_HELD = 64  # ... once more than this many are held on the task (else: all of them)
 
 
 class PeerIdInUse(Exception):
@@ -73,7 +83,9 @@ class Swarm:
         self.peers: dict[str, PeerRecord] = {}
         self.generations: dict[str, int] = {}  # task id → the generation being scheduled
         self._tasks: dict[str, CdnTask] = {}  # ... and that generation (for checks)
-        self._news: dict[str, trio.Event] = {}  # task id → fires at the next change
+        # task id → the held requests' events, oldest first (a dict: a request that
+        # stops waiting leaves it in O(1))
+        self._waiting: dict[str, dict[trio.Event, None]] = {}
         self.decisions = 0  # piece-task requests answered (assignments decided)
         self.decision_seconds = 0.0  # time spent deciding them, tickets included
         self._checks_send, self._checks_recv = trio.open_memory_channel[Check](CHECKS_QUEUED)
@@ -123,7 +135,7 @@ class Swarm:
             group=reporter_group(record.host),
         )
         record.tasks.add(task.task_id)
-        self._notify(task.task_id)
+        self._notify(task.task_id, wake=None)
 
     def leave(self, peer_id: str, now: float) -> None:
         """The control connection dropped: the peer's pieces leave the swarm at once."""
@@ -132,7 +144,7 @@ class Swarm:
             return
         self.scheduler.remove_peer(peer_id, now)
         for task_id in sorted(record.tasks):
-            self._notify(task_id)
+            self._notify(task_id, wake=None)
             stats = self.scheduler.task_statistics(task_id)
             if stats is not None and stats.peers == 0:
                 self._finish(task_id, why="its last peer left")
@@ -154,9 +166,7 @@ class Swarm:
         self.scheduler.remove_task(task_id)
         self.generations.pop(task_id, None)
         self._tasks.pop(task_id, None)
-        event = self._news.pop(task_id, None)  # (nobody can wait on a task gone)
-        if event is not None:
-            event.set()
+        self._notify(task_id, wake=None)  # (nobody can wait on a task gone)
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class Swarm:
 
     def claim(self, peer_id: str, task_id: str, indexes: list[int], now: float) -> None:
         """`peer_id` holds these pieces (checked on its disk against the digests)."""
-        self._notify(task_id)
+        self._notify(task_id, wake=None)
         self._queue_checks(self.scheduler.claim(task_id, peer_id, indexes, now), now)
 
     # -- the CDN's uploads (cdn/uploads.py tells, through Cdn.uploading) --------------------
@@ -258,7 +268,7 @@ class Swarm:
         _log_verdict(check, verdict)
         now = trio.current_time()
         self._queue_checks(self.scheduler.checked(check, verdict, now), now)
-        self._notify(check.task_id)  # a blacklist changes the decisions
+        self._notify(check.task_id, wake=None)  # a blacklist changes the decisions
 
     async def _verify(self, check: Check) -> Verdict:
         record = self.peers.get(check.uploader)
@@ -276,15 +286,28 @@ class Swarm:
     # -- news -------------------------------------------------------------------------------
 
     async def wait_news(self, task_id: str) -> None:
-        """Return at the task's next change (report, join, departure)."""
-        event = self._news.get(task_id)
-        if event is None:
-            event = self._news[task_id] = trio.Event()
-        await event.wait()
+        """Return when news of the task wakes this request (see `_notify`)."""
+        event = trio.Event()
+        waiting = self._waiting.setdefault(task_id, {})
+        waiting[event] = None
+        try:
+            await event.wait()
+        finally:
+            waiting.pop(event, None)  # (cancelled: the long poll ended, or the CDN moved)
+            if not waiting and self._waiting.get(task_id) is waiting:
+                del self._waiting[task_id]
 
-    def _notify(self, task_id: str) -> None:
-        event = self._news.pop(task_id, None)
-        if event is not None:
+    def _notify(self, task_id: str, *, wake: int | None = NEWS_WAKES) -> None:
+        """Wake the `wake` requests held longest on the task (None, or few held: all)."""
+        waiting = self._waiting.get(task_id)
+        if not waiting:
+            return
+        if wake is None or len(waiting) <= FEW_HELD:
+            woken = list(waiting)
+        else:
+            woken = list(itertools.islice(waiting, wake))
+        for event in woken:
+            del waiting[event]
             event.set()
 
 
