@@ -206,6 +206,32 @@ def free_page_reporting_off() -> Iterator[str]:
             PAGE_REPORTING.write_text(f"{before}\n")
 
 
+CONGESTION = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+AVAILABLE_CONGESTION = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+
+
+@contextlib.contextmanager
+def tcp_congestion(name: str | None) -> Iterator[str]:
+    """The machine's default TCP congestion control set to `name` for a benchmark, and
+    put back after (on a normal end, an error or Ctrl-C; not on SIGKILL); yields the
+    one in force. A network namespace made meanwhile (a lab's hosts) inherits it, and
+    every socket opened in one uses it unless its program picks another. None: left
+    as it is."""
+    before = CONGESTION.read_text().strip()
+    if name is None or name == before:
+        yield before
+        return
+    available = AVAILABLE_CONGESTION.read_text().split()
+    if name not in available:
+        raise ValueError(f"TCP congestion control {name!r} is not in this kernel: {available}")
+    CONGESTION.write_text(f"{name}\n")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            CONGESTION.write_text(f"{before}\n")
+
+
 def write_random(path: Path, size: int) -> None:
     """`size` random bytes into `path`, written in chunks (no whole copy in memory)."""
     with open(path, "wb") as out:

@@ -234,6 +234,11 @@ def main() -> int:
     lab.add_argument("--loss", type=parse_loss, default=0.0, help="a link's loss: 0.1%%")
     lab.add_argument("--no-torrent", action="store_true", help="skip the libtorrent swarm")
     lab.add_argument("--torrent-utp", action="store_true", help="libtorrent with uTP too")
+    lab.add_argument(
+        "--tcp",
+        metavar="NAME",
+        help="TCP congestion control in the lab's hosts, e.g. cubic (default: the machine's)",
+    )
     args = parser.parse_args()
     if args.netlab:
         from bench import swarm_lab

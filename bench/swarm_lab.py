@@ -48,6 +48,7 @@ from bench.common import (
     kill_all,
     median,
     supernode_process,
+    tcp_congestion,
     wait_for_exits,
 )
 from bench.origin_process import origin_process
@@ -270,8 +271,12 @@ def main(args: argparse.Namespace) -> int:
     names = ["origin", "supernode", *(f"p{i}" for i in range(n))]
     # As bench/mirror.py does: freed memory stays host-backed for the whole run, so
     # no client writes into cold pages because it happened to write late.
-    with free_page_reporting_off() as reporting, Lab(names, link=link, prefix="dfsw") as lab:
-        print(f"free page reporting: {reporting}", flush=True)
+    with (
+        free_page_reporting_off() as reporting,
+        tcp_congestion(args.tcp) as congestion,
+        Lab(names, link=link, prefix="dfsw") as lab,
+    ):
+        print(f"free page reporting: {reporting}; TCP congestion control: {congestion}", flush=True)
         for i in range(args.runs):
             for kind in kinds:
                 free_hot_memory(int(1.2 * (n + 1) * size))
