@@ -1,0 +1,94 @@
+"""A real dockerd pulls through dfdaemon: Docker Hub names by `--registry-mirror`, the
+daemon's `--registry` being the test's docker-registry (which holds library/NAME:TAG)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import trio
+from conftest import StartDaemon, StartSupernode, metric, until
+from registry import Image, Registry, needs_dockerd, write_oci_image
+
+from dfdaemon.app import Daemon
+from testkit.dockerd import Dockerd, verify_docker_pull
+
+pytestmark = needs_dockerd
+MiB = 1 << 20
+
+
+class StartDockerd(Protocol):
+    """`await start_dockerd(name, **options)` → a running Dockerd under tmp_path/NAME
+    (OPTIONS: Dockerd's), stopped, and its files gone, after the test."""
+
+    async def __call__(self, name: str, **options: Any) -> Dockerd: ...
+
+
+@pytest.fixture
+async def start_dockerd(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartDockerd]:
+    started: list[Dockerd] = []
+
+    async def start(name: str, **options: Any) -> Dockerd:
+        dockerd = Dockerd(tmp_path / name, **options)
+        started.append(dockerd)
+        await dockerd.start(nursery)
+        return dockerd
+
+    yield start
+    for dockerd in started:
+        await dockerd.stop()
+
+
+def p2p_bytes(daemon: Daemon) -> tuple[float, float, float]:
+    """Blob bytes the daemon downloaded from the CDN, from peers, from the upstream."""
+    return tuple(  # type: ignore[return-value]
+        metric(daemon, "dfdaemon_downloaded_bytes_total", source=source)
+        for source in ("cdn", "peers", "upstream")
+    )
+
+
+async def counted(daemon: Daemon, total: int) -> None:
+    """Wait until the daemon counted TOTAL blob bytes downloaded: counted when each
+    download ends, which may be just after the answer's last byte."""
+    await until(lambda: sum(p2p_bytes(daemon)) == total)
+
+
+async def hub_image(registry: Registry, tmp_path: Path, layers_mib: list[int]) -> Image:
+    """An image pushed as library/hello:1, the name `docker pull hello:1` asks Hub for."""
+    image = write_oci_image(tmp_path / "image", [size * MiB for size in layers_mib])
+    await registry.push(image, "library/hello:1")
+    return image
+
+
+async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    start_dockerd: StartDockerd,
+    tmp_path: Path,
+) -> None:
+    image = await hub_image(registry, tmp_path, [3, 5])
+    node = await start_supernode()
+    first = await start_daemon("host1", registry, node)
+    second = await start_daemon("host2", registry, node)
+    total = sum(image.sizes.values())
+    for name, daemon in (("docker1", first), ("docker2", second)):
+        dockerd = await start_dockerd(name, mirrors=[f"http://{daemon.address}"])
+        pulled = await dockerd.pull("hello:1")
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        await verify_docker_pull(dockerd, "hello:1", image, tmp_path / name)
+        # Every blob went through the daemon (dockerd would fall back to Hub, which is
+        # pinned to a dead loopback port here, on a mirror's failure).
+        assert metric(daemon, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
+        assert metric(daemon, "dfdaemon_served_bytes_total", kind="blob") == total
+        await counted(daemon, total)
+        await dockerd.stop()
+    cdn, peers, upstream = p2p_bytes(first)
+    assert (cdn, upstream) == (total, 0)  # the first host: all from the supernode's CDN
+    cdn, peers, upstream = p2p_bytes(second)
+    assert upstream == 0 and peers >= 0.5 * total  # the second: mostly from the first
+    assert metric(first, "dfdaemon_uploaded_bytes") >= peers
+    # The registry sent each blob once in all, to the supernode.
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
