@@ -5,10 +5,8 @@ touched (no bridge, no iptables, no forwarding). It runs under `unshare --mount
 --propagation private`, so whatever it mounts, and the bind mounts of its own /etc/hosts
 and /etc/docker, stay in its mount namespace and go with it.
 
-Its /etc/hosts pins Docker Hub's names to 127.0.0.1 (where nothing listens on 443): if
-the mirror fails, dockerd falls back to Hub, and that fallback must fail here, at once,
-instead of leaving the machine. Extra names (a registry reached by a host name through
-an HTTPS proxy: Go never sends loopback names to a proxy) are given by `hosts`."""
+Its /etc/hosts pins Docker Hub's names to loopback (testkit.mountns); extra names (a
+registry reached by a host name through an HTTPS proxy) are given by `hosts`."""
 
 from __future__ import annotations
 
@@ -28,6 +26,7 @@ from typing import Any
 
 import trio
 
+from testkit.mountns import UNSHARE, hosts_file, in_private_mounts
 from testkit.registry import Image
 
 DOCKERD = shutil.which("dockerd")
@@ -35,13 +34,6 @@ DOCKERD = shutil.which("dockerd")
 # earlier on PATH may be of another version.
 DOCKER = shutil.which("docker", path=str(Path(DOCKERD).parent.parent / "bin")) if DOCKERD else None
 DOCKER = DOCKER or shutil.which("docker")
-UNSHARE = shutil.which("unshare")
-# Where Docker Hub lives for dockerd: pinned to loopback in its own /etc/hosts.
-HUB_NAMES = ("registry-1.docker.io", "index.docker.io", "auth.docker.io", "docker.io")
-# Binds its own /etc/hosts and /etc/docker in the new mount namespace, then runs dockerd.
-_BIND_AND_RUN = (
-    'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/docker && shift 2 && exec "$@"'
-)
 STOP_TIMEOUT = 30.0
 
 
@@ -93,11 +85,7 @@ class Dockerd:
         """Its /etc/hosts, /etc/docker and daemon.json."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.client_config.mkdir(exist_ok=True)
-        hosts = self.root / "hosts"
-        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
-        lines += [f"127.0.0.1 {name}" for name in HUB_NAMES]
-        lines += [f"{address} {name}" for name, address in self.hosts.items()]
-        hosts.write_text("\n".join(lines) + "\n")
+        hosts = hosts_file(self.root / "hosts", self.hosts)
         etc = self.root / "etc-docker"
         etc.mkdir(exist_ok=True)
         config = self.config_file
@@ -109,16 +97,14 @@ class Dockerd:
     def argv(self) -> list[str]:
         assert DOCKERD and UNSHARE
         hosts, etc, config = self._files()
-        argv = [UNSHARE, "--mount", "--propagation", "private", "--", "sh", "-c"]
-        argv += [_BIND_AND_RUN, "sh", str(hosts), str(etc), DOCKERD]
-        argv += ["--data-root", str(self.data_root), "--exec-root", str(self.exec_root)]
+        argv = [DOCKERD, "--data-root", str(self.data_root), "--exec-root", str(self.exec_root)]
         argv += ["-H", f"unix://{self.socket}", "--pidfile", str(self.pidfile)]
         argv += ["--config-file", str(config)]
         argv += ["--iptables=false", "--ip6tables=false", "--bridge=none"]
         argv += ["--storage-driver=vfs", "--ip-forward=false", "--ip-masq=false"]
         for mirror in self.mirrors:
             argv += ["--registry-mirror", mirror]
-        return argv
+        return in_private_mounts([(hosts, "/etc/hosts"), (etc, "/etc/docker")], argv)
 
     async def start(self, nursery: trio.Nursery) -> None:
         env = {**os.environ, **self.env}

@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
-from testkit.dockerd import DOCKER, DOCKERD, UNSHARE
+from testkit.dockerd import DOCKER, DOCKERD
+from testkit.mountns import UNSHARE
+from testkit.podman import PODMAN
 from testkit.registry import (
     CONTAINERD,
     CTR,
@@ -49,6 +51,7 @@ PROGRAMS = {
     "htpasswd": (HTPASSWD, "apache2-utils"),
     "dockerd": (DOCKERD, "docker.io"),
     "docker": (DOCKER, "docker.io"),
+    "podman": (PODMAN, "podman"),
     "unshare": (UNSHARE, "util-linux"),
     "chromium": (CHROMIUM, "chromium"),
     # the network lab (testkit.netlab)
@@ -69,6 +72,10 @@ needs_containerd = pytest.mark.skipif(
 needs_dockerd = pytest.mark.skipif(
     not (DOCKERD and DOCKER and UNSHARE and REGISTRY and SKOPEO) or os.geteuid() != 0,
     reason="dockerd (docker.io, installed by `make test`) runs as root",
+)
+needs_podman = pytest.mark.skipif(
+    not (PODMAN and UNSHARE and REGISTRY and SKOPEO) or os.geteuid() != 0,
+    reason="podman (installed by `make test`) runs here as root",
 )
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
 needs_libtorrent = pytest.mark.skipif(
@@ -115,6 +122,7 @@ __all__ = [
     "needs_containerd",
     "needs_dockerd",
     "needs_libtorrent",
+    "needs_podman",
     "needs_registry",
     "skopeo_pull",
     "verify_dir_copy",

@@ -1,5 +1,6 @@
-"""A real dockerd pulls through dfdaemon: Docker Hub names by `--registry-mirror`, the
-daemon's `--registry` being the test's docker-registry (which holds library/NAME:TAG)."""
+"""Real dockerd and podman pull through dfdaemon: dockerd Docker Hub names by
+`--registry-mirror`, the daemon's `--registry` being the test's docker-registry (which
+holds library/NAME:TAG); podman by a registries.conf mirror of its own."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any, Protocol
 import pytest
 import trio
 from conftest import StartDaemon, StartSupernode, metric, until
-from registry import Image, Registry, needs_dockerd, write_oci_image
+from registry import Image, Registry, needs_dockerd, needs_podman, needs_registry, write_oci_image
 
 from dfdaemon.app import Daemon
 from testkit.dockerd import Dockerd, verify_docker_pull
+from testkit.podman import Podman, verify_podman_pull
 
-pytestmark = needs_dockerd
+pytestmark = needs_registry
 MiB = 1 << 20
 
 
@@ -62,6 +64,7 @@ async def hub_image(registry: Registry, tmp_path: Path, layers_mib: list[int]) -
     return image
 
 
+@needs_dockerd
 async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
     registry: Registry,
     start_supernode: StartSupernode,
@@ -91,4 +94,52 @@ async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
     assert upstream == 0 and peers >= 0.5 * total  # the second: mostly from the first
     assert metric(first, "dfdaemon_uploaded_bytes") >= peers
     # The registry sent each blob once in all, to the supernode.
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
+
+
+def registries_conf(path: Path, registry: Registry, mirror: str) -> Path:
+    """A containers-registries.conf (v2) sending REGISTRY's pulls to the MIRROR first."""
+    path.write_text(
+        "unqualified-search-registries = []\n"
+        "[[registry]]\n"
+        f'prefix = "{registry.address}"\n'
+        f'location = "{registry.address}"\n'
+        "insecure = true\n"
+        "[[registry.mirror]]\n"
+        f'location = "{mirror}"\n'
+        "insecure = true\n"
+    )
+    return path
+
+
+@needs_podman
+async def test_podman_pulls_through_the_mirror_p2p(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    image = write_oci_image(tmp_path / "image", [3 * MiB, 4 * MiB])
+    await registry.push(image, "team/app:1")
+    reference = f"{registry.address}/team/app:1"
+    node = await start_supernode()
+    first = await start_daemon("host1", registry, node)
+    second = await start_daemon("host2", registry, node)
+    total = sum(image.sizes.values())
+    for name, daemon in (("podman1", first), ("podman2", second)):
+        conf = registries_conf(tmp_path / f"{name}.conf", registry, daemon.address)
+        podman = Podman(tmp_path / name, conf)
+        try:
+            pulled = await podman.pull(reference)
+            assert pulled.returncode == 0, pulled.stderr.decode()
+            await verify_podman_pull(podman, reference, image)
+        finally:
+            podman.stop()
+        # podman falls back to the registry silently: every blob went through the daemon.
+        assert metric(daemon, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
+        assert metric(daemon, "dfdaemon_served_bytes_total", kind="blob") == total
+        await counted(daemon, total)
+    assert p2p_bytes(first)[2] == 0
+    _, peers, upstream = p2p_bytes(second)
+    assert upstream == 0 and peers >= 0.5 * total
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
