@@ -11,9 +11,19 @@ from typing import Any, Protocol
 import pytest
 import trio
 from conftest import StartDaemon, StartSupernode, metric, until
-from registry import Image, Registry, needs_dockerd, needs_podman, needs_registry, write_oci_image
+from registry import (
+    Containerd,
+    Image,
+    Registry,
+    needs_containerd,
+    needs_dockerd,
+    needs_podman,
+    needs_registry,
+    write_oci_image,
+)
 
 from dfdaemon.app import Daemon
+from dfdaemon.cli import main as dfdaemon_main
 from testkit.dockerd import Dockerd, verify_docker_pull
 from testkit.podman import Podman, verify_podman_pull
 
@@ -142,4 +152,63 @@ async def test_podman_pulls_through_the_mirror_p2p(
     assert p2p_bytes(first)[2] == 0
     _, peers, upstream = p2p_bytes(second)
     assert upstream == 0 and peers >= 0.5 * total
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
+
+
+@needs_dockerd
+@needs_podman
+@needs_containerd
+async def test_the_clients_pull_through_what_setup_wrote(
+    registry: Registry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    start_dockerd: StartDockerd,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    image = await hub_image(registry, tmp_path, [2, 3])
+    daemon = await start_daemon("host1", registry, await start_supernode())
+    etc = tmp_path / "etc"
+    paths = ["--docker-config", str(etc / "docker" / "daemon.json")]
+    paths += ["--systemd-dir", str(etc / "systemd")]
+    paths += ["--containerd-certs-dir", str(etc / "containerd" / "certs.d")]
+    paths += ["--registries-conf", str(etc / "containers" / "registries.conf")]
+    target = ["--mirror", f"http://{daemon.address}", "--registry", registry.url]
+    for client in ("docker", "containerd", "podman"):
+        status = dfdaemon_main(["setup", client, *target, *paths])
+        assert status == 0, client
+    requests = 0
+
+    async def through_the_daemon() -> None:  # each client fetched every blob from it
+        nonlocal requests
+        requests += len(image.blobs)
+        assert metric(daemon, "dfdaemon_requests_total", kind="blob") == requests
+
+    dockerd = await start_dockerd("docker", config_file=etc / "docker" / "daemon.json")
+    pulled = await dockerd.pull("hello:1")
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    await verify_docker_pull(dockerd, "hello:1", image, tmp_path / "docker")
+    await through_the_daemon()
+    await dockerd.stop()
+
+    containerd = Containerd(tmp_path / "containerd")
+    await containerd.start(nursery)
+    try:
+        hosts_dir = etc / "containerd" / "certs.d"
+        reference = "library/hello:1"
+        pulled = await containerd.pull(registry, "", reference, hosts_dir=hosts_dir)
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        assert set(image.blobs) | {image.manifest} <= await containerd.content_digests()
+    finally:
+        containerd.stop()
+    await through_the_daemon()
+
+    podman = Podman(tmp_path / "podman", etc / "containers" / "registries.conf")
+    try:
+        pulled = await podman.pull(f"{registry.address}/library/hello:1")
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        await verify_podman_pull(podman, f"{registry.address}/library/hello:1", image)
+    finally:
+        podman.stop()
+    await through_the_daemon()
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
