@@ -10,6 +10,7 @@ registry reached by a host name through an HTTPS proxy) are given by `hosts`."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -156,6 +157,15 @@ class Dockerd:
 
     async def pull(self, reference: str) -> subprocess.CompletedProcess[bytes]:
         return await self.docker("pull", reference)
+
+    def hub_credentials(self, user: str, password: str) -> None:
+        """Docker Hub credentials in the CLI's config, as `docker login` stores them
+        (which cannot run here: it checks them with Hub itself, never with a mirror).
+        The CLI sends them with every pull of a Hub name; dockerd answers the mirror's
+        401 challenge with them."""
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        auths = {"auths": {"https://index.docker.io/v1/": {"auth": token}}}
+        (self.client_config / "config.json").write_text(json.dumps(auths))
 
     async def login(self, server: str, user: str, password: str) -> None:
         done = await self.docker(

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import pytest
 import trio
-from conftest import StartDaemon, StartSupernode, metric, until
+from conftest import StartDaemon, StartRegistry, StartSupernode, metric, until
 from registry import (
     Containerd,
     Image,
@@ -211,4 +211,39 @@ async def test_the_clients_pull_through_what_setup_wrote(
     finally:
         podman.stop()
     await through_the_daemon()
+    assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
+
+
+@needs_dockerd
+async def test_docker_pulls_a_private_image_with_the_hub_credentials(
+    start_registry: StartRegistry,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    start_dockerd: StartDockerd,
+    tmp_path: Path,
+) -> None:
+    registry = await start_registry("private", users={"alice": "wonderland"})
+    image = write_oci_image(tmp_path / "image", [8 * MiB, 6 * MiB])
+    await registry.push(image, "library/app:1", creds="alice:wonderland")
+    node = await start_supernode()
+    total = sum(image.sizes.values())
+    for name in ("host1", "host2"):
+        daemon = await start_daemon(name, registry, node)
+        dockerd = await start_dockerd(f"docker-{name}", mirrors=[f"http://{daemon.address}"])
+        # Without credentials: the mirror passes the registry's 401 on, even for blobs
+        # it holds (the second host: at the first host and the supernode).
+        denied = await dockerd.pull("app:1")
+        assert denied.returncode != 0
+        assert metric(daemon, "dfdaemon_served_bytes_total", kind="blob") == 0
+        # docker sends its Docker Hub credentials to the mirror (answering the 401
+        # the mirror relays from the registry's /v2/), and the mirror passes them on.
+        dockerd.hub_credentials("alice", "wonderland")
+        pulled = await dockerd.pull("app:1")
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        await verify_docker_pull(dockerd, "app:1", image, tmp_path / name)
+        assert metric(daemon, "dfdaemon_served_bytes_total", kind="blob") == total
+        await counted(daemon, total)
+        await dockerd.stop()
+    cdn, peers, upstream = p2p_bytes(daemon)  # the second host's: from the first, P2P
+    assert upstream == 0 and peers >= 0.5 * total, (cdn, peers)
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
