@@ -24,6 +24,7 @@ from common.tokens import read_token
 from common.units import parse_rate, parse_size
 from dfdaemon import __version__
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
+from dfdaemon.setup import cli as setup_cli
 from dfdaemon.trust import origin_of, parse_allowed
 
 log = logging.getLogger("dfdaemon")
@@ -35,6 +36,7 @@ examples:
   dfdaemon --supernode 10.0.0.5:8002 --registry https://registry.example.com \\
            --data-dir /var/lib/dfdaemon
   dfdaemon --config /etc/dfdaemon/config.toml
+  dfdaemon setup docker|containerd|podman [--dry-run] [--undo]   (see --help there)
 
 Point docker at it with "registry-mirrors": ["http://127.0.0.1:65001"] in
 /etc/docker/daemon.json, containerd with a hosts.toml (see docs/dfdaemon.md). Blob
@@ -336,6 +338,9 @@ async def serve(daemon: Daemon, ready_file: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["setup"]:  # `dfdaemon setup CLIENT`: configure a client, then exit
+        return setup_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = settings_of(args)

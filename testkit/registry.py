@@ -319,19 +319,28 @@ class Containerd:
         shutil.rmtree(self.sockets, ignore_errors=True)
 
     async def pull(
-        self, registry: Registry, mirror: str, reference: str, *, creds: str | None = None
+        self,
+        registry: Registry,
+        mirror: str,
+        reference: str,
+        *,
+        creds: str | None = None,
+        hosts_dir: Path | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        """ctr images pull through `mirror`, with a hosts.toml of its own."""
+        """ctr images pull through `mirror`, with a hosts.toml of its own (or the
+        certs.d folder HOSTS_DIR as it is: `mirror` is then unused)."""
         assert CTR
-        hosts = self.root / "certs.d" / registry.address
-        hosts.mkdir(parents=True, exist_ok=True)
-        (hosts / "hosts.toml").write_text(
-            f'server = "{registry.url}"\n\n'
-            f'[host."http://{mirror}"]\n'
-            '  capabilities = ["pull", "resolve"]\n'
-        )
+        if hosts_dir is None:
+            hosts_dir = self.root / "certs.d"
+            hosts = hosts_dir / registry.address
+            hosts.mkdir(parents=True, exist_ok=True)
+            (hosts / "hosts.toml").write_text(
+                f'server = "{registry.url}"\n\n'
+                f'[host."http://{mirror}"]\n'
+                '  capabilities = ["pull", "resolve"]\n'
+            )
         argv = [CTR, "--address", str(self.socket), "-n", "tests", "images", "pull"]
-        argv += ["--plain-http", "--hosts-dir", str(self.root / "certs.d")]
+        argv += ["--plain-http", "--hosts-dir", str(hosts_dir)]
         argv += ["--snapshotter", "native"]
         if creds:
             argv += ["--user", creds]

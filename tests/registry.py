@@ -9,6 +9,9 @@ import subprocess
 
 import pytest
 
+from testkit.dockerd import DOCKER, DOCKERD
+from testkit.mountns import UNSHARE
+from testkit.podman import PODMAN
 from testkit.registry import (
     CONTAINERD,
     CTR,
@@ -46,6 +49,10 @@ PROGRAMS = {
     "containerd": (CONTAINERD, "containerd"),
     "ctr": (CTR, "containerd"),
     "htpasswd": (HTPASSWD, "apache2-utils"),
+    "dockerd": (DOCKERD, "docker.io"),
+    "docker": (DOCKER, "docker.io"),
+    "podman": (PODMAN, "podman"),
+    "unshare": (UNSHARE, "util-linux"),
     "chromium": (CHROMIUM, "chromium"),
     # the network lab (testkit.netlab)
     "ip": (shutil.which("ip"), "iproute2"),
@@ -61,6 +68,14 @@ needs_registry = pytest.mark.skipif(
 needs_containerd = pytest.mark.skipif(
     not (CONTAINERD and CTR) or os.geteuid() != 0,
     reason="containerd (installed by `make test`) runs as root",
+)
+needs_dockerd = pytest.mark.skipif(
+    not (DOCKERD and DOCKER and UNSHARE and REGISTRY and SKOPEO) or os.geteuid() != 0,
+    reason="dockerd (docker.io, installed by `make test`) runs as root",
+)
+needs_podman = pytest.mark.skipif(
+    not (PODMAN and UNSHARE and REGISTRY and SKOPEO) or os.geteuid() != 0,
+    reason="podman (installed by `make test`) runs here as root",
 )
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
 needs_libtorrent = pytest.mark.skipif(
@@ -105,7 +120,9 @@ __all__ = [
     "ci_shortfall",
     "needs_chromium",
     "needs_containerd",
+    "needs_dockerd",
     "needs_libtorrent",
+    "needs_podman",
     "needs_registry",
     "skopeo_pull",
     "verify_dir_copy",
