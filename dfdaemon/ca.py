@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -280,12 +279,3 @@ class LeafCache:
         """The leaf cached for `host`, if any (for tests and logs)."""
         cached = self._leaves.get(host)
         return cached[1] if cached else None
-
-
-def verifies(authority: Authority, leaf: x509.Certificate) -> bool:
-    """Whether `leaf` was signed by `authority`."""
-    try:
-        leaf.verify_directly_issued_by(authority.cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True

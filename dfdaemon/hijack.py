@@ -97,7 +97,9 @@ class Hijacker:
             await reply.start(200, [])
             raw, already = reply.tunnel()
             stream = _Prefixed(raw, already) if already else raw
-            tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+            # Not https_compatible: closing sends close_notify (clients reading to EOF
+            # want it); a client closing without one is as gone as any other.
+            tls = trio.SSLStream(stream, context, server_side=True)
             where = f"CONNECT {format_address(name, port)} from {request.client}"
             with trio.move_on_after(self.handshake_timeout) as waited:
                 try:

@@ -5,7 +5,9 @@ hypercorn speaks ASGI, which has no way to hand a connection over to a raw tunne
 `CONNECT` could not work there; h11 gives the daemon the whole connection. Each
 request reaches the handler as a `Request` (headers in order, repeated names kept, the
 body as an async iterator) with a `Reply` to answer through. Connections are kept
-alive between requests unless either side says otherwise.
+alive between requests unless either side says otherwise. A connection may be any
+trio stream: over TLS (an intercepted CONNECT: hijack.py), file bodies are read and
+sent through it, since sendfile cannot encrypt.
 
 Nobody holds a connection for nothing: a request head must come within HEAD_TIMEOUT
 (IDLE_TIMEOUT between requests) and cannot pass MAX_HEAD bytes; a request body that
@@ -327,7 +329,8 @@ async def serve_connection(
     except h11.LocalProtocolError as exc:
         log.warning("http: %s", exc)
     finally:
-        await stream.aclose()
+        with trio.move_on_after(LINGER):  # TLS sends close_notify: to a client that may not read
+            await stream.aclose()
 
 
 def _peer(stream: trio.abc.Stream) -> str:

@@ -28,11 +28,12 @@ from conftest import StartDaemon, StartSupernode, cli_env, metric, until
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fakenet import FakeNetwork
-from registry import SKOPEO, Image, Registry, needs_registry, verify_dir_copy, write_oci_image
+from registry import Image, Registry, needs_registry, verify_dir_copy, write_oci_image
 
 from common.addresses import parse_listen
 from dfdaemon.app import Daemon
 from dfdaemon.hijack import Hijacker
+from testkit.registry import SKOPEO
 
 pytestmark = needs_registry
 MiB = 1 << 20
@@ -380,3 +381,58 @@ async def test_the_leaf_cache_is_bounded(
     assert daemon.leaves.minted == 3  # c.test's came from the cache the second time
     assert len(daemon.leaves) == 2
     assert daemon.leaves.certificate("a.test") is None
+
+
+class _ConnectFirst(trio.abc.Stream):
+    """A client that does not wait for the proxy's answer: its CONNECT and its TLS
+    ClientHello leave in one write; the proxy's answer head is read past before TLS."""
+
+    def __init__(self, stream: trio.SocketStream, target: str) -> None:
+        self.stream = stream
+        self.request: bytes | None = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+        self.head: bytes | None = b""
+        self.extra = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.request is not None:
+            data, self.request = self.request + bytes(data), None
+        await self.stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        while self.head is not None:
+            self.head += await self.stream.receive_some(4096)
+            if b"\r\n\r\n" in self.head:
+                head, self.extra = self.head.split(b"\r\n\r\n", 1)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                self.head = None
+        if self.extra:
+            data, self.extra = self.extra, b""
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_client_hello_sent_with_the_connect_is_not_lost(
+    start_daemon: StartDaemon,
+    start_supernode: StartSupernode,
+    tls_registry: TlsRegistry,
+) -> None:
+    daemon = await hijacking_daemon(start_daemon, start_supernode, tls_registry)
+    raw = await trio.open_tcp_stream(*parse_listen(daemon.address))
+    context = ssl.create_default_context(cadata=ca_pem(daemon).decode())
+    tls = trio.SSLStream(_ConnectFirst(raw, tls_registry.named()), context, server_hostname=NAME)
+    with trio.fail_after(10):
+        await tls.do_handshake()
+        await tls.send_all(
+            f"GET /v2/ HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while data := await tls.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    await tls.aclose()
