@@ -18,9 +18,11 @@ from common.eviction import GcPolicy
 from common.io import RateLimiter
 from common.origins import OriginPolicy
 from dfdaemon.blob import Blob
+from dfdaemon.ca import Authority, LeafCache, data_dir_authority, load_authority
 from dfdaemon.cache import BlobStore
 from dfdaemon.control import SOCKET_NAME, ControlApi
 from dfdaemon.downloads import DownloadSettings
+from dfdaemon.hijack import Hijacker
 from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror
@@ -60,6 +62,11 @@ class DaemonConfig:
     control_socket: Path | None = None  # default: DATA_DIR/dfdaemon.sock
     cache: GcPolicy = field(default_factory=GcPolicy)  # the blob cache's quota and TTL
     reseed_delay: float = 5.0  # before announcing a blob again when its seeding ended
+    # HTTPS interception: CONNECT hosts to end TLS for (regexes), with leaves signed by
+    # the CA in these files (none: one generated in DATA_DIR/ca/).
+    hijack: tuple[str, ...] = ()
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
 
 
 class DataDirInUse(Exception):
@@ -111,6 +118,7 @@ class Daemon:
         self.mirror: Mirror | None = None
         self.proxy: Proxy | None = None
         self.control: ControlApi | None = None
+        self.leaves: LeafCache | None = None  # with --hijack
         self.socket_path = config.control_socket or config.data_dir / SOCKET_NAME
         self.address = ""
         self.upload_port = 0  # once listening
@@ -122,6 +130,7 @@ class Daemon:
         private_data_dir(config.data_dir)
         lock = lock_data_dir(config.data_dir)
         try:
+            authority = self._authority() if config.hijack else None  # before listening
             async with trio.open_nursery() as nursery:
                 host, port = config.peer_listen
                 upload_port = await nursery.start(self.upload.serve, host, port)
@@ -154,8 +163,27 @@ class Daemon:
                     metrics=metrics,
                     trust=self.trust,
                 )
+                hijack = None
+                if authority is not None:
+                    self.leaves = LeafCache(authority)
+                    log.info(
+                        "intercepting CONNECT to hosts matching %s, CA certificate %s",
+                        " or ".join(config.hijack),
+                        authority.cert_path,
+                    )
+                    hijack = Hijacker(
+                        patterns=config.hijack,
+                        leaves=self.leaves,
+                        mirror=self.mirror,
+                        upstream=self.upstream,
+                        metrics=metrics,
+                    )
                 self.proxy = Proxy(
-                    rules=config.rules, upstream=self.upstream, blobs=blobs, metrics=metrics
+                    rules=config.rules,
+                    upstream=self.upstream,
+                    blobs=blobs,
+                    metrics=metrics,
+                    hijack=hijack,
                 )
                 self.control = ControlApi(
                     blobs=blobs,
@@ -184,6 +212,14 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 await self.upstream.aclose()
             os.close(lock)
+
+    def _authority(self) -> Authority:
+        """The CA that signs intercepted hosts' leaves: --ca-cert/--ca-key, or the data
+        dir's (generated on the first start). CaError if unusable."""
+        config = self.config
+        if config.ca_cert is not None and config.ca_key is not None:
+            return load_authority(config.ca_cert, config.ca_key)
+        return data_dir_authority(config.data_dir)
 
     def _count(self, blob: Blob) -> None:
         assert self.metrics is not None

@@ -24,6 +24,8 @@ from common.tokens import read_token
 from common.units import parse_rate, parse_size
 from dfdaemon import __version__
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
+from dfdaemon.ca import CaError
+from dfdaemon.cacli import add_hijack_arguments, ca_main, hijack_settings
 from dfdaemon.setup import cli as setup_cli
 from dfdaemon.trust import origin_of, parse_allowed
 
@@ -47,7 +49,10 @@ config file keys (TOML; flags win): listen, supernodes (list), registry,
 allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
 upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
 token_file, control_socket, cache_quota, cache_ttl, max_connections, origin_allow
-(list), origin_deny (list), ready_file, log_level.
+(list), origin_deny (list), ready_file, log_level, hijack (list), ca_cert, ca_key.
+
+`dfdaemon ca [--data-dir DIR]` prints the CA certificate that --hijack's leaves are
+signed with, for the clients' trust stores (generated if there is none yet).
 """
 
 # Config-file keys and the flag each stands for.
@@ -74,6 +79,9 @@ CONFIG_KEYS = {
     "origin_deny": "origin_deny",
     "ready_file": "ready_file",
     "log_level": "log_level",
+    "hijack": "hijack",
+    "ca_cert": "ca_cert",
+    "ca_key": "ca_key",
 }
 
 
@@ -88,6 +96,8 @@ _STRING_KEYS = {
     "control_socket",
     "ready_file",
     "log_level",
+    "ca_cert",
+    "ca_key",
 }
 
 
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hold N/8 of them, at least 16 (on a loopback HTTP port, where every client is "
         "127.0.0.1, all N); past it new ones are closed at once (default 256)",
     )
+    add_hijack_arguments(parser)
     ready_file_argument(parser, '"http" and "upload" (HOST:PORT) and "control_socket" (its path)')
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -234,9 +245,16 @@ def load_config(path: Path) -> dict[str, Any]:
                 value = parse_size(str(value))
             elif key == "cache_ttl" and not isinstance(value, int | float):
                 raise ValueError("want a number of seconds")
-            elif key in ("data_dir", "token_file", "control_socket", "ready_file"):
+            elif key in (
+                "data_dir",
+                "token_file",
+                "control_socket",
+                "ready_file",
+                "ca_cert",
+                "ca_key",
+            ):
                 value = Path(str(value))
-            elif key in ("supernodes", "rules", "plain_http", "allow_registries"):
+            elif key in ("supernodes", "rules", "plain_http", "allow_registries", "hijack"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("want a list of strings")
             elif key in ("origin_allow", "origin_deny"):
@@ -285,6 +303,7 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
             re.compile(rule)
         except re.error as exc:
             raise ValueError(f"bad --rule {rule!r}: {exc}") from exc
+    hijack = hijack_settings(settings)
     allowed = tuple(settings.get("allow_registry", ()))
     for entry in allowed:
         try:
@@ -315,6 +334,7 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
         rules=rules,
         control_socket=settings.get("control_socket"),
         cache=GcPolicy(quota=settings.get("cache_quota"), ttl=settings.get("cache_ttl")),
+        **hijack,
     )
     if not config.registry.startswith(("http://", "https://")):
         raise ValueError(f"--registry wants an http:// or https:// URL, not {config.registry!r}")
@@ -341,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["setup"]:  # `dfdaemon setup CLIENT`: configure a client, then exit
         return setup_cli.main(argv[1:])
+    if argv[:1] == ["ca"]:  # `dfdaemon ca`: print the interception CA's certificate
+        return ca_main(argv[1:], load_config)
     args = build_parser().parse_args(argv)
     try:
         settings = settings_of(args)
@@ -360,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(serve_until_signalled, partial(serve, Daemon(config), ready_file))
     except KeyboardInterrupt:
         return 130
-    except DataDirInUse as exc:
+    except (DataDirInUse, CaError) as exc:
         print(f"dfdaemon: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -5,7 +5,9 @@ hypercorn speaks ASGI, which has no way to hand a connection over to a raw tunne
 `CONNECT` could not work there; h11 gives the daemon the whole connection. Each
 request reaches the handler as a `Request` (headers in order, repeated names kept, the
 body as an async iterator) with a `Reply` to answer through. Connections are kept
-alive between requests unless either side says otherwise.
+alive between requests unless either side says otherwise. A connection may be any
+trio stream: over TLS (an intercepted CONNECT: hijack.py), file bodies are read and
+sent through it, since sendfile cannot encrypt.
 
 Nobody holds a connection for nothing: a request head must come within HEAD_TIMEOUT
 (IDLE_TIMEOUT between requests) and cannot pass MAX_HEAD bytes; a request body that
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -122,7 +125,7 @@ class Reply:
         await self.send(body)
         await self.end()
 
-    def tunnel(self) -> tuple[trio.SocketStream, bytes]:
+    def tunnel(self) -> tuple[trio.abc.Stream, bytes]:
         """After `start(200, ...)` to a CONNECT: the raw stream and what the client
         already sent past the request."""
         self.ended = True
@@ -148,7 +151,7 @@ Handler = Callable[[Request, Reply], Awaitable[None]]
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
 
@@ -170,6 +173,10 @@ class _Connection:
                 end = offset + count
                 while offset < end:
                     size = min(SEND_SLICE, end - offset)
+                    if not isinstance(self.stream, trio.SocketStream):  # TLS: through it
+                        await self._send_all(os.pread(fd, size, offset), watch)
+                        offset += size
+                        continue
                     try:
                         await send_file(self.stream.socket, fd, offset, size)
                     except STREAM_ERRORS as exc:
@@ -204,7 +211,7 @@ class _Connection:
                 data = await self.stream.receive_some(READ_SIZE)
             except STREAM_ERRORS as exc:
                 raise ClientGone(str(exc)) from exc
-            self.h11.receive_data(data)
+            self.h11.receive_data(bytes(data))  # a TLS stream may give a bytearray
 
     async def skip_body(self) -> bool:
         """Drop the rest of a request body nobody read, if it is short and quick: True
@@ -222,6 +229,8 @@ class _Connection:
 
     async def linger(self) -> None:
         """End our side and read (and drop) what the client still sends, for a while."""
+        if not isinstance(self.stream, trio.abc.HalfCloseableStream):
+            return  # TLS has no half-close: closing it is all there is
         with trio.move_on_after(LINGER), contextlib.suppress(*STREAM_ERRORS):
             await self.stream.send_eof()
             while await self.stream.receive_some(READ_SIZE):
@@ -244,14 +253,14 @@ class _Connection:
                 raise ClientGone(f"unexpected {type(event).__name__} in a request body")
 
 
-async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
-    """Answer requests on one connection until it closes."""
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, client: str | None = None
+) -> None:
+    """Answer requests on one connection until it closes; `client` names the peer in
+    logs (by default, a socket's peer address)."""
     connection = _Connection(stream)
-    try:
-        peer = stream.socket.getpeername()
-        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
-    except OSError:
-        client = "?"
+    if client is None:
+        client = _peer(stream)
     first = True
     try:
         while True:
@@ -320,7 +329,18 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
     except h11.LocalProtocolError as exc:
         log.warning("http: %s", exc)
     finally:
-        await stream.aclose()
+        with trio.move_on_after(LINGER):  # TLS sends close_notify: to a client that may not read
+            await stream.aclose()
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SocketStream):
+        return "?"
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
 
 
 async def serve_http(

@@ -25,7 +25,8 @@ class Metrics:
             "dfdaemon_requests",
             "Requests answered, by kind: blob (P2P), passthrough (sent to the upstream as "
             "is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request, untrusted (a "
-            "registry the daemon does not trust: 403), dfget (on the control socket)",
+            "registry the daemon does not trust: 403), dfget (on the control socket), hijack (a "
+            "CONNECT intercepted: --hijack), hijack_passthrough (a request in one, outside /v2/)",
             ["kind"],
             registry=self.registry,
         )
@@ -54,6 +55,14 @@ class Metrics:
             "client), upstream (unreachable for the access check), download (P2P and the "
             "fallback failed), digest_mismatch, length_mismatch (the upstream announced "
             "another length: that answer failed)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.hijack_failures = Counter(
+            "dfdaemon_hijack_failures",
+            "CONNECTs to intercept that came to nothing, by reason: busy (too many at once: "
+            "503), handshake (the client's TLS failed, as when it does not trust the CA), "
+            "timeout (no TLS handshake in time)",
             ["reason"],
             registry=self.registry,
         )

@@ -66,6 +66,16 @@ class Mirror:
     async def handle(self, request: Request, reply: Reply) -> None:
         try:
             target = resolve(request.target, self.registry, self.plain_http)
+        except BadReference as exc:
+            self.metrics.requests.labels("bad_request").inc()
+            await registry_error(reply, 400, exc.code, str(exc))
+            return
+        await self.serve(request, reply, target)
+
+    async def serve(self, request: Request, reply: Reply, target: Target) -> None:
+        """Answer `request` for the upstream `target` names (resolved from `?ns=`, or
+        the host of an intercepted CONNECT: hijack.py)."""
+        try:
             blob = blob_digest(target.path)
         except BadReference as exc:
             self.metrics.requests.labels("bad_request").inc()

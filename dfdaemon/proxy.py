@@ -1,7 +1,8 @@
 """Forward proxy (`HTTP_PROXY=http://127.0.0.1:65001`): plain-HTTP GETs whose URL
 matches a `--rule` go P2P; every other request is passed to its origin as it is;
 `CONNECT` opens a tunnel and copies bytes both ways, untouched (HTTPS stays end to
-end: the daemon sees only the host name).
+end: the daemon sees only the host name), unless its host matches `--hijack`
+(hijack.py: the daemon ends the TLS and serves what is inside as the mirror).
 
 A P2P GET that would join a download another client started is checked with the
 origin first, with this client's headers (`sharing.py`): a refusal, or other content,
@@ -25,6 +26,7 @@ from dfdaemon import httpserver
 from dfdaemon.blob import BlobUnavailable, read_blob
 from dfdaemon.bodies import send_blob
 from dfdaemon.cache import BlobStore
+from dfdaemon.hijack import Hijacker
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.sharing import JoinRefused, url_download
@@ -50,8 +52,10 @@ class Proxy:
         upstream: Upstream,
         blobs: BlobStore,
         metrics: Metrics,
+        hijack: Hijacker | None = None,
     ) -> None:
         self.rules = [re.compile(rule) for rule in rules]
+        self.hijack = hijack  # CONNECTs to intercept (--hijack), not tunnel
         self.upstream = upstream
         self.blobs = blobs
         self.metrics = metrics
@@ -125,6 +129,9 @@ class Proxy:
                 raise ValueError(request.target)
         except ValueError:
             await reply.simple(400, b"CONNECT wants HOST:PORT\n", "text/plain")
+            return
+        if self.hijack is not None and (name := self.hijack.matches(host)) is not None:
+            await self.hijack.intercept(request, reply, name, port)
             return
         try:
             with trio.fail_after(TUNNEL_CONNECT_TIMEOUT):

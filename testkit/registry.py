@@ -33,7 +33,8 @@ HTPASSWD = shutil.which("htpasswd")
 _ACCESS_BLOB = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]{64}\S* HTTP/[0-9.]+" 200 (\d+)')
 # docker-registry takes port 0 but has no ready file: the one report of the address it
 # bound is the line it logs once listening, msg="listening on 127.0.0.1:PORT".
-_LISTENING = re.compile(r'msg="listening on ([^"\s]+)"')
+# (", tls" follows the address when it serves TLS.)
+_LISTENING = re.compile(r'msg="listening on ([^"\s,]+)')
 
 
 @dataclass
@@ -121,8 +122,9 @@ def write_oci_image(layout: Path, layer_sizes: list[int]) -> Image:
 
 class Registry:
     """docker-registry on HOST (127.0.0.1) with its own config and storage; optional
-    htpasswd auth. Counts the blob bytes it serves from its access log. With PREFIX (a
-    network lab's `ip netns exec NS`) it runs, and pushes, inside that lab host."""
+    htpasswd auth; https with TLS = (certificate, key), PEM files. Counts the blob bytes
+    it serves from its access log. With PREFIX (a network lab's `ip netns exec NS`) it
+    runs, and pushes, inside that lab host."""
 
     def __init__(
         self,
@@ -131,8 +133,10 @@ class Registry:
         users: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         prefix: Sequence[str] = (),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.root = root
+        self.tls = tls
         self.users = users or {}
         self.host = host
         self.prefix = list(prefix)
@@ -143,7 +147,7 @@ class Registry:
     @property
     def url(self) -> str:
         assert self.address, "the registry's address is known once it has started"
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     def _config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -162,6 +166,8 @@ class Registry:
             f"  addr: {self.host}:0",
             "  secret: dragonfly-py-tests",
         ]
+        if self.tls:
+            lines += ["  tls:", f"    certificate: {self.tls[0]}", f"    key: {self.tls[1]}"]
         if self.users:
             assert HTPASSWD, "htpasswd (apache2-utils) is installed by `make test`"
             htpasswd = self.root / "htpasswd"
