@@ -11,12 +11,18 @@ Nobody holds a connection for nothing: a request head must come within HEAD_TIME
 (IDLE_TIMEOUT between requests) and cannot pass MAX_HEAD bytes; a request body that
 stops flowing for BODY_TIMEOUT, and a client that stops reading its answer for
 SEND_TIMEOUT, lose the connection. `serve_http` caps the connections held at once.
+
+With an `ssl_context` (`--tls-cert`, `--tls-key`) every connection is TLS: its
+handshake must end within HANDSHAKE_TIMEOUT, and file bodies are read and encrypted
+instead of sent by sendfile(2).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +53,7 @@ UNREAD_BODY_TIMEOUT = 5.0
 # this long, so the kernel does not answer its bytes with a reset that can destroy the
 # answer before the client has read it (nginx's lingering close).
 LINGER = 2.0
+HANDSHAKE_TIMEOUT = 10.0  # a TLS client's handshake, from the connection's accept
 
 
 class ClientGone(Exception):
@@ -122,7 +129,7 @@ class Reply:
         await self.send(body)
         await self.end()
 
-    def tunnel(self) -> tuple[trio.SocketStream, bytes]:
+    def tunnel(self) -> tuple[trio.abc.Stream, bytes]:
         """After `start(200, ...)` to a CONNECT: the raw stream and what the client
         already sent past the request."""
         self.ended = True
@@ -148,7 +155,7 @@ Handler = Callable[[Request, Reply], Awaitable[None]]
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
 
@@ -171,7 +178,13 @@ class _Connection:
                 while offset < end:
                     size = min(SEND_SLICE, end - offset)
                     try:
-                        await send_file(self.stream.socket, fd, offset, size)
+                        if isinstance(self.stream, trio.SocketStream):
+                            await send_file(self.stream.socket, fd, offset, size)
+                        else:  # TLS: the bytes must pass through the encryption
+                            data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+                            if len(data) != size:
+                                raise OSError(f"file ended at {offset + len(data)}")
+                            await self.stream.send_all(data)
                     except STREAM_ERRORS as exc:
                         raise ClientGone(str(exc)) from exc
                     offset += size
@@ -204,7 +217,7 @@ class _Connection:
                 data = await self.stream.receive_some(READ_SIZE)
             except STREAM_ERRORS as exc:
                 raise ClientGone(str(exc)) from exc
-            self.h11.receive_data(data)
+            self.h11.receive_data(bytes(data))
 
     async def skip_body(self) -> bool:
         """Drop the rest of a request body nobody read, if it is short and quick: True
@@ -223,7 +236,8 @@ class _Connection:
     async def linger(self) -> None:
         """End our side and read (and drop) what the client still sends, for a while."""
         with trio.move_on_after(LINGER), contextlib.suppress(*STREAM_ERRORS):
-            await self.stream.send_eof()
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()  # TLS has no half-close: read only
             while await self.stream.receive_some(READ_SIZE):
                 pass
 
@@ -244,14 +258,22 @@ class _Connection:
                 raise ClientGone(f"unexpected {type(event).__name__} in a request body")
 
 
-async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
-    """Answer requests on one connection until it closes."""
-    connection = _Connection(stream)
+def client_of(stream: trio.SocketStream) -> str:
+    """The peer as logs show it: HOST:PORT."""
     try:
         peer = stream.socket.getpeername()
-        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
     except OSError:
-        client = "?"
+        return "?"
+
+
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, client: str | None = None
+) -> None:
+    """Answer requests on one connection until it closes."""
+    connection = _Connection(stream)
+    if client is None:
+        client = client_of(stream) if isinstance(stream, trio.SocketStream) else "?"
     first = True
     try:
         while True:
@@ -320,7 +342,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
     except h11.LocalProtocolError as exc:
         log.warning("http: %s", exc)
     finally:
-        await stream.aclose()
+        with trio.move_on_after(1):  # TLS says goodbye first: not to a client that never reads
+            await stream.aclose()
 
 
 async def serve_http(
@@ -329,15 +352,29 @@ async def serve_http(
     handler: Handler,
     *,
     limit: ConnectionLimit | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (0: a free port), at most `limit` connections at once (past
-    it, new ones are closed before anything is read); reports the bound port."""
+    it, new ones are closed before anything is read), over TLS with `ssl_context`;
+    reports the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = int(listeners[0].socket.getsockname()[1])
 
     async def one(stream: trio.SocketStream) -> None:
-        await serve_connection(stream, handler)
+        if ssl_context is None:
+            await serve_connection(stream, handler)
+            return
+        client = client_of(stream)
+        tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except (*STREAM_ERRORS, trio.TooSlowError) as exc:  # not TLS, too slow...
+            log.debug("tls: no handshake with %s: %r", client, exc)
+            await stream.aclose()
+            return
+        await serve_connection(tls, handler, client)
 
     task_status.started(bound)
     if limit is None:

@@ -6,7 +6,8 @@ undecoded. Repeated headers (several `Accept` lines) travel as they came.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
@@ -62,14 +63,21 @@ class Upstream:
     """One shared httpx client for every pass-through request of the daemon."""
 
     def __init__(
-        self, *, insecure: bool = False, timeout: float = 60.0, policy: OriginPolicy | None = None
+        self,
+        *,
+        insecure: bool = False,
+        timeout: float = 60.0,
+        policy: OriginPolicy | None = None,
+        origin_tls: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         # Every connection (redirect hops to storage included) goes to an address the
         # origin policy allows: a client must not make the daemon reach cloud metadata.
+        # `origin_tls`: registries with their own CA or client certificate (HOST[:PORT]).
         self.policy = policy or OriginPolicy(allow_flag="dfdaemon's --origin-allow")
         self.client = checked_client(
             self.policy,
             verify=not insecure,
+            origin_tls=origin_tls,
             follow_redirects=False,
             timeout=httpx.Timeout(timeout, connect=10.0),
         )
