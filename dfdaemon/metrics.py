@@ -25,7 +25,9 @@ class Metrics:
             "dfdaemon_requests",
             "Requests answered, by kind: blob (P2P), passthrough (sent to the upstream as "
             "is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request, untrusted (a "
-            "registry the daemon does not trust: 403), dfget (on the control socket)",
+            "registry the daemon does not trust: 403), dfget (on the control socket), "
+            "proxy_unauthorized (a proxy request without valid credentials: 407, or 503 "
+            "when too many checks wait)",
             ["kind"],
             registry=self.registry,
         )

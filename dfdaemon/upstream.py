@@ -154,7 +154,18 @@ class Upstream:
         except AddressDenied as exc:
             raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"{method} {display_url(url)}: {exc}") from exc
+            raise UpstreamError(f"{method} {display_url(url)}: {reason(exc)}") from exc
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, for a message: a TLS failure says which (a certificate not
+    verified, one the registry required), however deep httpx and trio wrapped it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def _about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

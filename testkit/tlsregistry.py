@@ -6,6 +6,7 @@ certificates, and skopeo cert dirs."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,3 +102,24 @@ class TlsRegistry(Registry):
             argv += ["--dest-creds", creds]
         argv += [f"oci:{image.layout}:latest", f"docker://{self.address}/{reference}"]
         await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+
+
+async def skopeo_pull_tls(
+    registry: Registry, mirror: str | None, reference: str, out: Path, work: Path, certs: Path
+) -> subprocess.CompletedProcess[bytes]:
+    """skopeo copy docker://REGISTRY/reference dir:out over verified TLS, with the daemon's
+    https listener as the mirror (None: straight from the registry); `certs` is the cert
+    dir skopeo trusts (and presents a client certificate from) for both."""
+    assert SKOPEO
+    conf = work / "registries-tls.conf"
+    conf.write_text(
+        "unqualified-search-registries = []\n"
+        "[[registry]]\n"
+        f'prefix = "{registry.address}"\n'
+        f'location = "{registry.address}"\n'
+        + (f'[[registry.mirror]]\nlocation = "{mirror}"\n' if mirror else "")
+    )
+    argv = [SKOPEO, "--insecure-policy", "--registries-conf", str(conf), "copy"]
+    argv += ["--src-cert-dir", str(certs)]
+    argv += [f"docker://{registry.address}/{reference}", f"dir:{out}"]
+    return await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
