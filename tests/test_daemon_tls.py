@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 from conftest import RunningSupernode, StartDaemon, StartSupernode, metric, until
+from proxyclient import basic, connect, proxy_request
 from registry import needs_registry
 
 from common.tlsfiles import OriginTls
@@ -22,6 +23,7 @@ from dfdaemon import cli, httpserver
 from dfdaemon.app import Daemon
 from proto.pieces import MiB
 from supernode import cli as supernode_cli
+from testkit.origin import FakeOrigin
 from testkit.registry import Image, verify_dir_copy, write_oci_image
 from testkit.tlsregistry import TestPki, TlsRegistry, skopeo_pull_tls
 
@@ -312,3 +314,44 @@ def test_the_supernode_origin_flags_are_checked_at_start(
     flags = ["--origin-client-cert", f"reg.example={pki.server_cert},{pki.client_key}"]
     assert supernode_cli.main([*base, *flags]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+async def test_an_https_proxy_with_authentication_tunnels_connect(
+    start_daemon: StartDaemon, pki: TestPki, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    """The proxy on the https listener: credentials go inside TLS, and CONNECT's tunnel
+    runs over the client's TLS connection."""
+    import bcrypt
+
+    data = b"through the tunnel" * 1000
+    origin.add("/f", data)
+    auth_file = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    auth_file.write_text(f"alice:{hashed}\n")
+    daemon = await start_daemon(
+        "host1",
+        "http://127.0.0.1:1",
+        None,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        proxy_auth_file=auth_file,
+    )
+    context = ssl.create_default_context(cafile=str(pki.ca_pem))
+    target = origin.url("")[len("http://") :].rstrip("/")
+    for auth, status in (
+        (None, 407),
+        (basic("alice", "wrong"), 407),
+        (basic("alice", "secret"), 200),
+    ):
+        tls = trio.SSLStream(await connect(daemon.address), context, server_hostname="127.0.0.1")
+        async with tls:
+            answer = await proxy_request(tls, "CONNECT", target, auth)
+            assert answer.status == status
+            if status == 200:
+                inside = await proxy_request(tls, "GET", "/f", None, host=target)
+                assert inside.status == 200 and await inside.body() == data
+    # A plain GET through the https proxy, by httpx.
+    proxy = httpx.Proxy(f"https://alice:secret@{daemon.address}", ssl_context=context)
+    async with httpx.AsyncClient(proxy=proxy) as client:
+        response = await client.get(origin.url("/f"))
+    assert response.status_code == 200 and response.content == data
