@@ -52,11 +52,7 @@ allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
 upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
 token_file, control_socket, cache_quota, cache_ttl, max_connections, origin_allow
 (list), origin_deny (list), ready_file, log_level, proxy_auth_file, proxy_open (bool),
-tls_cert, tls_key; a table per registry for its TLS:
-  [registries."registry.example.com:5000"]
-  ca = "/etc/dfdaemon/registry-ca.pem"
-  client_cert = "/etc/dfdaemon/client.pem"
-  client_key = "/etc/dfdaemon/client.key"
+tls_cert, tls_key; [registries."HOST[:PORT]"] tables: ca, client_cert, client_key.
 """
 
 # Config-file keys and the flag each stands for.
