@@ -17,6 +17,7 @@ from common.connlimit import ConnectionLimit, listen_limit
 from common.eviction import GcPolicy
 from common.io import RateLimiter
 from common.origins import OriginPolicy
+from common.tlsfiles import OriginTls, client_contexts, server_context
 from dfdaemon.blob import Blob
 from dfdaemon.ca import Authority, LeafCache, data_dir_authority, load_authority
 from dfdaemon.cache import BlobStore
@@ -27,6 +28,7 @@ from dfdaemon.httpserver import Reply, Request, serve_http
 from dfdaemon.metrics import CONTENT_TYPE, Metrics
 from dfdaemon.mirror import Mirror
 from dfdaemon.proxy import Proxy
+from dfdaemon.proxyauth import ProxyAuth, admit, load_htpasswd
 from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
 from dfget.options import SharedServer
@@ -67,6 +69,12 @@ class DaemonConfig:
     hijack: tuple[str, ...] = ()
     ca_cert: Path | None = None
     ca_key: Path | None = None
+    # Issue 15's access and TLS settings (dfdaemon/proxyauth.py, common/tlsfiles.py):
+    proxy_auth_file: Path | None = None  # htpasswd (bcrypt): the proxy answers 407 without
+    proxy_open: bool = False  # the CLI's consent to an open proxy off loopback
+    tls_cert: Path | None = None  # with tls_key: the HTTP port speaks https
+    tls_key: Path | None = None
+    registry_tls: dict[str, OriginTls] = field(default_factory=dict)  # HOST[:PORT] → CA, cert
 
 
 class DataDirInUse(Exception):
@@ -112,7 +120,19 @@ class Daemon:
         self.origin_policy = OriginPolicy(
             config.origin_allow, config.origin_deny, allow_flag="dfdaemon's --origin-allow"
         )
-        self.upstream = Upstream(insecure=config.insecure, policy=self.origin_policy)
+        # ValueError here if a TLS or htpasswd file is unusable (the CLI checked them).
+        self.origin_tls = client_contexts(config.registry_tls, insecure=config.insecure)
+        self.tls = (
+            server_context(config.tls_cert, config.tls_key, what="--tls-cert/--tls-key")
+            if config.tls_cert is not None and config.tls_key is not None
+            else None
+        )
+        self.proxy_auth = (
+            ProxyAuth(load_htpasswd(config.proxy_auth_file)) if config.proxy_auth_file else None
+        )
+        self.upstream = Upstream(
+            insecure=config.insecure, policy=self.origin_policy, origin_tls=self.origin_tls
+        )
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
@@ -146,6 +166,7 @@ class Daemon:
                     gc=config.cache,
                     reseed_delay=config.reseed_delay,
                     origin_policy=self.origin_policy,
+                    origin_tls=tuple(self.origin_tls.items()),
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)
@@ -195,7 +216,14 @@ class Daemon:
                 await nursery.start(self.control.serve, self.socket_path)
                 host, port = config.listen
                 bound = await nursery.start(
-                    functools.partial(serve_http, host, port, self.handle, limit=self.http_limit)
+                    functools.partial(
+                        serve_http,
+                        host,
+                        port,
+                        self.handle,
+                        limit=self.http_limit,
+                        ssl_context=self.tls,
+                    )
                 )
                 self.address = f"{host}:{bound}"
                 log.info(
@@ -244,6 +272,9 @@ class Daemon:
         assert self.mirror is not None and self.metrics is not None
         assert self.proxy is not None
         if request.method == "CONNECT" or request.target.startswith(("http://", "https://")):
+            if self.proxy_auth is not None and not await admit(self.proxy_auth, request, reply):
+                self.metrics.requests.labels("proxy_unauthorized").inc()
+                return
             await self.proxy.handle(request, reply)  # a forward-proxy request
             return
         try:

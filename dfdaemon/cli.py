@@ -23,6 +23,12 @@ from common.ready import prepare_ready_file, ready_file_argument, write_ready_fi
 from common.tokens import read_token
 from common.units import parse_rate, parse_size
 from dfdaemon import __version__
+from dfdaemon.accessflags import (
+    access_tls_arguments,
+    access_tls_settings,
+    check_access_tls,
+    registry_tables,
+)
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
 from dfdaemon.ca import CaError
 from dfdaemon.cacli import add_hijack_arguments, ca_main, hijack_settings
@@ -49,7 +55,9 @@ config file keys (TOML; flags win): listen, supernodes (list), registry,
 allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
 upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
 token_file, control_socket, cache_quota, cache_ttl, max_connections, origin_allow
-(list), origin_deny (list), ready_file, log_level, hijack (list), ca_cert, ca_key.
+(list), origin_deny (list), ready_file, log_level, hijack (list), ca_cert, ca_key,
+proxy_auth_file, proxy_open (bool), tls_cert, tls_key; [registries."HOST[:PORT]"]
+tables: ca, client_cert, client_key.
 
 `dfdaemon ca [--data-dir DIR]` prints the CA certificate that --hijack's leaves are
 signed with, for the clients' trust stores (generated if there is none yet).
@@ -82,6 +90,11 @@ CONFIG_KEYS = {
     "hijack": "hijack",
     "ca_cert": "ca_cert",
     "ca_key": "ca_key",
+    "proxy_auth_file": "proxy_auth_file",
+    "proxy_open": "proxy_open",
+    "tls_cert": "tls_cert",
+    "tls_key": "tls_key",
+    "registries": "registry_tls",
 }
 
 
@@ -98,7 +111,16 @@ _STRING_KEYS = {
     "log_level",
     "ca_cert",
     "ca_key",
+    "proxy_auth_file",
+    "tls_cert",
+    "tls_key",
 }
+
+
+_PATH_KEYS = frozenset(
+    {"data_dir", "token_file", "control_socket", "ready_file", "proxy_auth_file", "tls_cert"}
+    | {"tls_key", "ca_cert", "ca_key"}
+)
 
 
 def _supernodes(text: str) -> list[str]:
@@ -213,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1, all N); past it new ones are closed at once (default 256)",
     )
     add_hijack_arguments(parser)
+    access_tls_arguments(parser)
     ready_file_argument(parser, '"http" and "upload" (HOST:PORT) and "control_socket" (its path)')
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -245,15 +268,10 @@ def load_config(path: Path) -> dict[str, Any]:
                 value = parse_size(str(value))
             elif key == "cache_ttl" and not isinstance(value, int | float):
                 raise ValueError("want a number of seconds")
-            elif key in (
-                "data_dir",
-                "token_file",
-                "control_socket",
-                "ready_file",
-                "ca_cert",
-                "ca_key",
-            ):
+            elif key in _PATH_KEYS:
                 value = Path(str(value))
+            elif key == "registries":
+                value = registry_tables(value)
             elif key in ("supernodes", "rules", "plain_http", "allow_registries", "hijack"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("want a list of strings")
@@ -262,7 +280,7 @@ def load_config(path: Path) -> dict[str, Any]:
                     raise ValueError("want a list of networks (CIDR strings)")
                 for network in value:
                     parse_network(network)
-            elif key in ("back_source", "insecure") and not isinstance(value, bool):
+            elif key in ("back_source", "insecure", "proxy_open") and not isinstance(value, bool):
                 raise ValueError("want true or false")
             elif key in ("upload_slots", "max_connections") and (
                 not isinstance(value, int) or isinstance(value, bool)
@@ -314,6 +332,7 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
     if max_connections < 1:
         raise ValueError(f"--max-connections wants at least 1, not {max_connections}")
     token = read_token(settings.get("token"), settings.get("token_file"))
+    access = access_tls_settings(settings)
     config = DaemonConfig(
         listen=settings.get("listen", defaults.listen),
         supernodes=tuple(settings.get("supernode", ())),
@@ -335,7 +354,9 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
         control_socket=settings.get("control_socket"),
         cache=GcPolicy(quota=settings.get("cache_quota"), ttl=settings.get("cache_ttl")),
         **hijack,
+        **access,
     )
+    check_access_tls(config)
     if not config.registry.startswith(("http://", "https://")):
         raise ValueError(f"--registry wants an http:// or https:// URL, not {config.registry!r}")
     try:

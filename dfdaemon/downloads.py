@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,8 @@ class DownloadSettings:
     gc_interval: float = 5.0
     reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended
     origin_policy: OriginPolicy | None = None  # where the fallback to the upstream may go
+    # The fallback's TLS for given registries (HOST[:PORT] → context: --registry-ca...).
+    origin_tls: tuple[tuple[str, ssl.SSLContext], ...] = ()
 
     def request(
         self,
@@ -75,6 +78,7 @@ class DownloadSettings:
             back_source=not supernodes and self.back_source,
             insecure=self.insecure,
             origin_policy=self.origin_policy,
+            origin_tls=self.origin_tls,
             peer=PeerOptions(
                 server=self.server,
                 seed_for=math.inf,

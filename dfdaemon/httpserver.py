@@ -13,6 +13,10 @@ Nobody holds a connection for nothing: a request head must come within HEAD_TIME
 (IDLE_TIMEOUT between requests) and cannot pass MAX_HEAD bytes; a request body that
 stops flowing for BODY_TIMEOUT, and a client that stops reading its answer for
 SEND_TIMEOUT, lose the connection. `serve_http` caps the connections held at once.
+
+With an `ssl_context` (`--tls-cert`, `--tls-key`) every connection is TLS: its
+handshake must end within HANDSHAKE_TIMEOUT, and file bodies are read and encrypted
+instead of sent by sendfile(2).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -50,6 +55,7 @@ UNREAD_BODY_TIMEOUT = 5.0
 # this long, so the kernel does not answer its bytes with a reset that can destroy the
 # answer before the client has read it (nginx's lingering close).
 LINGER = 2.0
+HANDSHAKE_TIMEOUT = 10.0  # a TLS client's handshake, from the connection's accept
 
 
 class ClientGone(Exception):
@@ -173,12 +179,14 @@ class _Connection:
                 end = offset + count
                 while offset < end:
                     size = min(SEND_SLICE, end - offset)
-                    if not isinstance(self.stream, trio.SocketStream):  # TLS: through it
-                        await self._send_all(os.pread(fd, size, offset), watch)
-                        offset += size
-                        continue
                     try:
-                        await send_file(self.stream.socket, fd, offset, size)
+                        if isinstance(self.stream, trio.SocketStream):
+                            await send_file(self.stream.socket, fd, offset, size)
+                        else:  # TLS: the bytes must pass through the encryption
+                            data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+                            if len(data) != size:
+                                raise OSError(f"file ended at {offset + len(data)}")
+                            await self.stream.send_all(data)
                     except STREAM_ERRORS as exc:
                         raise ClientGone(str(exc)) from exc
                     offset += size
@@ -253,6 +261,17 @@ class _Connection:
                 raise ClientGone(f"unexpected {type(event).__name__} in a request body")
 
 
+def client_of(stream: trio.abc.Stream) -> str:
+    """The peer as logs show it: HOST:PORT ("?" for a stream that is not a socket's)."""
+    if not isinstance(stream, trio.SocketStream):
+        return "?"
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+
+
 async def serve_connection(
     stream: trio.abc.Stream, handler: Handler, client: str | None = None
 ) -> None:
@@ -260,7 +279,7 @@ async def serve_connection(
     logs (by default, a socket's peer address)."""
     connection = _Connection(stream)
     if client is None:
-        client = _peer(stream)
+        client = client_of(stream)
     first = True
     try:
         while True:
@@ -333,31 +352,35 @@ async def serve_connection(
             await stream.aclose()
 
 
-def _peer(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SocketStream):
-        return "?"
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
-
-
 async def serve_http(
     host: str,
     port: int,
     handler: Handler,
     *,
     limit: ConnectionLimit | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (0: a free port), at most `limit` connections at once (past
-    it, new ones are closed before anything is read); reports the bound port."""
+    it, new ones are closed before anything is read), over TLS with `ssl_context`;
+    reports the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = int(listeners[0].socket.getsockname()[1])
 
     async def one(stream: trio.SocketStream) -> None:
-        await serve_connection(stream, handler)
+        if ssl_context is None:
+            await serve_connection(stream, handler)
+            return
+        client = client_of(stream)
+        tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except (*STREAM_ERRORS, trio.TooSlowError) as exc:  # not TLS, too slow...
+            log.debug("tls: no handshake with %s: %r", client, exc)
+            await stream.aclose()
+            return
+        await serve_connection(tls, handler, client)
 
     task_status.started(bound)
     if limit is None:

@@ -6,7 +6,8 @@ undecoded. Repeated headers (several `Accept` lines) travel as they came.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
@@ -62,14 +63,21 @@ class Upstream:
     """One shared httpx client for every pass-through request of the daemon."""
 
     def __init__(
-        self, *, insecure: bool = False, timeout: float = 60.0, policy: OriginPolicy | None = None
+        self,
+        *,
+        insecure: bool = False,
+        timeout: float = 60.0,
+        policy: OriginPolicy | None = None,
+        origin_tls: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         # Every connection (redirect hops to storage included) goes to an address the
         # origin policy allows: a client must not make the daemon reach cloud metadata.
+        # `origin_tls`: registries with their own CA or client certificate (HOST[:PORT]).
         self.policy = policy or OriginPolicy(allow_flag="dfdaemon's --origin-allow")
         self.client = checked_client(
             self.policy,
             verify=not insecure,
+            origin_tls=origin_tls,
             follow_redirects=False,
             timeout=httpx.Timeout(timeout, connect=10.0),
         )
@@ -146,7 +154,18 @@ class Upstream:
         except AddressDenied as exc:
             raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"{method} {display_url(url)}: {exc}") from exc
+            raise UpstreamError(f"{method} {display_url(url)}: {reason(exc)}") from exc
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, for a message: a TLS failure says which (a certificate not
+    verified, one the registry required), however deep httpx and trio wrapped it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def _about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

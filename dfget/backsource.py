@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -28,9 +30,11 @@ async def fetch_from_origin(
     insecure: bool = False,
     progress: Progress | None = None,
     policy: OriginPolicy | None = None,
+    origin_tls: Mapping[str, ssl.SSLContext] | None = None,
 ) -> int:
     """Stream the origin's body into `output`; returns the byte count. With `policy`,
-    every address connected to (redirect hops too) must be one it allows."""
+    every address connected to (redirect hops too) must be one it allows; `origin_tls`
+    verifies those hosts with their own contexts (with a policy only: the daemon's)."""
     hasher = new_hasher(digest) if digest else None
     ranged = any(k.lower() == "range" for k, _ in headers)
     url, headers = move_credentials(url, headers)
@@ -45,7 +49,7 @@ async def fetch_from_origin(
     else:
         from common.io.origins import checked_client
 
-        client = checked_client(policy, verify=not insecure, **options)
+        client = checked_client(policy, verify=not insecure, origin_tls=origin_tls, **options)
     try:
         async with (
             client,

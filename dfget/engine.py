@@ -15,6 +15,7 @@ import math
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,9 @@ class DownloadRequest:
     # Addresses back-to-source may connect to (dfdaemon's --origin-allow/--origin-deny);
     # None: any (dfget on its own fetches what its user asked for).
     origin_policy: OriginPolicy | None = None
+    # Back-to-source TLS of given hosts (`HOST[:PORT]` → context: dfdaemon's
+    # --registry-ca and --registry-client-cert).
+    origin_tls: tuple[tuple[str, ssl.SSLContext], ...] = ()
 
     def task_id(self) -> str:
         """The task id (also validates URL, digest and Range); UsageError if bad."""
@@ -321,6 +325,7 @@ async def _from_origin(job: DownloadJob) -> DownloadResult:
             insecure=request.insecure,
             progress=job.progress,
             policy=request.origin_policy,
+            origin_tls=dict(request.origin_tls),
         )
     if scope.cancelled_caught:
         raise job.timed_out()

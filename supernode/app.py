@@ -14,6 +14,7 @@ from common.connlimit import ConnectionLimit
 from common.eviction import GcPolicy, StoredTask, plan
 from common.io import RateLimiter, unwrap_group
 from common.origins import OriginPolicy
+from common.tlsfiles import OriginTls, client_contexts
 from common.units import format_size
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats
@@ -46,6 +47,8 @@ class SupernodeConfig:
     port: int = DEFAULT_PORT
     data_dir: Path = field(default_factory=default_data_dir)
     insecure: bool = False
+    # Origins with a CA or client certificate of their own (HOST[:PORT]): --origin-ca...
+    origin_tls: dict[str, OriginTls] = field(default_factory=dict)
     origin_timeout: float = 30.0
     origin_rate_limit: float | None = None
     cdn_upload_limit: float | None = None
@@ -82,8 +85,10 @@ class Supernode:
         self.origin_policy = OriginPolicy(
             config.origin_allow, config.origin_deny, allow_flag="the supernode's --origin-allow"
         )
+        origin_tls = client_contexts(config.origin_tls, insecure=config.insecure, flag="origin")
         self.origin = OriginClient(
             insecure=config.insecure,
+            origin_tls=origin_tls,
             timeout=config.origin_timeout,
             lean=config.lean_http,
             policy=self.origin_policy,
@@ -128,6 +133,7 @@ class Supernode:
         self.preheats = Preheats(
             self.cdn,
             insecure=config.insecure,
+            origin_tls=origin_tls,
             policy=self.origin_policy,
             realms=[RealmHost.parse(text) for text in config.preheat_realms],
         )

@@ -14,6 +14,14 @@ from common.addresses import format_address
 from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
+from common.tlsfiles import (
+    OriginTls,
+    add_ca,
+    add_client_cert,
+    client_contexts,
+    parse_ca,
+    parse_client_cert,
+)
 from common.tokens import read_token
 from supernode import __version__
 from supernode.admin.realms import RealmHost
@@ -81,6 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="do not verify origin TLS certificates (default: verify with system CAs)",
+    )
+    parser.add_argument(
+        "--origin-ca",
+        type=argtypes.argument_type(parse_ca, "HOST=FILE"),
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]=FILE",
+        help="trust this CA bundle (PEM) for that origin or registry, on top of the "
+        "system's and SSL_CERT_FILE (repeatable; HOST alone: any port)",
+    )
+    parser.add_argument(
+        "--origin-client-cert",
+        type=argtypes.argument_type(parse_client_cert, "HOST=CERT,KEY"),
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]=CERT,KEY",
+        help="present this client certificate and key (PEM) to that origin: mutual TLS "
+        "(repeatable)",
     )
     parser.add_argument(
         "--origin-timeout",
@@ -262,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             low=args.store_low_watermark,
             ttl=args.task_ttl,
         )
+        origin_tls: dict[str, OriginTls] = {}
+        for host, ca in args.origin_ca:
+            add_ca(origin_tls, host, ca)
+        for host, cert, key in args.origin_client_cert:
+            add_client_cert(origin_tls, host, cert, key)
+        client_contexts(origin_tls, insecure=args.insecure, flag="origin")  # checks the files
         prepare_ready_file(args.ready_file)
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
@@ -283,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         port=port,
         data_dir=args.data_dir or default_data_dir(),
         insecure=args.insecure,
+        origin_tls=origin_tls,
         origin_timeout=args.origin_timeout,
         origin_rate_limit=args.origin_rate_limit,
         cdn_upload_limit=args.cdn_upload_limit,

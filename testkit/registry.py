@@ -32,9 +32,9 @@ HTPASSWD = shutil.which("htpasswd")
 # An access-log line of a blob sent whole: "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 200 BYTES
 _ACCESS_BLOB = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]{64}\S* HTTP/[0-9.]+" 200 (\d+)')
 # docker-registry takes port 0 but has no ready file: the one report of the address it
-# bound is the line it logs once listening, msg="listening on 127.0.0.1:PORT".
-# (", tls" follows the address when it serves TLS.)
-_LISTENING = re.compile(r'msg="listening on ([^"\s,]+)')
+# bound is the line it logs once listening, msg="listening on 127.0.0.1:PORT" (", tls"
+# after it when it serves https).
+_LISTENING = re.compile(r'msg="listening on ([^"\s,]+)(?:, tls)?"')
 
 
 @dataclass

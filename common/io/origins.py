@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import httpcore
@@ -228,25 +229,45 @@ def checked_client(
     verify: Any = True,
     limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
     trust_env: bool = True,
+    origin_tls: Mapping[str, ssl.SSLContext] | None = None,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
     """`httpx.AsyncClient(**kwargs)` whose every connection, direct or to a proxy from
     the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY, as httpx reads
-    them), goes through `policy`."""
+    them), goes through `policy`. `origin_tls` (`HOST[:PORT]` → context, from
+    `common.tlsfiles`) verifies those hosts with their own context (a private CA, a
+    client certificate), through the proxy the environment names for them, if any."""
     transport = CheckedTransport(policy, verify=verify, limits=limits, trust_env=trust_env)
     mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-    if trust_env:
-        for pattern, proxy in _environment_proxies().items():
-            mounts[pattern] = (
-                None
-                if proxy is None
-                else CheckedTransport(
-                    policy, verify=verify, limits=limits, trust_env=trust_env, proxy=proxy
-                )
+    proxies = _environment_proxies() if trust_env else {}
+    for pattern, proxy in proxies.items():
+        mounts[pattern] = (
+            None
+            if proxy is None
+            else CheckedTransport(
+                policy, verify=verify, limits=limits, trust_env=trust_env, proxy=proxy
             )
+        )
+    for host, context in (origin_tls or {}).items():
+        proxy = _proxy_for(proxies, f"https://{host}/")
+        mounts[f"https://{host}"] = CheckedTransport(
+            policy, verify=context, limits=limits, trust_env=trust_env, proxy=proxy
+        )
     return httpx.AsyncClient(
         transport=transport, mounts=mounts, verify=verify, trust_env=trust_env, **kwargs
     )
+
+
+def _proxy_for(proxies: Mapping[str, str | None], url: str) -> str | None:
+    """The proxy httpx would pick from `proxies` (its mount patterns) for `url`: the
+    most specific matching pattern's."""
+    from httpx._utils import URLPattern  # the matcher httpx's own mounts use
+
+    target = httpx.URL(url)
+    for pattern in sorted(URLPattern(p) for p in proxies):
+        if pattern.matches(target):
+            return proxies[pattern.pattern]
+    return None
 
 
 def _environment_proxies() -> dict[str, str | None]:

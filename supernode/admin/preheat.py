@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -112,9 +113,11 @@ class Preheats:
         insecure: bool = False,
         policy: OriginPolicy | None = None,
         realms: Iterable[RealmHost] = (),
+        origin_tls: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         self.cdn = cdn
         self.insecure = insecure
+        self.origin_tls = origin_tls
         self.policy = policy if policy is not None else OriginPolicy()
         self.realms = tuple(realms)
         self.all: dict[str, Preheat] = {}
@@ -135,7 +138,9 @@ class Preheats:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with (
-            checked_client(self.policy, verify=not self.insecure, timeout=30.0) as client,
+            checked_client(
+                self.policy, verify=not self.insecure, origin_tls=self.origin_tls, timeout=30.0
+            ) as client,
             trio.open_nursery() as nursery,
         ):
             task_status.started()

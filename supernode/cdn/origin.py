@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from urllib.parse import urljoin, urlsplit
 
@@ -119,6 +119,7 @@ class OriginClient:
         timeout: float = 30.0,
         lean: bool = True,
         policy: OriginPolicy | None = None,
+        origin_tls: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         verify: ssl.SSLContext | bool = False if insecure else ssl.create_default_context()
         self.timeout = timeout
@@ -130,6 +131,7 @@ class OriginClient:
         self._client = checked_client(
             self.policy,
             verify=verify,
+            origin_tls=origin_tls,  # --origin-ca, --origin-client-cert
             follow_redirects=True,
             max_redirects=10,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
