@@ -91,6 +91,8 @@ class Pull:
 
 @dataclass
 class Sample:
+    """A look at the CPU counters during a pull."""
+
     at: float  # seconds since the pull started
     busy: float  # the machine's busy CPU-s so far
     work: float  # the client's daemon(s) and the registry: CPU-s so far
@@ -310,8 +312,8 @@ def report(
     print(f"\n{client}; image: {size / MiB:.0f} MiB; medians of {runs}; {CORES} cores")
     print(
         f"  {'pull':<12}{'seconds':>8}{'MiB/s':>6}{'vs direct':>10}{'per run':>8}{'fetch':>6}"
-        f"{'unpack':>7}{'tail':>6}{'cores':>6}{'client':>7}{'our CPU':>8}{'floor':>7}{'host':>6}"
-        "  registry bytes"
+        f"{'unpack':>7}{'tail':>6}{'cores':>6}{'idle':>5}{'client':>7}{'our CPU':>8}"
+        f"{'floor':>7}{'host':>6}  registry bytes"
     )
     for kind, label in KINDS.items():
         rows = list(zip(pulls["direct"], pulls[kind], strict=True))
@@ -324,6 +326,7 @@ def report(
             f"{cell(fetch, 6)}{cell(median([p.unpack for p in pulls[kind]]), 7)}"
             f"{cell(median([p.seconds - p.fetch for p in pulls[kind]]), 6)}"
             f"{median([p.busy_fetch / p.fetched for p in pulls[kind]]):>6.2f}"
+            f"{median([CORES * p.fetched - p.work_fetch for p in pulls[kind]]):>5.2f}"
             f"{median([p.cpu['client'] for p in pulls[kind]]):>7.2f}"
             f"{median([sum(p.cpu[name] for name in OURS) for p in pulls[kind]]):>8.2f}"
             f"{median([floor(d, p, [*OURS, 'registry']) for d, p in rows]):>6.2f}x"
@@ -335,7 +338,8 @@ def report(
         "  per run: median of this pull / its run's direct pull; fetch: until the last\n"
         "  layer was downloaded; unpack: the layers' unpacking, summed (it overlaps the\n"
         "  fetch); tail: after the fetch; cores: CPUs busy during the fetch (the whole\n"
-        f"  machine); client: CPU-s of {what}; our CPU: CPU-s of the\n"
+        "  machine); idle: core-seconds in the fetch the client and the registry left\n"
+        f"  idle; client: CPU-s of {what}; our CPU: CPU-s of the\n"
         "  supernode and both daemons; floor: the least possible time (x direct) if that\n"
         "  CPU and the registry's (less the direct pull's) only used the core time the\n"
         "  client and the registry left idle in the direct fetch, then shared the cores;\n"
