@@ -1,9 +1,13 @@
-"""Mirror benchmark: containerd pulls of one image, straight from the registry, through
+"""Mirror benchmark: containerd (--client: or dockerd, podman) pulls of one image, straight
 a cold dfdaemon, and through a second host's dfdaemon after the first has pulled.
 
     .venv/bin/python bench/mirror.py [--layers-mib 96,80,64,48] [--runs 3]
+    .venv/bin/python bench/mirror.py --client docker|podman [--runs 3]   (root)
     .venv/bin/python bench/mirror.py --netlab [--hosts 8] [--registry-rate 50MiB]   (root)
 
+With --client docker (or podman), a fresh dockerd (or podman) pulls instead of
+containerd, a Docker Hub name through `--registry-mirror` (a registries.conf mirror),
+the direct pull's mirror being the registry itself: see bench/mirror_docker.py.
 With --netlab, many hosts pull at once from a registry behind a slow link, through
 their daemons and straight from it: see bench/mirror_lab.py. Without it (below),
 everything runs on 127.0.0.1.
@@ -172,6 +176,8 @@ def ctr_phases(output: str) -> tuple[float, float]:
 
 
 KINDS = {"direct": "direct", "cold": "cold daemon", "second": "second host"}
+LOCAL_CLIENTS = ("ctr", "docker", "podman")
+LAB_CLIENTS = ("skopeo", "curl")
 HOSTS = ("hostA", "hostB")  # the daemons' data dirs
 HOST = {"direct": None, "cold": "A", "second": "B"}  # the daemon on the pulling host
 OURS = ("supernode", "A", "B")
@@ -261,6 +267,15 @@ def arguments(doc: str, *, netlab: bool = False) -> argparse.Namespace:
     parser.add_argument("--layers-mib", default="96,80,64,48", help="layer sizes in MiB")
     parser.add_argument("--runs", type=int, default=3, help="runs (medians are quoted)")
     if netlab:
+        parser.add_argument(
+            "--client",
+            choices=(*LOCAL_CLIENTS, *LAB_CLIENTS),
+            default=None,
+            help="the pull client: ctr (default), docker (a fresh dockerd per pull, a Docker "
+            "Hub name, --registry-mirror) or podman (registries.conf mirror), see "
+            "bench/mirror_docker.py; with --netlab: skopeo (default) or curl (every blob, "
+            "no manifest)",
+        )
         lab = parser.add_argument_group("network lab", "see bench/mirror_lab.py (root only)")
         lab.add_argument("--netlab", action="store_true", help="N hosts behind one registry")
         lab.add_argument("--hosts", type=int, default=8, help="hosts pulling at once (8)")
@@ -277,12 +292,6 @@ def arguments(doc: str, *, netlab: bool = False) -> argparse.Namespace:
             help="every other link, both ways, and the registry's down (default: unshaped)",
         )
         lab.add_argument(
-            "--client",
-            choices=("skopeo", "curl"),
-            default="skopeo",
-            help="each host's pull client (default skopeo; curl: every blob, no manifest)",
-        )
-        lab.add_argument(
             "--work",
             type=Path,
             default=Path("/dev/shm/dfpy-mirror-lab"),
@@ -294,12 +303,24 @@ def arguments(doc: str, *, netlab: bool = False) -> argparse.Namespace:
 
 def main() -> int:
     args = arguments(__doc__, netlab=True)
+    clients = LAB_CLIENTS if args.netlab else LOCAL_CLIENTS
+    args.client = args.client or clients[0]
+    if args.client not in clients:
+        print(f"mirror: --client {args.client} needs {'no ' if args.netlab else ''}--netlab")
+        return 2
     if args.netlab:
         from bench import mirror_lab
 
         return mirror_lab.main(args)
+    if args.client != "ctr" and os.geteuid() != 0:
+        print(f"mirror --client {args.client} needs root (its own mount namespace)")
+        return 2
     with free_page_reporting_off() as reporting:
         print(f"mirror: the VM's free page reporting: {reporting}")
+        if args.client != "ctr":
+            from bench import mirror_docker
+
+            return trio.run(mirror_docker.bench, args)
         return trio.run(bench, args)
 
 
