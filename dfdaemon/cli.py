@@ -7,7 +7,6 @@ import errno
 import logging
 import re
 import sys
-import tomllib
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,29 +14,26 @@ from typing import Any
 import trio
 
 from common import argtypes
-from common.addresses import format_address, parse_listen
+from common.addresses import format_address
 from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
-from common.origins import parse_network
 from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.tokens import read_token
-from common.units import parse_rate, parse_size
 from dfdaemon import __version__
 from dfdaemon.accessflags import (
     access_tls_arguments,
     access_tls_settings,
     check_access_tls,
-    registry_tables,
 )
 from dfdaemon.app import Daemon, DaemonConfig, DataDirInUse
 from dfdaemon.ca import CaError
 from dfdaemon.cacli import add_hijack_arguments, ca_main, hijack_settings
+from dfdaemon.configfile import DEFAULT_PORT, load_config
 from dfdaemon.setup import cli as setup_cli
 from dfdaemon.trust import origin_of, parse_allowed
 
 log = logging.getLogger("dfdaemon")
 
-DEFAULT_PORT = 65001
 
 EPILOG = """\
 examples:
@@ -62,65 +58,6 @@ tables: ca, client_cert, client_key.
 `dfdaemon ca [--data-dir DIR]` prints the CA certificate that --hijack's leaves are
 signed with, for the clients' trust stores (generated if there is none yet).
 """
-
-# Config-file keys and the flag each stands for.
-CONFIG_KEYS = {
-    "listen": "listen",
-    "supernodes": "supernode",
-    "registry": "registry",
-    "allow_registries": "allow_registry",
-    "data_dir": "data_dir",
-    "peer_listen": "peer_listen",
-    "download_rate": "download_rate",
-    "upload_rate": "upload_rate",
-    "upload_slots": "upload_slots",
-    "rules": "rule",
-    "plain_http": "plain_http",
-    "back_source": "back_source",
-    "insecure": "insecure",
-    "token_file": "token_file",
-    "control_socket": "control_socket",
-    "cache_quota": "cache_quota",
-    "cache_ttl": "cache_ttl",
-    "max_connections": "max_connections",
-    "origin_allow": "origin_allow",
-    "origin_deny": "origin_deny",
-    "ready_file": "ready_file",
-    "log_level": "log_level",
-    "hijack": "hijack",
-    "ca_cert": "ca_cert",
-    "ca_key": "ca_key",
-    "proxy_auth_file": "proxy_auth_file",
-    "proxy_open": "proxy_open",
-    "tls_cert": "tls_cert",
-    "tls_key": "tls_key",
-    "registries": "registry_tls",
-}
-
-
-_STRING_KEYS = {
-    "listen",
-    "registry",
-    "data_dir",
-    "peer_listen",
-    "download_rate",
-    "upload_rate",
-    "token_file",
-    "control_socket",
-    "ready_file",
-    "log_level",
-    "ca_cert",
-    "ca_key",
-    "proxy_auth_file",
-    "tls_cert",
-    "tls_key",
-}
-
-
-_PATH_KEYS = frozenset(
-    {"data_dir", "token_file", "control_socket", "ready_file", "proxy_auth_file", "tls_cert"}
-    | {"tls_key", "ca_cert", "ca_key"}
-)
 
 
 def _supernodes(text: str) -> list[str]:
@@ -241,57 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"dfdaemon {__version__}")
     return parser
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """The config file's settings, by flag destination; ValueError if unusable."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"cannot read the config file {path}: {exc}") from exc
-    unknown = sorted(set(data) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
-    settings: dict[str, Any] = {}
-    for key, value in data.items():
-        dest = CONFIG_KEYS[key]
-        try:
-            if key in _STRING_KEYS and not isinstance(value, str):
-                raise ValueError("want a string")
-            if key in ("listen",):
-                value = parse_listen(str(value), DEFAULT_PORT)
-            elif key == "peer_listen":
-                value = parse_listen(str(value))
-            elif key in ("download_rate", "upload_rate"):
-                value = parse_rate(str(value))
-            elif key == "cache_quota":
-                value = parse_size(str(value))
-            elif key == "cache_ttl" and not isinstance(value, int | float):
-                raise ValueError("want a number of seconds")
-            elif key in _PATH_KEYS:
-                value = Path(str(value))
-            elif key == "registries":
-                value = registry_tables(value)
-            elif key in ("supernodes", "rules", "plain_http", "allow_registries", "hijack"):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ValueError("want a list of strings")
-            elif key in ("origin_allow", "origin_deny"):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ValueError("want a list of networks (CIDR strings)")
-                for network in value:
-                    parse_network(network)
-            elif key in ("back_source", "insecure", "proxy_open") and not isinstance(value, bool):
-                raise ValueError("want true or false")
-            elif key in ("upload_slots", "max_connections") and (
-                not isinstance(value, int) or isinstance(value, bool)
-            ):
-                raise ValueError("want a number")
-            elif key == "log_level" and value not in ("debug", "info", "warning", "error"):
-                raise ValueError("want debug, info, warning or error")
-        except ValueError as exc:
-            raise ValueError(f"{path}: {key}: {exc}") from exc
-        settings[dest] = value
-    return settings
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[DaemonConfig, str]:

@@ -11,7 +11,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from dfdaemon import cli
+from dfdaemon import cli, configfile
 from dfdaemon.ca import (
     LEAF_LIFETIME,
     LEAF_RENEW,
@@ -117,7 +117,7 @@ def test_hijack_flags_and_config_keys(tmp_path: Path) -> None:
             cli.resolve_config(cli.build_parser().parse_args(argv))
     (tmp_path / "bad.toml").write_text('hijack = "one"\n')
     with pytest.raises(ValueError, match="hijack: want a list"):
-        cli.load_config(tmp_path / "bad.toml")
+        configfile.load_config(tmp_path / "bad.toml")
 
 
 def test_dfdaemon_ca_generates_then_prints(

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dfdaemon.cli import build_parser as dfdaemon_parser
-from dfdaemon.cli import load_config
+from dfdaemon.configfile import load_config
 from dfget.cli import build_parser as dfget_parser
 from supernode.cli import build_parser as supernode_parser
 
