@@ -1,0 +1,275 @@
+"""Mirror benchmark, HTTPS interception: the same containerd pulls as bench/mirror.py,
+from a registry served over TLS and reached by a host name, through the daemon two
+ways: as a registry mirror (ctr's hosts.toml, `?ns=`) and as the HTTPS proxy with
+interception (`HTTPS_PROXY`, `--hijack`), each cold and on a second host.
+
+    .venv/bin/python bench/mirror_hijack.py [--layers-mib 96,80,64,48] [--runs 3]   (root)
+
+(or `bench/mirror.py --via hijack`, once that calls `bench(args)` here).
+
+The registry is docker-registry with its own TLS (a CA made by trustme), named
+registry.test: the supernode, the daemons and ctr each run in a mount namespace of
+their own whose /etc/hosts names it 127.0.0.1 (testkit.mountns) and, for the first
+two, with SSL_CERT_FILE = the registry's CA: no product option, only what a user's
+DNS and trust store would give them. Through the proxy, ctr resolves nothing (Go sends
+`CONNECT registry.test:PORT`) and trusts only the pulling host's daemon's CA
+(`--tlscacert`: the daemon's DATA_DIR/ca/ca.crt, what `dfdaemon ca` prints).
+
+Each run starts a fresh supernode and two daemons (both with `--hijack
+'registry\\.test'`) for each way, so every cold pull is cold; the direct pull (ctr
+straight to the registry over TLS) takes turns at each place. Times, CPU and floors
+are measured as bench/mirror.py does (its `sample_busy`, `busy_until`, `floor`,
+`ctr_phases`). Target (issue 15): through the proxy no more than 1.1x the mirror way,
+cold and second host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+import trustme
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    MiB,
+    cpu_seconds,
+    daemon_process,
+    free_hot_memory,
+    free_page_reporting_off,
+    median,
+    supernode_process,
+)
+from bench.mirror import CORES, Pull, arguments, busy_until, ctr_phases, floor, sample_busy
+from testkit.mountns import hosts_file, in_private_mounts
+from testkit.registry import CTR, Containerd, Registry, write_oci_image
+
+NAME = "registry.test"
+REFERENCE = "bench/img:1"
+# kind → (label, way, the pulling host's daemon)
+KINDS = {
+    "direct": ("direct", None, None),
+    "mirror": ("mirror cold", "mirror", "A"),
+    "mirror2": ("mirror 2nd", "mirror", "B"),
+    "hijack": ("proxy cold", "hijack", "A"),
+    "hijack2": ("proxy 2nd", "hijack", "B"),
+}
+OURS = ("supernode", "A", "B")
+
+
+@dataclass
+class TlsRegistry:
+    """The registry over TLS, named NAME:PORT; its CA's file; the processes' prefix."""
+
+    server: Registry
+    named: str
+    ca_file: Path
+    prefix: list[str]  # runs a command with NAME → 127.0.0.1 and the CA trusted
+
+
+async def tls_registry(work: Path, nursery: trio.Nursery) -> TlsRegistry:
+    """docker-registry over https (a trustme CA), and the prefix naming it."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert(NAME)
+    cert, key, ca_file = work / "registry.crt", work / "registry.key", work / "registry-ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = Registry(work / "registry", tls=(cert, key))
+    await server.start(nursery)
+    hosts = hosts_file(work / "hosts", {NAME: "127.0.0.1"})
+    prefix = ["env", f"SSL_CERT_FILE={ca_file}", *in_private_mounts([(hosts, "/etc/hosts")], [])]
+    named = f"{NAME}:{server.address.rsplit(':', 1)[1]}"
+    return TlsRegistry(server, named, ca_file, prefix)
+
+
+Host = dict[str, Any]  # a daemon's ready object, and "ca": its CA certificate's file
+
+
+@contextmanager
+def hijack_hosts(
+    run_dir: Path, registry: TlsRegistry
+) -> Iterator[tuple[dict[str, Host], dict[str, int]]]:
+    """A fresh supernode and daemons A and B, as processes naming the registry: yields
+    A and B, and the pids whose CPU is counted (the registry's too); stops them and
+    removes the run's data after."""
+    assert registry.server.process is not None
+    url, prefix = f"https://{registry.named}", registry.prefix
+    hijack = ("--hijack", r"registry\.test")
+    with (
+        supernode_process(run_dir / "supernode", prefix=prefix) as node,
+        daemon_process(run_dir / "hostA", node["peer"], url, *hijack, prefix=prefix) as a,
+        daemon_process(run_dir / "hostB", node["peer"], url, *hijack, prefix=prefix) as b,
+    ):
+        a["ca"], b["ca"] = run_dir / "hostA" / "ca" / "ca.crt", run_dir / "hostB" / "ca" / "ca.crt"
+        pids = {"registry": registry.server.process.pid, "A": a["pid"], "B": b["pid"]}
+        pids["supernode"] = node["pid"]
+        yield {"A": a, "B": b}, pids
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def ctr_argv(
+    containerd: Containerd, registry: TlsRegistry, way: str | None, host: Host
+) -> tuple[list[str], dict[str, str]]:
+    """The pull's ctr command and environment: straight to the registry (WAY None),
+    through the daemon HOST as the registry's mirror, or as the HTTPS proxy."""
+    assert CTR
+    argv = [*registry.prefix, CTR, "--address", str(containerd.socket), "-n", "bench"]
+    argv += ["images", "pull", "--snapshotter", "native"]
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "no_proxy")}
+    if way is None:
+        argv += ["--tlscacert", str(registry.ca_file)]
+    elif way == "mirror":
+        hosts = containerd.root / "certs.d" / registry.named
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(
+            f'server = "https://{registry.named}"\n\n'
+            f'[host."http://{host["http"]}"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+        )
+        argv += ["--hosts-dir", str(containerd.root / "certs.d")]
+    else:
+        argv += ["--tlscacert", str(host["ca"])]
+        env["HTTPS_PROXY"] = f"http://{host['http']}"
+    return [*argv, f"{registry.named}/{REFERENCE}"], env
+
+
+async def timed_pull(
+    argv: Sequence[str],
+    env: dict[str, str],
+    containerd: Containerd,
+    size: int,
+    pids: dict[str, int],
+) -> Pull:
+    """One timed `ctr images pull` (ARGV) into the fresh CONTAINERD, as bench/mirror.py
+    times its own."""
+    samples: list[tuple[float, float]] = []
+    async with trio.open_nursery() as nursery:
+        os.sync()
+        free_hot_memory(5 * size)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.perf_counter()
+        nursery.start_soon(sample_busy, samples, started)
+        done = await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False, env=env
+        )
+        seconds = time.perf_counter() - started
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        nursery.cancel_scope.cancel()
+    if done.returncode != 0:
+        raise RuntimeError(f"ctr pull failed: {done.stderr.decode()}")
+    fetch, unpack = ctr_phases(done.stdout.decode(errors="replace"))
+    return Pull(seconds, fetch, unpack, busy_until(samples, fetch), cpu)
+
+
+async def one_pull(
+    kind: str,
+    run_dir: Path,
+    registry: TlsRegistry,
+    hosts: tuple[dict[str, Host], dict[str, int]],
+    size: int,
+) -> Pull:
+    """KIND's pull into a fresh containerd under RUN_DIR."""
+    _, way, host = KINDS[kind]
+    async with trio.open_nursery() as nursery:
+        containerd = Containerd(run_dir / f"ctd-{kind}")
+        await containerd.start(nursery)
+        try:
+            daemons, pids = hosts
+            argv, env = ctr_argv(containerd, registry, way, daemons[host] if host else {})
+            return await timed_pull(argv, env, containerd, size, pids)
+        finally:
+            containerd.stop()
+            shutil.rmtree(containerd.root, ignore_errors=True)
+            nursery.cancel_scope.cancel()
+
+
+async def bench(args: argparse.Namespace) -> int:
+    """The benchmark (ARGS: bench/mirror.py's `--layers-mib`, `--runs`)."""
+    layers = [int(x) * MiB for x in args.layers_mib.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="dfpy-hijack-"))
+    try:
+        print(f"mirror/hijack: an image of {len(layers)} layers, {sum(layers) // MiB} MiB")
+        image = write_oci_image(work / "image", layers)
+        size = sum(image.sizes.values())
+        pulls: dict[str, list[Pull]] = {kind: [] for kind in KINDS}
+        sent: dict[str, list[int]] = {kind: [] for kind in KINDS}
+        async with trio.open_nursery() as nursery:
+            registry = await tls_registry(work, nursery)
+            await registry.server.push(image, REFERENCE)
+            for run in range(args.runs + 1):  # run 0 warms up: not counted
+                for way in ("mirror", "hijack"):
+                    run_dir = work / f"run{run}-{way}"
+                    with hijack_hosts(run_dir, registry) as hosts:
+                        order = [way, f"{way}2"]
+                        if way == "mirror":  # the direct pull takes turns at each place
+                            order.insert(max(run - 1, 0) % 3, "direct")
+                        for kind in order:
+                            before = registry.server.blob_bytes()
+                            pulls[kind].append(await one_pull(kind, run_dir, registry, hosts, size))
+                            sent[kind].append(registry.server.blob_bytes() - before)
+                print(
+                    (f"run {run}: " if run else "warm-up run (not counted): ")
+                    + ", ".join(f"{KINDS[k][0]} {pulls[k][-1].seconds:.2f}s" for k in KINDS)
+                    + "; registry blob bytes "
+                    + "/".join(str(sent[k][-1]) for k in KINDS)
+                )
+                if not run:
+                    pulls = {kind: [] for kind in KINDS}
+                    sent = {kind: [] for kind in KINDS}
+            registry.server.stop()
+            nursery.cancel_scope.cancel()
+        report(pulls, sent, size, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(pulls: dict[str, list[Pull]], sent: dict[str, list[int]], size: int, runs: int) -> None:
+    direct = median([p.seconds for p in pulls["direct"]])
+    print(f"\nimage: {size / MiB:.0f} MiB; registry over TLS; medians of {runs}; {CORES} cores")
+    print(
+        f"  {'pull':<12}{'seconds':>8}{'MiB/s':>6}{'vs direct':>10}{'per run':>8}{'fetch':>6}"
+        f"{'our CPU':>8}{'floor':>7}{'host':>6}  registry bytes"
+    )
+    for kind, (label, _, host) in KINDS.items():
+        rows = list(zip(pulls["direct"], pulls[kind], strict=True))
+        seconds = median([p.seconds for p in pulls[kind]])
+        print(
+            f"  {label:<12}{seconds:>8.2f}{size / MiB / seconds:>6.0f}{seconds / direct:>9.2f}x"
+            f"{median([p.seconds / d.seconds for d, p in rows]):>7.2f}x"
+            f"{median([p.fetch for p in pulls[kind]]):>6.2f}"
+            f"{median([sum(p.cpu[name] for name in OURS) for p in pulls[kind]]):>8.2f}"
+            f"{median([floor(d, p, [*OURS, 'registry']) for d, p in rows]):>6.2f}x"
+            f"{median([floor(d, p, [host] if host else []) for d, p in rows]):>5.2f}x"
+            f"  {max(sent[kind])}"
+        )
+    for cold, label in (("", "cold"), ("2", "second host")):
+        mirror = [p.seconds for p in pulls[f"mirror{cold}"]]
+        proxy = [p.seconds for p in pulls[f"hijack{cold}"]]
+        ratio = median([b / a for a, b in zip(mirror, proxy, strict=True)])
+        overall = median(proxy) / median(mirror)
+        print(f"  proxy / mirror, {label}: {overall:.2f}x (per run {ratio:.2f}x)")
+    print("  columns as bench/mirror.py's; target: proxy <= 1.1x mirror, cold and second host")
+
+
+def main() -> int:
+    args = arguments(__doc__ or "")
+    with free_page_reporting_off() as reporting:
+        print(f"mirror/hijack: the VM's free page reporting: {reporting}")
+        return trio.run(bench, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
