@@ -26,8 +26,11 @@ cold and second host.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import trustme
 
@@ -51,9 +55,10 @@ from bench.common import (
     median,
     supernode_process,
 )
-from bench.mirror import CORES, Pull, arguments, busy_until, ctr_phases, floor, sample_busy
+from bench.mirror import CORES, Pull, busy_until, ctr_phases, floor, sample_busy
+from testkit.dockerd import DOCKER, Dockerd, diff_ids
 from testkit.mountns import hosts_file, in_private_mounts
-from testkit.registry import CTR, Containerd, Registry, write_oci_image
+from testkit.registry import CTR, Containerd, Image, Registry, write_oci_image
 
 NAME = "registry.test"
 REFERENCE = "bench/img:1"
@@ -95,12 +100,11 @@ async def tls_registry(work: Path, nursery: trio.Nursery) -> TlsRegistry:
 
 
 Host = dict[str, Any]  # a daemon's ready object, and "ca": its CA certificate's file
+Hosts = tuple[dict[str, Host], dict[str, int]]  # daemons A and B; the pids counted
 
 
 @contextmanager
-def hijack_hosts(
-    run_dir: Path, registry: TlsRegistry
-) -> Iterator[tuple[dict[str, Host], dict[str, int]]]:
+def hijack_hosts(run_dir: Path, registry: TlsRegistry) -> Iterator[Hosts]:
     """A fresh supernode and daemons A and B, as processes naming the registry: yields
     A and B, and the pids whose CPU is counted (the registry's too); stops them and
     removes the run's data after."""
@@ -145,15 +149,12 @@ def ctr_argv(
     return [*argv, f"{registry.named}/{REFERENCE}"], env
 
 
-async def timed_pull(
-    argv: Sequence[str],
-    env: dict[str, str],
-    containerd: Containerd,
-    size: int,
-    pids: dict[str, int],
-) -> Pull:
-    """One timed `ctr images pull` (ARGV) into the fresh CONTAINERD, as bench/mirror.py
-    times its own."""
+async def measured(
+    argv: Sequence[str], env: dict[str, str], size: int, pids: dict[str, int]
+) -> tuple[subprocess.CompletedProcess[bytes], float, list[tuple[float, float]], dict[str, float]]:
+    """Run the pull ARGV as bench/mirror.py times its own (after `sync` and freshly
+    freed memory): its result, wall seconds, the machine's busy CPU samples, and the
+    CPU-seconds each of PIDS spent."""
     samples: list[tuple[float, float]] = []
     async with trio.open_nursery() as nursery:
         os.sync()
@@ -168,41 +169,101 @@ async def timed_pull(
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         nursery.cancel_scope.cancel()
     if done.returncode != 0:
-        raise RuntimeError(f"ctr pull failed: {done.stderr.decode()}")
-    fetch, unpack = ctr_phases(done.stdout.decode(errors="replace"))
-    return Pull(seconds, fetch, unpack, busy_until(samples, fetch), cpu)
+        raise RuntimeError(f"{argv[-2:]} failed: {done.stderr.decode()}")
+    return done, seconds, samples, cpu
 
 
-async def one_pull(
-    kind: str,
-    run_dir: Path,
-    registry: TlsRegistry,
-    hosts: tuple[dict[str, Host], dict[str, int]],
-    size: int,
+async def ctr_pull(
+    kind: str, run_dir: Path, registry: TlsRegistry, hosts: Hosts, image: Image
 ) -> Pull:
-    """KIND's pull into a fresh containerd under RUN_DIR."""
+    """KIND's `ctr images pull` into a fresh containerd under RUN_DIR."""
     _, way, host = KINDS[kind]
+    daemons, pids = hosts
     async with trio.open_nursery() as nursery:
         containerd = Containerd(run_dir / f"ctd-{kind}")
         await containerd.start(nursery)
         try:
-            daemons, pids = hosts
             argv, env = ctr_argv(containerd, registry, way, daemons[host] if host else {})
-            return await timed_pull(argv, env, containerd, size, pids)
+            size = sum(image.sizes.values())
+            done, seconds, samples, cpu = await measured(argv, env, size, pids)
         finally:
             containerd.stop()
             shutil.rmtree(containerd.root, ignore_errors=True)
             nursery.cancel_scope.cancel()
+    fetch, unpack = ctr_phases(done.stdout.decode(errors="replace"))
+    return Pull(seconds, fetch, unpack, busy_until(samples, fetch), cpu)
 
 
-async def bench(args: argparse.Namespace) -> int:
-    """The benchmark (ARGS: bench/mirror.py's `--layers-mib`, `--runs`)."""
+def fresh_dockerd(root: Path, registry: TlsRegistry, way: str | None, host: Host) -> Dockerd:
+    """A dockerd for one pull: straight to the registry (WAY None: it names it
+    127.0.0.1, so docker takes it as insecure and skips verification), with the daemon
+    HOST as its Docker Hub mirror, or as its HTTPS proxy (registry.test resolving
+    nowhere: verified, the daemon's CA in its certs.d)."""
+    if way is None:
+        dockerd = Dockerd(root, hosts={NAME: "127.0.0.1"})
+        ca = registry.ca_file
+    elif way == "mirror":
+        return Dockerd(root, mirrors=[f"http://{host['http']}"])
+    else:
+        proxy = {"HTTPS_PROXY": f"http://{host['http']}", "NO_PROXY": "", "no_proxy": ""}
+        dockerd = Dockerd(root, env=proxy)
+        ca = host["ca"]
+    (dockerd.certs_dir(registry.named) / "ca.crt").write_bytes(Path(ca).read_bytes())
+    return dockerd
+
+
+async def docker_pull(
+    kind: str, run_dir: Path, registry: TlsRegistry, hosts: Hosts, image: Image
+) -> Pull:
+    """KIND's `docker pull` by a fresh dockerd under RUN_DIR: `bench/img:1`, a Docker
+    Hub name, through the mirror (the daemons' --registry is the registry), else
+    `registry.test:PORT/bench/img:1`. Its fetch is not known: the whole pull counts."""
+    assert DOCKER
+    _, way, host = KINDS[kind]
+    daemons, pids = hosts
+    dockerd = fresh_dockerd(
+        run_dir / f"docker-{kind}", registry, way, daemons[host] if host else {}
+    )
+    reference = REFERENCE if way == "mirror" else f"{registry.named}/{REFERENCE}"
+    async with trio.open_nursery() as nursery:
+        await dockerd.start(nursery)
+        try:
+            argv = [DOCKER, "-H", f"unix://{dockerd.socket}", "pull", reference]
+            env = {**os.environ, "DOCKER_CONFIG": str(dockerd.client_config)}
+            _, seconds, samples, cpu = await measured(argv, env, sum(image.sizes.values()), pids)
+            pulled = await dockerd.image(reference)
+            if pulled.id != image.config or pulled.diff_ids != diff_ids(image):
+                raise RuntimeError(f"dockerd holds another image: {pulled}")
+        finally:
+            await dockerd.stop()
+            nursery.cancel_scope.cancel()
+    return Pull(seconds, seconds, math.nan, busy_until(samples, seconds), cpu)
+
+
+@dataclass
+class Results:
+    """Each kind's pulls and the registry's blob bytes during each; the image's size."""
+
+    pulls: dict[str, list[Pull]]
+    sent: dict[str, list[int]]
+    size: int
+
+
+def intercepted(host: Host) -> float:
+    """How many CONNECTs the daemon HOST intercepted (its /metrics)."""
+    text = httpx.get(f"http://{host['http']}/metrics", timeout=10).text
+    found = re.search(r'^dfdaemon_requests_total\{kind="hijack"\} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+async def measure(args: argparse.Namespace) -> Results:
+    """The runs (ARGS: `layers_mib`, `runs`, `client`: containerd or docker)."""
+    pull = docker_pull if getattr(args, "client", "containerd") == "docker" else ctr_pull
     layers = [int(x) * MiB for x in args.layers_mib.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dfpy-hijack-"))
     try:
         print(f"mirror/hijack: an image of {len(layers)} layers, {sum(layers) // MiB} MiB")
         image = write_oci_image(work / "image", layers)
-        size = sum(image.sizes.values())
         pulls: dict[str, list[Pull]] = {kind: [] for kind in KINDS}
         sent: dict[str, list[int]] = {kind: [] for kind in KINDS}
         async with trio.open_nursery() as nursery:
@@ -217,22 +278,33 @@ async def bench(args: argparse.Namespace) -> int:
                             order.insert(max(run - 1, 0) % 3, "direct")
                         for kind in order:
                             before = registry.server.blob_bytes()
-                            pulls[kind].append(await one_pull(kind, run_dir, registry, hosts, size))
+                            done = await pull(kind, run_dir, registry, hosts, image)
+                            pulls[kind].append(done)
                             sent[kind].append(registry.server.blob_bytes() - before)
+                        daemons = hosts[0].values()
+                        if (way == "hijack") != all(intercepted(host) > 0 for host in daemons):
+                            raise RuntimeError(f"the {way} pulls went another way")
                 print(
                     (f"run {run}: " if run else "warm-up run (not counted): ")
                     + ", ".join(f"{KINDS[k][0]} {pulls[k][-1].seconds:.2f}s" for k in KINDS)
                     + "; registry blob bytes "
-                    + "/".join(str(sent[k][-1]) for k in KINDS)
+                    + "/".join(str(sent[k][-1]) for k in KINDS),
+                    flush=True,
                 )
                 if not run:
                     pulls = {kind: [] for kind in KINDS}
                     sent = {kind: [] for kind in KINDS}
             registry.server.stop()
             nursery.cancel_scope.cancel()
-        report(pulls, sent, size, args.runs)
+        return Results(pulls, sent, sum(image.sizes.values()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def bench(args: argparse.Namespace) -> int:
+    """The benchmark, printed (ARGS: `layers_mib`, `runs`, `client`)."""
+    results = await measure(args)
+    report(results.pulls, results.sent, results.size, args.runs)
     return 0
 
 
@@ -265,7 +337,11 @@ def report(pulls: dict[str, list[Pull]], sent: dict[str, list[int]], size: int, 
 
 
 def main() -> int:
-    args = arguments(__doc__ or "")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--layers-mib", default="96,80,64,48", help="layer sizes in MiB")
+    parser.add_argument("--runs", type=int, default=3, help="runs (medians are quoted)")
+    parser.add_argument("--client", choices=("containerd", "docker"), default="containerd")
+    args = parser.parse_args()
     with free_page_reporting_off() as reporting:
         print(f"mirror/hijack: the VM's free page reporting: {reporting}")
         return trio.run(bench, args)
