@@ -1,9 +1,10 @@
-"""Mirror benchmark, HTTPS interception: the same containerd pulls as bench/mirror.py,
-from a registry served over TLS and reached by a host name, through the daemon two
-ways: as a registry mirror (ctr's hosts.toml, `?ns=`) and as the HTTPS proxy with
-interception (`HTTPS_PROXY`, `--hijack`), each cold and on a second host.
+"""Mirror benchmark, HTTPS interception: the same pulls as bench/mirror.py, from a
+registry served over TLS and reached by a host name, through the daemon two ways: as a
+registry mirror and as the HTTPS proxy with interception (`HTTPS_PROXY`, `--hijack`),
+each cold and on a second host, against a direct pull.
 
-    .venv/bin/python bench/mirror_hijack.py [--layers-mib 96,80,64,48] [--runs 3]   (root)
+    .venv/bin/python bench/mirror_hijack.py [--layers-mib 96,80,64,48] [--runs 3]
+        [--client containerd|docker]                                            (root)
 
 (or `bench/mirror.py --via hijack`, once that calls `bench(args)` here).
 
@@ -11,14 +12,26 @@ The registry is docker-registry with its own TLS (a CA made by trustme), named
 registry.test: the supernode, the daemons and ctr each run in a mount namespace of
 their own whose /etc/hosts names it 127.0.0.1 (testkit.mountns) and, for the first
 two, with SSL_CERT_FILE = the registry's CA: no product option, only what a user's
-DNS and trust store would give them. Through the proxy, ctr resolves nothing (Go sends
-`CONNECT registry.test:PORT`) and trusts only the pulling host's daemon's CA
-(`--tlscacert`: the daemon's DATA_DIR/ca/ca.crt, what `dfdaemon ca` prints).
+DNS and trust store would give them. Through the proxy, the client resolves nothing
+(Go sends `CONNECT registry.test:PORT`) and trusts the pulling host's daemon's CA
+(DATA_DIR/ca/ca.crt, what `dfdaemon ca` prints).
+
+- containerd (`ctr images pull`, a fresh containerd per pull): mirror = the daemon
+  as the first host in the registry's hosts.toml (`?ns=`); proxy = `HTTPS_PROXY` and
+  `--tlscacert` the daemon's CA; direct = `--tlscacert` the registry's CA.
+- docker (a fresh testkit.dockerd per pull): mirror = `--registry-mirror`, pulling
+  `bench/img:1`, a Docker Hub name (the daemons' `--registry` is the registry, as in
+  bench/mirror.py's docker pulls), the only names docker sends to a mirror; proxy =
+  `HTTPS_PROXY`, `registry.test:PORT/bench/img:1`, the daemon's CA in its certs.d,
+  the name resolving nowhere (verified); direct = the same name resolving to 127.0.0.1
+  (docker then takes it as an insecure registry: TLS, unverified). docker prints no
+  phases: its whole pull counts as the fetch (a lower floor).
 
 Each run starts a fresh supernode and two daemons (both with `--hijack
-'registry\\.test'`) for each way, so every cold pull is cold; the direct pull (ctr
-straight to the registry over TLS) takes turns at each place. Times, CPU and floors
-are measured as bench/mirror.py does (its `sample_busy`, `busy_until`, `floor`,
+'registry\\.test'`) for each way, so every cold pull is cold; the direct pull takes
+turns at each place. After each way, the daemons' metrics say whether they intercepted
+(they must for the proxy, must not for the mirror), or the run stops. Times, CPU and
+floors are measured as bench/mirror.py does (its `sample_busy`, `busy_until`, `floor`,
 `ctr_phases`). Target (issue 15): through the proxy no more than 1.1x the mirror way,
 cold and second host.
 """
@@ -240,6 +253,9 @@ async def docker_pull(
     return Pull(seconds, seconds, math.nan, busy_until(samples, seconds), cpu)
 
 
+PULLS = {"containerd": ctr_pull, "docker": docker_pull}
+
+
 @dataclass
 class Results:
     """Each kind's pulls and the registry's blob bytes during each; the image's size."""
@@ -258,7 +274,10 @@ def intercepted(host: Host) -> float:
 
 async def measure(args: argparse.Namespace) -> Results:
     """The runs (ARGS: `layers_mib`, `runs`, `client`: containerd or docker)."""
-    pull = docker_pull if getattr(args, "client", "containerd") == "docker" else ctr_pull
+    client = getattr(args, "client", None) or "containerd"
+    if client not in PULLS:
+        raise SystemExit(f"--via hijack: {client} is not one of {', '.join(PULLS)}")
+    pull = PULLS[client]
     layers = [int(x) * MiB for x in args.layers_mib.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dfpy-hijack-"))
     try:
