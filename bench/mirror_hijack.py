@@ -10,9 +10,9 @@ each cold and on a second host, against a direct pull.
 
 The registry is docker-registry with its own TLS (a CA made by trustme), named
 registry.test: the supernode, the daemons and ctr each run in a mount namespace of
-their own whose /etc/hosts names it 127.0.0.1 (testkit.mountns) and, for the first
-two, with SSL_CERT_FILE = the registry's CA: no product option, only what a user's
-DNS and trust store would give them. Through the proxy, the client resolves nothing
+their own whose /etc/hosts names it 127.0.0.1 (testkit.mountns), what a user's DNS
+would do; the supernode trusts the registry's CA by `--origin-ca`, the daemons by
+`--registry-ca`. Through the proxy, the client resolves nothing
 (Go sends `CONNECT registry.test:PORT`) and trusts the pulling host's daemon's CA
 (DATA_DIR/ca/ca.crt, what `dfdaemon ca` prints).
 
@@ -93,7 +93,7 @@ class TlsRegistry:
     server: Registry
     named: str
     ca_file: Path
-    prefix: list[str]  # runs a command with NAME → 127.0.0.1 and the CA trusted
+    prefix: list[str]  # runs a command with NAME → 127.0.0.1
 
 
 async def tls_registry(work: Path, nursery: trio.Nursery) -> TlsRegistry:
@@ -107,7 +107,7 @@ async def tls_registry(work: Path, nursery: trio.Nursery) -> TlsRegistry:
     server = Registry(work / "registry", tls=(cert, key))
     await server.start(nursery)
     hosts = hosts_file(work / "hosts", {NAME: "127.0.0.1"})
-    prefix = ["env", f"SSL_CERT_FILE={ca_file}", *in_private_mounts([(hosts, "/etc/hosts")], [])]
+    prefix = in_private_mounts([(hosts, "/etc/hosts")], [])
     named = f"{NAME}:{server.address.rsplit(':', 1)[1]}"
     return TlsRegistry(server, named, ca_file, prefix)
 
@@ -123,11 +123,12 @@ def hijack_hosts(run_dir: Path, registry: TlsRegistry) -> Iterator[Hosts]:
     removes the run's data after."""
     assert registry.server.process is not None
     url, prefix = f"https://{registry.named}", registry.prefix
-    hijack = ("--hijack", r"registry\.test")
+    trust = f"{registry.named}={registry.ca_file}"
+    flags = ("--hijack", r"registry\.test", "--registry-ca", trust)
     with (
-        supernode_process(run_dir / "supernode", prefix=prefix) as node,
-        daemon_process(run_dir / "hostA", node["peer"], url, *hijack, prefix=prefix) as a,
-        daemon_process(run_dir / "hostB", node["peer"], url, *hijack, prefix=prefix) as b,
+        supernode_process(run_dir / "supernode", "--origin-ca", trust, prefix=prefix) as node,
+        daemon_process(run_dir / "hostA", node["peer"], url, *flags, prefix=prefix) as a,
+        daemon_process(run_dir / "hostB", node["peer"], url, *flags, prefix=prefix) as b,
     ):
         a["ca"], b["ca"] = run_dir / "hostA" / "ca" / "ca.crt", run_dir / "hostB" / "ca" / "ca.crt"
         pids = {"registry": registry.server.process.pid, "A": a["pid"], "B": b["pid"]}

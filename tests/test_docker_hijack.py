@@ -4,13 +4,14 @@ trustme), reached as registry.test:PORT, two dockerd hosts each with a dfdaemon 
 own joined to one supernode.
 
 Names: the daemons and the supernode run in this trio run, so registry.test resolves
-through the test network (`fakenet.py`, to 127.0.0.1) and the registry's CA is trusted
-upstream through SSL_CERT_FILE. dockerd resolves nothing for it: the name is in no
-hosts file of its mount namespace and its resolv.conf names a resolver that is not
-there (testkit.mountns), so no query leaves the machine; it sends `CONNECT
-registry.test:PORT` to its HTTPS_PROXY, as Go clients do for any name. A name that
-resolves nowhere is a registry dockerd keeps TLS verification on for (one resolving to
-loopback it would take as insecure, and Go never sends loopback names to a proxy)."""
+through the test network (`fakenet.py`, to 127.0.0.1); they trust the registry's CA by
+`--registry-ca` and `--origin-ca` (`registry_tls`, `origin_tls`). dockerd resolves
+nothing for it: the name is in no hosts file of its mount namespace and its resolv.conf
+names a resolver that is not there (testkit.mountns), so no query leaves the machine;
+it sends `CONNECT registry.test:PORT` to its HTTPS_PROXY, as Go clients do for any
+name. A name that resolves nowhere is a registry dockerd keeps TLS verification on for
+(one resolving to loopback it would take as insecure, and Go never sends loopback
+names to a proxy)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from registry import Image, Registry, needs_dockerd, needs_registry, write_oci_i
 from test_docker_clients import StartDockerd, counted, p2p_bytes, start_dockerd
 
 from common.addresses import parse_listen
+from common.tlsfiles import OriginTls
 from dfdaemon.app import Daemon
 from testkit.dockerd import verify_docker_pull
 
@@ -45,14 +47,15 @@ class TlsRegistry:
     server: Registry
     image: Image  # pushed as team/app:1
     named: str  # registry.test:PORT
+    tls: dict[str, OriginTls]  # its CA, for --registry-ca and --origin-ca
 
 
 @pytest.fixture
 async def tls_registry(
-    nursery: trio.Nursery, tmp_path: Path, net: FakeNetwork, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, tmp_path: Path, net: FakeNetwork
 ) -> AsyncIterator[TlsRegistry]:
     """docker-registry over https (its own http.tls, a trustme CA) holding team/app:1;
-    the test network names it registry.test; its CA is the upstreams' (SSL_CERT_FILE)."""
+    the test network names it registry.test."""
     ca = trustme.CA()
     leaf = ca.issue_cert(NAME)
     cert, key = tmp_path / "registry.crt", tmp_path / "registry.key"
@@ -65,10 +68,10 @@ async def tls_registry(
     await server.push(image, "team/app:1")
     ca_file = tmp_path / "registry-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     net.names[NAME] = ["127.0.0.1"]
     net.names[HUB] = ["127.0.0.1"]  # never asked; if it were, it stays on this machine
-    yield TlsRegistry(server, image, f"{NAME}:{parse_listen(server.address)[1]}")
+    named = f"{NAME}:{parse_listen(server.address)[1]}"
+    yield TlsRegistry(server, image, named, {named: OriginTls(ca=ca_file)})
     server.stop()
 
 
@@ -84,8 +87,7 @@ async def dfdaemon_ca(daemon: Daemon) -> bytes:
 
 def proxy_env(daemon: Daemon, cas: Path | str = SYSTEM_CAS) -> dict[str, str]:
     """dockerd's environment: the daemon as its HTTPS proxy for every name, and CAS
-    (a PEM file) as its trust store (the system's; this test run's SSL_CERT_FILE is
-    the registry's CA, for the daemons)."""
+    (a PEM file) as its trust store (the system's by default)."""
     proxy = {"HTTPS_PROXY": f"http://{daemon.address}", "NO_PROXY": "", "no_proxy": ""}
     return {**proxy, "SSL_CERT_FILE": str(cas)}
 
@@ -100,8 +102,12 @@ async def test_docker_pulls_a_non_hub_image_through_the_https_proxy_p2p(
     image = tls_registry.image
     reference = f"{tls_registry.named}/team/app:1"
     total = sum(image.sizes.values())
-    node = await start_supernode()
-    config = {"hijack": (r"registry\.test",), "allow_registries": (tls_registry.named,)}
+    node = await start_supernode(origin_tls=tls_registry.tls)
+    config = {
+        "hijack": (r"registry\.test",),
+        "allow_registries": (tls_registry.named,),
+        "registry_tls": tls_registry.tls,
+    }
     first = await start_daemon("host1", f"https://{HUB}", node, **config)
     second = await start_daemon("host2", f"https://{HUB}", node, **config)
 
