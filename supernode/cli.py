@@ -289,10 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             ttl=args.task_ttl,
         )
         origin_tls: dict[str, OriginTls] = {}
-        for host, ca in args.origin_ca:
-            add_ca(origin_tls, host, ca)
-        for host, cert, key in args.origin_client_cert:
-            add_client_cert(origin_tls, host, cert, key)
+        for origin, ca in args.origin_ca:  # (not `host`: that is the listen address's)
+            add_ca(origin_tls, origin, ca)
+        for origin, cert, key in args.origin_client_cert:
+            add_client_cert(origin_tls, origin, cert, key)
         client_contexts(origin_tls, insecure=args.insecure, flag="origin")  # checks the files
         prepare_ready_file(args.ready_file)
     except ValueError as exc:

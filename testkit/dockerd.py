@@ -1,12 +1,18 @@
 """A real dockerd for tests and benchmarks (Debian's `docker.io`, installed by `make
 test`), with everything of its own: data root, exec root, socket, pidfile, daemon.json,
-/etc/docker (its key.json and certs.d) and /etc/hosts, and none of the host's network
-touched (no bridge, no iptables, no forwarding). It runs under `unshare --mount
---propagation private`, so whatever it mounts, and the bind mounts of its own /etc/hosts
-and /etc/docker, stay in its mount namespace and go with it.
+/etc/docker (its key.json and certs.d), /etc/hosts and /etc/resolv.conf, and none of
+the host's network touched (no bridge, no iptables, no forwarding). It runs under
+`unshare --mount --propagation private`, so whatever it mounts, and the bind mounts of
+its own /etc files, stay in its mount namespace and go with it.
 
 Its /etc/hosts pins Docker Hub's names to loopback (testkit.mountns); extra names (a
-registry reached by a host name through an HTTPS proxy) are given by `hosts`."""
+registry reached by a host name through an HTTPS proxy) are given by `hosts`; other
+names resolve nowhere (testkit.mountns.resolv_conf). A registry reached through an
+HTTPS proxy by a name that resolves nowhere is one dockerd keeps TLS verification on
+for (a name resolving to loopback is taken as an insecure registry).
+
+`certs_dir(host)` is its /etc/docker/certs.d/HOST: a `ca.crt` there is trusted for
+that registry, read at each pull (no restart), through a proxy too."""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from typing import Any
 
 import trio
 
-from testkit.mountns import UNSHARE, hosts_file, in_private_mounts
+from testkit.mountns import UNSHARE, hosts_file, in_private_mounts, resolv_conf
 from testkit.registry import Image
 
 DOCKERD = shutil.which("dockerd")
@@ -82,22 +88,29 @@ class Dockerd:
         self.log = root / "dockerd.log"
         self.process: trio.Process | None = None
 
-    def _files(self) -> tuple[Path, Path, Path]:
-        """Its /etc/hosts, /etc/docker and daemon.json."""
+    def certs_dir(self, registry: str) -> Path:
+        """Its /etc/docker/certs.d/REGISTRY (HOST:PORT), created."""
+        folder = self.root / "etc-docker" / "certs.d" / registry
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _files(self) -> tuple[Path, Path, Path, Path]:
+        """Its /etc/hosts, /etc/resolv.conf, /etc/docker and daemon.json."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.client_config.mkdir(exist_ok=True)
         hosts = hosts_file(self.root / "hosts", self.hosts)
+        resolv = resolv_conf(self.root / "resolv.conf")
         etc = self.root / "etc-docker"
         etc.mkdir(exist_ok=True)
         config = self.config_file
         if config is None:
             config = self.root / "daemon.json"
             config.write_text(json.dumps(self.config))
-        return hosts, etc, config
+        return hosts, resolv, etc, config
 
     def argv(self) -> list[str]:
         assert DOCKERD and UNSHARE
-        hosts, etc, config = self._files()
+        hosts, resolv, etc, config = self._files()
         argv = [DOCKERD, "--data-root", str(self.data_root), "--exec-root", str(self.exec_root)]
         argv += ["-H", f"unix://{self.socket}", "--pidfile", str(self.pidfile)]
         argv += ["--config-file", str(config)]
@@ -105,7 +118,9 @@ class Dockerd:
         argv += ["--storage-driver=vfs", "--ip-forward=false", "--ip-masq=false"]
         for mirror in self.mirrors:
             argv += ["--registry-mirror", mirror]
-        return in_private_mounts([(hosts, "/etc/hosts"), (etc, "/etc/docker")], argv)
+        return in_private_mounts(
+            [(hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf"), (etc, "/etc/docker")], argv
+        )
 
     async def start(self, nursery: trio.Nursery) -> None:
         env = {**os.environ, **self.env}

@@ -5,7 +5,10 @@ it, and the host's files are never touched.
 
 Its /etc/hosts pins Docker Hub's names to 127.0.0.1, where nothing listens on 443: a
 client whose mirror fails falls back to Hub, and that fallback must fail here, at
-once, instead of leaving the machine."""
+once, instead of leaving the machine. Its /etc/resolv.conf names 127.0.0.1, where no
+resolver listens: a name not in its hosts file resolves nowhere, at once, and no query
+leaves the machine (a registry behind an HTTPS proxy needs no resolving: the proxy
+resolves it)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,13 @@ def hosts_file(path: Path, extra: Mapping[str, str] | None = None) -> Path:
     lines += [f"127.0.0.1 {name}" for name in HUB_NAMES]
     lines += [f"{address} {name}" for name, address in (extra or {}).items()]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def resolv_conf(path: Path) -> Path:
+    """Write an /etc/resolv.conf at PATH naming a resolver on 127.0.0.1 (none listens
+    on port 53 here: every lookup of a name not in /etc/hosts fails at once)."""
+    path.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     return path
 
 

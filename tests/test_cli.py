@@ -133,6 +133,18 @@ async def test_supernode_restart_keeps_the_store(origin: FakeOrigin, tmp_path: P
     assert origin.stats["/f.bin"].full_bodies == 1  # the restarted supernode had it stored
 
 
+async def test_supernode_listens_where_told_with_origin_tls_flags(tmp_path: Path) -> None:
+    """--origin-ca HOST=FILE names an origin, never the supernode's own listen address
+    (a regression: it once listened on the last --origin-ca's host)."""
+    import trustme
+
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    flags = ("--origin-ca", f"registry.example:5000={ca}")
+    async with supernode_process(tmp_path / "sn", *flags) as supernode:
+        assert parse_listen(supernode.ready["peer"])[0] == "127.0.0.1"
+
+
 BAD_ARGUMENTS = {
     "ftp-url": ["ftp://127.0.0.1/f.bin", "-o", "out.bin"],
     "bad-digest": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--digest", "sha256:xyz"],

@@ -82,7 +82,7 @@ async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
     start_dockerd: StartDockerd,
     tmp_path: Path,
 ) -> None:
-    image = await hub_image(registry, tmp_path, [3, 5])
+    image = await hub_image(registry, tmp_path, [8, 6])  # the second host: from the first
     node = await start_supernode()
     first = await start_daemon("host1", registry, node)
     second = await start_daemon("host2", registry, node)
@@ -129,7 +129,8 @@ async def test_podman_pulls_through_the_mirror_p2p(
     start_daemon: StartDaemon,
     tmp_path: Path,
 ) -> None:
-    image = write_oci_image(tmp_path / "image", [3 * MiB, 4 * MiB])
+    # Large enough layers that the second host gets them from the first, not the CDN.
+    image = write_oci_image(tmp_path / "image", [8 * MiB, 6 * MiB])
     await registry.push(image, "team/app:1")
     reference = f"{registry.address}/team/app:1"
     node = await start_supernode()
