@@ -3,13 +3,16 @@ a cold dfdaemon, and through a second host's dfdaemon after the first has pulled
 
     .venv/bin/python bench/mirror.py [--layers-mib 96,80,64,48] [--runs 3]
     .venv/bin/python bench/mirror.py --client docker|podman [--runs 3]   (root)
+    .venv/bin/python bench/mirror.py --via hijack [--client docker] [--runs 3]   (root)
     .venv/bin/python bench/mirror.py --netlab [--hosts 8] [--registry-rate 50MiB]   (root)
 
 With --client docker (or podman), a fresh dockerd (or podman) pulls instead of
 containerd, a Docker Hub name through `--registry-mirror` (a registries.conf mirror),
 the direct pull's mirror being the registry itself: see bench/mirror_docker.py.
-With --netlab, many hosts pull at once from a registry behind a slow link, through
-their daemons and straight from it: see bench/mirror_lab.py. Without it (below),
+With --via hijack, the same pull through the daemon as a mirror and as the HTTPS proxy
+with interception (`--hijack`), from a registry served over TLS: see
+bench/mirror_hijack.py. With --netlab, many hosts pull at once from a registry behind a
+slow link, through their daemons and straight from it: see bench/mirror_lab.py. Without it (below),
 everything runs on 127.0.0.1.
 
 A real docker-registry on 127.0.0.1 holds a generated OCI image (gzip'd tars of random
@@ -268,6 +271,13 @@ def arguments(doc: str, *, netlab: bool = False) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs (medians are quoted)")
     if netlab:
         parser.add_argument(
+            "--via",
+            choices=("mirror", "hijack"),
+            default="mirror",
+            help="hijack: the mirror against the HTTPS proxy with interception, from a TLS "
+            "registry (bench/mirror_hijack.py; ctr or docker)",
+        )
+        parser.add_argument(
             "--client",
             choices=(*LOCAL_CLIENTS, *LAB_CLIENTS),
             default=None,
@@ -315,8 +325,15 @@ def main() -> int:
     if args.client != "ctr" and os.geteuid() != 0:
         print(f"mirror --client {args.client} needs root (its own mount namespace)")
         return 2
+    if args.via == "hijack" and os.geteuid() != 0:
+        print("mirror --via hijack needs root (its own mount namespace)")
+        return 2
     with free_page_reporting_off() as reporting:
         print(f"mirror: the VM's free page reporting: {reporting}")
+        if args.via == "hijack":
+            from bench import mirror_hijack
+
+            return trio.run(mirror_hijack.bench, args)
         if args.client != "ctr":
             from bench import mirror_docker
 

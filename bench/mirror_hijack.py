@@ -254,7 +254,7 @@ async def docker_pull(
     return Pull(seconds, seconds, math.nan, busy_until(samples, seconds), cpu)
 
 
-PULLS = {"containerd": ctr_pull, "docker": docker_pull}
+PULLS = {"containerd": ctr_pull, "ctr": ctr_pull, "docker": docker_pull}
 
 
 @dataclass
