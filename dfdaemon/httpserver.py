@@ -183,7 +183,9 @@ class _Connection:
                         if isinstance(self.stream, trio.SocketStream):
                             await send_file(self.stream.socket, fd, offset, size)
                         else:  # TLS: the bytes must pass through the encryption
-                            data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+                            # (read in the loop, as sendfile reads: a thread hop per
+                            # slice cost more than the read of a cached blob)
+                            data = os.pread(fd, size, offset)
                             if len(data) != size:
                                 raise OSError(f"file ended at {offset + len(data)}")
                             await self.stream.send_all(data)
