@@ -40,7 +40,7 @@ class SwarmSetup:
     cdn_rate: float  # the CDN's up and down link
     rtt: float = 0.001
     startup: float = 1.0
-    upload_slots: int = 4
+    upload_slots: int = 8
     in_flight: int = IN_FLIGHT
     cdn_slots: int = SchedulerConfig().cdn_upload_slots
     cpu_scale: float = 1.0

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--join-window", type=float, default=0.0, help="seconds")
     parser.add_argument("--rtt", type=float, default=0.001, help="seconds")
     parser.add_argument("--startup", type=float, default=1.0, help="a peer's start-up, seconds")
-    parser.add_argument("--upload-slots", type=int, default=4)
+    parser.add_argument("--upload-slots", type=int, default=8, help="as dfget's default")
     parser.add_argument("--cdn-slots", type=int, default=16)
     parser.add_argument(
         "--cpu-scale",

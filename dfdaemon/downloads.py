@@ -48,7 +48,7 @@ class DownloadSettings:
     back_source: bool = True  # fetch from the upstream when P2P fails
     insecure: bool = False  # do not verify the upstream's TLS certificate (fallback)
     token: bytes | None = None
-    upload_slots: int = 4
+    upload_slots: int = 8
     gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
     gc_interval: float = 5.0
     reseed_delay: float = 5.0  # before announcing a blob again after its seeding ended

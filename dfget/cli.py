@@ -152,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     swarm.add_argument(
         "--upload-slots",
         type=int,
-        default=4,
+        default=8,
         metavar="N",
-        help="pieces uploaded at once; past it peers are told 'busy' (default 4, 0: no uploads)",
+        help="pieces uploaded at once; past it peers are told 'busy' (default 8, 0: no uploads)",
     )
     swarm.add_argument(
         "--seed-for",

@@ -24,7 +24,7 @@ class PeerOptions:
         self,
         *,
         listen: tuple[str, int] = ("0.0.0.0", 0),
-        upload_slots: int = 4,
+        upload_slots: int = 8,
         upload_rate: float | None = None,
         seed_for: float = 0.0,
         token: bytes | None = None,

@@ -184,6 +184,23 @@ def test_no_source_gets_more_than_its_slots() -> None:
     assert [a.source for a in again] == ["A"]
 
 
+def test_one_downloader_takes_at_most_flights_per_source_from_one_uploader() -> None:
+    """A slow uploader with many slots must not hold every transfer of a downloader:
+    the rest go to other sources, and stay free for endgame copies of what is stuck."""
+    s = make(cdn_upload_slots=0, flights_per_source=4)
+    seed_task(s, total=20, holders={"S": (8, range(20))}, downloaders=["D"])
+    plan = s.assign("t", "D", 8, 0.0)
+    assert [a.source for a in plan] == ["S"] * 4
+    assert s.assign("t", "D", 4, 0.0) == []  # S has free slots, but not for D
+    s.add_peer("t", "T", upload_slots=8, now=0.0)
+    give(s, "t", "T", range(20))
+    more = s.assign("t", "D", 4, 0.0)
+    assert [a.source for a in more] == ["T"] * 4
+    done(s, "D", plan[:1])  # one transfer from S lands: one more may go to S
+    assert [a.source for a in s.assign("t", "D", 4, 0.0)] == ["S"]
+    assert uploads(s, "S") == 4
+
+
 def test_load_spreads_over_the_holders() -> None:
     s = make(cdn_upload_slots=0)
     holders = {f"H{n}": (10, range(50)) for n in range(10)}
@@ -918,6 +935,7 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
     for peer_id, member in task.members.items():
         assert member.peer.upload_slots == live[peer_id]
         cdn_slots = 0
+        by_source: Counter[int] = Counter()
         for flight in member.all_flights():
             in_flight += 1
             if flight.uploader is None:
@@ -926,7 +944,11 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
             else:
                 assert not flight.cdn_slot
                 uploads_of[flight.source] += 1
+                by_source[flight.uploader.index] += 1
         assert member.peer.cdn_uploads == cdn_slots <= s.config.cdn_requester_cap
+        assert member.per_source == dict(by_source)
+        cap = s.config.flights_per_source
+        assert member.capped == sum(1 << i for i, n in by_source.items() if n >= cap)
         assert member.inflight == sum(1 << i for i in member.flights)
     assert in_flight == task.in_flight == s.statistics().assignments_in_flight
     assert cdn_in_flight == s.statistics().cdn_uploads_in_flight <= s.config.cdn_upload_slots

@@ -84,6 +84,11 @@ class SchedulerConfig:
     endgame_pieces: int = 4
     """When a peer misses at most this many pieces and all are in flight, duplicate them."""
 
+    flights_per_source: int = 4
+    """Transfers one downloader may have in flight from one peer at once (half of dfget's
+    8): a slow uploader with many slots cannot hold every transfer of a downloader, which
+    keeps the rest for other sources and for endgame duplicates of what is stuck."""
+
     task_blacklist_failures: int = 3
     """Strikes (REFUSED, FAILED, TIMEOUT: one each) that blacklist an uploader for one
     task, for every downloader, when they come from at least two reporter groups (hosts);
@@ -114,7 +119,7 @@ class SchedulerConfig:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 0")
         if self.cdn_slots_per_requester is not None and self.cdn_slots_per_requester < 1:
             raise ValueError("SchedulerConfig.cdn_slots_per_requester must be >= 1")
-        for name in ("task_blacklist_failures", "global_blacklist_tasks"):
+        for name in ("task_blacklist_failures", "global_blacklist_tasks", "flights_per_source"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1")
         for name in (

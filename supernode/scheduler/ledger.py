@@ -169,6 +169,9 @@ class Ledger:
             peer.uploading[flight] = None
             if peer.uploads >= peer.upload_slots:
                 self._slots_changed(peer)
+            count = member.per_source[uploader.index] = member.per_source.get(uploader.index, 0) + 1
+            if count >= self.config.flights_per_source:
+                member.capped |= 1 << uploader.index
         return Assignment(index, source)
 
     def land(self, task: Task, flight: Flight) -> None:
@@ -187,6 +190,14 @@ class Ledger:
             del peer.uploading[flight]
             if was_full:
                 self._slots_changed(peer)
+            downloader, source = flight.downloader, flight.uploader.index
+            count = downloader.per_source[source] - 1
+            if count:
+                downloader.per_source[source] = count
+            else:
+                del downloader.per_source[source]
+            if count < self.config.flights_per_source:
+                downloader.capped &= ~(1 << source)
 
     def _unreported(self, flight: Flight) -> None:
         """Remember a flight that landed before its report (expired, or its uploader

@@ -75,6 +75,10 @@ class Member:
     inflight: int = 0  # bitset of the pieces it is fetching (at least one assignment out)
     flights: dict[int, Flight] = field(default_factory=dict)  # piece -> its download
     duplicates: dict[int, Flight] = field(default_factory=dict)  # piece -> endgame duplicate
+    # Its flights by uploader (SourcePool index), and the uploaders it has
+    # `flights_per_source` from: assignments leave those out (the ledger keeps both).
+    per_source: dict[int, int] = field(default_factory=dict)
+    capped: int = 0
     complete: bool = False  # it holds every piece of the task
     is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
     serves: bool = False  # it can upload at all (slots, not blacklisted): its pieces spread

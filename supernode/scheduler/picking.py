@@ -93,7 +93,8 @@ def _assign_new(
         random_picks = ledger.config.first_random - member.have_count - len(member.flights)
         order = PieceOrder(task.rarity, wanted & reach, reach, rng, random_picks)
     for index in order:
-        source = pool.choose(index, avoid.bits, rng)
+        # (and uploaders it has `flights_per_source` transfers from, launches included)
+        source = pool.choose(index, avoid.bits | member.capped, rng)
         if source is None and not (cdn_pieces >> index) & 1:
             if pool.saturated & order.remaining & ~cdn_pieces:  # found saturated on the way
                 order.restrict(~pool.saturated | cdn_pieces)
@@ -140,7 +141,9 @@ def _assign_duplicates(
             continue
         uploader = member.flights[index].uploader
         cdn_taken = uploader is None
-        taken = avoid.bits if uploader is None else avoid.bits | 1 << uploader.index
+        taken = avoid.bits | member.capped
+        if uploader is not None:
+            taken |= 1 << uploader.index
         source = task.pool.choose(index, taken, rng)
         if source is None and (
             cdn_taken or not _cdn_free(ledger, avoid, member.peer) or not (offer >> index) & 1
