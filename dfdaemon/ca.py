@@ -7,6 +7,10 @@ accept) and a self-signed certificate valid for ten years, limited to signing en
 certificates (`pathLenConstraint` 0). Its two files are written into a fresh folder
 that is then renamed into place (`DATA_DIR/ca/`), so a daemon and `dfdaemon ca`
 starting at once never pair one's certificate with the other's key; the key is 0600.
+What is found there is used only as the daemon would have left it: a real folder and
+files (no symbolic link to follow), the daemon's user's, closed to others. Anything
+else (a CA planted before the first start, whose key someone knows) is refused. An
+operator's `--ca-key` others can read is used, with a warning (a mounted secret).
 
 A leaf is valid for LEAF_LIFETIME (three days) and minted again once less than
 LEAF_RENEW of it is left: minting costs well under a millisecond, while a short life
@@ -20,11 +24,15 @@ dropped first.
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
+import logging
 import os
 import ssl
+import stat
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +40,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
 
 CA_DIR = "ca"  # in the data dir
 CERT_FILE = "ca.crt"
@@ -126,12 +136,29 @@ def _usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.
 
 
 def load_authority(cert_path: Path, key_path: Path) -> Authority:
-    """The CA in these PEM files; CaError if they cannot be read, the certificate is
-    not a CA's, or the key is not its key."""
+    """The CA in these PEM files (the operator's: a key others can read is logged);
+    CaError if they cannot be read, the certificate is not a CA's, or the key is not
+    its key."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+        mode = key_path.stat().st_mode
+    except OSError as exc:
+        raise CaError(f"cannot load the CA from {cert_path} and {key_path}: {exc}") from exc
+    if mode & 0o077:
+        log.warning(
+            "CA key %s is readable by others (mode %o): whoever reads it can intercept "
+            "what the daemon intercepts; make it 0600",
+            key_path,
+            stat.S_IMODE(mode),
+        )
+    return _authority(cert_pem, key_pem, cert_path, key_path)
+
+
+def _authority(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Path) -> Authority:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
         raise CaError(f"cannot load the CA from {cert_path} and {key_path}: {exc}") from exc
     if not isinstance(
         key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -183,11 +210,66 @@ def new_authority(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurveP
 
 def data_dir_authority(data_dir: Path) -> Authority:
     """The CA kept in DATA_DIR/ca/, generated there if there is none (the data dir
-    must exist); CaError if it cannot be read or written."""
+    must exist); CaError if it cannot be read or written, or is not as the daemon
+    leaves it (a symbolic link, another user's, open to others)."""
     folder = data_dir / CA_DIR
-    if not (folder / CERT_FILE).exists():
+    if not _lexists(folder):
         _generate(data_dir, folder)
-    return load_authority(folder / CERT_FILE, folder / KEY_FILE)
+    _private(folder, stat.S_ISDIR, "folder", 0o022)
+    cert_path, key_path = folder / CERT_FILE, folder / KEY_FILE
+    cert_pem = _read_private(cert_path, 0o022)
+    key_pem = _read_private(key_path, 0o077)
+    return _authority(cert_pem, key_pem, cert_path, key_path)
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CaError(f"cannot use the CA in {path}: {exc}") from exc
+    return True
+
+
+def _private(path: Path, kind: Callable[[int], bool], what: str, closed: int) -> None:
+    """CaError unless PATH itself (not a link's target) is a `kind` (a folder, a
+    regular file) of this user's, with none of the `closed` mode bits."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise CaError(f"cannot use the CA in {path}: {exc}") from exc
+    _check(path, info, kind, what, closed)
+
+
+def _check(
+    path: Path, info: os.stat_result, kind: Callable[[int], bool], what: str, closed: int
+) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise CaError(f"{path} is a symbolic link: the daemon's CA is in a {what} of its own")
+    if not kind(info.st_mode):
+        raise CaError(f"{path} is not a {what}")
+    if info.st_uid != os.geteuid():
+        raise CaError(f"{path} is owned by uid {info.st_uid}, not the daemon's user")
+    if info.st_mode & closed:
+        kind_of = "readable by others" if closed & 0o044 else "open to others"
+        raise CaError(f"{path} is {kind_of} (mode {stat.S_IMODE(info.st_mode):o})")
+
+
+def _read_private(path: Path, closed: int) -> bytes:
+    """A file of the CA folder, read without following a symbolic link and checked
+    on the very file read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CaError(
+                f"{path} is a symbolic link: the daemon's CA is in a file of its own"
+            ) from exc
+        raise CaError(f"cannot use the CA in {path}: {exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        _check(path, os.fstat(fd), stat.S_ISREG, "file", closed)
+        return f.read()
 
 
 def _generate(data_dir: Path, folder: Path) -> None:
@@ -209,7 +291,7 @@ def _generate(data_dir: Path, folder: Path) -> None:
         try:
             os.rename(scratch, folder)  # atomic; fails if another process got there first
         except OSError:
-            if not (folder / CERT_FILE).exists():
+            if not _lexists(folder):
                 raise
     except OSError as exc:
         raise CaError(f"cannot write a CA in {folder}: {exc}") from exc
