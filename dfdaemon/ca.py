@@ -18,7 +18,9 @@ bounds what a leaf taken from the daemon's memory (a core dump, swap) is worth, 
 nothing can revoke it. Its key is never written to a file system: the certificate
 chain reaches OpenSSL through an anonymous memory file (memfd), the one way
 `ssl.SSLContext` takes a key. At most LEAF_CACHE hosts are kept, least recently used
-dropped first.
+dropped first. Minting costs about a millisecond of the loop (a key, a signature,
+a TLS context), so new leaves come from a budget: MINT_RATE a second, MINT_BURST at
+once; a host whose leaf is cached costs nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import ssl
 import stat
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +56,18 @@ LEAF_LIFETIME = datetime.timedelta(days=3)
 LEAF_RENEW = datetime.timedelta(days=1)  # minted again when less than this is left
 CLOCK_SKEW = datetime.timedelta(hours=1)  # a leaf is valid from this long before now
 LEAF_CACHE = 1024  # hosts whose leaf is kept
+MINT_RATE = 50.0  # new leaves a second, on average (5% of a core)...
+MINT_BURST = 100.0  # ...and at once
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 class CaError(Exception):
     """The CA's files cannot be read, written or used."""
+
+
+class MintingBusy(Exception):
+    """The minting budget is spent: no new leaf now."""
 
 
 def _now() -> datetime.datetime:
@@ -334,6 +345,10 @@ class LeafCache:
     def __init__(self, authority: Authority, size: int = LEAF_CACHE) -> None:
         self.authority = authority
         self.size = size
+        # Full from the start, as if idle for a burst's time.
+        self.bucket = TokenBucket(
+            MINT_RATE, MINT_BURST, now=time.monotonic() - MINT_BURST / MINT_RATE
+        )
         self.minted = 0  # leaves minted since the start
         self._leaves: OrderedDict[str, tuple[ssl.SSLContext, x509.Certificate]] = OrderedDict()
 
@@ -342,12 +357,17 @@ class LeafCache:
 
     def context(self, host: str, now: datetime.datetime | None = None) -> ssl.SSLContext:
         """The server context for `host` (normalised by the caller), minted if there is
-        none or the one cached has less than LEAF_RENEW left."""
+        none or the one cached has less than LEAF_RENEW left; MintingBusy if a new one
+        is needed and the budget is spent (a cached one still valid is used then)."""
         now = now or _now()
         cached = self._leaves.get(host)
         if cached is not None and cached[1].not_valid_after_utc - now > LEAF_RENEW:
             self._leaves.move_to_end(host)
             return cached[0]
+        if not self.bucket.try_take(1, time.monotonic()):
+            if cached is not None and cached[1].not_valid_after_utc - now > CLOCK_SKEW:
+                return cached[0]
+            raise MintingBusy(host)
         cert, key_pem = self.authority.mint(host, now)
         context = server_context(cert, key_pem)
         self.minted += 1
