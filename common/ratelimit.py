@@ -5,6 +5,8 @@ long the caller must wait before using them. Going into debt (rather than waitin
 `n` tokens to accumulate) lets a caller take a piece larger than the burst and still
 average exactly `rate` over time. The bucket starts empty: a transfer that starts
 cold is paced from its first byte, and only an idle spell earns a burst.
+`try_take(n, now)` takes `n` tokens only if they are there: for a budget that refuses
+rather than waits.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class TokenBucket:
         self._tokens -= count
         self._taken += count
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def try_take(self, count: int, now: float) -> bool:
+        """Take `count` tokens if the bucket holds them (no debt); False if not."""
+        self._refill(now)
+        if self._tokens < count:
+            return False
+        self._tokens -= count
+        self._taken += count
+        return True
 
     def statistics(self) -> BucketStatistics:
         return BucketStatistics(self.rate, self.burst, self._tokens, self._taken)

@@ -34,7 +34,8 @@ class OriginTls:
 def host_key(text: str) -> str:
     """`HOST` or `HOST:PORT` (an IPv6 address in brackets), checked and lower case."""
     text = text.strip().lower()
-    if not text or "/" in text or "@" in text or any(c.isspace() for c in text):
+    # "*" would be a wildcard in the httpx mount pattern: every host would get it.
+    if not text or any(c in "/@*" or c.isspace() for c in text):
         raise ValueError(f"bad host {text!r} (want HOST or HOST:PORT)")
     _, sep, port = text.rpartition(":")
     if sep and "]" not in port:  # HOST:PORT

@@ -7,6 +7,10 @@ accept) and a self-signed certificate valid for ten years, limited to signing en
 certificates (`pathLenConstraint` 0). Its two files are written into a fresh folder
 that is then renamed into place (`DATA_DIR/ca/`), so a daemon and `dfdaemon ca`
 starting at once never pair one's certificate with the other's key; the key is 0600.
+What is found there is used only as the daemon would have left it: a real folder and
+files (no symbolic link to follow), the daemon's user's, closed to others. Anything
+else (a CA planted before the first start, whose key someone knows) is refused. An
+operator's `--ca-key` others can read is used, with a warning (a mounted secret).
 
 A leaf is valid for LEAF_LIFETIME (three days) and minted again once less than
 LEAF_RENEW of it is left: minting costs well under a millisecond, while a short life
@@ -14,17 +18,24 @@ bounds what a leaf taken from the daemon's memory (a core dump, swap) is worth, 
 nothing can revoke it. Its key is never written to a file system: the certificate
 chain reaches OpenSSL through an anonymous memory file (memfd), the one way
 `ssl.SSLContext` takes a key. At most LEAF_CACHE hosts are kept, least recently used
-dropped first.
+dropped first. Minting costs about a millisecond of the loop (a key, a signature,
+a TLS context), so new leaves come from a budget: MINT_RATE a second, MINT_BURST at
+once; a host whose leaf is cached costs nothing.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
+import logging
 import os
 import ssl
+import stat
 import tempfile
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +43,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
 
 CA_DIR = "ca"  # in the data dir
 CERT_FILE = "ca.crt"
@@ -41,12 +56,18 @@ LEAF_LIFETIME = datetime.timedelta(days=3)
 LEAF_RENEW = datetime.timedelta(days=1)  # minted again when less than this is left
 CLOCK_SKEW = datetime.timedelta(hours=1)  # a leaf is valid from this long before now
 LEAF_CACHE = 1024  # hosts whose leaf is kept
+MINT_RATE = 50.0  # new leaves a second, on average (5% of a core)...
+MINT_BURST = 100.0  # ...and at once
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 class CaError(Exception):
     """The CA's files cannot be read, written or used."""
+
+
+class MintingBusy(Exception):
+    """The minting budget is spent: no new leaf now."""
 
 
 def _now() -> datetime.datetime:
@@ -126,12 +147,29 @@ def _usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.
 
 
 def load_authority(cert_path: Path, key_path: Path) -> Authority:
-    """The CA in these PEM files; CaError if they cannot be read, the certificate is
-    not a CA's, or the key is not its key."""
+    """The CA in these PEM files (the operator's: a key others can read is logged);
+    CaError if they cannot be read, the certificate is not a CA's, or the key is not
+    its key."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+        mode = key_path.stat().st_mode
+    except OSError as exc:
+        raise CaError(f"cannot load the CA from {cert_path} and {key_path}: {exc}") from exc
+    if mode & 0o077:
+        log.warning(
+            "CA key %s is readable by others (mode %o): whoever reads it can intercept "
+            "what the daemon intercepts; make it 0600",
+            key_path,
+            stat.S_IMODE(mode),
+        )
+    return _authority(cert_pem, key_pem, cert_path, key_path)
+
+
+def _authority(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Path) -> Authority:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
         raise CaError(f"cannot load the CA from {cert_path} and {key_path}: {exc}") from exc
     if not isinstance(
         key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -183,11 +221,66 @@ def new_authority(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurveP
 
 def data_dir_authority(data_dir: Path) -> Authority:
     """The CA kept in DATA_DIR/ca/, generated there if there is none (the data dir
-    must exist); CaError if it cannot be read or written."""
+    must exist); CaError if it cannot be read or written, or is not as the daemon
+    leaves it (a symbolic link, another user's, open to others)."""
     folder = data_dir / CA_DIR
-    if not (folder / CERT_FILE).exists():
+    if not _lexists(folder):
         _generate(data_dir, folder)
-    return load_authority(folder / CERT_FILE, folder / KEY_FILE)
+    _private(folder, stat.S_ISDIR, "folder", 0o022)
+    cert_path, key_path = folder / CERT_FILE, folder / KEY_FILE
+    cert_pem = _read_private(cert_path, 0o022)
+    key_pem = _read_private(key_path, 0o077)
+    return _authority(cert_pem, key_pem, cert_path, key_path)
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CaError(f"cannot use the CA in {path}: {exc}") from exc
+    return True
+
+
+def _private(path: Path, kind: Callable[[int], bool], what: str, closed: int) -> None:
+    """CaError unless PATH itself (not a link's target) is a `kind` (a folder, a
+    regular file) of this user's, with none of the `closed` mode bits."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise CaError(f"cannot use the CA in {path}: {exc}") from exc
+    _check(path, info, kind, what, closed)
+
+
+def _check(
+    path: Path, info: os.stat_result, kind: Callable[[int], bool], what: str, closed: int
+) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise CaError(f"{path} is a symbolic link: the daemon's CA is in a {what} of its own")
+    if not kind(info.st_mode):
+        raise CaError(f"{path} is not a {what}")
+    if info.st_uid != os.geteuid():
+        raise CaError(f"{path} is owned by uid {info.st_uid}, not the daemon's user")
+    if info.st_mode & closed:
+        kind_of = "readable by others" if closed & 0o044 else "open to others"
+        raise CaError(f"{path} is {kind_of} (mode {stat.S_IMODE(info.st_mode):o})")
+
+
+def _read_private(path: Path, closed: int) -> bytes:
+    """A file of the CA folder, read without following a symbolic link and checked
+    on the very file read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CaError(
+                f"{path} is a symbolic link: the daemon's CA is in a file of its own"
+            ) from exc
+        raise CaError(f"cannot use the CA in {path}: {exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        _check(path, os.fstat(fd), stat.S_ISREG, "file", closed)
+        return f.read()
 
 
 def _generate(data_dir: Path, folder: Path) -> None:
@@ -209,7 +302,7 @@ def _generate(data_dir: Path, folder: Path) -> None:
         try:
             os.rename(scratch, folder)  # atomic; fails if another process got there first
         except OSError:
-            if not (folder / CERT_FILE).exists():
+            if not _lexists(folder):
                 raise
     except OSError as exc:
         raise CaError(f"cannot write a CA in {folder}: {exc}") from exc
@@ -252,6 +345,10 @@ class LeafCache:
     def __init__(self, authority: Authority, size: int = LEAF_CACHE) -> None:
         self.authority = authority
         self.size = size
+        # Full from the start, as if idle for a burst's time.
+        self.bucket = TokenBucket(
+            MINT_RATE, MINT_BURST, now=time.monotonic() - MINT_BURST / MINT_RATE
+        )
         self.minted = 0  # leaves minted since the start
         self._leaves: OrderedDict[str, tuple[ssl.SSLContext, x509.Certificate]] = OrderedDict()
 
@@ -260,12 +357,17 @@ class LeafCache:
 
     def context(self, host: str, now: datetime.datetime | None = None) -> ssl.SSLContext:
         """The server context for `host` (normalised by the caller), minted if there is
-        none or the one cached has less than LEAF_RENEW left."""
+        none or the one cached has less than LEAF_RENEW left; MintingBusy if a new one
+        is needed and the budget is spent (a cached one still valid is used then)."""
         now = now or _now()
         cached = self._leaves.get(host)
         if cached is not None and cached[1].not_valid_after_utc - now > LEAF_RENEW:
             self._leaves.move_to_end(host)
             return cached[0]
+        if not self.bucket.try_take(1, time.monotonic()):
+            if cached is not None and cached[1].not_valid_after_utc - now > CLOCK_SKEW:
+                return cached[0]
+            raise MintingBusy(host)
         cert, key_pem = self.authority.mint(host, now)
         context = server_context(cert, key_pem)
         self.minted += 1

@@ -10,8 +10,10 @@ is relayed to https://host:port over verified TLS. Paths outside /v2/ (a token
 service on the same host) are relayed as they are.
 
 What a stranger can cost is bounded: at most MAX_INTERCEPTED intercepted connections
-at once (past it, 503 before any TLS), a TLS handshake finished within
-HANDSHAKE_TIMEOUT, the leaves cached for LEAF_CACHE hosts; a handshake that fails
+at once (past it, 503 before any TLS), leaves minted for new hosts at the CA's
+MINT_RATE (past it, 503: a CONNECT line costs the client nothing, a leaf costs the
+daemon about a millisecond), a TLS handshake finished within HANDSHAKE_TIMEOUT, the
+leaves cached for LEAF_CACHE hosts; a handshake that fails
 (a client that does not trust the CA says so with an alert) is logged in one line.
 Once decrypted, the connection is the HTTP server's, with its own time limits.
 """
@@ -27,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 
 from common.addresses import format_address
-from dfdaemon.ca import LeafCache
+from dfdaemon.ca import LeafCache, MintingBusy
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.mirror import Mirror
@@ -49,6 +51,8 @@ def intercepted_name(host: str) -> str | None:
     """`host` (from a CONNECT, IPv6 without brackets) as the regexes see it and the leaf
     names it: lower case, no trailing dot; None if no certificate can name it."""
     name = host.strip().lower().rstrip(".")
+    if "%" in name:  # an IPv6 zone: no certificate names it, no URL carries it
+        return None
     try:
         return str(ipaddress.ip_address(name))
     except ValueError:
@@ -92,7 +96,13 @@ class Hijacker:
             await reply.simple(503, b"too many intercepted connections\n", "text/plain")
             return
         try:
-            context = self.leaves.context(name)
+            try:
+                context = self.leaves.context(name)
+            except MintingBusy:
+                self.metrics.hijack_failures.labels("minting").inc()
+                log.info("CONNECT %s from %s: minting budget spent", name, request.client)
+                await reply.simple(503, b"too many new hosts: try again\n", "text/plain")
+                return
             self.metrics.requests.labels("hijack").inc()
             await reply.start(200, [])
             raw, already = reply.tunnel()

@@ -9,6 +9,8 @@ alive between requests unless either side says otherwise. A connection may be an
 trio stream: over TLS (an intercepted CONNECT: hijack.py), file bodies are read and
 sent through it, since sendfile cannot encrypt.
 
+A request framed by both Content-Length and Transfer-Encoding is refused (smuggling).
+
 Nobody holds a connection for nothing: a request head must come within HEAD_TIMEOUT
 (IDLE_TIMEOUT between requests) and cannot pass MAX_HEAD bytes; a request body that
 stops flowing for BODY_TIMEOUT, and a client that stops reading its answer for
@@ -303,6 +305,12 @@ async def serve_connection(
                 _body=connection.body,
             )
             reply = Reply(connection, request.method)
+            if request.header("transfer-encoding") and request.header("content-length"):
+                # Two framings: how requests are smuggled past a proxy that reads one
+                # while the next hop reads the other (RFC 9112 6.3). Refused, closed.
+                why = b"bad request: both Content-Length and Transfer-Encoding\n"
+                await reply.simple(400, why, "text/plain", (("connection", "close"),))
+                return
             try:
                 await handler(request, reply)
             except BrokenBody as exc:

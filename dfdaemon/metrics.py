@@ -63,7 +63,8 @@ class Metrics:
         self.hijack_failures = Counter(
             "dfdaemon_hijack_failures",
             "CONNECTs to intercept that came to nothing, by reason: busy (too many at once: "
-            "503), handshake (the client's TLS failed, as when it does not trust the CA), "
+            "503), minting (a new host past the minting budget: 503), "
+            "handshake (the client's TLS failed, as when it does not trust the CA), "
             "timeout (no TLS handshake in time)",
             ["reason"],
             registry=self.registry,

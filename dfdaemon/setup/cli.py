@@ -20,7 +20,9 @@ examples:
   dfdaemon setup podman --undo
 
 The first run keeps each file it changes as FILE.dfdaemon-backup (FILE.dfdaemon-created
-if there was none); --undo puts them back. A second run changes nothing and says so.
+if there was none), and what it wrote as FILE.dfdaemon-written (a SHA-256); --undo puts
+them back, unless the file changed since. A second run changes nothing and says so.
+A file that is a symbolic link is refused.
 """
 
 
@@ -117,7 +119,7 @@ def main(argv: list[str]) -> int:
     try:
         for change in changes:
             (undo if args.undo else apply)(change)
-    except OSError as exc:
+    except (OSError, SetupError) as exc:
         print(f"dfdaemon setup: {exc}", file=sys.stderr)
         return 1
     for change in changes:

@@ -1,11 +1,18 @@
 """The files `dfdaemon setup` changes: each change is planned whole (the file's text
 before and after) before anything is written, so a malformed file stops the run with
 nothing written; the first change of a file keeps its original beside it, and undo puts
-that back (or removes a file setup created)."""
+that back (or removes a file setup created).
+
+Nothing the user wrote is lost: a file that is a symbolic link is refused (it is
+managed elsewhere), one that changed between plan and write is not written, and the
+SHA-256 of what setup wrote is kept beside it (FILE.dfdaemon-written): a file the user
+changed since is backed up anew before setup changes it again, and undo refuses to
+put a backup over it."""
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +20,7 @@ from pathlib import Path
 
 BACKUP = ".dfdaemon-backup"  # FILE.dfdaemon-backup: FILE as it was before setup
 CREATED = ".dfdaemon-created"  # FILE.dfdaemon-created: FILE did not exist before setup
+WRITTEN = ".dfdaemon-written"  # FILE.dfdaemon-written: the SHA-256 of what setup wrote
 
 
 class SetupError(Exception):
@@ -40,7 +48,13 @@ class Change:
 
 
 def read(path: Path) -> str | None:
-    """PATH's text, None if there is no such file; SetupError if unreadable."""
+    """PATH's text, None if there is no such file; SetupError if unreadable or a
+    symbolic link (a file managed elsewhere: setup would replace the link)."""
+    if path.is_symlink():
+        raise SetupError(
+            f"{path} is a symbolic link to {os.readlink(path)}: edit the file it names, "
+            "or give its path"
+        )
     try:
         return path.read_text()
     except FileNotFoundError:
@@ -67,33 +81,64 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
+def _digest(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def _written(path: Path) -> str | None:
+    """The digest of what setup last wrote to PATH, if it says."""
+    try:
+        return _sibling(path, WRITTEN).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError) as exc:
+        raise SetupError(f"cannot read {_sibling(path, WRITTEN)}: {exc}") from exc
+
+
 def apply(change: Change) -> None:
-    """Write CHANGE, keeping the original first (only the first time: a second run
-    keeps the backup of the file as it was before any setup)."""
+    """Write CHANGE, keeping the file as it was before setup first: the first time,
+    or again if the user changed it since setup wrote it. SetupError if it changed
+    since it was planned."""
     if not change.changed:
         return
+    if read(change.path) != change.old:
+        raise SetupError(f"{change.path} changed while setup ran: run it again")
     backup, created = _sibling(change.path, BACKUP), _sibling(change.path, CREATED)
-    if not backup.exists() and not created.exists():
+    written = _written(change.path)
+    kept = backup.exists() or created.exists()
+    if not kept or (written is not None and written != _digest(change.old)):
         if change.old is None:
             _write(created, "")
+            backup.unlink(missing_ok=True)
         else:
             _write(backup, change.old, change.path.stat().st_mode & 0o7777)
+            created.unlink(missing_ok=True)
     if change.new is None:
         change.path.unlink(missing_ok=True)
+        _sibling(change.path, WRITTEN).unlink(missing_ok=True)
     else:
         _write(change.path, change.new)
+        _write(_sibling(change.path, WRITTEN), f"{_digest(change.new)}\n", 0o600)
 
 
 def undo_change(path: Path) -> Change:
     """What undoing setup's change of PATH would do: its backup back, or no file if
-    setup created it (unchanged when setup never touched it)."""
+    setup created it (unchanged when setup never touched it). SetupError if the file
+    changed since setup wrote it: undo would lose that."""
     old = read(path)
     backup, created = _sibling(path, BACKUP), _sibling(path, CREATED)
+    if not backup.exists() and not created.exists():
+        return Change(path, old, old)
+    written = _written(path)
+    if written is not None and written != _digest(old):
+        restore = backup if backup.exists() else created
+        raise SetupError(
+            f"{path} changed since setup wrote it: undo would lose that. Compare it "
+            f"with {restore} and put it back by hand"
+        )
     if backup.exists():
         return Change(path, old, read(backup))
-    if created.exists():
-        return Change(path, old, None)
-    return Change(path, old, old)
+    return Change(path, old, None)
 
 
 def undo(change: Change) -> None:
@@ -104,3 +149,4 @@ def undo(change: Change) -> None:
     elif created.exists():
         change.path.unlink(missing_ok=True)
         created.unlink()
+    _sibling(change.path, WRITTEN).unlink(missing_ok=True)
