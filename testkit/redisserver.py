@@ -51,7 +51,8 @@ class RedisServer:
             'logfile ""',
         ]
         if password is not None:
-            lines.append(f"requirepass {password}")
+            quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'requirepass "{quoted}"')
         self.config.write_text("\n".join(lines) + "\n")
         self.log = folder / "redis.log"
 
@@ -66,9 +67,9 @@ class RedisServer:
         )
 
     async def start(self) -> None:
-        """Start it and wait until it answers (a PING, or a NOAUTH without a password)."""
+        """Start it and wait until it answers a PING (with its password, if any)."""
         assert REDIS_SERVER is not None
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as log:  # noqa: ASYNC230 (opened once, at start)
             self.process = await trio.lowlevel.open_process(
                 [REDIS_SERVER, str(self.config)], stdout=log, stderr=log
             )

@@ -43,7 +43,7 @@ class ClusterError(SupernodeError):
 
 @dataclass(frozen=True)
 class Seen:
-    """A member as last read, and when its last heartbeat was (trio.current_time())."""
+    """A member as last read, and when its last heartbeat was (time.monotonic())."""
 
     member: Member
     heartbeat_at: float
@@ -62,7 +62,7 @@ class Membership:
         self.admin: str | None = None
         self.redis_up: bool | None = None  # None: not tried yet (or no cluster)
         self.heartbeat_failures = 0
-        self.last_heartbeat: float | None = None  # trio time of our last accepted one
+        self.last_heartbeat: float | None = None  # time.monotonic() of our last accepted one
         self.seen: dict[str, Seen] = {}
         self._warned: set[str] = set()
 
@@ -83,7 +83,7 @@ class Membership:
     def live(self) -> list[tuple[Member, float | None]]:
         """The members as this supernode sees them, with the age of each one's last
         heartbeat (seconds; None for ourselves before any), ourselves always among them."""
-        now = trio.current_time()
+        now = time.monotonic()
         listed = [
             (seen.member, now - seen.heartbeat_at)
             for seen in self.seen.values()
@@ -152,7 +152,7 @@ class Membership:
     async def _beat(self, store: RedisMembers, *, first: bool = False) -> None:
         settings = self.settings
         assert settings is not None
-        sent = trio.current_time()
+        sent = time.monotonic()
         try:
             # The socket timeouts bound each call; this bounds the heartbeat's few calls.
             with trio.fail_after(3 * settings.timeout):
@@ -191,7 +191,7 @@ class Membership:
             )
         self.redis_up = True
         self.last_heartbeat = sent
-        now = trio.current_time()
+        now = time.monotonic()
         seen: dict[str, Seen] = {}
         for entry in listed:
             member = decode_member(entry.id, entry.raw)

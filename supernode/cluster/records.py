@@ -87,9 +87,12 @@ def decode_member(member_id: str, raw: bytes | None) -> Member | None:
     return Member(member_id, peer, admin, started, ttl, version)
 
 
-def _address(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_ADDRESS and value.isprintable()
+def _address(value: str) -> bool:
+    return 0 < len(value) <= MAX_ADDRESS and value.isprintable()
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: Any) -> float | None:
+    """A finite JSON number as a float (not a bool); None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
