@@ -133,8 +133,10 @@ class Membership:
                 settings.heartbeat,
             )
             task_status.started()
-            while True:
-                await trio.sleep(settings.heartbeat)
+            beat = trio.current_time()
+            while True:  # on a fixed beat: a slow heartbeat does not push the next one back
+                beat = max(beat + settings.heartbeat, trio.current_time())
+                await trio.sleep_until(beat)
                 await self._beat(store)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(settings.timeout):
