@@ -264,7 +264,9 @@ async def test_malformed_records_in_redis_are_ignored(
     for member_id, raw in junk.items():
         client.set(member_key(member_id), raw)
     client.set(member_key(RECORD.id), RECORD.encode())  # well formed, but never expires
-    client.sadd(MEMBERS_KEY, *junk, RECORD.id, "../../etc", "\x00", "Z" * 1000)
+    client.rpush(member_key("dddddddddddddddd"), b"a list, not a string")
+    not_ids = ["../../etc", "\x00", "Z" * 1000]
+    client.sadd(MEMBERS_KEY, *junk, RECORD.id, "dddddddddddddddd", *not_ids)
     client.set(MEMBERS_KEY + ":other", b"unrelated")
     node = await member(start_supernode, tmp_path, "sn", redis_server.url)
     view = await supernodes(node)
@@ -272,6 +274,12 @@ async def test_malformed_records_in_redis_are_ignored(
     await trio.sleep(3 * PERIOD)
     view = await supernodes(node)
     assert view["redis"] == "up" and peers_of(view) == {node.address}
+    assert node.node.membership.heartbeat_failures == 0
+    ids = {
+        i.decode(errors="replace") if isinstance(i, bytes) else i
+        for i in client.smembers(MEMBERS_KEY)
+    }
+    assert not ids & set(not_ids)  # what can never be an id leaves the set
     # The wrong type under the set's key: Redis answers an error; degraded, no crash.
     client.delete(MEMBERS_KEY)
     client.set(MEMBERS_KEY, b"a string, not a set")

@@ -28,7 +28,7 @@ import redis
 import trio
 
 from supernode.cluster.records import Member, decode_member
-from supernode.cluster.redisstore import REFUSALS, Listed, RedisMembers
+from supernode.cluster.redisstore import NO_KEY, REFUSALS, Listed, RedisMembers
 from supernode.cluster.settings import ClusterSettings
 from supernode.errors import SupernodeError
 
@@ -206,7 +206,11 @@ class Membership:
         self.seen = seen
 
     def _warn_malformed(self, entry: Listed) -> None:
-        if entry.raw is None or entry.id in self._warned or len(self._warned) >= MAX_WARNED:
+        if (
+            entry.ttl_left_ms == NO_KEY
+            or entry.id in self._warned
+            or len(self._warned) >= MAX_WARNED
+        ):
             return
         self._warned.add(entry.id)
         log.warning(

@@ -15,7 +15,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from supernode.cluster.records import MAX_MEMBERS, MEMBERS_KEY, Member, member_key, valid_id
+from supernode.cluster.records import (
+    MAX_MEMBERS,
+    MAX_RECORD,
+    MEMBERS_KEY,
+    Member,
+    member_key,
+    valid_id,
+)
 from supernode.cluster.settings import ClusterSettings
 
 # Errors that say the settings are wrong, not that Redis is away: at start they stop
@@ -27,10 +34,14 @@ REFUSALS: tuple[type[Exception], ...] = (
 )
 
 
+NO_KEY = -2  # PTTL of a key that does not exist
+
+
 @dataclass(frozen=True)
 class Listed:
-    """One id of the members set as read: its raw record (None: expired) and the
-    milliseconds it has left to live (Redis' PTTL)."""
+    """One id of the members set as read: the start of its raw record (None: Redis
+    answered an error, a key of another type) and the milliseconds it has left to live
+    (Redis' PTTL: NO_KEY once expired, -1 for a key without a TTL)."""
 
     id: str
     raw: bytes | None
@@ -56,30 +67,34 @@ class RedisMembers:
 
     def heartbeat(self, member: Member) -> list[Listed]:
         """Write our record (expiring after `member.ttl`), make sure our id is in the
-        set, and read every member's record back."""
+        set, and read every member's record back: at most MAX_RECORD + 1 bytes of each
+        (GETRANGE: a huge value someone wrote is never downloaded whole)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(member_key(member.id), member.encode(), px=max(1, round(member.ttl * 1000)))
         pipe.sadd(MEMBERS_KEY, member.id)
         pipe.srandmember(MEMBERS_KEY, MAX_MEMBERS)
         *_, raw_ids = pipe.execute()
-        ids = sorted({i.decode("ascii", "replace") for i in raw_ids if isinstance(i, bytes)})
-        ids = [i for i in ids if valid_id(i)]  # anything else in the set: not ours, ignored
+        ids = sorted({i for i in raw_ids if isinstance(i, bytes)})
+        junk = [i for i in ids if not valid_id(i.decode("ascii", "replace"))]
+        ids = [i for i in ids if i not in junk]  # anything else in the set is not ours
         pipe = self.client.pipeline(transaction=False)
-        for member_id in ids:
-            pipe.get(member_key(member_id))
-            pipe.pttl(member_key(member_id))
-        answers = pipe.execute()
+        for raw_id in ids:
+            pipe.getrange(member_key(raw_id.decode()), 0, MAX_RECORD)
+            pipe.pttl(member_key(raw_id.decode()))
+        answers = pipe.execute(raise_on_error=False)  # a key of the wrong type: its error
         listed = [
             Listed(
-                member_id,
+                raw_id.decode(),
                 raw if isinstance(raw, bytes) else None,
-                ttl if isinstance(ttl, int) else -2,
+                ttl if isinstance(ttl, int) else NO_KEY,
             )
-            for member_id, raw, ttl in zip(ids, answers[::2], answers[1::2], strict=True)
+            for raw_id, raw, ttl in zip(ids, answers[::2], answers[1::2], strict=True)
         ]
-        expired = [entry.id for entry in listed if entry.raw is None]
-        if expired:  # a member that stopped heartbeating: its id leaves the set
-            self.client.srem(MEMBERS_KEY, *expired)
+        gone = junk + [
+            i for i, entry in zip(ids, listed, strict=True) if entry.ttl_left_ms == NO_KEY
+        ]
+        if gone:  # members that stopped heartbeating, and what never was one, leave the set
+            self.client.srem(MEMBERS_KEY, *gone)
         return listed
 
     def leave(self, member_id: str) -> None:
