@@ -231,6 +231,29 @@ async def test_redis_away_the_members_serve_on_and_register_again_when_it_return
 
 
 @needs_redis
+async def test_a_frozen_redis_hangs_nothing(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    """Redis SIGSTOPped: connections open, nothing answers. Heartbeats time out, the
+    admin API answers at once all along, and SIGCONT brings the member back up."""
+    node = await member(start_supernode, tmp_path, "sn", redis_server.url)
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        while node.node.membership.heartbeat_failures < 2:
+            with trio.fail_after(0.5):  # every answer quick, whatever Redis does
+                view = await supernodes(node)
+            assert peers_of(view) == {node.address}
+            assert time.monotonic() - stopped < 15
+            await trio.sleep(0.05)
+        assert (await supernodes(node))["redis"] == "down"
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    await until(lambda: node.node.membership.health == "up")
+
+
+@needs_redis
 async def test_a_supernode_started_while_redis_is_away_joins_when_it_comes(
     tmp_path: Path, start_supernode: StartSupernode
 ) -> None:
