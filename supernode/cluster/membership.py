@@ -163,7 +163,8 @@ class Membership:
             if first:
                 raise ClusterError(
                     f"cluster {settings.display}: Redis refused us: {exc} (check the "
-                    "password: --cluster-password-file or the URL; and the database number)"
+                    "password, in --cluster-password-file or the URL, the user's rights and "
+                    "the database number)"
                 ) from exc
             self._failed(f"Redis refused us: {exc}")
             return
