@@ -7,11 +7,12 @@ BIN    := $(VENV)/bin
 # htpasswd for the registry's basic auth, a headless browser for the status page,
 # iproute2 and iptables for the network lab (testkit/netlab), and python3-libtorrent
 # for the swarm benchmark's BitTorrent peers (bench/torrent_peer.py, run by Debian's
-# python3). The tests start each with a config of their own on
-# 127.0.0.1; the packages' services are kept from starting at install (policy-rc.d), as
-# their Debian defaults listen on all interfaces.
+# python3), and redis-server for the supernode cluster (testkit/redisserver.py). The
+# tests start each with a config of their own on 127.0.0.1; the packages' services are
+# kept from starting at install (policy-rc.d), as their Debian defaults listen on all
+# interfaces.
 APT_TEST_PACKAGES := docker-registry skopeo containerd apache2-utils chromium iproute2 iptables \
-	python3-libtorrent docker.io podman
+	python3-libtorrent docker.io podman redis-server
 
 .PHONY: demo test lint typecheck unit bench clean system-deps
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from common.addresses import parse_listen
 from common.connlimit import ConnectionLimit
 from common.eviction import GcPolicy, StoredTask, plan
 from common.io import RateLimiter, unwrap_group
 from common.origins import OriginPolicy
 from common.tlsfiles import OriginTls, client_contexts
 from common.units import format_size
+from supernode import __version__
 from supernode.admin.api import AdminApi
 from supernode.admin.preheat import Preheats
 from supernode.admin.realms import RealmHost
@@ -25,6 +28,9 @@ from supernode.cdn.fetch import FetchPolicy
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
+from supernode.cluster.identity import load_or_create_member_id
+from supernode.cluster.membership import Membership
+from supernode.cluster.settings import DEFAULT_HEARTBEAT, advertised, cluster_settings
 from supernode.keys import load_or_create_ticket_key
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
 from supernode.peers.swarm import Swarm
@@ -74,6 +80,11 @@ class SupernodeConfig:
     max_task_size: int | None = None  # bytes a task may take (None: the store quota, if any)
     failed_task_ttl: float = 600.0  # seconds a failed task is remembered
     cdn_slots_per_requester: int | None = None  # None: half of cdn_upload_slots (at least 1)
+    # The cluster (supernode/cluster/): redis://HOST:PORT/DB, None for a supernode alone.
+    cluster: str | None = None
+    cluster_password_file: Path | None = None  # else the URL's password, if any
+    cluster_heartbeat: float = DEFAULT_HEARTBEAT  # seconds; a record lives three of them
+    cluster_advertise: str | None = None  # host others reach us at (else the listen host)
 
 
 class Supernode:
@@ -137,8 +148,15 @@ class Supernode:
             policy=self.origin_policy,
             realms=[RealmHost.parse(text) for text in config.preheat_realms],
         )
+        self.membership = Membership(
+            cluster_settings(config.cluster, config.cluster_password_file, config.cluster_heartbeat)
+            if config.cluster
+            else None,
+            load_or_create_member_id(config.data_dir),
+            __version__,
+        )
         self.admin = AdminApi(
-            SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats),
+            SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats, self.membership),
             AdminSettings(
                 config.data_dir,
                 token=config.admin_token,
@@ -184,6 +202,14 @@ class Supernode:
             await trio.sleep(self.config.gc_interval)
             self.collect_garbage()
 
+    def _advertise(self, peer: tuple[str, int]) -> None:
+        """Tell the membership where peers and operators reach us."""
+        name, given = socket.gethostname(), self.config.cluster_advertise
+        admin = None
+        if self.admin_address is not None:
+            admin = advertised(*parse_listen(self.admin_address), given, name)
+        self.membership.advertise(advertised(*peer, given, name), admin)
+
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -208,6 +234,8 @@ class Supernode:
                     if self.config.admin_listen is not None:
                         host, port = self.config.admin_listen
                         self.admin_address = await nursery.start(self.admin.serve, host, port)
+                    self._advertise(address)
+                    await nursery.start(self.membership.run)
                     task_status.started(address)
         finally:
             stats = self.cdn.statistics()

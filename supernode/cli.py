@@ -26,6 +26,7 @@ from common.tokens import read_token
 from supernode import __version__
 from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
+from supernode.cluster.flags import check_cluster_flags, cluster_arguments
 from supernode.errors import SupernodeError
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS
 
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a failed task is remembered (default 600)",
     )
+    cluster_arguments(parser)
     ready_file_argument(parser, '"peer" (HOST:PORT) and "admin" (HOST:PORT or null)')
     parser.add_argument(
         "--log-level",
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         for origin, cert, key in args.origin_client_cert:
             add_client_cert(origin_tls, origin, cert, key)
         client_contexts(origin_tls, insecure=args.insecure, flag="origin")  # checks the files
+        check_cluster_flags(args)
         prepare_ready_file(args.ready_file)
     except ValueError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
@@ -335,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         preheat_realms=tuple(args.preheat_realm),
         gc=gc,
         max_connections=args.max_connections,
+        cluster=args.cluster,
+        cluster_password_file=args.cluster_password_file,
+        cluster_heartbeat=args.cluster_heartbeat,
+        cluster_advertise=args.cluster_advertise,
     )
     try:
         # Both ports' connections (a piece session holds a pieces file too: twice the

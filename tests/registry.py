@@ -12,6 +12,7 @@ import pytest
 from testkit.dockerd import DOCKER, DOCKERD
 from testkit.mountns import UNSHARE
 from testkit.podman import PODMAN
+from testkit.redisserver import REDIS_SERVER
 from testkit.registry import (
     CONTAINERD,
     CTR,
@@ -60,6 +61,7 @@ PROGRAMS = {
     "iptables": (shutil.which("iptables"), "iptables"),
     "iptables-restore": (shutil.which("iptables-restore"), "iptables"),
     "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
+    "redis-server": (REDIS_SERVER, "redis-server"),  # the cluster tests
 }
 
 needs_registry = pytest.mark.skipif(
@@ -76,6 +78,9 @@ needs_dockerd = pytest.mark.skipif(
 needs_podman = pytest.mark.skipif(
     not (PODMAN and UNSHARE and REGISTRY and SKOPEO) or os.geteuid() != 0,
     reason="podman (installed by `make test`) runs here as root",
+)
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is installed by `make test`"
 )
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
 needs_libtorrent = pytest.mark.skipif(
@@ -123,6 +128,7 @@ __all__ = [
     "needs_dockerd",
     "needs_libtorrent",
     "needs_podman",
+    "needs_redis",
     "needs_registry",
     "skopeo_pull",
     "verify_dir_copy",

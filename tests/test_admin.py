@@ -285,6 +285,7 @@ async def test_the_status_page_shows_a_running_download(
     assert f'data-task="{task_id}"' in dom, dom[-2000:]
     row = dom.split(f'data-task="{task_id}"', 1)[1].split("</tr>", 1)[0]
     assert "running" in row and "/big.bin" in row
+    assert f'data-supernode="{node.node.membership.id}"' in dom  # itself, alone
     assert '<p id="error"></p>' in dom  # every API call answered
 
 

@@ -1,5 +1,6 @@
 """The admin HTTP API (`supernode --admin-listen`, default 127.0.0.1:8001): health,
-version, Prometheus metrics, tasks and peers, as JSON; errors as problem+json.
+version, Prometheus metrics, tasks, peers and the cluster's supernodes, as JSON; errors
+as problem+json.
 
 Served by hypercorn's HTTP/1.1 protocol on trio, in the supernode's own nursery, behind
 our own accept loop with a connection cap (`admin_max_connections`) and deadlines
@@ -94,6 +95,7 @@ class AdminApi:
         router.add("GET", "/api/v1/preheats/{id}", self.preheat_state)
         router.add("GET", "/api/v1/peers", self.peers)
         router.add("GET", "/api/v1/peers/{id}", self.peer)
+        router.add("GET", "/api/v1/supernodes", self.supernodes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -259,6 +261,9 @@ class AdminApi:
         if peer_id not in self.view.swarm.peers:
             raise Problem(404, "Not Found", f"no peer {peer_id[:100]!r}")
         return Response.json(self._peer(peer_id))
+
+    async def supernodes(self, request: Request) -> Response:
+        return Response.json(self.view.cluster.snapshot())
 
     @staticmethod
     def _task_id(request: Request) -> str:

@@ -93,3 +93,19 @@ class SupernodeCollector(Collector):
             "Bytes of origin content in the CDN store (complete and running tasks)",
             value=sum(task.length or 0 for task in view.cdn.tasks.values() if not task.failed),
         )
+        cluster = view.cluster
+        yield GaugeMetricFamily(
+            "supernode_cluster_members",
+            "Live supernodes of the cluster as this one sees them (itself included)",
+            value=len(cluster.live()),
+        )
+        yield GaugeMetricFamily(
+            "supernode_cluster_redis_up",
+            "1 if the last heartbeat reached the cluster's Redis, 0 if not (or no --cluster)",
+            value=1 if cluster.health == "up" else 0,
+        )
+        yield CounterMetricFamily(
+            "supernode_cluster_heartbeat_failures",
+            "Heartbeats that could not reach the cluster's Redis",
+            value=cluster.heartbeat_failures,
+        )

@@ -132,6 +132,12 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "responses": {"200": _ok("the peer"), "404": _PROBLEM},
         }
     },
+    "/api/v1/supernodes": {
+        "get": {
+            "summary": "The live supernodes of the cluster (this one alone without --cluster)",
+            "responses": {"200": _ok("{cluster, redis, heartbeat, supernodes}")},
+        }
+    },
 }
 
 

@@ -1,6 +1,6 @@
 """The status page (`GET /` on the admin port): one HTML page, no build step and no
 assets from elsewhere, that reads the admin API every second and shows tasks, peers,
-bytes by source and a throughput chart."""
+bytes by source, a throughput chart and the cluster's supernodes."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ PAGE = """<!doctype html>
 <h2>Peers</h2>
 <table><thead><tr><th>peer</th><th>address</th><th>tasks</th><th>uploads</th>
 <th>failures</th><th>speed</th></tr></thead><tbody id="peers"></tbody></table>
+<h2>Supernodes <small id="redis"></small></h2>
+<table><thead><tr><th>id</th><th>peer</th><th>admin</th><th>last heartbeat</th></tr></thead>
+<tbody id="supernodes"></tbody></table>
 <script>
 "use strict";
 const history = [];
@@ -79,10 +82,11 @@ function draw() {
 
 async function refresh() {
   try {
-    const [tasks, peers, metrics] = await Promise.all([
+    const [tasks, peers, metrics, cluster] = await Promise.all([
       fetch("/api/v1/tasks?limit=1000").then(r => r.json()),
       fetch("/api/v1/peers").then(r => r.json()),
       fetch("/metrics").then(r => r.text()),
+      fetch("/api/v1/supernodes").then(r => r.json()),
     ]);
     const now = {
       t: Date.now() / 1000,
@@ -129,6 +133,19 @@ async function refresh() {
       cell(row, peer.uploads_in_flight + " / " + peer.upload_slots, true);
       cell(row, peer.failures, true);
       cell(row, size(peer.recent_speed) + "/s", true);
+    }
+    document.getElementById("redis").textContent = cluster.cluster === null ? "(no cluster)"
+      : cluster.cluster + ": Redis " + cluster.redis + ", "
+        + cluster.heartbeat_failures + " failed heartbeats";
+    const nodeBody = document.getElementById("supernodes");
+    nodeBody.replaceChildren();
+    for (const node of cluster.supernodes) {
+      const row = nodeBody.insertRow();
+      row.dataset.supernode = node.id;
+      cell(row, node.id + (node.self ? " (this one)" : ""));
+      cell(row, node.peer);
+      cell(row, node.admin ?? "-");
+      cell(row, node.heartbeat_age === null ? "-" : node.heartbeat_age.toFixed(1) + " s ago", true);
     }
     document.getElementById("error").textContent = "";
   } catch (e) {

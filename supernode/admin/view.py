@@ -3,13 +3,14 @@
 The admin API is handed these, never the `Supernode` itself: `SupernodeView` bundles
 the parts it reads, each typed by a `Protocol` that names the members it uses (the
 supernode's `Cdn`, `Swarm`, `Scheduler` and `Preheats` have them), and `AdminSettings`
-is the configuration it reads. What it may change: evict a task (`CdnView.evict`) and
+is the configuration it reads. The cluster's view (`ClusterView`) is read from memory:
+no request waits on Redis. What it may change: evict a task (`CdnView.evict`) and
 queue a preheat (`PreheatQueue.submit`); nothing else is within its reach.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +88,21 @@ class PreheatQueue(Protocol):
     ) -> Preheat: ...
 
 
+class ClusterView(Protocol):
+    """The cluster as this supernode sees it (supernode/cluster/membership.py): the
+    live members, Redis' health ('off', 'up', 'down'), failed heartbeats."""
+
+    @property
+    def health(self) -> str: ...
+
+    @property
+    def heartbeat_failures(self) -> int: ...
+
+    def live(self) -> Sequence[tuple[Any, float | None]]: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class SupernodeView:
     """The parts of the supernode the admin API reads (built by `Supernode`)."""
@@ -95,6 +111,7 @@ class SupernodeView:
     swarm: SwarmView
     scheduler: SchedulerView
     preheats: PreheatQueue
+    cluster: ClusterView
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Supernodes as a cluster: membership kept in Redis (`supernode --cluster`)."""
