@@ -12,6 +12,7 @@ import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,13 +43,37 @@ def blob(seed: int) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """What the client asks the daemon for: a blob through its registry mirror, or a URL
+    through its forward proxy (a `--rule` makes it go P2P)."""
+
+    path: str  # on the origin
+    url: str = ""  # set: through the proxy
+
+    def request(self, server: ServerProcess) -> tuple[str, str | None]:
+        """The URL to GET, and the proxy to GET it through."""
+        if self.url:
+            return self.url, f"http://{server.ready['http']}"
+        return f"http://{server.ready['http']}{self.path}", None
+
+    def target(self, data_dir: Path) -> Path:
+        """Where the daemon keeps it once complete (its partial file is beside)."""
+        if not self.url:
+            return data_dir / "blobs" / "sha256" / self.path.rsplit(":", 1)[1]
+        partials = sorted((data_dir / "blobs" / "urls").glob(".*.partial"))
+        name = partials[0].name if partials else ".none.partial"
+        return data_dir / "blobs" / "urls" / name[1 : -len(".partial")]
+
+
 @asynccontextmanager
 async def dfdaemon(
     data_dir: Path, node: RunningSupernode, origin: FakeOrigin, sock: Path
 ) -> AsyncIterator[ServerProcess]:
-    """A real dfdaemon on ephemeral ports, mirroring ORIGIN as its registry."""
+    """A real dfdaemon on ephemeral ports, mirroring ORIGIN as its registry; URLs of
+    .bin files through its proxy go P2P."""
     argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
-    argv += ["--registry", origin.url(""), "--peer-listen", "127.0.0.1:0"]
+    argv += ["--registry", origin.url(""), "--peer-listen", "127.0.0.1:0", "--rule", r"\.bin$"]
     argv += ["--supernode", node.address, "--control-socket", str(sock), "--log-level", "info"]
     async with server_process(argv, data_dir.with_suffix(".ready")) as server:
         yield server
@@ -74,20 +99,20 @@ async def metrics_once(server: ServerProcess, key: str) -> dict[str, float]:
     return found
 
 
-async def pull(server: ServerProcess, hex_digest: str) -> bytes:
-    url = f"http://{server.ready['http']}/v2/test/blobs/sha256:{hex_digest}"
-    async with httpx.AsyncClient(timeout=60) as client:
+async def pull(server: ServerProcess, wanted: Wanted) -> bytes:
+    url, proxy = wanted.request(server)
+    async with httpx.AsyncClient(timeout=60, proxy=proxy) as client:
         response = await client.get(url)
     assert response.status_code == 200, response.text
     return response.content
 
 
-async def pull_until_stopped(server: ServerProcess, hex_digest: str) -> None:
+async def pull_until_stopped(server: ServerProcess, wanted: Wanted) -> None:
     """Start a pull that the daemon's death ends (its error is expected)."""
-    url = f"http://{server.ready['http']}/v2/test/blobs/sha256:{hex_digest}"
+    url, proxy = wanted.request(server)
     try:
         async with (
-            httpx.AsyncClient(timeout=60) as client,
+            httpx.AsyncClient(timeout=60, proxy=proxy) as client,
             client.stream("GET", url) as response,
         ):
             async for _ in response.aiter_raw():
@@ -96,10 +121,9 @@ async def pull_until_stopped(server: ServerProcess, hex_digest: str) -> None:
         pass
 
 
-def recorded(data_dir: Path, hex_digest: str) -> list[int]:
-    """The pieces the daemon's record of its partial download names (for this layout)."""
-    _, record = partial_paths(data_dir / "blobs" / "sha256" / hex_digest)
-    log = PieceLog(record)
+def recorded(target: Path) -> list[int]:
+    """The pieces the record of the partial download of `target` names (this layout)."""
+    log = PieceLog(partial_paths(target)[1])
     try:
         return log._read(PIECE, SIZE)
     finally:
@@ -107,73 +131,83 @@ def recorded(data_dir: Path, hex_digest: str) -> list[int]:
 
 
 async def half_then_stop(
-    tmp_path: Path, node: RunningSupernode, origin: FakeOrigin, hex_digest: str, how: signal.Signals
+    tmp_path: Path, node: RunningSupernode, origin: FakeOrigin, wanted: Wanted, how: signal.Signals
 ) -> list[int]:
-    """A daemon pulls the blob; stopped by `how` once it has half of it. The pieces its
+    """A daemon pulls `wanted`; stopped by `how` once it has half of it. The pieces its
     record names then."""
     data_dir = tmp_path / "host"
     async with (
         dfdaemon(data_dir, node, origin, tmp_path / "d.sock") as first,
         trio.open_nursery() as nursery,
     ):
-        nursery.start_soon(pull_until_stopped, first, hex_digest)
-        await until(lambda: len(recorded(data_dir, hex_digest)) >= SIZE // PIECE // 2, 30)
+        nursery.start_soon(pull_until_stopped, first, wanted)
+        await until(lambda: len(recorded(wanted.target(data_dir))) >= SIZE // PIECE // 2, 30)
         first.proc.send_signal(how)
         with trio.fail_after(STOP_TIMEOUT):
             await first.proc.wait()
-    held = recorded(data_dir, hex_digest)
+    held = recorded(wanted.target(data_dir))
     assert SIZE // PIECE // 2 <= len(held) < SIZE // PIECE  # half-way, not done
-    partial, _ = partial_paths(data_dir / "blobs" / "sha256" / hex_digest)
-    assert partial.exists()
+    assert partial_paths(wanted.target(data_dir))[0].exists()
     return held
 
 
 async def resume(
-    tmp_path: Path, node: RunningSupernode, origin: FakeOrigin, data: bytes, hex_digest: str
+    tmp_path: Path, node: RunningSupernode, origin: FakeOrigin, data: bytes, wanted: Wanted
 ) -> dict[str, float]:
     """The daemon started again on the same data dir, asked again: its metrics."""
+    target = wanted.target(tmp_path / "host")
     async with dfdaemon(tmp_path / "host", node, origin, tmp_path / "d.sock") as again:
-        body = await pull(again, hex_digest)
-        assert hashlib.sha256(body).hexdigest() == hex_digest and body == data
+        assert await pull(again, wanted) == data
         counted = await metrics_once(again, "dfdaemon_downloaded_bytes_total:cdn")
-    cached = tmp_path / "host" / "blobs" / "sha256" / hex_digest
-    assert cached.read_bytes() == data
-    assert not any(p.exists() for p in partial_paths(cached))  # nothing left behind
+    assert target.read_bytes() == data
+    assert not any(p.exists() for p in partial_paths(target))  # nothing left behind
     return counted
 
 
+Setup = tuple[RunningSupernode, bytes, Wanted]
+
+
 @pytest.fixture
-async def setup(
-    origin: FakeOrigin, start_supernode: StartSupernode
-) -> tuple[RunningSupernode, bytes, str]:
+async def setup(origin: FakeOrigin, start_supernode: StartSupernode) -> Setup:
+    """A supernode, and a blob on the rate-limited origin (asked through the mirror)."""
     data, hex_digest = blob(1)
-    origin.add(f"/v2/test/blobs/sha256:{hex_digest}", data, rate=RATE)
-    return await start_supernode(), data, hex_digest
+    wanted = Wanted(f"/v2/test/blobs/sha256:{hex_digest}")
+    origin.add(wanted.path, data, rate=RATE)
+    return await start_supernode(), data, wanted
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 async def test_a_restarted_daemon_fetches_only_what_it_missed(
-    setup: tuple[RunningSupernode, bytes, str],
-    origin: FakeOrigin,
-    tmp_path: Path,
-    how: signal.Signals,
+    setup: Setup, origin: FakeOrigin, tmp_path: Path, how: signal.Signals
 ) -> None:
-    node, data, hex_digest = setup
-    held = await half_then_stop(tmp_path, node, origin, hex_digest, how)
-    counted = await resume(tmp_path, node, origin, data, hex_digest)
+    node, data, wanted = setup
+    held = await half_then_stop(tmp_path, node, origin, wanted, how)
+    counted = await resume(tmp_path, node, origin, data, wanted)
     resumed, fetched = len(held) * PIECE, SIZE - len(held) * PIECE
     assert counted["dfdaemon_resumed_bytes_total"] == resumed  # every recorded piece kept
     assert counted["dfdaemon_downloaded_bytes_total:cdn"] == fetched  # only the rest fetched
     assert counted.get("dfdaemon_downloaded_bytes_total:upstream", 0) == 0
-    assert origin.stats[f"/v2/test/blobs/sha256:{hex_digest}"].full_bodies == 1  # the CDN's
+    assert origin.stats[wanted.path].full_bodies == 1  # the CDN's one fetch
+
+
+async def test_a_url_through_the_proxy_resumes_too(
+    origin: FakeOrigin, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    data, _ = blob(2)
+    origin.add("/big.bin", data, rate=RATE)
+    node, wanted = await start_supernode(), Wanted("/big.bin", origin.url("/big.bin"))
+    held = await half_then_stop(tmp_path, node, origin, wanted, signal.SIGKILL)
+    counted = await resume(tmp_path, node, origin, data, wanted)
+    assert counted["dfdaemon_resumed_bytes_total"] == len(held) * PIECE
+    assert counted["dfdaemon_downloaded_bytes_total:cdn"] == SIZE - len(held) * PIECE
 
 
 async def test_a_piece_damaged_between_the_runs_is_fetched_again(
-    setup: tuple[RunningSupernode, bytes, str], origin: FakeOrigin, tmp_path: Path
+    setup: Setup, origin: FakeOrigin, tmp_path: Path
 ) -> None:
-    node, data, hex_digest = setup
-    held = await half_then_stop(tmp_path, node, origin, hex_digest, signal.SIGKILL)
-    partial, record = partial_paths(tmp_path / "host" / "blobs" / "sha256" / hex_digest)
+    node, data, wanted = setup
+    held = await half_then_stop(tmp_path, node, origin, wanted, signal.SIGKILL)
+    partial, record = partial_paths(wanted.target(tmp_path / "host"))
     damaged = held[1]
     with open(partial, "r+b") as file:  # the disk flips a byte of a recorded piece
         file.seek(damaged * PIECE + 1000)
@@ -182,35 +216,32 @@ async def test_a_piece_damaged_between_the_runs_is_fetched_again(
         file.write(bytes([byte[0] ^ 0xFF]))
     with open(record, "ab") as file:  # and the record names a piece never written, torn
         file.write((SIZE // PIECE - 1).to_bytes(4, "little") + b"\x01\x02")
-    counted = await resume(tmp_path, node, origin, data, hex_digest)
+    counted = await resume(tmp_path, node, origin, data, wanted)
     assert counted["dfdaemon_resumed_bytes_total"] == (len(held) - 1) * PIECE
     assert counted["dfdaemon_downloaded_bytes_total:cdn"] == SIZE - (len(held) - 1) * PIECE
 
 
-async def test_a_record_of_another_layout_costs_the_pieces_not_the_download(
-    setup: tuple[RunningSupernode, bytes, str], origin: FakeOrigin, tmp_path: Path
+async def test_a_damaged_record_costs_its_pieces_not_the_download(
+    setup: Setup, origin: FakeOrigin, tmp_path: Path
 ) -> None:
-    node, data, hex_digest = setup
-    await half_then_stop(tmp_path, node, origin, hex_digest, signal.SIGKILL)
-    partial, record = partial_paths(tmp_path / "host" / "blobs" / "sha256" / hex_digest)
+    node, data, wanted = setup
+    await half_then_stop(tmp_path, node, origin, wanted, signal.SIGKILL)
+    partial, record = partial_paths(wanted.target(tmp_path / "host"))
     os.truncate(partial, 3 * PIECE + 5)  # a short partial file
     record.write_bytes(record.read_bytes()[:10])  # a torn header
-    counted = await resume(tmp_path, node, origin, data, hex_digest)
+    counted = await resume(tmp_path, node, origin, data, wanted)
     assert counted.get("dfdaemon_resumed_bytes_total", 0) == 0
     assert counted["dfdaemon_downloaded_bytes_total:cdn"] == SIZE
 
 
 async def test_a_cached_blob_is_announced_again_after_a_restart(
-    setup: tuple[RunningSupernode, bytes, str],
-    origin: FakeOrigin,
-    tmp_path: Path,
-    short_dir: Path,
+    setup: Setup, origin: FakeOrigin, tmp_path: Path, short_dir: Path
 ) -> None:
-    node, data, hex_digest = setup
-    origin.add(f"/v2/test/blobs/sha256:{hex_digest}", data)  # no rate: quick
+    node, data, wanted = setup
+    origin.add(wanted.path, data)  # no rate: quick
     host = tmp_path / "host"
     async with dfdaemon(host, node, origin, short_dir / "a.sock") as first:
-        assert await pull(first, hex_digest) == data
+        assert await pull(first, wanted) == data
     async with dfdaemon(host, node, origin, short_dir / "a.sock") as again:
         scheduler = node.node.scheduler
 
@@ -220,7 +251,7 @@ async def test_a_cached_blob_is_announced_again_after_a_restart(
 
         await until(announced)
         async with dfdaemon(tmp_path / "other", node, origin, short_dir / "b.sock") as second:
-            assert await pull(second, hex_digest) == data
+            assert await pull(second, wanted) == data
             counted = await metrics_once(second, "dfdaemon_downloaded_bytes_total:peers")
         served = await metrics(again)
     assert counted["dfdaemon_downloaded_bytes_total:peers"] >= 0.5 * SIZE
