@@ -34,6 +34,7 @@ from proto.pieces import piece_digest
 
 log = logging.getLogger("dfget.peer")
 
+CHECK_BATCH = 64  # pieces checked in one worker-thread call (64 MiB of 1 MiB pieces)
 PARTIAL_SUFFIX = ".partial"
 RECORD_SUFFIX = ".pieces"
 
@@ -108,8 +109,10 @@ async def take_local(
     while len(book.digests) <= held[-1] and book.piece_count is None:
         await book.wait_changed()
     known = [i for i in held if i < len(book.digests)]
-    started = trio.current_time()
-    good = await trio.to_thread.run_sync(_check, book, writer, known)
+    started, good = trio.current_time(), []
+    for at in range(0, len(known), CHECK_BATCH):  # a stop waits for one batch at most
+        batch = known[at : at + CHECK_BATCH]
+        good += await trio.to_thread.run_sync(_check, book, writer, batch)
     log.info(
         "resumed %d of %d recorded pieces (%d bytes) in %.2fs",
         len(good),
