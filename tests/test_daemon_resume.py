@@ -18,11 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
-from dfget.piecelog import PieceLog
-from dfget.resume import partial_paths
-from testkit.origin import FakeOrigin
-from tests.conftest import (
+from conftest import (
     PYTHON,
     STOP_TIMEOUT,
     RunningSupernode,
@@ -31,6 +27,10 @@ from tests.conftest import (
     server_process,
     until,
 )
+
+from dfget.piecelog import PieceLog
+from dfget.resume import partial_paths
+from testkit.origin import FakeOrigin
 
 MiB = 1024 * 1024
 SIZE = 24 * MiB
