@@ -4,10 +4,13 @@ starts from the pieces it verified.
 
 `ResumableOutput` is an `AtomicOutput` whose temp file has a fixed name beside its
 target (`.NAME.partial`), with its record (`.NAME.pieces`, `dfget.piecelog`). It keeps
-both when the download is cancelled (the daemon stopping) and, of course, when the
-process dies; it removes both on any other failure, and the record once the file is
-in place. `take_local` is the attempt's first step when the record names pieces: once
-the supernode's digests for them are in, each is read back and checked (blake3, in a
+both when the download is cancelled (the daemon stopping), fails (the supernode away,
+say) and, of course, when the process dies; it removes both when the whole file turns
+out wrong (`IntegrityError`), and the record once the file is in place. A fallback
+that starts the file over (`reset`) empties the record.
+
+`take_local` is the attempt's first step when the record names pieces: once the
+supernode's digests for them are in, each is read back and checked (blake3, in a
 worker thread), the good ones are counted as written ("local") and claimed to the
 scheduler (`PiecesHeld`), so that only the rest is fetched. A piece whose bytes do not
 match (never synced, damaged, another generation's) is simply fetched again.
@@ -22,6 +25,7 @@ from types import TracebackType
 
 import trio
 
+from dfget.errors import IntegrityError
 from dfget.output import AtomicOutput
 from dfget.piecelog import PieceLog
 from dfget.pieces import PieceBook
@@ -47,13 +51,12 @@ def partial_paths(target: Path) -> tuple[Path, Path]:
     )
 
 
-def _stopped(exc: BaseException | None) -> bool:
-    """Whether the download was stopped (cancelled, interrupted) rather than failed."""
-    if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
-        return True
+def _keeps(exc: BaseException | None) -> bool:
+    """Whether what was written outlives a download that ended with `exc`: yes, unless
+    its bytes turned out wrong (the whole-file digest)."""
     if isinstance(exc, BaseExceptionGroup):
-        return exc.split((trio.Cancelled, KeyboardInterrupt))[1] is None
-    return False
+        return exc.subgroup(IntegrityError) is None
+    return not isinstance(exc, IntegrityError)
 
 
 class ResumableOutput(AtomicOutput):
@@ -74,7 +77,7 @@ class ResumableOutput(AtomicOutput):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if kind is not None and _stopped(exc):
+        if kind is not None and _keeps(exc):
             self._close()
             self.record.close()
             return

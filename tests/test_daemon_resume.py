@@ -68,14 +68,15 @@ class Wanted:
 
 @asynccontextmanager
 async def dfdaemon(
-    data_dir: Path, node: RunningSupernode, origin: FakeOrigin, sock: Path
+    data_dir: Path, node: RunningSupernode | str, origin: FakeOrigin, sock: Path, *flags: str
 ) -> AsyncIterator[ServerProcess]:
     """A real dfdaemon on ephemeral ports, mirroring ORIGIN as its registry; URLs of
-    .bin files through its proxy go P2P."""
+    .bin files through its proxy go P2P (NODE: a supernode, or an address)."""
+    address = node if isinstance(node, str) else node.address
     argv = [PYTHON, "-m", "dfdaemon", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
     argv += ["--registry", origin.url(""), "--peer-listen", "127.0.0.1:0", "--rule", r"\.bin$"]
-    argv += ["--supernode", node.address, "--control-socket", str(sock), "--log-level", "info"]
-    async with server_process(argv, data_dir.with_suffix(".ready")) as server:
+    argv += ["--supernode", address, "--control-socket", str(sock), "--log-level", "info"]
+    async with server_process([*argv, *flags], data_dir.with_suffix(".ready")) as server:
         yield server
 
 
@@ -200,6 +201,21 @@ async def test_a_url_through_the_proxy_resumes_too(
     counted = await resume(tmp_path, node, origin, data, wanted)
     assert counted["dfdaemon_resumed_bytes_total"] == len(held) * PIECE
     assert counted["dfdaemon_downloaded_bytes_total:cdn"] == SIZE - len(held) * PIECE
+
+
+async def test_a_download_that_fails_keeps_what_it_verified(
+    setup: Setup, origin: FakeOrigin, tmp_path: Path, refused_address: str
+) -> None:
+    node, data, wanted = setup
+    held = await half_then_stop(tmp_path, node, origin, wanted, signal.SIGKILL)
+    sock, host = tmp_path / "d.sock", tmp_path / "host"
+    async with dfdaemon(host, refused_address, origin, sock, "--no-back-source") as cut_off:
+        url, _ = wanted.request(cut_off)
+        async with httpx.AsyncClient(timeout=60) as client:
+            assert (await client.get(url)).status_code >= 500  # no supernode, no upstream
+    assert recorded(wanted.target(host)) == held  # the failure kept the partial download
+    counted = await resume(tmp_path, node, origin, data, wanted)
+    assert counted["dfdaemon_resumed_bytes_total"] == len(held) * PIECE
 
 
 async def test_a_piece_damaged_between_the_runs_is_fetched_again(
