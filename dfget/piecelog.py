@@ -43,7 +43,7 @@ class PieceLog:
         self.close()
         held: list[int] = []
         if length is not None and piece_size > 0:
-            held = self._read(piece_size, length)
+            held = self.read(piece_size, length)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
             self._fd = os.open(self.path, flags, 0o600)
@@ -56,7 +56,9 @@ class PieceLog:
             self.close()
         return held
 
-    def _read(self, piece_size: int, length: int) -> list[int]:
+    def read(self, piece_size: int, length: int) -> list[int]:
+        """The pieces the record names for that layout (distinct, in range, in order);
+        none if it was kept for another, or is damaged or missing."""
         count = -(-length // piece_size)
         limit = _HEADER.size + _ENTRY.size * _ENTRIES_PER_PIECE * max(count, 1)
         try:

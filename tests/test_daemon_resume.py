@@ -126,7 +126,7 @@ def recorded(target: Path) -> list[int]:
     """The pieces the record of the partial download of `target` names (this layout)."""
     log = PieceLog(partial_paths(target)[1])
     try:
-        return log._read(PIECE, SIZE)
+        return log.read(PIECE, SIZE)
     finally:
         log.close()
 
