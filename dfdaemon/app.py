@@ -257,6 +257,8 @@ class Daemon:
         self.metrics.downloaded.labels("cdn").inc(result.from_cdn)
         self.metrics.downloaded.labels("peers").inc(result.from_peers)
         self.metrics.downloaded.labels("upstream").inc(result.from_source)
+        resumed = result.sources.get("local")
+        self.metrics.resumed.inc(resumed.bytes if resumed is not None else 0)
         if blob.fell_back:
             self.metrics.fallbacks.inc()
         log.info(

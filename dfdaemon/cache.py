@@ -3,7 +3,9 @@
 A blob is named by its sha256 and kept at `DATA/blobs/sha256/<hex>` once complete and
 verified; a URL download of the forward proxy at `DATA/blobs/urls/<task id>`. While it
 downloads (`downloads.py`: through the peer engine, as a peer of the swarm, or from
-the upstream when P2P fails) it lives in a temp file beside that path; readers stream
+the upstream when P2P fails) it lives in a temp file beside that path (through the
+swarm `.<name>.partial`, kept with its record of verified pieces across a restart, to
+resume from: `partials.py`); readers stream
 from the temp file as its start fills in (`blob.py`), so a client gets bytes while the
 download runs. After the download the engine keeps seeding the blob to other peers
 until the daemon stops. One download per blob at a time, whoever asks.
@@ -31,6 +33,7 @@ from pathlib import Path
 import trio
 
 from common.eviction import StoredTask, plan
+from dfdaemon import partials
 from dfdaemon.blob import READ_CHUNK, Blob, BlobUnavailable, file_key
 from dfdaemon.downloads import DownloadSettings, download_blob, keep_seeding
 from dfdaemon.provenance import Provenance
@@ -90,6 +93,9 @@ class BlobStore:
         for folder in (self.root, self.urls):
             for leftover in folder.glob(".*.dfget-part"):
                 leftover.unlink(missing_ok=True)
+        # Partial downloads stay, to be resumed (`partials.py`), unless already complete.
+        partials.tidy(self.root, lambda name: self.path(name).exists())
+        partials.tidy(self.urls, lambda name: False)  # a URL is always fetched again
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest
@@ -117,6 +123,7 @@ class BlobStore:
         if running is not None:
             running.scope.cancel()
         self.path(hex_digest).unlink(missing_ok=True)
+        partials.remove_partial(self.path(hex_digest))
         self._provenance.forget(hex_digest)
         self._verified.pop(hex_digest, None)
 
@@ -265,12 +272,20 @@ class BlobStore:
             busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
             last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
             stored.append(StoredTask(path.name, stat.st_size, last, in_use=busy))
+        # Partial downloads nobody resumes count too (evicted by path, not returned).
+        stored += partials.idle((self.root, self.urls), self._downloading, now)
         evicted = plan(stored, self.settings.gc, now)
+        for partial in [name for name in evicted if name.startswith("/")]:
+            partials.evict(partial)
+            evicted.remove(partial)
         for hex_digest in evicted:
             self.drop(hex_digest)
             self.last_used.pop(hex_digest, None)
             log.info("gc: evicted blob %s", hex_digest[:12])
         return evicted
+
+    def _downloading(self, name: str) -> bool:
+        return name in self.running or name in self.running_urls
 
     async def _collect_garbage(self) -> None:
         while True:

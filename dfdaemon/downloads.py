@@ -1,7 +1,9 @@
 """One blob's download into the cache, through dfget's peer engine: from the swarm,
 from the upstream when P2P fails (the file reset first: a P2P prefix never meets an
 upstream suffix), then seeded to other peers until the daemon stops, and announced
-again whenever its seeding ends (a supernode restarted, say).
+again whenever its seeding ends (a supernode restarted, say). Through the swarm, what
+it verified outlives the daemon: the partial file and its record of pieces stay beside
+the blob's path, and the next download of it starts from them (`dfget.resume`).
 
 `BlobStore` (`cache.py`) decides which downloads run (one per blob); this module runs
 one, and says when it ends through the store's callbacks.
@@ -31,6 +33,7 @@ from dfget.errors import (
 )
 from dfget.options import PeerOptions, SharedServer
 from dfget.output import AtomicOutput, ExistingOutput
+from dfget.resume import ResumableOutput
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,10 @@ async def download_blob(
         )
 
     try:
-        with AtomicOutput(blob.path, durable=True) as out:
+        # Through the swarm, the partial file outlives the daemon (`dfget.resume`): a
+        # restart resumes from its verified pieces.
+        output = ResumableOutput if settings.supernodes else AtomicOutput
+        with output(blob.path, durable=True) as out:
             blob.out = out
             try:
                 await fetch(out, settings.supernodes)

@@ -40,6 +40,12 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.resumed = Counter(
+            "dfdaemon_resumed_bytes",
+            "Blob bytes a download took from its partial file kept across a restart "
+            "(each piece checked against its digest again), not downloaded",
+            registry=self.registry,
+        )
         self.served = Counter(
             "dfdaemon_served_bytes",
             "Body bytes sent to clients, by kind (blob, passthrough, proxy, dfget)",

@@ -71,11 +71,17 @@ class AtomicOutput:
             raise OutputError(f"{self.target} is a directory")
         if not self.target.parent.is_dir():
             raise OutputError(f"folder {self.target.parent} does not exist")
+        self.fd = self._open_temp()
+        return self
+
+    def _open_temp(self) -> int:
+        return self._open(self.temp, os.O_EXCL)
+
+    def _open(self, path: Path, flags: int) -> int:
         try:
-            self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | flags, 0o644)
         except OSError as exc:
             raise OutputError(f"cannot create a file in {self.target.parent}: {exc}") from exc
-        return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -90,6 +96,18 @@ class AtomicOutput:
             self._wait_for_flush()  # its fd must not be closed (or reused) under it
             os.close(self.fd)
             self.fd = -1
+
+    def resume_from(self, piece_size: int, length: int | None) -> list[int]:
+        """The pieces of that layout an earlier run left in the file (to be checked
+        again): none here; `dfget.resume.ResumableOutput` keeps them."""
+        return []
+
+    def piece_stored(self, index: int) -> None:
+        """A verified piece is written (from a worker thread): nothing to note here."""
+
+    def note_written(self, start: int, end: int) -> None:
+        """Bytes [start, end) are in the file already (resumed): readers may have them."""
+        self._wrote(start, end)
 
     def reset(self) -> None:
         """Forget everything written (before a fallback starts over)."""

@@ -39,6 +39,7 @@ from dfget.options import PeerOptions
 from dfget.output import AtomicOutput
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
+from dfget.resume import take_local
 from dfget.transfers import Transfers, report
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
@@ -160,6 +161,8 @@ class Attempt:
         # checked when it was downloaded, and piece by piece now).
         digest = None if self.options.adopt else self.digest
         writer = PieceWriter(self.out, sealer, registered.piece_size, digest)
+        # Pieces an earlier run of this download left in the file (`dfget.resume`).
+        held = [] if self.options.adopt else self.out.resume_from(book.piece_size, book.length)
         server.share(
             SharedTask(
                 task_id=book.task_id,
@@ -189,7 +192,8 @@ class Attempt:
                         limiter=self.limiter,
                         progress=self.progress,
                     )
-                    nursery.start_soon(partial(transfers.run, readers=nursery))
+                    fetch = partial(self._fetch, control, book, writer, held, transfers)
+                    nursery.start_soon(partial(fetch, readers=nursery))
                 while not book.complete:
                     await book.wait_changed()
                 nursery.cancel_scope.cancel()
@@ -197,6 +201,21 @@ class Attempt:
             raise DownloadTimeout("the download did not finish within --timeout")
         writer.verify_whole()
         return book
+
+    async def _fetch(
+        self,
+        control: FramedStream,
+        book: PieceBook,
+        writer: PieceWriter,
+        held: list[int],
+        transfers: Transfers,
+        *,
+        readers: trio.Nursery,
+    ) -> None:
+        """Take the pieces an earlier run left (checked), then fetch the others."""
+        if held:
+            await take_local(control, book, writer, held, self.progress)
+        await transfers.run(readers=readers)
 
     async def _adopt(self, control: FramedStream, book: PieceBook) -> None:
         """Check the local copy against every piece digest, then claim the pieces

@@ -42,9 +42,18 @@ class PieceWriter:
         if piece_digest(plain) != expected:
             raise PieceCorrupted(self.sealer.task_id, index, "plaintext does not match its digest")
         self.output.write_at(index * self.piece_size, plain)
+        self.output.piece_stored(index)
         if self._hasher is not None:
             self._hash_in_order(index, plain)
         return len(plain)
+
+    def stored_locally(self, index: int, plain: bytes) -> None:
+        """Piece `index` was in the file already, and matches its digest (a resumed
+        download, `dfget.resume`): readers may have it, and the whole-file hash takes it."""
+        offset = index * self.piece_size
+        self.output.note_written(offset, offset + len(plain))
+        if self._hasher is not None:
+            self._hash_in_order(index, memoryview(plain))
 
     def _hash_in_order(self, index: int, plain: memoryview) -> None:
         with self._lock:
