@@ -66,3 +66,18 @@ async def until_closed(
         while (message := await next_message(stream, decoder)) is not None:
             messages.append(message)
     return messages
+
+
+async def connect_through(proxy: str, target: str) -> tuple[trio.SocketStream, bytes]:
+    """A CONNECT to `target` through the proxy at HOST:PORT: the stream, and the
+    answer's head (up to its blank line, and whatever came with it)."""
+    host, _, port = proxy.rpartition(":")
+    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+    await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in head:
+            data = await stream.receive_some(4096)
+            assert data, head
+            head += data
+    return stream, head

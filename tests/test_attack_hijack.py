@@ -18,8 +18,8 @@ import trio
 from conftest import StartDaemon, metric, until
 from cryptography import x509
 from fakenet import FakeNetwork
+from rawwire import connect_through
 
-from common.addresses import parse_listen
 from common.ratelimit import TokenBucket
 from dfdaemon import httpserver
 from dfdaemon.app import Daemon
@@ -44,22 +44,10 @@ def leaves(daemon: Daemon) -> LeafCache:
     return daemon.leaves
 
 
-async def connect(daemon: Daemon, target: str) -> tuple[trio.SocketStream, bytes]:
-    stream = await trio.open_tcp_stream(*parse_listen(daemon.address))
-    await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    with trio.fail_after(10):
-        while b"\r\n\r\n" not in head:
-            data = await stream.receive_some(4096)
-            assert data, head
-            head += data
-    return stream, head
-
-
 async def tls_to(daemon: Daemon, target: str, sni: str) -> trio.SSLStream[trio.SocketStream]:
     """TLS through CONNECT `target`, sending `sni`, trusting the daemon's CA but not
     checking the name (the test looks at what was presented)."""
-    stream, head = await connect(daemon, target)
+    stream, head = await connect_through(daemon.address, target)
     assert head.startswith(b"HTTP/1.1 200"), head
     context = ssl.create_default_context(cadata=ca_pem(daemon))
     context.check_hostname = False
@@ -205,7 +193,7 @@ async def test_minting_for_new_hosts_is_rate_bounded(
     await tls.aclose()
     statuses = []
     for number in range(30):
-        stream, head = await connect(daemon, f"h{number}.test:443")
+        stream, head = await connect_through(daemon.address, f"h{number}.test:443")
         statuses.append(int(head.split()[1]))
         await stream.aclose()
     assert statuses.count(200) <= 6  # the burst left, and what a second refilled

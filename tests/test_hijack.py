@@ -28,6 +28,7 @@ from conftest import StartDaemon, StartSupernode, cli_env, metric, until
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fakenet import FakeNetwork
+from rawwire import connect_through
 from registry import Image, Registry, needs_registry, verify_dir_copy, write_oci_image
 
 from common.addresses import parse_listen
@@ -95,22 +96,9 @@ def hijacker(daemon: Daemon) -> Hijacker:
     return daemon.proxy.hijack
 
 
-async def connect(daemon: Daemon, target: str) -> tuple[trio.SocketStream, bytes]:
-    """A CONNECT to `target` through the daemon: the stream and the answer's head."""
-    stream = await trio.open_tcp_stream(*parse_listen(daemon.address))
-    await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    with trio.fail_after(10):
-        while b"\r\n\r\n" not in head:
-            data = await stream.receive_some(4096)
-            assert data, head
-            head += data
-    return stream, head
-
-
 async def tls_through(daemon: Daemon, target: str, trusted: bytes) -> trio.SSLStream[Any]:
     """TLS through a CONNECT to `target`, trusting only the CA `trusted` (PEM)."""
-    stream, head = await connect(daemon, target)
+    stream, head = await connect_through(daemon.address, target)
     assert head.startswith(b"HTTP/1.1 200"), head
     context = ssl.create_default_context(cadata=trusted.decode())
     tls = trio.SSLStream(stream, context, server_hostname=parse_listen(target)[0])
@@ -333,7 +321,7 @@ async def test_a_connect_that_never_shakes_hands_is_timed_out(
 ) -> None:
     daemon = await hijacking_daemon(start_daemon, start_supernode, tls_registry)
     hijacker(daemon).handshake_timeout = 0.5
-    stream, head = await connect(daemon, tls_registry.named())
+    stream, head = await connect_through(daemon.address, tls_registry.named())
     assert head.startswith(b"HTTP/1.1 200")
     with trio.fail_after(5):  # the daemon closes it: EOF
         assert await stream.receive_some(4096) == b""
@@ -350,9 +338,9 @@ async def test_intercepted_connections_are_bounded(
     hijack = hijacker(daemon)
     hijack.slots.total_tokens = 3
     hijack.handshake_timeout = 2.0
-    held = [await connect(daemon, tls_registry.named()) for _ in range(3)]
+    held = [await connect_through(daemon.address, tls_registry.named()) for _ in range(3)]
     assert all(head.startswith(b"HTTP/1.1 200") for _, head in held)
-    stream, head = await connect(daemon, tls_registry.named())
+    stream, head = await connect_through(daemon.address, tls_registry.named())
     assert head.startswith(b"HTTP/1.1 503"), head  # refused before any TLS or minting
     await stream.aclose()
     assert metric(daemon, "dfdaemon_hijack_failures_total", reason="busy") == 1
