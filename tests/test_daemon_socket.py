@@ -80,7 +80,7 @@ async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
     # gets the file from it.
     two = await fetch(origin.url("/f.bin"), None, daemon_socket=second.socket_path, name="two")
     assert Path(two.output).read_bytes() == data
-    assert two.from_peers > len(data) // 2
+    assert two.from_peers > 0.3 * len(data)  # (at most 4 transfers at once per uploader)
     assert origin.stats["/f.bin"].full_bodies == 1
 
 

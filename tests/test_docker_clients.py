@@ -31,6 +31,11 @@ pytestmark = needs_registry
 MiB = 1 << 20
 
 
+# (*) One peer source serves at most 4 of a downloader's 8 transfers at once (the
+# scheduler's flights_per_source); with a single other host, the CDN's spare link
+# takes about the rest, so "from peers" is about half, not most.
+
+
 class StartDockerd(Protocol):
     """`await start_dockerd(name, **options)` → a running Dockerd under tmp_path/NAME
     (OPTIONS: Dockerd's), stopped, and its files gone, after the test."""
@@ -101,7 +106,7 @@ async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
     cdn, peers, upstream = p2p_bytes(first)
     assert (cdn, upstream) == (total, 0)  # the first host: all from the supernode's CDN
     cdn, peers, upstream = p2p_bytes(second)
-    assert upstream == 0 and peers >= 0.5 * total  # the second: mostly from the first
+    assert upstream == 0 and peers >= 0.3 * total  # the second: much from the first (*)
     assert metric(first, "dfdaemon_uploaded_bytes") >= peers
     # The registry sent each blob once in all, to the supernode.
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
@@ -152,7 +157,7 @@ async def test_podman_pulls_through_the_mirror_p2p(
         await counted(daemon, total)
     assert p2p_bytes(first)[2] == 0
     _, peers, upstream = p2p_bytes(second)
-    assert upstream == 0 and peers >= 0.5 * total
+    assert upstream == 0 and peers >= 0.3 * total  # (*)
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
 
 
@@ -246,5 +251,5 @@ async def test_docker_pulls_a_private_image_with_the_hub_credentials(
         await counted(daemon, total)
         await dockerd.stop()
     cdn, peers, upstream = p2p_bytes(daemon)  # the second host's: from the first, P2P
-    assert upstream == 0 and peers >= 0.5 * total, (cdn, peers)
+    assert upstream == 0 and peers >= 0.3 * total, (cdn, peers)  # (*)
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
