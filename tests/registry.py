@@ -82,6 +82,7 @@ needs_podman = pytest.mark.skipif(
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is installed by `make test`"
 )
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
 needs_libtorrent = pytest.mark.skipif(
     TORRENT_PYTHON is None,

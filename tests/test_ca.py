@@ -87,11 +87,11 @@ def test_leaves_name_their_host_live_briefly_and_are_minted_again(tmp_path: Path
     assert leaves.context("registry.test", now + LEAF_LIFETIME - 2 * LEAF_RENEW) is first
     assert leaves.context("registry.test", now + LEAF_LIFETIME - LEAF_RENEW / 2) is not first
     assert leaves.minted == 2
-    leaves.context("10.0.0.7", now)
-    ip_leaf = leaves.certificate("10.0.0.7")
+    leaves.context("198.18.0.7", now)
+    ip_leaf = leaves.certificate("198.18.0.7")
     assert ip_leaf is not None
     names = ip_leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.7")]
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("198.18.0.7")]
     leaves.context("third.test", now)  # past the size: the least recently used goes
     assert len(leaves) == 2 and leaves.certificate("registry.test") is None
 

@@ -99,11 +99,11 @@ def test_the_password_comes_from_the_url_or_the_file_not_both(tmp_path: Path) ->
 def test_the_advertised_address_is_never_a_wildcard() -> None:
     assert advertised("0.0.0.0", 8002, None, "sn1") == "sn1:8002"
     assert advertised("::", 8002, None, "sn1") == "sn1:8002"
-    assert advertised("10.0.0.5", 8002, None, "sn1") == "10.0.0.5:8002"
+    assert advertised("198.18.0.5", 8002, None, "sn1") == "198.18.0.5:8002"
     assert advertised("0.0.0.0", 8002, "fd00::5", "sn1") == "[fd00::5]:8002"
 
 
-RECORD = Member("0123456789abcdef", "10.0.0.1:8002", "10.0.0.1:8001", 1.7e9, 6.0, "0.1.0")
+RECORD = Member("0123456789abcdef", "198.18.0.1:8002", "198.18.0.1:8001", 1.7e9, 6.0, "0.1.0")
 
 
 @pytest.mark.parametrize(

@@ -276,13 +276,13 @@ def test_the_registry_flags_and_config_tables(
     config_file = tmp_path / "dfdaemon.toml"
     config_file.write_text(
         f'[registries."reg.example"]\nca = "{pki.ca_pem}"\n'
-        f'[registries."10.0.0.5:5443"]\nclient_cert = "{pki.client_cert}"\n'
+        f'[registries."198.18.0.5:5443"]\nclient_cert = "{pki.client_cert}"\n'
         f'client_key = "{pki.client_key}"\n'
     )
     config, _ = cli.resolve_config(cli.build_parser().parse_args(["--config", str(config_file)]))
     assert config.registry_tls == {
         "reg.example": OriginTls(ca=pki.ca_pem),
-        "10.0.0.5:5443": OriginTls(cert=pki.client_cert, key=pki.client_key),
+        "198.18.0.5:5443": OriginTls(cert=pki.client_cert, key=pki.client_key),
     }
     bad = [
         (["--registry-ca", f"reg.example={tmp_path / 'nope'}"], "cannot read"),

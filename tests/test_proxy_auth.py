@@ -170,7 +170,7 @@ def test_a_missing_auth_file_stops_the_daemon_at_start(
     assert "cannot read --proxy-auth-file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "10.1.2.3:65001", "dfdaemon.lan:65001"])
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "198.18.1.2:1", "dfdaemon.lan:65001"])
 def test_an_open_proxy_off_loopback_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
 ) -> None:

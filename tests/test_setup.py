@@ -65,16 +65,16 @@ def test_docker_merges_keeps_a_backup_is_idempotent_and_undoes(
 def test_docker_other_registries_get_the_proxy_drop_in(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    flags = ["--allow-registry", "ghcr.io", "--mirror", "http://10.0.0.7:65001"]
+    flags = ["--allow-registry", "ghcr.io", "--mirror", "http://198.18.0.7:65001"]
     assert setup(tmp_path, "docker", *flags) == 0
     written = json.loads((tmp_path / "docker" / "daemon.json").read_text())
     # off loopback a plain-http mirror must be named insecure
     assert written == {
-        "registry-mirrors": ["http://10.0.0.7:65001"],
-        "insecure-registries": ["10.0.0.7:65001"],
+        "registry-mirrors": ["http://198.18.0.7:65001"],
+        "insecure-registries": ["198.18.0.7:65001"],
     }
     drop_in = tmp_path / "systemd" / "docker.service.d" / "http-proxy.conf"
-    assert 'Environment="HTTPS_PROXY=http://10.0.0.7:65001"' in drop_in.read_text()
+    assert 'Environment="HTTPS_PROXY=http://198.18.0.7:65001"' in drop_in.read_text()
     assert "systemctl daemon-reload && systemctl restart docker" in capsys.readouterr().out
     assert setup(tmp_path, "docker", *flags, "--undo") == 0
     assert files(tmp_path) == {}  # both were created by setup: both gone
