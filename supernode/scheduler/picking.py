@@ -39,9 +39,9 @@ def assign(
 ) -> list[Assignment]:
     """Up to `want` new assignments for `member`, launched; [] if none is possible now.
 
-    In a saturated swarm most calls find nothing (news wakes every held request), so
-    those are answered first, from whole sets: what the downloader wants against what
-    some source may serve now, before any piece is tried.
+    In a saturated swarm most calls find nothing (news wakes held requests that may
+    not be able to use it), so those are answered first, from whole sets: what the
+    downloader wants against what some source may serve now, before any piece is tried.
     """
     cdn_free = ledger.cdn_free(member.peer)
     pool = task.pool
