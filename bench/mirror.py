@@ -54,10 +54,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -186,6 +187,28 @@ HOST = {"direct": None, "cold": "A", "second": "B"}  # the daemon on the pulling
 OURS = ("supernode", "A", "B")
 
 
+class Timed(Protocol):
+    """A pull, as far as print_run reads it."""
+
+    seconds: float
+
+
+def print_run(
+    run: int,
+    names: Mapping[str, str],
+    pulls: Mapping[str, Sequence[Timed]],
+    sent: Mapping[str, Sequence[int]],
+) -> None:
+    """One run's line: each kind's (named by `names`) last pull and registry bytes."""
+    print(
+        (f"run {run}: " if run else "warm-up run (not counted): ")
+        + ", ".join(f"{name} {pulls[kind][-1].seconds:.2f}s" for kind, name in names.items())
+        + "; registry blob bytes "
+        + "/".join(str(sent[kind][-1]) for kind in names),
+        flush=True,
+    )
+
+
 async def bench(args: argparse.Namespace) -> int:
     layers = [int(x) * MiB for x in args.layers_mib.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dfpy-mirror-"))
@@ -211,12 +234,7 @@ async def bench(args: argparse.Namespace) -> int:
                         root = run_dir / f"ctd-{kind}"
                         pulls[kind].append(await pull(registry, root, mirror, size, pids))
                         registry_bytes[kind].append(registry.blob_bytes() - before)
-                print(
-                    (f"run {run}: " if run else "warm-up run (not counted): ")
-                    + ", ".join(f"{KINDS[kind]} {pulls[kind][-1].seconds:.2f}s" for kind in KINDS)
-                    + "; registry blob bytes "
-                    + "/".join(str(registry_bytes[kind][-1]) for kind in KINDS)
-                )
+                print_run(run, KINDS, pulls, registry_bytes)
                 if not run:  # the first pulls pay for cold memory and first imports
                     pulls = {kind: [] for kind in KINDS}
                     registry_bytes = {kind: [] for kind in KINDS}

@@ -60,7 +60,7 @@ from bench.common import (
     free_hot_memory,
     median,
 )
-from bench.mirror import CORES, HOST, KINDS, OURS, SAMPLE_EVERY, mirror_hosts
+from bench.mirror import CORES, HOST, KINDS, OURS, SAMPLE_EVERY, mirror_hosts, print_run
 from testkit.dockerd import DOCKER, Dockerd, diff_ids
 from testkit.podman import Podman
 from testkit.registry import Image, Registry, write_oci_image
@@ -278,13 +278,7 @@ async def bench(args: argparse.Namespace) -> int:
                             done = await podman_pull(root, bare, registry, image, pids)
                         pulls[kind].append(done)
                         registry_bytes[kind].append(registry.blob_bytes() - before)
-                print(
-                    (f"run {run}: " if run else "warm-up run (not counted): ")
-                    + ", ".join(f"{KINDS[kind]} {pulls[kind][-1].seconds:.2f}s" for kind in KINDS)
-                    + "; registry blob bytes "
-                    + "/".join(str(registry_bytes[kind][-1]) for kind in KINDS),
-                    flush=True,
-                )
+                print_run(run, KINDS, pulls, registry_bytes)
                 if not run:
                     pulls = {kind: [] for kind in KINDS}
                     registry_bytes = {kind: [] for kind in KINDS}

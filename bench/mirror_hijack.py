@@ -68,7 +68,7 @@ from bench.common import (
     median,
     supernode_process,
 )
-from bench.mirror import CORES, Pull, busy_until, ctr_phases, floor, sample_busy
+from bench.mirror import CORES, Pull, busy_until, ctr_phases, floor, print_run, sample_busy
 from testkit.dockerd import DOCKER, Dockerd, diff_ids
 from testkit.mountns import hosts_file, in_private_mounts
 from testkit.registry import CTR, Containerd, Image, Registry, write_oci_image
@@ -304,13 +304,7 @@ async def measure(args: argparse.Namespace) -> Results:
                         daemons = hosts[0].values()
                         if (way == "hijack") != all(intercepted(host) > 0 for host in daemons):
                             raise RuntimeError(f"the {way} pulls went another way")
-                print(
-                    (f"run {run}: " if run else "warm-up run (not counted): ")
-                    + ", ".join(f"{KINDS[k][0]} {pulls[k][-1].seconds:.2f}s" for k in KINDS)
-                    + "; registry blob bytes "
-                    + "/".join(str(sent[k][-1]) for k in KINDS),
-                    flush=True,
-                )
+                print_run(run, {kind: names[0] for kind, names in KINDS.items()}, pulls, sent)
                 if not run:
                     pulls = {kind: [] for kind in KINDS}
                     sent = {kind: [] for kind in KINDS}
