@@ -72,6 +72,7 @@ from bench.mirror import CORES, Pull, busy_until, ctr_phases, floor, print_run, 
 from testkit.dockerd import DOCKER, Dockerd, diff_ids
 from testkit.mountns import hosts_file, in_private_mounts
 from testkit.registry import CTR, Containerd, Image, Registry, write_oci_image
+from testkit.tlsregistry import server_files
 
 NAME = "registry.test"
 REFERENCE = "bench/img:1"
@@ -99,10 +100,8 @@ class TlsRegistry:
 async def tls_registry(work: Path, nursery: trio.Nursery) -> TlsRegistry:
     """docker-registry over https (a trustme CA), and the prefix naming it."""
     ca = trustme.CA()
-    leaf = ca.issue_cert(NAME)
     cert, key, ca_file = work / "registry.crt", work / "registry.key", work / "registry-ca.pem"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
+    server_files(ca, [NAME], cert, key)
     ca.cert_pem.write_to_path(str(ca_file))
     server = Registry(work / "registry", tls=(cert, key))
     await server.start(nursery)

@@ -28,10 +28,8 @@ class TestPki:
         self.ca = trustme.CA(organization_name=f"dragonfly-py {name} CA")
         self.ca_pem = root / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_pem))
-        server = self.ca.issue_cert("127.0.0.1", "localhost")
         self.server_cert, self.server_key = root / "server.pem", root / "server.key"
-        _write_chain(server, self.server_cert)
-        server.private_key_pem.write_to_path(str(self.server_key))
+        server_files(self.ca, ["127.0.0.1", "localhost"], self.server_cert, self.server_key)
         client = self.ca.issue_cert("dfdaemon-client")
         self.client_cert, self.client_key = root / "client.pem", root / "client.key"
         _write_chain(client, self.client_cert)
@@ -51,6 +49,14 @@ class TestPki:
 
 def _write_chain(cert: trustme.LeafCert, path: Path) -> None:
     path.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+
+
+def server_files(ca: trustme.CA, names: Sequence[str], cert: Path, key: Path) -> None:
+    """A certificate `ca` signs for `names`, written as a chain to `cert`, its key to
+    `key` (what docker-registry's `http.tls` and a daemon's `--tls-cert` take)."""
+    leaf = ca.issue_cert(*names)
+    _write_chain(leaf, cert)
+    leaf.private_key_pem.write_to_path(str(key))
 
 
 class TlsRegistry(Registry):

@@ -33,6 +33,7 @@ from common.addresses import parse_listen
 from common.tlsfiles import OriginTls
 from dfdaemon.app import Daemon
 from testkit.dockerd import verify_docker_pull
+from testkit.tlsregistry import server_files
 
 pytestmark = [needs_registry, needs_dockerd]
 __all__ = ["start_dockerd"]  # the fixture, used here by name
@@ -62,10 +63,8 @@ async def tls_registry(
     """docker-registry over https (its own http.tls, a trustme CA) holding team/app:1;
     the test network names it registry.test."""
     ca = trustme.CA()
-    leaf = ca.issue_cert(NAME)
     cert, key = tmp_path / "registry.crt", tmp_path / "registry.key"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
+    server_files(ca, [NAME], cert, key)
     server = Registry(tmp_path / "registry", tls=(cert, key))
     await server.start(nursery)
     # Large enough layers that the second host gets them from the first, not the CDN.

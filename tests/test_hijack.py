@@ -35,6 +35,7 @@ from common.addresses import parse_listen
 from dfdaemon.app import Daemon
 from dfdaemon.hijack import Hijacker
 from testkit.registry import SKOPEO
+from testkit.tlsregistry import server_files
 
 pytestmark = needs_registry
 MiB = 1 << 20
@@ -64,10 +65,8 @@ async def tls_registry(
     """docker-registry over https (its own http.tls) with an image; the test network
     names it; its CA is the one trusted for upstreams (SSL_CERT_FILE)."""
     ca = trustme.CA()
-    leaf = ca.issue_cert(NAME, OTHER, "127.0.0.1")
     cert, key = tmp_path / "registry.crt", tmp_path / "registry.key"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
+    server_files(ca, [NAME, OTHER, "127.0.0.1"], cert, key)
     server = Registry(tmp_path / "registry", tls=(cert, key))
     await server.start(nursery)
     image = write_oci_image(tmp_path / "image", [3 * MiB, 2 * MiB])
