@@ -13,11 +13,13 @@ name registries; `origin_patterns` turns them into httpx mount patterns.
 
 from __future__ import annotations
 
+import argparse
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from common import argtypes
 from common.addresses import format_address, parse_listen
 
 
@@ -72,6 +74,43 @@ def add_ca(table: dict[str, OriginTls], host: str, ca: Path) -> None:
 
 def add_client_cert(table: dict[str, OriginTls], host: str, cert: Path, key: Path) -> None:
     table[host] = replace(table.get(host, OriginTls()), cert=cert, key=key)
+
+
+def tls_arguments(group: argparse._ActionsContainer, flag: str, what: str) -> None:
+    """`--FLAG-ca HOST=FILE` and `--FLAG-client-cert HOST=CERT,KEY` (repeatable; unset
+    they are None), for the daemon's registries and the supernode's origins; `what`
+    names the hosts in the help. `tls_table` folds what they give into a table."""
+    group.add_argument(
+        f"--{flag}-ca",
+        type=argtypes.argument_type(parse_ca, "HOST=FILE"),
+        action="append",
+        metavar="HOST[:PORT]=FILE",
+        help=f"trust this CA bundle (PEM) for that {what}, on top of the system's and "
+        "SSL_CERT_FILE (repeatable; HOST alone: any port)",
+    )
+    group.add_argument(
+        f"--{flag}-client-cert",
+        type=argtypes.argument_type(parse_client_cert, "HOST=CERT,KEY"),
+        action="append",
+        metavar="HOST[:PORT]=CERT,KEY",
+        help=f"present this client certificate and key (PEM) to that {what}: mutual TLS "
+        "(repeatable)",
+    )
+
+
+def tls_table(
+    cas: Iterable[tuple[str, Path]] | None,
+    certs: Iterable[tuple[str, Path, Path]] | None,
+    table: Mapping[str, OriginTls] | None = None,
+) -> dict[str, OriginTls]:
+    """`table` (a config file's, say) with the flags' CAs and client certificates over
+    it, host by host."""
+    result = dict(table or {})
+    for host, ca in cas or ():
+        add_ca(result, host, ca)
+    for host, cert, key in certs or ():
+        add_client_cert(result, host, cert, key)
+    return result
 
 
 def client_context(tls: OriginTls, *, insecure: bool = False, what: str = "") -> ssl.SSLContext:

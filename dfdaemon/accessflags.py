@@ -10,16 +10,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common import argtypes
 from common.tlsfiles import (
     OriginTls,
     add_ca,
     add_client_cert,
     client_contexts,
     host_key,
-    parse_ca,
-    parse_client_cert,
     server_context,
+    tls_arguments,
+    tls_table,
 )
 from dfdaemon.proxyauth import check_open_proxy, load_htpasswd
 
@@ -55,22 +54,7 @@ def access_tls_arguments(parser: argparse.ArgumentParser) -> None:
         "after it); needs --tls-key",
     )
     group.add_argument("--tls-key", type=Path, metavar="FILE", help="the key of --tls-cert (PEM)")
-    group.add_argument(
-        "--registry-ca",
-        type=argtypes.argument_type(parse_ca, "HOST=FILE"),
-        action="append",
-        metavar="HOST[:PORT]=FILE",
-        help="trust this CA bundle (PEM) for that registry, on top of the system's "
-        "(repeatable; HOST alone: any port)",
-    )
-    group.add_argument(
-        "--registry-client-cert",
-        type=argtypes.argument_type(parse_client_cert, "HOST=CERT,KEY"),
-        action="append",
-        metavar="HOST[:PORT]=CERT,KEY",
-        help="present this client certificate and key (PEM) to that registry: mutual "
-        "TLS (repeatable)",
-    )
+    tls_arguments(group, "registry", "registry")
 
 
 def registry_tables(value: object) -> dict[str, OriginTls]:
@@ -96,11 +80,11 @@ def registry_tables(value: object) -> dict[str, OriginTls]:
 
 def access_tls_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """DaemonConfig's access and TLS fields from flags over the config file."""
-    table = dict(settings.get("registry_tls", {}))
-    for host, ca in settings.get("registry_ca", ()):
-        add_ca(table, host, ca)
-    for host, cert, key in settings.get("registry_client_cert", ()):
-        add_client_cert(table, host, cert, key)
+    table = tls_table(
+        settings.get("registry_ca"),
+        settings.get("registry_client_cert"),
+        settings.get("registry_tls"),
+    )
     return {
         "proxy_auth_file": settings.get("proxy_auth_file"),
         "proxy_open": bool(settings.get("proxy_open", False)),

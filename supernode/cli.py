@@ -14,14 +14,7 @@ from common.addresses import format_address
 from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
-from common.tlsfiles import (
-    OriginTls,
-    add_ca,
-    add_client_cert,
-    client_contexts,
-    parse_ca,
-    parse_client_cert,
-)
+from common.tlsfiles import client_contexts, tls_arguments, tls_table
 from common.tokens import read_token
 from supernode import __version__
 from supernode.admin.realms import RealmHost
@@ -91,24 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not verify origin TLS certificates (default: verify with system CAs)",
     )
-    parser.add_argument(
-        "--origin-ca",
-        type=argtypes.argument_type(parse_ca, "HOST=FILE"),
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]=FILE",
-        help="trust this CA bundle (PEM) for that origin or registry, on top of the "
-        "system's and SSL_CERT_FILE (repeatable; HOST alone: any port)",
-    )
-    parser.add_argument(
-        "--origin-client-cert",
-        type=argtypes.argument_type(parse_client_cert, "HOST=CERT,KEY"),
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]=CERT,KEY",
-        help="present this client certificate and key (PEM) to that origin: mutual TLS "
-        "(repeatable)",
-    )
+    tls_arguments(parser, "origin", "origin or registry")
     parser.add_argument(
         "--origin-timeout",
         type=float,
@@ -290,11 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             low=args.store_low_watermark,
             ttl=args.task_ttl,
         )
-        origin_tls: dict[str, OriginTls] = {}
-        for origin, ca in args.origin_ca:  # (not `host`: that is the listen address's)
-            add_ca(origin_tls, origin, ca)
-        for origin, cert, key in args.origin_client_cert:
-            add_client_cert(origin_tls, origin, cert, key)
+        origin_tls = tls_table(args.origin_ca, args.origin_client_cert)
         client_contexts(origin_tls, insecure=args.insecure, flag="origin")  # checks the files
         check_cluster_flags(args)
         prepare_ready_file(args.ready_file)
