@@ -35,7 +35,7 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.mirror import Mirror
 from dfdaemon.registry import Target
 from dfdaemon.trust import origin_of
-from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from dfdaemon.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,7 @@ class Hijacker:
             return
         self.metrics.requests.labels("hijack_passthrough").inc()
         try:
-            await self.upstream.relay(request, f"{base}{request.target}", reply)
-        except UpstreamDenied as exc:
-            log.warning("hijack: %s", exc)
-            await reply.simple(403, f"{exc}\n".encode(), "text/plain")
-        except UpstreamError as exc:
-            log.info("hijack: %s", exc)
-            if not reply.started:
-                await reply.simple(502, f"upstream unreachable: {exc}\n".encode(), "text/plain")
+            await self.upstream.pass_through(request, f"{base}{request.target}", reply, "hijack")
         finally:
             self.metrics.served.labels("passthrough").inc(reply.bytes_sent)
 
