@@ -30,7 +30,7 @@ import trio
 
 from common.addresses import format_address
 from dfdaemon.ca import LeafCache, MintingBusy
-from dfdaemon.httpserver import Reply, Request, serve_connection
+from dfdaemon.httpserver import HANDSHAKE_TIMEOUT, Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.mirror import Mirror
 from dfdaemon.registry import Target
@@ -39,7 +39,6 @@ from dfdaemon.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
 MAX_INTERCEPTED = 128  # intercepted connections held at once
 # A host name as a certificate may carry it: letters, digits, hyphens, dots.
 _DNS_NAME = re.compile(
