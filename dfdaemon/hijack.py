@@ -30,16 +30,15 @@ import trio
 
 from common.addresses import format_address
 from dfdaemon.ca import LeafCache, MintingBusy
-from dfdaemon.httpserver import Reply, Request, serve_connection
+from dfdaemon.httpserver import HANDSHAKE_TIMEOUT, Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.mirror import Mirror
 from dfdaemon.registry import Target
 from dfdaemon.trust import origin_of
-from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from dfdaemon.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
 MAX_INTERCEPTED = 128  # intercepted connections held at once
 # A host name as a certificate may carry it: letters, digits, hyphens, dots.
 _DNS_NAME = re.compile(
@@ -153,14 +152,7 @@ class Hijacker:
             return
         self.metrics.requests.labels("hijack_passthrough").inc()
         try:
-            await self.upstream.relay(request, f"{base}{request.target}", reply)
-        except UpstreamDenied as exc:
-            log.warning("hijack: %s", exc)
-            await reply.simple(403, f"{exc}\n".encode(), "text/plain")
-        except UpstreamError as exc:
-            log.info("hijack: %s", exc)
-            if not reply.started:
-                await reply.simple(502, f"upstream unreachable: {exc}\n".encode(), "text/plain")
+            await self.upstream.pass_through(request, f"{base}{request.target}", reply, "hijack")
         finally:
             self.metrics.served.labels("passthrough").inc(reply.bytes_sent)
 

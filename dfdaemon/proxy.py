@@ -30,7 +30,7 @@ from dfdaemon.hijack import Hijacker
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.sharing import JoinRefused, url_download
-from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import UsageError
 from proto.io import STREAM_ERRORS
@@ -78,14 +78,7 @@ class Proxy:
 
     async def _relay(self, request: Request, reply: Reply) -> None:
         try:
-            await self.upstream.relay(request, request.target, reply)
-        except UpstreamDenied as exc:
-            log.warning("proxy: %s", exc)
-            await reply.simple(403, f"{exc}\n".encode(), "text/plain")
-        except UpstreamError as exc:
-            log.info("proxy: %s", exc)
-            if not reply.started:
-                await reply.simple(502, f"origin unreachable: {exc}\n".encode(), "text/plain")
+            await self.upstream.pass_through(request, request.target, reply, "proxy")
         finally:
             self.metrics.served.labels("proxy").inc(reply.bytes_sent)
 

@@ -125,6 +125,20 @@ class Upstream:
             await response.aclose()
         return response.status_code
 
+    async def pass_through(self, request: Request, url: str, reply: Reply, who: str) -> None:
+        """`relay`, its failures answered in plain text (403 for an address the policy
+        denies, 502 if the origin cannot be reached and nothing was sent yet); `who`
+        prefixes the log line."""
+        try:
+            await self.relay(request, url, reply)
+        except UpstreamDenied as exc:
+            log.warning("%s: %s", who, exc)
+            await reply.simple(403, f"{exc}\n".encode(), "text/plain")
+        except UpstreamError as exc:
+            log.info("%s: %s", who, exc)
+            if not reply.started:
+                await reply.simple(502, f"origin unreachable: {exc}\n".encode(), "text/plain")
+
     async def head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """HEAD `url` with the client's headers (but its range and conditions: this asks
         about access, not content), redirects followed (to storage)."""
