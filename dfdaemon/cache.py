@@ -273,9 +273,10 @@ class BlobStore:
             last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
             stored.append(StoredTask(path.name, stat.st_size, last, in_use=busy))
         # Partial downloads nobody resumes count too (evicted by path, not returned).
-        stored += partials.idle((self.root, self.urls), self._downloading, now)
-        evicted = plan(stored, self.settings.gc, now)
-        for partial in [name for name in evicted if name.startswith("/")]:
+        idle = partials.idle((self.root, self.urls), self._downloading, now)
+        evicted = plan(stored + idle, self.settings.gc, now)
+        named = {task.task_id for task in idle}  # (a relative data dir's paths lack a "/")
+        for partial in [name for name in evicted if name in named]:
             partials.evict(partial)
             evicted.remove(partial)
         for hex_digest in evicted:
