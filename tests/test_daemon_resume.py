@@ -270,5 +270,6 @@ async def test_a_cached_blob_is_announced_again_after_a_restart(
             assert await pull(second, wanted) == data
             counted = await metrics_once(second, "dfdaemon_downloaded_bytes_total:peers")
         served = await metrics(again)
-    assert counted["dfdaemon_downloaded_bytes_total:peers"] >= 0.5 * SIZE
+    # (one peer source serves at most 4 of the 8 transfers at once: flights_per_source)
+    assert counted["dfdaemon_downloaded_bytes_total:peers"] >= 0.3 * SIZE
     assert served["dfdaemon_uploaded_bytes"] > 0  # the restarted daemon served them
