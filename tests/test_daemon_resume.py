@@ -20,6 +20,7 @@ import pytest
 import trio
 from conftest import (
     PYTHON,
+    SCARCE_CDN,
     STOP_TIMEOUT,
     RunningSupernode,
     ServerProcess,
@@ -169,12 +170,18 @@ Setup = tuple[RunningSupernode, bytes, Wanted]
 
 
 @pytest.fixture
-async def setup(origin: FakeOrigin, start_supernode: StartSupernode) -> Setup:
-    """A supernode, and a blob on the rate-limited origin (asked through the mirror)."""
+def slow_blob(origin: FakeOrigin) -> tuple[bytes, Wanted]:
+    """A blob on the rate-limited origin (asked through the mirror)."""
     data, hex_digest = blob(1)
     wanted = Wanted(f"/v2/test/blobs/sha256:{hex_digest}")
     origin.add(wanted.path, data, rate=RATE)
-    return await start_supernode(), data, wanted
+    return data, wanted
+
+
+@pytest.fixture
+async def setup(slow_blob: tuple[bytes, Wanted], start_supernode: StartSupernode) -> Setup:
+    """A supernode, and a blob on the rate-limited origin (asked through the mirror)."""
+    return await start_supernode(), *slow_blob
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -251,9 +258,14 @@ async def test_a_damaged_record_costs_its_pieces_not_the_download(
 
 
 async def test_a_cached_blob_is_announced_again_after_a_restart(
-    setup: Setup, origin: FakeOrigin, tmp_path: Path, short_dir: Path
+    slow_blob: tuple[bytes, Wanted],
+    start_supernode: StartSupernode,
+    origin: FakeOrigin,
+    tmp_path: Path,
+    short_dir: Path,
 ) -> None:
-    node, data, wanted = setup
+    data, wanted = slow_blob
+    node = await start_supernode(**SCARCE_CDN)
     origin.add(wanted.path, data)  # no rate: quick
     host = tmp_path / "host"
     async with dfdaemon(host, node, origin, short_dir / "a.sock") as first:
@@ -270,6 +282,5 @@ async def test_a_cached_blob_is_announced_again_after_a_restart(
             assert await pull(second, wanted) == data
             counted = await metrics_once(second, "dfdaemon_downloaded_bytes_total:peers")
         served = await metrics(again)
-    # (one peer source serves at most 4 of the 8 transfers at once: flights_per_source)
-    assert counted["dfdaemon_downloaded_bytes_total:peers"] >= 0.3 * SIZE
+    assert counted["dfdaemon_downloaded_bytes_total:peers"] >= 0.5 * SIZE  # (SCARCE_CDN)
     assert served["dfdaemon_uploaded_bytes"] > 0  # the restarted daemon served them

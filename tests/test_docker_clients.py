@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import pytest
 import trio
-from conftest import StartDaemon, StartRegistry, StartSupernode, metric, until
+from conftest import SCARCE_CDN, StartDaemon, StartRegistry, StartSupernode, metric, until
 from registry import (
     Containerd,
     Image,
@@ -31,9 +31,8 @@ pytestmark = needs_registry
 MiB = 1 << 20
 
 
-# (*) One peer source serves at most 4 of a downloader's 8 transfers at once (the
-# scheduler's flights_per_source); with a single other host, the CDN's spare link
-# takes about the rest, so "from peers" is about half, not most.
+# (*) The supernode's CDN link is slower than a peer's (conftest.SCARCE_CDN), as in a
+# real swarm: the second host takes most of its pieces from the first.
 
 
 class StartDockerd(Protocol):
@@ -88,7 +87,7 @@ async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
     tmp_path: Path,
 ) -> None:
     image = await hub_image(registry, tmp_path, [8, 6])  # the second host: from the first
-    node = await start_supernode()
+    node = await start_supernode(**SCARCE_CDN)
     first = await start_daemon("host1", registry, node)
     second = await start_daemon("host2", registry, node)
     total = sum(image.sizes.values())
@@ -106,7 +105,7 @@ async def test_docker_pulls_a_hub_name_through_the_mirror_p2p(
     cdn, peers, upstream = p2p_bytes(first)
     assert (cdn, upstream) == (total, 0)  # the first host: all from the supernode's CDN
     cdn, peers, upstream = p2p_bytes(second)
-    assert upstream == 0 and peers >= 0.3 * total  # the second: much from the first (*)
+    assert upstream == 0 and peers >= 0.5 * total  # the second: much from the first (*)
     assert metric(first, "dfdaemon_uploaded_bytes") >= peers
     # The registry sent each blob once in all, to the supernode.
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
@@ -138,7 +137,7 @@ async def test_podman_pulls_through_the_mirror_p2p(
     image = write_oci_image(tmp_path / "image", [8 * MiB, 6 * MiB])
     await registry.push(image, "team/app:1")
     reference = f"{registry.address}/team/app:1"
-    node = await start_supernode()
+    node = await start_supernode(**SCARCE_CDN)
     first = await start_daemon("host1", registry, node)
     second = await start_daemon("host2", registry, node)
     total = sum(image.sizes.values())
@@ -157,7 +156,7 @@ async def test_podman_pulls_through_the_mirror_p2p(
         await counted(daemon, total)
     assert p2p_bytes(first)[2] == 0
     _, peers, upstream = p2p_bytes(second)
-    assert upstream == 0 and peers >= 0.3 * total  # (*)
+    assert upstream == 0 and peers >= 0.5 * total  # (*)
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
 
 
@@ -231,7 +230,7 @@ async def test_docker_pulls_a_private_image_with_the_hub_credentials(
     registry = await start_registry("private", users={"alice": "wonderland"})
     image = write_oci_image(tmp_path / "image", [8 * MiB, 6 * MiB])
     await registry.push(image, "library/app:1", creds="alice:wonderland")
-    node = await start_supernode()
+    node = await start_supernode(**SCARCE_CDN)
     total = sum(image.sizes.values())
     for name in ("host1", "host2"):
         daemon = await start_daemon(name, registry, node)
@@ -251,5 +250,5 @@ async def test_docker_pulls_a_private_image_with_the_hub_credentials(
         await counted(daemon, total)
         await dockerd.stop()
     cdn, peers, upstream = p2p_bytes(daemon)  # the second host's: from the first, P2P
-    assert upstream == 0 and peers >= 0.3 * total, (cdn, peers)  # (*)
+    assert upstream == 0 and peers >= 0.5 * total, (cdn, peers)  # (*)
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}

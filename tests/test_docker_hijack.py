@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from conftest import StartDaemon, StartSupernode, cli_env, metric, until
+from conftest import SCARCE_CDN, StartDaemon, StartSupernode, cli_env, metric, until
 from fakenet import FakeNetwork
 from registry import Image, Registry, needs_dockerd, needs_registry, write_oci_image
 from test_docker_clients import StartDockerd, counted, p2p_bytes, start_dockerd
@@ -43,9 +43,8 @@ HUB = "registry-1.docker.io"  # the daemons' --registry (their default): never r
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's (ca-certificates)
 
 
-# (*) One peer source serves at most 4 of a downloader's 8 transfers at once (the
-# scheduler's flights_per_source); with a single other host, the CDN's spare link
-# takes about the rest, so "from peers" is about half, not most.
+# (*) The supernode's CDN link is slower than a peer's (conftest.SCARCE_CDN), as in a
+# real swarm: the second host takes most of its pieces from the first.
 
 
 @dataclass
@@ -106,7 +105,7 @@ async def test_docker_pulls_a_non_hub_image_through_the_https_proxy_p2p(
     image = tls_registry.image
     reference = f"{tls_registry.named}/team/app:1"
     total = sum(image.sizes.values())
-    node = await start_supernode(origin_tls=tls_registry.tls)
+    node = await start_supernode(origin_tls=tls_registry.tls, **SCARCE_CDN)
     config = {
         "hijack": (r"registry\.test",),
         "allow_registries": (tls_registry.named,),
@@ -148,7 +147,7 @@ async def test_docker_pulls_a_non_hub_image_through_the_https_proxy_p2p(
     assert metric(second, "dfdaemon_served_bytes_total", kind="blob") == total
     await counted(second, total)
     _, peers, upstream = p2p_bytes(second)
-    assert upstream == 0 and peers >= 0.3 * total, p2p_bytes(second)  # (*)
+    assert upstream == 0 and peers >= 0.5 * total, p2p_bytes(second)  # (*)
     assert metric(first, "dfdaemon_uploaded_bytes") >= peers
     await docker2.stop()
     # The registry sent each blob once in all, to the supernode.

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 from conftest import (
+    SCARCE_CDN,
     RunningSupernode,
     RunningSupernodeAddress,
     StartDaemon,
@@ -39,9 +40,8 @@ pytestmark = needs_registry
 MiB = 1 << 20
 
 
-# (*) One peer source serves at most 4 of a downloader's 8 transfers at once (the
-# scheduler's flights_per_source); with a single other host, the CDN's spare link
-# takes about the rest, so "from peers" is about half, not most.
+# (*) The supernode's CDN link is slower than a peer's (conftest.SCARCE_CDN), as in a
+# real swarm: the second host takes most of its pieces from the first.
 
 
 def downloaded(daemon: Daemon) -> float:
@@ -72,7 +72,7 @@ def one_image(
     async def start(layers_mib: list[int], **config: Any) -> tuple[Image, RunningSupernode, Daemon]:
         image = write_oci_image(tmp_path / "image", [size * MiB for size in layers_mib])
         await registry.push(image, "test/img:1")
-        node = await start_supernode()
+        node = await start_supernode(**SCARCE_CDN)
         return image, node, await start_daemon("host1", registry, node, **config)
 
     return start
@@ -151,7 +151,7 @@ async def test_the_second_host_gets_its_layers_from_the_first(
     assert from_peers + from_cdn == total
     # The first host's daemon served most of it; the CDN may win an endgame race or two
     # (a duplicate of one of the last pieces), nothing more.
-    assert from_peers >= 0.3 * total  # (*)
+    assert from_peers >= 0.5 * total  # (*)
     assert metric(first, "dfdaemon_uploaded_bytes") >= from_peers
     # The registry sent each blob's bytes once in total, for both hosts.
     assert registry.blob_gets() == {digest: 1 for digest in image.blobs}
@@ -371,7 +371,7 @@ async def test_after_a_restart_the_daemon_seeds_its_cache_again(
     total = sum(image.sizes[layer] for layer in image.layers)
     # Counted when each download ends, which may be just after the answer's last byte.
     await until(lambda: downloaded(second) == total)
-    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.3 * total
+    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.5 * total
     assert metric(again, "dfdaemon_uploaded_bytes") > 0  # the restarted daemon served them
     assert {d: n for d, n in registry.blob_gets().items() if d in image.layers} == {
         layer: 1 for layer in image.layers
@@ -428,14 +428,14 @@ async def test_after_its_supernode_restarts_the_daemon_seeds_again(
     image = write_oci_image(tmp_path / "image", [16 * MiB])
     await registry.push(image, "test/img:1")
     layer = image.layers[0]
-    node = await start_supernode(data_dir=tmp_path / "store")
+    node = await start_supernode(data_dir=tmp_path / "store", **SCARCE_CDN)
     port = int(node.address.rsplit(":", 1)[1])
     first = await start_daemon("host1", registry, node, reseed_delay=0.2)
     async with httpx.AsyncClient(timeout=60) as client:
         url = f"http://{first.address}/v2/test/img/blobs/{layer}"
         assert (await client.get(url)).status_code == 200
     await node.stop()  # the supernode restarts, on the same address and store
-    again = await start_supernode(data_dir=tmp_path / "store", port=port)
+    again = await start_supernode(data_dir=tmp_path / "store", port=port, **SCARCE_CDN)
     scheduler = again.node.scheduler
 
     def announced() -> bool:
@@ -450,5 +450,5 @@ async def test_after_its_supernode_restarts_the_daemon_seeds_again(
     size = image.sizes[layer]
     # Counted when each download ends, which may be just after the answer's last byte.
     await until(lambda: downloaded(second) == size)
-    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.3 * size  # (*)
+    assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.5 * size  # (*)
     assert registry.blob_gets() == {layer: 1}
