@@ -2,9 +2,11 @@
 
 `download(request)` ranks the supernodes for the task (rendezvous hashing) and runs an
 attempt through each in turn (`dfget/peer.py`: the peer in the swarm) until one
-succeeds; a file that changes upstream mid-way is started over once. No supernode
-reachable: straight from the origin, unless back-to-source is off. The output appears
-atomically or not at all.
+succeeds. A supernode lost mid-way (a failover) costs nothing already verified: the
+next attempt claims the pieces written so far, once the next supernode's digests
+confirm them (`dfget.resume.take_local`). A file that changes upstream mid-way is
+started over once. No supernode reachable: straight from the origin, unless
+back-to-source is off. The output appears atomically or not at all.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class DownloadResult:
     pieces: int = 0
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     daemon: str | None = None  # the socket of the dfdaemon that downloaded it
+    failovers: int = 0  # supernodes lost mid-way, whose pieces the next attempt kept
 
     @classmethod
     def finished(
@@ -120,7 +123,11 @@ class DownloadResult:
         daemon: str | None = None,
     ) -> DownloadResult:
         """The result of `job`, whose output is in place now; `sources`: bytes and
-        tallies by where they came from ("source", "cdn", "peers", "local")."""
+        tallies by where they came from ("source", "cdn", "peers", "local"), to which
+        the attempts that failed over add theirs (what they wrote the last one took
+        as "local")."""
+        sources = {name: replace(counts) for name, counts in sources.items()}  # a snapshot
+        add_counts(sources, job.carried.sources)
 
         def bytes_from(name: str) -> int:
             return sources[name].bytes if name in sources else 0
@@ -137,8 +144,9 @@ class DownloadResult:
             supernode=supernode,
             piece_size=piece_size,
             pieces=pieces,
-            sources={name: replace(counts) for name, counts in sources.items()},  # a snapshot
+            sources=sources,
             daemon=daemon,
+            failovers=job.carried.failovers,
         )
 
     @classmethod
@@ -185,9 +193,35 @@ class DownloadResult:
             "daemon": self.daemon,
             "piece_size": self.piece_size,
             "pieces": self.pieces,
+            "failovers": self.failovers,
             "mib_per_s": round(self.bytes / max(self.seconds, 1e-9) / (1 << 20), 2),
             "by_source": {name: asdict(counts) for name, counts in self.sources.items()},
         }
+
+
+@dataclass
+class Carried:
+    """What the attempts that lost their supernode mid-way leave to the next one: how
+    many failed over, and what their sources brought (the pieces stay in the file)."""
+
+    failovers: int = 0
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
+
+    def failed_over(self, sources: dict[str, SourceCounts]) -> None:
+        self.failovers += 1
+        add_counts(self.sources, sources, skip="local")  # counted where they came from
+
+
+def add_counts(
+    into: dict[str, SourceCounts], more: dict[str, SourceCounts], skip: str = ""
+) -> None:
+    """Add the tallies of `more` to those of `into`, source by source."""
+    for name, counts in more.items():
+        if name == skip:
+            continue
+        total = into.setdefault(name, SourceCounts())
+        for key, value in asdict(counts).items():
+            setattr(total, key, getattr(total, key) + value)
 
 
 @dataclass(frozen=True)
@@ -202,6 +236,7 @@ class DownloadJob:
     started: float  # trio.current_time() when download() began
     deadline: float  # started + --timeout
     on_done: Callable[[DownloadResult], None] | None
+    carried: Carried = field(default_factory=Carried)
 
     def done(self, result: DownloadResult) -> DownloadResult:
         """Tell the caller the output is in place (before any seeding)."""
@@ -299,8 +334,10 @@ async def _download(job: DownloadJob) -> DownloadResult:
         except SupernodeUnavailable as exc:
             if attempt == len(ranked) and not request.back_source:
                 raise
-            log.warning("%s", exc)  # and on to the next supernode, or the origin
-            out.reset()
+            # On to the next supernode, keeping the pieces written (its digests check
+            # them again), or to the origin.
+            log.warning("%s", exc)
+    out.reset()
     if not request.back_source:
         raise SupernodeUnavailable("no supernode given")
     log.warning(
@@ -384,4 +421,8 @@ async def _through(job: DownloadJob, address: str) -> DownloadResult:
         await attempt.run(complete)
     except DownloadTimeout:
         raise job.timed_out() from None
+    except SupernodeUnavailable:
+        if attempt.book is not None and attempt.book.sources:
+            job.carried.failed_over(attempt.book.sources)
+        raise
     return results[0]

@@ -48,6 +48,10 @@ class AtomicOutput:
         self._lock = threading.Lock()
         self._filled = 0
         self._islands: dict[int, int] = {}
+        # Verified pieces written, and the layout they are of: a later attempt of the
+        # same download (another supernode after a failover) starts from them.
+        self._layout: tuple[int, int] | None = None
+        self._stored: set[int] = set()
 
     @property
     def filled(self) -> int:
@@ -98,12 +102,20 @@ class AtomicOutput:
             self.fd = -1
 
     def resume_from(self, piece_size: int, length: int | None) -> list[int]:
-        """The pieces of that layout an earlier run left in the file (to be checked
-        again): none here; `dfget.resume.ResumableOutput` keeps them."""
-        return []
+        """The pieces of that layout an earlier attempt in this process wrote (to be
+        checked again: `dfget.resume.take_local`); another layout starts empty. A file
+        kept across processes is `dfget.resume.ResumableOutput`'s."""
+        layout = None if length is None else (piece_size, length)
+        with self._lock:
+            if layout is None or layout != self._layout:
+                self._layout, self._stored = layout, set()
+            return sorted(self._stored)
 
     def piece_stored(self, index: int) -> None:
-        """A verified piece is written (from a worker thread): nothing to note here."""
+        """A verified piece is written (from a worker thread)."""
+        with self._lock:
+            if self._layout is not None:
+                self._stored.add(index)
 
     def note_written(self, start: int, end: int) -> None:
         """Bytes [start, end) are in the file already (resumed): readers may have them."""
@@ -114,6 +126,7 @@ class AtomicOutput:
         self.truncate(0)
         with self._lock:
             self._filled, self._islands = 0, {}
+            self._layout, self._stored = None, set()
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         start = offset
