@@ -13,10 +13,11 @@ disk (`CdnTask.on_disk`). Its fetch (fetch.py) then runs in three steps:
 3. the file now done for the peers, the pieces peers held, so that this copy ends
    whole and survives a restart (the peers no longer wait for it).
 
-Every piece fetched again is checked against the digest the old owner recorded: a
-mismatch means the content changed upstream, and the task fails (its peers start
-over). Pieces are sealed under this generation's own key; the old key never left the
-old owner.
+Every piece fetched again is checked against the digest the old owner recorded, and
+every Range request is guarded by If-Range: a mismatch means the content changed
+upstream (or the state in Redis lies), and the task fails as superseded, so its peers
+start over once, on a fresh fetch. Pieces are sealed under this generation's own key;
+the old key never left the old owner.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from proto.pieces import TAG_SIZE, piece_count, piece_digest, piece_length, piec
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators, check_resumed
 from supernode.cdn.task import CdnTask, TaskSpec
-from supernode.errors import ContentMismatch, OriginBroken, SupernodeError
+from supernode.errors import OriginBroken, SupernodeError, TaskSuperseded
 
 log = logging.getLogger(__name__)
 
 GRACE = 1.0  # seconds the peers of a dead owner have to register again and claim
+CHANGED = "the content changed upstream since the task's previous owner fetched it"
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ async def _fetch_run(
     plain, sealed = bytearray(size), bytearray(size + TAG_SIZE)
     spec = task.spec
     async with origin.open("GET", spec.url, spec.headers, extra=tuple(extra)) as response:
+        if response.status == 200 and task.validators.if_range:
+            raise TaskSuperseded(CHANGED)  # If-Range did not hold: the whole new content
         check_resumed(response, start)
         for index in range(first, last):
             view = memoryview(plain)[: piece_length(index, length, size)]
@@ -151,10 +155,7 @@ async def _fetch_run(
 def _store(task: CdnTask, index: int, plain: memoryview, sealed: bytearray) -> None:
     """Check piece `index` against the adopted digest, seal it, write it (a worker thread)."""
     if piece_digest(plain) != task.digests[index]:
-        raise ContentMismatch(
-            f"piece {index} from the origin does not match the digest the task's previous "
-            "owner recorded: the content changed upstream"
-        )
+        raise TaskSuperseded(f"{CHANGED} (piece {index} does not match its recorded digest)")
     assert task.pieces is not None
     task.pieces.write(index, task.sealer.seal_into(index, plain, sealed))
 
