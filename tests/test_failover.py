@@ -4,9 +4,11 @@ again), so nothing is downloaded twice but the pieces in flight."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import pytest
 import trio
 from conftest import RunningSupernode, StartSupernode, until
 from test_cluster import redis_server
@@ -65,7 +67,9 @@ async def test_a_lost_supernode_costs_only_the_pieces_in_flight(
     assert result.summary()["failovers"] == 1
 
 
+@pytest.mark.parametrize("named", [False, True], ids=["url", "digest"])
 async def test_a_new_owner_adopts_the_task_from_redis(
+    named: bool,
     origin: FakeOrigin,
     redis_server: RedisServer,
     start_supernode: StartSupernode,
@@ -86,6 +90,7 @@ async def test_a_new_owner_adopts_the_task_from_redis(
         output=tmp_path / "f.bin",
         supernodes=tuple(nodes),
         back_source=False,
+        digest=f"sha256:{hashlib.sha256(data).hexdigest()}" if named else None,
     )
     owner, other = rank(request.task_id(), list(nodes))
     result = await download_losing(request, nodes[owner], SIZE // 2)
@@ -106,6 +111,9 @@ async def test_a_new_owner_adopts_the_task_from_redis(
     # one (the part no peer held first; the download done, the rest for a whole copy).
     await until(lambda: task.on_disk == (1 << task.piece_count) - 1 if task.piece_count else False)
     assert origin.stats["/f.bin"].bytes_sent <= 2 * SIZE
+    # Whole, its copy is kept (a digest-named one checked whole, read back from disk).
+    await until((adopter.store.task_dir(task.task_id) / "meta.json").exists)
+    assert not task.failed
 
 
 async def download_losing(

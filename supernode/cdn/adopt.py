@@ -30,11 +30,12 @@ from typing import Protocol
 import trio
 
 from common.io import RateLimiter
+from proto.digests import digest_matches, new_hasher
 from proto.pieces import TAG_SIZE, piece_count, piece_digest, piece_length, piece_size_for
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators, check_resumed
 from supernode.cdn.task import CdnTask, TaskSpec
-from supernode.errors import OriginBroken, SupernodeError, TaskSuperseded
+from supernode.errors import ContentMismatch, OriginBroken, SupernodeError, TaskSuperseded
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,26 @@ async def before_fetch(
 
 async def after_fetch(task: CdnTask, origin: OriginClient, limiter: RateLimiter | None) -> bool:
     """Step 3: the pieces peers held, for a whole copy; False if the origin failed (the
-    copy stays partial: it is served as it is and not kept across a restart)."""
+    copy stays partial: it is served as it is and not kept across a restart). A task
+    named by a digest is checked whole then, read back from the disk: the CDN never
+    saw its first pieces go by."""
     try:
         await fill(task, origin, limiter, missing(task, 0))
     except SupernodeError as exc:
         log.warning("cdn: adopted task %s stays partial: %s", task.task_id[:16], exc)
         return False
+    if task.spec.digest and not await trio.to_thread.run_sync(_whole_matches, task):
+        task.fail(ContentMismatch(f"origin content does not match {task.spec.digest}"))
+        return False
     return True
+
+
+def _whole_matches(task: CdnTask) -> bool:
+    """Whether the pieces on disk, opened and hashed in order, make the task's digest."""
+    assert task.spec.digest is not None and task.pieces is not None
+    hasher = new_hasher(task.spec.digest)
+    plain = bytearray(task.piece_size)
+    for index, length in enumerate(task.lengths):
+        sealed = task.pieces.read(index)[: length + TAG_SIZE]
+        hasher.update(task.sealer.open_into(index, sealed, plain))
+    return digest_matches(task.spec.digest, hasher)

@@ -121,8 +121,10 @@ class TaskStates:
         member_id: str,
         tasks: Callable[[], dict[str, CdnTask]],
         held_by_peers: Callable[[str], int],
+        redis_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
+        self._redis_up = redis_up  # membership's view: a Redis known away is not asked
         self.member_id = member_id
         self._tasks = tasks
         self._held_by_peers = held_by_peers
@@ -186,7 +188,7 @@ class TaskStates:
 
     async def adoptable(self, task_id: str) -> Adoption | None:
         """The state a task's owner left, if any (None: none, or Redis away)."""
-        if self._store is None or self.settings is None:
+        if self._store is None or self.settings is None or not self._redis_up():
             return None
         try:
             with trio.fail_after(2 * self.settings.timeout):
