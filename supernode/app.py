@@ -158,11 +158,7 @@ class Supernode:
         self.membership = Membership(cluster, member_id, __version__)
         # The tasks' state in Redis: written for each task, read to adopt a dead owner's.
         self.task_states = TaskStates(
-            cluster,
-            member_id,
-            lambda: self.cdn.tasks,
-            self.scheduler.held_by_peers,
-            redis_up=lambda: self.membership.redis_up is not False,
+            self.membership, lambda: self.cdn.tasks, self.scheduler.held_by_peers
         )
         if cluster is not None:
             self.cdn.adopter = self.task_states

@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from conftest import RunningSupernode, StartSupernode, until
@@ -82,7 +83,10 @@ async def test_a_new_owner_adopts_the_task_from_redis(
     nodes = {}
     for name in ("a", "b"):
         node = await start_supernode(
-            data_dir=tmp_path / name, cluster=redis_server.url, cluster_heartbeat=0.2
+            data_dir=tmp_path / name,
+            cluster=redis_server.url,
+            cluster_heartbeat=0.2,
+            admin_listen=("127.0.0.1", 0),
         )
         nodes[node.address] = node
     request = DownloadRequest(
@@ -97,7 +101,7 @@ async def test_a_new_owner_adopts_the_task_from_redis(
     assert (tmp_path / "f.bin").read_bytes() == data
     assert result.supernode == other and result.failovers == 1
     adopter = nodes[other].node
-    assert adopter.task_states.adoptions == 1
+    assert adopter.membership.failovers == 1
     (task,) = adopter.cdn.tasks.values()
     assert task.adoption is not None and task.adoption.generation < task.generation
     kept = result.sources["local"].bytes
@@ -111,6 +115,14 @@ async def test_a_new_owner_adopts_the_task_from_redis(
     # one (the part no peer held first; the download done, the rest for a whole copy).
     await until(lambda: task.on_disk == (1 << task.piece_count) - 1 if task.piece_count else False)
     assert origin.stats["/f.bin"].bytes_sent <= 2 * SIZE
+    # Its admin API shows the adoption, and the new owner.
+    async with httpx.AsyncClient(base_url=f"http://{adopter.admin_address}") as client:
+        shown = (await client.get(f"/api/v1/tasks/{task.task_id}")).json()
+        metrics = (await client.get("/metrics")).text
+    dead = nodes[owner].node.membership.id
+    assert shown["adopted_from"] == {"owner": dead, "generation": task.adoption.generation}
+    assert (shown["owner"], shown["owner_peer"]) == (adopter.membership.id, other)
+    assert "supernode_cluster_failovers_total 1.0" in metrics
     # Whole, its copy is kept (a digest-named one checked whole, read back from disk).
     await until((adopter.store.task_dir(task.task_id) / "meta.json").exists)
     assert not task.failed

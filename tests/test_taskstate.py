@@ -149,7 +149,7 @@ async def test_state_that_lies_never_yields_wrong_bytes(
         plant(client, state)
     result = await fetch(origin.url("/f.bin"), node)
     assert Path(result.output).read_bytes() == data
-    adopted = node.node.task_states.adoptions
+    adopted = node.node.membership.failovers
     assert adopted == (0 if lie == "junk" else 1)
     (task,) = node.node.cdn.tasks.values()
     assert task.adoption is None  # a lie ends the adopted generation: a fresh one served

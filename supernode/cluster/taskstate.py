@@ -29,6 +29,7 @@ from redis.retry import Retry
 from supernode.cdn.adopt import Adoption
 from supernode.cdn.response import Validators
 from supernode.cdn.task import CdnTask, TaskState
+from supernode.cluster.membership import Membership
 from supernode.cluster.settings import ClusterSettings
 from supernode.cluster.taskrecords import (
     DIGEST_SIZE,
@@ -117,21 +118,17 @@ class TaskStates:
 
     def __init__(
         self,
-        settings: ClusterSettings | None,
-        member_id: str,
+        membership: Membership,
         tasks: Callable[[], dict[str, CdnTask]],
         held_by_peers: Callable[[str], int],
-        redis_up: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.settings = settings
-        self._redis_up = redis_up  # membership's view: a Redis known away is not asked
-        self.member_id = member_id
+        self.membership = membership  # our id, Redis' health, the counters it shows
+        settings = self.settings = membership.settings
+        self.member_id = membership.id
         self._tasks = tasks
         self._held_by_peers = held_by_peers
         self._written: dict[str, tuple[int, int, bool, int]] = {}  # id → what was written
         self._store = RedisTasks(settings) if settings else None
-        self.failures = 0
-        self.adoptions = 0
 
     async def run(self) -> None:
         settings = self.settings
@@ -180,7 +177,7 @@ class TaskStates:
                     partial(self._store.write, updates), abandon_on_cancel=True
                 )
         except (redis.RedisError, OSError, trio.TooSlowError) as exc:
-            self.failures += 1
+            self.membership.task_state_failures += 1
             log.debug("cluster: task state not written: %s", exc)
             return
         for update in updates:
@@ -188,7 +185,7 @@ class TaskStates:
 
     async def adoptable(self, task_id: str) -> Adoption | None:
         """The state a task's owner left, if any (None: none, or Redis away)."""
-        if self._store is None or self.settings is None or not self._redis_up():
+        if self._store is None or self.settings is None or self.membership.redis_up is False:
             return None
         try:
             with trio.fail_after(2 * self.settings.timeout):
@@ -200,7 +197,7 @@ class TaskStates:
             return None
         if record is None or not record.digests:
             return None
-        self.adoptions += 1
+        self.membership.failovers += 1
         return Adoption(
             owner=record.owner,
             generation=record.generation,
