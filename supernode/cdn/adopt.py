@@ -6,12 +6,13 @@ The old owner wrote the task's geometry, validators and piece digests there
 (`PiecesHeld`) the moment they register again, but holds none of those pieces on its
 disk (`CdnTask.on_disk`). Its fetch (fetch.py) then runs in three steps:
 
-1. after `GRACE` seconds for the peers to come back and claim theirs, the old
-   owner's pieces that no peer holds (`fill`, Range requests);
-2. the rest of the file, from the first piece the old owner never fetched: the usual
-   loop, with Range and If-Range;
-3. the file now done for the peers, the pieces peers held, so that this copy ends
-   whole and survives a restart (the peers no longer wait for it).
+1. at once, the rest of the file, from the first piece the old owner never fetched:
+   the usual loop, with Range and If-Range; alongside, after `GRACE` seconds for the
+   peers to come back and claim theirs, the old owner's pieces that no peer holds
+   (`fill`, Range requests);
+2. both done, the task is done for its peers;
+3. then the pieces peers held, so that this copy ends whole and survives a restart
+   (the peers no longer wait for it).
 
 Every piece fetched again is checked against the digest the old owner recorded, and
 every Range request is guarded by If-Range: a mismatch means the content changed
@@ -33,7 +34,7 @@ from common.io import RateLimiter
 from proto.digests import digest_matches, new_hasher
 from proto.pieces import TAG_SIZE, piece_count, piece_digest, piece_length, piece_size_for
 from supernode.cdn.origin import OriginClient
-from supernode.cdn.response import Validators, check_resumed
+from supernode.cdn.response import OriginResponse, Validators, check_resumed
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import ContentMismatch, OriginBroken, SupernodeError, TaskSuperseded
 
@@ -133,8 +134,7 @@ async def _fetch_run(
     plain, sealed = bytearray(size), bytearray(size + TAG_SIZE)
     spec = task.spec
     async with origin.open("GET", spec.url, spec.headers, extra=tuple(extra)) as response:
-        if response.status == 200 and task.validators.if_range:
-            raise TaskSuperseded(CHANGED)  # If-Range did not hold: the whole new content
+        check_not_changed(task, response)
         check_resumed(response, start)
         for index in range(first, last):
             view = memoryview(plain)[: piece_length(index, length, size)]
@@ -153,6 +153,13 @@ async def _fetch_run(
             task.piece_stored(index, len(view))
 
 
+def check_not_changed(task: CdnTask, response: OriginResponse) -> None:
+    """An adopted task's Range request answered 200: If-Range did not hold, the content
+    changed since its previous owner's fetch (the task is superseded)."""
+    if task.adoption is not None and response.status == 200 and task.validators.if_range:
+        raise TaskSuperseded(CHANGED)
+
+
 def _store(task: CdnTask, index: int, plain: memoryview, sealed: bytearray) -> None:
     """Check piece `index` against the adopted digest, seal it, write it (a worker thread)."""
     if piece_digest(plain) != task.digests[index]:
@@ -167,7 +174,8 @@ async def before_fetch(
     limiter: RateLimiter | None,
     held_by_peers: Callable[[str], int],
 ) -> None:
-    """Step 1: after the grace, the adopted pieces nobody holds."""
+    """Step 1, alongside the rest of the file: after the grace, the adopted pieces
+    nobody holds."""
     await trio.sleep(GRACE)
     lost = missing(task, held_by_peers(task.task_id))
     log.info(

@@ -194,10 +194,10 @@ async def _fetch(
                     policy.budget.admit(task, task.length, size)
                 if task.resume_from is not None:
                     await _take_over(task, task.resume_from, store, hasher)
-                else:
+                else:  # the pieces no peer holds, alongside (adopt.py)
                     _begin_adopted(task, store)
                     held = policy.held_by_peers or (lambda _: 0)
-                    await adopt.before_fetch(task, origin, policy.limiter, held)
+                    nursery.start_soon(adopt.before_fetch, task, origin, policy.limiter, held)
                 assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
             while assembler is None or task.length is None or assembler.received < task.length:
@@ -218,6 +218,7 @@ async def _fetch(
                             assembler = _Assembler(task, hasher, policy.budget)
                             nursery.start_soon(assembler.run_sealer)
                         else:
+                            adopt.check_not_changed(task, response)
                             check_resumed(response, first + offset)
                         await assembler.fill_from(response, policy.limiter)
                     if task.length is not None and assembler.received < task.length:
