@@ -64,6 +64,9 @@ class Adopter(Protocol):
 
     async def adoptable(self, task_id: str) -> Adoption | None: ...
 
+    def adopted(self, task_id: str, adoption: Adoption) -> None:
+        """The CDN went on from `adoption` (counted, logged)."""
+
 
 def can_adopt(adoption: Adoption, spec: TaskSpec) -> bool:
     """Whether this task can go on from `adoption`: a whole file (not a Range) of the

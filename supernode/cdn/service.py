@@ -84,6 +84,7 @@ class Cdn:
         self.failed_task_ttl = failed_task_ttl
         self.upload_listener: UploadListener | None = None
         self.adopter: Adopter | None = None  # the cluster: tasks a dead owner left
+        self._asking: dict[str, trio.Event] = {}  # task id → its state asked for now
         self.tasks: dict[str, CdnTask] = {}
         # Forgotten task id → its last generation (bounded: see KEPT_GENERATIONS).
         self._retired: OrderedDict[str, int] = OrderedDict()
@@ -283,7 +284,16 @@ class Cdn:
         (adopt.py), else fetched from the start."""
         adoption = None
         if previous is None and self.adopter is not None:
-            adoption = await self.adopter.adoptable(spec.task_id)
+            asking = self._asking.get(spec.task_id)
+            if asking is None:  # one question to Redis per task, however many register
+                asking = self._asking[spec.task_id] = trio.Event()
+                try:
+                    adoption = await self.adopter.adoptable(spec.task_id)
+                finally:
+                    del self._asking[spec.task_id]
+                    asking.set()
+            else:
+                await asking.wait()
             current = self.tasks.get(spec.task_id)  # someone started it meanwhile
             if current is not None and not current.failed:
                 return current
@@ -293,6 +303,8 @@ class Cdn:
         generation = self._next_generation(spec.task_id, adoption.generation)
         task = adopted_task(spec, adoption, generation)
         self._launch(task)
+        if self.adopter is not None:
+            self.adopter.adopted(task.task_id, adoption)
         return task
 
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:

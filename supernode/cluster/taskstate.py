@@ -197,7 +197,6 @@ class TaskStates:
             return None
         if record is None or not record.digests:
             return None
-        self.membership.failovers += 1
         return Adoption(
             owner=record.owner,
             generation=record.generation,
@@ -206,6 +205,16 @@ class TaskStates:
             validators=Validators(record.etag, record.last_modified),
             digests=record.digests,
             held=record.held,
+        )
+
+    def adopted(self, task_id: str, adoption: Adoption) -> None:
+        self.membership.failovers += 1
+        log.info(
+            "cluster: task %s adopted from member %s (its generation %d, %d pieces known)",
+            task_id[:16],
+            adoption.owner,
+            adoption.generation,
+            len(adoption.digests),
         )
 
 
