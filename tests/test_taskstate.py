@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 import redis
+import trio
 from conftest import Fetch, StartSupernode
+from registry import needs_redis
 from test_cluster import redis_server
 
 from proto.pieces import MiB, piece_digest
 from supernode.cdn.adopt import Adoption, _runs, can_adopt
 from supernode.cdn.response import Validators
 from supernode.cdn.task import TaskSpec
+from supernode.cluster.settings import cluster_settings
 from supernode.cluster.taskrecords import (
     TaskRecord,
     decode_task,
@@ -24,6 +27,7 @@ from supernode.cluster.taskrecords import (
     named_pieces,
     task_key,
 )
+from supernode.cluster.taskstate import RedisTasks, Update
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
@@ -116,6 +120,7 @@ def plant(client: redis.Redis, written: TaskRecord) -> None:
     client.set(task_key(written.task_id), written.meta())
 
 
+@needs_redis
 @pytest.mark.parametrize("lie", ["digests", "etag", "junk"])
 async def test_state_that_lies_never_yields_wrong_bytes(
     lie: str,
@@ -153,3 +158,23 @@ async def test_state_that_lies_never_yields_wrong_bytes(
     assert adopted == (0 if lie == "junk" else 1)
     (task,) = node.node.cdn.tasks.values()
     assert task.adoption is None  # a lie ends the adopted generation: a fresh one served
+
+
+@needs_redis
+async def test_digests_lost_by_redis_are_written_again(redis_server: RedisServer) -> None:
+    """Redis restarted without them (no persistence): the next write sends every digest,
+    never a record naming digests that are not there (zeros where they were)."""
+    await trio.to_thread.run_sync(lost_and_written_again, redis_server)
+
+
+def lost_and_written_again(redis_server: RedisServer) -> None:
+    store = RedisTasks(cluster_settings(redis_server.url, None, 1.0))
+    digests = tuple(bytes([i + 1]) * 32 for i in range(6))
+    first = record(digests=digests[:4])
+    store.write([Update(first, 0, 0b1, (3, 4, False, 0b1))])
+    assert store.read(TASK) == record(digests=digests[:4], held=0b1)
+    redis_server.client().flushall()  # as a restart without persistence leaves it
+    later = record(digests=digests)
+    store.write([Update(later, 4, 0, (3, 6, True, 0))])
+    assert store.read(TASK) == later
+    store.close()

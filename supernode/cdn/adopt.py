@@ -7,10 +7,11 @@ The old owner wrote the task's geometry, validators and piece digests there
 disk (`CdnTask.on_disk`). Its fetch (fetch.py) then runs in three steps:
 
 1. at once, the rest of the file, from the first piece the old owner never fetched:
-   the usual loop, with Range and If-Range; alongside, after `GRACE` seconds for the
-   peers to come back and claim theirs, the old owner's pieces that no peer holds
-   (`fill`, Range requests);
-2. both done, the task is done for its peers;
+   the usual loop, with Range and If-Range; alongside (`repair`), after `GRACE`
+   seconds for the peers to come back and claim theirs, the old owner's pieces that no
+   peer holds, and from then on any that loses its last holder (`fill`, Range
+   requests);
+2. the rest fetched, the pieces no peer holds then; the task is done for its peers;
 3. then the pieces peers held, so that this copy ends whole and survives a restart
    (the peers no longer wait for it).
 
@@ -41,6 +42,7 @@ from supernode.errors import ContentMismatch, OriginBroken, SupernodeError, Task
 log = logging.getLogger(__name__)
 
 GRACE = 1.0  # seconds the peers of a dead owner have to register again and claim
+REPAIR_EVERY = 0.25  # seconds between two looks for pieces that lost every holder
 CHANGED = "the content changed upstream since the task's previous owner fetched it"
 
 
@@ -171,32 +173,50 @@ def _store(task: CdnTask, index: int, plain: memoryview, sealed: bytearray) -> N
     task.pieces.write(index, task.sealer.seal_into(index, plain, sealed))
 
 
-async def before_fetch(
+async def repair(
+    task: CdnTask,
+    origin: OriginClient,
+    limiter: RateLimiter | None,
+    held_by_peers: Callable[[str], int],
+    scope: trio.CancelScope,
+) -> None:
+    """Step 1, alongside the rest of the file until `scope` is cancelled: after the
+    grace, and then every `REPAIR_EVERY` seconds, the adopted pieces no peer holds (a
+    peer that leaves takes its pieces with it: they must not be lost to the swarm)."""
+    with scope:
+        await trio.sleep(GRACE)
+        lost = missing(task, held_by_peers(task.task_id))
+        log.info(
+            "cdn: task %s adopted (generation %d after %d): %d pieces known, %d held by no peer",
+            task.task_id[:16],
+            task.generation,
+            task.adoption.generation if task.adoption else 0,
+            task.ready,
+            lost.bit_count(),
+        )
+        while True:
+            if lost:
+                await fill(task, origin, limiter, lost)
+            await trio.sleep(REPAIR_EVERY)
+            lost = missing(task, held_by_peers(task.task_id))
+
+
+async def before_done(
     task: CdnTask,
     origin: OriginClient,
     limiter: RateLimiter | None,
     held_by_peers: Callable[[str], int],
 ) -> None:
-    """Step 1, alongside the rest of the file: after the grace, the adopted pieces
-    nobody holds."""
-    await trio.sleep(GRACE)
-    lost = missing(task, held_by_peers(task.task_id))
-    log.info(
-        "cdn: task %s adopted (generation %d after %d): %d pieces known, %d held by no peer",
-        task.task_id[:16],
-        task.generation,
-        task.adoption.generation if task.adoption else 0,
-        task.ready,
-        lost.bit_count(),
-    )
-    await fill(task, origin, limiter, lost)
+    """Step 2, the rest fetched: the pieces no peer holds now, so that every piece has a
+    source when the peers are told the task is done (a failure here fails the task)."""
+    await fill(task, origin, limiter, missing(task, held_by_peers(task.task_id)))
 
 
 async def after_fetch(task: CdnTask, origin: OriginClient, limiter: RateLimiter | None) -> bool:
     """Step 3: the pieces peers held, for a whole copy; False if the origin failed (the
     copy stays partial: it is served as it is and not kept across a restart). A task
-    named by a digest is checked whole then, read back from the disk: the CDN never
-    saw its first pieces go by."""
+    named by a digest is then checked whole, read back from the disk: the CDN never saw
+    its first pieces go by."""
     try:
         await fill(task, origin, limiter, missing(task, 0))
     except SupernodeError as exc:

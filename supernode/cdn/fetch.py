@@ -185,6 +185,7 @@ async def _fetch(
     hasher = new_hasher(spec.digest) if spec.digest and not task.adoption else None
     assembler: _Assembler | None = None
     resumes = 0
+    repairs = trio.CancelScope()  # an adopted task's repairs, while the rest comes
     with unwrap_group():
         async with trio.open_nursery() as nursery:
             if task.resume_from is not None or task.adoption is not None:
@@ -197,7 +198,8 @@ async def _fetch(
                 else:  # the pieces no peer holds, alongside (adopt.py)
                     _begin_adopted(task, store)
                     held = policy.held_by_peers or (lambda _: 0)
-                    nursery.start_soon(adopt.before_fetch, task, origin, policy.limiter, held)
+                    limiter = policy.limiter
+                    nursery.start_soon(adopt.repair, task, origin, limiter, held, repairs)
                 assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
             while assembler is None or task.length is None or assembler.received < task.length:
@@ -242,8 +244,12 @@ async def _fetch(
                         resumes,
                         policy.max_resumes,
                     )
+            repairs.cancel()  # the rest is done: `after_fetch` takes what is missing
             await assembler.finish()
     length = assembler.received
+    if task.adoption is not None:
+        held = policy.held_by_peers or (lambda _: 0)
+        await adopt.before_done(task, origin, policy.limiter, held)
     if hasher and spec.digest and not digest_matches(spec.digest, hasher):
         raise ContentMismatch(f"origin content does not match {spec.digest}")
     meta = TaskMeta(
@@ -261,7 +267,7 @@ async def _fetch(
     )
     task.finish(length)  # peers may finish now; what follows only makes it durable
     if task.adoption is not None and not await adopt.after_fetch(task, origin, policy.limiter):
-        return meta  # a partial copy: served, never saved
+        return meta  # a partial copy: served as it is, never saved
     pieces = task.pieces
     assert pieces is not None
     with trio.CancelScope(shield=True):  # a shutdown now must not lose a complete task

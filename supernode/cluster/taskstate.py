@@ -78,13 +78,22 @@ class RedisTasks:
         )
 
     def write(self, updates: list[Update]) -> None:
+        """Write each update; digests from its `start`, or from 0 if Redis no longer
+        holds the ones before (it restarted without them, or they expired)."""
         ttl = round(STATE_TTL * 1000)
         pipe = self.client.pipeline(transaction=False)
         for update in updates:
+            pipe.strlen(digests_key(update.record.task_id))
+        lengths = pipe.execute(raise_on_error=False)
+        pipe = self.client.pipeline(transaction=False)
+        for update, length in zip(updates, lengths, strict=True):
             record, task_id = update.record, update.record.task_id
-            new = b"".join(record.digests[update.start :])
+            start = update.start
+            if not isinstance(length, int) or length < start * DIGEST_SIZE:
+                start = 0
+            new = b"".join(record.digests[start:])
             if new:
-                pipe.setrange(digests_key(task_id), update.start * DIGEST_SIZE, new)
+                pipe.setrange(digests_key(task_id), start * DIGEST_SIZE, new)
             pipe.pexpire(digests_key(task_id), ttl)
             pipe.set(held_key(task_id), held_bytes(update.held, record.piece_count), px=ttl)
             pipe.set(task_key(task_id), record.meta(), px=ttl)  # last: names only what is in
