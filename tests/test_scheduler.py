@@ -484,16 +484,22 @@ def accuse(s: Scheduler, downloader: str, uploader: str, task: str = "t") -> tup
 
 
 def fail(
-    s: Scheduler, downloader: str, uploader: str, outcome: Outcome, *, task: str = "t"
+    s: Scheduler,
+    downloader: str,
+    uploader: str,
+    outcome: Outcome,
+    *,
+    task: str = "t",
+    now: float = 0.0,
 ) -> tuple[Check, ...]:
     """`downloader` gets an assignment from `uploader` and reports `outcome` (the other
     assignments it got meanwhile are cancelled)."""
-    plan = s.assign(task, downloader, 8, 0.0)
+    plan = s.assign(task, downloader, 8, now)
     [a] = [a for a in plan if a.source == uploader][:1]
     for other in plan:
         if other is not a:
-            s.report(task, downloader, other.index, other.source, Outcome.CANCELLED, now=0.0)
-    return s.report(task, downloader, a.index, uploader, outcome, now=0.0)
+            s.report(task, downloader, other.index, other.source, Outcome.CANCELLED, now=now)
+    return s.report(task, downloader, a.index, uploader, outcome, now=now)
 
 
 def test_one_accuser_alone_never_blacklists_and_a_false_accuser_loses_standing() -> None:
@@ -549,14 +555,30 @@ def test_failures_from_one_host_never_blacklist_but_steer_that_downloader() -> N
     seed_task(s, total=8, holders={"X": (9, range(8)), "Y": (9, range(8))})
     for peer in ("H1", "H2", "H3"):
         s.add_peer("t", peer, upload_slots=0, now=0.0, group="host-h")
+    backoff = s.config.busy_backoff_seconds  # (a failed source waits that long)
     for peer in ("H1", "H2", "H3"):  # many ids, one host: 9 strikes from one witness
-        for _ in range(3):
-            fail(s, peer, "X", Outcome.FAILED)
+        for attempt in range(3):
+            fail(s, peer, "X", Outcome.FAILED, now=attempt * backoff)
     assert (task := s.task_statistics("t")) is not None and task.blacklisted == ()
     # Each of them stopped using X after its own three failures; the others still do.
-    assert all(a.source == "Y" for p in ("H1", "H2", "H3") for a in s.assign("t", p, 4, 1.0))
+    later = 10 * backoff
+    assert all(a.source == "Y" for p in ("H1", "H2", "H3") for a in s.assign("t", p, 4, later))
     s.add_peer("t", "E", upload_slots=0, now=0.0, group="host-e")
-    assert "X" in {a.source for a in s.assign("t", "E", 8, 1.0)}
+    assert "X" in {a.source for a in s.assign("t", "E", 8, later)}
+
+
+def test_a_source_that_failed_is_not_given_again_at_once() -> None:
+    # X failed D (unreachable: perhaps gone, its departure not in yet): D gets the piece
+    # from Y meanwhile, and X again only after the back-off.
+    s = make(cdn_upload_slots=0, first_random=0, flights_per_source=1)
+    seed_task(s, total=1, holders={"X": (9, [0]), "Y": (9, [0])}, downloaders=["D"])
+    (first,) = s.assign("t", "D", 1, 0.0)
+    s.report("t", "D", 0, first.source, Outcome.FAILED, now=0.0)
+    other = "Y" if first.source == "X" else "X"
+    assert [a.source for a in s.assign("t", "D", 1, 0.1)] == [other]
+    s.report("t", "D", 0, other, Outcome.FAILED, now=0.1)
+    assert s.assign("t", "D", 1, 0.2) == []  # both failed it a moment ago
+    assert len(s.assign("t", "D", 1, 0.2 + s.config.busy_backoff_seconds)) == 1
 
 
 def test_a_claim_is_spot_checked_and_a_false_claim_blacklists() -> None:
@@ -736,8 +758,9 @@ def test_unknown_and_stale_reports_are_ignored() -> None:
     assert (x := s.peer_statistics("X")) is not None and (x.failures, x.uploads_in_flight) == (1, 0)
     s.report("t", "D", 0, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings
     assert not s.has("t", "D", 0)  # a DONE for no assignment adds nothing
-    [b] = s.assign("t", "D", 1, 0.0)
-    s.report("t", "D", b.index, "X", "done", now=0.0)  # type: ignore[arg-type]  # wire strings
+    later = s.config.busy_backoff_seconds  # (X failed D: not D's again before that)
+    [b] = s.assign("t", "D", 1, later)
+    s.report("t", "D", b.index, "X", "done", now=later)  # type: ignore[arg-type]  # wire strings
     assert s.has("t", "D", b.index)
     assert not s.has("t", "D", -1) and not s.has("nope", "D", 0) and not s.has("t", "?", 0)
     assert s.assign("nope", "D", 1, 0.0) == [] and s.assign("t", "ghost", 1, 0.0) == []

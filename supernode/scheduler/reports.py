@@ -55,6 +55,9 @@ def report(
     elif outcome is Outcome.BUSY:
         member.peer.busy_until[source] = now + config.busy_backoff_seconds
     elif outcome is not Outcome.CANCELLED and flight.uploader is not None:
+        if outcome is Outcome.FAILED:  # unreachable, or dropped: perhaps gone (its
+            # control session's end may not be in yet): not this downloader's again at once
+            member.peer.busy_until[source] = now + config.busy_backoff_seconds
         return _blame(ledger, task, member, flight, outcome, now)
     return NO_CHECKS
 
