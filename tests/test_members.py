@@ -280,7 +280,9 @@ async def test_dfget_given_a_killed_member_loses_at_most_a_second(
             )
             result = await download(request)
             assert result.supernode == alive.address
-            assert time.monotonic() - started < baseline + 3.0
+            cost = time.monotonic() - started
+            print(f"baseline {baseline:.3f}s, given a frozen member first {cost:.3f}s")
+            assert cost < baseline + 3.0
         finally:
             os.kill(doomed.proc.pid, signal.SIGKILL)
             os.kill(doomed.proc.pid, signal.SIGCONT)
@@ -289,7 +291,9 @@ async def test_dfget_given_a_killed_member_loses_at_most_a_second(
         started = time.monotonic()
         result = await fetch(url, alive)
         assert result.supernode == alive.address
-        assert time.monotonic() - started < baseline + 3.0
+        cost = time.monotonic() - started
+        print(f"the owner killed (still listed) {cost:.3f}s")
+        assert cost < baseline + 3.0
 
 
 # -- dfdaemon ------------------------------------------------------------------------------
@@ -330,6 +334,7 @@ async def test_dfdaemon_shares_the_list_skips_a_failed_member_and_sees_a_new_one
             result = await fetch(url, None, daemon_socket=daemon.socket_path)
             first_cost = time.monotonic() - started
             assert result.supernode == first.address
+            print(f"daemon: baseline {baseline:.3f}s, owner frozen {first_cost:.3f}s")
             assert first_cost < baseline + 3.0  # a second lost to the frozen member, at most
             assert directory.backoff.backed_off(lost, time.monotonic())
             scraped = daemon.metrics.render().decode()
