@@ -27,7 +27,13 @@ import trio
 
 from dfget.backoff import Backoff, order
 from dfget.connect import SUPERNODE_TIMEOUT, connect, parse_address
-from dfget.errors import DfgetError, NotAdmitted, SupernodeFailed, SupernodeUnavailable
+from dfget.errors import (
+    DfgetError,
+    NotAdmitted,
+    SupernodeFailed,
+    SupernodeUnavailable,
+    UsageError,
+)
 from proto.admission import prove
 from proto.errors import ErrorCode
 from proto.messages import KEY_BYTES, ErrorReply, Members, MembersRequest
@@ -81,7 +87,10 @@ async def resolve(address: str) -> list[str]:
     """The candidates `address` (HOST:PORT) names: itself for an IP address, one a
     resolved address for a host name (itself again if it does not resolve now: asking
     it fails, and says why)."""
-    host, port = parse_address(address)
+    try:
+        host, port = parse_address(address)
+    except UsageError:  # asking it says so; an attempt through it is exit 2, as ever
+        return [address]
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -31,6 +31,7 @@ from registry import needs_redis
 from common.rendezvous import rank
 from dfget.backoff import Backoff, order
 from dfget.engine import DownloadRequest, download
+from dfget.errors import UsageError
 from dfget.members import CLUSTER, CONFIGURED, Directory, ask_members
 from dfget.options import PeerOptions
 from proto.errors import ErrorCode, UnknownMessage
@@ -275,3 +276,14 @@ async def test_dfdaemon_shares_the_list_skips_a_failed_member_and_sees_a_new_one
         await second.proc.wait()
         # Gone from Redis within three heartbeats; gone from the daemon's list after that.
         await until(lambda: directory.live == (first.address,), seconds=15)
+
+
+async def test_a_malformed_address_is_exit_2_when_a_download_reaches_it(
+    fetch: Fetch, origin: FakeOrigin, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin.add("/x.bin", BODY)
+    directory = Directory(["no-port"])
+    assert not await directory.refresh()  # logged, not raised: a daemon starts anyway
+    assert "bad supernode address 'no-port'" in caplog.text
+    with pytest.raises(UsageError, match="bad supernode address"):
+        await fetch(origin.url("/x.bin"), "no-port")
