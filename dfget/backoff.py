@@ -31,8 +31,11 @@ class Backoff:
         self.failures: dict[str, Failure] = {}
 
     def failed(self, address: str, now: float) -> float:
-        """Back `address` off; the period (seconds)."""
+        """Back `address` off; the new period (seconds), or 0 if it was backed off
+        already (the downloads that were trying it at once fail together: one failure)."""
         failure = self.failures.get(address)
+        if failure is not None and now < failure.until:
+            return 0.0
         period = self.first if failure is None else min(2 * failure.period, self.most)
         self.failures[address] = Failure(now + period, period)
         return period

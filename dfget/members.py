@@ -134,7 +134,8 @@ class Directory:
     def failed(self, address: str) -> None:
         """An attempt through `address` found it unavailable: skip it for a while."""
         period = self.backoff.failed(address, self.clock())
-        log.info("supernode %s failed: skipped for %.0fs", address, period)
+        if period:
+            log.info("supernode %s failed: tried last for %.0fs", address, period)
 
     def backed_off(self) -> int:
         return self.backoff.count(self.clock())

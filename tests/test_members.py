@@ -98,13 +98,14 @@ def test_a_member_that_failed_goes_last_for_its_back_off_then_twice_as_long() ->
     first = rank(task, members)[0]
     assert order(task, members, backoff, 0.0) == rank(task, members)
     assert backoff.failed(first, 0.0) == 30
+    assert backoff.failed(first, 0.5) == 0  # downloads that tried it at once: one failure
     assert order(task, members, backoff, 1.0)[-1] == first  # last, not dropped
     assert backoff.count(1.0) == 1 and backoff.due(1.0) == []
     assert order(task, members, backoff, 30.0) == rank(task, members)  # its time is up
     assert backoff.due(30.0) == [first]
     assert backoff.failed(first, 30.0) == 60  # failed again in a row: twice as long
-    for _ in range(5):
-        backoff.failed(first, 30.0)
+    for later in range(1, 6):
+        backoff.failed(first, 1000.0 * later)
     assert backoff.failures[first].period == 240  # at most
     assert backoff.cleared(first) and backoff.count(31.0) == 0  # it answered
     for address in members:  # everyone backed off: all still tried, in rendezvous order
