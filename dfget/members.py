@@ -128,8 +128,11 @@ class Directory:
         self._outage = False  # logged that none answers (once until one does)
 
     def rank(self, task_id: str) -> list[str]:
-        """The members to try for `task_id`: rendezvous order, backed-off ones last."""
-        return order(task_id, self.live, self.backoff, self.clock())
+        """The members to try for `task_id`: rendezvous order, backed-off ones last; then
+        the addresses given that the live list lacks (a member that joined a moment ago,
+        not in the answering member's view yet): tried only once the live ones failed."""
+        ranked = order(task_id, self.live, self.backoff, self.clock())
+        return ranked + [a for a in self.configured if a not in ranked]
 
     def failed(self, address: str) -> None:
         """An attempt through `address` found it unavailable: skip it for a while."""

@@ -132,6 +132,11 @@ async def test_any_member_tells_the_live_list_and_one_alone_says_so(
     directory = Directory([alone.address, "127.0.0.1:9"])
     assert await directory.refresh()
     assert directory.source == CONFIGURED and directory.live == (alone.address, "127.0.0.1:9")
+    # Given a member and an address its view lacks: the live list first, that one last.
+    directory = Directory([nodes[0].address, alone.address])
+    assert await directory.refresh() and directory.source == CLUSTER
+    assert directory.rank("ab" * 32)[-1] == alone.address
+    assert sorted(directory.rank("ab" * 32)[:2]) == sorted(n.address for n in nodes)
 
 
 async def older(framed: FramedStream) -> None:
