@@ -31,6 +31,7 @@ from dfdaemon.proxy import Proxy
 from dfdaemon.proxyauth import ProxyAuth, admit, load_htpasswd
 from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
+from dfget.members import REFRESH_PERIOD, Directory
 from dfget.options import SharedServer
 from dfget.uploads import PieceServer
 
@@ -75,6 +76,7 @@ class DaemonConfig:
     tls_cert: Path | None = None  # with tls_key: the HTTP port speaks https
     tls_key: Path | None = None
     registry_tls: dict[str, OriginTls] = field(default_factory=dict)  # HOST[:PORT] → CA, cert
+    supernode_refresh: float = REFRESH_PERIOD  # seconds between asks for the live list
 
 
 class DataDirInUse(Exception):
@@ -133,6 +135,7 @@ class Daemon:
         self.upstream = Upstream(
             insecure=config.insecure, policy=self.origin_policy, origin_tls=self.origin_tls
         )
+        self.directory = Directory(config.supernodes, token=config.token)
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
@@ -155,6 +158,8 @@ class Daemon:
                 host, port = config.peer_listen
                 upload_port = await nursery.start(self.upload.serve, host, port)
                 self.upload_port = upload_port
+                if config.supernodes:  # the live list, learned before the first download
+                    await nursery.start(self.directory.run, config.supernode_refresh)
                 settings = DownloadSettings(
                     supernodes=config.supernodes,
                     server=SharedServer(self.upload, upload_port),
@@ -167,6 +172,7 @@ class Daemon:
                     reseed_delay=config.reseed_delay,
                     origin_policy=self.origin_policy,
                     origin_tls=tuple(self.origin_tls.items()),
+                    directory=self.directory if config.supernodes else None,
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)
@@ -174,6 +180,7 @@ class Daemon:
                     cache_usage=blobs.usage,
                     active_tasks=lambda: len(blobs.running) + len(blobs.running_urls),
                     uploaded=lambda: self.upload.bytes_uploaded,
+                    directory=self.directory.status,
                 )
                 blobs.on_result = self._count
                 self.mirror = Mirror(

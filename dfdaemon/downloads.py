@@ -31,6 +31,7 @@ from dfget.errors import (
     SupernodeUnavailable,
     UsageError,
 )
+from dfget.members import Directory
 from dfget.options import PeerOptions, SharedServer
 from dfget.output import AtomicOutput, ExistingOutput
 from dfget.resume import ResumableOutput
@@ -58,6 +59,9 @@ class DownloadSettings:
     origin_policy: OriginPolicy | None = None  # where the fallback to the upstream may go
     # The fallback's TLS for given registries (HOST[:PORT] → context: --registry-ca...).
     origin_tls: tuple[tuple[str, ssl.SSLContext], ...] = ()
+    # The live supernodes, refreshed in the background, and the back-off memory: one
+    # for the daemon's lifetime, shared by every download and announcement.
+    directory: Directory | None = None
 
     def request(
         self,
@@ -82,6 +86,7 @@ class DownloadSettings:
             insecure=self.insecure,
             origin_policy=self.origin_policy,
             origin_tls=self.origin_tls,
+            directory=self.directory if supernodes else None,
             peer=PeerOptions(
                 server=self.server,
                 seed_for=math.inf,

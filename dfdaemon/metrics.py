@@ -19,6 +19,7 @@ class Metrics:
         cache_usage: Callable[[], tuple[int, int]],
         active_tasks: Callable[[], int],
         uploaded: Callable[[], int],
+        directory: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -86,6 +87,8 @@ class Metrics:
             "Sealed piece bytes uploaded to other peers since the start",
             registry=self.registry,
         ).set_function(uploaded)
+        if directory is not None:
+            self.registry.register(_DirectoryCollector(directory))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -103,3 +106,35 @@ class _CacheCollector(Collector):
             "dfdaemon_cache_bytes", "Bytes of complete blobs in the cache", value=size
         )
         yield GaugeMetricFamily("dfdaemon_cache_blobs", "Complete blobs in the cache", value=blobs)
+
+
+class _DirectoryCollector(Collector):
+    """The live supernodes as the daemon knows them (`dfget.members.Directory.status`)."""
+
+    def __init__(self, status: Callable[[], dict[str, object]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.status()
+        live = status["supernodes"]
+        backed_off = status["backed_off"]
+        assert isinstance(live, list) and isinstance(backed_off, list)
+        yield GaugeMetricFamily(
+            "dfdaemon_supernodes",
+            "Live supernodes the downloads rank (learned from a member of the cluster, or "
+            "the --supernode list)",
+            value=len(live),
+        )
+        yield GaugeMetricFamily(
+            "dfdaemon_supernodes_backed_off",
+            "Supernodes that failed lately, tried last until their back-off passes",
+            value=len(backed_off),
+        )
+        members = GaugeMetricFamily(
+            "dfdaemon_supernode",
+            "Each live supernode (peer address): 1, or 0 while it is backed off",
+            labels=["peer"],
+        )
+        for address in live:
+            members.add_metric([str(address)], 0 if address in backed_off else 1)
+        yield members

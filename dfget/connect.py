@@ -18,7 +18,11 @@ from proto.errors import ConnectionLost, ProtoError, RemoteFailure
 from proto.io import FramedStream, client_handshake
 
 AGENT = f"dfget/{__version__}"
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0  # to an uploader (or the CDN, once its supernode answered)
+# To a supernode's control port: the connect, then the handshake, each. A dead member
+# costs a download this much at most (a refused connection nothing; a silent host or a
+# frozen process the timeout), then the next member is tried.
+SUPERNODE_TIMEOUT = 1.0
 SEND_TIMEOUT = 60.0  # for the other side to take one frame (they are small: requests)
 
 
@@ -42,20 +46,23 @@ def translate_errors(address: str) -> Iterator[None]:
         raise SupernodeFailed(f"supernode {address} broke the protocol: {exc}") from exc
 
 
-async def connect_stream(address: str, *, peer_id: str, max_payload: int) -> FramedStream:
+async def connect_stream(
+    address: str, *, peer_id: str, max_payload: int, within: float = CONNECT_TIMEOUT
+) -> FramedStream:
     """An open, handshaken session to `address` (HOST:PORT); the caller closes it.
 
     `max_payload` is the largest payload it accepts: 0 on a control session (the
     supernode sends none there), one sealed piece of the task on a piece session.
+    `within` bounds the connect, then the handshake (seconds each).
     """
     host, port = parse_address(address)
     try:
-        with trio.fail_after(CONNECT_TIMEOUT):
+        with trio.fail_after(within):
             stream = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
         raise SupernodeUnavailable(f"cannot reach {address}: {exc}") from exc
     with translate_errors(address):
-        with trio.move_on_after(CONNECT_TIMEOUT) as handshake:
+        with trio.move_on_after(within) as handshake:
             framed = await client_handshake(
                 stream,
                 role="peer",
@@ -72,9 +79,9 @@ async def connect_stream(address: str, *, peer_id: str, max_payload: int) -> Fra
 
 @asynccontextmanager
 async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
-    """A control session (`connect_stream`, no payloads), closed when the block ends;
-    errors inside are translated."""
-    framed = await connect_stream(address, peer_id=peer_id, max_payload=0)
+    """A control session to a supernode (`connect_stream`, no payloads, its short
+    timeout), closed when the block ends; errors inside are translated."""
+    framed = await connect_stream(address, peer_id=peer_id, max_payload=0, within=SUPERNODE_TIMEOUT)
     try:
         with translate_errors(address):
             yield framed

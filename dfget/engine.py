@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from common.io import RateLimiter
-from common.rendezvous import rank
 from common.urls import display_url
 from dfget.errors import (
     DownloadTimeout,
@@ -44,6 +43,7 @@ from proto.taskid import check_digest, task_id_for
 
 if TYPE_CHECKING:
     from common.origins import OriginPolicy
+    from dfget.members import Directory
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class DownloadRequest:
     # Back-to-source TLS of given hosts (`HOST[:PORT]` → context: dfdaemon's
     # --registry-ca and --registry-client-cert).
     origin_tls: tuple[tuple[str, ssl.SSLContext], ...] = ()
+    # The live supernodes and their back-off memory, shared by a daemon's downloads;
+    # None: learned from `supernodes` when the download needs them (dfget).
+    directory: Directory | None = None
 
     def task_id(self) -> str:
         """The task id (also validates URL, digest and Range); UsageError if bad."""
@@ -322,7 +325,10 @@ async def _via_daemon(job: DownloadJob) -> DownloadResult | None:
 async def _download(job: DownloadJob) -> DownloadResult:
     """Through each supernode in rendezvous order, then from the origin."""
     request, out = job.request, job.out
-    ranked = rank(job.task_id, request.supernodes)
+    from dfget.members import directory_for  # asks a member for the live list: lazily
+
+    directory = await directory_for(request.supernodes, request.directory, request.peer.token)
+    ranked = directory.rank(job.task_id)
     for attempt, address in enumerate(ranked, start=1):
         try:
             try:
@@ -332,6 +338,7 @@ async def _download(job: DownloadJob) -> DownloadResult:
                 out.reset()
                 return await _through(job, address)
         except SupernodeUnavailable as exc:
+            directory.failed(address)  # skipped by the next tasks for a while
             if attempt == len(ranked) and not request.back_source:
                 raise
             # On to the next supernode, keeping the pieces written (its digests check

@@ -322,6 +322,59 @@ class PiecesHeld(Message):
         return cls(task_id, generation, start, bytes(bitfield))
 
 
+# -- members: which supernodes are live (a one-request session) ------------------------
+
+MAX_MEMBERS = 128  # peer addresses in one `Members`: its header stays far under 64 KiB
+MAX_MEMBER_ADDRESS = 300  # characters of one HOST:PORT
+
+
+def check_member_address(address: str) -> None:
+    """A supernode's peer address as `Members` carries it: HOST:PORT (an IPv6 host in
+    brackets), printable, at most MAX_MEMBER_ADDRESS characters; ValueError if not."""
+    host, sep, port = address.rpartition(":")
+    if (
+        len(address) > MAX_MEMBER_ADDRESS
+        or not sep
+        or not host.strip("[]")
+        or not address.isprintable()
+        or any(c.isspace() for c in address)
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+    ):
+        raise ValueError(f"bad member address {address[:80]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MembersRequest(Message):
+    """A peer asks a supernode for the cluster's live members (the first and only
+    request of its connection). Admission as for `Register`: in a cluster with a token,
+    the proof is `admission.prove` over the Welcome's challenge with an all-zero key."""
+
+    TAG: ClassVar[str] = "members_request"
+    token_proof: bytes | None = None
+
+    def check(self) -> None:
+        if self.token_proof is not None and len(self.token_proof) != 32:
+            raise ValueError("token_proof must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Members(Message):
+    """The answer: the live members' peer addresses (the answering one among them).
+    `cluster` is False for a supernode that runs alone (no --cluster): its list is
+    itself, and a client keeps the list it was given."""
+
+    TAG: ClassVar[str] = "members"
+    peers: tuple[str, ...]
+    cluster: bool
+
+    def check(self) -> None:
+        if len(self.peers) > MAX_MEMBERS:
+            raise ValueError(f"at most {MAX_MEMBERS} members")
+        for address in self.peers:
+            check_member_address(address)
+
+
 # -- piece session: peer <-> peer, peer <-> CDN -----------------------------------------
 
 
@@ -385,6 +438,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PieceResult,
     KeepAlive,
     PiecesHeld,
+    MembersRequest,
+    Members,
 )
 
 

@@ -24,6 +24,8 @@ from proto.messages import (
     ErrorReply,
     Hello,
     KeepAlive,
+    Members,
+    MembersRequest,
     Message,
     PieceData,
     PieceRefused,
@@ -70,7 +72,15 @@ TRANSITIONS: dict[tuple[Side, State, str, type[Message]], State] = {
 # Once open, what each side may send (and so what the other may receive).
 OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
     Side.CLIENT: frozenset(
-        {Register, PieceTasksRequest, PieceResult, PiecesHeld, PieceRequest, KeepAlive}
+        {
+            Register,
+            PieceTasksRequest,
+            PieceResult,
+            PiecesHeld,
+            PieceRequest,
+            KeepAlive,
+            MembersRequest,
+        }
     ),
     Side.SERVER: frozenset(
         {
@@ -82,6 +92,7 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
             PieceData,
             PieceRefused,
             ErrorReply,
+            Members,
         }
     ),
 }

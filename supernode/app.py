@@ -162,6 +162,7 @@ class Supernode:
         )
         if cluster is not None:
             self.cdn.adopter = self.task_states
+        self.server.members = self._members
         self.admin = AdminApi(
             SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats, self.membership),
             AdminSettings(
@@ -208,6 +209,12 @@ class Supernode:
         while True:
             await trio.sleep(self.config.gc_interval)
             self.collect_garbage()
+
+    def _members(self) -> tuple[list[str], bool]:
+        """What a `MembersRequest` gets: the live members' peer addresses, and whether
+        we run in a cluster."""
+        live = [member.peer for member, _ in self.membership.live() if member.peer]
+        return live, self.membership.settings is not None
 
     def _advertise(self, peer: tuple[str, int]) -> None:
         """Tell the membership where peers and operators reach us."""

@@ -106,6 +106,9 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "upload_port": st.integers(0, 65535),
     "upload_slots": st.integers(0, 1024),
     "ticket": st.binary(max_size=200),
+    "peers": st.lists(
+        st.from_regex(r"[a-z0-9.-]{1,40}:[1-9][0-9]{0,3}", fullmatch=True), max_size=8
+    ).map(tuple),
 }
 
 

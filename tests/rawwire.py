@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import msgpack
 import trio
 
 from proto import FrameDecoder, Message
+from proto.io import FramedStream, server_handshake
+from proto.session import Session, Side
 
 PREFIX = struct.Struct(">I")  # a frame's header length
 
@@ -81,3 +85,24 @@ async def connect_through(proxy: str, target: str) -> tuple[trio.SocketStream, b
             assert data, head
             head += data
     return stream, head
+
+
+Answer = Callable[[FramedStream], Awaitable[None]]
+
+
+async def scripted_supernode(nursery: trio.Nursery, answer: Answer) -> str:
+    """A server on 127.0.0.1 (its HOST:PORT) that speaks the handshake, takes one request
+    and leaves the rest to `answer(framed)`: a hostile or an older supernode."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, Session(Side.SERVER))
+        try:
+            await server_handshake(framed, role="supernode", agent="scripted")
+            await framed.receive()
+            await answer(framed)
+            await framed.linger_close()
+        finally:
+            await framed.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"

@@ -60,6 +60,12 @@ async def test_the_cluster_keeps_every_download_through_a_kill_an_outage_and_a_j
             for i in range(3)
         ]
         by_peer = {node.ready["peer"]: node for node in nodes}
+
+        async def all_listed() -> bool:  # dfget learns the live list from one member
+            views = [await admin_get(node, "/api/v1/supernodes") for node in nodes]
+            return all(view and len(view["supernodes"]) == len(nodes) for view in views)
+
+        await eventually(all_listed, 30)
         owner, heir, _ = (by_peer[p] for p in rank(task_id_for(url), list(by_peer)))
         task_path = f"/api/v1/tasks/{task_id_for(url)}"
 

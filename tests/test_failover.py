@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,8 @@ async def test_a_new_owner_adopts_the_task_from_redis(
             admin_listen=("127.0.0.1", 0),
         )
         nodes[node.address] = node
+    for node in nodes.values():  # dfget learns the live list from a member: both in it
+        await until(partial(both_listed, node))
     request = DownloadRequest(
         url=origin.url("/f.bin"),
         output=tmp_path / "f.bin",
@@ -126,6 +129,10 @@ async def test_a_new_owner_adopts_the_task_from_redis(
     # Whole, its copy is kept (a digest-named one checked whole, read back from disk).
     await until((adopter.store.task_dir(task.task_id) / "meta.json").exists)
     assert not task.failed
+
+
+def both_listed(node: RunningSupernode) -> bool:
+    return len(node.node.membership.live()) == 2
 
 
 async def download_losing(

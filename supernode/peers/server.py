@@ -1,7 +1,8 @@
 """The peer-facing TCP server: handshake, then a control or a piece session.
 
 Every connection starts with Hello/Welcome. Its first request decides what it is: a
-`Register` opens a control session, a `PieceRequest` a piece session on the CDN. A
+`Register` opens a control session, a `PieceRequest` a piece session on the CDN, a
+`MembersRequest` gets the cluster's live members and the connection closes. A
 connection that breaks the protocol gets a typed `ErrorReply` and is closed; nothing a
 peer sends can take the server down or stall other connections.
 
@@ -17,6 +18,7 @@ taken by the peer within `send_timeout` (a piece: see `CdnUploads`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -25,13 +27,14 @@ from common.io import RateLimiter, serve_limited
 from proto.admission import new_challenge
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
 from proto.io import FramedStream, server_handshake
-from proto.messages import PieceRequest, Register
+from proto.messages import MembersRequest, PieceRequest, Register
 from proto.session import Session, Side
 from proto.tickets import TicketVerifier
 from supernode import __version__
 from supernode.cdn.service import Cdn
 from supernode.cdn.uploads import MIN_PIECE_SEND, MIN_SEND_RATE, CdnUploads
 from supernode.peers.control import ControlSession
+from supernode.peers.members import answer_members
 from supernode.peers.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,9 @@ class PeerServer:
         self.min_send_rate: float = MIN_SEND_RATE
         self.connections = 0
         self.protocol_errors = 0
+        # `MembersRequest`: the live members' peer addresses, and whether we run in a
+        # cluster (the app sets it from its membership; alone: nobody known yet).
+        self.members: Callable[[], tuple[Sequence[str], bool]] = lambda: ((), False)
 
     async def serve(
         self,
@@ -141,6 +147,15 @@ class PeerServer:
                 min_send_rate=self.min_send_rate,
             )
             await uploads.run(first)
+        elif isinstance(first, MembersRequest):
+            await answer_members(
+                framed,
+                first,
+                peer_id=hello.peer_id,
+                challenge=challenge,
+                swarm=self.swarm,
+                members=self.members,
+            )
         else:
             raise UnexpectedMessage(f"{first.TAG} cannot open a session")
 
