@@ -29,6 +29,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
 from supernode.cluster.identity import load_or_create_member_id
+from supernode.cluster.jobs import PreheatJobs
 from supernode.cluster.membership import Membership
 from supernode.cluster.settings import DEFAULT_HEARTBEAT, advertised, cluster_settings
 from supernode.keys import load_or_create_ticket_key
@@ -155,8 +156,9 @@ class Supernode:
             load_or_create_member_id(config.data_dir),
             __version__,
         )
+        self.jobs = PreheatJobs(self.preheats, self.membership)  # in Redis with --cluster
         self.admin = AdminApi(
-            SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats, self.membership),
+            SupernodeView(self.cdn, self.swarm, self.scheduler, self.jobs, self.membership),
             AdminSettings(
                 config.data_dir,
                 token=config.admin_token,
@@ -236,6 +238,7 @@ class Supernode:
                         self.admin_address = await nursery.start(self.admin.serve, host, port)
                     self._advertise(address)
                     await nursery.start(self.membership.run)
+                    await nursery.start(self.jobs.run)
                     task_status.started(address)
         finally:
             stats = self.cdn.statistics()
