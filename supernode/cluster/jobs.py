@@ -148,9 +148,8 @@ class PreheatJobs:
         """The job as Redis has it; if this member runs it, its progress as of now."""
         summary = job.summary()
         preheat = self.running.get(job.id)
-        if preheat is not None and not job.ended:
-            progress = preheat.summary()
-            summary.update(state=_shown_state(preheat), tasks=progress["tasks"])
+        if preheat is not None and not job.ended:  # "running" until its end is in Redis
+            summary.update(state="running", tasks=preheat.summary()["tasks"])
         return summary
 
     # -- running jobs -----------------------------------------------------------------------
