@@ -214,7 +214,11 @@ class PreheatJobs:
                     written = trio.current_time()
                     progress = _progress(job, preheat)
                     if await self._write(progress) is False:
-                        log.warning("preheat %s: another member runs it now", job.id[:8])
+                        log.warning(
+                            "preheat %s: no longer ours to write (another member took it, "
+                            "or it is gone from Redis)",
+                            job.id[:8],
+                        )
                         return
             error = None if preheat.error is None else preheat.error[:TEXT]
             final = _progress(job, preheat).ending(preheat.state, error, time.time())
