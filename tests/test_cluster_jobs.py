@@ -191,15 +191,17 @@ async def test_posted_on_one_member_read_on_another_run_by_the_owner(
 
 
 @needs_redis
-async def test_a_runner_killed_mid_job_is_replaced_by_the_next_owner(
-    redis_server: RedisServer, tmp_path: Path, origin: FakeOrigin
+@pytest.mark.parametrize(("how", "period"), [(signal.SIGKILL, PERIOD), (signal.SIGTERM, 1.0)])
+async def test_a_runner_stopped_mid_job_is_replaced_by_the_next_owner(
+    redis_server: RedisServer, tmp_path: Path, origin: FakeOrigin, how: int, period: float
 ) -> None:
-    """Two real supernodes; the job's runner is SIGKILLed while the origin trickles the
-    file; once its lease lapses the other member takes the job again and finishes it."""
+    """Two real supernodes; the job's runner is stopped while the origin trickles the
+    file. SIGKILLed, its lease lapses and the other member takes the job again; stopped
+    cleanly (SIGTERM), it hands the lease back on the way out. The other finishes it."""
     data = os.urandom(6 * MIB)
     origin.add("/slow.bin", data, rate=1.5 * MIB)
     url = origin.url("/slow.bin")
-    flags = ("--admin-open", "--cluster", redis_server.url, "--cluster-heartbeat", str(PERIOD))
+    flags = ("--admin-open", "--cluster", redis_server.url, "--cluster-heartbeat", str(period))
     async with (
         supernode_process(tmp_path / "a", *flags) as a,
         supernode_process(tmp_path / "b", *flags) as b,
@@ -211,18 +213,23 @@ async def test_a_runner_killed_mid_job_is_replaced_by_the_next_owner(
         ids = {peer: await own_id(client) for peer, client in clients.items()}
         runner_peer = owner(url, list(clients))
         runner, survivor = (a, b) if a.ready["peer"] == runner_peer else (b, a)
-        path = f"/api/v1/preheats/{await post_file(clients[survivor.ready['peer']], url)}"
+        job_id = await post_file(clients[survivor.ready["peer"]], url)
+        path = f"/api/v1/preheats/{job_id}"
         state = await mid_job(clients[runner_peer], path)
         assert state["runner"] == ids[runner_peer] and state["state"] == "running"
-        os.kill(runner.proc.pid, signal.SIGKILL)
+        runner.proc.send_signal(how)
         await runner.proc.wait()
-        killed = time.monotonic()
+        stopped = time.monotonic()
+        if how == signal.SIGTERM:  # its lease (3 s) is gone, or the survivor's already
+            store = redis_server.client()
+            assert store.get(lease_key(job_id)) in (None, ids[survivor.ready["peer"]].encode())
+            store.close()
         with trio.fail_after(10):  # the lease lapses (3 periods), the next scan takes it
             while (await get_object(clients[survivor.ready["peer"]], path))["attempts"] < 2:  # noqa: ASYNC110
                 await trio.sleep(0.02)
-        taken = time.monotonic() - killed
-        assert taken <= 4 * PERIOD + 1.0
-        print(f"job taken again {taken:.2f}s after its runner was killed")
+        taken = time.monotonic() - stopped
+        assert taken <= (4 if how == signal.SIGKILL else 2) * period + 1.0
+        print(f"job taken again {taken:.2f}s after its runner's {how!r}")
         done = await preheat_ended(clients[survivor.ready["peer"]], path)
         for client in clients.values():
             await client.aclose()

@@ -71,6 +71,7 @@ class PreheatJobs:
         self.settings = membership.settings
         self.store = RedisJobs(self.settings) if self.settings is not None else None
         self.running: dict[str, Preheat] = {}  # cluster jobs this member runs, by id
+        self.leased: set[str] = set()  # ...and their leases, released at a clean stop
         self.degraded: set[str] = set()  # jobs kept here because Redis was away
         self.taken = 0  # jobs this member took (a restart after a dead runner counts)
         self._warned: set[str] = set()
@@ -169,7 +170,19 @@ class PreheatJobs:
                         log.debug("preheat jobs: Redis unreachable: %s", exc)
                     await trio.sleep(self.settings.heartbeat)
         finally:
+            # A clean stop hands our jobs over at once, not after their leases lapse.
+            with trio.CancelScope(shield=True), trio.move_on_after(self.settings.timeout):
+                ours = list(self.leased)
+                if ours:
+                    await trio.to_thread.run_sync(self._release, ours, abandon_on_cancel=True)
             self.store.close()
+
+    def _release(self, job_ids: list[str]) -> None:
+        assert self.store is not None
+        try:
+            self.store.release(job_ids, self.membership.id)
+        except (redis.RedisError, OSError) as exc:
+            log.info("preheat jobs: could not release our leases: %s", exc)
 
     async def _scan(self, *, nursery: trio.Nursery) -> None:
         assert self.store is not None
@@ -191,6 +204,7 @@ class PreheatJobs:
             if await self._call(self.store.take, job_id, self.membership.id, lease):
                 preheat = _preheat(job)
                 self.running[job_id] = preheat
+                self.leased.add(job_id)
                 self.taken += 1
                 nursery.start_soon(self._run_job, job, preheat)
         if closing:
@@ -200,11 +214,15 @@ class PreheatJobs:
         """Run our job in the local `Preheats`; write its progress every period (which
         renews the lease) and its end. Losing the lease ends our writing, not the fetch."""
         assert self.settings is not None
-        me = self.membership.id
+        me, stopping = self.membership.id, False
         try:
             job = replace(job, state="running", runner=me, attempts=job.attempts + 1, tasks=())
             log.info("preheat %s: running it (attempt %d, %s)", job.id[:8], job.attempts, job.url)
-            self.local.enqueue(preheat)
+            try:
+                self.local.enqueue(preheat)
+            except trio.WouldBlock:  # our queue is full: the lease lapses, we look again
+                log.warning("preheat %s: our preheat queue is full: later", job.id[:8])
+                return
             written = trio.current_time()
             if await self._write(job) is False:
                 return
@@ -228,8 +246,15 @@ class PreheatJobs:
                 done = await self._write(final)
             if done:
                 log.info("preheat %s: %s", job.id[:8], final.state)
+        except trio.Cancelled:  # our stop: `run` hands the lease back
+            stopping = True
+            raise
+        except Exception:  # a bug of ours: this job's lease lapses, the supernode goes on
+            log.exception("preheat %s: internal error", job.id[:8])
         finally:
             del self.running[job.id]
+            if not stopping:
+                self.leased.discard(job.id)
 
     async def _write(self, job: Job) -> bool | None:
         """True: written; False: not ours any more; None: Redis did not answer."""
@@ -247,14 +272,7 @@ class PreheatJobs:
         """Past KEEP remembered jobs, the oldest ended ones go (and what is not a job)."""
         assert self.store is not None
         try:
-            excess, oldest = await self._call(self.store.oldest)
-            if excess > 0:
-                gone = [
-                    job_id
-                    for job_id, raw in oldest
-                    if (job := decode_job(job_id, raw)) is None or job.ended
-                ]
-                await self._call(self.store.forget, gone[:excess])
+            await self._call(self.store.trim)
         except StoreUnavailable as exc:
             log.debug("preheat jobs: trimming: %s", exc)
 

@@ -30,6 +30,7 @@ from supernode.cluster.jobrecords import (
 from supernode.cluster.settings import ClusterSettings
 
 TRIM_BATCH = 256  # ids looked at per trim
+LIST_BUDGET = 8 * 1024 * 1024  # bytes of records one list reads at most
 
 # KEYS: open, jobs, job; ARGV: max open, data, score, id
 _ADD = """
@@ -56,6 +57,12 @@ end
 return 1
 """
 
+# KEYS: lease; ARGV: member
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 
 class RedisJobs:
     """Preheat jobs in Redis (blocking: call from a worker thread). Raw records come
@@ -75,6 +82,7 @@ class RedisJobs:
         )
         self._add = self.client.register_script(_ADD)
         self._write = self.client.register_script(_WRITE)
+        self._release = self.client.register_script(_RELEASE)
 
     def add(self, job: Job) -> bool:
         """Store a new job, open; False if MAX_OPEN jobs are open already."""
@@ -135,43 +143,52 @@ class RedisJobs:
         return _raw(size, raw)
 
     def newest(self, limit: int) -> list[tuple[str, bytes | None]]:
-        """The `limit` newest remembered jobs (id, raw record)."""
+        """The `limit` newest remembered jobs (id, raw record), as many as LIST_BUDGET
+        bytes of records hold (a list of large image jobs is cut short, never huge)."""
         ids = self._ids(self.client.zrevrange(JOBS_KEY, 0, limit - 1), JOBS_KEY)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.strlen(job_key(job_id))
+        sizes = pipe.execute(raise_on_error=False)
+        budget, chosen = LIST_BUDGET, []
+        for job_id, size in zip(ids, sizes, strict=True):
+            size = size if isinstance(size, int) and 0 < size <= MAX_JOB else 0
+            if size > budget:
+                break
+            budget -= size
+            chosen.append((job_id, size))
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, _ in chosen:
             pipe.getrange(job_key(job_id), 0, MAX_JOB)
         answers = pipe.execute(raise_on_error=False)
         return [
-            (job_id, _raw(size, raw))
-            for job_id, size, raw in zip(ids, answers[::2], answers[1::2], strict=True)
+            (job_id, _raw(size, raw)) for (job_id, size), raw in zip(chosen, answers, strict=True)
         ]
 
-    def oldest(self) -> tuple[int, list[tuple[str, bytes | None]]]:
-        """How many jobs are remembered past KEEP, and (if any) the oldest TRIM_BATCH
-        (id, raw record), for the caller to `forget` the ended ones among them."""
+    def trim(self) -> int:
+        """Past KEEP remembered jobs, forget the oldest that are not open (ended, or
+        never ours) among the TRIM_BATCH oldest; how many went."""
         excess = int(self.client.zcard(JOBS_KEY)) - KEEP
         if excess <= 0:
-            return 0, []
+            return 0
         ids = self._ids(self.client.zrange(JOBS_KEY, 0, TRIM_BATCH - 1), JOBS_KEY)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.strlen(job_key(job_id))
-            pipe.getrange(job_key(job_id), 0, MAX_JOB)
-        answers = pipe.execute(raise_on_error=False)
-        return excess, [
-            (job_id, _raw(size, raw))
-            for job_id, size, raw in zip(ids, answers[::2], answers[1::2], strict=True)
-        ]
-
-    def forget(self, job_ids: list[str]) -> None:
-        """Drop remembered jobs (records and index entries)."""
-        if job_ids:
+            pipe.zscore(OPEN_KEY, job_id)
+        scores = pipe.execute()
+        gone = [job_id for job_id, score in zip(ids, scores, strict=True) if score is None]
+        gone = gone[:excess]
+        if gone:
             pipe = self.client.pipeline(transaction=False)
-            pipe.delete(*(job_key(job_id) for job_id in job_ids))
-            pipe.zrem(JOBS_KEY, *job_ids)
-            pipe.zrem(OPEN_KEY, *job_ids)
+            pipe.delete(*(job_key(job_id) for job_id in gone))
+            pipe.zrem(JOBS_KEY, *gone)
             pipe.execute()
+        return len(gone)
+
+    def release(self, job_ids: list[str], member_id: str) -> None:
+        """Drop our leases on these jobs (a clean stop): the next owner need not wait."""
+        for job_id in job_ids:
+            self._release(keys=[lease_key(job_id)], args=[member_id])
 
     def _ids(self, answer: Any, key: str) -> list[str]:
         """The members of a sorted set that can be job ids; the rest leave it."""
