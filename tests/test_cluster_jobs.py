@@ -302,7 +302,7 @@ async def test_jobs_are_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """At most MAX_OPEN open jobs (then 503, as the queue today), at most KEEP
-    remembered (the oldest ended ones go)."""
+    remembered (the oldest ended ones go); a request too large to keep is 400."""
     monkeypatch.setattr(jobstore, "MAX_OPEN", 2)
     monkeypatch.setattr(jobstore, "KEEP", 2)
     [node] = await members(start_supernode, tmp_path, redis_server.url, 1)
@@ -314,6 +314,9 @@ async def test_jobs_are_bounded(
         body = {"type": "file", "url": origin.url("/slow2.bin")}
         refused = await admin.post("/api/v1/preheats", json=body)
         assert refused.status_code == 503
+        body = {"type": "file", "url": origin.url("/" + "x" * 9000)}
+        too_large = await admin.post("/api/v1/preheats", json=body)
+        assert too_large.status_code == 400 and "too large" in too_large.text
         for job_id in slow:
             await preheat_ended(admin, f"/api/v1/preheats/{job_id}")
         fast = []

@@ -163,9 +163,19 @@ def decode_job(job_id: str, raw: bytes | None) -> Job | None:
     if checked is None or not ok or (request is None and state not in ENDED):
         return None
     return Job(
-        job_id, kind, url, rank_key, created, request, state, error, updated, runner, attempts,
+        job_id,
+        kind,
+        url,
+        rank_key,
+        created,
+        request,
+        state,
+        error,
+        updated,
+        runner,
+        attempts,
         checked,
-    )  # fmt: skip
+    )
 
 
 def _request(value: Any) -> tuple[bool, Request | None]:

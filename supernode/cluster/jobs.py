@@ -73,7 +73,6 @@ class PreheatJobs:
         self.running: dict[str, Preheat] = {}  # cluster jobs this member runs, by id
         self.leased: set[str] = set()  # ...and their leases, released at a clean stop
         self.degraded: set[str] = set()  # jobs kept here because Redis was away
-        self.taken = 0  # jobs this member took (a restart after a dead runner counts)
         self._warned: set[str] = set()
 
     # -- the admin API ----------------------------------------------------------------------
@@ -88,8 +87,9 @@ class PreheatJobs:
         job_id = secrets.token_hex(16)
         request = Request(url, headers, extra.get("tag", ""), tuple(extra.get("filter", ())))
         request = replace(request, platform=extra.get("platform", request.platform))
-        job = Job(job_id, kind, display_url(url), _rank_key(job_id, kind, request), time.time(),
-                  request, updated=time.time())  # fmt: skip
+        now = time.time()
+        rank_key = _rank_key(job_id, kind, request)
+        job = Job(job_id, kind, display_url(url), rank_key, now, request, updated=now)
         if decode_job(job_id, job.encode()) is None:  # what others could not read back
             raise JobTooLarge(
                 f"the preheat request is too large to keep in the cluster's Redis (a URL, "
@@ -99,6 +99,7 @@ class PreheatJobs:
             added = await self._call(self.store.add, job)
         except StoreUnavailable as exc:
             preheat = self.local.submit(kind, url, headers, **extra)
+            self.degraded &= set(self.local.all)  # the ones the local queue forgot go
             self.degraded.add(preheat.id)
             log.warning(
                 "preheat %s: the cluster's Redis is unreachable (%s): running it here, "
@@ -205,7 +206,6 @@ class PreheatJobs:
                 preheat = _preheat(job)
                 self.running[job_id] = preheat
                 self.leased.add(job_id)
-                self.taken += 1
                 nursery.start_soon(self._run_job, job, preheat)
         if closing:
             await self._call(self.store.close_open, closing)
@@ -260,10 +260,10 @@ class PreheatJobs:
         """True: written; False: not ours any more; None: Redis did not answer."""
         assert self.store is not None
         try:
+            stamped = replace(job, updated=time.time())
             written: bool = await self._call(
-                self.store.write, replace(job, updated=time.time()), self.membership.id,
-                self._lease(),
-            )  # fmt: skip
+                self.store.write, stamped, self.membership.id, self._lease()
+            )
         except StoreUnavailable:
             return None
         return written
@@ -314,8 +314,15 @@ def _rank_key(job_id: str, kind: str, request: Request) -> str:
 def _preheat(job: Job) -> Preheat:
     request = job.request
     assert request is not None  # an open job always has its request
-    return Preheat(job.id, job.type, request.url, request.headers, tag=request.tag,
-                   filter=request.filter, platform=request.platform)  # fmt: skip
+    return Preheat(
+        job.id,
+        job.type,
+        request.url,
+        request.headers,
+        tag=request.tag,
+        filter=request.filter,
+        platform=request.platform,
+    )
 
 
 def _shown_state(preheat: Preheat) -> str:
