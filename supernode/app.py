@@ -32,6 +32,7 @@ from supernode.cluster.identity import load_or_create_member_id
 from supernode.cluster.jobs import PreheatJobs
 from supernode.cluster.membership import Membership
 from supernode.cluster.settings import DEFAULT_HEARTBEAT, advertised, cluster_settings
+from supernode.cluster.taskstate import TaskStates
 from supernode.keys import load_or_create_ticket_key
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
 from supernode.peers.swarm import Swarm
@@ -117,20 +118,20 @@ class Supernode:
             usage=lambda: self.cdn.usage(),
             make_room=self.make_room,
         )
-        self.cdn = Cdn(
-            self.store,
-            self.origin,
-            FetchPolicy(config.max_resumes, limiter, budget),
-            max_fetches=config.max_fetches,
-            failed_task_ttl=config.failed_task_ttl,
-        )
-        self.ticket_key = load_or_create_ticket_key(config.data_dir)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 cdn_upload_slots=config.cdn_upload_slots,
                 cdn_slots_per_requester=config.cdn_slots_per_requester,
             )
         )
+        self.cdn = Cdn(
+            self.store,
+            self.origin,
+            FetchPolicy(config.max_resumes, limiter, budget, self.scheduler.held_by_peers),
+            max_fetches=config.max_fetches,
+            failed_task_ttl=config.failed_task_ttl,
+        )
+        self.ticket_key = load_or_create_ticket_key(config.data_dir)
         self.swarm = Swarm(
             self.scheduler, self.ticket_key, ticket_ttl=config.ticket_ttl, token=config.token
         )
@@ -149,13 +150,19 @@ class Supernode:
             policy=self.origin_policy,
             realms=[RealmHost.parse(text) for text in config.preheat_realms],
         )
-        self.membership = Membership(
+        cluster = (
             cluster_settings(config.cluster, config.cluster_password_file, config.cluster_heartbeat)
             if config.cluster
-            else None,
-            load_or_create_member_id(config.data_dir),
-            __version__,
+            else None
         )
+        member_id = load_or_create_member_id(config.data_dir)
+        self.membership = Membership(cluster, member_id, __version__)
+        # The tasks' state in Redis: written for each task, read to adopt a dead owner's.
+        self.task_states = TaskStates(
+            self.membership, lambda: self.cdn.tasks, self.scheduler.held_by_peers
+        )
+        if cluster is not None:
+            self.cdn.adopter = self.task_states
         self.jobs = PreheatJobs(self.preheats, self.membership)  # in Redis with --cluster
         self.admin = AdminApi(
             SupernodeView(self.cdn, self.swarm, self.scheduler, self.jobs, self.membership),
@@ -238,6 +245,7 @@ class Supernode:
                         self.admin_address = await nursery.start(self.admin.serve, host, port)
                     self._advertise(address)
                     await nursery.start(self.membership.run)
+                    nursery.start_soon(self.task_states.run)
                     await nursery.start(self.jobs.run)
                     task_status.started(address)
         finally:

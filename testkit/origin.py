@@ -214,6 +214,12 @@ class FakeOrigin:
         etag = '"' + hashlib.blake2b(data, digest_size=8).hexdigest() + '"'
         self._register(path, _MemoryEntry(data, etag, self._clock), fault_kwargs)
 
+    def etag(self, path: str) -> str:
+        """The ETag `path` is served with (content added by `add`)."""
+        entry = self._entries[path]
+        assert isinstance(entry, _MemoryEntry)
+        return entry.etag
+
     def add_file(self, path: str, file: pathlib.Path, **fault_kwargs: Any) -> None:
         """Serve a file from disk, streamed and never loaded whole.
 

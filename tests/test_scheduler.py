@@ -101,6 +101,32 @@ def test_config_and_cdn_progress_are_checked() -> None:
         s.add_peer("t", CDN, upload_slots=1, now=0.0)
 
 
+def test_an_adopted_task_knows_pieces_its_cdn_does_not_hold() -> None:
+    # Adopted from a dead owner: digests of 0..3 known, only 2 and 3 on this CDN, 0 and 1
+    # held by peer A. D gets 0 and 1 from A, never from the CDN; the CDN's copy grows.
+    s = make(first_random=0, endgame_pieces=0)
+    s.cdn_ready("t", 4, total=4, on_cdn=0b1100)
+    s.add_peer("t", "A", upload_slots=9, now=0.0)
+    give(s, "t", "A", [0, 1])
+    s.add_peer("t", "D", upload_slots=0, now=0.0)
+    plan = s.assign("t", "D", 4, 0.0)
+    assert sorted((a.index, a.source) for a in plan) == [(0, "A"), (1, "A"), (2, CDN), (3, CDN)]
+    assert (stats := s.task_statistics("t")) is not None and stats.pieces_on_cdn == 2
+    assert s.held_by_peers("t") == 0b0011
+    s.cdn_ready("t", 4, total=4, on_cdn=0b0001)  # a lost piece fetched again: it adds up
+    assert (stats := s.task_statistics("t")) is not None and stats.pieces_on_cdn == 3
+    s.cdn_ready("t", 4, total=4)  # all of them, as for any task
+    assert (stats := s.task_statistics("t")) is not None and stats.pieces_on_cdn == 4
+
+
+def test_a_piece_nobody_holds_is_not_assigned() -> None:
+    s = make(first_random=0, endgame_pieces=0)
+    s.cdn_ready("t", 3, total=3, on_cdn=0b100)
+    s.add_peer("t", "D", upload_slots=0, now=0.0)
+    assert [a.index for a in s.assign("t", "D", 3, 0.0)] == [2]
+    assert s.held_by_peers("missing") == 0
+
+
 # -- piece order ------------------------------------------------------------------------------
 
 

@@ -292,6 +292,7 @@ class AdminApi:
     def _task(self, task: CdnTask) -> dict[str, Any]:
         stats = self.view.scheduler.task_statistics(task.task_id)
         holders = sorted(p for p, r in self.view.swarm.peers.items() if task.task_id in r.tasks)
+        owner, on_disk = self.view.cluster.owner(task.task_id), task.cdn_pieces()
         return {
             "id": task.task_id,
             "url": display_url(task.spec.url),
@@ -307,6 +308,14 @@ class AdminApi:
             "bytes_from_cdn": stats.bytes_from_cdn if stats else 0,
             "bytes_from_peers": stats.bytes_from_peers if stats else 0,
             "error": str(task.error) if task.error else None,
+            # The cluster: who owns it as this member sees the live list, what of it is
+            # on this member's disk, and the dead owner it was adopted from (if so).
+            "owner": owner.id,
+            "owner_peer": owner.peer,
+            "pieces_on_cdn": task.ready if on_disk is None else on_disk.bit_count(),
+            "adopted_from": None
+            if task.adoption is None
+            else {"owner": task.adoption.owner, "generation": task.adoption.generation},
         }
 
     def _peer(self, peer_id: str) -> dict[str, Any]:

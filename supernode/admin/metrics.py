@@ -109,3 +109,19 @@ class SupernodeCollector(Collector):
             "Heartbeats that could not reach the cluster's Redis",
             value=cluster.heartbeat_failures,
         )
+        yield CounterMetricFamily(
+            "supernode_cluster_failovers",
+            "Tasks this supernode adopted from the state a dead owner left in Redis",
+            value=cluster.failovers,
+        )
+        yield CounterMetricFamily(
+            "supernode_cluster_task_state_failures",
+            "Periods whose task state could not be written to the cluster's Redis",
+            value=cluster.task_state_failures,
+        )
+        owned = sum(1 for task_id in view.cdn.tasks if cluster.owner(task_id).id == cluster.id)
+        yield GaugeMetricFamily(
+            "supernode_cluster_tasks_owned",
+            "Tasks in this CDN that this supernode owns (rendezvous over the live members)",
+            value=owned,
+        )

@@ -31,7 +31,7 @@ PAGE = """<!doctype html>
 <p><small>MiB/s, last 2 minutes: origin (blue), CDN (orange), peers (green)</small></p>
 <h2>Tasks</h2>
 <table><thead><tr><th>task</th><th>url</th><th>state</th><th>pieces</th>
-<th>length</th><th>peers</th><th>from CDN</th><th>from peers</th></tr></thead>
+<th>length</th><th>peers</th><th>from CDN</th><th>from peers</th><th>owner</th></tr></thead>
 <tbody id="tasks"></tbody></table>
 <h2>Peers</h2>
 <table><thead><tr><th>peer</th><th>address</th><th>tasks</th><th>uploads</th>
@@ -121,6 +121,8 @@ async function refresh() {
       cell(row, task.peers.length, true);
       cell(row, size(task.bytes_from_cdn), true);
       cell(row, size(task.bytes_from_peers), true);
+      cell(row, task.owner + (task.adopted_from ? " (adopted from " + task.adopted_from.owner
+        + ")" : ""));
     }
     const peerBody = document.getElementById("peers");
     peerBody.replaceChildren();
@@ -136,7 +138,8 @@ async function refresh() {
     }
     document.getElementById("redis").textContent = cluster.cluster === null ? "(no cluster)"
       : cluster.cluster + ": Redis " + cluster.redis + ", "
-        + cluster.heartbeat_failures + " failed heartbeats";
+        + cluster.heartbeat_failures + " failed heartbeats, "
+        + cluster.failovers + " tasks adopted from a dead owner";
     const nodeBody = document.getElementById("supernodes");
     nodeBody.replaceChildren();
     for (const node of cluster.supernodes) {

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from supernode.cdn.service import CdnStatistics
 from supernode.cdn.task import CdnTask
+from supernode.cluster.records import Member
 from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, TaskStatistics
 
 
@@ -95,10 +96,21 @@ class ClusterView(Protocol):
     live members, Redis' health ('off', 'up', 'down'), failed heartbeats."""
 
     @property
+    def id(self) -> str: ...
+
+    @property
     def health(self) -> str: ...
 
     @property
     def heartbeat_failures(self) -> int: ...
+
+    @property
+    def failovers(self) -> int: ...
+
+    @property
+    def task_state_failures(self) -> int: ...
+
+    def owner(self, task_id: str) -> Member: ...
 
     def live(self) -> Sequence[tuple[Any, float | None]]: ...
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from common.io import RateLimiter, unwrap_group
-from common.units import header_int
 from common.urls import display_url
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.errors import PieceCorrupted
 from proto.pieces import TAG_SIZE, PieceSealer, piece_digest, piece_size_for
+from supernode.cdn import adopt
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.piecefile import PiecesFile, file_size
+from supernode.cdn.response import check_resumed
 from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
@@ -51,6 +53,9 @@ class FetchPolicy:
     max_resumes: int = 5
     limiter: RateLimiter | None = None
     budget: StoreBudget | None = None  # the store's limits (none: unbounded)
+    # The pieces of a task its peers hold (a bitset): an adopted task fetches the
+    # others first (adopt.py). None: as if no peer held any.
+    held_by_peers: Callable[[str], int] | None = None
 
 
 class _Assembler:
@@ -175,19 +180,27 @@ async def _fetch(
 ) -> TaskMeta:
     spec = task.spec
     first, last = spec.range or (0, None)
-    hasher = new_hasher(spec.digest) if spec.digest else None
+    # An adopted task never sees the pieces its old owner fetched: its peers check the
+    # whole file's digest, the CDN checks each piece against the recorded digests.
+    hasher = new_hasher(spec.digest) if spec.digest and not task.adoption else None
     assembler: _Assembler | None = None
     resumes = 0
     with unwrap_group():
         async with trio.open_nursery() as nursery:
-            if task.resume_from is not None:  # after a restart: go on from its pieces
+            if task.resume_from is not None or task.adoption is not None:
+                # After a restart, or a dead owner: go on from the pieces known.
                 if task.length is not None and policy.budget is not None:
                     size = file_size(task.length, task.piece_size)
                     policy.budget.admit(task, task.length, size)
-                await _take_over(task, task.resume_from, store, hasher)
+                if task.resume_from is not None:
+                    await _take_over(task, task.resume_from, store, hasher)
+                else:  # the pieces no peer holds, alongside (adopt.py)
+                    _begin_adopted(task, store)
+                    held = policy.held_by_peers or (lambda _: 0)
+                    nursery.start_soon(adopt.before_fetch, task, origin, policy.limiter, held)
                 assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
-            while True:
+            while assembler is None or task.length is None or assembler.received < task.length:
                 resuming = assembler is not None
                 offset = assembler.received if assembler else 0
                 extra: list[tuple[str, str]] = []
@@ -195,7 +208,7 @@ async def _fetch(
                     end = "" if last is None else str(last)
                     extra.append(("Range", f"bytes={first + offset}-{end}"))
                 if resuming:
-                    extra.append(("If-Range", _if_range(task)))
+                    extra.append(("If-Range", task.validators.if_range))
                 try:
                     async with origin.open(
                         "GET", spec.url, spec.headers, extra=tuple(extra)
@@ -205,7 +218,8 @@ async def _fetch(
                             assembler = _Assembler(task, hasher, policy.budget)
                             nursery.start_soon(assembler.run_sealer)
                         else:
-                            _check_resumed(response, first + offset)
+                            adopt.check_not_changed(task, response)
+                            check_resumed(response, first + offset)
                         await assembler.fill_from(response, policy.limiter)
                     if task.length is not None and assembler.received < task.length:
                         raise OriginBroken(
@@ -215,7 +229,7 @@ async def _fetch(
                 except OriginBroken as exc:
                     # Without a validator for If-Range, a resumed body could belong to a
                     # newer version of the file: better to fail than to mix two versions.
-                    if assembler is None or not _if_range(task):
+                    if assembler is None or not task.validators.if_range:
                         raise
                     if resumes >= policy.max_resumes:
                         raise OriginBroken(f"{exc} (gave up after {resumes} resumes)") from exc
@@ -246,6 +260,8 @@ async def _fetch(
         created=task.created,
     )
     task.finish(length)  # peers may finish now; what follows only makes it durable
+    if task.adoption is not None and not await adopt.after_fetch(task, origin, policy.limiter):
+        return meta  # a partial copy: served, never saved
     pieces = task.pieces
     assert pieces is not None
     with trio.CancelScope(shield=True):  # a shutdown now must not lose a complete task
@@ -261,12 +277,14 @@ async def _fetch(
 async def _keep_for_resume(task: CdnTask, store: Store) -> bool:
     """On a shutdown: keep what a fetch has so far (durable, with partial.json) if a
     later start can resume it safely (If-Range needs a strong validator)."""
+    if task.adoption is not None:  # its first pieces were never on this disk
+        return False
     if task.resume_from is not None:
         # Stopped while taking over the pieces of an earlier stop: those stay as they
         # are (with their partial.json), this generation's copy goes.
         store.remove_generation(task.task_id, task.generation, partial=False)
         return True
-    if not task.digests or not _if_range(task) or task.pieces is None:
+    if not task.digests or not task.validators.if_range or task.pieces is None:
         return False
     partial = PartialMeta(
         task_id=task.task_id,
@@ -346,6 +364,13 @@ def _reseal(
     return True
 
 
+def _begin_adopted(task: CdnTask, store: Store) -> None:
+    """An adopted task's geometry is known before any response: open its pieces file."""
+    assert task.length is not None
+    pieces = store.create_pieces(task.task_id, task.generation, task.piece_size)
+    task.begin(task.length, task.piece_size, task.validators, pieces)
+
+
 def _start(
     task: CdnTask, store: Store, response: OriginResponse, budget: StoreBudget | None
 ) -> None:
@@ -361,17 +386,3 @@ def _start(
         budget.admit(task, length, file_size(length, piece_size))
     pieces = store.create_pieces(task.task_id, task.generation, piece_size)
     task.begin(length, piece_size, response.validators, pieces)
-
-
-def _if_range(task: CdnTask) -> str:
-    """The If-Range value guarding a resume ('' if none can: a weak ETag cannot)."""
-    return task.validators.strong_etag or task.validators.last_modified or ""
-
-
-def _check_resumed(response: OriginResponse, expected_start: int) -> None:
-    if response.status != 206 or not response.content_range:
-        raise OriginBroken("origin cannot resume (no 206 answer to the Range request)")
-    unit, _, spec = response.content_range.partition(" ")
-    start = spec.split("-", 1)[0]
-    if unit != "bytes" or header_int(start) != expected_start:
-        raise OriginBroken(f"origin resumed at the wrong place: {response.content_range!r}")

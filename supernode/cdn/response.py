@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.units import header_int
+from supernode.errors import OriginBroken
+
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -20,6 +23,11 @@ class Validators:
 
     def __bool__(self) -> bool:
         return bool(self.etag or self.last_modified)
+
+    @property
+    def if_range(self) -> str:
+        """The If-Range value guarding a resume ('' if none can: a weak ETag cannot)."""
+        return self.strong_etag or self.last_modified or ""
 
 
 class OriginResponse:
@@ -55,3 +63,13 @@ class OriginResponse:
             return None
         value = self.header("content-length")
         return int(value) if value and value.isdigit() else None
+
+
+def check_resumed(response: OriginResponse, expected_start: int) -> None:
+    """A Range request's answer must be a 206 starting where it was asked to."""
+    if response.status != 206 or not response.content_range:
+        raise OriginBroken("origin cannot resume (no 206 answer to the Range request)")
+    unit, _, spec = response.content_range.partition(" ")
+    start = spec.split("-", 1)[0]
+    if unit != "bytes" or header_int(start) != expected_start:
+        raise OriginBroken(f"origin resumed at the wrong place: {response.content_range!r}")

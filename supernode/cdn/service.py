@@ -27,13 +27,14 @@ from typing import Protocol
 
 import trio
 
-from common.units import header_int
 from common.urls import display_url
 from proto.pieces import piece_length
+from supernode.cdn.adopt import Adopter, adopted_task, can_adopt
 from supernode.cdn.fetch import FetchPolicy, fetch_task
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.piecefile import file_size
-from supernode.cdn.response import OriginResponse, Validators
+from supernode.cdn.response import Validators
+from supernode.cdn.revalidate import still_valid
 from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
 from supernode.errors import StoreError, SupernodeError, TaskSuperseded, TooManyFetches
@@ -82,6 +83,8 @@ class Cdn:
         self.max_fetches = max_fetches
         self.failed_task_ttl = failed_task_ttl
         self.upload_listener: UploadListener | None = None
+        self.adopter: Adopter | None = None  # the cluster: tasks a dead owner left
+        self._asking: dict[str, trio.Event] = {}  # task id → its state asked for now
         self.tasks: dict[str, CdnTask] = {}
         # Forgotten task id → its last generation (bounded: see KEPT_GENERATIONS).
         self._retired: OrderedDict[str, int] = OrderedDict()
@@ -211,7 +214,7 @@ class Cdn:
         if partial is not None:
             task = self._resume(spec, partial)
         elif task is None or task.failed:
-            task = self._start(spec, task)
+            task = await self._start_or_adopt(spec, task)
         elif spec.digest is None:
             await task.wait_started()
             if not task.failed and not await self._still_valid(task, spec):
@@ -276,6 +279,34 @@ class Cdn:
         )
         return task
 
+    async def _start_or_adopt(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
+        """A new generation: adopted from a dead owner's state if the cluster has it
+        (adopt.py), else fetched from the start."""
+        adoption = None
+        if previous is None and self.adopter is not None:
+            asking = self._asking.get(spec.task_id)
+            if asking is None:  # one question to Redis per task, however many register
+                asking = self._asking[spec.task_id] = trio.Event()
+                try:
+                    adoption = await self.adopter.adoptable(spec.task_id)
+                finally:
+                    del self._asking[spec.task_id]
+                    asking.set()
+            else:
+                await asking.wait()
+            current = self.tasks.get(spec.task_id)  # someone started it meanwhile
+            if current is not None and not current.failed:
+                return current
+        if adoption is None or not can_adopt(adoption, spec):
+            return self._start(spec, self.tasks.get(spec.task_id))
+        self._check_room()
+        generation = self._next_generation(spec.task_id, adoption.generation)
+        task = adopted_task(spec, adoption, generation)
+        self._launch(task)
+        if self.adopter is not None:
+            self.adopter.adopted(task.task_id, adoption)
+        return task
+
     def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
         self._check_room()
         generation = self._next_generation(spec.task_id, previous.generation if previous else 0)
@@ -317,46 +348,7 @@ class Cdn:
     async def _still_valid(self, task: CdnTask, spec: TaskSpec) -> bool:
         """Ask the origin, with this requester's headers, whether our copy is current."""
         self._revalidations += 1
-        validators = task.validators
-        if validators:
-            # Range 0-0: if the content did change, the origin sends one byte, not all.
-            conditions = [("Range", "bytes=0-0")]
-            if validators.etag:
-                conditions.append(("If-None-Match", validators.etag))
-            if validators.last_modified:
-                conditions.append(("If-Modified-Since", validators.last_modified))
-            async with self.origin.open(
-                "GET",
-                spec.url,
-                spec.headers,
-                extra=tuple(conditions),
-                ok=frozenset({200, 206, 304}),
-            ) as response:
-                if response.status == 304:
-                    return True
-                # Some origins ignore conditions: the same strong ETag still proves it.
-                strong = response.validators.strong_etag
-                return strong is not None and strong == validators.strong_etag
-        async with self.origin.open(
-            "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501})
-        ) as response:
-            if response.status not in (405, 501):
-                # A Range task: HEAD names the whole file's length; it only shows that
-                # the requester may read it.
-                return spec.range is not None or response.length in (None, task.length)
-        # No HEAD here: ask for one byte, with this requester's headers (as dfdaemon
-        # does), so that an origin that would refuse this requester says so.
-        async with self.origin.open(
-            "GET",
-            spec.url,
-            spec.headers,
-            extra=(("Range", "bytes=0-0"),),
-            ok=frozenset({200, 206}),
-        ) as response:
-            if spec.range is not None:
-                return True
-            total = _total_length(response)
-            return total is None or total == task.length
+        return await still_valid(self.origin, task, spec)
 
     def statistics(self) -> CdnStatistics:
         running = sum(1 for t in self.tasks.values() if not t.settled)
@@ -369,14 +361,6 @@ class Cdn:
             bytes_from_origin=self._bytes_from_origin + live,
             bytes_served=self.bytes_served,
         )
-
-
-def _total_length(response: OriginResponse) -> int | None:
-    """The whole representation's length from a response to `Range: bytes=0-0`: the
-    `/total` of a 206's Content-Range, a 200's Content-Length (None if not given)."""
-    if response.status == 200:
-        return response.length
-    return header_int((response.content_range or "").rpartition("/")[2])
 
 
 def _stored_task(meta: TaskMeta) -> CdnTask:

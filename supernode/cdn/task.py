@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,6 +19,9 @@ from proto.taskid import task_id_for
 from supernode.cdn.piecefile import PiecesFile
 from supernode.cdn.response import Headers, Validators
 from supernode.cdn.store import PartialMeta
+
+if TYPE_CHECKING:
+    from supernode.cdn.adopt import Adoption
 from supernode.errors import SupernodeError
 
 
@@ -87,6 +91,10 @@ class CdnTask:
         # A fetch a shutdown stopped, whose kept pieces this generation takes over
         # (re-sealed under this generation's own key: see fetch.py).
         self.resume_from: PartialMeta | None = None
+        # A task adopted from a supernode that died (cdn/adopt.py): the pieces on this
+        # CDN's disk, a bitset (None: all the known ones, 0..ready-1, as for any other).
+        self.adoption: Adoption | None = None
+        self.on_disk: int | None = None
         self._changed = trio.Event()
         # Cancelled when a newer generation replaces this one mid-fetch.
         self.cancel_scope = trio.CancelScope()
@@ -96,8 +104,19 @@ class CdnTask:
 
     @property
     def ready(self) -> int:
-        """Pieces 0..ready-1 are sealed on disk."""
+        """Pieces 0..ready-1 are known (their digests); all on disk but for an adopted
+        task (`holds`)."""
         return len(self.digests)
+
+    def holds(self, index: int) -> bool:
+        """Whether piece `index` is sealed on this CDN's disk."""
+        if self.on_disk is None:
+            return 0 <= index < self.ready
+        return index >= 0 and (self.on_disk >> index) & 1 == 1
+
+    def cdn_pieces(self) -> int | None:
+        """The pieces on disk as a bitset, or None when they are 0..ready-1."""
+        return self.on_disk
 
     @property
     def piece_count(self) -> int | None:
@@ -146,7 +165,17 @@ class CdnTask:
         self.digests.append(digest)
         self.lengths.append(length)
         self.stored += length + TAG_SIZE
+        if self.on_disk is not None:
+            self.on_disk |= 1 << (len(self.digests) - 1)
         self._notify()
+
+    def piece_stored(self, index: int, length: int) -> None:
+        """A known piece (adopted) is on disk now."""
+        assert self.on_disk is not None
+        if not (self.on_disk >> index) & 1:
+            self.on_disk |= 1 << index
+            self.stored += length + TAG_SIZE
+            self._notify()
 
     def finish(self, length: int) -> None:
         self.length = length

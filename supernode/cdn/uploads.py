@@ -130,7 +130,7 @@ class CdnUploads:
         except BadTicket as exc:
             await self._refuse(request, ErrorCode.BAD_TICKET, str(exc))
             raise _SessionRefused from exc
-        if request.index >= task.ready:
+        if not task.holds(request.index):
             await self._refuse(request, ErrorCode.NOT_HELD, "piece not on the CDN yet")
             return True
         sealed = task.lengths[request.index] + TAG_SIZE

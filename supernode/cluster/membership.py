@@ -27,6 +27,7 @@ from typing import Any
 import redis
 import trio
 
+from common.rendezvous import rank
 from supernode.cluster.records import Member, decode_member
 from supernode.cluster.redisstore import NO_KEY, REFUSALS, Listed, RedisMembers
 from supernode.cluster.settings import ClusterSettings
@@ -65,6 +66,10 @@ class Membership:
         self.last_heartbeat: float | None = None  # time.monotonic() of our last accepted one
         self.seen: dict[str, Seen] = {}
         self._warned: set[str] = set()
+        # Kept by the tasks' state in Redis (taskstate.py): tasks adopted from a dead
+        # owner, and periods whose state could not be written.
+        self.failovers = 0
+        self.task_state_failures = 0
 
     def advertise(self, peer: str, admin: str | None) -> None:
         self.peer, self.admin = peer, admin
@@ -93,6 +98,12 @@ class Membership:
         ours = None if self.last_heartbeat is None else now - self.last_heartbeat
         return sorted([(self._record(), ours), *listed], key=lambda entry: entry[0].id)
 
+    def owner(self, task_id: str) -> Member:
+        """The member that owns `task_id` as this one sees the cluster: the first of the
+        live members ranked by rendezvous hashing, as clients rank them."""
+        members = {member.peer: member for member, _ in self.live()}
+        return members[rank(task_id, list(members))[0]]
+
     def snapshot(self) -> dict[str, Any]:
         """`GET /api/v1/supernodes`: the live members, which one is us, Redis' health."""
         settings = self.settings
@@ -101,6 +112,8 @@ class Membership:
             "redis": self.health,
             "heartbeat": settings.heartbeat if settings else None,
             "heartbeat_failures": self.heartbeat_failures,
+            "failovers": self.failovers,
+            "task_state_failures": self.task_state_failures,
             "supernodes": [
                 {
                     "id": member.id,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
+from supernode.scheduler.bitsets import mask
 from supernode.scheduler.decisions import CDN, Assignment
 from supernode.scheduler.ledger import Ledger
 from supernode.scheduler.peers import Member, Peer
@@ -166,7 +167,7 @@ def cdn_offer(ledger: Ledger, task: Task, now: float) -> int:
     rarity = task.rarity
     busy = task.cdn_holding(now, ledger.config.cdn_copy_span(task.piece_size))
     unspread = rarity.on_cdn & ~task.pool.spread
-    if unspread or rarity.total is None or rarity.ready < rarity.total:
+    if unspread or rarity.total is None or rarity.on_cdn != mask(rarity.total):
         return unspread & ~busy
     return rarity.on_cdn & ~busy
 

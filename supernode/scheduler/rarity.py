@@ -25,11 +25,11 @@ class PieceRarity:
         self.counts: list[int] = []  # holders per piece, the CDN included
         self.buckets: dict[int, int] = {}  # count -> the pieces with that many holders
         self.bucket_counts: list[int] = []  # the keys of `buckets`, ascending
-        self.ready = 0  # pieces 0..ready-1 are on the CDN
+        self.ready = 0  # pieces 0..ready-1 are known (their digests are out)
         self.total: int | None = None  # the task's piece count, once known
         self.held = 0  # pieces at least one peer holds
         self.known = 0  # the pieces known so far (all of them once the total is known)
-        self.on_cdn = 0  # pieces on the CDN: 0..ready-1
+        self.on_cdn = 0  # pieces on the CDN (a bitset): 0..ready-1 but for an adopted task
         # Every bucket of a count below `_floor` holds no piece of `_floor_reach`: in a
         # busy swarm the rarest pieces are all saturated, and every walk would otherwise
         # start by stepping over them (see `first_bucket`). A count, not a position, so
@@ -43,12 +43,14 @@ class PieceRarity:
         return len(self.counts)
 
     def peer_holders(self, index: int) -> int:
-        return self.counts[index] - (1 if index < self.ready else 0)
+        return self.counts[index] - ((self.on_cdn >> index) & 1)
 
     # -- changes ------------------------------------------------------------------------
 
-    def cdn_ready(self, ready: int, total: int | None) -> None:
-        """The CDN holds pieces 0..ready-1 (never fewer than before); `total` once known."""
+    def cdn_ready(self, ready: int, total: int | None, on_cdn: int | None = None) -> None:
+        """Pieces 0..ready-1 are known and on the CDN (never fewer than before); `total`
+        once known. A task adopted from another supernode (`on_cdn`, a bitset) knows the
+        digests of pieces its CDN does not hold: those count only their peer holders."""
         if ready < 0 or (total is not None and not 0 <= ready <= total):
             raise ValueError(f"cdn_ready: bad ready={ready} total={total}")
         if total is not None:
@@ -58,18 +60,18 @@ class PieceRarity:
                 raise ValueError(f"cdn_ready: total {total} below the {self.size} pieces known")
             self.total = total
             self._grow(total)
-        if ready <= self.ready:
-            return
         if self.total is not None and ready > self.total:
             raise ValueError(f"cdn_ready: ready={ready} beyond total={self.total}")
-        self._grow(ready)
-        for index in range(self.ready, ready):
+        if ready > self.ready:
+            self._grow(ready)
+            self.ready = ready
+        held = (mask(self.ready) if on_cdn is None else on_cdn) & mask(len(self.counts))
+        for index in iter_bits(held & ~self.on_cdn):
             self._move(index, +1)
-        self.ready = ready
-        self.on_cdn = mask(ready)
+        self.on_cdn |= held
 
     def add_holder(self, index: int) -> None:
-        if self.counts[index] == (index < self.ready):  # no peer holder yet, only the CDN
+        if self.counts[index] == (self.on_cdn >> index) & 1:  # no peer holder yet
             self.held |= 1 << index
         self._move(index, +1)
 

@@ -74,14 +74,18 @@ class Scheduler:
         """Forget the task: its assignments in flight free their sources' slots."""
         self._ledger.remove_task(task_id)
 
-    def cdn_ready(self, task_id: str, ready: int, *, total: int | None = None) -> None:
-        """Pieces 0..ready-1 are on the CDN (`ready` never goes back); `total` once known.
+    def cdn_ready(
+        self, task_id: str, ready: int, *, total: int | None = None, on_cdn: int | None = None
+    ) -> None:
+        """Pieces 0..ready-1 are known and on the CDN (`ready` never goes back); `total`
+        once known. `on_cdn` (a bitset) names the pieces on the CDN when not all the
+        known ones are (a task adopted from another supernode); it only grows.
 
         Raises ValueError on contradictions (ready beyond total, total changed).
         """
         task = self._ledger.task(task_id)
         known = task.rarity.total
-        task.cdn_ready(ready, total)
+        task.cdn_ready(ready, total, on_cdn)
         if known is None and total is not None:  # who holds it all is known only now
             for member in task.members.values():
                 if member.have_count == total:
@@ -217,6 +221,11 @@ class Scheduler:
 
     def peer_statistics(self, peer_id: str) -> PeerStatistics | None:
         return self._ledger.peer_statistics(peer_id)
+
+    def held_by_peers(self, task_id: str) -> int:
+        """The pieces of `task_id` at least one peer holds (a bitset; 0 if unknown)."""
+        task = self._ledger.tasks.get(task_id)
+        return task.rarity.held if task is not None else 0
 
     def task_statistics(self, task_id: str) -> TaskStatistics | None:
         task = self._ledger.tasks.get(task_id)

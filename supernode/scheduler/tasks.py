@@ -36,8 +36,8 @@ class Task:
         self.bytes_from_cdn = 0
         self.bytes_from_peers = 0
 
-    def cdn_ready(self, ready: int, total: int | None) -> None:
-        self.rarity.cdn_ready(ready, total)
+    def cdn_ready(self, ready: int, total: int | None, on_cdn: int | None = None) -> None:
+        self.rarity.cdn_ready(ready, total, on_cdn)
         self.pool.grow(self.rarity.size)
 
     def join(self, member: Member) -> None:
@@ -94,7 +94,7 @@ class Task:
         holders_min, holders_median = self.rarity.peer_holder_summary()
         return TaskStatistics(
             peers=len(self.members),
-            pieces_on_cdn=self.rarity.ready,
+            pieces_on_cdn=self.rarity.on_cdn.bit_count(),
             total=self.rarity.total,
             holders_min=holders_min,
             holders_median=holders_median,

@@ -1,0 +1,155 @@
+"""The tasks' state in Redis, read as data from the network: hostile or stale state
+never yields wrong bytes, a crash or a hung download; the adopter checks every piece
+it fetches again against the recorded digests, and If-Range guards every request."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import Fetch, StartSupernode
+from test_cluster import redis_server
+
+from proto.pieces import MiB, piece_digest
+from supernode.cdn.adopt import Adoption, _runs, can_adopt
+from supernode.cdn.response import Validators
+from supernode.cdn.task import TaskSpec
+from supernode.cluster.taskrecords import (
+    TaskRecord,
+    decode_task,
+    digests_key,
+    held_bytes,
+    named_pieces,
+    task_key,
+)
+from testkit.origin import FakeOrigin
+from testkit.redisserver import RedisServer
+
+__all__ = ["redis_server"]  # the fixture, used here by name
+TASK = "ab" * 32
+OWNER = "0123456789abcdef"
+
+
+def record(**fields: object) -> TaskRecord:
+    values: dict[str, object] = {
+        "task_id": TASK,
+        "generation": 3,
+        "owner": OWNER,
+        "length": 5 * MiB + 7,
+        "piece_size": MiB,
+        "etag": '"e"',
+        "last_modified": None,
+        "digests": tuple(bytes([i]) * 32 for i in range(4)),
+    }
+    values.update(fields)
+    return TaskRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_record_reads_back_as_written() -> None:
+    written = record(held=0b101)
+    digests = b"".join(written.digests)
+    read = decode_task(TASK, written.meta(), digests, held_bytes(0b101, written.piece_count))
+    assert read == written
+    assert named_pieces(written.meta()) == 4
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"generation": 0, "owner": "0123456789abcdef", "length": 1, "piece_size": 1048576,'
+        b' "pieces": 1}',
+        b"x" * 5000,  # oversized
+    ],
+)
+def test_malformed_records_are_ignored(meta: bytes) -> None:
+    assert decode_task(TASK, meta, b"\0" * 128, None) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"piece_size": 1000},  # not a power of two in range
+        {"piece_size": 1 << 30},
+        {"owner": "Not-An-Id"},
+        {"etag": "x" * 300},
+        {"digests": tuple(bytes(32) for _ in range(7))},  # more digests than pieces
+    ],
+)
+def test_records_out_of_bounds_are_ignored(change: dict[str, object]) -> None:
+    bad = record(**change)
+    assert decode_task(TASK, bad.meta(), b"".join(bad.digests), None) is None
+
+
+def test_digests_short_of_what_the_record_names_are_ignored() -> None:
+    written = record()
+    assert decode_task(TASK, written.meta(), b"".join(written.digests)[:-1], None) is None
+    assert decode_task("not-a-task-id", written.meta(), b"".join(written.digests), None) is None
+
+
+def test_runs_of_pieces() -> None:
+    assert _runs(0) == []
+    assert _runs(0b1) == [(0, 1)]
+    assert _runs(0b1110_0110) == [(1, 3), (5, 8)]
+    assert _runs((1 << 300) | 1) == [(0, 1), (300, 301)]
+
+
+def test_what_can_be_adopted() -> None:
+    spec = TaskSpec.from_request("http://127.0.0.1/f", ())
+    good = Adoption(OWNER, 1, 5 * MiB, MiB, Validators('"e"', None), (bytes(32),))
+    assert can_adopt(good, spec)
+    weak = Adoption(OWNER, 1, 5 * MiB, MiB, Validators('W/"e"', None), (bytes(32),))
+    assert not can_adopt(weak, spec)  # If-Range cannot guard the rest
+    odd = Adoption(OWNER, 1, 5 * MiB, 2 * MiB, Validators('"e"', None), (bytes(32),))
+    assert not can_adopt(odd, spec)  # not the piece size this supernode would pick
+    ranged = TaskSpec.from_request("http://127.0.0.1/f", (("Range", "bytes=0-9"),))
+    assert not can_adopt(good, ranged)
+
+
+def plant(client: redis.Redis, written: TaskRecord) -> None:
+    """Write a task's state into Redis as an owner would (or an attacker could)."""
+    client.set(digests_key(written.task_id), b"".join(written.digests))
+    client.set(task_key(written.task_id), written.meta())
+
+
+@pytest.mark.parametrize("lie", ["digests", "etag", "junk"])
+async def test_state_that_lies_never_yields_wrong_bytes(
+    lie: str,
+    origin: FakeOrigin,
+    redis_server: RedisServer,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+) -> None:
+    """State for the task in Redis that does not match the origin's content (digests
+    of other bytes, an old ETag: the content changed since) or is not a record at all:
+    the member adopts it or not, but the download ends with the origin's bytes."""
+    data = os.urandom(6 * MiB)
+    origin.add("/f.bin", data)
+    etag = origin.etag("/f.bin")
+    node = await start_supernode(cluster=redis_server.url, cluster_heartbeat=0.2)
+    task_id = TaskSpec.from_request(origin.url("/f.bin"), ()).task_id
+    digests = tuple(piece_digest(data[i * MiB : (i + 1) * MiB]) for i in range(4))
+    if lie == "digests":
+        digests = tuple(piece_digest(bytes([i]) * MiB) for i in range(4))
+    state = record(
+        task_id=task_id,
+        length=len(data),
+        etag='"old"' if lie == "etag" else etag,
+        digests=digests,
+    )
+    client = redis_server.client()
+    if lie == "junk":
+        client.set(task_key(task_id), b'{"pieces": 4, "generation": "x"}')
+        client.set(digests_key(task_id), b"\xff" * 10_000)
+    else:
+        plant(client, state)
+    result = await fetch(origin.url("/f.bin"), node)
+    assert Path(result.output).read_bytes() == data
+    adopted = node.node.membership.failovers
+    assert adopted == (0 if lie == "junk" else 1)
+    (task,) = node.node.cdn.tasks.values()
+    assert task.adoption is None  # a lie ends the adopted generation: a fresh one served
