@@ -29,6 +29,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
 from supernode.cluster.identity import load_or_create_member_id
+from supernode.cluster.jobs import PreheatJobs
 from supernode.cluster.membership import Membership
 from supernode.cluster.settings import DEFAULT_HEARTBEAT, advertised, cluster_settings
 from supernode.cluster.taskstate import TaskStates
@@ -163,8 +164,9 @@ class Supernode:
         if cluster is not None:
             self.cdn.adopter = self.task_states
         self.server.members = self._members
+        self.jobs = PreheatJobs(self.preheats, self.membership)  # in Redis with --cluster
         self.admin = AdminApi(
-            SupernodeView(self.cdn, self.swarm, self.scheduler, self.preheats, self.membership),
+            SupernodeView(self.cdn, self.swarm, self.scheduler, self.jobs, self.membership),
             AdminSettings(
                 config.data_dir,
                 token=config.admin_token,
@@ -251,6 +253,7 @@ class Supernode:
                     self._advertise(address)
                     await nursery.start(self.membership.run)
                     nursery.start_soon(self.task_states.run)
+                    await nursery.start(self.jobs.run)
                     task_status.started(address)
         finally:
             stats = self.cdn.statistics()

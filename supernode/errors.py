@@ -13,6 +13,10 @@ class SupernodeError(Exception):
     status: int | None = None
 
 
+class StoreUnavailable(SupernodeError):
+    """A store the members share (the cluster's Redis) did not answer: try again."""
+
+
 class BadRequest(SupernodeError):
     """A peer asked for something malformed (URL, digest, range)."""
 

@@ -3,17 +3,22 @@ its commands parse with the programs' own parsers, its addresses agree."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
+from registry import needs_redis
 
 from dfdaemon.cli import build_parser as dfdaemon_parser
 from dfdaemon.configfile import load_config
 from dfget.cli import build_parser as dfget_parser
 from supernode.cli import build_parser as supernode_parser
+from testkit.redisserver import REDIS_SERVER, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -82,7 +87,9 @@ def test_the_build_context_and_the_mounted_files_exist() -> None:
             assert source.startswith(".") or source in named, f"{name}: {source}"
 
 
-@pytest.mark.parametrize("name", [n for n, s in services().items() if "command" in s])
+@pytest.mark.parametrize(
+    "name", [n for n, s in services().items() if s.get("command", [""])[0] in PARSERS]
+)
 def test_every_command_parses_with_its_program(name: str) -> None:
     program, *args = services()[name]["command"]
     parser = PARSERS[program]()
@@ -122,3 +129,98 @@ def test_the_addresses_agree() -> None:
         assert address[0] == "127.0.0.1"  # nothing published beyond loopback
     token = supernode[supernode.index("--token-file") + 1].rsplit("/", 1)[1]
     assert token in all_services["supernode"]["secrets"]
+
+
+def profiled(profile: str | None) -> dict[str, dict[str, Any]]:
+    """The services of PROFILE (None: those without a profile, which plain `up` starts)."""
+    return {
+        name: service
+        for name, service in services().items()
+        if (profile in service.get("profiles", []))
+        or (profile is None and "profiles" not in service)
+    }
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_plain_up_is_one_supernode_as_before() -> None:
+    plain = profiled(None)
+    assert set(plain) == {"registry", "supernode", "dfdaemon-a", "dfdaemon-b"}
+    assert not any(arg.startswith("--cluster") for arg in plain["supernode"]["command"])
+
+
+def test_the_cluster_profile_is_redis_and_two_members_of_it() -> None:
+    cluster = profiled("cluster")
+    assert set(cluster) == {"redis", "supernode-1", "supernode-2"}
+    redis_service = cluster["redis"]
+    assert redis_service["image"].startswith("redis:7") and redis_service["user"] == "redis"
+    script = redis_service["command"][-1]
+    assert "--bind 127.0.0.1 --port 6379" in script and "--protected-mode yes" in script
+    plain = services()["supernode"]["command"]
+    taken = {flag(plain, "--listen"), "127.0.0.1:8001"}  # its admin API: the default
+    volumes = set()
+    for name in ("supernode-1", "supernode-2"):
+        service = cluster[name]
+        args = supernode_parser().parse_args(service["command"][1:])
+        assert args.cluster == "redis://127.0.0.1:6379/0", name
+        secret = flag(service["command"], "--cluster-password-file")
+        assert secret == "/run/secrets/redis-password", name
+        assert (
+            "redis-password" in service["secrets"] and "redis-password" in redis_service["secrets"]
+        )
+        assert flag(service["command"], "--token-file") == flag(plain, "--token-file")
+        addresses = {
+            flag(service["command"], "--listen"),
+            flag(service["command"], "--admin-listen"),
+        }
+        assert not addresses & taken, name  # both profiles run side by side
+        assert all(address.startswith("127.0.0.1:") for address in addresses)
+        taken |= addresses
+        volumes |= {volume.split(":")[0] for volume in service["volumes"]}
+        assert service["depends_on"] == ["redis"]
+    assert len(volumes) == 2  # a data dir each: each keeps its own member id
+
+
+def test_every_package_is_in_the_image() -> None:
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in include["packages"]["find"]["include"]}
+    copied = {rest.split()[0] for word, rest in instructions() if word == "COPY"}
+    assert packages <= copied
+
+
+@needs_redis
+def test_the_redis_command_takes_its_password_from_the_secret(tmp_path: Path) -> None:
+    """The redis service's shell command, run here with Debian's redis-server (paths
+    and port moved into the test's folder): the secret's first line is the password."""
+    assert REDIS_SERVER is not None
+    port = free_port()
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret\nsecond line\n")
+    script = (
+        profiled("cluster")["redis"]["command"][-1]
+        .replace("$$", "$")
+        .replace("/run/secrets/redis-password", str(secret))
+        .replace("/tmp/redis.conf", str(tmp_path / "redis.conf"))
+        .replace("--port 6379", f"--port {port} --dir {tmp_path}")
+        .replace("exec redis-server", f"exec {REDIS_SERVER}")
+    )
+    server = subprocess.Popen(["sh", "-c", script], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password="s3cret", socket_timeout=5)
+        for _ in range(200):
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert server.poll() is None, "redis-server exited"
+                time.sleep(0.05)
+        assert client.config_get("save") == {"save": ""}
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).ping()
+        client.close()
+        assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
+    finally:
+        server.terminate()
+        server.wait(10)

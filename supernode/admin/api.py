@@ -53,6 +53,7 @@ from supernode.admin.status import PAGE
 from supernode.admin.token import load_or_create_admin_token
 from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.task import CdnTask, TaskState
+from supernode.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class AdminApi:
         router.add("GET", "/api/v1/tasks/{id}", self.task)
         router.add("DELETE", "/api/v1/tasks/{id}", self.evict)
         router.add("POST", "/api/v1/preheats", self.preheat)
+        router.add("GET", "/api/v1/preheats", self.preheat_list)
         router.add("GET", "/api/v1/preheats/{id}", self.preheat_state)
         router.add("GET", "/api/v1/peers", self.peers)
         router.add("GET", "/api/v1/peers/{id}", self.peer)
@@ -242,16 +244,27 @@ class AdminApi:
             "platform": _string(fields, "platform", "linux/amd64"),
         }
         try:
-            preheat = self.view.preheats.submit(kind, url, _headers(fields.get("headers")), **extra)
+            preheat_id = await self.view.preheats.submit(
+                kind, url, _headers(fields.get("headers")), **extra
+            )
         except trio.WouldBlock as exc:
             raise Problem(503, "Service Unavailable", "too many preheats waiting") from exc
-        return Response.json({"id": preheat.id}, status=202)
+        except ValueError as exc:
+            raise Problem(400, "Bad Request", str(exc)) from exc
+        return Response.json({"id": preheat_id}, status=202)
 
     async def preheat_state(self, request: Request) -> Response:
-        preheat = self.view.preheats.all.get(request.params["id"])
-        if preheat is None:
+        try:
+            summary = await self.view.preheats.get(request.params["id"])
+        except StoreUnavailable as exc:
+            raise Problem(503, "Service Unavailable", f"{exc}: try again") from exc
+        if summary is None:
             raise Problem(404, "Not Found", "no such preheat")
-        return Response.json(preheat.summary())
+        return Response.json(summary)
+
+    async def preheat_list(self, request: Request) -> Response:
+        limit = _number(request.one("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        return Response.json(await self.view.preheats.listing(limit))
 
     async def peers(self, request: Request) -> Response:
         return Response.json({"peers": [self._peer(p) for p in sorted(self.view.swarm.peers)]})

@@ -16,6 +16,11 @@ _TASK_ID = {
     "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
 }
 _PEER_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+}
 _JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
 
 
@@ -113,13 +118,18 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "415": _PROBLEM,  # a body not sent as application/json
                 "503": _PROBLEM,
             },
-        }
+        },
+        "get": {
+            "summary": "The newest preheats (with --cluster: the cluster's, from Redis)",
+            "parameters": [_LIMIT],
+            "responses": {"200": _ok("{redis, preheats}"), "400": _PROBLEM},
+        },
     },
     "/api/v1/preheats/{id}": {
         "get": {
             "summary": "A preheat's state (pending, running, succeeded, failed) and tasks",
             "parameters": [_PEER_ID],
-            "responses": {"200": _ok("the preheat"), "404": _PROBLEM},
+            "responses": {"200": _ok("the preheat"), "404": _PROBLEM, "503": _PROBLEM},
         }
     },
     "/api/v1/peers": {"get": {"summary": "Peers", "responses": {"200": _ok("the peers")}}},

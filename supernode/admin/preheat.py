@@ -136,6 +136,11 @@ class Preheats:
                 del self.all[id_]
         return preheat
 
+    def enqueue(self, preheat: Preheat) -> None:
+        """Queue a preheat made elsewhere (a cluster job this member runs: jobs.py); it
+        is not in `all`, which holds the ones accepted here."""
+        self._send.send_nowait(preheat)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with (
             checked_client(

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from supernode.admin.preheat import Preheat
 from supernode.cdn.service import CdnStatistics
 from supernode.cdn.task import CdnTask
 from supernode.cluster.records import Member
@@ -78,15 +77,18 @@ class SchedulerView(Protocol):
 
 
 class PreheatQueue(Protocol):
-    """Preheats: queued (`submit` raises trio.WouldBlock when the queue is full), and
-    those remembered, by id."""
+    """Preheats (supernode/cluster/jobs.py: the supernode's own, or the cluster's in
+    Redis): `submit` answers the new id (trio.WouldBlock when too many wait, ValueError
+    for one that cannot be kept); `get` one's JSON (None: unknown); `listing` the
+    newest. StoreUnavailable: the cluster's Redis did not answer."""
 
-    @property
-    def all(self) -> Mapping[str, Preheat]: ...
-
-    def submit(
+    async def submit(
         self, kind: str, url: str, headers: tuple[tuple[str, str], ...], **extra: Any
-    ) -> Preheat: ...
+    ) -> str: ...
+
+    async def get(self, preheat_id: str) -> dict[str, Any] | None: ...
+
+    async def listing(self, limit: int) -> dict[str, Any]: ...
 
 
 class ClusterView(Protocol):

@@ -1,0 +1,340 @@
+"""Preheat jobs of the cluster: accepted by any member, kept in Redis, run by one.
+
+`PreheatJobs` is what the admin API's preheat routes call. Without `--cluster` it is
+the supernode's own `Preheats`, exactly as before. With it:
+
+- `POST /api/v1/preheats` on any member writes the job to Redis (jobrecords.py) and
+  answers at once; `GET /api/v1/preheats[/ID]` on any member reads it back.
+- Every heartbeat period each member looks at the open jobs. The job's runner is the
+  first of `rank(rank_key, [peer addresses of the live members])`, the rendezvous
+  ranking clients use for tasks: for a file preheat `rank_key` is its task's id (the
+  member the peers will ask for that file fetches it); for an image, the task id of
+  its manifest URL (the same image preheated twice lands on the member whose CDN
+  already holds it). That member takes the job's lease (`SET NX PX`, three periods),
+  runs it in its own `Preheats` (the same four slots as before) and, every period,
+  writes its progress while renewing the lease. A runner that dies stops renewing: once
+  the lease has lapsed and the member has left the view, the job's next owner by rank
+  takes it and runs it from the start (its CDN keeps what it already fetched).
+- Redis unreachable when a job is posted: the member keeps it and runs it itself
+  (degraded; `"stored": "local"`, listed by this member only). Redis lost while a job
+  runs: the job goes on; its progress is written again when Redis answers.
+
+Redis calls run in worker threads (jobstore.py), each bounded by the socket timeouts
+and, on the trio side, by three of them: a silent Redis never hangs a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import redis
+import trio
+
+from common.rendezvous import rank
+from common.urls import display_url, move_credentials
+from supernode.admin.preheat import MAX_RUNNING, Preheat, Preheats
+from supernode.cdn.task import TaskSpec
+from supernode.cluster.jobrecords import (
+    MAX_JOB,
+    TEXT,
+    Job,
+    Request,
+    decode_job,
+    valid_job_id,
+)
+from supernode.cluster.jobstore import RedisJobs
+from supernode.cluster.membership import MAX_WARNED, Membership
+from supernode.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STEP = 0.1  # seconds between two looks at a running job's local state
+
+
+class JobTooLarge(ValueError):
+    """A preheat request too large to keep in the cluster's Redis (MAX_JOB)."""
+
+
+class PreheatJobs:
+    """The preheats the admin API sees; `await nursery.start(jobs.run)` after the
+    membership has started (without a cluster nothing runs)."""
+
+    def __init__(self, local: Preheats, membership: Membership) -> None:
+        self.local = local
+        self.membership = membership
+        self.settings = membership.settings
+        self.store = RedisJobs(self.settings) if self.settings is not None else None
+        self.running: dict[str, Preheat] = {}  # cluster jobs this member runs, by id
+        self.leased: set[str] = set()  # ...and their leases, released at a clean stop
+        self.degraded: set[str] = set()  # jobs kept here because Redis was away
+        self._warned: set[str] = set()
+
+    # -- the admin API ----------------------------------------------------------------------
+
+    async def submit(
+        self, kind: str, url: str, headers: tuple[tuple[str, str], ...], **extra: Any
+    ) -> str:
+        """Accept a preheat; its id. trio.WouldBlock: too many waiting (a 503);
+        JobTooLarge: the request cannot be kept in Redis (a 400)."""
+        if self.store is None:
+            return self.local.submit(kind, url, headers, **extra).id
+        job_id = secrets.token_hex(16)
+        request = Request(url, headers, extra.get("tag", ""), tuple(extra.get("filter", ())))
+        request = replace(request, platform=extra.get("platform", request.platform))
+        now = time.time()
+        rank_key = _rank_key(job_id, kind, request)
+        job = Job(job_id, kind, display_url(url), rank_key, now, request, updated=now)
+        if decode_job(job_id, job.encode()) is None:  # what others could not read back
+            raise JobTooLarge(
+                f"the preheat request is too large to keep in the cluster's Redis (a URL, "
+                f"header or tag over {TEXT} characters, or over {MAX_JOB} bytes in all)"
+            )
+        try:
+            added = await self._call(self.store.add, job)
+        except StoreUnavailable as exc:
+            preheat = self.local.submit(kind, url, headers, **extra)
+            self.degraded &= set(self.local.all)  # the ones the local queue forgot go
+            self.degraded.add(preheat.id)
+            log.warning(
+                "preheat %s: the cluster's Redis is unreachable (%s): running it here, "
+                "listed by this supernode only",
+                preheat.id[:8],
+                exc,
+            )
+            return preheat.id
+        if not added:
+            raise trio.WouldBlock
+        await self._trim()
+        return job_id
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """`GET /api/v1/preheats/ID`: None if unknown; StoreUnavailable if only Redis
+        could say and it does not answer (a 503)."""
+        local = self.local.all.get(job_id)
+        if local is not None:
+            return self._local_summary(local)
+        if self.store is None or not valid_job_id(job_id):
+            return None
+        job = decode_job(job_id, await self._call(self.store.read, job_id))
+        return None if job is None else self._summary(job)
+
+    async def listing(self, limit: int) -> dict[str, Any]:
+        """`GET /api/v1/preheats`: the `limit` newest jobs, and whether Redis answered."""
+        kept = [p for p in self.local.all.values() if self.store is None or p.id in self.degraded]
+        local = [self._local_summary(p) for p in sorted(kept, key=lambda p: -p.created)]
+        if self.store is None:
+            return {"redis": "off", "preheats": local[:limit]}
+        try:
+            listed = await self._call(self.store.newest, limit)
+        except StoreUnavailable:
+            return {"redis": "down", "preheats": local[:limit]}
+        jobs = [job for job_id, raw in listed if (job := decode_job(job_id, raw)) is not None]
+        shown = [*(self._summary(job) for job in jobs), *local]
+        shown.sort(key=lambda entry: -float(entry.get("created") or 0))
+        return {"redis": "up", "preheats": shown[:limit]}
+
+    def _local_summary(self, preheat: Preheat) -> dict[str, Any]:
+        summary = preheat.summary()
+        if self.store is not None:
+            summary.update(stored="local", runner=self.membership.id, attempts=1)
+            summary.update(created=preheat.created, updated=None)
+        return summary
+
+    def _summary(self, job: Job) -> dict[str, Any]:
+        """The job as Redis has it; if this member runs it, its progress as of now."""
+        summary = job.summary()
+        preheat = self.running.get(job.id)
+        if preheat is not None and not job.ended:  # "running" until its end is in Redis
+            summary.update(state="running", tasks=preheat.summary()["tasks"])
+        return summary
+
+    # -- running jobs -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Look for open jobs this member owns, every heartbeat period, and run them."""
+        if self.store is None or self.settings is None:
+            task_status.started()
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    try:
+                        await self._scan(nursery=nursery)
+                    except StoreUnavailable as exc:
+                        log.debug("preheat jobs: Redis unreachable: %s", exc)
+                    await trio.sleep(self.settings.heartbeat)
+        finally:
+            # A clean stop hands our jobs over at once, not after their leases lapse.
+            with trio.CancelScope(shield=True), trio.move_on_after(self.settings.timeout):
+                ours = list(self.leased)
+                if ours:
+                    await trio.to_thread.run_sync(self._release, ours, abandon_on_cancel=True)
+            self.store.close()
+
+    def _release(self, job_ids: list[str]) -> None:
+        assert self.store is not None
+        try:
+            self.store.release(job_ids, self.membership.id)
+        except (redis.RedisError, OSError) as exc:
+            log.info("preheat jobs: could not release our leases: %s", exc)
+
+    async def _scan(self, *, nursery: trio.Nursery) -> None:
+        assert self.store is not None
+        listed = await self._call(self.store.open_jobs)
+        peers = [member.peer for member, _ in self.membership.live()]
+        closing = []
+        for job_id, raw, leased in listed:
+            job = decode_job(job_id, raw)
+            if job is None or job.ended:
+                if job is None and raw is not None:
+                    self._warn_malformed(job_id)
+                closing.append(job_id)  # gone, ended or junk: not open any more
+                continue
+            if leased or job_id in self.running or len(self.running) >= MAX_RUNNING:
+                continue
+            if not peers or rank(job.rank_key, peers)[0] != self.membership.peer:
+                continue
+            lease = self._lease()
+            if await self._call(self.store.take, job_id, self.membership.id, lease):
+                preheat = _preheat(job)
+                self.running[job_id] = preheat
+                self.leased.add(job_id)
+                nursery.start_soon(self._run_job, job, preheat)
+        if closing:
+            await self._call(self.store.close_open, closing)
+
+    async def _run_job(self, job: Job, preheat: Preheat) -> None:
+        """Run our job in the local `Preheats`; write its progress every period (which
+        renews the lease) and its end. Losing the lease ends our writing, not the fetch."""
+        assert self.settings is not None
+        me, stopping = self.membership.id, False
+        try:
+            job = replace(job, state="running", runner=me, attempts=job.attempts + 1, tasks=())
+            log.info("preheat %s: running it (attempt %d, %s)", job.id[:8], job.attempts, job.url)
+            try:
+                self.local.enqueue(preheat)
+            except trio.WouldBlock:  # our queue is full: the lease lapses, we look again
+                log.warning("preheat %s: our preheat queue is full: later", job.id[:8])
+                return
+            written = trio.current_time()
+            if await self._write(job) is False:
+                return
+            while preheat.state not in ("succeeded", "failed"):
+                await trio.sleep(STEP)
+                if trio.current_time() - written >= self.settings.heartbeat:
+                    written = trio.current_time()
+                    progress = _progress(job, preheat)
+                    if await self._write(progress) is False:
+                        log.warning(
+                            "preheat %s: no longer ours to write (another member took it, "
+                            "or it is gone from Redis)",
+                            job.id[:8],
+                        )
+                        return
+            error = None if preheat.error is None else preheat.error[:TEXT]
+            final = _progress(job, preheat).ending(preheat.state, error, time.time())
+            done = await self._write(final)
+            while done is None:  # Redis away: write it once it answers again
+                await trio.sleep(self.settings.heartbeat)
+                done = await self._write(final)
+            if done:
+                log.info("preheat %s: %s", job.id[:8], final.state)
+        except trio.Cancelled:  # our stop: `run` hands the lease back
+            stopping = True
+            raise
+        except Exception:  # a bug of ours: this job's lease lapses, the supernode goes on
+            log.exception("preheat %s: internal error", job.id[:8])
+        finally:
+            del self.running[job.id]
+            if not stopping:
+                self.leased.discard(job.id)
+
+    async def _write(self, job: Job) -> bool | None:
+        """True: written; False: not ours any more; None: Redis did not answer."""
+        assert self.store is not None
+        try:
+            stamped = replace(job, updated=time.time())
+            written: bool = await self._call(
+                self.store.write, stamped, self.membership.id, self._lease()
+            )
+        except StoreUnavailable:
+            return None
+        return written
+
+    async def _trim(self) -> None:
+        """Past KEEP remembered jobs, the oldest ended ones go (and what is not a job)."""
+        assert self.store is not None
+        try:
+            await self._call(self.store.trim)
+        except StoreUnavailable as exc:
+            log.debug("preheat jobs: trimming: %s", exc)
+
+    def _lease(self) -> float:
+        return self.settings.ttl if self.settings is not None else 0.0
+
+    async def _call(self, call: Callable[..., T], *args: Any) -> T:
+        """A Redis call in a worker thread, bounded; StoreUnavailable if Redis is away."""
+        assert self.settings is not None
+        try:
+            with trio.fail_after(3 * self.settings.timeout):
+                return await trio.to_thread.run_sync(lambda: call(*args), abandon_on_cancel=True)
+        except (redis.RedisError, OSError, trio.TooSlowError) as exc:
+            raise StoreUnavailable(f"the cluster's Redis: {exc or type(exc).__name__}") from exc
+
+    def _warn_malformed(self, job_id: str) -> None:
+        if job_id in self._warned or len(self._warned) >= MAX_WARNED:
+            return
+        self._warned.add(job_id)
+        log.warning("preheat jobs: ignoring job %s in Redis: not a preheat job", job_id)
+
+
+def _rank_key(job_id: str, kind: str, request: Request) -> str:
+    """The id ranked over the members to pick a job's runner: a file's task id, an
+    image manifest's (as a file preheat of that URL would have); the job's own id if
+    the request cannot make one (it will fail, wherever it runs)."""
+    try:
+        if kind == "file":
+            spec = TaskSpec.from_request(
+                request.url, request.headers, tag=request.tag, filter_keys=request.filter
+            )
+        else:
+            spec = TaskSpec.from_request(move_credentials(request.url, ())[0], ())
+    except ValueError:
+        return job_id
+    return spec.task_id
+
+
+def _preheat(job: Job) -> Preheat:
+    request = job.request
+    assert request is not None  # an open job always has its request
+    return Preheat(
+        job.id,
+        job.type,
+        request.url,
+        request.headers,
+        tag=request.tag,
+        filter=request.filter,
+        platform=request.platform,
+    )
+
+
+def _shown_state(preheat: Preheat) -> str:
+    """A job we took is running, even while it waits here for one of our slots."""
+    return "running" if preheat.state == "pending" else preheat.state
+
+
+def _progress(job: Job, preheat: Preheat) -> Job:
+    """The job with the local preheat's state and tasks, as many tasks as fit MAX_JOB."""
+    tasks = tuple(preheat.summary()["tasks"])
+    progress = replace(job, state=_shown_state(preheat), tasks=tasks)
+    while tasks and len(progress.encode()) > MAX_JOB:
+        tasks = tasks[: len(tasks) // 2]
+        progress = replace(progress, tasks=tasks)
+    return progress

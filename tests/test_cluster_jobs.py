@@ -1,0 +1,344 @@
+"""Preheat jobs of a cluster (`--cluster`), in a real Redis (Debian's redis-server): a
+job posted on one member is read on another and run by its owner; a runner SIGKILLed
+mid-job is replaced; hostile entries in Redis are ignored; Redis away: degraded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from adminapi import admin_client, get_object, preheat_ended
+from conftest import RunningSupernode, StartSupernode, supernode_process, until
+from registry import needs_redis
+
+from common.rendezvous import rank
+from supernode.cdn.task import TaskSpec
+from supernode.cluster import jobstore
+from supernode.cluster.jobrecords import (
+    JOBS_KEY,
+    OPEN_KEY,
+    Job,
+    Request,
+    decode_job,
+    job_key,
+    lease_key,
+)
+from supernode.cluster.jobs import PreheatJobs
+from testkit.origin import FakeOrigin
+from testkit.redisserver import RedisServer
+
+PERIOD = 0.3  # the tests' heartbeat (seconds): a lease lives three of them
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.stop()
+
+
+async def members(
+    start_supernode: StartSupernode, tmp_path: Path, url: str, count: int
+) -> list[RunningSupernode]:
+    """COUNT in-process members of the cluster at URL, once each lists them all."""
+    nodes = [
+        await start_supernode(
+            data_dir=tmp_path / f"sn{i}",
+            admin_listen=("127.0.0.1", 0),
+            cluster=url,
+            cluster_heartbeat=PERIOD,
+        )
+        for i in range(count)
+    ]
+    everyone = {node.address for node in nodes}
+    await until(
+        lambda: all({m.peer for m, _ in n.node.membership.live()} == everyone for n in nodes)
+    )
+    return nodes
+
+
+async def post_file(client: httpx.AsyncClient, url: str) -> str:
+    answer = await client.post("/api/v1/preheats", json={"type": "file", "url": url})
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["id"]
+    return job_id
+
+
+async def own_id(client: httpx.AsyncClient) -> str:
+    """The member id of the supernode whose admin API CLIENT speaks to, once it sees two."""
+    with trio.fail_after(10):
+        while len((view := await get_object(client, "/api/v1/supernodes"))["supernodes"]) < 2:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return next(str(m["id"]) for m in view["supernodes"] if m["self"])
+
+
+async def mid_job(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
+    """The job at PATH once its runner has some of its first task's pieces."""
+    with trio.fail_after(20):
+        while True:
+            state = await get_object(client, path)
+            if state["tasks"] and state["tasks"][0]["pieces_ready"]:
+                return state
+            await trio.sleep(0.05)
+
+
+def names(members: Any) -> set[str]:
+    """A sorted set's members as text."""
+    return {m.decode(errors="replace") for m in members}
+
+
+def owner(url: str, peers: list[str]) -> str:
+    return rank(TaskSpec.from_request(url, ()).task_id, peers)[0]
+
+
+# -- without Redis --------------------------------------------------------------------------
+
+JOB = Job(
+    "0123456789abcdef0123456789abcdef",
+    "file",
+    "http://o/x",
+    "ab" * 32,
+    1.7e9,
+    Request("http://u:p@o/x", (("Authorization", "Basic eA=="),)),
+)
+
+
+def test_a_job_reads_back_and_its_end_drops_the_credentials() -> None:
+    assert decode_job(JOB.id, JOB.encode()) == JOB
+    ended = JOB.ending("succeeded", None, 1.8e9)
+    assert ended.request is None and b"Basic" not in ended.encode() and b"u:p" not in ended.encode()
+    assert decode_job(JOB.id, ended.encode()) == ended
+
+
+def _with(**fields: Any) -> bytes:
+    return json.dumps({**json.loads(JOB.encode()), **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        b"\xff\xfe",
+        b"[" * 3000,
+        _with(id="f" * 32),
+        _with(type="torrent"),
+        _with(state="exploded"),
+        _with(created=True),
+        _with(created=float("inf")),
+        _with(url=5),
+        _with(url="x" * 9000),
+        _with(attempts=-1),
+        _with(request=None),  # an open job without its request cannot run
+        _with(request={"url": "http://o/x", "headers": [["a"]]}),
+        _with(tasks=[{"id": "t", "url": "u", "state": "done", "length": "big"}]),
+        _with(tasks=[{}] * 600),
+        _with(runner=["m"]),
+        JOB.encode()[:-1] + b"," + b" " * (300 * 1024) + b"}",
+    ],
+)
+def test_a_malformed_job_is_no_job(raw: bytes) -> None:
+    assert decode_job(JOB.id, raw) is None
+
+
+# -- with redis-server ---------------------------------------------------------------------
+
+
+@needs_redis
+async def test_posted_on_one_member_read_on_another_run_by_the_owner(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path, origin: FakeOrigin
+) -> None:
+    nodes = await members(start_supernode, tmp_path, redis_server.url, 3)
+    peers = [node.address for node in nodes]
+    data = os.urandom(2 * MIB + 5)
+    origin.add("/model.bin", data)
+    url = origin.url("/model.bin")
+    async with admin_client(nodes[0]) as first, admin_client(nodes[1]) as second:
+        job_id = await post_file(first, url.replace("://", "://user:secret@"))
+        done = await preheat_ended(second, f"/api/v1/preheats/{job_id}")
+        listed = await get_object(second, "/api/v1/preheats")
+    assert done["state"] == "succeeded", done
+    assert done["stored"] == "redis" and done["attempts"] == 1
+    assert "secret" not in json.dumps(done)
+    [task] = done["tasks"]
+    assert task["state"] == "done" and task["length"] == len(data)
+    by_peer = {node.address: node for node in nodes}
+    runner = by_peer[owner(url, peers)]
+    assert done["runner"] == runner.node.membership.id  # the task's owner ran it
+    assert task["id"] in runner.node.cdn.tasks
+    assert all(task["id"] not in n.node.cdn.tasks for n in nodes if n is not runner)
+    assert origin.stats["/model.bin"].bodies_started == 1
+    assert listed["redis"] == "up" and [p["id"] for p in listed["preheats"]] == [job_id]
+    client = redis_server.client()  # ended: its credentials gone, its record expiring
+    record = client.get(job_key(job_id))
+    assert record is not None and b"secret" not in record and b"Basic" not in record
+    assert client.pttl(job_key(job_id)) > 0 and not client.exists(lease_key(job_id))
+    assert client.zcard(OPEN_KEY) == 0
+    client.close()
+
+
+@needs_redis
+@pytest.mark.parametrize(("how", "period"), [(signal.SIGKILL, PERIOD), (signal.SIGTERM, 1.0)])
+async def test_a_runner_stopped_mid_job_is_replaced_by_the_next_owner(
+    redis_server: RedisServer, tmp_path: Path, origin: FakeOrigin, how: int, period: float
+) -> None:
+    """Two real supernodes; the job's runner is stopped while the origin trickles the
+    file. SIGKILLed, its lease lapses and the other member takes the job again; stopped
+    cleanly (SIGTERM), it hands the lease back on the way out. The other finishes it."""
+    data = os.urandom(6 * MIB)
+    origin.add("/slow.bin", data, rate=1.5 * MIB)
+    url = origin.url("/slow.bin")
+    flags = ("--admin-open", "--cluster", redis_server.url, "--cluster-heartbeat", str(period))
+    async with (
+        supernode_process(tmp_path / "a", *flags) as a,
+        supernode_process(tmp_path / "b", *flags) as b,
+    ):
+        clients = {
+            p.ready["peer"]: httpx.AsyncClient(base_url=f"http://{p.ready['admin']}")
+            for p in (a, b)
+        }
+        ids = {peer: await own_id(client) for peer, client in clients.items()}
+        runner_peer = owner(url, list(clients))
+        runner, survivor = (a, b) if a.ready["peer"] == runner_peer else (b, a)
+        job_id = await post_file(clients[survivor.ready["peer"]], url)
+        path = f"/api/v1/preheats/{job_id}"
+        state = await mid_job(clients[runner_peer], path)
+        assert state["runner"] == ids[runner_peer] and state["state"] == "running"
+        runner.proc.send_signal(how)
+        await runner.proc.wait()
+        stopped = time.monotonic()
+        if how == signal.SIGTERM:  # its lease (3 s) is gone, or the survivor's already
+            store = redis_server.client()
+            assert store.get(lease_key(job_id)) in (None, ids[survivor.ready["peer"]].encode())
+            store.close()
+        with trio.fail_after(10):  # the lease lapses (3 periods), the next scan takes it
+            while (await get_object(clients[survivor.ready["peer"]], path))["attempts"] < 2:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        taken = time.monotonic() - stopped
+        assert taken <= (4 if how == signal.SIGKILL else 2) * period + 1.0
+        print(f"job taken again {taken:.2f}s after its runner's {how!r}")
+        done = await preheat_ended(clients[survivor.ready["peer"]], path)
+        for client in clients.values():
+            await client.aclose()
+    assert done["state"] == "succeeded", done
+    assert done["runner"] == ids[survivor.ready["peer"]] and done["attempts"] == 2
+    assert done["tasks"][0]["length"] == len(data)
+    assert origin.stats["/slow.bin"].bodies_started == 2  # once by each runner
+
+
+@needs_redis
+async def test_hostile_entries_in_redis_are_ignored(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path, origin: FakeOrigin
+) -> None:
+    client = redis_server.client()
+    junk = {"a" * 32: b"not json", "b" * 32: b"x" * (300 * 1024), "c" * 32: _with()}
+    for job_id, raw in junk.items():
+        client.set(job_key(job_id), raw)
+    client.rpush(job_key("d" * 32), b"a list, not a string")
+    client.rpush(lease_key("e" * 32), b"a list where a lease goes")
+    client.set(job_key("e" * 32), _with(id="e" * 32))  # well formed, its lease is junk
+    not_ids = ["../../etc", "\x00", "Z" * 1000]
+    for key in (OPEN_KEY, JOBS_KEY):
+        client.zadd(key, {name: 1 for name in [*junk, "d" * 32, "e" * 32, *not_ids]})
+    [node] = await members(start_supernode, tmp_path, redis_server.url, 1)
+    origin.add("/f.bin", b"fine" * 1000)
+    async with admin_client(node) as admin:
+        job_id = await post_file(admin, origin.url("/f.bin"))
+        done = await preheat_ended(admin, f"/api/v1/preheats/{job_id}")
+        assert done["state"] == "succeeded"
+        for bad in [*junk, "d" * 32]:
+            assert (await admin.get(f"/api/v1/preheats/{bad}")).status_code == 404
+        listed = await get_object(admin, "/api/v1/preheats")
+    assert job_id in {entry["id"] for entry in listed["preheats"]}
+    assert not {entry["id"] for entry in listed["preheats"]} & {*junk, "d" * 32}
+    await until(lambda: not names(client.zrange(OPEN_KEY, 0, -1)) - {"e" * 32})
+    assert not names(client.zrange(JOBS_KEY, 0, -1)) & set(not_ids)
+    client.close()
+
+
+@needs_redis
+async def test_redis_away_a_job_is_kept_and_run_where_it_was_posted(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path, origin: FakeOrigin
+) -> None:
+    nodes = await members(start_supernode, tmp_path, redis_server.url, 2)
+    origin.add("/f.bin", os.urandom(MIB))
+    await redis_server.stop()
+    await until(lambda: all(n.node.membership.health == "down" for n in nodes))
+    async with admin_client(nodes[0]) as first, admin_client(nodes[1]) as second:
+        with trio.fail_after(10):  # no hang on a Redis that is gone
+            job_id = await post_file(first, origin.url("/f.bin"))
+        done = await preheat_ended(first, f"/api/v1/preheats/{job_id}")
+        assert done["state"] == "succeeded" and done["stored"] == "local"
+        assert done["tasks"][0]["id"] in nodes[0].node.cdn.tasks
+        elsewhere = await second.get(f"/api/v1/preheats/{job_id}")
+        assert elsewhere.status_code == 503  # only Redis could say, and it is away
+        listed = await get_object(first, "/api/v1/preheats")
+        assert listed["redis"] == "down" and [p["id"] for p in listed["preheats"]] == [job_id]
+        await redis_server.start()
+        await until(lambda: all(n.node.membership.health == "up" for n in nodes))
+        assert (await get_object(first, f"/api/v1/preheats/{job_id}"))["stored"] == "local"
+        assert (await second.get(f"/api/v1/preheats/{job_id}")).status_code == 404
+
+
+@needs_redis
+async def test_jobs_are_bounded(
+    redis_server: RedisServer,
+    start_supernode: StartSupernode,
+    tmp_path: Path,
+    origin: FakeOrigin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most MAX_OPEN open jobs (then 503, as the queue today), at most KEEP
+    remembered (the oldest ended ones go); a request too large to keep is 400."""
+    monkeypatch.setattr(jobstore, "MAX_OPEN", 2)
+    monkeypatch.setattr(jobstore, "KEEP", 2)
+    [node] = await members(start_supernode, tmp_path, redis_server.url, 1)
+    for n in range(3):
+        origin.add(f"/slow{n}.bin", os.urandom(MIB), rate=MIB)
+        origin.add(f"/fast{n}.bin", os.urandom(1000))
+    async with admin_client(node) as admin:
+        slow = [await post_file(admin, origin.url(f"/slow{n}.bin")) for n in range(2)]
+        body = {"type": "file", "url": origin.url("/slow2.bin")}
+        refused = await admin.post("/api/v1/preheats", json=body)
+        assert refused.status_code == 503
+        body = {"type": "file", "url": origin.url("/" + "x" * 9000)}
+        too_large = await admin.post("/api/v1/preheats", json=body)
+        assert too_large.status_code == 400 and "too large" in too_large.text
+        for job_id in slow:
+            await preheat_ended(admin, f"/api/v1/preheats/{job_id}")
+        fast = []
+        for n in range(3):
+            fast.append(await post_file(admin, origin.url(f"/fast{n}.bin")))
+            await preheat_ended(admin, f"/api/v1/preheats/{fast[-1]}")
+        listed = await get_object(admin, "/api/v1/preheats")
+        gone = await admin.get(f"/api/v1/preheats/{slow[0]}")
+    assert gone.status_code == 404
+    assert len(listed["preheats"]) <= 3 and listed["preheats"][0]["id"] == fast[-1]
+
+
+async def test_alone_the_preheats_are_as_before(
+    start_supernode: StartSupernode, origin: FakeOrigin
+) -> None:
+    """No --cluster: no Redis, today's JSON keys, and the list of this supernode's."""
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    assert isinstance(node.node.jobs, PreheatJobs) and node.node.jobs.store is None
+    origin.add("/f.bin", b"x" * 5000)
+    async with admin_client(node) as admin:
+        job_id = await post_file(admin, origin.url("/f.bin"))
+        done = await preheat_ended(admin, f"/api/v1/preheats/{job_id}")
+        listed = await get_object(admin, "/api/v1/preheats?limit=5")
+    assert set(done) == {"id", "type", "url", "state", "error", "tasks"}
+    assert listed == {"redis": "off", "preheats": [done]}
