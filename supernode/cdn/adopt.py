@@ -7,10 +7,10 @@ The old owner wrote the task's geometry, validators and piece digests there
 disk (`CdnTask.on_disk`). Its fetch (fetch.py) then runs in three steps:
 
 1. at once, the rest of the file, from the first piece the old owner never fetched:
-   the usual loop, with Range and If-Range; alongside (`repair`), after `GRACE`
-   seconds for the peers to come back and claim theirs, the old owner's pieces that no
-   peer holds, and from then on any that loses its last holder (`fill`, Range
-   requests);
+   the usual loop, with Range and If-Range; alongside (`repair`), at once the old
+   owner's pieces that no peer held (its record of their pieces), after `GRACE`
+   seconds for the peers to come back and claim theirs those that no peer holds, and
+   from then on any that loses its last holder (`fill`, Range requests);
 2. the rest fetched, the pieces no peer holds then; the task is done for its peers;
 3. then the pieces peers held, so that this copy ends whole and survives a restart
    (the peers no longer wait for it).
@@ -180,10 +180,14 @@ async def repair(
     held_by_peers: Callable[[str], int],
     scope: trio.CancelScope,
 ) -> None:
-    """Step 1, alongside the rest of the file until `scope` is cancelled: after the
-    grace, and then every `REPAIR_EVERY` seconds, the adopted pieces no peer holds (a
-    peer that leaves takes its pieces with it: they must not be lost to the swarm)."""
+    """Step 1, alongside the rest of the file until `scope` is cancelled: at once, the
+    adopted pieces no peer held before the failure; after the grace, and then every
+    `REPAIR_EVERY` seconds, those no peer holds now (a peer that leaves takes its
+    pieces with it: they must not be lost to the swarm)."""
     with scope:
+        # What no peer held before the failure (the old owner's word in Redis) is
+        # missing for sure: at once. Then, the grace past, what no peer came back with.
+        await fill(task, origin, limiter, missing(task, task.adoption.held if task.adoption else 0))
         await trio.sleep(GRACE)
         lost = missing(task, held_by_peers(task.task_id))
         log.info(
