@@ -21,7 +21,8 @@ AGENT = f"dfget/{__version__}"
 CONNECT_TIMEOUT = 5.0  # to an uploader (or the CDN, once its supernode answered)
 # To a supernode's control port: the connect, then the handshake, each. A dead member
 # costs a download this much at most (a refused connection nothing; a silent host or a
-# frozen process the timeout), then the next member is tried.
+# frozen process the timeout), then the next member is tried. The last member a
+# download can try gets CONNECT_TIMEOUT: nothing after it but the origin.
 SUPERNODE_TIMEOUT = 1.0
 SEND_TIMEOUT = 60.0  # for the other side to take one frame (they are small: requests)
 
@@ -78,10 +79,12 @@ async def connect_stream(
 
 
 @asynccontextmanager
-async def connect(address: str, *, peer_id: str) -> AsyncIterator[FramedStream]:
+async def connect(
+    address: str, *, peer_id: str, within: float = SUPERNODE_TIMEOUT
+) -> AsyncIterator[FramedStream]:
     """A control session to a supernode (`connect_stream`, no payloads, its short
-    timeout), closed when the block ends; errors inside are translated."""
-    framed = await connect_stream(address, peer_id=peer_id, max_payload=0, within=SUPERNODE_TIMEOUT)
+    timeout unless told), closed when the block ends; errors inside are translated."""
+    framed = await connect_stream(address, peer_id=peer_id, max_payload=0, within=within)
     try:
         with translate_errors(address):
             yield framed

@@ -27,6 +27,7 @@ import trio
 
 from common.io import RateLimiter
 from common.urls import display_url
+from dfget.connect import CONNECT_TIMEOUT, SUPERNODE_TIMEOUT
 from dfget.errors import (
     DownloadTimeout,
     SupernodeUnavailable,
@@ -330,13 +331,16 @@ async def _download(job: DownloadJob) -> DownloadResult:
     directory = await directory_for(request.supernodes, request.directory, request.peer.token)
     ranked = directory.rank(job.task_id)
     for attempt, address in enumerate(ranked, start=1):
+        # The last one has no other member after it: a lost SYN must not send the
+        # download to the origin, so it gets an uploader's longer connect timeout.
+        within = CONNECT_TIMEOUT if attempt == len(ranked) else SUPERNODE_TIMEOUT
         try:
             try:
-                return await _through(job, address)
+                return await _through(job, address, within)
             except TaskChanged as exc:  # once: the new generation is a new download
                 log.warning("%s; starting over", exc)
                 out.reset()
-                return await _through(job, address)
+                return await _through(job, address, within)
         except SupernodeUnavailable as exc:
             directory.failed(address)  # skipped by the next tasks for a while
             if attempt == len(ranked) and not request.back_source:
@@ -386,8 +390,9 @@ async def commit(out: AtomicOutput) -> None:
     out.commit()
 
 
-async def _through(job: DownloadJob, address: str) -> DownloadResult:
-    """One attempt through the supernode at `address`; commits the output when done."""
+async def _through(job: DownloadJob, address: str, within: float) -> DownloadResult:
+    """One attempt through the supernode at `address` (`within`: seconds to connect,
+    then to handshake); commits the output when done."""
     request = job.request
     results: list[DownloadResult] = []
 
@@ -423,6 +428,7 @@ async def _through(job: DownloadJob, address: str) -> DownloadResult:
         options=request.peer,
         deadline=job.deadline,
         progress=job.progress,
+        connect_within=within,
     )
     try:
         await attempt.run(complete)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, unwrap_group
-from dfget.connect import connect, translate_errors
+from dfget.connect import SUPERNODE_TIMEOUT, connect, translate_errors
 from dfget.errors import (
     DfgetError,
     DownloadTimeout,
@@ -86,6 +86,7 @@ class Attempt:
         options: PeerOptions,
         deadline: float,
         progress: Progress | None,
+        connect_within: float = SUPERNODE_TIMEOUT,
     ) -> None:
         self.register_message = register
         self.task_id = task_id
@@ -97,6 +98,7 @@ class Attempt:
         self.options = options
         self.deadline = deadline
         self.progress = progress
+        self.connect_within = connect_within
         self.key = X25519PrivateKey.generate()
         self.book: PieceBook | None = None
         self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
@@ -131,7 +133,8 @@ class Attempt:
         port: int,
         on_complete: Callable[[PieceBook], Awaitable[None]],
     ) -> PieceBook:
-        async with connect(self.address, peer_id=self.peer_id) as control:
+        within = self.connect_within
+        async with connect(self.address, peer_id=self.peer_id, within=within) as control:
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_keep_alive, control)
