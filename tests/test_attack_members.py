@@ -68,7 +68,7 @@ def raw_members(peers: list[str]) -> Answer:
         [f"10.0.0.{i % 250}:{1000 + i}" for i in range(MAX_MEMBERS + 1)],  # too many
         ["x" * 5000 + ":1"] * 12,  # too long
         ["no-port"],
-        ["10.0.0.1:99999"],
+        ["198.18.0.1:99999"],
         ["evil host:1"],
     ],
     ids=["too-many", "too-long", "no-port", "bad-port", "space"],

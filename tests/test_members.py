@@ -92,7 +92,7 @@ def url_owned_by(origin: FakeOrigin, owner: str, members: list[str], stem: str) 
 
 
 def test_a_member_that_failed_goes_last_for_its_back_off_then_twice_as_long() -> None:
-    members = ["10.0.0.1:8002", "10.0.0.2:8002", "10.0.0.3:8002"]
+    members = ["198.18.0.1:8002", "198.18.0.2:8002", "198.18.0.3:8002"]
     backoff = Backoff(first=30, most=240)
     task = "ab" * 32
     first = rank(task, members)[0]
