@@ -25,6 +25,7 @@ from dfget.options import PeerOptions
 from supernode.app import Supernode, SupernodeConfig
 from testkit.origin import FakeOrigin, self_signed_tls
 from testkit.ready import await_ready
+from testkit.redisserver import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,6 +117,18 @@ async def start_supernode(nursery: trio.Nursery, tmp_path: Path) -> StartSuperno
         return RunningSupernode(node, f"{host}:{port}", stop)
 
     return start
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (testkit/redisserver.py), stopped after."""
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.stop()
 
 
 @pytest.fixture

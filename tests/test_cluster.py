@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,6 @@ from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
 PERIOD = 0.3  # the tests' heartbeat (seconds): a member is gone within 3 of them
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    await server.start()
-    try:
-        yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            await server.stop()
 
 
 async def member(

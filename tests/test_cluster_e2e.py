@@ -18,7 +18,6 @@ import httpx
 import trio
 from conftest import PYTHON, ServerProcess, cli_env, supernode_process
 from registry import needs_redis
-from test_cluster import redis_server
 
 from common.rendezvous import rank
 from proto.pieces import MiB
@@ -26,7 +25,6 @@ from proto.taskid import task_id_for
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
-__all__ = ["redis_server"]  # the fixture, used here by name
 pytestmark = needs_redis
 SIZE = 32 * MiB
 RATE = 3 * MiB  # the origin's: about 11 s for the file

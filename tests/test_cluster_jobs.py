@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +36,6 @@ from testkit.redisserver import RedisServer
 
 PERIOD = 0.3  # the tests' heartbeat (seconds): a lease lives three of them
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    await server.start()
-    try:
-        yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            await server.stop()
 
 
 async def members(

@@ -13,15 +13,12 @@ import httpx
 import pytest
 import trio
 from conftest import RunningSupernode, StartSupernode, until
-from test_cluster import redis_server
 
 from common.rendezvous import rank
 from dfget.engine import DownloadRequest, DownloadResult, download
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
-
-__all__ = ["redis_server"]  # the fixture, used here by name
 
 SIZE = 24 * MiB
 RATE = 8 * MiB  # the origin's: about 3 s for the file

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,17 +42,6 @@ from testkit.redisserver import RedisServer
 
 PERIOD = 0.3  # the members' heartbeat in most tests
 BODY = os.urandom(300_000)
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    await server.start()
-    try:
-        yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            await server.stop()
 
 
 async def member(

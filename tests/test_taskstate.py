@@ -12,7 +12,6 @@ import redis
 import trio
 from conftest import Fetch, StartSupernode
 from registry import needs_redis
-from test_cluster import redis_server
 
 from proto.pieces import MiB, piece_digest
 from supernode.cdn.adopt import Adoption, _runs, can_adopt
@@ -31,7 +30,6 @@ from supernode.cluster.taskstate import RedisTasks, Update
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
-__all__ = ["redis_server"]  # the fixture, used here by name
 TASK = "ab" * 32
 OWNER = "0123456789abcdef"
 

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from supernode.cluster.jobrecords import (
     ENDED_TTL,
     JOBS_KEY,
@@ -27,6 +23,7 @@ from supernode.cluster.jobrecords import (
     lease_key,
     valid_job_id,
 )
+from supernode.cluster.redisstore import redis_client
 from supernode.cluster.settings import ClusterSettings
 
 TRIM_BATCH = 256  # ids looked at per trim
@@ -69,17 +66,7 @@ class RedisJobs:
     back as bytes (None: missing, oversized or of another type) for `decode_job`."""
 
     def __init__(self, settings: ClusterSettings) -> None:
-        self.client = redis.Redis(
-            host=settings.host,
-            port=settings.port,
-            db=settings.db,
-            username=settings.username,
-            password=settings.password,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="dragonfly-py-supernode-jobs",
-        )
+        self.client = redis_client(settings, "dragonfly-py-supernode-jobs")
         self._add = self.client.register_script(_ADD)
         self._write = self.client.register_script(_WRITE)
         self._release = self.client.register_script(_RELEASE)

@@ -48,22 +48,29 @@ class Listed:
     ttl_left_ms: int
 
 
+def redis_client(settings: ClusterSettings, name: str) -> redis.Redis:
+    """redis-py's synchronous client for the cluster's Redis: socket and connect
+    timeouts of `settings.timeout`, no retries of its own (the next period is the
+    retry), named `name` in Redis' CLIENT LIST."""
+    return redis.Redis(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+        socket_timeout=settings.timeout,
+        socket_connect_timeout=settings.timeout,
+        retry=Retry(NoBackoff(), 0),
+        client_name=name,
+    )
+
+
 class RedisMembers:
     """Membership's view of Redis (blocking: call from a worker thread)."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
-        self.client = redis.Redis(
-            host=settings.host,
-            port=settings.port,
-            db=settings.db,
-            username=settings.username,
-            password=settings.password,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="dragonfly-py-supernode",
-        )
+        self.client = redis_client(settings, "dragonfly-py-supernode")
 
     def heartbeat(self, member: Member) -> list[Listed]:
         """Write our record (expiring after `member.ttl`), make sure our id is in the

@@ -23,13 +23,12 @@ from functools import partial
 
 import redis
 import trio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from supernode.cdn.adopt import Adoption
 from supernode.cdn.response import Validators
 from supernode.cdn.task import CdnTask, TaskState
 from supernode.cluster.membership import Membership
+from supernode.cluster.redisstore import redis_client
 from supernode.cluster.settings import ClusterSettings
 from supernode.cluster.taskrecords import (
     DIGEST_SIZE,
@@ -65,17 +64,7 @@ class RedisTasks:
     """The task state's few Redis calls (blocking: call from a worker thread)."""
 
     def __init__(self, settings: ClusterSettings) -> None:
-        self.client = redis.Redis(
-            host=settings.host,
-            port=settings.port,
-            db=settings.db,
-            username=settings.username,
-            password=settings.password,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="dragonfly-py-supernode-tasks",
-        )
+        self.client = redis_client(settings, "dragonfly-py-supernode-tasks")
 
     def write(self, updates: list[Update]) -> None:
         """Write each update; digests from its `start`, or from 0 if Redis no longer
