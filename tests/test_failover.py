@@ -40,21 +40,7 @@ async def test_a_lost_supernode_costs_only_the_pieces_in_flight(
         back_source=False,
     )
     owner, other = rank(request.task_id(), list(nodes))
-    half_way = trio.Event()
-    results: list[DownloadResult] = []
-
-    def progress(done: int, _: int | None) -> None:
-        if done >= SIZE // 2:
-            half_way.set()
-
-    async def run() -> None:
-        results.append(await download(request, progress=progress))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
-        await half_way.wait()
-        await nodes[owner].stop()  # the task's owner goes away half-way
-    (result,) = results
+    result = await download_losing(request, nodes[owner], SIZE // 2)  # owner gone half-way
     assert (tmp_path / "f.bin").read_bytes() == data
     assert result.supernode == other and result.failovers == 1
     kept = result.sources["local"].bytes  # what the first attempt wrote, checked again
