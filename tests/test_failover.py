@@ -52,18 +52,24 @@ async def test_a_lost_supernode_costs_only_the_pieces_in_flight(
     assert result.summary()["failovers"] == 1
 
 
-@pytest.mark.parametrize("named", [False, True], ids=["url", "digest"])
+@pytest.mark.parametrize(
+    ("named", "validators"),
+    [(False, True), (True, True), (True, False)],
+    ids=["url", "digest", "digest-without-validators"],
+)
 async def test_a_new_owner_adopts_the_task_from_redis(
     named: bool,
+    validators: bool,
     origin: FakeOrigin,
     redis_server: RedisServer,
     start_supernode: StartSupernode,
     tmp_path: Path,
 ) -> None:
     """With --cluster the owner keeps the task's digests in Redis: the next member adopts
-    them, so the peer's pieces count at once and the origin sends the rest once."""
+    them, so the peer's pieces count at once and the origin sends the rest once. (Content
+    named by its digest needs no validator to go on from: its pieces are checked.)"""
     data = os.urandom(SIZE)
-    origin.add("/f.bin", data, rate=RATE)
+    origin.add("/f.bin", data, rate=RATE, etag=validators, last_modified=validators)
     nodes = {}
     for name in ("a", "b"):
         node = await start_supernode(

@@ -209,8 +209,8 @@ async def _fetch(
                 if spec.range or resuming:
                     end = "" if last is None else str(last)
                     extra.append(("Range", f"bytes={first + offset}-{end}"))
-                if resuming:
-                    extra.append(("If-Range", task.validators.if_range))
+                if resuming and task.validators.if_range:  # (an adopted task named by
+                    extra.append(("If-Range", task.validators.if_range))  # its digest: none)
                 try:
                     async with origin.open(
                         "GET", spec.url, spec.headers, extra=tuple(extra)
