@@ -200,6 +200,14 @@ class Attempt:
                 while not book.complete:
                     await book.wait_changed()
                 nursery.cancel_scope.cancel()
+        # An answer `_follow` queued as the last piece landed has nobody left to take it:
+        # report its tasks cancelled, or their uploaders' slots stay taken.
+        while True:
+            try:
+                late = self._replies_recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            await self._decline(control, book, late)
         if deadline.cancelled_caught:
             raise DownloadTimeout("the download did not finish within --timeout")
         writer.verify_whole()

@@ -86,11 +86,14 @@ class Transfers:
                 if running >= IN_FLIGHT:
                     await book.wait_changed()
                     continue
-                await self.control.send(
-                    PieceTasksRequest(
-                        task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
-                    )
+                request = PieceTasksRequest(
+                    task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
                 )
+                # Shielded: a frame cut short (the download completing meanwhile) would
+                # break the session for every report still to come; a small frame's send
+                # is bounded by the session's send timeout.
+                with trio.CancelScope(shield=True):
+                    await self.control.send(request)
                 with trio.move_on_after(TASKS_TIMEOUT) as waited:
                     answer = await self.answers.receive()
                 if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
