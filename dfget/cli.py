@@ -7,19 +7,19 @@ import json
 import logging
 import sys
 from pathlib import Path
-
-import trio
+from typing import TYPE_CHECKING
 
 from common import argtypes
 from common.tokens import read_token
 from common.units import format_size
 from dfget import __version__
-from dfget.daemon import DEFAULT_SOCKET
-from dfget.engine import DEFAULT_SUPERNODE, DownloadRequest, DownloadResult, download
-from dfget.errors import EXIT_CODES, DfgetError, UsageError
-from dfget.options import PeerOptions
-from dfget.progress import ProgressBar
-from dfget.uploads import DEFAULT_MAX_CONNECTIONS
+from dfget.defaults import DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DEFAULT_SUPERNODE, EXIT_CODES
+
+if TYPE_CHECKING:
+    from dfget.engine import DownloadResult
+
+# The engine (trio, the wire, cryptography) is imported only once the arguments are
+# parsed: `dfget --help` and `--version` load none of it.
 
 log = logging.getLogger("dfget")
 
@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import trio
+
+    from dfget.engine import DownloadRequest, download
+    from dfget.errors import DfgetError, UsageError
+    from dfget.options import PeerOptions
+    from dfget.progress import ProgressBar
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
@@ -263,7 +270,7 @@ def _report(result: DownloadResult, as_json: bool, quiet: bool) -> None:
     )
 
 
-__all__ = ["UsageError", "main"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

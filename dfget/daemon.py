@@ -23,7 +23,6 @@ from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
 
-DEFAULT_SOCKET = Path("/var/lib/dfdaemon/dfdaemon.sock")
 CONNECT_TIMEOUT = 5.0
 _BY_EXIT: dict[int, type[DfgetError]] = {
     error.exit_code: error
@@ -110,4 +109,4 @@ def _error(status: int, raw: bytes) -> Exception:
     return _BY_EXIT.get(code, DfgetError)(message)
 
 
-__all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "through_daemon"]
+__all__ = ["DaemonUnreachable", "through_daemon"]

@@ -28,6 +28,7 @@ import trio
 from common.io import RateLimiter
 from common.urls import display_url
 from dfget.connect import CONNECT_TIMEOUT, SUPERNODE_TIMEOUT
+from dfget.defaults import DEFAULT_SUPERNODE
 from dfget.errors import (
     DownloadTimeout,
     SupernodeUnavailable,
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from dfget.members import Directory
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SUPERNODE = "127.0.0.1:8002"
 
 
 @dataclass(frozen=True)

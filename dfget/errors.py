@@ -72,22 +72,6 @@ class TaskChanged(SupernodeFailed):
     """The file changed upstream during the download (a new task generation)."""
 
 
-EXIT_CODES = {
-    0: "success",
-    1: "other failure",
-    2: "usage error (bad URL, digest, header, rate)",
-    3: "origin error (HTTP status from the origin, unreachable origin)",
-    4: "integrity error (a piece or the whole file failed verification)",
-    5: "no supernode could serve it (unreachable, busy, store full, task too large) "
-    "and --no-back-source given",
-    6: "timeout (--timeout reached)",
-    7: "output error (cannot write or rename the output file)",
-    8: "supernode error (protocol violation or internal failure)",
-    9: "not admitted by the supernode (missing or wrong cluster token)",
-    130: "interrupted",
-}
-
-
 _ORIGIN_CODES = {
     ErrorCode.ORIGIN_STATUS,
     ErrorCode.ORIGIN_UNREACHABLE,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dfget.uploads import DEFAULT_MAX_CONNECTIONS, PieceServer
+from dfget.defaults import DEFAULT_MAX_CONNECTIONS
+from dfget.uploads import PieceServer
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import trio
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, serve_limited
 from dfget import __version__
+from dfget.defaults import DEFAULT_MAX_CONNECTIONS
 from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
 from proto.io import FramedStream, server_handshake
 from proto.messages import PieceData, PieceRefused, PieceRequest
@@ -50,7 +51,6 @@ SEND_TIMEOUT = 60.0  # for the requester to take a refusal
 # the deadline the requester gives itself (PIECE_TIMEOUT, MIN_PIECE_RATE in transfers.py).
 MIN_PIECE_SEND = 60.0
 MIN_SEND_RATE = 256 * 1024  # bytes/s
-DEFAULT_MAX_CONNECTIONS = 256  # the upload server's cap (a share of it per address)
 MAX_SPARE = 16 * 1024 * 1024 + TAG_SIZE  # larger sealed buffers are not kept
 
 

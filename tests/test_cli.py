@@ -247,6 +247,22 @@ async def test_dfget_help_lists_flags_and_exit_codes() -> None:
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), flag
 
 
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+async def test_dfget_version_and_help_load_no_engine(flag: str) -> None:
+    """Start-up is most of a small download's time: `--version` and `--help` import
+    neither trio nor the wire (`python -X importtime` lists every module imported)."""
+    done = await run("-X", "importtime", "-m", "dfget", flag)
+    assert done.returncode == 0, done.stderr.decode()
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "dfget.cli" in imported
+    heavy = {"trio", "proto", "dfget.engine", "cryptography", "httpx", "blake3", "msgpack"}
+    assert not heavy & imported, heavy & imported
+
+
 async def test_supernode_help_lists_listen_and_data_dir() -> None:
     done = await run("-m", "supernode", "--help")
     assert done.returncode == 0
