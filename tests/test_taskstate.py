@@ -80,6 +80,7 @@ def test_malformed_records_are_ignored(meta: bytes) -> None:
         {"owner": "Not-An-Id"},
         {"etag": "x" * 300},
         {"digests": tuple(bytes(32) for _ in range(7))},  # more digests than pieces
+        {"length": 1 << 61},  # 2^41 pieces: never a bitset of that many bits
     ],
 )
 def test_records_out_of_bounds_are_ignored(change: dict[str, object]) -> None:

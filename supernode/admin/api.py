@@ -292,7 +292,7 @@ class AdminApi:
     def _task(self, task: CdnTask) -> dict[str, Any]:
         stats = self.view.scheduler.task_statistics(task.task_id)
         holders = sorted(p for p, r in self.view.swarm.peers.items() if task.task_id in r.tasks)
-        owner, on_disk = self.view.cluster.owner(task.task_id), task.cdn_pieces()
+        owner, on_disk = self.view.cluster.owner(task.task_id), task.on_disk
         return {
             "id": task.task_id,
             "url": display_url(task.spec.url),

@@ -54,8 +54,8 @@ class FetchPolicy:
     limiter: RateLimiter | None = None
     budget: StoreBudget | None = None  # the store's limits (none: unbounded)
     # The pieces of a task its peers hold (a bitset): an adopted task fetches the
-    # others first (adopt.py). None: as if no peer held any.
-    held_by_peers: Callable[[str], int] | None = None
+    # others first (adopt.py). The default: as if no peer held any.
+    held_by_peers: Callable[[str], int] = lambda task_id: 0
 
 
 class _Assembler:
@@ -197,8 +197,7 @@ async def _fetch(
                     await _take_over(task, task.resume_from, store, hasher)
                 else:  # the pieces no peer holds, alongside (adopt.py)
                     _begin_adopted(task, store)
-                    held = policy.held_by_peers or (lambda _: 0)
-                    limiter = policy.limiter
+                    held, limiter = policy.held_by_peers, policy.limiter
                     nursery.start_soon(adopt.repair, task, origin, limiter, held, repairs)
                 assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
@@ -248,8 +247,7 @@ async def _fetch(
             await assembler.finish()
     length = assembler.received
     if task.adoption is not None:
-        held = policy.held_by_peers or (lambda _: 0)
-        await adopt.before_done(task, origin, policy.limiter, held)
+        await adopt.before_done(task, origin, policy.limiter, policy.held_by_peers)
     if hasher and spec.digest and not digest_matches(spec.digest, hasher):
         raise ContentMismatch(f"origin content does not match {spec.digest}")
     meta = TaskMeta(

@@ -114,10 +114,6 @@ class CdnTask:
             return 0 <= index < self.ready
         return index >= 0 and (self.on_disk >> index) & 1 == 1
 
-    def cdn_pieces(self) -> int | None:
-        """The pieces on disk as a bitset, or None when they are 0..ready-1."""
-        return self.on_disk
-
     @property
     def piece_count(self) -> int | None:
         return None if self.length is None else piece_count(self.length, self.piece_size)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE, piece_count
+from proto.taskid import check_task_id
 from supernode.cluster.records import PREFIX, valid_id
 
 DIGEST_SIZE = 32
@@ -102,7 +103,8 @@ def decode_task(
     if not all(v is None or (isinstance(v, str) and 0 < len(v) <= 256) for v in (etag, modified)):
         return None
     count = piece_count(length, piece_size)
-    if not 0 <= pieces <= min(count, MAX_PIECES) or digests is None:
+    # (a length of 2^61 would make the bitset of its pieces a 256 GiB integer)
+    if count > MAX_PIECES or not 0 <= pieces <= count or digests is None:
         return None
     if len(digests) < pieces * DIGEST_SIZE:
         return None
@@ -138,7 +140,11 @@ def held_bytes(held: int, count: int) -> bytes:
 
 
 def _task_id(task_id: str) -> bool:
-    return 0 < len(task_id) <= 128 and all(c in "0123456789abcdef" for c in task_id)
+    try:
+        check_task_id(task_id)
+    except ValueError:
+        return False
+    return True
 
 
 def _valid_piece_size(size: int) -> bool:

@@ -125,7 +125,7 @@ class Swarm:
         # What the CDN holds, now: a peer may report pieces it already has (a daemon
         # that adopts its cache) before anyone asks for piece tasks.
         total = task.piece_count if task.settled else None
-        self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.cdn_pieces())
+        self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.on_disk)
         self.scheduler.add_peer(
             task.task_id,
             record.peer_id,
@@ -185,7 +185,7 @@ class Swarm:
         self, task: CdnTask, requester: str, want: int, now: float
     ) -> tuple[PieceTask, ...]:
         total = task.piece_count if task.settled else None
-        self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.cdn_pieces())
+        self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.on_disk)
         tasks: list[PieceTask] = []
         for assignment in self.scheduler.assign(task.task_id, requester, want, now):
             source = assignment.source

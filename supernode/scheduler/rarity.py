@@ -30,6 +30,7 @@ class PieceRarity:
         self.held = 0  # pieces at least one peer holds
         self.known = 0  # the pieces known so far (all of them once the total is known)
         self.on_cdn = 0  # pieces on the CDN (a bitset): 0..ready-1 but for an adopted task
+        self._gaps_on_cdn = False  # told of a CDN without some known pieces (adopted)
         # Every bucket of a count below `_floor` holds no piece of `_floor_reach`: in a
         # busy swarm the rarest pieces are all saturated, and every walk would otherwise
         # start by stepping over them (see `first_bucket`). A count, not a position, so
@@ -62,6 +63,9 @@ class PieceRarity:
             self._grow(total)
         if self.total is not None and ready > self.total:
             raise ValueError(f"cdn_ready: ready={ready} beyond total={self.total}")
+        if on_cdn is None and ready <= self.ready and not self._gaps_on_cdn:
+            return  # (every request asks: the common case costs nothing)
+        self._gaps_on_cdn |= on_cdn is not None
         if ready > self.ready:
             self._grow(ready)
             self.ready = ready
