@@ -284,6 +284,7 @@ class Cdn:
         (adopt.py), else fetched from the start."""
         adoption = None
         if previous is None and self.adopter is not None:
+            self._check_room()  # a refused fetch costs Redis no question either
             asking = self._asking.get(spec.task_id)
             if asking is None:  # one question to Redis per task, however many register
                 asking = self._asking[spec.task_id] = trio.Event()

@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 import redis
 import trio
 
-from common.rendezvous import rank
 from common.urls import display_url, move_credentials
 from supernode.admin.preheat import MAX_RUNNING, Preheat, Preheats
 from supernode.cdn.task import TaskSpec
@@ -121,7 +120,8 @@ class PreheatJobs:
             return self._local_summary(local)
         if self.store is None or not valid_job_id(job_id):
             return None
-        job = decode_job(job_id, await self._call(self.store.read, job_id))
+        store = self.store
+        job = await self._call(lambda: decode_job(job_id, store.read(job_id)))
         return None if job is None else self._summary(job)
 
     async def listing(self, limit: int) -> dict[str, Any]:
@@ -130,11 +130,12 @@ class PreheatJobs:
         local = [self._local_summary(p) for p in sorted(kept, key=lambda p: -p.created)]
         if self.store is None:
             return {"redis": "off", "preheats": local[:limit]}
-        try:
-            listed = await self._call(self.store.newest, limit)
+        store = self.store
+        try:  # read and decoded in the worker thread: records run to MAX_JOB bytes each
+            decoded = await self._call(lambda: _decoded(store.newest(limit)))
         except StoreUnavailable:
             return {"redis": "down", "preheats": local[:limit]}
-        jobs = [job for job_id, raw in listed if (job := decode_job(job_id, raw)) is not None]
+        jobs = [job for _, job in decoded if job is not None]
         shown = [*(self._summary(job) for job in jobs), *local]
         shown.sort(key=lambda entry: -float(entry.get("created") or 0))
         return {"redis": "up", "preheats": shown[:limit]}
@@ -187,11 +188,13 @@ class PreheatJobs:
 
     async def _scan(self, *, nursery: trio.Nursery) -> None:
         assert self.store is not None
-        listed = await self._call(self.store.open_jobs)
-        peers = [member.peer for member, _ in self.membership.live()]
+        store = self.store
+        # Read and decoded in the worker thread: up to MAX_OPEN records of MAX_JOB bytes.
+        listed = await self._call(
+            lambda: [(*entry, decode_job(*entry[:2])) for entry in store.open_jobs()]
+        )
         closing = []
-        for job_id, raw, leased in listed:
-            job = decode_job(job_id, raw)
+        for job_id, raw, leased, job in listed:
             if job is None or job.ended:
                 if job is None and raw is not None:
                     self._warn_malformed(job_id)
@@ -199,7 +202,7 @@ class PreheatJobs:
                 continue
             if leased or job_id in self.running or len(self.running) >= MAX_RUNNING:
                 continue
-            if not peers or rank(job.rank_key, peers)[0] != self.membership.peer:
+            if self.membership.owner(job.rank_key).id != self.membership.id:
                 continue
             lease = self._lease()
             if await self._call(self.store.take, job_id, self.membership.id, lease):
@@ -218,13 +221,13 @@ class PreheatJobs:
         try:
             job = replace(job, state="running", runner=me, attempts=job.attempts + 1, tasks=())
             log.info("preheat %s: running it (attempt %d, %s)", job.id[:8], job.attempts, job.url)
+            written = trio.current_time()
+            if await self._write(job) is False:  # not ours after all: never queued here
+                return
             try:
                 self.local.enqueue(preheat)
             except trio.WouldBlock:  # our queue is full: the lease lapses, we look again
                 log.warning("preheat %s: our preheat queue is full: later", job.id[:8])
-                return
-            written = trio.current_time()
-            if await self._write(job) is False:
                 return
             while preheat.state not in ("succeeded", "failed"):
                 await trio.sleep(STEP)
@@ -338,3 +341,13 @@ def _progress(job: Job, preheat: Preheat) -> Job:
         tasks = tasks[: len(tasks) // 2]
         progress = replace(progress, tasks=tasks)
     return progress
+
+
+def _decoded(listed: list[tuple[str, bytes | None]]) -> list[tuple[str, Job | None]]:
+    return [(job_id, decode_job(job_id, raw)) for job_id, raw in listed]
+
+
+def _open_decoded(
+    listed: list[tuple[str, bytes | None, bool]],
+) -> list[tuple[str, bytes | None, bool, Job | None]]:
+    return [(job_id, raw, leased, decode_job(job_id, raw)) for job_id, raw, leased in listed]
