@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from common.addresses import format_address
+from common.rendezvous import rank
 from dfget.backoff import Backoff, order
 from dfget.connect import SUPERNODE_TIMEOUT, connect, parse_address
 from dfget.errors import (
@@ -79,10 +81,6 @@ async def ask_members(address: str, *, token: bytes | None = None) -> Members:
     raise SupernodeFailed(f"supernode {address} answered {reply.TAG} to a members request")
 
 
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def resolve(address: str) -> list[str]:
     """The candidates `address` (HOST:PORT) names: itself for an IP address, one a
     resolved address for a host name (itself again if it does not resolve now: asking
@@ -102,7 +100,7 @@ async def resolve(address: str) -> list[str]:
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, trio.TooSlowError):
         return [address]
-    found = list(dict.fromkeys(_join(str(info[4][0]), port) for info in infos))
+    found = list(dict.fromkeys(format_address(str(info[4][0]), port) for info in infos))
     return found or [address]
 
 
@@ -126,6 +124,9 @@ class Directory:
         self.refreshes = 0  # refreshes that got an answer
         self.refresh_failures = 0  # refreshes no candidate answered
         self._outage = False  # logged that none answers (once until one does)
+        # Whom it asks first, spread over the members: a fleet of daemons does not all
+        # refresh from the same one (rendezvous on a key of this directory's own).
+        self._asker = os.urandom(8).hex()
 
     def rank(self, task_id: str) -> list[str]:
         """The members to try for `task_id`: rendezvous order, backed-off ones last; then
@@ -156,7 +157,7 @@ class Directory:
     async def candidates(self) -> list[str]:
         """Whom to ask: the learned list, then the configured addresses (each name's
         resolved addresses), those backed off last."""
-        asked = list(self.live) if self.source == CLUSTER else []
+        asked = rank(self._asker, self.live) if self.source == CLUSTER else []
         for address in self.configured:
             asked += await resolve(address)
         unique = list(dict.fromkeys(asked))
@@ -174,6 +175,9 @@ class Directory:
             try:
                 answer = await ask_members(address, token=self.token)
             except OlderSupernode as exc:
+                if self.source == CLUSTER:  # a rolling upgrade: ask a member that knows
+                    log.debug("%s", exc)
+                    continue
                 log.info("%s (an older version): using the list given", exc)
                 self._learned(address, self.configured, CONFIGURED)
                 return True

@@ -332,13 +332,18 @@ def check_member_address(address: str) -> None:
     """A supernode's peer address as `Members` carries it: HOST:PORT (an IPv6 host in
     brackets), printable, at most MAX_MEMBER_ADDRESS characters; ValueError if not."""
     host, sep, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    inner = host[1:-1] if bracketed else host
     if (
         len(address) > MAX_MEMBER_ADDRESS
         or not sep
-        or not host.strip("[]")
+        or not inner
+        or "[" in inner
+        or "]" in inner
+        or (":" in inner and not bracketed)  # an IPv6 host goes in brackets
         or not address.isprintable()
         or any(c.isspace() for c in address)
-        or not port.isdigit()
+        or not (port.isascii() and port.isdigit())  # ('٨'.isdigit(), and int() reads 8)
         or not 0 < int(port) < 65536
     ):
         raise ValueError(f"bad member address {address[:80]!r}")
