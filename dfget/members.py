@@ -38,7 +38,7 @@ from dfget.errors import (
 )
 from proto.admission import prove
 from proto.errors import ErrorCode
-from proto.messages import KEY_BYTES, ErrorReply, Members, MembersRequest
+from proto.messages import ErrorReply, Members, MembersRequest
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def ask_members(address: str, *, token: bytes | None = None) -> Members:
         proof = None
         if token is not None:
             challenge = framed.welcome.challenge if framed.welcome else b""
-            proof = prove(token, challenge, peer_id, bytes(KEY_BYTES))
+            proof = prove(token, challenge, peer_id, MembersRequest.NO_KEY)
         with trio.move_on_after(SUPERNODE_TIMEOUT) as waited:
             await framed.send(MembersRequest(token_proof=proof))
             reply = (await framed.receive()).message

@@ -356,6 +356,7 @@ class MembersRequest(Message):
     the proof is `admission.prove` over the Welcome's challenge with an all-zero key."""
 
     TAG: ClassVar[str] = "members_request"
+    NO_KEY: ClassVar[bytes] = bytes(KEY_BYTES)  # the key its proof binds: there is none
     token_proof: bytes | None = None
 
     def check(self) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from proto.errors import ErrorCode
 from proto.io import FramedStream
 from proto.messages import (
-    KEY_BYTES,
     MAX_MEMBERS,
     Members,
     MembersRequest,
@@ -25,9 +24,6 @@ from proto.messages import (
 from supernode.peers.swarm import Swarm
 
 log = logging.getLogger(__name__)
-
-# The key the proof of a MembersRequest binds (it unwraps nothing: there is no key).
-NO_KEY = bytes(KEY_BYTES)
 
 
 def members_answer(peers: Sequence[str], *, cluster: bool) -> Members:
@@ -54,7 +50,7 @@ async def answer_members(
 ) -> None:
     """Answer one `MembersRequest` and close the connection (the answer is its last
     frame). `members()` is the live peer addresses and whether we run in a cluster."""
-    if not swarm.admits(challenge, peer_id, NO_KEY, request.token_proof):
+    if not swarm.admits(challenge, peer_id, MembersRequest.NO_KEY, request.token_proof):
         log.info("peer %s: members request not admitted (cluster token)", peer_id[:40])
         await framed.send(
             error_reply(ErrorCode.FORBIDDEN, "not admitted: missing or wrong cluster token")
