@@ -52,6 +52,8 @@ from supernode.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+FINAL_TRIES = 30  # heartbeat periods a finished job's end is retried, Redis away
+
 T = TypeVar("T")
 STEP = 0.1  # seconds between two looks at a running job's local state
 
@@ -244,9 +246,13 @@ class PreheatJobs:
             error = None if preheat.error is None else preheat.error[:TEXT]
             final = _progress(job, preheat).ending(preheat.state, error, time.time())
             done = await self._write(final)
-            while done is None:  # Redis away: write it once it answers again
+            tries = 0
+            while done is None and tries < FINAL_TRIES:  # Redis away: write it once it
+                tries += 1  # answers again
                 await trio.sleep(self.settings.heartbeat)
                 done = await self._write(final)
+            if done is None:  # as for a runner that died: the next owner runs it again
+                log.warning("preheat %s: its end could not be written: given up", job.id[:8])
             if done:
                 log.info("preheat %s: %s", job.id[:8], final.state)
         except trio.Cancelled:  # our stop: `run` hands the lease back
