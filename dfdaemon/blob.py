@@ -19,8 +19,8 @@ from pathlib import Path
 import trio
 
 from dfdaemon.validators import Validators
-from dfget.engine import DownloadResult
 from dfget.output import AtomicOutput
+from dfget.results import DownloadResult
 from proto.digests import Hasher
 
 READ_CHUNK = 1024 * 1024
@@ -54,6 +54,10 @@ class Blob:
     error: BaseException | None = None
     result: DownloadResult | None = None
     fell_back: bool = False
+    # A URL download whose file holds an earlier, complete download of it: checked
+    # piece by piece against the supernode's digests for this requester before
+    # anything is fetched (`downloads.py`).
+    recheck: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its download
     readers: Counter[str] | None = None  # the store's count of readers, by blob (GC)
     verified: dict[str, tuple[int, int, int]] | None = None  # the store's good files

@@ -206,16 +206,22 @@ class BlobStore:
         url: str,
         headers: tuple[tuple[str, str], ...],
     ) -> Blob:
-        """A download of `url` (its content may change: never served from the cache).
-        Joins one in progress; a finished one (seeding) is stopped and fetched again, so
-        that the supernode revalidates it with the origin."""
+        """A download of `url` (its content may change: never served from the cache
+        unchecked). Joins one in progress; a finished one (seeding) is stopped and
+        started again, so that the supernode revalidates it with the origin for this
+        requester: its file, if any, is checked against the supernode's piece digests
+        first and fetched only where they differ (`Blob.recheck`)."""
         blob = self.running_urls.get(task_id)
         if blob is not None and blob.error is None and not blob.complete:
             return blob
         if blob is not None:
             blob.scope.cancel()
             del self.running_urls[task_id]
-        return self._start(Blob(task_id, self.urls / task_id), url, headers)
+        fresh = Blob(task_id, self.urls / task_id)
+        # A file under its final name is always a complete download (written beside it
+        # and renamed): this one, an earlier one, or one from before a restart.
+        fresh.recheck = bool(self.settings.supernodes) and fresh.path.exists()
+        return self._start(fresh, url, headers)
 
     def running_url(self, task_id: str) -> Blob | None:
         """The URL download of `task_id` that a client would join now: running, not

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -23,10 +23,11 @@ from common.eviction import GcPolicy
 from common.io import RateLimiter
 from common.origins import OriginPolicy
 from dfdaemon.blob import Blob
-from dfget.engine import DownloadRequest, DownloadResult, download
+from dfget.engine import DownloadRequest, download
 from dfget.errors import (
     DfgetError,
     IntegrityError,
+    NotAdmitted,
     OriginFailed,
     SupernodeUnavailable,
     UsageError,
@@ -34,6 +35,7 @@ from dfget.errors import (
 from dfget.members import Directory
 from dfget.options import PeerOptions, SharedServer
 from dfget.output import AtomicOutput, ExistingOutput
+from dfget.results import DownloadResult
 from dfget.resume import ResumableOutput
 
 log = logging.getLogger(__name__)
@@ -126,13 +128,15 @@ async def download_blob(
         ended(blob)
         blob.notify()
 
-    async def fetch(out: AtomicOutput, supernodes: tuple[str, ...]) -> None:
-        request = settings.request(url, blob, supernodes=supernodes, headers=headers)
+    async def fetch(out: AtomicOutput, supernodes: tuple[str, ...], *, adopt: bool = False) -> None:
+        request = settings.request(url, blob, supernodes=supernodes, headers=headers, adopt=adopt)
         await download(
             request, output=out, limiter=settings.limiter, progress=progress, on_done=finished
         )
 
     try:
+        if blob.recheck and await _recheck(settings, blob, url, headers, fetch):
+            return  # it was the supernode's copy: seeded until cancelled
         # Through the swarm, the partial file outlives the daemon (`dfget.resume`): a
         # restart resumes from its verified pieces.
         output = ResumableOutput if settings.supernodes else AtomicOutput
@@ -165,6 +169,34 @@ async def download_blob(
             log.warning("blob %s: download failed: %s", blob.hex[:12], exc)
         else:
             log.info("blob %s: seeding ended: %s", blob.hex[:12], exc)
+
+
+async def _recheck(
+    settings: DownloadSettings,
+    blob: Blob,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    fetch: Callable[..., Awaitable[None]],
+) -> bool:
+    """Offer the file an earlier download of this URL left, as a peer that holds it
+    (`PeerOptions.adopt`), registered with this requester's headers: the supernode
+    revalidates the URL with them, and every piece is checked against its digests.
+    True once it matched (and then seeded until cancelled); False if it is not the
+    supernode's copy (changed upstream, damaged, another length): fetched anew. An
+    origin that refuses this requester fails the blob, as a fresh download would."""
+    try:
+        with ExistingOutput(blob.path) as out:
+            blob.out = out
+            await fetch(out, settings.supernodes, adopt=True)
+        return True
+    except (OriginFailed, UsageError, NotAdmitted):
+        raise
+    except DfgetError as exc:
+        if blob.complete:  # it matched; its seeding ended
+            raise
+        log.info("url %s: the kept copy is not the current one (%s)", blob.hex[:12], exc)
+        blob.out = None
+        return False
 
 
 def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:

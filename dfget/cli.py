@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -16,10 +17,11 @@ from dfget import __version__
 from dfget.defaults import DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DEFAULT_SUPERNODE, EXIT_CODES
 
 if TYPE_CHECKING:
-    from dfget.engine import DownloadResult
+    from dfget.results import DownloadResult
 
 # The engine (trio, the wire, cryptography) is imported only once the arguments are
-# parsed: `dfget --help` and `--version` load none of it.
+# parsed (`dfget --help` and `--version` load none of it), and only when no daemon
+# takes the download (`dfget.handoff`).
 
 log = logging.getLogger("dfget")
 
@@ -181,12 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import trio
-
-    from dfget.engine import DownloadRequest, download
     from dfget.errors import DfgetError, UsageError
     from dfget.options import PeerOptions
     from dfget.progress import ProgressBar
+    from dfget.request import DownloadRequest
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
@@ -222,8 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
     bar = ProgressBar(args.output.name) if show_bar else None
+    progress = bar.update if bar else None
     try:
-        result = trio.run(lambda: download(request, progress=bar.update if bar else None))
+        result = None
+        if request.daemon_socket is not None:
+            # Through this host's daemon: neither trio nor the engine is loaded unless
+            # no daemon answers (then dfget downloads by itself).
+            from dfget.handoff import hand_over
+
+            result = hand_over(request, progress)
+        if result is None:
+            import trio
+
+            from dfget.engine import download
+
+            alone = dataclasses.replace(request, daemon_socket=None)
+            result = trio.run(lambda: download(alone, progress=progress))
     except KeyboardInterrupt:
         print("dfget: interrupted", file=sys.stderr)
         return 130

@@ -17,189 +17,34 @@ import math
 import os
 import secrets
 import socket
-import ssl
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from common.io import RateLimiter
+from common.io import RateLimiter, unwrap_group
 from common.urls import display_url
 from dfget.connect import CONNECT_TIMEOUT, SUPERNODE_TIMEOUT
-from dfget.defaults import DEFAULT_SUPERNODE
 from dfget.errors import (
     DownloadTimeout,
     SupernodeUnavailable,
     TaskChanged,
     UsageError,
 )
-from dfget.options import PeerOptions
 from dfget.output import AtomicOutput
 from dfget.peer import Attempt
-from dfget.pieces import PieceBook, SourceCounts
+from dfget.pieces import PieceBook
 from dfget.progress import Progress
+from dfget.request import DownloadRequest
+from dfget.results import DownloadResult, SourceCounts, add_counts
 from proto.messages import Register
-from proto.taskid import check_digest, task_id_for
 
 if TYPE_CHECKING:
-    from common.origins import OriginPolicy
-    from dfget.members import Directory
+    pass
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DownloadRequest:
-    url: str
-    output: Path
-    headers: tuple[tuple[str, str], ...] = ()
-    digest: str | None = None
-    tag: str = ""
-    filter: tuple[str, ...] = ()
-    supernodes: tuple[str, ...] = (DEFAULT_SUPERNODE,)
-    timeout: float | None = None
-    rate_limit: float | None = None
-    back_source: bool = True
-    insecure: bool = False
-    peer: PeerOptions = field(default_factory=PeerOptions)
-    daemon_socket: Path | None = None  # hand the download to this host's dfdaemon
-    daemon_warn: bool = False  # say so when that daemon cannot be reached
-    # Addresses back-to-source may connect to (dfdaemon's --origin-allow/--origin-deny);
-    # None: any (dfget on its own fetches what its user asked for).
-    origin_policy: OriginPolicy | None = None
-    # Back-to-source TLS of given hosts (`HOST[:PORT]` → context: dfdaemon's
-    # --registry-ca and --registry-client-cert).
-    origin_tls: tuple[tuple[str, ssl.SSLContext], ...] = ()
-    # The live supernodes and their back-off memory, shared by a daemon's downloads;
-    # None: learned from `supernodes` when the download needs them (dfget).
-    directory: Directory | None = None
-
-    def task_id(self) -> str:
-        """The task id (also validates URL, digest and Range); UsageError if bad."""
-        range_header = next((v for k, v in self.headers if k.lower() == "range"), None)
-        try:
-            if self.digest is not None:
-                check_digest(self.digest)
-            return task_id_for(
-                self.url,
-                digest=self.digest,
-                tag=self.tag,
-                filter_keys=self.filter,
-                range_header=range_header,
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    """What a finished download did; built by `finished` (or `from_summary`, for a
-    download handed to dfdaemon) when the output is in place."""
-
-    task_id: str
-    url: str
-    output: str
-    bytes: int
-    seconds: float  # from the start of `download()` to the output in place (no seeding)
-    from_source: int = 0
-    from_cdn: int = 0
-    from_peers: int = 0
-    supernode: str | None = None
-    piece_size: int | None = None
-    pieces: int = 0
-    sources: dict[str, SourceCounts] = field(default_factory=dict)
-    daemon: str | None = None  # the socket of the dfdaemon that downloaded it
-    failovers: int = 0  # supernodes lost mid-way, whose pieces the next attempt kept
-
-    @classmethod
-    def finished(
-        cls,
-        job: DownloadJob,
-        *,
-        nbytes: int,
-        sources: dict[str, SourceCounts],
-        supernode: str | None = None,
-        piece_size: int | None = None,
-        pieces: int = 0,
-        daemon: str | None = None,
-    ) -> DownloadResult:
-        """The result of `job`, whose output is in place now; `sources`: bytes and
-        tallies by where they came from ("source", "cdn", "peers", "local"), to which
-        the attempts that failed over add theirs (what they wrote the last one took
-        as "local")."""
-        sources = {name: replace(counts) for name, counts in sources.items()}  # a snapshot
-        add_counts(sources, job.carried.sources)
-
-        def bytes_from(name: str) -> int:
-            return sources[name].bytes if name in sources else 0
-
-        return cls(
-            task_id=job.task_id,
-            url=job.request.url,
-            output=str(job.request.output),
-            bytes=nbytes,
-            seconds=trio.current_time() - job.started,
-            from_source=bytes_from("source"),
-            from_cdn=bytes_from("cdn"),
-            from_peers=bytes_from("peers"),
-            supernode=supernode,
-            piece_size=piece_size,
-            pieces=pieces,
-            sources=sources,
-            daemon=daemon,
-            failovers=job.carried.failovers,
-        )
-
-    @classmethod
-    def from_summary(cls, job: DownloadJob, summary: dict[str, object]) -> DownloadResult:
-        """The result of `job` handed to dfdaemon, from the daemon's account of it (its
-        `--json` summary, with the bytes dfget received)."""
-
-        def number(key: str) -> int:
-            value = summary.get(key)
-            return value if isinstance(value, int) else 0
-
-        sources = {
-            name: SourceCounts(bytes=number(key))
-            for name, key in (
-                ("cdn", "from_cdn"),
-                ("peers", "from_peers"),
-                ("source", "from_source"),
-            )
-            if number(key)
-        }
-        supernode = summary.get("supernode")
-        return cls.finished(
-            job,
-            nbytes=number("bytes"),
-            sources=sources,
-            supernode=supernode if isinstance(supernode, str) else None,
-            piece_size=number("piece_size") or None,
-            pieces=number("pieces"),
-            daemon=str(job.request.daemon_socket),
-        )
-
-    def summary(self) -> dict[str, object]:
-        """The `--json` object."""
-        return {
-            "task_id": self.task_id,
-            "url": self.url,
-            "output": self.output,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 6),
-            "from_source": self.from_source,
-            "from_cdn": self.from_cdn,
-            "from_peers": self.from_peers,
-            "supernode": self.supernode,
-            "daemon": self.daemon,
-            "piece_size": self.piece_size,
-            "pieces": self.pieces,
-            "failovers": self.failovers,
-            "mib_per_s": round(self.bytes / max(self.seconds, 1e-9) / (1 << 20), 2),
-            "by_source": {name: asdict(counts) for name, counts in self.sources.items()},
-        }
+T = TypeVar("T")
 
 
 @dataclass
@@ -213,18 +58,6 @@ class Carried:
     def failed_over(self, sources: dict[str, SourceCounts]) -> None:
         self.failovers += 1
         add_counts(self.sources, sources, skip="local")  # counted where they came from
-
-
-def add_counts(
-    into: dict[str, SourceCounts], more: dict[str, SourceCounts], skip: str = ""
-) -> None:
-    """Add the tallies of `more` to those of `into`, source by source."""
-    for name, counts in more.items():
-        if name == skip:
-            continue
-        total = into.setdefault(name, SourceCounts())
-        for key, value in asdict(counts).items():
-            setattr(total, key, getattr(total, key) + value)
 
 
 @dataclass(frozen=True)
@@ -246,6 +79,10 @@ class DownloadJob:
         if self.on_done is not None:
             self.on_done(result)
         return result
+
+    def elapsed(self) -> float:
+        """Seconds since download() began."""
+        return trio.current_time() - self.started
 
     def timed_out(self) -> DownloadTimeout:
         return DownloadTimeout(f"download did not finish within {self.request.timeout:g}s")
@@ -294,32 +131,53 @@ async def download(
 
 
 async def _via_daemon(job: DownloadJob) -> DownloadResult | None:
-    """The download through this host's dfdaemon; None if no daemon answers."""
-    from dfget.daemon import DaemonUnreachable, through_daemon  # httpx: lazily
+    """The download through this host's dfdaemon (`dfget.handoff`, in a worker thread);
+    None if no daemon answers."""
+    from dfget.handoff import DaemonUnreachable, Handoff
 
     request = job.request
     assert request.daemon_socket is not None
+    handoff = Handoff(request.daemon_socket, rate=request.rate_limit)
     with trio.move_on_at(job.deadline) as scope:
         try:
-            summary = await through_daemon(
-                request.url,
-                request.headers,
-                digest=request.digest,
-                tag=request.tag,
-                filter_keys=request.filter,
-                socket_path=request.daemon_socket,
-                out=job.out,
-                limiter=job.limiter,
-                progress=job.progress,
+            summary = await _in_thread(
+                lambda: handoff.download(request, job.out, job.progress), handoff.abort
             )
         except DaemonUnreachable as exc:
+            if handoff.aborted:  # cancelled (the deadline, or the caller): it goes on
+                await trio.lowlevel.checkpoint()
+                raise
             (log.warning if request.daemon_warn else log.debug)("%s: going on without it", exc)
             job.out.reset()
             return None
+        finally:
+            handoff.close()
     if scope.cancelled_caught:
         raise job.timed_out()
     await commit(job.out)
     return job.done(DownloadResult.from_summary(job, summary))
+
+
+async def _in_thread(work: Callable[[], T], abort: Callable[[], None]) -> T:
+    """`work()` in a worker thread; cancelled meanwhile, `abort()` (from this thread)
+    makes it end soon, and the cancellation goes on once it has."""
+    returned = False
+
+    async def watch() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not returned:
+                abort()
+
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            try:
+                return await trio.to_thread.run_sync(work)
+            finally:
+                returned = True
+                nursery.cancel_scope.cancel()
 
 
 async def _download(job: DownloadJob) -> DownloadResult:
@@ -438,3 +296,16 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
             job.carried.failed_over(attempt.book.sources)
         raise
     return results[0]
+
+
+# DownloadRequest and DownloadResult live in light modules of their own (dfget hands a
+# download to dfdaemon without loading the engine); callers of the engine take them here.
+__all__ = [
+    "Carried",
+    "DownloadJob",
+    "DownloadRequest",
+    "DownloadResult",
+    "commit",
+    "download",
+    "new_peer_id",
+]

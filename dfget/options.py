@@ -5,9 +5,12 @@ its downloads."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dfget.defaults import DEFAULT_MAX_CONNECTIONS
-from dfget.uploads import PieceServer
+
+if TYPE_CHECKING:  # the upload server (trio, the wire) is loaded by the peer that runs it
+    from dfget.uploads import PieceServer
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class PeerOptions:
         upload_rate: float | None = None,
         seed_for: float = 0.0,
         token: bytes | None = None,
-        server_factory: type[PieceServer] = PieceServer,
+        server_factory: type[PieceServer] | None = None,
         server: SharedServer | None = None,
         signals_end_seeding: bool = False,
         adopt: bool = False,
@@ -42,7 +45,7 @@ class PeerOptions:
         self.upload_rate = upload_rate
         self.seed_for = seed_for
         self.token = token
-        self.server_factory = server_factory  # tests swap in the fakes of testkit.peers
+        self.server_factory = server_factory  # None: PieceServer; tests swap in fakes
         # A daemon's one upload server, already listening, shared by all its downloads;
         # without it each download starts its own (from `listen` and `server_factory`).
         self.server = server

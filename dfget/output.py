@@ -22,11 +22,14 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from common.io import RateLimiter
 from dfget.errors import OutputError
 from dfget.progress import Progress
-from proto.digests import Hasher
+
+if TYPE_CHECKING:  # (trio is not needed to write a file)
+    from common.io import RateLimiter
+    from proto.digests import Hasher
 
 SYNC_EVERY = 64 * 1024 * 1024  # durable outputs: written bytes flushed at least this often
 

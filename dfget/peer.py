@@ -111,7 +111,7 @@ class Attempt:
                 return await self._run(shared.server, shared.port, on_complete)
             finally:
                 shared.server.unshare(self.task_id, self.peer_id)
-        server = self.options.server_factory(
+        server = (self.options.server_factory or PieceServer)(
             slots=self.options.upload_slots,
             limiter=RateLimiter(self.options.upload_rate),
             connections=ConnectionLimit(self.options.max_connections),

@@ -11,30 +11,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dfget.results import SourceCounts
 from proto.messages import Outcome
 from proto.pieces import piece_length
-
-
-@dataclass
-class SourceCounts:
-    """Per-source tallies for the summary (its `by_source`, field by field)."""
-
-    bytes: int = 0
-    pieces: int = 0
-    refused: int = 0
-    failed: int = 0
-    corrupt: int = 0
-
-    def tally(self, outcome: Outcome) -> None:
-        """Count a failed transfer: busy is a refusal, a timeout a failure."""
-        if outcome in (Outcome.REFUSED, Outcome.BUSY):
-            self.refused += 1
-        elif outcome in (Outcome.FAILED, Outcome.TIMEOUT):
-            self.failed += 1
-        elif outcome is Outcome.CORRUPT:
-            self.corrupt += 1
-        else:
-            raise ValueError(f"{outcome} is not a failure")
 
 
 @dataclass

@@ -20,8 +20,9 @@ from fakenet import FakeNetwork
 from registry import Registry, ci_shortfall
 
 from dfdaemon.app import Daemon, DaemonConfig
-from dfget.engine import DownloadRequest, DownloadResult, download
+from dfget.engine import DownloadRequest, download
 from dfget.options import PeerOptions
+from dfget.results import DownloadResult
 from supernode.app import Supernode, SupernodeConfig
 from testkit.origin import FakeOrigin, self_signed_tls
 from testkit.ready import await_ready

@@ -15,7 +15,8 @@ import trio
 from conftest import RunningSupernode, StartSupernode, until
 
 from common.rendezvous import rank
-from dfget.engine import DownloadRequest, DownloadResult, download
+from dfget.engine import DownloadRequest, download
+from dfget.results import DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer

@@ -7,7 +7,8 @@ import trio
 
 from dfget.errors import IntegrityError, SupernodeUnavailable, TaskChanged
 from dfget.outcomes import MAX_PIECE_FAILURES, TransferEnd, TransferError, transfer_end
-from dfget.pieces import PieceBook, SourceCounts
+from dfget.pieces import PieceBook
+from dfget.results import SourceCounts
 from dfget.sources import PieceRefusedError, SourceLost
 from proto.errors import ErrorCode, PieceCorrupted
 from proto.messages import Outcome

@@ -11,9 +11,9 @@ import trio
 import trio.testing
 
 from common.io import RateLimiter
-from dfget.engine import DownloadJob, DownloadRequest, DownloadResult
+from dfget.engine import DownloadJob, DownloadRequest
 from dfget.output import AtomicOutput
-from dfget.pieces import SourceCounts
+from dfget.results import DownloadResult, SourceCounts
 
 SOCKET = Path("/run/dfdaemon/dfdaemon.sock")
 

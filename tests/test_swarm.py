@@ -15,10 +15,10 @@ import trio.testing
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, beside, cli_env, until
 
 from common.units import format_size
-from dfget.engine import DownloadResult
 from dfget.errors import NotAdmitted
 from dfget.options import PeerOptions
 from dfget.outcomes import MAX_PIECE_FAILURES
+from dfget.results import DownloadResult
 from dfget.uploads import SharedTask
 from proto import ErrorReply, PieceRefused, PieceRequest
 from proto.errors import ErrorCode

@@ -1,0 +1,283 @@
+"""dfget through the host's dfdaemon: the download is handed over on the daemon's
+control socket (`dfdaemon/control.py`); the daemon fetches it as a long-lived peer (so
+it stays cached and seeded after dfget exits) and streams the bytes back. dfget still
+writes its own output atomically and checks `--digest` itself.
+
+Blocking sockets and HTTP/1.0, so the daemon ends the body by Content-Length or by
+closing (never chunked): a dfget that hands its download over loads neither trio nor
+an HTTP library (`http.client` alone costs about 35 ms of start-up, `httpx` 80: most
+of the budget of a warm download through the daemon, docs/benchmarks.md). The CLI
+calls `hand_over`; the engine runs `Handoff.download` in a worker thread and calls
+`Handoff.abort` when it is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dfget.errors import (
+    DfgetError,
+    DownloadTimeout,
+    IntegrityError,
+    NotAdmitted,
+    OriginFailed,
+    OutputError,
+    SupernodeFailed,
+    SupernodeUnavailable,
+    UsageError,
+)
+from dfget.output import AtomicOutput
+from dfget.progress import Progress
+from dfget.results import DownloadResult
+
+if TYPE_CHECKING:
+    from dfget.request import DownloadRequest
+    from proto.digests import Hasher
+
+log = logging.getLogger("dfget")
+
+CONNECT_TIMEOUT = 5.0
+MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a summary
+CHUNK = 1024 * 1024
+_BY_EXIT: dict[int, type[DfgetError]] = {
+    error.exit_code: error
+    for error in (
+        UsageError,
+        IntegrityError,
+        SupernodeUnavailable,
+        OutputError,
+        SupernodeFailed,
+        NotAdmitted,
+    )
+}
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answers on the socket, or it broke off: dfget goes on without it."""
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    sock: socket.socket  # the rest of the body is read from it
+    early: bytes  # body bytes read with the head
+
+
+@dataclass
+class Handoff:
+    """One download handed to the daemon at `socket_path`."""
+
+    socket_path: Path
+    deadline: float | None = None  # time.monotonic() by which it must be done
+    rate: float | None = None  # bytes a second written at most (--rate-limit)
+    aborted: bool = False
+    _socks: list[socket.socket] = field(default_factory=list)
+
+    def abort(self) -> None:
+        """Stop the download from another thread: its socket is shut, its next read
+        ends and `download` raises DaemonUnreachable (with `aborted` set)."""
+        self.aborted = True
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def download(
+        self, request: DownloadRequest, out: AtomicOutput, progress: Progress | None = None
+    ) -> dict[str, object]:
+        """Download through the daemon into `out` (not committed); the daemon's account
+        of where the bytes came from. DaemonUnreachable, DownloadTimeout, or the
+        DfgetError the daemon names."""
+        body = json.dumps(
+            {
+                "url": request.url,
+                "headers": [list(h) for h in request.headers],
+                "digest": request.digest,
+                "tag": request.tag,
+                "filter": list(request.filter),
+            }
+        ).encode()
+        hasher = None
+        if request.digest:
+            from proto.digests import new_hasher  # (blake3: only for a digest)
+
+            hasher = new_hasher(request.digest)
+        answer = self._ask("POST", "/v1/downloads", body)
+        if answer.status != 200:
+            raise _error(answer.status, self._rest(answer))
+        length_text = answer.headers.get("content-length", "")
+        length = int(length_text) if length_text.isdigit() else None
+        received = self._copy(answer, out, length, hasher, progress)
+        if length is not None and received != length:
+            raise DaemonUnreachable(f"{self._where()} sent {received} of {length} bytes")
+        if hasher is not None and request.digest:
+            from proto.digests import digest_matches
+
+            if not digest_matches(request.digest, hasher):
+                raise IntegrityError(f"content from dfdaemon does not match {request.digest}")
+        key = answer.headers.get("x-dfdaemon-key", "")
+        result = self._ask("GET", f"/v1/downloads/{key}", b"")
+        try:
+            summary = json.loads(self._rest(result))
+        except ValueError as exc:
+            raise DaemonUnreachable(f"{self._where()} sent no summary: {exc}") from exc
+        if result.status != 200 or not isinstance(summary, dict):
+            raise DaemonUnreachable(f"{self._where()} sent no summary ({result.status})")
+        summary["bytes"] = received
+        return summary
+
+    def _where(self) -> str:
+        return f"dfdaemon at {self.socket_path}"
+
+    def _timeout(self, at_most: float | None) -> float | None:
+        if self.aborted:
+            raise DaemonUnreachable(f"{self._where()}: aborted")
+        if self.deadline is None:
+            return at_most
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DownloadTimeout("download did not finish within --timeout")
+        return left if at_most is None else min(left, at_most)
+
+    def _ask(self, method: str, path: str, body: bytes) -> Answer:
+        """Send one request on a new connection; its status and head."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socks.append(sock)
+        try:
+            sock.settimeout(self._timeout(CONNECT_TIMEOUT))
+            sock.connect(str(self.socket_path))
+            head = f"{method} {path} HTTP/1.0\r\nHost: dfdaemon\r\n"
+            if body:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            sock.sendall(head.encode() + b"\r\n" + body)
+            sock.settimeout(self._timeout(None))
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                if len(raw) > MAX_HEAD:
+                    raise DaemonUnreachable(f"{self._where()}: answer head too large")
+                more = sock.recv(CHUNK)
+                if not more:
+                    raise DaemonUnreachable(f"{self._where()} closed the connection")
+                raw += more
+        except TimeoutError as exc:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise DownloadTimeout("download did not finish within --timeout") from exc
+            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        except OSError as exc:
+            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        head_bytes, _, early = raw.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise DaemonUnreachable(f"{self._where()}: not an HTTP answer")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return Answer(int(parts[1]), headers, sock, early)
+
+    def _rest(self, answer: Answer) -> bytes:
+        """A short body (an error, a summary), whole."""
+        data = answer.early
+        try:
+            while len(data) <= MAX_HEAD and (more := answer.sock.recv(MAX_HEAD)):
+                data += more
+        except OSError as exc:
+            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        return data
+
+    def _copy(
+        self,
+        answer: Answer,
+        out: AtomicOutput,
+        length: int | None,
+        hasher: Hasher | None,
+        progress: Progress | None,
+    ) -> int:
+        """Write the body to `out` in order (paced by `rate`, fed to `hasher`)."""
+        received, started = 0, time.monotonic()
+        view = memoryview(bytearray(CHUNK))
+        chunk: bytes | memoryview = answer.early
+        while True:
+            if chunk:
+                out.write_at(received, chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                received += len(chunk)
+                if progress is not None:
+                    progress(received, length)
+                if self.rate:
+                    ahead = received / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(min(ahead, self._timeout(None) or ahead))
+            if length is not None and received >= length:
+                return received
+            try:
+                answer.sock.settimeout(self._timeout(None))
+                count = answer.sock.recv_into(view)
+            except TimeoutError as exc:
+                raise DownloadTimeout("download did not finish within --timeout") from exc
+            except OSError as exc:
+                raise DaemonUnreachable(f"{self._where()} broke off: {exc}") from exc
+            if not count:
+                if self.aborted:
+                    raise DaemonUnreachable(f"{self._where()}: aborted")
+                return received
+            chunk = view[:count]
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
+
+
+def _error(status: int, raw: bytes) -> Exception:
+    try:
+        data = json.loads(raw)
+        message, code = str(data["error"]), int(data.get("exit") or 1)
+        origin_status = data.get("status")
+    except (ValueError, KeyError, TypeError):
+        return DaemonUnreachable(f"dfdaemon answered {status} without an explanation")
+    if data.get("fallback") is True:  # the daemon cannot serve this one: go on without it
+        return DaemonUnreachable(f"dfdaemon: {message}")
+    if code == OriginFailed.exit_code:
+        return OriginFailed(message, origin_status if isinstance(origin_status, int) else None)
+    return _BY_EXIT.get(code, DfgetError)(message)
+
+
+def hand_over(request: DownloadRequest, progress: Progress | None = None) -> DownloadResult | None:
+    """The CLI's download through the daemon, output committed; None if no daemon
+    answers (said as a warning when the socket was given), for dfget to go on alone."""
+    assert request.daemon_socket is not None
+    started = time.monotonic()
+    task_id = request.task_id()  # UsageError before anything is asked
+    deadline = None if request.timeout is None else started + request.timeout
+    handoff = Handoff(request.daemon_socket, deadline=deadline, rate=request.rate_limit)
+    try:
+        with AtomicOutput(request.output) as out:
+            try:
+                summary = handoff.download(request, out, progress)
+            except DaemonUnreachable as exc:
+                (log.warning if request.daemon_warn else log.debug)("%s: going on without it", exc)
+                return None
+            out.commit()
+    finally:
+        handoff.close()
+    return DownloadResult.from_daemon(
+        summary,
+        task_id=task_id,
+        url=request.url,
+        output=str(request.output),
+        seconds=time.monotonic() - started,
+        daemon=str(request.daemon_socket),
+    )
+
+
+__all__ = ["DaemonUnreachable", "Handoff", "hand_over"]
