@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, RunningSupernode, cli_env
+from conftest import PYTHON, RunningSupernode, StartDaemon, cli_env
 from registry import needs_nginx
 
 from dfget.engine import DownloadRequest
+from dfget.errors import DfgetError
 from dfget.options import PeerOptions
 from dfget.tree import manifest
-from dfget.tree.entries import Entry
+from dfget.tree.entries import Entry, ListLimits
 from dfget.tree.globs import Selection
 from dfget.tree.httpindex import HttpIndexLister
 from dfget.tree.run import TreeRequest, download_tree
@@ -288,3 +289,49 @@ async def test_a_hostile_index_writes_nothing_outside_dir(
     # Nothing but the index pages, the honest files and their HEADs was asked for.
     asked = {seen.path for seen in server.seen}
     assert asked == {"/d/", "/d/planted/", "/d/j/", "/d/good.txt", "/d/j/fine.txt"}
+
+
+def endless(seen: Seen) -> Answer:
+    """Every folder holds one more folder and two files: an index with no bottom."""
+    return Answer(200, [("content-type", "text/html")], b'<a href="a/">a</a><a href="f">f</a>')
+
+
+@pytest.mark.parametrize(
+    ("limits", "error"),
+    [
+        (ListLimits(max_depth=5), "more than 5 folders deep"),
+        (ListLimits(max_entries=7), "more than 7 entries"),
+        (ListLimits(max_page=16), "larger than 16 bytes"),
+    ],
+)
+async def test_a_runaway_index_ends_with_a_clear_error(
+    nursery: trio.Nursery, tmp_path: Path, limits: ListLimits, error: str
+) -> None:
+    server = ScriptedOrigin(endless)
+    await nursery.start(server.serve)
+    lister = HttpIndexLister(server.url("/d/"), limits=limits)
+    template = DownloadRequest(url=lister.url, output=tmp_path / "out", supernodes=())
+    with pytest.raises(DfgetError, match=error):
+        await download_tree(TreeRequest(lister, template.output, template))
+    assert not [seen for seen in server.seen if not seen.path.endswith("/")]  # no file fetched
+
+
+async def test_a_missing_index_is_an_origin_error(site: Site, tmp_path: Path) -> None:
+    done = await dfget_r(f"{site.base}/html/nothing-here/", tmp_path / "out")
+    assert done.returncode == 3
+    assert b"answered 404" in done.stderr
+
+
+async def test_files_go_through_the_daemon_when_one_answers(
+    site: Site, tmp_path: Path, supernode: RunningSupernode, start_daemon: StartDaemon
+) -> None:
+    """As a single-file dfget does: each file handed to the host's dfdaemon."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", supernode)
+    url = site.url("html")
+    template = DownloadRequest(
+        url=url, output=tmp_path / "out", supernodes=(), daemon_socket=daemon.socket_path
+    )
+    result = await download_tree(TreeRequest(HttpIndexLister(url), template.output, template))
+    assert tree_of(template.output) == FILES
+    assert {f.download.daemon for f in result.files if f.download} == {str(daemon.socket_path)}
+    assert result.count("done") == len(FILES)
