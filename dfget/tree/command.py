@@ -66,7 +66,7 @@ def _say(file: FileResult) -> None:
 
 def _report(result: TreeResult, as_json: bool, quiet: bool) -> None:
     if as_json:
-        print(json.dumps(result.summary(), ensure_ascii=False))
+        print(json.dumps(result.summary()))
         return
     if quiet:
         return
