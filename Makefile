@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 # kept from starting at install (policy-rc.d), as their Debian defaults listen on all
 # interfaces.
 APT_TEST_PACKAGES := docker-registry skopeo containerd apache2-utils chromium iproute2 iptables \
-	python3-libtorrent docker.io podman redis-server
+	python3-libtorrent docker.io podman redis-server nginx-light
 
 .PHONY: demo test lint typecheck unit bench clean system-deps
 

@@ -1,4 +1,4 @@
-"""`dfget URL -o OUT`: download a file through the P2P system."""
+"""`dfget URL -o OUT`: download a file through the P2P system (`-r`: a tree of them)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ from common import argtypes
 from common.tokens import read_token
 from common.units import format_size
 from dfget import __version__
-from dfget.defaults import DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DEFAULT_SUPERNODE, EXIT_CODES
+from dfget.defaults import (
+    DEFAULT_JOBS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SOCKET,
+    DEFAULT_SUPERNODE,
+    EXIT_CODES,
+)
 
 if TYPE_CHECKING:
     from dfget.results import DownloadResult
@@ -30,11 +36,19 @@ examples:
   dfget https://example.com/big.iso -o big.iso
   dfget URL -o out.bin --supernode 10.0.0.5:8002,10.0.0.6:8002 --digest sha256:HEX
   dfget URL -o out.bin -H 'Authorization: Bearer TOKEN' --rate-limit 20MiB --json
+  dfget -r https://example.com/data/ -o data --include '*.json' -j 8
 
 The file appears at OUT only once it is complete and verified (a temp file beside it
 is renamed). When this host runs dfdaemon, dfget hands the download to it (see
 --daemon-socket); otherwise it is a peer itself. With no reachable supernode, dfget
 downloads straight from the origin and warns, unless --no-back-source is given.
+
+With -r, URL is a folder (an nginx autoindex page, HTML or JSON) and OUT a local
+folder: every file below URL is downloaded to the same relative path under OUT, each
+its own download. Names that would leave OUT (`..`, `/`, symlinks in OUT) are refused
+with a warning. A re-run skips files that are complete and unchanged upstream
+(OUT/.dfget-tree.json records them). The exit code is that of the failed files (1 if
+they differ), 0 only when every file is in place.
 
 exit codes:
 """ + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
@@ -78,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="http:// or https:// URL to download")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="where to save it")
+    parser.add_argument("url", help="http:// or https:// URL to download (-r: of a folder)")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="where to save it (-r: a folder)"
+    )
     parser.add_argument(
         "--supernode",
         type=_csv,
@@ -176,13 +192,47 @@ def build_parser() -> argparse.ArgumentParser:
         "connection is closed at once",
     )
     argtypes.token_arguments(swarm)
+    tree = parser.add_argument_group("directories", "-r: a whole folder, one download a file")
+    tree.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="URL is a folder's index page: download every file below it into OUT",
+    )
+    tree.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="with -r: only files whose relative path matches (repeatable; e.g. '*.json', "
+        "'sub/*'; '*' also matches '/'); default every file",
+    )
+    tree.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="with -r: leave out files whose relative path matches (repeatable; wins "
+        "over --include)",
+    )
+    tree.add_argument(
+        "-j",
+        "--jobs",
+        type=_at_least_one,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"with -r: files downloaded at once (default {DEFAULT_JOBS})",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.add_argument("--version", action="version", version=f"dfget {__version__}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.recursive and (args.include or args.exclude):
+        parser.error("--include and --exclude go with -r")
     from dfget.errors import DfgetError, UsageError
     from dfget.options import PeerOptions
     from dfget.progress import ProgressBar
@@ -220,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=args.max_connections,
         ),
     )
+    if args.recursive:
+        from dfget.tree.command import run_tree
+
+        return run_tree(args, request)
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
     bar = ProgressBar(args.output.name) if show_bar else None
     progress = bar.update if bar else None

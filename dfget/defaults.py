@@ -9,6 +9,7 @@ from pathlib import Path
 DEFAULT_SUPERNODE = "127.0.0.1:8002"
 DEFAULT_SOCKET = Path("/var/lib/dfdaemon/dfdaemon.sock")  # dfdaemon's control socket
 DEFAULT_MAX_CONNECTIONS = 256  # the upload server's cap (a share of it per address)
+DEFAULT_JOBS = 4  # -r: files downloaded at once
 
 EXIT_CODES = {
     0: "success",

@@ -11,6 +11,7 @@ import pytest
 
 from testkit.dockerd import DOCKER, DOCKERD
 from testkit.mountns import UNSHARE
+from testkit.nginx import NGINX
 from testkit.podman import PODMAN
 from testkit.redisserver import REDIS_SERVER
 from testkit.registry import (
@@ -62,6 +63,7 @@ PROGRAMS = {
     "iptables-restore": (shutil.which("iptables-restore"), "iptables"),
     "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
     "redis-server": (REDIS_SERVER, "redis-server"),  # the cluster tests
+    "nginx": (NGINX, "nginx-light"),  # dfget -r's autoindex pages
 }
 
 needs_registry = pytest.mark.skipif(
@@ -82,6 +84,7 @@ needs_podman = pytest.mark.skipif(
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is installed by `make test`"
 )
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx-light is installed by `make test`")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
 needs_libtorrent = pytest.mark.skipif(
@@ -128,6 +131,7 @@ __all__ = [
     "needs_containerd",
     "needs_dockerd",
     "needs_libtorrent",
+    "needs_nginx",
     "needs_podman",
     "needs_redis",
     "needs_registry",

@@ -243,6 +243,7 @@ async def test_dfget_help_lists_flags_and_exit_codes() -> None:
         assert re.search(rf"^\s*{code}\s+{word}", text, re.MULTILINE), (code, text)
     flags = ["--supernode", "-H", "--digest", "--tag", "--filter", "--timeout"]
     flags += ["--rate-limit", "--no-back-source", "--json"]
+    flags += ["-r", "--recursive", "--include", "--exclude", "-j", "--jobs"]
     for flag in flags:
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), flag
 
@@ -260,6 +261,7 @@ async def test_dfget_version_and_help_load_no_engine(flag: str) -> None:
     }
     assert "dfget.cli" in imported
     heavy = {"trio", "proto", "dfget.engine", "cryptography", "httpx", "blake3", "msgpack"}
+    heavy.add("dfget.tree")  # -r's code: imported only when -r is given
     assert not heavy & imported, heavy & imported
 
 

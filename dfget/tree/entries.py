@@ -1,0 +1,74 @@
+"""What a lister yields: the files of a tree, each with its relative path and URL.
+
+A lister is anything with `entries()`, an async iterator of `Entry`, and
+`validator(entry)`, what identifies the file's current version upstream. The HTTP
+index lister (`dfget.tree.httpindex`) is one; an object-store prefix lister plugs in
+the same way (`dfget.tree.listers.lister_for` picks one by URL scheme).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from dfget.errors import DfgetError, OriginFailed
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file of the tree.
+
+    `path`: its path relative to the tree's root, one decoded name a part
+    (`("sub", "a b.txt")`), as the listing gives it: NOT checked; `dfget.tree.paths`
+    refuses unsafe ones before anything is written. `url`: where to download it.
+    `size`: bytes, if the listing says. `validator`: an opaque string that changes
+    when the file does (nginx JSON's mtime and size, an S3 ETag), if the listing says;
+    None: `Lister.validator` is asked when it matters.
+    """
+
+    path: tuple[str, ...]
+    url: str
+    size: int | None = None
+    validator: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The relative path with `/`, as --include/--exclude and reports see it."""
+        return "/".join(self.path)
+
+
+class Lister(Protocol):
+    """A tree of files somewhere (an HTTP index, an object-store prefix)."""
+
+    def entries(self) -> AsyncIterator[Entry]:
+        """Every file of the tree (an `async def ... yield` generator). Bounded by
+        `ListLimits`; raises ListingError or TreeTooLarge."""
+        ...
+
+    async def validator(self, entry: Entry) -> str | None:
+        """What identifies `entry`'s current version upstream (ETag, Last-Modified and
+        length of a HEAD), None if nothing does: such a file is never skipped."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ListLimits:
+    """What a listing may hold: a hostile or runaway index ends with a clear error."""
+
+    max_depth: int = 32  # folders below the root
+    max_entries: int = 100_000  # files and folders, all pages together
+    max_page: int = 4 * MiB  # bytes of one index page
+
+
+class ListingError(OriginFailed):
+    """An index page could not be fetched or read (exit code 3, an origin error)."""
+
+
+class TreeTooLarge(DfgetError):
+    """The tree is deeper or larger than ListLimits allow."""
+
+
+__all__ = ["Entry", "ListLimits", "Lister", "ListingError", "TreeTooLarge"]

@@ -1,0 +1,143 @@
+"""The files below an HTTP folder, from its index pages (nginx autoindex, HTML or JSON).
+
+Breadth first from the given URL, one page at a time, within `ListLimits`: a page
+larger than `max_page`, a tree deeper than `max_depth` or with more than
+`max_entries` entries ends the listing with a clear error. Redirects are not
+followed (a folder's page is asked for with its trailing `/`, so nginx has none to
+give). A folder whose name `dfget.tree.paths` would refuse is not entered: it is
+yielded as an entry, for the runner to refuse and report.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from common.urls import display_url, move_credentials
+from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
+from dfget.tree.index import Page, parse_page
+from dfget.tree.paths import unsafe_part
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+class HttpIndexLister:
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        insecure: bool = False,
+        limits: ListLimits | None = None,
+    ) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.headers = headers
+        self.insecure = insecure
+        self.limits = limits or ListLimits()
+        self._tls: ssl.SSLContext | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        """A client for a page or a HEAD. Its TLS context is made once: making one
+        (reading the CA bundle) takes ~30 ms, more than a small file's HEAD."""
+        if self._tls is None and not self.insecure:
+            self._tls = httpx.create_ssl_context()
+        options: dict[str, Any] = {"follow_redirects": False, "timeout": TIMEOUT}
+        return httpx.AsyncClient(verify=self._tls or False, **options)
+
+    def _sent(self, url: str) -> tuple[str, list[tuple[str, str]]]:
+        try:
+            url, headers = move_credentials(url, self.headers)
+        except ValueError as exc:
+            raise ListingError(f"bad URL {display_url(url)}: {exc}") from exc
+        return url, [(k, v) for k, v in headers if k.lower() not in ("host", "range")]
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        # The whole listing first (bounded by max_entries), then the entries: nothing
+        # is yielded while the client is open.
+        for entry in await self.list_all():
+            yield entry
+
+    async def list_all(self) -> list[Entry]:
+        """Every file of the tree, breadth first."""
+        found: list[Entry] = []
+        queue: deque[tuple[tuple[str, ...], str]] = deque([((), self.url)])
+        seen = 0
+        async with self._client() as client:
+            while queue:
+                parts, url = queue.popleft()
+                page = await self._page(client, url)
+                for href, why in page.hostile:
+                    log.warning("%s: ignoring the link %r: %s", display_url(url), href, why)
+                for link in page.links:
+                    seen += 1
+                    if seen > self.limits.max_entries:
+                        raise TreeTooLarge(
+                            f"{display_url(self.url)} lists more than "
+                            f"{self.limits.max_entries} entries"
+                        )
+                    path = (*parts, link.name)
+                    if link.is_dir and unsafe_part(link.name) is None:
+                        if len(path) > self.limits.max_depth:
+                            raise TreeTooLarge(
+                                f"{display_url(link.url)} is more than "
+                                f"{self.limits.max_depth} folders deep"
+                            )
+                        queue.append((path, link.url))
+                        continue
+                    found.append(Entry(path, link.url, link.size, link.validator))
+        return found
+
+    async def _page(self, client: httpx.AsyncClient, url: str) -> Page:
+        where = display_url(url)
+        sent_url, headers = self._sent(url)
+        body = bytearray()
+        try:
+            async with client.stream("GET", sent_url, headers=headers) as response:
+                if response.status_code != 200:
+                    raise ListingError(
+                        f"index {where} answered {response.status_code} {response.reason_phrase}",
+                        response.status_code,
+                    )
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > self.limits.max_page:
+                        raise ListingError(
+                            f"index {where} is larger than {self.limits.max_page} bytes"
+                        )
+                kind = response.headers.get("content-type", "")
+        except httpx.HTTPError as exc:
+            raise ListingError(f"cannot read the index {where}: {exc}") from exc
+        try:
+            return parse_page(bytes(body), kind, url)
+        except ValueError as exc:
+            raise ListingError(f"{where} is not an index: {exc}") from exc
+
+    async def validator(self, entry: Entry) -> str | None:
+        """A HEAD's ETag, Last-Modified and Content-Length; None if it has neither of
+        the first two, or fails (the file is then downloaded again)."""
+        sent_url, headers = self._sent(entry.url)
+        try:
+            async with self._client() as client:
+                response = await client.head(sent_url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.debug("HEAD %s: %s", display_url(entry.url), exc)
+            return None
+        if response.status_code != 200:
+            return None
+        etag = response.headers.get("etag")
+        modified = response.headers.get("last-modified")
+        if not etag and not modified:
+            return None
+        return (
+            f"etag={etag};last-modified={modified};length={response.headers.get('content-length')}"
+        )
+
+
+__all__ = ["HttpIndexLister"]

@@ -1,0 +1,135 @@
+"""Reading one index page: nginx `autoindex` in either format, pure (bytes in, links out).
+
+HTML (`autoindex_format html`, the default): every `<a href>` is a candidate; folders
+end with `/`. JSON (`autoindex_format json`): `[{"name", "type", "size", "mtime"}]`.
+Only direct children of the page are kept: a link that leaves the page's folder
+(`../`, an absolute URL to another host, a sort link `?C=N;O=D`, a path two levels
+down) is dropped, with the reason, so a hostile index cannot point the tree anywhere
+else. Names are percent-decoded (UTF-8); whether a name is safe on disk is
+`dfget.tree.paths`' question, not this module's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A child of the page: a file or a folder (`is_dir`)."""
+
+    name: str  # decoded
+    url: str
+    is_dir: bool
+    size: int | None = None
+    validator: str | None = None  # JSON pages: mtime and size
+
+
+@dataclass
+class Page:
+    links: list[Link] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (href, why)
+    hostile: list[tuple[str, str]] = field(default_factory=list)  # dropped, worth a warning
+
+
+def is_json(content_type: str, body: bytes) -> bool:
+    """JSON by its Content-Type, or by its first character when that says nothing."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        return True
+    return kind in ("", "text/plain", "application/octet-stream") and body.lstrip()[:1] == b"["
+
+
+def parse_page(body: bytes, content_type: str, page_url: str) -> Page:
+    """The children that `body`, the index page at `page_url` (ending in `/`), lists.
+    ValueError if it is not an index page at all."""
+    if is_json(content_type, body):
+        return _parse_json(body, page_url)
+    return _parse_html(body, page_url)
+
+
+def _parse_json(body: bytes, page_url: str) -> Page:
+    try:
+        items = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bad JSON index: {exc}") from exc
+    if not isinstance(items, list):
+        raise ValueError("a JSON index is a list of entries")
+    page = Page()
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError("a JSON index entry has a name")
+        name, kind = item["name"], item.get("type")
+        if kind not in ("file", "directory"):
+            page.dropped.append((name, f"type {kind!r}"))
+            continue
+        is_dir = kind == "directory"
+        # The name as is, one path segment: a `/` in it stays `%2F` (and the name is
+        # then refused by dfget.tree.paths, never joined into a path).
+        url = page_url + quote(name, safe="") + ("/" if is_dir else "")
+        size = item.get("size")
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+        mtime = item.get("mtime")
+        validator = None
+        if not is_dir and isinstance(mtime, str) and size is not None:
+            validator = f"mtime={mtime};size={size}"
+        page.links.append(Link(name, url, is_dir, size if not is_dir else None, validator))
+    return page
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            for key, value in attrs:
+                if key == "href" and value is not None:
+                    self.hrefs.append(value)
+
+
+def _parse_html(body: bytes, page_url: str) -> Page:
+    parser = _Anchors()
+    parser.feed(body.decode("utf-8", errors="replace"))
+    parser.close()
+    page = Page()
+    for href in parser.hrefs:
+        child = _child(page_url, href)
+        if isinstance(child, Link):
+            page.links.append(child)
+        elif child is not None:
+            why, hostile = child
+            (page.hostile if hostile else page.dropped).append((href, why))
+    return page
+
+
+def _child(page_url: str, href: str) -> Link | tuple[str, bool] | None:
+    """The link as a child of the page, or why not (and whether that looks hostile);
+    None for the parent-folder link every index has."""
+    if "?" in href or "#" in href:
+        return ("a query or fragment (a sort link)", False)
+    target = urljoin(page_url, href)
+    page, there = urlsplit(page_url), urlsplit(target)
+    if (there.scheme, there.netloc) != (page.scheme, page.netloc):
+        return ("another host or scheme", True)
+    if page.path.startswith(there.path) and there.path.endswith("/"):
+        return None  # the parent folder (or the page itself)
+    if not there.path.startswith(page.path):
+        return ("outside the folder", True)
+    rest = there.path[len(page.path) :]
+    is_dir = rest.endswith("/")
+    segment = rest[:-1] if is_dir else rest
+    if "/" in segment:
+        return ("not a direct child", True)
+    try:
+        name = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return ("a name that is not UTF-8", True)
+    return Link(name, target, is_dir)
+
+
+__all__ = ["Link", "Page", "is_json", "parse_page"]

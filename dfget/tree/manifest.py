@@ -1,0 +1,92 @@
+"""DIR/.dfget-tree.json: what earlier runs wrote, so a re-run skips what is done.
+
+A file counts as complete and verified when the manifest has it, from the same URL,
+and (1) the local file is a regular file whose size and mtime (nanoseconds) are what
+the run that wrote it recorded: nobody touched it since; (2) upstream it has the same
+validator as then (the listing's, or a HEAD's ETag / Last-Modified / length), taken
+before that run downloaded it, so a change during the download shows next time.
+Files are verified as they are downloaded (pieces, digests) and appear under their
+names only once complete (AtomicOutput), so (1) and (2) mean the bytes are the ones
+upstream holds. The sha256 of what was written is recorded too, for whoever wants to
+check a file again. A file without a validator upstream is never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+NAME = ".dfget-tree.json"
+VERSION = 1
+MAX_SIZE = 64 << 20  # bytes: a bigger manifest is not ours
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    url: str
+    size: int
+    mtime_ns: int
+    validator: str | None
+    sha256: str
+
+
+def load(root: Path) -> dict[str, Record]:
+    """The records of DIR's manifest by relative path; {} if there is none or it is
+    unreadable (everything is then downloaded again)."""
+    path = root / NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as file:
+            data = json.loads(file.read(MAX_SIZE + 1))
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}")
+        return {name: Record(**fields) for name, fields in data["files"].items()}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+
+
+def save(root: Path, records: dict[str, Record]) -> None:
+    """Write the manifest atomically (a temp file renamed: never half a manifest)."""
+    body = {"version": VERSION, "files": {n: asdict(r) for n, r in sorted(records.items())}}
+    temp = root / f"{NAME}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(body, file, ensure_ascii=False, indent=0)
+        os.replace(temp, root / NAME)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def local_state(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the regular file at `path` (not following a symlink)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
+
+
+def is_current(record: Record | None, url: str, path: Path, validator: str | None) -> bool:
+    """Whether the file at `path` is complete and unchanged (see the module's doc)."""
+    if record is None or validator is None or record.url != url:
+        return False
+    return record.validator == validator and local_state(path) == (record.size, record.mtime_ns)
+
+
+__all__ = ["NAME", "Record", "is_current", "load", "local_state", "save"]

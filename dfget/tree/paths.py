@@ -1,0 +1,117 @@
+"""Safe local paths: a name from a listing never writes outside DIR.
+
+Each part of a relative path is checked on its own (no empty, `.`, `..`, NUL, `/` or
+`\\` part, at most 255 bytes), then the folders are made one by one below DIR, each
+opened with O_NOFOLLOW: a symlink already inside DIR (planted, or left by someone)
+is never followed, whether it points in or out. A file's own name that is a symlink
+or a folder is refused too. What this cannot stop: another local user with write
+access to DIR swapping a folder for a symlink between the check and the write
+(download into a folder only you can write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+
+from dfget.errors import OutputError
+
+MAX_NAME = 255  # bytes: what Linux file systems take in one name
+
+
+class UnsafePath(OutputError):
+    """A listed path that would leave DIR (or go through a symlink): refused."""
+
+
+def unsafe_part(part: str) -> str | None:
+    """Why `part` cannot be one name of a local path, or None if it can."""
+    if part in ("", ".", ".."):
+        return f"the name {part!r}"
+    for bad, what in (("/", "a '/'"), ("\\", "a '\\'"), ("\0", "a NUL")):
+        if bad in part:
+            return f"{what} in the name {part!r}"
+    try:
+        size = len(part.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"a name that is not UTF-8 ({part!r})"
+    if size > MAX_NAME:
+        return f"a name longer than {MAX_NAME} bytes"
+    return None
+
+
+def unsafe_path(parts: tuple[str, ...]) -> str | None:
+    """Why `parts` cannot be a relative path under DIR, or None if it can."""
+    if not parts:
+        return "an empty path"
+    for part in parts:
+        why = unsafe_part(part)
+        if why:
+            return why
+    return None
+
+
+def place(root: Path, parts: tuple[str, ...]) -> Path:
+    """The local path of `parts` under `root`, its folders made (never through a
+    symlink); UnsafePath if it cannot be had safely, OutputError if it cannot be had
+    at all (a file where a folder must go)."""
+    why = unsafe_path(parts)
+    if why:
+        raise UnsafePath(f"refused {'/'.join(parts)!r}: {why}")
+    shown = "/".join(parts)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"cannot open {root}: {exc}") from exc
+    try:
+        for part in parts[:-1]:
+            inner = _enter(fd, part, shown)
+            os.close(fd)
+            fd = inner
+        try:
+            info = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise OutputError(f"cannot look at {shown}: {exc}") from exc
+    finally:
+        os.close(fd)
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise UnsafePath(f"refused {shown!r}: it is a symlink in {root}")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{shown} exists in {root} and is not a file")
+    target = root.joinpath(*parts)
+    # Belt and braces: the folders were checked one by one; the whole must agree.
+    if not target.parent.resolve().is_relative_to(root.resolve()):
+        raise UnsafePath(f"refused {shown!r}: it resolves outside {root}")
+    return target
+
+
+def _enter(fd: int, part: str, shown: str) -> int:
+    """The folder `part` inside the open folder `fd` (made if missing), opened without
+    following a symlink."""
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, 0o755, dir_fd=fd)
+        try:
+            return os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or _is_link(fd, part):
+                raise UnsafePath(f"refused {shown!r}: {part!r} is a symlink") from exc
+            raise OutputError(f"cannot make the folder {part!r} for {shown}: {exc}") from exc
+    except OSError as exc:
+        raise OutputError(f"cannot make the folder {part!r} for {shown}: {exc}") from exc
+
+
+def _is_link(fd: int, part: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+__all__ = ["UnsafePath", "place", "unsafe_part", "unsafe_path"]

@@ -1,0 +1,146 @@
+"""Downloading a tree: list it, keep what --include/--exclude select, skip what is
+complete and unchanged, download the rest `jobs` at a time.
+
+Each file is an ordinary `download()` of its own URL to its own path (its own task,
+shared P2P like any other; through the daemon when one answers). A file that fails,
+or whose path is refused, does not stop the others; the manifest records every file
+written, even when the run ends early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import trio
+
+from dfget.defaults import DEFAULT_JOBS
+from dfget.engine import DownloadRequest, download
+from dfget.errors import DfgetError, OutputError
+from dfget.tree import manifest
+from dfget.tree.entries import Entry, Lister
+from dfget.tree.globs import Selection
+from dfget.tree.paths import UnsafePath, place
+from dfget.tree.results import FileResult, TreeResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TreeRequest:
+    lister: Lister
+    root: Path  # DIR: made if missing
+    template: DownloadRequest  # each file's request is this one with its url and output
+    selection: Selection = field(default_factory=Selection)
+    jobs: int = DEFAULT_JOBS
+
+
+async def download_tree(
+    request: TreeRequest, *, on_file: Callable[[FileResult], None] | None = None
+) -> TreeResult:
+    """Download the tree; `on_file` is told of each file as it ends. Raises only for
+    the tree as a whole (the listing, DIR); a file's failure is in its FileResult."""
+    started = trio.current_time()
+    root = request.root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make {root}: {exc}") from exc
+    records = manifest.load(root)
+    outcome = TreeResult(url=request.template.url, root=str(root))
+    wanted: dict[str, Entry] = {}
+
+    def ended(result: FileResult) -> None:
+        outcome.files.append(result)
+        if on_file is not None:
+            on_file(result)
+
+    async for entry in request.lister.entries():
+        outcome.listed += 1
+        if not request.selection.wants(entry.name):
+            outcome.excluded += 1
+        elif entry.name in wanted or entry.path == (manifest.NAME,):
+            why = "listed twice" if entry.name in wanted else "the manifest's own name"
+            ended(_refused(entry, UnsafePath(f"refused {entry.name!r}: {why}")))
+        else:
+            wanted[entry.name] = entry
+
+    limiter = trio.CapacityLimiter(request.jobs)
+    try:
+        async with trio.open_nursery() as nursery:
+            for entry in wanted.values():
+                await limiter.acquire_on_behalf_of(entry)
+                nursery.start_soon(_one, request, entry, records, limiter, ended)
+    finally:
+        outcome.seconds = trio.current_time() - started
+        try:
+            manifest.save(root, records)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", root / manifest.NAME, exc)
+    return outcome
+
+
+async def _one(
+    request: TreeRequest,
+    entry: Entry,
+    records: dict[str, manifest.Record],
+    limiter: trio.CapacityLimiter,
+    ended: Callable[[FileResult], None],
+) -> None:
+    try:
+        ended(await _file(request, entry, records))
+    finally:
+        limiter.release_on_behalf_of(entry)
+
+
+async def _file(
+    request: TreeRequest, entry: Entry, records: dict[str, manifest.Record]
+) -> FileResult:
+    name = entry.name
+    try:
+        path = place(request.root, entry.path)
+    except UnsafePath as exc:
+        return _refused(entry, exc)
+    except DfgetError as exc:
+        return _failed(entry, exc)
+    try:
+        validator = entry.validator or await request.lister.validator(entry)
+        if manifest.is_current(records.get(name), entry.url, path, validator):
+            return FileResult(name, entry.url, "skipped")
+        records.pop(name, None)  # replaced, or gone if this fails
+        result = await download(replace(request.template, url=entry.url, output=path))
+        digest = await trio.to_thread.run_sync(_sha256, path)
+    except DfgetError as exc:
+        return _failed(entry, exc)
+    state = manifest.local_state(path)
+    if state is not None:
+        size, mtime_ns = state
+        records[name] = manifest.Record(entry.url, size, mtime_ns, validator, digest)
+    return FileResult(name, entry.url, "done", bytes=result.bytes, download=result)
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                hasher.update(chunk)
+    except OSError as exc:
+        raise OutputError(f"cannot read back {path}: {exc}") from exc
+    return hasher.hexdigest()
+
+
+def _refused(entry: Entry, exc: DfgetError) -> FileResult:
+    log.warning("%s", exc)
+    return FileResult(entry.name, entry.url, "refused", error=str(exc), exit_code=exc.exit_code)
+
+
+def _failed(entry: Entry, exc: DfgetError) -> FileResult:
+    log.warning("%s: %s", entry.name, exc)
+    return FileResult(entry.name, entry.url, "failed", error=str(exc), exit_code=exc.exit_code)
+
+
+__all__ = ["TreeRequest", "download_tree"]

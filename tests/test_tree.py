@@ -1,0 +1,337 @@
+"""`dfget -r`: trees from a real nginx's autoindex pages (HTML and JSON), through the
+command and through a supernode; hostile indexes from a scripted server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import PYTHON, RunningSupernode, StartDaemon, cli_env
+from registry import needs_nginx
+
+from dfget.engine import DownloadRequest
+from dfget.errors import DfgetError
+from dfget.options import PeerOptions
+from dfget.tree import manifest
+from dfget.tree.entries import Entry, ListLimits
+from dfget.tree.globs import Selection
+from dfget.tree.httpindex import HttpIndexLister
+from dfget.tree.run import TreeRequest, download_tree
+from testkit.nginx import nginx
+from testkit.scripted import Answer, ScriptedOrigin, Seen
+
+RUN_TIMEOUT = 60.0
+FILES = {
+    "a.txt": b"hello",
+    "empty.bin": b"",
+    "with space.txt": b"spaced out",
+    "ünï €.txt": "unicode ✓".encode(),
+    "sub/b.json": b'{"b": 1}',
+    "sub/deeper/c.bin": os.urandom(300_000),
+    "sub/deeper/d.json": b"[]",
+}
+
+
+@dataclass
+class Site:
+    root: Path
+    base: str  # http://127.0.0.1:PORT
+    log: Path  # nginx's access log: `METHOD URI STATUS BYTES` a line
+
+    def url(self, style: str) -> str:
+        """The tree's folder URL: its index pages in `style` (html or json)."""
+        return f"{self.base}/{style}/"
+
+    def gets(self) -> list[str]:
+        """The files (not index pages) GET so far, by URI."""
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [
+            line.split()[1]
+            for line in lines
+            if line.startswith("GET ") and not line.split()[1].endswith("/")
+        ]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    root = tmp_path / "www"
+    for name, body in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(body)
+    extra = (
+        f"        location /html/ {{ alias {root}/; autoindex on; }}\n"
+        f"        location /json/ {{ alias {root}/; autoindex on; autoindex_format json; }}"
+    )
+    work = tmp_path / "nginx"
+    with nginx(root, work, server_extra=extra, access_log=True) as base:
+        yield Site(root, base, work / "access.log")
+
+
+async def dfget_r(url: str, out: Path, *flags: str) -> subprocess.CompletedProcess[bytes]:
+    """`dfget -r URL -o OUT FLAGS --json`, with no supernode and no daemon (straight
+    from the origin): a real process."""
+    argv = [PYTHON, "-m", "dfget", "-r", url, "-o", str(out), "--json", *flags]
+    argv += ["--supernode", "", "--daemon-socket", ""]
+    with trio.fail_after(RUN_TIMEOUT):
+        return await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False, env=cli_env()
+        )
+
+
+def summary_of(done: subprocess.CompletedProcess[bytes], code: int = 0) -> dict[str, Any]:
+    assert done.returncode == code, done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+    summary = json.loads(done.stdout)
+    assert isinstance(summary, dict)
+    return summary
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` but the manifest, by relative path."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != manifest.NAME
+    }
+
+
+pytestmark = needs_nginx
+
+
+@pytest.mark.parametrize("style", ["html", "json"])
+async def test_a_tree_downloads_whole_then_a_rerun_skips_it(
+    site: Site, tmp_path: Path, style: str
+) -> None:
+    out = tmp_path / "out"
+    summary = summary_of(await dfget_r(site.url(style), out))
+    assert tree_of(out) == FILES
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (len(FILES), 0, 0)
+    assert summary["bytes"] == sum(len(body) for body in FILES.values())
+    assert {file["path"] for file in summary["files"]} == set(FILES)
+    assert not [name for name in os.listdir(out) if name.endswith(".dfget-part")]
+    fetched = len(site.gets())
+    assert fetched == len(FILES)
+
+    again = summary_of(await dfget_r(site.url(style), out))
+    assert (again["done"], again["skipped"], again["bytes"]) == (0, len(FILES), 0)
+    assert len(site.gets()) == fetched  # not one file's bytes asked for again
+    assert tree_of(out) == FILES
+
+
+async def test_a_file_changed_upstream_or_locally_is_fetched_again(
+    site: Site, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    summary_of(await dfget_r(site.url("json"), out))
+    changed = site.root / "sub" / "b.json"
+    changed.write_bytes(b'{"b": 2}')  # same size: only the mtime tells
+    later = changed.stat().st_mtime_ns + 5 * 10**9
+    os.utime(changed, ns=(later, later))
+    touched = out / "a.txt"
+    touched.write_bytes(b"HELLO")  # a local edit: no longer what was verified
+    again = summary_of(await dfget_r(site.url("json"), out))
+    redone = {file["path"] for file in again["files"] if file["status"] == "done"}
+    assert redone == {"sub/b.json", "a.txt"}
+    assert (out / "sub" / "b.json").read_bytes() == b'{"b": 2}'
+    assert touched.read_bytes() == b"hello"
+
+
+async def test_include_and_exclude(site: Site, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    flags = ("--include", "*.json", "--include", "a.*", "--exclude", "sub/deeper/*")
+    summary = summary_of(await dfget_r(site.url("html"), out, *flags))
+    assert set(tree_of(out)) == {"a.txt", "sub/b.json"}
+    assert (summary["listed"], summary["excluded"]) == (len(FILES), len(FILES) - 2)
+
+
+async def test_include_needs_r(tmp_path: Path) -> None:
+    argv = [PYTHON, "-m", "dfget", "http://127.0.0.1:9/x", "-o", str(tmp_path / "x")]
+    done = await trio.run_process(
+        [*argv, "--include", "*"], capture_stderr=True, check=False, env=cli_env()
+    )
+    assert done.returncode == 2 and b"go with -r" in done.stderr
+
+
+class CountingLister(HttpIndexLister):
+    """The nginx lister, counting the files being worked on at once (`validator` is
+    asked inside each file's -j slot: HTML pages carry no validator)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.now = self.most = 0
+
+    async def validator(self, entry: Entry) -> str | None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await trio.sleep(0.05)  # long enough for the other slots to fill
+            return await super().validator(entry)
+        finally:
+            self.now -= 1
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+async def test_jobs_bound_the_files_at_once(site: Site, tmp_path: Path, jobs: int) -> None:
+    lister = CountingLister(site.url("html"))
+    template = DownloadRequest(url=lister.url, output=tmp_path / "out", supernodes=())
+    result = await download_tree(TreeRequest(lister, template.output, template, jobs=jobs))
+    assert result.count("done") == len(FILES)
+    assert lister.most == jobs
+
+
+async def test_files_go_through_the_supernode(
+    site: Site, tmp_path: Path, supernode: RunningSupernode
+) -> None:
+    """Each file is a task of its own on the supernode: its CDN fetched it from nginx,
+    dfget got the bytes over P2P, none from the origin."""
+    url = site.url("json")
+    template = DownloadRequest(
+        url=url,
+        output=tmp_path / "out",
+        supernodes=(supernode.address,),
+        back_source=False,
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+    request = TreeRequest(HttpIndexLister(url), template.output, template, Selection(), jobs=4)
+    result = await download_tree(request)
+    assert tree_of(template.output) == FILES
+    assert result.exit_code == 0
+    downloads = [file.download for file in result.files]
+    assert all(d is not None and d.supernode == supernode.address for d in downloads)
+    assert all(d is not None and d.from_source == 0 for d in downloads)
+    assert sum(d.from_cdn + d.from_peers for d in downloads if d) == result.bytes
+    assert len({d.task_id for d in downloads if d}) == len(FILES)  # a task a file
+
+
+# A hostile index: every trick to write outside DIR, beside one honest file.
+HOSTILE_HTML = {
+    "/d/": [
+        "../",
+        "?C=N;O=D",
+        "../escape-1.txt",
+        "/escape-2.txt",
+        "http://127.0.0.2:1/escape-3.txt",
+        "%2e%2e%2fescape-4.txt",
+        "%2e%2e/",
+        "a%5Cb.txt",
+        "planted/",
+        "link.txt",
+        "good.txt",
+        "j/",
+    ],
+    "/d/planted/": ["x.txt"],
+}
+HOSTILE_JSON = [
+    {"name": "../escape-5.txt", "type": "file", "mtime": "x", "size": 4},
+    {"name": "..", "type": "directory", "mtime": "x"},
+    {"name": "a/b.txt", "type": "file", "mtime": "x", "size": 4},
+    {"name": ".", "type": "file", "mtime": "x", "size": 4},
+    {"name": "fine.txt", "type": "file", "mtime": "x", "size": 4},
+]
+
+
+def hostile(seen: Seen) -> Answer:
+    if seen.path in HOSTILE_HTML:
+        links = "".join(f'<a href="{href}">x</a>\n' for href in HOSTILE_HTML[seen.path])
+        return Answer(200, [("content-type", "text/html")], links.encode())
+    if seen.path == "/d/j/":
+        return Answer(
+            200, [("content-type", "application/json")], json.dumps(HOSTILE_JSON).encode()
+        )
+    return Answer(200, [("content-type", "text/plain")], b"evil")
+
+
+async def test_a_hostile_index_writes_nothing_outside_dir(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = ScriptedOrigin(hostile)
+    await nursery.start(server.serve)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "box" / "out"
+    out.mkdir(parents=True)
+    (out / "planted").symlink_to(outside)  # left in DIR, pointing out
+    (out / "link.txt").symlink_to(outside / "link.txt")
+    template = DownloadRequest(url=server.url("/d/"), output=out, supernodes=())
+    caplog.set_level(logging.WARNING)
+    result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
+    by_name = {file.name: file.status for file in result.files}
+    assert by_name == {
+        "../escape-4.txt": "refused",
+        "..": "refused",
+        "a\\b.txt": "refused",
+        "planted/x.txt": "refused",
+        "link.txt": "refused",
+        "good.txt": "done",
+        "j/../escape-5.txt": "refused",
+        "j/..": "refused",
+        "j/a/b.txt": "refused",
+        "j/.": "refused",
+        "j/fine.txt": "done",
+    }
+    assert result.exit_code == 7  # an output error: refused to write them
+    assert os.listdir(outside) == []
+    assert sorted(os.listdir(tmp_path / "box")) == ["out"]
+    assert sorted(os.listdir(tmp_path)) == ["box", "outside"]
+    assert (out / "good.txt").read_bytes() == b"evil"
+    assert (out / "j" / "fine.txt").read_bytes() == b"evil"
+    warned = caplog.text
+    for href in ("../escape-1.txt", "/escape-2.txt", "http://127.0.0.2:1/escape-3.txt"):
+        assert repr(href) in warned
+    # Nothing but the index pages, the honest files and their HEADs was asked for.
+    asked = {seen.path for seen in server.seen}
+    assert asked == {"/d/", "/d/planted/", "/d/j/", "/d/good.txt", "/d/j/fine.txt"}
+
+
+def endless(seen: Seen) -> Answer:
+    """Every folder holds one more folder and two files: an index with no bottom."""
+    return Answer(200, [("content-type", "text/html")], b'<a href="a/">a</a><a href="f">f</a>')
+
+
+@pytest.mark.parametrize(
+    ("limits", "error"),
+    [
+        (ListLimits(max_depth=5), "more than 5 folders deep"),
+        (ListLimits(max_entries=7), "more than 7 entries"),
+        (ListLimits(max_page=16), "larger than 16 bytes"),
+    ],
+)
+async def test_a_runaway_index_ends_with_a_clear_error(
+    nursery: trio.Nursery, tmp_path: Path, limits: ListLimits, error: str
+) -> None:
+    server = ScriptedOrigin(endless)
+    await nursery.start(server.serve)
+    lister = HttpIndexLister(server.url("/d/"), limits=limits)
+    template = DownloadRequest(url=lister.url, output=tmp_path / "out", supernodes=())
+    with pytest.raises(DfgetError, match=error):
+        await download_tree(TreeRequest(lister, template.output, template))
+    assert not [seen for seen in server.seen if not seen.path.endswith("/")]  # no file fetched
+
+
+async def test_a_missing_index_is_an_origin_error(site: Site, tmp_path: Path) -> None:
+    done = await dfget_r(f"{site.base}/html/nothing-here/", tmp_path / "out")
+    assert done.returncode == 3
+    assert b"answered 404" in done.stderr
+
+
+async def test_files_go_through_the_daemon_when_one_answers(
+    site: Site, tmp_path: Path, supernode: RunningSupernode, start_daemon: StartDaemon
+) -> None:
+    """As a single-file dfget does: each file handed to the host's dfdaemon."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", supernode)
+    url = site.url("html")
+    template = DownloadRequest(
+        url=url, output=tmp_path / "out", supernodes=(), daemon_socket=daemon.socket_path
+    )
+    result = await download_tree(TreeRequest(HttpIndexLister(url), template.output, template))
+    assert tree_of(template.output) == FILES
+    assert {f.download.daemon for f in result.files if f.download} == {str(daemon.socket_path)}
+    assert result.count("done") == len(FILES)

@@ -1,0 +1,169 @@
+"""`dfget -r`'s pure parts: index pages, safe paths, --include/--exclude, the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dfget.errors import OutputError
+from dfget.tree import manifest
+from dfget.tree.globs import Selection
+from dfget.tree.index import Link, is_json, parse_page
+from dfget.tree.paths import UnsafePath, place, unsafe_part
+
+PAGE = "http://127.0.0.1:8080/data/"
+
+# What nginx 1.22 writes for `autoindex on` (HTML), a parent link and sort links added.
+NGINX_HTML = b"""<html>
+<head><title>Index of /data/</title></head>
+<body>
+<h1>Index of /data/</h1><hr><pre><a href="../">../</a>
+<a href="?C=N;O=D">Name</a>
+<a href="sub/">sub/</a>                                               03-Dec-2026 08:13       -
+<a href="a%20b.txt">a b.txt</a>                                        03-Dec-2026 08:13       5
+<a href="%C3%BCn%C3%AF%20%E2%82%AC.txt">\xc3\xbcn\xc3\xaf \xe2\x82\xac.txt</a>  03-Dec-2026 08:13  3
+<a href="x&amp;y.bin">x&amp;y.bin</a>                                        03-Dec-2026 08:13  3
+</pre><hr></body>
+</html>
+"""
+
+
+def test_html_index_lists_direct_children_decoded() -> None:
+    page = parse_page(NGINX_HTML, "text/html", PAGE)
+    assert page.links == [
+        Link("sub", PAGE + "sub/", True),
+        Link("a b.txt", PAGE + "a%20b.txt", False),
+        Link("ünï €.txt", PAGE + "%C3%BCn%C3%AF%20%E2%82%AC.txt", False),
+        Link("x&y.bin", PAGE + "x&y.bin", False),
+    ]
+    assert not page.hostile  # the parent and sort links are no attack
+
+
+def test_json_index_lists_files_and_folders_with_validators() -> None:
+    body = json.dumps(
+        [
+            {"name": "sub", "type": "directory", "mtime": "Thu, 03 Dec 2026 08:13:00 GMT"},
+            {
+                "name": "a b.txt",
+                "type": "file",
+                "mtime": "Thu, 03 Dec 2026 08:13:00 GMT",
+                "size": 5,
+            },
+            {"name": "fifo", "type": "other", "mtime": "Thu, 03 Dec 2026 08:13:00 GMT"},
+        ]
+    ).encode()
+    page = parse_page(body, "application/json", PAGE)
+    assert page.links == [
+        Link("sub", PAGE + "sub/", True),
+        Link("a b.txt", PAGE + "a%20b.txt", False, 5, "mtime=Thu, 03 Dec 2026 08:13:00 GMT;size=5"),
+    ]
+    assert page.dropped == [("fifo", "type 'other'")]
+
+
+def test_json_detected_by_body_when_content_type_says_nothing() -> None:
+    assert is_json("", b" [{}]")
+    assert is_json("application/json; charset=utf-8", b"")
+    assert not is_json("text/html", b"[")
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "../escape.txt",
+        "/etc/passwd",
+        "http://127.0.0.2:8080/data/x.txt",
+        "https://127.0.0.1:8080/data/x.txt",
+        "//other.example/data/x.txt",
+        "sub/deeper/x.txt",
+        "sub/../../x.txt",
+    ],
+)
+def test_html_links_that_leave_the_folder_are_dropped_as_hostile(href: str) -> None:
+    body = f'<a href="{href}">x</a>'.encode()
+    page = parse_page(body, "text/html", PAGE)
+    assert page.links == []
+    assert [h for h, _ in page.hostile] == [href]
+
+
+def test_encoded_dot_dot_is_a_name_for_paths_to_refuse() -> None:
+    """`%2e%2e%2f` is not a path step to the parser: it decodes to a NAME `../`, which
+    `paths` refuses (it holds a `/`)."""
+    page = parse_page(b'<a href="%2e%2e%2fx.txt">x</a><a href="%2e%2e/">up</a>', "", PAGE)
+    assert [(link.name, link.is_dir) for link in page.links] == [("../x.txt", False), ("..", True)]
+    assert all(unsafe_part(link.name) for link in page.links)
+
+
+def test_not_an_index() -> None:
+    with pytest.raises(ValueError):
+        parse_page(b'{"name": "x"}', "application/json", PAGE)
+    with pytest.raises(ValueError):
+        parse_page(b'[{"type": "file"}]', "application/json", PAGE)
+
+
+@pytest.mark.parametrize("part", ["", ".", "..", "a/b", "a\\b", "a\0b", "x" * 256, "\udcff"])
+def test_unsafe_parts(part: str) -> None:
+    assert unsafe_part(part)
+
+
+@pytest.mark.parametrize("part", ["a b.txt", "ünï €", "...", ".hidden", "x" * 255, "a:b"])
+def test_safe_parts(part: str) -> None:
+    assert unsafe_part(part) is None
+
+
+def test_place_makes_folders_and_never_goes_through_a_symlink(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    assert place(root, ("a", "b c", "ü.txt")) == root / "a" / "b c" / "ü.txt"
+    assert (root / "a" / "b c").is_dir()
+    (root / "link").symlink_to(outside)
+    (root / "a" / "inner").symlink_to(root / "a")  # inside DIR, but a symlink all the same
+    (root / "file").symlink_to(outside / "file")
+    for parts in [("link", "x"), ("link", "new", "x"), ("a", "inner", "x"), ("file",)]:
+        with pytest.raises(UnsafePath):
+            place(root, parts)
+    (root / "plain").write_bytes(b"")
+    with pytest.raises(OutputError):
+        place(root, ("plain", "x"))  # a file where a folder must go
+    assert os.listdir(outside) == []
+
+
+def test_selection() -> None:
+    every = Selection()
+    assert every.wants("a/b.txt")
+    json_only = Selection(include=("*.json",))
+    assert json_only.wants("a.json") and json_only.wants("sub/b.json")
+    assert not json_only.wants("a.txt")
+    no_sub = Selection(include=("*.json", "sub/*"), exclude=("sub/deeper/*",))
+    assert no_sub.wants("sub/x.bin") and no_sub.wants("top.json")
+    assert not no_sub.wants("sub/deeper/c.json")  # exclude wins
+
+
+def test_manifest_round_trip_and_what_counts_as_current(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"hello")
+    state = manifest.local_state(path)
+    assert state is not None
+    record = manifest.Record("http://h/f.txt", state[0], state[1], "v1", "00")
+    manifest.save(tmp_path, {"f.txt": record})
+    loaded = manifest.load(tmp_path)
+    assert loaded == {"f.txt": record}
+    assert manifest.is_current(record, "http://h/f.txt", path, "v1")
+    assert not manifest.is_current(record, "http://h/f.txt", path, "v2")  # changed upstream
+    assert not manifest.is_current(record, "http://h/f.txt", path, None)  # cannot tell
+    assert not manifest.is_current(record, "http://h/other", path, "v1")
+    os.utime(path, ns=(state[1] + 10**9, state[1] + 10**9))
+    assert not manifest.is_current(record, "http://h/f.txt", path, "v1")  # touched locally
+
+
+def test_a_broken_or_symlinked_manifest_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / manifest.NAME).write_text("{not json")
+    assert manifest.load(tmp_path) == {}
+    (tmp_path / manifest.NAME).unlink()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"version": 1, "files": {}}))
+    (tmp_path / manifest.NAME).symlink_to(elsewhere)
+    assert manifest.load(tmp_path) == {}
