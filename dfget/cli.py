@@ -28,9 +28,15 @@ examples:
   dfget https://example.com/big.iso -o big.iso
   dfget URL -o out.bin --supernode 10.0.0.5:8002,10.0.0.6:8002 --digest sha256:HEX
   dfget URL -o out.bin -H 'Authorization: Bearer TOKEN' --rate-limit 20MiB --json
+  set -o pipefail; dfget https://example.com/src.tar -o - | tar x
 
 The file appears at OUT only once it is complete and verified (a temp file beside it
-is renamed). When this host runs dfdaemon, dfget hands the download to it (see
+is renamed). With -o - the bytes go to stdout in order, each piece once it is
+verified (a temp file in $TMPDIR, removed at the end, holds what arrives ahead);
+progress, warnings and the summary (--json too) go to stderr. With --digest the last
+MiB waits for the whole file to match, but what went out before a mismatch cannot be
+recalled: check the exit code (set -o pipefail). A reader closing the pipe early
+(| head) ends dfget with exit code 141, quietly. When this host runs dfdaemon, dfget hands the download to it (see
 --daemon-socket); otherwise it is a peer itself. With no reachable supernode, dfget
 downloads straight from the origin and warns, unless --no-back-source is given.
 
@@ -77,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("url", help="http:// or https:// URL to download")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="where to save it")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="where to save it; '-': to stdout, in order (see below)",
+    )
     parser.add_argument(
         "--supernode",
         type=_csv,
@@ -135,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"answering daemon dfget downloads itself",
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON summary object on stdout at the end"
+        "--json", action="store_true", help="print one JSON summary object on stdout at the end (on stderr with -o -)"
     )
     swarm = parser.add_argument_group(
         "peer options", "while it downloads, dfget serves the pieces it holds to other peers"
@@ -187,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from dfget.errors import DfgetError, UsageError
     from dfget.options import PeerOptions
     from dfget.progress import ProgressBar
+    from dfget.stdout import StdoutClosed, download_to_stdout
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return UsageError.exit_code
+    to_stdout = str(args.output) == "-"
     request = DownloadRequest(
         url=args.url,
         output=args.output.expanduser(),
@@ -218,15 +232,21 @@ def main(argv: list[str] | None = None) -> int:
             token=token,
             signals_end_seeding=True,
             max_connections=args.max_connections,
+            in_order=to_stdout,  # stdout takes the file front to back
         ),
     )
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
-    bar = ProgressBar(args.output.name) if show_bar else None
+    bar = ProgressBar("stdout" if to_stdout else args.output.name) if show_bar else None
+    fetch = download_to_stdout if to_stdout else download
     try:
-        result = trio.run(lambda: download(request, progress=bar.update if bar else None))
+        result = trio.run(lambda: fetch(request, progress=bar.update if bar else None))
     except KeyboardInterrupt:
         print("dfget: interrupted", file=sys.stderr)
         return 130
+    except StdoutClosed as exc:  # the reader had enough (`| head`): no message
+        if bar:
+            bar.close()
+        return exc.exit_code
     except DfgetError as exc:
         if bar:
             bar.close()
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     if bar:
         bar.close()
-    _report(result, args.json, args.quiet)
+    _report(result, args.json, args.quiet, to_stdout)
     return 0
 
 
@@ -255,15 +275,17 @@ class _Formatter(logging.Formatter):
         return f"dfget: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def _report(result: DownloadResult, as_json: bool, quiet: bool) -> None:
+def _report(result: DownloadResult, as_json: bool, quiet: bool, to_stdout: bool) -> None:
+    """The summary: on stderr, but for --json without -o - (stdout is then free)."""
     if as_json:
-        print(json.dumps(result.summary()))
+        print(json.dumps(result.summary()), file=sys.stderr if to_stdout else sys.stdout)
         return
     if quiet:
         return
     rate = result.bytes / max(result.seconds, 1e-9)
+    where = "wrote stdout" if to_stdout else f"saved {result.output}"
     print(
-        f"dfget: saved {result.output}: {format_size(result.bytes)} in {result.seconds:.2f}s "
+        f"dfget: {where}: {format_size(result.bytes)} in {result.seconds:.2f}s "
         f"({format_size(rate)}/s); from cdn {format_size(result.from_cdn)}, "
         f"peers {format_size(result.from_peers)}, source {format_size(result.from_source)}",
         file=sys.stderr,

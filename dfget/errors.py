@@ -6,6 +6,7 @@ Exit codes (documented in `dfget --help` and docs/dfget.md):
   1 other failure      4 integrity error       7 output error
   2 usage error        5 no supernode          8 supernode protocol error
                                                9 not admitted (cluster token)
+  141 stdout closed early (-o -: dfget.stdout.StdoutClosed)
 """
 
 from __future__ import annotations
