@@ -36,7 +36,9 @@ verified (a temp file in $TMPDIR, removed at the end, holds what arrives ahead);
 progress, warnings and the summary (--json too) go to stderr. With --digest the last
 MiB waits for the whole file to match, but what went out before a mismatch cannot be
 recalled: check the exit code (set -o pipefail). A reader closing the pipe early
-(| head) ends dfget with exit code 141, quietly. When this host runs dfdaemon, dfget hands the download to it (see
+(| head) ends dfget with exit code 141, quietly.
+
+When this host runs dfdaemon, dfget hands the download to it (see
 --daemon-socket); otherwise it is a peer itself. With no reachable supernode, dfget
 downloads straight from the origin and warns, unless --no-back-source is given.
 
@@ -147,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"answering daemon dfget downloads itself",
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON summary object on stdout at the end (on stderr with -o -)"
+        "--json",
+        action="store_true",
+        help="print one JSON summary object on stdout at the end (on stderr with -o -)",
     )
     swarm = parser.add_argument_group(
         "peer options", "while it downloads, dfget serves the pieces it holds to other peers"

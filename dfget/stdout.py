@@ -61,7 +61,8 @@ class SpoolOutput(AtomicOutput):
         try:
             fd, name = tempfile.mkstemp(prefix=".dfget-stdout-", suffix=".dfget-part")
         except OSError as exc:
-            raise OutputError(f"cannot create a temp file in {tempfile.gettempdir()}: {exc}")
+            where = tempfile.gettempdir()
+            raise OutputError(f"cannot create a temp file in {where}: {exc}") from exc
         self.fd, self.temp = fd, Path(name)
         if _PROC_FD.is_dir():
             os.unlink(name)
