@@ -23,6 +23,8 @@ from dfget.defaults import (
 )
 
 if TYPE_CHECKING:
+    from dfget.progress import Progress
+    from dfget.request import DownloadRequest
     from dfget.results import DownloadResult
 
 # The engine (trio, the wire, cryptography) is imported only once the arguments are
@@ -37,9 +39,17 @@ examples:
   dfget URL -o out.bin --supernode 10.0.0.5:8002,10.0.0.6:8002 --digest sha256:HEX
   dfget URL -o out.bin -H 'Authorization: Bearer TOKEN' --rate-limit 20MiB --json
   dfget -r https://example.com/data/ -o data --include '*.json' -j 8
+  set -o pipefail; dfget https://example.com/src.tar -o - | tar x
 
 The file appears at OUT only once it is complete and verified (a temp file beside it
-is renamed). When this host runs dfdaemon, dfget hands the download to it (see
+is renamed). With -o - the bytes go to stdout in order, each piece once it is
+verified (a temp file in $TMPDIR, removed at the end, holds what arrives ahead);
+progress, warnings and the summary (--json too) go to stderr. With --digest the last
+MiB waits for the whole file to match, but what went out before a mismatch cannot be
+recalled: check the exit code (set -o pipefail). A reader closing the pipe early
+(| head) ends dfget with exit code 141, quietly.
+
+When this host runs dfdaemon, dfget hands the download to it (see
 --daemon-socket); otherwise it is a peer itself. With no reachable supernode, dfget
 downloads straight from the origin and warns, unless --no-back-source is given.
 
@@ -94,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("url", help="http:// or https:// URL to download (-r: of a folder)")
     parser.add_argument(
-        "-o", "--output", required=True, type=Path, help="where to save it (-r: a folder)"
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="where to save it (-r: a folder); '-': to stdout, in order (see below)",
     )
     parser.add_argument(
         "--supernode",
@@ -153,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"answering daemon dfget downloads itself",
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON summary object on stdout at the end"
+        "--json",
+        action="store_true",
+        help="print one JSON summary object on stdout at the end (on stderr with -o -)",
     )
     swarm = parser.add_argument_group(
         "peer options", "while it downloads, dfget serves the pieces it holds to other peers"
@@ -233,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.recursive and (args.include or args.exclude):
         parser.error("--include and --exclude go with -r")
-    from dfget.errors import DfgetError, UsageError
+    from dfget.errors import DfgetError, StdoutClosed, UsageError
     from dfget.options import PeerOptions
     from dfget.progress import ProgressBar
     from dfget.request import DownloadRequest
@@ -246,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return UsageError.exit_code
+    to_stdout = str(args.output) == "-"
     request = DownloadRequest(
         url=args.url,
         output=args.output.expanduser(),
@@ -268,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             token=token,
             signals_end_seeding=True,
             max_connections=args.max_connections,
+            in_order=to_stdout,  # stdout takes the file front to back
         ),
     )
     if args.recursive:
@@ -275,26 +293,25 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_tree(args, request)
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
-    bar = ProgressBar(args.output.name) if show_bar else None
+    bar = ProgressBar("stdout" if to_stdout else args.output.name) if show_bar else None
     progress = bar.update if bar else None
     try:
         result = None
-        if request.daemon_socket is not None:
+        if request.daemon_socket is not None and not to_stdout:
             # Through this host's daemon: neither trio nor the engine is loaded unless
             # no daemon answers (then dfget downloads by itself).
             from dfget.handoff import hand_over
 
             result = hand_over(request, progress)
         if result is None:
-            import trio
-
-            from dfget.engine import download
-
-            alone = dataclasses.replace(request, daemon_socket=None)
-            result = trio.run(lambda: download(alone, progress=progress))
+            result = _run_engine(request, progress, to_stdout)
     except KeyboardInterrupt:
         print("dfget: interrupted", file=sys.stderr)
         return 130
+    except StdoutClosed as exc:  # the reader had enough (`| head`): no message
+        if bar:
+            bar.close()
+        return exc.exit_code
     except DfgetError as exc:
         if bar:
             bar.close()
@@ -302,8 +319,24 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     if bar:
         bar.close()
-    _report(result, args.json, args.quiet)
+    _report(result, args.json, args.quiet, to_stdout)
     return 0
+
+
+def _run_engine(
+    request: DownloadRequest, progress: Progress | None, to_stdout: bool
+) -> DownloadResult:
+    """The download by dfget's own engine (a daemon, if any, already tried: not again),
+    to the output file or, with `-o -`, to stdout."""
+    import trio
+
+    if to_stdout:
+        from dfget.stdout import download_to_stdout as fetch
+    else:
+        from dfget.engine import download as fetch
+
+        request = dataclasses.replace(request, daemon_socket=None)
+    return trio.run(lambda: fetch(request, progress=progress))
 
 
 def _daemon_socket(given: Path | None) -> Path | None:
@@ -323,15 +356,17 @@ class _Formatter(logging.Formatter):
         return f"dfget: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def _report(result: DownloadResult, as_json: bool, quiet: bool) -> None:
+def _report(result: DownloadResult, as_json: bool, quiet: bool, to_stdout: bool) -> None:
+    """The summary: on stderr, but for --json without -o - (stdout is then free)."""
     if as_json:
-        print(json.dumps(result.summary()))
+        print(json.dumps(result.summary()), file=sys.stderr if to_stdout else sys.stdout)
         return
     if quiet:
         return
     rate = result.bytes / max(result.seconds, 1e-9)
+    where = "wrote stdout" if to_stdout else f"saved {result.output}"
     print(
-        f"dfget: saved {result.output}: {format_size(result.bytes)} in {result.seconds:.2f}s "
+        f"dfget: {where}: {format_size(result.bytes)} in {result.seconds:.2f}s "
         f"({format_size(rate)}/s); from cdn {format_size(result.from_cdn)}, "
         f"peers {format_size(result.from_peers)}, source {format_size(result.from_source)}",
         file=sys.stderr,

@@ -24,4 +24,5 @@ EXIT_CODES = {
     8: "supernode error (protocol violation or internal failure)",
     9: "not admitted by the supernode (missing or wrong cluster token)",
     130: "interrupted",
+    141: "stdout closed by its reader before the end (-o -), as SIGPIPE would",
 }

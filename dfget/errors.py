@@ -6,6 +6,7 @@ Exit codes (documented in `dfget --help` and docs/dfget.md):
   1 other failure      4 integrity error       7 output error
   2 usage error        5 no supernode          8 supernode protocol error
                                                9 not admitted (cluster token)
+  141 stdout closed early (-o -: StdoutClosed)
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ _ORIGIN_CODES = {
 # is full) or at all (larger than it carries): nothing is wrong with the file or this
 # peer, so on to the next supernode or the origin, as when it is unreachable.
 _UNAVAILABLE_CODES = {ErrorCode.BUSY, ErrorCode.STORE_FULL, ErrorCode.TOO_LARGE}
+
+
+class StdoutClosed(DfgetError):
+    """The reader closed the pipe before the end (`dfget … -o - | head`)."""
+
+    exit_code = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
 
 
 def reply_error(code: str, message: str, status: int | None) -> DfgetError:
