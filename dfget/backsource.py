@@ -19,6 +19,16 @@ from proto.digests import digest_matches, new_hasher
 
 log = logging.getLogger(__name__)
 
+_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+
+
+def _tls(insecure: bool) -> ssl.SSLContext:
+    """The origin's TLS context, made once a process (loading the CAs costs about 30 ms:
+    `dfget -r` fetches many files, and httpx would build one for every client)."""
+    if insecure not in _CONTEXTS:
+        _CONTEXTS[insecure] = httpx.create_ssl_context(verify=not insecure)
+    return _CONTEXTS[insecure]
+
 
 async def fetch_from_origin(
     url: str,
@@ -45,11 +55,11 @@ async def fetch_from_origin(
         "timeout": httpx.Timeout(60.0, connect=10.0),
     }
     if policy is None:
-        client = httpx.AsyncClient(verify=not insecure, **options)
+        client = httpx.AsyncClient(verify=_tls(insecure), **options)
     else:
         from common.io.origins import checked_client
 
-        client = checked_client(policy, verify=not insecure, origin_tls=origin_tls, **options)
+        client = checked_client(policy, verify=_tls(insecure), origin_tls=origin_tls, **options)
     try:
         async with (
             client,
