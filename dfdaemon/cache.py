@@ -95,7 +95,7 @@ class BlobStore:
                 leftover.unlink(missing_ok=True)
         # Partial downloads stay, to be resumed (`partials.py`), unless already complete.
         partials.tidy(self.root, lambda name: self.path(name).exists())
-        partials.tidy(self.urls, lambda name: False)  # a URL is always fetched again
+        partials.tidy(self.urls, lambda name: False)  # a URL partial is resumed, never complete
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest

@@ -7,8 +7,9 @@ headers, whether it may read the URL and what it would get: its answer must be a
 success and its validators (a strong ETag, else Last-Modified, and Content-Length when
 both give one) must equal those the origin gives the client that started the download
 (asked once, with that client's headers, the first time someone wants to join). A
-finished URL download is never shared: the next client starts it again, so that the
-supernode revalidates the URL with that client's headers (`BlobStore.get_url`).
+finished URL download is never shared unchecked: the next client starts it again, so
+that the supernode revalidates the URL with that client's headers, and the kept copy is
+used only where it matches the supernode's piece digests (`BlobStore.get_url`).
 
 Checks go through `Upstream`: a `HEAD`, or a one-byte `GET` where `HEAD` is not
 allowed (405, 501).
