@@ -32,6 +32,9 @@ PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_orde
 
 def env() -> dict[str, str]:
     out = dict(os.environ)
+    # Processes keep their bytecode as an installed program's do: without it every
+    # start compiles the project's modules again (about 50 ms of dfget's start-up).
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
     out["PYTHONPATH"] = str(ROOT) + os.pathsep + out.get("PYTHONPATH", "")
     return out
 
