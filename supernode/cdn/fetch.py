@@ -268,11 +268,14 @@ async def _fetch(
         return meta  # a partial copy: served as it is, never saved
     pieces = task.pieces
     assert pieces is not None
+    def persist() -> None:  # fsyncs: in a worker thread, off the event loop
+        pieces.sync()
+        store.save_meta(meta)
+        store.forget_partial(task.task_id)
+
     with trio.CancelScope(shield=True):  # a shutdown now must not lose a complete task
         try:
-            await trio.to_thread.run_sync(pieces.sync)
-            store.save_meta(meta)
-            store.forget_partial(task.task_id)
+            await trio.to_thread.run_sync(persist)
         except StoreError as exc:  # served from here on, but it will not survive a restart
             log.error("cdn: task %s is complete but not saved: %s", task.task_id[:16], exc)
     return meta
