@@ -1,0 +1,127 @@
+"""dfget's side of the daemon's control socket (`dfget/handoff.py`) against a daemon
+that misbehaves: one that never answers is bounded by --timeout (in the CLI, which
+hands over without trio, and in the engine, which runs the handoff in a worker thread
+and must stop it), and one that answers garbage or breaks off is left for the origin,
+with nothing half-written left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import PYTHON, cli_env
+
+from dfget.engine import DownloadRequest, download
+from dfget.errors import DownloadTimeout
+from testkit.origin import FakeOrigin
+
+Answer = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def fake_daemon(nursery: trio.Nursery, path: Path, answer: Answer) -> None:
+    """A Unix socket at `path` whose every connection gets `answer`."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            await answer(stream)
+
+    nursery.start_soon(trio.serve_listeners, one, [listener])
+
+
+async def silent(stream: trio.SocketStream) -> None:
+    await trio.sleep_forever()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+async def test_the_cli_gives_up_on_a_silent_daemon_at_its_timeout(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    origin.add("/f.bin", b"x" * 1000)
+    await fake_daemon(nursery, tmp_path / "d.sock", silent)
+    out = tmp_path / "out" / "f.bin"
+    out.parent.mkdir()
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(out), "--timeout", "1"]
+    argv += ["--daemon-socket", str(tmp_path / "d.sock")]
+    started = trio.current_time()
+    done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
+    assert done.returncode == DownloadTimeout.exit_code, done.stderr.decode()
+    assert trio.current_time() - started < 10
+    assert leftovers(out.parent) == []
+
+
+async def test_the_engine_stops_its_handoff_thread_at_the_timeout(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    origin.add("/f.bin", b"x" * 1000)
+    await fake_daemon(nursery, tmp_path / "d.sock", silent)
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+        timeout=1,
+    )
+    with trio.fail_after(10), pytest.raises(DownloadTimeout):
+        await download(request)
+    assert leftovers(tmp_path / "out") == []
+
+
+async def test_a_cancelled_download_stops_its_handoff_thread(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    origin.add("/f.bin", b"x" * 1000)
+    await fake_daemon(nursery, tmp_path / "d.sock", silent)
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+    )
+    with trio.fail_after(10):
+        with trio.move_on_after(0.5) as scope:
+            await download(request)
+    assert scope.cancelled_caught
+    assert leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"y" * 10,  # breaks off
+        b"HTTP/1.0 500 Oops\r\n\r\nnot json",
+        b"HTTP/1.0 200 OK\r\n" + b"x-filler: " + b"z" * 70_000,  # a head that never ends
+    ],
+)
+async def test_a_broken_daemon_is_left_for_the_origin(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path, reply: bytes
+) -> None:
+    data = os.urandom(1000)
+    origin.add("/f.bin", data)
+
+    async def broken(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        await stream.send_all(reply)
+
+    await fake_daemon(nursery, tmp_path / "d.sock", broken)
+    out = tmp_path / "out" / "f.bin"
+    out.parent.mkdir()
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(out), "--supernode", ""]
+    argv += ["--daemon-socket", str(tmp_path / "d.sock")]
+    done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert "going on without it" in stderr
+    assert out.read_bytes() == data
+    assert leftovers(out.parent) == ["f.bin"]
