@@ -9,6 +9,7 @@ nor for http(s) URLs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Protocol
 from urllib.parse import quote
@@ -48,6 +49,9 @@ def signed_headers(
 ) -> list[tuple[str, str]]:
     """`headers` plus the SigV4 ones (Authorization, X-Amz-Date, X-Amz-Content-SHA256,
     X-Amz-Security-Token) for a body-less `method` on `url`, signed now."""
+    # botocore.auth logs each canonical request at DEBUG, a session token included:
+    # never, whatever the program's log level.
+    logging.getLogger("botocore.auth").setLevel(logging.INFO)
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
