@@ -80,14 +80,9 @@ class S3Server:
         self.folder = folder
         (folder / "data").mkdir(parents=True, exist_ok=True)
         self.log = folder / "weed.log"
-        self.ports = dict(
-            zip(
-                ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc")
-                + ("s3", "s3.grpc"),
-                _free_ports(8),
-                strict=True,
-            )
-        )
+        names = ["master", "volume", "filer", "s3"]
+        names += [f"{name}.grpc" for name in names]
+        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
         self.config = folder / "s3.json"
         self.config.write_text(
             json.dumps(
