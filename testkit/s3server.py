@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 1.0
 REGION = "us-east-1"
