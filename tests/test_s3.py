@@ -224,3 +224,37 @@ async def test_nothing_secret_leaks(
     ]
     for secret in secrets:
         assert not any(secret.encode() in text for text in seen), secret
+
+
+async def test_a_prefix_is_listed_page_by_page(
+    store: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ListObjectsV2, two keys a page, signed: every object below the prefix once, with
+    its path below it, its URL, size and ETag; Bob may not list `private`."""
+    from dfget.errors import OriginFailed
+    from dfget.s3list import ListingTooLarge, prefix_lister
+
+    names = ["t/a.txt", "t/b c.txt", "t/sub/d.txt", "t/sub/deeper/é.txt", "t/z"]
+    for name in [*names, "t/sub/", "u/other.txt"]:
+        store.put("private", name, name.encode())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key, value in ALICE.env().items():
+        monkeypatch.setenv(key, value)
+    lister = prefix_lister("s3://private/t", store.endpoint, max_keys=2)
+    entries = [entry async for entry in lister.entries()]
+    assert lister.pages == 3  # 6 keys (a folder marker among them), 2 a page
+    assert sorted(e.name for e in entries) == sorted(n.removeprefix("t/") for n in names)
+    by_name = {e.name: e for e in entries}
+    assert by_name["sub/deeper/é.txt"].path == ("sub", "deeper", "é.txt")
+    assert by_name["b c.txt"].url == f"{store.endpoint}/private/t/b%20c.txt"
+    assert by_name["z"].size == 3
+    assert by_name["a.txt"].validator is not None
+    assert await lister.validator(by_name["a.txt"]) == by_name["a.txt"].validator
+    lister.max_entries = 3
+    with pytest.raises(ListingTooLarge):
+        await lister.list_all()
+    for key, value in BOB.env().items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(OriginFailed) as refused:
+        await prefix_lister("s3://private/t/", store.endpoint).list_all()
+    assert refused.value.status == 403
