@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 from adminapi import admin_client, get_object
-from conftest import PYTHON, ROOT, RunningSupernode, StartSupernode
+from conftest import PYTHON, ROOT, RunningSupernode, StartDaemon, StartSupernode
 
 from proto.pieces import MiB
 from proto.taskid import task_id_for
@@ -137,6 +137,23 @@ async def test_a_range_is_signed(
     )
     summary(done)
     assert (tmp_path / "part.bin").read_bytes() == BIG[1000:2100000]
+
+
+async def test_through_the_daemon(
+    store: S3Server, supernode: RunningSupernode, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """dfget hands an S3 download and its credentials to the host's dfdaemon, whose
+    peer registers with them; Bob's dfget through the same daemon is refused."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", supernode)
+    flags = ("--s3-endpoint", store.endpoint, "--daemon-socket", str(daemon.socket_path))
+    url = "s3://private/dir/big file.bin"
+    result = summary(await dfget(url, tmp_path / "a.bin", env_of(tmp_path, ALICE), *flags))
+    assert result["daemon"] == str(daemon.socket_path) and result["from_cdn"] == len(BIG)
+    assert (tmp_path / "a.bin").read_bytes() == BIG
+    refused(await dfget(url, tmp_path / "b.bin", env_of(tmp_path, BOB), *flags), tmp_path / "b.bin")
+    again = summary(await dfget(url, tmp_path / "c.bin", env_of(tmp_path, ALICE), *flags))
+    assert again["task_id"] == result["task_id"]
+    assert supernode.node.cdn.statistics().origin_fetches == 1
 
 
 async def test_back_to_source_is_signed(store: S3Server, tmp_path: Path) -> None:
