@@ -2,16 +2,16 @@
 
 Pages of at most `max_keys` keys, followed by their continuation tokens, each request
 signed by dfget with the user's credentials (`dfget.s3`); at most `max_entries` keys
-and `max_page` bytes a page, so a runaway or hostile listing ends with a clear error.
-Each object is an `Entry` of the same shape as the HTTP index lister's (`path`: the
-key below the prefix split on `/`, not checked here; `url`: its path-style URL;
-`size`; `validator`: its ETag and size), so `dfget -r` treats both alike.
+and `max_page` bytes a page (`ListLimits`), so a runaway or hostile listing ends with a clear error.
+Each object is a `dfget.tree.entries.Entry`, as the HTTP index lister's (`path`: the
+key below the prefix split on `/`, checked by `dfget.tree.paths` before anything is
+written; `url`: its path-style URL; `size`; `validator`: its ETag and size), so
+`dfget -r` treats both alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
@@ -20,29 +20,12 @@ import httpx
 
 from common.s3sign import signed_headers
 from common.urls import display_url
-from dfget.errors import DfgetError, OriginFailed
+from dfget.errors import OriginFailed
 from dfget.s3 import S3Target, parse_s3_url, resolve
+from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One object of the tree (the shape of `dfget.tree.entries.Entry`)."""
-
-    path: tuple[str, ...]
-    url: str
-    size: int | None = None
-    validator: str | None = None
-
-    @property
-    def name(self) -> str:
-        return "/".join(self.path)
-
-
-class ListingTooLarge(DfgetError):
-    """More keys than `max_entries`, or a page larger than `max_page` bytes."""
 
 
 class S3PrefixLister:
@@ -57,16 +40,14 @@ class S3PrefixLister:
         prefix: str,
         *,
         max_keys: int = 1000,
-        max_entries: int = 100_000,
-        max_page: int = 4 << 20,
+        limits: ListLimits | None = None,
         insecure: bool = False,
     ) -> None:
         self.target = target
         self.bucket = bucket
         self.prefix = prefix
         self.max_keys = max(1, min(max_keys, 1000))
-        self.max_entries = max_entries
-        self.max_page = max_page
+        self.limits = limits or ListLimits()
         self.insecure = insecure
         self.pages = 0  # asked for, by the last `entries()`
 
@@ -109,10 +90,10 @@ class S3PrefixLister:
                 self.pages += 1
                 found += [self._entry(key, size, etag) for key, size, etag in keys]
                 found = [e for e in found if e.path[-1:] != ("",)]  # folder markers
-                if len(found) > self.max_entries:
-                    raise ListingTooLarge(
+                if len(found) > self.limits.max_entries:
+                    raise TreeTooLarge(
                         f"s3://{self.bucket}/{self.prefix} holds more than "
-                        f"{self.max_entries} objects"
+                        f"{self.limits.max_entries} objects"
                     )
                 if token is None:
                     return found
@@ -140,7 +121,7 @@ class S3PrefixLister:
         try:
             async with client.stream("GET", url, headers=self._signed("GET", url)) as answer:
                 if answer.status_code >= 400:
-                    raise OriginFailed(
+                    raise ListingError(
                         f"listing {where} at {display_url(self.target.endpoint)}: "
                         f"the store answered {answer.status_code}",
                         answer.status_code,
@@ -148,10 +129,12 @@ class S3PrefixLister:
                 body = b""
                 async for chunk in answer.aiter_bytes():
                     body += chunk
-                    if len(body) > self.max_page:
-                        raise ListingTooLarge(f"listing {where}: a page over {self.max_page} bytes")
+                    if len(body) > self.limits.max_page:
+                        raise TreeTooLarge(
+                            f"listing {where}: a page over {self.limits.max_page} bytes"
+                        )
         except httpx.HTTPError as exc:
-            raise OriginFailed(f"listing {where}: {exc}") from exc
+            raise ListingError(f"listing {where}: {exc}") from exc
         return _parse_page(body, where)
 
 
@@ -161,7 +144,7 @@ def _parse_page(
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError as exc:
-        raise OriginFailed(f"listing {where}: not a ListObjectsV2 answer: {exc}") from exc
+        raise ListingError(f"listing {where}: not a ListObjectsV2 answer: {exc}") from exc
     keys = []
     for item in root.iter(f"{_NS}Contents"):
         key = item.findtext(f"{_NS}Key")
@@ -173,7 +156,7 @@ def _parse_page(
     truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
     if truncated and not token:
-        raise OriginFailed(f"listing {where}: a truncated page without a continuation token")
+        raise ListingError(f"listing {where}: a truncated page without a continuation token")
     return keys, token
 
 
@@ -193,4 +176,4 @@ def prefix_lister(
     return S3PrefixLister(target, wanted.bucket, prefix, max_keys=max_keys, insecure=insecure)
 
 
-__all__ = ["Entry", "ListingTooLarge", "S3PrefixLister", "prefix_lister"]
+__all__ = ["S3PrefixLister", "prefix_lister"]

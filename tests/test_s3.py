@@ -249,7 +249,8 @@ async def test_a_prefix_is_listed_page_by_page(
     """ListObjectsV2, two keys a page, signed: every object below the prefix once, with
     its path below it, its URL, size and ETag; Bob may not list `private`."""
     from dfget.errors import OriginFailed
-    from dfget.s3list import ListingTooLarge, prefix_lister
+    from dfget.s3list import prefix_lister
+    from dfget.tree.entries import ListLimits, TreeTooLarge
 
     names = ["t/a.txt", "t/b c.txt", "t/sub/d.txt", "t/sub/deeper/é.txt", "t/z"]
     for name in [*names, "t/sub/", "u/other.txt"]:
@@ -267,11 +268,35 @@ async def test_a_prefix_is_listed_page_by_page(
     assert by_name["z"].size == 3
     assert by_name["a.txt"].validator is not None
     assert await lister.validator(by_name["a.txt"]) == by_name["a.txt"].validator
-    lister.max_entries = 3
-    with pytest.raises(ListingTooLarge):
+    lister.limits = ListLimits(max_entries=3)
+    with pytest.raises(TreeTooLarge):
         await lister.list_all()
     for key, value in BOB.env().items():
         monkeypatch.setenv(key, value)
     with pytest.raises(OriginFailed) as refused:
         await prefix_lister("s3://private/t/", store.endpoint).list_all()
     assert refused.value.status == 403
+
+
+async def test_dfget_r_downloads_a_prefix(
+    store: S3Server, supernode: RunningSupernode, tmp_path: Path
+) -> None:
+    """`dfget -r s3://BUCKET/PREFIX/ -o DIR`: every object below the prefix, each its
+    own task through the supernode, signed; a re-run skips them all; Bob may not list."""
+    names = {"r/one.bin": SMALL, "r/sub/two words.bin": BIG[:300_000], "r/sub/x/é.txt": b"e"}
+    for name, data in names.items():
+        store.put("private", name, data)
+    flags = ("--supernode", supernode.address, "--s3-endpoint", store.endpoint, "-r")
+    out = tmp_path / "tree"
+    out.mkdir()
+    first = summary(await dfget("s3://private/r/", out, env_of(tmp_path, ALICE), *flags))
+    assert (first["listed"], first["done"]) == (3, 3)
+    for name, data in names.items():
+        assert (out / name.removeprefix("r/")).read_bytes() == data
+    again = summary(await dfget("s3://private/r/", out, env_of(tmp_path, ALICE), *flags))
+    assert again["skipped"] == 3
+    other = tmp_path / "bob"
+    other.mkdir()
+    done = await dfget("s3://private/r/", other, env_of(tmp_path, BOB), *flags)
+    assert done.returncode == EXIT_ORIGIN, done.stderr.decode()
+    assert not any(other.iterdir())
