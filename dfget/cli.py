@@ -102,11 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "url",
-        help="http:// or https:// URL to download (-r: of a folder), or s3://BUCKET/KEY "
-        "(-r: s3://BUCKET/PREFIX/)",
-    )
+    parser.add_argument("url", help="http(s):// URL or s3://BUCKET/KEY (-r: a folder, a prefix)")
     parser.add_argument(
         "-o",
         "--output",
@@ -175,19 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON summary object on stdout at the end (on stderr with -o -)",
     )
-    parser.add_argument(
-        "--s3-endpoint",
-        metavar="URL",
-        help="for s3:// URLs: the S3-compatible store, addressed path-style (default "
-        "AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's endpoint for the region)",
+    s3 = parser.add_argument_group(
+        "object storage",
+        "s3://BUCKET/KEY, credentials from the AWS variables and profiles (docs/dfget.md)",
     )
-    parser.add_argument(
-        "--s3-region",
-        metavar="REGION",
-        help="for s3:// URLs: the region signed for (default AWS_REGION, AWS_DEFAULT_REGION, "
-        "the profile's, else us-east-1); credentials come from the AWS environment "
-        "variables and profile files",
+    s3.add_argument(
+        "--s3-endpoint", metavar="URL", help="S3-compatible store, path-style (default: AWS)"
     )
+    s3.add_argument("--s3-region", metavar="REGION", help="region signed for (default us-east-1)")
     swarm = parser.add_argument_group(
         "peer options", "while it downloads, dfget serves the pieces it holds to other peers"
     )
