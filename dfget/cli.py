@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="http:// or https:// URL to download (-r: of a folder)")
+    parser.add_argument("url", help="http(s):// URL or s3://BUCKET/KEY (-r: a folder, a prefix)")
     parser.add_argument(
         "-o",
         "--output",
@@ -172,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON summary object on stdout at the end (on stderr with -o -)",
     )
+    s3 = parser.add_argument_group(
+        "object storage",
+        "s3://BUCKET/KEY, credentials from the AWS variables and profiles (docs/dfget.md)",
+    )
+    s3.add_argument(
+        "--s3-endpoint", metavar="URL", help="S3-compatible store, path-style (default: AWS)"
+    )
+    s3.add_argument("--s3-region", metavar="REGION", help="region signed for (default us-east-1)")
     swarm = parser.add_argument_group(
         "peer options", "while it downloads, dfget serves the pieces it holds to other peers"
     )
@@ -282,8 +290,18 @@ def _main(argv: list[str] | None) -> int:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return UsageError.exit_code
     to_stdout = str(args.output) == "-"
+    url, s3 = args.url, None
+    if url[:5].lower() == "s3://" and not args.recursive:  # (-r: dfget.tree.command)
+        from dfget.s3 import object_request  # botocore: only for s3:// URLs
+
+        try:
+            url, s3 = object_request(url, args.s3_endpoint, args.s3_region)
+        except DfgetError as exc:
+            print(f"dfget: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     request = DownloadRequest(
-        url=args.url,
+        url=url,
+        s3=s3,
         output=args.output.expanduser(),
         headers=tuple(args.headers),
         digest=args.digest,
