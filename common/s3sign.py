@@ -41,6 +41,14 @@ def object_url(endpoint: str, bucket: str, key: str) -> str:
     return f"{endpoint.rstrip('/')}/{bucket}/{quote(key, safe='/~')}"
 
 
+def load() -> None:
+    """Import botocore's signer now (about 0.2 s, once a process): a server calls this in
+    a worker thread before its first signature, so its event loop never waits for it."""
+    from botocore.auth import S3SigV4Auth  # noqa: F401
+    from botocore.awsrequest import AWSRequest  # noqa: F401
+    from botocore.credentials import Credentials  # noqa: F401
+
+
 def signed_headers(
     method: str,
     url: str,

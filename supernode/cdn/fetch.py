@@ -268,6 +268,7 @@ async def _fetch(
         return meta  # a partial copy: served as it is, never saved
     pieces = task.pieces
     assert pieces is not None
+
     def persist() -> None:  # fsyncs: in a worker thread, off the event loop
         pieces.sync()
         store.save_meta(meta)

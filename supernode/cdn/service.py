@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from typing import Protocol
 
 import trio
 
+from common import s3sign
 from common.urls import display_url
 from proto.pieces import piece_length
 from supernode.cdn.adopt import Adopter, adopted_task, can_adopt
@@ -210,6 +212,8 @@ class Cdn:
 
     async def open_task(self, spec: TaskSpec) -> CdnTask:
         """The task's current generation, fetched or revalidated for this requester."""
+        if spec.s3 is not None and "botocore.auth" not in sys.modules:
+            await trio.to_thread.run_sync(s3sign.load)  # not on the event loop
         task = self.tasks.get(spec.task_id)
         partial = self._partials.get(spec.task_id) if task is None else None
         if partial is not None:
