@@ -21,10 +21,10 @@ client runs as a whole process, start-up included, and writes into a fresh folde
 - small files: the 200 × 1 MiB set alone (`--include 'small/*'`) the same ways.
 
 Prints, per source, seconds, MiB/s, the ratio to the best baseline of the same run,
-the CPU seconds the client and our servers used, and the small-file files/s against
-curl's. Targets: dfget warm >= 0.8x the best baseline for the whole tree; small files
-through the daemon >= 0.5x curl's files/s. Run as root, free page reporting is
-switched off while it runs (see bench/common.py).
+the CPU seconds the client and our servers (supernode, daemon) used, and the
+small-file files/s against curl's. Targets: dfget warm >= 0.8x the best baseline for
+the whole tree; small files through the daemon >= 0.5x curl's files/s. Run as root,
+free page reporting is switched off while it runs (see bench/common.py).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ OURS_SMALL = ("dfget warm", "daemon", "daemon again")
 @dataclass
 class Timing:
     seconds: float
-    cpu: float  # the client's CPU seconds and our servers' during the run
+    client_cpu: float  # CPU seconds of the client process (and its children)
+    server_cpu: float  # of our supernode and daemon during the run
 
 
 @dataclass
@@ -106,14 +107,14 @@ def timed(
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    cpu += sum(cpu_seconds(pid) for pid in pids) - servers
+    servers = sum(cpu_seconds(pid) for pid in pids) - servers
     if done.returncode != 0:
         raise RuntimeError(f"{list(argv[:6])} exited {done.returncode}: {done.stderr[-2000:]}")
     check_copy(out, expected)
     if "dfget" in argv:
         summary = json.loads(done.stdout)
         assert summary["done"] == len(expected) and summary["from_source"] == 0, summary
-    return Timing(seconds, cpu)
+    return Timing(seconds, cpu, servers)
 
 
 def dfget_argv(source: Source, supernode: str, socket: str, include: Sequence[str] = ()) -> Argv:
@@ -252,7 +253,8 @@ def _table(
 ) -> list[str]:
     rate = "files/s" if files else "MiB/s"
     lines = [
-        f"{'client':<28}{'seconds':>9}{rate:>9}{'vs best':>9}{'per-run':>9}{'CPU s':>8}",
+        f"{'client':<28}{'seconds':>9}{rate:>9}{'vs best':>9}{'per-run':>9}"
+        f"{'CPU client':>11}{'servers':>8}",
     ]
     runs = len(next(iter(times.values())))
     best_per_run = (
@@ -268,8 +270,11 @@ def _table(
             if best_per_run
             else "-"
         )
-        cpu = median([t.cpu for t in values])
-        lines.append(f"{kind:<28}{seconds:>9.2f}{speed:>9.1f}{ratio:>9}{per_run:>9}{cpu:>8.1f}")
+        cpu = median([t.client_cpu for t in values])
+        servers = median([t.server_cpu for t in values])
+        lines.append(
+            f"{kind:<28}{seconds:>9.2f}{speed:>9.1f}{ratio:>9}{per_run:>9}{cpu:>11.1f}{servers:>8.1f}"
+        )
     return lines
 
 
