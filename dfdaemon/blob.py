@@ -22,6 +22,7 @@ from dfdaemon.validators import Validators
 from dfget.output import AtomicOutput
 from dfget.results import DownloadResult
 from proto.digests import Hasher
+from proto.messages import S3Access
 
 READ_CHUNK = 1024 * 1024
 
@@ -45,6 +46,7 @@ class Blob:
     # the upstream host it names (`host:port`, its provenance once complete).
     url: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    s3: S3Access | None = None  # the first requester's, for an S3 object (never logged)
     origin: str | None = None
     # What the origin answered the first requester about a URL download, asked the
     # first time another client wants to join it (`sharing.py`).

@@ -38,6 +38,7 @@ from dfdaemon.blob import READ_CHUNK, Blob, BlobUnavailable, file_key
 from dfdaemon.downloads import DownloadSettings, download_blob, keep_seeding
 from dfdaemon.provenance import Provenance
 from dfdaemon.trust import origin_of
+from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class BlobStore:
                 leftover.unlink(missing_ok=True)
         # Partial downloads stay, to be resumed (`partials.py`), unless already complete.
         partials.tidy(self.root, lambda name: self.path(name).exists())
-        partials.tidy(self.urls, lambda name: False)  # a URL is always fetched again
+        partials.tidy(self.urls, lambda name: False)  # a URL partial is resumed, never complete
 
     def path(self, hex_digest: str) -> Path:
         return self.root / hex_digest
@@ -205,6 +206,7 @@ class BlobStore:
         task_id: str,
         url: str,
         headers: tuple[tuple[str, str], ...],
+        s3: S3Access | None = None,
     ) -> Blob:
         """A download of `url` (its content may change: never served from the cache
         unchecked). Joins one in progress; a finished one (seeding) is stopped and
@@ -217,7 +219,7 @@ class BlobStore:
         if blob is not None:
             blob.scope.cancel()
             del self.running_urls[task_id]
-        fresh = Blob(task_id, self.urls / task_id)
+        fresh = Blob(task_id, self.urls / task_id, s3=s3)
         # A file under its final name is always a complete download (written beside it
         # and renamed): this one, an earlier one, or one from before a restart.
         fresh.recheck = bool(self.settings.supernodes) and fresh.path.exists()

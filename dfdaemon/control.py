@@ -57,6 +57,7 @@ from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
+from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _parse(body: bytes) -> DownloadRequest:
         raise BadInput(f"not JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("url"), str):
         raise BadInput("want an object with a url")
-    unknown = set(data) - {"url", "headers", "digest", "tag", "filter"}
+    unknown = set(data) - {"url", "headers", "digest", "tag", "filter", "s3"}
     if unknown:
         raise BadInput(f"unknown fields {sorted(unknown)}")
     headers = data.get("headers", [])
@@ -100,12 +101,32 @@ def _parse(body: bytes) -> DownloadRequest:
         raise BadInput("filter: want a list of strings")
     return DownloadRequest(
         url=data["url"],
+        s3=_s3_access(data.get("s3"), data["url"]),
         output=Path(os.devnull),
         headers=tuple((k, v) for k, v in headers),
         digest=digest,
         tag=tag,
         filter=tuple(filters),
     )
+
+
+def _s3_access(value: object, url: str) -> S3Access | None:
+    """The `s3` field: an S3 object's endpoint, region and credentials, or None."""
+    if value is None:
+        return None
+    fields = S3Access._fields
+    if not isinstance(value, dict) or not set(value) <= set(fields) or len(value) < 4:
+        raise BadInput(f"s3: want an object of {', '.join(fields)}")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise BadInput("s3: want strings")
+    access = S3Access(**value)
+    try:
+        access.check()
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    if not url.startswith(access.endpoint + "/"):
+        raise BadInput("s3: the url must be on its endpoint")
+    return access
 
 
 class ControlApi:
@@ -245,7 +266,7 @@ class ControlApi:
                 # this client's headers); dfget checks the digest itself.
                 task_id = dataclasses.replace(wanted, digest=None).task_id()
             return await url_download(
-                self.blobs, self.upstream, task_id, wanted.url, wanted.headers
+                self.blobs, self.upstream, task_id, wanted.url, wanted.headers, wanted.s3
             )
         except ContentDiffers as exc:
             raise ShareRefused(str(exc)) from exc
@@ -257,7 +278,7 @@ class ControlApi:
     async def _check_access(self, wanted: DownloadRequest) -> None:
         """May this dfget read the URL at the origin? (A cached copy proves nothing.)"""
         try:
-            answer = await ask_origin(self.upstream, wanted.url, wanted.headers)
+            answer = await ask_origin(self.upstream, wanted.url, wanted.headers, wanted.s3)
         except UpstreamError as exc:
             raise OriginFailed(f"cannot check access: {exc}") from exc
         if answer.status_code >= 400:

@@ -15,7 +15,7 @@ import logging
 import math
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -125,11 +125,14 @@ async def download_blob(
     def finished(result: DownloadResult) -> None:
         blob.length, blob.complete, blob.result = result.bytes, True, result
         blob.out = None
+        blob.s3 = None  # complete: nothing more is asked of the origin with them
         ended(blob)
         blob.notify()
 
     async def fetch(out: AtomicOutput, supernodes: tuple[str, ...], *, adopt: bool = False) -> None:
         request = settings.request(url, blob, supernodes=supernodes, headers=headers, adopt=adopt)
+        if blob.s3 is not None:  # an S3 object: signed with its first requester's keys
+            request = replace(request, s3=blob.s3)
         await download(
             request, output=out, limiter=settings.limiter, progress=progress, on_done=finished
         )

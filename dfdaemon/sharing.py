@@ -7,8 +7,9 @@ headers, whether it may read the URL and what it would get: its answer must be a
 success and its validators (a strong ETag, else Last-Modified, and Content-Length when
 both give one) must equal those the origin gives the client that started the download
 (asked once, with that client's headers, the first time someone wants to join). A
-finished URL download is never shared: the next client starts it again, so that the
-supernode revalidates the URL with that client's headers (`BlobStore.get_url`).
+finished URL download is never shared unchecked: the next client starts it again, so
+that the supernode revalidates the URL with that client's headers, and the kept copy is
+used only where it matches the supernode's piece digests (`BlobStore.get_url`).
 
 Checks go through `Upstream`: a `HEAD`, or a one-byte `GET` where `HEAD` is not
 allowed (405, 501).
@@ -22,11 +23,13 @@ import httpx
 
 from common.io.origins import allowed_addresses
 from common.origins import AddressDenied, OriginPolicy
+from common.s3sign import signed_headers
 from common.urls import display_url
 from dfdaemon.blob import Blob
 from dfdaemon.cache import BlobStore
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
 from dfdaemon.validators import Validators
+from proto.messages import S3Access
 
 
 class JoinRefused(Exception):
@@ -47,11 +50,22 @@ def lower(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
 
 
 async def ask_origin(
-    upstream: Upstream, url: str, headers: tuple[tuple[str, str], ...]
+    upstream: Upstream,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    s3: S3Access | None = None,
 ) -> httpx.Response:
     """The origin's answer to a `HEAD` of `url` with `headers`, or to a one-byte `GET`
-    if it does not allow `HEAD`. UpstreamError if it cannot be reached."""
+    if it does not allow `HEAD` (signed with `s3`'s credentials, for an S3 object).
+    UpstreamError if it cannot be reached."""
     asked = lower(headers)
+    if s3 is not None:  # asks about access: no range, no conditions (as Upstream sends)
+        about = [(k, v) for k, v in asked if k != "range" and not k.startswith("if-")]
+        answer = await upstream.head(url, lower(tuple(signed_headers("HEAD", url, about, s3))))
+        if answer.status_code in (405, 501):
+            signed = lower(tuple(signed_headers("GET", url, about, s3)))
+            answer = await upstream.first_byte(url, signed)  # its Range goes unsigned
+        return answer
     answer = await upstream.head(url, asked)
     if answer.status_code in (405, 501):
         answer = await upstream.first_byte(url, asked)
@@ -59,12 +73,16 @@ async def ask_origin(
 
 
 async def check_join(
-    upstream: Upstream, blob: Blob, url: str, headers: tuple[tuple[str, str], ...]
+    upstream: Upstream,
+    blob: Blob,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    s3: S3Access | None = None,
 ) -> None:
     """May a client with `headers`, asking for `url`, share `blob`'s running download?
     JoinRefused (the origin's status) if the origin refuses it, ContentDiffers if it
     would get other content, UpstreamError if the origin cannot be reached."""
-    answer = await ask_origin(upstream, url, headers)
+    answer = await ask_origin(upstream, url, headers, s3)
     if not 200 <= answer.status_code < 300:
         raise JoinRefused(
             f"origin answered {answer.status_code} for {display_url(url)}", answer.status_code
@@ -72,7 +90,7 @@ async def check_join(
     theirs = Validators.of(answer)
     ours = blob.validators
     if ours is None:  # the first time someone joins: what did its first client get?
-        first = await ask_origin(upstream, blob.url, blob.headers)
+        first = await ask_origin(upstream, blob.url, blob.headers, blob.s3)
         if not 200 <= first.status_code < 300:
             raise ContentDiffers(
                 f"{display_url(url)}: cannot compare with the running download "
@@ -105,6 +123,7 @@ async def url_download(
     task_id: str,
     url: str,
     headers: tuple[tuple[str, str], ...],
+    s3: S3Access | None = None,
 ) -> Blob:
     """The URL download `task_id` for a client with `headers`: a running one it may
     join (checked with the origin, see `check_join`), else a new one. UpstreamDenied if
@@ -115,7 +134,7 @@ async def url_download(
     while True:
         blob = blobs.running_url(task_id)
         if blob is None:
-            return blobs.get_url(task_id, url, headers)
-        await check_join(upstream, blob, url, headers)
+            return blobs.get_url(task_id, url, headers, s3)
+        await check_join(upstream, blob, url, headers, s3)
         if blobs.running_url(task_id) is blob:  # still the one that was checked
             return blob

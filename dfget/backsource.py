@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -17,7 +17,20 @@ from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
 from proto.digests import digest_matches, new_hasher
 
+if TYPE_CHECKING:
+    from common.s3sign import S3Credentials
+
 log = logging.getLogger(__name__)
+
+_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+
+
+def _tls(insecure: bool) -> ssl.SSLContext:
+    """The origin's TLS context, made once a process (loading the CAs costs about 30 ms:
+    `dfget -r` fetches many files, and httpx would build one for every client)."""
+    if insecure not in _CONTEXTS:
+        _CONTEXTS[insecure] = httpx.create_ssl_context(verify=not insecure)
+    return _CONTEXTS[insecure]
 
 
 async def fetch_from_origin(
@@ -31,25 +44,31 @@ async def fetch_from_origin(
     progress: Progress | None = None,
     policy: OriginPolicy | None = None,
     origin_tls: Mapping[str, ssl.SSLContext] | None = None,
+    s3: S3Credentials | None = None,
 ) -> int:
     """Stream the origin's body into `output`; returns the byte count. With `policy`,
     every address connected to (redirect hops too) must be one it allows; `origin_tls`
-    verifies those hosts with their own contexts (with a policy only: the daemon's)."""
+    verifies those hosts with their own contexts (with a policy only: the daemon's).
+    With `s3`, the GET is signed (SigV4) with those credentials."""
     hasher = new_hasher(digest) if digest else None
     ranged = any(k.lower() == "range" for k, _ in headers)
     url, headers = move_credentials(url, headers)
     sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
     sent.append(("accept-encoding", "identity"))
+    if s3 is not None:
+        from common.s3sign import signed_headers  # botocore: only for s3:// objects
+
+        sent = signed_headers("GET", url, sent, s3)
     options: dict[str, Any] = {
         "follow_redirects": True,
         "timeout": httpx.Timeout(60.0, connect=10.0),
     }
     if policy is None:
-        client = httpx.AsyncClient(verify=not insecure, **options)
+        client = httpx.AsyncClient(verify=_tls(insecure), **options)
     else:
         from common.io.origins import checked_client
 
-        client = checked_client(policy, verify=not insecure, origin_tls=origin_tls, **options)
+        client = checked_client(policy, verify=_tls(insecure), origin_tls=origin_tls, **options)
     try:
         async with (
             client,

@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="http:// or https:// URL to download (-r: of a folder)")
+    parser.add_argument(
+        "url",
+        help="http:// or https:// URL to download (-r: of a folder), or s3://BUCKET/KEY "
+        "(-r: s3://BUCKET/PREFIX/)",
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -170,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print one JSON summary object on stdout at the end (on stderr with -o -)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="for s3:// URLs: the S3-compatible store, addressed path-style (default "
+        "AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's endpoint for the region)",
+    )
+    parser.add_argument(
+        "--s3-region",
+        metavar="REGION",
+        help="for s3:// URLs: the region signed for (default AWS_REGION, AWS_DEFAULT_REGION, "
+        "the profile's, else us-east-1); credentials come from the AWS environment "
+        "variables and profile files",
     )
     swarm = parser.add_argument_group(
         "peer options", "while it downloads, dfget serves the pieces it holds to other peers"
@@ -263,8 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return UsageError.exit_code
     to_stdout = str(args.output) == "-"
+    url, s3 = args.url, None
+    if url[:5].lower() == "s3://" and not args.recursive:  # (-r: dfget.tree.command)
+        from dfget.s3 import object_request  # botocore: only for s3:// URLs
+
+        try:
+            url, s3 = object_request(url, args.s3_endpoint, args.s3_region)
+        except DfgetError as exc:
+            print(f"dfget: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     request = DownloadRequest(
-        url=args.url,
+        url=url,
+        s3=s3,
         output=args.output.expanduser(),
         headers=tuple(args.headers),
         digest=args.digest,

@@ -231,6 +231,7 @@ async def _from_origin(job: DownloadJob) -> DownloadResult:
             progress=job.progress,
             policy=request.origin_policy,
             origin_tls=dict(request.origin_tls),
+            s3=request.s3,
         )
     if scope.cancelled_caught:
         raise job.timed_out()
@@ -273,6 +274,7 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
         tag=request.tag,
         filter=request.filter,
         public_key=bytes(32),  # replaced by the attempt's own key
+        s3=request.s3,
     )
     attempt = Attempt(
         register,

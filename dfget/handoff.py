@@ -95,15 +95,16 @@ class Handoff:
         """Download through the daemon into `out` (not committed); the daemon's account
         of where the bytes came from. DaemonUnreachable, DownloadTimeout, or the
         DfgetError the daemon names."""
-        body = json.dumps(
-            {
-                "url": request.url,
-                "headers": [list(h) for h in request.headers],
-                "digest": request.digest,
-                "tag": request.tag,
-                "filter": list(request.filter),
-            }
-        ).encode()
+        fields: dict[str, object] = {
+            "url": request.url,
+            "headers": [list(h) for h in request.headers],
+            "digest": request.digest,
+            "tag": request.tag,
+            "filter": list(request.filter),
+        }
+        if request.s3 is not None:  # the daemon's peer registers with them (as with headers)
+            fields["s3"] = request.s3._asdict()
+        body = json.dumps(fields).encode()
         hasher = None
         if request.digest:
             from proto.digests import new_hasher  # (blake3: only for a digest)

@@ -271,6 +271,7 @@ class Attempt:
                 upload_slots=self.options.upload_slots,
                 token_proof=proof,
                 in_order=self.options.in_order,
+                s3=message.s3,
             )
         )
         # The supernode answers once the origin's response head is in (or it failed).

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from common.origins import OriginPolicy
     from dfget.members import Directory
+    from proto.messages import S3Access
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class DownloadRequest:
     # The live supernodes and their back-off memory, shared by a daemon's downloads;
     # None: learned from `supernodes` when the download needs them (dfget).
     directory: Directory | None = None
+    # An S3 object (`url`: its path-style URL): signed with these credentials at the
+    # origin, by the supernode for this peer or by dfget itself (dfget/s3.py).
+    s3: S3Access | None = None
 
     def task_id(self) -> str:
         """The task id (also validates URL, digest and Range); UsageError if bad."""

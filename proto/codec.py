@@ -56,6 +56,14 @@ def _checker_for(hint: object) -> Checker:
         return lambda v: type(v) is str and (v.isascii() or _utf8(v))
     if hint is bytes:
         return lambda v: type(v) is bytes
+    if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):
+        record = hint  # a NamedTuple: an array of its fields, in order
+        fields = [_checker_for(h) for h in typing.get_type_hints(record).values()]
+        return lambda v: (
+            type(v) in (tuple, record)
+            and len(typing.cast("tuple[object, ...]", v)) == len(fields)
+            and all(c(x) for c, x in zip(fields, typing.cast("tuple[object, ...]", v), strict=True))
+        )
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
@@ -75,11 +83,25 @@ def _checker_for(hint: object) -> Checker:
     raise TypeError(f"no wire form for {hint!r}")
 
 
+def _record_type(hint: object) -> type[tuple[Any, ...]] | None:
+    """The NamedTuple class `hint` names (alone or `| None`), else None."""
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (types.UnionType, typing.Union)
+        else (hint,)
+    )
+    for option in options:
+        if isinstance(option, type) and issubclass(option, tuple) and hasattr(option, "_fields"):
+            return option
+    return None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Schema:
     cls: type[Message]
     required: frozenset[str]
     fields: dict[str, Checker]
+    records: dict[str, type[tuple[Any, ...]]]  # fields decoded into a NamedTuple
 
 
 def _schema(cls: type[Message]) -> _Schema:
@@ -90,7 +112,12 @@ def _schema(cls: type[Message]) -> _Schema:
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
-    return _Schema(cls, required, fields)
+    records = {
+        name: record
+        for name, hint in hints.items()
+        if name in fields and (record := _record_type(hint)) is not None
+    }
+    return _Schema(cls, required, fields, records)
 
 
 _SCHEMAS: dict[str, _Schema] = {cls.TAG: _schema(cls) for cls in ALL_MESSAGES}
@@ -157,6 +184,9 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[Message, int]:
     missing = schema.required - raw.keys()
     if missing:
         raise BadField(tag, sorted(missing)[0], "missing")
+    for name, record in schema.records.items():
+        if raw.get(name) is not None:
+            raw[name] = record(*raw[name])
     message = schema.cls(**raw)
     try:
         message.check()

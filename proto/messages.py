@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from proto.errors import ErrorCode
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
@@ -41,6 +41,39 @@ def _check_headers(headers: Headers) -> None:
     for name, value in headers:
         if not name or any(c in name for c in "\r\n:\0 ") or any(c in value for c in "\r\n\0"):
             raise ValueError(f"bad header {name!r}")
+
+
+class S3Access(NamedTuple):
+    """How to read one S3 object: the endpoint (path-style), the region and the
+    requester's credentials, with which the supernode signs (SigV4) each origin request
+    it makes for that requester. Never part of the task id; never logged (its repr
+    hides the secret and the token)."""
+
+    endpoint: str  # scheme://host[:port], no path
+    region: str
+    access_key_id: str
+    secret_access_key: str
+    session_token: str = ""
+
+    def __repr__(self) -> str:
+        return f"S3Access(endpoint={self.endpoint!r}, region={self.region!r}, access_key_id=…)"
+
+    def check(self) -> None:
+        endpoint = self.endpoint
+        if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 512:
+            raise ValueError("s3.endpoint must be an http(s) URL of at most 512 characters")
+        if "/" in endpoint.split("://", 1)[1] or any(c in endpoint for c in "?#@ \r\n\0"):
+            raise ValueError("s3.endpoint must be scheme://host[:port] with nothing after")
+        if not 1 <= len(self.region) <= 64 or not self.region.replace("-", "").isalnum():
+            raise ValueError("s3.region must be 1 to 64 letters, digits and dashes")
+        if not 1 <= len(self.access_key_id) <= 128 or not self.access_key_id.isalnum():
+            raise ValueError("s3.access_key_id must be 1 to 128 letters and digits")
+        if not 1 <= len(self.secret_access_key) <= 256:
+            raise ValueError("s3.secret_access_key must be 1 to 256 characters")
+        if len(self.session_token) > 4096:
+            raise ValueError("s3.session_token must be at most 4096 characters")
+        if any(c in v for v in (self.secret_access_key, self.session_token) for c in "\r\n\0"):
+            raise ValueError("s3 credentials must not hold line breaks or NUL")
 
 
 # -- handshake --------------------------------------------------------------------------
@@ -114,11 +147,19 @@ class Register(Message):
     # It streams the file to a reader front to back (dfdaemon's mirror): pieces in
     # index order rather than rarest first, so the reader never waits on a gap.
     in_order: bool = False
+    # An S3 object (`url` is its path-style URL on `s3.endpoint`): the supernode signs
+    # its origin requests for this peer with these credentials (as it would send its
+    # Authorization header). Not part of the task id.
+    s3: S3Access | None = None
 
     def check(self) -> None:
         if not self.url.startswith(("http://", "https://")) or len(self.url) > 8192:
             raise ValueError("url must be http(s) and at most 8192 characters")
         _check_headers(self.headers)
+        if self.s3 is not None:
+            self.s3.check()
+            if not self.url.startswith(self.s3.endpoint + "/"):
+                raise ValueError("an S3 object's url must be on its s3.endpoint")
         if len(self.public_key) != KEY_BYTES:
             raise ValueError("public_key must be 32 bytes")
         if self.upload_port > 65535 or self.upload_slots > 1024:

@@ -140,6 +140,9 @@ def for_hint(hint: object, text: st.SearchStrategy[str] = wire_text) -> st.Searc
         return text
     if hint is bytes:
         return st.binary(max_size=80)
+    if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):
+        fields = typing.get_type_hints(hint).values()  # a NamedTuple (S3Access)
+        return st.tuples(*(for_hint(h, text) for h in fields)).map(lambda v: hint(*v))
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
         return st.one_of([st.none() if a is type(None) else for_hint(a, text) for a in args])

@@ -8,12 +8,14 @@ import json
 import logging
 import sys
 from argparse import Namespace
+from dataclasses import replace
 
 import trio
 
 from common.units import format_size
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, UsageError
+from dfget.tree.entries import Lister
 from dfget.tree.globs import Selection
 from dfget.tree.listers import lister_for
 from dfget.tree.results import FileResult, TreeResult
@@ -48,8 +50,20 @@ def tree_request(args: Namespace, template: DownloadRequest) -> TreeRequest:
         raise UsageError("--digest names one file: it cannot go with -r")
     if any(name.lower() == "range" for name, _ in template.headers):
         raise UsageError("a Range header cannot go with -r")
+    lister: Lister
+    if template.url[:5].lower() == "s3://":
+        from dfget.s3list import prefix_lister  # botocore: only for s3:// URLs
+
+        s3 = prefix_lister(
+            template.url, args.s3_endpoint, args.s3_region, insecure=template.insecure
+        )
+        # Each object is fetched as `dfget s3://BUCKET/KEY` would be: its path-style
+        # URL (the entry's), signed with these credentials.
+        template, lister = replace(template, s3=s3.target.access), s3
+    else:
+        lister = lister_for(template)
     return TreeRequest(
-        lister=lister_for(template),
+        lister=lister,
         root=template.output,
         template=template,
         selection=Selection(tuple(args.include), tuple(args.exclude)),

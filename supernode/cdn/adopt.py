@@ -138,7 +138,9 @@ async def _fetch_run(
         extra.append(("If-Range", task.validators.if_range))
     plain, sealed = bytearray(size), bytearray(size + TAG_SIZE)
     spec = task.spec
-    async with origin.open("GET", spec.url, spec.headers, extra=tuple(extra)) as response:
+    async with origin.open(
+        "GET", spec.url, spec.headers, extra=tuple(extra), s3=spec.s3
+    ) as response:
         check_not_changed(task, response)
         check_resumed(response, start)
         for index in range(first, last):

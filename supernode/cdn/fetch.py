@@ -212,7 +212,7 @@ async def _fetch(
                     extra.append(("If-Range", task.validators.if_range))  # its digest: none)
                 try:
                     async with origin.open(
-                        "GET", spec.url, spec.headers, extra=tuple(extra)
+                        "GET", spec.url, spec.headers, extra=tuple(extra), s3=spec.s3
                     ) as response:
                         if assembler is None:
                             _start(task, store, response, policy.budget)

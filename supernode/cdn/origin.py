@@ -21,6 +21,7 @@ import trio
 
 from common.io.origins import checked_client
 from common.origins import AddressDenied, OriginPolicy
+from common.s3sign import S3Credentials, signed_headers
 from common.urls import display_url, move_credentials
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
@@ -152,11 +153,16 @@ class OriginClient:
         *,
         extra: Headers = (),
         ok: frozenset[int] = frozenset({200, 206}),
+        s3: S3Credentials | None = None,
     ) -> AsyncIterator[OriginResponse]:
         """Send a request (redirects followed); yield the response if its status is in
-        `ok`, else raise OriginStatusError."""
+        `ok`, else raise OriginStatusError. With `s3`, the request is signed (SigV4)
+        with those credentials, the requester's, as it leaves (Range and conditions
+        included)."""
         url, headers = move_credentials(url, headers)
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP] + list(extra)
+        if s3 is not None:
+            sent = signed_headers(method, url, sent, s3)
         response: LeanResponse | HttpxResponse | None = None
         if method == "GET" and self._lean_for(url):
             response, url, sent = await self._lean_get(url, sent)

@@ -25,6 +25,7 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
             spec.headers,
             extra=tuple(conditions),
             ok=frozenset({200, 206, 304}),
+            s3=spec.s3,
         ) as response:
             if response.status == 304:
                 return True
@@ -32,7 +33,7 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
             strong = response.validators.strong_etag
             return strong is not None and strong == validators.strong_etag
     async with origin.open(
-        "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501})
+        "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501}), s3=spec.s3
     ) as response:
         if response.status not in (405, 501):
             # A Range task: HEAD names the whole file's length; it only shows that
@@ -46,6 +47,7 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
         spec.headers,
         extra=(("Range", "bytes=0-0"),),
         ok=frozenset({200, 206}),
+        s3=spec.s3,
     ) as response:
         if spec.range is not None:
             return True

@@ -163,6 +163,7 @@ class Cdn:
             self._fetching.discard(task)
             self._active.discard(task)
             task.reserved = 0  # its file is complete (or gone): it counts as it is
+            task.spec = task.spec.without_credentials()  # its requester's: no longer needed
             task.close()
             if task.evicted and task.task_id not in self.tasks:
                 self.store.remove_task(task.task_id)  # evicted while fetching: all of it

@@ -7,12 +7,13 @@ control sessions read it and `await task.wait_changed(...)` for the next piece.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import trio
 
+from proto.messages import S3Access
 from proto.pieces import TAG_SIZE, PieceSealer, new_task_key, piece_count
 from proto.ranges import parse_range
 from proto.taskid import task_id_for
@@ -36,6 +37,9 @@ class TaskSpec:
     filter: tuple[str, ...]
     task_id: str
     range: tuple[int, int | None] | None
+    # The requester's S3 credentials (its origin requests are signed with them); kept
+    # only while its fetch or revalidation needs them (`without_credentials`).
+    s3: S3Access | None = None
 
     @classmethod
     def from_request(
@@ -46,6 +50,7 @@ class TaskSpec:
         digest: str | None = None,
         tag: str = "",
         filter_keys: tuple[str, ...] = (),
+        s3: S3Access | None = None,
     ) -> TaskSpec:
         """Raises ValueError for a bad URL, digest or Range."""
         range_header = next((v for k, v in headers if k.lower() == "range"), None)
@@ -53,7 +58,11 @@ class TaskSpec:
             url, digest=digest, tag=tag, filter_keys=filter_keys, range_header=range_header
         )
         span = parse_range(range_header) if range_header is not None else None
-        return cls(url, headers, digest, tag, filter_keys, task_id, span)
+        return cls(url, headers, digest, tag, filter_keys, task_id, span, s3)
+
+    def without_credentials(self) -> TaskSpec:
+        """This spec less its S3 credentials: what a fetch that ended keeps."""
+        return replace(self, s3=None) if self.s3 is not None else self
 
 
 class TaskState(StrEnum):

@@ -149,6 +149,7 @@ class ControlSession:
                 digest=message.digest,
                 tag=message.tag,
                 filter_keys=message.filter,
+                s3=message.s3,
             )
         except ValueError as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))

@@ -1,0 +1,179 @@
+"""The objects below an S3 prefix (`dfget -r s3://BUCKET/PREFIX/`): ListObjectsV2.
+
+Pages of at most `max_keys` keys, followed by their continuation tokens, each request
+signed by dfget with the user's credentials (`dfget.s3`); at most `max_entries` keys
+and `max_page` bytes a page (`ListLimits`), so a runaway or hostile listing ends with a clear error.
+Each object is a `dfget.tree.entries.Entry`, as the HTTP index lister's (`path`: the
+key below the prefix split on `/`, checked by `dfget.tree.paths` before anything is
+written; `url`: its path-style URL; `size`; `validator`: its ETag and size), so
+`dfget -r` treats both alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+import httpx
+
+from common.s3sign import signed_headers
+from common.urls import display_url
+from dfget.errors import OriginFailed
+from dfget.s3 import S3Target, parse_s3_url, resolve
+from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+class S3PrefixLister:
+    """Every object whose key starts with `prefix` in `bucket` (the prefix ends with
+    `/`, or is empty: the whole bucket). Folder markers (keys ending in `/`) are left
+    out."""
+
+    def __init__(
+        self,
+        target: S3Target,
+        bucket: str,
+        prefix: str,
+        *,
+        max_keys: int = 1000,
+        limits: ListLimits | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self.target = target
+        self.bucket = bucket
+        self.prefix = prefix
+        self.max_keys = max(1, min(max_keys, 1000))
+        self.limits = limits or ListLimits()
+        self.insecure = insecure
+        self.pages = 0  # asked for, by the last `entries()`
+
+    def _client(self) -> httpx.AsyncClient:
+        options: dict[str, Any] = {"follow_redirects": False, "timeout": TIMEOUT}
+        return httpx.AsyncClient(verify=not self.insecure, **options)
+
+    def _signed(self, method: str, url: str) -> list[tuple[str, str]]:
+        access = self.target.access
+        return [] if access is None else signed_headers(method, url, [], access)
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        # The whole listing first (bounded by max_entries), then the entries: nothing
+        # is yielded while the client is open.
+        for entry in await self.list_all():
+            yield entry
+
+    async def validator(self, entry: Entry) -> str | None:
+        """The object's ETag and length now (a signed HEAD); None if it says neither."""
+        async with self._client() as client:
+            try:
+                answer = await client.head(entry.url, headers=self._signed("HEAD", entry.url))
+            except httpx.HTTPError as exc:
+                raise OriginFailed(f"{display_url(entry.url)}: {exc}") from exc
+        if answer.status_code >= 400:
+            raise OriginFailed(
+                f"{display_url(entry.url)}: the store answered {answer.status_code}",
+                answer.status_code,
+            )
+        etag, length = answer.headers.get("etag"), answer.headers.get("content-length")
+        return None if etag is None else f"{etag} {length}"
+
+    async def list_all(self) -> list[Entry]:
+        found: list[Entry] = []
+        token: str | None = None
+        self.pages = 0
+        async with self._client() as client:
+            while True:
+                keys, token = await self._page(client, token)
+                self.pages += 1
+                found += [self._entry(key, size, etag) for key, size, etag in keys]
+                found = [e for e in found if e.path[-1:] != ("",)]  # folder markers
+                if len(found) > self.limits.max_entries:
+                    raise TreeTooLarge(
+                        f"s3://{self.bucket}/{self.prefix} holds more than "
+                        f"{self.limits.max_entries} objects"
+                    )
+                if token is None:
+                    return found
+
+    def _entry(self, key: str, size: int | None, etag: str | None) -> Entry:
+        relative = key[len(self.prefix) :]
+        validator = None if etag is None else f"{etag} {size}"
+        return Entry(
+            tuple(relative.split("/")), self.target.url_of(self.bucket, key), size, validator
+        )
+
+    def _page_url(self, token: str | None) -> str:
+        query = [("list-type", "2"), ("max-keys", str(self.max_keys)), ("prefix", self.prefix)]
+        if token is not None:
+            query.append(("continuation-token", token))
+        encoded = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(query))
+        return f"{self.target.endpoint}/{self.bucket}?{encoded}"
+
+    async def _page(
+        self, client: httpx.AsyncClient, token: str | None
+    ) -> tuple[list[tuple[str, int | None, str | None]], str | None]:
+        """One page: (key, size, ETag) of each object, and the next page's token."""
+        url = self._page_url(token)
+        where = f"s3://{self.bucket}/{self.prefix}"
+        try:
+            async with client.stream("GET", url, headers=self._signed("GET", url)) as answer:
+                if answer.status_code >= 400:
+                    raise ListingError(
+                        f"listing {where} at {display_url(self.target.endpoint)}: "
+                        f"the store answered {answer.status_code}",
+                        answer.status_code,
+                    )
+                body = b""
+                async for chunk in answer.aiter_bytes():
+                    body += chunk
+                    if len(body) > self.limits.max_page:
+                        raise TreeTooLarge(
+                            f"listing {where}: a page over {self.limits.max_page} bytes"
+                        )
+        except httpx.HTTPError as exc:
+            raise ListingError(f"listing {where}: {exc}") from exc
+        return _parse_page(body, where)
+
+
+def _parse_page(
+    body: bytes, where: str
+) -> tuple[list[tuple[str, int | None, str | None]], str | None]:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise ListingError(f"listing {where}: not a ListObjectsV2 answer: {exc}") from exc
+    keys = []
+    for item in root.iter(f"{_NS}Contents"):
+        key = item.findtext(f"{_NS}Key")
+        if key is None:
+            continue
+        size_text = item.findtext(f"{_NS}Size") or ""
+        size = int(size_text) if size_text.isdigit() else None
+        keys.append((key, size, item.findtext(f"{_NS}ETag")))
+    truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
+    token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
+    if truncated and not token:
+        raise ListingError(f"listing {where}: a truncated page without a continuation token")
+    return keys, token
+
+
+def prefix_lister(
+    url: str,
+    endpoint: str | None = None,
+    region: str | None = None,
+    *,
+    max_keys: int = 1000,
+    insecure: bool = False,
+) -> S3PrefixLister:
+    """The lister of `s3://BUCKET/PREFIX` (a `/` is added to a prefix without one),
+    with this user's endpoint, region and credentials (`dfget.s3.resolve`)."""
+    wanted = parse_s3_url(url)
+    prefix = wanted.key if not wanted.key or wanted.key.endswith("/") else wanted.key + "/"
+    target = resolve(endpoint, region)
+    return S3PrefixLister(target, wanted.bucket, prefix, max_keys=max_keys, insecure=insecure)
+
+
+__all__ = ["S3PrefixLister", "prefix_lister"]
