@@ -78,7 +78,7 @@ class Source:
 
     name: str
     baselines: dict[str, Argv]  # whole tree
-    small_baseline: tuple[str, Argv]  # the small set alone
+    small_baselines: dict[str, Argv]  # the small set alone; the first is the target's
     url: str  # what dfget -r is given
     dfget_extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)

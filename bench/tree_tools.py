@@ -71,6 +71,6 @@ def nginx_source(tree: Tree, work: Path, baselines: Sequence[str]) -> Iterator[S
         yield Source(
             name="nginx",
             baselines=chosen,
-            small_baseline=("curl -Z (4 at once)", curl),
+            small_baselines={"curl -Z (4 at once)": curl},
             url=f"{base}/json/",
         )
