@@ -37,8 +37,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,15 +178,15 @@ def _brief(times: Mapping[str, list[Timing]], size: int) -> str:
     return ", ".join(f"{k} {mib_s(size, v[-1].seconds):.0f} MiB/s" for k, v in times.items())
 
 
-@contextmanager
-def sources(args: argparse.Namespace, tree: Tree, work: Path) -> Iterator[list[Source | str]]:
-    """The sources to measure, served for the benchmark's length (a string: why that
-    source cannot be measured here)."""
-    with ExitStack() as stack:
-        found: list[Source | str] = [stack.enter_context(nginx_source(tree, work, args.baselines))]
-        if not args.no_s3:
-            found.append(stack.enter_context(s3_source(tree, work, args.baselines)))
-        yield found
+def sources(
+    args: argparse.Namespace, tree: Tree, work: Path
+) -> list[AbstractContextManager[Source | str]]:
+    """The sources to measure, each served only while it is measured (a string: why
+    that source cannot be measured here)."""
+    found: list[AbstractContextManager[Source | str]] = [nginx_source(tree, work, args.baselines)]
+    if not args.no_s3:
+        found.append(s3_source(tree, work, args.baselines))
+    return found
 
 
 def measure(args: argparse.Namespace) -> Results:
@@ -196,14 +196,15 @@ def measure(args: argparse.Namespace) -> Results:
     results = Results(tree, args.runs)
     if "aria2c" in args.baselines:
         aria2c_binary()
-    with free_page_reporting_off() as reporting, sources(args, tree, work) as found:
+    with free_page_reporting_off() as reporting:
         print(f"free page reporting: {reporting}", flush=True)
-        for source in found:
-            if isinstance(source, str):
-                name, why = source.split(":", 1)
-                results.missing[name] = why.strip()
-                continue
-            measure_source(source, tree, work / source.name, args.runs, results)
+        for served in sources(args, tree, work):
+            with served as source:
+                if isinstance(source, str):
+                    name, why = source.split(":", 1)
+                    results.missing[name] = why.strip()
+                    continue
+                measure_source(source, tree, work / source.name, args.runs, results)
     return results
 
 
