@@ -35,7 +35,7 @@ import trio
 from common.eviction import StoredTask, plan
 from dfdaemon import partials
 from dfdaemon.blob import READ_CHUNK, Blob, BlobUnavailable, file_key
-from dfdaemon.downloads import DownloadSettings, download_blob, keep_seeding
+from dfdaemon.downloads import DownloadSettings, download_blob, keep_seeding, still_current
 from dfdaemon.provenance import Provenance
 from dfdaemon.trust import origin_of
 from proto.messages import S3Access
@@ -221,9 +221,27 @@ class BlobStore:
             del self.running_urls[task_id]
         fresh = Blob(task_id, self.urls / task_id, s3=s3)
         # A file under its final name is always a complete download (written beside it
-        # and renamed): this one, an earlier one, or one from before a restart.
-        fresh.recheck = bool(self.settings.supernodes) and fresh.path.exists()
+        # and renamed): one from before a restart is checked first. (One this daemon
+        # seeded was just found stale by `still_current`: fetched anew.)
+        fresh.recheck = bool(self.settings.supernodes) and blob is None and fresh.path.exists()
         return self._start(fresh, url, headers)
+
+    def kept_url(self, task_id: str) -> Blob | None:
+        """The complete URL download of `task_id` this daemon keeps and seeds, if any."""
+        blob = self.running_urls.get(task_id)
+        if blob is None or blob.error is not None or not blob.complete:
+            return None
+        return blob
+
+    async def still_current(
+        self,
+        blob: Blob,
+        url: str,
+        headers: tuple[tuple[str, str], ...],
+        s3: S3Access | None = None,
+    ) -> bool:
+        """See `downloads.still_current`."""
+        return await still_current(self.settings, blob, url, headers, s3)
 
     def running_url(self, task_id: str) -> Blob | None:
         """The URL download of `task_id` that a client would join now: running, not

@@ -37,6 +37,7 @@ from dfget.options import PeerOptions, SharedServer
 from dfget.output import AtomicOutput, ExistingOutput
 from dfget.results import DownloadResult
 from dfget.resume import ResumableOutput
+from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,11 @@ class DownloadSettings:
         supernodes: tuple[str, ...],
         headers: tuple[tuple[str, str], ...] = (),
         adopt: bool = False,
+        check_only: bool = False,
     ) -> DownloadRequest:
         """A download (or, with `adopt`, an announcement) of `blob`, seeded until the
-        daemon stops."""
+        daemon stops; with `check_only`, a check of its file and nothing more
+        (`PeerOptions.check_only`)."""
         return DownloadRequest(
             url=url,
             output=blob.path,
@@ -91,10 +94,11 @@ class DownloadSettings:
             directory=self.directory if supernodes else None,
             peer=PeerOptions(
                 server=self.server,
-                seed_for=math.inf,
+                seed_for=0 if check_only else math.inf,
                 token=self.token,
-                upload_slots=self.upload_slots,
-                adopt=adopt,
+                upload_slots=0 if check_only else self.upload_slots,
+                adopt=adopt or check_only,
+                check_only=check_only,
                 in_order=True,  # its readers stream it front to back as it arrives
             ),
         )
@@ -200,6 +204,37 @@ async def _recheck(
         log.info("url %s: the kept copy is not the current one (%s)", blob.hex[:12], exc)
         blob.out = None
         return False
+
+
+async def still_current(
+    settings: DownloadSettings,
+    blob: Blob,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    s3: S3Access | None = None,
+) -> bool:
+    """Is the complete URL download `blob` (seeded by a session of its own) what the
+    supernode has for `url` now, asked with this requester's `headers` (and S3 keys)?
+    The supernode revalidates the URL with them, and every piece of the file is checked
+    against its digests; nothing is claimed or served by this check. False if the copy
+    is not the supernode's (changed upstream, damaged, another length) or no supernode
+    can say; OriginFailed (or NotAdmitted, UsageError) if this requester is refused."""
+    if not settings.supernodes:
+        return False
+    request = settings.request(
+        url, blob, supernodes=settings.supernodes, headers=headers, check_only=True
+    )
+    if s3 is not None:
+        request = replace(request, s3=s3)
+    try:
+        with ExistingOutput(blob.path) as out:
+            await download(request, output=out, limiter=settings.limiter)
+    except (OriginFailed, UsageError, NotAdmitted):
+        raise
+    except DfgetError as exc:
+        log.info("url %s: the kept copy is not the current one (%s)", blob.hex[:12], exc)
+        return False
+    return True
 
 
 def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:

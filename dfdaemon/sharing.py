@@ -126,7 +126,9 @@ async def url_download(
     s3: S3Access | None = None,
 ) -> Blob:
     """The URL download `task_id` for a client with `headers`: a running one it may
-    join (checked with the origin, see `check_join`), else a new one. UpstreamDenied if
+    join (checked with the origin, see `check_join`), the complete one this daemon
+    keeps if the supernode, asked with these headers, still has it (`still_current`),
+    else a new one. UpstreamDenied if
     the daemon's origin policy refuses the URL's host: the supernode would fetch it
     under its own policy, not this daemon's operator's (its redirects are the
     supernode's to check)."""
@@ -134,7 +136,12 @@ async def url_download(
     while True:
         blob = blobs.running_url(task_id)
         if blob is None:
-            return blobs.get_url(task_id, url, headers, s3)
+            kept = blobs.kept_url(task_id)
+            if kept is None or not await blobs.still_current(kept, url, headers, s3):
+                return blobs.get_url(task_id, url, headers, s3)
+            if blobs.kept_url(task_id) is kept:  # still the one that was checked
+                return kept
+            continue
         await check_join(upstream, blob, url, headers, s3)
         if blobs.running_url(task_id) is blob:  # still the one that was checked
             return blob

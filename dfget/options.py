@@ -36,6 +36,7 @@ class PeerOptions:
         server: SharedServer | None = None,
         signals_end_seeding: bool = False,
         adopt: bool = False,
+        check_only: bool = False,
         in_order: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
@@ -53,6 +54,11 @@ class PeerOptions:
         # check it piece by piece against the supernode's digests and announce it, so
         # the swarm can fetch from it, instead of downloading.
         self.adopt = adopt
+        # With `adopt`: only check the copy against the supernode's digests, as they
+        # are for this request's headers (the supernode revalidates the URL with them):
+        # nothing claimed, nothing served, no seeding. A daemon asks this of a copy it
+        # keeps and seeds in another session, before sending it to a new client.
+        self.check_only = check_only
         # Ask the scheduler for pieces in index order: a reader streams the file while
         # it downloads (dfdaemon), so the front matters more than spreading rare pieces.
         self.in_order = in_order

@@ -166,19 +166,22 @@ class Attempt:
         writer = PieceWriter(self.out, sealer, registered.piece_size, digest)
         # Pieces an earlier run of this download left in the file (`dfget.resume`).
         held = [] if self.options.adopt else self.out.resume_from(book.piece_size, book.length)
-        server.share(
-            SharedTask(
-                task_id=book.task_id,
-                generation=book.generation,
-                uploader=self.peer_id,
-                sealer=sealer,
-                piece_size=book.piece_size,
-                tickets=TicketVerifier(Ed25519PublicKey.from_public_bytes(registered.ticket_key)),
-                holds=book.holds,
-                length_of=book.length_of,
-                fd=os.open(self.out.temp, os.O_RDONLY | os.O_CLOEXEC),
+        if not self.options.check_only:
+            server.share(
+                SharedTask(
+                    task_id=book.task_id,
+                    generation=book.generation,
+                    uploader=self.peer_id,
+                    sealer=sealer,
+                    piece_size=book.piece_size,
+                    tickets=TicketVerifier(
+                        Ed25519PublicKey.from_public_bytes(registered.ticket_key)
+                    ),
+                    holds=book.holds,
+                    length_of=book.length_of,
+                    fd=os.open(self.out.temp, os.O_RDONLY | os.O_CLOEXEC),
+                )
             )
-        )
         with trio.move_on_at(self.deadline) as deadline, unwrap_group():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow, control, book)
@@ -237,6 +240,9 @@ class Attempt:
         count, fd = book.piece_count, self.out.fd
 
         def check() -> list[int]:
+            size = os.fstat(fd).st_size
+            if book.length is not None and size != book.length:  # (a prefix would match)
+                raise IntegrityError(f"the local copy is {size} bytes, not {book.length}")
             sizes = []
             for index in range(count):
                 plain = os.pread(fd, book.size_of(index), index * book.piece_size)
@@ -246,7 +252,9 @@ class Attempt:
             return sizes
 
         sizes = await trio.to_thread.run_sync(check)
-        if sizes:  # claimed before the book is complete: that ends the download's tasks
+        # Claimed before the book is complete: that ends the download's tasks (a check
+        # only claims nothing: another session of this host seeds the copy).
+        if sizes and not self.options.check_only:
             claim = PiecesHeld.of(book.task_id, book.generation, list(range(len(sizes))))
             with trio.move_on_after(5), contextlib.suppress(ProtoError):  # (`_follow` sees
                 await control.send(claim)  # a broken session)

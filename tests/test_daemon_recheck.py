@@ -136,3 +136,38 @@ async def test_dfget_hands_over_without_loading_trio_or_httpx(
     assert "dfget.handoff" in loaded
     for heavy in ("trio", "httpx", "http.client", "h11", "cryptography", "msgpack"):
         assert heavy not in loaded, f"{heavy} was imported"
+
+
+async def test_a_copy_kept_across_a_restart_is_checked_not_fetched(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    data = os.urandom(3 * MiB + 1)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    await start_daemon.stop(daemon)
+    again = await start_daemon("host1", "http://127.0.0.1:1", node)  # the same data dir
+    result = await fetch(origin.url("/f.bin"), None, daemon_socket=again.socket_path)
+    assert Path(result.output).read_bytes() == data
+    assert result.from_cdn == result.from_peers == result.from_source == 0
+
+
+async def test_a_kept_copy_longer_than_the_new_content_is_not_sent(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    data = os.urandom(3 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    shorter = data[: 2 * MiB]  # every piece of it matches a piece of the kept copy
+    origin.add("/f.bin", shorter)
+    again = await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    assert Path(again.output).read_bytes() == shorter
