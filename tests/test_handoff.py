@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import PYTHON, cli_env
+from conftest import PYTHON, StartDaemon, cli_env
 
 from dfget.engine import DownloadRequest, download
 from dfget.errors import DownloadTimeout
+from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
 Answer = Callable[[trio.SocketStream], Awaitable[None]]
@@ -125,3 +126,22 @@ async def test_a_broken_daemon_is_left_for_the_origin(
     assert "going on without it" in stderr
     assert out.read_bytes() == data
     assert leftovers(out.parent) == ["f.bin"]
+
+
+async def test_a_daemon_download_broken_off_without_a_length_is_not_saved(
+    origin: FakeOrigin, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """The daemon answers HTTP/1.0 with no Content-Length when the origin gave none
+    (chunked): its body then ends by closing, whether the download completed or failed
+    half-way. A failed one must not be saved as complete (nor exit 0)."""
+    data = os.urandom(4 * MiB)
+    origin.add("/f.bin", data, chunked=True, drop_after=3 * MiB, drop_times=1000)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    out = tmp_path / "out" / "f.bin"
+    out.parent.mkdir()
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(out), "--supernode", ""]
+    argv += ["--daemon-socket", str(daemon.socket_path), "--no-back-source"]
+    done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
+    stderr = done.stderr.decode()
+    assert not out.exists() or out.read_bytes() == data, (done.returncode, stderr)
+    assert done.returncode != 0 or out.read_bytes() == data, stderr
