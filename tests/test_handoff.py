@@ -6,6 +6,7 @@ with nothing half-written left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -145,3 +146,27 @@ async def test_a_daemon_download_broken_off_without_a_length_is_not_saved(
     stderr = done.stderr.decode()
     assert not out.exists() or out.read_bytes() == data, (done.returncode, stderr)
     assert done.returncode != 0 or out.read_bytes() == data, stderr
+
+
+@pytest.mark.parametrize(
+    "s3",
+    [
+        {"endpoint": "http://s3:9", "region": "eu", "access_key_id": "AK", "session_token": "t"},
+        {"endpoint": "http://s3:9", "region": "eu", "access_key_id": "AK", "secret_access_key": 7},
+        ["http://s3:9", "eu", "AK", "secret"],
+    ],
+    ids=["no-secret", "a-number", "a-list"],
+)
+async def test_the_daemon_refuses_a_malformed_s3_field_as_a_bad_request(
+    start_daemon: StartDaemon, s3: object
+) -> None:
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    body = json.dumps({"url": "http://s3:9/bucket/key", "s3": s3}).encode()
+    stream = await trio.open_unix_socket(str(daemon.socket_path))
+    async with stream:
+        head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n"
+        await stream.send_all(head.encode() + body)
+        answer = b""
+        while more := await stream.receive_some():
+            answer += more
+    assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer
