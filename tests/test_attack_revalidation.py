@@ -1,8 +1,7 @@
-"""In a cluster, the supernode asks Redis whether a new task's dead owner left state to
-adopt; a requester that registers for the same task while that question is out must
-still be revalidated with its own headers: it must not be handed, unchecked, the task
-the first requester's headers started (a private file for a requester the origin
-refuses)."""
+"""A requester the origin refuses never gets a byte of a task another requester's
+headers started, however it came to the supernode: registering while the supernode
+asks the cluster's Redis about the task, or first after a restart that kept a stopped
+fetch's pieces. Each is revalidated with its own headers before anything is shared."""
 
 from __future__ import annotations
 
@@ -11,10 +10,13 @@ import os
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
-from conftest import Fetch, StartSupernode
+from conftest import Fetch, StartSupernode, until
 
+from dfget.engine import DownloadRequest, download
 from dfget.errors import DfgetError, OriginFailed
+from dfget.options import PeerOptions
 from dfget.results import DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
@@ -78,3 +80,42 @@ async def test_a_requester_registering_while_redis_is_asked_is_revalidated(
     assert (tmp_path / "downloads" / "alice").read_bytes() == data
     assert isinstance(results["mallory"], OriginFailed), results["mallory"]
     assert not (tmp_path / "downloads" / "mallory").exists()
+
+
+async def test_the_first_requester_after_a_restart_is_revalidated_before_the_kept_pieces(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    """A fetch stopped by a shutdown keeps its pieces; after the restart, the next
+    requester resumes it. One the origin refuses must be refused before the kept pieces
+    are announced, not after them (when the resumed request to the origin fails)."""
+    slow = FakeOrigin(rate_limit=2 * MiB)  # the fetch takes a few seconds
+    await nursery.start(slow.serve)
+    data = os.urandom(10 * MiB)
+    slow.add("/f.bin", data, etag=True, require_auth=AUTH)
+    url = slow.url("/f.bin")
+    node = await start_supernode(data_dir=tmp_path / "store")
+    failures: list[Exception] = []
+
+    async def alice() -> None:
+        headers = (("Authorization", AUTH),)
+        try:
+            await fetch(url, node, name="alice", back_source=False, headers=headers)
+        except Exception as exc:  # its supernode goes away
+            failures.append(exc)
+
+    nursery.start_soon(alice)
+    await until(lambda: any(t.ready >= 3 for t in node.node.cdn.tasks.values()))
+    await node.stop()  # mid-fetch: its pieces are kept to resume
+    await until(lambda: bool(failures))
+    again = await start_supernode(data_dir=tmp_path / "store")
+    received: list[int] = []
+    request = DownloadRequest(
+        url=url,
+        output=tmp_path / "mallory.bin",
+        supernodes=(again.address,),
+        back_source=False,
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+    with trio.fail_after(30), pytest.raises(OriginFailed):
+        await download(request, progress=lambda done, _: received.append(done))
+    assert max(received, default=0) == 0, f"{max(received)} bytes of a private file"
