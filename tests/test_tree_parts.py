@@ -179,3 +179,10 @@ def test_a_hostile_manifest_is_ignored(tmp_path: Path) -> None:
     (tmp_path / manifest.NAME).unlink()
     os.mkfifo(tmp_path / manifest.NAME)
     assert manifest.load(tmp_path) == {}
+
+
+def test_a_json_index_nested_deep_is_not_an_index() -> None:
+    """json raises RecursionError for an array nested a hundred thousand deep: a hostile
+    index page must end the listing with a clear error (ValueError here), not a crash."""
+    with pytest.raises(ValueError):
+        parse_page(b"[" * 100_000 + b"]" * 100_000, "application/json", PAGE)
