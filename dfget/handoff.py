@@ -131,6 +131,10 @@ class Handoff:
             raise DaemonUnreachable(f"{self._where()} sent no summary: {exc}") from exc
         if result.status != 200 or not isinstance(summary, dict):
             raise DaemonUnreachable(f"{self._where()} sent no summary ({result.status})")
+        # Without a Content-Length the body ends by closing, whether the daemon's download
+        # completed or failed half-way: only its own account tells the two apart.
+        if summary.get("complete") is not True or summary.get("bytes") != received:
+            raise DaemonUnreachable(f"{self._where()} broke off after {received} bytes")
         summary["bytes"] = received
         return summary
 

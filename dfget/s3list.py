@@ -83,14 +83,17 @@ class S3PrefixLister:
     async def list_all(self) -> list[Entry]:
         found: list[Entry] = []
         token: str | None = None
-        self.pages = 0
+        self.pages, seen = 0, 0
         async with self._client() as client:
             while True:
                 keys, token = await self._page(client, token)
                 self.pages += 1
+                # Folder markers and empty pages count too: a store that says "truncated"
+                # forever, listing nothing we keep, must not be listed forever.
+                seen += max(1, len(keys))
                 found += [self._entry(key, size, etag) for key, size, etag in keys]
                 found = [e for e in found if e.path[-1:] != ("",)]  # folder markers
-                if len(found) > self.limits.max_entries:
+                if seen > self.limits.max_entries:
                     raise TreeTooLarge(
                         f"s3://{self.bucket}/{self.prefix} holds more than "
                         f"{self.limits.max_entries} objects"

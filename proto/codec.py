@@ -36,6 +36,15 @@ PAYLOAD_TYPES: frozenset[type[Message]] = frozenset({PieceData})
 Checker = Callable[[object], bool]
 
 
+# Fields that may carry credentials (an Authorization header, S3 keys): an error about
+# one names the field, never its value (errors are logged, and sent to the peer).
+_UNQUOTED = frozenset({"headers", "s3"})
+
+
+def _quoted(name: str, value: object) -> str:
+    return "(not shown)" if name in _UNQUOTED else short_repr(value)
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -133,7 +142,7 @@ def encode_header(message: Message, payload_length: int = 0) -> bytes:
     for name, check in schema.fields.items():
         value = getattr(message, name)
         if not check(value):
-            raise LocalProtoError(f"{message.TAG}.{name}: bad value {short_repr(value)}")
+            raise LocalProtoError(f"{message.TAG}.{name}: bad value {_quoted(name, value)}")
         header[name] = value
     try:
         message.check()
@@ -180,7 +189,7 @@ def decode_header(data: bytes | bytearray | memoryview) -> tuple[Message, int]:
         if check is None:
             raise BadField(tag, str(name), "unknown field")
         if not check(value):
-            raise BadField(tag, name, f"wrong type or range: {short_repr(value)}")
+            raise BadField(tag, name, f"wrong type or range: {_quoted(name, value)}")
     missing = schema.required - raw.keys()
     if missing:
         raise BadField(tag, sorted(missing)[0], "missing")

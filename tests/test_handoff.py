@@ -6,6 +6,7 @@ with nothing half-written left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import PYTHON, cli_env
+from conftest import PYTHON, StartDaemon, cli_env
 
 from dfget.engine import DownloadRequest, download
 from dfget.errors import DownloadTimeout
+from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
 Answer = Callable[[trio.SocketStream], Awaitable[None]]
@@ -125,3 +127,46 @@ async def test_a_broken_daemon_is_left_for_the_origin(
     assert "going on without it" in stderr
     assert out.read_bytes() == data
     assert leftovers(out.parent) == ["f.bin"]
+
+
+async def test_a_daemon_download_broken_off_without_a_length_is_not_saved(
+    origin: FakeOrigin, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """The daemon answers HTTP/1.0 with no Content-Length when the origin gave none
+    (chunked): its body then ends by closing, whether the download completed or failed
+    half-way. A failed one must not be saved as complete (nor exit 0)."""
+    data = os.urandom(4 * MiB)
+    origin.add("/f.bin", data, chunked=True, drop_after=3 * MiB, drop_times=1000)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    out = tmp_path / "out" / "f.bin"
+    out.parent.mkdir()
+    argv = [PYTHON, "-m", "dfget", origin.url("/f.bin"), "-o", str(out), "--supernode", ""]
+    argv += ["--daemon-socket", str(daemon.socket_path), "--no-back-source"]
+    done = await trio.run_process(argv, env=cli_env(), capture_stderr=True, check=False)
+    stderr = done.stderr.decode()
+    assert not out.exists() or out.read_bytes() == data, (done.returncode, stderr)
+    assert done.returncode != 0 or out.read_bytes() == data, stderr
+
+
+@pytest.mark.parametrize(
+    "s3",
+    [
+        {"endpoint": "http://s3:9", "region": "eu", "access_key_id": "AK", "session_token": "t"},
+        {"endpoint": "http://s3:9", "region": "eu", "access_key_id": "AK", "secret_access_key": 7},
+        ["http://s3:9", "eu", "AK", "secret"],
+    ],
+    ids=["no-secret", "a-number", "a-list"],
+)
+async def test_the_daemon_refuses_a_malformed_s3_field_as_a_bad_request(
+    start_daemon: StartDaemon, s3: object
+) -> None:
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    body = json.dumps({"url": "http://s3:9/bucket/key", "s3": s3}).encode()
+    stream = await trio.open_unix_socket(str(daemon.socket_path))
+    async with stream:
+        head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n"
+        await stream.send_all(head.encode() + body)
+        answer = b""
+        while more := await stream.receive_some():
+            answer += more
+    assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer

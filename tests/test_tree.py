@@ -160,6 +160,16 @@ async def test_include_needs_r(tmp_path: Path) -> None:
     assert done.returncode == 2 and b"go with -r" in done.stderr
 
 
+async def test_stdout_cannot_take_a_tree(tmp_path: Path) -> None:
+    """`-r -o -` is refused: not a folder named `-` made in the working directory."""
+    argv = [PYTHON, "-m", "dfget", "-r", "http://127.0.0.1:9/d/", "-o", "-"]
+    done = await trio.run_process(
+        argv, capture_stderr=True, check=False, env=cli_env(), cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr.decode()
+    assert os.listdir(tmp_path) == []
+
+
 class CountingLister(HttpIndexLister):
     """The nginx lister, counting the files being worked on at once (`validator` is
     asked inside each file's -j slot: HTML pages carry no validator)."""

@@ -167,3 +167,22 @@ def test_a_broken_or_symlinked_manifest_is_ignored(tmp_path: Path) -> None:
     elsewhere.write_text(json.dumps({"version": 1, "files": {}}))
     (tmp_path / manifest.NAME).symlink_to(elsewhere)
     assert manifest.load(tmp_path) == {}
+
+
+def test_a_hostile_manifest_is_ignored(tmp_path: Path) -> None:
+    """Nested a hundred thousand deep (json raises RecursionError), or a FIFO (opening
+    one for reading waits for a writer forever): ignored, never a crash or a hang."""
+    (tmp_path / manifest.NAME).write_text("[" * 100_000 + "]" * 100_000)
+    assert manifest.load(tmp_path) == {}
+    (tmp_path / manifest.NAME).write_text('{"version": 1, "files": ' + "[" * 100_000)
+    assert manifest.load(tmp_path) == {}
+    (tmp_path / manifest.NAME).unlink()
+    os.mkfifo(tmp_path / manifest.NAME)
+    assert manifest.load(tmp_path) == {}
+
+
+def test_a_json_index_nested_deep_is_not_an_index() -> None:
+    """json raises RecursionError for an array nested a hundred thousand deep: a hostile
+    index page must end the listing with a clear error (ValueError here), not a crash."""
+    with pytest.raises(ValueError):
+        parse_page(b"[" * 100_000 + b"]" * 100_000, "application/json", PAGE)

@@ -46,6 +46,8 @@ def run_tree(args: Namespace, template: DownloadRequest) -> int:
 
 def tree_request(args: Namespace, template: DownloadRequest) -> TreeRequest:
     """The tree download that the arguments ask for; UsageError if they cannot go together."""
+    if str(template.output) == "-":
+        raise UsageError("-o - (stdout) takes one file: -r wants a folder")
     if template.digest is not None:
         raise UsageError("--digest names one file: it cannot go with -r")
     if any(name.lower() == "range" for name, _ in template.headers):

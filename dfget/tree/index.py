@@ -54,7 +54,7 @@ def parse_page(body: bytes, content_type: str, page_url: str) -> Page:
 def _parse_json(body: bytes, page_url: str) -> Page:
     try:
         items = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # (a hostile page nested deep: the latter)
         raise ValueError(f"bad JSON index: {exc}") from exc
     if not isinstance(items, list):
         raise ValueError("a JSON index is a list of entries")

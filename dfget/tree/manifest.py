@@ -42,7 +42,8 @@ def load(root: Path) -> dict[str, Record]:
     unreadable (everything is then downloaded again)."""
     path = root / NAME
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted there must not wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -50,11 +51,13 @@ def load(root: Path) -> dict[str, Record]:
         return {}
     try:
         with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ValueError("not a regular file")
             data = json.loads(file.read(MAX_SIZE + 1))
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r}")
         return {name: Record(**fields) for name, fields in data["files"].items()}
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return {}
 

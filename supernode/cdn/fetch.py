@@ -33,6 +33,7 @@ from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.piecefile import PiecesFile, file_size
 from supernode.cdn.response import check_resumed
+from supernode.cdn.revalidate import check_first_requester
 from supernode.cdn.store import PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
@@ -189,7 +190,9 @@ async def _fetch(
     with unwrap_group():
         async with trio.open_nursery() as nursery:
             if task.resume_from is not None or task.adoption is not None:
-                # After a restart, or a dead owner: go on from the pieces known.
+                # After a restart, or a dead owner: go on from the pieces known, once the
+                # origin said yes to the requester they are announced to.
+                await check_first_requester(origin, task)
                 if task.length is not None and policy.budget is not None:
                     size = file_size(task.length, task.piece_size)
                     policy.budget.admit(task, task.length, size)

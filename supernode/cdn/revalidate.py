@@ -7,6 +7,7 @@ from common.units import header_int
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import OriginResponse
 from supernode.cdn.task import CdnTask, TaskSpec
+from supernode.errors import TaskSuperseded
 
 
 async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bool:
@@ -53,6 +54,15 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
             return True
         total = _total_length(response)
         return total is None or total == task.length
+
+
+async def check_first_requester(origin: OriginClient, task: CdnTask) -> None:
+    """A task resumed after a restart, or adopted from a dead owner, starts from pieces
+    known before any response for its first requester: the origin is asked with that
+    requester's headers before any piece is announced to it (a refusal raises, as a
+    fetch's would; a change supersedes the task). A digest-named task is not asked."""
+    if task.spec.digest is None and not await still_valid(origin, task, task.spec):
+        raise TaskSuperseded("the content changed upstream since its pieces were kept")
 
 
 def _total_length(response: OriginResponse) -> int | None:

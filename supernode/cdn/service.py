@@ -220,16 +220,23 @@ class Cdn:
             task = self._resume(spec, partial)
         elif task is None or task.failed:
             task = await self._start_or_adopt(spec, task)
-        elif spec.digest is None:
-            await task.wait_started()
-            if not task.failed and not await self._still_valid(task, spec):
-                log.info("cdn: task %s changed upstream: new generation", spec.task_id[:16])
-                task = self._start(spec, task)
+        else:
+            task = await self._revalidated(task, spec)
         await task.wait_started()
         if task.failed:
             assert task.error is not None
             raise task.error
         task.last_used = time.monotonic()
+        return task
+
+    async def _revalidated(self, task: CdnTask, spec: TaskSpec) -> CdnTask:
+        """`task`, started by another requester, for this one: revalidated with its
+        headers (an origin that refuses them raises), a new generation if it changed."""
+        if spec.digest is None:
+            await task.wait_started()
+            if not task.failed and not await self._still_valid(task, spec):
+                log.info("cdn: task %s changed upstream: new generation", spec.task_id[:16])
+                task = self._start(spec, task)
         return task
 
     def evict(self, task_id: str) -> bool:
@@ -302,7 +309,7 @@ class Cdn:
                 await asking.wait()
             current = self.tasks.get(spec.task_id)  # someone started it meanwhile
             if current is not None and not current.failed:
-                return current
+                return await self._revalidated(current, spec)  # for them, not for us
         if adoption is None or not can_adopt(adoption, spec):
             return self._start(spec, self.tasks.get(spec.task_id))
         self._check_room()

@@ -1,0 +1,82 @@
+"""A Register whose `s3` field is malformed (a peer of another version, with a field
+more or less) is refused; the refusal, logged by the supernode and sent back, never
+quotes the credentials it carried."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import msgpack
+import pytest
+import trio
+
+from proto.codec import TYPE_KEY, decode_header
+from proto.errors import ProtoError
+from proto.messages import Register
+
+SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+TOKEN = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN"
+
+
+@pytest.mark.parametrize(
+    "s3",
+    [
+        ["http://s3:9", "us-east-1", "AKIDEXAMPLE", SECRET],  # no session token
+        ["http://s3:9", "us-east-1", "AKIDEXAMPLE", SECRET, TOKEN, "extra"],
+        ["http://s3:9", "eu", "AKIDEXAMPLE", SECRET, 7],
+    ],
+    ids=["a-field-less", "a-field-more", "a-wrong-type"],
+)
+def test_a_malformed_s3_field_is_refused_without_quoting_it(s3: list[object]) -> None:
+    header = {
+        TYPE_KEY: Register.TAG,
+        "url": "http://s3:9/bucket/key",
+        "public_key": bytes(32),
+        "upload_port": 0,
+        "s3": s3,
+    }
+    with pytest.raises(ProtoError) as refused:
+        decode_header(msgpack.packb(header, use_bin_type=True))
+    text = f"{refused.value} {refused.value!r}"
+    assert "s3" in text
+    for secret in (SECRET, TOKEN, SECRET[:8], "AKIDEXAMPLE"):
+        assert secret not in text, text
+
+
+ENDLESS_PAGE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+<Name>bucket</Name><Prefix>p/</Prefix><KeyCount>%d</KeyCount><MaxKeys>1000</MaxKeys>
+<IsTruncated>true</IsTruncated><NextContinuationToken>%s</NextContinuationToken>%s
+</ListBucketResult>"""
+
+
+@pytest.mark.parametrize("marker", [False, True], ids=["empty-pages", "folder-markers"])
+async def test_an_endless_listing_ends_with_an_error(nursery: trio.Nursery, marker: bool) -> None:
+    """A store that says every page is truncated, each with a new token, but lists
+    nothing (or only folder markers, which are left out) must not be listed forever."""
+    from dfget.s3 import S3Target
+    from dfget.s3list import S3PrefixLister
+    from dfget.tree.entries import ListingError, ListLimits, TreeTooLarge
+
+    asked = 0
+
+    async def answer(stream: trio.SocketStream) -> None:
+        nonlocal asked
+        asked += 1
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        contents = b"<Contents><Key>p/d%d/</Key><Size>0</Size></Contents>" % asked
+        body = ENDLESS_PAGE % (int(marker), b"t%d" % asked, contents if marker else b"")
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+        head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        await stream.send_all(head + body)
+        await stream.aclose()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]
+    target = S3Target(f"http://127.0.0.1:{port}", "us-east-1", None)
+    lister = S3PrefixLister(target, "bucket", "p/", limits=ListLimits(max_entries=50))
+    with trio.fail_after(30), pytest.raises((TreeTooLarge, ListingError)):
+        await lister.list_all()
+    assert asked <= 51
