@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 from common import argtypes
 from common.tokens import read_token
 from common.units import format_size
-from dfget import __version__
+from dfget import __version__, flags
 from dfget.defaults import (
     DEFAULT_JOBS,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SOCKET,
     DEFAULT_SUPERNODE,
     EXIT_CODES,
+    MAX_JOBS,
 )
 
 if TYPE_CHECKING:
@@ -65,37 +66,6 @@ exit codes:
 """ + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
 
 
-def _header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
-        raise argparse.ArgumentTypeError(f"bad header {text!r} (want 'Key: Value')")
-    return name.strip(), value.strip()
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text!r}")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"want a whole number of at least 1, not {text!r}")
-    return value
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfget",
@@ -113,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--supernode",
-        type=_csv,
+        type=flags.csv,
         default=(DEFAULT_SUPERNODE,),
         metavar="HOST:PORT[,…]",
         help=f"supernode(s) to use (default {DEFAULT_SUPERNODE}); "
@@ -124,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--header",
         dest="headers",
         action="append",
-        type=_header,
+        type=flags.header,
         default=[],
         metavar="'Key: Value'",
         help="header for the origin request (repeatable)",
@@ -137,14 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", default="", help="extra identity for the task (default none)")
     parser.add_argument(
         "--filter",
-        type=_csv,
+        type=flags.csv,
         default=(),
         metavar="KEY[,KEY…]",
         help="query keys that do not change the content (e.g. signatures), left out of the id",
     )
     parser.add_argument(
         "--timeout",
-        type=_positive,
+        type=flags.positive_seconds,
         default=None,
         metavar="SECONDS",
         help="give up after this long (default: no limit)",
@@ -209,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     swarm.add_argument(
         "--max-connections",
-        type=_at_least_one,
+        type=flags.at_least_one,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help=f"connections the upload server holds at once (default {DEFAULT_MAX_CONNECTIONS}); "
@@ -243,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     tree.add_argument(
         "-j",
         "--jobs",
-        type=_at_least_one,
+        type=flags.jobs,
         default=DEFAULT_JOBS,
         metavar="N",
-        help=f"with -r: files downloaded at once (default {DEFAULT_JOBS})",
+        help=f"with -r: files downloaded at once, 1-{MAX_JOBS} (default {DEFAULT_JOBS})",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.add_argument("--version", action="version", version=f"dfget {__version__}")

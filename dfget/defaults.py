@@ -10,6 +10,7 @@ DEFAULT_SUPERNODE = "127.0.0.1:8002"
 DEFAULT_SOCKET = Path("/var/lib/dfdaemon/dfdaemon.sock")  # dfdaemon's control socket
 DEFAULT_MAX_CONNECTIONS = 256  # the upload server's cap (a share of it per address)
 DEFAULT_JOBS = 4  # -r: files downloaded at once
+MAX_JOBS = 256  # -r: at most this many files at once
 
 EXIT_CODES = {
     0: "success",

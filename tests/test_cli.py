@@ -152,6 +152,8 @@ BAD_ARGUMENTS = {
     "bad-rate-limit": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--rate-limit", "fast"],
     "missing-output": ["http://127.0.0.1:9/f.bin"],
     "bad-supernode": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--supernode", "nohost"],
+    "too-many-jobs": ["-r", "http://127.0.0.1:9/d/", "-o", "d", "-j", "257"],
+    "no-jobs": ["-r", "http://127.0.0.1:9/d/", "-o", "d", "-j", "0"],
 }
 
 
