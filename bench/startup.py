@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ def row(name: str, seconds: float, note: str = "") -> None:
 async def mirror_ttfb(work: Path, daemon_http: str, registry: Registry, runs: int) -> None:
     """A 1 MiB layer pushed to the registry; its blob through the mirror, once to
     cache it, then timed against the registry itself."""
+    shutil.rmtree(work / "image", ignore_errors=True)
     image = write_oci_image(work / "image", [MiB])
     await registry.push(image, "bench/small:1")
     blob = f"/v2/bench/small/blobs/{image.layers[0]}"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from common.addresses import parse_listen
-from common.origins import parse_network
 from common.units import parse_rate, parse_size
 
 T = TypeVar("T")
@@ -39,6 +38,8 @@ def address(default_port: int | None = None) -> Callable[[str], tuple[str, int]]
 
 
 def _cidr(text: str) -> str:
+    from common.origins import parse_network  # (ipaddress, dataclasses: not for dfget)
+
     parse_network(text)  # ValueError: a usage error naming the value
     return text.strip()
 

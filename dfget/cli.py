@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
 # parsed (`dfget --help` and `--version` load none of it), and only when no daemon
 # takes the download (`dfget.handoff`).
 
-log = logging.getLogger("dfget")
 
 EPILOG = """\
 examples:
@@ -246,14 +243,13 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not args.recursive and (args.include or args.exclude):
         parser.error("--include and --exclude go with -r")
+    from dfget import logs
     from dfget.errors import DfgetError, StdoutClosed, UsageError
     from dfget.options import PeerOptions
     from dfget.progress import ProgressBar
     from dfget.request import DownloadRequest
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logs.setup()
     try:
         token = read_token(args.token, args.token_file)
     except ValueError as exc:
@@ -342,6 +338,8 @@ def _run_engine(
     if to_stdout:
         from dfget.stdout import download_to_stdout as fetch
     else:
+        import dataclasses
+
         from dfget.engine import download as fetch
 
         request = dataclasses.replace(request, daemon_socket=None)
@@ -357,13 +355,6 @@ def _daemon_socket(given: Path | None) -> Path | None:
         return DEFAULT_SOCKET if DEFAULT_SOCKET.is_socket() else None
     except OSError:  # for example a data dir this user may not enter
         return None
-
-
-class _Formatter(logging.Formatter):
-    """`dfget: warning: ...`: one line, the level in lower case, like the error line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"dfget: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def _report(result: DownloadResult, as_json: bool, quiet: bool, to_stdout: bool) -> None:
