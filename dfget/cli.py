@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import argtypes
 from common.tokens import read_token
-from common.units import format_size
 from dfget import __version__, flags
 from dfget.defaults import (
     DEFAULT_JOBS,
@@ -23,6 +22,7 @@ from dfget.defaults import (
 )
 
 if TYPE_CHECKING:
+    from dfget.handoff import Handoff
     from dfget.progress import Progress
     from dfget.request import DownloadRequest
     from dfget.results import DownloadResult
@@ -243,6 +243,8 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not args.recursive and (args.include or args.exclude):
         parser.error("--include and --exclude go with -r")
+    started = time.monotonic()
+    posted = _post_early(args)
     from dfget import logs
     from dfget.errors import DfgetError, StdoutClosed, UsageError
     from dfget.options import PeerOptions
@@ -307,7 +309,7 @@ def _main(argv: list[str] | None) -> int:
             from dfget.handoff import hand_over
 
             _imported()
-            result = hand_over(request, progress)
+            result = hand_over(request, progress, posted, started)
         if result is None:
             result = _run_engine(request, progress, to_stdout)
     except KeyboardInterrupt:
@@ -324,8 +326,31 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     if bar:
         bar.close()
-    _report(result, args.json, args.quiet, to_stdout)
+    if args.json or not args.quiet:
+        result.report(as_json=args.json, to_stdout=to_stdout)
     return 0
+
+
+def _post_early(args: argparse.Namespace) -> Handoff | None:
+    """Ask this host's daemon for the file before the rest of dfget loads, so that it
+    works while dfget starts (`hand_over` reads its answer); None when there is no
+    daemon to ask (`hand_over` tries again, and says so) or the download is not a
+    plain one (-r, -o -, s3://: they resolve it first)."""
+    if args.recursive or str(args.output) == "-" or args.url[:5].lower() == "s3://":
+        return None
+    socket_path = _daemon_socket(args.daemon_socket)
+    if socket_path is None:
+        return None
+    from dfget.handoff import DaemonUnreachable, Handoff, request_fields
+
+    handoff = Handoff(socket_path)
+    fields = request_fields(args.url, args.headers, args.digest, args.tag, args.filter)
+    try:
+        handoff.post(fields)
+    except DaemonUnreachable:
+        handoff.close()
+        return None
+    return handoff
 
 
 def _run_engine(
@@ -355,23 +380,6 @@ def _daemon_socket(given: Path | None) -> Path | None:
         return DEFAULT_SOCKET if DEFAULT_SOCKET.is_socket() else None
     except OSError:  # for example a data dir this user may not enter
         return None
-
-
-def _report(result: DownloadResult, as_json: bool, quiet: bool, to_stdout: bool) -> None:
-    """The summary: on stderr, but for --json without -o - (stdout is then free)."""
-    if as_json:
-        print(json.dumps(result.summary()), file=sys.stderr if to_stdout else sys.stdout)
-        return
-    if quiet:
-        return
-    rate = result.bytes / max(result.seconds, 1e-9)
-    where = "wrote stdout" if to_stdout else f"saved {result.output}"
-    print(
-        f"dfget: {where}: {format_size(result.bytes)} in {result.seconds:.2f}s "
-        f"({format_size(rate)}/s); from cdn {format_size(result.from_cdn)}, "
-        f"peers {format_size(result.from_peers)}, source {format_size(result.from_source)}",
-        file=sys.stderr,
-    )
 
 
 __all__ = ["main"]

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,15 +32,13 @@ from dfget.errors import (
     SupernodeUnavailable,
     UsageError,
 )
-from dfget.output import AtomicOutput
-from dfget.progress import Progress
-from dfget.results import DownloadResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # loaded later: the CLI posts the request before it loads the rest
+    from dfget.output import AtomicOutput
+    from dfget.progress import Progress
     from dfget.request import DownloadRequest
+    from dfget.results import DownloadResult
     from proto.digests import Hasher
-
-log = logging.getLogger("dfget")
 
 CONNECT_TIMEOUT = 5.0
 MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a summary
@@ -63,23 +60,50 @@ class DaemonUnreachable(Exception):
     """No daemon answers on the socket, or it broke off: dfget goes on without it."""
 
 
-@dataclass
+def request_fields(
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    digest: str | None,
+    tag: str,
+    filter_keys: Sequence[str],
+) -> dict[str, object]:
+    """The body of `POST /v1/downloads` (an S3 object's keys are added by the caller)."""
+    return {
+        "url": url,
+        "headers": [list(h) for h in headers],
+        "digest": digest,
+        "tag": tag,
+        "filter": list(filter_keys),
+    }
+
+
 class Answer:
-    status: int
-    headers: dict[str, str]
-    sock: socket.socket  # the rest of the body is read from it
-    early: bytes  # body bytes read with the head
+    def __init__(
+        self, status: int, headers: dict[str, str], sock: socket.socket, early: bytes
+    ) -> None:
+        self.status, self.headers = status, headers
+        self.sock = sock  # the rest of the body is read from it
+        self.early = early  # body bytes read with the head
 
 
-@dataclass
 class Handoff:
     """One download handed to the daemon at `socket_path`."""
 
-    socket_path: Path
-    deadline: float | None = None  # time.monotonic() by which it must be done
-    rate: float | None = None  # bytes a second written at most (--rate-limit)
-    aborted: bool = False
-    _socks: list[socket.socket] = field(default_factory=list)
+    def __init__(
+        self, socket_path: Path, *, deadline: float | None = None, rate: float | None = None
+    ) -> None:
+        self.socket_path = socket_path
+        self.deadline = deadline  # time.monotonic() by which it must be done
+        self.rate = rate  # bytes a second written at most (--rate-limit)
+        self.aborted = False
+        self._socks: list[socket.socket] = []
+        self._posted: socket.socket | None = None  # the download asked for, not answered
+
+    def post(self, fields: dict[str, object]) -> None:
+        """Ask the daemon for the download now (`download` reads the answer): the CLI
+        does so before it loads the rest of itself, so the daemon works meanwhile.
+        DaemonUnreachable if nothing answers on the socket."""
+        self._posted = self._send("POST", "/v1/downloads", json.dumps(fields).encode())
 
     def abort(self) -> None:
         """Stop the download from another thread: its socket is shut, its next read
@@ -95,22 +119,20 @@ class Handoff:
         """Download through the daemon into `out` (not committed); the daemon's account
         of where the bytes came from. DaemonUnreachable, DownloadTimeout, or the
         DfgetError the daemon names."""
-        fields: dict[str, object] = {
-            "url": request.url,
-            "headers": [list(h) for h in request.headers],
-            "digest": request.digest,
-            "tag": request.tag,
-            "filter": list(request.filter),
-        }
-        if request.s3 is not None:  # the daemon's peer registers with them (as with headers)
-            fields["s3"] = request.s3._asdict()
-        body = json.dumps(fields).encode()
+        if self._posted is None:
+            fields = request_fields(
+                request.url, request.headers, request.digest, request.tag, request.filter
+            )
+            if request.s3 is not None:  # the daemon's peer registers with them (as headers)
+                fields["s3"] = request.s3._asdict()
+            self.post(fields)
+        assert self._posted is not None
         hasher = None
         if request.digest:
             from proto.digests import new_hasher  # (blake3: only for a digest)
 
             hasher = new_hasher(request.digest)
-        answer = self._ask("POST", "/v1/downloads", body)
+        answer = self._answer(self._posted)
         if answer.status != 200:
             raise _error(answer.status, self._rest(answer))
         length_text = answer.headers.get("content-length", "")
@@ -124,7 +146,7 @@ class Handoff:
             if not digest_matches(request.digest, hasher):
                 raise IntegrityError(f"content from dfdaemon does not match {request.digest}")
         key = answer.headers.get("x-dfdaemon-key", "")
-        result = self._ask("GET", f"/v1/downloads/{key}", b"")
+        result = self._answer(self._send("GET", f"/v1/downloads/{key}", b""))
         try:
             summary = json.loads(self._rest(result))
         except ValueError as exc:
@@ -151,8 +173,8 @@ class Handoff:
             raise DownloadTimeout("download did not finish within --timeout")
         return left if at_most is None else min(left, at_most)
 
-    def _ask(self, method: str, path: str, body: bytes) -> Answer:
-        """Send one request on a new connection; its status and head."""
+    def _send(self, method: str, path: str, body: bytes) -> socket.socket:
+        """Send one request on a new connection, for `_answer`."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._socks.append(sock)
         try:
@@ -162,6 +184,15 @@ class Handoff:
             if body:
                 head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             sock.sendall(head.encode() + b"\r\n" + body)
+        except TimeoutError as exc:
+            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        except OSError as exc:
+            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        return sock
+
+    def _answer(self, sock: socket.socket) -> Answer:
+        """The status and head of the answer on `sock`."""
+        try:
             sock.settimeout(self._timeout(None))
             raw = b""
             while b"\r\n\r\n" not in raw:
@@ -257,14 +288,27 @@ def _error(status: int, raw: bytes) -> Exception:
     return _BY_EXIT.get(code, DfgetError)(message)
 
 
-def hand_over(request: DownloadRequest, progress: Progress | None = None) -> DownloadResult | None:
+def hand_over(
+    request: DownloadRequest,
+    progress: Progress | None = None,
+    posted: Handoff | None = None,
+    started: float | None = None,
+) -> DownloadResult | None:
     """The CLI's download through the daemon, output committed; None if no daemon
-    answers (said as a warning when the socket was given), for dfget to go on alone."""
+    answers (said as a warning when the socket was given), for dfget to go on alone.
+    `posted`: the same download already asked of the daemon (at `started`)."""
+    import logging
+
+    from dfget.output import AtomicOutput
+    from dfget.results import DownloadResult
+
     assert request.daemon_socket is not None
-    started = time.monotonic()
-    task_id = request.task_id()  # UsageError before anything is asked
-    deadline = None if request.timeout is None else started + request.timeout
-    handoff = Handoff(request.daemon_socket, deadline=deadline, rate=request.rate_limit)
+    started = time.monotonic() if started is None else started
+    task_id = request.task_id()  # UsageError (the daemon, if asked already, says 400)
+    handoff = posted or Handoff(request.daemon_socket)
+    handoff.deadline = None if request.timeout is None else started + request.timeout
+    handoff.rate = request.rate_limit
+    log = logging.getLogger("dfget")
     try:
         with AtomicOutput(request.output) as out:
             try:

@@ -161,6 +161,26 @@ class DownloadResult:
             daemon=daemon,
         )
 
+    def report(self, *, as_json: bool, to_stdout: bool) -> None:
+        """Print the summary: the `--json` object on stdout (stderr with -o -, whose
+        stdout is the data), or one line on stderr."""
+        import json
+        import sys
+
+        from common.units import format_size
+
+        if as_json:
+            print(json.dumps(self.summary()), file=sys.stderr if to_stdout else sys.stdout)
+            return
+        rate = self.bytes / max(self.seconds, 1e-9)
+        where = "wrote stdout" if to_stdout else f"saved {self.output}"
+        print(
+            f"dfget: {where}: {format_size(self.bytes)} in {self.seconds:.2f}s "
+            f"({format_size(rate)}/s); from cdn {format_size(self.from_cdn)}, "
+            f"peers {format_size(self.from_peers)}, source {format_size(self.from_source)}",
+            file=sys.stderr,
+        )
+
     def summary(self) -> dict[str, object]:
         """The `--json` object."""
         return {
