@@ -116,7 +116,11 @@ async def main_async(args: argparse.Namespace) -> int:
         return lambda _: timed([PYTHON, "-m", "dfget", flag])[0]
 
     print(f"medians of {runs}, each a whole process unless said\n")
-    print("dfget alone")
+    print("floors: the interpreter, and what any trio program pays before its first line")
+    python = medians(runs, lambda _: timed([PYTHON, "-c", "pass"])[0])
+    row("python -c pass", python)
+    row("python -c 'import trio'", medians(runs, lambda _: timed([PYTHON, "-c", "import trio"])[0]))
+    print("\ndfget alone")
     row("dfget --version", medians(runs, version("--version")), "(target < 100 ms)")
     row("dfget --help", medians(runs, version("--help")), "(target < 100 ms)")
 
