@@ -9,7 +9,6 @@ written, even when the run ends early.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -112,25 +111,13 @@ async def _file(
             return FileResult(name, entry.url, "skipped")
         records.pop(name, None)  # replaced, or gone if this fails
         result = await download(replace(request.template, url=entry.url, output=path))
-        digest = await trio.to_thread.run_sync(_sha256, path)
     except DfgetError as exc:
         return _failed(entry, exc)
     state = manifest.local_state(path)
     if state is not None:
         size, mtime_ns = state
-        records[name] = manifest.Record(entry.url, size, mtime_ns, validator, digest)
+        records[name] = manifest.Record(entry.url, size, mtime_ns, validator)
     return FileResult(name, entry.url, "done", bytes=result.bytes, download=result)
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    try:
-        with path.open("rb") as file:
-            while chunk := file.read(1 << 20):
-                hasher.update(chunk)
-    except OSError as exc:
-        raise OutputError(f"cannot read back {path}: {exc}") from exc
-    return hasher.hexdigest()
 
 
 def _refused(entry: Entry, exc: DfgetError) -> FileResult:
