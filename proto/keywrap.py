@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from proto.errors import RemoteProtoError
 
@@ -34,7 +33,7 @@ def wrap_context(task_id: str, generation: int) -> bytes:
 
 
 def raw_public(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_key().public_bytes_raw()  # (the serialization module: not needed)
 
 
 def _kek(shared: bytes, context: bytes) -> bytes:
