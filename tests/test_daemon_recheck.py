@@ -10,7 +10,9 @@ import base64
 import hashlib
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -18,6 +20,7 @@ from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, flip_b
 
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed
+from dfget.results import DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
@@ -32,18 +35,34 @@ def kept_copy(daemon: Daemon) -> Path:
     return found[0]
 
 
+Keep = Callable[..., Awaitable[tuple[Daemon, DownloadResult]]]
+
+
+@pytest.fixture
+def keep(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> Keep:
+    """`await keep(data, headers=(), **add)`: DATA at the origin's /f.bin (`FakeOrigin.add`
+    ADD), a supernode, a daemon, and a first download through it: (daemon, its result)."""
+
+    async def run(
+        data: bytes, headers: tuple[tuple[str, str], ...] = (), **add: Any
+    ) -> tuple[Daemon, DownloadResult]:
+        origin.add("/f.bin", data, **add)
+        node = await start_supernode()
+        daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+        sock = daemon.socket_path
+        return daemon, await fetch(origin.url("/f.bin"), None, daemon_socket=sock, headers=headers)
+
+    return run
+
+
 async def test_a_url_asked_again_moves_no_piece(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    fetch: Fetch,
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
 ) -> None:
     data = os.urandom(4 * MiB + 3)
-    origin.add("/f.bin", data)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    daemon, first = await keep(data)
     sock = daemon.socket_path
-    first = await fetch(origin.url("/f.bin"), None, daemon_socket=sock)
     assert first.from_cdn == len(data)
     asked = len(origin.stats["/f.bin"].requests)
     again = await fetch(origin.url("/f.bin"), None, daemon_socket=sock)
@@ -55,17 +74,11 @@ async def test_a_url_asked_again_moves_no_piece(
 
 
 async def test_a_url_changed_upstream_is_fetched_anew(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    fetch: Fetch,
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
 ) -> None:
     old, new = os.urandom(3 * MiB), os.urandom(3 * MiB)  # the same length: only digests tell
-    origin.add("/f.bin", old)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    daemon, _ = await keep(old)
     sock = daemon.socket_path
-    await fetch(origin.url("/f.bin"), None, daemon_socket=sock)
     origin.add("/f.bin", new)
     again = await fetch(origin.url("/f.bin"), None, daemon_socket=sock)
     assert Path(again.output).read_bytes() == new
@@ -74,17 +87,11 @@ async def test_a_url_changed_upstream_is_fetched_anew(
 
 
 async def test_a_kept_copy_damaged_on_disk_is_fetched_anew(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    fetch: Fetch,
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
 ) -> None:
     data = os.urandom(3 * MiB)
-    origin.add("/f.bin", data)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    daemon, _ = await keep(data)
     sock = daemon.socket_path
-    await fetch(origin.url("/f.bin"), None, daemon_socket=sock)
     flip_byte(kept_copy(daemon), 2 * MiB + 7)  # the disk flips a byte
     again = await fetch(origin.url("/f.bin"), None, daemon_socket=sock)
     assert Path(again.output).read_bytes() == data
@@ -93,19 +100,12 @@ async def test_a_kept_copy_damaged_on_disk_is_fetched_anew(
 
 
 async def test_a_kept_private_url_needs_each_requester_to_have_access(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    fetch: Fetch,
-    tmp_path: Path,
+    origin: FakeOrigin, keep: Keep, fetch: Fetch, tmp_path: Path
 ) -> None:
     data = os.urandom(2 * MiB)
-    origin.add("/private.bin", data, require_auth=AUTH)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
-    sock, url = daemon.socket_path, origin.url("/private.bin")
     auth = (("Authorization", AUTH),)
-    await fetch(url, None, daemon_socket=sock, headers=auth)
+    daemon, _ = await keep(data, headers=auth, require_auth=AUTH)
+    sock, url = daemon.socket_path, origin.url("/f.bin")
     with pytest.raises(OriginFailed) as info:  # kept, but this requester may not read it
         await fetch(url, None, daemon_socket=sock, back_source=False, name="stranger")
     assert info.value.status == 401
@@ -157,16 +157,10 @@ async def test_a_copy_kept_across_a_restart_is_checked_not_fetched(
 
 
 async def test_a_kept_copy_longer_than_the_new_content_is_not_sent(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    fetch: Fetch,
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
 ) -> None:
     data = os.urandom(3 * MiB)
-    origin.add("/f.bin", data)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
-    await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    daemon, _ = await keep(data)
     shorter = data[: 2 * MiB]  # every piece of it matches a piece of the kept copy
     origin.add("/f.bin", shorter)
     again = await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
