@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # loaded later: the CLI posts the request before it loads the
 CONNECT_TIMEOUT = 5.0
 MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a summary
 CHUNK = 1024 * 1024
+SHORT_ANSWER = 10.0  # seconds for a summary, or an error's body, to come in whole
 _BY_EXIT: dict[int, type[DfgetError]] = {
     error.exit_code: error
     for error in (
@@ -146,7 +147,7 @@ class Handoff:
             if not digest_matches(request.digest, hasher):
                 raise IntegrityError(f"content from dfdaemon does not match {request.digest}")
         key = answer.headers.get("x-dfdaemon-key", "")
-        result = self._answer(self._send("GET", f"/v1/downloads/{key}", b""))
+        result = self._answer(self._send("GET", f"/v1/downloads/{key}", b""), SHORT_ANSWER)
         try:
             summary = json.loads(self._rest(result))
         except ValueError as exc:
@@ -190,10 +191,12 @@ class Handoff:
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
         return sock
 
-    def _answer(self, sock: socket.socket) -> Answer:
-        """The status and head of the answer on `sock`."""
+    def _answer(self, sock: socket.socket, within: float | None = None) -> Answer:
+        """The status and head of the answer on `sock` (in `within` seconds, if given;
+        the answer to the download itself may wait for an origin: no limit but
+        --timeout's)."""
         try:
-            sock.settimeout(self._timeout(None))
+            sock.settimeout(self._timeout(within))
             raw = b""
             while b"\r\n\r\n" not in raw:
                 if len(raw) > MAX_HEAD:
@@ -220,9 +223,10 @@ class Handoff:
         return Answer(int(parts[1]), headers, sock, early)
 
     def _rest(self, answer: Answer) -> bytes:
-        """A short body (an error, a summary), whole."""
+        """A short body (an error, a summary), whole, within SHORT_ANSWER seconds."""
         data = answer.early
         try:
+            answer.sock.settimeout(self._timeout(SHORT_ANSWER))
             while len(data) <= MAX_HEAD and (more := answer.sock.recv(MAX_HEAD)):
                 data += more
         except OSError as exc:

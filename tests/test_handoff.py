@@ -16,6 +16,7 @@ import pytest
 import trio
 from conftest import PYTHON, StartDaemon, cli_env
 
+from dfget import handoff
 from dfget.engine import DownloadRequest, download
 from dfget.errors import DownloadTimeout
 from proto.pieces import MiB
@@ -170,3 +171,33 @@ async def test_the_daemon_refuses_a_malformed_s3_field_as_a_bad_request(
         while more := await stream.receive_some():
             answer += more
     assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer
+
+
+async def test_a_daemon_that_never_sends_its_summary_is_left_for_the_origin(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(1000)
+    origin.add("/f.bin", data)
+    monkeypatch.setattr(handoff, "SHORT_ANSWER", 0.5)
+
+    async def body_then_silence(stream: trio.SocketStream) -> None:
+        request = await stream.receive_some()
+        if request.startswith(b"POST"):
+            head = b"HTTP/1.0 200 OK\r\ncontent-length: 1000\r\nx-dfdaemon-key: k\r\n\r\n"
+            await stream.send_all(head + data)
+        else:  # the summary: never
+            await trio.sleep_forever()
+
+    await fake_daemon(nursery, tmp_path / "d.sock", body_then_silence)
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+        supernodes=(),
+    )
+    with trio.fail_after(10):
+        result = await download(request)
+    assert result.daemon is None and result.from_source == len(data)
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert leftovers(tmp_path / "out") == ["f.bin"]
