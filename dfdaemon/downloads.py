@@ -142,7 +142,7 @@ async def download_blob(
         )
 
     try:
-        if blob.recheck and await _recheck(settings, blob, url, headers, fetch):
+        if blob.recheck and await _recheck(settings, blob, fetch):
             return  # it was the supernode's copy: seeded until cancelled
         # Through the swarm, the partial file outlives the daemon (`dfget.resume`): a
         # restart resumes from its verified pieces.
@@ -179,11 +179,7 @@ async def download_blob(
 
 
 async def _recheck(
-    settings: DownloadSettings,
-    blob: Blob,
-    url: str,
-    headers: tuple[tuple[str, str], ...],
-    fetch: Callable[..., Awaitable[None]],
+    settings: DownloadSettings, blob: Blob, fetch: Callable[..., Awaitable[None]]
 ) -> bool:
     """Offer the file an earlier download of this URL left, as a peer that holds it
     (`PeerOptions.adopt`), registered with this requester's headers: the supernode

@@ -244,7 +244,8 @@ def _main(argv: list[str] | None) -> int:
     if not args.recursive and (args.include or args.exclude):
         parser.error("--include and --exclude go with -r")
     started = time.monotonic()
-    posted = _post_early(args)
+    daemon_socket = _daemon_socket(args.daemon_socket)
+    posted = _post_early(args, daemon_socket)
     from dfget import logs
     from dfget.errors import DfgetError, StdoutClosed, UsageError
     from dfget.options import PeerOptions
@@ -280,7 +281,7 @@ def _main(argv: list[str] | None) -> int:
         rate_limit=args.rate_limit,
         back_source=args.back_source,
         insecure=args.insecure,
-        daemon_socket=_daemon_socket(args.daemon_socket),
+        daemon_socket=daemon_socket,
         daemon_warn=args.daemon_socket is not None,
         peer=PeerOptions(
             listen=args.peer_listen,
@@ -331,15 +332,13 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def _post_early(args: argparse.Namespace) -> Handoff | None:
+def _post_early(args: argparse.Namespace, socket_path: Path | None) -> Handoff | None:
     """Ask this host's daemon for the file before the rest of dfget loads, so that it
     works while dfget starts (`hand_over` reads its answer); None when there is no
     daemon to ask (`hand_over` tries again, and says so) or the download is not a
     plain one (-r, -o -, s3://: they resolve it first)."""
-    if args.recursive or str(args.output) == "-" or args.url[:5].lower() == "s3://":
-        return None
-    socket_path = _daemon_socket(args.daemon_socket)
-    if socket_path is None:
+    plain = not args.recursive and str(args.output) != "-" and args.url[:5].lower() != "s3://"
+    if socket_path is None or not plain:
         return None
     from dfget.handoff import DaemonUnreachable, Handoff, request_fields
 

@@ -19,7 +19,7 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -39,9 +39,6 @@ from dfget.progress import Progress
 from dfget.request import DownloadRequest
 from dfget.results import DownloadResult, SourceCounts, add_counts
 from proto.messages import Register
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

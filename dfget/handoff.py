@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,7 @@ class Handoff:
         self.deadline = deadline  # time.monotonic() by which it must be done
         self.rate = rate  # bytes a second written at most (--rate-limit)
         self.aborted = False
+        self._stopped = threading.Event()  # set by `abort`: ends a pause of the pacing
         self._socks: list[socket.socket] = []
         self._posted: socket.socket | None = None  # the download asked for, not answered
 
@@ -110,6 +112,7 @@ class Handoff:
         """Stop the download from another thread: its socket is shut, its next read
         ends and `download` raises DaemonUnreachable (with `aborted` set)."""
         self.aborted = True
+        self._stopped.set()
         for sock in self._socks:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -185,9 +188,7 @@ class Handoff:
             if body:
                 head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             sock.sendall(head.encode() + b"\r\n" + body)
-        except TimeoutError as exc:
-            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
-        except OSError as exc:
+        except OSError as exc:  # (a connect timeout too)
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
         return sock
 
@@ -255,8 +256,8 @@ class Handoff:
                     progress(received, length)
                 if self.rate:
                     ahead = received / self.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(min(ahead, self._timeout(None) or ahead))
+                    if ahead > 0:  # (a slow rate pauses long: `abort` ends the pause)
+                        self._stopped.wait(min(ahead, self._timeout(None) or ahead))
             if length is not None and received >= length:
                 return received
             try:

@@ -6,6 +6,7 @@ with nothing half-written left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -201,3 +202,30 @@ async def test_a_daemon_that_never_sends_its_summary_is_left_for_the_origin(
     assert result.daemon is None and result.from_source == len(data)
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
     assert leftovers(tmp_path / "out") == ["f.bin"]
+
+
+async def test_a_cancelled_rate_limited_handoff_does_not_wait_out_its_pause(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    data = os.urandom(1 << 20)
+
+    async def fast(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        head = b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n" % len(data)
+        with contextlib.suppress(trio.BrokenResourceError):  # dfget stops reading
+            await stream.send_all(head + data)
+            await trio.sleep_forever()
+
+    await fake_daemon(nursery, tmp_path / "d.sock", fast)
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(  # 1 KiB/s: the first MiB alone would pause for ~17 minutes
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+        rate_limit=1024,
+    )
+    with trio.fail_after(10):
+        with trio.move_on_after(0.5) as scope:
+            await download(request)
+    assert scope.cancelled_caught
+    assert leftovers(tmp_path / "out") == []
