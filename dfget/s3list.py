@@ -11,6 +11,7 @@ written; `url`: its path-style URL; `size`; `validator`: its ETag and size), so
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +23,10 @@ from common.s3sign import signed_headers
 from common.urls import display_url
 from dfget.errors import OriginFailed
 from dfget.s3 import S3Target, parse_s3_url, resolve
+from dfget.tls import tls_context
 from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
+
+log = logging.getLogger("dfget")
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -53,7 +57,7 @@ class S3PrefixLister:
 
     def _client(self) -> httpx.AsyncClient:
         options: dict[str, Any] = {"follow_redirects": False, "timeout": TIMEOUT}
-        return httpx.AsyncClient(verify=not self.insecure, **options)
+        return httpx.AsyncClient(verify=tls_context(self.insecure), **options)
 
     def _signed(self, method: str, url: str) -> list[tuple[str, str]]:
         access = self.target.access
@@ -91,8 +95,7 @@ class S3PrefixLister:
                 # Folder markers and empty pages count too: a store that says "truncated"
                 # forever, listing nothing we keep, must not be listed forever.
                 seen += max(1, len(keys))
-                found += [self._entry(key, size, etag) for key, size, etag in keys]
-                found = [e for e in found if e.path[-1:] != ("",)]  # folder markers
+                found += [self._entry(*key) for key in keys if self._wanted(key[0])]
                 if seen > self.limits.max_entries:
                     raise TreeTooLarge(
                         f"s3://{self.bucket}/{self.prefix} holds more than "
@@ -100,6 +103,22 @@ class S3PrefixLister:
                     )
                 if token is None:
                     return found
+
+    def _wanted(self, key: str) -> bool:
+        """An object of the tree: under the prefix (a store that lists others lies: they
+        are left out, said once each), not a folder marker; TreeTooLarge if deeper than
+        the limits allow, as for an HTTP index."""
+        if not key.startswith(self.prefix):
+            log.warning("s3://%s/%s: ignoring %r, listed outside it", self.bucket, self.prefix, key)
+            return False
+        if key.endswith("/"):  # a folder marker
+            return False
+        if key.count("/", len(self.prefix)) > self.limits.max_depth:
+            raise TreeTooLarge(
+                f"s3://{self.bucket}/{self.prefix} is more than "
+                f"{self.limits.max_depth} folders deep"
+            )
+        return True
 
     def _entry(self, key: str, size: int | None, etag: str | None) -> Entry:
         relative = key[len(self.prefix) :]
@@ -129,7 +148,7 @@ class S3PrefixLister:
                         f"the store answered {answer.status_code}",
                         answer.status_code,
                     )
-                body = b""
+                body = bytearray()
                 async for chunk in answer.aiter_bytes():
                     body += chunk
                     if len(body) > self.limits.max_page:
@@ -138,7 +157,7 @@ class S3PrefixLister:
                         )
         except httpx.HTTPError as exc:
             raise ListingError(f"listing {where}: {exc}") from exc
-        return _parse_page(body, where)
+        return _parse_page(bytes(body), where)
 
 
 def _parse_page(
@@ -154,7 +173,9 @@ def _parse_page(
         if key is None:
             continue
         size_text = item.findtext(f"{_NS}Size") or ""
-        size = int(size_text) if size_text.isdigit() else None
+        # ASCII digits, at most 20 (`int` takes other digits, and refuses 4300 of them)
+        plain = size_text.isascii() and size_text.isdigit() and len(size_text) <= 20
+        size = int(size_text) if plain else None
         keys.append((key, size, item.findtext(f"{_NS}ETag")))
     truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None

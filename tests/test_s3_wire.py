@@ -80,3 +80,59 @@ async def test_an_endless_listing_ends_with_an_error(nursery: trio.Nursery, mark
     with trio.fail_after(30), pytest.raises((TreeTooLarge, ListingError)):
         await lister.list_all()
     assert asked <= 51
+
+
+LAST_PAGE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+<Name>bucket</Name><Prefix>p/</Prefix><IsTruncated>false</IsTruncated>%s
+</ListBucketResult>"""
+
+
+async def one_page_store(nursery: trio.Nursery, contents: bytes) -> int:
+    """A store on 127.0.0.1 that answers every listing with one last page; its port."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        body = LAST_PAGE % contents
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+        head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        await stream.send_all(head + body)
+        await stream.aclose()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+def contents(key: str, size: str) -> bytes:
+    return f"<Contents><Key>{key}</Key><Size>{size}</Size></Contents>".encode()
+
+
+async def test_a_lying_listing_yields_only_what_is_under_the_prefix(
+    nursery: trio.Nursery,
+) -> None:
+    """Keys outside the prefix are left out (not cut into other names); sizes that are
+    not plain short numbers are unknown, not a crash."""
+    from dfget.s3 import S3Target
+    from dfget.s3list import S3PrefixLister
+
+    page = contents("p/ok.bin", "²") + contents("other.txt", "3")
+    page += contents("p/big.bin", "9" * 5000) + contents("p/d/", "0")
+    port = await one_page_store(nursery, page)
+    target = S3Target(f"http://127.0.0.1:{port}", "us-east-1", None)
+    entries = await S3PrefixLister(target, "bucket", "p/").list_all()
+    assert sorted((e.path, e.size) for e in entries) == [(("big.bin",), None), (("ok.bin",), None)]
+
+
+async def test_a_listing_deeper_than_the_limit_ends_with_an_error(nursery: trio.Nursery) -> None:
+    from dfget.s3 import S3Target
+    from dfget.s3list import S3PrefixLister
+    from dfget.tree.entries import ListLimits, TreeTooLarge
+
+    port = await one_page_store(nursery, contents("p/" + "d/" * 40 + "f.bin", "1"))
+    target = S3Target(f"http://127.0.0.1:{port}", "us-east-1", None)
+    lister = S3PrefixLister(target, "bucket", "p/", limits=ListLimits(max_depth=32))
+    with pytest.raises(TreeTooLarge):
+        await lister.list_all()
