@@ -10,6 +10,7 @@ nor for http(s) URLs.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Protocol
 from urllib.parse import quote
@@ -39,6 +40,11 @@ def object_url(endpoint: str, bucket: str, key: str) -> str:
     """The path-style URL of `bucket`/`key` on `endpoint` (`scheme://host[:port]`),
     the key quoted as AWS tools quote it (so the signed path is the one sent)."""
     return f"{endpoint.rstrip('/')}/{bucket}/{quote(key, safe='/~')}"
+
+
+def loaded() -> bool:
+    """Whether botocore's signer is imported already (`load`)."""
+    return "botocore.auth" in sys.modules
 
 
 def load() -> None:

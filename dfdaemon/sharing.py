@@ -20,14 +20,15 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import httpx
+import trio
 
+from common import s3sign
 from common.io.origins import allowed_addresses
 from common.origins import AddressDenied, OriginPolicy
-from common.s3sign import signed_headers
 from common.urls import display_url
 from dfdaemon.blob import Blob
 from dfdaemon.cache import BlobStore
-from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, about_access
 from dfdaemon.validators import Validators
 from proto.messages import S3Access
 
@@ -59,16 +60,19 @@ async def ask_origin(
     if it does not allow `HEAD` (signed with `s3`'s credentials, for an S3 object).
     UpstreamError if it cannot be reached."""
     asked = lower(headers)
-    if s3 is not None:  # asks about access: no range, no conditions (as Upstream sends)
-        about = [(k, v) for k, v in asked if k != "range" and not k.startswith("if-")]
-        answer = await upstream.head(url, lower(tuple(signed_headers("HEAD", url, about, s3))))
-        if answer.status_code in (405, 501):
-            signed = lower(tuple(signed_headers("GET", url, about, s3)))
-            answer = await upstream.first_byte(url, signed)  # its Range goes unsigned
-        return answer
-    answer = await upstream.head(url, asked)
+    if s3 is not None and not s3sign.loaded():
+        await trio.to_thread.run_sync(s3sign.load)  # botocore: not on the event loop
+
+    def signed(method: str) -> list[tuple[str, str]]:
+        if s3 is None:
+            return asked
+        # Signed as sent: asking about access, so no range or conditions (a one-byte
+        # GET's Range is added unsigned).
+        return lower(tuple(s3sign.signed_headers(method, url, about_access(asked), s3)))
+
+    answer = await upstream.head(url, signed("HEAD"))
     if answer.status_code in (405, 501):
-        answer = await upstream.first_byte(url, asked)
+        answer = await upstream.first_byte(url, signed("GET"))
     return answer
 
 

@@ -142,12 +142,12 @@ class Upstream:
     async def head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """HEAD `url` with the client's headers (but its range and conditions: this asks
         about access, not content), redirects followed (to storage)."""
-        request = self.build("HEAD", url, _about_access(headers))
+        request = self.build("HEAD", url, about_access(headers))
         return await self._send(request, "HEAD", url, follow_redirects=True)
 
     async def first_byte(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """GET the first byte of `url` (for origins without HEAD); the body is not read."""
-        request = self.build("GET", url, [*_about_access(headers), ("range", "bytes=0-0")])
+        request = self.build("GET", url, [*about_access(headers), ("range", "bytes=0-0")])
         response = await self._send(request, "GET", url, follow_redirects=True, stream=True)
         await response.aclose()
         return response
@@ -182,7 +182,7 @@ def reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """A client's headers but its range and conditions: for a request that asks about
     access, not content."""
     return [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -212,7 +211,7 @@ class Cdn:
 
     async def open_task(self, spec: TaskSpec) -> CdnTask:
         """The task's current generation, fetched or revalidated for this requester."""
-        if spec.s3 is not None and "botocore.auth" not in sys.modules:
+        if spec.s3 is not None and not s3sign.loaded():
             await trio.to_thread.run_sync(s3sign.load)  # not on the event loop
         task = self.tasks.get(spec.task_id)
         partial = self._partials.get(spec.task_id) if task is None else None
