@@ -15,22 +15,13 @@ from common.urls import display_url, move_credentials
 from dfget.errors import IntegrityError, OriginFailed
 from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
+from dfget.tls import tls_context
 from proto.digests import digest_matches, new_hasher
 
 if TYPE_CHECKING:
     from common.s3sign import S3Credentials
 
 log = logging.getLogger(__name__)
-
-_CONTEXTS: dict[bool, ssl.SSLContext] = {}
-
-
-def _tls(insecure: bool) -> ssl.SSLContext:
-    """The origin's TLS context, made once a process (loading the CAs costs about 30 ms:
-    `dfget -r` fetches many files, and httpx would build one for every client)."""
-    if insecure not in _CONTEXTS:
-        _CONTEXTS[insecure] = httpx.create_ssl_context(verify=not insecure)
-    return _CONTEXTS[insecure]
 
 
 async def fetch_from_origin(
@@ -64,11 +55,13 @@ async def fetch_from_origin(
         "timeout": httpx.Timeout(60.0, connect=10.0),
     }
     if policy is None:
-        client = httpx.AsyncClient(verify=_tls(insecure), **options)
+        client = httpx.AsyncClient(verify=tls_context(insecure), **options)
     else:
         from common.io.origins import checked_client
 
-        client = checked_client(policy, verify=_tls(insecure), origin_tls=origin_tls, **options)
+        client = checked_client(
+            policy, verify=tls_context(insecure), origin_tls=origin_tls, **options
+        )
     try:
         async with (
             client,

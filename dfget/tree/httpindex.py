@@ -11,7 +11,6 @@ yielded as an entry, for the runner to refuse and report.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 from common.urls import display_url, move_credentials
+from dfget.tls import tls_context
 from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
 from dfget.tree.index import Page, parse_page
 from dfget.tree.paths import unsafe_part
@@ -41,15 +41,11 @@ class HttpIndexLister:
         self.headers = headers
         self.insecure = insecure
         self.limits = limits or ListLimits()
-        self._tls: ssl.SSLContext | None = None
 
     def _client(self) -> httpx.AsyncClient:
-        """A client for a page or a HEAD. Its TLS context is made once: making one
-        (reading the CA bundle) takes ~30 ms, more than a small file's HEAD."""
-        if self._tls is None and not self.insecure:
-            self._tls = httpx.create_ssl_context()
+        """A client for a page or a HEAD (the process's one TLS context: `dfget.tls`)."""
         options: dict[str, Any] = {"follow_redirects": False, "timeout": TIMEOUT}
-        return httpx.AsyncClient(verify=self._tls or False, **options)
+        return httpx.AsyncClient(verify=tls_context(self.insecure), **options)
 
     def _sent(self, url: str) -> tuple[str, list[tuple[str, str]]]:
         try:
