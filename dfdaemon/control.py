@@ -115,7 +115,8 @@ def _s3_access(value: object, url: str) -> S3Access | None:
     if value is None:
         return None
     fields = S3Access._fields
-    if not isinstance(value, dict) or not set(fields[:4]) <= set(value) <= set(fields):
+    required = set(fields) - set(S3Access._field_defaults)
+    if not isinstance(value, dict) or not required <= set(value) <= set(fields):
         raise BadInput(f"s3: want an object of {', '.join(fields)}")
     if not all(isinstance(v, str) for v in value.values()):
         raise BadInput("s3: want strings")

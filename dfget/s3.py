@@ -39,10 +39,6 @@ class S3Object:
     key: str
 
 
-def is_s3_url(url: str) -> bool:
-    return url[:5].lower() == "s3://"
-
-
 def parse_s3_url(url: str) -> S3Object:
     """The bucket and key of `s3://BUCKET/KEY`; UsageError if it is not one."""
     parts = urlsplit(url)

@@ -1,5 +1,6 @@
-"""Which lister reads the tree at a URL: one place that dispatches on the scheme, so a
-new kind of tree (an object-store prefix) is one more branch here."""
+"""Which lister reads the tree at an http(s) URL. (An `s3://` prefix is listed by
+`dfget.s3list`, chosen in `dfget.tree.command`: it needs the S3 flags, and its files
+are fetched with the lister's credentials.)"""
 
 from __future__ import annotations
 

@@ -95,15 +95,10 @@ def _enter(fd: int, part: str, shown: str) -> int:
     try:
         with contextlib.suppress(FileExistsError):
             os.mkdir(part, 0o755, dir_fd=fd)
-        try:
-            return os.open(
-                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-            )
-        except OSError as exc:
-            if exc.errno == errno.ELOOP or _is_link(fd, part):
-                raise UnsafePath(f"refused {shown!r}: {part!r} is a symlink") from exc
-            raise OutputError(f"cannot make the folder {part!r} for {shown}: {exc}") from exc
+        return os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     except OSError as exc:
+        if exc.errno == errno.ELOOP or _is_link(fd, part):
+            raise UnsafePath(f"refused {shown!r}: {part!r} is a symlink") from exc
         raise OutputError(f"cannot make the folder {part!r} for {shown}: {exc}") from exc
 
 
