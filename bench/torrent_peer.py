@@ -48,6 +48,7 @@ import libtorrent as lt  # type: ignore[import-not-found,unused-ignore]
 
 POLL = 0.1  # seconds between status checks
 BLOCK = 16 << 10  # libtorrent's request size
+SETTLE = 2.0  # seconds to wait for block alerts still in flight when a leecher is done
 TAG = b"~"  # ends the name in a peer id: "p3~" + random bytes
 
 
@@ -140,6 +141,17 @@ def drain(session: Any, blocks: Blocks) -> None:
             print(f"torrent_peer: {alert.what()}: {alert.message()}", file=sys.stderr)
 
 
+def settle(session: Any, blocks: Blocks, total: int) -> None:
+    """Drain until every block of the file is counted: libtorrent may report the torrent
+    seeding before the last block_finished alert is posted (CI saw one 16 KiB block
+    missing). Gives up after SETTLE seconds, so a lost alert shows in the report."""
+    deadline = time.monotonic() + SETTLE
+    drain(session, blocks)
+    while sum(blocks.by_peer.values()) < total and time.monotonic() < deadline:
+        session.wait_for_alert(100)
+        drain(session, blocks)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("role", choices=["seed", "leech"])
@@ -209,7 +221,7 @@ def main() -> int:
             else:
                 report |= {"seconds": time.time() - args.start}
                 report |= {"downloaded": status.total_payload_download}
-                drain(session, blocks)
+                settle(session, blocks, info.total_size())
                 report |= {"from": blocks.per_peer()}
             report |= {"uploaded": status.total_payload_upload, "pid": os.getpid()}
             say(report)
@@ -219,7 +231,7 @@ def main() -> int:
     final |= {"uploaded": status.total_payload_upload}
     final |= {"downloaded": status.total_payload_download}
     if args.role == "leech":
-        drain(session, blocks)
+        settle(session, blocks, info.total_size() if done else 0)
         final |= {"from": blocks.per_peer()}
     session.pause()
     del handle, session  # closes the files before we say we are done
