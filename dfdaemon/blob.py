@@ -20,7 +20,7 @@ import trio
 
 from dfdaemon.validators import Validators
 from dfget.output import AtomicOutput
-from dfget.results import DownloadResult
+from dfget.results import Content, DownloadResult
 from proto.digests import Hasher
 from proto.messages import S3Access
 
@@ -55,6 +55,10 @@ class Blob:
     complete: bool = False
     error: BaseException | None = None
     result: DownloadResult | None = None
+    # A complete URL download: what its pieces and the origin's validators were, and
+    # the file (inode, size, mtime) when its pieces last matched them (`kept.py`).
+    content: Content | None = None
+    content_key: tuple[int, int, int] | None = None
     fell_back: bool = False
     # A URL download whose file holds an earlier, complete download of it: checked
     # piece by piece against the supernode's digests for this requester before

@@ -1,7 +1,8 @@
 """HTTP answers whose body is a blob (the mirror's, the proxy's, the control socket's).
 
 A client never holds all of a wrong blob: a cached one is hashed as it is read and its
-last chunk held back until it matches; one still downloading is sent by sendfile as
+last chunk held back until it matches (a complete URL download, checked before it is
+served, goes by sendfile); one still downloading is sent by sendfile as
 its file fills in, its last HOLD_BACK bytes waiting until its download has checked it
 whole. A wrong blob's answer is left unended: the connection closes short.
 """
@@ -13,7 +14,15 @@ import hashlib
 import os
 from collections.abc import AsyncGenerator, Callable
 
-from dfdaemon.blob import READ_CHUNK, Blob, OneSource, Reading, file_key, read_blob
+from dfdaemon.blob import (
+    READ_CHUNK,
+    Blob,
+    BlobUnavailable,
+    OneSource,
+    Reading,
+    file_key,
+    read_blob,
+)
 from dfdaemon.httpserver import Reply
 from proto.digests import Hasher
 
@@ -52,6 +61,16 @@ async def send_whole(
         return await stream_download(reply, blob, headers, length)
     if length is not None and blob.length != length:
         raise LengthMismatch(blob.hex, length, blob.length or 0)
+    if sha256 is None:  # a URL download, its file checked before it is served (`kept.py`)
+        with Reading(blob) as reading:
+            try:
+                fd = reading.fd()
+            except OSError as exc:
+                raise BlobUnavailable(f"blob {blob.hex[:12]}: {exc}") from exc
+            await reply.start(200, headers())
+            await reply.send_file(fd, 0, blob.length or 0)
+            await reply.end()
+            return True
     hasher: Hasher | None = None
     check: Callable[[int], bool] | None = None
     if sha256 is not None:

@@ -8,7 +8,8 @@ HTTP/1.1 over the Unix socket, JSON in and out:
   "filter"}` → `200` and the file's bytes (`x-dfdaemon-key` names the download), or an
   error `{"error", "exit", "status"}` whose `exit` is dfget's exit code for it.
 - `GET /v1/downloads/KEY` → where its bytes came from (`from_cdn`, `from_peers`,
-  `from_source`, `cached`...).
+  `from_source`, `cached`...). A download the daemon held complete before it was asked
+  for has the same object in the answer's `x-dfdaemon-summary` header already.
 
 A download named by its digest (a sha256 blob of the cache shared with the mirror) is
 one only when its URL vouches for that digest: the URL is a registry's blob URL for
@@ -229,6 +230,8 @@ class ControlApi:
         headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", key)]
         if blob.length is not None:
             headers.append(("content-length", str(blob.length)))
+            if cached:  # known before the first byte: dfget need not ask for it
+                headers.append(("x-dfdaemon-summary", json.dumps(_summary(blob, cached))))
         return headers
 
     def _vouched_blob(self, wanted: DownloadRequest) -> str | None:
@@ -293,23 +296,23 @@ class ControlApi:
         if served is None:
             await _json(reply, 404, {"error": "no such download"})
             return
-        blob, cached = served
-        result = None if cached else blob.result
-        await _json(
-            reply,
-            200,
-            {
-                "bytes": blob.length,
-                "complete": blob.complete,
-                "cached": cached,
-                "from_cdn": result.from_cdn if result else 0,
-                "from_peers": result.from_peers if result else 0,
-                "from_source": result.from_source if result else 0,
-                "supernode": result.supernode if result else None,
-                "piece_size": result.piece_size if result else None,
-                "pieces": result.pieces if result else 0,
-            },
-        )
+        await _json(reply, 200, _summary(*served))
+
+
+def _summary(blob: Blob, cached: bool) -> dict[str, Any]:
+    """Where a download's bytes came from (`GET /v1/downloads/KEY`)."""
+    result = None if cached else blob.result
+    return {
+        "bytes": blob.length,
+        "complete": blob.complete,
+        "cached": cached,
+        "from_cdn": result.from_cdn if result else 0,
+        "from_peers": result.from_peers if result else 0,
+        "from_source": result.from_source if result else 0,
+        "supernode": result.supernode if result else None,
+        "piece_size": result.piece_size if result else None,
+        "pieces": result.pieces if result else 0,
+    }
 
 
 async def _json(reply: Reply, status: int, body: dict[str, Any]) -> None:

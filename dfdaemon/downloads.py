@@ -22,7 +22,7 @@ import trio
 from common.eviction import GcPolicy
 from common.io import RateLimiter
 from common.origins import OriginPolicy
-from dfdaemon.blob import Blob
+from dfdaemon.blob import Blob, file_key
 from dfget.engine import DownloadRequest, download
 from dfget.errors import (
     DfgetError,
@@ -128,6 +128,7 @@ async def download_blob(
 
     def finished(result: DownloadResult) -> None:
         blob.length, blob.complete, blob.result = result.bytes, True, result
+        _verified(blob, result)
         blob.out = None
         blob.s3 = None  # complete: nothing more is asked of the origin with them
         ended(blob)
@@ -224,13 +225,23 @@ async def still_current(
         request = replace(request, s3=s3)
     try:
         with ExistingOutput(blob.path) as out:
-            await download(request, output=out, limiter=settings.limiter)
+            result = await download(request, output=out, limiter=settings.limiter)
     except (OriginFailed, UsageError, NotAdmitted):
         raise
     except DfgetError as exc:
         log.info("url %s: the kept copy is not the current one (%s)", blob.hex[:12], exc)
         return False
+    _verified(blob, result)  # (the origin's validators may be new: `kept.py` asks with them)
     return True
+
+
+def _verified(blob: Blob, result: DownloadResult) -> None:
+    """Every piece of the blob's file matched `result`'s digests just now (`kept.py`)."""
+    blob.content = result.content
+    try:
+        blob.content_key = file_key(blob.path.stat())
+    except OSError:
+        blob.content_key = None
 
 
 def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:

@@ -7,9 +7,14 @@ headers, whether it may read the URL and what it would get: its answer must be a
 success and its validators (a strong ETag, else Last-Modified, and Content-Length when
 both give one) must equal those the origin gives the client that started the download
 (asked once, with that client's headers, the first time someone wants to join). A
-finished URL download is never shared unchecked: the next client starts it again, so
-that the supernode revalidates the URL with that client's headers, and the kept copy is
-used only where it matches the supernode's piece digests (`BlobStore.get_url`).
+finished URL download the daemon keeps is never shared unchecked either: the next
+client gets it when the origin, asked with that client's headers, answers a success
+with the validators the supernode gave for the content whose digests the file matched
+(`check_kept`, `kept.py`); where the origin cannot say (no validators, unreachable from
+this host, changed), the supernode is asked: a check-only session registered with that
+client's headers, so that the supernode revalidates the URL with them, and the file is
+compared with its piece digests (`BlobStore.still_current`); otherwise it is fetched
+anew.
 
 Checks go through `Upstream`: a `HEAD`, or a one-byte `GET` where `HEAD` is not
 allowed (405, 501).
@@ -17,6 +22,7 @@ allowed (405, 501).
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,9 +34,12 @@ from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url
 from dfdaemon.blob import Blob
 from dfdaemon.cache import BlobStore
+from dfdaemon.kept import file_matches, kept_validators
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, about_access
 from dfdaemon.validators import Validators
 from proto.messages import S3Access
+
+log = logging.getLogger(__name__)
 
 
 class JoinRefused(Exception):
@@ -108,6 +117,38 @@ async def check_join(
         )
 
 
+async def check_kept(
+    upstream: Upstream,
+    blob: Blob,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    s3: S3Access | None = None,
+) -> bool | None:
+    """Is the kept, complete URL download `blob` what the origin gives a client with
+    `headers` now (`kept.py`)? True: it may have the file; False: the file is damaged
+    (fetch it anew); None: the origin cannot say here (ask the supernode: an origin
+    this host failed to reach is not asked again for a while). JoinRefused if the
+    origin refuses the client."""
+    kept = kept_validators(blob)
+    if kept is None or not upstream.reachable(url):
+        return None
+    try:
+        answer = await ask_origin(upstream, url, headers, s3)
+    except UpstreamError as exc:
+        log.info("url %s: cannot ask the origin from here (%s)", blob.hex[:12], exc)
+        upstream.unreachable(url)
+        return None
+    status = answer.status_code
+    if 400 <= status < 500:
+        raise JoinRefused(f"origin answered {status} for {display_url(url)}", status)
+    if not 200 <= status < 300 or not kept.same_content(Validators.of(answer)):
+        return None
+    if not await file_matches(blob):
+        log.warning("url %s: the kept copy is damaged: fetched anew", blob.hex[:12])
+        return False
+    return True
+
+
 async def check_policy(policy: OriginPolicy, url: str) -> None:
     """UpstreamDenied if `policy` allows none of the addresses of `url`'s host (an
     UpstreamError if the name does not resolve here)."""
@@ -131,17 +172,19 @@ async def url_download(
 ) -> Blob:
     """The URL download `task_id` for a client with `headers`: a running one it may
     join (checked with the origin, see `check_join`), the complete one this daemon
-    keeps if the supernode, asked with these headers, still has it (`still_current`),
-    else a new one. UpstreamDenied if
-    the daemon's origin policy refuses the URL's host: the supernode would fetch it
-    under its own policy, not this daemon's operator's (its redirects are the
-    supernode's to check)."""
+    keeps if it is current for this client (`check_kept`, else the supernode asked with
+    these headers: `still_current`), else a new one. UpstreamDenied if the daemon's
+    origin policy refuses the URL's host: the supernode would fetch it under its own
+    policy, not this daemon's operator's (its redirects are the supernode's to check)."""
     await check_policy(upstream.policy, url)
     while True:
         blob = blobs.running_url(task_id)
         if blob is None:
             kept = blobs.kept_url(task_id)
-            if kept is None or not await blobs.still_current(kept, url, headers, s3):
+            current = None if kept is None else await check_kept(upstream, kept, url, headers, s3)
+            if current is None and kept is not None:  # the origin could not say: the supernode
+                current = await blobs.still_current(kept, url, headers, s3)
+            if kept is None or not current:
                 return blobs.get_url(task_id, url, headers, s3)
             if blobs.kept_url(task_id) is kept:  # still the one that was checked
                 return kept

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -17,6 +19,9 @@ from common.urls import display_url
 from dfdaemon.httpserver import Reply, Request
 
 log = logging.getLogger(__name__)
+
+SILENT_FOR = 60.0  # seconds a host that could not be reached is not asked optional questions
+MAX_SILENT = 1024  # such hosts remembered at once
 
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, never forwarded; Host is
 # set from the upstream URL.
@@ -81,6 +86,19 @@ class Upstream:
             follow_redirects=False,
             timeout=httpx.Timeout(timeout, connect=10.0),
         )
+        self._silent: dict[str, float] = {}  # host:port → until when it is not asked
+
+    def reachable(self, url: str) -> bool:
+        """False for a while after `unreachable(url)`: a question the supernode can
+        answer as well (`sharing.check_kept`) does not wait for a silent host again."""
+        until = self._silent.get(_host_of(url))
+        return until is None or time.monotonic() >= until
+
+    def unreachable(self, url: str) -> None:
+        """`url`'s host could not be reached from here just now."""
+        if len(self._silent) >= MAX_SILENT:
+            self._silent.clear()
+        self._silent[_host_of(url)] = time.monotonic() + SILENT_FOR
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -169,6 +187,11 @@ class Upstream:
             raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{method} {display_url(url)}: {reason(exc)}") from exc
+
+
+def _host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
 
 
 def reason(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ from dfget.peer import Attempt
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
 from dfget.request import DownloadRequest
-from dfget.results import DownloadResult, SourceCounts, add_counts
+from dfget.results import Content, DownloadResult, SourceCounts, add_counts
 from proto.messages import Register
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,7 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
             supernode=address,
             piece_size=book.piece_size,
             pieces=len(book.written),
+            content=Content(*book.validators, book.piece_size, tuple(book.digests)),
         )
         results.append(job.done(result))
 

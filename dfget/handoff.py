@@ -149,19 +149,29 @@ class Handoff:
 
             if not digest_matches(request.digest, hasher):
                 raise IntegrityError(f"content from dfdaemon does not match {request.digest}")
-        key = answer.headers.get("x-dfdaemon-key", "")
-        result = self._answer(self._send("GET", f"/v1/downloads/{key}", b""), SHORT_ANSWER)
-        try:
-            summary = json.loads(self._rest(result))
-        except ValueError as exc:
-            raise DaemonUnreachable(f"{self._where()} sent no summary: {exc}") from exc
-        if result.status != 200 or not isinstance(summary, dict):
-            raise DaemonUnreachable(f"{self._where()} sent no summary ({result.status})")
+        summary = self._summary(answer)
         # Without a Content-Length the body ends by closing, whether the daemon's download
         # completed or failed half-way: only its own account tells the two apart.
         if summary.get("complete") is not True or summary.get("bytes") != received:
             raise DaemonUnreachable(f"{self._where()} broke off after {received} bytes")
         summary["bytes"] = received
+        return summary
+
+    def _summary(self, answer: Answer) -> dict[str, object]:
+        """The daemon's account of the download: in the answer's head when it held the
+        file complete before it was asked, else asked for on a second connection."""
+        status, text = 200, answer.headers.get("x-dfdaemon-summary")
+        raw = text.encode() if text is not None else b""
+        if text is None:
+            key = answer.headers.get("x-dfdaemon-key", "")
+            result = self._answer(self._send("GET", f"/v1/downloads/{key}", b""), SHORT_ANSWER)
+            status, raw = result.status, self._rest(result)
+        try:
+            summary = json.loads(raw)
+        except ValueError as exc:
+            raise DaemonUnreachable(f"{self._where()} sent no summary: {exc}") from exc
+        if status != 200 or not isinstance(summary, dict):
+            raise DaemonUnreachable(f"{self._where()} sent no summary ({status})")
         return summary
 
     def _where(self) -> str:

@@ -315,7 +315,8 @@ class Attempt:
                 elif isinstance(message, PiecesReady):
                     book.add_ready(message.start, message.digests)
                 else:
-                    book.set_done(message.length, message.piece_count)
+                    validators = (message.etag, message.last_modified)
+                    book.set_done(message.length, message.piece_count, validators)
                     self.out.truncate(message.length)
             except (ValueError, trio.WouldBlock) as exc:
                 raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc

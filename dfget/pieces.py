@@ -28,6 +28,7 @@ class PieceBook:
     attempts: dict[int, int] = field(default_factory=dict)
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     bytes_written: int = 0
+    validators: tuple[str, str] = ("", "")  # the origin's ETag and Last-Modified, once done
 
     def __post_init__(self) -> None:
         self._changed = trio.Event()
@@ -40,10 +41,12 @@ class PieceBook:
         self.digests.extend(digests)
         self._notify()
 
-    def set_done(self, length: int, piece_count: int) -> None:
+    def set_done(
+        self, length: int, piece_count: int, validators: tuple[str, str] = ("", "")
+    ) -> None:
         if piece_count != len(self.digests):
             raise ValueError(f"task done with {len(self.digests)} of {piece_count} digests")
-        self.length, self.piece_count = length, piece_count
+        self.length, self.piece_count, self.validators = length, piece_count, validators
         self._notify()
 
     # -- choosing and completing pieces -------------------------------------------------

@@ -47,6 +47,18 @@ def add_counts(
 
 
 @dataclass(frozen=True)
+class Content:
+    """What a download through a supernode verified: the origin's validators of that
+    content ("": it gave none) and its pieces' digests. A keeper of the file (dfdaemon)
+    asks the origin later whether the file is still current, and checks it on disk."""
+
+    etag: str
+    last_modified: str
+    piece_size: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class DownloadResult:
     """What a finished download did; built by `finished` (or `from_summary`, for a
     download handed to dfdaemon) when the output is in place."""
@@ -65,6 +77,7 @@ class DownloadResult:
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     daemon: str | None = None  # the socket of the dfdaemon that downloaded it
     failovers: int = 0  # supernodes lost mid-way, whose pieces the next attempt kept
+    content: Content | None = None  # through a supernode (not in the summary)
 
     @classmethod
     def finished(
@@ -77,6 +90,7 @@ class DownloadResult:
         piece_size: int | None = None,
         pieces: int = 0,
         daemon: str | None = None,
+        content: Content | None = None,
     ) -> DownloadResult:
         """The result of `job`, whose output is in place now; `sources`: bytes and
         tallies by where they came from ("source", "cdn", "peers", "local"), to which
@@ -103,6 +117,7 @@ class DownloadResult:
             sources=sources,
             daemon=daemon,
             failovers=job.carried.failovers,
+            content=content,
         )
 
     @classmethod

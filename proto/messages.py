@@ -25,6 +25,7 @@ PIECE_SIZES = frozenset(
 )
 DIGEST_BYTES = 32  # blake3 of a piece's plaintext
 KEY_BYTES = 32  # X25519 and Ed25519 public keys, AES-256 keys
+MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified in TaskDone
 
 
 class Message:
@@ -209,16 +210,22 @@ class PiecesReady(Message):
 
 @dataclass(frozen=True, slots=True)
 class TaskDone(Message):
-    """The CDN holds the whole task: its length and piece count are final."""
+    """The CDN holds the whole task: its length and piece count are final. `etag` and
+    `last_modified`: the origin's validators of the content the digests describe ("":
+    none), so a peer keeping the file can later ask the origin whether it is current."""
 
     TAG: ClassVar[str] = "task_done"
     task_id: str
     generation: int
     length: int
     piece_count: int
+    etag: str = ""
+    last_modified: str = ""
 
     def check(self) -> None:
         check_task_id(self.task_id)
+        if len(self.etag) > MAX_VALIDATOR or len(self.last_modified) > MAX_VALIDATOR:
+            raise ValueError(f"validators must be at most {MAX_VALIDATOR} characters")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
-"""A URL the daemon downloaded before is not fetched again piece by piece: its kept copy
-is registered again with the new requester's headers (the supernode revalidates the URL
-with them) and checked against the supernode's piece digests; only a copy that is not
-the supernode's (changed upstream, damaged on disk) is fetched anew. And dfget hands
-its download to the daemon without loading trio or an HTTP library."""
+"""A URL the daemon downloaded before is not fetched again piece by piece: the origin,
+asked by the daemon with the new requester's headers, must give the validators of the
+content the kept copy holds (`sharing.check_kept`); where it cannot tell, the kept copy
+is registered again with those headers (the supernode revalidates the URL with them)
+and checked against the supernode's piece digests; only a copy that is not the
+supernode's (changed upstream, damaged on disk) is fetched anew. And dfget hands its
+download to the daemon without loading trio or an HTTP library."""
 
 from __future__ import annotations
 
@@ -19,12 +21,16 @@ import trio
 from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, flip_byte
 
 from dfdaemon.app import Daemon
+from dfdaemon.blob import Blob
+from dfdaemon.sharing import check_kept
+from dfdaemon.upstream import Upstream
 from dfget.errors import OriginFailed
-from dfget.results import DownloadResult
+from dfget.results import Content, DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
+SUPERNODE_AGENT = "dragonfly-py-supernode"
 
 
 def kept_copy(daemon: Daemon) -> Path:
@@ -71,6 +77,73 @@ async def test_a_url_asked_again_moves_no_piece(
     assert again.from_cdn == again.from_peers == again.from_source == 0
     # Not served unchecked: the supernode asked the origin again for this requester.
     assert len(origin.stats["/f.bin"].requests) > asked
+
+
+def asked_since(origin: FakeOrigin, before: int) -> list[tuple[str, bool]]:
+    """(method, asked by the supernode?) of each request for /f.bin after the first
+    `before` (the supernode's origin clients name themselves; the daemon's sends none)."""
+    requests = origin.stats["/f.bin"].requests[before:]
+    return [
+        (method, SUPERNODE_AGENT in dict(headers).get("user-agent", ""))
+        for method, headers in requests
+    ]
+
+
+async def test_a_kept_url_is_checked_with_the_origin_alone(
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
+) -> None:
+    """The origin, asked by the daemon with this requester's headers, gives the
+    validators of the content the kept file holds: no session with the supernode."""
+    data = os.urandom(2 * MiB + 5)
+    daemon, _ = await keep(data)
+    before = len(origin.stats["/f.bin"].requests)
+    again = await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    assert Path(again.output).read_bytes() == data
+    assert again.from_cdn == again.from_peers == again.from_source == 0
+    assert asked_since(origin, before) == [("HEAD", False)]
+
+
+async def test_a_kept_url_without_validators_is_checked_by_the_supernode(
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
+) -> None:
+    data = os.urandom(2 * MiB)
+    daemon, _ = await keep(data, etag=False, last_modified=False)
+    before = len(origin.stats["/f.bin"].requests)
+    again = await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    assert Path(again.output).read_bytes() == data and again.from_cdn == 0
+    asked = asked_since(origin, before)
+    assert asked and all(by_supernode for _, by_supernode in asked), asked
+
+
+async def test_new_validators_for_the_same_content_are_learnt_from_the_supernode(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+    tmp_path: Path,
+) -> None:
+    """A file touched at the origin has new validators but the same bytes: the daemon
+    cannot tell, the supernode can (its digests); the kept file is sent, not fetched,
+    and the next requester is checked with the new validators by the daemon alone."""
+    data = os.urandom(3 * MiB)
+    served = tmp_path / "served.bin"
+    served.write_bytes(data)
+    origin.add_file("/f.bin", served)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url, sock = origin.url("/f.bin"), daemon.socket_path
+    await fetch(url, None, daemon_socket=sock)
+    stat = served.stat()
+    os.utime(served, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))  # new validators
+    before = len(origin.stats["/f.bin"].requests)
+    again = await fetch(url, None, daemon_socket=sock)
+    assert Path(again.output).read_bytes() == data and again.from_cdn == 0
+    assert ("HEAD", False) in asked_since(origin, before)
+    assert any(by_supernode for _, by_supernode in asked_since(origin, before))
+    before = len(origin.stats["/f.bin"].requests)
+    third = await fetch(url, None, daemon_socket=sock)
+    assert Path(third.output).read_bytes() == data and third.from_cdn == 0
+    assert asked_since(origin, before) == [("HEAD", False)]
 
 
 async def test_a_url_changed_upstream_is_fetched_anew(
@@ -165,3 +238,33 @@ async def test_a_kept_copy_longer_than_the_new_content_is_not_sent(
     origin.add("/f.bin", shorter)
     again = await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
     assert Path(again.output).read_bytes() == shorter
+
+
+async def test_an_origin_the_daemon_cannot_reach_is_left_to_the_supernode_for_a_while(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Where this host cannot reach the origin (only the supernode can), the kept copy
+    goes to the supernode's check, and the origin is not tried again for a while."""
+    connections = 0
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, hang_up, listeners)
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"")
+    blob = Blob("a" * 64, kept, length=0, complete=True, content=Content('"e"', "", MiB, ()))
+    upstream = Upstream()
+    url = f"http://127.0.0.1:{port}/f.bin"
+    try:
+        assert await check_kept(upstream, blob, url, ()) is None
+        assert connections >= 1
+        tried = connections
+        assert await check_kept(upstream, blob, url, ()) is None
+        assert connections == tried  # not asked again
+    finally:
+        await upstream.aclose()

@@ -229,3 +229,47 @@ async def test_a_cancelled_rate_limited_handoff_does_not_wait_out_its_pause(
             await download(request)
     assert scope.cancelled_caught
     assert leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    ("summary", "through_daemon"),
+    [
+        ('{"bytes": 1000, "complete": true, "cached": true}', True),
+        ('{"bytes": 999, "complete": true, "cached": true}', False),  # not what came
+        ('{"bytes": 1000, "complete": false}', False),
+        ("not json", False),
+    ],
+    ids=["whole", "other-length", "incomplete", "garbage"],
+)
+async def test_a_summary_in_the_answer_head_needs_no_second_request(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path, summary: str, through_daemon: bool
+) -> None:
+    """A daemon that held the file complete puts its account in the answer's head: dfget
+    asks for nothing more, and trusts it only as far as the bytes it received agree."""
+    data = os.urandom(1000)
+    origin.add("/f.bin", data)
+    asked: list[bytes] = []
+
+    async def cached(stream: trio.SocketStream) -> None:
+        request = await stream.receive_some()
+        asked.append(request.split(b" ", 1)[0])
+        if request.startswith(b"POST"):
+            head = "HTTP/1.0 200 OK\r\ncontent-length: 1000\r\nx-dfdaemon-key: k\r\n"
+            head += f"x-dfdaemon-summary: {summary}\r\n\r\n"
+            await stream.send_all(head.encode() + data)
+
+    await fake_daemon(nursery, tmp_path / "d.sock", cached)
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+        supernodes=(),
+    )
+    with trio.fail_after(10):
+        result = await download(request)
+    assert asked == [b"POST"]
+    assert (result.daemon is not None) is through_daemon
+    assert result.from_source == (0 if through_daemon else len(data))
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert leftovers(tmp_path / "out") == ["f.bin"]

@@ -58,6 +58,14 @@ SAMPLES = [
     ),
     PiecesReady(task_id=TID, generation=1, start=5, digests=(b"d" * 32, b"e" * 32)),
     TaskDone(task_id=TID, generation=1, length=0, piece_count=0),
+    TaskDone(
+        task_id=TID,
+        generation=2,
+        length=5,
+        piece_count=1,
+        etag='"abc"',
+        last_modified="Wed, 02 Dec 2026 10:00:00 GMT",
+    ),
     TaskFailed(task_id=TID, code="origin_status", message="404", status=404),
     PieceRequest(task_id=TID, generation=1, index=7, ticket=b"x" * 90),
     PieceData(task_id=TID, generation=1, index=7),
@@ -223,6 +231,16 @@ def test_semantic_checks_on_decode() -> None:
     digests = {"t": "pieces_ready", "task_id": TID, "generation": 1, "start": 0}
     with pytest.raises(BadField):
         decode_all(raw_frame({**digests, "digests": (b"short",)}))
+
+
+def test_task_done_validators_are_optional_and_bounded() -> None:
+    done = {"t": "task_done", "task_id": TID, "generation": 1, "length": 3, "piece_count": 1}
+    [(message, _)] = decode_all(raw_frame(done))  # a supernode that sends none
+    assert isinstance(message, TaskDone) and message.etag == message.last_modified == ""
+    with pytest.raises(BadField):
+        decode_all(raw_frame({**done, "etag": '"' + "e" * 1100 + '"'}))
+    with pytest.raises(BadField):
+        decode_all(raw_frame({**done, "last_modified": 7}))
 
 
 def test_decoder_stays_broken_after_an_error() -> None:

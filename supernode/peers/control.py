@@ -269,6 +269,8 @@ class ControlSession:
                         generation=task.generation,
                         length=task.length,
                         piece_count=task.piece_count,
+                        etag=task.validators.etag or "",
+                        last_modified=task.validators.last_modified or "",
                     )
                 )
                 return
