@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     # importing finds nothing and costs about a tenth of the imports' time. Collections
     # start again once the imports are done (`_imported`), before any download runs.
     gc.disable()
+    # httpx imports its command-line client when rich and click happen to be installed
+    # (about 55 ms): dfget never runs it. An entry of None makes that import fail, which
+    # httpx expects (`httpx.main` then says what is missing).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         return _main(argv)
     finally:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import pytest
 from conftest import Fetch, StartSupernode, downloads
 
+from dfget import tls
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
@@ -56,3 +58,27 @@ async def test_the_system_trust_store_is_used(
     origin.add("/f.bin", data)
     node = await start_supernode()
     assert Path((await fetch(origin.url("/f.bin"), node)).output).read_bytes() == data
+
+
+async def test_dfget_loads_its_cas_at_its_first_tls_connection(
+    tls_origin: tuple[FakeOrigin, bytes],
+    fetch: Fetch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that speaks only plain HTTP never loads the CA bundle (30-45 ms); the first
+    TLS connection loads it, from SSL_CERT_FILE as httpx would."""
+    origin, cert_pem = tls_origin
+    monkeypatch.setattr(tls, "_CONTEXTS", {})
+    context = tls.tls_context(False)
+    assert context.cert_store_stats()["x509"] == 0
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(cert_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    data = os.urandom(MiB)
+    origin.add("/f.bin", data)
+    direct = await fetch(origin.url("/f.bin"), None)
+    assert Path(direct.output).read_bytes() == data and direct.from_source == len(data)
+    assert context.cert_store_stats()["x509"] == 1
+    assert tls.tls_context(False) is context
