@@ -13,10 +13,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from common.io.origins import checked_client
+from common.io.origins import checked_client, environment_proxies, proxy_for
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url
 from dfdaemon.httpserver import Reply, Request
+from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Upstream:
             timeout=httpx.Timeout(timeout, connect=10.0),
         )
         self._silent: dict[str, float] = {}  # host:port → until when it is not asked
+        self.proxies = environment_proxies()  # (as the client read them)
+        self.probe = Probe(self.policy, connect_timeout=10.0, timeout=timeout)
 
     def reachable(self, url: str) -> bool:
         """False for a while after `unreachable(url)`: a question the supernode can
@@ -101,6 +104,7 @@ class Upstream:
         self._silent[_host_of(url)] = time.monotonic() + SILENT_FOR
 
     async def aclose(self) -> None:
+        await self.probe.aclose()
         await self.client.aclose()
 
     def build(
@@ -159,8 +163,23 @@ class Upstream:
 
     async def head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
         """HEAD `url` with the client's headers (but its range and conditions: this asks
-        about access, not content), redirects followed (to storage)."""
-        request = self.build("HEAD", url, about_access(headers))
+        about access, not content), redirects followed (to storage). A plain-HTTP URL
+        reached directly goes by `probe.Probe` (kept-alive, without httpx) unless the
+        answer is a redirect."""
+        asked = about_access(headers)
+        if url.startswith("http://") and (not self.proxies or proxy_for(self.proxies, url) is None):
+            try:
+                status, answer = await self.probe.head(url, forwardable(asked))
+            except AddressDenied as exc:
+                raise UpstreamDenied(str(exc)) from exc
+            except ProbeUnreachable as exc:
+                raise UpstreamError(f"HEAD {display_url(url)}: {exc}") from exc
+            except ProbeFailed:
+                pass  # httpx, below, says what is wrong
+            else:
+                if not 300 <= status < 400:
+                    return httpx.Response(status, headers=answer)
+        request = self.build("HEAD", url, asked)
         return await self._send(request, "HEAD", url, follow_redirects=True)
 
     async def first_byte(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:

@@ -239,7 +239,7 @@ def checked_client(
     client certificate), through the proxy the environment names for them, if any."""
     transport = CheckedTransport(policy, verify=verify, limits=limits, trust_env=trust_env)
     mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-    proxies = _environment_proxies() if trust_env else {}
+    proxies = environment_proxies() if trust_env else {}
     for pattern, proxy in proxies.items():
         mounts[pattern] = (
             None
@@ -249,7 +249,7 @@ def checked_client(
             )
         )
     for host, context in (origin_tls or {}).items():
-        proxy = _proxy_for(proxies, f"https://{host}/")
+        proxy = proxy_for(proxies, f"https://{host}/")
         mounts[f"https://{host}"] = CheckedTransport(
             policy, verify=context, limits=limits, trust_env=trust_env, proxy=proxy
         )
@@ -258,7 +258,7 @@ def checked_client(
     )
 
 
-def _proxy_for(proxies: Mapping[str, str | None], url: str) -> str | None:
+def proxy_for(proxies: Mapping[str, str | None], url: str) -> str | None:
     """The proxy httpx would pick from `proxies` (its mount patterns) for `url`: the
     most specific matching pattern's."""
     from httpx._utils import URLPattern  # the matcher httpx's own mounts use
@@ -270,7 +270,7 @@ def _proxy_for(proxies: Mapping[str, str | None], url: str) -> str | None:
     return None
 
 
-def _environment_proxies() -> dict[str, str | None]:
+def environment_proxies() -> dict[str, str | None]:
     """The proxies httpx itself would take from the environment (pattern → proxy URL,
     None: no proxy for that pattern). httpx ignores them once a transport is given."""
     from httpx._utils import get_environment_proxies  # the one httpx's client uses
@@ -284,8 +284,10 @@ __all__ = [
     "allowed_addresses",
     "checked_client",
     "checked_transport",
+    "environment_proxies",
     "first_connected",
     "numeric_address",
     "open_checked_tcp_stream",
+    "proxy_for",
     "resolve",
 ]

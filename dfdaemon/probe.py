@@ -1,0 +1,154 @@
+"""`HEAD` to plain-HTTP origins over kept-alive connections: the daemon asks an origin
+about access and validators for every requester of a kept URL download
+(`sharing.ask_origin`), often many small files in a row, and httpx's request path cost
+about as much as everything else the daemon does for such a file. h11 frames the
+request and parses the answer; connections go back to a small pool once the answer is
+in. An HTTPS URL, a proxy in the environment, a redirect or an odd answer is the
+caller's to send through httpx (`Upstream.head`); a host the origin policy refuses
+raises `AddressDenied` as the policy's own check does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import quote, urlsplit
+
+import h11
+import trio
+
+from common.io.origins import open_checked_tcp_stream
+from common.origins import AddressDenied, OriginPolicy
+
+MAX_IDLE_PER_ORIGIN = 4
+MAX_IDLE = 64
+MAX_HEAD = 64 * 1024
+# Characters left as they are in a request target; anything else (spaces, non-ASCII)
+# is percent-encoded as UTF-8, as httpx does.
+_TARGET_SAFE = "/?&=:;@!$'()*+,%~-._[]"
+
+Headers = list[tuple[str, str]]
+_Idle = tuple[trio.SocketStream, h11.Connection]
+
+
+class ProbeFailed(Exception):
+    """No answer by this path (a URL it cannot send, a broken or odd answer): the
+    caller asks again its own way."""
+
+
+class ProbeUnreachable(ProbeFailed):
+    """The origin could not be reached (refused, timed out): asking again another way
+    would wait as long again."""
+
+
+class Probe:
+    """HEAD requests to `http://` URLs, at most MAX_IDLE connections kept between them."""
+
+    def __init__(self, policy: OriginPolicy, *, connect_timeout: float, timeout: float) -> None:
+        self.policy = policy
+        self.connect_timeout, self.timeout = connect_timeout, timeout
+        self._idle: dict[tuple[str, int], list[_Idle]] = {}
+
+    async def head(self, url: str, headers: Headers) -> tuple[int, Headers]:
+        """(status, lower-cased headers) of `HEAD url` with `headers` (the caller's
+        own: nothing is added but Host). ProbeFailed if it cannot be had this way."""
+        host, port, request = _request(url, headers)
+        reused = self._take(host, port)
+        if reused is not None:
+            with contextlib.suppress(ProbeFailed):  # (the origin may have closed it)
+                return await self._exchange(host, port, *reused, request)
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await open_checked_tcp_stream(self.policy, host, port)
+        except AddressDenied:
+            raise
+        except (trio.TooSlowError, OSError) as exc:
+            raise ProbeUnreachable(f"cannot connect: {exc}") from exc
+        except ValueError as exc:  # (a host name that cannot be resolved as given)
+            raise ProbeFailed(str(exc)) from exc
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        return await self._exchange(host, port, stream, conn, request)
+
+    async def _exchange(
+        self,
+        host: str,
+        port: int,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        request: h11.Request,
+    ) -> tuple[int, Headers]:
+        try:
+            with trio.fail_after(self.timeout):
+                await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+                response = await _next(stream, conn, h11.Response)
+                await _next(stream, conn, h11.EndOfMessage)  # (a HEAD: no body)
+                assert isinstance(response, h11.Response)
+        except (trio.TooSlowError, trio.BrokenResourceError, OSError, h11.ProtocolError) as exc:
+            await _close(stream)
+            raise ProbeFailed(str(exc) or type(exc).__name__) from exc
+        except BaseException:
+            await _close(stream)
+            raise
+        answer = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            await self._give_back(host, port, stream, conn)
+        else:
+            await _close(stream)
+        return response.status_code, answer
+
+    def _take(self, host: str, port: int) -> _Idle | None:
+        idle = self._idle.get((host, port))
+        return idle.pop() if idle else None
+
+    async def _give_back(
+        self, host: str, port: int, stream: trio.SocketStream, conn: h11.Connection
+    ) -> None:
+        idle = self._idle.setdefault((host, port), [])
+        if len(idle) >= MAX_IDLE_PER_ORIGIN or sum(map(len, self._idle.values())) >= MAX_IDLE:
+            await _close(stream)
+            return
+        idle.append((stream, conn))
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for stream, _ in idle:
+                await _close(stream)
+        self._idle.clear()
+
+
+async def _next(
+    stream: trio.SocketStream, conn: h11.Connection, wanted: type[h11.Response | h11.EndOfMessage]
+) -> h11.Event:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(MAX_HEAD))
+        elif isinstance(event, wanted):
+            return event
+        elif isinstance(event, h11.ConnectionClosed):
+            raise trio.BrokenResourceError("the origin closed the connection")
+        elif not isinstance(event, h11.InformationalResponse):
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+
+def _request(url: str, headers: Headers) -> tuple[str, int, h11.Request]:
+    """(host, port, request) for a plain-HTTP `url`; ProbeFailed for any other."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("not a plain-HTTP URL")
+        port = parts.port or 80
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = quote(path, _TARGET_SAFE)
+        authority = host if parts.port in (None, 80) else f"{host}:{port}"
+        own = [(k, v) for k, v in headers if k.lower() != "host"]
+        request = h11.Request(method="HEAD", target=target, headers=[("Host", authority), *own])
+    except (h11.LocalProtocolError, ValueError) as exc:  # UnicodeError is a ValueError
+        raise ProbeFailed(str(exc)) from exc
+    return parts.hostname, port, request
+
+
+async def _close(stream: trio.SocketStream) -> None:
+    with trio.CancelScope(shield=True), contextlib.suppress(OSError, trio.BrokenResourceError):
+        await stream.aclose()

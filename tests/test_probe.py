@@ -1,0 +1,144 @@
+"""dfdaemon's HEAD to plain-HTTP origins (`dfdaemon/probe.py`, through `Upstream.head`):
+connections kept alive between questions, one the origin closed is replaced, a redirect
+is followed by httpx, and the origin policy and timeouts hold as for any request."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from common.origins import AddressDenied, OriginPolicy
+from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
+from dfdaemon.upstream import Upstream, UpstreamDenied
+from testkit.origin import FakeOrigin
+
+LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"])
+
+
+class Origin:
+    """A plain HTTP/1.1 server on 127.0.0.1 that answers every request `answer`, and
+    counts connections and requests; `close_after` requests, it closes the connection
+    without saying so (as an origin's idle timeout does)."""
+
+    def __init__(self, answer: bytes, close_after: int | None = None) -> None:
+        self.answer, self.close_after = answer, close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, self._one, listeners)
+
+    async def _one(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        served, data = 0, b""
+        async with stream:
+            while self.close_after is None or served < self.close_after:
+                while b"\r\n\r\n" not in data:
+                    more = await stream.receive_some()
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                self.requests.append(head)
+                await stream.send_all(self.answer)
+                served += 1
+
+    def url(self, path: str = "/f.bin") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "v1"\r\n\r\n'
+
+
+async def test_questions_share_one_connection(nursery: trio.Nursery) -> None:
+    origin = Origin(OK)
+    await origin.serve(nursery)
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=5)
+    try:
+        for _ in range(5):
+            status, headers = await probe.head(origin.url(), [("authorization", "Bearer t")])
+            assert status == 200 and ("etag", '"v1"') in headers
+    finally:
+        await probe.aclose()
+    assert origin.connections == 1 and len(origin.requests) == 5
+    first = origin.requests[0].decode()
+    assert first.startswith("HEAD /f.bin HTTP/1.1\r\n")
+    assert f"host: 127.0.0.1:{origin.port}" in first.lower()
+    assert "authorization: Bearer t" in first
+
+
+async def test_a_connection_the_origin_closed_is_replaced(nursery: trio.Nursery) -> None:
+    origin = Origin(OK, close_after=1)
+    await origin.serve(nursery)
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=5)
+    try:
+        for _ in range(3):
+            assert (await probe.head(origin.url(), []))[0] == 200
+    finally:
+        await probe.aclose()
+    assert origin.connections == 3 and len(origin.requests) == 3
+
+
+async def test_a_silent_origin_times_out_and_a_closed_port_is_unreachable(
+    nursery: trio.Nursery,
+) -> None:
+    silent = Origin(b"")  # reads the request, never answers
+    await silent.serve(nursery)
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=0.3)
+    try:
+        with trio.fail_after(5), pytest.raises(ProbeFailed):
+            await probe.head(silent.url(), [])
+        closed = trio.socket.socket()
+        await closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        with pytest.raises(ProbeUnreachable):
+            await probe.head(f"http://127.0.0.1:{port}/f.bin", [])
+    finally:
+        await probe.aclose()
+
+
+async def test_the_origin_policy_holds(nursery: trio.Nursery) -> None:
+    origin = Origin(OK)
+    await origin.serve(nursery)
+    elsewhere = OriginPolicy(deny=["127.0.0.0/8"])  # as an operator may
+    probe = Probe(elsewhere, connect_timeout=5, timeout=5)
+    with pytest.raises(AddressDenied):
+        await probe.head(origin.url(), [])
+    upstream = Upstream(policy=elsewhere)
+    try:
+        with pytest.raises(UpstreamDenied):
+            await upstream.head(origin.url(), [])
+    finally:
+        await upstream.aclose()
+    assert origin.connections == 0
+
+
+async def test_a_redirect_is_followed_by_httpx(origin: FakeOrigin, nursery: trio.Nursery) -> None:
+    origin.add("/f.bin", b"hello")
+    moved = Origin(
+        b"HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n"
+        + f"Location: {origin.url('/f.bin')}\r\n\r\n".encode()
+    )
+    await moved.serve(nursery)
+    upstream = Upstream(policy=LOOPBACK)
+    try:
+        answer = await upstream.head(moved.url(), [])
+    finally:
+        await upstream.aclose()
+    assert answer.status_code == 200 and answer.headers["etag"] == origin.etag("/f.bin")
+    assert [method for method, _ in origin.stats["/f.bin"].requests] == ["HEAD"]
+
+
+async def test_a_url_it_cannot_send_goes_to_httpx() -> None:
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=5)
+    for url, headers in (
+        ("https://127.0.0.1:1/f.bin", []),
+        ("http://127.0.0.1:1/f.bin", [("bad header", "x")]),
+        ("http://127.0.0.1:1/f.bin", [("x-a", "line\r\nbreak")]),
+    ):
+        with pytest.raises(ProbeFailed):
+            await probe.head(url, headers)
