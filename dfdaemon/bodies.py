@@ -85,6 +85,18 @@ async def send_whole(
         return good
 
 
+async def pass_whole(reply: Reply, blob: Blob, headers: list[tuple[str, str]]) -> None:
+    """Answer 200 passing a complete URL download's file descriptor instead of its bytes
+    (`Reply.pass_file`: dfget copies it in the kernel); its file is checked before it is
+    served (`kept.py`). BlobUnavailable if the file cannot be opened."""
+    with Reading(blob) as reading:
+        try:
+            fd = reading.fd()
+        except OSError as exc:
+            raise BlobUnavailable(f"blob {blob.hex[:12]}: {exc}") from exc
+        await reply.pass_file(200, headers, fd, blob.length or 0)
+
+
 async def send_blob(
     reply: Reply,
     headers: list[tuple[str, str]],

@@ -6,7 +6,10 @@ HTTP/1.1 over the Unix socket, JSON in and out:
 
 - `POST /v1/downloads` with `{"url", "headers": [[name, value]...], "digest", "tag",
   "filter"}` → `200` and the file's bytes (`x-dfdaemon-key` names the download), or an
-  error `{"error", "exit", "status"}` whose `exit` is dfget's exit code for it.
+  error `{"error", "exit", "status"}` whose `exit` is dfget's exit code for it. A
+  request with `X-Dfget-Take-File: 1` for a URL download the daemon holds complete gets
+  the file's open, read-only descriptor instead, attached to the answer's head
+  (SCM_RIGHTS), `x-dfdaemon-file: LENGTH` and no body: dfget copies it in the kernel.
 - `GET /v1/downloads/KEY` → where its bytes came from (`from_cdn`, `from_peers`,
   `from_source`, `cached`...). A download the daemon held complete before it was asked
   for has the same object in the answer's `x-dfdaemon-summary` header already.
@@ -48,7 +51,7 @@ from common.connlimit import ConnectionLimit
 from common.io import serve_limited
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
-from dfdaemon.bodies import send_whole
+from dfdaemon.bodies import pass_whole, send_whole
 from dfdaemon.cache import BlobStore
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
@@ -204,8 +207,11 @@ class ControlApi:
         cached = blob.complete
         digest = blob.digest or ""
         sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else None
+        passing = cached and sha256 is None and request.header("x-dfget-take-file") == "1"
         try:
-            if not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
+            if passing and reply.can_pass_files:  # (a sha256 blob is hashed as it is sent)
+                await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
+            elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
                 # is dropped, the next request downloads it anew.
                 log.error("blob %s: not the blob named: response broken off", blob.hex[:12])
@@ -219,17 +225,18 @@ class ControlApi:
         finally:
             self.metrics.served.labels("dfget").inc(reply.bytes_sent)
 
-    def _headers(self, blob: Blob, cached: bool) -> list[tuple[str, str]]:
+    def _headers(self, blob: Blob, cached: bool, passed: bool = False) -> list[tuple[str, str]]:
         """The answer's headers; from here on dfget may ask where the bytes came from,
         under a key of this answer's own (a blob's digest or a URL's task id would let
-        anyone ask about other clients' downloads)."""
+        anyone ask about other clients' downloads). `passed`: the file goes as a
+        descriptor (`x-dfdaemon-file` says its length; the answer has no body)."""
         key = secrets.token_hex(32)
         self.served[key] = (blob, cached)
         while len(self.served) > KEEP_RESULTS:  # the oldest go first
             del self.served[next(iter(self.served))]
         headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", key)]
         if blob.length is not None:
-            headers.append(("content-length", str(blob.length)))
+            headers.append(("x-dfdaemon-file" if passed else "content-length", str(blob.length)))
             if cached:  # known before the first byte: dfget need not ask for it
                 headers.append(("x-dfdaemon-summary", json.dumps(_summary(blob, cached))))
         return headers

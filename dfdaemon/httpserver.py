@@ -23,9 +23,11 @@ instead of sent by sendfile(2).
 
 from __future__ import annotations
 
+import array
 import contextlib
 import logging
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -108,6 +110,24 @@ class Reply:
             await self._connection.send(h11.Data(data=bytes(data)))
             self.bytes_sent += len(data)
 
+    @property
+    def can_pass_files(self) -> bool:
+        """Over a Unix socket, a descriptor can go to the client (`pass_file`)."""
+        stream = self._connection.stream
+        return isinstance(stream, trio.SocketStream) and stream.socket.family == socket.AF_UNIX
+
+    async def pass_file(
+        self, status: int, headers: list[tuple[str, str]], fd: int, length: int
+    ) -> None:
+        """A whole answer with no body whose head carries the open file `fd` to the
+        client (SCM_RIGHTS; `can_pass_files` only): it reads the `length` bytes it
+        stands for from the file itself."""
+        self.status, self.started = status, True
+        head = h11.Response(status_code=status, headers=[*headers, ("content-length", "0")])
+        await self._connection.send_passing(head, fd)
+        await self.end()
+        self.bytes_sent += length
+
     async def send_file(self, fd: int, offset: int, count: int) -> None:
         """`count` body bytes straight from file `fd` at `offset` (sendfile)."""
         if count and self._method != "HEAD":
@@ -168,6 +188,20 @@ class _Connection:
         if data:
             with self._progress() as watch:
                 await self._send_all(data, watch)
+
+    async def send_passing(self, event: h11.Event, fd: int) -> None:
+        """Send `event` (an answer's head) with descriptor `fd` attached to its first
+        byte (a Unix socket's SCM_RIGHTS)."""
+        data = self.h11.send(event) or b""
+        assert isinstance(self.stream, trio.SocketStream)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        with self._progress() as watch:
+            try:
+                sent = await self.stream.socket.sendmsg([data], rights)
+            except STREAM_ERRORS as exc:
+                raise ClientGone(str(exc)) from exc
+            if sent < len(data):
+                await self._send_all(data[sent:], watch)
 
     async def send_file(self, fd: int, offset: int, count: int) -> None:
         # h11 frames the body (Content-Length or chunks) around a stand-in of the right

@@ -349,7 +349,7 @@ def _post_early(args: argparse.Namespace, socket_path: Path | None) -> Handoff |
     handoff = Handoff(socket_path)
     fields = request_fields(args.url, args.headers, args.digest, args.tag, args.filter)
     try:
-        handoff.post(fields)
+        handoff.post(fields, take_file=not args.digest and not args.rate_limit)
     except DaemonUnreachable:
         handoff.close()
         return None

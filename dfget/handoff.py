@@ -13,9 +13,13 @@ calls `hand_over`; the engine runs `Handoff.download` in a worker thread and cal
 
 from __future__ import annotations
 
+import array
 import contextlib
+import errno
 import json
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -45,6 +49,11 @@ CONNECT_TIMEOUT = 5.0
 MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a summary
 CHUNK = 1024 * 1024
 SHORT_ANSWER = 10.0  # seconds for a summary, or an error's body, to come in whole
+TAKE_SLICE = 64 * 1024 * 1024  # bytes copied from a passed file between abort checks
+# Room for a few descriptors (one is due): more than fit are closed by the kernel.
+_FD_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+# copy_file_range cannot copy between these files (another file system, an old kernel).
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _BY_EXIT: dict[int, type[DfgetError]] = {
     error.exit_code: error
     for error in (
@@ -81,11 +90,17 @@ def request_fields(
 
 class Answer:
     def __init__(
-        self, status: int, headers: dict[str, str], sock: socket.socket, early: bytes
+        self,
+        status: int,
+        headers: dict[str, str],
+        sock: socket.socket,
+        early: bytes,
+        passed: int | None = None,
     ) -> None:
         self.status, self.headers = status, headers
         self.sock = sock  # the rest of the body is read from it
         self.early = early  # body bytes read with the head
+        self.passed = passed  # the file's descriptor, when the daemon passed it over
 
 
 class Handoff:
@@ -100,13 +115,18 @@ class Handoff:
         self.aborted = False
         self._stopped = threading.Event()  # set by `abort`: ends a pause of the pacing
         self._socks: list[socket.socket] = []
+        self._passed: list[int] = []  # descriptors the daemon passed over
         self._posted: socket.socket | None = None  # the download asked for, not answered
 
-    def post(self, fields: dict[str, object]) -> None:
+    def post(self, fields: dict[str, object], *, take_file: bool = False) -> None:
         """Ask the daemon for the download now (`download` reads the answer): the CLI
         does so before it loads the rest of itself, so the daemon works meanwhile.
-        DaemonUnreachable if nothing answers on the socket."""
-        self._posted = self._send("POST", "/v1/downloads", json.dumps(fields).encode())
+        With `take_file`, a daemon holding the file complete may pass its descriptor
+        over instead of its bytes (`x-dfget-take-file`; without --digest or
+        --rate-limit, which need the bytes to pass through dfget). DaemonUnreachable if
+        nothing answers on the socket."""
+        extra = (("X-Dfget-Take-File", "1"),) if take_file else ()
+        self._posted = self._send("POST", "/v1/downloads", json.dumps(fields).encode(), extra)
 
     def abort(self) -> None:
         """Stop the download from another thread: its socket is shut, its next read
@@ -129,7 +149,7 @@ class Handoff:
             )
             if request.s3 is not None:  # the daemon's peer registers with them (as headers)
                 fields["s3"] = request.s3._asdict()
-            self.post(fields)
+            self.post(fields, take_file=not request.digest and not request.rate_limit)
         assert self._posted is not None
         hasher = None
         if request.digest:
@@ -141,7 +161,10 @@ class Handoff:
             raise _error(answer.status, self._rest(answer))
         length_text = answer.headers.get("content-length", "")
         length = int(length_text) if length_text.isdigit() else None
-        received = self._copy(answer, out, length, hasher, progress)
+        if "x-dfdaemon-file" in answer.headers:
+            length = received = self._take(answer, out, progress)
+        else:
+            received = self._copy(answer, out, length, hasher, progress)
         if length is not None and received != length:
             raise DaemonUnreachable(f"{self._where()} sent {received} of {length} bytes")
         if hasher is not None and request.digest:
@@ -187,7 +210,9 @@ class Handoff:
             raise DownloadTimeout("download did not finish within --timeout")
         return left if at_most is None else min(left, at_most)
 
-    def _send(self, method: str, path: str, body: bytes) -> socket.socket:
+    def _send(
+        self, method: str, path: str, body: bytes, extra: Sequence[tuple[str, str]] = ()
+    ) -> socket.socket:
         """Send one request on a new connection, for `_answer`."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._socks.append(sock)
@@ -195,6 +220,7 @@ class Handoff:
             sock.settimeout(self._timeout(CONNECT_TIMEOUT))
             sock.connect(str(self.socket_path))
             head = f"{method} {path} HTTP/1.0\r\nHost: dfdaemon\r\n"
+            head += "".join(f"{name}: {value}\r\n" for name, value in extra)
             if body:
                 head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             sock.sendall(head.encode() + b"\r\n" + body)
@@ -206,22 +232,31 @@ class Handoff:
         """The status and head of the answer on `sock` (in `within` seconds, if given;
         the answer to the download itself may wait for an origin: no limit but
         --timeout's)."""
+        passed: list[int] = []
         try:
             sock.settimeout(self._timeout(within))
             raw = b""
             while b"\r\n\r\n" not in raw:
                 if len(raw) > MAX_HEAD:
                     raise DaemonUnreachable(f"{self._where()}: answer head too large")
-                more = sock.recv(CHUNK)
+                more = _receive(sock, passed)
                 if not more:
                     raise DaemonUnreachable(f"{self._where()} closed the connection")
                 raw += more
         except TimeoutError as exc:
+            _close_all(passed)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DownloadTimeout("download did not finish within --timeout") from exc
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
-        except OSError as exc:
-            raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        except BaseException as exc:
+            _close_all(passed)
+            if isinstance(exc, OSError):
+                raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+            raise
+        if len(passed) > 1:
+            _close_all(passed)
+            raise DaemonUnreachable(f"{self._where()} passed {len(passed)} descriptors")
+        self._passed.extend(passed)  # closed by `close`, whatever happens
         head_bytes, _, early = raw.partition(b"\r\n\r\n")
         lines = head_bytes.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
@@ -231,7 +266,7 @@ class Handoff:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        return Answer(int(parts[1]), headers, sock, early)
+        return Answer(int(parts[1]), headers, sock, early, passed[0] if passed else None)
 
     def _rest(self, answer: Answer) -> bytes:
         """A short body (an error, a summary), whole, within SHORT_ANSWER seconds."""
@@ -283,10 +318,66 @@ class Handoff:
                 return received
             chunk = view[:count]
 
+    def _take(self, answer: Answer, out: AtomicOutput, progress: Progress | None) -> int:
+        """Copy the file whose descriptor the daemon passed over (`x-dfdaemon-file`
+        names its length; the answer has no body) into `out`, in the kernel where the
+        file systems allow it; the bytes copied."""
+        fd, length_text = answer.passed, answer.headers["x-dfdaemon-file"]
+        if fd is None or not length_text.isdigit():
+            raise DaemonUnreachable(f"{self._where()} passed no file")
+        length = int(length_text)
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise DaemonUnreachable(f"{self._where()} passed a bad descriptor: {exc}") from exc
+        if not stat.S_ISREG(info.st_mode) or info.st_size != length:
+            raise DaemonUnreachable(f"{self._where()} passed no file of {length} bytes")
+        offset, kernel = 0, True
+        while offset < length:
+            self._timeout(None)  # aborted, or past --timeout: stop between slices
+            count = min(length - offset, TAKE_SLICE)
+            try:
+                if kernel:
+                    copied = out.copy_in(fd, offset, count)
+                else:
+                    data = os.pread(fd, min(count, CHUNK), offset)
+                    out.write_at(offset, data)
+                    copied = len(data)
+            except OSError as exc:
+                if kernel and exc.errno in _NO_KERNEL_COPY:
+                    kernel = False  # (another file system: read and write)
+                    continue
+                raise OutputError(f"cannot copy the daemon's file to {out.temp}: {exc}") from exc
+            if not copied:
+                raise DaemonUnreachable(f"{self._where()}'s file ended at {offset} bytes")
+            offset += copied
+            if progress is not None:
+                progress(offset, length)
+        return offset
+
     def close(self) -> None:
         for sock in self._socks:
             sock.close()
         self._socks.clear()
+        _close_all(self._passed)
+        self._passed.clear()
+
+
+def _receive(sock: socket.socket, passed: list[int]) -> bytes:
+    """`recv`, keeping any descriptors that came with the bytes (SCM_RIGHTS)."""
+    data, ancillary, _, _ = sock.recvmsg(CHUNK, _FD_SPACE)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            passed.extend(fds)
+    return data
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _error(status: int, raw: bytes) -> Exception:

@@ -144,6 +144,17 @@ class AtomicOutput:
         if self.durable:
             self._flush_now_and_then(offset - start)
 
+    def copy_in(self, source: int, offset: int, count: int) -> int:
+        """Copy up to `count` bytes of the open file `source` at `offset` to the same
+        offset here, in the kernel (copy_file_range: no pass through Python); how many,
+        0 at the source's end. OSError as the copy raises it (EXDEV, EINVAL...: a file
+        system it cannot copy between; the caller reads and writes instead)."""
+        copied = os.copy_file_range(source, self.fd, count, offset, offset)
+        self._wrote(offset, offset + copied)
+        if self.durable:
+            self._flush_now_and_then(copied)
+        return copied
+
     def _flush_now_and_then(self, written: int) -> None:
         """Past SYNC_EVERY new bytes, start a flush in a thread of its own (one at a
         time); its errors are the final `sync`'s to report."""

@@ -86,6 +86,11 @@ class SpoolOutput(AtomicOutput):
         super().write_at(offset, data)
         self._changed_soon()
 
+    def copy_in(self, source: int, offset: int, count: int) -> int:
+        copied = super().copy_in(source, offset, count)
+        self._changed_soon()
+        return copied
+
     def note_written(self, start: int, end: int) -> None:
         super().note_written(start, end)
         self._changed_soon()
