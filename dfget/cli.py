@@ -226,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     # start again once the imports are done (`_imported`), before any download runs.
     gc.disable()
     # httpx imports its command-line client when rich and click happen to be installed
-    # (about 55 ms): dfget never runs it. An entry of None makes that import fail, which
-    # httpx expects (`httpx.main` then says what is missing).
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    # (about 55 ms), and httpcore its HTTP/2 connections when h2 is (15 ms): dfget uses
+    # neither. An entry of None makes those imports fail, which both expect (`httpx.main`
+    # and an HTTP/2 connection then say what is missing).
+    for unused in ("httpx._main", "h2"):
+        sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
     try:
         return _main(argv)
     finally:

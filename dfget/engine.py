@@ -19,13 +19,12 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from common.io import RateLimiter, unwrap_group
 from common.urls import display_url
-from dfget.connect import CONNECT_TIMEOUT, SUPERNODE_TIMEOUT
 from dfget.errors import (
     DownloadTimeout,
     SupernodeUnavailable,
@@ -33,12 +32,12 @@ from dfget.errors import (
     UsageError,
 )
 from dfget.output import AtomicOutput
-from dfget.peer import Attempt
-from dfget.pieces import PieceBook
 from dfget.progress import Progress
 from dfget.request import DownloadRequest
 from dfget.results import Content, DownloadResult, SourceCounts, add_counts
-from proto.messages import Register
+
+if TYPE_CHECKING:
+    from dfget.pieces import PieceBook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,7 +179,10 @@ async def _in_thread(work: Callable[[], T], abort: Callable[[], None]) -> T:
 async def _download(job: DownloadJob) -> DownloadResult:
     """Through each supernode in rendezvous order, then from the origin."""
     request, out = job.request, job.out
-    from dfget.members import directory_for  # asks a member for the live list: lazily
+    # The peer, the wire and the supernode's members load here, not with the engine:
+    # a download handed to the daemon (a whole tree of them) never needs them.
+    from dfget.connect import CONNECT_TIMEOUT, SUPERNODE_TIMEOUT
+    from dfget.members import directory_for
 
     directory = await directory_for(request.supernodes, request.directory, request.peer.token)
     ranked = directory.rank(job.task_id)
@@ -248,6 +250,9 @@ async def commit(out: AtomicOutput) -> None:
 async def _through(job: DownloadJob, address: str, within: float) -> DownloadResult:
     """One attempt through the supernode at `address` (`within`: seconds to connect,
     then to handshake); commits the output when done."""
+    from dfget.peer import Attempt
+    from proto.messages import Register
+
     request = job.request
     results: list[DownloadResult] = []
 
