@@ -20,6 +20,7 @@ from conftest import PYTHON, StartDaemon, cli_env
 from dfget import handoff
 from dfget.engine import DownloadRequest, download
 from dfget.errors import DownloadTimeout
+from dfget.results import DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
 
@@ -46,6 +47,27 @@ async def silent(stream: trio.SocketStream) -> None:
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
+
+
+async def engine_download(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path, answer: Answer, data: bytes
+) -> DownloadResult:
+    """The engine's download of the origin's /f.bin (DATA) with a daemon that gives
+    every connection `answer`, the origin its only other source: whole, nothing left
+    beside it."""
+    await fake_daemon(nursery, tmp_path / "d.sock", answer)
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+        supernodes=(),
+    )
+    with trio.fail_after(10):
+        result = await download(request)
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert leftovers(tmp_path / "out") == ["f.bin"]
+    return result
 
 
 async def test_the_cli_gives_up_on_a_silent_daemon_at_its_timeout(
@@ -189,19 +211,8 @@ async def test_a_daemon_that_never_sends_its_summary_is_left_for_the_origin(
         else:  # the summary: never
             await trio.sleep_forever()
 
-    await fake_daemon(nursery, tmp_path / "d.sock", body_then_silence)
-    (tmp_path / "out").mkdir()
-    request = DownloadRequest(
-        url=origin.url("/f.bin"),
-        output=tmp_path / "out" / "f.bin",
-        daemon_socket=tmp_path / "d.sock",
-        supernodes=(),
-    )
-    with trio.fail_after(10):
-        result = await download(request)
+    result = await engine_download(nursery, origin, tmp_path, body_then_silence, data)
     assert result.daemon is None and result.from_source == len(data)
-    assert (tmp_path / "out" / "f.bin").read_bytes() == data
-    assert leftovers(tmp_path / "out") == ["f.bin"]
 
 
 async def test_a_cancelled_rate_limited_handoff_does_not_wait_out_its_pause(
@@ -258,18 +269,7 @@ async def test_a_summary_in_the_answer_head_needs_no_second_request(
             head += f"x-dfdaemon-summary: {summary}\r\n\r\n"
             await stream.send_all(head.encode() + data)
 
-    await fake_daemon(nursery, tmp_path / "d.sock", cached)
-    (tmp_path / "out").mkdir()
-    request = DownloadRequest(
-        url=origin.url("/f.bin"),
-        output=tmp_path / "out" / "f.bin",
-        daemon_socket=tmp_path / "d.sock",
-        supernodes=(),
-    )
-    with trio.fail_after(10):
-        result = await download(request)
+    result = await engine_download(nursery, origin, tmp_path, cached, data)
     assert asked == [b"POST"]
     assert (result.daemon is not None) is through_daemon
     assert result.from_source == (0 if through_daemon else len(data))
-    assert (tmp_path / "out" / "f.bin").read_bytes() == data
-    assert leftovers(tmp_path / "out") == ["f.bin"]
