@@ -11,6 +11,7 @@ raises `AddressDenied` as the policy's own check does.
 from __future__ import annotations
 
 import contextlib
+import select
 from urllib.parse import quote, urlsplit
 
 import h11
@@ -89,7 +90,10 @@ class Probe:
             await _close(stream)
             raise
         answer = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        # Reused only if the answer ended where it should: bytes past it (a body sent
+        # for a HEAD, say) would be read as the next question's answer.
+        clean = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        if clean and not conn.trailing_data[0]:
             conn.start_next_cycle()
             await self._give_back(host, port, stream, conn)
         else:
@@ -97,8 +101,15 @@ class Probe:
         return response.status_code, answer
 
     def _take(self, host: str, port: int) -> _Idle | None:
+        """An idle connection to `host:port` with nothing to read: one the origin closed,
+        or sent bytes on since its last answer, is closed instead (so is any older)."""
         idle = self._idle.get((host, port))
-        return idle.pop() if idle else None
+        while idle:
+            stream, conn = idle.pop()
+            if not _readable(stream):
+                return stream, conn
+            stream.socket.close()  # (not a trio checkpoint: nothing else is using it)
+        return None
 
     async def _give_back(
         self, host: str, port: int, stream: trio.SocketStream, conn: h11.Connection
@@ -147,6 +158,12 @@ def _request(url: str, headers: Headers) -> tuple[str, int, h11.Request]:
     except (h11.LocalProtocolError, ValueError) as exc:  # UnicodeError is a ValueError
         raise ProbeFailed(str(exc)) from exc
     return parts.hostname, port, request
+
+
+def _readable(stream: trio.SocketStream) -> bool:
+    """Has the idle connection anything to read (bytes, or the origin's close)?"""
+    readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+    return bool(readable)
 
 
 async def _close(stream: trio.SocketStream) -> None:

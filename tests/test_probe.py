@@ -82,6 +82,26 @@ async def test_a_connection_the_origin_closed_is_replaced(nursery: trio.Nursery)
     assert origin.connections == 3 and len(origin.requests) == 3
 
 
+async def test_bytes_past_an_answer_are_never_read_as_the_next_one(
+    nursery: trio.Nursery,
+) -> None:
+    """An origin that sends a body with its HEAD answer, here one that looks like an
+    answer itself: the connection is not asked again, or the forged answer would be
+    taken for the next requester's (another requester's access, other validators)."""
+    forged = b'HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: "forged"\r\n\r\n'
+    origin = Origin(OK + forged)
+    await origin.serve(nursery)
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=5)
+    try:
+        for _ in range(3):
+            _, headers = await probe.head(origin.url(), [])
+            assert dict(headers)["etag"] == '"v1"'
+            await trio.sleep(0.05)  # (the extra bytes may come after the answer)
+    finally:
+        await probe.aclose()
+    assert origin.connections == 3
+
+
 async def test_a_silent_origin_times_out_and_a_closed_port_is_unreachable(
     nursery: trio.Nursery,
 ) -> None:
