@@ -10,11 +10,11 @@ success with the same validators (`Validators.same_content`: a strong ETag, else
 Last-Modified, and the length) and the file still matches the digests. That is the
 test a client must pass to join a running download (`sharing.check_join`).
 
-Anything this cannot decide goes to the supernode as before (`BlobStore.still_current`:
-a check-only session registered with the requester's headers): no validators, a weak
-ETag, an origin this host cannot reach, a server error, validators that changed (the
-content may still be the same: the supernode knows). An origin that refuses the
-requester (4xx) is final: it does not get the bytes.
+Anything else goes to the supernode as before (`BlobStore.still_current`: a check-only
+session registered with the requester's headers, which fails if the origin refuses
+them): no validators, a weak ETag, an origin this host cannot reach, an error or a
+refusal (a URL presigned for GET refuses a HEAD), validators that changed (the content
+may still be the same: the supernode knows).
 """
 
 from __future__ import annotations

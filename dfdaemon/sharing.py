@@ -126,9 +126,9 @@ async def check_kept(
 ) -> bool | None:
     """Is the kept, complete URL download `blob` what the origin gives a client with
     `headers` now (`kept.py`)? True: it may have the file; False: the file is damaged
-    (fetch it anew); None: the origin cannot say here (ask the supernode: an origin
-    this host failed to reach is not asked again for a while). JoinRefused if the
-    origin refuses the client."""
+    (fetch it anew); None: the origin does not say yes here (ask the supernode, which
+    refuses the client if the origin does; an origin this host failed to reach is not
+    asked again for a while)."""
     kept = kept_validators(blob)
     if kept is None or not upstream.reachable(url):
         return None
@@ -138,10 +138,10 @@ async def check_kept(
         log.info("url %s: cannot ask the origin from here (%s)", blob.hex[:12], exc)
         upstream.unreachable(url)
         return None
-    status = answer.status_code
-    if 400 <= status < 500:
-        raise JoinRefused(f"origin answered {status} for {display_url(url)}", status)
-    if not 200 <= status < 300 or not kept.same_content(Validators.of(answer)):
+    # A refusal is not final here: a URL signed for GET alone (an S3 presigned URL)
+    # refuses a HEAD; the supernode asks with a GET, and refuses the requester if the
+    # origin does.
+    if not 200 <= answer.status_code < 300 or not kept.same_content(Validators.of(answer)):
         return None
     if not await file_matches(blob):
         log.warning("url %s: the kept copy is damaged: fetched anew", blob.hex[:12])

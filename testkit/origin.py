@@ -56,6 +56,9 @@ class Fault:
 
     status: int | None = None
     """Answer every GET/HEAD with this final status (>= 200) and a short text body."""
+    head_status: int | None = None
+    """Answer every HEAD (only) with this status: as S3 answers a HEAD of a URL
+    presigned for GET (403)."""
     require_auth: str | None = None
     """Exact Authorization value expected; missing or wrong gets 401."""
     challenge: str = 'Basic realm="origin"'
@@ -304,6 +307,8 @@ class FakeOrigin:
             await _send_simple(stream, conn, req, 401, challenge)
         elif fault.status is not None:
             await _send_simple(stream, conn, req, fault.status)
+        elif fault.head_status is not None and req.method == "HEAD":
+            await _send_simple(stream, conn, req, fault.head_status)
         elif fault.redirect_to is not None:
             await _send_simple(stream, conn, req, 302, [("Location", fault.redirect_to)])
         else:

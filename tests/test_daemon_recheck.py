@@ -268,3 +268,17 @@ async def test_an_origin_the_daemon_cannot_reach_is_left_to_the_supernode_for_a_
         assert connections == tried  # not asked again
     finally:
         await upstream.aclose()
+
+
+async def test_a_url_that_refuses_a_head_is_checked_by_the_supernode(
+    origin: FakeOrigin, keep: Keep, fetch: Fetch
+) -> None:
+    """A URL presigned for GET refuses a HEAD (S3 answers 403): the requester may still
+    read it, which the supernode's GET shows; the kept file is sent, not refused."""
+    data = os.urandom(2 * MiB)
+    daemon, _ = await keep(data, head_status=403)
+    before = len(origin.stats["/f.bin"].requests)
+    again = await fetch(origin.url("/f.bin"), None, daemon_socket=daemon.socket_path)
+    assert Path(again.output).read_bytes() == data and again.from_cdn == 0
+    asked = asked_since(origin, before)
+    assert ("HEAD", False) in asked and any(by_supernode for _, by_supernode in asked)
