@@ -6,6 +6,7 @@ with nothing half-written left behind."""
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -273,3 +274,54 @@ async def test_a_summary_in_the_answer_head_needs_no_second_request(
     assert asked == [b"POST"]
     assert (result.daemon is not None) is through_daemon
     assert result.from_source == (0 if through_daemon else len(data))
+
+
+def passing(descriptors: Callable[[], list[int]], length: int) -> Answer:
+    """A daemon that answers with `descriptors()` passed as the file of LENGTH bytes."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        head = b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\nx-dfdaemon-key: k\r\n"
+        head += b"x-dfdaemon-file: %d\r\n" % length
+        head += b'x-dfdaemon-summary: {"bytes": %d, "complete": true}\r\n\r\n' % length
+        fds = descriptors()
+        try:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            await stream.socket.sendmsg([head], rights)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    return answer
+
+
+@pytest.mark.parametrize("kind", ["pipe", "other-length", "two", "none"])
+async def test_a_daemon_passing_a_bad_descriptor_is_left_for_the_origin(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path, kind: str
+) -> None:
+    """What a daemon passes as the file must be one regular file of the length it
+    names; anything else is not copied (dfget fetches by itself) and every descriptor
+    that came is closed."""
+    data = os.urandom(5000)
+    origin.add("/f.bin", data)
+    other = tmp_path / "other.bin"
+    other.write_bytes(data + b"more")
+
+    def descriptors() -> list[int]:
+        if kind == "pipe":
+            read, write = os.pipe()
+            os.write(write, data)
+            os.close(write)
+            return [read]
+        if kind == "other-length":
+            return [os.open(other, os.O_RDONLY)]
+        if kind == "two":
+            return [os.open(other, os.O_RDONLY), os.open(other, os.O_RDONLY)]
+        return []
+
+    before = len(os.listdir("/proc/self/fd"))
+    answer = passing(descriptors, len(data))
+    result = await engine_download(nursery, origin, tmp_path, answer, data)
+    assert result.daemon is None and result.from_source == len(data)
+    await trio.sleep(0.1)  # (the fake daemon's connection closes)
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # (the fake daemon's listener)
