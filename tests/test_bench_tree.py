@@ -27,4 +27,16 @@ def test_the_benchmark_fetches_the_tree_every_way(tmp_path: Path) -> None:
         assert set(OURS) <= set(results.whole[source])
         assert {curl, *OURS_SMALL} <= set(results.small[source])
     lines = report(results)
+    targets = [line for line in lines if "small files through the daemon" in line]
+    assert len(targets) == 4  # a fresh daemon and one holding the files, for each source
+    assert sum("through the daemon again" in line for line in targets) == 2
+
+
+def test_the_small_files_alone(tmp_path: Path) -> None:
+    tiny = ["--scale", "4096", "--fewer", "20", "--runs", "1", "--no-s3", "--small-only"]
+    results = measure(parse_args([*tiny, "--work", str(tmp_path), "--baselines", "wget"]))
+    assert results.whole["nginx"] == {}  # no whole-tree client ran
+    assert {"curl -Z (4 at once)", *OURS_SMALL} <= set(results.small["nginx"])
+    lines = report(results)
+    assert not any("whole tree" in line for line in lines)
     assert sum("small files through the daemon" in line for line in lines) == 2
