@@ -22,7 +22,7 @@ from common.addresses import parse_listen
 from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied
 from common.urls import display_url
-from dfdaemon import httpserver
+from dfdaemon import httpconn
 from dfdaemon.blob import BlobUnavailable, read_blob
 from dfdaemon.bodies import send_blob
 from dfdaemon.cache import BlobStore
@@ -151,7 +151,7 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.Cance
     SEND_TIMEOUT; then the whole tunnel ends."""
     try:
         while data := await source.receive_some(TUNNEL_CHUNK):
-            with trio.fail_after(httpserver.SEND_TIMEOUT):
+            with trio.fail_after(httpconn.SEND_TIMEOUT):
                 await sink.send_all(data)
     except (*STREAM_ERRORS, trio.TooSlowError):
         pass

@@ -44,7 +44,7 @@ from rawwire import raw_connect
 from registry import Image, Registry, needs_registry, write_oci_image
 
 from common.io import unwrap_group
-from dfdaemon import httpserver
+from dfdaemon import httpconn, httpserver
 from dfdaemon.app import Daemon, DaemonConfig
 from dfdaemon.cli import build_parser, resolve_config
 from dfdaemon.registry import BadReference, resolve
@@ -719,7 +719,7 @@ async def test_connections_past_the_cap_are_closed_at_once(start_daemon: StartDa
 async def test_a_client_that_never_reads_its_answer_loses_the_connection(
     origin: FakeOrigin, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(httpserver, "SEND_TIMEOUT", 1.0)
+    monkeypatch.setattr(httpconn, "SEND_TIMEOUT", 1.0)
     data = os.urandom(32 * MiB)  # far more than the socket buffers hold
     origin.add("/big.iso", data)
     daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
@@ -759,7 +759,7 @@ async def test_a_client_that_never_reads_its_answer_loses_the_connection(
 async def test_a_request_body_that_stalls_loses_the_connection(
     start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(httpserver, "BODY_TIMEOUT", 1.0)
+    monkeypatch.setattr(httpconn, "BODY_TIMEOUT", 1.0)
     daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
     async with await trio.open_unix_socket(str(daemon.socket_path)) as stream:
         head = b"POST /v1/downloads HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"

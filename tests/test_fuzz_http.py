@@ -29,7 +29,7 @@ from fuzz_strategies import fuzz_settings
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from dfdaemon import httpserver
+from dfdaemon import httpconn, httpserver
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.registry import BadReference, blob_digest, resolve
 from dfdaemon.trust import HOST
@@ -148,7 +148,7 @@ heads = st.one_of(
             b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999999999999999\r\n\r\n",
             b"GET / HTTP/1.1\r\nhost: x\r\n"
             + b"a: "
-            + b"b" * (httpserver.MAX_HEAD + 10)
+            + b"b" * (httpconn.MAX_HEAD + 10)
             + b"\r\n\r\n",
             b"GET / HTTP/1.1\r\n" + b"x: y\r\n" * 5000 + b"\r\n",
             b"GET / HTTP/1.1\r\n\tfolded: x\r\n\r\n",

@@ -9,7 +9,7 @@ import h11
 import pytest
 import trio
 
-from dfdaemon import httpserver
+from dfdaemon import httpconn
 from dfdaemon.httpserver import Reply, Request, serve_http
 
 
@@ -63,7 +63,7 @@ async def wait_closed(stream: trio.SocketStream) -> None:
 async def test_an_endless_unread_body_closes_the_connection_after_the_answer(
     server: trio.SocketStream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(httpserver, "UNREAD_BODY_TIMEOUT", 60.0)  # the length, not the clock
+    monkeypatch.setattr(httpconn, "UNREAD_BODY_TIMEOUT", 60.0)  # the length, not the clock
 
     async def send_forever() -> None:
         try:
@@ -85,7 +85,7 @@ async def test_an_endless_unread_body_closes_the_connection_after_the_answer(
 async def test_a_stalled_unread_body_closes_the_connection_after_a_while(
     server: trio.SocketStream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(httpserver, "UNREAD_BODY_TIMEOUT", 0.2)
+    monkeypatch.setattr(httpconn, "UNREAD_BODY_TIMEOUT", 0.2)
     client = h11.Connection(h11.CLIENT)
     # 10 bytes of the 1000 announced, and never the rest
     await server.send_all(wire(client, put(1000), h11.Data(data=bytes(10))))
@@ -98,7 +98,7 @@ async def test_a_client_that_sends_a_long_body_before_reading_gets_the_whole_ans
     server: trio.SocketStream,
 ) -> None:
     client = h11.Connection(h11.CLIENT)
-    size = 4 * httpserver.MAX_UNREAD_BODY
+    size = 4 * httpconn.MAX_UNREAD_BODY
     with trio.fail_after(5):  # all of it first, as urllib3 does, then the answer
         await server.send_all(
             wire(client, put(size), h11.Data(data=bytes(size)), h11.EndOfMessage())

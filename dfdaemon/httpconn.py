@@ -1,0 +1,182 @@
+"""One HTTP/1.1 connection of the daemon's server (`httpserver.py`): h11 over a trio
+stream, with what bounds a client's cost (a body that stalls, an answer nobody reads,
+an unread body kept short), and answer bodies straight from files: by sendfile, or as
+a descriptor passed over a Unix socket.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import h11
+import trio
+
+from proto.io import STREAM_ERRORS, send_file
+
+READ_SIZE = 64 * 1024
+MAX_HEAD = 64 * 1024  # request line and headers
+BODY_TIMEOUT = 60.0  # a request body that sends nothing for this long is given up
+SEND_TIMEOUT = 60.0  # an answer the client reads nothing of for this long is given up
+# Answers go out in slices of this size, each under SEND_TIMEOUT from the previous
+# one's end: a client reading at least this much a minute keeps its connection.
+SEND_SLICE = 256 * 1024
+# A request body the handler left unread is read and dropped after the answer, to keep
+# the connection for the next request, only if it is this short and this quick; any
+# longer or slower (an endless upload, say) and the connection is closed instead.
+MAX_UNREAD_BODY = 64 * 1024
+UNREAD_BODY_TIMEOUT = 5.0
+# Before closing on a client still sending: say so (FIN) and drop what still comes for
+# this long, so the kernel does not answer its bytes with a reset that can destroy the
+# answer before the client has read it (nginx's lingering close).
+LINGER = 2.0
+
+
+class ClientGone(Exception):
+    """The client closed or broke the connection."""
+
+
+class BrokenBody(ClientGone):
+    """The client's request body broke HTTP/1.1 (a bad chunk size, cut short): its
+    fault, answered 400 if the answer has not started, never a 500."""
+
+
+class _FileSpan(bytes):
+    """Stands in for `size` bytes of a file in an h11 Data event: only its length
+    counts (an empty bytes object underneath, never written itself)."""
+
+    size: int
+
+    def __new__(cls, size: int) -> _FileSpan:
+        span = super().__new__(cls)
+        span.size = size
+        return span
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class Connection:
+    """One client connection: h11 over a trio stream, with the timeouts above."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            with self._progress() as watch:
+                await self._send_all(data, watch)
+
+    async def send_passing(self, event: h11.Event, fd: int) -> None:
+        """Send `event` (an answer's head) with descriptor `fd` attached to its first
+        byte (a Unix socket's SCM_RIGHTS)."""
+        data = self.h11.send(event) or b""
+        assert isinstance(self.stream, trio.SocketStream)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        with self._progress() as watch:
+            try:
+                sent = await self.stream.socket.sendmsg([data], rights)
+            except STREAM_ERRORS as exc:
+                raise ClientGone(str(exc)) from exc
+            if sent < len(data):
+                await self._send_all(data[sent:], watch)
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        # h11 frames the body (Content-Length or chunks) around a stand-in of the right
+        # length, and hands it back untouched where the bytes go (h11's sendfile recipe).
+        span = _FileSpan(count)
+        with self._progress() as watch:
+            for part in self.h11.send_with_data_passthrough(h11.Data(data=span)) or ():
+                if part is not span:
+                    await self._send_all(part, watch)
+                    continue
+                end = offset + count
+                while offset < end:
+                    size = min(SEND_SLICE, end - offset)
+                    try:
+                        if isinstance(self.stream, trio.SocketStream):
+                            await send_file(self.stream.socket, fd, offset, size)
+                        else:  # TLS: the bytes must pass through the encryption
+                            # (read in the loop, as sendfile reads: a thread hop per
+                            # slice cost more than the read of a cached blob)
+                            data = os.pread(fd, size, offset)
+                            if len(data) != size:
+                                raise OSError(f"file ended at {offset + len(data)}")
+                            await self.stream.send_all(data)
+                    except STREAM_ERRORS as exc:
+                        raise ClientGone(str(exc)) from exc
+                    offset += size
+                    watch.deadline = trio.current_time() + SEND_TIMEOUT
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[trio.CancelScope]:
+        """A deadline SEND_TIMEOUT ahead, pushed on by every slice that goes out;
+        ClientGone if it passes (the client stopped reading)."""
+        with trio.CancelScope(deadline=trio.current_time() + SEND_TIMEOUT) as watch:
+            yield watch
+        if watch.cancelled_caught:
+            raise ClientGone(f"the client read nothing for {SEND_TIMEOUT:g}s")
+
+    async def _send_all(self, data: bytes, watch: trio.CancelScope) -> None:
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), SEND_SLICE):
+                await self.stream.send_all(view[start : start + SEND_SLICE])
+                watch.deadline = trio.current_time() + SEND_TIMEOUT
+        except STREAM_ERRORS as exc:
+            raise ClientGone(str(exc)) from exc
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except STREAM_ERRORS as exc:
+                raise ClientGone(str(exc)) from exc
+            self.h11.receive_data(bytes(data))  # a TLS stream may give a bytearray
+
+    async def skip_body(self) -> bool:
+        """Drop the rest of a request body nobody read, if it is short and quick: True
+        if the connection can take the next request."""
+        left = MAX_UNREAD_BODY
+        with trio.move_on_after(UNREAD_BODY_TIMEOUT):
+            while self.h11.their_state is h11.SEND_BODY:
+                event = await self.next_event()
+                if isinstance(event, h11.Data):
+                    left -= len(event.data)
+                    if left < 0:
+                        return False
+            return True
+        return False
+
+    async def linger(self) -> None:
+        """End our side and read (and drop) what the client still sends, for a while."""
+        if not isinstance(self.stream, trio.abc.HalfCloseableStream):
+            return  # TLS has no half-close: closing it is all there is
+        with trio.move_on_after(LINGER), contextlib.suppress(*STREAM_ERRORS):
+            await self.stream.send_eof()
+            while await self.stream.receive_some(READ_SIZE):
+                pass
+
+    async def body(self) -> AsyncIterator[bytes]:
+        while True:
+            with trio.move_on_after(BODY_TIMEOUT) as waited:
+                try:
+                    event = await self.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise BrokenBody(f"bad request body: {exc}") from exc
+            if waited.cancelled_caught:
+                raise ClientGone(f"the request body stalled for {BODY_TIMEOUT:g}s")
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise ClientGone(f"unexpected {type(event).__name__} in a request body")
