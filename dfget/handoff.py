@@ -13,19 +13,16 @@ calls `hand_over`; the engine runs `Handoff.download` in a worker thread and cal
 
 from __future__ import annotations
 
-import array
 import contextlib
-import errno
 import json
-import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dfget import passed
 from dfget.errors import (
     DfgetError,
     DownloadTimeout,
@@ -49,11 +46,6 @@ CONNECT_TIMEOUT = 5.0
 MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a summary
 CHUNK = 1024 * 1024
 SHORT_ANSWER = 10.0  # seconds for a summary, or an error's body, to come in whole
-TAKE_SLICE = 64 * 1024 * 1024  # bytes copied from a passed file between abort checks
-# Room for a few descriptors (one is due): more than fit are closed by the kernel.
-_FD_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
-# copy_file_range cannot copy between these files (another file system, an old kernel).
-_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _BY_EXIT: dict[int, type[DfgetError]] = {
     error.exit_code: error
     for error in (
@@ -232,31 +224,31 @@ class Handoff:
         """The status and head of the answer on `sock` (in `within` seconds, if given;
         the answer to the download itself may wait for an origin: no limit but
         --timeout's)."""
-        passed: list[int] = []
+        taken: list[int] = []  # descriptors that came with the head
         try:
             sock.settimeout(self._timeout(within))
             raw = b""
             while b"\r\n\r\n" not in raw:
                 if len(raw) > MAX_HEAD:
                     raise DaemonUnreachable(f"{self._where()}: answer head too large")
-                more = _receive(sock, passed)
+                more = passed.receive(sock, CHUNK, taken)
                 if not more:
                     raise DaemonUnreachable(f"{self._where()} closed the connection")
                 raw += more
         except TimeoutError as exc:
-            _close_all(passed)
+            passed.close_all(taken)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DownloadTimeout("download did not finish within --timeout") from exc
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
         except BaseException as exc:
-            _close_all(passed)
+            passed.close_all(taken)
             if isinstance(exc, OSError):
                 raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
             raise
-        if len(passed) > 1:
-            _close_all(passed)
-            raise DaemonUnreachable(f"{self._where()} passed {len(passed)} descriptors")
-        self._passed.extend(passed)  # closed by `close`, whatever happens
+        if len(taken) > 1:
+            passed.close_all(taken)
+            raise DaemonUnreachable(f"{self._where()} passed {len(taken)} descriptors")
+        self._passed.extend(taken)  # closed by `close`, whatever happens
         head_bytes, _, early = raw.partition(b"\r\n\r\n")
         lines = head_bytes.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
@@ -266,7 +258,7 @@ class Handoff:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        return Answer(int(parts[1]), headers, sock, early, passed[0] if passed else None)
+        return Answer(int(parts[1]), headers, sock, early, taken[0] if taken else None)
 
     def _rest(self, answer: Answer) -> bytes:
         """A short body (an error, a summary), whole, within SHORT_ANSWER seconds."""
@@ -320,64 +312,22 @@ class Handoff:
 
     def _take(self, answer: Answer, out: AtomicOutput, progress: Progress | None) -> int:
         """Copy the file whose descriptor the daemon passed over (`x-dfdaemon-file`
-        names its length; the answer has no body) into `out`, in the kernel where the
-        file systems allow it; the bytes copied."""
-        fd, length_text = answer.passed, answer.headers["x-dfdaemon-file"]
-        if fd is None or not length_text.isdigit():
+        names its length; the answer has no body) into `out` (`dfget.passed`); the
+        bytes copied."""
+        fd, length = answer.passed, answer.headers["x-dfdaemon-file"]
+        if fd is None or not length.isdigit():
             raise DaemonUnreachable(f"{self._where()} passed no file")
-        length = int(length_text)
         try:
-            info = os.fstat(fd)
-        except OSError as exc:
-            raise DaemonUnreachable(f"{self._where()} passed a bad descriptor: {exc}") from exc
-        if not stat.S_ISREG(info.st_mode) or info.st_size != length:
-            raise DaemonUnreachable(f"{self._where()} passed no file of {length} bytes")
-        offset, kernel = 0, True
-        while offset < length:
-            self._timeout(None)  # aborted, or past --timeout: stop between slices
-            count = min(length - offset, TAKE_SLICE)
-            try:
-                if kernel:
-                    copied = out.copy_in(fd, offset, count)
-                else:
-                    data = os.pread(fd, min(count, CHUNK), offset)
-                    out.write_at(offset, data)
-                    copied = len(data)
-            except OSError as exc:
-                if kernel and exc.errno in _NO_KERNEL_COPY:
-                    kernel = False  # (another file system: read and write)
-                    continue
-                raise OutputError(f"cannot copy the daemon's file to {out.temp}: {exc}") from exc
-            if not copied:
-                raise DaemonUnreachable(f"{self._where()}'s file ended at {offset} bytes")
-            offset += copied
-            if progress is not None:
-                progress(offset, length)
-        return offset
+            return passed.copy(fd, int(length), out, progress, lambda: self._timeout(None))
+        except passed.BadFile as exc:
+            raise DaemonUnreachable(f"{self._where()} {exc}") from exc
 
     def close(self) -> None:
         for sock in self._socks:
             sock.close()
         self._socks.clear()
-        _close_all(self._passed)
+        passed.close_all(self._passed)
         self._passed.clear()
-
-
-def _receive(sock: socket.socket, passed: list[int]) -> bytes:
-    """`recv`, keeping any descriptors that came with the bytes (SCM_RIGHTS)."""
-    data, ancillary, _, _ = sock.recvmsg(CHUNK, _FD_SPACE)
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            passed.extend(fds)
-    return data
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def _error(status: int, raw: bytes) -> Exception:
