@@ -75,9 +75,24 @@ class PieceRarity:
         self.on_cdn |= held
 
     def add_holder(self, index: int) -> None:
-        if self.counts[index] == (self.on_cdn >> index) & 1:  # no peer holder yet
-            self.held |= 1 << index
-        self._move(index, +1)
+        # (`_move(index, +1)`, inline: a piece gains a holder at every DONE; a gain never
+        # takes it below `_floor`, as `first_bucket` leaves no piece in reach below it)
+        counts, buckets = self.counts, self.buckets
+        count = counts[index]
+        piece = 1 << index
+        if count == (self.on_cdn >> index) & 1:  # no peer holder yet
+            self.held |= piece
+        new_count = counts[index] = count + 1
+        rest = buckets[count] ^ piece
+        if rest:
+            buckets[count] = rest
+        else:
+            del buckets[count]
+            del self.bucket_counts[bisect_left(self.bucket_counts, count)]
+        joined = buckets.get(new_count, 0)
+        if not joined:
+            insort(self.bucket_counts, new_count)
+        buckets[new_count] = joined | piece
 
     def remove_holder(self, index: int) -> None:
         self._move(index, -1)

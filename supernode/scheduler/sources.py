@@ -72,8 +72,10 @@ class SourcePool:
 
     def add_holding(self, member: Member, index: int) -> None:
         self.holders[index] |= 1 << member.index
-        if member.serves:
-            self._count_server(index, +1)
+        if member.serves:  # (`_count_server(index, +1)`, inline: at every DONE)
+            count = self.serving[index] = self.serving[index] + 1
+            if count == 1:
+                self.spread |= 1 << index
         if member.is_open and (self.saturated >> index) & 1:
             self.saturated ^= 1 << index
 
