@@ -190,7 +190,7 @@ class Ledger:
             per_source = member.per_source
             count = per_source[at] = per_source.get(at, 0) + 1
             if count >= self.config.flights_per_source:
-                member.capped |= 1 << at
+                member.capped |= uploader.bit
         return Assignment(index, source)
 
     def land(self, task: Task, flight: Flight) -> None:
@@ -224,8 +224,8 @@ class Ledger:
                 per_source[source] = count
             else:
                 del per_source[source]
-            if (downloader.capped >> source) & 1 and count < self.config.flights_per_source:
-                downloader.capped ^= 1 << source
+            if downloader.capped & uploader.bit and count < self.config.flights_per_source:
+                downloader.capped ^= uploader.bit
 
     def _unreported(self, flight: Flight) -> None:
         """Remember a flight that landed before its report (expired, or its uploader

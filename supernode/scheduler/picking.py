@@ -138,7 +138,7 @@ def _assign_duplicates(
         cdn_taken = uploader is None
         taken = avoid.bits | member.capped
         if uploader is not None:
-            taken |= 1 << uploader.index
+            taken |= uploader.bit
         source = task.pool.choose(index, taken, rng)
         if source is None and (
             cdn_taken or not _cdn_free(ledger, avoid, member.peer) or not (offer >> index) & 1
@@ -179,12 +179,12 @@ def _avoid(task: Task, member: Member, now: float) -> _Avoid:
         else:
             other = task.members.get(source)
             if other is not None:
-                bits |= 1 << other.index
+                bits |= other.bit
     if member.shunned:  # (never the CDN)
         for source in member.shunned:
             other = task.members.get(source)
             if other is not None:
-                bits |= 1 << other.index
+                bits |= other.bit
     return _Avoid(bits, cdn)
 
 

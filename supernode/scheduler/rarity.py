@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from supernode.scheduler.bitsets import iter_bits, mask, random_bit
 
@@ -165,7 +165,7 @@ class PieceRarity:
         return ordered[0], median
 
 
-class PieceOrder(Iterator[int]):
+class PieceOrder(Iterable[int]):
     """The pieces of `candidates` in the order to try them, each once.
 
     The first `random_picks` pieces at random; after that, the pieces with the fewest
@@ -197,25 +197,27 @@ class PieceOrder(Iterator[int]):
         self.remaining &= keep
         self._bucket &= keep
 
-    def __next__(self) -> int:
-        if not self.remaining:
-            raise StopIteration
-        if self._random_picks > 0:  # (no bucket is being walked yet)
-            self._random_picks -= 1
-            index = random_bit(self.remaining, self._rng)
-        else:
-            while not self._bucket:
-                if self._next_count == len(self._counts):  # cannot happen: all pieces have one
-                    raise StopIteration
-                self._bucket = self._buckets[self._counts[self._next_count]] & self.remaining
-                self._next_count += 1
-            index = random_bit(self._bucket, self._rng)
-            self._bucket ^= 1 << index
-        self.remaining ^= 1 << index
-        return index
+    def __iter__(self) -> Iterator[int]:
+        # (a generator: resuming it costs less than a `__next__` call per piece; it reads
+        # `remaining` and `_bucket` afresh at each step, as `restrict` may change them)
+        rng, buckets, counts = self._rng, self._buckets, self._counts
+        while self.remaining:
+            if self._random_picks > 0:  # (no bucket is being walked yet)
+                self._random_picks -= 1
+                index = random_bit(self.remaining, rng)
+            else:
+                while not self._bucket:
+                    if self._next_count == len(counts):  # cannot happen: all pieces have one
+                        return
+                    self._bucket = buckets[counts[self._next_count]] & self.remaining
+                    self._next_count += 1
+                index = random_bit(self._bucket, rng)
+                self._bucket ^= 1 << index
+            self.remaining ^= 1 << index
+            yield index
 
 
-class IndexOrder(Iterator[int]):
+class IndexOrder(Iterable[int]):
     """The pieces of `candidates` lowest index first, each once: for a downloader whose
     reader streams the file front to back (same `restrict` as PieceOrder)."""
 
@@ -225,12 +227,11 @@ class IndexOrder(Iterator[int]):
     def restrict(self, keep: int) -> None:
         self.remaining &= keep
 
-    def __next__(self) -> int:
-        if not self.remaining:
-            raise StopIteration
-        lowest = self.remaining & -self.remaining
-        self.remaining ^= lowest
-        return lowest.bit_length() - 1
+    def __iter__(self) -> Iterator[int]:
+        while self.remaining:
+            lowest = self.remaining & -self.remaining
+            self.remaining ^= lowest
+            yield lowest.bit_length() - 1
 
 
 def shuffled_bits(bits: int, rng: random.Random) -> list[int]:
