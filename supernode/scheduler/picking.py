@@ -130,6 +130,11 @@ def _assign_duplicates(
 
     The downloader keeps the first copy to arrive and cancels the other.
     """
+    duplicated = 0
+    for index in member.duplicates:
+        duplicated |= 1 << index
+    if not missing & ~duplicated:  # every one has its second source already
+        return
     offer = cdn_offer(ledger, task, now)  # (a launch changes only its own piece's bit)
     for index in shuffled_bits(missing, rng):
         if index in member.duplicates:
