@@ -44,7 +44,15 @@ class FlightTable:
     def add(self, flight: Flight) -> None:
         """A new flight, due at `flight.deadline` (= now + `flight.span`)."""
         self.live += 1
-        self._queue(flight)
+        queue = self._queues.get(flight.span)
+        if queue and flight.deadline >= queue[-1].queued:  # (`_queue`'s usual case, inline)
+            flight.queued = flight.deadline
+            queue.append(flight)
+            self._entries += 1
+            if self._entries > _COMPACT_FACTOR * self.live + _COMPACT_SLACK:
+                self._compact()
+        else:
+            self._queue(flight)
 
     def move(self, flight: Flight, deadline: float, span: float) -> None:
         """The live `flight` is due at `deadline` (= now + `span`) if that is later."""
@@ -62,9 +70,12 @@ class FlightTable:
             queue.insert(bisect.bisect_right(queue, flight.queued, key=_queued), flight)
         self._entries += 1
         if self._entries > _COMPACT_FACTOR * self.live + _COMPACT_SLACK:
-            for span, queued in list(self._queues.items()):
-                self._queues[span] = deque(f for f in queued if f.live)
-            self._entries = sum(len(q) for q in self._queues.values())
+            self._compact()
+
+    def _compact(self) -> None:
+        for span, queued in list(self._queues.items()):
+            self._queues[span] = deque(f for f in queued if f.live)
+        self._entries = sum(len(q) for q in self._queues.values())
 
     def remove(self, flight: Flight) -> None:
         """The flight was reported or dropped; its place in the table dies lazily."""

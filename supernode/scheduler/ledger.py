@@ -41,8 +41,18 @@ class Ledger:
         self.cdn_uploads = 0  # CDN slots taken (assigned, not yet sent nor expired)
         self.cdn_cap = config.cdn_requester_cap
         self.downloaders = 0  # peers missing pieces of some task: they share the CDN's slots
+        # What `cdn_free` compares with, kept as `config` and `downloaders` change (it is
+        # asked at every `assign`): the CDN's slots, and one downloader's share of them.
+        self.cdn_slots = config.cdn_upload_slots
+        self.cdn_share = self._cdn_share()
         self.assigned = 0  # assignments handed out, since the start
         self.outcomes: Counter[Outcome] = Counter()  # reports that matched, by outcome
+
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        """Apply a new config from the next call on (but `cdn_cap`: see `Scheduler.config`)."""
+        self.config = config
+        self.cdn_slots = config.cdn_upload_slots
+        self.cdn_share = self._cdn_share()
 
     # -- tasks and peers ----------------------------------------------------------------
 
@@ -138,9 +148,12 @@ class Ledger:
         pass on, instead of a few first comers taking every slot and every other peer
         waiting for them.
         """
-        slots = self.config.cdn_upload_slots
+        return self.cdn_uploads < self.cdn_slots and peer.cdn_uploads < self.cdn_share
+
+    def _cdn_share(self) -> int:
+        slots = self.cdn_slots
         share = max(1, slots // self.downloaders) if self.downloaders else slots
-        return self.cdn_uploads < slots and peer.cdn_uploads < min(self.cdn_cap, share)
+        return min(self.cdn_cap, share)
 
     def launch(
         self, task: Task, member: Member, index: int, uploader: Member | None, now: float
@@ -153,7 +166,11 @@ class Ledger:
         deadline = now + span
         flight = Flight(task.task_id, member, index, source, uploader, deadline, span)
         task.in_flight += 1
-        member.add_flight(flight)
+        if index in member.flights:
+            member.add_flight(flight)  # an endgame duplicate
+        else:  # (`Member.add_flight`, inline: at every launch)
+            member.flights[index] = flight
+            member.inflight |= 1 << index
         self.flights.add(flight)
         self.assigned += 1
         if deadline < self.wakeup:
@@ -169,35 +186,46 @@ class Ledger:
             peer.uploading[flight] = None
             if peer.uploads >= peer.upload_slots:
                 self._slots_changed(peer)
-            count = member.per_source[uploader.index] = member.per_source.get(uploader.index, 0) + 1
+            at = uploader.index
+            per_source = member.per_source
+            count = per_source[at] = per_source.get(at, 0) + 1
             if count >= self.config.flights_per_source:
-                member.capped |= 1 << uploader.index
+                member.capped |= uploader.bit
         return Assignment(index, source)
 
     def land(self, task: Task, flight: Flight) -> None:
         """The flight is over (reported, expired or orphaned): free its slot."""
-        self.flights.remove(flight)
+        if flight.live:  # (`FlightTable.remove`, inline: land runs at every report)
+            flight.live = False
+            self.flights.live -= 1
         task.in_flight -= 1
-        flight.downloader.remove_flight(flight)
-        if flight.uploader is None:
+        downloader = flight.downloader
+        if downloader.duplicates:
+            downloader.remove_flight(flight)
+        else:  # (`Member.remove_flight` without an endgame duplicate, inline)
+            del downloader.flights[flight.index]
+            downloader.inflight ^= 1 << flight.index
+        uploader = flight.uploader
+        if uploader is None:
             if flight.cdn_slot:
                 self.free_cdn_slot(flight)
             task.cdn_flight(flight.index, -1)
         else:
-            peer = flight.uploader.peer
+            peer = uploader.peer
             was_full = peer.uploads >= peer.upload_slots
             peer.uploads -= 1
             del peer.uploading[flight]
             if was_full:
                 self._slots_changed(peer)
-            downloader, source = flight.downloader, flight.uploader.index
-            count = downloader.per_source[source] - 1
+            source = uploader.index
+            per_source = downloader.per_source
+            count = per_source[source] - 1
             if count:
-                downloader.per_source[source] = count
+                per_source[source] = count
             else:
-                del downloader.per_source[source]
-            if count < self.config.flights_per_source:
-                downloader.capped &= ~(1 << source)
+                del per_source[source]
+            if downloader.capped & uploader.bit and count < self.config.flights_per_source:
+                downloader.capped ^= uploader.bit
 
     def _unreported(self, flight: Flight) -> None:
         """Remember a flight that landed before its report (expired, or its uploader
@@ -241,7 +269,10 @@ class Ledger:
     def _count_incomplete(self, peer: Peer, delta: int) -> None:
         was_downloading = peer.incomplete > 0
         peer.incomplete += delta
-        self.downloaders += (peer.incomplete > 0) - was_downloading
+        downloading = peer.incomplete > 0
+        if downloading != was_downloading:
+            self.downloaders += 1 if downloading else -1
+            self.cdn_share = self._cdn_share()
 
     def blacklisted(self, task: Task, source: str, now: float) -> None:
         """`source` was just blacklisted in `task`: no longer a source there, and maybe

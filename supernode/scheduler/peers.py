@@ -70,6 +70,7 @@ class Member:
     peer: Peer
     task_id: str
     index: int = -1  # position in the task's peer bitsets (SourcePool), reused after leave
+    bit: int = 0  # 1 << index, kept: a set of one of up to N bits, used at every launch
     have: int = 0  # bitset of the pieces it holds (reported DONE)
     have_count: int = 0
     inflight: int = 0  # bitset of the pieces it is fetching (at least one assignment out)

@@ -43,11 +43,11 @@ def assign(
     not be able to use it), so those are answered first, from whole sets: what the
     downloader wants against what some source may serve now, before any piece is tried.
     """
-    cdn_free = ledger.cdn_free(member.peer)
+    peer = member.peer
+    cdn_free = ledger.cdn_uploads < ledger.cdn_slots and peer.cdn_uploads < ledger.cdn_share
     pool = task.pool
     if not pool.open_bits and not cdn_free:
         return []  # no peer has a free slot, nor the CDN one for this downloader
-    peer = member.peer
     avoid = _avoid(task, member, now) if peer.busy_until or member.shunned else _NO_AVOID
     if avoid.cdn:
         cdn_free = False
@@ -62,7 +62,13 @@ def assign(
             _assign_new(
                 ledger, rng, task, member, wanted, want, avoid, now, plan, cdn_pieces, reach
             )
-    if len(plan) < want and _in_endgame(ledger, task, member, missing):
+    if (
+        len(plan) < want
+        and missing
+        and rarity.total is not None
+        and missing.bit_count() <= ledger.config.endgame_pieces
+        and not (missing & ~member.inflight if plan else wanted)
+    ):  # the endgame: few pieces left, all in flight (the total must be known)
         _assign_duplicates(ledger, rng, task, member, missing, want, avoid, now, plan)
     return plan
 
@@ -109,17 +115,6 @@ def _assign_new(
             order.restrict(task.rarity.held)
 
 
-def _in_endgame(ledger: Ledger, task: Task, member: Member, missing: int) -> bool:
-    """Few pieces left, all in flight: time to duplicate them (the total must be known)."""
-    rarity = task.rarity
-    return (
-        rarity.total is not None
-        and missing != 0
-        and missing & ~member.inflight == 0
-        and missing.bit_count() <= ledger.config.endgame_pieces
-    )
-
-
 def _assign_duplicates(
     ledger: Ledger,
     rng: random.Random,
@@ -135,6 +130,11 @@ def _assign_duplicates(
 
     The downloader keeps the first copy to arrive and cancels the other.
     """
+    duplicated = 0
+    for index in member.duplicates:
+        duplicated |= 1 << index
+    if not missing & ~duplicated:  # every one has its second source already
+        return
     offer = cdn_offer(ledger, task, now)  # (a launch changes only its own piece's bit)
     for index in shuffled_bits(missing, rng):
         if index in member.duplicates:
@@ -143,7 +143,7 @@ def _assign_duplicates(
         cdn_taken = uploader is None
         taken = avoid.bits | member.capped
         if uploader is not None:
-            taken |= 1 << uploader.index
+            taken |= uploader.bit
         source = task.pool.choose(index, taken, rng)
         if source is None and (
             cdn_taken or not _cdn_free(ledger, avoid, member.peer) or not (offer >> index) & 1
@@ -164,7 +164,9 @@ def cdn_offer(ledger: Ledger, task: Task, now: float) -> int:
     holds back others only for `SchedulerConfig.cdn_copy_span`: its recipient may be gone.
     """
     rarity = task.rarity
-    busy = task.cdn_holding(now, ledger.config.cdn_copy_span(task.piece_size))
+    busy = task.cdn_busy
+    if busy and now - task.cdn_oldest >= ledger.config.cdn_copy_wait:  # (the span's floor)
+        busy = task.cdn_holding(now, ledger.config.cdn_copy_span(task.piece_size))
     unspread = rarity.on_cdn & ~task.pool.spread
     if unspread or rarity.total is None or rarity.ready < rarity.total:
         return unspread & ~busy
@@ -182,12 +184,12 @@ def _avoid(task: Task, member: Member, now: float) -> _Avoid:
         else:
             other = task.members.get(source)
             if other is not None:
-                bits |= 1 << other.index
+                bits |= other.bit
     if member.shunned:  # (never the CDN)
         for source in member.shunned:
             other = task.members.get(source)
             if other is not None:
-                bits |= 1 << other.index
+                bits |= other.bit
     return _Avoid(bits, cdn)
 
 

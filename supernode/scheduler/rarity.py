@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from supernode.scheduler.bitsets import iter_bits, mask, random_bit
 
@@ -75,9 +75,24 @@ class PieceRarity:
         self.on_cdn |= held
 
     def add_holder(self, index: int) -> None:
-        if self.counts[index] == (self.on_cdn >> index) & 1:  # no peer holder yet
-            self.held |= 1 << index
-        self._move(index, +1)
+        # (`_move(index, +1)`, inline: a piece gains a holder at every DONE; a gain never
+        # takes it below `_floor`, as `first_bucket` leaves no piece in reach below it)
+        counts, buckets = self.counts, self.buckets
+        count = counts[index]
+        piece = 1 << index
+        if count == (self.on_cdn >> index) & 1:  # no peer holder yet
+            self.held |= piece
+        new_count = counts[index] = count + 1
+        rest = buckets[count] ^ piece
+        if rest:
+            buckets[count] = rest
+        else:
+            del buckets[count]
+            del self.bucket_counts[bisect_left(self.bucket_counts, count)]
+        joined = buckets.get(new_count, 0)
+        if not joined:
+            insort(self.bucket_counts, new_count)
+        buckets[new_count] = joined | piece
 
     def remove_holder(self, index: int) -> None:
         self._move(index, -1)
@@ -150,7 +165,7 @@ class PieceRarity:
         return ordered[0], median
 
 
-class PieceOrder(Iterator[int]):
+class PieceOrder(Iterable[int]):
     """The pieces of `candidates` in the order to try them, each once.
 
     The first `random_picks` pieces at random; after that, the pieces with the fewest
@@ -182,25 +197,27 @@ class PieceOrder(Iterator[int]):
         self.remaining &= keep
         self._bucket &= keep
 
-    def __next__(self) -> int:
-        if not self.remaining:
-            raise StopIteration
-        if self._random_picks > 0:  # (no bucket is being walked yet)
-            self._random_picks -= 1
-            index = random_bit(self.remaining, self._rng)
-        else:
-            while not self._bucket:
-                if self._next_count == len(self._counts):  # cannot happen: all pieces have one
-                    raise StopIteration
-                self._bucket = self._buckets[self._counts[self._next_count]] & self.remaining
-                self._next_count += 1
-            index = random_bit(self._bucket, self._rng)
-            self._bucket ^= 1 << index
-        self.remaining ^= 1 << index
-        return index
+    def __iter__(self) -> Iterator[int]:
+        # (a generator: resuming it costs less than a `__next__` call per piece; it reads
+        # `remaining` and `_bucket` afresh at each step, as `restrict` may change them)
+        rng, buckets, counts = self._rng, self._buckets, self._counts
+        while self.remaining:
+            if self._random_picks > 0:  # (no bucket is being walked yet)
+                self._random_picks -= 1
+                index = random_bit(self.remaining, rng)
+            else:
+                while not self._bucket:
+                    if self._next_count == len(counts):  # cannot happen: all pieces have one
+                        return
+                    self._bucket = buckets[counts[self._next_count]] & self.remaining
+                    self._next_count += 1
+                index = random_bit(self._bucket, rng)
+                self._bucket ^= 1 << index
+            self.remaining ^= 1 << index
+            yield index
 
 
-class IndexOrder(Iterator[int]):
+class IndexOrder(Iterable[int]):
     """The pieces of `candidates` lowest index first, each once: for a downloader whose
     reader streams the file front to back (same `restrict` as PieceOrder)."""
 
@@ -210,12 +227,11 @@ class IndexOrder(Iterator[int]):
     def restrict(self, keep: int) -> None:
         self.remaining &= keep
 
-    def __next__(self) -> int:
-        if not self.remaining:
-            raise StopIteration
-        lowest = self.remaining & -self.remaining
-        self.remaining ^= lowest
-        return lowest.bit_length() - 1
+    def __iter__(self) -> Iterator[int]:
+        while self.remaining:
+            lowest = self.remaining & -self.remaining
+            self.remaining ^= lowest
+            yield lowest.bit_length() - 1
 
 
 def shuffled_bits(bits: int, rng: random.Random) -> list[int]:

@@ -21,6 +21,8 @@ from supernode.scheduler.peers import Flight, Member
 from supernode.scheduler.tasks import Task
 
 NO_CHECKS: tuple[Check, ...] = ()
+# (module globals: a class attribute of an Enum costs more to look up, at every report)
+_DONE, _BUSY, _CANCELLED = Outcome.DONE, Outcome.BUSY, Outcome.CANCELLED
 
 
 def report(
@@ -35,10 +37,14 @@ def report(
     now: float,
 ) -> tuple[Check, ...]:
     """`member`'s result for its assignment of piece `index` from `source`."""
-    flight = member.flight(index, source)
+    flight = member.flights.get(index)  # (`Member.flight`, inline: see `Scheduler.assign`)
+    if flight is not None and flight.source != source:
+        flight = member.duplicates.get(index)
+        if flight is not None and flight.source != source:
+            flight = None
     if flight is None:
         late = (index, source)
-        if outcome is Outcome.DONE and member.expired and late in member.expired:
+        if outcome is _DONE and member.expired and late in member.expired:
             del member.expired[late]
             if ledger.hold(task, member, index):
                 ledger.outcomes[outcome] += 1
@@ -46,18 +52,20 @@ def report(
         return NO_CHECKS
     ledger.land(task, flight)
     ledger.outcomes[outcome] += 1
-    config = ledger.config
-    if outcome is Outcome.DONE:
+    uploader = flight.uploader
+    if outcome is _DONE:
         ledger.hold(task, member, index)
-        task.count_bytes(source, nbytes)
-        if flight.uploader is not None:
-            flight.uploader.peer.note_speed(nbytes, seconds, now, config.speed_halflife)
-    elif outcome is Outcome.BUSY:
-        member.peer.busy_until[source] = now + config.busy_backoff_seconds
-    elif outcome is not Outcome.CANCELLED and flight.uploader is not None:
+        if uploader is None:  # (`Task.count_bytes`, inline)
+            task.bytes_from_cdn += nbytes
+        else:
+            task.bytes_from_peers += nbytes
+            uploader.peer.note_speed(nbytes, seconds, now, ledger.config.speed_halflife)
+    elif outcome is _BUSY:
+        member.peer.busy_until[source] = now + ledger.config.busy_backoff_seconds
+    elif outcome is not _CANCELLED and uploader is not None:
         if outcome is Outcome.FAILED:  # unreachable, or dropped: perhaps gone (its
             # control session's end may not be in yet): not this downloader's again at once
-            member.peer.busy_until[source] = now + config.busy_backoff_seconds
+            member.peer.busy_until[source] = now + ledger.config.busy_backoff_seconds
         return _blame(ledger, task, member, flight, outcome, now)
     return NO_CHECKS
 

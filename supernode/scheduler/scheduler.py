@@ -59,7 +59,7 @@ class Scheduler:
         """A new config applies from the next call (a test shortens a deadline so),
         but for the CDN slots per requester and the global blacklist's terms, kept from
         the first."""
-        self._ledger.config = config
+        self._ledger.reconfigure(config)
 
     # -- tasks and peers ----------------------------------------------------------------
 

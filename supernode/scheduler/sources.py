@@ -54,26 +54,31 @@ class SourcePool:
     def join(self, member: Member) -> None:
         if self._free_indexes:
             member.index = self._free_indexes.pop()
+            member.bit = 1 << member.index
             self.members[member.index] = member
         else:
             member.index = len(self.members)
+            member.bit = 1 << member.index
             self.members.append(member)
 
     def leave(self, member: Member) -> None:
         self.set_open(member, False)
         self.set_serving(member, False)
-        clear = ~(1 << member.index)
+        clear = ~member.bit
         holders = self.holders
         for index in iter_bits(member.have):
             holders[index] &= clear
         self.members[member.index] = None
         self._free_indexes.append(member.index)
         member.index = -1
+        member.bit = 0
 
     def add_holding(self, member: Member, index: int) -> None:
-        self.holders[index] |= 1 << member.index
-        if member.serves:
-            self._count_server(index, +1)
+        self.holders[index] |= member.bit
+        if member.serves:  # (`_count_server(index, +1)`, inline: at every DONE)
+            count = self.serving[index] = self.serving[index] + 1
+            if count == 1:
+                self.spread |= 1 << index
         if member.is_open and (self.saturated >> index) & 1:
             self.saturated ^= 1 << index
 
@@ -82,11 +87,11 @@ class SourcePool:
             return
         member.is_open = is_open
         if is_open:
-            self.open_bits |= 1 << member.index
+            self.open_bits |= member.bit
             self.open[member] = None
             self.saturated ^= self.saturated & member.have  # i.e. &= ~have, without negatives
         else:
-            self.open_bits ^= 1 << member.index  # `^`: a fraction of the cost of `& ~`
+            self.open_bits ^= member.bit  # `^`: a fraction of the cost of `& ~`
             del self.open[member]
 
     def set_serving(self, member: Member, serves: bool) -> None:
@@ -121,7 +126,7 @@ class SourcePool:
                 self.saturated |= mask(len(self.holders)) & ~offered
                 return None
             if exclude:
-                holders = [member for member in holders if not (exclude >> member.index) & 1]
+                holders = [member for member in holders if not exclude & member.bit]
             return _best(holders, rng)
         candidates = self.holders[index] & self.open_bits
         if not candidates:

@@ -7,6 +7,8 @@ bitset together. Slots, blacklists and timeouts span tasks and live in the sched
 
 from __future__ import annotations
 
+import math
+
 from supernode.scheduler.bitsets import iter_bits
 from supernode.scheduler.decisions import CDN
 from supernode.scheduler.peers import Member
@@ -32,6 +34,7 @@ class Task:
         self.cdn_busy = 0
         self._cdn_copies: dict[int, int] = {}
         self._cdn_since: dict[int, float] = {}  # ... and when its latest copy was assigned
+        self.cdn_oldest = math.inf  # the earliest of those (kept: asked at every `assign`)
         self.reputation = Reputation(blacklist_after, check_accusations=check_accusations)
         self.bytes_from_cdn = 0
         self.bytes_from_peers = 0
@@ -73,12 +76,13 @@ class Task:
             self._cdn_copies.pop(index, None)
             self._cdn_since.pop(index, None)
             self.cdn_busy &= ~(1 << index)
+        self.cdn_oldest = min(self._cdn_since.values(), default=math.inf)
 
     def cdn_holding(self, now: float, span: float) -> int:
         """The pieces a CDN copy holds back from other copies (a bitset): those whose
         latest copy was assigned less than `span` seconds ago."""
         busy = self.cdn_busy
-        if busy and now - min(self._cdn_since.values()) >= span:
+        if busy and now - self.cdn_oldest >= span:
             for index, since in self._cdn_since.items():
                 if now - since >= span:
                     busy &= ~(1 << index)
