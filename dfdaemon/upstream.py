@@ -18,6 +18,7 @@ from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
+from dfdaemon.trust import origin_of
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,11 @@ class Upstream:
 
 
 def _host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}"
+    """`url`'s origin as the trust table keys it (`host:port`, the default port named)."""
+    try:
+        return origin_of(url).key
+    except ValueError:
+        return urlsplit(url).netloc
 
 
 def reason(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -48,6 +49,23 @@ async def silent(stream: trio.SocketStream) -> None:
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
+
+
+async def cancelled_download(origin: FakeOrigin, tmp_path: Path, **extra: Any) -> None:
+    """The engine's download of /f.bin through the daemon at tmp_path/d.sock, cancelled
+    after 0.5 s: it ends at once, and nothing is left in the output folder."""
+    (tmp_path / "out").mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=tmp_path / "out" / "f.bin",
+        daemon_socket=tmp_path / "d.sock",
+        **extra,
+    )
+    with trio.fail_after(10):
+        with trio.move_on_after(0.5) as scope:
+            await download(request)
+    assert scope.cancelled_caught
+    assert leftovers(tmp_path / "out") == []
 
 
 async def engine_download(
@@ -109,17 +127,7 @@ async def test_a_cancelled_download_stops_its_handoff_thread(
 ) -> None:
     origin.add("/f.bin", b"x" * 1000)
     await fake_daemon(nursery, tmp_path / "d.sock", silent)
-    (tmp_path / "out").mkdir()
-    request = DownloadRequest(
-        url=origin.url("/f.bin"),
-        output=tmp_path / "out" / "f.bin",
-        daemon_socket=tmp_path / "d.sock",
-    )
-    with trio.fail_after(10):
-        with trio.move_on_after(0.5) as scope:
-            await download(request)
-    assert scope.cancelled_caught
-    assert leftovers(tmp_path / "out") == []
+    await cancelled_download(origin, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -229,18 +237,8 @@ async def test_a_cancelled_rate_limited_handoff_does_not_wait_out_its_pause(
             await trio.sleep_forever()
 
     await fake_daemon(nursery, tmp_path / "d.sock", fast)
-    (tmp_path / "out").mkdir()
-    request = DownloadRequest(  # 1 KiB/s: the first MiB alone would pause for ~17 minutes
-        url=origin.url("/f.bin"),
-        output=tmp_path / "out" / "f.bin",
-        daemon_socket=tmp_path / "d.sock",
-        rate_limit=1024,
-    )
-    with trio.fail_after(10):
-        with trio.move_on_after(0.5) as scope:
-            await download(request)
-    assert scope.cancelled_caught
-    assert leftovers(tmp_path / "out") == []
+    await cancelled_download(origin, tmp_path, rate_limit=1024)  # 1 KiB/s: the first MiB
+    # alone would pause for ~17 minutes
 
 
 @pytest.mark.parametrize(
