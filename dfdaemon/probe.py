@@ -55,8 +55,12 @@ class Probe:
         host, port, request = _request(url, headers)
         reused = self._take(host, port)
         if reused is not None:
-            with contextlib.suppress(ProbeFailed):  # (the origin may have closed it)
+            try:
                 return await self._exchange(host, port, *reused, request)
+            except ProbeUnreachable:
+                raise  # (it took the whole timeout: asking again would wait as long again)
+            except ProbeFailed:
+                pass  # (the origin may have closed it: ask on a new connection)
         try:
             with trio.fail_after(self.connect_timeout):
                 stream = await open_checked_tcp_stream(self.policy, host, port)
@@ -83,7 +87,10 @@ class Probe:
                 response = await _next(stream, conn, h11.Response)
                 await _next(stream, conn, h11.EndOfMessage)  # (a HEAD: no body)
                 assert isinstance(response, h11.Response)
-        except (trio.TooSlowError, trio.BrokenResourceError, OSError, h11.ProtocolError) as exc:
+        except trio.TooSlowError as exc:
+            await _close(stream)
+            raise ProbeUnreachable(f"no answer in {self.timeout:g} s") from exc
+        except (trio.BrokenResourceError, OSError, h11.ProtocolError) as exc:
             await _close(stream)
             raise ProbeFailed(str(exc) or type(exc).__name__) from exc
         except BaseException:

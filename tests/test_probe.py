@@ -18,10 +18,13 @@ LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"])
 class Origin:
     """A plain HTTP/1.1 server on 127.0.0.1 that answers every request `answer`, and
     counts connections and requests; `close_after` requests, it closes the connection
-    without saying so (as an origin's idle timeout does)."""
+    without saying so (as an origin's idle timeout does); past `answer_first` requests
+    on a connection, it reads them and answers nothing."""
 
-    def __init__(self, answer: bytes, close_after: int | None = None) -> None:
-        self.answer, self.close_after = answer, close_after
+    def __init__(
+        self, answer: bytes, close_after: int | None = None, answer_first: int | None = None
+    ) -> None:
+        self.answer, self.close_after, self.answer_first = answer, close_after, answer_first
         self.connections = 0
         self.requests: list[bytes] = []
         self.port = 0
@@ -43,7 +46,8 @@ class Origin:
                     data += more
                 head, _, data = data.partition(b"\r\n\r\n")
                 self.requests.append(head)
-                await stream.send_all(self.answer)
+                if self.answer_first is None or served < self.answer_first:
+                    await stream.send_all(self.answer)
                 served += 1
 
     def url(self, path: str = "/f.bin") -> str:
@@ -109,7 +113,7 @@ async def test_a_silent_origin_times_out_and_a_closed_port_is_unreachable(
     await silent.serve(nursery)
     probe = Probe(LOOPBACK, connect_timeout=5, timeout=0.3)
     try:
-        with trio.fail_after(5), pytest.raises(ProbeFailed):
+        with trio.fail_after(5), pytest.raises(ProbeUnreachable, match=r"no answer in 0\.3 s"):
             await probe.head(silent.url(), [])
         closed = trio.socket.socket()
         await closed.bind(("127.0.0.1", 0))
@@ -119,6 +123,25 @@ async def test_a_silent_origin_times_out_and_a_closed_port_is_unreachable(
             await probe.head(f"http://127.0.0.1:{port}/f.bin", [])
     finally:
         await probe.aclose()
+
+
+async def test_a_kept_connection_that_goes_silent_is_not_asked_again(
+    nursery: trio.Nursery,
+) -> None:
+    """A timeout on a kept connection is the origin's answer (none in time), not a
+    connection it closed: no new connection, no second wait of the whole timeout."""
+    origin = Origin(OK, answer_first=1)
+    await origin.serve(nursery)
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=0.5)
+    try:
+        assert (await probe.head(origin.url(), []))[0] == 200
+        started = trio.current_time()
+        with trio.fail_after(5), pytest.raises(ProbeUnreachable):
+            await probe.head(origin.url(), [])
+        assert trio.current_time() - started < 0.9
+    finally:
+        await probe.aclose()
+    assert origin.connections == 1 and len(origin.requests) == 2
 
 
 async def test_the_origin_policy_holds(nursery: trio.Nursery) -> None:
