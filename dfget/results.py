@@ -179,12 +179,13 @@ class DownloadResult:
     def report(self, *, as_json: bool, to_stdout: bool) -> None:
         """Print the summary: the `--json` object on stdout (stderr with -o -, whose
         stdout is the data), or one line on stderr."""
-        import json
         import sys
 
         from common.units import format_size
 
         if as_json:
+            import json
+
             print(json.dumps(self.summary()), file=sys.stderr if to_stdout else sys.stdout)
             return
         rate = self.bytes / max(self.seconds, 1e-9)
