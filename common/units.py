@@ -45,7 +45,8 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (try 20MiB, 500KB, 1G)")
     # Exact, in integers (no float: '9' * 400 would be inf, and int(inf) an
     # OverflowError), truncated to whole bytes; `fractions` would cost 5 ms to import.
-    whole, _, decimals = match.group(1).partition(".")
+    number: str = match.group(1)
+    whole, _, decimals = number.partition(".")
     return int(whole + decimals) * _UNITS[unit] // 10 ** len(decimals)
 
 
