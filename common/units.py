@@ -45,9 +45,9 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (try 20MiB, 500KB, 1G)")
     # Exact, in integers (no float: '9' * 400 would be inf, and int(inf) an
     # OverflowError), truncated to whole bytes; `fractions` would cost 5 ms to import.
-    number: str = match.group(1)
-    whole, _, decimals = number.partition(".")
-    return int(whole + decimals) * _UNITS[unit] // 10 ** len(decimals)
+    whole, _, decimals = match.group(1).partition(".")
+    scale: int = 10 ** len(decimals)
+    return int(whole + decimals) * _UNITS[unit] // scale
 
 
 def parse_rate(text: str) -> int:
