@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from dfget.errors import OutputError
+from dfget.foldersync import sync_folder
 from dfget.progress import Progress
 
 if TYPE_CHECKING:  # (trio is not needed to write a file)
@@ -55,6 +56,7 @@ class AtomicOutput:
         # same download (another supernode after a failover) starts from them.
         self._layout: tuple[int, int] | None = None
         self._stored: set[int] = set()
+        self._published = False  # renamed onto the target (`publish`)
 
     @property
     def filled(self) -> int:
@@ -206,9 +208,13 @@ class AtomicOutput:
         except OSError as exc:
             raise OutputError(f"cannot size {self.temp}: {exc}") from exc
 
-    def commit(self) -> None:
+    def publish(self) -> None:
         """Rename the finished temp file onto the target (durable: fsynced first, and
-        the folder after)."""
+        the folder after), keeping it open: a reader may still take a descriptor of it
+        (`fd`) until `commit` closes it. Blocking: a durable output's runs in a worker
+        thread (`dfget.engine.commit`)."""
+        if self._published:
+            return
         try:
             if self.durable:
                 self._wait_for_flush()
@@ -216,21 +222,17 @@ class AtomicOutput:
                     raise self._flush_error
                 if self._dirty:  # not synced since the last write (or never)
                     os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
             os.replace(self.temp, self.target)
             if self.durable:
-                _fsync_folder(self.target.parent)
+                sync_folder(self.target.parent)
         except OSError as exc:
             raise OutputError(f"cannot rename onto {self.target}: {exc}") from exc
+        self._published = True
 
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def commit(self) -> None:
+        """Publish the file (if not yet done) and close it."""
+        self.publish()
+        self._close()
 
 
 class ExistingOutput(AtomicOutput):
@@ -259,6 +261,9 @@ class ExistingOutput(AtomicOutput):
     def truncate(self, length: int) -> None:
         if os.fstat(self.fd).st_size != length:
             raise OutputError(f"{self.target} is not {length} bytes long")
+
+    def publish(self) -> None:
+        """Nothing to rename: the file is in place."""
 
     def commit(self) -> None:
         """Nothing to rename: the file is in place."""

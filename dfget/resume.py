@@ -94,9 +94,9 @@ class ResumableOutput(AtomicOutput):
         self.record.clear()
         super().reset()
 
-    def commit(self) -> None:
-        super().commit()
-        self.record.remove()
+    def publish(self) -> None:
+        super().publish()
+        self.record.remove()  # (the file is whole: nothing to resume)
 
 
 async def take_local(

@@ -1,0 +1,112 @@
+"""Where a small file's time goes through a fresh dfdaemon (issue 17): one run of the
+200 × 1 MiB set, each process's CPU apart, optionally under strace or py-spy.
+
+    python bench/smallprobe.py [--strace] [--pyspy DIR] [--again]
+
+nginx serves bench/tree.py's tree; a supernode is warmed with the small set (dfget -r
+straight through it), then a fresh dfdaemon fetches every file (`dfget -r
+--daemon-socket`). Prints wall time, files/s and the CPU seconds of dfget, the daemon
+and the supernode; with --strace, the syscalls of the daemon and the supernode during
+the daemon's run (connect, accept, fsync...) per file; with --pyspy DIR, a py-spy
+profile of both servers into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, cpu_seconds, daemon_process, supernode_process
+from bench.common import env as bench_env
+from bench.tree import dfget_argv
+from bench.tree_files import SMALL, TreeSpec, make_tree
+from bench.tree_tools import nginx_source
+
+TRACED = "connect,accept4,accept,fsync,fdatasync,sendfile,rename,openat,pwrite64,pread64"
+
+
+def run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    started = time.perf_counter()
+    before = os.times()
+    subprocess.run(argv, check=True, capture_output=True, env=env)
+    after = os.times()
+    cpu = after.children_user + after.children_system
+    cpu -= before.children_user + before.children_system
+    return time.perf_counter() - started, cpu
+
+
+def tracer(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    argv = ["strace", "-f", "-c", "-o", str(out), "-e", f"trace={TRACED}", "-p", str(pid)]
+    return subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strace", action="store_true")
+    parser.add_argument("--pyspy", type=Path)
+    parser.add_argument("--again", action="store_true", help="also the daemon's second run")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tree")
+    args = parser.parse_args()
+    work: Path = args.work
+    tree = make_tree(work / "www", TreeSpec())
+    count = len(tree.subset(SMALL))
+    env = {**bench_env()}
+    probe = work / "probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    with (
+        nginx_source(tree, work / "nginx", ()) as source,
+        supernode_process(probe / "supernode") as node,
+    ):
+        warm = dfget_argv(source, node["peer"], "", [f"{SMALL}/*"])
+        for _ in range(2):
+            shutil.rmtree(probe / "out", ignore_errors=True)
+            run(warm(probe / "out"), env)
+        with daemon_process(probe / "daemon", node["peer"], "http://127.0.0.1:1") as daemon:
+            pids = {"supernode": node["pid"], "daemon": daemon["pid"]}
+            argv = dfget_argv(source, node["peer"], daemon["control_socket"], [f"{SMALL}/*"])
+            watchers: list[subprocess.Popen[bytes]] = []
+            for name, pid in pids.items():
+                if args.strace:
+                    watchers.append(tracer(pid, probe / f"strace-{name}.txt"))
+                if args.pyspy:
+                    args.pyspy.mkdir(parents=True, exist_ok=True)
+                    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p"]
+                    spy += [str(pid), "-o", str(args.pyspy / f"{name}.txt"), "-f", "raw"]
+                    spy += ["-r", "200", "--nonblocking"]
+                    watchers.append(subprocess.Popen(spy, stderr=subprocess.DEVNULL))
+            if watchers:
+                time.sleep(1.5)
+            for label in ("daemon", "daemon again") if args.again else ("daemon",):
+                shutil.rmtree(probe / "out", ignore_errors=True)
+                cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                wall, client = run(argv(probe / "out"), env)
+                used = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+                per = {name: 1000 * cpu / count for name, cpu in used.items()}
+                print(
+                    f"{label}: {wall:.2f} s, {count / wall:.0f} files/s; CPU s: "
+                    f"dfget {client:.2f}, daemon {used['daemon']:.2f}, "
+                    f"supernode {used['supernode']:.2f}; ms a file: dfget "
+                    f"{1000 * client / count:.1f}, daemon {per['daemon']:.1f}, "
+                    f"supernode {per['supernode']:.1f}",
+                    flush=True,
+                )
+            for watcher in watchers:
+                watcher.send_signal(signal.SIGINT)
+                watcher.wait(30)
+    if args.strace:
+        for name in ("daemon", "supernode"):
+            print(f"--- {name} (syscalls during the daemon's run, {count} files)")
+            print((probe / f"strace-{name}.txt").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
