@@ -194,9 +194,7 @@ class Scheduler:
         member = task.members.get(peer_id) if task is not None else None
         if task is None or member is None:
             return reports.NO_CHECKS, []
-        checks = reports.report(
-            ledger, task, member, index, source, outcome, nbytes, seconds, now
-        )
+        checks = reports.report(ledger, task, member, index, source, outcome, nbytes, seconds, now)
         if want <= 0:
             return checks, []
         return checks, picking.assign(ledger, self._rng, task, member, want, now)
