@@ -22,7 +22,9 @@ decision through its public calls, with the simulated `now`:
   out, the first bytes come back) and flows at the links' pace; when its piece lands,
   the peer reports DONE (`report`, half an `rtt` later) and cancels the other copy of
   an endgame pair (reported CANCELLED); an assignment for a piece it holds already is
-  reported CANCELLED at once;
+  reported CANCELLED at once; a report followed by the peer's next request reaches the
+  supernode as one message, one call (`report_and_assign`), as the supernode's control
+  session handles a result with the request right behind it;
 - the CDN fetches the file from the origin once, at min(origin's up, CDN's down),
   from the first registration on, and announces each piece as it lands (`cdn_ready`);
   it uploads within its own up link, telling the scheduler when an upload starts and
@@ -61,7 +63,17 @@ from bench.simrecords import (
 )
 from proto.pieces import piece_count, piece_length
 from supernode.peers.swarm import FEW_HELD
-from supernode.scheduler import CDN, Assignment, Outcome, Scheduler, SchedulerConfig, Verdict
+from supernode.scheduler import (
+    CDN,
+    Assignment,
+    Check,
+    Outcome,
+    Scheduler,
+    SchedulerConfig,
+    Verdict,
+)
+
+Report = tuple[SimPeer, int, str, Outcome, int, float]  # peer, index, source, outcome, bytes, s
 
 
 class SimulatedSwarm(SimCore):
@@ -143,6 +155,13 @@ class SimulatedSwarm(SimCore):
         )
         if not assignments:
             self.tally.empty_assign_cpu += self._spent - spent
+        self._answer(peer, request_id, want, assignments)
+
+    def _answer(
+        self, peer: SimPeer, request_id: int, want: int, assignments: list[Assignment]
+    ) -> None:
+        """Send the scheduler's answer, or hold the request for news (an empty answer
+        before the long poll's end)."""
         if assignments or self.now >= self._deadline[peer]:
             self.reply(self.setup.rtt / 2, self._on_answer, (peer, assignments))
             return
@@ -181,7 +200,7 @@ class SimulatedSwarm(SimCore):
             for peer in list(itertools.islice(waiting, wake)):
                 inbox.append((now, retry, waiting.pop(peer)))
 
-    def _on_report(self, report: tuple[SimPeer, int, str, Outcome, int, float]) -> None:
+    def _on_report(self, report: Report) -> None:
         peer, index, source, outcome, nbytes, seconds = report
         checks = self._call(
             "report",
@@ -195,11 +214,36 @@ class SimulatedSwarm(SimCore):
             seconds=seconds,
             now=self.now,
         )
+        self._checks(checks)
+        self._news(slot_freed=True)
+
+    def _on_report_ask(self, message: tuple[Report, tuple[SimPeer, int, int]]) -> None:
+        """A report and the request right behind it: one scheduler call, as the
+        supernode's control session makes it (`Swarm.report_and_piece_tasks`)."""
+        (peer, index, source, outcome, nbytes, seconds), (_, request_id, want) = message
+        self._deadline[peer] = self.now + LONG_POLL
+        checks, assignments = self._call(
+            "report_and_assign",
+            self.scheduler.report_and_assign,
+            TASK,
+            peer.peer_id,
+            index,
+            source,
+            outcome,
+            nbytes=nbytes,
+            seconds=seconds,
+            want=want,
+            now=self.now,
+        )
+        self._checks(checks)
+        self._news(slot_freed=True)
+        self._answer(peer, request_id, want, assignments)
+
+    def _checks(self, checks: tuple[Check, ...]) -> None:
         while checks:  # (nobody lies here: every check is clean)
             checks = checks[1:] + self._call(
                 "checked", self.scheduler.checked, checks[0], Verdict.CLEAN, self.now
             )
-        self._news(slot_freed=True)
 
     def _start_cdn_fetch(self) -> None:
         """The CDN fetches the file once, at the pace of the slower of the two links."""
@@ -239,13 +283,20 @@ class SimulatedSwarm(SimCore):
 
     # -- the peers -------------------------------------------------------------------------
 
-    def _ask(self, peer: SimPeer) -> None:
+    def _ask(self, peer: SimPeer, report: Report | None = None) -> None:
+        """A request for pieces if the peer has room and none pending; `report` goes
+        first (with the request, in one message, when there is one)."""
         if peer.asking or peer.completed is not None or peer.running >= self.setup.in_flight:
+            if report is not None:
+                self.to_supernode(self.setup.rtt / 2, self._on_report, report)
             return
         peer.asking = True
         peer.request += 1
-        want = self.setup.in_flight - peer.running
-        self.to_supernode(self.setup.rtt / 2, self._on_ask, (peer, peer.request, want))
+        request = (peer, peer.request, self.setup.in_flight - peer.running)
+        if report is None:
+            self.to_supernode(self.setup.rtt / 2, self._on_ask, request)
+        else:
+            self.to_supernode(self.setup.rtt / 2, self._on_report_ask, (report, request))
 
     def _on_answer(self, answer: tuple[SimPeer, list[Assignment]]) -> None:
         peer, assignments = answer
@@ -290,7 +341,8 @@ class SimulatedSwarm(SimCore):
         size = piece_length(index, self.setup.size, self.setup.piece_size)
         peer.have |= 1 << index
         peer.held += 1
-        self._report(peer, index, transfer.source, Outcome.DONE, size, self.now - transfer.assigned)
+        seconds = self.now - transfer.assigned
+        reports: list[Report] = [(peer, index, transfer.source, Outcome.DONE, size, seconds)]
         if transfer.source == CDN:
             self.tally.done_from_cdn += size
         else:
@@ -298,14 +350,15 @@ class SimulatedSwarm(SimCore):
         for other in peer.transfers.pop(index, ()):
             if not other.over:  # the endgame's other copy
                 self._end_transfer(other)
-                self._report(peer, index, other.source, Outcome.CANCELLED, 0, 0.0)
+                reports.append((peer, index, other.source, Outcome.CANCELLED, 0, 0.0))
                 self.tally.cancelled += 1
+        for report in reports[:-1]:
+            self.to_supernode(self.setup.rtt / 2, self._on_report, report)
         if peer.held == self.pieces:
             peer.completed = self.now
             self.tally.completed[peer.number] = self.now
             self.incomplete -= 1
-        else:
-            self._ask(peer)
+        self._ask(peer, reports[-1])  # (the last report and the next request: one message)
 
     def _end_transfer(self, transfer: Transfer) -> None:
         transfer.over = True

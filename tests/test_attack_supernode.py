@@ -622,3 +622,59 @@ async def test_an_origin_without_head_still_refuses_a_requester_without_credenti
     assert Path(second.output).read_bytes() == data and second.supernode == node.address
     assert len(full_gets) == 1
     assert [m for m, _ in origin.requests].count("HEAD") == 2
+
+
+# -- a result and the request right behind it: one scheduler call ---------------------------
+
+
+async def result_and_request(peer: RawPeer, index: int, source: str, outcome: str) -> None:
+    """A PieceResult and a PieceTasksRequest in one write: the supernode reads both at once."""
+    assert peer.registered is not None
+    task_id, generation = peer.registered.task_id, peer.registered.generation
+    session = peer.framed.session
+    data = session.send(PieceResult(task_id, generation, index, source, outcome), 0)
+    data += session.send(PieceTasksRequest(task_id=task_id, generation=generation, want=1), 0)
+    await peer.framed.stream.send_all(data)
+
+
+async def test_a_result_with_a_request_behind_it_is_decided_in_one_call(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", os.urandom(8 * MiB))
+    node = await start_supernode()
+    swarm, scheduler = node.node.swarm, node.node.scheduler
+    result = await fetch(origin.url("/f.bin"), node)  # on the CDN; that peer left
+    async with raw_peer(node, "downloader") as peer:
+        assert isinstance(await register(peer, origin.url("/f.bin")), Registered)
+        [(index, source, _, _, _)] = (await ask(peer, 1)).tasks
+        await result_and_request(peer, index, source, "done")
+        answer = await next_message(peer)
+        assert isinstance(answer, PieceTasks) and len(answer.tasks) == 1
+        assert answer.tasks[0][0] != index
+        assert swarm.decisions_with_reports == 1
+        assert scheduler.has(result.task_id, "downloader", index)
+        # A result for nothing assigned, with a request behind it: the request is
+        # answered, the result changes nothing.
+        missing = next(i for i in range(8) if i not in (index, answer.tasks[0][0]))
+        await result_and_request(peer, missing, "cdn", "done")
+        answer = await next_message(peer)
+        assert isinstance(answer, PieceTasks) and len(answer.tasks) == 1
+        assert swarm.decisions_with_reports == 2
+        assert not scheduler.has(result.task_id, "downloader", missing)
+        # A request already pending: the one behind the result is refused, as alone.
+        gate = trio.Event()
+        origin.add("/g.bin", os.urandom(2 * MiB), gate_after=0, gate=gate)
+    async with raw_peer(node, "hostile") as hostile:
+        assert isinstance(await register(hostile, origin.url("/g.bin")), Registered)
+        assert hostile.registered is not None
+        request = PieceTasksRequest(
+            task_id=hostile.registered.task_id, generation=hostile.registered.generation, want=1
+        )
+        await hostile.framed.send(request)  # held: nothing on the CDN yet (long poll)
+        await result_and_request(hostile, 0, "cdn", "done")
+        reply = await next_message(hostile)
+        assert isinstance(reply, ErrorReply) and "second piece-task request" in reply.message
+        with pytest.raises(ConnectionLost):
+            await next_message(hostile)
+    assert swarm.decisions_with_reports == 2
+    gate.set()

@@ -146,6 +146,11 @@ class FramedStream:
         except STREAM_ERRORS as exc:
             raise ConnectionLost(f"receive failed: {exc}", clean=False) from exc
 
+    def buffered(self) -> Frame | None:
+        """The next frame if the bytes read so far hold all of it, without I/O; else
+        None. A reader may so see what came right behind the message it handles."""
+        return self.session.next_frame()
+
     def _wake_at(self, count: int) -> None:
         """Have the socket wake a reader only once `count` bytes are there (or at its
         end); a no-op on other streams and when already so."""

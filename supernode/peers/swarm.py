@@ -36,7 +36,7 @@ from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
 from supernode.cdn.task import CdnTask
 from supernode.peers.piececheck import check_piece, check_timeout
-from supernode.scheduler import CDN, Check, Outcome, Scheduler, Verdict
+from supernode.scheduler import CDN, Assignment, Check, Outcome, Scheduler, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Swarm:
         # stops waiting leaves it in O(1))
         self._waiting: dict[str, dict[trio.Event, None]] = {}
         self.decisions = 0  # piece-task requests answered (assignments decided)
+        self.decisions_with_reports = 0  # ... of them decided with a result (one call)
         self.decision_seconds = 0.0  # time spent deciding them, tickets included
         self._checks_send, self._checks_recv = trio.open_memory_channel[Check](CHECKS_QUEUED)
         self.check_slots = trio.CapacityLimiter(CHECKS_AT_ONCE)
@@ -181,13 +182,49 @@ class Swarm:
             self.decision_seconds += time.perf_counter() - started
             self.decisions += 1
 
+    def report_and_piece_tasks(
+        self, task: CdnTask, requester: str, result: PieceResult, want: int, now: float
+    ) -> tuple[PieceTask, ...]:
+        """`report`, then `piece_tasks`, in one scheduler call (`report_and_assign`):
+        a result with the requester's next request for the same task right behind it."""
+        started = time.perf_counter()
+        try:
+            self._notify(task.task_id)  # (as `report`)
+            self._cdn_ready(task)
+            checks, assignments = self.scheduler.report_and_assign(
+                task.task_id,
+                requester,
+                result.index,
+                result.source,
+                Outcome(result.outcome),
+                nbytes=result.nbytes,
+                seconds=result.seconds,
+                want=want,
+                now=now,
+            )
+            self._queue_checks(checks, now)
+            return self._with_tickets(task, requester, assignments, now)
+        finally:
+            self.decision_seconds += time.perf_counter() - started
+            self.decisions += 1
+            self.decisions_with_reports += 1
+
+    def _cdn_ready(self, task: CdnTask) -> None:
+        total = task.piece_count if task.settled else None
+        self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.on_disk)
+
     def _piece_tasks(
         self, task: CdnTask, requester: str, want: int, now: float
     ) -> tuple[PieceTask, ...]:
-        total = task.piece_count if task.settled else None
-        self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.on_disk)
+        self._cdn_ready(task)
+        assignments = self.scheduler.assign(task.task_id, requester, want, now)
+        return self._with_tickets(task, requester, assignments, now)
+
+    def _with_tickets(
+        self, task: CdnTask, requester: str, assignments: list[Assignment], now: float
+    ) -> tuple[PieceTask, ...]:
         tasks: list[PieceTask] = []
-        for assignment in self.scheduler.assign(task.task_id, requester, want, now):
+        for assignment in assignments:
             source = assignment.source
             if source == CDN:
                 host, port = "", 0

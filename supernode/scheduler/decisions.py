@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from proto.messages import Outcome as Outcome  # re-exported: the scheduler's vocabulary
 from proto.tickets import CDN_UPLOADER
@@ -23,9 +24,11 @@ CDN = CDN_UPLOADER
 """The source name of the supernode's CDN: in assignments, reports and tickets alike."""
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    index: int
+class Assignment(NamedTuple):
+    """(A NamedTuple: built at every launch, for a third of a frozen dataclass's cost;
+    it compares equal to the plain tuple `(index, source)`.)"""
+
+    index: int  # type: ignore[assignment]  # (shadows `tuple.index`, unused on it)
     source: str  # a peer id, or CDN
 
 

@@ -25,6 +25,7 @@ from supernode.scheduler.reputation import GlobalBlacklist
 from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics
 from supernode.scheduler.tasks import Task
 
+_new_tuple = tuple.__new__
 _EXPIRED_KEPT = 1024  # expired assignments remembered per downloader and task
 
 
@@ -97,7 +98,7 @@ class Ledger:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
-        for flight in list(peer.uploading):  # the piece may have arrived before it left
+        for flight in self._uploads_of(peer):  # the piece may have arrived before it left
             self.land(self.tasks[flight.task_id], flight)
             self._unreported(flight)
         for task_id, member in peer.members.items():
@@ -108,6 +109,20 @@ class Ledger:
             if not member.complete:
                 self._count_incomplete(peer, -1)
         peer.members.clear()
+
+    def _uploads_of(self, peer: Peer) -> list[Flight]:
+        """The peer's uploads in flight (`peer.uploads` of them), found through its
+        downloaders' flights: a scan of its tasks' members, for a departure only (an
+        index by uploader would cost a dict insert and delete at every piece)."""
+        found: list[Flight] = []
+        if not peer.uploads:
+            return found
+        for task_id, uploader in peer.members.items():
+            at = uploader.index
+            for member in self.tasks[task_id].members.values():
+                if at in member.per_source:  # (its flights from `uploader`, by pool index)
+                    found += [f for f in member.all_flights() if f.uploader is uploader]
+        return found
 
     def remove_task(self, task_id: str) -> None:
         task = self.tasks.get(task_id)
@@ -183,7 +198,6 @@ class Ledger:
         else:
             peer = uploader.peer
             peer.uploads += 1
-            peer.uploading[flight] = None
             if peer.uploads >= peer.upload_slots:
                 self._slots_changed(peer)
             at = uploader.index
@@ -191,7 +205,7 @@ class Ledger:
             count = per_source[at] = per_source.get(at, 0) + 1
             if count >= self.config.flights_per_source:
                 member.capped |= uploader.bit
-        return Assignment(index, source)
+        return _new_tuple(Assignment, (index, source))  # (its `__new__`, without the call)
 
     def land(self, task: Task, flight: Flight) -> None:
         """The flight is over (reported, expired or orphaned): free its slot."""
@@ -214,7 +228,6 @@ class Ledger:
             peer = uploader.peer
             was_full = peer.uploads >= peer.upload_slots
             peer.uploads -= 1
-            del peer.uploading[flight]
             if was_full:
                 self._slots_changed(peer)
             source = uploader.index

@@ -7,10 +7,11 @@ downloader, its recent upload speed, the sources it was told were busy, and its
 reporter group (reports from one group count as one witness). A `Member` is the peer
 inside one task: which pieces it holds and which it is fetching, from whom, and the
 uploaders it stopped using there after they failed it. A `Flight` is indexed by its
-downloader's piece (`Member.flights`, where a report finds it) and by its uploader
-(`Peer.uploading`, where a departure finds it), so that a report, a departure or a task
-removal reaches it at once; `flights.FlightTable` orders them by deadline. The three
-refer to each other, hence one module.
+downloader's piece (`Member.flights`, where a report finds it); an uploader only counts
+its flights (`Peer.uploads`, and each downloader's `Member.per_source`), and a departure
+finds them through its downloaders (`Ledger._uploads_of`): an index by uploader would
+cost a dict insert and delete at every piece. `flights.FlightTable` orders flights by
+deadline. The three refer to each other, hence one module.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ class Peer:
     peer_id: str
     upload_slots: int  # concurrent uploads it accepts, over all its tasks; 0: never a source
     group: str = ""  # reporters of one group (a host) count as one witness
-    uploads: int = 0  # assignments in flight with this peer as the source
+    uploads: int = 0  # assignments in flight with this peer as the source (not indexed)
     cdn_uploads: int = 0  # CDN slots its downloads hold (capped per requester)
     incomplete: int = 0  # its members that miss pieces: it is a downloader while > 0
     members: dict[str, Member] = field(default_factory=dict)  # task id -> membership
-    # Its uploads in flight (a dict: insertion-ordered, so departures replay the same way).
-    uploading: dict[Flight, None] = field(default_factory=dict)
     busy_until: dict[str, float] = field(default_factory=dict)  # source -> end of backoff
     speed: float = 0.0  # recent upload speed in bytes/s (0.0 until first measured)
     speed_at: float | None = None  # `now` of the last speed sample

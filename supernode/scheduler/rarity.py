@@ -19,6 +19,9 @@ from collections.abc import Iterable, Iterator
 
 from supernode.scheduler.bitsets import iter_bits, mask, random_bit
 
+# A `reach` that grew by more pieces than this resets the walk's remembered start.
+_FLOOR_RECOUNT = 8
+
 
 class PieceRarity:
     def __init__(self) -> None:
@@ -135,12 +138,24 @@ class PieceRarity:
     def first_bucket(self, reach: int) -> int:
         """Position in `bucket_counts` of the first bucket with a piece in `reach`.
 
-        Remembered between calls (as a count) while no piece of `reach` moves below it
-        and `reach` does not grow, so requests in a busy swarm, reports between them,
-        pay for the walk only once.
+        Remembered between calls (as a count) while no piece of `reach` moves below it,
+        so requests in a busy swarm, reports between them, pay for the walk only once.
+        When `reach` grows (a saturated piece's holder opens again: at most reports),
+        the start goes down to the lowest count among the few pieces that joined it.
         """
-        if reach & ~self._floor_reach:
-            self._floor = 0
+        grown = reach & ~self._floor_reach
+        if grown:
+            if grown.bit_count() > _FLOOR_RECOUNT:
+                self._floor = 0
+            else:
+                floor, counts = self._floor, self.counts
+                while grown:
+                    low = grown & -grown
+                    count = counts[low.bit_length() - 1]
+                    if count < floor:
+                        floor = count
+                    grown ^= low
+                self._floor = floor
         counts, buckets = self.bucket_counts, self.buckets
         position = bisect_left(counts, self._floor) if self._floor else 0
         while position < len(counts) and not buckets[counts[position]] & reach:

@@ -7,7 +7,8 @@ bans) take effect at the first call whose `now` is past them.
 
 From an async control session, call it directly on the event loop: a decision costs
 microseconds, never blocks, and one thread owning the scheduler needs no lock. Every
-assignment handed out must get exactly one `report` (the endgame loser a CANCELLED).
+assignment handed out must get exactly one `report` (the endgame loser a CANCELLED);
+`report_and_assign` is a report and the same downloader's next `assign` in one call.
 `assign` returning [] means "nothing now": ask again after news (a report, a piece on
 the CDN, a peer joining) or after `busy_backoff_seconds` at the latest.
 
@@ -165,6 +166,39 @@ class Scheduler:
         if task is None or member is None:
             return reports.NO_CHECKS
         return reports.report(ledger, task, member, index, source, outcome, nbytes, seconds, now)
+
+    def report_and_assign(
+        self,
+        task_id: str,
+        peer_id: str,
+        index: int,
+        source: str,
+        outcome: Outcome,
+        *,
+        nbytes: int = 0,
+        seconds: float = 0.0,
+        want: int,
+        now: float,
+    ) -> tuple[tuple[Check, ...], list[Assignment]]:
+        """`report`, then `assign(task_id, peer_id, want, now)`, in one call: the same
+        decisions as the two calls one after the other, for the cost of one lookup and
+        one tick (a downloader's result for a piece usually comes with its next request).
+
+        The report's checks, and the assignments ([] for an unknown task or peer, or
+        `want` <= 0: the report is then applied alone).
+        """
+        ledger = self._ledger
+        ledger.tick(now)
+        if not isinstance(outcome, Outcome):
+            outcome = Outcome(outcome)  # a plain string from the wire
+        task = ledger.tasks.get(task_id)  # (`ledger.member`, inline: see `assign`)
+        member = task.members.get(peer_id) if task is not None else None
+        if task is None or member is None:
+            return reports.NO_CHECKS, []
+        checks = reports.report(ledger, task, member, index, source, outcome, nbytes, seconds, now)
+        if want <= 0:
+            return checks, []
+        return checks, picking.assign(ledger, self._rng, task, member, want, now)
 
     def claim(
         self, task_id: str, peer_id: str, indexes: Iterable[int], now: float

@@ -136,10 +136,25 @@ class SourcePool:
             candidates &= ~exclude
             if not candidates:
                 return None
-        first = self.members[random_bit(candidates, rng)]
-        second = self.members[random_bit(candidates, rng)]
-        assert first is not None and second is not None  # open bits are live members
-        return second if _rank(second) > _rank(first) else first
+        members = self.members
+        if candidates.bit_count() > 2:  # the power of two choices
+            first = members[random_bit(candidates, rng)]
+            second = members[random_bit(candidates, rng)]
+            assert first is not None and second is not None  # open bits are live members
+            return second if _rank(second) > _rank(first) else first
+        # One or two candidates (a rare piece, or few open holders): both are found
+        # without a draw over the whole set (two shifts of a 1.25 kB int at 10,000
+        # peers), and the better kept, ties at random: what two draws pick, but for
+        # the quarter of the time they would draw the worse one twice.
+        high = members[candidates.bit_length() - 1]
+        low = members[(candidates & -candidates).bit_length() - 1]
+        assert high is not None and low is not None
+        if high is low:
+            return high
+        high_rank, low_rank = _rank(high), _rank(low)
+        if high_rank == low_rank:
+            return high if rng.random() < 0.5 else low
+        return high if high_rank > low_rank else low
 
 
 def _rank(member: Member) -> tuple[int, float]:
