@@ -23,8 +23,9 @@ decision through its public calls, with the simulated `now`:
   the peer reports DONE (`report`, half an `rtt` later) and cancels the other copy of
   an endgame pair (reported CANCELLED); an assignment for a piece it holds already is
   reported CANCELLED at once; a report followed by the peer's next request reaches the
-  supernode as one message, one call (`report_and_assign`), as the supernode's control
-  session handles a result with the request right behind it;
+  supernode as one message, one call (`report_and_assign`) unless requests are held
+  for news (those take the freed slot first), as the supernode's control session
+  handles a result with the request right behind it;
 - the CDN fetches the file from the origin once, at min(origin's up, CDN's down),
   from the first registration on, and announces each piece as it lands (`cdn_ready`);
   it uploads within its own up link, telling the scheduler when an upload starts and
@@ -219,7 +220,13 @@ class SimulatedSwarm(SimCore):
 
     def _on_report_ask(self, message: tuple[Report, tuple[SimPeer, int, int]]) -> None:
         """A report and the request right behind it: one scheduler call, as the
-        supernode's control session makes it (`Swarm.report_and_piece_tasks`)."""
+        supernode's control session makes it (`Swarm.report_and_piece_tasks`) when no
+        request is held for news."""
+        report, request = message
+        if self._waiting:  # (held requests take the freed slot first, as on the supernode)
+            self._on_report(report)
+            self.to_supernode(0.0, self._on_ask, request)  # (after those the report woke)
+            return
         (peer, index, source, outcome, nbytes, seconds), (_, request_id, want) = message
         self._deadline[peer] = self.now + LONG_POLL
         checks, assignments = self._call(

@@ -678,3 +678,29 @@ async def test_a_result_with_a_request_behind_it_is_decided_in_one_call(
             await next_message(hostile)
     assert swarm.decisions_with_reports == 2
     gate.set()
+
+
+async def test_a_result_is_decided_alone_while_requests_are_held(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    """Held requests take the slot a result frees first: its request behind it is then
+    decided after them, as if it came alone (not in one call with the result)."""
+    gate = trio.Event()
+    origin.add("/h.bin", os.urandom(2 * MiB), gate_after=0, gate=gate)
+    node = await start_supernode()
+    swarm = node.node.swarm
+    async with raw_peer(node, "waiting") as waiting, raw_peer(node, "reporter") as reporter:
+        for peer in (waiting, reporter):
+            assert isinstance(await register(peer, origin.url("/h.bin")), Registered)
+        assert waiting.registered is not None
+        task_id, generation = waiting.registered.task_id, waiting.registered.generation
+        await waiting.framed.send(PieceTasksRequest(task_id, generation, want=1))
+        await until(lambda: swarm.held(task_id), 5)  # nothing on the CDN yet: held
+        await result_and_request(reporter, 0, "cdn", "done")
+        await until(lambda: swarm.decisions >= 2, 5)  # the reporter's request, decided alone
+        assert swarm.decisions_with_reports == 0
+        gate.set()
+        for peer in (waiting, reporter):
+            answer = await next_message(peer)
+            assert isinstance(answer, PieceTasks) and len(answer.tasks) == 1
+    assert swarm.decisions_with_reports == 0

@@ -251,7 +251,10 @@ class ControlSession:
         A piece-task request of the same task right behind it (dfget asks again as soon
         as a transfer ends) is decided with the report, in one scheduler call: in a busy
         swarm that is most requests, and each costs the scheduler a lookup and a tick
-        less (`Swarm.report_and_piece_tasks`)."""
+        less (`Swarm.report_and_piece_tasks`). Not while requests of the task are held
+        for news: the slot the result frees goes to them first, as it would if the
+        request came alone (decided with the result, it would go to this peer first,
+        and the swarm's median finishes later: 84 -> 90 s at 1,000 simulated peers)."""
         task = self._current(message.task_id, message.generation)
         frame = self.framed.buffered()
         behind = frame.message if frame is not None else None
@@ -262,6 +265,7 @@ class ControlSession:
             and behind.task_id == message.task_id
             and behind.generation == message.generation
             and behind.task_id not in self._asking  # (else the loop refuses it)
+            and not self.swarm.held(behind.task_id)  # (held requests take the slot first)
         ):
             now = trio.current_time()
             first = self.swarm.report_and_piece_tasks(task, self.peer_id, message, behind.want, now)

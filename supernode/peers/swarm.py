@@ -334,6 +334,10 @@ class Swarm:
             if not waiting and self._waiting.get(task_id) is waiting:
                 del self._waiting[task_id]
 
+    def held(self, task_id: str) -> bool:
+        """Whether a request of the task waits for news (`wait_news`)."""
+        return bool(self._waiting.get(task_id))
+
     def _notify(self, task_id: str, *, wake: int | None = NEWS_WAKES) -> None:
         """Wake the `wake` requests held longest on the task (None, or few held: all)."""
         waiting = self._waiting.get(task_id)
