@@ -127,9 +127,9 @@ def test_a_huge_want_gets_each_missing_piece_once_within_the_slots() -> None:
         "P0",
         a.index,
         a.source,
-        "done",
+        "done",  # type: ignore[arg-type]  # (a string, as on the wire: checked at run time)
         want=10**12,
-        now=1.0,  # (a string, as on the wire)
+        now=1.0,
     )
     assert checks == () and s.has("t", "P0", a.index)
     indexes = [b.index for b in plan]
@@ -138,4 +138,4 @@ def test_a_huge_want_gets_each_missing_piece_once_within_the_slots() -> None:
     assert 0 < len(plan) <= 8
     assert sum(b.source == CDN for b in plan) <= 4
     with pytest.raises(ValueError):
-        s.report_and_assign("t", "P0", 0, "S1", "no-such-outcome", want=1, now=1.0)
+        s.report_and_assign("t", "P0", 0, "S1", "no-such-outcome", want=1, now=1.0)  # type: ignore[arg-type]
