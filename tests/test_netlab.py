@@ -161,9 +161,12 @@ def test_two_labs_coexist_apart(untouched_root: None) -> None:
         assert_gone(name)
 
 
+# Ctrl-C's handler set again: a process started in the background by a shell without
+# job control (nohup CMD &) inherits SIGINT ignored, as a terminal's program does not.
 CHILD = """
-import sys, time
+import signal, sys, time
 from testkit.netlab import Lab, Link
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with Lab(["a", "b"], link=Link(delay=0.01, up=2**20)) as lab:
     print(lab.name, lab.delayer_pid, flush=True)
     time.sleep(60)
