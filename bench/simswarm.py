@@ -227,7 +227,8 @@ class SimulatedSwarm(SimCore):
             self._on_report(report)
             self.to_supernode(0.0, self._on_ask, request)  # (after those the report woke)
             return
-        (peer, index, source, outcome, nbytes, seconds), (_, request_id, want) = message
+        peer, index, source, outcome, nbytes, seconds = report
+        _, request_id, want = request
         self._deadline[peer] = self.now + LONG_POLL
         checks, assignments = self._call(
             "report_and_assign",

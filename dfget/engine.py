@@ -240,18 +240,13 @@ async def _from_origin(job: DownloadJob) -> DownloadResult:
 
 
 async def commit(out: AtomicOutput) -> None:
-    """Rename the finished output into place. A durable one is committed in a worker
+    """Rename the finished output into place. A durable one is published in a worker
     thread, its fsyncs and the rename together (the disk may take a while, and a
     daemon's folder is busy with other commits: the event loop serves others meanwhile)."""
     if out.durable:
-
-        def publish() -> None:
-            out.sync()
-            out.publish()
-
         # (closed here, not in the thread: a reader may take a descriptor of it until
         # then, and a number closed meanwhile could be another file's)
-        await trio.to_thread.run_sync(publish)
+        await trio.to_thread.run_sync(out.publish)
     out.commit()
 
 

@@ -11,7 +11,8 @@ names) is: the temp file is fsynced before the rename and its folder after, so a
 in the folder always stands for the whole file. So that the final fsync does not wait
 for gigabytes, a durable output also has what it wrote synced every SYNC_EVERY bytes,
 by a thread of its own: a writer never waits for the disk, and neither does the event
-loop (`sync` runs in a worker thread before `commit`).
+loop (`publish`, its fsyncs and the rename, runs in a worker thread before `commit`
+closes the file: `dfget.engine.commit`).
 """
 
 from __future__ import annotations
@@ -182,8 +183,8 @@ class AtomicOutput:
             pass
 
     def sync(self) -> None:
-        """Durable outputs: fsync what is written (blocking: run it in a worker thread
-        before `commit`, which then has nothing left to wait for)."""
+        """Durable outputs: fsync what is written so far (blocking); `publish` does it
+        too, when anything was written since."""
         if not self.durable:
             return
         self._wait_for_flush()
@@ -213,8 +214,6 @@ class AtomicOutput:
         the folder after), keeping it open: a reader may still take a descriptor of it
         (`fd`) until `commit` closes it. Blocking: a durable output's runs in a worker
         thread (`dfget.engine.commit`)."""
-        if self._published:
-            return
         try:
             if self.durable:
                 self._wait_for_flush()
@@ -231,7 +230,8 @@ class AtomicOutput:
 
     def commit(self) -> None:
         """Publish the file (if not yet done) and close it."""
-        self.publish()
+        if not self._published:
+            self.publish()
         self._close()
 
 

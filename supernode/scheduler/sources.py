@@ -54,12 +54,11 @@ class SourcePool:
     def join(self, member: Member) -> None:
         if self._free_indexes:
             member.index = self._free_indexes.pop()
-            member.bit = 1 << member.index
             self.members[member.index] = member
         else:
             member.index = len(self.members)
-            member.bit = 1 << member.index
             self.members.append(member)
+        member.bit = 1 << member.index
 
     def leave(self, member: Member) -> None:
         self.set_open(member, False)
@@ -149,12 +148,7 @@ class SourcePool:
         high = members[candidates.bit_length() - 1]
         low = members[(candidates & -candidates).bit_length() - 1]
         assert high is not None and low is not None
-        if high is low:
-            return high
-        high_rank, low_rank = _rank(high), _rank(low)
-        if high_rank == low_rank:
-            return high if rng.random() < 0.5 else low
-        return high if high_rank > low_rank else low
+        return high if high is low else _best([low, high], rng)
 
 
 def _rank(member: Member) -> tuple[int, float]:
