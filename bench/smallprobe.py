@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,9 +50,9 @@ def tracer(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--strace", action="store_true")
-    parser.add_argument("--pyspy", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strace", action="store_true", help="count the servers' syscalls")
+    parser.add_argument("--pyspy", type=Path, help="py-spy profiles of both servers, here")
     parser.add_argument("--again", action="store_true", help="also the daemon's second run")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tree")
     args = parser.parse_args()
@@ -82,30 +83,49 @@ def main() -> int:
                     spy += [str(pid), "-o", str(args.pyspy / f"{name}.txt"), "-f", "raw"]
                     spy += ["-r", "200", "--nonblocking"]
                     watchers.append(subprocess.Popen(spy, stderr=subprocess.DEVNULL))
-            if watchers:
-                time.sleep(1.5)
-            for label in ("daemon", "daemon again") if args.again else ("daemon",):
-                shutil.rmtree(probe / "out", ignore_errors=True)
-                cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                wall, client = run(argv(probe / "out"), env)
-                used = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
-                per = {name: 1000 * cpu / count for name, cpu in used.items()}
-                print(
-                    f"{label}: {wall:.2f} s, {count / wall:.0f} files/s; CPU s: "
-                    f"dfget {client:.2f}, daemon {used['daemon']:.2f}, "
-                    f"supernode {used['supernode']:.2f}; ms a file: dfget "
-                    f"{1000 * client / count:.1f}, daemon {per['daemon']:.1f}, "
-                    f"supernode {per['supernode']:.1f}",
-                    flush=True,
-                )
-            for watcher in watchers:
-                watcher.send_signal(signal.SIGINT)
-                watcher.wait(30)
+            try:
+                if watchers:
+                    time.sleep(1.5)
+                measure(args.again, argv, pids, count, probe, env)
+            finally:  # (strace and py-spy write their summaries when interrupted)
+                for watcher in watchers:
+                    watcher.send_signal(signal.SIGINT)
+                for watcher in watchers:
+                    try:
+                        watcher.wait(30)
+                    except subprocess.TimeoutExpired:
+                        watcher.kill()
+                        watcher.wait()
     if args.strace:
         for name in ("daemon", "supernode"):
             print(f"--- {name} (syscalls during the daemon's run, {count} files)")
             print((probe / f"strace-{name}.txt").read_text())
     return 0
+
+
+def measure(
+    again: bool,
+    argv: Callable[[Path], list[str]],
+    pids: dict[str, int],
+    count: int,
+    probe: Path,
+    env: dict[str, str],
+) -> None:
+    """One pass of dfget -r through the daemon (two with `again`), each printed."""
+    for label in ("daemon", "daemon again") if again else ("daemon",):
+        shutil.rmtree(probe / "out", ignore_errors=True)
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        wall, client = run(argv(probe / "out"), env)
+        used = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+        per = {name: 1000 * cpu / count for name, cpu in used.items()}
+        print(
+            f"{label}: {wall:.2f} s, {count / wall:.0f} files/s; CPU s: "
+            f"dfget {client:.2f}, daemon {used['daemon']:.2f}, "
+            f"supernode {used['supernode']:.2f}; ms a file: dfget "
+            f"{1000 * client / count:.1f}, daemon {per['daemon']:.1f}, "
+            f"supernode {per['supernode']:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
