@@ -10,11 +10,11 @@ BIN    := $(VENV)/bin
 # python3), and redis-server for the supernode cluster (testkit/redisserver.py). The
 # tests start each with a config of their own on 127.0.0.1; the packages' services are
 # kept from starting at install (policy-rc.d), as their Debian defaults listen on all
-# interfaces.
+# interfaces. gcc builds the mypyc scheduler (tests/test_compiled_scheduler.py).
 APT_TEST_PACKAGES := docker-registry skopeo containerd apache2-utils chromium iproute2 iptables \
-	python3-libtorrent docker.io podman redis-server nginx-light
+	python3-libtorrent docker.io podman redis-server nginx-light gcc
 
-.PHONY: demo test lint typecheck unit bench clean system-deps
+.PHONY: demo test lint typecheck unit bench clean system-deps mypyc
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
@@ -63,8 +63,16 @@ unit: $(VENV)/.test-installed system-deps
 
 test: lint typecheck unit
 
+# The scheduler compiled by mypyc, in place (setup.py; needs a C compiler and Python's
+# headers): Python then imports supernode/scheduler/*.so before the sources. Build again
+# after changing them (the supernode warns when a compiled module is older than its
+# source); `make clean` goes back to plain Python.
+mypyc: $(VENV)/.test-installed
+	DRAGONFLY_MYPYC=1 $(BIN)/python setup.py -q build_ext --inplace
+
 bench: $(VENV)/.installed
 	$(BIN)/python bench/single.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .import_linter_cache build *.egg-info
+	rm -f supernode/scheduler/*.so *__mypyc.*.so

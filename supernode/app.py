@@ -33,6 +33,7 @@ from supernode.cluster.jobs import PreheatJobs
 from supernode.cluster.membership import Membership
 from supernode.cluster.settings import DEFAULT_HEARTBEAT, advertised, cluster_settings
 from supernode.cluster.taskstate import TaskStates
+from supernode.compiled import scheduler_build, stale
 from supernode.keys import load_or_create_ticket_key
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
 from supernode.peers.swarm import Swarm
@@ -233,6 +234,13 @@ class Supernode:
         try:
             loaded = self.cdn.load()
             log.info("store %s: %d complete tasks", self.config.data_dir, loaded)
+            log.info("scheduler: %s", scheduler_build())
+            if outdated := stale():
+                log.warning(
+                    "compiled scheduler modules older than their source (%s): they run the "
+                    "old code; build them again (make mypyc) or remove them (make clean)",
+                    ", ".join(outdated),
+                )
             if self.config.token is None:
                 log.warning("no cluster token (--token): any peer that reaches us is admitted")
             if self.config.admin_listen is not None:

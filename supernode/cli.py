@@ -20,6 +20,7 @@ from supernode import __version__
 from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
 from supernode.cluster.flags import check_cluster_flags, cluster_arguments
+from supernode.compiled import scheduler_build
 from supernode.errors import SupernodeError
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS
 
@@ -239,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
     )
-    parser.add_argument("--version", action="version", version=f"supernode {__version__}")
+    version = f"supernode {__version__} (scheduler: {scheduler_build()})"
+    parser.add_argument("--version", action="version", version=version)
     return parser
 
 

@@ -29,6 +29,7 @@ from testkit.registry import (
 )
 
 CHROMIUM = shutil.which("chromium")
+GCC = shutil.which("gcc")
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -64,6 +65,7 @@ PROGRAMS = {
     "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
     "redis-server": (REDIS_SERVER, "redis-server"),  # the cluster tests
     "nginx": (NGINX, "nginx-light"),  # dfget -r's autoindex pages
+    "gcc": (GCC, "gcc"),  # the scheduler compiled by mypyc (tests/test_compiled_scheduler.py)
 }
 
 needs_registry = pytest.mark.skipif(
@@ -85,6 +87,7 @@ needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is installed by `make test`"
 )
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx-light is installed by `make test`")
+needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is installed by `make test`")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by `make test`")
 needs_libtorrent = pytest.mark.skipif(
@@ -130,6 +133,7 @@ __all__ = [
     "needs_chromium",
     "needs_containerd",
     "needs_dockerd",
+    "needs_gcc",
     "needs_libtorrent",
     "needs_nginx",
     "needs_podman",

@@ -53,6 +53,7 @@ from supernode.admin.status import PAGE
 from supernode.admin.token import load_or_create_admin_token
 from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.task import CdnTask, TaskState
+from supernode.compiled import scheduler_build
 from supernode.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,13 @@ class AdminApi:
         return Response.json({"status": "ok"})
 
     async def version(self, request: Request) -> Response:
-        return Response.json({"version": __version__, "protocol": list(PROTOCOL_VERSIONS)})
+        return Response.json(
+            {
+                "version": __version__,
+                "protocol": list(PROTOCOL_VERSIONS),
+                "scheduler": scheduler_build(),
+            }
+        )
 
     async def metrics(self, request: Request) -> Response:
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)

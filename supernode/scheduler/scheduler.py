@@ -147,9 +147,9 @@ class Scheduler:
         source: str,
         outcome: Outcome,
         *,
+        now: float,
         nbytes: int = 0,
         seconds: float = 0.0,
-        now: float,
     ) -> tuple[Check, ...]:
         """The downloader's result for one assignment; the checks to run (CORRUPT).
 
@@ -175,10 +175,10 @@ class Scheduler:
         source: str,
         outcome: Outcome,
         *,
-        nbytes: int = 0,
-        seconds: float = 0.0,
         want: int,
         now: float,
+        nbytes: int = 0,
+        seconds: float = 0.0,
     ) -> tuple[tuple[Check, ...], list[Assignment]]:
         """`report`, then `assign(task_id, peer_id, want, now)`, in one call: the same
         decisions as the two calls one after the other, for the cost of one lookup and
