@@ -1,8 +1,8 @@
 """The build, as pyproject.toml declares it; with `DRAGONFLY_MYPYC=1`, the scheduler's
 modules are also compiled to C extensions by mypyc (the same typed source, checked by
-`mypy --strict`): 13-26% less CPU for the scheduler in a simulated swarm (docs/benchmarks.md,
-"10,000 peers"). Without it, or where no C compiler is at hand, everything is plain
-Python and behaves the same.
+`mypy --strict`): 13-26% less CPU for the scheduler in a simulated swarm
+(docs/benchmarks.md, "10,000 peers"). Without it, everything is plain Python and
+decides the same.
 
     DRAGONFLY_MYPYC=1 pip install --no-build-isolation .   # mypy and a C compiler needed
     make mypyc                                              # in place, for this tree
