@@ -24,7 +24,7 @@ from common.urls import display_url
 from dfget.errors import OriginFailed
 from dfget.s3 import S3Target, parse_s3_url, resolve
 from dfget.tls import tls_context
-from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
+from dfget.tree.entries import Entry, KeptHeads, ListingError, ListLimits, TreeTooLarge
 
 log = logging.getLogger("dfget")
 
@@ -32,7 +32,7 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
-class S3PrefixLister:
+class S3PrefixLister(KeptHeads):
     """Every object whose key starts with `prefix` in `bucket` (the prefix ends with
     `/`, or is empty: the whole bucket). Folder markers (keys ending in `/`) are left
     out."""
@@ -71,11 +71,12 @@ class S3PrefixLister:
 
     async def validator(self, entry: Entry) -> str | None:
         """The object's ETag and length now (a signed HEAD); None if it says neither."""
-        async with self._client() as client:
-            try:
-                answer = await client.head(entry.url, headers=self._signed("HEAD", entry.url))
-            except httpx.HTTPError as exc:
-                raise OriginFailed(f"{display_url(entry.url)}: {exc}") from exc
+        try:
+            answer = await self._head_client().head(
+                entry.url, headers=self._signed("HEAD", entry.url)
+            )
+        except httpx.HTTPError as exc:
+            raise OriginFailed(f"{display_url(entry.url)}: {exc}") from exc
         if answer.status_code >= 400:
             raise OriginFailed(
                 f"{display_url(entry.url)}: the store answered {answer.status_code}",

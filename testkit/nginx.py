@@ -23,7 +23,7 @@ pid {work}/nginx.pid;
 error_log {work}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format requests '$request_method $request_uri $status $body_bytes_sent';
+    log_format requests '$request_method $request_uri $status $body_bytes_sent $connection';
     access_log {access_log};
     sendfile on;
     tcp_nopush on;
@@ -85,7 +85,8 @@ def nginx(
 ) -> Iterator[str]:
     """Serve `root` on 127.0.0.1; yields the base URL. `server_extra`: more lines for
     the server block (locations); `access_log`: log requests to WORK/access.log (each
-    line `METHOD PATH STATUS BYTES`)."""
+    line `METHOD PATH STATUS BYTES CONNECTION`, the last nginx's serial number of the
+    connection)."""
     binary = nginx_binary()
     work.mkdir(parents=True, exist_ok=True)
     (work / "tmp").mkdir(exist_ok=True)

@@ -44,7 +44,7 @@ FILES = {
 class Site:
     root: Path
     base: str  # http://127.0.0.1:PORT
-    log: Path  # nginx's access log: `METHOD URI STATUS BYTES` a line
+    log: Path  # nginx's access log: `METHOD URI STATUS BYTES CONNECTION` a line
 
     def url(self, style: str) -> str:
         """The tree's folder URL: its index pages in `style` (html or json)."""
@@ -58,6 +58,11 @@ class Site:
             for line in lines
             if line.startswith("GET ") and not line.split()[1].endswith("/")
         ]
+
+    def connections(self, method: str) -> list[str]:
+        """The connection of each `method` request so far (nginx's serial numbers)."""
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [line.split()[-1] for line in lines if line.startswith(f"{method} ")]
 
 
 @pytest.fixture
@@ -195,6 +200,20 @@ async def test_jobs_bound_the_files_at_once(site: Site, tmp_path: Path, jobs: in
     result = await download_tree(TreeRequest(lister, template.output, template, jobs=jobs))
     assert result.count("done") == len(FILES)
     assert lister.most == jobs
+
+
+async def test_a_trees_heads_share_one_client_closed_with_the_tree(
+    site: Site, tmp_path: Path
+) -> None:
+    """HTML pages carry no validator: each file's HEAD goes on the lister's one client,
+    kept alive across the files (not a client and a connection a file), closed at the end."""
+    lister = HttpIndexLister(site.url("html"))
+    template = DownloadRequest(url=lister.url, output=tmp_path / "out", supernodes=())
+    result = await download_tree(TreeRequest(lister, template.output, template, jobs=1))
+    assert result.count("done") == len(FILES)
+    heads = site.connections("HEAD")
+    assert len(heads) == len(FILES) and len(set(heads)) == 1, heads
+    assert lister._heads is None  # closed with the tree
 
 
 async def test_files_go_through_the_supernode(

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dfget.errors import DfgetError, OriginFailed
+
+if TYPE_CHECKING:
+    import httpx
 
 MiB = 1 << 20
 
@@ -53,6 +56,31 @@ class Lister(Protocol):
         length of a HEAD), None if nothing does: such a file is never skipped."""
         ...
 
+    async def aclose(self) -> None:
+        """Close what the lister keeps open for `validator` (the tree is done)."""
+        ...
+
+
+class KeptHeads:
+    """A lister's one HTTP client for its HEADs (`validator`), opened at the first and
+    closed with the tree (`aclose`): a tree of small files asks a HEAD a file, and a
+    client and a connection each time cost more than the download through a daemon."""
+
+    _heads: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        raise NotImplementedError
+
+    def _head_client(self) -> httpx.AsyncClient:
+        if self._heads is None:
+            self._heads = self._client()
+        return self._heads
+
+    async def aclose(self) -> None:
+        heads, self._heads = self._heads, None
+        if heads is not None:
+            await heads.aclose()
+
 
 @dataclass(frozen=True, slots=True)
 class ListLimits:
@@ -71,4 +99,4 @@ class TreeTooLarge(DfgetError):
     """The tree is deeper or larger than ListLimits allow."""
 
 
-__all__ = ["Entry", "ListLimits", "Lister", "ListingError", "TreeTooLarge"]
+__all__ = ["Entry", "KeptHeads", "ListLimits", "Lister", "ListingError", "TreeTooLarge"]

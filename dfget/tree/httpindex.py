@@ -19,7 +19,7 @@ import httpx
 
 from common.urls import display_url, move_credentials
 from dfget.tls import tls_context
-from dfget.tree.entries import Entry, ListingError, ListLimits, TreeTooLarge
+from dfget.tree.entries import Entry, KeptHeads, ListingError, ListLimits, TreeTooLarge
 from dfget.tree.index import Page, parse_page
 from dfget.tree.paths import unsafe_part
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
-class HttpIndexLister:
+class HttpIndexLister(KeptHeads):
     def __init__(
         self,
         url: str,
@@ -120,8 +120,7 @@ class HttpIndexLister:
         the first two, or fails (the file is then downloaded again)."""
         sent_url, headers = self._sent(entry.url)
         try:
-            async with self._client() as client:
-                response = await client.head(sent_url, headers=headers)
+            response = await self._head_client().head(sent_url, headers=headers)
         except httpx.HTTPError as exc:
             log.debug("HEAD %s: %s", display_url(entry.url), exc)
             return None

@@ -74,6 +74,8 @@ async def download_tree(
                 await limiter.acquire_on_behalf_of(entry)
                 nursery.start_soon(_one, request, entry, records, limiter, ended)
     finally:
+        with trio.CancelScope(shield=True):
+            await request.lister.aclose()
         outcome.seconds = trio.current_time() - started
         try:
             manifest.save(root, records)
