@@ -5,6 +5,7 @@ old code: `stale` names those, and the supernode warns at start."""
 
 from __future__ import annotations
 
+import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
@@ -22,7 +23,12 @@ def _extensions() -> dict[Path, Path]:
 
 
 def scheduler_build() -> str:
-    """'mypyc' when the scheduler's modules are compiled, else 'python'."""
+    """'mypyc' when the scheduler runs compiled, else 'python': in a process that has
+    imported it, what it imported (no file-system look per call: the admin API's
+    /version asks); before that (`supernode --version`), what it would import."""
+    ledger = sys.modules.get("supernode.scheduler.ledger")
+    if ledger is not None:
+        return "mypyc" if str(ledger.__file__).endswith(tuple(EXTENSION_SUFFIXES)) else "python"
     return "mypyc" if _extensions() else "python"
 
 

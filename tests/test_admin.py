@@ -35,6 +35,7 @@ async def test_health_version_and_metrics(node: RunningSupernode) -> None:
         metrics = await client.get("/metrics")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert version.json()["version"] == __version__
+    assert version.json()["scheduler"] == "python"  # (the suite runs the plain source)
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in ("supernode_tasks", "supernode_peers", "supernode_origin_bytes_total"):
         assert name in metrics.text
