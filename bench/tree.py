@@ -6,7 +6,8 @@
 A model-like tree (bench/tree_files.py: 1 × 1 GiB, 20 × 100 MiB, 200 × 1 MiB, 50 small
 JSON files; random bytes, made once under --work and reused) served on 127.0.0.1 by
 nginx (autoindex: HTML for wget, JSON for dfget, whose JSON pages give each file's size
-and mtime without a HEAD) and by SeaweedFS's S3 server (bench/tree_s3.py). Every
+and mtime without a HEAD; `--index html` gives dfget the HTML pages too) and by
+SeaweedFS's S3 server (bench/tree_s3.py). Every
 client runs as a whole process, start-up included, and writes into a fresh folder:
 
 - baselines: `wget -r -np -nH --cut-dirs=1 -q -e robots=off` (reads the HTML pages),
@@ -189,7 +190,8 @@ def sources(
 ) -> list[AbstractContextManager[Source | str]]:
     """The sources to measure, each served only while it is measured (a string: why
     that source cannot be measured here)."""
-    found: list[AbstractContextManager[Source | str]] = [nginx_source(tree, work, args.baselines)]
+    nginx = nginx_source(tree, work, args.baselines, index=args.index)
+    found: list[AbstractContextManager[Source | str]] = [nginx]
     if not args.no_s3:
         found.append(s3_source(tree, work, args.baselines))
     return found
@@ -307,6 +309,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--small-only",
         action="store_true",
         help="the small files alone (the supernode warmed with them, not the whole tree)",
+    )
+    parser.add_argument(
+        "--index",
+        choices=["json", "html"],
+        default="json",
+        help="the nginx index pages dfget -r reads: JSON (each file's mtime and size in the "
+        "listing) or HTML (nginx's default, what wget reads: dfget asks a HEAD a file)",
     )
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tree")
     args = parser.parse_args(argv)

@@ -40,7 +40,10 @@ def url_list(base: str, names: Sequence[str], path: Path) -> Path:
 
 
 @contextmanager
-def nginx_source(tree: Tree, work: Path, baselines: Sequence[str]) -> Iterator[Source]:
+def nginx_source(
+    tree: Tree, work: Path, baselines: Sequence[str], *, index: str = "json"
+) -> Iterator[Source]:
+    """nginx serving the tree; dfget -r reads its `index` pages (json or html)."""
     work.mkdir(parents=True, exist_ok=True)
     extra = (
         f"        location /html/ {{ alias {tree.root}/; autoindex on; }}\n"
@@ -72,5 +75,5 @@ def nginx_source(tree: Tree, work: Path, baselines: Sequence[str]) -> Iterator[S
             name="nginx",
             baselines=chosen,
             small_baselines={"curl -Z (4 at once)": curl},
-            url=f"{base}/json/",
+            url=f"{base}/{index}/",
         )
