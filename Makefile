@@ -14,7 +14,7 @@ BIN    := $(VENV)/bin
 APT_TEST_PACKAGES := docker-registry skopeo containerd apache2-utils chromium iproute2 iptables \
 	python3-libtorrent docker.io podman redis-server nginx-light gcc
 
-.PHONY: demo test lint typecheck unit bench clean system-deps mypyc
+.PHONY: demo test lint typecheck unit bench clean system-deps mypyc clean-mypyc
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
@@ -66,9 +66,12 @@ test: lint typecheck unit
 # The scheduler compiled by mypyc, in place (setup.py; needs a C compiler and Python's
 # headers): Python then imports supernode/scheduler/*.so before the sources. Build again
 # after changing them (the supernode warns when a compiled module is older than its
-# source); `make clean` goes back to plain Python.
+# source); `make clean-mypyc` goes back to plain Python.
 mypyc: $(VENV)/.test-installed
 	DRAGONFLY_MYPYC=1 $(BIN)/python setup.py -q build_ext --inplace
+
+clean-mypyc:
+	rm -f supernode/scheduler/*.so *__mypyc.*.so
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/single.py

@@ -238,7 +238,7 @@ class Supernode:
             if outdated := stale():
                 log.warning(
                     "compiled scheduler modules older than their source (%s): they run the "
-                    "old code; build them again (make mypyc) or remove them (make clean)",
+                    "old code; build them again (make mypyc) or remove them (make clean-mypyc)",
                     ", ".join(outdated),
                 )
             if self.config.token is None:
