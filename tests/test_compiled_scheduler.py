@@ -41,8 +41,8 @@ def _copy_tree(into: Path) -> None:
             shutil.copy2(source, into / name)
 
 
-def _run(argv: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd), "DRAGONFLY_MYPYC": "1"}
+def _run(argv: list[str], cwd: Path, **extra: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(cwd), **extra}
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -56,7 +56,7 @@ def compiled_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _copy_tree(tree)
     wheels = tmp_path_factory.mktemp("wheels")
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-    _run([*pip, "-w", str(wheels), "."], tree)
+    _run([*pip, "-w", str(wheels), "."], tree, DRAGONFLY_MYPYC="1")
     [wheel] = wheels.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         built = [name for name in archive.namelist() if name.endswith(".so")]

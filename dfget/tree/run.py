@@ -74,13 +74,13 @@ async def download_tree(
                 await limiter.acquire_on_behalf_of(entry)
                 nursery.start_soon(_one, request, entry, records, limiter, ended)
     finally:
-        with trio.CancelScope(shield=True):
-            await request.lister.aclose()
         outcome.seconds = trio.current_time() - started
         try:
             manifest.save(root, records)
         except OSError as exc:
             log.warning("cannot write %s: %s", root / manifest.NAME, exc)
+        with trio.CancelScope(shield=True):  # (after the manifest: it is kept whatever this does)
+            await request.lister.aclose()
     return outcome
 
 
