@@ -307,9 +307,15 @@ class ControlApi:
 
 
 def _summary(blob: Blob, cached: bool) -> dict[str, Any]:
-    """Where a download's bytes came from (`GET /v1/downloads/KEY`)."""
+    """Where a download's bytes came from (`GET /v1/downloads/KEY`); for a URL download,
+    also the origin's validators of the bytes in the file (`etag`, `last_modified`: ""
+    when it gave none), which `dfget -r` keeps for its re-runs."""
     result = None if cached else blob.result
-    return {
+    content, validators = blob.content, blob.result.validators if blob.result else None
+    if content is not None:
+        validators = (content.etag, content.last_modified)
+    known = dict(zip(("etag", "last_modified"), validators, strict=True)) if validators else {}
+    return known | {
         "bytes": blob.length,
         "complete": blob.complete,
         "cached": cached,

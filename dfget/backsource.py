@@ -36,8 +36,9 @@ async def fetch_from_origin(
     policy: OriginPolicy | None = None,
     origin_tls: Mapping[str, ssl.SSLContext] | None = None,
     s3: S3Credentials | None = None,
-) -> int:
-    """Stream the origin's body into `output`; returns the byte count. With `policy`,
+) -> tuple[int, tuple[str, str]]:
+    """Stream the origin's body into `output`; returns the byte count and the answer's
+    ETag and Last-Modified ("": none given), the validators of those bytes. With `policy`,
     every address connected to (redirect hops too) must be one it allows; `origin_tls`
     verifies those hosts with their own contexts (with a policy only: the daemon's).
     With `s3`, the GET is signed (SigV4) with those credentials."""
@@ -83,6 +84,10 @@ async def fetch_from_origin(
                 hasher=hasher,
                 progress=progress,
             )
+            validators = (
+                response.headers.get("etag", ""),
+                response.headers.get("last-modified", ""),
+            )
     except AddressDenied as exc:
         raise OriginFailed(str(exc)) from exc
     except httpx.TimeoutException as exc:
@@ -91,4 +96,4 @@ async def fetch_from_origin(
         raise OriginFailed(f"cannot download {display_url(url)} from the origin: {exc}") from exc
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from the origin does not match {digest}")
-    return received
+    return received, validators

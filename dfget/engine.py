@@ -220,7 +220,7 @@ async def _from_origin(job: DownloadJob) -> DownloadResult:
 
     request = job.request
     with trio.move_on_at(job.deadline) as scope:
-        received = await fetch_from_origin(
+        received, validators = await fetch_from_origin(
             request.url,
             request.headers,
             job.out,
@@ -236,7 +236,8 @@ async def _from_origin(job: DownloadJob) -> DownloadResult:
         raise job.timed_out()
     await commit(job.out)
     sources = {"source": SourceCounts(bytes=received)}
-    return job.done(DownloadResult.finished(job, nbytes=received, sources=sources))
+    result = DownloadResult.finished(job, nbytes=received, sources=sources, validators=validators)
+    return job.done(result)
 
 
 async def commit(out: AtomicOutput) -> None:

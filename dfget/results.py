@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from dfget.engine import DownloadJob
     from proto.messages import Outcome
 
+MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified from the daemon (as in TaskDone)
+
 
 @dataclass
 class SourceCounts:
@@ -78,6 +80,10 @@ class DownloadResult:
     daemon: str | None = None  # the socket of the dfdaemon that downloaded it
     failovers: int = 0  # supernodes lost mid-way, whose pieces the next attempt kept
     content: Content | None = None  # through a supernode (not in the summary)
+    # The origin's ETag and Last-Modified of the very bytes written ("": it gave none),
+    # as the supernode, the daemon or the origin's own answer gave them; None: unknown.
+    # (`dfget -r` keeps them so a re-run knows the file; not in the summary.)
+    validators: tuple[str, str] | None = None
 
     @classmethod
     def finished(
@@ -91,6 +97,7 @@ class DownloadResult:
         pieces: int = 0,
         daemon: str | None = None,
         content: Content | None = None,
+        validators: tuple[str, str] | None = None,
     ) -> DownloadResult:
         """The result of `job`, whose output is in place now; `sources`: bytes and
         tallies by where they came from ("source", "cdn", "peers", "local"), to which
@@ -118,6 +125,7 @@ class DownloadResult:
             daemon=daemon,
             failovers=job.carried.failovers,
             content=content,
+            validators=(content.etag, content.last_modified) if content else validators,
         )
 
     @classmethod
@@ -160,6 +168,12 @@ class DownloadResult:
             if number(key)
         }
         supernode = summary.get("supernode")
+        etag, modified = summary.get("etag"), summary.get("last_modified")
+        validators = None
+        if isinstance(etag, str) and isinstance(modified, str):
+            validators = (etag, modified)
+            if max(len(etag), len(modified)) > MAX_VALIDATOR:
+                validators = None
         return cls(
             task_id=task_id,
             url=url,
@@ -174,6 +188,7 @@ class DownloadResult:
             pieces=number("pieces"),
             sources=sources,
             daemon=daemon,
+            validators=validators,
         )
 
     def report(self, *, as_json: bool, to_stdout: bool) -> None:

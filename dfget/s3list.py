@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
@@ -25,6 +25,9 @@ from dfget.errors import OriginFailed
 from dfget.s3 import S3Target, parse_s3_url, resolve
 from dfget.tls import tls_context
 from dfget.tree.entries import Entry, KeptHeads, ListingError, ListLimits, TreeTooLarge
+
+if TYPE_CHECKING:
+    from dfget.results import DownloadResult
 
 log = logging.getLogger("dfget")
 
@@ -84,6 +87,10 @@ class S3PrefixLister(KeptHeads):
             )
         etag, length = answer.headers.get("etag"), answer.headers.get("content-length")
         return None if etag is None else f"{etag} {length}"
+
+    def validator_of(self, result: DownloadResult) -> str | None:
+        etag = result.validators[0] if result.validators else ""
+        return f"{etag} {result.bytes}" if etag else None
 
     async def list_all(self) -> list[Entry]:
         found: list[Entry] = []

@@ -66,6 +66,8 @@ async def test_a_daemons_summary_becomes_the_result(
         "supernode": "198.18.0.5:8002",
         "piece_size": 4 << 20,
         "pieces": 1,
+        "etag": '"5f-abc"',
+        "last_modified": "",
     }
     result = DownloadResult.from_summary(job(tmp_path, started=started), summary)
     assert result.seconds == 1.0
@@ -78,6 +80,7 @@ async def test_a_daemons_summary_becomes_the_result(
     assert result.sources == {"cdn": SourceCounts(bytes=1000), "peers": SourceCounts(bytes=2000)}
     assert (result.supernode, result.piece_size, result.pieces) == ("198.18.0.5:8002", 4 << 20, 1)
     assert result.daemon == str(SOCKET)
+    assert result.validators == ('"5f-abc"', "")
 
 
 async def test_a_summary_with_odd_values_keeps_to_what_it_can_read(
@@ -87,3 +90,21 @@ async def test_a_summary_with_odd_values_keeps_to_what_it_can_read(
     result = DownloadResult.from_summary(job(tmp_path, started=trio.current_time()), summary)
     assert (result.bytes, result.from_cdn, result.sources) == (7, 0, {})
     assert (result.supernode, result.piece_size, result.pieces) == (None, None, 0)
+
+
+@pytest.mark.parametrize(
+    "validators",
+    [
+        {},  # an older daemon, or a download without them
+        {"etag": '"x"'},  # half of them
+        {"etag": 5, "last_modified": ""},
+        {"etag": None, "last_modified": None},
+        {"etag": "x" * 1025, "last_modified": ""},  # longer than any TaskDone carries
+    ],
+)
+async def test_a_summarys_validators_are_kept_only_when_sound(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, validators: dict[str, object]
+) -> None:
+    summary: dict[str, object] = {"bytes": 7, **validators}
+    result = DownloadResult.from_summary(job(tmp_path, started=trio.current_time()), summary)
+    assert result.validators is None

@@ -124,6 +124,8 @@ async def test_a_tree_downloads_whole_then_a_rerun_skips_it(
     assert not [name for name in os.listdir(out) if name.endswith(".dfget-part")]
     fetched = len(site.gets())
     assert fetched == len(FILES)
+    # The validators kept come with the download itself: no HEAD before it.
+    assert site.connections("HEAD") == []
 
     again = summary_of(await dfget_r(site.url(style), out))
     assert (again["done"], again["skipped"], again["bytes"]) == (0, len(FILES), 0)
@@ -131,18 +133,19 @@ async def test_a_tree_downloads_whole_then_a_rerun_skips_it(
     assert tree_of(out) == FILES
 
 
+@pytest.mark.parametrize("style", ["html", "json"])
 async def test_a_file_changed_upstream_or_locally_is_fetched_again(
-    site: Site, tmp_path: Path
+    site: Site, tmp_path: Path, style: str
 ) -> None:
     out = tmp_path / "out"
-    summary_of(await dfget_r(site.url("json"), out))
+    summary_of(await dfget_r(site.url(style), out))
     changed = site.root / "sub" / "b.json"
     changed.write_bytes(b'{"b": 2}')  # same size: only the mtime tells
     later = changed.stat().st_mtime_ns + 5 * 10**9
     os.utime(changed, ns=(later, later))
     touched = out / "a.txt"
     touched.write_bytes(b"HELLO")  # a local edit: no longer what was verified
-    again = summary_of(await dfget_r(site.url("json"), out))
+    again = summary_of(await dfget_r(site.url(style), out))
     redone = {file["path"] for file in again["files"] if file["status"] == "done"}
     assert redone == {"sub/b.json", "a.txt"}
     assert (out / "sub" / "b.json").read_bytes() == b'{"b": 2}'
@@ -176,8 +179,8 @@ async def test_stdout_cannot_take_a_tree(tmp_path: Path) -> None:
 
 
 class CountingLister(HttpIndexLister):
-    """The nginx lister, counting the files being worked on at once (`validator` is
-    asked inside each file's -j slot: HTML pages carry no validator)."""
+    """The nginx lister, counting the files being worked on at once (on a re-run
+    `validator` is asked inside each file's -j slot: HTML pages carry no validator)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -197,31 +200,42 @@ class CountingLister(HttpIndexLister):
 async def test_jobs_bound_the_files_at_once(site: Site, tmp_path: Path, jobs: int) -> None:
     lister = CountingLister(site.url("html"))
     template = DownloadRequest(url=lister.url, output=tmp_path / "out", supernodes=())
+    first = await download_tree(TreeRequest(lister, template.output, template, jobs=jobs))
+    assert first.count("done") == len(FILES)
+    assert lister.most == 0  # (no HEAD before a first download)
     result = await download_tree(TreeRequest(lister, template.output, template, jobs=jobs))
-    assert result.count("done") == len(FILES)
+    assert result.count("skipped") == len(FILES)
     assert lister.most == jobs
 
 
 async def test_a_trees_heads_share_one_client_closed_with_the_tree(
     site: Site, tmp_path: Path
 ) -> None:
-    """HTML pages carry no validator: each file's HEAD goes on the lister's one client,
-    kept alive across the files (not a client and a connection a file), closed at the end."""
+    """HTML pages carry no validator: on a re-run each file's HEAD goes on the lister's
+    one client, kept alive across the files (not a client and a connection a file),
+    closed at the end."""
+    template = DownloadRequest(url=site.url("html"), output=tmp_path / "out", supernodes=())
+    first = await download_tree(
+        TreeRequest(HttpIndexLister(template.url), template.output, template)
+    )
+    assert first.count("done") == len(FILES)
+    assert site.connections("HEAD") == []  # (the downloads carried the validators)
     lister = HttpIndexLister(site.url("html"))
-    template = DownloadRequest(url=lister.url, output=tmp_path / "out", supernodes=())
     result = await download_tree(TreeRequest(lister, template.output, template, jobs=1))
-    assert result.count("done") == len(FILES)
+    assert result.count("skipped") == len(FILES)
     heads = site.connections("HEAD")
     assert len(heads) == len(FILES) and len(set(heads)) == 1, heads
     assert lister._heads is None  # closed with the tree
 
 
+@pytest.mark.parametrize("style", ["html", "json"])
 async def test_files_go_through_the_supernode(
-    site: Site, tmp_path: Path, supernode: RunningSupernode
+    site: Site, tmp_path: Path, supernode: RunningSupernode, style: str
 ) -> None:
     """Each file is a task of its own on the supernode: its CDN fetched it from nginx,
-    dfget got the bytes over P2P, none from the origin."""
-    url = site.url("json")
+    dfget got the bytes over P2P, none from the origin. The origin's validators came
+    with the pieces (no HEAD of dfget's own), and a re-run skips every file."""
+    url = site.url(style)
     template = DownloadRequest(
         url=url,
         output=tmp_path / "out",
@@ -238,6 +252,9 @@ async def test_files_go_through_the_supernode(
     assert all(d is not None and d.from_source == 0 for d in downloads)
     assert sum(d.from_cdn + d.from_peers for d in downloads if d) == result.bytes
     assert len({d.task_id for d in downloads if d}) == len(FILES)  # a task a file
+    assert site.connections("HEAD") == []
+    again = await download_tree(TreeRequest(HttpIndexLister(url), template.output, template))
+    assert again.count("skipped") == len(FILES)
 
 
 # A hostile index: every trick to write outside DIR, beside one honest file.
@@ -364,3 +381,15 @@ async def test_files_go_through_the_daemon_when_one_answers(
     assert tree_of(template.output) == FILES
     assert {f.download.daemon for f in result.files if f.download} == {str(daemon.socket_path)}
     assert result.count("done") == len(FILES)
+    # The daemon's answer carried the origin's validators: dfget asked no HEAD, and a
+    # re-run skips every file; after a change upstream, that file is fetched again.
+    assert site.connections("HEAD") == []
+    again = await download_tree(TreeRequest(HttpIndexLister(url), template.output, template))
+    assert again.count("skipped") == len(FILES)
+    changed = site.root / "a.txt"
+    changed.write_bytes(b"HELLO")
+    later = changed.stat().st_mtime_ns + 5 * 10**9
+    os.utime(changed, ns=(later, later))
+    third = await download_tree(TreeRequest(HttpIndexLister(url), template.output, template))
+    assert [f.name for f in third.files if f.status == "done"] == ["a.txt"]
+    assert (template.output / "a.txt").read_bytes() == b"HELLO"

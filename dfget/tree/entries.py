@@ -1,7 +1,8 @@
 """What a lister yields: the files of a tree, each with its relative path and URL.
 
 A lister is anything with `entries()`, an async iterator of `Entry`, and
-`validator(entry)`, what identifies the file's current version upstream. The HTTP
+`validator(entry)`, what identifies the file's current version upstream (and
+`validator_of(result)`, the same read from a finished download). The HTTP
 index lister (`dfget.tree.httpindex`) is one; an object-store prefix lister plugs in
 the same way (`dfget.tree.listers.lister_for` picks one by URL scheme).
 """
@@ -16,6 +17,8 @@ from dfget.errors import DfgetError, OriginFailed
 
 if TYPE_CHECKING:
     import httpx
+
+    from dfget.results import DownloadResult
 
 MiB = 1 << 20
 
@@ -54,6 +57,12 @@ class Lister(Protocol):
     async def validator(self, entry: Entry) -> str | None:
         """What identifies `entry`'s current version upstream (ETag, Last-Modified and
         length of a HEAD), None if nothing does: such a file is never skipped."""
+        ...
+
+    def validator_of(self, result: DownloadResult) -> str | None:
+        """`validator`'s answer for the bytes `result` wrote, from the origin's
+        validators the download carried (None if it carried none): a file the tree
+        has no record of is downloaded without asking `validator` first."""
         ...
 
     async def aclose(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,6 +22,9 @@ from dfget.tls import tls_context
 from dfget.tree.entries import Entry, KeptHeads, ListingError, ListLimits, TreeTooLarge
 from dfget.tree.index import Page, parse_page
 from dfget.tree.paths import unsafe_part
+
+if TYPE_CHECKING:
+    from dfget.results import DownloadResult
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +131,21 @@ class HttpIndexLister(KeptHeads):
             return None
         etag = response.headers.get("etag")
         modified = response.headers.get("last-modified")
-        if not etag and not modified:
+        return _validator(etag, modified, response.headers.get("content-length"))
+
+    def validator_of(self, result: DownloadResult) -> str | None:
+        if result.validators is None:
             return None
-        return (
-            f"etag={etag};last-modified={modified};length={response.headers.get('content-length')}"
-        )
+        etag, modified = result.validators
+        return _validator(etag or None, modified or None, str(result.bytes))
+
+
+def _validator(etag: str | None, modified: str | None, length: str | None) -> str | None:
+    """What `dfget -r` records of a file's version: its ETag, Last-Modified and length
+    (a HEAD's, or those of the download), None without the first two."""
+    if not etag and not modified:
+        return None
+    return f"etag={etag};last-modified={modified};length={length}"
 
 
 __all__ = ["HttpIndexLister"]

@@ -2,9 +2,11 @@
 
 A file counts as complete and verified when the manifest has it, from the same URL,
 and (1) the local file is a regular file whose size and mtime (nanoseconds) are what
-the run that wrote it recorded: nobody touched it since; (2) upstream it has the same
-validator as then (the listing's, or a HEAD's ETag / Last-Modified / length), taken
-before that run downloaded it, so a change during the download shows next time.
+the run that wrote it recorded: nobody touched it since; (2) upstream it has the
+validator recorded for the bytes that run wrote: the listing's, or a HEAD's (ETag /
+Last-Modified / length), either taken before that download, so a change during it
+shows next time; or, for a file without a record, those the download itself carried
+(the supernode's, the daemon's or the origin's answer for those very bytes).
 Files are verified as they are downloaded (pieces, digests) and appear under their
 names only once complete (AtomicOutput), so (1) and (2) mean the bytes are the ones
 upstream holds. A file without a validator upstream is never skipped. (No hash of the
@@ -86,11 +88,19 @@ def local_state(path: Path) -> tuple[int, int] | None:
     return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
 
+def may_be_current(record: Record | None, url: str, path: Path) -> bool:
+    """Whether the file at `path` is what `record` says, so only the validator upstream
+    can tell whether it is current (worth asking for: a HEAD)."""
+    if record is None or record.validator is None or record.url != url:
+        return False
+    return local_state(path) == (record.size, record.mtime_ns)
+
+
 def is_current(record: Record | None, url: str, path: Path, validator: str | None) -> bool:
     """Whether the file at `path` is complete and unchanged (see the module's doc)."""
-    if record is None or validator is None or record.url != url:
+    if validator is None or record is None or record.validator != validator:
         return False
-    return record.validator == validator and local_state(path) == (record.size, record.mtime_ns)
+    return may_be_current(record, url, path)
 
 
-__all__ = ["NAME", "Record", "is_current", "load", "local_state", "save"]
+__all__ = ["NAME", "Record", "is_current", "load", "local_state", "may_be_current", "save"]

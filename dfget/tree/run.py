@@ -108,13 +108,18 @@ async def _file(
     except DfgetError as exc:
         return _failed(entry, exc)
     try:
-        validator = entry.validator or await request.lister.validator(entry)
-        if manifest.is_current(records.get(name), entry.url, path, validator):
+        record = records.get(name)
+        validator = entry.validator
+        if validator is None and manifest.may_be_current(record, entry.url, path):
+            validator = await request.lister.validator(entry)
+        if manifest.is_current(record, entry.url, path, validator):
             return FileResult(name, entry.url, "skipped")
         records.pop(name, None)  # replaced, or gone if this fails
         result = await download(replace(request.template, url=entry.url, output=path))
     except DfgetError as exc:
         return _failed(entry, exc)
+    if validator is None:  # (nothing to skip it against: no HEAD was asked before)
+        validator = request.lister.validator_of(result)
     state = manifest.local_state(path)
     if state is not None:
         size, mtime_ns = state
