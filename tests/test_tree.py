@@ -337,6 +337,61 @@ async def test_a_hostile_index_writes_nothing_outside_dir(
     assert asked == {"/d/", "/d/planted/", "/d/j/", "/d/good.txt", "/d/j/fine.txt"}
 
 
+class Versions:
+    """An origin whose one file changes version on demand; its HEAD may lie (an ETag
+    other than its GET's). HTML index pages, as nginx's default."""
+
+    def __init__(self) -> None:
+        self.version = 1
+        self.head_lies = False
+        self.change_after_get = False  # the next version is up as soon as a GET ends
+
+    def __call__(self, seen: Seen) -> Answer:
+        if seen.path == "/d/":
+            return Answer(200, [("content-type", "text/html")], b'<a href="f.txt">f.txt</a>')
+        etag = f'"v{self.version}"'
+        body = f"version {self.version}".encode()
+        if seen.method == "HEAD":
+            lied = '"not-the-gets"' if self.head_lies else etag
+            return Answer(200, [("etag", lied), ("content-length", str(len(body)))])
+        if self.change_after_get:
+            self.version += 1
+        return Answer(200, [("etag", etag)], body)
+
+
+async def test_a_tree_records_the_validator_of_the_bytes_it_wrote(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The validator kept comes with the very bytes written: a file that changed
+    upstream right after it was downloaded is fetched again next time, never skipped
+    as current; a HEAD that disagrees with what the GET said gets no file skipped."""
+    origin = Versions()
+    server = ScriptedOrigin(origin)
+    await nursery.start(server.serve)
+    out = tmp_path / "out"
+    template = DownloadRequest(url=server.url("/d/"), output=out, supernodes=())
+
+    async def run() -> list[str]:
+        result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
+        return [file.status for file in result.files]
+
+    origin.change_after_get = True
+    assert await run() == ["done"]
+    assert (out / "f.txt").read_bytes() == b"version 1"  # v2 is up now
+    origin.change_after_get = False
+    assert await run() == ["done"]  # the HEAD says v2: not what was written
+    assert (out / "f.txt").read_bytes() == b"version 2"
+    assert await run() == ["skipped"]
+    (out / ".dfget-tree.json").unlink()  # a first run again: the GET's ETag is kept
+    assert await run() == ["done"]
+    origin.head_lies = True
+    assert await run() == ["done"]
+    assert (out / "f.txt").read_bytes() == b"version 2"
+    assert [
+        seen.headers.get("accept-encoding") for seen in server.seen if seen.method == "HEAD"
+    ] == ["identity"] * 3  # (a HEAD asks for the bytes as a download gets them, not compressed)
+
+
 def endless(seen: Seen) -> Answer:
     """Every folder holds one more folder and two files: an index with no bottom."""
     return Answer(200, [("content-type", "text/html")], b'<a href="a/">a</a><a href="f">f</a>')

@@ -122,6 +122,10 @@ class HttpIndexLister(KeptHeads):
         """A HEAD's ETag, Last-Modified and Content-Length; None if it has neither of
         the first two, or fails (the file is then downloaded again)."""
         sent_url, headers = self._sent(entry.url)
+        # As a download asks (`fetch_from_origin`, the CDN): a compressed answer's ETag
+        # and length are not those of the bytes written.
+        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+        headers.append(("accept-encoding", "identity"))
         try:
             response = await self._head_client().head(sent_url, headers=headers)
         except httpx.HTTPError as exc:
