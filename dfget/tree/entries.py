@@ -61,8 +61,8 @@ class Lister(Protocol):
 
     def validator_of(self, result: DownloadResult) -> str | None:
         """`validator`'s answer for the bytes `result` wrote, from the origin's
-        validators the download carried (None if it carried none): a file the tree
-        has no record of is downloaded without asking `validator` first."""
+        validators the download carried (None if it carried none): a file the
+        manifest cannot vouch for is downloaded without asking `validator` first."""
         ...
 
     async def aclose(self) -> None:

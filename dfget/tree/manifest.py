@@ -5,8 +5,9 @@ and (1) the local file is a regular file whose size and mtime (nanoseconds) are 
 the run that wrote it recorded: nobody touched it since; (2) upstream it has the
 validator recorded for the bytes that run wrote: the listing's, or a HEAD's (ETag /
 Last-Modified / length), either taken before that download, so a change during it
-shows next time; or, for a file without a record, those the download itself carried
-(the supernode's, the daemon's or the origin's answer for those very bytes).
+shows next time; or, for a file the manifest could not vouch for (no record, another
+URL, touched here), those the download itself carried (the supernode's, the daemon's
+or the origin's answer for those very bytes).
 Files are verified as they are downloaded (pieces, digests) and appear under their
 names only once complete (AtomicOutput), so (1) and (2) mean the bytes are the ones
 upstream holds. A file without a validator upstream is never skipped. (No hash of the

@@ -118,7 +118,7 @@ async def _file(
         result = await download(replace(request.template, url=entry.url, output=path))
     except DfgetError as exc:
         return _failed(entry, exc)
-    if validator is None:  # (nothing to skip it against: no HEAD was asked before)
+    if validator is None:  # (none from the listing or a HEAD: the one the download carried)
         validator = request.lister.validator_of(result)
     state = manifest.local_state(path)
     if state is not None:
