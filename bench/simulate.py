@@ -32,7 +32,8 @@ compared against its own bound from its join, F/D_i ("stretch": (c_i - j_i) / (F
 Prints completion p50/p99/max (from each join and from the first join), T* and p99/T*,
 origin egress / F, CDN egress / F (bytes the CDN sent, cancelled endgame copies
 included), the share of pieces from peers, the scheduler's CPU time against the
-simulated time (and the busiest simulated second), how long messages waited for the
+simulated time (the busiest simulated second, and how many seconds were at least 90%
+busy: the supernode falls behind there), how long messages waited for the
 simulated supernode, and the simulation's own wall time.
 """
 
@@ -56,6 +57,7 @@ from proto.pieces import piece_size_for
 from supernode.peers.swarm import NEWS_WAKES
 
 MiB = 1 << 20
+SATURATED = 0.9  # a simulated second this busy counts as one the supernode fell behind in
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,6 +136,9 @@ class Figures:
             "simulated_seconds": span,
             "cpu_per_simulated_second": tally.scheduler_cpu / span,
             "busiest_second": max(tally.busy_by_second.values(), default=0.0),
+            # Seconds the simulated supernode spent at least 90% busy: where it falls
+            # behind (messages queue) rather than keeps up.
+            "saturated_seconds": sum(b >= SATURATED for b in tally.busy_by_second.values()),
             "calls": dict(sorted(tally.calls.items())),
             "cpu_by_call": dict(sorted(tally.cpu_by_call.items())),
             "empty_assigns": tally.empty_assigns,
@@ -177,7 +182,8 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
     print(
         f"  scheduler CPU {s['scheduler_cpu']:.2f} s over {s['simulated_seconds']:.2f} "
         f"simulated s ({s['cpu_per_simulated_second']:.1%} of one core; busiest second "
-        f"{s['busiest_second']:.1%}); messages waited for it "
+        f"{s['busiest_second']:.1%}, {s['saturated_seconds']} s at >= {SATURATED:.0%}); "
+        "messages waited for it "
         f"{s['supernode_wait_mean'] * 1e3:.2f} ms mean, {s['supernode_wait_max'] * 1e3:.1f} ms max"
     )
     calls = ", ".join(

@@ -268,6 +268,18 @@ async def test_a_prefix_is_listed_page_by_page(
     assert by_name["z"].size == 3
     assert by_name["a.txt"].validator is not None
     assert await lister.validator(by_name["a.txt"]) == by_name["a.txt"].validator
+    # A download's own validators (here its signed GET's) read as the listing's do.
+    from dfget.engine import DownloadRequest, download
+
+    fetched = await download(
+        DownloadRequest(
+            url=by_name["a.txt"].url,
+            output=tmp_path / "a.txt",
+            supernodes=(),
+            s3=lister.target.access,
+        )
+    )
+    assert lister.validator_of(fetched) == by_name["a.txt"].validator
     lister.limits = ListLimits(max_entries=3)
     with pytest.raises(TreeTooLarge):
         await lister.list_all()

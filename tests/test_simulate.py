@@ -112,5 +112,16 @@ def test_the_command_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> N
     assert summary["p99"] >= summary["p50"] > 0
     assert summary["p99_over_t_star"] >= 1.0
     assert summary["min_over_own_bound"] >= 1.0
+    assert summary["saturated_seconds"] == 0  # (decisions take no time: never behind)
     main(argv)
     assert "fluid bound T*" in capsys.readouterr().out
+
+
+def test_a_scheduler_too_slow_for_the_swarm_shows_saturated_seconds() -> None:
+    """Each decision charged 2,000 times its CPU time: the simulated supernode is busy
+    whole seconds, and the figures say how many."""
+    argv = ["--peers", "6", "--size-mib", "6", "--cpu-scale", "2000", "--json"]
+    summary = main(argv)
+    assert summary["complete"] is True
+    assert summary["busiest_second"] >= 0.9
+    assert 1 <= summary["saturated_seconds"] <= summary["simulated_seconds"] + 1
