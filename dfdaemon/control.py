@@ -311,10 +311,10 @@ def _summary(blob: Blob, cached: bool) -> dict[str, Any]:
     also the origin's validators of the bytes in the file (`etag`, `last_modified`: ""
     when it gave none), which `dfget -r` keeps for its re-runs."""
     result = None if cached else blob.result
-    content, validators = blob.content, blob.result.validators if blob.result else None
-    if content is not None:
-        validators = (content.etag, content.last_modified)
-    known = dict(zip(("etag", "last_modified"), validators, strict=True)) if validators else {}
+    validators: tuple[str, str] | None = blob.result.validators if blob.result else None
+    if blob.content is not None:  # (the latest check of the file, newer than its download)
+        validators = (blob.content.etag, blob.content.last_modified)
+    known = {"etag": validators[0], "last_modified": validators[1]} if validators else {}
     return known | {
         "bytes": blob.length,
         "complete": blob.complete,

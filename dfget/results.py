@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from dfget.engine import DownloadJob
     from proto.messages import Outcome
 
-MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified from the daemon (as in TaskDone)
+# Characters of an ETag or Last-Modified from the daemon: proto.messages' bound for
+# TaskDone, repeated here (not imported: a download handed to the daemon loads no wire).
+MAX_VALIDATOR = 1024
 
 
 @dataclass

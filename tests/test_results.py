@@ -108,3 +108,11 @@ async def test_a_summarys_validators_are_kept_only_when_sound(
     summary: dict[str, object] = {"bytes": 7, **validators}
     result = DownloadResult.from_summary(job(tmp_path, started=trio.current_time()), summary)
     assert result.validators is None
+
+
+def test_the_daemons_validator_bound_is_the_wires() -> None:
+    """dfget.results repeats TaskDone's bound (it loads no wire): the two stay equal."""
+    from dfget import results
+    from proto import messages
+
+    assert results.MAX_VALIDATOR == messages.MAX_VALIDATOR
