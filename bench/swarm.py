@@ -239,6 +239,13 @@ def main() -> int:
         metavar="NAME",
         help="TCP congestion control in the lab's hosts, e.g. cubic (default: the machine's)",
     )
+    lab.add_argument(
+        "--origin-streams",
+        type=int,
+        metavar="N",
+        help="the supernode's --origin-streams: connections it fetches the file over "
+        "(default: the supernode's, 4)",
+    )
     args = parser.parse_args()
     if args.netlab:
         from bench import swarm_lab

@@ -90,6 +90,12 @@ def spread(values: Sequence[float], size: int) -> str:
     return f"min {low:.2f}F median {middle:.2f}F max {high:.2f}F"
 
 
+def _origin_streams(args: argparse.Namespace) -> list[str]:
+    """The supernode's --origin-streams, if the command line set one."""
+    streams = getattr(args, "origin_streams", None)  # (bench/faults.py has no such flag)
+    return [] if streams is None else ["--origin-streams", str(streams)]
+
+
 def run_ours(
     lab: Lab,
     args: argparse.Namespace,
@@ -116,6 +122,7 @@ def run_ours(
         ) as origin,
         supernode_process(
             work / "supernode",
+            *_origin_streams(args),
             log=log,
             host=lab.address("supernode"),
             prefix=lab.command("supernode", []),

@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="connect/read timeout towards origins (default 30)",
     )
+    parser.add_argument(
+        "--origin-streams",
+        type=positive,
+        default=4,
+        metavar="N",
+        help="connections a file larger than 4 MiB comes from its origin over at once, "
+        "in ranged GETs guarded by If-Range, when the origin answers ranges and names a "
+        "validator (default 4; 1: one plain GET a file)",
+    )
     argtypes.rate_argument(parser, "--origin-rate-limit", "cap back-to-source download", "100MiB")
     argtypes.rate_argument(
         parser, "--cdn-upload-limit", "cap what the CDN serves to peers", "50MiB"
@@ -295,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         origin_tls=origin_tls,
         origin_timeout=args.origin_timeout,
         origin_rate_limit=args.origin_rate_limit,
+        origin_streams=args.origin_streams,
         cdn_upload_limit=args.cdn_upload_limit,
         token=token,
         cdn_upload_slots=args.cdn_upload_slots,

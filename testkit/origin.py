@@ -97,6 +97,10 @@ class PathStats:
     """200/206 GET responses whose body began."""
     full_bodies: int = 0
     """200 (not 206) GET responses whose body began."""
+    from_start: int = 0
+    """GET responses whose body began at byte 0 and was more than its first byte (a
+    200, or a 206 from byte 0 other than a revalidation's `bytes=0-0`): each a fetch of
+    the file from its start, however many ranged GETs the rest came in."""
     bytes_sent: int = 0
     """Body bytes written to sockets, over all responses."""
 
@@ -371,6 +375,7 @@ async def _send_content(
         # Counted before sending, for the same reason as bytes_sent in _send_body.
         stats.bodies_started += 1
         stats.full_bodies += status == 200
+        stats.from_start += start == 0 and (status == 200 or end > 1)
     await _send_head(stream, conn, status, headers)
     if req.method == "GET":
         # h11 uses chunked framing only for HTTP/1.1 clients. HTTP/1.0 clients get a

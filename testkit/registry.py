@@ -29,8 +29,12 @@ SKOPEO = shutil.which("skopeo")
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")
 HTPASSWD = shutil.which("htpasswd")
-# An access-log line of a blob sent whole: "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 200 BYTES
-_ACCESS_BLOB = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]{64}\S* HTTP/[0-9.]+" 200 (\d+)')
+# An access-log line of a blob's body sent, whole or a range of it:
+# "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 200 BYTES (206 for a range)
+_ACCESS_BLOB = re.compile(r'"GET /v2/\S+/blobs/sha256:[0-9a-f]{64}\S* HTTP/[0-9.]+" 20[06] (\d+)')
+_ACCESS_GET = re.compile(
+    r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64})\S* HTTP/[0-9.]+" (20[06]) (\d+)'
+)
 # docker-registry takes port 0 but has no ready file: the one report of the address it
 # bound is the line it logs once listening, msg="listening on 127.0.0.1:PORT" (", tls"
 # after it when it serves https).
@@ -143,6 +147,7 @@ class Registry:
         self.address = ""  # HOST:PORT, once started
         self.log = root / "registry.log"
         self.process: trio.Process | None = None
+        self.sizes: dict[str, int] = {}  # digest -> size of the blobs pushed here
 
     @property
     def url(self) -> str:
@@ -198,16 +203,27 @@ class Registry:
             self.process.terminate()
 
     def blob_gets(self) -> dict[str, int]:
-        """Blob digest → how many times the registry answered a GET for it with 200."""
+        """Blob digest → how many times the registry sent it: each GET answered 200
+        once, and ranged GETs (206: the supernode fetches a blob over 4 MiB in ranges of
+        it) as the whole copies their bytes make, rounded up (for a blob `push`ed here,
+        whose size is known; else each 206 once). The access log does not say which
+        range a 206 was."""
         counts: dict[str, int] = {}
-        for line in self.log.read_text(errors="replace").splitlines():
-            if '"GET /v2/' in line and "/blobs/sha256:" in line and '" 200 ' in line:
-                digest = line.split("/blobs/")[1].split()[0].split("?")[0]
+        ranged: dict[str, int] = {}
+        for match in _ACCESS_GET.finditer(self.log.read_text(errors="replace")):
+            digest, status, sent = match[1], match[2], int(match[3])
+            if status == "200" or digest not in self.sizes:
                 counts[digest] = counts.get(digest, 0) + 1
+            else:
+                ranged[digest] = ranged.get(digest, 0) + sent
+        for digest, sent in ranged.items():
+            size = max(1, self.sizes[digest])
+            counts[digest] = counts.get(digest, 0) + -(-sent // size)
         return counts
 
     def blob_bytes(self) -> int:
-        """Body bytes of every blob the registry sent (GETs answered 200), from its log."""
+        """Body bytes of every blob the registry sent (GETs answered 200 or 206), from its
+        log."""
         total = 0
         for match in _ACCESS_BLOB.finditer(self.log.read_text(errors="replace")):
             total += int(match[1])
@@ -216,6 +232,7 @@ class Registry:
     async def push(self, image: Image, reference: str, creds: str | None = None) -> None:
         """skopeo copy of the layout to REGISTRY/reference (digests preserved)."""
         assert SKOPEO
+        self.sizes.update(image.sizes)
         argv = [*self.prefix, SKOPEO, "--insecure-policy", "copy", "--dest-tls-verify=false"]
         argv += ["--format", "oci", "--preserve-digests"]
         if creds:

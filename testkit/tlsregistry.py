@@ -101,6 +101,7 @@ class TlsRegistry(Registry):
         """skopeo copy of the layout to REGISTRY/reference over verified TLS (and the
         client certificate, if the registry wants one)."""
         assert SKOPEO
+        self.sizes.update(image.sizes)
         certs = self.pki.cert_dir(client=self.client_certs)
         argv = [*self.prefix, SKOPEO, "--insecure-policy", "copy", "--dest-cert-dir", str(certs)]
         argv += ["--format", "oci", "--preserve-digests"]

@@ -129,7 +129,7 @@ async def test_evicting_needs_the_admin_token_and_forgets_the_task(
     assert after.status_code == 404 and not task_dir.exists()
     again = await fetch(origin.url("/f.bin"), node)  # fetched anew, on a new generation
     assert Path(again.output).read_bytes() == data
-    assert origin.stats["/f.bin"].full_bodies == 2
+    assert origin.stats["/f.bin"].from_start == 2
     assert node.node.cdn.tasks[first.task_id].generation == 2
 
 
@@ -175,7 +175,7 @@ async def test_preheating_a_file(origin: FakeOrigin, node: RunningSupernode, fet
     assert state["tasks"][0]["length"] == len(data)
     result = await fetch(origin.url("/model.bin"), node)  # warm: the CDN has it
     assert Path(result.output).read_bytes() == data
-    assert origin.stats["/model.bin"].full_bodies == 1
+    assert origin.stats["/model.bin"].from_start == 1
 
 
 async def test_only_a_few_preheats_run_at_once_and_the_rest_wait_their_turn(
@@ -203,7 +203,7 @@ async def test_only_a_few_preheats_run_at_once_and_the_rest_wait_their_turn(
         gate.set()
         ended = [await preheat_ended(client, f"/api/v1/preheats/{id_}") for id_ in ids]
     assert [state["state"] for state in ended] == ["succeeded"] * len(paths)
-    assert all(origin.stats[path].full_bodies == 1 for path in paths)
+    assert all(origin.stats[path].from_start == 1 for path in paths)
 
 
 def test_only_finished_preheats_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,7 +331,7 @@ async def test_preheating_an_image_through_the_registrys_bearer_token_flow(
     )  # every blob is a task of the CDN
     assert len(state["tasks"]) == len(image.blobs)
     for digest in image.blobs:
-        assert origin.stats[f"/v2/team/app/blobs/{digest}"].full_bodies == 1
+        assert origin.stats[f"/v2/team/app/blobs/{digest}"].from_start == 1
     token_requests = origin.stats["/token"].requests
     assert any("scope=repository" in dict(headers)[":path"] for _, headers in token_requests)
 

@@ -114,7 +114,7 @@ async def test_json_download_through_supernode_process(
         assert "\r" not in done.stderr.decode()  # no progress bar redraws
         assert again.read_bytes() == data
         assert sorted(os.listdir(out_dir)) == ["again.bin", "f.bin"]
-    assert origin.stats["/f.bin"].full_bodies == 1
+    assert origin.stats["/f.bin"].from_start == 1
 
 
 async def test_supernode_restart_keeps_the_store(origin: FakeOrigin, tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ async def test_supernode_restart_keeps_the_store(origin: FakeOrigin, tmp_path: P
             )
             assert summary["from_cdn"] == SIZE and summary["from_source"] == 0
             assert out.read_bytes() == data
-    assert origin.stats["/f.bin"].full_bodies == 1  # the restarted supernode had it stored
+    assert origin.stats["/f.bin"].from_start == 1  # the restarted supernode had it stored
 
 
 async def test_supernode_listens_where_told_with_origin_tls_flags(tmp_path: Path) -> None:

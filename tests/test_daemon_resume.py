@@ -195,7 +195,7 @@ async def test_a_restarted_daemon_fetches_only_what_it_missed(
     assert counted["dfdaemon_resumed_bytes_total"] == resumed  # every recorded piece kept
     assert counted["dfdaemon_downloaded_bytes_total:cdn"] == fetched  # only the rest fetched
     assert counted.get("dfdaemon_downloaded_bytes_total:upstream", 0) == 0
-    assert origin.stats[wanted.path].full_bodies == 1  # the CDN's one fetch
+    assert origin.stats[wanted.path].from_start == 1  # the CDN's one fetch
 
 
 async def test_a_url_through_the_proxy_resumes_too(

@@ -82,7 +82,7 @@ async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
     two = await fetch(origin.url("/f.bin"), None, daemon_socket=second.socket_path, name="two")
     assert Path(two.output).read_bytes() == data
     assert two.from_peers > 0.5 * len(data)  # (conftest.SCARCE_CDN)
-    assert origin.stats["/f.bin"].full_bodies == 1
+    assert origin.stats["/f.bin"].from_start == 1
 
 
 async def test_a_file_of_unknown_length_streams_through_the_daemon(

@@ -49,7 +49,8 @@ async def test_get_returns_body_and_headers(origin: FakeOrigin, client: httpx.As
     assert response.headers["etag"].startswith('"')
     assert "last-modified" in response.headers
     stats = origin.stats["/blob"]
-    assert (stats.bodies_started, stats.full_bodies, stats.bytes_sent) == (1, 1, len(DATA))
+    assert (stats.bodies_started, stats.full_bodies, stats.from_start) == (1, 1, 1)
+    assert stats.bytes_sent == len(DATA)
     method, headers = stats.requests[0]
     assert method == "GET"
     assert headers[0] == (":path", "/blob?ignored=1")
@@ -94,6 +95,7 @@ async def test_single_ranges(
     assert response.content == DATA[start:end]
     assert response.headers["content-range"] == f"bytes {start}-{end - 1}/{len(DATA)}"
     assert origin.stats["/blob"].full_bodies == 0
+    assert origin.stats["/blob"].from_start == (start == 0)
 
 
 async def test_range_edge_cases(origin: FakeOrigin, client: httpx.AsyncClient) -> None:

@@ -89,7 +89,7 @@ async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
     assert supernode.cdn.usage() <= 7 * MiB  # f0 and f3
     again = await fetch(origin.url("/f1.bin"), node)  # evicted: fetched again
     assert Path(again.output).read_bytes() == files["/f1.bin"]
-    assert origin.stats["/f1.bin"].full_bodies == 2
+    assert origin.stats["/f1.bin"].from_start == 2
     assert set(supernode.cdn.tasks) == {ids["/f0.bin"], result.task_id, again.task_id}
 
 

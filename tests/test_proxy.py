@@ -31,7 +31,7 @@ async def test_a_get_matching_a_rule_goes_p2p(
         assert response.status_code == 200 and response.content == data
         assert response.headers["content-length"] == str(len(data))
         assert metric(daemon, "dfdaemon_requests_total", kind="proxy_p2p") == 1
-    assert origin.stats["/models/m.bin"].full_bodies == 1  # the supernode's fetch only
+    assert origin.stats["/models/m.bin"].from_start == 1  # the supernode's fetch only
     # Counted when the download ends, which may be just after the answer's last byte.
     await until(lambda: metric(second, "dfdaemon_downloaded_bytes_total", source="peers") > 0)
 

@@ -66,7 +66,7 @@ async def test_eight_peers_share_pieces_and_all_verify(
     from_peers = sum(r.from_peers for r in results)
     from_cdn = sum(r.from_cdn for r in results)
     assert from_peers > from_cdn  # most bytes came from other peers
-    assert origin.stats["/big.bin"].full_bodies == 1
+    assert origin.stats["/big.bin"].from_start == 1
     # Once the last peer has left, the supernode logs who sent the task's bytes.
     await until(lambda: "finished (its last peer left)" in caplog.text)
     line = next(r.getMessage() for r in caplog.records if "finished" in r.getMessage())
@@ -196,7 +196,7 @@ async def test_a_peer_killed_mid_transfer_does_not_stop_the_others(
     assert len(results) == 4
     for result in results:
         assert Path(result.output).read_bytes() == data
-    assert origin.stats["/f.bin"].full_bodies == 1
+    assert origin.stats["/f.bin"].from_start == 1
 
 
 class CountingSlowServer(SlowPieceServer):

@@ -5,13 +5,14 @@ sealed (AES-256-GCM) and written at its offset, then announced, so peers downloa
 cold file while it is still arriving. A body cut short is resumed with a Range request
 (guarded by If-Range) when the origin allows it; otherwise the task fails cleanly.
 
+With `FetchPolicy.streams` above 1, the first GET asks for the file's first chunk and
+a large file's rest comes over several connections at once, put back in order before
+it is cut into pieces (`streams.py`).
+
 The store's limits (`budget.py`) are applied as the body comes: a known length is
 reserved at the first response, an unknown one is stopped when it passes them.
 
-A fetch a shutdown stopped goes on in a new generation with a new key: its kept pieces
-are opened with the old key, checked, and sealed again with the new one. The old key
-never seals anything again, so no (key, nonce) pair can cover two different plaintexts,
-whatever the origin sends after the restart.
+A fetch a shutdown stopped goes on in a new generation with a new key (`resume.py`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ import trio
 from common.io import RateLimiter, unwrap_group
 from common.urls import display_url
 from proto.digests import Hasher, digest_matches, new_hasher
-from proto.errors import PieceCorrupted
-from proto.pieces import TAG_SIZE, PieceSealer, piece_digest, piece_size_for
-from supernode.cdn import adopt
+from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
+from supernode.cdn import adopt, resume, streams
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
-from supernode.cdn.piecefile import PiecesFile, file_size
+from supernode.cdn.piecefile import file_size
 from supernode.cdn.response import check_resumed
 from supernode.cdn.revalidate import check_first_requester
-from supernode.cdn.store import PartialMeta, Store, TaskMeta
+from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
     BadRequest,
@@ -57,6 +57,7 @@ class FetchPolicy:
     # The pieces of a task its peers hold (a bitset): an adopted task fetches the
     # others first (adopt.py). The default: as if no peer held any.
     held_by_peers: Callable[[str], int] = lambda task_id: 0
+    streams: int = 1  # connections a large file comes over at once (streams.py)
 
 
 class _Assembler:
@@ -91,12 +92,23 @@ class _Assembler:
             if limiter:
                 await limiter.acquire(count)
             self.task.bytes_from_origin += count
-            self.filled += count
-            self.received += count
-            if self.budget is not None:
-                self.budget.check_received(self.received)
-            if self.filled == len(self.buffer):
-                await self._submit()
+            await self._filled(count)
+
+    async def feed(self, data: memoryview) -> None:
+        """Copy bytes that came by another way (streams.py) into piece buffers."""
+        while data:
+            count = min(len(self.buffer) - self.filled, data.nbytes)
+            self.buffer[self.filled : self.filled + count] = data[:count]
+            data = data[count:]
+            await self._filled(count)
+
+    async def _filled(self, count: int) -> None:
+        self.filled += count
+        self.received += count
+        if self.budget is not None:
+            self.budget.check_received(self.received)
+        if self.filled == len(self.buffer):
+            await self._submit()
 
     async def finish(self) -> None:
         """Submit the short last piece, if any, and let the sealer drain."""
@@ -160,7 +172,7 @@ async def fetch_task(
                 store.remove_generation(task.task_id, task.generation)
             else:
                 with trio.CancelScope(shield=True):  # (its fsync runs in a thread)
-                    kept = await _keep_for_resume(task, store)
+                    kept = await resume.keep_for_resume(task, store)
                 task.fail(ShuttingDown("the supernode is shutting down"))
                 if not kept:
                     store.remove_generation(task.task_id, task.generation)
@@ -197,38 +209,55 @@ async def _fetch(
                     size = file_size(task.length, task.piece_size)
                     policy.budget.admit(task, task.length, size)
                 if task.resume_from is not None:
-                    await _take_over(task, task.resume_from, store, hasher)
+                    await resume.take_over(task, task.resume_from, store, hasher)
                 else:  # the pieces no peer holds, alongside (adopt.py)
                     _begin_adopted(task, store)
                     held, limiter = policy.held_by_peers, policy.limiter
                     nursery.start_soon(adopt.repair, task, origin, limiter, held, repairs)
                 assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
-            while assembler is None or task.length is None or assembler.received < task.length:
+            # Bytes this loop's own GETs bring: the whole file, or its first chunk when
+            # the rest comes over several connections (`rest`, streams.py).
+            until: int | None = task.length
+            split = policy.streams > 1 and not spec.range and assembler is None
+            rest: streams.Rest | None = None
+            while assembler is None or until is None or assembler.received < until:
                 resuming = assembler is not None
                 offset = assembler.received if assembler else 0
                 extra: list[tuple[str, str]] = []
                 if spec.range or resuming:
                     end = "" if last is None else str(last)
+                    if rest is not None and until is not None:  # to the first chunk's end
+                        end = str(until - 1)
                     extra.append(("Range", f"bytes={first + offset}-{end}"))
+                elif split:
+                    extra.append(streams.first_range())
                 if resuming and task.validators.if_range:  # (an adopted task named by
                     extra.append(("If-Range", task.validators.if_range))  # its digest: none)
+                ok = streams.FIRST_OK if split and not resuming else frozenset({200, 206})
                 try:
                     async with origin.open(
-                        "GET", spec.url, spec.headers, extra=tuple(extra), s3=spec.s3
+                        "GET", spec.url, spec.headers, extra=tuple(extra), ok=ok, s3=spec.s3
                     ) as response:
                         if assembler is None:
-                            _start(task, store, response, policy.budget)
+                            total = streams.split_length(response) if split else None
+                            if split and total is None and response.status != 200:
+                                split = False  # one plain GET instead
+                                continue
+                            _start(task, store, response, policy.budget, total)
                             assembler = _Assembler(task, hasher, policy.budget)
                             nursery.start_soon(assembler.run_sealer)
+                            until = task.length
+                            if total is not None and total > streams.CHUNK:
+                                rest = _rest(task, origin, total, policy)
+                                nursery.start_soon(rest.run)
+                                until = streams.CHUNK
                         else:
                             adopt.check_not_changed(task, response)
                             check_resumed(response, first + offset)
                         await assembler.fill_from(response, policy.limiter)
-                    if task.length is not None and assembler.received < task.length:
-                        raise OriginBroken(
-                            f"body ended at {assembler.received} of {task.length} bytes"
-                        )
+                    if until is not None and assembler.received < until:
+                        raise OriginBroken(f"body ended at {assembler.received} of {until} bytes")
                     break
                 except OriginBroken as exc:
                     # Without a validator for If-Range, a resumed body could belong to a
@@ -246,6 +275,8 @@ async def _fetch(
                         resumes,
                         policy.max_resumes,
                     )
+            if rest is not None:
+                await rest.drain_into(assembler.feed)
             repairs.cancel()  # the rest is done: `after_fetch` takes what is missing
             await assembler.finish()
     length = assembler.received
@@ -285,94 +316,17 @@ async def _fetch(
     return meta
 
 
-async def _keep_for_resume(task: CdnTask, store: Store) -> bool:
-    """On a shutdown: keep what a fetch has so far (durable, with partial.json) if a
-    later start can resume it safely (If-Range needs a strong validator)."""
-    if task.adoption is not None:  # its first pieces were never on this disk
-        return False
-    if task.resume_from is not None:
-        # Stopped while taking over the pieces of an earlier stop: those stay as they
-        # are (with their partial.json), this generation's copy goes.
-        store.remove_generation(task.task_id, task.generation, partial=False)
-        return True
-    if not task.digests or not task.validators.if_range or task.pieces is None:
-        return False
-    partial = PartialMeta(
-        task_id=task.task_id,
-        generation=task.generation,
-        key=task.key.hex(),
-        piece_size=task.piece_size,
-        length=task.length,
-        digests=[d.hex() for d in task.digests],
-        digest=task.spec.digest,
-        etag=task.validators.etag,
-        last_modified=task.validators.last_modified,
-        created=task.created,
+def _rest(task: CdnTask, origin: OriginClient, total: int, policy: FetchPolicy) -> streams.Rest:
+    return streams.Rest(
+        task,
+        origin,
+        start=streams.CHUNK,
+        total=total,
+        streams=policy.streams,
+        lookahead=2 * policy.streams,
+        limiter=policy.limiter,
+        max_resumes=policy.max_resumes,
     )
-    try:
-        partial.check()
-        await trio.to_thread.run_sync(task.pieces.sync)
-        store.save_partial(partial)
-    except (StoreError, ValueError) as exc:
-        log.warning("cdn: task %s cannot be kept to resume: %s", task.task_id[:16], exc)
-        return False
-    log.info("cdn: task %s stopped at piece %d: kept to resume", task.task_id[:16], task.ready)
-    return True
-
-
-async def _take_over(
-    task: CdnTask, partial: PartialMeta, store: Store, hasher: Hasher | None
-) -> None:
-    """Move the pieces a stopped fetch kept into this generation: each is opened with the
-    old key and checked against its digest, then sealed with this generation's key and
-    announced. A piece that fails its check ends the take-over there (the fetch goes on
-    from it). The old generation's file and partial.json go afterwards."""
-    try:
-        old = store.open_pieces(task.task_id, partial.generation, partial.piece_size)
-    except StoreError as exc:
-        log.warning(
-            "cdn: task %s: kept pieces unreadable, fetching anew: %s", task.task_id[:16], exc
-        )
-        old = None
-    if old is not None:
-        opener = PieceSealer(bytes.fromhex(partial.key), task.task_id)
-        plain = bytearray(task.piece_size)
-        sealed = bytearray(task.piece_size + TAG_SIZE)
-        try:
-            for index, digest in enumerate(bytes.fromhex(d) for d in partial.digests):
-                args = (task, old, opener, index, digest, hasher, plain, sealed)
-                if not await trio.to_thread.run_sync(_reseal, *args):
-                    log.warning("cdn: task %s: kept piece %d is damaged", task.task_id[:16], index)
-                    break
-                task.add_piece(digest, task.piece_size)
-        finally:
-            old.close()
-    task.resume_from = None
-    store.remove_generation(task.task_id, partial.generation)  # and its partial.json
-
-
-def _reseal(
-    task: CdnTask,
-    old: PiecesFile,
-    opener: PieceSealer,
-    index: int,
-    digest: bytes,
-    hasher: Hasher | None,
-    plain: bytearray,
-    sealed: bytearray,
-) -> bool:
-    """Piece `index` from the old generation's file into this one's (a worker thread)."""
-    try:
-        view = opener.open_into(index, old.read(index), plain)
-    except (PieceCorrupted, StoreError):
-        return False
-    if len(view) != task.piece_size or piece_digest(view) != digest:
-        return False
-    if hasher is not None:
-        hasher.update(view)
-    assert task.pieces is not None
-    task.pieces.write(index, task.sealer.seal_into(index, view, sealed))
-    return True
 
 
 def _begin_adopted(task: CdnTask, store: Store) -> None:
@@ -383,12 +337,17 @@ def _begin_adopted(task: CdnTask, store: Store) -> None:
 
 
 def _start(
-    task: CdnTask, store: Store, response: OriginResponse, budget: StoreBudget | None
+    task: CdnTask,
+    store: Store,
+    response: OriginResponse,
+    budget: StoreBudget | None,
+    total: int | None = None,
 ) -> None:
-    """First response: fix the task's geometry, reserve its room, open its pieces file."""
+    """First response: fix the task's geometry, reserve its room, open its pieces file
+    (`total`: the whole file's length when the response is its first chunk)."""
     if task.spec.range and response.status != 206:
         raise BadRequest("origin ignored the Range header (answered 200, not 206)")
-    length = response.length
+    length = response.length if total is None else total
     first, last = task.spec.range or (0, None)
     if length is not None and last is not None and length != last - first + 1:
         raise BadRequest(f"origin sent {length} bytes for a range of {last - first + 1}")
