@@ -70,6 +70,12 @@ def main() -> int:
         metavar="ARG",
         help="extra supernode argument (repeatable), e.g. --supernode-arg=--log-level=debug",
     )
+    parser.add_argument(
+        "--limit-rate",
+        metavar="RATE",
+        help="nginx's limit_rate: each connection's body throttled to RATE (e.g. 32m), "
+        "as object stores and many CDNs throttle a connection (default: none)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "single")
     args = parser.parse_args()
 
@@ -83,7 +89,8 @@ def main() -> int:
     times: dict[str, list[float]] = {"curl": [], "dfget cold": [], "dfget warm": []}
     inner: dict[str, list[float]] = {"dfget cold": [], "dfget warm": []}
 
-    with nginx(www, work / "nginx") as base:
+    extra = f"limit_rate {args.limit_rate};" if args.limit_rate else ""
+    with nginx(www, work / "nginx", server_extra=extra) as base:
         url = f"{base}/payload.bin"
         subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)  # page cache warm
         for run in range(args.runs):

@@ -146,6 +146,7 @@ def run_ours(
             hit = {peers[i]: spared_exit(procs[i]) for i in sorted(spared)}
             survivors = [proc for i, proc in enumerate(procs) if i not in spared]
             dfget_cpu = sum(cpu_seconds(proc.pid) for proc in survivors)
+            supernode_cpu = cpu_seconds(int(ready["pid"]))
             summaries = end_seeding(survivors)  # every peer is done: end their seeding
         finally:
             kill_all(procs)
@@ -169,6 +170,7 @@ def run_ours(
         f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
         f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s; "
         f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / len(survivors):.2f}s a peer; "
+        f"supernode CPU {supernode_cpu:.1f}s; "
         f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
     notes += "".join(f"; {host} (hit): {what}" for host, what in hit.items())

@@ -63,7 +63,7 @@ class SupernodeConfig:
     cdn_upload_limit: float | None = None
     ticket_ttl: float = 3600.0
     max_resumes: int = 5
-    origin_streams: int = 4  # connections a large file comes from its origin over at once
+    origin_streams: int = 1  # connections a large file comes from its origin over at once
     lean_http: bool = True  # plain-HTTP bodies through cdn/lean.py (else all httpx)
     token: bytes | None = None  # cluster token: peers must prove it (None: open cluster)
     cdn_upload_slots: int = 16  # pieces the CDN uploads at once (the scheduler's CDN cap)

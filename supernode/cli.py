@@ -96,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--origin-streams",
         type=positive,
-        default=4,
+        default=1,
         metavar="N",
         help="connections a file larger than 4 MiB comes from its origin over at once, "
         "in ranged GETs guarded by If-Range, when the origin answers ranges and names a "
-        "validator (default 4; 1: one plain GET a file)",
+        "validator: for origins that throttle each connection (object stores, many CDNs); "
+        "it costs CPU where one connection is as fast (default 1: one plain GET a file)",
     )
     argtypes.rate_argument(parser, "--origin-rate-limit", "cap back-to-source download", "100MiB")
     argtypes.rate_argument(

@@ -78,7 +78,6 @@ async def test_a_new_owner_adopts_the_task_from_redis(
             cluster=redis_server.url,
             cluster_heartbeat=0.2,
             admin_listen=("127.0.0.1", 0),
-            origin_streams=1,  # one GET at RATE: the old owner is stopped mid-fetch
         )
         nodes[node.address] = node
     for node in nodes.values():  # dfget learns the live list from a member: both in it

@@ -78,9 +78,8 @@ async def test_origin_timeout(
 
 
 async def test_dropped_origin_is_resumed_with_range(
-    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
 ) -> None:
-    supernode = await start_supernode(origin_streams=1)  # one GET (chunks: test_origin_streams)
     data = os.urandom(5 * MiB + 11)
     origin.add("/drop.bin", data, drop_after=2 * MiB + 5, drop_times=2)
     result = await fetch(origin.url("/drop.bin"), supernode)

@@ -19,6 +19,14 @@ from testkit.origin import FakeOrigin
 from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 SIZE = 4 * CHUNK + 12345  # five chunks, the last one ragged
+STREAMS = 4
+
+
+@pytest.fixture
+async def supernode(start_supernode: StartSupernode) -> RunningSupernode:
+    """A supernode that fetches over STREAMS connections (`--origin-streams`; the
+    default is 1)."""
+    return await start_supernode(origin_streams=STREAMS)
 
 
 def _gets(origin: FakeOrigin, path: str) -> list[dict[str, str]]:
@@ -38,12 +46,12 @@ async def test_a_large_file_comes_in_ranges_at_once_and_in_order(
             results.append(await fetch(origin.url("/big.bin"), supernode))
 
         nursery.start_soon(run)
-        # The supernode's default of 4 connections are all open before a byte of any
-        # body has come (the first GET's and 3 more): the chunks are asked for at once,
-        # and no more than that (a fifth once the first answer is read).
-        await until(lambda: len(_gets(origin, "/big.bin")) >= 4)
+        # STREAMS connections are all open before a byte of any body has come (the
+        # first GET's and 3 more): the chunks are asked for at once, and no more than
+        # that (a fifth once the first answer is read).
+        await until(lambda: len(_gets(origin, "/big.bin")) >= STREAMS)
         await trio.sleep(0.2)
-        assert len(_gets(origin, "/big.bin")) == 4
+        assert len(_gets(origin, "/big.bin")) == STREAMS
         gate.set()
     assert Path(results[0].output).read_bytes() == data
     stats = origin.stats["/big.bin"]
@@ -58,10 +66,10 @@ async def test_a_large_file_comes_in_ranges_at_once_and_in_order(
     assert all(g["if-range"] == etag for g in gets[1:])
 
 
-async def test_one_stream_is_one_plain_get(
+async def test_by_default_a_file_is_one_plain_get(
     origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
 ) -> None:
-    supernode = await start_supernode(origin_streams=1)
+    supernode = await start_supernode()  # --origin-streams 1
     data = os.urandom(SIZE)
     origin.add("/big.bin", data)
     assert Path((await fetch(origin.url("/big.bin"), supernode)).output).read_bytes() == data
@@ -130,7 +138,7 @@ async def test_content_changed_between_chunks_is_never_mixed(
                 outputs.append(exc)
 
         nursery.start_soon(run)
-        await until(lambda: len(_gets(origin, "/big.bin")) >= 4)
+        await until(lambda: len(_gets(origin, "/big.bin")) >= STREAMS)
         origin.add("/big.bin", new)  # the first answer was the old one; the chunks' If-Range
         gate.set()  # now fails: the origin answers them 200, with the new content
     # The old generation failed at the first chunk answered 200 (nothing of the new

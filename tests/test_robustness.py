@@ -90,8 +90,7 @@ async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_resta
     old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
     gate = trio.Event()
     origin.add("/f.bin", old, gate_after=MiB + 1, gate=gate)
-    # One GET (no chunks fetched ahead, which a stop loses): what is kept is what came.
-    node = await start_supernode(data_dir=tmp_path / "store", origin_streams=1)
+    node = await start_supernode(data_dir=tmp_path / "store")
     failures: list[Exception] = []
 
     async def old_download() -> None:
