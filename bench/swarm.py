@@ -244,7 +244,7 @@ def main() -> int:
         type=int,
         metavar="N",
         help="the supernode's --origin-streams: connections it fetches the file over "
-        "(default: the supernode's, 4)",
+        "(default: the supernode's, 1)",
     )
     args = parser.parse_args()
     if args.netlab:

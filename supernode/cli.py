@@ -19,6 +19,7 @@ from common.tokens import read_token
 from supernode import __version__
 from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
+from supernode.cdn.streams import MAX_STREAMS
 from supernode.cluster.flags import check_cluster_flags, cluster_arguments
 from supernode.compiled import scheduler_build
 from supernode.errors import SupernodeError
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections a file larger than 4 MiB comes from its origin over at once, "
         "in ranged GETs guarded by If-Range, when the origin answers ranges and names a "
         "validator: for origins that throttle each connection (object stores, many CDNs); "
-        "it costs CPU where one connection is as fast (default 1: one plain GET a file)",
+        f"it costs CPU where one connection is as fast (default 1: one plain GET a file; "
+        f"at most {MAX_STREAMS})",
     )
     argtypes.rate_argument(parser, "--origin-rate-limit", "cap back-to-source download", "100MiB")
     argtypes.rate_argument(
@@ -293,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.max_task_size == 0:
         print("supernode: --max-task-size must be more than 0", file=sys.stderr)
+        return 2
+    if args.origin_streams > MAX_STREAMS:
+        print(f"supernode: --origin-streams is at most {MAX_STREAMS}", file=sys.stderr)
         return 2
     if args.max_connections < 1:
         print("supernode: --max-connections must be at least 1", file=sys.stderr)

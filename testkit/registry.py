@@ -206,12 +206,14 @@ class Registry:
         """Blob digest → how many times the registry sent it: each GET answered 200
         once, and ranged GETs (206: the supernode fetches a blob over 4 MiB in ranges of
         it) as the whole copies their bytes make, rounded up (for a blob `push`ed here,
-        whose size is known; else each 206 once). The access log does not say which
-        range a 206 was."""
+        whose size is known; else each 206 once), one-byte ranges (a revalidation's)
+        left out. The access log does not say which range a 206 was."""
         counts: dict[str, int] = {}
         ranged: dict[str, int] = {}
         for match in _ACCESS_GET.finditer(self.log.read_text(errors="replace")):
             digest, status, sent = match[1], match[2], int(match[3])
+            if status == "206" and sent <= 1:
+                continue  # a revalidation's `bytes=0-0`, not a copy
             if status == "200" or digest not in self.sizes:
                 counts[digest] = counts.get(digest, 0) + 1
             else:

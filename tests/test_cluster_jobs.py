@@ -168,7 +168,7 @@ async def test_posted_on_one_member_read_on_another_run_by_the_owner(
     assert done["runner"] == runner.node.membership.id  # the task's owner ran it
     assert task["id"] in runner.node.cdn.tasks
     assert all(task["id"] not in n.node.cdn.tasks for n in nodes if n is not runner)
-    assert origin.stats["/model.bin"].from_start == 1
+    assert origin.stats["/model.bin"].bodies_started == 1
     assert listed["redis"] == "up" and [p["id"] for p in listed["preheats"]] == [job_id]
     client = redis_server.client()  # ended: its credentials gone, its record expiring
     record = client.get(job_key(job_id))
@@ -224,7 +224,7 @@ async def test_a_runner_stopped_mid_job_is_replaced_by_the_next_owner(
     assert done["state"] == "succeeded", done
     assert done["runner"] == ids[survivor.ready["peer"]] and done["attempts"] == 2
     assert done["tasks"][0]["length"] == len(data)
-    assert origin.stats["/slow.bin"].from_start == 2  # once by each runner
+    assert origin.stats["/slow.bin"].bodies_started == 2  # once by each runner
 
 
 @needs_redis

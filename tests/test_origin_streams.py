@@ -3,6 +3,7 @@ ranged GETs guarded by If-Range, put back in order; one plain GET where that is 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +12,11 @@ import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, until
 
+from dfget.errors import DfgetError
 from proto.pieces import MiB
 from proto.taskid import task_id_for
 from supernode.cdn.streams import CHUNK
-from supernode.cdn.task import TaskState
+from supernode.cdn.task import CdnTask, TaskState
 from testkit.origin import FakeOrigin
 from testkit.scripted import Answer, ScriptedOrigin, Seen
 
@@ -149,21 +151,47 @@ async def test_content_changed_between_chunks_is_never_mixed(
     assert task is not None and task.generation == 2 and task.state is TaskState.DONE
 
 
-def _liar(data: bytes, etag: str, lie: Callable[[int, int], str]) -> Callable[[Seen], Answer]:
-    """A ranged origin whose answers to the chunks after the first carry the
-    Content-Range `lie(start, end)` (their bodies the bytes asked for)."""
+def _ranged(
+    data: bytes, chunk: Callable[[Seen, int, int], Answer | None] = lambda seen, start, end: None
+) -> Callable[[Seen], Answer]:
+    """A ranged origin (ETag "v1") whose answer to a range other than the first chunk's
+    is `chunk(seen, start, end)` when that gives one."""
 
     def answer(seen: Seen) -> Answer:
         spec = seen.headers.get("range", "").removeprefix("bytes=")
         if not spec:
-            return Answer(200, [("etag", etag)], data)
+            return Answer(200, [("etag", '"v1"')], data)
         first, _, last = spec.partition("-")
         start, end = int(first), min(int(last) + 1, len(data)) if last else len(data)
-        content_range = f"bytes {start}-{end - 1}/{len(data)}" if start == 0 else lie(start, end)
-        headers = [("etag", etag), ("content-range", content_range)]
+        scripted = chunk(seen, start, end) if start else None
+        if scripted is not None:
+            return scripted
+        headers = [("etag", '"v1"'), ("content-range", f"bytes {start}-{end - 1}/{len(data)}")]
         return Answer(206, headers, data[start:end])
 
     return answer
+
+
+async def _fetch_from(
+    answer: Callable[[Seen], Answer], supernode: RunningSupernode, fetch: Fetch, **fields: object
+) -> tuple[ScriptedOrigin, bytes | None, CdnTask | None]:
+    """Download from a ScriptedOrigin: (the origin, the output or None if dfget failed,
+    the CDN's task)."""
+    server = ScriptedOrigin(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        url = server.url("/big.bin")
+        try:
+            output: bytes | None = Path((await fetch(url, supernode, **fields)).output).read_bytes()
+        except DfgetError:  # (failing is fine; wrong bytes are not)
+            output = None
+        nursery.cancel_scope.cancel()
+    return server, output, supernode.node.cdn.current(task_id_for(url))
+
+
+def _cdn_chunks(server: ScriptedOrigin) -> list[str]:
+    """The ranges the CDN asked for past the first chunk (dfget's own GETs left out)."""
+    return [seen.headers["range"] for seen in server.seen if "if-range" in seen.headers]
 
 
 @pytest.mark.parametrize(
@@ -179,19 +207,133 @@ async def test_a_chunk_that_is_not_the_one_asked_for_fails_the_task(
     supernode: RunningSupernode, fetch: Fetch, lie: Callable[[int, int], str]
 ) -> None:
     data = os.urandom(SIZE)
-    server = ScriptedOrigin(_liar(data, '"v1"', lie))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        url = server.url("/big.bin")
+
+    def chunk(seen: Seen, start: int, end: int) -> Answer:
+        return Answer(206, [("etag", '"v1"'), ("content-range", lie(start, end))], data[start:end])
+
+    server, output, task = await _fetch_from(_ranged(data, chunk), supernode, fetch)
+    assert output in (None, data)  # dfget may fall back to the origin itself
+    assert task is not None and task.state is TaskState.FAILED
+    assert str(task.error).startswith("origin answered bytes")
+    asked = _cdn_chunks(server)
+    assert len(asked) == len(set(asked)) <= STREAMS  # at once, never asked again
+
+
+async def test_a_chunk_of_another_version_fails_the_task(
+    supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    """An origin that ignores If-Range and answers a chunk of new content: its other
+    ETag gives it away, and nothing of it is used."""
+    data, other = os.urandom(SIZE), os.urandom(SIZE)
+
+    def chunk(seen: Seen, start: int, end: int) -> Answer:
+        headers = [("etag", '"v2"'), ("content-range", f"bytes {start}-{end - 1}/{SIZE}")]
+        return Answer(206, headers, other[start:end])
+
+    _, output, task = await _fetch_from(_ranged(data, chunk), supernode, fetch, back_source=False)
+    assert output is None
+    assert task is not None and task.state is TaskState.FAILED
+    assert "changed upstream" in str(task.error)
+
+
+async def test_a_chunk_refused_once_is_asked_again(
+    supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    data = os.urandom(SIZE)
+    refused: list[int] = []
+
+    def chunk(seen: Seen, start: int, end: int) -> Answer | None:
+        if start == 2 * CHUNK and not refused:
+            refused.append(start)
+            return Answer(503, [], b"slow down")
+        return None
+
+    server, output, task = await _fetch_from(_ranged(data, chunk), supernode, fetch)
+    assert output == data and refused
+    assert task is not None and task.state is TaskState.DONE
+    asked = _cdn_chunks(server)
+    assert asked.count(f"bytes={2 * CHUNK}-{3 * CHUNK - 1}") == 2 and len(asked) == 5
+
+
+async def test_an_absurd_total_costs_nothing_that_grows_with_it(
+    supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    """A first answer that claims 10^19 bytes: the fetch keeps nothing per chunk of that
+    (it would be 2.4 * 10^12 entries), and fails at the first chunk the origin cannot
+    give."""
+    total = 9_999_999_999_999_999_999
+    head = os.urandom(CHUNK)
+
+    def answer(seen: Seen) -> Answer:
+        if seen.headers.get("range") == f"bytes=0-{CHUNK - 1}":
+            headers = [("etag", '"v1"'), ("content-range", f"bytes 0-{CHUNK - 1}/{total}")]
+            return Answer(206, headers, head)
+        return Answer(416, [("content-range", f"bytes */{total}")])
+
+    with trio.fail_after(30):
+        _, output, task = await _fetch_from(answer, supernode, fetch, back_source=False)
+    assert output is None
+    assert task is not None and task.state is TaskState.FAILED
+    assert "416" in str(task.error)
+
+
+async def test_a_first_answer_of_unknown_length_gets_one_plain_get(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    """A chunked 206 could run on past the range it names: closed, one plain GET instead."""
+    data = os.urandom(SIZE)
+    origin.add("/big.bin", data, chunked=True)
+    result = await fetch(origin.url("/big.bin"), supernode)
+    assert Path(result.output).read_bytes() == data
+    assert ["range" in g for g in _gets(origin, "/big.bin")] == [True, False]
+
+
+async def test_a_digest_named_file_is_checked_whole_over_several_streams(
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(SIZE)
+    origin.add("/big.bin", data)
+    named = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    result = await fetch(origin.url("/big.bin"), supernode, digest=named)
+    assert Path(result.output).read_bytes() == data
+    assert len(_gets(origin, "/big.bin")) == 5
+    # The same name for content whose last chunk differs, on a supernode of its own (the
+    # first one holds that name's content already): the whole file's digest fails.
+    origin.add("/other.bin", data[:-1] + bytes([data[-1] ^ 1]))
+    other = await start_supernode(data_dir=tmp_path / "other", origin_streams=STREAMS)
+    with pytest.raises(DfgetError, match="does not match sha256:"):
+        await fetch(origin.url("/other.bin"), other, digest=named, back_source=False)
+    assert len(_gets(origin, "/other.bin")) == 5
+
+
+async def test_a_fetch_stopped_mid_stream_resumes_after_a_restart(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    """The pieces in order are kept; chunks fetched ahead of them are lost with the
+    process, and the restarted fetch asks from the first piece it lacks."""
+    slow = FakeOrigin(rate_limit=4 * MiB)
+    await nursery.start(slow.serve)
+    data = os.urandom(SIZE)
+    slow.add("/f.bin", data)
+    node = await start_supernode(data_dir=tmp_path / "store", origin_streams=STREAMS)
+    failures: list[Exception] = []
+
+    async def first() -> None:
         try:
-            result = await fetch(url, supernode)
-        except Exception:  # (failing is fine; wrong bytes are not)
-            result = None
-        if result is not None:
-            assert Path(result.output).read_bytes() == data
-            assert result.from_source == SIZE  # dfget went to the origin itself
-        task = supernode.node.cdn.current(task_id_for(url))
-        assert task is not None and task.state is TaskState.FAILED
-        assert str(task.error).startswith("origin answered bytes")  # at once, not retried
-        assert len(server.seen) <= 5
-        nursery.cancel_scope.cancel()
+            await fetch(slow.url("/f.bin"), node, name="first", back_source=False)
+        except DfgetError as exc:  # its supernode goes away
+            failures.append(exc)
+
+    nursery.start_soon(first)
+    await until(lambda: any(t.ready >= 5 for t in node.node.cdn.tasks.values()))
+    await node.stop()  # mid-fetch
+    await until(lambda: bool(failures))
+    again = await start_supernode(data_dir=tmp_path / "store", origin_streams=STREAMS)
+    result = await fetch(slow.url("/f.bin"), again, name="second")
+    assert Path(result.output).read_bytes() == data
+    resumed = [dict(h).get("range", "") for m, h in slow.stats["/f.bin"].requests if m == "GET"]
+    assert resumed[-1].startswith("bytes=") and not resumed[-1].startswith("bytes=0-")

@@ -74,10 +74,12 @@ async def test_range_of_an_origin_without_validators_is_fetched_once(
 
 def test_a_weak_etag_cannot_guard_a_resume() -> None:
     assert Validators('W/"weak"', None).if_range == ""
-    assert Validators('W/"weak"', "Tue, 01 Dec 2026 00:00:00 GMT").if_range == (
+    # Nor the date beside it (RFC 9110 13.1.5: a date only when there is no entity tag).
+    assert Validators('W/"weak"', "Tue, 01 Dec 2026 00:00:00 GMT").if_range == ""
+    assert Validators(None, "Tue, 01 Dec 2026 00:00:00 GMT").if_range == (
         "Tue, 01 Dec 2026 00:00:00 GMT"
     )
-    assert Validators('"strong"', None).if_range == '"strong"'
+    assert Validators('"strong"', "Tue, 01 Dec 2026 00:00:00 GMT").if_range == '"strong"'
 
 
 async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_restart(

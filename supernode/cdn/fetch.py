@@ -82,11 +82,22 @@ class _Assembler:
         )
         self._free_send, self._free_recv = trio.open_memory_channel[bytearray](self.BUFFERS)
         self._sealed = bytearray(task.piece_size + TAG_SIZE)  # the sealer's own, reused
+        self._probe = bytearray(1)  # whether a body goes on past what was asked
 
-    async def fill_from(self, response: OriginResponse, limiter: RateLimiter | None) -> None:
-        """Read the body straight into piece buffers until it ends."""
+    async def fill_from(
+        self, response: OriginResponse, limiter: RateLimiter | None, limit: int | None = None
+    ) -> None:
+        """Read the body straight into piece buffers until it ends; WrongChunk if it goes
+        on past byte `limit` of the content (the length asked for)."""
         while True:
-            count = await response.read_into(memoryview(self.buffer)[self.filled :])
+            view = memoryview(self.buffer)[self.filled :]
+            if limit is not None:
+                view = view[: limit - self.received]
+                if not view:  # all that was asked for: the body must end here
+                    if await response.read_into(memoryview(self._probe)):
+                        raise streams.WrongChunk(f"origin sent more than the {limit} bytes asked")
+                    return
+            count = await response.read_into(view)
             if count == 0:
                 return
             if limiter:
@@ -255,10 +266,12 @@ async def _fetch(
                         else:
                             adopt.check_not_changed(task, response)
                             check_resumed(response, first + offset)
-                        await assembler.fill_from(response, policy.limiter)
+                        await assembler.fill_from(response, policy.limiter, until)
                     if until is not None and assembler.received < until:
                         raise OriginBroken(f"body ended at {assembler.received} of {until} bytes")
                     break
+                except streams.WrongChunk:
+                    raise
                 except OriginBroken as exc:
                     # Without a validator for If-Range, a resumed body could belong to a
                     # newer version of the file: better to fail than to mix two versions.
@@ -277,6 +290,8 @@ async def _fetch(
                     )
             if rest is not None:
                 await rest.drain_into(assembler.feed)
+            if task.length is not None and assembler.received != task.length:
+                raise OriginBroken(f"got {assembler.received} bytes of {task.length}")
             repairs.cancel()  # the rest is done: `after_fetch` takes what is missing
             await assembler.finish()
     length = assembler.received

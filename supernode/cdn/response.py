@@ -26,8 +26,12 @@ class Validators:
 
     @property
     def if_range(self) -> str:
-        """The If-Range value guarding a resume ('' if none can: a weak ETag cannot)."""
-        return self.strong_etag or self.last_modified or ""
+        """The If-Range value guarding a resume ('' if none can): a strong ETag, or the
+        Last-Modified of an answer with no ETag. A weak ETag cannot, nor the date beside
+        it (RFC 9110 13.1.5: a date only when there is no entity tag)."""
+        if self.etag:
+            return self.strong_etag or ""
+        return self.last_modified or ""
 
 
 class OriginResponse:

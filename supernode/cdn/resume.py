@@ -22,6 +22,7 @@ from supernode.cdn.store import PartialMeta, Store
 from supernode.cdn.task import CdnTask
 from supernode.errors import StoreError
 
+# The fetch's logger: these lines are part of a fetch's story, and keep its name.
 log = logging.getLogger("supernode.cdn.fetch")
 
 

@@ -264,7 +264,7 @@ class Cdn:
     def _resume(self, spec: TaskSpec, partial: PartialMeta) -> CdnTask:
         """A fetch stopped by a shutdown goes on where it stopped (Range + If-Range), in a
         new generation with a new key: its kept pieces are sealed again under it as the
-        fetch starts (fetch.py), so the old key never seals different bytes."""
+        fetch starts (resume.py), so the old key never seals different bytes."""
         self._check_room()
         del self._partials[spec.task_id]
         generation = self._next_generation(spec.task_id, partial.generation)

@@ -9,18 +9,25 @@ own window.
 So the CDN's first GET of a file asks for its first CHUNK only (`first_range`). If the
 origin answers 206 with the whole length, and with a validator that can guard an
 If-Range (a strong ETag or a Last-Modified), the first answer is read into the pieces as
-usual while the rest comes in chunks of CHUNK bytes over `streams` more connections,
-each a ranged GET guarded by If-Range; the chunks are put back in order before they
+usual while the rest comes in chunks of CHUNK bytes, over `streams` - 1 more
+connections while that answer comes and `streams` after it, each a ranged GET guarded
+by If-Range; the chunks are put back in order before they
 are cut into pieces (`Rest.drain_into`), so pieces appear in order, as from one GET.
 Anything else and the CDN fetches the file with one plain GET, as it always did: an
-answer of 200 is that GET already; a 416 (an empty file) or a 206 without a validator
-is closed and the GET sent (a 206 with no validator could not tell two versions of the
-file apart, chunk to chunk).
+answer of 200 is that GET already; any other answer (a 416 for an empty file, a 206
+without a validator, of an unknown total, of another span, or without its length) is
+closed and the GET sent. A 206 with no validator could not tell two versions of the
+file apart, chunk to chunk.
 
-Bounds: at most `lookahead` chunk buffers a task (CHUNK bytes each, reused); a chunk
-cut short is asked again from where it stopped, at most `max_resumes` times; a 200 to
-an If-Range (the content changed upstream) or an answer that is not the chunk asked
-for (`WrongChunk`) ends the fetch at once.
+Bounds: at most `lookahead` chunk buffers a task (CHUNK bytes each, reused), and
+nothing else that grows with the file's length; a chunk cut short, refused (5xx, 429)
+or not reached is asked again from where it stopped after a pause, at most
+`max_resumes` times; a 200 to an If-Range or another ETag or Last-Modified (the
+content changed upstream), or an answer that is not the chunk asked for
+(`WrongChunk`), ends the fetch at once. Chunks fetched ahead are lost if the
+supernode stops: a fetch resumed after a restart goes on from the last piece in
+order (resume.py).
+
 """
 
 from __future__ import annotations
@@ -33,14 +40,22 @@ import trio
 from common.io import RateLimiter
 from common.units import header_int
 from supernode.cdn.origin import OriginClient
-from supernode.cdn.response import OriginResponse
+from supernode.cdn.response import OriginResponse, Validators
 from supernode.cdn.task import CdnTask
-from supernode.errors import OriginBroken, TaskSuperseded
+from supernode.errors import (
+    OriginBroken,
+    OriginStatusError,
+    OriginTimeout,
+    OriginUnreachable,
+    TaskSuperseded,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20  # bytes a ranged GET asks for
+MAX_STREAMS = 16  # the most --origin-streams may be
 FIRST_OK = frozenset({200, 206, 416})  # the first GET's answers handled here
+RETRY_PAUSE = 0.2  # seconds before a chunk is asked again; doubled each time, up to 5
 
 
 def first_range() -> tuple[str, str]:
@@ -50,32 +65,27 @@ def first_range() -> tuple[str, str]:
 
 def split_length(response: OriginResponse) -> int | None:
     """The whole file's length if the answer to `first_range` can start a fetch in
-    chunks (a 206 for the first chunk of a known length, with a validator when there is
-    more to come); None if the file is to be fetched with one plain GET instead (416,
-    or no validator). A 200 is not asked about: it is that plain GET.
-    OriginBroken for a 206 that is not the range asked for."""
+    chunks: a 206 for exactly the first chunk (its Content-Range and Content-Length),
+    of a known total, with a validator that guards an If-Range when there is more to
+    come. None if the file is to be fetched with one plain GET instead. (A 200 is not
+    asked about: it is that plain GET.)"""
     if response.status != 206:
         return None
     unit, _, spec = (response.content_range or "").partition(" ")
     span, _, total_text = spec.partition("/")
     first, _, last = span.partition("-")
     total, start, end = header_int(total_text), header_int(first), header_int(last)
-    if unit != "bytes" or total is None or start != 0 or end is None:
-        if unit == "bytes" and total_text == "*" and start == 0:
-            return None  # a length the origin does not know: one GET, as before
-        raise OriginBroken(f"origin answered the first range with {response.content_range!r}")
-    if end != min(CHUNK, total) - 1 or response.length not in (None, end + 1):
-        raise OriginBroken(
-            f"origin answered bytes 0-{CHUNK - 1} with {response.content_range!r} "
-            f"({response.length} bytes)"
-        )
+    if unit != "bytes" or total is None or start != 0 or end != min(CHUNK, total) - 1:
+        return None
+    if response.length != end + 1:  # a body of unknown length could run on
+        return None
     if total > CHUNK and not response.validators.if_range:
         return None
     return total
 
 
 class WrongChunk(OriginBroken):
-    """An answer that is not the chunk asked for: a lie, not a cut; never asked again."""
+    """An answer that is not the bytes asked for: a lie, not a cut; never asked again."""
 
 
 class Rest:
@@ -96,43 +106,53 @@ class Rest:
     ) -> None:
         self.task = task
         self.origin = origin
+        self.start = start
         self.total = total
+        self.count = -(-(total - start) // CHUNK)  # chunks (never a list of them)
         self.streams = streams
         self.limiter = limiter
         self.max_resumes = max_resumes
-        self.if_range = task.validators.if_range
-        self.spans = [(at, min(at + CHUNK, total)) for at in range(start, total, CHUNK)]
-        self.filled = [0] * len(self.spans)  # bytes of each chunk received so far
-        self._buffers: dict[int, bytearray] = {}  # chunks claimed and not yet drained
+        self.validators = task.validators
+        # Chunks claimed and not yet handed on: their buffers and bytes received.
+        self._buffers: dict[int, bytearray] = {}
+        self._filled: dict[int, int] = {}
         self._spare: list[bytearray] = []
         self._claimed = 0
         self._room = trio.Semaphore(max(lookahead, streams))
         self._changed = trio.Event()
         self._first_done = trio.Event()
 
+    def span(self, index: int) -> tuple[int, int]:
+        """Chunk `index`: bytes [at, end) of the file."""
+        at = self.start + index * CHUNK
+        return at, min(at + CHUNK, self.total)
+
     async def run(self) -> None:
         """`streams` connections at once: one fewer while the first GET's answer comes."""
         async with trio.open_nursery() as nursery:
-            for _ in range(min(self.streams - 1, len(self.spans))):
+            for _ in range(min(self.streams - 1, self.count)):
                 nursery.start_soon(self._stream)
             await self._first_done.wait()
-            if self._claimed < len(self.spans):
+            if self._claimed < self.count:
                 nursery.start_soon(self._stream)
 
     async def drain_into(self, feed: Callable[[memoryview], Awaitable[None]]) -> None:
         """Hand every chunk's bytes to `feed`, in order, as they arrive (called once the
         first GET's answer is read)."""
         self._first_done.set()
-        for index, (start, end) in enumerate(self.spans):
+        for index in range(self.count):
+            at, end = self.span(index)
             drained = 0
-            while drained < end - start:
-                while index >= self._claimed or self.filled[index] == drained:
+            while drained < end - at:
+                while index >= self._claimed or self._filled[index] == drained:
                     await self._changed.wait()
-                filled = self.filled[index]
+                filled = self._filled[index]
                 await feed(memoryview(self._buffers[index])[drained:filled])
                 drained = filled
             self._spare.append(self._buffers.pop(index))
+            del self._filled[index]
             self._room.release()
+        self._spare.clear()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -142,55 +162,59 @@ class Rest:
         """One connection's work: the next chunk not yet claimed, until none is left."""
         while True:
             await self._room.acquire()
-            if self._claimed == len(self.spans):
+            if self._claimed == self.count:
                 self._room.release()
                 return
             index = self._claimed
-            self._claimed += 1
             self._buffers[index] = self._spare.pop() if self._spare else bytearray(CHUNK)
+            self._filled[index] = 0
+            self._claimed += 1
             self._notify()
             await self._fetch(index)
 
     async def _fetch(self, index: int) -> None:
-        start, end = self.spans[index]
+        start, end = self.span(index)
         view = memoryview(self._buffers[index])[: end - start]
         spec = self.task.spec
-        resumes = 0
+        retries = 0
         while True:
-            at = start + self.filled[index]
-            extra = (("Range", f"bytes={at}-{end - 1}"), ("If-Range", self.if_range))
+            at = start + self._filled[index]
+            extra = (("Range", f"bytes={at}-{end - 1}"), ("If-Range", self.validators.if_range))
             try:
                 async with self.origin.open(
                     "GET", spec.url, spec.headers, extra=extra, s3=spec.s3
                 ) as response:
                     self._check(response, at, end)
                     await self._read(response, index, view)
-                if self.filled[index] == end - start:
+                if start + self._filled[index] == end:
                     return
-                raise OriginBroken(f"chunk at byte {start} ended at byte {at + self.filled[index]}")
+                raise OriginBroken(f"chunk at byte {start} ended at byte {at}")
             except WrongChunk:
                 raise
-            except OriginBroken as exc:
-                if resumes >= self.max_resumes:
-                    raise OriginBroken(f"{exc} (gave up after {resumes} resumes)") from exc
-                resumes += 1
+            except (OriginBroken, OriginTimeout, OriginUnreachable, OriginStatusError) as exc:
+                if isinstance(exc, OriginStatusError) and not _passing(exc.status):
+                    raise  # a 4xx is the origin's answer, not a hiccup
+                if retries >= self.max_resumes:
+                    raise OriginBroken(f"{exc} (gave up after {retries} retries)") from exc
+                retries += 1
                 log.info(
                     "cdn: task %s: %s; asking again from byte %d (%d/%d)",
                     self.task.task_id[:16],
                     exc,
-                    start + self.filled[index],
-                    resumes,
+                    start + self._filled[index],
+                    retries,
                     self.max_resumes,
                 )
+                await trio.sleep(min(5.0, RETRY_PAUSE * 2 ** (retries - 1)))
 
     def _check(self, response: OriginResponse, at: int, end: int) -> None:
-        """The answer must be the chunk asked for, of the version the first answer was."""
-        if response.status == 200:  # If-Range did not hold
+        """The answer must be the bytes asked for, of the version the first answer was."""
+        if response.status == 200 or _changed(self.validators, response.validators):
             raise TaskSuperseded("the content changed upstream during the fetch")
         if (
             response.status != 206
             or response.content_range != f"bytes {at}-{end - 1}/{self.total}"
-            or response.length not in (None, end - at)
+            or response.length != end - at
         ):
             raise WrongChunk(
                 f"origin answered bytes {at}-{end - 1} with {response.status} "
@@ -198,12 +222,26 @@ class Rest:
             )
 
     async def _read(self, response: OriginResponse, index: int, view: memoryview) -> None:
-        while self.filled[index] < view.nbytes:
-            count = await response.read_into(view[self.filled[index] :])
+        while self._filled[index] < view.nbytes:
+            count = await response.read_into(view[self._filled[index] :])
             if count == 0:
                 return
             if self.limiter:
                 await self.limiter.acquire(count)
             self.task.bytes_from_origin += count
-            self.filled[index] += count
+            self._filled[index] += count
             self._notify()
+
+
+def _passing(status: int | None) -> bool:
+    """An error status worth asking again after a pause: 5xx, 429 (S3's SlowDown is 503)."""
+    return status is not None and (status >= 500 or status == 429)
+
+
+def _changed(first: Validators, now: Validators) -> bool:
+    """Whether an answer names another version than the first did (an origin that
+    ignores If-Range): another ETag, or another Last-Modified, where both name one."""
+    return bool(
+        (first.etag and now.etag and first.etag != now.etag)
+        or (first.last_modified and now.last_modified and first.last_modified != now.last_modified)
+    )

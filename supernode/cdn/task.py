@@ -98,7 +98,7 @@ class CdnTask:
         self.failed_at: float | None = None  # monotonic time of its failure
         self.evicted = False  # an operator (or the GC) took it out of the CDN
         # A fetch a shutdown stopped, whose kept pieces this generation takes over
-        # (re-sealed under this generation's own key: see fetch.py).
+        # (re-sealed under this generation's own key: see resume.py).
         self.resume_from: PartialMeta | None = None
         # A task adopted from a supernode that died (cdn/adopt.py): the pieces on this
         # CDN's disk, a bitset (None: all the known ones, 0..ready-1, as for any other).
