@@ -20,7 +20,11 @@ from proto.errors import PieceCorrupted
 MiB = 1 << 20
 MIN_PIECE_SIZE = 1 * MiB
 MAX_PIECE_SIZE = 64 * MiB
-MAX_PIECES_TARGET = 256  # pick the smallest size that keeps a task at or under this
+# Pick the smallest size that keeps a task at or under this many pieces. Each piece a
+# peer downloads is one report and about one assignment for the supernode's scheduler:
+# at 10,000 peers, 128 pieces a GiB keep one scheduler process in real time where 256
+# saturated it (docs/benchmarks.md, "10,000 peers").
+MAX_PIECES_TARGET = 128
 UNKNOWN_LENGTH_PIECE_SIZE = 4 * MiB  # chunked bodies: the size must be fixed up front
 TAG_SIZE = 16
 KEY_SIZE = 32
@@ -30,8 +34,8 @@ _U64 = struct.Struct(">Q")
 
 def piece_size_for(length: int | None) -> int:
     """The smallest power of two in [1 MiB, 64 MiB] that cuts `length` into at most
-    256 pieces: 64 MiB-1 GiB files get 64-256 pieces of 1-4 MiB, smaller files fewer
-    1 MiB pieces, files over 16 GiB more than 256 pieces of 64 MiB."""
+    128 pieces: 64 MiB-1 GiB files get 64-128 pieces of 1-8 MiB, smaller files fewer
+    1 MiB pieces, files over 8 GiB more than 128 pieces of 64 MiB."""
     if length is None:
         return UNKNOWN_LENGTH_PIECE_SIZE
     size = MIN_PIECE_SIZE
