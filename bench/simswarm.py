@@ -15,9 +15,9 @@ decision through its public calls, with the simulated `now`:
   for the task (a report, a peer joining, a piece landing on the CDN, a CDN upload
   ending) or 1 s (LONG_POLL), then asks the scheduler again: as the supernode's swarm
   does (supernode/peers/swarm.py), news of one freed slot (a report, a CDN upload
-  ending) wakes the `wake` requests held longest (NEWS_WAKES) once more than FEW_HELD
-  are held, any other news (a peer registering, a piece landing on the CDN) every held
-  request;
+  ending) or of a peer registering (it holds nothing yet) wakes the `wake` requests
+  held longest (NEWS_WAKES) once more than FEW_HELD are held, a piece landing on the
+  CDN every held request;
 - a transfer starts one `rtt` after its answer reaches the peer (the piece request goes
   out, the first bytes come back) and flows at the links' pace; when its piece lands,
   the peer reports DONE (`report`, half an `rtt` later) and cancels the other copy of
@@ -142,7 +142,7 @@ class SimulatedSwarm(SimCore):
             upload_slots=self.setup.upload_slots,
             now=self.now,
         )
-        self._news()
+        self._news(slot_freed=True)  # (as few as for a freed slot: it holds nothing yet)
 
     def _on_ask(self, request: tuple[SimPeer, int, int]) -> None:
         peer, request_id, want = request

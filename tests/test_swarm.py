@@ -381,3 +381,38 @@ async def test_news_of_a_freed_slot_wakes_the_oldest_held_requests_only() -> Non
         node.claim("peer", task_id, [0], now=trio.current_time())  # pieces: wake them all
     assert sorted(woken) == list(range(count))
     assert not node._waiting  # nothing left behind for a task nobody waits on
+
+
+async def test_a_peer_joining_wakes_as_few_held_requests_as_a_freed_slot() -> None:
+    """A peer that joins holds no piece and frees no slot. With thousands joining over a
+    window, waking every held request at each join had the scheduler answer millions of
+    requests with nothing (bench/simulate.py --join-window 30: 21 M empty assigns, most
+    of its time): once more than FEW_HELD wait, a join wakes the NEWS_WAKES held
+    longest; while few wait, all of them, as any news does."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supernode.cdn.task import CdnTask, TaskSpec
+    from supernode.peers.swarm import FEW_HELD, NEWS_WAKES, Swarm
+    from supernode.scheduler import Scheduler
+
+    node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
+    task = CdnTask(TaskSpec.from_request("http://127.0.0.1:9/file", []), 1)
+    woken: list[int] = []
+
+    async def held(i: int) -> None:
+        await node.wait_news(task.task_id)
+        woken.append(i)
+
+    count = FEW_HELD + 2
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(held, i)
+            await trio.testing.wait_all_tasks_blocked()
+        node.enter(node.join("joiner-1", "127.0.0.2", 4000, 8), task, trio.current_time())
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == list(range(NEWS_WAKES))  # the oldest, and only they
+        woken.clear()
+        node.enter(node.join("joiner-2", "127.0.0.3", 4000, 8), task, trio.current_time())
+        await trio.testing.wait_all_tasks_blocked()  # FEW_HELD or fewer left: all wake
+        assert sorted(woken) == list(range(NEWS_WAKES, count))
+    assert not node._waiting

@@ -10,8 +10,10 @@ because the few woken could not use it. Beyond that, news that frees one upload 
 transfer reported, a CDN upload ending) wakes only the `NEWS_WAKES` longest held: a
 swarm of thousands would otherwise ask the scheduler thousands of times per report for
 nothing (a woken request that gets nothing waits again, at the back; the long poll
-bounds every wait). News that may change many answers (a peer joining or leaving,
-claims, a verdict) wakes them all.
+bounds every wait). A peer joining wakes as few: it holds no piece yet and frees no
+slot (its pieces come as reports and claims), and when thousands join over a window,
+waking every held request at each join cost the scheduler most of its time. News that
+may change many answers (a peer leaving, claims, a verdict) wakes them all.
 
 Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
 claimed) piece from the uploader itself (`supernode/peers/piececheck.py`), a few at a time,
@@ -136,7 +138,7 @@ class Swarm:
             group=reporter_group(record.host),
         )
         record.tasks.add(task.task_id)
-        self._notify(task.task_id, wake=None)
+        self._notify(task.task_id)  # (it holds nothing yet: as few as for a freed slot)
 
     def leave(self, peer_id: str, now: float) -> None:
         """The control connection dropped: the peer's pieces leave the swarm at once."""
