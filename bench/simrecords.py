@@ -87,6 +87,7 @@ class SwarmTally:
     calls: dict[str, int] = field(default_factory=dict)
     cpu_by_call: dict[str, float] = field(default_factory=dict)
     empty_assigns: int = 0  # assigns that returned nothing (the request was held)
+    passed_on: int = 0  # news of a freed slot passed on by a request it brought nothing
     empty_assign_cpu: float = 0.0  # their CPU, part of cpu_by_call["assign"]
     busy_by_second: dict[int, float] = field(default_factory=dict)  # supernode time charged
     waited: float = 0.0  # total seconds messages waited for the supernode

@@ -47,7 +47,6 @@ charged: framing, tickets and the rest of the supernode's work are not modelled.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 
@@ -149,7 +148,8 @@ class SimulatedSwarm(SimCore):
         self._deadline[peer] = self.now + LONG_POLL
         self._decide(peer, request_id, want)
 
-    def _decide(self, peer: SimPeer, request_id: int, want: int) -> None:
+    def _decide(self, peer: SimPeer, request_id: int, want: int) -> bool:
+        """Ask the scheduler for the request; whether it gave anything."""
         spent = self._spent
         assignments = self._call(
             "assign", self.scheduler.assign, TASK, peer.peer_id, want, self.now
@@ -157,6 +157,7 @@ class SimulatedSwarm(SimCore):
         if not assignments:
             self.tally.empty_assign_cpu += self._spent - spent
         self._answer(peer, request_id, want, assignments)
+        return bool(assignments)
 
     def _answer(
         self, peer: SimPeer, request_id: int, want: int, assignments: list[Assignment]
@@ -184,22 +185,34 @@ class SimulatedSwarm(SimCore):
         if peer.request == request_id and peer.asking:
             self._decide(peer, request_id, want)
 
-    def _news(self, *, slot_freed: bool = False) -> None:
+    def _news(self, *, slot_freed: bool = False, wake: int | None = None) -> None:
         """Held requests are asked again, in turn (their sessions woke up): all of them,
-        or for news of a freed slot, once more than FEW_HELD are held, the `wake` held
-        longest."""
+        or for news of a freed slot, once more than FEW_HELD are held, the one held
+        longest, which passes it on (`_relayed`) to `wake - 1` more if it gets nothing."""
         waiting = self._waiting
         if not waiting:
             return
         now, retry, inbox = self.now, self._retry, self._inbox
-        wake = self.setup.wake if slot_freed else None
+        if slot_freed:
+            wake = self.setup.wake
         if wake is None or len(waiting) <= max(wake, FEW_HELD):
             for request in waiting.values():
                 inbox.append((now, retry, request))
             waiting.clear()
         else:  # the longest held first
-            for peer in list(itertools.islice(waiting, wake)):
-                inbox.append((now, retry, waiting.pop(peer)))
+            peer = next(iter(waiting))
+            inbox.append((now, self._relayed, (waiting.pop(peer), wake - 1)))
+
+    def _relayed(self, message: tuple[tuple[SimPeer, int, int], int]) -> None:
+        """A request woken by news it may pass on (`Swarm.pass_on`): if it gets nothing
+        (or no longer asks), the next held request is woken with `relay - 1` to pass."""
+        request, relay = message
+        peer, request_id, want = request
+        if peer.request == request_id and peer.asking and self._decide(peer, request_id, want):
+            return
+        if relay > 0:
+            self.tally.passed_on += 1
+            self._news(wake=relay)
 
     def _on_report(self, report: Report) -> None:
         peer, index, source, outcome, nbytes, seconds = report

@@ -142,6 +142,7 @@ class Figures:
             "calls": dict(sorted(tally.calls.items())),
             "cpu_by_call": dict(sorted(tally.cpu_by_call.items())),
             "empty_assigns": tally.empty_assigns,
+            "passed_on": tally.passed_on,
             "empty_assign_cpu": tally.empty_assign_cpu,
             "supernode_wait_mean": tally.waited / max(1, tally.handled),
             "supernode_wait_max": tally.waited_max,

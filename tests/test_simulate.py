@@ -58,6 +58,17 @@ def test_every_peer_gets_every_piece_and_the_origin_sends_one_copy(window: float
     assert tally.done_from_peers > 0  # the peers traded
 
 
+def test_news_of_a_freed_slot_is_passed_on_in_a_large_swarm() -> None:
+    """Once more than FEW_HELD requests are held, news of a freed slot wakes one, which
+    passes it on when it gets nothing (as the supernode's swarm does): the swarm still
+    completes, one copy from the origin."""
+    s = setup(peers=150, size=16 * MiB, wake=4)
+    tally = SimulatedSwarm(s).run()
+    assert all(c is not None for c in tally.completed)
+    assert tally.origin_bytes == s.size
+    assert tally.passed_on > 0
+
+
 def test_no_peer_finishes_faster_than_its_link_allows() -> None:
     s = setup(window=2.0)
     tally = SimulatedSwarm(s).run()

@@ -340,11 +340,12 @@ def test_a_claim_of_pieces_round_trips_as_a_bitfield() -> None:
         PiecesHeld("0" * 64, 3, 0, b"").check()
 
 
-async def test_news_of_a_freed_slot_wakes_the_oldest_held_requests_only() -> None:
-    """A herd of thousands asking again at every report costs the supernode a core: news
-    of one freed slot wakes NEWS_WAKES held requests, oldest first, once more than
-    FEW_HELD wait; a request that stops waiting leaves the queue; news that may change
-    many answers wakes them all."""
+async def test_news_of_a_freed_slot_goes_to_the_oldest_held_request_and_on() -> None:
+    """A herd of thousands asking again at every report costs the supernode a core: once
+    more than FEW_HELD wait, news of one freed slot wakes the request held longest, and
+    one that cannot use it passes it on to the next, NEWS_WAKES requests in all; a
+    request that stops waiting leaves the queue; news that may change many answers
+    wakes them all."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from supernode.peers.swarm import FEW_HELD, NEWS_WAKES, Swarm
@@ -353,14 +354,17 @@ async def test_news_of_a_freed_slot_wakes_the_oldest_held_requests_only() -> Non
     node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
     task_id = "a" * 64
     woken: list[int] = []
+    useless: set[int] = set()  # requests the news brings nothing: they pass it on
     gone = trio.CancelScope()
 
     async def held(i: int, scope: trio.CancelScope | None = None) -> None:
         with scope or trio.CancelScope():
-            await node.wait_news(task_id)
+            relay = await node.wait_news(task_id)
             woken.append(i)
+            if i in useless:
+                node.pass_on(task_id, relay)
 
-    count = FEW_HELD + 2  # one of them stops waiting: FEW_HELD + 1 left
+    count = FEW_HELD + NEWS_WAKES + 2  # one stops waiting, one takes the first news
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(held, i, gone if i == 1 else None)
@@ -369,11 +373,17 @@ async def test_news_of_a_freed_slot_wakes_the_oldest_held_requests_only() -> Non
         await trio.testing.wait_all_tasks_blocked()
         node.cdn_upload_finished(task_id, "peer", 0)  # one CDN slot is free
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(woken) == [0, *range(2, NEWS_WAKES + 1)]  # (trio wakes in any order)
+        assert woken == [0]  # the oldest, and it could use it
         woken.clear()
-        node.cdn_upload_finished(task_id, "peer", 1)  # FEW_HELD left: all of them wake
+        useless.update(range(count))  # nobody can use the next: it goes on, oldest first
+        node.cdn_upload_finished(task_id, "peer", 1)
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(woken) == list(range(NEWS_WAKES + 1, count))
+        assert woken == list(range(2, 2 + NEWS_WAKES))
+        woken.clear()
+        node.cdn_upload_finished(task_id, "peer", 2)  # FEW_HELD left: all of them wake
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == list(range(2 + NEWS_WAKES, count))
+        useless.clear()
         for i in range(count):
             nursery.start_soon(held, i)
             await trio.testing.wait_all_tasks_blocked()
@@ -381,18 +391,19 @@ async def test_news_of_a_freed_slot_wakes_the_oldest_held_requests_only() -> Non
         node.claim("peer", task_id, [0], now=trio.current_time())  # pieces: wake them all
     assert sorted(woken) == list(range(count))
     assert not node._waiting  # nothing left behind for a task nobody waits on
+    assert not node._relays
 
 
 async def test_a_peer_joining_wakes_as_few_held_requests_as_a_freed_slot() -> None:
     """A peer that joins holds no piece and frees no slot. With thousands joining over a
     window, waking every held request at each join had the scheduler answer millions of
     requests with nothing (bench/simulate.py --join-window 30: 21 M empty assigns, most
-    of its time): once more than FEW_HELD wait, a join wakes the NEWS_WAKES held
-    longest; while few wait, all of them, as any news does."""
+    of its time): once more than FEW_HELD wait, a join wakes only the request held
+    longest, as news of a freed slot does; while few wait, all of them."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from supernode.cdn.task import CdnTask, TaskSpec
-    from supernode.peers.swarm import FEW_HELD, NEWS_WAKES, Swarm
+    from supernode.peers.swarm import FEW_HELD, Swarm
     from supernode.scheduler import Scheduler
 
     node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
@@ -403,16 +414,16 @@ async def test_a_peer_joining_wakes_as_few_held_requests_as_a_freed_slot() -> No
         await node.wait_news(task.task_id)
         woken.append(i)
 
-    count = FEW_HELD + 2
+    count = FEW_HELD + 1
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(held, i)
             await trio.testing.wait_all_tasks_blocked()
         node.enter(node.join("joiner-1", "127.0.0.2", 4000, 8), task, trio.current_time())
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(woken) == list(range(NEWS_WAKES))  # the oldest, and only they
+        assert woken == [0]  # the oldest, and only it (it may pass the news on)
         woken.clear()
         node.enter(node.join("joiner-2", "127.0.0.3", 4000, 8), task, trio.current_time())
-        await trio.testing.wait_all_tasks_blocked()  # FEW_HELD or fewer left: all wake
-        assert sorted(woken) == list(range(NEWS_WAKES, count))
-    assert not node._waiting
+        await trio.testing.wait_all_tasks_blocked()  # FEW_HELD left: all of them wake
+        assert sorted(woken) == list(range(1, count))
+    assert not node._waiting and not node._relays

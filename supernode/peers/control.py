@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import trio
 
@@ -231,19 +230,35 @@ class ControlSession:
         if task is None:
             return error_reply(ErrorCode.STALE, "that task generation is not current here")
         deadline = trio.current_time() + LONG_POLL
+        relay = 0  # held requests this one passes its news on to if it cannot use it
         while True:
             if first is not None:
                 tasks, first = first, None
             else:
                 now = trio.current_time()
                 tasks = self.swarm.piece_tasks(task, self.peer_id, message.want, now)
+            if not tasks and relay:
+                self.swarm.pass_on(task.task_id, relay)
+            relay = 0
             if tasks or trio.current_time() >= deadline or task.superseded:
                 break
             # Nothing to fetch now: answer at the first news (a transfer reported, a peer
             # joined or left, a piece landed on the CDN) instead of making the peer poll.
             with trio.move_on_at(deadline):
-                await _first_of(partial(self.swarm.wait_news, task.task_id), task.wait_changed)
+                relay = await self._news_of(task)
         return PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
+
+    async def _news_of(self, task: CdnTask) -> int:
+        """Wait for news of the task or a change of the CDN's: how many held requests
+        to pass the news on to (`Swarm.pass_on`) if it brings nothing for this one."""
+        relay = 0
+
+        async def news() -> None:
+            nonlocal relay
+            relay = await self.swarm.wait_news(task.task_id)
+
+        await _first_of(news, task.wait_changed)
+        return relay
 
     def _piece_result(self, message: PieceResult, *, nursery: trio.Nursery) -> Message | None:
         """Report the result; the message read right behind it, if any, for the loop.

@@ -7,13 +7,15 @@ lets the requester fetch from it. Control sessions call it. A request answered "
 now" waits for news of its task, in a queue, oldest first. While few wait (up to
 `FEW_HELD`), any news wakes them all: it costs little, and no freed slot stays idle
 because the few woken could not use it. Beyond that, news that frees one upload slot (a
-transfer reported, a CDN upload ending) wakes only the `NEWS_WAKES` longest held: a
-swarm of thousands would otherwise ask the scheduler thousands of times per report for
-nothing (a woken request that gets nothing waits again, at the back; the long poll
-bounds every wait). A peer joining wakes as few: it holds no piece yet and frees no
-slot (its pieces come as reports and claims), and when thousands join over a window,
-waking every held request at each join cost the scheduler most of its time. News that
-may change many answers (a peer leaving, claims, a verdict) wakes them all.
+transfer reported, a CDN upload ending) wakes only the longest held, and a woken request
+that cannot use it passes the news on to the next (`pass_on`), up to `NEWS_WAKES`
+requests in all: a swarm of thousands would otherwise ask the scheduler thousands of
+times per report for nothing (a woken request that gets nothing waits again, at the
+back; the long poll bounds every wait, and so any news lost on the way). A peer
+joining wakes as few: it holds no piece yet and frees no slot (its pieces come as
+reports and claims), and when thousands join over a window, waking every held request
+at each join cost the scheduler most of its time. News that may change many answers (a
+peer leaving, claims, a verdict) wakes them all.
 
 Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
 claimed) piece from the uploader itself (`supernode/peers/piececheck.py`), a few at a time,
@@ -23,7 +25,6 @@ by its /64): peer ids cost nothing, so a host counts as one witness.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from supernode.scheduler import CDN, Assignment, Check, Outcome, Scheduler, Verd
 
 log = logging.getLogger(__name__)
 
-NEWS_WAKES = 4  # held requests that news of one freed slot wakes: its taker and spares
+NEWS_WAKES = 4  # held requests that news of one freed slot reaches: its taker and spares
 FEW_HELD = 64  # ... once more than this many are held on the task (else: all of them)
 
 
@@ -88,6 +89,7 @@ class Swarm:
         # task id → the held requests' events, oldest first (a dict: a request that
         # stops waiting leaves it in O(1))
         self._waiting: dict[str, dict[trio.Event, None]] = {}
+        self._relays: dict[trio.Event, int] = {}  # a woken request → whom it passes on to
         self.decisions = 0  # piece-task requests answered (assignments decided)
         self.decisions_with_reports = 0  # ... of them decided with a result (one call)
         self.decision_seconds = 0.0  # time spent deciding them, tickets included
@@ -324,34 +326,48 @@ class Swarm:
 
     # -- news -------------------------------------------------------------------------------
 
-    async def wait_news(self, task_id: str) -> None:
-        """Return when news of the task wakes this request (see `_notify`)."""
+    async def wait_news(self, task_id: str) -> int:
+        """Return when news of the task wakes this request (see `_notify`): how many
+        held requests to pass the news on to (`pass_on`) if this one cannot use it."""
         event = trio.Event()
         waiting = self._waiting.setdefault(task_id, {})
         waiting[event] = None
         try:
             await event.wait()
+            return self._relays.pop(event, 0)
         finally:
             waiting.pop(event, None)  # (cancelled: the long poll ended, or the CDN moved)
+            self._relays.pop(event, None)
             if not waiting and self._waiting.get(task_id) is waiting:
                 del self._waiting[task_id]
+
+    def pass_on(self, task_id: str, relay: int) -> None:
+        """A woken request could not use its news: it goes to the next held request,
+        which passes it on to `relay - 1` more (or all, while few are held)."""
+        if relay > 0:
+            self._notify(task_id, wake=relay)
 
     def held(self, task_id: str) -> bool:
         """Whether a request of the task waits for news (`wait_news`)."""
         return bool(self._waiting.get(task_id))
 
     def _notify(self, task_id: str, *, wake: int | None = NEWS_WAKES) -> None:
-        """Wake the `wake` requests held longest on the task (None, or few held: all)."""
+        """Wake every request held on the task (`wake` None, or few held); else the one
+        held longest, which passes the news on to `wake - 1` more if it cannot use it."""
         waiting = self._waiting.get(task_id)
         if not waiting:
             return
         if wake is None or len(waiting) <= FEW_HELD:
             woken = list(waiting)
-        else:
-            woken = list(itertools.islice(waiting, wake))
-        for event in woken:
-            del waiting[event]
-            event.set()
+            waiting.clear()
+            for event in woken:
+                event.set()
+            return
+        event = next(iter(waiting))
+        del waiting[event]
+        if wake > 1:
+            self._relays[event] = wake - 1
+        event.set()
 
 
 def _log_verdict(check: Check, verdict: Verdict) -> None:
