@@ -407,7 +407,7 @@ async def test_a_peer_joining_wakes_as_few_held_requests_as_a_freed_slot() -> No
     from supernode.scheduler import Scheduler
 
     node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
-    task = CdnTask(TaskSpec.from_request("http://127.0.0.1:9/file", []), 1)
+    task = CdnTask(TaskSpec.from_request("http://127.0.0.1:9/file", ()), 1)
     woken: list[int] = []
 
     async def held(i: int) -> None:
