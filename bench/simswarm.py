@@ -15,9 +15,9 @@ decision through its public calls, with the simulated `now`:
   for the task (a report, a peer joining, a piece landing on the CDN, a CDN upload
   ending) or 1 s (LONG_POLL), then asks the scheduler again: as the supernode's swarm
   does (supernode/peers/swarm.py), news of one freed slot (a report, a CDN upload
-  ending) or of a peer registering (it holds nothing yet) wakes the `wake` requests
-  held longest (NEWS_WAKES) once more than FEW_HELD are held, a piece landing on the
-  CDN every held request;
+  ending), of a peer registering (it holds nothing yet) or of a piece landing on the
+  CDN (which sends it about once) wakes the request held longest, passed on to `wake`
+  requests in all (NEWS_WAKES), once more than FEW_HELD are held;
 - a transfer starts one `rtt` after its answer reaches the peer (the piece request goes
   out, the first bytes come back) and flows at the links' pace; when its piece lands,
   the peer reports DONE (`report`, half an `rtt` later) and cancels the other copy of
@@ -278,7 +278,7 @@ class SimulatedSwarm(SimCore):
 
     def _on_cdn_piece(self, ready: int) -> None:
         self._call("cdn_ready", self.scheduler.cdn_ready, TASK, ready, total=self.pieces)
-        self._news()
+        self._news(slot_freed=True)  # (as few as for a freed slot: the CDN sends it ~once)
 
     def _on_cdn_upload(self, event: tuple[bool, SimPeer, int]) -> None:
         started, peer, index = event

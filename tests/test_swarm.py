@@ -427,3 +427,57 @@ async def test_a_peer_joining_wakes_as_few_held_requests_as_a_freed_slot() -> No
         await trio.testing.wait_all_tasks_blocked()  # FEW_HELD left: all of them wake
         assert sorted(woken) == list(range(1, count))
     assert not node._waiting and not node._relays
+
+
+async def test_a_piece_landing_on_the_cdn_wakes_as_few_held_requests_as_a_freed_slot() -> None:
+    """The CDN sends each piece about once: one request takes a new piece. Every held
+    request waited on the CDN task's change as well, and at 10,000 simulated peers each
+    of 128 pieces woke them all (a fifth of the assigns that found nothing). Once more
+    than FEW_HELD wait, a piece landing wakes the request held longest (which may pass
+    it on); the fetch ending wakes them all; a generation the swarm left wakes nobody."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supernode.cdn.task import CdnTask, TaskSpec
+    from supernode.errors import SupernodeError
+    from supernode.peers.swarm import FEW_HELD, Swarm
+    from supernode.scheduler import Scheduler
+
+    node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
+    spec = TaskSpec.from_request("http://127.0.0.1:9/file", ())
+    task = CdnTask(spec, 1)
+    node.enter(node.join("peer", "127.0.0.2", 4000, 8), task, trio.current_time())
+    node.enter(node.join("peer-2", "127.0.0.3", 4000, 8), task, trio.current_time())
+    woken: list[int] = []
+
+    async def held(i: int) -> None:
+        await node.wait_news(task.task_id)
+        woken.append(i)
+
+    count = FEW_HELD + 2
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(held, i)
+            await trio.testing.wait_all_tasks_blocked()
+        task.add_piece(b"\0" * 32, 1024)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [0]  # the oldest, and only it
+        task.add_piece(b"\1" * 32, 1024)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [0, 1]
+        woken.clear()
+        task.finish(2048)  # the end of the fetch may change every answer
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == list(range(2, count))
+        # A newer generation replaces this one: the old one's changes wake nobody.
+        newer = CdnTask(spec, 2)
+        node.enter(node.join("peer-3", "127.0.0.4", 4000, 8), newer, trio.current_time())
+        woken.clear()
+        nursery.start_soon(held, count)
+        await trio.testing.wait_all_tasks_blocked()
+        task.fail(SupernodeError("gone"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == []
+        newer.add_piece(b"\2" * 32, 1024)  # (few held: the piece wakes all of them)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [count]
+    assert not node._waiting and not node._relays

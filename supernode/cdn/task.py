@@ -1,12 +1,15 @@
 """A CDN task generation in memory: what is known of it, and who is waiting for news.
 
 The fetcher is the only writer (`begin`, `add_piece`, `finish`, `fail`); any number of
-control sessions read it and `await task.wait_changed(...)` for the next piece.
+control sessions read it and `await task.wait_changed(...)` for the next piece. The
+swarm hears of each change through a listener (`on_change`) instead, so that a piece
+landing wakes as few of its held requests as it can use (`supernode.peers.swarm`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -105,6 +108,7 @@ class CdnTask:
         self.adoption: Adoption | None = None
         self.on_disk: int | None = None
         self._changed = trio.Event()
+        self._listeners: list[Callable[[CdnTask, bool], None]] = []
         # Cancelled when a newer generation replaces this one mid-fetch.
         self.cancel_scope = trio.CancelScope()
         self.superseded = False
@@ -152,11 +156,20 @@ class CdnTask:
         while self.state is TaskState.STARTING:
             await self.wait_changed()
 
+    def on_change(self, listener: Callable[[CdnTask, bool], None]) -> None:
+        """Have `listener(task, piece)` called at every change, from the fetcher (it must
+        not block): `piece` is True when a piece landed, False for any other change
+        (the headers, done, failed). A listener is added once, however often asked."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
     # -- writing (the fetcher only) -----------------------------------------------------
 
-    def _notify(self) -> None:
+    def _notify(self, *, piece: bool = False) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        for listener in self._listeners:
+            listener(self, piece)
 
     def begin(
         self, length: int | None, piece_size: int, validators: Validators, pieces: PiecesFile
@@ -172,7 +185,7 @@ class CdnTask:
         self.stored += length + TAG_SIZE
         if self.on_disk is not None:
             self.on_disk |= 1 << (len(self.digests) - 1)
-        self._notify()
+        self._notify(piece=True)
 
     def piece_stored(self, index: int, length: int) -> None:
         """A known piece (adopted) is on disk now."""
@@ -180,7 +193,7 @@ class CdnTask:
         if not (self.on_disk >> index) & 1:
             self.on_disk |= 1 << index
             self.stored += length + TAG_SIZE
-            self._notify()
+            self._notify(piece=True)
 
     def finish(self, length: int) -> None:
         self.length = length

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -243,22 +242,11 @@ class ControlSession:
             if tasks or trio.current_time() >= deadline or task.superseded:
                 break
             # Nothing to fetch now: answer at the first news (a transfer reported, a peer
-            # joined or left, a piece landed on the CDN) instead of making the peer poll.
+            # joined or left, a piece landed on the CDN) instead of making the peer poll;
+            # if it brings nothing for this request, it is passed on (`relay`).
             with trio.move_on_at(deadline):
-                relay = await self._news_of(task)
+                relay = await self.swarm.wait_news(task.task_id)
         return PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
-
-    async def _news_of(self, task: CdnTask) -> int:
-        """Wait for news of the task or a change of the CDN's: how many held requests
-        to pass the news on to (`Swarm.pass_on`) if it brings nothing for this one."""
-        relay = 0
-
-        async def news() -> None:
-            nonlocal relay
-            relay = await self.swarm.wait_news(task.task_id)
-
-        await _first_of(news, task.wait_changed)
-        return relay
 
     def _piece_result(self, message: PieceResult, *, nursery: trio.Nursery) -> Message | None:
         """Report the result; the message read right behind it, if any, for the loop.
@@ -342,15 +330,3 @@ class ControlSession:
                 )
                 return
             await task.wait_changed()
-
-
-async def _first_of(*waits: Callable[[], Awaitable[None]]) -> None:
-    """Return as soon as one of `waits` does (the others are cancelled)."""
-    async with trio.open_nursery() as nursery:
-
-        async def one(wait: Callable[[], Awaitable[None]]) -> None:
-            await wait()
-            nursery.cancel_scope.cancel()
-
-        for wait in waits:
-            nursery.start_soon(one, wait)

@@ -14,8 +14,11 @@ times per report for nothing (a woken request that gets nothing waits again, at 
 back; the long poll bounds every wait, and so any news lost on the way). A peer
 joining wakes as few: it holds no piece yet and frees no slot (its pieces come as
 reports and claims), and when thousands join over a window, waking every held request
-at each join cost the scheduler most of its time. News that may change many answers (a
-peer leaving, claims, a verdict) wakes them all.
+at each join cost the scheduler most of its time. So does a piece landing on the CDN
+(the swarm listens to its CDN tasks, `CdnTask.on_change`): the CDN sends each piece
+about once, so one request takes it, and waking thousands for it cost a fifth of the
+assigns that found nothing. News that may change many answers (a peer leaving, claims,
+a verdict, the CDN's fetch ending or failing) wakes them all.
 
 Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
 claimed) piece from the uploader itself (`supernode/peers/piececheck.py`), a few at a time,
@@ -126,6 +129,7 @@ class Swarm:
             self._finish(task.task_id, why=f"superseded by generation {task.generation}")
         self.generations[task.task_id] = task.generation
         self._tasks[task.task_id] = task
+        task.on_change(self._cdn_changed)
         self.scheduler.add_task(task.task_id, piece_size=task.piece_size)
         # What the CDN holds, now: a peer may report pieces it already has (a daemon
         # that adopts its cache) before anyone asks for piece tasks.
@@ -216,6 +220,12 @@ class Swarm:
     def _cdn_ready(self, task: CdnTask) -> None:
         total = task.piece_count if task.settled else None
         self.scheduler.cdn_ready(task.task_id, task.ready, total=total, on_cdn=task.on_disk)
+
+    def _cdn_changed(self, task: CdnTask, piece: bool) -> None:
+        """A CDN task changed (`CdnTask.on_change`): a piece landed wakes as few held
+        requests as a freed slot; the fetch ending, failing or starting wakes them all."""
+        if self._tasks.get(task.task_id) is task:  # (not a generation the swarm left)
+            self._notify(task.task_id, wake=NEWS_WAKES if piece else None)
 
     def _piece_tasks(
         self, task: CdnTask, requester: str, want: int, now: float
