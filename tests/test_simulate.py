@@ -129,10 +129,10 @@ def test_the_command_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_a_scheduler_too_slow_for_the_swarm_shows_saturated_seconds() -> None:
-    """Each decision charged 2,000 times its CPU time: the simulated supernode is busy
+    """Each decision charged 20,000 times its CPU time: the simulated supernode is busy
     whole seconds (messages queue behind it), and the figures count those seconds among
     the ones it worked in; charged as it runs, it is never that busy here."""
-    slow = SwarmSetup(**{**setup(peers=6).__dict__, "cpu_scale": 2000.0})
+    slow = SwarmSetup(**{**setup(peers=6).__dict__, "cpu_scale": 20_000.0})
     tally = SimulatedSwarm(slow).run()
     summary = Figures(slow, tally).summary()
     assert summary["complete"] is True
