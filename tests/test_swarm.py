@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -27,6 +28,9 @@ from proto.pieces import MiB
 from supernode.cdn.uploads import CdnUploads
 from testkit.origin import FakeOrigin
 from testkit.peers import CorruptingPieceServer, SlowPieceServer
+
+if TYPE_CHECKING:
+    from supernode.peers.swarm import Swarm
 
 LOCAL = ("127.0.0.1", 0)
 
@@ -409,16 +413,9 @@ async def test_a_peer_joining_wakes_as_few_held_requests_as_a_freed_slot() -> No
     node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
     task = CdnTask(TaskSpec.from_request("http://127.0.0.1:9/file", ()), 1)
     woken: list[int] = []
-
-    async def held(i: int) -> None:
-        await node.wait_news(task.task_id)
-        woken.append(i)
-
     count = FEW_HELD + 1
     async with trio.open_nursery() as nursery:
-        for i in range(count):
-            nursery.start_soon(held, i)
-            await trio.testing.wait_all_tasks_blocked()
+        await hold_in_order(nursery, node, task.task_id, range(count), woken)
         node.enter(node.join("joiner-1", "127.0.0.2", 4000, 8), task, trio.current_time())
         await trio.testing.wait_all_tasks_blocked()
         assert woken == [0]  # the oldest, and only it (it may pass the news on)
@@ -448,16 +445,9 @@ async def test_a_piece_landing_on_the_cdn_wakes_as_few_held_requests_as_a_freed_
     node.enter(node.join("peer", "127.0.0.2", 4000, 8), task, trio.current_time())
     node.enter(node.join("peer-2", "127.0.0.3", 4000, 8), task, trio.current_time())
     woken: list[int] = []
-
-    async def held(i: int) -> None:
-        await node.wait_news(task.task_id)
-        woken.append(i)
-
     count = FEW_HELD + 2
     async with trio.open_nursery() as nursery:
-        for i in range(count):
-            nursery.start_soon(held, i)
-            await trio.testing.wait_all_tasks_blocked()
+        await hold_in_order(nursery, node, task.task_id, range(count), woken)
         task.add_piece(b"\0" * 32, 1024)
         await trio.testing.wait_all_tasks_blocked()
         assert woken == [0]  # the oldest, and only it
@@ -472,8 +462,7 @@ async def test_a_piece_landing_on_the_cdn_wakes_as_few_held_requests_as_a_freed_
         newer = CdnTask(spec, 2)
         node.enter(node.join("peer-3", "127.0.0.4", 4000, 8), newer, trio.current_time())
         woken.clear()
-        nursery.start_soon(held, count)
-        await trio.testing.wait_all_tasks_blocked()
+        await hold_in_order(nursery, node, task.task_id, [count], woken)
         task.fail(SupernodeError("gone"))
         await trio.testing.wait_all_tasks_blocked()
         assert woken == []
@@ -481,3 +470,18 @@ async def test_a_piece_landing_on_the_cdn_wakes_as_few_held_requests_as_a_freed_
         await trio.testing.wait_all_tasks_blocked()
         assert woken == [count]
     assert not node._waiting and not node._relays
+
+
+async def hold_in_order(
+    nursery: trio.Nursery, node: Swarm, task_id: str, indexes: Iterable[int], woken: list[int]
+) -> None:
+    """A request held for news of the task for each of `indexes`, oldest first; each
+    appends its index to `woken` when news wakes it (`Swarm.wait_news`)."""
+
+    async def held(i: int) -> None:
+        await node.wait_news(task_id)
+        woken.append(i)
+
+    for i in indexes:
+        nursery.start_soon(held, i)
+        await trio.testing.wait_all_tasks_blocked()
