@@ -485,3 +485,34 @@ async def hold_in_order(
     for i in indexes:
         nursery.start_soon(held, i)
         await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_more_peers_than_few_held_all_finish_while_the_cdn_still_fetches(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    """Past FEW_HELD held requests, news (a piece landing on the CDN, a freed slot, a
+    join) wakes the request held longest, which passes it on if it cannot use it: with
+    more peers than that waiting on a slow origin, every peer still finishes, with the
+    origin's file fetched once."""
+    from supernode.peers.swarm import FEW_HELD
+
+    data = os.urandom(4 * MiB)
+    origin.add("/f.bin", data, rate=2 * MiB)  # the CDN's fetch takes about 2 s
+    node = await start_supernode(cdn_upload_slots=2)
+    swarm_ = node.node.swarm
+    most_held = 0
+
+    async def watch() -> None:
+        nonlocal most_held
+        while True:
+            most_held = max([most_held, *(len(held) for held in swarm_._waiting.values())])
+            await trio.sleep(0.005)
+
+    nursery.start_soon(watch)
+    peers = FEW_HELD + 16
+    results = await swarm(fetch, origin.url("/f.bin"), node, peers=peers, seed_for=0.5)
+    assert len(results) == peers
+    for result in results:
+        assert Path(result.output).read_bytes() == data
+    assert most_held > FEW_HELD  # (the path under test was taken)
+    assert origin.stats["/f.bin"].from_start == 1
