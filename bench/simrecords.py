@@ -46,6 +46,10 @@ class SwarmSetup:
     cpu_scale: float = 1.0
     wake: int | None = NEWS_WAKES  # held requests news of one freed slot wakes (None: all)
     seed: int = 1
+    # A peer's process ends this long after its last piece (dfget --seed-for); None: it
+    # stays, seeding (as under dfdaemon).
+    leave_after: float | None = None
+    leave_wakes_all: bool = False  # a leave wakes every held request (the supernode before)
 
 
 @dataclass(eq=False)
@@ -88,6 +92,7 @@ class SwarmTally:
     cpu_by_call: dict[str, float] = field(default_factory=dict)
     empty_assigns: int = 0  # assigns that returned nothing (the request was held)
     passed_on: int = 0  # news of a freed slot passed on by a request it brought nothing
+    left: int = 0  # peers whose leave the supernode saw (`leave_after`)
     empty_assign_cpu: float = 0.0  # their CPU, part of cpu_by_call["assign"]
     busy_by_second: dict[int, float] = field(default_factory=dict)  # supernode time charged
     waited: float = 0.0  # total seconds messages waited for the supernode

@@ -93,6 +93,7 @@ class SimulatedSwarm(SimCore):
             for n, (rate, joined) in enumerate(zip(setup.peer_links, setup.joins, strict=True))
         ]
         self.by_id = {peer.peer_id: peer for peer in self.peers}
+        self.left: set[str] = set()  # peers whose process ended (`--leave-after`)
         self.hosts = {peer.peer_id: peer.host for peer in self.peers} | {CDN: self.cdn}
         self.cdn_started = False
         self.incomplete = len(self.peers)
@@ -336,8 +337,35 @@ class SimulatedSwarm(SimCore):
         else:
             self.at(self.now + NOTHING_YET_PAUSE, self._ask, peer)
 
+    def _leave(self, peer: SimPeer) -> None:
+        """The peer's process ends (`--leave-after`): its uploads in flight fail at once
+        (each downloader reports FAILED and asks again), the supernode sees its control
+        session end half an `rtt` later."""
+        self.left.add(peer.peer_id)
+        for flow in list(peer.host.uploads):
+            transfer = flow.payload
+            assert isinstance(transfer, Transfer)
+            self._fail(transfer)
+        self.to_supernode(self.setup.rtt / 2, self._on_leave, peer)
+
+    def _on_leave(self, peer: SimPeer) -> None:
+        self._call("remove_peer", self.scheduler.remove_peer, peer.peer_id, self.now)
+        self.tally.left += 1
+        # As `Swarm.leave`: the slots of the leaver's own downloads in flight are free.
+        self._news(slot_freed=not self.setup.leave_wakes_all)
+
+    def _fail(self, transfer: Transfer) -> None:
+        """The uploader is gone: the downloader reports FAILED and asks again."""
+        self._end_transfer(transfer)
+        peer = transfer.peer
+        seconds = self.now - transfer.assigned
+        self._ask(peer, (peer, transfer.index, transfer.source, Outcome.FAILED, 0, seconds))
+
     def _start_transfer(self, transfer: Transfer) -> None:
         if transfer.over:
+            return
+        if transfer.source in self.left:  # (assigned before the supernode saw it leave)
+            self._fail(transfer)
             return
         size = piece_length(transfer.index, self.setup.size, self.setup.piece_size)
         uploader = self.hosts[transfer.source]
@@ -379,6 +407,8 @@ class SimulatedSwarm(SimCore):
             peer.completed = self.now
             self.tally.completed[peer.number] = self.now
             self.incomplete -= 1
+            if self.setup.leave_after is not None:
+                self.at(self.now + self.setup.leave_after, self._leave, peer)
         self._ask(peer, reports[-1])  # (the last report and the next request: one message)
 
     def _end_transfer(self, transfer: Transfer) -> None:

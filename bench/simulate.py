@@ -4,7 +4,7 @@
         [--piece-size SIZE] [--rate 16MiB] [--origin-rate RATE] [--cdn-rate RATE]
         [--fast-share 0.10] [--fast-factor 4] [--slow-share 0.30] [--slow-factor 0.5]
         [--join-window SECONDS] [--rtt 0.001] [--startup 1.0] [--cpu-scale 1.0]
-        [--seed 1] [--json]
+        [--leave-after SECONDS [--leave-wakes-all]] [--seed 1] [--json]
 
     # the lab's set-up (bench/swarm.py): 16 equal peers at once, F=128 MiB, U=16 MiB/s
     .venv/bin/python bench/simulate.py --peers 16 --size-mib 128 --fast-share 0 --slow-share 0
@@ -143,6 +143,7 @@ class Figures:
             "cpu_by_call": dict(sorted(tally.cpu_by_call.items())),
             "empty_assigns": tally.empty_assigns,
             "passed_on": tally.passed_on,
+            "left": tally.left,
             "empty_assign_cpu": tally.empty_assign_cpu,
             "supernode_wait_mean": tally.waited / max(1, tally.handled),
             "supernode_wait_max": tally.waited_max,
@@ -160,7 +161,14 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
         f"(origin {setup.origin_rate / MiB:g}, CDN {setup.cdn_rate / MiB:g}), "
         f"join window {max(setup.joins) - min(setup.joins):.1f} s, rtt {setup.rtt * 1e3:g} ms, "
         f"start-up {setup.startup:g} s, cpu scale {setup.cpu_scale:g}, "
-        f"news wakes {'all' if setup.wake is None else setup.wake}, seed {setup.seed}"
+        f"news wakes {'all' if setup.wake is None else setup.wake}, "
+        + (
+            "peers stay"
+            if setup.leave_after is None
+            else f"peers leave {setup.leave_after:g} s after their last piece"
+            + (" (each leave wakes all)" if setup.leave_wakes_all else "")
+        )
+        + f", seed {setup.seed}"
     )
     print(f"  complete, every piece everywhere: {s['complete']}")
     print(
@@ -239,6 +247,8 @@ def setup_from(args: argparse.Namespace) -> SwarmSetup:
         cpu_scale=args.cpu_scale,
         wake=args.wake,
         seed=args.seed,
+        leave_after=args.leave_after,
+        leave_wakes_all=args.leave_wakes_all,
     )
 
 
@@ -273,6 +283,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=NEWS_WAKES,
         help="held requests that news of one freed slot wakes, or 'all' "
         f"(default {NEWS_WAKES}, as the supernode)",
+    )
+    parser.add_argument(
+        "--leave-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a peer's process ends this long after its last piece, as with dfget "
+        "--seed-for (default: peers stay and seed, as under dfdaemon)",
+    )
+    parser.add_argument(
+        "--leave-wakes-all",
+        action="store_true",
+        help="a leave wakes every held request (the supernode before 2026-12-04)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
