@@ -351,7 +351,7 @@ class SimulatedSwarm(SimCore):
     def _on_leave(self, peer: SimPeer) -> None:
         self._call("remove_peer", self.scheduler.remove_peer, peer.peer_id, self.now)
         self.tally.left += 1
-        # As `Swarm.leave`: the slots of the leaver's own downloads in flight are free.
+        # As `Swarm.leave`: every held request is woken (or, tried, as few as for a slot).
         self._news(slot_freed=not self.setup.leave_wakes_all)
 
     def _fail(self, transfer: Transfer) -> None:

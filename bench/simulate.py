@@ -4,7 +4,7 @@
         [--piece-size SIZE] [--rate 16MiB] [--origin-rate RATE] [--cdn-rate RATE]
         [--fast-share 0.10] [--fast-factor 4] [--slow-share 0.30] [--slow-factor 0.5]
         [--join-window SECONDS] [--rtt 0.001] [--startup 1.0] [--cpu-scale 1.0]
-        [--leave-after SECONDS [--leave-wakes-all]] [--seed 1] [--json]
+        [--leave-after SECONDS [--leave-wakes-few]] [--seed 1] [--json]
 
     # the lab's set-up (bench/swarm.py): 16 equal peers at once, F=128 MiB, U=16 MiB/s
     .venv/bin/python bench/simulate.py --peers 16 --size-mib 128 --fast-share 0 --slow-share 0
@@ -166,7 +166,7 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
             "peers stay"
             if setup.leave_after is None
             else f"peers leave {setup.leave_after:g} s after their last piece"
-            + (" (each leave wakes all)" if setup.leave_wakes_all else "")
+            + ("" if setup.leave_wakes_all else " (a leave wakes as few as a slot)")
         )
         + f", seed {setup.seed}"
     )
@@ -293,9 +293,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--seed-for (default: peers stay and seed, as under dfdaemon)",
     )
     parser.add_argument(
-        "--leave-wakes-all",
-        action="store_true",
-        help="a leave wakes every held request (the supernode before 2026-12-04)",
+        "--leave-wakes-few",
+        dest="leave_wakes_all",
+        action="store_false",
+        help="a leave wakes as few held requests as a freed slot (the supernode wakes all)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

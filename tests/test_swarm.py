@@ -516,32 +516,3 @@ async def test_more_peers_than_few_held_all_finish_while_the_cdn_still_fetches(
         assert Path(result.output).read_bytes() == data
     assert most_held > FEW_HELD  # (the path under test was taken)
     assert origin.stats["/f.bin"].from_start == 1
-
-
-async def test_a_peer_leaving_wakes_as_few_held_requests_as_a_freed_slot() -> None:
-    """In a rollout of plain dfget (--seed-for 0) each peer leaves as it completes; a
-    leave frees only the slots of the leaver's own downloads in flight. Waking every
-    held request at each leave had the simulated scheduler answer millions of requests
-    with nothing (bench/simulate.py --leave-after 0): once more than FEW_HELD wait, a
-    leave wakes the request held longest (which may pass it on); while few wait, all."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from supernode.cdn.task import CdnTask, TaskSpec
-    from supernode.peers.swarm import FEW_HELD, Swarm
-    from supernode.scheduler import Scheduler
-
-    node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
-    task = CdnTask(TaskSpec.from_request("http://127.0.0.1:9/file", ()), 1)
-    for name in ("stays", "leaves-1", "leaves-2"):
-        node.enter(node.join(name, "127.0.0.2", 4000, 8), task, trio.current_time())
-    woken: list[int] = []
-    count = FEW_HELD + 1
-    async with trio.open_nursery() as nursery:
-        await hold_in_order(nursery, node, task.task_id, range(count), woken)
-        node.leave("leaves-1", trio.current_time())
-        await trio.testing.wait_all_tasks_blocked()
-        assert woken == [0]  # the oldest, and only it
-        node.leave("leaves-2", trio.current_time())  # FEW_HELD left: all of them wake
-        await trio.testing.wait_all_tasks_blocked()
-        assert sorted(woken) == list(range(count))
-    assert "stays" in node.peers and not node._waiting and not node._relays
