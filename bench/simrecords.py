@@ -50,7 +50,7 @@ class SwarmSetup:
     # stays, seeding (as under dfdaemon).
     leave_after: float | None = None
     # A leave wakes every held request, as the supernode's `Swarm.leave` does; False: as
-    # few as a freed slot (tried: at 10,000 peers the swarm then crawled).
+    # few as a freed slot (tried: no measurable difference; docs/benchmarks.md).
     leave_wakes_all: bool = True
 
 
