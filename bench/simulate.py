@@ -155,20 +155,19 @@ class Figures:
 
 def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
     links = sorted(set(setup.peer_links))
+    if setup.leave_after is None:
+        after = "peers stay"
+    else:
+        after = f"peers leave {setup.leave_after:g} s after their last piece"
+        if not setup.leave_wakes_all:
+            after += " (a leave wakes as few as a slot)"
     print(
         f"peers {s['peers']}, F {s['size'] / MiB:.0f} MiB in pieces of "
         f"{s['piece_size'] / MiB:g} MiB, links {', '.join(f'{r / MiB:g}' for r in links)} MiB/s "
         f"(origin {setup.origin_rate / MiB:g}, CDN {setup.cdn_rate / MiB:g}), "
         f"join window {max(setup.joins) - min(setup.joins):.1f} s, rtt {setup.rtt * 1e3:g} ms, "
         f"start-up {setup.startup:g} s, cpu scale {setup.cpu_scale:g}, "
-        f"news wakes {'all' if setup.wake is None else setup.wake}, "
-        + (
-            "peers stay"
-            if setup.leave_after is None
-            else f"peers leave {setup.leave_after:g} s after their last piece"
-            + ("" if setup.leave_wakes_all else " (a leave wakes as few as a slot)")
-        )
-        + f", seed {setup.seed}"
+        f"news wakes {'all' if setup.wake is None else setup.wake}, {after}, seed {setup.seed}"
     )
     print(f"  complete, every piece everywhere: {s['complete']}")
     print(
