@@ -61,6 +61,7 @@ from bench.simrecords import (
     SwarmTally,
     Transfer,
 )
+from proto.messages import LEAVES_SOON
 from proto.pieces import piece_count, piece_length
 from supernode.peers.swarm import FEW_HELD
 from supernode.scheduler import (
@@ -141,6 +142,7 @@ class SimulatedSwarm(SimCore):
             peer.peer_id,
             upload_slots=self.setup.upload_slots,
             now=self.now,
+            leaves=self.setup.leave_after is not None and self.setup.leave_after < LEAVES_SOON,
         )
         self._news(slot_freed=True)  # (as few as for a freed slot: it holds nothing yet)
 

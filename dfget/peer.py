@@ -48,6 +48,7 @@ from proto.errors import ProtoError
 from proto.io import FramedStream
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
+    LEAVES_SOON,
     ErrorReply,
     KeepAlive,
     Outcome,
@@ -279,6 +280,7 @@ class Attempt:
                 upload_slots=self.options.upload_slots,
                 token_proof=proof,
                 in_order=self.options.in_order,
+                leaves=self.options.seed_for < LEAVES_SOON,
                 s3=message.s3,
             )
         )

@@ -26,6 +26,9 @@ PIECE_SIZES = frozenset(
 DIGEST_BYTES = 32  # blake3 of a piece's plaintext
 KEY_BYTES = 32  # X25519 and Ed25519 public keys, AES-256 keys
 MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified in TaskDone
+# A peer that seeds less than this many seconds after its last piece says it leaves
+# (`Register.leaves`): what it gets near its end does not stay in the swarm.
+LEAVES_SOON = 10.0
 
 
 class Message:
@@ -148,6 +151,10 @@ class Register(Message):
     # It streams the file to a reader front to back (dfdaemon's mirror): pieces in
     # index order rather than rarest first, so the reader never waits on a gap.
     in_order: bool = False
+    # It ends its session at its last piece or soon after (dfget seeding less than
+    # `LEAVES_SOON` seconds): near its end it is not handed a piece few peers hold,
+    # which it would take away with it, while other downloaders would pass it on.
+    leaves: bool = False
     # An S3 object (`url` is its path-style URL on `s3.endpoint`): the supernode signs
     # its origin requests for this peer with these credentials (as it would send its
     # Authorization header). Not part of the task id.

@@ -149,6 +149,53 @@ def test_the_cdn_counts_as_a_holder() -> None:
         assert [a.index for a in s.assign("t", "D", 1, 0.0)] == [1]
 
 
+def test_a_downloader_leaving_at_its_end_gets_rare_pieces_after_those_that_keep_them() -> None:
+    """dfget without --seed-for leaves at its last piece: a rare piece handed to it near
+    its end leaves with it, and the swarm must get it again from its few holders."""
+    s = make(first_random=0, endgame_pieces=0, keeper_pieces=4, rare_holders=2)
+    seed_task(s, total=20, holders={"A": (9, range(20))})
+    for peer in ("B", "C"):  # about to leave too: they miss piece 18 only
+        s.add_peer("t", peer, upload_slots=9, now=0.0, leaves=True)
+        give(s, "t", peer, [*range(18), 19])
+    for peer, leaves in (("L", True), ("S", False)):  # both miss only pieces 18 and 19
+        s.add_peer("t", peer, upload_slots=4, now=0.0, leaves=leaves)
+        give(s, "t", peer, range(18))
+    s.add_peer("t", "K", upload_slots=4, now=0.0)  # it stays, and misses everything
+    assert s._ledger.tasks["t"].keepers == 2  # K and S: they will pass on what they get
+    # Piece 18 has one peer holder (A), 19 three: L is not given 18; S, which stays, is.
+    assert [a.index for a in s.assign("t", "L", 4, 0.0)] == [19]
+    plan = s.assign("t", "S", 4, 0.0)
+    assert sorted(a.index for a in plan) == [18, 19]
+    # Nor is L given 18 from the CDN while a keeper misses it; it is once none is left.
+    s.cdn_ready("t", 20)
+    assert s.assign("t", "L", 4, 0.0) == []
+    done(s, "S", plan)  # complete: S keeps its pieces, but no longer needs any
+    assert s.assign("t", "L", 4, 0.0) == []  # (K)
+    s.remove_peer("K", 0.0)
+    assert [a.index for a in s.assign("t", "L", 4, 0.0)] == [18]
+
+
+def test_the_keepers_are_counted_from_when_the_total_is_known() -> None:
+    s = make(keeper_pieces=2)
+    s.cdn_ready("t", 4)  # the total not known yet: nobody is held back
+    s.add_peer("t", "L", upload_slots=1, now=0.0, leaves=True)
+    s.add_peer("t", "S", upload_slots=1, now=0.0)
+    task = s._ledger.tasks["t"]
+    assert task.keepers == 0
+    s.cdn_ready("t", 4, total=6)
+    assert task.keepers == 2 and task.members["L"].keep_below == 4
+    give(s, "t", "L", range(4))  # L misses 2 = keeper_pieces: about to go
+    assert task.keepers == 1
+    s.add_peer("t", "L", upload_slots=1, now=0.0, leaves=False)  # it will stay after all
+    assert task.keepers == 2 and task.members["L"].keep_below == 6
+    give(s, "t", "S", range(4))
+    s.cdn_ready("t", 6)
+    give(s, "t", "S", [4, 5])  # complete: it keeps what it has, but gets nothing more
+    assert task.keepers == 1
+    s.remove_peer("L", 0.0)
+    assert task.keepers == 0
+
+
 def test_first_pieces_at_random_then_rarest_first() -> None:
     common, rare = range(10), range(10, 20)
     common_picks = 0
@@ -924,7 +971,14 @@ def test_invariants_hold_through_a_chaotic_swarm() -> None:
     checks: list[Check] = []
     for n in range(25):
         live[f"p{n}"] = rng.choice([0, 1, 2, 4])
-        s.add_peer("t", f"p{n}", upload_slots=live[f"p{n}"], now=0.0, group=f"h{n % 7}")
+        s.add_peer(
+            "t",
+            f"p{n}",
+            upload_slots=live[f"p{n}"],
+            now=0.0,
+            group=f"h{n % 7}",
+            leaves=rng.random() < 0.5,
+        )
     checks += s.claim("t", "p0", range(5), now=0.0)
     joined = 25
     outcomes = [Outcome.DONE] * 12 + [Outcome.FAILED, Outcome.BUSY, Outcome.CANCELLED]
@@ -940,7 +994,11 @@ def test_invariants_hold_through_a_chaotic_swarm() -> None:
             peer = f"p{joined}"
             joined += 1
             live[peer] = rng.choice([1, 2, 4])
-            s.add_peer("t", peer, upload_slots=live[peer], now=now)
+            s.add_peer("t", peer, upload_slots=live[peer], now=now, leaves=rng.random() < 0.5)
+        if rng.random() < 0.1 and live:  # someone registers again, and changes its mind
+            peer = rng.choice(sorted(live))
+            leaves = not s._ledger.tasks["t"].members[peer].leaves
+            s.add_peer("t", peer, upload_slots=live[peer], now=now, leaves=leaves)
         stats = s.task_statistics("t")
         assert stats is not None
         blacklisted = set(stats.blacklisted)
@@ -974,7 +1032,7 @@ def test_invariants_hold_through_a_chaotic_swarm() -> None:
     assert totals.decisions_by_outcome["corrupt"] > 10 and totals.blacklisted_sources > 0
 
 
-def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
+def check_invariants(s: Scheduler, live: dict[str, int], pieces: int = 40) -> None:
     task = s._ledger.tasks["t"]
     pool, rarity = task.pool, task.rarity
     assert set(task.members) == set(live)
@@ -1010,6 +1068,9 @@ def check_invariants(s: Scheduler, live: dict[str, int]) -> None:
         assert pool.holders[index] == sum(1 << m.index for m in holders)
         if (pool.saturated >> index) & 1:  # saturated: no open holder, exactly
             assert not any(m.is_open for m in holders)
+    keep_below = {True: pieces - s.config.keeper_pieces, False: pieces}
+    assert all(m.keep_below == keep_below[m.leaves] for m in task.members.values())
+    assert task.keepers == sum(m.have_count < m.keep_below for m in task.members.values())
     for member in task.members.values():
         peer = member.peer
         expected = (

@@ -516,3 +516,32 @@ async def test_more_peers_than_few_held_all_finish_while_the_cdn_still_fetches(
         assert Path(result.output).read_bytes() == data
     assert most_held > FEW_HELD  # (the path under test was taken)
     assert origin.stats["/f.bin"].from_start == 1
+
+
+async def test_a_peer_that_seeds_less_than_leaves_soon_is_scheduled_as_leaving(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    """dfget's Register says whether it leaves at its end (it seeds under LEAVES_SOON
+    seconds): the scheduler hands such a peer no rare piece near its end while others
+    would keep it (test_scheduler.py)."""
+    from proto.messages import LEAVES_SOON
+
+    data = os.urandom(4 * MiB)
+    origin.add("/f.bin", data, rate=4 * MiB)  # the download lasts about a second
+    node = await start_supernode()
+    seen: dict[str, bool] = {}
+
+    async def watch() -> None:
+        while True:
+            for task in node.node.swarm.scheduler._ledger.tasks.values():
+                seen.update((peer_id, m.leaves) for peer_id, m in task.members.items())
+            await trio.sleep(0.005)
+
+    nursery.start_soon(watch)
+    url = origin.url("/f.bin")
+    staying = PeerOptions(listen=LOCAL, seed_for=LEAVES_SOON)  # (seeds on: cancelled at the end)
+    nursery.start_soon(partial(fetch, url, node, name="stays", peer=staying))
+    result = await fetch(url, node, name="leaves", peer=PeerOptions(listen=LOCAL, seed_for=0))
+    assert Path(result.output).read_bytes() == data
+    await until(lambda: len(seen) == 2)
+    assert sorted(seen.values()) == [False, True]

@@ -174,7 +174,9 @@ class ControlSession:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
             return True
         self.tasks[task.task_id] = task
-        self.swarm.enter(record, task, trio.current_time(), in_order=message.in_order)
+        self.swarm.enter(
+            record, task, trio.current_time(), in_order=message.in_order, leaves=message.leaves
+        )
         await self.framed.send(
             Registered(
                 task_id=task.task_id,

@@ -121,7 +121,13 @@ class Swarm:
         return record
 
     def enter(
-        self, record: PeerRecord, task: CdnTask, now: float, *, in_order: bool = False
+        self,
+        record: PeerRecord,
+        task: CdnTask,
+        now: float,
+        *,
+        in_order: bool = False,
+        leaves: bool = False,
     ) -> None:
         scheduled = self.generations.get(task.task_id)
         if scheduled is not None and scheduled != task.generation:
@@ -141,6 +147,7 @@ class Swarm:
             upload_slots=record.slots,
             now=now,
             in_order=in_order,
+            leaves=leaves,
             group=reporter_group(record.host),
         )
         record.tasks.add(task.task_id)

@@ -87,6 +87,17 @@ class SchedulerConfig:
     endgame_pieces: int = 4
     """When a peer misses at most this many pieces and all are in flight, duplicate them."""
 
+    keeper_pieces: int = 8
+    """A downloader that leaves at its end (dfget seeding less than `LEAVES_SOON`) and
+    misses at most this many pieces is about to go. While the task has downloaders that
+    will keep what they get and pass it on (the keepers: those that stay, and those that
+    miss more), such a one is not handed a piece held by no more peers than there are
+    keepers: the copies of a piece in short supply would go to peers that leave with
+    them at once, it could die out, and the CDN would send it to each last peer in turn."""
+
+    rare_holders: int = 2
+    """... nor, however few the keepers, one held by at most this many peers."""
+
     flights_per_source: int = 4
     """Transfers one downloader may have in flight from one peer at once (half of dfget's
     8): a slow uploader with many slots cannot hold every transfer of a downloader, which
@@ -117,7 +128,13 @@ class SchedulerConfig:
     """Half-life, in seconds, of a source's recent speed estimate (from DONE reports)."""
 
     def __post_init__(self) -> None:
-        for name in ("first_random", "cdn_upload_slots", "endgame_pieces"):
+        for name in (
+            "first_random",
+            "cdn_upload_slots",
+            "endgame_pieces",
+            "keeper_pieces",
+            "rare_holders",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 0")
         if self.cdn_slots_per_requester is not None and self.cdn_slots_per_requester < 1:

@@ -66,6 +66,7 @@ class Ledger:
                 task_id,
                 blacklist_after=config.task_blacklist_failures,
                 check_accusations=config.check_accusations,
+                keeper_pieces=config.keeper_pieces,
             )
             task.transfer_span = config.transfer_deadline(0)
             self.tasks[task_id] = task
@@ -78,7 +79,13 @@ class Ledger:
         return (task, member) if task is not None and member is not None else None
 
     def join(
-        self, task_id: str, peer_id: str, upload_slots: int, in_order: bool, group: str | None
+        self,
+        task_id: str,
+        peer_id: str,
+        upload_slots: int,
+        in_order: bool,
+        group: str | None,
+        leaves: bool = False,
     ) -> None:
         task = self.task(task_id)
         peer = self.peers.get(peer_id)
@@ -87,11 +94,14 @@ class Ledger:
         elif group is not None:
             peer.group = group
         peer.upload_slots = upload_slots
-        if task_id not in peer.members:
-            member = peer.members[task_id] = Member(peer, task_id)
+        member = peer.members.get(task_id)
+        if member is None:
+            member = peer.members[task_id] = Member(peer, task_id, leaves=leaves)
             task.join(member)
             self._count_incomplete(peer, +1)
-        peer.members[task_id].in_order = in_order
+        else:
+            task.set_leaves(member, leaves)
+        member.in_order = in_order
         self.refresh(peer)
 
     def remove_peer(self, peer_id: str) -> None:

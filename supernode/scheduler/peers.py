@@ -83,6 +83,10 @@ class Member:
     is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
     serves: bool = False  # it can upload at all (slots, not blacklisted): its pieces spread
     in_order: bool = False  # it streams the file: lowest missing pieces first
+    leaves: bool = False  # it leaves at its last piece (or soon after): it keeps nothing
+    # It keeps pieces it gets (to pass them on) while it holds fewer than this: all of
+    # them if it stays, all but `keeper_pieces` if it leaves; 0 until the total is known.
+    keep_below: int = 0
     # Uploaders it reported failing (strikes it gave each) and those it stopped using:
     # a downloader's own reports always steer its own assignments. (None until needed:
     # most members never need them, and empty containers cost the garbage collector.)

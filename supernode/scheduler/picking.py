@@ -8,6 +8,8 @@ so it sends each piece once (`cdn_offer`): never a piece it is already sending, 
 one that has spread to a peer able to upload it (busy or not: that piece reaches the
 others through that peer), until every piece has spread; then it adds its link to the
 peers' for whatever is missing.
+A downloader that leaves at its end gets a piece in short supply only once the peers
+that will pass it on have it (`SchedulerConfig.keeper_pieces`).
 Sources the downloader backs off from (BUSY) or stopped using (they failed it) are
 avoided. When the few pieces a downloader misses are all in flight, each gets a second
 source (the endgame): the first copy to arrive wins, the other is cancelled.
@@ -58,6 +60,10 @@ def assign(
     if wanted:
         cdn_pieces = cdn_offer(ledger, task, now) if cdn_free else 0
         reach = (rarity.held & ~pool.saturated) | cdn_pieces
+        if member.leaves and task.keepers and member.have_count >= member.keep_below:
+            # About to complete and leave with what it gets: a piece held by fewer peers
+            # than there are downloaders that will pass it on goes to those first.
+            reach &= ~rarity.rare(max(ledger.config.rare_holders, task.keepers))
         if wanted & reach:
             _assign_new(
                 ledger, rng, task, member, wanted, want, avoid, now, plan, cdn_pieces, reach

@@ -77,6 +77,18 @@ class PieceRarity:
             self._move(index, +1)
         self.on_cdn |= held
 
+    def rare(self, peer_holders: int) -> int:
+        """The known pieces at most `peer_holders` peers hold (a bitset; the CDN, which
+        counts as a holder in `counts`, not counted)."""
+        pieces, buckets = 0, self.buckets
+        for count in self.bucket_counts:
+            if count > peer_holders:
+                if count == peer_holders + 1:
+                    pieces |= buckets[count] & self.on_cdn
+                break
+            pieces |= buckets[count]
+        return pieces
+
     def add_holder(self, index: int) -> None:
         # (`_move(index, +1)`, inline: a piece gains a holder at every DONE; a gain never
         # takes it below `_floor`, as `first_bucket` leaves no piece in reach below it)

@@ -101,6 +101,7 @@ class Scheduler:
         now: float,
         in_order: bool = False,
         group: str | None = None,
+        leaves: bool = False,
     ) -> None:
         """`peer_id` joins `task_id` (creating the task if needed); idempotent.
 
@@ -108,14 +109,16 @@ class Scheduler:
         With `in_order` it is assigned the lowest pieces it misses first (a reader
         streams the file as it arrives), not random then rarest first. `group` (default:
         the peer id; the latest call sets it) is its reporter group: reports from one
-        group count as one witness (the swarm passes the peer's host).
+        group count as one witness (the swarm passes the peer's host). With `leaves` it
+        ends its session at its last piece (dfget without `--seed-for`): near its end it
+        is not handed a rare piece while others would keep it (`keeper_pieces`).
         """
         if upload_slots < 0:
             raise ValueError(f"upload_slots must be >= 0, not {upload_slots}")
         if peer_id == CDN:
             raise ValueError(f"peer id {CDN!r} is the CDN's source name")
         self._ledger.tick(now)
-        self._ledger.join(task_id, peer_id, upload_slots, in_order, group)
+        self._ledger.join(task_id, peer_id, upload_slots, in_order, group, leaves)
 
     def remove_peer(self, peer_id: str, now: float) -> None:
         """The peer is gone from every task at once: its pieces, its slots, its flights."""

@@ -20,7 +20,12 @@ from supernode.scheduler.statistics import TaskStatistics
 
 class Task:
     def __init__(
-        self, task_id: str, *, blacklist_after: int, check_accusations: bool = True
+        self,
+        task_id: str,
+        *,
+        blacklist_after: int,
+        check_accusations: bool = True,
+        keeper_pieces: int = 8,
     ) -> None:
         self.task_id = task_id
         self.piece_size = 0  # bytes, once known: sets the transfer deadline
@@ -38,18 +43,47 @@ class Task:
         self.reputation = Reputation(blacklist_after, check_accusations=check_accusations)
         self.bytes_from_cdn = 0
         self.bytes_from_peers = 0
+        # The members that will keep what they get and pass it on (picking.py hands
+        # rare pieces to them first): those that stay and are not complete, and those
+        # that leave at their end but miss more than `keeper_pieces` pieces. Counted
+        # once the total is known (0 before: nobody is held back).
+        self.keeper_pieces = keeper_pieces
+        self.keepers = 0
 
     def cdn_ready(self, ready: int, total: int | None, on_cdn: int | None = None) -> None:
+        known = self.rarity.total
         self.rarity.cdn_ready(ready, total, on_cdn)
         self.pool.grow(self.rarity.size)
+        if known is None and total is not None:
+            self.keepers = 0
+            for member in self.members.values():
+                member.keep_below = self._keep_below(member)
+                self.keepers += member.have_count < member.keep_below
 
     def join(self, member: Member) -> None:
         self.members[member.peer_id] = member
         self.pool.join(member)
+        member.keep_below = self._keep_below(member)
+        self.keepers += member.have_count < member.keep_below
+
+    def set_leaves(self, member: Member, leaves: bool) -> None:
+        """Whether `member` leaves at its end (a peer's latest Register says)."""
+        if member.leaves != leaves:
+            self.keepers -= member.have_count < member.keep_below
+            member.leaves = leaves
+            member.keep_below = self._keep_below(member)
+            self.keepers += member.have_count < member.keep_below
+
+    def _keep_below(self, member: Member) -> int:
+        total = self.rarity.total
+        if total is None:
+            return 0
+        return total - self.keeper_pieces if member.leaves else total
 
     def leave(self, member: Member) -> None:
         """The member's pieces leave the counts and the holder bitsets at once."""
         del self.members[member.peer_id]
+        self.keepers -= member.have_count < member.keep_below
         for index in iter_bits(member.have):
             self.rarity.remove_holder(index)
         self.pool.leave(member)
@@ -60,6 +94,8 @@ class Task:
             return False
         member.have |= 1 << index
         member.have_count += 1
+        if member.have_count == member.keep_below:
+            self.keepers -= 1
         self.rarity.add_holder(index)
         self.pool.add_holding(member, index)
         return True
