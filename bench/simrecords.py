@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.flows import Flow, Host
+from dfget.peer import FINISH_UPLOADS
 from supernode.peers.swarm import NEWS_WAKES
 from supernode.scheduler import SchedulerConfig
 
@@ -49,9 +50,15 @@ class SwarmSetup:
     # A peer's process ends this long after its last piece (dfget --seed-for); None: it
     # stays, seeding (as under dfdaemon).
     leave_after: float | None = None
-    # A leave wakes every held request, as the supernode's `Swarm.leave` does; False: as
-    # few as a freed slot (tried: no measurable difference; docs/benchmarks.md).
-    leave_wakes_all: bool = True
+    # It leaves the swarm then, but ends its uploads in flight for up to this many
+    # seconds more, as dfget does; 0: they fail at once.
+    finish_uploads: float = FINISH_UPLOADS
+    # A leave wakes as few held requests as a freed slot, as the supernode's
+    # `Swarm.leave` does; True: every one (as it did until 2026-12-04; docs/benchmarks.md).
+    leave_wakes_all: bool = False
+    # A leaving peer missing at most this many pieces gets no piece in short supply
+    # (SchedulerConfig.keeper_pieces; 0: never held back).
+    keeper_pieces: int = SchedulerConfig().keeper_pieces
 
 
 @dataclass(eq=False)

@@ -82,7 +82,9 @@ class SimulatedSwarm(SimCore):
         super().__init__(setup.cpu_scale, SwarmTally(completed=[None] * len(setup.joins)))
         self.setup = setup
         self.pieces = piece_count(setup.size, setup.piece_size)
-        config = SchedulerConfig(cdn_upload_slots=setup.cdn_slots)
+        config = SchedulerConfig(
+            cdn_upload_slots=setup.cdn_slots, keeper_pieces=setup.keeper_pieces
+        )
         self.scheduler = Scheduler(config, rng=random.Random(setup.seed))
         self._waiting: dict[SimPeer, tuple[SimPeer, int, int]] = {}  # held requests
         self._deadline: dict[SimPeer, float] = {}
@@ -340,20 +342,27 @@ class SimulatedSwarm(SimCore):
             self.at(self.now + NOTHING_YET_PAUSE, self._ask, peer)
 
     def _leave(self, peer: SimPeer) -> None:
-        """The peer's process ends (`--leave-after`): its uploads in flight fail at once
-        (each downloader reports FAILED and asks again), the supernode sees its control
-        session end half an `rtt` later."""
+        """The peer leaves the swarm (`--leave-after`): the supernode sees its control
+        session end half an `rtt` later; its uploads in flight go on for up to
+        `finish_uploads` seconds (as dfget's), then its process ends and those left fail
+        (each downloader reports FAILED and asks again)."""
         self.left.add(peer.peer_id)
+        self.to_supernode(self.setup.rtt / 2, self._on_leave, peer)
+        if self.setup.finish_uploads and peer.host.uploads:
+            self.at(self.now + self.setup.finish_uploads, self._end_process, peer)
+        else:
+            self._end_process(peer)
+
+    def _end_process(self, peer: SimPeer) -> None:
         for flow in list(peer.host.uploads):
             transfer = flow.payload
             assert isinstance(transfer, Transfer)
             self._fail(transfer)
-        self.to_supernode(self.setup.rtt / 2, self._on_leave, peer)
 
     def _on_leave(self, peer: SimPeer) -> None:
         self._call("remove_peer", self.scheduler.remove_peer, peer.peer_id, self.now)
         self.tally.left += 1
-        # As `Swarm.leave`: every held request is woken (or, tried, as few as for a slot).
+        # As `Swarm.leave`: as few held requests as for a freed slot (or, tried, all).
         self._news(slot_freed=not self.setup.leave_wakes_all)
 
     def _fail(self, transfer: Transfer) -> None:

@@ -4,7 +4,8 @@
         [--piece-size SIZE] [--rate 16MiB] [--origin-rate RATE] [--cdn-rate RATE]
         [--fast-share 0.10] [--fast-factor 4] [--slow-share 0.30] [--slow-factor 0.5]
         [--join-window SECONDS] [--rtt 0.001] [--startup 1.0] [--cpu-scale 1.0]
-        [--leave-after SECONDS [--leave-wakes-few]] [--seed 1] [--json]
+        [--leave-after SECONDS [--finish-uploads S]
+            [--leave-wakes-all] [--keeper-pieces N]] [--seed 1] [--json]
 
     # the lab's set-up (bench/swarm.py): 16 equal peers at once, F=128 MiB, U=16 MiB/s
     .venv/bin/python bench/simulate.py --peers 16 --size-mib 128 --fast-share 0 --slow-share 0
@@ -53,8 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.simrecords import SwarmSetup, SwarmTally
 from bench.simswarm import SimulatedSwarm
 from common.units import parse_rate, parse_size
+from dfget.peer import FINISH_UPLOADS
 from proto.pieces import piece_size_for
 from supernode.peers.swarm import NEWS_WAKES
+from supernode.scheduler import SchedulerConfig
 
 MiB = 1 << 20
 SATURATED = 0.9  # a simulated second this busy counts as one the supernode fell behind in
@@ -159,8 +162,12 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
         after = "peers stay"
     else:
         after = f"peers leave {setup.leave_after:g} s after their last piece"
-        if not setup.leave_wakes_all:
-            after += " (a leave wakes as few as a slot)"
+        if setup.finish_uploads != FINISH_UPLOADS:
+            after += f", their uploads in flight end within {setup.finish_uploads:g} s"
+        if setup.leave_wakes_all:
+            after += " (a leave wakes every held request)"
+        if setup.keeper_pieces != SchedulerConfig().keeper_pieces:
+            after += f", keeper pieces {setup.keeper_pieces}"
     print(
         f"peers {s['peers']}, F {s['size'] / MiB:.0f} MiB in pieces of "
         f"{s['piece_size'] / MiB:g} MiB, links {', '.join(f'{r / MiB:g}' for r in links)} MiB/s "
@@ -248,6 +255,8 @@ def setup_from(args: argparse.Namespace) -> SwarmSetup:
         seed=args.seed,
         leave_after=args.leave_after,
         leave_wakes_all=args.leave_wakes_all,
+        keeper_pieces=args.keeper_pieces,
+        finish_uploads=args.finish_uploads,
     )
 
 
@@ -292,10 +301,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--seed-for (default: peers stay and seed, as under dfdaemon)",
     )
     parser.add_argument(
-        "--leave-wakes-few",
-        dest="leave_wakes_all",
-        action="store_false",
-        help="a leave wakes as few held requests as a freed slot (the supernode wakes all)",
+        "--leave-wakes-all",
+        action="store_true",
+        help="a leave wakes every held request (the supernode wakes as few as for a freed slot)",
+    )
+    parser.add_argument(
+        "--finish-uploads",
+        type=float,
+        default=FINISH_UPLOADS,
+        metavar="SECONDS",
+        help="a peer that leaves ends its uploads in flight for at most this long, as "
+        "dfget does (default %(default)g; 0: they fail at once)",
+    )
+    parser.add_argument(
+        "--keeper-pieces",
+        type=int,
+        default=SchedulerConfig().keeper_pieces,
+        metavar="N",
+        help="a peer that leaves is near its end with at most N pieces missing: no piece in "
+        "short supply for it then (0: never held back; default as the supernode: "
+        "%(default)s)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="SECONDS",
         help="keep serving this long after the download is done (default 0); SIGTERM or "
-        "Ctrl-C while seeding ends it early and still exits 0",
+        "Ctrl-C while seeding ends it early and still exits 0. Then dfget leaves the "
+        "swarm and ends the uploads it has in flight (at most 5 s) before it exits",
     )
     swarm.add_argument(
         "--max-connections",

@@ -69,6 +69,12 @@ REGISTER_TIMEOUT = 120.0
 # The supernode closes a control session silent for 120 s (CONTROL_IDLE): a peer that
 # only waits (slow pieces, seeding) says it is there this often.
 KEEPALIVE_INTERVAL = 30.0
+# Once it has left the swarm (the download, and any seeding, over), a peer with its own
+# upload server finishes the uploads it has in flight for at most this long before it
+# exits: a downloader's piece cut off half-way must be fetched again, and in a swarm of
+# peers that each leave at their last piece the copies of the last pieces would die out
+# with their holders (docs/benchmarks.md). A peer with nothing in flight exits at once.
+FINISH_UPLOADS = 5.0
 
 
 class Attempt:
@@ -125,8 +131,24 @@ class Attempt:
                 except OSError as exc:
                     raise UsageError(f"cannot listen for uploads on {host}:{port}: {exc}") from exc
                 book = await self._run(server, bound, on_complete)
+                await self._finish_uploads(server)
                 outer.cancel_scope.cancel()
         return book
+
+    async def _finish_uploads(self, server: PieceServer) -> None:
+        """Out of the swarm (no new uploads are assigned to it), end those in flight:
+        for at most FINISH_UPLOADS seconds, or until SIGTERM or SIGINT (as seeding)."""
+        if not server.uploading:
+            return
+        log.info("finishing %d uploads in flight", server.uploading)
+        with (
+            trio.move_on_after(FINISH_UPLOADS),
+            _ended_by_signals(self.options.signals_end_seeding) as signalled,
+        ):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_signal, signalled, nursery.cancel_scope)
+                await server.wait_idle()
+                nursery.cancel_scope.cancel()
 
     async def _run(
         self,

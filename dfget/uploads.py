@@ -145,6 +145,19 @@ class PieceServer:
         self.bytes_uploaded = 0
         self.pieces_uploaded = 0
         self.refusals: dict[str, int] = {}
+        self._idle = trio.Event()  # set when the last upload in flight ends
+
+    @property
+    def uploading(self) -> int:
+        """Uploads in flight (each holds a slot)."""
+        return int(self.slots.borrowed_tokens)
+
+    async def wait_idle(self) -> None:
+        """Until no upload is in flight."""
+        while self.uploading:
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            await self._idle.wait()
 
     def share(self, task: SharedTask) -> None:
         replaced = self.tasks.get(task.task_id)
@@ -248,6 +261,8 @@ class PieceServer:
                 self._keep(buffer)
         finally:
             self.slots.release()
+            if not self.slots.borrowed_tokens:
+                self._idle.set()
         return True
 
     def _keep(self, buffer: bytearray) -> None:

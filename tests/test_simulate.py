@@ -70,17 +70,48 @@ def test_news_of_a_freed_slot_is_passed_on_in_a_large_swarm() -> None:
 
 
 def test_peers_that_leave_as_they_complete_still_let_every_peer_finish() -> None:
-    """With `leave_after` 0 (plain dfget, --seed-for 0) each peer's process ends at its
-    last piece: its uploads in flight fail and are fetched again elsewhere, the
-    supernode removes it and wakes the held requests; every peer still gets every
-    piece, with one copy from the origin."""
-    s = setup(peers=150, size=16 * MiB, leave_after=0.0)
-    tally = SimulatedSwarm(s).run()
-    assert tally.all_pieces
-    assert all(c is not None for c in tally.completed)
-    assert tally.origin_bytes == s.size
-    assert tally.left >= len(s.peer_links) - 1  # (the last one ends the run)
-    assert tally.calls["remove_peer"] == tally.left
+    """With `leave_after` 0 (plain dfget, --seed-for 0) each peer leaves at its last
+    piece: the supernode removes it, its uploads in flight that do not end within
+    `finish_uploads` fail (here all of them: 0) and are fetched again elsewhere; every
+    peer still gets every piece, one copy from the origin, and a leave waking as few
+    held requests as a freed slot asks the scheduler less often for nothing than a
+    leave waking them all."""
+    empty: dict[bool, int] = {}
+    for wakes_all in (False, True):
+        s = setup(
+            peers=150,
+            size=16 * MiB,
+            leave_after=0.0,
+            finish_uploads=0.0,
+            leave_wakes_all=wakes_all,
+        )
+        tally = SimulatedSwarm(s).run()
+        assert tally.all_pieces
+        assert all(c is not None for c in tally.completed)
+        assert tally.origin_bytes == s.size
+        assert tally.left >= len(s.peer_links) - 1  # (the last one ends the run)
+        assert tally.calls["remove_peer"] == tally.left
+        empty[wakes_all] = tally.empty_assigns
+    assert empty[False] < empty[True]
+
+
+def test_leaving_peers_that_finish_their_uploads_do_as_well_as_peers_that_stay() -> None:
+    """When every peer leaves at its last piece and its uploads in flight are cut, the
+    copies of the last pieces die out with their holders and the CDN sends them to the
+    remaining peers one by one; ending those uploads first (dfget's FINISH_UPLOADS), the
+    swarm completes about as fast as one whose peers stay."""
+    ends, cdn = {}, {}
+    for name, extra in (
+        ("stay", {}),
+        ("finish", {"leave_after": 0.0}),
+        ("cut", {"leave_after": 0.0, "finish_uploads": 0.0}),
+    ):
+        s = setup(peers=200, size=32 * MiB, seed=8, **extra)
+        tally = SimulatedSwarm(s).run()
+        assert tally.all_pieces and tally.origin_bytes == s.size
+        ends[name], cdn[name] = tally.end, tally.cdn_bytes / s.size
+    assert ends["finish"] <= 1.15 * ends["stay"] and cdn["finish"] <= 1.15 * cdn["stay"]
+    assert ends["cut"] > 2 * ends["finish"] and cdn["cut"] > 2 * cdn["finish"]  # (premise)
 
 
 def test_no_peer_finishes_faster_than_its_link_allows() -> None:

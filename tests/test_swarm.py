@@ -545,3 +545,83 @@ async def test_a_peer_that_seeds_less_than_leaves_soon_is_scheduled_as_leaving(
     assert Path(result.output).read_bytes() == data
     await until(lambda: len(seen) == 2)
     assert sorted(seen.values()) == [False, True]
+
+
+async def test_a_peer_leaving_wakes_as_few_held_requests_as_a_freed_slot() -> None:
+    """In a rollout of plain dfget (--seed-for 0) each peer leaves as it completes; a
+    leave frees only the slots of the leaver's own downloads in flight. Waking every
+    held request at each leave had the simulated scheduler answer millions of requests
+    with nothing (bench/simulate.py --leave-after 0): once more than FEW_HELD wait, a
+    leave wakes the request held longest (which may pass it on); while few wait, all."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supernode.cdn.task import CdnTask, TaskSpec
+    from supernode.peers.swarm import FEW_HELD, Swarm
+    from supernode.scheduler import Scheduler
+
+    node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
+    task = CdnTask(TaskSpec.from_request("http://127.0.0.1:9/file", ()), 1)
+    for name in ("stays", "leaves-1", "leaves-2"):
+        node.enter(node.join(name, "127.0.0.2", 4000, 8), task, trio.current_time())
+    woken: list[int] = []
+    count = FEW_HELD + 1
+    async with trio.open_nursery() as nursery:
+        await hold_in_order(nursery, node, task.task_id, range(count), woken)
+        node.leave("leaves-1", trio.current_time())
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [0]  # the oldest, and only it
+        node.leave("leaves-2", trio.current_time())  # FEW_HELD left: all of them wake
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == list(range(count))
+    assert "stays" in node.peers and not node._waiting and not node._relays
+
+
+async def test_a_peer_that_leaves_finishes_its_uploads_in_flight(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    """dfget without --seed-for leaves the swarm at its last piece, but ends the uploads
+    it has in flight before it exits (for at most FINISH_UPLOADS): none is cut off
+    half-way, to be fetched again from elsewhere."""
+    data = os.urandom(8 * MiB)
+    origin.add("/f.bin", data)
+    # One CDN slot at 4 MiB/s: the peers fetch much from each other; the leaver's
+    # uploads take half a second each, so that some are in flight at its last piece.
+    node = await start_supernode(cdn_upload_slots=1, cdn_upload_limit=4 * MiB)
+    LeaversServer.servers.clear()
+    url = origin.url("/f.bin")
+    for _ in range(10):  # (until the leaver had uploads in flight at its end: most runs)
+        async with trio.open_nursery() as nursery:
+            leaver = PeerOptions(listen=LOCAL, server_factory=LeaversServer)
+            nursery.start_soon(partial(fetch, url, node, peer=leaver))
+            other = PeerOptions(listen=LOCAL, seed_for=1.0)
+            nursery.start_soon(partial(fetch, url, node, peer=other))
+        if LeaversServer.servers[-1].in_flight_at_end:
+            break
+    server = LeaversServer.servers[-1]
+    assert server.in_flight_at_end > 0
+    assert server.cut == 0  # none was cancelled half-way as the peer exited
+
+
+class LeaversServer(SlowPieceServer):
+    """Uploads at half a second a piece; counts those in flight when its peer, done,
+    waits for them, and those cancelled half-way (as the peer exits)."""
+
+    delay = 0.5
+    servers: list[LeaversServer] = []
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.in_flight_at_end = 0
+        self.cut = 0
+        self.servers.append(self)
+
+    async def piece_bytes(self, task: SharedTask, index: int) -> bytes | memoryview:
+        try:
+            return await super().piece_bytes(task, index)
+        except trio.Cancelled:
+            self.cut += 1
+            raise
+
+    async def wait_idle(self) -> None:
+        self.in_flight_at_end = self.uploading
+        await super().wait_idle()

@@ -17,8 +17,10 @@ reports and claims), and when thousands join over a window, waking every held re
 at each join cost the scheduler most of its time. So does a piece landing on the CDN
 (the swarm listens to its CDN tasks, `CdnTask.on_change`): the CDN sends each piece
 about once, so one request takes it, and waking thousands for it cost a fifth of the
-assigns that found nothing. News that may change many answers (a peer leaving, claims,
-a verdict, the CDN's fetch ending or failing) wakes them all.
+assigns that found nothing. And so does a peer leaving: it frees only the slots of its
+own downloads in flight (none once it completed), and in a rollout of plain dfget each
+peer leaves as it completes. News that may change many answers (claims, a verdict, the
+CDN's fetch ending or failing) wakes them all.
 
 Its one piece of I/O is the scheduler's `Check`s: `run` fetches the accused (or
 claimed) piece from the uploader itself (`supernode/peers/piececheck.py`), a few at a time,
@@ -160,7 +162,9 @@ class Swarm:
             return
         self.scheduler.remove_peer(peer_id, now)
         for task_id in sorted(record.tasks):
-            self._notify(task_id, wake=None)
+            # Its pieces leaving bring nobody anything; the slots of its own downloads
+            # in flight are free (none for a peer that completed): as for a freed slot.
+            self._notify(task_id)
             stats = self.scheduler.task_statistics(task_id)
             if stats is not None and stats.peers == 0:
                 self._finish(task_id, why="its last peer left")
