@@ -23,6 +23,7 @@ from supernode.scheduler import (
     SchedulerConfig,
     Verdict,
 )
+from supernode.scheduler.peers import Flight
 from supernode.scheduler.simulation import SwarmSimulation
 
 
@@ -1038,6 +1039,7 @@ def check_invariants(s: Scheduler, live: dict[str, int], pieces: int = 40) -> No
     assert set(task.members) == set(live)
     cdn_in_flight = 0
     uploads_of: Counter[str] = Counter()
+    flights_of: dict[str, set[Flight]] = {peer_id: set() for peer_id in live}
     in_flight = 0
     for peer_id, member in task.members.items():
         assert member.peer.upload_slots == live[peer_id]
@@ -1051,6 +1053,7 @@ def check_invariants(s: Scheduler, live: dict[str, int], pieces: int = 40) -> No
             else:
                 assert not flight.cdn_slot
                 uploads_of[flight.source] += 1
+                flights_of[flight.source].add(flight)
                 by_source[flight.uploader.index] += 1
         assert member.peer.cdn_uploads == cdn_slots <= s.config.cdn_requester_cap
         assert member.per_source == dict(by_source)
@@ -1060,6 +1063,7 @@ def check_invariants(s: Scheduler, live: dict[str, int], pieces: int = 40) -> No
     assert in_flight == task.in_flight == s.statistics().assignments_in_flight
     assert cdn_in_flight == s.statistics().cdn_uploads_in_flight <= s.config.cdn_upload_slots
     for peer_id, slots in live.items():
+        assert s._ledger.peers[peer_id].upload_flights == flights_of[peer_id]
         assert uploads(s, peer_id) == uploads_of[peer_id]
         assert uploads_of[peer_id] <= slots
     for index in range(rarity.size):

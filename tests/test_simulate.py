@@ -101,12 +101,12 @@ def test_leaving_peers_that_finish_their_uploads_do_as_well_as_peers_that_stay()
     remaining peers one by one; ending those uploads first (dfget's FINISH_UPLOADS), the
     swarm completes about as fast as one whose peers stay."""
     ends, cdn = {}, {}
-    for name, extra in (
-        ("stay", {}),
-        ("finish", {"leave_after": 0.0}),
-        ("cut", {"leave_after": 0.0, "finish_uploads": 0.0}),
-    ):
-        s = setup(peers=200, size=32 * MiB, seed=8, **extra)
+    variants = {
+        "stay": setup(peers=200, size=32 * MiB, seed=8),
+        "finish": setup(peers=200, size=32 * MiB, seed=8, leave_after=0.0),
+        "cut": setup(peers=200, size=32 * MiB, seed=8, leave_after=0.0, finish_uploads=0.0),
+    }
+    for name, s in variants.items():
         tally = SimulatedSwarm(s).run()
         assert tally.all_pieces and tally.origin_bytes == s.size
         ends[name], cdn[name] = tally.end, tally.cdn_bytes / s.size

@@ -108,7 +108,7 @@ class Ledger:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
-        for flight in self._uploads_of(peer):  # the piece may have arrived before it left
+        for flight in list(peer.upload_flights):  # (it may have sent the piece: kept)
             self.land(self.tasks[flight.task_id], flight)
             self._unreported(flight)
         for task_id, member in peer.members.items():
@@ -119,20 +119,6 @@ class Ledger:
             if not member.complete:
                 self._count_incomplete(peer, -1)
         peer.members.clear()
-
-    def _uploads_of(self, peer: Peer) -> list[Flight]:
-        """The peer's uploads in flight (`peer.uploads` of them), found through its
-        downloaders' flights: a scan of its tasks' members, for a departure only (an
-        index by uploader would cost a dict insert and delete at every piece)."""
-        found: list[Flight] = []
-        if not peer.uploads:
-            return found
-        for task_id, uploader in peer.members.items():
-            at = uploader.index
-            for member in self.tasks[task_id].members.values():
-                if at in member.per_source:  # (its flights from `uploader`, by pool index)
-                    found += [f for f in member.all_flights() if f.uploader is uploader]
-        return found
 
     def remove_task(self, task_id: str) -> None:
         task = self.tasks.get(task_id)
@@ -208,6 +194,7 @@ class Ledger:
         else:
             peer = uploader.peer
             peer.uploads += 1
+            peer.upload_flights.add(flight)
             if peer.uploads >= peer.upload_slots:
                 self._slots_changed(peer)
             at = uploader.index
@@ -238,6 +225,7 @@ class Ledger:
             peer = uploader.peer
             was_full = peer.uploads >= peer.upload_slots
             peer.uploads -= 1
+            peer.upload_flights.discard(flight)
             if was_full:
                 self._slots_changed(peer)
             source = uploader.index

@@ -60,7 +60,12 @@ def assign(
     if wanted:
         cdn_pieces = cdn_offer(ledger, task, now) if cdn_free else 0
         reach = (rarity.held & ~pool.saturated) | cdn_pieces
-        if member.leaves and task.keepers and member.have_count >= member.keep_below:
+        if (
+            member.leaves
+            and task.keepers
+            and member.have_count >= member.keep_below
+            and wanted & reach  # (most calls in a busy swarm find nothing: no walk then)
+        ):
             # About to complete and leave with what it gets: a piece held by fewer peers
             # than there are downloaders that will pass it on goes to those first.
             reach &= ~rarity.rare(max(ledger.config.rare_holders, task.keepers))
