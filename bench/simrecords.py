@@ -59,6 +59,7 @@ class SwarmSetup:
     # A leaving peer missing at most this many pieces gets no piece in short supply
     # (SchedulerConfig.keeper_pieces; 0: never held back).
     keeper_pieces: int = SchedulerConfig().keeper_pieces
+    keeper_wait: float = SchedulerConfig().keeper_wait  # ... for at most this long
 
 
 @dataclass(eq=False)

@@ -83,7 +83,9 @@ class SimulatedSwarm(SimCore):
         self.setup = setup
         self.pieces = piece_count(setup.size, setup.piece_size)
         config = SchedulerConfig(
-            cdn_upload_slots=setup.cdn_slots, keeper_pieces=setup.keeper_pieces
+            cdn_upload_slots=setup.cdn_slots,
+            keeper_pieces=setup.keeper_pieces,
+            keeper_wait=setup.keeper_wait,
         )
         self.scheduler = Scheduler(config, rng=random.Random(setup.seed))
         self._waiting: dict[SimPeer, tuple[SimPeer, int, int]] = {}  # held requests

@@ -5,7 +5,7 @@
         [--fast-share 0.10] [--fast-factor 4] [--slow-share 0.30] [--slow-factor 0.5]
         [--join-window SECONDS] [--rtt 0.001] [--startup 1.0] [--cpu-scale 1.0]
         [--leave-after SECONDS [--finish-uploads S]
-            [--leave-wakes-all] [--keeper-pieces N]] [--seed 1] [--json]
+            [--leave-wakes-all] [--keeper-pieces N] [--keeper-wait S]] [--seed 1] [--json]
 
     # the lab's set-up (bench/swarm.py): 16 equal peers at once, F=128 MiB, U=16 MiB/s
     .venv/bin/python bench/simulate.py --peers 16 --size-mib 128 --fast-share 0 --slow-share 0
@@ -168,6 +168,8 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
             after += " (a leave wakes every held request)"
         if setup.keeper_pieces != SchedulerConfig().keeper_pieces:
             after += f", keeper pieces {setup.keeper_pieces}"
+        if setup.keeper_wait != SchedulerConfig().keeper_wait:
+            after += f", keeper wait {setup.keeper_wait:g} s"
     print(
         f"peers {s['peers']}, F {s['size'] / MiB:.0f} MiB in pieces of "
         f"{s['piece_size'] / MiB:g} MiB, links {', '.join(f'{r / MiB:g}' for r in links)} MiB/s "
@@ -256,6 +258,7 @@ def setup_from(args: argparse.Namespace) -> SwarmSetup:
         leave_after=args.leave_after,
         leave_wakes_all=args.leave_wakes_all,
         keeper_pieces=args.keeper_pieces,
+        keeper_wait=args.keeper_wait,
         finish_uploads=args.finish_uploads,
     )
 
@@ -321,6 +324,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="a peer that leaves is near its end with at most N pieces missing: no piece in "
         "short supply for it then (0: never held back; default as the supernode: "
         "%(default)s)",
+    )
+    parser.add_argument(
+        "--keeper-wait",
+        type=float,
+        default=SchedulerConfig().keeper_wait,
+        metavar="SECONDS",
+        help="... for at most this long (default as the supernode: %(default)g)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

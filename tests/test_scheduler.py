@@ -176,6 +176,20 @@ def test_a_downloader_leaving_at_its_end_gets_rare_pieces_after_those_that_keep_
     assert [a.index for a in s.assign("t", "L", 4, 0.0)] == [18]
 
 
+def test_a_leaving_downloader_is_held_back_for_a_while_only() -> None:
+    """Two plain dfgets, the second started late: the first, near its end, misses pieces
+    only the CDN has, and the other (a keeper) will hold them only after its whole
+    download. It is held back for `keeper_wait` seconds, then gets them."""
+    s = make(first_random=0, endgame_pieces=0, keeper_pieces=4, keeper_wait=5.0)
+    seed_task(s, total=20, ready=20)
+    s.add_peer("t", "A", upload_slots=4, now=0.0, leaves=True)
+    give(s, "t", "A", range(17))  # it misses 17, 18 and 19
+    s.add_peer("t", "B", upload_slots=4, now=0.0, leaves=True)  # misses all: a keeper
+    assert s.assign("t", "A", 4, 1.0) == []
+    assert s.assign("t", "A", 4, 5.9) == []  # (held back since its first ask, at 1.0)
+    assert sorted(a.index for a in s.assign("t", "A", 4, 6.0)) == [17, 18, 19]
+
+
 def test_the_keepers_are_counted_from_when_the_total_is_known() -> None:
     s = make(keeper_pieces=2)
     s.cdn_ready("t", 4)  # the total not known yet: nobody is held back

@@ -96,7 +96,11 @@ class SchedulerConfig:
     them at once, it could die out, and the CDN would send it to each last peer in turn."""
 
     rare_holders: int = 2
-    """... nor, however few the keepers, one held by at most this many peers."""
+    """... nor, however few the keepers, one held by at most this many peers ..."""
+
+    keeper_wait: float = 2.0
+    """... for at most this many seconds from the first time it was held back: with few
+    keepers, the piece may reach enough peers only as they complete."""
 
     flights_per_source: int = 4
     """Transfers one downloader may have in flight from one peer at once (half of dfget's
@@ -148,6 +152,7 @@ class SchedulerConfig:
             "min_transfer_rate",
             "cdn_request_deadline",
             "cdn_copy_wait",
+            "keeper_wait",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SchedulerConfig.{name} must be > 0")

@@ -88,6 +88,7 @@ class Member:
     # It keeps pieces it gets (to pass them on) while it holds fewer than this: all of
     # them if it stays, all but `keeper_pieces` if it leaves; 0 until the total is known.
     keep_below: int = 0
+    held_back_since: float | None = None  # when pieces were first held back from it
     # Uploaders it reported failing (strikes it gave each) and those it stopped using:
     # a downloader's own reports always steer its own assignments. (None until needed:
     # most members never need them, and empty containers cost the garbage collector.)

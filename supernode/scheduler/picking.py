@@ -67,8 +67,12 @@ def assign(
             and wanted & reach  # (most calls in a busy swarm find nothing: no walk then)
         ):
             # About to complete and leave with what it gets: a piece held by fewer peers
-            # than there are downloaders that will pass it on goes to those first.
-            reach &= ~rarity.rare(max(ledger.config.rare_holders, task.keepers))
+            # than there are downloaders that will pass it on goes to those first, for
+            # a while (in a small swarm the others may take long to have it).
+            if member.held_back_since is None:
+                member.held_back_since = now
+            if now - member.held_back_since < ledger.config.keeper_wait:
+                reach &= ~rarity.rare(max(ledger.config.rare_holders, task.keepers))
         if wanted & reach:
             _assign_new(
                 ledger, rng, task, member, wanted, want, avoid, now, plan, cdn_pieces, reach
