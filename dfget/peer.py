@@ -137,7 +137,10 @@ class Attempt:
 
     async def _finish_uploads(self, server: PieceServer) -> None:
         """Out of the swarm (no new uploads are assigned to it), end those in flight:
-        for at most FINISH_UPLOADS seconds, or until SIGTERM or SIGINT (as seeding)."""
+        for at most FINISH_UPLOADS seconds, or until SIGTERM or SIGINT (as seeding).
+        Requests assigned before the supernode saw it leave are refused `busy` (the
+        downloader asks again), so that none starts only to be cut off at the exit."""
+        server.stop_taking()
         if not server.uploading:
             return
         log.info("finishing %d uploads in flight", server.uploading)

@@ -146,14 +146,19 @@ class PieceServer:
         self.pieces_uploaded = 0
         self.refusals: dict[str, int] = {}
         self._idle = trio.Event()  # set when the last upload in flight ends
+        self.closing = False  # its peer is leaving: no new upload starts (`stop_taking`)
 
     @property
     def uploading(self) -> int:
         """Uploads in flight (each holds a slot)."""
         return int(self.slots.borrowed_tokens)
 
+    def stop_taking(self) -> None:
+        """Start no new upload (requests are refused `busy`); those in flight go on."""
+        self.closing = True
+
     async def wait_idle(self) -> None:
-        """Until no upload is in flight."""
+        """Until no upload is in flight (after `stop_taking`: for good)."""
         while self.uploading:
             if self._idle.is_set():
                 self._idle = trio.Event()
@@ -226,6 +231,8 @@ class PieceServer:
         """Answer one request; True if it showed a valid ticket (the session is in use)."""
         task = self.tasks.get(request.task_id)
         refusal = self._check(task, requester, request)
+        if refusal is None and self.closing:
+            refusal = ErrorCode.BUSY, "leaving: no new uploads"
         if refusal is None:
             try:
                 self.slots.acquire_nowait()
