@@ -262,3 +262,25 @@ def test_decode_header_reports_payload_length() -> None:
     data = encode_frame(PieceData(task_id=TID, generation=1, index=0), 1234)
     message, length = decode_header(data[4:])
     assert isinstance(message, PieceData) and length == 1234
+
+
+def test_register_leaves_is_a_bool_and_optional() -> None:
+    """`Register.leaves` (a peer that leaves at its end): an older peer that does not
+    send it is scheduled as one that stays; anything but a bool is refused."""
+    register: dict[str, object] = {
+        "t": "register",
+        "url": "http://127.0.0.1:9/f",
+        "headers": [],
+        "digest": None,
+        "tag": "",
+        "filter": [],
+        "public_key": b"k" * 32,
+    }
+    [(older, _)] = decode_all(raw_frame(register))
+    assert isinstance(older, Register) and older.leaves is False
+    [(leaving, _)] = decode_all(raw_frame({**register, "leaves": True}))
+    assert isinstance(leaving, Register) and leaving.leaves is True
+    for lie in ("yes", 1, [True] * 1000, None):
+        with pytest.raises(BadField) as info:
+            decode_all(raw_frame({**register, "leaves": lie}))
+        assert info.value.field == "leaves"

@@ -193,7 +193,6 @@ class Ledger:
             task.cdn_flight(index, +1, now)
         else:
             peer = uploader.peer
-            peer.uploads += 1
             peer.upload_flights.add(flight)
             if peer.uploads >= peer.upload_slots:
                 self._slots_changed(peer)
@@ -224,7 +223,6 @@ class Ledger:
         else:
             peer = uploader.peer
             was_full = peer.uploads >= peer.upload_slots
-            peer.uploads -= 1
             peer.upload_flights.discard(flight)
             if was_full:
                 self._slots_changed(peer)

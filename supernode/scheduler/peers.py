@@ -24,8 +24,7 @@ class Peer:
     peer_id: str
     upload_slots: int  # concurrent uploads it accepts, over all its tasks; 0: never a source
     group: str = ""  # reporters of one group (a host) count as one witness
-    uploads: int = 0  # assignments in flight with this peer as the source
-    upload_flights: set[Flight] = field(default_factory=set)  # ... those assignments
+    upload_flights: set[Flight] = field(default_factory=set)  # flights it is the source of
     cdn_uploads: int = 0  # CDN slots its downloads hold (capped per requester)
     incomplete: int = 0  # its members that miss pieces: it is a downloader while > 0
     members: dict[str, Member] = field(default_factory=dict)  # task id -> membership
@@ -33,6 +32,11 @@ class Peer:
     speed: float = 0.0  # recent upload speed in bytes/s (0.0 until first measured)
     speed_at: float | None = None  # `now` of the last speed sample
     failures: int = 0  # reports that counted against it as an uploader
+
+    @property
+    def uploads(self) -> int:
+        """Assignments in flight with this peer as the source."""
+        return len(self.upload_flights)
 
     def note_speed(self, nbytes: int, seconds: float, now: float, halflife: float) -> None:
         """Fold one finished upload into the speed estimate (an EWMA over time).
