@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 # tests start each with a config of their own on 127.0.0.1; the packages' services are
 # kept from starting at install (policy-rc.d), as their Debian defaults listen on all
 # interfaces. gcc builds the mypyc scheduler (tests/test_compiled_scheduler.py).
-APT_TEST_PACKAGES := docker-registry skopeo containerd apache2-utils chromium iproute2 iptables \
+APT_TEST_PACKAGES := docker-registry skopeo containerd apache2-utils chromium iproute2 iptables ethtool \
 	python3-libtorrent docker.io podman redis-server nginx-light gcc
 
 .PHONY: demo test lint typecheck unit bench clean system-deps mypyc clean-mypyc

@@ -246,6 +246,14 @@ def main() -> int:
         help="the supernode's --origin-streams: connections it fetches the file over "
         "(default: the supernode's, 1)",
     )
+    lab.add_argument(
+        "--supernode-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for the lab's supernode, e.g. --supernode-arg=--cdn-upload-"
+        "limit=14MiB (repeatable)",
+    )
     args = parser.parse_args()
     if args.netlab:
         from bench import swarm_lab

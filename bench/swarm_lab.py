@@ -90,10 +90,12 @@ def spread(values: Sequence[float], size: int) -> str:
     return f"min {low:.2f}F median {middle:.2f}F max {high:.2f}F"
 
 
-def _origin_streams(args: argparse.Namespace) -> list[str]:
-    """The supernode's --origin-streams, if the command line set one."""
-    streams = getattr(args, "origin_streams", None)  # (bench/faults.py has no such flag)
-    return [] if streams is None else ["--origin-streams", str(streams)]
+def _supernode_args(args: argparse.Namespace) -> list[str]:
+    """The supernode's --origin-streams, if the command line set one, and any
+    --supernode-arg (bench/faults.py has neither flag)."""
+    streams = getattr(args, "origin_streams", None)
+    extra: list[str] = list(getattr(args, "supernode_arg", None) or [])
+    return extra if streams is None else ["--origin-streams", str(streams), *extra]
 
 
 def run_ours(
@@ -122,7 +124,7 @@ def run_ours(
         ) as origin,
         supernode_process(
             work / "supernode",
-            *_origin_streams(args),
+            *_supernode_args(args),
             log=log,
             host=lab.address("supernode"),
             prefix=lab.command("supernode", []),

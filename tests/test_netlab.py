@@ -5,6 +5,7 @@ whether the lab ends normally, by Ctrl-C, SIGTERM or SIGKILL (then `down` clears
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import statistics
@@ -103,6 +104,41 @@ def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: 
         assert datagrams(lab, "a", "b", 200) == 200
         name = lab.name
     assert 0.03 <= lost <= 0.07, f"lost {lost:.3f} for 0.05"
+    assert_gone(name)
+
+
+def mean_frame_sent(lab: Lab, src: str, dst: str, nbytes: int) -> float:
+    """The mean size of the packets SRC's link carries while SRC sends DST NBYTES over
+    TCP (what its veth counts: a GSO packet whole, or each segment)."""
+    host = lab.hosts[src]
+    show = ["ip", "-n", host.namespace, "-s", "-j", "link", "show", host.link]
+
+    def sent() -> tuple[int, int]:
+        stats = json.loads(subprocess.run(show, capture_output=True, check=True).stdout)
+        return stats[0]["stats64"]["tx"]["packets"], stats[0]["stats64"]["tx"]["bytes"]
+
+    packets, nbytes_before = sent()
+    goodput(lab, src, dst, nbytes)
+    packets_after, bytes_after = sent()
+    return (bytes_after - nbytes_before) / (packets_after - packets)
+
+
+@needs_lab
+def test_while_a_link_has_loss_tcp_crosses_the_lab_a_segment_a_packet(
+    untouched_root: None,
+) -> None:
+    """Loss is per 1500-byte packet: while any link has loss, each host's TCP segments
+    leave it one a packet (cut by the kernel as they leave, as a NIC would); without loss
+    they cross the lab as GSO packets of many segments."""
+    with Lab(["a", "b"]) as lab:
+        whole = mean_frame_sent(lab, "a", "b", 8 * MiB)
+        lab.set_link("b", Link(loss=0.001))
+        cut = mean_frame_sent(lab, "a", "b", 8 * MiB)
+        lab.set_link("b", Link())
+        whole_again = mean_frame_sent(lab, "a", "b", 8 * MiB)
+        name = lab.name
+    assert cut <= 1514, f"{cut:.0f} bytes a packet with loss"
+    assert whole > 4 * 1514 and whole_again > 4 * 1514, (whole, whole_again)
     assert_gone(name)
 
 

@@ -29,13 +29,13 @@ from . import leftovers
 from .plan import (
     BASE_FEATURES,
     CHAIN_HOOK,
-    GSO_MAX_SEGS,
     NETWORK,
     QUEUE,
     Host,
     Link,
     Names,
     delay_table,
+    offloads,
     features,
     rules,
     tbf,
@@ -69,7 +69,7 @@ class Lab:
         self._ports: dict[str, int] = {}  # host -> its bridge port's ifindex
         self._delayer: subprocess.Popen[str] | None = None
         self._is_up = False
-        self._segmented = False  # hosts send no GSO packets (so that loss is per packet)
+        self._segmented = False  # hosts' packets cross the lab one segment each (loss is per packet)
 
     @property
     def name(self) -> str:
@@ -216,9 +216,8 @@ class Lab:
         bridge_ns = self._names.bridge_namespace
         segmented = any(link.loss > 0 for link in self._links.values())
         if segmented != self._segmented:
-            segs = str(1 if segmented else GSO_MAX_SEGS)
             for host in self.hosts.values():
-                run(["ip", "-n", host.namespace, "link", "set", host.link, "gso_max_segs", segs])
+                run(in_namespace(host.namespace, ["ethtool", "-K", host.link, *offloads(segmented)]))
             self._segmented = segmented
         if any(link.delay > 0 for link in self._links.values()):
             delayer = self._delayer or self._start_delayer()

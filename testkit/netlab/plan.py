@@ -16,9 +16,13 @@ link adds.
 Packets. A host's TCP hands its veth GSO packets of up to 64 KiB, which cross the lab
 whole: tbf counts their bytes, and the delayer holds each as one packet (cheap). Loss
 cannot be per 1500-byte packet that way (one drop would lose up to 45 of them), so while
-any link of a lab has loss, every host's link takes single-segment packets
-(`gso_max_segs 1`: the kernel cuts what TCP hands it, open connections' included), and
-the delayer then handles each packet.
+any link of a lab has loss, every host's veth does no segmentation offload (`ethtool -K
+tso off`): TCP still builds its large packets, and the kernel cuts each into segments
+as it leaves the host (software GSO), as a NIC would on the wire; the segments cross
+the bridge, its loss rules and the delayer one by one. (Cutting what TCP builds
+instead, `gso_max_segs 1`, made every host's TCP handle each segment: the lab's peers
+spent about twice the CPU, `docs/benchmarks.md`; coalescing what a host receives, `gro
+on`, bought nothing more.)
 
 Rules (the lab's chain, which FORWARD jumps to, in the bridge's namespace, where
 br_netfilter shows bridged packets, matched by bridge port with `physdev`): first a
@@ -41,7 +45,6 @@ BURST_SECONDS = 0.005
 MIN_BURST = 64 * 1024 + 1514
 QUEUE_SECONDS = 0.1
 MIN_QUEUE_BURSTS = 4
-GSO_MAX_SEGS = 65535  # a veth's default: TCP hands it packets of up to 64 KiB
 QUEUE = 0  # the netfilter queue the delayer reads (per namespace: every lab has its own)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")
 PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
@@ -155,6 +158,13 @@ def tbf(device: str, rate: float | None, shaped: bool) -> list[str]:
     bits = int(wire * 8)
     shape = ["tbf", "rate", f"{bits}bit", "burst", str(burst), "limit", str(limit)]
     return ["qdisc", "change" if shaped else "replace", "dev", device, "root", *shape]
+
+
+def offloads(segmented: bool) -> list[str]:
+    """`ethtool -K DEVICE` arguments for a host's veth: while the lab has loss
+    (SEGMENTED), no segmentation offload (each packet leaves as one segment); else a
+    veth's default."""
+    return ["tso", "off" if segmented else "on"]
 
 
 CHAIN = "NETLAB"

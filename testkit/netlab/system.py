@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-TOOLS = ("ip", "tc", "iptables-restore", "iptables")
+TOOLS = ("ip", "tc", "iptables-restore", "iptables", "ethtool")
 TIMEOUT = 30.0
 BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
@@ -60,7 +60,7 @@ def shortfall() -> str | None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         problems.append(
-            f"{', '.join(missing)} not found (Debian packages iproute2 and iptables; "
+            f"{', '.join(missing)} not found (Debian packages iproute2, iptables and ethtool; "
             "`make test` installs them as root)"
         )
     return "; ".join(problems) or None
