@@ -62,6 +62,7 @@ PROGRAMS = {
     "tc": (shutil.which("tc"), "iproute2"),
     "iptables": (shutil.which("iptables"), "iptables"),
     "iptables-restore": (shutil.which("iptables-restore"), "iptables"),
+    "ethtool": (shutil.which("ethtool"), "ethtool"),
     "python3 with libtorrent": (TORRENT_PYTHON, "python3-libtorrent"),
     "redis-server": (REDIS_SERVER, "redis-server"),  # the cluster tests
     "nginx": (NGINX, "nginx-light"),  # dfget -r's autoindex pages
