@@ -149,7 +149,9 @@ class Attempt:
             _ended_by_signals(self.options.signals_end_seeding) as signalled,
         ):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_signal, signalled, nursery.cancel_scope)
+                nursery.start_soon(
+                    _cancel_on_signal, signalled, nursery.cancel_scope, "uploads in flight cut"
+                )
                 await server.wait_idle()
                 nursery.cancel_scope.cancel()
 
@@ -368,7 +370,9 @@ class Attempt:
             try:
                 with translate_errors(self.address), unwrap_group():
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_cancel_on_signal, signalled, nursery.cancel_scope)
+                        nursery.start_soon(
+                            _cancel_on_signal, signalled, nursery.cancel_scope, "seeding stopped"
+                        )
                         await self._follow(control, book)
             except DfgetError as exc:  # the download is done: seeding just ends
                 log.warning("seeding stopped: %s", exc)
@@ -393,11 +397,14 @@ def _ended_by_signals(enabled: bool) -> Iterator[AsyncIterator[int] | None]:
         yield signals
 
 
-async def _cancel_on_signal(signals: AsyncIterator[int] | None, scope: trio.CancelScope) -> None:
+async def _cancel_on_signal(
+    signals: AsyncIterator[int] | None, scope: trio.CancelScope, what: str
+) -> None:
+    """Cancel SCOPE at the first signal, logging "SIGNAL: WHAT"."""
     if signals is None:
         return
     async for signum in signals:
-        log.info("%s: seeding stopped", signal.Signals(signum).name)
+        log.info("%s: %s", signal.Signals(signum).name, what)
         scope.cancel()
         return
 
