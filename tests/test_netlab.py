@@ -263,7 +263,7 @@ def test_check_names_what_the_kernel_offers() -> None:
         if not line.startswith(("cannot", "instead"))
     )
     assert offered["qdisc tbf"] == "yes" and offered["iptables NFQUEUE"] == "yes"
-    assert offered["nfnetlink_queue"] == "yes"
+    assert offered["nfnetlink_queue"] == "yes" and offered["veth tso off"] == "yes"
     assert "qdisc netem" in offered
 
 
@@ -302,6 +302,7 @@ def test_each_setting_names_the_kernel_feature_it_needs() -> None:
     assert set(features(Link(down=MiB, loss=0.1, delay=0.01))) == {
         "qdisc tbf",
         "iptables statistic",
+        "veth tso off",
         "iptables NFQUEUE",
         "nfnetlink_queue",
     }

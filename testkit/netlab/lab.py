@@ -35,8 +35,8 @@ from .plan import (
     Link,
     Names,
     delay_table,
-    offloads,
     features,
+    offloads,
     rules,
     tbf,
 )
@@ -69,7 +69,7 @@ class Lab:
         self._ports: dict[str, int] = {}  # host -> its bridge port's ifindex
         self._delayer: subprocess.Popen[str] | None = None
         self._is_up = False
-        self._segmented = False  # hosts' packets cross the lab one segment each (loss is per packet)
+        self._segmented = False  # hosts' packets cross the lab a segment each (per-packet loss)
 
     @property
     def name(self) -> str:
@@ -217,7 +217,8 @@ class Lab:
         segmented = any(link.loss > 0 for link in self._links.values())
         if segmented != self._segmented:
             for host in self.hosts.values():
-                run(in_namespace(host.namespace, ["ethtool", "-K", host.link, *offloads(segmented)]))
+                ethtool = ["ethtool", "-K", host.link, *offloads(segmented)]
+                run(in_namespace(host.namespace, ethtool))
             self._segmented = segmented
         if any(link.delay > 0 for link in self._links.values()):
             delayer = self._delayer or self._start_delayer()

@@ -82,7 +82,7 @@ def features(link: Link) -> dict[str, str]:
     if link.up is not None or link.down is not None:
         needed["qdisc tbf"] = "a rate"
     if link.loss > 0:
-        needed["iptables statistic"] = "loss"
+        needed["iptables statistic"] = needed["veth tso off"] = "loss"
     if link.delay > 0:
         needed["iptables NFQUEUE"] = needed["nfnetlink_queue"] = "a delay"
     return needed

@@ -81,8 +81,9 @@ def offered() -> dict[str, bool]:
 
 def check() -> dict[str, bool]:
     """What the kernel offers the lab, probed in a scratch namespace: each qdisc kind,
-    iptables' physdev and statistic matches, NFQUEUE (the target, and a queue bound
-    over nfnetlink_queue), br_netfilter per namespace."""
+    turning a veth's segmentation offload off, iptables' physdev and statistic matches,
+    NFQUEUE (the target, and a queue bound over nfnetlink_queue), br_netfilter per
+    namespace."""
     require_lab()
     scratch = f"dflcheck-{secrets.token_hex(3)}"
     run(["ip", "netns", "add", scratch])
@@ -109,6 +110,7 @@ def _probe(ns: str) -> dict[str, bool]:
             ["tc", "-n", ns, "qdisc", "replace", "dev", "probe0", "root", *args]
         )
     found["qdisc clsact"] = attempt(["tc", "-n", ns, "qdisc", "add", "dev", "probe1", "clsact"])
+    found["veth tso off"] = attempt(in_namespace(ns, ["ethtool", "-K", "probe0", "tso", "off"]))
     # Per namespace since Linux 5.3: setting it in the bridge's namespace leaves the
     # machine's own bridges alone.
     release = tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
