@@ -247,6 +247,14 @@ def main() -> int:
         "(default: the supernode's, 1)",
     )
     lab.add_argument(
+        "--tso-rtt-log",
+        type=int,
+        metavar="N",
+        help="the lab's hosts' net.ipv4.tcp_tso_rtt_log (default: the kernel's, 9); 15 keeps "
+        "TCP's 64 KiB packets on the lab's delayed paths, as on a short one: the lab then "
+        "carries each whole, at a fraction of its CPU (docs/netlab.md)",
+    )
+    lab.add_argument(
         "--supernode-arg",
         action="append",
         default=[],

@@ -285,9 +285,14 @@ def main(args: argparse.Namespace) -> int:
     with (
         free_page_reporting_off() as reporting,
         tcp_congestion(args.tcp) as congestion,
-        Lab(names, link=link, prefix="dfsw") as lab,
+        Lab(names, link=link, prefix="dfsw", tso_rtt_log=args.tso_rtt_log) as lab,
     ):
-        print(f"free page reporting: {reporting}; TCP congestion control: {congestion}", flush=True)
+        tso = "the kernel's" if args.tso_rtt_log is None else args.tso_rtt_log
+        print(
+            f"free page reporting: {reporting}; TCP congestion control: {congestion}; "
+            f"hosts' tcp_tso_rtt_log: {tso}",
+            flush=True,
+        )
         for i in range(args.runs):
             for kind in kinds:
                 free_hot_memory(int(1.2 * (n + 1) * size))

@@ -21,6 +21,7 @@ from conftest import cli_env
 
 from testkit.netlab import Lab, LabError, Link, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
+from testkit.netlab.lab import TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
 from testkit.netlab.measure import datagrams, goodput, round_trips
 from testkit.netlab.plan import features, tbf
@@ -140,6 +141,31 @@ def test_while_a_link_has_loss_tcp_crosses_the_lab_a_segment_a_packet(
     assert cut <= 1514, f"{cut:.0f} bytes a packet with loss"
     assert whole > 4 * 1514 and whole_again > 4 * 1514, (whole, whole_again)
     assert_gone(name)
+
+
+@needs_lab
+def test_hosts_may_keep_tcps_large_packets_on_delayed_paths(untouched_root: None) -> None:
+    """`tso_rtt_log` sets each host's net.ipv4.tcp_tso_rtt_log (the machine's own is left
+    alone); the delay set holds as before."""
+    root = Path(TSO_RTT_LOG).read_text()
+    with Lab(["a", "b"], link=Link(delay=0.005), tso_rtt_log=15) as lab:
+        values = [
+            subprocess.run(
+                ["ip", "netns", "exec", host.namespace, "cat", TSO_RTT_LOG],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            for host in lab.hosts.values()
+        ]
+        rtt = statistics.median(round_trips(lab, "a", "b", 20)[2:])
+        name = lab.name
+    assert values == ["15", "15"]
+    assert Path(TSO_RTT_LOG).read_text() == root
+    assert abs(rtt - 0.020) <= 0.002, f"RTT {rtt * 1000:.2f} ms for 20"
+    assert_gone(name)
+    with pytest.raises(ValueError, match="tso_rtt_log"):
+        Lab(["a"], tso_rtt_log=32)
 
 
 @needs_lab

@@ -45,6 +45,7 @@ from .system import BRIDGE_NF, LabError, in_namespace, offered, require_lab, run
 DELAYER = Path(__file__).with_name("delayer.py")
 DELAYER_START = 10.0
 DELAYER_STOP = 3.0
+TSO_RTT_LOG = "/proc/sys/net/ipv4/tcp_tso_rtt_log"  # per network namespace
 _open: set[Lab] = set()
 
 
@@ -58,7 +59,11 @@ class Lab:
         link: Link = Link(),  # noqa: B008 (frozen, so one shared default is safe)
         links: Mapping[str, Link] | None = None,
         prefix: str = "dfl",
+        tso_rtt_log: int | None = None,
     ) -> None:
+        if tso_rtt_log is not None and not 0 <= tso_rtt_log <= 31:
+            raise ValueError(f"tso_rtt_log must be 0 to 31, not {tso_rtt_log}")
+        self._tso_rtt_log = tso_rtt_log
         self._names = Names.new(prefix)
         self.hosts: dict[str, Host] = self._names.hosts(list(names))
         unknown = set(links or {}) - set(self.hosts)
@@ -130,6 +135,10 @@ class Lab:
                 f"addr add {host.address}/{NETWORK.prefixlen} dev {host.link}\n"
                 f"link set {host.link} up\n",
             )
+        if self._tso_rtt_log is not None:
+            for host in self.hosts.values():
+                setting = f"echo {self._tso_rtt_log} > {TSO_RTT_LOG}"
+                run(in_namespace(host.namespace, ["sh", "-ec", setting]))
         listed = json.loads(run(["ip", "-n", bridge_ns, "-j", "link", "show"]))
         index = {entry["ifname"]: entry["ifindex"] for entry in listed}
         self._ports = {name: index[host.port] for name, host in self.hosts.items()}
