@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite needs (installed when running as root): a registry,
 # four real pull clients (skopeo, containerd, docker.io's dockerd and docker, podman),
 # htpasswd for the registry's basic auth, a headless browser for the status page,
-# iproute2 and iptables for the network lab (testkit/netlab), and python3-libtorrent
+# iproute2, iptables and ethtool for the network lab (testkit/netlab), and python3-libtorrent
 # for the swarm benchmark's BitTorrent peers (bench/torrent_peer.py, run by Debian's
 # python3), and redis-server for the supernode cluster (testkit/redisserver.py). The
 # tests start each with a config of their own on 127.0.0.1; the packages' services are

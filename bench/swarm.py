@@ -219,6 +219,13 @@ def run_direct(args: argparse.Namespace, work: Path, payload: Path) -> tuple[lis
     return times, sent
 
 
+def _tso_rtt_log(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 31:
+        raise argparse.ArgumentTypeError(f"must be 0 to 31, not {value}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=16)
@@ -248,7 +255,7 @@ def main() -> int:
     )
     lab.add_argument(
         "--tso-rtt-log",
-        type=int,
+        type=_tso_rtt_log,
         metavar="N",
         help="the lab's hosts' net.ipv4.tcp_tso_rtt_log (default: the kernel's, 9); 15 keeps "
         "TCP's 64 KiB packets on the lab's delayed paths, as on a short one: the lab then "

@@ -144,7 +144,7 @@ def test_while_a_link_has_loss_tcp_crosses_the_lab_a_segment_a_packet(
 
 
 @needs_lab
-def test_hosts_may_keep_tcps_large_packets_on_delayed_paths(untouched_root: None) -> None:
+def test_a_lab_sets_its_hosts_tcp_tso_rtt_log(untouched_root: None) -> None:
     """`tso_rtt_log` sets each host's net.ipv4.tcp_tso_rtt_log (the machine's own is left
     alone); the delay set holds as before."""
     root = Path(TSO_RTT_LOG).read_text()

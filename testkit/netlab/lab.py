@@ -63,6 +63,8 @@ class Lab:
     ) -> None:
         if tso_rtt_log is not None and not 0 <= tso_rtt_log <= 31:
             raise ValueError(f"tso_rtt_log must be 0 to 31, not {tso_rtt_log}")
+        if tso_rtt_log is not None and not Path(TSO_RTT_LOG).exists():
+            raise LabError(f"tso_rtt_log: this kernel has no {TSO_RTT_LOG}")
         self._tso_rtt_log = tso_rtt_log
         self._names = Names.new(prefix)
         self.hosts: dict[str, Host] = self._names.hosts(list(names))

@@ -17,12 +17,12 @@ Packets. A host's TCP hands its veth GSO packets of up to 64 KiB, which cross th
 whole: tbf counts their bytes, and the delayer holds each as one packet (cheap). Loss
 cannot be per 1500-byte packet that way (one drop would lose up to 45 of them), so while
 any link of a lab has loss, every host's veth does no segmentation offload (`ethtool -K
-tso off`): TCP still builds its large packets, and the kernel cuts each into segments
-as it leaves the host (software GSO), as a NIC would on the wire; the segments cross
-the bridge, its loss rules and the delayer one by one. (Cutting what TCP builds
-instead, `gso_max_segs 1`, made every host's TCP handle each segment: the lab's peers
-spent about twice the CPU, `docs/benchmarks.md`; coalescing what a host receives, `gro
-on`, bought nothing more.)
+tso off tx-udp-segmentation off`): TCP still builds its large packets, and the kernel
+cuts each into segments as it leaves the host (software GSO), as a NIC would on the
+wire; the segments cross the bridge, its loss rules and the delayer one by one.
+(Cutting what TCP builds instead, `gso_max_segs 1`, made every host's TCP handle each
+segment: the lab's peers spent about twice the CPU, `docs/benchmarks.md`; coalescing
+what a host receives, `gro on`, bought nothing more.)
 
 Rules (the lab's chain, which FORWARD jumps to, in the bridge's namespace, where
 br_netfilter shows bridged packets, matched by bridge port with `physdev`): first a
@@ -162,9 +162,10 @@ def tbf(device: str, rate: float | None, shaped: bool) -> list[str]:
 
 def offloads(segmented: bool) -> list[str]:
     """`ethtool -K DEVICE` arguments for a host's veth: while the lab has loss
-    (SEGMENTED), no segmentation offload (each packet leaves as one segment); else a
-    veth's default."""
-    return ["tso", "off" if segmented else "on"]
+    (SEGMENTED), no segmentation offload, TCP's nor UDP's (`UDP_SEGMENT` senders): each
+    packet leaves as one segment; else a veth's defaults."""
+    state = "off" if segmented else "on"
+    return ["tso", state, "tx-udp-segmentation", state]
 
 
 CHAIN = "NETLAB"

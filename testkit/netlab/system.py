@@ -1,4 +1,4 @@
-"""The lab's dealings with the system: running `ip`, `tc` and `iptables` (their failures
+"""The lab's dealings with the system: running `ip`, `tc`, `iptables` and `ethtool` (their failures
 become LabError with what they said), and finding out what the kernel offers, in a
 scratch namespace that is removed at once (`check`, `require_lab`)."""
 
@@ -13,6 +13,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from .plan import offloads
 
 TOOLS = ("ip", "tc", "iptables-restore", "iptables", "ethtool")
 TIMEOUT = 30.0
@@ -110,7 +112,7 @@ def _probe(ns: str) -> dict[str, bool]:
             ["tc", "-n", ns, "qdisc", "replace", "dev", "probe0", "root", *args]
         )
     found["qdisc clsact"] = attempt(["tc", "-n", ns, "qdisc", "add", "dev", "probe1", "clsact"])
-    found["veth tso off"] = attempt(in_namespace(ns, ["ethtool", "-K", "probe0", "tso", "off"]))
+    found["veth tso off"] = attempt(in_namespace(ns, ["ethtool", "-K", "probe0", *offloads(True)]))
     # Per namespace since Linux 5.3: setting it in the bridge's namespace leaves the
     # machine's own bridges alone.
     release = tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
