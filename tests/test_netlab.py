@@ -5,7 +5,6 @@ whether the lab ends normally, by Ctrl-C, SIGTERM or SIGKILL (then `down` clears
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import statistics
@@ -111,17 +110,10 @@ def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: 
 def mean_frame_sent(lab: Lab, src: str, dst: str, nbytes: int) -> float:
     """The mean size of the packets SRC's link carries while SRC sends DST NBYTES over
     TCP (what its veth counts: a GSO packet whole, or each segment)."""
-    host = lab.hosts[src]
-    show = ["ip", "-n", host.namespace, "-s", "-j", "link", "show", host.link]
-
-    def sent() -> tuple[int, int]:
-        stats = json.loads(subprocess.run(show, capture_output=True, check=True).stdout)
-        return stats[0]["stats64"]["tx"]["packets"], stats[0]["stats64"]["tx"]["bytes"]
-
-    packets, nbytes_before = sent()
+    packets, sent = lab.sent(src)
     goodput(lab, src, dst, nbytes)
-    packets_after, bytes_after = sent()
-    return (bytes_after - nbytes_before) / (packets_after - packets)
+    packets_after, sent_after = lab.sent(src)
+    return (sent_after - sent) / (packets_after - packets)
 
 
 @needs_lab

@@ -10,7 +10,7 @@ import pytest
 
 from bench.simrecords import SwarmSetup
 from bench.simswarm import SimulatedSwarm
-from bench.simulate import Figures, fluid_bound, main, peer_links
+from bench.simulate import SATURATED, Figures, fluid_bound, main, peer_links
 
 MiB = 1 << 20
 
@@ -183,8 +183,12 @@ def test_a_scheduler_too_slow_for_the_swarm_shows_saturated_seconds() -> None:
     assert summary["complete"] is True
     assert summary["busiest_second"] >= 0.9
     assert summary["supernode_wait_mean"] > 0
-    worked = [second for second, busy in tally.busy_by_second.items() if busy > 0]
-    # (the first second begins with the peers' half-second start-up: never saturated)
-    assert 1 <= summary["saturated_seconds"] < len(worked)
+    busy = tally.busy_by_second
+    saturated = [second for second, share in busy.items() if share >= SATURATED]
+    assert saturated and summary["saturated_seconds"] == len(saturated)
+    # (the first second begins with the peers' half-second start-up: worked in, never
+    # saturated, and not counted)
+    first = min(second for second, share in busy.items() if share > 0)
+    assert 0 < busy[first] < SATURATED
     plain = SwarmSetup(**{**setup(peers=6).__dict__, "cpu_scale": 1.0})
     assert Figures(plain, SimulatedSwarm(plain).run()).summary()["saturated_seconds"] == 0

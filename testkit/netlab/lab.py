@@ -31,6 +31,7 @@ from .plan import (
     CHAIN_HOOK,
     NETWORK,
     QUEUE,
+    TSO_RTT_LOGS,
     Host,
     Link,
     Names,
@@ -61,7 +62,7 @@ class Lab:
         prefix: str = "dfl",
         tso_rtt_log: int | None = None,
     ) -> None:
-        if tso_rtt_log is not None and not 0 <= tso_rtt_log <= 31:
+        if tso_rtt_log is not None and tso_rtt_log not in TSO_RTT_LOGS:
             raise ValueError(f"tso_rtt_log must be 0 to 31, not {tso_rtt_log}")
         if tso_rtt_log is not None and not Path(TSO_RTT_LOG).exists():
             raise LabError(f"tso_rtt_log: this kernel has no {TSO_RTT_LOG}")
@@ -194,12 +195,21 @@ class Lab:
 
     def counters(self, name: str) -> tuple[int, int]:
         """Bytes host NAME has sent and received on its link (frames, headers included)."""
+        stats = self._link_stats(name)
+        return int(stats["tx"]["bytes"]), int(stats["rx"]["bytes"])
+
+    def sent(self, name: str) -> tuple[int, int]:
+        """Packets and bytes host NAME has sent on its link, as its veth counts them (a
+        GSO packet as one)."""
+        stats = self._link_stats(name)["tx"]
+        return int(stats["packets"]), int(stats["bytes"])
+
+    def _link_stats(self, name: str) -> dict[str, dict[str, int]]:
         self._require_up()
         host = self.hosts[name]
         shown = run(["ip", "-n", host.namespace, "-s", "-j", "link", "show", host.link])
-        listed = json.loads(shown)
-        stats = listed[0]["stats64"]
-        return int(stats["tx"]["bytes"]), int(stats["rx"]["bytes"])
+        stats: dict[str, dict[str, int]] = json.loads(shown)[0]["stats64"]
+        return stats
 
     def _require_up(self) -> None:
         if not self._is_up:

@@ -168,6 +168,9 @@ def offloads(segmented: bool) -> list[str]:
     return ["tso", state, "tx-udp-segmentation", state]
 
 
+TSO_RTT_LOGS = range(32)  # the values a host's net.ipv4.tcp_tso_rtt_log may take
+
+
 CHAIN = "NETLAB"
 # Once, at build: FORWARD jumps to the lab's own chain. Later changes rewrite only that
 # chain (`iptables-restore --noflush`): rewriting FORWARD itself would unhook it for a
