@@ -94,9 +94,11 @@ def test_round_trips_take_the_delay_of_the_links_crossed(untouched_root: None) -
 def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: None) -> None:
     with Lab(["a", "b", "c"]) as lab:
         assert datagrams(lab, "a", "c", 2000) == 2000
-        lab.set_link("c", Link(loss=0.05))  # c's link only: a -> c loses 5%, a -> b nothing
+        lab.set_link("c", Link(loss=0.05))  # c's link only: a <-> c loses 5%, a <-> b nothing
         lost = 1 - datagrams(lab, "a", "c", 2000) / 2000
+        lost_from_c = 1 - datagrams(lab, "c", "a", 2000) / 2000
         assert datagrams(lab, "a", "b", 500) == 500
+        assert datagrams(lab, "b", "a", 500) == 500
         lab.cut("b")
         assert datagrams(lab, "a", "b", 200) == 0
         assert datagrams(lab, "b", "c", 200) == 0
@@ -104,34 +106,44 @@ def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: 
         assert datagrams(lab, "a", "b", 200) == 200
         name = lab.name
     assert 0.03 <= lost <= 0.07, f"lost {lost:.3f} for 0.05"
+    assert 0.03 <= lost_from_c <= 0.07, f"lost {lost_from_c:.3f} for 0.05 from c"
     assert_gone(name)
 
 
-def mean_frame_sent(lab: Lab, src: str, dst: str, nbytes: int) -> float:
-    """The mean size of the packets SRC's link carries while SRC sends DST NBYTES over
-    TCP (what its veth counts: a GSO packet whole, or each segment)."""
+def mean_frames(lab: Lab, src: str, dst: str, nbytes: int) -> tuple[float, float]:
+    """The mean size of the packets SRC's link carries from SRC and DST's link to DST
+    while SRC sends DST NBYTES over TCP (what their veths count: a GSO packet whole, or
+    each segment)."""
     packets, sent = lab.sent(src)
+    packets_in, received = lab.received(dst)
     goodput(lab, src, dst, nbytes)
     packets_after, sent_after = lab.sent(src)
-    return (sent_after - sent) / (packets_after - packets)
+    packets_in_after, received_after = lab.received(dst)
+    return (
+        (sent_after - sent) / (packets_after - packets),
+        (received_after - received) / (packets_in_after - packets_in),
+    )
 
 
 @needs_lab
-def test_while_a_link_has_loss_tcp_crosses_the_lab_a_segment_a_packet(
+def test_while_a_link_has_loss_segments_reach_their_host_one_a_packet(
     untouched_root: None,
 ) -> None:
-    """Loss is per 1500-byte packet: while any link has loss, each host's TCP segments
-    leave it one a packet (cut by the kernel as they leave, as a NIC would); without loss
-    they cross the lab as GSO packets of many segments."""
+    """Loss is per 1500-byte packet: while any link has loss, TCP's segments reach their
+    host one a packet (cut as they leave the bridge, where the loss then applies), and
+    they cross the bridge and the delayer as GSO packets of many segments, as they do
+    without loss."""
     with Lab(["a", "b"]) as lab:
-        whole = mean_frame_sent(lab, "a", "b", 8 * MiB)
+        whole = mean_frames(lab, "a", "b", 8 * MiB)
         lab.set_link("b", Link(loss=0.001))
-        cut = mean_frame_sent(lab, "a", "b", 8 * MiB)
+        cut = mean_frames(lab, "a", "b", 8 * MiB)
         lab.set_link("b", Link())
-        whole_again = mean_frame_sent(lab, "a", "b", 8 * MiB)
+        whole_again = mean_frames(lab, "a", "b", 8 * MiB)
         name = lab.name
-    assert cut <= 1514, f"{cut:.0f} bytes a packet with loss"
-    assert whole > 4 * 1514 and whole_again > 4 * 1514, (whole, whole_again)
+    assert cut[1] <= 1514, f"{cut[1]:.0f} bytes a packet reached b with loss"
+    assert cut[0] > 4 * 1514, f"{cut[0]:.0f} bytes a packet left a with loss"
+    for sent, received in (whole, whole_again):
+        assert sent > 4 * 1514 and received > 4 * 1514, (whole, whole_again)
     assert_gone(name)
 
 

@@ -30,6 +30,7 @@ from .plan import (
     BASE_FEATURES,
     CHAIN_HOOK,
     NETWORK,
+    NO_HOST_RULES,
     QUEUE,
     TSO_RTT_LOGS,
     Host,
@@ -37,6 +38,7 @@ from .plan import (
     Names,
     delay_table,
     features,
+    host_rules,
     offloads,
     rules,
     tbf,
@@ -77,7 +79,8 @@ class Lab:
         self._ports: dict[str, int] = {}  # host -> its bridge port's ifindex
         self._delayer: subprocess.Popen[str] | None = None
         self._is_up = False
-        self._segmented = False  # hosts' packets cross the lab a segment each (per-packet loss)
+        self._segmented = False  # packets reach the hosts a segment each (per-packet loss)
+        self._host_rules: dict[str, str] = {}  # host -> the loss rules applied in its namespace
 
     @property
     def name(self) -> str:
@@ -159,6 +162,7 @@ class Lab:
             ns = [self._names.bridge_namespace, *(h.namespace for h in self.hosts.values())]
             leftovers.remove(self.name, ns)
             self._is_up = self._segmented = False
+            self._host_rules.clear()
             _open.discard(self)
 
     def address(self, name: str) -> str:
@@ -204,6 +208,12 @@ class Lab:
         stats = self._link_stats(name)["tx"]
         return int(stats["packets"]), int(stats["bytes"])
 
+    def received(self, name: str) -> tuple[int, int]:
+        """Packets and bytes host NAME has received on its link, as its veth counts them
+        (a GSO packet as one)."""
+        stats = self._link_stats(name)["rx"]
+        return int(stats["packets"]), int(stats["bytes"])
+
     def _link_stats(self, name: str) -> dict[str, dict[str, int]]:
         self._require_up()
         host = self.hosts[name]
@@ -232,15 +242,19 @@ class Lab:
                 run(["tc", "-n", ns, "-force", "-batch", "-"], " ".join(shaping) + "\n")
 
     def _apply(self) -> None:
-        """Make the bridge's rules, the delayer's table and the hosts' packet sizes what
-        the links say."""
+        """Make the bridge's rules, the delayer's table, the hosts' loss rules and the
+        bridge's packet sizes what the links say."""
         bridge_ns = self._names.bridge_namespace
         segmented = any(link.loss > 0 for link in self._links.values())
         if segmented != self._segmented:
             for host in self.hosts.values():
-                ethtool = ["ethtool", "-K", host.link, *offloads(segmented)]
-                run(in_namespace(host.namespace, ethtool))
+                run(in_namespace(bridge_ns, ["ethtool", "-K", host.port, *offloads(segmented)]))
             self._segmented = segmented
+        for name, host in self.hosts.items():
+            loss = host_rules(name, self.hosts, self._links)
+            if loss != self._host_rules.get(name, NO_HOST_RULES):
+                run(in_namespace(host.namespace, ["iptables-restore", "-w"]), loss)
+                self._host_rules[name] = loss
         if any(link.delay > 0 for link in self._links.values()):
             delayer = self._delayer or self._start_delayer()
             assert delayer.stdin is not None

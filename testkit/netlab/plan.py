@@ -16,18 +16,25 @@ link adds.
 Packets. A host's TCP hands its veth GSO packets of up to 64 KiB, which cross the lab
 whole: tbf counts their bytes, and the delayer holds each as one packet (cheap). Loss
 cannot be per 1500-byte packet that way (one drop would lose up to 45 of them), so while
-any link of a lab has loss, every host's veth does no segmentation offload (`ethtool -K
-tso off tx-udp-segmentation off`): TCP still builds its large packets, and the kernel
-cuts each into segments as it leaves the host (software GSO), as a NIC would on the
-wire; the segments cross the bridge, its loss rules and the delayer one by one.
-(Cutting what TCP builds instead, `gso_max_segs 1`, made every host's TCP handle each
-segment: the lab's peers spent about twice the CPU, `docs/benchmarks.md`; coalescing
-what a host receives, `gro on`, bought nothing more.)
+any link of a lab has loss, the bridge's ports do no segmentation offload (`ethtool -K
+tso off tx-udp-segmentation off`): each packet still crosses the bridge, its rules, the
+delayer and the tbfs whole, and the kernel cuts it into segments as it leaves the bridge
+for the host it goes to; the loss then applies segment by segment as they reach that
+host (`host_rules`), as on a wire whose sender's NIC cut them. (Cutting them as they
+left the sender's veth made the bridge, its rules and the delayer, one Python process,
+handle each segment: with loss the delayer spent 26-33 CPU-s a swarm run; cutting what
+TCP builds, `gso_max_segs 1`, also made every host's TCP handle each segment;
+coalescing what a host receives, `gro on`, bought nothing.)
+
+Loss (`host_rules`, in each host's own namespace, the filter table's INPUT chain): a
+segment that reaches host B from host A is dropped at random with A's loss (A's link,
+what A sends) and then with B's (B's link, what B receives), each drawn apart. A
+segment lost on A's link has then crossed B's tbf as well: at the rates of a lab's loss
+(a per cent or less) that costs B's link as much again of its bandwidth, no more.
 
 Rules (the lab's chain, which FORWARD jumps to, in the bridge's namespace, where
 br_netfilter shows bridged packets, matched by bridge port with `physdev`): first a
-cut host's DROPs, then each lossy link's random DROP (`statistic`) for each direction,
-then the NFQUEUE rules sending packets that cross a delayed link to the delayer
+cut host's DROPs, then the NFQUEUE rules sending packets that cross a delayed link to the delayer
 (`--queue-bypass`: with no delayer bound, packets pass undelayed rather than vanish).
 """
 
@@ -161,9 +168,9 @@ def tbf(device: str, rate: float | None, shaped: bool) -> list[str]:
 
 
 def offloads(segmented: bool) -> list[str]:
-    """`ethtool -K DEVICE` arguments for a host's veth: while the lab has loss
+    """`ethtool -K DEVICE` arguments for a bridge port's veth: while the lab has loss
     (SEGMENTED), no segmentation offload, TCP's nor UDP's (`UDP_SEGMENT` senders): each
-    packet leaves as one segment; else a veth's defaults."""
+    packet reaches its host a segment at a time; else a veth's defaults."""
     state = "off" if segmented else "on"
     return ["tso", state, "tx-udp-segmentation", state]
 
@@ -186,14 +193,6 @@ def rules(hosts: Mapping[str, Host], links: Mapping[str, Link], cut: set[str]) -
         lines += [f"-A {CHAIN} -m physdev --physdev-in {port} -j DROP"]
         lines += [f"-A {CHAIN} -m physdev --physdev-out {port} -j DROP"]
     for name, host in hosts.items():
-        loss = links[name].loss
-        if loss > 0:
-            for way in ("in", "out"):
-                lines.append(
-                    f"-A {CHAIN} -m physdev --physdev-{way} {host.port} -m statistic"
-                    f" --mode random --probability {loss:.6f} -j DROP"
-                )
-    for name, host in hosts.items():
         if links[name].delay > 0:
             for way in ("in", "out"):
                 lines.append(
@@ -201,6 +200,27 @@ def rules(hosts: Mapping[str, Host], links: Mapping[str, Link], cut: set[str]) -
                     f" -j NFQUEUE --queue-num {QUEUE} --queue-bypass"
                 )
     return "\n".join([*lines, "COMMIT", ""])
+
+
+NO_HOST_RULES = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"  # a new namespace's filter table
+
+
+def host_rules(name: str, hosts: Mapping[str, Host], links: Mapping[str, Link]) -> str:
+    """Host NAME's loss rules, as `iptables-restore` input for its own namespace (the
+    whole filter table: the lab owns it): what reaches it from a host with a lossy link
+    is dropped at random with that link's loss, then with NAME's own link's."""
+    link = hosts[name].link
+    lines = ["*filter", ":INPUT ACCEPT [0:0]"]
+    for other, host in hosts.items():
+        if other != name and links[other].loss > 0:
+            lines.append(f"-A INPUT -i {link} -s {host.address} {_dropped(links[other].loss)}")
+    if links[name].loss > 0:
+        lines.append(f"-A INPUT -i {link} {_dropped(links[name].loss)}")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _dropped(loss: float) -> str:
+    return f"-m statistic --mode random --probability {loss:.6f} -j DROP"
 
 
 def delay_table(ports: Mapping[str, int], links: Mapping[str, Link]) -> str:
