@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from conftest import cli_env
@@ -23,7 +24,7 @@ from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_
 from testkit.netlab.lab import TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
 from testkit.netlab.measure import datagrams, goodput, round_trips
-from testkit.netlab.plan import features, tbf
+from testkit.netlab.plan import Names, features, host_loss, tbf
 from testkit.netlab.system import shortfall
 
 MiB = 2**20
@@ -110,19 +111,25 @@ def test_loss_applies_and_a_cut_host_hears_nothing_until_healed(untouched_root: 
     assert_gone(name)
 
 
-def mean_frames(lab: Lab, src: str, dst: str, nbytes: int) -> tuple[float, float]:
-    """The mean size of the packets SRC's link carries from SRC and DST's link to DST
-    while SRC sends DST NBYTES over TCP (what their veths count: a GSO packet whole, or
-    each segment)."""
-    packets, sent = lab.sent(src)
-    packets_in, received = lab.received(dst)
+class Frames(NamedTuple):
+    """While SRC sends DST bytes over TCP: the mean size of the packets SRC's veth sends
+    and DST's receives (a GSO packet counts once, a segment once), and how many packets
+    DST's link carries back (TCP's acknowledgements)."""
+
+    sent: float
+    received: float
+    received_packets: int
+    acknowledgements: int
+
+
+def frames(lab: Lab, src: str, dst: str, nbytes: int) -> Frames:
+    before = lab.sent(src), lab.received(dst), lab.sent(dst)
     goodput(lab, src, dst, nbytes)
-    packets_after, sent_after = lab.sent(src)
-    packets_in_after, received_after = lab.received(dst)
-    return (
-        (sent_after - sent) / (packets_after - packets),
-        (received_after - received) / (packets_in_after - packets_in),
+    after = lab.sent(src), lab.received(dst), lab.sent(dst)
+    (packets, sent), (packets_in, received), (acks, _) = (
+        (a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)
     )
+    return Frames(sent / packets, received / packets_in, packets_in, acks)
 
 
 @needs_lab
@@ -130,20 +137,22 @@ def test_while_a_link_has_loss_segments_reach_their_host_one_a_packet(
     untouched_root: None,
 ) -> None:
     """Loss is per 1500-byte packet: while any link has loss, TCP's segments reach their
-    host one a packet (cut as they leave the bridge, where the loss then applies), and
-    they cross the bridge and the delayer as GSO packets of many segments, as they do
-    without loss."""
+    host one a packet (cut as they leave the bridge; the loss applies to each), and the
+    host puts them together again before its TCP (GRO), which acknowledges them as it
+    does GSO packets: a few acknowledgements, not one every second segment. Packets
+    cross the bridge (its rules, its delayer) as GSO packets, as they do without loss."""
     with Lab(["a", "b"]) as lab:
-        whole = mean_frames(lab, "a", "b", 8 * MiB)
+        whole = frames(lab, "a", "b", 8 * MiB)
         lab.set_link("b", Link(loss=0.001))
-        cut = mean_frames(lab, "a", "b", 8 * MiB)
+        cut = frames(lab, "a", "b", 8 * MiB)
         lab.set_link("b", Link())
-        whole_again = mean_frames(lab, "a", "b", 8 * MiB)
+        whole_again = frames(lab, "a", "b", 8 * MiB)
         name = lab.name
-    assert cut[1] <= 1514, f"{cut[1]:.0f} bytes a packet reached b with loss"
-    assert cut[0] > 4 * 1514, f"{cut[0]:.0f} bytes a packet left a with loss"
-    for sent, received in (whole, whole_again):
-        assert sent > 4 * 1514 and received > 4 * 1514, (whole, whole_again)
+    assert cut.received <= 1514, f"{cut.received:.0f} bytes a packet reached b with loss"
+    assert cut.sent > 4 * 1514, f"{cut.sent:.0f} bytes a packet left a with loss"
+    assert cut.acknowledgements * 8 < cut.received_packets, cut
+    for seen in (whole, whole_again):
+        assert seen.sent > 4 * 1514 and seen.received > 4 * 1514, (whole, whole_again)
     assert_gone(name)
 
 
@@ -175,14 +184,16 @@ def test_a_lab_sets_its_hosts_tcp_tso_rtt_log(untouched_root: None) -> None:
 @needs_lab
 def test_changing_one_link_leaves_the_others_packets_alone(untouched_root: None) -> None:
     """Packets held by the delayer or queued by tbf survive changes to other links (a
-    rewritten FORWARD chain, or a replaced qdisc, would drop them)."""
-    with Lab(["a", "b", "c"], link=Link(up=1 * MiB, down=1 * MiB, delay=0.05)) as lab:
+    rewritten FORWARD chain, or a replaced qdisc, would drop them), and so do packets
+    reaching a host whose loss program is replaced (c's loss is every host's)."""
+    link = Link(up=1 * MiB, down=1 * MiB, delay=0.05)
+    with Lab(["a", "b", "c"], link=link, links={"c": Link(loss=0.5)}) as lab:
         stop = threading.Event()
 
         def churn() -> None:
             for rate in itertools.cycle([2 * MiB, 1 * MiB]):
                 lab.cut("c")
-                lab.set_link("c", Link(up=rate, delay=0.01, loss=0.5))
+                lab.set_link("c", Link(up=rate, delay=0.01, loss=rate / MiB / 4))
                 lab.heal("c")
                 lab.set_link("a", Link(up=rate, down=rate, delay=0.05))
                 if stop.wait(0.02):
@@ -294,6 +305,7 @@ def test_check_names_what_the_kernel_offers() -> None:
     )
     assert offered["qdisc tbf"] == "yes" and offered["iptables NFQUEUE"] == "yes"
     assert offered["nfnetlink_queue"] == "yes" and offered["veth tso off"] == "yes"
+    assert offered["veth xdp"] == "yes" and offered["veth gro"] == "yes"
     assert "qdisc netem" in offered
 
 
@@ -331,11 +343,23 @@ def test_each_setting_names_the_kernel_feature_it_needs() -> None:
     assert features(Link()) == {}
     assert set(features(Link(down=MiB, loss=0.1, delay=0.01))) == {
         "qdisc tbf",
-        "iptables statistic",
+        "veth xdp",
         "veth tso off",
+        "veth gro",
         "iptables NFQUEUE",
         "nfnetlink_queue",
     }
+
+
+def test_a_host_drops_with_the_loss_of_both_links_a_packet_crossed() -> None:
+    hosts = Names.new("dfl").hosts(["a", "b", "c"])
+    links = {"a": Link(loss=0.1), "b": Link(), "c": Link(loss=0.5)}
+    own, senders = host_loss("b", hosts, links)
+    assert own == 0.0
+    assert senders == {hosts["a"].address: pytest.approx(0.1), hosts["c"].address: 0.5}
+    own, senders = host_loss("a", hosts, links)
+    assert own == 0.1 and senders == {hosts["c"].address: pytest.approx(1 - 0.9 * 0.5)}
+    assert host_loss("b", hosts, dict.fromkeys(hosts, Link())) == (0.0, {})
 
 
 def test_shaping_sets_the_wire_rate_above_the_goodput() -> None:

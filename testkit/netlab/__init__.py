@@ -1,5 +1,5 @@
 """The network lab: hosts as network namespaces on an isolated bridge, each host's link
-shaped (tc tbf), delayed (an NFQUEUE delayer), lossy (iptables statistic) or cut, for
+shaped (tc tbf), delayed (an NFQUEUE delayer), lossy (an XDP program) or cut, for
 the tests and benchmarks that need a network slower and worse than loopback.
 
     with Lab(["a", "b", "c"], link=Link(up=8 * MiB, down=8 * MiB, delay=0.005)) as lab:

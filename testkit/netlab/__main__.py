@@ -11,11 +11,13 @@ from .system import LabError, check, require_lab
 
 # What a missing feature means for the lab.
 MEANING = {
-    "qdisc netem": "instead: no netem: delay comes from the NFQUEUE delayer, loss from iptables",
+    "qdisc netem": "instead: no netem: delay comes from the NFQUEUE delayer, loss from XDP",
     "qdisc tbf": "cannot: no tbf: links cannot be shaped",
     "br_netfilter per namespace": "cannot: no per-namespace br_netfilter: no loss, delay or cut",
     "iptables physdev": "cannot: no physdev match: no loss, delay or cut",
-    "iptables statistic": "cannot: no statistic match: no loss",
+    "veth xdp": "cannot: no XDP on a veth (bpf(2), native mode): no loss",
+    "veth tso off": "cannot: a veth's segmentation offload stays on: no loss",
+    "veth gro": "cannot: no GRO on a veth: no loss",
     "iptables NFQUEUE": "cannot: no NFQUEUE: no delay",
     "nfnetlink_queue": "cannot: no nfnetlink_queue: no delay",
 }

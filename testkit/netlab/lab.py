@@ -30,20 +30,21 @@ from .plan import (
     BASE_FEATURES,
     CHAIN_HOOK,
     NETWORK,
-    NO_HOST_RULES,
     QUEUE,
     TSO_RTT_LOGS,
     Host,
     Link,
     Names,
+    coalescing,
     delay_table,
     features,
-    host_rules,
+    host_loss,
     offloads,
     rules,
     tbf,
 )
 from .system import BRIDGE_NF, LabError, in_namespace, offered, require_lab, run
+from .xdp import XdpError, set_loss
 
 DELAYER = Path(__file__).with_name("delayer.py")
 DELAYER_START = 10.0
@@ -80,7 +81,7 @@ class Lab:
         self._delayer: subprocess.Popen[str] | None = None
         self._is_up = False
         self._segmented = False  # packets reach the hosts a segment each (per-packet loss)
-        self._host_rules: dict[str, str] = {}  # host -> the loss rules applied in its namespace
+        self._losses: dict[str, tuple[float, dict[str, float]]] = {}  # host -> its XDP's
 
     @property
     def name(self) -> str:
@@ -162,7 +163,7 @@ class Lab:
             ns = [self._names.bridge_namespace, *(h.namespace for h in self.hosts.values())]
             leftovers.remove(self.name, ns)
             self._is_up = self._segmented = False
-            self._host_rules.clear()
+            self._losses.clear()
             _open.discard(self)
 
     def address(self, name: str) -> str:
@@ -242,19 +243,22 @@ class Lab:
                 run(["tc", "-n", ns, "-force", "-batch", "-"], " ".join(shaping) + "\n")
 
     def _apply(self) -> None:
-        """Make the bridge's rules, the delayer's table, the hosts' loss rules and the
-        bridge's packet sizes what the links say."""
+        """Make the bridge's rules, the delayer's table, the hosts' loss (their XDP
+        programs) and the packet sizes crossing the bridge what the links say."""
         bridge_ns = self._names.bridge_namespace
         segmented = any(link.loss > 0 for link in self._links.values())
-        if segmented != self._segmented:
-            for host in self.hosts.values():
-                run(in_namespace(bridge_ns, ["ethtool", "-K", host.port, *offloads(segmented)]))
-            self._segmented = segmented
+        if segmented and not self._segmented:
+            self._segment(True)
         for name, host in self.hosts.items():
-            loss = host_rules(name, self.hosts, self._links)
-            if loss != self._host_rules.get(name, NO_HOST_RULES):
-                run(in_namespace(host.namespace, ["iptables-restore", "-w"]), loss)
-                self._host_rules[name] = loss
+            loss = host_loss(name, self.hosts, self._links)
+            if loss != self._losses.get(name, (0.0, {})):
+                try:
+                    set_loss(host.namespace, host.link, *loss)
+                except XdpError as exc:
+                    raise LabError(f"loss on {name}'s link: {exc}") from exc
+                self._losses[name] = loss
+        if self._segmented and not segmented:  # (after the XDP programs are gone: a veth
+            self._segment(False)  # whose peer has one sends no GSO packets)
         if any(link.delay > 0 for link in self._links.values()):
             delayer = self._delayer or self._start_delayer()
             assert delayer.stdin is not None
@@ -265,6 +269,15 @@ class Lab:
                 raise LabError(f"the delayer has exited ({delayer.poll()})") from exc
         table = rules(self.hosts, self._links, self._cut)
         run(in_namespace(bridge_ns, ["iptables-restore", "-w", "--noflush"]), table)
+
+    def _segment(self, segmented: bool) -> None:
+        """Whether packets reach the hosts a segment at a time (and are put together
+        again there), or whole."""
+        for host in self.hosts.values():
+            ethtool = ["ethtool", "-K", host.port, *offloads(segmented)]
+            run(in_namespace(self._names.bridge_namespace, ethtool))
+            run(in_namespace(host.namespace, ["ethtool", "-K", host.link, *coalescing(segmented)]))
+        self._segmented = segmented
 
     def _start_delayer(self) -> subprocess.Popen[str]:
         argv = in_namespace(self._names.bridge_namespace, [sys.executable, str(DELAYER)])

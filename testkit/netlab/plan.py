@@ -17,20 +17,23 @@ Packets. A host's TCP hands its veth GSO packets of up to 64 KiB, which cross th
 whole: tbf counts their bytes, and the delayer holds each as one packet (cheap). Loss
 cannot be per 1500-byte packet that way (one drop would lose up to 45 of them), so while
 any link of a lab has loss, the bridge's ports do no segmentation offload (`ethtool -K
-tso off tx-udp-segmentation off`): each packet still crosses the bridge, its rules, the
-delayer and the tbfs whole, and the kernel cuts it into segments as it leaves the bridge
-for the host it goes to; the loss then applies segment by segment as they reach that
-host (`host_rules`), as on a wire whose sender's NIC cut them. (Cutting them as they
-left the sender's veth made the bridge, its rules and the delayer, one Python process,
-handle each segment: with loss the delayer spent 26-33 CPU-s a swarm run; cutting what
-TCP builds, `gso_max_segs 1`, also made every host's TCP handle each segment;
-coalescing what a host receives, `gro on`, bought nothing.)
+tso off tx-udp-segmentation off`, `offloads`): each packet still crosses the bridge,
+its rules, the delayer and the tbfs whole, and the kernel cuts it into segments as it
+leaves the bridge for the host it goes to. There the host's XDP program drops segments
+at random (`host_loss`, `xdp.py`), and GRO (`coalescing`) puts together what is left
+for the host's TCP, as a NIC does after a lossy wire: TCP acknowledges a coalesced
+packet once, as it does a GSO packet, instead of every second segment, each
+acknowledgement another packet through the delayer. (Cutting packets as they left
+the sender's veth made the bridge, its rules and the delayer, one Python process,
+handle each segment and each acknowledgement of two: 26-33 CPU-s of the delayer in a
+lossy swarm run; cutting what TCP builds, `gso_max_segs 1`, also made every host's TCP
+handle each segment.)
 
-Loss (`host_rules`, in each host's own namespace, the filter table's INPUT chain): a
-segment that reaches host B from host A is dropped at random with A's loss (A's link,
-what A sends) and then with B's (B's link, what B receives), each drawn apart. A
-segment lost on A's link has then crossed B's tbf as well: at the rates of a lab's loss
-(a per cent or less) that costs B's link as much again of its bandwidth, no more.
+Loss (`host_loss`): a segment that reaches host B from host A is dropped with A's loss
+(A's link, what A sends) or B's (B's link, what B receives), drawn as one: 1 - (1 -
+p_A)(1 - p_B). A segment lost on A's link has then crossed B's tbf as well: at the
+rates of a lab's loss (a per cent or less) that costs B's link that share of its
+bandwidth, no more.
 
 Rules (the lab's chain, which FORWARD jumps to, in the bridge's namespace, where
 br_netfilter shows bridged packets, matched by bridge port with `physdev`): first a
@@ -89,7 +92,7 @@ def features(link: Link) -> dict[str, str]:
     if link.up is not None or link.down is not None:
         needed["qdisc tbf"] = "a rate"
     if link.loss > 0:
-        needed["iptables statistic"] = needed["veth tso off"] = "loss"
+        needed["veth xdp"] = needed["veth tso off"] = needed["veth gro"] = "loss"
     if link.delay > 0:
         needed["iptables NFQUEUE"] = needed["nfnetlink_queue"] = "a delay"
     return needed
@@ -175,6 +178,13 @@ def offloads(segmented: bool) -> list[str]:
     return ["tso", state, "tx-udp-segmentation", state]
 
 
+def coalescing(segmented: bool) -> list[str]:
+    """`ethtool -K DEVICE` arguments for a host's veth: while the lab has loss
+    (SEGMENTED), GRO, which puts together again what the loss left of each packet for
+    the host's TCP; else a veth's default (none: its packets come whole)."""
+    return ["gro", "on" if segmented else "off"]
+
+
 TSO_RTT_LOGS = range(32)  # the values a host's net.ipv4.tcp_tso_rtt_log may take
 
 
@@ -202,25 +212,18 @@ def rules(hosts: Mapping[str, Host], links: Mapping[str, Link], cut: set[str]) -
     return "\n".join([*lines, "COMMIT", ""])
 
 
-NO_HOST_RULES = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"  # a new namespace's filter table
-
-
-def host_rules(name: str, hosts: Mapping[str, Host], links: Mapping[str, Link]) -> str:
-    """Host NAME's loss rules, as `iptables-restore` input for its own namespace (the
-    whole filter table: the lab owns it): what reaches it from a host with a lossy link
-    is dropped at random with that link's loss, then with NAME's own link's."""
-    link = hosts[name].link
-    lines = ["*filter", ":INPUT ACCEPT [0:0]"]
-    for other, host in hosts.items():
-        if other != name and links[other].loss > 0:
-            lines.append(f"-A INPUT -i {link} -s {host.address} {_dropped(links[other].loss)}")
-    if links[name].loss > 0:
-        lines.append(f"-A INPUT -i {link} {_dropped(links[name].loss)}")
-    return "\n".join([*lines, "COMMIT", ""])
-
-
-def _dropped(loss: float) -> str:
-    return f"-m statistic --mode random --probability {loss:.6f} -j DROP"
+def host_loss(
+    name: str, hosts: Mapping[str, Host], links: Mapping[str, Link]
+) -> tuple[float, dict[str, float]]:
+    """What host NAME drops of what reaches it (its XDP program, `xdp.py`): its own
+    link's loss, and for each sender whose link has loss, by its address, the chance
+    of either: 1 - (1 - the sender's) * (1 - NAME's own)."""
+    own = links[name].loss
+    return own, {
+        host.address: 1 - (1 - links[other].loss) * (1 - own)
+        for other, host in hosts.items()
+        if other != name and links[other].loss > 0
+    }
 
 
 def delay_table(ports: Mapping[str, int], links: Mapping[str, Link]) -> str:

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .plan import offloads
+from .plan import coalescing, offloads
+from .xdp import XdpError, set_loss
 
 TOOLS = ("ip", "tc", "iptables-restore", "iptables", "ethtool")
 TIMEOUT = 30.0
@@ -83,9 +84,9 @@ def offered() -> dict[str, bool]:
 
 def check() -> dict[str, bool]:
     """What the kernel offers the lab, probed in a scratch namespace: each qdisc kind,
-    turning a veth's segmentation offload off, iptables' physdev and statistic matches,
-    NFQUEUE (the target, and a queue bound over nfnetlink_queue), br_netfilter per
-    namespace."""
+    turning a veth's segmentation offload off and its GRO on, the lab's XDP loss program
+    on a veth, iptables' physdev match, NFQUEUE (the target, and a queue bound over
+    nfnetlink_queue), br_netfilter per namespace."""
     require_lab()
     scratch = f"dflcheck-{secrets.token_hex(3)}"
     run(["ip", "netns", "add", scratch])
@@ -113,6 +114,12 @@ def _probe(ns: str) -> dict[str, bool]:
         )
     found["qdisc clsact"] = attempt(["tc", "-n", ns, "qdisc", "add", "dev", "probe1", "clsact"])
     found["veth tso off"] = attempt(in_namespace(ns, ["ethtool", "-K", "probe0", *offloads(True)]))
+    found["veth gro"] = attempt(in_namespace(ns, ["ethtool", "-K", "probe1", *coalescing(True)]))
+    try:
+        set_loss(ns, "probe1", 0.5, {"198.18.0.1": 0.75})
+        found["veth xdp"] = True
+    except XdpError:
+        found["veth xdp"] = False
     # Per namespace since Linux 5.3: setting it in the bridge's namespace leaves the
     # machine's own bridges alone.
     release = tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
@@ -121,7 +128,6 @@ def _probe(ns: str) -> dict[str, bool]:
     )
     for name, rule in {
         "iptables physdev": "-m physdev --physdev-in probe0 -j ACCEPT",
-        "iptables statistic": "-m statistic --mode random --probability 0.5 -j DROP",
         "iptables NFQUEUE": "-j NFQUEUE --queue-num 0 --queue-bypass",
     }.items():
         table = f"*filter\n-A FORWARD {rule}\nCOMMIT\n"
