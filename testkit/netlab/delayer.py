@@ -51,7 +51,7 @@ MAX_LATE = 0.002
 VERDICT_SIZE = 32  # one verdict message: netlink and nfgen heads, one attribute
 SEND_MAX = 2048 * VERDICT_SIZE  # verdicts a send, well under the socket's send buffer
 
-_NLMSGHDR = struct.Struct("=IHHII")
+NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("!BBH")
 _ATTR = struct.Struct("=HH")
 
@@ -59,17 +59,29 @@ _ATTR = struct.Struct("=HH")
 def _message(msg_type: int, queue: int, attrs: bytes, flags: int = NLM_F_REQUEST) -> bytes:
     body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, queue) + attrs
     kind = (NFNL_SUBSYS_QUEUE << 8) | msg_type
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, 0, 0) + body
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, 0, 0) + body
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attribute(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute (its head in host order), padded to 4 bytes."""
     pad = b"\0" * (-len(payload) % 4)
     return _ATTR.pack(_ATTR.size + len(payload), kind) + payload + pad
 
 
+def request(sock: socket.socket, message: bytes, what: str, error: type[OSError] = OSError) -> None:
+    """Send MESSAGE (asking for an acknowledgement) and read the kernel's answer; ERROR
+    naming WHAT if it refused."""
+    sock.send(message)
+    reply = sock.recv(65536)
+    _, kind, _, _, _ = NLMSGHDR.unpack_from(reply)
+    (errno,) = struct.unpack_from("=i", reply, NLMSGHDR.size)
+    if kind == NLMSG_ERROR and errno != 0:
+        raise error(-errno, f"{what}: {os.strerror(-errno)}")
+
+
 def _verdict(queue: int, packet_id: int, batch: bool) -> bytes:
     kind = (NFNL_SUBSYS_QUEUE << 8) | (NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT)
-    hdr = _NLMSGHDR.pack(_NLMSGHDR.size + 4 + 12, kind, NLM_F_REQUEST, 0, 0)
+    hdr = NLMSGHDR.pack(NLMSGHDR.size + 4 + 12, kind, NLM_F_REQUEST, 0, 0)
     return (
         hdr
         + _NFGENMSG.pack(socket.AF_UNSPEC, 0, queue)
@@ -82,26 +94,22 @@ def bind(sock: socket.socket, queue: int) -> None:
     """Bind SOCK to netfilter queue QUEUE: metadata only, a long queue, fail open (the
     kernel lets packets through rather than drop them if the queue is full), and GSO
     packets kept whole (we never read the payload)."""
-    cmd = _attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0))
-    params = _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
-    maxlen = _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
+    cmd = attribute(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0))
+    params = attribute(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+    maxlen = attribute(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
     wanted = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO
-    flags = _attr(NFQA_CFG_MASK, struct.pack("!I", wanted)) + _attr(
+    flags = attribute(NFQA_CFG_MASK, struct.pack("!I", wanted)) + attribute(
         NFQA_CFG_FLAGS, struct.pack("!I", wanted)
     )
     for attrs in (cmd, params + maxlen + flags):
-        sock.send(_message(NFQNL_MSG_CONFIG, queue, attrs, NLM_F_REQUEST | NLM_F_ACK))
-        reply = sock.recv(65536)
-        _, kind, _, _, _ = _NLMSGHDR.unpack_from(reply)
-        (error,) = struct.unpack_from("=i", reply, _NLMSGHDR.size)
-        if kind == NLMSG_ERROR and error != 0:
-            raise OSError(-error, f"nfnetlink_queue config of queue {queue}: {os.strerror(-error)}")
+        message = _message(NFQNL_MSG_CONFIG, queue, attrs, NLM_F_REQUEST | NLM_F_ACK)
+        request(sock, message, f"nfnetlink_queue config of queue {queue}")
 
 
 # The usual packet message of a bridged IPv4 packet: NFQA_PACKET_HDR, INDEV, PHYSINDEV,
 # OUTDEV, PHYSOUTDEV, ... (the attribute heads in host order, their values big-endian).
 _USUAL = struct.Struct("!2xHI14xHI10xHI")
-_USUAL_AT = _NLMSGHDR.size + _NFGENMSG.size
+_USUAL_AT = NLMSGHDR.size + _NFGENMSG.size
 _USUAL_KINDS = tuple(
     struct.unpack("!H", struct.pack("=H", kind))[0]
     for kind in (NFQA_PACKET_HDR, NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV)
@@ -126,13 +134,13 @@ def parse_packets(buf: memoryview, size: int) -> list[tuple[int, int, int]]:
     BUF[:SIZE] (0 for an interface the kernel did not name)."""
     packets = []
     offset = 0
-    while offset + _NLMSGHDR.size <= size:
-        length, kind, _, _, _ = _NLMSGHDR.unpack_from(buf, offset)
-        if length < _NLMSGHDR.size:
+    while offset + NLMSGHDR.size <= size:
+        length, kind, _, _, _ = NLMSGHDR.unpack_from(buf, offset)
+        if length < NLMSGHDR.size:
             break
         if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
             packet_id = phys_in = phys_out = 0
-            at, end = offset + _NLMSGHDR.size + _NFGENMSG.size, offset + length
+            at, end = offset + NLMSGHDR.size + _NFGENMSG.size, offset + length
             while at + _ATTR.size <= end:
                 attr_len, attr_kind = _ATTR.unpack_from(buf, at)
                 if attr_len < _ATTR.size:

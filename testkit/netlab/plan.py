@@ -37,8 +37,9 @@ bandwidth, no more.
 
 Rules (the lab's chain, which FORWARD jumps to, in the bridge's namespace, where
 br_netfilter shows bridged packets, matched by bridge port with `physdev`): first a
-cut host's DROPs, then the NFQUEUE rules sending packets that cross a delayed link to the delayer
-(`--queue-bypass`: with no delayer bound, packets pass undelayed rather than vanish).
+cut host's DROPs, then the NFQUEUE rules sending packets that cross a delayed link to
+the delayer (`--queue-bypass`: with no delayer bound, packets pass undelayed rather than
+vanish).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The lab's dealings with the system: running `ip`, `tc`, `iptables` and `ethtool` (their failures
-become LabError with what they said), and finding out what the kernel offers, in a
-scratch namespace that is removed at once (`check`, `require_lab`)."""
+"""The lab's dealings with the system: running `ip`, `tc`, `iptables` and `ethtool`
+(their failures become LabError with what they said), and finding out what the kernel
+offers, in a scratch namespace that is removed at once (`check`, `require_lab`)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ namespace removes both.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import socket
@@ -29,6 +30,8 @@ import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+
+from .delayer import NLM_F_ACK, NLM_F_REQUEST, NLMSGHDR, attribute, request
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())  # bpf(2)
@@ -38,7 +41,7 @@ _BPF_GET_PRANDOM_U32 = 7
 _XDP_DROP, _XDP_PASS = 1, 2
 _CLONE_NEWNET = 0x40000000
 _NETNS = Path("/run/netns")
-_RTM_SETLINK, _NLM_F_REQUEST, _NLM_F_ACK, _NLMSG_ERROR = 19, 1, 4, 2
+_RTM_SETLINK = 19
 _IFLA_XDP, _IFLA_XDP_FD, _IFLA_XDP_FLAGS, _NLA_F_NESTED = 43, 1, 3, 0x8000
 _XDP_FLAGS_DRV_MODE = 4  # veth's own XDP, ahead of its GRO (generic XDP runs after it)
 _ETH_P_IP = 0x0008  # 0x0800 as a little-endian load reads it
@@ -72,8 +75,9 @@ def address_key(address: str) -> int:
 def program(own: float, sources: Mapping[str, float]) -> bytes:
     """The BPF instructions: a packet from an address in SOURCES is dropped with that
     probability, any other IPv4 packet with OWN; anything not IPv4 passes."""
-    # r1 holds the xdp_md context: data at +0, data_end at +4 (u32 each). `None` marks
-    # a jump to `pass`, whose place is known once everything is counted.
+    # r1 holds the xdp_md context: data at +0, data_end at +4 (u32 each). A tuple
+    # (opcode, dst, src, imm) is a jump to `pass`, whose place is known once everything
+    # is counted.
     code: list[bytes | tuple[int, int, int, int]] = [
         _insn(0x61, 2, 1, 0),  # r2 = ctx->data
         _insn(0x61, 3, 1, 4),  # r3 = ctx->data_end
@@ -130,9 +134,9 @@ def load(code: bytes) -> int:
     buffer = ctypes.create_string_buffer(attr, 128)
     fd = int(_libc.syscall(_NR_BPF, _BPF_PROG_LOAD, buffer, len(buffer)))
     if fd < 0:
-        errno = ctypes.get_errno()
+        refused = ctypes.get_errno()
         said = log.value.decode(errors="replace").strip()[-1500:]
-        raise XdpError(errno, f"loading the lab's XDP program: {os.strerror(errno)}: {said}")
+        raise XdpError(refused, f"loading the lab's XDP program: {os.strerror(refused)}: {said}")
     return fd
 
 
@@ -145,8 +149,8 @@ def attach(namespace: str, device: str, fd: int) -> None:
         try:
             with open(_NETNS / namespace, "rb") as handle:
                 if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise XdpError(errno, f"setns {namespace}: {os.strerror(errno)}")
+                    code = ctypes.get_errno()
+                    raise XdpError(code, f"setns {namespace}: {os.strerror(code)}")
             _set_link_xdp(device, fd)
         except BaseException as exc:  # (handed to the caller's thread)
             failure.append(exc)
@@ -161,27 +165,21 @@ def attach(namespace: str, device: str, fd: int) -> None:
 
 
 def _set_link_xdp(device: str, fd: int) -> None:
-    index = socket.if_nametoindex(device)
-    nested = _attr(_IFLA_XDP_FD, struct.pack("=i", fd))
+    nested = attribute(_IFLA_XDP_FD, struct.pack("=i", fd))
     if fd >= 0:
-        nested += _attr(_IFLA_XDP_FLAGS, struct.pack("=I", _XDP_FLAGS_DRV_MODE))
+        nested += attribute(_IFLA_XDP_FLAGS, struct.pack("=I", _XDP_FLAGS_DRV_MODE))
+    try:
+        index = socket.if_nametoindex(device)
+    except OSError as exc:
+        raise XdpError(errno.ENODEV, f"XDP on {device}: no such device") from exc
     body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)
-    body += _attr(_IFLA_XDP | _NLA_F_NESTED, nested)
-    flags = _NLM_F_REQUEST | _NLM_F_ACK
-    message = struct.pack("=IHHII", 16 + len(body), _RTM_SETLINK, flags, 1, 0) + body
+    body += attribute(_IFLA_XDP | _NLA_F_NESTED, nested)
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    message = NLMSGHDR.pack(NLMSGHDR.size + len(body), _RTM_SETLINK, flags, 1, 0) + body
+    what = f"{'attaching' if fd >= 0 else 'removing'} XDP on {device}"
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        sock.send(message)
-        reply = sock.recv(65536)
-    _, kind, _, _, _ = struct.unpack_from("=IHHII", reply)
-    (error,) = struct.unpack_from("=i", reply, 16)
-    if kind == _NLMSG_ERROR and error != 0:
-        what = "attaching" if fd >= 0 else "removing"
-        raise XdpError(-error, f"{what} XDP on {device}: {os.strerror(-error)}")
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+        request(sock, message, what, XdpError)
 
 
 def set_loss(namespace: str, device: str, own: float, sources: Mapping[str, float]) -> None:
@@ -190,7 +188,7 @@ def set_loss(namespace: str, device: str, own: float, sources: Mapping[str, floa
     if not own and not any(sources.values()):
         attach(namespace, device, -1)
         return
-    fd = load(program(own, {address: loss for address, loss in sources.items() if loss}))
+    fd = load(program(own, sources))
     try:
         attach(namespace, device, fd)
     finally:
