@@ -85,6 +85,21 @@ async def send_whole(
         return good
 
 
+async def finished_small(blob: Blob, at_most: int) -> bool:
+    """Wait for a download that may be a small file: True once it is complete, False
+    as soon as it is known not to be one (its length is over `at_most`, or bytes
+    arrive before any length: an origin that names none). Streaming it as it fills in
+    (`stream_download`) gains nothing for a file that soon complete, and costs the
+    client a copy of every byte through the socket. Raises BlobUnavailable if the
+    download fails first."""
+    while not blob.complete:
+        blob.raise_if_failed()
+        if blob.length is None and blob.filled or (blob.length or 0) > at_most:
+            return False
+        await blob.wait_changed()
+    return True
+
+
 async def pass_whole(reply: Reply, blob: Blob, headers: list[tuple[str, str]]) -> None:
     """Answer 200 passing a complete URL download's file descriptor instead of its bytes
     (`Reply.pass_file`: dfget copies it in the kernel); its file is checked before it is

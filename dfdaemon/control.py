@@ -7,12 +7,13 @@ HTTP/1.1 over the Unix socket, JSON in and out:
 - `POST /v1/downloads` with `{"url", "headers": [[name, value]...], "digest", "tag",
   "filter"}` → `200` and the file's bytes (`x-dfdaemon-key` names the download), or an
   error `{"error", "exit", "status"}` whose `exit` is dfget's exit code for it. A
-  request with `X-Dfget-Take-File: 1` for a URL download the daemon holds complete gets
-  the file's open, read-only descriptor instead, attached to the answer's head
-  (SCM_RIGHTS), `x-dfdaemon-file: LENGTH` and no body: dfget copies it in the kernel.
+  request with `X-Dfget-Take-File: 1` for a URL download the daemon holds complete, or
+  one of at most PASS_AT_MOST bytes that completes while dfget waits, gets the file's
+  open, read-only descriptor instead, attached to the answer's head (SCM_RIGHTS),
+  `x-dfdaemon-file: LENGTH` and no body: dfget copies it in the kernel.
 - `GET /v1/downloads/KEY` → where its bytes came from (`from_cdn`, `from_peers`,
-  `from_source`, `cached`...). A download the daemon held complete before it was asked
-  for has the same object in the answer's `x-dfdaemon-summary` header already.
+  `from_source`, `cached`...). A download complete before its answer started has the
+  same object in the answer's `x-dfdaemon-summary` header already.
 
 A download named by its digest (a sha256 blob of the cache shared with the mirror) is
 one only when its URL vouches for that digest: the URL is a registry's blob URL for
@@ -51,7 +52,7 @@ from common.connlimit import ConnectionLimit
 from common.io import serve_limited
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
-from dfdaemon.bodies import pass_whole, send_whole
+from dfdaemon.bodies import finished_small, pass_whole, send_whole
 from dfdaemon.cache import BlobStore
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
@@ -69,6 +70,11 @@ MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path, less its NUL
 SOCKET_NAME = "dfdaemon.sock"
 MAX_REQUEST = 64 * 1024
 KEEP_RESULTS = 1000  # downloads whose result dfget may still ask for
+# A new download at most this long goes to a dfget that can take a file as its
+# descriptor once complete, rather than streamed to it as it arrives (the copy of a
+# file this size in the kernel takes milliseconds; its download through the swarm
+# takes longer).
+PASS_AT_MOST = 16 * 1024 * 1024
 _RESULT_PATH = re.compile(r"/v1/downloads/([0-9a-f]{64})")
 
 
@@ -207,9 +213,10 @@ class ControlApi:
         cached = blob.complete
         digest = blob.digest or ""
         sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else None
-        passing = cached and sha256 is None and request.header("x-dfget-take-file") == "1"
+        taking = request.header("x-dfget-take-file") == "1" and reply.can_pass_files
+        taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
         try:
-            if passing and reply.can_pass_files:  # (a sha256 blob is hashed as it is sent)
+            if taking and (cached or await finished_small(blob, PASS_AT_MOST)):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
             elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
@@ -237,7 +244,7 @@ class ControlApi:
         headers = [("content-type", "application/octet-stream"), ("x-dfdaemon-key", key)]
         if blob.length is not None:
             headers.append(("x-dfdaemon-file" if passed else "content-length", str(blob.length)))
-            if cached:  # known before the first byte: dfget need not ask for it
+            if blob.complete:  # known before the first byte: dfget need not ask for it
                 headers.append(("x-dfdaemon-summary", json.dumps(_summary(blob, cached))))
         return headers
 

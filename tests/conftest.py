@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import json
 import os
 import shutil
 import socket
@@ -368,6 +370,27 @@ def at_rate_limit(nbytes: int, seconds: float, limit: float) -> bool:
     """Whether a transfer timed on the real clock kept to its rate `limit`: never over
     it by more than 10%, and not far under (a busy machine is slower, never faster)."""
     return 0.75 * limit <= nbytes / seconds <= 1.1 * limit
+
+
+def ask_for_file(sock_path: Path, url: str, take_file: bool) -> tuple[bytes, list[int]]:
+    """POST /v1/downloads on the control socket (blocking): the whole answer, and the
+    descriptors that came with it."""
+    body = json.dumps({"url": url}).encode()
+    extra = "X-Dfget-Take-File: 1\r\n" if take_file else ""
+    head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    fds: list[int] = []
+    answer = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(sock_path))
+        sock.sendall(head.encode() + body)
+        while True:
+            data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16))
+            for _, _, payload in ancillary:
+                fds += array.array("i", payload[: len(payload) - len(payload) % 4])
+            if not data:
+                return answer, fds
+            answer += data
 
 
 def flip_byte(path: Path, offset: int, mask: int = 1) -> None:

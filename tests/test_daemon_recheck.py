@@ -8,20 +8,17 @@ download to the daemon without loading trio or an HTTP library."""
 
 from __future__ import annotations
 
-import array
 import base64
 import hashlib
-import json
 import os
 import re
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, flip_byte
+from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, ask_for_file, cli_env, flip_byte
 
 from dfdaemon.app import Daemon
 from dfdaemon.blob import Blob
@@ -285,27 +282,6 @@ async def test_a_url_that_refuses_a_head_is_checked_by_the_supernode(
     assert Path(again.output).read_bytes() == data and again.from_cdn == 0
     asked = asked_since(origin, before)
     assert ("HEAD", False) in asked and any(by_supernode for _, by_supernode in asked)
-
-
-def ask_for_file(sock_path: Path, url: str, take_file: bool) -> tuple[bytes, list[int]]:
-    """POST /v1/downloads on the control socket (blocking): the whole answer, and the
-    descriptors that came with it."""
-    body = json.dumps({"url": url}).encode()
-    extra = "X-Dfget-Take-File: 1\r\n" if take_file else ""
-    head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-    fds: list[int] = []
-    answer = b""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(sock_path))
-        sock.sendall(head.encode() + body)
-        while True:
-            data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16))
-            for _, _, payload in ancillary:
-                fds += array.array("i", payload[: len(payload) - len(payload) % 4])
-            if not data:
-                return answer, fds
-            answer += data
 
 
 async def test_a_kept_file_goes_as_its_descriptor_to_a_client_that_asks(

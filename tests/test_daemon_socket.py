@@ -18,12 +18,14 @@ from conftest import (
     RunningSupernode,
     StartDaemon,
     StartSupernode,
+    ask_for_file,
     beside,
     cli_env,
     flip_byte,
     until,
 )
 
+import dfdaemon.control
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
@@ -95,6 +97,69 @@ async def test_a_file_of_unknown_length_streams_through_the_daemon(
     result = await fetch(origin.url("/chunked.bin"), None, daemon_socket=daemon.socket_path)
     assert Path(result.output).read_bytes() == data
     assert result.daemon == str(daemon.socket_path) and result.from_cdn == len(data)
+
+
+async def test_a_new_small_download_goes_as_its_descriptor_with_its_summary(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    data = os.urandom(2 * MiB + 3)
+    origin.add("/small.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = origin.url("/small.bin")
+    answer, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    try:
+        # Not streamed as it arrived: the finished file, and where it came from, in
+        # one answer (dfget asks nothing more).
+        assert len(fds) == 1 and body == b""
+        assert os.pread(fds[0], len(data) + 1, 0) == data
+        fields = dict(
+            line.split(": ", 1) for line in head.decode().lower().split("\r\n")[1:] if line
+        )
+        assert fields["x-dfdaemon-file"] == str(len(data))
+        summary = json.loads(fields["x-dfdaemon-summary"])
+        assert summary["complete"] and not summary["cached"]
+        assert summary["bytes"] == summary["from_cdn"] == len(data)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def test_a_new_download_over_the_limit_streams_to_a_client_that_takes_files(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dfdaemon.control, "PASS_AT_MOST", MiB)
+    data = os.urandom(3 * MiB + 1)
+    origin.add("/big.bin", data)
+    origin.add("/chunked.bin", data, chunked=True)  # no length before its bytes
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    for path in ("/big.bin", "/chunked.bin"):
+        url = origin.url(path)
+        answer, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
+        assert fds == [] and answer.partition(b"\r\n\r\n")[2].endswith(data[-1000:])
+
+
+async def test_a_new_small_download_that_fails_answers_with_its_error(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    answers = []
+    for n, take_file in enumerate((True, False)):  # the same, whether it takes files or not
+        url = origin.url(f"/missing.bin?{n}")
+        answer, fds = await trio.to_thread.run_sync(
+            ask_for_file, daemon.socket_path, url, take_file
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert fds == [] and head.startswith(b"HTTP/1.1 502")
+        answers.append(json.loads(body))
+    assert answers[0]["exit"] == answers[1]["exit"] == OriginFailed.exit_code
+    assert "404" in answers[0]["error"]
 
 
 async def test_a_digest_named_file_is_cached_but_access_is_checked(
