@@ -126,6 +126,34 @@ async def test_a_new_small_download_goes_as_its_descriptor_with_its_summary(
             os.close(fd)
 
 
+async def test_a_client_gone_while_its_small_download_runs_leaves_it_to_the_next(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    data = os.urandom(2 * MiB)
+    gate = trio.Event()
+    origin.add("/slow.bin", data, gate_after=MiB, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = origin.url("/slow.bin")
+    body = json.dumps({"url": url}).encode()
+    head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n"
+    head += "X-Dfget-Take-File: 1\r\n\r\n"
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.connect(str(daemon.socket_path))
+    await sock.send(head.encode() + body)
+    await until(lambda: origin.stats["/slow.bin"].from_start >= 1)
+    sock.close()  # gone while the daemon waits for the download to complete
+    gate.set()
+    # The download completes for the cache all the same; the next client gets the file.
+    _, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
+    try:
+        assert len(fds) == 1 and os.pread(fds[0], len(data) + 1, 0) == data
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert origin.stats["/slow.bin"].from_start == 1  # the one download, not a second
+
+
 async def test_a_new_download_over_the_limit_streams_to_a_client_that_takes_files(
     origin: FakeOrigin,
     start_supernode: StartSupernode,
