@@ -94,7 +94,7 @@ async def finished_small(blob: Blob, at_most: int) -> bool:
     download fails first."""
     while not blob.complete:
         blob.raise_if_failed()
-        if blob.length is None and blob.filled or (blob.length or 0) > at_most:
+        if (blob.length is None and blob.filled) or (blob.length or 0) > at_most:
             return False
         await blob.wait_changed()
     return True
