@@ -206,6 +206,7 @@ class FakeOrigin:
         self.egress = RateLimiter(rate_limit)
         self.faults: dict[str, Fault] = {}
         self.stats: dict[str, PathStats] = {}
+        self.connections = 0  # accepted, in all
         self._entries: dict[str, _MemoryEntry | _FileEntry] = {}
         # HTTP dates only have one-second resolution. So each in-memory version gets the
         # next second of its own, counting from a day ago so it is never in the future.
@@ -270,6 +271,7 @@ class FakeOrigin:
     # -- connection level -----------------------------------------------------------
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
         if self.tls is not None:
             stream = trio.SSLStream(stream, self.tls, server_side=True)

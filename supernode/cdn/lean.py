@@ -5,8 +5,10 @@ httpx reads a body 64 KiB at a time through anyio, h11 and its own decoders: abo
 status line and headers; a Content-Length body is then read with `recv_into` straight
 into the piece buffer the caller hands over, with no copy or parse per chunk (about
 3 GB/s). Chunked bodies still go through h11, with large reads. Redirects are left to
-the caller (`OriginClient`), which also keeps httpx for TLS, proxies, HEAD and
-revalidation: only the hot path is hand-written.
+the caller (`OriginClient`), which also keeps httpx for TLS, proxies and HEAD: only the
+hot path is hand-written. A small request (a revalidation) may go out on a connection
+kept from an earlier one and leave its own for the next (`keepalive.py`): its body
+then goes through h11 too, which tells when the exchange is complete.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url
+from supernode.cdn.keepalive import KeptConnections, Origin
 from supernode.cdn.response import OriginResponse
 from supernode.errors import (
     BadRequest,
@@ -31,6 +34,10 @@ from supernode.errors import (
 
 READ_SIZE = 1 << 20
 USER_AGENT = "dragonfly-py-supernode/0.1"
+# What a kept exchange's unread body may still hold for its connection to be kept (a
+# revalidation's answer has one byte, or none), and how long reading it may take.
+DRAIN_LIMIT = 64 * 1024
+DRAIN_TIMEOUT = 1.0
 
 
 class LeanResponse(OriginResponse):
@@ -43,17 +50,21 @@ class LeanResponse(OriginResponse):
         head: h11.Response,
         url: str,
         timeout: float,
+        kept: tuple[KeptConnections, Origin] | None = None,
     ) -> None:
         self._stream = stream
         self._conn = conn
         self._timeout = timeout
+        self._kept = kept  # where the connection goes if the exchange ends cleanly
         self.url = url
         self.status = head.status_code
         self.reason = head.reason.decode("latin-1")
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in head.headers]
-        # A Content-Length body bypasses h11: start with what it already buffered.
-        self._remaining = self.length
-        self._pending = memoryview(conn.trailing_data[0]) if self.length is not None else None
+        # A Content-Length body bypasses h11 (unless the connection may be kept): start
+        # with what it already buffered.
+        counted = self.length is not None and kept is None
+        self._remaining = self.length if counted else None
+        self._pending = memoryview(conn.trailing_data[0]) if counted else None
         self._ended = False
 
     def header(self, name: str) -> str | None:
@@ -122,8 +133,41 @@ class LeanResponse(OriginResponse):
             raise OriginBroken(f"origin body cut short: {exc}") from exc
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), contextlib.suppress(OSError, trio.BrokenResourceError):
-            await self._stream.aclose()
+        """Close the connection, or leave it kept for the next request if this exchange
+        may (`kept`) and ends cleanly within DRAIN_LIMIT bytes and DRAIN_TIMEOUT."""
+        with trio.CancelScope(shield=True):
+            if self._kept is not None and await self._drained():
+                kept, origin = self._kept
+                self._conn.start_next_cycle()
+                kept.give(origin, self._stream, self._conn)
+                return
+            with contextlib.suppress(OSError, trio.BrokenResourceError):
+                await self._stream.aclose()
+
+    async def _drained(self) -> bool:
+        """Read the rest of the answer through h11: True if both sides are done with it
+        and nothing came after it."""
+        left = DRAIN_LIMIT
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            try:
+                while not self._ended:
+                    event = self._conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await self._stream.receive_some(DRAIN_LIMIT)
+                        self._conn.receive_data(data)
+                    elif isinstance(event, h11.Data):
+                        left -= len(event.data)
+                        if left < 0:
+                            return False
+                    elif isinstance(event, h11.EndOfMessage):
+                        self._ended = True
+                    else:  # ConnectionClosed
+                        return False
+            except (h11.RemoteProtocolError, trio.BrokenResourceError, OSError):
+                return False
+        conn = self._conn
+        done = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        return self._ended and done and not conn.trailing_data[0]
 
 
 # Characters left as they are in a request target; anything else (spaces, non-ASCII)
@@ -131,8 +175,11 @@ class LeanResponse(OriginResponse):
 _TARGET_SAFE = "/?&=:;@!$'()*+,%~-._[]"
 
 
-def _request(url: str, headers: list[tuple[str, str]]) -> tuple[str, int, h11.Request]:
-    """(host, port, request) for `url`; BadRequest if it cannot be put on the wire."""
+def _request(
+    url: str, headers: list[tuple[str, str]], *, keep: bool = False
+) -> tuple[str, int, h11.Request]:
+    """(host, port, request) for `url` (asking to keep the connection open if `keep`);
+    BadRequest if it cannot be put on the wire."""
     try:
         parts = urlsplit(url)
         port = parts.port or 80
@@ -148,7 +195,7 @@ def _request(url: str, headers: list[tuple[str, str]]) -> tuple[str, int, h11.Re
             headers=[
                 ("Host", host if parts.port in (None, 80) else f"{host}:{port}"),
                 ("Accept-Encoding", "identity"),
-                ("Connection", "close"),
+                ("Connection", "keep-alive" if keep else "close"),
                 *[(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS],
                 *([] if any(k.lower() == "user-agent" for k, _ in headers) else [_AGENT]),
             ],
@@ -165,10 +212,22 @@ async def lean_get(
     policy: OriginPolicy,
     read_timeout: float,
     connect_timeout: float,
+    kept: KeptConnections | None = None,
 ) -> LeanResponse:
-    """Send `GET url` over a new connection, to an address `policy` allows; return once
-    the response head is in."""
-    hostname, port, request = _request(url, headers)
+    """Send `GET url` to an address `policy` allows; return once the response head is
+    in. Over a new connection, closed with the response; with `kept`, over a kept one
+    if there is one (a new one if it turns out closed), which the response leaves there
+    again if its exchange ends cleanly."""
+    hostname, port, request = _request(url, headers, keep=kept is not None)
+    origin = (hostname, port)
+    if kept is not None and (reused := kept.take(origin)) is not None:
+        stream, conn = reused
+        try:
+            return await _exchange(
+                stream, conn, request, url, read_timeout, (kept, origin), reused=True
+            )
+        except _Stale:
+            pass  # the origin closed it while it was kept: a new one
     try:
         with trio.fail_after(connect_timeout):
             stream = await open_checked_tcp_stream(policy, hostname, port)
@@ -179,24 +238,56 @@ async def lean_get(
     except OSError as exc:
         raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+    return await _exchange(
+        stream, conn, request, url, read_timeout, (kept, origin) if kept is not None else None
+    )
+
+
+class _Stale(Exception):
+    """A kept connection failed before any byte of an answer: the origin closed it."""
+
+
+async def _exchange(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    request: h11.Request,
+    url: str,
+    read_timeout: float,
+    kept: tuple[KeptConnections, Origin] | None,
+    *,
+    reused: bool = False,
+) -> LeanResponse:
+    """Send `request` on `stream`, read the response head. On a connection that was
+    kept (`reused`), a failure before the answer's first byte is `_Stale`: the request
+    can go again on a new one."""
+    answered = False
     try:
         with trio.fail_after(read_timeout):
             await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(64 * 1024))
+                    data = await stream.receive_some(64 * 1024)
+                    answered = answered or bool(data)
+                    conn.receive_data(data)
                 elif isinstance(event, h11.Response):
-                    return LeanResponse(stream, conn, event, url, read_timeout)
+                    return LeanResponse(stream, conn, event, url, read_timeout, kept)
                 elif isinstance(event, h11.ConnectionClosed):
+                    if reused and not answered:
+                        raise _Stale
                     raise OriginUnreachable(
                         f"origin closed the connection before answering: {display_url(url)}"
                     )
+    except _Stale:
+        await stream.aclose()
+        raise
     except trio.TooSlowError as exc:
         await stream.aclose()
         raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
     except (h11.RemoteProtocolError, trio.BrokenResourceError, OSError) as exc:
         await stream.aclose()
+        if reused and not answered:
+            raise _Stale from exc
         raise OriginUnreachable(f"bad answer from origin {display_url(url)}: {exc}") from exc
     except BaseException:
         await stream.aclose()

@@ -23,6 +23,7 @@ from common.io.origins import checked_client
 from common.origins import AddressDenied, OriginPolicy
 from common.s3sign import S3Credentials, signed_headers
 from common.urls import display_url, move_credentials
+from supernode.cdn.keepalive import KeptConnections
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
@@ -129,6 +130,7 @@ class OriginClient:
         # honours the proxy variables; the lean path does not speak to proxies).
         proxies = urllib.request.getproxies()
         self.lean = lean and not (proxies.get("http") or proxies.get("all"))
+        self.kept = KeptConnections()  # the lean path's, for small requests (`open(keep=)`)
         self._client = checked_client(
             self.policy,
             verify=verify,
@@ -141,6 +143,7 @@ class OriginClient:
         )
 
     async def aclose(self) -> None:
+        self.kept.close()
         with trio.CancelScope(shield=True):
             await self._client.aclose()
 
@@ -154,18 +157,20 @@ class OriginClient:
         extra: Headers = (),
         ok: frozenset[int] = frozenset({200, 206}),
         s3: S3Credentials | None = None,
+        keep: bool = False,
     ) -> AsyncIterator[OriginResponse]:
         """Send a request (redirects followed); yield the response if its status is in
         `ok`, else raise OriginStatusError. With `s3`, the request is signed (SigV4)
         with those credentials, the requester's, as it leaves (Range and conditions
-        included)."""
+        included). With `keep` (a request whose answer is small: a revalidation), a
+        plain-HTTP GET goes on a kept connection and leaves its own kept after it."""
         url, headers = move_credentials(url, headers)
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP] + list(extra)
         if s3 is not None:
             sent = signed_headers(method, url, sent, s3)
         response: LeanResponse | HttpxResponse | None = None
         if method == "GET" and self._lean_for(url):
-            response, url, sent = await self._lean_get(url, sent)
+            response, url, sent = await self._lean_get(url, sent, keep)
         if response is None:
             response = await self._httpx_send(method, url, sent)
         try:
@@ -179,7 +184,7 @@ class OriginClient:
         return self.lean and urlsplit(url).scheme == "http"
 
     async def _lean_get(
-        self, url: str, sent: list[tuple[str, str]]
+        self, url: str, sent: list[tuple[str, str]], keep: bool = False
     ) -> tuple[LeanResponse | None, str, list[tuple[str, str]]]:
         """GET with redirects on the lean path; (None, url, headers) to go on with httpx
         when a redirect leads somewhere the lean path does not go (https)."""
@@ -190,6 +195,7 @@ class OriginClient:
                 policy=self.policy,
                 read_timeout=self.timeout,
                 connect_timeout=min(self.timeout, 10.0),
+                kept=self.kept if keep else None,
             )
             location = response.header("location")
             if response.status not in REDIRECTS or not location:

@@ -27,6 +27,7 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
             extra=tuple(conditions),
             ok=frozenset({200, 206, 304}),
             s3=spec.s3,
+            keep=True,  # one byte at most: the connection serves the next requester
         ) as response:
             if response.status == 304:
                 return True
@@ -49,6 +50,7 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
         extra=(("Range", "bytes=0-0"),),
         ok=frozenset({200, 206}),
         s3=spec.s3,
+        keep=True,
     ) as response:
         if spec.range is not None:
             return True

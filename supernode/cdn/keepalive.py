@@ -1,0 +1,89 @@
+"""Idle connections to plain-HTTP origins, kept for the next small request there.
+
+Every new requester of a task the CDN holds is revalidated with the origin under its
+own headers (`revalidate.still_valid`: a conditional `GET` of one byte). On the lean
+path each of those opened a connection and closed it after a few hundred bytes: the
+origin accepted, and the supernode kept a TIME_WAIT socket, for every requester. Such
+a request may leave its connection here once its answer has been read to its end
+(`LeanResponse.aclose`), and the next one to the same host and port takes it.
+
+A connection goes back only when h11 saw the whole exchange end cleanly on both sides
+and nothing unasked-for came after it, and goes out again only if nothing came on it
+while it was kept (no early answer, no close): an answer never waits on a connection
+for somebody else's request. A kept connection the origin closes just as a request
+goes out costs that request one failed try; `lean_get` then opens a new one. At most `per_origin`
+are kept for one host and port, `total` in all, none for longer than `idle` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import time
+
+import h11
+import trio
+
+KEEP_IDLE = 10.0  # seconds; nginx keeps an idle client 75 s, Apache httpd 5 s
+PER_ORIGIN = 16
+TOTAL = 64
+
+Origin = tuple[str, int]  # host name (as in the URL) and port
+
+
+class KeptConnections:
+    """Idle origin connections by host and port, newest first to go out again."""
+
+    def __init__(
+        self, *, idle: float = KEEP_IDLE, per_origin: int = PER_ORIGIN, total: int = TOTAL
+    ) -> None:
+        self.idle, self.per_origin, self.total = idle, per_origin, total
+        self._kept: dict[Origin, list[tuple[float, trio.SocketStream, h11.Connection]]] = {}
+        self.reused = 0  # requests that went out on a kept connection
+
+    def __len__(self) -> int:
+        return sum(len(kept) for kept in self._kept.values())
+
+    def take(self, origin: Origin) -> tuple[trio.SocketStream, h11.Connection] | None:
+        """A kept connection to `origin` not idle for too long, if there is one."""
+        kept = self._kept.get(origin, [])
+        now = time.monotonic()
+        while kept:
+            since, stream, conn = kept.pop()
+            if now - since <= self.idle and _quiet(stream):
+                if not kept:
+                    del self._kept[origin]
+                self.reused += 1
+                return stream, conn
+            _close(stream)
+        self._kept.pop(origin, None)
+        return None
+
+    def give(self, origin: Origin, stream: trio.SocketStream, conn: h11.Connection) -> None:
+        """Keep `stream` (its last exchange complete: `conn` ready for the next), or close
+        it if there is no room."""
+        kept = self._kept.setdefault(origin, [])
+        if len(kept) >= self.per_origin or len(self) >= self.total:
+            if not kept:
+                del self._kept[origin]
+            _close(stream)
+            return
+        kept.append((time.monotonic(), stream, conn))
+
+    def close(self) -> None:
+        for kept in self._kept.values():
+            for _, stream, _ in kept:
+                _close(stream)
+        self._kept.clear()
+
+
+def _quiet(stream: trio.SocketStream) -> bool:
+    """Nothing to read on it: the origin neither closed it nor sent anything unasked."""
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLIN)
+    return not poller.poll(0)
+
+
+def _close(stream: trio.SocketStream) -> None:
+    with contextlib.suppress(OSError):
+        stream.socket.close()
