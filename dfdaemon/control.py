@@ -54,6 +54,7 @@ from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
 from dfdaemon.bodies import finished_small, pass_whole, send_whole
 from dfdaemon.cache import BlobStore
+from dfdaemon.httpconn import ClientGone
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, blob_digest
@@ -216,7 +217,7 @@ class ControlApi:
         taking = request.header("x-dfget-take-file") == "1" and reply.can_pass_files
         taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
         try:
-            if taking and (cached or await finished_small(blob, PASS_AT_MOST)):
+            if taking and (cached or await _finished_while_asked(blob, reply)):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
             elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
@@ -311,6 +312,30 @@ class ControlApi:
             await _json(reply, 404, {"error": "no such download"})
             return
         await _json(reply, 200, _summary(*served))
+
+
+async def _finished_while_asked(blob: Blob, reply: Reply) -> bool:
+    """`finished_small(blob, PASS_AT_MOST)`, given up (ClientGone) if the client leaves
+    meanwhile: it no longer holds the connection, nor its share of the socket's limit,
+    while the download (which goes on for the cache) runs."""
+    outcome: bool | BlobUnavailable | None = None  # (nothing raised inside the nursery)
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await reply.client_gone()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        try:
+            outcome = await finished_small(blob, PASS_AT_MOST)
+        except BlobUnavailable as exc:
+            outcome = exc
+        nursery.cancel_scope.cancel()
+    if outcome is None:
+        raise ClientGone("the client left while its download ran")
+    if isinstance(outcome, BlobUnavailable):
+        raise outcome
+    return outcome
 
 
 def _summary(blob: Blob, cached: bool) -> dict[str, Any]:

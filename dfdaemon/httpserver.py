@@ -90,6 +90,20 @@ class Reply:
             await self._connection.send(h11.Data(data=bytes(data)))
             self.bytes_sent += len(data)
 
+    async def client_gone(self) -> None:
+        """Return once the client has closed its end of the connection (while it waits
+        for this answer); never if it sends anything meanwhile: it is still there."""
+        stream = self._connection.stream
+        if not isinstance(stream, trio.SocketStream):
+            await trio.sleep_forever()
+        assert isinstance(stream, trio.SocketStream)
+        try:
+            if await stream.socket.recv(1, socket.MSG_PEEK) == b"":
+                return
+        except OSError:
+            return  # (reset)
+        await trio.sleep_forever()
+
     @property
     def can_pass_files(self) -> bool:
         """Over a Unix socket, a descriptor can go to the client (`pass_file`)."""

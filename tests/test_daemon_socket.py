@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,12 @@ async def test_a_client_gone_while_its_small_download_runs_leaves_it_to_the_next
     await sock.connect(str(daemon.socket_path))
     await sock.send(head.encode() + body)
     await until(lambda: origin.stats["/slow.bin"].from_start >= 1)
+    control = daemon.control
+    assert control is not None and control.limit.statistics().open == 1
     sock.close()  # gone while the daemon waits for the download to complete
+    # Its connection is let go at once, not when the download ends.
+    await until(lambda: control.limit.statistics().open == 0)
+    assert not gate.is_set()
     gate.set()
     # The download completes for the cache all the same; the next client gets the file.
     _, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
@@ -159,17 +165,32 @@ async def test_a_new_download_over_the_limit_streams_to_a_client_that_takes_file
     start_supernode: StartSupernode,
     start_daemon: StartDaemon,
     monkeypatch: pytest.MonkeyPatch,
+    nursery: trio.Nursery,
 ) -> None:
-    monkeypatch.setattr(dfdaemon.control, "PASS_AT_MOST", MiB)
-    data = os.urandom(3 * MiB + 1)
-    origin.add("/big.bin", data)
-    origin.add("/chunked.bin", data, chunked=True)  # no length before its bytes
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
-    for path in ("/big.bin", "/chunked.bin"):
-        url = origin.url(path)
+    big = os.urandom(3 * MiB + 1)
+    origin.add("/big.bin", big)
+    with monkeypatch.context() as patch:  # a known length over the limit
+        patch.setattr(dfdaemon.control, "PASS_AT_MOST", MiB)
+        url = origin.url("/big.bin")
         answer, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
-        assert fds == [] and answer.partition(b"\r\n\r\n")[2].endswith(data[-1000:])
+        assert fds == [] and answer.partition(b"\r\n\r\n")[2] == big
+    # Under the limit in the end, but its first piece came before any length (chunked,
+    # the origin pausing after it): streamed from then on, not waited for.
+    gate = trio.Event()
+    chunked = os.urandom(6 * MiB)
+    origin.add("/chunked.bin", chunked, chunked=True, gate_after=5 * MiB, gate=gate)
+    url = origin.url("/chunked.bin")
+    asked = beside(
+        nursery, partial(trio.to_thread.run_sync, ask_for_file, daemon.socket_path, url, True)
+    )
+    blobs = daemon.blobs
+    assert blobs is not None
+    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
+    gate.set()
+    answer, fds = await asked.result()
+    assert fds == [] and answer.partition(b"\r\n\r\n")[2] == chunked
 
 
 async def test_a_new_small_download_that_fails_answers_with_its_error(

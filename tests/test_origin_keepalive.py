@@ -46,29 +46,49 @@ async def test_new_requesters_are_revalidated_on_one_kept_connection(
         headers = (("X-Requester", str(n)),)
         result = await fetch(origin.url("/f.bin"), node, headers=headers, name=f"r{n}")
         assert Path(result.output).read_bytes() == data
-    assert revalidations(origin, "/f.bin") == 5
+    asked = [
+        dict(headers).get("x-requester")
+        for method, headers in origin.stats["/f.bin"].requests
+        if method == "GET" and dict(headers).get("range") == "bytes=0-0"
+    ]
+    assert asked == ["0", "1", "2", "3", "4"]  # each with its own headers
     assert origin.connections - before == 1  # (one each before)
     assert node.node.origin.kept.reused == 4
 
 
-async def test_a_refused_requester_and_the_next_get_their_own_answers(
+async def test_a_stranger_on_a_kept_connection_gets_its_own_refusal(
     origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
 ) -> None:
     data = os.urandom(MiB + 5)
     origin.add("/private.bin", data, require_auth=AUTH)
     node = await start_supernode()
-    authorised = (("Authorization", AUTH),)
-    await fetch(origin.url("/private.bin"), node, headers=authorised, name="owner")
+    kept = node.node.origin.kept
+    owner = (("Authorization", AUTH),)
+    await fetch(origin.url("/private.bin"), node, headers=owner, name="owner")
+    await fetch(origin.url("/private.bin"), node, headers=owner, name="second")
+    assert len(kept) == 1  # the second owner's revalidation: kept after it
     before = origin.connections
-    with pytest.raises(OriginFailed) as refused:  # no credentials: 401 from the origin
+    with pytest.raises(OriginFailed) as refused:  # no credentials, on the kept connection
         await fetch(origin.url("/private.bin"), node, name="stranger")
-    assert refused.value.status == 401
-    # The next requester's revalidation goes on the connection the 401 came on, and
-    # gets its own answer: the bytes.
-    result = await fetch(origin.url("/private.bin"), node, headers=authorised, name="second")
+    assert refused.value.status == 401 and kept.reused == 1
+    assert origin.connections == before and len(kept) == 0  # a refusal: not kept
+    result = await fetch(origin.url("/private.bin"), node, headers=owner, name="third")
     assert Path(result.output).read_bytes() == data
-    assert origin.connections - before == 1
-    assert node.node.origin.kept.reused >= 1
+    assert origin.connections == before + 1
+
+
+async def test_framing_headers_with_underscores_never_reach_the_origin(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    data = os.urandom(MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    await fetch(origin.url("/f.bin"), node, name="first")
+    sneaky = (("Content_Length", "100"), ("Transfer_Encoding", "chunked"), ("X_Ok", "1"))
+    await fetch(origin.url("/f.bin"), node, headers=sneaky, name="sneaky")
+    last = dict(origin.stats["/f.bin"].requests[-1][1])
+    assert "content_length" not in last and "transfer_encoding" not in last
+    assert last.get("x_ok") == "1"  # other names are passed on as they are
 
 
 Serve = Callable[[trio.SocketStream], Awaitable[None]]
@@ -186,6 +206,64 @@ async def test_an_answer_longer_than_a_revalidation_keeps_no_connection(
     assert len(kept) == 0  # the rest is not read to keep the connection
     assert await get(port, kept) == body[:16]
     assert len(accepted) == 2
+
+
+async def test_a_408_on_a_kept_connection_sends_the_request_again(
+    nursery: trio.Nursery,
+) -> None:
+    async def then_time_out(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(ANSWER)
+        await read_request(stream)  # its idle timeout, as the next request arrives
+        await stream.send_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
+        await stream.aclose()
+
+    port, accepted = await serve_raw(nursery, then_time_out)
+    kept = KeptConnections()
+    assert await get(port, kept) == b"x"
+    assert await get(port, kept) == b"x"  # not the 408: asked again on a new connection
+    assert len(accepted) == 2 and kept.reused == 1
+
+
+async def test_chunked_answers_are_kept_close_answers_are_not(nursery: trio.Nursery) -> None:
+    chunked = (
+        b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+    )
+    closing = ANSWER.replace(b"Content-Length: 1", b"Connection: close\r\nContent-Length: 1")
+    both = ANSWER.replace(b"Content-Length: 1", b"Transfer-Encoding: chunked\r\nContent-Length: 1")
+    both = both.removesuffix(b"x") + b"1\r\nx\r\n0\r\n\r\n"
+    for answer, keeps in ((chunked, True), (closing, False), (both, False)):
+
+        async def respond(stream: trio.SocketStream, answer: bytes = answer) -> None:
+            while await read_request(stream):
+                await stream.send_all(answer)
+
+        port, _ = await serve_raw(nursery, respond)
+        kept = KeptConnections()
+        assert await get(port, kept) == b"x"
+        assert len(kept) == (1 if keeps else 0), answer
+
+
+async def test_room_is_made_by_dropping_stale_connections_of_other_origins(
+    nursery: trio.Nursery,
+) -> None:
+    async def keep_answering(stream: trio.SocketStream) -> None:
+        while await read_request(stream):
+            await stream.send_all(ANSWER)
+
+    one, _ = await serve_raw(nursery, keep_answering)
+    two, _ = await serve_raw(nursery, keep_answering)
+    kept = KeptConnections(total=2, idle=0.1)
+    async with trio.open_nursery() as requests:
+        for _ in range(2):
+            requests.start_soon(get, one, kept)
+    assert len(kept) == 2  # full, with the first origin's
+    await trio.sleep(0.2)  # those expire
+    assert await get(two, kept) == b"x"
+    assert len(kept) == 1  # the second origin's kept: the stale ones made room
+    kept.close()
+    assert len(kept) == 0 and await get(two, kept) == b"x"
+    assert len(kept) == 0  # closed: nothing is kept any more
 
 
 async def test_kept_connections_are_bounded_and_expire(nursery: trio.Nursery) -> None:

@@ -24,7 +24,7 @@ import time
 import h11
 import trio
 
-KEEP_IDLE = 10.0  # seconds; nginx keeps an idle client 75 s, Apache httpd 5 s
+KEEP_IDLE = 4.0  # seconds; under what origins allow (nginx 75 s, Apache httpd 5 s)
 PER_ORIGIN = 16
 TOTAL = 64
 
@@ -39,7 +39,8 @@ class KeptConnections:
     ) -> None:
         self.idle, self.per_origin, self.total = idle, per_origin, total
         self._kept: dict[Origin, list[tuple[float, trio.SocketStream, h11.Connection]]] = {}
-        self.reused = 0  # requests that went out on a kept connection
+        self.reused = 0  # kept connections taken for a request
+        self.closed = False  # the client is shut: nothing is kept any more
 
     def __len__(self) -> int:
         return sum(len(kept) for kept in self._kept.values())
@@ -61,16 +62,28 @@ class KeptConnections:
 
     def give(self, origin: Origin, stream: trio.SocketStream, conn: h11.Connection) -> None:
         """Keep `stream` (its last exchange complete: `conn` ready for the next), or close
-        it if there is no room."""
-        kept = self._kept.setdefault(origin, [])
-        if len(kept) >= self.per_origin or len(self) >= self.total:
-            if not kept:
-                del self._kept[origin]
+        it if there is no room (once those idle too long or closed are gone)."""
+        if len(self._kept.get(origin, ())) >= self.per_origin or len(self) >= self.total:
+            self._sweep()
+        kept = self._kept.get(origin, [])
+        if self.closed or len(kept) >= self.per_origin or len(self) >= self.total:
             _close(stream)
             return
+        self._kept[origin] = kept
         kept.append((time.monotonic(), stream, conn))
 
+    def _sweep(self) -> None:
+        """Close the connections kept too long, or that the origin closed or spoke on."""
+        now = time.monotonic()
+        for origin, kept in list(self._kept.items()):
+            for entry in [e for e in kept if now - e[0] > self.idle or not _quiet(e[1])]:
+                kept.remove(entry)
+                _close(entry[1])
+            if not kept:
+                del self._kept[origin]
+
     def close(self) -> None:
+        self.closed = True
         for kept in self._kept.values():
             for _, stream, _ in kept:
                 _close(stream)

@@ -38,6 +38,9 @@ USER_AGENT = "dragonfly-py-supernode/0.1"
 # revalidation's answer has one byte, or none), and how long reading it may take.
 DRAIN_LIMIT = 64 * 1024
 DRAIN_TIMEOUT = 1.0
+# The answers after which a connection may be kept: a revalidation's. A refusal (or
+# any error) may come before the origin read the whole request: its connection goes.
+KEEPABLE = frozenset({206, 304})
 
 
 class LeanResponse(OriginResponse):
@@ -56,6 +59,7 @@ class LeanResponse(OriginResponse):
         self._conn = conn
         self._timeout = timeout
         self._kept = kept  # where the connection goes if the exchange ends cleanly
+        self._closed = False
         self.url = url
         self.status = head.status_code
         self.reason = head.reason.decode("latin-1")
@@ -134,15 +138,26 @@ class LeanResponse(OriginResponse):
 
     async def aclose(self) -> None:
         """Close the connection, or leave it kept for the next request if this exchange
-        may (`kept`) and ends cleanly within DRAIN_LIMIT bytes and DRAIN_TIMEOUT."""
+        may (`kept`, an answer in KEEPABLE framed by its length or by chunks, not both)
+        and ends cleanly within DRAIN_LIMIT bytes and DRAIN_TIMEOUT. Once only: the
+        connection is no longer this response's after."""
+        kept, self._kept = self._kept, None
+        if self._closed:
+            return
+        self._closed = True
         with trio.CancelScope(shield=True):
-            if self._kept is not None and await self._drained():
-                kept, origin = self._kept
+            if kept is not None and self._keepable() and await self._drained():
                 self._conn.start_next_cycle()
-                kept.give(origin, self._stream, self._conn)
+                kept[0].give(kept[1], self._stream, self._conn)
                 return
             with contextlib.suppress(OSError, trio.BrokenResourceError):
                 await self._stream.aclose()
+
+    def _keepable(self) -> bool:
+        framed_twice = self.header("content-length") is not None and bool(
+            self.header("transfer-encoding")
+        )
+        return self.status in KEEPABLE and not framed_twice
 
     async def _drained(self) -> bool:
         """Read the rest of the answer through h11: True if both sides are done with it
@@ -244,7 +259,8 @@ async def lean_get(
 
 
 class _Stale(Exception):
-    """A kept connection failed before any byte of an answer: the origin closed it."""
+    """A kept connection failed before any byte of an answer, or was answered 408: the
+    origin closed it, or was closing it."""
 
 
 async def _exchange(
@@ -258,8 +274,8 @@ async def _exchange(
     reused: bool = False,
 ) -> LeanResponse:
     """Send `request` on `stream`, read the response head. On a connection that was
-    kept (`reused`), a failure before the answer's first byte is `_Stale`: the request
-    can go again on a new one."""
+    kept (`reused`), a failure before the answer's first byte, or a 408, is `_Stale`:
+    the request can go again on a new one."""
     answered = False
     try:
         with trio.fail_after(read_timeout):
@@ -271,6 +287,8 @@ async def _exchange(
                     answered = answered or bool(data)
                     conn.receive_data(data)
                 elif isinstance(event, h11.Response):
+                    if reused and event.status_code == 408:
+                        raise _Stale  # its idle timeout, just as the request went
                     return LeanResponse(stream, conn, event, url, read_timeout, kept)
                 elif isinstance(event, h11.ConnectionClosed):
                     if reused and not answered:

@@ -165,7 +165,7 @@ class OriginClient:
         included). With `keep` (a request whose answer is small: a revalidation), a
         plain-HTTP GET goes on a kept connection and leaves its own kept after it."""
         url, headers = move_credentials(url, headers)
-        sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP] + list(extra)
+        sent = [(k, v) for k, v in headers if not _hop_by_hop(k)] + list(extra)
         if s3 is not None:
             sent = signed_headers(method, url, sent, s3)
         response: LeanResponse | HttpxResponse | None = None
@@ -228,6 +228,12 @@ class OriginClient:
             raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise OriginUnreachable(f"request to {display_url(url)} failed: {exc!r}") from exc
+
+
+def _hop_by_hop(name: str) -> bool:
+    """A header never passed on: HOP_BY_HOP, also when spelled with underscores, which
+    some servers read as dashes (`Content_Length` as a framing header)."""
+    return name.lower().replace("_", "-") in HOP_BY_HOP
 
 
 def _origin_of(url: str) -> tuple[str, str | None, int | None]:
