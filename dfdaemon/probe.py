@@ -98,9 +98,12 @@ class Probe:
             raise
         answer = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
         # Reused only if the answer ended where it should: bytes past it (a body sent
-        # for a HEAD, say) would be read as the next question's answer.
+        # for a HEAD, say) would be read as the next question's answer. Nor after a
+        # refusal or an error, which an origin may send before it has read the whole
+        # question: what it took for the rest could be the next requester's.
         clean = conn.our_state is h11.DONE and conn.their_state is h11.DONE
-        if clean and not conn.trailing_data[0]:
+        kept_after = 200 <= response.status_code < 300 or response.status_code == 304
+        if clean and kept_after and not conn.trailing_data[0]:
             conn.start_next_cycle()
             await self._give_back(host, port, stream, conn)
         else:

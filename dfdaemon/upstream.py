@@ -41,20 +41,31 @@ HOP_BY_HOP = frozenset(
         "host",
     }
 )
+_UNDERSCORED = HOP_BY_HOP | {"content-length"}  # (as names with "_" for "-")
 # What httpx adds to every request unless the caller gives them; a pass-through sends
 # only what the client sent.
 _CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
 
 
 def forwardable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """`headers` without hop-by-hop ones, nor those the Connection header names."""
+    """`headers` without hop-by-hop ones, nor those the Connection header names, nor a
+    framing header spelled with underscores (`Transfer_Encoding`, `Content_Length`),
+    which some servers read as the dashed one."""
     named = {
         token.strip().lower()
         for name, value in headers
         if name == "connection"
         for token in value.split(",")
     }
-    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+    return [
+        (k, v)
+        for k, v in headers
+        if k not in HOP_BY_HOP and k not in named and not _framing_underscored(k)
+    ]
+
+
+def _framing_underscored(name: str) -> bool:
+    return "_" in name and name.replace("_", "-") in _UNDERSCORED
 
 
 class UpstreamError(Exception):

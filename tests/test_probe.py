@@ -9,7 +9,7 @@ import trio
 
 from common.origins import AddressDenied, OriginPolicy
 from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
-from dfdaemon.upstream import Upstream, UpstreamDenied
+from dfdaemon.upstream import Upstream, UpstreamDenied, forwardable
 from testkit.origin import FakeOrigin
 
 LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"])
@@ -104,6 +104,28 @@ async def test_bytes_past_an_answer_are_never_read_as_the_next_one(
     finally:
         await probe.aclose()
     assert origin.connections == 3
+
+
+async def test_a_refusal_is_answered_but_its_connection_not_asked_again(
+    nursery: trio.Nursery,
+) -> None:
+    """An origin may refuse before it has read the whole question: what it took for the
+    rest could be the next requester's. After a refusal, a new connection."""
+    origin = Origin(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+    await origin.serve(nursery)
+    probe = Probe(LOOPBACK, connect_timeout=5, timeout=5)
+    try:
+        for _ in range(3):
+            assert (await probe.head(origin.url(), []))[0] == 401
+    finally:
+        await probe.aclose()
+    assert origin.connections == 3
+
+
+def test_framing_headers_spelled_with_underscores_are_not_forwarded() -> None:
+    sent = [("content_length", "5"), ("transfer_encoding", "chunked"), ("x_ok", "1")]
+    sent += [("content-length", "5")]  # (a body's own, as a pass-through sends it)
+    assert forwardable(sent) == [("x_ok", "1"), ("content-length", "5")]
 
 
 async def test_a_silent_origin_times_out_and_a_closed_port_is_unreachable(
