@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import trio
 
 from common.connlimit import ConnectionLimit
-from common.io import serve_limited
+from common.io import serve_limited, unwrap_group
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
 from dfdaemon.bodies import finished_small, pass_whole, send_whole
@@ -318,24 +318,18 @@ async def _finished_while_asked(blob: Blob, reply: Reply) -> bool:
     """`finished_small(blob, PASS_AT_MOST)`, given up (ClientGone) if the client leaves
     meanwhile: it no longer holds the connection, nor its share of the socket's limit,
     while the download (which goes on for the cache) runs."""
-    outcome: bool | BlobUnavailable | None = None  # (nothing raised inside the nursery)
-    async with trio.open_nursery() as nursery:
+    with unwrap_group():  # (BlobUnavailable itself, not in a group)
+        async with trio.open_nursery() as nursery:
 
-        async def watch() -> None:
-            await reply.client_gone()
+            async def watch() -> None:
+                await reply.client_gone()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            done = await finished_small(blob, PASS_AT_MOST)
             nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        try:
-            outcome = await finished_small(blob, PASS_AT_MOST)
-        except BlobUnavailable as exc:
-            outcome = exc
-        nursery.cancel_scope.cancel()
-    if outcome is None:
-        raise ClientGone("the client left while its download ran")
-    if isinstance(outcome, BlobUnavailable):
-        raise outcome
-    return outcome
+            return done
+    raise ClientGone("the client left while its download ran")
 
 
 def _summary(blob: Blob, cached: bool) -> dict[str, Any]:

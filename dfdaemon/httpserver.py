@@ -94,14 +94,12 @@ class Reply:
         """Return once the client has closed its end of the connection (while it waits
         for this answer); never if it sends anything meanwhile: it is still there."""
         stream = self._connection.stream
-        if not isinstance(stream, trio.SocketStream):
-            await trio.sleep_forever()
-        assert isinstance(stream, trio.SocketStream)
-        try:
-            if await stream.socket.recv(1, socket.MSG_PEEK) == b"":
-                return
-        except OSError:
-            return  # (reset)
+        if isinstance(stream, trio.SocketStream):
+            try:
+                if await stream.socket.recv(1, socket.MSG_PEEK) == b"":
+                    return
+            except OSError:
+                return  # (reset)
         await trio.sleep_forever()
 
     @property

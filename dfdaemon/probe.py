@@ -3,20 +3,21 @@ about access and validators for every requester of a kept URL download
 (`sharing.ask_origin`), often many small files in a row, and httpx's request path cost
 about as much as everything else the daemon does for such a file. h11 frames the
 request and parses the answer; connections go back to a small pool once the answer is
-in. An HTTPS URL, a proxy in the environment, a redirect or an odd answer is the
-caller's to send through httpx (`Upstream.head`); a host the origin policy refuses
-raises `AddressDenied` as the policy's own check does.
+in (`common.io.keptconns`). An HTTPS URL, a proxy in the environment, a redirect or an
+odd answer is the caller's to send through httpx (`Upstream.head`); a host the origin
+policy refuses raises `AddressDenied` as the policy's own check does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import select
+import math
 from urllib.parse import quote, urlsplit
 
 import h11
 import trio
 
+from common.io.keptconns import KeptConnections
 from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied, OriginPolicy
 
@@ -28,7 +29,6 @@ MAX_HEAD = 64 * 1024
 _TARGET_SAFE = "/?&=:;@!$'()*+,%~-._[]"
 
 Headers = list[tuple[str, str]]
-_Idle = tuple[trio.SocketStream, h11.Connection]
 
 
 class ProbeFailed(Exception):
@@ -47,13 +47,13 @@ class Probe:
     def __init__(self, policy: OriginPolicy, *, connect_timeout: float, timeout: float) -> None:
         self.policy = policy
         self.connect_timeout, self.timeout = connect_timeout, timeout
-        self._idle: dict[tuple[str, int], list[_Idle]] = {}
+        self._kept = KeptConnections(idle=math.inf, per_origin=MAX_IDLE_PER_ORIGIN, total=MAX_IDLE)
 
     async def head(self, url: str, headers: Headers) -> tuple[int, Headers]:
         """(status, lower-cased headers) of `HEAD url` with `headers` (the caller's
         own: nothing is added but Host). ProbeFailed if it cannot be had this way."""
         host, port, request = _request(url, headers)
-        reused = self._take(host, port)
+        reused = self._kept.take((host, port))
         if reused is not None:
             try:
                 return await self._exchange(host, port, *reused, request)
@@ -105,36 +105,13 @@ class Probe:
         kept_after = 200 <= response.status_code < 300 or response.status_code == 304
         if clean and kept_after and not conn.trailing_data[0]:
             conn.start_next_cycle()
-            await self._give_back(host, port, stream, conn)
+            self._kept.give((host, port), stream, conn)
         else:
             await _close(stream)
         return response.status_code, answer
 
-    def _take(self, host: str, port: int) -> _Idle | None:
-        """An idle connection to `host:port` with nothing to read: one the origin closed,
-        or sent bytes on since its last answer, is closed instead (so is any older)."""
-        idle = self._idle.get((host, port))
-        while idle:
-            stream, conn = idle.pop()
-            if not _readable(stream):
-                return stream, conn
-            stream.socket.close()  # (not a trio checkpoint: nothing else is using it)
-        return None
-
-    async def _give_back(
-        self, host: str, port: int, stream: trio.SocketStream, conn: h11.Connection
-    ) -> None:
-        idle = self._idle.setdefault((host, port), [])
-        if len(idle) >= MAX_IDLE_PER_ORIGIN or sum(map(len, self._idle.values())) >= MAX_IDLE:
-            await _close(stream)
-            return
-        idle.append((stream, conn))
-
     async def aclose(self) -> None:
-        for idle in self._idle.values():
-            for stream, _ in idle:
-                await _close(stream)
-        self._idle.clear()
+        self._kept.close()
 
 
 async def _next(
@@ -168,12 +145,6 @@ def _request(url: str, headers: Headers) -> tuple[str, int, h11.Request]:
     except (h11.LocalProtocolError, ValueError) as exc:  # UnicodeError is a ValueError
         raise ProbeFailed(str(exc)) from exc
     return parts.hostname, port, request
-
-
-def _readable(stream: trio.SocketStream) -> bool:
-    """Has the idle connection anything to read (bytes, or the origin's close)?"""
-    readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
-    return bool(readable)
 
 
 async def _close(stream: trio.SocketStream) -> None:

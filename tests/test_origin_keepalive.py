@@ -15,11 +15,11 @@ import pytest
 import trio
 from conftest import Fetch, StartSupernode
 
+from common.io.keptconns import KeptConnections
 from common.origins import OriginPolicy
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
-from supernode.cdn.keepalive import KeptConnections
-from supernode.cdn.lean import lean_get
+from supernode.cdn.lean import DRAIN_TIMEOUT, LeanResponse, lean_get
 from testkit.origin import FakeOrigin
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
@@ -121,15 +121,16 @@ async def read_request(stream: trio.SocketStream) -> bytes:
 ANSWER = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/9\r\nContent-Length: 1\r\n\r\nx"
 
 
+async def ask(port: int, kept: KeptConnections, path: str = "/f") -> LeanResponse:
+    """`GET path` on the lean path, `kept` its connections: the open response."""
+    policy = OriginPolicy(defaults=False)
+    url = f"http://127.0.0.1:{port}{path}"
+    return await lean_get(url, [], policy=policy, read_timeout=5, connect_timeout=5, kept=kept)
+
+
 async def get(port: int, kept: KeptConnections, path: str = "/f") -> bytes:
-    response = await lean_get(
-        f"http://127.0.0.1:{port}{path}",
-        [],
-        policy=OriginPolicy(defaults=False),
-        read_timeout=5,
-        connect_timeout=5,
-        kept=kept,
-    )
+    """The first bytes (16 at most) of `GET path`'s answer, the response then closed."""
+    response = await ask(port, kept, path)
     view = memoryview(bytearray(16))
     count = await response.read_into(view)
     await response.aclose()
@@ -264,6 +265,23 @@ async def test_room_is_made_by_dropping_stale_connections_of_other_origins(
     kept.close()
     assert len(kept) == 0 and await get(two, kept) == b"x"
     assert len(kept) == 0  # closed: nothing is kept any more
+
+
+async def test_an_answer_that_never_ends_costs_its_close_a_second_at_most(
+    nursery: trio.Nursery,
+) -> None:
+    async def head_only(stream: trio.SocketStream) -> None:  # the one byte never comes
+        await read_request(stream)
+        await stream.send_all(ANSWER.removesuffix(b"x"))
+        await trio.sleep_forever()
+
+    port, _ = await serve_raw(nursery, head_only)
+    kept = KeptConnections()
+    response = await ask(port, kept)
+    started = trio.current_time()
+    await response.aclose()  # (a revalidation reads nothing of the body itself)
+    assert trio.current_time() - started < DRAIN_TIMEOUT + 0.5
+    assert len(kept) == 0
 
 
 async def test_kept_connections_are_bounded_and_expire(nursery: trio.Nursery) -> None:

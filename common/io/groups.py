@@ -26,10 +26,11 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 @contextmanager
 def unwrap_group() -> Iterator[None]:
     """Re-raise the first leaf of a group that is not a Cancelled (the cause, not an echo),
-    or, if all are, one Cancelled: callers can then `except trio.Cancelled` as usual."""
+    or, if all are, one Cancelled: callers can then `except trio.Cancelled` as usual. The
+    leaf keeps its own `__cause__` (what it was raised from); the group is left out."""
     try:
         yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         chosen = next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
-        raise chosen from None
+        raise chosen from chosen.__cause__

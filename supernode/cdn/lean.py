@@ -7,7 +7,7 @@ into the piece buffer the caller hands over, with no copy or parse per chunk (ab
 3 GB/s). Chunked bodies still go through h11, with large reads. Redirects are left to
 the caller (`OriginClient`), which also keeps httpx for TLS, proxies and HEAD: only the
 hot path is hand-written. A small request (a revalidation) may go out on a connection
-kept from an earlier one and leave its own for the next (`keepalive.py`): its body
+kept from an earlier one and leave its own for the next (`common.io.keptconns`): its body
 then goes through h11 too, which tells when the exchange is complete.
 """
 
@@ -19,10 +19,10 @@ from urllib.parse import quote, urlsplit
 import h11
 import trio
 
+from common.io.keptconns import KeptConnections, Origin
 from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url
-from supernode.cdn.keepalive import KeptConnections, Origin
 from supernode.cdn.response import OriginResponse
 from supernode.errors import (
     BadRequest,
@@ -141,14 +141,13 @@ class LeanResponse(OriginResponse):
         may (`kept`, an answer in KEEPABLE framed by its length or by chunks, not both)
         and ends cleanly within DRAIN_LIMIT bytes and DRAIN_TIMEOUT. Once only: the
         connection is no longer this response's after."""
-        kept, self._kept = self._kept, None
         if self._closed:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
-            if kept is not None and self._keepable() and await self._drained():
+            if self._kept is not None and self._keepable() and await self._drained():
                 self._conn.start_next_cycle()
-                kept[0].give(kept[1], self._stream, self._conn)
+                self._kept[0].give(self._kept[1], self._stream, self._conn)
                 return
             with contextlib.suppress(OSError, trio.BrokenResourceError):
                 await self._stream.aclose()
@@ -160,29 +159,18 @@ class LeanResponse(OriginResponse):
         return self.status in KEEPABLE and not framed_twice
 
     async def _drained(self) -> bool:
-        """Read the rest of the answer through h11: True if both sides are done with it
-        and nothing came after it."""
-        left = DRAIN_LIMIT
+        """Read the rest of the answer (a kept exchange's body goes through h11, never
+        around it): True if both sides are done with it and nothing came after it."""
+        view, left = memoryview(bytearray(4096)), DRAIN_LIMIT
         with trio.move_on_after(DRAIN_TIMEOUT):
             try:
-                while not self._ended:
-                    event = self._conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await self._stream.receive_some(DRAIN_LIMIT)
-                        self._conn.receive_data(data)
-                    elif isinstance(event, h11.Data):
-                        left -= len(event.data)
-                        if left < 0:
-                            return False
-                    elif isinstance(event, h11.EndOfMessage):
-                        self._ended = True
-                    else:  # ConnectionClosed
-                        return False
-            except (h11.RemoteProtocolError, trio.BrokenResourceError, OSError):
+                while left >= 0 and (count := await self._read_framed(view)):
+                    left -= count
+            except OriginBroken:
                 return False
         conn = self._conn
         done = conn.our_state is h11.DONE and conn.their_state is h11.DONE
-        return self._ended and done and not conn.trailing_data[0]
+        return self._ended and left >= 0 and done and not conn.trailing_data[0]
 
 
 # Characters left as they are in a request target; anything else (spaces, non-ASCII)

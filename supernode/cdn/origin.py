@@ -19,11 +19,11 @@ import httpcore
 import httpx
 import trio
 
+from common.io.keptconns import KeptConnections
 from common.io.origins import checked_client
 from common.origins import AddressDenied, OriginPolicy
 from common.s3sign import S3Credentials, signed_headers
 from common.urls import display_url, move_credentials
-from supernode.cdn.keepalive import KeptConnections
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (

@@ -1,18 +1,19 @@
-"""Idle connections to plain-HTTP origins, kept for the next small request there.
+"""Idle HTTP/1.1 connections to origins, kept for the next small request there.
 
-Every new requester of a task the CDN holds is revalidated with the origin under its
-own headers (`revalidate.still_valid`: a conditional `GET` of one byte). On the lean
-path each of those opened a connection and closed it after a few hundred bytes: the
-origin accepted, and the supernode kept a TIME_WAIT socket, for every requester. Such
-a request may leave its connection here once its answer has been read to its end
-(`LeanResponse.aclose`), and the next one to the same host and port takes it.
+Both kinds of small question the project asks origins for every new requester go on
+kept connections: the supernode's revalidation of a task it holds (a conditional `GET`
+of one byte, `supernode/cdn/lean.py`) and dfdaemon's access check (`HEAD`,
+`dfdaemon/probe.py`). Without them each question cost a connection closed after a few
+hundred bytes: an accept at the origin and a TIME_WAIT port here, for every requester.
 
-A connection goes back only when h11 saw the whole exchange end cleanly on both sides
-and nothing unasked-for came after it, and goes out again only if nothing came on it
-while it was kept (no early answer, no close): an answer never waits on a connection
-for somebody else's request. A kept connection the origin closes just as a request
-goes out costs that request one failed try; `lean_get` then opens a new one. At most `per_origin`
-are kept for one host and port, `total` in all, none for longer than `idle` seconds.
+The caller gives a connection back only when h11 saw the whole exchange end cleanly on
+both sides and nothing unasked-for came after it (and each caller has its own rule on
+which answers may be followed by another question at all); it goes out again only if
+nothing came on it while it was kept (no early answer, no close): an answer never waits
+on a connection for somebody else's request. A kept connection the origin closes just
+as a request goes out costs that request one failed try, and the caller a new
+connection. At most `per_origin` are kept for one host and port, `total` in all, none
+for longer than `idle` seconds.
 """
 
 from __future__ import annotations
