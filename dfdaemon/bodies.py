@@ -100,6 +100,14 @@ async def finished_small(blob: Blob, at_most: int) -> bool:
     return True
 
 
+async def length_known(blob: Blob) -> None:
+    """Wait until a download's length is known: from its start for an origin that names
+    it, at its end for one that does not. Raises BlobUnavailable if it fails first."""
+    while blob.length is None and not blob.complete:
+        blob.raise_if_failed()
+        await blob.wait_changed()
+
+
 async def pass_whole(reply: Reply, blob: Blob, headers: list[tuple[str, str]]) -> None:
     """Answer 200 passing a complete URL download's file descriptor instead of its bytes
     (`Reply.pass_file`: dfget copies it in the kernel); its file is checked before it is

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -42,8 +43,9 @@ import re
 import secrets
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import trio
@@ -52,7 +54,7 @@ from common.connlimit import ConnectionLimit
 from common.io import serve_limited, unwrap_group
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
-from dfdaemon.bodies import finished_small, pass_whole, send_whole
+from dfdaemon.bodies import finished_small, length_known, pass_whole, send_whole
 from dfdaemon.cache import BlobStore
 from dfdaemon.httpconn import ClientGone
 from dfdaemon.httpserver import Reply, Request, serve_connection
@@ -66,6 +68,7 @@ from dfget.errors import DfgetError, OriginFailed, UsageError
 from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path, less its NUL
 SOCKET_NAME = "dfdaemon.sock"
@@ -217,9 +220,15 @@ class ControlApi:
         taking = request.header("x-dfget-take-file") == "1" and reply.can_pass_files
         taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
         try:
-            if taking and (cached or await _finished_while_asked(blob, reply)):
+            small = functools.partial(finished_small, blob, PASS_AT_MOST)
+            if taking and (cached or await _while_asked(reply, small)):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
-            elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
+                return
+            if request.header("x-dfget-framed") == "1" and blob.length is None:
+                # A kept-alive dfget reads a length or a descriptor, never chunks: a
+                # download whose origin names no length is answered once it has one.
+                await _while_asked(reply, functools.partial(length_known, blob))
+            if not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
                 # is dropped, the next request downloads it anew.
                 log.error("blob %s: not the blob named: response broken off", blob.hex[:12])
@@ -314,10 +323,10 @@ class ControlApi:
         await _json(reply, 200, _summary(*served))
 
 
-async def _finished_while_asked(blob: Blob, reply: Reply) -> bool:
-    """`finished_small(blob, PASS_AT_MOST)`, given up (ClientGone) if the client leaves
-    meanwhile: it no longer holds the connection, nor its share of the socket's limit,
-    while the download (which goes on for the cache) runs."""
+async def _while_asked(reply: Reply, wait: Callable[[], Awaitable[T]]) -> T:
+    """`wait()` for a download, given up (ClientGone) if the client leaves meanwhile: it
+    no longer holds the connection, nor its share of the socket's limit, while the
+    download (which goes on for the cache) runs."""
     with unwrap_group():  # (BlobUnavailable itself, not in a group)
         async with trio.open_nursery() as nursery:
 
@@ -326,7 +335,7 @@ async def _finished_while_asked(blob: Blob, reply: Reply) -> bool:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            done = await finished_small(blob, PASS_AT_MOST)
+            done = await wait()
             nursery.cancel_scope.cancel()
             return done
     raise ClientGone("the client left while its download ran")

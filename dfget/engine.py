@@ -133,7 +133,7 @@ async def _via_daemon(job: DownloadJob) -> DownloadResult | None:
 
     request = job.request
     assert request.daemon_socket is not None
-    handoff = Handoff(request.daemon_socket, rate=request.rate_limit)
+    handoff = Handoff(request.daemon_socket, rate=request.rate_limit, keep=True)
     with trio.move_on_at(job.deadline) as scope:
         try:
             summary = await _in_thread(

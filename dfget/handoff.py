@@ -9,6 +9,13 @@ an HTTP library (`http.client` alone costs about 35 ms of start-up, `httpx` 80: 
 of the budget of a warm download through the daemon, docs/benchmarks.md). The CLI
 calls `hand_over`; the engine runs `Handoff.download` in a worker thread and calls
 `Handoff.abort` when it is cancelled.
+
+The engine's handoffs (`keep`: `dfget -r`, one download after another on each of its
+jobs) speak HTTP/1.1 instead, asking for framed answers (`X-Dfget-Framed`: a length or
+a descriptor, never chunks), and give the connection back once its answer is read
+whole; the next handoff to the same daemon takes it (a connection, and the daemon's
+accept and close, a file less). One the daemon closed while idle is dropped unused;
+one that closes as the request goes is replaced once by a new connection.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ CONNECT_TIMEOUT = 5.0
 MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a summary
 CHUNK = 1024 * 1024
 SHORT_ANSWER = 10.0  # seconds for a summary, or an error's body, to come in whole
+MAX_KEPT = 16  # idle kept connections to one daemon (dfget -r keeps one a job)
 _BY_EXIT: dict[int, type[DfgetError]] = {
     error.exit_code: error
     for error in (
@@ -61,6 +69,41 @@ _BY_EXIT: dict[int, type[DfgetError]] = {
 
 class DaemonUnreachable(Exception):
     """No daemon answers on the socket, or it broke off: dfget goes on without it."""
+
+
+class _Stale(Exception):
+    """A kept connection closed before any byte of its answer: ask on a new one."""
+
+
+_kept_lock = threading.Lock()
+_kept: dict[str, list[socket.socket]] = {}  # idle connections, by the daemon's socket path
+
+
+def _kept_connection(path: str) -> socket.socket | None:
+    """An idle connection to the daemon at `path` on which nothing came while it was
+    kept (the daemon closes idle ones: those are dropped here), or None."""
+    while True:
+        with _kept_lock:
+            idle = _kept.get(path)
+            if not idle:
+                return None
+            sock = idle.pop()
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return sock  # quiet: usable
+        except OSError:
+            pass
+        sock.close()  # closed by the daemon, or something came unasked
+
+
+def _keep_connection(path: str, sock: socket.socket) -> None:
+    with _kept_lock:
+        idle = _kept.setdefault(path, [])
+        if len(idle) < MAX_KEPT:
+            idle.append(sock)
+            return
+    sock.close()
 
 
 def request_fields(
@@ -88,27 +131,37 @@ class Answer:
         sock: socket.socket,
         early: bytes,
         passed: int | None = None,
+        keeps: bool = False,
     ) -> None:
         self.status, self.headers = status, headers
         self.sock = sock  # the rest of the body is read from it
         self.early = early  # body bytes read with the head
         self.passed = passed  # the file's descriptor, when the daemon passed it over
+        self.keeps = keeps  # HTTP/1.1, not closing: the connection outlives the answer
 
 
 class Handoff:
     """One download handed to the daemon at `socket_path`."""
 
     def __init__(
-        self, socket_path: Path, *, deadline: float | None = None, rate: float | None = None
+        self,
+        socket_path: Path,
+        *,
+        deadline: float | None = None,
+        rate: float | None = None,
+        keep: bool = False,
     ) -> None:
         self.socket_path = socket_path
         self.deadline = deadline  # time.monotonic() by which it must be done
         self.rate = rate  # bytes a second written at most (--rate-limit)
+        self.keep = keep  # on a kept connection, given back when done (module docstring)
         self.aborted = False
         self._stopped = threading.Event()  # set by `abort`: ends a pause of the pacing
         self._socks: list[socket.socket] = []
+        self._reused: set[socket.socket] = set()  # taken from the kept ones
         self._passed: list[int] = []  # descriptors the daemon passed over
         self._posted: socket.socket | None = None  # the download asked for, not answered
+        self._request: tuple[str, str, bytes, tuple[tuple[str, str], ...]] | None = None
 
     def post(self, fields: dict[str, object], *, take_file: bool = False) -> None:
         """Ask the daemon for the download now (`download` reads the answer): the CLI
@@ -118,7 +171,8 @@ class Handoff:
         --rate-limit, which need the bytes to pass through dfget). DaemonUnreachable if
         nothing answers on the socket."""
         extra = (("X-Dfget-Take-File", "1"),) if take_file else ()
-        self._posted = self._send("POST", "/v1/downloads", json.dumps(fields).encode(), extra)
+        self._request = ("POST", "/v1/downloads", json.dumps(fields).encode(), extra)
+        self._posted = self._send(*self._request)
 
     def abort(self) -> None:
         """Stop the download from another thread: its socket is shut, its next read
@@ -142,13 +196,13 @@ class Handoff:
             if request.s3 is not None:  # the daemon's peer registers with them (as headers)
                 fields["s3"] = request.s3._asdict()
             self.post(fields, take_file=not request.digest and not request.rate_limit)
-        assert self._posted is not None
+        assert self._posted is not None and self._request is not None
         hasher = None
         if request.digest:
             from proto.digests import new_hasher  # (blake3: only for a digest)
 
             hasher = new_hasher(request.digest)
-        answer = self._answer(self._posted)
+        answer = self._answer_to(self._posted, self._request)
         if answer.status != 200:
             raise _error(answer.status, self._rest(answer))
         length_text = answer.headers.get("content-length", "")
@@ -170,6 +224,11 @@ class Handoff:
         if summary.get("complete") is not True or summary.get("bytes") != received:
             raise DaemonUnreachable(f"{self._where()} broke off after {received} bytes")
         summary["bytes"] = received
+        # Read whole: a body of the length named, or a passed file's answer (which has none)
+        if answer.headers.get("content-length", "").isdigit() and not (
+            answer.passed is not None and answer.early
+        ):
+            self._give_back(answer)
         return summary
 
     def _summary(self, answer: Answer) -> dict[str, object]:
@@ -179,8 +238,10 @@ class Handoff:
         raw = text.encode() if text is not None else b""
         if text is None:
             key = answer.headers.get("x-dfdaemon-key", "")
-            result = self._answer(self._send("GET", f"/v1/downloads/{key}", b""), SHORT_ANSWER)
+            asked = ("GET", f"/v1/downloads/{key}", b"", ())
+            result = self._answer_to(self._send(*asked), asked, SHORT_ANSWER)
             status, raw = result.status, self._rest(result)
+            self._give_back(result)
         try:
             summary = json.loads(raw)
         except ValueError as exc:
@@ -203,22 +264,62 @@ class Handoff:
         return left if at_most is None else min(left, at_most)
 
     def _send(
-        self, method: str, path: str, body: bytes, extra: Sequence[tuple[str, str]] = ()
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        extra: Sequence[tuple[str, str]] = (),
+        *,
+        fresh: bool = False,
     ) -> socket.socket:
-        """Send one request on a new connection, for `_answer`."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """Send one request, for `_answer`: on a new connection, or (`keep`, unless
+        `fresh`) on a kept one if there is one."""
+        sock = None if fresh or not self.keep else _kept_connection(str(self.socket_path))
+        reused = sock is not None
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._socks.append(sock)
+        version = "1.1" if self.keep else "1.0"
+        head = f"{method} {path} HTTP/{version}\r\nHost: dfdaemon\r\n"
+        if self.keep:
+            head += "X-Dfget-Framed: 1\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in extra)
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
             sock.settimeout(self._timeout(CONNECT_TIMEOUT))
-            sock.connect(str(self.socket_path))
-            head = f"{method} {path} HTTP/1.0\r\nHost: dfdaemon\r\n"
-            head += "".join(f"{name}: {value}\r\n" for name, value in extra)
-            if body:
-                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            if not reused:
+                sock.connect(str(self.socket_path))
             sock.sendall(head.encode() + b"\r\n" + body)
         except OSError as exc:  # (a connect timeout too)
+            if reused:  # closed as the request went: once more, on a new connection
+                return self._send(method, path, body, extra, fresh=True)
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        if reused:
+            self._reused.add(sock)
         return sock
+
+    def _answer_to(
+        self,
+        sock: socket.socket,
+        request: tuple[str, str, bytes, Sequence[tuple[str, str]]],
+        within: float | None = None,
+    ) -> Answer:
+        """`_answer(sock)` to `request`, asked again on a new connection if `sock` was
+        a kept one that closed before any byte of the answer."""
+        try:
+            return self._answer(sock, within)
+        except _Stale:
+            return self._answer(self._send(*request, fresh=True), within)
+
+    def _give_back(self, answer: Answer) -> None:
+        """Keep the connection of an answer read whole, for the next handoff."""
+        sock = answer.sock
+        if not (self.keep and answer.keeps) or self.aborted or sock not in self._socks:
+            return
+        self._socks.remove(sock)
+        self._reused.discard(sock)
+        _keep_connection(str(self.socket_path), sock)
 
     def _answer(self, sock: socket.socket, within: float | None = None) -> Answer:
         """The status and head of the answer on `sock` (in `within` seconds, if given;
@@ -231,8 +332,15 @@ class Handoff:
             while b"\r\n\r\n" not in raw:
                 if len(raw) > MAX_HEAD:
                     raise DaemonUnreachable(f"{self._where()}: answer head too large")
-                more = passed.receive(sock, CHUNK, taken)
+                try:
+                    more = passed.receive(sock, CHUNK, taken)
+                except ConnectionResetError:
+                    if not raw and sock in self._reused:
+                        raise _Stale() from None
+                    raise
                 if not more:
+                    if not raw and sock in self._reused:
+                        raise _Stale()
                     raise DaemonUnreachable(f"{self._where()} closed the connection")
                 raw += more
         except TimeoutError as exc:
@@ -242,7 +350,11 @@ class Handoff:
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
         except BaseException as exc:
             passed.close_all(taken)
-            if isinstance(exc, OSError):
+            if isinstance(exc, _Stale):
+                self._socks.remove(sock)
+                self._reused.discard(sock)
+                sock.close()
+            elif isinstance(exc, OSError):
                 raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
             raise
         if len(taken) > 1:
@@ -258,17 +370,28 @@ class Handoff:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        return Answer(int(parts[1]), headers, sock, early, taken[0] if taken else None)
+        if self.keep and "transfer-encoding" in headers:  # (asked for framed answers)
+            raise DaemonUnreachable(f"{self._where()} answered in chunks")
+        keeps = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        return Answer(int(parts[1]), headers, sock, early, taken[0] if taken else None, keeps)
 
     def _rest(self, answer: Answer) -> bytes:
-        """A short body (an error, a summary), whole, within SHORT_ANSWER seconds."""
+        """A short body (an error, a summary), whole, within SHORT_ANSWER seconds: its
+        Content-Length, or up to the close."""
         data = answer.early
+        length = answer.headers.get("content-length", "")
+        want = int(length) if length.isdigit() and int(length) <= MAX_HEAD else None
+        answer.keeps = answer.keeps and want is not None
         try:
             answer.sock.settimeout(self._timeout(SHORT_ANSWER))
-            while len(data) <= MAX_HEAD and (more := answer.sock.recv(MAX_HEAD)):
+            while len(data) <= MAX_HEAD and (want is None or len(data) < want):
+                more = answer.sock.recv(MAX_HEAD if want is None else want - len(data))
+                if not more:
+                    break
                 data += more
         except OSError as exc:
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
+        answer.keeps = answer.keeps and len(data) == want
         return data
 
     def _copy(

@@ -91,11 +91,39 @@ async def test_dfget_through_the_daemon_leaves_a_seeding_copy(
 async def test_a_file_of_unknown_length_streams_through_the_daemon(
     origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
 ) -> None:
-    data = os.urandom(9 * MiB + 7)  # chunked: the daemon answers dfget in chunks too
+    # Chunked at the origin: the engine asks for framed answers (it keeps its connection
+    # to the daemon), so the daemon answers once the length is known, not in chunks.
+    data = os.urandom(9 * MiB + 7)
     origin.add("/chunked.bin", data, chunked=True)
     node = await start_supernode()
     daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
     result = await fetch(origin.url("/chunked.bin"), None, daemon_socket=daemon.socket_path)
+    assert Path(result.output).read_bytes() == data
+    assert result.daemon == str(daemon.socket_path) and result.from_cdn == len(data)
+
+
+async def test_a_kept_handoff_gets_a_file_of_unknown_length_framed(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+) -> None:
+    """The engine's handoff keeps its connection and reads a length or a descriptor,
+    never chunks: a file whose first piece came before any length (chunked, the origin
+    pausing after it) is answered once its length is known, from the daemon."""
+    gate = trio.Event()
+    data = os.urandom(6 * MiB)
+    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = origin.url("/chunked.bin")
+    fetched = beside(nursery, partial(fetch, url, None, daemon_socket=daemon.socket_path))
+    blobs = daemon.blobs
+    assert blobs is not None
+    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
+    gate.set()
+    result = await fetched.result()
     assert Path(result.output).read_bytes() == data
     assert result.daemon == str(daemon.socket_path) and result.from_cdn == len(data)
 

@@ -323,3 +323,125 @@ async def test_a_daemon_passing_a_bad_descriptor_is_left_for_the_origin(
     assert result.daemon is None and result.from_source == len(data)
     await trio.sleep(0.1)  # (the fake daemon's connection closes)
     assert len(os.listdir("/proc/self/fd")) <= before + 1  # (the fake daemon's listener)
+
+
+class KeptDaemon:
+    """A daemon speaking HTTP/1.1 on kept connections: each request for a URL of
+    `files` gets its bytes (framed, the summary in the head), or what `answer` makes of
+    it; `close_after(n)` says whether to close a connection after its n-th answer, and
+    `answering(n)` whether to answer its n-th request at all (else it closes)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.connections = 0
+        self.requests: list[str] = []
+        self.close_after: Callable[[int], bool] = lambda n: False
+        self.answering: Callable[[int], bool] = lambda n: True
+        self.chunked = False
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buffer, served = b"", 0
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                more = await stream.receive_some()
+                if not more:
+                    return
+                buffer += more
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(buffer) < length:
+                buffer += await stream.receive_some()
+            body, buffer = buffer[:length], buffer[length:]
+            if not self.answering(served + 1):
+                return
+            url = json.loads(body)["url"]
+            self.requests.append(url)
+            data = self.files[url]
+            summary = json.dumps({"bytes": len(data), "complete": True})
+            if self.chunked:
+                framing, payload = (
+                    "transfer-encoding: chunked",
+                    b"%x\r\n%s\r\n0\r\n\r\n"
+                    % (
+                        len(data),
+                        data,
+                    ),
+                )
+            else:
+                framing, payload = f"content-length: {len(data)}", data
+            answer = f"HTTP/1.1 200 OK\r\n{framing}\r\nx-dfdaemon-summary: {summary}\r\n\r\n"
+            await stream.send_all(answer.encode() + payload)
+            served += 1
+            if self.close_after(served):
+                return
+
+
+async def kept_downloads(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path, daemon: KeptDaemon, count: int
+) -> list[DownloadResult]:
+    """`count` engine downloads through `daemon`, one after another, each whole."""
+    await fake_daemon(nursery, tmp_path / "d.sock", daemon)
+    (tmp_path / "out").mkdir()
+    results = []
+    for n in range(count):
+        data = os.urandom(1000 + n)
+        origin.add(f"/f{n}.bin", data)
+        daemon.files[origin.url(f"/f{n}.bin")] = data
+        request = DownloadRequest(
+            url=origin.url(f"/f{n}.bin"),
+            output=tmp_path / "out" / f"f{n}.bin",
+            daemon_socket=tmp_path / "d.sock",
+            supernodes=(),
+        )
+        with trio.fail_after(10):
+            results.append(await download(request))
+        assert (tmp_path / "out" / f"f{n}.bin").read_bytes() == data
+    assert leftovers(tmp_path / "out") == [f"f{n}.bin" for n in range(count)]
+    return results
+
+
+async def test_the_engine_hands_downloads_over_on_one_kept_connection(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    """`dfget -r` hands its files over one after another on each job: the connection
+    of one answer read whole carries the next request."""
+    daemon = KeptDaemon({})
+    results = await kept_downloads(nursery, origin, tmp_path, daemon, 3)
+    assert all(result.daemon is not None and result.from_source == 0 for result in results)
+    assert len(daemon.requests) == 3 and daemon.connections == 1
+
+
+async def test_a_kept_connection_the_daemon_closed_is_not_used(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    daemon = KeptDaemon({})
+    daemon.close_after = lambda n: True  # (as its idle timeout would, unannounced)
+    results = await kept_downloads(nursery, origin, tmp_path, daemon, 3)
+    assert all(result.daemon is not None for result in results)
+    assert len(daemon.requests) == 3 and daemon.connections == 3
+
+
+async def test_a_kept_connection_closing_as_the_request_goes_is_asked_again(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    """The daemon closes a kept connection as the next request arrives on it, before
+    any byte of an answer: the request goes again on a new connection, once, and the
+    download still comes from the daemon."""
+    daemon = KeptDaemon({})
+    daemon.answering = lambda n: n == 1  # each connection answers its first request only
+    results = await kept_downloads(nursery, origin, tmp_path, daemon, 3)
+    assert all(result.daemon is not None and result.from_source == 0 for result in results)
+    # (each connection answers one, and is closed as the next request goes on it)
+    assert len(daemon.requests) == 3 and daemon.connections == 3
+
+
+async def test_a_chunked_answer_to_a_kept_handoff_is_left_for_the_origin(
+    nursery: trio.Nursery, origin: FakeOrigin, tmp_path: Path
+) -> None:
+    """A kept handoff asks for framed answers; chunks (whose framing would end up in the
+    file) are not read: the download goes to the origin, nothing half-written."""
+    daemon = KeptDaemon({})
+    daemon.chunked = True
+    results = await kept_downloads(nursery, origin, tmp_path, daemon, 2)
+    assert all(result.daemon is None and result.from_source > 0 for result in results)
