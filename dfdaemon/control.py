@@ -60,11 +60,18 @@ from dfdaemon.httpconn import ClientGone
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, blob_digest
-from dfdaemon.sharing import ContentDiffers, JoinRefused, ask_origin, url_download
+from dfdaemon.sharing import (
+    ContentDiffers,
+    JoinRefused,
+    ask_origin,
+    check_policy,
+    url_download,
+)
 from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
+from dfget.tree.listers import lister_for
 from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,21 @@ class BadInput(ValueError):
 class ShareRefused(Exception):
     """A running download this dfget may not share (its content would differ): dfget
     is told to download by itself (`"fallback": true`)."""
+
+
+async def _wanted(request: Request, reply: Reply) -> DownloadRequest | None:
+    """The request's body, parsed; None once it is answered 413 or 400 (bad input)."""
+    body = b""
+    async for chunk in request.body():
+        body += chunk
+        if len(body) > MAX_REQUEST:
+            await _json(reply, 413, {"error": "request too large", "exit": 2})
+            return None
+    try:
+        return _parse(body)
+    except BadInput as exc:
+        await _json(reply, 400, {"error": str(exc), "exit": UsageError.exit_code})
+        return None
 
 
 def _parse(body: bytes) -> DownloadRequest:
@@ -187,22 +209,20 @@ class ControlApi:
         if request.method == "POST" and path == "/v1/downloads":
             self.metrics.requests.labels("dfget").inc()
             await self._download(request, reply)
+        elif request.method == "POST" and path == "/v1/listings":
+            await self._listing(request, reply)
         elif request.method == "GET" and (match := _RESULT_PATH.fullmatch(path)):
             await self._result(match[1], reply)
         else:
             await _json(reply, 404, {"error": f"no such route: {request.method} {path}"})
 
     async def _download(self, request: Request, reply: Reply) -> None:
-        body = b""
-        async for chunk in request.body():
-            body += chunk
-            if len(body) > MAX_REQUEST:
-                await _json(reply, 413, {"error": "request too large", "exit": 2})
-                return
+        wanted = await _wanted(request, reply)
+        if wanted is None:
+            return
         try:
-            wanted = _parse(body)
             task_id = wanted.task_id()
-        except (BadInput, UsageError) as exc:
+        except UsageError as exc:
             await _json(reply, 400, {"error": str(exc), "exit": UsageError.exit_code})
             return
         try:
@@ -241,6 +261,33 @@ class ControlApi:
                 log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
         finally:
             self.metrics.served.labels("dfget").inc(reply.bytes_sent)
+
+    async def _listing(self, request: Request, reply: Reply) -> None:
+        """The files of the tree at a URL (an HTTP index), as dfget lists one
+        (`dfget.tree.httpindex`, bounded by its `ListLimits`), with the requester's
+        headers, under this daemon's origin policy: for `dfget -r`, which then needs
+        no HTTP library of its own (`dfget.tree.handed`)."""
+        wanted = await _wanted(request, reply)
+        if wanted is None:
+            return
+        try:
+            lister = lister_for(wanted)  # (an index's links stay on its host: one check)
+            await check_policy(self.upstream.policy, wanted.url)
+            try:
+                entries = [entry async for entry in lister.entries()]
+            finally:
+                await lister.aclose()
+        except UsageError as exc:
+            await _json(reply, 400, {"error": str(exc), "exit": UsageError.exit_code})
+            return
+        except UpstreamError as exc:
+            await _error(reply, OriginFailed(str(exc)))
+            return
+        except DfgetError as exc:
+            await _error(reply, exc)
+            return
+        listed = [[list(e.path), e.url, e.size, e.validator] for e in entries]
+        await _json(reply, 200, {"entries": listed})
 
     def _headers(self, blob: Blob, cached: bool, passed: bool = False) -> list[tuple[str, str]]:
         """The answer's headers; from here on dfget may ask where the bytes came from,

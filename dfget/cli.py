@@ -302,10 +302,19 @@ def _main(argv: list[str] | None) -> int:
         ),
     )
     if args.recursive:
+        handed = None
+        if posted is not None:  # the daemon lists the tree: dfget needs no trio for it
+            from dfget.tree.handed import run_handed
+
+            _imported()
+            outcome = run_handed(posted, args, request)
+            if isinstance(outcome, int):
+                return outcome
+            handed = outcome
         from dfget.tree.command import run_tree
 
         _imported()
-        return run_tree(args, request)
+        return run_tree(args, request, handed)
     show_bar = not (args.json or args.quiet) and sys.stderr.isatty()
     bar = ProgressBar("stdout" if to_stdout else args.output.name) if show_bar else None
     progress = bar.update if bar else None
@@ -343,8 +352,13 @@ def _post_early(args: argparse.Namespace, socket_path: Path | None) -> Handoff |
     """Ask this host's daemon for the file before the rest of dfget loads, so that it
     works while dfget starts (`hand_over` reads its answer); None when there is no
     daemon to ask (`hand_over` tries again, and says so) or the download is not a
-    plain one (-r, -o -, s3://: they resolve it first)."""
-    plain = not args.recursive and str(args.output) != "-" and args.url[:5].lower() != "s3://"
+    plain one (-o -, s3://: they resolve it first). For -r, the daemon is asked to list
+    the tree (`dfget.tree.handed`)."""
+    if args.recursive:
+        from dfget.tree.handed import post_listing
+
+        return post_listing(args, socket_path)
+    plain = str(args.output) != "-" and args.url[:5].lower() != "s3://"
     if socket_path is None or not plain:
         return None
     from dfget.handoff import DaemonUnreachable, Handoff, request_fields

@@ -54,6 +54,8 @@ MAX_HEAD = 64 * 1024  # the daemon's answer head, and the body of an error or a 
 CHUNK = 1024 * 1024
 SHORT_ANSWER = 10.0  # seconds for a summary, or an error's body, to come in whole
 MAX_KEPT = 16  # idle kept connections to one daemon (dfget -r keeps one a job)
+MAX_LISTING = 64 * 1024 * 1024  # bytes of a tree's listing from the daemon
+LISTING_TIMEOUT = 300.0  # seconds for the daemon to list a tree (many index pages)
 _BY_EXIT: dict[int, type[DfgetError]] = {
     error.exit_code: error
     for error in (
@@ -89,6 +91,7 @@ def _kept_connection(path: str) -> socket.socket | None:
                 return None
             sock = idle.pop()
         try:
+            sock.settimeout(0)  # (with a timeout set, Python would wait for a byte)
             sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return sock  # quiet: usable
@@ -173,6 +176,35 @@ class Handoff:
         extra = (("X-Dfget-Take-File", "1"),) if take_file else ()
         self._request = ("POST", "/v1/downloads", json.dumps(fields).encode(), extra)
         self._posted = self._send(*self._request)
+
+    def post_listing(self, url: str, headers: Sequence[tuple[str, str]]) -> None:
+        """Ask the daemon to list the tree at `url` (`POST /v1/listings`, for `dfget -r`:
+        asked before dfget loads the rest; `listing` reads the answer). DaemonUnreachable
+        if nothing answers on the socket."""
+        fields = {"url": url, "headers": [list(h) for h in headers]}
+        self._request = ("POST", "/v1/listings", json.dumps(fields).encode(), ())
+        self._posted = self._send(*self._request)
+
+    def listing(self) -> list[object]:
+        """The files the daemon listed, as it sent them (each `[path parts, url, size,
+        validator]`: the caller checks them). DaemonUnreachable if the daemon cannot
+        list the tree (one without listings, or it says so), else the DfgetError the
+        listing failed with."""
+        assert self._posted is not None and self._request is not None
+        answer = self._answer_to(self._posted, self._request, LISTING_TIMEOUT)
+        raw = self._rest(answer, MAX_LISTING)
+        if answer.status == 404:  # (an older daemon: no such route)
+            raise DaemonUnreachable(f"{self._where()} does not list trees")
+        if answer.status != 200:
+            raise _error(answer.status, raw)
+        try:
+            entries = json.loads(raw)["entries"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DaemonUnreachable(f"{self._where()} sent no listing: {exc}") from exc
+        if not isinstance(entries, list):
+            raise DaemonUnreachable(f"{self._where()} sent no listing")
+        self._give_back(answer)
+        return entries
 
     def abort(self) -> None:
         """Stop the download from another thread: its socket is shut, its next read
@@ -375,24 +407,23 @@ class Handoff:
         keeps = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         return Answer(int(parts[1]), headers, sock, early, taken[0] if taken else None, keeps)
 
-    def _rest(self, answer: Answer) -> bytes:
-        """A short body (an error, a summary), whole, within SHORT_ANSWER seconds: its
-        Content-Length, or up to the close."""
-        data = answer.early
+    def _rest(self, answer: Answer, limit: int = MAX_HEAD) -> bytes:
+        """A short body (an error, a summary, a listing of at most `limit` bytes), whole,
+        within SHORT_ANSWER seconds: its Content-Length, or up to the close."""
+        data = bytearray(answer.early)
         length = answer.headers.get("content-length", "")
-        want = int(length) if length.isdigit() and int(length) <= MAX_HEAD else None
-        answer.keeps = answer.keeps and want is not None
+        want = int(length) if length.isdigit() and int(length) <= limit else None
         try:
             answer.sock.settimeout(self._timeout(SHORT_ANSWER))
-            while len(data) <= MAX_HEAD and (want is None or len(data) < want):
-                more = answer.sock.recv(MAX_HEAD if want is None else want - len(data))
+            while len(data) <= limit and (want is None or len(data) < want):
+                more = answer.sock.recv(min(CHUNK, limit + 1 if want is None else want - len(data)))
                 if not more:
                     break
                 data += more
         except OSError as exc:
             raise DaemonUnreachable(f"{self._where()}: {exc}") from exc
         answer.keeps = answer.keeps and len(data) == want
-        return data
+        return bytes(data)
 
     def _copy(
         self,

@@ -70,6 +70,27 @@ class Lister(Protocol):
         ...
 
 
+class Listed:
+    """Files already listed (by the daemon, `dfget.tree.handed`) as a lister: what
+    their versions are (`validator`, `validator_of`) is `lister`'s to say."""
+
+    def __init__(self, entries: list[Entry], lister: Lister) -> None:
+        self.listed, self.lister = entries, lister
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        for entry in self.listed:
+            yield entry
+
+    async def validator(self, entry: Entry) -> str | None:
+        return await self.lister.validator(entry)
+
+    def validator_of(self, result: DownloadResult) -> str | None:
+        return self.lister.validator_of(result)
+
+    async def aclose(self) -> None:
+        await self.lister.aclose()
+
+
 class KeptHeads:
     """A lister's one HTTP client for its HEADs (`validator`), opened at the first and
     closed with the tree (`aclose`): a tree of small files asks a HEAD a file, and a
@@ -100,6 +121,23 @@ class ListLimits:
     max_page: int = 4 * MiB  # bytes of one index page
 
 
+def http_validator(etag: str | None, modified: str | None, length: str | None) -> str | None:
+    """What `dfget -r` records of an HTTP file's version: its ETag, Last-Modified and
+    length (a HEAD's, or those of the download), None without the first two."""
+    if not etag and not modified:
+        return None
+    return f"etag={etag};last-modified={modified};length={length}"
+
+
+def http_validator_of(result: DownloadResult) -> str | None:
+    """`http_validator` of the bytes a download wrote, from the origin's validators it
+    carried (None if it carried none)."""
+    if result.validators is None:
+        return None
+    etag, modified = result.validators
+    return http_validator(etag or None, modified or None, str(result.bytes))
+
+
 class ListingError(OriginFailed):
     """An index page could not be fetched or read (exit code 3, an origin error)."""
 
@@ -108,4 +146,14 @@ class TreeTooLarge(DfgetError):
     """The tree is deeper or larger than ListLimits allow."""
 
 
-__all__ = ["Entry", "KeptHeads", "ListLimits", "Lister", "ListingError", "TreeTooLarge"]
+__all__ = [
+    "Entry",
+    "KeptHeads",
+    "ListLimits",
+    "Listed",
+    "Lister",
+    "ListingError",
+    "TreeTooLarge",
+    "http_validator",
+    "http_validator_of",
+]

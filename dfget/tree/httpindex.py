@@ -19,7 +19,15 @@ import httpx
 
 from common.urls import display_url, move_credentials
 from dfget.tls import tls_context
-from dfget.tree.entries import Entry, KeptHeads, ListingError, ListLimits, TreeTooLarge
+from dfget.tree.entries import (
+    Entry,
+    KeptHeads,
+    ListingError,
+    ListLimits,
+    TreeTooLarge,
+    http_validator,
+    http_validator_of,
+)
 from dfget.tree.index import Page, parse_page
 from dfget.tree.paths import unsafe_part
 
@@ -135,21 +143,10 @@ class HttpIndexLister(KeptHeads):
             return None
         etag = response.headers.get("etag")
         modified = response.headers.get("last-modified")
-        return _validator(etag, modified, response.headers.get("content-length"))
+        return http_validator(etag, modified, response.headers.get("content-length"))
 
     def validator_of(self, result: DownloadResult) -> str | None:
-        if result.validators is None:
-            return None
-        etag, modified = result.validators
-        return _validator(etag or None, modified or None, str(result.bytes))
-
-
-def _validator(etag: str | None, modified: str | None, length: str | None) -> str | None:
-    """What `dfget -r` records of a file's version: its ETag, Last-Modified and length
-    (a HEAD's, or those of the download), None without the first two."""
-    if not etag and not modified:
-        return None
-    return f"etag={etag};last-modified={modified};length={length}"
+        return http_validator_of(result)
 
 
 __all__ = ["HttpIndexLister"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dfget.engine import DownloadResult
+from dfget.results import DownloadResult
 
 Status = Literal["done", "skipped", "failed", "refused"]
 

@@ -22,8 +22,8 @@ from dfget.errors import DfgetError, OutputError
 from dfget.tree import manifest
 from dfget.tree.entries import Entry, Lister
 from dfget.tree.globs import Selection
-from dfget.tree.paths import UnsafePath, place
 from dfget.tree.results import FileResult, TreeResult
+from dfget.tree.steps import done, failed, placed, take
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,9 @@ async def download_tree(
             on_file(result)
 
     async for entry in request.lister.entries():
-        outcome.listed += 1
-        if not request.selection.wants(entry.name):
-            outcome.excluded += 1
-        elif entry.name in wanted or entry.path == (manifest.NAME,):
-            why = "listed twice" if entry.name in wanted else "the manifest's own name"
-            ended(_refused(entry, UnsafePath(f"refused {entry.name!r}: {why}")))
-        else:
-            wanted[entry.name] = entry
+        refusal = take(entry, request.selection, wanted, outcome)
+        if refusal is not None:
+            ended(refusal)
 
     limiter = trio.CapacityLimiter(request.jobs)
     try:
@@ -100,41 +95,23 @@ async def _one(
 async def _file(
     request: TreeRequest, entry: Entry, records: dict[str, manifest.Record]
 ) -> FileResult:
-    name = entry.name
+    path = placed(request.root, entry)
+    if isinstance(path, FileResult):
+        return path
     try:
-        path = place(request.root, entry.path)
-    except UnsafePath as exc:
-        return _refused(entry, exc)
-    except DfgetError as exc:
-        return _failed(entry, exc)
-    try:
-        record = records.get(name)
+        record = records.get(entry.name)
         validator = entry.validator
         if validator is None and manifest.may_be_current(record, entry.url, path):
             validator = await request.lister.validator(entry)
         if manifest.is_current(record, entry.url, path, validator):
-            return FileResult(name, entry.url, "skipped")
-        records.pop(name, None)  # replaced, or gone if this fails
+            return FileResult(entry.name, entry.url, "skipped")
+        records.pop(entry.name, None)  # replaced, or gone if this fails
         result = await download(replace(request.template, url=entry.url, output=path))
     except DfgetError as exc:
-        return _failed(entry, exc)
+        return failed(entry, exc)
     if validator is None:  # (none from the listing or a HEAD: the one the download carried)
         validator = request.lister.validator_of(result)
-    state = manifest.local_state(path)
-    if state is not None:
-        size, mtime_ns = state
-        records[name] = manifest.Record(entry.url, size, mtime_ns, validator)
-    return FileResult(name, entry.url, "done", bytes=result.bytes, download=result)
-
-
-def _refused(entry: Entry, exc: DfgetError) -> FileResult:
-    log.warning("%s", exc)
-    return FileResult(entry.name, entry.url, "refused", error=str(exc), exit_code=exc.exit_code)
-
-
-def _failed(entry: Entry, exc: DfgetError) -> FileResult:
-    log.warning("%s: %s", entry.name, exc)
-    return FileResult(entry.name, entry.url, "failed", error=str(exc), exit_code=exc.exit_code)
+    return done(records, entry, path, validator, result)
 
 
 __all__ = ["TreeRequest", "download_tree"]

@@ -1,0 +1,277 @@
+"""`dfget -r` through this host's dfdaemon, without trio or an HTTP library.
+
+The daemon lists the tree (`POST /v1/listings`, asked right after the flags are parsed,
+so that it lists while dfget loads the rest); `jobs` worker threads then hand the files
+over one after another, each on its kept connection (`dfget.handoff`), with the steps
+every tree run shares (`steps.py`: the safe path, the manifest's record). A daemon that
+cannot list the tree leaves all of it to the in-process run (`run.py`); one that cannot
+serve a file, and a file whose version only a HEAD can tell, leave those files to it,
+afterwards (`Handed.leftovers`). An HTTP(S) tree only: an `s3://` prefix needs its
+credentials here, and `--insecure` a TLS choice the daemon does not take from clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from argparse import Namespace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from dfget.errors import DfgetError, OutputError, UsageError
+from dfget.handoff import DaemonUnreachable, Handoff
+from dfget.output import AtomicOutput
+from dfget.request import DownloadRequest
+from dfget.results import DownloadResult
+from dfget.tree import manifest
+from dfget.tree.entries import Entry, http_validator_of
+from dfget.tree.globs import Selection
+from dfget.tree.report import report, say
+from dfget.tree.results import FileResult, TreeResult
+from dfget.tree.steps import done, failed, placed, take
+
+log = logging.getLogger("dfget")
+
+
+def check_flags(template: DownloadRequest) -> None:
+    """UsageError if the flags cannot go with -r."""
+    if str(template.output) == "-":
+        raise UsageError("-o - (stdout) takes one file: -r wants a folder")
+    if template.digest is not None:
+        raise UsageError("--digest names one file: it cannot go with -r")
+    if any(name.lower() == "range" for name, _ in template.headers):
+        raise UsageError("a Range header cannot go with -r")
+
+
+def post_listing(args: Namespace, socket_path: Path | None) -> Handoff | None:
+    """Ask the daemon at `socket_path` to list the tree `args` name, if it can (an
+    HTTP(S) tree without --insecure); None if not, or if nothing answers."""
+    url: str = args.url
+    if socket_path is None or args.insecure or not url.lower().startswith(("http:", "https:")):
+        return None
+    handoff = Handoff(socket_path, keep=True)
+    try:
+        handoff.post_listing(url, args.headers)
+    except DaemonUnreachable:
+        handoff.close()
+        return None
+    return handoff
+
+
+@dataclass
+class Handed:
+    """What the daemon did of a tree, and what it left to the in-process run."""
+
+    outcome: TreeResult
+    leftovers: list[Entry]
+    started: float  # time.monotonic()
+
+    def merged(self, rest: TreeResult) -> TreeResult:
+        """The whole tree's outcome, with the in-process run's of the leftovers."""
+        self.outcome.files.extend(rest.files)
+        self.outcome.seconds = time.monotonic() - self.started
+        return self.outcome
+
+
+def run_handed(listing: Handoff, args: Namespace, template: DownloadRequest) -> int | Handed | None:
+    """The tree `template` names through the daemon that `listing` asked: the exit code
+    if it did it all, what it left over if not, None if it could not list the tree."""
+    started = time.monotonic()
+    try:
+        return _run(listing, args, template, started)
+    except KeyboardInterrupt:
+        print("dfget: interrupted", file=sys.stderr)
+        return 130
+    except DfgetError as exc:
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(
+    listing: Handoff, args: Namespace, template: DownloadRequest, started: float
+) -> int | Handed | None:
+    try:
+        check_flags(template)
+        entries = _entries(listing.listing())
+    except DaemonUnreachable as exc:
+        (log.warning if template.daemon_warn else log.debug)("%s: going on without it", exc)
+        return None
+    finally:
+        listing.close()
+    if entries is None:
+        return None
+    root = template.output
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make {root}: {exc}") from exc
+    outcome = TreeResult(url=template.url, root=str(root))
+    runner = _Runner(template, root, None if (args.json or args.quiet) else say, outcome)
+    wanted: dict[str, Entry] = {}
+    selection = Selection(tuple(args.include), tuple(args.exclude))
+    for entry in entries:
+        refusal = take(entry, selection, wanted, outcome)
+        if refusal is not None:
+            runner.ended(refusal)
+    try:
+        leftovers = runner.run(list(wanted.values()), max(1, args.jobs))
+    finally:
+        runner.save()  # (what is in place is recorded, even when interrupted)
+    outcome.seconds = time.monotonic() - started
+    if leftovers:
+        return Handed(outcome, leftovers, started)
+    report(outcome, args.json, args.quiet)
+    return outcome.exit_code
+
+
+def _entries(listed: list[object]) -> list[Entry] | None:
+    """The daemon's listing as entries; None (with a warning) if it is not one. Paths
+    are checked where they are used (`dfget.tree.paths`), as any listing's are."""
+    entries = []
+    for item in listed:
+        if not (isinstance(item, list) and len(item) == 4):
+            break
+        parts, url, size, validator = item
+        if not (
+            isinstance(parts, list)
+            and parts
+            and all(isinstance(part, str) for part in parts)
+            and isinstance(url, str)
+            and url.lower().startswith(("http:", "https:"))
+            and (size is None or (isinstance(size, int) and size >= 0))
+            and (validator is None or isinstance(validator, str))
+        ):
+            break
+        entries.append(Entry(tuple(parts), url, size, validator))
+    else:
+        return entries
+    log.warning("dfdaemon sent a listing that is not one: going on without it")
+    return None
+
+
+class _Runner:
+    """The wanted files on `jobs` worker threads, each file handed to the daemon."""
+
+    def __init__(
+        self,
+        template: DownloadRequest,
+        root: Path,
+        on_file: Callable[[FileResult], None] | None,
+        outcome: TreeResult,
+    ) -> None:
+        assert template.daemon_socket is not None
+        self.template, self.root, self.on_file, self.outcome = template, root, on_file, outcome
+        self.socket = template.daemon_socket
+        self.records = manifest.load(root)
+        self.lock = threading.Lock()
+        self.active: set[Handoff] = set()
+        self.stopping = False
+        self.leftovers: list[Entry] = []
+
+    def ended(self, result: FileResult) -> None:
+        with self.lock:
+            self.outcome.files.append(result)
+            if self.on_file is not None:
+                self.on_file(result)
+
+    def run(self, entries: list[Entry], jobs: int) -> list[Entry]:
+        """Every entry downloaded, skipped or failed, but those left over (returned)."""
+        queue: Iterator[Entry] = iter(entries)
+
+        def work() -> None:
+            while True:
+                with self.lock:
+                    entry = None if self.stopping else next(queue, None)
+                if entry is None:
+                    return
+                result = self._one(entry)
+                if result is None:
+                    with self.lock:
+                        self.leftovers.append(entry)
+                else:
+                    self.ended(result)
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(jobs)]
+        for thread in threads[: len(entries)]:
+            thread.start()
+        try:
+            for thread in threads[: len(entries)]:
+                thread.join()
+        except KeyboardInterrupt:  # (Ctrl-C comes to the main thread, waiting here)
+            with self.lock:
+                self.stopping = True
+                active = list(self.active)
+            for handoff in active:
+                handoff.abort()
+            for thread in threads[: len(entries)]:
+                thread.join()
+            raise
+        return self.leftovers
+
+    def save(self) -> None:
+        try:
+            manifest.save(self.root, self.records)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.root / manifest.NAME, exc)
+
+    def _one(self, entry: Entry) -> FileResult | None:
+        """`entry` downloaded (or skipped, or failed); None to leave it over."""
+        path = placed(self.root, entry)
+        if isinstance(path, FileResult):
+            return path
+        record = self.records.get(entry.name)
+        validator = entry.validator
+        if validator is None and manifest.may_be_current(record, entry.url, path):
+            return None  # only a HEAD can tell: the in-process run asks it
+        if manifest.is_current(record, entry.url, path, validator):
+            return FileResult(entry.name, entry.url, "skipped")
+        self.records.pop(entry.name, None)  # replaced, or gone if this fails
+        try:
+            result = self._download(replace(self.template, url=entry.url, output=path))
+        except DfgetError as exc:
+            return failed(entry, exc)
+        if result is None:
+            return None
+        if validator is None:  # (none from the listing: the one the download carried)
+            validator = http_validator_of(result)
+        return done(self.records, entry, path, validator, result)
+
+    def _download(self, request: DownloadRequest) -> DownloadResult | None:
+        """`request` through the daemon, its output in place; None if the daemon cannot
+        serve it (or the run stops)."""
+        started = time.monotonic()
+        task_id = request.task_id()
+        handoff = Handoff(self.socket, rate=request.rate_limit, keep=True)
+        if request.timeout is not None:
+            handoff.deadline = started + request.timeout
+        with self.lock:
+            if self.stopping:
+                return None
+            self.active.add(handoff)
+        try:
+            with AtomicOutput(request.output) as out:
+                try:
+                    summary = handoff.download(request, out)
+                except DaemonUnreachable as exc:
+                    if not handoff.aborted:
+                        log.debug("%s: %s: going on without it", request.url, exc)
+                    return None
+                out.commit()
+        finally:
+            with self.lock:
+                self.active.discard(handoff)
+            handoff.close()
+        return DownloadResult.from_daemon(
+            summary,
+            task_id=task_id,
+            url=request.url,
+            output=str(request.output),
+            seconds=time.monotonic() - started,
+            daemon=str(self.socket),
+        )
+
+
+__all__ = ["Handed", "check_flags", "post_listing", "run_handed"]

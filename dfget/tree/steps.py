@@ -1,0 +1,75 @@
+"""One file of a tree, the steps around its download that every way of running the
+tree shares (in-process, `run.py`; handed to the daemon, `handed.py`): its safe local
+path, the failures as results, and the manifest's record once it is in place. No trio
+here: the daemon's way runs these on worker threads."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dfget.errors import DfgetError
+from dfget.results import DownloadResult
+from dfget.tree import manifest
+from dfget.tree.entries import Entry
+from dfget.tree.globs import Selection
+from dfget.tree.paths import UnsafePath, place
+from dfget.tree.results import FileResult, TreeResult
+
+log = logging.getLogger("dfget.tree.run")
+
+
+def take(
+    entry: Entry, selection: Selection, wanted: dict[str, Entry], outcome: TreeResult
+) -> FileResult | None:
+    """Count a listed `entry` in `outcome` and add it to `wanted` if --include and
+    --exclude select it; a refusal if it cannot be had (named twice, or the manifest's
+    own name)."""
+    outcome.listed += 1
+    if not selection.wants(entry.name):
+        outcome.excluded += 1
+    elif entry.name in wanted or entry.path == (manifest.NAME,):
+        why = "listed twice" if entry.name in wanted else "the manifest's own name"
+        return refused(entry, UnsafePath(f"refused {entry.name!r}: {why}"))
+    else:
+        wanted[entry.name] = entry
+    return None
+
+
+def placed(root: Path, entry: Entry) -> Path | FileResult:
+    """The local path of `entry` under `root` (its folders made), or why not."""
+    try:
+        return place(root, entry.path)
+    except UnsafePath as exc:
+        return refused(entry, exc)
+    except DfgetError as exc:
+        return failed(entry, exc)
+
+
+def done(
+    records: dict[str, manifest.Record],
+    entry: Entry,
+    path: Path,
+    validator: str | None,
+    result: DownloadResult,
+) -> FileResult:
+    """`entry` downloaded to `path`: recorded (with `validator`, the version it was
+    downloaded for) in `records`, the manifest to be."""
+    state = manifest.local_state(path)
+    if state is not None:
+        size, mtime_ns = state
+        records[entry.name] = manifest.Record(entry.url, size, mtime_ns, validator)
+    return FileResult(entry.name, entry.url, "done", bytes=result.bytes, download=result)
+
+
+def refused(entry: Entry, exc: DfgetError) -> FileResult:
+    log.warning("%s", exc)
+    return FileResult(entry.name, entry.url, "refused", error=str(exc), exit_code=exc.exit_code)
+
+
+def failed(entry: Entry, exc: DfgetError) -> FileResult:
+    log.warning("%s: %s", entry.name, exc)
+    return FileResult(entry.name, entry.url, "failed", error=str(exc), exit_code=exc.exit_code)
+
+
+__all__ = ["done", "failed", "placed", "refused", "take"]

@@ -1,0 +1,258 @@
+"""`dfget -r` through a daemon (`dfget/tree/handed.py`): the daemon lists the tree and
+serves its files to worker threads, with neither trio nor an HTTP library loaded in
+dfget; what the daemon cannot do is left to the in-process run, and what it says is
+checked like any listing (nothing is written outside DIR)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from conftest import PYTHON, RunningSupernode, StartDaemon, cli_env
+from registry import needs_nginx
+from test_tree import FILES, Site, site, summary_of, tree_of  # noqa: F401 (a fixture)
+
+from dfget import handoff
+
+pytestmark = needs_nginx
+RUN_TIMEOUT = 60.0
+Route = Callable[[str, bytes], Awaitable[bytes | None]]  # (path, body) -> answer, or close
+
+
+async def dfget_r(
+    url: str, out: Path, sock: Path, *flags: str, python: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[bytes]:
+    """`dfget -r URL -o OUT --json` with the daemon at `sock`, no supernode."""
+    argv = [PYTHON, *python, "-m", "dfget", "-r", url, "-o", str(out), "--json", *flags]
+    argv += ["--supernode", "", "--daemon-socket", str(sock)]
+    with trio.fail_after(RUN_TIMEOUT):
+        return await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False, env=cli_env()
+        )
+
+
+async def fake_daemon(nursery: trio.Nursery, path: Path, route: Route) -> None:
+    """A control socket at `path` answering each request (HTTP/1.1, kept alive) with
+    what `route(path, body)` makes of it: a whole answer, or None to close."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(16)
+
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    more = await stream.receive_some()
+                    if not more:
+                        return
+                    buffer += more
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+                length = int(fields.get("content-length", "0"))
+                while len(buffer) < length:
+                    buffer += await stream.receive_some()
+                body, buffer = buffer[:length], buffer[length:]
+                answer = await route(lines[0].split(" ")[1], body)
+                if answer is None:
+                    return
+                await stream.send_all(answer)
+
+    nursery.start_soon(trio.serve_listeners, one, [trio.SocketListener(sock)])
+
+
+def answer(status: int, body: bytes, *headers: str) -> bytes:
+    head = f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\n"
+    return (head + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode() + body
+
+
+def listing(entries: list[list[Any]]) -> bytes:
+    return answer(200, json.dumps({"entries": entries}).encode())
+
+
+def file_answer(data: bytes) -> bytes:
+    summary = json.dumps({"bytes": len(data), "complete": True})
+    return answer(200, data, f"x-dfdaemon-summary: {summary}")
+
+
+FALLBACK = answer(409, json.dumps({"error": "not here", "exit": 1, "fallback": True}).encode())
+
+
+async def test_the_daemon_lists_the_tree_and_serves_it_without_trio_in_dfget(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    supernode: RunningSupernode,
+    start_daemon: StartDaemon,
+) -> None:
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", supernode)
+    out = tmp_path / "out"
+    done = await dfget_r(site.url("json"), out, daemon.socket_path, python=("-X", "importtime"))
+    summary = summary_of(done)
+    assert tree_of(out) == FILES
+    assert summary["listed"] == summary["done"] == len(FILES)
+    assert {f["download"]["daemon"] for f in summary["files"]} == {str(daemon.socket_path)}
+    loaded = {line.split("|")[-1].strip() for line in done.stderr.decode().splitlines()}
+    assert "dfget.tree.handed" in loaded
+    assert not {"trio", "httpx", "dfget.engine"} & loaded
+    # A re-run skips what is complete and unchanged; a change upstream is fetched again.
+    again = summary_of(await dfget_r(site.url("json"), out, daemon.socket_path))
+    assert again["skipped"] == len(FILES) and again["done"] == 0
+    changed = site.root / "sub" / "b.json"
+    changed.write_bytes(b'{"b": 2}')
+    later = changed.stat().st_mtime_ns + 5 * 10**9
+    os.utime(changed, ns=(later, later))
+    third = summary_of(await dfget_r(site.url("json"), out, daemon.socket_path))
+    assert [f["path"] for f in third["files"] if f["status"] == "done"] == ["sub/b.json"]
+    assert (out / "sub" / "b.json").read_bytes() == b'{"b": 2}'
+
+
+async def test_an_html_tree_rerun_asks_its_heads_in_process(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    supernode: RunningSupernode,
+    start_daemon: StartDaemon,
+) -> None:
+    """HTML index pages name no versions: a re-run's files are left to the in-process
+    run, which asks each one's HEAD before it skips it."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", supernode)
+    out = tmp_path / "out"
+    first = summary_of(await dfget_r(site.url("html"), out, daemon.socket_path))
+    assert first["done"] == len(FILES) and tree_of(out) == FILES
+    again = summary_of(await dfget_r(site.url("html"), out, daemon.socket_path))
+    assert again["listed"] == again["skipped"] == len(FILES)
+    assert len(site.connections("HEAD")) >= len(FILES)
+
+
+async def test_a_daemon_without_listings_leaves_the_tree_to_dfget(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    nursery: trio.Nursery,
+) -> None:
+    async def old(path: str, body: bytes) -> bytes | None:
+        if path == "/v1/listings":
+            return answer(404, b'{"error": "no such route: POST /v1/listings"}')
+        return None  # (downloads: it breaks off, dfget goes on without it)
+
+    await fake_daemon(nursery, tmp_path / "d.sock", old)
+    done = await dfget_r(site.url("json"), tmp_path / "out", tmp_path / "d.sock")
+    summary = summary_of(done)
+    assert tree_of(tmp_path / "out") == FILES and summary["done"] == len(FILES)
+    assert summary["from_source"] == sum(len(data) for data in FILES.values())
+
+
+async def test_files_the_daemon_cannot_serve_are_left_to_the_in_process_run(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    nursery: trio.Nursery,
+) -> None:
+    base = site.url("json")
+    asked: list[str] = []
+
+    async def picky(path: str, body: bytes) -> bytes | None:
+        if path == "/v1/listings":
+            return listing([[name.split("/"), base + name, None, None] for name in FILES])
+        url = json.loads(body)["url"]
+        asked.append(url)
+        name = url.removeprefix(base)
+        return FALLBACK if name == "a.txt" else file_answer(FILES[name])
+
+    await fake_daemon(nursery, tmp_path / "d.sock", picky)
+    summary = summary_of(await dfget_r(base, tmp_path / "out", tmp_path / "d.sock"))
+    assert tree_of(tmp_path / "out") == FILES
+    assert summary["listed"] == summary["done"] == len(FILES)
+    by_name = {f["path"]: f["download"] for f in summary["files"]}
+    assert by_name["a.txt"]["daemon"] is None and by_name["a.txt"]["from_source"] == 5
+    assert all(by_name[name]["daemon"] for name in FILES if name != "a.txt")
+    assert asked.count(base + "a.txt") == 2  # (handed, then once more by the engine)
+
+
+async def test_a_hostile_listing_from_the_daemon_writes_nothing_outside_dir(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    base = "http://127.0.0.1:1/t/"
+    served: list[str] = []
+
+    async def hostile(path: str, body: bytes) -> bytes | None:
+        if path == "/v1/listings":
+            return listing(
+                [
+                    [["..", "escaped.txt"], base + "x", 1, None],
+                    [["sub", "..", "..", "escaped.txt"], base + "y", 1, None],
+                    [["/etc", "passwd"], base + "z", 1, None],
+                    [[".dfget-tree.json"], base + "m", 1, None],
+                    [["ok.txt"], base + "ok.txt", 2, "v1"],
+                    [["ok.txt"], base + "ok-again.txt", 2, "v1"],
+                ]
+            )
+        url = json.loads(body)["url"]
+        served.append(url)
+        return file_answer(b"ok")
+
+    await fake_daemon(nursery, tmp_path / "d.sock", hostile)
+    out = tmp_path / "deep" / "out"
+    done = await dfget_r(base, out, tmp_path / "d.sock")
+    summary = json.loads(done.stdout)
+    assert done.returncode != 0 and "Traceback" not in done.stderr.decode()
+    assert summary["refused"] == 5 and summary["done"] == 1
+    assert served == [base + "ok.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["d.sock", "deep"]
+    assert sorted(os.listdir(tmp_path / "deep")) == ["out"]
+    assert (out / "ok.txt").read_bytes() == b"ok"
+
+
+async def test_a_listing_that_is_not_one_leaves_the_tree_to_dfget(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    nursery: trio.Nursery,
+) -> None:
+    async def garbled(path: str, body: bytes) -> bytes | None:
+        if path == "/v1/listings":
+            return listing([[1, 2, 3, 4]])
+        return None
+
+    await fake_daemon(nursery, tmp_path / "d.sock", garbled)
+    done = await dfget_r(site.url("json"), tmp_path / "out", tmp_path / "d.sock")
+    assert summary_of(done)["done"] == len(FILES) and tree_of(tmp_path / "out") == FILES
+    assert b"not one" in done.stderr
+
+
+async def test_the_daemons_listing_error_is_dfgets(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    supernode: RunningSupernode,
+    start_daemon: StartDaemon,
+) -> None:
+    """An index that answers 404 to the daemon fails as it would in dfget: exit 3."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", supernode)
+    done = await dfget_r(f"{site.base}/json/nothing-here/", tmp_path / "out", daemon.socket_path)
+    assert done.returncode == 3, done.stderr.decode()
+    assert b"answered 404" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_a_kept_connection_with_a_timeout_is_taken_without_waiting(tmp_path: Path) -> None:
+    """A kept connection's check is a peek that must not wait for a byte, whatever
+    timeout its last answer left on the socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.settimeout(30)
+        key = str(tmp_path / "d.sock")
+        handoff._keep_connection(key, ours)
+        taken: list[socket.socket | None] = []
+        worker = threading.Thread(target=lambda: taken.append(handoff._kept_connection(key)))
+        worker.start()
+        worker.join(5)
+        assert not worker.is_alive() and taken == [ours]
+        handoff._keep_connection(key, ours)
+        theirs.close()  # closed while kept: dropped, not taken
+        assert handoff._kept_connection(key) is None
+    finally:
+        ours.close()
+        theirs.close()
