@@ -71,7 +71,8 @@ from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
-from dfget.tree.listers import lister_for
+from dfget.tree.entries import Entry, ListingError
+from dfget.tree.httpindex import HttpIndexLister
 from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ T = TypeVar("T")
 MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path, less its NUL
 SOCKET_NAME = "dfdaemon.sock"
 MAX_REQUEST = 64 * 1024
+LISTING_DEADLINE = 240.0  # seconds to list a tree (dfget waits 300: `handoff.LISTING_TIMEOUT`)
 KEEP_RESULTS = 1000  # downloads whose result dfget may still ask for
 # A new download at most this long goes to a dfget that can take a file as its
 # descriptor once complete, rather than streamed to it as it arrives (the copy of a
@@ -210,6 +212,7 @@ class ControlApi:
             self.metrics.requests.labels("dfget").inc()
             await self._download(request, reply)
         elif request.method == "POST" and path == "/v1/listings":
+            self.metrics.requests.labels("listing").inc()
             await self._listing(request, reply)
         elif request.method == "GET" and (match := _RESULT_PATH.fullmatch(path)):
             await self._result(match[1], reply)
@@ -248,6 +251,9 @@ class ControlApi:
                 # A kept-alive dfget reads a length or a descriptor, never chunks: a
                 # download whose origin names no length is answered once it has one.
                 await _while_asked(reply, functools.partial(length_known, blob))
+                if taking and blob.complete:
+                    await pass_whole(reply, blob, self._headers(blob, False, passed=True))
+                    return
             if not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
                 # is dropped, the next request downloads it anew.
@@ -270,24 +276,36 @@ class ControlApi:
         wanted = await _wanted(request, reply)
         if wanted is None:
             return
+        if urlsplit(wanted.url).scheme.lower() not in ("http", "https"):
+            await _json(reply, 400, {"error": "want an http(s) URL", "exit": UsageError.exit_code})
+            return
+        # Its own client, every connection checked and pinned by the origin policy
+        # (an index's links stay on its host; its name is resolved once a connection).
+        lister = HttpIndexLister(
+            wanted.url, headers=wanted.headers, client=self.upstream.new_client
+        )
+
+        async def listed() -> list[Entry]:
+            with trio.move_on_after(LISTING_DEADLINE):
+                return [entry async for entry in lister.entries()]
+            raise ListingError(f"{display_url(wanted.url)} not listed in {LISTING_DEADLINE:g}s")
+
         try:
-            lister = lister_for(wanted)  # (an index's links stay on its host: one check)
-            await check_policy(self.upstream.policy, wanted.url)
+            await check_policy(self.upstream.policy, wanted.url)  # (a clear refusal first)
             try:
-                entries = [entry async for entry in lister.entries()]
+                entries = await _while_asked(reply, listed)  # (stopped if dfget leaves)
             finally:
                 await lister.aclose()
-        except UsageError as exc:
-            await _json(reply, 400, {"error": str(exc), "exit": UsageError.exit_code})
-            return
         except UpstreamError as exc:
             await _error(reply, OriginFailed(str(exc)))
             return
         except DfgetError as exc:
             await _error(reply, exc)
             return
-        listed = [[list(e.path), e.url, e.size, e.validator] for e in entries]
-        await _json(reply, 200, {"entries": listed})
+        rows = [[list(e.path), e.url, e.size, e.validator] for e in entries]
+        # (UTF-8, not \u escapes: the listing's bytes stay near its names' own)
+        body = json.dumps({"entries": rows}, ensure_ascii=False).encode()
+        await reply.simple(200, body, "application/json")
 
     def _headers(self, blob: Blob, cached: bool, passed: bool = False) -> list[tuple[str, str]]:
         """The answer's headers; from here on dfget may ask where the bytes came from,

@@ -9,6 +9,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -92,16 +93,19 @@ class Upstream:
         # origin policy allows: a client must not make the daemon reach cloud metadata.
         # `origin_tls`: registries with their own CA or client certificate (HOST[:PORT]).
         self.policy = policy or OriginPolicy(allow_flag="dfdaemon's --origin-allow")
-        self.client = checked_client(
-            self.policy,
-            verify=not insecure,
-            origin_tls=origin_tls,
-            follow_redirects=False,
-            timeout=httpx.Timeout(timeout, connect=10.0),
+        self._tls: dict[str, Any] = {"verify": not insecure, "origin_tls": origin_tls}
+        self.client = self.new_client(
+            follow_redirects=False, timeout=httpx.Timeout(timeout, connect=10.0)
         )
         self._silent: dict[str, float] = {}  # host:port → until when it is not asked
         self.proxies = environment_proxies()  # (as the client read them)
         self.probe = Probe(self.policy, connect_timeout=10.0, timeout=timeout)
+
+    def new_client(self, **options: Any) -> httpx.AsyncClient:
+        """An httpx client (`options` as httpx's) whose every connection goes to an
+        address the origin policy allows, checked and pinned (`checked_client`), with
+        this upstream's TLS settings; its user closes it."""
+        return checked_client(self.policy, **self._tls, **options)
 
     def reachable(self, url: str) -> bool:
         """False for a while after `unreachable(url)`: a question the supernode can

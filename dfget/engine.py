@@ -120,20 +120,22 @@ async def download(
             on_done=on_done,
         )
         if request.daemon_socket is not None:
-            handed = await _via_daemon(job)
+            # Kept connections for a file the engine writes itself (dfget -r's files, one
+            # after another); a caller's own output (stdout) streams as the bytes come.
+            handed = await _via_daemon(job, keep=output is None)
             if handed is not None:
                 return handed
         return await _download(job)
 
 
-async def _via_daemon(job: DownloadJob) -> DownloadResult | None:
+async def _via_daemon(job: DownloadJob, *, keep: bool) -> DownloadResult | None:
     """The download through this host's dfdaemon (`dfget.handoff`, in a worker thread);
     None if no daemon answers."""
     from dfget.handoff import DaemonUnreachable, Handoff
 
     request = job.request
     assert request.daemon_socket is not None
-    handoff = Handoff(request.daemon_socket, rate=request.rate_limit, keep=True)
+    handoff = Handoff(request.daemon_socket, rate=request.rate_limit, keep=keep)
     with trio.move_on_at(job.deadline) as scope:
         try:
             summary = await _in_thread(

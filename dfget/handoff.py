@@ -199,7 +199,7 @@ class Handoff:
             raise _error(answer.status, raw)
         try:
             entries = json.loads(raw)["entries"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise DaemonUnreachable(f"{self._where()} sent no listing: {exc}") from exc
         if not isinstance(entries, list):
             raise DaemonUnreachable(f"{self._where()} sent no listing")
@@ -238,7 +238,7 @@ class Handoff:
         if answer.status != 200:
             raise _error(answer.status, self._rest(answer))
         length_text = answer.headers.get("content-length", "")
-        length = int(length_text) if length_text.isdigit() else None
+        length = _number(length_text)
         if "x-dfdaemon-file" in answer.headers:
             length = received = self._take(answer, out, progress)
         else:
@@ -257,7 +257,7 @@ class Handoff:
             raise DaemonUnreachable(f"{self._where()} broke off after {received} bytes")
         summary["bytes"] = received
         # Read whole: a body of the length named, or a passed file's answer (which has none)
-        if answer.headers.get("content-length", "").isdigit() and not (
+        if _number(answer.headers.get("content-length", "")) is not None and not (
             answer.passed is not None and answer.early
         ):
             self._give_back(answer)
@@ -276,7 +276,7 @@ class Handoff:
             self._give_back(result)
         try:
             summary = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DaemonUnreachable(f"{self._where()} sent no summary: {exc}") from exc
         if status != 200 or not isinstance(summary, dict):
             raise DaemonUnreachable(f"{self._where()} sent no summary ({status})")
@@ -396,7 +396,7 @@ class Handoff:
         head_bytes, _, early = raw.partition(b"\r\n\r\n")
         lines = head_bytes.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or _number(parts[1]) is None:
             raise DaemonUnreachable(f"{self._where()}: not an HTTP answer")
         headers = {}
         for line in lines[1:]:
@@ -412,7 +412,8 @@ class Handoff:
         within SHORT_ANSWER seconds: its Content-Length, or up to the close."""
         data = bytearray(answer.early)
         length = answer.headers.get("content-length", "")
-        want = int(length) if length.isdigit() and int(length) <= limit else None
+        want = _number(length)
+        want = want if want is not None and want <= limit else None
         try:
             answer.sock.settimeout(self._timeout(SHORT_ANSWER))
             while len(data) <= limit and (want is None or len(data) < want):
@@ -469,7 +470,7 @@ class Handoff:
         names its length; the answer has no body) into `out` (`dfget.passed`); the
         bytes copied."""
         fd, length = answer.passed, answer.headers["x-dfdaemon-file"]
-        if fd is None or not length.isdigit():
+        if fd is None or _number(length) is None:
             raise DaemonUnreachable(f"{self._where()} passed no file")
         try:
             return passed.copy(fd, int(length), out, progress, lambda: self._timeout(None))
@@ -484,12 +485,17 @@ class Handoff:
         self._passed.clear()
 
 
+def _number(text: str) -> int | None:
+    """A decimal number of ASCII digits (`"²".isdigit()` is true, `int("²")` fails)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def _error(status: int, raw: bytes) -> Exception:
     try:
         data = json.loads(raw)
-        message, code = str(data["error"]), int(data.get("exit") or 1)
+        message, code = str(data["error"]), int(data.get("exit") or 1)  # (1e999: Overflow)
         origin_status = data.get("status")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return DaemonUnreachable(f"dfdaemon answered {status} without an explanation")
     if data.get("fallback") is True:  # the daemon cannot serve this one: go on without it
         return DaemonUnreachable(f"dfdaemon: {message}")

@@ -150,3 +150,25 @@ async def test_p2p_url_downloads_follow_the_daemons_policy_too(
     assert answer.json()["exit"] == 3 and "--origin-allow" in answer.json()["error"]
     assert not node.node.cdn.tasks  # nothing reached the supernode
     assert sum(len(stats.requests) for stats in origin.stats.values()) == 0
+
+
+async def test_a_tree_listing_does_not_reach_cloud_metadata(
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
+) -> None:
+    """`POST /v1/listings` (for `dfget -r`) reads index pages under the daemon's policy,
+    connection by connection: a name with an allowed address beside the metadata one
+    passes the first check, and must still never lead to the metadata service."""
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    net.names["twofaced.test"] = [METADATA_IP, "127.0.0.3"]  # (nothing listens on the 2nd)
+    sock = daemon.socket_path
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock))) as client:
+        for url in (
+            "http://169.254.169.254/latest/",
+            "http://metadata.test/latest/",
+            "http://twofaced.test/latest/",
+        ):
+            body = json.dumps({"url": url, "headers": []}).encode()
+            answer = await client.post("http://daemon/v1/listings", content=body, timeout=30)
+            assert answer.status_code == 502 and SECRET not in answer.content, answer.text
+            assert answer.json()["exit"] == 3
+    untouched(net, metadata)

@@ -256,3 +256,81 @@ def test_a_kept_connection_with_a_timeout_is_taken_without_waiting(tmp_path: Pat
     finally:
         ours.close()
         theirs.close()
+
+
+async def test_a_listing_naming_files_elsewhere_is_not_one(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+    nursery: trio.Nursery,
+) -> None:
+    """A listing's files must be below the tree asked for, as dfget's own lister keeps
+    them: one naming another host (where the user's -H headers would go) is not used."""
+    base = site.url("json")
+
+    async def elsewhere(path: str, body: bytes) -> bytes | None:
+        if path == "/v1/listings":
+            return listing([[["a.txt"], "http://127.0.0.1:1/a.txt", 5, None]])
+        return None
+
+    await fake_daemon(nursery, tmp_path / "d.sock", elsewhere)
+    done = await dfget_r(base, tmp_path / "out", tmp_path / "d.sock", "-H", "Authorization: x")
+    assert summary_of(done)["done"] == len(FILES) and tree_of(tmp_path / "out") == FILES
+    assert b"not one" in done.stderr
+
+
+async def test_to_stdout_a_download_through_the_daemon_streams_unframed(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """`-o -` through the daemon asks as before (HTTP/1.0, no framing asked): the daemon
+    streams a file of unknown length as it comes, not once it is whole."""
+    heads: list[bytes] = []
+
+    async def streaming(stream: trio.SocketStream) -> None:
+        async with stream:
+            heads.append(await stream.receive_some())
+            summary = json.dumps({"bytes": 3, "complete": True})
+            await stream.send_all(
+                f"HTTP/1.0 200 OK\r\nx-dfdaemon-summary: {summary}\r\n\r\nabc".encode()
+            )
+
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(tmp_path / "d.sock"))
+    sock.listen(4)
+    nursery.start_soon(trio.serve_listeners, streaming, [trio.SocketListener(sock)])
+    argv = [PYTHON, "-m", "dfget", "http://127.0.0.1:1/f.bin", "-o", "-", "--supernode", ""]
+    argv += ["--daemon-socket", str(tmp_path / "d.sock")]
+    with trio.fail_after(RUN_TIMEOUT):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, env=cli_env())
+    assert done.stdout == b"abc", done.stderr
+    assert heads and heads[0].split(b"\r\n")[0].endswith(b"HTTP/1.0")
+    assert b"x-dfget-framed" not in heads[0].lower()
+
+
+def test_a_worker_that_meets_the_unexpected_records_a_failure(tmp_path: Path) -> None:
+    """A bug, or a daemon's answer nothing expected, fails that file; the other files
+    go on and the exit code says so (the in-process run would have crashed)."""
+    from dfget.request import DownloadRequest
+    from dfget.tree.entries import Entry
+    from dfget.tree.handed import _Runner
+    from dfget.tree.results import TreeResult
+
+    template = DownloadRequest(url="http://h/t/", output=tmp_path, daemon_socket=tmp_path / "s")
+    outcome = TreeResult(url=template.url, root=str(tmp_path))
+    runner = _Runner(template, tmp_path, None, outcome)
+    entries = [Entry(("a",), "http://h/t/a"), Entry(("b",), "http://h/t/b")]
+
+    def one(entry: Entry) -> None:
+        if entry.name == "a":
+            raise ValueError("unexpected")
+        return None  # (left over)
+
+    runner._one = one  # type: ignore[method-assign]
+    assert runner.run(entries, 1) == [entries[1]]
+    assert [(f.name, f.status) for f in outcome.files] == [("a", "failed")]
+    assert outcome.exit_code == 1 and "unexpected" in (outcome.files[0].error or "")
+
+
+def test_numbers_in_a_daemons_answer_are_ascii_digits() -> None:
+    assert handoff._number("123") == 123
+    assert handoff._number("²") is None and handoff._number("١٢") is None
+    assert handoff._number("") is None and handoff._number("-1") is None

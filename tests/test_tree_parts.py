@@ -11,7 +11,7 @@ import pytest
 from dfget.errors import OutputError
 from dfget.tree import manifest
 from dfget.tree.globs import Selection
-from dfget.tree.index import Link, is_json, parse_page
+from dfget.tree.index import Link, PageTooLarge, is_json, parse_page
 from dfget.tree.paths import UnsafePath, place, unsafe_part
 
 PAGE = "http://127.0.0.1:8080/data/"
@@ -186,3 +186,20 @@ def test_a_json_index_nested_deep_is_not_an_index() -> None:
     index page must end the listing with a clear error (ValueError here), not a crash."""
     with pytest.raises(ValueError):
         parse_page(b"[" * 100_000 + b"]" * 100_000, "application/json", PAGE)
+
+
+@pytest.mark.parametrize("kind", ["text/html", "application/json"])
+def test_a_page_whose_links_outgrow_the_listings_names_budget_stops(kind: str) -> None:
+    """Each link repeats its page's URL: a small page deep under long folder names makes
+    a great deal of it. Parsing stops as soon as the links pass the budget."""
+    page_url = "http://h/" + "/".join("d" * 250 for _ in range(10)) + "/"
+    names = [f"f{n}" for n in range(400)]
+    if kind == "text/html":
+        body = "".join(f'<a href="{name}">{name}</a>' for name in names).encode()
+    else:
+        body = json.dumps([{"name": name, "type": "file"} for name in names]).encode()
+    whole = parse_page(body, kind, page_url)
+    assert len(whole.links) == 400 and whole.size > 400 * len(page_url)
+    with pytest.raises(PageTooLarge):
+        parse_page(body, kind, page_url, max_size=100 * len(page_url))
+    assert parse_page(body, kind, page_url, max_size=whole.size).size == whole.size

@@ -119,6 +119,7 @@ class ListLimits:
     max_depth: int = 32  # folders below the root
     max_entries: int = 100_000  # files and folders, all pages together
     max_page: int = 4 * MiB  # bytes of one index page
+    max_names: int = 32 * MiB  # bytes of the files' and folders' names and URLs, in all
 
 
 def http_validator(etag: str | None, modified: str | None, length: str | None) -> str | None:

@@ -20,6 +20,7 @@ from argparse import Namespace
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dfget.errors import DfgetError, OutputError, UsageError
 from dfget.handoff import DaemonUnreachable, Handoff
@@ -95,7 +96,7 @@ def _run(
 ) -> int | Handed | None:
     try:
         check_flags(template)
-        entries = _entries(listing.listing())
+        entries = _entries(listing.listing(), template.url)
     except DaemonUnreachable as exc:
         (log.warning if template.daemon_warn else log.debug)("%s: going on without it", exc)
         return None
@@ -127,9 +128,12 @@ def _run(
     return outcome.exit_code
 
 
-def _entries(listed: list[object]) -> list[Entry] | None:
-    """The daemon's listing as entries; None (with a warning) if it is not one. Paths
-    are checked where they are used (`dfget.tree.paths`), as any listing's are."""
+def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
+    """The daemon's listing as entries; None (with a warning) if it is not one: each
+    file's URL must be below `root_url` (same scheme, host and port, inside its folder),
+    as dfget's own lister keeps them. Paths are checked where they are used
+    (`dfget.tree.paths`), as any listing's are."""
+    root = root_url if root_url.endswith("/") else root_url + "/"
     entries = []
     for item in listed:
         if not (isinstance(item, list) and len(item) == 4):
@@ -140,7 +144,7 @@ def _entries(listed: list[object]) -> list[Entry] | None:
             and parts
             and all(isinstance(part, str) for part in parts)
             and isinstance(url, str)
-            and url.lower().startswith(("http:", "https:"))
+            and _below(url, root)
             and (size is None or (isinstance(size, int) and size >= 0))
             and (validator is None or isinstance(validator, str))
         ):
@@ -150,6 +154,18 @@ def _entries(listed: list[object]) -> list[Entry] | None:
         return entries
     log.warning("dfdaemon sent a listing that is not one: going on without it")
     return None
+
+
+def _below(url: str, root: str) -> bool:
+    try:
+        there, here = urlsplit(url), urlsplit(root)
+    except ValueError:
+        return False
+    return (
+        (there.scheme.lower(), there.netloc.lower()) == (here.scheme.lower(), here.netloc.lower())
+        and there.path.startswith(here.path)
+        and len(there.path) > len(here.path)
+    )
 
 
 class _Runner:
@@ -187,7 +203,11 @@ class _Runner:
                     entry = None if self.stopping else next(queue, None)
                 if entry is None:
                     return
-                result = self._one(entry)
+                try:
+                    result = self._one(entry)
+                except Exception as exc:  # (a bug, or a daemon's answer nothing expected)
+                    log.exception("%s: internal error", entry.name)
+                    result = failed(entry, DfgetError(f"internal error: {exc!r}"))
                 if result is None:
                     with self.lock:
                         self.leftovers.append(entry)
@@ -195,25 +215,36 @@ class _Runner:
                     self.ended(result)
 
         threads = [threading.Thread(target=work, daemon=True) for _ in range(jobs)]
-        for thread in threads[: len(entries)]:
-            thread.start()
+        started: list[threading.Thread] = []
         try:
             for thread in threads[: len(entries)]:
+                thread.start()
+                started.append(thread)
+            for thread in started:
                 thread.join()
         except KeyboardInterrupt:  # (Ctrl-C comes to the main thread, waiting here)
-            with self.lock:
-                self.stopping = True
-                active = list(self.active)
-            for handoff in active:
-                handoff.abort()
-            for thread in threads[: len(entries)]:
-                thread.join()
+            self._stop(started)
             raise
         return self.leftovers
 
+    def _stop(self, threads: list[threading.Thread]) -> None:
+        """Stop the workers (their downloads aborted; what they wrote is removed by
+        their outputs) and wait for them, whatever else Ctrl-C says meanwhile."""
+        with self.lock:
+            self.stopping = True
+            active = list(self.active)
+        for handoff in active:
+            handoff.abort()
+        for thread in threads:
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except KeyboardInterrupt:
+                    continue
+
     def save(self) -> None:
         try:
-            manifest.save(self.root, self.records)
+            manifest.save(self.root, dict(self.records))  # (a copy: one dict() is atomic)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.root / manifest.NAME, exc)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,7 +28,7 @@ from dfget.tree.entries import (
     http_validator,
     http_validator_of,
 )
-from dfget.tree.index import Page, parse_page
+from dfget.tree.index import Page, PageTooLarge, parse_page
 from dfget.tree.paths import unsafe_part
 
 if TYPE_CHECKING:
@@ -47,15 +47,21 @@ class HttpIndexLister(KeptHeads):
         headers: tuple[tuple[str, str], ...] = (),
         insecure: bool = False,
         limits: ListLimits | None = None,
+        client: Callable[..., httpx.AsyncClient] | None = None,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self.headers = headers
         self.insecure = insecure
         self.limits = limits or ListLimits()
+        # `client(**options)`: how to make a client (dfdaemon's connect only where its
+        # origin policy allows); by default, dfget's own.
+        self.make_client = client
 
     def _client(self) -> httpx.AsyncClient:
         """A client for a page or a HEAD (the process's one TLS context: `dfget.tls`)."""
         options: dict[str, Any] = {"follow_redirects": False, "timeout": TIMEOUT}
+        if self.make_client is not None:
+            return self.make_client(**options)
         return httpx.AsyncClient(verify=tls_context(self.insecure), **options)
 
     def _sent(self, url: str) -> tuple[str, list[tuple[str, str]]]:
@@ -75,11 +81,12 @@ class HttpIndexLister(KeptHeads):
         """Every file of the tree, breadth first."""
         found: list[Entry] = []
         queue: deque[tuple[tuple[str, ...], str]] = deque([((), self.url)])
-        seen = 0
+        seen = names = 0
         async with self._client() as client:
             while queue:
                 parts, url = queue.popleft()
-                page = await self._page(client, url)
+                page = await self._page(client, url, self.limits.max_names - names)
+                names += page.size
                 for href, why in page.hostile:
                     log.warning("%s: ignoring the link %r: %s", display_url(url), href, why)
                 for link in page.links:
@@ -101,7 +108,7 @@ class HttpIndexLister(KeptHeads):
                     found.append(Entry(path, link.url, link.size, link.validator))
         return found
 
-    async def _page(self, client: httpx.AsyncClient, url: str) -> Page:
+    async def _page(self, client: httpx.AsyncClient, url: str, max_names: int) -> Page:
         where = display_url(url)
         sent_url, headers = self._sent(url)
         body = bytearray()
@@ -122,7 +129,12 @@ class HttpIndexLister(KeptHeads):
         except httpx.HTTPError as exc:
             raise ListingError(f"cannot read the index {where}: {exc}") from exc
         try:
-            return parse_page(bytes(body), kind, url)
+            return parse_page(bytes(body), kind, url, max_names)
+        except PageTooLarge as exc:
+            raise TreeTooLarge(
+                f"{display_url(self.url)} lists more than {self.limits.max_names} bytes "
+                "of names and URLs"
+            ) from exc
         except ValueError as exc:
             raise ListingError(f"{where} is not an index: {exc}") from exc
 

@@ -28,9 +28,14 @@ class Link:
     validator: str | None = None  # JSON pages: mtime and size
 
 
+class PageTooLarge(ValueError):
+    """The page's links hold more bytes of names and URLs than the listing has left."""
+
+
 @dataclass
 class Page:
     links: list[Link] = field(default_factory=list)
+    size: int = 0  # bytes of the links' names and URLs
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (href, why)
     hostile: list[tuple[str, str]] = field(default_factory=list)  # dropped, worth a warning
 
@@ -43,22 +48,39 @@ def is_json(content_type: str, body: bytes) -> bool:
     return kind in ("", "text/plain", "application/octet-stream") and body.lstrip()[:1] == b"["
 
 
-def parse_page(body: bytes, content_type: str, page_url: str) -> Page:
+def parse_page(body: bytes, content_type: str, page_url: str, max_size: int | None = None) -> Page:
     """The children that `body`, the index page at `page_url` (ending in `/`), lists.
-    ValueError if it is not an index page at all."""
+    ValueError if it is not an index page at all; PageTooLarge as soon as its links
+    hold more than `max_size` bytes of names and URLs (a page's links repeat its URL:
+    a small page deep in a tree of long names would make a great deal of them)."""
+    page = Page()
+    budget = _Budget(page, max_size)
     if is_json(content_type, body):
-        return _parse_json(body, page_url)
-    return _parse_html(body, page_url)
+        _parse_json(body, page_url, budget)
+    else:
+        _parse_html(body, page_url, budget)
+    return page
 
 
-def _parse_json(body: bytes, page_url: str) -> Page:
+class _Budget:
+    def __init__(self, page: Page, max_size: int | None) -> None:
+        self.page, self.max_size = page, max_size
+
+    def add(self, link: Link) -> None:
+        self.page.links.append(link)
+        self.page.size += len(link.url) + len(link.name)
+        if self.max_size is not None and self.page.size > self.max_size:
+            raise PageTooLarge(f"its links hold more than {self.max_size} bytes of names")
+
+
+def _parse_json(body: bytes, page_url: str, budget: _Budget) -> None:
     try:
         items = json.loads(body)
     except (ValueError, RecursionError) as exc:  # (a hostile page nested deep: the latter)
         raise ValueError(f"bad JSON index: {exc}") from exc
     if not isinstance(items, list):
         raise ValueError("a JSON index is a list of entries")
-    page = Page()
+    page = budget.page
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ValueError("a JSON index entry has a name")
@@ -76,8 +98,7 @@ def _parse_json(body: bytes, page_url: str) -> Page:
         validator = None
         if not is_dir and isinstance(mtime, str) and size is not None:
             validator = f"mtime={mtime};size={size}"
-        page.links.append(Link(name, url, is_dir, size if not is_dir else None, validator))
-    return page
+        budget.add(Link(name, url, is_dir, size if not is_dir else None, validator))
 
 
 class _Anchors(HTMLParser):
@@ -92,19 +113,18 @@ class _Anchors(HTMLParser):
                     self.hrefs.append(value)
 
 
-def _parse_html(body: bytes, page_url: str) -> Page:
+def _parse_html(body: bytes, page_url: str, budget: _Budget) -> None:
     parser = _Anchors()
     parser.feed(body.decode("utf-8", errors="replace"))
     parser.close()
-    page = Page()
+    page = budget.page
     for href in parser.hrefs:
         child = _child(page_url, href)
         if isinstance(child, Link):
-            page.links.append(child)
+            budget.add(child)
         elif child is not None:
             why, hostile = child
             (page.hostile if hostile else page.dropped).append((href, why))
-    return page
 
 
 def _child(page_url: str, href: str) -> Link | tuple[str, bool] | None:
@@ -132,4 +152,4 @@ def _child(page_url: str, href: str) -> Link | tuple[str, bool] | None:
     return Link(name, target, is_dir)
 
 
-__all__ = ["Link", "Page", "is_json", "parse_page"]
+__all__ = ["Link", "Page", "PageTooLarge", "is_json", "parse_page"]
