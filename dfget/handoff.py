@@ -513,24 +513,39 @@ def hand_over(
     """The CLI's download through the daemon, output committed; None if no daemon
     answers (said as a warning when the socket was given), for dfget to go on alone.
     `posted`: the same download already asked of the daemon (at `started`)."""
+    assert request.daemon_socket is not None
+    started = time.monotonic() if started is None else started
+    handoff = posted or Handoff(request.daemon_socket)
+    handoff.deadline = None if request.timeout is None else started + request.timeout
+    handoff.rate = request.rate_limit
+    return download_file(handoff, request, progress, started)
+
+
+def download_file(
+    handoff: Handoff,
+    request: DownloadRequest,
+    progress: Progress | None = None,
+    started: float | None = None,
+) -> DownloadResult | None:
+    """`request` through `handoff` (closed after), its output committed; None if the
+    daemon cannot serve it (said as a warning when its socket was named, unless the
+    handoff was aborted), for dfget to go on without it."""
     import logging
 
     from dfget.output import AtomicOutput
     from dfget.results import DownloadResult
 
-    assert request.daemon_socket is not None
     started = time.monotonic() if started is None else started
-    task_id = request.task_id()  # UsageError (the daemon, if asked already, says 400)
-    handoff = posted or Handoff(request.daemon_socket)
-    handoff.deadline = None if request.timeout is None else started + request.timeout
-    handoff.rate = request.rate_limit
     log = logging.getLogger("dfget")
     try:
+        task_id = request.task_id()  # UsageError (the daemon, if asked already, says 400)
         with AtomicOutput(request.output) as out:
             try:
                 summary = handoff.download(request, out, progress)
             except DaemonUnreachable as exc:
-                (log.warning if request.daemon_warn else log.debug)("%s: going on without it", exc)
+                if not handoff.aborted:
+                    warn = log.warning if request.daemon_warn else log.debug
+                    warn("%s: going on without it", exc)
                 return None
             out.commit()
     finally:
@@ -545,4 +560,4 @@ def hand_over(
     )
 
 
-__all__ = ["DaemonUnreachable", "Handoff", "hand_over"]
+__all__ = ["DaemonUnreachable", "Handoff", "download_file", "hand_over"]

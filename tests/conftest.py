@@ -434,3 +434,26 @@ async def metadata(nursery: trio.Nursery, net: FakeNetwork) -> FakeOrigin:
     net.routes[(METADATA_IP, 80)] = ("127.0.0.1", server.port)
     net.names["metadata.test"] = [METADATA_IP]
     return server
+
+
+class RequestReader:
+    """A fake daemon's side of one connection: each request, read whole (its head,
+    then a body of its Content-Length), as `(request line, body)`; None at its end."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream, self.buffer = stream, b""
+
+    async def next(self) -> tuple[str, bytes] | None:
+        while b"\r\n\r\n" not in self.buffer:
+            more = await self.stream.receive_some()
+            if not more:
+                return None
+            self.buffer += more
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(fields.get("content-length", "0"))
+        while len(self.buffer) < length:
+            self.buffer += await self.stream.receive_some()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return lines[0], body

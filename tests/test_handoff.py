@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, StartDaemon, cli_env
+from conftest import PYTHON, RequestReader, StartDaemon, cli_env
 
 from dfget import handoff
 from dfget.engine import DownloadRequest, download
@@ -341,18 +341,9 @@ class KeptDaemon:
 
     async def __call__(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        buffer, served = b"", 0
-        while True:
-            while b"\r\n\r\n" not in buffer:
-                more = await stream.receive_some()
-                if not more:
-                    return
-                buffer += more
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            while len(buffer) < length:
-                buffer += await stream.receive_some()
-            body, buffer = buffer[:length], buffer[length:]
+        requests, served = RequestReader(stream), 0
+        while (request := await requests.next()) is not None:
+            _, body = request
             if not self.answering(served + 1):
                 return
             url = json.loads(body)["url"]
@@ -360,14 +351,8 @@ class KeptDaemon:
             data = self.files[url]
             summary = json.dumps({"bytes": len(data), "complete": True})
             if self.chunked:
-                framing, payload = (
-                    "transfer-encoding: chunked",
-                    b"%x\r\n%s\r\n0\r\n\r\n"
-                    % (
-                        len(data),
-                        data,
-                    ),
-                )
+                chunks = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+                framing, payload = "transfer-encoding: chunked", chunks
             else:
                 framing, payload = f"content-length: {len(data)}", data
             answer = f"HTTP/1.1 200 OK\r\n{framing}\r\nx-dfdaemon-summary: {summary}\r\n\r\n"

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from conftest import PYTHON, RunningSupernode, StartDaemon, cli_env
+from conftest import PYTHON, RequestReader, RunningSupernode, StartDaemon, cli_env
 from registry import needs_nginx
 from test_tree import FILES, Site, site, summary_of, tree_of  # noqa: F401 (a fixture)
 
@@ -47,21 +48,10 @@ async def fake_daemon(nursery: trio.Nursery, path: Path, route: Route) -> None:
 
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    more = await stream.receive_some()
-                    if not more:
-                        return
-                    buffer += more
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")
-                fields = dict(line.lower().split(": ", 1) for line in lines[1:])
-                length = int(fields.get("content-length", "0"))
-                while len(buffer) < length:
-                    buffer += await stream.receive_some()
-                body, buffer = buffer[:length], buffer[length:]
-                answer = await route(lines[0].split(" ")[1], body)
+            requests = RequestReader(stream)
+            while (request := await requests.next()) is not None:
+                line, body = request
+                answer = await route(line.split(" ")[1], body)
                 if answer is None:
                     return
                 await stream.send_all(answer)
@@ -131,21 +121,35 @@ async def test_an_html_tree_rerun_asks_its_heads_in_process(
     assert len(site.connections("HEAD")) >= len(FILES)
 
 
-async def test_a_daemon_without_listings_leaves_the_tree_to_dfget(
+NOT_LISTED = {
+    # an older daemon, without listings
+    "none": answer(404, b'{"error": "no such route: POST /v1/listings"}'),
+    "garbled": listing([[1, 2, 3, 4]]),
+    # files on another host, where the user's -H headers would go: as dfget's own
+    # lister keeps them, a listing's files must be below the tree asked for
+    "elsewhere": listing([[["a.txt"], "http://127.0.0.1:1/a.txt", 5, None]]),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_LISTED))
+async def test_a_daemon_that_does_not_list_the_tree_leaves_it_to_dfget(
     site: Site,  # noqa: F811
     tmp_path: Path,
     nursery: trio.Nursery,
+    kind: str,
 ) -> None:
-    async def old(path: str, body: bytes) -> bytes | None:
+    async def unlisted(path: str, body: bytes) -> bytes | None:
         if path == "/v1/listings":
-            return answer(404, b'{"error": "no such route: POST /v1/listings"}')
+            return NOT_LISTED[kind]
         return None  # (downloads: it breaks off, dfget goes on without it)
 
-    await fake_daemon(nursery, tmp_path / "d.sock", old)
-    done = await dfget_r(site.url("json"), tmp_path / "out", tmp_path / "d.sock")
+    await fake_daemon(nursery, tmp_path / "d.sock", unlisted)
+    out = tmp_path / "out"
+    done = await dfget_r(site.url("json"), out, tmp_path / "d.sock", "-H", "Authorization: x")
     summary = summary_of(done)
-    assert tree_of(tmp_path / "out") == FILES and summary["done"] == len(FILES)
+    assert tree_of(out) == FILES and summary["done"] == len(FILES)
     assert summary["from_source"] == sum(len(data) for data in FILES.values())
+    assert (b"not one" in done.stderr) is (kind != "none")
 
 
 async def test_files_the_daemon_cannot_serve_are_left_to_the_in_process_run(
@@ -208,22 +212,6 @@ async def test_a_hostile_listing_from_the_daemon_writes_nothing_outside_dir(
     assert (out / "ok.txt").read_bytes() == b"ok"
 
 
-async def test_a_listing_that_is_not_one_leaves_the_tree_to_dfget(
-    site: Site,  # noqa: F811
-    tmp_path: Path,
-    nursery: trio.Nursery,
-) -> None:
-    async def garbled(path: str, body: bytes) -> bytes | None:
-        if path == "/v1/listings":
-            return listing([[1, 2, 3, 4]])
-        return None
-
-    await fake_daemon(nursery, tmp_path / "d.sock", garbled)
-    done = await dfget_r(site.url("json"), tmp_path / "out", tmp_path / "d.sock")
-    assert summary_of(done)["done"] == len(FILES) and tree_of(tmp_path / "out") == FILES
-    assert b"not one" in done.stderr
-
-
 async def test_the_daemons_listing_error_is_dfgets(
     site: Site,  # noqa: F811
     tmp_path: Path,
@@ -256,26 +244,6 @@ def test_a_kept_connection_with_a_timeout_is_taken_without_waiting(tmp_path: Pat
     finally:
         ours.close()
         theirs.close()
-
-
-async def test_a_listing_naming_files_elsewhere_is_not_one(
-    site: Site,  # noqa: F811
-    tmp_path: Path,
-    nursery: trio.Nursery,
-) -> None:
-    """A listing's files must be below the tree asked for, as dfget's own lister keeps
-    them: one naming another host (where the user's -H headers would go) is not used."""
-    base = site.url("json")
-
-    async def elsewhere(path: str, body: bytes) -> bytes | None:
-        if path == "/v1/listings":
-            return listing([[["a.txt"], "http://127.0.0.1:1/a.txt", 5, None]])
-        return None
-
-    await fake_daemon(nursery, tmp_path / "d.sock", elsewhere)
-    done = await dfget_r(base, tmp_path / "out", tmp_path / "d.sock", "-H", "Authorization: x")
-    assert summary_of(done)["done"] == len(FILES) and tree_of(tmp_path / "out") == FILES
-    assert b"not one" in done.stderr
 
 
 async def test_to_stdout_a_download_through_the_daemon_streams_unframed(

@@ -17,7 +17,7 @@ from dfget.tree.entries import Listed, Lister
 from dfget.tree.globs import Selection
 from dfget.tree.handed import Handed, check_flags
 from dfget.tree.listers import lister_for
-from dfget.tree.report import report, say
+from dfget.tree.report import guarded, report, say
 from dfget.tree.run import TreeRequest, download_tree
 
 log = logging.getLogger("dfget")
@@ -34,14 +34,9 @@ def run_tree(args: Namespace, template: DownloadRequest, handed: Handed | None =
     if handed is not None:
         request = replace(request, lister=Listed(handed.leftovers, request.lister))
     on_file = None if (args.json or args.quiet) else say
-    try:
-        result = trio.run(lambda: download_tree(request, on_file=on_file))
-    except KeyboardInterrupt:
-        print("dfget: interrupted", file=sys.stderr)
-        return 130
-    except DfgetError as exc:
-        print(f"dfget: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    result = guarded(lambda: trio.run(lambda: download_tree(request, on_file=on_file)))
+    if isinstance(result, int):
+        return result
     if handed is not None:
         result = handed.merged(result)
     report(result, args.json, args.quiet)

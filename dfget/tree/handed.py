@@ -13,7 +13,6 @@ credentials here, and `--insecure` a TLS choice the daemon does not take from cl
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from argparse import Namespace
@@ -23,14 +22,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dfget.errors import DfgetError, OutputError, UsageError
-from dfget.handoff import DaemonUnreachable, Handoff
-from dfget.output import AtomicOutput
+from dfget.handoff import DaemonUnreachable, Handoff, download_file
 from dfget.request import DownloadRequest
 from dfget.results import DownloadResult
 from dfget.tree import manifest
 from dfget.tree.entries import Entry, http_validator_of
 from dfget.tree.globs import Selection
-from dfget.tree.report import report, say
+from dfget.tree.report import guarded, report, say
 from dfget.tree.results import FileResult, TreeResult
 from dfget.tree.steps import done, failed, placed, take
 
@@ -81,14 +79,7 @@ def run_handed(listing: Handoff, args: Namespace, template: DownloadRequest) -> 
     """The tree `template` names through the daemon that `listing` asked: the exit code
     if it did it all, what it left over if not, None if it could not list the tree."""
     started = time.monotonic()
-    try:
-        return _run(listing, args, template, started)
-    except KeyboardInterrupt:
-        print("dfget: interrupted", file=sys.stderr)
-        return 130
-    except DfgetError as exc:
-        print(f"dfget: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return guarded(lambda: _run(listing, args, template, started))
 
 
 def _run(
@@ -274,35 +265,19 @@ class _Runner:
         """`request` through the daemon, its output in place; None if the daemon cannot
         serve it (or the run stops)."""
         started = time.monotonic()
-        task_id = request.task_id()
         handoff = Handoff(self.socket, rate=request.rate_limit, keep=True)
         if request.timeout is not None:
             handoff.deadline = started + request.timeout
         with self.lock:
             if self.stopping:
+                handoff.close()
                 return None
             self.active.add(handoff)
         try:
-            with AtomicOutput(request.output) as out:
-                try:
-                    summary = handoff.download(request, out)
-                except DaemonUnreachable as exc:
-                    if not handoff.aborted:
-                        log.debug("%s: %s: going on without it", request.url, exc)
-                    return None
-                out.commit()
+            return download_file(handoff, request, started=started)
         finally:
             with self.lock:
                 self.active.discard(handoff)
-            handoff.close()
-        return DownloadResult.from_daemon(
-            summary,
-            task_id=task_id,
-            url=request.url,
-            output=str(request.output),
-            seconds=time.monotonic() - started,
-            daemon=str(self.socket),
-        )
 
 
 __all__ = ["Handed", "check_flags", "post_listing", "run_handed"]

@@ -5,9 +5,25 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from common.units import format_size
+from dfget.errors import DfgetError
 from dfget.tree.results import FileResult, TreeResult
+
+
+def guarded(run: Callable[[], T]) -> T | int:
+    """`run()`, or the exit code it ended with: 130 for Ctrl-C, a DfgetError's own
+    (each said on stderr)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("dfget: interrupted", file=sys.stderr)
+        return 130
+    except DfgetError as exc:
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def say(file: FileResult) -> None:
@@ -32,4 +48,6 @@ def report(result: TreeResult, as_json: bool, quiet: bool) -> None:
     )
 
 
-__all__ = ["report", "say"]
+T = TypeVar("T")
+
+__all__ = ["guarded", "report", "say"]
