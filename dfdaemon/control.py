@@ -52,6 +52,7 @@ import trio
 
 from common.connlimit import ConnectionLimit
 from common.io import serve_limited, unwrap_group
+from common.origins import AddressDenied
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
 from dfdaemon.bodies import finished_small, length_known, pass_whole, send_whole
@@ -68,10 +69,11 @@ from dfdaemon.sharing import (
     url_download,
 )
 from dfdaemon.trust import Trust, origin_of
-from dfdaemon.upstream import Upstream, UpstreamError
+from dfdaemon.upstream import Upstream, UpstreamError, forwardable
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, UsageError
-from dfget.tree.entries import Entry, ListingError
+from dfget.handoff import MAX_LISTING
+from dfget.tree.entries import Entry, TreeTooLarge
 from dfget.tree.httpindex import HttpIndexLister
 from proto.messages import S3Access
 
@@ -81,7 +83,6 @@ T = TypeVar("T")
 MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path, less its NUL
 SOCKET_NAME = "dfdaemon.sock"
 MAX_REQUEST = 64 * 1024
-LISTING_DEADLINE = 240.0  # seconds to list a tree (dfget waits 300: `handoff.LISTING_TIMEOUT`)
 KEEP_RESULTS = 1000  # downloads whose result dfget may still ask for
 # A new download at most this long goes to a dfget that can take a file as its
 # descriptor once complete, rather than streamed to it as it arrives (the copy of a
@@ -281,14 +282,11 @@ class ControlApi:
             return
         # Its own client, every connection checked and pinned by the origin policy
         # (an index's links stay on its host; its name is resolved once a connection).
-        lister = HttpIndexLister(
-            wanted.url, headers=wanted.headers, client=self.upstream.new_client
-        )
+        headers = tuple(forwardable(list(wanted.headers)))
+        lister = HttpIndexLister(wanted.url, headers=headers, client=self.upstream.new_client)
 
         async def listed() -> list[Entry]:
-            with trio.move_on_after(LISTING_DEADLINE):
-                return [entry async for entry in lister.entries()]
-            raise ListingError(f"{display_url(wanted.url)} not listed in {LISTING_DEADLINE:g}s")
+            return [entry async for entry in lister.entries()]
 
         try:
             await check_policy(self.upstream.policy, wanted.url)  # (a clear refusal first)
@@ -296,15 +294,19 @@ class ControlApi:
                 entries = await _while_asked(reply, listed)  # (stopped if dfget leaves)
             finally:
                 await lister.aclose()
-        except UpstreamError as exc:
+            rows = [[list(e.path), e.url, e.size, e.validator] for e in entries]
+            # (UTF-8, not \u escapes: the answer stays near the bytes the limits count)
+            body = json.dumps({"entries": rows}, ensure_ascii=False).encode()
+            if len(body) > MAX_LISTING:  # (what dfget reads at most)
+                raise TreeTooLarge(
+                    f"{display_url(wanted.url)}: its listing is over {MAX_LISTING} bytes"
+                )
+        except (UpstreamError, AddressDenied) as exc:  # (the latter: refused as it connects)
             await _error(reply, OriginFailed(str(exc)))
             return
         except DfgetError as exc:
             await _error(reply, exc)
             return
-        rows = [[list(e.path), e.url, e.size, e.validator] for e in entries]
-        # (UTF-8, not \u escapes: the listing's bytes stay near its names' own)
-        body = json.dumps({"entries": rows}, ensure_ascii=False).encode()
         await reply.simple(200, body, "application/json")
 
     def _headers(self, blob: Blob, cached: bool, passed: bool = False) -> list[tuple[str, str]]:

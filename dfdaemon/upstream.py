@@ -20,6 +20,7 @@ from common.urls import display_url
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
 from dfdaemon.trust import origin_of
+from dfget.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,16 @@ class Upstream:
         # origin policy allows: a client must not make the daemon reach cloud metadata.
         # `origin_tls`: registries with their own CA or client certificate (HOST[:PORT]).
         self.policy = policy or OriginPolicy(allow_flag="dfdaemon's --origin-allow")
-        self._tls: dict[str, Any] = {"verify": not insecure, "origin_tls": origin_tls}
-        self.client = self.new_client(
-            follow_redirects=False, timeout=httpx.Timeout(timeout, connect=10.0)
+        self.client = checked_client(
+            self.policy,
+            verify=not insecure,
+            origin_tls=origin_tls,
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout, connect=10.0),
         )
+        # Clients of their own (`new_client`) share one TLS context, its CAs loaded at
+        # its first handshake (`dfget.tls`): a context made per client costs ~25 ms.
+        self._tls: dict[str, Any] = {"verify": tls_context(insecure), "origin_tls": origin_tls}
         self._silent: dict[str, float] = {}  # host:port → until when it is not asked
         self.proxies = environment_proxies()  # (as the client read them)
         self.probe = Probe(self.policy, connect_timeout=10.0, timeout=timeout)

@@ -532,6 +532,7 @@ def download_file(
     handoff was aborted), for dfget to go on without it."""
     import logging
 
+    from common.urls import display_url
     from dfget.output import AtomicOutput
     from dfget.results import DownloadResult
 
@@ -545,7 +546,7 @@ def download_file(
             except DaemonUnreachable as exc:
                 if not handoff.aborted:
                     warn = log.warning if request.daemon_warn else log.debug
-                    warn("%s: going on without it", exc)
+                    warn("%s: %s: going on without it", display_url(request.url), exc)
                 return None
             out.commit()
     finally:

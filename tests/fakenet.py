@@ -32,6 +32,10 @@ class FakeNetwork:
         trio.socket.set_custom_socket_factory(_Factory(self))
         return self
 
+    def resolve_name(self, name: str) -> list[str] | None:
+        """The addresses `name` resolves to now (None: the system resolver's)."""
+        return self.names.get(name)
+
     def tried(self, ip: str) -> bool:
         """Whether anything tried to connect to `ip` (any port)."""
         return any(host == ip for host, _ in self.connects)
@@ -51,7 +55,7 @@ class _Resolver(trio.abc.HostnameResolver):
         flags: int = 0,
     ) -> list[Any]:
         name = host.decode("ascii") if isinstance(host, bytes) else host
-        addresses = self.network.names.get(name or "")
+        addresses = self.network.resolve_name(name or "")
         if addresses is None:
             return await trio.to_thread.run_sync(
                 socket.getaddrinfo, host, port, family, type, proto, flags

@@ -172,3 +172,26 @@ async def test_a_tree_listing_does_not_reach_cloud_metadata(
             assert answer.status_code == 502 and SECRET not in answer.content, answer.text
             assert answer.json()["exit"] == 3
     untouched(net, metadata)
+
+
+async def test_a_name_rebound_after_the_check_is_refused_as_it_connects(
+    net: FakeNetwork, metadata: FakeOrigin, start_daemon: StartDaemon
+) -> None:
+    """A name that resolves to an allowed address when the listing is checked and to
+    the metadata address when it connects (a rebinding DNS) is refused at the connect,
+    and the daemon says so as an origin refusal (502, exit 3), not an internal error."""
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    answers = iter([["127.0.0.3"]])
+    resolve = net.resolve_name
+
+    def rebinding(name: str) -> list[str] | None:
+        return next(answers, [METADATA_IP]) if name == "rebind.test" else resolve(name)
+
+    net.resolve_name = rebinding  # type: ignore[method-assign]
+    body = json.dumps({"url": "http://rebind.test/latest/", "headers": []}).encode()
+    sock = daemon.socket_path
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock))) as client:
+        answer = await client.post("http://daemon/v1/listings", content=body, timeout=30)
+    assert answer.status_code == 502 and answer.json()["exit"] == 3, answer.text
+    assert METADATA_IP in answer.json()["error"]
+    untouched(net, metadata)

@@ -403,6 +403,8 @@ def endless(seen: Seen) -> Answer:
         (ListLimits(max_depth=5), "more than 5 folders deep"),
         (ListLimits(max_entries=7), "more than 7 entries"),
         (ListLimits(max_page=16), "larger than 16 bytes"),
+        (ListLimits(max_names=300), "more than 300 bytes of names and URLs"),
+        (ListLimits(max_seconds=0), "takes more than 0s to list"),
     ],
 )
 async def test_a_runaway_index_ends_with_a_clear_error(

@@ -302,3 +302,28 @@ def test_numbers_in_a_daemons_answer_are_ascii_digits() -> None:
     assert handoff._number("123") == 123
     assert handoff._number("²") is None and handoff._number("١٢") is None
     assert handoff._number("") is None and handoff._number("-1") is None
+
+
+def test_a_listed_url_must_be_a_file_below_the_tree() -> None:
+    from dfget.tree.handed import _entries
+
+    root = "http://h:8080/tree/"
+
+    def ok(url: str, size: object = 1) -> bool:
+        return _entries([[["f"], url, size, None]], root) is not None
+
+    assert ok("http://h:8080/tree/f") and ok("HTTP://H:8080/tree/sub/f") and ok(root + "f", None)
+    for url in (
+        "http://h:8080/tree/",  # the folder itself
+        "http://h:8080/other/f",
+        "http://h/tree/f",  # another port
+        "http://x@h:8080/tree/f",  # userinfo: another authority
+        "https://h:8080/tree/f",
+        "http://h:8080/tree/../admin/secret",
+        "http://h:8080/tree/%2e%2E/admin",
+        "http://h:8080/tree/sub/./f",
+        "http://h:8080/tree/a\\..\\b",
+        "http://other:8080/tree/f",
+    ):
+        assert not ok(url), url
+    assert not ok(root + "f", True) and not ok(root + "f", -1) and not ok(root + "f", "1")

@@ -203,3 +203,24 @@ def test_a_page_whose_links_outgrow_the_listings_names_budget_stops(kind: str) -
     with pytest.raises(PageTooLarge):
         parse_page(body, kind, page_url, max_size=100 * len(page_url))
     assert parse_page(body, kind, page_url, max_size=whole.size).size == whole.size
+
+
+def test_a_page_naming_too_many_links_stops_before_reading_them_all() -> None:
+    """Links dropped cost their parse as much as kept ones: a page may name no more
+    than a tree's entries, and only the first few dropped ones are kept to be named."""
+    body = b"".join(b'<a href="/elsewhere/%d">x</a>' % n for n in range(1000))
+    page = parse_page(body, "text/html", "http://h/d/")
+    assert page.links == [] and page.hostile_count == 1000 and len(page.hostile) == 10
+    with pytest.raises(PageTooLarge, match="more than 999 links"):
+        parse_page(body, "text/html", "http://h/d/", max_links=999)
+
+
+def test_a_validator_and_every_name_count_in_bytes() -> None:
+    """What a link holds is counted as UTF-8 bytes, its validator included."""
+    body = json.dumps([{"name": "€" * 10, "type": "file", "size": 1, "mtime": "m" * 50}])
+    url = "http://h/d/"
+    page = parse_page(body.encode(), "application/json", url)
+    (link,) = page.links
+    assert page.size == len(link.url) + 30 + len(link.validator or "")
+    with pytest.raises(PageTooLarge):
+        parse_page(body.encode(), "application/json", url, max_size=page.size - 1)

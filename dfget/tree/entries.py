@@ -119,7 +119,9 @@ class ListLimits:
     max_depth: int = 32  # folders below the root
     max_entries: int = 100_000  # files and folders, all pages together
     max_page: int = 4 * MiB  # bytes of one index page
-    max_names: int = 32 * MiB  # bytes of the files' and folders' names and URLs, in all
+    # UTF-8 bytes of the files' and folders' URLs, names, paths and validators, in all
+    max_names: int = 32 * MiB
+    max_seconds: float = 240.0  # to list the whole tree
 
 
 def http_validator(etag: str | None, modified: str | None, length: str | None) -> str | None:

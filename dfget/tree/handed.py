@@ -19,7 +19,7 @@ from argparse import Namespace
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dfget.errors import DfgetError, OutputError, UsageError
 from dfget.handoff import DaemonUnreachable, Handoff, download_file
@@ -136,7 +136,7 @@ def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
             and all(isinstance(part, str) for part in parts)
             and isinstance(url, str)
             and _below(url, root)
-            and (size is None or (isinstance(size, int) and size >= 0))
+            and (size is None or (type(size) is int and size >= 0))
             and (validator is None or isinstance(validator, str))
         ):
             break
@@ -148,14 +148,20 @@ def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
 
 
 def _below(url: str, root: str) -> bool:
+    """`url` is a file inside the folder `root` (same scheme, host and port; no `.` or
+    `..` segment, percent-encoded or not, and no backslash, which a client may read as
+    a slash)."""
     try:
         there, here = urlsplit(url), urlsplit(root)
     except ValueError:
         return False
+    rest = there.path[len(here.path) :]
     return (
         (there.scheme.lower(), there.netloc.lower()) == (here.scheme.lower(), here.netloc.lower())
         and there.path.startswith(here.path)
-        and len(there.path) > len(here.path)
+        and bool(rest)
+        and "\\" not in there.path
+        and not any(unquote(part) in (".", "..") for part in there.path.split("/"))
     )
 
 
@@ -202,36 +208,45 @@ class _Runner:
                 if result is None:
                     with self.lock:
                         self.leftovers.append(entry)
-                else:
+                    continue
+                try:
                     self.ended(result)
+                except Exception:  # (its line could not be said: stderr gone)
+                    log.debug("cannot report %s", entry.name, exc_info=True)
 
-        threads = [threading.Thread(target=work, daemon=True) for _ in range(jobs)]
-        started: list[threading.Thread] = []
+        threads = [threading.Thread(target=work, daemon=True) for _ in entries[:jobs]]
         try:
-            for thread in threads[: len(entries)]:
+            for thread in threads:
                 thread.start()
-                started.append(thread)
-            for thread in started:
+            for thread in threads:
                 thread.join()
         except KeyboardInterrupt:  # (Ctrl-C comes to the main thread, waiting here)
-            self._stop(started)
+            self._stop(threads)
             raise
+        # Every entry has its result or is left over (a worker cannot end otherwise).
+        named = {file.name for file in self.outcome.files}
+        named.update(entry.name for entry in self.leftovers)
+        for entry in entries:
+            if entry.name not in named:
+                self.ended(failed(entry, DfgetError("not downloaded: its worker ended")))
         return self.leftovers
 
     def _stop(self, threads: list[threading.Thread]) -> None:
         """Stop the workers (their downloads aborted; what they wrote is removed by
-        their outputs) and wait for them, whatever else Ctrl-C says meanwhile."""
-        with self.lock:
-            self.stopping = True
-            active = list(self.active)
-        for handoff in active:
-            handoff.abort()
-        for thread in threads:
-            while thread.is_alive():
-                try:
-                    thread.join()
-                except KeyboardInterrupt:
-                    continue
+        their outputs) and wait for every one started, whatever else Ctrl-C says."""
+        while True:
+            try:
+                with self.lock:
+                    self.stopping = True
+                    active = list(self.active)
+                for handoff in active:
+                    handoff.abort()
+                for thread in threads:
+                    if thread.ident is not None:
+                        thread.join()
+                return
+            except KeyboardInterrupt:
+                continue
 
     def save(self) -> None:
         try:

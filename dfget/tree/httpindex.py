@@ -10,12 +10,14 @@ yielded as an entry, for the runner to refuse and report.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import trio
 
 from common.urls import display_url, move_credentials
 from dfget.tls import tls_context
@@ -79,16 +81,28 @@ class HttpIndexLister(KeptHeads):
 
     async def list_all(self) -> list[Entry]:
         """Every file of the tree, breadth first."""
+        with trio.move_on_after(self.limits.max_seconds):
+            return await self._list_all()
+        raise TreeTooLarge(
+            f"{display_url(self.url)} takes more than {self.limits.max_seconds:g}s to list"
+        )
+
+    async def _list_all(self) -> list[Entry]:
         found: list[Entry] = []
         queue: deque[tuple[tuple[str, ...], str]] = deque([((), self.url)])
         seen = names = 0
+        limits = self.limits
         async with self._client() as client:
             while queue:
                 parts, url = queue.popleft()
-                page = await self._page(client, url, self.limits.max_names - names)
+                # (a page may name no more links than a whole tree may hold entries)
+                page = await self._page(client, url, limits.max_names - names, limits.max_entries)
                 names += page.size
-                for href, why in page.hostile:
-                    log.warning("%s: ignoring the link %r: %s", display_url(url), href, why)
+                if page.hostile:  # (one warning a page, naming the first few)
+                    named = ", ".join(f"{href!r}: {why}" for href, why in page.hostile)
+                    more = page.hostile_count - len(page.hostile)
+                    rest = f" (and {more} more)" if more else ""
+                    log.warning("%s: ignoring the links %s%s", display_url(url), named, rest)
                 for link in page.links:
                     seen += 1
                     if seen > self.limits.max_entries:
@@ -105,10 +119,18 @@ class HttpIndexLister(KeptHeads):
                             )
                         queue.append((path, link.url))
                         continue
+                    names += len("/".join(path).encode("utf-8", "surrogatepass"))
+                    if names > limits.max_names:
+                        raise TreeTooLarge(
+                            f"{display_url(self.url)} lists more than {limits.max_names} "
+                            "bytes of names and URLs"
+                        )
                     found.append(Entry(path, link.url, link.size, link.validator))
         return found
 
-    async def _page(self, client: httpx.AsyncClient, url: str, max_names: int) -> Page:
+    async def _page(
+        self, client: httpx.AsyncClient, url: str, max_names: int, max_links: int
+    ) -> Page:
         where = display_url(url)
         sent_url, headers = self._sent(url)
         body = bytearray()
@@ -128,13 +150,17 @@ class HttpIndexLister(KeptHeads):
                 kind = response.headers.get("content-type", "")
         except httpx.HTTPError as exc:
             raise ListingError(f"cannot read the index {where}: {exc}") from exc
+        # Off the event loop: a hostile 4 MiB page of links takes seconds to read.
+        parse = functools.partial(parse_page, bytes(body), kind, url, max_names, max_links)
         try:
-            return parse_page(bytes(body), kind, url, max_names)
+            return await trio.to_thread.run_sync(parse, abandon_on_cancel=True)
         except PageTooLarge as exc:
-            raise TreeTooLarge(
-                f"{display_url(self.url)} lists more than {self.limits.max_names} bytes "
-                "of names and URLs"
-            ) from exc
+            what = (
+                f"more than {self.limits.max_names} bytes of names and URLs"
+                if exc.names
+                else f"more than {max_links} links on one page"
+            )
+            raise TreeTooLarge(f"{display_url(self.url)} lists {what}") from exc
         except ValueError as exc:
             raise ListingError(f"{where} is not an index: {exc}") from exc
 

@@ -29,15 +29,24 @@ class Link:
 
 
 class PageTooLarge(ValueError):
-    """The page's links hold more bytes of names and URLs than the listing has left."""
+    """The page names more links, or links holding more bytes (`names`), than the
+    listing has left."""
+
+    def __init__(self, message: str, *, names: bool) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+EXAMPLES = 10  # dropped links kept, of each kind, to be named in a warning
 
 
 @dataclass
 class Page:
     links: list[Link] = field(default_factory=list)
-    size: int = 0  # bytes of the links' names and URLs
-    dropped: list[tuple[str, str]] = field(default_factory=list)  # (href, why)
+    size: int = 0  # UTF-8 bytes of the links' URLs, names and validators
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (href, why), the first few
     hostile: list[tuple[str, str]] = field(default_factory=list)  # dropped, worth a warning
+    hostile_count: int = 0  # (all of them: `hostile` keeps EXAMPLES)
 
 
 def is_json(content_type: str, body: bytes) -> bool:
@@ -48,13 +57,20 @@ def is_json(content_type: str, body: bytes) -> bool:
     return kind in ("", "text/plain", "application/octet-stream") and body.lstrip()[:1] == b"["
 
 
-def parse_page(body: bytes, content_type: str, page_url: str, max_size: int | None = None) -> Page:
+def parse_page(
+    body: bytes,
+    content_type: str,
+    page_url: str,
+    max_size: int | None = None,
+    max_links: int | None = None,
+) -> Page:
     """The children that `body`, the index page at `page_url` (ending in `/`), lists.
-    ValueError if it is not an index page at all; PageTooLarge as soon as its links
-    hold more than `max_size` bytes of names and URLs (a page's links repeat its URL:
-    a small page deep in a tree of long names would make a great deal of them)."""
+    ValueError if it is not an index page at all; PageTooLarge as soon as it names
+    more than `max_links` links (kept or dropped: each costs its parse), or its links
+    hold more than `max_size` bytes (a page's links repeat its URL: a small page deep
+    in a tree of long names would make a great deal of them)."""
     page = Page()
-    budget = _Budget(page, max_size)
+    budget = _Budget(page, max_size, max_links)
     if is_json(content_type, body):
         _parse_json(body, page_url, budget)
     else:
@@ -63,14 +79,32 @@ def parse_page(body: bytes, content_type: str, page_url: str, max_size: int | No
 
 
 class _Budget:
-    def __init__(self, page: Page, max_size: int | None) -> None:
-        self.page, self.max_size = page, max_size
+    def __init__(self, page: Page, max_size: int | None, max_links: int | None) -> None:
+        self.page, self.max_size, self.max_links = page, max_size, max_links
+        self.seen = 0
+
+    def count(self) -> None:
+        """One more link named by the page, before it is looked at."""
+        self.seen += 1
+        if self.max_links is not None and self.seen > self.max_links:
+            raise PageTooLarge(f"more than {self.max_links} links", names=False)
 
     def add(self, link: Link) -> None:
         self.page.links.append(link)
-        self.page.size += len(link.url) + len(link.name)
+        self.page.size += _utf8(link.url) + _utf8(link.name) + _utf8(link.validator or "")
         if self.max_size is not None and self.page.size > self.max_size:
-            raise PageTooLarge(f"its links hold more than {self.max_size} bytes of names")
+            raise PageTooLarge(f"more than {self.max_size} bytes of names", names=True)
+
+    def drop(self, href: str, why: str, hostile: bool) -> None:
+        page = self.page
+        kept = page.hostile if hostile else page.dropped
+        if len(kept) < EXAMPLES:
+            kept.append((href, why))
+        page.hostile_count += hostile
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _parse_json(body: bytes, page_url: str, budget: _Budget) -> None:
@@ -80,13 +114,13 @@ def _parse_json(body: bytes, page_url: str, budget: _Budget) -> None:
         raise ValueError(f"bad JSON index: {exc}") from exc
     if not isinstance(items, list):
         raise ValueError("a JSON index is a list of entries")
-    page = budget.page
     for item in items:
+        budget.count()
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ValueError("a JSON index entry has a name")
         name, kind = item["name"], item.get("type")
         if kind not in ("file", "directory"):
-            page.dropped.append((name, f"type {kind!r}"))
+            budget.drop(name, f"type {kind!r}", False)
             continue
         is_dir = kind == "directory"
         # The name as is, one path segment: a `/` in it stays `%2F` (and the name is
@@ -117,14 +151,13 @@ def _parse_html(body: bytes, page_url: str, budget: _Budget) -> None:
     parser = _Anchors()
     parser.feed(body.decode("utf-8", errors="replace"))
     parser.close()
-    page = budget.page
     for href in parser.hrefs:
+        budget.count()
         child = _child(page_url, href)
         if isinstance(child, Link):
             budget.add(child)
         elif child is not None:
-            why, hostile = child
-            (page.hostile if hostile else page.dropped).append((href, why))
+            budget.drop(href, *child)
 
 
 def _child(page_url: str, href: str) -> Link | tuple[str, bool] | None:
