@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -327,3 +328,47 @@ def test_a_listed_url_must_be_a_file_below_the_tree() -> None:
     ):
         assert not ok(url), url
     assert not ok(root + "f", True) and not ok(root + "f", -1) and not ok(root + "f", "1")
+
+
+async def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Ctrl-C while files are being handed over: the workers' downloads are aborted,
+    dfget exits 130, the files already in place are recorded in the manifest and no
+    temp file is left in DIR."""
+    base = "http://127.0.0.1:1/t/"
+    names = [f"f{n}.bin" for n in range(8)]
+    asked = trio.Event()
+    stalled = 0
+
+    async def slow(path: str, body: bytes) -> bytes | None:
+        nonlocal stalled
+        if path == "/v1/listings":
+            return listing([[[name], base + name, 4, f"v-{name}"] for name in names])
+        url = json.loads(body)["url"]
+        if url == base + "f0.bin":
+            return file_answer(b"done")
+        stalled += 1
+        if stalled == 2:  # two jobs waiting on the daemon: interrupt now
+            asked.set()
+        await trio.sleep_forever()
+        return None
+
+    await fake_daemon(nursery, tmp_path / "d.sock", slow)
+    out = tmp_path / "out"
+    argv = [PYTHON, "-m", "dfget", "-r", base, "-o", str(out), "-j", "2", "--json"]
+    argv += ["--supernode", "", "--daemon-socket", str(tmp_path / "d.sock")]
+    with trio.fail_after(RUN_TIMEOUT):
+        proc = await trio.lowlevel.open_process(
+            argv, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        await asked.wait()
+        proc.send_signal(signal.SIGINT)
+        code = await proc.wait()
+        assert proc.stderr is not None
+        stderr = await proc.stderr.receive_some(65536)
+    assert code == 130, stderr
+    assert b"interrupted" in stderr and b"Traceback" not in stderr
+    assert sorted(os.listdir(out)) == [".dfget-tree.json", "f0.bin"]
+    assert (out / "f0.bin").read_bytes() == b"done"
+    assert json.loads((out / ".dfget-tree.json").read_text())["files"].keys() == {"f0.bin"}
