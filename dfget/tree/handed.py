@@ -194,7 +194,13 @@ class _Runner:
         """Every entry downloaded, skipped or failed, but those left over (returned)."""
         queue: Iterator[Entry] = iter(entries)
 
-        def work() -> None:
+        def work(ended: threading.Event) -> None:
+            try:
+                drain()
+            finally:
+                ended.set()  # (its output, if any, already removed or in place)
+
+        def drain() -> None:
             while True:
                 with self.lock:
                     entry = None if self.stopping else next(queue, None)
@@ -214,14 +220,17 @@ class _Runner:
                 except Exception:  # (its line could not be said: stderr gone)
                     log.debug("cannot report %s", entry.name, exc_info=True)
 
-        threads = [threading.Thread(target=work, daemon=True) for _ in entries[:jobs]]
+        # Waited for by events of their own, not `Thread.join`: a join that Ctrl-C
+        # interrupts can leave the thread marked as ended while it runs (Python 3.11).
+        ended = [threading.Event() for _ in entries[:jobs]]
+        threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in ended]
         try:
             for thread in threads:
                 thread.start()
-            for thread in threads:
-                thread.join()
+            for event in ended:
+                event.wait()
         except KeyboardInterrupt:  # (Ctrl-C comes to the main thread, waiting here)
-            self._stop(threads)
+            self._stop(threads, ended)
             raise
         # Every entry has its result or is left over (a worker cannot end otherwise).
         named = {file.name for file in self.outcome.files}
@@ -231,7 +240,7 @@ class _Runner:
                 self.ended(failed(entry, DfgetError("not downloaded: its worker ended")))
         return self.leftovers
 
-    def _stop(self, threads: list[threading.Thread]) -> None:
+    def _stop(self, threads: list[threading.Thread], ended: list[threading.Event]) -> None:
         """Stop the workers (their downloads aborted; what they wrote is removed by
         their outputs) and wait for every one started, whatever else Ctrl-C says."""
         while True:
@@ -241,9 +250,9 @@ class _Runner:
                     active = list(self.active)
                 for handoff in active:
                     handoff.abort()
-                for thread in threads:
+                for thread, event in zip(threads, ended, strict=True):
                     if thread.ident is not None:
-                        thread.join()
+                        event.wait()
                 return
             except KeyboardInterrupt:
                 continue
