@@ -356,17 +356,35 @@ async def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(
 
     await fake_daemon(nursery, tmp_path / "d.sock", slow)
     out = tmp_path / "out"
-    argv = [PYTHON, "-m", "dfget", "-r", base, "-o", str(out), "-j", "2", "--json"]
-    argv += ["--supernode", "", "--daemon-socket", str(tmp_path / "d.sock")]
-    with trio.fail_after(RUN_TIMEOUT):
-        proc = await trio.lowlevel.open_process(
-            argv, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        await asked.wait()
+    # SIGINT as a terminal's Ctrl-C delivers it: not ignored nor blocked, whatever this
+    # process inherited (a shell ignores it in the jobs it starts in the background).
+    launcher = (
+        "import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT});"
+        " signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, sys.argv[1:])"
+    )
+    argv = [PYTHON, "-c", launcher, PYTHON, "-m", "dfget", "-r", base, "-o", str(out), "-j", "2"]
+    argv += ["--json", "--supernode", "", "--daemon-socket", str(tmp_path / "d.sock")]
+    proc = await trio.lowlevel.open_process(
+        argv, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        with trio.fail_after(RUN_TIMEOUT):
+            await asked.wait()
+        signals = [
+            line
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            if line.startswith("Sig")
+        ]
         proc.send_signal(signal.SIGINT)
-        code = await proc.wait()
+        with trio.move_on_after(RUN_TIMEOUT / 2):
+            code = await proc.wait()
+        assert proc.returncode is not None, f"no exit after SIGINT; its signals: {signals}"
         assert proc.stderr is not None
         stderr = await proc.stderr.receive_some(65536)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert code == 130, stderr
     assert b"interrupted" in stderr and b"Traceback" not in stderr
     assert sorted(os.listdir(out)) == [".dfget-tree.json", "f0.bin"]
