@@ -244,18 +244,14 @@ class ControlApi:
         taking = request.header("x-dfget-take-file") == "1" and reply.can_pass_files
         taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
         try:
-            small = functools.partial(finished_small, blob, PASS_AT_MOST)
-            if taking and (cached or await _while_asked(reply, small)):
-                await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
-                return
             if request.header("x-dfget-framed") == "1" and blob.length is None:
                 # A kept-alive dfget reads a length or a descriptor, never chunks: a
                 # download whose origin names no length is answered once it has one.
                 await _while_asked(reply, functools.partial(length_known, blob))
-                if taking and blob.complete:
-                    await pass_whole(reply, blob, self._headers(blob, False, passed=True))
-                    return
-            if not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
+            small = functools.partial(finished_small, blob, PASS_AT_MOST)
+            if taking and (blob.complete or await _while_asked(reply, small)):
+                await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
+            elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
                 # is dropped, the next request downloads it anew.
                 log.error("blob %s: not the blob named: response broken off", blob.hex[:12])

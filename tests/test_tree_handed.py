@@ -390,3 +390,28 @@ async def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(
     assert sorted(os.listdir(out)) == [".dfget-tree.json", "f0.bin"]
     assert (out / "f0.bin").read_bytes() == b"done"
     assert json.loads((out / ".dfget-tree.json").read_text())["files"].keys() == {"f0.bin"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"not json", 400),
+        (b'{"url": "file:///etc/passwd"}', 400),
+        (b'{"url": "http://h/t/", "unknown": 1}', 400),
+        (b'{"url": "http://h/t/", "headers": [["x", "' + b"y" * 70_000 + b'"]]}', 413),
+    ],
+    ids=["garbage", "not-http", "unknown-field", "oversized"],
+)
+async def test_the_listing_route_refuses_bad_input_before_any_fetch(
+    start_daemon: StartDaemon, body: bytes, status: int
+) -> None:
+    """A local stranger's bad listing request is refused as bad input (exit 2), the body
+    read up to 64 KiB at most."""
+    import httpx
+
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
+    async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+        answer = await client.post("http://daemon/v1/listings", content=body)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["exit"] == 2

@@ -30,7 +30,7 @@ from dfget.tree.entries import (
     http_validator,
     http_validator_of,
 )
-from dfget.tree.index import Page, PageTooLarge, parse_page
+from dfget.tree.index import Page, PageTooLarge, parse_page, utf8_size
 from dfget.tree.paths import unsafe_part
 
 if TYPE_CHECKING:
@@ -119,14 +119,17 @@ class HttpIndexLister(KeptHeads):
                             )
                         queue.append((path, link.url))
                         continue
-                    names += len("/".join(path).encode("utf-8", "surrogatepass"))
+                    names += utf8_size("/".join(path))
                     if names > limits.max_names:
-                        raise TreeTooLarge(
-                            f"{display_url(self.url)} lists more than {limits.max_names} "
-                            "bytes of names and URLs"
-                        )
+                        raise self._too_many_names()
                     found.append(Entry(path, link.url, link.size, link.validator))
         return found
+
+    def _too_many_names(self) -> TreeTooLarge:
+        return TreeTooLarge(
+            f"{display_url(self.url)} lists more than {self.limits.max_names} bytes of "
+            "names and URLs"
+        )
 
     async def _page(
         self, client: httpx.AsyncClient, url: str, max_names: int, max_links: int
@@ -155,12 +158,11 @@ class HttpIndexLister(KeptHeads):
         try:
             return await trio.to_thread.run_sync(parse, abandon_on_cancel=True)
         except PageTooLarge as exc:
-            what = (
-                f"more than {self.limits.max_names} bytes of names and URLs"
-                if exc.names
-                else f"more than {max_links} links on one page"
-            )
-            raise TreeTooLarge(f"{display_url(self.url)} lists {what}") from exc
+            if exc.names:
+                raise self._too_many_names() from exc
+            raise TreeTooLarge(
+                f"{display_url(self.url)} lists more than {max_links} links on one page"
+            ) from exc
         except ValueError as exc:
             raise ListingError(f"{where} is not an index: {exc}") from exc
 

@@ -91,7 +91,9 @@ class _Budget:
 
     def add(self, link: Link) -> None:
         self.page.links.append(link)
-        self.page.size += _utf8(link.url) + _utf8(link.name) + _utf8(link.validator or "")
+        self.page.size += (
+            utf8_size(link.url) + utf8_size(link.name) + utf8_size(link.validator or "")
+        )
         if self.max_size is not None and self.page.size > self.max_size:
             raise PageTooLarge(f"more than {self.max_size} bytes of names", names=True)
 
@@ -103,7 +105,7 @@ class _Budget:
         page.hostile_count += hostile
 
 
-def _utf8(text: str) -> int:
+def utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
@@ -185,4 +187,4 @@ def _child(page_url: str, href: str) -> Link | tuple[str, bool] | None:
     return Link(name, target, is_dir)
 
 
-__all__ = ["Link", "Page", "PageTooLarge", "is_json", "parse_page"]
+__all__ = ["Link", "Page", "PageTooLarge", "is_json", "parse_page", "utf8_size"]
