@@ -33,6 +33,7 @@ from dfdaemon.trust import Trust
 from dfdaemon.upstream import Upstream
 from dfget.members import REFRESH_PERIOD, Directory
 from dfget.options import SharedServer
+from dfget.sessions import Sessions
 from dfget.uploads import PieceServer
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Daemon:
                     origin_policy=self.origin_policy,
                     origin_tls=tuple(self.origin_tls.items()),
                     directory=self.directory if config.supernodes else None,
+                    sessions=Sessions(nursery),
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)

@@ -37,6 +37,7 @@ from dfget.options import PeerOptions, SharedServer
 from dfget.output import AtomicOutput, ExistingOutput
 from dfget.results import DownloadResult
 from dfget.resume import ResumableOutput
+from dfget.sessions import Sessions
 from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class DownloadSettings:
     # The live supernodes, refreshed in the background, and the back-off memory: one
     # for the daemon's lifetime, shared by every download and announcement.
     directory: Directory | None = None
+    # Control sessions to the supernodes, shared by every download and announcement
+    # (`dfget.sessions`: a connection carries many tasks).
+    sessions: Sessions | None = None
 
     def request(
         self,
@@ -94,6 +98,7 @@ class DownloadSettings:
             directory=self.directory if supernodes else None,
             peer=PeerOptions(
                 server=self.server,
+                sessions=self.sessions,
                 seed_for=0 if check_only else math.inf,
                 token=self.token,
                 upload_slots=0 if check_only else self.upload_slots,

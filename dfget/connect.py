@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Protocol
 
 import trio
 
 from dfget import __version__
 from dfget.errors import SupernodeFailed, SupernodeUnavailable, UsageError
 from proto.errors import ConnectionLost, ProtoError, RemoteFailure
+from proto.frames import Frame
 from proto.io import FramedStream, client_handshake
+from proto.messages import Message, Welcome
 
 AGENT = f"dfget/{__version__}"
 CONNECT_TIMEOUT = 5.0  # to an uploader (or the CDN, once its supernode answered)
@@ -25,6 +28,25 @@ CONNECT_TIMEOUT = 5.0  # to an uploader (or the CDN, once its supernode answered
 # download can try gets CONNECT_TIMEOUT: nothing after it but the origin.
 SUPERNODE_TIMEOUT = 1.0
 SEND_TIMEOUT = 60.0  # for the other side to take one frame (they are small: requests)
+
+
+class ControlStream(Protocol):
+    """What a download's control session offers it: a `FramedStream` of its own
+    (`connect`) or a line on a session it shares with other downloads
+    (`dfget.sessions.TaskLine`)."""
+
+    @property
+    def welcome(self) -> Welcome | None: ...
+
+    async def send(
+        self,
+        message: Message,
+        payload: bytes | bytearray | memoryview | None = None,
+        *,
+        within: float | None = None,
+    ) -> None: ...
+
+    async def receive(self) -> Frame: ...
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from dfget.defaults import DEFAULT_MAX_CONNECTIONS
 
 if TYPE_CHECKING:  # the upload server (trio, the wire) is loaded by the peer that runs it
+    from dfget.sessions import Sessions
     from dfget.uploads import PieceServer
 
 
@@ -39,6 +40,7 @@ class PeerOptions:
         check_only: bool = False,
         in_order: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        sessions: Sessions | None = None,
     ) -> None:
         self.listen = listen
         self.max_connections = max_connections  # of this download's own upload server
@@ -50,6 +52,9 @@ class PeerOptions:
         # A daemon's one upload server, already listening, shared by all its downloads;
         # without it each download starts its own (from `listen` and `server_factory`).
         self.server = server
+        # A daemon's control sessions, shared by its downloads (`dfget.sessions`): each
+        # download takes a line on one instead of a connection of its own.
+        self.sessions = sessions
         # The output already holds the whole file (a daemon's cache after a restart):
         # check it piece by piece against the supernode's digests and announce it, so
         # the swarm can fetch from it, instead of downloading.

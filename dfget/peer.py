@@ -17,7 +17,9 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -25,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, unwrap_group
-from dfget.connect import SUPERNODE_TIMEOUT, connect, translate_errors
+from dfget.connect import SUPERNODE_TIMEOUT, ControlStream, connect, translate_errors
 from dfget.errors import (
     DfgetError,
     DownloadTimeout,
@@ -62,6 +64,9 @@ from proto.messages import (
 )
 from proto.pieces import PieceSealer, piece_digest
 from proto.tickets import TicketVerifier
+
+if TYPE_CHECKING:
+    from dfget.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +166,34 @@ class Attempt:
         port: int,
         on_complete: Callable[[PieceBook], Awaitable[None]],
     ) -> PieceBook:
-        within = self.connect_within
-        async with connect(self.address, peer_id=self.peer_id, within=within) as control:
+        async with self._control() as control:
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_keep_alive, control)
+                    if isinstance(control, FramedStream):  # (a shared one keeps itself)
+                        nursery.start_soon(keep_alive, control)
                     book = await self._download(control, server, port)
                     await on_complete(book)
                     await self._seed(control, book)
                     nursery.cancel_scope.cancel()
         return book
 
+    def _control(self) -> AbstractAsyncContextManager[ControlStream]:
+        """The control session: a connection of its own, or a line on a session the
+        daemon's downloads share (`PeerOptions.sessions`)."""
+        if self.options.sessions is None:
+            return connect(self.address, peer_id=self.peer_id, within=self.connect_within)
+        return self._line(self.options.sessions)
+
+    @asynccontextmanager
+    async def _line(self, sessions: Sessions) -> AsyncIterator[ControlStream]:
+        within = self.connect_within
+        async with sessions.line(self.address, self.task_id, within=within) as line:
+            self.peer_id = line.peer_id  # the session's: tickets and uploads name it
+            yield line
+
     # -- the download ----------------------------------------------------------------------
 
-    async def _download(self, control: FramedStream, server: PieceServer, port: int) -> PieceBook:
+    async def _download(self, control: ControlStream, server: PieceServer, port: int) -> PieceBook:
         registered = await self._register(control, port)
         context = wrap_context(registered.task_id, registered.generation)
         try:
@@ -246,7 +265,7 @@ class Attempt:
 
     async def _fetch(
         self,
-        control: FramedStream,
+        control: ControlStream,
         book: PieceBook,
         writer: PieceWriter,
         held: list[int],
@@ -259,7 +278,7 @@ class Attempt:
             await take_local(control, book, writer, held, self.progress)
         await transfers.run(readers=readers)
 
-    async def _adopt(self, control: FramedStream, book: PieceBook) -> None:
+    async def _adopt(self, control: ControlStream, book: PieceBook) -> None:
         """Check the local copy against every piece digest, then claim the pieces
         (`PiecesHeld`): the scheduler records them as held, and the supernode may fetch
         one to check the claim."""
@@ -289,7 +308,7 @@ class Attempt:
         for index, size in enumerate(sizes):
             book.piece_written(index, "local", size)
 
-    async def _register(self, control: FramedStream, port: int) -> Registered:
+    async def _register(self, control: ControlStream, port: int) -> Registered:
         message = self.register_message
         proof = None
         if self.options.token is not None:
@@ -326,7 +345,7 @@ class Attempt:
             raise SupernodeFailed("supernode computed another task id (version skew?)")
         return reply
 
-    async def _follow(self, control: FramedStream, book: PieceBook) -> None:
+    async def _follow(self, control: ControlStream, book: PieceBook) -> None:
         """Apply the supernode's news to the book; hand piece-task answers over."""
         while True:
             message = (await control.receive()).message
@@ -350,7 +369,7 @@ class Attempt:
             except (ValueError, trio.WouldBlock) as exc:
                 raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
 
-    async def _decline(self, control: FramedStream, book: PieceBook, answer: PieceTasks) -> None:
+    async def _decline(self, control: ControlStream, book: PieceBook, answer: PieceTasks) -> None:
         """A late answer to a request made before the last piece landed: report its tasks
         cancelled, so that their uploaders' slots (and the CDN's) are free at once."""
         for index, source, _, _, _ in answer.tasks:
@@ -358,7 +377,7 @@ class Attempt:
 
     # -- after the download -----------------------------------------------------------------
 
-    async def _seed(self, control: FramedStream, book: PieceBook) -> None:
+    async def _seed(self, control: ControlStream, book: PieceBook) -> None:
         """With --seed-for, keep serving (and the session open) for that long."""
         if self.options.seed_for <= 0:
             return
@@ -378,7 +397,7 @@ class Attempt:
                 log.warning("seeding stopped: %s", exc)
 
 
-async def _keep_alive(control: FramedStream) -> None:
+async def keep_alive(control: FramedStream) -> None:
     """A KeepAlive every KEEPALIVE_INTERVAL for as long as the session lasts; a broken
     session is left to `_follow` to notice."""
     with contextlib.suppress(ProtoError):

@@ -25,6 +25,7 @@ from types import TracebackType
 
 import trio
 
+from dfget.connect import ControlStream
 from dfget.errors import IntegrityError
 from dfget.output import AtomicOutput
 from dfget.piecelog import PieceLog
@@ -32,7 +33,6 @@ from dfget.pieces import PieceBook
 from dfget.progress import Progress
 from dfget.writer import PieceWriter
 from proto.errors import ProtoError
-from proto.io import FramedStream
 from proto.messages import PiecesHeld
 from proto.pieces import piece_digest
 
@@ -100,7 +100,7 @@ class ResumableOutput(AtomicOutput):
 
 
 async def take_local(
-    control: FramedStream,
+    control: ControlStream,
     book: PieceBook,
     writer: PieceWriter,
     held: list[int],

@@ -17,6 +17,7 @@ from functools import partial
 import trio
 
 from common.io import RateLimiter
+from dfget.connect import ControlStream
 from dfget.errors import SupernodeUnavailable
 from dfget.outcomes import TRANSFER_ERRORS, transfer_end
 from dfget.pieces import PieceBook
@@ -24,7 +25,6 @@ from dfget.progress import Progress
 from dfget.sources import PieceConnections
 from dfget.writer import PieceWriter
 from proto.errors import ProtoError
-from proto.io import FramedStream
 from proto.messages import (
     Outcome,
     PieceRequest,
@@ -53,7 +53,7 @@ class Transfers:
 
     def __init__(
         self,
-        control: FramedStream,
+        control: ControlStream,
         book: PieceBook,
         writer: PieceWriter,
         *,
@@ -186,7 +186,7 @@ class Transfers:
 
 
 async def report(
-    control: FramedStream,
+    control: ControlStream,
     book: PieceBook,
     index: int,
     source: str,

@@ -15,7 +15,11 @@ from proto.errors import ErrorCode
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
-PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSIONS = (1, 2)
+# The first version whose control sessions carry many tasks: a peer may leave one task
+# and stay on the session (`Leave`), and a supernode speaking it accepts that; a peer
+# shares a session among its downloads only with such a supernode (`dfget.sessions`).
+SHARED_SESSIONS = 2
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -482,6 +486,19 @@ class PieceRefused(Message):
         check_task_id(self.task_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Leave(Message):
+    """The peer leaves one task of its session (version 2): its pieces leave the swarm
+    as when a session ends, and the session goes on with its other tasks. A Leave of a
+    task the session does not hold (left already, refused) changes nothing."""
+
+    TAG: ClassVar[str] = "leave"
+    task_id: str
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello,
     Welcome,
@@ -501,6 +518,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PiecesHeld,
     MembersRequest,
     Members,
+    Leave,
 )
 
 

@@ -24,6 +24,7 @@ from proto.messages import (
     ErrorReply,
     Hello,
     KeepAlive,
+    Leave,
     Members,
     MembersRequest,
     Message,
@@ -80,6 +81,7 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
             PieceRequest,
             KeepAlive,
             MembersRequest,
+            Leave,
         }
     ),
     Side.SERVER: frozenset(

@@ -4,16 +4,20 @@ After `Registered`, the session pushes `PiecesReady` as pieces land on the CDN a
 the task with `TaskDone` or `TaskFailed`. Meanwhile the peer asks for piece tasks (the
 scheduler's decisions, with tickets; one request a task at a time) and reports each
 transfer's result, or claims pieces it holds already (`PiecesHeld`, once a task). A
-peer may register several tasks on one session; when the session ends, the peer leaves
-the swarm at once. A peer that sends nothing for `idle_timeout` (dfget sends a
+peer may register several tasks on one session (a daemon's downloads share one,
+`dfget.sessions`) and leave one of them (`Leave`, protocol version 2: its pieces leave
+that task's swarm, the session goes on); when the session ends, the peer leaves every
+task at once. A peer that sends nothing for `idle_timeout` (dfget sends a
 `KeepAlive` every 30 s) is closed, and so is one refused admission (`forbidden`): the
 refusal is its last frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import trio
 
@@ -23,8 +27,8 @@ from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
-    ErrorReply,
     KeepAlive,
+    Leave,
     Message,
     PieceResult,
     PiecesHeld,
@@ -76,10 +80,18 @@ class ControlSession:
         self.swarm = swarm
         self.tasks: dict[str, CdnTask] = {}
         self.record: PeerRecord | None = None
-        # Tasks with a piece-task request being answered: a peer waits for the answer
-        # before it asks again, so each request costs the supernode one task at most.
-        self._asking: set[str] = set()
+        # Tasks with a piece-task request being answered (by a token of that request):
+        # a peer waits for the answer before it asks again, so each request costs the
+        # supernode one task at most.
+        self._asking: dict[str, object] = {}
         self._claimed: set[tuple[str, int]] = set()  # (task, generation) claimed once
+        # What waits for news of a task (its progress pushes, its piece-task requests),
+        # cancelled when the peer leaves it.
+        self._waits: dict[str, set[trio.CancelScope]] = {}
+        # Each registered task's progress pusher, by a token of its registration: one
+        # that outlives a Leave (a send in progress) stops instead of pushing next to
+        # the pusher of the same task registered again.
+        self._pushers: dict[str, object] = {}
 
     async def run(self, first: Register) -> None:
         """Serve the session until the peer closes it (ConnectionLost propagates), stays
@@ -104,12 +116,14 @@ class ControlSession:
                                 )
                             # Answered from its own task: it may wait for news while
                             # this loop goes on taking the peer's results.
-                            self._asking.add(message.task_id)
-                            nursery.start_soon(self._piece_tasks, message)
+                            token = self._asking[message.task_id] = object()
+                            nursery.start_soon(self._piece_tasks, message, token)
                         elif isinstance(message, PieceResult):
                             behind = self._piece_result(message, nursery=nursery)
                         elif isinstance(message, PiecesHeld):
                             self._pieces_held(message)
+                        elif isinstance(message, Leave):
+                            self._leave(message.task_id)
                         else:
                             raise UnexpectedMessage(f"{message.TAG} on a control session")
                         if behind is not None:
@@ -197,7 +211,8 @@ class ControlSession:
             task.generation,
             task.state,
         )
-        nursery.start_soon(self._push_progress, task)
+        token = self._pushers[task.task_id] = object()
+        nursery.start_soon(self._push_progress, task, token)
         if self.swarm.token is not None:
             # Admitted with the cluster token and registered: out of the connection
             # caps, which bound strangers (a dfdaemon holds a session for each blob it
@@ -212,27 +227,71 @@ class ControlSession:
             return None
         return task
 
+    def _leave(self, task_id: str) -> None:
+        """The peer leaves one task and stays on the session: the task's pieces leave
+        the swarm, what waits for its news stops (no answer goes to a task left)."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:  # (never registered here, refused, or left already)
+            return
+        self.swarm.leave_task(self.peer_id, task_id, trio.current_time())
+        for scope in self._waits.pop(task_id, set()):
+            scope.cancel()
+        self._asking.pop(task_id, None)
+        self._pushers.pop(task_id, None)
+        self._claimed = {claim for claim in self._claimed if claim[0] != task_id}
+        log.info("peer %s left task %s", self.peer_id[:40], task_id[:16])
+
+    @contextlib.contextmanager
+    def _until_left(self, task_id: str) -> Iterator[trio.CancelScope]:
+        """A scope around a wait for news of `task_id`, cancelled if the peer leaves it."""
+        scope = trio.CancelScope()
+        waits = self._waits.setdefault(task_id, set())
+        waits.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            waits.discard(scope)
+            if not waits and self._waits.get(task_id) is waits:
+                del self._waits[task_id]
+
     async def _piece_tasks(
-        self, message: PieceTasksRequest, first: tuple[PieceTask, ...] | None = None
+        self,
+        message: PieceTasksRequest,
+        token: object,
+        first: tuple[PieceTask, ...] | None = None,
     ) -> None:
         try:
-            answer = await self._decide(message, first)
+            with self._until_left(message.task_id) as waiting:
+                answer = await self._decide(message, first)
         finally:
             # Before the answer goes: the peer may ask again the moment it has it.
-            self._asking.discard(message.task_id)
+            if self._asking.get(message.task_id) is token:
+                del self._asking[message.task_id]
+        if waiting.cancelled_caught:
+            return  # the peer left the task (its flights landed with it)
         await self.framed.send(answer)
 
     async def _decide(
         self, message: PieceTasksRequest, first: tuple[PieceTask, ...] | None
-    ) -> PieceTasks | ErrorReply:
+    ) -> PieceTasks | TaskFailed:
         """The answer to a request; `first`: the scheduler's first answer to it, if
-        already decided (with the result in front of it)."""
+        already decided (with the result in front of it). A task not current here
+        fails (TaskFailed names it: on a session of many tasks an ErrorReply would
+        not say which)."""
         task = self._current(message.task_id, message.generation)
+        stale = TaskFailed(
+            task_id=message.task_id,
+            code=str(ErrorCode.STALE),
+            message="that task generation is not current here",
+        )
         if task is None:
-            return error_reply(ErrorCode.STALE, "that task generation is not current here")
+            return stale
         deadline = trio.current_time() + LONG_POLL
         relay = 0  # held requests this one passes its news on to if it cannot use it
         while True:
+            if self.tasks.get(task.task_id) is not task:
+                return stale  # the peer left it while the request waited for news
             if first is not None:
                 tasks, first = first, None
             else:
@@ -274,8 +333,8 @@ class ControlSession:
         ):
             now = trio.current_time()
             first = self.swarm.report_and_piece_tasks(task, self.peer_id, message, behind.want, now)
-            self._asking.add(behind.task_id)
-            nursery.start_soon(self._piece_tasks, behind, first)
+            token = self._asking[behind.task_id] = object()
+            nursery.start_soon(self._piece_tasks, behind, token, first)
             return None
         self.swarm.report(self.peer_id, message, trio.current_time())
         return behind
@@ -293,10 +352,10 @@ class ControlSession:
         indexes = [i for i in message.indexes() if i < task.ready]
         self.swarm.claim(self.peer_id, task.task_id, indexes, trio.current_time())
 
-    async def _push_progress(self, task: CdnTask) -> None:
+    async def _push_progress(self, task: CdnTask, token: object) -> None:
         sent = 0
-        while True:
-            while sent < task.ready:
+        while self._pushers.get(task.task_id) is token:  # (until the peer leaves it)
+            if sent < task.ready:
                 batch = task.digests[sent : sent + DIGESTS_PER_FRAME]
                 await self.framed.send(
                     PiecesReady(
@@ -307,6 +366,7 @@ class ControlSession:
                     )
                 )
                 sent += len(batch)
+                continue
             if task.state is TaskState.DONE:
                 assert task.length is not None and task.piece_count is not None
                 await self.framed.send(
@@ -331,4 +391,5 @@ class ControlSession:
                     )
                 )
                 return
-            await task.wait_changed()
+            with self._until_left(task.task_id):
+                await task.wait_changed()

@@ -169,6 +169,18 @@ class Swarm:
             if stats is not None and stats.peers == 0:
                 self._finish(task_id, why="its last peer left")
 
+    def leave_task(self, peer_id: str, task_id: str, now: float) -> None:
+        """The peer left one task of its session (`Leave`): as `leave`, for that task."""
+        record = self.peers.get(peer_id)
+        if record is None or task_id not in record.tasks:
+            return
+        record.tasks.discard(task_id)
+        self.scheduler.leave_task(task_id, peer_id, now)
+        self._notify(task_id)
+        stats = self.scheduler.task_statistics(task_id)
+        if stats is not None and stats.peers == 0:
+            self._finish(task_id, why="its last peer left")
+
     def _finish(self, task_id: str, *, why: str) -> None:
         """The task leaves the scheduler; log who sent its bytes."""
         stats = self.scheduler.task_statistics(task_id)

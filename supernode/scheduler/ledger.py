@@ -120,6 +120,25 @@ class Ledger:
                 self._count_incomplete(peer, -1)
         peer.members.clear()
 
+    def leave_task(self, task_id: str, peer_id: str) -> None:
+        """`remove_peer` for one task: the peer's pieces, flights and slots there, and
+        nothing of its other tasks."""
+        peer = self.peers.get(peer_id)
+        member = peer.members.get(task_id) if peer is not None else None
+        if peer is None or member is None:
+            return
+        task = self.tasks[task_id]
+        for flight in [f for f in peer.upload_flights if f.task_id == task_id]:
+            self.land(task, flight)
+            self._unreported(flight)
+        for flight in member.all_flights():
+            self.land(task, flight)
+        task.leave(member)
+        del peer.members[task_id]
+        if not member.complete:
+            self._count_incomplete(peer, -1)
+        self.refresh(peer)
+
     def remove_task(self, task_id: str) -> None:
         task = self.tasks.get(task_id)
         if task is None:

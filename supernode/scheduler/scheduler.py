@@ -125,6 +125,11 @@ class Scheduler:
         self._ledger.tick(now)
         self._ledger.remove_peer(peer_id)
 
+    def leave_task(self, task_id: str, peer_id: str, now: float) -> None:
+        """The peer leaves one task and stays in its others: `remove_peer` for it."""
+        self._ledger.tick(now)
+        self._ledger.leave_task(task_id, peer_id)
+
     # -- decisions ----------------------------------------------------------------------
 
     def assign(self, task_id: str, peer_id: str, want: int, now: float) -> list[Assignment]:

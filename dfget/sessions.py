@@ -1,0 +1,312 @@
+"""Control sessions that a daemon's downloads share (protocol version 2).
+
+A daemon seeds every file it holds, each a task of the swarm. With a control session a
+task it held one connection to the supernode per file (hundreds from one host: past a
+supernode's share of `--max-connections` for one address the next was refused), and
+each new file paid a connect and a handshake on both sides. `Sessions` keeps, for each
+supernode address, sessions of up to TASKS_PER_SESSION tasks, each under a peer id of
+its own; a download takes a `TaskLine` on one (`Sessions.line`): the session as its
+task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
+
+- What a line sends goes straight onto the session (frames queue behind each other).
+- The session's reader routes what the supernode sends to the line of the task it
+  names; news of a task no line holds (one just left) is dropped.
+- A Register waits until the one before it on the session is answered: an ErrorReply
+  names no task, so it answers the one Register in flight.
+- A line that ends has `Leave` sent for its task (by the session's own task, in order)
+  and the session goes on; one that ends with its Register unanswered leaves once the
+  answer is in. Until then the task is not registered on that session again (a second
+  Register of a task on one session ends it). A session whose last line ended closes.
+- A line's frames go out shielded from its download's cancellation: a frame cut short
+  would break the session for every task on it.
+- The session breaking (the supernode gone, a protocol violation, an ErrorReply that
+  answers nothing) ends every line: each line's next receive raises what broke it, as
+  its own connection would have.
+- A supernode that speaks only version 1 cannot take a Leave: each line gets a
+  connection of its own there, as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from dfget.connect import SUPERNODE_TIMEOUT, connect_stream, translate_errors
+from dfget.engine import new_peer_id
+from dfget.peer import keep_alive
+from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
+from proto.frames import Frame
+from proto.io import FramedStream
+from proto.messages import (
+    SHARED_SESSIONS,
+    ErrorReply,
+    Leave,
+    Message,
+    PiecesReady,
+    PieceTasks,
+    Register,
+    Registered,
+    TaskDone,
+    TaskFailed,
+    Welcome,
+)
+
+# Tasks a session carries at most (a supernode takes up to 1024 on one: past this the
+# next session opens).
+TASKS_PER_SESSION = 512
+# Frames waiting in one line's inbox: a task's news is small and taken as it comes (the
+# progress of its pieces, one answer a request); past this the supernode floods.
+INBOX_LIMIT = 4096
+LEAVE_WITHIN = 5.0  # seconds for the supernode to take a Leave
+_ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks)
+
+
+class _Session:
+    """One connection to a supernode, carrying the tasks of its lines."""
+
+    def __init__(self, address: str, peer_id: str, framed: FramedStream) -> None:
+        self.address = address
+        self.peer_id = peer_id
+        self.framed = framed
+        welcome = framed.welcome
+        self.shared = welcome is not None and welcome.version >= SHARED_SESSIONS
+        self.lines: dict[str, TaskLine] = {}
+        self.registering = trio.Semaphore(1)  # one Register in flight
+        self.registrant: TaskLine | None = None
+        self.leaving: set[str] = set()  # tasks whose Leave has not gone out yet
+        self.leaves_in, self._leaves = trio.open_memory_channel[str](math.inf)
+        self.broken: ProtoError | None = None  # why it ended (then every line ends)
+        self.ended = trio.Event()
+
+    def takes(self, task_id: str) -> bool:
+        return (
+            self.shared
+            and self.broken is None
+            and task_id not in self.lines
+            and task_id not in self.leaving
+            and len(self.lines) < TASKS_PER_SESSION
+        )
+
+    def leave(self, task_id: str) -> None:
+        """Have a Leave of `task_id` sent (by `_send_leaves`, in order)."""
+        self.leaving.add(task_id)
+        self.leaves_in.send_nowait(task_id)
+
+    async def run(self) -> None:
+        """Read and route until the session ends (then close it); a KeepAlive every
+        interval meanwhile."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_alive, self.framed)
+                nursery.start_soon(self._read)
+                nursery.start_soon(self._send_leaves)
+                await self.ended.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.end(ConnectionLost("the session was closed", clean=True))
+            await self.framed.aclose()  # (shielded, bounded)
+
+    async def _send_leaves(self) -> None:
+        async for task_id in self._leaves:
+            try:
+                await self.framed.send(Leave(task_id), within=LEAVE_WITHIN)
+            except ProtoError as exc:
+                self.end(exc)
+                return
+            self.leaving.discard(task_id)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self._route((await self.framed.receive()).message)
+        except ProtoError as exc:
+            self.end(exc)
+
+    def _route(self, message: Message) -> None:
+        if isinstance(message, ErrorReply):
+            line = self.registrant
+            if line is None:  # an answer to nothing: the supernode ends the session
+                for each in list(self.lines.values()):
+                    each.put(message)
+                self.end(
+                    ConnectionLost(f"the supernode ended the session ({message.code})", clean=False)
+                )
+            else:
+                line.put(message)
+            return
+        if not isinstance(message, _ROUTED):
+            raise UnexpectedMessage(f"{message.TAG} on a shared control session")
+        line = self.registrant
+        if isinstance(message, Registered):
+            if line is None or line.task_id != message.task_id:
+                raise UnexpectedMessage(f"Registered for task {message.task_id[:16]}, not asked")
+        else:
+            line = self.lines.get(message.task_id)
+        if line is not None:  # (else news of a task no line holds now: it left)
+            line.put(message)
+
+    def end(self, why: ProtoError) -> None:
+        """The session is over: every line's receive raises `why` once its inbox is
+        read; the reader stops."""
+        if self.broken is None:
+            self.broken = why
+        for line in self.lines.values():
+            line.inbox_in.close()
+        self.ended.set()
+
+
+class TaskLine:
+    """One task's view of a shared session (see the module docstring)."""
+
+    def __init__(self, session: _Session, task_id: str) -> None:
+        self.session = session
+        self.task_id = task_id
+        self.inbox_in, self._inbox = trio.open_memory_channel[Message](math.inf)
+        self.registered = False
+        self.closed = False
+        self._awaiting = False  # a Register sent, its answer not yet taken
+
+    @property
+    def welcome(self) -> Welcome | None:
+        return self.session.framed.welcome
+
+    @property
+    def peer_id(self) -> str:
+        return self.session.peer_id
+
+    def put(self, message: Message) -> None:
+        """From the session's reader: a message for this task. A line that ended with
+        its Register unanswered takes the answer, and leaves if it was registered."""
+        if self.closed:
+            if self._awaiting and isinstance(message, Registered | ErrorReply):
+                self._answered()
+                self.session.leaving.discard(self.task_id)
+                if isinstance(message, Registered):
+                    self.session.leave(self.task_id)
+            return
+        if self._inbox.statistics().current_buffer_used >= INBOX_LIMIT:
+            raise UnexpectedMessage(f"more than {INBOX_LIMIT} frames for one task unread")
+        self.inbox_in.send_nowait(message)
+
+    async def send(
+        self,
+        message: Message,
+        payload: bytes | bytearray | memoryview | None = None,
+        *,
+        within: float | None = None,
+    ) -> None:
+        session = self.session
+        if isinstance(message, Register):
+            await session.registering.acquire()
+            session.registrant, self._awaiting = self, True
+        try:
+            if session.broken is not None:
+                raise session.broken
+            # Shielded: a frame cut short would break the session for every task on it
+            # (the send has its deadline: the session's send timeout, or `within`).
+            with trio.CancelScope(shield=True):
+                await session.framed.send(message, payload, within=within)
+        except BaseException:
+            if isinstance(message, Register):
+                self._answered()
+            raise
+
+    async def receive(self) -> Frame:
+        try:
+            message = await self._inbox.receive()
+        except trio.EndOfChannel:
+            assert self.session.broken is not None
+            raise self.session.broken from None
+        if self._awaiting and isinstance(message, Registered | ErrorReply):
+            self.registered = isinstance(message, Registered)
+            self._answered()
+        return Frame(message, bytearray())  # (a control session carries no payload)
+
+    def _answered(self) -> None:
+        if self._awaiting:
+            self._awaiting = False
+            self.session.registrant = None
+            self.session.registering.release()
+
+    def close(self) -> None:
+        """The download is over: leave the task, or close the session if it carries
+        no other (the supernode then leaves them all)."""
+        session = self.session
+        self.closed = True
+        if session.lines.get(self.task_id) is self:
+            del session.lines[self.task_id]
+        self.inbox_in.close()
+        if not session.lines:
+            session.end(ConnectionLost("the session carries no task", clean=True))
+        elif self._awaiting:  # left once the answer is in (`put`)
+            session.leaving.add(self.task_id)
+        elif self.registered:
+            session.leave(self.task_id)
+
+
+class Sessions:
+    """Shared control sessions by supernode address, their readers in `nursery` (the
+    daemon's, for its lifetime)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._sessions: dict[str, list[_Session]] = {}
+        self._opening: dict[str, trio.Lock] = {}
+        self._unshared: set[str] = set()  # addresses whose supernode speaks version 1
+
+    @asynccontextmanager
+    async def line(
+        self, address: str, task_id: str, *, within: float = SUPERNODE_TIMEOUT
+    ) -> AsyncIterator[TaskLine]:
+        """A line for `task_id` on a session to `address` (opened if none has room);
+        errors inside are translated as on a connection of its own."""
+        session = await self._session_for(address, task_id, within)
+        line = session.lines[task_id] = TaskLine(session, task_id)
+        try:
+            with translate_errors(address):
+                yield line
+        finally:
+            line.close()
+
+    def open_count(self, address: str) -> int:
+        """Shared sessions open to `address` that take tasks (for tests and metrics)."""
+        return sum(session.broken is None for session in self._sessions.get(address, []))
+
+    async def _session_for(self, address: str, task_id: str, within: float) -> _Session:
+        if address in self._unshared:  # (asked again each time: it may be upgraded)
+            session = await self._open(address, within)
+            if session.shared:
+                self._unshared.discard(address)
+                self._sessions.setdefault(address, []).append(session)
+            return session
+        async with self._opening.setdefault(address, trio.Lock()):
+            for session in self._sessions.get(address, []):
+                if session.takes(task_id):
+                    return session
+            session = await self._open(address, within)
+            if session.shared:
+                self._sessions.setdefault(address, []).append(session)
+            else:
+                self._unshared.add(address)
+            return session
+
+    async def _open(self, address: str, within: float) -> _Session:
+        peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
+        framed = await connect_stream(address, peer_id=peer_id, max_payload=0, within=within)
+        session = _Session(address, peer_id, framed)
+        self._nursery.start_soon(self._serve, session)
+        return session
+
+    async def _serve(self, session: _Session) -> None:
+        try:
+            await session.run()
+        finally:
+            sessions = self._sessions.get(session.address, [])
+            if session in sessions:
+                sessions.remove(session)
+
+
+__all__ = ["Sessions", "TaskLine"]

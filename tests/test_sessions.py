@@ -1,0 +1,414 @@
+"""A daemon's downloads share control sessions (protocol version 2, `dfget.sessions`),
+and a peer leaves one task of a session without ending it (`Leave`)."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, until
+from test_attack_supernode import RawPeer, ask, next_message, raw_peer, register
+
+import proto.session
+from dfdaemon.app import Daemon
+from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
+from dfget.sessions import INBOX_LIMIT, Sessions, TaskLine
+from proto.errors import ConnectionLost, ErrorCode
+from proto.io import FramedStream, server_handshake
+from proto.keywrap import raw_public
+from proto.messages import (
+    ErrorReply,
+    Leave,
+    Message,
+    PiecesReady,
+    PieceTasksRequest,
+    Register,
+    Registered,
+    TaskDone,
+    TaskFailed,
+)
+from proto.pieces import MiB
+from proto.session import Session, Side
+from proto.taskid import task_id_for
+from testkit.origin import FakeOrigin
+
+
+def daemon_peers(node: RunningSupernode) -> dict[str, set[str]]:
+    """The supernode's peers (each a control session) and the tasks each is in."""
+    return {peer_id: set(record.tasks) for peer_id, record in node.node.swarm.peers.items()}
+
+
+async def fetch_all(fetch: Fetch, daemon: Daemon, urls: list[str]) -> list[Path]:
+    outputs = []
+    for i, url in enumerate(urls):
+        result = await fetch(url, None, daemon_socket=daemon.socket_path, name=f"f{i}")
+        assert result.daemon == str(daemon.socket_path)  # (not dfget on its own)
+        outputs.append(Path(result.output))
+    return outputs
+
+
+async def test_a_daemon_holds_one_session_for_the_files_it_seeds(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> None:
+    # Room for 6 connections at the supernode: with a session a file, the daemon's
+    # seventh file was refused (and every later one, while it seeded the first six).
+    files = {f"/f{i}.bin": os.urandom(MiB + i) for i in range(10)}
+    for path, data in files.items():
+        origin.add(path, data)
+    node = await start_supernode(max_connections=6)
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, back_source=False)
+    outputs = await fetch_all(fetch, daemon, [origin.url(path) for path in files])
+    assert [out.read_bytes() for out in outputs] == list(files.values())
+    # One peer (the daemon's one session) in all ten tasks, each seeded.
+    peers = daemon_peers(node)
+    assert len(peers) == 1
+    assert next(iter(peers.values())) == {task_id_for(origin.url(p)) for p in files}
+    assert node.node.server.limit.statistics().open == 1
+
+
+async def test_a_daemon_leaves_one_task_and_keeps_its_session(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> None:
+    origin.add("/a.bin", os.urandom(MiB))
+    origin.add("/b.bin", os.urandom(MiB))
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, reseed_delay=3600.0)
+    await fetch_all(fetch, daemon, [origin.url("/a.bin"), origin.url("/b.bin")])
+    a, b = task_id_for(origin.url("/a.bin")), task_id_for(origin.url("/b.bin"))
+    assert list(daemon_peers(node).values()) == [{a, b}]
+    assert daemon.blobs is not None
+    daemon.blobs.running_urls[a].scope.cancel()  # its seeding stops (as a drop does)
+    await until(lambda: list(daemon_peers(node).values()) == [{b}])
+    assert node.node.swarm.scheduler.task_statistics(a) is None  # its last peer left
+    assert node.node.server.limit.statistics().open == 1
+
+
+async def test_a_failed_register_answers_its_own_download_on_a_shared_session(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> None:
+    # An ErrorReply names no task: it answers the one Register in flight. A download
+    # of a missing file fails with the origin's answer while another, on the same
+    # session, goes on.
+    data = os.urandom(8 * MiB)
+    origin.add("/big.bin", data, rate=4 * MiB)  # (two seconds: under way meanwhile)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, back_source=False)
+    async with trio.open_nursery() as nursery:
+        results: list[Path] = []
+
+        async def big() -> None:
+            results.extend(await fetch_all(fetch, daemon, [origin.url("/big.bin")]))
+
+        nursery.start_soon(big)
+        await until(lambda: len(daemon_peers(node)) == 1)
+        with pytest.raises(OriginFailed, match="404"):
+            await fetch(origin.url("/missing.bin"), None, daemon_socket=daemon.socket_path)
+    assert results[0].read_bytes() == data
+    assert len(daemon_peers(node)) == 1  # (one session all along)
+
+
+async def test_a_daemon_gives_a_version_1_supernode_a_session_a_file(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An older supernode cannot take a Leave: the daemon shares nothing with it.
+    monkeypatch.setattr(proto.session, "PROTOCOL_VERSIONS", (1,))  # (the server's side)
+    files = {f"/f{i}.bin": os.urandom(MiB + i) for i in range(3)}
+    for path, data in files.items():
+        origin.add(path, data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    outputs = await fetch_all(fetch, daemon, [origin.url(path) for path in files])
+    assert [out.read_bytes() for out in outputs] == list(files.values())
+    peers = daemon_peers(node)
+    assert len(peers) == 3 and all(len(tasks) == 1 for tasks in peers.values())
+
+
+# -- the supernode's side, spoken by hand ------------------------------------------------
+
+
+async def test_a_peer_leaves_one_task_and_the_session_goes_on(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    origin.add("/a.bin", os.urandom(3 * MiB))
+    origin.add("/b.bin", os.urandom(3 * MiB))
+    node = await start_supernode()
+    async with raw_peer(node, "leaver") as peer:
+        assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
+        a = peer.registered
+        assert isinstance(await register(peer, origin.url("/b.bin")), Registered)
+        assert a is not None and daemon_peers(node) == {
+            "leaver": {a.task_id, peer.registered.task_id}
+        }
+        await peer.framed.send(Leave(a.task_id))
+        await until(lambda: daemon_peers(node) == {"leaver": {peer.registered.task_id}})
+        # The task left is no longer this peer's: asked for, it fails by name (an
+        # ErrorReply would not say which task), and the session goes on.
+        await peer.framed.send(
+            PieceTasksRequest(task_id=a.task_id, generation=a.generation, want=1)
+        )
+        failed = await next_message(peer)
+        assert isinstance(failed, TaskFailed) and failed.task_id == a.task_id
+        assert failed.code == ErrorCode.STALE
+        assert (await ask(peer, 1)).tasks  # the other task still gets pieces
+
+
+async def test_leaves_of_tasks_not_held_change_nothing_and_a_task_left_may_come_back(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    origin.add("/a.bin", os.urandom(3 * MiB), rate=2 * MiB)  # (still coming in meanwhile)
+    node = await start_supernode()
+    async with raw_peer(node, "leaver") as peer:
+        assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
+        assert peer.registered is not None
+        task_id = peer.registered.task_id
+        await peer.framed.send(Leave(task_id_for(origin.url("/never.bin"))))
+        await peer.framed.send(Leave(task_id))
+        await peer.framed.send(Leave(task_id))  # (twice: nothing more)
+        await until(lambda: daemon_peers(node) == {"leaver": set()})
+        # Registered again on the same session (a second Register of a task it holds
+        # would end the session): its progress comes once, from one pusher, not also
+        # from the first registration's.
+        await peer.framed.send(register_message(peer, origin.url("/a.bin")))
+        starts: list[int] = []
+        again = False
+        with trio.fail_after(10):
+            while True:
+                message = (await peer.framed.receive()).message
+                again = again or isinstance(message, Registered)
+                if again and isinstance(message, PiecesReady):
+                    starts += range(message.start, message.start + len(message.digests))
+                if again and isinstance(message, TaskDone):
+                    break
+        assert starts == list(range(3))
+        assert daemon_peers(node) == {"leaver": {task_id}}
+
+
+def register_message(peer: RawPeer, url: str) -> Register:
+    return Register(
+        url=url,
+        headers=(),
+        digest=None,
+        tag="",
+        filter=(),
+        public_key=raw_public(peer.key),
+        upload_port=0,
+        upload_slots=0,
+    )
+
+
+def register_for(task_id: str) -> Register:
+    """A Register as a scripted supernode takes it (it reads no field)."""
+    return Register(
+        url=f"http://127.0.0.1:9/{task_id[:8]}",
+        headers=(),
+        digest=None,
+        tag="",
+        filter=(),
+        public_key=b"\x09" * 32,
+    )
+
+
+# -- the daemon's side against a supernode scripted by hand ------------------------------
+
+A, B, C = ("a" * 64, "b" * 64, "c" * 64)
+
+
+def registered(task_id: str) -> Registered:
+    return Registered(
+        task_id=task_id,
+        generation=1,
+        length=MiB,
+        piece_size=MiB,
+        wrapped_key=b"",
+        ticket_key=b"k" * 32,
+        cdn_ticket=b"",
+    )
+
+
+def ready(task_id: str) -> PiecesReady:
+    return PiecesReady(task_id=task_id, generation=1, start=0, digests=(b"d" * 32,))
+
+
+def asking(task_id: str) -> PieceTasksRequest:
+    return PieceTasksRequest(task_id=task_id, generation=1, want=1)
+
+
+class Scripted:
+    """A supernode that speaks version 2 and leaves every connection, once handshaken,
+    to the test (`accepted`)."""
+
+    def __init__(self) -> None:
+        self.connections_in, self.accepted = trio.open_memory_channel[FramedStream](8)
+        self.address = ""
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        async def handle(stream: trio.SocketStream) -> None:
+            framed = FramedStream(stream, Session(Side.SERVER))
+            await server_handshake(framed, role="supernode", agent="scripted")
+            await self.connections_in.send(framed)
+            await trio.sleep_forever()  # (the test answers on it)
+
+        serve = partial(trio.serve_tcp, handle, 0, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        self.address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+@pytest.fixture
+async def scripted(nursery: trio.Nursery) -> Scripted:
+    server = Scripted()
+    await server.start(nursery)
+    return server
+
+
+async def received(framed: FramedStream) -> Message:
+    with trio.fail_after(10):
+        return (await framed.receive()).message
+
+
+async def taken(line: TaskLine) -> Message:
+    with trio.fail_after(10):
+        return (await line.receive()).message
+
+
+async def test_answers_and_news_reach_the_line_of_their_task(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    sessions = Sessions(nursery)
+    async with (
+        sessions.line(scripted.address, A) as a,
+        sessions.line(scripted.address, B) as b,
+    ):
+        server = await scripted.accepted.receive()
+        assert a.peer_id == b.peer_id  # one session, one peer id
+        await a.send(register_for(A))
+        assert isinstance(await received(server), Register)
+        await server.send(registered(A))
+        assert isinstance(await taken(a), Registered)
+        # An ErrorReply names no task: it is the answer to the Register in flight.
+        await b.send(register_for(B))
+        assert isinstance(await received(server), Register)
+        await server.send(ErrorReply(code="not_found", message="no such file", status=404))
+        await server.send(ready(A))
+        await server.send(TaskDone(task_id=C, generation=1, length=1, piece_count=1))  # (nobody's)
+        assert isinstance(await taken(b), ErrorReply)
+        assert await taken(a) == ready(A)
+    # The last line closed the session without a Leave (its end leaves every task).
+    with pytest.raises(ConnectionLost):
+        await received(server)
+    assert sessions.open_count(scripted.address) == 0
+
+
+async def test_a_line_that_ends_leaves_its_task_and_the_others_go_on(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        await received(server)
+        await server.send(registered(A))
+        await taken(a)
+        async with sessions.line(scripted.address, B) as b:
+            await b.send(register_for(B))
+            await received(server)
+            await server.send(registered(B))
+            await taken(b)
+        assert await received(server) == Leave(B)
+        await server.send(ready(A))
+        assert await taken(a) == ready(A)
+        await a.send(asking(A))
+        assert await received(server) == asking(A)
+    assert sessions.open_count(scripted.address) == 0
+
+
+async def test_a_line_ended_before_its_answer_leaves_once_the_answer_is_in(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        async with sessions.line(scripted.address, B) as b:
+            await b.send(register_for(B))
+            await received(server)
+        # B's download ended while its Register was in flight: the next Register waits
+        # for that answer (an ErrorReply now would be B's), then B leaves.
+        registering = trio.Event()
+
+        async def register_a() -> None:
+            await a.send(register_for(A))
+            registering.set()
+
+        nursery.start_soon(register_a)
+        await trio.sleep(0.2)
+        assert not registering.is_set()
+        await server.send(registered(B))
+        after = {type(await received(server)) for _ in range(2)}
+        assert after == {Leave, Register}  # B leaves, A's Register goes (in any order)
+        await server.send(registered(A))
+        assert isinstance(await taken(a), Registered)
+
+
+async def test_an_error_reply_that_answers_nothing_ends_every_line(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    sessions = Sessions(nursery)
+    with pytest.raises(SupernodeUnavailable):
+        async with sessions.line(scripted.address, A) as a:
+            server = await scripted.accepted.receive()
+            await a.send(register_for(A))
+            await received(server)
+            await server.send(registered(A))
+            await taken(a)
+            await server.send(ErrorReply(code="internal", message="going away"))
+            assert isinstance(await taken(a), ErrorReply)  # (the peer raises its error)
+            await taken(a)
+    # The next download opens a new session.
+    async with sessions.line(scripted.address, B):
+        await scripted.accepted.receive()
+
+
+@pytest.mark.parametrize("news", ["unasked", "flood"])
+async def test_a_supernode_that_breaks_the_rules_ends_the_session(
+    scripted: Scripted, nursery: trio.Nursery, news: str
+) -> None:
+    sessions = Sessions(nursery)
+    with pytest.raises(SupernodeFailed):
+        async with sessions.line(scripted.address, A) as a:
+            server = await scripted.accepted.receive()
+            await a.send(register_for(A))
+            await received(server)
+            await server.send(registered(A))
+            await taken(a)
+            if news == "unasked":
+                await server.send(registered(B))  # (B never asked)
+            else:  # more news of one task than it can have unread
+                for _ in range(INBOX_LIMIT + 1):
+                    await server.send(ready(A))
+                await trio.sleep(0.5)
+            while True:
+                await taken(a)
+
+
+async def test_a_cancelled_download_does_not_cut_a_frame_on_the_shared_session(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        await received(server)
+        await server.send(registered(A))
+        await taken(a)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await a.send(asking(A))  # goes whole: the session is every task's
+        assert await received(server) == asking(A)
+        await server.send(ready(A))
+        assert await taken(a) == ready(A)
