@@ -11,8 +11,11 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 - What a line sends goes straight onto the session (frames queue behind each other).
 - The session's reader routes what the supernode sends to the line of the task it
   names; news of a task no line holds (one just left) is dropped.
-- A Register waits until the one before it on the session is answered: an ErrorReply
-  names no task, so it answers the one Register in flight.
+- One Register is in flight on a session at a time: an ErrorReply names no task, so it
+  answers that one. A session takes a new line only once every line on it has its
+  answer (a Register may wait for the origin's first answer to a new file): downloads
+  that start together open sessions of their own, as many as register at once, which
+  later downloads share.
 - A line that ends has `Leave` sent for its task (by the session's own task, in order)
   and the session goes on; one that ends with its Register unanswered leaves once the
   answer is in. Until then the task is not registered on that session again (a second
@@ -85,6 +88,8 @@ class _Session:
         return (
             self.shared
             and self.broken is None
+            and self.registrant is None
+            and all(line.registered for line in self.lines.values())
             and task_id not in self.lines
             and task_id not in self.leaving
             and len(self.lines) < TASKS_PER_SESSION

@@ -3,6 +3,7 @@ and a peer leaves one task of a session without ending it (`Leave`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import partial
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, until
-from test_attack_supernode import RawPeer, ask, next_message, raw_peer, register
+from test_attack_supernode import MiniOrigin, RawPeer, ask, next_message, raw_peer, register
 
 import proto.session
 from dfdaemon.app import Daemon
@@ -24,6 +25,7 @@ from proto.messages import (
     Leave,
     Message,
     PiecesReady,
+    PieceTasks,
     PieceTasksRequest,
     Register,
     Registered,
@@ -215,6 +217,38 @@ def register_for(task_id: str) -> Register:
     )
 
 
+async def test_a_register_waiting_for_its_origin_holds_up_no_other_task(
+    origin: FakeOrigin, start_supernode: StartSupernode, nursery: trio.Nursery
+) -> None:
+    # The supernode answers a Register once the origin's first answer is in: on a
+    # session of many tasks the others' requests go on meanwhile.
+    origin.add("/a.bin", os.urandom(2 * MiB))
+    answer = trio.Event()
+    data = os.urandom(MiB)
+
+    async def slow(
+        method: str, headers: dict[str, str]
+    ) -> tuple[int, list[tuple[str, str]], object]:
+        await answer.wait()
+        return 200, [("Content-Length", str(len(data)))], data
+
+    late = MiniOrigin(slow)
+    await nursery.start(late.serve)
+    node = await start_supernode()
+    async with raw_peer(node, "two-tasks") as peer:
+        assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
+        a = peer.registered
+        assert a is not None
+        await peer.framed.send(register_message(peer, late.url("/b.bin")))
+        await until(lambda: len(late.requests) == 1)  # B's Register waits for it now
+        await peer.framed.send(PieceTasksRequest(task_id=a.task_id, generation=1, want=1))
+        tasks = await next_message(peer, seconds=5)
+        assert isinstance(tasks, PieceTasks) and tasks.task_id == a.task_id and tasks.tasks
+        answer.set()
+        b = await next_message(peer)
+        assert isinstance(b, Registered) and b.task_id == task_id_for(late.url("/b.bin"))
+
+
 # -- the daemon's side against a supernode scripted by hand ------------------------------
 
 A, B, C = ("a" * 64, "b" * 64, "c" * 64)
@@ -280,17 +314,16 @@ async def taken(line: TaskLine) -> Message:
 async def test_answers_and_news_reach_the_line_of_their_task(
     scripted: Scripted, nursery: trio.Nursery
 ) -> None:
+    stack = contextlib.AsyncExitStack()
     sessions = Sessions(nursery)
-    async with (
-        sessions.line(scripted.address, A) as a,
-        sessions.line(scripted.address, B) as b,
-    ):
+    async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
-        assert a.peer_id == b.peer_id  # one session, one peer id
         await a.send(register_for(A))
         assert isinstance(await received(server), Register)
         await server.send(registered(A))
         assert isinstance(await taken(a), Registered)
+        b = await stack.enter_async_context(sessions.line(scripted.address, B))
+        assert a.peer_id == b.peer_id  # one session, one peer id
         # An ErrorReply names no task: it is the answer to the Register in flight.
         await b.send(register_for(B))
         assert isinstance(await received(server), Register)
@@ -299,6 +332,7 @@ async def test_answers_and_news_reach_the_line_of_their_task(
         await server.send(TaskDone(task_id=C, generation=1, length=1, piece_count=1))  # (nobody's)
         assert isinstance(await taken(b), ErrorReply)
         assert await taken(a) == ready(A)
+        await stack.aclose()
     # The last line closed the session without a Leave (its end leaves every task).
     with pytest.raises(ConnectionLost):
         await received(server)
@@ -334,25 +368,46 @@ async def test_a_line_ended_before_its_answer_leaves_once_the_answer_is_in(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        await received(server)
+        await server.send(registered(A))
+        await taken(a)
         async with sessions.line(scripted.address, B) as b:
+            assert b.peer_id == a.peer_id
             await b.send(register_for(B))
             await received(server)
-        # B's download ended while its Register was in flight: the next Register waits
-        # for that answer (an ErrorReply now would be B's), then B leaves.
-        registering = trio.Event()
-
-        async def register_a() -> None:
-            await a.send(register_for(A))
-            registering.set()
-
-        nursery.start_soon(register_a)
-        await trio.sleep(0.2)
-        assert not registering.is_set()
+        # B's download ended while its Register was in flight: the session takes no
+        # task until that answer is in (an ErrorReply now would be B's), then B leaves.
+        async with sessions.line(scripted.address, C) as c:
+            assert c.peer_id != a.peer_id  # (a session of its own)
+            await scripted.accepted.receive()
         await server.send(registered(B))
-        after = {type(await received(server)) for _ in range(2)}
-        assert after == {Leave, Register}  # B leaves, A's Register goes (in any order)
-        await server.send(registered(A))
+        assert await received(server) == Leave(B)
+        async with sessions.line(scripted.address, C) as c:
+            assert c.peer_id == a.peer_id
+
+
+async def test_downloads_that_register_at_once_open_sessions_of_their_own(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # A Register may wait for the origin's first answer: one in flight on a session
+    # makes the next download open another session, rather than wait behind it.
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a, sessions.line(scripted.address, B) as b:
+        assert a.peer_id != b.peer_id
+        first, second = await scripted.accepted.receive(), await scripted.accepted.receive()
+        await b.send(register_for(B))
+        await a.send(register_for(A))  # (does not wait for B's answer)
+        assert isinstance(await received(first), Register)
+        assert isinstance(await received(second), Register)
+        await first.send(registered(A))
+        await second.send(registered(B))
         assert isinstance(await taken(a), Registered)
+        assert isinstance(await taken(b), Registered)
+        # Both answered: the next download shares one of them.
+        async with sessions.line(scripted.address, C) as c:
+            assert c.peer_id in (a.peer_id, b.peer_id)
+    assert sessions.open_count(scripted.address) == 0
 
 
 async def test_an_error_reply_that_answers_nothing_ends_every_line(

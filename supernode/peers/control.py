@@ -92,6 +92,7 @@ class ControlSession:
         # that outlives a Leave (a send in progress) stops instead of pushing next to
         # the pusher of the same task registered again.
         self._pushers: dict[str, object] = {}
+        self._opening: set[str] = set()  # tasks whose Register is being answered
 
     async def run(self, first: Register) -> None:
         """Serve the session until the peer closes it (ConnectionLost propagates), stays
@@ -137,8 +138,10 @@ class ControlSession:
                 self.swarm.leave(self.peer_id, trio.current_time())
 
     async def _register(self, message: Register, *, nursery: trio.Nursery) -> bool:
-        """Answer one Register; False when the peer is refused admission (`forbidden`:
-        the session must end)."""
+        """Take one Register: what can be checked at once is (False when the peer is
+        refused admission, `forbidden`: the session must end); the rest, which may wait
+        for the origin's first answer, goes on in a task of its own (`_open`), so that a
+        slow origin does not hold up the other tasks of the session."""
         if not self.swarm.admits(
             self.challenge, self.peer_id, message.public_key, message.token_proof
         ):
@@ -171,22 +174,33 @@ class ControlSession:
         except ValueError as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
             return True
-        if spec.task_id in self.tasks:
+        if spec.task_id in self.tasks or spec.task_id in self._opening:
             raise UnexpectedMessage(f"a second Register of task {spec.task_id[:16]} on a session")
-        if len(self.tasks) >= MAX_TASKS_PER_SESSION:
+        if len(self.tasks) + len(self._opening) >= MAX_TASKS_PER_SESSION:
             raise UnexpectedMessage(f"more than {MAX_TASKS_PER_SESSION} tasks on one session")
+        self._opening.add(spec.task_id)
+        nursery.start_soon(self._open, message, record, spec, nursery)
+        return True
+
+    async def _open(
+        self, message: Register, record: PeerRecord, spec: TaskSpec, nursery: trio.Nursery
+    ) -> None:
+        """The rest of a Register: open the task (the origin's first answer, for a new
+        one) and answer Registered, or the error."""
         try:
             task = await self.cdn.open_task(spec)
         except SupernodeError as exc:
             log.info("peer %s: %s refused: %s", self.peer_id[:12], display_url(spec.url), exc)
             await self.framed.send(error_reply(exc.code, str(exc), exc.status))
-            return True
+            return
+        finally:
+            self._opening.discard(spec.task_id)
         context = wrap_context(task.task_id, task.generation)
         try:
             wrapped = wrap_key(task.key, message.public_key, context)
         except BadPublicKey as exc:
             await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
-            return True
+            return
         self.tasks[task.task_id] = task
         self.swarm.enter(
             record, task, trio.current_time(), in_order=message.in_order, leaves=message.leaves
@@ -215,11 +229,10 @@ class ControlSession:
         nursery.start_soon(self._push_progress, task, token)
         if self.swarm.token is not None:
             # Admitted with the cluster token and registered: out of the connection
-            # caps, which bound strangers (a dfdaemon holds a session for each blob it
-            # seeds, hundreds from one host). In an open cluster nobody proved anything:
-            # every session stays counted.
+            # caps, which bound strangers (a dfdaemon of protocol version 1 holds a
+            # session for each blob it seeds, hundreds from one host). In an open
+            # cluster nobody proved anything: every session stays counted.
             release_place()
-        return True
 
     def _current(self, task_id: str, generation: int) -> CdnTask | None:
         task = self.tasks.get(task_id)
