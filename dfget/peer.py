@@ -166,7 +166,7 @@ class Attempt:
         port: int,
         on_complete: Callable[[PieceBook], Awaitable[None]],
     ) -> PieceBook:
-        async with self._control() as control:
+        async with self._control(port) as control:
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
                     if isinstance(control, FramedStream):  # (a shared one keeps itself)
@@ -177,17 +177,25 @@ class Attempt:
                     nursery.cancel_scope.cancel()
         return book
 
-    def _control(self) -> AbstractAsyncContextManager[ControlStream]:
+    def _control(self, port: int) -> AbstractAsyncContextManager[ControlStream]:
         """The control session: a connection of its own, or a line on a session the
-        daemon's downloads share (`PeerOptions.sessions`)."""
+        daemon's downloads share (`PeerOptions.sessions`) that registers the same
+        upload address (`port`, 0 when it does not upload)."""
         if self.options.sessions is None:
             return connect(self.address, peer_id=self.peer_id, within=self.connect_within)
-        return self._line(self.options.sessions)
+        return self._line(self.options.sessions, self._upload(port))
+
+    def _upload(self, port: int) -> tuple[int, int]:
+        """The upload port and slots its Register names."""
+        slots = self.options.upload_slots
+        return (port if slots else 0), slots
 
     @asynccontextmanager
-    async def _line(self, sessions: Sessions) -> AsyncIterator[ControlStream]:
+    async def _line(
+        self, sessions: Sessions, upload: tuple[int, int]
+    ) -> AsyncIterator[ControlStream]:
         within = self.connect_within
-        async with sessions.line(self.address, self.task_id, within=within) as line:
+        async with sessions.line(self.address, self.task_id, upload, within=within) as line:
             self.peer_id = line.peer_id  # the session's: tickets and uploads name it
             yield line
 
@@ -310,6 +318,7 @@ class Attempt:
 
     async def _register(self, control: ControlStream, port: int) -> Registered:
         message = self.register_message
+        upload_port, upload_slots = self._upload(port)
         proof = None
         if self.options.token is not None:
             challenge = control.welcome.challenge if control.welcome else b""
@@ -322,8 +331,8 @@ class Attempt:
                 tag=message.tag,
                 filter=message.filter,
                 public_key=raw_public(self.key),
-                upload_port=port if self.options.upload_slots else 0,
-                upload_slots=self.options.upload_slots,
+                upload_port=upload_port,
+                upload_slots=upload_slots,
                 token_proof=proof,
                 in_order=self.options.in_order,
                 leaves=self.options.seed_for < LEAVES_SOON,

@@ -12,10 +12,11 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 - The session's reader routes what the supernode sends to the line of the task it
   names; news of a task no line holds (one just left) is dropped.
 - One Register is in flight on a session at a time: an ErrorReply names no task, so it
-  answers that one. A session takes a new line only once every line on it has its
-  answer (a Register may wait for the origin's first answer to a new file): downloads
-  that start together open sessions of their own, as many as register at once, which
-  later downloads share.
+  answers that one. A new line goes to a session where every line has its answer (a
+  Register may wait for the origin's first answer to a new file); downloads that
+  start together open sessions of their own, up to SESSIONS_PER_SUPERNODE, which later
+  downloads share. Past that (a daemon announcing its whole cache at start), a line
+  takes the session with the fewest lines and its Register waits its turn there.
 - A line that ends has `Leave` sent for its task (by the session's own task, in order)
   and the session goes on; one that ends with its Register unanswered leaves once the
   answer is in. Until then the task is not registered on that session again (a second
@@ -60,18 +61,23 @@ from proto.messages import (
 # Tasks a session carries at most (a supernode takes up to 1024 on one: past this the
 # next session opens).
 TASKS_PER_SESSION = 512
+# Sessions opened to one supernode so that Registers need not wait behind each other;
+# past this many, a Register waits for its session's turn (more open only when these
+# are full).
+SESSIONS_PER_SUPERNODE = 8
 # Frames waiting in one line's inbox: a task's news is small and taken as it comes (the
 # progress of its pieces, one answer a request); past this the supernode floods.
 INBOX_LIMIT = 4096
 LEAVE_WITHIN = 5.0  # seconds for the supernode to take a Leave
+Key = tuple[str, tuple[int, int]]  # a supernode's address; the upload port and slots
 _ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks)
 
 
 class _Session:
     """One connection to a supernode, carrying the tasks of its lines."""
 
-    def __init__(self, address: str, peer_id: str, framed: FramedStream) -> None:
-        self.address = address
+    def __init__(self, key: Key, peer_id: str, framed: FramedStream) -> None:
+        self.key = key
         self.peer_id = peer_id
         self.framed = framed
         welcome = framed.welcome
@@ -85,15 +91,18 @@ class _Session:
         self.ended = trio.Event()
 
     def takes(self, task_id: str) -> bool:
+        """Whether a line for `task_id` may go on this session (its Register may wait)."""
         return (
             self.shared
             and self.broken is None
-            and self.registrant is None
-            and all(line.registered for line in self.lines.values())
             and task_id not in self.lines
             and task_id not in self.leaving
             and len(self.lines) < TASKS_PER_SESSION
         )
+
+    def answered(self) -> bool:
+        """No Register in flight, none to come from a line on it: a new line's goes at once."""
+        return self.registrant is None and all(line.registered for line in self.lines.values())
 
     def leave(self, task_id: str) -> None:
         """Have a Leave of `task_id` sent (by `_send_leaves`, in order)."""
@@ -253,22 +262,30 @@ class TaskLine:
 
 
 class Sessions:
-    """Shared control sessions by supernode address, their readers in `nursery` (the
-    daemon's, for its lifetime)."""
+    """Shared control sessions by supernode address and upload address, their readers
+    in `nursery` (the daemon's, for its lifetime). A session is one peer of the swarm,
+    with one upload address: a download that uploads nothing (a daemon's check of a
+    copy it keeps) registers on sessions of its own."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self._sessions: dict[str, list[_Session]] = {}
-        self._opening: dict[str, trio.Lock] = {}
+        self._sessions: dict[Key, list[_Session]] = {}
+        self._opening: dict[Key, trio.Lock] = {}
         self._unshared: set[str] = set()  # addresses whose supernode speaks version 1
 
     @asynccontextmanager
     async def line(
-        self, address: str, task_id: str, *, within: float = SUPERNODE_TIMEOUT
+        self,
+        address: str,
+        task_id: str,
+        upload: tuple[int, int] = (0, 0),
+        *,
+        within: float = SUPERNODE_TIMEOUT,
     ) -> AsyncIterator[TaskLine]:
-        """A line for `task_id` on a session to `address` (opened if none has room);
-        errors inside are translated as on a connection of its own."""
-        session = await self._session_for(address, task_id, within)
+        """A line for `task_id` on a session to `address` whose Registers name `upload`
+        (port, slots), opened if none has room; errors inside are translated as on a
+        connection of its own."""
+        session = await self._session_for((address, upload), task_id, within)
         line = session.lines[task_id] = TaskLine(session, task_id)
         try:
             with translate_errors(address):
@@ -278,30 +295,40 @@ class Sessions:
 
     def open_count(self, address: str) -> int:
         """Shared sessions open to `address` that take tasks (for tests and metrics)."""
-        return sum(session.broken is None for session in self._sessions.get(address, []))
+        return sum(
+            session.broken is None
+            for (where, _), sessions in self._sessions.items()
+            if where == address
+            for session in sessions
+        )
 
-    async def _session_for(self, address: str, task_id: str, within: float) -> _Session:
+    async def _session_for(self, key: Key, task_id: str, within: float) -> _Session:
+        address = key[0]
         if address in self._unshared:  # (asked again each time: it may be upgraded)
-            session = await self._open(address, within)
+            session = await self._open(key, within)
             if session.shared:
                 self._unshared.discard(address)
-                self._sessions.setdefault(address, []).append(session)
+                self._sessions.setdefault(key, []).append(session)
             return session
-        async with self._opening.setdefault(address, trio.Lock()):
-            for session in self._sessions.get(address, []):
-                if session.takes(task_id):
+        async with self._opening.setdefault(key, trio.Lock()):
+            live = [session for session in self._sessions.get(key, []) if not session.broken]
+            open_ones = [session for session in live if session.takes(task_id)]
+            for session in open_ones:
+                if session.answered():
                     return session
-            session = await self._open(address, within)
+            if open_ones and len(live) >= SESSIONS_PER_SUPERNODE:
+                return min(open_ones, key=lambda session: len(session.lines))
+            session = await self._open(key, within)
             if session.shared:
-                self._sessions.setdefault(address, []).append(session)
+                self._sessions.setdefault(key, []).append(session)
             else:
                 self._unshared.add(address)
             return session
 
-    async def _open(self, address: str, within: float) -> _Session:
+    async def _open(self, key: Key, within: float) -> _Session:
         peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
-        framed = await connect_stream(address, peer_id=peer_id, max_payload=0, within=within)
-        session = _Session(address, peer_id, framed)
+        framed = await connect_stream(key[0], peer_id=peer_id, max_payload=0, within=within)
+        session = _Session(key, peer_id, framed)
         self._nursery.start_soon(self._serve, session)
         return session
 
@@ -309,7 +336,7 @@ class Sessions:
         try:
             await session.run()
         finally:
-            sessions = self._sessions.get(session.address, [])
+            sessions = self._sessions.get(session.key, [])
             if session in sessions:
                 sessions.remove(session)
 

@@ -176,6 +176,45 @@ def test_a_downloader_leaving_at_its_end_gets_rare_pieces_after_those_that_keep_
     assert [a.index for a in s.assign("t", "L", 4, 0.0)] == [18]
 
 
+def test_a_peer_leaving_one_task_is_gone_from_it_and_stays_in_its_others() -> None:
+    """A daemon's session carries many tasks and leaves one (`Leave`): what it held,
+    uploaded and fetched there goes, as `remove_peer` does for all; its other tasks
+    keep it, and the slot its upload there took is free for them."""
+    s = make(first_random=0, endgame_pieces=0)
+    seed_task(s, total=4, holders={"P": (2, range(4))}, downloaders=["D"], task="t")
+    seed_task(s, total=4, holders={"P": (2, range(4))}, downloaders=["E"], task="u")
+    s.cdn_ready("t", 2, total=4)
+    s.add_peer("t", "Q", upload_slots=2, now=0.0)
+    give(s, "t", "Q", [3])  # another holder of one piece of t
+    s.add_peer("t", "P", upload_slots=2, now=0.0)  # (P is also a downloader of v)
+    s.add_peer("v", "P", upload_slots=2, now=0.0)
+    s.cdn_ready("v", 1, total=1)
+    [to_d] = s.assign("t", "D", 1, 0.0)
+    assert to_d.source == "P"
+    [to_e] = s.assign("u", "E", 2, 0.0)  # (P's second slot: one is D's)
+    [from_cdn] = s.assign("v", "P", 1, 0.0)
+    assert uploads(s, "P") == 2
+    before = s.statistics().assignments_in_flight
+    s.leave_task("t", "P", 1.0)
+    s.leave_task("t", "P", 1.0)  # (twice, or a task it is not in: nothing more)
+    s.leave_task("w", "P", 1.0)
+    stats = s.peer_statistics("P")
+    assert stats is not None and stats.tasks == ("u", "v")
+    assert stats.uploads_in_flight == 1  # t's upload landed, its slot is free
+    assert s.statistics().assignments_in_flight == before - 1
+    assert s.held_by_peers("t") == 0b1000  # only Q's piece is left in the swarm
+    task_t = s.task_statistics("t")
+    assert task_t is not None and task_t.peers == 2  # D and Q
+    # D may fetch from Q or the CDN, never from P; E gets P's freed slot.
+    assert {a.source for a in s.assign("t", "D", 4, 1.0)} <= {"Q", CDN}
+    assert [a.source for a in s.assign("u", "E", 1, 1.0)] == ["P"]
+    # The landed flight's late report, and P's own fetch in v, go on as before.
+    s.report("t", "D", to_d.index, "P", Outcome.DONE, nbytes=100, seconds=1.0, now=2.0)
+    done(s, "E", [to_e], task="u")
+    done(s, "P", [from_cdn], task="v")
+    assert s.peer_statistics("P") is not None
+
+
 def test_a_leaving_downloader_is_held_back_for_a_while_only() -> None:
     """Two plain dfgets, the second started late: the first, near its end, misses pieces
     only the CDN has, and the other (a keeper) will hold them only after its whole

@@ -4,6 +4,7 @@ and a peer leaves one task of a session without ending it (`Leave`)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from functools import partial
 from pathlib import Path
@@ -13,6 +14,7 @@ import trio
 from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, until
 from test_attack_supernode import MiniOrigin, RawPeer, ask, next_message, raw_peer, register
 
+import dfget.sessions
 import proto.session
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
@@ -408,6 +410,81 @@ async def test_downloads_that_register_at_once_open_sessions_of_their_own(
         async with sessions.line(scripted.address, C) as c:
             assert c.peer_id in (a.peer_id, b.peer_id)
     assert sessions.open_count(scripted.address) == 0
+
+
+async def test_a_download_that_uploads_nothing_registers_on_a_session_of_its_own(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # A session is one peer with one upload address: a daemon's check of a copy it
+    # keeps (no upload port) must not join the session of the blobs it seeds (the
+    # supernode refuses a peer id whose upload address changes, and ends the session).
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A, (4000, 8)) as seeding:
+        server = await scripted.accepted.receive()
+        await seeding.send(register_for(A))
+        await received(server)
+        await server.send(registered(A))
+        await taken(seeding)
+        async with sessions.line(scripted.address, B, (0, 0)) as check:
+            assert check.peer_id != seeding.peer_id
+            await scripted.accepted.receive()
+        async with sessions.line(scripted.address, B, (4000, 8)) as other:
+            assert other.peer_id == seeding.peer_id
+
+
+async def test_past_its_sessions_a_register_waits_for_its_turn(
+    scripted: Scripted, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dfget.sessions, "SESSIONS_PER_SUPERNODE", 1)
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a, sessions.line(scripted.address, B) as b:
+        assert a.peer_id == b.peer_id  # (no second session)
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        registering = trio.Event()
+
+        async def register_b() -> None:
+            await b.send(register_for(B))
+            registering.set()
+
+        nursery.start_soon(register_b)
+        assert await received(server) == register_for(A)
+        await trio.sleep(0.2)
+        assert not registering.is_set()  # B's waits: an ErrorReply now would be A's
+        await server.send(ErrorReply(code="not_found", message="no such file", status=404))
+        assert isinstance(await taken(a), ErrorReply)
+        assert await received(server) == register_for(B)
+        await server.send(registered(B))
+        assert isinstance(await taken(b), Registered)
+
+
+async def test_a_restarted_daemon_announces_its_cache_over_a_few_sessions(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At start every cached blob registers at once: they share SESSIONS_PER_SUPERNODE
+    # sessions (2 here), not one each.
+    monkeypatch.setattr(dfget.sessions, "SESSIONS_PER_SUPERNODE", 2)
+    blobs = [os.urandom(MiB + i) for i in range(8)]
+    node = await start_supernode()
+    registry = f"{origin.host}:{origin.port}"  # (its word is taken for the blobs)
+    first = await start_daemon("host1", "http://127.0.0.1:1", node, allow_registries=(registry,))
+    urls = []
+    for data in blobs:
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        origin.add(f"/v2/files/blobs/{digest}", data)
+        urls.append(origin.url(f"/v2/files/blobs/{digest}"))
+    for i, url in enumerate(urls):
+        digest = url.rsplit("/", 1)[1]
+        await fetch(url, None, daemon_socket=first.socket_path, digest=digest, name=f"f{i}")
+    await start_daemon.stop(first)
+    await until(lambda: not daemon_peers(node))
+    await start_daemon("host1", "http://127.0.0.1:1", node, allow_registries=(registry,))
+    await until(lambda: sum(len(tasks) for tasks in daemon_peers(node).values()) == len(blobs))
+    assert len(daemon_peers(node)) <= 2
 
 
 async def test_an_error_reply_that_answers_nothing_ends_every_line(

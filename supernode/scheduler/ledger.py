@@ -137,7 +137,6 @@ class Ledger:
         del peer.members[task_id]
         if not member.complete:
             self._count_incomplete(peer, -1)
-        self.refresh(peer)
 
     def remove_task(self, task_id: str) -> None:
         task = self.tasks.get(task_id)
