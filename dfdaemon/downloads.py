@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -271,7 +272,7 @@ async def keep_seeding(
         return
     delay = settings.reseed_delay
     if wait_first:
-        await trio.sleep(delay)
+        await trio.sleep(_spread(delay))
     while True:
         try:
             with ExistingOutput(blob.path) as out:
@@ -288,4 +289,10 @@ async def keep_seeding(
         except Exception:  # a bug of ours: this blob stops seeding, the daemon goes on
             log.exception("blob %s: seeding failed", blob.hex[:12])
             return
-        await trio.sleep(delay)
+        await trio.sleep(_spread(delay))
+
+
+def _spread(delay: float) -> float:
+    """`delay`, up to half again at random: the blobs of a session that ended (up to
+    512 on one) announce themselves again spread out, not all in the same instant."""
+    return delay * random.uniform(1.0, 1.5)

@@ -32,6 +32,8 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +42,7 @@ import trio
 
 from dfget.connect import SUPERNODE_TIMEOUT, connect_stream, translate_errors
 from dfget.engine import new_peer_id
+from dfget.errors import SupernodeUnavailable
 from dfget.peer import keep_alive
 from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
 from proto.frames import Frame
@@ -68,8 +71,8 @@ SESSIONS_PER_SUPERNODE = 8
 # Frames waiting in one line's inbox: a task's news is small and taken as it comes (the
 # progress of its pieces, one answer a request); past this the supernode floods.
 INBOX_LIMIT = 4096
-LEAVE_WITHIN = 5.0  # seconds for the supernode to take a Leave
 Key = tuple[str, tuple[int, int]]  # a supernode's address; the upload port and slots
+log = logging.getLogger(__name__)
 _ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks)
 
 
@@ -114,7 +117,7 @@ class _Session:
         interval meanwhile."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(keep_alive, self.framed)
+                nursery.start_soon(self._keep_alive)
                 nursery.start_soon(self._read)
                 nursery.start_soon(self._send_leaves)
                 await self.ended.wait()
@@ -123,10 +126,14 @@ class _Session:
             self.end(ConnectionLost("the session was closed", clean=True))
             await self.framed.aclose()  # (shielded, bounded)
 
+    async def _keep_alive(self) -> None:
+        await keep_alive(self.framed)  # (returns only when a send failed)
+        self.end(ConnectionLost("a keepalive could not be sent", clean=False))
+
     async def _send_leaves(self) -> None:
         async for task_id in self._leaves:
             try:
-                await self.framed.send(Leave(task_id), within=LEAVE_WITHIN)
+                await self.framed.send(Leave(task_id))
             except ProtoError as exc:
                 self.end(exc)
                 return
@@ -140,6 +147,8 @@ class _Session:
             self.end(exc)
 
     def _route(self, message: Message) -> None:
+        if self.broken is not None:  # (frames read in one go with the one that ended it)
+            return
         if isinstance(message, ErrorReply):
             line = self.registrant
             if line is None:  # an answer to nothing: the supernode ends the session
@@ -157,10 +166,12 @@ class _Session:
         if isinstance(message, Registered):
             if line is None or line.task_id != message.task_id:
                 raise UnexpectedMessage(f"Registered for task {message.task_id[:16]}, not asked")
+            line.answered_here = True
         else:
             line = self.lines.get(message.task_id)
-        if line is not None:  # (else news of a task no line holds now: it left)
-            line.put(message)
+            if line is None or not line.answered_here:
+                return  # news of a task no line holds now (it left), or of its last stay
+        line.put(message)
 
     def end(self, why: ProtoError) -> None:
         """The session is over: every line's receive raises `why` once its inbox is
@@ -179,7 +190,8 @@ class TaskLine:
         self.session = session
         self.task_id = task_id
         self.inbox_in, self._inbox = trio.open_memory_channel[Message](math.inf)
-        self.registered = False
+        self.registered = False  # its Registered taken (`receive`)
+        self.answered_here = False  # its Registered routed: news of the task follows it
         self.closed = False
         self._awaiting = False  # a Register sent, its answer not yet taken
 
@@ -203,7 +215,8 @@ class TaskLine:
             return
         if self._inbox.statistics().current_buffer_used >= INBOX_LIMIT:
             raise UnexpectedMessage(f"more than {INBOX_LIMIT} frames for one task unread")
-        self.inbox_in.send_nowait(message)
+        with contextlib.suppress(trio.ClosedResourceError):  # (the session just ended)
+            self.inbox_in.send_nowait(message)
 
     async def send(
         self,
@@ -223,6 +236,11 @@ class TaskLine:
             # (the send has its deadline: the session's send timeout, or `within`).
             with trio.CancelScope(shield=True):
                 await session.framed.send(message, payload, within=within)
+        except ProtoError as exc:
+            session.end(exc)  # (a frame that did not go: nothing more can follow it)
+            if isinstance(message, Register):
+                self._answered()
+            raise
         except BaseException:
             if isinstance(message, Register):
                 self._answered()
@@ -310,20 +328,32 @@ class Sessions:
                 self._unshared.discard(address)
                 self._sessions.setdefault(key, []).append(session)
             return session
-        async with self._opening.setdefault(key, trio.Lock()):
-            live = [session for session in self._sessions.get(key, []) if not session.broken]
-            open_ones = [session for session in live if session.takes(task_id)]
-            for session in open_ones:
-                if session.answered():
-                    return session
-            if open_ones and len(live) >= SESSIONS_PER_SUPERNODE:
-                return min(open_ones, key=lambda session: len(session.lines))
-            session = await self._open(key, within)
-            if session.shared:
-                self._sessions.setdefault(key, []).append(session)
-            else:
-                self._unshared.add(address)
-            return session
+        # Bounded: behind a supernode that does not answer, each download waits for the
+        # one connecting before it at most this long, then fails over.
+        with trio.move_on_after(within) as waited:
+            await self._opening.setdefault(key, trio.Lock()).acquire()
+        if waited.cancelled_caught:
+            raise SupernodeUnavailable(f"cannot reach {address}: a connection is still opening")
+        try:
+            return await self._take(key, task_id, within)
+        finally:
+            self._opening[key].release()
+
+    async def _take(self, key: Key, task_id: str, within: float) -> _Session:
+        address = key[0]
+        live = [session for session in self._sessions.get(key, []) if not session.broken]
+        open_ones = [session for session in live if session.takes(task_id)]
+        for session in open_ones:
+            if session.answered():
+                return session
+        if open_ones and len(live) >= SESSIONS_PER_SUPERNODE:
+            return min(open_ones, key=lambda session: len(session.lines))
+        session = await self._open(key, within)
+        if session.shared:
+            self._sessions.setdefault(key, []).append(session)
+        else:
+            self._unshared.add(address)
+        return session
 
     async def _open(self, key: Key, within: float) -> _Session:
         peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
@@ -335,6 +365,9 @@ class Sessions:
     async def _serve(self, session: _Session) -> None:
         try:
             await session.run()
+        except Exception:  # a bug of ours: this session ends, the daemon goes on
+            log.exception("session to %s failed", session.key[0])
+            session.end(ConnectionLost("the session failed", clean=False))
         finally:
             sessions = self._sessions.get(session.key, [])
             if session in sessions:

@@ -26,6 +26,7 @@ from proto.messages import (
     ErrorReply,
     Leave,
     Message,
+    PiecesHeld,
     PiecesReady,
     PieceTasks,
     PieceTasksRequest,
@@ -37,6 +38,7 @@ from proto.messages import (
 from proto.pieces import MiB
 from proto.session import Session, Side
 from proto.taskid import task_id_for
+from supernode.peers.control import REGISTERS_AT_ONCE
 from testkit.origin import FakeOrigin
 
 
@@ -249,6 +251,39 @@ async def test_a_register_waiting_for_its_origin_holds_up_no_other_task(
         answer.set()
         b = await next_message(peer)
         assert isinstance(b, Registered) and b.task_id == task_id_for(late.url("/b.bin"))
+
+
+async def test_a_peer_gets_a_few_registers_answered_at_once_not_all_it_sends(
+    start_supernode: StartSupernode, nursery: trio.Nursery
+) -> None:
+    # Registers are answered from tasks of their own: a peer that sends many (and
+    # need not read the answers) has REGISTERS_AT_ONCE of them waiting for origins,
+    # and the session reads nothing more until one is answered.
+    answer = trio.Event()
+    data = b"x" * 1000
+
+    async def slow(
+        method: str, headers: dict[str, str]
+    ) -> tuple[int, list[tuple[str, str]], object]:
+        await answer.wait()
+        return 200, [("Content-Length", str(len(data)))], data
+
+    late = MiniOrigin(slow)
+    await nursery.start(late.serve)
+    node = await start_supernode()
+    async with raw_peer(node, "eager") as peer:
+        for i in range(30):
+            await peer.framed.send(register_message(peer, late.url(f"/f{i}")))
+        await until(lambda: len(late.requests) == REGISTERS_AT_ONCE)
+        await trio.sleep(0.5)
+        assert len(late.requests) == REGISTERS_AT_ONCE
+        answer.set()
+        registered_ids = set()
+        with trio.fail_after(20):
+            while len(registered_ids) < 30:
+                message = (await peer.framed.receive()).message
+                if isinstance(message, Registered):
+                    registered_ids.add(message.task_id)
 
 
 # -- the daemon's side against a supernode scripted by hand ------------------------------
@@ -504,6 +539,110 @@ async def test_an_error_reply_that_answers_nothing_ends_every_line(
     # The next download opens a new session.
     async with sessions.line(scripted.address, B):
         await scripted.accepted.receive()
+
+
+async def test_frames_right_behind_the_end_of_a_session_crash_nothing(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # An ErrorReply that answers nothing ends the session; news read in the same go
+    # must not be put to lines already ended (that raised into the daemon's nursery).
+    sessions = Sessions(nursery)
+    with pytest.raises(SupernodeUnavailable):
+        async with sessions.line(scripted.address, A) as a:
+            server = await scripted.accepted.receive()
+            await a.send(register_for(A))
+            await received(server)
+            await server.send(registered(A))
+            await taken(a)
+            ending = server.session.send(ErrorReply(code="internal", message="going away"))
+            await server.stream.send_all(ending + server.session.send(ready(A)) * 3)
+            assert isinstance(await taken(a), ErrorReply)
+            await taken(a)
+    async with sessions.line(scripted.address, B):  # (the pool goes on)
+        await scripted.accepted.receive()
+
+
+async def test_a_frame_that_could_not_go_ends_the_session(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # The supernode stops reading: a frame that does not go within its deadline leaves
+    # the stream unable to send, so the session ends (else every later download on it
+    # would fail at its first frame).
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, B) as b:
+        server = await scripted.accepted.receive()
+        await b.send(register_for(B))
+        await received(server)
+        await server.send(registered(B))
+        await taken(b)
+        with pytest.raises(SupernodeUnavailable):
+            async with sessions.line(scripted.address, A) as a:
+                await a.send(register_for(A))
+                await received(server)
+                await server.send(registered(A))
+                await taken(a)
+                claim = PiecesHeld(task_id=A, generation=1, start=0, bitfield=b"\xff" * 8192)
+                while True:  # until the socket's buffers are full
+                    await a.send(claim, within=0.5)
+        assert sessions.open_count(scripted.address) == 0  # (B's line still open)
+        async with sessions.line(scripted.address, C):
+            await scripted.accepted.receive()  # a new session
+
+
+async def test_news_of_a_task_left_does_not_reach_its_next_line(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # What the supernode sent of a task before it read its Leave may come after a new
+    # line for the same task opened: the new line's first message is its Registered.
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, B) as b:
+        server = await scripted.accepted.receive()
+        await b.send(register_for(B))
+        await received(server)
+        await server.send(registered(B))
+        await taken(b)
+        async with sessions.line(scripted.address, A) as a:
+            await a.send(register_for(A))
+            await received(server)
+            await server.send(registered(A))
+            await taken(a)
+        assert await received(server) == Leave(A)
+        async with sessions.line(scripted.address, A) as again:
+            assert again.peer_id == b.peer_id
+            await server.send(ready(A))  # (sent before the Leave was read)
+            await again.send(register_for(A))
+            await received(server)
+            await server.send(registered(A))
+            assert isinstance(await taken(again), Registered)
+            await server.send(ready(A))
+            assert await taken(again) == ready(A)
+
+
+async def test_downloads_behind_a_silent_supernode_fail_over_together(
+    nursery: trio.Nursery,
+) -> None:
+    # A supernode that accepts but never answers the handshake: each download waits
+    # for the one connecting before it at most its own connect deadline, not all of
+    # theirs one after another (six of them took six deadlines).
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    sessions = Sessions(nursery)
+    failed: list[float] = []
+    started = trio.current_time()
+
+    async def download(task_id: str) -> None:
+        with pytest.raises(SupernodeUnavailable):
+            async with sessions.line(address, task_id, within=1.0):
+                pass
+        failed.append(trio.current_time() - started)
+
+    async with trio.open_nursery() as downloads:
+        for i in range(6):
+            downloads.start_soon(download, f"{i:064x}")
+    assert len(failed) == 6 and max(failed) < 4.0  # (2 deadlines, not 6)
 
 
 @pytest.mark.parametrize("news", ["unasked", "flood"])

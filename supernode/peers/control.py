@@ -57,6 +57,10 @@ DIGESTS_PER_FRAME = 1024
 # thousands of them, on one connection.
 MAX_TASKS_PER_SESSION = 1024
 LONG_POLL = 1.0  # seconds a piece-task request with no answer yet waits for news
+# Registers of one session answered at once (each may wait for its origin's first
+# answer); past this the session reads nothing more until one is answered, so a peer
+# that sends Registers and never reads their answers holds this many, not thousands.
+REGISTERS_AT_ONCE = 8
 
 
 class ControlSession:
@@ -93,6 +97,7 @@ class ControlSession:
         # the pusher of the same task registered again.
         self._pushers: dict[str, object] = {}
         self._opening: set[str] = set()  # tasks whose Register is being answered
+        self._registers = trio.Semaphore(REGISTERS_AT_ONCE)
 
     async def run(self, first: Register) -> None:
         """Serve the session until the peer closes it (ConnectionLost propagates), stays
@@ -178,6 +183,7 @@ class ControlSession:
             raise UnexpectedMessage(f"a second Register of task {spec.task_id[:16]} on a session")
         if len(self.tasks) + len(self._opening) >= MAX_TASKS_PER_SESSION:
             raise UnexpectedMessage(f"more than {MAX_TASKS_PER_SESSION} tasks on one session")
+        await self._registers.acquire()  # (released once its answer is sent)
         self._opening.add(spec.task_id)
         nursery.start_soon(self._open, message, record, spec, nursery)
         return True
@@ -186,15 +192,23 @@ class ControlSession:
         self, message: Register, record: PeerRecord, spec: TaskSpec, nursery: trio.Nursery
     ) -> None:
         """The rest of a Register: open the task (the origin's first answer, for a new
-        one) and answer Registered, or the error."""
+        one) and answer Registered, or the error. It counts against the session's
+        tasks and its Registers at once until its answer is sent."""
+        try:
+            await self._answer(message, record, spec, nursery)
+        finally:
+            self._opening.discard(spec.task_id)
+            self._registers.release()
+
+    async def _answer(
+        self, message: Register, record: PeerRecord, spec: TaskSpec, nursery: trio.Nursery
+    ) -> None:
         try:
             task = await self.cdn.open_task(spec)
         except SupernodeError as exc:
             log.info("peer %s: %s refused: %s", self.peer_id[:12], display_url(spec.url), exc)
             await self.framed.send(error_reply(exc.code, str(exc), exc.status))
             return
-        finally:
-            self._opening.discard(spec.task_id)
         context = wrap_context(task.task_id, task.generation)
         try:
             wrapped = wrap_key(task.key, message.public_key, context)
