@@ -161,6 +161,7 @@ class Daemon:
                 self.upload_port = upload_port
                 if config.supernodes:  # the live list, learned before the first download
                     await nursery.start(self.directory.run, config.supernode_refresh)
+                sessions = Sessions(nursery)  # to the supernodes, for all downloads
                 settings = DownloadSettings(
                     supernodes=config.supernodes,
                     server=SharedServer(self.upload, upload_port),
@@ -174,7 +175,7 @@ class Daemon:
                     origin_policy=self.origin_policy,
                     origin_tls=tuple(self.origin_tls.items()),
                     directory=self.directory if config.supernodes else None,
-                    sessions=Sessions(nursery),
+                    sessions=sessions,
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)
@@ -183,6 +184,7 @@ class Daemon:
                     active_tasks=lambda: len(blobs.running) + len(blobs.running_urls),
                     uploaded=lambda: self.upload.bytes_uploaded,
                     directory=self.directory.status,
+                    sessions=sessions.count,
                 )
                 blobs.on_result = self._count
                 self.mirror = Mirror(

@@ -20,6 +20,7 @@ class Metrics:
         active_tasks: Callable[[], int],
         uploaded: Callable[[], int],
         directory: Callable[[], dict[str, object]] | None = None,
+        sessions: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -82,6 +83,11 @@ class Metrics:
             "Downloads running or seeding",
             registry=self.registry,
         ).set_function(active_tasks)
+        Gauge(
+            "dfdaemon_supernode_sessions",
+            "Control sessions open to supernodes, shared by the downloads and seeded blobs",
+            registry=self.registry,
+        ).set_function(sessions)
         Gauge(
             "dfdaemon_uploaded_bytes",
             "Sealed piece bytes uploaded to other peers since the start",

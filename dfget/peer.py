@@ -346,7 +346,7 @@ class Attempt:
             raise SupernodeUnavailable(
                 f"supernode {self.address} did not answer Register in {REGISTER_TIMEOUT:.0f}s"
             )
-        if isinstance(reply, ErrorReply):
+        if isinstance(reply, ErrorReply | TaskFailed):  # (TaskFailed: version 2's refusal)
             raise reply_error(reply.code, reply.message, reply.status)
         if not isinstance(reply, Registered):
             raise SupernodeFailed(f"supernode answered Register with {reply.TAG}")

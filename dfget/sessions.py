@@ -42,7 +42,6 @@ import trio
 
 from dfget.connect import SUPERNODE_TIMEOUT, connect_stream, translate_errors
 from dfget.engine import new_peer_id
-from dfget.errors import SupernodeUnavailable
 from dfget.peer import keep_alive
 from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
 from proto.frames import Frame
@@ -70,9 +69,10 @@ TASKS_PER_SESSION = 512
 SESSIONS_PER_SUPERNODE = 8
 # Frames waiting in one line's inbox: a task's news is small and taken as it comes (the
 # progress of its pieces, one answer a request); past this the supernode floods.
-INBOX_LIMIT = 4096
+INBOX_LIMIT = 1024
 Key = tuple[str, tuple[int, int]]  # a supernode's address; the upload port and slots
 log = logging.getLogger(__name__)
+ANSWERS = (Registered, ErrorReply, TaskFailed)  # what may answer a Register
 _ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks)
 
 
@@ -163,10 +163,12 @@ class _Session:
         if not isinstance(message, _ROUTED):
             raise UnexpectedMessage(f"{message.TAG} on a shared control session")
         line = self.registrant
-        if isinstance(message, Registered):
-            if line is None or line.task_id != message.task_id:
-                raise UnexpectedMessage(f"Registered for task {message.task_id[:16]}, not asked")
-            line.answered_here = True
+        asked = line is not None and line.task_id == message.task_id
+        if isinstance(message, Registered) and not asked:
+            raise UnexpectedMessage(f"Registered for task {message.task_id[:16]}, not asked")
+        if line is not None and asked and isinstance(message, Registered | TaskFailed):
+            line.answered_here = isinstance(message, Registered)  # (TaskFailed: a refused
+            # Register, which version 2 answers naming its task)
         else:
             line = self.lines.get(message.task_id)
             if line is None or not line.answered_here:
@@ -180,6 +182,8 @@ class _Session:
             self.broken = why
         for line in self.lines.values():
             line.inbox_in.close()
+        if self.registrant is not None:  # its answer will not come: the turn goes on
+            self.registrant.answer_lost()  # (each Register waiting then raises `why`)
         self.ended.set()
 
 
@@ -207,7 +211,7 @@ class TaskLine:
         """From the session's reader: a message for this task. A line that ended with
         its Register unanswered takes the answer, and leaves if it was registered."""
         if self.closed:
-            if self._awaiting and isinstance(message, Registered | ErrorReply):
+            if self._awaiting and isinstance(message, ANSWERS):
                 self._answered()
                 self.session.leaving.discard(self.task_id)
                 if isinstance(message, Registered):
@@ -215,6 +219,11 @@ class TaskLine:
             return
         if self._inbox.statistics().current_buffer_used >= INBOX_LIMIT:
             raise UnexpectedMessage(f"more than {INBOX_LIMIT} frames for one task unread")
+        if self._awaiting and isinstance(message, ANSWERS):
+            # Settled as it arrives, not as it is read: a download cancelled before it
+            # reads its answer must not keep the session's turn.
+            self.registered = isinstance(message, Registered)
+            self._answered()
         with contextlib.suppress(trio.ClosedResourceError):  # (the session just ended)
             self.inbox_in.send_nowait(message)
 
@@ -252,10 +261,12 @@ class TaskLine:
         except trio.EndOfChannel:
             assert self.session.broken is not None
             raise self.session.broken from None
-        if self._awaiting and isinstance(message, Registered | ErrorReply):
-            self.registered = isinstance(message, Registered)
-            self._answered()
         return Frame(message, bytearray())  # (a control session carries no payload)
+
+    def answer_lost(self) -> None:
+        """The session ended before this line's Register was answered."""
+        self._answered()
+        self.session.leaving.discard(self.task_id)
 
     def _answered(self) -> None:
         if self._awaiting:
@@ -290,6 +301,7 @@ class Sessions:
         self._sessions: dict[Key, list[_Session]] = {}
         self._opening: dict[Key, trio.Lock] = {}
         self._unshared: set[str] = set()  # addresses whose supernode speaks version 1
+        self._open_now = 0
 
     @asynccontextmanager
     async def line(
@@ -311,6 +323,10 @@ class Sessions:
         finally:
             line.close()
 
+    def count(self) -> int:
+        """Sessions open now, to any supernode (shared or not)."""
+        return self._open_now
+
     def open_count(self, address: str) -> int:
         """Shared sessions open to `address` that take tasks (for tests and metrics)."""
         return sum(
@@ -328,12 +344,16 @@ class Sessions:
                 self._unshared.discard(address)
                 self._sessions.setdefault(key, []).append(session)
             return session
-        # Bounded: behind a supernode that does not answer, each download waits for the
-        # one connecting before it at most this long, then fails over.
+        # Bounded: behind a supernode slow to answer, each download waits for the one
+        # connecting before it at most this long, then opens its own (one that does not
+        # answer at all then fails each on its own deadline, not one after another).
         with trio.move_on_after(within) as waited:
             await self._opening.setdefault(key, trio.Lock()).acquire()
-        if waited.cancelled_caught:
-            raise SupernodeUnavailable(f"cannot reach {address}: a connection is still opening")
+        if waited.cancelled_caught:  # a slow one: a session of its own, on its own deadline
+            session = await self._open(key, within)
+            if session.shared:
+                self._sessions.setdefault(key, []).append(session)
+            return session
         try:
             return await self._take(key, task_id, within)
         finally:
@@ -363,12 +383,14 @@ class Sessions:
         return session
 
     async def _serve(self, session: _Session) -> None:
+        self._open_now += 1
         try:
             await session.run()
         except Exception:  # a bug of ours: this session ends, the daemon goes on
             log.exception("session to %s failed", session.key[0])
             session.end(ConnectionLost("the session failed", clean=False))
         finally:
+            self._open_now -= 1
             sessions = self._sessions.get(session.key, [])
             if session in sessions:
                 sessions.remove(session)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, until
+from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, metric, until
 from test_attack_supernode import MiniOrigin, RawPeer, ask, next_message, raw_peer, register
 
 import dfget.sessions
+import proto.io.framed
 import proto.session
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
@@ -73,6 +74,7 @@ async def test_a_daemon_holds_one_session_for_the_files_it_seeds(
     assert len(peers) == 1
     assert next(iter(peers.values())) == {task_id_for(origin.url(p)) for p in files}
     assert node.node.server.limit.statistics().open == 1
+    assert metric(daemon, "dfdaemon_supernode_sessions") == 1
 
 
 async def test_a_daemon_leaves_one_task_and_keeps_its_session(
@@ -286,6 +288,29 @@ async def test_a_peer_gets_a_few_registers_answered_at_once_not_all_it_sends(
                     registered_ids.add(message.task_id)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+async def test_a_refused_register_names_its_task_from_version_2(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    monkeypatch: pytest.MonkeyPatch,
+    version: int,
+) -> None:
+    # On a session of many tasks an ErrorReply could also be the end of the session:
+    # version 2 answers a refused Register with a TaskFailed that names its task; a
+    # version 1 peer gets the ErrorReply it expects.
+    monkeypatch.setattr(proto.io.framed, "PROTOCOL_VERSIONS", tuple(range(1, version + 1)))
+    node = await start_supernode()
+    async with raw_peer(node, "asker") as peer:
+        reply = await register(peer, origin.url("/missing.bin"))
+        if version == 1:
+            assert isinstance(reply, ErrorReply) and reply.status == 404
+        else:
+            assert isinstance(reply, TaskFailed) and reply.status == 404
+            assert reply.task_id == task_id_for(origin.url("/missing.bin"))
+        origin.add("/there.bin", os.urandom(MiB))
+        assert isinstance(await register(peer, origin.url("/there.bin")), Registered)
+
+
 # -- the daemon's side against a supernode scripted by hand ------------------------------
 
 A, B, C = ("a" * 64, "b" * 64, "c" * 64)
@@ -318,10 +343,12 @@ class Scripted:
     def __init__(self) -> None:
         self.connections_in, self.accepted = trio.open_memory_channel[FramedStream](8)
         self.address = ""
+        self.welcome_after = 0.0  # seconds before it answers a Hello
 
     async def start(self, nursery: trio.Nursery) -> None:
         async def handle(stream: trio.SocketStream) -> None:
             framed = FramedStream(stream, Session(Side.SERVER))
+            await trio.sleep(self.welcome_after)
             await server_handshake(framed, role="supernode", agent="scripted")
             await self.connections_in.send(framed)
             await trio.sleep_forever()  # (the test answers on it)
@@ -643,6 +670,77 @@ async def test_downloads_behind_a_silent_supernode_fail_over_together(
         for i in range(6):
             downloads.start_soon(download, f"{i:064x}")
     assert len(failed) == 6 and max(failed) < 4.0  # (2 deadlines, not 6)
+
+
+async def test_a_line_ended_with_its_answer_unread_leaves_and_frees_the_turn(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # The answer came, the download ended before it read it (a drop, an eviction): the
+    # session's Register turn goes on, and the task is left.
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        await received(server)
+        await server.send(registered(A))
+        await taken(a)
+        async with sessions.line(scripted.address, B) as b:
+            await b.send(register_for(B))
+            await received(server)
+            await server.send(registered(B))
+            await until(lambda: b.registered)
+        assert await received(server) == Leave(B)
+        async with sessions.line(scripted.address, C) as c:
+            assert c.peer_id == a.peer_id
+            with trio.fail_after(5):
+                await c.send(register_for(C))
+            assert await received(server) == register_for(C)
+
+
+async def test_a_session_that_breaks_with_a_register_in_flight_fails_the_one_waiting(
+    scripted: Scripted, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dfget.sessions, "SESSIONS_PER_SUPERNODE", 1)
+    sessions = Sessions(nursery)
+    waited: list[BaseException] = []
+
+    async def register_b() -> None:
+        try:
+            async with sessions.line(scripted.address, B) as b:
+                await b.send(register_for(B))
+        except SupernodeUnavailable as exc:
+            waited.append(exc)
+
+    with pytest.raises(SupernodeUnavailable):
+        async with sessions.line(scripted.address, A) as a:
+            server = await scripted.accepted.receive()
+            await a.send(register_for(A))
+            await received(server)
+            nursery.start_soon(register_b)
+            await trio.sleep(0.2)  # (B waits for A's answer)
+            await server.stream.aclose()  # the supernode goes away
+            await taken(a)
+    await until(lambda: waited, seconds=5)
+
+
+async def test_downloads_behind_a_slow_supernode_each_get_a_session(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # Each handshake takes 0.4 s of the 0.5 s allowed: downloads that start together
+    # wait for the one connecting at most 0.5 s, then connect on their own; none fails
+    # over (which would put a working supernode in back-off).
+    scripted.welcome_after = 0.4
+    sessions = Sessions(nursery)
+    lines: list[str] = []
+
+    async def download(task_id: str) -> None:
+        async with sessions.line(scripted.address, task_id, within=0.5) as line:
+            lines.append(line.peer_id)
+
+    async with trio.open_nursery() as downloads:
+        for i in range(6):
+            downloads.start_soon(download, f"{i:064x}")
+    assert len(lines) == 6
 
 
 @pytest.mark.parametrize("news", ["unasked", "flood"])

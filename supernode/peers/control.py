@@ -27,6 +27,7 @@ from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
+    SHARED_SESSIONS,
     KeepAlive,
     Leave,
     Message,
@@ -207,13 +208,13 @@ class ControlSession:
             task = await self.cdn.open_task(spec)
         except SupernodeError as exc:
             log.info("peer %s: %s refused: %s", self.peer_id[:12], display_url(spec.url), exc)
-            await self.framed.send(error_reply(exc.code, str(exc), exc.status))
+            await self.framed.send(self._refusal(spec, exc.code, str(exc), exc.status))
             return
         context = wrap_context(task.task_id, task.generation)
         try:
             wrapped = wrap_key(task.key, message.public_key, context)
         except BadPublicKey as exc:
-            await self.framed.send(error_reply(ErrorCode.BAD_REQUEST, str(exc)))
+            await self.framed.send(self._refusal(spec, ErrorCode.BAD_REQUEST, str(exc)))
             return
         self.tasks[task.task_id] = task
         self.swarm.enter(
@@ -254,6 +255,18 @@ class ControlSession:
             return None
         return task
 
+    def _refusal(
+        self, spec: TaskSpec, code: ErrorCode, message: str, status: int | None = None
+    ) -> Message:
+        """A refused Register's answer: on a session of version 2 (many tasks) a
+        TaskFailed that names its task, where an ErrorReply could also be the end of the
+        session; on version 1, the ErrorReply its peer expects."""
+        if (self.framed.session.version or 1) >= SHARED_SESSIONS:
+            return TaskFailed(
+                task_id=spec.task_id, code=str(code), message=message[:4096], status=status
+            )
+        return error_reply(code, message, status)
+
     def _leave(self, task_id: str) -> None:
         """The peer leaves one task and stays on the session: the task's pieces leave
         the swarm, what waits for its news stops (no answer goes to a task left)."""
@@ -288,15 +301,17 @@ class ControlSession:
         token: object,
         first: tuple[PieceTask, ...] | None = None,
     ) -> None:
+        registration = self._pushers.get(message.task_id)
+        answer: PieceTasks | TaskFailed | None = None
         try:
-            with self._until_left(message.task_id) as waiting:
+            with self._until_left(message.task_id):
                 answer = await self._decide(message, first)
         finally:
             # Before the answer goes: the peer may ask again the moment it has it.
             if self._asking.get(message.task_id) is token:
                 del self._asking[message.task_id]
-        if waiting.cancelled_caught:
-            return  # the peer left the task (its flights landed with it)
+        if answer is None or self._pushers.get(message.task_id) is not registration:
+            return  # the peer left the task meanwhile (its flights landed with it)
         await self.framed.send(answer)
 
     async def _decide(
