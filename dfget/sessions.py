@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,7 +43,7 @@ import trio
 
 from dfget.connect import SUPERNODE_TIMEOUT, connect_stream, translate_errors
 from dfget.engine import new_peer_id
-from dfget.peer import keep_alive
+from dfget.peer import REGISTER_TIMEOUT, keep_alive
 from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
 from proto.frames import Frame
 from proto.io import FramedStream
@@ -70,6 +71,16 @@ SESSIONS_PER_SUPERNODE = 8
 # Frames waiting in one line's inbox: a task's news is small and taken as it comes (the
 # progress of its pieces, one answer a request); past this the supernode floods.
 INBOX_LIMIT = 1024
+# A session whose Register has had no answer this long ends (its supernode hangs): the
+# downloads on it fail over, and those waiting for their turn too. A connection of its
+# own had a download find a frozen supernode at its handshake; one that shares a
+# session learns it here, or from TCP: a supernode gone from the network ends the
+# session within about KEEPALIVE_AFTER + 3 x KEEPALIVE_EVERY (keepalive probes and
+# TCP_USER_TIMEOUT on the session's socket).
+ANSWER_TIMEOUT = REGISTER_TIMEOUT
+WATCH_EVERY = 5.0
+KEEPALIVE_AFTER = 15
+KEEPALIVE_EVERY = 5
 Key = tuple[str, tuple[int, int]]  # a supernode's address; the upload port and slots
 log = logging.getLogger(__name__)
 ANSWERS = (Registered, ErrorReply, TaskFailed)  # what may answer a Register
@@ -118,6 +129,7 @@ class _Session:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_alive)
+                nursery.start_soon(self._watch)
                 nursery.start_soon(self._read)
                 nursery.start_soon(self._send_leaves)
                 await self.ended.wait()
@@ -125,6 +137,14 @@ class _Session:
         finally:
             self.end(ConnectionLost("the session was closed", clean=True))
             await self.framed.aclose()  # (shielded, bounded)
+
+    async def _watch(self) -> None:
+        while True:
+            await trio.sleep(WATCH_EVERY)
+            line = self.registrant
+            if line is not None and trio.current_time() - line.asked_at > ANSWER_TIMEOUT:
+                why = f"the supernode did not answer a Register in {ANSWER_TIMEOUT:g}s"
+                self.end(ConnectionLost(why, clean=False))
 
     async def _keep_alive(self) -> None:
         await keep_alive(self.framed)  # (returns only when a send failed)
@@ -198,6 +218,7 @@ class TaskLine:
         self.answered_here = False  # its Registered routed: news of the task follows it
         self.closed = False
         self._awaiting = False  # a Register sent, its answer not yet taken
+        self.asked_at = 0.0  # when its Register went
 
     @property
     def welcome(self) -> Welcome | None:
@@ -238,6 +259,7 @@ class TaskLine:
         if isinstance(message, Register):
             await session.registering.acquire()
             session.registrant, self._awaiting = self, True
+            self.asked_at = trio.current_time()
         try:
             if session.broken is not None:
                 raise session.broken
@@ -378,6 +400,7 @@ class Sessions:
     async def _open(self, key: Key, within: float) -> _Session:
         peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
         framed = await connect_stream(key[0], peer_id=peer_id, max_payload=0, within=within)
+        _notice_loss(framed)
         session = _Session(key, peer_id, framed)
         self._nursery.start_soon(self._serve, session)
         return session
@@ -394,6 +417,24 @@ class Sessions:
             sessions = self._sessions.get(session.key, [])
             if session in sessions:
                 sessions.remove(session)
+
+
+def _notice_loss(framed: FramedStream) -> None:
+    """Have the kernel end the session's connection to a supernode gone from the
+    network: keepalive probes once it is idle, and a bound on unacknowledged data."""
+    stream = framed.stream
+    if not isinstance(stream, trio.SocketStream):
+        return
+    sock = stream.socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_AFTER),
+        ("TCP_KEEPINTVL", KEEPALIVE_EVERY),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", 1000 * (KEEPALIVE_AFTER + 3 * KEEPALIVE_EVERY)),
+    ):
+        if hasattr(socket, name):  # (Linux's; elsewhere the defaults)
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 __all__ = ["Sessions", "TaskLine"]

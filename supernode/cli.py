@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive,
         default=None,
         metavar="N",
-        help="CDN uploads one peer may have at once (default: half of --cdn-upload-slots)",
+        help="CDN uploads one download (a peer in one task) may have at once "
+        "(default: half of --cdn-upload-slots)",
     )
     limits = parser.add_argument_group("limits", "what admitted peers can make the supernode do")
     limits.add_argument(

@@ -214,7 +214,7 @@ async def test_past_max_fetches_a_new_fetch_is_refused_busy(
     async with raw_peer(node, "hostile") as peer:
         assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
         reply = await register(peer, origin.url("/b.bin"))
-    assert isinstance(reply, ErrorReply) and reply.code == "busy"
+    assert isinstance(reply, TaskFailed) and reply.code == "busy"
     assert "1 origin fetches (--max-fetches)" in reply.message
     assert origin.stats["/b.bin"].requests == []  # the origin was never asked
     # dfget takes it as an unavailable supernode: the origin itself, or exit 5.
@@ -282,12 +282,12 @@ async def test_a_known_length_is_refused_at_its_first_response_when_it_cannot_fi
     async with raw_peer(node, "hostile") as peer:
         # Larger than the whole store: never (and dfget fetches it from the origin itself).
         reply = await register(peer, origin.url("/big.bin"))
-        assert isinstance(reply, ErrorReply) and reply.code == "too_large", reply
+        assert isinstance(reply, TaskFailed) and reply.code == "too_large", reply
         assert "--store-quota" in reply.message or "--max-task-size" in reply.message
         # A running fetch reserved 6 MiB: another 6 MiB do not fit now, try again later.
         assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
         reply = await register(peer, origin.url("/b.bin"))
-        assert isinstance(reply, ErrorReply) and reply.code == "store_full", reply
+        assert isinstance(reply, TaskFailed) and reply.code == "store_full", reply
         assert "--store-quota" in reply.message and "try again later" in reply.message
     assert node.node.cdn.usage() <= 10 * MiB
     result = await fetch(origin.url("/big.bin"), node)

@@ -215,6 +215,28 @@ def test_a_peer_leaving_one_task_is_gone_from_it_and_stays_in_its_others() -> No
     assert s.peer_statistics("P") is not None
 
 
+def test_each_download_of_a_peer_gets_its_share_of_the_cdn() -> None:
+    """A daemon's session carries many downloads under one peer id: each has a share of
+    the CDN's slots, as a dfget of its own would (a share per peer gave a daemon's
+    twenty cold downloads 8 CDN uploads between them, and left slots idle beside
+    other peers)."""
+    s = make(first_random=0, endgame_pieces=0, cdn_upload_slots=16)
+    tasks = [f"t{i}" for i in range(20)]
+    for task in tasks:
+        seed_task(s, total=4, ready=4, downloaders=["D"], task=task)
+    plans = [s.assign(task, "D", 4, 0.0) for task in tasks]
+    assert sum(len(plan) for plan in plans) == 16  # every CDN slot, none idle
+    # Beside ten plain peers (one download each) that asked first: all 16 slots used.
+    s = make(first_random=0, endgame_pieces=0, cdn_upload_slots=16)
+    for i in range(10):
+        seed_task(s, total=4, ready=4, downloaders=[f"P{i}"], task=f"u{i}")
+    for task in tasks:
+        seed_task(s, total=4, ready=4, downloaders=["D"], task=task)
+    plain = sum(len(s.assign(f"u{i}", f"P{i}", 4, 0.0)) for i in range(10))
+    daemon = sum(len(s.assign(task, "D", 4, 0.0)) for task in tasks)
+    assert plain == 10 and daemon == 6
+
+
 def test_a_leaving_downloader_is_held_back_for_a_while_only() -> None:
     """Two plain dfgets, the second started late: the first, near its end, misses pieces
     only the CDN has, and the other (a keeper) will hold them only after its whole
@@ -416,12 +438,15 @@ def test_cdn_slots_are_capped_per_requester() -> None:
     assert SchedulerConfig(cdn_upload_slots=16).cdn_requester_cap == 8
     assert SchedulerConfig(cdn_upload_slots=1).cdn_requester_cap == 1
     s = make(cdn_upload_slots=4, first_random=0)
-    seed_task(s, total=10, ready=10, downloaders=["D", "E"])
-    seed_task(s, total=10, ready=10, downloaders=["D"], task="u")
-    assert len(s.assign("t", "D", 10, 0.0)) == 2
-    assert s.assign("u", "D", 10, 0.0) == []  # the cap spans the downloader's tasks
-    assert len(s.assign("t", "E", 10, 0.0)) == 2  # the other half is for the others
+    seed_task(s, total=10, ready=10, downloaders=["D"])
+    assert len(s.assign("t", "D", 10, 0.0)) == 2  # alone, half of them
+    seed_task(s, total=10, ready=10, downloaders=["E"], task="u")
+    assert len(s.assign("u", "E", 10, 0.0)) == 2  # the other half is for the others
     assert s.statistics().cdn_uploads_in_flight == 4
+    # Shares are per download: D's second download has its own (a daemon's session
+    # carries many under one peer id), once a slot is free.
+    seed_task(s, total=10, ready=10, downloaders=["D"], task="v")
+    assert s.assign("v", "D", 10, 0.0) == []  # (all four taken)
 
 
 def test_a_cdn_slot_is_held_until_the_cdn_has_sent_the_piece() -> None:
@@ -720,6 +745,21 @@ def test_blacklisted_in_two_tasks_means_every_task_for_a_while() -> None:
     assert s.statistics().globally_blacklisted == ()
     assert s.statistics().blacklisted_sources == 1  # still in t1 and t2
     assert s.assign("t1", "D", 1, 310.0) == []  # still out of the tasks that blacklisted it
+
+
+def test_blacklisted_in_two_tasks_far_apart_is_not_a_global_ban() -> None:
+    """A daemon's session is one peer id for as long as the daemon runs, in hundreds of
+    tasks: two task blacklists more than a ban's length apart do not bar it everywhere."""
+    s = make(cdn_upload_slots=0, global_blacklist_tasks=2, global_blacklist_seconds=300.0)
+    for task in ("t1", "t2", "t3"):
+        seed_task(s, total=1, holders={"X": (9, [0])}, downloaders=["D"], task=task)
+    for task, now in (("t1", 10.0), ("t2", 400.0)):
+        [a] = s.assign(task, "D", 1, now)
+        [check] = s.report(task, "D", a.index, "X", Outcome.CORRUPT, now=now)
+        s.checked(check, Verdict.CORRUPT, now=now)
+    stats = s.peer_statistics("X")
+    assert stats is not None and stats.globally_blacklisted_until is None
+    assert [a.source for a in s.assign("t3", "D", 1, 400.0)] == ["X"]
 
 
 def test_busy_backs_a_source_off_for_that_downloader_only() -> None:
@@ -1108,7 +1148,7 @@ def check_invariants(s: Scheduler, live: dict[str, int], pieces: int = 40) -> No
                 uploads_of[flight.source] += 1
                 flights_of[flight.source].add(flight)
                 by_source[flight.uploader.index] += 1
-        assert member.peer.cdn_uploads == cdn_slots <= s.config.cdn_requester_cap
+        assert member.cdn_uploads == cdn_slots <= s.config.cdn_requester_cap
         assert member.per_source == dict(by_source)
         cap = s.config.flights_per_source
         assert member.capped == sum(1 << i for i, n in by_source.items() if n >= cap)

@@ -743,6 +743,36 @@ async def test_downloads_behind_a_slow_supernode_each_get_a_session(
     assert len(lines) == 6
 
 
+async def test_a_register_never_answered_ends_the_session(
+    scripted: Scripted, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A supernode that hangs after the handshake: its session ends once a Register has
+    # waited ANSWER_TIMEOUT, the download waiting its turn fails too (both fail over),
+    # and the next download connects anew (and would meet the handshake's deadline).
+    monkeypatch.setattr(dfget.sessions, "ANSWER_TIMEOUT", 0.5)
+    monkeypatch.setattr(dfget.sessions, "WATCH_EVERY", 0.1)
+    monkeypatch.setattr(dfget.sessions, "SESSIONS_PER_SUPERNODE", 1)
+    sessions = Sessions(nursery)
+    failed: list[str] = []
+
+    async def download(task_id: str) -> None:
+        try:
+            async with sessions.line(scripted.address, task_id) as line:
+                await line.send(register_for(task_id))
+                await taken(line)
+        except SupernodeUnavailable:
+            failed.append(task_id)
+
+    async with trio.open_nursery() as downloads:
+        downloads.start_soon(download, A)
+        server = await scripted.accepted.receive()
+        await received(server)  # A's Register, never answered
+        downloads.start_soon(download, B)  # (its turn comes after A's answer)
+    assert sorted(failed) == [A, B]
+    async with sessions.line(scripted.address, C):
+        await scripted.accepted.receive()  # a new connection
+
+
 @pytest.mark.parametrize("news", ["unasked", "flood"])
 async def test_a_supernode_that_breaks_the_rules_ends_the_session(
     scripted: Scripted, nursery: trio.Nursery, news: str

@@ -41,7 +41,10 @@ class Ledger:
         self.wakeup = math.inf  # `now` from which `tick` has a deadline to apply
         self.cdn_uploads = 0  # CDN slots taken (assigned, not yet sent nor expired)
         self.cdn_cap = config.cdn_requester_cap
-        self.downloaders = 0  # peers missing pieces of some task: they share the CDN's slots
+        # Downloads missing pieces: they share the CDN's slots. Counted by membership (a
+        # peer in a task it lacks pieces of), not by peer: a daemon's session carries
+        # many downloads under one peer id, and each has its share, as a dfget of its own.
+        self.downloaders = 0
         # What `cdn_free` compares with, kept as `config` and `downloaders` change (it is
         # asked at every `assign`): the CDN's slots, and one downloader's share of them.
         self.cdn_slots = config.cdn_upload_slots
@@ -168,16 +171,17 @@ class Ledger:
 
     # -- assignments in flight and the slots they hold -------------------------------------
 
-    def cdn_free(self, peer: Peer) -> bool:
-        """Whether the CDN has a slot for `peer` as a downloader now.
+    def cdn_free(self, member: Member) -> bool:
+        """Whether the CDN has a slot for `member`'s download now.
 
-        A downloader may hold its share of the CDN's slots, at most `cdn_cap`: the
-        slots divided among the peers that miss pieces, at least one. The CDN's pieces
-        then leave it through many peers at once, and each of them has something to
-        pass on, instead of a few first comers taking every slot and every other peer
-        waiting for them.
+        A download may hold its share of the CDN's slots, at most `cdn_cap`: the slots
+        divided among the downloads that miss pieces, at least one (a daemon's many
+        downloads on one session have a share each, as dfgets of their own would). The
+        CDN's pieces then leave it through many peers at once, and each of them has
+        something to pass on, instead of a few first comers taking every slot and every
+        other peer waiting for them.
         """
-        return self.cdn_uploads < self.cdn_slots and peer.cdn_uploads < self.cdn_share
+        return self.cdn_uploads < self.cdn_slots and member.cdn_uploads < self.cdn_share
 
     def _cdn_share(self) -> int:
         slots = self.cdn_slots
@@ -207,7 +211,7 @@ class Ledger:
         if uploader is None:
             flight.cdn_slot = True
             self.cdn_uploads += 1
-            member.peer.cdn_uploads += 1
+            member.cdn_uploads += 1
             task.cdn_flight(index, +1, now)
         else:
             peer = uploader.peer
@@ -268,7 +272,7 @@ class Ledger:
     def free_cdn_slot(self, flight: Flight) -> None:
         flight.cdn_slot = False
         self.cdn_uploads -= 1
-        flight.downloader.peer.cdn_uploads -= 1
+        flight.downloader.cdn_uploads -= 1
 
     def cdn_flight(self, task_id: str, peer_id: str, index: int) -> Flight | None:
         """`peer_id`'s assignment of piece `index` from the CDN, if one is in flight."""
@@ -294,12 +298,9 @@ class Ledger:
             self._count_incomplete(member.peer, -1)
 
     def _count_incomplete(self, peer: Peer, delta: int) -> None:
-        was_downloading = peer.incomplete > 0
         peer.incomplete += delta
-        downloading = peer.incomplete > 0
-        if downloading != was_downloading:
-            self.downloaders += 1 if downloading else -1
-            self.cdn_share = self._cdn_share()
+        self.downloaders += delta
+        self.cdn_share = self._cdn_share()
 
     def blacklisted(self, task: Task, source: str, now: float) -> None:
         """`source` was just blacklisted in `task`: no longer a source there, and maybe

@@ -25,7 +25,6 @@ class Peer:
     upload_slots: int  # concurrent uploads it accepts, over all its tasks; 0: never a source
     group: str = ""  # reporters of one group (a host) count as one witness
     upload_flights: set[Flight] = field(default_factory=set)  # flights it is the source of
-    cdn_uploads: int = 0  # CDN slots its downloads hold (capped per requester)
     incomplete: int = 0  # its members that miss pieces: it is a downloader while > 0
     members: dict[str, Member] = field(default_factory=dict)  # task id -> membership
     busy_until: dict[str, float] = field(default_factory=dict)  # source -> end of backoff
@@ -78,6 +77,7 @@ class Member:
     have: int = 0  # bitset of the pieces it holds (reported DONE)
     have_count: int = 0
     inflight: int = 0  # bitset of the pieces it is fetching (at least one assignment out)
+    cdn_uploads: int = 0  # CDN slots this download holds (at most its share)
     flights: dict[int, Flight] = field(default_factory=dict)  # piece -> its download
     duplicates: dict[int, Flight] = field(default_factory=dict)  # piece -> endgame duplicate
     # Its flights by uploader (SourcePool index), and the uploaders it has

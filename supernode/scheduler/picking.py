@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from supernode.scheduler.decisions import CDN, Assignment
 from supernode.scheduler.ledger import Ledger
-from supernode.scheduler.peers import Member, Peer
+from supernode.scheduler.peers import Member
 from supernode.scheduler.rarity import IndexOrder, PieceOrder, shuffled_bits
 from supernode.scheduler.tasks import Task
 
@@ -46,7 +46,7 @@ def assign(
     downloader wants against what some source may serve now, before any piece is tried.
     """
     peer = member.peer
-    cdn_free = ledger.cdn_uploads < ledger.cdn_slots and peer.cdn_uploads < ledger.cdn_share
+    cdn_free = ledger.cdn_uploads < ledger.cdn_slots and member.cdn_uploads < ledger.cdn_share
     pool = task.pool
     if not pool.open_bits and not cdn_free:
         return []  # no peer has a free slot, nor the CDN one for this downloader
@@ -106,7 +106,6 @@ def _assign_new(
     # downloader); `reach` is the union of both. The downloader never holds what it
     # wants, so it is never its own source.
     pool = task.pool
-    peer = member.peer
     order: PieceOrder | IndexOrder
     if member.in_order:
         order = IndexOrder(wanted & reach)
@@ -125,7 +124,7 @@ def _assign_new(
             return
         if source is None:
             cdn_pieces &= ~(1 << index)
-        if cdn_pieces and not _cdn_free(ledger, avoid, peer):
+        if cdn_pieces and not _cdn_free(ledger, avoid, member):
             cdn_pieces = 0
             order.restrict(task.rarity.held)
 
@@ -161,7 +160,7 @@ def _assign_duplicates(
             taken |= uploader.bit
         source = task.pool.choose(index, taken, rng)
         if source is None and (
-            cdn_taken or not _cdn_free(ledger, avoid, member.peer) or not (offer >> index) & 1
+            cdn_taken or not _cdn_free(ledger, avoid, member) or not (offer >> index) & 1
         ):
             continue
         plan.append(ledger.launch(task, member, index, source, now))
@@ -208,5 +207,5 @@ def _avoid(task: Task, member: Member, now: float) -> _Avoid:
     return _Avoid(bits, cdn)
 
 
-def _cdn_free(ledger: Ledger, avoid: _Avoid, peer: Peer) -> bool:
-    return not avoid.cdn and ledger.cdn_free(peer)
+def _cdn_free(ledger: Ledger, avoid: _Avoid, member: Member) -> bool:
+    return not avoid.cdn and ledger.cdn_free(member)

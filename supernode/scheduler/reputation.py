@@ -21,10 +21,11 @@ Whatever the group, the reporter itself stops using that uploader for the task (
 scheduler keeps that per downloader: see `Member.shunned`), so a genuinely bad
 uploader costs each downloader little even before it is blacklisted.
 
-Blacklisted in `global_blacklist_tasks` tasks, an uploader is barred from every task
-for `global_blacklist_seconds` (`GlobalBlacklist`). Only reports that match an
-assignment count: a downloader can report on an uploader only for a transfer it was
-told to make. The CDN is never blacklisted: it is the swarm's root.
+Blacklisted in `global_blacklist_tasks` tasks within `global_blacklist_seconds` of
+each other, an uploader is barred from every task for that long (`GlobalBlacklist`).
+Only reports that match an assignment count: a downloader can report on an uploader
+only for a transfer it was told to make. The CDN is never blacklisted: it is the
+swarm's root.
 """
 
 from __future__ import annotations
@@ -155,12 +156,16 @@ class Reputation:
 
 
 class GlobalBlacklist:
-    """Uploaders blacklisted in several tasks, barred from all tasks for a while."""
+    """Uploaders blacklisted in several tasks within a ban's length of each other, barred
+    from all tasks for a while. (Within: a daemon's session is one peer id for as long
+    as the daemon runs, in hundreds of tasks; two strikes a day apart are not a bad
+    uploader.)"""
 
     def __init__(self, tasks: int, seconds: float) -> None:
         self.tasks_needed = tasks
         self.seconds = seconds
-        self.tasks: dict[str, set[str]] = {}  # source -> tasks that blacklisted it (history)
+        # source -> the tasks that blacklisted it lately, and when
+        self.tasks: dict[str, dict[str, float]] = {}
         self.until: dict[str, float] = {}  # source -> end of its current ban
         self._expiry: list[tuple[float, str]] = []
 
@@ -170,8 +175,10 @@ class GlobalBlacklist:
 
     def task_blacklisted(self, source: str, task_id: str, now: float) -> bool:
         """`source` was just blacklisted in `task_id`; True if that (re)starts a ban."""
-        tasks = self.tasks.setdefault(source, set())
-        tasks.add(task_id)
+        since = now - self.seconds
+        tasks = {task: at for task, at in self.tasks.get(source, {}).items() if at > since}
+        tasks[task_id] = now
+        self.tasks[source] = tasks
         if len(tasks) < self.tasks_needed:
             return False
         until = now + self.seconds
