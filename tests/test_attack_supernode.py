@@ -383,7 +383,7 @@ async def seeded(
         await fetch(url, node, name="seeder", peer=PeerOptions(listen=LOCAL, seed_for=60))
 
     nursery.start_soon(seeder)
-    await until(lambda: bool(node.node.swarm.peers))
+    await until(lambda: bool(node.node.swarm.peers and node.node.cdn.tasks))
     seeder_id = next(iter(node.node.swarm.peers))
     task_id = next(iter(node.node.cdn.tasks))
     await until(lambda: all(node.node.scheduler.has(task_id, seeder_id, i) for i in range(8)))

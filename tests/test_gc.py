@@ -70,7 +70,7 @@ async def test_a_small_quota_evicts_idle_tasks_but_never_one_in_use(
 
     nursery.start_soon(seeder)
     await until(lambda: any(t.settled for t in supernode.cdn.tasks.values()))
-    await until(lambda: bool(supernode.swarm.peers))
+    await until(lambda: bool(supernode.swarm.peers and supernode.cdn.tasks))
     ids = {path: task.task_id for task in supernode.cdn.tasks.values() for path in ["/f0.bin"]}
     for path in ("/f1.bin", "/f2.bin"):
         result = await fetch(origin.url(path), node)

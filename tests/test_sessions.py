@@ -223,14 +223,9 @@ def register_for(task_id: str) -> Register:
     )
 
 
-async def test_a_register_waiting_for_its_origin_holds_up_no_other_task(
-    origin: FakeOrigin, start_supernode: StartSupernode, nursery: trio.Nursery
-) -> None:
-    # The supernode answers a Register once the origin's first answer is in: on a
-    # session of many tasks the others' requests go on meanwhile.
-    origin.add("/a.bin", os.urandom(2 * MiB))
+async def gated_origin(nursery: trio.Nursery, data: bytes) -> tuple[MiniOrigin, trio.Event]:
+    """An origin that answers every request with `data` once the event is set."""
     answer = trio.Event()
-    data = os.urandom(MiB)
 
     async def slow(
         method: str, headers: dict[str, str]
@@ -238,8 +233,18 @@ async def test_a_register_waiting_for_its_origin_holds_up_no_other_task(
         await answer.wait()
         return 200, [("Content-Length", str(len(data)))], data
 
-    late = MiniOrigin(slow)
-    await nursery.start(late.serve)
+    origin = MiniOrigin(slow)
+    await nursery.start(origin.serve)
+    return origin, answer
+
+
+async def test_a_register_waiting_for_its_origin_holds_up_no_other_task(
+    origin: FakeOrigin, start_supernode: StartSupernode, nursery: trio.Nursery
+) -> None:
+    # The supernode answers a Register once the origin's first answer is in: on a
+    # session of many tasks the others' requests go on meanwhile.
+    origin.add("/a.bin", os.urandom(2 * MiB))
+    late, answer = await gated_origin(nursery, os.urandom(MiB))
     node = await start_supernode()
     async with raw_peer(node, "two-tasks") as peer:
         assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
@@ -261,17 +266,7 @@ async def test_a_peer_gets_a_few_registers_answered_at_once_not_all_it_sends(
     # Registers are answered from tasks of their own: a peer that sends many (and
     # need not read the answers) has REGISTERS_AT_ONCE of them waiting for origins,
     # and the session reads nothing more until one is answered.
-    answer = trio.Event()
-    data = b"x" * 1000
-
-    async def slow(
-        method: str, headers: dict[str, str]
-    ) -> tuple[int, list[tuple[str, str]], object]:
-        await answer.wait()
-        return 200, [("Content-Length", str(len(data)))], data
-
-    late = MiniOrigin(slow)
-    await nursery.start(late.serve)
+    late, answer = await gated_origin(nursery, b"x" * 1000)
     node = await start_supernode()
     async with raw_peer(node, "eager") as peer:
         for i in range(30):
@@ -370,6 +365,14 @@ async def received(framed: FramedStream) -> Message:
         return (await framed.receive()).message
 
 
+async def answered(line: TaskLine, server: FramedStream) -> None:
+    """`line` registers its task, and the scripted supernode answers Registered."""
+    await line.send(register_for(line.task_id))
+    assert await received(server) == register_for(line.task_id)
+    await server.send(registered(line.task_id))
+    assert isinstance(await taken(line), Registered)
+
+
 async def taken(line: TaskLine) -> Message:
     with trio.fail_after(10):
         return (await line.receive()).message
@@ -409,15 +412,9 @@ async def test_a_line_that_ends_leaves_its_task_and_the_others_go_on(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
-        await a.send(register_for(A))
-        await received(server)
-        await server.send(registered(A))
-        await taken(a)
+        await answered(a, server)
         async with sessions.line(scripted.address, B) as b:
-            await b.send(register_for(B))
-            await received(server)
-            await server.send(registered(B))
-            await taken(b)
+            await answered(b, server)
         assert await received(server) == Leave(B)
         await server.send(ready(A))
         assert await taken(a) == ready(A)
@@ -432,10 +429,7 @@ async def test_a_line_ended_before_its_answer_leaves_once_the_answer_is_in(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
-        await a.send(register_for(A))
-        await received(server)
-        await server.send(registered(A))
-        await taken(a)
+        await answered(a, server)
         async with sessions.line(scripted.address, B) as b:
             assert b.peer_id == a.peer_id
             await b.send(register_for(B))
@@ -483,10 +477,7 @@ async def test_a_download_that_uploads_nothing_registers_on_a_session_of_its_own
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, A, (4000, 8)) as seeding:
         server = await scripted.accepted.receive()
-        await seeding.send(register_for(A))
-        await received(server)
-        await server.send(registered(A))
-        await taken(seeding)
+        await answered(seeding, server)
         async with sessions.line(scripted.address, B, (0, 0)) as check:
             assert check.peer_id != seeding.peer_id
             await scripted.accepted.receive()
@@ -556,10 +547,7 @@ async def test_an_error_reply_that_answers_nothing_ends_every_line(
     with pytest.raises(SupernodeUnavailable):
         async with sessions.line(scripted.address, A) as a:
             server = await scripted.accepted.receive()
-            await a.send(register_for(A))
-            await received(server)
-            await server.send(registered(A))
-            await taken(a)
+            await answered(a, server)
             await server.send(ErrorReply(code="internal", message="going away"))
             assert isinstance(await taken(a), ErrorReply)  # (the peer raises its error)
             await taken(a)
@@ -577,10 +565,7 @@ async def test_frames_right_behind_the_end_of_a_session_crash_nothing(
     with pytest.raises(SupernodeUnavailable):
         async with sessions.line(scripted.address, A) as a:
             server = await scripted.accepted.receive()
-            await a.send(register_for(A))
-            await received(server)
-            await server.send(registered(A))
-            await taken(a)
+            await answered(a, server)
             ending = server.session.send(ErrorReply(code="internal", message="going away"))
             await server.stream.send_all(ending + server.session.send(ready(A)) * 3)
             assert isinstance(await taken(a), ErrorReply)
@@ -598,16 +583,10 @@ async def test_a_frame_that_could_not_go_ends_the_session(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, B) as b:
         server = await scripted.accepted.receive()
-        await b.send(register_for(B))
-        await received(server)
-        await server.send(registered(B))
-        await taken(b)
+        await answered(b, server)
         with pytest.raises(SupernodeUnavailable):
             async with sessions.line(scripted.address, A) as a:
-                await a.send(register_for(A))
-                await received(server)
-                await server.send(registered(A))
-                await taken(a)
+                await answered(a, server)
                 claim = PiecesHeld(task_id=A, generation=1, start=0, bitfield=b"\xff" * 8192)
                 while True:  # until the socket's buffers are full
                     await a.send(claim, within=0.5)
@@ -624,15 +603,9 @@ async def test_news_of_a_task_left_does_not_reach_its_next_line(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, B) as b:
         server = await scripted.accepted.receive()
-        await b.send(register_for(B))
-        await received(server)
-        await server.send(registered(B))
-        await taken(b)
+        await answered(b, server)
         async with sessions.line(scripted.address, A) as a:
-            await a.send(register_for(A))
-            await received(server)
-            await server.send(registered(A))
-            await taken(a)
+            await answered(a, server)
         assert await received(server) == Leave(A)
         async with sessions.line(scripted.address, A) as again:
             assert again.peer_id == b.peer_id
@@ -680,10 +653,7 @@ async def test_a_line_ended_with_its_answer_unread_leaves_and_frees_the_turn(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
-        await a.send(register_for(A))
-        await received(server)
-        await server.send(registered(A))
-        await taken(a)
+        await answered(a, server)
         async with sessions.line(scripted.address, B) as b:
             await b.send(register_for(B))
             await received(server)
@@ -781,10 +751,7 @@ async def test_a_supernode_that_breaks_the_rules_ends_the_session(
     with pytest.raises(SupernodeFailed):
         async with sessions.line(scripted.address, A) as a:
             server = await scripted.accepted.receive()
-            await a.send(register_for(A))
-            await received(server)
-            await server.send(registered(A))
-            await taken(a)
+            await answered(a, server)
             if news == "unasked":
                 await server.send(registered(B))  # (B never asked)
             else:  # more news of one task than it can have unread
@@ -801,10 +768,7 @@ async def test_a_cancelled_download_does_not_cut_a_frame_on_the_shared_session(
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
-        await a.send(register_for(A))
-        await received(server)
-        await server.send(registered(A))
-        await taken(a)
+        await answered(a, server)
         with trio.CancelScope() as scope:
             scope.cancel()
             await a.send(asking(A))  # goes whole: the session is every task's

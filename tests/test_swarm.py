@@ -144,7 +144,7 @@ async def test_a_peer_refuses_requests_without_a_valid_ticket(
         )
 
     nursery.start_soon(seeder)
-    await until(lambda: supernode.node.swarm.peers)
+    await until(lambda: supernode.node.swarm.peers and supernode.node.cdn.tasks)
     record = next(iter(supernode.node.swarm.peers.values()))
     task_id = next(iter(supernode.node.cdn.tasks))
     await until(lambda: supernode.node.scheduler.has(task_id, record.peer_id, 0))
@@ -177,7 +177,8 @@ async def test_a_peer_killed_mid_transfer_does_not_stop_the_others(
         victim = await nursery.start(
             partial(trio.run_process, argv, env=cli_env(), check=False, stderr=subprocess.DEVNULL)
         )
-        await until(lambda: swarm_state.peers)
+        # (the peer joins the swarm as its Register is read, the CDN's task follows)
+        await until(lambda: swarm_state.peers and node.node.cdn.tasks)
         victim_id = next(iter(swarm_state.peers))
         task_id = next(iter(node.node.cdn.tasks))
         await until(lambda: sum(scheduler.has(task_id, victim_id, i) for i in range(24)) >= 4)
@@ -225,7 +226,7 @@ async def test_work_moves_away_from_a_slow_peer(
         await fetch(origin.url("/f.bin"), node, name="slow", peer=peer)
 
     nursery.start_soon(slow)
-    await until(lambda: node.node.swarm.peers)
+    await until(lambda: node.node.swarm.peers and node.node.cdn.tasks)
     slow_id = next(iter(node.node.swarm.peers))
     task_id = next(iter(node.node.cdn.tasks))
     await until(lambda: all(scheduler.has(task_id, slow_id, i) for i in range(16)))
