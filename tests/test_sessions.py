@@ -151,11 +151,11 @@ async def test_a_peer_leaves_one_task_and_the_session_goes_on(
         assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
         a = peer.registered
         assert isinstance(await register(peer, origin.url("/b.bin")), Registered)
-        assert a is not None and daemon_peers(node) == {
-            "leaver": {a.task_id, peer.registered.task_id}
-        }
+        b = peer.registered
+        assert a is not None and b is not None
+        assert daemon_peers(node) == {"leaver": {a.task_id, b.task_id}}
         await peer.framed.send(Leave(a.task_id))
-        await until(lambda: daemon_peers(node) == {"leaver": {peer.registered.task_id}})
+        await until(lambda: daemon_peers(node) == {"leaver": {b.task_id}})
         # The task left is no longer this peer's: asked for, it fails by name (an
         # ErrorReply would not say which task), and the session goes on.
         await peer.framed.send(
@@ -275,7 +275,7 @@ async def test_a_peer_gets_a_few_registers_answered_at_once_not_all_it_sends(
         await trio.sleep(0.5)
         assert len(late.requests) == REGISTERS_AT_ONCE
         answer.set()
-        registered_ids = set()
+        registered_ids: set[str] = set()
         with trio.fail_after(20):
             while len(registered_ids) < 30:
                 message = (await peer.framed.receive()).message
