@@ -17,16 +17,19 @@ from test_attack_supernode import MiniOrigin, RawPeer, ask, next_message, raw_pe
 import dfget.sessions
 import proto.io.framed
 import proto.session
+import supernode.cdn.uploads
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
 from dfget.sessions import INBOX_LIMIT, Sessions, TaskLine
 from proto.errors import ConnectionLost, ErrorCode
-from proto.io import FramedStream, server_handshake
+from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public
 from proto.messages import (
     ErrorReply,
     Leave,
     Message,
+    PieceData,
+    PieceRequest,
     PiecesHeld,
     PiecesReady,
     PieceTasks,
@@ -39,6 +42,7 @@ from proto.messages import (
 from proto.pieces import MiB
 from proto.session import Session, Side
 from proto.taskid import task_id_for
+from supernode.cdn.task import TaskState
 from supernode.peers.control import REGISTERS_AT_ONCE
 from testkit.origin import FakeOrigin
 
@@ -304,6 +308,49 @@ async def test_a_refused_register_names_its_task_from_version_2(
             assert reply.task_id == task_id_for(origin.url("/missing.bin"))
         origin.add("/there.bin", os.urandom(MiB))
         assert isinstance(await register(peer, origin.url("/there.bin")), Registered)
+
+
+async def test_a_piece_session_keeps_a_few_piece_files_open(
+    origin: FakeOrigin, start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemon's session asks the CDN for piece after piece of many tasks: a piece
+    # session holds open only the files of the tasks it asked for last.
+    monkeypatch.setattr(supernode.cdn.uploads, "MAX_OPEN_FILES", 4)
+    node = await start_supernode()
+    tasks: list[Registered] = []
+    async with raw_peer(node, "many") as peer:
+        for i in range(10):
+            origin.add(f"/f{i}.bin", os.urandom(1000 + i))
+            assert isinstance(await register(peer, origin.url(f"/f{i}.bin")), Registered)
+            assert peer.registered is not None
+            tasks.append(peer.registered)
+        cdn = node.node.cdn
+
+        def all_done() -> bool:
+            return all(
+                (task := cdn.current(t.task_id)) is not None and task.state is TaskState.DONE
+                for t in tasks
+            )
+
+        await until(all_done)
+        store = node.node.store
+        paths = {str(store.pieces_path(t.task_id, t.generation)) for t in tasks}
+
+        def open_files() -> int:
+            fds = Path("/proc/self/fd")
+            return sum(os.path.realpath(fd) in paths for fd in fds.iterdir())
+
+        host, port = node.address.rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with open_session(stream, role="peer", peer_id="many") as pieces:
+            for t in tasks:
+                ticket = t.cdn_ticket
+                asked = PieceRequest(
+                    task_id=t.task_id, generation=t.generation, index=0, ticket=ticket
+                )
+                await pieces.send(asked)
+                assert isinstance((await pieces.receive()).message, PieceData)
+                assert open_files() <= 4
 
 
 # -- the daemon's side against a supernode scripted by hand ------------------------------

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # MIN_PIECE_RATE in dfget/peer.py). The upload rate limiter's wait comes before it.
 MIN_PIECE_SEND = 60.0
 MIN_SEND_RATE = 256 * 1024  # bytes/s
+MAX_OPEN_FILES = 16  # piece files one piece session keeps open (the tasks asked for last)
 
 
 def piece_send_timeout(
@@ -158,7 +159,15 @@ class CdnUploads:
         return True
 
     def _open(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:
+        """The task's piece file, opened once for the session; the session keeps the
+        MAX_OPEN_FILES it used last open (a daemon's session asks for many tasks, one
+        after another: without a bound, one connection holding tickets for a thousand
+        tasks would hold a thousand descriptors)."""
         key = (task_id, generation)
-        if key not in self._files:
-            self._files[key] = self.cdn.store.open_pieces(task_id, generation, piece_size)
-        return self._files[key]
+        pieces = self._files.pop(key, None)
+        if pieces is None:
+            if len(self._files) >= MAX_OPEN_FILES:  # (requests are answered one at a time:
+                self._files.pop(next(iter(self._files))).close()  # none uses it now)
+            pieces = self.cdn.store.open_pieces(task_id, generation, piece_size)
+        self._files[key] = pieces  # (the most recent last)
+        return pieces
