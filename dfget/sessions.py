@@ -12,11 +12,13 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 - The session's reader routes what the supernode sends to the line of the task it
   names; news of a task no line holds (one just left) is dropped.
 - One Register is in flight on a session at a time: an ErrorReply names no task, so it
-  answers that one. A new line goes to a session where every line has its answer (a
-  Register may wait for the origin's first answer to a new file); downloads that
-  start together open sessions of their own, up to SESSIONS_PER_SUPERNODE, which later
-  downloads share. Past that (a daemon announcing its whole cache at start), a line
-  takes the session with the fewest lines and its Register waits its turn there.
+  answers that one (version 2 answers a refused Register with a TaskFailed naming its
+  task; an answer settles as it arrives, read or not). A new line goes to a session
+  where every line has its answer (a Register may wait for the origin's first answer
+  to a new file); downloads that start together open sessions of their own, up to
+  SESSIONS_PER_SUPERNODE, which later downloads share. Past that (a daemon announcing
+  its whole cache at start), a line takes the session with the fewest lines and its
+  Register waits its turn there.
 - A line that ends has `Leave` sent for its task (by the session's own task, in order)
   and the session goes on; one that ends with its Register unanswered leaves once the
   answer is in. Until then the task is not registered on that session again (a second
@@ -24,8 +26,11 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 - A line's frames go out shielded from its download's cancellation: a frame cut short
   would break the session for every task on it.
 - The session breaking (the supernode gone, a protocol violation, an ErrorReply that
-  answers nothing) ends every line: each line's next receive raises what broke it, as
-  its own connection would have.
+  answers nothing, a frame that could not go, a Register unanswered for ANSWER_TIMEOUT)
+  ends every line: each line's next receive raises what broke it, as its own connection
+  would have, and a Register waiting its turn raises it too.
+- Sessions are kept by upload address as well (a session is one peer of the swarm): a
+  download that uploads nothing registers on sessions of its own.
 - A supernode that speaks only version 1 cannot take a Leave: each line gets a
   connection of its own there, as before.
 """
