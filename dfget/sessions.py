@@ -21,8 +21,11 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
   Register waits its turn there.
 - A line that ends has `Leave` sent for its task (by the session's own task, in order)
   and the session goes on; one that ends with its Register unanswered leaves once the
-  answer is in. Until then the task is not registered on that session again (a second
-  Register of a task on one session ends it). A session whose last line ended closes.
+  answer is in. A session never takes a task it left again: a new download of it goes
+  to another session, under another peer id, as it always did (a second Register of a
+  task on one session would end it, and the peer id's standing in the task, a
+  blacklisting there, would outlive the download that earned it). A session whose last
+  line ended closes.
 - A line's frames go out shielded from its download's cancellation: a frame cut short
   would break the session for every task on it.
 - The session breaking (the supernode gone, a protocol violation, an ErrorReply that
@@ -83,6 +86,7 @@ INBOX_LIMIT = 1024
 # session within about KEEPALIVE_AFTER + 3 x KEEPALIVE_EVERY (keepalive probes and
 # TCP_USER_TIMEOUT on the session's socket).
 ANSWER_TIMEOUT = REGISTER_TIMEOUT
+LEFT_KEPT = 4096  # tasks a session remembers it left (never to take them again)
 WATCH_EVERY = 5.0
 KEEPALIVE_AFTER = 15
 KEEPALIVE_EVERY = 5
@@ -105,6 +109,10 @@ class _Session:
         self.registering = trio.Semaphore(1)  # one Register in flight
         self.registrant: TaskLine | None = None
         self.leaving: set[str] = set()  # tasks whose Leave has not gone out yet
+        # Tasks it left, the latest last: a new download of one goes to another session,
+        # under another peer id, as it always did (a peer id's standing in a task, a
+        # blacklisting there, would otherwise outlive the download that earned it).
+        self.left: dict[str, None] = {}
         self.leaves_in, self._leaves = trio.open_memory_channel[str](math.inf)
         self.broken: ProtoError | None = None  # why it ended (then every line ends)
         self.ended = trio.Event()
@@ -116,6 +124,7 @@ class _Session:
             and self.broken is None
             and task_id not in self.lines
             and task_id not in self.leaving
+            and task_id not in self.left
             and len(self.lines) < TASKS_PER_SESSION
         )
 
@@ -125,6 +134,9 @@ class _Session:
 
     def leave(self, task_id: str) -> None:
         """Have a Leave of `task_id` sent (by `_send_leaves`, in order)."""
+        self.left[task_id] = None
+        if len(self.left) > LEFT_KEPT:
+            del self.left[next(iter(self.left))]
         self.leaving.add(task_id)
         self.leaves_in.send_nowait(task_id)
 

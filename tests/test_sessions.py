@@ -642,11 +642,13 @@ async def test_a_frame_that_could_not_go_ends_the_session(
             await scripted.accepted.receive()  # a new session
 
 
-async def test_news_of_a_task_left_does_not_reach_its_next_line(
+async def test_a_task_left_goes_to_another_session_and_its_old_news_to_nobody(
     scripted: Scripted, nursery: trio.Nursery
 ) -> None:
-    # What the supernode sent of a task before it read its Leave may come after a new
-    # line for the same task opened: the new line's first message is its Registered.
+    # A session never takes a task it left again: a new download of it goes to another
+    # session, under another peer id, as it always did (its standing in the task, a
+    # blacklisting there, stays with the download that earned it); and what the
+    # supernode sent of the task before it read the Leave reaches nobody.
     sessions = Sessions(nursery)
     async with sessions.line(scripted.address, B) as b:
         server = await scripted.accepted.receive()
@@ -654,15 +656,15 @@ async def test_news_of_a_task_left_does_not_reach_its_next_line(
         async with sessions.line(scripted.address, A) as a:
             await answered(a, server)
         assert await received(server) == Leave(A)
+        await server.send(ready(A))  # (sent before the Leave was read)
         async with sessions.line(scripted.address, A) as again:
-            assert again.peer_id == b.peer_id
-            await server.send(ready(A))  # (sent before the Leave was read)
-            await again.send(register_for(A))
-            await received(server)
-            await server.send(registered(A))
-            assert isinstance(await taken(again), Registered)
-            await server.send(ready(A))
+            assert again.peer_id != b.peer_id
+            other = await scripted.accepted.receive()
+            await answered(again, other)
+            await other.send(ready(A))
             assert await taken(again) == ready(A)
+        await server.send(ready(B))
+        assert await taken(b) == ready(B)  # the first session goes on
 
 
 async def test_downloads_behind_a_silent_supernode_fail_over_together(
