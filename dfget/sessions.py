@@ -86,7 +86,9 @@ INBOX_LIMIT = 1024
 # session within about KEEPALIVE_AFTER + 3 x KEEPALIVE_EVERY (keepalive probes and
 # TCP_USER_TIMEOUT on the session's socket).
 ANSWER_TIMEOUT = REGISTER_TIMEOUT
-LEFT_KEPT = 4096  # tasks a session remembers it left (never to take them again)
+# Tasks a session may leave: it remembers each (never to take it again), and past this
+# many takes no new task (it closes once its last one ends).
+LEFT_KEPT = 4096
 WATCH_EVERY = 5.0
 KEEPALIVE_AFTER = 15
 KEEPALIVE_EVERY = 5
@@ -108,11 +110,12 @@ class _Session:
         self.lines: dict[str, TaskLine] = {}
         self.registering = trio.Semaphore(1)  # one Register in flight
         self.registrant: TaskLine | None = None
-        self.leaving: set[str] = set()  # tasks whose Leave has not gone out yet
-        # Tasks it left, the latest last: a new download of one goes to another session,
-        # under another peer id, as it always did (a peer id's standing in a task, a
-        # blacklisting there, would otherwise outlive the download that earned it).
-        self.left: dict[str, None] = {}
+        # Tasks it left or is leaving (a Leave queued, or due once a Register is
+        # answered): a new download of one goes to another session, under another peer
+        # id, as it always did (a second Register of a task on a session would end it,
+        # and a peer id's standing in a task, a blacklisting there, would outlive the
+        # download that earned it).
+        self.left: set[str] = set()
         self.leaves_in, self._leaves = trio.open_memory_channel[str](math.inf)
         self.broken: ProtoError | None = None  # why it ended (then every line ends)
         self.ended = trio.Event()
@@ -123,9 +126,9 @@ class _Session:
             self.shared
             and self.broken is None
             and task_id not in self.lines
-            and task_id not in self.leaving
             and task_id not in self.left
             and len(self.lines) < TASKS_PER_SESSION
+            and len(self.left) < LEFT_KEPT
         )
 
     def answered(self) -> bool:
@@ -134,10 +137,7 @@ class _Session:
 
     def leave(self, task_id: str) -> None:
         """Have a Leave of `task_id` sent (by `_send_leaves`, in order)."""
-        self.left[task_id] = None
-        if len(self.left) > LEFT_KEPT:
-            del self.left[next(iter(self.left))]
-        self.leaving.add(task_id)
+        self.left.add(task_id)
         self.leaves_in.send_nowait(task_id)
 
     async def run(self) -> None:
@@ -174,7 +174,6 @@ class _Session:
             except ProtoError as exc:
                 self.end(exc)
                 return
-            self.leaving.discard(task_id)
 
     async def _read(self) -> None:
         try:
@@ -199,18 +198,17 @@ class _Session:
             return
         if not isinstance(message, _ROUTED):
             raise UnexpectedMessage(f"{message.TAG} on a shared control session")
-        line = self.registrant
-        asked = line is not None and line.task_id == message.task_id
-        if isinstance(message, Registered) and not asked:
+        registrant = self.registrant
+        if (
+            registrant is not None
+            and registrant.task_id == message.task_id
+            and isinstance(message, ANSWERS)  # (TaskFailed: version 2's refused Register)
+        ):
+            registrant.put(message)
+        elif isinstance(message, Registered):
             raise UnexpectedMessage(f"Registered for task {message.task_id[:16]}, not asked")
-        if line is not None and asked and isinstance(message, Registered | TaskFailed):
-            line.answered_here = isinstance(message, Registered)  # (TaskFailed: a refused
-            # Register, which version 2 answers naming its task)
-        else:
-            line = self.lines.get(message.task_id)
-            if line is None or not line.answered_here:
-                return  # news of a task no line holds now (it left), or of its last stay
-        line.put(message)
+        elif (line := self.lines.get(message.task_id)) is not None and line.registered:
+            line.put(message)  # (else news of a task no line holds now: it left)
 
     def end(self, why: ProtoError) -> None:
         """The session is over: every line's receive raises `why` once its inbox is
@@ -220,7 +218,7 @@ class _Session:
         for line in self.lines.values():
             line.inbox_in.close()
         if self.registrant is not None:  # its answer will not come: the turn goes on
-            self.registrant.answer_lost()  # (each Register waiting then raises `why`)
+            self.registrant.answered()  # (each Register waiting then raises `why`)
         self.ended.set()
 
 
@@ -231,8 +229,7 @@ class TaskLine:
         self.session = session
         self.task_id = task_id
         self.inbox_in, self._inbox = trio.open_memory_channel[Message](math.inf)
-        self.registered = False  # its Registered taken (`receive`)
-        self.answered_here = False  # its Registered routed: news of the task follows it
+        self.registered = False  # its Registered came: news of the task follows it
         self.closed = False
         self._awaiting = False  # a Register sent, its answer not yet taken
         self.asked_at = 0.0  # when its Register went
@@ -250,8 +247,7 @@ class TaskLine:
         its Register unanswered takes the answer, and leaves if it was registered."""
         if self.closed:
             if self._awaiting and isinstance(message, ANSWERS):
-                self._answered()
-                self.session.leaving.discard(self.task_id)
+                self.answered()
                 if isinstance(message, Registered):
                     self.session.leave(self.task_id)
             return
@@ -261,7 +257,7 @@ class TaskLine:
             # Settled as it arrives, not as it is read: a download cancelled before it
             # reads its answer must not keep the session's turn.
             self.registered = isinstance(message, Registered)
-            self._answered()
+            self.answered()
         with contextlib.suppress(trio.ClosedResourceError):  # (the session just ended)
             self.inbox_in.send_nowait(message)
 
@@ -284,14 +280,11 @@ class TaskLine:
             # (the send has its deadline: the session's send timeout, or `within`).
             with trio.CancelScope(shield=True):
                 await session.framed.send(message, payload, within=within)
-        except ProtoError as exc:
-            session.end(exc)  # (a frame that did not go: nothing more can follow it)
+        except BaseException as exc:
+            if isinstance(exc, ProtoError):
+                session.end(exc)  # (a frame that did not go: nothing more can follow it)
             if isinstance(message, Register):
-                self._answered()
-            raise
-        except BaseException:
-            if isinstance(message, Register):
-                self._answered()
+                self.answered()
             raise
 
     async def receive(self) -> Frame:
@@ -302,12 +295,8 @@ class TaskLine:
             raise self.session.broken from None
         return Frame(message, bytearray())  # (a control session carries no payload)
 
-    def answer_lost(self) -> None:
-        """The session ended before this line's Register was answered."""
-        self._answered()
-        self.session.leaving.discard(self.task_id)
-
-    def _answered(self) -> None:
+    def answered(self) -> None:
+        """Its Register is answered, or never will be: the session's turn goes on."""
         if self._awaiting:
             self._awaiting = False
             self.session.registrant = None
@@ -324,7 +313,7 @@ class TaskLine:
         if not session.lines:
             session.end(ConnectionLost("the session carries no task", clean=True))
         elif self._awaiting:  # left once the answer is in (`put`)
-            session.leaving.add(self.task_id)
+            session.left.add(self.task_id)
         elif self.registered:
             session.leave(self.task_id)
 
@@ -367,7 +356,7 @@ class Sessions:
         return self._open_now
 
     def open_count(self, address: str) -> int:
-        """Shared sessions open to `address` that take tasks (for tests and metrics)."""
+        """Shared sessions open to `address` that take tasks (for tests)."""
         return sum(
             session.broken is None
             for (where, _), sessions in self._sessions.items()
@@ -378,28 +367,20 @@ class Sessions:
     async def _session_for(self, key: Key, task_id: str, within: float) -> _Session:
         address = key[0]
         if address in self._unshared:  # (asked again each time: it may be upgraded)
-            session = await self._open(key, within)
-            if session.shared:
-                self._unshared.discard(address)
-                self._sessions.setdefault(key, []).append(session)
-            return session
+            return await self._open(key, within)
         # Bounded: behind a supernode slow to answer, each download waits for the one
         # connecting before it at most this long, then opens its own (one that does not
         # answer at all then fails each on its own deadline, not one after another).
         with trio.move_on_after(within) as waited:
             await self._opening.setdefault(key, trio.Lock()).acquire()
         if waited.cancelled_caught:  # a slow one: a session of its own, on its own deadline
-            session = await self._open(key, within)
-            if session.shared:
-                self._sessions.setdefault(key, []).append(session)
-            return session
+            return await self._open(key, within)
         try:
             return await self._take(key, task_id, within)
         finally:
             self._opening[key].release()
 
     async def _take(self, key: Key, task_id: str, within: float) -> _Session:
-        address = key[0]
         live = [session for session in self._sessions.get(key, []) if not session.broken]
         open_ones = [session for session in live if session.takes(task_id)]
         for session in open_ones:
@@ -407,19 +388,21 @@ class Sessions:
                 return session
         if open_ones and len(live) >= SESSIONS_PER_SUPERNODE:
             return min(open_ones, key=lambda session: len(session.lines))
-        session = await self._open(key, within)
-        if session.shared:
-            self._sessions.setdefault(key, []).append(session)
-        else:
-            self._unshared.add(address)
-        return session
+        return await self._open(key, within)
 
     async def _open(self, key: Key, within: float) -> _Session:
+        """A new session, served from now on; kept for other downloads if its
+        supernode shares sessions (else that address is remembered as not sharing)."""
         peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
         framed = await connect_stream(key[0], peer_id=peer_id, max_payload=0, within=within)
         _notice_loss(framed)
         session = _Session(key, peer_id, framed)
         self._nursery.start_soon(self._serve, session)
+        if session.shared:
+            self._unshared.discard(key[0])
+            self._sessions.setdefault(key, []).append(session)
+        else:
+            self._unshared.add(key[0])
         return session
 
     async def _serve(self, session: _Session) -> None:

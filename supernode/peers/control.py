@@ -93,10 +93,10 @@ class ControlSession:
         # What waits for news of a task (its progress pushes, its piece-task requests),
         # cancelled when the peer leaves it.
         self._waits: dict[str, set[trio.CancelScope]] = {}
-        # Each registered task's progress pusher, by a token of its registration: one
-        # that outlives a Leave (a send in progress) stops instead of pushing next to
-        # the pusher of the same task registered again.
-        self._pushers: dict[str, object] = {}
+        # A token of each task's registration here: what was started for one (its
+        # progress pusher, a piece-task request) and outlives a Leave (a send in
+        # progress, a decision made) stops instead of answering for the next one.
+        self._registrations: dict[str, object] = {}
         self._opening: set[str] = set()  # tasks whose Register is being answered
         self._registers = trio.Semaphore(REGISTERS_AT_ONCE)
 
@@ -196,12 +196,12 @@ class ControlSession:
         one) and answer Registered, or the error. It counts against the session's
         tasks and its Registers at once until its answer is sent."""
         try:
-            await self._answer(message, record, spec, nursery)
+            await self._open_and_answer(message, record, spec, nursery)
         finally:
             self._opening.discard(spec.task_id)
             self._registers.release()
 
-    async def _answer(
+    async def _open_and_answer(
         self, message: Register, record: PeerRecord, spec: TaskSpec, nursery: trio.Nursery
     ) -> None:
         try:
@@ -240,7 +240,7 @@ class ControlSession:
             task.generation,
             task.state,
         )
-        token = self._pushers[task.task_id] = object()
+        token = self._registrations[task.task_id] = object()
         nursery.start_soon(self._push_progress, task, token)
         if self.swarm.token is not None:
             # Admitted with the cluster token and registered: out of the connection
@@ -277,7 +277,7 @@ class ControlSession:
         for scope in self._waits.pop(task_id, set()):
             scope.cancel()
         self._asking.pop(task_id, None)
-        self._pushers.pop(task_id, None)
+        self._registrations.pop(task_id, None)
         self._claimed = {claim for claim in self._claimed if claim[0] != task_id}
         log.info("peer %s left task %s", self.peer_id[:40], task_id[:16])
 
@@ -301,7 +301,7 @@ class ControlSession:
         token: object,
         first: tuple[PieceTask, ...] | None = None,
     ) -> None:
-        registration = self._pushers.get(message.task_id)
+        registration = self._registrations.get(message.task_id)
         answer: PieceTasks | TaskFailed | None = None
         try:
             with self._until_left(message.task_id):
@@ -310,7 +310,7 @@ class ControlSession:
             # Before the answer goes: the peer may ask again the moment it has it.
             if self._asking.get(message.task_id) is token:
                 del self._asking[message.task_id]
-        if answer is None or self._pushers.get(message.task_id) is not registration:
+        if answer is None or self._registrations.get(message.task_id) is not registration:
             return  # the peer left the task meanwhile (its flights landed with it)
         await self.framed.send(answer)
 
@@ -322,18 +322,13 @@ class ControlSession:
         fails (TaskFailed names it: on a session of many tasks an ErrorReply would
         not say which)."""
         task = self._current(message.task_id, message.generation)
-        stale = TaskFailed(
-            task_id=message.task_id,
-            code=str(ErrorCode.STALE),
-            message="that task generation is not current here",
-        )
         if task is None:
-            return stale
+            return _stale(message.task_id)
         deadline = trio.current_time() + LONG_POLL
         relay = 0  # held requests this one passes its news on to if it cannot use it
         while True:
             if self.tasks.get(task.task_id) is not task:
-                return stale  # the peer left it while the request waited for news
+                return _stale(task.task_id)  # the peer left it while the request waited
             if first is not None:
                 tasks, first = first, None
             else:
@@ -396,7 +391,7 @@ class ControlSession:
 
     async def _push_progress(self, task: CdnTask, token: object) -> None:
         sent = 0
-        while self._pushers.get(task.task_id) is token:  # (until the peer leaves it)
+        while self._registrations.get(task.task_id) is token:  # (until the peer leaves it)
             if sent < task.ready:
                 batch = task.digests[sent : sent + DIGESTS_PER_FRAME]
                 await self.framed.send(
@@ -435,3 +430,12 @@ class ControlSession:
                 return
             with self._until_left(task.task_id):
                 await task.wait_changed()
+
+
+def _stale(task_id: str) -> TaskFailed:
+    """The answer to a piece-task request for a task not current on the session."""
+    return TaskFailed(
+        task_id=task_id,
+        code=str(ErrorCode.STALE),
+        message="that task generation is not current here",
+    )

@@ -108,36 +108,32 @@ class Ledger:
         self.refresh(peer)
 
     def remove_peer(self, peer_id: str) -> None:
+        """The peer is gone from every task at once (`leave_task` for each)."""
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
-        for flight in list(peer.upload_flights):  # (it may have sent the piece: kept)
-            self.land(self.tasks[flight.task_id], flight)
-            self._unreported(flight)
-        for task_id, member in peer.members.items():
-            for flight in member.all_flights():
-                self.land(self.tasks[task_id], flight)
-        for task_id, member in peer.members.items():
-            self.tasks[task_id].leave(member)
-            if not member.complete:
-                self._count_incomplete(peer, -1)
-        peer.members.clear()
+        for task_id in list(peer.members):
+            self._leave_task(peer, task_id)
 
     def leave_task(self, task_id: str, peer_id: str) -> None:
-        """`remove_peer` for one task: the peer's pieces, flights and slots there, and
-        nothing of its other tasks."""
+        """The peer leaves one task, and stays in its others."""
         peer = self.peers.get(peer_id)
-        member = peer.members.get(task_id) if peer is not None else None
-        if peer is None or member is None:
+        if peer is not None:
+            self._leave_task(peer, task_id)
+
+    def _leave_task(self, peer: Peer, task_id: str) -> None:
+        """The peer's pieces, flights (as uploader and as downloader) and slots in one
+        task go; an upload cut off is remembered, should its report come late."""
+        member = peer.members.pop(task_id, None)
+        if member is None:
             return
         task = self.tasks[task_id]
         for flight in [f for f in peer.upload_flights if f.task_id == task_id]:
-            self.land(task, flight)
+            self.land(task, flight)  # (it may have sent the piece: kept)
             self._unreported(flight)
         for flight in member.all_flights():
             self.land(task, flight)
         task.leave(member)
-        del peer.members[task_id]
         if not member.complete:
             self._count_incomplete(peer, -1)
 
