@@ -29,9 +29,10 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 - A line's frames go out shielded from its download's cancellation: a frame cut short
   would break the session for every task on it.
 - The session breaking (the supernode gone, a protocol violation, an ErrorReply that
-  answers nothing, a frame that could not go, a Register unanswered for ANSWER_TIMEOUT)
-  ends every line: each line's next receive raises what broke it, as its own connection
-  would have, and a Register waiting its turn raises it too.
+  answers nothing, a frame that could not go, a Register unanswered for ANSWER_TIMEOUT,
+  or, from version 3, a Probe unanswered while a Register waits) ends every line: each
+  line's next receive raises what broke it, as its own connection would have, and a
+  Register waiting its turn raises it too.
 - Sessions are kept by upload address as well (a session is one peer of the swarm): a
   download that uploads nothing registers on sessions of its own.
 - A supernode that speaks only version 1 cannot take a Leave: each line gets a
@@ -56,12 +57,15 @@ from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
 from proto.frames import Frame
 from proto.io import FramedStream
 from proto.messages import (
+    ANSWERED_PROBES,
     SHARED_SESSIONS,
     ErrorReply,
+    KeepAlive,
     Leave,
     Message,
     PiecesReady,
     PieceTasks,
+    Probe,
     Register,
     Registered,
     TaskDone,
@@ -81,15 +85,22 @@ SESSIONS_PER_SUPERNODE = 8
 INBOX_LIMIT = 1024
 # A session whose Register has had no answer this long ends (its supernode hangs): the
 # downloads on it fail over, and those waiting for their turn too. A connection of its
-# own had a download find a frozen supernode at its handshake; one that shares a
-# session learns it here, or from TCP: a supernode gone from the network ends the
-# session within about KEEPALIVE_AFTER + 3 x KEEPALIVE_EVERY (keepalive probes and
-# TCP_USER_TIMEOUT on the session's socket).
+# own had a download find a frozen supernode at its handshake (SUPERNODE_TIMEOUT); one
+# that shares a session learns it here, or from TCP: a supernode gone from the network
+# ends the session within about KEEPALIVE_AFTER + 3 x KEEPALIVE_EVERY (keepalive probes
+# and TCP_USER_TIMEOUT on the session's socket).
 ANSWER_TIMEOUT = REGISTER_TIMEOUT
+# Sooner, from version 3: a Register that has heard nothing from the supernode for
+# PROBE_AFTER sends a Probe, and a Probe unanswered for PROBE_TIMEOUT ends the session
+# (a Register may rightly wait for the origin's first answer; a Probe is answered by
+# the session's own loop at once). A frozen supernode is left within about
+# PROBE_AFTER + PROBE_TIMEOUT + 2 x WATCH_EVERY of the Register, not ANSWER_TIMEOUT.
+PROBE_AFTER = SUPERNODE_TIMEOUT
+PROBE_TIMEOUT = 5.0
 # Tasks a session may leave: it remembers each (never to take it again), and past this
 # many takes no new task (it closes once its last one ends).
 LEFT_KEPT = 4096
-WATCH_EVERY = 5.0
+WATCH_EVERY = 0.5
 KEEPALIVE_AFTER = 15
 KEEPALIVE_EVERY = 5
 Key = tuple[str, tuple[int, int]]  # a supernode's address; the upload port and slots
@@ -107,6 +118,9 @@ class _Session:
         self.framed = framed
         welcome = framed.welcome
         self.shared = welcome is not None and welcome.version >= SHARED_SESSIONS
+        self.probes = welcome is not None and welcome.version >= ANSWERED_PROBES
+        self.heard_at = trio.current_time()  # the supernode's last frame
+        self.probed_at = -math.inf  # the last Probe sent
         self.lines: dict[str, TaskLine] = {}
         self.registering = trio.Semaphore(1)  # one Register in flight
         self.registrant: TaskLine | None = None
@@ -156,12 +170,40 @@ class _Session:
             await self.framed.aclose()  # (shielded, bounded)
 
     async def _watch(self) -> None:
+        """End the session once its supernode answers nothing (`_silence`): a deadline
+        must be past at two looks in a row, so that a daemon held up itself (its reader
+        not yet run after the pause) does not take its own pause for the supernode's."""
+        overdue = False
         while True:
             await trio.sleep(WATCH_EVERY)
-            line = self.registrant
-            if line is not None and trio.current_time() - line.asked_at > ANSWER_TIMEOUT:
-                why = f"the supernode did not answer a Register in {ANSWER_TIMEOUT:g}s"
+            why = await self._silence(trio.current_time())
+            if why is not None and overdue:
                 self.end(ConnectionLost(why, clean=False))
+                return
+            overdue = why is not None
+
+    async def _silence(self, now: float) -> str | None:
+        """What is overdue while a Register waits, if anything: its answer, after
+        ANSWER_TIMEOUT; or (version 3) the answer to a Probe, sent once the supernode
+        has said nothing for PROBE_AFTER, after PROBE_TIMEOUT."""
+        line = self.registrant
+        if line is None:
+            return None
+        if now - line.asked_at > ANSWER_TIMEOUT:
+            return f"the supernode did not answer a Register in {ANSWER_TIMEOUT:g}s"
+        if not self.probes:
+            return None
+        quiet_since = max(self.heard_at, line.asked_at)
+        if self.probed_at > quiet_since:  # a Probe out, nothing heard since
+            if now - self.probed_at > PROBE_TIMEOUT:
+                return f"the supernode answered no Probe in {PROBE_TIMEOUT:g}s"
+        elif now - quiet_since > PROBE_AFTER:
+            self.probed_at = now
+            try:
+                await self.framed.send(Probe())
+            except ProtoError as exc:
+                self.end(exc)
+        return None
 
     async def _keep_alive(self) -> None:
         await keep_alive(self.framed)  # (returns only when a send failed)
@@ -178,7 +220,9 @@ class _Session:
     async def _read(self) -> None:
         try:
             while True:
-                self._route((await self.framed.receive()).message)
+                message = (await self.framed.receive()).message
+                self.heard_at = trio.current_time()
+                self._route(message)
         except ProtoError as exc:
             self.end(exc)
 
@@ -195,6 +239,8 @@ class _Session:
                 )
             else:
                 line.put(message)
+            return
+        if isinstance(message, KeepAlive):  # (the answer to a Probe: heard, nothing more)
             return
         if not isinstance(message, _ROUTED):
             raise UnexpectedMessage(f"{message.TAG} on a shared control session")

@@ -15,11 +15,15 @@ from proto.errors import ErrorCode
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
-PROTOCOL_VERSIONS = (1, 2)
+PROTOCOL_VERSIONS = (1, 2, 3)
 # The first version whose control sessions carry many tasks: a peer may leave one task
 # and stay on the session (`Leave`), and a supernode speaking it accepts that; a peer
 # shares a session among its downloads only with such a supernode (`dfget.sessions`).
 SHARED_SESSIONS = 2
+# The first version whose supernode answers a `Probe` (with a `KeepAlive`): a peer that
+# shares a session, and so meets no handshake when a download starts, learns that way
+# that a supernode which keeps its connections but answers nothing (frozen, wedged) is gone.
+ANSWERED_PROBES = 3
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -338,6 +342,14 @@ class KeepAlive(Message):
     TAG: ClassVar[str] = "keepalive"
 
 
+@dataclass(frozen=True, slots=True)
+class Probe(Message):
+    """The peer asks for a sign of life (version 3): the supernode answers with a
+    `KeepAlive`, at most one in half a second (a Probe more often gets nothing)."""
+
+    TAG: ClassVar[str] = "probe"
+
+
 MAX_BITFIELD = 8192  # bytes of a PiecesHeld bitfield: 65,536 pieces
 _BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
 
@@ -519,6 +531,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     MembersRequest,
     Members,
     Leave,
+    Probe,
 )
 
 

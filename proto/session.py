@@ -36,6 +36,7 @@ from proto.messages import (
     PiecesReady,
     PieceTasks,
     PieceTasksRequest,
+    Probe,
     Register,
     Registered,
     TaskDone,
@@ -82,10 +83,12 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
             KeepAlive,
             MembersRequest,
             Leave,
+            Probe,
         }
     ),
     Side.SERVER: frozenset(
         {
+            KeepAlive,  # (the answer to a Probe)
             Registered,
             PiecesReady,
             TaskDone,

@@ -6,12 +6,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
+import time
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, metric, until
+from conftest import (
+    Fetch,
+    RunningSupernode,
+    RunningSupernodeAddress,
+    StartDaemon,
+    StartSupernode,
+    metric,
+    supernode_process,
+    until,
+)
 from test_attack_supernode import MiniOrigin, RawPeer, ask, next_message, raw_peer, register
 
 import dfget.sessions
@@ -20,12 +31,13 @@ import proto.session
 import supernode.cdn.uploads
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
-from dfget.sessions import INBOX_LIMIT, Sessions, TaskLine
+from dfget.sessions import INBOX_LIMIT, PROBE_AFTER, PROBE_TIMEOUT, Sessions, TaskLine
 from proto.errors import ConnectionLost, ErrorCode
 from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public
 from proto.messages import (
     ErrorReply,
+    KeepAlive,
     Leave,
     Message,
     PieceData,
@@ -34,6 +46,7 @@ from proto.messages import (
     PiecesReady,
     PieceTasks,
     PieceTasksRequest,
+    Probe,
     Register,
     Registered,
     TaskDone,
@@ -43,7 +56,7 @@ from proto.pieces import MiB
 from proto.session import Session, Side
 from proto.taskid import task_id_for
 from supernode.cdn.task import TaskState
-from supernode.peers.control import REGISTERS_AT_ONCE
+from supernode.peers.control import PROBE_ANSWER_EVERY, REGISTERS_AT_ONCE
 from testkit.origin import FakeOrigin
 
 
@@ -824,3 +837,146 @@ async def test_a_cancelled_download_does_not_cut_a_frame_on_the_shared_session(
         assert await received(server) == asking(A)
         await server.send(ready(A))
         assert await taken(a) == ready(A)
+
+
+# -- a supernode that keeps its connections and answers nothing (version 3: Probe) -------
+
+
+@pytest.fixture
+def quick_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dfget.sessions, "PROBE_AFTER", 0.2)
+    monkeypatch.setattr(dfget.sessions, "PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(dfget.sessions, "WATCH_EVERY", 0.05)
+
+
+async def test_a_frozen_supernode_is_left_within_a_probe_of_a_register(
+    scripted: Scripted, nursery: trio.Nursery, quick_probes: None
+) -> None:
+    # It took the handshake and a first task, then stopped answering (SIGSTOP, a wedged
+    # loop): the next download's Register is probed, the Probe goes unanswered, and the
+    # session ends in well under a second, not after ANSWER_TIMEOUT (120 s).
+    sessions = Sessions(nursery)
+    with pytest.raises(SupernodeUnavailable):  # the whole session ended: A fails over too
+        async with sessions.line(scripted.address, A) as a:
+            server = await scripted.accepted.receive()
+            await answered(a, server)
+            started = trio.current_time()
+            with pytest.raises(SupernodeUnavailable, match="answered no Probe"):
+                async with sessions.line(scripted.address, B) as b:
+                    await b.send(register_for(B))
+                    assert await received(server) == register_for(B)
+                    assert await received(server) == Probe()  # (unanswered)
+                    await taken(b)
+            assert trio.current_time() - started < 3.0
+            await taken(a)
+
+
+async def test_a_supernode_that_answers_probes_may_take_its_time_to_register(
+    scripted: Scripted, nursery: trio.Nursery, quick_probes: None
+) -> None:
+    # Its origin is slow to give the first answer (a Register may wait for it), but the
+    # supernode answers every Probe: the session stays, however long that takes.
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        assert await received(server) == register_for(A)
+        probes = 0
+        with trio.move_on_after(2.0):  # four Probe deadlines
+            while True:
+                assert await received(server) == Probe()
+                probes += 1
+                await server.send(KeepAlive())
+        assert probes >= 3
+        await server.send(registered(A))
+        assert isinstance(await taken(a), Registered)
+        assert a.session.broken is None
+
+
+async def test_a_version_2_supernode_is_never_probed(
+    scripted: Scripted,
+    nursery: trio.Nursery,
+    quick_probes: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(proto.session, "PROTOCOL_VERSIONS", (1, 2))  # (the server's side)
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        assert await received(server) == register_for(A)
+        with trio.move_on_after(1.5):
+            message = await received(server)
+            pytest.fail(f"a version 2 supernode was sent {message}")
+        await server.send(registered(A))
+        assert isinstance(await taken(a), Registered)
+
+
+async def test_the_supernode_answers_a_probe_twice_a_second_at_most(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    origin.add("/a.bin", os.urandom(MiB))
+    node = await start_supernode()
+    async with raw_peer(node, "probing") as peer:
+        assert isinstance(await register(peer, origin.url("/a.bin")), Registered)
+        for _ in range(50):  # a peer that probes without end gets one answer
+            await peer.framed.send(Probe())
+        assert await next_message(peer) == KeepAlive()
+        with trio.move_on_after(0.3):
+            message = await next_message(peer)
+            pytest.fail(f"a second answer within the half second: {message}")
+        await trio.sleep(PROBE_ANSWER_EVERY)
+        await peer.framed.send(Probe())
+        assert await next_message(peer) == KeepAlive()
+
+
+async def test_a_daemon_behind_a_frozen_supernode_goes_to_the_origin_within_seconds(
+    origin: FakeOrigin, start_daemon: StartDaemon, fetch: Fetch, tmp_path: Path
+) -> None:
+    # A real supernode process, SIGSTOPped after the daemon's first download: the
+    # connection stays up (the kernel keeps it), nothing answers. The daemon's next
+    # download meets no handshake on its shared session; its Probe goes unanswered and
+    # it fetches from the origin in seconds (after ANSWER_TIMEOUT, 120 s, before).
+    first, second = os.urandom(MiB), os.urandom(2 * MiB)
+    origin.add("/first.bin", first)
+    origin.add("/second.bin", second)
+    async with supernode_process(tmp_path / "sn") as server:
+        node = RunningSupernodeAddress(server.ready["peer"])
+        daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+        done = await fetch(origin.url("/first.bin"), None, daemon_socket=daemon.socket_path)
+        assert done.from_cdn == len(first)
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = trio.current_time()
+            with trio.fail_after(30):
+                result = await fetch(
+                    origin.url("/second.bin"), None, daemon_socket=daemon.socket_path
+                )
+            took = trio.current_time() - started
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    assert Path(result.output).read_bytes() == second and result.from_source == len(second)
+    assert took < PROBE_AFTER + PROBE_TIMEOUT + 5.0
+
+
+async def test_a_daemon_held_up_itself_does_not_take_its_pause_for_the_supernodes(
+    scripted: Scripted, nursery: trio.Nursery, quick_probes: None
+) -> None:
+    # The answer to the Probe came while the daemon's own loop stood still for longer
+    # than the Probe's deadline (a swapped-out or starved process): when it runs again,
+    # the answer is read before the deadline counts, and the session goes on.
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await a.send(register_for(A))
+        assert await received(server) == register_for(A)
+        stream = server.stream
+        assert isinstance(stream, trio.SocketStream)
+        for _ in range(5):
+            assert await received(server) == Probe()
+            # The answer goes by hand, so that no task runs between it and the pause.
+            os.write(stream.socket.fileno(), server.session.send(KeepAlive()))
+            time.sleep(2 * dfget.sessions.PROBE_TIMEOUT)  # (the whole loop stands still)
+        await server.send(registered(A))
+        assert isinstance(await taken(a), Registered)
+        assert a.session.broken is None

@@ -9,7 +9,8 @@ peer may register several tasks on one session (a daemon's downloads share one,
 that task's swarm, the session goes on); when the session ends, the peer leaves every
 task at once. A peer that sends nothing for `idle_timeout` (dfget sends a
 `KeepAlive` every 30 s) is closed, and so is one refused admission (`forbidden`): the
-refusal is its last frame.
+refusal is its last frame. A `Probe` (version 3) is answered with a `KeepAlive`, two a
+second at most: a peer sharing the session learns that this loop still answers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from proto.messages import (
     PieceTask,
     PieceTasks,
     PieceTasksRequest,
+    Probe,
     Register,
     Registered,
     TaskDone,
@@ -62,6 +64,10 @@ LONG_POLL = 1.0  # seconds a piece-task request with no answer yet waits for new
 # answer); past this the session reads nothing more until one is answered, so a peer
 # that sends Registers and never reads their answers holds this many, not thousands.
 REGISTERS_AT_ONCE = 8
+# A Probe is answered at most once in this many seconds (a peer that probes more often
+# gets nothing for the rest: a stranger cannot have the session send a frame for each
+# of its own); dfget.sessions probes at most once a second.
+PROBE_ANSWER_EVERY = 0.5
 
 
 class ControlSession:
@@ -99,6 +105,7 @@ class ControlSession:
         self._registrations: dict[str, object] = {}
         self._opening: set[str] = set()  # tasks whose Register is being answered
         self._registers = trio.Semaphore(REGISTERS_AT_ONCE)
+        self._probe_answered = -math.inf
 
     async def run(self, first: Register) -> None:
         """Serve the session until the peer closes it (ConnectionLost propagates), stays
@@ -115,6 +122,8 @@ class ControlSession:
                                 break
                         elif isinstance(message, KeepAlive):
                             pass  # it reset the idle deadline, nothing more
+                        elif isinstance(message, Probe):
+                            await self._answer_probe()
                         elif isinstance(message, PieceTasksRequest):
                             if message.task_id in self._asking:
                                 raise UnexpectedMessage(
@@ -142,6 +151,14 @@ class ControlSession:
         finally:
             if self.record is not None:
                 self.swarm.leave(self.peer_id, trio.current_time())
+
+    async def _answer_probe(self) -> None:
+        """A KeepAlive for a Probe (protocol version 3): this loop still reads and
+        answers; at most one every PROBE_ANSWER_EVERY."""
+        now = trio.current_time()
+        if now - self._probe_answered >= PROBE_ANSWER_EVERY:
+            self._probe_answered = now
+            await self.framed.send(KeepAlive())
 
     async def _register(self, message: Register, *, nursery: trio.Nursery) -> bool:
         """Take one Register: what can be checked at once is (False when the peer is
