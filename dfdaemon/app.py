@@ -34,6 +34,7 @@ from dfdaemon.upstream import Upstream
 from dfget.members import REFRESH_PERIOD, Directory
 from dfget.options import SharedServer
 from dfget.sessions import Sessions
+from dfget.sources import PiecePool
 from dfget.uploads import PieceServer
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class Daemon:
                     origin_tls=tuple(self.origin_tls.items()),
                     directory=self.directory if config.supernodes else None,
                     sessions=sessions,
+                    pieces=PiecePool(nursery),
                 )
                 blobs = self.blobs = BlobStore(config.data_dir, settings)
                 await nursery.start(blobs.run)

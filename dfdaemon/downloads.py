@@ -39,6 +39,7 @@ from dfget.output import AtomicOutput, ExistingOutput
 from dfget.results import DownloadResult
 from dfget.resume import ResumableOutput
 from dfget.sessions import Sessions
+from dfget.sources import PiecePool
 from proto.messages import S3Access
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class DownloadSettings:
     # Control sessions to the supernodes, shared by every download and announcement
     # (`dfget.sessions`: a connection carries many tasks).
     sessions: Sessions | None = None
+    # Idle piece connections, which each download leaves to the next of the same
+    # source and peer id (`dfget.sources.PiecePool`).
+    pieces: PiecePool | None = None
 
     def request(
         self,
@@ -100,6 +104,7 @@ class DownloadSettings:
             peer=PeerOptions(
                 server=self.server,
                 sessions=self.sessions,
+                pieces=self.pieces,
                 seed_for=0 if check_only else math.inf,
                 token=self.token,
                 upload_slots=0 if check_only else self.upload_slots,

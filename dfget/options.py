@@ -11,6 +11,7 @@ from dfget.defaults import DEFAULT_MAX_CONNECTIONS
 
 if TYPE_CHECKING:  # the upload server (trio, the wire) is loaded by the peer that runs it
     from dfget.sessions import Sessions
+    from dfget.sources import PiecePool
     from dfget.uploads import PieceServer
 
 
@@ -41,6 +42,7 @@ class PeerOptions:
         in_order: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         sessions: Sessions | None = None,
+        pieces: PiecePool | None = None,
     ) -> None:
         self.listen = listen
         self.max_connections = max_connections  # of this download's own upload server
@@ -55,6 +57,10 @@ class PeerOptions:
         # A daemon's control sessions, shared by its downloads (`dfget.sessions`): each
         # download takes a line on one instead of a connection of its own.
         self.sessions = sessions
+        # A daemon's idle piece connections (`dfget.sources.PiecePool`): a download
+        # takes one kept by an earlier download of the same source and peer id, and
+        # leaves its own there when it is done.
+        self.pieces = pieces
         # The output already holds the whole file (a daemon's cache after a restart):
         # check it piece by piece against the supernode's digests and announce it, so
         # the swarm can fetch from it, instead of downloading.

@@ -237,27 +237,34 @@ class Attempt:
                     fd=os.open(self.out.temp, os.O_RDONLY | os.O_CLOEXEC),
                 )
             )
-        with trio.move_on_at(self.deadline) as deadline, unwrap_group():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow, control, book)
-                if self.options.adopt:
-                    nursery.start_soon(self._adopt, control, book)
-                else:
-                    transfers = Transfers(
-                        control,
-                        book,
-                        writer,
-                        answers=self._replies_recv,
-                        address=self.address,
-                        peer_id=self.peer_id,
-                        limiter=self.limiter,
-                        progress=self.progress,
-                    )
-                    fetch = partial(self._fetch, control, book, writer, held, transfers)
-                    nursery.start_soon(partial(fetch, readers=nursery))
-                while not book.complete:
-                    await book.wait_changed()
-                nursery.cancel_scope.cancel()
+        transfers = None
+        if not self.options.adopt:
+            transfers = Transfers(
+                control,
+                book,
+                writer,
+                answers=self._replies_recv,
+                address=self.address,
+                peer_id=self.peer_id,
+                limiter=self.limiter,
+                progress=self.progress,
+                pool=self.options.pieces,
+            )
+        try:
+            with trio.move_on_at(self.deadline) as deadline, unwrap_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._follow, control, book)
+                    if transfers is None:
+                        nursery.start_soon(self._adopt, control, book)
+                    else:
+                        fetch = partial(self._fetch, control, book, writer, held, transfers)
+                        nursery.start_soon(partial(fetch, readers=nursery))
+                    while not book.complete:
+                        await book.wait_changed()
+                    nursery.cancel_scope.cancel()
+        finally:
+            if transfers is not None:  # (a daemon's next download takes them on)
+                transfers.connections.release()
         # An answer `_follow` queued as the last piece landed has nobody left to take it:
         # report its tasks cancelled, or their uploaders' slots stay taken.
         while True:

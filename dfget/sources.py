@@ -9,10 +9,19 @@ connection breaks, every request waiting on it fails, and the next use reconnect
 that task. Uploaders close a piece connection that asks for nothing for a while (60 s),
 so one idle here for `max_idle` (30 s) is closed and replaced rather than reused: the
 uploader's close never fails a request.
+
+A daemon's downloads pass their connections on to each other (`PiecePool`): when a
+task is done, each of its connections that waits for no answer is kept, idle, for the
+next task of the same source, peer id (a daemon's shared control session registers
+its tasks under one) and piece size, which then skips the connect and the handshake on
+both sides (a new small file's cost). A connection serves one task at a time, as
+before: the uploader answers a connection's requests in order, so two downloads on one
+would wait for each other.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import trio
@@ -24,7 +33,13 @@ from proto.io import FramedStream
 from proto.messages import ErrorReply, PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE
 
+log = logging.getLogger(__name__)
+
 MAX_IDLE = 30.0  # seconds a connection may rest before it is replaced instead of reused
+# Idle connections a pool keeps: in all, and for one source, peer id and piece size (a
+# daemon's downloads run a few at a time: `dfget -r` four, a pull a layer each).
+POOLED = 32
+POOLED_PER_SOURCE = 4
 
 
 class PieceRefusedError(Exception):
@@ -58,6 +73,19 @@ class PieceConnection:
         # uploader answers in order, so each answer goes to the oldest waiter for it.
         self._waiters: dict[tuple[str, int], list[_Waiter]] = {}
         self.last_active = trio.current_time()  # last request sent or answer received
+        self.unanswered = 0  # requests sent whose answer has not been read (waited or not)
+        self.max_idle = MAX_IDLE
+
+    def reusable(self, now: float, idle: float) -> bool:
+        """Whether another task may take it: unbroken, able to send, no answer due
+        (one a cancelled transfer left would come first), and idle for at most `idle`
+        (its reader closes it at `max_idle`, and the uploader soon after)."""
+        return (
+            self.broken is None
+            and self.framed.can_send
+            and self.unanswered == 0
+            and now - self.last_active <= idle
+        )
 
     def idle_for(self, now: float) -> float:
         """How long the uploader has waited for a request from us (0 while one is
@@ -80,6 +108,7 @@ class PieceConnection:
         try:
             try:
                 await self.framed.send(request)
+                self.unanswered += 1
             except ProtoError as exc:
                 self._break(exc)
             await waiter.done.wait()
@@ -106,6 +135,8 @@ class PieceConnection:
                     break
                 self.last_active = trio.current_time()
                 message = frame.message
+                if isinstance(message, PieceData | PieceRefused):
+                    self.unanswered -= 1
                 if isinstance(message, ErrorReply):
                     raise SourceLost(f"{self.address} closed: {message.code}: {message.message}")
                 if not isinstance(message, PieceData | PieceRefused):
@@ -142,14 +173,72 @@ class PieceConnection:
                 waiter.done.set()
 
 
+PoolKey = tuple[str, str, int]  # the source's address, our peer id, the largest payload
+
+
+class PiecePool:
+    """Idle piece connections a daemon's downloads pass on to each other (see the
+    module docstring); the readers of the connections its users open run in
+    `nursery` (the daemon's), so that a connection outlives the task that opened it."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self._idle: dict[PoolKey, list[PieceConnection]] = {}
+
+    def take(self, key: PoolKey) -> PieceConnection | None:
+        """An idle connection for `key` (the one used last), or None."""
+        idle = self._idle.get(key, [])
+        now = trio.current_time()
+        while idle:
+            connection = idle.pop()
+            if connection.reusable(now, connection.max_idle / 2):  # (well before its close)
+                return connection
+            self.nursery.start_soon(connection.close)
+        self._idle.pop(key, None)
+        return None
+
+    def put(self, key: PoolKey, connection: PieceConnection) -> None:
+        """Keep `connection` for the next task of `key`, or close it (not reusable, or
+        the pool full)."""
+        now = trio.current_time()
+        for each, idle in list(self._idle.items()):  # what broke or aged meanwhile goes
+            for stale in [c for c in idle if not c.reusable(now, c.max_idle)]:
+                idle.remove(stale)
+                self.nursery.start_soon(stale.close)
+            if not idle:
+                del self._idle[each]
+        idle = self._idle.get(key, [])
+        full = len(idle) >= POOLED_PER_SOURCE or self.count() >= POOLED
+        if full or not connection.reusable(now, connection.max_idle):
+            self.nursery.start_soon(connection.close)
+            return
+        self._idle[key] = idle
+        connection.framed.forget_spares()  # (an idle connection keeps no piece buffers)
+        idle.append(connection)
+
+    def count(self) -> int:
+        """Idle connections kept."""
+        return sum(len(idle) for idle in self._idle.values())
+
+    async def read(self, connection: PieceConnection) -> None:
+        """The reader of a connection one of its users opened, for as long as it lasts:
+        whatever ends it ends that connection only, never the daemon."""
+        try:
+            await connection.read_answers(connection.max_idle)
+        except Exception:  # (read_answers ends on the errors it expects)
+            log.exception("piece connection to %s", connection.address)
+
+
 class PieceConnections:
     """Piece connections by source address (one each), for one task whose pieces are
-    `piece_size` bytes; `get` opens one on first use (its reader runs in `nursery`)."""
+    `piece_size` bytes; `get` opens one on first use (its reader runs in `nursery`), or
+    takes one from `pool`, and `release` passes them back to it."""
 
-    def __init__(self, *, peer_id: str, piece_size: int) -> None:
+    def __init__(self, *, peer_id: str, piece_size: int, pool: PiecePool | None = None) -> None:
         self.peer_id = peer_id
         self.max_payload = piece_size + TAG_SIZE  # one sealed piece; nothing larger
         self.max_idle = MAX_IDLE
+        self.pool = pool
         self._connections: dict[str, PieceConnection] = {}
         self._opening: dict[str, trio.Lock] = {}
 
@@ -161,6 +250,11 @@ class PieceConnections:
                 if connection.idle_for(trio.current_time()) <= self.max_idle:
                     return connection
                 await connection.close()  # the uploader may be closing it: start afresh
+            if self.pool is not None:
+                kept = self.pool.take((address, self.peer_id, self.max_payload))
+                if kept is not None:
+                    self._connections[address] = kept
+                    return kept
             try:
                 framed = await connect_stream(
                     address, peer_id=self.peer_id, max_payload=self.max_payload
@@ -168,5 +262,19 @@ class PieceConnections:
             except Exception as exc:  # unreachable, handshake refused: all the same here
                 raise SourceLost(f"cannot reach {address}: {exc}") from exc
             connection = self._connections[address] = PieceConnection(framed, address)
-            nursery.start_soon(connection.read_answers, self.max_idle)
+            connection.max_idle = self.max_idle
+            if self.pool is None:
+                nursery.start_soon(connection.read_answers, self.max_idle)
+            else:
+                self.pool.nursery.start_soon(self.pool.read, connection)
             return connection
+
+    def release(self) -> None:
+        """The task is done with its connections: with a pool, each goes back to it
+        (or closes, if it waits for an answer); without one they end with the task's
+        readers."""
+        connections, self._connections = list(self._connections.values()), {}
+        if self.pool is not None:
+            for connection in connections:
+                key = (connection.address, self.peer_id, self.max_payload)
+                self.pool.put(key, connection)

@@ -22,7 +22,7 @@ from dfget.errors import SupernodeUnavailable
 from dfget.outcomes import TRANSFER_ERRORS, transfer_end
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
-from dfget.sources import PieceConnections
+from dfget.sources import PieceConnections, PiecePool
 from dfget.writer import PieceWriter
 from proto.errors import ProtoError
 from proto.messages import (
@@ -62,6 +62,7 @@ class Transfers:
         peer_id: str,
         limiter: RateLimiter,
         progress: Progress | None,
+        pool: PiecePool | None = None,
     ) -> None:
         self.control = control
         self.book = book
@@ -70,8 +71,9 @@ class Transfers:
         self.address = address
         self.limiter = limiter
         self.progress = progress
-        # Piece connections take one sealed piece of this task at most.
-        self.connections = PieceConnections(peer_id=peer_id, piece_size=book.piece_size)
+        # Piece connections take one sealed piece of this task at most (a daemon's
+        # downloads pass theirs on to each other: `pool`).
+        self.connections = PieceConnections(peer_id=peer_id, piece_size=book.piece_size, pool=pool)
         self._running: dict[int, list[trio.CancelScope]] = {}
         self._scratch: list[bytearray] = []
 

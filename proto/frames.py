@@ -146,6 +146,10 @@ class FrameDecoder:
         if len(spare) < 4:
             spare.append(payload)
 
+    def forget_spares(self) -> None:
+        """Drop every payload kept for reuse."""
+        self._spare.clear()
+
     @property
     def in_frame(self) -> bool:
         """True while part of a frame has been received (a close now truncates it)."""

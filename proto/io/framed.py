@@ -188,6 +188,15 @@ class FramedStream:
         """Give a received payload back for reuse (see `FrameDecoder.recycle`)."""
         self.session.decoder.recycle(payload)
 
+    def forget_spares(self) -> None:
+        """Drop the payloads given back for reuse (a connection left idle keeps none)."""
+        self.session.decoder.forget_spares()
+
+    @property
+    def can_send(self) -> bool:
+        """No frame was cut short: another may follow."""
+        return self._send_broken is None
+
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
             scope.shield = True

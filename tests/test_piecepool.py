@@ -1,0 +1,150 @@
+"""A daemon's downloads pass their idle piece connections on to each other
+(`dfget.sources.PiecePool`): the next task of the same source, peer id and piece size
+skips the connect and the handshake; a connection that still owes an answer, broke, or
+rested too long is closed instead, and the pool keeps a bounded number."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from functools import partial
+
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, until
+from test_attack_wire import cdn_request
+
+import dfget.sources
+from dfget.sources import PieceConnections, PiecePool, SourceLost
+from proto.errors import ConnectionLost
+from proto.io import FramedStream, server_handshake
+from proto.messages import PieceRequest
+from proto.pieces import MiB
+from proto.session import Session, Side
+from testkit.origin import FakeOrigin
+
+
+async def cdn_tasks(origin: FakeOrigin, node: RunningSupernode, fetch: Fetch, n: int) -> list[str]:
+    """`n` tasks of 2 MiB each, complete on the CDN; their ids."""
+    ids = []
+    for i in range(n):
+        origin.add(f"/t{i}.bin", os.urandom(2 * MiB))
+        ids.append(str((await fetch(origin.url(f"/t{i}.bin"), node)).task_id))
+    return ids
+
+
+def accepted(node: RunningSupernode) -> int:
+    return node.node.server.limit.statistics().open
+
+
+async def test_the_next_task_of_a_source_and_peer_id_takes_the_connection_left_idle(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    one, two = await cdn_tasks(origin, supernode, fetch, 2)
+    pool = PiecePool(nursery)
+    first = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    connection = await first.get(supernode.address, nursery=nursery)
+    frame = await connection.fetch(cdn_request(supernode, one, 0, "reader"))
+    assert len(frame.payload) == MiB + 16
+    first.release()
+    assert pool.count() == 1
+    second = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    assert await second.get(supernode.address, nursery=nursery) is connection
+    assert pool.count() == 0
+    frame = await connection.fetch(cdn_request(supernode, two, 1, "reader"))  # another task
+    assert len(frame.payload) == MiB + 16
+    # Another peer id, another piece size: connections of their own (the uploader knows
+    # a connection's peer id from its handshake; its payload limit is one piece).
+    other = PieceConnections(peer_id="another", piece_size=MiB, pool=pool)
+    assert await other.get(supernode.address, nursery=nursery) is not connection
+    larger = PieceConnections(peer_id="reader", piece_size=2 * MiB, pool=pool)
+    second.release()
+    assert await larger.get(supernode.address, nursery=nursery) is not connection
+    assert pool.count() == 1  # (still kept for a 1 MiB task of "reader")
+
+
+async def never_answering(nursery: trio.Nursery) -> str:
+    """An uploader that takes requests and answers none; its HOST:PORT."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, Session(Side.SERVER))
+        await server_handshake(framed, role="peer", agent="silent")
+        with contextlib.suppress(ConnectionLost):
+            while True:
+                await framed.receive()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def test_a_connection_that_owes_an_answer_is_closed_not_passed_on(
+    nursery: trio.Nursery,
+) -> None:
+    # An endgame loser's request went out and was given up: its answer would come first
+    # on the connection, ahead of the next task's, so the connection is not kept.
+    address = await never_answering(nursery)
+    pool = PiecePool(nursery)
+    task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    connection = await task.get(address, nursery=nursery)
+    request = PieceRequest(task_id="a" * 64, generation=1, index=0, ticket=b"t")
+    with trio.move_on_after(0.2):
+        await connection.fetch(request)
+    assert connection.unanswered == 1
+    task.release()
+    assert pool.count() == 0
+    await until(lambda: connection.broken is not None, seconds=5)
+    with pytest.raises(SourceLost):
+        await connection.fetch(request)
+
+
+async def test_a_connection_idle_too_long_or_broken_is_not_taken(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    (one,) = await cdn_tasks(origin, supernode, fetch, 1)
+    pool = PiecePool(nursery)
+
+    async def left_idle() -> dfget.sources.PieceConnection:
+        task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+        task.max_idle = 0.4
+        connection = await task.get(supernode.address, nursery=nursery)
+        await connection.fetch(cdn_request(supernode, one, 0, "reader"))
+        task.release()
+        return connection
+
+    rested = await left_idle()
+    await trio.sleep(0.25)  # past half its reader's max_idle: it may be closing
+    again = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    fresh = await again.get(supernode.address, nursery=nursery)
+    assert fresh is not rested
+    await until(lambda: rested.broken is not None, seconds=5)  # (closed, not leaked)
+    again.release()
+    assert pool.count() == 1
+    await fresh.close()  # (the uploader, or the network, ended it while it was kept)
+    last = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    assert await last.get(supernode.address, nursery=nursery) is not fresh
+    assert pool.count() == 0
+
+
+async def test_the_pool_keeps_a_few_connections_a_source_and_closes_the_rest(
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (one,) = await cdn_tasks(origin, supernode, fetch, 1)
+    monkeypatch.setattr(dfget.sources, "POOLED", 5)
+    pool = PiecePool(nursery)
+    before = accepted(supernode)
+    tasks = []
+    for peer_id in ["a"] * 6 + ["b"] * 2:  # eight downloads at once, two peer ids
+        task = PieceConnections(peer_id=peer_id, piece_size=MiB, pool=pool)
+        connection = await task.get(supernode.address, nursery=nursery)
+        await connection.fetch(cdn_request(supernode, one, 0, peer_id))
+        tasks.append(task)
+    assert accepted(supernode) == before + 8
+    for task in tasks:
+        task.release()
+    # 4 for "a" (POOLED_PER_SOURCE), then 1 for "b" (POOLED in all); the rest closed.
+    assert pool.count() == 5
+    await until(lambda: accepted(supernode) == before + 5, seconds=5)
