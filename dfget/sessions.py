@@ -29,10 +29,12 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
 - A line's frames go out shielded from its download's cancellation: a frame cut short
   would break the session for every task on it.
 - The session breaking (the supernode gone, a protocol violation, an ErrorReply that
-  answers nothing, a frame that could not go, a Register unanswered for ANSWER_TIMEOUT,
-  or, from version 3, a Probe unanswered while a Register waits) ends every line: each
-  line's next receive raises what broke it, as its own connection would have, and a
-  Register waiting its turn raises it too.
+  answers nothing, a frame that could not go, a Register unanswered for ANSWER_TIMEOUT)
+  ends every line: each line's next receive raises what broke it, as its own
+  connection would have, and a Register waiting its turn raises it too.
+- From version 3 a Register that hears nothing for a while probes the supernode; a
+  Probe unanswered fails that Register and those waiting their turn, and the session
+  retires: it takes no new task, and its other lines go on (`_Session.retire`).
 - Sessions are kept by upload address as well (a session is one peer of the swarm): a
   download that uploads nothing registers on sessions of its own.
 - A supernode that speaks only version 1 cannot take a Leave: each line gets a
@@ -91,10 +93,13 @@ INBOX_LIMIT = 1024
 # and TCP_USER_TIMEOUT on the session's socket).
 ANSWER_TIMEOUT = REGISTER_TIMEOUT
 # Sooner, from version 3: a Register that has heard nothing from the supernode for
-# PROBE_AFTER sends a Probe, and a Probe unanswered for PROBE_TIMEOUT ends the session
-# (a Register may rightly wait for the origin's first answer; a Probe is answered by
-# the session's own loop at once). A frozen supernode is left within about
-# PROBE_AFTER + PROBE_TIMEOUT + 2 x WATCH_EVERY of the Register, not ANSWER_TIMEOUT.
+# PROBE_AFTER sends a Probe, and a Probe unanswered for PROBE_TIMEOUT fails that
+# Register and retires the session (a Register may rightly wait for the origin's first
+# answer; a Probe is answered by the session's own loop at once). A new download
+# leaves a frozen supernode within about PROBE_AFTER + PROBE_TIMEOUT + 2 x WATCH_EVERY
+# of its Register, not ANSWER_TIMEOUT. The supernode answers one Probe in
+# PROBE_ANSWER_EVERY (0.5 s, supernode/peers/control.py) at most: PROBE_AFTER must stay
+# above it, or an answer could be skipped and the session retired for nothing.
 PROBE_AFTER = SUPERNODE_TIMEOUT
 PROBE_TIMEOUT = 5.0
 # Tasks a session may leave: it remembers each (never to take it again), and past this
@@ -132,6 +137,10 @@ class _Session:
         self.left: set[str] = set()
         self.leaves_in, self._leaves = trio.open_memory_channel[str](math.inf)
         self.broken: ProtoError | None = None  # why it ended (then every line ends)
+        # Why it takes no new task (its supernode left a Probe unanswered: `retire`).
+        self.retired: ProtoError | None = None
+        self.turns: set[trio.CancelScope] = set()  # Registers waiting for their turn
+        self._nursery: trio.Nursery | None = None
         self.ended = trio.Event()
 
     def takes(self, task_id: str) -> bool:
@@ -139,6 +148,7 @@ class _Session:
         return (
             self.shared
             and self.broken is None
+            and self.retired is None
             and task_id not in self.lines
             and task_id not in self.left
             and len(self.lines) < TASKS_PER_SESSION
@@ -159,6 +169,7 @@ class _Session:
         interval meanwhile."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._keep_alive)
                 nursery.start_soon(self._watch)
                 nursery.start_soon(self._read)
@@ -170,40 +181,62 @@ class _Session:
             await self.framed.aclose()  # (shielded, bounded)
 
     async def _watch(self) -> None:
-        """End the session once its supernode answers nothing (`_silence`): a deadline
-        must be past at two looks in a row, so that a daemon held up itself (its reader
-        not yet run after the pause) does not take its own pause for the supernode's."""
+        """Act once the supernode answers nothing (`_silence`): a deadline must be past
+        at two looks in a row, so that a daemon held up itself (its reader not yet run
+        after the pause) does not take its own pause for the supernode's."""
         overdue = False
         while True:
             await trio.sleep(WATCH_EVERY)
-            why = await self._silence(trio.current_time())
-            if why is not None and overdue:
-                self.end(ConnectionLost(why, clean=False))
-                return
-            overdue = why is not None
+            silence = self._silence(trio.current_time())
+            if silence is not None and overdue:
+                why, ends = silence
+                if ends:
+                    self.end(ConnectionLost(why, clean=False))
+                    return
+                self.retire(ConnectionLost(why, clean=False))
+            overdue = silence is not None
 
-    async def _silence(self, now: float) -> str | None:
-        """What is overdue while a Register waits, if anything: its answer, after
-        ANSWER_TIMEOUT; or (version 3) the answer to a Probe, sent once the supernode
-        has said nothing for PROBE_AFTER, after PROBE_TIMEOUT."""
+    def _silence(self, now: float) -> tuple[str, bool] | None:
+        """What is overdue while a Register waits, if anything, and whether it ends the
+        session: its answer, after ANSWER_TIMEOUT (it does); or (version 3) the answer
+        to a Probe, sent once the supernode has said nothing for PROBE_AFTER, after
+        PROBE_TIMEOUT (the session retires)."""
         line = self.registrant
         if line is None:
             return None
         if now - line.asked_at > ANSWER_TIMEOUT:
-            return f"the supernode did not answer a Register in {ANSWER_TIMEOUT:g}s"
+            return f"the supernode did not answer a Register in {ANSWER_TIMEOUT:g}s", True
         if not self.probes:
             return None
         quiet_since = max(self.heard_at, line.asked_at)
         if self.probed_at > quiet_since:  # a Probe out, nothing heard since
             if now - self.probed_at > PROBE_TIMEOUT:
-                return f"the supernode answered no Probe in {PROBE_TIMEOUT:g}s"
-        elif now - quiet_since > PROBE_AFTER:
+                return f"the supernode answered no Probe in {PROBE_TIMEOUT:g}s", False
+        elif now - quiet_since > PROBE_AFTER and self._nursery is not None:
             self.probed_at = now
-            try:
-                await self.framed.send(Probe())
-            except ProtoError as exc:
-                self.end(exc)
+            self._nursery.start_soon(self._probe)  # (a send may wait: the watch goes on)
         return None
+
+    async def _probe(self) -> None:
+        try:
+            await self.framed.send(Probe())
+        except ProtoError as exc:
+            self.end(exc)
+
+    def retire(self, why: ProtoError) -> None:
+        """The supernode left a Probe unanswered: the Register waiting fails with `why`
+        (its download fails over), and so do those waiting their turn; the session
+        takes no new task. Its other lines go on: a supernode held up for a few seconds
+        (a lossy link, a paused VM) is no reason to fail them all and have every blob
+        they seed announced again. If it is frozen for good, the session ends once the
+        Register has waited ANSWER_TIMEOUT, or by TCP."""
+        if self.retired is None:
+            self.retired = why
+            log.warning("session to %s takes no new task: %s", self.key[0], why)
+        if self.registrant is not None:
+            self.registrant.fail(why)
+        for waiting in self.turns:
+            waiting.cancel()
 
     async def _keep_alive(self) -> None:
         await keep_alive(self.framed)  # (returns only when a send failed)
@@ -277,6 +310,7 @@ class TaskLine:
         self.inbox_in, self._inbox = trio.open_memory_channel[Message](math.inf)
         self.registered = False  # its Registered came: news of the task follows it
         self.closed = False
+        self.failed: ProtoError | None = None  # its Register given up (`_Session.retire`)
         self._awaiting = False  # a Register sent, its answer not yet taken
         self.asked_at = 0.0  # when its Register went
 
@@ -316,7 +350,7 @@ class TaskLine:
     ) -> None:
         session = self.session
         if isinstance(message, Register):
-            await session.registering.acquire()
+            await self._turn()
             session.registrant, self._awaiting = self, True
             self.asked_at = trio.current_time()
         try:
@@ -333,13 +367,38 @@ class TaskLine:
                 self.answered()
             raise
 
+    async def _turn(self) -> None:
+        """Wait for the session's turn to register; raises once it retires."""
+        session = self.session
+        taken = False
+        with trio.CancelScope() as waiting:
+            session.turns.add(waiting)
+            try:
+                if session.retired is None:
+                    await session.registering.acquire()
+                    taken = True
+            finally:
+                session.turns.discard(waiting)
+        if session.retired is not None:
+            if taken:
+                session.registering.release()  # (the turn goes on: nobody uses it here)
+            raise session.retired
+
     async def receive(self) -> Frame:
         try:
             message = await self._inbox.receive()
         except trio.EndOfChannel:
-            assert self.session.broken is not None
-            raise self.session.broken from None
+            why = self.failed or self.session.broken
+            assert why is not None
+            raise why from None
         return Frame(message, bytearray())  # (a control session carries no payload)
+
+    def fail(self, why: ProtoError) -> None:
+        """Its Register is given up (the supernode left a Probe unanswered): its next
+        receive raises `why`, as a lost connection would."""
+        if self.failed is None and not self.registered:
+            self.failed = why
+            self.inbox_in.close()
 
     def answered(self) -> None:
         """Its Register is answered, or never will be: the session's turn goes on."""
@@ -427,7 +486,11 @@ class Sessions:
             self._opening[key].release()
 
     async def _take(self, key: Key, task_id: str, within: float) -> _Session:
-        live = [session for session in self._sessions.get(key, []) if not session.broken]
+        live = [
+            session
+            for session in self._sessions.get(key, [])
+            if session.broken is None and session.retired is None
+        ]
         open_ones = [session for session in live if session.takes(task_id)]
         for session in open_ones:
             if session.answered():

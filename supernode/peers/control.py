@@ -66,7 +66,8 @@ LONG_POLL = 1.0  # seconds a piece-task request with no answer yet waits for new
 REGISTERS_AT_ONCE = 8
 # A Probe is answered at most once in this many seconds (a peer that probes more often
 # gets nothing for the rest: a stranger cannot have the session send a frame for each
-# of its own); dfget.sessions probes at most once a second.
+# of its own). It must stay below dfget.sessions.PROBE_AFTER (1 s), the least time
+# between two Probes of a daemon, or an answer could be skipped.
 PROBE_ANSWER_EVERY = 0.5
 
 
