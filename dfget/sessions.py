@@ -140,6 +140,7 @@ class _Session:
         # Why it takes no new task (its supernode left a Probe unanswered: `retire`).
         self.retired: ProtoError | None = None
         self.turns: set[trio.CancelScope] = set()  # Registers waiting for their turn
+        self._probing = False  # a Probe being sent
         self._nursery: trio.Nursery | None = None
         self.ended = trio.Event()
 
@@ -212,24 +213,29 @@ class _Session:
         if self.probed_at > quiet_since:  # a Probe out, nothing heard since
             if now - self.probed_at > PROBE_TIMEOUT:
                 return f"the supernode answered no Probe in {PROBE_TIMEOUT:g}s", False
-        elif now - quiet_since > PROBE_AFTER and self._nursery is not None:
-            self.probed_at = now
+        elif now - quiet_since > PROBE_AFTER and self._nursery is not None and not self._probing:
+            self.probed_at, self._probing = now, True
             self._nursery.start_soon(self._probe)  # (a send may wait: the watch goes on)
         return None
 
     async def _probe(self) -> None:
+        """Send a Probe; one at a time (two queued behind a slow send would reach the
+        supernode together, and it answers one in PROBE_ANSWER_EVERY)."""
         try:
             await self.framed.send(Probe())
         except ProtoError as exc:
             self.end(exc)
+        finally:
+            self._probing = False
 
     def retire(self, why: ProtoError) -> None:
         """The supernode left a Probe unanswered: the Register waiting fails with `why`
         (its download fails over), and so do those waiting their turn; the session
-        takes no new task. Its other lines go on: a supernode held up for a few seconds
-        (a lossy link, a paused VM) is no reason to fail them all and have every blob
-        they seed announced again. If it is frozen for good, the session ends once the
-        Register has waited ANSWER_TIMEOUT, or by TCP."""
+        takes no new task until that Register's answer comes after all (`answered`).
+        Its other lines go on: a supernode held up for a few seconds (a lossy link, a
+        paused VM) is no reason to fail them all and have every blob they seed announced
+        again. If it is frozen for good, the session ends once the Register has waited
+        ANSWER_TIMEOUT, or by TCP."""
         if self.retired is None:
             self.retired = why
             log.warning("session to %s takes no new task: %s", self.key[0], why)
@@ -401,11 +407,17 @@ class TaskLine:
             self.inbox_in.close()
 
     def answered(self) -> None:
-        """Its Register is answered, or never will be: the session's turn goes on."""
+        """Its Register is answered, or never will be: the session's turn goes on (and
+        a session retired for want of that answer takes tasks again: its supernode is
+        back)."""
         if self._awaiting:
             self._awaiting = False
-            self.session.registrant = None
-            self.session.registering.release()
+            session = self.session
+            session.registrant = None
+            session.registering.release()
+            if session.retired is not None and session.broken is None:
+                log.info("session to %s takes tasks again", session.key[0])
+                session.retired = None
 
     def close(self) -> None:
         """The download is over: leave the task, or close the session if it carries

@@ -13,21 +13,22 @@ uploader's close never fails a request.
 A daemon's downloads pass their connections on to each other (`PiecePool`): when a
 task is done, each of its connections that waits for no answer is kept, idle, for the
 next task of the same source, peer id (a daemon's shared control session registers
-its tasks under one) and piece size, which then skips the connect and the handshake on
-both sides (a new small file's cost). A connection serves one task at a time, as
-before: the uploader answers a connection's requests in order, so two downloads on one
-would wait for each other.
+its tasks under one) and piece size, for POOL_REST seconds at most, which then skips the
+connect and the handshake on both sides (a new small file's cost). A connection serves
+one task at a time, as before: the uploader answers a connection's requests in order,
+so two downloads on one would wait for each other.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import trio
 
 from dfget.connect import connect_stream
-from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
+from proto.errors import ConnectionLost, ErrorCode, ProtoError, UnexpectedMessage
 from proto.frames import Frame
 from proto.io import FramedStream
 from proto.messages import ErrorReply, PieceData, PieceRefused, PieceRequest
@@ -36,10 +37,16 @@ from proto.pieces import TAG_SIZE
 log = logging.getLogger(__name__)
 
 MAX_IDLE = 30.0  # seconds a connection may rest before it is replaced instead of reused
-# Idle connections a pool keeps: in all, and for one source, peer id and piece size (a
-# daemon's downloads run a few at a time: `dfget -r` four, a pull a layer each).
+# Idle connections a pool keeps: in all, and to one uploader (a daemon's downloads run
+# a few at a time: `dfget -r` four, a pull a layer each); each at most POOL_REST seconds
+# (an idle one holds one of the uploader's connections, and the CDN's piece files it
+# used last: see supernode/cdn/uploads.py).
 POOLED = 32
-POOLED_PER_SOURCE = 4
+POOLED_PER_ADDRESS = 4
+POOL_REST = 10.0
+# Refusals after which an uploader does not count the session as in use (it closes it
+# on its idle deadline as if nothing had been asked).
+_NOT_IN_USE = frozenset({str(ErrorCode.UNKNOWN_TASK), str(ErrorCode.STALE)})
 
 
 class PieceRefusedError(Exception):
@@ -75,16 +82,22 @@ class PieceConnection:
         self.last_active = trio.current_time()  # last request sent or answer received
         self.unanswered = 0  # requests sent whose answer has not been read (waited or not)
         self.max_idle = MAX_IDLE
+        # When an answer last showed the uploader counting the session as in use (a
+        # piece, or a refusal other than unknown_task and stale): its idle deadline runs
+        # from about then. None: no such answer yet.
+        self.kept_at: float | None = None
+        self.pooled_at = -math.inf  # when it last went into a PiecePool
 
-    def reusable(self, now: float, idle: float) -> bool:
+    def reusable(self, now: float, rest: float) -> bool:
         """Whether another task may take it: unbroken, able to send, no answer due
-        (one a cancelled transfer left would come first), and idle for at most `idle`
-        (its reader closes it at `max_idle`, and the uploader soon after)."""
+        (one a cancelled transfer left would come first), and in use at the uploader
+        within `rest` seconds (well before its idle close)."""
         return (
             self.broken is None
             and self.framed.can_send
             and self.unanswered == 0
-            and now - self.last_active <= idle
+            and self.kept_at is not None
+            and now - self.kept_at <= rest
         )
 
     def idle_for(self, now: float) -> float:
@@ -137,6 +150,11 @@ class PieceConnection:
                 message = frame.message
                 if isinstance(message, PieceData | PieceRefused):
                     self.unanswered -= 1
+                    if isinstance(message, PieceData) or message.code not in _NOT_IN_USE:
+                        self.kept_at = self.last_active
+                    if isinstance(message, PieceRefused) and message.code == ErrorCode.BAD_TICKET:
+                        # The uploader ends the session after it: nothing more may go.
+                        self._break(SourceLost(f"{self.address} refused a ticket"))
                 if isinstance(message, ErrorReply):
                     raise SourceLost(f"{self.address} closed: {message.code}: {message.message}")
                 if not isinstance(message, PieceData | PieceRefused):
@@ -191,30 +209,37 @@ class PiecePool:
         now = trio.current_time()
         while idle:
             connection = idle.pop()
-            if connection.reusable(now, connection.max_idle / 2):  # (well before its close)
+            if connection.reusable(now, POOL_REST):
                 return connection
             self.nursery.start_soon(connection.close)
         self._idle.pop(key, None)
         return None
 
     def put(self, key: PoolKey, connection: PieceConnection) -> None:
-        """Keep `connection` for the next task of `key`, or close it (not reusable, or
-        the pool full)."""
+        """Keep `connection` for the next task of `key` for POOL_REST seconds at most, or
+        close it (not reusable, or the pool full)."""
         now = trio.current_time()
-        for each, idle in list(self._idle.items()):  # what broke or aged meanwhile goes
-            for stale in [c for c in idle if not c.reusable(now, c.max_idle)]:
-                idle.remove(stale)
-                self.nursery.start_soon(stale.close)
-            if not idle:
-                del self._idle[each]
-        idle = self._idle.get(key, [])
-        full = len(idle) >= POOLED_PER_SOURCE or self.count() >= POOLED
-        if full or not connection.reusable(now, connection.max_idle):
+        to_address = sum(
+            len(idle) for (address, *_), idle in self._idle.items() if address == key[0]
+        )
+        full = to_address >= POOLED_PER_ADDRESS or self.count() >= POOLED
+        if full or not connection.reusable(now, POOL_REST):
             self.nursery.start_soon(connection.close)
             return
-        self._idle[key] = idle
         connection.framed.forget_spares()  # (an idle connection keeps no piece buffers)
-        idle.append(connection)
+        connection.pooled_at = now
+        self._idle.setdefault(key, []).append(connection)
+        self.nursery.start_soon(self._expire, key, connection, now)
+
+    async def _expire(self, key: PoolKey, connection: PieceConnection, pooled_at: float) -> None:
+        """Close `connection` if it is still in the pool, untaken, POOL_REST after `put`."""
+        await trio.sleep(POOL_REST)
+        idle = self._idle.get(key, [])
+        if connection.pooled_at == pooled_at and connection in idle:
+            idle.remove(connection)
+            if not idle:
+                del self._idle[key]
+            await connection.close()
 
     def count(self) -> int:
         """Idle connections kept."""

@@ -15,7 +15,7 @@ from conftest import Fetch, RunningSupernode, until
 from test_attack_wire import cdn_request
 
 import dfget.sources
-from dfget.sources import PieceConnections, PiecePool, SourceLost
+from dfget.sources import PieceConnections, PiecePool, PieceRefusedError, SourceLost
 from proto.errors import ConnectionLost
 from proto.io import FramedStream, server_handshake
 from proto.messages import PieceRequest
@@ -98,25 +98,30 @@ async def test_a_connection_that_owes_an_answer_is_closed_not_passed_on(
 
 
 async def test_a_connection_idle_too_long_or_broken_is_not_taken(
-    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (one,) = await cdn_tasks(origin, supernode, fetch, 1)
+    monkeypatch.setattr(dfget.sources, "POOL_REST", 0.2)
     pool = PiecePool(nursery)
 
     async def left_idle() -> dfget.sources.PieceConnection:
         task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
-        task.max_idle = 0.4
         connection = await task.get(supernode.address, nursery=nursery)
         await connection.fetch(cdn_request(supernode, one, 0, "reader"))
         task.release()
         return connection
 
     rested = await left_idle()
-    await trio.sleep(0.25)  # past half its reader's max_idle: it may be closing
+    await trio.sleep(0.25)  # past POOL_REST
     again = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
     fresh = await again.get(supernode.address, nursery=nursery)
     assert fresh is not rested
     await until(lambda: rested.broken is not None, seconds=5)  # (closed, not leaked)
+    await fresh.fetch(cdn_request(supernode, one, 1, "reader"))
     again.release()
     assert pool.count() == 1
     await fresh.close()  # (the uploader, or the network, ended it while it was kept)
@@ -125,15 +130,19 @@ async def test_a_connection_idle_too_long_or_broken_is_not_taken(
     assert pool.count() == 0
 
 
-async def test_the_pool_keeps_a_few_connections_a_source_and_closes_the_rest(
+@pytest.mark.parametrize("pooled", [32, 3])
+async def test_the_pool_keeps_a_few_connections_an_uploader_and_closes_the_rest(
     origin: FakeOrigin,
     supernode: RunningSupernode,
     fetch: Fetch,
     nursery: trio.Nursery,
     monkeypatch: pytest.MonkeyPatch,
+    pooled: int,
 ) -> None:
+    # Idle connections hold the uploader's connection slots: 4 kept to one address
+    # (POOLED_PER_ADDRESS), whatever the peer ids, and POOLED in all.
     (one,) = await cdn_tasks(origin, supernode, fetch, 1)
-    monkeypatch.setattr(dfget.sources, "POOLED", 5)
+    monkeypatch.setattr(dfget.sources, "POOLED", pooled)
     pool = PiecePool(nursery)
     before = accepted(supernode)
     tasks = []
@@ -145,6 +154,85 @@ async def test_the_pool_keeps_a_few_connections_a_source_and_closes_the_rest(
     assert accepted(supernode) == before + 8
     for task in tasks:
         task.release()
-    # 4 for "a" (POOLED_PER_SOURCE), then 1 for "b" (POOLED in all); the rest closed.
-    assert pool.count() == 5
-    await until(lambda: accepted(supernode) == before + 5, seconds=5)
+    kept = min(pooled, dfget.sources.POOLED_PER_ADDRESS)
+    assert pool.count() == kept
+    await until(lambda: accepted(supernode) == before + kept, seconds=5)
+
+
+async def test_a_kept_connection_is_closed_after_a_short_rest(
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (one,) = await cdn_tasks(origin, supernode, fetch, 1)
+    monkeypatch.setattr(dfget.sources, "POOL_REST", 0.3)
+    pool = PiecePool(nursery)
+    before = accepted(supernode)
+    task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    connection = await task.get(supernode.address, nursery=nursery)
+    await connection.fetch(cdn_request(supernode, one, 0, "reader"))
+    task.release()
+    assert pool.count() == 1
+    await until(lambda: pool.count() == 0 and connection.broken is not None, seconds=5)
+    await until(lambda: accepted(supernode) == before, seconds=5)
+    # One never used (its download ended before its first piece) is not kept either:
+    # the uploader never counted it as in use.
+    unused = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    await unused.get(supernode.address, nursery=nursery)
+    unused.release()
+    assert pool.count() == 0
+
+
+async def test_a_refused_ticket_ends_the_connection_for_every_later_task(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    # The uploader ends the session after a bad ticket: the connection is not kept,
+    # even if the download ends before its end is read.
+    (one,) = await cdn_tasks(origin, supernode, fetch, 1)
+    pool = PiecePool(nursery)
+    task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    connection = await task.get(supernode.address, nursery=nursery)
+    await connection.fetch(cdn_request(supernode, one, 0, "reader"))
+    forged = PieceRequest(task_id=one, generation=1, index=1, ticket=b"forged")
+    with pytest.raises(PieceRefusedError, match="bad_ticket"):
+        await connection.fetch(forged)
+    assert connection.broken is not None
+    task.release()
+    assert pool.count() == 0
+
+
+def open_deleted_piece_files() -> list[str]:
+    """Piece files of this process (the supernode runs in it) deleted but still open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith("(deleted)") and ".pieces" in target:
+                found.append(target)
+    return found
+
+
+async def test_a_kept_cdn_connection_holds_no_evicted_piece_file(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    # A CDN piece session keeps the piece files it used last open; one a daemon's
+    # downloads pass on lives long, and the CDN's GC must still free what it evicts.
+    ids = await cdn_tasks(origin, supernode, fetch, 5)
+    pool = PiecePool(nursery)
+    used = None
+    for task_id in ids:  # five downloads of a daemon, one after another
+        task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+        connection = await task.get(supernode.address, nursery=nursery)
+        assert used is None or connection is used
+        used = connection
+        await connection.fetch(cdn_request(supernode, task_id, 0, "reader"))
+        task.release()
+    for task_id in ids[:4]:
+        assert supernode.node.cdn.evict(task_id)
+    task = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    assert await task.get(supernode.address, nursery=nursery) is used
+    await used.fetch(cdn_request(supernode, ids[4], 1, "reader"))
+    task.release()
+    assert open_deleted_piece_files() == []

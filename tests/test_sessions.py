@@ -865,7 +865,7 @@ async def test_a_frozen_supernode_fails_the_register_it_left_unanswered_and_no_o
     # takes no new task; the task it seeds goes on, and is not announced again.
     monkeypatch.setattr(dfget.sessions, "SESSIONS_PER_SUPERNODE", 1)  # (C waits its turn)
     sessions = Sessions(nursery)
-    D = "d" * 64
+    D, E = "d" * 64, "e" * 64
     async with sessions.line(scripted.address, A) as a:
         server = await scripted.accepted.receive()
         await answered(a, server)
@@ -887,11 +887,13 @@ async def test_a_frozen_supernode_fails_the_register_it_left_unanswered_and_no_o
         assert sorted(failed) == [B, C] and max(failed.values()) < 3.0
         await server.send(ready(A))
         assert await taken(a) == ready(A)  # A goes on
-        await server.send(registered(B))  # the supernode again: B's late answer
-        assert await received(server) == Leave(B)  # (its download is gone)
         async with sessions.line(scripted.address, D) as d:
             await scripted.accepted.receive()  # a new session for a new task
             assert d.peer_id != a.peer_id
+            await server.send(registered(B))  # the supernode is back: B's late answer
+            assert await received(server) == Leave(B)  # (its download is gone)
+            async with sessions.line(scripted.address, E) as e:
+                assert e.peer_id == a.peer_id  # the first session takes tasks again
 
 
 async def test_a_supernode_that_answers_probes_may_take_its_time_to_register(

@@ -158,11 +158,19 @@ class CdnUploads:
         self.cdn.bytes_served += sealed
         return True
 
+    def _current(self, task_id: str, generation: int) -> bool:
+        task = self.cdn.current(task_id)
+        return task is not None and task.generation == generation
+
     def _open(self, task_id: str, generation: int, piece_size: int) -> PiecesFile:
         """The task's piece file, opened once for the session; the session keeps the
         MAX_OPEN_FILES it used last open (a daemon's session asks for many tasks, one
         after another: without a bound, one connection holding tickets for a thousand
-        tasks would hold a thousand descriptors)."""
+        tasks would hold a thousand descriptors). A file whose task the CDN no longer
+        holds at that generation is closed first: a session kept for long (a daemon's
+        downloads pass theirs on) must not keep an evicted file's disk space taken."""
+        for held in [held for held in self._files if not self._current(*held)]:
+            self._files.pop(held).close()  # (evicted or superseded: its space is freed)
         key = (task_id, generation)
         pieces = self._files.pop(key, None)
         if pieces is None:
