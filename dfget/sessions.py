@@ -141,7 +141,6 @@ class _Session:
         self.retired: ProtoError | None = None
         self.turns: set[trio.CancelScope] = set()  # Registers waiting for their turn
         self._probing = False  # a Probe being sent
-        self._nursery: trio.Nursery | None = None
         self.ended = trio.Event()
 
     def takes(self, task_id: str) -> bool:
@@ -170,9 +169,8 @@ class _Session:
         interval meanwhile."""
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 nursery.start_soon(self._keep_alive)
-                nursery.start_soon(self._watch)
+                nursery.start_soon(self._watch, nursery)
                 nursery.start_soon(self._read)
                 nursery.start_soon(self._send_leaves)
                 await self.ended.wait()
@@ -181,14 +179,19 @@ class _Session:
             self.end(ConnectionLost("the session was closed", clean=True))
             await self.framed.aclose()  # (shielded, bounded)
 
-    async def _watch(self) -> None:
-        """Act once the supernode answers nothing (`_silence`): a deadline must be past
-        at two looks in a row, so that a daemon held up itself (its reader not yet run
-        after the pause) does not take its own pause for the supernode's."""
+    async def _watch(self, nursery: trio.Nursery) -> None:
+        """Probe a supernode that says nothing while a Register waits (`_probe_due`), and
+        act once it answers nothing (`_silence`): a deadline must be past at two looks in
+        a row, so that a daemon held up itself (its reader not yet run after the pause)
+        does not take its own pause for the supernode's."""
         overdue = False
         while True:
             await trio.sleep(WATCH_EVERY)
-            silence = self._silence(trio.current_time())
+            now = trio.current_time()
+            if self._probe_due(now):
+                self.probed_at, self._probing = now, True
+                nursery.start_soon(self._probe)  # (a send may wait: the watch goes on)
+            silence = self._silence(now)
             if silence is not None and overdue:
                 why, ends = silence
                 if ends:
@@ -197,25 +200,36 @@ class _Session:
                 self.retire(ConnectionLost(why, clean=False))
             overdue = silence is not None
 
+    def _quiet_since(self) -> float | None:
+        """Since when the supernode has said nothing while a Register waits (None: no
+        Register waits)."""
+        line = self.registrant
+        return None if line is None else max(self.heard_at, line.asked_at)
+
+    def _probe_due(self, now: float) -> bool:
+        """Whether to send a Probe (version 3): a Register waits, the supernode has said
+        nothing for PROBE_AFTER, and no Probe is out (sent, or being sent)."""
+        quiet_since = self._quiet_since()
+        return (
+            self.probes
+            and quiet_since is not None
+            and not self._probing
+            and self.probed_at <= quiet_since
+            and now - quiet_since > PROBE_AFTER
+        )
+
     def _silence(self, now: float) -> tuple[str, bool] | None:
         """What is overdue while a Register waits, if anything, and whether it ends the
-        session: its answer, after ANSWER_TIMEOUT (it does); or (version 3) the answer
-        to a Probe, sent once the supernode has said nothing for PROBE_AFTER, after
-        PROBE_TIMEOUT (the session retires)."""
-        line = self.registrant
-        if line is None:
+        session: its answer, after ANSWER_TIMEOUT (it does); or the answer to a Probe,
+        after PROBE_TIMEOUT (the session retires)."""
+        quiet_since = self._quiet_since()
+        if quiet_since is None:
             return None
-        if now - line.asked_at > ANSWER_TIMEOUT:
+        assert self.registrant is not None
+        if now - self.registrant.asked_at > ANSWER_TIMEOUT:
             return f"the supernode did not answer a Register in {ANSWER_TIMEOUT:g}s", True
-        if not self.probes:
-            return None
-        quiet_since = max(self.heard_at, line.asked_at)
-        if self.probed_at > quiet_since:  # a Probe out, nothing heard since
-            if now - self.probed_at > PROBE_TIMEOUT:
-                return f"the supernode answered no Probe in {PROBE_TIMEOUT:g}s", False
-        elif now - quiet_since > PROBE_AFTER and self._nursery is not None and not self._probing:
-            self.probed_at, self._probing = now, True
-            self._nursery.start_soon(self._probe)  # (a send may wait: the watch goes on)
+        if self.probed_at > quiet_since and now - self.probed_at > PROBE_TIMEOUT:
+            return f"the supernode answered no Probe in {PROBE_TIMEOUT:g}s", False
         return None
 
     async def _probe(self) -> None:
@@ -402,7 +416,7 @@ class TaskLine:
     def fail(self, why: ProtoError) -> None:
         """Its Register is given up (the supernode left a Probe unanswered): its next
         receive raises `why`, as a lost connection would."""
-        if self.failed is None and not self.registered:
+        if self.failed is None:
             self.failed = why
             self.inbox_in.close()
 

@@ -22,7 +22,6 @@ so two downloads on one would wait for each other.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import trio
@@ -46,7 +45,7 @@ POOLED_PER_ADDRESS = 4
 POOL_REST = 10.0
 # Refusals after which an uploader does not count the session as in use (it closes it
 # on its idle deadline as if nothing had been asked).
-_NOT_IN_USE = frozenset({str(ErrorCode.UNKNOWN_TASK), str(ErrorCode.STALE)})
+_NOT_IN_USE = frozenset({ErrorCode.UNKNOWN_TASK, ErrorCode.STALE})
 
 
 class PieceRefusedError(Exception):
@@ -81,12 +80,10 @@ class PieceConnection:
         self._waiters: dict[tuple[str, int], list[_Waiter]] = {}
         self.last_active = trio.current_time()  # last request sent or answer received
         self.unanswered = 0  # requests sent whose answer has not been read (waited or not)
-        self.max_idle = MAX_IDLE
         # When an answer last showed the uploader counting the session as in use (a
         # piece, or a refusal other than unknown_task and stale): its idle deadline runs
         # from about then. None: no such answer yet.
         self.kept_at: float | None = None
-        self.pooled_at = -math.inf  # when it last went into a PiecePool
 
     def reusable(self, now: float, rest: float) -> bool:
         """Whether another task may take it: unbroken, able to send, no answer due
@@ -227,15 +224,15 @@ class PiecePool:
             self.nursery.start_soon(connection.close)
             return
         connection.framed.forget_spares()  # (an idle connection keeps no piece buffers)
-        connection.pooled_at = now
         self._idle.setdefault(key, []).append(connection)
-        self.nursery.start_soon(self._expire, key, connection, now)
+        self.nursery.start_soon(self._expire, key, connection)
 
-    async def _expire(self, key: PoolKey, connection: PieceConnection, pooled_at: float) -> None:
-        """Close `connection` if it is still in the pool, untaken, POOL_REST after `put`."""
-        await trio.sleep(POOL_REST)
+    async def _expire(self, key: PoolKey, connection: PieceConnection) -> None:
+        """Close `connection` once it is no longer fit to take, if it is still kept."""
+        assert connection.kept_at is not None  # (`put` keeps only such connections)
+        await trio.sleep_until(connection.kept_at + POOL_REST)
         idle = self._idle.get(key, [])
-        if connection.pooled_at == pooled_at and connection in idle:
+        if connection in idle and not connection.reusable(trio.current_time(), POOL_REST):
             idle.remove(connection)
             if not idle:
                 del self._idle[key]
@@ -245,11 +242,11 @@ class PiecePool:
         """Idle connections kept."""
         return sum(len(idle) for idle in self._idle.values())
 
-    async def read(self, connection: PieceConnection) -> None:
+    async def read(self, connection: PieceConnection, max_idle: float) -> None:
         """The reader of a connection one of its users opened, for as long as it lasts:
         whatever ends it ends that connection only, never the daemon."""
         try:
-            await connection.read_answers(connection.max_idle)
+            await connection.read_answers(max_idle)
         except Exception:  # (read_answers ends on the errors it expects)
             log.exception("piece connection to %s", connection.address)
 
@@ -287,11 +284,10 @@ class PieceConnections:
             except Exception as exc:  # unreachable, handshake refused: all the same here
                 raise SourceLost(f"cannot reach {address}: {exc}") from exc
             connection = self._connections[address] = PieceConnection(framed, address)
-            connection.max_idle = self.max_idle
             if self.pool is None:
                 nursery.start_soon(connection.read_answers, self.max_idle)
             else:
-                self.pool.nursery.start_soon(self.pool.read, connection)
+                self.pool.nursery.start_soon(self.pool.read, connection, self.max_idle)
             return connection
 
     def release(self) -> None:

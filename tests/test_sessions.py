@@ -1012,3 +1012,17 @@ async def test_a_daemon_held_up_itself_does_not_take_its_pause_for_the_supernode
         await server.send(registered(A))
         assert isinstance(await taken(a), Registered)
         assert a.session.broken is None and a.session.retired is None
+
+
+async def test_a_probe_from_a_stranger_gets_nothing_but_a_refusal(
+    start_supernode: StartSupernode,
+) -> None:
+    # A Probe is answered only inside a registered (admitted) control session: as the
+    # first request of a connection it is refused, and the connection closed.
+    node = await start_supernode()
+    async with raw_peer(node, "stranger") as peer:
+        await peer.framed.send(Probe())
+        reply = await next_message(peer)
+        assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+        with pytest.raises(ConnectionLost):
+            await next_message(peer)
