@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -56,3 +57,45 @@ def origin_process(
             elif proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+@dataclass
+class NginxOrigin:
+    """nginx as the origin (`nginx_origin`): the same `url` and `stop()` as Origin's,
+    its counts from nginx's access log."""
+
+    url: str
+    log: Path
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def stop(self) -> dict[str, dict[str, int]]:
+        """What it sent so far: {path: {bytes_sent, full_bodies, requests}} (body bytes,
+        as the FakeOrigin counts them; a full body is a 200's)."""
+        self.stats = {}
+        for line in self.log.read_text().splitlines():
+            _, path, status, sent, _ = line.split(" ")
+            counts = self.stats.setdefault(path.split("?")[0], dict.fromkeys(STAT_KEYS, 0))
+            counts["bytes_sent"] += int(sent)
+            counts["full_bodies"] += status == "200"
+            counts["requests"] += 1
+        return self.stats
+
+
+STAT_KEYS = ("bytes_sent", "full_bodies", "requests")
+
+
+@contextmanager
+def nginx_origin(
+    folder: Path, work: Path, *, host: str = "127.0.0.1", prefix: Sequence[str] = ()
+) -> Iterator[NginxOrigin]:
+    """nginx serving FOLDER on HOST (under PREFIX: a network lab's `ip netns exec NS`),
+    its files in WORK; yields it, running, and stops it after. An origin as real
+    deployments have (sendfile, no interpreter), where the FakeOrigin's Python would
+    share the CPU it is measured on."""
+    from testkit.nginx import nginx
+
+    shutil.rmtree(work, ignore_errors=True)
+    with nginx(folder, work, access_log=True, host=host, prefix=prefix) as base:
+        origin = NginxOrigin(base, work / "access.log")
+        yield origin
+        origin.stop()

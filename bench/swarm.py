@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/swarm.py [--peers 16] [--size-mib 128] [--rate 16MiB]
         [--origin-rate RATE] [--runs 1] [--no-direct]
-    .venv/bin/python bench/swarm.py --netlab [--rtt 20ms] [--loss 0.1%] [...]   (root)
+    .venv/bin/python bench/swarm.py --netlab [--rtt 20ms] [--loss 0.1%] [--daemons]
+        [--origin nginx] [--seed-nice -10] [...]   (root)
 
 With --netlab the same swarm runs in a network lab, every host on a link shaped by
 `tc`, against libtorrent and curl: see bench/swarm_lab.py. Without it (below),
@@ -242,6 +243,29 @@ def main() -> int:
     lab.add_argument("--rtt", type=parse_duration, default=0.0, help="RTT between hosts: 20ms")
     lab.add_argument("--loss", type=parse_loss, default=0.0, help="a link's loss: 0.1%%")
     lab.add_argument("--no-torrent", action="store_true", help="skip the libtorrent swarm")
+    lab.add_argument(
+        "--seed-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="niceness of the processes on the origin's and the supernode's hosts (the "
+        "origin, the supernode, libtorrent's seed), e.g. -10: the lab's hosts share this "
+        "machine's cores, where real seeds have CPUs of their own (default 0)",
+    )
+    lab.add_argument(
+        "--origin",
+        choices=["fake", "nginx"],
+        default="fake",
+        help="the origin on its host: the project's FakeOrigin (Python, the default) or "
+        "nginx (sendfile: an origin that needs next to no CPU, as real ones)",
+    )
+    lab.add_argument(
+        "--daemons",
+        action="store_true",
+        help="ours through a dfdaemon on every peer host, started before the clock starts "
+        "(as on hosts that run one all the time): each peer's time runs from `dfget URL -o "
+        "FILE` handing the download to its daemon until FILE is in place",
+    )
     lab.add_argument("--torrent-utp", action="store_true", help="libtorrent with uTP too")
     lab.add_argument(
         "--tcp",

@@ -9,6 +9,11 @@ limits. Each round runs, one after the other:
 - ours: the origin (testkit.origin) on its host, the supernode on its host, one dfget
   per peer host, all started at once; a peer's time runs from that start to the moment
   its output file appears (start-up included). Origin egress is the origin's own count.
+- ours via dfdaemon (with --daemons): the same, but every peer host runs a dfdaemon,
+  started before the clock (as on hosts that run one all the time), and its dfget hands
+  the download to it: the daemon downloads and seeds, dfget (which then loads neither
+  trio nor the engine) copies the file into place. The time runs from the common start
+  to that file appearing.
 - libtorrent: one seed on the origin's host (the same file, the same piece size), one
   leecher per peer host (bench/torrent_peer.py, bench/torrent_swarm.py); its time runs
   from the common start to its last piece passing the hash check. Origin egress is
@@ -27,19 +32,23 @@ and removes the lab.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     MiB,
     busy_seconds,
     cpu_seconds,
+    daemon_process,
     dfget_command,
     end_seeding,
     env,
@@ -51,7 +60,7 @@ from bench.common import (
     tcp_congestion,
     wait_for_exits,
 )
-from bench.origin_process import origin_process
+from bench.origin_process import NginxOrigin, Origin, nginx_origin, origin_process
 from bench.swarm import (
     STARTUP_GRACE,
     TOTALS,
@@ -64,7 +73,8 @@ from bench.swarm import (
 from bench.torrent_swarm import require_libtorrent, run_torrent
 from testkit.netlab import Lab, LabError, Link, require_lab
 
-KINDS = ("ours", "libtorrent", "direct")
+DAEMONS = "ours via dfdaemon"  # (with --daemons)
+KINDS = ("ours", DAEMONS, "libtorrent", "direct")
 ORIGIN_DONE = re.compile(r"cdn: task \S+ done: .* from origin in ([0-9.]+)s")
 CORES = os.cpu_count() or 1
 
@@ -79,6 +89,26 @@ class Round:
     extra: dict[str, float] = field(default_factory=dict)
     busy: float = 0.0  # the machine's CPU busy share over the run (all programs, all cores)
     delayer: float = 0.0  # CPU seconds the lab's delayer used (with --rtt)
+
+
+def lab_origin(
+    lab: Lab, args: argparse.Namespace, work: Path, payload: Path
+) -> AbstractContextManager[Origin | NginxOrigin]:
+    """The origin on its host: the project's FakeOrigin (a Python process), or with
+    `--origin nginx` nginx (sendfile, no interpreter), as real origins are."""
+    host, prefix = lab.address("origin"), seed_command(lab, args, "origin", [])
+    if getattr(args, "origin", "fake") == "nginx":
+        return nginx_origin(payload.parent, work / "nginx", host=host, prefix=prefix)
+    return origin_process(payload.parent, host=host, prefix=prefix)
+
+
+def seed_command(lab: Lab, args: argparse.Namespace, host: str, argv: Sequence[str]) -> list[str]:
+    """ARGV run in HOST, a host that seeds (the origin's: the origin, libtorrent's seed;
+    the supernode's), at the niceness `--seed-nice` gives (0: as every other process).
+    Every host of the lab shares this machine's cores, where in a real deployment each
+    has its own: a lower niceness stands for the seeds' own CPUs."""
+    nice = getattr(args, "seed_nice", 0)
+    return lab.command(host, ["nice", "-n", str(nice), *argv] if nice else argv)
 
 
 def sent(lab: Lab, hosts: Sequence[str]) -> dict[str, int]:
@@ -105,10 +135,12 @@ def run_ours(
     payload: Path,
     sha256: str,
     watch: Watch | None = None,
+    through_daemons: bool = False,
 ) -> Round:
     """One round of ours; with `watch` (bench/faults.py), a fault runs beside it: the
     peers it spares may fail or never finish (they are killed at the end), the times
-    and summaries are the others'."""
+    and summaries are the others'. With `through_daemons`, every peer host runs a
+    dfdaemon (started before the clock) and its dfget hands the download to it."""
     peers = [f"p{i}" for i in range(args.peers)]
     outputs = [work / "ours" / f"{host}.bin" for host in peers]
     shutil.rmtree(work / "ours", ignore_errors=True)
@@ -117,39 +149,55 @@ def run_ours(
     size = payload.stat().st_size
     limit = STARTUP_GRACE + 4 * args.peers * size / args.rate
     log = work / "supernode.log"
+    shutil.rmtree(work / "daemons", ignore_errors=True)
     before = sent(lab, ["origin", "supernode", *peers])
     with (
-        origin_process(
-            payload.parent, host=lab.address("origin"), prefix=lab.command("origin", [])
-        ) as origin,
+        ExitStack() as stack,
+        lab_origin(lab, args, work, payload) as origin,
         supernode_process(
             work / "supernode",
             *_supernode_args(args),
             log=log,
             host=lab.address("supernode"),
-            prefix=lab.command("supernode", []),
+            prefix=seed_command(lab, args, "supernode", []),
         ) as ready,
     ):
         url = f"{origin.url}/{payload.name}"
+        daemons = {}
+        if through_daemons:
+            daemons = _start_daemons(stack, lab, work, peers, ready["peer"], url)
+        daemon_cpu = sum(cpu_seconds(pid) for _, pid in daemons.values())  # (start-up)
         procs: list[subprocess.Popen[str]] = []
         spared = watch.spared if watch is not None else set()
         try:
             started = time.perf_counter()
             for host, output in zip(peers, outputs, strict=True):
-                flags = ["--peer-listen", f"{lab.address(host)}:0", "--seed-for", "3600"]
-                flags += ["--daemon-socket", ""]
-                argv = lab.command(host, dfget_command(url, output, ready["peer"], *flags))
+                if daemons:  # the host's daemon downloads and seeds; dfget hands it over
+                    command = dfget_command(url, output, None, "--daemon-socket", daemons[host][0])
+                else:
+                    flags = ["--peer-listen", f"{lab.address(host)}:0", "--seed-for", "3600"]
+                    flags += ["--daemon-socket", ""]
+                    command = dfget_command(url, output, ready["peer"], *flags)
                 procs.append(
                     subprocess.Popen(
-                        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+                        lab.command(host, command),
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        env=env(),
                     )
                 )
             times = wait_for_outputs(outputs, procs, started, limit, watch)
             hit = {peers[i]: spared_exit(procs[i]) for i in sorted(spared)}
             survivors = [proc for i, proc in enumerate(procs) if i not in spared]
-            dfget_cpu = sum(cpu_seconds(proc.pid) for proc in survivors)
+            if daemons:
+                summaries = handed_over(survivors)
+                dfget_cpu = sum(cpu_seconds(pid) for _, pid in daemons.values()) - daemon_cpu
+            else:
+                dfget_cpu = sum(cpu_seconds(proc.pid) for proc in survivors)
             supernode_cpu = cpu_seconds(int(ready["pid"]))
-            summaries = end_seeding(survivors)  # every peer is done: end their seeding
+            if not daemons:
+                summaries = end_seeding(survivors)  # every peer is done: end their seeding
         finally:
             kill_all(procs)
         origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
@@ -171,13 +219,57 @@ def run_ours(
         f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
         f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
         f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s; "
-        f"dfget CPU {dfget_cpu:.1f}s in all, {dfget_cpu / len(survivors):.2f}s a peer; "
+        f"{'dfdaemon (start-up left out)' if daemons else 'dfget'} CPU {dfget_cpu:.1f}s in all, "
+        f"{dfget_cpu / len(survivors):.2f}s a peer; "
         f"supernode CPU {supernode_cpu:.1f}s; "
         f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
     notes += "".join(f"; {host} (hit): {what}" for host, what in hit.items())
     shutil.rmtree(work / "ours", ignore_errors=True)
+    shutil.rmtree(work / "daemons", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
+
+
+def _start_daemons(
+    stack: ExitStack,
+    lab: Lab,
+    work: Path,
+    peers: Sequence[str],
+    supernode: str,
+    url: str,
+) -> dict[str, tuple[str, int]]:
+    """A dfdaemon on every peer host, started (and listening) before the round's clock
+    starts, as on hosts that run one all the time: per host, its control socket and
+    pid."""
+    daemons = {}
+    for host in peers:
+        ready = stack.enter_context(
+            daemon_process(
+                work / "daemons" / host,
+                supernode,
+                url,  # (its --registry: the round's downloads name no registry)
+                host=lab.address(host),
+                prefix=lab.command(host, []),
+            )
+        )
+        daemons[host] = (str(ready["control_socket"]), int(ready["pid"]))
+    return daemons
+
+
+def handed_over(procs: Sequence[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """Each dfget's `--json` summary (in order) once it has exited, as it does when its
+    host's daemon has handed it the file; RuntimeError naming one that failed, or that
+    did not go through its daemon."""
+    summaries = []
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"peer {i} exited {proc.returncode}: {err[-2000:]}")
+        summary = json.loads(out)
+        if not summary.get("daemon"):
+            raise RuntimeError(f"peer {i} did not download through its daemon: {out[:500]}")
+        summaries.append(summary)
+    return summaries
 
 
 def spared_exit(proc: subprocess.Popen[str]) -> str:
@@ -197,7 +289,11 @@ def run_bt(lab: Lab, args: argparse.Namespace, work: Path, payload: Path, sha256
     limit = STARTUP_GRACE + 4 * args.peers * size / args.rate
     addresses = {host: lab.address(host) for host in ["origin", *peers]}
     extra = ["--utp"] if args.torrent_utp else []
-    run = run_torrent(lab.command, addresses, "origin", peers, payload, work / "bt", limit, extra)
+
+    def command(host: str, argv: Sequence[str]) -> list[str]:
+        return seed_command(lab, args, host, argv) if host == "origin" else lab.command(host, argv)
+
+    run = run_torrent(command, addresses, "origin", peers, payload, work / "bt", limit, extra)
     for host in peers:
         if sha256_of(work / "bt" / host / payload.name) != sha256:
             raise RuntimeError(f"libtorrent's copy on {host} differs from the origin's file")
@@ -214,8 +310,7 @@ def run_direct(lab: Lab, args: argparse.Namespace, work: Path, payload: Path) ->
     outputs = [work / "direct" / f"{host}.bin" for host in peers]
     shutil.rmtree(work / "direct", ignore_errors=True)
     outputs[0].parent.mkdir(parents=True)
-    prefix = lab.command("origin", [])
-    with origin_process(payload.parent, host=lab.address("origin"), prefix=prefix) as origin:
+    with lab_origin(lab, args, work, payload) as origin:
         url = f"{origin.url}/{payload.name}"
         started = time.perf_counter()
         procs = [
@@ -269,6 +364,7 @@ def main(args: argparse.Namespace) -> int:
     link = Link(up=u, down=u, delay=delay, loss=args.loss)
     skip = {"direct"} if args.no_direct else set()
     skip |= {"libtorrent"} if args.no_torrent else set()
+    skip |= set() if args.daemons else {DAEMONS}
     kinds = [k for k in KINDS if k not in skip]
     print(
         f"swarm in a lab: N={n} F={args.size_mib} MiB, every link U={u / MiB:g} MiB/s each "
@@ -295,11 +391,12 @@ def main(args: argparse.Namespace) -> int:
         )
         for i in range(args.runs):
             for kind in kinds:
-                free_hot_memory(int(1.2 * (n + 1) * size))
+                copies = 2 * n + 1 if kind == DAEMONS else n + 1  # (+ the daemons' caches)
+                free_hot_memory(int(1.2 * copies * size))
                 busy, began = busy_seconds(), time.perf_counter()
                 delayer = lab.delayer_cpu() or 0.0
-                if kind == "ours":
-                    run = run_ours(lab, args, work, payload, sha256)
+                if kind in ("ours", DAEMONS):
+                    run = run_ours(lab, args, work, payload, sha256, None, kind == DAEMONS)
                 elif kind == "libtorrent":
                     run = run_bt(lab, args, work, payload, sha256)
                 else:
@@ -322,8 +419,9 @@ def main(args: argparse.Namespace) -> int:
         )
     target = 1.5 if args.rtt > 0 or args.loss > 0 else 1.3
     print(f"  ours p99/T* target <= {target}; origin egress target 1.00F")
-    if "libtorrent" in p99s:
-        ratio = p99s["libtorrent"] / p99s["ours"]
-        print(f"  libtorrent p99 / ours p99 = {ratio:.2f}   (target >= 1.5)")
+    for ours in ("ours", DAEMONS):
+        if "libtorrent" in p99s and ours in p99s:
+            ratio = p99s["libtorrent"] / p99s[ours]
+            print(f"  libtorrent p99 / {ours} p99 = {ratio:.2f}   (target >= 1.5)")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,7 +33,7 @@ http {{
     uwsgi_temp_path {work}/tmp;
     scgi_temp_path {work}/tmp;
     server {{
-        listen 127.0.0.1:{port};
+        listen {host}:{port};
         root {root};
 {server_extra}
     }}
@@ -79,14 +79,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _listening(host: str, port: int, pid: Path, *, inside: bool) -> bool:
+    """Whether nginx listens yet: it accepts a connection, or, in another network
+    namespace (`inside`), where this process cannot connect, it wrote its pid file
+    (which nginx does only once its listening sockets are open)."""
+    if inside:
+        return pid.exists()
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
 @contextmanager
 def nginx(
-    root: Path, work: Path, *, server_extra: str = "", access_log: bool = False
+    root: Path,
+    work: Path,
+    *,
+    server_extra: str = "",
+    access_log: bool = False,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Serve `root` on 127.0.0.1; yields the base URL. `server_extra`: more lines for
-    the server block (locations); `access_log`: log requests to WORK/access.log (each
-    line `METHOD PATH STATUS BYTES CONNECTION`, the last nginx's serial number of the
-    connection)."""
+    """Serve `root` on HOST (127.0.0.1), run under PREFIX (a network lab's `ip netns exec
+    NS`: then HOST is its address there); yields the base URL. `server_extra`: more
+    lines for the server block (locations); `access_log`: log requests to
+    WORK/access.log (each line `METHOD PATH STATUS BYTES CONNECTION`, the last nginx's
+    serial number of the connection)."""
     binary = nginx_binary()
     work.mkdir(parents=True, exist_ok=True)
     (work / "tmp").mkdir(exist_ok=True)
@@ -98,26 +118,26 @@ def nginx(
             # As root, the worker too: pytest's tmp folders are closed to `nobody`.
             user="user root;\n" if os.geteuid() == 0 else "",
             work=work,
+            host=host,
             port=port,
             root=root,
             server_extra=server_extra,
             access_log=log,
         )
     )
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE)
+    pid = work / "nginx.pid"
+    pid.unlink(missing_ok=True)
+    argv = [*prefix, binary, "-c", str(conf), "-p", str(work)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
-                    ) from exc
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        while not _listening(host, port, pid, inside=bool(prefix)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            time.sleep(0.05)
+        yield f"http://{host}:{port}"
     finally:
         proc.terminate()
         proc.wait(10)

@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 import pytest
 from conftest import cli_env
+from registry import needs_nginx
 
+from bench.origin_process import nginx_origin
 from testkit.netlab import Lab, LabError, Link, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
 from testkit.netlab.lab import TSO_RTT_LOG
@@ -223,6 +225,35 @@ def test_hosts_reach_each_other_but_nothing_outside() -> None:
         )
         assert "127.0.0.1/8" in loopback.stdout
         assert round_trips(lab, "a", "b", 3)
+
+
+@needs_lab
+@needs_nginx
+def test_nginx_serves_from_a_lab_host_and_counts_what_it_sent(tmp_path: Path) -> None:
+    """bench/swarm.py --netlab --origin nginx: nginx in one host (ready when its pid
+    file is written: nothing outside the lab can connect to it to tell), a client in
+    another; what it sent counted from its access log, per path, as the FakeOrigin
+    counts it."""
+    www = tmp_path / "www"
+    www.mkdir()
+    body = os.urandom(3 * MiB + 5)
+    (www / "blob.bin").write_bytes(body)
+    with Lab(["origin", "peer"]) as lab:
+        host, prefix = lab.address("origin"), lab.command("origin", [])
+        with nginx_origin(www, tmp_path / "nginx", host=host, prefix=prefix) as origin:
+            assert origin.url.startswith(f"http://{host}:")
+            got = tmp_path / "got.bin"
+            for extra in ([], ["-r", "0-99"]):
+                argv = ["curl", "-sSf", *extra, "-o", str(got), f"{origin.url}/blob.bin"]
+                fetched = subprocess.run(lab.command("peer", argv), capture_output=True, text=True)
+                assert fetched.returncode == 0, fetched.stderr
+                assert got.read_bytes() == (body[:100] if extra else body)
+            argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{origin.url}/none"]
+            missing = subprocess.run(lab.command("peer", argv), capture_output=True, text=True)
+            assert missing.stdout == "404"
+            stats = origin.stop()
+    assert stats["/blob.bin"] == {"bytes_sent": len(body) + 100, "full_bodies": 1, "requests": 2}
+    assert stats["/none"]["bytes_sent"] > 0 and stats["/none"]["full_bodies"] == 0
 
 
 @needs_lab
