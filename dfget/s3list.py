@@ -18,13 +18,16 @@ from urllib.parse import quote
 from xml.etree import ElementTree
 
 import httpx
+import trio
 
+from common.io.capped import BodyTooLarge, EncodedBody, identity_headers, read_capped
 from common.s3sign import signed_headers
 from common.urls import display_url
 from dfget.errors import OriginFailed
 from dfget.s3 import S3Target, parse_s3_url, resolve
 from dfget.tls import tls_context
 from dfget.tree.entries import Entry, KeptHeads, ListingError, ListLimits, TreeTooLarge
+from dfget.tree.index import utf8_size
 
 if TYPE_CHECKING:
     from dfget.results import DownloadResult
@@ -33,6 +36,7 @@ log = logging.getLogger("dfget")
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+WARNED_OUTSIDE = 10  # keys listed outside the prefix warned of, a listing (the rest quietly)
 
 
 class S3PrefixLister(KeptHeads):
@@ -57,6 +61,7 @@ class S3PrefixLister(KeptHeads):
         self.limits = limits or ListLimits()
         self.insecure = insecure
         self.pages = 0  # asked for, by the last `entries()`
+        self._outside = 0  # keys listed outside the prefix, by the last listing
 
     def _client(self) -> httpx.AsyncClient:
         options: dict[str, Any] = {"follow_redirects": False, "timeout": TIMEOUT}
@@ -93,9 +98,20 @@ class S3PrefixLister(KeptHeads):
         return f"{etag} {result.bytes}" if etag else None
 
     async def list_all(self) -> list[Entry]:
+        """Every object under the prefix, page by page, within the limits an HTTP index
+        has: entries, bytes of names, time (a store answering a byte a minute)."""
+        with trio.move_on_after(self.limits.max_seconds):
+            return await self._list_all()
+        raise TreeTooLarge(
+            f"s3://{self.bucket}/{self.prefix} takes more than {self.limits.max_seconds:g}s to list"
+        )
+
+    async def _list_all(self) -> list[Entry]:
         found: list[Entry] = []
         token: str | None = None
-        self.pages, seen = 0, 0
+        tokens: set[str] = set()
+        self.pages = seen = names = 0
+        self._outside = 0
         async with self._client() as client:
             while True:
                 keys, token = await self._page(client, token)
@@ -103,21 +119,44 @@ class S3PrefixLister(KeptHeads):
                 # Folder markers and empty pages count too: a store that says "truncated"
                 # forever, listing nothing we keep, must not be listed forever.
                 seen += max(1, len(keys))
-                found += [self._entry(*key) for key in keys if self._wanted(key[0])]
                 if seen > self.limits.max_entries:
                     raise TreeTooLarge(
                         f"s3://{self.bucket}/{self.prefix} holds more than "
                         f"{self.limits.max_entries} objects"
                     )
+                for key in keys:
+                    if self._wanted(key[0]):
+                        entry = self._entry(*key)
+                        names += utf8_size(key[0]) + utf8_size(entry.url)
+                        if names > self.limits.max_names:
+                            raise TreeTooLarge(
+                                f"s3://{self.bucket}/{self.prefix} lists more than "
+                                f"{self.limits.max_names} bytes of names and URLs"
+                            )
+                        found.append(entry)
                 if token is None:
                     return found
+                if token in tokens:  # (it would list the same pages again, forever)
+                    raise ListingError(
+                        f"listing s3://{self.bucket}/{self.prefix}: the store gave a "
+                        "continuation token it gave before"
+                    )
+                tokens.add(token)
 
     def _wanted(self, key: str) -> bool:
         """An object of the tree: under the prefix (a store that lists others lies: they
         are left out, said once each), not a folder marker; TreeTooLarge if deeper than
         the limits allow, as for an HTTP index."""
         if not key.startswith(self.prefix):
-            log.warning("s3://%s/%s: ignoring %r, listed outside it", self.bucket, self.prefix, key)
+            self._outside += 1
+            if self._outside <= WARNED_OUTSIDE:
+                log.warning(
+                    "s3://%s/%s: ignoring %r, listed outside it%s",
+                    self.bucket,
+                    self.prefix,
+                    key[:200],
+                    " (the last such warning)" if self._outside == WARNED_OUTSIDE else "",
+                )
             return False
         if key.endswith("/"):  # a folder marker
             return False
@@ -149,23 +188,23 @@ class S3PrefixLister(KeptHeads):
         url = self._page_url(token)
         where = f"s3://{self.bucket}/{self.prefix}"
         try:
-            async with client.stream("GET", url, headers=self._signed("GET", url)) as answer:
-                if answer.status_code >= 400:
+            asked = identity_headers(self._signed("GET", url))
+            async with client.stream("GET", url, headers=asked) as answer:
+                if answer.status_code != 200:  # (a 301 to another region's endpoint too)
                     raise ListingError(
                         f"listing {where} at {display_url(self.target.endpoint)}: "
                         f"the store answered {answer.status_code}",
                         answer.status_code,
                     )
-                body = bytearray()
-                async for chunk in answer.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.limits.max_page:
-                        raise TreeTooLarge(
-                            f"listing {where}: a page over {self.limits.max_page} bytes"
-                        )
+                body = await read_capped(answer, self.limits.max_page)
+        except BodyTooLarge as exc:
+            too_large = f"listing {where}: a page over {self.limits.max_page} bytes"
+            raise TreeTooLarge(too_large) from exc
+        except EncodedBody as exc:
+            raise ListingError(f"listing {where}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise ListingError(f"listing {where}: {exc}") from exc
-        return _parse_page(bytes(body), where)
+        return _parse_page(body, where)
 
 
 def _parse_page(

@@ -4,12 +4,16 @@ quotes the credentials it carried."""
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import Callable
 from functools import partial
 
 import msgpack
 import pytest
 import trio
 
+from dfget.errors import DfgetError
+from dfget.tree.entries import ListLimits
 from proto.codec import TYPE_KEY, decode_header
 from proto.errors import ProtoError
 from proto.messages import Register
@@ -136,3 +140,89 @@ async def test_a_listing_deeper_than_the_limit_ends_with_an_error(nursery: trio.
     lister = S3PrefixLister(target, "bucket", "p/", limits=ListLimits(max_depth=32))
     with pytest.raises(TreeTooLarge):
         await lister.list_all()
+
+
+async def scripted_store(
+    nursery: trio.Nursery, answer: Callable[[int], tuple[bytes, bytes, float]]
+) -> tuple[int, list[bytes]]:
+    """A store on 127.0.0.1 whose n-th answer (from 1) is `answer(n)`: the head's lines
+    after the status line's, the body, and seconds to pause between the body's bytes;
+    its port, and the requests it got."""
+    requests: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        requests.append(request)
+        head, body, pause = answer(len(requests))
+        await stream.send_all(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        for i in range(0, len(body), 1 if pause else len(body) or 1):
+            await stream.send_all(body[i : i + 1] if pause else body)
+            await trio.sleep(pause)
+        await stream.aclose()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    return int(listener.socket.getsockname()[1]), requests
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+
+
+def same_token(n: int) -> tuple[bytes, bytes, float]:
+    return OK, ENDLESS_PAGE % (1, b"again", contents(f"p/f{n}.bin", "1")), 0.0
+
+
+def long_names(n: int) -> tuple[bytes, bytes, float]:
+    return OK, ENDLESS_PAGE % (1, b"t%d" % n, contents(f"p/{'n' * 1000}{n}.bin", "1")), 0.0
+
+
+def slow(n: int) -> tuple[bytes, bytes, float]:
+    return OK, LAST_PAGE % contents("p/f.bin", "1"), 0.05
+
+
+def compressed(n: int) -> tuple[bytes, bytes, float]:
+    head = OK + b"Content-Encoding: gzip, gzip\r\n"
+    return head, gzip.compress(gzip.compress(bytes(16 << 20))), 0.0
+
+
+def redirect(n: int) -> tuple[bytes, bytes, float]:
+    body = b"<Error><Code>PermanentRedirect</Code><Message>use another endpoint</Message></Error>"
+    return b"HTTP/1.1 301 Moved Permanently\r\nContent-Type: application/xml\r\n", body, 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "limits", "error", "message"),
+    [
+        (same_token, ListLimits(), "ListingError", "a continuation token it gave before"),
+        (long_names, ListLimits(max_names=20_000), "TreeTooLarge", "bytes of names and URLs"),
+        (slow, ListLimits(max_seconds=0.5), "TreeTooLarge", "takes more than 0.5s to list"),
+        (compressed, ListLimits(), "ListingError", "encoded"),
+        (redirect, ListLimits(), "ListingError", "answered 301"),
+    ],
+    ids=["repeated-token", "names", "a-byte-at-a-time", "gzip-in-gzip", "redirect"],
+)
+async def test_a_hostile_listing_is_bounded(
+    nursery: trio.Nursery,
+    answer: Callable[[int], tuple[bytes, bytes, float]],
+    limits: object,
+    error: str,
+    message: str,
+) -> None:
+    """What bounds an HTTP index bounds an S3 listing too: the same token again (the
+    same pages forever), names past the bytes allowed, a store sending a byte at a
+    time, a page compressed twice (refused before it unpacks: the request asks for it
+    as it is), an answer that is not a listing (a redirect to another region's
+    endpoint is not an empty prefix)."""
+    from dfget.s3 import S3Target
+    from dfget.s3list import S3PrefixLister
+
+    assert isinstance(limits, ListLimits)
+    port, requests = await scripted_store(nursery, answer)
+    target = S3Target(f"http://127.0.0.1:{port}", "us-east-1", None)
+    lister = S3PrefixLister(target, "bucket", "p/", limits=limits)
+    with trio.fail_after(30), pytest.raises(DfgetError, match=message) as raised:
+        await lister.list_all()
+    assert type(raised.value).__name__ == error
+    assert len(requests) <= 30
+    assert all(b"accept-encoding: identity" in request.lower() for request in requests)

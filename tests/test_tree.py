@@ -3,10 +3,12 @@ command and through a supernode; hostile indexes from a scripted server."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
 import subprocess
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError
 from dfget.options import PeerOptions
 from dfget.tree import manifest
-from dfget.tree.entries import Entry, ListLimits
+from dfget.tree.entries import Entry, ListingError, ListLimits
 from dfget.tree.globs import Selection
 from dfget.tree.httpindex import HttpIndexLister
 from dfget.tree.run import TreeRequest, download_tree
@@ -417,6 +419,35 @@ async def test_a_runaway_index_ends_with_a_clear_error(
     with pytest.raises(DfgetError, match=error):
         await download_tree(TreeRequest(lister, template.output, template))
     assert not [seen for seen in server.seen if not seen.path.endswith("/")]  # no file fetched
+
+
+def gzip_bomb() -> Answer:
+    """An index page of 64 MiB of zeros inside gzip inside gzip: a few hundred bytes on
+    the wire, sent whatever the request asked for."""
+    page = gzip.compress(gzip.compress(bytes(64 << 20)))
+    return Answer(200, [("content-type", "text/html"), ("content-encoding", "gzip, gzip")], page)
+
+
+async def test_a_compressed_index_page_is_refused_before_it_unpacks(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A page's bound counts the bytes as sent: decoded by the HTTP client, 64 MiB of
+    zeros in 200-odd bytes would be in memory before a bound could be checked (and a
+    page of gigabytes in one read). The request asks for the page unencoded; a page
+    encoded anyway is refused."""
+    bomb = gzip_bomb()
+    server = ScriptedOrigin(lambda seen: bomb)
+    await nursery.start(server.serve)
+    lister = HttpIndexLister(server.url("/d/"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ListingError, match="encoded"):
+            await lister.list_all()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak >> 20} MiB in memory for a 4 MiB page bound"
+    assert server.seen[0].headers.get("accept-encoding") == "identity"
 
 
 async def test_a_missing_index_is_an_origin_error(site: Site, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from common.io.capped import BodyTooLarge, EncodedBody, identity_headers, read_capped
 from common.urls import display_url, move_credentials
 from dfget.tls import tls_context
 from dfget.tree.entries import (
@@ -136,25 +137,25 @@ class HttpIndexLister(KeptHeads):
     ) -> Page:
         where = display_url(url)
         sent_url, headers = self._sent(url)
-        body = bytearray()
         try:
-            async with client.stream("GET", sent_url, headers=headers) as response:
+            asked = identity_headers(headers)
+            async with client.stream("GET", sent_url, headers=asked) as response:
                 if response.status_code != 200:
                     raise ListingError(
                         f"index {where} answered {response.status_code} {response.reason_phrase}",
                         response.status_code,
                     )
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.limits.max_page:
-                        raise ListingError(
-                            f"index {where} is larger than {self.limits.max_page} bytes"
-                        )
+                body = await read_capped(response, self.limits.max_page)
                 kind = response.headers.get("content-type", "")
+        except BodyTooLarge as exc:
+            too_large = f"index {where} is larger than {self.limits.max_page} bytes"
+            raise ListingError(too_large) from exc
+        except EncodedBody as exc:
+            raise ListingError(f"index {where}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise ListingError(f"cannot read the index {where}: {exc}") from exc
         # Off the event loop: a hostile 4 MiB page of links takes seconds to read.
-        parse = functools.partial(parse_page, bytes(body), kind, url, max_names, max_links)
+        parse = functools.partial(parse_page, body, kind, url, max_names, max_links)
         try:
             return await trio.to_thread.run_sync(parse, abandon_on_cancel=True)
         except PageTooLarge as exc:
@@ -172,10 +173,8 @@ class HttpIndexLister(KeptHeads):
         sent_url, headers = self._sent(entry.url)
         # As a download asks (`fetch_from_origin`, the CDN): a compressed answer's ETag
         # and length are not those of the bytes written.
-        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
-        headers.append(("accept-encoding", "identity"))
         try:
-            response = await self._head_client().head(sent_url, headers=headers)
+            response = await self._head_client().head(sent_url, headers=identity_headers(headers))
         except httpx.HTTPError as exc:
             log.debug("HEAD %s: %s", display_url(entry.url), exc)
             return None

@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import trio
 
+from common.io.capped import BodyTooLarge, EncodedBody, identity_headers, read_capped
 from common.io.origins import checked_client
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
@@ -299,17 +300,16 @@ async def _get(
     """GET `url` (redirects followed); the body of a 200, read only up to `cap` bytes
     (PreheatError past it: a registry cannot make us hold more)."""
     try:
-        async with client.stream("GET", url, headers=headers, follow_redirects=True) as answer:
-            body = bytearray()
+        asked = identity_headers(headers)
+        async with client.stream("GET", url, headers=asked, follow_redirects=True) as answer:
+            body = b""
             if answer.status_code == 200:
-                length = answer.headers.get("content-length", "")
-                if length.isascii() and length.isdigit() and int(length) > cap:
-                    raise PreheatError(f"{what} too large: {length} bytes (limit {cap})")
-                async for chunk in answer.aiter_bytes():
-                    body += chunk
-                    if len(body) > cap:
-                        raise PreheatError(f"{what} too large: over {cap} bytes")
-            return _Answer(answer.status_code, answer.headers, bytes(body))
+                body = await read_capped(answer, cap)
+            return _Answer(answer.status_code, answer.headers, body)
+    except BodyTooLarge as exc:
+        raise PreheatError(f"{what} too large: {exc} (limit {cap})") from exc
+    except EncodedBody as exc:
+        raise PreheatError(f"{what} at {display_url(url)}: {exc}") from exc
     except AddressDenied as exc:
         raise PreheatError(f"refused to fetch {display_url(url)}: {exc}") from exc
     except httpx.HTTPError as exc:

@@ -1,0 +1,49 @@
+"""A small HTTP answer read whole (an index page, a listing, a manifest) within a bound
+that holds before its bytes are in memory.
+
+A client that lets httpx decode the answer (`aiter_bytes`) decompresses each network
+read whole before any bound can be checked: a page of gzip inside gzip (`Content-
+Encoding: gzip, gzip`) of a few hundred bytes unpacks to gigabytes in one call. So the
+request asks for the bytes as they are (`IDENTITY`), the body is read undecoded
+(`aiter_raw`) and counted as it comes, and an answer encoded anyway is refused.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+IDENTITY = ("accept-encoding", "identity")
+
+
+class BodyTooLarge(ValueError):
+    """The body goes past the bound."""
+
+
+class EncodedBody(ValueError):
+    """The server encoded (compressed) the body though the request asked it not to."""
+
+
+def identity_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`headers` with any Accept-Encoding replaced by `identity`."""
+    return [*((k, v) for k, v in headers if k.lower() != "accept-encoding"), IDENTITY]
+
+
+async def read_capped(response: httpx.Response, cap: int) -> bytes:
+    """The body of `response` (streamed, not read yet), at most `cap` bytes as sent.
+    BodyTooLarge past `cap` (a Content-Length above it: before reading); EncodedBody if
+    it carries a Content-Encoding other than identity."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise EncodedBody(f"the answer is encoded ({encoding[:64]}), though not asked to be")
+    length = response.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > cap:
+        raise BodyTooLarge(f"{length} bytes, over {cap}")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > cap:
+            raise BodyTooLarge(f"over {cap} bytes")
+    return bytes(body)
+
+
+__all__ = ["IDENTITY", "BodyTooLarge", "EncodedBody", "identity_headers", "read_capped"]
