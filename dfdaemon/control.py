@@ -75,7 +75,7 @@ from dfget.errors import DfgetError, OriginFailed, UsageError
 from dfget.handoff import MAX_LISTING
 from dfget.tree.entries import Entry, TreeTooLarge
 from dfget.tree.httpindex import HttpIndexLister
-from proto.messages import S3Access
+from proto.messages import S3Access, check_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,6 +138,10 @@ def _parse(body: bytes) -> DownloadRequest:
         raise BadInput("tag: want a string")
     if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
         raise BadInput("filter: want a list of strings")
+    try:  # (what no supernode would take: refused here, not on a session others share)
+        check_request(data["url"], tuple((k, v) for k, v in headers))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
     return DownloadRequest(
         url=data["url"],
         s3=_s3_access(data.get("s3"), data["url"]),

@@ -34,6 +34,7 @@ from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
 from dfget.errors import UsageError
 from proto.io import STREAM_ERRORS
+from proto.messages import check_request
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ class Proxy:
     async def _p2p(self, request: Request, reply: Reply) -> None:
         headers = tuple((k, v) for k, v in request.headers if k in P2P_HEADERS)
         try:
+            check_request(request.target, headers)  # (what no supernode would take)
             task_id = DownloadRequest(url=request.target, output=self.blobs.urls).task_id()
-        except UsageError as exc:  # a URL the engine cannot name: the origin decides
+        except (UsageError, ValueError) as exc:  # not for P2P: the origin decides
             log.info("proxy: %s: passed through (%s)", display_url(request.target), exc)
             await self._relay(request, reply)
             return

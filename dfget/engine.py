@@ -257,7 +257,7 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
     """One attempt through the supernode at `address` (`within`: seconds to connect,
     then to handshake); commits the output when done."""
     from dfget.peer import Attempt
-    from proto.messages import Register
+    from proto.messages import Register, check_request
 
     request = job.request
     results: list[DownloadResult] = []
@@ -276,6 +276,10 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
         )
         results.append(job.done(result))
 
+    try:  # (what no supernode would take: a usage error, not a broken protocol)
+        check_request(request.url, request.headers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     register = Register(
         url=request.url,
         headers=request.headers,

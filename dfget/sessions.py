@@ -55,7 +55,7 @@ import trio
 from dfget.connect import SUPERNODE_TIMEOUT, connect_stream, translate_errors
 from dfget.engine import new_peer_id
 from dfget.peer import REGISTER_TIMEOUT, keep_alive
-from proto.errors import ConnectionLost, ProtoError, UnexpectedMessage
+from proto.errors import ConnectionLost, LocalProtoError, ProtoError, UnexpectedMessage
 from proto.frames import Frame
 from proto.io import FramedStream
 from proto.messages import (
@@ -381,8 +381,11 @@ class TaskLine:
             with trio.CancelScope(shield=True):
                 await session.framed.send(message, payload, within=within)
         except BaseException as exc:
-            if isinstance(exc, ProtoError):
-                session.end(exc)  # (a frame that did not go: nothing more can follow it)
+            # A frame cut short, or not taken in time: nothing more can follow it. One the
+            # codec refused (LocalProtoError) never went: this task's error, not the
+            # session's, which every other download on it goes on using.
+            if isinstance(exc, ProtoError) and not isinstance(exc, LocalProtoError):
+                session.end(exc)
             if isinstance(message, Register):
                 self.answered()
             raise

@@ -37,6 +37,7 @@ MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified in TaskDone
 # A peer that seeds less than this many seconds after its last piece says it leaves
 # (`Register.leaves`): what it gets near its end does not stay in the swarm.
 LEAVES_SOON = 10.0
+MAX_URL = 8192  # characters of a Register's url
 
 
 class Message:
@@ -53,6 +54,15 @@ def _check_headers(headers: Headers) -> None:
     for name, value in headers:
         if not name or any(c in name for c in "\r\n:\0 ") or any(c in value for c in "\r\n\0"):
             raise ValueError(f"bad header {name!r}")
+
+
+def check_request(url: str, headers: Headers) -> None:
+    """The rules a `Register`'s url and headers keep (ValueError): for those who take a
+    download from elsewhere (dfdaemon's control socket, its proxy) to refuse what could
+    never be registered, before it reaches a session other downloads share."""
+    if not url.startswith(("http://", "https://")) or len(url) > MAX_URL:
+        raise ValueError(f"url must be http(s) and at most {MAX_URL} characters")
+    _check_headers(headers)
 
 
 class S3Access(NamedTuple):
@@ -169,9 +179,7 @@ class Register(Message):
     s3: S3Access | None = None
 
     def check(self) -> None:
-        if not self.url.startswith(("http://", "https://")) or len(self.url) > 8192:
-            raise ValueError("url must be http(s) and at most 8192 characters")
-        _check_headers(self.headers)
+        check_request(self.url, self.headers)
         if self.s3 is not None:
             self.s3.check()
             if not self.url.startswith(self.s3.endpoint + "/"):

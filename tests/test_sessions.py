@@ -4,9 +4,12 @@ and a peer leaves one task of a session without ending it (`Leave`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import signal
+import socket
 import time
 from functools import partial
 from pathlib import Path
@@ -32,7 +35,7 @@ import supernode.cdn.uploads
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
 from dfget.sessions import INBOX_LIMIT, PROBE_AFTER, PROBE_TIMEOUT, Sessions, TaskLine
-from proto.errors import ConnectionLost, ErrorCode
+from proto.errors import ConnectionLost, ErrorCode, LocalProtoError
 from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public
 from proto.messages import (
@@ -136,6 +139,58 @@ async def test_a_failed_register_answers_its_own_download_on_a_shared_session(
             await fetch(origin.url("/missing.bin"), None, daemon_socket=daemon.socket_path)
     assert results[0].read_bytes() == data
     assert len(daemon_peers(node)) == 1  # (one session all along)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "http://127.0.0.1:9/" + "a" * 9000},
+        {"url": "http://127.0.0.1:9/x", "headers": [["X Y", "1"]]},
+        {"url": "http://127.0.0.1:9/x", "headers": [["X", "a\r\nInjected: 1"]]},
+    ],
+    ids=["url-too-long", "space-in-a-name", "crlf-in-a-value"],
+)
+async def test_a_request_no_supernode_would_take_breaks_no_shared_session(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+    body: dict[str, object],
+) -> None:
+    # Any local user may post to the control socket. A url or header a Register may not
+    # carry is refused there (400, a usage error): sent on, the frame the codec refuses
+    # ended the session every download of the host shares, their readers broken off.
+    data = os.urandom(8 * MiB)
+    origin.add("/big.bin", data, rate=4 * MiB)  # (two seconds: under way meanwhile)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, back_source=False)
+    async with trio.open_nursery() as nursery:
+        results: list[Path] = []
+
+        async def big() -> None:
+            results.extend(await fetch_all(fetch, daemon, [origin.url("/big.bin")]))
+
+        nursery.start_soon(big)
+        await until(lambda: len(daemon_peers(node)) == 1)
+        raw = json.dumps(body).encode()
+        head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(raw)}\r\n\r\n"
+        answer = await trio.to_thread.run_sync(post_raw, daemon.socket_path, head.encode() + raw)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["exit"] == 2
+    assert results[0].read_bytes() == data
+    assert len(daemon_peers(node)) == 1  # (one session all along)
+
+
+def post_raw(sock_path: Path, request: bytes) -> bytes:
+    """One request on the control socket (blocking); the whole answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(sock_path))
+        sock.sendall(request)
+        answer = b""
+        while data := sock.recv(1 << 16):
+            answer += data
+        return answer
 
 
 async def test_a_daemon_gives_a_version_1_supernode_a_session_a_file(
@@ -656,6 +711,25 @@ async def test_a_frame_that_could_not_go_ends_the_session(
         assert sessions.open_count(scripted.address) == 0  # (B's line still open)
         async with sessions.line(scripted.address, C):
             await scripted.accepted.receive()  # a new session
+
+
+async def test_a_frame_the_codec_refuses_fails_its_task_not_the_session(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # Refused before a byte of it went: the session's other tasks go on.
+    sessions = Sessions(nursery)
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await answered(a, server)
+        async with sessions.line(scripted.address, B) as b:
+            bad = dataclasses.replace(register_for(B), url="http://h/" + "a" * 9000)
+            with pytest.raises(LocalProtoError):
+                await b.send(bad)
+            await answered(b, server)  # (its turn is free again, its task may register)
+        await server.send(ready(A))
+        assert await taken(a) == ready(A)
+        assert a.session.broken is None
+        assert sessions.open_count(scripted.address) == 1
 
 
 async def test_a_task_left_goes_to_another_session_and_its_old_news_to_nobody(
