@@ -283,7 +283,7 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
     register = Register(
         url=request.url,
         headers=request.headers,
-        digest=request.digest,
+        digest=request.named_digest,
         tag=request.tag,
         filter=request.filter,
         public_key=bytes(32),  # replaced by the attempt's own key

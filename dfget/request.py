@@ -50,6 +50,14 @@ class DownloadRequest:
     # origin, by the supernode for this peer or by dfget itself (dfget/s3.py).
     s3: S3Access | None = None
 
+    @property
+    def named_digest(self) -> str | None:
+        """The digest that names the task, if any. Never an S3 object's: a digest-named
+        task is served to whoever names the digest, without asking the origin, so a
+        private object's would reach peers without its keys; its task is named by its
+        URL (each requester's keys checked) and dfget checks the digest itself."""
+        return None if self.s3 is not None else self.digest
+
     def task_id(self) -> str:
         """The task id (also validates URL, digest and Range); UsageError if bad."""
         range_header = next((v for k, v in self.headers if k.lower() == "range"), None)
@@ -58,7 +66,7 @@ class DownloadRequest:
                 check_digest(self.digest)
             return task_id_for(
                 self.url,
-                digest=self.digest,
+                digest=self.named_digest,
                 tag=self.tag,
                 filter_keys=self.filter,
                 range_header=range_header,

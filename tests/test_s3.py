@@ -4,6 +4,7 @@ credentials from the environment and from profile files, and nothing secret leak
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -105,6 +106,34 @@ async def test_a_private_object_through_the_supernode(
     stats = supernode.node.cdn.statistics()
     assert stats.origin_fetches == 1
     assert stats.revalidations == 2  # each refused requester asked with its own credentials
+
+
+async def test_a_digest_never_names_a_private_objects_task(
+    store: S3Server, supernode: RunningSupernode, tmp_path: Path
+) -> None:
+    """A digest-named task is served to whoever names the digest, without asking the
+    origin: Alice's `--digest` must not make her private object one. Her task is named
+    by its URL (dfget checks the digest itself), so Bob naming that digest through any
+    URL of his own gets a task of his own, from his URL, not her bytes."""
+    url = "s3://private/small.bin"
+    digest = "sha256:" + hashlib.sha256(SMALL).hexdigest()
+    flags = ("--supernode", supernode.address, "--s3-endpoint", store.endpoint)
+    done = await dfget(url, tmp_path / "a.bin", env_of(tmp_path, ALICE), *flags, "--digest", digest)
+    result = summary(done)
+    assert (tmp_path / "a.bin").read_bytes() == SMALL
+    assert result["task_id"] == task_id_for(f"{store.endpoint}/private/small.bin")
+    wrong = "sha256:" + "0" * 64  # and the digest is still checked, by dfget
+    out = tmp_path / "w.bin"
+    done = await dfget(url, out, env_of(tmp_path, ALICE), *flags, "--digest", wrong)
+    assert done.returncode == 4, done.stderr.decode()  # IntegrityError
+    assert not out.exists()
+    stolen = tmp_path / "b.bin"
+    elsewhere = f"{store.endpoint}/public/none-such.bin"  # any URL he can name
+    done = await dfget(
+        elsewhere, stolen, env_of(tmp_path), "--supernode", supernode.address, "--digest", digest
+    )
+    assert done.returncode != 0
+    assert not stolen.exists()
 
 
 async def test_two_users_share_one_task(

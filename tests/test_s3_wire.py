@@ -226,3 +226,23 @@ async def test_a_hostile_listing_is_bounded(
     assert type(raised.value).__name__ == error
     assert len(requests) <= 30
     assert all(b"accept-encoding: identity" in request.lower() for request in requests)
+
+
+def test_a_register_naming_an_s3_object_by_a_digest_is_refused() -> None:
+    """A digest-named task is read without the origin's say: a supernode takes none for
+    an S3 object, whose task its URL names (each requester's keys checked)."""
+    header = {
+        TYPE_KEY: Register.TAG,
+        "url": "http://s3:9/bucket/key",
+        "digest": "sha256:" + "0" * 64,
+        "headers": [],
+        "tag": "",
+        "filter": [],
+        "public_key": bytes(32),
+        "upload_port": 0,
+        "s3": ["http://s3:9", "us-east-1", "AKIDEXAMPLE", SECRET, TOKEN],
+    }
+    with pytest.raises(ProtoError, match="named by its url"):
+        decode_header(msgpack.packb(header, use_bin_type=True))
+    header["digest"] = None
+    assert isinstance(decode_header(msgpack.packb(header, use_bin_type=True))[0], Register)
