@@ -122,25 +122,33 @@ class Reading:
 
 
 class OneSource:
-    """The bytes one client takes of a blob come from one source: a P2P prefix never
-    meets an upstream suffix. `check(taken)` raises BlobUnavailable once the blob's
-    download has failed, or has restarted from the upstream after `taken` bytes were
-    taken (read or sent: `taken_as` says which, in the error)."""
+    """The bytes one client takes of a blob come from one source and one version: a
+    P2P prefix never meets an upstream suffix, an old version's prefix never meets a
+    new one's suffix. `check(taken)` raises BlobUnavailable once the blob's download
+    has failed, or has started over after `taken` bytes were taken (read or sent:
+    `taken_as` says which, in the error): from the upstream, or on a new version (the
+    file changed upstream, or another supernode holds another one)."""
 
     def __init__(self, blob: Blob, taken_as: str) -> None:
         self.blob, self._taken_as = blob, taken_as
         self._fell_back = blob.fell_back
+        self._out = blob.out  # (kept: the blob lets go of it once complete)
+        self._resets = self._out.resets if self._out is not None else 0
 
     def check(self, taken: int) -> None:
         blob = self.blob
         blob.raise_if_failed()
-        if blob.fell_back != self._fell_back:
+        if self._out is None and blob.out is not None and not taken:
+            self._out, self._resets = blob.out, blob.out.resets  # (its download began)
+        resets = self._out.resets if self._out is not None else 0
+        if blob.fell_back != self._fell_back or resets != self._resets:
             if taken:
+                how = "from the upstream" if blob.fell_back != self._fell_back else "over"
                 raise BlobUnavailable(
-                    f"blob {blob.hex[:12]}: restarted from the upstream after {taken} "
+                    f"blob {blob.hex[:12]}: restarted {how} after {taken} "
                     f"bytes were {self._taken_as}"
                 )
-            self._fell_back = blob.fell_back
+            self._fell_back, self._resets = blob.fell_back, resets
 
 
 def _read(fd: int, count: int, offset: int, hasher: Hasher | None) -> bytes:

@@ -58,6 +58,9 @@ class AtomicOutput:
         self._layout: tuple[int, int] | None = None
         self._stored: set[int] = set()
         self._published = False  # renamed onto the target (`publish`)
+        # Times what was written stopped counting (`reset`, another layout): a reader
+        # that took bytes before must not take the new ones after them.
+        self.resets = 0
 
     @property
     def filled(self) -> int:
@@ -114,6 +117,9 @@ class AtomicOutput:
         layout = None if length is None else (piece_size, length)
         with self._lock:
             if layout is None or layout != self._layout:
+                if self._filled or self._islands:  # another version's bytes: rewritten
+                    self._filled, self._islands = 0, {}
+                    self.resets += 1
                 self._layout, self._stored = layout, set()
             return sorted(self._stored)
 
@@ -133,6 +139,7 @@ class AtomicOutput:
         with self._lock:
             self._filled, self._islands = 0, {}
             self._layout, self._stored = None, set()
+            self.resets += 1
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         start = offset

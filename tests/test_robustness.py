@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode, until
+from conftest import Fetch, RunningSupernode, StartDaemon, StartSupernode, until
 
 from dfget.errors import OriginFailed, UsageError
 from proto import Register, Registered, TaskFailed
@@ -119,6 +119,44 @@ async def test_a_newer_generation_stops_the_old_fetch_and_alone_survives_a_resta
     again = await start_supernode(data_dir=tmp_path / "store")
     restored = again.node.cdn.current(result.task_id)
     assert restored is not None and restored.generation == 2
+
+
+async def test_a_new_generation_is_never_spliced_into_a_daemons_answer(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    # A file that changes upstream while the daemon streams it to a client: the daemon's
+    # download starts over on the new generation, into the same file. The client has
+    # the old version's first bytes: the rest must not be the new version's (same
+    # length: the answer would look whole). It is broken off, and dfget downloads by
+    # itself.
+    old, new = os.urandom(24 * MiB), os.urandom(24 * MiB)  # (over what goes as a file)
+    gate = trio.Event()
+    origin.add("/f.bin", old, gate_after=12 * MiB, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    blobs = daemon.blobs
+    assert blobs is not None
+    async with trio.open_nursery() as nursery:
+        results = []
+
+        async def through_the_daemon() -> None:
+            results.append(
+                await fetch(origin.url("/f.bin"), node, name="c", daemon_socket=daemon.socket_path)
+            )
+
+        nursery.start_soon(through_the_daemon)
+        await until(lambda: origin.stats["/f.bin"].bytes_sent >= 12 * MiB)  # generation 1 held
+        await until(lambda: any(b.filled >= 8 * MiB for b in blobs.running_urls.values()))
+        await trio.sleep(0.5)  # (the client takes what the daemon has)
+        origin.add("/f.bin", new, etag=True)
+        await fetch(origin.url("/f.bin"), node, name="new")  # generation 2
+        gate.set()
+    (result,) = results
+    got = hashlib.sha256(Path(result.output).read_bytes()).digest()
+    assert got in (hashlib.sha256(old).digest(), hashlib.sha256(new).digest()), "spliced"
 
 
 async def test_two_supernodes_cannot_share_a_data_dir(
