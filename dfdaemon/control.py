@@ -84,6 +84,12 @@ MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path, less its NUL
 SOCKET_NAME = "dfdaemon.sock"
 MAX_REQUEST = 64 * 1024
 KEEP_RESULTS = 1000  # downloads whose result dfget may still ask for
+# Listings at once (`POST /v1/listings`): one at its bounds holds ~100 MiB while it is
+# built and up to MAX_LISTING bytes while it is sent; others wait their turn. The
+# answer must be taken within LISTING_SEND_TIMEOUT (a reading client takes it in well
+# under a second): one read a slice a minute would hold it for hours.
+LISTINGS_AT_ONCE = 2
+LISTING_SEND_TIMEOUT = 120.0
 # A new download at most this long goes to a dfget that can take a file as its
 # descriptor once complete, rather than streamed to it as it arrives (the copy of a
 # file this size in the kernel takes milliseconds; its download through the swarm
@@ -121,6 +127,8 @@ def _parse(body: bytes) -> DownloadRequest:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"not JSON: {exc}") from exc
+    except RecursionError as exc:  # ("[" * 60000)
+        raise BadInput("not JSON: nested too deep") from exc
     if not isinstance(data, dict) or not isinstance(data.get("url"), str):
         raise BadInput("want an object with a url")
     unknown = set(data) - {"url", "headers", "digest", "tag", "filter", "s3"}
@@ -191,6 +199,7 @@ class ControlApi:
         # key → a recent download's blob, and whether it was complete before it was asked
         # for (then this dfget got it from the cache, not from the swarm)
         self.served: dict[str, tuple[Blob, bool]] = {}
+        self._listings = trio.Semaphore(LISTINGS_AT_ONCE)
 
     async def serve(
         self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -280,6 +289,10 @@ class ControlApi:
         if urlsplit(wanted.url).scheme.lower() not in ("http", "https"):
             await _json(reply, 400, {"error": "want an http(s) URL", "exit": UsageError.exit_code})
             return
+        async with self._listings:
+            await self._list(wanted, reply)
+
+    async def _list(self, wanted: DownloadRequest, reply: Reply) -> None:
         # Its own client, every connection checked and pinned by the origin policy
         # (an index's links stay on its host; its name is resolved once a connection).
         headers = tuple(forwardable(list(wanted.headers)))
@@ -295,8 +308,10 @@ class ControlApi:
             finally:
                 await lister.aclose()
             rows = [[list(e.path), e.url, e.size, e.validator] for e in entries]
+            del entries  # (the answer alone is held while it goes)
             # (UTF-8, not \u escapes: the answer stays near the bytes the limits count)
             body = json.dumps({"entries": rows}, ensure_ascii=False).encode()
+            del rows
             if len(body) > MAX_LISTING:  # (what dfget reads at most)
                 raise TreeTooLarge(
                     f"{display_url(wanted.url)}: its listing is over {MAX_LISTING} bytes"
@@ -307,7 +322,11 @@ class ControlApi:
         except DfgetError as exc:
             await _error(reply, exc)
             return
-        await reply.simple(200, body, "application/json")
+        try:
+            with trio.fail_after(LISTING_SEND_TIMEOUT):
+                await reply.simple(200, body, "application/json")
+        except trio.TooSlowError:
+            raise ClientGone(f"a listing not taken within {LISTING_SEND_TIMEOUT:g}s") from None
 
     def _headers(self, blob: Blob, cached: bool, passed: bool = False) -> list[tuple[str, str]]:
         """The answer's headers; from here on dfget may ask where the bytes came from,

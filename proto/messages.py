@@ -54,6 +54,8 @@ def _check_headers(headers: Headers) -> None:
     for name, value in headers:
         if not name or any(c in name for c in "\r\n:\0 ") or any(c in value for c in "\r\n\0"):
             raise ValueError(f"bad header {name!r}")
+        if not (name.isascii() and value.isascii()):  # (no HTTP client sends them)
+            raise ValueError(f"header {name[:64]!r}: only ASCII may be sent")
 
 
 def check_request(url: str, headers: Headers) -> None:
@@ -62,6 +64,8 @@ def check_request(url: str, headers: Headers) -> None:
     never be registered, before it reaches a session other downloads share."""
     if not url.startswith(("http://", "https://")) or len(url) > MAX_URL:
         raise ValueError(f"url must be http(s) and at most {MAX_URL} characters")
+    if any(c <= " " or c == "\x7f" for c in url):
+        raise ValueError("url must hold no spaces or control characters")
     _check_headers(headers)
 
 

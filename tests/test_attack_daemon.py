@@ -42,11 +42,13 @@ from conftest import (
 )
 from rawwire import raw_connect
 from registry import Image, Registry, needs_registry, write_oci_image
+from test_attack_supernode import MiniOrigin
 
 from common.io import unwrap_group
 from dfdaemon import httpconn, httpserver
 from dfdaemon.app import Daemon, DaemonConfig
 from dfdaemon.cli import build_parser, resolve_config
+from dfdaemon.control import LISTINGS_AT_ONCE
 from dfdaemon.registry import BadReference, resolve
 from dfdaemon.trust import Trust, origin_of
 from dfget.engine import DownloadRequest
@@ -957,3 +959,40 @@ async def test_a_control_socket_path_too_long_stops_the_start(
     with pytest.raises(OSError, match="over 107 bytes"), unwrap_group():  # as the command sees it
         await daemon.serve()
     assert not path.exists()
+
+
+async def test_listings_take_turns(nursery: trio.Nursery, start_daemon: StartDaemon) -> None:
+    """`POST /v1/listings` builds a whole tree's listing in memory (~100 MiB at its
+    bounds): at most LISTINGS_AT_ONCE run at once, the others wait their turn (any
+    local user could start 32 at once before)."""
+    pages_at_once = most = 0
+    gate = trio.Event()
+
+    async def index(method: str, headers: dict[str, str]) -> tuple[int, list[Any], bytes]:
+        nonlocal pages_at_once, most
+        pages_at_once += 1
+        most = max(most, pages_at_once)
+        await gate.wait()
+        pages_at_once -= 1
+        return 200, [("content-type", "application/json")], b'[{"name": "f", "type": "file"}]'
+
+    server = MiniOrigin(index)
+    await nursery.start(server.serve)
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket_path))
+    answers: list[httpx.Response] = []
+    body = json.dumps({"url": server.url("/tree/"), "headers": []}).encode()
+
+    async def listing(client: httpx.AsyncClient) -> None:
+        answers.append(await client.post("http://daemon/v1/listings", content=body, timeout=30))
+
+    async with httpx.AsyncClient(transport=transport) as client, trio.open_nursery() as clients:
+        for _ in range(5):
+            clients.start_soon(listing, client)
+        await until(lambda: pages_at_once == LISTINGS_AT_ONCE)
+        await trio.sleep(0.3)  # (the others would have asked by now)
+        assert len(server.requests) == LISTINGS_AT_ONCE
+        gate.set()
+    assert most == LISTINGS_AT_ONCE
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert all(answer.json()["entries"][0][0] == ["f"] for answer in answers)

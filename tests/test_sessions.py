@@ -147,19 +147,23 @@ async def test_a_failed_register_answers_its_own_download_on_a_shared_session(
         {"url": "http://127.0.0.1:9/" + "a" * 9000},
         {"url": "http://127.0.0.1:9/x", "headers": [["X Y", "1"]]},
         {"url": "http://127.0.0.1:9/x", "headers": [["X", "a\r\nInjected: 1"]]},
+        {"url": "http://127.0.0.1:9/x", "headers": [["X", "caf\u00e9"]]},
+        {"url": "http://127.0.0.1:9/?\u0000"},
+        b"[" * 60_000,
     ],
-    ids=["url-too-long", "space-in-a-name", "crlf-in-a-value"],
+    ids=["url-too-long", "space-in-a-name", "crlf-in-a-value", "not-ascii", "nul", "deep"],
 )
 async def test_a_request_no_supernode_would_take_breaks_no_shared_session(
     origin: FakeOrigin,
     start_supernode: StartSupernode,
     start_daemon: StartDaemon,
     fetch: Fetch,
-    body: dict[str, object],
+    body: dict[str, object] | bytes,
 ) -> None:
     # Any local user may post to the control socket. A url or header a Register may not
     # carry is refused there (400, a usage error): sent on, the frame the codec refuses
-    # ended the session every download of the host shares, their readers broken off.
+    # ended the session every download of the host shares, their readers broken off
+    # (and what no HTTP client can send, or JSON nested past the parser, was a 500).
     data = os.urandom(8 * MiB)
     origin.add("/big.bin", data, rate=4 * MiB)  # (two seconds: under way meanwhile)
     node = await start_supernode()
@@ -172,7 +176,7 @@ async def test_a_request_no_supernode_would_take_breaks_no_shared_session(
 
         nursery.start_soon(big)
         await until(lambda: len(daemon_peers(node)) == 1)
-        raw = json.dumps(body).encode()
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(raw)}\r\n\r\n"
         answer = await trio.to_thread.run_sync(post_raw, daemon.socket_path, head.encode() + raw)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
