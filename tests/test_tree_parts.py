@@ -10,9 +10,12 @@ import pytest
 
 from dfget.errors import OutputError
 from dfget.tree import manifest
+from dfget.tree.entries import Entry
 from dfget.tree.globs import Selection
 from dfget.tree.index import Link, PageTooLarge, is_json, parse_page
 from dfget.tree.paths import UnsafePath, place, unsafe_part
+from dfget.tree.results import TreeResult
+from dfget.tree.steps import take
 
 PAGE = "http://127.0.0.1:8080/data/"
 
@@ -103,14 +106,37 @@ def test_not_an_index() -> None:
         parse_page(b'[{"type": "file"}]', "application/json", PAGE)
 
 
-@pytest.mark.parametrize("part", ["", ".", "..", "a/b", "a\\b", "a\0b", "x" * 256, "\udcff"])
+@pytest.mark.parametrize(
+    "part",
+    [
+        *("", ".", "..", "a/b", "a\\b", "a\0b", "x" * 256, "\udcff"),
+        "x" * 235,  # (with the temp file's 21 bytes more, over 255: it could never be written)
+        # What a terminal takes as commands: a listed name must not retitle the window or
+        # print "saved" lines of its own.
+        *("\x1b]0;pwned\x07", "ok\rdfget: saved evil", "a\nb", "\x9b2K", "a\x7f"),
+    ],
+)
 def test_unsafe_parts(part: str) -> None:
     assert unsafe_part(part)
 
 
-@pytest.mark.parametrize("part", ["a b.txt", "ünï €", "...", ".hidden", "x" * 255, "a:b"])
+@pytest.mark.parametrize(
+    "part", ["a b.txt", "ünï €", "...", ".hidden", "x" * 234, "a:b", "a\u00a0b"]
+)
 def test_safe_parts(part: str) -> None:
     assert unsafe_part(part) is None
+
+
+@pytest.mark.parametrize(
+    "path", [(manifest.NAME,), (manifest.NAME, "x"), (manifest.NAME, "d", "x")]
+)
+def test_the_manifests_name_is_refused_for_a_file_or_a_folder(path: tuple[str, ...]) -> None:
+    """A folder of the manifest's name would keep the manifest from being written: every
+    re-run would download every file again."""
+    outcome = TreeResult("http://h/", "/out")
+    wanted: dict[str, Entry] = {}
+    file = take(Entry(path, "http://h/x", 1, None), Selection(), wanted, outcome)
+    assert file is not None and file.status == "refused" and not wanted
 
 
 def test_place_makes_folders_and_never_goes_through_a_symlink(tmp_path: Path) -> None:

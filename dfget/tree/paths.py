@@ -20,7 +20,10 @@ from pathlib import Path
 
 from dfget.errors import OutputError
 
-MAX_NAME = 255  # bytes: what Linux file systems take in one name
+# Bytes of one name: what Linux file systems take (255), less what the temp file a
+# download writes first adds to it (".NAME.1234abcd.dfget-part", dfget/output.py):
+# a longer name would fail at every run, never be written.
+MAX_NAME = 255 - len(".." + "0" * 8 + ".dfget-part")
 
 
 class UnsafePath(OutputError):
@@ -34,6 +37,10 @@ def unsafe_part(part: str) -> str | None:
     for bad, what in (("/", "a '/'"), ("\\", "a '\\'"), ("\0", "a NUL")):
         if bad in part:
             return f"{what} in the name {part!r}"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in part):  # (C0, DEL, C1)
+        # A terminal takes them as commands: a listed name would retitle the window or
+        # print over the lines dfget says (an escape, a carriage return).
+        return f"a control character in the name {part!r}"
     try:
         size = len(part.encode("utf-8"))
     except UnicodeEncodeError:

@@ -28,7 +28,9 @@ def take(
     outcome.listed += 1
     if not selection.wants(entry.name):
         outcome.excluded += 1
-    elif entry.name in wanted or entry.path == (manifest.NAME,):
+    elif entry.name in wanted or entry.path[0] == manifest.NAME:
+        # (a folder of that name too: the manifest could not be written, and every
+        # re-run would download every file again)
         why = "listed twice" if entry.name in wanted else "the manifest's own name"
         return refused(entry, UnsafePath(f"refused {entry.name!r}: {why}"))
     else:
