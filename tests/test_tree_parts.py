@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -173,7 +174,7 @@ def test_manifest_round_trip_and_what_counts_as_current(tmp_path: Path) -> None:
     path.write_bytes(b"hello")
     state = manifest.local_state(path)
     assert state is not None
-    record = manifest.Record("http://h/f.txt", state[0], state[1], "v1", "00")
+    record = manifest.record_of("http://h/f.txt", state, "v1")
     manifest.save(tmp_path, {"f.txt": record})
     loaded = manifest.load(tmp_path)
     assert loaded == {"f.txt": record}
@@ -183,6 +184,14 @@ def test_manifest_round_trip_and_what_counts_as_current(tmp_path: Path) -> None:
     assert not manifest.is_current(record, "http://h/other", path, "v1")
     os.utime(path, ns=(state[1] + 10**9, state[1] + 10**9))
     assert not manifest.is_current(record, "http://h/f.txt", path, "v1")  # touched locally
+    # Rewritten in place, its mtime set back as it was (`touch -r`): the ctime tells.
+    path.write_bytes(b"HELLO")
+    os.utime(path, ns=(state.mtime_ns, state.mtime_ns))
+    assert manifest.local_state(path)[:2] == state[:2]  # type: ignore[index]
+    assert not manifest.is_current(record, "http://h/f.txt", path, "v1")
+    # A record of an older dfget (no ctime, no inode) vouches for nothing: downloaded once.
+    older = dataclasses.replace(record, ctime_ns=None, ino=None)
+    assert not manifest.may_be_current(older, "http://h/f.txt", path)
 
 
 def test_a_broken_or_symlinked_manifest_is_ignored(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """DIR/.dfget-tree.json: what earlier runs wrote, so a re-run skips what is done.
 
 A file counts as complete and verified when the manifest has it, from the same URL,
-and (1) the local file is a regular file whose size and mtime (nanoseconds) are what
-the run that wrote it recorded: nobody touched it since; (2) upstream it has the
+and (1) the local file is a regular file whose size, mtime, ctime (nanoseconds) and
+inode are what the run that wrote it recorded: nobody touched it since (an mtime can
+be set back, `touch -r`; a ctime and an inode cannot); (2) upstream it has the
 validator recorded for the bytes that run wrote: the listing's, or a HEAD's (ETag /
 Last-Modified / length), either taken before that download, so a change during it
 shows next time; or, for a file the manifest could not vouch for (no record, another
@@ -24,6 +25,7 @@ import secrets
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 NAME = ".dfget-tree.json"
 VERSION = 1
@@ -39,6 +41,10 @@ class Record:
     mtime_ns: int
     validator: str | None
     sha256: str | None = None  # older versions wrote the hash; now always None
+    # The file's ctime (ns) and inode as written; None in an older manifest (its files
+    # are then downloaded again once).
+    ctime_ns: int | None = None
+    ino: int | None = None
 
 
 def load(root: Path) -> dict[str, Record]:
@@ -80,13 +86,26 @@ def save(root: Path, records: dict[str, Record]) -> None:
         raise
 
 
-def local_state(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of the regular file at `path` (not following a symlink)."""
+class LocalState(NamedTuple):
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+
+def local_state(path: Path) -> LocalState | None:
+    """What a record keeps of the regular file at `path` (not following a symlink)."""
     try:
         info = os.lstat(path)
     except OSError:
         return None
-    return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return LocalState(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def record_of(url: str, state: LocalState, validator: str | None) -> Record:
+    return Record(url, state.size, state.mtime_ns, validator, None, state.ctime_ns, state.ino)
 
 
 def may_be_current(record: Record | None, url: str, path: Path) -> bool:
@@ -94,7 +113,8 @@ def may_be_current(record: Record | None, url: str, path: Path) -> bool:
     can tell whether it is current (worth asking for: a HEAD)."""
     if record is None or record.validator is None or record.url != url:
         return False
-    return local_state(path) == (record.size, record.mtime_ns)
+    recorded = (record.size, record.mtime_ns, record.ctime_ns, record.ino)
+    return record.ctime_ns is not None and local_state(path) == recorded
 
 
 def is_current(record: Record | None, url: str, path: Path, validator: str | None) -> bool:
@@ -104,4 +124,14 @@ def is_current(record: Record | None, url: str, path: Path, validator: str | Non
     return may_be_current(record, url, path)
 
 
-__all__ = ["NAME", "Record", "is_current", "load", "local_state", "may_be_current", "save"]
+__all__ = [
+    "NAME",
+    "LocalState",
+    "Record",
+    "is_current",
+    "load",
+    "local_state",
+    "may_be_current",
+    "record_of",
+    "save",
+]

@@ -59,8 +59,7 @@ def done(
     downloaded for) in `records`, the manifest to be."""
     state = manifest.local_state(path)
     if state is not None:
-        size, mtime_ns = state
-        records[entry.name] = manifest.Record(entry.url, size, mtime_ns, validator)
+        records[entry.name] = manifest.record_of(entry.url, state, validator)
     return FileResult(entry.name, entry.url, "done", bytes=result.bytes, download=result)
 
 
