@@ -43,6 +43,17 @@ from proto.messages import S3Access
 log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# URL downloads running or seeding at once. Any local user may start them (the control
+# socket, the proxy's --rule), and each holds a descriptor while it seeds, which is
+# until the supernode drops its task: past this many, the longest-seeded complete ones
+# stop seeding to make room (their files stay: the next client of one has it checked
+# against the supernode's digests first), and with none complete a new one is refused.
+MAX_URL_DOWNLOADS = 512
+
+
+class TooManyDownloads(Exception):
+    """MAX_URL_DOWNLOADS URL downloads run, none of them complete: the client goes
+    without the daemon."""
 
 
 def private_folder(path: Path) -> None:
@@ -219,12 +230,25 @@ class BlobStore:
         if blob is not None:
             blob.scope.cancel()
             del self.running_urls[task_id]
+        self._make_room()
         fresh = Blob(task_id, self.urls / task_id, s3=s3)
         # A file under its final name is always a complete download (written beside it
         # and renamed): one from before a restart is checked first. (One this daemon
         # seeded was just found stale by `still_current`: fetched anew.)
         fresh.recheck = bool(self.settings.supernodes) and blob is None and fresh.path.exists()
         return self._start(fresh, url, headers)
+
+    def _make_room(self) -> None:
+        """Fewer than MAX_URL_DOWNLOADS URL downloads: the longest-seeded complete (or
+        failed) ones are stopped; TooManyDownloads if all of them still run."""
+        for task_id, blob in list(self.running_urls.items()):  # (the oldest first)
+            if len(self.running_urls) < MAX_URL_DOWNLOADS:
+                return
+            if blob.complete or blob.error is not None:
+                blob.scope.cancel()
+                del self.running_urls[task_id]
+        if len(self.running_urls) >= MAX_URL_DOWNLOADS:
+            raise TooManyDownloads(f"this daemon runs {len(self.running_urls)} URL downloads")
 
     def kept_url(self, task_id: str) -> Blob | None:
         """The complete URL download of `task_id` this daemon keeps and seeds, if any."""

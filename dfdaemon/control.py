@@ -56,7 +56,7 @@ from common.origins import AddressDenied
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
 from dfdaemon.bodies import finished_small, length_known, pass_whole, send_whole
-from dfdaemon.cache import BlobStore
+from dfdaemon.cache import BlobStore, TooManyDownloads
 from dfdaemon.httpconn import ClientGone
 from dfdaemon.httpserver import Reply, Request, serve_connection
 from dfdaemon.metrics import Metrics
@@ -382,7 +382,7 @@ class ControlApi:
             return await url_download(
                 self.blobs, self.upstream, task_id, wanted.url, wanted.headers, wanted.s3
             )
-        except ContentDiffers as exc:
+        except (ContentDiffers, TooManyDownloads) as exc:
             raise ShareRefused(str(exc)) from exc
         except JoinRefused as exc:
             raise OriginFailed(str(exc), exc.status) from exc

@@ -25,7 +25,7 @@ from common.urls import display_url
 from dfdaemon import httpconn
 from dfdaemon.blob import BlobUnavailable, read_blob
 from dfdaemon.bodies import send_blob
-from dfdaemon.cache import BlobStore
+from dfdaemon.cache import BlobStore, TooManyDownloads
 from dfdaemon.hijack import Hijacker
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
@@ -94,7 +94,7 @@ class Proxy:
             return
         try:
             blob = await url_download(self.blobs, self.upstream, task_id, request.target, headers)
-        except (JoinRefused, UpstreamError) as exc:  # the origin answers it itself
+        except (JoinRefused, UpstreamError, TooManyDownloads) as exc:  # the origin answers it
             log.info("proxy: %s: not shared (%s): passed through", display_url(request.target), exc)
             await self._relay(request, reply)
             return

@@ -45,7 +45,7 @@ from registry import Image, Registry, needs_registry, write_oci_image
 from test_attack_supernode import MiniOrigin
 
 from common.io import unwrap_group
-from dfdaemon import httpconn, httpserver
+from dfdaemon import cache, httpconn, httpserver
 from dfdaemon.app import Daemon, DaemonConfig
 from dfdaemon.cli import build_parser, resolve_config
 from dfdaemon.control import LISTINGS_AT_ONCE
@@ -996,3 +996,42 @@ async def test_listings_take_turns(nursery: trio.Nursery, start_daemon: StartDae
     assert most == LISTINGS_AT_ONCE
     assert [answer.status_code for answer in answers] == [200] * 5
     assert all(answer.json()["entries"][0][0] == ["f"] for answer in answers)
+
+
+async def test_url_downloads_past_the_cap_stop_the_oldest_seeding_or_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    """Any local user may start URL downloads, each seeded (a descriptor held) until the
+    supernode drops its task: past MAX_URL_DOWNLOADS the longest-seeded complete one
+    stops; with all of them still running, a new one is refused (dfget goes without the
+    daemon), so that one user cannot take the daemon's descriptors."""
+    monkeypatch.setattr(cache, "MAX_URL_DOWNLOADS", 3)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    blobs = daemon.blobs
+    assert blobs is not None
+    for i in range(4):
+        origin.add(f"/f{i}.bin", os.urandom(1000 + i))
+    done = [
+        await fetch(origin.url(f"/f{i}.bin"), None, daemon_socket=daemon.socket_path)
+        for i in range(4)
+    ]
+    assert all(result.daemon for result in done)
+    assert len(blobs.running_urls) == 3  # the first stopped seeding to make room
+    assert done[0].task_id not in blobs.running_urls
+    gate = trio.Event()
+    for i in range(4, 8):
+        origin.add(f"/g{i}.bin", os.urandom(4 * MiB), gate_after=MiB, gate=gate)
+    async with trio.open_nursery() as nursery:
+        for i in range(4, 7):  # three that run (the seeding ones stop for them)
+            nursery.start_soon(
+                partial(control, daemon.socket_path, {"url": origin.url(f"/g{i}.bin")})
+            )
+        await until(lambda: len([b for b in blobs.running_urls.values() if not b.complete]) == 3)
+        status, body = await control(daemon.socket_path, {"url": origin.url("/g7.bin")})
+        assert status == 409 and json.loads(body)["fallback"] is True
+        gate.set()
