@@ -395,7 +395,7 @@ class ControlApi:
             answer = await ask_origin(self.upstream, wanted.url, wanted.headers, wanted.s3)
         except UpstreamError as exc:
             raise OriginFailed(f"cannot check access: {exc}") from exc
-        if answer.status_code >= 400:
+        if answer.status_code not in (200, 206):  # (206: a first byte, where HEAD is not allowed)
             where = display_url(wanted.url)
             raise OriginFailed(
                 f"origin answered {answer.status_code} for {where}", answer.status_code

@@ -1035,3 +1035,28 @@ async def test_url_downloads_past_the_cap_stop_the_oldest_seeding_or_are_refused
         status, body = await control(daemon.socket_path, {"url": origin.url("/g7.bin")})
         assert status == 409 and json.loads(body)["fallback"] is True
         gate.set()
+
+
+async def test_a_registry_answering_no_200_vouches_for_no_digest(
+    start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    """The control socket's access check for a digest takes a 200 (or a first byte's
+    206) as a yes, as the mirror does: a final 3xx without a Location, a 204, a 300
+    are no vouching."""
+    digest = "sha256:" + hashlib.sha256(b"blob").hexdigest()
+    status_of = {"HEAD": 302}
+
+    def registry(seen: Seen) -> Answer:
+        if seen.method == "HEAD":
+            return Answer(status_of["HEAD"])
+        return Answer(200, body=b"blob")
+
+    upstream = await scripted(registry)
+    daemon = await start_daemon("host1", upstream.url(""), None)
+    asked = {"url": upstream.url(f"/v2/team/app/blobs/{digest}"), "digest": digest}
+    for status in (302, 204, 300):
+        status_of["HEAD"] = status
+        answered, body = await control(daemon.socket_path, asked)
+        assert answered == 502, body
+        assert json.loads(body)["exit"] == 3 and str(status) in json.loads(body)["error"]
+    assert daemon.blobs is not None and not daemon.blobs.running
