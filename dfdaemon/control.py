@@ -71,7 +71,7 @@ from dfdaemon.sharing import (
 from dfdaemon.trust import Trust, origin_of
 from dfdaemon.upstream import Upstream, UpstreamError, forwardable
 from dfget.engine import DownloadRequest
-from dfget.errors import DfgetError, OriginFailed, UsageError
+from dfget.errors import DfgetError, OriginFailed, OutputError, UsageError
 from dfget.handoff import MAX_LISTING
 from dfget.tree.entries import Entry, TreeTooLarge
 from dfget.tree.httpindex import HttpIndexLister
@@ -271,8 +271,15 @@ class ControlApi:
                 if sha256:
                     self.blobs.drop(sha256)
         except BlobUnavailable as exc:
-            if not reply.started:
-                await _error(reply, exc.__cause__ or exc)
+            cause = exc.__cause__ or exc
+            if not reply.started and isinstance(cause, OutputError):
+                # The daemon's own disk (full, failing): dfget's output is not at fault,
+                # and the file is to be had without the daemon.
+                log.warning("control: %s: %s", display_url(wanted.url), cause)
+                error = f"the daemon could not keep the file: {cause}"
+                await _json(reply, 409, {"error": error, "exit": 1, "fallback": True})
+            elif not reply.started:
+                await _error(reply, cause)
             else:  # not ended: dfget sees a short body and goes on without the daemon
                 log.warning("control: %s broke off: %s", display_url(wanted.url), exc)
         finally:

@@ -52,6 +52,7 @@ from dfdaemon.control import LISTINGS_AT_ONCE
 from dfdaemon.registry import BadReference, resolve
 from dfdaemon.trust import Trust, origin_of
 from dfget.engine import DownloadRequest
+from dfget.errors import OutputError
 from dfget.output import AtomicOutput
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
@@ -1060,3 +1061,31 @@ async def test_a_registry_answering_no_200_vouches_for_no_digest(
         assert answered == 502, body
         assert json.loads(body)["exit"] == 3 and str(status) in json.loads(body)["error"]
     assert daemon.blobs is not None and not daemon.blobs.running
+
+
+async def test_a_daemon_that_cannot_keep_the_file_leaves_dfget_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+) -> None:
+    """The daemon's own disk failing (full: any local user can fill it) is not dfget's
+    output error (exit 7): dfget is told to go without the daemon, and does."""
+    data = os.urandom(3 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    assert daemon.blobs is not None
+    urls = str(daemon.blobs.urls)
+    opened = AtomicOutput._open
+
+    def full_disk(self: AtomicOutput, path: Path, flags: int) -> int:
+        if str(path).startswith(urls):
+            raise OutputError(f"cannot create a file in {path.parent}: No space left on device")
+        return opened(self, path, flags)
+
+    monkeypatch.setattr(AtomicOutput, "_open", full_disk)
+    result = await fetch(origin.url("/f.bin"), node, daemon_socket=daemon.socket_path)
+    assert Path(result.output).read_bytes() == data
+    assert result.daemon is None  # (downloaded by itself)
