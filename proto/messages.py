@@ -64,8 +64,8 @@ def check_request(url: str, headers: Headers) -> None:
     never be registered, before it reaches a session other downloads share."""
     if not url.startswith(("http://", "https://")) or len(url) > MAX_URL:
         raise ValueError(f"url must be http(s) and at most {MAX_URL} characters")
-    if any(c <= " " or c == "\x7f" for c in url):
-        raise ValueError("url must hold no spaces or control characters")
+    if any(c < " " or c == "\x7f" for c in url):  # (spaces are sent percent-encoded)
+        raise ValueError("url must hold no control characters")
     _check_headers(headers)
 
 
