@@ -14,7 +14,7 @@ from dfget.tree import manifest
 from dfget.tree.entries import Entry
 from dfget.tree.globs import Selection
 from dfget.tree.index import Link, PageTooLarge, is_json, parse_page
-from dfget.tree.paths import UnsafePath, place, unsafe_part
+from dfget.tree.paths import UnsafePath, make_root, place, unsafe_part
 from dfget.tree.results import TreeResult
 from dfget.tree.steps import take
 
@@ -259,3 +259,21 @@ def test_a_validator_and_every_name_count_in_bytes() -> None:
     assert page.size == len(link.url) + 30 + len(link.validator or "")
     with pytest.raises(PageTooLarge):
         parse_page(body.encode(), "application/json", url, max_size=page.size - 1)
+
+
+def test_a_dir_others_may_write_into_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user who can write into DIR could swap a folder for a symlink while a file
+    is written there: what `place` cannot stop is said, at the start of the run."""
+    mine = tmp_path / "mine"
+    make_root(mine)  # (made)
+    assert mine.is_dir() and "another user" not in caplog.text
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    make_root(shared)
+    assert "another user may write into it" in caplog.text
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OutputError, match="cannot make"):
+        make_root(tmp_path / "file" / "x")

@@ -21,13 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from dfget.errors import DfgetError, OutputError, UsageError
+from dfget.errors import DfgetError, UsageError
 from dfget.handoff import DaemonUnreachable, Handoff, download_file
 from dfget.request import DownloadRequest
 from dfget.results import DownloadResult
 from dfget.tree import manifest
 from dfget.tree.entries import Entry, http_validator_of
 from dfget.tree.globs import Selection
+from dfget.tree.paths import make_root
 from dfget.tree.report import guarded, report, say
 from dfget.tree.results import FileResult, TreeResult
 from dfget.tree.steps import done, failed, placed, take
@@ -96,10 +97,7 @@ def _run(
     if entries is None:
         return None
     root = template.output
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot make {root}: {exc}") from exc
+    make_root(root)
     outcome = TreeResult(url=template.url, root=str(root))
     runner = _Runner(template, root, None if (args.json or args.quiet) else say, outcome)
     wanted: dict[str, Entry] = {}

@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import stat
 from pathlib import Path
 
 from dfget.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 # Bytes of one name: what Linux file systems take (255), less what the temp file a
 # download writes first adds to it (".NAME.1234abcd.dfget-part", dfget/output.py):
@@ -124,4 +127,21 @@ def _is_link(fd: int, part: str) -> bool:
         return False
 
 
-__all__ = ["UnsafePath", "place", "unsafe_part", "unsafe_path"]
+def make_root(root: Path) -> None:
+    """DIR, made if missing (OutputError if it cannot be); a warning if another user
+    may write into it: one could swap a folder in it for a symlink while files are
+    written (what `place` cannot stop, docs/dfget.md)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        info = os.stat(root)
+    except OSError as exc:
+        raise OutputError(f"cannot make {root}: {exc}") from exc
+    if info.st_uid != os.geteuid() or info.st_mode & 0o002:
+        log.warning(
+            "%s: another user may write into it (a folder swapped for a symlink during the "
+            "run would take files elsewhere): download into a folder only you can write",
+            root,
+        )
+
+
+__all__ = ["UnsafePath", "make_root", "place", "unsafe_part", "unsafe_path"]

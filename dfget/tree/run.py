@@ -18,10 +18,11 @@ import trio
 
 from dfget.defaults import DEFAULT_JOBS
 from dfget.engine import DownloadRequest, download
-from dfget.errors import DfgetError, OutputError
+from dfget.errors import DfgetError
 from dfget.tree import manifest
 from dfget.tree.entries import Entry, Lister
 from dfget.tree.globs import Selection
+from dfget.tree.paths import make_root
 from dfget.tree.results import FileResult, TreeResult
 from dfget.tree.steps import done, failed, placed, take
 
@@ -44,10 +45,7 @@ async def download_tree(
     the tree as a whole (the listing, DIR); a file's failure is in its FileResult."""
     started = trio.current_time()
     root = request.root
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot make {root}: {exc}") from exc
+    make_root(root)
     records = manifest.load(root)
     outcome = TreeResult(url=request.template.url, root=str(root))
     wanted: dict[str, Entry] = {}
