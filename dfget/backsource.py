@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -54,6 +54,7 @@ async def fetch_from_origin(
     options: dict[str, Any] = {
         "follow_redirects": True,
         "timeout": httpx.Timeout(60.0, connect=10.0),
+        "event_hooks": {"request": [_credentials_stay(url)]},
     }
     if policy is None:
         client = httpx.AsyncClient(verify=tls_context(insecure), **options)
@@ -97,3 +98,22 @@ async def fetch_from_origin(
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from the origin does not match {digest}")
     return received, validators
+
+
+# Never sent to another origin than the one asked (a redirect's): httpx drops
+# Authorization alone; an S3 session token is a credential too.
+SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-amz-security-token"})
+
+
+def _credentials_stay(url: str) -> Callable[[httpx.Request], Awaitable[None]]:
+    """A request hook for a client that follows redirects from `url`: a hop to another
+    origin (scheme, host, port) goes without the SENSITIVE headers."""
+    first = httpx.URL(url)
+    origin = (first.scheme, first.host, first.port)
+
+    async def hook(request: httpx.Request) -> None:
+        if (request.url.scheme, request.url.host, request.url.port) != origin:
+            for name in SENSITIVE:
+                request.headers.pop(name, None)
+
+    return hook

@@ -93,6 +93,24 @@ async def test_redirect_to_another_origin_drops_credentials(
     assert not any(k in ("authorization", "cookie", "x-amz-security-token") for k, _ in sent)
 
 
+async def test_back_to_source_redirected_elsewhere_takes_no_credentials(
+    origin: FakeOrigin, fetch: Fetch, nursery: trio.Nursery, lean: bool
+) -> None:
+    """dfget's own GET (no supernode) follows redirects with httpx, which keeps every
+    header but Authorization: a session token or a cookie must not go to another host."""
+    other = FakeOrigin()
+    await nursery.start(other.serve)
+    data = os.urandom(MiB + 5)
+    other.add("/real.bin", data)
+    origin.add("/moved-away.bin", b"", redirect_to=other.url("/real.bin"))
+    secret = (("Authorization", "Bearer s3cret"), ("Cookie", "c=1"), ("X-Amz-Security-Token", "t"))
+    away = await fetch(origin.url("/moved-away.bin"), None, headers=secret)
+    assert Path(away.output).read_bytes() == data
+    assert ("x-amz-security-token", "t") in origin.stats["/moved-away.bin"].requests[0][1]
+    _, sent = other.stats["/real.bin"].requests[0]
+    assert not any(k in ("authorization", "cookie", "x-amz-security-token") for k, _ in sent)
+
+
 async def test_redirect_to_https_leaves_the_lean_path(
     origin: FakeOrigin,
     tls_origin: tuple[FakeOrigin, bytes],
