@@ -107,12 +107,20 @@ SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-amz-
 
 def _credentials_stay(url: str) -> Callable[[httpx.Request], Awaitable[None]]:
     """A request hook for a client that follows redirects from `url`: a hop to another
-    origin (scheme, host, port) goes without the SENSITIVE headers."""
+    origin goes without the SENSITIVE headers (where httpx keeps Authorization: the
+    same host, from http on its default port to https on its own)."""
     first = httpx.URL(url)
-    origin = (first.scheme, first.host, first.port)
 
     async def hook(request: httpx.Request) -> None:
-        if (request.url.scheme, request.url.host, request.url.port) != origin:
+        hop = request.url
+        same = (hop.scheme, hop.host, hop.port) == (first.scheme, first.host, first.port)
+        upgrade = (
+            hop.host == first.host
+            and (first.scheme, hop.scheme) == ("http", "https")
+            and first.port in (None, 80)
+            and hop.port in (None, 443)
+        )
+        if not (same or upgrade):
             for name in SENSITIVE:
                 request.headers.pop(name, None)
 
