@@ -138,8 +138,13 @@ class OneSource:
     def check(self, taken: int) -> None:
         blob = self.blob
         blob.raise_if_failed()
-        if self._out is None and blob.out is not None and not taken:
-            self._out, self._resets = blob.out, blob.out.resets  # (its download began)
+        out = blob.out
+        if out is not None and out is not self._out:  # (its download began, or began anew)
+            if taken and self._out is not None:
+                raise BlobUnavailable(
+                    f"blob {blob.hex[:12]}: written anew after {taken} bytes were {self._taken_as}"
+                )
+            self._out, self._resets = out, out.resets
         resets = self._out.resets if self._out is not None else 0
         if blob.fell_back != self._fell_back or resets != self._resets:
             if taken:

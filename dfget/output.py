@@ -116,12 +116,23 @@ class AtomicOutput:
         kept across processes is `dfget.resume.ResumableOutput`'s."""
         layout = None if length is None else (piece_size, length)
         with self._lock:
-            if layout is None or layout != self._layout:
-                if self._filled or self._islands:  # another version's bytes: rewritten
-                    self._filled, self._islands = 0, {}
-                    self.resets += 1
+            changed = layout is None or layout != self._layout
+            if changed:
                 self._layout, self._stored = layout, set()
-            return sorted(self._stored)
+            held = sorted(self._stored)
+        if changed:  # (another version's bytes, if any: they will be rewritten)
+            self.forget_filled()
+        return held
+
+    def forget_filled(self) -> None:
+        """What is written stops counting for readers (it will be rewritten, another
+        version's bytes): `filled` starts from 0 again, and `resets` says so to a
+        reader that took some of them."""
+        with self._lock:
+            if not (self._filled or self._islands):
+                return
+            self._filled, self._islands = 0, {}
+            self.resets += 1
 
     def piece_stored(self, index: int) -> None:
         """A verified piece is written (from a worker thread)."""

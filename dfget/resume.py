@@ -85,6 +85,7 @@ class ResumableOutput(AtomicOutput):
         super().__exit__(kind, exc, tb)
 
     def resume_from(self, piece_size: int, length: int | None) -> list[int]:
+        super().resume_from(piece_size, length)  # (what readers may count on, per layout)
         return self.record.start(piece_size, length)
 
     def piece_stored(self, index: int) -> None:
@@ -116,6 +117,14 @@ async def take_local(
     for at in range(0, len(known), CHECK_BATCH):  # a stop waits for one batch at most
         batch = known[at : at + CHECK_BATCH]
         good += await trio.to_thread.run_sync(_check, book, writer, batch)
+    if len(good) < len(known):
+        # Pieces of another version (a supernode holding another one, the same length):
+        # rewritten where readers may have taken them. They start over; the good ones
+        # count again.
+        writer.output.forget_filled()
+        for index, size in good:
+            offset = index * book.piece_size
+            writer.output.note_written(offset, offset + size)
     log.info(
         "resumed %d of %d recorded pieces (%d bytes) in %.2fs",
         len(good),

@@ -101,6 +101,13 @@ class SpoolOutput(AtomicOutput):
         self.committed = False
         self._changed_soon()
 
+    def forget_filled(self) -> None:
+        resets = self.resets
+        super().forget_filled()
+        if self.resets != resets:  # (the bytes start over: the follower checks them anew)
+            self.generation += 1
+            self._changed_soon()
+
     def commit(self) -> None:
         self.committed = True
         self._changed_soon()

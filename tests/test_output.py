@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from dfdaemon.blob import Blob, BlobUnavailable, OneSource
 from dfget.output import AtomicOutput
+from dfget.resume import ResumableOutput
 
 
 def test_filled_grows_only_over_a_contiguous_start(tmp_path: Path) -> None:
@@ -53,3 +55,44 @@ def test_a_durable_outputs_background_flush_error_fails_its_commit(
         with pytest.raises(OutputError, match="lost the write"):
             out.commit()
     assert not target.exists()  # never named
+
+
+@pytest.mark.parametrize("kind", ["atomic", "resumable"])
+def test_bytes_of_another_layout_stop_counting_for_readers(tmp_path: Path, kind: str) -> None:
+    """A failover to a supernode holding another version (another layout): what was
+    written will be rewritten, so `filled` starts over and `resets` tells a reader (the
+    daemon's own output, ResumableOutput, too: it kept counting the old bytes)."""
+    out: AtomicOutput = (
+        AtomicOutput(tmp_path / "f") if kind == "atomic" else ResumableOutput(tmp_path / "f")
+    )
+    with out:
+        assert out.resume_from(4, 16) == []
+        out.write_at(0, b"12345678")
+        assert out.filled == 8 and out.resets == 0
+        out.resume_from(4, 16)  # the same layout: nothing changes
+        assert out.filled == 8 and out.resets == 0
+        out.resume_from(4, 20)
+        assert out.filled == 0 and out.resets == 1
+        out.forget_filled()  # nothing written since: nothing to tell
+        assert out.resets == 1
+
+
+def test_a_reader_that_took_bytes_of_one_output_takes_none_of_the_next(tmp_path: Path) -> None:
+    """A daemon's reader follows one output of a blob: one written anew (a recheck that
+    failed, a new download) breaks it off once it took bytes."""
+    blob = Blob("ab" * 32, tmp_path / "b")
+    source = OneSource(blob, "sent")
+    with AtomicOutput(tmp_path / "first") as first, AtomicOutput(tmp_path / "second") as second:
+        blob.out = first
+        source.check(0)
+        first.write_at(0, b"abcd")
+        source.check(4)
+        blob.out = second
+        with pytest.raises(BlobUnavailable, match="written anew after 4 bytes"):
+            source.check(4)
+        fresh = OneSource(blob, "sent")  # (one that took nothing follows the new one)
+        second.write_at(0, b"ab")
+        fresh.check(2)
+        second.reset()
+        with pytest.raises(BlobUnavailable, match="restarted over after 2 bytes"):
+            fresh.check(2)
