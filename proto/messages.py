@@ -188,8 +188,6 @@ class Register(Message):
             self.s3.check()
             if not self.url.startswith(self.s3.endpoint + "/"):
                 raise ValueError("an S3 object's url must be on its s3.endpoint")
-            if self.digest is not None:  # (a digest-named task is read without its keys)
-                raise ValueError("an S3 object's task is named by its url, not a digest")
         if len(self.public_key) != KEY_BYTES:
             raise ValueError("public_key must be 32 bytes")
         if self.upload_port > 65535 or self.upload_slots > 1024:

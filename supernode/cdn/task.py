@@ -55,7 +55,11 @@ class TaskSpec:
         filter_keys: tuple[str, ...] = (),
         s3: S3Access | None = None,
     ) -> TaskSpec:
-        """Raises ValueError for a bad URL, digest or Range."""
+        """Raises ValueError for a bad URL, digest or Range, or an S3 object named by a
+        digest (a digest-named task is served to whoever names the digest, without
+        asking the origin: a private object's would reach peers without its keys)."""
+        if s3 is not None and digest is not None:
+            raise ValueError("an S3 object's task is named by its url, not a digest")
         range_header = next((v for k, v in headers if k.lower() == "range"), None)
         task_id = task_id_for(
             url, digest=digest, tag=tag, filter_keys=filter_keys, range_header=range_header
