@@ -13,6 +13,7 @@ from common.io.origins import checked_client, numeric_address, open_checked_tcp_
 from common.origins import AddressDenied, OriginPolicy, parse_address, parse_network
 from supernode.admin.realms import RealmHost, realm_gets_credentials
 from testkit.origin import FakeOrigin, self_signed_tls
+from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 
 @pytest.mark.parametrize(
@@ -173,3 +174,29 @@ def test_credentials_go_only_to_a_realm_that_cannot_be_a_strangers(
 def test_a_bad_realm_host_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         RealmHost.parse(text)
+
+
+async def test_a_shared_client_keeps_no_requesters_cookie_for_another(
+    nursery: trio.Nursery,
+) -> None:
+    """The supernode's and the daemon's clients ask for every requester: an origin's
+    `Set-Cookie` for Alice's credentials must not go with Bob's requests (his own
+    `Cookie` header still goes with his)."""
+    seen: list[dict[str, str]] = []
+
+    def origin(request: Seen) -> Answer:
+        seen.append(request.headers)
+        if request.headers.get("authorization") == "Basic alice":
+            return Answer(200, [("set-cookie", "session=alice; Path=/")])
+        if "session=alice" in request.headers.get("cookie", ""):
+            return Answer(200)  # (a session cookie opens the door as the credentials do)
+        return Answer(401)
+
+    server = ScriptedOrigin(origin)
+    await nursery.start(server.serve)
+    async with checked_client(OriginPolicy()) as client:
+        alice = await client.head(server.url("/f"), headers={"authorization": "Basic alice"})
+        bob = await client.head(server.url("/f"))
+        own = await client.head(server.url("/f"), headers={"cookie": "mine=1"})
+    assert (alice.status_code, bob.status_code, own.status_code) == (200, 401, 401)
+    assert "cookie" not in seen[1] and seen[2]["cookie"] == "mine=1"

@@ -23,6 +23,7 @@ Not exported from `common.io`: it imports httpx, which dfget loads only when nee
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -253,9 +254,19 @@ def checked_client(
         mounts[f"https://{host}"] = CheckedTransport(
             policy, verify=context, limits=limits, trust_env=trust_env, proxy=proxy
         )
+    kwargs.setdefault("cookies", no_cookies())
     return httpx.AsyncClient(
         transport=transport, mounts=mounts, verify=verify, trust_env=trust_env, **kwargs
     )
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing. These clients ask for many requesters (every
+    peer of a supernode, every local user of a daemon): a jar that kept one's
+    `Set-Cookie` (a session an origin opened for its credentials) would send it with
+    the next one's requests, and the origin would say yes to them. A requester's own
+    `Cookie` header still goes with its own requests."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 def proxy_for(proxies: Mapping[str, str | None], url: str) -> str | None:
