@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from common.io import RateLimiter
+from common.io.capped import bounded_redirect
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
 from dfget.errors import IntegrityError, OriginFailed
@@ -54,7 +55,7 @@ async def fetch_from_origin(
     options: dict[str, Any] = {
         "follow_redirects": True,
         "timeout": httpx.Timeout(60.0, connect=10.0),
-        "event_hooks": {"request": [_credentials_stay(url)]},
+        "event_hooks": {"request": [_credentials_stay(url)], "response": [bounded_redirect]},
     }
     if policy is None:
         client = httpx.AsyncClient(verify=tls_context(insecure), **options)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import gzip
 import ssl
+import tracemalloc
 
+import httpx
 import pytest
 import trio
 from fakenet import FakeNetwork
@@ -200,3 +203,29 @@ async def test_a_shared_client_keeps_no_requesters_cookie_for_another(
         own = await client.head(server.url("/f"), headers={"cookie": "mine=1"})
     assert (alice.status_code, bob.status_code, own.status_code) == (200, 401, 401)
     assert "cookie" not in seen[1] and seen[2]["cookie"] == "mine=1"
+
+
+async def test_a_redirect_whose_body_is_a_bomb_is_not_followed(nursery: trio.Nursery) -> None:
+    """httpx reads a redirect's body whole, decoded, before it follows it: 200-odd
+    bytes of gzip inside gzip would be 64 MiB in memory (the preheat's, the daemon's
+    access checks', dfget's own GET)."""
+    bomb = gzip.compress(gzip.compress(bytes(64 << 20)))
+
+    def origin(request: Seen) -> Answer:
+        if request.path == "/r":
+            headers = [("location", "/f"), ("content-encoding", "gzip, gzip")]
+            return Answer(302, headers, bomb)
+        return Answer(200, body=b"fine")
+
+    server = ScriptedOrigin(origin)
+    await nursery.start(server.serve)
+    async with checked_client(OriginPolicy(), follow_redirects=True) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(httpx.DecodingError, match="redirect"):
+                await client.get(server.url("/r"))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (await client.get(server.url("/f"))).content == b"fine"
+    assert peak < 8 << 20, f"{peak >> 20} MiB"

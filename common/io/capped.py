@@ -23,6 +23,28 @@ class EncodedBody(ValueError):
     """The server encoded (compressed) the body though the request asked it not to."""
 
 
+MAX_REDIRECT_BODY = 64 * 1024  # bytes of a redirect's body a client following it reads
+
+
+async def bounded_redirect(response: httpx.Response) -> None:
+    """An httpx response hook for a client that follows redirects: httpx reads each
+    redirect's body whole and decoded (`aread`) before it goes on, so a 302 of gzip
+    inside gzip would unpack to any size, past every bound of the answer it leads to.
+    A redirect with an encoded body, or announcing one over MAX_REDIRECT_BODY bytes,
+    fails the request (httpx.DecodingError) before it is read."""
+    if not response.has_redirect_location:
+        return
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    length = response.headers.get("content-length", "")
+    too_long = length.isascii() and length.isdigit() and int(length) > MAX_REDIRECT_BODY
+    if encoding not in ("", "identity") or too_long:
+        raise httpx.DecodingError(
+            f"a redirect with a body encoded ({encoding[:64]}) or over {MAX_REDIRECT_BODY} "
+            "bytes: not followed",
+            request=response.request,
+        )
+
+
 def identity_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """`headers` with any Accept-Encoding replaced by `identity`."""
     return [*((k, v) for k, v in headers if k.lower() != "accept-encoding"), IDENTITY]
@@ -46,4 +68,12 @@ async def read_capped(response: httpx.Response, cap: int) -> bytes:
     return bytes(body)
 
 
-__all__ = ["IDENTITY", "BodyTooLarge", "EncodedBody", "identity_headers", "read_capped"]
+__all__ = [
+    "IDENTITY",
+    "MAX_REDIRECT_BODY",
+    "BodyTooLarge",
+    "EncodedBody",
+    "bounded_redirect",
+    "identity_headers",
+    "read_capped",
+]

@@ -33,6 +33,7 @@ import httpcore
 import httpx
 import trio
 
+from common.io.capped import bounded_redirect
 from common.origins import AddressDenied, IPAddress, OriginPolicy, parse_address
 
 HAPPY_EYEBALLS_DELAY = 0.25  # as trio.open_tcp_stream: the next address after this long
@@ -255,8 +256,15 @@ def checked_client(
             policy, verify=context, limits=limits, trust_env=trust_env, proxy=proxy
         )
     kwargs.setdefault("cookies", no_cookies())
+    hooks = dict(kwargs.pop("event_hooks", None) or {})
+    hooks["response"] = [*hooks.get("response", ()), bounded_redirect]
     return httpx.AsyncClient(
-        transport=transport, mounts=mounts, verify=verify, trust_env=trust_env, **kwargs
+        event_hooks=hooks,
+        transport=transport,
+        mounts=mounts,
+        verify=verify,
+        trust_env=trust_env,
+        **kwargs,
     )
 
 
