@@ -23,18 +23,19 @@ from dfget.errors import OutputError
 
 log = logging.getLogger(__name__)
 
-# Bytes of one name: what Linux file systems take (255), less what the temp file a
-# download writes first adds to it (".NAME.1234abcd.dfget-part", dfget/output.py):
-# a longer name would fail at every run, never be written.
-MAX_NAME = 255 - len(".." + "0" * 8 + ".dfget-part")
+MAX_NAME = 255  # bytes of one name: what Linux file systems take
+# A file's name, less what the temp file a download writes first adds to it
+# (".NAME.1234abcd.dfget-part", dfget/output.py): a longer one would fail at every run.
+MAX_FILE_NAME = MAX_NAME - len(".." + "0" * 8 + ".dfget-part")
 
 
 class UnsafePath(OutputError):
     """A listed path that would leave DIR (or go through a symlink): refused."""
 
 
-def unsafe_part(part: str) -> str | None:
-    """Why `part` cannot be one name of a local path, or None if it can."""
+def unsafe_part(part: str, *, file: bool = False) -> str | None:
+    """Why `part` cannot be one name of a local path (a `file`'s: the last), or None if
+    it can."""
     if part in ("", ".", ".."):
         return f"the name {part!r}"
     for bad, what in (("/", "a '/'"), ("\\", "a '\\'"), ("\0", "a NUL")):
@@ -48,8 +49,9 @@ def unsafe_part(part: str) -> str | None:
         size = len(part.encode("utf-8"))
     except UnicodeEncodeError:
         return f"a name that is not UTF-8 ({part!r})"
-    if size > MAX_NAME:
-        return f"a name longer than {MAX_NAME} bytes"
+    limit = MAX_FILE_NAME if file else MAX_NAME
+    if size > limit:
+        return f"a {'file ' if file else ''}name longer than {limit} bytes"
     return None
 
 
@@ -57,8 +59,8 @@ def unsafe_path(parts: tuple[str, ...]) -> str | None:
     """Why `parts` cannot be a relative path under DIR, or None if it can."""
     if not parts:
         return "an empty path"
-    for part in parts:
-        why = unsafe_part(part)
+    for i, part in enumerate(parts):
+        why = unsafe_part(part, file=i == len(parts) - 1)
         if why:
             return why
     return None
