@@ -90,6 +90,9 @@ KEEP_RESULTS = 1000  # downloads whose result dfget may still ask for
 # under a second): one read a slice a minute would hold it for hours.
 LISTINGS_AT_ONCE = 2
 LISTING_SEND_TIMEOUT = 120.0
+# Seconds a listing waits for its turn; then dfget is told to list the tree itself
+# (one user holding both turns with slow indexes of their own must not hold up others).
+LISTING_TURN_WAIT = 2.0
 # A new download at most this long goes to a dfget that can take a file as its
 # descriptor once complete, rather than streamed to it as it arrives (the copy of a
 # file this size in the kernel takes milliseconds; its download through the swarm
@@ -296,8 +299,17 @@ class ControlApi:
         if urlsplit(wanted.url).scheme.lower() not in ("http", "https"):
             await _json(reply, 400, {"error": "want an http(s) URL", "exit": UsageError.exit_code})
             return
-        async with self._listings:
+        try:
+            with trio.fail_after(LISTING_TURN_WAIT):
+                await self._listings.acquire()
+        except trio.TooSlowError:  # (dfget lists the tree itself, at once)
+            error = "busy listing other trees: list it without the daemon"
+            await _json(reply, 409, {"error": error, "exit": 1, "fallback": True})
+            return
+        try:
             await self._list(wanted, reply)
+        finally:
+            self._listings.release()
 
     async def _list(self, wanted: DownloadRequest, reply: Reply) -> None:
         # Its own client, every connection checked and pinned by the origin policy

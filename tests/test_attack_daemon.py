@@ -997,6 +997,16 @@ async def test_listings_take_turns(nursery: trio.Nursery, start_daemon: StartDae
     assert most == LISTINGS_AT_ONCE
     assert [answer.status_code for answer in answers] == [200] * 5
     assert all(answer.json()["entries"][0][0] == ["f"] for answer in answers)
+    # Turns held longer than a listing waits for one: dfget is told to list it itself.
+    gate = trio.Event()
+    answers.clear()
+    async with httpx.AsyncClient(transport=transport) as client, trio.open_nursery() as clients:
+        for _ in range(3):
+            clients.start_soon(listing, client)
+        await until(lambda: len(answers) == 1, 10)
+        gate.set()
+    assert sorted(answer.status_code for answer in answers) == [200, 200, 409]
+    assert next(a for a in answers if a.status_code == 409).json()["fallback"] is True
 
 
 async def test_url_downloads_past_the_cap_stop_the_oldest_seeding_or_are_refused(
