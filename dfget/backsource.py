@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from common.io import RateLimiter
 from common.io.capped import bounded_redirect
+from common.io.origins import credentials_stay
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
 from dfget.errors import IntegrityError, OriginFailed
@@ -55,10 +56,15 @@ async def fetch_from_origin(
     options: dict[str, Any] = {
         "follow_redirects": True,
         "timeout": httpx.Timeout(60.0, connect=10.0),
-        "event_hooks": {"request": [_credentials_stay(url)], "response": [bounded_redirect]},
     }
     if policy is None:
-        client = httpx.AsyncClient(verify=tls_context(insecure), **options)
+        # (as `checked_client` does: credentials stay on their origin, redirects' bodies
+        # are bounded)
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [credentials_stay],
+            "response": [bounded_redirect],
+        }
+        client = httpx.AsyncClient(verify=tls_context(insecure), event_hooks=hooks, **options)
     else:
         from common.io.origins import checked_client
 
@@ -99,30 +105,3 @@ async def fetch_from_origin(
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from the origin does not match {digest}")
     return received, validators
-
-
-# Never sent to another origin than the one asked (a redirect's): httpx drops
-# Authorization alone; an S3 session token is a credential too.
-SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-amz-security-token"})
-
-
-def _credentials_stay(url: str) -> Callable[[httpx.Request], Awaitable[None]]:
-    """A request hook for a client that follows redirects from `url`: a hop to another
-    origin goes without the SENSITIVE headers (where httpx keeps Authorization: the
-    same host, from http on its default port to https on its own)."""
-    first = httpx.URL(url)
-
-    async def hook(request: httpx.Request) -> None:
-        hop = request.url
-        same = (hop.scheme, hop.host, hop.port) == (first.scheme, first.host, first.port)
-        upgrade = (
-            hop.host == first.host
-            and (first.scheme, hop.scheme) == ("http", "https")
-            and first.port in (None, 80)
-            and hop.port in (None, 443)
-        )
-        if not (same or upgrade):
-            for name in SENSITIVE:
-                request.headers.pop(name, None)
-
-    return hook

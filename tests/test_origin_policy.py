@@ -229,3 +229,36 @@ async def test_a_redirect_whose_body_is_a_bomb_is_not_followed(nursery: trio.Nur
             tracemalloc.stop()
         assert (await client.get(server.url("/f"))).content == b"fine"
     assert peak < 8 << 20, f"{peak >> 20} MiB"
+
+
+async def test_credentials_stay_on_their_origin_through_a_shared_clients_redirects(
+    nursery: trio.Nursery,
+) -> None:
+    """The daemon's access checks follow a registry's redirects with this client: httpx
+    alone would keep every header but Authorization on a hop to another host (an S3
+    session token, a cookie). A hop on the same origin keeps them."""
+    seen: dict[str, dict[str, str]] = {}
+
+    def elsewhere(request: Seen) -> Answer:
+        seen["other"] = request.headers
+        return Answer(200)
+
+    other = ScriptedOrigin(elsewhere)
+    await nursery.start(other.serve)
+
+    def origin(request: Seen) -> Answer:
+        seen[request.path] = request.headers
+        if request.path == "/away":
+            return Answer(302, [("location", other.url("/x"))])
+        if request.path == "/here":
+            return Answer(302, [("location", "/x")])
+        return Answer(200)
+
+    server = ScriptedOrigin(origin)
+    await nursery.start(server.serve)
+    secret = {"x-amz-security-token": "t", "authorization": "Bearer a", "cookie": "c=1"}
+    async with checked_client(OriginPolicy(), follow_redirects=True) as client:
+        assert (await client.head(server.url("/here"), headers=secret)).status_code == 200
+        assert (await client.head(server.url("/away"), headers=secret)).status_code == 200
+    assert seen["/x"]["x-amz-security-token"] == "t"  # (the same origin)
+    assert not set(secret) & set(seen["other"])

@@ -257,6 +257,7 @@ def checked_client(
         )
     kwargs.setdefault("cookies", no_cookies())
     hooks = dict(kwargs.pop("event_hooks", None) or {})
+    hooks["request"] = [*hooks.get("request", ()), credentials_stay]
     hooks["response"] = [*hooks.get("response", ()), bounded_redirect]
     return httpx.AsyncClient(
         event_hooks=hooks,
@@ -266,6 +267,32 @@ def checked_client(
         trust_env=trust_env,
         **kwargs,
     )
+
+
+# Never sent to another origin than the one a request was made for (a redirect's hop):
+# httpx drops Authorization alone; an S3 session token is a credential too.
+SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-amz-security-token"})
+_FIRST = "dragonfly.first_origin"  # (a request's extensions: its redirects carry them on)
+
+
+async def credentials_stay(request: httpx.Request) -> None:
+    """An httpx request hook: a redirect's hop to another origin goes without the
+    SENSITIVE headers; the same host from http on its default port to https on its own
+    keeps them, as httpx keeps Authorization there. The first request of a chain notes
+    its origin in its extensions, which httpx hands on to each redirect it follows."""
+    url = request.url
+    first = request.extensions.setdefault(_FIRST, (url.scheme, url.host, url.port))
+    scheme, host, port = first
+    same = (url.scheme, url.host, url.port) == first
+    upgrade = (
+        url.host == host
+        and (scheme, url.scheme) == ("http", "https")
+        and port in (None, 80)
+        and url.port in (None, 443)
+    )
+    if not (same or upgrade):
+        for name in SENSITIVE:
+            request.headers.pop(name, None)
 
 
 def no_cookies() -> http.cookiejar.CookieJar:
