@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -77,6 +78,30 @@ async def fetch_all(fetch: Fetch, daemon: Daemon, urls: list[str]) -> list[Path]
     return outputs
 
 
+@contextlib.asynccontextmanager
+async def beside_a_big_download(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> AsyncIterator[Daemon]:
+    """A daemon (no back-to-source) whose one session carries an 8 MiB download under
+    way (its origin sends 4 MiB/s) while the body runs; after it, that download is
+    whole and the daemon held one session all along."""
+    data = os.urandom(8 * MiB)
+    origin.add("/big.bin", data, rate=4 * MiB)  # (two seconds: under way meanwhile)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, back_source=False)
+    results: list[Path] = []
+    async with trio.open_nursery() as nursery:
+
+        async def big() -> None:
+            results.extend(await fetch_all(fetch, daemon, [origin.url("/big.bin")]))
+
+        nursery.start_soon(big)
+        await until(lambda: len(daemon_peers(node)) == 1)
+        yield daemon
+    assert results[0].read_bytes() == data
+    assert len(daemon_peers(node)) == 1  # (one session all along)
+
+
 async def test_a_daemon_holds_one_session_for_the_files_it_seeds(
     origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
 ) -> None:
@@ -123,22 +148,9 @@ async def test_a_failed_register_answers_its_own_download_on_a_shared_session(
     # An ErrorReply names no task: it answers the one Register in flight. A download
     # of a missing file fails with the origin's answer while another, on the same
     # session, goes on.
-    data = os.urandom(8 * MiB)
-    origin.add("/big.bin", data, rate=4 * MiB)  # (two seconds: under way meanwhile)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, back_source=False)
-    async with trio.open_nursery() as nursery:
-        results: list[Path] = []
-
-        async def big() -> None:
-            results.extend(await fetch_all(fetch, daemon, [origin.url("/big.bin")]))
-
-        nursery.start_soon(big)
-        await until(lambda: len(daemon_peers(node)) == 1)
+    async with beside_a_big_download(origin, start_supernode, start_daemon, fetch) as daemon:
         with pytest.raises(OriginFailed, match="404"):
             await fetch(origin.url("/missing.bin"), None, daemon_socket=daemon.socket_path)
-    assert results[0].read_bytes() == data
-    assert len(daemon_peers(node)) == 1  # (one session all along)
 
 
 @pytest.mark.parametrize(
@@ -164,25 +176,12 @@ async def test_a_request_no_supernode_would_take_breaks_no_shared_session(
     # carry is refused there (400, a usage error): sent on, the frame the codec refuses
     # ended the session every download of the host shares, their readers broken off
     # (and what no HTTP client can send, or JSON nested past the parser, was a 500).
-    data = os.urandom(8 * MiB)
-    origin.add("/big.bin", data, rate=4 * MiB)  # (two seconds: under way meanwhile)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, back_source=False)
-    async with trio.open_nursery() as nursery:
-        results: list[Path] = []
-
-        async def big() -> None:
-            results.extend(await fetch_all(fetch, daemon, [origin.url("/big.bin")]))
-
-        nursery.start_soon(big)
-        await until(lambda: len(daemon_peers(node)) == 1)
+    async with beside_a_big_download(origin, start_supernode, start_daemon, fetch) as daemon:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(raw)}\r\n\r\n"
         answer = await trio.to_thread.run_sync(post_raw, daemon.socket_path, head.encode() + raw)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["exit"] == 2
-    assert results[0].read_bytes() == data
-    assert len(daemon_peers(node)) == 1  # (one session all along)
 
 
 def post_raw(sock_path: Path, request: bytes) -> bytes:
