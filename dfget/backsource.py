@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from common.io import RateLimiter
-from common.io.capped import bounded_redirect
-from common.io.origins import credentials_stay
+from common.io.origins import redirect_hooks
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
 from dfget.errors import IntegrityError, OriginFailed
@@ -58,12 +57,7 @@ async def fetch_from_origin(
         "timeout": httpx.Timeout(60.0, connect=10.0),
     }
     if policy is None:
-        # (as `checked_client` does: credentials stay on their origin, redirects' bodies
-        # are bounded)
-        hooks: dict[str, list[Callable[..., Any]]] = {
-            "request": [credentials_stay],
-            "response": [bounded_redirect],
-        }
+        hooks = redirect_hooks()  # (as `checked_client`'s)
         client = httpx.AsyncClient(verify=tls_context(insecure), event_hooks=hooks, **options)
     else:
         from common.io.origins import checked_client

@@ -148,9 +148,8 @@ class AtomicOutput:
         """Forget everything written (before a fallback starts over)."""
         self.truncate(0)
         with self._lock:
-            self._filled, self._islands = 0, {}
             self._layout, self._stored = None, set()
-            self.resets += 1
+        self.forget_filled()
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         start = offset

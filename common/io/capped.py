@@ -34,15 +34,25 @@ async def bounded_redirect(response: httpx.Response) -> None:
     fails the request (httpx.DecodingError) before it is read."""
     if not response.has_redirect_location:
         return
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    length = response.headers.get("content-length", "")
-    too_long = length.isascii() and length.isdigit() and int(length) > MAX_REDIRECT_BODY
-    if encoding not in ("", "identity") or too_long:
+    encoding, length = _encoding(response), _length(response)
+    if encoding or (length is not None and length > MAX_REDIRECT_BODY):
         raise httpx.DecodingError(
-            f"a redirect with a body encoded ({encoding[:64]}) or over {MAX_REDIRECT_BODY} "
+            f"a redirect with a body encoded ({encoding}) or over {MAX_REDIRECT_BODY} "
             "bytes: not followed",
             request=response.request,
         )
+
+
+def _encoding(response: httpx.Response) -> str:
+    """The answer's Content-Encoding ("" for none or identity)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    return "" if encoding == "identity" else encoding[:64]
+
+
+def _length(response: httpx.Response) -> int | None:
+    """The answer's Content-Length, if it names a plain number."""
+    length = response.headers.get("content-length", "")
+    return int(length) if length.isascii() and length.isdigit() else None
 
 
 def identity_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -54,11 +64,10 @@ async def read_capped(response: httpx.Response, cap: int) -> bytes:
     """The body of `response` (streamed, not read yet), at most `cap` bytes as sent.
     BodyTooLarge past `cap` (a Content-Length above it: before reading); EncodedBody if
     it carries a Content-Encoding other than identity."""
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise EncodedBody(f"the answer is encoded ({encoding[:64]}), though not asked to be")
-    length = response.headers.get("content-length", "")
-    if length.isascii() and length.isdigit() and int(length) > cap:
+    encoding, length = _encoding(response), _length(response)
+    if encoding:
+        raise EncodedBody(f"the answer is encoded ({encoding}), though not asked to be")
+    if length is not None and length > cap:
         raise BodyTooLarge(f"{length} bytes, over {cap}")
     body = bytearray()
     async for chunk in response.aiter_raw():

@@ -256,11 +256,8 @@ def checked_client(
             policy, verify=context, limits=limits, trust_env=trust_env, proxy=proxy
         )
     kwargs.setdefault("cookies", no_cookies())
-    hooks = dict(kwargs.pop("event_hooks", None) or {})
-    hooks["request"] = [*hooks.get("request", ()), credentials_stay]
-    hooks["response"] = [*hooks.get("response", ()), bounded_redirect]
     return httpx.AsyncClient(
-        event_hooks=hooks,
+        event_hooks=redirect_hooks(),
         transport=transport,
         mounts=mounts,
         verify=verify,
@@ -293,6 +290,12 @@ async def credentials_stay(request: httpx.Request) -> None:
     if not (same or upgrade):
         for name in SENSITIVE:
             request.headers.pop(name, None)
+
+
+def redirect_hooks() -> dict[str, list[Callable[..., Any]]]:
+    """httpx event hooks for a client that follows redirects: credentials stay on their
+    origin (`credentials_stay`), a redirect's body is bounded (`bounded_redirect`)."""
+    return {"request": [credentials_stay], "response": [bounded_redirect]}
 
 
 def no_cookies() -> http.cookiejar.CookieJar:

@@ -20,7 +20,7 @@ import httpx
 import trio
 
 from common.io.keptconns import KeptConnections
-from common.io.origins import checked_client
+from common.io.origins import SENSITIVE, checked_client
 from common.origins import AddressDenied, OriginPolicy
 from common.s3sign import S3Credentials, signed_headers
 from common.urls import display_url, move_credentials
@@ -70,9 +70,6 @@ HOP_BY_HOP = frozenset(
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
-# Dropped when a redirect leaves the origin, as browsers, curl and httpx do; and an S3
-# session token (signed headers: the token is a credential, which httpx keeps).
-SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-amz-security-token"})
 
 
 class HttpxResponse(OriginResponse):
@@ -213,28 +210,14 @@ class OriginClient:
     async def _httpx_send(
         self, method: str, url: str, sent: list[tuple[str, str]]
     ) -> HttpxResponse:
-        """Send with redirects followed here, not by httpx: a hop to another origin
-        drops every SENSITIVE header (httpx drops Authorization alone)."""
-        for _ in range(MAX_REDIRECTS + 1):
-            response = await self._httpx_hop(method, url, sent)
-            location = response.header("location")
-            if response.status not in REDIRECTS or not location:
-                return response
-            await response.aclose()
-            target = urljoin(url, location)
-            if _origin_of(target) != _origin_of(url):
-                sent = [(k, v) for k, v in sent if k.lower() not in SENSITIVE]
-            url = target
-        raise OriginUnreachable(f"too many redirects from {display_url(url)}")
-
-    async def _httpx_hop(self, method: str, url: str, sent: list[tuple[str, str]]) -> HttpxResponse:
+        """Send, redirects followed by httpx under `checked_client`'s hooks (a hop to
+        another origin goes without the SENSITIVE headers)."""
         try:
             request = self._client.build_request(method, url, headers=sent)
         except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
             raise BadRequest(f"cannot request {display_url(url)[:200]!r}: {exc}") from exc
         try:
-            response = await self._client.send(request, stream=True, follow_redirects=False)
-            return HttpxResponse(response)
+            return HttpxResponse(await self._client.send(request, stream=True))
         except AddressDenied as exc:  # this URL or a redirect hop: nothing was sent
             raise OriginDenied(f"refused to fetch {display_url(url)}: {exc}") from exc
         except httpx.TimeoutException as exc:
