@@ -26,6 +26,19 @@ def test_the_unpack_of_each_layer_starts_at_its_download_or_the_previous_unpack(
     assert layer_phases(lines, [A, B]) == (1.0, 0.75)
 
 
+def test_a_layer_whose_download_complete_docker_skipped_ends_at_its_checksum() -> None:
+    """docker does not always print "Download complete" (a CI run lacked it for one
+    layer): "Verifying Checksum", printed once the bytes are in, ends the download."""
+    lines = [
+        (0.5, f"{B[7:19]}: Verifying Checksum"),
+        (0.6, f"{B[7:19]}: Download complete"),
+        (0.9, f"{A[7:19]}: Verifying Checksum"),  # (and no "Download complete")
+        (1.5, f"{A[7:19]}: Pull complete"),
+        (1.75, f"{B[7:19]}: Pull complete"),
+    ]
+    assert layer_phases(lines, [A, B]) == (0.9, 0.85)
+
+
 def test_the_floor_counts_the_idle_core_time_the_client_left_in_the_direct_fetch() -> None:
     cpu = {"registry": 0.25, "client": 3.0}
     direct = Pull(4.0, 2.0, 2.0, busy_fetch=4.0, work_fetch=2.5, cpu=cpu)  # 1.5 CPU-s idle
