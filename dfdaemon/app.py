@@ -162,7 +162,8 @@ class Daemon:
                 self.upload_port = upload_port
                 if config.supernodes:  # the live list, learned before the first download
                     await nursery.start(self.directory.run, config.supernode_refresh)
-                sessions = Sessions(nursery)  # to the supernodes, for all downloads
+                # To the supernodes, for all downloads (which prove the token they have).
+                sessions = Sessions(nursery, ask_proof=config.token is not None)
                 settings = DownloadSettings(
                     supernodes=config.supernodes,
                     server=SharedServer(self.upload, upload_port),

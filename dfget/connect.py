@@ -14,11 +14,12 @@ from typing import Protocol
 import trio
 
 from dfget import __version__
-from dfget.errors import SupernodeFailed, SupernodeUnavailable, UsageError
+from dfget.errors import SupernodeFailed, SupernodeNotProven, SupernodeUnavailable, UsageError
+from proto.admission import verify_supernode
 from proto.errors import ConnectionLost, ProtoError, RemoteFailure
 from proto.frames import Frame
 from proto.io import FramedStream, client_handshake
-from proto.messages import Message, Welcome
+from proto.messages import SEALED_REQUESTS, Message, Welcome
 
 AGENT = f"dfget/{__version__}"
 CONNECT_TIMEOUT = 5.0  # to an uploader (or the CDN, once its supernode answered)
@@ -38,6 +39,9 @@ class ControlStream(Protocol):
     @property
     def welcome(self) -> Welcome | None: ...
 
+    @property
+    def hello_nonce(self) -> bytes: ...
+
     async def send(
         self,
         message: Message,
@@ -47,6 +51,28 @@ class ControlStream(Protocol):
     ) -> None: ...
 
     async def receive(self) -> Frame: ...
+
+
+def check_supernode(control: ControlStream, token: bytes | None, address: str) -> None:
+    """With a cluster `token`, that the supernode proved it knows it in its Welcome
+    (protocol version 4, over our Hello's nonce): SupernodeNotProven otherwise, before
+    anything is sent to it. Without a token there is nothing to check."""
+    if token is None:
+        return
+    welcome = control.welcome
+    if welcome is None or welcome.version < SEALED_REQUESTS:
+        raise SupernodeNotProven(
+            f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: it "
+            "cannot prove that it knows the cluster token, and nothing is sent to it"
+        )
+    if not verify_supernode(
+        token, control.hello_nonce, welcome.challenge, welcome.key, welcome.proof
+    ):
+        raise SupernodeNotProven(
+            f"supernode {address} did not prove that it knows the cluster token (another "
+            "process at its address, or a supernode with another token or none): "
+            "nothing is sent to it"
+        )
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -70,13 +96,19 @@ def translate_errors(address: str) -> Iterator[None]:
 
 
 async def connect_stream(
-    address: str, *, peer_id: str, max_payload: int, within: float = CONNECT_TIMEOUT
+    address: str,
+    *,
+    peer_id: str,
+    max_payload: int,
+    within: float = CONNECT_TIMEOUT,
+    ask_proof: bool = False,
 ) -> FramedStream:
     """An open, handshaken session to `address` (HOST:PORT); the caller closes it.
 
     `max_payload` is the largest payload it accepts: 0 on a control session (the
     supernode sends none there), one sealed piece of the task on a piece session.
-    `within` bounds the connect, then the handshake (seconds each).
+    `within` bounds the connect, then the handshake (seconds each). With `ask_proof`
+    the supernode is asked to prove the cluster token (`check_supernode` checks it).
     """
     host, port = parse_address(address)
     try:
@@ -93,6 +125,7 @@ async def connect_stream(
                 agent=AGENT,
                 max_payload=max_payload,
                 send_timeout=SEND_TIMEOUT,
+                ask_proof=ask_proof,
             )
         if handshake.cancelled_caught:
             await stream.aclose()
@@ -102,11 +135,13 @@ async def connect_stream(
 
 @asynccontextmanager
 async def connect(
-    address: str, *, peer_id: str, within: float = SUPERNODE_TIMEOUT
+    address: str, *, peer_id: str, within: float = SUPERNODE_TIMEOUT, ask_proof: bool = False
 ) -> AsyncIterator[FramedStream]:
     """A control session to a supernode (`connect_stream`, no payloads, its short
     timeout unless told), closed when the block ends; errors inside are translated."""
-    framed = await connect_stream(address, peer_id=peer_id, max_payload=0, within=within)
+    framed = await connect_stream(
+        address, peer_id=peer_id, max_payload=0, within=within, ask_proof=ask_proof
+    )
     try:
         with translate_errors(address):
             yield framed

@@ -69,6 +69,11 @@ class NotAdmitted(SupernodeFailed):
     exit_code = 9
 
 
+class SupernodeNotProven(NotAdmitted):
+    """With a cluster token, what answered at a supernode's address did not prove that
+    it knows the token: nothing (no credentials, no request) is sent to it."""
+
+
 class TaskChanged(SupernodeFailed):
     """The file changed upstream during the download (a new task generation)."""
 

@@ -28,7 +28,7 @@ import trio
 from common.addresses import format_address
 from common.rendezvous import rank
 from dfget.backoff import Backoff, order
-from dfget.connect import SUPERNODE_TIMEOUT, connect, parse_address
+from dfget.connect import SUPERNODE_TIMEOUT, check_supernode, connect, parse_address
 from dfget.errors import (
     DfgetError,
     NotAdmitted,
@@ -60,7 +60,8 @@ async def ask_members(address: str, *, token: bytes | None = None) -> Members:
     know the request; NotAdmitted (a wrong token) or SupernodeFailed (anything else
     it says, a list that breaks the wire's bounds) otherwise."""
     peer_id = _peer_id()
-    async with connect(address, peer_id=peer_id) as framed:
+    async with connect(address, peer_id=peer_id, ask_proof=token is not None) as framed:
+        check_supernode(framed, token, address)
         proof = None
         if token is not None:
             challenge = framed.welcome.challenge if framed.welcome else b""

@@ -27,7 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, unwrap_group
-from dfget.connect import SUPERNODE_TIMEOUT, ControlStream, connect, translate_errors
+from dfget.connect import (
+    SUPERNODE_TIMEOUT,
+    ControlStream,
+    check_supernode,
+    connect,
+    translate_errors,
+)
 from dfget.errors import (
     DfgetError,
     DownloadTimeout,
@@ -46,7 +52,7 @@ from dfget.transfers import Transfers, report
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
-from proto.errors import ProtoError
+from proto.errors import LocalProtoError, ProtoError
 from proto.io import FramedStream
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
@@ -63,6 +69,7 @@ from proto.messages import (
     TaskFailed,
 )
 from proto.pieces import PieceSealer, piece_digest
+from proto.requestseal import seal_secrets
 from proto.tickets import TicketVerifier
 
 if TYPE_CHECKING:
@@ -182,7 +189,12 @@ class Attempt:
         daemon's downloads share (`PeerOptions.sessions`) that registers the same
         upload address (`port`, 0 when it does not upload)."""
         if self.options.sessions is None:
-            return connect(self.address, peer_id=self.peer_id, within=self.connect_within)
+            return connect(
+                self.address,
+                peer_id=self.peer_id,
+                within=self.connect_within,
+                ask_proof=self.options.token is not None,
+            )
         return self._line(self.options.sessions, self._upload(port))
 
     def _upload(self, port: int) -> tuple[int, int]:
@@ -326,14 +338,26 @@ class Attempt:
     async def _register(self, control: ControlStream, port: int) -> Registered:
         message = self.register_message
         upload_port, upload_slots = self._upload(port)
+        check_supernode(control, self.options.token, self.address)
+        welcome = control.welcome
+        challenge = welcome.challenge if welcome else b""
         proof = None
         if self.options.token is not None:
-            challenge = control.welcome.challenge if control.welcome else b""
             proof = prove(self.options.token, challenge, self.peer_id, raw_public(self.key))
+        headers, s3, sealed = message.headers, message.s3, b""
+        if welcome is not None and welcome.key and (headers or s3 is not None):
+            # Only the supernode's key for this connection opens them (version 4).
+            try:
+                sealed = seal_secrets(self.key, welcome.key, challenge, message.url, headers, s3)
+            except LocalProtoError as exc:  # (past the sealed part's bound)
+                raise UsageError(f"the request cannot be sent: {exc}") from exc
+            except ValueError as exc:  # (a low-order point)
+                raise SupernodeFailed(f"supernode {self.address} named a bad key: {exc}") from exc
+            headers, s3 = (), None
         await control.send(
             Register(
                 url=message.url,
-                headers=message.headers,
+                headers=headers,
                 digest=message.digest,
                 tag=message.tag,
                 filter=message.filter,
@@ -343,7 +367,8 @@ class Attempt:
                 token_proof=proof,
                 in_order=self.options.in_order,
                 leaves=self.options.seed_for < LEAVES_SOON,
-                s3=message.s3,
+                s3=s3,
+                sealed=sealed,
             )
         )
         # The supernode answers once the origin's response head is in (or it failed).

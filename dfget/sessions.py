@@ -339,6 +339,10 @@ class TaskLine:
         return self.session.framed.welcome
 
     @property
+    def hello_nonce(self) -> bytes:
+        return self.session.framed.hello_nonce
+
+    @property
     def peer_id(self) -> str:
         return self.session.peer_id
 
@@ -458,8 +462,9 @@ class Sessions:
     with one upload address: a download that uploads nothing (a daemon's check of a
     copy it keeps) registers on sessions of its own."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, *, ask_proof: bool = False) -> None:
         self._nursery = nursery
+        self._ask_proof = ask_proof  # the supernodes prove the cluster token (we have one)
         self._sessions: dict[Key, list[_Session]] = {}
         self._opening: dict[Key, trio.Lock] = {}
         self._unshared: set[str] = set()  # addresses whose supernode speaks version 1
@@ -532,7 +537,9 @@ class Sessions:
         """A new session, served from now on; kept for other downloads if its
         supernode shares sessions (else that address is remembered as not sharing)."""
         peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
-        framed = await connect_stream(key[0], peer_id=peer_id, max_payload=0, within=within)
+        framed = await connect_stream(
+            key[0], peer_id=peer_id, max_payload=0, within=within, ask_proof=self._ask_proof
+        )
         _notice_loss(framed)
         session = _Session(key, peer_id, framed)
         self._nursery.start_soon(self._serve, session)

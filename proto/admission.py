@@ -3,6 +3,13 @@
 The supernode's Welcome carries a fresh random challenge; the peer's Register carries
 HMAC-SHA256(token, context ‖ challenge ‖ peer id ‖ public key). Binding the peer's
 X25519 key means the wrapped task key only ever goes to the peer that proved the token.
+
+The other way (protocol version 4): the peer's Hello carries a fresh nonce, and the
+supernode's Welcome carries HMAC-SHA256(token, another context ‖ nonce ‖ challenge ‖
+the connection's X25519 key). A peer that knows the token checks it before it sends a
+Register: whoever answers at a supernode's address without the token (a local user on
+a free port, a host on the path) gets neither the peer's credentials, which it seals
+for that key (proto/requestseal.py), nor the chance to name a file's pieces.
 """
 
 from __future__ import annotations
@@ -12,11 +19,31 @@ import hmac
 import secrets
 
 CHALLENGE_SIZE = 32
+NONCE_SIZE = 32
 _CONTEXT = b"dragonfly-py admission v1\0"
+_SUPERNODE_CONTEXT = b"dragonfly-py supernode v1\0"
 
 
 def new_challenge() -> bytes:
     return secrets.token_bytes(CHALLENGE_SIZE)
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_SIZE)
+
+
+def prove_supernode(token: bytes, nonce: bytes, challenge: bytes, key: bytes) -> bytes:
+    message = _SUPERNODE_CONTEXT + nonce + challenge + key
+    return hmac.new(token, message, hashlib.sha256).digest()
+
+
+def verify_supernode(
+    token: bytes, nonce: bytes, challenge: bytes, key: bytes, proof: bytes
+) -> bool:
+    """Constant-time check of a supernode's proof over our Hello's `nonce`."""
+    if len(nonce) != NONCE_SIZE or len(challenge) != CHALLENGE_SIZE or not key:
+        return False
+    return hmac.compare_digest(prove_supernode(token, nonce, challenge, key), proof)
 
 
 def prove(token: bytes, challenge: bytes, peer_id: str, public_key: bytes) -> bytes:

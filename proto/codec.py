@@ -20,12 +20,12 @@ from typing import Any
 import msgpack
 
 from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage, short_repr
-from proto.messages import ALL_MESSAGES, Message, PieceData
+from proto.messages import ALL_MESSAGES, MAX_SEALED, Message, PieceData
 
 TYPE_KEY = "t"
 PAYLOAD_KEY = "_n"
 MAX_STR = 16 * 1024
-MAX_BIN = 16 * 1024
+MAX_BIN = MAX_SEALED  # (a Register's sealed part; a whole header is at most 64 KiB)
 MAX_ITEMS = 4096
 U64_MAX = (1 << 64) - 1
 # The messages a raw payload may follow. A header of any other type naming one is
@@ -111,6 +111,7 @@ class _Schema:
     required: frozenset[str]
     fields: dict[str, Checker]
     records: dict[str, type[tuple[Any, ...]]]  # fields decoded into a NamedTuple
+    sparse: dict[str, object]  # fields left out at this value (`Message.SPARSE`)
 
 
 def _schema(cls: type[Message]) -> _Schema:
@@ -126,7 +127,9 @@ def _schema(cls: type[Message]) -> _Schema:
         for name, hint in hints.items()
         if name in fields and (record := _record_type(hint)) is not None
     }
-    return _Schema(cls, required, fields, records)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    sparse = {name: defaults[name] for name in cls.SPARSE}
+    return _Schema(cls, required, fields, records, sparse)
 
 
 _SCHEMAS: dict[str, _Schema] = {cls.TAG: _schema(cls) for cls in ALL_MESSAGES}
@@ -139,8 +142,11 @@ def encode_header(message: Message, payload_length: int = 0) -> bytes:
     if schema is None:
         raise LocalProtoError(f"{type(message).__name__} is not a wire message")
     header: dict[str, Any] = {TYPE_KEY: message.TAG}
+    sparse = schema.sparse
     for name, check in schema.fields.items():
         value = getattr(message, name)
+        if sparse and name in sparse and value == sparse[name]:
+            continue  # (a field newer than some readers: sent only when it says something)
         if not check(value):
             raise LocalProtoError(f"{message.TAG}.{name}: bad value {_quoted(name, value)}")
         header[name] = value

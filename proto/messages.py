@@ -15,7 +15,7 @@ from proto.errors import ErrorCode
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
-PROTOCOL_VERSIONS = (1, 2, 3)
+PROTOCOL_VERSIONS = (1, 2, 3, 4)
 # The first version whose control sessions carry many tasks: a peer may leave one task
 # and stay on the session (`Leave`), and a supernode speaking it accepts that; a peer
 # shares a session among its downloads only with such a supernode (`dfget.sessions`).
@@ -24,6 +24,10 @@ SHARED_SESSIONS = 2
 # shares a session, and so meets no handshake when a download starts, learns that way
 # that a supernode which keeps its connections but answers nothing (frozen, wedged) is gone.
 ANSWERED_PROBES = 3
+# The first version whose supernode proves the cluster token to the peer (`Welcome.proof`
+# over the `Hello.nonce`) and takes a Register's headers and S3 credentials sealed for it
+# (`Register.sealed`, under `Welcome.key`: proto/sealing.py).
+SEALED_REQUESTS = 4
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -38,6 +42,7 @@ MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified in TaskDone
 # (`Register.leaves`): what it gets near its end does not stay in the swarm.
 LEAVES_SOON = 10.0
 MAX_URL = 8192  # characters of a Register's url
+MAX_SEALED = 48 * 1024  # bytes of a Register's sealed headers and S3 credentials
 
 
 class Message:
@@ -45,6 +50,9 @@ class Message:
 
     __slots__ = ()
     TAG: ClassVar[str]
+    # Fields the codec leaves out of a frame while they hold their default: fields newer
+    # than the first version, which a reader before them would refuse as unknown.
+    SPARSE: ClassVar[frozenset[str]] = frozenset()
 
     def check(self) -> None:
         """Raise ValueError when a field breaks a rule its type cannot express."""
@@ -110,12 +118,16 @@ class Hello(Message):
     """First frame a client sends on every connection."""
 
     TAG: ClassVar[str] = "hello"
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"nonce"})
     versions: tuple[int, ...]
     role: str
     peer_id: str
     agent: str = ""
+    nonce: bytes = b""  # fresh: a supernode's `Welcome.proof` binds it (version 4)
 
     def check(self) -> None:
+        if len(self.nonce) > 64:
+            raise ValueError("nonce longer than 64 bytes")
         if not self.versions or len(self.versions) > 16:
             raise ValueError("versions must list 1 to 16 entries")
         if self.role not in ROLES:
@@ -129,14 +141,23 @@ class Welcome(Message):
     """The server's answer to Hello: the version both will speak."""
 
     TAG: ClassVar[str] = "welcome"
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"key", "proof"})
     version: int
     role: str
     agent: str = ""
     challenge: bytes = b""  # admission: the peer proves the cluster token over this
+    # Version 4, from a supernode: this connection's X25519 key, for which a peer seals
+    # its Register's headers and S3 credentials (`Register.sealed`), and, in a cluster
+    # with a token, the supernode's proof of it over the Hello's nonce, the challenge
+    # and that key (`admission.prove_supernode`).
+    key: bytes = b""
+    proof: bytes = b""
 
     def check(self) -> None:
         if len(self.challenge) > 64:
             raise ValueError("challenge longer than 64 bytes")
+        if len(self.key) not in (0, KEY_BYTES) or len(self.proof) not in (0, 32):
+            raise ValueError("key must be 32 bytes and proof 32 bytes, or both absent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +182,7 @@ class Register(Message):
     """A peer asks for a task: the supernode resolves it and starts the CDN if needed."""
 
     TAG: ClassVar[str] = "register"
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"sealed"})
     url: str
     headers: Headers
     digest: str | None
@@ -181,9 +203,16 @@ class Register(Message):
     # its origin requests for this peer with these credentials (as it would send its
     # Authorization header). Not part of the task id.
     s3: S3Access | None = None
+    # Version 4: `headers` and `s3` sealed for the supernode's `Welcome.key`
+    # (proto/sealing.py), both then empty in the clear: only the supernode reads them.
+    sealed: bytes = b""
 
     def check(self) -> None:
         check_request(self.url, self.headers)
+        if self.sealed and (self.headers or self.s3 is not None):
+            raise ValueError("a sealed Register carries no headers or s3 in the clear")
+        if len(self.sealed) > MAX_SEALED:
+            raise ValueError(f"sealed must be at most {MAX_SEALED} bytes")
         if self.s3 is not None:
             self.s3.check()
             if not self.url.startswith(self.s3.endpoint + "/"):
@@ -194,6 +223,22 @@ class Register(Message):
             raise ValueError("upload_port or upload_slots out of range")
         if self.token_proof is not None and len(self.token_proof) != 32:
             raise ValueError("token_proof must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSecrets(Message):
+    """What a version-4 Register seals (`Register.sealed`, proto/requestseal.py): never
+    a frame of its own, only the plaintext inside one, checked as the Register's
+    own headers and credentials would be."""
+
+    TAG: ClassVar[str] = "request_secrets"
+    headers: Headers
+    s3: S3Access | None = None
+
+    def check(self) -> None:
+        _check_headers(self.headers)
+        if self.s3 is not None:
+            self.s3.check()
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,6 +589,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Members,
     Leave,
     Probe,
+    RequestSecrets,
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from enum import Enum, auto
 
+from proto.admission import prove_supernode
 from proto.errors import (
     ErrorCode,
     LocalProtoError,
@@ -21,6 +22,7 @@ from proto.errors import (
 from proto.frames import Frame, FrameDecoder, encode_frame, server_decoder
 from proto.messages import (
     PROTOCOL_VERSIONS,
+    SEALED_REQUESTS,
     ErrorReply,
     Hello,
     KeepAlive,
@@ -105,14 +107,32 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
 _OTHER = {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}
 
 
-def negotiate(hello: Hello, role: str, agent: str = "", challenge: bytes = b"") -> Welcome:
-    """The Welcome for a Hello: the highest version both sides speak."""
+def negotiate(
+    hello: Hello,
+    role: str,
+    agent: str = "",
+    challenge: bytes = b"",
+    *,
+    key: bytes = b"",
+    token: bytes | None = None,
+) -> Welcome:
+    """The Welcome for a Hello: the highest version both sides speak. From version 4 it
+    names `key` (the connection's X25519 key, for sealed Registers) and, with a cluster
+    `token` and the Hello's nonce, the proof that this side knows the token."""
     common = set(hello.versions) & set(PROTOCOL_VERSIONS)
     if not common:
         raise VersionMismatch(
             f"peer speaks versions {list(hello.versions)}, we speak {list(PROTOCOL_VERSIONS)}"
         )
-    return Welcome(version=max(common), role=role, agent=agent, challenge=challenge)
+    version = max(common)
+    if version < SEALED_REQUESTS or not key:
+        return Welcome(version=version, role=role, agent=agent, challenge=challenge)
+    proof = b""
+    if token is not None and hello.nonce:
+        proof = prove_supernode(token, hello.nonce, challenge, key)
+    return Welcome(
+        version=version, role=role, agent=agent, challenge=challenge, key=key, proof=proof
+    )
 
 
 class Session:

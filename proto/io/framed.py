@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from proto.admission import new_nonce
 from proto.errors import ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
 from proto.frames import MAX_PAYLOAD, Frame, FrameDecoder
 from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcome
@@ -56,6 +57,7 @@ class FramedStream:
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._lowat = 1  # the socket's SO_RCVLOWAT, as last set
         self.welcome: Welcome | None = None  # the server's, on a client stream
+        self.hello_nonce = b""  # ours, on a client stream (the Welcome's proof binds it)
 
     async def send(
         self,
@@ -231,14 +233,18 @@ async def server_handshake(
     role: str,
     agent: str = "",
     challenge: bytes = b"",
+    key: bytes = b"",
+    token: bytes | None = None,
 ) -> Hello:
-    """Server side: wait for Hello, answer Welcome (callers put a deadline around it).
+    """Server side: wait for Hello, answer Welcome (callers put a deadline around it);
+    `key` and `token` as for `negotiate`.
 
     Errors propagate with the session still able to `refuse()` them.
     """
     hello = (await framed.receive()).message
     assert isinstance(hello, Hello)  # the session table admits nothing else first
-    await framed.send(negotiate(hello, role=role, agent=agent, challenge=challenge))
+    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge, key=key, token=token)
+    await framed.send(welcome)
     return hello
 
 
@@ -250,18 +256,30 @@ async def client_handshake(
     max_payload: int,
     agent: str = "",
     send_timeout: float | None = None,
+    ask_proof: bool = False,
 ) -> FramedStream:
     """Client side: say Hello, wait for Welcome; the open framed stream (the Welcome is
     kept in `framed.welcome`). `max_payload` is the largest payload this connection
     accepts: 0 for a control session, one sealed piece of the task for a piece session.
+    With `ask_proof` the Hello carries a fresh nonce (`framed.hello_nonce`), over which a
+    supernode of version 4 proves the cluster token (a supernode before it refuses such
+    a Hello: only a peer that will check the proof asks for it).
 
     On any failure the stream is closed before the error propagates.
     """
     session = Session(Side.CLIENT, FrameDecoder(max_payload=max_payload))
     framed = FramedStream(stream, session, send_timeout=send_timeout)
+    if ask_proof:
+        framed.hello_nonce = new_nonce()
     try:
         await framed.send(
-            Hello(versions=PROTOCOL_VERSIONS, role=role, peer_id=peer_id, agent=agent)
+            Hello(
+                versions=PROTOCOL_VERSIONS,
+                role=role,
+                peer_id=peer_id,
+                agent=agent,
+                nonce=framed.hello_nonce,
+            )
         )
         frame = await framed.receive()
         if isinstance(frame.message, ErrorReply):

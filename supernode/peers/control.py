@@ -16,11 +16,13 @@ second at most: a peer sharing the session learns that this loop still answers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.io import release_place, unwrap_group
 from common.urls import display_url
@@ -45,6 +47,7 @@ from proto.messages import (
     TaskFailed,
     error_reply,
 )
+from proto.requestseal import BadSeal, open_secrets
 from proto.tickets import CDN_UPLOADER
 from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
@@ -79,6 +82,7 @@ class ControlSession:
         peer_id: str,
         peer_host: str,
         challenge: bytes,
+        key: X25519PrivateKey | None = None,
         cdn: Cdn,
         swarm: Swarm,
         idle_timeout: float = math.inf,
@@ -88,6 +92,7 @@ class ControlSession:
         self.peer_id = peer_id
         self.peer_host = peer_host  # where the peer's upload port is, as we see it
         self.challenge = challenge
+        self.key = key  # the connection's, named in our Welcome: Registers sealed for it
         self.cdn = cdn
         self.swarm = swarm
         self.tasks: dict[str, CdnTask] = {}
@@ -187,6 +192,8 @@ class ControlSession:
         # becomes (else a refused Register would hold its peer id forever).
         self.record = record
         try:
+            if message.sealed:
+                message = self._unseal(message)
             spec = TaskSpec.from_request(
                 message.url,
                 message.headers,
@@ -206,6 +213,21 @@ class ControlSession:
         self._opening.add(spec.task_id)
         nursery.start_soon(self._open, message, record, spec, nursery)
         return True
+
+    def _unseal(self, message: Register) -> Register:
+        """The Register with its sealed headers and S3 credentials in place (ValueError
+        when they do not open for this connection's key, or break a Register's rules)."""
+        if self.key is None:
+            raise ValueError("a sealed Register on a session that named no key")
+        try:
+            headers, s3 = open_secrets(
+                self.key, message.public_key, self.challenge, message.url, message.sealed
+            )
+        except BadSeal as exc:
+            raise ValueError(str(exc)) from None
+        message = dataclasses.replace(message, headers=headers, s3=s3, sealed=b"")
+        message.check()  # (an S3 object's URL on its endpoint, as for one in the clear)
+        return message
 
     async def _open(
         self, message: Register, record: PeerRecord, spec: TaskSpec, nursery: trio.Nursery

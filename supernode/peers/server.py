@@ -21,12 +21,14 @@ import logging
 from collections.abc import Callable, Sequence
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, serve_limited
 from proto.admission import new_challenge
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
 from proto.io import FramedStream, server_handshake
+from proto.keywrap import raw_public
 from proto.messages import MembersRequest, PieceRequest, Register
 from proto.session import Session, Side
 from proto.tickets import TicketVerifier
@@ -118,9 +120,17 @@ class PeerServer:
 
     async def _converse(self, framed: FramedStream) -> None:
         challenge = new_challenge()
+        # The connection's own key: a peer seals its Register's credentials for it, and
+        # with a cluster token the Welcome proves we know the token (proto/admission.py).
+        key = X25519PrivateKey.generate()
         with trio.fail_after(self.hello_timeout):
             hello = await server_handshake(
-                framed, role="supernode", agent=AGENT, challenge=challenge
+                framed,
+                role="supernode",
+                agent=AGENT,
+                challenge=challenge,
+                key=raw_public(key),
+                token=self.swarm.token,
             )
         with trio.fail_after(self.first_request_timeout):
             first = (await framed.receive()).message
@@ -130,6 +140,7 @@ class PeerServer:
                 peer_id=hello.peer_id,
                 peer_host=_host(framed.stream),
                 challenge=challenge,
+                key=key,
                 cdn=self.cdn,
                 swarm=self.swarm,
                 idle_timeout=self.control_idle,
