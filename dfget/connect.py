@@ -40,7 +40,7 @@ class ControlStream(Protocol):
     def welcome(self) -> Welcome | None: ...
 
     @property
-    def hello_nonce(self) -> bytes: ...
+    def hello_key(self) -> bytes: ...
 
     async def send(
         self,
@@ -55,7 +55,7 @@ class ControlStream(Protocol):
 
 def check_supernode(control: ControlStream, token: bytes | None, address: str) -> None:
     """With a cluster `token`, that the supernode proved it knows it in its Welcome
-    (protocol version 4, over our Hello's nonce): SupernodeNotProven otherwise, before
+    (protocol version 4, over our Hello's key): SupernodeNotProven otherwise, before
     anything is sent to it. Without a token there is nothing to check."""
     if token is None:
         return
@@ -66,7 +66,7 @@ def check_supernode(control: ControlStream, token: bytes | None, address: str) -
             "cannot prove that it knows the cluster token, and nothing is sent to it"
         )
     if not verify_supernode(
-        token, control.hello_nonce, welcome.challenge, welcome.key, welcome.proof
+        token, control.hello_key, welcome.challenge, welcome.key, welcome.proof
     ):
         raise SupernodeNotProven(
             f"supernode {address} did not prove that it knows the cluster token (another "

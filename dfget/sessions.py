@@ -339,8 +339,8 @@ class TaskLine:
         return self.session.framed.welcome
 
     @property
-    def hello_nonce(self) -> bytes:
-        return self.session.framed.hello_nonce
+    def hello_key(self) -> bytes:
+        return self.session.framed.hello_key
 
     @property
     def peer_id(self) -> str:

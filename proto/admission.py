@@ -4,12 +4,14 @@ The supernode's Welcome carries a fresh random challenge; the peer's Register ca
 HMAC-SHA256(token, context ‖ challenge ‖ peer id ‖ public key). Binding the peer's
 X25519 key means the wrapped task key only ever goes to the peer that proved the token.
 
-The other way (protocol version 4): the peer's Hello carries a fresh nonce, and the
-supernode's Welcome carries HMAC-SHA256(token, another context ‖ nonce ‖ challenge ‖
-the connection's X25519 key). A peer that knows the token checks it before it sends a
-Register: whoever answers at a supernode's address without the token (a local user on
-a free port, a host on the path) gets neither the peer's credentials, which it seals
-for that key (proto/requestseal.py), nor the chance to name a file's pieces.
+The other way (protocol version 4): the peer's Hello carries a fresh X25519 key, and the
+supernode's Welcome carries HMAC-SHA256(token, another context ‖ that key ‖ challenge ‖
+the supernode's X25519 key for the connection). A peer that knows the token checks it
+before it sends a Register: whoever answers at a supernode's address without the token
+(a local user on a free port, a host on the path) gets neither the peer's credentials
+nor the chance to name a file's pieces; and the session's frames, sealed both ways
+under keys drawn from the two X25519 keys (proto/framesealing.py), cannot be read or
+rewritten on the way.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hmac
 import secrets
 
 CHALLENGE_SIZE = 32
-NONCE_SIZE = 32
+KEY_SIZE = 32  # X25519 public keys
 _CONTEXT = b"dragonfly-py admission v1\0"
 _SUPERNODE_CONTEXT = b"dragonfly-py supernode v1\0"
 
@@ -28,22 +30,18 @@ def new_challenge() -> bytes:
     return secrets.token_bytes(CHALLENGE_SIZE)
 
 
-def new_nonce() -> bytes:
-    return secrets.token_bytes(NONCE_SIZE)
-
-
-def prove_supernode(token: bytes, nonce: bytes, challenge: bytes, key: bytes) -> bytes:
-    message = _SUPERNODE_CONTEXT + nonce + challenge + key
+def prove_supernode(token: bytes, peer_key: bytes, challenge: bytes, key: bytes) -> bytes:
+    message = _SUPERNODE_CONTEXT + peer_key + challenge + key
     return hmac.new(token, message, hashlib.sha256).digest()
 
 
 def verify_supernode(
-    token: bytes, nonce: bytes, challenge: bytes, key: bytes, proof: bytes
+    token: bytes, peer_key: bytes, challenge: bytes, key: bytes, proof: bytes
 ) -> bool:
-    """Constant-time check of a supernode's proof over our Hello's `nonce`."""
-    if len(nonce) != NONCE_SIZE or len(challenge) != CHALLENGE_SIZE or not key:
+    """Constant-time check of a supernode's proof over our Hello's key, `peer_key`."""
+    if len(peer_key) != KEY_SIZE or len(challenge) != CHALLENGE_SIZE or len(key) != KEY_SIZE:
         return False
-    return hmac.compare_digest(prove_supernode(token, nonce, challenge, key), proof)
+    return hmac.compare_digest(prove_supernode(token, peer_key, challenge, key), proof)
 
 
 def prove(token: bytes, challenge: bytes, peer_id: str, public_key: bytes) -> bytes:

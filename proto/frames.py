@@ -21,6 +21,7 @@ from enum import Enum, auto
 
 from proto.codec import decode_header, encode_header
 from proto.errors import FrameTooLarge, LocalProtoError, MalformedFrame
+from proto.framesealing import TAG_BYTES, FrameOpener
 from proto.messages import Message
 from proto.pieces import MAX_PIECE_SIZE, TAG_SIZE
 
@@ -88,6 +89,9 @@ class FrameDecoder:
         self._pending = bytearray()
         self._taken = 0
         self._spare: dict[int, list[bytearray]] = {}
+        # Set once a session's frames are sealed (proto/framesealing.py): each header
+        # then arrives sealed, and no payload may follow it.
+        self.opener: FrameOpener | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes; complete frames come out of `next_frame()`.
@@ -182,14 +186,19 @@ class FrameDecoder:
             if length == 0:
                 raise MalformedFrame("empty frame header")
             limit = self.max_first_header if self._first else self.max_header
+            if self.opener is not None:
+                limit += TAG_BYTES
             if length > limit:
                 raise FrameTooLarge("header", length, limit)
             self._first = False
             self._buf.clear()
             self._state, self._need = _State.HEADER, length
             return
-        message, payload_length = decode_header(self._buf)
+        raw = self._buf if self.opener is None else self.opener.open(self._buf)
+        message, payload_length = decode_header(raw)
         self._buf.clear()
+        if payload_length and self.opener is not None:
+            raise MalformedFrame(f"a sealed {message.TAG} frame names a payload")
         if payload_length > self.max_payload:
             if self.max_payload == 0:
                 raise MalformedFrame(

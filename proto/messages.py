@@ -25,8 +25,9 @@ SHARED_SESSIONS = 2
 # that a supernode which keeps its connections but answers nothing (frozen, wedged) is gone.
 ANSWERED_PROBES = 3
 # The first version whose supernode proves the cluster token to the peer (`Welcome.proof`
-# over the `Hello.nonce`) and takes a Register's headers and S3 credentials sealed for it
-# (`Register.sealed`, under `Welcome.key`: proto/sealing.py).
+# over the `Hello.key`), seals a control session's frames both ways when the peer asks
+# (proto/framesealing.py), and takes a Register's headers and S3 credentials sealed for
+# it (`Register.sealed`, under `Welcome.key`: proto/requestseal.py).
 SEALED_REQUESTS = 4
 
 Headers = tuple[tuple[str, str], ...]
@@ -118,16 +119,19 @@ class Hello(Message):
     """First frame a client sends on every connection."""
 
     TAG: ClassVar[str] = "hello"
-    SPARSE: ClassVar[frozenset[str]] = frozenset({"nonce"})
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"key"})
     versions: tuple[int, ...]
     role: str
     peer_id: str
     agent: str = ""
-    nonce: bytes = b""  # fresh: a supernode's `Welcome.proof` binds it (version 4)
+    # Version 4, from a peer with a cluster token: a fresh X25519 key of the connection.
+    # The supernode's `Welcome.proof` binds it, and the frames after the Welcome are
+    # sealed both ways under keys drawn from it and `Welcome.key` (proto/framesealing.py).
+    key: bytes = b""
 
     def check(self) -> None:
-        if len(self.nonce) > 64:
-            raise ValueError("nonce longer than 64 bytes")
+        if len(self.key) not in (0, KEY_BYTES):
+            raise ValueError("key must be 32 bytes or absent")
         if not self.versions or len(self.versions) > 16:
             raise ValueError("versions must list 1 to 16 entries")
         if self.role not in ROLES:
@@ -148,7 +152,7 @@ class Welcome(Message):
     challenge: bytes = b""  # admission: the peer proves the cluster token over this
     # Version 4, from a supernode: this connection's X25519 key, for which a peer seals
     # its Register's headers and S3 credentials (`Register.sealed`), and, in a cluster
-    # with a token, the supernode's proof of it over the Hello's nonce, the challenge
+    # with a token, the supernode's proof of it over the Hello's key, the challenge
     # and that key (`admission.prove_supernode`).
     key: bytes = b""
     proof: bytes = b""

@@ -20,6 +20,7 @@ from proto.errors import (
     VersionMismatch,
 )
 from proto.frames import Frame, FrameDecoder, encode_frame, server_decoder
+from proto.framesealing import FrameOpener, FrameSealer
 from proto.messages import (
     PROTOCOL_VERSIONS,
     SEALED_REQUESTS,
@@ -118,7 +119,7 @@ def negotiate(
 ) -> Welcome:
     """The Welcome for a Hello: the highest version both sides speak. From version 4 it
     names `key` (the connection's X25519 key, for sealed Registers) and, with a cluster
-    `token` and the Hello's nonce, the proof that this side knows the token."""
+    `token` and the Hello's key, the proof that this side knows the token."""
     common = set(hello.versions) & set(PROTOCOL_VERSIONS)
     if not common:
         raise VersionMismatch(
@@ -128,8 +129,8 @@ def negotiate(
     if version < SEALED_REQUESTS or not key:
         return Welcome(version=version, role=role, agent=agent, challenge=challenge)
     proof = b""
-    if token is not None and hello.nonce:
-        proof = prove_supernode(token, hello.nonce, challenge, key)
+    if token is not None and hello.key:
+        proof = prove_supernode(token, hello.key, challenge, key)
     return Welcome(
         version=version, role=role, agent=agent, challenge=challenge, key=key, proof=proof
     )
@@ -152,6 +153,17 @@ class Session:
         self.decoder = decoder
         self.peer_hello: Hello | None = None
         self.version: int | None = None
+        self._sealer: FrameSealer | None = None  # once frames are sealed
+
+    def seal_frames(self, send_key: bytes, receive_key: bytes) -> None:
+        """From now on every frame is sealed both ways (proto/framesealing.py): called
+        right after the Welcome, by each side, with its sending and receiving keys."""
+        self._sealer = FrameSealer(send_key)
+        self.decoder.opener = FrameOpener(receive_key)
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealer is not None
 
     def _step(self, direction: str, message: Message) -> None:
         side = self.side
@@ -176,8 +188,10 @@ class Session:
 
         Encoded first: a message the codec refuses leaves the state as it was."""
         frame = encode_frame(message, payload_length)
+        if self._sealer is not None and payload_length:
+            raise LocalProtoError(f"a sealed session carries no payload ({message.TAG})")
         self._step(SEND, message)
-        return frame
+        return frame if self._sealer is None else self._sealer.seal(frame)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self.decoder.receive_data(data)

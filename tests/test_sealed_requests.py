@@ -4,6 +4,7 @@ token sends nothing to what cannot prove the token (protocol version 4)."""
 from __future__ import annotations
 
 import os
+import struct
 from functools import partial
 from pathlib import Path
 
@@ -12,16 +13,18 @@ import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartSupernode
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from rawwire import raw_connect
+from rawwire import raw_connect, until_closed
 
-from dfget.errors import SupernodeNotProven
+from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven
 from dfget.options import PeerOptions
 from proto import ErrorReply, Registered
-from proto.admission import new_challenge, new_nonce, verify_supernode
-from proto.errors import ConnectionLost, ErrorCode
+from proto.admission import new_challenge, verify_supernode
+from proto.errors import ConnectionLost, ErrorCode, FrameTooLarge, LocalProtoError
+from proto.frames import MAX_HEADER, encode
+from proto.framesealing import SealedFrameError, frame_keys
 from proto.io import FramedStream, client_handshake, server_handshake
 from proto.keywrap import raw_public
-from proto.messages import Hello, Register, S3Access
+from proto.messages import Hello, KeepAlive, Leave, Register, S3Access, Welcome
 from proto.requestseal import BadSeal, _key, open_secrets, seal_secrets
 from proto.session import Session, Side, negotiate
 from testkit.origin import FakeOrigin
@@ -85,21 +88,24 @@ def test_a_sealed_part_holding_anything_but_valid_secrets_is_refused(plain: byte
         open_secrets(supernode, raw_public(peer), challenge, URL, sealed)
 
 
-def test_the_supernodes_proof_binds_the_token_the_nonce_and_its_key() -> None:
-    key, challenge, nonce = raw_public(X25519PrivateKey.generate()), new_challenge(), new_nonce()
-    hello = Hello(versions=(3, 4), role="peer", peer_id="p", nonce=nonce)
+def fresh_key() -> bytes:
+    return raw_public(X25519PrivateKey.generate())
+
+
+def test_the_supernodes_proof_binds_the_token_the_peers_key_and_its_own() -> None:
+    key, challenge, nonce = fresh_key(), new_challenge(), fresh_key()
+    hello = Hello(versions=(3, 4), role="peer", peer_id="p", key=nonce)
     welcome = negotiate(hello, "supernode", challenge=challenge, key=key, token=TOKEN)
     assert welcome.version == 4 and welcome.key == key
     assert verify_supernode(TOKEN, nonce, challenge, key, welcome.proof)
     assert not verify_supernode(b"another token", nonce, challenge, key, welcome.proof)
-    assert not verify_supernode(TOKEN, new_nonce(), challenge, key, welcome.proof)  # replayed
-    other_key = raw_public(X25519PrivateKey.generate())
-    assert not verify_supernode(TOKEN, nonce, challenge, other_key, welcome.proof)
+    assert not verify_supernode(TOKEN, fresh_key(), challenge, key, welcome.proof)  # replayed
+    assert not verify_supernode(TOKEN, nonce, challenge, fresh_key(), welcome.proof)
     # No token, or no nonce asked for: no proof; a version-3 peer: a version-3 Welcome.
     assert negotiate(hello, "supernode", challenge=challenge, key=key).proof == b""
     bare = Hello(versions=(3, 4), role="peer", peer_id="p")
     assert negotiate(bare, "supernode", challenge=challenge, key=key, token=TOKEN).proof == b""
-    old = Hello(versions=(1, 2, 3), role="peer", peer_id="p", nonce=nonce)
+    old = Hello(versions=(1, 2, 3), role="peer", peer_id="p", key=nonce)
     old_welcome = negotiate(old, "supernode", challenge=challenge, key=key, token=TOKEN)
     assert (old_welcome.version, old_welcome.key, old_welcome.proof) == (3, b"", b"")
 
@@ -157,29 +163,37 @@ async def test_a_requesters_credentials_cross_the_wire_sealed(
     )
     assert Path(result.output).read_bytes() == data
     assert result.from_cdn == len(data)  # the supernode read it with the sealed header
-    assert b"/private.bin" in relay.sent  # (the relay saw the Register: its URL)
+    # In an open cluster the relay reads the Register but for its sealed part; with a
+    # token the whole session after the handshake is sealed: not even the URL shows.
+    assert (b"/private.bin" in relay.sent) is (token is None)
     assert AUTH.encode() not in relay.sent
     assert b"s3cr3t" not in relay.sent
 
 
 async def _impostor(
-    nursery: trio.Nursery, welcome_key: bytes, token: bytes | None, versions: tuple[int, ...]
+    nursery: trio.Nursery,
+    welcome_key: X25519PrivateKey | None,
+    token: bytes | None,
 ) -> tuple[str, list[object]]:
-    """A server at a supernode's address that speaks the handshake (with `token`, a key
-    of its own, at most `versions`) and keeps whatever it is sent after its Welcome."""
+    """A server at a supernode's address that speaks the handshake (with `token` and a
+    key of its own; without a key, as a supernode of version 3) and keeps whatever it
+    is sent after its Welcome."""
     received: list[object] = []
 
     async def handle(stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, Session(Side.SERVER))
         try:
-            hello = await server_handshake(
-                framed,
-                role="supernode",
-                challenge=new_challenge(),
-                key=welcome_key,
-                token=token,
-            )
-            assert max(set(hello.versions) & set(versions)) >= 1
+            if welcome_key is None:
+                await framed.receive()  # (the Hello)
+                await framed.send(Welcome(version=3, role="supernode", challenge=new_challenge()))
+            else:
+                await server_handshake(
+                    framed,
+                    role="supernode",
+                    challenge=new_challenge(),
+                    key=welcome_key,
+                    token=token,
+                )
             with trio.move_on_after(5):
                 received.append((await framed.receive()).message)
         except ConnectionLost:
@@ -196,11 +210,11 @@ async def test_a_peer_with_the_token_sends_nothing_to_what_cannot_prove_it(
     origin: FakeOrigin, fetch: Fetch, nursery: trio.Nursery, who: str
 ) -> None:
     origin.add("/private.bin", b"private bytes", require_auth=AUTH)
-    key = raw_public(X25519PrivateKey.generate())
+    key: X25519PrivateKey | None = X25519PrivateKey.generate()
     token = {"another-token": b"guessed", "no-token": None, "version-3": TOKEN}[who]
     if who == "version-3":
-        key = b""  # (a Welcome without key is what a supernode before version 4 sends)
-    address, received = await _impostor(nursery, key, token, (1, 2, 3, 4))
+        key = None  # (a Welcome without key is what a supernode before version 4 sends)
+    address, received = await _impostor(nursery, key, token)
     with pytest.raises(SupernodeNotProven, match="cluster token"):
         await fetch(
             origin.url("/private.bin"),
@@ -272,7 +286,7 @@ async def test_a_peer_without_the_proof_asked_gets_a_version_4_welcome_without_o
         assert asked.welcome is not None
         assert verify_supernode(
             TOKEN,
-            asked.hello_nonce,
+            asked.hello_key,
             asked.welcome.challenge,
             asked.welcome.key,
             asked.welcome.proof,
@@ -281,15 +295,15 @@ async def test_a_peer_without_the_proof_asked_gets_a_version_4_welcome_without_o
         await asked.aclose()
 
 
-def test_a_hello_without_a_nonce_is_the_frame_older_supernodes_read() -> None:
+def test_a_hello_without_a_key_is_the_frame_older_supernodes_read() -> None:
     from proto.codec import encode_header
 
     header = msgpack.unpackb(encode_header(Hello(versions=(4,), role="peer", peer_id="p")))
-    assert "nonce" not in header
+    assert "key" not in header
     header = msgpack.unpackb(
-        encode_header(Hello(versions=(4,), role="peer", peer_id="p", nonce=new_nonce()))
+        encode_header(Hello(versions=(4,), role="peer", peer_id="p", key=fresh_key()))
     )
-    assert len(header["nonce"]) == 32
+    assert len(header["key"]) == 32
 
 
 async def test_a_members_request_with_the_token_goes_only_to_a_proven_supernode(
@@ -297,12 +311,160 @@ async def test_a_members_request_with_the_token_goes_only_to_a_proven_supernode(
 ) -> None:
     from dfget.members import ask_members
 
-    address, received = await _impostor(
-        nursery, raw_public(X25519PrivateKey.generate()), None, (1, 2, 3, 4)
-    )
+    address, received = await _impostor(nursery, X25519PrivateKey.generate(), None)
     with pytest.raises(SupernodeNotProven):
         await ask_members(address, token=TOKEN)
     assert received == []
     node = await start_supernode(token=TOKEN)
     members = await ask_members(node.address, token=TOKEN)
     assert node.address in members.peers
+
+
+def sealed_sessions() -> tuple[Session, Session]:
+    """A client and a server session past their handshake, frames sealed both ways."""
+    client, server = Session(Side.CLIENT), Session(Side.SERVER)
+    peer, supernode, challenge = sealed_pair()
+    hello = Hello(versions=(4,), role="peer", peer_id="p", key=raw_public(peer))
+    server.receive_data(client.send(hello))
+    assert server.next_frame() is not None
+    welcome = negotiate(hello, "supernode", challenge=challenge, key=raw_public(supernode))
+    client.receive_data(server.send(welcome))
+    assert client.next_frame() is not None
+    args = (raw_public(peer), raw_public(supernode), challenge)
+    peer_sends, supernode_sends = frame_keys(supernode, raw_public(peer), *args)
+    assert frame_keys(peer, raw_public(supernode), *args) == (peer_sends, supernode_sends)
+    client.seal_frames(peer_sends, supernode_sends)
+    server.seal_frames(supernode_sends, peer_sends)
+    return client, server
+
+
+def test_sealed_frames_cannot_be_read_changed_replayed_or_dropped() -> None:
+    client, server = sealed_sessions()
+    first, second = KeepAlive(), Leave(task_id="a" * 64)
+    wire = client.send(first)
+    assert b"keepalive" not in wire
+    server.receive_data(wire)
+    frame = server.next_frame()
+    assert frame is not None and frame.message == first
+    answer = server.send(KeepAlive())
+    client.receive_data(answer)
+    assert client.next_frame() is not None
+    # Each of these, on its own session, breaks it: the frame does not open.
+    for attack in ("flip", "replay", "drop", "plain", "reflect"):
+        client, server = sealed_sessions()
+        one, two = client.send(first), client.send(second)
+        wire = {
+            "flip": one[:-1] + bytes([one[-1] ^ 1]),
+            "replay": one + one,
+            "drop": two,
+            "plain": encode(first),
+            "reflect": server.send(KeepAlive()),  # its own frame, sent back to it
+        }[attack]
+        with pytest.raises(SealedFrameError):
+            server.receive_data(wire)
+            while server.next_frame() is not None:
+                pass
+    with pytest.raises(LocalProtoError):  # (no payload rides a sealed session)
+        client.send(first, payload_length=1)
+
+
+def test_a_sealed_frame_over_the_header_limit_is_refused_before_it_is_read() -> None:
+    _, server = sealed_sessions()
+    server.receive_data(struct.pack(">I", MAX_HEADER + 16))  # (the largest, sealed)
+    assert server.next_frame() is None
+    _, server = sealed_sessions()
+    with pytest.raises(FrameTooLarge):
+        server.receive_data(struct.pack(">I", MAX_HEADER + 17))
+
+
+class Tamperer(Relay):
+    """A relay that flips one bit in the first frame the supernode sends after its
+    Welcome, on each connection whose Hello asked for sealed frames (the members
+    request and the control session of a peer with the token)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.flipped = 0
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        host, port = self.target.rsplit(":", 1)
+        server = await trio.open_tcp_stream(host, int(port))
+        hello = await client.receive_some(1 << 16)  # (the Hello, whole: a small frame)
+        await server.send_all(hello)
+        sealed = b"\xa3key" in hello
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server, True, nursery.cancel_scope)
+            nursery.start_soon(self._flip, server, client, sealed, nursery.cancel_scope)
+
+    async def _flip(
+        self, src: trio.SocketStream, dst: trio.SocketStream, sealed: bool, scope: trio.CancelScope
+    ) -> None:
+        seen = bytearray()
+        try:
+            while data := await src.receive_some(1 << 16):
+                chunk = bytearray(data)
+                start = len(seen)
+                seen += data
+                if sealed and len(seen) >= 4:
+                    target = 4 + int.from_bytes(seen[:4], "big") + 8  # in the next frame
+                    if start <= target < len(seen):
+                        chunk[target - start] ^= 0x10
+                        self.flipped += 1
+                await dst.send_all(chunk)
+        except trio.BrokenResourceError:
+            pass
+        scope.cancel()
+
+
+async def test_a_supernodes_answer_changed_on_the_way_ends_the_session(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(1 << 20)
+    origin.add("/f.bin", data)
+    node = await start_supernode(token=TOKEN)
+    relay = Tamperer(node.address)
+    address = await relay.serve(nursery)
+    with pytest.raises(DfgetError, match="sealed frame does not open"):
+        await fetch(
+            origin.url("/f.bin"),
+            address,
+            name="tampered",
+            peer=PeerOptions(listen=LOCAL, token=TOKEN),
+            back_source=False,
+        )
+    assert relay.flipped >= 1
+
+
+async def test_a_hello_key_without_a_shared_secret_is_refused(supernode: RunningSupernode) -> None:
+    stream = await raw_connect(supernode.address)
+    low_order = Hello(versions=(4,), role="peer", peer_id="p-zero", key=bytes(32))
+    await stream.send_all(encode(low_order))
+    [refusal] = await until_closed(stream, 10)
+    assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.BAD_REQUEST
+    assert "hello.key" in refusal.message
+    await stream.aclose()
+
+
+async def test_a_welcome_key_without_a_shared_secret_fails_the_supernode(
+    fetch: Fetch, origin: FakeOrigin, nursery: trio.Nursery
+) -> None:
+    origin.add("/f.bin", b"bytes")
+
+    async def handle(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, Session(Side.SERVER))
+        async with stream:
+            await framed.receive()
+            await framed.send(
+                Welcome(version=4, role="supernode", challenge=new_challenge(), key=bytes(32))
+            )
+            await trio.sleep(5)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    with pytest.raises(SupernodeFailed, match=r"welcome\.key"):
+        await fetch(
+            origin.url("/f.bin"),
+            address,
+            peer=PeerOptions(listen=LOCAL, token=TOKEN),
+            back_source=False,
+        )

@@ -17,11 +17,20 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from proto.admission import new_nonce
-from proto.errors import ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
+from proto.errors import BadField, ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
 from proto.frames import MAX_PAYLOAD, Frame, FrameDecoder
-from proto.messages import PROTOCOL_VERSIONS, ErrorReply, Hello, Message, Welcome
+from proto.framesealing import frame_keys
+from proto.keywrap import raw_public
+from proto.messages import (
+    PROTOCOL_VERSIONS,
+    SEALED_REQUESTS,
+    ErrorReply,
+    Hello,
+    Message,
+    Welcome,
+)
 from proto.session import Session, Side, negotiate
 
 READ_SIZE = 256 * 1024  # a read into a payload (on streams without recv_into)
@@ -57,7 +66,7 @@ class FramedStream:
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._lowat = 1  # the socket's SO_RCVLOWAT, as last set
         self.welcome: Welcome | None = None  # the server's, on a client stream
-        self.hello_nonce = b""  # ours, on a client stream (the Welcome's proof binds it)
+        self.hello_key = b""  # ours, on a client stream (the Welcome's proof binds it)
 
     async def send(
         self,
@@ -233,18 +242,29 @@ async def server_handshake(
     role: str,
     agent: str = "",
     challenge: bytes = b"",
-    key: bytes = b"",
+    key: X25519PrivateKey | None = None,
     token: bytes | None = None,
 ) -> Hello:
     """Server side: wait for Hello, answer Welcome (callers put a deadline around it);
-    `key` and `token` as for `negotiate`.
+    `key` (its public half) and `token` as for `negotiate`. When the Hello names a key
+    of its own and the Welcome ours, the frames after it are sealed both ways.
 
     Errors propagate with the session still able to `refuse()` them.
     """
     hello = (await framed.receive()).message
     assert isinstance(hello, Hello)  # the session table admits nothing else first
-    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge, key=key, token=token)
+    public = raw_public(key) if key is not None else b""
+    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge, key=public, token=token)
+    keys = None
+    if key is not None and welcome.key and hello.key:
+        try:
+            keys = frame_keys(key, hello.key, hello.key, public, challenge)
+        except ValueError as exc:  # (a low-order point)
+            raise BadField("hello", "key", f"no shared secret: {exc}") from None
     await framed.send(welcome)
+    if keys is not None:
+        peer_sends, we_send = keys
+        framed.session.seal_frames(we_send, peer_sends)
     return hello
 
 
@@ -261,16 +281,18 @@ async def client_handshake(
     """Client side: say Hello, wait for Welcome; the open framed stream (the Welcome is
     kept in `framed.welcome`). `max_payload` is the largest payload this connection
     accepts: 0 for a control session, one sealed piece of the task for a piece session.
-    With `ask_proof` the Hello carries a fresh nonce (`framed.hello_nonce`), over which a
-    supernode of version 4 proves the cluster token (a supernode before it refuses such
-    a Hello: only a peer that will check the proof asks for it).
+    With `ask_proof` the Hello carries a fresh X25519 key (`framed.hello_key`), over
+    which a supernode of version 4 proves the cluster token, and with which the frames
+    after its Welcome are sealed both ways (a supernode before version 4 refuses such a
+    Hello: only a peer that will check the proof asks for it).
 
     On any failure the stream is closed before the error propagates.
     """
     session = Session(Side.CLIENT, FrameDecoder(max_payload=max_payload))
     framed = FramedStream(stream, session, send_timeout=send_timeout)
-    if ask_proof:
-        framed.hello_nonce = new_nonce()
+    ours = X25519PrivateKey.generate() if ask_proof else None
+    if ours is not None:
+        framed.hello_key = raw_public(ours)
     try:
         await framed.send(
             Hello(
@@ -278,7 +300,7 @@ async def client_handshake(
                 role=role,
                 peer_id=peer_id,
                 agent=agent,
-                nonce=framed.hello_nonce,
+                key=framed.hello_key,
             )
         )
         frame = await framed.receive()
@@ -287,7 +309,15 @@ async def client_handshake(
                 raise VersionMismatch(frame.message.message)
             raise RemoteFailure(frame.message.code, frame.message.message, frame.message.status)
         assert isinstance(frame.message, Welcome)
-        framed.welcome = frame.message
+        framed.welcome = welcome = frame.message
+        if ours is not None and welcome.version >= SEALED_REQUESTS and welcome.key:
+            try:
+                we_send, server_sends = frame_keys(
+                    ours, welcome.key, framed.hello_key, welcome.key, welcome.challenge
+                )
+            except ValueError as exc:  # (a low-order point)
+                raise BadField("welcome", "key", f"no shared secret: {exc}") from None
+            framed.session.seal_frames(we_send, server_sends)
     except BaseException:
         await framed.aclose()
         raise

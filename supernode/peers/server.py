@@ -28,7 +28,6 @@ from common.io import RateLimiter, serve_limited
 from proto.admission import new_challenge
 from proto.errors import ConnectionLost, RemoteProtoError, UnexpectedMessage
 from proto.io import FramedStream, server_handshake
-from proto.keywrap import raw_public
 from proto.messages import MembersRequest, PieceRequest, Register
 from proto.session import Session, Side
 from proto.tickets import TicketVerifier
@@ -129,7 +128,7 @@ class PeerServer:
                 role="supernode",
                 agent=AGENT,
                 challenge=challenge,
-                key=raw_public(key),
+                key=key,
                 token=self.swarm.token,
             )
         with trio.fail_after(self.first_request_timeout):
