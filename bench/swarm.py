@@ -288,6 +288,13 @@ def main() -> int:
         "carries each whole, at a fraction of its CPU (docs/netlab.md)",
     )
     lab.add_argument(
+        "--no-idle-restart",
+        action="store_true",
+        help="the lab's hosts' net.ipv4.tcp_slow_start_after_idle = 0 (default: the "
+        "kernel's, 1): a connection idle for longer than its retransmission timeout keeps "
+        "its window instead of starting over from 10 packets (for every swarm alike)",
+    )
+    lab.add_argument(
         "--supernode-arg",
         action="append",
         default=[],

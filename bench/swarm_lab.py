@@ -381,12 +381,19 @@ def main(args: argparse.Namespace) -> int:
     with (
         free_page_reporting_off() as reporting,
         tcp_congestion(args.tcp) as congestion,
-        Lab(names, link=link, prefix="dfsw", tso_rtt_log=args.tso_rtt_log) as lab,
+        Lab(
+            names,
+            link=link,
+            prefix="dfsw",
+            tso_rtt_log=args.tso_rtt_log,
+            idle_restart=False if args.no_idle_restart else None,
+        ) as lab,
     ):
         tso = "the kernel's" if args.tso_rtt_log is None else args.tso_rtt_log
+        idle = "off" if args.no_idle_restart else "the kernel's"
         print(
             f"free page reporting: {reporting}; TCP congestion control: {congestion}; "
-            f"hosts' tcp_tso_rtt_log: {tso}",
+            f"hosts' tcp_tso_rtt_log: {tso}; slow start after idle: {idle}",
             flush=True,
         )
         for i in range(args.runs):

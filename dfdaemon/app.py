@@ -36,6 +36,7 @@ from dfget.options import SharedServer
 from dfget.sessions import Sessions
 from dfget.sources import PiecePool
 from dfget.uploads import PieceServer
+from proto.admission import proof_key
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class Daemon:
             insecure=config.insecure, policy=self.origin_policy, origin_tls=self.origin_tls
         )
         self.directory = Directory(config.supernodes, token=config.token)
+        if config.token is not None:
+            proof_key(config.token)  # (stretched once, here: not in the first download)
         self.blobs: BlobStore | None = None
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None

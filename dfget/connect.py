@@ -116,7 +116,7 @@ async def connect_stream(
             stream = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
         raise SupernodeUnavailable(f"cannot reach {address}: {exc}") from exc
-    with translate_errors(address):
+    with translate_errors(address), _older_refusing_the_proof(address, ask_proof):
         with trio.move_on_after(within) as handshake:
             framed = await client_handshake(
                 stream,
@@ -131,6 +131,22 @@ async def connect_stream(
             await stream.aclose()
             raise SupernodeUnavailable(f"{address} did not answer the handshake")
     return framed
+
+
+@contextmanager
+def _older_refusing_the_proof(address: str, ask_proof: bool) -> Iterator[None]:
+    """A supernode before version 4 refuses a Hello that names a key (an unknown field
+    to it): for a peer with a token, one that cannot prove it (SupernodeNotProven)."""
+    try:
+        yield
+    except RemoteFailure as exc:
+        if ask_proof and "hello.key" in str(exc):
+            raise SupernodeNotProven(
+                f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: "
+                "it cannot prove that it knows the cluster token (upgrade the supernodes "
+                "before the peers that have a token)"
+            ) from exc
+        raise
 
 
 @asynccontextmanager

@@ -354,23 +354,25 @@ class Attempt:
             except ValueError as exc:  # (a low-order point)
                 raise SupernodeFailed(f"supernode {self.address} named a bad key: {exc}") from exc
             headers, s3 = (), None
-        await control.send(
-            Register(
-                url=message.url,
-                headers=headers,
-                digest=message.digest,
-                tag=message.tag,
-                filter=message.filter,
-                public_key=raw_public(self.key),
-                upload_port=upload_port,
-                upload_slots=upload_slots,
-                token_proof=proof,
-                in_order=self.options.in_order,
-                leaves=self.options.seed_for < LEAVES_SOON,
-                s3=s3,
-                sealed=sealed,
-            )
+        register = Register(
+            url=message.url,
+            headers=headers,
+            digest=message.digest,
+            tag=message.tag,
+            filter=message.filter,
+            public_key=raw_public(self.key),
+            upload_port=upload_port,
+            upload_slots=upload_slots,
+            token_proof=proof,
+            in_order=self.options.in_order,
+            leaves=self.options.seed_for < LEAVES_SOON,
+            s3=s3,
+            sealed=sealed,
         )
+        try:
+            await control.send(register)
+        except LocalProtoError as exc:  # (a frame over the wire's bounds: the headers)
+            raise UsageError(f"the request cannot be sent: {exc}") from exc
         # The supernode answers once the origin's response head is in (or it failed).
         with trio.move_on_after(REGISTER_TIMEOUT) as waited:
             reply = (await control.receive()).message

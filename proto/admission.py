@@ -16,23 +16,39 @@ rewritten on the way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 CHALLENGE_SIZE = 32
 KEY_SIZE = 32  # X25519 public keys
 _CONTEXT = b"dragonfly-py admission v1\0"
 _SUPERNODE_CONTEXT = b"dragonfly-py supernode v1\0"
+# The supernode's proof goes to whoever sends a Hello with a key, before they prove
+# anything: it lets them test guesses of the token offline, so it is keyed by the token
+# stretched (scrypt, 16 MiB and tens of milliseconds a guess), not the token itself.
+# The peer's own proof goes only to a supernode that proved the token first.
+_STRETCH_SALT = b"dragonfly-py supernode proof key v1"
+_STRETCH_N = 2**14
 
 
 def new_challenge() -> bytes:
     return secrets.token_bytes(CHALLENGE_SIZE)
 
 
+@functools.cache
+def proof_key(token: bytes) -> bytes:
+    """The key of a supernode's proof: `token` stretched (once a process: call it at
+    start, the first call takes tens of milliseconds)."""
+    return Scrypt(salt=_STRETCH_SALT, length=32, n=_STRETCH_N, r=8, p=1).derive(token)
+
+
 def prove_supernode(token: bytes, peer_key: bytes, challenge: bytes, key: bytes) -> bytes:
     message = _SUPERNODE_CONTEXT + peer_key + challenge + key
-    return hmac.new(token, message, hashlib.sha256).digest()
+    return hmac.new(proof_key(token), message, hashlib.sha256).digest()
 
 
 def verify_supernode(

@@ -43,7 +43,9 @@ MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified in TaskDone
 # (`Register.leaves`): what it gets near its end does not stay in the swarm.
 LEAVES_SOON = 10.0
 MAX_URL = 8192  # characters of a Register's url
-MAX_SEALED = 48 * 1024  # bytes of a Register's sealed headers and S3 credentials
+# Bytes of a Register's sealed headers and S3 credentials (the whole frame header, its URL
+# with it, stays within 64 KiB: frames.MAX_HEADER).
+MAX_SEALED = 60 * 1024
 
 
 class Message:
@@ -208,7 +210,7 @@ class Register(Message):
     # Authorization header). Not part of the task id.
     s3: S3Access | None = None
     # Version 4: `headers` and `s3` sealed for the supernode's `Welcome.key`
-    # (proto/sealing.py), both then empty in the clear: only the supernode reads them.
+    # (proto/requestseal.py), both then empty in the clear: only the supernode reads them.
     sealed: bytes = b""
 
     def check(self) -> None:

@@ -23,7 +23,7 @@ from registry import needs_nginx
 from bench.origin_process import nginx_origin
 from testkit.netlab import Lab, LabError, Link, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
-from testkit.netlab.lab import TSO_RTT_LOG
+from testkit.netlab.lab import IDLE_RESTART, TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
 from testkit.netlab.measure import datagrams, goodput, round_trips
 from testkit.netlab.plan import Names, features, host_loss, tbf
@@ -160,23 +160,28 @@ def test_while_a_link_has_loss_segments_reach_their_host_one_a_packet(
 
 @needs_lab
 def test_a_lab_sets_its_hosts_tcp_tso_rtt_log(untouched_root: None) -> None:
-    """`tso_rtt_log` sets each host's net.ipv4.tcp_tso_rtt_log (the machine's own is left
-    alone); the delay set holds as before."""
-    root = Path(TSO_RTT_LOG).read_text()
-    with Lab(["a", "b"], link=Link(delay=0.005), tso_rtt_log=15) as lab:
-        values = [
-            subprocess.run(
-                ["ip", "netns", "exec", host.namespace, "cat", TSO_RTT_LOG],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            for host in lab.hosts.values()
-        ]
+    """`tso_rtt_log` sets each host's net.ipv4.tcp_tso_rtt_log, `idle_restart` its
+    net.ipv4.tcp_slow_start_after_idle (the machine's own are left alone); the delay set
+    holds as before."""
+    root, root_idle = Path(TSO_RTT_LOG).read_text(), Path(IDLE_RESTART).read_text()
+    with Lab(["a", "b"], link=Link(delay=0.005), tso_rtt_log=15, idle_restart=False) as lab:
+        values, idle = (
+            [
+                subprocess.run(
+                    ["ip", "netns", "exec", host.namespace, "cat", setting],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+                for host in lab.hosts.values()
+            ]
+            for setting in (TSO_RTT_LOG, IDLE_RESTART)
+        )
         rtt = statistics.median(round_trips(lab, "a", "b", 20)[2:])
         name = lab.name
-    assert values == ["15", "15"]
+    assert values == ["15", "15"] and idle == ["0", "0"]
     assert Path(TSO_RTT_LOG).read_text() == root
+    assert Path(IDLE_RESTART).read_text() == root_idle
     assert abs(rtt - 0.020) <= 0.002, f"RTT {rtt * 1000:.2f} ms for 20"
     assert_gone(name)
     with pytest.raises(ValueError, match="tso_rtt_log"):

@@ -3,6 +3,8 @@ token sends nothing to what cannot prove the token (protocol version 4)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 from functools import partial
@@ -11,14 +13,20 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode
+from conftest import (
+    Fetch,
+    RunningSupernode,
+    RunningSupernodeAddress,
+    StartDaemon,
+    StartSupernode,
+)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from rawwire import raw_connect, until_closed
 
-from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven
+from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven, UsageError
 from dfget.options import PeerOptions
-from proto import ErrorReply, Registered
-from proto.admission import new_challenge, verify_supernode
+from proto import ErrorReply, PieceRequest, Registered
+from proto.admission import new_challenge, prove_supernode, verify_supernode
 from proto.errors import ConnectionLost, ErrorCode, FrameTooLarge, LocalProtoError
 from proto.frames import MAX_HEADER, encode
 from proto.framesealing import SealedFrameError, frame_keys
@@ -172,7 +180,7 @@ async def test_a_requesters_credentials_cross_the_wire_sealed(
 
 async def _impostor(
     nursery: trio.Nursery,
-    welcome_key: X25519PrivateKey | None,
+    keyed: bool,
     token: bytes | None,
 ) -> tuple[str, list[object]]:
     """A server at a supernode's address that speaks the handshake (with `token` and a
@@ -183,7 +191,7 @@ async def _impostor(
     async def handle(stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, Session(Side.SERVER))
         try:
-            if welcome_key is None:
+            if not keyed:
                 await framed.receive()  # (the Hello)
                 await framed.send(Welcome(version=3, role="supernode", challenge=new_challenge()))
             else:
@@ -191,7 +199,7 @@ async def _impostor(
                     framed,
                     role="supernode",
                     challenge=new_challenge(),
-                    key=welcome_key,
+                    keyed=True,
                     token=token,
                 )
             with trio.move_on_after(5):
@@ -210,11 +218,9 @@ async def test_a_peer_with_the_token_sends_nothing_to_what_cannot_prove_it(
     origin: FakeOrigin, fetch: Fetch, nursery: trio.Nursery, who: str
 ) -> None:
     origin.add("/private.bin", b"private bytes", require_auth=AUTH)
-    key: X25519PrivateKey | None = X25519PrivateKey.generate()
     token = {"another-token": b"guessed", "no-token": None, "version-3": TOKEN}[who]
-    if who == "version-3":
-        key = None  # (a Welcome without key is what a supernode before version 4 sends)
-    address, received = await _impostor(nursery, key, token)
+    # (a Welcome without a key is what a supernode before version 4 sends)
+    address, received = await _impostor(nursery, who != "version-3", token)
     with pytest.raises(SupernodeNotProven, match="cluster token"):
         await fetch(
             origin.url("/private.bin"),
@@ -311,7 +317,7 @@ async def test_a_members_request_with_the_token_goes_only_to_a_proven_supernode(
 ) -> None:
     from dfget.members import ask_members
 
-    address, received = await _impostor(nursery, X25519PrivateKey.generate(), None)
+    address, received = await _impostor(nursery, True, None)
     with pytest.raises(SupernodeNotProven):
         await ask_members(address, token=TOKEN)
     assert received == []
@@ -468,3 +474,149 @@ async def test_a_welcome_key_without_a_shared_secret_fails_the_supernode(
             peer=PeerOptions(listen=LOCAL, token=TOKEN),
             back_source=False,
         )
+
+
+async def test_a_daemon_with_the_token_seals_its_shared_sessions(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+) -> None:
+    data = os.urandom(2 << 20)
+    origin.add("/private.bin", data, require_auth=AUTH)
+    node = await start_supernode(token=TOKEN)
+    relay = Relay(node.address)
+    address = await relay.serve(nursery)
+    daemon = await start_daemon(
+        "host1", "http://127.0.0.1:1", RunningSupernodeAddress(address), token=TOKEN
+    )
+    result = await fetch(
+        origin.url("/private.bin"),
+        None,
+        daemon_socket=daemon.socket_path,
+        headers=(("Authorization", AUTH),),
+    )
+    assert result.daemon == str(daemon.socket_path)
+    assert Path(result.output).read_bytes() == data
+    assert relay.sent  # (the daemon's sessions went through the relay)
+    assert b"/private.bin" not in relay.sent and AUTH.encode() not in relay.sent
+
+
+async def test_a_supernode_before_version_4_is_not_proven_not_broken(
+    fetch: Fetch, origin: FakeOrigin, nursery: trio.Nursery
+) -> None:
+    """What a supernode of version 3 answers a Hello that names a key (an unknown field
+    to its codec): a peer with the token reads it as a supernode that cannot prove it."""
+    origin.add("/f.bin", b"bytes")
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(1 << 16)
+            refusal = ErrorReply(code="bad_request", message="hello.key: unknown field")
+            await stream.send_all(encode(refusal))
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    with pytest.raises(SupernodeNotProven, match="upgrade the supernodes"):
+        await fetch(origin.url("/f.bin"), address, peer=PeerOptions(listen=LOCAL, token=TOKEN))
+
+
+async def test_plaintext_behind_a_handshake_does_not_pass_as_sealed(
+    supernode: RunningSupernode, nursery: trio.Nursery
+) -> None:
+    # A client that pipelines a plaintext Register behind its Hello: refused, in a
+    # frame sealed for it.
+    ours = X25519PrivateKey.generate()
+    client = Session(Side.CLIENT)
+    hello = Hello(versions=(4,), role="peer", peer_id="p-pipe", key=raw_public(ours))
+    register = Register(
+        url="http://127.0.0.1:1/x", headers=(), digest=None, tag="", filter=(), public_key=bytes(32)
+    )
+    stream = await raw_connect(supernode.address)
+    await stream.send_all(client.send(hello) + encode(register))
+    answers: list[object] = []
+    with trio.fail_after(10):
+        while data := await stream.receive_some(1 << 16):
+            client.receive_data(data)
+            while (frame := client.next_frame()) is not None:
+                answers.append(frame.message)
+                if isinstance(frame.message, Welcome):
+                    welcome = frame.message
+                    keys = frame_keys(
+                        ours, welcome.key, raw_public(ours), welcome.key, welcome.challenge
+                    )
+                    client.seal_frames(*keys)
+    await stream.aclose()
+    assert [type(answer) for answer in answers] == [Welcome, ErrorReply]
+    refusal = answers[1]
+    assert isinstance(refusal, ErrorReply) and "sealed frame does not open" in refusal.message
+
+    # A server that sends a plaintext frame in the Welcome's segment: the client refuses it.
+    async def handle(server: trio.SocketStream) -> None:
+        async with server:
+            framed = FramedStream(server, Session(Side.SERVER))
+            hello = (await framed.receive()).message
+            assert isinstance(hello, Hello)
+            welcome = negotiate(
+                hello, "supernode", challenge=new_challenge(), key=fresh_key(), token=TOKEN
+            )
+            await server.send_all(encode(welcome) + encode(KeepAlive()))
+            await trio.sleep(5)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    framed = await client_handshake(
+        await trio.open_tcp_stream("127.0.0.1", port),
+        role="peer",
+        peer_id="p",
+        max_payload=0,
+        ask_proof=True,
+    )
+    async with framed.stream:
+        assert framed.session.sealed
+        with pytest.raises(SealedFrameError):
+            await framed.receive()
+
+
+async def test_a_sealed_session_opens_no_piece_download(
+    supernode: RunningSupernode, caplog: pytest.LogCaptureFixture
+) -> None:
+    framed = await client_handshake(
+        await raw_connect(supernode.address),
+        role="peer",
+        peer_id="p-piece",
+        max_payload=0,
+        ask_proof=True,
+    )
+    try:
+        await framed.send(PieceRequest(task_id="a" * 64, generation=1, index=0, ticket=b"t"))
+        with trio.fail_after(10):
+            refusal = (await framed.receive()).message
+        assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.BAD_REQUEST
+        assert "sealed session" in refusal.message
+    finally:
+        await framed.aclose()
+    assert "internal error" not in caplog.text
+
+
+async def test_headers_too_large_to_seal_are_a_usage_error(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    origin.add("/f.bin", b"bytes")
+    headers = tuple((f"X-Big-{i}", "v" * 15000) for i in range(5))  # (75 kB)
+    with pytest.raises(UsageError, match="cannot be sent"):
+        await fetch(origin.url("/f.bin"), supernode, headers=headers, back_source=False)
+
+
+def test_the_supernodes_proof_is_keyed_by_the_token_stretched() -> None:
+    """A stranger's Hello gets a proof it may test guesses against: each guess costs a
+    scrypt (n=2^14, r=8), not one HMAC."""
+    peer_key, challenge, key = fresh_key(), new_challenge(), fresh_key()
+    proof = prove_supernode(TOKEN, peer_key, challenge, key)
+    message = b"dragonfly-py supernode v1\0" + peer_key + challenge + key
+    stretched = hashlib.scrypt(
+        TOKEN, salt=b"dragonfly-py supernode proof key v1", n=2**14, r=8, p=1, dklen=32
+    )
+    assert proof == hmac.new(stretched, message, hashlib.sha256).digest()
+    assert proof != hmac.new(TOKEN, message, hashlib.sha256).digest()

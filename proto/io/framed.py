@@ -67,6 +67,9 @@ class FramedStream:
         self._lowat = 1  # the socket's SO_RCVLOWAT, as last set
         self.welcome: Welcome | None = None  # the server's, on a client stream
         self.hello_key = b""  # ours, on a client stream (the Welcome's proof binds it)
+        # Ours, on a server stream whose Welcome named one (version 4): a Register's
+        # sealed part opens with it.
+        self.own_key: X25519PrivateKey | None = None
 
     async def send(
         self,
@@ -242,21 +245,28 @@ async def server_handshake(
     role: str,
     agent: str = "",
     challenge: bytes = b"",
-    key: X25519PrivateKey | None = None,
+    keyed: bool = False,
     token: bytes | None = None,
 ) -> Hello:
-    """Server side: wait for Hello, answer Welcome (callers put a deadline around it);
-    `key` (its public half) and `token` as for `negotiate`. When the Hello names a key
-    of its own and the Welcome ours, the frames after it are sealed both ways.
+    """Server side: wait for Hello, answer Welcome (callers put a deadline around it).
+    `keyed` (a supernode): a client of version 4 gets an X25519 key of this connection
+    in the Welcome (kept in `framed.own_key`), proved with `token` if the Hello names a
+    key of its own (`negotiate`); the frames after it are then sealed both ways.
 
     Errors propagate with the session still able to `refuse()` them.
     """
     hello = (await framed.receive()).message
     assert isinstance(hello, Hello)  # the session table admits nothing else first
-    public = raw_public(key) if key is not None else b""
-    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge, key=public, token=token)
+    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge)
+    key = None
+    if keyed and welcome.version >= SEALED_REQUESTS:  # (drawn only for such a client)
+        key = framed.own_key = X25519PrivateKey.generate()
+        public = raw_public(key)
+        welcome = negotiate(
+            hello, role=role, agent=agent, challenge=challenge, key=public, token=token
+        )
     keys = None
-    if key is not None and welcome.key and hello.key:
+    if key is not None and hello.key:
         try:
             keys = frame_keys(key, hello.key, hello.key, public, challenge)
         except ValueError as exc:  # (a low-order point)

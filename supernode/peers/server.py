@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable, Sequence
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, serve_limited
@@ -119,27 +118,29 @@ class PeerServer:
 
     async def _converse(self, framed: FramedStream) -> None:
         challenge = new_challenge()
-        # The connection's own key: a peer seals its Register's credentials for it, and
-        # with a cluster token the Welcome proves we know the token (proto/admission.py).
-        key = X25519PrivateKey.generate()
+        # Keyed: a version-4 peer gets a key of this connection, for which it seals its
+        # Register's credentials, and with a cluster token our proof that we know it.
         with trio.fail_after(self.hello_timeout):
             hello = await server_handshake(
                 framed,
                 role="supernode",
                 agent=AGENT,
                 challenge=challenge,
-                key=key,
+                keyed=True,
                 token=self.swarm.token,
             )
         with trio.fail_after(self.first_request_timeout):
             first = (await framed.receive()).message
+        if framed.session.sealed and not isinstance(first, Register | MembersRequest):
+            # (a sealed session carries no payload: pieces go on sessions of their own)
+            raise UnexpectedMessage(f"{first.TAG} cannot open a sealed session")
         if isinstance(first, Register):
             control = ControlSession(
                 framed,
                 peer_id=hello.peer_id,
                 peer_host=_host(framed.stream),
                 challenge=challenge,
-                key=key,
+                key=framed.own_key,
                 cdn=self.cdn,
                 swarm=self.swarm,
                 idle_timeout=self.control_idle,

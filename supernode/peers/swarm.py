@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.connlimit import host_group
 from common.units import format_size
-from proto.admission import verify
+from proto.admission import proof_key, verify
 from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
 from supernode.cdn.task import CdnTask
@@ -88,6 +88,8 @@ class Swarm:
         self.ticket_key = ticket_key
         self.tickets = TicketIssuer(ticket_key, ticket_ttl)
         self.token = token
+        if token is not None:
+            proof_key(token)  # (stretched once, here: not in the first handshake)
         self.peers: dict[str, PeerRecord] = {}
         self.generations: dict[str, int] = {}  # task id → the generation being scheduled
         self._tasks: dict[str, CdnTask] = {}  # ... and that generation (for checks)

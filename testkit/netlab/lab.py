@@ -50,6 +50,7 @@ DELAYER = Path(__file__).with_name("delayer.py")
 DELAYER_START = 10.0
 DELAYER_STOP = 3.0
 TSO_RTT_LOG = "/proc/sys/net/ipv4/tcp_tso_rtt_log"  # per network namespace
+IDLE_RESTART = "/proc/sys/net/ipv4/tcp_slow_start_after_idle"  # (likewise)
 _open: set[Lab] = set()
 
 
@@ -64,12 +65,16 @@ class Lab:
         links: Mapping[str, Link] | None = None,
         prefix: str = "dfl",
         tso_rtt_log: int | None = None,
+        idle_restart: bool | None = None,
     ) -> None:
         if tso_rtt_log is not None and tso_rtt_log not in TSO_RTT_LOGS:
             raise ValueError(f"tso_rtt_log must be 0 to 31, not {tso_rtt_log}")
         if tso_rtt_log is not None and not Path(TSO_RTT_LOG).exists():
             raise LabError(f"tso_rtt_log: this kernel has no {TSO_RTT_LOG}")
         self._tso_rtt_log = tso_rtt_log
+        # net.ipv4.tcp_slow_start_after_idle of each host (None: the kernel's, on): off,
+        # a connection that went idle sends its next bytes at the window it had.
+        self._idle_restart = idle_restart
         self._names = Names.new(prefix)
         self.hosts: dict[str, Host] = self._names.hosts(list(names))
         unknown = set(links or {}) - set(self.hosts)
@@ -142,10 +147,14 @@ class Lab:
                 f"addr add {host.address}/{NETWORK.prefixlen} dev {host.link}\n"
                 f"link set {host.link} up\n",
             )
+        settings = []
         if self._tso_rtt_log is not None:
+            settings.append(f"echo {self._tso_rtt_log} > {TSO_RTT_LOG}")
+        if self._idle_restart is not None:
+            settings.append(f"echo {int(self._idle_restart)} > {IDLE_RESTART}")
+        if settings:
             for host in self.hosts.values():
-                setting = f"echo {self._tso_rtt_log} > {TSO_RTT_LOG}"
-                run(in_namespace(host.namespace, ["sh", "-ec", setting]))
+                run(in_namespace(host.namespace, ["sh", "-ec", "; ".join(settings)]))
         listed = json.loads(run(["ip", "-n", bridge_ns, "-j", "link", "show"]))
         index = {entry["ifname"]: entry["ifindex"] for entry in listed}
         self._ports = {name: index[host.port] for name, host in self.hosts.items()}
