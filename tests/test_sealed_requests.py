@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -118,8 +119,12 @@ def test_the_supernodes_proof_binds_the_token_the_peers_key_and_its_own() -> Non
     assert (old_welcome.version, old_welcome.key, old_welcome.proof) == (3, b"", b"")
 
 
+Change = Callable[[bytearray, int], None]  # (a chunk, its offset in the stream)
+
+
 class Relay:
-    """A TCP relay on 127.0.0.1 in front of `target`: every byte that crosses it, kept."""
+    """A TCP relay on 127.0.0.1 in front of `target`: every byte clients send, kept;
+    what the server sends may be changed on the way (`changer`)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -129,21 +134,39 @@ class Relay:
         listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1"))
         return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
+    def changer(self, hello: bytes) -> Change | None:
+        """How to change what the server sends on a connection that began with `hello`."""
+        return None
+
     async def _handle(self, client: trio.SocketStream) -> None:
         host, port = self.target.rsplit(":", 1)
         server = await trio.open_tcp_stream(host, int(port))
         async with client, server, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, server, True, nursery.cancel_scope)
-            nursery.start_soon(self._pump, server, client, False, nursery.cancel_scope)
+            hello = await client.receive_some(1 << 16)  # (the Hello, whole: a small frame)
+            self.sent += hello
+            await server.send_all(hello)
+            scope = nursery.cancel_scope
+            nursery.start_soon(self._pump, client, server, scope, True, None)
+            nursery.start_soon(self._pump, server, client, scope, False, self.changer(hello))
 
     async def _pump(
-        self, src: trio.SocketStream, dst: trio.SocketStream, keep: bool, scope: trio.CancelScope
+        self,
+        src: trio.SocketStream,
+        dst: trio.SocketStream,
+        scope: trio.CancelScope,
+        keep: bool,
+        change: Change | None,
     ) -> None:
+        offset = 0
         try:
             while data := await src.receive_some(1 << 16):
                 if keep:
                     self.sent += data
-                await dst.send_all(data)
+                chunk = bytearray(data)
+                if change is not None:
+                    change(chunk, offset)
+                offset += len(chunk)
+                await dst.send_all(chunk)
         except trio.BrokenResourceError:
             pass
         scope.cancel()
@@ -392,34 +415,20 @@ class Tamperer(Relay):
         super().__init__(target)
         self.flipped = 0
 
-    async def _handle(self, client: trio.SocketStream) -> None:
-        host, port = self.target.rsplit(":", 1)
-        server = await trio.open_tcp_stream(host, int(port))
-        hello = await client.receive_some(1 << 16)  # (the Hello, whole: a small frame)
-        await server.send_all(hello)
-        sealed = b"\xa3key" in hello
-        async with client, server, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, server, True, nursery.cancel_scope)
-            nursery.start_soon(self._flip, server, client, sealed, nursery.cancel_scope)
+    def changer(self, hello: bytes) -> Change | None:
+        if b"\xa3key" not in hello:
+            return None
+        head = bytearray()
 
-    async def _flip(
-        self, src: trio.SocketStream, dst: trio.SocketStream, sealed: bool, scope: trio.CancelScope
-    ) -> None:
-        seen = bytearray()
-        try:
-            while data := await src.receive_some(1 << 16):
-                chunk = bytearray(data)
-                start = len(seen)
-                seen += data
-                if sealed and len(seen) >= 4:
-                    target = 4 + int.from_bytes(seen[:4], "big") + 8  # in the next frame
-                    if start <= target < len(seen):
-                        chunk[target - start] ^= 0x10
-                        self.flipped += 1
-                await dst.send_all(chunk)
-        except trio.BrokenResourceError:
-            pass
-        scope.cancel()
+        def flip(chunk: bytearray, offset: int) -> None:
+            head.extend(chunk[: max(0, 4 - len(head))])
+            if len(head) == 4:
+                target = 4 + int.from_bytes(head, "big") + 8  # (in the next frame)
+                if offset <= target < offset + len(chunk):
+                    chunk[target - offset] ^= 0x10
+                    self.flipped += 1
+
+        return flip
 
 
 async def test_a_supernodes_answer_changed_on_the_way_ends_the_session(
