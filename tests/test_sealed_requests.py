@@ -172,6 +172,22 @@ class Relay:
         scope.cancel()
 
 
+async def private_behind_a_relay(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    nursery: trio.Nursery,
+    token: bytes | None,
+    size: int,
+) -> tuple[bytes, Relay, str]:
+    """A private file (its origin wants AUTH) and a supernode (with `token`) behind a
+    relay: the file's bytes, the relay and its address."""
+    data = os.urandom(size)
+    origin.add("/private.bin", data, require_auth=AUTH)
+    node = await start_supernode(token=token)
+    relay = Relay(node.address)
+    return data, relay, await relay.serve(nursery)
+
+
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["open", "token"])
 async def test_a_requesters_credentials_cross_the_wire_sealed(
     origin: FakeOrigin,
@@ -180,11 +196,9 @@ async def test_a_requesters_credentials_cross_the_wire_sealed(
     nursery: trio.Nursery,
     token: bytes | None,
 ) -> None:
-    data = os.urandom(3 << 20)
-    origin.add("/private.bin", data, require_auth=AUTH)
-    node = await start_supernode(token=token)
-    relay = Relay(node.address)
-    address = await relay.serve(nursery)
+    data, relay, address = await private_behind_a_relay(
+        origin, start_supernode, nursery, token, 3 << 20
+    )
     result = await fetch(
         origin.url("/private.bin"),
         address,
@@ -492,11 +506,9 @@ async def test_a_daemon_with_the_token_seals_its_shared_sessions(
     fetch: Fetch,
     nursery: trio.Nursery,
 ) -> None:
-    data = os.urandom(2 << 20)
-    origin.add("/private.bin", data, require_auth=AUTH)
-    node = await start_supernode(token=TOKEN)
-    relay = Relay(node.address)
-    address = await relay.serve(nursery)
+    data, relay, address = await private_behind_a_relay(
+        origin, start_supernode, nursery, TOKEN, 2 << 20
+    )
     daemon = await start_daemon(
         "host1", "http://127.0.0.1:1", RunningSupernodeAddress(address), token=TOKEN
     )
