@@ -49,11 +49,17 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # stop seeding to make room (their files stay: the next client of one has it checked
 # against the supernode's digests first), and with none complete a new one is refused.
 MAX_URL_DOWNLOADS = 512
+# Digest blobs (the mirror's layers, digest-named downloads) downloading or seeding at
+# once, likewise: any local user may ask for every blob a registry vouches for (a public
+# registry holds thousands of small config blobs), each seeded with a descriptor. Past
+# this many the longest-seeded complete ones stop seeding (their files stay in the
+# cache, served from it); with none complete a new one is refused.
+MAX_DIGEST_BLOBS = 1024
 
 
 class TooManyDownloads(Exception):
-    """MAX_URL_DOWNLOADS URL downloads run, none of them complete: the client goes
-    without the daemon."""
+    """MAX_URL_DOWNLOADS URL downloads (or MAX_DIGEST_BLOBS digest blobs) run, none of
+    them complete: the client goes without the daemon."""
 
 
 def private_folder(path: Path) -> None:
@@ -208,6 +214,7 @@ class BlobStore:
         cached = self.cached(hex_digest)
         if cached is not None:
             return cached
+        _make_room(self.running, MAX_DIGEST_BLOBS, "digest blobs")
         return self._start(
             Blob(hex_digest, self.path(hex_digest), digest=f"sha256:{hex_digest}"), url, headers
         )
@@ -230,25 +237,13 @@ class BlobStore:
         if blob is not None:
             blob.scope.cancel()
             del self.running_urls[task_id]
-        self._make_room()
+        _make_room(self.running_urls, MAX_URL_DOWNLOADS, "URL downloads")
         fresh = Blob(task_id, self.urls / task_id, s3=s3)
         # A file under its final name is always a complete download (written beside it
         # and renamed): one from before a restart is checked first. (One this daemon
         # seeded was just found stale by `still_current`: fetched anew.)
         fresh.recheck = bool(self.settings.supernodes) and blob is None and fresh.path.exists()
         return self._start(fresh, url, headers)
-
-    def _make_room(self) -> None:
-        """Fewer than MAX_URL_DOWNLOADS URL downloads: the longest-seeded complete (or
-        failed) ones are stopped; TooManyDownloads if all of them still run."""
-        for task_id, blob in list(self.running_urls.items()):  # (the oldest first)
-            if len(self.running_urls) < MAX_URL_DOWNLOADS:
-                return
-            if blob.complete or blob.error is not None:
-                blob.scope.cancel()
-                del self.running_urls[task_id]
-        if len(self.running_urls) >= MAX_URL_DOWNLOADS:
-            raise TooManyDownloads(f"this daemon runs {len(self.running_urls)} URL downloads")
 
     def kept_url(self, task_id: str) -> Blob | None:
         """The complete URL download of `task_id` this daemon keeps and seeds, if any."""
@@ -297,7 +292,7 @@ class BlobStore:
         """Run the downloads `get` asks for (and their seeding) until cancelled."""
         async with trio.open_nursery() as nursery:
             if self.settings.supernodes:  # what was seeded before a restart, seeded again
-                for blob, url in self._seedable():
+                for blob, url in self._seedable()[:MAX_DIGEST_BLOBS]:
                     self.running[blob.hex] = blob
                     nursery.start_soon(self._seed_again, blob, url)
             if self.settings.gc.quota is not None or self.settings.gc.ttl is not None:
@@ -344,15 +339,17 @@ class BlobStore:
             self.collect_garbage()
 
     def _seedable(self) -> list[tuple[Blob, str]]:
-        """Cached blobs whose upstream URL was kept."""
+        """Cached blobs whose upstream URL was kept, the last written first."""
         found = []
         for hex_digest in self._provenance.blobs_with_url():
             blob = self.cached(hex_digest)
             if blob is not None and _HEX64.fullmatch(blob.hex):
                 url = self._provenance.url(blob.hex)
-                if url is not None:
-                    found.append((blob, url))
-        return found
+                with contextlib.suppress(OSError):
+                    if url is not None:
+                        found.append((blob.path.stat().st_mtime, blob, url))
+        found.sort(key=lambda entry: entry[0], reverse=True)
+        return [(blob, url) for _, blob, url in found]
 
     async def _seed_again(self, blob: Blob, url: str) -> None:
         """Seed a blob cached before a restart (see `keep_seeding`)."""
@@ -388,3 +385,16 @@ class BlobStore:
         """A sha256 blob of the cache folder (not a URL download): its provenance is
         kept, and it is seeded again."""
         return blob.digest is not None and blob.path.parent == self.root
+
+
+def _make_room(running: dict[str, Blob], cap: int, what: str) -> None:
+    """Fewer than `cap` blobs in `running`: the longest-seeded complete (or failed) ones
+    are stopped; TooManyDownloads if all of them still run."""
+    for name, blob in list(running.items()):  # (the oldest first)
+        if len(running) < cap:
+            return
+        if blob.complete or blob.error is not None:
+            blob.scope.cancel()
+            del running[name]
+    if len(running) >= cap:
+        raise TooManyDownloads(f"this daemon runs {len(running)} {what}")

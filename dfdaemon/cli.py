@@ -19,7 +19,7 @@ from common.eviction import GcPolicy
 from common.io.service import log_to_stderr, raise_open_files, serve_until_signalled
 from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.tokens import read_token
-from dfdaemon import __version__
+from dfdaemon import __version__, cache
 from dfdaemon.accessflags import (
     access_tls_arguments,
     access_tls_settings,
@@ -283,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     if not config.supernodes:
         log.warning("no --supernode: every blob is fetched straight from the upstream")
     try:
-        # Three ports' connections (HTTP, uploads, dfget's socket), and room for the
-        # downloads' sessions and the cache's files.
-        raise_open_files(3 * config.max_connections + 1024)
+        # Three ports' connections (HTTP, uploads, dfget's socket), the files seeded
+        # (one descriptor each, at most the caps' worth), and room for the downloads'
+        # sessions and the rest.
+        seeded = cache.MAX_URL_DOWNLOADS + cache.MAX_DIGEST_BLOBS
+        raise_open_files(3 * config.max_connections + seeded + 1024)
         trio.run(serve_until_signalled, partial(serve, Daemon(config), ready_file))
     except KeyboardInterrupt:
         return 130

@@ -25,7 +25,7 @@ import logging
 from common.units import header_int
 from dfdaemon.blob import Blob, BlobUnavailable, read_blob
 from dfdaemon.bodies import LengthMismatch, send_whole
-from dfdaemon.cache import BlobStore
+from dfdaemon.cache import BlobStore, TooManyDownloads
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
@@ -140,7 +140,16 @@ class Mirror:
         # blob's own, never stored on the blob other clients share.
         length = header_int(head.headers.get("content-length", ""))
         credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
-        blob = self.blobs.get(hex_digest, target.url, credentials)
+        try:
+            blob = self.blobs.get(hex_digest, target.url, credentials)
+        except TooManyDownloads as exc:  # (every one of them still downloading)
+            log.warning("blob %s: %s", hex_digest[:12], exc)
+            self.metrics.failures.labels("download").inc()
+            if self.blobs.settings.back_source:
+                await self._relay(request, reply, target.url)
+            else:
+                await registry_error(reply, 503, "UNAVAILABLE", f"P2P download refused: {exc}")
+            return
         byte_range = request.header("range")
         try:
             try:

@@ -1048,6 +1048,64 @@ async def test_url_downloads_past_the_cap_stop_the_oldest_seeding_or_are_refused
         gate.set()
 
 
+async def test_digest_blobs_past_the_cap_stop_the_oldest_seeding_or_pass_through(
+    monkeypatch: pytest.MonkeyPatch,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    scripted: StartScripted,
+) -> None:
+    """A local user may pull every blob a registry vouches for (a public registry holds
+    thousands of small ones), each seeded with a descriptor: past MAX_DIGEST_BLOBS the
+    longest-seeded complete one stops seeding (its file stays and is served); with all
+    of them still downloading, a new blob passes through to the registry."""
+    monkeypatch.setattr(cache, "MAX_DIGEST_BLOBS", 3)
+    blobs_by_hex: dict[str, bytes] = {}
+    slow: set[str] = set()
+
+    def registry(seen: Seen) -> Answer:
+        hex_digest = seen.path.rsplit(":", 1)[1]
+        body = blobs_by_hex[hex_digest]
+        if seen.method == "HEAD":
+            return Answer(200, [("content-length", str(len(body)))])
+        return Answer(200, body=body, rate=64 * 1024 if hex_digest in slow else None)
+
+    def new_blob(size: int) -> str:
+        body = os.urandom(size)
+        hex_digest = hashlib.sha256(body).hexdigest()
+        blobs_by_hex[hex_digest] = body
+        return hex_digest
+
+    upstream = await scripted(registry)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", upstream.url(""), node)
+    held = daemon.blobs
+    assert held is not None
+    small = [new_blob(1000 + i) for i in range(4)]
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=60) as client:
+
+        async def pull(hex_digest: str) -> httpx.Response:
+            return await client.get(f"/v2/team/app/blobs/sha256:{hex_digest}")
+
+        for hex_digest in small:
+            answer = await pull(hex_digest)
+            assert answer.status_code == 200 and answer.content == blobs_by_hex[hex_digest]
+            await until(lambda h=hex_digest: held.running[h].complete, 10)  # type: ignore[misc]
+        assert len(held.running) == 3 and small[0] not in held.running  # stopped seeding
+        again = await pull(small[0])  # from the cache, no download
+        assert again.status_code == 200 and again.content == blobs_by_hex[small[0]]
+        assert small[0] not in held.running
+        big = [new_blob(4 * MiB) for _ in range(4)]
+        slow.update(big[:3])
+        async with trio.open_nursery() as nursery:
+            for hex_digest in big[:3]:  # three that download (the seeding ones stop)
+                nursery.start_soon(pull, hex_digest)
+            await until(lambda: sum(not blob.complete for blob in held.running.values()) == 3, 10)
+            passed = await pull(big[3])  # the fourth: to the registry, not the daemon
+            assert passed.status_code == 200 and passed.content == blobs_by_hex[big[3]]
+            assert big[3] not in held.running
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_registry_answering_no_200_vouches_for_no_digest(
     start_daemon: StartDaemon, scripted: StartScripted
 ) -> None:

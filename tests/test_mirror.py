@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from registry import (
 )
 
 from common.eviction import GcPolicy
+from dfdaemon import cache
 from dfdaemon.app import Daemon
 
 pytestmark = needs_registry
@@ -452,3 +454,29 @@ async def test_after_its_supernode_restarts_the_daemon_seeds_again(
     await until(lambda: downloaded(second) == size)
     assert metric(second, "dfdaemon_downloaded_bytes_total", source="peers") >= 0.5 * size  # (*)
     assert registry.blob_gets() == {layer: 1}
+
+
+async def test_after_a_restart_the_daemon_seeds_its_newest_blobs_up_to_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+    one_image: OneImage,
+    registry: Registry,
+    start_daemon: StartDaemon,
+) -> None:
+    """A cache of more blobs than MAX_DIGEST_BLOBS is seeded again after a restart up to
+    that many, the last written first (each seeded blob holds a descriptor)."""
+    image, node, first = await one_image([2, 3])
+    async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
+        for layer in image.layers:
+            assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
+    await start_daemon.stop(first)
+    assert first.blobs is not None
+    older, newer = (first.blobs.path(layer.split(":")[1]) for layer in image.layers)
+    os.utime(older, (1_000_000_000, 1_000_000_000))  # (2001: the older by far)
+    monkeypatch.setattr(cache, "MAX_DIGEST_BLOBS", 1)
+    again = await start_daemon("host1", registry, node)
+    assert again.blobs is not None
+    blobs = again.blobs
+    await until(lambda: newer.name in blobs.running)
+    await trio.sleep(0.5)
+    assert set(blobs.running) == {newer.name}
+    assert older.exists()  # (still cached: served from the cache, not seeded)
