@@ -16,7 +16,7 @@ import trio
 from dfget import __version__
 from dfget.errors import SupernodeFailed, SupernodeNotProven, SupernodeUnavailable, UsageError
 from proto.admission import verify_supernode
-from proto.errors import ConnectionLost, ProtoError, RemoteFailure
+from proto.errors import ConnectionLost, ErrorCode, ProtoError, RemoteFailure
 from proto.frames import Frame
 from proto.io import FramedStream, client_handshake
 from proto.messages import SEALED_REQUESTS, Message, Welcome
@@ -133,6 +133,9 @@ async def connect_stream(
     return framed
 
 
+_OLDER_REFUSAL = "hello.key: unknown field"  # (what a version-3 codec says of a key)
+
+
 @contextmanager
 def _older_refusing_the_proof(address: str, ask_proof: bool) -> Iterator[None]:
     """A supernode before version 4 refuses a Hello that names a key (an unknown field
@@ -140,7 +143,7 @@ def _older_refusing_the_proof(address: str, ask_proof: bool) -> Iterator[None]:
     try:
         yield
     except RemoteFailure as exc:
-        if ask_proof and "hello.key" in str(exc):
+        if ask_proof and exc.code == ErrorCode.BAD_REQUEST and exc.message == _OLDER_REFUSAL:
             raise SupernodeNotProven(
                 f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: "
                 "it cannot prove that it knows the cluster token (upgrade the supernodes "

@@ -69,9 +69,13 @@ class NotAdmitted(SupernodeFailed):
     exit_code = 9
 
 
-class SupernodeNotProven(NotAdmitted):
+class SupernodeNotProven(SupernodeUnavailable):
     """With a cluster token, what answered at a supernode's address did not prove that
-    it knows the token: nothing (no credentials, no request) is sent to it."""
+    it knows the token: nothing (no credentials, no request) is sent to it, and the
+    download goes on as without that supernode (the next one, or the origin); exit 9 if
+    it cannot."""
+
+    exit_code = 9
 
 
 class TaskChanged(SupernodeFailed):

@@ -220,7 +220,7 @@ class Directory:
         async def one(address: str) -> None:
             try:
                 await ask_members(address, token=self.token)
-            except SupernodeUnavailable:
+            except SupernodeUnavailable:  # (one that cannot prove the token too)
                 self.failed(address)
                 return
             except DfgetError:

@@ -52,7 +52,7 @@ from dfget.transfers import Transfers, report
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
-from proto.errors import LocalProtoError, ProtoError
+from proto.errors import ProtoError, TooLargeToSend
 from proto.io import FramedStream
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
@@ -349,7 +349,7 @@ class Attempt:
             # Only the supernode's key for this connection opens them (version 4).
             try:
                 sealed = seal_secrets(self.key, welcome.key, challenge, message.url, headers, s3)
-            except LocalProtoError as exc:  # (past the sealed part's bound)
+            except TooLargeToSend as exc:  # (past the sealed part's bound)
                 raise UsageError(f"the request cannot be sent: {exc}") from exc
             except ValueError as exc:  # (a low-order point)
                 raise SupernodeFailed(f"supernode {self.address} named a bad key: {exc}") from exc
@@ -371,7 +371,7 @@ class Attempt:
         )
         try:
             await control.send(register)
-        except LocalProtoError as exc:  # (a frame over the wire's bounds: the headers)
+        except TooLargeToSend as exc:  # (a frame over the wire's bound: the headers)
             raise UsageError(f"the request cannot be sent: {exc}") from exc
         # The supernode answers once the origin's response head is in (or it failed).
         with trio.move_on_after(REGISTER_TIMEOUT) as waited:

@@ -55,6 +55,10 @@ class LocalProtoError(ProtoError):
     """We tried to send something the protocol does not allow."""
 
 
+class TooLargeToSend(LocalProtoError):
+    """A frame (or a Register's sealed part) we would send is over the wire's bound."""
+
+
 class RemoteProtoError(ProtoError):
     """The peer sent something the protocol does not allow."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from proto.codec import decode_header, encode_header
-from proto.errors import FrameTooLarge, LocalProtoError, MalformedFrame
+from proto.errors import FrameTooLarge, MalformedFrame, TooLargeToSend
 from proto.framesealing import TAG_BYTES, FrameOpener
 from proto.messages import Message
 from proto.pieces import MAX_PIECE_SIZE, TAG_SIZE
@@ -48,7 +48,7 @@ def encode_frame(message: Message, payload_length: int = 0) -> bytes:
     """Prefix and header of a frame; the caller sends `payload_length` bytes after it."""
     header = encode_header(message, payload_length)
     if len(header) > MAX_HEADER:
-        raise LocalProtoError(f"{message.TAG} header of {len(header)} bytes is over the limit")
+        raise TooLargeToSend(f"{message.TAG} header of {len(header)} bytes is over the limit")
     return PREFIX.pack(len(header)) + header
 
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from proto.codec import decode_header, encode_header
-from proto.errors import LocalProtoError, ProtoError, RemoteProtoError
+from proto.errors import ProtoError, RemoteProtoError, TooLargeToSend
 from proto.messages import MAX_SEALED, Headers, RequestSecrets, S3Access
 
 _INFO = b"dragonfly-py request seal v1\0"
@@ -53,11 +53,12 @@ def seal_secrets(
     s3: S3Access | None,
 ) -> bytes:
     """`headers` and `s3` sealed for the supernode's `Welcome.key` (raises
-    LocalProtoError for values a Register could not carry, or more than it can seal;
+    LocalProtoError for values a Register could not carry, TooLargeToSend for more than
+    it can seal;
     ValueError for a bad key)."""
     plain = encode_header(RequestSecrets(headers=headers, s3=s3))
     if _NONCE_BYTES + len(plain) + _TAG_BYTES > MAX_SEALED:
-        raise LocalProtoError(
+        raise TooLargeToSend(
             f"the request's headers and credentials take {len(plain)} bytes, over the "
             f"{MAX_SEALED} a Register seals"
         )

@@ -9,7 +9,7 @@ import trio
 from conftest import StartSupernode
 from rawwire import Answer, raw_connect, raw_frame, scripted_supernode, until_closed
 
-from dfget.errors import NotAdmitted
+from dfget.errors import NotAdmitted, SupernodeNotProven
 from dfget.members import CONFIGURED, Directory, ask_members
 from proto.io import FramedStream
 from proto.messages import MAX_MEMBERS, ErrorReply, Members, Welcome
@@ -22,7 +22,7 @@ async def test_with_a_cluster_token_only_a_peer_that_proves_it_gets_the_list(
     assert (await ask_members(node.address, token=b"t" * 32)).peers == (node.address,)
     with pytest.raises(NotAdmitted):
         await ask_members(node.address)
-    with pytest.raises(NotAdmitted):
+    with pytest.raises(SupernodeNotProven):  # (another token: the supernode proves not ours)
         await ask_members(node.address, token=b"x" * 32)
 
 

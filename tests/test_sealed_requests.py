@@ -20,6 +20,7 @@ from conftest import (
     RunningSupernodeAddress,
     StartDaemon,
     StartSupernode,
+    until,
 )
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from rawwire import raw_connect, until_closed
@@ -219,11 +220,12 @@ async def _impostor(
     nursery: trio.Nursery,
     keyed: bool,
     token: bytes | None,
-) -> tuple[str, list[object]]:
+) -> tuple[str, list[object], list[None]]:
     """A server at a supernode's address that speaks the handshake (with `token` and a
     key of its own; without a key, as a supernode of version 3) and keeps whatever it
-    is sent after its Welcome."""
+    is sent after its Welcome; and one entry for each connection it has done with."""
     received: list[object] = []
+    ended: list[None] = []
 
     async def handle(stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, Session(Side.SERVER))
@@ -245,9 +247,10 @@ async def _impostor(
             pass
         finally:
             await framed.aclose()
+            ended.append(None)
 
     listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", received
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", received, ended
 
 
 @pytest.mark.parametrize("who", ["another-token", "no-token", "version-3"], ids=lambda who: who)
@@ -257,14 +260,15 @@ async def test_a_peer_with_the_token_sends_nothing_to_what_cannot_prove_it(
     origin.add("/private.bin", b"private bytes", require_auth=AUTH)
     token = {"another-token": b"guessed", "no-token": None, "version-3": TOKEN}[who]
     # (a Welcome without a key is what a supernode before version 4 sends)
-    address, received = await _impostor(nursery, who != "version-3", token)
-    with pytest.raises(SupernodeNotProven, match="cluster token"):
-        await fetch(
-            origin.url("/private.bin"),
-            address,
-            headers=(("Authorization", AUTH),),
-            peer=PeerOptions(listen=LOCAL, token=TOKEN),
-        )
+    address, received, ended = await _impostor(nursery, who != "version-3", token)
+    asked = {"headers": (("Authorization", AUTH),), "peer": PeerOptions(listen=LOCAL, token=TOKEN)}
+    with pytest.raises(SupernodeNotProven, match="cluster token") as refused:
+        await fetch(origin.url("/private.bin"), address, back_source=False, **asked)
+    assert refused.value.exit_code == 9
+    # As without that supernode: the next one, here the origin.
+    result = await fetch(origin.url("/private.bin"), address, **asked)
+    assert result.from_source == len(b"private bytes")
+    await until(lambda: len(ended) >= 2, 10)
     assert received == []  # not a Register, nor anything else
 
 
@@ -354,9 +358,10 @@ async def test_a_members_request_with_the_token_goes_only_to_a_proven_supernode(
 ) -> None:
     from dfget.members import ask_members
 
-    address, received = await _impostor(nursery, True, None)
+    address, received, ended = await _impostor(nursery, True, None)
     with pytest.raises(SupernodeNotProven):
         await ask_members(address, token=TOKEN)
+    await until(lambda: len(ended) >= 1, 10)
     assert received == []
     node = await start_supernode(token=TOKEN)
     members = await ask_members(node.address, token=TOKEN)
@@ -540,7 +545,12 @@ async def test_a_supernode_before_version_4_is_not_proven_not_broken(
     listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
     address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     with pytest.raises(SupernodeNotProven, match="upgrade the supernodes"):
-        await fetch(origin.url("/f.bin"), address, peer=PeerOptions(listen=LOCAL, token=TOKEN))
+        await fetch(
+            origin.url("/f.bin"),
+            address,
+            peer=PeerOptions(listen=LOCAL, token=TOKEN),
+            back_source=False,
+        )
 
 
 async def test_plaintext_behind_a_handshake_does_not_pass_as_sealed(
@@ -628,6 +638,17 @@ async def test_headers_too_large_to_seal_are_a_usage_error(
     headers = tuple((f"X-Big-{i}", "v" * 15000) for i in range(5))  # (75 kB)
     with pytest.raises(UsageError, match="cannot be sent"):
         await fetch(origin.url("/f.bin"), supernode, headers=headers, back_source=False)
+
+
+async def test_a_register_over_the_frames_bound_is_a_usage_error(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    """Headers that seal within their bound, beside a URL that takes the Register past
+    the 64 KiB a frame header may hold: the user's request, not the supernode."""
+    url = origin.url("/f.bin?" + "q" * 7900)
+    headers = tuple((f"X-Big-{i}", "v" * 14900) for i in range(4))  # (59.6 kB)
+    with pytest.raises(UsageError, match="over the limit"):
+        await fetch(url, supernode, headers=headers, back_source=False)
 
 
 def test_the_supernodes_proof_is_keyed_by_the_token_stretched() -> None:

@@ -16,7 +16,7 @@ import trio.testing
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, beside, cli_env, until
 
 from common.units import format_size
-from dfget.errors import NotAdmitted
+from dfget.errors import NotAdmitted, SupernodeNotProven
 from dfget.options import PeerOptions
 from dfget.outcomes import MAX_PIECE_FAILURES
 from dfget.results import DownloadResult
@@ -110,12 +110,15 @@ async def test_admission_needs_the_cluster_token(
     node = await start_supernode(token=b"correct horse battery")
     with pytest.raises(NotAdmitted):
         await fetch(origin.url("/f.bin"), node, name="none")
-    with pytest.raises(NotAdmitted):
+    # With another token, dfget finds the supernode does not prove its own: it sends
+    # nothing there and goes on without it (exit 9 if it cannot).
+    with pytest.raises(SupernodeNotProven):
         await fetch(
             origin.url("/f.bin"),
             node,
             name="wrong",
             peer=PeerOptions(listen=LOCAL, token=b"wrong horse battery"),
+            back_source=False,
         )
     ok = await fetch(
         origin.url("/f.bin"),
