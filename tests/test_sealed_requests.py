@@ -23,13 +23,21 @@ from conftest import (
     until,
 )
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rawwire import raw_connect, until_closed
 
 from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven, UsageError
 from dfget.options import PeerOptions
 from proto import ErrorReply, PieceRequest, Registered
 from proto.admission import new_challenge, prove_supernode, verify_supernode
-from proto.errors import ConnectionLost, ErrorCode, FrameTooLarge, LocalProtoError
+from proto.errors import (
+    ConnectionLost,
+    ErrorCode,
+    FrameTooLarge,
+    LocalProtoError,
+    MalformedFrame,
+)
 from proto.frames import MAX_HEADER, encode
 from proto.framesealing import SealedFrameError, frame_keys
 from proto.io import FramedStream, client_handshake, server_handshake
@@ -662,3 +670,24 @@ def test_the_supernodes_proof_is_keyed_by_the_token_stretched() -> None:
     )
     assert proof == hmac.new(stretched, message, hashlib.sha256).digest()
     assert proof != hmac.new(TOKEN, message, hashlib.sha256).digest()
+
+
+_FUZZ_KEYS = sealed_pair()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512), st.binary(max_size=64))
+def test_hostile_bytes_as_a_sealed_frame_or_part_fail_one_typed_way(
+    sealed: bytes, prefix: bytes
+) -> None:
+    """Whatever arrives where a sealed frame or a Register's sealed part should be, the
+    only error is the typed one (a protocol error for the connection or the task)."""
+    peer, supernode, challenge = _FUZZ_KEYS
+    with pytest.raises(BadSeal):
+        open_secrets(supernode, raw_public(peer), challenge, URL, sealed)
+    _, server = sealed_sessions()
+    with pytest.raises((SealedFrameError, FrameTooLarge, MalformedFrame)):
+        server.receive_data(struct.pack(">I", len(sealed) + 1) + b"\0" + sealed + prefix)
+        while server.next_frame() is not None:
+            pass
+        pytest.fail("a hostile frame opened")
