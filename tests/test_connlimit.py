@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
 import pytest
 import trio
 from conftest import until
 
 from common.connlimit import MIN_PER_ADDRESS, ConnectionLimit, per_address_share
-from common.io import serve_limited
+from common.io import connections, remote_address, serve_limited
 
 
 def test_the_total_and_each_address_have_a_cap() -> None:
@@ -76,3 +80,46 @@ def test_an_ipv6_host_counts_by_its_64() -> None:
     assert host_group("2001:db8:1:2::7") == "2001:db8:1:2::/64"
     assert host_group("::ffff:10.0.0.7") == "10.0.0.7" == host_group("10.0.0.7")
     assert host_group("uid:1000") == "uid:1000"
+
+
+async def test_the_uids_of_a_subordinate_range_count_as_its_owner(
+    monkeypatch: pytest.MonkeyPatch, short_dir: Path
+) -> None:
+    """A user with a subordinate uid range (rootless containers) can connect to a Unix
+    socket as any uid of it: each counts as that user, one share for all (root runs
+    the connecting processes as those uids)."""
+    subuid = short_dir / "subuid"
+    subuid.write_text("nobody-such-user:300000:65536\n4242:200000:65536\nbroken line\n")
+    monkeypatch.setattr(connections, "SUBUID", str(subuid))
+    os.chmod(short_dir, 0o755)  # (the connecting uids reach the socket)
+    path = short_dir / "s.sock"
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(4)
+    os.chmod(path, 0o777)
+    seen = []
+    for uid in (200007, 265535, 265536, 300001):  # in 4242's range, its last, past it, none
+        child = await trio.lowlevel.open_process(
+            [SYSTEM_PYTHON, "-c", CONNECT_AND_WAIT, str(path)], user=uid
+        )
+        try:
+            with trio.fail_after(10):
+                sock, _ = await listener.accept()
+            with sock:
+                seen.append(remote_address(trio.SocketStream(sock)))
+        finally:
+            child.kill()
+            await child.wait()
+    listener.close()
+    assert seen == ["uid:4242", "uid:4242", "uid:265536", "uid:300001"]
+    subuid.write_text("4242:100:10\n")  # read again once it changes
+    assert connections.local_user(105) == 4242 and connections.local_user(200007) == 200007
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # (any user may run it; the tests' venv is root's)
+CONNECT_AND_WAIT = """
+import socket, sys, time
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+time.sleep(30)
+"""

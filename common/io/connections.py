@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
+import pwd
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -18,17 +20,60 @@ from common.connlimit import ConnectionLimit, host_group
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid (Linux SO_PEERCRED)
+# Subordinate uid ranges (`user:first:count`, shadow-utils): a user with one (rootless
+# containers) can connect as any uid of it, each of which would otherwise be a local
+# user of its own, with a share of its own.
+SUBUID = "/etc/subuid"
+_ranges: tuple[tuple[int, int], list[tuple[int, int, int]]] | None = None  # (stat, ranges)
+
+
+def _subuid_ranges() -> list[tuple[int, int, int]]:
+    """(first, count, owner uid) of each range in SUBUID, read again when it changes."""
+    global _ranges
+    try:
+        stat = os.stat(SUBUID)
+    except OSError:
+        return []
+    key = (stat.st_mtime_ns, stat.st_size)
+    if _ranges is not None and _ranges[0] == key:
+        return _ranges[1]
+    found = []
+    try:
+        with open(SUBUID, encoding="utf-8", errors="replace") as file:
+            lines = file.read(1 << 20).splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        name, _, rest = line.partition(":")
+        first, _, count = rest.partition(":")
+        if not (first.isdigit() and count.isdigit()):
+            continue
+        try:
+            owner = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+        except KeyError:
+            continue
+        found.append((int(first), int(count), owner))
+    _ranges = (key, found)
+    return found
+
+
+def local_user(uid: int) -> int:
+    """The user a uid counts as: the owner of the subordinate range it is in, if any."""
+    for first, count, owner in _subuid_ranges():
+        if first <= uid < first + count:
+            return owner
+    return uid
 
 
 def remote_address(stream: trio.SocketStream) -> str:
     """Who is on the other end, as the limit counts them: the IP address of a TCP peer
     (an IPv6 one by its /64: `host_group`; "?" if unknown), `uid:N` for a Unix-socket
-    peer (each local user is one address)."""
+    peer (each local user is one address, the uids of its subordinate ranges with it)."""
     sock = stream.socket
     if sock.family == socket.AF_UNIX:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            return f"uid:{_UCRED.unpack(raw)[1]}"
+            return f"uid:{local_user(_UCRED.unpack(raw)[1])}"
         except (OSError, AttributeError):
             return "local"
     try:
