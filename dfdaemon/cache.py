@@ -214,7 +214,8 @@ class BlobStore:
         cached = self.cached(hex_digest)
         if cached is not None:
             return cached
-        _make_room(self.running, MAX_DIGEST_BLOBS, "digest blobs")
+        # (the least recently asked for stop first: a host's popular layers keep seeding)
+        _make_room(self.running, MAX_DIGEST_BLOBS, "digest blobs", self.last_used)
         return self._start(
             Blob(hex_digest, self.path(hex_digest), digest=f"sha256:{hex_digest}"), url, headers
         )
@@ -237,7 +238,7 @@ class BlobStore:
         if blob is not None:
             blob.scope.cancel()
             del self.running_urls[task_id]
-        _make_room(self.running_urls, MAX_URL_DOWNLOADS, "URL downloads")
+        _make_room(self.running_urls, MAX_URL_DOWNLOADS, "URL downloads", {})
         fresh = Blob(task_id, self.urls / task_id, s3=s3)
         # A file under its final name is always a complete download (written beside it
         # and renamed): one from before a restart is checked first. (One this daemon
@@ -292,8 +293,11 @@ class BlobStore:
         """Run the downloads `get` asks for (and their seeding) until cancelled."""
         async with trio.open_nursery() as nursery:
             if self.settings.supernodes:  # what was seeded before a restart, seeded again
-                for blob, url in self._seedable()[:MAX_DIGEST_BLOBS]:
+                now, wall = time.monotonic(), time.time()
+                for blob, url, mtime in self._seedable()[:MAX_DIGEST_BLOBS]:
                     self.running[blob.hex] = blob
+                    # (asked for last when last written, as far as a cap is concerned)
+                    self.last_used.setdefault(blob.hex, now - (wall - mtime))
                     nursery.start_soon(self._seed_again, blob, url)
             if self.settings.gc.quota is not None or self.settings.gc.ttl is not None:
                 nursery.start_soon(self._collect_garbage)
@@ -338,8 +342,9 @@ class BlobStore:
             await trio.sleep(self.settings.gc_interval)
             self.collect_garbage()
 
-    def _seedable(self) -> list[tuple[Blob, str]]:
-        """Cached blobs whose upstream URL was kept, the last written first."""
+    def _seedable(self) -> list[tuple[Blob, str, float]]:
+        """Cached blobs whose upstream URL was kept, with their mtimes, the last
+        written first."""
         found = []
         for hex_digest in self._provenance.blobs_with_url():
             blob = self.cached(hex_digest)
@@ -349,7 +354,7 @@ class BlobStore:
                     if url is not None:
                         found.append((blob.path.stat().st_mtime, blob, url))
         found.sort(key=lambda entry: entry[0], reverse=True)
-        return [(blob, url) for _, blob, url in found]
+        return [(blob, url, mtime) for mtime, blob, url in found]
 
     async def _seed_again(self, blob: Blob, url: str) -> None:
         """Seed a blob cached before a restart (see `keep_seeding`)."""
@@ -387,10 +392,15 @@ class BlobStore:
         return blob.digest is not None and blob.path.parent == self.root
 
 
-def _make_room(running: dict[str, Blob], cap: int, what: str) -> None:
-    """Fewer than `cap` blobs in `running`: the longest-seeded complete (or failed) ones
-    are stopped; TooManyDownloads if all of them still run."""
-    for name, blob in list(running.items()):  # (the oldest first)
+def _make_room(running: dict[str, Blob], cap: int, what: str, last_used: dict[str, float]) -> None:
+    """Fewer than `cap` blobs in `running`: complete (or failed) ones are stopped, those
+    asked for longest ago first (by `last_used`; else the longest running, as started);
+    TooManyDownloads if all of them still run."""
+    if len(running) < cap:
+        return
+    order = list(running.items())  # (the first started first; sorted stably by use)
+    order.sort(key=lambda entry: last_used.get(entry[0], -math.inf))
+    for name, blob in order:
         if len(running) < cap:
             return
         if blob.complete or blob.error is not None:

@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         # Three ports' connections (HTTP, uploads, dfget's socket), the files seeded
         # (one descriptor each, at most the caps' worth), and room for the downloads'
         # sessions and the rest.
+        # (a file each, and a connection or two while one still downloads)
         seeded = cache.MAX_URL_DOWNLOADS + cache.MAX_DIGEST_BLOBS
-        raise_open_files(3 * config.max_connections + seeded + 1024)
+        raise_open_files(3 * config.max_connections + 2 * seeded + 1024)
         trio.run(serve_until_signalled, partial(serve, Daemon(config), ready_file))
     except KeyboardInterrupt:
         return 130

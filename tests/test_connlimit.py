@@ -89,7 +89,10 @@ async def test_the_uids_of_a_subordinate_range_count_as_its_owner(
     socket as any uid of it: each counts as that user, one share for all (root runs
     the connecting processes as those uids)."""
     subuid = short_dir / "subuid"
-    subuid.write_text("nobody-such-user:300000:65536\n4242:200000:65536\nbroken line\n")
+    subuid.write_text(
+        "nobody-such-user:300000:65536\n4242:200000:65536\nbroken line\n"
+        "bad:\u00b2:10\nnul\0name:400000:10\n"  # (not a number; a name no lookup takes)
+    )
     monkeypatch.setattr(connections, "SUBUID", str(subuid))
     os.chmod(short_dir, 0o755)  # (the connecting uids reach the socket)
     path = short_dir / "s.sock"
@@ -98,7 +101,7 @@ async def test_the_uids_of_a_subordinate_range_count_as_its_owner(
     listener.listen(4)
     os.chmod(path, 0o777)
     seen = []
-    for uid in (200007, 265535, 265536, 300001):  # in 4242's range, its last, past it, none
+    for uid in (200007, 265535, 265536, 300001, 400001):  # 4242's, its last, past it, none
         child = await trio.lowlevel.open_process(
             [SYSTEM_PYTHON, "-c", CONNECT_AND_WAIT, str(path)], user=uid
         )
@@ -111,7 +114,7 @@ async def test_the_uids_of_a_subordinate_range_count_as_its_owner(
             child.kill()
             await child.wait()
     listener.close()
-    assert seen == ["uid:4242", "uid:4242", "uid:265536", "uid:300001"]
+    assert seen == ["uid:4242", "uid:4242", "uid:265536", "uid:300001", "uid:400001"]
     subuid.write_text("4242:100:10\n")  # read again once it changes
     assert connections.local_user(105) == 4242 and connections.local_user(200007) == 200007
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -463,20 +464,28 @@ async def test_after_a_restart_the_daemon_seeds_its_newest_blobs_up_to_the_cap(
     start_daemon: StartDaemon,
 ) -> None:
     """A cache of more blobs than MAX_DIGEST_BLOBS is seeded again after a restart up to
-    that many, the last written first (each seeded blob holds a descriptor)."""
-    image, node, first = await one_image([2, 3])
+    that many, the last written first (each seeded blob holds a descriptor); a new blob
+    past the cap then stops the one written (so asked for) longest ago."""
+    image, node, first = await one_image([2, 3, 4])
     async with httpx.AsyncClient(base_url=f"http://{first.address}", timeout=60) as client:
         for layer in image.layers:
             assert (await client.get(f"/v2/test/img/blobs/{layer}")).status_code == 200
     await start_daemon.stop(first)
     assert first.blobs is not None
-    older, newer = (first.blobs.path(layer.split(":")[1]) for layer in image.layers)
-    os.utime(older, (1_000_000_000, 1_000_000_000))  # (2001: the older by far)
-    monkeypatch.setattr(cache, "MAX_DIGEST_BLOBS", 1)
+    # The newest two are the last two by name: a restart that took them in the order
+    # they are listed (by name) would seed the other two.
+    paths = sorted(first.blobs.path(layer.split(":")[1]) for layer in image.layers)
+    oldest, older, newest = paths
+    for age, path in ((3000, oldest), (2000, older), (1000, newest)):
+        os.utime(path, (time.time() - age, time.time() - age))
+    monkeypatch.setattr(cache, "MAX_DIGEST_BLOBS", 2)
     again = await start_daemon("host1", registry, node)
     assert again.blobs is not None
     blobs = again.blobs
-    await until(lambda: newer.name in blobs.running)
+    await until(lambda: {older.name, newest.name} <= set(blobs.running))
     await trio.sleep(0.5)
-    assert set(blobs.running) == {newer.name}
-    assert older.exists()  # (still cached: served from the cache, not seeded)
+    assert set(blobs.running) == {older.name, newest.name}
+    assert oldest.exists()  # (still cached: served from the cache, not seeded)
+    missing = "0" * 64  # (a blob the registry does not have: its download fails, later)
+    blobs.get(missing, f"{registry.url}/v2/test/img/blobs/sha256:{missing}", ())
+    assert older.name not in blobs.running and newest.name in blobs.running

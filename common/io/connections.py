@@ -24,11 +24,19 @@ _UCRED = struct.Struct("3i")  # pid, uid, gid (Linux SO_PEERCRED)
 # containers) can connect as any uid of it, each of which would otherwise be a local
 # user of its own, with a share of its own.
 SUBUID = "/etc/subuid"
-_ranges: tuple[tuple[int, int], list[tuple[int, int, int]]] | None = None  # (stat, ranges)
+_MAX_SUBUID = 1 << 20  # bytes of it read
+_ranges: tuple[tuple[int, int], list[tuple[int, int, str]]] | None = None  # (stat, ranges)
+_owners: dict[str, int] = {}  # a range owner's name → its uid, for the file as read
 
 
-def _subuid_ranges() -> list[tuple[int, int, int]]:
-    """(first, count, owner uid) of each range in SUBUID, read again when it changes."""
+def _number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdecimal() and len(text) <= 10 else None
+
+
+def _subuid_ranges() -> list[tuple[int, int, str]]:
+    """(first, count, owner) of each range in SUBUID (the owner as written: a user name
+    or a uid), read again when it changes. Names are not resolved here: that is for the
+    one range a connecting uid falls in (a name service may be slow)."""
     global _ranges
     try:
         stat = os.stat(SUBUID)
@@ -40,28 +48,33 @@ def _subuid_ranges() -> list[tuple[int, int, int]]:
     found = []
     try:
         with open(SUBUID, encoding="utf-8", errors="replace") as file:
-            lines = file.read(1 << 20).splitlines()
+            lines = file.read(_MAX_SUBUID).splitlines()
     except OSError:
         lines = []
     for line in lines:
         name, _, rest = line.partition(":")
-        first, _, count = rest.partition(":")
-        if not (first.isdigit() and count.isdigit()):
-            continue
-        try:
-            owner = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
-        except KeyError:
-            continue
-        found.append((int(first), int(count), owner))
+        first, _, count = (_number(part) if part else None for part in rest.partition(":"))
+        if name and first is not None and count is not None:
+            found.append((first, count, name))
     _ranges = (key, found)
+    _owners.clear()
     return found
 
 
 def local_user(uid: int) -> int:
-    """The user a uid counts as: the owner of the subordinate range it is in, if any."""
+    """The user a uid counts as: the owner of the subordinate range it is in, if any
+    (a range whose owner is no known user changes nothing)."""
     for first, count, owner in _subuid_ranges():
         if first <= uid < first + count:
-            return owner
+            number = _number(owner)
+            if number is not None:
+                return number
+            if owner not in _owners:  # (each name once a version of the file)
+                try:
+                    _owners[owner] = pwd.getpwnam(owner).pw_uid
+                except (KeyError, ValueError):  # (no such user, yet; a NUL in the name)
+                    return uid
+            return _owners[owner]
     return uid
 
 
