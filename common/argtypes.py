@@ -81,7 +81,9 @@ def origin_policy_arguments(
 
 
 def token_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "the cluster token"
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    what: str = "the cluster token: the supernodes must prove they know it (else they get "
+    "nothing, and the download goes on without them), and the session is sealed",
 ) -> None:
     """`--token SECRET` and `--token-file PATH`, one or the other: the cluster token of
     the three programs (read with `common.tokens.read_token`)."""
@@ -89,7 +91,8 @@ def token_arguments(
     token.add_argument(
         "--token",
         metavar="SECRET",
-        help=f"{what} (visible to every user in ps: prefer --token-file)",
+        help=f"{what}; make it random (openssl rand -hex 32); visible to every user in "
+        "ps: prefer --token-file",
     )
     token.add_argument(
         "--token-file",

@@ -23,7 +23,7 @@ EXIT_CODES = {
     6: "timeout (--timeout reached)",
     7: "output error (cannot write or rename the output file)",
     8: "supernode error (protocol violation or internal failure)",
-    9: "not admitted by the supernode (missing or wrong cluster token)",
+    9: "not admitted (missing or wrong cluster token), or no supernode proved the token",
     130: "interrupted",
     141: "stdout closed by its reader before the end (-o -), as SIGPIPE would",
 }

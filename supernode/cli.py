@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     argtypes.token_arguments(
         parser,
-        "cluster token: peers must prove they know it to be admitted; without one the "
-        "cluster is open to anyone who reaches it",
+        "cluster token: peers must prove they know it to be admitted, and it proves it "
+        "to those that have it; without one the cluster is open to anyone who reaches it",
     )
     parser.add_argument(
         "--admin-listen",
