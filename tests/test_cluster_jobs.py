@@ -30,7 +30,7 @@ from supernode.cluster.jobrecords import (
     job_key,
     lease_key,
 )
-from supernode.cluster.jobs import PreheatJobs
+from supernode.cluster.jobs import PreheatJobs, _preheat, _progress
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
@@ -102,6 +102,21 @@ JOB = Job(
     1.7e9,
     Request("http://u:p@o/x", (("Authorization", "Basic eA=="),)),
 )
+
+
+def test_a_record_that_says_ended_never_holds_the_credentials() -> None:
+    """Progress is written as running whatever the local preheat says (it may have
+    ended between two looks of the runner): a reader that sees a job ended (and
+    then reads its record) never finds its request there (found by a CI run: the
+    last progress said "succeeded" one write before the end dropped the request)."""
+    preheat = _preheat(JOB)
+    for state in ("pending", "running", "succeeded", "failed"):
+        preheat.state = state
+        progress = _progress(JOB, preheat)
+        assert progress.state == "running" and progress.request == JOB.request
+    ended = _progress(JOB, preheat).ending(preheat.state, None, 1.8e9)
+    assert ended.state == "failed" and ended.request is None
+    assert b"Basic" not in ended.encode() and b"u:p" not in ended.encode()
 
 
 def test_a_job_reads_back_and_its_end_drops_the_credentials() -> None:

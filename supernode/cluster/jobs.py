@@ -233,6 +233,8 @@ class PreheatJobs:
                 return
             while preheat.state not in ("succeeded", "failed"):
                 await trio.sleep(STEP)
+                if preheat.state in ("succeeded", "failed"):
+                    break  # (its end is written below, without the request)
                 if trio.current_time() - written >= self.settings.heartbeat:
                     written = trio.current_time()
                     progress = _progress(job, preheat)
@@ -334,15 +336,14 @@ def _preheat(job: Job) -> Preheat:
     )
 
 
-def _shown_state(preheat: Preheat) -> str:
-    """A job we took is running, even while it waits here for one of our slots."""
-    return "running" if preheat.state == "pending" else preheat.state
-
-
 def _progress(job: Job, preheat: Preheat) -> Job:
-    """The job with the local preheat's state and tasks, as many tasks as fit MAX_JOB."""
+    """The job running, with the local preheat's tasks, as many as fit MAX_JOB. Always
+    "running" (even while it waits here for one of our slots, or once the local preheat
+    has ended): only `Job.ending` writes an end, and it drops the request with the
+    credentials in it in the same write, so no reader sees a job ended whose record
+    still holds them."""
     tasks = tuple(preheat.summary()["tasks"])
-    progress = replace(job, state=_shown_state(preheat), tasks=tasks)
+    progress = replace(job, state="running", tasks=tasks)
     while tasks and len(progress.encode()) > MAX_JOB:
         tasks = tasks[: len(tasks) // 2]
         progress = replace(progress, tasks=tasks)
