@@ -350,9 +350,10 @@ class BlobStore:
             blob = self.cached(hex_digest)
             if blob is not None and _HEX64.fullmatch(blob.hex):
                 url = self._provenance.url(blob.hex)
-                with contextlib.suppress(OSError):
-                    if url is not None:
-                        found.append((blob.path.stat().st_mtime, blob, url))
+                if url is None:
+                    continue
+                with contextlib.suppress(OSError):  # (gone meanwhile: not seeded)
+                    found.append((blob.path.stat().st_mtime, blob, url))
         found.sort(key=lambda entry: entry[0], reverse=True)
         return [(blob, url, mtime) for mtime, blob, url in found]
 

@@ -283,10 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     if not config.supernodes:
         log.warning("no --supernode: every blob is fetched straight from the upstream")
     try:
-        # Three ports' connections (HTTP, uploads, dfget's socket), the files seeded
-        # (one descriptor each, at most the caps' worth), and room for the downloads'
-        # sessions and the rest.
-        # (a file each, and a connection or two while one still downloads)
+        # Three ports' connections (HTTP, uploads, dfget's socket), two descriptors for
+        # each download the caps allow (its file, and a connection while it downloads),
+        # and room for the sessions and the rest.
         seeded = cache.MAX_URL_DOWNLOADS + cache.MAX_DIGEST_BLOBS
         raise_open_files(3 * config.max_connections + 2 * seeded + 1024)
         trio.run(serve_until_signalled, partial(serve, Daemon(config), ready_file))

@@ -144,11 +144,7 @@ class Mirror:
             blob = self.blobs.get(hex_digest, target.url, credentials)
         except TooManyDownloads as exc:  # (every one of them still downloading)
             log.warning("blob %s: %s", hex_digest[:12], exc)
-            self.metrics.failures.labels("download").inc()
-            if self.blobs.settings.back_source:
-                await self._relay(request, reply, target.url)
-            else:
-                await registry_error(reply, 503, "UNAVAILABLE", f"P2P download refused: {exc}")
+            await self._without_p2p(request, reply, target, f"P2P download refused: {exc}")
             return
         byte_range = request.header("range")
         try:
@@ -165,14 +161,20 @@ class Mirror:
             if not reply.started:
                 await registry_error(reply, 502, "UNAVAILABLE", f"upstream disagrees: {exc}")
         except BlobUnavailable as exc:
-            self.metrics.failures.labels("download").inc()
             log.warning("%s", exc)
             if reply.started:
+                self.metrics.failures.labels("download").inc()
                 return  # broken off: the client retries
-            if self.blobs.settings.back_source:  # let the upstream answer, whatever it is
-                await self._relay(request, reply, target.url)  # counted as passthrough
-            else:
-                await registry_error(reply, 503, "UNAVAILABLE", f"P2P download failed: {exc}")
+            await self._without_p2p(request, reply, target, f"P2P download failed: {exc}")
+
+    async def _without_p2p(self, request: Request, reply: Reply, target: Target, why: str) -> None:
+        """The blob cannot come through the swarm: the upstream answers, whatever it
+        says (counted as passthrough), or without back-source a 503."""
+        self.metrics.failures.labels("download").inc()
+        if self.blobs.settings.back_source:
+            await self._relay(request, reply, target.url)
+        else:
+            await registry_error(reply, 503, "UNAVAILABLE", why)
 
     def _headers(self, hex_digest: str) -> list[tuple[str, str]]:
         return [

@@ -61,10 +61,7 @@ def check_supernode(control: ControlStream, token: bytes | None, address: str) -
         return
     welcome = control.welcome
     if welcome is None or welcome.version < SEALED_REQUESTS:
-        raise SupernodeNotProven(
-            f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: it "
-            "cannot prove that it knows the cluster token, and nothing is sent to it"
-        )
+        raise _older(address)
     if not verify_supernode(
         token, control.hello_key, welcome.challenge, welcome.key, welcome.proof
     ):
@@ -144,12 +141,16 @@ def _older_refusing_the_proof(address: str, ask_proof: bool) -> Iterator[None]:
         yield
     except RemoteFailure as exc:
         if ask_proof and exc.code == ErrorCode.BAD_REQUEST and exc.message == _OLDER_REFUSAL:
-            raise SupernodeNotProven(
-                f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: "
-                "it cannot prove that it knows the cluster token (upgrade the supernodes "
-                "before the peers that have a token)"
-            ) from exc
+            raise _older(address) from exc
         raise
+
+
+def _older(address: str) -> SupernodeNotProven:
+    return SupernodeNotProven(
+        f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: it cannot "
+        "prove that it knows the cluster token, and nothing is sent to it (upgrade the "
+        "supernodes before the peers that have a token)"
+    )
 
 
 @asynccontextmanager

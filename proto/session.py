@@ -108,6 +108,16 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
 _OTHER = {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}
 
 
+def agreed_version(hello: Hello) -> int:
+    """The highest version both sides speak (VersionMismatch if none)."""
+    common = set(hello.versions) & set(PROTOCOL_VERSIONS)
+    if not common:
+        raise VersionMismatch(
+            f"peer speaks versions {list(hello.versions)}, we speak {list(PROTOCOL_VERSIONS)}"
+        )
+    return max(common)
+
+
 def negotiate(
     hello: Hello,
     role: str,
@@ -120,12 +130,7 @@ def negotiate(
     """The Welcome for a Hello: the highest version both sides speak. From version 4 it
     names `key` (the connection's X25519 key, for sealed Registers) and, with a cluster
     `token` and the Hello's key, the proof that this side knows the token."""
-    common = set(hello.versions) & set(PROTOCOL_VERSIONS)
-    if not common:
-        raise VersionMismatch(
-            f"peer speaks versions {list(hello.versions)}, we speak {list(PROTOCOL_VERSIONS)}"
-        )
-    version = max(common)
+    version = agreed_version(hello)
     if version < SEALED_REQUESTS or not key:
         return Welcome(version=version, role=role, agent=agent, challenge=challenge)
     proof = b""

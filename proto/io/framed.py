@@ -31,7 +31,7 @@ from proto.messages import (
     Message,
     Welcome,
 )
-from proto.session import Session, Side, negotiate
+from proto.session import Session, Side, agreed_version, negotiate
 
 READ_SIZE = 256 * 1024  # a read into a payload (on streams without recv_into)
 # While a payload arrives on a TCP socket, wake for it only once this much (or the
@@ -257,14 +257,11 @@ async def server_handshake(
     """
     hello = (await framed.receive()).message
     assert isinstance(hello, Hello)  # the session table admits nothing else first
-    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge)
-    key = None
-    if keyed and welcome.version >= SEALED_REQUESTS:  # (drawn only for such a client)
+    key, public = None, b""
+    if keyed and agreed_version(hello) >= SEALED_REQUESTS:  # (drawn only for such a client)
         key = framed.own_key = X25519PrivateKey.generate()
         public = raw_public(key)
-        welcome = negotiate(
-            hello, role=role, agent=agent, challenge=challenge, key=public, token=token
-        )
+    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge, key=public, token=token)
     keys = None
     if key is not None and hello.key:
         try:
