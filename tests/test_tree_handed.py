@@ -213,6 +213,33 @@ async def test_a_hostile_listing_from_the_daemon_writes_nothing_outside_dir(
     assert (out / "ok.txt").read_bytes() == b"ok"
 
 
+async def test_a_folder_swapped_for_a_symlink_while_the_daemon_serves_takes_nothing_out(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The same swap as test_tree's, with the file handed over by a daemon: dfget writes
+    it into the folder it checked, never through the symlink."""
+    base = "http://127.0.0.1:1/t/"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+
+    async def swapping(path: str, body: bytes) -> bytes | None:
+        if path == "/v1/listings":
+            return listing([[["sub", "f.txt"], base + "sub/f.txt", 8, "v1"]])
+        (out / "sub").rename(out / "moved")  # dfget has made and checked `sub`
+        (out / "sub").symlink_to(outside)
+        return file_answer(b"the file")
+
+    await fake_daemon(nursery, tmp_path / "d.sock", swapping)
+    done = await dfget_r(base, out, tmp_path / "d.sock")
+    summary = json.loads(done.stdout)
+    assert done.returncode == 0, done.stderr.decode()
+    assert summary["done"] == 1
+    assert summary["files"][0]["download"]["output"] == str(out / "sub" / "f.txt")
+    assert os.listdir(outside) == []
+    assert (out / "moved" / "f.txt").read_bytes() == b"the file"
+
+
 async def test_the_daemons_listing_error_is_dfgets(
     site: Site,  # noqa: F811
     tmp_path: Path,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dfget.errors import OutputError
+from dfget.output import AtomicOutput
 from dfget.tree import manifest
 from dfget.tree.entries import Entry
 from dfget.tree.globs import Selection
@@ -151,7 +152,9 @@ def test_place_makes_folders_and_never_goes_through_a_symlink(tmp_path: Path) ->
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
-    assert place(root, ("a", "b c", "ü.txt")) == root / "a" / "b c" / "ü.txt"
+    with place(root, ("a", "b c", "ü.txt")) as made:
+        assert made.real == root / "a" / "b c" / "ü.txt"
+        assert made.path.parent.resolve() == root / "a" / "b c"
     assert (root / "a" / "b c").is_dir()
     (root / "link").symlink_to(outside)
     (root / "a" / "inner").symlink_to(root / "a")  # inside DIR, but a symlink all the same
@@ -163,6 +166,28 @@ def test_place_makes_folders_and_never_goes_through_a_symlink(tmp_path: Path) ->
     with pytest.raises(OutputError):
         place(root, ("plain", "x"))  # a file where a folder must go
     assert os.listdir(outside) == []
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_check_takes_nothing_out(
+    tmp_path: Path,
+) -> None:
+    """Another user who can write into DIR swaps a checked folder for a symlink pointing
+    out, between `place` and the write: the file still goes into the folder checked
+    (moved aside by that user), never through the symlink."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    with place(root, ("a", "b", "f.txt")) as made:
+        (root / "a").rename(root / "moved")
+        (root / "a").symlink_to(outside)
+        (outside / "b").mkdir()
+        with AtomicOutput(made.path) as out:
+            out.write_at(0, b"mine")
+            out.commit()
+        assert made.shown(f"cannot write {made.path}") == f"cannot write {made.real}"
+    assert made.fd is None  # (closed with the block)
+    assert list(outside.rglob("*")) == [outside / "b"]
+    assert (root / "moved" / "b" / "f.txt").read_bytes() == b"mine"
 
 
 def test_selection() -> None:

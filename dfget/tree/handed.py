@@ -263,25 +263,27 @@ class _Runner:
 
     def _one(self, entry: Entry) -> FileResult | None:
         """`entry` downloaded (or skipped, or failed); None to leave it over."""
-        path = placed(self.root, entry)
-        if isinstance(path, FileResult):
-            return path
-        record = self.records.get(entry.name)
-        validator = entry.validator
-        if validator is None and manifest.may_be_current(record, entry.url, path):
-            return None  # only a HEAD can tell: the in-process run asks it
-        if manifest.is_current(record, entry.url, path, validator):
-            return FileResult(entry.name, entry.url, "skipped")
-        self.records.pop(entry.name, None)  # replaced, or gone if this fails
-        try:
-            result = self._download(replace(self.template, url=entry.url, output=path))
-        except DfgetError as exc:
-            return failed(entry, exc)
-        if result is None:
-            return None
-        if validator is None:  # (none from the listing: the one the download carried)
-            validator = http_validator_of(result)
-        return done(self.records, entry, path, validator, result)
+        place = placed(self.root, entry)
+        if isinstance(place, FileResult):
+            return place
+        with place:
+            path = place.path
+            record = self.records.get(entry.name)
+            validator = entry.validator
+            if validator is None and manifest.may_be_current(record, entry.url, path):
+                return None  # only a HEAD can tell: the in-process run asks it
+            if manifest.is_current(record, entry.url, path, validator):
+                return FileResult(entry.name, entry.url, "skipped")
+            self.records.pop(entry.name, None)  # replaced, or gone if this fails
+            try:
+                result = self._download(replace(self.template, url=entry.url, output=path))
+            except DfgetError as exc:
+                return failed(entry, exc, place)
+            if result is None:
+                return None
+            if validator is None:  # (none from the listing: the one the download carried)
+                validator = http_validator_of(result)
+            return done(self.records, entry, place, validator, result)
 
     def _download(self, request: DownloadRequest) -> DownloadResult | None:
         """`request` through the daemon, its output in place; None if the daemon cannot

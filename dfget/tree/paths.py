@@ -4,9 +4,10 @@ Each part of a relative path is checked on its own (no empty, `.`, `..`, NUL, `/
 `\\` part, at most 255 bytes), then the folders are made one by one below DIR, each
 opened with O_NOFOLLOW: a symlink already inside DIR (planted, or left by someone)
 is never followed, whether it points in or out. A file's own name that is a symlink
-or a folder is refused too. What this cannot stop: another local user with write
-access to DIR swapping a folder for a symlink between the check and the write
-(download into a folder only you can write).
+or a folder is refused too. The file's folder stays open while the file is written,
+and the file is written through that descriptor (`/proc/self/fd/N/NAME`): another
+local user who can write into DIR and swaps a folder for a symlink after the check
+changes nothing, the bytes still go into the folder that was checked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from types import TracebackType
 
 from dfget.errors import OutputError
 
@@ -66,10 +68,44 @@ def unsafe_path(parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def place(root: Path, parts: tuple[str, ...]) -> Path:
-    """The local path of `parts` under `root`, its folders made (never through a
-    symlink); UnsafePath if it cannot be had safely, OutputError if it cannot be had
-    at all (a file where a folder must go)."""
+class Place:
+    """Where one file of a tree goes, its folder held open until `close` (a context
+    manager): write to `path`, which goes through the open folder where /proc lets it
+    (`/proc/self/fd/N/NAME`: resolved by the kernel from the descriptor, never from
+    the folders' names again), and show `real`, the path under DIR a user knows."""
+
+    def __init__(self, real: Path, fd: int) -> None:
+        self.real = real
+        self.fd: int | None = fd
+        self.path = real
+        folder = Path(f"/proc/self/fd/{fd}")
+        if _through_proc(fd, folder):
+            self.path = folder / real.name
+
+    def shown(self, text: str) -> str:
+        """`text` (an error's) with the descriptor's path put back as the user's."""
+        if self.path is self.real:
+            return text
+        return text.replace(str(self.path.parent), str(self.real.parent))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def place(root: Path, parts: tuple[str, ...]) -> Place:
+    """Where `parts` go under `root`, its folders made (never through a symlink);
+    UnsafePath if it cannot be had safely, OutputError if it cannot be had at all (a
+    file where a folder must go). The caller closes it once the file is written."""
     why = unsafe_path(parts)
     if why:
         raise UnsafePath(f"refused {'/'.join(parts)!r}: {why}")
@@ -89,17 +125,29 @@ def place(root: Path, parts: tuple[str, ...]) -> Path:
             info = None
         except OSError as exc:
             raise OutputError(f"cannot look at {shown}: {exc}") from exc
-    finally:
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            raise UnsafePath(f"refused {shown!r}: it is a symlink in {root}")
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise OutputError(f"{shown} exists in {root} and is not a file")
+        target = Place(root.joinpath(*parts), fd)
+    except BaseException:
         os.close(fd)
-    if info is not None and stat.S_ISLNK(info.st_mode):
-        raise UnsafePath(f"refused {shown!r}: it is a symlink in {root}")
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        raise OutputError(f"{shown} exists in {root} and is not a file")
-    target = root.joinpath(*parts)
+        raise
     # Belt and braces: the folders were checked one by one; the whole must agree.
-    if not target.parent.resolve().is_relative_to(_resolved(root)):
+    if not target.path.parent.resolve().is_relative_to(_resolved(root)):
+        target.close()
         raise UnsafePath(f"refused {shown!r}: it resolves outside {root}")
     return target
+
+
+def _through_proc(fd: int, folder: Path) -> bool:
+    """Whether `folder` (/proc/self/fd/N) is the open folder `fd` itself: not where /proc
+    is not mounted, or is another process's."""
+    try:
+        seen, held = os.stat(folder), os.fstat(fd)
+    except OSError:
+        return False
+    return (seen.st_dev, seen.st_ino) == (held.st_dev, held.st_ino)
 
 
 @functools.lru_cache(maxsize=8)
@@ -131,8 +179,8 @@ def _is_link(fd: int, part: str) -> bool:
 
 def make_root(root: Path) -> None:
     """DIR, made if missing (OutputError if it cannot be); a warning if another user
-    may write into it: one could swap a folder in it for a symlink while files are
-    written (what `place` cannot stop, docs/dfget.md)."""
+    may write into it: that user can read, move and replace what is written there,
+    though nothing written goes outside DIR (docs/dfget.md)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         info = os.stat(root)
@@ -146,4 +194,4 @@ def make_root(root: Path) -> None:
         )
 
 
-__all__ = ["UnsafePath", "make_root", "place", "unsafe_part", "unsafe_path"]
+__all__ = ["Place", "UnsafePath", "make_root", "place", "unsafe_part", "unsafe_path"]

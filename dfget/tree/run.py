@@ -93,23 +93,25 @@ async def _one(
 async def _file(
     request: TreeRequest, entry: Entry, records: dict[str, manifest.Record]
 ) -> FileResult:
-    path = placed(request.root, entry)
-    if isinstance(path, FileResult):
-        return path
-    try:
-        record = records.get(entry.name)
-        validator = entry.validator
-        if validator is None and manifest.may_be_current(record, entry.url, path):
-            validator = await request.lister.validator(entry)
-        if manifest.is_current(record, entry.url, path, validator):
-            return FileResult(entry.name, entry.url, "skipped")
-        records.pop(entry.name, None)  # replaced, or gone if this fails
-        result = await download(replace(request.template, url=entry.url, output=path))
-    except DfgetError as exc:
-        return failed(entry, exc)
-    if validator is None:  # (none from the listing or a HEAD: the one the download carried)
-        validator = request.lister.validator_of(result)
-    return done(records, entry, path, validator, result)
+    place = placed(request.root, entry)
+    if isinstance(place, FileResult):
+        return place
+    with place:
+        path = place.path
+        try:
+            record = records.get(entry.name)
+            validator = entry.validator
+            if validator is None and manifest.may_be_current(record, entry.url, path):
+                validator = await request.lister.validator(entry)
+            if manifest.is_current(record, entry.url, path, validator):
+                return FileResult(entry.name, entry.url, "skipped")
+            records.pop(entry.name, None)  # replaced, or gone if this fails
+            result = await download(replace(request.template, url=entry.url, output=path))
+        except DfgetError as exc:
+            return failed(entry, exc, place)
+        if validator is None:  # (none from the listing or a HEAD: the one it carried)
+            validator = request.lister.validator_of(result)
+        return done(records, entry, place, validator, result)
 
 
 __all__ = ["TreeRequest", "download_tree"]

@@ -5,6 +5,7 @@ here: the daemon's way runs these on worker threads."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from dfget.results import DownloadResult
 from dfget.tree import manifest
 from dfget.tree.entries import Entry
 from dfget.tree.globs import Selection
-from dfget.tree.paths import UnsafePath, place
+from dfget.tree.paths import Place, UnsafePath, place
 from dfget.tree.results import FileResult, TreeResult
 
 log = logging.getLogger("dfget.tree.run")
@@ -38,8 +39,9 @@ def take(
     return None
 
 
-def placed(root: Path, entry: Entry) -> Path | FileResult:
-    """The local path of `entry` under `root` (its folders made), or why not."""
+def placed(root: Path, entry: Entry) -> Place | FileResult:
+    """Where `entry` goes under `root` (its folders made, its folder held open until
+    the place is closed), or why not."""
     try:
         return place(root, entry.path)
     except UnsafePath as exc:
@@ -51,15 +53,16 @@ def placed(root: Path, entry: Entry) -> Path | FileResult:
 def done(
     records: dict[str, manifest.Record],
     entry: Entry,
-    path: Path,
+    place: Place,
     validator: str | None,
     result: DownloadResult,
 ) -> FileResult:
-    """`entry` downloaded to `path`: recorded (with `validator`, the version it was
+    """`entry` downloaded to `place`: recorded (with `validator`, the version it was
     downloaded for) in `records`, the manifest to be."""
-    state = manifest.local_state(path)
+    state = manifest.local_state(place.path)
     if state is not None:
         records[entry.name] = manifest.record_of(entry.url, state, validator)
+    result = dataclasses.replace(result, output=str(place.real))
     return FileResult(entry.name, entry.url, "done", bytes=result.bytes, download=result)
 
 
@@ -68,9 +71,10 @@ def refused(entry: Entry, exc: DfgetError) -> FileResult:
     return FileResult(entry.name, entry.url, "refused", error=str(exc), exit_code=exc.exit_code)
 
 
-def failed(entry: Entry, exc: DfgetError) -> FileResult:
-    log.warning("%s: %s", entry.name, exc)
-    return FileResult(entry.name, entry.url, "failed", error=str(exc), exit_code=exc.exit_code)
+def failed(entry: Entry, exc: DfgetError, place: Place | None = None) -> FileResult:
+    error = place.shown(str(exc)) if place is not None else str(exc)
+    log.warning("%s: %s", entry.name, error)
+    return FileResult(entry.name, entry.url, "failed", error=error, exit_code=exc.exit_code)
 
 
 __all__ = ["done", "failed", "placed", "refused", "take"]
