@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import os
 import socket
+import struct
+import termios
 from collections.abc import AsyncIterator, Iterator
 
 import h11
@@ -33,6 +36,12 @@ UNREAD_BODY_TIMEOUT = 5.0
 # this long, so the kernel does not answer its bytes with a reset that can destroy the
 # answer before the client has read it (nginx's lingering close).
 LINGER = 2.0
+# A connection that passed a descriptor the client has not read yet is held open, its
+# client's connection share with it, until the client reads it or closes its end (a
+# passed descriptor sits in the client's socket, counted by the kernel against the
+# daemon's user, for as long as the client keeps that socket unread); the daemon looks
+# this often.
+UNREAD_POLL = 0.5
 
 
 class ClientGone(Exception):
@@ -65,6 +74,29 @@ class Connection:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.passed = False  # a descriptor went out on it (`send_passing`)
+
+    def unread(self) -> int:
+        """Bytes sent over this Unix socket that the client has not read yet (with any
+        descriptors they carry); 0 for any other stream."""
+        if not isinstance(self.stream, trio.SocketStream):
+            return 0
+        sock = self.stream.socket
+        if sock.family != socket.AF_UNIX:
+            return 0
+        try:
+            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+        except OSError:
+            return 0
+        return int(struct.unpack("i", raw)[0])
+
+    async def hold_while_unread(self) -> None:
+        """If a descriptor went out on this connection, wait (holding it, and the
+        client's share with it) until the client has read everything, or has closed
+        its end: so a client never leaves more unread descriptors behind than it may
+        hold connections."""
+        while self.passed and self.unread() > 0:  # noqa: ASYNC110 (no event says "read")
+            await trio.sleep(UNREAD_POLL)
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -78,6 +110,7 @@ class Connection:
         data = self.h11.send(event) or b""
         assert isinstance(self.stream, trio.SocketStream)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        self.passed = True
         with self._progress() as watch:
             try:
                 sent = await self.stream.socket.sendmsg([data], rights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import base64
 import hashlib
 import json
@@ -27,6 +28,7 @@ from conftest import (
 )
 
 import dfdaemon.control
+import dfdaemon.httpconn
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
@@ -153,6 +155,75 @@ async def test_a_new_small_download_goes_as_its_descriptor_with_its_summary(
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _take_file_request(url: str, version: str) -> bytes:
+    body = json.dumps({"url": url}).encode()
+    head = f"POST /v1/downloads HTTP/{version}\r\nHost: dfdaemon\r\n"
+    head += f"Content-Length: {len(body)}\r\n"
+    return (head + "X-Dfget-Take-File: 1\r\n\r\n").encode() + body
+
+
+async def test_a_client_that_never_reads_a_passed_file_keeps_its_share_taken(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """A passed descriptor the client leaves unread sits in its socket, counted by the
+    kernel against the daemon's user. The daemon holds such a connection (and the
+    client's share of connections with it) until the client reads or closes, so the
+    unread ones are bounded by the share; a client that asks again on the same
+    connection without reading the last answer gets the bytes, not another descriptor."""
+    data = os.urandom(MiB + 5)
+    origin.add("/held.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    control = daemon.control
+    assert control is not None
+    url = origin.url("/held.bin")
+    _, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
+    for fd in fds:
+        os.close(fd)  # (the daemon holds the file now)
+    await until(lambda: control.limit.statistics().open == 0)
+
+    # Asked once (HTTP/1.0: the daemon closes after the answer), never read.
+    reader = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await reader.connect(str(daemon.socket_path))
+    await reader.send(_take_file_request(url, "1.0"))
+    await trio.sleep(dfdaemon.httpconn.LINGER + 1.0)  # past its answer and its close
+    assert control.limit.statistics().open == 1  # held: the descriptor is unread
+    answer, ancillary, _, _ = await reader.recvmsg(1 << 16, trio.socket.CMSG_SPACE(16))
+    passed = [fd for _, _, raw in ancillary for fd in array.array("i", raw)]
+    assert len(passed) == 1 and b"x-dfdaemon-file" in answer.lower()
+    os.close(passed[0])
+    await until(lambda: control.limit.statistics().open == 0)  # read: let go
+
+    # Two asked at once on a kept connection, neither answer read before the second:
+    # the first answer carries the descriptor, the second the bytes themselves.
+    pipelined = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await pipelined.connect(str(daemon.socket_path))
+    await pipelined.send(_take_file_request(url, "1.1") + _take_file_request(url, "1.0"))
+    await trio.sleep(1.0)
+    received, descriptors = b"", []
+    with trio.fail_after(10):
+        while chunk := await pipelined.recvmsg(1 << 20, trio.socket.CMSG_SPACE(16)):
+            if not chunk[0]:
+                break
+            received += chunk[0]
+            descriptors += [fd for _, _, raw in chunk[1] for fd in array.array("i", raw)]
+    for fd in descriptors:
+        os.close(fd)
+    assert len(descriptors) == 1, received[:2000]
+    assert received.endswith(data) and received.count(b"HTTP/1.1 200") == 2
+    pipelined.close()
+
+    # One left unread, then its client closes: let go too.
+    closer = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await closer.connect(str(daemon.socket_path))
+    await closer.send(_take_file_request(url, "1.0"))
+    await trio.sleep(dfdaemon.httpconn.LINGER + 1.0)
+    assert control.limit.statistics().open == 1
+    closer.close()
+    await until(lambda: control.limit.statistics().open == 0)
+    reader.close()
 
 
 async def test_a_client_gone_while_its_small_download_runs_leaves_it_to_the_next(
