@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# A cluster token shorter than this draws a warning: any stranger's Hello gets a proof
+# to test guesses of it against offline (docs/security.md). What random tokens are made
+# with passes (`openssl rand -hex 16` is 32 characters, a UUID 36); a word, a date or a
+# short passphrase does not.
+STRONG_TOKEN = 32
+
 
 def read_token(value: str | None, file: Path | None, what: str = "a cluster token") -> bytes | None:
     """A token (`what`: which) from a flag's value or a file; ValueError if unusable."""

@@ -108,13 +108,13 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
 _OTHER = {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}
 
 
-def agreed_version(hello: Hello) -> int:
-    """The highest version both sides speak (VersionMismatch if none)."""
-    common = set(hello.versions) & set(PROTOCOL_VERSIONS)
+def agreed_version(hello: Hello, oldest: int = 1) -> int:
+    """The highest version both sides speak, `oldest` at least (VersionMismatch if
+    none)."""
+    ours = [version for version in PROTOCOL_VERSIONS if version >= oldest]
+    common = set(hello.versions) & set(ours)
     if not common:
-        raise VersionMismatch(
-            f"peer speaks versions {list(hello.versions)}, we speak {list(PROTOCOL_VERSIONS)}"
-        )
+        raise VersionMismatch(f"peer speaks versions {list(hello.versions)}, we speak {ours}")
     return max(common)
 
 
@@ -126,11 +126,13 @@ def negotiate(
     *,
     key: bytes = b"",
     token: bytes | None = None,
+    oldest: int = 1,
 ) -> Welcome:
-    """The Welcome for a Hello: the highest version both sides speak. From version 4 it
-    names `key` (the connection's X25519 key, for sealed Registers) and, with a cluster
-    `token` and the Hello's key, the proof that this side knows the token."""
-    version = agreed_version(hello)
+    """The Welcome for a Hello: the highest version both sides speak (`oldest` at
+    least). From version 4 it names `key` (the connection's X25519 key, for sealed
+    Registers) and, with a cluster `token` and the Hello's key, the proof that this side
+    knows the token."""
+    version = agreed_version(hello, oldest)
     if version < SEALED_REQUESTS or not key:
         return Welcome(version=version, role=role, agent=agent, challenge=challenge)
     proof = b""

@@ -17,6 +17,7 @@ from common.eviction import GcPolicy, StoredTask, plan
 from common.io import RateLimiter, unwrap_group
 from common.origins import OriginPolicy
 from common.tlsfiles import OriginTls, client_contexts
+from common.tokens import STRONG_TOKEN
 from common.units import format_size
 from supernode import __version__
 from supernode.admin.api import AdminApi
@@ -80,6 +81,7 @@ class SupernodeConfig:
     # Connections the peer port holds at once; one remote address may hold
     # per_address_share(max_connections) of them (1/8, at least 16).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    min_peer_protocol: int = 1  # peers that speak no version from this one up are refused
     max_fetches: int = 64  # origin fetches at once; past it a new one is refused `busy`
     max_task_size: int | None = None  # bytes a task may take (None: the store quota, if any)
     failed_task_ttl: float = 600.0  # seconds a failed task is remembered
@@ -151,6 +153,7 @@ class Supernode:
             upload_limiter=uploads,
             connections=ConnectionLimit(config.max_connections),
         )
+        self.server.oldest_version = config.min_peer_protocol
         self.preheats = Preheats(
             self.cdn,
             insecure=config.insecure,
@@ -250,6 +253,12 @@ class Supernode:
                 )
             if self.config.token is None:
                 log.warning("no cluster token (--token): any peer that reaches us is admitted")
+            elif len(self.config.token) < STRONG_TOKEN:
+                log.warning(
+                    "the cluster token is %d characters: anyone who reaches this port can test "
+                    "guesses of it offline; use a random one (openssl rand -hex 32)",
+                    len(self.config.token),
+                )
             if self.config.admin_listen is not None:
                 self.admin.settle_token()  # a bad token file stops us before any port opens
             with unwrap_group():

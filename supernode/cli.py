@@ -16,6 +16,7 @@ from common.io.service import log_to_stderr, raise_open_files, serve_until_signa
 from common.ready import prepare_ready_file, ready_file_argument, write_ready_file
 from common.tlsfiles import client_contexts, tls_arguments, tls_table
 from common.tokens import read_token
+from proto.messages import PROTOCOL_VERSIONS
 from supernode import __version__
 from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
@@ -215,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
         "a peer's control session leaves the count once admitted and registered",
     )
     parser.add_argument(
+        "--min-peer-protocol",
+        type=int,
+        default=1,
+        metavar="N",
+        help="refuse peers that speak no protocol version from N up (default 1: every version "
+        f"this supernode speaks, {min(PROTOCOL_VERSIONS)}-{max(PROTOCOL_VERSIONS)}). With a "
+        "cluster token, 4 once every peer and daemon is upgraded: before version 4 a peer "
+        "proves the token unsealed",
+    )
+    parser.add_argument(
         "--cdn-slots-per-requester",
         type=positive,
         default=None,
@@ -303,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_connections < 1:
         print("supernode: --max-connections must be at least 1", file=sys.stderr)
         return 2
+    if not min(PROTOCOL_VERSIONS) <= args.min_peer_protocol <= max(PROTOCOL_VERSIONS):
+        print(
+            f"supernode: --min-peer-protocol is one of the versions it speaks, "
+            f"{min(PROTOCOL_VERSIONS)} to {max(PROTOCOL_VERSIONS)}",
+            file=sys.stderr,
+        )
+        return 2
     config = SupernodeConfig(
         host=host,
         port=port,
@@ -329,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         preheat_realms=tuple(args.preheat_realm),
         gc=gc,
         max_connections=args.max_connections,
+        min_peer_protocol=args.min_peer_protocol,
         cluster=args.cluster,
         cluster_password_file=args.cluster_password_file,
         cluster_heartbeat=args.cluster_heartbeat,

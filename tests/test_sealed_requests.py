@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rawwire import raw_connect, until_closed
 
+import supernode.cli
 from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven, UsageError
 from dfget.options import PeerOptions
 from proto import ErrorReply, PieceRequest, Registered
@@ -559,6 +561,44 @@ async def test_a_supernode_before_version_4_is_not_proven_not_broken(
             peer=PeerOptions(listen=LOCAL, token=TOKEN),
             back_source=False,
         )
+
+
+async def test_a_supernode_refusing_versions_before_4_gets_no_unsealed_proof(
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    origin: FakeOrigin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--min-peer-protocol 4`: a peer of version 3 is refused at its Hello, before it
+    has sent the Register that carries its proof of the token in the clear; peers of
+    version 4 download as before. A token shorter than 32 characters is warned of."""
+    caplog.set_level(logging.WARNING, logger="supernode.app")
+    node = await start_supernode(token=TOKEN, min_peer_protocol=4)
+    assert "the cluster token is 21 characters" in caplog.text  # (TOKEN: a passphrase)
+    stream = await raw_connect(node.address)
+    await stream.send_all(encode(Hello(versions=(1, 2, 3), role="peer", peer_id="p-v3")))
+    [refusal] = await until_closed(stream, 10)
+    assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.VERSION
+    assert "we speak [4]" in refusal.message
+    await stream.aclose()
+    origin.add("/f.bin", b"version 4 bytes")
+    result = await fetch(
+        origin.url("/f.bin"),
+        node.address,
+        peer=PeerOptions(listen=LOCAL, token=TOKEN),
+        back_source=False,
+    )
+    assert result.from_cdn == len(b"version 4 bytes")
+
+
+@pytest.mark.parametrize("version", ["0", "5"])
+def test_a_min_peer_protocol_the_supernode_does_not_speak_stops_it(
+    version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data-dir", str(tmp_path), "--min-peer-protocol", version]
+    assert supernode.cli.main(argv) == 2
+    assert "--min-peer-protocol is one of the versions it speaks, 1 to 4" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # (stopped before anything was made)
 
 
 async def test_plaintext_behind_a_handshake_does_not_pass_as_sealed(

@@ -247,21 +247,25 @@ async def server_handshake(
     challenge: bytes = b"",
     keyed: bool = False,
     token: bytes | None = None,
+    oldest: int = 1,
 ) -> Hello:
     """Server side: wait for Hello, answer Welcome (callers put a deadline around it).
     `keyed` (a supernode): a client of version 4 gets an X25519 key of this connection
     in the Welcome (kept in `framed.own_key`), proved with `token` if the Hello names a
-    key of its own (`negotiate`); the frames after it are then sealed both ways.
+    key of its own (`negotiate`); the frames after it are then sealed both ways. A
+    client that speaks no version from `oldest` up is refused (VersionMismatch).
 
     Errors propagate with the session still able to `refuse()` them.
     """
     hello = (await framed.receive()).message
     assert isinstance(hello, Hello)  # the session table admits nothing else first
     key, public = None, b""
-    if keyed and agreed_version(hello) >= SEALED_REQUESTS:  # (drawn only for such a client)
+    if keyed and agreed_version(hello, oldest) >= SEALED_REQUESTS:  # (drawn only for such a client)
         key = framed.own_key = X25519PrivateKey.generate()
         public = raw_public(key)
-    welcome = negotiate(hello, role=role, agent=agent, challenge=challenge, key=public, token=token)
+    welcome = negotiate(
+        hello, role=role, agent=agent, challenge=challenge, key=public, token=token, oldest=oldest
+    )
     keys = None
     if key is not None and hello.key:
         try:

@@ -68,6 +68,10 @@ class PeerServer:
         # The CDN's uploads, every task's: room for one ticket per peer per task at scale.
         self.tickets = TicketVerifier(swarm.ticket_key.public_key(), capacity=16384)
         self.hello_timeout = HELLO_TIMEOUT
+        # Peers that speak no protocol version from this one up are refused at their
+        # Hello (--min-peer-protocol: 4 once every peer is, so that none proves the
+        # cluster token unsealed).
+        self.oldest_version = 1
         self.first_request_timeout = FIRST_REQUEST_TIMEOUT
         self.control_idle = CONTROL_IDLE
         self.piece_idle = PIECE_IDLE
@@ -128,6 +132,7 @@ class PeerServer:
                 challenge=challenge,
                 keyed=True,
                 token=self.swarm.token,
+                oldest=self.oldest_version,
             )
         with trio.fail_after(self.first_request_timeout):
             first = (await framed.receive()).message
