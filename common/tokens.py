@@ -6,9 +6,9 @@ from pathlib import Path
 
 # A cluster token shorter than this draws a warning: any stranger's Hello gets a proof
 # to test guesses of it against offline (docs/security.md). What random tokens are made
-# with passes (`openssl rand -hex 16` is 32 characters, a UUID 36); a word, a date or a
-# short passphrase does not.
-STRONG_TOKEN = 32
+# with passes (16 random bytes: 24 characters of base64, 32 of hex; a UUID 36); a word,
+# a date or a short passphrase does not.
+STRONG_TOKEN = 24
 
 
 def read_token(value: str | None, file: Path | None, what: str = "a cluster token") -> bytes | None:

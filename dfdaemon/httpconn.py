@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import h11
 import trio
 
+from common.io.connections import remote_address
 from proto.io import STREAM_ERRORS, send_file
 
 READ_SIZE = 64 * 1024
@@ -36,11 +37,12 @@ UNREAD_BODY_TIMEOUT = 5.0
 # this long, so the kernel does not answer its bytes with a reset that can destroy the
 # answer before the client has read it (nginx's lingering close).
 LINGER = 2.0
-# A connection that passed a descriptor the client has not read yet is held open, its
-# client's connection share with it, until the client reads it or closes its end (a
-# passed descriptor sits in the client's socket, counted by the kernel against the
-# daemon's user, for as long as the client keeps that socket unread); the daemon looks
-# this often.
+# A passed descriptor sits in the client's socket until the client reads it, counted
+# by the kernel against the daemon's user (and keeping its file open). One local user
+# may leave at most this many unread at once (its next answers are streamed instead),
+# and a connection whose descriptor is unread is held open, in its user's share, until
+# the client reads it or closes its end: the daemon looks this often.
+MAX_UNREAD_PASSES = 4
 UNREAD_POLL = 0.5
 
 
@@ -51,6 +53,10 @@ class ClientGone(Exception):
 class BrokenBody(ClientGone):
     """The client's request body broke HTTP/1.1 (a bad chunk size, cut short): its
     fault, answered 400 if the answer has not started, never a 500."""
+
+
+# Each local user's connections that passed a descriptor it may not have read yet.
+_passing: dict[str, set[Connection]] = {}
 
 
 class _FileSpan(bytes):
@@ -74,7 +80,8 @@ class Connection:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self.passed = False  # a descriptor went out on it (`send_passing`)
+        self.passed = False  # a descriptor went out on it that may be unread yet
+        self._owner = ""  # the local user it counts against, once it passed one
 
     def unread(self) -> int:
         """Bytes sent over this Unix socket that the client has not read yet (with any
@@ -90,13 +97,41 @@ class Connection:
             return 0
         return int(struct.unpack("i", raw)[0])
 
+    def may_pass(self) -> bool:
+        """Whether a descriptor may go out on this Unix socket now: the client has read
+        all of the last answer, and its user has fewer than MAX_UNREAD_PASSES unread
+        on its other connections."""
+        if self.unread() > 0:
+            return False
+        self.settle()
+        assert isinstance(self.stream, trio.SocketStream)
+        others = _passing.get(remote_address(self.stream), set())
+        for other in list(others):
+            other.settle()
+        return len(others) < MAX_UNREAD_PASSES
+
+    def settle(self) -> None:
+        """Forget a pass the client has read (nothing of ours left unread)."""
+        if self.passed and self.unread() == 0:
+            self._forget()
+
+    def _forget(self) -> None:
+        self.passed = False
+        others = _passing.get(self._owner)
+        if others is not None:
+            others.discard(self)
+            if not others:
+                del _passing[self._owner]
+
     async def hold_while_unread(self) -> None:
-        """If a descriptor went out on this connection, wait (holding it, and the
-        client's share with it) until the client has read everything, or has closed
-        its end: so a client never leaves more unread descriptors behind than it may
-        hold connections."""
-        while self.passed and self.unread() > 0:  # noqa: ASYNC110 (no event says "read")
-            await trio.sleep(UNREAD_POLL)
+        """If a descriptor went out on this connection and may be unread, wait (holding
+        the connection, and the client's share with it) until the client has read
+        everything, or has closed its end."""
+        try:
+            while self.passed and self.unread() > 0:  # noqa: ASYNC110 (no event says "read")
+                await trio.sleep(UNREAD_POLL)
+        finally:
+            self._forget()
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -110,7 +145,9 @@ class Connection:
         data = self.h11.send(event) or b""
         assert isinstance(self.stream, trio.SocketStream)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
-        self.passed = True
+        if not self.passed:
+            self.passed, self._owner = True, remote_address(self.stream)
+            _passing.setdefault(self._owner, set()).add(self)
         with self._progress() as watch:
             try:
                 sent = await self.stream.socket.sendmsg([data], rights)

@@ -105,13 +105,13 @@ class Reply:
     @property
     def can_pass_files(self) -> bool:
         """Over a Unix socket, a descriptor can go to the client (`pass_file`), unless
-        the client has not read all of the last answer: one that sends the next request
-        without reading would have descriptors pile up in its socket (it is streamed
-        to instead)."""
+        it has not read all of the last answer, or its user has left MAX_UNREAD_PASSES
+        unread on other connections (descriptors would pile up in its sockets: it is
+        streamed to instead)."""
         stream = self._connection.stream
         if not isinstance(stream, trio.SocketStream) or stream.socket.family != socket.AF_UNIX:
             return False
-        return self._connection.unread() == 0
+        return self._connection.may_pass()
 
     async def pass_file(
         self, status: int, headers: list[tuple[str, str]], fd: int, length: int
@@ -253,10 +253,11 @@ async def serve_connection(
     except h11.LocalProtocolError as exc:
         log.warning("http: %s", exc)
     finally:
-        with contextlib.suppress(ClientGone):
+        try:
             await connection.hold_while_unread()
-        with trio.move_on_after(LINGER):  # TLS sends close_notify: to a client that may not read
-            await stream.aclose()
+        finally:
+            with trio.move_on_after(LINGER):  # TLS sends close_notify: to one that may not read
+                await stream.aclose()
 
 
 async def serve_http(

@@ -253,11 +253,11 @@ class Supernode:
                 )
             if self.config.token is None:
                 log.warning("no cluster token (--token): any peer that reaches us is admitted")
-            elif len(self.config.token) < STRONG_TOKEN:
+            elif (length := len(self.config.token.decode("utf-8", "replace"))) < STRONG_TOKEN:
                 log.warning(
                     "the cluster token is %d characters: anyone who reaches this port can test "
                     "guesses of it offline; use a random one (openssl rand -hex 32)",
-                    len(self.config.token),
+                    length,
                 )
             if self.config.admin_listen is not None:
                 self.admin.settle_token()  # a bad token file stops us before any port opens

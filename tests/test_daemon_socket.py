@@ -168,10 +168,10 @@ async def test_a_client_that_never_reads_a_passed_file_keeps_its_share_taken(
     origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
 ) -> None:
     """A passed descriptor the client leaves unread sits in its socket, counted by the
-    kernel against the daemon's user. The daemon holds such a connection (and the
-    client's share of connections with it) until the client reads or closes, so the
-    unread ones are bounded by the share; a client that asks again on the same
-    connection without reading the last answer gets the bytes, not another descriptor."""
+    kernel against the daemon's user. The daemon holds such a connection (in the
+    client's share of connections) until the client reads or closes it; a user with
+    MAX_UNREAD_PASSES unread, or a client that asks again on the same connection
+    without reading the last answer, gets the bytes, not another descriptor."""
     data = os.urandom(MiB + 5)
     origin.add("/held.bin", data)
     node = await start_supernode()
@@ -215,14 +215,27 @@ async def test_a_client_that_never_reads_a_passed_file_keeps_its_share_taken(
     assert received.endswith(data) and received.count(b"HTTP/1.1 200") == 2
     pipelined.close()
 
-    # One left unread, then its client closes: let go too.
-    closer = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await closer.connect(str(daemon.socket_path))
-    await closer.send(_take_file_request(url, "1.0"))
+    # Left unread on MAX_UNREAD_PASSES connections: the user's next answer is the bytes.
+    cap = dfdaemon.httpconn.MAX_UNREAD_PASSES
+    unread = []
+    for _ in range(cap):
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.connect(str(daemon.socket_path))
+        await sock.send(_take_file_request(url, "1.0"))
+        unread.append(sock)
+    await until(lambda: not control.limit.statistics().open > cap)
     await trio.sleep(dfdaemon.httpconn.LINGER + 1.0)
-    assert control.limit.statistics().open == 1
-    closer.close()
+    assert control.limit.statistics().open == cap  # each held for its unread descriptor
+    answer, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
+    assert fds == [] and answer.endswith(data)
+    # Their clients close: let go too.
+    for sock in unread:
+        sock.close()
     await until(lambda: control.limit.statistics().open == 0)
+    _, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
+    for fd in fds:
+        os.close(fd)
+    assert len(fds) == 1  # (passed again)
     reader.close()
 
 

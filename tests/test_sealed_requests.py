@@ -571,7 +571,7 @@ async def test_a_supernode_refusing_versions_before_4_gets_no_unsealed_proof(
 ) -> None:
     """`--min-peer-protocol 4`: a peer of version 3 is refused at its Hello, before it
     has sent the Register that carries its proof of the token in the clear; peers of
-    version 4 download as before. A token shorter than 32 characters is warned of."""
+    version 4 download as before. A token shorter than 24 characters is warned of."""
     caplog.set_level(logging.WARNING, logger="supernode.app")
     node = await start_supernode(token=TOKEN, min_peer_protocol=4)
     assert "the cluster token is 21 characters" in caplog.text  # (TOKEN: a passphrase)

@@ -300,31 +300,43 @@ def hostile(seen: Seen) -> Answer:
 async def test_a_folder_swapped_for_a_symlink_mid_run_takes_no_file_out(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """Another local user who can write into DIR swaps a folder dfget has made for a
-    symlink pointing out while its file downloads: the file goes into the folder dfget
-    checked (wherever it was moved), nothing outside DIR is written, and the summary
-    names the file's path under DIR."""
+    """Another local user who can write into DIR swaps a folder dfget has checked for a
+    symlink pointing out, before the file is written (here while dfget asks the origin,
+    with a HEAD, whether the copy of an earlier run is current): the file goes into the
+    folder dfget checked (wherever it was moved), nothing outside DIR is written, and
+    the summary names the file's path under DIR."""
     outside = tmp_path / "outside"
     outside.mkdir()
     out = tmp_path / "out"
     pages = {"/d/": ["sub/"], "/d/sub/": ["f.txt"]}
+    version = [b"first"]
 
     def swapping(seen: Seen) -> Answer:
         if seen.path in pages:
             links = "".join(f'<a href="{href}">x</a>\n' for href in pages[seen.path])
             return Answer(200, [("content-type", "text/html")], links.encode())
-        if not (out / "moved").exists():  # dfget has made and checked `sub`: swap it
+        if seen.method == "HEAD":  # dfget has made and checked `sub`: swap it
             (out / "sub").rename(out / "moved")
             (out / "sub").symlink_to(outside)
-        return Answer(200, [("content-type", "text/plain")], b"the file")
+            return Answer(404)  # (the version unknown: downloaded again)
+        return Answer(200, [("etag", '"' + version[0].decode() + '"')], version[0])
 
     server = ScriptedOrigin(swapping)
     await nursery.start(server.serve)
     template = DownloadRequest(url=server.url("/d/"), output=out, supernodes=())
-    result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
+    request = TreeRequest(HttpIndexLister(template.url), out, template)
+    first = await download_tree(request)
+    assert [(file.name, file.status) for file in first.files] == [("sub/f.txt", "done")]
+    version[0] = b"second"
+    result = await download_tree(request)
     assert [(file.name, file.status) for file in result.files] == [("sub/f.txt", "done")]
+    assert [seen.method for seen in server.seen if seen.path == "/d/sub/f.txt"] == [
+        "GET",
+        "HEAD",
+        "GET",
+    ]
     assert os.listdir(outside) == []
-    assert (out / "moved" / "f.txt").read_bytes() == b"the file"
+    assert (out / "moved" / "f.txt").read_bytes() == b"second"
     download = result.files[0].download
     assert download is not None and download.output == str(out / "sub" / "f.txt")
 

@@ -190,6 +190,34 @@ def test_a_folder_swapped_for_a_symlink_after_the_check_takes_nothing_out(
     assert (root / "moved" / "b" / "f.txt").read_bytes() == b"mine"
 
 
+def test_a_tree_deeper_than_a_path_may_be_long_is_written_through_its_folders(
+    tmp_path: Path,
+) -> None:
+    """17 folders of 250 bytes: a path past PATH_MAX (4096), which no call by path
+    takes, is written through the open folder; its messages name it under DIR."""
+    root = tmp_path / "root"
+    root.mkdir()
+    parts = (*(f"{i:02d}" + "d" * 248 for i in range(17)), "f.txt")
+    with place(root, parts) as made:
+        with AtomicOutput(made.path) as out:
+            out.write_at(0, b"deep")
+            out.commit()
+        assert manifest.local_state(made.path) is not None
+        shown = made.shown(f"x {made.path.parent}: y {made.path.parent}1")
+        assert shown == f"x {made.real.parent}: y {made.path.parent}1"  # (not fd 41's)
+    assert made.fd is None
+    folder = os.open(root, os.O_RDONLY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        with open(os.open("f.txt", os.O_RDONLY, dir_fd=folder), "rb") as file:
+            assert file.read() == b"deep"
+    finally:
+        os.close(folder)
+
+
 def test_selection() -> None:
     every = Selection()
     assert every.wants("a/b.txt")

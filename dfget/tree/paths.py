@@ -17,6 +17,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -81,12 +82,20 @@ class Place:
         folder = Path(f"/proc/self/fd/{fd}")
         if _through_proc(fd, folder):
             self.path = folder / real.name
+        else:
+            _warn_no_proc()
+
+    @property
+    def through_folder(self) -> bool:
+        """Whether the file is written through its open folder (not by its path)."""
+        return self.path is not self.real
 
     def shown(self, text: str) -> str:
         """`text` (an error's) with the descriptor's path put back as the user's."""
-        if self.path is self.real:
+        if not self.through_folder:
             return text
-        return text.replace(str(self.path.parent), str(self.real.parent))
+        real = str(self.real.parent)
+        return re.sub(re.escape(str(self.path.parent)) + r"(?![0-9])", lambda _: real, text)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -133,11 +142,26 @@ def place(root: Path, parts: tuple[str, ...]) -> Place:
     except BaseException:
         os.close(fd)
         raise
-    # Belt and braces: the folders were checked one by one; the whole must agree.
-    if not target.path.parent.resolve().is_relative_to(_resolved(root)):
+    if target.through_folder:
+        return target  # (the folders were opened one by one, none through a symlink)
+    # Written by its path (no /proc): the whole must agree with the check, at least now.
+    try:
+        inside = target.path.parent.resolve().is_relative_to(_resolved(root))
+    except (OSError, RuntimeError) as exc:  # (a path too long to resolve, a loop)
+        target.close()
+        raise OutputError(f"cannot look at {shown}: {exc}") from exc
+    if not inside:
         target.close()
         raise UnsafePath(f"refused {shown!r}: it resolves outside {root}")
     return target
+
+
+@functools.cache
+def _warn_no_proc() -> None:
+    log.warning(
+        "/proc/self/fd is not available: files are written by their paths (another user "
+        "who can write into DIR could swap a folder for a symlink between check and write)"
+    )
 
 
 def _through_proc(fd: int, folder: Path) -> bool:
@@ -179,8 +203,8 @@ def _is_link(fd: int, part: str) -> bool:
 
 def make_root(root: Path) -> None:
     """DIR, made if missing (OutputError if it cannot be); a warning if another user
-    may write into it: that user can read, move and replace what is written there,
-    though nothing written goes outside DIR (docs/dfget.md)."""
+    may write into it: that user can read, move and replace what is written there
+    (though nothing written goes outside DIR: `place`, docs/dfget.md)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         info = os.stat(root)
@@ -188,8 +212,8 @@ def make_root(root: Path) -> None:
         raise OutputError(f"cannot make {root}: {exc}") from exc
     if info.st_uid != os.geteuid() or info.st_mode & 0o002:
         log.warning(
-            "%s: another user may write into it (a folder swapped for a symlink during the "
-            "run would take files elsewhere): download into a folder only you can write",
+            "%s: another user may write into it (and read, move or replace the files written "
+            "there): download into a folder only you can write",
             root,
         )
 

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from dfget.errors import DfgetError
+from dfget.errors import DfgetError, OutputError
 from dfget.results import DownloadResult
 from dfget.tree import manifest
 from dfget.tree.entries import Entry
@@ -48,6 +48,8 @@ def placed(root: Path, entry: Entry) -> Place | FileResult:
         return refused(entry, exc)
     except DfgetError as exc:
         return failed(entry, exc)
+    except OSError as exc:  # (anything place() did not expect: this file fails, not the run)
+        return failed(entry, OutputError(f"cannot place {entry.name}: {exc}"))
 
 
 def done(
