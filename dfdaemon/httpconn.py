@@ -81,7 +81,7 @@ class Connection:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.passed = False  # a descriptor went out on it that may be unread yet
-        self._owner = ""  # the local user it counts against, once it passed one
+        self._owner = ""  # the local user it counts against (`_user`)
 
     def unread(self) -> int:
         """Bytes sent over this Unix socket that the client has not read yet (with any
@@ -104,11 +104,17 @@ class Connection:
         if self.unread() > 0:
             return False
         self.settle()
-        assert isinstance(self.stream, trio.SocketStream)
-        others = _passing.get(remote_address(self.stream), set())
+        others = _passing.get(self._user(), set())
         for other in list(others):
             other.settle()
         return len(others) < MAX_UNREAD_PASSES
+
+    def _user(self) -> str:
+        """The local user this Unix socket's client counts as (looked up once)."""
+        if not self._owner:
+            assert isinstance(self.stream, trio.SocketStream)
+            self._owner = remote_address(self.stream)
+        return self._owner
 
     def settle(self) -> None:
         """Forget a pass the client has read (nothing of ours left unread)."""
@@ -146,8 +152,8 @@ class Connection:
         assert isinstance(self.stream, trio.SocketStream)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
         if not self.passed:
-            self.passed, self._owner = True, remote_address(self.stream)
-            _passing.setdefault(self._owner, set()).add(self)
+            self.passed = True
+            _passing.setdefault(self._user(), set()).add(self)
         with self._progress() as watch:
             try:
                 sent = await self.stream.socket.sendmsg([data], rights)
