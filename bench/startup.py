@@ -7,8 +7,9 @@ in one run beside its baseline:
 
 - `dfget --version` and `--help` (target < 0.1 s);
 - a warm 8 MiB file (the supernode's store, or the daemon's cache, already holds it):
-  curl from nginx; dfget through a supernode (target <= 0.25 s); dfget through a
-  running dfdaemon's control socket (target <= 0.15 s);
+  curl from nginx; dfget through a supernode (target <= 0.25 s), and through one with
+  a cluster token (which the supernode proves to dfget: a scrypt of the token on
+  dfget's side); dfget through a running dfdaemon's control socket (target <= 0.15 s);
 - the daemon's own time for a warm 1 MiB file (curl on the control socket, so no
   dfget start-up: target <= 20 ms), and for the 8 MiB one;
 - the fixed cost of a new task: a 4 KiB file never seen before, through a supernode
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -111,6 +113,9 @@ async def main_async(args: argparse.Namespace) -> int:
     tiny.write_bytes(b"t" * 4096)
     out = work / "out.bin"
     runs = args.runs
+    token = work / "token"  # a cluster token, as `openssl rand -hex 32` makes one
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
 
     def version(flag: str) -> Callable[[int], float]:
         return lambda _: timed([PYTHON, "-m", "dfget", flag])[0]
@@ -135,6 +140,7 @@ async def main_async(args: argparse.Namespace) -> int:
             with (
                 nginx(www, work / "nginx") as base,
                 supernode_process(work / "supernode") as node,
+                supernode_process(work / "tokened", "--token-file", str(token)) as tokened,
                 daemon_process(work / "daemon", node["peer"], registry.url) as daemon,
             ):
                 peer, sock = node["peer"], daemon["control_socket"]
@@ -174,6 +180,15 @@ async def main_async(args: argparse.Namespace) -> int:
                     "dfget through a supernode",
                     node_s,
                     f"{node_s / curl:.1f}x curl (target <= 250 ms)",
+                )
+                with_token: tuple[str, ...] = ("--daemon-socket", "", "--token-file", str(token))
+                with_token += ("--supernode", tokened["peer"])
+                through("p8.bin", *with_token)(0)  # (its store warmed)
+                token_s = medians(runs, through("p8.bin", *with_token))
+                row(
+                    "  with a cluster token (the supernode proves it)",
+                    token_s,
+                    f"{token_s / curl:.1f}x curl",
                 )
                 daemon_s = medians(runs, through("p8.bin", *to_daemon))
                 row(

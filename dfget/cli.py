@@ -265,6 +265,10 @@ def _main(argv: list[str] | None) -> int:
     except ValueError as exc:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return UsageError.exit_code
+    if token is not None and posted is None and args.supernode:
+        from proto.admission import stretch_soon
+
+        stretch_soon(token)  # (checked in its first handshake: ready by then, or nearly)
     to_stdout = str(args.output) == "-"
     url, s3 = args.url, None
     if url[:5].lower() == "s3://" and not args.recursive:  # (-r: dfget.tree.command)

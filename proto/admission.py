@@ -20,6 +20,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -39,10 +40,31 @@ def new_challenge() -> bytes:
     return secrets.token_bytes(CHALLENGE_SIZE)
 
 
-@functools.cache
 def proof_key(token: bytes) -> bytes:
     """The key of a supernode's proof: `token` stretched (once a process: call it at
-    start, the first call takes tens of milliseconds)."""
+    start, or `stretch_soon`; the first call takes tens of milliseconds)."""
+    stretching = _stretching.get(token)
+    if stretching is not None and stretching is not threading.current_thread():
+        stretching.join()
+    return _stretched(token)
+
+
+def stretch_soon(token: bytes) -> None:
+    """Start stretching `token` in a thread of its own (scrypt lets go of the
+    interpreter): a process that starts up meanwhile, as dfget imports its modules and
+    connects, finds `proof_key` ready or nearly so."""
+    if token in _stretching:
+        return
+    thread = threading.Thread(target=_stretched, args=(token,), name="stretch", daemon=True)
+    _stretching[token] = thread
+    thread.start()
+
+
+_stretching: dict[bytes, threading.Thread] = {}
+
+
+@functools.cache
+def _stretched(token: bytes) -> bytes:
     return Scrypt(salt=_STRETCH_SALT, length=32, n=_STRETCH_N, r=8, p=1).derive(token)
 
 

@@ -31,8 +31,14 @@ from rawwire import raw_connect, until_closed
 import supernode.cli
 from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven, UsageError
 from dfget.options import PeerOptions
-from proto import ErrorReply, PieceRequest, Registered
-from proto.admission import new_challenge, prove_supernode, verify_supernode
+from proto import ErrorReply, PieceRequest, Registered, admission
+from proto.admission import (
+    new_challenge,
+    proof_key,
+    prove_supernode,
+    stretch_soon,
+    verify_supernode,
+)
 from proto.errors import (
     ConnectionLost,
     ErrorCode,
@@ -710,6 +716,24 @@ def test_the_supernodes_proof_is_keyed_by_the_token_stretched() -> None:
     )
     assert proof == hmac.new(stretched, message, hashlib.sha256).digest()
     assert proof != hmac.new(TOKEN, message, hashlib.sha256).digest()
+
+
+def test_a_token_stretched_in_the_background_is_the_same_key_waited_for() -> None:
+    """dfget stretches its token in a thread while it starts (`stretch_soon`); whoever
+    asks for the key meanwhile waits for that thread rather than stretching it again,
+    and gets what a stretch on the spot gives."""
+    token = os.urandom(32).hex().encode()
+    expected = hashlib.scrypt(
+        token, salt=b"dragonfly-py supernode proof key v1", n=2**14, r=8, p=1, dklen=32
+    )
+    stretched_before = admission._stretched.cache_info().misses
+    stretch_soon(token)
+    stretch_soon(token)  # (one thread a token)
+    assert proof_key(token) == expected  # (asked at once: the thread is still at it)
+    assert not admission._stretching[token].is_alive()
+    stretch_soon(token)  # (done already: nothing more)
+    assert proof_key(token) == expected
+    assert admission._stretched.cache_info().misses == stretched_before + 1  # one scrypt
 
 
 _FUZZ_KEYS = sealed_pair()
