@@ -183,7 +183,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 with_token: tuple[str, ...] = ("--daemon-socket", "", "--token-file", str(token))
                 with_token += ("--supernode", tokened["peer"])
-                through("p8.bin", *with_token)(0)  # (its store warmed)
+                checked = json.loads(timed(dfget(f"{base}/p8.bin", out, "--json", *with_token))[1])
+                if checked["from_source"] or not checked["from_cdn"]:  # (proof refused?)
+                    raise RuntimeError(f"with a token, not through the supernode: {checked}")
                 token_s = medians(runs, through("p8.bin", *with_token))
                 row(
                     "  with a cluster token (the supernode proves it)",

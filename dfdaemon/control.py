@@ -265,7 +265,11 @@ class ControlApi:
                 # download whose origin names no length is answered once it has one.
                 await _while_asked(reply, functools.partial(length_known, blob))
             small = functools.partial(finished_small, blob, PASS_AT_MOST)
-            if taking and (blob.complete or await _while_asked(reply, small)):
+            if (
+                taking
+                and (blob.complete or await _while_asked(reply, small))
+                and reply.can_pass_files  # (again: its user's other passes since the wait)
+            ):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
             elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob

@@ -42,7 +42,7 @@ LINGER = 2.0
 # may leave at most this many unread at once (its next answers are streamed instead),
 # and a connection whose descriptor is unread is held open, in its user's share, until
 # the client reads it or closes its end: the daemon looks this often.
-MAX_UNREAD_PASSES = 4
+MAX_UNREAD_PASSES = 8  # (as many as `dfget -r -j 8` may have on their way)
 UNREAD_POLL = 0.5
 
 

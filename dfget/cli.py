@@ -265,10 +265,12 @@ def _main(argv: list[str] | None) -> int:
     except ValueError as exc:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return UsageError.exit_code
-    if token is not None and posted is None and args.supernode:
+    if token is not None and args.supernode and daemon_socket is None:
+        # No daemon to hand it to: dfget's own handshake will check the supernode's
+        # proof of the token, keyed by the token stretched, ready by then or nearly.
         from proto.admission import stretch_soon
 
-        stretch_soon(token)  # (checked in its first handshake: ready by then, or nearly)
+        stretch_soon(token)
     to_stdout = str(args.output) == "-"
     url, s3 = args.url, None
     if url[:5].lower() == "s3://" and not args.recursive:  # (-r: dfget.tree.command)

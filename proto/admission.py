@@ -16,6 +16,7 @@ rewritten on the way.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -44,23 +45,33 @@ def proof_key(token: bytes) -> bytes:
     """The key of a supernode's proof: `token` stretched (once a process: call it at
     start, or `stretch_soon`; the first call takes tens of milliseconds)."""
     stretching = _stretching.get(token)
-    if stretching is not None and stretching is not threading.current_thread():
+    if stretching is not None:
         stretching.join()
-    return _stretched(token)
+        _stretching.pop(token, None)
+    return _stretched(token)  # (the thread's, or, if it failed, the error here)
 
 
 def stretch_soon(token: bytes) -> None:
     """Start stretching `token` in a thread of its own (scrypt lets go of the
     interpreter): a process that starts up meanwhile, as dfget imports its modules and
-    connects, finds `proof_key` ready or nearly so."""
+    connects, finds `proof_key` ready or nearly so. Without a thread to be had, the
+    stretch is left to `proof_key`."""
     if token in _stretching:
         return
-    thread = threading.Thread(target=_stretched, args=(token,), name="stretch", daemon=True)
+    thread = threading.Thread(target=_stretch_quietly, args=(token,), name="stretch", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # (no thread to be had: a process limit)
+        return
     _stretching[token] = thread
-    thread.start()
 
 
 _stretching: dict[bytes, threading.Thread] = {}
+
+
+def _stretch_quietly(token: bytes) -> None:
+    with contextlib.suppress(BaseException):  # (`proof_key` meets the error itself)
+        _stretched(token)
 
 
 @functools.cache

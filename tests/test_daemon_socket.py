@@ -223,7 +223,8 @@ async def test_a_client_that_never_reads_a_passed_file_keeps_its_share_taken(
         await sock.connect(str(daemon.socket_path))
         await sock.send(_take_file_request(url, "1.0"))
         unread.append(sock)
-    await until(lambda: not control.limit.statistics().open > cap)
+    passing = dfdaemon.httpconn._passing
+    await until(lambda: sum(len(each) for each in passing.values()) == cap)
     await trio.sleep(dfdaemon.httpconn.LINGER + 1.0)
     assert control.limit.statistics().open == cap  # each held for its unread descriptor
     answer, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, True)
@@ -237,6 +238,47 @@ async def test_a_client_that_never_reads_a_passed_file_keeps_its_share_taken(
         os.close(fd)
     assert len(fds) == 1  # (passed again)
     reader.close()
+
+
+async def test_new_small_downloads_waited_for_pass_no_more_than_the_cap(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """A new small download is waited for, then passed: the cap on a user's unread
+    descriptors is checked again when it ends, not only when it was asked for (all of
+    them asked at once, while none was passed yet)."""
+    cap = dfdaemon.httpconn.MAX_UNREAD_PASSES
+    gate = trio.Event()
+    files = {f"/new{i}.bin": os.urandom(64 * 1024 + i) for i in range(cap + 2)}
+    for path, data in files.items():
+        origin.add(path, data, gate_after=1000, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    socks = []
+    for path in files:
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.connect(str(daemon.socket_path))
+        await sock.send(_take_file_request(origin.url(path), "1.0"))
+        socks.append(sock)
+    await until(lambda: all(origin.stats[path].from_start for path in files))
+    gate.set()  # every download ends now, each answer decided only then
+    passing = dfdaemon.httpconn._passing
+    await until(lambda: sum(len(each) for each in passing.values()) == cap)
+    descriptors, streamed = 0, 0
+    with trio.fail_after(20):
+        for sock, data in zip(socks, files.values(), strict=True):
+            received = b""
+            while True:
+                chunk, ancillary, _, _ = await sock.recvmsg(1 << 20, trio.socket.CMSG_SPACE(16))
+                for _, _, raw in ancillary:
+                    for fd in array.array("i", raw):
+                        descriptors += 1
+                        os.close(fd)
+                if not chunk:
+                    break
+                received += chunk
+            streamed += received.endswith(data)
+            sock.close()
+    assert (descriptors, streamed) == (cap, 2)
 
 
 async def test_a_client_gone_while_its_small_download_runs_leaves_it_to_the_next(

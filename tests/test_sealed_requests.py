@@ -8,6 +8,7 @@ import hmac
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -728,12 +729,39 @@ def test_a_token_stretched_in_the_background_is_the_same_key_waited_for() -> Non
     )
     stretched_before = admission._stretched.cache_info().misses
     stretch_soon(token)
+    thread = admission._stretching[token]
     stretch_soon(token)  # (one thread a token)
+    assert admission._stretching[token] is thread
     assert proof_key(token) == expected  # (asked at once: the thread is still at it)
-    assert not admission._stretching[token].is_alive()
-    stretch_soon(token)  # (done already: nothing more)
+    assert not thread.is_alive() and token not in admission._stretching
     assert proof_key(token) == expected
     assert admission._stretched.cache_info().misses == stretched_before + 1  # one scrypt
+
+
+def test_a_stretch_that_fails_in_its_thread_fails_where_the_key_is_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The thread says nothing of its error (no traceback on dfget's stderr): whoever
+    asks for the key meets it, once."""
+    calls = []
+
+    class Failing:
+        def __init__(self, **_: object) -> None:
+            pass
+
+        def derive(self, token: bytes) -> bytes:
+            calls.append(token)
+            raise MemoryError("scrypt: no memory")
+
+    monkeypatch.setattr("proto.admission.Scrypt", Failing)
+    unhandled: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)
+    token = os.urandom(32).hex().encode()
+    stretch_soon(token)
+    with pytest.raises(MemoryError, match="no memory"):
+        proof_key(token)
+    assert calls == [token, token]  # (the thread's, then the asker's own)
+    assert unhandled == [] and "Traceback" not in capsys.readouterr().err
 
 
 _FUZZ_KEYS = sealed_pair()
