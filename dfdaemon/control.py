@@ -153,9 +153,12 @@ def _parse(body: bytes) -> DownloadRequest:
         check_request(data["url"], tuple((k, v) for k, v in headers))
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
+    s3 = _s3_access(data.get("s3"), data["url"])
+    if s3 is not None and filters:
+        raise BadInput("filter: not for an S3 object (its key names it whole)")
     return DownloadRequest(
         url=data["url"],
-        s3=_s3_access(data.get("s3"), data["url"]),
+        s3=s3,
         output=Path(os.devnull),
         headers=tuple((k, v) for k, v in headers),
         digest=digest,
@@ -181,6 +184,8 @@ def _s3_access(value: object, url: str) -> S3Access | None:
         raise BadInput(str(exc)) from exc
     if not url.startswith(access.endpoint + "/"):
         raise BadInput("s3: the url must be on its endpoint")
+    if "?" in url or "#" in url:
+        raise BadInput("s3: the url has no query (its key names the object whole)")
     return access
 
 

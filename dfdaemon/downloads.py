@@ -257,6 +257,7 @@ def _verified(blob: Blob, result: DownloadResult) -> None:
 
 def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:
     blob.error, blob.out = error, None
+    blob.s3 = None  # (failed or stopped: nothing more is asked with its requester's keys)
     ended(blob)
     blob.notify()
 

@@ -185,6 +185,8 @@ async def url_download(
             if current is None and kept is not None:  # the origin could not say: the supernode
                 current = await blobs.still_current(kept, url, headers, s3)
             if kept is None or not current:
+                if blobs.running_url(task_id) is not None:
+                    continue  # started while we asked (another client's): joined once checked
                 return blobs.get_url(task_id, url, headers, s3)
             if blobs.kept_url(task_id) is kept:  # still the one that was checked
                 return kept

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from xml.etree import ElementTree
+from xml.parsers import expat
 
 import httpx
 import trio
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfget")
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+MAX_KEY = 1024  # bytes of an S3 object key (UTF-8): what the stores allow
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 WARNED_OUTSIDE = 10  # keys listed outside the prefix warned of, a listing (the rest quietly)
 
@@ -210,6 +212,7 @@ class S3PrefixLister(KeptHeads):
 def _parse_page(
     body: bytes, where: str
 ) -> tuple[list[tuple[str, int | None, str | None]], str | None]:
+    _refuse_dtd(body, where)
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError as exc:
@@ -219,6 +222,8 @@ def _parse_page(
         key = item.findtext(f"{_NS}Key")
         if key is None:
             continue
+        if utf8_size(key) > MAX_KEY:
+            raise ListingError(f"listing {where}: a key over {MAX_KEY} bytes (not S3's)")
         size_text = item.findtext(f"{_NS}Size") or ""
         # ASCII digits, at most 20 (`int` takes other digits, and refuses 4300 of them)
         plain = size_text.isascii() and size_text.isdigit() and len(size_text) <= 20
@@ -229,6 +234,23 @@ def _parse_page(
     if truncated and not token:
         raise ListingError(f"listing {where}: a truncated page without a continuation token")
     return keys, token
+
+
+def _refuse_dtd(body: bytes, where: str) -> None:
+    """ListingError if the page declares a document type: S3 never sends one, and its
+    entities would expand a 4 MiB page a hundredfold in memory (a lying endpoint).
+    Scanned by expat alone, which stops at the declaration, before any expansion."""
+
+    def refuse(*_: object) -> None:
+        raise ListingError(f"listing {where}: a document type declaration: not S3's answer")
+
+    scanner = expat.ParserCreate()
+    scanner.StartDoctypeDeclHandler = refuse
+    scanner.EntityDeclHandler = refuse
+    try:
+        scanner.Parse(body, True)
+    except expat.ExpatError as exc:
+        raise ListingError(f"listing {where}: not a ListObjectsV2 answer: {exc}") from exc
 
 
 def prefix_lister(

@@ -1157,3 +1157,54 @@ async def test_a_daemon_that_cannot_keep_the_file_leaves_dfget_to_it(
     result = await fetch(origin.url("/f.bin"), node, daemon_socket=daemon.socket_path)
     assert Path(result.output).read_bytes() == data
     assert result.daemon is None  # (downloaded by itself)
+
+
+async def test_a_download_started_while_a_kept_copy_is_checked_is_joined_only_once_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client asks for a URL whose kept copy turns out stale; while its checks run,
+    another (allowed) client starts a new download of it. The first must be checked
+    as a joiner of that download (its own access with the origin), never handed it."""
+    from dfdaemon import sharing
+
+    running: list[object] = []
+    other = object()  # the download the allowed client started
+
+    class Blobs:
+        def running_url(self, task_id: str) -> object | None:
+            return running[0] if running else None
+
+        def kept_url(self, task_id: str) -> object:
+            return "kept"
+
+        async def still_current(self, *args: object) -> bool:
+            return False  # (the supernode could not say yes)
+
+        def get_url(self, *args: object) -> object:
+            return running[0] if running else "a new download"
+
+    async def stale_meanwhile(*args: object) -> None:
+        running.append(other)  # started by the other client while we asked
+        await trio.lowlevel.checkpoint()
+
+    async def refused(*args: object) -> None:
+        raise sharing.JoinRefused("origin answered 403", 403)
+
+    async def allowed(*args: object) -> None:
+        pass
+
+    monkeypatch.setattr(sharing, "check_policy", allowed)
+    monkeypatch.setattr(sharing, "check_kept", stale_meanwhile)
+    monkeypatch.setattr(sharing, "check_join", refused)
+
+    class Upstream:
+        policy = None
+
+    with pytest.raises(sharing.JoinRefused):
+        await sharing.url_download(
+            Blobs(),  # type: ignore[arg-type]
+            Upstream(),  # type: ignore[arg-type]
+            "t" * 64,
+            "http://o/private",
+            (),
+        )

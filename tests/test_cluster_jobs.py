@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from common.rendezvous import rank
 from supernode.cdn.task import TaskSpec
 from supernode.cluster import jobstore
 from supernode.cluster.jobrecords import (
+    ENDED_TTL,
     JOBS_KEY,
+    MAX_JOB,
     OPEN_KEY,
     Job,
     Request,
@@ -30,7 +33,13 @@ from supernode.cluster.jobrecords import (
     job_key,
     lease_key,
 )
-from supernode.cluster.jobs import PreheatJobs, _preheat, _progress
+from supernode.cluster.jobs import (
+    MAX_OPEN_AGE,
+    PreheatJobs,
+    _preheat,
+    _progress,
+    fits_when_run,
+)
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
@@ -273,6 +282,51 @@ async def test_hostile_entries_in_redis_are_ignored(
     assert not {entry["id"] for entry in listed["preheats"]} & {*junk, "d" * 32}
     await until(lambda: not names(client.zrange(OPEN_KEY, 0, -1)) - {"e" * 32})
     assert not names(client.zrange(JOBS_KEY, 0, -1)) & set(not_ids)
+    # What no member can read is deleted, not only closed: it may hold credentials.
+    assert not names(client.zrange(JOBS_KEY, 0, -1)) & {*junk, "d" * 32}
+    assert client.exists(*(job_key(bad) for bad in [*junk, "d" * 32])) == 0
+    client.close()
+
+
+def test_a_request_that_would_not_fit_once_running_is_refused_at_once() -> None:
+    """A record that fits pending but not with its runner's id and times: it could be
+    written by the runner but read back by nobody, and would never end."""
+    assert fits_when_run(JOB)
+    assert JOB.request is not None
+    headers = JOB.request.headers
+    while len(_headed(headers).encode()) < MAX_JOB - 10_000:
+        headers = (*headers, ("X-Pad", "p" * 8000))
+    room = MAX_JOB - 20 - len(_headed((*headers, ("X-Last", ""))).encode())
+    padded = _headed((*headers, ("X-Last", "p" * room)))
+    assert len(padded.encode()) == MAX_JOB - 20
+    assert decode_job(JOB.id, padded.encode()) is not None  # (readable while pending)
+    assert not fits_when_run(padded)
+
+
+def _headed(headers: tuple[tuple[str, str], ...]) -> Job:
+    assert JOB.request is not None
+    return replace(JOB, request=replace(JOB.request, headers=headers))
+
+
+@needs_redis
+async def test_a_job_nobody_ran_within_a_day_ends_and_drops_its_credentials(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    """Its owner may be a member that does not run jobs, or gone for good: any member
+    ends it as failed, its request dropped, and its record then expires."""
+    client = redis_server.client()
+    old = "f" * 32
+    client.set(job_key(old), _with(id=old, created=time.time() - MAX_OPEN_AGE - 60))
+    for key in (OPEN_KEY, JOBS_KEY):
+        client.zadd(key, {old: 1})
+    await members(start_supernode, tmp_path, redis_server.url, 1)
+    await until(lambda: client.zscore(OPEN_KEY, old) is None)
+    raw = client.get(job_key(old))
+    assert isinstance(raw, bytes) and b"Basic" not in raw
+    ended = decode_job(old, raw)
+    assert ended is not None and ended.state == "failed" and ended.request is None
+    assert "within 24 hours" in (ended.error or "")
+    assert 0 < client.pttl(job_key(old)) <= ENDED_TTL * 1000
     client.close()
 
 

@@ -337,3 +337,25 @@ async def test_a_fetch_stopped_mid_stream_resumes_after_a_restart(
     assert Path(result.output).read_bytes() == data
     resumed = [dict(h).get("range", "") for m, h in slow.stats["/f.bin"].requests if m == "GET"]
     assert resumed[-1].startswith("bytes=") and not resumed[-1].startswith("bytes=0-")
+
+
+@pytest.mark.parametrize("streams", [1, STREAMS])
+async def test_a_part_answered_for_the_whole_file_fails_the_task(
+    start_supernode: StartSupernode, fetch: Fetch, streams: int
+) -> None:
+    """An origin that answers a plain GET with 206 and a part (as S3 does for
+    `?partNumber=1`, which a requester may filter out of the task id), with the whole
+    file's ETag: nothing of it is stored as the file, whose later requesters would
+    revalidate against that ETag and take the part for the whole."""
+    node = await start_supernode(origin_streams=streams)
+    data = os.urandom(SIZE)
+    part = data[: SIZE // 2]
+
+    def answer(seen: Seen) -> Answer:
+        headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{len(part) - 1}/{SIZE}")]
+        return Answer(206, headers, part)
+
+    _, output, task = await _fetch_from(answer, node, fetch, back_source=False)
+    assert output is None
+    assert task is not None and task.state is TaskState.FAILED
+    assert "206" in str(task.error)

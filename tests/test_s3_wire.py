@@ -5,6 +5,8 @@ quotes the credentials it carried."""
 from __future__ import annotations
 
 import gzip
+import json
+import tracemalloc
 from collections.abc import Callable
 from functools import partial
 
@@ -228,6 +230,48 @@ async def test_a_hostile_listing_is_bounded(
     assert all(b"accept-encoding: identity" in request.lower() for request in requests)
 
 
+_BOMB = (
+    b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY e "' + b"k" * 2500 + b'">]>'
+    b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    + b"<Contents><Key>&e;</Key></Contents>" * 2000
+    + b"</ListBucketResult>"
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        (_BOMB, "a document type declaration"),
+        (
+            _BOMB.decode().replace("?>", ' encoding="UTF-16"?>', 1).encode("utf-16"),
+            "document type",
+        ),
+        (LAST_PAGE % contents("p/" + "k" * 1030, "1"), "a key over 1024 bytes"),
+        (b"<ListBucketResult", "not a ListObjectsV2 answer"),
+    ],
+    ids=["entities", "entities-in-utf-16", "key-too-long", "cut-short"],
+)
+def test_a_listing_page_that_is_not_s3s_is_refused_before_it_grows(
+    page: bytes, message: str
+) -> None:
+    """A page that declares entities would expand a hundredfold in memory as it is
+    parsed (a 4 MiB page to hundreds of MiB): S3 never sends a document type, so one is
+    refused before anything is expanded, whatever the page's encoding."""
+    from dfget.s3list import _parse_page
+    from dfget.tree.entries import ListingError
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ListingError, match=message):
+            _parse_page(page, "s3://bucket/p/")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(page) + (1 << 20)
+    keys, token = _parse_page(LAST_PAGE % contents("p/fine.bin", "3"), "s3://bucket/p/")
+    assert (keys, token) == ([("p/fine.bin", 3, None)], None)
+
+
 def test_a_register_naming_an_s3_object_by_a_digest_is_refused_for_its_task() -> None:
     """A digest-named task is read without the origin's say: a supernode takes none for
     an S3 object, whose task its URL names (each requester's keys checked). Refused for
@@ -251,3 +295,27 @@ def test_a_register_naming_an_s3_object_by_a_digest_is_refused_for_its_task() ->
     with pytest.raises(ValueError, match="named by its url"):
         TaskSpec.from_request(register.url, (), digest=register.digest, s3=register.s3)
     assert TaskSpec.from_request(register.url, (), s3=register.s3).digest is None
+
+
+@pytest.mark.parametrize(
+    ("url", "filter_keys"),
+    [("http://s3:9/bucket/key?partNumber=1", ("partNumber",)), ("http://s3:9/bucket/key", ("x",))],
+    ids=["a-part-filtered-out", "a-filter"],
+)
+def test_an_s3_object_named_with_a_query_or_a_filter_is_refused_for_its_task(
+    url: str, filter_keys: tuple[str, ...]
+) -> None:
+    """`?partNumber=1` with that key filtered out would give a part the whole object's
+    task id (and S3 answers it with the object's ETag): refused for that task, as a
+    digest is (BAD_REQUEST), and by the daemon for its client."""
+    from dfdaemon.control import BadInput, _parse
+    from proto.messages import S3Access
+    from supernode.cdn.task import TaskSpec
+
+    access = S3Access("http://s3:9", "us-east-1", "AKIDEXAMPLE", SECRET, TOKEN)
+    with pytest.raises(ValueError, match="no query and takes no filter"):
+        TaskSpec.from_request(url, (), filter_keys=filter_keys, s3=access)
+    assert TaskSpec.from_request(url.split("?")[0], (), s3=access).filter == ()
+    fields = {"url": url, "filter": list(filter_keys), "s3": access._asdict()}
+    with pytest.raises(BadInput, match=r"s3: the url has no query|filter: not for an S3"):
+        _parse(json.dumps(fields).encode())

@@ -362,6 +362,11 @@ def _start(
     (`total`: the whole file's length when the response is its first chunk)."""
     if task.spec.range and response.status != 206:
         raise BadRequest("origin ignored the Range header (answered 200, not 206)")
+    if not task.spec.range and total is None and response.status == 206:
+        # A part for all of it (an S3 `?partNumber=`, a query another requester filtered
+        # out of the task id): stored as the whole file, every later requester's
+        # revalidation would pass on the whole file's ETag.
+        raise BadRequest("origin answered 206 (a part of the file) to a request for all of it")
     length = response.length if total is None else total
     first, last = task.spec.range or (0, None)
     if length is not None and last is not None and length != last - first + 1:

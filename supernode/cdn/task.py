@@ -57,9 +57,13 @@ class TaskSpec:
     ) -> TaskSpec:
         """Raises ValueError for a bad URL, digest or Range, or an S3 object named by a
         digest (a digest-named task is served to whoever names the digest, without
-        asking the origin: a private object's would reach peers without its keys)."""
+        asking the origin: a private object's would reach peers without its keys), or by
+        a URL with a query or a filter (its quoted key names it whole: a query such as
+        `partNumber` names other bytes, which a filter would give the object's id)."""
         if s3 is not None and digest is not None:
             raise ValueError("an S3 object's task is named by its url, not a digest")
+        if s3 is not None and ("?" in url or "#" in url or filter_keys):
+            raise ValueError("an S3 object's url has no query and takes no filter")
         range_header = next((v for k, v in headers if k.lower() == "range"), None)
         task_id = task_id_for(
             url, digest=digest, tag=tag, filter_keys=filter_keys, range_header=range_header

@@ -53,6 +53,9 @@ from supernode.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 FINAL_TRIES = 30  # heartbeat periods a finished job's end is retried, Redis away
+# A job still open (pending, or its runner gone) this long after it was posted ends as
+# failed, its request and credentials dropped: nothing keeps them in Redis for good.
+MAX_OPEN_AGE = 24 * 3600.0
 
 T = TypeVar("T")
 STEP = 0.1  # seconds between two looks at a running job's local state
@@ -91,7 +94,7 @@ class PreheatJobs:
         now = time.time()
         rank_key = _rank_key(job_id, kind, request)
         job = Job(job_id, kind, display_url(url), rank_key, now, request, updated=now)
-        if decode_job(job_id, job.encode()) is None:  # what others could not read back
+        if not fits_when_run(job):  # what others could not read back, once it runs
             raise JobTooLarge(
                 f"the preheat request is too large to keep in the cluster's Redis (a URL, "
                 f"header or tag over {TEXT} characters, or over {MAX_JOB} bytes in all)"
@@ -195,14 +198,24 @@ class PreheatJobs:
         listed = await self._call(
             lambda: [(*entry, decode_job(*entry[:2])) for entry in store.open_jobs()]
         )
-        closing = []
+        ended: list[str] = []
+        unreadable: list[str] = []
+        now = time.time()
         for job_id, raw, leased, job in listed:
-            if job is None or job.ended:
-                if job is None and raw is not None:
+            if leased:
+                continue  # (its runner has it: its record was not read)
+            if job is None:
+                if raw is not None:
                     self._warn_malformed(job_id)
-                closing.append(job_id)  # gone, ended or junk: not open any more
+                unreadable.append(job_id)  # gone or junk: forgotten, its record deleted
                 continue
-            if leased or job_id in self.running or len(self.running) >= MAX_RUNNING:
+            if job.ended:
+                ended.append(job_id)
+                continue
+            if now - job.created > MAX_OPEN_AGE:  # nobody took it: it ends, and its request
+                await self._expire(job, now)  # (with the credentials in it) goes
+                continue
+            if job_id in self.running or len(self.running) >= MAX_RUNNING:
                 continue
             if self.membership.owner(job.rank_key).id != self.membership.id:
                 continue
@@ -212,8 +225,17 @@ class PreheatJobs:
                 self.running[job_id] = preheat
                 self.leased.add(job_id)
                 nursery.start_soon(self._run_job, job, preheat)
-        if closing:
-            await self._call(self.store.close_open, closing)
+        if ended or unreadable:
+            await self._call(self.store.close_open, ended, unreadable)
+
+    async def _expire(self, job: Job, now: float) -> None:
+        """End a job open for longer than MAX_OPEN_AGE with no runner (its owner may be
+        a member that does not run jobs, or gone for good): failed, its request dropped.
+        Any member does it; the write is refused if someone took the job meanwhile."""
+        hours = MAX_OPEN_AGE / 3600
+        error = f"no supernode of the cluster ran it within {hours:g} hours"
+        if await self._write(job.ending("failed", error, now)):
+            log.warning("preheat %s: %s: failed", job.id[:8], error)
 
     async def _run_job(self, job: Job, preheat: Preheat) -> None:
         """Run our job in the local `Preheats`; write its progress every period (which
@@ -246,7 +268,7 @@ class PreheatJobs:
                         )
                         return
             error = None if preheat.error is None else preheat.error[:TEXT]
-            final = _progress(job, preheat).ending(preheat.state, error, time.time())
+            final = _fitted(_progress(job, preheat).ending(preheat.state, error, time.time()))
             done = await self._write(final)
             tries = 0
             while done is None and tries < FINAL_TRIES:  # Redis away: write it once it
@@ -342,12 +364,26 @@ def _progress(job: Job, preheat: Preheat) -> Job:
     has ended): only `Job.ending` writes an end, and it drops the request with the
     credentials in it in the same write, so no reader sees a job ended whose record
     still holds them."""
-    tasks = tuple(preheat.summary()["tasks"])
-    progress = replace(job, state="running", tasks=tasks)
-    while tasks and len(progress.encode()) > MAX_JOB:
+    return _fitted(replace(job, state="running", tasks=tuple(preheat.summary()["tasks"])))
+
+
+def _fitted(job: Job) -> Job:
+    """`job` with as many of its tasks as let its record fit MAX_JOB."""
+    tasks = job.tasks
+    while tasks and len(job.encode()) > MAX_JOB:
         tasks = tasks[: len(tasks) // 2]
-        progress = replace(progress, tasks=tasks)
-    return progress
+        job = replace(job, tasks=tasks)
+    return job
+
+
+def fits_when_run(job: Job) -> bool:
+    """Whether a pending job's record still fits MAX_JOB as its runner writes it (with a
+    runner's id, its attempts and times, no tasks): one that does not could be written
+    but never read back, and would stay in Redis, credentials and all."""
+    running = replace(
+        job, state="running", runner="m" * 64, attempts=(1 << 31) - 1, updated=job.created * 2
+    )
+    return decode_job(job.id, running.encode()) is not None
 
 
 def _decoded(listed: list[tuple[str, bytes | None]]) -> list[tuple[str, Job | None]]:

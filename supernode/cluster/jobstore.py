@@ -9,6 +9,7 @@ job is still open (a job another member finished is never written back to runnin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from supernode.cluster.jobrecords import (
@@ -101,26 +102,39 @@ class RedisJobs:
         return bool(written)
 
     def open_jobs(self) -> list[tuple[str, bytes | None, bool]]:
-        """The open jobs, oldest first: (id, raw record, whether a lease is held). Ids
-        that cannot be ours leave the open set."""
+        """The open jobs, oldest first: (id, raw record, whether a lease is held). A
+        leased job's record is not read (its runner has it: None). Ids that cannot be
+        ours leave the open set."""
         ids = self._ids(self.client.zrange(OPEN_KEY, 0, MAX_OPEN - 1), OPEN_KEY)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
+            pipe.exists(lease_key(job_id))
+        leases = pipe.execute(raise_on_error=False)  # a key of another type: its error
+        free = [job_id for job_id, leased in zip(ids, leases, strict=True) if leased != 1]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in free:
             pipe.strlen(job_key(job_id))
             pipe.getrange(job_key(job_id), 0, MAX_JOB)
-            pipe.exists(lease_key(job_id))
-        answers = pipe.execute(raise_on_error=False)  # a key of another type: its error
-        return [
-            (job_id, _raw(size, raw), leased == 1)
-            for job_id, size, raw, leased in zip(
-                ids, answers[::3], answers[1::3], answers[2::3], strict=True
-            )
-        ]
+        answers = pipe.execute(raise_on_error=False)
+        raws = {
+            job_id: _raw(size, raw)
+            for job_id, size, raw in zip(free, answers[::2], answers[1::2], strict=True)
+        }
+        return [(job_id, raws.get(job_id), job_id not in raws) for job_id in ids]
 
-    def close_open(self, job_ids: list[str]) -> None:
-        """Take jobs out of the open set (their record is gone, ended or junk)."""
-        if job_ids:
-            self.client.zrem(OPEN_KEY, *job_ids)
+    def close_open(self, ended: Sequence[str], unreadable: Sequence[str] = ()) -> None:
+        """Take jobs out of the open set: `ended` ones (their record stays, for its TTL),
+        and `unreadable` ones, whose record (missing, malformed, oversized) is deleted
+        and forgotten: no member could run or show it, and it may hold credentials."""
+        gone = [*ended, *unreadable]
+        if not gone:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(OPEN_KEY, *gone)
+        if unreadable:
+            pipe.delete(*(job_key(job_id) for job_id in unreadable))
+            pipe.zrem(JOBS_KEY, *unreadable)
+        pipe.execute()
 
     def read(self, job_id: str) -> bytes | None:
         pipe = self.client.pipeline(transaction=False)
