@@ -48,7 +48,7 @@ MIB = 1024 * 1024
 
 
 async def members(
-    start_supernode: StartSupernode, tmp_path: Path, url: str, count: int
+    start_supernode: StartSupernode, tmp_path: Path, url: str, count: int, period: float = PERIOD
 ) -> list[RunningSupernode]:
     """COUNT in-process members of the cluster at URL, once each lists them all."""
     nodes = [
@@ -56,7 +56,7 @@ async def members(
             data_dir=tmp_path / f"sn{i}",
             admin_listen=("127.0.0.1", 0),
             cluster=url,
-            cluster_heartbeat=PERIOD,
+            cluster_heartbeat=period,
         )
         for i in range(count)
     ]
@@ -403,3 +403,31 @@ async def test_alone_the_preheats_are_as_before(
         listed = await get_object(admin, "/api/v1/preheats?limit=5")
     assert set(done) == {"id", "type", "url", "state", "error", "tasks"}
     assert listed == {"redis": "off", "preheats": [done]}
+
+
+@needs_redis
+async def test_a_member_back_from_a_redis_outage_takes_no_job_for_a_member_ttl(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path, origin: FakeOrigin
+) -> None:
+    """After an outage longer than the members' TTL every record and lease in Redis has
+    lapsed: the first member back sees itself alone, and would take every job that live
+    runners, not yet back, still fetch (each fetched twice). It takes none for one TTL
+    (three periods), within which every live member writes again."""
+    period = 0.5
+    [node] = await members(start_supernode, tmp_path, redis_server.url, 1, period=period)
+    membership = node.node.membership
+    await redis_server.stop()
+    await until(lambda: membership.health == "down")
+    await redis_server.start()
+    await until(lambda: membership.health == "up")
+    back = time.monotonic()
+    origin.add("/f.bin", b"after the outage" * 100)
+    async with admin_client(node) as admin:
+        path = f"/api/v1/preheats/{await post_file(admin, origin.url('/f.bin'))}"
+        with trio.fail_after(20):
+            while (await get_object(admin, path))["attempts"] == 0:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        taken = time.monotonic() - back
+        done = await preheat_ended(admin, path)
+    assert done["state"] == "succeeded" and done["attempts"] == 1
+    assert taken >= 3 * period - 0.3, taken  # (less how late we saw Redis back)

@@ -217,6 +217,8 @@ class PreheatJobs:
                 continue
             if job_id in self.running or len(self.running) >= MAX_RUNNING:
                 continue
+            if self.membership.settling():  # (right after an outage: its runner, alive,
+                continue  # may not have renewed its lease yet, nor be back in our view)
             if self.membership.owner(job.rank_key).id != self.membership.id:
                 continue
             lease = self._lease()

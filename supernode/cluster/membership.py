@@ -64,6 +64,7 @@ class Membership:
         self.redis_up: bool | None = None  # None: not tried yet (or no cluster)
         self.heartbeat_failures = 0
         self.last_heartbeat: float | None = None  # time.monotonic() of our last accepted one
+        self.back_at: float | None = None  # time.monotonic() Redis came back after an outage
         self.seen: dict[str, Seen] = {}
         self._warned: set[str] = set()
         # Kept by the tasks' state in Redis (taskstate.py): tasks adopted from a dead
@@ -80,6 +81,14 @@ class Membership:
         if self.settings is None:
             return "off"
         return "up" if self.redis_up else "down"
+
+    def settling(self) -> bool:
+        """Whether Redis came back from an outage less than one member TTL ago: the
+        other members, and their job leases, may not be back in it yet (each writes
+        again within a period), so this view may wrongly show them gone."""
+        if self.back_at is None or self.settings is None:
+            return False
+        return time.monotonic() - self.back_at < self.settings.ttl
 
     def _record(self) -> Member:
         ttl = self.settings.ttl if self.settings else 0.0
@@ -205,6 +214,7 @@ class Membership:
                 "cluster %s: Redis is back: registered again",
                 self.settings.display if self.settings else "",
             )
+            self.back_at = time.monotonic()
         self.redis_up = True
         self.last_heartbeat = sent
         now = time.monotonic()
