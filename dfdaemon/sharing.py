@@ -95,6 +95,7 @@ async def check_join(
     """May a client with `headers`, asking for `url`, share `blob`'s running download?
     JoinRefused (the origin's status) if the origin refuses it, ContentDiffers if it
     would get other content, UpstreamError if the origin cannot be reached."""
+    first_s3 = blob.s3  # (as the download started: dropped if it fails meanwhile)
     answer = await ask_origin(upstream, url, headers, s3)
     if not 200 <= answer.status_code < 300:
         raise JoinRefused(
@@ -103,7 +104,7 @@ async def check_join(
     theirs = Validators.of(answer)
     ours = blob.validators
     if ours is None:  # the first time someone joins: what did its first client get?
-        first = await ask_origin(upstream, blob.url, blob.headers, blob.s3)
+        first = await ask_origin(upstream, blob.url, blob.headers, first_s3)
         if not 200 <= first.status_code < 300:
             raise ContentDiffers(
                 f"{display_url(url)}: cannot compare with the running download "

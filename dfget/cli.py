@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=flags.csv,
         default=(),
         metavar="KEY[,KEY…]",
-        help="query keys that do not change the content (e.g. signatures), left out of the id",
+        help="query keys that do not change the content (e.g. signatures), left out of the id "
+        "(not for s3:// URLs)",
     )
     parser.add_argument(
         "--timeout",
@@ -250,6 +251,8 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not args.recursive and (args.include or args.exclude):
         parser.error("--include and --exclude go with -r")
+    if args.filter and args.url[:5].lower() == "s3://":
+        parser.error("--filter is not for s3:// URLs (an object's key names it whole)")
     started = time.monotonic()
     daemon_socket = _daemon_socket(args.daemon_socket)
     posted = _post_early(args, daemon_socket)

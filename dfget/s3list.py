@@ -249,7 +249,7 @@ def _refuse_dtd(body: bytes, where: str) -> None:
     scanner.EntityDeclHandler = refuse
     try:
         scanner.Parse(body, True)
-    except expat.ExpatError as exc:
+    except (expat.ExpatError, ValueError, LookupError) as exc:  # (an encoding expat lacks)
         raise ListingError(f"listing {where}: not a ListObjectsV2 answer: {exc}") from exc
 
 

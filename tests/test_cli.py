@@ -154,6 +154,8 @@ BAD_ARGUMENTS = {
     "bad-supernode": ["http://127.0.0.1:9/f.bin", "-o", "out.bin", "--supernode", "nohost"],
     "too-many-jobs": ["-r", "http://127.0.0.1:9/d/", "-o", "d", "-j", "257"],
     "no-jobs": ["-r", "http://127.0.0.1:9/d/", "-o", "d", "-j", "0"],
+    "s3-with-filter": ["s3://bucket/key", "-o", "out.bin", "--filter", "partNumber"],
+    "s3-tree-with-filter": ["-r", "s3://bucket/p/", "-o", "d", "--filter", "x"],
 }
 
 

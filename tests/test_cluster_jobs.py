@@ -285,7 +285,50 @@ async def test_hostile_entries_in_redis_are_ignored(
     # What no member can read is deleted, not only closed: it may hold credentials.
     assert not names(client.zrange(JOBS_KEY, 0, -1)) & {*junk, "d" * 32}
     assert client.exists(*(job_key(bad) for bad in [*junk, "d" * 32])) == 0
+    # A lease not in a lease's form is deleted: its job (posted long ago) then ends.
+    await until(lambda: client.exists(lease_key("e" * 32)) == 0)
+    await until(lambda: client.zscore(OPEN_KEY, "e" * 32) is None)
     client.close()
+
+
+def test_a_passing_redis_error_in_a_scan_forgets_no_job() -> None:
+    """With `raise_on_error=False` an error reply (BUSY, MASTERDOWN, a timeout on one
+    command) comes back as a value: such an id is left for the next scan, never taken
+    for a free job nor for an unreadable one (which would be deleted)."""
+    from redis.exceptions import ResponseError
+
+    busy = ResponseError("BUSY Redis is busy running a script")
+    wrong = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    ids = [c * 32 for c in "abcde"]
+    rounds = [
+        [busy, -2, b"none", -2, b"none", -2, b"list", -1, b"string", 900],  # TYPE, PTTL
+        [busy, b"", wrong, wrong],  # STRLEN, GETRANGE of the free ones (b, c)
+    ]
+    cleared: list[list[str]] = []
+
+    class Pipe:
+        def __getattr__(self, name: str) -> Any:
+            return lambda *args, **kwargs: None
+
+        def execute(self, raise_on_error: bool = True) -> list[object]:
+            return rounds.pop(0)
+
+    class Client:
+        def zrange(self, *args: object) -> list[bytes]:
+            return [i.encode() for i in ids]
+
+        def pipeline(self, transaction: bool = True) -> Pipe:
+            return Pipe()
+
+    store = object.__new__(jobstore.RedisJobs)
+    store.client = Client()  # type: ignore[assignment]
+    store._clear_broken = lambda keys: cleared.append(keys)  # type: ignore[assignment]
+    listed = store.open_jobs()
+    # a: its lease unknown this time; b: its record unknown this time: both left out.
+    # c: a key of another type where its record goes: unreadable (None). d: a list
+    # where a lease goes: cleared, looked at next time. e: leased, its record not read.
+    assert listed == [("c" * 32, None, False), ("e" * 32, None, True)]
+    assert cleared == [[lease_key("d" * 32)]]
 
 
 def test_a_request_that_would_not_fit_once_running_is_refused_at_once() -> None:

@@ -359,3 +359,21 @@ async def test_a_part_answered_for_the_whole_file_fails_the_task(
     assert output is None
     assert task is not None and task.state is TaskState.FAILED
     assert "206" in str(task.error)
+
+
+async def test_a_206_that_names_the_whole_file_is_the_file(
+    start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    """Some origins answer a plain GET with 206 and `bytes 0-N-1/N`: all of it."""
+    node = await start_supernode()
+    data = os.urandom(SIZE)
+
+    def answer(seen: Seen) -> Answer:
+        if seen.headers.get("range"):
+            return Answer(416)
+        headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{SIZE - 1}/{SIZE}")]
+        return Answer(206, headers, data)
+
+    _, output, task = await _fetch_from(answer, node, fetch, back_source=False)
+    assert output == data
+    assert task is not None and task.state is TaskState.DONE

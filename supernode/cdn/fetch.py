@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from common.io import RateLimiter, unwrap_group
+from common.units import header_int
 from common.urls import display_url
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
@@ -351,6 +352,16 @@ def _begin_adopted(task: CdnTask, store: Store) -> None:
     task.begin(task.length, task.piece_size, task.validators, pieces)
 
 
+def _whole(response: OriginResponse) -> bool:
+    """Whether a 206 names the whole file (`bytes 0-N-1/N` and N bytes, as some origins
+    answer a plain GET): what a part can never claim."""
+    unit, _, spec = (response.content_range or "").partition(" ")
+    span, _, total_text = spec.partition("/")
+    first, _, last = span.partition("-")
+    total, start, end = header_int(total_text), header_int(first), header_int(last)
+    return unit == "bytes" and start == 0 and end is not None and end + 1 == total
+
+
 def _start(
     task: CdnTask,
     store: Store,
@@ -362,11 +373,11 @@ def _start(
     (`total`: the whole file's length when the response is its first chunk)."""
     if task.spec.range and response.status != 206:
         raise BadRequest("origin ignored the Range header (answered 200, not 206)")
-    if not task.spec.range and total is None and response.status == 206:
+    if not task.spec.range and total is None and response.status == 206 and not _whole(response):
         # A part for all of it (an S3 `?partNumber=`, a query another requester filtered
         # out of the task id): stored as the whole file, every later requester's
         # revalidation would pass on the whole file's ETag.
-        raise BadRequest("origin answered 206 (a part of the file) to a request for all of it")
+        raise OriginBroken("origin answered 206 (a part of the file) to a request for all of it")
     length = response.length if total is None else total
     first, last = task.spec.range or (0, None)
     if length is not None and last is not None and length != last - first + 1:

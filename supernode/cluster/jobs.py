@@ -25,6 +25,7 @@ and, on the trio side, by three of them: a silent Redis never hangs a request.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -199,6 +200,7 @@ class PreheatJobs:
             lambda: [(*entry, decode_job(*entry[:2])) for entry in store.open_jobs()]
         )
         ended: list[str] = []
+        malformed: list[str] = []
         unreadable: list[str] = []
         now = time.time()
         for job_id, raw, leased, job in listed:
@@ -207,18 +209,20 @@ class PreheatJobs:
             if job is None:
                 if raw is not None:
                     self._warn_malformed(job_id)
-                unreadable.append(job_id)  # gone or junk: forgotten, its record deleted
+                # Gone or junk: forgotten, record and all; a job's JSON this member cannot
+                # take (a newer member's?): closed, its record left to expire.
+                (malformed if _a_job(job_id, raw) else unreadable).append(job_id)
                 continue
             if job.ended:
                 ended.append(job_id)
                 continue
-            if now - job.created > MAX_OPEN_AGE:  # nobody took it: it ends, and its request
-                await self._expire(job, now)  # (with the credentials in it) goes
+            if self.membership.settling():  # (right after an outage: its runner, alive,
+                continue  # may not have renewed its lease yet, nor be back in our view)
+            if now - max(job.created, job.updated) > MAX_OPEN_AGE:  # nobody ran it for a
+                await self._expire(job, now)  # day: it ends, its request (credentials) goes
                 continue
             if job_id in self.running or len(self.running) >= MAX_RUNNING:
                 continue
-            if self.membership.settling():  # (right after an outage: its runner, alive,
-                continue  # may not have renewed its lease yet, nor be back in our view)
             if self.membership.owner(job.rank_key).id != self.membership.id:
                 continue
             lease = self._lease()
@@ -227,8 +231,10 @@ class PreheatJobs:
                 self.running[job_id] = preheat
                 self.leased.add(job_id)
                 nursery.start_soon(self._run_job, job, preheat)
-        if ended or unreadable:
-            await self._call(self.store.close_open, ended, unreadable)
+        if ended or malformed:
+            await self._call(self.store.close_open, ended, malformed)
+        if unreadable:
+            await self._call(self.store.forget, unreadable)
 
     async def _expire(self, job: Job, now: float) -> None:
         """End a job open for longer than MAX_OPEN_AGE with no runner (its owner may be
@@ -369,6 +375,17 @@ def _progress(job: Job, preheat: Preheat) -> Job:
     return _fitted(replace(job, state="running", tasks=tuple(preheat.summary()["tasks"])))
 
 
+def _a_job(job_id: str, raw: bytes | None) -> bool:
+    """Whether `raw` is at least a JSON object of the job `job_id`."""
+    if raw is None:
+        return False
+    try:
+        fields = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(fields, dict) and fields.get("id") == job_id
+
+
 def _fitted(job: Job) -> Job:
     """`job` with as many of its tasks as let its record fit MAX_JOB."""
     tasks = job.tasks
@@ -382,8 +399,12 @@ def fits_when_run(job: Job) -> bool:
     """Whether a pending job's record still fits MAX_JOB as its runner writes it (with a
     runner's id, its attempts and times, no tasks): one that does not could be written
     but never read back, and would stay in Redis, credentials and all."""
-    running = replace(
-        job, state="running", runner="m" * 64, attempts=(1 << 31) - 1, updated=job.created * 2
+    running = replace(  # (the longest member id, attempts and number JSON has)
+        job,
+        state="running",
+        runner="m" * 64,
+        attempts=(1 << 31) - 1,
+        updated=-1.7976931348623157e308,
     )
     return decode_job(job.id, running.encode()) is not None
 

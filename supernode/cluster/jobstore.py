@@ -55,6 +55,26 @@ end
 return 1
 """
 
+# KEYS: open, jobs, job, lease; ARGV: id. Forget a job whose record nobody can read,
+# unless someone holds its lease now.
+_FORGET = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: lease. A lease is a string with a TTL (every one we write lapses): anything else
+# there (another type, no TTL) is deleted, or no job it names would ever run or end.
+_CLEAR_BROKEN = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('PTTL', KEYS[1]) > 0 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 # KEYS: lease; ARGV: member
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -71,6 +91,8 @@ class RedisJobs:
         self._add = self.client.register_script(_ADD)
         self._write = self.client.register_script(_WRITE)
         self._release = self.client.register_script(_RELEASE)
+        self._forget = self.client.register_script(_FORGET)
+        self._clear_broken = self.client.register_script(_CLEAR_BROKEN)
 
     def add(self, job: Job) -> bool:
         """Store a new job, open; False if MAX_OPEN jobs are open already."""
@@ -102,39 +124,63 @@ class RedisJobs:
         return bool(written)
 
     def open_jobs(self) -> list[tuple[str, bytes | None, bool]]:
-        """The open jobs, oldest first: (id, raw record, whether a lease is held). A
-        leased job's record is not read (its runner has it: None). Ids that cannot be
-        ours leave the open set."""
+        """The open jobs this scan could read, oldest first: (id, raw record, whether a
+        lease is held). A leased job's record is not read (its runner has it: None). An
+        id whose answers were errors this time (Redis busy, failing over) is left out,
+        looked at again next scan; a lease not in our form is deleted (`_CLEAR_BROKEN`).
+        Ids that cannot be ours leave the open set."""
         ids = self._ids(self.client.zrange(OPEN_KEY, 0, MAX_OPEN - 1), OPEN_KEY)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.exists(lease_key(job_id))
-        leases = pipe.execute(raise_on_error=False)  # a key of another type: its error
-        free = [job_id for job_id, leased in zip(ids, leases, strict=True) if leased != 1]
+            pipe.type(lease_key(job_id))
+            pipe.pttl(lease_key(job_id))
+        answers = pipe.execute(raise_on_error=False)
+        free, leased = [], set()
+        for job_id, kind, ttl in zip(ids, answers[::2], answers[1::2], strict=True):
+            if isinstance(kind, Exception) or isinstance(ttl, Exception):
+                continue
+            if kind in (b"none", "none"):
+                free.append(job_id)
+            elif kind in (b"string", "string") and isinstance(ttl, int) and ttl > 0:
+                leased.add(job_id)
+            else:  # (looked at again once it is gone)
+                self._clear_broken(keys=[lease_key(job_id)])
         pipe = self.client.pipeline(transaction=False)
         for job_id in free:
             pipe.strlen(job_key(job_id))
             pipe.getrange(job_key(job_id), 0, MAX_JOB)
         answers = pipe.execute(raise_on_error=False)
-        raws = {
-            job_id: _raw(size, raw)
-            for job_id, size, raw in zip(free, answers[::2], answers[1::2], strict=True)
-        }
-        return [(job_id, raws.get(job_id), job_id not in raws) for job_id in ids]
+        raws: dict[str, bytes | None] = {}
+        for job_id, size, raw in zip(free, answers[::2], answers[1::2], strict=True):
+            errors = [answer for answer in (size, raw) if isinstance(answer, Exception)]
+            if errors and not all(_wrong_type(error) for error in errors):
+                continue  # (not this time: a passing error is no sign the record is bad)
+            raws[job_id] = None if errors else _raw(size, raw)
+        return [
+            (job_id, raws.get(job_id), job_id in leased)
+            for job_id in ids
+            if job_id in leased or job_id in raws
+        ]
 
-    def close_open(self, ended: Sequence[str], unreadable: Sequence[str] = ()) -> None:
+    def close_open(self, ended: Sequence[str], malformed: Sequence[str] = ()) -> None:
         """Take jobs out of the open set: `ended` ones (their record stays, for its TTL),
-        and `unreadable` ones, whose record (missing, malformed, oversized) is deleted
-        and forgotten: no member could run or show it, and it may hold credentials."""
-        gone = [*ended, *unreadable]
-        if not gone:
+        and `malformed` ones (a job's JSON whose fields this member cannot take: perhaps
+        a newer member's), whose record then lives no longer than an ended one's."""
+        if not ended and not malformed:
             return
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(OPEN_KEY, *gone)
-        if unreadable:
-            pipe.delete(*(job_key(job_id) for job_id in unreadable))
-            pipe.zrem(JOBS_KEY, *unreadable)
+        pipe.zrem(OPEN_KEY, *ended, *malformed)
+        for job_id in malformed:
+            pipe.pexpire(job_key(job_id), _ms(ENDED_TTL))
         pipe.execute()
+
+    def forget(self, job_ids: Sequence[str]) -> None:
+        """Delete jobs whose record nobody can read (missing, not JSON, oversized, of
+        another type) and their ids: no member could run or show them, and the record
+        may hold credentials. Not one whose lease someone holds now."""
+        for job_id in job_ids:
+            keys = [OPEN_KEY, JOBS_KEY, job_key(job_id), lease_key(job_id)]
+            self._forget(keys=keys, args=[job_id])
 
     def read(self, job_id: str) -> bytes | None:
         pipe = self.client.pipeline(transaction=False)
@@ -202,6 +248,10 @@ class RedisJobs:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _wrong_type(error: Exception) -> bool:
+    return str(error).startswith("WRONGTYPE")
 
 
 def _raw(size: object, raw: object) -> bytes | None:

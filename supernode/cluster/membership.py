@@ -84,8 +84,9 @@ class Membership:
 
     def settling(self) -> bool:
         """Whether Redis came back from an outage less than one member TTL ago: the
-        other members, and their job leases, may not be back in it yet (each writes
-        again within a period), so this view may wrongly show them gone."""
+        other members, and their job leases, may not be back in it yet (lapsed in a
+        long outage, or lost by a Redis that restarted; each is written again within a
+        period), so this view may wrongly show them gone."""
         if self.back_at is None or self.settings is None:
             return False
         return time.monotonic() - self.back_at < self.settings.ttl
@@ -214,6 +215,8 @@ class Membership:
                 "cluster %s: Redis is back: registered again",
                 self.settings.display if self.settings else "",
             )
+            # (after any outage, however short: a Redis that restarted without
+            # persistence lost every record and lease, as a long outage lets them lapse)
             self.back_at = time.monotonic()
         self.redis_up = True
         self.last_heartbeat = sent
