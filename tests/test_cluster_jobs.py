@@ -292,9 +292,9 @@ async def test_hostile_entries_in_redis_are_ignored(
 
 
 def test_a_passing_redis_error_in_a_scan_forgets_no_job() -> None:
-    """With `raise_on_error=False` an error reply (BUSY, MASTERDOWN, a timeout on one
-    command) comes back as a value: such an id is left for the next scan, never taken
-    for a free job nor for an unreadable one (which would be deleted)."""
+    """With `raise_on_error=False` an error reply (BUSY, MASTERDOWN) comes back as a
+    value: such an id is left for the next scan, never taken for a free job nor for an
+    unreadable one (which would be deleted); a GET of it is Redis being away, not a 404."""
     from redis.exceptions import ResponseError
 
     busy = ResponseError("BUSY Redis is busy running a script")
@@ -329,6 +329,36 @@ def test_a_passing_redis_error_in_a_scan_forgets_no_job() -> None:
     # where a lease goes: cleared, looked at next time. e: leased, its record not read.
     assert listed == [("c" * 32, None, False), ("e" * 32, None, True)]
     assert cleared == [[lease_key("d" * 32)]]
+    rounds.append([busy, b""])
+    with pytest.raises(ResponseError, match="BUSY"):
+        store.read("a" * 32)
+    rounds.append([wrong, wrong])
+    assert store.read("a" * 32) is None
+
+
+@needs_redis
+async def test_a_job_unreadable_here_but_a_jobs_json_is_left_open_for_a_day(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    """A newer member's job (a state this member does not know) stays open for its
+    owner; a day unwritten, it leaves the open set and its record expires. A job taken
+    again and again (written every period) ends three days after it was posted."""
+    client = redis_server.client()
+    fresh, stale, endless = "1" * 32, "2" * 32, "3" * 32
+    now = time.time()
+    client.set(job_key(fresh), _with(id=fresh, state="queued", created=now, updated=now))
+    client.set(job_key(stale), _with(id=stale, state="queued", created=now - 2 * 86400))
+    client.set(job_key(endless), _with(id=endless, created=now - 4 * 86400, updated=now))
+    for key in (OPEN_KEY, JOBS_KEY):
+        client.zadd(key, {fresh: 1, stale: 1, endless: 1})
+    await members(start_supernode, tmp_path, redis_server.url, 1)
+    await until(lambda: client.zscore(OPEN_KEY, stale) is None)
+    await until(lambda: client.zscore(OPEN_KEY, endless) is None)
+    assert client.zscore(OPEN_KEY, fresh) is not None  # (left for a member that knows it)
+    assert 0 < client.pttl(job_key(stale)) <= ENDED_TTL * 1000
+    ended = decode_job(endless, client.get(job_key(endless)))  # type: ignore[arg-type]
+    assert ended is not None and ended.state == "failed" and ended.request is None
+    client.close()
 
 
 def test_a_request_that_would_not_fit_once_running_is_refused_at_once() -> None:

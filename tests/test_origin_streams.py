@@ -377,3 +377,20 @@ async def test_a_206_that_names_the_whole_file_is_the_file(
     _, output, task = await _fetch_from(answer, node, fetch, back_source=False)
     assert output == data
     assert task is not None and task.state is TaskState.DONE
+
+
+async def test_a_206_that_names_the_whole_file_and_sends_less_fails_the_task(
+    start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    """The whole file named, half of it sent (its Content-Length says so): not stored as
+    a file of that half's length."""
+    node = await start_supernode()
+    data = os.urandom(SIZE)
+
+    def answer(seen: Seen) -> Answer:
+        headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{SIZE - 1}/{SIZE}")]
+        return Answer(206, headers, data[: SIZE // 2])
+
+    _, output, task = await _fetch_from(answer, node, fetch, back_source=False)
+    assert output is None
+    assert task is not None and task.state is TaskState.FAILED

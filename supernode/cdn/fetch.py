@@ -352,14 +352,16 @@ def _begin_adopted(task: CdnTask, store: Store) -> None:
     task.begin(task.length, task.piece_size, task.validators, pieces)
 
 
-def _whole(response: OriginResponse) -> bool:
-    """Whether a 206 names the whole file (`bytes 0-N-1/N` and N bytes, as some origins
-    answer a plain GET): what a part can never claim."""
+def _whole(response: OriginResponse) -> int | None:
+    """N if a 206 names the whole file (`bytes 0-N-1/N`, and N bytes if it gives a
+    length, as some origins answer a plain GET): what a part can never claim."""
     unit, _, spec = (response.content_range or "").partition(" ")
     span, _, total_text = spec.partition("/")
     first, _, last = span.partition("-")
     total, start, end = header_int(total_text), header_int(first), header_int(last)
-    return unit == "bytes" and start == 0 and end is not None and end + 1 == total
+    if unit != "bytes" or start != 0 or end is None or end + 1 != total:
+        return None
+    return total if response.length in (None, total) else None
 
 
 def _start(
@@ -372,12 +374,14 @@ def _start(
     """First response: fix the task's geometry, reserve its room, open its pieces file
     (`total`: the whole file's length when the response is its first chunk)."""
     if task.spec.range and response.status != 206:
-        raise BadRequest("origin ignored the Range header (answered 200, not 206)")
-    if not task.spec.range and total is None and response.status == 206 and not _whole(response):
+        raise OriginBroken("origin ignored the Range header (answered 200, not 206)")
+    if not task.spec.range and total is None and response.status == 206:
         # A part for all of it (an S3 `?partNumber=`, a query another requester filtered
-        # out of the task id): stored as the whole file, every later requester's
-        # revalidation would pass on the whole file's ETag.
-        raise OriginBroken("origin answered 206 (a part of the file) to a request for all of it")
+        # out of the task id) would be stored as the whole file, and every later
+        # requester's revalidation would pass on the whole file's ETag.
+        total = _whole(response)  # (the body is then held to that length)
+        if total is None:
+            raise OriginBroken("origin answered 206 (a part of the file) to a request for it all")
     length = response.length if total is None else total
     first, last = task.spec.range or (0, None)
     if length is not None and last is not None and length != last - first + 1:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -57,6 +58,9 @@ FINAL_TRIES = 30  # heartbeat periods a finished job's end is retried, Redis awa
 # A job still open (pending, or its runner gone) this long after it was posted ends as
 # failed, its request and credentials dropped: nothing keeps them in Redis for good.
 MAX_OPEN_AGE = 24 * 3600.0
+# ... and one taken again and again (its runner dying each time) ends this long after
+# it was posted.
+MAX_LIFE = 3 * 24 * 3600.0
 
 T = TypeVar("T")
 STEP = 0.1  # seconds between two looks at a running job's local state
@@ -196,31 +200,30 @@ class PreheatJobs:
         assert self.store is not None
         store = self.store
         # Read and decoded in the worker thread: up to MAX_OPEN records of MAX_JOB bytes.
-        listed = await self._call(
-            lambda: [(*entry, decode_job(*entry[:2])) for entry in store.open_jobs()]
-        )
+        listed = await self._call(lambda: [_classified(*entry) for entry in store.open_jobs()])
         ended: list[str] = []
         malformed: list[str] = []
         unreadable: list[str] = []
         now = time.time()
-        for job_id, raw, leased, job in listed:
+        for job_id, raw, leased, job, fields in listed:
             if leased:
                 continue  # (its runner has it: its record was not read)
             if job is None:
                 if raw is not None:
                     self._warn_malformed(job_id)
-                # Gone or junk: forgotten, record and all; a job's JSON this member cannot
-                # take (a newer member's?): closed, its record left to expire.
-                (malformed if _a_job(job_id, raw) else unreadable).append(job_id)
+                if fields is None:  # gone or junk: forgotten, record and all
+                    unreadable.append(job_id)
+                elif _age(fields, now) > MAX_OPEN_AGE:  # a job's JSON this member cannot
+                    malformed.append(job_id)  # take (a newer member's?), left that long
                 continue
             if job.ended:
                 ended.append(job_id)
                 continue
             if self.membership.settling():  # (right after an outage: its runner, alive,
                 continue  # may not have renewed its lease yet, nor be back in our view)
-            if now - max(job.created, job.updated) > MAX_OPEN_AGE:  # nobody ran it for a
-                await self._expire(job, now)  # day: it ends, its request (credentials) goes
-                continue
+            if now - max(job.created, job.updated) > MAX_OPEN_AGE or now - job.created > MAX_LIFE:
+                await self._expire(job, now)  # nobody ran it for a day, or it never ends:
+                continue  # it ends, its request (with its credentials) goes
             if job_id in self.running or len(self.running) >= MAX_RUNNING:
                 continue
             if self.membership.owner(job.rank_key).id != self.membership.id:
@@ -375,15 +378,30 @@ def _progress(job: Job, preheat: Preheat) -> Job:
     return _fitted(replace(job, state="running", tasks=tuple(preheat.summary()["tasks"])))
 
 
-def _a_job(job_id: str, raw: bytes | None) -> bool:
-    """Whether `raw` is at least a JSON object of the job `job_id`."""
+def _classified(
+    job_id: str, raw: bytes | None, leased: bool
+) -> tuple[str, bytes | None, bool, Job | None, dict[str, Any] | None]:
+    """An open job as read: decoded, and if it cannot be, whether it is a job's JSON."""
+    job = decode_job(job_id, raw)
+    return job_id, raw, leased, job, None if job is not None else _a_job(job_id, raw)
+
+
+def _a_job(job_id: str, raw: bytes | None) -> dict[str, Any] | None:
+    """`raw` as a JSON object of the job `job_id`, if it is one at least."""
     if raw is None:
-        return False
+        return None
     try:
         fields = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return isinstance(fields, dict) and fields.get("id") == job_id
+        return None
+    return fields if isinstance(fields, dict) and fields.get("id") == job_id else None
+
+
+def _age(fields: dict[str, Any], now: float) -> float:
+    """Seconds since a job's JSON says it was last written (0 if it cannot say)."""
+    stamps = [fields.get(key) for key in ("created", "updated")]
+    numbers = [s for s in stamps if isinstance(s, int | float) and not isinstance(s, bool)]
+    return now - max(numbers) if numbers and all(math.isfinite(n) for n in numbers) else 0.0
 
 
 def _fitted(job: Job) -> Job:
@@ -411,9 +429,3 @@ def fits_when_run(job: Job) -> bool:
 
 def _decoded(listed: list[tuple[str, bytes | None]]) -> list[tuple[str, Job | None]]:
     return [(job_id, decode_job(job_id, raw)) for job_id, raw in listed]
-
-
-def _open_decoded(
-    listed: list[tuple[str, bytes | None, bool]],
-) -> list[tuple[str, bytes | None, bool, Job | None]]:
-    return [(job_id, raw, leased, decode_job(job_id, raw)) for job_id, raw, leased in listed]

@@ -183,10 +183,15 @@ class RedisJobs:
             self._forget(keys=keys, args=[job_id])
 
     def read(self, job_id: str) -> bytes | None:
+        """The job's record (None: missing, oversized, of another type); an error reply
+        (Redis busy) is raised, as Redis being away: not a job that is not there."""
         pipe = self.client.pipeline(transaction=False)
         pipe.strlen(job_key(job_id))
         pipe.getrange(job_key(job_id), 0, MAX_JOB)
         size, raw = pipe.execute(raise_on_error=False)
+        for answer in (size, raw):
+            if isinstance(answer, Exception) and not _wrong_type(answer):
+                raise answer
         return _raw(size, raw)
 
     def newest(self, limit: int) -> list[tuple[str, bytes | None]]:
