@@ -355,9 +355,7 @@ async def test_a_part_answered_for_the_whole_file_fails_the_task(
         headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{len(part) - 1}/{SIZE}")]
         return Answer(206, headers, part)
 
-    _, output, task = await _fetch_from(answer, node, fetch, back_source=False)
-    assert output is None
-    assert task is not None and task.state is TaskState.FAILED
+    task = await _failed_task(answer, node, fetch)
     assert "206" in str(task.error)
 
 
@@ -391,6 +389,15 @@ async def test_a_206_that_names_the_whole_file_and_sends_less_fails_the_task(
         headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{SIZE - 1}/{SIZE}")]
         return Answer(206, headers, data[: SIZE // 2])
 
+    await _failed_task(answer, node, fetch)
+
+
+async def _failed_task(
+    answer: Callable[[Seen], Answer], node: RunningSupernode, fetch: Fetch
+) -> CdnTask:
+    """The CDN's task of a download from a ScriptedOrigin answering `answer`: failed,
+    and dfget (without going to the origin itself) with no output."""
     _, output, task = await _fetch_from(answer, node, fetch, back_source=False)
     assert output is None
     assert task is not None and task.state is TaskState.FAILED
+    return task
