@@ -77,7 +77,9 @@ class ScriptedOrigin:
                 self.seen.append(seen)
                 answer = self.answer(seen)
                 headers = list(answer.headers)
-                if not any(k.lower() == "content-length" for k, _ in headers):
+                if not any(
+                    k.lower() in ("content-length", "transfer-encoding") for k, _ in headers
+                ):
                     headers.append(("content-length", str(len(answer.body))))
                 await stream.send_all(
                     conn.send(h11.Response(status_code=answer.status, headers=headers)) or b""

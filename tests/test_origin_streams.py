@@ -377,19 +377,49 @@ async def test_a_206_that_names_the_whole_file_is_the_file(
     assert task is not None and task.state is TaskState.DONE
 
 
-async def test_a_206_that_names_the_whole_file_and_sends_less_fails_the_task(
+@pytest.mark.parametrize(
+    ("sent", "framing"),
+    [(SIZE // 2, "length"), (SIZE // 2, "chunked"), (SIZE + 4096, "chunked")],
+    ids=["half-by-its-length", "half-chunked", "more-chunked"],
+)
+async def test_a_206_that_names_the_whole_file_and_sends_other_bytes_fails_the_task(
+    start_supernode: StartSupernode, fetch: Fetch, sent: int, framing: str
+) -> None:
+    """The whole file named, less or more of it sent: never stored as a file of what
+    came (a body without a length is held to the length the 206 names)."""
+    node = await start_supernode()
+    data = os.urandom(SIZE + 4096)
+
+    def answer(seen: Seen) -> Answer:
+        headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{SIZE - 1}/{SIZE}")]
+        if framing == "chunked":
+            headers.append(("transfer-encoding", "chunked"))
+        return Answer(206, headers, data[:sent])
+
+    task = await _failed_task(answer, node, fetch)
+    assert task.length in (None, SIZE)
+
+
+async def test_a_range_the_origin_ignores_is_the_origins_failure(
     start_supernode: StartSupernode, fetch: Fetch
 ) -> None:
-    """The whole file named, half of it sent (its Content-Length says so): not stored as
-    a file of that half's length."""
+    """A ranged task answered 200 with the whole file: the origin failed it (dfget exit
+    3, as for any origin failure), not the requester (a usage error)."""
     node = await start_supernode()
     data = os.urandom(SIZE)
 
     def answer(seen: Seen) -> Answer:
-        headers = [("etag", '"whole"'), ("content-range", f"bytes 0-{SIZE - 1}/{SIZE}")]
-        return Answer(206, headers, data[: SIZE // 2])
+        return Answer(200, [("etag", '"whole"')], data)
 
-    await _failed_task(answer, node, fetch)
+    server = ScriptedOrigin(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        url = server.url("/big.bin")
+        with pytest.raises(DfgetError) as failed:
+            await fetch(url, node, headers=(("Range", "bytes=0-99"),), back_source=False)
+        nursery.cancel_scope.cancel()
+    assert failed.value.exit_code == 3
+    assert "ignored the Range header" in str(failed.value)
 
 
 async def _failed_task(

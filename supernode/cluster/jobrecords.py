@@ -18,12 +18,11 @@ anything else ignored (`decode_job` returns None), never trusted or a crash.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
-from supernode.cluster.records import PREFIX
+from supernode.cluster.records import PREFIX, finite_number
 
 JOBS_KEY = f"{PREFIX}:preheats"
 OPEN_KEY = f"{PREFIX}:preheats:open"
@@ -148,7 +147,7 @@ def decode_job(job_id: str, raw: bytes | None) -> Job | None:
         return None
     kind, url, rank_key = fields.get("type"), fields.get("url"), fields.get("rank_key")
     state, error, runner = fields.get("state"), fields.get("error"), fields.get("runner")
-    created, updated = _number(fields.get("created")), _number(fields.get("updated", 0))
+    created, updated = finite_number(fields.get("created")), finite_number(fields.get("updated", 0))
     attempts, tasks = fields.get("attempts", 0), fields.get("tasks", [])
     if kind not in ("file", "image") or state not in STATES:
         return None
@@ -228,10 +227,3 @@ def _tasks(value: Any) -> tuple[dict[str, Any], ...] | None:
 
 def _text(value: Any, *, empty: bool = False) -> TypeGuard[str]:
     return isinstance(value, str) and (empty or bool(value)) and len(value) <= TEXT
-
-
-def _number(value: Any) -> float | None:
-    """A finite JSON number as a float (not a bool); None for anything else."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None

@@ -50,6 +50,7 @@ from supernode.cluster.jobrecords import (
 )
 from supernode.cluster.jobstore import RedisJobs
 from supernode.cluster.membership import MAX_WARNED, Membership
+from supernode.cluster.records import finite_number
 from supernode.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,13 @@ class PreheatJobs:
                 continue
             if self.membership.settling():  # (right after an outage: its runner, alive,
                 continue  # may not have renewed its lease yet, nor be back in our view)
-            if now - max(job.created, job.updated) > MAX_OPEN_AGE or now - job.created > MAX_LIFE:
-                await self._expire(job, now)  # nobody ran it for a day, or it never ends:
-                continue  # it ends, its request (with its credentials) goes
+            if now - max(job.created, job.updated) > MAX_OPEN_AGE:  # nobody ran it for a day
+                await self._expire(job, now, "no supernode of the cluster ran it for 24 hours")
+                continue  # (it ends, its request with its credentials goes)
+            if now - job.created > MAX_LIFE:  # taken again and again, never ended
+                reason = f"still not done 3 days after it was posted ({job.attempts} attempts)"
+                await self._expire(job, now, reason)
+                continue
             if job_id in self.running or len(self.running) >= MAX_RUNNING:
                 continue
             if self.membership.owner(job.rank_key).id != self.membership.id:
@@ -239,12 +244,11 @@ class PreheatJobs:
         if unreadable:
             await self._call(self.store.forget, unreadable)
 
-    async def _expire(self, job: Job, now: float) -> None:
-        """End a job open for longer than MAX_OPEN_AGE with no runner (its owner may be
-        a member that does not run jobs, or gone for good): failed, its request dropped.
-        Any member does it; the write is refused if someone took the job meanwhile."""
-        hours = MAX_OPEN_AGE / 3600
-        error = f"no supernode of the cluster ran it within {hours:g} hours"
+    async def _expire(self, job: Job, now: float, error: str) -> None:
+        """End a job left open (unwritten for MAX_OPEN_AGE: its owner may be a member
+        that does not run jobs, or gone for good; or open past MAX_LIFE) with no runner
+        now: failed, its request dropped. Any member does it; the write is refused if
+        someone took the job meanwhile."""
         if await self._write(job.ending("failed", error, now)):
             log.warning("preheat %s: %s: failed", job.id[:8], error)
 
@@ -398,10 +402,13 @@ def _a_job(job_id: str, raw: bytes | None) -> dict[str, Any] | None:
 
 
 def _age(fields: dict[str, Any], now: float) -> float:
-    """Seconds since a job's JSON says it was last written (0 if it cannot say)."""
-    stamps = [fields.get(key) for key in ("created", "updated")]
-    numbers = [s for s in stamps if isinstance(s, int | float) and not isinstance(s, bool)]
-    return now - max(numbers) if numbers and all(math.isfinite(n) for n in numbers) else 0.0
+    """Seconds since a job's JSON says it was last written: infinite if it cannot say,
+    or says more than MAX_OPEN_AGE ahead (not a job any member wrote)."""
+    stamps = [finite_number(fields.get(key)) for key in ("created", "updated")]
+    numbers = [stamp for stamp in stamps if stamp is not None]
+    if not numbers or max(numbers) - now > MAX_OPEN_AGE:
+        return math.inf
+    return now - max(numbers)
 
 
 def _fitted(job: Job) -> Job:

@@ -75,7 +75,7 @@ def decode_member(member_id: str, raw: bytes | None) -> Member | None:
     if not isinstance(fields, dict) or fields.get("id") != member_id:
         return None
     peer, admin, version = fields.get("peer"), fields.get("admin"), fields.get("version", "")
-    started, ttl = _number(fields.get("started")), _number(fields.get("ttl"))
+    started, ttl = finite_number(fields.get("started")), finite_number(fields.get("ttl"))
     if not isinstance(peer, str) or not _address(peer):
         return None
     if admin is not None and not (isinstance(admin, str) and _address(admin)):
@@ -91,8 +91,13 @@ def _address(value: str) -> bool:
     return 0 < len(value) <= MAX_ADDRESS and value.isprintable()
 
 
-def _number(value: Any) -> float | None:
-    """A finite JSON number as a float (not a bool); None for anything else."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+def finite_number(value: Any) -> float | None:
+    """A finite JSON number as a float (not a bool, nor an integer too large for one);
+    None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # (JSON integers have no bound: 10**400 is one)
+        return None
+    return number if math.isfinite(number) else None
