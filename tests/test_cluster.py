@@ -274,6 +274,10 @@ async def test_malformed_records_in_redis_are_ignored(
         "aaaaaaaaaaaaaaaa": b"not json",
         "bbbbbbbbbbbbbbbb": b"x" * 100_000,
         "cccccccccccccccc": json.dumps({**json.loads(RECORD.encode()), "id": "0" * 16}).encode(),
+        # a time no float holds (JSON has no bound): it raised through the heartbeat
+        "eeeeeeeeeeeeeeee": json.dumps(
+            {**json.loads(RECORD.encode()), "id": "e" * 16, "started": 10**400}
+        ).encode(),
     }
     for member_id, raw in junk.items():
         client.set(member_key(member_id), raw)
