@@ -126,10 +126,17 @@ class Mirror:
             self.metrics.failures.labels("upstream").inc()
             await registry_error(reply, 502, "UNAVAILABLE", f"upstream unreachable: {exc}")
             return
-        if head.status_code != 200:
+        # A registry's 200 for a blob names its length (the distribution spec), and so
+        # does the storage it may redirect to; a 200 without one (a login page at the
+        # end of a redirect an auth gateway gave this client) vouches for nothing.
+        length = header_int(head.headers.get("content-length", ""))
+        if head.status_code != 200 or length is None:
             self.metrics.failures.labels("denied").inc()
             log.info(
-                "blob %s: upstream answered %d: passing that on", hex_digest[:12], head.status_code
+                "blob %s: upstream answered %d%s: passing that on",
+                hex_digest[:12],
+                head.status_code,
+                "" if length is not None else " without a length",
             )
             await self._relay(request, reply, target.url)
             return
@@ -138,7 +145,6 @@ class Mirror:
             return
         # The HEAD's length is this answer's business only: it is checked against the
         # blob's own, never stored on the blob other clients share.
-        length = header_int(head.headers.get("content-length", ""))
         credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
         try:
             blob = self.blobs.get(hex_digest, target.url, credentials)
@@ -158,8 +164,9 @@ class Mirror:
         except LengthMismatch as exc:
             self.metrics.failures.labels("length_mismatch").inc()
             log.warning("%s: %s", exc, "answer broken off" if reply.started else "answered 502")
-            if not reply.started:
-                await registry_error(reply, 502, "UNAVAILABLE", f"upstream disagrees: {exc}")
+            if not reply.started:  # (not the blob's length: that is for its readers only)
+                why = f"the upstream announced {exc.announced} bytes, not the blob's"
+                await registry_error(reply, 502, "UNAVAILABLE", f"upstream disagrees: {why}")
         except BlobUnavailable as exc:
             log.warning("%s", exc)
             if reply.started:

@@ -1208,3 +1208,36 @@ async def test_a_download_started_while_a_kept_copy_is_checked_is_joined_only_on
             "http://o/private",
             (),
         )
+
+
+async def test_a_login_page_at_the_end_of_a_redirect_vouches_for_no_blob(
+    start_supernode: StartSupernode, start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    """A registry (its auth gateway) that sends a client without credentials to a login
+    page (302) where it should answer 401: the page's 200 has no length, and is no
+    registry's yes for the blob. The client gets the registry's own answer, never the
+    blob another client cached, nor its length."""
+    secret = os.urandom(70_000)
+    hex_digest = hashlib.sha256(secret).hexdigest()
+    path = f"/v2/team/app/blobs/sha256:{hex_digest}"
+
+    def registry(seen: Seen) -> Answer:
+        if seen.path == "/login":
+            return Answer(200, [("content-type", "text/html"), ("transfer-encoding", "chunked")])
+        if seen.headers.get("authorization") != "Bearer alice":
+            return Answer(302, [("location", "/login")])
+        if seen.method == "HEAD":
+            return Answer(200, [("content-length", str(len(secret)))])
+        return Answer(200, body=secret)
+
+    upstream = await scripted(registry)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", upstream.url(""), node)
+    async with httpx.AsyncClient(base_url=f"http://{daemon.address}", timeout=60) as client:
+        alice = await client.get(path, headers={"authorization": "Bearer alice"})
+        assert alice.status_code == 200 and alice.content == secret
+        assert daemon.blobs is not None
+        await until(lambda: daemon.blobs.running[hex_digest].complete, 10)  # type: ignore[union-attr]
+        stranger = await client.get(path)
+    assert stranger.status_code == 302 and stranger.headers["location"] == "/login"
+    assert secret[:1000] not in stranger.content and str(len(secret)) not in stranger.text
