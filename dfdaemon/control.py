@@ -428,6 +428,15 @@ class ControlApi:
             raise OriginFailed(
                 f"origin answered {answer.status_code} for {where}", answer.status_code
             )
+        # A yes names the blob's length (a 200's Content-Length, a 206's Content-Range),
+        # as a registry's and its storage's do; a login page at the end of a redirect
+        # (an auth gateway's, for a client without credentials) does not.
+        named = answer.headers.get(
+            "content-length" if answer.status_code == 200 else "content-range"
+        )
+        if not named:
+            where = display_url(wanted.url)
+            raise OriginFailed(f"origin answered {answer.status_code} without a length for {where}")
 
     async def _result(self, key: str, reply: Reply) -> None:
         served = self.served.get(key)

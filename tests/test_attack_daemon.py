@@ -1241,3 +1241,8 @@ async def test_a_login_page_at_the_end_of_a_redirect_vouches_for_no_blob(
         stranger = await client.get(path)
     assert stranger.status_code == 302 and stranger.headers["location"] == "/login"
     assert secret[:1000] not in stranger.content and str(len(secret)) not in stranger.text
+    # The same through the control socket (a digest-named blob the daemon holds).
+    asked = {"url": upstream.url(path), "digest": f"sha256:{hex_digest}"}
+    answered, body = await control(daemon.socket_path, asked)
+    assert answered == 502 and secret[:1000] not in body, body[:200]
+    assert "without a length" in json.loads(body)["error"]
