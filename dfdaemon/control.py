@@ -69,7 +69,7 @@ from dfdaemon.sharing import (
     url_download,
 )
 from dfdaemon.trust import Trust, origin_of
-from dfdaemon.upstream import Upstream, UpstreamError, forwardable
+from dfdaemon.upstream import Upstream, UpstreamError, forwardable, names_a_length
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, OutputError, UsageError
 from dfget.handoff import MAX_LISTING
@@ -428,13 +428,7 @@ class ControlApi:
             raise OriginFailed(
                 f"origin answered {answer.status_code} for {where}", answer.status_code
             )
-        # A yes names the blob's length (a 200's Content-Length, a 206's Content-Range),
-        # as a registry's and its storage's do; a login page at the end of a redirect
-        # (an auth gateway's, for a client without credentials) does not.
-        named = answer.headers.get(
-            "content-length" if answer.status_code == 200 else "content-range"
-        )
-        if not named:
+        if not names_a_length(answer):
             where = display_url(wanted.url)
             raise OriginFailed(f"origin answered {answer.status_code} without a length for {where}")
 

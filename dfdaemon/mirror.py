@@ -30,7 +30,7 @@ from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
 from dfdaemon.trust import Trust, untrusted_message
-from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, names_a_length
 from proto.ranges import requested_span
 
 log = logging.getLogger(__name__)
@@ -126,17 +126,13 @@ class Mirror:
             self.metrics.failures.labels("upstream").inc()
             await registry_error(reply, 502, "UNAVAILABLE", f"upstream unreachable: {exc}")
             return
-        # A registry's 200 for a blob names its length (the distribution spec), and so
-        # does the storage it may redirect to; a 200 without one (a login page at the
-        # end of a redirect an auth gateway gave this client) vouches for nothing.
-        length = header_int(head.headers.get("content-length", ""))
-        if head.status_code != 200 or length is None:
+        if head.status_code != 200 or not names_a_length(head):
             self.metrics.failures.labels("denied").inc()
             log.info(
                 "blob %s: upstream answered %d%s: passing that on",
                 hex_digest[:12],
                 head.status_code,
-                "" if length is not None else " without a length",
+                "" if head.status_code != 200 else " without a length",
             )
             await self._relay(request, reply, target.url)
             return
@@ -145,6 +141,7 @@ class Mirror:
             return
         # The HEAD's length is this answer's business only: it is checked against the
         # blob's own, never stored on the blob other clients share.
+        length = header_int(head.headers.get("content-length", ""))
         credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
         try:
             blob = self.blobs.get(hex_digest, target.url, credentials)

@@ -16,6 +16,7 @@ import httpx
 
 from common.io.origins import checked_client, environment_proxies, proxy_for
 from common.origins import AddressDenied, OriginPolicy
+from common.units import header_int
 from common.urls import display_url
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
@@ -248,6 +249,16 @@ def reason(exc: BaseException) -> str:
             return f"TLS: {seen}"
         seen = seen.__cause__ or seen.__context__
     return str(exc) or type(exc).__name__
+
+
+def names_a_length(answer: httpx.Response) -> bool:
+    """Whether an upstream's yes about a blob names its length (a 200's Content-Length,
+    a first byte's 206 its Content-Range), as a registry's and its storage's do: a
+    login page at the end of a redirect (an auth gateway's, for a client without
+    credentials) does not, and vouches for nothing."""
+    if answer.status_code == 200:
+        return header_int(answer.headers.get("content-length", "")) is not None
+    return answer.status_code == 206 and bool(answer.headers.get("content-range"))
 
 
 def about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -32,6 +33,7 @@ from rawwire import raw_connect, until_closed
 import supernode.cli
 from dfget.errors import DfgetError, SupernodeFailed, SupernodeNotProven, UsageError
 from dfget.options import PeerOptions
+from dfget.results import DownloadResult
 from proto import ErrorReply, PieceRequest, Registered, admission
 from proto.admission import (
     new_challenge,
@@ -266,8 +268,21 @@ async def _impostor(
             await framed.aclose()
             ended.append(None)
 
+    return await _serving(nursery, handle), received, ended
+
+
+async def _serving(nursery: trio.Nursery, handle: Callable[[trio.SocketStream], Any]) -> str:
+    """`handle` serving each connection on a port of 127.0.0.1: its HOST:PORT."""
     listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", received, ended
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def _fetch_with_token(fetch: Fetch, url: str, address: str, **fields: Any) -> DownloadResult:
+    """`url` through the supernode at `address`, as a peer with the cluster token, never
+    from the origin itself."""
+    return await fetch(
+        url, address, peer=PeerOptions(listen=LOCAL, token=TOKEN), back_source=False, **fields
+    )
 
 
 @pytest.mark.parametrize("who", ["another-token", "no-token", "version-3"], ids=lambda who: who)
@@ -476,13 +491,7 @@ async def test_a_supernodes_answer_changed_on_the_way_ends_the_session(
     relay = Tamperer(node.address)
     address = await relay.serve(nursery)
     with pytest.raises(DfgetError, match="sealed frame does not open"):
-        await fetch(
-            origin.url("/f.bin"),
-            address,
-            name="tampered",
-            peer=PeerOptions(listen=LOCAL, token=TOKEN),
-            back_source=False,
-        )
+        await _fetch_with_token(fetch, origin.url("/f.bin"), address, name="tampered")
     assert relay.flipped >= 1
 
 
@@ -510,15 +519,9 @@ async def test_a_welcome_key_without_a_shared_secret_fails_the_supernode(
             )
             await trio.sleep(5)
 
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    address = await _serving(nursery, handle)
     with pytest.raises(SupernodeFailed, match=r"welcome\.key"):
-        await fetch(
-            origin.url("/f.bin"),
-            address,
-            peer=PeerOptions(listen=LOCAL, token=TOKEN),
-            back_source=False,
-        )
+        await _fetch_with_token(fetch, origin.url("/f.bin"), address)
 
 
 async def test_a_daemon_with_the_token_seals_its_shared_sessions(
@@ -559,15 +562,9 @@ async def test_a_supernode_before_version_4_is_not_proven_not_broken(
             refusal = ErrorReply(code="bad_request", message="hello.key: unknown field")
             await stream.send_all(encode(refusal))
 
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    address = await _serving(nursery, handle)
     with pytest.raises(SupernodeNotProven, match="upgrade the supernodes"):
-        await fetch(
-            origin.url("/f.bin"),
-            address,
-            peer=PeerOptions(listen=LOCAL, token=TOKEN),
-            back_source=False,
-        )
+        await _fetch_with_token(fetch, origin.url("/f.bin"), address)
 
 
 async def test_a_supernode_refusing_versions_before_4_gets_no_unsealed_proof(
@@ -589,12 +586,7 @@ async def test_a_supernode_refusing_versions_before_4_gets_no_unsealed_proof(
     assert "we speak [4]" in refusal.message
     await stream.aclose()
     origin.add("/f.bin", b"version 4 bytes")
-    result = await fetch(
-        origin.url("/f.bin"),
-        node.address,
-        peer=PeerOptions(listen=LOCAL, token=TOKEN),
-        back_source=False,
-    )
+    result = await _fetch_with_token(fetch, origin.url("/f.bin"), node.address)
     assert result.from_cdn == len(b"version 4 bytes")
 
 
@@ -650,8 +642,7 @@ async def test_plaintext_behind_a_handshake_does_not_pass_as_sealed(
             await server.send_all(encode(welcome) + encode(KeepAlive()))
             await trio.sleep(5)
 
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
+    port = int((await _serving(nursery, handle)).rsplit(":", 1)[1])
     framed = await client_handshake(
         await trio.open_tcp_stream("127.0.0.1", port),
         role="peer",

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import trio
 
 from common.io import RateLimiter, unwrap_group
-from common.units import header_int
 from common.urls import display_url
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
@@ -355,11 +354,8 @@ def _begin_adopted(task: CdnTask, store: Store) -> None:
 def _whole(response: OriginResponse) -> int | None:
     """N if a 206 names the whole file (`bytes 0-N-1/N`, and N bytes if it gives a
     length, as some origins answer a plain GET): what a part can never claim."""
-    unit, _, spec = (response.content_range or "").partition(" ")
-    span, _, total_text = spec.partition("/")
-    first, _, last = span.partition("-")
-    total, start, end = header_int(total_text), header_int(first), header_int(last)
-    if unit != "bytes" or start != 0 or end is None or end + 1 != total:
+    start, end, total = response.span or (None, None, None)
+    if start != 0 or end is None or end + 1 != total:
         return None
     return total if response.length in (None, total) else None
 

@@ -61,6 +61,18 @@ class OriginResponse:
         return self.header("content-range")
 
     @property
+    def span(self) -> tuple[int | None, int | None, int | None] | None:
+        """A 206's `Content-Range: bytes FIRST-LAST/TOTAL` as numbers (each None where
+        it is not plain ASCII digits, `*` for one); None if it names another unit, no
+        span, or none."""
+        unit, _, spec = (self.content_range or "").partition(" ")
+        span, _, total = spec.partition("/")
+        first, dash, last = span.partition("-")
+        if unit != "bytes" or not dash:
+            return None
+        return header_int(first), header_int(last), header_int(total)
+
+    @property
     def length(self) -> int | None:
         """The body length, if the origin named one (not for chunked bodies)."""
         if "chunked" in (self.header("transfer-encoding") or "").lower():
@@ -73,7 +85,6 @@ def check_resumed(response: OriginResponse, expected_start: int) -> None:
     """A Range request's answer must be a 206 starting where it was asked to."""
     if response.status != 206 or not response.content_range:
         raise OriginBroken("origin cannot resume (no 206 answer to the Range request)")
-    unit, _, spec = response.content_range.partition(" ")
-    start = spec.split("-", 1)[0]
-    if unit != "bytes" or header_int(start) != expected_start:
+    span = response.span
+    if span is None or span[0] != expected_start:
         raise OriginBroken(f"origin resumed at the wrong place: {response.content_range!r}")

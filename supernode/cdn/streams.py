@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from common.io import RateLimiter
-from common.units import header_int
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import OriginResponse, Validators
 from supernode.cdn.task import CdnTask
@@ -71,11 +70,8 @@ def split_length(response: OriginResponse) -> int | None:
     asked about: it is that plain GET.)"""
     if response.status != 206:
         return None
-    unit, _, spec = (response.content_range or "").partition(" ")
-    span, _, total_text = spec.partition("/")
-    first, _, last = span.partition("-")
-    total, start, end = header_int(total_text), header_int(first), header_int(last)
-    if unit != "bytes" or total is None or start != 0 or end != min(CHUNK, total) - 1:
+    start, end, total = response.span or (None, None, None)
+    if total is None or start != 0 or end != min(CHUNK, total) - 1:
         return None
     if response.length != end + 1:  # a body of unknown length could run on
         return None
