@@ -86,6 +86,12 @@ class ResumableOutput(AtomicOutput):
 
     def resume_from(self, piece_size: int, length: int | None) -> list[int]:
         super().resume_from(piece_size, length)  # (what readers may count on, per layout)
+        if length is not None and length <= piece_size:
+            # One piece (or none): nothing to resume that is not the whole file, and a
+            # record would cost a file created and removed (most of a small file's
+            # time on the disk). One an earlier run left goes when the file is in place.
+            self.record.close()
+            return []
         return self.record.start(piece_size, length)
 
     def piece_stored(self, index: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from functools import partial
 
 import trio
@@ -44,6 +45,11 @@ PIECE_TIMEOUT = 60.0
 MIN_PIECE_RATE = 256 * 1024  # bytes/s below which a piece transfer counts as stalled
 TASKS_TIMEOUT = 120.0  # for the answer to a piece-task request (as for Register)
 NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
+# Every missing piece in flight: a second source for them (the endgame) is asked for
+# only after this long since the last transfer started (most land before: a small
+# file's one piece from the CDN in a few milliseconds, and asking costs two frames and
+# a scheduler pass).
+ENDGAME_AFTER = 0.05
 
 
 class Transfers:
@@ -75,6 +81,7 @@ class Transfers:
         # downloads pass theirs on to each other: `pool`).
         self.connections = PieceConnections(peer_id=peer_id, piece_size=book.piece_size, pool=pool)
         self._running: dict[int, list[trio.CancelScope]] = {}
+        self._last_start = -math.inf  # when the latest transfer started
         self._scratch: list[bytearray] = []
 
     async def run(self, *, readers: trio.Nursery) -> None:
@@ -87,6 +94,11 @@ class Transfers:
                 running = sum(len(scopes) for scopes in self._running.values())
                 if running >= IN_FLIGHT:
                     await book.wait_changed()
+                    continue
+                endgame_in = self._endgame_in()
+                if endgame_in > 0:
+                    with trio.move_on_after(endgame_in):
+                        await book.wait_changed()
                     continue
                 request = PieceTasksRequest(
                     task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
@@ -103,6 +115,8 @@ class Transfers:
                         f"supernode {self.address} did not answer a piece-task request "
                         f"in {TASKS_TIMEOUT:.0f}s"
                     )
+                if answer.tasks:
+                    self._last_start = trio.current_time()
                 for task in answer.tasks:
                     scope = trio.CancelScope()
                     self._running.setdefault(task[0], []).append(scope)
@@ -113,6 +127,18 @@ class Transfers:
                     with trio.move_on_after(NOTHING_YET_PAUSE):
                         await book.wait_changed()
             transfers.cancel_scope.cancel()
+
+    def _endgame_in(self) -> float:
+        """Seconds until a piece-task request may be made, if every missing piece is in
+        flight (only a second source could be given); 0 if there is anything else to
+        ask for (or the piece count is not known yet)."""
+        book = self.book
+        if book.piece_count is None:
+            return 0.0
+        missing = book.piece_count - len(book.written)
+        if sum(1 for index in self._running if not book.holds(index)) < missing:
+            return 0.0
+        return max(0.0, self._last_start + ENDGAME_AFTER - trio.current_time())
 
     async def _transfer(
         self, task: PieceTask, scope: trio.CancelScope, *, readers: trio.Nursery
@@ -144,6 +170,8 @@ class Transfers:
                 raise end.leave from exc
         finally:
             self._running[index].remove(scope)
+            if not self._running[index]:
+                del self._running[index]  # (its keys are the pieces in flight)
             if outcome is Outcome.DONE:  # endgame: the other copies of this piece lost the race
                 for loser in self._running.get(index, []):
                     loser.cancel()

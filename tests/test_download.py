@@ -225,3 +225,38 @@ async def test_rate_limit_paces_the_download(
     assert Path(result.output).read_bytes() == data
     # 5 MiB at 8 MiB/s with a quarter-second burst (2 MiB): at least 3 MiB / 8 MiB/s.
     assert elapsed >= 0.37
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+async def test_pieces_all_in_flight_ask_for_no_more(
+    origin: FakeOrigin,
+    supernode: RunningSupernode,
+    fetch: Fetch,
+    monkeypatch: pytest.MonkeyPatch,
+    pieces: int,
+) -> None:
+    """Once every missing piece is in flight only a second source could be given (the
+    endgame): a download whose pieces land within ENDGAME_AFTER asks the scheduler once
+    (it asked twice, the second request held until the last piece's report, then
+    answered with nothing: two frames and a scheduler pass a small file)."""
+    from dfget import transfers
+    from proto.io.framed import FramedStream
+    from proto.messages import PieceTasksRequest
+
+    monkeypatch.setattr(transfers, "ENDGAME_AFTER", 30.0)  # (however slow the machine)
+
+    data = random_blob(pieces * MiB - 5)
+    origin.add("/f.bin", data)
+    await fetch(origin.url("/f.bin"), supernode)  # warm: the CDN holds every piece
+    asked: list[int] = []
+    send = FramedStream.send
+
+    async def counting(self: FramedStream, message: object, *args: object, **kw: object) -> None:
+        if isinstance(message, PieceTasksRequest):
+            asked.append(message.want)
+        await send(self, message, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FramedStream, "send", counting)
+    result = await fetch(origin.url("/f.bin"), supernode)
+    assert Path(result.output).read_bytes() == data
+    assert asked == [8]

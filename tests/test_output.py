@@ -96,3 +96,32 @@ def test_a_reader_that_took_bytes_of_one_output_takes_none_of_the_next(tmp_path:
         second.reset()
         with pytest.raises(BlobUnavailable, match="restarted over after 2 bytes"):
             fresh.check(2)
+
+
+def test_a_one_piece_download_keeps_no_record(tmp_path: Path) -> None:
+    """A file of one piece has nothing to resume but the whole of it: no record is
+    created (a file created and removed was most of a small file's disk time), and one
+    an earlier run left, naming that very piece, is not trusted and goes at the end."""
+    from dfget.resume import partial_paths
+
+    target = tmp_path / "f"
+    _, record = partial_paths(target)
+    with ResumableOutput(target) as out:
+        assert out.resume_from(16, 10) == []
+        out.write_at(0, b"x" * 10)
+        out.piece_stored(0)
+        assert not record.exists()
+        out.commit()
+    assert target.read_bytes() == b"x" * 10
+    with pytest.raises(RuntimeError), ResumableOutput(target) as out:
+        assert out.resume_from(8, 10) == []  # two pieces: recorded as before
+        out.write_at(0, b"y" * 8)
+        out.piece_stored(0)
+        raise RuntimeError("stopped")  # (the record and the partial file are kept)
+    assert record.exists()
+    with ResumableOutput(target) as out:  # the same file, now of one piece
+        assert out.resume_from(16, 10) == []
+        out.write_at(0, b"z" * 10)
+        out.commit()
+    assert not record.exists()
+    assert target.read_bytes() == b"z" * 10

@@ -260,17 +260,19 @@ class ControlSession:
         self.swarm.enter(
             record, task, trio.current_time(), in_order=message.in_order, leaves=message.leaves
         )
-        await self.framed.send(
-            Registered(
-                task_id=task.task_id,
-                generation=task.generation,
-                length=task.length,
-                piece_size=task.piece_size,
-                wrapped_key=wrapped,
-                ticket_key=raw_public(self.swarm.ticket_key),
-                cdn_ticket=self.swarm.ticket(task.task_id, self.peer_id, CDN_UPLOADER),
-            )
+        registered = Registered(
+            task_id=task.task_id,
+            generation=task.generation,
+            length=task.length,
+            piece_size=task.piece_size,
+            wrapped_key=wrapped,
+            ticket_key=raw_public(self.swarm.ticket_key),
+            cdn_ticket=self.swarm.ticket(task.task_id, self.peer_id, CDN_UPLOADER),
         )
+        # What the task has already goes in the same write (a stored small file's
+        # digests and end: one write and one wake-up on each side, not three).
+        news, sent = self._news(task, 0)
+        await self.framed.send_together([registered, *news])
         log.info(
             "peer %s (%s:%d) registered task %s (generation %d, %s)",
             self.peer_id[:40],
@@ -281,7 +283,8 @@ class ControlSession:
             task.state,
         )
         token = self._registrations[task.task_id] = object()
-        nursery.start_soon(self._push_progress, task, token)
+        if sent is not None:
+            nursery.start_soon(self._push_progress, task, token, sent)
         if self.swarm.token is not None:
             # Admitted with the cluster token and registered: out of the connection
             # caps, which bound strangers (a dfdaemon of protocol version 1 holds a
@@ -429,47 +432,61 @@ class ControlSession:
         indexes = [i for i in message.indexes() if i < task.ready]
         self.swarm.claim(self.peer_id, task.task_id, indexes, trio.current_time())
 
-    async def _push_progress(self, task: CdnTask, token: object) -> None:
-        sent = 0
+    async def _push_progress(self, task: CdnTask, token: object, sent: int) -> None:
+        """The task's news from digest `sent` on, as it comes, until its end (or the
+        peer leaves it)."""
         while self._registrations.get(task.task_id) is token:  # (until the peer leaves it)
+            news, after = self._news(task, sent)
+            for message in news:
+                await self.framed.send(message)
+            if after is None:
+                return
+            if after == sent:
+                with self._until_left(task.task_id):
+                    await task.wait_changed()
+            sent = after
+
+    @staticmethod
+    def _news(task: CdnTask, sent: int) -> tuple[list[Message], int | None]:
+        """What a peer that has the task's first `sent` digests is to hear now: the next
+        digests (one frame's worth), then the end once it has them all (TaskDone, or
+        TaskFailed); and how many digests it then has, None once the end is told."""
+        if sent < task.ready:
+            batch = task.digests[sent : sent + DIGESTS_PER_FRAME]
+            news: list[Message] = [
+                PiecesReady(
+                    task_id=task.task_id,
+                    generation=task.generation,
+                    start=sent,
+                    digests=tuple(batch),
+                )
+            ]
+            sent += len(batch)
             if sent < task.ready:
-                batch = task.digests[sent : sent + DIGESTS_PER_FRAME]
-                await self.framed.send(
-                    PiecesReady(
-                        task_id=task.task_id,
-                        generation=task.generation,
-                        start=sent,
-                        digests=tuple(batch),
-                    )
-                )
-                sent += len(batch)
-                continue
-            if task.state is TaskState.DONE:
-                assert task.length is not None and task.piece_count is not None
-                await self.framed.send(
-                    TaskDone(
-                        task_id=task.task_id,
-                        generation=task.generation,
-                        length=task.length,
-                        piece_count=task.piece_count,
-                        etag=task.validators.etag or "",
-                        last_modified=task.validators.last_modified or "",
-                    )
-                )
-                return
-            if task.state is TaskState.FAILED:
-                error = task.error or SupernodeError("task failed")
-                await self.framed.send(
-                    TaskFailed(
-                        task_id=task.task_id,
-                        code=str(error.code),
-                        message=str(error)[:4096],
-                        status=error.status,
-                    )
-                )
-                return
-            with self._until_left(task.task_id):
-                await task.wait_changed()
+                return news, sent
+        else:
+            news = []
+        if task.state is TaskState.DONE:
+            assert task.length is not None and task.piece_count is not None
+            done = TaskDone(
+                task_id=task.task_id,
+                generation=task.generation,
+                length=task.length,
+                piece_count=task.piece_count,
+                etag=task.validators.etag or "",
+                last_modified=task.validators.last_modified or "",
+            )
+            return [*news, done], None
+        if task.state is TaskState.FAILED:
+            error = task.error or SupernodeError("task failed")
+            failed = TaskFailed(
+                task_id=task.task_id,
+                code=str(error.code),
+                message=str(error)[:4096],
+                status=error.status,
+            )
+            return [*news, failed], None
+        return news, sent
 
 
 def _stale(task_id: str) -> TaskFailed:
