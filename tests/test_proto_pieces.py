@@ -244,6 +244,39 @@ def test_the_ticket_issuer_hands_out_one_ticket_until_half_its_life_is_gone() ->
     assert issuer.ticket(TID, "c", "b", now=1054.0) != for_c
 
 
+def test_tickets_the_verifiers_own_issuer_signed_are_taken_without_a_signature_check() -> None:
+    """The supernode's CDN takes tickets its own issuer signed: the very bytes it
+    remembers issuing need no Ed25519 check (one a small file); every field is still
+    checked, and anything else (a forgery, one it forgot, another key's) is checked."""
+    key = Ed25519PrivateKey.generate()
+    issuer = TicketIssuer(key, ttl=100.0, capacity=2)
+    counting = CountingKey(key.public_key())
+    verifier = TicketVerifier(counting, issuer=issuer)  # type: ignore[arg-type]
+    args = {"task_id": TID, "requester": "a", "uploader": "b"}
+    ticket = issuer.ticket(TID, "a", "b", now=1000.0)
+    verifier.verify(ticket, now=1000.0, **args)
+    assert counting.checks == 0
+    with pytest.raises(BadTicket, match="another"):
+        verifier.verify(ticket, now=1000.0, **{**args, "requester": "c"})
+    with pytest.raises(BadTicket, match="expired"):
+        verifier.verify(ticket, now=1100.5, **args)
+    forged = bytearray(ticket)
+    forged[-1] ^= 1
+    with pytest.raises(BadTicket, match="signature"):
+        verifier.verify(bytes(forged), now=1000.0, **args)
+    assert counting.checks == 1
+    # Renewed or pushed out, the issuer forgets the old bytes: checked like any other.
+    issuer.ticket(TID, "a", "b", now=1051.0)
+    verifier.verify(ticket, now=1052.0, **args)
+    assert counting.checks == 2
+    other = issuer.ticket(TID, "x", "b", now=1052.0)
+    issuer.ticket(TID, "y", "b", now=1052.0)
+    issuer.ticket(TID, "z", "b", now=1052.0)  # (capacity 2: "x" goes)
+    assert issuer.issued(other) is None
+    verifier.verify(other, now=1053.0, **{**args, "requester": "x"})
+    assert counting.checks == 3
+
+
 def test_key_wrap_round_trip_and_binding() -> None:
     peer = X25519PrivateKey.generate()
     context = wrap_context(TID, 2)

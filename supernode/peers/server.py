@@ -66,7 +66,9 @@ class PeerServer:
         self.upload_limiter = upload_limiter
         self.limit = connections or ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
         # The CDN's uploads, every task's: room for one ticket per peer per task at scale.
-        self.tickets = TicketVerifier(swarm.ticket_key.public_key(), capacity=16384)
+        self.tickets = TicketVerifier(
+            swarm.ticket_key.public_key(), capacity=16384, issuer=swarm.tickets
+        )
         self.hello_timeout = HELLO_TIMEOUT
         # Peers that speak no protocol version from this one up are refused at their
         # Hello (--min-peer-protocol: 4 once every peer is, so that none proves the
