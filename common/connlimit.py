@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 DEFAULT_SHARE = 8  # one address may hold 1/8 of the total
@@ -51,20 +52,28 @@ class ConnectionStatistics:
 
 
 class ConnectionLimit:
-    def __init__(self, total: int, per_address: int | None = None) -> None:
+    """`total` connections at once, `per_address` of them from one address (a host, a
+    local user), except from the `unshared` addresses, which only the total bounds."""
+
+    def __init__(
+        self, total: int, per_address: int | None = None, *, unshared: Collection[str] = ()
+    ) -> None:
         if total < 1:
             raise ValueError(f"the connection limit must be at least 1, not {total}")
         self.total = total
         self.per_address = per_address if per_address is not None else per_address_share(total)
         if self.per_address < 1:
             raise ValueError(f"the per-address limit must be at least 1, not {self.per_address}")
+        self.unshared = frozenset(unshared)
         self._open = 0
         self._by_address: Counter[str] = Counter()
         self._refused = 0
 
     def try_acquire(self, address: str) -> bool:
         """Take a place for one connection from `address`; False if none is left."""
-        if self._open >= self.total or self._by_address[address] >= self.per_address:
+        if self._open >= self.total or (
+            self._by_address[address] >= self.per_address and address not in self.unshared
+        ):
             self._refused += 1
             return False
         self._open += 1
@@ -92,9 +101,18 @@ class ConnectionLimit:
         )
 
 
+# On a loopback port, who only the total bounds: root (the daemon's own clients,
+# dockerd and containerd, are root's, and root can take the port anyway), and every
+# client at once where the kernel cannot name who owns a connection (they all have
+# one address: `common.io.connections.remote_address`).
+LOOPBACK_UNSHARED = ("uid:0", "127.0.0.1", "::1")
+
+
 def listen_limit(total: int, host: str) -> ConnectionLimit:
     """The cap of a port listening on `host`: `total` connections, a share of it per
-    client address; on a loopback address every client has the same address
-    (127.0.0.1 or ::1), so there the total alone counts."""
+    client address; on a loopback address every client has the same address, so there
+    the share is per local user (the owner of the client's socket, as the kernel
+    names it), root's and unknown ones aside (`LOOPBACK_UNSHARED`)."""
     loopback = host in ("localhost", "::1") or host.startswith("127.")
-    return ConnectionLimit(total, total if loopback else per_address_share(total))
+    unshared = LOOPBACK_UNSHARED if loopback else ()
+    return ConnectionLimit(total, per_address_share(total), unshared=unshared)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -717,6 +718,69 @@ async def test_connections_past_the_cap_are_closed_at_once(start_daemon: StartDa
                         break
         for stream in held:
             await stream.aclose()
+
+
+HOLD_CONNECTIONS = """
+import socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, answered = [], 0
+for _ in range(count):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect((host, port))
+    sock.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    try:
+        answered += sock.recv(100).startswith(b"HTTP/1.1 ")
+    except OSError:
+        pass
+    held.append(sock)
+print(answered, flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_local_user_holds_its_share_of_the_loopback_http_port_not_all_of_it(
+    start_daemon: StartDaemon,
+) -> None:
+    """On a loopback `--listen` every client has the address 127.0.0.1, so one local
+    user could hold every connection of the HTTP port and leave none for docker's pulls
+    or the other users (a documented limit). The kernel names who owns a loopback
+    client's socket: each local user has a share (N/8, at least 16); root, whose
+    clients docker and containerd are, only the total."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None, max_connections=64)
+    host, port = daemon.address.rsplit(":", 1)
+    children = []
+
+    async def hold(uid: int, count: int) -> int:
+        """Connections a process of `uid` opened and had answered (it keeps them)."""
+        child = await trio.lowlevel.open_process(
+            ["/usr/bin/python3", "-c", HOLD_CONNECTIONS, host, port, str(count)],
+            user=uid,
+            stdout=subprocess.PIPE,
+        )
+        children.append(child)
+        assert child.stdout is not None
+        with trio.fail_after(60):
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await child.stdout.receive_some(100)
+                assert chunk, "the child ended without a word"
+                line += chunk
+        return int(line)
+
+    try:
+        assert await hold(65534, 24) == 16  # its share; the 8 past it reset at once
+        assert await hold(65533, 4) == 4  # another user still gets in
+        streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(20)]
+        for stream in streams:  # root (this test): bounded by the total alone
+            assert await answered(stream)
+        assert daemon.http_limit.statistics().open == 40
+        for stream in streams:
+            await stream.aclose()
+    finally:
+        for child in children:
+            child.kill()
+            await child.wait()
 
 
 async def test_a_client_that_never_reads_its_answer_loses_the_connection(

@@ -126,3 +126,68 @@ sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 sock.connect(sys.argv[1])
 time.sleep(30)
 """
+
+
+CONNECT_TCP_AND_WAIT = """
+import socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_STREAM)
+sock.connect((sys.argv[1], int(sys.argv[2])))
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(
+    ("listen", "connect"),
+    [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("::", "127.0.0.1")],
+    ids=["ipv4", "ipv6", "ipv4-mapped"],
+)
+async def test_a_loopback_tcp_client_counts_as_the_user_that_owns_its_socket(
+    monkeypatch: pytest.MonkeyPatch, short_dir: Path, listen: str, connect: str
+) -> None:
+    """On loopback every client has one address: the kernel's socket diagnostics name
+    the uid that owns the client's socket instead (a subordinate range's as its owner),
+    so that each local user gets a share of a loopback port, as on the control socket."""
+    from common import sockdiag
+
+    assert sockdiag.works()  # (Linux with inet_diag: what CI and users run)
+    subuid = short_dir / "subuid"
+    subuid.write_text("4242:200000:65536\n")
+    monkeypatch.setattr(connections, "SUBUID", str(subuid))
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+    listener = trio.socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, listen != "::")
+    await listener.bind((listen, 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    seen = []
+    for uid in (65534, 200007, 0):
+        child = await trio.lowlevel.open_process(
+            [SYSTEM_PYTHON, "-c", CONNECT_TCP_AND_WAIT, connect, str(port)], user=uid
+        )
+        try:
+            with trio.fail_after(10):
+                sock, _ = await listener.accept()
+            with sock:
+                seen.append(remote_address(trio.SocketStream(sock)))
+        finally:
+            child.kill()
+            await child.wait()
+    listener.close()
+    assert seen == ["uid:65534", "uid:4242", "uid:0"]
+    # A socket that is not there (its client gone): nobody is named.
+    assert sockdiag.tcp_owner(local=("127.0.0.1", port), peer=("127.0.0.1", 1)) is None
+    assert sockdiag.tcp_owner(local=("10.0.0.1", port), peer=("10.0.0.2", 1)) is None
+
+
+def test_root_and_unknown_loopback_clients_are_bounded_by_the_total_alone() -> None:
+    from common.connlimit import listen_limit
+
+    limit = listen_limit(20, "127.0.0.1")
+    assert limit.per_address == 16
+    assert all(limit.try_acquire("uid:1000") for _ in range(16))
+    assert not limit.try_acquire("uid:1000")  # its share is used up
+    assert all(limit.try_acquire("uid:0") for _ in range(4))  # root: the total only
+    assert not limit.try_acquire("uid:0") and not limit.try_acquire("uid:1001")
+    assert listen_limit(20, "10.0.0.1").unshared == frozenset()

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from common import sockdiag
 from common.connlimit import ConnectionLimit, host_group
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,10 @@ def local_user(uid: int) -> int:
 def remote_address(stream: trio.SocketStream) -> str:
     """Who is on the other end, as the limit counts them: the IP address of a TCP peer
     (an IPv6 one by its /64: `host_group`; "?" if unknown), `uid:N` for a Unix-socket
-    peer (each local user is one address, the uids of its subordinate ranges with it)."""
+    peer (each local user is one address, the uids of its subordinate ranges with it)
+    and for a loopback TCP peer, whose socket the kernel names the owner of
+    (`common.sockdiag`; `uid:?` if it cannot tell for this one, the address as before
+    on a kernel that never can)."""
     sock = stream.socket
     if sock.family == socket.AF_UNIX:
         try:
@@ -90,9 +94,14 @@ def remote_address(stream: trio.SocketStream) -> str:
         except (OSError, AttributeError):
             return "local"
     try:
-        return host_group(str(sock.getpeername()[0]))
+        peer, local = sock.getpeername(), sock.getsockname()
     except OSError:
         return "?"
+    host = str(peer[0])
+    if sockdiag.loopback_ip(host) is not None and sockdiag.works():
+        uid = sockdiag.tcp_owner(local=(str(local[0]), int(local[1])), peer=(host, int(peer[1])))
+        return "uid:?" if uid is None else f"uid:{local_user(uid)}"
+    return host_group(host)
 
 
 class _Place:
