@@ -10,10 +10,12 @@ connection's four addresses: one netlink request and answer, some 20 µs.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
+import math
+import os
 import socket
 import struct
+import time
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -26,9 +28,14 @@ _TAIL = struct.Struct("=III")  # interface, cookie (two words: none)
 _NO_COOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
 _UID_AT = 4 + 48 + 12  # in inet_diag_msg: 4 bytes, the socket id, expires, queues
+_STATE_AT = 1  # in inet_diag_msg: the TCP state, after the family
+_INODE_AT = _UID_AT + 4
+TCP_TIME_WAIT = 6
 _ANSWER_BYTES = 8192
+RETRY_PROBE = 60.0  # seconds before a kernel that did not answer is asked again
 
-_works: bool | None = None  # whether this kernel answers (probed once)
+_works: bool | None = None  # whether this kernel answers (probed: True is kept)
+_failed_at = -math.inf
 
 
 def loopback_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -57,30 +64,47 @@ def tcp_owner(*, local: tuple[str, int], peer: tuple[str, int]) -> int | None:
     request = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + sockid
     header = _NLMSG.pack(_NLMSG.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
     answer = _ask(header + request)
-    if answer is None or len(answer) < _NLMSG.size + _UID_AT + 4:
+    if answer is None or len(answer) < _NLMSG.size + _INODE_AT + 4:
         return None
     _, kind, _, _, _ = _NLMSG.unpack_from(answer)
     if kind != SOCK_DIAG_BY_FAMILY:  # (NLMSG_ERROR: no such socket)
         return None
-    (uid,) = struct.unpack_from("=I", answer, _NLMSG.size + _UID_AT)
+    state = answer[_NLMSG.size + _STATE_AT]
+    uid, inode = struct.unpack_from("=II", answer, _NLMSG.size + _UID_AT)
+    if state == TCP_TIME_WAIT or inode == 0:
+        # Closed by its process: what is left (a time-wait record, an orphan) is
+        # named as uid 0 and nobody's. A client that sends and closes must not count
+        # as root (found by review).
+        return None
     return int(uid)
 
 
 def works() -> bool:
-    """Whether this kernel answers socket diagnostics (asked once: a made-up socket
-    is looked up, and "no such socket" is the answer that says yes)."""
-    global _works
-    if _works is None:
-        request = _REQUEST.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 0, _ALL_STATES)
-        request += _PORTS.pack(1, 1) + bytes(32) + _TAIL.pack(0, _NO_COOKIE, _NO_COOKIE)
-        header = _NLMSG.pack(_NLMSG.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
-        answer = _ask(header + request)
-        _works = False
-        if answer is not None and len(answer) >= _NLMSG.size + 4:
-            _, kind, _, _, _ = _NLMSG.unpack_from(answer)
-            (error,) = struct.unpack_from("=i", answer, _NLMSG.size)
-            _works = kind == SOCK_DIAG_BY_FAMILY or (kind == NLMSG_ERROR and -error == errno.ENOENT)
+    """Whether this kernel names the owners of loopback TCP sockets: asked of a
+    connection of this process's own (a kernel without TCP diagnostics answers every
+    lookup "no such socket", as it does for a socket that is gone). A yes is kept; a
+    no is asked again after RETRY_PROBE (it may have been a passing shortage)."""
+    global _works, _failed_at
+    if _works or time.monotonic() - _failed_at < RETRY_PROBE:
+        return bool(_works)
+    _works = _owns_a_connection()
+    if not _works:
+        _failed_at = time.monotonic()
     return _works
+
+
+def _owns_a_connection() -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+                client.settimeout(1.0)
+                client.connect(server.getsockname())
+                local, peer = server.getsockname(), client.getsockname()
+                return tcp_owner(local=local, peer=peer) == os.geteuid()
+    except OSError:
+        return False
 
 
 def _ask(message: bytes) -> bytes | None:

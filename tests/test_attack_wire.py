@@ -675,6 +675,22 @@ async def test_a_frame_the_peer_does_not_take_in_time_ends_sending(autojump_cloc
         await framed.send(ErrorReply(code="busy", message="y"), within=1000)
 
 
+async def test_frames_sent_together_of_which_one_cannot_go_end_sending() -> None:
+    """`send_together` encodes every frame before the write: one the encoder refuses
+    (a validator over the wire's bound) leaves the frames before it encoded, numbered
+    in a sealed session, and never sent, so no frame may follow (found by review)."""
+    from proto.errors import ProtoError
+    from proto.messages import TaskDone
+
+    ours, _theirs = trio.testing.memory_stream_pair()
+    framed = FramedStream(ours, Session(Side.SERVER), send_timeout=30)
+    too_long = TaskDone(task_id="a" * 64, generation=1, length=1, piece_count=1, etag="e" * 2000)
+    with pytest.raises(ProtoError):
+        await framed.send_together([ErrorReply(code="busy", message="x"), too_long])
+    with pytest.raises(ConnectionLost, match="encoded and not sent"):
+        await framed.send(ErrorReply(code="busy", message="y"))
+
+
 # -- 6. memory: a handful of 60-byte frames ------------------------------------------------
 
 

@@ -260,3 +260,27 @@ async def test_pieces_all_in_flight_ask_for_no_more(
     result = await fetch(origin.url("/f.bin"), supernode)
     assert Path(result.output).read_bytes() == data
     assert asked == [8]
+
+
+async def test_an_etag_longer_than_the_wire_takes_is_not_sent(
+    nursery: trio.Nursery, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    """An origin may send an ETag of up to 64 KiB, TaskDone carries 1024 characters:
+    the encoder refused it and that ended the peer's whole control session (every task
+    of a daemon's on it), at each Register of the file (found by review). It is sent
+    as no validator now."""
+    from testkit.scripted import Answer, ScriptedOrigin, Seen
+
+    data = random_blob(MiB + 3)
+    long_etag = '"' + "e" * 2000 + '"'
+
+    def answer(seen: Seen) -> Answer:
+        return Answer(200, [("etag", long_etag), ("content-type", "application/x")], data)
+
+    origin = ScriptedOrigin(answer)
+    await nursery.start(origin.serve)
+    for _ in range(2):  # cold, then warm (the task done as it registers)
+        result = await fetch(origin.url("/f.bin"), supernode, back_source=False)
+        assert Path(result.output).read_bytes() == data
+        assert result.from_cdn == len(data)
+        assert result.validators is not None and result.validators[0] == ""

@@ -99,7 +99,13 @@ class FramedStream:
         it): one system call, and one wake-up of the peer, instead of one each."""
         async with self._send_lock:
             self._check_sendable()
-            data = b"".join([self.session.send(message) for message in messages])
+            try:
+                data = b"".join([self.session.send(message) for message in messages])
+            except Exception:
+                # The ones before took their places in the sealed numbering and were
+                # never sent: no frame may follow (the peer would not open it).
+                self._send_broken = "frames were encoded and not sent"
+                raise
             with self._sending(messages[0], within):
                 await self.stream.send_all(data)
 

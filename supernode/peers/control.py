@@ -30,6 +30,7 @@ from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
+    MAX_VALIDATOR,
     SHARED_SESSIONS,
     KeepAlive,
     Leave,
@@ -473,8 +474,8 @@ class ControlSession:
                 generation=task.generation,
                 length=task.length,
                 piece_count=task.piece_count,
-                etag=task.validators.etag or "",
-                last_modified=task.validators.last_modified or "",
+                etag=_sendable(task.validators.etag),
+                last_modified=_sendable(task.validators.last_modified),
             )
             return [*news, done], None
         if task.state is TaskState.FAILED:
@@ -487,6 +488,13 @@ class ControlSession:
             )
             return [*news, failed], None
         return news, sent
+
+
+def _sendable(validator: str | None) -> str:
+    """An origin's validator as TaskDone carries it: "" (none) for one longer than the
+    wire takes (an origin may send an ETag of up to 64 KiB; refused by the encoder, it
+    ended the peer's whole control session)."""
+    return validator if validator and len(validator) <= MAX_VALIDATOR else ""
 
 
 def _stale(task_id: str) -> TaskFailed:
