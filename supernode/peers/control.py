@@ -270,6 +270,10 @@ class ControlSession:
             ticket_key=raw_public(self.swarm.ticket_key),
             cdn_ticket=self.swarm.ticket(task.task_id, self.peer_id, CDN_UPLOADER),
         )
+        # Registered before the answer goes: the peer asks for piece tasks the moment it
+        # has it, and a request handled while this send still yields (a busy session)
+        # took the task for one not yet registered and dropped its answer, for good.
+        token = self._registrations[task.task_id] = object()
         # What the task has already goes in the same write (a stored small file's
         # digests and end: one write and one wake-up on each side, not three).
         news, sent = self._news(task, 0)
@@ -283,7 +287,6 @@ class ControlSession:
             task.generation,
             task.state,
         )
-        token = self._registrations[task.task_id] = object()
         if sent is not None:
             nursery.start_soon(self._push_progress, task, token, sent)
         if self.swarm.token is not None:
