@@ -130,42 +130,14 @@ class Attempt:
                 return await self._run(shared.server, shared.port, on_complete)
             finally:
                 shared.server.unshare(self.task_id, self.peer_id)
-        server = (self.options.server_factory or PieceServer)(
-            slots=self.options.upload_slots,
-            limiter=RateLimiter(self.options.upload_rate),
-            connections=ConnectionLimit(self.options.max_connections),
-        )
+        server = upload_server(self.options)
         with unwrap_group():
             async with trio.open_nursery() as outer:
-                host, port = self.options.listen
-                try:
-                    bound = await outer.start(server.serve, host, port)
-                except OSError as exc:
-                    raise UsageError(f"cannot listen for uploads on {host}:{port}: {exc}") from exc
+                bound = await start_uploads(outer, server, self.options)
                 book = await self._run(server, bound, on_complete)
-                await self._finish_uploads(server)
+                await finish_uploads(server, signals_end=self.options.signals_end_seeding)
                 outer.cancel_scope.cancel()
         return book
-
-    async def _finish_uploads(self, server: PieceServer) -> None:
-        """Out of the swarm (no new uploads are assigned to it), end those in flight:
-        for at most FINISH_UPLOADS seconds, or until SIGTERM or SIGINT (as seeding).
-        Requests assigned before the supernode saw it leave are refused `busy` (the
-        downloader asks again), so that none starts only to be cut off at the exit."""
-        server.stop_taking()
-        if not server.uploading:
-            return
-        log.info("finishing %d uploads in flight", server.uploading)
-        with (
-            trio.move_on_after(FINISH_UPLOADS),
-            _ended_by_signals(self.options.signals_end_seeding) as signalled,
-        ):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    _cancel_on_signal, signalled, nursery.cancel_scope, "uploads in flight cut"
-                )
-                await server.wait_idle()
-                nursery.cancel_scope.cancel()
 
     async def _run(
         self,
@@ -440,6 +412,43 @@ class Attempt:
                 log.warning("seeding stopped: %s", exc)
 
 
+def upload_server(options: PeerOptions) -> PieceServer:
+    """A download's own upload server, as `options` set it up (not listening yet)."""
+    return (options.server_factory or PieceServer)(
+        slots=options.upload_slots,
+        limiter=RateLimiter(options.upload_rate),
+        connections=ConnectionLimit(options.max_connections),
+    )
+
+
+async def start_uploads(nursery: trio.Nursery, server: PieceServer, options: PeerOptions) -> int:
+    """Have `server` listen where `options` say, in `nursery`; the port it took."""
+    host, port = options.listen
+    try:
+        bound: int = await nursery.start(server.serve, host, port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen for uploads on {host}:{port}: {exc}") from exc
+    return bound
+
+
+async def finish_uploads(server: PieceServer, *, signals_end: bool) -> None:
+    """Out of the swarm (no new uploads are assigned to it), end those in flight:
+    for at most FINISH_UPLOADS seconds, or until SIGTERM or SIGINT (`signals_end`, as
+    seeding). Requests assigned before the supernode saw it leave are refused `busy`
+    (the downloader asks again), so that none starts only to be cut off at the exit."""
+    server.stop_taking()
+    if not server.uploading:
+        return
+    log.info("finishing %d uploads in flight", server.uploading)
+    with trio.move_on_after(FINISH_UPLOADS), _ended_by_signals(signals_end) as signalled:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _cancel_on_signal, signalled, nursery.cancel_scope, "uploads in flight cut"
+            )
+            await server.wait_idle()
+            nursery.cancel_scope.cancel()
+
+
 async def keep_alive(control: FramedStream) -> None:
     """A KeepAlive every KEEPALIVE_INTERVAL for as long as the session lasts; a broken
     session is left to `_follow` to notice."""
@@ -471,4 +480,4 @@ async def _cancel_on_signal(
         return
 
 
-__all__ = ["Attempt"]
+__all__ = ["Attempt", "finish_uploads", "start_uploads", "upload_server"]

@@ -25,7 +25,8 @@ task sees it, in place of a connection of its own (`dfget.peer.Attempt`).
   to another session, under another peer id, as it always did (a second Register of a
   task on one session would end it, and the peer id's standing in the task, a
   blacklisting there, would outlive the download that earned it). A session whose last
-  line ended closes.
+  line ended closes, unless its `Sessions` keeps idle ones (`dfget -r`'s files, which
+  come one after another and do not seed: `dfget.tree.sharing`).
 - A line's frames go out shielded from its download's cancellation: a frame cut short
   would break the session for every task on it.
 - The session breaking (the supernode gone, a protocol violation, an ErrorReply that
@@ -117,12 +118,17 @@ _ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks)
 class _Session:
     """One connection to a supernode, carrying the tasks of its lines."""
 
-    def __init__(self, key: Key, peer_id: str, framed: FramedStream) -> None:
+    def __init__(
+        self, key: Key, peer_id: str, framed: FramedStream, *, keep_idle: bool = False
+    ) -> None:
         self.key = key
         self.peer_id = peer_id
         self.framed = framed
         welcome = framed.welcome
         self.shared = welcome is not None and welcome.version >= SHARED_SESSIONS
+        # Kept open when its last line ends (until the Sessions' nursery ends), for the
+        # next download: `dfget -r`'s files, which do not seed, come one after another.
+        self.keep_idle = keep_idle and self.shared
         self.probes = welcome is not None and welcome.version >= ANSWERED_PROBES
         self.heard_at = trio.current_time()  # the supernode's last frame
         self.probed_at = -math.inf  # the last Probe sent
@@ -442,13 +448,13 @@ class TaskLine:
 
     def close(self) -> None:
         """The download is over: leave the task, or close the session if it carries
-        no other (the supernode then leaves them all)."""
+        no other (the supernode then leaves them all) and is not kept idle."""
         session = self.session
         self.closed = True
         if session.lines.get(self.task_id) is self:
             del session.lines[self.task_id]
         self.inbox_in.close()
-        if not session.lines:
+        if not session.lines and not session.keep_idle:
             session.end(ConnectionLost("the session carries no task", clean=True))
         elif self._awaiting:  # left once the answer is in (`put`)
             session.left.add(self.task_id)
@@ -462,9 +468,12 @@ class Sessions:
     with one upload address: a download that uploads nothing (a daemon's check of a
     copy it keeps) registers on sessions of its own."""
 
-    def __init__(self, nursery: trio.Nursery, *, ask_proof: bool = False) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, *, ask_proof: bool = False, keep_idle: bool = False
+    ) -> None:
         self._nursery = nursery
         self._ask_proof = ask_proof  # the supernodes prove the cluster token (we have one)
+        self._keep_idle = keep_idle  # sessions stay open without tasks (`_Session`)
         self._sessions: dict[Key, list[_Session]] = {}
         self._opening: dict[Key, trio.Lock] = {}
         self._unshared: set[str] = set()  # addresses whose supernode speaks version 1
@@ -541,7 +550,7 @@ class Sessions:
             key[0], peer_id=peer_id, max_payload=0, within=within, ask_proof=self._ask_proof
         )
         _notice_loss(framed)
-        session = _Session(key, peer_id, framed)
+        session = _Session(key, peer_id, framed, keep_idle=self._keep_idle)
         self._nursery.start_soon(self._serve, session)
         if session.shared:
             self._unshared.discard(key[0])

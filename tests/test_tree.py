@@ -525,3 +525,46 @@ async def test_files_go_through_the_daemon_when_one_answers(
     third = await download_tree(TreeRequest(HttpIndexLister(url), template.output, template))
     assert [f.name for f in third.files if f.status == "done"] == ["a.txt"]
     assert (template.output / "a.txt").read_bytes() == b"HELLO"
+
+
+async def test_a_trees_files_share_the_connections_to_the_supernode(
+    site: Site, tmp_path: Path, supernode: RunningSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files of a tree downloaded here share one upload server, control sessions,
+    piece connections and the supernodes' directory, as a daemon's downloads do: each
+    file opened its own (a members request, a control session and a piece connection,
+    each a connection with its handshake, and a listening socket)."""
+    from dfget import connect, members, sessions, sources, uploads
+
+    opened: list[str] = []
+    asked: list[str] = []
+    listening: list[int] = []
+
+    def counting(module: Any, name: str, into: list[Any]) -> None:
+        original = getattr(module, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            into.append(module.__name__)
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module in (connect, sessions, sources):
+        counting(module, "connect_stream", opened)
+    counting(members, "ask_members", asked)
+    counting(uploads.PieceServer, "serve", listening)
+    url = site.url("json")
+    template = DownloadRequest(
+        url=url,
+        output=tmp_path / "out",
+        supernodes=(supernode.address,),
+        back_source=False,
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+    request = TreeRequest(HttpIndexLister(url), template.output, template, Selection(), jobs=2)
+    result = await download_tree(request)
+    assert tree_of(template.output) == FILES
+    assert result.count("done") == len(FILES) >= 5
+    assert len(asked) == 1 and len(listening) == 1
+    # A members request, then control sessions and piece connections for 2 at once.
+    assert len(opened) <= 5, opened

@@ -2,7 +2,8 @@
 complete and unchanged, download the rest `jobs` at a time.
 
 Each file is an ordinary `download()` of its own URL to its own path (its own task,
-shared P2P like any other; through the daemon when one answers). A file that fails,
+shared P2P like any other; through the daemon when one answers), the files sharing one
+upload server, control sessions and piece connections (`dfget.tree.sharing`). A file that fails,
 or whose path is refused, does not stop the others; the manifest records every file
 written, even when the run ends early.
 """
@@ -24,6 +25,7 @@ from dfget.tree.entries import Entry, Lister
 from dfget.tree.globs import Selection
 from dfget.tree.paths import make_root
 from dfget.tree.results import FileResult, TreeResult
+from dfget.tree.sharing import shared_peer
 from dfget.tree.steps import done, failed, placed, take
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,11 @@ async def download_tree(
 
     limiter = trio.CapacityLimiter(request.jobs)
     try:
-        async with trio.open_nursery() as nursery:
+        async with shared_peer(request.template) as template, trio.open_nursery() as nursery:
+            files = replace(request, template=template)
             for entry in wanted.values():
                 await limiter.acquire_on_behalf_of(entry)
-                nursery.start_soon(_one, request, entry, records, limiter, ended)
+                nursery.start_soon(_one, files, entry, records, limiter, ended)
     finally:
         outcome.seconds = trio.current_time() - started
         try:
