@@ -149,6 +149,15 @@ class _Session:
         self._probing = False  # a Probe being sent
         self.ended = trio.Event()
 
+    def spent(self) -> bool:
+        """Whether it can take no new task ever again (it left LEFT_KEPT of them)."""
+        return len(self.left) >= LEFT_KEPT
+
+    def kept_idle(self) -> bool:
+        """Whether it stays open without tasks: kept idle, and able to take more once
+        the task ending now is left (else it ends, not holding a connection for none)."""
+        return self.keep_idle and self.retired is None and len(self.left) + 1 < LEFT_KEPT
+
     def takes(self, task_id: str) -> bool:
         """Whether a line for `task_id` may go on this session (its Register may wait)."""
         return (
@@ -454,7 +463,7 @@ class TaskLine:
         if session.lines.get(self.task_id) is self:
             del session.lines[self.task_id]
         self.inbox_in.close()
-        if not session.lines and not session.keep_idle:
+        if not session.lines and not session.kept_idle():
             session.end(ConnectionLost("the session carries no task", clean=True))
         elif self._awaiting:  # left once the answer is in (`put`)
             session.left.add(self.task_id)
@@ -532,7 +541,7 @@ class Sessions:
         live = [
             session
             for session in self._sessions.get(key, [])
-            if session.broken is None and session.retired is None
+            if session.broken is None and session.retired is None and not session.spent()
         ]
         open_ones = [session for session in live if session.takes(task_id)]
         for session in open_ones:

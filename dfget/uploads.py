@@ -52,6 +52,10 @@ SEND_TIMEOUT = 60.0  # for the requester to take a refusal
 MIN_PIECE_SEND = 60.0
 MIN_SEND_RATE = 256 * 1024  # bytes/s
 MAX_SPARE = 16 * 1024 * 1024 + TAG_SIZE  # larger sealed buffers are not kept
+# A task just unshared is refused `busy` for this long (a leaving peer finishes its
+# uploads for as long: dfget.peer.FINISH_UPLOADS), of the last MAX_LEFT unshared.
+LEFT_BUSY = 5.0
+MAX_LEFT = 1024
 
 
 def piece_send_timeout(
@@ -147,6 +151,7 @@ class PieceServer:
         self.refusals: dict[str, int] = {}
         self._idle = trio.Event()  # set when the last upload in flight ends
         self.closing = False  # its peer is leaving: no new upload starts (`stop_taking`)
+        self._left: dict[str, tuple[SharedTask, float]] = {}  # unshared lately (`unshare`)
 
     @property
     def uploading(self) -> int:
@@ -165,6 +170,7 @@ class PieceServer:
             await self._idle.wait()
 
     def share(self, task: SharedTask) -> None:
+        self._left.pop(task.task_id, None)
         replaced = self.tasks.get(task.task_id)
         self.tasks[task.task_id] = task
         if replaced is not None and replaced is not task:
@@ -172,12 +178,28 @@ class PieceServer:
 
     def unshare(self, task_id: str, uploader: str | None = None) -> None:
         """Stop serving `task_id` (only if `uploader` still shares it, when given: a
-        newer download of the same task may have taken over)."""
+        newer download of the same task may have taken over). For LEFT_BUSY after, a
+        request for it with a valid ticket is refused `busy`, as a leaving peer's are:
+        its Leave may not have reached the supernode, which still sends downloaders
+        here, and `unknown_task` would count against this uploader there."""
         task = self.tasks.get(task_id)
         if task is None or (uploader is not None and task.uploader != uploader):
             return
         del self.tasks[task_id]
         task.retire()  # closed now, or by the last upload still reading it
+        if len(self._left) >= MAX_LEFT:
+            del self._left[next(iter(self._left))]
+        self._left[task_id] = task, time.monotonic()
+
+    def _just_left(self, task_id: str) -> SharedTask | None:
+        """The task if it was unshared less than LEFT_BUSY ago."""
+        entry = self._left.get(task_id)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[1] >= LEFT_BUSY:
+            del self._left[task_id]
+            return None
+        return entry[0]
 
     async def serve(
         self,
@@ -230,8 +252,9 @@ class PieceServer:
     async def _answer(self, framed: FramedStream, requester: str, request: PieceRequest) -> bool:
         """Answer one request; True if it showed a valid ticket (the session is in use)."""
         task = self.tasks.get(request.task_id)
-        refusal = self._check(task, requester, request)
-        if refusal is None and self.closing:
+        left = self._just_left(request.task_id) if task is None else None
+        refusal = self._check(task or left, requester, request)
+        if refusal is None and (self.closing or left is not None):
             refusal = ErrorCode.BUSY, "leaving: no new uploads"
         if refusal is None:
             try:

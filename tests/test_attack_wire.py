@@ -546,6 +546,39 @@ async def test_other_refusals_keep_the_piece_session(
         assert isinstance((await framed.receive()).message, PieceData)
 
 
+async def test_a_task_just_unshared_is_refused_busy_not_unknown(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer whose download ended stops sharing the task at once (`dfget -r`'s files
+    on their shared upload server); its Leave may not have reached the supernode, which
+    still sends downloaders to it. `unknown_task` counted against it there, as a
+    refusal: for LEFT_BUSY it answers `busy`, as a leaving peer does, to a valid ticket
+    only (found by review)."""
+    from dfget import uploads
+
+    server = FakePieceServer(slots=2, limiter=RateLimiter(None))
+    address = await start_upload_server(nursery, server)
+    server.unshare(TID)
+    stream = await raw_connect(address)
+    async with open_session(stream, role="peer", peer_id="reader", max_payload=MiB + 16) as framed:
+        for request, code in (
+            (peer_request(0), "busy"),
+            (PieceRequest(task_id=TID, generation=2, index=0, ticket=b""), "stale"),
+        ):
+            await framed.send(request)
+            reply = (await framed.receive()).message
+            assert isinstance(reply, PieceRefused) and reply.code == code
+        monkeypatch.setattr(uploads, "LEFT_BUSY", 0.0)  # (then: a task it does not know)
+        await framed.send(peer_request(0))
+        reply = (await framed.receive()).message
+        assert isinstance(reply, PieceRefused) and reply.code == "unknown_task"
+    server.share(shared_task())  # shared again: served
+    stream = await raw_connect(address)
+    async with open_session(stream, role="peer", peer_id="reader", max_payload=MiB + 16) as framed:
+        await framed.send(peer_request(0))
+        assert isinstance((await framed.receive()).message, PieceData)
+
+
 async def test_a_bad_ticket_ends_a_peer_upload_session_and_dfget_fails_the_rest_cleanly(
     nursery: trio.Nursery,
 ) -> None:

@@ -568,3 +568,63 @@ async def test_a_trees_files_share_the_connections_to_the_supernode(
     assert len(asked) == 1 and len(listening) == 1
     # A members request, then control sessions and piece connections for 2 at once.
     assert len(opened) <= 5, opened
+
+
+async def test_a_trees_spent_sessions_close_and_are_not_counted(
+    site: Site, tmp_path: Path, supernode: RunningSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session kept open between files takes no task once it has left LEFT_KEPT:
+    it closed only with the tree, and counted among the supernode's sessions, so that
+    past eight of them every file queued its Register on the one left (found by review:
+    ~25 dead connections for 100,000 files, one slow origin holding up all the rest)."""
+    from dfget import sessions
+
+    monkeypatch.setattr(sessions, "LEFT_KEPT", 2)
+    seen: list[sessions.Sessions] = []
+    most = [0]
+    open_session = sessions.Sessions._open
+
+    async def opening(self: sessions.Sessions, *args: Any, **kwargs: Any) -> Any:
+        seen.append(self)
+        opened = await open_session(self, *args, **kwargs)
+        most[0] = max(most[0], self.count())
+        return opened
+
+    monkeypatch.setattr(sessions.Sessions, "_open", opening)
+    url = site.url("json")
+    template = DownloadRequest(
+        url=url,
+        output=tmp_path / "out",
+        supernodes=(supernode.address,),
+        back_source=False,
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+    request = TreeRequest(HttpIndexLister(url), template.output, template, Selection(), jobs=1)
+    result = await download_tree(request)
+    assert result.count("done") == len(FILES)
+    assert len(seen) >= 3  # (a new session every two files)
+    assert most[0] <= 2  # the spent one ended: (it, and the new one not yet counted)
+
+
+async def test_a_busy_upload_port_is_a_usage_error_not_a_traceback(
+    site: Site, tmp_path: Path
+) -> None:
+    """The files of a tree share one upload server, set up before the first file: a
+    port already taken is exit 2 with the reason, not an exception group's traceback
+    (found by review)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        argv = [PYTHON, "-m", "dfget", "-r", site.url("json"), "-o", str(tmp_path / "out")]
+        argv += ["--supernode", "127.0.0.1:1", "--daemon-socket", "", "--no-back-source"]
+        argv += ["--peer-listen", f"127.0.0.1:{port}"]
+        with trio.fail_after(RUN_TIMEOUT):
+            done = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False, env=cli_env()
+            )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert "cannot listen for uploads" in stderr and "Traceback" not in stderr

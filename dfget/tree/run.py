@@ -10,6 +10,7 @@ written, even when the run ends early.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from common.io import unwrap_group
 from dfget.defaults import DEFAULT_JOBS
 from dfget.engine import DownloadRequest, download
 from dfget.errors import DfgetError
@@ -63,12 +65,15 @@ async def download_tree(
             ended(refusal)
 
     limiter = trio.CapacityLimiter(request.jobs)
+    # (nothing to download: no upload server, no member list, no sessions)
+    sharing = shared_peer(request.template) if wanted else contextlib.nullcontext(request.template)
     try:
-        async with shared_peer(request.template) as template, trio.open_nursery() as nursery:
-            files = replace(request, template=template)
-            for entry in wanted.values():
-                await limiter.acquire_on_behalf_of(entry)
-                nursery.start_soon(_one, files, entry, records, limiter, ended)
+        with unwrap_group():  # (a usage error, a Ctrl-C: as themselves, not in a group)
+            async with sharing as template, trio.open_nursery() as nursery:
+                files = replace(request, template=template)
+                for entry in wanted.values():
+                    await limiter.acquire_on_behalf_of(entry)
+                    nursery.start_soon(_one, files, entry, records, limiter, ended)
     finally:
         outcome.seconds = trio.current_time() - started
         try:

@@ -99,15 +99,18 @@ class FramedStream:
         it): one system call, and one wake-up of the peer, instead of one each."""
         async with self._send_lock:
             self._check_sendable()
+            frames: list[bytes] = []
             try:
-                data = b"".join([self.session.send(message) for message in messages])
+                for message in messages:
+                    frames.append(self.session.send(message))
             except Exception:
-                # The ones before took their places in the sealed numbering and were
-                # never sent: no frame may follow (the peer would not open it).
-                self._send_broken = "frames were encoded and not sent"
+                if frames:  # (the first one refused changed nothing)
+                    # Those before took their places in the sealed numbering and were
+                    # never sent: no frame may follow (the peer would not open it).
+                    self._send_broken = "frames were encoded and not sent"
                 raise
             with self._sending(messages[0], within):
-                await self.stream.send_all(data)
+                await self.stream.send_all(b"".join(frames))
 
     async def send_file(
         self, message: Message, fd: int, offset: int, count: int, *, within: float | None = None
