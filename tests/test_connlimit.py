@@ -100,11 +100,22 @@ async def test_the_uids_of_a_subordinate_range_count_as_its_owner(
     await listener.bind(str(path))
     listener.listen(4)
     os.chmod(path, 0o777)
+    uids = (200007, 265535, 265536, 300001, 400001)  # 4242's, its last, past it, none
+    seen = await addresses_of(listener, uids, CONNECT_AND_WAIT, str(path))
+    listener.close()
+    assert seen == ["uid:4242", "uid:4242", "uid:265536", "uid:300001", "uid:400001"]
+    subuid.write_text("4242:100:10\n")  # read again once it changes
+    assert connections.local_user(105) == 4242 and connections.local_user(200007) == 200007
+
+
+async def addresses_of(
+    listener: trio.socket.SocketType, uids: tuple[int, ...], script: str, *args: str
+) -> list[str]:
+    """How `remote_address` names a client of `listener` run as each of `uids` (the
+    system Python running `script` with `args`, which connects and waits)."""
     seen = []
-    for uid in (200007, 265535, 265536, 300001, 400001):  # 4242's, its last, past it, none
-        child = await trio.lowlevel.open_process(
-            [SYSTEM_PYTHON, "-c", CONNECT_AND_WAIT, str(path)], user=uid
-        )
+    for uid in uids:
+        child = await trio.lowlevel.open_process([SYSTEM_PYTHON, "-c", script, *args], user=uid)
         try:
             with trio.fail_after(10):
                 sock, _ = await listener.accept()
@@ -113,10 +124,7 @@ async def test_the_uids_of_a_subordinate_range_count_as_its_owner(
         finally:
             child.kill()
             await child.wait()
-    listener.close()
-    assert seen == ["uid:4242", "uid:4242", "uid:265536", "uid:300001", "uid:400001"]
-    subuid.write_text("4242:100:10\n")  # read again once it changes
-    assert connections.local_user(105) == 4242 and connections.local_user(200007) == 200007
+    return seen
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # (any user may run it; the tests' venv is root's)
@@ -161,19 +169,8 @@ async def test_a_loopback_tcp_client_counts_as_the_user_that_owns_its_socket(
     await listener.bind((listen, 0))
     listener.listen(4)
     port = listener.getsockname()[1]
-    seen = []
-    for uid in (65534, 200007, 0):
-        child = await trio.lowlevel.open_process(
-            [SYSTEM_PYTHON, "-c", CONNECT_TCP_AND_WAIT, connect, str(port)], user=uid
-        )
-        try:
-            with trio.fail_after(10):
-                sock, _ = await listener.accept()
-            with sock:
-                seen.append(remote_address(trio.SocketStream(sock)))
-        finally:
-            child.kill()
-            await child.wait()
+    uids = (65534, 200007, 0)
+    seen = await addresses_of(listener, uids, CONNECT_TCP_AND_WAIT, connect, str(port))
     listener.close()
     assert seen == ["uid:65534", "uid:4242", "uid:0"]
     # A socket that is not there: nobody is named.

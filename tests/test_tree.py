@@ -113,6 +113,17 @@ def tree_of(folder: Path) -> dict[str, bytes]:
 pytestmark = needs_nginx
 
 
+def through(supernode: RunningSupernode, url: str, out: Path) -> DownloadRequest:
+    """A tree's template that takes every file from `supernode` (never the origin)."""
+    return DownloadRequest(
+        url=url,
+        output=out,
+        supernodes=(supernode.address,),
+        back_source=False,
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+
+
 @pytest.mark.parametrize("style", ["html", "json"])
 async def test_a_tree_downloads_whole_then_a_rerun_skips_it(
     site: Site, tmp_path: Path, style: str
@@ -238,13 +249,7 @@ async def test_files_go_through_the_supernode(
     dfget got the bytes over P2P, none from the origin. The origin's validators came
     with the pieces (no HEAD of dfget's own), and a re-run skips every file."""
     url = site.url(style)
-    template = DownloadRequest(
-        url=url,
-        output=tmp_path / "out",
-        supernodes=(supernode.address,),
-        back_source=False,
-        peer=PeerOptions(listen=("127.0.0.1", 0)),
-    )
+    template = through(supernode, url, tmp_path / "out")
     request = TreeRequest(HttpIndexLister(url), template.output, template, Selection(), jobs=4)
     result = await download_tree(request)
     assert tree_of(template.output) == FILES
@@ -554,13 +559,7 @@ async def test_a_trees_files_share_the_connections_to_the_supernode(
     counting(members, "ask_members", asked)
     counting(uploads.PieceServer, "serve", listening)
     url = site.url("json")
-    template = DownloadRequest(
-        url=url,
-        output=tmp_path / "out",
-        supernodes=(supernode.address,),
-        back_source=False,
-        peer=PeerOptions(listen=("127.0.0.1", 0)),
-    )
+    template = through(supernode, url, tmp_path / "out")
     request = TreeRequest(HttpIndexLister(url), template.output, template, Selection(), jobs=2)
     result = await download_tree(request)
     assert tree_of(template.output) == FILES
@@ -592,13 +591,7 @@ async def test_a_trees_spent_sessions_close_and_are_not_counted(
 
     monkeypatch.setattr(sessions.Sessions, "_open", opening)
     url = site.url("json")
-    template = DownloadRequest(
-        url=url,
-        output=tmp_path / "out",
-        supernodes=(supernode.address,),
-        back_source=False,
-        peer=PeerOptions(listen=("127.0.0.1", 0)),
-    )
+    template = through(supernode, url, tmp_path / "out")
     request = TreeRequest(HttpIndexLister(url), template.output, template, Selection(), jobs=1)
     result = await download_tree(request)
     assert result.count("done") == len(FILES)
