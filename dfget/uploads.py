@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.connlimit import ConnectionLimit
 from common.io import RateLimiter, serve_limited
@@ -38,7 +39,7 @@ from proto.io import FramedStream, server_handshake
 from proto.messages import PieceData, PieceRefused, PieceRequest
 from proto.pieces import TAG_SIZE, PieceSealer
 from proto.session import Session, Side
-from proto.tickets import TicketVerifier
+from proto.tickets import TicketVerifier, verify_ticket
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,35 @@ def piece_send_timeout(
 
 class _SessionRefused(Exception):
     """A refusal that ends the piece session (a bad ticket)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Left:
+    """What an upload server keeps of a task it stopped sharing, for LEFT_BUSY: enough
+    to check a request's generation and ticket (no file, no pieces, no key)."""
+
+    generation: int
+    uploader: str
+    key: Ed25519PublicKey  # the supernode's, that signs the tickets
+    at: float  # time.monotonic() when it left
+
+    def refusal(self, requester: str, request: PieceRequest) -> tuple[ErrorCode, str]:
+        """`busy` to a request with a valid ticket (as a leaving peer answers), else
+        what is wrong with it."""
+        if request.generation != self.generation:
+            return ErrorCode.STALE, f"this peer had generation {self.generation}"
+        try:
+            verify_ticket(
+                self.key,
+                request.ticket,
+                task_id=request.task_id,
+                requester=requester,
+                uploader=self.uploader,
+                now=time.time(),
+            )
+        except BadTicket as exc:
+            return ErrorCode.BAD_TICKET, str(exc)
+        return ErrorCode.BUSY, "leaving: no new uploads"
 
 
 @dataclass
@@ -151,7 +181,7 @@ class PieceServer:
         self.refusals: dict[str, int] = {}
         self._idle = trio.Event()  # set when the last upload in flight ends
         self.closing = False  # its peer is leaving: no new upload starts (`stop_taking`)
-        self._left: dict[str, tuple[SharedTask, float]] = {}  # unshared lately (`unshare`)
+        self._left: dict[str, _Left] = {}  # unshared lately (`unshare`)
 
     @property
     def uploading(self) -> int:
@@ -187,19 +217,21 @@ class PieceServer:
             return
         del self.tasks[task_id]
         task.retire()  # closed now, or by the last upload still reading it
-        if len(self._left) >= MAX_LEFT:
+        now = time.monotonic()
+        while self._left and (
+            len(self._left) >= MAX_LEFT or now - next(iter(self._left.values())).at >= LEFT_BUSY
+        ):  # (in the order they left: the oldest first)
             del self._left[next(iter(self._left))]
-        self._left[task_id] = task, time.monotonic()
+        key = task.tickets.public_key
+        self._left[task_id] = _Left(task.generation, task.uploader, key, now)
 
-    def _just_left(self, task_id: str) -> SharedTask | None:
-        """The task if it was unshared less than LEFT_BUSY ago."""
-        entry = self._left.get(task_id)
-        if entry is None:
-            return None
-        if time.monotonic() - entry[1] >= LEFT_BUSY:
+    def _just_left(self, task_id: str) -> _Left | None:
+        """What is kept of a task unshared less than LEFT_BUSY ago."""
+        left = self._left.get(task_id)
+        if left is not None and time.monotonic() - left.at >= LEFT_BUSY:
             del self._left[task_id]
             return None
-        return entry[0]
+        return left
 
     async def serve(
         self,
@@ -253,9 +285,13 @@ class PieceServer:
         """Answer one request; True if it showed a valid ticket (the session is in use)."""
         task = self.tasks.get(request.task_id)
         left = self._just_left(request.task_id) if task is None else None
-        refusal = self._check(task or left, requester, request)
-        if refusal is None and (self.closing or left is not None):
-            refusal = ErrorCode.BUSY, "leaving: no new uploads"
+        refusal: tuple[ErrorCode, str] | None
+        if left is not None:
+            refusal = left.refusal(requester, request)
+        else:
+            refusal = self._check(task, requester, request)
+            if refusal is None and self.closing:
+                refusal = ErrorCode.BUSY, "leaving: no new uploads"
         if refusal is None:
             try:
                 self.slots.acquire_nowait()

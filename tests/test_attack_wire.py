@@ -579,6 +579,32 @@ async def test_a_task_just_unshared_is_refused_busy_not_unknown(
         assert isinstance((await framed.receive()).message, PieceData)
 
 
+def test_what_an_upload_server_keeps_of_tasks_it_left_goes_with_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept for LEFT_BUSY only, and only what a request's check needs: a task's book of
+    pieces, its key and its verified tickets stayed with up to 1024 of them for as long
+    as a daemon ran (found by review)."""
+    import dataclasses
+
+    from dfget import uploads
+
+    server = FakePieceServer(slots=2, limiter=RateLimiter(None))
+    clock = [1000.0]
+    monkeypatch.setattr(uploads.time, "monotonic", lambda: clock[0])
+    for n in range(3):
+        server.share(dataclasses.replace(shared_task(), task_id=f"{n:064x}"))
+        server.unshare(f"{n:064x}")
+    assert len(server._left) == 3
+    assert not any(
+        hasattr(left, "holds") or hasattr(left, "sealer") for left in server._left.values()
+    )
+    clock[0] += uploads.LEFT_BUSY
+    server.share(dataclasses.replace(shared_task(), task_id="f" * 64))
+    server.unshare("f" * 64)  # the three older ones go
+    assert list(server._left) == ["f" * 64]
+
+
 async def test_a_bad_ticket_ends_a_peer_upload_session_and_dfget_fails_the_rest_cleanly(
     nursery: trio.Nursery,
 ) -> None:
