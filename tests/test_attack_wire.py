@@ -591,7 +591,7 @@ def test_what_an_upload_server_keeps_of_tasks_it_left_goes_with_its_time(
 
     server = FakePieceServer(slots=2, limiter=RateLimiter(None))
     clock = [1000.0]
-    monkeypatch.setattr(uploads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # (the module's clock)
     for n in range(3):
         server.share(dataclasses.replace(shared_task(), task_id=f"{n:064x}"))
         server.unshare(f"{n:064x}")
