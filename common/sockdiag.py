@@ -20,7 +20,6 @@ import time
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
 _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _REQUEST = struct.Struct("=BBBBI")  # family, protocol, extensions, pad, states
 _PORTS = struct.Struct("!HH")  # source port, destination port (network order)
@@ -34,8 +33,8 @@ TCP_TIME_WAIT = 6
 _ANSWER_BYTES = 8192
 RETRY_PROBE = 60.0  # seconds before a kernel that did not answer is asked again
 
-_works: bool | None = None  # whether this kernel answers (probed: True is kept)
-_failed_at = -math.inf
+_works = False  # whether this kernel answers (probed: a yes is kept)
+_failed_at = -math.inf  # when it last did not
 
 
 def loopback_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -86,7 +85,7 @@ def works() -> bool:
     no is asked again after RETRY_PROBE (it may have been a passing shortage)."""
     global _works, _failed_at
     if _works or time.monotonic() - _failed_at < RETRY_PROBE:
-        return bool(_works)
+        return _works
     _works = _owns_a_connection()
     if not _works:
         _failed_at = time.monotonic()

@@ -20,6 +20,7 @@ requester that never reads cannot hold one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -83,20 +84,33 @@ class _Left:
     def refusal(self, requester: str, request: PieceRequest) -> tuple[ErrorCode, str]:
         """`busy` to a request with a valid ticket (as a leaving peer answers), else
         what is wrong with it."""
-        if request.generation != self.generation:
-            return ErrorCode.STALE, f"this peer had generation {self.generation}"
-        try:
-            verify_ticket(
-                self.key,
-                request.ticket,
-                task_id=request.task_id,
-                requester=requester,
-                uploader=self.uploader,
-                now=time.time(),
-            )
-        except BadTicket as exc:
-            return ErrorCode.BAD_TICKET, str(exc)
-        return ErrorCode.BUSY, "leaving: no new uploads"
+        verify = functools.partial(verify_ticket, self.key)
+        refusal = _ticket_refusal(self.generation, self.uploader, verify, requester, request)
+        return refusal or (ErrorCode.BUSY, "leaving: no new uploads")
+
+
+def _ticket_refusal(
+    generation: int,
+    uploader: str,
+    verify: Callable[..., None],
+    requester: str,
+    request: PieceRequest,
+) -> tuple[ErrorCode, str] | None:
+    """What is wrong with a request for a task of `generation` that `uploader` shares
+    (its ticket checked with `verify`), or None."""
+    if request.generation != generation:
+        return ErrorCode.STALE, f"this peer has generation {generation}"
+    try:
+        verify(
+            request.ticket,
+            task_id=request.task_id,
+            requester=requester,
+            uploader=uploader,
+            now=time.time(),
+        )
+    except BadTicket as exc:
+        return ErrorCode.BAD_TICKET, str(exc)
+    return None
 
 
 @dataclass
@@ -345,18 +359,10 @@ class PieceServer:
     ) -> tuple[ErrorCode, str] | None:
         if task is None:
             return ErrorCode.UNKNOWN_TASK, "this peer does not share that task"
-        if task.generation != request.generation:
-            return ErrorCode.STALE, f"this peer has generation {task.generation}"
-        try:
-            task.tickets.verify(
-                request.ticket,
-                task_id=request.task_id,
-                requester=requester,
-                uploader=task.uploader,
-                now=time.time(),
-            )
-        except BadTicket as exc:
-            return ErrorCode.BAD_TICKET, str(exc)
+        verify = task.tickets.verify
+        refusal = _ticket_refusal(task.generation, task.uploader, verify, requester, request)
+        if refusal is not None:
+            return refusal
         if not task.holds(request.index):
             return ErrorCode.NOT_HELD, "this peer does not hold that piece"
         return None

@@ -3,9 +3,9 @@ complete and unchanged, download the rest `jobs` at a time.
 
 Each file is an ordinary `download()` of its own URL to its own path (its own task,
 shared P2P like any other; through the daemon when one answers), the files sharing one
-upload server, control sessions and piece connections (`dfget.tree.sharing`). A file that fails,
-or whose path is refused, does not stop the others; the manifest records every file
-written, even when the run ends early.
+upload server, control sessions and piece connections (`dfget.tree.sharing`). A file
+that fails, or whose path is refused, does not stop the others; the manifest records
+every file written, even when the run ends early.
 """
 
 from __future__ import annotations

@@ -441,8 +441,8 @@ class ControlSession:
         peer leaves it)."""
         while self._registrations.get(task.task_id) is token:  # (until the peer leaves it)
             news, after = self._news(task, sent)
-            for message in news:
-                await self.framed.send(message)
+            if news:
+                await self.framed.send_together(news)
             if after is None:
                 return
             if after == sent:
