@@ -101,16 +101,23 @@ class S3Access(NamedTuple):
             raise ValueError("s3.endpoint must be an http(s) URL of at most 512 characters")
         if "/" in endpoint.split("://", 1)[1] or any(c in endpoint for c in "?#@ \r\n\0"):
             raise ValueError("s3.endpoint must be scheme://host[:port] with nothing after")
-        if not 1 <= len(self.region) <= 64 or not self.region.replace("-", "").isalnum():
-            raise ValueError("s3.region must be 1 to 64 letters, digits and dashes")
-        if not 1 <= len(self.access_key_id) <= 128 or not self.access_key_id.isalnum():
-            raise ValueError("s3.access_key_id must be 1 to 128 letters and digits")
+        # (ASCII: the region, the key id and the token go into request headers)
+        if not 1 <= len(self.region) <= 64 or not _ascii_alnum(self.region.replace("-", "")):
+            raise ValueError("s3.region must be 1 to 64 ASCII letters, digits and dashes")
+        if not 1 <= len(self.access_key_id) <= 128 or not _ascii_alnum(self.access_key_id):
+            raise ValueError("s3.access_key_id must be 1 to 128 ASCII letters and digits")
         if not 1 <= len(self.secret_access_key) <= 256:
             raise ValueError("s3.secret_access_key must be 1 to 256 characters")
         if len(self.session_token) > 4096:
             raise ValueError("s3.session_token must be at most 4096 characters")
         if any(c in v for v in (self.secret_access_key, self.session_token) for c in "\r\n\0"):
             raise ValueError("s3 credentials must not hold line breaks or NUL")
+        if not all(" " <= c <= "~" for c in self.session_token):
+            raise ValueError("s3.session_token must be printable ASCII")
+
+
+def _ascii_alnum(text: str) -> bool:
+    return text.isascii() and text.isalnum()
 
 
 # -- handshake --------------------------------------------------------------------------

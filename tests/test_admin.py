@@ -19,7 +19,7 @@ from dfget.options import PeerOptions
 from proto.pieces import MiB
 from supernode import __version__
 from supernode.admin import preheat as preheat_module
-from supernode.admin.preheat import MAX_RUNNING, PreheatError, Preheats, _pick
+from supernode.admin.preheat import MAX_RUNNING, PreheatError, Preheats, pick
 from testkit.origin import FakeOrigin
 
 
@@ -364,11 +364,11 @@ def test_an_index_resolves_to_the_platform_asked_for() -> None:
             entry("3", "windows", "amd64"),
         ]
     }
-    assert _pick(index, "linux/amd64") == "sha256:" + "2" * 64
-    assert _pick(index, "linux/arm64/v8") == "sha256:" + "1" * 64
-    assert _pick(index, "windows/amd64") == "sha256:" + "3" * 64
+    assert pick(index, "linux/amd64") == "sha256:" + "2" * 64
+    assert pick(index, "linux/arm64/v8") == "sha256:" + "1" * 64
+    assert pick(index, "windows/amd64") == "sha256:" + "3" * 64
     with pytest.raises(PreheatError, match="linux/s390x"):
-        _pick(index, "linux/s390x")
+        pick(index, "linux/s390x")
 
 
 async def test_the_admin_token_file_is_made_once_and_only_when_needed(

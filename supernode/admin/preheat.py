@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -49,6 +50,7 @@ MANIFEST_TYPES = (
 )
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 MAX_MANIFEST = 4 * 1024 * 1024
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_TOKEN_ANSWER = 1024 * 1024  # a token server's JSON (JWTs are a few KiB)
 KEEP = 1000  # preheats remembered: past this the oldest finished go, never a live one
 MAX_RUNNING = 4  # preheats fetching at once; the others wait in the queue, "pending"
@@ -196,22 +198,16 @@ class Preheats:
         name = path.split("/v2/", 1)[1].rsplit("/manifests/", 1)[0]
         base = f"{parts.scheme}://{parts.netloc}"
         manifest, headers = await self._manifest(client, manifest_url, list(given))
-        if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
-            digest = _pick(manifest, preheat.platform)
+        if is_index(manifest):
+            digest = pick(manifest, preheat.platform)
             url = f"{base}/v2/{name}/manifests/{digest}"
             manifest, headers = await self._manifest(client, url, headers)
-        blobs = [manifest.get("config", {}), *manifest.get("layers", [])]
-        specs = []
-        for blob in blobs:
-            digest = blob.get("digest")
-            if not isinstance(digest, str) or not digest.startswith("sha256:"):
-                raise PreheatError(f"a manifest entry without a sha256 digest: {blob!r:.200}")
-            specs.append(
-                TaskSpec.from_request(
-                    f"{base}/v2/{name}/blobs/{digest}", tuple(headers), digest=digest
-                )
-            )
-        return specs
+            if is_index(manifest):  # (an index in an index: not an image)
+                raise PreheatError(f"the manifest for {preheat.platform} is an index")
+        return [
+            TaskSpec.from_request(f"{base}/v2/{name}/blobs/{digest}", tuple(headers), digest=digest)
+            for digest in blob_digests(manifest)
+        ]
 
     async def _manifest(
         self, client: httpx.AsyncClient, url: str, headers: list[tuple[str, str]]
@@ -316,14 +312,42 @@ async def _get(
         raise PreheatError(f"cannot reach {display_url(url)}: {exc}") from exc
 
 
-def _pick(index: dict[str, Any], platform: str) -> str:
+def is_index(manifest: Mapping[str, Any]) -> bool:
+    """Whether a registry's manifest is an image index (a manifest list)."""
+    return manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest
+
+
+def pick(index: Mapping[str, Any], platform: str) -> str:
+    """The digest of `platform`'s manifest (`OS/ARCH[/VARIANT]`) in an image index;
+    PreheatError if it names none (entries of any other shape are passed over)."""
     os_name, _, rest = platform.partition("/")
     arch, _, variant = rest.partition("/")
-    for entry in index.get("manifests", []):
-        p = entry.get("platform", {})
+    entries = index.get("manifests")
+    for entry in entries if isinstance(entries, list) else ():
+        p = entry.get("platform") if isinstance(entry, dict) else None
+        if not isinstance(p, dict):
+            continue
         same = p.get("os") == os_name and p.get("architecture") == arch
         if same and (not variant or p.get("variant") == variant):
-            digest = entry.get("digest")
-            if isinstance(digest, str):
-                return digest
+            return _sha256(entry.get("digest"), "an index entry")
     raise PreheatError(f"the index has no manifest for {platform}")
+
+
+def blob_digests(manifest: Mapping[str, Any]) -> list[str]:
+    """The digests of an image manifest's config and layers, in that order (what an
+    image preheat fetches); PreheatError if any is missing or not `sha256:HEX`."""
+    layers = manifest.get("layers", [])
+    if not isinstance(layers, list):
+        raise PreheatError(f"the manifest's layers are not a list: {layers!r:.200}")
+    digests = []
+    for blob in [manifest.get("config"), *layers]:
+        if not isinstance(blob, dict):
+            raise PreheatError(f"a manifest entry that is not an object: {blob!r:.200}")
+        digests.append(_sha256(blob.get("digest"), "a manifest entry"))
+    return digests
+
+
+def _sha256(digest: object, what: str) -> str:
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise PreheatError(f"{what} without a sha256 digest: {digest!r:.200}")
+    return digest
