@@ -28,6 +28,7 @@ from dfget.results import DownloadResult
 from dfget.tree import manifest
 from dfget.tree.entries import Entry, http_validator_of
 from dfget.tree.globs import Selection
+from dfget.tree.manifest import is_text
 from dfget.tree.paths import make_root
 from dfget.tree.report import guarded, report, say
 from dfget.tree.results import FileResult, TreeResult
@@ -133,9 +134,10 @@ def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
             and parts
             and all(isinstance(part, str) for part in parts)
             and isinstance(url, str)
+            and is_text(url)
             and _below(url, root)
             and (size is None or (type(size) is int and size >= 0))
-            and (validator is None or isinstance(validator, str))
+            and (validator is None or is_text(validator))
         ):
             break
         entries.append(Entry(tuple(parts), url, size, validator))
@@ -159,7 +161,11 @@ def _below(url: str, root: str) -> bool:
         and there.path.startswith(here.path)
         and bool(rest)
         and "\\" not in there.path
-        and not any(unquote(part) in (".", "..") for part in there.path.split("/"))
+        # (decoded first: a server that reads `%2F` or `%5C` as a separator would take
+        # `a%2F..%2F..%2Fx` out of the folder)
+        and not any(
+            part in (".", "..") for part in unquote(there.path).replace("\\", "/").split("/")
+        )
     )
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from dfget.tree.manifest import is_text
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -132,7 +134,8 @@ def _parse_json(body: bytes, page_url: str, budget: _Budget) -> None:
         size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
         mtime = item.get("mtime")
         validator = None
-        if not is_dir and isinstance(mtime, str) and size is not None:
+        # (an mtime of lone surrogates is no text: no manifest could record it)
+        if not is_dir and isinstance(mtime, str) and size is not None and is_text(mtime):
             validator = f"mtime={mtime};size={size}"
         budget.add(Link(name, url, is_dir, size if not is_dir else None, validator))
 
@@ -151,8 +154,13 @@ class _Anchors(HTMLParser):
 
 def _parse_html(body: bytes, page_url: str, budget: _Budget) -> None:
     parser = _Anchors()
-    parser.feed(body.decode("utf-8", errors="replace"))
-    parser.close()
+    # Fed, never closed: all close() would add is what follows a tag, comment or
+    # declaration the page never ends (an index ends each one), and Python 3.11's
+    # close() reads that again from each later `<`: hours for a 4 MiB page of `<a `.
+    try:
+        parser.feed(body.decode("utf-8", errors="replace"))
+    except AssertionError as exc:  # (how html.parser refuses a declaration it cannot read)
+        raise ValueError(f"bad HTML index: {exc}") from exc
     for href in parser.hrefs:
         budget.count()
         child = _child(page_url, href)

@@ -25,7 +25,7 @@ import secrets
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 NAME = ".dfget-tree.json"
 VERSION = 1
@@ -66,10 +66,44 @@ def load(root: Path) -> dict[str, Record]:
             data = json.loads(file.read(MAX_SIZE + 1))
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r}")
-        return {name: Record(**fields) for name, fields in data["files"].items()}
+        return {name: _record(name, fields) for name, fields in data["files"].items()}
     except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return {}
+
+
+def _record(name: str, fields: Any) -> Record:
+    """The record `fields` make; ValueError if it is not one a run could have written
+    (another user's junk: a field of another type, a string of lone surrogates, which
+    `save` could not write back), TypeError if they are not a record's fields."""
+    record = Record(**fields)
+
+    def whole(value: object, *, negative: bool = False) -> bool:
+        return type(value) is int and (negative or value >= 0)
+
+    if not (
+        is_text(name)
+        and is_text(record.url)
+        and whole(record.size)
+        and whole(record.mtime_ns, negative=True)
+        and (record.validator is None or is_text(record.validator))
+        and (record.sha256 is None or is_text(record.sha256))
+        and (record.ctime_ns is None or whole(record.ctime_ns, negative=True))
+        and (record.ino is None or whole(record.ino))
+    ):
+        raise ValueError(f"a malformed record for {name!r}")
+    return record
+
+
+def is_text(value: object) -> bool:
+    """A string that is text (no lone surrogates): a manifest can record it."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def save(root: Path, records: dict[str, Record]) -> None:
