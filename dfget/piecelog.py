@@ -62,8 +62,8 @@ class PieceLog:
         count = -(-length // piece_size)
         limit = _HEADER.size + _ENTRY.size * _ENTRIES_PER_PIECE * max(count, 1)
         try:
-            with open(self.path, "rb") as file:
-                data = file.read(limit)
+            with open(self.path, "rb") as file:  # (read(n) takes n bytes of memory first)
+                data = file.read(min(limit, os.fstat(file.fileno()).st_size))
         except OSError:
             return []
         if len(data) < _HEADER.size or _HEADER.unpack_from(data) != (MAGIC, piece_size, length):

@@ -14,20 +14,26 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proto.taskid import check_task_id
+from proto.messages import DIGEST_BYTES, KEY_BYTES, PIECE_SIZES
+from proto.taskid import check_digest, check_task_id
 from supernode.cdn.piecefile import PiecesFile, file_size
+from supernode.cdn.response import Validators
 from supernode.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 META = "meta.json"
 PARTIAL = "partial.json"
+# Generations and lengths read back: whole numbers below this (as the cluster's records
+# take them), so that the generations after one still fit the wire's u64.
+_MAX_NUMBER = 1 << 62
 
 
 @dataclass
@@ -48,11 +54,9 @@ class TaskMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        check_task_id(self.task_id)
-        if self.generation < 1 or len(bytes.fromhex(self.key)) != 32:
-            raise ValueError("bad generation or key")
-        if self.length < 0 or self.piece_size <= 0:
-            raise ValueError("bad length or piece size")
+        _check_fields(self)
+        if not isinstance(self.url, str) or not _whole(self.length, 0):
+            raise ValueError("bad url or length")
         if len(self.digests) != -(-self.length // self.piece_size):
             raise ValueError("digest count does not match the length")
 
@@ -79,10 +83,11 @@ class PartialMeta:
     created: float = 0.0
 
     def check(self) -> None:
-        check_task_id(self.task_id)
-        if self.generation < 1 or len(bytes.fromhex(self.key)) != 32 or self.piece_size <= 0:
-            raise ValueError("bad generation, key or piece size")
-        if not self.digests or not (self.etag or self.last_modified):
+        _check_fields(self)
+        if self.length is not None and not _whole(self.length, 0):
+            raise ValueError("bad length")
+        # (If-Range needs a strong ETag, or a Last-Modified without an ETag: keep_for_resume)
+        if not self.digests or not Validators(self.etag, self.last_modified).if_range:
             raise ValueError("nothing to resume, or no validator to resume it with")
         if self.length is not None and len(self.digests) * self.piece_size >= self.length:
             raise ValueError("more pieces than the length holds")
@@ -94,6 +99,39 @@ class PartialMeta:
 
 
 _Meta = TypeVar("_Meta", TaskMeta, PartialMeta)
+
+
+def _check_fields(meta: TaskMeta | PartialMeta) -> None:
+    """What both records hold, as read back from disk (any JSON value): of its type and
+    usable as the CDN and the wire use it; ValueError if not."""
+    check_task_id(meta.task_id)
+    if not _whole(meta.generation, 1) or not _hex_of(meta.key, KEY_BYTES):
+        raise ValueError("bad generation or key")
+    if type(meta.piece_size) is not int or meta.piece_size not in PIECE_SIZES:
+        raise ValueError("bad piece size")
+    if not isinstance(meta.digests, list) or not all(
+        _hex_of(d, DIGEST_BYTES) for d in meta.digests
+    ):
+        raise ValueError("bad piece digests")
+    if meta.digest is not None:
+        check_digest(meta.digest)
+    if not all(v is None or isinstance(v, str) for v in (meta.etag, meta.last_modified)):
+        raise ValueError("bad validators")
+    if type(meta.created) not in (int, float) or not math.isfinite(meta.created):
+        raise ValueError("bad creation time")
+
+
+def _whole(value: object, low: int) -> bool:
+    """A whole number (not a bool) from `low` to below _MAX_NUMBER."""
+    return type(value) is int and low <= value < _MAX_NUMBER
+
+
+def _hex_of(text: object, size: int) -> bool:
+    """Hex of `size` bytes."""
+    try:
+        return isinstance(text, str) and len(bytes.fromhex(text)) == size
+    except ValueError:
+        return False
 
 
 class Store:
@@ -198,7 +236,7 @@ class Store:
             meta.check_pieces_file(self.pieces_path(meta.task_id, meta.generation).stat().st_size)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, RecursionError) as exc:  # (JSON nested deep)
             log.warning("store: discarding %s %s: %s", what, task_dir.name[:16], exc)
             return None
         return meta
