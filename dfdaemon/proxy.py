@@ -120,7 +120,8 @@ class Proxy:
     async def _tunnel(self, request: Request, reply: Reply) -> None:
         try:
             host, port = parse_listen(request.target)
-            if not host or port == 0 or urlsplit(f"//{request.target}").hostname is None:
+            named = urlsplit(f"//{request.target}")  # (HOST:PORT both given: no defaults)
+            if not host or port == 0 or named.hostname is None or named.port is None:
                 raise ValueError(request.target)
         except ValueError:
             await reply.simple(400, b"CONNECT wants HOST:PORT\n", "text/plain")

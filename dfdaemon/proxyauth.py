@@ -50,7 +50,9 @@ BAD_TTL = 60.0  # seconds credentials that failed are remembered
 CACHE_SIZE = 1024  # entries in each of the two tables
 BCRYPT_MAX_PASSWORD = 72  # bcrypt reads this many bytes; Apache's htpasswd as well
 
-_ENTRY = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+# Cost, then salt (22 characters of bcrypt's base64, the last one holding 2 bits: one of
+# `.Oeu`; bcrypt refuses any other at every check) and hash (31).
+_ENTRY = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}$")
 
 
 def load_htpasswd(path: Path) -> dict[str, bytes]:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import httpx
+
 from dfdaemon.trust import (
     DEFAULT_PORTS,
     DOCKER_HUB_HOST,
@@ -85,7 +87,8 @@ def resolve(target: str, registry: str, plain_http: frozenset[str] = frozenset()
         base = f"{'http' if host in plain_http else 'https'}://{host}"
     try:
         origin = origin_of(base)
-    except ValueError:
+        httpx.URL(base)  # (what the client connects to must read it too: not `0000.0.0.0`)
+    except (ValueError, httpx.InvalidURL):
         raise BadReference("NAME_INVALID", f"bad ns parameter {host!r}") from None
     return Target(upstream=base, path=parts.path, query=rest, origin=origin, named=True)
 

@@ -255,10 +255,12 @@ def names_a_length(answer: httpx.Response) -> bool:
     """Whether an upstream's yes about a blob names its length (a 200's Content-Length,
     a first byte's 206 its Content-Range), as a registry's and its storage's do: a
     login page at the end of a redirect (an auth gateway's, for a client without
-    credentials) does not, and vouches for nothing."""
+    credentials) does not, and vouches for nothing. (The length as `Validators.of` reads
+    it: a 206's is the `/TOTAL` of its Content-Range, `*` naming none.)"""
     if answer.status_code == 200:
         return header_int(answer.headers.get("content-length", "")) is not None
-    return answer.status_code == 206 and bool(answer.headers.get("content-range"))
+    total = answer.headers.get("content-range", "").rpartition("/")[2]
+    return answer.status_code == 206 and header_int(total) is not None
 
 
 def about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

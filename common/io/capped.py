@@ -50,9 +50,13 @@ def _encoding(response: httpx.Response) -> str:
 
 
 def _length(response: httpx.Response) -> int | None:
-    """The answer's Content-Length, if it names a plain number."""
+    """The answer's Content-Length, if it names a plain number (one of more than 19
+    digits as 10**19, past every bound: `int` refuses more than 4,300 of them)."""
     length = response.headers.get("content-length", "")
-    return int(length) if length.isascii() and length.isdigit() else None
+    if not (length.isascii() and length.isdigit()):
+        return None
+    digits = length.lstrip("0")
+    return int(digits or "0") if len(digits) <= 19 else 10**19
 
 
 def identity_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

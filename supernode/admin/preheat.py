@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -51,6 +51,7 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 MAX_MANIFEST = 4 * 1024 * 1024
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_SCHEME = re.compile(r"(\S*)\s*(.*)", re.DOTALL)  # an auth scheme, then its parameters
 MAX_TOKEN_ANSWER = 1024 * 1024  # a token server's JSON (JWTs are a few KiB)
 KEEP = 1000  # preheats remembered: past this the oldest finished go, never a live one
 MAX_RUNNING = 4  # preheats fetching at once; the others wait in the queue, "pending"
@@ -251,7 +252,7 @@ class Preheats:
         """The token a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` asks
         for, and a note for the error message if the credentials were withheld."""
         challenge = response.headers.get("www-authenticate", "")
-        scheme, _, rest = challenge.partition(" ")
+        scheme, rest = _SCHEME.fullmatch(challenge.strip()).groups()  # type: ignore[union-attr]
         if scheme.lower() != "bearer":
             return None, ""
         params = dict(challenge_params(rest))
@@ -272,9 +273,9 @@ class Preheats:
             )
             log.warning("preheat: credentials withheld from token realm %s", display_url(realm))
             basic = []
-        answer = await _get(
-            client, f"{realm}?{urlencode(params)}", basic, cap=MAX_TOKEN_ANSWER, what="token"
-        )
+        # The parameters join any query the realm has; a fragment goes (it is not sent).
+        token_url = str(httpx.URL(realm).copy_with(fragment=None).copy_merge_params(params))
+        answer = await _get(client, token_url, basic, cap=MAX_TOKEN_ANSWER, what="token")
         if answer.status != 200:
             raise PreheatError(f"token server answered {answer.status}{withheld}")
         try:

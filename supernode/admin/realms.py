@@ -14,6 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
+
+MAX_CHALLENGE = 4096  # characters of a Bearer challenge's parameters (a registry's: ~100)
+
 
 @dataclass(frozen=True)
 class RealmHost:
@@ -74,18 +78,32 @@ def realm_gets_credentials(
 
 
 def challenge_params(text: str) -> list[tuple[str, str]]:
-    """`realm="https://auth",service="registry",scope="repository:a:pull"` → pairs."""
+    """`realm="https://auth",service="registry",scope="repository:a:pull"` → pairs, names
+    in lower case, quoted strings unquoted (RFC 9110 5.6.4: `\\"` stands for `"`).
+
+    A registry writes these: a `realm` that is not an http(s) URL with a host a token
+    request can be sent to (`http://[::1`, control characters, `/token`) is left out,
+    and a challenge longer than MAX_CHALLENGE gives none (its token request's URL, the
+    other parameters in its query, could be too long to send)."""
+    if len(text) > MAX_CHALLENGE:
+        return []
     pairs = []
     for item in _split_quoted(text):
         key, _, value = item.partition("=")
-        pairs.append((key.strip().lower(), value.strip().strip('"')))
+        key, value = key.strip().lower(), _unquoted(value.strip())
+        if key != "realm" or not value or _sendable(value):
+            pairs.append((key, value))
     return pairs
 
 
 def _split_quoted(text: str) -> list[str]:
-    items, current, quoted = [], "", False
+    items, current, quoted, escaped = [], "", False, False
     for char in text:
-        if char == '"':
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
             quoted = not quoted
         if char == "," and not quoted:
             items.append(current)
@@ -95,3 +113,29 @@ def _split_quoted(text: str) -> list[str]:
     if current.strip():
         items.append(current)
     return items
+
+
+def _unquoted(value: str) -> str:
+    """A quoted string's content, its escapes undone; any other value without quotes
+    around it (as leniently as ever: `a"`, `"a`)."""
+    if not value.startswith('"'):
+        return value.strip('"')
+    content, escaped = [], False
+    for char in value[1:]:
+        if escaped or char not in '\\"':
+            content.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            break  # the closing quote
+    return "".join(content)
+
+
+def _sendable(url: str) -> bool:
+    """Whether httpx can send a request to `url`: an http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):  # (ipaddress' errors come through as they are)
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)

@@ -77,14 +77,21 @@ class OriginResponse:
         """The body length, if the origin named one (not for chunked bodies)."""
         if "chunked" in (self.header("transfer-encoding") or "").lower():
             return None
-        value = self.header("content-length")
-        return int(value) if value and value.isdigit() else None
+        return header_int(self.header("content-length") or "")
 
 
 def check_resumed(response: OriginResponse, expected_start: int) -> None:
-    """A Range request's answer must be a 206 starting where it was asked to."""
+    """A Range request's answer must be a 206 starting where it was asked to (its
+    Content-Range's numbers, where known, agreeing: FIRST <= LAST < TOTAL)."""
     if response.status != 206 or not response.content_range:
         raise OriginBroken("origin cannot resume (no 206 answer to the Range request)")
     span = response.span
-    if span is None or span[0] != expected_start:
+    if span is None or span[0] != expected_start or not _inside(*span):
         raise OriginBroken(f"origin resumed at the wrong place: {response.content_range!r}")
+
+
+def _inside(first: int | None, last: int | None, total: int | None) -> bool:
+    """Whether a span's known numbers agree: FIRST <= LAST < TOTAL."""
+    if first is None:
+        return False
+    return (last is None or first <= last) and (total is None or max(first, last or 0) < total)
