@@ -34,12 +34,15 @@ def tidy(folder: Path, complete: Callable[[str], bool]) -> None:
     record) of names whose download completed (a crash between the rename and the
     record's removal)."""
     for path in folder.iterdir():
-        record = _RECORD.fullmatch(path.name)
-        if record is not None and not partial_paths(folder / record[1])[0].exists():
-            path.unlink(missing_ok=True)
-        partial = _PARTIAL.fullmatch(path.name)
-        if partial is not None and complete(partial[1]):
-            remove_partial(folder / partial[1])
+        try:
+            record = _RECORD.fullmatch(path.name)
+            if record is not None and not partial_paths(folder / record[1])[0].exists():
+                path.unlink(missing_ok=True)
+            partial = _PARTIAL.fullmatch(path.name)
+            if partial is not None and complete(partial[1]):
+                remove_partial(folder / partial[1])
+        except OSError as exc:  # (a folder of that name, say: left, as any other junk)
+            log.warning("cache: cannot tidy %s: %s", path.name, exc)
 
 
 def idle(folders: Iterable[Path], running: Callable[[str], bool], now: float) -> list[StoredTask]:

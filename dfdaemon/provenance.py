@@ -27,7 +27,10 @@ class Provenance:
         self.folder = folder
         self._origins: dict[str, frozenset[str]] = {}
         for leftover in folder.glob(".*.tmp"):  # a .url or .from being replaced
-            leftover.unlink(missing_ok=True)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError as exc:  # (a folder of that name, say: left, as any other junk)
+                log.warning("cache: cannot remove %s: %s", leftover.name, exc)
 
     def url_file(self, hex_digest: str) -> Path:
         """Where a blob's upstream URL is kept, to seed it again after a restart."""

@@ -635,6 +635,21 @@ def test_tidy_at_start_removes_only_what_no_download_can_resume(
             assert path.exists() == (partial in written and not complete), path.name
 
 
+def test_folders_named_as_the_caches_records_do_not_stop_the_daemon(tmp_path: Path) -> None:
+    digests, urls = tmp_path / "blobs" / "sha256", tmp_path / "blobs" / "urls"
+    record = partial_paths(digests / NAMES[0])[1]  # a record without its partial
+    partial = partial_paths(digests / NAMES[1])[0]  # a partial of a complete blob
+    junk = [record, partial, digests / f".{NAMES[2]}.url.tmp", urls / ".x.from.tmp"]
+    for folder in junk:
+        folder.mkdir(parents=True)
+    (digests / NAMES[1]).write_bytes(b"complete")
+    settings = DownloadSettings(
+        supernodes=(), server=None, limiter=RateLimiter(None), gc=GcPolicy()
+    )
+    BlobStore(tmp_path, settings)  # starts: each left, with a warning
+    assert all(folder.is_dir() for folder in junk)
+
+
 # -- 6. the validators of an origin's answer ----------------------------------------------
 
 header_texts = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
