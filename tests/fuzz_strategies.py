@@ -33,6 +33,14 @@ from proto.messages import (
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 
 
+def flip(data: bytes, positions: list[int]) -> bytes:
+    """`data` with the bits at `positions` flipped (wrapping around its length)."""
+    out = bytearray(data)
+    for bit in positions:
+        out[(bit // 8) % len(out)] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
 def fuzz_settings(examples: int, deadline_ms: int | None = 2000) -> settings:
     """Reproducible settings for a fuzz test: `examples` cases (times FUZZ_SCALE)."""
     return settings(

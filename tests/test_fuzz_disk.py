@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 import trio
-from fuzz_strategies import FUZZ, fuzz_settings
+from fuzz_strategies import FUZZ, flip, fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -79,13 +79,6 @@ DEEP = "[" * 100_000 + "]" * 100_000  # (deeper than any recursion limit)
 hex_texts = st.text(HEX, min_size=64, max_size=64)
 
 
-def _flip(data: bytes, positions: list[int]) -> bytes:
-    out = bytearray(data)
-    for bit in positions:
-        out[(bit // 8) % len(out)] ^= 1 << (bit % 8)
-    return bytes(out)
-
-
 mutations = st.one_of(
     st.tuples(st.just("flip"), st.lists(st.integers(0, 1 << 20), min_size=1, max_size=6)),
     st.tuples(st.just("truncate"), st.integers(0, 1 << 20)),
@@ -105,7 +98,7 @@ def _mutate(data: bytes, mutation: tuple[str, object]) -> bytes:
         return data
     match mutation:
         case ("flip", list() as positions):
-            return _flip(data, positions)
+            return flip(data, positions)
         case ("truncate", int(length)):
             return data[: length % (len(data) + 1)]
         case ("insert", (int(at), bytes(extra))):

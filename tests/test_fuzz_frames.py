@@ -14,6 +14,7 @@ import tracemalloc
 
 from fuzz_strategies import (
     FUZZ,
+    flip,
     fuzz_settings,
     raw_header_maps,
     task_ids,
@@ -125,13 +126,6 @@ def test_payloads_filled_in_place_round_trip(
     assert got == frames
 
 
-def _flip(data: bytes, positions: list[int]) -> bytes:
-    out = bytearray(data)
-    for bit in positions:
-        out[(bit // 8) % len(out)] ^= 1 << (bit % 8)
-    return bytes(out)
-
-
 mutations = st.one_of(
     st.tuples(st.just("flip"), st.lists(st.integers(0, 1 << 20), min_size=1, max_size=6)),
     st.tuples(st.just("truncate"), st.integers(0, 1 << 20)),
@@ -146,7 +140,7 @@ mutations = st.one_of(
 def _mutate(data: bytes, mutation: tuple[str, object]) -> bytes:
     match mutation:
         case ("flip", list() as positions):
-            return _flip(data, positions)
+            return flip(data, positions)
         case ("truncate", int(length)):
             return data[: length % (len(data) + 1)]
         case ("prefix", int(length)):  # the header length of the first frame replaced
