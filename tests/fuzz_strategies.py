@@ -33,12 +33,41 @@ from proto.messages import (
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 
 
-def flip(data: bytes, positions: list[int]) -> bytes:
-    """`data` with the bits at `positions` flipped (wrapping around its length)."""
-    out = bytearray(data)
-    for bit in positions:
-        out[(bit // 8) % len(out)] ^= 1 << (bit % 8)
-    return bytes(out)
+# Edits of a byte string, for `mutate`: bits flipped, cut short, bytes put in or taken
+# out (positions wrap around its length).
+byte_mutations = st.one_of(
+    st.tuples(st.just("flip"), st.lists(st.integers(0, 1 << 20), min_size=1, max_size=6)),
+    st.tuples(st.just("truncate"), st.integers(0, 1 << 20)),
+    st.tuples(
+        st.just("insert"),
+        st.tuples(
+            st.integers(0, 1 << 20),
+            st.binary(min_size=1, max_size=8) | st.sampled_from([b"\0", b"\xff\xfe", b"\xc3"]),
+        ),
+    ),
+    st.tuples(st.just("delete"), st.tuples(st.integers(0, 1 << 20), st.integers(1, 8))),
+)
+
+
+def mutate(data: bytes, mutation: tuple[str, object]) -> bytes:
+    """`data` edited as one of `byte_mutations` says (an empty one stays empty)."""
+    if not data:
+        return data
+    match mutation:
+        case ("flip", list() as positions):
+            out = bytearray(data)
+            for bit in positions:
+                out[(bit // 8) % len(out)] ^= 1 << (bit % 8)
+            return bytes(out)
+        case ("truncate", int(length)):
+            return data[: length % (len(data) + 1)]
+        case ("insert", (int(at), bytes(extra))):
+            at %= len(data) + 1
+            return data[:at] + extra + data[at:]
+        case ("delete", (int(at), int(count))):
+            at %= len(data) + 1
+            return data[:at] + data[at + count :]
+    raise AssertionError(f"no such mutation: {mutation!r}")
 
 
 def fuzz_settings(examples: int, deadline_ms: int | None = 2000) -> settings:

@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 import trio
-from fuzz_strategies import FUZZ, flip, fuzz_settings
+from fuzz_strategies import FUZZ, byte_mutations, fuzz_settings, mutate
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -77,37 +77,6 @@ NEIGHBOUR_ID = "cd" + "2" * 62
 DEEP = "[" * 100_000 + "]" * 100_000  # (deeper than any recursion limit)
 
 hex_texts = st.text(HEX, min_size=64, max_size=64)
-
-
-mutations = st.one_of(
-    st.tuples(st.just("flip"), st.lists(st.integers(0, 1 << 20), min_size=1, max_size=6)),
-    st.tuples(st.just("truncate"), st.integers(0, 1 << 20)),
-    st.tuples(
-        st.just("insert"),
-        st.tuples(
-            st.integers(0, 1 << 20),
-            st.binary(min_size=1, max_size=8) | st.sampled_from([b"\0", b"\xff\xfe", b"\xc3"]),
-        ),
-    ),
-    st.tuples(st.just("delete"), st.tuples(st.integers(0, 1 << 20), st.integers(1, 8))),
-)
-
-
-def _mutate(data: bytes, mutation: tuple[str, object]) -> bytes:
-    if not data:
-        return data
-    match mutation:
-        case ("flip", list() as positions):
-            return flip(data, positions)
-        case ("truncate", int(length)):
-            return data[: length % (len(data) + 1)]
-        case ("insert", (int(at), bytes(extra))):
-            at %= len(data) + 1
-            return data[:at] + extra + data[at:]
-        case ("delete", (int(at), int(count))):
-            at %= len(data) + 1
-            return data[:at] + data[at + count :]
-    raise AssertionError(f"no such mutation: {mutation!r}")
 
 
 # -- 1. the supernode's store: meta.json and partial.json --------------------------------
@@ -180,8 +149,8 @@ def store_records(draw: st.DrawFn) -> tuple[str, bytes]:
         deep = {**fields, "digests": 0}
         data = json.dumps(deep).encode().replace(b'"digests": 0', b'"digests": ' + DEEP.encode())
     elif shape <= 4:
-        for mutation in draw(st.lists(mutations, min_size=1, max_size=3)):
-            data = _mutate(data, mutation)
+        for mutation in draw(st.lists(byte_mutations, min_size=1, max_size=3)):
+            data = mutate(data, mutation)
     return name, data
 
 
@@ -447,8 +416,8 @@ def piece_records(draw: st.DrawFn) -> tuple[tuple[int, int], bytes]:
     if shape == 0:
         data = draw(st.binary(max_size=200))
     elif shape <= 3:
-        for mutation in draw(st.lists(mutations, min_size=1, max_size=3)):
-            data = _mutate(data, mutation)
+        for mutation in draw(st.lists(byte_mutations, min_size=1, max_size=3)):
+            data = mutate(data, mutation)
     return (piece_size, length), data
 
 
@@ -525,7 +494,7 @@ provenance_texts = st.one_of(
     url=st.none() | st.just("dir") | provenance_texts,
     origins=st.none() | st.just("dir") | provenance_texts,
     blob=st.booleans(),
-    mutation=st.none() | mutations,
+    mutation=st.none() | byte_mutations,
 )
 def test_provenance_reads_back_what_it_can_and_writes_it_sound_again(
     url: bytes | str | None, origins: bytes | str | None, blob: bool, mutation: Any
@@ -541,7 +510,7 @@ def test_provenance_reads_back_what_it_can_and_writes_it_sound_again(
             if content == "dir":
                 path.mkdir()
             elif isinstance(content, bytes):
-                path.write_bytes(_mutate(content, mutation) if mutation else content)
+                path.write_bytes(mutate(content, mutation) if mutation else content)
         kept = Provenance(folder)
         got = kept.url(BLOB)  # callers: None is "not seeded again"
         if got is not None:
