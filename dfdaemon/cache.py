@@ -110,7 +110,10 @@ class BlobStore:
     def _clean_temp_files(self) -> None:
         for folder in (self.root, self.urls):
             for leftover in folder.glob(".*.dfget-part"):
-                leftover.unlink(missing_ok=True)
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError as exc:  # (a folder of that name, say: left, as other junk)
+                    log.warning("cache: cannot remove %s: %s", leftover.name, exc)
         # Partial downloads stay, to be resumed (`partials.py`), unless already complete.
         partials.tidy(self.root, lambda name: self.path(name).exists())
         partials.tidy(self.urls, lambda name: False)  # a URL partial is resumed, never complete

@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage, short_repr
-from proto.messages import ALL_MESSAGES, MAX_SEALED, Message, PieceData
+from proto.messages import ALL_MESSAGES, MAX_SEALED, Message, PieceData, is_text
 
 TYPE_KEY = "t"
 PAYLOAD_KEY = "_n"
@@ -45,14 +45,6 @@ def _quoted(name: str, value: object) -> str:
     return "(not shown)" if name in _UNQUOTED else short_repr(value)
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _checker_for(hint: object) -> Checker:
     """A predicate that accepts exactly the values of the annotated type on the wire."""
     if hint is int:
@@ -62,7 +54,7 @@ def _checker_for(hint: object) -> Checker:
     if hint is float:  # durations and rates: finite and not negative
         return lambda v: type(v) is float and 0.0 <= v < math.inf
     if hint is str:  # and encodable: a lone surrogate (from argv, say) is not
-        return lambda v: type(v) is str and (v.isascii() or _utf8(v))
+        return lambda v: type(v) is str and (v.isascii() or is_text(v))
     if hint is bytes:
         return lambda v: type(v) is bytes
     if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):

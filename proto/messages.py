@@ -99,21 +99,39 @@ class S3Access(NamedTuple):
         endpoint = self.endpoint
         if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 512:
             raise ValueError("s3.endpoint must be an http(s) URL of at most 512 characters")
+        if not is_text(endpoint):
+            raise ValueError("s3.endpoint must be text")
         if "/" in endpoint.split("://", 1)[1] or any(c in endpoint for c in "?#@ \r\n\0"):
             raise ValueError("s3.endpoint must be scheme://host[:port] with nothing after")
         # (ASCII: the region, the key id and the token go into request headers)
         if not 1 <= len(self.region) <= 64 or not _ascii_alnum(self.region.replace("-", "")):
             raise ValueError("s3.region must be 1 to 64 ASCII letters, digits and dashes")
-        if not 1 <= len(self.access_key_id) <= 128 or not _ascii_alnum(self.access_key_id):
-            raise ValueError("s3.access_key_id must be 1 to 128 ASCII letters and digits")
-        if not 1 <= len(self.secret_access_key) <= 256:
-            raise ValueError("s3.secret_access_key must be 1 to 256 characters")
+        key_id = self.access_key_id
+        if not 1 <= len(key_id) <= 128 or not _ascii_alnum(key_id.translate(_KEY_ID_MARKS)):
+            raise ValueError(
+                "s3.access_key_id must be 1 to 128 ASCII letters, digits, '-', '_' and '.'"
+            )
+        if not 1 <= len(self.secret_access_key) <= 256 or not is_text(self.secret_access_key):
+            raise ValueError("s3.secret_access_key must be 1 to 256 characters of text")
         if len(self.session_token) > 4096:
             raise ValueError("s3.session_token must be at most 4096 characters")
         if any(c in v for v in (self.secret_access_key, self.session_token) for c in "\r\n\0"):
             raise ValueError("s3 credentials must not hold line breaks or NUL")
         if not all(" " <= c <= "~" for c in self.session_token):
             raise ValueError("s3.session_token must be printable ASCII")
+
+
+def is_text(text: str) -> bool:
+    """Whether `text` is encodable UTF-8 (JSON and Python strings may hold lone
+    surrogates; msgpack, headers and files refuse them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_KEY_ID_MARKS = str.maketrans("", "", "-_.")  # (MinIO's and other stores' user names)
 
 
 def _ascii_alnum(text: str) -> bool:

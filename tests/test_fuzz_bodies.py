@@ -197,7 +197,7 @@ def test_a_manifest_of_a_config_and_layers_names_them_in_order() -> None:
 # -- S3 credentials, from the control socket or a Register ------------------------------
 
 credential_text = st.text(
-    st.sampled_from("aZ09-_/+= \t\x01\x7f") | st.characters(exclude_categories=["Cs"]),
+    st.sampled_from("aZ09-_./+= \t\x01\x7f\ud800") | st.characters(exclude_categories=["Cs"]),
     min_size=1,
     max_size=12,
 )
@@ -214,6 +214,7 @@ credential_text = st.text(
 @example(region="us-east-1", key_id="AKID٣", secret="s", token="")
 @example(region="us-east-1", key_id="AKID", secret="s", token="tokén")
 @example(region="us-east-1", key_id="AKID", secret="s", token="a\x01b")
+@example(region="us-east-1", key_id="AKID", secret="\ud800", token="")
 def test_s3_credentials_that_pass_their_check_sign_a_request_that_can_be_sent(
     region: str, key_id: str, secret: str, token: str
 ) -> None:
@@ -230,3 +231,16 @@ def test_s3_credentials_that_pass_their_check_sign_a_request_that_can_be_sent(
     head = [("host", "127.0.0.1:9000"), *signed]
     h11.Connection(h11.CLIENT).send(h11.Request(method="GET", target="/bucket/key", headers=head))
     httpx.Request("GET", url, headers=signed)
+
+
+def test_real_credentials_pass_their_check() -> None:
+    # (the other side: AWS's, STS's and S3-compatible stores' keys are taken)
+    for key_id, token in [
+        ("AKIAIOSFODNN7EXAMPLE", ""),
+        ("ASIAIOSFODNN7EXAMPLE", "FwoGZXIvYXdzEJr//////////wEaDH+Ab/CD=="),
+        ("minio-user_1", ""),
+        ("my.access.key", ""),
+    ]:
+        S3Access(
+            "http://127.0.0.1:9000", "us-east-1", key_id, "wJalrXUtnFEMI/K7MDENG", token
+        ).check()

@@ -68,6 +68,7 @@ from supernode.cdn.response import Validators
 from supernode.cdn.service import _stored_task
 from supernode.cdn.store import META, PARTIAL, PartialMeta, Store, TaskMeta
 from supernode.cdn.task import CdnTask, TaskSpec
+from supernode.peers.control import _sendable
 
 HEX = "0123456789abcdef"
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -97,6 +98,7 @@ json_junk: st.SearchStrategy[Any] = st.one_of(
     hex_texts.map(lambda h: " " + h[:32] + " " + h[32:]),
     st.just("zz" * 32),
     st.just("\0" * 4),
+    st.sampled_from(["\ud800", "a\udcff"]),  # (lone surrogates: JSON reads them)
     st.just("sha256:" + "0" * 64),
     st.lists(hex_texts | st.integers() | st.none(), max_size=4),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
@@ -223,7 +225,19 @@ def assert_sound_task(meta: TaskMeta, store: Store) -> None:
     if task.digests:
         encode_header(PiecesReady(task.task_id, task.generation, 0, tuple(task.digests[:1024])))
     assert task.length is not None
-    encode_header(TaskDone(task.task_id, task.generation, task.length, len(task.digests)))
+    # (with its validators, as a peer's session gets it: one that cannot be encoded ended
+    # the session)
+    validators = task.validators
+    encode_header(
+        TaskDone(
+            task.task_id,
+            task.generation,
+            task.length,
+            len(task.digests),
+            _sendable(validators.etag),
+            _sendable(validators.last_modified),
+        )
+    )
     assert task.validators.strong_etag in (None, task.validators.etag)
 
 
@@ -265,6 +279,8 @@ def assert_sound_partial(partial: PartialMeta, store: Store) -> None:
 @example(record=_fuzzed(META, generation=U64_MAX), size_change=0)
 @example(record=_fuzzed(META, generation=True), size_change=0)
 @example(record=_fuzzed(META, created="x"), size_change=0)
+# Was kept: its TaskDone could not be encoded (every peer's session of it ended).
+@example(record=_fuzzed(META, etag="\ud800"), size_change=0)
 # Was kept: resumed without If-Range, a new version's bytes after the old version's.
 @example(record=_fuzzed(PARTIAL, length=None, etag='W/"x"'), size_change=0)
 def test_store_load_all_keeps_only_sound_tasks(record: tuple[str, bytes], size_change: int) -> None:
@@ -280,7 +296,7 @@ def test_store_load_all_keeps_only_sound_tasks(record: tuple[str, bytes], size_c
             generation = int(fields["generation"])
             length = len(fields["digests"]) * PIECE if name == PARTIAL else int(fields["length"])
             size = file_size(length, PIECE) + size_change
-            assert 0 <= size < 1 << 34
+            assert 0 <= size < 1 << 34 and 1 <= generation < 1 << 62
         except Exception:
             generation, size = 1, PIECE + TAG_SIZE + size_change
         _sparse(fuzzed / f"g{generation}.pieces", size)
@@ -298,6 +314,70 @@ def test_store_load_all_keeps_only_sound_tasks(record: tuple[str, bytes], size_c
             assert_sound_partial(partial, store)
         kept = FUZZED_ID in store.partials or any(m.task_id == FUZZED_ID for m in found)
         assert kept or not fuzzed.exists()  # refused: the folder goes, as one never done
+
+
+@FUZZ
+@given(
+    piece_size=st.sampled_from(sorted(PIECE_SIZES)),
+    pieces=st.integers(0, 3),
+    generation=st.integers(1, (1 << 62) - 1),
+    validators=st.sampled_from(
+        [
+            ('"v1"', None),
+            ('W/"v1"', "Tue, 01 Dec 2026 10:00:00 GMT"),
+            (None, "Tue, 01 Dec 2026 10:00:00 GMT"),
+            (None, None),
+        ]
+    ),
+    digest=st.sampled_from([None, "sha256:" + "a" * 64, "blake3:" + "b" * 64]),
+)
+def test_what_the_store_writes_it_loads_back(
+    piece_size: int,
+    pieces: int,
+    generation: int,
+    validators: tuple[str | None, str | None],
+    digest: str | None,
+) -> None:
+    # (the other side of keeping only sound tasks: none the supernode wrote is refused)
+    etag, modified = validators
+    length = max(0, pieces * piece_size - 1)
+    digests = ["c" * 64] * -(-length // piece_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "store")
+        meta = TaskMeta(
+            FUZZED_ID,
+            "https://127.0.0.1/é x",
+            generation,
+            "d" * 64,
+            length,
+            piece_size,
+            digests,
+            digest,
+            etag,
+            modified,
+            1.5e9,
+        )
+        store.task_dir(FUZZED_ID).mkdir(parents=True)
+        _sparse(store.pieces_path(FUZZED_ID, generation), file_size(length, piece_size))
+        store.save_meta(meta)
+        partial = PartialMeta(
+            NEIGHBOUR_ID,
+            generation,
+            "e" * 64,
+            piece_size,
+            None,
+            ["f" * 64],
+            digest,
+            etag,
+            modified,
+            1.5e9,
+        )
+        store.task_dir(NEIGHBOUR_ID).mkdir(parents=True)
+        _sparse(store.pieces_path(NEIGHBOUR_ID, generation), file_size(piece_size, piece_size))
+        store.save_partial(partial)
+        assert store.load_all() == [meta]
+        resumable = bool(Validators(etag, modified).if_range)  # (keep_for_resume writes no other)
+        assert store.partials == ({NEIGHBOUR_ID: partial} if resumable else {})
 
 
 # -- 2. a stopped fetch taken over: its pieces file damaged -----------------------------
@@ -602,6 +682,7 @@ def test_folders_named_as_the_caches_records_do_not_stop_the_daemon(tmp_path: Pa
     record = partial_paths(digests / NAMES[0])[1]  # a record without its partial
     partial = partial_paths(digests / NAMES[1])[0]  # a partial of a complete blob
     junk = [record, partial, digests / f".{NAMES[2]}.url.tmp", urls / ".x.from.tmp"]
+    junk.append(digests / f".{NAMES[0]}.dfget-part")  # (a download's temporary file)
     for folder in junk:
         folder.mkdir(parents=True)
     (digests / NAMES[1]).write_bytes(b"complete")

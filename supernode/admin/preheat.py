@@ -329,9 +329,10 @@ def pick(index: Mapping[str, Any], platform: str) -> str:
         if not isinstance(p, dict):
             continue
         same = p.get("os") == os_name and p.get("architecture") == arch
-        if same and (not variant or p.get("variant") == variant):
-            return _sha256(entry.get("digest"), "an index entry")
-    raise PreheatError(f"the index has no manifest for {platform}")
+        digest = entry.get("digest")
+        if same and (not variant or p.get("variant") == variant) and _is_sha256(digest):
+            return str(digest)
+    raise PreheatError(f"the index has no manifest (with a sha256 digest) for {platform}")
 
 
 def blob_digests(manifest: Mapping[str, Any]) -> list[str]:
@@ -349,6 +350,10 @@ def blob_digests(manifest: Mapping[str, Any]) -> list[str]:
 
 
 def _sha256(digest: object, what: str) -> str:
-    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+    if not _is_sha256(digest):
         raise PreheatError(f"{what} without a sha256 digest: {digest!r:.200}")
-    return digest
+    return str(digest)
+
+
+def _is_sha256(digest: object) -> bool:
+    return isinstance(digest, str) and _SHA256.fullmatch(digest) is not None

@@ -77,7 +77,10 @@ class OriginResponse:
         """The body length, if the origin named one (not for chunked bodies)."""
         if "chunked" in (self.header("transfer-encoding") or "").lower():
             return None
-        return header_int(self.header("content-length") or "")
+        value = self.header("content-length") or ""
+        if value.isascii() and value.isdigit() and header_int(value) is None:
+            return 10**19  # more digits than any length: past every bound, refused as such
+        return header_int(value)
 
 
 def check_resumed(response: OriginResponse, expected_start: int) -> None:
