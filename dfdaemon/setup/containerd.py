@@ -10,7 +10,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from dfdaemon.setup.files import Change, SetupError, read
+from dfdaemon.setup.files import Change, SetupError, read, toml_lines
 from dfdaemon.setup.target import Registry, Target
 
 CERTS_DIR = Path("/etc/containerd/certs.d")
@@ -30,8 +30,10 @@ def hosts_toml(certs_dir: Path, registry: Registry, target: Target) -> Change:
         return Change(path, None, new)
     try:
         data = tomllib.loads(old)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's bounds
         raise SetupError(f"{path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise SetupError(f"{path} is not valid TOML: nested too deeply") from exc
     hosts = data.get("host", {})
     if not isinstance(hosts, dict):
         raise SetupError(f"{path}: host: want tables of hosts")
@@ -42,7 +44,7 @@ def hosts_toml(certs_dir: Path, registry: Registry, target: Target) -> Change:
             f"{path} names the mirror {target.mirror} after other hosts: "
             "move its [host] table first by hand"
         )
-    lines = old.splitlines(keepends=True)
+    lines = toml_lines(old)
     first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[")), None)
     if first is None:  # no tables: the mirror's goes at the end
         body = old if old.endswith("\n") or not old else old + "\n"

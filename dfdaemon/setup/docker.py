@@ -8,6 +8,7 @@ both)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,29 @@ SYSTEMD_DIR = Path("/etc/systemd/system")
 DROP_IN = Path("docker.service.d") / "http-proxy.conf"
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # json.dumps would write Infinity: not JSON
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
 def daemon_json(path: Path, target: Target) -> Change:
     """daemon.json with the mirror first in `registry-mirrors`; every other setting
     kept. SetupError if the file is not a JSON object."""
     old = read(path)
     data: dict[str, Any] = {}
-    if old is not None and old.strip():
+    if old is not None and old.strip(" \t\r\n"):  # JSON's whitespace only
         try:
-            loaded = json.loads(old)
-        except json.JSONDecodeError as exc:
+            loaded = json.loads(old, parse_constant=_not_json, parse_float=_finite)
+        except ValueError as exc:  # JSONDecodeError, or a number past Python's bounds
             raise SetupError(f"{path} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise SetupError(f"{path} is not valid JSON: nested too deeply") from exc
         if not isinstance(loaded, dict):
             raise SetupError(f"{path}: want a JSON object, not {type(loaded).__name__}")
         data = loaded

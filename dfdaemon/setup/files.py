@@ -56,11 +56,20 @@ def read(path: Path) -> str | None:
             "or give its path"
         )
     try:
-        return path.read_text()
+        with path.open(newline="") as file:  # as it is: "\r\n" and "\r" kept
+            return file.read()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeError) as exc:
         raise SetupError(f"cannot read {path}: {exc}") from exc
+
+
+def toml_lines(text: str) -> list[str]:
+    """TEXT's lines as TOML ends them, at "\n" only (str.splitlines also ends one at
+    U+2028, U+0085 and others, which TOML takes inside comments and strings)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -117,7 +126,8 @@ def apply(change: Change) -> None:
         change.path.unlink(missing_ok=True)
         _sibling(change.path, WRITTEN).unlink(missing_ok=True)
     else:
-        _write(change.path, change.new)
+        mode = 0o644 if change.old is None else change.path.stat().st_mode & 0o7777
+        _write(change.path, change.new, mode)
         _write(_sibling(change.path, WRITTEN), f"{_digest(change.new)}\n", 0o600)
 
 

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from dfdaemon.setup.files import Change, SetupError, read
+from dfdaemon.setup.files import Change, SetupError, read, toml_lines
 from dfdaemon.setup.target import Target
 
 REGISTRIES_CONF = Path("/etc/containers/registries.conf")
@@ -36,8 +36,10 @@ def _entry(data: dict[str, Any], name: str, path: Path) -> tuple[int, dict[str, 
 def _parse(text: str, path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's bounds
         raise SetupError(f"{path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise SetupError(f"{path} is not valid TOML: nested too deeply") from exc
     if "registries" in data:
         raise SetupError(f"{path} is in the v1 format ([registries.*]): convert it to v2")
     return data
@@ -46,6 +48,8 @@ def _parse(text: str, path: Path) -> dict[str, Any]:
 def _first_mirror(data: dict[str, Any], name: str, path: Path) -> str | None:
     found = _entry(data, name, path)
     mirrors = found[1].get("mirror", []) if found else []
+    if not isinstance(mirrors, list):
+        raise SetupError(f"{path}: registry.mirror of {name}: want [[registry.mirror]] tables")
     return mirrors[0].get("location") if mirrors and isinstance(mirrors[0], dict) else None
 
 
@@ -68,11 +72,17 @@ def registries_conf(path: Path, target: Target) -> Change:
     found = _entry(data, registry.name, path)
     if found and _first_mirror(data, registry.name, path) == target.mirror_host:
         return Change(path, old, old)
+    mirrors = found[1].get("mirror", []) if found else []
+    if any(isinstance(m, dict) and m.get("location") == target.mirror_host for m in mirrors):
+        raise SetupError(
+            f"{path} names the mirror {target.mirror_host} after other mirrors of "
+            f"{registry.name}: move its [[registry.mirror]] table first by hand"
+        )
     if found is None:
         body = old if old.endswith("\n") or not old else old + "\n"
         new = body + "\n" + new_entry
     else:  # before whatever follows that [[registry]]'s own keys: its first mirror
-        lines = old.splitlines(keepends=True)
+        lines = toml_lines(old)
         headers = [i for i, line in enumerate(lines) if line.strip() == "[[registry]]"]
         start = headers[found[0]] if found[0] < len(headers) else None
         if start is None:
@@ -81,7 +91,10 @@ def registries_conf(path: Path, target: Target) -> Change:
             (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
             len(lines),
         )
-        new = "".join(lines[:end]) + _mirror_table(target) + "\n" + "".join(lines[end:])
+        head = "".join(lines[:end])
+        if end == len(lines) and not head.endswith("\n"):  # the file ends without one
+            head += "\n"
+        new = head + _mirror_table(target) + "\n" + "".join(lines[end:])
     if _first_mirror(_parse(new, path), registry.name, path) != target.mirror_host:
         raise SetupError(f"{path}: cannot put the mirror first in it; edit it by hand")
     return Change(path, old, new)

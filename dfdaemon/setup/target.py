@@ -88,8 +88,10 @@ def target_of(
     if config is not None:
         try:
             data = tomllib.loads(config.read_text())
-        except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # UnicodeError, TOMLDecodeError, huge integer
             raise SetupError(f"cannot read the daemon's config file {config}: {exc}") from exc
+        except RecursionError as exc:
+            raise SetupError(f"cannot read the daemon's config file {config}: too deep") from exc
     path = config or Path("--config")
     if mirror is None:
         listen = data.get("listen", f"127.0.0.1:{DEFAULT_PORT}")
@@ -102,7 +104,11 @@ def target_of(
         scheme = "https" if data.get("tls_cert") else "http"
         mirror = f"{scheme}://{format_address(host, port)}"
     mirror = mirror.rstrip("/")
-    if not mirror.startswith(("http://", "https://")) or not urlsplit(mirror).hostname:
+    try:
+        hostname = urlsplit(mirror).hostname  # ValueError: "[...]" not an IP address
+    except ValueError:
+        hostname = None
+    if not mirror.startswith(("http://", "https://")) or not hostname:
         raise SetupError(f"--mirror wants an http:// or https:// URL, not {mirror!r}")
     default_url = (registry or str(data.get("registry", DEFAULT_REGISTRY))).rstrip("/")
     try:
