@@ -25,7 +25,7 @@ class GcPolicy:
             raise ValueError("watermarks must satisfy 0 < low <= high <= 1")
         if self.quota is not None and self.quota <= 0:
             raise ValueError("the quota must be positive")
-        if self.ttl is not None and self.ttl <= 0:
+        if self.ttl is not None and not self.ttl > 0:  # (NaN too: nothing would expire)
             raise ValueError("the TTL must be positive")
 
 

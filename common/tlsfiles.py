@@ -44,11 +44,24 @@ def host_key(text: str) -> str:
         parsed_host, parsed_port = parse_listen(text)
         if not parsed_host or parsed_port == 0:
             raise ValueError(f"bad host {text!r} (want HOST or HOST:PORT)")
-        return format_address(parsed_host, parsed_port)
+        return _url_host(format_address(parsed_host, parsed_port))
     bracketed = text.startswith("[") and text.endswith("]") and len(text) > 2
     if ("[" in text or "]" in text) and not bracketed:
         raise ValueError(f"bad host {text!r} (an IPv6 address goes in brackets)")
-    return text
+    return _url_host(text)
+
+
+def _url_host(key: str) -> str:
+    """`key`, if httpx takes it as a URL's host (its mount pattern and proxy lookup are
+    httpx URLs, made when a client starts): ValueError for what it refuses, such as an
+    IPv4 address with leading zeros (`127.0.0.000`) or a name IDNA refuses (`xn--a`)."""
+    import httpx  # (only the programs that take these flags load this module)
+
+    try:
+        httpx.URL(f"https://{key}/").host  # noqa: B018  (decoding `xn--` names may fail)
+    except (httpx.InvalidURL, ValueError) as exc:  # (idna's errors are UnicodeErrors)
+        raise ValueError(f"bad host {key!r} ({exc})") from exc
+    return key
 
 
 def parse_ca(text: str) -> tuple[str, Path]:

@@ -47,7 +47,7 @@ def hijack_settings(settings: dict[str, Any]) -> dict[str, Any]:
     for pattern in patterns:
         try:
             re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}, (((((…
             raise ValueError(f"bad --hijack {pattern!r}: {exc}") from exc
     cert, key = settings.get("ca_cert"), settings.get("ca_key")
     if (cert is None) != (key is None):

@@ -205,7 +205,7 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
     for rule in rules:
         try:
             re.compile(rule)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}, (((((…
             raise ValueError(f"bad --rule {rule!r}: {exc}") from exc
     hijack = hijack_settings(settings)
     allowed = tuple(settings.get("allow_registry", ()))

@@ -80,6 +80,8 @@ def load_config(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read the config file {path}: {exc}") from exc
+    except RecursionError as exc:  # (tomllib recurses into arrays and inline tables)
+        raise ValueError(f"cannot read the config file {path}: nested too deeply") from exc
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
@@ -97,7 +99,9 @@ def load_config(path: Path) -> dict[str, Any]:
                 value = parse_rate(str(value))
             elif key == "cache_quota":
                 value = parse_size(str(value))
-            elif key == "cache_ttl" and not isinstance(value, int | float):
+            elif key == "cache_ttl" and (
+                not isinstance(value, int | float) or isinstance(value, bool)
+            ):
                 raise ValueError("want a number of seconds")
             elif key in _PATH_KEYS:
                 value = Path(str(value))

@@ -13,7 +13,7 @@ from common.io import RateLimiter
 from common.io.origins import redirect_hooks
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials
-from dfget.errors import IntegrityError, OriginFailed
+from dfget.errors import IntegrityError, OriginFailed, UsageError
 from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
 from dfget.tls import tls_context
@@ -96,6 +96,8 @@ async def fetch_from_origin(
         raise OriginFailed(f"origin timed out: {display_url(url)}") from exc
     except httpx.HTTPError as exc:
         raise OriginFailed(f"cannot download {display_url(url)} from the origin: {exc}") from exc
+    except (httpx.InvalidURL, UnicodeError) as exc:  # (127.0.0.000, xn--a: no host to reach)
+        raise UsageError(f"cannot download {display_url(url)}: {exc}") from exc
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from the origin does not match {digest}")
     return received, validators

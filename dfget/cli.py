@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from common import argtypes
 from common.tokens import read_token
@@ -145,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         "s3://BUCKET/KEY, credentials from the AWS variables and profiles (docs/dfget.md)",
     )
     s3.add_argument(
-        "--s3-endpoint", metavar="URL", help="S3-compatible store, path-style (default: AWS)"
+        "--s3-endpoint",
+        type=flags.s3_endpoint,
+        metavar="URL",
+        help="S3-compatible store, path-style (default: AWS)",
     )
     s3.add_argument("--s3-region", metavar="REGION", help="region signed for (default us-east-1)")
     swarm = parser.add_argument_group(
@@ -253,6 +257,15 @@ def _main(argv: list[str] | None) -> int:
         parser.error("--include and --exclude go with -r")
     if args.filter and args.url[:5].lower() == "s3://":
         parser.error("--filter is not for s3:// URLs (an object's key names it whole)")
+    try:
+        urlsplit(args.url)  # (-r and s3:// split it before the checks that say so)
+    except ValueError as exc:  # `http://[::1/x`: "Invalid IPv6 URL", as the task id says
+        print(f"dfget: error: {exc}", file=sys.stderr)
+        return 2  # (UsageError's)
+    try:
+        output = args.output.expanduser()
+    except RuntimeError as exc:  # `~nosuchuser/x`: no such user, no home to expand
+        parser.error(f"-o {args.output}: {exc}")
     started = time.monotonic()
     daemon_socket = _daemon_socket(args.daemon_socket)
     posted = _post_early(args, daemon_socket)
@@ -287,7 +300,7 @@ def _main(argv: list[str] | None) -> int:
     request = DownloadRequest(
         url=url,
         s3=s3,
-        output=args.output.expanduser(),
+        output=output,
         headers=tuple(args.headers),
         digest=args.digest,
         tag=args.tag,

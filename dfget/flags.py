@@ -4,6 +4,7 @@ a usage error naming the flag. Light: `dfget --help` imports this."""
 from __future__ import annotations
 
 import argparse
+from urllib.parse import urlsplit
 
 from dfget.defaults import MAX_JOBS
 
@@ -12,7 +13,10 @@ def header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
         raise argparse.ArgumentTypeError(f"bad header {text!r} (want 'Key: Value')")
-    return name.strip(), value.strip()
+    name, value = name.strip(), value.strip()
+    if not (name.isascii() and value.isascii()):  # (no HTTP client sends them)
+        raise argparse.ArgumentTypeError(f"bad header {text!r}: only ASCII may be sent")
+    return name, value
 
 
 def positive_seconds(text: str) -> float:
@@ -20,7 +24,7 @@ def positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if value <= 0:
+    if not value > 0:  # (NaN too: no deadline can be NaN)
         raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text!r}")
     return value
 
@@ -42,8 +46,17 @@ def jobs(text: str) -> int:
     return value
 
 
+def s3_endpoint(text: str) -> str:
+    """An endpoint URL that can be split (`dfget.s3.check_endpoint` checks the rest)."""
+    try:
+        urlsplit(text.strip())
+    except ValueError as exc:  # `http://[::1`: "Invalid IPv6 URL"
+        raise argparse.ArgumentTypeError(f"want an http(s) URL, not {text!r} ({exc})") from exc
+    return text
+
+
 def csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-__all__ = ["at_least_one", "csv", "header", "jobs", "positive_seconds"]
+__all__ = ["at_least_one", "csv", "header", "jobs", "positive_seconds", "s3_endpoint"]

@@ -67,7 +67,11 @@ class S3Target:
 
 def check_endpoint(endpoint: str) -> str:
     """`endpoint` as `scheme://host[:port]`; UsageError if it is not an http(s) URL."""
-    parts = urlsplit(endpoint.strip())
+    try:
+        parts = urlsplit(endpoint.strip())
+        parts.port  # noqa: B018  (a port that is no number: ValueError)
+    except ValueError:  # `http://[::1`: "Invalid IPv6 URL" (AWS_ENDPOINT_URL too)
+        raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}")
     if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:

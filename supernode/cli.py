@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         admin_token = read_token(args.admin_token, args.admin_token_file, "an admin token")
         if not args.failed_task_ttl > 0:
             raise ValueError("--failed-task-ttl must be positive")
+        if not 0 < args.origin_timeout < math.inf:  # (NaN or none: no fetch could end)
+            raise ValueError("--origin-timeout must be a positive number of seconds")
         gc = GcPolicy(
             quota=args.store_quota,
             high=args.store_high_watermark,
@@ -313,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.max_connections < 1:
         print("supernode: --max-connections must be at least 1", file=sys.stderr)
+        return 2
+    if args.cdn_upload_slots < 0:  # (the scheduler's config refuses it: a traceback)
+        print("supernode: --cdn-upload-slots must be at least 0", file=sys.stderr)
         return 2
     if not min(PROTOCOL_VERSIONS) <= args.min_peer_protocol <= max(PROTOCOL_VERSIONS):
         print(
