@@ -48,3 +48,15 @@ def move_credentials(url: str, headers: Headers) -> tuple[str, Headers]:
     credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
     token = b64encode(credentials.encode()).decode()
     return bare, (*headers, ("Authorization", f"Basic {token}"))
+
+
+def unsendable(url: str) -> str | None:
+    """Why an HTTP client cannot send a request to `url` (httpx's reason: a host such as
+    `127.0.0.000` or `xn--a`, a port that is no number), or None if it can."""
+    import httpx  # (only where a request is about to be made)
+
+    try:
+        httpx.URL(url).host  # noqa: B018  (an `xn--` name is decoded only here)
+    except (httpx.InvalidURL, UnicodeError) as exc:  # (idna's errors are UnicodeErrors)
+        return str(exc)
+    return None

@@ -12,7 +12,7 @@ import httpx
 from common.io import RateLimiter
 from common.io.origins import redirect_hooks
 from common.origins import AddressDenied, OriginPolicy
-from common.urls import display_url, move_credentials
+from common.urls import display_url, move_credentials, unsendable
 from dfget.errors import IntegrityError, OriginFailed, UsageError
 from dfget.output import AtomicOutput, write_body
 from dfget.progress import Progress
@@ -46,6 +46,8 @@ async def fetch_from_origin(
     hasher = new_hasher(digest) if digest else None
     ranged = any(k.lower() == "range" for k, _ in headers)
     url, headers = move_credentials(url, headers)
+    if (why := unsendable(url)) is not None:  # the user's URL: a usage error
+        raise UsageError(f"cannot download {display_url(url)}: {why}")
     sent = [(k, v) for k, v in headers if k.lower() not in ("host", "accept-encoding")]
     sent.append(("accept-encoding", "identity"))
     if s3 is not None:
@@ -96,8 +98,8 @@ async def fetch_from_origin(
         raise OriginFailed(f"origin timed out: {display_url(url)}") from exc
     except httpx.HTTPError as exc:
         raise OriginFailed(f"cannot download {display_url(url)} from the origin: {exc}") from exc
-    except (httpx.InvalidURL, UnicodeError) as exc:  # (127.0.0.000, xn--a: no host to reach)
-        raise UsageError(f"cannot download {display_url(url)}: {exc}") from exc
+    except (httpx.InvalidURL, UnicodeError) as exc:  # (a redirect to 127.0.0.000, xn--a)
+        raise OriginFailed(f"cannot download {display_url(url)} from the origin: {exc}") from exc
     if hasher and digest and not digest_matches(digest, hasher):
         raise IntegrityError(f"content from the origin does not match {digest}")
     return received, validators

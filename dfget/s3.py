@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from common.s3sign import object_url
+from common.urls import unsendable
 from dfget.errors import UsageError
 from proto.messages import S3Access
 
@@ -72,7 +73,7 @@ def check_endpoint(endpoint: str) -> str:
         parts.port  # noqa: B018  (a port that is no number: ValueError)
     except ValueError:  # `http://[::1`: "Invalid IPv6 URL" (AWS_ENDPOINT_URL too)
         raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or unsendable(endpoint):
         raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}")
     if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise UsageError(f"--s3-endpoint: want scheme://host[:port] only, not {endpoint[:200]!r}")

@@ -692,13 +692,24 @@ def test_seconds_that_are_no_positive_number_are_refused(
     assert outcome.code == 2, outcome
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.000:9/x", "http://xn--a:9/x"])
-def test_a_host_no_client_can_reach_is_a_usage_error(tmp_path: Path, url: str) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["http://127.0.0.000:9/x"],
+        ["http://xn--a:9/x"],
+        ["-r", "http://xn--a/d/"],
+        ["-r", "http://127.0.0.1:x/d/"],
+        ["-r", "s3://bucket/p/", "--s3-endpoint", "http://127.0.0.000:9000"],
+    ],
+)
+def test_a_host_no_client_can_reach_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
     # (its task id computes; only the origin's client refuses it: a traceback before)
-    argv = [sys.executable, "-m", "dfget", url, "-o", str(tmp_path / "out"), "--supernode", ""]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    argv = [sys.executable, "-m", "dfget", *args, "-o", str(tmp_path / "out"), "--supernode", ""]
+    argv += ["--daemon-socket", ""]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and "cannot download" in done.stderr
+    assert "Traceback" not in done.stderr and "dfget: error: " in done.stderr
     assert not list(tmp_path.iterdir())  # nothing left behind
 
 

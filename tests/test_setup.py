@@ -5,6 +5,7 @@ in tests/test_docker_clients.py."""
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -165,3 +166,33 @@ def test_the_daemons_config_file_says_where_it_listens(tmp_path: Path) -> None:
     (entry,) = written["registry"]
     assert entry["location"] == "127.0.0.1:5000" and entry["insecure"] is True
     assert entry["mirror"] == [{"location": "127.0.0.1:7000", "insecure": True}]
+
+
+def test_a_file_keeps_its_owner_and_mode_through_setup_and_undo(tmp_path: Path) -> None:
+    # A rootless user's registries.conf, set up by root: still theirs, still readable.
+    conf = tmp_path / "registries.conf"
+    original = '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n'
+    conf.write_text(original)
+    os.chown(conf, 65534, 65534)
+    conf.chmod(0o600)
+    assert setup(tmp_path, "podman") == 0
+    found = conf.stat()
+    assert (found.st_uid, found.st_gid, found.st_mode & 0o7777) == (65534, 65534, 0o600)
+    assert "127.0.0.1:65001" in conf.read_text()
+    assert setup(tmp_path, "podman", "--undo") == 0
+    found = conf.stat()
+    assert (found.st_uid, found.st_gid, found.st_mode & 0o7777) == (65534, 65534, 0o600)
+    assert conf.read_text() == original
+
+
+def test_undo_puts_the_file_back_after_the_mirror_moved(tmp_path: Path) -> None:
+    # Set up twice, the second time for another mirror: undo (with the first flags,
+    # for which setup would now refuse the file) still gives back the original.
+    conf = tmp_path / "registries.conf"
+    original = '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n'
+    conf.write_text(original)
+    assert setup(tmp_path, "podman") == 0
+    assert setup(tmp_path, "podman", "--mirror", "http://127.0.0.1:65002") == 0
+    assert setup(tmp_path, "podman") == 2  # the first mirror, now after the second
+    assert setup(tmp_path, "podman", "--undo") == 0
+    assert conf.read_text() == original

@@ -89,8 +89,20 @@ CLIENTS: dict[str, tuple[Plan, Callable[[list[Change]], list[str]], str]] = {
 }
 
 
-def _undo_plan(changes: list[Change]) -> list[Change]:
-    return [undo_change(change.path) for change in changes]
+# The files each client's setup may have written, found without reading them: `--undo`
+# puts them back even where setup, run again now, would refuse the file (the mirror
+# moved since, the file edited by hand).
+UNDO_PATHS: dict[str, Callable[[Target, argparse.Namespace], list[Path]]] = {
+    "docker": lambda t, a: [a.docker_config, a.systemd_dir / docker.DROP_IN],
+    "containerd": lambda t, a: [
+        a.containerd_certs_dir / r.name / "hosts.toml" for r in t.registries
+    ],
+    "podman": lambda t, a: [a.registries_conf],
+}
+
+
+def _undo_plan(paths: list[Path]) -> list[Change]:
+    return [undo_change(path) for path in paths]
 
 
 def main(argv: list[str]) -> int:
@@ -104,9 +116,10 @@ def main(argv: list[str]) -> int:
             allow=args.allow_registry,
             plain_http=args.plain_http,
         )
-        changes = plan(target, args)
         if args.undo:
-            changes = _undo_plan(changes)
+            changes = _undo_plan(UNDO_PATHS[args.client](target, args))
+        else:
+            changes = plan(target, args)
     except SetupError as exc:
         print(f"dfdaemon setup: {exc}; nothing written", file=sys.stderr)
         return 2

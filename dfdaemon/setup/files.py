@@ -76,13 +76,16 @@ def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write atomically: a temporary file beside PATH, renamed over it."""
+def _write(path: Path, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
+    """Write atomically: a temporary file beside PATH, renamed over it (with `owner`,
+    the uid and gid it keeps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            os.chown(temp, *owner)  # (a rootless user's registries.conf stays theirs)
         os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
@@ -120,15 +123,22 @@ def apply(change: Change) -> None:
             _write(created, "")
             backup.unlink(missing_ok=True)
         else:
-            _write(backup, change.old, change.path.stat().st_mode & 0o7777)
+            _write(backup, change.old, *_mode_and_owner(change.path))
             created.unlink(missing_ok=True)
     if change.new is None:
         change.path.unlink(missing_ok=True)
         _sibling(change.path, WRITTEN).unlink(missing_ok=True)
+    elif change.old is None:
+        _write(change.path, change.new)
     else:
-        mode = 0o644 if change.old is None else change.path.stat().st_mode & 0o7777
-        _write(change.path, change.new, mode)
+        _write(change.path, change.new, *_mode_and_owner(change.path))
         _write(_sibling(change.path, WRITTEN), f"{_digest(change.new)}\n", 0o600)
+
+
+def _mode_and_owner(path: Path) -> tuple[int, tuple[int, int]]:
+    """PATH's permission bits and (uid, gid): what its replacement keeps."""
+    found = path.stat()
+    return found.st_mode & 0o7777, (found.st_uid, found.st_gid)
 
 
 def undo_change(path: Path) -> Change:

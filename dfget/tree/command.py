@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import trio
 
+from common.urls import display_url, unsendable
 from dfget.engine import DownloadRequest
-from dfget.errors import DfgetError
+from dfget.errors import DfgetError, UsageError
 from dfget.tree.entries import Listed, Lister
 from dfget.tree.globs import Selection
 from dfget.tree.handed import Handed, check_flags
@@ -57,6 +58,8 @@ def tree_request(args: Namespace, template: DownloadRequest) -> TreeRequest:
         # URL (the entry's), signed with these credentials.
         template, lister = replace(template, s3=s3.target.access), s3
     else:
+        if (why := unsendable(template.url)) is not None:
+            raise UsageError(f"cannot list {display_url(template.url)}: {why}")
         lister = lister_for(template)
     return TreeRequest(
         lister=lister,

@@ -152,7 +152,7 @@ class HttpIndexLister(KeptHeads):
             raise ListingError(too_large) from exc
         except EncodedBody as exc:
             raise ListingError(f"index {where}: {exc}") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # (a bad host)
             raise ListingError(f"cannot read the index {where}: {exc}") from exc
         # Off the event loop: a hostile 4 MiB page of links takes seconds to read.
         parse = functools.partial(parse_page, body, kind, url, max_names, max_links)
