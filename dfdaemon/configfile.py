@@ -78,7 +78,7 @@ def load_config(path: Path) -> dict[str, Any]:
     """The config file's settings, by flag destination; ValueError if unusable."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeError, TOMLDecodeError, 5,000 digits
         raise ValueError(f"cannot read the config file {path}: {exc}") from exc
     except RecursionError as exc:  # (tomllib recurses into arrays and inline tables)
         raise ValueError(f"cannot read the config file {path}: nested too deeply") from exc

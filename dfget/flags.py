@@ -4,9 +4,12 @@ a usage error naming the flag. Light: `dfget --help` imports this."""
 from __future__ import annotations
 
 import argparse
+import re
 from urllib.parse import urlsplit
 
 from dfget.defaults import MAX_JOBS
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 5.6.2)
 
 
 def header(text: str) -> tuple[str, str]:
@@ -14,8 +17,10 @@ def header(text: str) -> tuple[str, str]:
     if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
         raise argparse.ArgumentTypeError(f"bad header {text!r} (want 'Key: Value')")
     name, value = name.strip(), value.strip()
-    if not (name.isascii() and value.isascii()):  # (no HTTP client sends them)
-        raise argparse.ArgumentTypeError(f"bad header {text!r}: only ASCII may be sent")
+    if not (_TOKEN.fullmatch(name) and value.isascii()):  # (no HTTP client sends them)
+        raise argparse.ArgumentTypeError(
+            f"bad header {text!r}: a name of token characters, an ASCII value"
+        )
     return name, value
 
 

@@ -721,3 +721,17 @@ def test_an_s3_endpoint_from_the_environment_that_is_no_url_is_a_usage_error(
     argv = [sys.executable, "-m", "dfget", "s3://bucket/key", "-o", str(tmp_path / "out")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_header_name_no_client_can_send_is_refused() -> None:
+    for text in ["X(: v", "X\x7f: v", "Ké: a", "K: é"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="bad header"):
+            dfget.flags.header(text)
+    assert dfget.flags.header("Cookie: a=b; c=d") == ("Cookie", "a=b; c=d")
+
+
+def test_a_config_file_of_a_number_past_pythons_bounds_is_named(sandbox: Sandbox) -> None:
+    path = sandbox.root / "huge.toml"
+    path.write_bytes(b"cache_ttl = " + b"9" * 5000 + b"\n")
+    with pytest.raises(ValueError, match=f"cannot read the config file {path}"):
+        load_config(path)

@@ -196,3 +196,18 @@ def test_undo_puts_the_file_back_after_the_mirror_moved(tmp_path: Path) -> None:
     assert setup(tmp_path, "podman") == 2  # the first mirror, now after the second
     assert setup(tmp_path, "podman", "--undo") == 0
     assert conf.read_text() == original
+
+
+def test_a_crlf_file_keeps_crlf_line_endings(tmp_path: Path) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_bytes(b'[[registry]]\r\nprefix = "docker.io"\r\nlocation = "docker.io"\r\n')
+    assert setup(tmp_path, "podman") == 0
+    written = conf.read_bytes()
+    assert b"127.0.0.1:65001" in written
+    assert written.count(b"\n") == written.count(b"\r\n")  # the inserted lines too
+
+
+@pytest.mark.parametrize("mirror", ["http://127.0.0.1:x", "http://127.0.0.1:99999"])
+def test_a_mirror_whose_port_is_no_port_is_refused(tmp_path: Path, mirror: str) -> None:
+    assert setup(tmp_path, "podman", "--mirror", mirror) == 2
+    assert not (tmp_path / "registries.conf").exists()

@@ -10,7 +10,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from dfdaemon.setup.files import Change, SetupError, read, toml_lines
+from dfdaemon.setup.files import Change, SetupError, endings_of, read, toml_lines
 from dfdaemon.setup.target import Registry, Target
 
 CERTS_DIR = Path("/etc/containerd/certs.d")
@@ -57,7 +57,7 @@ def hosts_toml(certs_dir: Path, registry: Registry, target: Target) -> Change:
         raise SetupError(f"{path}: cannot add the mirror to it: {exc}") from exc
     if first_host != target.mirror:
         raise SetupError(f"{path}: cannot put the mirror first in it; edit it by hand")
-    return Change(path, old, new)
+    return Change(path, old, endings_of(old, new))
 
 
 def plan(target: Target, certs_dir: Path) -> list[Change]:

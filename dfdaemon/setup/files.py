@@ -72,6 +72,14 @@ def toml_lines(text: str) -> list[str]:
     return lines if lines[-1] else lines[:-1]
 
 
+def endings_of(old: str, new: str) -> str:
+    """NEW with OLD's line endings: CRLF throughout when OLD has them throughout (what
+    setup inserts is written with "\n"), else as it is."""
+    if "\r\n" in old and old.count("\n") == old.count("\r\n"):
+        return new.replace("\r\n", "\n").replace("\n", "\r\n")
+    return new
+
+
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 

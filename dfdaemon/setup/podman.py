@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from dfdaemon.setup.files import Change, SetupError, read, toml_lines
+from dfdaemon.setup.files import Change, SetupError, endings_of, read, toml_lines
 from dfdaemon.setup.target import Target
 
 REGISTRIES_CONF = Path("/etc/containers/registries.conf")
@@ -97,7 +97,7 @@ def registries_conf(path: Path, target: Target) -> Change:
         new = head + _mirror_table(target) + "\n" + "".join(lines[end:])
     if _first_mirror(_parse(new, path), registry.name, path) != target.mirror_host:
         raise SetupError(f"{path}: cannot put the mirror first in it; edit it by hand")
-    return Change(path, old, new)
+    return Change(path, old, endings_of(old, new))
 
 
 def plan(target: Target, config: Path) -> list[Change]:

@@ -105,7 +105,8 @@ def target_of(
         mirror = f"{scheme}://{format_address(host, port)}"
     mirror = mirror.rstrip("/")
     try:
-        hostname = urlsplit(mirror).hostname  # ValueError: "[...]" not an IP address
+        named = urlsplit(mirror)  # ValueError: "[...]" not an IP address
+        hostname = named.hostname if named.port != 0 else None  # port: ValueError if junk
     except ValueError:
         hostname = None
     if not mirror.startswith(("http://", "https://")) or not hostname:
