@@ -551,14 +551,19 @@ def test_containerd_hosts_toml(case: tuple[str, Existing]) -> None:
     check_containerd(case)
 
 
+def old_toml(existing: Existing) -> dict[str, Any] | None:
+    """The document an existing TOML file holds ({} for none), None if it is not one."""
+    if existing.kind == "absent":
+        return {}
+    if existing.kind == "file":
+        with contextlib.suppress(ValueError):
+            return strict_toml(existing.data)
+    return None
+
+
 def check_containerd(case: tuple[str, Existing]) -> None:
     mirror, existing = case
-    old: dict[str, Any] | None = None
-    if existing.kind == "absent":
-        old = {}
-    elif existing.kind == "file":
-        with contextlib.suppress(ValueError):
-            old = strict_toml(existing.data)
+    old = old_toml(existing)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         place(root, HUB_HOSTS, existing)
@@ -736,12 +741,7 @@ def check_podman(case: tuple[str, str, Existing]) -> None:
     name, plain_registry = REGISTRIES[registry]
     host = urlsplit(mirror).netloc
     mirror_table = {"location": host, "insecure": mirror.startswith("http://")}
-    old: dict[str, Any] | None = None
-    if existing.kind == "absent":
-        old = {}
-    elif existing.kind == "file":
-        with contextlib.suppress(ValueError):
-            old = strict_toml(existing.data)
+    old = old_toml(existing)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         place(root, REGISTRIES_CONF, existing)
