@@ -207,6 +207,9 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
             re.compile(rule)
         except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}, (((((…
             raise ValueError(f"bad --rule {rule!r}: {exc}") from exc
+    ttl = settings.get("cache_ttl")
+    if ttl is not None and not ttl > 0:  # (NaN too: nothing would expire)
+        raise ValueError("--cache-ttl must be a positive number of seconds")
     hijack = hijack_settings(settings)
     allowed = tuple(settings.get("allow_registry", ()))
     for entry in allowed:

@@ -13,10 +13,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.urls import move_credentials
+from common.urls import move_credentials, unsendable
 from dfdaemon.trust import origin_of
 
 log = logging.getLogger(__name__)
+
+MAX_URL_FILE = 16 * 1024  # a kept URL: a request's is at most 8192 characters
 
 
 class Provenance:
@@ -94,13 +96,23 @@ class Provenance:
             yield url_file.name.removesuffix(".url")
 
     def url(self, hex_digest: str) -> str | None:
-        """The blob's upstream URL, as kept; None if it cannot be read (logged)."""
+        """The blob's upstream URL, as kept; None if it cannot be read, or is not an
+        http(s) URL a request can be sent to (logged: junk is not seeded again and
+        again, each attempt failing)."""
         url_file = self.url_file(hex_digest)
         try:
-            return url_file.read_text().strip()
+            with open(url_file, "rb") as file:
+                url = file.read(MAX_URL_FILE + 1).decode().strip()
         except (OSError, UnicodeError) as exc:
             log.warning("blob %s: unreadable %s: %s", hex_digest[:12], url_file.name, exc)
             return None
+        if len(url) > MAX_URL_FILE or not url.startswith(("http://", "https://")):
+            log.warning("blob %s: %s holds no URL", hex_digest[:12], url_file.name)
+            return None
+        if (why := unsendable(url)) is not None:
+            log.warning("blob %s: %s: %s", hex_digest[:12], url_file.name, why)
+            return None
+        return url
 
 
 def _write_small(folder: Path, path: Path, text: str) -> None:

@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--failed-task-ttl must be positive")
         if not 0 < args.origin_timeout < math.inf:  # (NaN or none: no fetch could end)
             raise ValueError("--origin-timeout must be a positive number of seconds")
+        if args.task_ttl is not None and not args.task_ttl > 0:  # (NaN: nothing expires)
+            raise ValueError("--task-ttl must be a positive number of seconds")
         gc = GcPolicy(
             quota=args.store_quota,
             high=args.store_high_watermark,

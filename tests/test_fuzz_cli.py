@@ -690,6 +690,7 @@ def test_seconds_that_are_no_positive_number_are_refused(
     outcome = run_main(main, argv)
     check_outcome(prog, argv, outcome)
     assert outcome.code == 2, outcome
+    assert argv[0] in outcome.stderr  # (the flag named)
 
 
 @pytest.mark.parametrize(
