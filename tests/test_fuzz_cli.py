@@ -120,8 +120,8 @@ def _valid_config() -> str:
         'cache_quota = "50GiB"\n'
         "cache_ttl = 86400\n"
         "max_connections = 256\n"
-        'origin_allow = ["169.254.169.254/32"]\n'
-        'origin_deny = ["10.0.0.0/8", "fe80::/10"]\n'
+        'origin_allow = ["198.18.0.1/32"]\n'
+        'origin_deny = ["198.18.0.0/15", "fe80::/10"]\n'
         'log_level = "warning"\n'
         'hijack = ["^ghcr\\\\.io$"]\n'
         "back_source = false\n"
@@ -273,7 +273,7 @@ UNITS = [
 ADDRESSES = [
     *(":0", ":", "127.0.0.1:0", "127.0.0.1:65535", "127.0.0.1:65536", "[::1]:0", "[::1]"),
     *("::1", "[::1", "[]:80", "[fe80::1%eth0]:80", "localhost", "0.0.0.0:８０", "0.0.0.0"),
-    *("h:99999999999999999999", "a:b:c", "10.0.0.0/8", "fe80::/10", "10.1.2.3/8", "::/0"),
+    *("h:99999999999999999999", "a:b:c", "198.18.0.0/15", "fe80::/10", "198.18.0.1/15", "::/0"),
     *("0.0.0.0/0", "off", " OFF ", "[::]:8002", "host:", "127.0.0.1:0,[::1]:1,,"),
 ]
 URLS = [
@@ -314,8 +314,8 @@ SHARED = {
     "--max-connections": ["1", "64", "0"],
 }
 SERVERS = SHARED | {
-    "--origin-allow": ["169.254.169.254/32", "::/0"],
-    "--origin-deny": ["10.0.0.0/8", "0.0.0.0/0"],
+    "--origin-allow": ["198.18.0.1/32", "::/0"],
+    "--origin-deny": ["198.18.0.0/15", "0.0.0.0/0"],
     "--ready-file": ["ready.json", "missing/ready.json", "dir"],
     "--log-level": ["debug", "error"],
 }
@@ -560,8 +560,8 @@ RIGHT_VALUES: dict[str, list[str]] = {
     "cache_quota": ['"50GiB"', "1024", "1.5", "0", "-1", "true"],
     "cache_ttl": ["86400", "0.5", "-1", "true", "nan", "inf"],
     "max_connections": ["256", "0", str(1 << 70)],
-    "origin_allow": ['["169.254.169.254/32"]', '["10.1.2.3/8"]'],
-    "origin_deny": ['["10.0.0.0/8", "::/0"]'],
+    "origin_allow": ['["198.18.0.1/32"]', '["198.18.0.1/15"]'],
+    "origin_deny": ['["198.18.0.0/15", "::/0"]'],
     "ready_file": ['"ready.json"', '"missing/ready.json"', '"dir"'],
     "log_level": ['"debug"', '"DEBUG"'],
     "hijack": ['["^ghcr\\\\.io$"]', '["a{4294967296}"]'],

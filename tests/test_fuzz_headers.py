@@ -496,9 +496,10 @@ async def _no_body() -> AsyncIterator[bytes]:
 @example(target="[::1]x:443")
 @example(target="registry.test:٤٤٣")
 def test_a_connect_target_is_refused_or_names_a_host_and_a_port(target: str) -> None:
-    if ":" not in target:
-        return  # a port alone: see test_a_connect_target_without_a_host_is_refused
     statuses, intercepted, tried = run(connect, target)
+    if ":" not in target:  # a host or a port alone: CONNECT wants both
+        assert (statuses, intercepted, tried) == ([400], [], [])
+        return
     if statuses == [400]:
         assert not intercepted and not tried
         return

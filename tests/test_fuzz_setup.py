@@ -298,7 +298,7 @@ def daemon_jsons(draw: st.DrawFn, mirror: str) -> tuple[bytes, bool]:
             doc["registry-mirrors"] = [mirror, *others]
     if draw(st.booleans()):
         doc["insecure-registries"] = draw(
-            st.lists(st.sampled_from([host, "10.0.0.2:5000", "reg.lan"]), max_size=3, unique=True)
+            st.lists(st.sampled_from([host, "198.18.0.2:5000", "reg.lan"]), max_size=3, unique=True)
         )
     plain = True
     if draw(st.integers(0, 5)) == 0:  # a value of the wrong type
@@ -449,7 +449,7 @@ def check_docker(case: DockerCase) -> None:
 
 # -- containerd ---------------------------------------------------------------------------
 
-OTHER_HOSTS = ["https://other-mirror.example", "http://10.0.0.2:5000"]
+OTHER_HOSTS = ["https://other-mirror.example", "http://198.18.0.2:5000"]
 
 
 @st.composite
@@ -635,7 +635,9 @@ def registries_confs(draw: st.DrawFn, name: str, host: str) -> tuple[bytes, bool
         if draw(st.booleans()):
             lines.append(draw(st.sampled_from(["insecure = false", "blocked = false", "# \x85["])))
         mirrors = draw(
-            st.lists(st.sampled_from([host, "other-mirror.example", "10.0.0.2:5000"]), unique=True)
+            st.lists(
+                st.sampled_from([host, "other-mirror.example", "198.18.0.2:5000"]), unique=True
+            )
         )
         if entry == name and host in mirrors[1:]:
             plain = False
