@@ -211,3 +211,14 @@ def test_a_crlf_file_keeps_crlf_line_endings(tmp_path: Path) -> None:
 def test_a_mirror_whose_port_is_no_port_is_refused(tmp_path: Path, mirror: str) -> None:
     assert setup(tmp_path, "podman", "--mirror", mirror) == 2
     assert not (tmp_path / "registries.conf").exists()
+
+
+def test_undo_keeps_a_created_file_the_user_changed_since(tmp_path: Path) -> None:
+    # Setup created daemon.json; the user then added a setting of their own: --undo
+    # (which would remove the file) refuses rather than lose it.
+    path = tmp_path / "docker" / "daemon.json"
+    assert setup(tmp_path, "docker") == 0
+    path.write_text(path.read_text().replace("{", '{"debug": true, ', 1))
+    edited = path.read_bytes()
+    assert setup(tmp_path, "docker", "--undo") == 2
+    assert path.read_bytes() == edited

@@ -136,10 +136,9 @@ def apply(change: Change) -> None:
     if change.new is None:
         change.path.unlink(missing_ok=True)
         _sibling(change.path, WRITTEN).unlink(missing_ok=True)
-    elif change.old is None:
-        _write(change.path, change.new)
     else:
-        _write(change.path, change.new, *_mode_and_owner(change.path))
+        mode, owner = (0o644, None) if change.old is None else _mode_and_owner(change.path)
+        _write(change.path, change.new, mode, owner)
         _write(_sibling(change.path, WRITTEN), f"{_digest(change.new)}\n", 0o600)
 
 
