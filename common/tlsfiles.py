@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common import argtypes
 from common.addresses import format_address, parse_listen
+from common.urls import unsendable
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,8 @@ def _url_host(key: str) -> str:
     """`key`, if httpx takes it as a URL's host (its mount pattern and proxy lookup are
     httpx URLs, made when a client starts): ValueError for what it refuses, such as an
     IPv4 address with leading zeros (`127.0.0.000`) or a name IDNA refuses (`xn--a`)."""
-    import httpx  # (only the programs that take these flags load this module)
-
-    try:
-        httpx.URL(f"https://{key}/").host  # noqa: B018  (decoding `xn--` names may fail)
-    except (httpx.InvalidURL, ValueError) as exc:  # (idna's errors are UnicodeErrors)
-        raise ValueError(f"bad host {key!r} ({exc})") from exc
+    if (why := unsendable(f"https://{key}/")) is not None:
+        raise ValueError(f"bad host {key!r} ({why})")
     return key
 
 

@@ -51,12 +51,16 @@ def move_credentials(url: str, headers: Headers) -> tuple[str, Headers]:
 
 
 def unsendable(url: str) -> str | None:
-    """Why an HTTP client cannot send a request to `url` (httpx's reason: a host such as
-    `127.0.0.000` or `xn--a`, a port that is no number), or None if it can."""
+    """Why an HTTP client cannot send a request to `url`, or None if it can: not http(s)
+    with a host, or httpx's reason (a host such as `127.0.0.000` or `xn--a`, a port that
+    is no number). The one check of it wherever a URL is kept or about to be used."""
     import httpx  # (only where a request is about to be made)
 
     try:
-        httpx.URL(url).host  # noqa: B018  (an `xn--` name is decoded only here)
-    except (httpx.InvalidURL, UnicodeError) as exc:  # (idna's errors are UnicodeErrors)
+        parsed = httpx.URL(url)
+        host = parsed.host  # (an `xn--` name is decoded only here)
+    except (httpx.InvalidURL, ValueError) as exc:  # (idna's and ipaddress' ValueErrors)
         return str(exc)
+    if parsed.scheme not in ("http", "https") or not host:
+        return "not an http(s) URL with a host"
     return None

@@ -106,10 +106,8 @@ class Provenance:
         except (OSError, UnicodeError) as exc:
             log.warning("blob %s: unreadable %s: %s", hex_digest[:12], url_file.name, exc)
             return None
-        if len(url) > MAX_URL_FILE or not url.startswith(("http://", "https://")):
-            log.warning("blob %s: %s holds no URL", hex_digest[:12], url_file.name)
-            return None
-        if (why := unsendable(url)) is not None:
+        why = "too long" if len(url) > MAX_URL_FILE else unsendable(url)
+        if why is not None:
             log.warning("blob %s: %s: %s", hex_digest[:12], url_file.name, why)
             return None
         return url

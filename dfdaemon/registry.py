@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import httpx
-
+from common.urls import unsendable
 from dfdaemon.trust import (
     DEFAULT_PORTS,
     DOCKER_HUB_HOST,
@@ -87,9 +86,10 @@ def resolve(target: str, registry: str, plain_http: frozenset[str] = frozenset()
         base = f"{'http' if host in plain_http else 'https'}://{host}"
     try:
         origin = origin_of(base)
-        httpx.URL(base)  # (what the client connects to must read it too: not `0000.0.0.0`)
-    except (ValueError, httpx.InvalidURL):
+    except ValueError:
         raise BadReference("NAME_INVALID", f"bad ns parameter {host!r}") from None
+    if unsendable(base) is not None:  # (what the client connects to must read it too)
+        raise BadReference("NAME_INVALID", f"bad ns parameter {host!r}")
     return Target(upstream=base, path=parts.path, query=rest, origin=origin, named=True)
 
 

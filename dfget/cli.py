@@ -147,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s3.add_argument(
         "--s3-endpoint",
-        type=flags.s3_endpoint,
         metavar="URL",
         help="S3-compatible store, path-style (default: AWS)",
     )

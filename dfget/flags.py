@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from urllib.parse import urlsplit
 
 from dfget.defaults import MAX_JOBS
 
@@ -51,17 +50,8 @@ def jobs(text: str) -> int:
     return value
 
 
-def s3_endpoint(text: str) -> str:
-    """An endpoint URL that can be split (`dfget.s3.check_endpoint` checks the rest)."""
-    try:
-        urlsplit(text.strip())
-    except ValueError as exc:  # `http://[::1`: "Invalid IPv6 URL"
-        raise argparse.ArgumentTypeError(f"want an http(s) URL, not {text!r} ({exc})") from exc
-    return text
-
-
 def csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-__all__ = ["at_least_one", "csv", "header", "jobs", "positive_seconds", "s3_endpoint"]
+__all__ = ["at_least_one", "csv", "header", "jobs", "positive_seconds"]

@@ -68,12 +68,12 @@ class S3Target:
 
 def check_endpoint(endpoint: str) -> str:
     """`endpoint` as `scheme://host[:port]`; UsageError if it is not an http(s) URL."""
+    stripped = endpoint.strip()
     try:
-        parts = urlsplit(endpoint.strip())
-        parts.port  # noqa: B018  (a port that is no number: ValueError)
+        parts = urlsplit(stripped)
     except ValueError:  # `http://[::1`: "Invalid IPv6 URL" (AWS_ENDPOINT_URL too)
-        raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or unsendable(endpoint):
+        parts = None
+    if parts is None or unsendable(stripped) is not None:
         raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}")
     if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise UsageError(f"--s3-endpoint: want scheme://host[:port] only, not {endpoint[:200]!r}")

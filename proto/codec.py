@@ -19,8 +19,15 @@ from typing import Any
 
 import msgpack
 
-from proto.errors import BadField, LocalProtoError, MalformedFrame, UnknownMessage, short_repr
-from proto.messages import ALL_MESSAGES, MAX_SEALED, Message, PieceData, is_text
+from proto.errors import (
+    BadField,
+    LocalProtoError,
+    MalformedFrame,
+    UnknownMessage,
+    is_text,
+    short_repr,
+)
+from proto.messages import ALL_MESSAGES, MAX_SEALED, Message, PieceData
 
 TYPE_KEY = "t"
 PAYLOAD_KEY = "_n"

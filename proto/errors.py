@@ -16,6 +16,18 @@ _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 6
 
 
+def is_text(value: object) -> bool:
+    """A string that is encodable UTF-8: JSON, TOML and Python strings may hold lone
+    surrogates, which msgpack, headers and files refuse."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """`repr(value)` for a message about remote input: nesting, lengths and the whole
     bounded (a value nested a thousand deep would make plain repr() raise

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, NamedTuple
 
-from proto.errors import ErrorCode
+from proto.errors import ErrorCode, is_text
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
@@ -119,16 +119,6 @@ class S3Access(NamedTuple):
             raise ValueError("s3 credentials must not hold line breaks or NUL")
         if not all(" " <= c <= "~" for c in self.session_token):
             raise ValueError("s3.session_token must be printable ASCII")
-
-
-def is_text(text: str) -> bool:
-    """Whether `text` is encodable UTF-8 (JSON and Python strings may hold lone
-    surrogates; msgpack, headers and files refuse them)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 _KEY_ID_MARKS = str.maketrans("", "", "-_.")  # (MinIO's and other stores' user names)

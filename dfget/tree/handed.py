@@ -28,11 +28,11 @@ from dfget.results import DownloadResult
 from dfget.tree import manifest
 from dfget.tree.entries import Entry, http_validator_of
 from dfget.tree.globs import Selection
-from dfget.tree.manifest import is_text
 from dfget.tree.paths import make_root
 from dfget.tree.report import guarded, report, say
 from dfget.tree.results import FileResult, TreeResult
 from dfget.tree.steps import done, failed, placed, take
+from proto.errors import is_text
 
 log = logging.getLogger("dfget")
 

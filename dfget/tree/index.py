@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from dfget.tree.manifest import is_text
+from proto.errors import is_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +135,7 @@ def _parse_json(body: bytes, page_url: str, budget: _Budget) -> None:
         mtime = item.get("mtime")
         validator = None
         # (an mtime of lone surrogates is no text: no manifest could record it)
-        if not is_dir and isinstance(mtime, str) and size is not None and is_text(mtime):
+        if not is_dir and is_text(mtime) and size is not None:
             validator = f"mtime={mtime};size={size}"
         budget.add(Link(name, url, is_dir, size if not is_dir else None, validator))
 

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from proto.errors import is_text
+
 NAME = ".dfget-tree.json"
 VERSION = 1
 MAX_SIZE = 64 << 20  # bytes: a bigger manifest is not ours
@@ -93,17 +95,6 @@ def _record(name: str, fields: Any) -> Record:
     ):
         raise ValueError(f"a malformed record for {name!r}")
     return record
-
-
-def is_text(value: object) -> bool:
-    """A string that is text (no lone surrogates): a manifest can record it."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def save(root: Path, records: dict[str, Record]) -> None:

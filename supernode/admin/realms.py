@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
+from common.urls import unsendable
 
 MAX_CHALLENGE = 4096  # characters of a Bearer challenge's parameters (a registry's: ~100)
 
@@ -91,7 +91,7 @@ def challenge_params(text: str) -> list[tuple[str, str]]:
     for item in _split_quoted(text):
         key, _, value = item.partition("=")
         key, value = key.strip().lower(), _unquoted(value.strip())
-        if key != "realm" or not value or _sendable(value):
+        if key != "realm" or not value or unsendable(value) is None:
             pairs.append((key, value))
     return pairs
 
@@ -130,12 +130,3 @@ def _unquoted(value: str) -> str:
         else:
             break  # the closing quote
     return "".join(content)
-
-
-def _sendable(url: str) -> bool:
-    """Whether httpx can send a request to `url`: an http(s) URL with a host."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError):  # (ipaddress' errors come through as they are)
-        return False
-    return parsed.scheme in ("http", "https") and bool(parsed.host)

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proto.messages import DIGEST_BYTES, KEY_BYTES, PIECE_SIZES, is_text
+from proto.errors import is_text
+from proto.messages import DIGEST_BYTES, KEY_BYTES, PIECE_SIZES
 from proto.taskid import check_digest, check_task_id
 from supernode.cdn.piecefile import PiecesFile, file_size
 from supernode.cdn.response import Validators
@@ -55,7 +56,7 @@ class TaskMeta:
 
     def check(self) -> None:
         _check_fields(self)
-        if not _text(self.url) or not _whole(self.length, 0):
+        if not is_text(self.url) or not _whole(self.length, 0):
             raise ValueError("bad url or length")
         if len(self.digests) != -(-self.length // self.piece_size):
             raise ValueError("digest count does not match the length")
@@ -115,7 +116,7 @@ def _check_fields(meta: TaskMeta | PartialMeta) -> None:
         raise ValueError("bad piece digests")
     if meta.digest is not None:
         check_digest(meta.digest)
-    if not all(v is None or _text(v) for v in (meta.etag, meta.last_modified)):
+    if not all(v is None or is_text(v) for v in (meta.etag, meta.last_modified)):
         raise ValueError("bad validators")
     if type(meta.created) not in (int, float) or not math.isfinite(meta.created):
         raise ValueError("bad creation time")
@@ -124,11 +125,6 @@ def _check_fields(meta: TaskMeta | PartialMeta) -> None:
 def _whole(value: object, low: int) -> bool:
     """A whole number (not a bool) from `low` to below _MAX_NUMBER."""
     return type(value) is int and low <= value < _MAX_NUMBER
-
-
-def _text(value: object) -> bool:
-    """A string the wire can carry (no lone surrogates, which JSON may hold)."""
-    return isinstance(value, str) and is_text(value)
 
 
 def _hex_of(text: object, size: int) -> bool:
