@@ -26,7 +26,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
 import httpx
@@ -51,7 +51,6 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 MAX_MANIFEST = 4 * 1024 * 1024
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
-_SCHEME = re.compile(r"(\S*)\s*(.*)", re.DOTALL)  # an auth scheme, then its parameters
 MAX_TOKEN_ANSWER = 1024 * 1024  # a token server's JSON (JWTs are a few KiB)
 KEEP = 1000  # preheats remembered: past this the oldest finished go, never a live one
 MAX_RUNNING = 4  # preheats fetching at once; the others wait in the queue, "pending"
@@ -252,7 +251,7 @@ class Preheats:
         """The token a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` asks
         for, and a note for the error message if the credentials were withheld."""
         challenge = response.headers.get("www-authenticate", "")
-        scheme, rest = _SCHEME.fullmatch(challenge.strip()).groups()  # type: ignore[union-attr]
+        scheme, rest = [*challenge.split(None, 1), "", ""][:2]  # (a space or a tab after it)
         if scheme.lower() != "bearer":
             return None, ""
         params = dict(challenge_params(rest))
@@ -331,7 +330,7 @@ def pick(index: Mapping[str, Any], platform: str) -> str:
         same = p.get("os") == os_name and p.get("architecture") == arch
         digest = entry.get("digest")
         if same and (not variant or p.get("variant") == variant) and _is_sha256(digest):
-            return str(digest)
+            return digest
     raise PreheatError(f"the index has no manifest (with a sha256 digest) for {platform}")
 
 
@@ -352,8 +351,8 @@ def blob_digests(manifest: Mapping[str, Any]) -> list[str]:
 def _sha256(digest: object, what: str) -> str:
     if not _is_sha256(digest):
         raise PreheatError(f"{what} without a sha256 digest: {digest!r:.200}")
-    return str(digest)
+    return digest
 
 
-def _is_sha256(digest: object) -> bool:
+def _is_sha256(digest: object) -> TypeGuard[str]:
     return isinstance(digest, str) and _SHA256.fullmatch(digest) is not None
