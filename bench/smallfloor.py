@@ -1,0 +1,460 @@
+"""The floor of a small file through a fresh daemon (issue 17): what the least Python
+that does a small file's necessary work costs, one file an exchange and many.
+
+    python bench/smallfloor.py [--work DIR] [--runs N] [--batch K ...]
+
+Three processes, as in the system, doing only what every file through a daemon must:
+a "supernode" (trio) sends each piece sealed (AES-GCM) from its store with sendfile; a
+"daemon" (trio) asks it for pieces on a kept connection, opens each in a worker thread
+(decrypt, blake3 against the piece's digest, written to its cache as a temporary file,
+fsync, rename) and passes the cached files' descriptors to the client (SCM_RIGHTS); a
+"client" (blocking sockets, `--jobs` threads on kept connections, as `dfget -r`
+handing its files over) copies each into its output atomically (copy_file_range into
+a temporary file, rename). No registration, tickets, keys per peer, scheduling,
+seeding or records: a floor, not a design. Each exchange carries `--batch` files (1:
+one file an exchange at every hop, as the system does now; more: one request, one
+thread job and one descriptor message for many). Against `curl -Z` (4 at once) from
+nginx on the same 200 x 1 MiB files in the same run; prints files/s, the ratio to
+curl and every process's CPU a file. Nothing here is a product path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import os
+import queue
+import secrets
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+HEAD = struct.Struct("!I")  # a request's count of files, then one index each
+KIND = struct.Struct("!cI")  # to the supernode: P (pieces: a count), R or D (a length)
+REGISTER = 300  # bytes of a register (the URL, headers, a key, a proof) and its answer
+REGISTERED = 500
+REPORT = 100  # bytes of a report that the pieces are held
+LENGTH = struct.Struct("!Q")  # an answer's piece length
+NONCE = 12
+
+
+def nonce(index: int) -> bytes:
+    return index.to_bytes(NONCE, "big")
+
+
+# -- the roles (each its own process) -------------------------------------------------------
+
+
+def supernode_role(store: Path, ready: Path) -> None:
+    async def main() -> None:
+        fds = [os.open(path, os.O_RDONLY) for path in sorted(store.iterdir())]
+        sizes = [os.fstat(fd).st_size for fd in fds]
+        listener = trio.socket.socket()
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        ready.write_text(json.dumps({"port": listener.getsockname()[1], "pid": os.getpid()}))
+
+        async def serve(sock: trio.socket.SocketType) -> None:
+            with sock:
+                while True:
+                    head = await receive_exactly(sock, KIND.size)
+                    if not head:
+                        return
+                    kind, count = KIND.unpack(head)
+                    if kind != b"P":  # a register (answered) or a report
+                        await receive_exactly(sock, count)
+                        if kind == b"R":
+                            await send_all(sock, bytes(REGISTERED))
+                        continue
+                    indices = struct.unpack(f"!{count}I", await receive_exactly(sock, 4 * count))
+                    for index in indices:
+                        await send_all(sock, LENGTH.pack(sizes[index]))
+                        await send_file(sock, fds[index], sizes[index])
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                sock, _ = await listener.accept()
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(serve, sock)
+
+    trio.run(main)
+
+
+def daemon_role(
+    path: Path, port: int, keys: Path, cache: Path, ready: Path, extras: set[str]
+) -> None:
+    import blake3
+    import h11
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    known = json.loads(keys.read_text())
+    sealer = AESGCM(bytes.fromhex(known["key"]))
+    digests = [bytes.fromhex(d) for d in known["digests"]]
+
+    def store(pieces: list[tuple[int, bytearray]]) -> list[tuple[int, int]]:
+        """Open, check and cache each piece: (descriptor, size) each."""
+        out = []
+        for index, sealed in pieces:
+            plain = sealer.decrypt(nonce(index), bytes(sealed), None)
+            if blake3.blake3(plain, max_threads=1).digest() != digests[index]:
+                raise ValueError(f"piece {index} does not match its digest")
+            temp = cache / f".{index}.{secrets.token_hex(4)}"
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.write(fd, plain)
+            os.fsync(fd)
+            os.rename(temp, cache / str(index))
+            out.append((fd, len(plain)))
+        return out
+
+    async def main() -> None:
+        listener = trio.socket.socket(socket.AF_UNIX)
+        await listener.bind(str(path))
+        listener.listen(64)
+        ready.write_text(json.dumps({"pid": os.getpid()}))
+
+        async def serve(client: trio.socket.SocketType) -> None:
+            upstream = trio.socket.socket()
+            await upstream.connect(("127.0.0.1", port))
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            http = h11.Connection(h11.SERVER) if "http" in extras else None
+            with client, upstream:
+                while True:
+                    body = await (ask_http(client, http) if http else ask_plain(client))
+                    if not body:
+                        return
+                    count = len(body) // 4
+                    if "register" in extras:
+                        await send_all(upstream, KIND.pack(b"R", REGISTER) + bytes(REGISTER))
+                        await receive_exactly(upstream, REGISTERED)
+                    await send_all(upstream, KIND.pack(b"P", count) + body)
+                    pieces = []
+                    for index in struct.unpack(f"!{count}I", body):
+                        (length,) = LENGTH.unpack(await receive_exactly(upstream, LENGTH.size))
+                        pieces.append((index, await receive_into(upstream, length)))
+                    cached = await trio.to_thread.run_sync(store, pieces)
+                    if "register" in extras:
+                        await send_all(upstream, KIND.pack(b"D", REPORT) + bytes(REPORT))
+                    answer = json.dumps([size for _, size in cached]).encode()
+                    fds = array.array("i", [fd for fd, _ in cached])
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
+                    head = HEAD.pack(len(answer))
+                    if http is not None:
+                        headers = [("Content-Length", str(len(answer))), ("X-Dfget-Framed", "1")]
+                        head = http.send(h11.Response(status_code=200, headers=headers))
+                        http.send(h11.Data(data=answer))
+                        http.send(h11.EndOfMessage())
+                        http.start_next_cycle()
+                    await client.sendmsg([head, answer], rights)
+                    for fd, _ in cached:
+                        os.close(fd)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                sock, _ = await listener.accept()
+                nursery.start_soon(serve, sock)
+
+    async def ask_plain(client: trio.socket.SocketType) -> bytes:
+        head = await receive_exactly(client, HEAD.size)
+        return await receive_exactly(client, 4 * HEAD.unpack(head)[0]) if head else b""
+
+    async def ask_http(client: trio.socket.SocketType, http: h11.Connection) -> bytes:
+        """A request's body, the indices in JSON, as the daemon's HTTP server reads it."""
+        body = b""
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = await client.recv(65536)
+                if not data:
+                    return b""
+                http.receive_data(data)
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                indices = json.loads(body)["files"]
+                return struct.pack(f"!{len(indices)}I", *indices)
+            elif isinstance(event, h11.ConnectionClosed):
+                return b""
+
+    trio.run(main)
+
+
+def client_role(path: Path, out: Path, count: int, jobs: int, batch: int, http: bool) -> None:
+    work: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+    for start in range(0, count, batch):
+        work.put(list(range(start, min(start + batch, count))))
+    failed: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+                while True:
+                    try:
+                        indices = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    fetch(sock, indices)
+        except BaseException as exc:
+            failed.append(exc)
+
+    def fetch(sock: socket.socket, indices: list[int]) -> None:
+        if http:
+            body = json.dumps({"url": "http://127.0.0.1/x", "files": indices}).encode()
+            request = "POST /v1/downloads HTTP/1.1\r\nHost: dfdaemon\r\n"
+            request += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            sock.sendall(f"{request}X-Dfget-Framed: 1\r\n\r\n".encode() + body)
+        else:
+            sock.sendall(HEAD.pack(len(indices)) + struct.pack(f"!{len(indices)}I", *indices))
+        space = socket.CMSG_SPACE(len(indices) * 4)
+        data, ancillary, _, _ = sock.recvmsg(4096 if http else HEAD.size, space)
+        fds = array.array("i")
+        for _, _, payload in ancillary:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        if http:
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4096)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            sizes = json.loads(rest + blocking_exactly(sock, length - len(rest)))
+        else:
+            (length,) = HEAD.unpack(data)
+            sizes = json.loads(blocking_exactly(sock, length))
+        for index, fd, size in zip(indices, fds, sizes, strict=True):
+            temp = out / f".{index}.part"
+            target = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            copied = 0
+            while copied < size:
+                copied += os.copy_file_range(fd, target, size - copied, copied, copied)
+            os.close(target)
+            os.close(fd)
+            os.rename(temp, out / str(index))
+
+    threads = [threading.Thread(target=job) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+# -- socket helpers ---------------------------------------------------------------------------
+
+
+async def receive_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
+    data = await receive_into(sock, size)
+    return bytes(data)
+
+
+async def receive_into(sock: trio.socket.SocketType, size: int) -> bytearray:
+    """`size` bytes, or b"" if the peer closed before the first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = await sock.recv_into(view[got:])
+        if n == 0:
+            if got == 0:
+                return bytearray()
+            raise ConnectionError("closed mid-message")
+        got += n
+    return buffer
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def send_file(sock: trio.socket.SocketType, fd: int, count: int) -> None:
+    offset = 0
+    while offset < count:
+        try:
+            offset += os.sendfile(sock.fileno(), fd, offset, count - offset)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+
+
+def blocking_exactly(sock: socket.socket, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        part = sock.recv(size - got)
+        if not part:
+            raise ConnectionError("closed mid-message")
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def seal_store(files: list[Path], store: Path, keys: Path) -> None:
+    """Each file sealed into STORE under its index; the key and digests into KEYS."""
+    import blake3
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = AESGCM.generate_key(256)
+    sealer = AESGCM(key)
+    store.mkdir(parents=True, exist_ok=True)
+    digests = []
+    for index, path in enumerate(files):
+        plain = path.read_bytes()
+        digests.append(blake3.blake3(plain).hexdigest())
+        (store / f"{index:05d}").write_bytes(sealer.encrypt(nonce(index), plain, None))
+    keys.write_text(json.dumps({"key": key.hex(), "digests": digests}))
+
+
+def started(argv: list[str], ready: Path) -> subprocess.Popen[bytes]:
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 30
+    while not ready.exists() or not ready.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{argv[3]} did not start")
+        time.sleep(0.01)
+    return proc
+
+
+def floor_run(
+    work: Path, files: list[Path], port: int, keys: Path, jobs: int, batch: int, extras: str
+) -> dict[str, float]:
+    """One run of the client through a fresh daemon: wall seconds and CPU seconds."""
+    from bench.common import cpu_seconds
+
+    cache, out = work / "cache", work / "out"
+    for folder in (cache, out):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    sock = Path(f"/tmp/dff-{os.getpid()}.sock")
+    sock.unlink(missing_ok=True)
+    me = [sys.executable, __file__, "--role"]
+    daemon = started(
+        [*me, "daemon", str(sock), str(port), str(keys), str(cache), str(work / "d.ready"), extras],
+        work / "d.ready",
+    )
+    try:
+        cpu0 = cpu_seconds(daemon.pid)
+        before = os.times()
+        wall = time.perf_counter()
+        client = [
+            *me,
+            "client",
+            str(sock),
+            str(out),
+            str(len(files)),
+            str(jobs),
+            str(batch),
+            extras,
+        ]
+        subprocess.run(client, check=True)
+        wall = time.perf_counter() - wall
+        after = os.times()
+        used = {
+            "wall": wall,
+            "client": after.children_user + after.children_system,
+            "daemon": cpu_seconds(daemon.pid) - cpu0,
+        }
+        used["client"] -= before.children_user + before.children_system
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        sock.unlink(missing_ok=True)
+    for index, path in enumerate(files):
+        if (out / str(index)).read_bytes() != path.read_bytes():
+            raise RuntimeError(f"file {index} came out wrong")
+    return used
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, default=Path("/dev/shm/smallfloor"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 10])
+    parser.add_argument(
+        "--extras",
+        nargs="+",
+        default=["", "register", "register,http"],
+        help="variants: register (a register round trip and a report each exchange), "
+        "http (the control requests in HTTP/1.1, h11 in the daemon)",
+    )
+    args = parser.parse_args()
+    if args.role:
+        role, *rest = args.role
+        if role == "supernode":
+            supernode_role(Path(rest[0]), Path(rest[1]))
+        elif role == "daemon":
+            path, port, keys, cache, ready, extras = rest
+            extras_set = set(extras.split(",")) - {""}
+            daemon_role(Path(path), int(port), Path(keys), Path(cache), Path(ready), extras_set)
+        else:
+            path, out, count, jobs, batch, extras = rest
+            client_role(Path(path), Path(out), int(count), int(jobs), int(batch), "http" in extras)
+        return 0
+    from bench.common import cpu_seconds
+    from bench.tree_files import SMALL, TreeSpec, make_tree
+    from bench.tree_tools import nginx_source
+
+    work: Path = args.work
+    tree = make_tree(work / "www", TreeSpec())
+    names = sorted(tree.subset(SMALL))
+    files = [tree.root / name for name in names]
+    keys = work / "keys.json"
+    shutil.rmtree(work / "store", ignore_errors=True)
+    seal_store(files, work / "store", keys)
+    me = [sys.executable, __file__, "--role"]
+    node = started([*me, "supernode", str(work / "store"), str(work / "s.ready")], work / "s.ready")
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[dict[str, float]]] = {}
+    try:
+        port = json.loads((work / "s.ready").read_text())["port"]
+        with nginx_source(tree, work / "nginx", ()) as source:
+            (curl,) = source.small_baselines.values()
+            for _ in range(args.runs):
+                shutil.rmtree(work / "curl", ignore_errors=True)
+                wall = time.perf_counter()
+                subprocess.run(curl(work / "curl"), check=True, capture_output=True)
+                rates.setdefault("curl -Z", []).append(len(names) / (time.perf_counter() - wall))
+                for batch, extras in [(b, e) for b in args.batch for e in args.extras]:
+                    label = f"{batch} a time {'+' + extras if extras else 'bare'}"
+                    node0 = cpu_seconds(node.pid)
+                    used = floor_run(work, files, port, keys, args.jobs, batch, extras)
+                    used["supernode"] = cpu_seconds(node.pid) - node0
+                    rates.setdefault(label, []).append(len(names) / used.pop("wall"))
+                    cpu.setdefault(label, []).append(used)
+    finally:
+        node.terminate()
+        node.wait()
+    base = statistics.median(rates["curl -Z"])
+    print(f"{len(names)} files of 1 MiB, {args.jobs} at once, medians of {args.runs} runs")
+    for label, values in rates.items():
+        rate = statistics.median(values)
+        line = f"{label:28} {rate:6.0f} files/s  {rate / base:5.2f}x"
+        if label in cpu:
+            per = {
+                who: 1000 * statistics.median(run[who] for run in cpu[label]) / len(names)
+                for who in ("client", "daemon", "supernode")
+            }
+            line += "  ms a file: " + ", ".join(f"{who} {ms:.2f}" for who, ms in per.items())
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
