@@ -35,13 +35,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 HEAD = struct.Struct("!I")  # a request's count of files, then one index each
-KIND = struct.Struct("!cI")  # to the supernode: P (pieces: a count), R or D (a length)
+# To the supernode: P (pieces: a count), then the indices; R (register: a count), the
+# indices and REGISTER bytes, answered; V as R, each file first revalidated with the
+# origin (a HEAD on a kept connection); D (a report: a length), not answered.
+KIND = struct.Struct("!cI")
 REGISTER = 300  # bytes of a register (the URL, headers, a key, a proof) and its answer
 REGISTERED = 500
 REPORT = 100  # bytes of a report that the pieces are held
@@ -56,7 +60,9 @@ def nonce(index: int) -> bytes:
 # -- the roles (each its own process) -------------------------------------------------------
 
 
-def supernode_role(store: Path, ready: Path) -> None:
+def supernode_role(store: Path, ready: Path, origin: str, names: list[str]) -> None:
+    import h11
+
     async def main() -> None:
         fds = [os.open(path, os.O_RDONLY) for path in sorted(store.iterdir())]
         sizes = [os.fstat(fd).st_size for fd in fds]
@@ -66,16 +72,25 @@ def supernode_role(store: Path, ready: Path) -> None:
         ready.write_text(json.dumps({"port": listener.getsockname()[1], "pid": os.getpid()}))
 
         async def serve(sock: trio.socket.SocketType) -> None:
-            with sock:
+            host, port = origin.rsplit(":", 1)
+            kept = trio.socket.socket()
+            await kept.connect((host, int(port)))
+            http = h11.Connection(h11.CLIENT)
+            with sock, kept:
                 while True:
                     head = await receive_exactly(sock, KIND.size)
                     if not head:
                         return
                     kind, count = KIND.unpack(head)
-                    if kind != b"P":  # a register (answered) or a report
+                    if kind == b"D":
                         await receive_exactly(sock, count)
-                        if kind == b"R":
-                            await send_all(sock, bytes(REGISTERED))
+                        continue
+                    if kind in (b"R", b"V"):
+                        body = await receive_exactly(sock, 4 * count + REGISTER)
+                        for index in struct.unpack(f"!{count}I", body[: 4 * count]):
+                            if kind == b"V":
+                                await revalidate(kept, http, names[index])
+                        await send_all(sock, bytes(REGISTERED * count))
                         continue
                     indices = struct.unpack(f"!{count}I", await receive_exactly(sock, 4 * count))
                     for index in indices:
@@ -87,6 +102,19 @@ def supernode_role(store: Path, ready: Path) -> None:
                 sock, _ = await listener.accept()
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(serve, sock)
+
+    async def revalidate(kept: trio.socket.SocketType, http: h11.Connection, name: str) -> None:
+        """A HEAD for the file on the kept origin connection, its answer read whole."""
+        headers = [("Host", origin), ("If-None-Match", '"0-0"')]
+        await send_all(kept, http.send(h11.Request(method="HEAD", target=name, headers=headers)))
+        await send_all(kept, http.send(h11.EndOfMessage()))
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                http.receive_data(await kept.recv(65536))
+            elif isinstance(event, h11.EndOfMessage):
+                http.start_next_cycle()
+                return
 
     trio.run(main)
 
@@ -135,8 +163,9 @@ def daemon_role(
                         return
                     count = len(body) // 4
                     if "register" in extras:
-                        await send_all(upstream, KIND.pack(b"R", REGISTER) + bytes(REGISTER))
-                        await receive_exactly(upstream, REGISTERED)
+                        kind = b"V" if "origin" in extras else b"R"
+                        await send_all(upstream, KIND.pack(kind, count) + body + bytes(REGISTER))
+                        await receive_exactly(upstream, REGISTERED * count)
                     await send_all(upstream, KIND.pack(b"P", count) + body)
                     pieces = []
                     for index in struct.unpack(f"!{count}I", body):
@@ -390,15 +419,17 @@ def main() -> int:
     parser.add_argument(
         "--extras",
         nargs="+",
-        default=["", "register", "register,http"],
+        default=["", "register", "register,http", "register,http,origin"],
         help="variants: register (a register round trip and a report each exchange), "
-        "http (the control requests in HTTP/1.1, h11 in the daemon)",
+        "http (the control requests in HTTP/1.1, h11 in the daemon), origin (each "
+        "file revalidated by the supernode with a HEAD to nginx)",
     )
     args = parser.parse_args()
     if args.role:
         role, *rest = args.role
         if role == "supernode":
-            supernode_role(Path(rest[0]), Path(rest[1]))
+            names = json.loads(Path(rest[3]).read_text())
+            supernode_role(Path(rest[0]), Path(rest[1]), rest[2], names)
         elif role == "daemon":
             path, port, keys, cache, ready, extras = rest
             extras_set = set(extras.split(",")) - {""}
@@ -418,13 +449,18 @@ def main() -> int:
     keys = work / "keys.json"
     shutil.rmtree(work / "store", ignore_errors=True)
     seal_store(files, work / "store", keys)
-    me = [sys.executable, __file__, "--role"]
-    node = started([*me, "supernode", str(work / "store"), str(work / "s.ready")], work / "s.ready")
     rates: dict[str, list[float]] = {}
     cpu: dict[str, list[dict[str, float]]] = {}
-    try:
-        port = json.loads((work / "s.ready").read_text())["port"]
-        with nginx_source(tree, work / "nginx", ()) as source:
+    with nginx_source(tree, work / "nginx", ()) as source:
+        where = urlsplit(source.url)
+        (work / "names.json").write_text(json.dumps([where.path + name for name in names]))
+        role = [sys.executable, __file__, "--role", "supernode", str(work / "store")]
+        node = started(
+            [*role, str(work / "s.ready"), where.netloc, str(work / "names.json")],
+            work / "s.ready",
+        )
+        try:
+            port = json.loads((work / "s.ready").read_text())["port"]
             (curl,) = source.small_baselines.values()
             for _ in range(args.runs):
                 shutil.rmtree(work / "curl", ignore_errors=True)
@@ -438,9 +474,9 @@ def main() -> int:
                     used["supernode"] = cpu_seconds(node.pid) - node0
                     rates.setdefault(label, []).append(len(names) / used.pop("wall"))
                     cpu.setdefault(label, []).append(used)
-    finally:
-        node.terminate()
-        node.wait()
+        finally:
+            node.terminate()
+            node.wait()
     base = statistics.median(rates["curl -Z"])
     print(f"{len(names)} files of 1 MiB, {args.jobs} at once, medians of {args.runs} runs")
     for label, values in rates.items():
