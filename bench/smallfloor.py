@@ -5,39 +5,42 @@ that does a small file's necessary work costs, one file an exchange and many.
 
 Three processes, as in the system, doing only what every file through a daemon must:
 a "supernode" (trio) sends each piece sealed (AES-GCM) from its store with sendfile; a
-"daemon" (trio) asks it for pieces on a kept connection, opens each in a worker thread
-(decrypt, blake3 against the piece's digest, written to its cache as a temporary file,
-fsync, rename) and passes the cached files' descriptors to the client (SCM_RIGHTS); a
-"client" (blocking sockets, `--jobs` threads on kept connections, as `dfget -r`
-handing its files over) copies each into its output atomically (copy_file_range into
-a temporary file, rename). No registration, tickets, keys per peer, scheduling,
-seeding or records: a floor, not a design. Each exchange carries `--batch` files (1:
-one file an exchange at every hop, as the system does now; more: one request, one
-thread job and one descriptor message for many). Against `curl -Z` (4 at once) from
-nginx on the same 200 x 1 MiB files in the same run; prints files/s, the ratio to
-curl and every process's CPU a file. Nothing here is a product path.
+"daemon" (trio) asks it for pieces on a kept connection, receives each into the
+connection's buffer, opens it in a worker thread (decrypt into a reused buffer, blake3
+against the piece's digest, written to its cache as a temporary file, fsync, rename)
+and passes the cached file's descriptor to the client (SCM_RIGHTS) as soon as it is
+stored; a "client" (blocking sockets, no site packages, `--jobs` threads on kept
+connections, as `dfget -r` handing its files over) copies each into its output
+atomically (copy_file_range into a temporary file, rename). No tickets, keys per peer,
+scheduling, seeding or records: a floor, not a design. The protocol's least, added
+one at a time (`--extras`): a register round trip and a report per exchange, the
+control requests in HTTP/1.1 (h11 in the daemon), each file revalidated by the
+supernode with a HEAD to nginx. Each exchange asks for `--batch` files (1: one file an
+exchange at every hop, as the system does now; more: one request, register and report
+for many, each file still handed over as it is stored). Against `curl -Z` (4 at once)
+from nginx on the same 200 x 1 MiB files in the same run; prints files/s, the ratio
+to curl and every process's CPU a file (the client's start-up included, as curl's
+is). Nothing here is a product path.
 """
 
 from __future__ import annotations
 
-import argparse
 import array
 import json
 import os
 import queue
-import secrets
-import shutil
 import socket
-import statistics
 import struct
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
-import trio
+if TYPE_CHECKING:  # (the client loads none of it: its start-up is in the timed run)
+    import subprocess
+
+    import h11
+    import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,6 +53,9 @@ REGISTER = 300  # bytes of a register (the URL, headers, a key, a proof) and its
 REGISTERED = 500
 REPORT = 100  # bytes of a report that the pieces are held
 LENGTH = struct.Struct("!Q")  # an answer's piece length
+SIZE = struct.Struct("!Q")  # the daemon's answer for one file, its descriptor with it
+PIECE = 1 << 20  # the largest piece
+TAG = 16  # AES-GCM's
 NONCE = 12
 
 
@@ -62,6 +68,7 @@ def nonce(index: int) -> bytes:
 
 def supernode_role(store: Path, ready: Path, origin: str, names: list[str]) -> None:
     import h11
+    import trio
 
     async def main() -> None:
         fds = [os.open(path, os.O_RDONLY) for path in sorted(store.iterdir())]
@@ -122,28 +129,29 @@ def supernode_role(store: Path, ready: Path, origin: str, names: list[str]) -> N
 def daemon_role(
     path: Path, port: int, keys: Path, cache: Path, ready: Path, extras: set[str]
 ) -> None:
+    import secrets
+
     import blake3
     import h11
+    import trio
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     known = json.loads(keys.read_text())
     sealer = AESGCM(bytes.fromhex(known["key"]))
     digests = [bytes.fromhex(d) for d in known["digests"]]
 
-    def store(pieces: list[tuple[int, bytearray]]) -> list[tuple[int, int]]:
-        """Open, check and cache each piece: (descriptor, size) each."""
-        out = []
-        for index, sealed in pieces:
-            plain = sealer.decrypt(nonce(index), bytes(sealed), None)
-            if blake3.blake3(plain, max_threads=1).digest() != digests[index]:
-                raise ValueError(f"piece {index} does not match its digest")
-            temp = cache / f".{index}.{secrets.token_hex(4)}"
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            os.write(fd, plain)
-            os.fsync(fd)
-            os.rename(temp, cache / str(index))
-            out.append((fd, len(plain)))
-        return out
+    def store(index: int, sealed: memoryview, scratch: bytearray) -> tuple[int, int]:
+        """Open, check and cache one piece (into a reused buffer): its descriptor, size."""
+        plain = memoryview(scratch)[: len(sealed) - TAG]
+        sealer.decrypt_into(nonce(index), sealed, None, plain)
+        if blake3.blake3(plain).digest() != digests[index]:
+            raise ValueError(f"piece {index} does not match its digest")
+        temp = cache / f".{index}.{secrets.token_hex(4)}"
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        os.write(fd, plain)
+        os.fsync(fd)
+        os.rename(temp, cache / str(index))
+        return fd, len(plain)
 
     async def main() -> None:
         listener = trio.socket.socket(socket.AF_UNIX)
@@ -156,6 +164,7 @@ def daemon_role(
             await upstream.connect(("127.0.0.1", port))
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             http = h11.Connection(h11.SERVER) if "http" in extras else None
+            received, scratch = bytearray(PIECE + TAG), bytearray(PIECE)
             with client, upstream:
                 while True:
                     body = await (ask_http(client, http) if http else ask_plain(client))
@@ -167,26 +176,29 @@ def daemon_role(
                         await send_all(upstream, KIND.pack(kind, count) + body + bytes(REGISTER))
                         await receive_exactly(upstream, REGISTERED * count)
                     await send_all(upstream, KIND.pack(b"P", count) + body)
-                    pieces = []
+                    head = b""
+                    if http is not None:
+                        headers = [("Content-Length", str(SIZE.size * count))]
+                        head = http.send(h11.Response(status_code=200, headers=headers)) or b""
+                    # Each file is stored and handed over as its piece comes in.
                     for index in struct.unpack(f"!{count}I", body):
                         (length,) = LENGTH.unpack(await receive_exactly(upstream, LENGTH.size))
-                        pieces.append((index, await receive_into(upstream, length)))
-                    cached = await trio.to_thread.run_sync(store, pieces)
-                    if "register" in extras:
-                        await send_all(upstream, KIND.pack(b"D", REPORT) + bytes(REPORT))
-                    answer = json.dumps([size for _, size in cached]).encode()
-                    fds = array.array("i", [fd for fd, _ in cached])
-                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
-                    head = HEAD.pack(len(answer))
+                        sealed = await receive_into(upstream, received, length)
+                        fd, size = await trio.to_thread.run_sync(store, index, sealed, scratch)
+                        answer = SIZE.pack(size)
+                        if http is not None:
+                            http.send(h11.Data(data=answer))
+                        rights = array.array("i", [fd]).tobytes()
+                        await client.sendmsg(
+                            [head, answer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
+                        )
+                        head = b""
+                        os.close(fd)
                     if http is not None:
-                        headers = [("Content-Length", str(len(answer))), ("X-Dfget-Framed", "1")]
-                        head = http.send(h11.Response(status_code=200, headers=headers))
-                        http.send(h11.Data(data=answer))
                         http.send(h11.EndOfMessage())
                         http.start_next_cycle()
-                    await client.sendmsg([head, answer], rights)
-                    for fd, _ in cached:
-                        os.close(fd)
+                    if "register" in extras:
+                        await send_all(upstream, KIND.pack(b"D", REPORT) + bytes(REPORT))
 
         async with trio.open_nursery() as nursery:
             while True:
@@ -245,21 +257,18 @@ def client_role(path: Path, out: Path, count: int, jobs: int, batch: int, http: 
             sock.sendall(f"{request}X-Dfget-Framed: 1\r\n\r\n".encode() + body)
         else:
             sock.sendall(HEAD.pack(len(indices)) + struct.pack(f"!{len(indices)}I", *indices))
-        space = socket.CMSG_SPACE(len(indices) * 4)
-        data, ancillary, _, _ = sock.recvmsg(4096 if http else HEAD.size, space)
-        fds = array.array("i")
-        for _, _, payload in ancillary:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-        if http:
+        data, fds = b"", array.array("i")
+        space = socket.CMSG_SPACE(len(indices) * fds.itemsize)
+        if http:  # the answer's head, then one size (and descriptor) a file
             while b"\r\n\r\n" not in data:
-                data += sock.recv(4096)
-            head, _, rest = data.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            sizes = json.loads(rest + blocking_exactly(sock, length - len(rest)))
-        else:
-            (length,) = HEAD.unpack(data)
-            sizes = json.loads(blocking_exactly(sock, length))
-        for index, fd, size in zip(indices, fds, sizes, strict=True):
+                data += receive(sock, 4096, space, fds)
+            data = data.partition(b"\r\n\r\n")[2]
+        for index in indices:
+            while len(data) < SIZE.size:  # (a file's size comes with its descriptor)
+                data += receive(sock, SIZE.size - len(data), space, fds)
+            (size,) = SIZE.unpack(data[: SIZE.size])
+            data = data[SIZE.size :]
+            fd = fds.pop(0)
             temp = out / f".{index}.part"
             target = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             copied = 0
@@ -281,24 +290,33 @@ def client_role(path: Path, out: Path, count: int, jobs: int, batch: int, http: 
 # -- socket helpers ---------------------------------------------------------------------------
 
 
+def receive(sock: socket.socket, size: int, space: int, fds: array.array[int]) -> bytes:
+    """Up to `size` bytes, adding any descriptors that came with them to `fds`."""
+    data, ancillary, _, _ = sock.recvmsg(size, space)
+    if not data:
+        raise ConnectionError("the daemon closed mid-answer")
+    for _, _, payload in ancillary:
+        fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data
+
+
 async def receive_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
-    data = await receive_into(sock, size)
-    return bytes(data)
+    return bytes(await receive_into(sock, bytearray(size), size))
 
 
-async def receive_into(sock: trio.socket.SocketType, size: int) -> bytearray:
-    """`size` bytes, or b"" if the peer closed before the first."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+async def receive_into(sock: trio.socket.SocketType, buffer: bytearray, size: int) -> memoryview:
+    """`size` bytes into `buffer` (a view of them), or an empty view if the peer closed
+    before the first."""
+    view = memoryview(buffer)[:size]
     got = 0
     while got < size:
         n = await sock.recv_into(view[got:])
         if n == 0:
             if got == 0:
-                return bytearray()
+                return view[:0]
             raise ConnectionError("closed mid-message")
         got += n
-    return buffer
+    return view
 
 
 async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
@@ -309,23 +327,14 @@ async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
 
 
 async def send_file(sock: trio.socket.SocketType, fd: int, count: int) -> None:
+    import trio
+
     offset = 0
     while offset < count:
         try:
             offset += os.sendfile(sock.fileno(), fd, offset, count - offset)
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
-
-
-def blocking_exactly(sock: socket.socket, size: int) -> bytes:
-    parts, got = [], 0
-    while got < size:
-        part = sock.recv(size - got)
-        if not part:
-            raise ConnectionError("closed mid-message")
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -348,6 +357,9 @@ def seal_store(files: list[Path], store: Path, keys: Path) -> None:
 
 
 def started(argv: list[str], ready: Path) -> subprocess.Popen[bytes]:
+    import subprocess
+    import time
+
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen(argv)
     deadline = time.monotonic() + 30
@@ -363,6 +375,10 @@ def floor_run(
     work: Path, files: list[Path], port: int, keys: Path, jobs: int, batch: int, extras: str
 ) -> dict[str, float]:
     """One run of the client through a fresh daemon: wall seconds and CPU seconds."""
+    import shutil
+    import subprocess
+    import time
+
     from bench.common import cpu_seconds
 
     cache, out = work / "cache", work / "out"
@@ -381,7 +397,10 @@ def floor_run(
         before = os.times()
         wall = time.perf_counter()
         client = [
-            *me,
+            sys.executable,
+            "-S",  # (the client needs no site packages: the least start-up)
+            __file__,
+            "--role",
             "client",
             str(sock),
             str(out),
@@ -409,9 +428,31 @@ def floor_run(
     return used
 
 
+def role(argv: list[str]) -> int:
+    """One of the three processes (`--role NAME ARGS...`)."""
+    name, *rest = argv
+    if name == "supernode":
+        names = json.loads(Path(rest[3]).read_text())
+        supernode_role(Path(rest[0]), Path(rest[1]), rest[2], names)
+    elif name == "daemon":
+        path, port, keys, cache, ready, extras = rest
+        extras_set = set(extras.split(",")) - {""}
+        daemon_role(Path(path), int(port), Path(keys), Path(cache), Path(ready), extras_set)
+    else:
+        path, out, count, jobs, batch, extras = rest
+        client_role(Path(path), Path(out), int(count), int(jobs), int(batch), "http" in extras)
+    return 0
+
+
 def main() -> int:
+    import argparse
+    import shutil
+    import statistics
+    import subprocess
+    import time
+    from urllib.parse import urlsplit
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=Path("/dev/shm/smallfloor"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=4)
@@ -425,19 +466,6 @@ def main() -> int:
         "file revalidated by the supernode with a HEAD to nginx)",
     )
     args = parser.parse_args()
-    if args.role:
-        role, *rest = args.role
-        if role == "supernode":
-            names = json.loads(Path(rest[3]).read_text())
-            supernode_role(Path(rest[0]), Path(rest[1]), rest[2], names)
-        elif role == "daemon":
-            path, port, keys, cache, ready, extras = rest
-            extras_set = set(extras.split(",")) - {""}
-            daemon_role(Path(path), int(port), Path(keys), Path(cache), Path(ready), extras_set)
-        else:
-            path, out, count, jobs, batch, extras = rest
-            client_role(Path(path), Path(out), int(count), int(jobs), int(batch), "http" in extras)
-        return 0
     from bench.common import cpu_seconds
     from bench.tree_files import SMALL, TreeSpec, make_tree
     from bench.tree_tools import nginx_source
@@ -454,9 +482,9 @@ def main() -> int:
     with nginx_source(tree, work / "nginx", ()) as source:
         where = urlsplit(source.url)
         (work / "names.json").write_text(json.dumps([where.path + name for name in names]))
-        role = [sys.executable, __file__, "--role", "supernode", str(work / "store")]
+        argv = [sys.executable, __file__, "--role", "supernode", str(work / "store")]
         node = started(
-            [*role, str(work / "s.ready"), where.netloc, str(work / "names.json")],
+            [*argv, str(work / "s.ready"), where.netloc, str(work / "names.json")],
             work / "s.ready",
         )
         try:
@@ -493,4 +521,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(role(sys.argv[2:]) if sys.argv[1:2] == ["--role"] else main())
