@@ -222,3 +222,31 @@ def test_undo_keeps_a_created_file_the_user_changed_since(tmp_path: Path) -> Non
     edited = path.read_bytes()
     assert setup(tmp_path, "docker", "--undo") == 2
     assert path.read_bytes() == edited
+
+
+def test_undo_removes_the_folders_setup_made_and_only_those(tmp_path: Path) -> None:
+    # containerd's certs.d/REGISTRY/ folders did not exist: --undo leaves none behind,
+    # but keeps a folder setup made in which something else lives now, and every
+    # folder that was there before.
+    certs = tmp_path / "certs.d"
+    assert setup(tmp_path, "containerd", "--allow-registry", "quay.io") == 0
+    assert sorted(p.name for p in certs.iterdir()) == ["docker.io", "quay.io"]
+    assert setup(tmp_path, "containerd", "--allow-registry", "quay.io", "--undo") == 0
+    assert not certs.exists()  # certs.d too: setup made it
+    assert setup(tmp_path, "containerd", "--allow-registry", "quay.io") == 0
+    (certs / "quay.io" / "ca.crt").write_text("the user's\n")
+    assert setup(tmp_path, "containerd", "--allow-registry", "quay.io", "--undo") == 0
+    assert sorted(p.name for p in certs.iterdir()) == ["quay.io"]
+    assert [p.name for p in (certs / "quay.io").iterdir()] == ["ca.crt"]
+    assert tmp_path.is_dir()
+
+
+def test_a_marker_naming_other_folders_removes_none_of_them(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert setup(tmp_path, "containerd") == 0
+    hosts = tmp_path / "certs.d" / "docker.io" / "hosts.toml"
+    marker = hosts.with_name("hosts.toml.dfdaemon-created")
+    marker.write_text(f"{elsewhere}\n{tmp_path}\n")
+    assert setup(tmp_path, "containerd", "--undo") == 0
+    assert not hosts.exists() and elsewhere.is_dir()

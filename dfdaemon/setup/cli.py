@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dfdaemon.setup import containerd, docker, podman
-from dfdaemon.setup.files import Change, SetupError, apply, undo, undo_change
+from dfdaemon.setup.files import Change, SetupError, apply, remove_folders, undo, undo_change
 from dfdaemon.setup.target import Target, target_of
 
 EPILOG = """\
@@ -21,7 +21,8 @@ examples:
 
 The first run keeps each file it changes as FILE.dfdaemon-backup (FILE.dfdaemon-created
 if there was none), and what it wrote as FILE.dfdaemon-written (a SHA-256); --undo puts
-them back, unless the file changed since. A second run changes nothing and says so.
+them back, unless the file changed since (a created file goes, with the folders setup
+made for it, if empty). A second run changes nothing and says so.
 A file that is a symbolic link is refused.
 """
 
@@ -130,8 +131,13 @@ def main(argv: list[str]) -> int:
         print(f"dry run: {len(changed)} file(s) would change, nothing written")
         return 0
     try:
+        made: list[Path] = []
         for change in changes:
-            (undo if args.undo else apply)(change)
+            if args.undo:
+                made += undo(change)
+            else:
+                apply(change)
+        remove_folders(made)
     except (OSError, SetupError) as exc:
         print(f"dfdaemon setup: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ put a backup over it."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BACKUP = ".dfdaemon-backup"  # FILE.dfdaemon-backup: FILE as it was before setup
-CREATED = ".dfdaemon-created"  # FILE.dfdaemon-created: FILE did not exist before setup
+# FILE.dfdaemon-created: FILE did not exist before setup; it lists the folders setup made
+# for it (one a line, deepest first), which --undo removes again if they are empty.
+CREATED = ".dfdaemon-created"
 WRITTEN = ".dfdaemon-written"  # FILE.dfdaemon-written: the SHA-256 of what setup wrote
 
 
@@ -115,6 +118,16 @@ def _written(path: Path) -> str | None:
         raise SetupError(f"cannot read {_sibling(path, WRITTEN)}: {exc}") from exc
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """PATH's folders that do not exist yet, deepest first: those writing it makes."""
+    missing = []
+    for folder in path.parents:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
 def apply(change: Change) -> None:
     """Write CHANGE, keeping the file as it was before setup first: the first time,
     or again if the user changed it since setup wrote it. SetupError if it changed
@@ -128,7 +141,8 @@ def apply(change: Change) -> None:
     kept = backup.exists() or created.exists()
     if not kept or (written is not None and written != _digest(change.old)):
         if change.old is None:
-            _write(created, "")
+            made = _missing_folders(change.path)
+            _write(created, "".join(f"{folder}\n" for folder in made))
             backup.unlink(missing_ok=True)
         else:
             _write(backup, change.old, *_mode_and_owner(change.path))
@@ -168,12 +182,34 @@ def undo_change(path: Path) -> Change:
     return Change(path, old, None)
 
 
-def undo(change: Change) -> None:
-    """Carry out an `undo_change`, and drop the backup or marker."""
+def undo(change: Change) -> list[Path]:
+    """Carry out an `undo_change`, and drop the backup or marker; the folders setup
+    made for a file it created (for `remove_folders`, once every file is undone)."""
     backup, created = _sibling(change.path, BACKUP), _sibling(change.path, CREATED)
+    made: list[Path] = []
     if backup.exists():
         os.replace(backup, change.path)
     elif created.exists():
+        made = _made_folders(created, change.path)
         change.path.unlink(missing_ok=True)
         created.unlink()
     _sibling(change.path, WRITTEN).unlink(missing_ok=True)
+    return made
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove those of FOLDERS left empty, deepest first (one in which something else
+    lives now stays, and so do the folders above it)."""
+    for folder in sorted(set(folders), key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _made_folders(marker: Path, path: Path) -> list[Path]:
+    """The folders the marker says setup made for PATH, deepest first: only PATH's own
+    folders count (a marker naming any other is not setup's)."""
+    try:
+        listed = [Path(line) for line in marker.read_text().splitlines() if line]
+    except (OSError, UnicodeError):
+        return []
+    return [folder for folder in listed if folder in path.parents]
