@@ -230,6 +230,10 @@ class Upstream:
             raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{method} {display_url(url)}: {reason(exc)}") from exc
+        except (httpx.InvalidURL, ValueError) as exc:  # a redirect's (IDNA: ValueErrors)
+            raise UpstreamError(
+                f"{method} {display_url(url)}: redirected to a URL no client can send: {exc}"
+            ) from exc
 
 
 def _host_of(url: str) -> str:

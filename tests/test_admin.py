@@ -8,6 +8,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from adminapi import admin_client, get_object, poll, preheat_ended
@@ -411,3 +412,16 @@ async def test_an_admin_token_file_that_is_a_symlink_or_too_short_stops_the_star
     for data_dir in (linked, short):
         with pytest.raises(StoreError, match="admin-token"):
             await start_supernode(data_dir=data_dir, admin_listen=("127.0.0.1", 0))
+
+
+@pytest.mark.parametrize("location", ["http://xn--a/v2/", "http://127.0.0.000/v2/"])
+async def test_a_registry_redirecting_a_preheat_to_a_url_no_client_can_send_fails_it(
+    origin: FakeOrigin, location: str
+) -> None:
+    # (PreheatError: the job fails naming why, not as the supernode's internal error)
+    origin.add("/v2/x/manifests/1", b"", redirect_to=location)
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(PreheatError):
+            await preheat_module._get(
+                client, origin.url("/v2/x/manifests/1"), [], cap=1024, what="manifest"
+            )

@@ -291,6 +291,13 @@ def check_links(page: Page, page_url: str) -> None:
     max_links=None,
 )
 @example(
+    body=b'<a href="//[::1/">a</a><a href="http://[::1">b</a><a href="c">c</a>',
+    content_type="text/html",
+    page_url=PAGE_URLS[0],
+    max_size=None,
+    max_links=None,
+)
+@example(
     body=b'<a href="%2e%2e/">a</a><a href="..%2f..%2fx">b</a><a href="a%5c..%5c..%5cx">c</a>',
     content_type="text/html",
     page_url=PAGE_URLS[1],

@@ -159,3 +159,31 @@ async def test_non_ascii_paths_are_percent_encoded(
     node = await start_supernode(lean_http=lean)
     result = await fetch(origin.url("/dir/ä b.bin"), node)
     assert Path(result.output).read_bytes() == b"umlaut"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://[::1",
+        "http://127.0.0.1:x/a",
+        "http://127.0.0.1:99999/a",
+        "http://127.0.0.000/a",
+        "http://xn--a/a",
+        "ftp://127.0.0.1/a",
+        "http:///a",
+        "http://a b/a",
+    ],
+)
+async def test_a_redirect_to_a_url_no_client_can_send_fails_as_the_origins(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool, location: str
+) -> None:
+    """The origin's failure (a download error naming the redirect), not the supernode's
+    internal error; and the supernode serves the next download as before."""
+    node = await start_supernode(lean_http=lean, max_resumes=0)
+    origin.add("/bad-move.bin", b"", redirect_to=location)
+    with pytest.raises(OriginFailed) as info:
+        await fetch(origin.url("/bad-move.bin"), node)
+    assert "internal" not in str(info.value).lower()
+    data = os.urandom(MiB)
+    origin.add("/fine.bin", data)
+    assert Path((await fetch(origin.url("/fine.bin"), node)).output).read_bytes() == data

@@ -9,7 +9,7 @@ import trio
 
 from common.origins import AddressDenied, OriginPolicy
 from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
-from dfdaemon.upstream import Upstream, UpstreamDenied, forwardable
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, forwardable
 from testkit.origin import FakeOrigin
 
 LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"])
@@ -207,3 +207,25 @@ async def test_a_url_it_cannot_send_goes_to_httpx() -> None:
     ):
         with pytest.raises(ProbeFailed):
             await probe.head(url, headers)
+
+
+@pytest.mark.parametrize(
+    "location", ["http://xn--a/f.bin", "http://127.0.0.000/f.bin", "http://[::1/f.bin"]
+)
+async def test_a_redirect_to_a_url_no_client_can_send_is_the_upstreams_failure(
+    nursery: trio.Nursery, location: str
+) -> None:
+    # (UpstreamError: a 502 to the client that asked, not a traceback in the daemon)
+    moved = Origin(
+        b"HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n"
+        + f"Location: {location}\r\n\r\n".encode()
+    )
+    await moved.serve(nursery)
+    upstream = Upstream(policy=LOOPBACK)
+    try:
+        with pytest.raises(UpstreamError):
+            await upstream.head(moved.url(), [])
+        with pytest.raises(UpstreamError):
+            await upstream.first_byte(moved.url(), [])
+    finally:
+        await upstream.aclose()

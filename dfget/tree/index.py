@@ -175,7 +175,10 @@ def _child(page_url: str, href: str) -> Link | tuple[str, bool] | None:
     None for the parent-folder link every index has."""
     if "?" in href or "#" in href:
         return ("a query or fragment (a sort link)", False)
-    target = urljoin(page_url, href)
+    try:
+        target = urljoin(page_url, href)
+    except ValueError:  # ("Invalid IPv6 URL": no link of this page's host)
+        return ("not a URL", True)
     page, there = urlsplit(page_url), urlsplit(target)
     if (there.scheme, there.netloc) != (page.scheme, page.netloc):
         return ("another host or scheme", True)

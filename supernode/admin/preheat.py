@@ -310,6 +310,10 @@ async def _get(
         raise PreheatError(f"refused to fetch {display_url(url)}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise PreheatError(f"cannot reach {display_url(url)}: {exc}") from exc
+    except (httpx.InvalidURL, ValueError) as exc:  # a redirect's (IDNA: ValueErrors)
+        raise PreheatError(
+            f"{display_url(url)} redirected to a URL no client can send: {exc}"
+        ) from exc
 
 
 def is_index(manifest: Mapping[str, Any]) -> bool:

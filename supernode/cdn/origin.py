@@ -23,7 +23,7 @@ from common.io.keptconns import KeptConnections
 from common.io.origins import SENSITIVE, checked_client
 from common.origins import AddressDenied, OriginPolicy
 from common.s3sign import S3Credentials, signed_headers
-from common.urls import display_url, move_credentials
+from common.urls import display_url, move_credentials, unsendable
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
@@ -199,7 +199,7 @@ class OriginClient:
             if response.status not in REDIRECTS or not location:
                 return response, url, sent
             await response.aclose()
-            target = urljoin(url, location)
+            target = _redirect_target(url, location)
             if _origin_of(target) != _origin_of(url):
                 sent = [(k, v) for k, v in sent if k.lower() not in SENSITIVE]
             url = target
@@ -224,6 +224,10 @@ class OriginClient:
             raise OriginTimeout(f"origin timed out: {display_url(url)}") from exc
         except httpx.TooManyRedirects as exc:
             raise OriginUnreachable(f"too many redirects from {display_url(url)}") from exc
+        except (httpx.InvalidURL, ValueError) as exc:  # a redirect's (IDNA: ValueErrors)
+            raise OriginUnreachable(
+                f"{display_url(url)} redirected to a URL no client can send: {exc}"
+            ) from exc
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
             raise OriginUnreachable(f"cannot reach origin {display_url(url)}: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -234,6 +238,21 @@ def _hop_by_hop(name: str) -> bool:
     """A header never passed on: HOP_BY_HOP, also when spelled with underscores, which
     some servers read as dashes (`Content_Length` as a framing header)."""
     return name.lower().replace("_", "-") in HOP_BY_HOP
+
+
+def _redirect_target(url: str, location: str) -> str:
+    """Where a redirect from `url` leads: OriginUnreachable if no client can send a
+    request there (a host or port that is none)."""
+    try:
+        target = urljoin(url, location)
+    except ValueError as exc:  # ("Invalid IPv6 URL")
+        raise OriginUnreachable(f"{display_url(url)} redirected to a bad URL: {exc}") from exc
+    reason = unsendable(target)
+    if reason is not None:
+        raise OriginUnreachable(
+            f"{display_url(url)} redirected to a URL no client can send: {reason}"
+        )
+    return target
 
 
 def _origin_of(url: str) -> tuple[str, str | None, int | None]:
