@@ -52,6 +52,7 @@ import trio
 
 from common.connlimit import ConnectionLimit
 from common.io import serve_limited, unwrap_group
+from common.jsonbody import BadBody, json_object
 from common.origins import AddressDenied
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
@@ -127,12 +128,10 @@ async def _wanted(request: Request, reply: Reply) -> DownloadRequest | None:
 
 def _parse(body: bytes) -> DownloadRequest:
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"not JSON: {exc}") from exc
-    except RecursionError as exc:  # ("[" * 60000)
-        raise BadInput("not JSON: nested too deep") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        data = json_object(body)
+    except BadBody as exc:
+        raise BadInput(str(exc)) from exc
+    if not isinstance(data.get("url"), str):
         raise BadInput("want an object with a url")
     unknown = set(data) - {"url", "headers", "digest", "tag", "filter", "s3"}
     if unknown:

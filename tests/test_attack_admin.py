@@ -57,6 +57,28 @@ async def test_a_browser_simple_post_cannot_start_a_preheat(
     assert origin.stats["/big.iso"].requests == []
 
 
+async def test_a_preheat_naming_its_url_twice_is_refused(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    """A gateway in front of the admin API that reads the first `url` (to allow it)
+    while the supernode read the last would preheat what was never allowed: 400."""
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    origin.add("/allowed.bin", os.urandom(MiB))
+    origin.add("/other.bin", os.urandom(MiB))
+    body = (
+        f'{{"type": "file", "url": "{origin.url("/allowed.bin")}", '
+        f'"url": "{origin.url("/other.bin")}"}}'
+    ).encode()
+    async with admin_client(node) as client:
+        answer = await client.post(
+            "/api/v1/preheats", content=body, headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 400, answer.text
+    assert "named twice" in answer.json()["detail"]
+    assert node.node.preheats.all == {}
+    assert origin.stats["/other.bin"].requests == origin.stats["/allowed.bin"].requests == []
+
+
 async def test_mutations_are_never_open_unless_the_operator_says_so(
     origin: FakeOrigin,
     start_supernode: StartSupernode,

@@ -17,7 +17,6 @@ start a preheat.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.connlimit import ConnectionLimit, listen_limit
+from common.jsonbody import BadBody, json_object
 from common.urls import display_url
 from proto.messages import PROTOCOL_VERSIONS
 from proto.taskid import check_task_id
@@ -372,14 +372,9 @@ def _http_url(url: str) -> bool:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Problem(400, "Bad Request", f"the body is not JSON: {exc}") from exc
-    except RecursionError as exc:  # arrays nested deeper than the parser goes
-        raise Problem(400, "Bad Request", "the body is JSON nested too deep") from exc
-    if not isinstance(value, dict):
-        raise Problem(400, "Bad Request", "the body must be a JSON object")
-    return value
+        return json_object(body)
+    except BadBody as exc:
+        raise Problem(400, "Bad Request", f"the body must be a JSON object: {exc}") from exc
 
 
 def _string(fields: dict[str, Any], name: str, default: str) -> str:
