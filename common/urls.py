@@ -59,6 +59,9 @@ def unsendable(url: str) -> str | None:
     try:
         parsed = httpx.URL(url)
         host = parsed.host  # (an `xn--` name is decoded only here)
+        # What httpx takes and the standard library does not: a port past 65535, an
+        # unclosed `[` (httpx reads `http://[x/` as the host `[x`).
+        _ = urlsplit(url).port
     except (httpx.InvalidURL, ValueError) as exc:  # (idna's and ipaddress' ValueErrors)
         return str(exc)
     if parsed.scheme not in ("http", "https") or not host:

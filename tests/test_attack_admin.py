@@ -156,8 +156,11 @@ async def test_bad_query_values_get_400_not_500(
         b'{"type": "file", "url": "http://[not-an-address/x"}',
         b'{"type": "file", "url": "http://host:99999999/x"}',
         b'{"type": "file", "url": "http:///nohost"}',
+        b'{"type": "file", "url": "http://127.0.0.000/x"}',
+        b'{"type": "file", "url": "http://xn--a/x"}',
+        b'{"type": "image", "url": "http://198.18.0.1:x/v2/a/manifests/1"}',
     ],
-    ids=["deep", "bad-ipv6", "bad-port", "no-host"],
+    ids=["deep", "bad-ipv6", "bad-port", "no-host", "zeros", "bad-idna", "port-x"],
 )
 async def test_bad_preheat_bodies_get_400_not_500(
     start_supernode: StartSupernode, body: bytes

@@ -21,7 +21,6 @@ import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.connlimit import ConnectionLimit, listen_limit
 from common.jsonbody import BadBody, json_object
-from common.urls import display_url
+from common.urls import display_url, unsendable
 from proto.messages import PROTOCOL_VERSIONS
 from proto.taskid import check_task_id
 from supernode import __version__
@@ -243,8 +242,11 @@ class AdminApi:
         kind, url = fields.get("type"), fields.get("url")
         if kind not in ("file", "image"):
             raise Problem(400, "Bad Request", "type must be 'file' or 'image'")
-        if not isinstance(url, str) or not _http_url(url):
+        if not isinstance(url, str):
             raise Problem(400, "Bad Request", "url must be an http:// or https:// URL")
+        why = unsendable(url)  # (a bad port, IPv6 literal or host would fail later)
+        if why is not None:
+            raise Problem(400, "Bad Request", f"url must be an http:// or https:// URL: {why}")
         extra: dict[str, Any] = {
             "tag": _string(fields, "tag", ""),
             "filter": tuple(_strings(fields, "filter")),
@@ -357,17 +359,6 @@ def _check_body_type(request: Request) -> None:
             + (f", not {media!r}" if media else ""),
             (("accept-post", "application/json"),),
         )
-
-
-def _http_url(url: str) -> bool:
-    """An http(s) URL with a host, one a client could request (a bad port or IPv6
-    literal would only fail later, in the preheat)."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # ValueError for a port that is not a number in range
-    except ValueError:  # "http://[x", "http://h:99999999"
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
