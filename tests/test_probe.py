@@ -182,12 +182,17 @@ async def test_the_origin_policy_holds(nursery: trio.Nursery) -> None:
     assert origin.connections == 0
 
 
+def redirect(location: str) -> Origin:
+    """An origin whose every answer is a 307 to `location`."""
+    return Origin(
+        b"HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n"
+        + f"Location: {location}\r\n\r\n".encode()
+    )
+
+
 async def test_a_redirect_is_followed_by_httpx(origin: FakeOrigin, nursery: trio.Nursery) -> None:
     origin.add("/f.bin", b"hello")
-    moved = Origin(
-        b"HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n"
-        + f"Location: {origin.url('/f.bin')}\r\n\r\n".encode()
-    )
+    moved = redirect(origin.url("/f.bin"))
     await moved.serve(nursery)
     upstream = Upstream(policy=LOOPBACK)
     try:
@@ -216,10 +221,7 @@ async def test_a_redirect_to_a_url_no_client_can_send_is_the_upstreams_failure(
     nursery: trio.Nursery, location: str
 ) -> None:
     # (UpstreamError: a 502 to the client that asked, not a traceback in the daemon)
-    moved = Origin(
-        b"HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n"
-        + f"Location: {location}\r\n\r\n".encode()
-    )
+    moved = redirect(location)
     await moved.serve(nursery)
     upstream = Upstream(policy=LOOPBACK)
     try:
