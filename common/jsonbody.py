@@ -12,14 +12,15 @@ from typing import Any
 
 
 class BadBody(ValueError):
-    """Not one JSON object with each key once; the message says why."""
+    """Not one JSON object with each key once; the message says why, as a predicate
+    ("is not JSON: ...", "names the key 'url' twice")."""
 
 
 def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise BadBody(f"the key {key[:64]!r} is named twice")
+            raise BadBody(f"names the key {key[:64]!r} twice")
         found[key] = value
     return found
 
@@ -32,11 +33,11 @@ def json_object(body: bytes) -> dict[str, Any]:
     except BadBody:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadBody(f"not JSON: {exc}") from exc
+        raise BadBody(f"is not JSON: {exc}") from exc
     except RecursionError as exc:  # ("[" * 60000)
-        raise BadBody("JSON nested too deep") from exc
+        raise BadBody("is JSON nested too deep") from exc
     if not isinstance(value, dict):
-        raise BadBody("not a JSON object")
+        raise BadBody("is not a JSON object")
     return value
 
 

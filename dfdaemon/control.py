@@ -130,7 +130,7 @@ def _parse(body: bytes) -> DownloadRequest:
     try:
         data = json_object(body)
     except BadBody as exc:
-        raise BadInput(str(exc)) from exc
+        raise BadInput(f"the body {exc}") from exc
     if not isinstance(data.get("url"), str):
         raise BadInput("want an object with a url")
     unknown = set(data) - {"url", "headers", "digest", "tag", "filter", "s3"}

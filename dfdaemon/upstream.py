@@ -230,9 +230,10 @@ class Upstream:
             raise UpstreamDenied(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{method} {display_url(url)}: {reason(exc)}") from exc
-        except (httpx.InvalidURL, ValueError) as exc:  # a redirect's (IDNA: ValueErrors)
+        except (httpx.InvalidURL, ValueError) as exc:  # (IDNA's are ValueErrors)
+            where = "redirected to a URL" if follow_redirects else "a request"
             raise UpstreamError(
-                f"{method} {display_url(url)}: redirected to a URL no client can send: {exc}"
+                f"{method} {display_url(url)}: {where} no client can send: {exc}"
             ) from exc
 
 

@@ -425,3 +425,17 @@ async def test_a_registry_redirecting_a_preheat_to_a_url_no_client_can_send_fail
             await preheat_module._get(
                 client, origin.url("/v2/x/manifests/1"), [], cap=1024, what="manifest"
             )
+
+
+async def test_a_preheat_request_no_client_can_send_says_so_not_redirected(
+    origin: FakeOrigin,
+) -> None:
+    # (a cluster job's header the API did not check: no redirect is blamed for it)
+    origin.add("/v2/x/manifests/1", b"{}")
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(PreheatError, match="cannot request") as info:
+            await preheat_module._get(
+                client, origin.url("/v2/x/manifests/1"), [("A", "é")], cap=1024, what="manifest"
+            )
+    assert "redirect" not in str(info.value)
+    assert origin.stats["/v2/x/manifests/1"].requests == []

@@ -250,3 +250,25 @@ def test_a_marker_naming_other_folders_removes_none_of_them(tmp_path: Path) -> N
     marker.write_text(f"{elsewhere}\n{tmp_path}\n")
     assert setup(tmp_path, "containerd", "--undo") == 0
     assert not hosts.exists() and elsewhere.is_dir()
+
+
+def test_a_relative_certs_dir_is_undone_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    relative = ["--containerd-certs-dir", "../certs.d"]
+    assert main(["setup", "containerd", "--mirror", MIRROR, *relative]) == 0
+    assert (tmp_path / "certs.d" / "docker.io" / "hosts.toml").is_file()
+    monkeypatch.chdir(tmp_path)
+    absolute = ["--containerd-certs-dir", str(tmp_path / "certs.d")]
+    assert main(["setup", "containerd", "--mirror", MIRROR, "--undo", *absolute]) == 0
+    assert not (tmp_path / "certs.d").exists()
+
+
+def test_an_empty_marker_of_an_older_setup_removes_no_folder(tmp_path: Path) -> None:
+    assert setup(tmp_path, "containerd") == 0
+    hosts = tmp_path / "certs.d" / "docker.io" / "hosts.toml"
+    hosts.with_name("hosts.toml.dfdaemon-created").write_text("")
+    assert setup(tmp_path, "containerd", "--undo") == 0
+    assert not hosts.exists() and hosts.parent.is_dir()

@@ -15,6 +15,11 @@ from common.urls import unsendable
         "http://[::1]:80/x",
         "http://198.18.0.1:65535/?q#f",
         "HTTP://127.0.0.1/",
+        "http://user:p%40ss@127.0.0.1/x",
+        "http://[fe80::1%25eth0]:8080/x",
+        "http://registry.test./v2/",
+        "http://bücher.example/a b",
+        "http://127.0.0.1:0080/%zz",
     ],
 )
 def test_urls_a_client_can_send_to(url: str) -> None:
@@ -27,8 +32,8 @@ def test_urls_a_client_can_send_to(url: str) -> None:
         ("http://[not-an-address/x", "IPv6"),  # (httpx reads the host as `[not-an-address`)
         ("http://127.0.0.1:99999999/x", "out of range"),  # (httpx takes the port)
         ("http://127.0.0.1:x/", "port"),
-        ("http://127.0.0.000/", ""),
-        ("http://xn--a/", ""),
+        ("http://127.0.0.000/", "127.0.0.000"),
+        ("http://xn--a/", "not allowed"),
         ("ftp://127.0.0.1/x", "http"),
         ("http:///x", "host"),
         ("127.0.0.1/x", "http"),

@@ -130,17 +130,18 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(change.diff())
         print(f"dry run: {len(changed)} file(s) would change, nothing written")
         return 0
+    made: list[Path] = []
     try:
-        made: list[Path] = []
         for change in changes:
             if args.undo:
                 made += undo(change)
             else:
                 apply(change)
-        remove_folders(made)
     except (OSError, SetupError) as exc:
         print(f"dfdaemon setup: {exc}", file=sys.stderr)
         return 1
+    finally:  # (those undone before a failure: their markers are gone)
+        remove_folders(made)
     for change in changes:
         verb = ("restored" if args.undo else "changed") if change.changed else "unchanged"
         print(f"{verb}: {change.path}")

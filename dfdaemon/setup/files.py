@@ -119,9 +119,10 @@ def _written(path: Path) -> str | None:
 
 
 def _missing_folders(path: Path) -> list[Path]:
-    """PATH's folders that do not exist yet, deepest first: those writing it makes."""
+    """PATH's folders that do not exist yet, deepest first: those writing it makes
+    (absolute, `..` resolved: an undo run from another folder finds them)."""
     missing = []
-    for folder in path.parents:
+    for folder in _absolute(path).parents:
         if folder.exists():
             break
         missing.append(folder)
@@ -212,4 +213,8 @@ def _made_folders(marker: Path, path: Path) -> list[Path]:
         listed = [Path(line) for line in marker.read_text().splitlines() if line]
     except (OSError, UnicodeError):
         return []
-    return [folder for folder in listed if folder in path.parents]
+    return [folder for folder in listed if folder in _absolute(path).parents]
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))

@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from common.connlimit import ConnectionLimit, listen_limit
 from common.jsonbody import BadBody, json_object
 from common.urls import display_url, unsendable
-from proto.messages import PROTOCOL_VERSIONS
+from proto.messages import PROTOCOL_VERSIONS, check_request
 from proto.taskid import check_task_id
 from supernode import __version__
 from supernode.admin.asgi import (
@@ -247,15 +247,18 @@ class AdminApi:
         why = unsendable(url)  # (a bad port, IPv6 literal or host would fail later)
         if why is not None:
             raise Problem(400, "Bad Request", f"url must be an http:// or https:// URL: {why}")
+        headers = _headers(fields.get("headers"))
+        try:  # (a header no HTTP client sends: the job would fail at its first request)
+            check_request(url, headers)
+        except ValueError as exc:
+            raise Problem(400, "Bad Request", str(exc)) from exc
         extra: dict[str, Any] = {
             "tag": _string(fields, "tag", ""),
             "filter": tuple(_strings(fields, "filter")),
             "platform": _string(fields, "platform", "linux/amd64"),
         }
         try:
-            preheat_id = await self.view.preheats.submit(
-                kind, url, _headers(fields.get("headers")), **extra
-            )
+            preheat_id = await self.view.preheats.submit(kind, url, headers, **extra)
         except trio.WouldBlock as exc:
             raise Problem(503, "Service Unavailable", "too many preheats waiting") from exc
         except ValueError as exc:
@@ -365,7 +368,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         return json_object(body)
     except BadBody as exc:
-        raise Problem(400, "Bad Request", f"the body must be a JSON object: {exc}") from exc
+        raise Problem(400, "Bad Request", f"the body {exc}") from exc
 
 
 def _string(fields: dict[str, Any], name: str, default: str) -> str:

@@ -296,12 +296,18 @@ async def _get(
     """GET `url` (redirects followed); the body of a 200, read only up to `cap` bytes
     (PreheatError past it: a registry cannot make us hold more)."""
     try:
-        asked = identity_headers(headers)
-        async with client.stream("GET", url, headers=asked, follow_redirects=True) as answer:
+        request = client.build_request("GET", url, headers=identity_headers(headers))
+    except (httpx.InvalidURL, ValueError) as exc:  # (a header no client sends, an IDNA host)
+        raise PreheatError(f"cannot request {display_url(url)}: {exc}") from exc
+    try:
+        answer = await client.send(request, stream=True, follow_redirects=True)
+        try:
             body = b""
             if answer.status_code == 200:
                 body = await read_capped(answer, cap)
             return _Answer(answer.status_code, answer.headers, body)
+        finally:
+            await answer.aclose()
     except BodyTooLarge as exc:
         raise PreheatError(f"{what} too large: {exc} (limit {cap})") from exc
     except EncodedBody as exc:
