@@ -43,8 +43,13 @@ S = TypeVar("S")
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address `host` resolves to for a TCP connection, in the resolver's order,
-    without repeats (an IP literal is its own answer, without a DNS query)."""
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    without repeats (an IP literal is its own answer, without a DNS query). A name no
+    resolver can be asked (`.`, an empty or 64-character label: IDNA refuses it) is
+    an OSError, as one that does not resolve."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:
+        raise socket.gaierror(socket.EAI_NONAME, f"no such name {host[:100]!r}: {exc}") from exc
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = parse_address(str(sockaddr[0]))

@@ -179,7 +179,8 @@ class OriginClient:
             await response.aclose()
 
     def _lean_for(self, url: str) -> bool:
-        return self.lean and urlsplit(url).scheme == "http"
+        """Plain HTTP in ASCII: a host past ASCII (IDNA) goes by httpx, which encodes it."""
+        return self.lean and url.isascii() and urlsplit(url).scheme == "http"
 
     async def _lean_get(
         self, url: str, sent: list[tuple[str, str]], keep: bool = False
