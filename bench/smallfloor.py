@@ -1,7 +1,7 @@
 """The floor of a small file through a fresh daemon (issue 17): what the least Python
 that does a small file's necessary work costs, one file an exchange and many.
 
-    python bench/smallfloor.py [--work DIR] [--runs N] [--batch K ...]
+    python bench/smallfloor.py [--work DIR] [--runs N] [--count N] [--batch K ...]
 
 Three processes, as in the system, doing only what every file through a daemon must:
 a "supernode" (trio) sends each piece sealed (AES-GCM) from its store with sendfile; a
@@ -37,10 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (the client loads none of it: its start-up is in the timed run)
+    import argparse
     import subprocess
 
     import h11
     import trio
+
+    from bench.tree_files import Tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -444,17 +447,24 @@ def role(argv: list[str]) -> int:
     return 0
 
 
-def main() -> int:
-    import argparse
-    import shutil
-    import statistics
-    import subprocess
-    import time
-    from urllib.parse import urlsplit
+class Results:
+    """Every run's files/s, by variant ("curl -Z" the baseline), and each variant's CPU
+    seconds a run, by process. (No dataclass: the client imports this module, and its
+    start-up is timed.)"""
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    def __init__(self, count: int, jobs: int, runs: int) -> None:
+        self.count, self.jobs, self.runs = count, jobs, runs
+        self.rates: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[dict[str, float]]] = {}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/dev/shm/smallfloor"))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--count", type=int, default=200, help="files of 1 MiB")
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 10])
     parser.add_argument(
@@ -465,20 +475,42 @@ def main() -> int:
         "http (the control requests in HTTP/1.1, h11 in the daemon), origin (each "
         "file revalidated by the supernode with a HEAD to nginx)",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def small_tree(www: Path, count: int) -> Tree:
+    """`count` random files of 1 MiB under WWW (made once, reused after)."""
+    from bench.common import write_random
+    from bench.tree_files import SMALL, Tree
+
+    root = www / f"small-{count}"
+    names = [f"{SMALL}/part-{i:04d}.bin" for i in range(count)]
+    if not (www / f"small-{count}.done").exists():
+        (root / SMALL).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            write_random(root / name, 1 << 20)
+        (www / f"small-{count}.done").write_text("complete\n")
+    return Tree(root, dict.fromkeys(names, 1 << 20))
+
+
+def measure(args: argparse.Namespace) -> Results:
+    """Curl, then every variant of the floor, `args.runs` times in turn."""
+    import shutil
+    import subprocess
+    import time
+    from urllib.parse import urlsplit
+
     from bench.common import cpu_seconds
-    from bench.tree_files import SMALL, TreeSpec, make_tree
     from bench.tree_tools import nginx_source
 
     work: Path = args.work
-    tree = make_tree(work / "www", TreeSpec())
-    names = sorted(tree.subset(SMALL))
+    tree = small_tree(work / "www", args.count)
+    names = sorted(tree.sizes)
     files = [tree.root / name for name in names]
     keys = work / "keys.json"
     shutil.rmtree(work / "store", ignore_errors=True)
     seal_store(files, work / "store", keys)
-    rates: dict[str, list[float]] = {}
-    cpu: dict[str, list[dict[str, float]]] = {}
+    results = Results(len(names), args.jobs, args.runs)
     with nginx_source(tree, work / "nginx", ()) as source:
         where = urlsplit(source.url)
         (work / "names.json").write_text(json.dumps([where.path + name for name in names]))
@@ -494,28 +526,45 @@ def main() -> int:
                 shutil.rmtree(work / "curl", ignore_errors=True)
                 wall = time.perf_counter()
                 subprocess.run(curl(work / "curl"), check=True, capture_output=True)
-                rates.setdefault("curl -Z", []).append(len(names) / (time.perf_counter() - wall))
+                rate = len(names) / (time.perf_counter() - wall)
+                results.rates.setdefault("curl -Z", []).append(rate)
                 for batch, extras in [(b, e) for b in args.batch for e in args.extras]:
                     label = f"{batch} a time {'+' + extras if extras else 'bare'}"
                     node0 = cpu_seconds(node.pid)
                     used = floor_run(work, files, port, keys, args.jobs, batch, extras)
                     used["supernode"] = cpu_seconds(node.pid) - node0
-                    rates.setdefault(label, []).append(len(names) / used.pop("wall"))
-                    cpu.setdefault(label, []).append(used)
+                    results.rates.setdefault(label, []).append(len(names) / used.pop("wall"))
+                    results.cpu.setdefault(label, []).append(used)
         finally:
             node.terminate()
             node.wait()
-    base = statistics.median(rates["curl -Z"])
-    print(f"{len(names)} files of 1 MiB, {args.jobs} at once, medians of {args.runs} runs")
-    for label, values in rates.items():
+    return results
+
+
+def report(results: Results) -> list[str]:
+    """One line a variant: median files/s, the ratio to curl's, CPU a file."""
+    import statistics
+
+    base = statistics.median(results.rates["curl -Z"])
+    lines = [
+        f"{results.count} files of 1 MiB, {results.jobs} at once, medians of {results.runs} runs"
+    ]
+    for label, values in results.rates.items():
         rate = statistics.median(values)
         line = f"{label:28} {rate:6.0f} files/s  {rate / base:5.2f}x"
-        if label in cpu:
+        if label in results.cpu:
+            runs = results.cpu[label]
             per = {
-                who: 1000 * statistics.median(run[who] for run in cpu[label]) / len(names)
+                who: 1000 * statistics.median(run[who] for run in runs) / results.count
                 for who in ("client", "daemon", "supernode")
             }
             line += "  ms a file: " + ", ".join(f"{who} {ms:.2f}" for who, ms in per.items())
+        lines.append(line)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    for line in report(measure(parse_args(argv))):
         print(line, flush=True)
     return 0
 
