@@ -1,5 +1,6 @@
-"""Every flag of the three programs (and of `dfdaemon setup`) is documented in its page:
-a flag added without a line in the docs fails here."""
+"""Every flag of the three programs (and of `dfdaemon setup`), and every key of
+dfdaemon's `--config` file, is documented in its page: one added without a line in the
+docs fails here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import dfdaemon.cli
 import dfdaemon.setup.cli
 import dfget.cli
 import supernode.cli
+from dfdaemon.configfile import CONFIG_KEYS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -43,3 +45,9 @@ def test_every_flag_is_in_its_page(build: Callable[[], argparse.ArgumentParser],
     assert len(flags) >= 10  # (the parser was read)
     text = (DOCS / page).read_text()
     assert sorted(f for f in flags if f"`{f}" not in text) == []
+
+
+def test_every_config_key_of_dfdaemon_is_in_its_page() -> None:
+    text = (DOCS / "dfdaemon.md").read_text()
+    assert len(CONFIG_KEYS) >= 10
+    assert sorted(key for key in CONFIG_KEYS if f"`{key}" not in text) == []
