@@ -27,7 +27,8 @@ class Metrics:
             "dfdaemon_requests",
             "Requests answered, by kind: blob (P2P), passthrough (sent to the upstream as "
             "is), proxy_p2p, proxy_passthrough, connect, metrics, bad_request, untrusted (a "
-            "registry the daemon does not trust: 403), dfget (on the control socket), hijack (a "
+            "registry the daemon does not trust: 403), dfget (on the control socket), listing "
+            "(a tree listed on it), hijack (a "
             "CONNECT intercepted: --hijack), hijack_passthrough (a request in one, outside /v2/), "
             "proxy_unauthorized (a proxy request without valid credentials: 407, or 503 "
             "when too many checks wait)",

@@ -102,7 +102,23 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                             "properties": {
                                 "type": {"enum": ["file", "image"]},
                                 "url": {"type": "string"},
-                                "headers": {"type": "object"},
+                                "headers": {
+                                    "oneOf": [
+                                        {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                        {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                                "minItems": 2,
+                                                "maxItems": 2,
+                                            },
+                                        },
+                                    ]
+                                },
                                 "tag": {"type": "string"},
                                 "filter": {"type": "array", "items": {"type": "string"}},
                                 "platform": {"type": "string"},
@@ -145,7 +161,12 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/v1/supernodes": {
         "get": {
             "summary": "The live supernodes of the cluster (this one alone without --cluster)",
-            "responses": {"200": _ok("{cluster, redis, heartbeat, supernodes}")},
+            "responses": {
+                "200": _ok(
+                    "{cluster, redis, heartbeat, heartbeat_failures, failovers, "
+                    "task_state_failures, supernodes}"
+                )
+            },
         }
     },
 }
