@@ -272,3 +272,14 @@ def test_an_empty_marker_of_an_older_setup_removes_no_folder(tmp_path: Path) -> 
     hosts.with_name("hosts.toml.dfdaemon-created").write_text("")
     assert setup(tmp_path, "containerd", "--undo") == 0
     assert not hosts.exists() and hosts.parent.is_dir()
+
+
+def test_folders_stay_listed_when_the_user_removed_the_file_and_setup_ran_again(
+    tmp_path: Path,
+) -> None:
+    assert setup(tmp_path, "containerd") == 0
+    hosts = tmp_path / "certs.d" / "docker.io" / "hosts.toml"
+    hosts.unlink()  # the user's; setup writes it again, into the folders it made
+    assert setup(tmp_path, "containerd") == 0 and hosts.is_file()
+    assert setup(tmp_path, "containerd", "--undo") == 0
+    assert not (tmp_path / "certs.d").exists()

@@ -142,7 +142,11 @@ def apply(change: Change) -> None:
     kept = backup.exists() or created.exists()
     if not kept or (written is not None and written != _digest(change.old)):
         if change.old is None:
-            made = _missing_folders(change.path)
+            # (the folders an earlier run made stay listed: the user removed the file
+            # alone, and setup writes it again into them)
+            missing = _missing_folders(change.path)
+            earlier = [f for f in _made_folders(created, change.path) if f not in missing]
+            made = sorted(missing + earlier, key=lambda f: len(f.parts), reverse=True)
             _write(created, "".join(f"{folder}\n" for folder in made))
             backup.unlink(missing_ok=True)
         else:
