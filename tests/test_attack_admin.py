@@ -161,6 +161,7 @@ async def test_bad_query_values_get_400_not_500(
         b'{"type": "image", "url": "http://198.18.0.1:x/v2/a/manifests/1"}',
         b'{"type": "file", "url": "http://198.18.0.1/x", "headers": {"A": "Bearer \\u00e9"}}',
         b'{"type": "file", "url": "http://198.18.0.1/x", "headers": [["X-A", "a\\r\\nX-B: b"]]}',
+        b'{"type": "file", "url": "http://198.18.0.1/' + b"x" * 9000 + b'"}',
     ],
     ids=[
         "deep",
@@ -172,6 +173,7 @@ async def test_bad_query_values_get_400_not_500(
         "port-x",
         "non-ascii-header",
         "header-line-break",
+        "url-past-8192",
     ],
 )
 async def test_bad_preheat_bodies_get_400_not_500(
