@@ -457,8 +457,8 @@ async def test_jobs_are_bounded(
         refused = await admin.post("/api/v1/preheats", json=body)
         assert refused.status_code == 503
         # (a header: a URL that long is refused before, as no Register could carry it)
-        body = {"type": "file", "url": origin.url("/fast0.bin"), "headers": {"X-A": "x" * 9000}}
-        too_large = await admin.post("/api/v1/preheats", json=body)
+        large = {"type": "file", "url": origin.url("/fast0.bin"), "headers": {"X-A": "x" * 9000}}
+        too_large = await admin.post("/api/v1/preheats", json=large)
         assert too_large.status_code == 400 and "too large" in too_large.text
         for job_id in slow:
             await preheat_ended(admin, f"/api/v1/preheats/{job_id}")
