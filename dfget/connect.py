@@ -111,7 +111,7 @@ async def connect_stream(
     try:
         with trio.fail_after(within):
             stream = await trio.open_tcp_stream(host, port)
-    except (OSError, trio.TooSlowError) as exc:
+    except (OSError, UnicodeError, trio.TooSlowError) as exc:  # (IDNA refuses `a..b`)
         raise SupernodeUnavailable(f"cannot reach {address}: {exc}") from exc
     with translate_errors(address), _older_refusing_the_proof(address, ask_proof):
         with trio.move_on_after(within) as handshake:

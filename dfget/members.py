@@ -99,7 +99,7 @@ async def resolve(address: str) -> list[str]:
     try:
         with trio.fail_after(SUPERNODE_TIMEOUT):
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, trio.TooSlowError):
+    except (OSError, UnicodeError, trio.TooSlowError):  # (IDNA refuses `a..b`)
         return [address]
     found = list(dict.fromkeys(format_address(str(info[4][0]), port) for info in infos))
     return found or [address]

@@ -496,6 +496,10 @@ def check_member_address(address: str) -> None:
         or not 0 < int(port) < 65536
     ):
         raise ValueError(f"bad member address {address[:80]!r}")
+    try:
+        inner.encode("idna")  # (a name no resolver can be asked: `a..b`, a 64-character label)
+    except UnicodeError as exc:
+        raise ValueError(f"bad member address {address[:80]!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,13 +65,14 @@ def raw_members(peers: list[str]) -> Answer:
 @pytest.mark.parametrize(
     "peers",
     [
-        [f"10.0.0.{i % 250}:{1000 + i}" for i in range(MAX_MEMBERS + 1)],  # too many
+        [f"198.18.0.{i % 250}:{1000 + i}" for i in range(MAX_MEMBERS + 1)],  # too many
         ["x" * 5000 + ":1"] * 12,  # too long
         ["no-port"],
         ["198.18.0.1:99999"],
         ["evil host:1"],
+        ["a..b:8002"],  # (no resolver can be asked: IDNA refuses it before any lookup)
     ],
-    ids=["too-many", "too-long", "no-port", "bad-port", "space"],
+    ids=["too-many", "too-long", "no-port", "bad-port", "space", "idna"],
 )
 async def test_a_hostile_list_is_refused_and_the_next_member_asked(
     nursery: trio.Nursery,

@@ -7,15 +7,17 @@ redirects itself, httpx the other), dfdaemon's upstream (`Upstream.head`,
 `first_byte`) and an image preheat's GET (`preheat._get`). Each case is a real trio
 run against a real server on 127.0.0.1 that answers every request with a redirect to
 the fuzzed `Location`; names resolve only as IP literals (no query leaves the
-machine), and the origin policy allows 127.0.0.0/8 alone (a redirect elsewhere is
-refused before any connection).
+machine), no proxy is read from the environment, and the origin policy allows
+127.0.0.0/8 and denies every other address (a redirect elsewhere is refused before any
+connection).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -32,7 +34,13 @@ from supernode.admin import preheat
 from supernode.cdn.origin import OriginClient
 from supernode.errors import OriginError
 
-LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"])
+# Loopback alone: an address no rule names is allowed, so everything else is denied.
+LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"], deny=["0.0.0.0/0", "::/0"])
+PROXY_VARIABLES = [
+    name
+    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for name in (base, base.upper())
+]
 
 SEEDS = [
     b"http://127.0.0.1:1/x",
@@ -110,6 +118,17 @@ async def _redirecting(location: bytes, nursery: trio.Nursery) -> str:
     return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/start"
 
 
+@contextlib.contextmanager
+def _no_proxies() -> Iterator[None]:
+    """No proxy from the environment (each client reads it): connections go where the
+    policy says, or nowhere."""
+    saved = {name: os.environ.pop(name) for name in PROXY_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _follow(client: Callable[[str], Awaitable[None]], location: bytes) -> None:
     """Run `client` on the redirecting server's URL, in a trio run of its own."""
 
@@ -121,7 +140,8 @@ def _follow(client: Callable[[str], Awaitable[None]], location: bytes) -> None:
                 await client(url)
                 nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    with _no_proxies():
+        trio.run(main)
 
 
 @fuzz_settings(120, deadline_ms=None)
@@ -175,8 +195,15 @@ def test_a_preheat_fails_a_redirect_only_as_a_preheat_error(location: bytes) -> 
 
 def test_a_name_no_resolver_can_be_asked_is_one_that_does_not_resolve() -> None:
     async def main() -> None:
+        trio.socket.set_custom_hostname_resolver(_Literals())  # (nothing is asked)
         for name in (".", "a..b", "x" * 64 + ".test"):
             with pytest.raises(OSError, match="no such name"):
                 await resolve(name, 80)
 
     trio.run(main)
+
+
+def test_the_policy_here_allows_loopback_alone() -> None:
+    assert LOOPBACK.allows("127.0.0.1") and LOOPBACK.allows("127.255.0.1")
+    for elsewhere in ("198.18.0.1", "8.8.8.8", "::1", "10.0.0.1", "::ffff:198.18.0.1"):
+        assert not LOOPBACK.allows(elsewhere), elsewhere

@@ -29,9 +29,10 @@ from registry import needs_redis
 
 from common.rendezvous import rank
 from dfget.backoff import Backoff, order
+from dfget.connect import connect_stream
 from dfget.engine import DownloadRequest, download
-from dfget.errors import UsageError
-from dfget.members import CLUSTER, CONFIGURED, Directory, ask_members
+from dfget.errors import SupernodeUnavailable, UsageError
+from dfget.members import CLUSTER, CONFIGURED, Directory, ask_members, resolve
 from dfget.options import PeerOptions
 from proto.errors import ErrorCode, UnknownMessage
 from proto.io import FramedStream
@@ -281,3 +282,11 @@ async def test_a_malformed_address_is_exit_2_when_a_download_reaches_it(
     assert "bad supernode address 'no-port'" in caplog.text
     with pytest.raises(UsageError, match="bad supernode address"):
         await fetch(origin.url("/x.bin"), "no-port")
+
+
+async def test_a_supernode_name_no_resolver_can_be_asked_is_one_that_cannot_be_reached() -> None:
+    # (IDNA refuses `a..b` before any lookup: a traceback in dfget, and in a daemon's
+    # member list, where it was a UnicodeError)
+    assert await resolve("a..b:8002") == ["a..b:8002"]
+    with pytest.raises(SupernodeUnavailable, match=r"cannot reach a\.\.b:8002"):
+        await connect_stream("a..b:8002", peer_id="p" * 32, max_payload=0)

@@ -12,7 +12,7 @@ from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
 from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, forwardable
 from testkit.origin import FakeOrigin
 
-LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"])
+LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"], deny=["0.0.0.0/0", "::/0"])  # (alone)
 
 
 class Origin:

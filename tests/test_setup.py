@@ -283,3 +283,11 @@ def test_folders_stay_listed_when_the_user_removed_the_file_and_setup_ran_again(
     assert setup(tmp_path, "containerd") == 0 and hosts.is_file()
     assert setup(tmp_path, "containerd", "--undo") == 0
     assert not (tmp_path / "certs.d").exists()
+
+
+def test_undo_after_the_user_removed_a_created_file_cleans_up(tmp_path: Path) -> None:
+    # (nothing of the user's to lose: its markers and folders go, exit 0)
+    assert setup(tmp_path, "containerd") == 0
+    (tmp_path / "certs.d" / "docker.io" / "hosts.toml").unlink()
+    assert setup(tmp_path, "containerd", "--undo") == 0
+    assert not (tmp_path / "certs.d").exists()

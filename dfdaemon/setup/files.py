@@ -175,6 +175,8 @@ def undo_change(path: Path) -> Change:
     backup, created = _sibling(path, BACKUP), _sibling(path, CREATED)
     if not backup.exists() and not created.exists():
         return Change(path, old, old)
+    if old is None and created.exists():  # the user removed what setup created: no loss
+        return Change(path, None, None)
     written = _written(path)
     if written is not None and written != _digest(old):
         restore = backup if backup.exists() else created

@@ -179,8 +179,14 @@ class OriginClient:
             await response.aclose()
 
     def _lean_for(self, url: str) -> bool:
-        """Plain HTTP in ASCII: a host past ASCII (IDNA) goes by httpx, which encodes it."""
-        return self.lean and url.isascii() and urlsplit(url).scheme == "http"
+        """Plain HTTP to a host in ASCII: one past it (IDNA) goes by httpx, which encodes
+        it (a path past ASCII is quoted on either path)."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError:  # (an unclosed `[`: httpx says what is wrong)
+            return False
+        return self.lean and parts.scheme == "http" and host.isascii()
 
     async def _lean_get(
         self, url: str, sent: list[tuple[str, str]], keep: bool = False
