@@ -61,9 +61,11 @@ def unsendable(url: str) -> str | None:
         host = parsed.host  # (an `xn--` name is decoded only here)
         # What httpx takes and the standard library does not: a port past 65535, an
         # unclosed `[` (httpx reads `http://[x/` as the host `[x`).
-        _ = urlsplit(url).port
+        port = urlsplit(url).port
     except (httpx.InvalidURL, ValueError) as exc:  # (idna's and ipaddress' ValueErrors)
         return str(exc)
+    if port == 0:
+        return "port 0 (no connection goes there)"
     if parsed.scheme not in ("http", "https") or not host:
         return "not an http(s) URL with a host"
     return None

@@ -135,7 +135,9 @@ def _request(url: str, headers: Headers) -> tuple[str, int, h11.Request]:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("not a plain-HTTP URL")
-        port = parts.port or 80
+        port = 80 if parts.port is None else parts.port
+        if port == 0:  # (not port 80: httpx says what is wrong)
+            raise ValueError("port 0")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         target = quote(path, _TARGET_SAFE)

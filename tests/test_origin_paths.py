@@ -11,9 +11,13 @@ from conftest import Fetch, StartSupernode, downloads
 
 from common.io.origins import open_checked_tcp_stream
 from common.origins import OriginPolicy
+from dfdaemon.probe import ProbeFailed
+from dfdaemon.probe import _request as probe_request
 from dfget.errors import OriginFailed
 from proto.pieces import MiB
 from supernode.cdn import lean as lean_module
+from supernode.cdn.lean import _request as lean_request
+from supernode.errors import BadRequest
 from testkit.origin import FakeOrigin
 
 pytestmark = pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx"])
@@ -187,3 +191,20 @@ async def test_a_redirect_to_a_url_no_client_can_send_fails_as_the_origins(
     data = os.urandom(MiB)
     origin.add("/fine.bin", data)
     assert Path((await fetch(origin.url("/fine.bin"), node)).output).read_bytes() == data
+
+
+async def test_port_0_is_no_url_to_fetch_not_port_80(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    # (the lean path read `:0` as no port: a redirect to 127.0.0.1:0 fetched port 80)
+    node = await start_supernode(lean_http=lean, max_resumes=0)
+    origin.add("/to-zero.bin", b"", redirect_to="http://127.0.0.1:0/x")
+    with pytest.raises(OriginFailed, match="port 0" if lean else None):  # (httpx: refused)
+        await fetch(origin.url("/to-zero.bin"), node)
+
+
+def test_the_lean_request_and_the_probe_refuse_port_0(lean: bool) -> None:
+    with pytest.raises(BadRequest, match="port 0"):
+        lean_request("http://127.0.0.1:0/x", [])
+    with pytest.raises(ProbeFailed, match="port 0"):
+        probe_request("http://127.0.0.1:0/x", [])

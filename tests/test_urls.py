@@ -32,6 +32,8 @@ def test_urls_a_client_can_send_to(url: str) -> None:
         ("http://[not-an-address/x", "IPv6"),  # (httpx reads the host as `[not-an-address`)
         ("http://127.0.0.1:99999999/x", "out of range"),  # (httpx takes the port)
         ("http://127.0.0.1:x/", "port"),
+        ("http://127.0.0.1:0/", "port 0"),
+        ("http://127.0.0.1:00/", "port 0"),
         ("http://127.0.0.000/", "127.0.0.000"),
         ("http://xn--a/", "not allowed"),
         ("ftp://127.0.0.1/x", "http"),

@@ -104,6 +104,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                 "url": {"type": "string"},
                                 "headers": {
                                     "oneOf": [
+                                        {"type": "null"},
                                         {
                                             "type": "object",
                                             "additionalProperties": {"type": "string"},

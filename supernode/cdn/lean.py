@@ -185,9 +185,11 @@ def _request(
     BadRequest if it cannot be put on the wire."""
     try:
         parts = urlsplit(url)
-        port = parts.port or 80
+        port = 80 if parts.port is None else parts.port
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("lean_get takes plain http URLs")
+        if port == 0:  # (not port 80: no connection goes to port 0)
+            raise ValueError("port 0")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         target = quote(
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _TARGET_SAFE
