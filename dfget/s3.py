@@ -69,12 +69,9 @@ class S3Target:
 def check_endpoint(endpoint: str) -> str:
     """`endpoint` as `scheme://host[:port]`; UsageError if it is not an http(s) URL."""
     stripped = endpoint.strip()
-    try:
-        parts = urlsplit(stripped)
-    except ValueError:  # `http://[::1`: "Invalid IPv6 URL" (AWS_ENDPOINT_URL too)
-        parts = None
-    if parts is None or unsendable(stripped) is not None:
+    if unsendable(stripped) is not None:  # (`http://[::1` too: then urlsplit reads it)
         raise UsageError(f"--s3-endpoint: want an http(s) URL, not {endpoint[:200]!r}")
+    parts = urlsplit(stripped)
     if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise UsageError(f"--s3-endpoint: want scheme://host[:port] only, not {endpoint[:200]!r}")
     return f"{parts.scheme}://{parts.netloc.lower()}"

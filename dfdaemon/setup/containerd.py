@@ -10,7 +10,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from dfdaemon.setup.files import Change, SetupError, endings_of, read, toml_lines
+from dfdaemon.setup.files import Change, SetupError, endings_of, load_toml, read, toml_lines
 from dfdaemon.setup.target import Registry, Target
 
 CERTS_DIR = Path("/etc/containerd/certs.d")
@@ -28,12 +28,7 @@ def hosts_toml(certs_dir: Path, registry: Registry, target: Target) -> Change:
     if old is None:
         new = f"server = {json.dumps(registry.url)}\n\n{_host_table(target)}"
         return Change(path, None, new)
-    try:
-        data = tomllib.loads(old)
-    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's bounds
-        raise SetupError(f"{path} is not valid TOML: {exc}") from exc
-    except RecursionError as exc:
-        raise SetupError(f"{path} is not valid TOML: nested too deeply") from exc
+    data = load_toml(old, path)
     hosts = data.get("host", {})
     if not isinstance(hosts, dict):
         raise SetupError(f"{path}: host: want tables of hosts")

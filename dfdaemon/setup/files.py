@@ -16,8 +16,10 @@ import difflib
 import hashlib
 import os
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BACKUP = ".dfdaemon-backup"  # FILE.dfdaemon-backup: FILE as it was before setup
 # FILE.dfdaemon-created: FILE did not exist before setup; it lists the folders setup made
@@ -73,6 +75,17 @@ def toml_lines(text: str) -> list[str]:
     lines = [line + "\n" for line in text.split("\n")]
     lines[-1] = lines[-1][:-1]
     return lines if lines[-1] else lines[:-1]
+
+
+def load_toml(text: str, path: Path) -> dict[str, Any]:
+    """`path`'s TOML; SetupError if it is none (TOMLDecodeError, an integer past
+    Python's bounds, tables nested past the parser)."""
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:
+        raise SetupError(f"{path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise SetupError(f"{path} is not valid TOML: nested too deeply") from exc
 
 
 def endings_of(old: str, new: str) -> str:

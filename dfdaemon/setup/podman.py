@@ -6,11 +6,10 @@ existing `[[registry]]` for it keeps everything it has, the mirror going first."
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from dfdaemon.setup.files import Change, SetupError, endings_of, read, toml_lines
+from dfdaemon.setup.files import Change, SetupError, endings_of, load_toml, read, toml_lines
 from dfdaemon.setup.target import Target
 
 REGISTRIES_CONF = Path("/etc/containers/registries.conf")
@@ -34,12 +33,7 @@ def _entry(data: dict[str, Any], name: str, path: Path) -> tuple[int, dict[str, 
 
 
 def _parse(text: str, path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(text)
-    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's bounds
-        raise SetupError(f"{path} is not valid TOML: {exc}") from exc
-    except RecursionError as exc:
-        raise SetupError(f"{path} is not valid TOML: nested too deeply") from exc
+    data = load_toml(text, path)
     if "registries" in data:
         raise SetupError(f"{path} is in the v1 format ([registries.*]): convert it to v2")
     return data

@@ -263,12 +263,10 @@ def _redirect_target(url: str, location: str) -> str:
 
 
 def _origin_of(url: str) -> tuple[str, str | None, int | None]:
-    """Scheme, host and port: what a redirect must keep for credentials to follow."""
+    """Scheme, host and port: what a redirect must keep for credentials to follow (of a
+    URL already sent to, or a `_redirect_target`: its port reads)."""
     parts = urlsplit(url)
-    try:
-        return parts.scheme, parts.hostname, parts.port
-    except ValueError as exc:  # a port that is not a number
-        raise OriginUnreachable(f"origin redirected to a bad URL: {display_url(url)}") from exc
+    return parts.scheme, parts.hostname, parts.port
 
 
 __all__ = ["OriginClient", "OriginError", "OriginResponse", "Validators"]
