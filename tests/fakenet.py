@@ -2,7 +2,8 @@
 
 `FakeNetwork.install()` puts a hostname resolver and a socket factory in the running
 trio loop (`trio.socket.set_custom_hostname_resolver`, `set_custom_socket_factory`):
-- `names[host]`: the addresses a name resolves to (other names: the system resolver);
+- `names[host]`: the addresses a name resolves to (other names: the system resolver,
+  or none with `system_resolver=False`: IP literals only);
 - `routes[(ip, port)]`: where a connection to that address really goes, a server on
   127.0.0.1, as a cloud VM's network takes 169.254.169.254:80 to its metadata
   service. Sockets are real; only the destination of a connect is rewritten;
@@ -22,7 +23,9 @@ from trio._socket import _SocketType
 
 
 class FakeNetwork:
-    def __init__(self) -> None:
+    def __init__(self, *, system_resolver: bool = True) -> None:
+        # False: a name not in `names` is looked up nowhere (only IP literals resolve).
+        self.system_resolver = system_resolver
         self.names: dict[str, list[str]] = {}
         self.routes: dict[tuple[str, int], tuple[str, int]] = {}
         self.connects: list[tuple[str, int]] = []
@@ -57,6 +60,8 @@ class _Resolver(trio.abc.HostnameResolver):
         name = host.decode("ascii") if isinstance(host, bytes) else host
         addresses = self.network.resolve_name(name or "")
         if addresses is None:
+            if not self.network.system_resolver:
+                flags |= socket.AI_NUMERICHOST
             return await trio.to_thread.run_sync(
                 socket.getaddrinfo, host, port, family, type, proto, flags
             )

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
-from typing import Any
 
 import pytest
 import trio
+from fakenet import FakeNetwork
 from fuzz_strategies import byte_mutations, fuzz_settings, mutate
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -79,25 +78,6 @@ locations = (
 ).map(lambda value: value.translate(None, b"\r\n\0"))
 
 
-class _Literals(trio.abc.HostnameResolver):
-    """IP literals only: a name the fuzz made up is not looked up anywhere."""
-
-    async def getaddrinfo(
-        self,
-        host: bytes | None,
-        port: bytes | str | int | None,
-        family: int = 0,
-        type: int = 0,
-        proto: int = 0,
-        flags: int = 0,
-    ) -> list[Any]:
-        flags |= socket.AI_NUMERICHOST
-        return socket.getaddrinfo(host, port, family, type, proto, flags)
-
-    async def getnameinfo(self, sockaddr: Any, flags: int) -> tuple[str, str]:
-        raise socket.gaierror(socket.EAI_NONAME, "not looked up")
-
-
 async def _redirecting(location: bytes, nursery: trio.Nursery) -> str:
     """A server answering every request with a 302 to `location`; its URL."""
     head = b"HTTP/1.1 302 Found\r\nLocation: " + location
@@ -133,7 +113,7 @@ def _follow(client: Callable[[str], Awaitable[None]], location: bytes) -> None:
     """Run `client` on the redirecting server's URL, in a trio run of its own."""
 
     async def main() -> None:
-        trio.socket.set_custom_hostname_resolver(_Literals())
+        FakeNetwork(system_resolver=False).install()  # (IP literals only: no lookup)
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 url = await _redirecting(location, nursery)
@@ -195,7 +175,7 @@ def test_a_preheat_fails_a_redirect_only_as_a_preheat_error(location: bytes) -> 
 
 def test_a_name_no_resolver_can_be_asked_is_one_that_does_not_resolve() -> None:
     async def main() -> None:
-        trio.socket.set_custom_hostname_resolver(_Literals())  # (nothing is asked)
+        FakeNetwork(system_resolver=False).install()  # (nothing is looked up)
         for name in (".", "a..b", "x" * 64 + ".test"):
             with pytest.raises(OSError, match="no such name"):
                 await resolve(name, 80)
