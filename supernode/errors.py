@@ -43,6 +43,11 @@ class OriginUnreachable(OriginError):
     code = ErrorCode.ORIGIN_UNREACHABLE
 
 
+class BadRedirect(OriginUnreachable):
+    """The origin redirected to a URL no client can send (a host or port that is none):
+    its answer, the same each time it is asked."""
+
+
 class OriginTimeout(OriginError):
     code = ErrorCode.ORIGIN_TIMEOUT
 

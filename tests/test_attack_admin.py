@@ -162,6 +162,10 @@ async def test_bad_query_values_get_400_not_500(
         b'{"type": "file", "url": "http://198.18.0.1/x", "headers": {"A": "Bearer \\u00e9"}}',
         b'{"type": "file", "url": "http://198.18.0.1/x", "headers": [["X-A", "a\\r\\nX-B: b"]]}',
         b'{"type": "file", "url": "http://198.18.0.1/' + b"x" * 9000 + b'"}',
+        b'{"type": "file", "url": "http://198.18.0.1/x", '
+        b'"headers": {"Authorization": "Basic YTpi", "authorization": "Basic Yzpk"}}',
+        b'{"type": "file", "url": "http://198.18.0.1/x", '
+        b'"headers": [["Authorization", "Basic YTpi"], ["AUTHORIZATION", "Basic Yzpk"]]}',
     ],
     ids=[
         "deep",
@@ -174,6 +178,8 @@ async def test_bad_query_values_get_400_not_500(
         "non-ascii-header",
         "header-line-break",
         "url-past-8192",
+        "header-twice-by-case",
+        "header-twice-listed",
     ],
 )
 async def test_bad_preheat_bodies_get_400_not_500(

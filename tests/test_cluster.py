@@ -75,6 +75,22 @@ def test_cluster_urls(url: str, expected: tuple[Any, ...]) -> None:
     assert "cret" not in settings.display and "pw" not in settings.display
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://a..b:6379",  # a name IDNA refuses before any resolver is asked
+        "redis://" + "a" * 64 + ":6379",  # a label past 63 characters
+        "redis://127.0.0.1:99999",
+        "redis://127.0.0.1:6379/x",
+        "http://127.0.0.1:6379",
+        "redis://:6379",
+    ],
+)
+def test_a_cluster_url_no_client_can_use_is_refused_at_start(url: str) -> None:
+    with pytest.raises(ValueError, match="bad cluster URL"):
+        parse_cluster_url(url)
+
+
 def test_the_password_comes_from_the_url_or_the_file_not_both(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("from-the-file\nignored\n")

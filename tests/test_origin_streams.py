@@ -255,6 +255,25 @@ async def test_a_chunk_refused_once_is_asked_again(
     assert asked.count(f"bytes={2 * CHUNK}-{3 * CHUNK - 1}") == 2 and len(asked) == 5
 
 
+@pytest.mark.parametrize("location", ["http://[::1", "http://xn--a/x", "http://127.0.0.1:0/x"])
+async def test_a_chunk_redirected_where_no_client_can_go_fails_the_task_at_once(
+    supernode: RunningSupernode, fetch: Fetch, location: str
+) -> None:
+    """A redirect to a URL no client can send is the origin's answer, as for the first
+    GET: not a hiccup asked again `max_resumes` times (seconds of pauses)."""
+    data = os.urandom(SIZE)
+
+    def chunk(seen: Seen, start: int, end: int) -> Answer:
+        return Answer(302, [("location", location)])
+
+    server, output, task = await _fetch_from(_ranged(data, chunk), supernode, fetch)
+    assert output in (None, data)  # dfget may fall back to the origin itself
+    assert task is not None and task.state is TaskState.FAILED
+    assert "redirected to a" in str(task.error)  # (a bad URL, one no client can send)
+    asked = _cdn_chunks(server)
+    assert len(asked) == len(set(asked)) <= STREAMS  # never asked again
+
+
 async def test_an_absurd_total_costs_nothing_that_grows_with_it(
     supernode: RunningSupernode, fetch: Fetch
 ) -> None:

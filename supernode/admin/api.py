@@ -386,7 +386,9 @@ def _strings(fields: dict[str, Any], name: str) -> list[str]:
 
 
 def _headers(value: object) -> tuple[tuple[str, str], ...]:
-    """Headers as {"Name": "value"} or [["Name", "value"], ...]."""
+    """Headers as {"Name": "value"} or [["Name", "value"], ...], each name once (case
+    aside): an `Authorization` and an `authorization` would leave the origin, or a
+    gateway before it, to choose which one counts."""
     if value is None:
         return ()
     pairs = list(value.items()) if isinstance(value, dict) else value
@@ -395,6 +397,11 @@ def _headers(value: object) -> tuple[tuple[str, str], ...]:
         for p in pairs
     ):
         raise Problem(400, "Bad Request", "headers must be an object of strings or [[name, value]]")
+    named: set[str] = set()
+    for name, _ in pairs:
+        if name.lower() in named:
+            raise Problem(400, "Bad Request", f"headers name {name[:64]!r} more than once")
+        named.add(name.lower())
     return tuple((k, v) for k, v in pairs)
 
 

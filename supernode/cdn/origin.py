@@ -27,6 +27,7 @@ from common.urls import display_url, move_credentials, unsendable
 from supernode.cdn.lean import LeanResponse, lean_get
 from supernode.cdn.response import Headers, OriginResponse, Validators
 from supernode.errors import (
+    BadRedirect,
     BadRequest,
     OriginBroken,
     OriginDenied,
@@ -232,7 +233,7 @@ class OriginClient:
         except httpx.TooManyRedirects as exc:
             raise OriginUnreachable(f"too many redirects from {display_url(url)}") from exc
         except (httpx.InvalidURL, ValueError) as exc:  # a redirect's (IDNA: ValueErrors)
-            raise OriginUnreachable(
+            raise BadRedirect(
                 f"{display_url(url)} redirected to a URL no client can send: {exc}"
             ) from exc
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
@@ -248,17 +249,15 @@ def _hop_by_hop(name: str) -> bool:
 
 
 def _redirect_target(url: str, location: str) -> str:
-    """Where a redirect from `url` leads: OriginUnreachable if no client can send a
-    request there (a host or port that is none)."""
+    """Where a redirect from `url` leads: BadRedirect if no client can send a request
+    there (a host or port that is none)."""
     try:
         target = urljoin(url, location)
     except ValueError as exc:  # ("Invalid IPv6 URL")
-        raise OriginUnreachable(f"{display_url(url)} redirected to a bad URL: {exc}") from exc
+        raise BadRedirect(f"{display_url(url)} redirected to a bad URL: {exc}") from exc
     reason = unsendable(target)
     if reason is not None:
-        raise OriginUnreachable(
-            f"{display_url(url)} redirected to a URL no client can send: {reason}"
-        )
+        raise BadRedirect(f"{display_url(url)} redirected to a URL no client can send: {reason}")
     return target
 
 

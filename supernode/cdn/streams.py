@@ -23,10 +23,10 @@ Bounds: at most `lookahead` chunk buffers a task (CHUNK bytes each, reused), and
 nothing else that grows with the file's length; a chunk cut short, refused (5xx, 429)
 or not reached is asked again from where it stopped after a pause, at most
 `max_resumes` times; a 200 to an If-Range or another ETag or Last-Modified (the
-content changed upstream), or an answer that is not the chunk asked for
-(`WrongChunk`), ends the fetch at once. Chunks fetched ahead are lost if the
-supernode stops: a fetch resumed after a restart goes on from the last piece in
-order (resume.py).
+content changed upstream), an answer that is not the chunk asked for (`WrongChunk`)
+or a redirect no client can follow (`BadRedirect`) ends the fetch at once. Chunks
+fetched ahead are lost if the supernode stops: a fetch resumed after a restart goes on
+from the last piece in order (resume.py).
 
 """
 
@@ -42,6 +42,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import OriginResponse, Validators
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
+    BadRedirect,
     OriginBroken,
     OriginStatusError,
     OriginTimeout,
@@ -185,7 +186,7 @@ class Rest:
                 if start + self._filled[index] == end:
                     return
                 raise OriginBroken(f"chunk at byte {start} ended at byte {at}")
-            except WrongChunk:
+            except (WrongChunk, BadRedirect):
                 raise
             except (OriginBroken, OriginTimeout, OriginUnreachable, OriginStatusError) as exc:
                 if isinstance(exc, OriginStatusError) and not _passing(exc.status):

@@ -59,6 +59,10 @@ def parse_cluster_url(text: str) -> ClusterSettings:
         raise ValueError(f"bad cluster URL {text!r}: want redis://HOST:PORT/DB")
     if not parts.hostname:
         raise ValueError(f"bad cluster URL {text!r}: no host")
+    try:
+        parts.hostname.encode("idna")  # (`a..b`, a 64-character label: no resolver is asked)
+    except UnicodeError as exc:
+        raise ValueError(f"bad cluster URL {text!r}: {exc}") from None
     if parts.query or parts.fragment:
         raise ValueError(f"bad cluster URL {text!r}: no query or fragment expected")
     path = parts.path.strip("/")
