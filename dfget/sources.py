@@ -116,11 +116,16 @@ class PieceConnection:
         self._waiters.setdefault(key, []).append(waiter)
         self.last_active = trio.current_time()
         try:
+            # Counted before it goes: its answer may be read before this task runs again.
+            self.unanswered += 1
             try:
                 await self.framed.send(request)
-                self.unanswered += 1
             except ProtoError as exc:
                 self._break(exc)
+            except trio.Cancelled:
+                if self.framed.can_send:  # cancelled waiting its turn: it never went
+                    self.unanswered -= 1
+                raise
             await waiter.done.wait()
         finally:
             self._forget(key, waiter)
@@ -146,6 +151,8 @@ class PieceConnection:
                 self.last_active = trio.current_time()
                 message = frame.message
                 if isinstance(message, PieceData | PieceRefused):
+                    if self.unanswered <= 0:  # (its payload would be held for reuse)
+                        raise UnexpectedMessage(f"{message.TAG} answering no request")
                     self.unanswered -= 1
                     if isinstance(message, PieceData) or message.code not in _NOT_IN_USE:
                         self.kept_at = self.last_active

@@ -31,6 +31,10 @@ MAX_PAYLOAD = MAX_PIECE_SIZE + TAG_SIZE
 # A server's first frame must be a Hello, a few dozen bytes: a stranger who drips a
 # header byte by byte makes it buffer this much at most, never MAX_HEADER.
 MAX_FIRST_HEADER = 4 * 1024
+# Payload buffers kept for reuse (`FrameDecoder.recycle`): a task's pieces have two
+# lengths (the last may be shorter), a few of each in flight.
+SPARE_LENGTHS = 2
+SPARE_EACH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +147,17 @@ class FrameDecoder:
     def recycle(self, payload: bytearray) -> None:
         """Hand back a payload the caller is done with, to receive a later one into.
 
-        Pieces of a task all have the same size, so reusing their buffers saves a
-        multi-MiB allocation (and its page faults) per piece.
+        Pieces of a task all have the same size but the last, so reusing their buffers
+        saves a multi-MiB allocation (and its page faults) per piece. At most
+        SPARE_EACH buffers of SPARE_LENGTHS lengths are kept: the lengths a peer sends
+        are its choice, and must not decide what this side holds on to.
         """
-        spare = self._spare.setdefault(len(payload), [])
-        if len(spare) < 4:
+        spare = self._spare.get(len(payload))
+        if spare is None:
+            if len(self._spare) >= SPARE_LENGTHS:
+                return
+            spare = self._spare[len(payload)] = []
+        if len(spare) < SPARE_EACH:
             spare.append(payload)
 
     def forget_spares(self) -> None:

@@ -58,7 +58,7 @@ from proto import (
 )
 from proto.errors import ConnectionLost, FrameTooLarge
 from proto.io import FramedStream, open_session
-from proto.pieces import MiB, PieceSealer
+from proto.pieces import TAG_SIZE, MiB, PieceSealer
 from proto.tickets import CDN_UPLOADER, TicketIssuer, TicketVerifier
 from testkit.origin import FakeOrigin
 
@@ -186,7 +186,8 @@ async def hostile_uploader(
         await stream.send_all(encode(Welcome(version=1, role="supernode")))
         request = await next_message(stream, decoder)
         if request is not None:
-            await stream.send_all(answer(request))
+            with suppress(trio.BrokenResourceError):  # (the downloader may close on it)
+                await stream.send_all(answer(request))
             await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
@@ -216,6 +217,53 @@ async def test_a_piece_connection_takes_one_sealed_piece_of_its_task_at_most(
         with trio.fail_after(5), pytest.raises(SourceLost, match="exceeds the limit"):
             await connection.fetch(request)
         assert peak() < 4 * MiB
+
+
+def unasked_answers(count: int) -> Callable[[Message], bytes]:
+    """The answer to the request (index 0), then `count` PieceData frames nobody asked
+    for, each a length of its own."""
+
+    def answer(request: Message) -> bytes:
+        assert isinstance(request, PieceRequest)
+        frames = b""
+        for i in range(count + 1):
+            size = MiB + TAG_SIZE - i
+            header = {"t": "piece_data", "task_id": TID, "generation": 1, "index": i, "_n": size}
+            frames += raw_frame(header) + bytes(size)
+        return frames
+
+    return answer
+
+
+async def test_answers_nobody_asked_for_break_the_piece_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """An uploader streaming answers to requests never sent (each a payload length of
+    its own, each buffer kept for reuse) grew the downloader's memory without bound
+    (800 MiB from 200 frames in a review's run): the first one breaks the connection."""
+    async with hostile_uploader(unasked_answers(20)) as address:
+        pool = PieceConnections(peer_id="downloader", piece_size=MiB)
+        connection = await pool.get(address, nursery=nursery)
+        request = PieceRequest(task_id=TID, generation=1, index=0, ticket=b"t")
+        with trio.fail_after(5):
+            frame = await connection.fetch(request)
+        assert len(frame.payload) == MiB + TAG_SIZE
+        connection.recycle(frame.payload)
+        await until(lambda: connection.broken is not None, 5)
+        assert "no request" in str(connection.broken)
+        spares = connection.framed.session.decoder._spare
+        assert sum(len(kept) for kept in spares.values()) <= 2
+
+
+def test_a_decoder_keeps_spare_payloads_of_two_lengths_at_most() -> None:
+    """A task's pieces come in two lengths (the last may be shorter): buffers of any
+    other length are not kept for reuse, however many are handed back."""
+    decoder = FrameDecoder()
+    for length in range(1000, 1100):
+        for _ in range(6):
+            decoder.recycle(bytearray(length))
+    assert len(decoder._spare) <= 2
+    assert all(len(kept) <= 4 for kept in decoder._spare.values())
 
 
 @pytest.mark.parametrize("tag", ["pieces_ready", "piece_data"])
