@@ -13,12 +13,15 @@ from common.io.origins import open_checked_tcp_stream
 from common.origins import OriginPolicy
 from dfdaemon.probe import ProbeFailed
 from dfdaemon.probe import _request as probe_request
-from dfget.errors import OriginFailed
+from dfget.errors import DfgetError, OriginFailed
 from proto.pieces import MiB
+from proto.taskid import task_id_for
 from supernode.cdn import lean as lean_module
 from supernode.cdn.lean import _request as lean_request
+from supernode.cdn.task import TaskState
 from supernode.errors import BadRequest
 from testkit.origin import FakeOrigin
+from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 pytestmark = pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx"])
 
@@ -208,3 +211,57 @@ def test_the_lean_request_and_the_probe_refuse_port_0(lean: bool) -> None:
         lean_request("http://127.0.0.1:0/x", [])
     with pytest.raises(ProbeFailed, match="port 0"):
         probe_request("http://127.0.0.1:0/x", [])
+
+
+async def test_a_resumed_body_of_another_version_is_never_spliced(
+    start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    """A body cut short is resumed with If-Range; an origin that ignores it and sends
+    the rest of a newer version (another ETag) ends the task, where the CDN stored the
+    old version's first half and the new one's second as one file, for every peer."""
+    node = await start_supernode(lean_http=lean)
+    size, cut = 3 * MiB, MiB + MiB // 2
+    old, new = os.urandom(size), os.urandom(size)
+
+    def answer(seen: Seen) -> Answer:
+        asked = seen.headers.get("range")
+        if asked is None:  # version "a", cut short
+            return Answer(200, [("etag", '"a"'), ("content-length", str(size))], old[:cut])
+        start = int(asked.removeprefix("bytes=").partition("-")[0])
+        headers = [("etag", '"b"'), ("content-range", f"bytes {start}-{size - 1}/{size}")]
+        return Answer(206, headers, new[start:])
+
+    server = ScriptedOrigin(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        url = server.url("/changing.bin")
+        with pytest.raises(DfgetError):
+            await fetch(url, node, back_source=False)
+        nursery.cancel_scope.cancel()
+    task = node.node.cdn.current(task_id_for(url))
+    assert task is not None and task.state is TaskState.FAILED
+    assert "changed upstream" in str(task.error)
+    resumed = [seen for seen in server.seen if "range" in seen.headers]
+    assert resumed and all(seen.headers.get("if-range") == '"a"' for seen in resumed)
+
+
+async def test_a_range_answered_with_another_span_fails_the_task(
+    start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    """A ranged task's 206 must be the span asked for: bytes 0-99 for `bytes=100-199`
+    (a cache in front of the origin that got it wrong) were stored as that range."""
+    node = await start_supernode(lean_http=lean)
+    data = os.urandom(1000)
+
+    def answer(seen: Seen) -> Answer:
+        return Answer(206, [("etag", '"a"'), ("content-range", "bytes 0-99/1000")], data[:100])
+
+    server = ScriptedOrigin(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        url = server.url("/ranged.bin")
+        with pytest.raises(DfgetError):
+            await fetch(url, node, back_source=False, headers=(("Range", "bytes=100-199"),))
+        nursery.cancel_scope.cancel()
+    [task] = [t for t in node.node.cdn.tasks.values() if t.spec.url == url]
+    assert task.state is TaskState.FAILED and "wrong span" in str(task.error)

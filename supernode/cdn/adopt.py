@@ -142,7 +142,7 @@ async def _fetch_run(
         "GET", spec.url, spec.headers, extra=tuple(extra), s3=spec.s3
     ) as response:
         check_not_changed(task, response)
-        check_resumed(response, start)
+        check_resumed(response, start, task.validators)
         for index in range(first, last):
             view = memoryview(plain)[: piece_length(index, length, size)]
             filled = 0

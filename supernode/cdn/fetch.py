@@ -32,7 +32,7 @@ from supernode.cdn import adopt, resume, streams
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.piecefile import file_size
-from supernode.cdn.response import check_resumed
+from supernode.cdn.response import check_resumed, check_span
 from supernode.cdn.revalidate import check_first_requester
 from supernode.cdn.store import Store, TaskMeta
 from supernode.cdn.task import CdnTask
@@ -265,7 +265,7 @@ async def _fetch(
                                 until = streams.CHUNK
                         else:
                             adopt.check_not_changed(task, response)
-                            check_resumed(response, first + offset)
+                            check_resumed(response, first + offset, task.validators)
                         await assembler.fill_from(response, policy.limiter, until)
                     if until is not None and assembler.received < until:
                         raise OriginBroken(f"body ended at {assembler.received} of {until} bytes")
@@ -369,8 +369,11 @@ def _start(
 ) -> None:
     """First response: fix the task's geometry, reserve its room, open its pieces file
     (`total`: the whole file's length when the response is its first chunk)."""
-    if task.spec.range and response.status != 206:
-        raise OriginBroken("origin ignored the Range header (answered 200, not 206)")
+    first, last = task.spec.range or (0, None)
+    if task.spec.range:
+        if response.status != 206:
+            raise OriginBroken("origin ignored the Range header (answered 200, not 206)")
+        check_span(response, first)  # (bytes 0-99 for a Range of 100-199 are not those)
     if not task.spec.range and total is None and response.status == 206:
         # A part for all of it (an S3 `?partNumber=`, a query another requester filtered
         # out of the task id) would be stored as the whole file, and every later
@@ -379,7 +382,6 @@ def _start(
         if total is None:
             raise OriginBroken("origin answered 206 (a part of the file) to a request for it all")
     length = response.length if total is None else total
-    first, last = task.spec.range or (0, None)
     if length is not None and last is not None and length != last - first + 1:
         raise BadRequest(f"origin sent {length} bytes for a range of {last - first + 1}")
     piece_size = piece_size_for(length)

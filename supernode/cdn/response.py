@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.units import header_int
-from supernode.errors import OriginBroken
+from supernode.errors import OriginBroken, TaskSuperseded
+
+CHANGED = "the content changed upstream during the fetch"
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -32,6 +34,13 @@ class Validators:
         if self.etag:
             return self.strong_etag or ""
         return self.last_modified or ""
+
+    def other_version(self, now: Validators) -> bool:
+        """Whether an answer's validators `now` name another version than these (an
+        origin that ignores If-Range): another ETag, or another Last-Modified, where
+        both name one."""
+        etags, dates = (self.etag, now.etag), (self.last_modified, now.last_modified)
+        return (all(etags) and etags[0] != etags[1]) or (all(dates) and dates[0] != dates[1])
 
 
 class OriginResponse:
@@ -83,14 +92,24 @@ class OriginResponse:
         return header_int(value)
 
 
-def check_resumed(response: OriginResponse, expected_start: int) -> None:
+def check_resumed(response: OriginResponse, expected_start: int, first: Validators) -> None:
     """A Range request's answer must be a 206 starting where it was asked to (its
-    Content-Range's numbers, where known, agreeing: FIRST <= LAST < TOTAL)."""
+    Content-Range's numbers, where known, agreeing: FIRST <= LAST < TOTAL), of the
+    version the `first` answer was: an origin that ignores If-Range and sends another
+    version's bytes ends the fetch (TaskSuperseded), never spliced onto the first's."""
     if response.status != 206 or not response.content_range:
         raise OriginBroken("origin cannot resume (no 206 answer to the Range request)")
+    check_span(response, expected_start)
+    if first.other_version(response.validators):
+        raise TaskSuperseded(CHANGED)
+
+
+def check_span(response: OriginResponse, expected_start: int) -> None:
+    """A 206 must start where it was asked to, its Content-Range's numbers agreeing
+    where known (FIRST <= LAST < TOTAL); OriginBroken if not."""
     span = response.span
     if span is None or span[0] != expected_start or not _inside(*span):
-        raise OriginBroken(f"origin resumed at the wrong place: {response.content_range!r}")
+        raise OriginBroken(f"origin answered the wrong span: {response.content_range!r}")
 
 
 def _inside(first: int | None, last: int | None, total: int | None) -> bool:

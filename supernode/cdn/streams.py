@@ -39,7 +39,7 @@ import trio
 
 from common.io import RateLimiter
 from supernode.cdn.origin import OriginClient
-from supernode.cdn.response import OriginResponse, Validators
+from supernode.cdn.response import CHANGED, OriginResponse
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
     BadRedirect,
@@ -206,8 +206,8 @@ class Rest:
 
     def _check(self, response: OriginResponse, at: int, end: int) -> None:
         """The answer must be the bytes asked for, of the version the first answer was."""
-        if response.status == 200 or _changed(self.validators, response.validators):
-            raise TaskSuperseded("the content changed upstream during the fetch")
+        if response.status == 200 or self.validators.other_version(response.validators):
+            raise TaskSuperseded(CHANGED)
         if (
             response.status != 206
             or response.content_range != f"bytes {at}-{end - 1}/{self.total}"
@@ -233,12 +233,3 @@ class Rest:
 def _passing(status: int | None) -> bool:
     """An error status worth asking again after a pause: 5xx, 429 (S3's SlowDown is 503)."""
     return status is not None and (status >= 500 or status == 429)
-
-
-def _changed(first: Validators, now: Validators) -> bool:
-    """Whether an answer names another version than the first did (an origin that
-    ignores If-Range): another ETag, or another Last-Modified, where both name one."""
-    return bool(
-        (first.etag and now.etag and first.etag != now.etag)
-        or (first.last_modified and now.last_modified and first.last_modified != now.last_modified)
-    )
