@@ -160,6 +160,29 @@ async def test_state_that_lies_never_yields_wrong_bytes(
 
 
 @needs_redis
+async def test_a_complete_task_of_a_dead_owner_is_adopted_whole(
+    origin: FakeOrigin, redis_server: RedisServer, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    """A finished file whose length is no whole number of pieces: the adopter started
+    counting at pieces x piece size, past the length, and failed the task for every
+    peer of the first round ("got 6291456 bytes of 5242887")."""
+    data = os.urandom(5 * MiB + 7)
+    origin.add("/f.bin", data)
+    node = await start_supernode(cluster=redis_server.url, cluster_heartbeat=0.2)
+    task_id = TaskSpec.from_request(origin.url("/f.bin"), ()).task_id
+    digests = tuple(piece_digest(data[i * MiB : (i + 1) * MiB]) for i in range(6))
+    plant(
+        redis_server.client(),
+        record(task_id=task_id, length=len(data), etag=origin.etag("/f.bin"), digests=digests),
+    )
+    result = await fetch(origin.url("/f.bin"), node, back_source=False)
+    assert Path(result.output).read_bytes() == data
+    assert node.node.membership.failovers == 1
+    (task,) = node.node.cdn.tasks.values()
+    assert task.adoption is not None and task.error is None
+
+
+@needs_redis
 async def test_digests_lost_by_redis_are_written_again(redis_server: RedisServer) -> None:
     """Redis restarted without them (no persistence): the next write sends every digest,
     never a record naming digests that are not there (zeros where they were)."""

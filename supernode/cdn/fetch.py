@@ -73,8 +73,11 @@ class _Assembler:
         self.budget = budget if task.length is None else None
         self.buffer = bytearray(task.piece_size)
         self.filled = 0
-        # A resumed fetch starts after the pieces it already has (all full pieces).
+        # A resumed fetch starts after the pieces it already has: all full pieces but,
+        # for an adopted file complete already, the last (the length is its end).
         self.received = task.ready * task.piece_size  # bytes of the content so far
+        if task.length is not None:
+            self.received = min(self.received, task.length)
         self._allocated = 1
         self._submitted = task.ready
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[tuple[int, bytearray, int]](
