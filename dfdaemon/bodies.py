@@ -178,7 +178,9 @@ async def stream_download(
             complete = blob.complete
             limit = blob.filled if complete else blob.filled - HOLD_BACK
             if length is not None:
-                limit = min(limit, length)
+                # Nothing before the blob's own length is known to be the one announced:
+                # a yes naming another length (a login page's) is for other bytes.
+                limit = min(limit, length) if blob.length is not None else 0
             if offset < limit:
                 if not reply.started:  # nothing is promised before a byte exists
                     await reply.start(200, headers())

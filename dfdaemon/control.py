@@ -56,7 +56,13 @@ from common.jsonbody import BadBody, json_object
 from common.origins import AddressDenied
 from common.urls import display_url
 from dfdaemon.blob import Blob, BlobUnavailable
-from dfdaemon.bodies import finished_small, length_known, pass_whole, send_whole
+from dfdaemon.bodies import (
+    LengthMismatch,
+    finished_small,
+    length_known,
+    pass_whole,
+    send_whole,
+)
 from dfdaemon.cache import BlobStore, TooManyDownloads
 from dfdaemon.httpconn import ClientGone
 from dfdaemon.httpserver import Reply, Request, serve_connection
@@ -70,7 +76,7 @@ from dfdaemon.sharing import (
     url_download,
 )
 from dfdaemon.trust import Trust, origin_of
-from dfdaemon.upstream import Upstream, UpstreamError, forwardable, names_a_length
+from dfdaemon.upstream import Upstream, UpstreamError, announced_length, forwardable
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, OutputError, UsageError
 from dfget.handoff import MAX_LISTING
@@ -250,7 +256,7 @@ class ControlApi:
             await _json(reply, 400, {"error": str(exc), "exit": UsageError.exit_code})
             return
         try:
-            blob = await self._blob(wanted, task_id)
+            blob, announced = await self._blob(wanted, task_id)
         except ShareRefused as exc:  # dfget downloads by itself
             log.info("control: %s", exc)
             await _json(reply, 409, {"error": str(exc), "exit": 1, "fallback": True})
@@ -275,12 +281,19 @@ class ControlApi:
                 and reply.can_pass_files  # (again: its user's other passes since the wait)
             ):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
-            elif not await send_whole(reply, blob, lambda: self._headers(blob, cached), sha256):
+            elif not await send_whole(
+                reply, blob, lambda: self._headers(blob, cached), sha256, announced
+            ):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob
                 # is dropped, the next request downloads it anew.
                 log.error("blob %s: not the blob named: response broken off", blob.hex[:12])
                 if sha256:
                     self.blobs.drop(sha256)
+        except LengthMismatch as exc:  # the origin's yes was about something else
+            log.warning("control: %s: %s", display_url(wanted.url), exc)
+            if not reply.started:  # (else broken off: dfget sees a short body)
+                why = f"origin answered for {display_url(wanted.url)} with {exc.announced} bytes"
+                await _error(reply, OriginFailed(f"{why}, not the blob's"))
         except BlobUnavailable as exc:
             cause = exc.__cause__ or exc
             if not reply.started and isinstance(cause, OutputError):
@@ -392,23 +405,26 @@ class ControlApi:
             return None
         return hex_digest
 
-    async def _blob(self, wanted: DownloadRequest, task_id: str) -> Blob:
+    async def _blob(self, wanted: DownloadRequest, task_id: str) -> tuple[Blob, int | None]:
+        """The blob to answer with, and for a blob named by its digest the length the
+        URL's host said yes with (the blob must have it: see `announced_length`)."""
         try:
             if self._vouched_blob(wanted) is not None:
                 # Cached, running or new, a digest names bytes someone else may have
                 # fetched (here or at the supernode): the URL's host must say yes first.
-                await self._check_access(wanted)
+                announced = await self._check_access(wanted)
                 hex_digest = self._vouched_blob(wanted)  # still (provenance may go)
                 if hex_digest is not None:
-                    return self.blobs.get(hex_digest, wanted.url, wanted.headers)
+                    return self.blobs.get(hex_digest, wanted.url, wanted.headers), announced
             if wanted.digest is not None:
                 # Nothing vouches for the digest: the URL, not the digest, names the
                 # download (the supernode fetches or revalidates it with that origin and
                 # this client's headers); dfget checks the digest itself.
                 task_id = dataclasses.replace(wanted, digest=None).task_id()
-            return await url_download(
+            blob = await url_download(
                 self.blobs, self.upstream, task_id, wanted.url, wanted.headers, wanted.s3
             )
+            return blob, None
         except (ContentDiffers, TooManyDownloads) as exc:
             raise ShareRefused(str(exc)) from exc
         except JoinRefused as exc:
@@ -416,8 +432,9 @@ class ControlApi:
         except UpstreamError as exc:
             raise OriginFailed(f"cannot check access: {exc}") from exc
 
-    async def _check_access(self, wanted: DownloadRequest) -> None:
-        """May this dfget read the URL at the origin? (A cached copy proves nothing.)"""
+    async def _check_access(self, wanted: DownloadRequest) -> int:
+        """May this dfget read the URL at the origin? (A cached copy proves nothing.) The
+        length its yes names."""
         try:
             answer = await ask_origin(self.upstream, wanted.url, wanted.headers, wanted.s3)
         except UpstreamError as exc:
@@ -427,9 +444,11 @@ class ControlApi:
             raise OriginFailed(
                 f"origin answered {answer.status_code} for {where}", answer.status_code
             )
-        if not names_a_length(answer):
+        announced = announced_length(answer)
+        if announced is None:
             where = display_url(wanted.url)
             raise OriginFailed(f"origin answered {answer.status_code} without a length for {where}")
+        return announced
 
     async def _result(self, key: str, reply: Reply) -> None:
         served = self.served.get(key)

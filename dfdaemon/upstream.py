@@ -260,12 +260,19 @@ def names_a_length(answer: httpx.Response) -> bool:
     """Whether an upstream's yes about a blob names its length (a 200's Content-Length,
     a first byte's 206 its Content-Range), as a registry's and its storage's do: a
     login page at the end of a redirect (an auth gateway's, for a client without
-    credentials) does not, and vouches for nothing. (The length as `Validators.of` reads
-    it: a 206's is the `/TOTAL` of its Content-Range, `*` naming none.)"""
+    credentials) does not, and vouches for nothing."""
+    return announced_length(answer) is not None
+
+
+def announced_length(answer: httpx.Response) -> int | None:
+    """The length an upstream's yes about a blob names, if it names one: a 200's
+    Content-Length, a 206's `/TOTAL` of its Content-Range (`*` naming none). A yes is for
+    that blob only if the blob has that length: a login page that names its own (an auth
+    gateway's, at the end of a redirect) vouches for nothing."""
     if answer.status_code == 200:
-        return header_int(answer.headers.get("content-length", "")) is not None
+        return header_int(answer.headers.get("content-length", ""))
     total = answer.headers.get("content-range", "").rpartition("/")[2]
-    return answer.status_code == 206 and header_int(total) is not None
+    return header_int(total) if answer.status_code == 206 else None
 
 
 def about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -1274,19 +1274,26 @@ async def test_a_download_started_while_a_kept_copy_is_checked_is_joined_only_on
         )
 
 
+@pytest.mark.parametrize("page_length", [False, True], ids=["chunked-page", "page-with-length"])
 async def test_a_login_page_at_the_end_of_a_redirect_vouches_for_no_blob(
-    start_supernode: StartSupernode, start_daemon: StartDaemon, scripted: StartScripted
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    scripted: StartScripted,
+    page_length: bool,
 ) -> None:
     """A registry (its auth gateway) that sends a client without credentials to a login
-    page (302) where it should answer 401: the page's 200 has no length, and is no
-    registry's yes for the blob. The client gets the registry's own answer, never the
-    blob another client cached, nor its length."""
+    page (302) where it should answer 401: the page's 200 has no length, or its own, and
+    is no registry's yes for the blob. The client gets the registry's own answer (or a
+    502), never the blob another client cached, nor its length. (A page naming its own
+    length was the control socket's yes: it handed the whole blob to a stranger.)"""
     secret = os.urandom(70_000)
     hex_digest = hashlib.sha256(secret).hexdigest()
     path = f"/v2/team/app/blobs/sha256:{hex_digest}"
 
     def registry(seen: Seen) -> Answer:
         if seen.path == "/login":
+            if page_length:
+                return Answer(200, [("content-type", "text/html")], b"<html>please log in</html>")
             return Answer(200, [("content-type", "text/html"), ("transfer-encoding", "chunked")])
         if seen.headers.get("authorization") != "Bearer alice":
             return Answer(302, [("location", "/login")])
@@ -1303,10 +1310,14 @@ async def test_a_login_page_at_the_end_of_a_redirect_vouches_for_no_blob(
         assert daemon.blobs is not None
         await until(lambda: daemon.blobs.running[hex_digest].complete, 10)  # type: ignore[union-attr]
         stranger = await client.get(path)
-    assert stranger.status_code == 302 and stranger.headers["location"] == "/login"
+    if page_length:  # (the page's 200 named a length: not the blob's)
+        assert stranger.status_code == 502 and "upstream disagrees" in stranger.text
+    else:
+        assert stranger.status_code == 302 and stranger.headers["location"] == "/login"
     assert secret[:1000] not in stranger.content and str(len(secret)) not in stranger.text
     # The same through the control socket (a digest-named blob the daemon holds).
     asked = {"url": upstream.url(path), "digest": f"sha256:{hex_digest}"}
     answered, body = await control(daemon.socket_path, asked)
     assert answered == 502 and secret[:1000] not in body, body[:200]
-    assert "without a length" in json.loads(body)["error"]
+    why = "not the blob's" if page_length else "without a length"
+    assert why in json.loads(body)["error"]
