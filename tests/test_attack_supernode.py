@@ -23,7 +23,7 @@ from conftest import Fetch, RunningSupernode, StartSupernode, until, until_equal
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.eviction import GcPolicy
-from dfget.errors import OriginFailed, SupernodeUnavailable
+from dfget.errors import DfgetError, OriginFailed, SupernodeUnavailable
 from dfget.options import PeerOptions
 from proto.errors import ConnectionLost
 from proto.io import FramedStream, open_session, server_handshake
@@ -46,6 +46,7 @@ from proto.messages import (
 from proto.pieces import MiB, PieceSealer, piece_digest
 from proto.session import Session, Side
 from testkit.origin import FakeOrigin
+from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 LOCAL = ("127.0.0.1", 0)
 
@@ -323,6 +324,41 @@ async def test_failed_tasks_are_forgotten_and_their_generations_never_reused(
     assert cdn.tasks[first.task_id].generation == 2
     again = await fetch(origin.url("/gone0.bin"), node)
     assert cdn.tasks[again.task_id].generation == 3
+
+
+async def test_a_file_changed_upstream_leaves_no_old_pieces_behind(
+    start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    """An origin whose file changes (another ETag) and then fails every GET: the new
+    generation fails, and the old one's pieces, which no peer can be handed any more,
+    stayed on disk uncounted by the quota for the supernode's life (an admitted peer
+    with an origin of its own could fill the disk past --store-quota that way)."""
+    node = await start_supernode(failed_task_ttl=0.2)
+    cdn = node.node.cdn
+    data = os.urandom(2 * MiB + 7)
+    changed = False
+
+    def answer(seen: Seen) -> Answer:
+        if not changed:
+            return Answer(200, [("etag", '"v1"')], data)
+        if "range" in seen.headers and "if-none-match" in seen.headers:  # a revalidation
+            return Answer(206, [("etag", '"v2"'), ("content-range", f"bytes 0-0/{len(data)}")])
+        return Answer(500)
+
+    server = ScriptedOrigin(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        url = server.url("/f.bin")
+        first = await fetch(url, node)
+        task_dir = cdn.store.task_dir(first.task_id)
+        assert [path.name for path in task_dir.glob("g*.pieces")] == ["g1.pieces"]
+        changed = True
+        with pytest.raises(DfgetError):
+            await fetch(url, node, back_source=False)
+        nursery.cancel_scope.cancel()
+    await until(lambda: first.task_id not in cdn.tasks, seconds=5)  # failed, forgotten
+    assert not task_dir.exists() or not any(task_dir.iterdir())
+    assert cdn.usage() == 0
 
 
 async def test_a_second_piece_task_request_while_one_is_pending_closes_the_session(

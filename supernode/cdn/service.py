@@ -134,14 +134,18 @@ class Cdn:
 
     def forget_failed(self, now: float) -> list[str]:
         """Forget the generations that failed more than `failed_task_ttl` ago (their
-        files are gone already); the task ids forgotten."""
+        pieces are gone already; so goes the record of a generation before them); the
+        task ids forgotten."""
         expired = [
             task_id
             for task_id, task in self.tasks.items()
             if task.failed_at is not None and now - task.failed_at >= self.failed_task_ttl
         ]
         for task_id in expired:
-            self._retire(self.tasks.pop(task_id))
+            task = self.tasks.pop(task_id)
+            self._retire(task)
+            if task.settled and task_id not in self._partials:
+                self.store.remove_task(task_id)
         return expired
 
     def _retire(self, task: CdnTask) -> None:
@@ -325,6 +329,12 @@ class Cdn:
         if previous is not None and not previous.settled:
             previous.superseded = True  # its content is stale: stop fetching it
             previous.cancel_scope.cancel()
+        elif previous is not None and not previous.failed:
+            # Complete but changed upstream: nobody can be handed its pieces any more
+            # (uploads serve the current generation), and the quota counts only the
+            # current one's: its file goes now, not when the new one succeeds.
+            previous.superseded = True
+            self.store.remove_generation(spec.task_id, previous.generation, partial=False)
         task = CdnTask(spec, generation)
         self._launch(task)
         log.info(
