@@ -48,10 +48,16 @@ def transfer_end(
             return TransferEnd(Outcome.BUSY, counts_as_attempt=False)
         outcome = Outcome.REFUSED
     elif isinstance(error, PieceCorrupted):
-        if failures + 1 >= MAX_PIECE_FAILURES:
+        if failures + 1 < MAX_PIECE_FAILURES:
+            return TransferEnd(Outcome.CORRUPT)
+        if from_cdn:  # the supernode's own copy is damaged (its disk)
             leave = IntegrityError(f"piece {index} failed verification {failures + 1} times")
             return TransferEnd(Outcome.CORRUPT, leave=leave)
-        return TransferEnd(Outcome.CORRUPT)
+        # From peers: lying ones, whom peer ids that cost nothing keep coming back as,
+        # cannot make the download fail where an unreachable swarm would not.
+        return TransferEnd(
+            Outcome.CORRUPT, leave=_give_up_after(failures + 1, index, address, error)
+        )
     elif isinstance(error, SourceLost):
         outcome = Outcome.FAILED
     else:

@@ -83,11 +83,20 @@ def test_the_last_failure_allowed_leaves_the_swarm(error: TransferError, last: s
     )
 
 
-def test_the_last_corrupt_copy_is_an_integrity_error() -> None:
-    ended = end(corrupt(), failures=MAX_PIECE_FAILURES - 1)
+def test_the_last_corrupt_copy_from_the_cdn_is_an_integrity_error() -> None:
+    ended = end(corrupt(), failures=MAX_PIECE_FAILURES - 1, from_cdn=True)
     assert ended.outcome is Outcome.CORRUPT
     assert isinstance(ended.leave, IntegrityError)
     assert str(ended.leave) == f"piece 3 failed verification {MAX_PIECE_FAILURES} times"
+
+
+def test_the_last_corrupt_copy_from_a_peer_leaves_the_swarm() -> None:
+    """Lying peers cannot fail a download where an unreachable swarm would not: dfget
+    goes on to the next supernode or the origin."""
+    ended = end(corrupt(), failures=MAX_PIECE_FAILURES - 1, from_cdn=False)
+    assert ended.outcome is Outcome.CORRUPT
+    assert isinstance(ended.leave, SupernodeUnavailable)
+    assert f"piece 3 failed {MAX_PIECE_FAILURES} times" in str(ended.leave)
 
 
 def test_a_ladder_of_failures_through_the_book() -> None:

@@ -16,6 +16,7 @@ import trio.testing
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, beside, cli_env, until
 
 from common.units import format_size
+from dfget import outcomes
 from dfget.errors import NotAdmitted, SupernodeNotProven
 from dfget.options import PeerOptions
 from dfget.outcomes import MAX_PIECE_FAILURES
@@ -27,7 +28,7 @@ from proto.io import open_session
 from proto.pieces import MiB
 from supernode.cdn.uploads import CdnUploads
 from testkit.origin import FakeOrigin
-from testkit.peers import CorruptingPieceServer, SlowPieceServer
+from testkit.peers import CorruptingPieceServer, SlowPieceServer, TwoFacedPieceServer
 
 if TYPE_CHECKING:
     from supernode.peers.swarm import Swarm
@@ -273,6 +274,37 @@ async def test_a_piece_nobody_can_deliver_sends_dfget_back_to_the_source(
     assert result.supernode is None and result.from_source == len(data)
     assert len(refused) == MAX_PIECE_FAILURES
     assert "piece 2 failed 8 times" in caplog.text
+
+
+async def test_peers_that_corrupt_a_piece_for_everyone_send_dfget_to_the_origin(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Peers that serve the supernode's check good bytes and everyone else corrupt
+    ones (never blacklisted: peer ids cost nothing): a piece that fails verification
+    MAX_PIECE_FAILURES times from peers means this swarm cannot deliver it, as for
+    any other failure: dfget goes on to the origin, where it ended with exit 4 and,
+    for a daemon's download, its partial file dropped."""
+    monkeypatch.setattr(outcomes, "MAX_PIECE_FAILURES", 2)
+    data = os.urandom(MiB // 2)  # one piece
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    liars = PeerOptions(listen=LOCAL, seed_for=60, server_factory=TwoFacedPieceServer)
+    for name in ("liar1", "liar2"):
+        nursery.start_soon(partial(fetch, origin.url("/f.bin"), node, name=name, peer=liars))
+
+    def held_by_both() -> bool:
+        stats = [node.node.scheduler.task_statistics(t) for t in node.node.cdn.tasks]
+        return bool(stats) and stats[0] is not None and stats[0].holders_min == 2
+
+    await until(held_by_both)
+    with trio.fail_after(30):
+        result = await fetch(origin.url("/f.bin"), node, name="victim")
+    assert Path(result.output).read_bytes() == data
+    assert result.supernode is None and result.from_source == len(data)
 
 
 async def test_a_seeding_peer_outlives_its_supernode(
