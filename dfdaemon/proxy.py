@@ -32,7 +32,7 @@ from dfdaemon.metrics import Metrics
 from dfdaemon.sharing import JoinRefused, url_download
 from dfdaemon.upstream import Upstream, UpstreamError
 from dfget.engine import DownloadRequest
-from dfget.errors import UsageError
+from dfget.errors import DfgetError, UsageError
 from proto.io import STREAM_ERRORS
 from proto.messages import check_request
 
@@ -94,7 +94,9 @@ class Proxy:
             return
         try:
             blob = await url_download(self.blobs, self.upstream, task_id, request.target, headers)
-        except (JoinRefused, UpstreamError, TooManyDownloads) as exc:  # the origin answers it
+        except (JoinRefused, UpstreamError, TooManyDownloads, DfgetError) as exc:
+            # The origin answers it (a kept copy's check through the supernode raises
+            # its refusal as a DfgetError).
             log.info("proxy: %s: not shared (%s): passed through", display_url(request.target), exc)
             await self._relay(request, reply)
             return

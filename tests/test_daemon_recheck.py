@@ -16,9 +16,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
-from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, ask_for_file, cli_env, flip_byte
+from conftest import (
+    PYTHON,
+    Fetch,
+    StartDaemon,
+    StartSupernode,
+    ask_for_file,
+    cli_env,
+    flip_byte,
+    until,
+)
 
 from dfdaemon.app import Daemon
 from dfdaemon.blob import Blob
@@ -185,6 +195,26 @@ async def test_a_kept_private_url_needs_each_requester_to_have_access(
     assert not (tmp_path / "downloads" / "stranger").exists()
     again = await fetch(url, None, daemon_socket=sock, headers=auth)
     assert Path(again.output).read_bytes() == data and again.from_cdn == 0
+
+
+async def test_a_kept_private_url_through_the_proxy_is_the_origins_answer_to_a_stranger(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """The proxy's P2P rule on a private URL the daemon keeps: a client the origin
+    refuses gets the origin's own 401 (its request passed through), where the
+    refusal, raised by the kept copy's check, was a 500."""
+    data = os.urandom(2 * MiB)
+    origin.add("/private.bin", data, require_auth=AUTH)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, rules=(r"\.bin$",))
+    assert daemon.blobs is not None
+    blobs, url = daemon.blobs, origin.url("/private.bin")
+    async with httpx.AsyncClient(proxy=f"http://{daemon.address}", timeout=60) as client:
+        alice = await client.get(url, headers={"authorization": AUTH})
+        assert alice.status_code == 200 and alice.content == data
+        await until(lambda: any(blob.complete for blob in blobs.running_urls.values()))
+        stranger = await client.get(url)
+    assert stranger.status_code == 401 and data[:1000] not in stranger.content
 
 
 async def test_dfget_hands_over_without_loading_trio_or_httpx(
