@@ -81,9 +81,10 @@ class Reply:
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status, self.started = status, True
-        await self._connection.send(
-            h11.Response(status_code=status, headers=[(k, v) for k, v in headers])
-        )
+        # Values as Latin-1, every byte as itself (h11 would take ASCII only): an
+        # upstream's header relayed goes back as the upstream sent it.
+        raw = [(k.encode("ascii"), v.encode("latin-1", "replace")) for k, v in headers]
+        await self._connection.send(h11.Response(status_code=status, headers=raw))
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         if data and self._method != "HEAD":

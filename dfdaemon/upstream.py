@@ -17,7 +17,7 @@ import httpx
 from common.io.origins import checked_client, environment_proxies, proxy_for
 from common.origins import AddressDenied, OriginPolicy
 from common.units import header_int
-from common.urls import display_url
+from common.urls import display_url, unsendable
 from dfdaemon.httpserver import Reply, Request
 from dfdaemon.probe import Probe, ProbeFailed, ProbeUnreachable
 from dfdaemon.trust import origin_of
@@ -73,6 +73,11 @@ def _framing_underscored(name: str) -> bool:
 
 class UpstreamError(Exception):
     """The upstream could not be reached or broke off."""
+
+
+class Unsendable(UpstreamError):
+    """No HTTP client can send the request (a URL httpx or the resolver refuses, a port
+    0, a header value past Latin-1): nothing was sent; the asker's mistake."""
 
 
 class UpstreamDenied(UpstreamError):
@@ -138,8 +143,17 @@ class Upstream:
         headers: list[tuple[str, str]],
         body: AsyncIterator[bytes] | None = None,
     ) -> httpx.Request:
+        """The request as httpx sends it, header values as the client sent them (our
+        server reads them as Latin-1: back to those bytes); Unsendable if it cannot go."""
         sent = forwardable(headers)
-        request = self.client.build_request(method, url, headers=sent, content=body)
+        try:
+            if (why := unsendable(url)) is not None:
+                raise ValueError(why)
+            raw = [(k.encode("ascii"), v.encode("latin-1")) for k, v in sent]
+            request = self.client.build_request(method, url, headers=raw, content=body)
+        except (httpx.InvalidURL, ValueError) as exc:  # (IDNA's and encodings' are ValueErrors)
+            where = display_url(url)[:200]
+            raise Unsendable(f"{method} {where}: a request no client can send: {exc}") from exc
         given = {k for k, _ in sent}
         for name in _CLIENT_DEFAULTS:
             if name not in given and name in request.headers:
@@ -156,9 +170,12 @@ class Upstream:
         )
         response = await self._send(outgoing, request.method, url, stream=True)
         try:
-            await reply.start(
-                response.status_code, forwardable(list(response.headers.multi_items()))
-            )
+            # As sent (Latin-1 is every byte): a UTF-8 file name in a Content-Disposition
+            # goes back byte for byte (`Reply.start` writes each value as Latin-1).
+            received = [
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw
+            ]
+            await reply.start(response.status_code, forwardable(received))
             try:
                 async for chunk in response.aiter_raw():
                     await reply.send(chunk)
@@ -177,6 +194,9 @@ class Upstream:
         prefixes the log line."""
         try:
             await self.relay(request, url, reply)
+        except Unsendable as exc:
+            log.info("%s: %s", who, exc)
+            await reply.simple(400, f"{exc}\n".encode(), "text/plain")
         except UpstreamDenied as exc:
             log.warning("%s: %s", who, exc)
             await reply.simple(403, f"{exc}\n".encode(), "text/plain")

@@ -4,7 +4,7 @@ lies about lengths, an origin that serves each user other content)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -31,7 +31,7 @@ class Answer:
     `rate` bytes/s if set."""
 
     status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: Sequence[tuple[str, str | bytes]] = field(default_factory=list)  # (bytes as sent)
     body: bytes = b""
     rate: float | None = None
 
@@ -76,11 +76,14 @@ class ScriptedOrigin:
                 )
                 self.seen.append(seen)
                 answer = self.answer(seen)
-                headers = list(answer.headers)
+                headers = [
+                    (k.encode(), v if isinstance(v, bytes) else v.encode())
+                    for k, v in answer.headers
+                ]
                 if not any(
-                    k.lower() in ("content-length", "transfer-encoding") for k, _ in headers
+                    k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers
                 ):
-                    headers.append(("content-length", str(len(answer.body))))
+                    headers.append((b"content-length", str(len(answer.body)).encode()))
                 await stream.send_all(
                     conn.send(h11.Response(status_code=answer.status, headers=headers)) or b""
                 )

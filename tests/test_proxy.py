@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 
 import httpx
+import pytest
 import trio
 from conftest import StartDaemon, StartSupernode, metric, until
 
 from proto.pieces import MiB
 from supernode.cdn.task import TaskState
 from testkit.origin import FakeOrigin, self_signed_tls
+from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 RULES = (r"\.bin$",)
 
@@ -83,3 +85,52 @@ async def test_connect_to_nowhere_is_a_502(start_daemon: StartDaemon) -> None:
         await stream.send_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
         answer = await stream.receive_some(4096)
     assert answer.startswith(b"HTTP/1.1 502 ")
+
+
+async def _exchange(daemon_address: str, request: bytes) -> bytes:
+    """One request on a raw connection to the daemon; what came back within 5 s."""
+    host, port = daemon_address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    received = b""
+    async with stream:
+        await stream.send_all(request)
+        with trio.move_on_after(5):
+            while b"\r\n\r\n" not in received or not received.endswith(b"hello"):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                received += chunk
+    return received
+
+
+@pytest.mark.parametrize("target", ["http://[::1", "http://xn--/x", "http://127.0.0.1:0/x"])
+async def test_a_url_no_client_can_send_is_a_400(start_daemon: StartDaemon, target: str) -> None:
+    """The client's mistake, said as such: it was a 500 (httpx's InvalidURL, IDNA's
+    ValueError raised while the request was built)."""
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    answer = await _exchange(daemon.address, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+
+
+async def test_header_values_past_ascii_pass_both_ways_as_sent(
+    nursery: trio.Nursery, start_daemon: StartDaemon
+) -> None:
+    """A request header with a Latin-1 byte (a client's) and an answer header in UTF-8
+    (a file name in Content-Disposition) go through byte for byte, where the request
+    was a 500 and the answer a connection closed with nothing (h11 takes ASCII strs)."""
+    disposition = 'attachment; filename="caf\u00e9.txt"'.encode()
+
+    def answer(seen: Seen) -> Answer:
+        return Answer(200, [("content-disposition", disposition)], b"hello")
+
+    server = ScriptedOrigin(answer)
+    await nursery.start(server.serve)
+    daemon = await start_daemon("host1", server.url(""), None)
+    proxied = await _exchange(
+        daemon.address, f"GET {server.url('/f')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    )
+    assert proxied.startswith(b"HTTP/1.1 200 ") and proxied.endswith(b"hello"), proxied[:300]
+    assert b"content-disposition: " + disposition in proxied.lower()
+    mirrored = await _exchange(daemon.address, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-A: \xe9\r\n\r\n")
+    assert mirrored.startswith(b"HTTP/1.1 200 "), mirrored[:300]
+    assert server.seen[-1].headers.get("x-a") == "\xe9"  # (read as Latin-1)
