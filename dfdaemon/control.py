@@ -76,7 +76,13 @@ from dfdaemon.sharing import (
     url_download,
 )
 from dfdaemon.trust import Trust, origin_of
-from dfdaemon.upstream import Upstream, UpstreamError, announced_length, forwardable
+from dfdaemon.upstream import (
+    Upstream,
+    UpstreamError,
+    about_access,
+    announced_length,
+    forwardable,
+)
 from dfget.engine import DownloadRequest
 from dfget.errors import DfgetError, OriginFailed, OutputError, UsageError
 from dfget.handoff import MAX_LISTING
@@ -415,7 +421,9 @@ class ControlApi:
                 announced = await self._check_access(wanted)
                 hex_digest = self._vouched_blob(wanted)  # still (provenance may go)
                 if hex_digest is not None:
-                    return self.blobs.get(hex_digest, wanted.url, wanted.headers), announced
+                    # (the whole blob, for every reader: never this client's range)
+                    headers = tuple(about_access(wanted.headers))
+                    return self.blobs.get(hex_digest, wanted.url, headers), announced
             if wanted.digest is not None:
                 # Nothing vouches for the digest: the URL, not the digest, names the
                 # download (the supernode fetches or revalidates it with that origin and

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -295,7 +295,7 @@ def announced_length(answer: httpx.Response) -> int | None:
     return header_int(total) if answer.status_code == 206 else None
 
 
-def about_access(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A client's headers but its range and conditions: for a request that asks about
-    access, not content."""
-    return [(k, v) for k, v in headers if k != "range" and not k.startswith("if-")]
+def about_access(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A client's headers but its range and conditions (names in any case): for a
+    request that asks about access, or for a whole blob, not for a part of its content."""
+    return [(k, v) for k, v in headers if k.lower() != "range" and not k.lower().startswith("if-")]

@@ -1274,6 +1274,43 @@ async def test_a_download_started_while_a_kept_copy_is_checked_is_joined_only_on
         )
 
 
+async def test_a_range_asked_on_the_control_socket_does_not_break_the_shared_download(
+    start_supernode: StartSupernode, start_daemon: StartDaemon, scripted: StartScripted
+) -> None:
+    """The first request for a digest starts the blob's download with its headers:
+    a `Range` among them went to the origin with the supernode's fetch, whose bytes then
+    failed the digest, and the download every reader of the blob shares failed."""
+    data = os.urandom(3 * MiB)
+    hex_digest = hashlib.sha256(data).hexdigest()
+    path = f"/v2/team/app/blobs/sha256:{hex_digest}"
+
+    def registry(seen: Seen) -> Answer:
+        if seen.method == "HEAD":
+            return Answer(200, [("content-length", str(len(data)))])
+        asked = seen.headers.get("range")
+        if asked is None:
+            return Answer(200, body=data)
+        first, _, last = asked.removeprefix("bytes=").partition("-")
+        span = f"bytes {first}-{last}/{len(data)}"
+        return Answer(206, [("content-range", span)], data[int(first) : int(last) + 1])
+
+    upstream = await scripted(registry)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", upstream.url(""), node)
+    asked = {
+        "url": upstream.url(path),
+        "digest": f"sha256:{hex_digest}",
+        "headers": [["Range", "bytes=0-99"], ["If-None-Match", '"x"']],
+    }
+    answered, body = await control(daemon.socket_path, asked)
+    assert answered == 200 and body == data
+    assert daemon.blobs is not None
+    blob = daemon.blobs.running[hex_digest]
+    assert blob.complete and blob.error is None and not blob.fell_back
+    gets = [seen for seen in upstream.seen if seen.method == "GET"]
+    assert gets and not any("range" in seen.headers for seen in gets)
+
+
 @pytest.mark.parametrize("page_length", [False, True], ids=["chunked-page", "page-with-length"])
 async def test_a_login_page_at_the_end_of_a_redirect_vouches_for_no_blob(
     start_supernode: StartSupernode,
