@@ -26,8 +26,10 @@ from conftest import (
 from registry import needs_redis
 
 from common.rendezvous import rank
-from supernode.cluster.records import MEMBERS_KEY, Member, decode_member, member_key
+from supernode.cluster.identity import load_or_create_member_id
+from supernode.cluster.records import MEMBERS_KEY, Member, decode_member, member_key, valid_id
 from supernode.cluster.settings import advertised, cluster_settings, parse_cluster_url
+from supernode.errors import StoreError
 from testkit.origin import FakeOrigin
 from testkit.redisserver import RedisServer
 
@@ -401,3 +403,21 @@ async def until_listed(
     with trio.fail_after(seconds):
         while not seen(await supernodes(node)):  # noqa: ASYNC110 (a server beside)
             await trio.sleep(0.05)
+
+
+def test_a_member_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    made = load_or_create_member_id(tmp_path)
+    assert valid_id(made) and load_or_create_member_id(tmp_path) == made
+    assert (tmp_path / "member-id").read_text() == made + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["member-id"]  # no temp file left
+
+
+def test_an_empty_member_id_left_by_a_crash_is_made_anew(tmp_path: Path) -> None:
+    """The name linked, its bytes lost (a power cut before they reached the disk):
+    the supernode refused to start until someone deleted the file."""
+    (tmp_path / "member-id").write_text("")
+    made = load_or_create_member_id(tmp_path)
+    assert valid_id(made) and (tmp_path / "member-id").read_text() == made + "\n"
+    (tmp_path / "member-id").write_text("not-an-id\n")  # damaged otherwise: said, not guessed
+    with pytest.raises(StoreError, match="not a member id"):
+        load_or_create_member_id(tmp_path)
