@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 TUNNEL_CONNECT_TIMEOUT = 10.0
 TUNNEL_CHUNK = 64 * 1024
+# A tunnel in which nothing moves either way for this long is closed: a silent one
+# would hold its connection (and the client's share of them) for ever. Long-lived ones
+# (HTTP/2, WebSockets) send pings well within it.
+TUNNEL_IDLE = 600.0
 # Request headers that go with a proxied P2P download to the supernode (its
 # revalidation and back-to-source fetch are made with them).
 P2P_HEADERS = ("authorization", "cookie", "user-agent")
@@ -146,19 +150,22 @@ class Proxy:
             client, already = reply.tunnel()
             if already:
                 await remote.send_all(already)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, client, remote, nursery.cancel_scope)
-                nursery.start_soon(_pump, remote, client, nursery.cancel_scope)
+            # Each side's bytes put the end off (`_pump`): idle for TUNNEL_IDLE, it ends.
+            with trio.CancelScope(deadline=trio.current_time() + TUNNEL_IDLE) as idle:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_pump, client, remote, idle)
+                    nursery.start_soon(_pump, remote, client, idle)
 
 
-async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.CancelScope) -> None:
+async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, tunnel: trio.CancelScope) -> None:
     """Copy until either side closes, or one stops reading what the other sends for
-    SEND_TIMEOUT; then the whole tunnel ends."""
+    SEND_TIMEOUT; then the whole `tunnel` ends. Bytes that come put its end off."""
     try:
         while data := await source.receive_some(TUNNEL_CHUNK):
+            tunnel.deadline = trio.current_time() + TUNNEL_IDLE
             with trio.fail_after(httpconn.SEND_TIMEOUT):
                 await sink.send_all(data)
     except (*STREAM_ERRORS, trio.TooSlowError):
         pass
     finally:
-        done.cancel()
+        tunnel.cancel()

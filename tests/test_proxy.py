@@ -3,7 +3,9 @@ CONNECT tunnels pass through untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from functools import partial
 
 import httpx
 import pytest
@@ -134,3 +136,38 @@ async def test_header_values_past_ascii_pass_both_ways_as_sent(
     mirrored = await _exchange(daemon.address, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-A: \xe9\r\n\r\n")
     assert mirrored.startswith(b"HTTP/1.1 200 "), mirrored[:300]
     assert server.seen[-1].headers.get("x-a") == "\xe9"  # (read as Latin-1)
+
+
+async def test_a_tunnel_idle_too_long_is_closed_and_a_busy_one_is_not(
+    nursery: trio.Nursery, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CONNECT tunnel through which nothing moves held its connection, and its
+    client's share of them, for ever: closed after TUNNEL_IDLE; one that keeps
+    moving bytes stays open past it."""
+    monkeypatch.setattr("dfdaemon.proxy.TUNNEL_IDLE", 0.5)
+
+    async def echo(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(1024):
+                await stream.send_all(data)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    host, port = daemon.address.rsplit(":", 1)
+
+    async def tunnel() -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        answer = await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        return stream
+
+    busy, idle = await tunnel(), await tunnel()
+    async with busy, idle:
+        for _ in range(8):  # 1.6 s of a ping every 0.2 s
+            await busy.send_all(b"ping")
+            assert await busy.receive_some(1024) == b"ping"
+            await trio.sleep(0.2)
+        with trio.fail_after(5):
+            assert await idle.receive_some(1024) == b""  # closed by the daemon
