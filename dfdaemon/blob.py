@@ -109,8 +109,11 @@ class Reading:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.blob.readers is not None:
-            self.blob.readers[self.blob.hex] -= 1
+        readers = self.blob.readers
+        if readers is not None:  # (no entry kept at zero: one per blob ever read, else)
+            readers[self.blob.hex] -= 1
+            if readers[self.blob.hex] <= 0:
+                del readers[self.blob.hex]
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from dfdaemon.blob import Blob, BlobUnavailable, OneSource
+from dfdaemon.blob import Blob, BlobUnavailable, OneSource, Reading
 from dfget.output import AtomicOutput
 from dfget.resume import ResumableOutput
 
@@ -125,3 +126,13 @@ def test_a_one_piece_download_keeps_no_record(tmp_path: Path) -> None:
         out.commit()
     assert not record.exists()
     assert target.read_bytes() == b"z" * 10
+
+
+def test_a_blob_read_and_done_with_leaves_no_reader_count(tmp_path: Path) -> None:
+    """The store's count of readers by blob (what GC must not remove) keeps no entry at
+    zero: one entry per blob ever read stayed for the daemon's life."""
+    readers: Counter[str] = Counter()
+    blob = Blob("ab" * 32, tmp_path / "blob", readers=readers)
+    with Reading(blob), Reading(blob):
+        assert readers[blob.hex] == 2
+    assert blob.hex not in readers
