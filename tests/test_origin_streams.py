@@ -3,6 +3,7 @@ ranged GETs guarded by If-Range, put back in order; one plain GET where that is 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 import trio
 from conftest import Fetch, RunningSupernode, StartSupernode, until
 
-from dfget.errors import DfgetError
+from dfget.errors import DfgetError, OriginFailed
 from proto.pieces import MiB
 from proto.taskid import task_id_for
 from supernode.cdn.streams import CHUNK
@@ -356,6 +357,43 @@ async def test_a_fetch_stopped_mid_stream_resumes_after_a_restart(
     assert Path(result.output).read_bytes() == data
     resumed = [dict(h).get("range", "") for m, h in slow.stats["/f.bin"].requests if m == "GET"]
     assert resumed[-1].startswith("bytes=") and not resumed[-1].startswith("bytes=0-")
+
+
+async def test_a_requester_refused_after_a_restart_leaves_the_kept_pieces_for_the_next(
+    nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    """A fetch stopped by a shutdown resumes for the next requester the origin says yes
+    to: one it refuses (no credentials) threw the kept pieces away, and the next one's
+    fetch started from byte 0 (a stranger could make the CDN fetch a file again)."""
+    auth = "Basic " + base64.b64encode(b"alice:secret").decode()
+    slow = FakeOrigin(rate_limit=4 * MiB)
+    await nursery.start(slow.serve)
+    data = os.urandom(SIZE)
+    slow.add("/f.bin", data, require_auth=auth)
+    credentials = (("Authorization", auth),)
+    node = await start_supernode(data_dir=tmp_path / "store")
+    failures: list[Exception] = []
+
+    async def first() -> None:
+        try:
+            await fetch(
+                slow.url("/f.bin"), node, name="first", back_source=False, headers=credentials
+            )
+        except DfgetError as exc:  # its supernode goes away
+            failures.append(exc)
+
+    nursery.start_soon(first)
+    await until(lambda: any(t.ready >= 5 for t in node.node.cdn.tasks.values()))
+    await node.stop()  # mid-fetch
+    await until(lambda: bool(failures))
+    again = await start_supernode(data_dir=tmp_path / "store")
+    with pytest.raises(OriginFailed) as refused:
+        await fetch(slow.url("/f.bin"), again, name="stranger", back_source=False)
+    assert refused.value.status == 401
+    result = await fetch(slow.url("/f.bin"), again, name="second", headers=credentials)
+    assert Path(result.output).read_bytes() == data
+    gets = [dict(h).get("range", "") for m, h in slow.stats["/f.bin"].requests if m == "GET"]
+    assert gets[-1].startswith("bytes=") and not gets[-1].startswith("bytes=0-"), gets
 
 
 @pytest.mark.parametrize("streams", [1, STREAMS])

@@ -40,6 +40,7 @@ from supernode.errors import (
     BadRequest,
     ContentMismatch,
     OriginBroken,
+    OriginError,
     ShuttingDown,
     StoreError,
     SupernodeError,
@@ -175,8 +176,8 @@ async def fetch_task(
             log.exception("cdn: task %s failed: internal error", task.task_id[:16])
             exc = SupernodeError(f"internal error: {exc!r}")
         task.fail(exc)
-        store.remove_generation(task.task_id, task.generation)
-        if task.resume_from is not None:  # failed while taking the kept pieces over
+        store.remove_generation(task.task_id, task.generation, partial=not task.resume_kept)
+        if task.resume_from is not None and not task.resume_kept:  # failed taking them over
             store.remove_generation(task.task_id, task.resume_from.generation)
         return None
     finally:
@@ -218,7 +219,11 @@ async def _fetch(
             if task.resume_from is not None or task.adoption is not None:
                 # After a restart, or a dead owner: go on from the pieces known, once the
                 # origin said yes to the requester they are announced to.
-                await check_first_requester(origin, task)
+                try:
+                    await check_first_requester(origin, task)
+                except OriginError:  # this requester's answer: the next may be let in
+                    task.resume_kept = task.resume_from is not None
+                    raise
                 if task.length is not None and policy.budget is not None:
                     size = file_size(task.length, task.piece_size)
                     policy.budget.admit(task, task.length, size)

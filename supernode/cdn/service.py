@@ -174,6 +174,8 @@ class Cdn:
                 self.store.remove_task(task.task_id)  # evicted while fetching: all of it
         if meta is None and task.error is not None and task.error.code != "shutdown":
             self.origin_errors[str(task.error.code)] += 1
+        if task.resume_kept and task.resume_from is not None and not task.evicted:
+            self._partials[task.task_id] = task.resume_from  # for the next requester
         if meta is not None:
             # Older generations' pieces can go: nobody can be handed them any more.
             for older in range(1, task.generation):
@@ -218,9 +220,10 @@ class Cdn:
         if spec.s3 is not None and not s3sign.loaded():
             await trio.to_thread.run_sync(s3sign.load)  # not on the event loop
         task = self.tasks.get(spec.task_id)
-        partial = self._partials.get(spec.task_id) if task is None else None
+        # (a resume its last requester was refused for goes on for this one)
+        partial = self._partials.get(spec.task_id) if task is None or task.failed else None
         if partial is not None:
-            task = self._resume(spec, partial)
+            task = self._resume(spec, partial, after=task)
         elif task is None or task.failed:
             task = await self._start_or_adopt(spec, task)
         else:
@@ -254,6 +257,7 @@ class Cdn:
         # A later task of the same id must not reuse this generation's number (file names,
         # peers' bookkeeping): the fetch being stopped removes its own file when it ends.
         self._retire(task)
+        self._partials.pop(task_id, None)  # (kept for a next requester: they go too)
         task.evicted = True
         task.superseded = True
         if task.settled:
@@ -265,13 +269,17 @@ class Cdn:
         log.info("cdn: task %s evicted (generation %d)", task_id[:16], task.generation)
         return True
 
-    def _resume(self, spec: TaskSpec, partial: PartialMeta) -> CdnTask:
+    def _resume(
+        self, spec: TaskSpec, partial: PartialMeta, after: CdnTask | None = None
+    ) -> CdnTask:
         """A fetch stopped by a shutdown goes on where it stopped (Range + If-Range), in a
         new generation with a new key: its kept pieces are sealed again under it as the
-        fetch starts (resume.py), so the old key never seals different bytes."""
+        fetch starts (resume.py), so the old key never seals different bytes. `after`:
+        the failed generation of an earlier try, whose number is not taken again."""
         self._check_room()
         del self._partials[spec.task_id]
-        generation = self._next_generation(spec.task_id, partial.generation)
+        previous = max(partial.generation, after.generation if after is not None else 0)
+        generation = self._next_generation(spec.task_id, previous)
         task = CdnTask(spec, generation)
         task.created = partial.created
         try:

@@ -111,6 +111,9 @@ class CdnTask:
         # A fetch a shutdown stopped, whose kept pieces this generation takes over
         # (re-sealed under this generation's own key: see resume.py).
         self.resume_from: PartialMeta | None = None
+        # Its first requester was refused (or the origin could not say) before the kept
+        # pieces were taken over: they stay for the next requester (service.py).
+        self.resume_kept = False
         # A task adopted from a supernode that died (cdn/adopt.py): the pieces on this
         # CDN's disk, a bitset (None: all the known ones, 0..ready-1, as for any other).
         self.adoption: Adoption | None = None
