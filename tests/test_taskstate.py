@@ -183,6 +183,29 @@ async def test_a_complete_task_of_a_dead_owner_is_adopted_whole(
 
 
 @needs_redis
+async def test_an_adopted_task_asks_again_for_a_repair_cut_short(
+    origin: FakeOrigin, redis_server: RedisServer, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    """The pieces no peer holds, fetched again by the member that adopts a task: a body
+    cut short there failed the whole task for every peer, where the rest of the file
+    resumes (max_resumes)."""
+    data = os.urandom(6 * MiB)
+    origin.add("/f.bin", data, drop_after=MiB // 2, drop_times=2)  # the repair's and the rest's
+    node = await start_supernode(cluster=redis_server.url, cluster_heartbeat=0.2)
+    task_id = TaskSpec.from_request(origin.url("/f.bin"), ()).task_id
+    digests = tuple(piece_digest(data[i * MiB : (i + 1) * MiB]) for i in range(4))
+    etag = origin.etag("/f.bin")
+    plant(
+        redis_server.client(), record(task_id=task_id, length=len(data), etag=etag, digests=digests)
+    )
+    result = await fetch(origin.url("/f.bin"), node, back_source=False)
+    assert Path(result.output).read_bytes() == data
+    assert node.node.membership.failovers == 1
+    (task,) = node.node.cdn.tasks.values()
+    assert task.adoption is not None and task.error is None
+
+
+@needs_redis
 async def test_digests_lost_by_redis_are_written_again(redis_server: RedisServer) -> None:
     """Redis restarted without them (no persistence): the next write sends every digest,
     never a record naming digests that are not there (zeros where they were)."""

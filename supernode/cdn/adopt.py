@@ -35,14 +35,23 @@ from common.io import RateLimiter
 from proto.digests import digest_matches, new_hasher
 from proto.pieces import TAG_SIZE, piece_count, piece_digest, piece_length, piece_size_for
 from supernode.cdn.origin import OriginClient
-from supernode.cdn.response import OriginResponse, Validators, check_resumed
+from supernode.cdn.response import OriginResponse, Validators, check_resumed, passing
 from supernode.cdn.task import CdnTask, TaskSpec
-from supernode.errors import ContentMismatch, OriginBroken, SupernodeError, TaskSuperseded
+from supernode.errors import (
+    ContentMismatch,
+    OriginBroken,
+    OriginStatusError,
+    OriginTimeout,
+    OriginUnreachable,
+    SupernodeError,
+    TaskSuperseded,
+)
 
 log = logging.getLogger(__name__)
 
 GRACE = 1.0  # seconds the peers of a dead owner have to register again and claim
 REPAIR_EVERY = 0.25  # seconds between two looks for pieces that lost every holder
+REPAIR_RETRIES = 5  # times a run of pieces cut short or refused for a while is asked again
 CHANGED = "the content changed upstream since the task's previous owner fetched it"
 
 
@@ -108,9 +117,29 @@ async def fill(
     task: CdnTask, origin: OriginClient, limiter: RateLimiter | None, pieces: int
 ) -> None:
     """Fetch the known pieces of the bitset `pieces` from the origin (one Range request
-    per run of consecutive pieces), check each against its digest, store it sealed."""
+    per run of consecutive pieces), check each against its digest, store it sealed. A
+    run cut short, or refused for a while (5xx, 429), is asked again from its first
+    piece not stored, after a pause, at most REPAIR_RETRIES times."""
     for first, last in _runs(pieces):
-        await _fetch_run(task, origin, limiter, first, last)
+        retries = 0
+        while True:
+            try:
+                await _fetch_run(task, origin, limiter, first, last)
+                break
+            except (OriginBroken, OriginTimeout, OriginUnreachable, OriginStatusError) as exc:
+                if isinstance(exc, OriginStatusError) and not passing(exc.status):
+                    raise  # the origin's answer, not a hiccup
+                if retries >= REPAIR_RETRIES:
+                    raise
+                retries += 1
+                while first < last and task.holds(first):
+                    first += 1
+                log.info(
+                    "cdn: task %s: repair: %s; again from piece %d", task.task_id[:16], exc, first
+                )
+                await trio.sleep(min(5.0, 0.2 * 2 ** (retries - 1)))
+            if first >= last:
+                break
 
 
 def _runs(bits: int) -> list[tuple[int, int]]:

@@ -117,3 +117,8 @@ def _inside(first: int | None, last: int | None, total: int | None) -> bool:
     if first is None:
         return False
     return (last is None or first <= last) and (total is None or max(first, last or 0) < total)
+
+
+def passing(status: int | None) -> bool:
+    """An error status worth asking again after a pause: 5xx, 429 (S3's SlowDown is 503)."""
+    return status is not None and (status >= 500 or status == 429)

@@ -39,7 +39,7 @@ import trio
 
 from common.io import RateLimiter
 from supernode.cdn.origin import OriginClient
-from supernode.cdn.response import CHANGED, OriginResponse
+from supernode.cdn.response import CHANGED, OriginResponse, passing
 from supernode.cdn.task import CdnTask
 from supernode.errors import (
     BadRedirect,
@@ -189,7 +189,7 @@ class Rest:
             except (WrongChunk, BadRedirect):
                 raise
             except (OriginBroken, OriginTimeout, OriginUnreachable, OriginStatusError) as exc:
-                if isinstance(exc, OriginStatusError) and not _passing(exc.status):
+                if isinstance(exc, OriginStatusError) and not passing(exc.status):
                     raise  # a 4xx is the origin's answer, not a hiccup
                 if retries >= self.max_resumes:
                     raise OriginBroken(f"{exc} (gave up after {retries} retries)") from exc
@@ -228,8 +228,3 @@ class Rest:
             self.task.bytes_from_origin += count
             self._filled[index] += count
             self._notify()
-
-
-def _passing(status: int | None) -> bool:
-    """An error status worth asking again after a pause: 5xx, 429 (S3's SlowDown is 503)."""
-    return status is not None and (status >= 500 or status == 429)
