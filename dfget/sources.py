@@ -276,9 +276,15 @@ class PieceConnections:
         async with lock:
             connection = self._connections.get(address)
             if connection is not None and connection.broken is None:
-                if connection.idle_for(trio.current_time()) <= self.max_idle:
+                if not connection.framed.can_send:
+                    # A request was cut short on it (a transfer cancelled mid-send): no
+                    # more may go, but the answers it owes still come; a new one, then,
+                    # not a transfer failed and blamed on the uploader.
+                    pass
+                elif connection.idle_for(trio.current_time()) <= self.max_idle:
                     return connection
-                await connection.close()  # the uploader may be closing it: start afresh
+                else:
+                    await connection.close()  # the uploader may be closing it: afresh
             if self.pool is not None:
                 kept = self.pool.take((address, self.peer_id, self.max_payload))
                 if kept is not None:

@@ -255,6 +255,21 @@ async def test_answers_nobody_asked_for_break_the_piece_connection(
         assert sum(len(kept) for kept in spares.values()) <= 2
 
 
+async def test_a_connection_a_request_was_cut_short_on_is_not_handed_out_again(
+    nursery: trio.Nursery,
+) -> None:
+    """A transfer cancelled while its request was being sent (an endgame copy that lost)
+    leaves its connection unable to send: the next transfer to that uploader gets a new
+    connection, where it failed at once and counted against the uploader."""
+    async with hostile_uploader(piece_data_naming(MiB)) as address:
+        pool = PieceConnections(peer_id="downloader", piece_size=MiB)
+        first = await pool.get(address, nursery=nursery)
+        first.framed._send_broken = "a PieceRequest frame was cut short (cancelled)"
+        second = await pool.get(address, nursery=nursery)
+        assert second is not first and second.framed.can_send
+        assert await pool.get(address, nursery=nursery) is second
+
+
 def test_a_decoder_keeps_spare_payloads_of_two_lengths_at_most() -> None:
     """A task's pieces come in two lengths (the last may be shorter): buffers of any
     other length are not kept for reuse, however many are handed back."""
