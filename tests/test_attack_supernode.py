@@ -361,6 +361,93 @@ async def test_a_file_changed_upstream_leaves_no_old_pieces_behind(
     assert cdn.usage() == 0
 
 
+async def test_peers_registering_a_changed_file_at_once_share_one_new_generation(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    """Each of several Registers revalidating a changed file at once started a fetch of
+    its own, all numbered generation 2, each with its own key, all writing one pieces
+    file: the peers held keys that did not open what the CDN served (normal traffic
+    during a rollout). They now share the one new generation."""
+    node = await start_supernode()
+    origin.add("/f.bin", os.urandom(4 * MiB))
+    url = origin.url("/f.bin")
+    await fetch(url, node, name="first")
+    new = os.urandom(4 * MiB)
+    origin.add("/f.bin", new)  # changed upstream: another ETag
+    keys: dict[str, tuple[int, bytes]] = {}
+
+    async def one(name: str) -> None:
+        async with raw_peer(node, name) as peer:
+            answer = await register(peer, url)
+            assert isinstance(answer, Registered), answer
+            context = wrap_context(answer.task_id, answer.generation)
+            keys[name] = (answer.generation, unwrap_key(peer.key, answer.wrapped_key, context))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(one, f"peer-{i}")
+    assert len(set(keys.values())) == 1 and next(iter(keys.values()))[0] == 2
+    result = await fetch(url, node, name="fresh", back_source=False)
+    assert Path(result.output).read_bytes() == new
+
+
+async def test_a_request_held_from_an_older_generation_leaves_the_new_one_alone(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    """A piece-task request of generation 1 held for news, woken when generation 2 of
+    the changed file entered the swarm: it wrote generation 1's CDN progress (12
+    pieces of 12) into the scheduler's entry for the task id, generation 2's now, and
+    every later request of generation 2 (20 pieces) was an internal error that ended
+    its session. The old request is told its task is stale."""
+    node = await start_supernode()
+    origin.add("/f.bin", os.urandom(12 * MiB))
+    url = origin.url("/f.bin")
+    async with raw_peer(node, "peer-a") as a:
+        first = await register(a, url)
+        assert isinstance(first, Registered)
+        a.registered = first
+        while (await ask(a, 256)).tasks:  # its CDN slots taken
+            pass
+        held = PieceTasksRequest(task_id=first.task_id, generation=first.generation, want=256)
+        await a.framed.send(held)  # held: nothing more for it now
+        origin.add("/f.bin", os.urandom(20 * MiB))  # changed upstream, another length
+        async with raw_peer(node, "peer-b") as b:
+            second = await register(b, url)
+            assert isinstance(second, Registered) and second.generation == 2
+            b.registered = second
+            stale = await next_message(a)
+            assert isinstance(stale, TaskFailed) and stale.code == "stale", stale
+            await until(lambda: node.node.cdn.tasks[second.task_id].settled)
+            answer = await ask(b, 4)  # (an ErrorReply fails the assertion in `ask`)
+            assert answer.generation == 2 and answer.tasks
+
+
+async def test_a_peer_id_belongs_to_its_session_even_from_the_same_address(
+    origin: FakeOrigin, start_supernode: StartSupernode
+) -> None:
+    """A second session from the victim's host that names its peer id and upload port
+    (both learnt as its uploader or downloader) was taken for the same peer: it could
+    take its tickets and, closing, took it out of the swarm with every task it had."""
+    node = await start_supernode()
+    origin.add("/v.bin", os.urandom(4 * MiB))
+    origin.add("/other.bin", os.urandom(MiB))
+    swarm = node.node.swarm
+    async with raw_peer(node, "victim-id") as victim:
+        first = await register(victim, origin.url("/v.bin"), upload_port=40001, upload_slots=4)
+        assert isinstance(first, Registered)
+        victim.registered = first
+        async with raw_peer(node, "victim-id") as impostor:
+            answer = await register(
+                impostor, origin.url("/other.bin"), upload_port=40001, upload_slots=4
+            )
+            assert isinstance(answer, ErrorReply) and answer.code == "forbidden", answer
+        await until(lambda: not any(t.settled is False for t in node.node.cdn.tasks.values()))
+        assert "victim-id" in swarm.peers
+        stats = swarm.scheduler.task_statistics(first.task_id)
+        assert stats is not None and stats.peers == 1
+        assert (await ask(victim, 4)).tasks
+
+
 async def test_a_second_piece_task_request_while_one_is_pending_closes_the_session(
     origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
 ) -> None:

@@ -241,8 +241,14 @@ class Cdn:
         if spec.digest is None:
             await task.wait_started()
             if not task.failed and not await self._still_valid(task, spec):
+                current = self.tasks.get(spec.task_id)
+                if current is not task and current is not None and not current.failed:
+                    # Another requester's revalidation started the new generation while
+                    # this one asked: that one, for this requester too (two would share
+                    # a generation number and a pieces file, each with its own key).
+                    return await self._revalidated(current, spec)
                 log.info("cdn: task %s changed upstream: new generation", spec.task_id[:16])
-                task = self._start(spec, task)
+                task = self._start(spec, current)
         return task
 
     def evict(self, task_id: str) -> bool:
