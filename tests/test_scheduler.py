@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import subprocess
 import sys
@@ -380,6 +381,26 @@ def test_more_free_slots_then_faster_sources_are_preferred() -> None:
     assert (stats_a.recent_speed, stats_b.recent_speed) == (1_000.0, 10_000.0)
     seed_task(s, total=4, holders={"A": (4, range(4)), "B": (4, range(4))}, downloaders=["D"])
     assert [a.source for a in s.assign("t", "D", 1, 1.0)] == ["B"]
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "seconds"),
+    [(2**64 - 1, 5e-324), (10_000, float("nan")), (10_000, float("inf")), (2**64 - 1, 1e-300)],
+)
+def test_a_speed_report_past_belief_leaves_the_estimate_a_number(
+    nbytes: int, seconds: float
+) -> None:
+    """A downloader's DONE report is its word: 2**64 bytes in 5e-324 s made the
+    uploader's speed infinite, and the next sample NaN for good (the admin API then wrote
+    `NaN`, no JSON; the ranking by speed became arbitrary)."""
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=2, holders={"A": (4, [0, 1])}, downloaders=["W"], task="w")
+    first, second = s.assign("w", "W", 2, 0.0)
+    s.report("w", "W", first.index, "A", Outcome.DONE, nbytes=nbytes, seconds=seconds, now=1)
+    s.report("w", "W", second.index, "A", Outcome.DONE, nbytes=10_000, seconds=1.0, now=2)
+    stats = s.peer_statistics("A")
+    assert stats is not None and math.isfinite(stats.recent_speed)
+    assert stats.recent_speed <= (64 << 20) / 1e-4
 
 
 def test_the_cdn_is_the_last_resort_within_its_own_cap() -> None:

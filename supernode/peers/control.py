@@ -157,7 +157,7 @@ class ControlSession:
             await self.framed.linger_close()  # refused: the forbidden reply was the last word
         finally:
             if self.record is not None:
-                self.swarm.leave(self.peer_id, trio.current_time())
+                self.swarm.leave(self.peer_id, trio.current_time(), owner=self)
 
     async def _answer_probe(self) -> None:
         """A KeepAlive for a Probe (protocol version 3): this loop still reads and
@@ -184,7 +184,7 @@ class ControlSession:
             return False
         try:
             record = self.swarm.join(
-                self.peer_id, self.peer_host, message.upload_port, message.upload_slots
+                self.peer_id, self.peer_host, message.upload_port, message.upload_slots, self
             )
         except PeerIdInUse as exc:
             await self.framed.send(error_reply(ErrorCode.FORBIDDEN, str(exc)))
@@ -374,8 +374,10 @@ class ControlSession:
         deadline = trio.current_time() + LONG_POLL
         relay = 0  # held requests this one passes its news on to if it cannot use it
         while True:
-            if self.tasks.get(task.task_id) is not task:
-                return _stale(task.task_id)  # the peer left it while the request waited
+            if self.tasks.get(task.task_id) is not task or not self.swarm.current(task):
+                # The peer left it while the request waited, or a newer generation took
+                # its place in the swarm (the content changed): the peer starts over.
+                return _stale(task.task_id)
             if first is not None:
                 tasks, first = first, None
             else:
@@ -433,6 +435,8 @@ class ControlSession:
         if task is None:
             return
         self._claimed.add(key)
+        if not self.swarm.current(task):
+            return  # (a generation the swarm left)
         indexes = [i for i in message.indexes() if i < task.ready]
         self.swarm.claim(self.peer_id, task.task_id, indexes, trio.current_time())
 

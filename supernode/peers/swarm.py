@@ -63,6 +63,8 @@ class PeerRecord:
     port: int  # 0: does not upload
     slots: int
     tasks: set[str] = field(default_factory=set)
+    # The control session it belongs to: no other may join or leave under its id.
+    owner: object = field(default=None, compare=False, repr=False)
 
 
 CHECKS_AT_ONCE = 4  # piece checks running at once, over all tasks
@@ -113,14 +115,20 @@ class Swarm:
         """True if the cluster is open, or the proof shows the peer knows the token."""
         return self.token is None or verify(self.token, challenge, peer_id, public_key, proof)
 
-    def join(self, peer_id: str, host: str, port: int, slots: int) -> PeerRecord:
-        """A control session's peer, on its first Register."""
+    def join(
+        self, peer_id: str, host: str, port: int, slots: int, owner: object = None
+    ) -> PeerRecord:
+        """A control session's peer, on its first Register; `owner`: the session, the
+        only one that may register under this id until it leaves (another session that
+        names it, from the same host and port even, would take its tickets and, leaving,
+        take it out of the swarm)."""
         if peer_id == CDN:
             raise PeerIdInUse(f"peer id {CDN!r} is reserved for the supernode's CDN")
         record = self.peers.get(peer_id)
         if record is None:
-            record = self.peers[peer_id] = PeerRecord(peer_id, host, port, slots if port else 0)
-        elif (record.host, record.port) != (host, port):
+            record = PeerRecord(peer_id, host, port, slots if port else 0, owner=owner)
+            self.peers[peer_id] = record
+        elif record.owner is not owner or (record.host, record.port) != (host, port):
             raise PeerIdInUse(f"peer id {peer_id[:40]!r} is in use by another session")
         return record
 
@@ -157,11 +165,13 @@ class Swarm:
         record.tasks.add(task.task_id)
         self._notify(task.task_id)  # (it holds nothing yet: as few as for a freed slot)
 
-    def leave(self, peer_id: str, now: float) -> None:
-        """The control connection dropped: the peer's pieces leave the swarm at once."""
-        record = self.peers.pop(peer_id, None)
-        if record is None:
+    def leave(self, peer_id: str, now: float, owner: object = None) -> None:
+        """The control connection dropped: the peer's pieces leave the swarm at once
+        (only its own session's: `owner`, as it joined)."""
+        record = self.peers.get(peer_id)
+        if record is None or record.owner is not owner:
             return
+        del self.peers[peer_id]
         self.scheduler.remove_peer(peer_id, now)
         for task_id in sorted(record.tasks):
             # Its pieces leaving bring nobody anything; the slots of its own downloads
@@ -207,7 +217,10 @@ class Swarm:
     def piece_tasks(
         self, task: CdnTask, requester: str, want: int, now: float
     ) -> tuple[PieceTask, ...]:
-        """Up to `want` pieces for `requester` to fetch next, each with source and ticket."""
+        """Up to `want` pieces for `requester` to fetch next, each with source and ticket
+        (none for a generation the swarm has left: `current`)."""
+        if not self.current(task):
+            return ()
         started = time.perf_counter()
         try:
             return self._piece_tasks(task, requester, want, now)
@@ -220,6 +233,8 @@ class Swarm:
     ) -> tuple[PieceTask, ...]:
         """`report`, then `piece_tasks`, in one scheduler call (`report_and_assign`):
         a result with the requester's next request for the same task right behind it."""
+        if not self.current(task):
+            return ()
         started = time.perf_counter()
         try:
             self._notify(task.task_id)  # (as `report`)
@@ -241,6 +256,12 @@ class Swarm:
             self.decision_seconds += time.perf_counter() - started
             self.decisions += 1
             self.decisions_with_reports += 1
+
+    def current(self, task: CdnTask) -> bool:
+        """Whether `task` is the generation the swarm schedules for its id: a request or
+        a report of an older one (a session that registered before the content changed)
+        must not touch the newer one's entry (its CDN progress, its piece count)."""
+        return self._tasks.get(task.task_id) is task
 
     def _cdn_ready(self, task: CdnTask) -> None:
         total = task.piece_count if task.settled else None
@@ -288,6 +309,8 @@ class Swarm:
         return self.tickets.ticket(task_id, requester, uploader, now=time.time())
 
     def report(self, requester: str, result: PieceResult, now: float) -> None:
+        if self.generations.get(result.task_id) != result.generation:
+            return  # of a generation the swarm left: its assignments went with it
         self._notify(result.task_id)  # a slot is free again, maybe a piece has a new holder
         checks = self.scheduler.report(
             result.task_id,

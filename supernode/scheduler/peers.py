@@ -16,7 +16,13 @@ The three refer to each other, hence one module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# Bounds of one upload's speed sample (the report is a downloader's word): a sealed
+# piece of the largest size (64 MiB and its tag), taken in no less than 0.1 ms.
+MAX_SAMPLE_BYTES = (64 << 20) + 16
+MIN_SAMPLE_SECONDS = 1e-4
 
 
 @dataclass(eq=False, slots=True)
@@ -44,9 +50,11 @@ class Peer:
         the time since the last sample, so that a burst of reports at one instant does
         not wipe the history, and an estimate untouched for a long while is replaced.
         """
-        if nbytes <= 0 or seconds <= 0:
-            return
-        sample = nbytes / seconds
+        if not (nbytes > 0 and seconds > 0 and math.isfinite(seconds)):
+            return  # (the numbers are a downloader's word: NaN compares as no number)
+        # One sealed piece at most, in no less than MIN_SAMPLE_SECONDS: a report of 2**64
+        # bytes in 5e-324 s made the estimate infinite, then NaN for good.
+        sample = min(nbytes, MAX_SAMPLE_BYTES) / max(seconds, MIN_SAMPLE_SECONDS)
         if self.speed_at is None:
             self.speed = sample
         else:
