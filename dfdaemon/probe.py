@@ -142,8 +142,10 @@ def _request(url: str, headers: Headers) -> tuple[str, int, h11.Request]:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         target = quote(path, _TARGET_SAFE)
         authority = host if parts.port in (None, 80) else f"{host}:{port}"
-        own = [(k, v) for k, v in headers if k.lower() != "host"]
-        request = h11.Request(method="HEAD", target=target, headers=[("Host", authority), *own])
+        # Values as the client sent them (read as Latin-1: back to those bytes).
+        own = [(k.encode(), v.encode("latin-1")) for k, v in headers if k.lower() != "host"]
+        sent = [(b"Host", authority.encode("ascii")), *own]
+        request = h11.Request(method="HEAD", target=target, headers=sent)
     except (h11.LocalProtocolError, ValueError) as exc:  # UnicodeError is a ValueError
         raise ProbeFailed(str(exc)) from exc
     return parts.hostname, port, request

@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 TUNNEL_CONNECT_TIMEOUT = 10.0
 TUNNEL_CHUNK = 64 * 1024
 # A tunnel in which nothing moves either way for this long is closed: a silent one
-# would hold its connection (and the client's share of them) for ever. Long-lived ones
-# (HTTP/2, WebSockets) send pings well within it.
-TUNNEL_IDLE = 600.0
+# would hold its connection (and the client's share of them) for ever. As squid's
+# read_timeout; long-lived ones (HTTP/2, WebSockets, ssh with ServerAliveInterval) send
+# pings well within it.
+TUNNEL_IDLE = 900.0
 # Request headers that go with a proxied P2P download to the supernode (its
 # revalidation and back-to-source fetch are made with them).
 P2P_HEADERS = ("authorization", "cookie", "user-agent")

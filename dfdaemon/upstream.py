@@ -222,7 +222,8 @@ class Upstream:
                 pass  # httpx, below, says what is wrong
             else:
                 if not 300 <= status < 400:
-                    return httpx.Response(status, headers=answer)
+                    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer]
+                    return httpx.Response(status, headers=raw)  # (as sent: bytes)
         request = self.build("HEAD", url, asked)
         return await self._send(request, "HEAD", url, follow_redirects=True)
 

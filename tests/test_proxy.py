@@ -4,6 +4,7 @@ CONNECT tunnels pass through untouched."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from functools import partial
 
@@ -89,15 +90,16 @@ async def test_connect_to_nowhere_is_a_502(start_daemon: StartDaemon) -> None:
     assert answer.startswith(b"HTTP/1.1 502 ")
 
 
-async def _exchange(daemon_address: str, request: bytes) -> bytes:
-    """One request on a raw connection to the daemon; what came back within 5 s."""
+async def _exchange(daemon_address: str, request: bytes, *, until_closed: bool = False) -> bytes:
+    """One request on a raw connection to the daemon; what came back within 5 s (until
+    a body ending in b"hello", or with `until_closed` until the daemon closes)."""
     host, port = daemon_address.rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
     received = b""
     async with stream:
         await stream.send_all(request)
         with trio.move_on_after(5):
-            while b"\r\n\r\n" not in received or not received.endswith(b"hello"):
+            while until_closed or b"\r\n\r\n" not in received or not received.endswith(b"hello"):
                 chunk = await stream.receive_some(65536)
                 if not chunk:
                     break
@@ -171,3 +173,34 @@ async def test_a_tunnel_idle_too_long_is_closed_and_a_busy_one_is_not(
             await trio.sleep(0.2)
         with trio.fail_after(5):
             assert await idle.receive_some(1024) == b""  # closed by the daemon
+
+
+@pytest.mark.parametrize("client_header", ["", "X-A: \xe9\r\n"], ids=["plain", "latin-1"])
+async def test_a_registry_header_past_ascii_on_the_access_check_is_no_500(
+    nursery: trio.Nursery,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    client_header: str,
+) -> None:
+    """The mirror's access check (a HEAD, plain HTTP: the daemon's own probe) met a
+    UTF-8 header value in the registry's yes and answered 500 (httpx took the probe's
+    Latin-1 strs as ASCII); a client's Latin-1 header value went the same way."""
+    data = os.urandom(MiB)
+    hex_digest = hashlib.sha256(data).hexdigest()
+    disposition = 'attachment; filename="caf\u00e9.bin"'.encode()
+
+    def answer(seen: Seen) -> Answer:
+        headers: list[tuple[str, str | bytes]] = [("content-disposition", disposition)]
+        headers.append(("content-length", str(len(data))))
+        return Answer(200, headers, b"" if seen.method == "HEAD" else data)
+
+    server = ScriptedOrigin(answer)
+    await nursery.start(server.serve)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", server.url(""), node)
+    path = f"/v2/team/app/blobs/sha256:{hex_digest}"
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{client_header}Connection: close\r\n\r\n"
+    got = await _exchange(daemon.address, request.encode("latin-1"), until_closed=True)
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(data), got[:200]
+    heads = [seen.headers.get("x-a") for seen in server.seen if seen.method == "HEAD"]
+    assert heads == (["\xe9"] if client_header else [None])

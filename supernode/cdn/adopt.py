@@ -38,6 +38,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import OriginResponse, Validators, check_resumed, passing
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import (
+    BadRedirect,
     ContentMismatch,
     OriginBroken,
     OriginStatusError,
@@ -126,6 +127,8 @@ async def fill(
             try:
                 await _fetch_run(task, origin, limiter, first, last)
                 break
+            except BadRedirect:
+                raise  # the origin's answer, the same each time
             except (OriginBroken, OriginTimeout, OriginUnreachable, OriginStatusError) as exc:
                 if isinstance(exc, OriginStatusError) and not passing(exc.status):
                     raise  # the origin's answer, not a hiccup

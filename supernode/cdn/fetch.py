@@ -368,6 +368,23 @@ def _whole(response: OriginResponse) -> int | None:
     return total if response.length in (None, total) else None
 
 
+def _span_length(response: OriginResponse, first: int, last: int | None) -> int:
+    """The length of a ranged answer that starts at `first`: it must end where the range
+    asked (or at the file's end, before it), and its body, if it names a length, be
+    that long; OriginBroken if not (a chunked 206 of bytes 100-149 for 100-199)."""
+    assert response.span is not None
+    _, span_last, span_total = response.span
+    end = last
+    if span_total is not None:
+        end = span_total - 1 if end is None else min(end, span_total - 1)
+    if span_last is None or (end is not None and span_last != end):
+        raise OriginBroken(f"origin answered the wrong span: {response.content_range!r}")
+    length = span_last - first + 1
+    if response.length is not None and response.length != length:
+        raise OriginBroken(f"origin sent {response.length} bytes for a span of {length}")
+    return length
+
+
 def _start(
     task: CdnTask,
     store: Store,
@@ -382,6 +399,7 @@ def _start(
         if response.status != 206:
             raise OriginBroken("origin ignored the Range header (answered 200, not 206)")
         check_span(response, first)  # (bytes 0-99 for a Range of 100-199 are not those)
+        total = _span_length(response, first, last)  # (the body is then held to it)
     if not task.spec.range and total is None and response.status == 206:
         # A part for all of it (an S3 `?partNumber=`, a query another requester filtered
         # out of the task id) would be stored as the whole file, and every later

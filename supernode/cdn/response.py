@@ -37,10 +37,13 @@ class Validators:
 
     def other_version(self, now: Validators) -> bool:
         """Whether an answer's validators `now` name another version than these (an
-        origin that ignores If-Range): another ETag, or another Last-Modified, where
-        both name one."""
-        etags, dates = (self.etag, now.etag), (self.last_modified, now.last_modified)
-        return (all(etags) and etags[0] != etags[1]) or (all(dates) and dates[0] != dates[1])
+        origin that ignores If-Range): another ETag where both name one; else another
+        Last-Modified where both name one. (An ETag decides alone: origins behind a load
+        balancer may date one file differently on each backend, the ETag alike.)"""
+        if self.etag and now.etag:
+            return self.etag != now.etag
+        dates = (self.last_modified, now.last_modified)
+        return all(dates) and dates[0] != dates[1]
 
 
 class OriginResponse:

@@ -293,7 +293,7 @@ class Cdn:
         except StoreError as exc:
             log.warning("cdn: task %s cannot resume: %s", spec.task_id[:16], exc)
             self.store.remove_task(spec.task_id)
-            return self._start(spec, None)
+            return self._start(spec, after, floor=generation)  # (a number of its own)
         validators = Validators(partial.etag, partial.last_modified)
         task.begin(partial.length, partial.piece_size, validators, pieces)
         task.resume_from = partial
@@ -337,9 +337,11 @@ class Cdn:
             self.adopter.adopted(task.task_id, adoption)
         return task
 
-    def _start(self, spec: TaskSpec, previous: CdnTask | None) -> CdnTask:
+    def _start(self, spec: TaskSpec, previous: CdnTask | None, floor: int = 0) -> CdnTask:
+        """A new generation of the task, numbered past `previous`'s and `floor`."""
         self._check_room()
-        generation = self._next_generation(spec.task_id, previous.generation if previous else 0)
+        last = max(previous.generation if previous else 0, floor)
+        generation = self._next_generation(spec.task_id, last)
         if previous is not None and not previous.settled:
             previous.superseded = True  # its content is stale: stop fetching it
             previous.cancel_scope.cancel()

@@ -4,6 +4,7 @@ one expires."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -49,9 +50,10 @@ def _create(path: Path) -> str:
         return path.read_text().strip()
     finally:
         temp.unlink()
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)  # the name, too
-    finally:
-        os.close(folder)
+    with contextlib.suppress(OSError):  # the name, too (where the file system can)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     return text
