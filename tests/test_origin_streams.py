@@ -330,6 +330,25 @@ async def test_a_digest_named_file_is_checked_whole_over_several_streams(
     assert len(_gets(origin, "/other.bin")) == 5
 
 
+async def _stopped_mid_fetch(
+    nursery: trio.Nursery, node: RunningSupernode, fetch: Fetch, url: str, **fields: object
+) -> None:
+    """A first download of `url` through `node`, the supernode stopped once its CDN has
+    five pieces (the download fails with it)."""
+    failures: list[Exception] = []
+
+    async def first() -> None:
+        try:
+            await fetch(url, node, name="first", back_source=False, **fields)
+        except DfgetError as exc:  # its supernode goes away
+            failures.append(exc)
+
+    nursery.start_soon(first)
+    await until(lambda: any(t.ready >= 5 for t in node.node.cdn.tasks.values()))
+    await node.stop()  # mid-fetch
+    await until(lambda: bool(failures))
+
+
 async def test_a_fetch_stopped_mid_stream_resumes_after_a_restart(
     nursery: trio.Nursery, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
 ) -> None:
@@ -340,18 +359,7 @@ async def test_a_fetch_stopped_mid_stream_resumes_after_a_restart(
     data = os.urandom(SIZE)
     slow.add("/f.bin", data)
     node = await start_supernode(data_dir=tmp_path / "store", origin_streams=STREAMS)
-    failures: list[Exception] = []
-
-    async def first() -> None:
-        try:
-            await fetch(slow.url("/f.bin"), node, name="first", back_source=False)
-        except DfgetError as exc:  # its supernode goes away
-            failures.append(exc)
-
-    nursery.start_soon(first)
-    await until(lambda: any(t.ready >= 5 for t in node.node.cdn.tasks.values()))
-    await node.stop()  # mid-fetch
-    await until(lambda: bool(failures))
+    await _stopped_mid_fetch(nursery, node, fetch, slow.url("/f.bin"))
     again = await start_supernode(data_dir=tmp_path / "store", origin_streams=STREAMS)
     result = await fetch(slow.url("/f.bin"), again, name="second")
     assert Path(result.output).read_bytes() == data
@@ -372,20 +380,7 @@ async def test_a_requester_refused_after_a_restart_leaves_the_kept_pieces_for_th
     slow.add("/f.bin", data, require_auth=auth)
     credentials = (("Authorization", auth),)
     node = await start_supernode(data_dir=tmp_path / "store")
-    failures: list[Exception] = []
-
-    async def first() -> None:
-        try:
-            await fetch(
-                slow.url("/f.bin"), node, name="first", back_source=False, headers=credentials
-            )
-        except DfgetError as exc:  # its supernode goes away
-            failures.append(exc)
-
-    nursery.start_soon(first)
-    await until(lambda: any(t.ready >= 5 for t in node.node.cdn.tasks.values()))
-    await node.stop()  # mid-fetch
-    await until(lambda: bool(failures))
+    await _stopped_mid_fetch(nursery, node, fetch, slow.url("/f.bin"), headers=credentials)
     again = await start_supernode(data_dir=tmp_path / "store")
     with pytest.raises(OriginFailed) as refused:
         await fetch(slow.url("/f.bin"), again, name="stranger", back_source=False)

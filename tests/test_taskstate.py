@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 import trio
-from conftest import Fetch, StartSupernode
+from conftest import Fetch, RunningSupernode, StartSupernode
 from registry import needs_redis
 
 from proto.pieces import MiB, piece_digest
@@ -159,6 +159,16 @@ async def test_state_that_lies_never_yields_wrong_bytes(
     assert task.adoption is None  # a lie ends the adopted generation: a fresh one served
 
 
+async def adopted_and_served(node: RunningSupernode, fetch: Fetch, url: str, data: bytes) -> None:
+    """A download of `url` through `node` (no origin of its own) gets `data`, from the
+    task the node adopted, which is well."""
+    result = await fetch(url, node, back_source=False)
+    assert Path(result.output).read_bytes() == data
+    assert node.node.membership.failovers == 1
+    (task,) = node.node.cdn.tasks.values()
+    assert task.adoption is not None and task.error is None
+
+
 @needs_redis
 async def test_a_complete_task_of_a_dead_owner_is_adopted_whole(
     origin: FakeOrigin, redis_server: RedisServer, start_supernode: StartSupernode, fetch: Fetch
@@ -175,11 +185,7 @@ async def test_a_complete_task_of_a_dead_owner_is_adopted_whole(
         redis_server.client(),
         record(task_id=task_id, length=len(data), etag=origin.etag("/f.bin"), digests=digests),
     )
-    result = await fetch(origin.url("/f.bin"), node, back_source=False)
-    assert Path(result.output).read_bytes() == data
-    assert node.node.membership.failovers == 1
-    (task,) = node.node.cdn.tasks.values()
-    assert task.adoption is not None and task.error is None
+    await adopted_and_served(node, fetch, origin.url("/f.bin"), data)
 
 
 @needs_redis
@@ -198,11 +204,7 @@ async def test_an_adopted_task_asks_again_for_a_repair_cut_short(
     plant(
         redis_server.client(), record(task_id=task_id, length=len(data), etag=etag, digests=digests)
     )
-    result = await fetch(origin.url("/f.bin"), node, back_source=False)
-    assert Path(result.output).read_bytes() == data
-    assert node.node.membership.failovers == 1
-    (task,) = node.node.cdn.tasks.values()
-    assert task.adoption is not None and task.error is None
+    await adopted_and_served(node, fetch, origin.url("/f.bin"), data)
 
 
 @needs_redis
