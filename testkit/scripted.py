@@ -28,12 +28,13 @@ class Seen:
 class Answer:
     """What a ScriptedOrigin sends back: `headers` as given (Content-Length is added
     for a body unless given, so a HEAD can announce any length it likes), `body` at
-    `rate` bytes/s if set."""
+    `rate` bytes/s if set, all of it `delay` seconds after the request came."""
 
     status: int
     headers: Sequence[tuple[str, str | bytes]] = field(default_factory=list)  # (bytes as sent)
     body: bytes = b""
     rate: float | None = None
+    delay: float = 0.0
 
 
 class ScriptedOrigin:
@@ -76,6 +77,7 @@ class ScriptedOrigin:
                 )
                 self.seen.append(seen)
                 answer = self.answer(seen)
+                await trio.sleep(answer.delay)
                 headers = [
                     (k.encode(), v if isinstance(v, bytes) else v.encode())
                     for k, v in answer.headers

@@ -391,6 +391,57 @@ async def test_peers_registering_a_changed_file_at_once_share_one_new_generation
     assert Path(result.output).read_bytes() == new
 
 
+async def test_a_slow_yes_about_the_old_generation_does_not_bring_it_back(
+    nursery: trio.Nursery, start_supernode: StartSupernode
+) -> None:
+    """A revalidation that said 'still valid' (a slow backend with the old file) after
+    another requester had started generation 2 of the changed file handed out
+    generation 1 again, put it back in the swarm, and every peer of generation 2 was
+    told stale (a second start over fails the download): it gets generation 2."""
+    etag, body = ['"v1"'], [os.urandom(4 * MiB)]  # (what the origin has now)
+    slow_once: list[bool] = []
+
+    def answer(seen: Seen) -> Answer:
+        if seen.headers.get("if-none-match") == '"v1"' and not slow_once:
+            slow_once.append(True)
+            return Answer(304, [("etag", '"v1"')], delay=1.0)  # the old backend, slow
+        if seen.headers.get("if-none-match") == etag[0]:
+            return Answer(304, [("etag", etag[0])])
+        if "range" in seen.headers:
+            headers = [("etag", etag[0]), ("content-range", f"bytes 0-0/{len(body[0])}")]
+            return Answer(206, headers, body[0][:1])
+        return Answer(200, [("etag", etag[0])], body[0])
+
+    server = ScriptedOrigin(answer)
+    await nursery.start(server.serve)
+    node = await start_supernode()
+    url = server.url("/f.bin")
+    async with raw_peer(node, "first") as first:
+        registered = await register(first, url)
+        assert isinstance(registered, Registered)
+    task_id = registered.task_id
+    await until(lambda: node.node.cdn.tasks[task_id].settled)
+    answers: dict[str, Message] = {}
+
+    async def slow_one() -> None:
+        async with raw_peer(node, "slow") as peer:
+            answers["slow"] = await register(peer, url)
+
+    async with raw_peer(node, "fresh") as fresh:
+        nursery.start_soon(slow_one)
+        await until(lambda: bool(slow_once))  # its revalidation is on its way
+        etag[0], body[0] = '"v2"', os.urandom(4 * MiB)
+        second = await register(fresh, url)
+        assert isinstance(second, Registered) and second.generation == 2, second
+        fresh.registered = second
+        await until(lambda: "slow" in answers)
+        slow = answers["slow"]
+        assert isinstance(slow, Registered) and slow.generation == 2, slow
+        assert node.node.swarm.generations[task_id] == 2
+        await until(lambda: node.node.cdn.tasks[task_id].settled)
+        assert (await ask(fresh, 4)).tasks
+
+
 async def test_a_request_held_from_an_older_generation_leaves_the_new_one_alone(
     origin: FakeOrigin, start_supernode: StartSupernode
 ) -> None:

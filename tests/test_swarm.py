@@ -661,3 +661,23 @@ class LeaversServer(SlowPieceServer):
     async def wait_idle(self) -> None:
         self.in_flight_at_end = self.uploading
         await super().wait_idle()
+
+
+def test_an_older_generation_never_enters_the_swarm_again() -> None:
+    """A generation handed out while a newer one entered (a requester's revalidation
+    that raced another's): back in the swarm, it made every peer of the newer one
+    stale. It is refused (the peer registers again)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supernode.cdn.task import CdnTask, TaskSpec
+    from supernode.errors import TaskSuperseded
+    from supernode.peers.swarm import Swarm
+    from supernode.scheduler import Scheduler
+
+    node = Swarm(Scheduler(), Ed25519PrivateKey.generate())
+    spec = TaskSpec.from_request("http://127.0.0.1:9/file", ())
+    old, new = CdnTask(spec, 1), CdnTask(spec, 2)
+    node.enter(node.join("peer", "127.0.0.2", 4000, 8), new, 0.0)
+    with pytest.raises(TaskSuperseded):
+        node.enter(node.join("late", "127.0.0.3", 4000, 8), old, 0.0)
+    assert node.generations[spec.task_id] == 2 and node.current(new)

@@ -240,13 +240,16 @@ class Cdn:
         headers (an origin that refuses them raises), a new generation if it changed."""
         if spec.digest is None:
             await task.wait_started()
-            if not task.failed and not await self._still_valid(task, spec):
-                current = self.tasks.get(spec.task_id)
-                if current is not task and current is not None and not current.failed:
-                    # Another requester's revalidation started the new generation while
-                    # this one asked: that one, for this requester too (two would share
-                    # a generation number and a pieces file, each with its own key).
-                    return await self._revalidated(current, spec)
+            valid = task.failed or await self._still_valid(task, spec)
+            current = self.tasks.get(spec.task_id)
+            if current is not task and current is not None and not current.failed:
+                # Another requester's revalidation started a new generation while this
+                # one asked: that one, for this requester too, whatever the answer about
+                # the old one (two new ones would share a generation number and a pieces
+                # file, each with its own key; the old one back in the swarm would make
+                # every peer of the new one stale).
+                return await self._revalidated(current, spec)
+            if not valid:
                 log.info("cdn: task %s changed upstream: new generation", spec.task_id[:16])
                 task = self._start(spec, current)
         return task

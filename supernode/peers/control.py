@@ -52,7 +52,7 @@ from proto.requestseal import BadSeal, open_secrets
 from proto.tickets import CDN_UPLOADER
 from supernode.cdn.service import Cdn
 from supernode.cdn.task import CdnTask, TaskSpec, TaskState
-from supernode.errors import SupernodeError
+from supernode.errors import SupernodeError, TaskSuperseded
 from supernode.keys import raw_public
 from supernode.peers.swarm import PeerIdInUse, PeerRecord, Swarm
 
@@ -257,10 +257,14 @@ class ControlSession:
         except BadPublicKey as exc:
             await self.framed.send(self._refusal(spec, ErrorCode.BAD_REQUEST, str(exc)))
             return
+        try:
+            self.swarm.enter(
+                record, task, trio.current_time(), in_order=message.in_order, leaves=message.leaves
+            )
+        except TaskSuperseded as exc:  # the peer registers again, the newer one then
+            await self.framed.send(self._refusal(spec, exc.code, str(exc)))
+            return
         self.tasks[task.task_id] = task
-        self.swarm.enter(
-            record, task, trio.current_time(), in_order=message.in_order, leaves=message.leaves
-        )
         registered = Registered(
             task_id=task.task_id,
             generation=task.generation,

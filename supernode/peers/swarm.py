@@ -43,6 +43,7 @@ from proto.admission import proof_key, verify
 from proto.messages import PieceResult, PieceTask
 from proto.tickets import CDN_UPLOADER, TicketIssuer
 from supernode.cdn.task import CdnTask
+from supernode.errors import TaskSuperseded
 from supernode.peers.piececheck import check_piece, check_timeout
 from supernode.scheduler import CDN, Assignment, Check, Outcome, Scheduler, Verdict
 
@@ -142,6 +143,9 @@ class Swarm:
         leaves: bool = False,
     ) -> None:
         scheduled = self.generations.get(task.task_id)
+        if scheduled is not None and task.generation < scheduled:
+            # (an older generation handed out while a newer one entered: never back)
+            raise TaskSuperseded(f"generation {scheduled} of the task replaced this one")
         if scheduled is not None and scheduled != task.generation:
             # The content changed upstream: the old generation's holdings mean nothing.
             self._finish(task.task_id, why=f"superseded by generation {task.generation}")
