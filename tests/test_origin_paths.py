@@ -308,3 +308,34 @@ async def test_a_resumed_body_with_the_same_etag_and_another_date_is_the_same_fi
         result = await fetch(server.url("/f.bin"), node, back_source=False)
         nursery.cancel_scope.cancel()
     assert Path(result.output).read_bytes() == data
+
+
+async def test_an_etag_past_ascii_goes_back_as_it_came(
+    start_supernode: StartSupernode, fetch: Fetch, lean: bool
+) -> None:
+    """An origin's ETag with bytes past ASCII (UTF-8 here): the second download's
+    revalidation sends it back in If-None-Match byte for byte, where the request could
+    not be built (h11 and httpx take ASCII strs) and the download was a usage error."""
+    node = await start_supernode(lean_http=lean)
+    data = os.urandom(MiB)
+    etag = '"caf\u00e9"'.encode()
+
+    def answer(seen: Seen) -> Answer:
+        if seen.headers.get("if-none-match", "").encode("latin-1") == etag:
+            return Answer(304, [("etag", etag)])
+        if "range" in seen.headers:
+            return Answer(
+                206, [("etag", etag), ("content-range", f"bytes 0-0/{len(data)}")], data[:1]
+            )
+        return Answer(200, [("etag", etag)], data)
+
+    server = ScriptedOrigin(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        url = server.url("/f.bin")
+        for name in ("first", "second"):
+            result = await fetch(url, node, name=name, back_source=False)
+            assert Path(result.output).read_bytes() == data
+        nursery.cancel_scope.cancel()
+    assert any("if-none-match" in seen.headers for seen in server.seen)
+    assert len([seen for seen in server.seen if "range" not in seen.headers]) == 1  # fetched once

@@ -194,14 +194,17 @@ def _request(
         target = quote(
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _TARGET_SAFE
         )
+        given = [(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS]
         request = h11.Request(
             method="GET",
             target=target,
             headers=[
-                ("Host", host if parts.port in (None, 80) else f"{host}:{port}"),
-                ("Accept-Encoding", "identity"),
-                ("Connection", "keep-alive" if keep else "close"),
-                *[(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS],
+                (b"Host", (host if parts.port in (None, 80) else f"{host}:{port}").encode()),
+                (b"Accept-Encoding", b"identity"),
+                (b"Connection", b"keep-alive" if keep else b"close"),
+                # Values as Latin-1 bytes: an origin's ETag past ASCII, read so, goes back
+                # as it came in an If-None-Match (h11 takes ASCII strs only).
+                *[(k.encode("ascii"), v.encode("latin-1")) for k, v in given],
                 *([] if any(k.lower() == "user-agent" for k, _ in headers) else [_AGENT]),
             ],
         )
@@ -303,4 +306,4 @@ async def _exchange(
 
 
 _OWN_HEADERS = frozenset({"host", "accept-encoding", "connection"})
-_AGENT = ("User-Agent", USER_AGENT)
+_AGENT = (b"User-Agent", USER_AGENT.encode())

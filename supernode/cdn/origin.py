@@ -85,8 +85,13 @@ class HttpxResponse(OriginResponse):
         self.url = str(response.url)
 
     def header(self, name: str) -> str | None:
-        value: str | None = self._response.headers.get(name)
-        return value
+        """The first value of header `name`, its bytes read as Latin-1 (as the lean path
+        reads them, and sends them back: an ETag past ASCII goes out as it came)."""
+        wanted = name.encode("ascii").lower()
+        for key, value in self._response.headers.raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
 
     async def read_into(self, view: memoryview) -> int:
         if not self._pending:
@@ -221,7 +226,8 @@ class OriginClient:
         """Send, redirects followed by httpx under `checked_client`'s hooks (a hop to
         another origin goes without the SENSITIVE headers)."""
         try:
-            request = self._client.build_request(method, url, headers=sent)
+            raw = [(k.encode("ascii"), v.encode("latin-1")) for k, v in sent]  # (as came)
+            request = self._client.build_request(method, url, headers=raw)
         except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
             raise BadRequest(f"cannot request {display_url(url)[:200]!r}: {exc}") from exc
         try:
