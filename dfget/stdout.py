@@ -134,6 +134,11 @@ class Follower:
                 if filled >= self.sent:
                     await self._compare_prefix()
                     continue
+                if out.committed:  # (it would wait for bytes that never come)
+                    raise IntegrityError(
+                        f"the download started over from another source after {self.sent} "
+                        f"bytes went to stdout, and that source's file has {filled}"
+                    )
             else:
                 limit = filled if out.committed else filled - self.hold_back
                 if self.sent < limit:

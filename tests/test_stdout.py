@@ -3,6 +3,7 @@ pipe, through a supernode, a dfdaemon, peers and the origin."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -28,6 +29,8 @@ from conftest import (
     until,
 )
 
+from common.io import unwrap_group
+from dfget.errors import IntegrityError
 from dfget.options import PeerOptions
 from dfget.stdout import Follower, SpoolOutput
 from dfget.uploads import PieceServer, SharedTask
@@ -278,6 +281,42 @@ async def test_the_follower_sends_pieces_landing_in_any_order_in_order() -> None
         os.close(read_end)
         os.close(write_end)
     assert bytes(got) == data
+
+
+async def test_a_start_over_shorter_than_what_went_out_fails_not_hangs() -> None:
+    """The download started over from another source after bytes went out (the file
+    changed upstream, a failover, the daemon broke off) and that source's file is
+    shorter than what was sent: dfget waited for ever, --timeout or not (the follower
+    is outside the download's deadline). It is an integrity failure (exit 4), as a
+    longer file that differs is."""
+    read_end, write_end = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 1 << 16):
+            got.extend(chunk)
+
+    drained = functools.partial(trio.to_thread.run_sync, drain, abandon_on_cancel=True)
+    try:
+        with (
+            SpoolOutput() as out,
+            trio.fail_after(10),
+            pytest.raises(IntegrityError, match="has 5"),
+            unwrap_group(),
+        ):
+            async with trio.open_nursery() as nursery:
+                follower = Follower(out, write_end)
+                nursery.start_soon(follower.run)
+                nursery.start_soon(drained)
+                await trio.to_thread.run_sync(out.write_at, 0, b"x" * 2000)
+                await until(lambda: follower.sent == 2000, 5)  # gone out; then cut off
+                out.reset()  # another source, with a file of 5 bytes
+                await trio.to_thread.run_sync(out.write_at, 0, b"y" * 5)
+                out.commit()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert bytes(got) == b"x" * 2000
 
 
 async def test_stdout_ends_when_the_file_does_while_dfget_seeds(
