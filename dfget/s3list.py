@@ -37,6 +37,7 @@ log = logging.getLogger("dfget")
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_KEY = 1024  # bytes of an S3 object key (UTF-8): what the stores allow
+MAX_TOKEN = 8192  # bytes of a continuation token (AWS sends a few hundred; each is kept)
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 WARNED_OUTSIDE = 10  # keys listed outside the prefix warned of, a listing (the rest quietly)
 
@@ -204,7 +205,7 @@ class S3PrefixLister(KeptHeads):
             raise TreeTooLarge(too_large) from exc
         except EncodedBody as exc:
             raise ListingError(f"listing {where}: {exc}") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # (a URL past 64 KiB)
             raise ListingError(f"listing {where}: {exc}") from exc
         return _parse_page(body, where)
 
@@ -217,6 +218,9 @@ def _parse_page(
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError as exc:
         raise ListingError(f"listing {where}: not a ListObjectsV2 answer: {exc}") from exc
+    if root.tag != f"{_NS}ListBucketResult":  # (an Error sent as a 200, a gateway's page)
+        named = root.tag.rpartition("}")[2][:60]
+        raise ListingError(f"listing {where}: not a ListObjectsV2 answer (<{named}>)")
     keys = []
     for item in root.iter(f"{_NS}Contents"):
         key = item.findtext(f"{_NS}Key")
@@ -233,6 +237,8 @@ def _parse_page(
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
     if truncated and not token:
         raise ListingError(f"listing {where}: a truncated page without a continuation token")
+    if token is not None and utf8_size(token) > MAX_TOKEN:  # (each one is kept: loops)
+        raise ListingError(f"listing {where}: a continuation token over {MAX_TOKEN} bytes")
     return keys, token
 
 

@@ -188,6 +188,19 @@ def compressed(n: int) -> tuple[bytes, bytes, float]:
     return head, gzip.compress(gzip.compress(bytes(16 << 20))), 0.0
 
 
+def huge_token(n: int) -> tuple[bytes, bytes, float]:
+    return OK, ENDLESS_PAGE % (1, b"t" * 3_000_000, contents("p/f.bin", "1")), 0.0
+
+
+def no_namespace(n: int) -> tuple[bytes, bytes, float]:
+    page = LAST_PAGE % contents("p/f.bin", "1")
+    return OK, page.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b""), 0.0
+
+
+def error_as_200(n: int) -> tuple[bytes, bytes, float]:
+    return OK, b"<Error><Code>SlowDown</Code><Message>later</Message></Error>", 0.0
+
+
 def redirect(n: int) -> tuple[bytes, bytes, float]:
     body = b"<Error><Code>PermanentRedirect</Code><Message>use another endpoint</Message></Error>"
     return b"HTTP/1.1 301 Moved Permanently\r\nContent-Type: application/xml\r\n", body, 0.0
@@ -201,8 +214,20 @@ def redirect(n: int) -> tuple[bytes, bytes, float]:
         (slow, ListLimits(max_seconds=0.5), "TreeTooLarge", "takes more than 0.5s to list"),
         (compressed, ListLimits(), "ListingError", "encoded"),
         (redirect, ListLimits(), "ListingError", "answered 301"),
+        (huge_token, ListLimits(), "ListingError", "a continuation token over"),
+        (no_namespace, ListLimits(), "ListingError", "not a ListObjectsV2 answer"),
+        (error_as_200, ListLimits(), "ListingError", "not a ListObjectsV2 answer"),
     ],
-    ids=["repeated-token", "names", "a-byte-at-a-time", "gzip-in-gzip", "redirect"],
+    ids=[
+        "repeated-token",
+        "names",
+        "a-byte-at-a-time",
+        "gzip-in-gzip",
+        "redirect",
+        "huge-token",
+        "no-namespace",
+        "error-as-200",
+    ],
 )
 async def test_a_hostile_listing_is_bounded(
     nursery: trio.Nursery,
