@@ -83,9 +83,7 @@ class S3PrefixLister(KeptHeads):
     async def validator(self, entry: Entry) -> str | None:
         """The object's ETag and length now (a signed HEAD); None if it says neither."""
         try:
-            answer = await self._head_client().head(
-                entry.url, headers=self._signed("HEAD", entry.url)
-            )
+            answer = await self._head(entry.url, self._signed("HEAD", entry.url))
         except httpx.HTTPError as exc:
             raise OriginFailed(f"{display_url(entry.url)}: {exc}") from exc
         if answer.status_code >= 400:

@@ -395,6 +395,7 @@ class Versions:
     def __init__(self) -> None:
         self.version = 1
         self.head_lies = False
+        self.head_delay = 0.0  # seconds a HEAD's answer takes
         self.change_after_get = False  # the next version is up as soon as a GET ends
 
     def __call__(self, seen: Seen) -> Answer:
@@ -404,7 +405,8 @@ class Versions:
         body = f"version {self.version}".encode()
         if seen.method == "HEAD":
             lied = '"not-the-gets"' if self.head_lies else etag
-            return Answer(200, [("etag", lied), ("content-length", str(len(body)))])
+            headers = [("etag", lied), ("content-length", str(len(body)))]
+            return Answer(200, headers, delay=self.head_delay)
         if self.change_after_get:
             self.version += 1
         return Answer(200, [("etag", etag)], body)
@@ -441,6 +443,31 @@ async def test_a_tree_records_the_validator_of_the_bytes_it_wrote(
     assert [
         seen.headers.get("accept-encoding") for seen in server.seen if seen.method == "HEAD"
     ] == ["identity"] * 3  # (a HEAD asks for the bytes as a download gets them, not compressed)
+
+
+async def test_a_head_that_takes_too_long_does_not_hold_the_tree(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run's HEAD of a file (is it still what was written?) was bounded only by
+    httpx's timeout of each read, outside the file's own deadline: an origin that drips
+    its answer held the tree for as long as it liked. Past HEAD_SECONDS the file is
+    downloaded again instead."""
+    monkeypatch.setattr("dfget.tree.entries.HEAD_SECONDS", 0.5)
+    origin = Versions()
+    server = ScriptedOrigin(origin)
+    await nursery.start(server.serve)
+    out = tmp_path / "out"
+    template = DownloadRequest(url=server.url("/d/"), output=out, supernodes=())
+
+    async def run() -> list[str]:
+        result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
+        return [file.status for file in result.files]
+
+    assert await run() == ["done"]
+    origin.head_delay = 30.0
+    with trio.fail_after(10):
+        assert await run() == ["done"]  # asked again, not waited for
+    assert (out / "f.txt").read_bytes() == b"version 1"
 
 
 def endless(seen: Seen) -> Answer:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from dfget.results import DownloadResult
 
 MiB = 1 << 20
+HEAD_SECONDS = 30.0  # a re-run's HEAD of one file, its whole answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,17 @@ class KeptHeads:
         if self._heads is None:
             self._heads = self._client()
         return self._heads
+
+    async def _head(self, url: str, headers: list[tuple[str, str]]) -> httpx.Response:
+        """HEAD `url`, its whole answer within HEAD_SECONDS (httpx's timeouts bound each
+        read: an origin that drips its answer would hold the tree, outside every file's
+        deadline); past it, httpx.ReadTimeout."""
+        import httpx  # (this module loads without them: dfget hands trees to a daemon)
+        import trio
+
+        with trio.move_on_after(HEAD_SECONDS):
+            return await self._head_client().head(url, headers=headers)
+        raise httpx.ReadTimeout(f"HEAD: no answer within {HEAD_SECONDS:g}s")
 
     async def aclose(self) -> None:
         heads, self._heads = self._heads, None

@@ -174,7 +174,7 @@ class HttpIndexLister(KeptHeads):
         # As a download asks (`fetch_from_origin`, the CDN): a compressed answer's ETag
         # and length are not those of the bytes written.
         try:
-            response = await self._head_client().head(sent_url, headers=identity_headers(headers))
+            response = await self._head(sent_url, identity_headers(headers))
         except httpx.HTTPError as exc:
             log.debug("HEAD %s: %s", display_url(entry.url), exc)
             return None
