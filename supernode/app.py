@@ -26,7 +26,6 @@ from supernode.admin.realms import RealmHost
 from supernode.admin.view import AdminSettings, SupernodeView
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.fetch import FetchPolicy
-from supernode.cdn.memory import DEFAULT_FETCH_MEMORY, MemoryBudget
 from supernode.cdn.origin import OriginClient
 from supernode.cdn.service import Cdn
 from supernode.cdn.store import Store
@@ -84,7 +83,6 @@ class SupernodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     min_peer_protocol: int = 1  # peers that speak no version from this one up are refused
     max_fetches: int = 64  # origin fetches at once; past it a new one is refused `busy`
-    fetch_memory: int = DEFAULT_FETCH_MEMORY  # bytes of pieces the fetches hold at once
     max_task_size: int | None = None  # bytes a task may take (None: the store quota, if any)
     failed_task_ttl: float = 600.0  # seconds a failed task is remembered
     cdn_slots_per_requester: int | None = None  # None: half of cdn_upload_slots (at least 1)
@@ -139,7 +137,6 @@ class Supernode:
                 budget,
                 self.scheduler.held_by_peers,
                 streams=config.origin_streams,
-                memory=MemoryBudget(config.fetch_memory),
             ),
             max_fetches=config.max_fetches,
             failed_task_ttl=config.failed_task_ttl,

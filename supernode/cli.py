@@ -21,7 +21,6 @@ from proto.messages import PROTOCOL_VERSIONS
 from supernode import __version__
 from supernode.admin.realms import RealmHost
 from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data_dir
-from supernode.cdn.memory import DEFAULT_FETCH_MEMORY
 from supernode.cdn.streams import MAX_STREAMS
 from supernode.cluster.flags import check_cluster_flags, cluster_arguments
 from supernode.compiled import scheduler_build
@@ -245,14 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(the peer tries another supernode or the origin) (default 64)",
     )
     limits.add_argument(
-        "--fetch-memory",
-        type=argtypes.size,
-        default=DEFAULT_FETCH_MEMORY,
-        metavar="SIZE",
-        help="memory the origin fetches may hold in pieces at once (each up to four of its "
-        "pieces, 64 MiB for files over 8 GiB); a fetch waits its turn past it (default 2GiB)",
-    )
-    limits.add_argument(
         "--max-task-size",
         type=argtypes.size,
         default=None,
@@ -352,7 +343,6 @@ def main(argv: list[str] | None = None) -> int:
         cdn_upload_slots=args.cdn_upload_slots,
         cdn_slots_per_requester=args.cdn_slots_per_requester,
         max_fetches=args.max_fetches,
-        fetch_memory=args.fetch_memory,
         max_task_size=args.max_task_size,
         failed_task_ttl=args.failed_task_ttl,
         admin_listen=args.admin_listen,

@@ -30,7 +30,6 @@ from proto.digests import Hasher, digest_matches, new_hasher
 from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
 from supernode.cdn import adopt, resume, streams
 from supernode.cdn.budget import StoreBudget
-from supernode.cdn.memory import MemoryBudget, Share
 from supernode.cdn.origin import OriginClient, OriginResponse
 from supernode.cdn.piecefile import file_size
 from supernode.cdn.response import check_resumed, check_span
@@ -60,7 +59,6 @@ class FetchPolicy:
     # others first (adopt.py). The default: as if no peer held any.
     held_by_peers: Callable[[str], int] = lambda task_id: 0
     streams: int = 1  # connections a large file comes over at once (streams.py)
-    memory: MemoryBudget | None = None  # what fetches hold in memory at once (none: unbounded)
 
 
 class _Assembler:
@@ -208,22 +206,6 @@ async def fetch_task(
 async def _fetch(
     task: CdnTask, origin: OriginClient, store: Store, policy: FetchPolicy
 ) -> TaskMeta:
-    share = Share(policy.memory)  # (taken once the piece size is known: memory.py)
-    try:
-        return await _fetch_with(task, origin, store, policy, share)
-    finally:
-        share.give_back()
-
-
-def _footprint(piece_size: int, *, pieces: int = 0, chunks: int = 0) -> int:
-    """The memory a fetch holds: its assembler's buffers and the sealer's, `pieces` more
-    (an adopted task's repairs), `chunks` of a large file's rest (streams.py)."""
-    return (_Assembler.BUFFERS + 1 + pieces) * piece_size + TAG_SIZE + chunks * streams.CHUNK
-
-
-async def _fetch_with(
-    task: CdnTask, origin: OriginClient, store: Store, policy: FetchPolicy, share: Share
-) -> TaskMeta:
     spec = task.spec
     first, last = spec.range or (0, None)
     # An adopted task never sees the pieces its old owner fetched: its peers check the
@@ -251,8 +233,6 @@ async def _fetch_with(
                     _begin_adopted(task, store)
                     held, limiter = policy.held_by_peers, policy.limiter
                     nursery.start_soon(adopt.repair, task, origin, limiter, held, repairs)
-                repairing = 2 if task.adoption is not None else 0  # (adopt.py's own two)
-                await share.take(_footprint(task.piece_size, pieces=repairing))
                 assembler = _Assembler(task, hasher, policy.budget)
                 nursery.start_soon(assembler.run_sealer)
             # Bytes this loop's own GETs bring: the whole file, or its first chunk when
@@ -284,8 +264,6 @@ async def _fetch_with(
                                 split = False  # one plain GET instead
                                 continue
                             _start(task, store, response, policy.budget, total)
-                            ahead = 2 * policy.streams if total and total > streams.CHUNK else 0
-                            await share.take(_footprint(task.piece_size, chunks=ahead))
                             assembler = _Assembler(task, hasher, policy.budget)
                             nursery.start_soon(assembler.run_sealer)
                             until = task.length
