@@ -143,10 +143,13 @@ class BlobStore:
         running = self.running.pop(hex_digest, None)
         if running is not None:
             running.scope.cancel()
-        self.path(hex_digest).unlink(missing_ok=True)
-        partials.remove_partial(self.path(hex_digest))
-        self._provenance.forget(hex_digest)
         self._verified.pop(hex_digest, None)
+        try:
+            self._provenance.forget(hex_digest)  # (first: what vouches for it, gone)
+            self.path(hex_digest).unlink(missing_ok=True)
+            partials.remove_partial(self.path(hex_digest))
+        except OSError as exc:  # a disk gone read-only, failing: the daemon serves on
+            log.warning("blob %s: cannot remove its files: %s", hex_digest[:12], exc)
 
     def provenance(self, hex_digest: str) -> frozenset[str]:
         """The upstreams (`host:port`) the blob was fetched from: those of its cached
@@ -343,7 +346,10 @@ class BlobStore:
     async def _collect_garbage(self) -> None:
         while True:
             await trio.sleep(self.settings.gc_interval)
-            self.collect_garbage()
+            try:
+                self.collect_garbage()
+            except OSError as exc:  # (the cache's folder unreadable: tried again later)
+                log.warning("gc: %s", exc)
 
     def _seedable(self) -> list[tuple[Blob, str, float]]:
         """Cached blobs whose upstream URL was kept, with their mtimes, the last

@@ -30,6 +30,7 @@ from dfget.errors import (
     IntegrityError,
     NotAdmitted,
     OriginFailed,
+    OutputError,
     SupernodeUnavailable,
     UsageError,
 )
@@ -163,8 +164,10 @@ async def download_blob(
             blob.out = out
             try:
                 await fetch(out, settings.supernodes)
-            except (OriginFailed, UsageError):
-                raise  # the upstream's own answer: falling back would get the same
+            except (OriginFailed, UsageError, OutputError):
+                # The upstream's own answer, or this daemon's disk (full, failing):
+                # falling back would get the same, and fill the disk again on the way.
+                raise
             except DfgetError as exc:
                 if blob.complete or not settings.back_source or not settings.supernodes:
                     raise

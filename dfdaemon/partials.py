@@ -66,5 +66,9 @@ def evict(path: str) -> None:
     partial = Path(path)
     match = _PARTIAL.fullmatch(partial.name)
     if match is not None:
-        remove_partial(partial.parent / match[1])
+        try:
+            remove_partial(partial.parent / match[1])
+        except OSError as exc:  # (a disk gone read-only: the daemon serves on)
+            log.warning("gc: cannot evict a partial download of %s: %s", match[1][:12], exc)
+            return
         log.info("gc: evicted a partial download of %s", match[1][:12])

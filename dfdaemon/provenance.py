@@ -85,10 +85,11 @@ class Provenance:
             )
 
     def forget(self, hex_digest: str) -> None:
-        """The blob is gone from the cache: so is what was kept of it."""
+        """The blob is gone from the cache: so is what was kept of it (from memory even
+        if its files cannot go)."""
+        self._origins.pop(hex_digest, None)
         self.url_file(hex_digest).unlink(missing_ok=True)
         self._from_file(hex_digest).unlink(missing_ok=True)
-        self._origins.pop(hex_digest, None)
 
     def blobs_with_url(self) -> Iterator[str]:
         """The names of the blobs whose URL is kept, in order."""

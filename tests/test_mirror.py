@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import time
@@ -420,6 +422,67 @@ async def test_the_cache_quota_evicts_blobs_nobody_is_reading(one_image: OneImag
     assert blobs.path(first.split(":")[1]).exists()
     assert not blobs.path(second.split(":")[1]).exists()
     assert blobs.usage() == (1, image.sizes[first])
+
+
+async def test_a_disk_that_refuses_to_delete_stops_nothing(
+    one_image: OneImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache's disk gone read-only (ext4's errors=remount-ro) or failing: a blob the
+    GC evicts cannot be removed. That raised out of the GC's loop and stopped the whole
+    daemon (mirror, proxy, control socket, uploads); it is logged, and the daemon and
+    its cache go on."""
+    image, _, daemon = await one_image(
+        [4, 4, 4], cache=GcPolicy(quota=10 * MiB), download_rate=64 * MiB
+    )
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    base = f"http://{daemon.address}/v2/test/img/blobs"
+    real_unlink = os.unlink
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).parent in (blobs.root, blobs.urls):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        for layer in image.layers:
+            assert (await client.get(f"{base}/{layer}")).status_code == 200
+        monkeypatch.setattr(os, "unlink", read_only)
+        evicted = blobs.collect_garbage()  # (raised OSError, which ended the daemon)
+        assert evicted  # forgotten here, though their files stay
+        for layer in image.layers:  # still served, each checked against its digest
+            answer = await client.get(f"{base}/{layer}")
+            assert answer.status_code == 200 and len(answer.content) == image.sizes[layer]
+
+
+async def test_a_full_disk_mid_download_is_not_taken_for_a_p2p_failure(
+    one_image: OneImage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's own disk full mid-download: it fetched the whole blob again from the
+    registry (as if the swarm had failed), which met the full disk again and filled
+    what was left of it; the download fails at once now (the client's answer, started,
+    is broken off; one not started is the registry's, relayed)."""
+    image, _, daemon = await one_image([8], download_rate=64 * MiB)
+    assert daemon.blobs is not None
+    root = str(daemon.blobs.root)
+    real_pwrite = os.pwrite
+    written: list[int] = []
+
+    def full_disk(fd: int, data: Any, offset: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(root):
+            if sum(written) >= 2 * MiB:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    (layer,) = image.layers
+    url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
+    async with httpx.AsyncClient(timeout=60) as client:
+        with contextlib.suppress(httpx.HTTPError):  # (broken off, once bytes went)
+            await client.get(url)
+    await until(lambda: "No space left on device" in caplog.text)
+    assert "fetching it from the upstream" not in caplog.text
 
 
 async def test_after_its_supernode_restarts_the_daemon_seeds_again(
