@@ -327,18 +327,52 @@ class BlobStore:
             busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
             last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
             stored.append(StoredTask(path.name, stat.st_size, last, in_use=busy))
-        # Partial downloads nobody resumes count too (evicted by path, not returned).
+        # URL downloads' files count too, any local user's (evicted by path, not
+        # returned), and partial downloads nobody resumes.
+        urls = self._url_files(now, wall)
         idle = partials.idle((self.root, self.urls), self._downloading, now)
-        evicted = plan(stored + idle, self.settings.gc, now)
+        evicted = plan(stored + urls + idle, self.settings.gc, now)
         named = {task.task_id for task in idle}  # (a relative data dir's paths lack a "/")
         for partial in [name for name in evicted if name in named]:
             partials.evict(partial)
             evicted.remove(partial)
+        for url_file in [name for name in evicted if name in {task.task_id for task in urls}]:
+            self._drop_url(Path(url_file).name)
+            evicted.remove(url_file)
         for hex_digest in evicted:
             self.drop(hex_digest)
             self.last_used.pop(hex_digest, None)
             log.info("gc: evicted blob %s", hex_digest[:12])
         return evicted
+
+    def _url_files(self, now: float, wall: float) -> list[StoredTask]:
+        """The URL downloads' complete files, by path: in use while read or written."""
+        found = []
+        for path in self.urls.iterdir():
+            if not _HEX64.fullmatch(path.name):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            running = self.running_urls.get(path.name)
+            busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
+            last = now - (wall - stat.st_mtime)
+            found.append(StoredTask(str(path), stat.st_size, last, in_use=busy))
+        return found
+
+    def _drop_url(self, task_id: str) -> None:
+        """Evict a URL download's file: its seeding stops, the next request fetches it."""
+        running = self.running_urls.pop(task_id, None)
+        if running is not None:
+            running.scope.cancel()
+        try:
+            (self.urls / task_id).unlink(missing_ok=True)
+            partials.remove_partial(self.urls / task_id)
+        except OSError as exc:  # (as `drop`: the daemon serves on)
+            log.warning("url %s: cannot remove its file: %s", task_id[:12], exc)
+            return
+        log.info("gc: evicted URL download %s", task_id[:12])
 
     def _downloading(self, name: str) -> bool:
         return name in self.running or name in self.running_urls

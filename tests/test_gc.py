@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import Fetch, StartSupernode, beside, until
+from conftest import Fetch, StartDaemon, StartSupernode, ask_for_file, beside, until
 
 from common.eviction import GcPolicy, StoredTask, plan
 from dfget.options import PeerOptions
@@ -138,3 +138,27 @@ async def test_a_fetch_a_restart_stopped_and_nobody_resumed_counts_and_can_be_ev
     assert again.node.collect_garbage() == [task_id]
     assert not again.node.store.task_dir(task_id).exists()
     assert again.node.cdn.stopped_fetches() == {}
+
+
+async def test_url_downloads_count_against_the_daemons_cache_quota(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """A URL download's file (the control socket's, the proxy's) stayed for good
+    whatever --cache-quota said: any local user asking for distinct URLs could fill
+    the daemon's disk. The GC counts them, and evicts idle ones as it does blobs."""
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, cache=GcPolicy(quota=5 * MiB))
+    assert daemon.blobs is not None
+    for i in range(4):
+        origin.add(f"/f{i}.bin", os.urandom(2 * MiB))
+        url = origin.url(f"/f{i}.bin")
+        answer, _ = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, False)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    urls = daemon.blobs.urls
+    await until(lambda: sum(1 for p in urls.iterdir() if len(p.name) == 64) == 4)
+    daemon.blobs.collect_garbage()
+    kept = [p for p in urls.iterdir() if len(p.name) == 64]
+    assert sum(p.stat().st_size for p in kept) <= 5 * MiB * 0.9, kept  # (to the watermark)
+    again = origin.url("/f0.bin")  # an evicted one is simply fetched again
+    answer, _ = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, again, False)
+    assert answer.startswith(b"HTTP/1.1 200")
