@@ -11,6 +11,7 @@ import httpx
 
 from common.io import RateLimiter
 from common.io.origins import redirect_hooks
+from common.io.rawheaders import latin_1_header
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url, move_credentials, unsendable
 from dfget.errors import IntegrityError, OriginFailed, UsageError
@@ -88,9 +89,9 @@ async def fetch_from_origin(
                 hasher=hasher,
                 progress=progress,
             )
-            validators = (
-                response.headers.get("etag", ""),
-                response.headers.get("last-modified", ""),
+            validators = (  # (read as the supernode reads them: see rawheaders)
+                latin_1_header(response, "etag") or "",
+                latin_1_header(response, "last-modified") or "",
             )
     except AddressDenied as exc:
         raise OriginFailed(str(exc)) from exc

@@ -18,6 +18,7 @@ from proto.pieces import MiB
 from proto.taskid import task_id_for
 from supernode.cdn import lean as lean_module
 from supernode.cdn.lean import _request as lean_request
+from supernode.cdn.response import header_bytes
 from supernode.cdn.task import TaskState
 from supernode.errors import BadRequest
 from testkit.origin import FakeOrigin
@@ -339,3 +340,14 @@ async def test_an_etag_past_ascii_goes_back_as_it_came(
         nursery.cancel_scope.cancel()
     assert any("if-none-match" in seen.headers for seen in server.seen)
     assert len([seen for seen in server.seen if "range" not in seen.headers]) == 1  # fetched once
+
+
+def test_a_validator_stored_past_latin_1_goes_out_as_its_utf_8_bytes(lean: bool) -> None:
+    """A task stored before values were read as Latin-1 holds the ETag as httpx read it
+    (UTF-8: '"café-€"'): its revalidation could not be built (a usage error for every
+    later requester until the task expired); it goes out as the bytes it was read from."""
+    etag = '"caf\u00e9-\u20ac"'
+    assert header_bytes(etag) == etag.encode("utf-8")
+    assert header_bytes('"caf\u00e9"') == b'"caf\xe9"'  # (Latin-1, as read now)
+    _, _, request = lean_request("http://127.0.0.1:9/f.bin", [("If-None-Match", etag)])
+    assert (b"if-none-match", etag.encode("utf-8")) in list(request.headers)

@@ -681,3 +681,9 @@ def test_an_older_generation_never_enters_the_swarm_again() -> None:
     with pytest.raises(TaskSuperseded):
         node.enter(node.join("late", "127.0.0.3", 4000, 8), old, 0.0)
     assert node.generations[spec.task_id] == 2 and node.current(new)
+    # One the CDN dropped since (failed, evicted) is no reason to refuse what it gives
+    # now, whatever its number (forgotten ids may come back numbered lower).
+    new.fail(TaskSuperseded("evicted"))
+    again = CdnTask(spec, 1)
+    node.enter(node.join("later", "127.0.0.4", 4000, 8), again, 0.0)
+    assert node.current(again)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, RunningSupernode, StartDaemon, cli_env
+from conftest import PYTHON, RunningSupernode, StartDaemon, StartSupernode, cli_env
 from registry import needs_nginx
 
 from dfget.engine import DownloadRequest
@@ -396,12 +396,13 @@ class Versions:
         self.version = 1
         self.head_lies = False
         self.head_delay = 0.0  # seconds a HEAD's answer takes
+        self.mark = ""  # in its ETags (sent as UTF-8)
         self.change_after_get = False  # the next version is up as soon as a GET ends
 
     def __call__(self, seen: Seen) -> Answer:
         if seen.path == "/d/":
             return Answer(200, [("content-type", "text/html")], b'<a href="f.txt">f.txt</a>')
-        etag = f'"v{self.version}"'
+        etag = f'"v{self.version}{self.mark}"'
         body = f"version {self.version}".encode()
         if seen.method == "HEAD":
             lied = '"not-the-gets"' if self.head_lies else etag
@@ -468,6 +469,29 @@ async def test_a_head_that_takes_too_long_does_not_hold_the_tree(
     with trio.fail_after(10):
         assert await run() == ["done"]  # asked again, not waited for
     assert (out / "f.txt").read_bytes() == b"version 1"
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpx"])
+async def test_a_validator_past_ascii_lets_a_rerun_through_the_supernode_skip(
+    nursery: trio.Nursery, tmp_path: Path, start_supernode: StartSupernode, lean: bool
+) -> None:
+    """A UTF-8 ETag: the supernode reads validators' bytes as Latin-1, and dfget's HEAD
+    read them as httpx does (UTF-8): they never matched, and every re-run downloaded
+    the file again. Both read the bytes alike now."""
+    origin = Versions()
+    origin.mark = "-\u00e9t\u00e9"
+    server = ScriptedOrigin(origin)
+    await nursery.start(server.serve)
+    node = await start_supernode(lean_http=lean)
+    out = tmp_path / "out"
+    template = through(node, server.url("/d/"), out)
+
+    async def run() -> list[str]:
+        result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
+        return [file.status for file in result.files]
+
+    assert await run() == ["done"]
+    assert await run() == ["skipped"]
 
 
 def endless(seen: Seen) -> Answer:

@@ -20,6 +20,7 @@ import httpx
 import trio
 
 from common.io.capped import BodyTooLarge, EncodedBody, identity_headers, read_capped
+from common.io.rawheaders import latin_1_header
 from common.urls import display_url, move_credentials
 from dfget.tls import tls_context
 from dfget.tree.entries import (
@@ -180,8 +181,8 @@ class HttpIndexLister(KeptHeads):
             return None
         if response.status_code != 200:
             return None
-        etag = response.headers.get("etag")
-        modified = response.headers.get("last-modified")
+        etag = latin_1_header(response, "etag")  # (as the supernode reads it)
+        modified = latin_1_header(response, "last-modified")
         return http_validator(etag, modified, response.headers.get("content-length"))
 
     def validator_of(self, result: DownloadResult) -> str | None:

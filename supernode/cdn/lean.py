@@ -23,7 +23,7 @@ from common.io.keptconns import KeptConnections, Origin
 from common.io.origins import open_checked_tcp_stream
 from common.origins import AddressDenied, OriginPolicy
 from common.urls import display_url
-from supernode.cdn.response import OriginResponse
+from supernode.cdn.response import OriginResponse, header_bytes
 from supernode.errors import (
     BadRequest,
     OriginBroken,
@@ -204,7 +204,7 @@ def _request(
                 (b"Connection", b"keep-alive" if keep else b"close"),
                 # Values as Latin-1 bytes: an origin's ETag past ASCII, read so, goes back
                 # as it came in an If-None-Match (h11 takes ASCII strs only).
-                *[(k.encode("ascii"), v.encode("latin-1")) for k, v in given],
+                *[(k.encode("ascii"), header_bytes(v)) for k, v in given],
                 *([] if any(k.lower() == "user-agent" for k, _ in headers) else [_AGENT]),
             ],
         )

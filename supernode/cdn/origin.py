@@ -21,11 +21,12 @@ import trio
 
 from common.io.keptconns import KeptConnections
 from common.io.origins import SENSITIVE, checked_client
+from common.io.rawheaders import latin_1_header
 from common.origins import AddressDenied, OriginPolicy
 from common.s3sign import S3Credentials, signed_headers
 from common.urls import display_url, move_credentials, unsendable
 from supernode.cdn.lean import LeanResponse, lean_get
-from supernode.cdn.response import Headers, OriginResponse, Validators
+from supernode.cdn.response import Headers, OriginResponse, Validators, header_bytes
 from supernode.errors import (
     BadRedirect,
     BadRequest,
@@ -87,11 +88,7 @@ class HttpxResponse(OriginResponse):
     def header(self, name: str) -> str | None:
         """The first value of header `name`, its bytes read as Latin-1 (as the lean path
         reads them, and sends them back: an ETag past ASCII goes out as it came)."""
-        wanted = name.encode("ascii").lower()
-        for key, value in self._response.headers.raw:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
+        return latin_1_header(self._response, name)
 
     async def read_into(self, view: memoryview) -> int:
         if not self._pending:
@@ -226,7 +223,7 @@ class OriginClient:
         """Send, redirects followed by httpx under `checked_client`'s hooks (a hop to
         another origin goes without the SENSITIVE headers)."""
         try:
-            raw = [(k.encode("ascii"), v.encode("latin-1")) for k, v in sent]  # (as came)
+            raw = [(k.encode("ascii"), header_bytes(v)) for k, v in sent]  # (as came)
             request = self._client.build_request(method, url, headers=raw)
         except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
             raise BadRequest(f"cannot request {display_url(url)[:200]!r}: {exc}") from exc

@@ -125,3 +125,14 @@ def _inside(first: int | None, last: int | None, total: int | None) -> bool:
 def passing(status: int | None) -> bool:
     """An error status worth asking again after a pause: 5xx, 429 (S3's SlowDown is 503)."""
     return status is not None and (status >= 500 or status == 429)
+
+
+def header_bytes(value: str) -> bytes:
+    """A header value as it goes on the wire: its Latin-1 bytes (how both origin paths
+    read values: an ETag past ASCII goes back as it came); past Latin-1 (a validator
+    stored from httpx's UTF-8 reading, before values were read so), its UTF-8 bytes,
+    the very bytes that reading took."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")

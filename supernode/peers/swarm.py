@@ -143,8 +143,15 @@ class Swarm:
         leaves: bool = False,
     ) -> None:
         scheduled = self.generations.get(task.task_id)
-        if scheduled is not None and task.generation < scheduled:
-            # (an older generation handed out while a newer one entered: never back)
+        newer = self._tasks.get(task.task_id)
+        if (
+            scheduled is not None
+            and task.generation < scheduled
+            and newer is not None
+            and not (newer.failed or newer.superseded)
+        ):
+            # An older generation handed out while a newer one, still the CDN's, entered:
+            # never back. (One the CDN dropped may be followed by any number it gives.)
             raise TaskSuperseded(f"generation {scheduled} of the task replaced this one")
         if scheduled is not None and scheduled != task.generation:
             # The content changed upstream: the old generation's holdings mean nothing.
