@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from common.io.rawheaders import latin_1_header
 from common.units import header_int
 
 
@@ -21,7 +22,9 @@ class Validators:
 
     @classmethod
     def of(cls, response: httpx.Response) -> Validators:
-        etag = response.headers.get("etag")
+        """Read as the supernode reads an origin's validators (their bytes as Latin-1):
+        a kept copy's, which it reported, compare equal to the origin's answer here."""
+        etag = latin_1_header(response, "etag")
         if etag is not None and etag.startswith(("W/", "w/")):
             etag = None
         length: int | None = None
@@ -29,7 +32,7 @@ class Validators:
             length = header_int(response.headers.get("content-range", "").rpartition("/")[2])
         else:
             length = header_int(response.headers.get("content-length", ""))
-        return cls(etag, response.headers.get("last-modified"), length)
+        return cls(etag, latin_1_header(response, "last-modified"), length)
 
     def same_content(self, other: Validators) -> bool:
         """True only if both name one version: strong ETags equal, or (without them)

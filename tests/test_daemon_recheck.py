@@ -38,6 +38,7 @@ from dfget.errors import OriginFailed
 from dfget.results import Content, DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
+from testkit.scripted import Answer, ScriptedOrigin, Seen
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
 SUPERNODE_AGENT = "dragonfly-py-supernode"
@@ -334,3 +335,34 @@ async def test_a_kept_file_goes_as_its_descriptor_to_a_client_that_asks(
             os.close(fd)
     answer, fds = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, url, False)
     assert fds == [] and answer.partition(b"\r\n\r\n")[2] == data  # not asked: the bytes
+
+
+async def test_a_kept_url_with_an_etag_past_ascii_is_checked_with_the_origin_alone(
+    nursery: trio.Nursery, start_supernode: StartSupernode, start_daemon: StartDaemon, fetch: Fetch
+) -> None:
+    """A UTF-8 ETag: the daemon read the origin's answer as httpx does (UTF-8) and the
+    kept copy's validators as the supernode reported them (Latin-1): they never matched,
+    and every request for the URL went to the supernode to be revalidated there."""
+    data = os.urandom(MiB)
+    etag = '"caf\u00e9"'.encode()
+
+    def answer(seen: Seen) -> Answer:
+        if seen.headers.get("if-none-match", "").encode("latin-1") == etag:
+            return Answer(304, [("etag", etag)])
+        if "range" in seen.headers:
+            headers = [("etag", etag), ("content-range", f"bytes 0-0/{len(data)}")]
+            return Answer(206, headers, data[:1])
+        headers: list[tuple[str, str | bytes]] = [("etag", etag)]
+        return Answer(200, [*headers, ("content-length", str(len(data)))], data)
+
+    server = ScriptedOrigin(answer)
+    await nursery.start(server.serve)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = server.url("/f.bin")
+    first = await fetch(url, None, daemon_socket=daemon.socket_path, name="first")
+    assert Path(first.output).read_bytes() == data
+    before = len(server.seen)
+    again = await fetch(url, None, daemon_socket=daemon.socket_path, name="again")
+    assert Path(again.output).read_bytes() == data
+    assert [seen.method for seen in server.seen[before:]] == ["HEAD"]  # the daemon's, alone
