@@ -347,13 +347,12 @@ async def test_a_kept_url_with_an_etag_past_ascii_is_checked_with_the_origin_alo
     etag = '"caf\u00e9"'.encode()
 
     def answer(seen: Seen) -> Answer:
+        tagged: list[tuple[str, str | bytes]] = [("etag", etag)]
         if seen.headers.get("if-none-match", "").encode("latin-1") == etag:
-            return Answer(304, [("etag", etag)])
+            return Answer(304, tagged)
         if "range" in seen.headers:
-            headers = [("etag", etag), ("content-range", f"bytes 0-0/{len(data)}")]
-            return Answer(206, headers, data[:1])
-        headers: list[tuple[str, str | bytes]] = [("etag", etag)]
-        return Answer(200, [*headers, ("content-length", str(len(data)))], data)
+            return Answer(206, [*tagged, ("content-range", f"bytes 0-0/{len(data)}")], data[:1])
+        return Answer(200, [*tagged, ("content-length", str(len(data)))], data)
 
     server = ScriptedOrigin(answer)
     await nursery.start(server.serve)
