@@ -105,6 +105,9 @@ class BlobStore:
         # by their own download, or hashed whole once (before a Range is served).
         self._verified: dict[str, tuple[int, int, int]] = {}
         self._verifying: dict[str, trio.Event] = {}
+        # Blobs dropped whose files could not be removed (a disk gone read-only): taken
+        # for absent (never served again), until a download of one completes.
+        self._unremovable: set[str] = set()
         self._clean_temp_files()
 
     def _clean_temp_files(self) -> None:
@@ -122,6 +125,8 @@ class BlobStore:
         return self.root / hex_digest
 
     def cached(self, hex_digest: str) -> Blob | None:
+        if hex_digest in self._unremovable:
+            return None
         path = self.path(hex_digest)
         try:
             size = path.stat().st_size
@@ -150,6 +155,7 @@ class BlobStore:
             partials.remove_partial(self.path(hex_digest))
         except OSError as exc:  # a disk gone read-only, failing: the daemon serves on
             log.warning("blob %s: cannot remove its files: %s", hex_digest[:12], exc)
+            self._unremovable.add(hex_digest)  # (its file is no longer the cache's)
 
     def provenance(self, hex_digest: str) -> frozenset[str]:
         """The upstreams (`host:port`) the blob was fetched from: those of its cached
@@ -238,6 +244,7 @@ class BlobStore:
         started again, so that the supernode revalidates it with the origin for this
         requester: its file, if any, is checked against the supernode's piece digests
         first and fetched only where they differ (`Blob.recheck`)."""
+        self.last_used[task_id] = time.monotonic()  # (the GC's order for URL files too)
         blob = self.running_urls.get(task_id)
         if blob is not None and blob.error is None and not blob.complete:
             return blob
@@ -257,6 +264,7 @@ class BlobStore:
         blob = self.running_urls.get(task_id)
         if blob is None or blob.error is not None or not blob.complete:
             return None
+        self.last_used[task_id] = time.monotonic()
         return blob
 
     async def still_current(
@@ -317,7 +325,7 @@ class BlobStore:
         now, wall = time.monotonic(), time.time()
         stored = []
         for path in self.root.iterdir():
-            if not _HEX64.fullmatch(path.name):
+            if not _HEX64.fullmatch(path.name) or path.name in self._unremovable:
                 continue
             try:
                 stat = path.stat()
@@ -357,7 +365,7 @@ class BlobStore:
                 continue
             running = self.running_urls.get(path.name)
             busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
-            last = now - (wall - stat.st_mtime)
+            last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
             found.append(StoredTask(str(path), stat.st_size, last, in_use=busy))
         return found
 
@@ -366,6 +374,7 @@ class BlobStore:
         running = self.running_urls.pop(task_id, None)
         if running is not None:
             running.scope.cancel()
+        self.last_used.pop(task_id, None)
         try:
             (self.urls / task_id).unlink(missing_ok=True)
             partials.remove_partial(self.urls / task_id)
@@ -426,6 +435,7 @@ class BlobStore:
         """`blob`'s download ended, complete or failed (its readers not woken yet)."""
         if blob.complete and blob.digest is not None:  # the download checked it whole
             self.mark_verified(blob)
+            self._unremovable.discard(blob.hex)  # (its file is the blob again)
         if blob.complete and self._in_cache(blob):
             self._provenance.remember(blob.hex, url, blob.origin)
         self.on_result(blob)

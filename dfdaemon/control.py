@@ -55,7 +55,7 @@ from common.io import serve_limited, unwrap_group
 from common.jsonbody import BadBody, json_object
 from common.origins import AddressDenied
 from common.urls import display_url
-from dfdaemon.blob import Blob, BlobUnavailable
+from dfdaemon.blob import Blob, BlobUnavailable, Reading
 from dfdaemon.bodies import (
     LengthMismatch,
     finished_small,
@@ -270,6 +270,20 @@ class ControlApi:
         except DfgetError as exc:
             await _error(reply, exc)
             return
+        # A reader from here on: the GC leaves its file alone while this client waits
+        # for it (a small file's end, its length) and takes it.
+        with Reading(blob):
+            await self._answer(request, reply, wanted, blob, announced)
+
+    async def _answer(
+        self,
+        request: Request,
+        reply: Reply,
+        wanted: DownloadRequest,
+        blob: Blob,
+        announced: int | None,
+    ) -> None:
+        """The answer with `blob` (its file passed, or its bytes sent as they come)."""
         cached = blob.complete
         digest = blob.digest or ""
         sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else None

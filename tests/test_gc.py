@@ -13,6 +13,7 @@ from conftest import Fetch, StartDaemon, StartSupernode, ask_for_file, beside, u
 
 from common.eviction import GcPolicy, StoredTask, plan
 from dfget.options import PeerOptions
+from dfget.request import DownloadRequest
 from testkit.origin import FakeOrigin
 
 MiB = 1 << 20
@@ -162,3 +163,63 @@ async def test_url_downloads_count_against_the_daemons_cache_quota(
     again = origin.url("/f0.bin")  # an evicted one is simply fetched again
     answer, _ = await trio.to_thread.run_sync(ask_for_file, daemon.socket_path, again, False)
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_url_file_a_client_waits_for_is_not_evicted_before_it_takes_it(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dfget waiting for a small file to complete held no reader of it: a GC between
+    the file's end and its handing over evicted it (over 90% of the quota, idle), and
+    the client got a 502 and exit 1 instead of its file. The client counts as a reader
+    from the moment its download is chosen."""
+    from dfdaemon import bodies
+
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, cache=GcPolicy(quota=3 * MiB))
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    waited = bodies.finished_small
+
+    async def gc_right_after(blob: Any, at_most: int) -> bool:
+        done = await waited(blob, at_most)
+        blobs.collect_garbage()  # (the GC's tick at the worst moment)
+        return done
+
+    monkeypatch.setattr("dfdaemon.control.finished_small", gc_right_after)
+    data = os.urandom(3 * MiB)
+    origin.add("/f.bin", data)
+    answer, fds = await trio.to_thread.run_sync(
+        ask_for_file, daemon.socket_path, origin.url("/f.bin"), True
+    )
+    try:
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert len(fds) == 1 and os.pread(fds[0], len(data) + 1, 0) == data
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def test_url_files_go_least_recently_asked_for_first(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """URL files were evicted by when they were written: a URL clients keep asking for
+    went before one nobody asked for since (and, with --cache-ttl, every TTL however
+    often it was asked for). They go by when they were last asked for, as blobs do."""
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, cache=GcPolicy(quota=4 * MiB))
+    assert daemon.blobs is not None
+    origin.add("/popular.bin", os.urandom(2 * MiB))
+    origin.add("/once.bin", os.urandom(2 * MiB))
+    for path in ("/popular.bin", "/once.bin", "/popular.bin"):  # the first asked again
+        answer, _ = await trio.to_thread.run_sync(
+            ask_for_file, daemon.socket_path, origin.url(path), False
+        )
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    urls = daemon.blobs.urls
+    await until(lambda: sum(1 for p in urls.iterdir() if len(p.name) == 64) == 2)
+    popular = DownloadRequest(url=origin.url("/popular.bin"), output=urls).task_id()
+    daemon.blobs.collect_garbage()
+    assert [p.name for p in urls.iterdir() if len(p.name) == 64] == [popular]

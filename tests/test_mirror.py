@@ -437,22 +437,60 @@ async def test_a_disk_that_refuses_to_delete_stops_nothing(
     assert daemon.blobs is not None
     blobs = daemon.blobs
     base = f"http://{daemon.address}/v2/test/img/blobs"
-    real_unlink = os.unlink
+    real_unlink, real_open = os.unlink, os.open
 
     def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
         if Path(path).parent in (blobs.root, blobs.urls):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         real_unlink(path, *args, **kwargs)
 
+    def no_new_files(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and Path(path).parent in (blobs.root, blobs.urls):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
     async with httpx.AsyncClient(timeout=60) as client:
         for layer in image.layers:
             assert (await client.get(f"{base}/{layer}")).status_code == 200
         monkeypatch.setattr(os, "unlink", read_only)
+        monkeypatch.setattr(os, "open", no_new_files)
         evicted = blobs.collect_garbage()  # (raised OSError, which ended the daemon)
         assert evicted  # forgotten here, though their files stay
-        for layer in image.layers:  # still served, each checked against its digest
+        assert blobs.collect_garbage() == []  # (and not evicted again at every look)
+        for layer in image.layers:  # still served: from the cache, or relayed
             answer = await client.get(f"{base}/{layer}")
             assert answer.status_code == 200 and len(answer.content) == image.sizes[layer]
+
+
+async def test_a_damaged_blob_that_cannot_be_removed_is_not_served_again(
+    one_image: OneImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached blob found damaged as it is sent is dropped; on a disk that refuses to
+    remove it, its file stayed and every later request was served from it and broken
+    off midway. The daemon takes it for absent now: the next request downloads it."""
+    image, _, daemon = await one_image([4], download_rate=64 * MiB)
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    (layer,) = image.layers
+    hex_digest = layer.split(":")[1]
+    url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
+    real_unlink = os.unlink
+
+    def refuse(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == blobs.path(hex_digest):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        assert (await client.get(url)).status_code == 200
+        await until(lambda: blobs.cached(hex_digest) is not None)
+        flip_byte(blobs.path(hex_digest), MiB, 0xFF)
+        monkeypatch.setattr(os, "unlink", refuse)
+        with contextlib.suppress(httpx.HTTPError):  # hashed as sent: broken off
+            await client.get(url)
+        again = await client.get(url)
+    assert again.status_code == 200 and len(again.content) == image.sizes[layer]
+    assert hashlib.sha256(again.content).hexdigest() == hex_digest
 
 
 async def test_a_full_disk_mid_download_is_not_taken_for_a_p2p_failure(
