@@ -323,21 +323,10 @@ class BlobStore:
         """Evict what the cache policy says should go now (a blob being read or still
         downloading stays; one that is only seeded may go); the evicted digests."""
         now, wall = time.monotonic(), time.time()
-        stored = []
-        for path in self.root.iterdir():
-            if not _HEX64.fullmatch(path.name) or path.name in self._unremovable:
-                continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            running = self.running.get(path.name)
-            busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
-            last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
-            stored.append(StoredTask(path.name, stat.st_size, last, in_use=busy))
+        stored = self._files(self.root, self.running, now, wall, by_path=False)
         # URL downloads' files count too, any local user's (evicted by path, not
         # returned), and partial downloads nobody resumes.
-        urls = self._url_files(now, wall)
+        urls = self._files(self.urls, self.running_urls, now, wall, by_path=True)
         idle = partials.idle((self.root, self.urls), self._downloading, now)
         evicted = plan(stored + urls + idle, self.settings.gc, now)
         named = {task.task_id for task in idle}  # (a relative data dir's paths lack a "/")
@@ -353,20 +342,25 @@ class BlobStore:
             log.info("gc: evicted blob %s", hex_digest[:12])
         return evicted
 
-    def _url_files(self, now: float, wall: float) -> list[StoredTask]:
-        """The URL downloads' complete files, by path: in use while read or written."""
+    def _files(
+        self, folder: Path, running: dict[str, Blob], now: float, wall: float, *, by_path: bool
+    ) -> list[StoredTask]:
+        """The complete files of `folder` (named by their path with `by_path`, else by
+        their name), each in use while read or still written, last used when last asked
+        for (else when written)."""
         found = []
-        for path in self.urls.iterdir():
-            if not _HEX64.fullmatch(path.name):
+        for path in folder.iterdir():
+            if not _HEX64.fullmatch(path.name) or path.name in self._unremovable:
                 continue
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            running = self.running_urls.get(path.name)
-            busy = self.readers[path.name] > 0 or (running is not None and not running.complete)
+            blob = running.get(path.name)
+            busy = self.readers[path.name] > 0 or (blob is not None and not blob.complete)
             last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
-            found.append(StoredTask(str(path), stat.st_size, last, in_use=busy))
+            name = str(path) if by_path else path.name
+            found.append(StoredTask(name, stat.st_size, last, in_use=busy))
         return found
 
     def _drop_url(self, task_id: str) -> None:

@@ -9,7 +9,7 @@ import logging
 import os
 import subprocess
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,12 +413,11 @@ class Versions:
         return Answer(200, [("etag", etag)], body)
 
 
-async def test_a_tree_records_the_validator_of_the_bytes_it_wrote(
+async def versions_tree(
     nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    """The validator kept comes with the very bytes written: a file that changed
-    upstream right after it was downloaded is fetched again next time, never skipped
-    as current; a HEAD that disagrees with what the GET said gets no file skipped."""
+) -> tuple[Versions, ScriptedOrigin, Path, Callable[[], Awaitable[list[str]]]]:
+    """A `Versions` origin serving, its server, the tree's output folder, and a run of
+    `dfget -r` of it straight from the origin (each file's status)."""
     origin = Versions()
     server = ScriptedOrigin(origin)
     await nursery.start(server.serve)
@@ -429,6 +428,16 @@ async def test_a_tree_records_the_validator_of_the_bytes_it_wrote(
         result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
         return [file.status for file in result.files]
 
+    return origin, server, out, run
+
+
+async def test_a_tree_records_the_validator_of_the_bytes_it_wrote(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The validator kept comes with the very bytes written: a file that changed
+    upstream right after it was downloaded is fetched again next time, never skipped
+    as current; a HEAD that disagrees with what the GET said gets no file skipped."""
+    origin, server, out, run = await versions_tree(nursery, tmp_path)
     origin.change_after_get = True
     assert await run() == ["done"]
     assert (out / "f.txt").read_bytes() == b"version 1"  # v2 is up now
@@ -454,16 +463,7 @@ async def test_a_head_that_takes_too_long_does_not_hold_the_tree(
     its answer held the tree for as long as it liked. Past HEAD_SECONDS the file is
     downloaded again instead."""
     monkeypatch.setattr("dfget.tree.entries.HEAD_SECONDS", 0.5)
-    origin = Versions()
-    server = ScriptedOrigin(origin)
-    await nursery.start(server.serve)
-    out = tmp_path / "out"
-    template = DownloadRequest(url=server.url("/d/"), output=out, supernodes=())
-
-    async def run() -> list[str]:
-        result = await download_tree(TreeRequest(HttpIndexLister(template.url), out, template))
-        return [file.status for file in result.files]
-
+    origin, _, out, run = await versions_tree(nursery, tmp_path)
     assert await run() == ["done"]
     origin.head_delay = 30.0
     with trio.fail_after(10):
