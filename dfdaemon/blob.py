@@ -83,9 +83,13 @@ class Blob:
         return self.out.filled if self.out is not None else 0
 
     def open(self) -> int:
-        """A read-only descriptor of the blob's bytes, valid across the final rename."""
+        """A read-only descriptor of the blob's bytes, valid across the final rename;
+        BlobUnavailable if its file is gone (evicted, removed by hand)."""
         if self.complete:
-            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise BlobUnavailable(f"blob {self.hex[:12]}: {exc}") from exc
         assert self.out is not None
         return os.dup(self.out.fd)
 

@@ -227,7 +227,11 @@ class BlobStore:
         if cached is not None:
             return cached
         # (the least recently asked for stop first: a host's popular layers keep seeding)
-        _make_room(self.running, MAX_DIGEST_BLOBS, "digest blobs", self.last_used)
+        try:
+            _make_room(self.running, MAX_DIGEST_BLOBS, "digest blobs", self.last_used)
+        except TooManyDownloads:
+            self.last_used.pop(hex_digest, None)  # (no file, no download: no entry)
+            raise
         return self._start(
             Blob(hex_digest, self.path(hex_digest), digest=f"sha256:{hex_digest}"), url, headers
         )
@@ -244,14 +248,15 @@ class BlobStore:
         started again, so that the supernode revalidates it with the origin for this
         requester: its file, if any, is checked against the supernode's piece digests
         first and fetched only where they differ (`Blob.recheck`)."""
-        self.last_used[task_id] = time.monotonic()  # (the GC's order for URL files too)
         blob = self.running_urls.get(task_id)
         if blob is not None and blob.error is None and not blob.complete:
+            self.last_used[task_id] = time.monotonic()  # (the GC's order for URL files too)
             return blob
         if blob is not None:
             blob.scope.cancel()
             del self.running_urls[task_id]
         _make_room(self.running_urls, MAX_URL_DOWNLOADS, "URL downloads", {})
+        self.last_used[task_id] = time.monotonic()
         fresh = Blob(task_id, self.urls / task_id, s3=s3)
         # A file under its final name is always a complete download (written beside it
         # and renamed): one from before a restart is checked first. (One this daemon
@@ -374,6 +379,7 @@ class BlobStore:
             partials.remove_partial(self.urls / task_id)
         except OSError as exc:  # (as `drop`: the daemon serves on)
             log.warning("url %s: cannot remove its file: %s", task_id[:12], exc)
+            self._unremovable.add(task_id)  # (not evicted again at every look)
             return
         log.info("gc: evicted URL download %s", task_id[:12])
 
@@ -427,9 +433,12 @@ class BlobStore:
 
     def _ended(self, blob: Blob, *, url: str) -> None:
         """`blob`'s download ended, complete or failed (its readers not woken yet)."""
+        if blob.complete:
+            self._unremovable.discard(blob.hex)  # (its file is the download's again)
         if blob.complete and blob.digest is not None:  # the download checked it whole
             self.mark_verified(blob)
-            self._unremovable.discard(blob.hex)  # (its file is the blob again)
+        if not blob.complete and not blob.path.exists():
+            self.last_used.pop(blob.hex, None)  # (nothing of it to order: no entry kept)
         if blob.complete and self._in_cache(blob):
             self._provenance.remember(blob.hex, url, blob.origin)
         self.on_result(blob)

@@ -23,7 +23,7 @@ import json
 import logging
 
 from common.units import header_int
-from dfdaemon.blob import Blob, BlobUnavailable, read_blob
+from dfdaemon.blob import Blob, BlobUnavailable, Reading, read_blob
 from dfdaemon.bodies import LengthMismatch, send_whole
 from dfdaemon.cache import BlobStore, TooManyDownloads
 from dfdaemon.httpserver import Reply, Request
@@ -213,19 +213,20 @@ class Mirror:
             await reply.end()
             return
         start, end = span
-        while not blob.complete:  # a range is served from the verified file only
-            blob.raise_if_failed()
-            await blob.wait_changed()
-        if blob.length != length:
-            raise LengthMismatch(hex_digest, length, blob.length or 0)
-        await self.blobs.verify(blob)  # hashed whole once, if not known good
-        headers = self._headers(hex_digest)
-        headers += [
-            ("content-range", f"bytes {start}-{end - 1}/{length}"),
-            ("content-length", str(end - start)),
-        ]
-        await reply.start(206, headers)
-        async with contextlib.aclosing(read_blob(blob, start, end)) as chunks:
-            async for chunk in chunks:
-                await reply.send(chunk)
-        await reply.end()
+        with Reading(blob) as reading:  # (a reader: the GC leaves the file alone meanwhile)
+            while not blob.complete:  # a range is served from the verified file only
+                blob.raise_if_failed()
+                await blob.wait_changed()
+            if blob.length != length:
+                raise LengthMismatch(hex_digest, length, blob.length or 0)
+            await self.blobs.verify(blob)  # hashed whole once, if not known good
+            headers = self._headers(hex_digest)
+            headers += [
+                ("content-range", f"bytes {start}-{end - 1}/{length}"),
+                ("content-length", str(end - start)),
+            ]
+            await reply.start(206, headers)
+            async with contextlib.aclosing(read_blob(blob, start, end, reading=reading)) as chunks:
+                async for chunk in chunks:
+                    await reply.send(chunk)
+            await reply.end()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,52 @@ async def test_url_files_go_least_recently_asked_for_first(
     popular = DownloadRequest(url=origin.url("/popular.bin"), output=urls).task_id()
     daemon.blobs.collect_garbage()
     assert [p.name for p in urls.iterdir() if len(p.name) == 64] == [popular]
+
+
+async def test_urls_that_never_got_a_file_leave_no_trace_in_the_gcs_order(
+    start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """Each URL asked for was given a place in the GC's order before its download began,
+    kept for good when the download failed: any local user asking for failing URLs grew
+    it without bound."""
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, cache=GcPolicy(quota=4 * MiB))
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    for i in range(5):  # (nothing listens on port 1: each download fails)
+        answer, _ = await trio.to_thread.run_sync(
+            ask_for_file, daemon.socket_path, f"http://127.0.0.1:1/f{i}", False
+        )
+        assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    await until(lambda: not blobs.running_urls or all(b.error for b in blobs.running_urls.values()))
+    assert blobs.last_used == {}
+
+
+async def test_a_url_file_that_cannot_be_removed_is_not_evicted_at_every_look(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node, cache=GcPolicy(quota=2 * MiB))
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    origin.add("/f.bin", os.urandom(2 * MiB))
+    answer, _ = await trio.to_thread.run_sync(
+        ask_for_file, daemon.socket_path, origin.url("/f.bin"), False
+    )
+    assert answer.startswith(b"HTTP/1.1 200")
+    await until(lambda: any(len(p.name) == 64 for p in blobs.urls.iterdir()))
+    real_unlink = os.unlink
+
+    def refuse(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).parent == blobs.urls:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    for _ in range(3):
+        blobs.collect_garbage()
+    assert caplog.text.count("cannot remove its file") == 1

@@ -462,6 +462,31 @@ async def test_a_disk_that_refuses_to_delete_stops_nothing(
             assert answer.status_code == 200 and len(answer.content) == image.sizes[layer]
 
 
+async def test_a_range_being_answered_is_not_evicted_under_it(
+    one_image: OneImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Range of a cached blob waited for its check (a whole hash, seconds for a large
+    one) holding no reader: a GC tick meanwhile evicted the file, and the 206 broke off
+    with a traceback. The request is its reader from the start now."""
+    image, _, daemon = await one_image([4], cache=GcPolicy(quota=3 * MiB))
+    assert daemon.blobs is not None
+    blobs = daemon.blobs
+    (layer,) = image.layers
+    url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
+    checked = blobs.verify
+
+    async def gc_after_check(blob: Any) -> None:
+        await checked(blob)
+        blobs.collect_garbage()  # (the GC's tick at the worst moment)
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        whole = await client.get(url)
+        assert whole.status_code == 200
+        monkeypatch.setattr(blobs, "verify", gc_after_check)
+        part = await client.get(url, headers={"range": "bytes=1000-2023"})
+    assert part.status_code == 206 and part.content == whole.content[1000:2024]
+
+
 async def test_a_damaged_blob_that_cannot_be_removed_is_not_served_again(
     one_image: OneImage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
