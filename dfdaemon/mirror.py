@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 
-from common.units import header_int
 from dfdaemon.blob import Blob, BlobUnavailable, Reading, read_blob
 from dfdaemon.bodies import LengthMismatch, send_whole
 from dfdaemon.cache import BlobStore, TooManyDownloads
@@ -30,7 +29,7 @@ from dfdaemon.httpserver import Reply, Request
 from dfdaemon.metrics import Metrics
 from dfdaemon.registry import BadReference, Target, blob_digest, resolve
 from dfdaemon.trust import Trust, untrusted_message
-from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, names_a_length
+from dfdaemon.upstream import Upstream, UpstreamDenied, UpstreamError, announced_length
 from proto.ranges import requested_span
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,10 @@ class Mirror:
             self.metrics.failures.labels("upstream").inc()
             await registry_error(reply, 502, "UNAVAILABLE", f"upstream unreachable: {exc}")
             return
-        if head.status_code != 200 or not names_a_length(head):
+        # The HEAD's length is this answer's business only: it is checked against the
+        # blob's own, never stored on the blob other clients share.
+        length = announced_length(head) if head.status_code == 200 else None
+        if length is None:
             self.metrics.failures.labels("denied").inc()
             log.info(
                 "blob %s: upstream answered %d%s: passing that on",
@@ -139,9 +141,6 @@ class Mirror:
         if not self._trusted(target, hex_digest):  # its provenance went while we asked
             await registry_error(reply, 403, "DENIED", untrusted_message(target.origin))
             return
-        # The HEAD's length is this answer's business only: it is checked against the
-        # blob's own, never stored on the blob other clients share.
-        length = header_int(head.headers.get("content-length", ""))
         credentials = tuple((k, v) for k, v in request.headers if k in CREDENTIAL_HEADERS)
         try:
             blob = self.blobs.get(hex_digest, target.url, credentials)

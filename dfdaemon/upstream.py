@@ -277,14 +277,6 @@ def reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def names_a_length(answer: httpx.Response) -> bool:
-    """Whether an upstream's yes about a blob names its length (a 200's Content-Length,
-    a first byte's 206 its Content-Range), as a registry's and its storage's do: a
-    login page at the end of a redirect (an auth gateway's, for a client without
-    credentials) does not, and vouches for nothing."""
-    return announced_length(answer) is not None
-
-
 def announced_length(answer: httpx.Response) -> int | None:
     """The length an upstream's yes about a blob names, if it names one: a 200's
     Content-Length, a 206's `/TOTAL` of its Content-Range (`*` naming none). A yes is for

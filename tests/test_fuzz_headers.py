@@ -30,7 +30,7 @@ refuses), and what it accepts keeps its promise:
 - The capped reader (`common.io.capped`) raises only `BodyTooLarge` and
   `EncodedBody` (a redirect: httpx's `DecodingError`), returns at most `cap` bytes,
   and refuses every encoding but identity.
-- dfdaemon's "a yes names a length" (`names_a_length`) holds only where
+- dfdaemon's "a yes names a length" (`announced_length`) holds only where
   `Validators.of` reads a length.
 - `blob_digest` raises only `BadReference`; a blob it names is that very path; the
   origin `resolve` checks trust with is the one httpx connects to.
@@ -73,7 +73,7 @@ from dfdaemon.proxy import Proxy
 from dfdaemon.proxyauth import MAX_HEADER, ProxyAuth, Verdict, _credentials
 from dfdaemon.registry import NAME, BadReference, blob_digest, resolve
 from dfdaemon.trust import DEFAULT_PORTS, normal_host, origin_of
-from dfdaemon.upstream import HOP_BY_HOP, forwardable, names_a_length
+from dfdaemon.upstream import HOP_BY_HOP, announced_length, forwardable
 from dfdaemon.validators import Validators as DaemonValidators
 from supernode.admin.preheat import PreheatError, Preheats, _Answer
 from supernode.admin.realms import RealmHost, challenge_params
@@ -777,7 +777,7 @@ def test_a_yes_names_a_length_the_daemon_can_read(
     headers = [] if length is None else [("content-length", length)]
     headers += [] if content_range is None else [("content-range", content_range)]
     answer = http_answer(status, headers, b"")
-    if names_a_length(answer):
+    if announced_length(answer) is not None:
         assert status in (200, 206)
         assert DaemonValidators.of(answer).length is not None, (length, content_range)
 
