@@ -5,6 +5,10 @@ nonce = 4 zero bytes ‖ u64 *i* and AAD = task id ‖ u64 *i* ‖ u64 length. B
 nonce is fixed by the index, a (key, index) pair must only ever seal one plaintext:
 a refetch whose content cannot be proven identical gets a new key (generation).
 The determinism lets a peer re-seal a verified piece and produce the CDN's bytes.
+
+A piece can also be sealed (or opened) part by part as its bytes come (`PieceSealer.
+sealing`, `opening`): the same bytes as in one call, without holding the piece whole
+(a large file's pieces are 64 MiB; the CDN fetches and re-seals them in parts).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import struct
 
 import blake3
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proto.errors import PieceCorrupted
@@ -77,13 +82,23 @@ def _aad(task_id: str, index: int, length: int) -> bytes:
 class PieceSealer:
     """Seals and opens the pieces of one task generation (holds its AESGCM context)."""
 
-    __slots__ = ("_aead", "task_id")
+    __slots__ = ("_aead", "_key", "task_id")
 
     def __init__(self, key: bytes, task_id: str) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError("a task key is 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
         self.task_id = task_id
+
+    def sealing(self, index: int, length: int) -> PartSealer:
+        """Piece `index`, `length` bytes of plaintext, sealed part by part."""
+        return PartSealer(self._key, index, _aad(self.task_id, index, length), length)
+
+    def opening(self, index: int, length: int, tag: bytes) -> PartOpener:
+        """Piece `index`, `length` bytes of ciphertext ending in `tag`, opened part by
+        part: what `PartOpener.open_into` gives is unverified until `verify()` passes."""
+        return PartOpener(self._key, self.task_id, index, length, tag)
 
     def seal(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Ciphertext ‖ 16-byte tag of piece `index`."""
@@ -136,3 +151,61 @@ class PieceSealer:
         if piece_digest(plaintext) != digest:
             raise PieceCorrupted(self.task_id, index, "plaintext does not match its digest")
         return plaintext
+
+
+class PartSealer:
+    """One piece sealed as its parts come, in order: the ciphertext of each part, then
+    the tag once all `length` bytes went through (what `PieceSealer.seal` gives whole)."""
+
+    __slots__ = ("_encryptor", "_left")
+
+    def __init__(self, key: bytes, index: int, aad: bytes, length: int) -> None:
+        self._encryptor = Cipher(algorithms.AES(key), modes.GCM(_nonce(index))).encryptor()
+        self._encryptor.authenticate_additional_data(aad)
+        self._left = length
+
+    def seal_into(self, part: bytes | bytearray | memoryview, out: bytearray) -> memoryview:
+        """The next part's ciphertext, in `out` (at least the part's length + 15 bytes)."""
+        if len(part) > self._left:
+            raise ValueError(f"a part of {len(part)} bytes past the piece's end")
+        count = self._encryptor.update_into(part, out)
+        self._left -= len(part)
+        return memoryview(out)[:count]
+
+    def tag(self) -> bytes:
+        """The GCM tag that ends the sealed piece; ValueError before all of it came."""
+        if self._left:
+            raise ValueError(f"{self._left} bytes of the piece never came")
+        self._encryptor.finalize()
+        return self._encryptor.tag
+
+
+class PartOpener:
+    """One sealed piece opened as its parts come, in order. The plaintext of a part is
+    not verified: nothing may use it for good before `verify()` (PieceCorrupted)."""
+
+    __slots__ = ("_decryptor", "_index", "_left", "_tag", "_task_id")
+
+    def __init__(self, key: bytes, task_id: str, index: int, length: int, tag: bytes) -> None:
+        if len(tag) != TAG_SIZE:
+            raise PieceCorrupted(task_id, index, "shorter than a GCM tag")
+        self._decryptor = Cipher(algorithms.AES(key), modes.GCM(_nonce(index))).decryptor()
+        self._decryptor.authenticate_additional_data(_aad(task_id, index, length))
+        self._index, self._left, self._tag, self._task_id = index, length, tag, task_id
+
+    def open_into(self, part: bytes | bytearray | memoryview, out: bytearray) -> memoryview:
+        """The next part's plaintext, unverified, in `out` (the part's length + 15)."""
+        if len(part) > self._left:
+            raise PieceCorrupted(self._task_id, self._index, "longer than its piece")
+        count = self._decryptor.update_into(part, out)
+        self._left -= len(part)
+        return memoryview(out)[:count]
+
+    def verify(self) -> None:
+        """PieceCorrupted unless every byte came and the tag holds."""
+        if self._left:
+            raise PieceCorrupted(self._task_id, self._index, f"{self._left} bytes missing")
+        try:
+            self._decryptor.finalize_with_tag(self._tag)
+        except InvalidTag:
+            raise PieceCorrupted(self._task_id, self._index, "GCM tag does not verify") from None

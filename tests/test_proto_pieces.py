@@ -17,7 +17,7 @@ from common.units import parse_rate, parse_size
 from proto import PieceCorrupted, piece_count, piece_length, piece_size_for, task_id_for
 from proto.errors import BadTicket
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context, wrap_key
-from proto.pieces import MiB, PieceSealer, piece_digest
+from proto.pieces import TAG_SIZE, MiB, PieceSealer, piece_digest
 from proto.ranges import parse_range
 from proto.taskid import canonical_url, check_task_id
 from proto.tickets import TicketIssuer, TicketVerifier, issue_ticket, verify_ticket
@@ -340,3 +340,55 @@ def test_credentials_in_a_url_become_basic_auth_unless_a_header_says_otherwise()
     assert headers == (("Authorization", "Basic YUBiOnA6dw=="),)  # "a@b:p:w"
     explicit = (("Authorization", "Bearer t"),)
     assert move_credentials("http://a:b@h/x", explicit) == ("http://h/x", explicit)
+
+
+@pytest.mark.parametrize("part", [1, 7, 16, 4096, 10_000])
+def test_a_piece_sealed_and_opened_in_parts_is_the_piece_sealed_whole(part: int) -> None:
+    sealer = PieceSealer(KEY, TID)
+    plain = bytes(range(256)) * 39 + b"end"  # 9987 bytes: parts that do not divide it
+    whole = sealer.seal(11, plain)
+    sealing, sealed = sealer.sealing(11, len(plain)), bytearray()
+    out = bytearray(part + 15)
+    for at in range(0, len(plain), part):
+        sealed += sealing.seal_into(plain[at : at + part], out)
+    sealed += sealing.tag()
+    assert bytes(sealed) == whole
+    body, tag = whole[:-TAG_SIZE], whole[-TAG_SIZE:]
+    opening, opened = sealer.opening(11, len(plain), tag), bytearray()
+    for at in range(0, len(plain), part):
+        opened += opening.open_into(body[at : at + part], out)
+    opening.verify()
+    assert bytes(opened) == plain
+
+
+def test_a_piece_opened_in_parts_is_verified_only_whole_and_untouched() -> None:
+    sealer = PieceSealer(KEY, TID)
+    sealed = bytearray(sealer.seal(2, b"y" * 5000))
+    body, tag = sealed[:-TAG_SIZE], bytes(sealed[-TAG_SIZE:])
+    out = bytearray(5000 + 15)
+    short = sealer.opening(2, 5000, tag)
+    short.open_into(body[:4999], out)
+    with pytest.raises(PieceCorrupted, match="1 bytes missing"):
+        short.verify()  # a part never came
+    with pytest.raises(PieceCorrupted, match="longer"):
+        sealer.opening(2, 5000, tag).open_into(body + b"z", out)
+    moved = sealer.opening(3, 5000, tag)  # another index
+    moved.open_into(body, out)
+    with pytest.raises(PieceCorrupted, match="GCM tag"):
+        moved.verify()
+    body[100] ^= 1
+    tampered = sealer.opening(2, 5000, tag)
+    tampered.open_into(body, out)
+    with pytest.raises(PieceCorrupted, match="GCM tag"):
+        tampered.verify()
+    with pytest.raises(PieceCorrupted, match="GCM tag"):
+        sealer.opening(2, 5000, tag[:8])
+
+
+def test_a_piece_sealed_in_parts_wants_exactly_its_length() -> None:
+    sealing, out = PieceSealer(KEY, TID).sealing(0, 10), bytearray(64)
+    sealing.seal_into(b"12345", out)
+    with pytest.raises(ValueError, match="5 bytes of the piece never came"):
+        sealing.tag()
+    with pytest.raises(ValueError, match="past the piece's end"):
+        sealing.seal_into(b"123456", out)

@@ -33,8 +33,9 @@ import trio
 
 from common.io import RateLimiter
 from proto.digests import digest_matches, new_hasher
-from proto.pieces import TAG_SIZE, piece_count, piece_digest, piece_length, piece_size_for
+from proto.pieces import TAG_SIZE, piece_count, piece_length, piece_size_for
 from supernode.cdn.origin import OriginClient
+from supernode.cdn.piecefile import PART, PieceWriter
 from supernode.cdn.response import OriginResponse, Validators, check_resumed, passing
 from supernode.cdn.task import CdnTask, TaskSpec
 from supernode.errors import (
@@ -168,7 +169,8 @@ async def _fetch_run(
     extra = [("Range", f"bytes={start}-{end}")]
     if task.validators.if_range:
         extra.append(("If-Range", task.validators.if_range))
-    plain, sealed = bytearray(size), bytearray(size + TAG_SIZE)
+    part = bytearray(min(size, PART))
+    sealed = bytearray(len(part) + TAG_SIZE)
     spec = task.spec
     async with origin.open(
         "GET", spec.url, spec.headers, extra=tuple(extra), s3=spec.s3
@@ -176,20 +178,40 @@ async def _fetch_run(
         check_not_changed(task, response)
         check_resumed(response, start, task.validators)
         for index in range(first, last):
-            view = memoryview(plain)[: piece_length(index, length, size)]
-            filled = 0
-            while filled < len(view):
-                count = await response.read_into(view[filled:])
-                if count == 0:
-                    raise OriginBroken(f"body ended at piece {index} of an adopted task")
-                if limiter:
-                    await limiter.acquire(count)
-                task.bytes_from_origin += count
-                filled += count
-            if task.holds(index):
-                continue
-            await trio.to_thread.run_sync(_store, task, index, view, sealed)
-            task.piece_stored(index, len(view))
+            plain = piece_length(index, length, size)
+            # (a piece another fill stored meanwhile is read past, not written again)
+            writer = None if task.holds(index) else _writer(task, index, plain, sealed)
+            for at in range(0, plain, len(part)):
+                view = memoryview(part)[: min(len(part), plain - at)]
+                await _read_exactly(response, view, limiter, task, index)
+                if writer is not None:
+                    end = at + len(view) == plain
+                    await trio.to_thread.run_sync(_store, task, writer, view, end)
+            if writer is not None:
+                task.piece_stored(index, plain)
+
+
+async def _read_exactly(
+    response: OriginResponse,
+    view: memoryview,
+    limiter: RateLimiter | None,
+    task: CdnTask,
+    index: int,
+) -> None:
+    filled = 0
+    while filled < len(view):
+        count = await response.read_into(view[filled:])
+        if count == 0:
+            raise OriginBroken(f"body ended at piece {index} of an adopted task")
+        if limiter:
+            await limiter.acquire(count)
+        task.bytes_from_origin += count
+        filled += count
+
+
+def _writer(task: CdnTask, index: int, length: int, sealed: bytearray) -> PieceWriter:
+    assert task.pieces is not None
+    return PieceWriter(task.pieces, task.sealer, index, length, sealed)
 
 
 def check_not_changed(task: CdnTask, response: OriginResponse) -> None:
@@ -199,12 +221,15 @@ def check_not_changed(task: CdnTask, response: OriginResponse) -> None:
         raise TaskSuperseded(CHANGED)
 
 
-def _store(task: CdnTask, index: int, plain: memoryview, sealed: bytearray) -> None:
-    """Check piece `index` against the adopted digest, seal it, write it (a worker thread)."""
-    if piece_digest(plain) != task.digests[index]:
-        raise TaskSuperseded(f"{CHANGED} (piece {index} does not match its recorded digest)")
-    assert task.pieces is not None
-    task.pieces.write(index, task.sealer.seal_into(index, plain, sealed))
+def _store(task: CdnTask, writer: PieceWriter, part: memoryview, end: bool) -> None:
+    """A part of a piece sealed and written; at its end, the piece checked against the
+    adopted digest before its tag goes (a worker thread). A piece that does not match
+    was sealed under this generation's key and never announced: the generation fails."""
+    writer.write(part)
+    if end and writer.digest() != task.digests[writer.index]:
+        raise TaskSuperseded(f"{CHANGED} (piece {writer.index} does not match its recorded digest)")
+    if end:
+        writer.end()
 
 
 async def repair(
@@ -270,8 +295,12 @@ def _whole_matches(task: CdnTask) -> bool:
     """Whether the pieces on disk, opened and hashed in order, make the task's digest."""
     assert task.spec.digest is not None and task.pieces is not None
     hasher = new_hasher(task.spec.digest)
-    plain = bytearray(task.piece_size)
+    pieces, sealer = task.pieces, task.sealer
+    plain = bytearray(min(task.piece_size, PART) + TAG_SIZE)
     for index, length in enumerate(task.lengths):
-        sealed = task.pieces.read(index)[: length + TAG_SIZE]
-        hasher.update(task.sealer.open_into(index, sealed, plain))
+        opening = sealer.opening(index, length, pieces.read(index, length, TAG_SIZE))
+        for at in range(0, length, PART):
+            part = pieces.read(index, at, min(PART, length - at))
+            hasher.update(opening.open_into(part, plain))
+        opening.verify()
     return digest_matches(task.spec.digest, hasher)

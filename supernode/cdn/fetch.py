@@ -27,11 +27,11 @@ import trio
 from common.io import RateLimiter, unwrap_group
 from common.urls import display_url
 from proto.digests import Hasher, digest_matches, new_hasher
-from proto.pieces import TAG_SIZE, piece_digest, piece_size_for
+from proto.pieces import TAG_SIZE, piece_length, piece_size_for
 from supernode.cdn import adopt, resume, streams
 from supernode.cdn.budget import StoreBudget
 from supernode.cdn.origin import OriginClient, OriginResponse
-from supernode.cdn.piecefile import file_size
+from supernode.cdn.piecefile import PART, PieceWriter, file_size
 from supernode.cdn.response import check_resumed, check_span
 from supernode.cdn.revalidate import check_first_requester
 from supernode.cdn.store import Store, TaskMeta
@@ -62,8 +62,10 @@ class FetchPolicy:
 
 
 class _Assembler:
-    """Cuts the body into pieces; each full piece is digested, sealed and written in a
-    worker thread while the next one fills (a few buffers, so memory stays bounded)."""
+    """Cuts the body into pieces, each in parts of at most PART bytes: each part is
+    digested, sealed and written in a worker thread while the next one fills, and a
+    piece is announced once its last part is on disk. A few buffers of a part each, so a
+    fetch holds at most four parts in memory, whatever the piece size."""
 
     BUFFERS = 3
 
@@ -72,7 +74,9 @@ class _Assembler:
         self.hasher = hasher
         # Limits to apply as the body grows: only a body of unknown length needs them.
         self.budget = budget if task.length is None else None
-        self.buffer = bytearray(task.piece_size)
+        # (a piece of a body of unknown length is one part: its length seals it)
+        self.part = task.piece_size if task.length is None else min(task.piece_size, PART)
+        self.buffer = bytearray(self.part)
         self.filled = 0
         # A resumed fetch starts after the pieces it already has: all full pieces but,
         # for an adopted file complete already, the last (the length is its end).
@@ -80,12 +84,14 @@ class _Assembler:
         if task.length is not None:
             self.received = min(self.received, task.length)
         self._allocated = 1
-        self._submitted = task.ready
-        self._jobs_send, self._jobs_recv = trio.open_memory_channel[tuple[int, bytearray, int]](
-            self.BUFFERS - 1
-        )
+        self._index = task.ready  # the piece being filled
+        self._at = 0  # where in it the buffer starts
+        self._jobs_send, self._jobs_recv = trio.open_memory_channel[
+            tuple[int, int, bytearray, int, bool]
+        ](self.BUFFERS - 1)
         self._free_send, self._free_recv = trio.open_memory_channel[bytearray](self.BUFFERS)
-        self._sealed = bytearray(task.piece_size + TAG_SIZE)  # the sealer's own, reused
+        self._sealed = bytearray(self.part + TAG_SIZE)  # the sealer's own, reused
+        self._writer: PieceWriter | None = None  # the sealer's piece in progress
         self._probe = bytearray(1)  # whether a body goes on past what was asked
 
     async def fill_from(
@@ -122,44 +128,57 @@ class _Assembler:
         self.received += count
         if self.budget is not None:
             self.budget.check_received(self.received)
-        if self.filled == len(self.buffer):
-            await self._submit()
+        if self.filled == len(self.buffer):  # (a part: its piece's end, or on the way)
+            await self._submit(last=self._at + self.filled == self.task.piece_size)
 
     async def finish(self) -> None:
-        """Submit the short last piece, if any, and let the sealer drain."""
-        if self.filled:
-            await self._submit()
+        """Submit the short last piece's last part, if any, and let the sealer drain."""
+        if self.filled or self._at:
+            await self._submit(last=True)
         await self._jobs_send.aclose()
 
-    async def _submit(self) -> None:
+    async def _submit(self, *, last: bool) -> None:
         if self.budget is not None:  # this piece must fit in the store before it is written
-            self.budget.check_growth(self.task, self.received + TAG_SIZE * (self._submitted + 1))
-        await self._jobs_send.send((self._submitted, self.buffer, self.filled))
-        self._submitted += 1
+            self.budget.check_growth(self.task, self.received + TAG_SIZE * (self._index + 1))
+        await self._jobs_send.send((self._index, self._at, self.buffer, self.filled, last))
+        self._index, self._at = (
+            (self._index + 1, 0) if last else (self._index, self._at + self.filled)
+        )
         self.filled = 0
         if self._allocated < self.BUFFERS:
             self._allocated += 1
-            self.buffer = bytearray(self.task.piece_size)
+            self.buffer = bytearray(self.part)
         else:
             self.buffer = await self._free_recv.receive()
 
     async def run_sealer(self) -> None:
-        """Store submitted pieces in order; announce each once it is on disk."""
+        """Store submitted parts in order; announce each piece once it is on disk."""
         async with self._jobs_recv:
-            async for index, buffer, length in self._jobs_recv:
-                digest = await trio.to_thread.run_sync(self._store, index, buffer, length)
-                self.task.add_piece(digest, length)
+            async for index, at, buffer, length, last in self._jobs_recv:
+                digest = await trio.to_thread.run_sync(self._store, index, at, buffer, length, last)
+                if digest is not None:
+                    self.task.add_piece(digest, at + length)
                 self._free_send.send_nowait(buffer)
 
-    def _store(self, index: int, buffer: bytearray, length: int) -> bytes:
+    def _store(
+        self, index: int, at: int, buffer: bytearray, length: int, last: bool
+    ) -> bytes | None:
+        """Part of piece `index` from byte `at` on sealed and written; the piece's digest
+        after its last part."""
         task = self.task
-        plain = memoryview(buffer)[:length]
+        part = memoryview(buffer)[:length]
         if self.hasher is not None:
-            self.hasher.update(plain)
-        sealed = task.sealer.seal_into(index, plain, self._sealed)
-        assert task.pieces is not None
-        task.pieces.write(index, sealed)
-        return piece_digest(plain)
+            self.hasher.update(part)
+        if at == 0:
+            size = length
+            if not last:  # (a piece of unknown length is one part)
+                assert task.length is not None
+                size = piece_length(index, task.length, task.piece_size)
+            assert task.pieces is not None
+            self._writer = PieceWriter(task.pieces, task.sealer, index, size, self._sealed)
+        assert self._writer is not None and self._writer.index == index
+        self._writer.write(part)
+        return self._writer.end() if last else None
 
 
 async def fetch_task(
@@ -228,7 +247,7 @@ async def _fetch(
                     size = file_size(task.length, task.piece_size)
                     policy.budget.admit(task, task.length, size)
                 if task.resume_from is not None:
-                    await resume.take_over(task, task.resume_from, store, hasher)
+                    hasher = await resume.take_over(task, task.resume_from, store, hasher)
                 else:  # the pieces no peer holds, alongside (adopt.py)
                     _begin_adopted(task, store)
                     held, limiter = policy.held_by_peers, policy.limiter

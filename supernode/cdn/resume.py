@@ -16,8 +16,8 @@ import trio
 
 from proto.digests import Hasher
 from proto.errors import PieceCorrupted
-from proto.pieces import TAG_SIZE, PieceSealer, piece_digest
-from supernode.cdn.piecefile import PiecesFile
+from proto.pieces import TAG_SIZE, PieceSealer
+from supernode.cdn.piecefile import PART, PiecesFile, PieceWriter
 from supernode.cdn.store import PartialMeta, Store
 from supernode.cdn.task import CdnTask
 from supernode.errors import StoreError
@@ -63,11 +63,13 @@ async def keep_for_resume(task: CdnTask, store: Store) -> bool:
 
 async def take_over(
     task: CdnTask, partial: PartialMeta, store: Store, hasher: Hasher | None
-) -> None:
+) -> Hasher | None:
     """Move the pieces a stopped fetch kept into this generation: each is opened with the
     old key and checked against its digest, then sealed with this generation's key and
     announced. A piece that fails its check ends the take-over there (the fetch goes on
-    from it). The old generation's file and partial.json go afterwards."""
+    from it, writing that piece's slot anew). The old generation's file and partial.json
+    go afterwards. The whole content's hasher to go on with: `hasher` fed the pieces
+    taken over (and no byte of a damaged one)."""
     try:
         old = store.open_pieces(task.task_id, partial.generation, partial.piece_size)
     except StoreError as exc:
@@ -77,12 +79,13 @@ async def take_over(
         old = None
     if old is not None:
         opener = PieceSealer(bytes.fromhex(partial.key), task.task_id)
-        plain = bytearray(task.piece_size)
-        sealed = bytearray(task.piece_size + TAG_SIZE)
+        plain = bytearray(min(task.piece_size, PART) + TAG_SIZE)
+        sealed = bytearray(len(plain))
         try:
             for index, digest in enumerate(bytes.fromhex(d) for d in partial.digests):
                 args = (task, old, opener, index, digest, hasher, plain, sealed)
-                if not await trio.to_thread.run_sync(_reseal, *args):
+                sound, hasher = await trio.to_thread.run_sync(_reseal, *args)
+                if not sound:
                     log.warning("cdn: task %s: kept piece %d is damaged", task.task_id[:16], index)
                     break
                 task.add_piece(digest, task.piece_size)
@@ -90,6 +93,7 @@ async def take_over(
             old.close()
     task.resume_from = None
     store.remove_generation(task.task_id, partial.generation)  # and its partial.json
+    return hasher
 
 
 def _reseal(
@@ -101,16 +105,26 @@ def _reseal(
     hasher: Hasher | None,
     plain: bytearray,
     sealed: bytearray,
-) -> bool:
-    """Piece `index` from the old generation's file into this one's (a worker thread)."""
-    try:
-        view = opener.open_into(index, old.read(index), plain)
-    except (PieceCorrupted, StoreError):
-        return False
-    if len(view) != task.piece_size or piece_digest(view) != digest:
-        return False
-    if hasher is not None:
-        hasher.update(view)
+) -> tuple[bool, Hasher | None]:
+    """Piece `index` from the old generation's file into this one's, part by part (a
+    worker thread): whether it was sound, and the hasher to go on with (a copy of
+    `hasher` fed with it; `hasher` if it is damaged: its slot here then holds parts
+    never announced, which the fetch writes again)."""
+    size = task.piece_size
+    fed = None if hasher is None else hasher.copy()
     assert task.pieces is not None
-    task.pieces.write(index, task.sealer.seal_into(index, view, sealed))
-    return True
+    writer = PieceWriter(task.pieces, task.sealer, index, size, sealed)
+    try:
+        opening = opener.opening(index, size, old.read(index, size, TAG_SIZE))
+        for at in range(0, size, PART):
+            view = opening.open_into(old.read(index, at, min(PART, size - at)), plain)
+            if fed is not None:
+                fed.update(view)
+            writer.write(view)
+        opening.verify()
+    except (PieceCorrupted, StoreError):
+        return False, hasher
+    if writer.digest() != digest:
+        return False, hasher
+    writer.end()
+    return True, fed
