@@ -63,6 +63,9 @@ class Fault:
     """Exact Authorization value expected; missing or wrong gets 401."""
     challenge: str = 'Basic realm="origin"'
     """The WWW-Authenticate value of that 401 (a registry's Bearer challenge, say)."""
+    login_page: str | None = None
+    """With `require_auth`: send a request without it to this Location (302) instead of
+    answering 401, as an auth gateway sends a stranger to its login page."""
     drop_after: int | None = None
     """Cut the connection after this many body bytes of a 200/206 GET body."""
     drop_times: int = 1
@@ -309,8 +312,11 @@ class FakeOrigin:
         if req.method not in ("GET", "HEAD"):
             await _send_simple(stream, conn, req, 405, [("Allow", "GET, HEAD")])
         elif fault.require_auth is not None and req.header("authorization") != fault.require_auth:
-            challenge = [("WWW-Authenticate", fault.challenge)]
-            await _send_simple(stream, conn, req, 401, challenge)
+            if fault.login_page is not None:
+                await _send_simple(stream, conn, req, 302, [("Location", fault.login_page)])
+            else:
+                challenge = [("WWW-Authenticate", fault.challenge)]
+                await _send_simple(stream, conn, req, 401, challenge)
         elif fault.status is not None:
             await _send_simple(stream, conn, req, fault.status)
         elif fault.head_status is not None and req.method == "HEAD":

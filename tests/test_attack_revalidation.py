@@ -6,6 +6,7 @@ fetch's pieces. Each is revalidated with its own headers before anything is shar
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from functools import partial
 from pathlib import Path
@@ -119,3 +120,35 @@ async def test_the_first_requester_after_a_restart_is_revalidated_before_the_kep
     with trio.fail_after(30), pytest.raises(OriginFailed):
         await download(request, progress=lambda done, _: received.append(done))
     assert max(received, default=0) == 0, f"{max(received)} bytes of a private file"
+
+
+@pytest.mark.parametrize("kind", ["last-modified", "no validator", "ranged"])
+async def test_a_stranger_sent_to_a_login_page_is_no_yes_for_the_file(
+    kind: str, origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    """An auth gateway sends a stranger to its login page. The supernode's
+    revalidation follows the redirect: the page's answer must not vouch for the file
+    (a static page older than the file answers If-Modified-Since with 304; a page
+    without a length, or any 200 for a ranged task, passed)."""
+    page = b"<html>please log in</html>"
+    origin.add("/login", page, chunked=kind == "no validator")  # (older than the file)
+    data = os.urandom(2 * MiB)
+    origin.add(
+        "/private.bin",
+        data,
+        require_auth=AUTH,
+        login_page="/login",
+        etag=False,
+        last_modified=kind == "last-modified",
+    )
+    node = await start_supernode(data_dir=tmp_path / "sn")
+    url = origin.url("/private.bin")
+    span = (("Range", f"bytes=0-{MiB - 1}"),) if kind == "ranged" else ()
+    with trio.fail_after(30):
+        alice = await fetch(url, node, name="alice", headers=(("Authorization", AUTH), *span))
+        assert alice.bytes == (MiB if span else 2 * MiB)
+        # (the file as the stranger may read it: the login page, or nothing)
+        with contextlib.suppress(DfgetError):
+            await fetch(url, node, name="mallory", headers=span, back_source=False)
+    got = tmp_path / "downloads" / "mallory"
+    assert not got.exists() or got.read_bytes() == page

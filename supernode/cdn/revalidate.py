@@ -11,20 +11,22 @@ from supernode.errors import TaskSuperseded
 
 
 async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bool:
-    """Ask the origin, with this requester's headers, whether our copy is current."""
+    """Ask the origin, with this requester's headers, whether our copy is current.
+
+    Redirects are followed, so the answer may come from another resource (an auth
+    gateway sends a stranger to its login page): a yes must name our copy. A 304 counts
+    only as the answer to `If-None-Match` (a static login page older than the file
+    answers `If-Modified-Since` with 304 too); without an ETag, the answer must carry
+    our Last-Modified and our length; without either, our length (a ranged task,
+    whose answers name the whole file's, is never confirmed then)."""
     validators = task.validators
-    if validators:
+    if validators.etag:
         # Range 0-0: if the content did change, the origin sends one byte, not all.
-        conditions = [("Range", "bytes=0-0")]
-        if validators.etag:
-            conditions.append(("If-None-Match", validators.etag))
-        if validators.last_modified:
-            conditions.append(("If-Modified-Since", validators.last_modified))
         async with origin.open(
             "GET",
             spec.url,
             spec.headers,
-            extra=tuple(conditions),
+            extra=(("Range", "bytes=0-0"), ("If-None-Match", validators.etag)),
             ok=frozenset({200, 206, 304}),
             s3=spec.s3,
             keep=True,  # one byte at most: the connection serves the next requester
@@ -34,15 +36,14 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
             # Some origins ignore conditions: the same strong ETag still proves it.
             strong = response.validators.strong_etag
             return strong is not None and strong == validators.strong_etag
-    async with origin.open(
-        "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501}), s3=spec.s3
-    ) as response:
-        if response.status not in (405, 501):
-            # A Range task: HEAD names the whole file's length; it only shows that
-            # the requester may read it.
-            return spec.range is not None or response.length in (None, task.length)
-    # No HEAD here: ask for one byte, with this requester's headers (as dfdaemon
-    # does), so that an origin that would refuse this requester says so.
+    if not validators.last_modified:
+        async with origin.open(
+            "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501}), s3=spec.s3
+        ) as response:
+            if response.status not in (405, 501) and response.length is not None:
+                return spec.range is None and response.length == task.length
+    # No HEAD here (or one without a length), or a Last-Modified to compare: one byte,
+    # with this requester's headers, so that an origin that would refuse it says so.
     async with origin.open(
         "GET",
         spec.url,
@@ -52,10 +53,11 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
         s3=spec.s3,
         keep=True,
     ) as response:
-        if spec.range is not None:
-            return True
-        total = _total_length(response)
-        return total is None or total == task.length
+        if validators.last_modified != response.validators.last_modified:
+            return False
+        if spec.range is not None:  # (the whole file's length says nothing of the span)
+            return validators.last_modified is not None and response.status == 206
+        return _total_length(response) == task.length
 
 
 async def check_first_requester(origin: OriginClient, task: CdnTask) -> None:
