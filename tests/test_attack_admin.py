@@ -305,6 +305,52 @@ async def test_a_client_that_never_reads_is_cut_off(
     assert answered < count, "the server kept a connection nobody read for good"
 
 
+async def test_the_admin_port_speaks_no_http2(start_supernode: StartSupernode) -> None:
+    """hypercorn switches to HTTP/2 on its preface or an `Upgrade: h2c`: a hundred
+    requests a connection, each reading its body before the token is checked, streams
+    waiting on flow control where no send deadline sees them. The port speaks
+    HTTP/1.1 alone: the preface is no route, the upgrade is answered in HTTP/1.1."""
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    stream = await open_raw(node)
+    # The preface, then a SETTINGS frame (empty) as an HTTP/2 client sends it.
+    await stream.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    answer = await read_all(stream)
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:100]  # (HTTP/2 answers with SETTINGS)
+    await stream.aclose()
+    stream = await open_raw(node)
+    await stream.send_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    with trio.fail_after(10):
+        answer = await stream.receive_some(1 << 16)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]  # (not 101 Switching Protocols)
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("token", [False, True])
+async def test_a_body_is_not_read_before_its_token_and_length_are_checked(
+    start_supernode: StartSupernode, token: bool
+) -> None:
+    """A POST is refused on its head: without the token (401), or naming a body over the
+    limit (413), before a byte of the body is read (it was read first, all of it)."""
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    stream = await open_raw(node)
+    length = 100 if not token else 2 * 1024 * 1024
+    secret = node.node.admin.token
+    assert secret is not None
+    auth = f"Authorization: Bearer {secret.decode()}\r\n" if token else ""
+    await stream.send_all(
+        b"POST /api/v1/preheats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth.encode()
+        + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    with trio.fail_after(5):  # (no byte of the body ever comes)
+        answer = await stream.receive_some(1 << 16)
+    assert answer.startswith(b"HTTP/1.1 413" if token else b"HTTP/1.1 401"), answer[:100]
+    await stream.aclose()
+
+
 # -- preheat: token realms and manifests ---------------------------------------------------
 
 

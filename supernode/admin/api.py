@@ -42,7 +42,8 @@ from supernode.admin.asgi import (
     Send,
     lifespan,
     problem_response,
-    read_request,
+    read_body,
+    request_head,
     send_response,
 )
 from supernode.admin.metrics import SupernodeCollector
@@ -106,9 +107,10 @@ class AdminApi:
         if scope["type"] != "http":
             return
         try:
-            request = await self._read_request(scope, receive)
+            request = request_head(scope)  # (no byte of a body before its route and token)
             handler, request.params = self.router.find(request.method, request.path)
             self._authorize(request)
+            await self._read_body(request, receive)
             _check_body_type(request)
             response = await handler(request)
         except Problem as problem:
@@ -132,11 +134,12 @@ class AdminApi:
             log.info("admin API listening on http://%s", address)
             task_status.started(address)
 
-    async def _read_request(self, scope: Scope, receive: Receive) -> Request:
-        """The request with its whole body, which must arrive within `body_timeout` (a
-        client dripping a byte now and then gets a 408, not a connection held forever)."""
+    async def _read_body(self, request: Request, receive: Receive) -> None:
+        """The request's whole body, which must arrive within `body_timeout` (a client
+        dripping a byte now and then gets a 408, not a connection held forever)."""
         with trio.move_on_after(self.body_timeout):
-            return await read_request(scope, receive)
+            await read_body(request, receive)
+            return
         raise Problem(408, "Request Timeout", f"no whole body within {self.body_timeout:g}s")
 
     def settle_token(self) -> None:

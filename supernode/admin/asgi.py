@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from common.units import header_int
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -85,8 +87,23 @@ class Router:
         raise Problem(404, "Not Found", f"no route {path}")
 
 
-async def read_request(scope: Scope, receive: Receive) -> Request:
-    body = b""
+def request_head(scope: Scope) -> Request:
+    """The request as its head names it, without its body (`read_body`): a route is
+    found and the caller authorized before a byte of the body is read."""
+    return Request(
+        method=scope["method"],
+        path=scope["path"],
+        query=parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True),
+        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+    )
+
+
+async def read_body(request: Request, receive: Receive) -> None:
+    """The request's whole body into `request.body`: Problem 413 past MAX_BODY, before
+    any byte of it when its Content-Length says so."""
+    if (header_int(request.headers.get("content-length", "")) or 0) > MAX_BODY:
+        raise Problem(413, "Content Too Large", f"bodies are limited to {MAX_BODY} bytes")
+    body = bytearray()
     while True:
         message = await receive()
         body += message.get("body", b"")
@@ -94,13 +111,7 @@ async def read_request(scope: Scope, receive: Receive) -> Request:
             raise Problem(413, "Content Too Large", f"bodies are limited to {MAX_BODY} bytes")
         if not message.get("more_body"):
             break
-    return Request(
-        method=scope["method"],
-        path=scope["path"],
-        query=parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True),
-        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
-        body=body,
-    )
+    request.body = bytes(body)
 
 
 async def send_response(send: Send, response: Response) -> None:

@@ -6,6 +6,13 @@ listeners are served by `common.io.serve_limited` (a connection over the cap is 
 before a byte is read), and each accepted connection is handed to hypercorn's
 `TCPServer`, as `hypercorn.trio.run.worker_serve` would do (hence the pinned version).
 
+HTTP/1.1 alone (`_Http11Server`): hypercorn would switch a connection to HTTP/2 on the
+HTTP/2 preface or an `Upgrade: h2c`, and there one connection carries up to 100
+requests at once, each reading its body before the token is checked, and a stream
+waits on its peer's flow control where no send deadline sees it: past every bound
+below. The preface is then a request like any other (no route), an upgrade is answered
+in HTTP/1.1.
+
 Deadlines:
 - a request head must arrive within `keep_alive_timeout` of the connection or of the
   last answer (hypercorn's idle timer), each read within `read_timeout`;
@@ -24,12 +31,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper
-from hypercorn.utils import wrap_app
+from hypercorn.typing import AppWrapper, ConnectionState
+from hypercorn.utils import parse_socket_addr, wrap_app
 
 from common.connlimit import ConnectionLimit
 from common.io import serve_limited
@@ -83,7 +94,7 @@ async def _serve_one(
     async with trio.open_nursery() as nursery:
 
         async def run() -> None:
-            await TCPServer(app, config, context, {}, guarded).run()  # type: ignore[arg-type]
+            await _Http11Server(app, config, context, {}, guarded).run()  # type: ignore[arg-type]
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(run)
@@ -91,6 +102,37 @@ async def _serve_one(
         # keep-alive timer before returning, holding the connection's place meanwhile.
         await guarded.over.wait()
         nursery.cancel_scope.cancel()
+
+
+class _Http11Only(H11Protocol):
+    """hypercorn's HTTP/1.1 without its ways to HTTP/2 (it raises, in this check, what
+    makes `ProtocolWrapper` switch)."""
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        return None
+
+
+class _Http11Server(TCPServer):
+    """`TCPServer.run` for a plain socket, its protocol `_Http11Only`."""
+
+    async def run(self) -> None:
+        socket = self.stream.socket  # (a _Guarded, which keeps it)
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                state = ConnectionState(self.state)
+                args = (self.app, self.config, self.context, task_group, state, False)
+                self.protocol = ProtocolWrapper(*args, client, server, self.protocol_send)
+                self.protocol.protocol = _Http11Only(*args, client, server, self.protocol_send)
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
 
 class _Guarded(trio.abc.HalfCloseableStream):
