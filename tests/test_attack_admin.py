@@ -413,3 +413,20 @@ async def test_a_preheat_stops_reading_a_huge_manifest(
     assert state["state"] == "failed" and "too large" in state["error"]
     # Stopped near the cap: what the origin wrote is the cap plus socket buffers.
     assert origin.stats["/v2/team/app/manifests/1"].bytes_sent < 24 * MiB
+
+
+async def test_a_manifest_nested_past_the_parser_fails_its_preheat_plainly(
+    origin: FakeOrigin, start_supernode: StartSupernode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON nested deeper than Python's parser goes raises RecursionError, not
+    ValueError: it was an "internal error" with a traceback in the log."""
+    origin.add("/v2/team/app/manifests/1", b"[" * 200_000)
+    node = await start_supernode(admin_listen=("127.0.0.1", 0))
+    async with admin_client(node) as client:
+        created = await client.post(
+            "/api/v1/preheats",
+            json={"type": "image", "url": origin.url("/v2/team/app/manifests/1")},
+        )
+        state = await preheat_ended(client, f"/api/v1/preheats/{created.json()['id']}")
+    assert state["state"] == "failed" and "manifest is not JSON" in state["error"]
+    assert not [record for record in caplog.records if record.exc_info]

@@ -4,6 +4,7 @@ mid-job is replaced; hostile entries in Redis are ignored; Redis away: degraded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -513,3 +514,62 @@ async def test_a_member_back_from_a_redis_outage_takes_no_job_for_a_member_ttl(
         done = await preheat_ended(admin, path)
     assert done["state"] == "succeeded" and done["attempts"] == 1
     assert taken >= 3 * period - 0.3, taken  # (less how late we saw Redis back)
+
+
+async def test_a_job_taken_back_while_its_first_run_goes_on_runs_again(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path, origin: FakeOrigin
+) -> None:
+    """A member loses a job's lease (cut off from Redis, another member took it); its
+    local run goes on. That member then lets go (it stopped) and the first takes the job
+    again, while its first run still holds a preheat slot: the second run must queue
+    beside it, not stop the supernode (two borrowers of one id, for trio)."""
+    origin.add("/slow.bin", b"x" * 1000, hang=True)  # each run's fetch waits
+    [node] = await members(start_supernode, tmp_path, redis_server.url, 1)
+    store = redis_server.client()
+    async with admin_client(node) as admin:
+        job_id = await post_file(admin, origin.url("/slow.bin"))
+        await until(lambda: job_id in node.node.jobs.running)
+        store.set(lease_key(job_id), "f" * 16, px=60_000)  # another member took it
+        await until(lambda: job_id not in node.node.jobs.running)
+        store.delete(lease_key(job_id))  # and let it go
+        await until(lambda: job_id in node.node.jobs.running)  # taken back, run again
+        await trio.sleep(3 * PERIOD)
+        assert (await admin.get("/healthz")).status_code == 200
+    store.close()
+
+
+async def test_a_silent_redis_holds_no_thread_of_the_cdns_for_strangers_reads(
+    redis_server: RedisServer, start_supernode: StartSupernode, tmp_path: Path
+) -> None:
+    """With Redis silent, each read of a preheat held a worker thread for the socket
+    timeout, from the threads every other blocking call of the supernode shares (the
+    CDN's piece writes): a stranger's GETs stalled them all. The admin API's reads have
+    threads of their own, and none once the supernode knows Redis is away."""
+    # (a period of 2 s: each call waits 2 s for a Redis that does not answer)
+    [node] = await members(start_supernode, tmp_path, redis_server.url, 1, period=2.0)
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        async with admin_client(node, token=False) as admin, trio.open_nursery() as flood:
+
+            async def read(path: str) -> None:
+                with contextlib.suppress(httpx.HTTPError):  # (a 503 after a while, or not)
+                    await admin.get(path)
+
+            for n in range(60):  # (each its own connection: the API's cap is 256)
+                flood.start_soon(read, f"/api/v1/preheats/{n:032x}")
+            await trio.sleep(0.3)
+            started = trio.current_time()
+            await trio.to_thread.run_sync(lambda: None)  # as a piece write waits its turn
+            waited = trio.current_time() - started
+        assert waited < 0.5, f"a worker thread came after {waited:.2f} s"
+        await until(lambda: node.node.membership.redis_up is False)
+        with trio.fail_after(0.5):  # now it knows: answered at once
+            assert (await admin_client_get(node, f"/api/v1/preheats/{1:032x}")) == 503
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+
+async def admin_client_get(node: RunningSupernode, path: str) -> int:
+    async with admin_client(node, token=False) as admin:
+        return (await admin.get(path)).status_code

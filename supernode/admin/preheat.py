@@ -155,10 +155,13 @@ class Preheats:
             async for preheat in self._recv:
                 # This preheat waits here for a slot, the ones behind it in the queue,
                 # "pending" all; the queue's bound still turns away the 1025th (a 503).
-                await self._slots.acquire_on_behalf_of(preheat.id)
-                nursery.start_soon(self._run, client, preheat)
+                # Each run borrows its own (a cluster job taken back by this member may
+                # run again, under its id, while its first run goes on).
+                run = object()
+                await self._slots.acquire_on_behalf_of(run)
+                nursery.start_soon(self._run, client, preheat, run)
 
-    async def _run(self, client: httpx.AsyncClient, preheat: Preheat) -> None:
+    async def _run(self, client: httpx.AsyncClient, preheat: Preheat, run: object) -> None:
         preheat.state = "running"
         try:
             if preheat.type == "file":
@@ -185,7 +188,7 @@ class Preheats:
             log.exception("preheat %s: internal error", preheat.id[:8])
             preheat.state, preheat.error = "failed", "internal error"
         finally:
-            self._slots.release_on_behalf_of(preheat.id)
+            self._slots.release_on_behalf_of(run)
 
     async def _image_specs(self, client: httpx.AsyncClient, preheat: Preheat) -> list[TaskSpec]:
         # user:pass@ in the URL becomes Basic auth, as for every other fetch: left in the
@@ -235,7 +238,7 @@ class Preheats:
             )
         try:
             manifest = json.loads(response.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (nested past the parser: "[" * 10**5)
             raise PreheatError(f"manifest is not JSON: {exc}") from exc
         if not isinstance(manifest, dict):
             raise PreheatError("manifest is not a JSON object")
@@ -279,7 +282,7 @@ class Preheats:
             raise PreheatError(f"token server answered {answer.status}{withheld}")
         try:
             data = json.loads(answer.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise PreheatError(f"token server sent no JSON: {exc}") from exc
         token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
         return (token if isinstance(token, str) else None), withheld

@@ -64,6 +64,7 @@ MAX_OPEN_AGE = 24 * 3600.0
 MAX_LIFE = 3 * 24 * 3600.0
 
 T = TypeVar("T")
+READ_THREADS = 4  # worker threads the admin API's reads of Redis may hold at once
 STEP = 0.1  # seconds between two looks at a running job's local state
 
 
@@ -84,6 +85,10 @@ class PreheatJobs:
         self.leased: set[str] = set()  # ...and their leases, released at a clean stop
         self.degraded: set[str] = set()  # jobs kept here because Redis was away
         self._warned: set[str] = set()
+        # The admin API's reads of Redis (anyone may ask, unless reads are protected)
+        # take worker threads of their own: with Redis silent, each holds one for the
+        # socket timeout, and the default threads are the CDN's piece writes.
+        self._reads = trio.CapacityLimiter(READ_THREADS)
 
     # -- the admin API ----------------------------------------------------------------------
 
@@ -131,8 +136,10 @@ class PreheatJobs:
             return self._local_summary(local)
         if self.store is None or not valid_job_id(job_id):
             return None
+        if self.membership.redis_up is False:  # (no thread held for an answer that won't come)
+            raise StoreUnavailable("the cluster's Redis is unreachable")
         store = self.store
-        job = await self._call(lambda: decode_job(job_id, store.read(job_id)))
+        job = await self._call(lambda: decode_job(job_id, store.read(job_id)), reads=True)
         return None if job is None else self._summary(job)
 
     async def listing(self, limit: int) -> dict[str, Any]:
@@ -143,7 +150,9 @@ class PreheatJobs:
             return {"redis": "off", "preheats": local[:limit]}
         store = self.store
         try:  # read and decoded in the worker thread: records run to MAX_JOB bytes each
-            decoded = await self._call(lambda: _decoded(store.newest(limit)))
+            if self.membership.redis_up is False:
+                raise StoreUnavailable("the cluster's Redis is unreachable")
+            decoded = await self._call(lambda: _decoded(store.newest(limit)), reads=True)
         except StoreUnavailable:
             return {"redis": "down", "preheats": local[:limit]}
         jobs = [job for _, job in decoded if job is not None]
@@ -327,12 +336,16 @@ class PreheatJobs:
     def _lease(self) -> float:
         return self.settings.ttl if self.settings is not None else 0.0
 
-    async def _call(self, call: Callable[..., T], *args: Any) -> T:
-        """A Redis call in a worker thread, bounded; StoreUnavailable if Redis is away."""
+    async def _call(self, call: Callable[..., T], *args: Any, reads: bool = False) -> T:
+        """A Redis call in a worker thread, bounded; StoreUnavailable if Redis is away.
+        With `reads` (the admin API's), in one of READ_THREADS threads."""
         assert self.settings is not None
+        limiter = self._reads if reads else None
         try:
             with trio.fail_after(3 * self.settings.timeout):
-                return await trio.to_thread.run_sync(lambda: call(*args), abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(
+                    lambda: call(*args), abandon_on_cancel=True, limiter=limiter
+                )
         except (redis.RedisError, OSError, trio.TooSlowError) as exc:
             raise StoreUnavailable(f"the cluster's Redis: {exc or type(exc).__name__}") from exc
 
