@@ -50,6 +50,16 @@ def move_credentials(url: str, headers: Headers) -> tuple[str, Headers]:
     return bare, (*headers, ("Authorization", f"Basic {token}"))
 
 
+def without_user_info(url: str) -> str:
+    """`url` without its user info (`http://u:pw@h/x` → `http://h/x`), the rest as it is:
+    what may be written beside the files it named (a manifest, `--json`). Never raises
+    (a URL that does not parse: as logs show it)."""
+    try:
+        return move_credentials(url, ())[0]
+    except ValueError:
+        return display_url(url)
+
+
 def unsendable(url: str) -> str | None:
     """Why an HTTP client cannot send a request to `url`, or None if it can: not http(s)
     with a host, or httpx's reason (a host such as `127.0.0.000` or `xn--a`, a port that

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from common.urls import without_user_info
+
 if TYPE_CHECKING:
     from dfget.engine import DownloadJob
     from proto.messages import Outcome
@@ -218,7 +220,7 @@ class DownloadResult:
         """The `--json` object."""
         return {
             "task_id": self.task_id,
-            "url": self.url,
+            "url": without_user_info(self.url),  # (a password in it is not for stdout)
             "output": self.output,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 6),

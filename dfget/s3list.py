@@ -11,6 +11,7 @@ written; `url`: its path-style URL; `size`; `validator`: its ETag and size), so
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,8 @@ log = logging.getLogger("dfget")
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_KEY = 1024  # bytes of an S3 object key (UTF-8): what the stores allow
-MAX_TOKEN = 8192  # bytes of a continuation token (AWS sends a few hundred; each is kept)
+MAX_TOKEN = 8192  # bytes of a continuation token (AWS sends a few hundred)
+MAX_ETAG = 1024  # bytes of an ETag (S3's, an MD5 and a part count, are under 100)
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 WARNED_OUTSIDE = 10  # keys listed outside the prefix warned of, a listing (the rest quietly)
 
@@ -110,7 +112,7 @@ class S3PrefixLister(KeptHeads):
     async def _list_all(self) -> list[Entry]:
         found: list[Entry] = []
         token: str | None = None
-        tokens: set[str] = set()
+        tokens: set[bytes] = set()
         self.pages = seen = names = 0
         self._outside = 0
         async with self._client() as client:
@@ -129,6 +131,7 @@ class S3PrefixLister(KeptHeads):
                     if self._wanted(key[0]):
                         entry = self._entry(*key)
                         names += utf8_size(key[0]) + utf8_size(entry.url)
+                        names += utf8_size(entry.validator or "")  # (kept too: budgeted)
                         if names > self.limits.max_names:
                             raise TreeTooLarge(
                                 f"s3://{self.bucket}/{self.prefix} lists more than "
@@ -137,12 +140,13 @@ class S3PrefixLister(KeptHeads):
                         found.append(entry)
                 if token is None:
                     return found
-                if token in tokens:  # (it would list the same pages again, forever)
+                seen_token = hashlib.blake2b(token.encode("utf-8", "surrogatepass")).digest()
+                if seen_token in tokens:  # (it would list the same pages again, forever)
                     raise ListingError(
                         f"listing s3://{self.bucket}/{self.prefix}: the store gave a "
                         "continuation token it gave before"
                     )
-                tokens.add(token)
+                tokens.add(seen_token)  # (its hash: 100,000 tokens of 8 KiB kept whole, 800 MB)
 
     def _wanted(self, key: str) -> bool:
         """An object of the tree: under the prefix (a store that lists others lies: they
@@ -230,12 +234,15 @@ def _parse_page(
         # ASCII digits, at most 20 (`int` takes other digits, and refuses 4300 of them)
         plain = size_text.isascii() and size_text.isdigit() and len(size_text) <= 20
         size = int(size_text) if plain else None
-        keys.append((key, size, item.findtext(f"{_NS}ETag")))
+        etag = item.findtext(f"{_NS}ETag")
+        if etag is not None and utf8_size(etag) > MAX_ETAG:
+            raise ListingError(f"listing {where}: an ETag over {MAX_ETAG} bytes (not S3's)")
+        keys.append((key, size, etag))
     truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
     if truncated and not token:
         raise ListingError(f"listing {where}: a truncated page without a continuation token")
-    if token is not None and utf8_size(token) > MAX_TOKEN:  # (each one is kept: loops)
+    if token is not None and utf8_size(token) > MAX_TOKEN:  # (each goes into a URL)
         raise ListingError(f"listing {where}: a continuation token over {MAX_TOKEN} bytes")
     return keys, token
 

@@ -192,6 +192,18 @@ def huge_token(n: int) -> tuple[bytes, bytes, float]:
     return OK, ENDLESS_PAGE % (1, b"t" * 3_000_000, contents("p/f.bin", "1")), 0.0
 
 
+def tagged(key: str, etag: str) -> bytes:
+    return f"<Contents><Key>{key}</Key><Size>1</Size><ETag>{etag}</ETag></Contents>".encode()
+
+
+def huge_etag(n: int) -> tuple[bytes, bytes, float]:
+    return OK, LAST_PAGE % tagged("p/f.bin", '"' + "e" * 2000 + '"'), 0.0
+
+
+def long_etags(n: int) -> tuple[bytes, bytes, float]:  # (kept as validators: budgeted)
+    return OK, ENDLESS_PAGE % (1, b"t%d" % n, tagged(f"p/f{n}", '"' + "e" * 1000 + '"')), 0.0
+
+
 def no_namespace(n: int) -> tuple[bytes, bytes, float]:
     page = LAST_PAGE % contents("p/f.bin", "1")
     return OK, page.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b""), 0.0
@@ -215,6 +227,8 @@ def redirect(n: int) -> tuple[bytes, bytes, float]:
         (compressed, ListLimits(), "ListingError", "encoded"),
         (redirect, ListLimits(), "ListingError", "answered 301"),
         (huge_token, ListLimits(), "ListingError", "a continuation token over"),
+        (huge_etag, ListLimits(), "ListingError", "an ETag over"),
+        (long_etags, ListLimits(max_names=20_000), "TreeTooLarge", "bytes of names and URLs"),
         (no_namespace, ListLimits(), "ListingError", "not a ListObjectsV2 answer"),
         (error_as_200, ListLimits(), "ListingError", "not a ListObjectsV2 answer"),
     ],
@@ -225,6 +239,8 @@ def redirect(n: int) -> tuple[bytes, bytes, float]:
         "gzip-in-gzip",
         "redirect",
         "huge-token",
+        "huge-etag",
+        "etags-kept",
         "no-namespace",
         "error-as-200",
     ],

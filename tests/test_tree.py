@@ -676,3 +676,17 @@ async def test_a_busy_upload_port_is_a_usage_error_not_a_traceback(
     stderr = done.stderr.decode()
     assert done.returncode == 2, stderr
     assert "cannot listen for uploads" in stderr and "Traceback" not in stderr
+
+
+async def test_a_password_in_the_trees_url_is_written_nowhere(site: Site, tmp_path: Path) -> None:
+    """`dfget -r http://user:password@host/dir/`: each file's URL kept its user info, in
+    the manifest (0644) and in `--json`; and a new password fetched every file again."""
+    out = tmp_path / "out"
+    url = site.url("json").replace("http://", "http://alice:s3cr3t-pw@", 1)
+    done = await dfget_r(url, out)
+    summary = summary_of(done)
+    assert summary["done"] == len(FILES)
+    assert b"s3cr3t-pw" not in done.stdout
+    assert b"s3cr3t-pw" not in (out / manifest.NAME).read_bytes()
+    again = summary_of(await dfget_r(url.replace("s3cr3t-pw", "rotated"), out))
+    assert (again["done"], again["skipped"]) == (0, len(FILES))

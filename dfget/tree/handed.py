@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from common.urls import without_user_info
 from dfget.errors import DfgetError, UsageError
 from dfget.handoff import DaemonUnreachable, Handoff, download_file
 from dfget.request import DownloadRequest
@@ -276,9 +277,10 @@ class _Runner:
             path = place.path
             record = self.records.get(entry.name)
             validator = entry.validator
-            if validator is None and manifest.may_be_current(record, entry.url, path):
+            recorded = without_user_info(entry.url)  # (as the manifest keeps it)
+            if validator is None and manifest.may_be_current(record, recorded, path):
                 return None  # only a HEAD can tell: the in-process run asks it
-            if manifest.is_current(record, entry.url, path, validator):
+            if manifest.is_current(record, recorded, path, validator):
                 return FileResult(entry.name, entry.url, "skipped")
             self.records.pop(entry.name, None)  # replaced, or gone if this fails
             try:

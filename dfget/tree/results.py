@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.urls import without_user_info
 from dfget.results import DownloadResult
 
 Status = Literal["done", "skipped", "failed", "refused"]
@@ -24,7 +25,7 @@ class FileResult:
     def summary(self) -> dict[str, object]:
         entry: dict[str, object] = {
             "path": self.name,
-            "url": self.url,
+            "url": without_user_info(self.url),
             "status": self.status,
             "bytes": self.bytes,
         }
@@ -64,7 +65,7 @@ class TreeResult:
     def summary(self) -> dict[str, object]:
         """The `--json` object."""
         return {
-            "url": self.url,
+            "url": without_user_info(self.url),
             "output": self.root,
             "seconds": round(self.seconds, 6),
             "listed": self.listed,

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from common.io import unwrap_group
+from common.urls import without_user_info
 from dfget.defaults import DEFAULT_JOBS
 from dfget.engine import DownloadRequest, download
 from dfget.errors import DfgetError
@@ -109,9 +110,10 @@ async def _file(
         try:
             record = records.get(entry.name)
             validator = entry.validator
-            if validator is None and manifest.may_be_current(record, entry.url, path):
+            recorded = without_user_info(entry.url)  # (as the manifest keeps it)
+            if validator is None and manifest.may_be_current(record, recorded, path):
                 validator = await request.lister.validator(entry)
-            if manifest.is_current(record, entry.url, path, validator):
+            if manifest.is_current(record, recorded, path, validator):
                 return FileResult(entry.name, entry.url, "skipped")
             records.pop(entry.name, None)  # replaced, or gone if this fails
             result = await download(replace(request.template, url=entry.url, output=path))

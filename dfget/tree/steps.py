@@ -9,6 +9,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from common.urls import without_user_info
 from dfget.errors import DfgetError, OutputError
 from dfget.results import DownloadResult
 from dfget.tree import manifest
@@ -63,7 +64,7 @@ def done(
     downloaded for) in `records`, the manifest to be."""
     state = manifest.local_state(place.path)
     if state is not None:
-        records[entry.name] = manifest.record_of(entry.url, state, validator)
+        records[entry.name] = manifest.record_of(without_user_info(entry.url), state, validator)
     result = dataclasses.replace(result, output=str(place.real))
     return FileResult(entry.name, entry.url, "done", bytes=result.bytes, download=result)
 
