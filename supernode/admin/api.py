@@ -215,12 +215,13 @@ class AdminApi:
             if state is None or task.state == state
         ]
         page = chosen[offset : offset + limit]
+        holders = self._holders({task.task_id for task in page})
         return Response.json(
             {
                 "total": len(chosen),
                 "offset": offset,
                 "limit": limit,
-                "tasks": [self._task(t) for t in page],
+                "tasks": [self._task(t, holders.get(t.task_id, [])) for t in page],
             }
         )
 
@@ -229,7 +230,7 @@ class AdminApi:
         task = self.view.cdn.tasks.get(task_id)
         if task is None:
             raise Problem(404, "Not Found", f"no task {task_id}")
-        return Response.json(self._task(task))
+        return Response.json(self._task(task, self._holders({task_id}).get(task_id, [])))
 
     async def evict(self, request: Request) -> Response:
         task_id = self._task_id(request)
@@ -304,9 +305,18 @@ class AdminApi:
 
     # -- representations ---------------------------------------------------------------------
 
-    def _task(self, task: CdnTask) -> dict[str, Any]:
+    def _holders(self, task_ids: set[str]) -> dict[str, list[str]]:
+        """The peers of each of `task_ids`, in one pass over the swarm (a page of a
+        thousand tasks asked each task of every peer: tasks x peers on the event loop)."""
+        holders: dict[str, list[str]] = {}
+        for peer_id, record in self.view.swarm.peers.items():
+            for task_id in record.tasks & task_ids:  # (the smaller set is walked)
+                holders.setdefault(task_id, []).append(peer_id)
+        return holders
+
+    def _task(self, task: CdnTask, peers: list[str]) -> dict[str, Any]:
         stats = self.view.scheduler.task_statistics(task.task_id)
-        holders = sorted(p for p, r in self.view.swarm.peers.items() if task.task_id in r.tasks)
+        holders = sorted(peers)
         owner, on_disk = self.view.cluster.owner(task.task_id), task.on_disk
         return {
             "id": task.task_id,
