@@ -152,3 +152,45 @@ async def test_a_stranger_sent_to_a_login_page_is_no_yes_for_the_file(
             await fetch(url, node, name="mallory", headers=span, back_source=False)
     got = tmp_path / "downloads" / "mallory"
     assert not got.exists() or got.read_bytes() == page
+
+
+async def test_a_login_page_vouches_for_no_file_of_unknown_length_still_coming(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    """A chunked file without validators, still being fetched (its length unknown), and a
+    login page that comes chunked too, ignoring Range: "no length" matched "no length"."""
+    page = b"<html>please log in</html>"
+    origin.add("/login", page, chunked=True, etag=False, last_modified=False, ranges=False)
+    data, gate = os.urandom(6 * MiB), trio.Event()
+    origin.add(
+        "/private.bin",
+        data,
+        require_auth=AUTH,
+        login_page="/login",
+        etag=False,
+        last_modified=False,
+        chunked=True,
+        gate_after=5 * MiB,  # (the CDN's fetch waits here: its length still unknown)
+        gate=gate,
+    )
+    node = await start_supernode(data_dir=tmp_path / "sn")
+    url = origin.url("/private.bin")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as both:
+            both.start_soon(
+                partial(fetch, url, node, name="alice", headers=(("Authorization", AUTH),))
+            )
+            await until(
+                lambda: any(t.bytes_from_origin >= 4 * MiB for t in node.node.cdn.tasks.values())
+            )
+
+            async def mallory() -> None:
+                with contextlib.suppress(DfgetError):
+                    await fetch(url, node, name="mallory", back_source=False)
+
+            both.start_soon(mallory)
+            await trio.sleep(1.0)  # (Mallory's Register is in)
+            gate.set()
+    assert (tmp_path / "downloads" / "alice").read_bytes() == data
+    got = tmp_path / "downloads" / "mallory"
+    assert not got.exists() or got.read_bytes() == page

@@ -24,7 +24,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators
 from supernode.cdn.store import PartialMeta, Store
 from supernode.cdn.task import CdnTask, TaskSpec
-from supernode.errors import TaskSuperseded
+from supernode.errors import StoreError, TaskSuperseded
 from testkit.origin import FakeOrigin
 
 LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"], deny=["0.0.0.0/0", "::/0"])
@@ -199,3 +199,39 @@ def test_a_take_over_in_parts_feeds_the_hasher_no_byte_of_a_damaged_piece(
     assert went_on is not None and went_on.hexdigest() == hashlib.sha256(kept[:MiB]).hexdigest()
     written = store.pieces_path(task_id, 2).read_bytes()
     assert written[:SLOT] == sealed_whole(new_key, task_id, kept[:MiB])
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_take_over_whose_new_file_fails_a_write_says_so(tmp_path: Path) -> None:
+    """The kept piece is sound; this generation's file refuses the write (a full disk):
+    that is the store's error, not "the kept piece is damaged" (which ends the take-over
+    quietly and throws the other kept pieces away)."""
+    task_id = task_id_for("http://127.0.0.1:1/f.bin")
+    old_key = bytes(range(32))
+    kept = DATA[: 2 * MiB]
+    store = Store(tmp_path / "store")
+    store.task_dir(task_id).mkdir(parents=True)
+    partial = PartialMeta(
+        task_id=task_id,
+        generation=1,
+        key=old_key.hex(),
+        piece_size=MiB,
+        length=len(DATA),
+        digests=[piece_digest(piece).hex() for piece in pieces_of(kept)],
+        etag='"v1"',
+    )
+    store.save_partial(partial)
+    store.pieces_path(task_id, 1).write_bytes(sealed_whole(old_key, task_id, kept))
+    task = CdnTask(TaskSpec("http://127.0.0.1:1/f.bin", (), None, "", (), task_id, None), 2)
+    pieces = store.create_pieces(task_id, 2, MiB)
+    task.begin(len(DATA), MiB, Validators('"v1"', None), pieces)
+
+    def full(index: int, sealed: memoryview, at: int = 0) -> None:
+        raise StoreError("No space left on device")
+
+    pieces.write = full  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StoreError, match="No space"):
+            trio.run(resume.take_over, task, partial, store, None)
+    finally:
+        pieces.close()

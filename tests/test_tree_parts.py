@@ -256,6 +256,21 @@ def test_manifest_round_trip_and_what_counts_as_current(tmp_path: Path) -> None:
     assert not manifest.may_be_current(older, "http://h/f.txt", path)
 
 
+def test_a_manifest_keeps_no_password_of_an_earlier_run(tmp_path: Path) -> None:
+    """A run before URLs were recorded without user info wrote them with it: read
+    back, the records lose it (and are written back so), for files listed or not."""
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"hello")
+    state = manifest.local_state(path)
+    assert state is not None
+    old = manifest.record_of("http://u:s3cr3t@h/f.txt", state, "v1")
+    manifest.save(tmp_path, {"f.txt": old, "gone.txt": old})
+    loaded = manifest.load(tmp_path)
+    assert {record.url for record in loaded.values()} == {"http://h/f.txt"}
+    manifest.save(tmp_path, loaded)
+    assert b"s3cr3t" not in (tmp_path / manifest.NAME).read_bytes()
+
+
 def test_a_broken_or_symlinked_manifest_is_ignored(tmp_path: Path) -> None:
     (tmp_path / manifest.NAME).write_text("{not json")
     assert manifest.load(tmp_path) == {}

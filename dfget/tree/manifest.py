@@ -23,10 +23,11 @@ import logging
 import os
 import secrets
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from common.urls import without_user_info
 from proto.errors import is_text
 
 NAME = ".dfget-tree.json"
@@ -94,7 +95,8 @@ def _record(name: str, fields: Any) -> Record:
         and (record.ino is None or whole(record.ino))
     ):
         raise ValueError(f"a malformed record for {name!r}")
-    return record
+    # (a run before URLs were kept without user info wrote `http://user:password@...`)
+    return replace(record, url=without_user_info(record.url))
 
 
 def save(root: Path, records: dict[str, Record]) -> None:

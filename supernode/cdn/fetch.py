@@ -419,6 +419,7 @@ def _start(
             raise OriginBroken("origin ignored the Range header (answered 200, not 206)")
         check_span(response, first)  # (bytes 0-99 for a Range of 100-199 are not those)
         total = _span_length(response, first, last)  # (the body is then held to it)
+        task.whole = response.span[2] if response.span else None
     if not task.spec.range and total is None and response.status == 206:
         # A part for all of it (an S3 `?partNumber=`, a query another requester filtered
         # out of the task id) would be stored as the whole file, and every later

@@ -114,15 +114,22 @@ def _reseal(
     fed = None if hasher is None else hasher.copy()
     assert task.pieces is not None
     writer = PieceWriter(task.pieces, task.sealer, index, size, sealed)
+    # (the old file's faults are the kept piece's; this generation's file's propagate)
     try:
         opening = opener.opening(index, size, old.read(index, size, TAG_SIZE))
-        for at in range(0, size, PART):
-            view = opening.open_into(old.read(index, at, min(PART, size - at)), plain)
-            if fed is not None:
-                fed.update(view)
-            writer.write(view)
-        opening.verify()
     except (PieceCorrupted, StoreError):
+        return False, hasher
+    for at in range(0, size, PART):
+        try:
+            view = opening.open_into(old.read(index, at, min(PART, size - at)), plain)
+        except (PieceCorrupted, StoreError):
+            return False, hasher
+        if fed is not None:
+            fed.update(view)
+        writer.write(view)
+    try:
+        opening.verify()
+    except PieceCorrupted:
         return False, hasher
     if writer.digest() != digest:
         return False, hasher

@@ -17,8 +17,8 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
     gateway sends a stranger to its login page): a yes must name our copy. A 304 counts
     only as the answer to `If-None-Match` (a static login page older than the file
     answers `If-Modified-Since` with 304 too); without an ETag, the answer must carry
-    our Last-Modified and our length; without either, our length (a ranged task,
-    whose answers name the whole file's, is never confirmed then)."""
+    our Last-Modified and our length; without either, our length (for a Range task,
+    the whole file's its first answer named)."""
     validators = task.validators
     if validators.etag:
         # Range 0-0: if the content did change, the origin sends one byte, not all.
@@ -36,12 +36,21 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
             # Some origins ignore conditions: the same strong ETag still proves it.
             strong = response.validators.strong_etag
             return strong is not None and strong == validators.strong_etag
+    if task.length is None:
+        # A body of unknown length, still coming: only its whole length tells a login
+        # page from the file here (both may come chunked, without a length). Wait for it.
+        while not task.settled:
+            await task.wait_changed()
+        if task.length is None:
+            return False
+    # The length an answer must name: the file's, or for a Range task the whole file's.
+    expected = task.length if spec.range is None else task.whole
     if not validators.last_modified:
         async with origin.open(
             "HEAD", spec.url, spec.headers, ok=frozenset({200, 204, 405, 501}), s3=spec.s3
         ) as response:
             if response.status not in (405, 501) and response.length is not None:
-                return spec.range is None and response.length == task.length
+                return expected is not None and response.length == expected
     # No HEAD here (or one without a length), or a Last-Modified to compare: one byte,
     # with this requester's headers, so that an origin that would refuse it says so.
     async with origin.open(
@@ -55,9 +64,8 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
     ) as response:
         if validators.last_modified != response.validators.last_modified:
             return False
-        if spec.range is not None:  # (the whole file's length says nothing of the span)
-            return validators.last_modified is not None and response.status == 206
-        return _total_length(response) == task.length
+        total = _total_length(response)
+        return expected is not None and total == expected
 
 
 async def check_first_requester(origin: OriginClient, task: CdnTask) -> None:

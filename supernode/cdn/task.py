@@ -94,6 +94,9 @@ class CdnTask:
         self.sealer = PieceSealer(self.key, self.task_id)
         self.state = TaskState.STARTING
         self.length: int | None = None
+        # A Range task's whole file, as its first answer named it (`/total`; None if it
+        # did not, or for a task loaded from the store): its revalidation compares it.
+        self.whole: int | None = None
         self.piece_size = 0
         self.digests: list[bytes] = []
         self.lengths: list[int] = []  # plaintext length of each ready piece
