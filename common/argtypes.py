@@ -102,6 +102,33 @@ def token_arguments(
     )
 
 
+def parse_identity(text: str) -> bytes:
+    """A supernode identity: its Ed25519 public key, 64 hex digits (`supernode
+    --print-identity`); ValueError otherwise."""
+    try:
+        identity = bytes.fromhex(text.strip())
+    except ValueError:
+        identity = b""
+    if len(identity) != 32:
+        raise ValueError(f"not a supernode identity (64 hex digits): {text[:80]!r}")
+    return identity
+
+
+def identity_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--supernode-identity HEX` (repeatable): identities one of which every supernode
+    must sign its Welcome with."""
+    parser.add_argument(
+        "--supernode-identity",
+        action="append",
+        type=argument_type(parse_identity, "supernode identity"),
+        metavar="HEX",
+        help="a supernode's identity (its public key: `supernode --print-identity`); each "
+        "supernode must sign its handshake with one of those given (else it gets nothing: "
+        "no credentials, no request), where a cluster token only says a host of the "
+        "cluster answered; repeatable (one a member, or one key all members share)",
+    )
+
+
 def rate_argument(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     flag: str,

@@ -64,6 +64,7 @@ class DaemonConfig:
     back_source: bool = True  # fetch a blob from the upstream when P2P fails
     insecure: bool = False  # do not verify upstream TLS certificates
     token: bytes | None = None
+    identities: frozenset[bytes] = frozenset()  # --supernode-identity
     rules: tuple[str, ...] = field(default_factory=tuple)
     control_socket: Path | None = None  # default: DATA_DIR/dfdaemon.sock
     cache: GcPolicy = field(default_factory=GcPolicy)  # the blob cache's quota and TTL
@@ -138,7 +139,9 @@ class Daemon:
         self.upstream = Upstream(
             insecure=config.insecure, policy=self.origin_policy, origin_tls=self.origin_tls
         )
-        self.directory = Directory(config.supernodes, token=config.token)
+        self.directory = Directory(
+            config.supernodes, token=config.token, identities=config.identities
+        )
         if config.token is not None:
             proof_key(config.token)  # (stretched once, here: not in the first download)
         self.blobs: BlobStore | None = None
@@ -166,7 +169,11 @@ class Daemon:
                 if config.supernodes:  # the live list, learned before the first download
                     await nursery.start(self.directory.run, config.supernode_refresh)
                 # To the supernodes, for all downloads (which prove the token they have).
-                sessions = Sessions(nursery, ask_proof=config.token is not None)
+                sessions = Sessions(
+                    nursery,
+                    ask_proof=config.token is not None,
+                    ask_identity=bool(config.identities),
+                )
                 settings = DownloadSettings(
                     supernodes=config.supernodes,
                     server=SharedServer(self.upload, upload_port),
@@ -174,6 +181,7 @@ class Daemon:
                     back_source=config.back_source,
                     insecure=config.insecure,
                     token=config.token,
+                    identities=config.identities,
                     upload_slots=config.upload_slots,
                     gc=config.cache,
                     reseed_delay=config.reseed_delay,

@@ -50,10 +50,10 @@ GET /metrics on the same port gives Prometheus metrics.
 config file keys (TOML; flags win): listen, supernodes (list), registry,
 allow_registries (list), data_dir, peer_listen, download_rate, upload_rate,
 upload_slots, rules (list), plain_http (list), back_source (bool), insecure (bool),
-token_file, control_socket, cache_quota, cache_ttl, max_connections, origin_allow
-(list), origin_deny (list), ready_file, log_level, hijack (list), ca_cert, ca_key,
-proxy_auth_file, proxy_open (bool), tls_cert, tls_key; [registries."HOST[:PORT]"]
-tables: ca, client_cert, client_key.
+token_file, supernode_identities (list), control_socket, cache_quota, cache_ttl,
+max_connections, origin_allow (list), origin_deny (list), ready_file, log_level,
+hijack (list), ca_cert, ca_key, proxy_auth_file, proxy_open (bool), tls_cert,
+tls_key; [registries."HOST[:PORT]"] tables: ca, client_cert, client_key.
 
 `dfdaemon ca [--data-dir DIR]` prints the CA certificate that --hijack's leaves are
 signed with, for the clients' trust stores (generated if there is none yet).
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not verify the upstream's TLS certificate",
     )
     argtypes.token_arguments(parser)
+    argtypes.identity_arguments(parser)
     parser.add_argument(
         "--cache-quota",
         type=argtypes.size,
@@ -239,6 +240,7 @@ def config_from(settings: dict[str, Any]) -> tuple[DaemonConfig, str]:
         back_source=settings.get("back_source", True),
         insecure=settings.get("insecure", False),
         token=token,
+        identities=frozenset(settings.get("supernode_identity", ())),
         rules=rules,
         control_socket=settings.get("control_socket"),
         cache=GcPolicy(quota=settings.get("cache_quota"), ttl=settings.get("cache_ttl")),

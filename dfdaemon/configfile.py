@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.addresses import parse_listen
+from common.argtypes import parse_identity
 from common.origins import parse_network
 from common.units import parse_rate, parse_size
 from dfdaemon.accessflags import registry_tables
@@ -30,6 +31,7 @@ CONFIG_KEYS = {
     "back_source": "back_source",
     "insecure": "insecure",
     "token_file": "token_file",
+    "supernode_identities": "supernode_identity",
     "control_socket": "control_socket",
     "cache_quota": "cache_quota",
     "cache_ttl": "cache_ttl",
@@ -110,6 +112,10 @@ def load_config(path: Path) -> dict[str, Any]:
             elif key in ("supernodes", "rules", "plain_http", "allow_registries", "hijack"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("want a list of strings")
+            elif key == "supernode_identities":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError("want a list of identities (64 hex digits each)")
+                value = [parse_identity(v) for v in value]
             elif key in ("origin_allow", "origin_deny"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("want a list of networks (CIDR strings)")

@@ -59,6 +59,7 @@ class DownloadSettings:
     back_source: bool = True  # fetch from the upstream when P2P fails
     insecure: bool = False  # do not verify the upstream's TLS certificate (fallback)
     token: bytes | None = None
+    identities: frozenset[bytes] = frozenset()  # --supernode-identity
     upload_slots: int = 8
     gc: GcPolicy = field(default_factory=GcPolicy)  # the cache's quota, watermarks, TTL
     gc_interval: float = 5.0
@@ -108,6 +109,7 @@ class DownloadSettings:
                 pieces=self.pieces,
                 seed_for=0 if check_only else math.inf,
                 token=self.token,
+                identities=self.identities,
                 upload_slots=0 if check_only else self.upload_slots,
                 adopt=adopt or check_only,
                 check_only=check_only,

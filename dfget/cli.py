@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "connection is closed at once",
     )
     argtypes.token_arguments(swarm)
+    argtypes.identity_arguments(swarm)
     tree = parser.add_argument_group("directories", "-r: a whole folder, one download a file")
     tree.add_argument(
         "-r",
@@ -317,6 +318,7 @@ def _main(argv: list[str] | None) -> int:
             upload_rate=args.upload_rate_limit,
             seed_for=max(0.0, args.seed_for),
             token=token,
+            identities=frozenset(args.supernode_identity or ()),
             signals_end_seeding=True,
             max_connections=args.max_connections,
             in_order=to_stdout,  # stdout takes the file front to back

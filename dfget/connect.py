@@ -7,7 +7,7 @@ source); a protocol violation → `SupernodeFailed`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
@@ -15,7 +15,7 @@ import trio
 
 from dfget import __version__
 from dfget.errors import SupernodeFailed, SupernodeNotProven, SupernodeUnavailable, UsageError
-from proto.admission import verify_supernode
+from proto.admission import verify_identity, verify_supernode
 from proto.errors import ConnectionLost, ErrorCode, ProtoError, RemoteFailure
 from proto.frames import Frame
 from proto.io import FramedStream, client_handshake
@@ -53,21 +53,41 @@ class ControlStream(Protocol):
     async def receive(self) -> Frame: ...
 
 
-def check_supernode(control: ControlStream, token: bytes | None, address: str) -> None:
+def check_supernode(
+    control: ControlStream,
+    token: bytes | None,
+    address: str,
+    identities: Collection[bytes] = (),
+) -> None:
     """With a cluster `token`, that the supernode proved it knows it in its Welcome
-    (protocol version 4, over our Hello's key): SupernodeNotProven otherwise, before
-    anything is sent to it. Without a token there is nothing to check."""
-    if token is None:
+    (protocol version 4, over our Hello's key); with pinned `identities`, that it signed
+    the Welcome with one of them (any host with the token can prove the token):
+    SupernodeNotProven otherwise, before anything is sent to it. Without either there
+    is nothing to check."""
+    if token is None and not identities:
         return
     welcome = control.welcome
     if welcome is None or welcome.version < SEALED_REQUESTS:
         raise _older(address)
-    if not verify_supernode(
+    if token is not None and not verify_supernode(
         token, control.hello_key, welcome.challenge, welcome.key, welcome.proof
     ):
         raise SupernodeNotProven(
             f"supernode {address} did not prove that it knows the cluster token (another "
             "process at its address, or a supernode with another token or none): "
+            "nothing is sent to it"
+        )
+    if identities and not verify_identity(
+        identities,
+        welcome.identity,
+        control.hello_key,
+        welcome.challenge,
+        welcome.key,
+        welcome.signature,
+    ):
+        raise SupernodeNotProven(
+            f"supernode {address} did not sign with an identity of --supernode-identity "
+            "(another process or host at its address, or a supernode with another key): "
             "nothing is sent to it"
         )
 
@@ -99,13 +119,15 @@ async def connect_stream(
     max_payload: int,
     within: float = CONNECT_TIMEOUT,
     ask_proof: bool = False,
+    ask_identity: bool = False,
 ) -> FramedStream:
     """An open, handshaken session to `address` (HOST:PORT); the caller closes it.
 
     `max_payload` is the largest payload it accepts: 0 on a control session (the
     supernode sends none there), one sealed piece of the task on a piece session.
     `within` bounds the connect, then the handshake (seconds each). With `ask_proof`
-    the supernode is asked to prove the cluster token (`check_supernode` checks it).
+    the supernode is asked to prove the cluster token, with `ask_identity` to sign with
+    its identity key (`check_supernode` checks them).
     """
     host, port = parse_address(address)
     try:
@@ -113,7 +135,8 @@ async def connect_stream(
             stream = await trio.open_tcp_stream(host, port)
     except (OSError, UnicodeError, trio.TooSlowError) as exc:  # (IDNA refuses `a..b`)
         raise SupernodeUnavailable(f"cannot reach {address}: {exc}") from exc
-    with translate_errors(address), _older_refusing_the_proof(address, ask_proof):
+    asked = ask_proof or ask_identity
+    with translate_errors(address), _older_refusing_the_proof(address, asked):
         with trio.move_on_after(within) as handshake:
             framed = await client_handshake(
                 stream,
@@ -123,6 +146,7 @@ async def connect_stream(
                 max_payload=max_payload,
                 send_timeout=SEND_TIMEOUT,
                 ask_proof=ask_proof,
+                ask_identity=ask_identity,
             )
         if handshake.cancelled_caught:
             await stream.aclose()
@@ -130,7 +154,9 @@ async def connect_stream(
     return framed
 
 
-_OLDER_REFUSAL = "hello.key: unknown field"  # (what a version-3 codec says of a key)
+# What an older codec says of a Hello's key (before version 4) or of its `identity`
+# (a supernode that cannot sign with an identity key).
+_OLDER_REFUSALS = frozenset({"hello.key: unknown field", "hello.identity: unknown field"})
 
 
 @contextmanager
@@ -140,7 +166,7 @@ def _older_refusing_the_proof(address: str, ask_proof: bool) -> Iterator[None]:
     try:
         yield
     except RemoteFailure as exc:
-        if ask_proof and exc.code == ErrorCode.BAD_REQUEST and exc.message == _OLDER_REFUSAL:
+        if ask_proof and exc.code == ErrorCode.BAD_REQUEST and exc.message in _OLDER_REFUSALS:
             raise _older(address) from exc
         raise
 
@@ -155,12 +181,22 @@ def _older(address: str) -> SupernodeNotProven:
 
 @asynccontextmanager
 async def connect(
-    address: str, *, peer_id: str, within: float = SUPERNODE_TIMEOUT, ask_proof: bool = False
+    address: str,
+    *,
+    peer_id: str,
+    within: float = SUPERNODE_TIMEOUT,
+    ask_proof: bool = False,
+    ask_identity: bool = False,
 ) -> AsyncIterator[FramedStream]:
     """A control session to a supernode (`connect_stream`, no payloads, its short
     timeout unless told), closed when the block ends; errors inside are translated."""
     framed = await connect_stream(
-        address, peer_id=peer_id, max_payload=0, within=within, ask_proof=ask_proof
+        address,
+        peer_id=peer_id,
+        max_payload=0,
+        within=within,
+        ask_proof=ask_proof,
+        ask_identity=ask_identity,
     )
     try:
         with translate_errors(address):

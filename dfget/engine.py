@@ -186,7 +186,10 @@ async def _download(job: DownloadJob) -> DownloadResult:
     from dfget.connect import CONNECT_TIMEOUT, SUPERNODE_TIMEOUT
     from dfget.members import directory_for
 
-    directory = await directory_for(request.supernodes, request.directory, request.peer.token)
+    peer = request.peer
+    directory = await directory_for(
+        request.supernodes, request.directory, peer.token, peer.identities
+    )
     ranked = directory.rank(job.task_id)
     for attempt, address in enumerate(ranked, start=1):
         # The last one has no other member after it: a lost SYN must not send the

@@ -54,14 +54,17 @@ def _peer_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-members"
 
 
-async def ask_members(address: str, *, token: bytes | None = None) -> Members:
+async def ask_members(
+    address: str, *, token: bytes | None = None, identities: frozenset[bytes] = frozenset()
+) -> Members:
     """The live list from the supernode at `address`. SupernodeUnavailable if it cannot
     be reached or says nothing within SUPERNODE_TIMEOUT; OlderSupernode if it does not
     know the request; NotAdmitted (a wrong token) or SupernodeFailed (anything else
     it says, a list that breaks the wire's bounds) otherwise."""
     peer_id = _peer_id()
-    async with connect(address, peer_id=peer_id, ask_proof=token is not None) as framed:
-        check_supernode(framed, token, address)
+    asks = {"ask_proof": token is not None, "ask_identity": bool(identities)}
+    async with connect(address, peer_id=peer_id, **asks) as framed:
+        check_supernode(framed, token, address, identities)
         proof = None
         if token is not None:
             challenge = framed.welcome.challenge if framed.welcome else b""
@@ -113,10 +116,12 @@ class Directory:
         configured: Sequence[str],
         *,
         token: bytes | None = None,
+        identities: frozenset[bytes] = frozenset(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.configured = tuple(configured)
         self.token = token
+        self.identities = identities  # (one of which each member must sign with)
         self.clock = clock
         self.live: tuple[str, ...] = self.configured
         self.source = CONFIGURED  # or CLUSTER: learned from `learned_from`
@@ -174,7 +179,7 @@ class Directory:
             return False
         for address in await self.candidates():
             try:
-                answer = await ask_members(address, token=self.token)
+                answer = await ask_members(address, token=self.token, identities=self.identities)
             except OlderSupernode as exc:
                 if self.source == CLUSTER:  # a rolling upgrade: ask a member that knows
                     log.debug("%s", exc)
@@ -219,7 +224,7 @@ class Directory:
 
         async def one(address: str) -> None:
             try:
-                await ask_members(address, token=self.token)
+                await ask_members(address, token=self.token, identities=self.identities)
             except SupernodeUnavailable:  # (one that cannot prove the token too)
                 self.failed(address)
                 return
@@ -249,12 +254,15 @@ class Directory:
 
 
 async def directory_for(
-    configured: Sequence[str], shared: Directory | None, token: bytes | None
+    configured: Sequence[str],
+    shared: Directory | None,
+    token: bytes | None,
+    identities: frozenset[bytes] = frozenset(),
 ) -> Directory:
     """The directory a download ranks its supernodes with: the daemon's `shared` one,
     or one learned now from `configured` (dfget: once a run)."""
     if shared is not None:
         return shared
-    directory = Directory(configured, token=token)
+    directory = Directory(configured, token=token, identities=identities)
     await directory.refresh()
     return directory

@@ -34,6 +34,7 @@ class PeerOptions:
         upload_rate: float | None = None,
         seed_for: float = 0.0,
         token: bytes | None = None,
+        identities: frozenset[bytes] = frozenset(),
         server_factory: type[PieceServer] | None = None,
         server: SharedServer | None = None,
         signals_end_seeding: bool = False,
@@ -50,6 +51,10 @@ class PeerOptions:
         self.upload_rate = upload_rate
         self.seed_for = seed_for
         self.token = token
+        # Supernode identities (Ed25519 public keys) one of which must sign each
+        # supernode's Welcome (`--supernode-identity`): the token alone says "a host of
+        # the cluster", not "a supernode".
+        self.identities = identities
         self.server_factory = server_factory  # None: PieceServer; tests swap in fakes
         # A daemon's one upload server, already listening, shared by all its downloads;
         # without it each download starts its own (from `listen` and `server_factory`).

@@ -166,6 +166,7 @@ class Attempt:
                 peer_id=self.peer_id,
                 within=self.connect_within,
                 ask_proof=self.options.token is not None,
+                ask_identity=bool(self.options.identities),
             )
         return self._line(self.options.sessions, self._upload(port))
 
@@ -310,7 +311,7 @@ class Attempt:
     async def _register(self, control: ControlStream, port: int) -> Registered:
         message = self.register_message
         upload_port, upload_slots = self._upload(port)
-        check_supernode(control, self.options.token, self.address)
+        check_supernode(control, self.options.token, self.address, self.options.identities)
         welcome = control.welcome
         challenge = welcome.challenge if welcome else b""
         proof = None

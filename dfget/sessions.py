@@ -478,10 +478,16 @@ class Sessions:
     copy it keeps) registers on sessions of its own."""
 
     def __init__(
-        self, nursery: trio.Nursery, *, ask_proof: bool = False, keep_idle: bool = False
+        self,
+        nursery: trio.Nursery,
+        *,
+        ask_proof: bool = False,
+        ask_identity: bool = False,
+        keep_idle: bool = False,
     ) -> None:
         self._nursery = nursery
         self._ask_proof = ask_proof  # the supernodes prove the cluster token (we have one)
+        self._ask_identity = ask_identity  # ... and sign with an identity we pinned
         self._keep_idle = keep_idle  # sessions stay open without tasks (`_Session`)
         self._sessions: dict[Key, list[_Session]] = {}
         self._opening: dict[Key, trio.Lock] = {}
@@ -556,7 +562,12 @@ class Sessions:
         supernode shares sessions (else that address is remembered as not sharing)."""
         peer_id = new_peer_id()  # (the session's: its tasks' uploads and tickets name it)
         framed = await connect_stream(
-            key[0], peer_id=peer_id, max_payload=0, within=within, ask_proof=self._ask_proof
+            key[0],
+            peer_id=peer_id,
+            max_payload=0,
+            within=within,
+            ask_proof=self._ask_proof,
+            ask_identity=self._ask_identity,
         )
         _notice_loss(framed)
         session = _Session(key, peer_id, framed, keep_idle=self._keep_idle)

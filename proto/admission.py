@@ -12,6 +12,13 @@ before it sends a Register: whoever answers at a supernode's address without the
 nor the chance to name a file's pieces; and the session's frames, sealed both ways
 under keys drawn from the two X25519 keys (proto/framesealing.py), cannot be read or
 rewritten on the way.
+
+The token is shared by every admitted host, so its proof says "a host of the cluster",
+not "the supernode": a peer pinned to supernode identities (`--supernode-identity`)
+also asks (`Hello.identity`) for the supernode's Ed25519 signature over the same
+transcript (the Hello's key, the challenge, the Welcome's key), made with a key only
+the supernodes hold (`sign_identity`, `verify_identity`): then no other host of the
+cluster can answer in its place.
 """
 
 from __future__ import annotations
@@ -22,13 +29,19 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Collection
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 CHALLENGE_SIZE = 32
 KEY_SIZE = 32  # X25519 public keys
 _CONTEXT = b"dragonfly-py admission v1\0"
 _SUPERNODE_CONTEXT = b"dragonfly-py supernode v1\0"
+_IDENTITY_CONTEXT = b"dragonfly-py supernode identity v1\0"
+IDENTITY_SIZE = 32  # an Ed25519 public key
+SIGNATURE_SIZE = 64
 # The supernode's proof goes to whoever sends a Hello with a key, before they prove
 # anything: it lets them test guesses of the token offline, so it is keyed by the token
 # stretched (scrypt, 16 MiB and tens of milliseconds a guess), not the token itself.
@@ -105,3 +118,31 @@ def verify(
     if proof is None or not challenge:
         return False
     return hmac.compare_digest(prove(token, challenge, peer_id, public_key), proof)
+
+
+def sign_identity(
+    identity: Ed25519PrivateKey, peer_key: bytes, challenge: bytes, key: bytes
+) -> bytes:
+    """The supernode's signature over our Hello's key, the challenge and the Welcome's key."""
+    return identity.sign(_IDENTITY_CONTEXT + peer_key + challenge + key)
+
+
+def verify_identity(
+    pinned: Collection[bytes],
+    identity: bytes,
+    peer_key: bytes,
+    challenge: bytes,
+    key: bytes,
+    signature: bytes,
+) -> bool:
+    """Whether `identity` is one of the `pinned` keys and signed this transcript."""
+    if identity not in pinned or len(identity) != IDENTITY_SIZE:
+        return False
+    if len(peer_key) != KEY_SIZE or len(challenge) != CHALLENGE_SIZE or len(key) != KEY_SIZE:
+        return False
+    try:
+        public = Ed25519PublicKey.from_public_bytes(identity)
+        public.verify(signature, _IDENTITY_CONTEXT + peer_key + challenge + key)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -136,7 +136,7 @@ class Hello(Message):
     """First frame a client sends on every connection."""
 
     TAG: ClassVar[str] = "hello"
-    SPARSE: ClassVar[frozenset[str]] = frozenset({"key"})
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"key", "identity"})
     versions: tuple[int, ...]
     role: str
     peer_id: str
@@ -145,10 +145,16 @@ class Hello(Message):
     # The supernode's `Welcome.proof` binds it, and the frames after the Welcome are
     # sealed both ways under keys drawn from it and `Welcome.key` (proto/framesealing.py).
     key: bytes = b""
+    # From a peer pinned to supernode identities (with `key`): the supernode signs the
+    # transcript with its identity key (`Welcome.identity`, `Welcome.signature`). A
+    # supernode that does not know the field refuses the Hello: not proven, for such a peer.
+    identity: bool = False
 
     def check(self) -> None:
         if len(self.key) not in (0, KEY_BYTES):
             raise ValueError("key must be 32 bytes or absent")
+        if self.identity and not self.key:
+            raise ValueError("identity is asked over a key")
         if not self.versions or len(self.versions) > 16:
             raise ValueError("versions must list 1 to 16 entries")
         if self.role not in ROLES:
@@ -162,7 +168,7 @@ class Welcome(Message):
     """The server's answer to Hello: the version both will speak."""
 
     TAG: ClassVar[str] = "welcome"
-    SPARSE: ClassVar[frozenset[str]] = frozenset({"key", "proof"})
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"key", "proof", "identity", "signature"})
     version: int
     role: str
     agent: str = ""
@@ -173,12 +179,18 @@ class Welcome(Message):
     # and that key (`admission.prove_supernode`).
     key: bytes = b""
     proof: bytes = b""
+    # To a Hello that asked (`Hello.identity`): the supernode's Ed25519 public key and
+    # its signature over the Hello's key, the challenge and `key` (`admission.sign_identity`).
+    identity: bytes = b""
+    signature: bytes = b""
 
     def check(self) -> None:
         if len(self.challenge) > 64:
             raise ValueError("challenge longer than 64 bytes")
         if len(self.key) not in (0, KEY_BYTES) or len(self.proof) not in (0, 32):
             raise ValueError("key must be 32 bytes and proof 32 bytes, or both absent")
+        if len(self.identity) not in (0, KEY_BYTES) or len(self.signature) not in (0, 64):
+            raise ValueError("identity must be 32 bytes and signature 64, or both absent")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ the client sends requests and the server answers and pushes. Sending out of turn
 from __future__ import annotations
 
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
-from proto.admission import prove_supernode
+from proto.admission import prove_supernode, sign_identity
 from proto.errors import (
     ErrorCode,
     LocalProtoError,
@@ -47,6 +48,9 @@ from proto.messages import (
     Welcome,
     error_reply,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 class Side(Enum):
@@ -126,20 +130,31 @@ def negotiate(
     *,
     key: bytes = b"",
     token: bytes | None = None,
+    identity: Ed25519PrivateKey | None = None,
     oldest: int = 1,
 ) -> Welcome:
     """The Welcome for a Hello: the highest version both sides speak (`oldest` at
     least). From version 4 it names `key` (the connection's X25519 key, for sealed
     Registers) and, with a cluster `token` and the Hello's key, the proof that this side
-    knows the token."""
+    knows the token; to a Hello that asks, with an `identity` key, its signature."""
     version = agreed_version(hello, oldest)
     if version < SEALED_REQUESTS or not key:
         return Welcome(version=version, role=role, agent=agent, challenge=challenge)
-    proof = b""
+    proof = signature = public = b""
     if token is not None and hello.key:
         proof = prove_supernode(token, hello.key, challenge, key)
+    if identity is not None and hello.identity and hello.key:
+        public = identity.public_key().public_bytes_raw()
+        signature = sign_identity(identity, hello.key, challenge, key)
     return Welcome(
-        version=version, role=role, agent=agent, challenge=challenge, key=key, proof=proof
+        version=version,
+        role=role,
+        agent=agent,
+        challenge=challenge,
+        key=key,
+        proof=proof,
+        identity=public,
+        signature=signature,
     )
 
 

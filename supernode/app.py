@@ -35,7 +35,7 @@ from supernode.cluster.membership import Membership
 from supernode.cluster.settings import DEFAULT_HEARTBEAT, advertised, cluster_settings
 from supernode.cluster.taskstate import TaskStates
 from supernode.compiled import scheduler_build, stale
-from supernode.keys import load_or_create_ticket_key
+from supernode.keys import load_or_create_ticket_key, raw_public
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
 from supernode.peers.swarm import Swarm
 from supernode.scheduler import Scheduler, SchedulerConfig
@@ -251,6 +251,9 @@ class Supernode:
                     "old code; build them again (make mypyc) or remove them (make clean-mypyc)",
                     ", ".join(outdated),
                 )
+            log.info(
+                "identity (peers' --supernode-identity): %s", raw_public(self.ticket_key).hex()
+            )
             if self.config.token is None:
                 log.warning("no cluster token (--token): any peer that reaches us is admitted")
             elif (length := len(self.config.token.decode("utf-8", "replace"))) < STRONG_TOKEN:

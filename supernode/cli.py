@@ -24,7 +24,8 @@ from supernode.app import DEFAULT_PORT, Supernode, SupernodeConfig, default_data
 from supernode.cdn.streams import MAX_STREAMS
 from supernode.cluster.flags import check_cluster_flags, cluster_arguments
 from supernode.compiled import scheduler_build
-from supernode.errors import SupernodeError
+from supernode.errors import StoreError, SupernodeError
+from supernode.keys import load_or_create_ticket_key, raw_public
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS
 
 EPILOG = """\
@@ -259,7 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a failed task is remembered (default 600)",
     )
     cluster_arguments(parser)
-    ready_file_argument(parser, '"peer" (HOST:PORT) and "admin" (HOST:PORT or null)')
+    ready_file_argument(
+        parser, '"peer" (HOST:PORT), "admin" (HOST:PORT or null) and "identity" (hex)'
+    )
+    parser.add_argument(
+        "--print-identity",
+        action="store_true",
+        help="print this supernode's identity (the public key of DATA_DIR/ticket-key.pem, "
+        "made if there is none yet), for peers' --supernode-identity, and exit",
+    )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -275,12 +284,24 @@ async def serve(node: Supernode, ready_file: Path | None) -> None:
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(node.serve)
         peer = format_address(host, port)
-        write_ready_file(ready_file, {"peer": peer, "admin": node.admin_address})
+        identity = raw_public(node.ticket_key).hex()
+        write_ready_file(
+            ready_file, {"peer": peer, "admin": node.admin_address, "identity": identity}
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr(args.log_level)
+    if args.print_identity:
+        data_dir = args.data_dir or default_data_dir()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            print(raw_public(load_or_create_ticket_key(data_dir)).hex())
+        except (OSError, StoreError) as exc:
+            print(f"supernode: {exc}", file=sys.stderr)
+            return 2
+        return 0
     host, port = args.listen
     try:
         token = read_token(args.token, args.token_file)

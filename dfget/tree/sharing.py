@@ -35,12 +35,19 @@ async def shared_peer(template: DownloadRequest) -> AsyncIterator[DownloadReques
 
     options = template.peer
     async with trio.open_nursery() as nursery:
-        directory = await directory_for(template.supernodes, template.directory, options.token)
+        directory = await directory_for(
+            template.supernodes, template.directory, options.token, options.identities
+        )
         server = upload_server(options)
         port = await start_uploads(nursery, server, options)
         shared = copy.copy(options)
         shared.server = SharedServer(server, port)
-        shared.sessions = Sessions(nursery, ask_proof=options.token is not None, keep_idle=True)
+        shared.sessions = Sessions(
+            nursery,
+            ask_proof=options.token is not None,
+            ask_identity=bool(options.identities),
+            keep_idle=True,
+        )
         shared.pieces = PiecePool(nursery)
         try:
             yield replace(template, peer=shared, directory=directory)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from proto.errors import BadField, ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
@@ -267,13 +268,15 @@ async def server_handshake(
     challenge: bytes = b"",
     keyed: bool = False,
     token: bytes | None = None,
+    identity: Ed25519PrivateKey | None = None,
     oldest: int = 1,
 ) -> Hello:
     """Server side: wait for Hello, answer Welcome (callers put a deadline around it).
     `keyed` (a supernode): a client of version 4 gets an X25519 key of this connection
     in the Welcome (kept in `framed.own_key`), proved with `token` if the Hello names a
-    key of its own (`negotiate`); the frames after it are then sealed both ways. A
-    client that speaks no version from `oldest` up is refused (VersionMismatch).
+    key of its own, and signed with `identity` if it asks (`negotiate`); the frames
+    after it are then sealed both ways. A client that speaks no version from `oldest`
+    up is refused (VersionMismatch).
 
     Errors propagate with the session still able to `refuse()` them.
     """
@@ -284,7 +287,14 @@ async def server_handshake(
         key = framed.own_key = X25519PrivateKey.generate()
         public = raw_public(key)
     welcome = negotiate(
-        hello, role=role, agent=agent, challenge=challenge, key=public, token=token, oldest=oldest
+        hello,
+        role=role,
+        agent=agent,
+        challenge=challenge,
+        key=public,
+        token=token,
+        identity=identity,
+        oldest=oldest,
     )
     keys = None
     if key is not None and hello.key:
@@ -308,6 +318,7 @@ async def client_handshake(
     agent: str = "",
     send_timeout: float | None = None,
     ask_proof: bool = False,
+    ask_identity: bool = False,
 ) -> FramedStream:
     """Client side: say Hello, wait for Welcome; the open framed stream (the Welcome is
     kept in `framed.welcome`). `max_payload` is the largest payload this connection
@@ -315,13 +326,15 @@ async def client_handshake(
     With `ask_proof` the Hello carries a fresh X25519 key (`framed.hello_key`), over
     which a supernode of version 4 proves the cluster token, and with which the frames
     after its Welcome are sealed both ways (a supernode before version 4 refuses such a
-    Hello: only a peer that will check the proof asks for it).
+    Hello: only a peer that will check the proof asks for it). With `ask_identity` too
+    (a key is then sent), the supernode is asked to sign it with its identity key (one
+    that does not know the request refuses the Hello).
 
     On any failure the stream is closed before the error propagates.
     """
     session = Session(Side.CLIENT, FrameDecoder(max_payload=max_payload))
     framed = FramedStream(stream, session, send_timeout=send_timeout)
-    ours = X25519PrivateKey.generate() if ask_proof else None
+    ours = X25519PrivateKey.generate() if ask_proof or ask_identity else None
     if ours is not None:
         framed.hello_key = raw_public(ours)
     try:
@@ -332,6 +345,7 @@ async def client_handshake(
                 peer_id=peer_id,
                 agent=agent,
                 key=framed.hello_key,
+                identity=ask_identity,
             )
         )
         frame = await framed.receive()

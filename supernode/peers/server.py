@@ -125,7 +125,8 @@ class PeerServer:
     async def _converse(self, framed: FramedStream) -> None:
         challenge = new_challenge()
         # Keyed: a version-4 peer gets a key of this connection, for which it seals its
-        # Register's credentials, and with a cluster token our proof that we know it.
+        # Register's credentials, and with a cluster token our proof that we know it;
+        # a peer pinned to supernode identities gets our signature (the ticket key's).
         with trio.fail_after(self.hello_timeout):
             hello = await server_handshake(
                 framed,
@@ -134,6 +135,7 @@ class PeerServer:
                 challenge=challenge,
                 keyed=True,
                 token=self.swarm.token,
+                identity=self.swarm.ticket_key,  # (signs for a peer pinned to it)
                 oldest=self.oldest_version,
             )
         with trio.fail_after(self.first_request_timeout):
