@@ -219,6 +219,7 @@ class Attempt:
                     ),
                     holds=book.holds,
                     length_of=book.length_of,
+                    digest_of=book.digests.__getitem__,
                     fd=os.open(self.out.temp, os.O_RDONLY | os.O_CLOEXEC),
                 )
             )

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,7 +38,7 @@ from dfget.defaults import DEFAULT_MAX_CONNECTIONS
 from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
 from proto.io import FramedStream, server_handshake
 from proto.messages import PieceData, PieceRefused, PieceRequest
-from proto.pieces import TAG_SIZE, PieceSealer
+from proto.pieces import TAG_SIZE, PieceSealer, piece_digest
 from proto.session import Session, Side
 from proto.tickets import TicketVerifier, verify_ticket
 
@@ -126,6 +126,11 @@ class SharedTask:
     holds: Callable[[int], bool]  # the piece is written and verified
     length_of: Callable[[int], int]
     fd: int  # read-only descriptor of the output file (valid after its rename)
+    # Each piece read is checked against its digest before it is sealed: a file changed
+    # on disk (a user's output edited while it seeds) must not put two plaintexts under
+    # one (key, nonce), nor send bytes the downloader blames on this peer.
+    digest_of: Callable[[int], bytes] | None = None
+    changed: set[int] = field(default_factory=set)  # pieces that no longer match
     readers: int = 0  # worker threads reading `fd` now
     retired: bool = False  # no longer shared: the last reader closes `fd`
 
@@ -154,9 +159,15 @@ class SharedTask:
         plain = _scratch(length)
         if os.preadv(self.fd, [plain], index * self.piece_size) != length:
             raise OSError(f"piece {index} is short on disk")
+        if self.digest_of is not None and piece_digest(plain) != self.digest_of(index):
+            raise PieceChanged(f"piece {index} of task {self.task_id[:16]} changed on disk")
         if len(out) < length + TAG_SIZE:
             out = bytearray(length + TAG_SIZE)
         return self.sealer.seal_into(index, plain, out)
+
+
+class PieceChanged(Exception):
+    """A piece read back no longer matches its digest: never sealed, never sent."""
 
 
 _thread = threading.local()
@@ -324,7 +335,20 @@ class PieceServer:
             return code not in (ErrorCode.UNKNOWN_TASK, ErrorCode.STALE)
         assert task is not None
         try:
-            sealed = await self.piece_bytes(task, request.index)
+            try:
+                sealed = await self.piece_bytes(task, request.index)
+            except PieceChanged as exc:
+                task.changed.add(request.index)  # (refused from now on, as not held)
+                log.warning("upload: %s: no longer served", exc)
+                await framed.send(
+                    PieceRefused(
+                        task_id=task.task_id,
+                        index=request.index,
+                        code=str(ErrorCode.NOT_HELD),
+                        message="this peer's copy of that piece changed on disk",
+                    )
+                )
+                return True
             await self.limiter.acquire(len(sealed))
             # The requester must take it in time: one that never reads frees the slot
             # (the connection closes) when this deadline passes.
@@ -363,6 +387,6 @@ class PieceServer:
         refusal = _ticket_refusal(task.generation, task.uploader, verify, requester, request)
         if refusal is not None:
             return refusal
-        if not task.holds(request.index):
+        if not task.holds(request.index) or request.index in task.changed:
             return ErrorCode.NOT_HELD, "this peer does not hold that piece"
         return None

@@ -58,7 +58,7 @@ from proto import (
 )
 from proto.errors import ConnectionLost, FrameTooLarge
 from proto.io import FramedStream, open_session
-from proto.pieces import TAG_SIZE, MiB, PieceSealer
+from proto.pieces import TAG_SIZE, MiB, PieceSealer, piece_digest
 from proto.tickets import CDN_UPLOADER, TicketIssuer, TicketVerifier
 from testkit.origin import FakeOrigin
 
@@ -903,3 +903,47 @@ async def test_admitted_seeding_sessions_leave_the_connection_caps(
         await raw_hello(stranger)
     assert node.node.server.limit.statistics().open == 3
     assert await until_closed(strangers[3], 5) == []  # the fourth: no room
+
+
+async def test_a_piece_changed_on_disk_is_refused_not_sealed_again(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A seeding peer's file edited on disk: the changed piece would have been sealed
+    under the task key and its index's nonce a second time, with other bytes (two
+    plaintexts under one nonce give away their XOR and the tag key). It is refused as
+    not held, now and later; the others are served."""
+    pieces = [bytes([n]) * 1000 for n in range(3)]
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"".join(pieces))
+    sealer = PieceSealer(bytes(32), TID)
+    server = PieceServer(slots=2, limiter=RateLimiter(None))
+    shared = SharedTask(
+        task_id=TID,
+        generation=1,
+        uploader="seeder",
+        sealer=sealer,
+        piece_size=1000,
+        tickets=TicketVerifier(TICKET_KEY.public_key()),
+        holds=lambda index: True,
+        length_of=lambda index: 1000,
+        fd=os.open(path, os.O_RDONLY),
+        digest_of=[piece_digest(piece) for piece in pieces].__getitem__,
+    )
+    server.share(shared)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with path.open("r+b") as file:  # the user edits the middle piece
+        file.seek(1500)
+        file.write(b"edited")
+    stream = await raw_connect(f"127.0.0.1:{port}")
+    decoder = await raw_hello(stream, "reader")
+    answers = []
+    for index in (1, 0, 1):
+        await stream.send_all(encode(peer_request(index)))
+        with trio.fail_after(10):
+            answers.append(await next_message(stream, decoder))
+    first, good, again = answers
+    assert isinstance(first, PieceRefused) and first.code == "not_held", first
+    assert isinstance(good, PieceData) and good.index == 0
+    assert isinstance(again, PieceRefused) and again.code == "not_held"
+    assert server.pieces_uploaded == 1 and shared.changed == {1}
+    await stream.aclose()
