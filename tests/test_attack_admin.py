@@ -401,19 +401,26 @@ async def test_a_preheat_keeps_registry_credentials_from_a_foreign_token_realm(
     assert sent_to_realm() == [None, basic]
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-async def test_a_preheat_stops_reading_a_huge_manifest(
-    origin: FakeOrigin, start_supernode: StartSupernode, chunked: bool
-) -> None:
-    size = 48 * MiB  # the cap is 4 MiB
-    origin.add("/v2/team/app/manifests/1", b" " * size, chunked=chunked)
+async def image_preheat(
+    origin: FakeOrigin, start_supernode: StartSupernode, manifest: bytes, **fault: Any
+) -> dict[str, Any]:
+    """An image preheat of a registry (`origin`) whose manifest is `manifest`: its end."""
+    origin.add("/v2/team/app/manifests/1", manifest, **fault)
     node = await start_supernode(admin_listen=("127.0.0.1", 0))
     async with admin_client(node) as client:
         created = await client.post(
             "/api/v1/preheats",
             json={"type": "image", "url": origin.url("/v2/team/app/manifests/1")},
         )
-        state = await preheat_ended(client, f"/api/v1/preheats/{created.json()['id']}")
+        return await preheat_ended(client, f"/api/v1/preheats/{created.json()['id']}")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_preheat_stops_reading_a_huge_manifest(
+    origin: FakeOrigin, start_supernode: StartSupernode, chunked: bool
+) -> None:
+    size = 48 * MiB  # the cap is 4 MiB
+    state = await image_preheat(origin, start_supernode, b" " * size, chunked=chunked)
     assert state["state"] == "failed" and "too large" in state["error"]
     # Stopped near the cap: what the origin wrote is the cap plus socket buffers.
     assert origin.stats["/v2/team/app/manifests/1"].bytes_sent < 24 * MiB
@@ -424,14 +431,7 @@ async def test_a_manifest_nested_past_the_parser_fails_its_preheat_plainly(
 ) -> None:
     """JSON nested deeper than Python's parser goes raises RecursionError, not
     ValueError: it was an "internal error" with a traceback in the log."""
-    origin.add("/v2/team/app/manifests/1", b"[" * 200_000)
-    node = await start_supernode(admin_listen=("127.0.0.1", 0))
-    async with admin_client(node) as client:
-        created = await client.post(
-            "/api/v1/preheats",
-            json={"type": "image", "url": origin.url("/v2/team/app/manifests/1")},
-        )
-        state = await preheat_ended(client, f"/api/v1/preheats/{created.json()['id']}")
+    state = await image_preheat(origin, start_supernode, b"[" * 200_000)
     assert state["state"] == "failed" and "manifest is not JSON" in state["error"]
     assert not [record for record in caplog.records if record.exc_info]
 

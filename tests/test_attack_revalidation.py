@@ -10,6 +10,7 @@ import contextlib
 import os
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -122,6 +123,15 @@ async def test_the_first_requester_after_a_restart_is_revalidated_before_the_kep
     assert max(received, default=0) == 0, f"{max(received)} bytes of a private file"
 
 
+PAGE = b"<html>please log in</html>"
+
+
+def login_gated(origin: FakeOrigin, data: bytes, **fault: Any) -> None:
+    """`/private.bin` behind an auth gateway that sends a stranger to `/login`, without
+    an ETag (what a yes must then name is its Last-Modified or its length)."""
+    origin.add("/private.bin", data, require_auth=AUTH, login_page="/login", etag=False, **fault)
+
+
 @pytest.mark.parametrize("kind", ["last-modified", "no validator", "ranged"])
 async def test_a_stranger_sent_to_a_login_page_is_no_yes_for_the_file(
     kind: str, origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
@@ -130,17 +140,8 @@ async def test_a_stranger_sent_to_a_login_page_is_no_yes_for_the_file(
     revalidation follows the redirect: the page's answer must not vouch for the file
     (a static page older than the file answers If-Modified-Since with 304; a page
     without a length, or any 200 for a ranged task, passed)."""
-    page = b"<html>please log in</html>"
-    origin.add("/login", page, chunked=kind == "no validator")  # (older than the file)
-    data = os.urandom(2 * MiB)
-    origin.add(
-        "/private.bin",
-        data,
-        require_auth=AUTH,
-        login_page="/login",
-        etag=False,
-        last_modified=kind == "last-modified",
-    )
+    origin.add("/login", PAGE, chunked=kind == "no validator")  # (older than the file)
+    login_gated(origin, os.urandom(2 * MiB), last_modified=kind == "last-modified")
     node = await start_supernode(data_dir=tmp_path / "sn")
     url = origin.url("/private.bin")
     span = (("Range", f"bytes=0-{MiB - 1}"),) if kind == "ranged" else ()
@@ -151,7 +152,7 @@ async def test_a_stranger_sent_to_a_login_page_is_no_yes_for_the_file(
         with contextlib.suppress(DfgetError):
             await fetch(url, node, name="mallory", headers=span, back_source=False)
     got = tmp_path / "downloads" / "mallory"
-    assert not got.exists() or got.read_bytes() == page
+    assert not got.exists() or got.read_bytes() == PAGE
 
 
 async def test_a_login_page_vouches_for_no_file_of_unknown_length_still_coming(
@@ -159,15 +160,11 @@ async def test_a_login_page_vouches_for_no_file_of_unknown_length_still_coming(
 ) -> None:
     """A chunked file without validators, still being fetched (its length unknown), and a
     login page that comes chunked too, ignoring Range: "no length" matched "no length"."""
-    page = b"<html>please log in</html>"
-    origin.add("/login", page, chunked=True, etag=False, last_modified=False, ranges=False)
+    origin.add("/login", PAGE, chunked=True, etag=False, last_modified=False, ranges=False)
     data, gate = os.urandom(6 * MiB), trio.Event()
-    origin.add(
-        "/private.bin",
+    login_gated(
+        origin,
         data,
-        require_auth=AUTH,
-        login_page="/login",
-        etag=False,
         last_modified=False,
         chunked=True,
         gate_after=5 * MiB,  # (the CDN's fetch waits here: its length still unknown)
@@ -193,4 +190,4 @@ async def test_a_login_page_vouches_for_no_file_of_unknown_length_still_coming(
             gate.set()
     assert (tmp_path / "downloads" / "alice").read_bytes() == data
     got = tmp_path / "downloads" / "mallory"
-    assert not got.exists() or got.read_bytes() == page
+    assert not got.exists() or got.read_bytes() == PAGE

@@ -162,16 +162,12 @@ def test_adopted_pieces_are_checked_whole_before_they_count(tmp_path: Path) -> N
     with_origin(body)
 
 
-@pytest.mark.usefixtures("small_parts")
-def test_a_take_over_in_parts_feeds_the_hasher_no_byte_of_a_damaged_piece(
-    tmp_path: Path,
-) -> None:
+def kept_for_take_over(
+    store: Store, old_key: bytes, sealed: bytes, kept: bytes, digest: str | None = None
+) -> tuple[CdnTask, PartialMeta]:
+    """A fetch stopped with `kept` (whole pieces) in generation 1, its file `sealed`, and
+    generation 2 begun to take them over (its pieces file open: the caller closes it)."""
     task_id = task_id_for("http://127.0.0.1:1/f.bin")
-    old_key, new_key = bytes(range(32)), bytes(range(1, 33))
-    kept = DATA[: 3 * MiB]
-    sealed = bytearray(sealed_whole(old_key, task_id, kept))
-    sealed[SLOT + MiB - 10] ^= 1  # piece 1, in its last part
-    store = Store(tmp_path / "store")
     store.task_dir(task_id).mkdir(parents=True)
     partial = PartialMeta(
         task_id=task_id,
@@ -180,25 +176,38 @@ def test_a_take_over_in_parts_feeds_the_hasher_no_byte_of_a_damaged_piece(
         piece_size=MiB,
         length=len(DATA),
         digests=[piece_digest(piece).hex() for piece in pieces_of(kept)],
-        digest="sha256:" + hashlib.sha256(DATA).hexdigest(),
+        digest=digest,
         etag='"v1"',
     )
     store.save_partial(partial)
-    store.pieces_path(task_id, 1).write_bytes(bytes(sealed))
-    task = CdnTask(
-        TaskSpec("http://127.0.0.1:1/f.bin", (), None, "", (), task_id, None), 2, new_key
-    )
-    pieces = store.create_pieces(task_id, 2, MiB)
-    task.begin(len(DATA), MiB, Validators('"v1"', None), pieces)
-    hasher = hashlib.sha256()
+    store.pieces_path(task_id, 1).write_bytes(sealed)
+    spec = TaskSpec("http://127.0.0.1:1/f.bin", (), None, "", (), task_id, None)
+    task = CdnTask(spec, 2, bytes(range(1, 33)))
+    task.begin(len(DATA), MiB, Validators('"v1"', None), store.create_pieces(task_id, 2, MiB))
+    return task, partial
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_take_over_in_parts_feeds_the_hasher_no_byte_of_a_damaged_piece(
+    tmp_path: Path,
+) -> None:
+    task_id = task_id_for("http://127.0.0.1:1/f.bin")
+    old_key = bytes(range(32))
+    kept = DATA[: 3 * MiB]
+    sealed = bytearray(sealed_whole(old_key, task_id, kept))
+    sealed[SLOT + MiB - 10] ^= 1  # piece 1, in its last part
+    store = Store(tmp_path / "store")
+    digest = "sha256:" + hashlib.sha256(DATA).hexdigest()
+    task, partial = kept_for_take_over(store, old_key, bytes(sealed), kept, digest)
+    assert task.pieces is not None
     try:
-        went_on = trio.run(resume.take_over, task, partial, store, hasher)
+        went_on = trio.run(resume.take_over, task, partial, store, hashlib.sha256())
     finally:
-        pieces.close()
+        task.pieces.close()
     assert task.digests == [piece_digest(kept[:MiB])]  # the sound piece, not the damaged one
     assert went_on is not None and went_on.hexdigest() == hashlib.sha256(kept[:MiB]).hexdigest()
     written = store.pieces_path(task_id, 2).read_bytes()
-    assert written[:SLOT] == sealed_whole(new_key, task_id, kept[:MiB])
+    assert written[:SLOT] == sealed_whole(task.key, task_id, kept[:MiB])
 
 
 @pytest.mark.usefixtures("small_parts")
@@ -210,21 +219,9 @@ def test_a_take_over_whose_new_file_fails_a_write_says_so(tmp_path: Path) -> Non
     old_key = bytes(range(32))
     kept = DATA[: 2 * MiB]
     store = Store(tmp_path / "store")
-    store.task_dir(task_id).mkdir(parents=True)
-    partial = PartialMeta(
-        task_id=task_id,
-        generation=1,
-        key=old_key.hex(),
-        piece_size=MiB,
-        length=len(DATA),
-        digests=[piece_digest(piece).hex() for piece in pieces_of(kept)],
-        etag='"v1"',
-    )
-    store.save_partial(partial)
-    store.pieces_path(task_id, 1).write_bytes(sealed_whole(old_key, task_id, kept))
-    task = CdnTask(TaskSpec("http://127.0.0.1:1/f.bin", (), None, "", (), task_id, None), 2)
-    pieces = store.create_pieces(task_id, 2, MiB)
-    task.begin(len(DATA), MiB, Validators('"v1"', None), pieces)
+    task, partial = kept_for_take_over(store, old_key, sealed_whole(old_key, task_id, kept), kept)
+    pieces = task.pieces
+    assert pieces is not None
 
     def full(index: int, sealed: memoryview, at: int = 0) -> None:
         raise StoreError("No space left on device")

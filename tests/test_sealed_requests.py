@@ -28,6 +28,7 @@ from conftest import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from impostor import impostor, serving
 from rawwire import raw_connect, until_closed
 
 import supernode.cli
@@ -43,7 +44,6 @@ from proto.admission import (
     verify_supernode,
 )
 from proto.errors import (
-    ConnectionLost,
     ErrorCode,
     FrameTooLarge,
     LocalProtoError,
@@ -51,7 +51,7 @@ from proto.errors import (
 )
 from proto.frames import MAX_HEADER, encode
 from proto.framesealing import SealedFrameError, frame_keys
-from proto.io import FramedStream, client_handshake, server_handshake
+from proto.io import FramedStream, client_handshake
 from proto.keywrap import raw_public
 from proto.messages import Hello, KeepAlive, Leave, Register, S3Access, Welcome
 from proto.requestseal import BadSeal, _key, open_secrets, seal_secrets
@@ -235,48 +235,6 @@ async def test_a_requesters_credentials_cross_the_wire_sealed(
     assert b"s3cr3t" not in relay.sent
 
 
-async def _impostor(
-    nursery: trio.Nursery,
-    keyed: bool,
-    token: bytes | None,
-) -> tuple[str, list[object], list[None]]:
-    """A server at a supernode's address that speaks the handshake (with `token` and a
-    key of its own; without a key, as a supernode of version 3) and keeps whatever it
-    is sent after its Welcome; and one entry for each connection it has done with."""
-    received: list[object] = []
-    ended: list[None] = []
-
-    async def handle(stream: trio.SocketStream) -> None:
-        framed = FramedStream(stream, Session(Side.SERVER))
-        try:
-            if not keyed:
-                await framed.receive()  # (the Hello)
-                await framed.send(Welcome(version=3, role="supernode", challenge=new_challenge()))
-            else:
-                await server_handshake(
-                    framed,
-                    role="supernode",
-                    challenge=new_challenge(),
-                    keyed=True,
-                    token=token,
-                )
-            with trio.move_on_after(5):
-                received.append((await framed.receive()).message)
-        except ConnectionLost:
-            pass
-        finally:
-            await framed.aclose()
-            ended.append(None)
-
-    return await _serving(nursery, handle), received, ended
-
-
-async def _serving(nursery: trio.Nursery, handle: Callable[[trio.SocketStream], Any]) -> str:
-    """`handle` serving each connection on a port of 127.0.0.1: its HOST:PORT."""
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-
-
 async def _fetch_with_token(fetch: Fetch, url: str, address: str, **fields: Any) -> DownloadResult:
     """`url` through the supernode at `address`, as a peer with the cluster token, never
     from the origin itself."""
@@ -292,7 +250,7 @@ async def test_a_peer_with_the_token_sends_nothing_to_what_cannot_prove_it(
     origin.add("/private.bin", b"private bytes", require_auth=AUTH)
     token = {"another-token": b"guessed", "no-token": None, "version-3": TOKEN}[who]
     # (a Welcome without a key is what a supernode before version 4 sends)
-    address, received, ended = await _impostor(nursery, who != "version-3", token)
+    address, received, ended = await impostor(nursery, who != "version-3", token)
     asked = {"headers": (("Authorization", AUTH),), "peer": PeerOptions(listen=LOCAL, token=TOKEN)}
     with pytest.raises(SupernodeNotProven, match="cluster token") as refused:
         await fetch(origin.url("/private.bin"), address, back_source=False, **asked)
@@ -390,7 +348,7 @@ async def test_a_members_request_with_the_token_goes_only_to_a_proven_supernode(
 ) -> None:
     from dfget.members import ask_members
 
-    address, received, ended = await _impostor(nursery, True, None)
+    address, received, ended = await impostor(nursery, True, None)
     with pytest.raises(SupernodeNotProven):
         await ask_members(address, token=TOKEN)
     await until(lambda: len(ended) >= 1, 10)
@@ -519,7 +477,7 @@ async def test_a_welcome_key_without_a_shared_secret_fails_the_supernode(
             )
             await trio.sleep(5)
 
-    address = await _serving(nursery, handle)
+    address = await serving(nursery, handle)
     with pytest.raises(SupernodeFailed, match=r"welcome\.key"):
         await _fetch_with_token(fetch, origin.url("/f.bin"), address)
 
@@ -562,7 +520,7 @@ async def test_a_supernode_before_version_4_is_not_proven_not_broken(
             refusal = ErrorReply(code="bad_request", message="hello.key: unknown field")
             await stream.send_all(encode(refusal))
 
-    address = await _serving(nursery, handle)
+    address = await serving(nursery, handle)
     with pytest.raises(SupernodeNotProven, match="upgrade the supernodes"):
         await _fetch_with_token(fetch, origin.url("/f.bin"), address)
 
@@ -642,7 +600,7 @@ async def test_plaintext_behind_a_handshake_does_not_pass_as_sealed(
             await server.send_all(encode(welcome) + encode(KeepAlive()))
             await trio.sleep(5)
 
-    port = int((await _serving(nursery, handle)).rsplit(":", 1)[1])
+    port = int((await serving(nursery, handle)).rsplit(":", 1)[1])
     framed = await client_handshake(
         await trio.open_tcp_stream("127.0.0.1", port),
         role="peer",

@@ -8,59 +8,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from impostor import impostor
 
 from dfget.errors import SupernodeNotProven
 from dfget.members import ask_members
 from dfget.options import PeerOptions
-from proto.admission import new_challenge, sign_identity, verify_identity
-from proto.errors import ConnectionLost
-from proto.io import FramedStream, server_handshake
-from proto.session import Session, Side
+from proto.admission import sign_identity, verify_identity
 from supernode.keys import raw_public
 from testkit.origin import FakeOrigin
 
 TOKEN = b"correct horse battery staple"
 AUTH = "Bearer s3cr3t-0f-th3-r3qu3st3r"
 LOCAL = ("127.0.0.1", 0)
-
-
-async def impostor(
-    nursery: trio.Nursery, identity: Ed25519PrivateKey | None
-) -> tuple[str, list[object], list[None]]:
-    """A host with the cluster token at a supernode's address (signing with an identity
-    key of its own, or none): its HOST:PORT, what it was sent after its Welcome, and an
-    entry for each connection it is done with."""
-    received: list[object] = []
-    ended: list[None] = []
-
-    async def handle(stream: trio.SocketStream) -> None:
-        framed = FramedStream(stream, Session(Side.SERVER))
-        try:
-            await server_handshake(
-                framed,
-                role="supernode",
-                challenge=new_challenge(),
-                keyed=True,
-                token=TOKEN,
-                identity=identity,
-            )
-            with trio.move_on_after(5):
-                received.append((await framed.receive()).message)
-        except ConnectionLost:
-            pass
-        finally:
-            await framed.aclose()
-            ended.append(None)
-
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", received, ended
 
 
 @pytest.mark.parametrize("signs", [True, False], ids=["its-own-key", "no-signature"])
@@ -74,9 +39,8 @@ async def test_a_token_holder_at_the_supernodes_address_gets_nothing_from_a_pinn
     origin.add("/private.bin", os.urandom(5000), require_auth=AUTH)
     node = await start_supernode(token=TOKEN)
     pinned = frozenset({raw_public(node.node.ticket_key)})
-    address, received, ended = await impostor(
-        nursery, Ed25519PrivateKey.generate() if signs else None
-    )
+    key = Ed25519PrivateKey.generate() if signs else None
+    address, received, ended = await impostor(nursery, True, TOKEN, key)
     peer = PeerOptions(listen=LOCAL, token=TOKEN, identities=pinned)
     asked = {"headers": (("Authorization", AUTH),), "peer": peer, "back_source": False}
     with pytest.raises(SupernodeNotProven, match="supernode-identity") as refused:
