@@ -268,6 +268,15 @@ def _main(argv: list[str] | None) -> int:
         parser.error(f"-o {args.output}: {exc}")
     started = time.monotonic()
     daemon_socket = _daemon_socket(args.daemon_socket)
+    if args.supernode_identity and daemon_socket is not None:
+        # A daemon talks to the supernodes with its own settings: it could not keep
+        # the pins this run was given. So this run goes on by itself.
+        if args.daemon_socket is not None:
+            parser.error(
+                "--supernode-identity cannot be kept through --daemon-socket (the daemon "
+                "talks to the supernodes with its own settings: give it --supernode-identity)"
+            )
+        daemon_socket = None
     posted = _post_early(args, daemon_socket)
     from dfget import logs
     from dfget.errors import DfgetError, StdoutClosed, UsageError

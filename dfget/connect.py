@@ -68,7 +68,7 @@ def check_supernode(
         return
     welcome = control.welcome
     if welcome is None or welcome.version < SEALED_REQUESTS:
-        raise _older(address)
+        raise _older(address, signing=token is None)
     if token is not None and not verify_supernode(
         token, control.hello_key, welcome.challenge, welcome.key, welcome.proof
     ):
@@ -167,11 +167,16 @@ def _older_refusing_the_proof(address: str, ask_proof: bool) -> Iterator[None]:
         yield
     except RemoteFailure as exc:
         if ask_proof and exc.code == ErrorCode.BAD_REQUEST and exc.message in _OLDER_REFUSALS:
-            raise _older(address) from exc
+            raise _older(address, signing=exc.message.startswith("hello.identity")) from exc
         raise
 
 
-def _older(address: str) -> SupernodeNotProven:
+def _older(address: str, *, signing: bool = False) -> SupernodeNotProven:
+    if signing:  # (asked for a signature: a supernode from before identities)
+        return SupernodeNotProven(
+            f"supernode {address} cannot sign with a supernode identity (a version before "
+            "it): nothing is sent to it (upgrade the supernodes before pinning them)"
+        )
     return SupernodeNotProven(
         f"supernode {address} speaks a protocol before version {SEALED_REQUESTS}: it cannot "
         "prove that it knows the cluster token, and nothing is sent to it (upgrade the "

@@ -157,8 +157,8 @@ class SharedTask:
         `out` is replaced by a new buffer when it is too small)."""
         length = self.length_of(index)
         plain = _scratch(length)
-        if os.preadv(self.fd, [plain], index * self.piece_size) != length:
-            raise OSError(f"piece {index} is short on disk")
+        if os.preadv(self.fd, [plain], index * self.piece_size) != length:  # (truncated)
+            raise PieceChanged(f"piece {index} of task {self.task_id[:16]} is short on disk")
         if self.digest_of is not None and piece_digest(plain) != self.digest_of(index):
             raise PieceChanged(f"piece {index} of task {self.task_id[:16]} changed on disk")
         if len(out) < length + TAG_SIZE:

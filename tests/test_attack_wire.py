@@ -905,8 +905,9 @@ async def test_admitted_seeding_sessions_leave_the_connection_caps(
     assert await until_closed(strangers[3], 5) == []  # the fourth: no room
 
 
+@pytest.mark.parametrize("change", ["edited", "truncated"])
 async def test_a_piece_changed_on_disk_is_refused_not_sealed_again(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, change: str
 ) -> None:
     """A seeding peer's file edited on disk: the changed piece would have been sealed
     under the task key and its index's nonce a second time, with other bytes (two
@@ -931,9 +932,12 @@ async def test_a_piece_changed_on_disk_is_refused_not_sealed_again(
     )
     server.share(shared)
     port = await nursery.start(server.serve, "127.0.0.1", 0)
-    with path.open("r+b") as file:  # the user edits the middle piece
-        file.seek(1500)
-        file.write(b"edited")
+    with path.open("r+b") as file:  # the user edits the middle piece, or cuts the file
+        if change == "edited":
+            file.seek(1500)
+            file.write(b"edited")
+        else:
+            file.truncate(1500)
     stream = await raw_connect(f"127.0.0.1:{port}")
     decoder = await raw_hello(stream, "reader")
     answers = []

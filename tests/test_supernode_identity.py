@@ -14,12 +14,15 @@ import pytest
 import trio
 from conftest import PYTHON, Fetch, StartDaemon, StartSupernode, cli_env, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from impostor import impostor
+from impostor import impostor, serving
 
 from dfget.errors import SupernodeNotProven
 from dfget.members import ask_members
 from dfget.options import PeerOptions
 from proto.admission import sign_identity, verify_identity
+from proto.io import FramedStream
+from proto.messages import ErrorReply
+from proto.session import Session, Side
 from supernode.keys import raw_public
 from testkit.origin import FakeOrigin
 
@@ -143,3 +146,33 @@ def test_a_signature_vouches_for_its_own_transcript_and_pinned_key_alone() -> No
         assert not verify_identity({identity}, identity, *changed, signature)
     assert not verify_identity({identity}, identity, peer, challenge, ours, signature[:-1])
     assert not verify_identity({b"x" * 31}, b"x" * 31, peer, challenge, ours, signature)
+
+
+async def test_a_supernode_that_cannot_sign_is_not_proven_and_says_why(
+    origin: FakeOrigin, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    """A supernode from before identities refuses a Hello that asks for one (an unknown
+    field to its codec): not proven, with the reason (not "the cluster token")."""
+
+    async def older(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, Session(Side.SERVER))
+        try:
+            await framed.receive()  # (the Hello)
+            await framed.send(
+                ErrorReply(code="bad_request", message="hello.identity: unknown field")
+            )
+        finally:
+            await framed.aclose()
+
+    origin.add("/f.bin", b"file")
+    address = await serving(nursery, older)
+    peer = PeerOptions(listen=LOCAL, identities=frozenset({bytes(32)}))
+    with pytest.raises(SupernodeNotProven, match="cannot sign with a supernode identity"):
+        await fetch(origin.url("/f.bin"), address, peer=peer, back_source=False)
+
+
+def test_pins_are_not_handed_to_a_daemon_that_could_not_keep_them(tmp_path: Path) -> None:
+    argv = [PYTHON, "-m", "dfget", "http://127.0.0.1:1/f", "-o", str(tmp_path / "f")]
+    argv += ["--supernode-identity", "ab" * 32, "--daemon-socket", str(tmp_path / "d.sock")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=cli_env(), check=False)
+    assert done.returncode == 2 and "cannot be kept through --daemon-socket" in done.stderr

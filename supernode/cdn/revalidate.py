@@ -41,6 +41,8 @@ async def still_valid(origin: OriginClient, task: CdnTask, spec: TaskSpec) -> bo
         # page from the file here (both may come chunked, without a length). Wait for it.
         while not task.settled:
             await task.wait_changed()
+        if task.failed:  # (its failure is the answer, as to every requester of it)
+            return True
         if task.length is None:
             return False
     # The length an answer must name: the file's, or for a Range task the whole file's.
