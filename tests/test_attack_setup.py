@@ -5,11 +5,15 @@ Nothing is lost: setup refuses, names the file and writes nothing."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_setup import files, setup
 
+import dfdaemon.setup.files as setup_files
 from dfdaemon.setup.files import Change, SetupError, apply
 
 
@@ -91,3 +95,76 @@ def test_json_docker_does_not_read_is_refused(
     assert setup(tmp_path, "docker") == 2
     assert "nothing written" in capsys.readouterr().err
     assert files(tmp_path) == {"docker/daemon.json": text.encode()}
+
+
+def test_a_temp_file_swapped_for_a_link_changes_no_other_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root edits a file in a folder a user owns (a rootless registries.conf): the user
+    swaps setup's temp file for a link to a root file between its creation and the
+    owner and mode set on it. They are set through the descriptor: the root file keeps
+    its owner and mode (by path, it became the user's, 0644)."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    config = folder / "registries.conf"
+    config.write_text("unqualified-search-registries = []\n")
+    victim = tmp_path / "shadow"
+    victim.write_text("root's\n")
+    victim.chmod(0o600)
+    before = victim.stat()
+    real = tempfile.mkstemp
+
+    def swapping(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)
+        os.rename(name, name + ".moved")  # (the user's inotify saw it appear)
+        os.symlink(victim, name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", swapping)
+    setup_files._write(config, "new\n", 0o644, owner=(os.geteuid() + 1, os.getegid() + 1))
+    after = victim.stat()
+    assert (after.st_mode & 0o777, after.st_uid, after.st_gid) == (
+        0o600,
+        before.st_uid,
+        before.st_gid,
+    )
+    assert victim.read_text() == "root's\n"
+
+
+def test_a_fifo_or_a_huge_file_at_a_config_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "daemon.json"
+    os.mkfifo(fifo)
+    with pytest.raises(setup_files.SetupError, match="not a regular file"):
+        setup_files.read(fifo)
+    marker = tmp_path / "hosts.toml.dfdaemon-written"
+    os.mkfifo(marker)
+    with pytest.raises(setup_files.SetupError, match="not a regular file"):
+        setup_files._written(tmp_path / "hosts.toml")
+    huge = tmp_path / "config.toml"
+    with huge.open("wb") as out:
+        out.truncate(setup_files.MAX_FILE + 1)
+    with pytest.raises(setup_files.SetupError, match="larger than"):
+        setup_files.read(huge)
+
+
+def test_folders_setup_makes_are_not_open_to_others_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        setup_files._write(tmp_path / "certs.d" / "docker.io" / "hosts.toml", "x\n")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "certs.d", tmp_path / "certs.d" / "docker.io"):
+        assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_proxy_drop_in_someone_else_wrote_is_not_replaced(tmp_path: Path) -> None:
+    """docker.service.d/http-proxy.conf is where Docker's docs put a corporate proxy:
+    replacing it dropped its HTTP_PROXY and NO_PROXY (internal registries then went
+    through dfdaemon). Setup refuses, and writes nothing."""
+    drop_in = tmp_path / "systemd" / "docker.service.d" / "http-proxy.conf"
+    drop_in.parent.mkdir(parents=True)
+    theirs = '[Service]\nEnvironment="HTTP_PROXY=http://proxy.corp:3128" "NO_PROXY=.corp"\n'
+    drop_in.write_text(theirs)
+    assert setup(tmp_path, "docker", "--allow-registry", "ghcr.io") != 0
+    assert drop_in.read_text() == theirs
+    assert not (tmp_path / "docker").exists()  # nothing else written either

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dfdaemon.setup.files import Change, SetupError, read
+from dfdaemon.setup.files import Change, SetupError, read, written_by_setup
 from dfdaemon.setup.target import Target
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
@@ -77,7 +77,16 @@ def proxy_drop_in(systemd_dir: Path, target: Target) -> Change | None:
         "[Service]\n"
         f'Environment="HTTPS_PROXY={target.mirror}" "NO_PROXY=localhost,127.0.0.1,::1"\n'
     )
-    return Change(path, read(path), text)
+    old = read(path)
+    if old is not None and old != text and not written_by_setup(path, old):
+        # (Docker's own docs name this file for a corporate proxy: its HTTP_PROXY and
+        # NO_PROXY, replaced, would send internal registries through dfdaemon)
+        raise SetupError(
+            f"{path} exists and setup did not write it (a proxy for dockerd): it would "
+            f"lose its settings. Add HTTPS_PROXY={target.mirror} to it by hand, or move it "
+            "away and run setup again"
+        )
+    return Change(path, old, text)
 
 
 def plan(target: Target, config: Path, systemd_dir: Path) -> list[Change]:

@@ -15,6 +15,7 @@ import contextlib
 import difflib
 import hashlib
 import os
+import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -52,20 +53,39 @@ class Change:
         return "".join(difflib.unified_diff(old, new, before, after))
 
 
+MAX_FILE = 4 * 1024 * 1024  # a config file setup reads (they are a few KiB)
+
+
 def read(path: Path) -> str | None:
-    """PATH's text, None if there is no such file; SetupError if unreadable or a
-    symbolic link (a file managed elsewhere: setup would replace the link)."""
-    if path.is_symlink():
-        raise SetupError(
-            f"{path} is a symbolic link to {os.readlink(path)}: edit the file it names, "
-            "or give its path"
-        )
+    """PATH's text, None if there is no such file; SetupError if unreadable, not a
+    regular file (a FIFO would hold setup for ever), over MAX_FILE, or a symbolic link (a
+    file managed elsewhere: setup would replace the link). Opened without following a
+    link, so that one swapped in after a check is refused too."""
     try:
-        with path.open(newline="") as file:  # as it is: "\r\n" and "\r" kept
-            return file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeError) as exc:
+    except OSError as exc:
+        if path.is_symlink():
+            raise SetupError(
+                f"{path} is a symbolic link to {os.readlink(path)}: edit the file it names, "
+                "or give its path"
+            ) from None
+        raise SetupError(f"cannot read {path}: {exc}") from exc
+    try:
+        with open(fd, "rb", closefd=False) as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SetupError(f"cannot read {path}: not a regular file")
+            data = file.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise SetupError(f"cannot read {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE:
+        raise SetupError(f"cannot read {path}: larger than {MAX_FILE} bytes")
+    try:
+        return data.decode()  # (as it is: "\r\n" and "\r" kept)
+    except UnicodeError as exc:
         raise SetupError(f"cannot read {path}: {exc}") from exc
 
 
@@ -101,20 +121,42 @@ def _sibling(path: Path, suffix: str) -> Path:
 
 
 def _write(path: Path, text: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
-    """Write atomically: a temporary file beside PATH, renamed over it (with `owner`,
-    the uid and gid it keeps)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically and durably: a temporary file beside PATH, its owner, mode and
+    bytes set through its descriptor (never a path a local user could swap for a link
+    to another file between the calls), synced, renamed over it (with `owner`, the uid
+    and gid it keeps)."""
+    _make_folders(path.parent)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
-        if owner is not None and owner != (os.geteuid(), os.getegid()):
-            os.chown(temp, *owner)  # (a rootless user's registries.conf stays theirs)
-        os.chmod(temp, mode)
+            out.flush()
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(out.fileno(), *owner)  # (a rootless user's registries.conf stays theirs)
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _make_folders(folder: Path) -> None:
+    """FOLDER and the folders above it that are missing, each 0755 whatever the umask
+    (a folder others may write into would let them replace what setup writes there)."""
+    for missing in reversed(_missing_folders(folder / "_")):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(missing, 0o755)
+            fd = os.open(missing, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o755)
+            finally:
+                os.close(fd)
+
+
+def written_by_setup(path: Path, text: str) -> bool:
+    """Whether TEXT, PATH's content, is what setup last wrote there."""
+    return _written(path) == _digest(text)
 
 
 def _digest(text: str | None) -> str | None:
@@ -123,12 +165,8 @@ def _digest(text: str | None) -> str | None:
 
 def _written(path: Path) -> str | None:
     """The digest of what setup last wrote to PATH, if it says."""
-    try:
-        return _sibling(path, WRITTEN).read_text().strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeError) as exc:
-        raise SetupError(f"cannot read {_sibling(path, WRITTEN)}: {exc}") from exc
+    text = read(_sibling(path, WRITTEN))
+    return None if text is None else text.strip()
 
 
 def _missing_folders(path: Path) -> list[Path]:
