@@ -293,7 +293,7 @@ async def serve(node: Supernode, ready_file: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr(args.log_level)
-    if args.print_identity:
+    if args.print_identity:  # (the other flags play no part)
         data_dir = args.data_dir or default_data_dir()
         try:
             data_dir.mkdir(parents=True, exist_ok=True)

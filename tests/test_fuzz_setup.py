@@ -405,12 +405,8 @@ def check_docker(case: DockerCase) -> None:
     host = urlsplit(mirror).netloc
     insecure_needed = mirror.startswith("http://") and not host.startswith(("127.", "[::1]"))
     old = docker_document(existing, insecure_needed)
-    drop_in_usable = drop_in is None or drop_in.kind in ("file", "absent")
-    if drop_in is not None and drop_in.kind == "file":
-        try:
-            drop_in.data.decode()
-        except UnicodeError:
-            drop_in_usable = False
+    # (a drop-in someone else wrote, a corporate proxy's, is refused, not replaced)
+    drop_in_usable = drop_in is None or drop_in.kind == "absent"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         place(root, DAEMON_JSON, existing)

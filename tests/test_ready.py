@@ -54,7 +54,10 @@ def test_dfdaemon_reads_ready_file_from_its_config_file_and_flags(tmp_path: Path
 async def test_the_supernode_says_where_its_two_ports_listen(tmp_path: Path) -> None:
     async with supernode_process(tmp_path / "sn") as supernode:
         ready = supernode.ready
-        assert ready.keys() == {"peer", "admin", "pid"} and ready["pid"] == supernode.proc.pid
+        assert ready.keys() == {"peer", "admin", "identity", "pid"}
+        assert ready["pid"] == supernode.proc.pid
+        # (its identity: what `supernode --print-identity` prints for its data dir)
+        assert len(bytes.fromhex(ready["identity"])) == 32
         await (await trio.open_tcp_stream(*parse_listen(ready["peer"]))).aclose()
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://{ready['admin']}/healthz")).status_code == 200
