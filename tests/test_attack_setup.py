@@ -168,3 +168,22 @@ def test_a_proxy_drop_in_someone_else_wrote_is_not_replaced(tmp_path: Path) -> N
     assert setup(tmp_path, "docker", "--allow-registry", "ghcr.io") != 0
     assert drop_in.read_text() == theirs
     assert not (tmp_path / "docker").exists()  # nothing else written either
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    [
+        "http://127.0.0.1:65001\nExecStartPre=/bin/sh -c id",  # a line into the drop-in
+        "http://127.0.0.1:65001/v2/mirror",  # a path docker refuses in registry-mirrors
+        "http://127.0.0.1:65001/\U0001f600",  # past the BMP: invalid TOML once written
+        "http://user:pw@127.0.0.1:65001",  # credentials written into world-readable files
+        "http://127.0.0.1:65001?x=1",
+    ],
+)
+def test_a_mirror_that_is_more_than_scheme_host_port_is_refused(
+    tmp_path: Path, mirror: str
+) -> None:
+    for client in ("docker", "containerd", "podman"):
+        args = ["--mirror", mirror, "--allow-registry", "ghcr.io"]
+        assert setup(tmp_path, client, *args) == 2, client
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -109,8 +109,21 @@ def target_of(
         hostname = named.hostname if named.port != 0 else None  # port: ValueError if junk
     except ValueError:
         hostname = None
-    if not mirror.startswith(("http://", "https://")) or not hostname:
-        raise SetupError(f"--mirror wants an http:// or https:// URL, not {mirror!r}")
+    bare = (
+        hostname is not None
+        and not named.path
+        and not named.query
+        and not named.fragment
+        and not named.username
+        and not named.password
+        and mirror.isascii()
+        and mirror.isprintable()  # (a line break would go into a systemd drop-in)
+    )
+    if not mirror.startswith(("http://", "https://")) or not bare:
+        raise SetupError(
+            f"--mirror wants the daemon's http:// or https:// URL, SCHEME://HOST[:PORT] "
+            f"alone, not {mirror!r}"
+        )
     default_url = (registry or str(data.get("registry", DEFAULT_REGISTRY))).rstrip("/")
     try:
         default = Registry(_name(default_url), default_url)
