@@ -477,3 +477,19 @@ def test_a_page_of_tasks_walks_the_swarm_once(
         ["peer-1", "peer-2"],
     ]
     assert listed[45]["peers"] == [] and listed[40]["peers"] == ["peer-39"]
+
+
+async def test_an_empty_body_named_by_its_length_is_read_not_refused(
+    start_supernode: StartSupernode,
+) -> None:
+    """`Content-Length: 0` is a body of no bytes, not one past the limit (413)."""
+    node = await start_supernode(admin_listen=("127.0.0.1", 0), admin_open=True)
+    stream = await open_raw(node)
+    await stream.send_all(
+        b"POST /api/v1/preheats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    with trio.fail_after(5):
+        answer = await stream.receive_some(1 << 16)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]  # (no JSON object: a 400)
+    await stream.aclose()

@@ -104,7 +104,8 @@ async def read_body(request: Request, receive: Receive) -> None:
     answers `Expect: 100-continue` on the head, before the route and the token: such a
     client sends its body, and is answered (401, 413) once it has."""
     length = request.headers.get("content-length")  # (h11 let only digits through)
-    if length is not None and (header_int(length) or MAX_BODY + 1) > MAX_BODY:
+    size = None if length is None else header_int(length)
+    if length is not None and (size is None or size > MAX_BODY):
         raise Problem(413, "Content Too Large", f"bodies are limited to {MAX_BODY} bytes")
     body = bytearray()
     while True:
