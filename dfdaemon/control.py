@@ -111,6 +111,9 @@ LISTING_TURN_WAIT = 2.0
 # file this size in the kernel takes milliseconds; its download through the swarm
 # takes longer).
 PASS_AT_MOST = 16 * 1024 * 1024
+# Seconds a dfget's wait for its download goes before it is watched for the client
+# leaving (most small files are done well within them; watching costs a task a wait).
+UNWATCHED = 0.5
 _RESULT_PATH = re.compile(r"/v1/downloads/([0-9a-f]{64})")
 
 
@@ -293,11 +296,13 @@ class ControlApi:
             if request.header("x-dfget-framed") == "1" and blob.length is None:
                 # A kept-alive dfget reads a length or a descriptor, never chunks: a
                 # download whose origin names no length is answered once it has one.
-                await _while_asked(reply, functools.partial(length_known, blob))
+                await _while_asked(
+                    reply, functools.partial(length_known, blob), unwatched=UNWATCHED
+                )
             small = functools.partial(finished_small, blob, PASS_AT_MOST)
             if (
                 taking
-                and (blob.complete or await _while_asked(reply, small))
+                and (blob.complete or await _while_asked(reply, small, unwatched=UNWATCHED))
                 and reply.can_pass_files  # (again: its user's other passes since the wait)
             ):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
@@ -480,10 +485,16 @@ class ControlApi:
         await _json(reply, 200, _summary(*served))
 
 
-async def _while_asked(reply: Reply, wait: Callable[[], Awaitable[T]]) -> T:
+async def _while_asked(
+    reply: Reply, wait: Callable[[], Awaitable[T]], *, unwatched: float = 0.0
+) -> T:
     """`wait()` for a download, given up (ClientGone) if the client leaves meanwhile: it
     no longer holds the connection, nor its share of the socket's limit, while the
-    download (which goes on for the cache) runs."""
+    download (which goes on for the cache) runs. The first `unwatched` seconds go
+    unwatched (watching costs a task of its own): for a `wait` that can be begun again."""
+    if unwatched > 0:
+        with trio.move_on_after(unwatched):
+            return await wait()
     with unwrap_group():  # (BlobUnavailable itself, not in a group)
         async with trio.open_nursery() as nursery:
 

@@ -20,6 +20,7 @@ import trio
 
 from common.io.connections import remote_address
 from proto.io import STREAM_ERRORS, send_file
+from proto.io.eager import Eager
 
 READ_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # request line and headers
@@ -80,6 +81,8 @@ class Connection:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # A plain socket's reads are tried at once (a TLS stream's go through trio's).
+        self._eager = Eager(stream.socket) if isinstance(stream, trio.SocketStream) else None
         self.passed = False  # a descriptor went out on it that may be unread yet
         self._owner = ""  # the local user it counts against (`_user`)
 
@@ -212,8 +215,12 @@ class Connection:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
+            data: bytes | bytearray
             try:
-                data = await self.stream.receive_some(READ_SIZE)
+                if self._eager is not None:
+                    data = await self._eager.read(READ_SIZE)
+                else:
+                    data = await self.stream.receive_some(READ_SIZE)
             except STREAM_ERRORS as exc:
                 raise ClientGone(str(exc)) from exc
             self.h11.receive_data(bytes(data))  # a TLS stream may give a bytearray
@@ -221,6 +228,8 @@ class Connection:
     async def skip_body(self) -> bool:
         """Drop the rest of a request body nobody read, if it is short and quick: True
         if the connection can take the next request."""
+        if self.h11.their_state is not h11.SEND_BODY:
+            return True  # (nothing left unread: most requests)
         left = MAX_UNREAD_BODY
         with trio.move_on_after(UNREAD_BODY_TIMEOUT):
             while self.h11.their_state is h11.SEND_BODY:
@@ -243,13 +252,15 @@ class Connection:
 
     async def body(self) -> AsyncIterator[bytes]:
         while True:
-            with trio.move_on_after(BODY_TIMEOUT) as waited:
-                try:
-                    event = await self.next_event()
-                except h11.RemoteProtocolError as exc:
-                    raise BrokenBody(f"bad request body: {exc}") from exc
-            if waited.cancelled_caught:
-                raise ClientGone(f"the request body stalled for {BODY_TIMEOUT:g}s")
+            try:
+                event = self.h11.next_event()  # (a short body came with the head)
+                if event is h11.NEED_DATA:
+                    with trio.move_on_after(BODY_TIMEOUT) as waited:
+                        event = await self.next_event()
+                    if waited.cancelled_caught:
+                        raise ClientGone(f"the request body stalled for {BODY_TIMEOUT:g}s")
+            except h11.RemoteProtocolError as exc:
+                raise BrokenBody(f"bad request body: {exc}") from exc
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):

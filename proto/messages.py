@@ -7,6 +7,7 @@ from the annotations) and raises `ValueError` with a short reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, NamedTuple
@@ -61,9 +62,14 @@ class Message:
         """Raise ValueError when a field breaks a rule its type cannot express."""
 
 
+_NOT_IN_NAME = re.compile("[\r\n:\0 ]")
+_NOT_IN_VALUE = re.compile("[\r\n\0]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _check_headers(headers: Headers) -> None:
     for name, value in headers:
-        if not name or any(c in name for c in "\r\n:\0 ") or any(c in value for c in "\r\n\0"):
+        if not name or _NOT_IN_NAME.search(name) or _NOT_IN_VALUE.search(value):
             raise ValueError(f"bad header {name!r}")
         if not (name.isascii() and value.isascii()):  # (no HTTP client sends them)
             raise ValueError(f"header {name[:64]!r}: only ASCII may be sent")
@@ -75,7 +81,7 @@ def check_request(url: str, headers: Headers) -> None:
     never be registered, before it reaches a session other downloads share."""
     if not url.startswith(("http://", "https://")) or len(url) > MAX_URL:
         raise ValueError(f"url must be http(s) and at most {MAX_URL} characters")
-    if any(c < " " or c == "\x7f" for c in url):  # (spaces are sent percent-encoded)
+    if _CONTROL.search(url):  # (spaces are sent percent-encoded)
         raise ValueError("url must hold no control characters")
     _check_headers(headers)
 

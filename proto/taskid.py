@@ -9,6 +9,7 @@ so one layer behind two registries or two signed URLs is one task.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -18,6 +19,10 @@ import blake3
 from proto.ranges import parse_range
 
 TASK_ID_LEN = 64
+# The canonical forms of the last REMEMBERED_URLS URLs up to REMEMBERED_URL characters
+# long are kept (at most 2 MiB of them).
+REMEMBERED_URLS = 512
+REMEMBERED_URL = 2048
 _TASK_ID = re.compile(r"[0-9a-f]{64}")
 
 # Query keys that change between two requests for the same bytes: URL signatures of
@@ -81,6 +86,13 @@ def check_digest(digest: str) -> str:
 def canonical_url(url: str, filter_keys: Iterable[str] = ()) -> str:
     """The URL with filtered query keys removed, the others sorted, the host lower-cased.
     ValueError if it is not an http(s) URL with a host."""
+    keys = tuple(filter_keys)
+    if len(url) <= REMEMBERED_URL:  # (a download's id is asked for more than once)
+        return _remembered(url, keys)
+    return _canonical_url(url, keys)
+
+
+def _canonical_url(url: str, filter_keys: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     host_port = parts.netloc.rpartition("@")[2]
@@ -98,6 +110,9 @@ def canonical_url(url: str, filter_keys: Iterable[str] = ()) -> str:
     )
     query = urlencode(kept, quote_via=quote)
     return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
+
+
+_remembered = functools.lru_cache(maxsize=REMEMBERED_URLS)(_canonical_url)
 
 
 def task_id_for(

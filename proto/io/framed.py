@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from proto.errors import BadField, ConnectionLost, MalformedFrame, RemoteFailure, VersionMismatch
 from proto.frames import MAX_PAYLOAD, Frame, FrameDecoder
 from proto.framesealing import frame_keys
+from proto.io.eager import Eager
 from proto.keywrap import raw_public
 from proto.messages import (
     PROTOCOL_VERSIONS,
@@ -66,6 +67,7 @@ class FramedStream:
         self._send_broken: str | None = None  # why a frame was cut short
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._lowat = 1  # the socket's SO_RCVLOWAT, as last set
+        self._eager = Eager(self._socket) if self._socket is not None else None
         self.welcome: Welcome | None = None  # the server's, on a client stream
         self.hello_key = b""  # ours, on a client stream (the Welcome's proof binds it)
         # Ours, on a server stream whose Welcome named one (version 4): a Register's
@@ -82,6 +84,9 @@ class FramedStream:
         """Send one frame; concurrent senders queue behind each other. The peer must
         take it `within` seconds (default: `send_timeout`)."""
         size = len(payload) if payload is not None else 0
+        if self._eager is not None and size < READ_SIZE and not self._send_lock.locked():
+            await self._send_small(message, payload, size, within)
+            return
         async with self._send_lock:
             self._check_sendable()
             head = self.session.send(message, size)
@@ -98,20 +103,29 @@ class FramedStream:
     ) -> None:
         """Send frames without payloads in one write (a reply and the news right behind
         it): one system call, and one wake-up of the peer, instead of one each."""
+        if self._eager is not None and not self._send_lock.locked():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_sendable()
+            await self._send_now(self._encode_together(messages), messages[0], within)
+            return
         async with self._send_lock:
             self._check_sendable()
-            frames: list[bytes] = []
-            try:
-                for message in messages:
-                    frames.append(self.session.send(message))
-            except Exception:
-                if frames:  # (the first one refused changed nothing)
-                    # Those before took their places in the sealed numbering and were
-                    # never sent: no frame may follow (the peer would not open it).
-                    self._send_broken = "frames were encoded and not sent"
-                raise
+            data = self._encode_together(messages)
             with self._sending(messages[0], within):
-                await self.stream.send_all(b"".join(frames))
+                await self.stream.send_all(data)
+
+    def _encode_together(self, messages: Sequence[Message]) -> bytes:
+        frames: list[bytes] = []
+        try:
+            for message in messages:
+                frames.append(self.session.send(message))
+        except Exception:
+            if frames:  # (the first one refused changed nothing)
+                # Those before took their places in the sealed numbering and were
+                # never sent: no frame may follow (the peer would not open it).
+                self._send_broken = "frames were encoded and not sent"
+            raise
+        return b"".join(frames)
 
     async def send_file(
         self, message: Message, fd: int, offset: int, count: int, *, within: float | None = None
@@ -120,12 +134,83 @@ class FramedStream:
         if self._socket is None:
             await self.send(message, os.pread(fd, count, offset), within=within)
             return
+        if self._eager is not None and not self._send_lock.locked():
+            await self._send_file_now(message, fd, offset, count, within)
+            return
         async with self._send_lock:
             self._check_sendable()
             head = self.session.send(message, count)
             with self._sending(message, within):
                 await self.stream.send_all(head)
                 await send_file(self._socket, fd, offset, count)
+
+    async def _send_small(
+        self,
+        message: Message,
+        payload: bytes | bytearray | memoryview | None,
+        size: int,
+        within: float | None,
+    ) -> None:
+        """`send` of a small frame on a TCP or Unix socket no other task is sending on:
+        written straight away, which nearly always takes all of it, so that a frame costs
+        one system call rather than a lock, a deadline and a pass through the scheduler.
+        What the socket does not take at once goes as in `send`."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # (as `send`: a cancelled task sends nothing)
+        self._check_sendable()
+        data = self.session.send(message, size)
+        if payload is not None:
+            data += payload
+        await self._send_now(data, message, within)
+
+    async def _send_now(self, data: bytes, message: Message, within: float | None) -> None:
+        """Write an encoded frame (or frames) at once, as much as the socket takes; the
+        rest as `send` does. The send lock must be free, and no task may have run since
+        `data` was encoded."""
+        assert self._eager is not None
+        try:
+            sent = self._eager.write_now(data)
+        except OSError as exc:
+            self._send_broken = f"send failed: {exc}"
+            raise ConnectionLost(self._send_broken, clean=False) from exc
+        if sent == len(data):
+            await self._eager.ran_on()
+            return
+        self._send_lock.acquire_nowait()  # (free: no other task ran since it was checked)
+        try:
+            with self._sending(message, within):
+                await self.stream.send_all(memoryview(data)[sent:])
+        finally:
+            self._send_lock.release()
+
+    async def _send_file_now(
+        self, message: Message, fd: int, offset: int, count: int, within: float | None
+    ) -> None:
+        """`send_file` on a socket no other task is sending on: the head and as much of
+        the file as the socket takes at once go straight away (a small piece on a fast
+        link: all of it), the rest as `send_file` sends it."""
+        assert self._eager is not None and self._socket is not None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_sendable()
+        head = self.session.send(message, count)
+        self._send_lock.acquire_nowait()  # (free: checked, and no task ran since)
+        try:
+            try:
+                sent = self._eager.write_now(head)
+                end = offset + count
+                if sent == len(head):
+                    offset += sendfile_now(self._eager.fileno(), fd, offset, count)
+            except OSError as exc:
+                self._send_broken = f"send failed: {exc}"
+                raise ConnectionLost(self._send_broken, clean=False) from exc
+            if offset == end:
+                await self._eager.ran_on()
+                return
+            with self._sending(message, within):
+                if sent < len(head):
+                    await self.stream.send_all(memoryview(head)[sent:])
+                await send_file(self._socket, fd, offset, end - offset)
+        finally:
+            self._send_lock.release()
 
     def _check_sendable(self) -> None:
         if self._send_broken is not None:
@@ -162,17 +247,20 @@ class FramedStream:
                 if frame is not None:
                     return frame
                 view = decoder.payload_view()
-                if view is not None and self._socket is not None:
+                if view is not None and self._eager is not None:
                     self._wake_at(min(len(view), PAYLOAD_LOWAT))
-                    count = await self._socket.recv_into(view)
+                    count = await self._eager.read_into(view)
                     if count == 0:
                         raise MalformedFrame("connection closed in the middle of a payload")
                     decoder.payload_received(count)
                     continue
                 self._wake_at(1)  # a frame header may be a few bytes
-                data = await self.stream.receive_some(
-                    FRAME_READ_SIZE if view is None else READ_SIZE
-                )
+                size = FRAME_READ_SIZE if view is None else READ_SIZE
+                data: bytes | bytearray
+                if self._eager is not None:
+                    data = await self._eager.read(size)
+                else:
+                    data = await self.stream.receive_some(size)
                 if not data:
                     if decoder.in_frame:
                         raise MalformedFrame("connection closed in the middle of a frame")
@@ -236,6 +324,21 @@ class FramedStream:
         with trio.move_on_after(1) as scope:
             scope.shield = True
             await self.stream.aclose()
+
+
+def sendfile_now(out: int, fd: int, offset: int, count: int) -> int:
+    """What of `count` bytes of file `fd` from `offset` the non-blocking socket `out`
+    takes without waiting (by sendfile(2)); OSError if the file ends first."""
+    done = 0
+    while done < count:
+        try:
+            sent = os.sendfile(out, fd, offset + done, count - done)
+        except BlockingIOError:
+            break
+        if sent == 0:
+            raise OSError("file ended before the piece did")
+        done += sent
+    return done
 
 
 async def send_file(sock: trio.socket.SocketType, fd: int, offset: int, count: int) -> None:
