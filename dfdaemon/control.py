@@ -38,6 +38,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -292,17 +293,18 @@ class ControlApi:
         sha256 = digest.split(":", 1)[1] if digest.startswith("sha256:") else None
         taking = request.header("x-dfget-take-file") == "1" and reply.can_pass_files
         taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
+        unwatched = trio.current_time() + UNWATCHED  # (both waits below, together)
         try:
             if request.header("x-dfget-framed") == "1" and blob.length is None:
                 # A kept-alive dfget reads a length or a descriptor, never chunks: a
                 # download whose origin names no length is answered once it has one.
                 await _while_asked(
-                    reply, functools.partial(length_known, blob), unwatched=UNWATCHED
+                    reply, functools.partial(length_known, blob), unwatched_until=unwatched
                 )
             small = functools.partial(finished_small, blob, PASS_AT_MOST)
             if (
                 taking
-                and (blob.complete or await _while_asked(reply, small, unwatched=UNWATCHED))
+                and (blob.complete or await _while_asked(reply, small, unwatched_until=unwatched))
                 and reply.can_pass_files  # (again: its user's other passes since the wait)
             ):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
@@ -486,14 +488,14 @@ class ControlApi:
 
 
 async def _while_asked(
-    reply: Reply, wait: Callable[[], Awaitable[T]], *, unwatched: float = 0.0
+    reply: Reply, wait: Callable[[], Awaitable[T]], *, unwatched_until: float = -math.inf
 ) -> T:
     """`wait()` for a download, given up (ClientGone) if the client leaves meanwhile: it
     no longer holds the connection, nor its share of the socket's limit, while the
-    download (which goes on for the cache) runs. The first `unwatched` seconds go
+    download (which goes on for the cache) runs. Until `unwatched_until` it goes
     unwatched (watching costs a task of its own): for a `wait` that can be begun again."""
-    if unwatched > 0:
-        with trio.move_on_after(unwatched):
+    if trio.current_time() < unwatched_until:
+        with trio.move_on_at(unwatched_until):
             return await wait()
     with unwrap_group():  # (BlobUnavailable itself, not in a group)
         async with trio.open_nursery() as nursery:

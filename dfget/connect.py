@@ -48,6 +48,7 @@ class ControlStream(Protocol):
         payload: bytes | bytearray | memoryview | None = None,
         *,
         within: float | None = None,
+        shield: bool = False,
     ) -> None: ...
 
     async def receive(self) -> Frame: ...

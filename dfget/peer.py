@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -398,13 +399,17 @@ class Attempt:
         """With --seed-for, keep serving (and the session open) for that long."""
         if self.options.seed_for <= 0:
             return
-        log.info("seeding for %gs", self.options.seed_for)
+        if math.isfinite(self.options.seed_for):  # (a daemon's downloads seed for good)
+            log.info("seeding for %gs", self.options.seed_for)
         with (
             trio.move_on_after(self.options.seed_for),
             _ended_by_signals(self.options.signals_end_seeding) as signalled,
         ):
             try:
                 with translate_errors(self.address), unwrap_group():
+                    if signalled is None:
+                        await self._follow(control, book)
+                        return
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(
                             _cancel_on_signal, signalled, nursery.cancel_scope, "seeding stopped"

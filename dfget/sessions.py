@@ -386,7 +386,10 @@ class TaskLine:
         payload: bytes | bytearray | memoryview | None = None,
         *,
         within: float | None = None,
+        shield: bool = True,
     ) -> None:
+        """Send on the session, shielded whatever `shield` says (a frame cut short
+        would end the session for every download on it)."""
         session = self.session
         if isinstance(message, Register):
             await self._turn()
@@ -397,8 +400,7 @@ class TaskLine:
                 raise session.broken
             # Shielded: a frame cut short would break the session for every task on it
             # (the send has its deadline: the session's send timeout, or `within`).
-            with trio.CancelScope(shield=True):
-                await session.framed.send(message, payload, within=within)
+            await session.framed.send(message, payload, within=within, shield=True)
         except BaseException as exc:
             # A frame cut short, or not taken in time: nothing more can follow it. One the
             # codec refused (LocalProtoError) never went: this task's error, not the
@@ -534,10 +536,14 @@ class Sessions:
         # Bounded: behind a supernode slow to answer, each download waits for the one
         # connecting before it at most this long, then opens its own (one that does not
         # answer at all then fails each on its own deadline, not one after another).
-        with trio.move_on_after(within) as waited:
-            await self._opening.setdefault(key, trio.Lock()).acquire()
-        if waited.cancelled_caught:  # a slow one: a session of its own, on its own deadline
-            return await self._open(key, within)
+        opening = self._opening.setdefault(key, trio.Lock())
+        if opening.locked():
+            with trio.move_on_after(within) as waited:
+                await opening.acquire()
+            if waited.cancelled_caught:  # a slow one: a session of its own, on its own deadline
+                return await self._open(key, within)
+        else:
+            opening.acquire_nowait()  # (most downloads: no other is connecting)
         try:
             return await self._take(key, task_id, within)
         finally:

@@ -106,8 +106,7 @@ class Transfers:
                 # Shielded: a frame cut short (the download completing meanwhile) would
                 # break the session for every report still to come; a small frame's send
                 # is bounded by the session's send timeout.
-                with trio.CancelScope(shield=True):
-                    await self.control.send(request)
+                await self.control.send(request, shield=True)
                 with trio.move_on_after(TASKS_TIMEOUT) as waited:
                     answer = await self.answers.receive()
                 if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
@@ -226,7 +225,7 @@ async def report(
 ) -> None:
     """Send one PieceResult, even from a cancelled task; a broken session is left to
     the session's reader to notice (it raises there)."""
-    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(ProtoError):
+    with contextlib.suppress(ProtoError):  # (a report not taken in 5 s ends the session)
         await control.send(
             PieceResult(
                 task_id=book.task_id,
@@ -236,7 +235,9 @@ async def report(
                 outcome=outcome.value,  # the wire carries the plain string
                 nbytes=nbytes,
                 seconds=seconds,
-            )
+            ),
+            within=5,
+            shield=True,
         )
 
 

@@ -19,10 +19,12 @@ import blake3
 from proto.ranges import parse_range
 
 TASK_ID_LEN = 64
-# The canonical forms of the last REMEMBERED_URLS URLs up to REMEMBERED_URL characters
-# long are kept (at most 2 MiB of them).
+# The canonical forms of the last REMEMBERED_URLS URLs are kept, those whose URL and
+# filter keys (at most REMEMBERED_KEYS) hold at most REMEMBERED_URL characters together:
+# a few MiB at most.
 REMEMBERED_URLS = 512
 REMEMBERED_URL = 2048
+REMEMBERED_KEYS = 16
 _TASK_ID = re.compile(r"[0-9a-f]{64}")
 
 # Query keys that change between two requests for the same bytes: URL signatures of
@@ -87,7 +89,9 @@ def canonical_url(url: str, filter_keys: Iterable[str] = ()) -> str:
     """The URL with filtered query keys removed, the others sorted, the host lower-cased.
     ValueError if it is not an http(s) URL with a host."""
     keys = tuple(filter_keys)
-    if len(url) <= REMEMBERED_URL:  # (a download's id is asked for more than once)
+    # (a download's id is asked for more than once; what a stranger's requests may
+    # leave remembered is bounded by the size of each)
+    if len(keys) <= REMEMBERED_KEYS and len(url) + sum(map(len, keys)) <= REMEMBERED_URL:
         return _remembered(url, keys)
     return _canonical_url(url, keys)
 

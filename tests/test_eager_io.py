@@ -2,13 +2,19 @@
 way must still keep of trio's. Another task gets its turn while a peer's frames are
 always there; frames sent together never interleave when the socket takes only part
 of one; a cancelled sender sends nothing; a file's payload arrives whole past a full
-socket; and a peer that stops reading is still cut off at the send deadline.
+socket; and a peer that stops reading is still cut off at the send deadline. And what the
+other short ways of the same change must not give a stranger: a URL's canonical form
+remembered, a small file's wait left unwatched for a moment (found by review).
 """
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
 import socket
+import threading
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,11 +23,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from dfdaemon import control
+from dfdaemon.httpconn import ClientGone
 from proto import ErrorReply, PieceData, PieceRequest, Session, Side
+from proto.codec import MAX_ITEMS, decode_header, encode_header
 from proto.errors import ConnectionLost
+from proto.frames import MAX_HEADER
 from proto.io import FramedStream, client_handshake, server_handshake
 from proto.io.eager import RUN_ON, Eager
-from proto.messages import KeepAlive
+from proto.messages import KeepAlive, Register
+from supernode.cdn.task import TaskSpec
 
 TASK = "ab" * 32
 
@@ -108,6 +119,30 @@ async def test_a_cancelled_sender_sends_nothing() -> None:
         assert isinstance(message, ErrorReply) and message.message == "after"
 
 
+async def test_a_shielded_send_goes_even_from_a_cancelled_task() -> None:
+    # A piece's report must reach the supernode even from a transfer being cancelled
+    # (its uploader's slot is free only once it does): at once, and past a full socket.
+    texts = [f"{i}{'x' * 4000}" for i in range(8)]
+    async with framed_pair(sndbuf=4096) as (server, client):
+
+        async def cancelled_sender() -> None:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                for text in texts:
+                    await server.send(ErrorReply(code="busy", message=text), shield=True)
+
+        got = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancelled_sender)
+                for _ in texts:
+                    message = (await client.receive()).message
+                    assert isinstance(message, ErrorReply)
+                    got.append(message.message)
+                    await trio.sleep(0.001)
+        assert got == texts and server.can_send
+
+
 async def test_a_file_payload_arrives_whole_past_a_full_socket(tmp_path: Path) -> None:
     content = os.urandom(3 << 20)
     path = tmp_path / "piece"
@@ -141,3 +176,101 @@ async def test_a_peer_that_stops_reading_is_cut_off_at_the_deadline(
         assert trio.current_time() - started == pytest.approx(30)
         with pytest.raises(ConnectionLost, match="within 30s"):  # nothing may follow
             await server.send(KeepAlive())
+
+
+async def test_a_flood_of_small_frames_is_read_a_buffer_a_turn() -> None:
+    # A receive loop whose handling awaits nothing else (the supernode's control session
+    # on KeepAlive, PieceResult, Leave) while its peer keeps the socket full: counted by
+    # calls alone, 16 reads of 16 KiB went between two turns of the other tasks (about
+    # 420 ms on a loaded machine; found by review). A read that fills its buffer yields.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client_stream = await trio.open_tcp_stream("127.0.0.1", port)
+    server = FramedStream(await listeners[0].accept(), Session(Side.SERVER), send_timeout=30)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(server_handshake, server, role="supernode"))
+        client = await client_handshake(client_stream, role="peer", peer_id="p", max_payload=0)
+    one = client.session.send(KeepAlive())  # (unsealed: every one the same bytes)
+    frames = 60_000
+    raw = socket.socket(fileno=os.dup(client_stream.socket.fileno()))
+    raw.setblocking(True)
+    writer = threading.Thread(target=raw.sendall, args=(one * frames,), daemon=True)
+    writer.start()
+    handled = 0
+    seen: list[int] = []
+
+    async def other() -> None:
+        while True:
+            await trio.lowlevel.checkpoint()
+            seen.append(handled)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await trio.sleep(0.2)  # the socket fills
+            seen.clear()
+            with trio.fail_after(60):
+                while handled < frames:
+                    assert isinstance((await server.receive()).message, KeepAlive)
+                    handled += 1
+            nursery.cancel_scope.cancel()
+    finally:
+        writer.join(10)
+        raw.close()
+        await server.aclose()
+        await client.aclose()
+        await listeners[0].aclose()
+    most = max(b - a for a, b in itertools.pairwise(seen))
+    assert most * len(one) <= 64 * 1024  # a read or two of 16 KiB a turn, not 16
+
+
+def test_registers_of_a_stranger_leave_little_remembered() -> None:
+    # Only the URL's length bounded what a task id's computation kept: 512 Registers
+    # each naming 4096 filter keys pinned 200 MiB in the supernode (found by review).
+    keys = tuple(f"\U0001f600{i:03x}" for i in range(MAX_ITEMS))
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(512):
+            register = Register(
+                url=f"http://origin.example/{n}",
+                headers=(),
+                digest=None,
+                tag="",
+                filter=keys,
+                public_key=b"k" * 32,
+            )
+            wire = encode_header(register)
+            assert len(wire) <= MAX_HEADER
+            message, _ = decode_header(wire)  # what a session hands the control loop
+            assert isinstance(message, Register)
+            TaskSpec.from_request(message.url, message.headers, filter_keys=message.filter)
+            del message, wire, register
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 16 << 20, f"{retained / 2**20:.1f} MiB"
+
+
+class _GoneReply:
+    async def client_gone(self) -> None:
+        return  # it left before the wait began
+
+
+async def test_a_client_gone_is_let_go_within_the_unwatched_time_for_all_its_waits(
+    autojump_clock: object,
+) -> None:
+    # A framed dfget whose origin names the length late waits twice (the length, then
+    # the small file's end): each wait had half a second unwatched (found by review).
+    async def takes(seconds: float) -> bool:
+        await trio.sleep(seconds)
+        return True
+
+    started = trio.current_time()
+    until = started + control.UNWATCHED
+    with pytest.raises(ClientGone):
+        await control._while_asked(_GoneReply(), partial(takes, 0.45), unwatched_until=until)
+        await control._while_asked(_GoneReply(), partial(takes, 10), unwatched_until=until)
+    assert trio.current_time() - started <= control.UNWATCHED

@@ -5,7 +5,8 @@ trio's own socket calls do the same, then pass through the scheduler after every
 that did not wait (a checkpoint, so that a task on a fast socket cannot keep the event
 loop to itself). For small frames and requests that pass costs more than the system call
 (a daemon's small file took ~30 of them); here a task lets the others run once every
-RUN_ON calls in a row that did not wait instead.
+RUN_ON calls in a row that did not wait instead, or at once after a read that filled
+its buffer.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Eager:
                 await trio.lowlevel.wait_readable(self.socket)
                 self._ran = 0
                 continue
-            await self.ran_on()
+            await self.ran_on(full=len(data) == size)
             return data
 
     async def read_into(self, view: memoryview) -> int:
@@ -56,7 +57,7 @@ class Eager:
                 await trio.lowlevel.wait_readable(self.socket)
                 self._ran = 0
                 continue
-            await self.ran_on()
+            await self.ran_on(full=count == len(view))
             return count
 
     def write_now(self, data: bytes | bytearray | memoryview) -> int:
@@ -67,10 +68,13 @@ class Eager:
         except BlockingIOError:
             return 0
 
-    async def ran_on(self) -> None:
+    async def ran_on(self, *, full: bool = False) -> None:
         """Count a call that did not wait; every RUN_ON in a row, let the others run (a
-        checkpoint that cannot raise Cancelled: what was done is done)."""
+        checkpoint that cannot raise Cancelled: what was done is done). A read that
+        filled all it was given (`full`: more is likely waiting, a peer keeping the
+        socket full) lets them run at once, as trio's own reads do after each: a flood
+        of small frames keeps the loop one read at a time, as it did."""
         self._ran += 1
-        if self._ran >= RUN_ON:
+        if full or self._ran >= RUN_ON:
             self._ran = 0
             await trio.lowlevel.cancel_shielded_checkpoint()

@@ -80,23 +80,33 @@ class FramedStream:
         payload: bytes | bytearray | memoryview | None = None,
         *,
         within: float | None = None,
+        shield: bool = False,
     ) -> None:
         """Send one frame; concurrent senders queue behind each other. The peer must
-        take it `within` seconds (default: `send_timeout`)."""
+        take it `within` seconds (default: `send_timeout`). `shield`: sent even by a
+        task being cancelled (a frame cut short would end the session), still within
+        its deadline."""
         size = len(payload) if payload is not None else 0
         if self._eager is not None and size < READ_SIZE and not self._send_lock.locked():
-            await self._send_small(message, payload, size, within)
-            return
-        async with self._send_lock:
+            if not shield:  # (as below: a cancelled task sends nothing)
+                await trio.lowlevel.checkpoint_if_cancelled()
             self._check_sendable()
-            head = self.session.send(message, size)
-            with self._sending(message, within):
-                if payload is not None and size < READ_SIZE:
-                    await self.stream.send_all(head + payload)
-                else:
-                    await self.stream.send_all(head)
-                    if payload is not None:
-                        await self.stream.send_all(payload)
+            data = self.session.send(message, size)
+            if payload is not None:
+                data += payload
+            await self._send_now(data, message, within, shield=shield)
+            return
+        with trio.CancelScope(shield=True) if shield else contextlib.nullcontext():
+            async with self._send_lock:
+                self._check_sendable()
+                head = self.session.send(message, size)
+                with self._sending(message, within):
+                    if payload is not None and size < READ_SIZE:
+                        await self.stream.send_all(head + payload)
+                    else:
+                        await self.stream.send_all(head)
+                        if payload is not None:
+                            await self.stream.send_all(payload)
 
     async def send_together(
         self, messages: Sequence[Message], *, within: float | None = None
@@ -144,28 +154,12 @@ class FramedStream:
                 await self.stream.send_all(head)
                 await send_file(self._socket, fd, offset, count)
 
-    async def _send_small(
-        self,
-        message: Message,
-        payload: bytes | bytearray | memoryview | None,
-        size: int,
-        within: float | None,
+    async def _send_now(
+        self, data: bytes, message: Message, within: float | None, *, shield: bool = False
     ) -> None:
-        """`send` of a small frame on a TCP or Unix socket no other task is sending on:
-        written straight away, which nearly always takes all of it, so that a frame costs
-        one system call rather than a lock, a deadline and a pass through the scheduler.
-        What the socket does not take at once goes as in `send`."""
-        await trio.lowlevel.checkpoint_if_cancelled()  # (as `send`: a cancelled task sends nothing)
-        self._check_sendable()
-        data = self.session.send(message, size)
-        if payload is not None:
-            data += payload
-        await self._send_now(data, message, within)
-
-    async def _send_now(self, data: bytes, message: Message, within: float | None) -> None:
         """Write an encoded frame (or frames) at once, as much as the socket takes; the
-        rest as `send` does. The send lock must be free, and no task may have run since
-        `data` was encoded."""
+        rest as `send` does (`shield`: even if the task is cancelled meanwhile). The send
+        lock must be free, and no task may have run since `data` was encoded."""
         assert self._eager is not None
         try:
             sent = self._eager.write_now(data)
@@ -177,7 +171,7 @@ class FramedStream:
             return
         self._send_lock.acquire_nowait()  # (free: no other task ran since it was checked)
         try:
-            with self._sending(message, within):
+            with trio.CancelScope(shield=shield), self._sending(message, within):
                 await self.stream.send_all(memoryview(data)[sent:])
         finally:
             self._send_lock.release()
@@ -289,7 +283,8 @@ class FramedStream:
         refusal = self.session.refuse(exc)
         if refusal is not None:
             with trio.move_on_after(1), contextlib.suppress(*STREAM_ERRORS):
-                await self.stream.send_all(refusal)
+                async with self._send_lock:  # (no frame of another sender cut in two)
+                    await self.stream.send_all(refusal)
 
     async def linger_close(self, seconds: float = LINGER) -> None:
         """Close after a final answer (a refusal) without losing it.
