@@ -19,12 +19,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
 from dfdaemon import control
 from dfdaemon.httpconn import ClientGone
+from dfdaemon.httpserver import Reply
 from proto import ErrorReply, PieceData, PieceRequest, Session, Side
 from proto.codec import MAX_ITEMS, decode_header, encode_header
 from proto.errors import ConnectionLost
@@ -270,7 +272,8 @@ async def test_a_client_gone_is_let_go_within_the_unwatched_time_for_all_its_wai
 
     started = trio.current_time()
     until = started + control.UNWATCHED
+    gone = cast(Reply, _GoneReply())
     with pytest.raises(ClientGone):
-        await control._while_asked(_GoneReply(), partial(takes, 0.45), unwatched_until=until)
-        await control._while_asked(_GoneReply(), partial(takes, 10), unwatched_until=until)
+        await control._while_asked(gone, partial(takes, 0.45), unwatched_until=until)
+        await control._while_asked(gone, partial(takes, 10), unwatched_until=until)
     assert trio.current_time() - started <= control.UNWATCHED
