@@ -49,7 +49,7 @@ from dfget.output import AtomicOutput
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
 from dfget.resume import take_local
-from dfget.transfers import Transfers, report
+from dfget.transfers import IN_FLIGHT, Transfers, report
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
@@ -58,6 +58,7 @@ from proto.io import FramedStream
 from proto.keywrap import BadWrappedKey, raw_public, unwrap_key, wrap_context
 from proto.messages import (
     LEAVES_SOON,
+    TASKS_WITH_REGISTER,
     ErrorReply,
     KeepAlive,
     Outcome,
@@ -68,6 +69,7 @@ from proto.messages import (
     Registered,
     TaskDone,
     TaskFailed,
+    Welcome,
 )
 from proto.pieces import PieceSealer, piece_digest
 from proto.requestseal import seal_secrets
@@ -189,6 +191,7 @@ class Attempt:
 
     async def _download(self, control: ControlStream, server: PieceServer, port: int) -> PieceBook:
         registered = await self._register(control, port)
+        registered_with_want = self._first_want(control.welcome) > 0  # (its answer is coming)
         context = wrap_context(registered.task_id, registered.generation)
         try:
             key = unwrap_key(self.key, registered.wrapped_key, context)
@@ -236,6 +239,7 @@ class Attempt:
                 limiter=self.limiter,
                 progress=self.progress,
                 pool=self.options.pieces,
+                asked=registered_with_want,
             )
         try:
             with trio.move_on_at(self.deadline) as deadline, unwrap_group():
@@ -343,6 +347,7 @@ class Attempt:
             leaves=self.options.seed_for < LEAVES_SOON,
             s3=s3,
             sealed=sealed,
+            want=self._first_want(welcome),
         )
         try:
             await control.send(register)
@@ -362,6 +367,13 @@ class Attempt:
         if reply.task_id != self.task_id:
             raise SupernodeFailed("supernode computed another task id (version skew?)")
         return reply
+
+    def _first_want(self, welcome: Welcome | None) -> int:
+        """Piece tasks to ask for with the Register (version 5: the first request goes
+        with it); none for a copy only checked and claimed, which fetches nothing."""
+        if self.options.adopt or welcome is None or welcome.version < TASKS_WITH_REGISTER:
+            return 0
+        return IN_FLIGHT
 
     async def _follow(self, control: ControlStream, book: PieceBook) -> None:
         """Apply the supernode's news to the book; hand piece-task answers over."""

@@ -69,8 +69,12 @@ class Transfers:
         limiter: RateLimiter,
         progress: Progress | None,
         pool: PiecePool | None = None,
+        asked: bool = False,
     ) -> None:
         self.control = control
+        # The first request went with the Register (version 5): its answer comes as a
+        # request's would, and no request is sent before it.
+        self._asked = asked
         self.book = book
         self.writer = writer
         self.answers = answers
@@ -100,13 +104,16 @@ class Transfers:
                     with trio.move_on_after(endgame_in):
                         await book.wait_changed()
                     continue
-                request = PieceTasksRequest(
-                    task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
-                )
-                # Shielded: a frame cut short (the download completing meanwhile) would
-                # break the session for every report still to come; a small frame's send
-                # is bounded by the session's send timeout.
-                await self.control.send(request, shield=True)
+                if self._asked:
+                    self._asked = False
+                else:
+                    request = PieceTasksRequest(
+                        task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
+                    )
+                    # Shielded: a frame cut short (the download completing meanwhile) would
+                    # break the session for every report still to come; a small frame's
+                    # send is bounded by the session's send timeout.
+                    await self.control.send(request, shield=True)
                 with trio.move_on_after(TASKS_TIMEOUT) as waited:
                     answer = await self.answers.receive()
                 if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
@@ -183,6 +190,8 @@ class Transfers:
         """Fetch, verify and write one piece; its plaintext length (0 if already held)."""
         book = self.book
         index, source, host, port, ticket = task
+        if book.holds(index):  # (taken from an earlier run's file since it was asked for)
+            return 0
         while index >= len(book.digests):  # its PiecesReady is on its way
             await book.wait_changed()
         address = self.address if source == CDN_UPLOADER else f"{_bracket(host)}:{port}"

@@ -16,7 +16,7 @@ from proto.errors import ErrorCode, is_text
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
-PROTOCOL_VERSIONS = (1, 2, 3, 4)
+PROTOCOL_VERSIONS = (1, 2, 3, 4, 5)
 # The first version whose control sessions carry many tasks: a peer may leave one task
 # and stay on the session (`Leave`), and a supernode speaking it accepts that; a peer
 # shares a session among its downloads only with such a supernode (`dfget.sessions`).
@@ -30,6 +30,11 @@ ANSWERED_PROBES = 3
 # (proto/framesealing.py), and takes a Register's headers and S3 credentials sealed for
 # it (`Register.sealed`, under `Welcome.key`: proto/requestseal.py).
 SEALED_REQUESTS = 4
+# The first version whose supernode takes a download's first piece-task request with
+# its Register (`Register.want`): the tasks it can give at once go in the Registered's
+# write (a `PieceTasks` after the task's news), else the request is held for news as a
+# `PieceTasksRequest` would be. A stored small file: one exchange, not two.
+TASKS_WITH_REGISTER = 5
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -221,7 +226,7 @@ class Register(Message):
     """A peer asks for a task: the supernode resolves it and starts the CDN if needed."""
 
     TAG: ClassVar[str] = "register"
-    SPARSE: ClassVar[frozenset[str]] = frozenset({"sealed"})
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"sealed", "want"})
     url: str
     headers: Headers
     digest: str | None
@@ -245,9 +250,14 @@ class Register(Message):
     # Version 4: `headers` and `s3` sealed for the supernode's `Welcome.key`
     # (proto/requestseal.py), both then empty in the clear: only the supernode reads them.
     sealed: bytes = b""
+    # Version 5: piece tasks wanted with the answer, as a `PieceTasksRequest` right
+    # after it would want them (0: none; the peer asks when it is ready).
+    want: int = 0
 
     def check(self) -> None:
         check_request(self.url, self.headers)
+        if not 0 <= self.want <= 256:
+            raise ValueError("want must be 0 to 256")
         if self.sealed and (self.headers or self.s3 is not None):
             raise ValueError("a sealed Register carries no headers or s3 in the clear")
         if len(self.sealed) > MAX_SEALED:

@@ -272,7 +272,7 @@ async def test_a_sealed_register_that_does_not_open_fails_its_task_not_the_sessi
     framed = await client_handshake(stream, role="peer", peer_id="p-sealed", max_payload=0)
     try:
         welcome = framed.welcome
-        assert welcome is not None and welcome.version == 4 and len(welcome.key) == 32
+        assert welcome is not None and welcome.version >= 4 and len(welcome.key) == 32
         forged = seal_secrets(
             X25519PrivateKey.generate(), welcome.key, welcome.challenge, url, (), None
         )  # (sealed with a key other than the one the Register names)
@@ -312,7 +312,7 @@ async def test_a_peer_without_the_proof_asked_gets_a_version_4_welcome_without_o
     framed = await client_handshake(stream, role="peer", peer_id="p-plain", max_payload=0)
     try:
         welcome = framed.welcome
-        assert welcome is not None and welcome.version == 4
+        assert welcome is not None and welcome.version >= 4
         assert len(welcome.key) == 32 and welcome.proof == b""
     finally:
         await framed.aclose()

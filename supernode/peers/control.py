@@ -32,6 +32,7 @@ from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
     MAX_VALIDATOR,
     SHARED_SESSIONS,
+    TASKS_WITH_REGISTER,
     KeepAlive,
     Leave,
     Message,
@@ -279,9 +280,11 @@ class ControlSession:
         # took the task for one not yet registered and dropped its answer, for good.
         token = self._registrations[task.task_id] = object()
         # What the task has already goes in the same write (a stored small file's
-        # digests and end: one write and one wake-up on each side, not three).
+        # digests and end: one write and one wake-up on each side, not three), and the
+        # piece tasks its Register asked for, if the scheduler has some now.
         news, sent = self._news(task, 0)
-        await self.framed.send_together([registered, *news])
+        tasks, held = self._first_tasks(message, task)
+        await self.framed.send_together([registered, *news, *tasks])
         log.info(
             "peer %s (%s:%d) registered task %s (generation %d, %s)",
             self.peer_id[:40],
@@ -293,12 +296,31 @@ class ControlSession:
         )
         if sent is not None:
             nursery.start_soon(self._push_progress, task, token, sent)
+        if held is not None:  # (its own task: this one holds one of the session's Registers)
+            nursery.start_soon(self._piece_tasks, held, self._asking[task.task_id])
         if self.swarm.token is not None:
             # Admitted with the cluster token and registered: out of the connection
             # caps, which bound strangers (a dfdaemon of protocol version 1 holds a
             # session for each blob it seeds, hundreds from one host). In an open
             # cluster nobody proved anything: every session stays counted.
             release_place()
+
+    def _first_tasks(
+        self, message: Register, task: CdnTask
+    ) -> tuple[list[PieceTasks], PieceTasksRequest | None]:
+        """A Register's `want` (version 5): the piece tasks to send with its answer, or
+        none and the request to hold for news, as if the peer had sent it (it counts as
+        the task's pending request: `_asking`)."""
+        if not message.want or (self.framed.session.version or 1) < TASKS_WITH_REGISTER:
+            return [], None
+        now = trio.current_time()
+        tasks = self.swarm.piece_tasks(task, self.peer_id, message.want, now)
+        if tasks:
+            return [PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)], None
+        self._asking[task.task_id] = object()
+        return [], PieceTasksRequest(
+            task_id=task.task_id, generation=task.generation, want=message.want
+        )
 
     def _current(self, task_id: str, generation: int) -> CdnTask | None:
         task = self.tasks.get(task_id)
