@@ -110,6 +110,11 @@ class AtomicOutput:
             os.close(self.fd)
             self.fd = -1
 
+    def may_resume(self) -> bool:
+        """Whether an earlier attempt left pieces that `resume_from` may name."""
+        with self._lock:
+            return bool(self._stored)
+
     def resume_from(self, piece_size: int, length: int | None) -> list[int]:
         """The pieces of that layout an earlier attempt in this process wrote (to be
         checked again: `dfget.resume.take_local`); another layout starts empty. A file

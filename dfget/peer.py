@@ -123,6 +123,7 @@ class Attempt:
         self.connect_within = connect_within
         self.key = X25519PrivateKey.generate()
         self.book: PieceBook | None = None
+        self.wanted = 0  # piece tasks its Register asked for
         self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
 
     async def run(self, on_complete: Callable[[PieceBook], Awaitable[None]]) -> PieceBook:
@@ -191,7 +192,7 @@ class Attempt:
 
     async def _download(self, control: ControlStream, server: PieceServer, port: int) -> PieceBook:
         registered = await self._register(control, port)
-        registered_with_want = self._first_want(control.welcome) > 0  # (its answer is coming)
+        registered_with_want = self.wanted > 0  # (its answer is coming)
         context = wrap_context(registered.task_id, registered.generation)
         try:
             key = unwrap_key(self.key, registered.wrapped_key, context)
@@ -349,6 +350,7 @@ class Attempt:
             sealed=sealed,
             want=self._first_want(welcome),
         )
+        self.wanted = register.want
         try:
             await control.send(register)
         except TooLargeToSend as exc:  # (a frame over the wire's bound: the headers)
@@ -370,10 +372,12 @@ class Attempt:
 
     def _first_want(self, welcome: Welcome | None) -> int:
         """Piece tasks to ask for with the Register (version 5: the first request goes
-        with it); none for a copy only checked and claimed, which fetches nothing."""
+        with it); none for a copy only checked and claimed, which fetches nothing, nor
+        for one that may resume an earlier attempt's pieces (they are checked first:
+        tasks given meanwhile would hold their sources' slots, some for pieces held)."""
         if self.options.adopt or welcome is None or welcome.version < TASKS_WITH_REGISTER:
             return 0
-        return IN_FLIGHT
+        return 0 if self.out.may_resume() else IN_FLIGHT
 
     async def _follow(self, control: ControlStream, book: PieceBook) -> None:
         """Apply the supernode's news to the book; hand piece-task answers over."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from types import TracebackType
 
@@ -83,6 +84,15 @@ class ResumableOutput(AtomicOutput):
             return
         self.record.remove()
         super().__exit__(kind, exc, tb)
+
+    def may_resume(self) -> bool:
+        """Also when an earlier run left a record of pieces."""
+        if super().may_resume():
+            return True
+        try:
+            return os.stat(self.record.path).st_size > 0
+        except OSError:
+            return False
 
     def resume_from(self, piece_size: int, length: int | None) -> list[int]:
         super().resume_from(piece_size, length)  # (what readers may count on, per layout)

@@ -234,7 +234,7 @@ async def report(
 ) -> None:
     """Send one PieceResult, even from a cancelled task; a broken session is left to
     the session's reader to notice (it raises there)."""
-    with contextlib.suppress(ProtoError):  # (a report not taken in 5 s ends the session)
+    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(ProtoError):
         await control.send(
             PieceResult(
                 task_id=book.task_id,
@@ -244,9 +244,7 @@ async def report(
                 outcome=outcome.value,  # the wire carries the plain string
                 nbytes=nbytes,
                 seconds=seconds,
-            ),
-            within=5,
-            shield=True,
+            )
         )
 
 

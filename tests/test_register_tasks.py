@@ -7,30 +7,52 @@ always did.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
 from conftest import Fetch, StartSupernode, until
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from test_attack_supernode import RawPeer, next_message, raw_peer
 
+import dfget.resume
 import proto.io.framed
 import proto.session
+import supernode.peers.control as control
+from dfget.engine import download
+from dfget.options import PeerOptions
+from dfget.piecelog import PieceLog
+from dfget.pieces import PieceBook
+from dfget.request import DownloadRequest
+from dfget.resume import ResumableOutput, partial_paths
+from dfget.sessions import Sessions
+from dfget.transfers import report
 from proto.errors import ConnectionLost
+from proto.io.framed import FramedStream
 from proto.keywrap import raw_public
 from proto.messages import (
     ErrorReply,
+    KeepAlive,
+    Leave,
     Message,
+    Outcome,
     PiecesReady,
     PieceTasks,
     PieceTasksRequest,
+    Probe,
     Register,
     Registered,
     TaskDone,
 )
 from proto.pieces import MiB
+from proto.taskid import task_id_for
 from testkit.origin import FakeOrigin
 
 
@@ -152,3 +174,174 @@ async def test_a_download_between_versions_4_and_5_goes_as_before(
     with trio.fail_after(20):  # (TASKS_TIMEOUT is 120 s)
         result = await fetch(origin.url("/v.bin"), node)
     assert Path(result.output).read_bytes() == data
+
+
+async def test_a_leave_while_the_answer_to_a_register_wanting_tasks_goes_ends_only_its_task(
+    origin: FakeOrigin, start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon's download ends right after its Registered arrives (its line sends
+    Leave), while the supernode's write of that Registered is still going (a busy
+    session: the stand-in of tests/test_download.py's slow_to_resume). The held first
+    request looked up the request the Leave removed: the whole shared session ended as
+    an internal error (found by review)."""
+    send_together = FramedStream.send_together
+
+    async def slow_to_resume(self: FramedStream, messages: Any, **kw: Any) -> None:
+        await send_together(self, messages, **kw)
+        if isinstance(messages[0], Registered):
+            await trio.sleep(0.3)  # (other tasks of the session run first, as when busy)
+
+    monkeypatch.setattr(FramedStream, "send_together", slow_to_resume)
+    gate = trio.Event()
+    origin.add("/g.bin", os.urandom(2 * MiB), gate_after=0, gate=gate)  # nothing ready: held
+    node = await start_supernode()
+    async with raw_peer(node, "daemon-session") as peer:
+        await peer.framed.send(
+            Register(
+                url=origin.url("/g.bin"),
+                headers=(),
+                digest=None,
+                tag="",
+                filter=(),
+                public_key=raw_public(peer.key),
+                want=8,
+            )
+        )
+        with trio.fail_after(10):
+            registered = (await peer.framed.receive()).message
+        assert isinstance(registered, Registered)
+        await peer.framed.send(Leave(registered.task_id))  # (the download was cancelled)
+        await trio.sleep(0.5)
+        await peer.framed.send(Probe())  # the session must go on for the other tasks
+        with trio.fail_after(5):
+            while True:
+                message = (await peer.framed.receive()).message
+                if not isinstance(message, PiecesReady | TaskDone):
+                    break
+        assert isinstance(message, KeepAlive), message
+    gate.set()
+
+
+async def test_a_resumed_download_holds_no_cdn_slot_while_it_checks_its_pieces(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its first request went with the Register: the scheduler gave it the CDN's slots
+    # for the file's pieces while it checked the six it had (found by review). It asks
+    # once they are checked, as before version 5.
+    data = os.urandom(8 * MiB)
+    origin.add("/r.bin", data)
+    node = await start_supernode()
+    await fetch(origin.url("/r.bin"), node)  # on the CDN
+    ledger = node.node.scheduler._ledger
+    outcomes_before = dict(ledger.outcomes)
+
+    target = tmp_path / "resumed" / "r.bin"
+    target.parent.mkdir()
+    partial, record = partial_paths(target)
+    partial.write_bytes(data[: 6 * MiB])  # an earlier run had pieces 0..5
+    log = PieceLog(record)
+    log.start(MiB, len(data))
+    for index in range(6):
+        log.add(index)
+    log.close()
+
+    check = dfget.resume._check
+    seen: list[int] = []
+
+    def slow_check(*args: Any) -> Any:
+        time.sleep(1.0)  # (a large file, a cold disk)
+        return check(*args)
+
+    monkeypatch.setattr(dfget.resume, "_check", slow_check)
+
+    async def watch() -> None:
+        while True:
+            seen.append(ledger.cdn_uploads)
+            await trio.sleep(0.05)
+
+    request = DownloadRequest(
+        url=origin.url("/r.bin"),
+        output=target,
+        supernodes=(node.address,),
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        with ResumableOutput(target) as out:
+            await download(request, output=out)
+        nursery.cancel_scope.cancel()
+    assert target.read_bytes() == data
+    assert max(seen) == 0, f"CDN slots held while the peer checked its own pieces: {max(seen)}"
+    done = ledger.outcomes[Outcome.DONE] - outcomes_before.get(Outcome.DONE, 0)
+    assert done == 2  # the two pieces it did not have
+
+
+async def test_a_report_slow_to_go_does_not_end_the_other_downloads_of_a_shared_session(
+    origin: FakeOrigin, start_supernode: StartSupernode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A report's 5 s bound cut the frame as a send deadline: the whole shared session
+    # ended, every download on it (found by review). It waits as any frame does.
+    stalled = trio.Event()
+    resume = trio.Event()
+
+    async def stalled_probe(self: Any) -> None:  # the supernode's loop stops reading
+        sock = self.framed.stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.set()
+        await resume.wait()
+
+    monkeypatch.setattr(control.ControlSession, "_answer_probe", stalled_probe)
+    for name in ("a", "b"):
+        origin.add(f"/{name}.bin", os.urandom(MiB))
+    node = await start_supernode()
+
+    async with trio.open_nursery() as nursery:
+        sessions = Sessions(nursery)
+        books = {}
+        async with contextlib.AsyncExitStack() as stack:
+            got = {}
+            for name in ("a", "b"):
+                line = got[name] = await stack.enter_async_context(
+                    sessions.line(node.address, task_id_for(origin.url(f"/{name}.bin")))
+                )
+                key = X25519PrivateKey.generate()
+                await line.send(
+                    Register(
+                        url=origin.url(f"/{name}.bin"),
+                        headers=(),
+                        digest=None,
+                        tag="",
+                        filter=(),
+                        public_key=raw_public(key),
+                    )
+                )
+                with trio.fail_after(10):
+                    reply = (await line.receive()).message
+                assert isinstance(reply, Registered), reply
+                books[name] = SimpleNamespace(task_id=reply.task_id, generation=reply.generation)
+            a, b = got["a"], got["b"]
+            assert a.session is b.session
+            stream = a.session.framed.stream
+            assert isinstance(stream, trio.SocketStream)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await a.send(Probe())
+            await stalled.wait()
+
+            book = cast(PieceBook, books["a"])
+
+            async def reports() -> None:
+                for _ in range(100000):
+                    await report(a, book, 0, "cdn", Outcome.CANCELLED, 0, 0.0)
+                    if a.session.broken is not None:
+                        return
+
+            nursery.start_soon(reports)
+            await trio.sleep(8)  # a supernode held up 8 s (a pause, a lossy link)
+            broken = b.session.broken
+            resume.set()
+            assert broken is None, f"b's download ended with the session: {broken}"
+            nursery.cancel_scope.cancel()

@@ -296,8 +296,15 @@ class ControlSession:
         )
         if sent is not None:
             nursery.start_soon(self._push_progress, task, token, sent)
-        if held is not None:  # (its own task: this one holds one of the session's Registers)
-            nursery.start_soon(self._piece_tasks, held, self._asking[task.task_id])
+        asking = self._asking.get(task.task_id)
+        if (
+            held is not None
+            and asking is not None
+            and self._registrations.get(task.task_id) is token
+        ):
+            # Its own task (this one holds one of the session's Registers); not if the peer
+            # left the task while the answer went (a Leave took the request with it).
+            nursery.start_soon(self._piece_tasks, held, asking)
         if self.swarm.token is not None:
             # Admitted with the cluster token and registered: out of the connection
             # caps, which bound strangers (a dfdaemon of protocol version 1 holds a
