@@ -242,7 +242,7 @@ async def test_pieces_all_in_flight_ask_for_no_more(
     answered with nothing: two frames and a scheduler pass a small file)."""
     from dfget import transfers
     from proto.io.framed import FramedStream
-    from proto.messages import PieceTasksRequest
+    from proto.messages import PieceTasksRequest, Register
 
     monkeypatch.setattr(transfers, "ENDGAME_AFTER", 30.0)  # (however slow the machine)
 
@@ -253,7 +253,8 @@ async def test_pieces_all_in_flight_ask_for_no_more(
     send = FramedStream.send
 
     async def counting(self: FramedStream, message: object, *args: object, **kw: object) -> None:
-        if isinstance(message, PieceTasksRequest):
+        # (version 5: the first request goes with the Register)
+        if isinstance(message, PieceTasksRequest | Register) and message.want:
             asked.append(message.want)
         await send(self, message, *args, **kw)  # type: ignore[arg-type]
 

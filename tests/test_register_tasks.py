@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -251,16 +252,21 @@ async def test_a_resumed_download_holds_no_cdn_slot_while_it_checks_its_pieces(
 
     check = dfget.resume._check
     seen: list[int] = []
+    checking = threading.Event()
 
     def slow_check(*args: Any) -> Any:
+        checking.set()
         time.sleep(1.0)  # (a large file, a cold disk)
-        return check(*args)
+        result = check(*args)
+        checking.clear()
+        return result
 
     monkeypatch.setattr(dfget.resume, "_check", slow_check)
 
-    async def watch() -> None:
+    async def watch() -> None:  # (the CDN's slots while the check runs)
         while True:
-            seen.append(ledger.cdn_uploads)
+            if checking.is_set():
+                seen.append(ledger.cdn_uploads)
             await trio.sleep(0.05)
 
     request = DownloadRequest(
