@@ -192,7 +192,6 @@ class Attempt:
 
     async def _download(self, control: ControlStream, server: PieceServer, port: int) -> PieceBook:
         registered = await self._register(control, port)
-        registered_with_want = self.wanted > 0  # (its answer is coming)
         context = wrap_context(registered.task_id, registered.generation)
         try:
             key = unwrap_key(self.key, registered.wrapped_key, context)
@@ -240,7 +239,7 @@ class Attempt:
                 limiter=self.limiter,
                 progress=self.progress,
                 pool=self.options.pieces,
-                asked=registered_with_want,
+                asked=self.wanted > 0,  # (the answer to its Register's want is coming)
             )
         try:
             with trio.move_on_at(self.deadline) as deadline, unwrap_group():

@@ -190,8 +190,6 @@ class Transfers:
         """Fetch, verify and write one piece; its plaintext length (0 if already held)."""
         book = self.book
         index, source, host, port, ticket = task
-        if book.holds(index):  # (taken from an earlier run's file since it was asked for)
-            return 0
         while index >= len(book.digests):  # its PiecesReady is on its way
             await book.wait_changed()
         address = self.address if source == CDN_UPLOADER else f"{_bracket(host)}:{port}"

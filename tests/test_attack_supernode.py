@@ -69,22 +69,31 @@ async def raw_peer(node: RunningSupernode, peer_id: str) -> AsyncIterator[RawPee
         yield RawPeer(framed, X25519PrivateKey.generate())
 
 
+def register_message(
+    peer: RawPeer, url: str, *, upload_port: int = 0, upload_slots: int = 0, want: int = 0
+) -> Register:
+    """A plain Register of `url` by `peer`."""
+    return Register(
+        url=url,
+        headers=(),
+        digest=None,
+        tag="",
+        filter=(),
+        public_key=raw_public(peer.key),
+        upload_port=upload_port,
+        upload_slots=upload_slots,
+        want=want,
+    )
+
+
 async def register(
-    peer: RawPeer, url: str, *, upload_port: int = 0, upload_slots: int = 0
+    peer: RawPeer, url: str, *, upload_port: int = 0, upload_slots: int = 0, want: int = 0
 ) -> Message:
     """Send a Register; the answer (Registered or ErrorReply)."""
-    await peer.framed.send(
-        Register(
-            url=url,
-            headers=(),
-            digest=None,
-            tag="",
-            filter=(),
-            public_key=raw_public(peer.key),
-            upload_port=upload_port,
-            upload_slots=upload_slots,
-        )
+    message = register_message(
+        peer, url, upload_port=upload_port, upload_slots=upload_slots, want=want
     )
+    await peer.framed.send(message)
     reply = await next_message(peer)
     if isinstance(reply, Registered):
         peer.registered = reply

@@ -21,7 +21,7 @@ import pytest
 import trio
 from conftest import Fetch, StartSupernode, until
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from test_attack_supernode import RawPeer, next_message, raw_peer
+from test_attack_supernode import RawPeer, next_message, raw_peer, register, register_message
 
 import dfget.resume
 import proto.io.framed
@@ -57,23 +57,9 @@ from proto.taskid import task_id_for
 from testkit.origin import FakeOrigin
 
 
-def wanting(peer: RawPeer, url: str, want: int) -> Register:
-    return Register(
-        url=url,
-        headers=(),
-        digest=None,
-        tag="",
-        filter=(),
-        public_key=raw_public(peer.key),
-        want=want,
-    )
-
-
 async def register_wanting(peer: RawPeer, url: str, want: int) -> Registered:
-    await peer.framed.send(wanting(peer, url, want))
-    reply = await next_message(peer)
+    reply = await register(peer, url, want=want)
     assert isinstance(reply, Registered)
-    peer.registered = reply
     return reply
 
 
@@ -93,7 +79,7 @@ async def test_a_register_that_wants_tasks_gets_them_with_its_answer(
     swarm = node.node.swarm
     decided = swarm.decisions
     async with raw_peer(node, "wanting") as peer:
-        await peer.framed.send(wanting(peer, origin.url("/f.bin"), 2))
+        await peer.framed.send(register_message(peer, origin.url("/f.bin"), want=2))
         with trio.fail_after(10):
             registered = (await peer.framed.receive()).message
         # The task's news and its piece tasks came in the same write (no request sent):
@@ -149,12 +135,12 @@ async def test_a_register_that_wants_tasks_counts_as_the_pending_request(
 
 
 async def test_a_register_wanting_more_than_a_frame_of_tasks_is_refused() -> None:
-    register = Register(
+    message = Register(
         url="http://o/f", headers=(), digest=None, tag="", filter=(), public_key=b"k" * 32
     )
     with pytest.raises(ValueError, match="want"):
-        dataclasses.replace(register, want=257).check()
-    dataclasses.replace(register, want=256).check()
+        dataclasses.replace(message, want=257).check()
+    dataclasses.replace(message, want=256).check()
 
 
 @pytest.mark.parametrize("side", ["supernode", "peer"])
@@ -197,17 +183,7 @@ async def test_a_leave_while_the_answer_to_a_register_wanting_tasks_goes_ends_on
     origin.add("/g.bin", os.urandom(2 * MiB), gate_after=0, gate=gate)  # nothing ready: held
     node = await start_supernode()
     async with raw_peer(node, "daemon-session") as peer:
-        await peer.framed.send(
-            Register(
-                url=origin.url("/g.bin"),
-                headers=(),
-                digest=None,
-                tag="",
-                filter=(),
-                public_key=raw_public(peer.key),
-                want=8,
-            )
-        )
+        await peer.framed.send(register_message(peer, origin.url("/g.bin"), want=8))
         with trio.fail_after(10):
             registered = (await peer.framed.receive()).message
         assert isinstance(registered, Registered)

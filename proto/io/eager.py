@@ -12,8 +12,12 @@ its buffer.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
+
+T = TypeVar("T")
 
 # Calls in a row that found the socket ready (and so did not wait) before the task lets
 # the others run: a peer whose frames are always there to read, and whose answers
@@ -36,29 +40,26 @@ class Eager:
 
     async def read(self, size: int) -> bytes:
         """Up to `size` bytes (b"" at the socket's end), waiting only if none are there."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                data = os.read(self.fileno(), size)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.socket)
-                self._ran = 0
-                continue
-            await self.ran_on(full=len(data) == size)
-            return data
+        data = await self._when_ready(lambda fd: os.read(fd, size))
+        await self.ran_on(full=len(data) == size)
+        return data
 
     async def read_into(self, view: memoryview) -> int:
         """`read` into `view`: the count of bytes read (0 at the socket's end)."""
+        count = await self._when_ready(lambda fd: os.readv(fd, [view]))
+        await self.ran_on(full=count == len(view))
+        return count
+
+    async def _when_ready(self, read: Callable[[int], T]) -> T:
+        """`read(descriptor)` at once, and again each time the socket becomes readable
+        while it finds nothing there."""
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
-                count = os.readv(self.fileno(), [view])
+                return read(self.fileno())
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.socket)
                 self._ran = 0
-                continue
-            await self.ran_on(full=count == len(view))
-            return count
 
     def write_now(self, data: bytes | bytearray | memoryview) -> int:
         """What of `data` the socket takes without waiting (0 if none); the caller sends

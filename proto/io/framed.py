@@ -87,7 +87,7 @@ class FramedStream:
         task being cancelled (a frame cut short would end the session), still within
         its deadline."""
         size = len(payload) if payload is not None else 0
-        if self._eager is not None and size < READ_SIZE and not self._send_lock.locked():
+        if size < READ_SIZE and self._sendable_now:
             if not shield:  # (as below: a cancelled task sends nothing)
                 await trio.lowlevel.checkpoint_if_cancelled()
             self._check_sendable()
@@ -113,7 +113,7 @@ class FramedStream:
     ) -> None:
         """Send frames without payloads in one write (a reply and the news right behind
         it): one system call, and one wake-up of the peer, instead of one each."""
-        if self._eager is not None and not self._send_lock.locked():
+        if self._sendable_now:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_sendable()
             await self._send_now(self._encode_together(messages), messages[0], within)
@@ -144,7 +144,7 @@ class FramedStream:
         if self._socket is None:
             await self.send(message, os.pread(fd, count, offset), within=within)
             return
-        if self._eager is not None and not self._send_lock.locked():
+        if self._sendable_now:
             await self._send_file_now(message, fd, offset, count, within)
             return
         async with self._send_lock:
@@ -164,8 +164,7 @@ class FramedStream:
         try:
             sent = self._eager.write_now(data)
         except OSError as exc:
-            self._send_broken = f"send failed: {exc}"
-            raise ConnectionLost(self._send_broken, clean=False) from exc
+            raise self._failed(exc) from exc
         if sent == len(data):
             await self._eager.ran_on()
             return
@@ -194,8 +193,7 @@ class FramedStream:
                 if sent == len(head):
                     offset += sendfile_now(self._eager.fileno(), fd, offset, count)
             except OSError as exc:
-                self._send_broken = f"send failed: {exc}"
-                raise ConnectionLost(self._send_broken, clean=False) from exc
+                raise self._failed(exc) from exc
             if offset == end:
                 await self._eager.ran_on()
                 return
@@ -205,6 +203,16 @@ class FramedStream:
                 await send_file(self._socket, fd, offset, end - offset)
         finally:
             self._send_lock.release()
+
+    def _failed(self, exc: BaseException) -> ConnectionLost:
+        """A send that failed midway: nothing may follow it."""
+        self._send_broken = f"send failed: {exc}"
+        return ConnectionLost(self._send_broken, clean=False)
+
+    @property
+    def _sendable_now(self) -> bool:
+        """A plain socket no other task is sending on: a frame may go straight away."""
+        return self._eager is not None and not self._send_lock.locked()
 
     def _check_sendable(self) -> None:
         if self._send_broken is not None:
@@ -224,8 +232,7 @@ class FramedStream:
             )
             raise ConnectionLost(self._send_broken, clean=False) from None
         except STREAM_ERRORS as exc:
-            self._send_broken = f"send failed: {exc}"
-            raise ConnectionLost(self._send_broken, clean=False) from exc
+            raise self._failed(exc) from exc
         except trio.Cancelled:
             # Part of the frame may be on the wire: another frame after it would read as
             # garbage on the other side, so none may follow.
