@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,13 +68,38 @@ class Blob:
     readers: Counter[str] | None = None  # the store's count of readers, by blob (GC)
     verified: dict[str, tuple[int, int, int]] | None = None  # the store's good files
     _changed: trio.Event = field(default_factory=trio.Event)
+    _until: list[tuple[Callable[[], bool], trio.Event]] = field(default_factory=list)
 
     def notify(self) -> None:
+        """Its record changed: wake every `wait_changed`, and each `wait_until` whose
+        condition now holds."""
         self._changed.set()
         self._changed = trio.Event()
+        if self._until:
+            waiting, self._until = self._until, []
+            for entry in waiting:
+                if entry[0]():
+                    entry[1].set()
+                else:
+                    self._until.append(entry)
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
+
+    async def wait_until(self, holds: Callable[[], bool]) -> None:
+        """Wait until `holds()` (a plain test of the record that cannot raise), checked
+        at each change: a waiter wakes only once it holds, not for every change on the
+        way (a small file's piece landing before the file is complete)."""
+        if holds():
+            await trio.lowlevel.checkpoint()
+            return
+        entry = (holds, trio.Event())
+        self._until.append(entry)
+        try:
+            await entry[1].wait()
+        finally:
+            if entry in self._until:
+                self._until.remove(entry)
 
     @property
     def filled(self) -> int:

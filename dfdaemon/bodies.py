@@ -92,20 +92,26 @@ async def finished_small(blob: Blob, at_most: int) -> bool:
     (`stream_download`) gains nothing for a file that soon complete, and costs the
     client a copy of every byte through the socket. Raises BlobUnavailable if the
     download fails first."""
-    while not blob.complete:
-        blob.raise_if_failed()
-        if (blob.length is None and blob.filled) or (blob.length or 0) > at_most:
-            return False
-        await blob.wait_changed()
-    return True
+
+    def decided() -> bool:
+        too_long = (blob.length is None and blob.filled > 0) or (blob.length or 0) > at_most
+        return blob.complete or blob.error is not None or too_long
+
+    await blob.wait_until(decided)
+    if blob.complete:
+        return True
+    blob.raise_if_failed()
+    return False
 
 
 async def length_known(blob: Blob) -> None:
     """Wait until a download's length is known: from its start for an origin that names
     it, at its end for one that does not. Raises BlobUnavailable if it fails first."""
-    while blob.length is None and not blob.complete:
+    await blob.wait_until(
+        lambda: blob.length is not None or blob.complete or blob.error is not None
+    )
+    if blob.length is None and not blob.complete:
         blob.raise_if_failed()
-        await blob.wait_changed()
 
 
 async def pass_whole(reply: Reply, blob: Blob, headers: list[tuple[str, str]]) -> None:

@@ -88,8 +88,9 @@ class BlobStore:
         for folder in (root / "blobs", self.root, self.urls):
             private_folder(folder)
         self.settings = settings
-        # Downloads are started by `run`, which owns their nursery; `get` (synchronous,
-        # called by request handlers) only queues them.
+        # Downloads run in `run`'s nursery; `get` (synchronous, called by request
+        # handlers) starts them there, or queues them until `run` runs.
+        self._nursery: trio.Nursery | None = None
         self._starts_send, self._starts_recv = trio.open_memory_channel[
             tuple[Blob, str, tuple[tuple[str, str], ...]]
         ](math.inf)
@@ -296,7 +297,10 @@ class BlobStore:
         with contextlib.suppress(ValueError):
             blob.origin = origin_of(url).key
         self._map_of(blob)[blob.hex] = blob
-        self._starts_send.send_nowait((blob, url, headers))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._download, blob, url, headers)
+        else:  # (started once `run` runs)
+            self._starts_send.send_nowait((blob, url, headers))
         return blob
 
     def _map_of(self, blob: Blob) -> dict[str, Blob]:
@@ -320,9 +324,18 @@ class BlobStore:
                     nursery.start_soon(self._seed_again, blob, url)
             if self.settings.gc.quota is not None or self.settings.gc.ttl is not None:
                 nursery.start_soon(self._collect_garbage)
-            task_status.started()
-            async for blob, url, headers in self._starts_recv:
+            while True:  # (those asked for before it ran)
+                try:
+                    blob, url, headers = self._starts_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
                 nursery.start_soon(self._download, blob, url, headers)
+            self._nursery = nursery  # (from now on `get` starts them there itself)
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     def collect_garbage(self) -> list[str]:
         """Evict what the cache policy says should go now (a blob being read or still

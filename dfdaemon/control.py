@@ -295,12 +295,6 @@ class ControlApi:
         taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
         unwatched = trio.current_time() + UNWATCHED  # (both waits below, together)
         try:
-            if request.header("x-dfget-framed") == "1" and blob.length is None:
-                # A kept-alive dfget reads a length or a descriptor, never chunks: a
-                # download whose origin names no length is answered once it has one.
-                await _while_asked(
-                    reply, functools.partial(length_known, blob), unwatched_until=unwatched
-                )
             small = functools.partial(finished_small, blob, PASS_AT_MOST)
             if (
                 taking
@@ -308,7 +302,14 @@ class ControlApi:
                 and reply.can_pass_files  # (again: its user's other passes since the wait)
             ):
                 await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
-            elif not await send_whole(
+                return
+            if request.header("x-dfget-framed") == "1" and blob.length is None:
+                # A kept-alive dfget reads a length or a descriptor, never chunks: a
+                # download whose origin names no length is answered once it has one.
+                await _while_asked(
+                    reply, functools.partial(length_known, blob), unwatched_until=unwatched
+                )
+            if not await send_whole(
                 reply, blob, lambda: self._headers(blob, cached), sha256, announced
             ):
                 # Gone bad: dfget sees a short body and downloads itself; a sha256 blob

@@ -157,9 +157,18 @@ class Connection:
         if not self.passed:
             self.passed = True
             _passing.setdefault(self._user(), set()).add(self)
+        try:
+            sent = _sendmsg_now(self.stream.socket.fileno(), data, rights)
+        except STREAM_ERRORS as exc:
+            raise ClientGone(str(exc)) from exc
+        if sent == len(data):  # (most heads: at once, no pass through the scheduler)
+            assert self._eager is not None  # (a socket's)
+            await self._eager.ran_on()
+            return
         with self._progress() as watch:
             try:
-                sent = await self.stream.socket.sendmsg([data], rights)
+                if sent < 0:  # (not taken: the socket is full)
+                    sent = await self.stream.socket.sendmsg([data], rights)
             except STREAM_ERRORS as exc:
                 raise ClientGone(str(exc)) from exc
             if sent < len(data):
@@ -267,3 +276,19 @@ class Connection:
                 return
             else:
                 raise ClientGone(f"unexpected {type(event).__name__} in a request body")
+
+
+def _sendmsg_now(fd: int, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> int:
+    """`sendmsg` on the socket `fd` without waiting: the bytes it took, -1 if none (full,
+    or closed here: the caller then goes trio's way, which says why). The stdlib has
+    `sendmsg` only on socket objects: one is made around the descriptor, and detached
+    before it could close it."""
+    if fd < 0:
+        return -1
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+    try:
+        return sock.sendmsg([data], ancillary)
+    except BlockingIOError:
+        return -1
+    finally:
+        sock.detach()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from common.io import RateLimiter, unwrap_group
+from common.io import RateLimiter, threads, unwrap_group
 from common.urls import display_url
 from dfget.errors import (
     DownloadTimeout,
@@ -249,10 +249,10 @@ async def commit(out: AtomicOutput) -> None:
     """Rename the finished output into place. A durable one is published in a worker
     thread, its fsyncs and the rename together (the disk may take a while, and a
     daemon's folder is busy with other commits: the event loop serves others meanwhile)."""
-    if out.durable:
+    if out.durable and not out.published:  # (else published with its last piece)
         # (closed here, not in the thread: a reader may take a descriptor of it until
         # then, and a number closed meanwhile could be another file's)
-        await trio.to_thread.run_sync(out.publish)
+        await threads.run_sync(out.publish)
     out.commit()
 
 

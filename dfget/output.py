@@ -250,6 +250,11 @@ class AtomicOutput:
             raise OutputError(f"cannot rename onto {self.target}: {exc}") from exc
         self._published = True
 
+    @property
+    def published(self) -> bool:
+        """Whether it is renamed onto the target (`publish`)."""
+        return self._published
+
     def commit(self) -> None:
         """Publish the file (if not yet done) and close it."""
         if not self._published:

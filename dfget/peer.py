@@ -49,7 +49,7 @@ from dfget.output import AtomicOutput
 from dfget.pieces import PieceBook
 from dfget.progress import Progress
 from dfget.resume import take_local
-from dfget.transfers import IN_FLIGHT, Transfers, report
+from dfget.transfers import IN_FLIGHT, TASKS_TIMEOUT, Transfers, report
 from dfget.uploads import PieceServer, SharedTask
 from dfget.writer import PieceWriter
 from proto.admission import prove
@@ -61,6 +61,7 @@ from proto.messages import (
     TASKS_WITH_REGISTER,
     ErrorReply,
     KeepAlive,
+    Message,
     Outcome,
     PiecesHeld,
     PiecesReady,
@@ -244,14 +245,17 @@ class Attempt:
         try:
             with trio.move_on_at(self.deadline) as deadline, unwrap_group():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._follow, control, book)
-                    if transfers is None:
-                        nursery.start_soon(self._adopt, control, book)
-                    else:
-                        fetch = partial(self._fetch, control, book, writer, held, transfers)
-                        nursery.start_soon(partial(fetch, readers=nursery))
-                    while not book.complete:
-                        await book.wait_changed()
+                    if transfers is not None and self.wanted and not held:
+                        await self._first_answer(control, book, transfers, readers=nursery)
+                    if not book.complete:
+                        nursery.start_soon(self._follow, control, book)
+                        if transfers is None:
+                            nursery.start_soon(self._adopt, control, book)
+                        else:
+                            fetch = partial(self._fetch, control, book, writer, held, transfers)
+                            nursery.start_soon(partial(fetch, readers=nursery))
+                        while not book.complete:
+                            await book.wait_changed()
                     nursery.cancel_scope.cancel()
         finally:
             if transfers is not None:  # (a daemon's next download takes them on)
@@ -264,7 +268,7 @@ class Attempt:
             except trio.WouldBlock:
                 break
             await self._decline(control, book, late)
-        if deadline.cancelled_caught:
+        if deadline.cancelled_caught and not book.complete:  # (complete: done all the same)
             raise DownloadTimeout("the download did not finish within --timeout")
         writer.verify_whole()
         return book
@@ -378,29 +382,69 @@ class Attempt:
             return 0
         return 0 if self.out.may_resume() else IN_FLIGHT
 
+    async def _first_answer(
+        self,
+        control: ControlStream,
+        book: PieceBook,
+        transfers: Transfers,
+        *,
+        readers: trio.Nursery,
+    ) -> None:
+        """The session's news up to the answer to the Register's want, applied in this
+        task (a stored file's digests, its end and its tasks come in the Registered's
+        write: version 5). A file of one piece given one task is then fetched here
+        too: a small file's download needs none of the tasks a swarm's runs (one
+        following the session, one asking for tasks, one a transfer). Any other answer
+        goes to those, as if they had taken it."""
+        answer = None
+        with trio.move_on_after(TASKS_TIMEOUT):
+            while answer is None:
+                answer = self._news(book, (await control.receive()).message)
+        if answer is None:  # (as `Transfers.run` would: the next one, or the origin)
+            raise SupernodeUnavailable(
+                f"supernode {self.address} did not answer a piece-task request "
+                f"in {TASKS_TIMEOUT:.0f}s"
+            )
+        if book.piece_count == 1 and len(answer.tasks) == 1:
+            await transfers.fetch_alone(answer.tasks[0], readers=readers)
+        else:
+            self._replies_send.send_nowait(answer)
+
     async def _follow(self, control: ControlStream, book: PieceBook) -> None:
         """Apply the supernode's news to the book; hand piece-task answers over."""
         while True:
-            message = (await control.receive()).message
-            if isinstance(message, TaskFailed | ErrorReply):
-                raise reply_error(message.code, message.message, message.status)
-            if not isinstance(message, PiecesReady | TaskDone | PieceTasks):
-                raise SupernodeFailed(f"unexpected {message.TAG} on the control session")
-            if message.task_id != book.task_id or message.generation != book.generation:
-                raise SupernodeFailed("supernode reported on another task or generation")
+            answer = self._news(book, (await control.receive()).message)
+            if answer is None:
+                continue
+            if book.complete:
+                await self._decline(control, book, answer)
+                continue
             try:
-                if isinstance(message, PieceTasks) and book.complete:
-                    await self._decline(control, book, message)
-                elif isinstance(message, PieceTasks):
-                    self._replies_send.send_nowait(message)
-                elif isinstance(message, PiecesReady):
-                    book.add_ready(message.start, message.digests)
-                else:
-                    validators = (message.etag, message.last_modified)
-                    book.set_done(message.length, message.piece_count, validators)
-                    self.out.truncate(message.length)
-            except (ValueError, trio.WouldBlock) as exc:
+                self._replies_send.send_nowait(answer)
+            except trio.WouldBlock as exc:
                 raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
+
+    def _news(self, book: PieceBook, message: Message) -> PieceTasks | None:
+        """Apply one message of the supernode's about the task to the book; a piece-task
+        answer is returned, for the caller to hand over."""
+        if isinstance(message, TaskFailed | ErrorReply):
+            raise reply_error(message.code, message.message, message.status)
+        if not isinstance(message, PiecesReady | TaskDone | PieceTasks):
+            raise SupernodeFailed(f"unexpected {message.TAG} on the control session")
+        if message.task_id != book.task_id or message.generation != book.generation:
+            raise SupernodeFailed("supernode reported on another task or generation")
+        if isinstance(message, PieceTasks):
+            return message
+        try:
+            if isinstance(message, PiecesReady):
+                book.add_ready(message.start, message.digests)
+            else:
+                validators = (message.etag, message.last_modified)
+                book.set_done(message.length, message.piece_count, validators)
+                self.out.truncate(message.length)
+        except ValueError as exc:
+            raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
+        return None
 
     async def _decline(self, control: ControlStream, book: PieceBook, answer: PieceTasks) -> None:
         """A late answer to a request made before the last piece landed: report its tasks

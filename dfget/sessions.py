@@ -59,6 +59,7 @@ from dfget.peer import REGISTER_TIMEOUT, keep_alive
 from proto.errors import ConnectionLost, LocalProtoError, ProtoError, UnexpectedMessage
 from proto.frames import Frame
 from proto.io import FramedStream
+from proto.io.eager import RUN_ON
 from proto.messages import (
     ANSWERED_PROBES,
     SHARED_SESSIONS,
@@ -133,6 +134,7 @@ class _Session:
         self.heard_at = trio.current_time()  # the supernode's last frame
         self.probed_at = -math.inf  # the last Probe sent
         self.lines: dict[str, TaskLine] = {}
+        self.unregistered: set[TaskLine] = set()  # its lines without their Registered
         self.registering = trio.Semaphore(1)  # one Register in flight
         self.registrant: TaskLine | None = None
         # Tasks it left or is leaving (a Leave queued, or due once a Register is
@@ -172,7 +174,7 @@ class _Session:
 
     def answered(self) -> bool:
         """No Register in flight, none to come from a line on it: a new line's goes at once."""
-        return self.registrant is None and all(line.registered for line in self.lines.values())
+        return self.registrant is None and not self.unregistered
 
     def leave(self, task_id: str) -> None:
         """Have a Leave of `task_id` sent (by `_send_leaves`, in order)."""
@@ -348,6 +350,7 @@ class TaskLine:
         self.failed: ProtoError | None = None  # its Register given up (`_Session.retire`)
         self._awaiting = False  # a Register sent, its answer not yet taken
         self.asked_at = 0.0  # when its Register went
+        self._ran = 0  # messages in a row taken without waiting
 
     @property
     def welcome(self) -> Welcome | None:
@@ -376,6 +379,8 @@ class TaskLine:
             # Settled as it arrives, not as it is read: a download cancelled before it
             # reads its answer must not keep the session's turn.
             self.registered = isinstance(message, Registered)
+            if self.registered:
+                self.session.unregistered.discard(self)
             self.answered()
         with contextlib.suppress(trio.ClosedResourceError):  # (the session just ended)
             self.inbox_in.send_nowait(message)
@@ -415,22 +420,40 @@ class TaskLine:
         """Wait for the session's turn to register; raises once it retires."""
         session = self.session
         taken = False
-        with trio.CancelScope() as waiting:
-            session.turns.add(waiting)
+        if session.retired is None:
             try:
-                if session.retired is None:
-                    await session.registering.acquire()
-                    taken = True
-            finally:
-                session.turns.discard(waiting)
+                session.registering.acquire_nowait()  # (free: no pass through the scheduler)
+                taken = True
+            except trio.WouldBlock:
+                pass
+        if not taken:
+            with trio.CancelScope() as waiting:
+                session.turns.add(waiting)
+                try:
+                    if session.retired is None:
+                        await session.registering.acquire()
+                        taken = True
+                finally:
+                    session.turns.discard(waiting)
         if session.retired is not None:
             if taken:
                 session.registering.release()  # (the turn goes on: nobody uses it here)
             raise session.retired
 
     async def receive(self) -> Frame:
+        """The task's next message: one already in at once (news often comes several
+        to a write), letting the others run every RUN_ON of those in a row."""
         try:
-            message = await self._inbox.receive()
+            try:
+                message = self._inbox.receive_nowait()
+            except trio.WouldBlock:
+                self._ran = 0
+                message = await self._inbox.receive()
+            else:
+                self._ran += 1
+                if self._ran >= RUN_ON:
+                    self._ran = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # (taken: never lost)
         except trio.EndOfChannel:
             why = self.failed or self.session.broken
             assert why is not None
@@ -464,6 +487,7 @@ class TaskLine:
         self.closed = True
         if session.lines.get(self.task_id) is self:
             del session.lines[self.task_id]
+        session.unregistered.discard(self)
         self.inbox_in.close()
         if not session.lines and not session.kept_idle():
             session.end(ConnectionLost("the session carries no task", clean=True))
@@ -510,6 +534,7 @@ class Sessions:
         connection of its own."""
         session = await self._session_for((address, upload), task_id, within)
         line = session.lines[task_id] = TaskLine(session, task_id)
+        session.unregistered.add(line)
         try:
             with translate_errors(address):
                 yield line

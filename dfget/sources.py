@@ -206,6 +206,7 @@ class PiecePool:
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self._idle: dict[PoolKey, list[PieceConnection]] = {}
+        self._sweeping = False  # `_sweep` runs (while any connection is kept)
 
     def take(self, key: PoolKey) -> PieceConnection | None:
         """An idle connection for `key` (the one used last), or None."""
@@ -232,18 +233,27 @@ class PiecePool:
             return
         connection.framed.forget_spares()  # (an idle connection keeps no piece buffers)
         self._idle.setdefault(key, []).append(connection)
-        self.nursery.start_soon(self._expire, key, connection)
+        if not self._sweeping:
+            self._sweeping = True
+            self.nursery.start_soon(self._sweep)
 
-    async def _expire(self, key: PoolKey, connection: PieceConnection) -> None:
-        """Close `connection` once it is no longer fit to take, if it is still kept."""
-        assert connection.kept_at is not None  # (`put` keeps only such connections)
-        await trio.sleep_until(connection.kept_at + POOL_REST)
-        idle = self._idle.get(key, [])
-        if connection in idle and not connection.reusable(trio.current_time(), POOL_REST):
-            idle.remove(connection)
-            if not idle:
-                del self._idle[key]
-            await connection.close()
+    async def _sweep(self) -> None:
+        """Close each kept connection once it is no longer fit to take, for as long as
+        any is kept (one task for them all: a daemon's small files put one back a file)."""
+        try:
+            while self._idle:
+                now = trio.current_time()
+                for key, idle in list(self._idle.items()):
+                    for connection in [c for c in idle if not c.reusable(now, POOL_REST)]:
+                        idle.remove(connection)
+                        self.nursery.start_soon(connection.close)
+                    if not idle:
+                        del self._idle[key]
+                kept = [c.kept_at for idle in self._idle.values() for c in idle]
+                if kept:  # (`put` keeps only connections with a `kept_at`)
+                    await trio.sleep_until(min(at for at in kept if at is not None) + POOL_REST)
+        finally:
+            self._sweeping = False
 
     def count(self) -> int:
         """Idle connections kept."""
@@ -273,35 +283,45 @@ class PieceConnections:
 
     async def get(self, address: str, *, nursery: trio.Nursery) -> PieceConnection:
         lock = self._opening.setdefault(address, trio.Lock())
-        async with lock:
-            connection = self._connections.get(address)
-            if connection is not None and connection.broken is None:
-                if not connection.framed.can_send:
-                    # A request was cut short on it (a transfer cancelled mid-send): no
-                    # more may go, but the answers it owes still come; a new one, then,
-                    # not a transfer failed and blamed on the uploader.
-                    pass
-                elif connection.idle_for(trio.current_time()) <= self.max_idle:
-                    return connection
-                else:
-                    await connection.close()  # the uploader may be closing it: afresh
-            if self.pool is not None:
-                kept = self.pool.take((address, self.peer_id, self.max_payload))
-                if kept is not None:
-                    self._connections[address] = kept
-                    return kept
-            try:
-                framed = await connect_stream(
-                    address, peer_id=self.peer_id, max_payload=self.max_payload
-                )
-            except Exception as exc:  # unreachable, handshake refused: all the same here
-                raise SourceLost(f"cannot reach {address}: {exc}") from exc
-            connection = self._connections[address] = PieceConnection(framed, address)
-            if self.pool is None:
-                nursery.start_soon(connection.read_answers, self.max_idle)
+        try:
+            lock.acquire_nowait()  # (free: no pass through the scheduler)
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            return await self._get(address, nursery)
+        finally:
+            lock.release()
+
+    async def _get(self, address: str, nursery: trio.Nursery) -> PieceConnection:
+        """`get`, its address's lock held."""
+        connection = self._connections.get(address)
+        if connection is not None and connection.broken is None:
+            if not connection.framed.can_send:
+                # A request was cut short on it (a transfer cancelled mid-send): no
+                # more may go, but the answers it owes still come; a new one, then,
+                # not a transfer failed and blamed on the uploader.
+                pass
+            elif connection.idle_for(trio.current_time()) <= self.max_idle:
+                return connection
             else:
-                self.pool.nursery.start_soon(self.pool.read, connection, self.max_idle)
-            return connection
+                await connection.close()  # the uploader may be closing it: afresh
+        if self.pool is not None:
+            kept = self.pool.take((address, self.peer_id, self.max_payload))
+            if kept is not None:
+                self._connections[address] = kept
+                return kept
+        try:
+            framed = await connect_stream(
+                address, peer_id=self.peer_id, max_payload=self.max_payload
+            )
+        except Exception as exc:  # unreachable, handshake refused: all the same here
+            raise SourceLost(f"cannot reach {address}: {exc}") from exc
+        connection = self._connections[address] = PieceConnection(framed, address)
+        if self.pool is None:
+            nursery.start_soon(connection.read_answers, self.max_idle)
+        else:
+            self.pool.nursery.start_soon(self.pool.read, connection, self.max_idle)
+        return connection
 
     def release(self) -> None:
         """The task is done with its connections: with a pool, each goes back to it

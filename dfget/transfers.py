@@ -17,7 +17,7 @@ from functools import partial
 
 import trio
 
-from common.io import RateLimiter
+from common.io import RateLimiter, threads
 from dfget.connect import ControlStream
 from dfget.errors import SupernodeUnavailable
 from dfget.outcomes import TRANSFER_ERRORS, transfer_end
@@ -50,6 +50,7 @@ NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
 # file's one piece from the CDN in a few milliseconds, and asking costs two frames and
 # a scheduler pass).
 ENDGAME_AFTER = 0.05
+REPORT_WITHIN = 5.0  # seconds a piece's report may take to go
 
 
 class Transfers:
@@ -134,6 +135,16 @@ class Transfers:
                         await book.wait_changed()
             transfers.cancel_scope.cancel()
 
+    async def fetch_alone(self, task: PieceTask, *, readers: trio.Nursery) -> None:
+        """The transfer of `task`, the answer to the Register's want, in the caller's
+        own task (a one-piece file: `dfget.peer.Attempt._first_answer`); reported as
+        any. If it fails and the download goes on, `run` asks for tasks anew."""
+        self._asked = False  # (its answer is this one)
+        scope = trio.CancelScope()
+        self._running.setdefault(task[0], []).append(scope)
+        self._last_start = trio.current_time()
+        await self._transfer(task, scope, readers=readers)
+
     def _endgame_in(self) -> float:
         """Seconds until a piece-task request may be made, if every missing piece is in
         flight (only a second source could be given); 0 if there is anything else to
@@ -206,9 +217,12 @@ class Transfers:
             connection.recycle(frame.payload)
             return 0
         scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
+        store = self.writer.store_piece
+        if self.writer.output.durable and len(book.written) + 1 == book.piece_count:
+            store = self.writer.store_last_piece  # (its publish in the same thread)
         try:
-            size: int = await trio.to_thread.run_sync(
-                self.writer.store_piece, index, frame.payload, book.digests[index], scratch
+            size: int = await threads.run_sync(
+                store, index, frame.payload, book.digests[index], scratch
             )
         finally:
             self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
@@ -232,7 +246,9 @@ async def report(
 ) -> None:
     """Send one PieceResult, even from a cancelled task; a broken session is left to
     the session's reader to notice (it raises there)."""
-    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(ProtoError):
+    # (one scope, shielded from the download's cancellation and bounded on its own)
+    deadline = trio.current_time() + REPORT_WITHIN
+    with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(ProtoError):
         await control.send(
             PieceResult(
                 task_id=book.task_id,

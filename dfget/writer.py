@@ -47,6 +47,23 @@ class PieceWriter:
             self._hash_in_order(index, plain)
         return len(plain)
 
+    def store_last_piece(
+        self, index: int, sealed: bytearray, expected: bytes, scratch: bytearray
+    ) -> int:
+        """`store_piece` for the piece that completes the file, which is then published
+        (`AtomicOutput.publish`: a durable one fsynced and renamed into place) in the
+        same worker thread, if it is whole (the digest named, if any, matches): a small
+        file takes one pass through a thread, not two. Published once, whichever of two
+        copies of the piece (the endgame's) gets here first."""
+        size = self.store_piece(index, sealed, expected, scratch)
+        with self._lock:
+            if self.output.published or self._on_disk:
+                return size
+            if self._hasher is not None and not digest_matches(self.digest or "", self._hasher):
+                return size  # (`verify_whole` says so, after the download)
+            self.output.publish()
+        return size
+
     def stored_locally(self, index: int, plain: bytes) -> None:
         """Piece `index` was in the file already, and matches its digest (a resumed
         download, `dfget.resume`): readers may have it, and the whole-file hash takes it."""

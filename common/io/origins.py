@@ -46,6 +46,9 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     without repeats (an IP literal is its own answer, without a DNS query). A name no
     resolver can be asked (`.`, an empty or 64-character label: IDNA refuses it) is
     an OSError, as one that does not resolve."""
+    literal = numeric_address(host)
+    if literal is not None:  # (as getaddrinfo would answer, less its pass through the scheduler)
+        return [literal]
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except UnicodeError as exc:

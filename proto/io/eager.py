@@ -45,9 +45,11 @@ class Eager:
         return data
 
     async def read_into(self, view: memoryview) -> int:
-        """`read` into `view`: the count of bytes read (0 at the socket's end)."""
+        """`read` into `view`, sized to what is due (a payload's rest): the count of
+        bytes read (0 at the socket's end). Filling it says nothing of more waiting
+        behind: the read of the next frame's head does (`read`)."""
         count = await self._when_ready(lambda fd: os.readv(fd, [view]))
-        await self.ran_on(full=count == len(view))
+        await self.ran_on()
         return count
 
     async def _when_ready(self, read: Callable[[int], T]) -> T:
