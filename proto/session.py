@@ -110,6 +110,18 @@ OPEN_SENDS: dict[Side, frozenset[type[Message]]] = {
 }
 
 _OTHER = {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}
+# What an open session sends and receives without a change of state, by side and way:
+# most frames of a session, checked by one set lookup (hashing the enums of a
+# transition's key costs a Python call each).
+_STAYS_OPEN = {
+    (side, direction): frozenset(
+        kind
+        for kind in OPEN_SENDS[side if direction == SEND else _OTHER[side]]
+        if (side, State.OPEN, direction, kind) not in TRANSITIONS
+    )
+    for side in Side
+    for direction in (SEND, RECV)
+}
 
 
 def agreed_version(hello: Hello, oldest: int = 1) -> int:
@@ -170,6 +182,7 @@ class Session:
     def __init__(self, side: Side, decoder: FrameDecoder | None = None) -> None:
         self.side = side
         self.state = State.START
+        self._stays_open = {way: _STAYS_OPEN[side, way] for way in (SEND, RECV)}
         if decoder is None:
             decoder = server_decoder() if side is Side.SERVER else FrameDecoder()
         self.decoder = decoder
@@ -188,6 +201,8 @@ class Session:
         return self._sealer is not None
 
     def _step(self, direction: str, message: Message) -> None:
+        if self.state is State.OPEN and type(message) in self._stays_open[direction]:
+            return
         side = self.side
         key = (side, self.state, direction, type(message))
         if key in TRANSITIONS:
