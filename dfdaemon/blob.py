@@ -78,7 +78,11 @@ class Blob:
         if self._until:
             waiting, self._until = self._until, []
             for entry in waiting:
-                if entry[0]():
+                try:
+                    holds = entry[0]()
+                except Exception:  # (not one of ours: woken, to find out for itself)
+                    holds = True
+                if holds:
                     entry[1].set()
                 else:
                     self._until.append(entry)

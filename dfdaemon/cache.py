@@ -19,6 +19,7 @@ cached file whole once before a part of it is served (`verify`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -91,6 +92,7 @@ class BlobStore:
         # Downloads run in `run`'s nursery; `get` (synchronous, called by request
         # handlers) starts them there, or queues them until `run` runs.
         self._nursery: trio.Nursery | None = None
+        self._context = contextvars.copy_context()
         self._starts_send, self._starts_recv = trio.open_memory_channel[
             tuple[Blob, str, tuple[tuple[str, str], ...]]
         ](math.inf)
@@ -297,8 +299,8 @@ class BlobStore:
         with contextlib.suppress(ValueError):
             blob.origin = origin_of(url).key
         self._map_of(blob)[blob.hex] = blob
-        if self._nursery is not None:
-            self._nursery.start_soon(self._download, blob, url, headers)
+        if self._nursery is not None:  # (in `run`'s context, not this requester's)
+            self._context.copy().run(self._nursery.start_soon, self._download, blob, url, headers)
         else:  # (started once `run` runs)
             self._starts_send.send_nowait((blob, url, headers))
         return blob
@@ -331,6 +333,7 @@ class BlobStore:
                     break
                 nursery.start_soon(self._download, blob, url, headers)
             self._nursery = nursery  # (from now on `get` starts them there itself)
+            self._context = contextvars.copy_context()
             try:
                 task_status.started()
                 await trio.sleep_forever()

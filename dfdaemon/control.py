@@ -294,21 +294,31 @@ class ControlApi:
         taking = request.header("x-dfget-take-file") == "1" and reply.can_pass_files
         taking = taking and sha256 is None  # (a sha256 blob is hashed as it is sent)
         unwatched = trio.current_time() + UNWATCHED  # (both waits below, together)
-        try:
+
+        async def passed() -> bool:
+            """The file passed, if dfget takes one and it is (or turns out) small."""
             small = functools.partial(finished_small, blob, PASS_AT_MOST)
-            if (
+            if not (
                 taking
                 and (blob.complete or await _while_asked(reply, small, unwatched_until=unwatched))
                 and reply.can_pass_files  # (again: its user's other passes since the wait)
             ):
-                await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
+                return False
+            await pass_whole(reply, blob, self._headers(blob, cached, passed=True))
+            return True
+
+        try:
+            if await passed():
                 return
             if request.header("x-dfget-framed") == "1" and blob.length is None:
                 # A kept-alive dfget reads a length or a descriptor, never chunks: a
-                # download whose origin names no length is answered once it has one.
+                # download whose origin names no length is answered once it has one
+                # (its end, or the supernode's: the file may be small after all).
                 await _while_asked(
                     reply, functools.partial(length_known, blob), unwatched_until=unwatched
                 )
+                if await passed():
+                    return
             if not await send_whole(
                 reply, blob, lambda: self._headers(blob, cached), sha256, announced
             ):

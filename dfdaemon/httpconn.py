@@ -157,6 +157,7 @@ class Connection:
         if not self.passed:
             self.passed = True
             _passing.setdefault(self._user(), set()).add(self)
+        await trio.lowlevel.checkpoint_if_cancelled()  # (as trio's sendmsg would)
         try:
             sent = _sendmsg_now(self.stream.socket.fileno(), data, rights)
         except STREAM_ERRORS as exc:
@@ -285,10 +286,13 @@ def _sendmsg_now(fd: int, data: bytes, ancillary: list[tuple[int, int, bytes]]) 
     before it could close it."""
     if fd < 0:
         return -1
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+    sock = None
     try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+        sock.settimeout(0)  # (whatever the process's default: never a wait here)
         return sock.sendmsg([data], ancillary)
     except BlockingIOError:
         return -1
     finally:
-        sock.detach()
+        if sock is not None:
+            sock.detach()

@@ -12,15 +12,19 @@ from __future__ import annotations
 import array
 import contextvars
 import hashlib
+import json
 import os
+import re
 import socket
+import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import trio
-from conftest import Fetch, StartSupernode
+from conftest import Fetch, StartDaemon, StartSupernode, beside, until
 
 import dfget.sources
 from common.io import threads
@@ -293,7 +297,6 @@ async def test_run_sync_is_cancelled_only_once_its_thread_returns() -> None:
     finished = []
 
     def slow() -> None:
-        import time
 
         time.sleep(0.2)
         finished.append(True)
@@ -364,6 +367,67 @@ async def test_a_wait_given_up_leaves_no_condition_behind(tmp_path: Path) -> Non
     await length_known(one)  # (holds already: at once)
 
 
+# -- the daemon's answer to a framed dfget
+
+
+def ask_framed_take(sock_path: Path, url: str) -> tuple[bytes, list[int]]:
+    body = json.dumps({"url": url}).encode()
+    head = (
+        f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n"
+        "X-Dfget-Take-File: 1\r\nX-Dfget-Framed: 1\r\n\r\n"
+    )
+    fds: list[int] = []
+    answer = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(str(sock_path))
+        sock.sendall(head.encode() + body)
+        while True:
+            data, anc, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16))
+            for _, _, payload in anc:
+                fds += array.array("i", payload[: len(payload) - len(payload) % 4])
+            if not data:
+                return answer, fds
+            answer += data
+            top, sep, rest = answer.partition(b"\r\n\r\n")
+            if sep:
+                m = re.search(rb"(?i)content-length: *(\d+)", top)
+                if fds or (m and len(rest) >= int(m.group(1))):
+                    return answer, fds
+
+
+async def test_a_file_without_a_length_still_goes_as_a_descriptor_to_a_framed_dfget(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+) -> None:
+    # `dfget -r` asks for a descriptor and a length (framed): an origin that names no
+    # length has one once the file is complete, and the file is passed then, not sent
+    # through the socket (found by review: the waits' new order sent its bytes).
+    gate = trio.Event()
+    data = os.urandom(6 * MiB)
+    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = origin.url("/chunked.bin")
+    asked = beside(
+        nursery, partial(trio.to_thread.run_sync, ask_framed_take, daemon.socket_path, url)
+    )
+    blobs = daemon.blobs
+    assert blobs is not None
+    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
+    gate.set()
+    answer, fds = await asked.result()
+    _, _, body = answer.partition(b"\r\n\r\n")
+    try:
+        assert len(fds) == 1 and body == b"", (len(fds), len(body))
+        assert os.pread(fds[0], len(data) + 1, 0) == data
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 # -- the descriptor passed at once -----------------------------------------------------------
 
 
@@ -387,6 +451,14 @@ def test_a_descriptor_goes_at_once_and_the_socket_stays_ours(tmp_path: Path) -> 
                 ours.send(b"x" * 65536)
         assert _sendmsg_now(ours.fileno(), b"head", rights) == -1
         os.fstat(ours.fileno())
+        # Never a wait, whatever the process's default timeout (found by review).
+        socket.setdefaulttimeout(2)
+        try:
+            started = time.monotonic()
+            assert _sendmsg_now(ours.fileno(), b"head", rights) == -1
+            assert time.monotonic() - started < 0.5
+        finally:
+            socket.setdefaulttimeout(None)
         assert _sendmsg_now(-1, b"head", rights) == -1  # (closed here)
     finally:
         os.close(fd)
