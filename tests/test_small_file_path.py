@@ -297,7 +297,6 @@ async def test_run_sync_is_cancelled_only_once_its_thread_returns() -> None:
     finished = []
 
     def slow() -> None:
-
         time.sleep(0.2)
         finished.append(True)
 
