@@ -284,13 +284,12 @@ def _sendmsg_now(fd: int, data: bytes, ancillary: list[tuple[int, int, bytes]]) 
     or closed here: the caller then goes trio's way, which says why). The stdlib has
     `sendmsg` only on socket objects: one is made around the descriptor, and detached
     before it could close it."""
-    if fd < 0:
-        return -1
+    if fd < 0 or socket.getdefaulttimeout() is not None:
+        return -1  # (a default timeout would have the stand-in wait for the socket)
     sock = None
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
-        sock.settimeout(0)  # (whatever the process's default: never a wait here)
-        return sock.sendmsg([data], ancillary)
+        return sock.sendmsg([data], ancillary)  # (`fd` is non-blocking: never a wait)
     except BlockingIOError:
         return -1
     finally:

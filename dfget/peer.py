@@ -151,14 +151,25 @@ class Attempt:
         on_complete: Callable[[PieceBook], Awaitable[None]],
     ) -> PieceBook:
         async with self._control(port) as control:
+            if not isinstance(control, FramedStream):  # (a shared session keeps itself alive)
+                return await self._attempt(control, server, port, on_complete)
             with unwrap_group():
                 async with trio.open_nursery() as nursery:
-                    if isinstance(control, FramedStream):  # (a shared one keeps itself)
-                        nursery.start_soon(keep_alive, control)
-                    book = await self._download(control, server, port)
-                    await on_complete(book)
-                    await self._seed(control, book)
+                    nursery.start_soon(keep_alive, control)
+                    book = await self._attempt(control, server, port, on_complete)
                     nursery.cancel_scope.cancel()
+        return book
+
+    async def _attempt(
+        self,
+        control: ControlStream,
+        server: PieceServer,
+        port: int,
+        on_complete: Callable[[PieceBook], Awaitable[None]],
+    ) -> PieceBook:
+        book = await self._download(control, server, port)
+        await on_complete(book)
+        await self._seed(control, book)
         return book
 
     def _control(self, port: int) -> AbstractAsyncContextManager[ControlStream]:
@@ -242,21 +253,28 @@ class Attempt:
                 pool=self.options.pieces,
                 asked=self.wanted > 0,  # (the answer to its Register's want is coming)
             )
+        first = transfers if self.wanted and not held else None  # (`_first_answer`)
+        pool = None if first is None else first.connections.pool
         try:
             with trio.move_on_at(self.deadline) as deadline, unwrap_group():
-                async with trio.open_nursery() as nursery:
-                    if transfers is not None and self.wanted and not held:
-                        await self._first_answer(control, book, transfers, readers=nursery)
-                    if not book.complete:
-                        nursery.start_soon(self._follow, control, book)
-                        if transfers is None:
-                            nursery.start_soon(self._adopt, control, book)
-                        else:
-                            fetch = partial(self._fetch, control, book, writer, held, transfers)
-                            nursery.start_soon(partial(fetch, readers=nursery))
-                        while not book.complete:
-                            await book.wait_changed()
-                    nursery.cancel_scope.cancel()
+                if first is not None and pool is not None:
+                    # (its connections' readers run in the pool's nursery: no nursery here,
+                    # whose end would cost a small file one more pass)
+                    await self._first_answer(control, book, first, readers=pool.nursery)
+                if not book.complete:
+                    async with trio.open_nursery() as nursery:
+                        if first is not None and pool is None:
+                            await self._first_answer(control, book, first, readers=nursery)
+                        if not book.complete:
+                            nursery.start_soon(self._follow, control, book)
+                            if transfers is None:
+                                nursery.start_soon(self._adopt, control, book)
+                            else:
+                                fetch = partial(self._fetch, control, book, writer, held, transfers)
+                                nursery.start_soon(partial(fetch, readers=nursery))
+                            while not book.complete:
+                                await book.wait_changed()
+                        nursery.cancel_scope.cancel()
         finally:
             if transfers is not None:  # (a daemon's next download takes them on)
                 transfers.connections.release()
@@ -456,26 +474,36 @@ class Attempt:
 
     async def _seed(self, control: ControlStream, book: PieceBook) -> None:
         """With --seed-for, keep serving (and the session open) for that long."""
-        if self.options.seed_for <= 0:
+        seed_for = self.options.seed_for
+        if seed_for <= 0:
             return
-        if math.isfinite(self.options.seed_for):  # (a daemon's downloads seed for good)
-            log.info("seeding for %gs", self.options.seed_for)
+        if math.isfinite(seed_for):
+            log.info("seeding for %gs", seed_for)
+        elif not self.options.signals_end_seeding:  # (a daemon's downloads: for good)
+            await self._seeding(control, book)
+            return
         with (
-            trio.move_on_after(self.options.seed_for),
+            trio.move_on_after(seed_for),
             _ended_by_signals(self.options.signals_end_seeding) as signalled,
         ):
-            try:
-                with translate_errors(self.address), unwrap_group():
-                    if signalled is None:
-                        await self._follow(control, book)
-                        return
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(
-                            _cancel_on_signal, signalled, nursery.cancel_scope, "seeding stopped"
-                        )
-                        await self._follow(control, book)
-            except DfgetError as exc:  # the download is done: seeding just ends
-                log.warning("seeding stopped: %s", exc)
+            if signalled is None:
+                await self._seeding(control, book)
+                return
+            with unwrap_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        _cancel_on_signal, signalled, nursery.cancel_scope, "seeding stopped"
+                    )
+                    await self._seeding(control, book)
+
+    async def _seeding(self, control: ControlStream, book: PieceBook) -> None:
+        """Follow the session while seeding, until it ends (seeding just ends then: the
+        download is done)."""
+        try:
+            with translate_errors(self.address):
+                await self._follow(control, book)
+        except DfgetError as exc:
+            log.warning("seeding stopped: %s", exc)
 
 
 def upload_server(options: PeerOptions) -> PieceServer:

@@ -39,9 +39,12 @@ MAX_IDLE = 30.0  # seconds a connection may rest before it is replaced instead o
 # Idle connections a pool keeps: in all, and to one uploader (a daemon's downloads run
 # a few at a time: `dfget -r` four, a pull a layer each); each at most POOL_REST seconds
 # (an idle one holds one of the uploader's connections, and the CDN's piece files it
-# used last: see supernode/cdn/uploads.py).
+# used last: see supernode/cdn/uploads.py). A connection serves one peer id, and a
+# daemon's downloads go out under its sessions' (up to SESSIONS_PER_SUPERNODE, 8, to a
+# supernode): with room for four, a fresh daemon's small files opened a connection for
+# one in four (46 for 200 files), with room for eight 13.
 POOLED = 32
-POOLED_PER_ADDRESS = 4
+POOLED_PER_ADDRESS = 8
 POOL_REST = 10.0
 # Refusals after which an uploader does not count the session as in use (it closes it
 # on its idle deadline as if nothing had been asked).
