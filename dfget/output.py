@@ -58,6 +58,7 @@ class AtomicOutput:
         self._layout: tuple[int, int] | None = None
         self._stored: set[int] = set()
         self._published = False  # renamed onto the target (`publish`)
+        self._committed = False  # and closed (`commit`)
         # Times what was written stopped counting (`reset`, another layout): a reader
         # that took bytes before must not take the new ones after them.
         self.resets = 0
@@ -100,6 +101,10 @@ class AtomicOutput:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._close()
+        if kind is not None and self._published and not self._committed:
+            # Published with its last piece, then the download failed (cancelled): the
+            # output appears whole and committed, or not at all.
+            self.target.unlink(missing_ok=True)
         if kind is not None or self.temp.exists():
             # Still here: not committed (an error, a cancel, or the caller forgot).
             self.temp.unlink(missing_ok=True)
@@ -260,6 +265,7 @@ class AtomicOutput:
         if not self._published:
             self.publish()
         self._close()
+        self._committed = True
 
 
 class ExistingOutput(AtomicOutput):

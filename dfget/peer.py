@@ -416,14 +416,16 @@ class Attempt:
         goes to those, as if they had taken it."""
         answer = None
         with trio.move_on_after(TASKS_TIMEOUT):
-            while answer is None:
+            while answer is None and not book.complete:  # (an empty file: complete at once)
                 answer = self._news(book, (await control.receive()).message)
+        if book.complete:  # (the answer, held for news that will not come, is declined)
+            return
         if answer is None:  # (as `Transfers.run` would: the next one, or the origin)
             raise SupernodeUnavailable(
                 f"supernode {self.address} did not answer a piece-task request "
                 f"in {TASKS_TIMEOUT:.0f}s"
             )
-        if book.piece_count == 1 and len(answer.tasks) == 1:
+        if book.piece_count == 1 and [task[0] for task in answer.tasks] == [0]:
             await transfers.fetch_alone(answer.tasks[0], readers=readers)
         else:
             self._replies_send.send_nowait(answer)

@@ -443,6 +443,7 @@ class TaskLine:
     async def receive(self) -> Frame:
         """The task's next message: one already in at once (news often comes several
         to a write), letting the others run every RUN_ON of those in a row."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # (as the channel's receive would)
         try:
             try:
                 message = self._inbox.receive_nowait()

@@ -143,7 +143,7 @@ class Transfers:
         scope = trio.CancelScope()
         self._running.setdefault(task[0], []).append(scope)
         self._last_start = trio.current_time()
-        await self._transfer(task, scope, readers=readers)
+        await self._transfer(task, scope, readers=readers, alone=True)
 
     def _endgame_in(self) -> float:
         """Seconds until a piece-task request may be made, if every missing piece is in
@@ -158,7 +158,12 @@ class Transfers:
         return max(0.0, self._last_start + ENDGAME_AFTER - trio.current_time())
 
     async def _transfer(
-        self, task: PieceTask, scope: trio.CancelScope, *, readers: trio.Nursery
+        self,
+        task: PieceTask,
+        scope: trio.CancelScope,
+        *,
+        readers: trio.Nursery,
+        alone: bool = False,
     ) -> None:
         book = self.book
         index, source, _, _, _ = task
@@ -167,7 +172,7 @@ class Transfers:
         outcome, size = Outcome.CANCELLED, 0
         try:
             with scope:
-                size = await self._fetch(task, readers=readers)
+                size = await self._fetch(task, readers=readers, alone=alone)
                 outcome = Outcome.DONE
         except TRANSFER_ERRORS as exc:
             end = transfer_end(
@@ -197,8 +202,12 @@ class Transfers:
             seconds = max(0.0, trio.current_time() - started)
             await report(self.control, book, index, source, outcome, size, seconds)
 
-    async def _fetch(self, task: PieceTask, *, readers: trio.Nursery) -> int:
-        """Fetch, verify and write one piece; its plaintext length (0 if already held)."""
+    async def _fetch(self, task: PieceTask, *, readers: trio.Nursery, alone: bool = False) -> int:
+        """Fetch, verify and write one piece; its plaintext length (0 if already held).
+        `alone`: the download's only transfer, in its own task (`fetch_alone`): the piece
+        that completes a durable output is stored and the file published in one worker
+        thread (nothing else of the download runs that could fail meanwhile; on the
+        general way a failing task, a failover or a fallback would find it published)."""
         book = self.book
         index, source, host, port, ticket = task
         while index >= len(book.digests):  # its PiecesReady is on its way
@@ -218,7 +227,7 @@ class Transfers:
             return 0
         scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
         store = self.writer.store_piece
-        if self.writer.output.durable and len(book.written) + 1 == book.piece_count:
+        if alone and self.writer.output.durable and len(book.written) + 1 == book.piece_count:
             store = self.writer.store_last_piece  # (its publish in the same thread)
         try:
             size: int = await threads.run_sync(

@@ -9,9 +9,10 @@ memory, pieces that landed ahead of it are read back when the cursor gets there.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
-from dfget.errors import IntegrityError
+from dfget.errors import IntegrityError, OutputError
 from dfget.output import AtomicOutput
 from proto.digests import Hasher, digest_matches, new_hasher
 from proto.errors import PieceCorrupted
@@ -61,7 +62,8 @@ class PieceWriter:
                 return size
             if self._hasher is not None and not digest_matches(self.digest or "", self._hasher):
                 return size  # (`verify_whole` says so, after the download)
-            self.output.publish()
+            with contextlib.suppress(OutputError):  # (the commit tries again, and says why)
+                self.output.publish()
         return size
 
     def stored_locally(self, index: int, plain: bytes) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -26,13 +27,14 @@ import pytest
 import trio
 from conftest import Fetch, StartDaemon, StartSupernode, beside, until
 
+import dfget.peer
 import dfget.sources
 from common.io import threads
 from dfdaemon.blob import Blob
 from dfdaemon.bodies import finished_small, length_known
 from dfdaemon.httpconn import _sendmsg_now
 from dfget.engine import download
-from dfget.errors import IntegrityError
+from dfget.errors import IntegrityError, SupernodeUnavailable
 from dfget.options import PeerOptions
 from dfget.output import AtomicOutput
 from dfget.request import DownloadRequest
@@ -42,6 +44,7 @@ from dfget.writer import PieceWriter
 from proto.io.eager import RUN_ON
 from proto.messages import KeepAlive, PieceRequest
 from proto.pieces import MiB, PieceSealer, piece_digest
+from supernode.peers.control import LONG_POLL
 from testkit.origin import FakeOrigin
 
 GENERAL_WAY = ("Attempt._follow", "Attempt._fetch", "Transfers._transfer")  # tasks spawned
@@ -119,6 +122,129 @@ async def test_a_first_transfer_that_fails_goes_on_the_general_way(
 
 
 # -- the last piece stored and the file published in one thread -------------------------
+
+
+def slow_after_publish(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The last piece's thread renames the file, then takes a while (sync_folder on a
+    busy disk) before it returns."""
+    published = threading.Event()
+    real = PieceWriter.store_last_piece
+
+    def store_last_piece(self: PieceWriter, *args: Any) -> int:
+        size = real(self, *args)
+        if self.output.published:
+            published.set()
+            time.sleep(0.5)
+        return size
+
+    monkeypatch.setattr(PieceWriter, "store_last_piece", store_last_piece)
+    return published
+
+
+def session_lost_when(published: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control session breaks (the supernode restarts) while that thread runs: what
+    `_follow` raises then (ConnectionLost, translated)."""
+    real = dfget.peer.Attempt._follow
+    lost: list[bool] = []
+
+    async def _follow(self: Any, control: Any, book: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(real, self, control, book)
+            while not published.is_set() or lost:  # noqa: ASYNC110 (a worker thread's event)
+                await trio.sleep(0.001)
+            lost.append(True)
+            raise SupernodeUnavailable("supernode lost (simulated)")
+
+    monkeypatch.setattr(dfget.peer.Attempt, "_follow", _follow)
+
+
+def last_piece_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fetch = dfget.sources.PieceConnection.fetch
+
+    async def fetch_piece(self: Any, request: Any) -> Any:
+        if request.index == 2:  # the last to land (a slower source)
+            await trio.sleep(0.2)
+        return await real_fetch(self, request)
+
+    monkeypatch.setattr(dfget.sources.PieceConnection, "fetch", fetch_piece)
+
+
+@pytest.mark.parametrize("back_source", [False, True])
+async def test_a_download_of_many_pieces_publishes_nothing_before_it_succeeds(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    back_source: bool,
+) -> None:
+    # On the general way another task can fail while the last piece is stored (its
+    # session lost): the output must still be a temp file then, or not there at all,
+    # never a published file truncated for the fallback (found by review).
+    data = os.urandom(3 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode()
+    await fetch(origin.url("/f.bin"), node)  # on the CDN
+    published = slow_after_publish(monkeypatch)
+    session_lost_when(published, monkeypatch)
+    last_piece_slower(monkeypatch)
+    target = tmp_path / "cache" / "blob"
+    target.parent.mkdir()
+    request = DownloadRequest(
+        url=origin.url("/f.bin"),
+        output=target,
+        supernodes=(node.address,),
+        back_source=back_source,
+        peer=PeerOptions(listen=("127.0.0.1", 0)),
+    )
+    sizes_seen = []
+    error: BaseException | None = None
+    with AtomicOutput(target, durable=True) as out:
+        real_truncate = out.truncate
+
+        def truncate(length: int) -> None:
+            real_truncate(length)
+            sizes_seen.append((length, target.exists() and target.stat().st_size))
+
+        out.truncate = truncate  # type: ignore[method-assign]
+        try:
+            with trio.fail_after(20):
+                await download(request, output=out)
+        except Exception as exc:
+            error = exc
+    assert error is None or not target.exists(), "a failed download left its file published"
+    assert (0, 0) not in sizes_seen, "the published file was truncated in place"
+    if error is None:
+        assert target.read_bytes() == data
+
+
+async def test_a_published_output_whose_download_fails_is_not_left_in_place(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "blob"
+    with pytest.raises(KeyError), AtomicOutput(target, durable=True) as out:
+        out.write_at(0, b"bytes")
+        out.publish()
+        raise KeyError("cancelled before its commit")
+    assert not target.exists() and not out.temp.exists()
+    with AtomicOutput(target, durable=True) as out:
+        out.write_at(0, b"bytes")
+        out.publish()
+        out.commit()
+    assert target.read_bytes() == b"bytes"
+
+
+async def test_an_empty_file_does_not_wait_for_the_answer_to_its_want(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
+) -> None:
+    # Complete at its Registered: the answer to its want is held for news that never
+    # comes (LONG_POLL), and the download must not wait for it (found by review).
+    origin.add("/empty.bin", b"")
+    node = await start_supernode()
+    for _ in range(2):  # cold, then stored
+        with trio.fail_after(LONG_POLL / 2):
+            result = await fetch(origin.url("/empty.bin"), node)
+        assert Path(result.output).read_bytes() == b"" and result.pieces == 0
 
 
 async def test_a_one_piece_file_into_a_durable_output_takes_one_worker_thread(
@@ -492,3 +618,17 @@ async def test_news_already_in_is_taken_at_once_yet_others_run() -> None:
         nursery.cancel_scope.cancel()
     # Not once a message (that is the pass it saves), but every RUN_ON of them.
     assert count // RUN_ON - 1 <= ran <= count // RUN_ON + 1, ran
+
+
+async def test_a_cancelled_receive_with_news_in_raises() -> None:
+    # As trio's own receive: a cancelled download takes no more news (a supernode
+    # keeping its inbox full would keep it going: found by review).
+    session = _Session(("sn", (0, 0)), "peer", cast(Any, SimpleNamespace(welcome=None)))
+    line = TaskLine(session, "t" * 64)
+    line.inbox_in.send_nowait(KeepAlive())
+    took = False
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await line.receive()
+        took = True
+    assert not took and scope.cancelled_caught

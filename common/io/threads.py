@@ -3,10 +3,11 @@
 `trio.to_thread.run_sync` passes through the scheduler twice: once taking a place of
 the thread limiter (a checkpoint even when one is free), once waiting for the thread.
 A piece stored and a file published a small file each: `run_sync` here takes a free
-place without the first, and otherwise is the same (the same limiter, the same thread
-cache, the caller's context variables; not cancellable while the thread runs: a
-cancellation is delivered once it has returned). When every place is taken it waits
-its turn through `trio.to_thread.run_sync` itself.
+place without the first. The same limiter and thread cache, the caller's context
+variables; not cancellable while the thread runs (a cancellation is delivered once it
+has returned). Not for work that calls back into trio (`trio.from_thread` needs its
+token passed here), and not counted in trio's statistics of threads. When every place
+is taken it waits its turn through `trio.to_thread.run_sync` itself.
 """
 
 from __future__ import annotations
