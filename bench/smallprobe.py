@@ -2,18 +2,23 @@
 200 × 1 MiB set, each process's CPU apart, optionally under strace or py-spy.
 
     python bench/smallprobe.py [--strace] [--pyspy DIR] [--again]
+    python bench/smallprobe.py --count daemon [--calls]   # passes through trio's scheduler
 
 nginx serves bench/tree.py's tree; a supernode is warmed with the small set (dfget -r
 straight through it), then a fresh dfdaemon fetches every file (`dfget -r
 --daemon-socket`). Prints wall time, files/s and the CPU seconds of dfget, the daemon
 and the supernode; with --strace, the syscalls of the daemon and the supernode during
 the daemon's run (connect, accept, fsync...) per file; with --pyspy DIR, a py-spy
-profile of both servers into DIR.
+profile of both servers into DIR; with --count daemon (or supernode), that server's
+trio task steps a file during the run, and the CPU of each task's steps and of its
+loop's thread (bench/stepcount/sitecustomize.py; with --calls, also its Python and C
+function calls a file, which slows it: counts, not speeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -55,8 +60,17 @@ def main() -> int:
     parser.add_argument("--pyspy", type=Path, help="py-spy profiles of both servers, here")
     parser.add_argument("--again", action="store_true", help="also the daemon's second run")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tree")
+    parser.add_argument("--count", choices=("daemon", "supernode"), help="count its steps")
+    parser.add_argument("--calls", action="store_true", help="with --count: its calls too")
     args = parser.parse_args()
     work: Path = args.work
+    counted = work / "probe-count.json"
+    if args.count:  # (read by bench/stepcount/sitecustomize.py in the servers)
+        counted.unlink(missing_ok=True)
+        os.environ["PYTHONPATH"] = str(ROOT / "bench" / "stepcount")
+        os.environ["STEPCOUNT_ROLE"], os.environ["STEPCOUNT_OUT"] = args.count, str(counted)
+        if args.calls:
+            os.environ["STEPCOUNT_CALLS"] = "1"
     tree = make_tree(work / "www", TreeSpec())
     count = len(tree.subset(SMALL))
     env = {**bench_env()}
@@ -86,7 +100,7 @@ def main() -> int:
             try:
                 if watchers:
                     time.sleep(1.5)
-                measure(args.again, argv, pids, count, probe, env)
+                measure(args.again, argv, pids, count, probe, env, signalled=bool(args.count))
             finally:  # (strace and py-spy write their summaries when interrupted)
                 for watcher in watchers:
                     watcher.send_signal(signal.SIGINT)
@@ -96,6 +110,8 @@ def main() -> int:
                     except subprocess.TimeoutExpired:
                         watcher.kill()
                         watcher.wait()
+    if args.count:
+        print_counts(args.count, counted, count)
     if args.strace:
         for name in ("daemon", "supernode"):
             print(f"--- {name} (syscalls during the daemon's run, {count} files)")
@@ -110,13 +126,24 @@ def measure(
     count: int,
     probe: Path,
     env: dict[str, str],
+    *,
+    signalled: bool = False,
 ) -> None:
-    """One pass of dfget -r through the daemon (two with `again`), each printed."""
+    """One pass of dfget -r through the daemon (two with `again`), each printed; with
+    `signalled`, the servers told (SIGUSR2) as the first pass starts and ends."""
     for label in ("daemon", "daemon again") if again else ("daemon",):
         shutil.rmtree(probe / "out", ignore_errors=True)
+        if signalled and label == "daemon":
+            for pid in pids.values():
+                os.kill(pid, signal.SIGUSR2)
+            time.sleep(0.2)
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wall, client = run(argv(probe / "out"), env)
         used = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+        if signalled and label == "daemon":
+            for pid in pids.values():
+                os.kill(pid, signal.SIGUSR2)
+            time.sleep(0.5)
         per = {name: 1000 * cpu / count for name, cpu in used.items()}
         print(
             f"{label}: {wall:.2f} s, {count / wall:.0f} files/s; CPU s: "
@@ -126,6 +153,22 @@ def measure(
             f"supernode {per['supernode']:.1f}",
             flush=True,
         )
+
+
+def print_counts(role: str, counted: Path, count: int) -> None:
+    """What bench/stepcount/sitecustomize.py wrote for `role`, a file."""
+    found = json.loads(counted.read_text())
+    steps: dict[str, list[float]] = found["steps"]
+    total = sum(int(n) for _, n in steps.values())
+    print(
+        f"--- {role}: {total / count:.1f} task steps a file; its loop's thread "
+        f"{1000 * found['loop_cpu'] / count:.2f} ms a file (counting on)"
+    )
+    for name, (cpu, n) in sorted(steps.items(), key=lambda item: -item[1][0])[:12]:
+        print(f"  {n / count:6.2f} steps {1000 * cpu / count:6.3f} ms  {name}")
+    python, c = found["calls"]
+    if python:
+        print(f"  calls a file: Python {python / count:.0f}, C {c / count:.0f}")
 
 
 if __name__ == "__main__":
