@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -372,11 +373,15 @@ def at_rate_limit(nbytes: int, seconds: float, limit: float) -> bool:
     return 0.75 * limit <= nbytes / seconds <= 1.1 * limit
 
 
-def ask_for_file(sock_path: Path, url: str, take_file: bool) -> tuple[bytes, list[int]]:
+def ask_for_file(
+    sock_path: Path, url: str, take_file: bool, *, framed: bool = False
+) -> tuple[bytes, list[int]]:
     """POST /v1/downloads on the control socket (blocking): the whole answer, and the
-    descriptors that came with it."""
+    descriptors that came with it. `framed`: as `dfget -r` asks (a length or a
+    descriptor, never chunks; read until the answer is whole, not until the close)."""
     body = json.dumps({"url": url}).encode()
     extra = "X-Dfget-Take-File: 1\r\n" if take_file else ""
+    extra += "X-Dfget-Framed: 1\r\n" if framed else ""
     head = f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
     fds: list[int] = []
     answer = b""
@@ -391,6 +396,10 @@ def ask_for_file(sock_path: Path, url: str, take_file: bool) -> tuple[bytes, lis
             if not data:
                 return answer, fds
             answer += data
+            top, ended, rest = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", top)
+            if framed and ended and (fds or (length and len(rest) >= int(length[1]))):
+                return answer, fds
 
 
 def flip_byte(path: Path, offset: int, mask: int = 1) -> None:

@@ -484,3 +484,37 @@ async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
     result = await fetch(url, node, daemon_socket=sock, digest=digest, daemon_warn=True)
     assert Path(result.output).read_bytes() == data and result.daemon is None
     assert not cached.exists()
+
+
+def ask_framed(sock_path: Path, url: str) -> tuple[bytes, list[int]]:
+    return ask_for_file(sock_path, url, True, framed=True)
+
+
+async def test_a_file_without_a_length_still_goes_as_a_descriptor_to_a_framed_dfget(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+) -> None:
+    # `dfget -r` asks for a descriptor and a length (framed): an origin that names no
+    # length has one once the file is complete, and the file is passed then, not sent
+    # through the socket (found by review: the waits' new order sent its bytes).
+    gate = trio.Event()
+    data = os.urandom(6 * MiB)
+    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = origin.url("/chunked.bin")
+    asked = beside(nursery, partial(trio.to_thread.run_sync, ask_framed, daemon.socket_path, url))
+    blobs = daemon.blobs
+    assert blobs is not None
+    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
+    gate.set()
+    answer, fds = await asked.result()
+    _, _, body = answer.partition(b"\r\n\r\n")
+    try:
+        assert len(fds) == 1 and body == b"", (len(fds), len(body))
+        assert os.pread(fds[0], len(data) + 1, 0) == data
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -12,20 +12,17 @@ from __future__ import annotations
 import array
 import contextvars
 import hashlib
-import json
 import os
-import re
 import socket
 import threading
 import time
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import trio
-from conftest import Fetch, StartDaemon, StartSupernode, beside, until
+from conftest import Fetch, RunningSupernode, StartSupernode
 
 import dfget.peer
 import dfget.sources
@@ -72,6 +69,16 @@ async def fetch_counting(fetch: Fetch, url: str, node: Any) -> tuple[Any, Spawne
     return result, spawned
 
 
+async def stored(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, name: str, data: bytes
+) -> RunningSupernode:
+    """A supernode whose CDN holds `data`, served at `name` (fetched once through it)."""
+    origin.add(name, data)
+    node = await start_supernode()
+    await fetch(origin.url(name), node)
+    return node
+
+
 async def test_a_one_piece_file_is_fetched_in_the_downloads_own_task(
     origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch
 ) -> None:
@@ -100,9 +107,7 @@ async def test_a_first_transfer_that_fails_goes_on_the_general_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = os.urandom(MiB)
-    origin.add("/f.bin", data)
-    node = await start_supernode()
-    await fetch(origin.url("/f.bin"), node)
+    node = await stored(origin, start_supernode, fetch, "/f.bin", data)
     real = dfget.sources.PieceConnection.fetch
     calls = []
 
@@ -182,9 +187,7 @@ async def test_a_download_of_many_pieces_publishes_nothing_before_it_succeeds(
     # session lost): the output must still be a temp file then, or not there at all,
     # never a published file truncated for the fallback (found by review).
     data = os.urandom(3 * MiB)
-    origin.add("/f.bin", data)
-    node = await start_supernode()
-    await fetch(origin.url("/f.bin"), node)  # on the CDN
+    node = await stored(origin, start_supernode, fetch, "/f.bin", data)
     published = slow_after_publish(monkeypatch)
     session_lost_when(published, monkeypatch)
     last_piece_slower(monkeypatch)
@@ -257,9 +260,7 @@ async def test_a_one_piece_file_into_a_durable_output_takes_one_worker_thread(
     # A daemon's cache (durable: fsynced, then renamed): the piece stored and the file
     # published in one pass through a worker thread, not one each.
     data = os.urandom(MiB)
-    origin.add("/f.bin", data)
-    node = await start_supernode()
-    await fetch(origin.url("/f.bin"), node)
+    node = await stored(origin, start_supernode, fetch, "/f.bin", data)
     started = []
     real = trio.lowlevel.start_thread_soon
 
@@ -490,67 +491,6 @@ async def test_a_wait_given_up_leaves_no_condition_behind(tmp_path: Path) -> Non
     assert one._until == []
     one.length = 10
     await length_known(one)  # (holds already: at once)
-
-
-# -- the daemon's answer to a framed dfget
-
-
-def ask_framed_take(sock_path: Path, url: str) -> tuple[bytes, list[int]]:
-    body = json.dumps({"url": url}).encode()
-    head = (
-        f"POST /v1/downloads HTTP/1.0\r\nContent-Length: {len(body)}\r\n"
-        "X-Dfget-Take-File: 1\r\nX-Dfget-Framed: 1\r\n\r\n"
-    )
-    fds: list[int] = []
-    answer = b""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(20)
-        sock.connect(str(sock_path))
-        sock.sendall(head.encode() + body)
-        while True:
-            data, anc, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16))
-            for _, _, payload in anc:
-                fds += array.array("i", payload[: len(payload) - len(payload) % 4])
-            if not data:
-                return answer, fds
-            answer += data
-            top, sep, rest = answer.partition(b"\r\n\r\n")
-            if sep:
-                m = re.search(rb"(?i)content-length: *(\d+)", top)
-                if fds or (m and len(rest) >= int(m.group(1))):
-                    return answer, fds
-
-
-async def test_a_file_without_a_length_still_goes_as_a_descriptor_to_a_framed_dfget(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    nursery: trio.Nursery,
-) -> None:
-    # `dfget -r` asks for a descriptor and a length (framed): an origin that names no
-    # length has one once the file is complete, and the file is passed then, not sent
-    # through the socket (found by review: the waits' new order sent its bytes).
-    gate = trio.Event()
-    data = os.urandom(6 * MiB)
-    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
-    url = origin.url("/chunked.bin")
-    asked = beside(
-        nursery, partial(trio.to_thread.run_sync, ask_framed_take, daemon.socket_path, url)
-    )
-    blobs = daemon.blobs
-    assert blobs is not None
-    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
-    gate.set()
-    answer, fds = await asked.result()
-    _, _, body = answer.partition(b"\r\n\r\n")
-    try:
-        assert len(fds) == 1 and body == b"", (len(fds), len(body))
-        assert os.pread(fds[0], len(data) + 1, 0) == data
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 # -- the descriptor passed at once -----------------------------------------------------------
