@@ -85,17 +85,18 @@ class Connection:
         self._eager = Eager(stream.socket) if isinstance(stream, trio.SocketStream) else None
         self.passed = False  # a descriptor went out on it that may be unread yet
         self._owner = ""  # the local user it counts against (`_user`)
+        # A Unix socket's (a descriptor may go out on it; looked up once: each look at
+        # a socket's family makes an enum of it)
+        self.unix = isinstance(stream, trio.SocketStream) and stream.socket.family == socket.AF_UNIX
 
     def unread(self) -> int:
         """Bytes sent over this Unix socket that the client has not read yet (with any
         descriptors they carry); 0 for any other stream."""
-        if not isinstance(self.stream, trio.SocketStream):
+        if not self.unix:
             return 0
-        sock = self.stream.socket
-        if sock.family != socket.AF_UNIX:
-            return 0
+        assert isinstance(self.stream, trio.SocketStream)
         try:
-            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+            raw = fcntl.ioctl(self.stream.socket.fileno(), termios.TIOCOUTQ, bytes(4))
         except OSError:
             return 0
         return int(struct.unpack("i", raw)[0])
@@ -106,7 +107,8 @@ class Connection:
         on its other connections."""
         if self.unread() > 0:
             return False
-        self.settle()
+        if self.passed:  # (and read: `settle` without asking the socket again)
+            self._forget()
         others = _passing.get(self._user(), set())
         for other in list(others):
             other.settle()

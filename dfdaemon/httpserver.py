@@ -109,10 +109,7 @@ class Reply:
         it has not read all of the last answer, or its user has left MAX_UNREAD_PASSES
         unread on other connections (descriptors would pile up in its sockets: it is
         streamed to instead)."""
-        stream = self._connection.stream
-        if not isinstance(stream, trio.SocketStream) or stream.socket.family != socket.AF_UNIX:
-            return False
-        return self._connection.may_pass()
+        return self._connection.unix and self._connection.may_pass()
 
     async def pass_file(
         self, status: int, headers: list[tuple[str, str]], fd: int, length: int
