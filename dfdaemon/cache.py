@@ -89,10 +89,9 @@ class BlobStore:
         for folder in (root / "blobs", self.root, self.urls):
             private_folder(folder)
         self.settings = settings
-        # Downloads run in `run`'s nursery; `get` (synchronous, called by request
-        # handlers) starts them there, or queues them until `run` runs.
-        self._nursery: trio.Nursery | None = None
-        self._context = contextvars.copy_context()
+        # Downloads run in `run`'s nursery, in its context; `get` (synchronous, called by
+        # request handlers) starts them there, or queues them until `run` runs.
+        self._running_in: tuple[trio.Nursery, contextvars.Context] | None = None
         self._starts_send, self._starts_recv = trio.open_memory_channel[
             tuple[Blob, str, tuple[tuple[str, str], ...]]
         ](math.inf)
@@ -299,8 +298,9 @@ class BlobStore:
         with contextlib.suppress(ValueError):
             blob.origin = origin_of(url).key
         self._map_of(blob)[blob.hex] = blob
-        if self._nursery is not None:  # (in `run`'s context, not this requester's)
-            self._context.copy().run(self._nursery.start_soon, self._download, blob, url, headers)
+        if self._running_in is not None:  # (in `run`'s context, not this requester's)
+            nursery, context = self._running_in
+            context.copy().run(nursery.start_soon, self._download, blob, url, headers)
         else:  # (started once `run` runs)
             self._starts_send.send_nowait((blob, url, headers))
         return blob
@@ -332,13 +332,13 @@ class BlobStore:
                 except trio.WouldBlock:
                     break
                 nursery.start_soon(self._download, blob, url, headers)
-            self._nursery = nursery  # (from now on `get` starts them there itself)
-            self._context = contextvars.copy_context()
+            # (from now on `get` starts them there itself)
+            self._running_in = nursery, contextvars.copy_context()
             try:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
-                self._nursery = None
+                self._running_in = None
 
     def collect_garbage(self) -> list[str]:
         """Evict what the cache policy says should go now (a blob being read or still

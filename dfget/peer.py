@@ -261,20 +261,9 @@ class Attempt:
                     # (its connections' readers run in the pool's nursery: no nursery here,
                     # whose end would cost a small file one more pass)
                     await self._first_answer(control, book, first, readers=pool.nursery)
+                    first = None
                 if not book.complete:
-                    async with trio.open_nursery() as nursery:
-                        if first is not None and pool is None:
-                            await self._first_answer(control, book, first, readers=nursery)
-                        if not book.complete:
-                            nursery.start_soon(self._follow, control, book)
-                            if transfers is None:
-                                nursery.start_soon(self._adopt, control, book)
-                            else:
-                                fetch = partial(self._fetch, control, book, writer, held, transfers)
-                                nursery.start_soon(partial(fetch, readers=nursery))
-                            while not book.complete:
-                                await book.wait_changed()
-                        nursery.cancel_scope.cancel()
+                    await self._run_tasks(control, book, writer, held, transfers, first)
         finally:
             if transfers is not None:  # (a daemon's next download takes them on)
                 transfers.connections.release()
@@ -290,6 +279,32 @@ class Attempt:
             raise DownloadTimeout("the download did not finish within --timeout")
         writer.verify_whole()
         return book
+
+    async def _run_tasks(
+        self,
+        control: ControlStream,
+        book: PieceBook,
+        writer: PieceWriter,
+        held: list[int],
+        transfers: Transfers | None,
+        first: Transfers | None,
+    ) -> None:
+        """The download's tasks until the book is complete: following the session, and
+        fetching (or, without `transfers`, checking the copy at hand). `first`: the
+        answer to the Register's want is still to be read, here, before them."""
+        async with trio.open_nursery() as nursery:
+            if first is not None:
+                await self._first_answer(control, book, first, readers=nursery)
+            if not book.complete:
+                nursery.start_soon(self._follow, control, book)
+                if transfers is None:
+                    nursery.start_soon(self._adopt, control, book)
+                else:
+                    fetch = partial(self._fetch, control, book, writer, held, transfers)
+                    nursery.start_soon(partial(fetch, readers=nursery))
+                while not book.complete:
+                    await book.wait_changed()
+            nursery.cancel_scope.cancel()
 
     async def _fetch(
         self,

@@ -54,8 +54,9 @@ class PieceWriter:
         """`store_piece` for the piece that completes the file, which is then published
         (`AtomicOutput.publish`: a durable one fsynced and renamed into place) in the
         same worker thread, if it is whole (the digest named, if any, matches): a small
-        file takes one pass through a thread, not two. Published once, whichever of two
-        copies of the piece (the endgame's) gets here first."""
+        file takes one pass through a thread, not two (`Transfers.fetch_alone`: where
+        nothing else of the download runs). Published once, should two copies of the
+        piece get here."""
         size = self.store_piece(index, sealed, expected, scratch)
         with self._lock:
             if self.output.published or self._on_disk:
