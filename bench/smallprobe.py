@@ -3,6 +3,7 @@
 
     python bench/smallprobe.py [--strace] [--pyspy DIR] [--again]
     python bench/smallprobe.py --count daemon [--calls]   # passes through trio's scheduler
+    python bench/smallprobe.py --count daemon --profile daemon.prof   # + a CPU profile
 
 nginx serves bench/tree.py's tree; a supernode is warmed with the small set (dfget -r
 straight through it), then a fresh dfdaemon fetches every file (`dfget -r
@@ -12,7 +13,8 @@ the daemon's run (connect, accept, fsync...) per file; with --pyspy DIR, a py-sp
 profile of both servers into DIR; with --count daemon (or supernode), that server's
 trio task steps a file during the run, and the CPU of each task's steps and of its
 loop's thread (bench/stepcount/sitecustomize.py; with --calls, also its Python and C
-function calls a file, which slows it: counts, not speeds).
+function calls a file, which slows it: counts, not speeds; with --profile FILE, a
+cProfile of its loop's thread timed by that thread's CPU clock, as pstats in FILE).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tree")
     parser.add_argument("--count", choices=("daemon", "supernode"), help="count its steps")
     parser.add_argument("--calls", action="store_true", help="with --count: its calls too")
+    parser.add_argument(
+        "--profile", type=Path, help="with --count: its loop thread's CPU profile (pstats) here"
+    )
     args = parser.parse_args()
     work: Path = args.work
     counted = work / "probe-count.json"
@@ -71,6 +76,12 @@ def main() -> int:
         os.environ["STEPCOUNT_ROLE"], os.environ["STEPCOUNT_OUT"] = args.count, str(counted)
         if args.calls:
             os.environ["STEPCOUNT_CALLS"] = "1"
+        if args.profile:
+            os.environ["STEPCOUNT_PROFILE"] = str(args.profile.resolve())
+    elif args.calls or args.profile:
+        parser.error("--calls and --profile go with --count")
+    if args.calls and args.profile:  # (both would be the process's one profile hook)
+        parser.error("--calls or --profile, not both")
     tree = make_tree(work / "www", TreeSpec())
     count = len(tree.subset(SMALL))
     env = {**bench_env()}

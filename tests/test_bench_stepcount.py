@@ -56,3 +56,18 @@ def test_a_run_between_two_signals_is_counted_by_task(tmp_path: Path) -> None:
 def test_a_process_of_another_role_is_left_alone(tmp_path: Path) -> None:
     out = run(tmp_path, "--listen", "127.0.0.1:0")  # (as a supernode's argv: not the role)
     assert not out.exists()
+
+
+def test_a_profile_of_the_loop_between_the_signals_is_written(tmp_path: Path) -> None:
+    import pstats
+
+    profile = tmp_path / "loop.prof"
+    out = tmp_path / "counted.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "bench" / "stepcount") + os.pathsep + str(ROOT)
+    env.update(STEPCOUNT_ROLE="daemon", STEPCOUNT_OUT=str(out), STEPCOUNT_PROFILE=str(profile))
+    argv = [sys.executable, "-c", PROGRAM, "--control-socket", "x"]
+    subprocess.run(argv, env=env, check=True, timeout=60)
+    assert json.loads(out.read_text())["steps"]["__main__.worker"][1] == 51
+    functions = {name: stat for (_, _, name), stat in pstats.Stats(str(profile)).stats.items()}  # type: ignore[attr-defined]
+    assert functions["worker"][1] == 51  # (called, as a coroutine, once a step)

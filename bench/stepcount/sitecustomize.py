@@ -6,7 +6,10 @@ In that process, between two SIGUSR2 (the probe sends one as the measured run st
 and one as it ends), it counts trio's task steps (passes through the scheduler) and the
 CPU time of each, by task name, and Python and C function calls (a profile hook: it
 slows the process several times, so its runs give counts, not speeds). At the second
-signal it writes them to STEPCOUNT_OUT as JSON. Not a product path.
+signal it writes them to STEPCOUNT_OUT as JSON; with STEPCOUNT_PROFILE set, also a
+cProfile of the signalled thread (the event loop's) between the two, timed by that
+thread's CPU clock (`time.thread_time`: a wall clock would count the waits for a core
+on a busy machine), as pstats into that file. Not a product path.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def _install(out: str) -> None:
     steps: dict[str, list[float]] = {}
     calls = [0, 0]
     state = {"on": False, "step": 0.0, "cpu": 0.0}
+    profiler = None
+    if os.environ.get("STEPCOUNT_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)
 
     class Steps(trio.abc.Instrument):
         def before_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -57,8 +65,13 @@ def _install(out: str) -> None:
             calls[0] = calls[1] = 0
             state["cpu"] = time.thread_time()
             state["on"] = True
+            if profiler is not None:
+                profiler.enable()
             return
         state["on"] = False
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.environ["STEPCOUNT_PROFILE"])
         import json
 
         loop = time.thread_time() - state["cpu"]
