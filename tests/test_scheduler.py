@@ -7,6 +7,7 @@ import math
 import random
 import subprocess
 import sys
+import types
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -1191,14 +1192,21 @@ def check_invariants(s: Scheduler, live: dict[str, int], pieces: int = 40) -> No
     assert task.keepers == sum(m.have_count < m.keep_below for m in task.members.values())
     for member in task.members.values():
         peer = member.peer
-        expected = (
-            peer.uploads < peer.upload_slots
+        eligible = (
+            peer.upload_slots > 0
             and member.have_count > 0
             and peer.peer_id not in task.reputation
             and not s._ledger.blacklist.banned(peer.peer_id)
         )
-        assert member.is_open == expected
-        assert ((pool.open_bits >> member.index) & 1 == 1) == expected
+        # Open: eligible (its peer may have filled up since: the pool closes it when it
+        # comes up). Closed though eligible: its peer is full, and reopens it on a free
+        # slot. Never a source lost while it has a free slot.
+        if member.is_open:
+            assert eligible
+        elif eligible:
+            assert peer.uploads >= peer.upload_slots and member in peer.closed_full
+        assert ((pool.open_bits >> member.index) & 1 == 1) == member.is_open
+        assert (member in pool.open) == member.is_open
 
 
 def test_the_cdn_slots_are_shared_among_the_peers_that_miss_pieces() -> None:
@@ -1231,3 +1239,91 @@ def test_a_done_after_its_uploader_left_still_counts() -> None:
     # A failure of the other one, after A left, changes nothing.
     s.report("t", "D", b.index, "A", Outcome.FAILED, now=1.0)
     assert not s.has("t", "D", b.index) and s.statistics().assignments_in_flight == 0
+
+
+def test_a_peer_in_many_tasks_joining_or_holding_one_more_costs_that_task_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A daemon seeds every file it has (one membership each): its next file's join and
+    # first piece must not walk all the others (each walk a set_open and a set_serving
+    # a task: a peer in a thousand tasks made every Register cost a thousand of each).
+    from supernode.scheduler.sources import SourcePool
+
+    s = make()
+    for i in range(50):
+        s.cdn_ready(f"t{i}", 1, total=1)
+        s.add_peer(f"t{i}", "daemon", upload_slots=4, now=0.0)
+        give(s, f"t{i}", "daemon", [0])
+    touched: Counter[int] = Counter()
+    real_open, real_serving = SourcePool.set_open, SourcePool.set_serving
+
+    def set_open(pool: SourcePool, member: Any, is_open: bool) -> None:
+        touched[id(pool)] += 1
+        real_open(pool, member, is_open)
+
+    def set_serving(pool: SourcePool, member: Any, serves: bool) -> None:
+        touched[id(pool)] += 1
+        real_serving(pool, member, serves)
+
+    # (compiled by mypyc, `make mypyc`, the pool's methods cannot be replaced: the
+    # decisions below are checked there too, the pools touched only here)
+    counted = isinstance(SourcePool.__dict__["set_open"], types.FunctionType)
+    if counted:
+        monkeypatch.setattr(SourcePool, "set_open", set_open)
+        monkeypatch.setattr(SourcePool, "set_serving", set_serving)
+    s.cdn_ready("new", 1, total=1)
+    s.add_peer("new", "daemon", upload_slots=4, now=0.0)
+    give(s, "new", "daemon", [0])
+    assert len(touched) == (1 if counted else 0)  # the new task's pool alone
+    s.add_peer("new", "leecher", upload_slots=0, now=0.0)
+    assert [a.source for a in s.assign("new", "leecher", 1, now=0.0)] == ["daemon"]
+    # Its slots are what all its tasks depend on: a join that changes them walks them all.
+    touched.clear()
+    s.add_peer("t0", "daemon", upload_slots=8, now=0.0)
+    assert len(touched) == (51 if counted else 0)
+
+
+def test_one_request_gets_at_most_32_assignments() -> None:
+    # (each may fill an uploader's last slot, which closes it in all its tasks: one
+    # request must not do that to a hundred uploaders at once)
+    s = make(cdn_upload_slots=0)
+    holders = {f"p{i}": (1, range(200)) for i in range(100)}
+    seed_task(s, total=200, holders=holders, downloaders=["D", "E"])
+    assert len(s.assign("t", "D", 256, now=0.0)) == 32
+    _, more = s.report_and_assign("t", "E", 0, "p0", Outcome.CANCELLED, want=256, now=0.0)
+    assert len(more) == 32
+
+
+def test_a_peer_in_many_tasks_filling_and_freeing_its_slots_costs_the_pools_that_looked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its last slot taken, a peer is closed in a task's pool only when that pool finds it
+    # full, and reopened only there when a slot frees: a peer in a thousand tasks made
+    # each fill and each free walk all of them (an admitted peer with many sessions
+    # could have one request fill hundreds of such peers at once).
+    from supernode.scheduler.sources import SourcePool
+
+    s = make(cdn_upload_slots=0)
+    for i in range(50):
+        seed_task(s, total=1, holders={"U": (1, [0])}, downloaders=[f"D{i}"], task=f"t{i}")
+    touched: Counter[int] = Counter()
+    real_open = SourcePool.set_open
+
+    def set_open(pool: SourcePool, member: Any, is_open: bool) -> None:
+        touched[id(pool)] += 1
+        real_open(pool, member, is_open)
+
+    counted = isinstance(SourcePool.__dict__["set_open"], types.FunctionType)  # (see above)
+    if counted:
+        monkeypatch.setattr(SourcePool, "set_open", set_open)
+    [a] = s.assign("t0", "D0", 1, now=0.0)
+    assert a.source == "U" and len(touched) == 0  # full now: no pool told
+    assert s.assign("t1", "D1", 1, now=0.0) == []  # t1's pool finds it full...
+    assert s.assign("t1", "D1", 1, now=0.0) == []
+    assert len(touched) == (1 if counted else 0)  # ...and closes it there, once
+    touched.clear()
+    s.report("t0", "D0", 0, "U", Outcome.DONE, nbytes=10, seconds=1.0, now=1.0)
+    # A slot free: t1 reopens it, alone (and t0 books D0's first piece there).
+    assert len(touched) == (2 if counted else 0)
+    assert [b.source for b in s.assign("t1", "D1", 1, now=1.0)] == ["U"]
+    assert [c.source for c in s.assign("t2", "D2", 1, now=1.0)] == []  # full again

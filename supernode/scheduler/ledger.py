@@ -5,8 +5,9 @@ flight with their deadlines (`FlightTable`), the global blacklist, and the count
 statistics show. An assignment is `launch`ed (it takes a slot of its source) and
 `land`s exactly once (reported, expired, or its task or a peer gone: the slot is free
 again); `tick` applies the deadlines `now` has passed. Whether a peer can take an
-upload now is recomputed (`refresh`) whenever what it depends on changes: its slots,
-its holdings, a blacklist.
+upload is recomputed (`refresh`) whenever what it depends on changes: its slots, its
+holdings, a blacklist; that its slots are all taken is found by the pools that look
+(`SourcePool.choose` closes a full peer's membership there, `_reopen` undoes those).
 
 The picking (`picking.py`) and the reports (`reports.py`) change the books only through
 these methods; `Scheduler` (scheduler.py) is the facade over the three.
@@ -96,6 +97,7 @@ class Ledger:
             peer = self.peers[peer_id] = Peer(peer_id, upload_slots, group or peer_id)
         elif group is not None:
             peer.group = group
+        slots_changed = peer.upload_slots != upload_slots
         peer.upload_slots = upload_slots
         member = peer.members.get(task_id)
         if member is None:
@@ -105,7 +107,10 @@ class Ledger:
         else:
             task.set_leaves(member, leaves)
         member.in_order = in_order
-        self.refresh(peer)
+        if slots_changed:  # (what every task of the peer depends on)
+            self.refresh(peer)
+        else:  # only this membership is new: a peer in many tasks pays for one, not all
+            self._refresh_member(peer, member)
 
     def remove_peer(self, peer_id: str) -> None:
         """The peer is gone from every task at once (`leave_task` for each)."""
@@ -211,9 +216,7 @@ class Ledger:
             task.cdn_flight(index, +1, now)
         else:
             peer = uploader.peer
-            peer.upload_flights.add(flight)
-            if peer.uploads >= peer.upload_slots:
-                self._slots_changed(peer)
+            peer.upload_flights.add(flight)  # (full now: its pools find out as they look)
             at = uploader.index
             per_source = member.per_source
             count = per_source[at] = per_source.get(at, 0) + 1
@@ -240,10 +243,9 @@ class Ledger:
             task.cdn_flight(flight.index, -1)
         else:
             peer = uploader.peer
-            was_full = peer.uploads >= peer.upload_slots
             peer.upload_flights.discard(flight)
-            if was_full:
-                self._slots_changed(peer)
+            if peer.closed_full and peer.uploads < peer.upload_slots:
+                self._reopen(peer)
             source = uploader.index
             per_source = downloader.per_source
             count = per_source[source] - 1
@@ -281,8 +283,8 @@ class Ledger:
         """`member` holds piece `index` now; False if it already did (or no such piece)."""
         if not task.hold(member, index):
             return False
-        if member.have_count == 1:  # it has something to serve now
-            self.refresh(member.peer)
+        if member.have_count == 1:  # it has something to serve now (here: its other
+            self._refresh_member(member.peer, member)  # tasks are as they were)
         if member.have_count == task.rarity.total:
             self.completed(member)
         return True
@@ -307,27 +309,31 @@ class Ledger:
         if peer is not None:
             self.refresh(peer)
 
-    def _slots_changed(self, peer: Peer) -> None:
-        """The peer's upload slots just filled up or one came free: whether it is open
-        follows (whether it serves at all, `Member.serves`, is kept by `refresh`). The
-        hot path's half of `refresh`, at every launch and report in a busy swarm."""
-        can_upload = peer.uploads < peer.upload_slots
-        tasks = self.tasks
-        for task_id, member in peer.members.items():
-            tasks[task_id].pool.set_open(
-                member, can_upload and member.serves and member.have_count > 0
-            )
+    def _reopen(self, peer: Peer) -> None:
+        """A slot of the peer came free: the memberships pools closed because it was full
+        open again (those that still serve and hold something; whether it serves at all,
+        `Member.serves`, is kept by `refresh`). The hot path's half of `refresh`, at a
+        report in a busy swarm: its cost is the closes that the pools' choices made."""
+        members = peer.members
+        for member in peer.closed_full:
+            if members.get(member.task_id) is member and member.serves and member.have_count:
+                self.tasks[member.task_id].pool.set_open(member, True)
+        peer.closed_full.clear()
 
     def refresh(self, peer: Peer) -> None:
-        """Recompute, in each of its tasks, whether the peer can take an upload now."""
-        peer_id = peer.peer_id
-        serves = peer.upload_slots > 0 and not self.blacklist.banned(peer_id)
-        can_upload = serves and peer.uploads < peer.upload_slots
-        for task_id, member in peer.members.items():
-            pool = self.tasks[task_id].pool
-            blacklisted = peer_id in self.tasks[task_id].reputation.blacklisted
-            pool.set_serving(member, serves and not blacklisted)
-            pool.set_open(member, can_upload and member.have_count > 0 and not blacklisted)
+        """Recompute, in each of its tasks, whether the peer can take an upload now: its
+        slots or a ban changed, which every one of them depends on."""
+        for member in peer.members.values():
+            self._refresh_member(peer, member)
+
+    def _refresh_member(self, peer: Peer, member: Member) -> None:
+        """`refresh` in one of the peer's tasks. (Open even while the peer is full: the
+        pool closes it when it finds it so, `SourcePool.choose`.)"""
+        serves = peer.upload_slots > 0 and not self.blacklist.banned(peer.peer_id)
+        task = self.tasks[member.task_id]
+        serves = serves and peer.peer_id not in task.reputation.blacklisted
+        task.pool.set_serving(member, serves)
+        task.pool.set_open(member, serves and member.have_count > 0)
 
     # -- statistics -----------------------------------------------------------------------
 

@@ -37,6 +37,10 @@ class Peer:
     speed: float = 0.0  # recent upload speed in bytes/s (0.0 until first measured)
     speed_at: float | None = None  # `now` of the last speed sample
     failures: int = 0  # reports that counted against it as an uploader
+    # Its memberships a task's pool found it full in and closed there since its slots
+    # last filled (`SourcePool.choose`): reopened when a slot frees, and only those. A
+    # peer in a thousand tasks is not walked through all of them at every fill and free.
+    closed_full: dict[Member, None] = field(default_factory=dict)
 
     @property
     def uploads(self) -> int:
@@ -93,7 +97,10 @@ class Member:
     per_source: dict[int, int] = field(default_factory=dict)
     capped: int = 0
     complete: bool = False  # it holds every piece of the task
-    is_open: bool = False  # counted by the task's SourcePool as a source with a free slot
+    # Counted by the task's SourcePool as a source (it serves, it holds something, and
+    # its peer had a free slot when last looked at: a full peer's memberships close
+    # one by one as pools find it full, `SourcePool.choose`).
+    is_open: bool = False
     serves: bool = False  # it can upload at all (slots, not blacklisted): its pieces spread
     in_order: bool = False  # it streams the file: lowest missing pieces first
     leaves: bool = False  # it leaves at its last piece (or soon after): it keeps nothing

@@ -42,6 +42,11 @@ from supernode.scheduler.ledger import Ledger
 from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, TaskStatistics
 
 DEFAULT_CONFIG = SchedulerConfig()
+# Assignments one request gets at most, whatever it asks (the wire allows 256; dfget
+# keeps 8 transfers going). Each may fill an uploader's last slot, and a full uploader
+# is closed in every task it is in: a request must not fan that out over hundreds of
+# uploaders at once.
+MAX_WANT = 32
 
 
 class Scheduler:
@@ -145,7 +150,7 @@ class Scheduler:
         member = task.members.get(peer_id) if task is not None else None
         if task is None or member is None or want <= 0:
             return []
-        return picking.assign(ledger, self._rng, task, member, want, now)
+        return picking.assign(ledger, self._rng, task, member, min(want, MAX_WANT), now)
 
     def report(
         self,
@@ -206,7 +211,7 @@ class Scheduler:
         checks = reports.report(ledger, task, member, index, source, outcome, nbytes, seconds, now)
         if want <= 0:
             return checks, []
-        return checks, picking.assign(ledger, self._rng, task, member, want, now)
+        return checks, picking.assign(ledger, self._rng, task, member, min(want, MAX_WANT), now)
 
     def claim(
         self, task_id: str, peer_id: str, indexes: Iterable[int], now: float

@@ -111,7 +111,23 @@ class SourcePool:
             self.spread |= 1 << index
 
     def choose(self, index: int, exclude: int, rng: random.Random) -> Member | None:
-        """An open holder of piece `index` whose bit is not in `exclude`, or None."""
+        """An open holder of piece `index` whose bit is not in `exclude`, or None.
+
+        A member whose peer has no free slot left is closed here when it comes up (and
+        remembered on its peer, which reopens it when a slot frees: `Ledger._reopen`),
+        rather than in every task of that peer when its last slot filled.
+        """
+        while True:
+            found = self._choose(index, exclude, rng)
+            if found is None:
+                return None
+            peer = found.peer
+            if peer.uploads < peer.upload_slots:
+                return found
+            self.set_open(found, False)
+            peer.closed_full[found] = None
+
+    def _choose(self, index: int, exclude: int, rng: random.Random) -> Member | None:
         if len(self.open) <= _FEW_OPEN:
             # A saturated swarm: looking at each open member beats big-int arithmetic.
             holders = [member for member in self.open if (member.have >> index) & 1]
