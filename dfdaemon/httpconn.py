@@ -19,7 +19,7 @@ import h11
 import trio
 
 from common.io.connections import remote_address
-from proto.io import STREAM_ERRORS, send_file
+from proto.io import SENDFILE_YIELD, STREAM_ERRORS, send_file
 from proto.io.eager import Eager
 
 READ_SIZE = 64 * 1024
@@ -187,6 +187,7 @@ class Connection:
                     await self._send_all(part, watch)
                     continue
                 end = offset + count
+                unyielded = 0  # (sent since other tasks last ran, as far as this knows)
                 while offset < end:
                     size = min(SEND_SLICE, end - offset)
                     try:
@@ -203,6 +204,11 @@ class Connection:
                         raise ClientGone(str(exc)) from exc
                     offset += size
                     watch.deadline = trio.current_time() + SEND_TIMEOUT
+                    unyielded += size
+                    if unyielded >= SENDFILE_YIELD:  # (a client that keeps up: a slice
+                        # never waits, and send_file's own yield counts within a slice)
+                        await trio.lowlevel.checkpoint()
+                        unyielded = 0
 
     @contextlib.contextmanager
     def _progress(self) -> Iterator[trio.CancelScope]:

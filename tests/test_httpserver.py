@@ -3,7 +3,10 @@ keeps the connection only if it is short and quick."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import h11
 import pytest
@@ -11,6 +14,7 @@ import trio
 
 from dfdaemon import httpconn
 from dfdaemon.httpserver import Reply, Request, serve_http
+from proto.io import SENDFILE_YIELD
 
 
 async def answer_without_reading(request: Request, reply: Reply) -> None:
@@ -118,3 +122,54 @@ async def test_a_short_unread_body_keeps_the_connection_alive(server: trio.Socke
         client.start_next_cycle()
         await server.send_all(wire(client, get, h11.EndOfMessage()))
         assert await read_answer(server, client) == b"GET /next\n"
+
+
+async def test_a_long_file_body_to_a_client_that_keeps_up_lets_other_tasks_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The body goes by sendfile in slices that never wait for a client reading as fast
+    # as they come (here a sendfile that takes every slice at once): without a yield of
+    # its own every SENDFILE_YIELD bytes, the daemon's other tasks waited for the whole
+    # body (20-110 MiB in a review's runs, with a reader that kept up).
+    size = 16 * SENDFILE_YIELD
+    path = tmp_path / "big"
+    with open(path, "wb") as file:
+        file.truncate(size)  # (sparse)
+    sent = 0
+
+    def takes_all(out: int, fd: int, offset: int, count: int) -> int:
+        nonlocal sent
+        sent += count
+        return count
+
+    monkeypatch.setattr(os, "sendfile", takes_all)  # (proto.io.framed calls os.sendfile)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.sendall(b"GET /f HTTP/1.1\r\nHost: d\r\n\r\n")
+    fd = os.open(path, os.O_RDONLY)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    conn = httpconn.Connection(stream)
+    most, turns, sending = 0, 0, True
+
+    async def another_task() -> None:  # how much goes out between two of its turns
+        nonlocal most, turns
+        while sending:
+            before = sent
+            await trio.lowlevel.checkpoint()
+            most, turns = max(most, sent - before), turns + 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(another_task)
+            assert isinstance(await conn.next_event(), h11.Request)
+            await conn.send(h11.Response(status_code=200, headers=[("content-length", str(size))]))
+            turns = 0
+            await conn.send_file(fd, 0, size)
+            sending = False
+    finally:
+        os.close(fd)
+        theirs.close()
+        await stream.aclose()
+    assert sent == size
+    # (between two of its turns the sender may run twice: trio runs a batch of ready
+    # tasks in either order)
+    assert turns >= 8 and most <= 2 * SENDFILE_YIELD

@@ -1,6 +1,7 @@
 """The opt-in trio adapter of the wire: `import proto` never imports this package."""
 
 from proto.io.framed import (
+    SENDFILE_YIELD,
     STREAM_ERRORS,
     FramedStream,
     client_handshake,
@@ -10,6 +11,7 @@ from proto.io.framed import (
 )
 
 __all__ = [
+    "SENDFILE_YIELD",
     "STREAM_ERRORS",
     "FramedStream",
     "client_handshake",

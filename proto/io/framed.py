@@ -46,7 +46,7 @@ PAYLOAD_LOWAT = 256 * 1024
 FRAME_READ_SIZE = 16 * 1024
 # What a stream that the other side left (or we closed) raises.
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
+SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
 LINGER = 1.0  # seconds `linger_close` waits for the peer to close after a refusal
 
 
@@ -360,7 +360,7 @@ async def send_file(sock: trio.socket.SocketType, fd: int, offset: int, count: i
             raise OSError("file ended before the piece did")
         offset += sent
         since_yield += sent
-        if since_yield >= _SENDFILE_YIELD:
+        if since_yield >= SENDFILE_YIELD:
             await trio.lowlevel.checkpoint()
             since_yield = 0
 
