@@ -357,6 +357,23 @@ def test_a_listed_url_must_be_a_file_below_the_tree() -> None:
     assert not ok(root + "f", True) and not ok(root + "f", -1) and not ok(root + "f", "1")
 
 
+def test_a_daemons_listing_beyond_the_tree_limits_is_not_taken() -> None:
+    # (a daemon lists within ListLimits; one that lies must not have dfget make folders
+    # 200 deep or 150,000 files: dfget lists the tree itself, within them)
+    from dfget.tree.entries import ListLimits
+    from dfget.tree.handed import _entries
+
+    root, limits = "http://h/t/", ListLimits()
+    deepest = ["d"] * limits.max_depth + ["f"]
+    assert _entries([[deepest, root + "/".join(deepest), 1, None]], root) is not None
+    deeper = ["d"] * (limits.max_depth + 1) + ["f"]
+    assert _entries([[deeper, root + "/".join(deeper), 1, None]], root) is None
+    count = limits.max_entries + 1
+    many: list[object] = [[[f"f{i}"], f"{root}f{i}", 1, None] for i in range(count)]
+    assert _entries(many, root) is None
+    assert _entries(many[:-1], root) is not None
+
+
 async def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:

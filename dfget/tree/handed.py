@@ -27,7 +27,7 @@ from dfget.handoff import DaemonUnreachable, Handoff, download_file
 from dfget.request import DownloadRequest
 from dfget.results import DownloadResult
 from dfget.tree import manifest
-from dfget.tree.entries import Entry, http_validator_of
+from dfget.tree.entries import Entry, ListLimits, http_validator_of
 from dfget.tree.globs import Selection
 from dfget.tree.paths import make_root
 from dfget.tree.report import guarded, report, say
@@ -122,10 +122,14 @@ def _run(
 def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
     """The daemon's listing as entries; None (with a warning) if it is not one: each
     file's URL must be below `root_url` (same scheme, host and port, inside its folder),
-    as dfget's own lister keeps them. Paths are checked where they are used
-    (`dfget.tree.paths`), as any listing's are."""
+    and the tree within `ListLimits` (entries, depth), as dfget's own lister keeps them.
+    Paths are checked where they are used (`dfget.tree.paths`), as any listing's are."""
     root = root_url if root_url.endswith("/") else root_url + "/"
+    limits = ListLimits()
     entries = []
+    if len(listed) > limits.max_entries:
+        log.warning("dfdaemon listed more than %d files: going on without it", limits.max_entries)
+        return None
     for item in listed:
         if not (isinstance(item, list) and len(item) == 4):
             break
@@ -133,6 +137,7 @@ def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
         if not (
             isinstance(parts, list)
             and parts
+            and len(parts) <= limits.max_depth + 1  # (its folders below the root, its name)
             and all(isinstance(part, str) for part in parts)
             and isinstance(url, str)
             and is_text(url)
