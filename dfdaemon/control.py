@@ -223,6 +223,8 @@ class ControlApi:
         # for (then this dfget got it from the cache, not from the swarm)
         self.served: dict[str, tuple[Blob, bool]] = {}
         self._listings = trio.Semaphore(LISTINGS_AT_ONCE)
+        # Their pages' parses, which a client's leaving abandons but does not stop.
+        self._parses = trio.CapacityLimiter(LISTINGS_AT_ONCE)
 
     async def serve(
         self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -374,7 +376,9 @@ class ControlApi:
         # Its own client, every connection checked and pinned by the origin policy
         # (an index's links stay on its host; its name is resolved once a connection).
         headers = tuple(forwardable(list(wanted.headers)))
-        lister = HttpIndexLister(wanted.url, headers=headers, client=self.upstream.new_client)
+        lister = HttpIndexLister(
+            wanted.url, headers=headers, client=self.upstream.new_client, parses=self._parses
+        )
 
         async def listed() -> list[Entry]:
             return [entry async for entry in lister.entries()]

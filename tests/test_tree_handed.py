@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import PYTHON, RequestReader, RunningSupernode, StartDaemon, cli_env
+from conftest import PYTHON, RequestReader, RunningSupernode, StartDaemon, cli_env, until
 from registry import needs_nginx
 from test_tree import FILES, Site, site, summary_of, tree_of  # noqa: F401 (a fixture)
 
@@ -459,3 +459,59 @@ async def test_the_listing_route_refuses_bad_input_before_any_fetch(
         answer = await client.post("http://daemon/v1/listings", content=body)
     assert answer.status_code == status, answer.text
     assert answer.json()["exit"] == 2
+
+
+async def test_parses_of_listings_their_clients_left_stay_within_the_listing_places(
+    nursery: trio.Nursery, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that leaves its listing while the daemon parses a page frees its turn at
+    # once, but the parse runs on in its worker thread: those threads took trio's default
+    # places (every blob read, piece write and DNS lookup of the daemon waits on them)
+    # beyond LISTINGS_AT_ONCE, as many as a local user's connect-and-leave rounds made.
+    from test_attack_supernode import MiniOrigin
+
+    import dfget.tree.httpindex as httpindex
+    from dfdaemon.control import LISTINGS_AT_ONCE
+    from dfget.tree import index
+
+    lock = threading.Lock()
+    running = most = started = 0
+    parsing = trio.to_thread.current_default_thread_limiter()
+    real = index.parse_page
+    default_places_taken = 0
+
+    def counted(*args: Any) -> Any:
+        nonlocal running, most, started, default_places_taken
+        with lock:
+            running += 1
+            started += 1
+            most = max(most, running)
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(httpindex, "parse_page", counted)  # (the name it calls)
+
+    async def page(method: str, headers: dict[str, str]) -> tuple[int, list[Any], bytes]:
+        return 200, [("content-type", "text/html")], b"<p>" * 200_000  # (~0.5 s to parse)
+
+    server = MiniOrigin(page)
+    await nursery.start(server.serve)
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    body = json.dumps({"url": server.url("/tree/")}).encode()
+    head = b"POST /v1/listings HTTP/1.1\r\nHost: d\r\nContent-Length: %d\r\n\r\n" % len(body)
+    for _ in range(LISTINGS_AT_ONCE + 2):
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.connect(str(daemon.socket_path))
+        await sock.send(head + body)
+        before = started
+        with trio.move_on_after(2):  # (its parse starts, or waits for a place)
+            await until(lambda: started > before, 3)  # noqa: B023 (read at once)
+        default_places_taken = max(default_places_taken, parsing.borrowed_tokens)
+        sock.close()  # it leaves: its turn is given back at once
+        await trio.sleep(0.05)
+    await until(lambda: running == 0, 60)  # (let them end before the test does)
+    assert 1 <= most <= LISTINGS_AT_ONCE
+    assert default_places_taken == 0

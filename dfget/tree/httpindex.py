@@ -52,11 +52,17 @@ class HttpIndexLister(KeptHeads):
         insecure: bool = False,
         limits: ListLimits | None = None,
         client: Callable[..., httpx.AsyncClient] | None = None,
+        parses: trio.CapacityLimiter | None = None,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self.headers = headers
         self.insecure = insecure
         self.limits = limits or ListLimits()
+        # Worker threads its pages are parsed in (None: trio's default places). A parse
+        # abandoned by a cancel runs on to its end and keeps its place meanwhile: a
+        # server that lists for clients gives them places of their own, so that clients
+        # that leave cannot pile up parses beyond them (nor take the default places).
+        self.parses = parses
         # `client(**options)`: how to make a client (dfdaemon's connect only where its
         # origin policy allows); by default, dfget's own.
         self.make_client = client
@@ -158,7 +164,7 @@ class HttpIndexLister(KeptHeads):
         # Off the event loop: a hostile 4 MiB page of links takes seconds to read.
         parse = functools.partial(parse_page, body, kind, url, max_names, max_links)
         try:
-            return await trio.to_thread.run_sync(parse, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(parse, abandon_on_cancel=True, limiter=self.parses)
         except PageTooLarge as exc:
             if exc.names:
                 raise self._too_many_names() from exc
