@@ -181,6 +181,18 @@ async def test_include_needs_r(tmp_path: Path) -> None:
     assert done.returncode == 2 and b"go with -r" in done.stderr
 
 
+async def test_seeding_for_a_while_cannot_go_with_r(tmp_path: Path) -> None:
+    """Each file would seed in its place of -j, recorded in the manifest only after (an
+    edit meanwhile then taken as verified), Ctrl-C ending one file's seeding: refused,
+    before anything is listed or made."""
+    argv = [PYTHON, "-m", "dfget", "-r", "http://127.0.0.1:9/d/", "-o", str(tmp_path / "d")]
+    done = await trio.run_process(
+        [*argv, "--seed-for", "60"], capture_stderr=True, check=False, env=cli_env()
+    )
+    assert done.returncode == 2 and b"--seed-for cannot go with -r" in done.stderr
+    assert os.listdir(tmp_path) == []
+
+
 async def test_stdout_cannot_take_a_tree(tmp_path: Path) -> None:
     """`-r -o -` is refused: not a folder named `-` made in the working directory."""
     argv = [PYTHON, "-m", "dfget", "-r", "http://127.0.0.1:9/d/", "-o", "-"]

@@ -46,6 +46,13 @@ def check_flags(template: DownloadRequest) -> None:
         raise UsageError("--digest names one file: it cannot go with -r")
     if any(name.lower() == "range" for name, _ in template.headers):
         raise UsageError("a Range header cannot go with -r")
+    if template.peer.seed_for > 0:
+        # Each file would seed inside its place of -j (the tree waiting on it, its
+        # manifest record taken only after), and Ctrl-C end one file's seeding only.
+        raise UsageError(
+            "--seed-for cannot go with -r: run a dfdaemon (--daemon-socket) to keep a "
+            "tree's files seeded"
+        )
 
 
 def post_listing(args: Namespace, socket_path: Path | None) -> Handoff | None:
