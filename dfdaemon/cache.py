@@ -30,10 +30,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
 from common.eviction import StoredTask, plan
+from common.io.threads import run_sync
 from dfdaemon import partials
 from dfdaemon.blob import READ_CHUNK, Blob, BlobUnavailable, file_key
 from dfdaemon.downloads import DownloadSettings, download_blob, keep_seeding, still_current
@@ -78,6 +80,18 @@ def _hash_file(fd: int) -> str:
         hasher.update(data)
         offset += len(data)
     return hasher.hexdigest()
+
+
+class _GcLook(NamedTuple):
+    """The cache's state as a garbage collection's plan sees it (a copy: the plan runs
+    in a worker thread)."""
+
+    now: float  # time.monotonic()
+    wall: float  # time.time()
+    busy: frozenset[str]  # names being read or still written
+    last_used: dict[str, float]
+    unremovable: frozenset[str]
+    downloading: frozenset[str]  # names with a download (partials of others are idle)
 
 
 class BlobStore:
@@ -343,45 +357,80 @@ class BlobStore:
     def collect_garbage(self) -> list[str]:
         """Evict what the cache policy says should go now (a blob being read or still
         downloading stays; one that is only seeded may go); the evicted digests."""
-        now, wall = time.monotonic(), time.time()
-        stored = self._files(self.root, self.running, now, wall, by_path=False)
+        return self._evict(*self._plan(self._snapshot()))
+
+    async def collect_garbage_off_loop(self) -> list[str]:
+        """`collect_garbage`, its look at the folders (a stat a file: a cache of many
+        small files held the event loop for a third of a second at 20,000) and its plan
+        in a worker thread, over a copy of what is in use; each file is checked again
+        before it goes."""
+        planned = await run_sync(self._plan, self._snapshot())
+        return self._evict(*planned)
+
+    def _snapshot(self) -> _GcLook:
+        """What the plan needs of the cache's state now, copied (the loop's own)."""
+        busy = {name for name, count in self.readers.items() if count > 0}
+        for running in (self.running, self.running_urls):
+            busy.update(name for name, blob in running.items() if not blob.complete)
+        return _GcLook(
+            time.monotonic(),
+            time.time(),
+            frozenset(busy),
+            dict(self.last_used),
+            frozenset(self._unremovable),
+            frozenset(self.running) | frozenset(self.running_urls),
+        )
+
+    def _plan(self, look: _GcLook) -> tuple[list[str], set[str], set[str]]:
+        """What to evict (`plan`): the names, and which of them are URL files and which
+        partials (both by path). Touches the file system and `look` only."""
+        stored = self._files(self.root, look, by_path=False)
         # URL downloads' files count too, any local user's (evicted by path, not
         # returned), and partial downloads nobody resumes.
-        urls = self._files(self.urls, self.running_urls, now, wall, by_path=True)
-        idle = partials.idle((self.root, self.urls), self._downloading, now)
-        evicted = plan(stored + urls + idle, self.settings.gc, now)
-        named = {task.task_id for task in idle}  # (a relative data dir's paths lack a "/")
-        for partial in [name for name in evicted if name in named]:
-            partials.evict(partial)
-            evicted.remove(partial)
-        for url_file in [name for name in evicted if name in {task.task_id for task in urls}]:
-            self._drop_url(Path(url_file).name)
-            evicted.remove(url_file)
-        for hex_digest in evicted:
-            self.drop(hex_digest)
-            self.last_used.pop(hex_digest, None)
-            log.info("gc: evicted blob %s", hex_digest[:12])
-        return evicted
+        urls = self._files(self.urls, look, by_path=True)
+        idle = partials.idle((self.root, self.urls), look.downloading.__contains__, look.now)
+        evicted = plan(stored + urls + idle, self.settings.gc, look.now)
+        # (a relative data dir's paths lack a "/": named apart, not by their look)
+        return evicted, {task.task_id for task in urls}, {task.task_id for task in idle}
 
-    def _files(
-        self, folder: Path, running: dict[str, Blob], now: float, wall: float, *, by_path: bool
-    ) -> list[StoredTask]:
+    def _evict(self, evicted: list[str], url_files: set[str], idle: set[str]) -> list[str]:
+        """Evict what `_plan` chose, but what came into use since it looked."""
+        gone = []
+        for name in evicted:
+            if name in idle:
+                if not self._downloading(partials.owner(name)):
+                    partials.evict(name)
+            elif name in url_files:
+                if not self._in_use(Path(name).name, self.running_urls):
+                    self._drop_url(Path(name).name)
+            elif not self._in_use(name, self.running):
+                self.drop(name)
+                self.last_used.pop(name, None)
+                log.info("gc: evicted blob %s", name[:12])
+                gone.append(name)
+        return gone
+
+    def _in_use(self, name: str, running: dict[str, Blob]) -> bool:
+        blob = running.get(name)
+        return self.readers[name] > 0 or (blob is not None and not blob.complete)
+
+    def _files(self, folder: Path, look: _GcLook, *, by_path: bool) -> list[StoredTask]:
         """The complete files of `folder` (named by their path with `by_path`, else by
         their name), each in use while read or still written, last used when last asked
         for (else when written)."""
         found = []
-        for path in folder.iterdir():
-            if not _HEX64.fullmatch(path.name) or path.name in self._unremovable:
-                continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            blob = running.get(path.name)
-            busy = self.readers[path.name] > 0 or (blob is not None and not blob.complete)
-            last = self.last_used.get(path.name, now - (wall - stat.st_mtime))
-            name = str(path) if by_path else path.name
-            found.append(StoredTask(name, stat.st_size, last, in_use=busy))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if not _HEX64.fullmatch(name) or name in look.unremovable:
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                last = look.last_used.get(name, look.now - (look.wall - stat.st_mtime))
+                named = entry.path if by_path else name
+                found.append(StoredTask(named, stat.st_size, last, in_use=name in look.busy))
         return found
 
     def _drop_url(self, task_id: str) -> None:
@@ -406,7 +455,7 @@ class BlobStore:
         while True:
             await trio.sleep(self.settings.gc_interval)
             try:
-                self.collect_garbage()
+                await self.collect_garbage_off_loop()
             except OSError as exc:  # (the cache's folder unreadable: tried again later)
                 log.warning("gc: %s", exc)
 

@@ -61,6 +61,12 @@ def idle(folders: Iterable[Path], running: Callable[[str], bool], now: float) ->
     return found
 
 
+def owner(path: str) -> str:
+    """The name whose download the partial at `path` (from `idle`) keeps ("" if none)."""
+    match = _PARTIAL.fullmatch(Path(path).name)
+    return match[1] if match is not None else ""
+
+
 def evict(path: str) -> None:
     """Evict the partial at `path` (from `idle`), and its record."""
     partial = Path(path)
