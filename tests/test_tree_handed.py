@@ -312,7 +312,8 @@ def test_a_worker_that_meets_the_unexpected_records_a_failure(tmp_path: Path) ->
 
     template = DownloadRequest(url="http://h/t/", output=tmp_path, daemon_socket=tmp_path / "s")
     outcome = TreeResult(url=template.url, root=str(tmp_path))
-    runner = _Runner(template, tmp_path, None, outcome)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    runner = _Runner(template, tmp_path, root_fd, None, outcome)
     entries = [Entry(("a",), "http://h/t/a"), Entry(("b",), "http://h/t/b")]
 
     def one(entry: Entry) -> None:
@@ -321,7 +322,10 @@ def test_a_worker_that_meets_the_unexpected_records_a_failure(tmp_path: Path) ->
         return None  # (left over)
 
     runner._one = one  # type: ignore[method-assign]
-    assert runner.run(entries, 1) == [entries[1]]
+    try:
+        assert runner.run(entries, 1) == [entries[1]]
+    finally:
+        os.close(root_fd)
     assert [(f.name, f.status) for f in outcome.files] == [("a", "failed")]
     assert outcome.exit_code == 1 and "unexpected" in (outcome.files[0].error or "")
 

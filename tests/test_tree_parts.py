@@ -344,13 +344,41 @@ def test_a_dir_others_may_write_into_is_warned_of(
     """Another user who can write into DIR could swap a folder for a symlink while a file
     is written there: what `place` cannot stop is said, at the start of the run."""
     mine = tmp_path / "mine"
-    make_root(mine)  # (made)
+    os.close(make_root(mine))  # (made)
     assert mine.is_dir() and "another user" not in caplog.text
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    make_root(shared)
+    os.close(make_root(shared))
     assert "another user may write into it" in caplog.text
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(OutputError, match="cannot make"):
         make_root(tmp_path / "file" / "x")
+
+
+def test_dir_is_held_from_its_check_to_the_last_file_and_the_manifest(tmp_path: Path) -> None:
+    # Whoever can rename entries in DIR's parent (a shared folder) renamed DIR and put a
+    # symlink in its place in the middle of a run: the later files, and the manifest,
+    # went where it pointed (DIR was opened by its name for each file).
+    shared, elsewhere = tmp_path / "shared", tmp_path / "victim"
+    shared.mkdir()
+    elsewhere.mkdir()
+    root = shared / "dl"
+    root_fd = make_root(root)
+    try:
+        with place(root, ("a.txt",), root_fd) as first:
+            Path(first.path).write_text("one")
+        os.rename(root, shared / "dl.old")
+        os.symlink(elsewhere, root)
+        with place(root, ("sub", "b.txt"), root_fd) as second:
+            Path(second.path).write_text("two")
+            assert second.real == root / "sub" / "b.txt"  # (as the user named it)
+        record = manifest.Record(url="http://h/b.txt", size=3, mtime_ns=1, validator="v")
+        manifest.save(root, {"sub/b.txt": record}, root_fd)
+        assert manifest.load(root, root_fd) == {"sub/b.txt": record}
+    finally:
+        os.close(root_fd)
+    assert os.listdir(elsewhere) == []
+    kept = shared / "dl.old"
+    assert (kept / "sub" / "b.txt").read_text() == "two"
+    assert sorted(os.listdir(kept)) == [manifest.NAME, "a.txt", "sub"]

@@ -5,6 +5,7 @@ Imported by `dfget.cli` only when -r is given."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from argparse import Namespace
 from dataclasses import replace
@@ -32,10 +33,15 @@ def run_tree(args: Namespace, template: DownloadRequest, handed: Handed | None =
     except DfgetError as exc:
         print(f"dfget: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    if handed is not None:
-        request = replace(request, lister=Listed(handed.leftovers, request.lister))
+    if handed is not None:  # (the rest into DIR as the daemon's run held it)
+        listed = Listed(handed.leftovers, request.lister)
+        request = replace(request, lister=listed, root_fd=handed.root_fd)
     on_file = None if (args.json or args.quiet) else say
-    result = guarded(lambda: trio.run(lambda: download_tree(request, on_file=on_file)))
+    try:
+        result = guarded(lambda: trio.run(lambda: download_tree(request, on_file=on_file)))
+    finally:
+        if handed is not None:
+            os.close(handed.root_fd)
     if isinstance(result, int):
         return result
     if handed is not None:

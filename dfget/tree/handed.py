@@ -13,6 +13,7 @@ credentials here, and `--insecure` a TLS choice the daemon does not take from cl
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from argparse import Namespace
@@ -77,6 +78,8 @@ class Handed:
     outcome: TreeResult
     leftovers: list[Entry]
     started: float  # time.monotonic()
+    root_fd: int  # DIR as this run held it (`make_root`): the rest goes there too; closed
+    # by whoever takes the leftovers
 
     def merged(self, rest: TreeResult) -> TreeResult:
         """The whole tree's outcome, with the in-process run's of the leftovers."""
@@ -106,24 +109,31 @@ def _run(
     if entries is None:
         return None
     root = template.output
-    make_root(root)
-    outcome = TreeResult(url=template.url, root=str(root))
-    runner = _Runner(template, root, None if (args.json or args.quiet) else say, outcome)
-    wanted: dict[str, Entry] = {}
-    selection = Selection(tuple(args.include), tuple(args.exclude))
-    for entry in entries:
-        refusal = take(entry, selection, wanted, outcome)
-        if refusal is not None:
-            runner.ended(refusal)
+    root_fd = make_root(root)
+    handed = False
     try:
-        leftovers = runner.run(list(wanted.values()), max(1, args.jobs))
+        outcome = TreeResult(url=template.url, root=str(root))
+        say_each = None if (args.json or args.quiet) else say
+        runner = _Runner(template, root, root_fd, say_each, outcome)
+        wanted: dict[str, Entry] = {}
+        selection = Selection(tuple(args.include), tuple(args.exclude))
+        for entry in entries:
+            refusal = take(entry, selection, wanted, outcome)
+            if refusal is not None:
+                runner.ended(refusal)
+        try:
+            leftovers = runner.run(list(wanted.values()), max(1, args.jobs))
+        finally:
+            runner.save()  # (what is in place is recorded, even when interrupted)
+        outcome.seconds = time.monotonic() - started
+        if leftovers:
+            handed = True
+            return Handed(outcome, leftovers, started, root_fd)
+        report(outcome, args.json, args.quiet)
+        return outcome.exit_code
     finally:
-        runner.save()  # (what is in place is recorded, even when interrupted)
-    outcome.seconds = time.monotonic() - started
-    if leftovers:
-        return Handed(outcome, leftovers, started)
-    report(outcome, args.json, args.quiet)
-    return outcome.exit_code
+        if not handed:
+            os.close(root_fd)
 
 
 def _entries(listed: list[object], root_url: str) -> list[Entry] | None:
@@ -189,13 +199,15 @@ class _Runner:
         self,
         template: DownloadRequest,
         root: Path,
+        root_fd: int,
         on_file: Callable[[FileResult], None] | None,
         outcome: TreeResult,
     ) -> None:
         assert template.daemon_socket is not None
         self.template, self.root, self.on_file, self.outcome = template, root, on_file, outcome
+        self.root_fd = root_fd  # DIR held open (`make_root`)
         self.socket = template.daemon_socket
-        self.records = manifest.load(root)
+        self.records = manifest.load(root, root_fd)
         self.lock = threading.Lock()
         self.active: set[Handoff] = set()
         self.stopping = False
@@ -276,13 +288,13 @@ class _Runner:
 
     def save(self) -> None:
         try:
-            manifest.save(self.root, dict(self.records))  # (a copy: one dict() is atomic)
+            manifest.save(self.root, dict(self.records), self.root_fd)  # (a copy: atomic)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.root / manifest.NAME, exc)
 
     def _one(self, entry: Entry) -> FileResult | None:
         """`entry` downloaded (or skipped, or failed); None to leave it over."""
-        place = placed(self.root, entry)
+        place = placed(self.root, entry, self.root_fd)
         if isinstance(place, FileResult):
             return place
         with place:

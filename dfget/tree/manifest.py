@@ -18,6 +18,7 @@ CPU; a `sha256` left by an older dfget is read and ignored.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,13 +51,15 @@ class Record:
     ino: int | None = None
 
 
-def load(root: Path) -> dict[str, Record]:
-    """The records of DIR's manifest by relative path; {} if there is none or it is
-    unreadable (everything is then downloaded again)."""
+def load(root: Path, root_fd: int | None = None) -> dict[str, Record]:
+    """The records of DIR's manifest by relative path (in DIR as held open as `root_fd`,
+    if given); {} if there is none or it is unreadable (everything is then downloaded
+    again)."""
     path = root / NAME
     try:
         # O_NONBLOCK: a FIFO planted there must not wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(NAME, flags, dir_fd=root_fd) if root_fd is not None else os.open(path, flags)
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -99,17 +102,26 @@ def _record(name: str, fields: Any) -> Record:
     return replace(record, url=without_user_info(record.url))
 
 
-def save(root: Path, records: dict[str, Record]) -> None:
-    """Write the manifest atomically (a temp file renamed: never half a manifest)."""
+def save(root: Path, records: dict[str, Record], root_fd: int | None = None) -> None:
+    """Write the manifest atomically (a temp file renamed: never half a manifest), in
+    DIR as held open as `root_fd` if given."""
     body = {"version": VERSION, "files": {n: asdict(r) for n, r in sorted(records.items())}}
-    temp = root / f"{NAME}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    if root_fd is None:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return save(root, records, root_fd)
+        finally:
+            os.close(root_fd)
+    temp = f"{NAME}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o644, dir_fd=root_fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             json.dump(body, file, ensure_ascii=False, indent=0)
-        os.replace(temp, root / NAME)
+        os.replace(temp, NAME, src_dir_fd=root_fd, dst_dir_fd=root_fd)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=root_fd)
         raise
 
 

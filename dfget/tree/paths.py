@@ -111,16 +111,21 @@ class Place:
         self.close()
 
 
-def place(root: Path, parts: tuple[str, ...]) -> Place:
-    """Where `parts` go under `root`, its folders made (never through a symlink);
-    UnsafePath if it cannot be had safely, OutputError if it cannot be had at all (a
-    file where a folder must go). The caller closes it once the file is written."""
+def place(root: Path, parts: tuple[str, ...], root_fd: int | None = None) -> Place:
+    """Where `parts` go under `root` (held open as `root_fd`, from `make_root`: DIR as
+    it was when checked, whatever is renamed in its parent since), its folders made
+    (never through a symlink); UnsafePath if it cannot be had safely, OutputError if it
+    cannot be had at all (a file where a folder must go). The caller closes it once the
+    file is written."""
     why = unsafe_path(parts)
     if why:
         raise UnsafePath(f"refused {'/'.join(parts)!r}: {why}")
     shown = "/".join(parts)
     try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if root_fd is not None:
+            fd = os.dup(root_fd)
+        else:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise OutputError(f"cannot open {root}: {exc}") from exc
     try:
@@ -201,14 +206,22 @@ def _is_link(fd: int, part: str) -> bool:
         return False
 
 
-def make_root(root: Path) -> None:
-    """DIR, made if missing (OutputError if it cannot be); a warning if another user
-    may write into it: that user can read, move and replace what is written there
-    (though nothing written goes outside DIR: `place`, docs/dfget.md)."""
+def make_root(root: Path) -> int:
+    """DIR, made if missing (OutputError if it cannot be), and held open: the caller
+    places the files through the descriptor returned (`place`) and closes it after, so
+    that a DIR renamed and replaced by a symlink meanwhile (by whoever can write into
+    its parent) takes nothing. A warning if another user may write into it: that user
+    can read, move and replace what is written there (though nothing written goes
+    outside DIR: `place`, docs/dfget.md)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        info = os.stat(root)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
+        raise OutputError(f"cannot make {root}: {exc}") from exc
+    try:
+        info = os.fstat(fd)  # (the folder held, not whatever the name leads to next)
+    except OSError as exc:
+        os.close(fd)
         raise OutputError(f"cannot make {root}: {exc}") from exc
     if info.st_uid != os.geteuid() or info.st_mode & 0o002:
         log.warning(
@@ -216,6 +229,7 @@ def make_root(root: Path) -> None:
             "there): download into a folder only you can write",
             root,
         )
+    return fd
 
 
 __all__ = ["Place", "UnsafePath", "make_root", "place", "unsafe_part", "unsafe_path"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,9 @@ class TreeRequest:
     template: DownloadRequest  # each file's request is this one with its url and output
     selection: Selection = field(default_factory=Selection)
     jobs: int = DEFAULT_JOBS
+    # DIR held open (`make_root`) by whoever made the request (a run through the daemon
+    # before this one), and closed by them; None: `download_tree` opens and closes it.
+    root_fd: int | None = None
 
 
 async def download_tree(
@@ -48,10 +52,15 @@ async def download_tree(
 ) -> TreeResult:
     """Download the tree; `on_file` is told of each file as it ends. Raises only for
     the tree as a whole (the listing, DIR); a file's failure is in its FileResult."""
+    if request.root_fd is None:
+        root_fd = make_root(request.root)
+        try:
+            return await download_tree(replace(request, root_fd=root_fd), on_file=on_file)
+        finally:
+            os.close(root_fd)
     started = trio.current_time()
-    root = request.root
-    make_root(root)
-    records = manifest.load(root)
+    root, root_fd = request.root, request.root_fd
+    records = manifest.load(root, root_fd)
     outcome = TreeResult(url=request.template.url, root=str(root))
     wanted: dict[str, Entry] = {}
 
@@ -78,7 +87,7 @@ async def download_tree(
     finally:
         outcome.seconds = trio.current_time() - started
         try:
-            manifest.save(root, records)
+            manifest.save(root, records, root_fd)
         except OSError as exc:
             log.warning("cannot write %s: %s", root / manifest.NAME, exc)
         with trio.CancelScope(shield=True):  # (after the manifest: it is kept whatever this does)
@@ -102,7 +111,7 @@ async def _one(
 async def _file(
     request: TreeRequest, entry: Entry, records: dict[str, manifest.Record]
 ) -> FileResult:
-    place = placed(request.root, entry)
+    place = placed(request.root, entry, request.root_fd)
     if isinstance(place, FileResult):
         return place
     with place:

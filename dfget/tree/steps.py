@@ -40,11 +40,11 @@ def take(
     return None
 
 
-def placed(root: Path, entry: Entry) -> Place | FileResult:
-    """Where `entry` goes under `root` (its folders made, its folder held open until
-    the place is closed), or why not."""
+def placed(root: Path, entry: Entry, root_fd: int | None = None) -> Place | FileResult:
+    """Where `entry` goes under `root` (held open as `root_fd`: `make_root`; its folders
+    made, its folder held open until the place is closed), or why not."""
     try:
-        return place(root, entry.path)
+        return place(root, entry.path, root_fd)
     except UnsafePath as exc:
         return refused(entry, exc)
     except DfgetError as exc:
