@@ -357,15 +357,17 @@ class BlobStore:
     def collect_garbage(self) -> list[str]:
         """Evict what the cache policy says should go now (a blob being read or still
         downloading stays; one that is only seeded may go); the evicted digests."""
-        return self._evict(*self._plan(self._snapshot()))
+        look = self._snapshot()
+        return self._evict(*self._plan(look), look)
 
     async def collect_garbage_off_loop(self) -> list[str]:
         """`collect_garbage`, its look at the folders (a stat a file: a cache of many
         small files held the event loop for a third of a second at 20,000) and its plan
         in a worker thread, over a copy of what is in use; each file is checked again
         before it goes."""
-        planned = await run_sync(self._plan, self._snapshot())
-        return self._evict(*planned)
+        look = self._snapshot()
+        planned = await run_sync(self._plan, look)
+        return self._evict(*planned, look)
 
     def _snapshot(self) -> _GcLook:
         """What the plan needs of the cache's state now, copied (the loop's own)."""
@@ -393,10 +395,16 @@ class BlobStore:
         # (a relative data dir's paths lack a "/": named apart, not by their look)
         return evicted, {task.task_id for task in urls}, {task.task_id for task in idle}
 
-    def _evict(self, evicted: list[str], url_files: set[str], idle: set[str]) -> list[str]:
-        """Evict what `_plan` chose, but what came into use since it looked."""
+    def _evict(
+        self, evicted: list[str], url_files: set[str], idle: set[str], look: _GcLook
+    ) -> list[str]:
+        """Evict what `_plan` chose, but what came into use, or was asked for, since it
+        looked (its plan is stale: its next look sees it as it is)."""
         gone = []
         for name in evicted:
+            key = Path(name).name if name in url_files else name
+            if name not in idle and self.last_used.get(key) != look.last_used.get(key):
+                continue
             if name in idle:
                 if not self._downloading(partials.owner(name)):
                     partials.evict(name)

@@ -128,11 +128,14 @@ async def test_the_gc_looks_in_a_worker_thread_and_spares_what_came_into_use_sin
         return real_files(*args, **kwargs)
 
     monkeypatch.setattr(blobs, "_files", files)
-    planned = blobs._plan(blobs._snapshot())
-    blobs.readers[names[1]] += 1  # a client began to read it since the look
-    assert sorted(blobs._evict(*planned)) == [names[0], names[2]]
+    look = blobs._snapshot()
+    planned = blobs._plan(look)
+    blobs.readers[names[1]] += 1  # a client began to read it since the look,
+    blobs.get(names[2], "http://h/c", ())  # another asked for this one (and has it)
+    assert blobs._evict(*planned, look) == [names[0]]
+    assert blobs.path(names[2]).exists()
     assert blobs.path(names[1]).exists() and not url_file.exists()
     blobs.readers[names[1]] -= 1
     looked_from.clear()
-    assert await blobs.collect_garbage_off_loop() == [names[1]]
+    assert await blobs.collect_garbage_off_loop() == [names[1]]  # (c: asked for recently)
     assert looked_from == [False, False]  # (the blobs' folder, the URL files')

@@ -1327,3 +1327,10 @@ def test_a_peer_in_many_tasks_filling_and_freeing_its_slots_costs_the_pools_that
     assert len(touched) == (2 if counted else 0)
     assert [b.source for b in s.assign("t1", "D1", 1, now=1.0)] == ["U"]
     assert [c.source for c in s.assign("t2", "D2", 1, now=1.0)] == []  # full again
+    # A task it leaves, or one removed, takes its closed membership with it at once.
+    peer = s._ledger.peers["U"]
+    assert len(peer.closed_full) == 1
+    s.leave_task("t2", "U", now=1.0)
+    s.assign("t3", "D3", 1, now=1.0)  # (closed in t3 now)
+    s.remove_task("t3")
+    assert not peer.closed_full

@@ -139,6 +139,7 @@ class Ledger:
         for flight in member.all_flights():
             self.land(task, flight)
         task.leave(member)
+        peer.closed_full.pop(member, None)  # (not held until the peer's next free slot)
         if not member.complete:
             self._count_incomplete(peer, -1)
 
@@ -152,6 +153,7 @@ class Ledger:
         del self.tasks[task_id]
         for member in task.members.values():
             del member.peer.members[task_id]
+            member.peer.closed_full.pop(member, None)
             if not member.complete:
                 self._count_incomplete(member.peer, -1)
 

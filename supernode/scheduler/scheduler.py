@@ -43,9 +43,8 @@ from supernode.scheduler.statistics import PeerStatistics, SchedulerStatistics, 
 
 DEFAULT_CONFIG = SchedulerConfig()
 # Assignments one request gets at most, whatever it asks (the wire allows 256; dfget
-# keeps 8 transfers going). Each may fill an uploader's last slot, and a full uploader
-# is closed in every task it is in: a request must not fan that out over hundreds of
-# uploaders at once.
+# keeps 8 transfers going): what one request may make the scheduler do stays small
+# (each may fill an uploader's last slot, which each of its tasks' pools then finds).
 MAX_WANT = 32
 
 
