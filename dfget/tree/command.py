@@ -31,6 +31,8 @@ def run_tree(args: Namespace, template: DownloadRequest, handed: Handed | None =
     try:
         request = tree_request(args, template)
     except DfgetError as exc:
+        if handed is not None:
+            os.close(handed.root_fd)
         print(f"dfget: error: {exc}", file=sys.stderr)
         return exc.exit_code
     if handed is not None:  # (the rest into DIR as the daemon's run held it)
