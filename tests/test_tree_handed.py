@@ -519,3 +519,36 @@ async def test_parses_of_listings_their_clients_left_stay_within_the_listing_pla
     await until(lambda: running == 0, 60)  # (let them end before the test does)
     assert 1 <= most <= LISTINGS_AT_ONCE
     assert default_places_taken == 0
+
+
+async def test_a_listings_answer_is_made_off_the_event_loop(
+    nursery: trio.Nursery, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (100,000 rows took the daemon's loop a quarter of a second to encode)
+    from test_attack_supernode import MiniOrigin
+
+    from dfdaemon import control
+
+    made_on_loop: list[bool] = []
+    real = control._listing_body
+
+    def body(entries: Any) -> bytes:
+        made_on_loop.append(threading.current_thread() is threading.main_thread())
+        return real(entries)
+
+    monkeypatch.setattr(control, "_listing_body", body)
+
+    async def page(method: str, headers: dict[str, str]) -> tuple[int, list[Any], bytes]:
+        return 200, [("content-type", "text/html")], b'<a href="a.bin">a</a><a href="b">b</a>'
+
+    server = MiniOrigin(page)
+    await nursery.start(server.serve)
+    daemon = await start_daemon("host", "http://127.0.0.1:1", None)
+    listing = handoff.Handoff(daemon.socket_path)
+    listing.post_listing(server.url("/tree/"), [])
+    try:
+        entries = await trio.to_thread.run_sync(listing.listing)
+    finally:
+        listing.close()
+    assert [entry[0] for entry in entries] == [["a.bin"], ["b"]]  # type: ignore[index]
+    assert made_on_loop == [False]
