@@ -8,9 +8,10 @@ import hashlib
 import json
 import os
 import select
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -32,8 +33,11 @@ import dfdaemon.control
 import dfdaemon.httpconn
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed
+from dfget.results import DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
+
+T = TypeVar("T")
 
 AUTH = "Basic " + base64.b64encode(b"user:secret").decode()
 
@@ -105,6 +109,31 @@ async def test_a_file_of_unknown_length_streams_through_the_daemon(
     assert result.daemon == str(daemon.socket_path) and result.from_cdn == len(data)
 
 
+async def paused_chunked(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    ask: Callable[[Daemon, str], Awaitable[T]],
+) -> tuple[bytes, Daemon, T]:
+    """A 6 MiB file sent chunked (no length until its end), its origin pausing after
+    5 MiB, asked for from a fresh daemon by `ask(daemon, url)` beside the test: the
+    file's bytes, the daemon, and what `ask` returned once the origin went on (after
+    the daemon had its first bytes)."""
+    gate = trio.Event()
+    data = os.urandom(6 * MiB)
+    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    url = origin.url("/chunked.bin")
+    asked = beside(nursery, partial(ask, daemon, url))
+    blobs = daemon.blobs
+    assert blobs is not None
+    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
+    gate.set()
+    return data, daemon, await asked.result()
+
+
 async def test_a_kept_handoff_gets_a_file_of_unknown_length_framed(
     origin: FakeOrigin,
     start_supernode: StartSupernode,
@@ -115,18 +144,13 @@ async def test_a_kept_handoff_gets_a_file_of_unknown_length_framed(
     """The engine's handoff keeps its connection and reads a length or a descriptor,
     never chunks: a file whose first piece came before any length (chunked, the origin
     pausing after it) is answered once its length is known, from the daemon."""
-    gate = trio.Event()
-    data = os.urandom(6 * MiB)
-    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
-    url = origin.url("/chunked.bin")
-    fetched = beside(nursery, partial(fetch, url, None, daemon_socket=daemon.socket_path))
-    blobs = daemon.blobs
-    assert blobs is not None
-    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
-    gate.set()
-    result = await fetched.result()
+
+    async def download(daemon: Daemon, url: str) -> DownloadResult:
+        return await fetch(url, None, daemon_socket=daemon.socket_path)
+
+    data, daemon, result = await paused_chunked(
+        origin, start_supernode, start_daemon, nursery, download
+    )
     assert Path(result.output).read_bytes() == data
     assert result.daemon == str(daemon.socket_path) and result.from_cdn == len(data)
 
@@ -499,18 +523,13 @@ async def test_a_file_without_a_length_still_goes_as_a_descriptor_to_a_framed_df
     # `dfget -r` asks for a descriptor and a length (framed): an origin that names no
     # length has one once the file is complete, and the file is passed then, not sent
     # through the socket (found by review: the waits' new order sent its bytes).
-    gate = trio.Event()
-    data = os.urandom(6 * MiB)
-    origin.add("/chunked.bin", data, chunked=True, gate_after=5 * MiB, gate=gate)
-    node = await start_supernode()
-    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
-    url = origin.url("/chunked.bin")
-    asked = beside(nursery, partial(trio.to_thread.run_sync, ask_framed, daemon.socket_path, url))
-    blobs = daemon.blobs
-    assert blobs is not None
-    await until(lambda: any(b.url == url and b.filled for b in blobs.running_urls.values()))
-    gate.set()
-    answer, fds = await asked.result()
+
+    async def ask(daemon: Daemon, url: str) -> tuple[bytes, list[int]]:
+        return await trio.to_thread.run_sync(ask_framed, daemon.socket_path, url)
+
+    data, _, (answer, fds) = await paused_chunked(
+        origin, start_supernode, start_daemon, nursery, ask
+    )
     _, _, body = answer.partition(b"\r\n\r\n")
     try:
         assert len(fds) == 1 and body == b"", (len(fds), len(body))

@@ -325,13 +325,20 @@ class Ledger:
     def refresh(self, peer: Peer) -> None:
         """Recompute, in each of its tasks, whether the peer can take an upload now: its
         slots or a ban changed, which every one of them depends on."""
+        serves = self._serves(peer)
         for member in peer.members.values():
-            self._refresh_member(peer, member)
+            self._refresh_member(peer, member, serves)
 
-    def _refresh_member(self, peer: Peer, member: Member) -> None:
-        """`refresh` in one of the peer's tasks. (Open even while the peer is full: the
-        pool closes it when it finds it so, `SourcePool.choose`.)"""
-        serves = peer.upload_slots > 0 and not self.blacklist.banned(peer.peer_id)
+    def _serves(self, peer: Peer) -> bool:
+        """Whether the peer uploads at all (slots, no ban), in whichever task."""
+        return peer.upload_slots > 0 and not self.blacklist.banned(peer.peer_id)
+
+    def _refresh_member(self, peer: Peer, member: Member, serves: bool | None = None) -> None:
+        """`refresh` in one of the peer's tasks (`serves`: `_serves(peer)`, if known).
+        (Open even while the peer is full: the pool closes it when it finds it so,
+        `SourcePool.choose`.)"""
+        if serves is None:
+            serves = self._serves(peer)
         task = self.tasks[member.task_id]
         serves = serves and peer.peer_id not in task.reputation.blacklisted
         task.pool.set_serving(member, serves)
