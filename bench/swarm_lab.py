@@ -70,6 +70,7 @@ from bench.swarm import (
     sha256_of,
     wait_for_outputs,
 )
+from bench.swarmlog import timeline
 from bench.torrent_swarm import require_libtorrent, run_torrent
 from testkit.netlab import Lab, LabError, Link, require_lab
 
@@ -149,6 +150,8 @@ def run_ours(
     size = payload.stat().st_size
     limit = STARTUP_GRACE + 4 * args.peers * size / args.rate
     log = work / "supernode.log"
+    swarm_log = work / "swarm-log.jsonl"  # (supernode --swarm-log: bench/swarmlog.py)
+    swarm_log.unlink(missing_ok=True)
     shutil.rmtree(work / "daemons", ignore_errors=True)
     before = sent(lab, ["origin", "supernode", *peers])
     with (
@@ -157,6 +160,7 @@ def run_ours(
         supernode_process(
             work / "supernode",
             *_supernode_args(args),
+            f"--swarm-log={swarm_log}",
             log=log,
             host=lab.address("supernode"),
             prefix=seed_command(lab, args, "supernode", []),
@@ -170,7 +174,7 @@ def run_ours(
         procs: list[subprocess.Popen[str]] = []
         spared = watch.spared if watch is not None else set()
         try:
-            started = time.perf_counter()
+            started, started_wall = time.perf_counter(), time.time()
             for host, output in zip(peers, outputs, strict=True):
                 if daemons:  # the host's daemon downloads and seeds; dfget hands it over
                     command = dfget_command(url, output, None, "--daemon-socket", daemons[host][0])
@@ -225,6 +229,7 @@ def run_ours(
         f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
     notes += "".join(f"; {host} (hit): {what}" for host, what in hit.items())
+    notes += "; " + timeline(swarm_log, started_wall).describe(times)
     shutil.rmtree(work / "ours", ignore_errors=True)
     shutil.rmtree(work / "daemons", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})

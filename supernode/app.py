@@ -38,6 +38,7 @@ from supernode.compiled import scheduler_build, stale
 from supernode.keys import load_or_create_ticket_key, raw_public
 from supernode.peers.server import DEFAULT_MAX_CONNECTIONS, PeerServer
 from supernode.peers.swarm import Swarm
+from supernode.peers.swarmlog import SwarmLog
 from supernode.scheduler import Scheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class SupernodeConfig:
     cluster_password_file: Path | None = None  # else the URL's password, if any
     cluster_heartbeat: float = DEFAULT_HEARTBEAT  # seconds; a record lives three of them
     cluster_advertise: str | None = None  # host others reach us at (else the listen host)
+    swarm_log: Path | None = None  # JSON lines: every piece task, result and CDN piece
 
 
 class Supernode:
@@ -143,7 +145,11 @@ class Supernode:
         )
         self.ticket_key = load_or_create_ticket_key(config.data_dir)
         self.swarm = Swarm(
-            self.scheduler, self.ticket_key, ticket_ttl=config.ticket_ttl, token=config.token
+            self.scheduler,
+            self.ticket_key,
+            ticket_ttl=config.ticket_ttl,
+            token=config.token,
+            log=SwarmLog(config.swarm_log) if config.swarm_log is not None else None,
         )
         self.cdn.upload_listener = self.swarm  # a CDN slot is free once its piece is sent
         uploads = RateLimiter(config.cdn_upload_limit) if config.cdn_upload_limit else None
@@ -294,4 +300,6 @@ class Supernode:
                 stats.bytes_served,
             )
             await self.origin.aclose()
+            if self.swarm.log is not None:
+                self.swarm.log.close()
             self.store.release()

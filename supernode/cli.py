@@ -208,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="pieces the CDN uploads at once; past it peers are sent to other peers (default 16)",
     )
     parser.add_argument(
+        "--swarm-log",
+        type=Path,
+        metavar="FILE",
+        help="append a JSON line to FILE for every piece task handed out, every result "
+        "reported and every piece the CDN stores, with the time: to take a slow swarm "
+        "apart afterwards (~100 bytes a piece a peer; default: none)",
+    )
+    parser.add_argument(
         "--max-connections",
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
@@ -381,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         cluster_password_file=args.cluster_password_file,
         cluster_heartbeat=args.cluster_heartbeat,
         cluster_advertise=args.cluster_advertise,
+        swarm_log=args.swarm_log,
     )
+    if args.swarm_log is not None:
+        try:  # (a path it cannot write to stops it here, not once it serves)
+            args.swarm_log.open("a").close()
+        except OSError as exc:
+            print(f"supernode: --swarm-log: {exc}", file=sys.stderr)
+            return 2
     try:
         # Both ports' connections (a piece session holds a pieces file too: twice the
         # peer port's), and room for the admitted sessions, the store and origins.

@@ -45,6 +45,7 @@ from proto.tickets import CDN_UPLOADER, TicketIssuer
 from supernode.cdn.task import CdnTask
 from supernode.errors import TaskSuperseded
 from supernode.peers.piececheck import check_piece, check_timeout
+from supernode.peers.swarmlog import SwarmLog
 from supernode.scheduler import CDN, Assignment, Check, Outcome, Scheduler, Verdict
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ class Swarm:
         *,
         ticket_ttl: float = 3600.0,
         token: bytes | None = None,
+        log: SwarmLog | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.log = log  # `--swarm-log`: every piece task, result and CDN piece
         self.ticket_key = ticket_key
         self.tickets = TicketIssuer(ticket_key, ticket_ttl)
         self.token = token
@@ -249,6 +252,7 @@ class Swarm:
         started = time.perf_counter()
         try:
             self._notify(task.task_id)  # (as `report`)
+            self._log_result(requester, result)
             self._cdn_ready(task)
             checks, assignments = self.scheduler.report_and_assign(
                 task.task_id,
@@ -283,6 +287,8 @@ class Swarm:
         requests as a freed slot; the fetch ending, failing or starting wakes them all."""
         if self._tasks.get(task.task_id) is task:  # (not a generation the swarm left)
             self._notify(task.task_id, wake=NEWS_WAKES if piece else None)
+            if piece and self.log is not None:
+                self.log.stored(task.task_id, task.ready)
 
     def _piece_tasks(
         self, task: CdnTask, requester: str, want: int, now: float
@@ -314,7 +320,20 @@ class Swarm:
                 host, port = record.host, record.port
             ticket = self.ticket(task.task_id, requester, CDN_UPLOADER if source == CDN else source)
             tasks.append((assignment.index, source, host, port, ticket))
+            if self.log is not None:
+                self.log.assigned(task.task_id, requester, assignment.index, source)
         return tuple(tasks)
+
+    def _log_result(self, requester: str, result: PieceResult) -> None:
+        if self.log is not None:
+            self.log.result(
+                result.task_id,
+                requester,
+                result.index,
+                result.source,
+                result.outcome,
+                result.seconds,
+            )
 
     def ticket(self, task_id: str, requester: str, uploader: str) -> bytes:
         return self.tickets.ticket(task_id, requester, uploader, now=time.time())
@@ -323,6 +342,7 @@ class Swarm:
         if self.generations.get(result.task_id) != result.generation:
             return  # of a generation the swarm left: its assignments went with it
         self._notify(result.task_id)  # a slot is free again, maybe a piece has a new holder
+        self._log_result(requester, result)
         checks = self.scheduler.report(
             result.task_id,
             requester,

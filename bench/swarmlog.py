@@ -1,0 +1,69 @@
+"""Where a swarm's time went, from the supernode's `--swarm-log` (supernode/peers/
+swarmlog.py): when the first piece task went out, when the CDN had every piece from
+the origin, when each peer had its last piece, and what a transfer took at the
+scheduler (its task handed out to its result reported) against its downloader's own
+count (the difference is the control path: the task's way to the peer and the result's
+back, through links full of pieces)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, median
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timeline:
+    first_task: float  # seconds from the start: the first piece task handed out
+    cdn_whole: float | None  # ... the CDN held every piece (None: never seen)
+    last_pieces: list[float]  # ... each peer's last piece done, in order
+    span: float  # a done transfer, its task handed out to its result, mean seconds
+    own: float  # ... the same transfers as their downloaders counted them, mean
+
+    def describe(self, in_place: list[float]) -> str:
+        """One line; `in_place`: when each peer's file appeared (seconds from the start)."""
+        cdn = f"+{self.cdn_whole:.2f}s" if self.cdn_whole is not None else "never"
+        return (
+            f"timeline: first piece task +{self.first_task:.2f}s, the CDN had every piece "
+            f"{cdn}, peers' last piece p50 +{median(self.last_pieces):.2f}s max "
+            f"+{max(self.last_pieces):.2f}s, files in place p50 +{median(in_place):.2f}s max "
+            f"+{max(in_place):.2f}s; a transfer {self.span:.3f}s at the scheduler, "
+            f"{self.own:.3f}s at its downloader"
+        )
+
+
+def timeline(path: Path, started: float) -> Timeline:
+    """The run the log at `path` holds (one task), `started` its start (time.time())."""
+    events = [json.loads(line) for line in path.read_text().splitlines() if line]
+    if not any(event["event"] == "assigned" for event in events):
+        raise ValueError(f"{path}: no piece task in it")
+    pieces = max((event["pieces"] for event in events if event["event"] == "stored"), default=0)
+    whole = [e["t"] for e in events if e["event"] == "stored" and e["pieces"] == pieces]
+    handed: dict[tuple[str, int, str], float] = {}
+    spans: list[float] = []
+    own: list[float] = []
+    last: dict[str, float] = {}
+    for event in events:
+        if event["event"] == "assigned":
+            handed[_transfer(event)] = event["t"]
+        elif event["event"] == "result" and event["outcome"] == "done":
+            last[event["peer"]] = max(last.get(event["peer"], 0.0), event["t"])
+            out = handed.pop(_transfer(event), None)
+            if out is not None:
+                spans.append(event["t"] - out)
+                own.append(event["seconds"])
+    if not last:
+        raise ValueError(f"{path}: no piece done in it")
+    return Timeline(
+        first_task=min(e["t"] for e in events if e["event"] == "assigned") - started,
+        cdn_whole=min(whole) - started if pieces and whole else None,
+        last_pieces=[t - started for t in last.values()],
+        span=mean(spans) if spans else 0.0,
+        own=mean(own) if own else 0.0,
+    )
+
+
+def _transfer(event: dict[str, Any]) -> tuple[str, int, str]:
+    return event["peer"], event["piece"], event["source"]

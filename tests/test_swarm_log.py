@@ -1,0 +1,88 @@
+"""`supernode --swarm-log FILE`: every piece task handed out, every result reported and
+every piece the CDN stores, one JSON line each with its time; and bench/swarmlog.py,
+which takes a run apart with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+from conftest import Fetch, StartSupernode
+
+from bench.swarmlog import timeline
+from dfget.options import PeerOptions
+from proto.pieces import MiB
+from testkit.origin import FakeOrigin
+
+LOCAL = ("127.0.0.1", 0)
+
+
+async def test_the_log_holds_every_piece_task_and_its_result(
+    origin: FakeOrigin, start_supernode: StartSupernode, fetch: Fetch, tmp_path: Path
+) -> None:
+    data = os.urandom(20 * MiB)  # (more pieces than a peer asks for at once)
+    origin.add("/f.bin", data)
+    log = tmp_path / "swarm.jsonl"
+    started = time.time()
+    node = await start_supernode(swarm_log=log)
+
+    async def one(name: str) -> None:
+        await fetch(origin.url("/f.bin"), node, name=name, peer=PeerOptions(listen=LOCAL))
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b"):
+            nursery.start_soon(one, name)
+    await node.stop()  # (the log is closed, its buffer written)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {e["event"] for e in events} == {"assigned", "result", "stored"}
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)
+    stored = [e["pieces"] for e in events if e["event"] == "stored"]
+    pieces = stored[-1]
+    assert stored == sorted(stored) and pieces * MiB >= len(data)  # (pieces of 1 MiB or more)
+    handed = set()
+    done: dict[str, set[int]] = {}
+    for event in events:
+        key = (event.get("peer"), event.get("piece"), event.get("source"))
+        if event["event"] == "assigned":
+            handed.add(key)
+        elif event["event"] == "result":
+            assert key in handed, event  # a result answers a task handed out before it
+            if event["outcome"] == "done":
+                assert event["seconds"] > 0
+                done.setdefault(event["peer"], set()).add(event["piece"])
+    # Two peers, each with every piece, from the CDN or each other.
+    assert len(done) == 2 and all(held == set(range(pieces)) for held in done.values())
+    assert {e["task"] for e in events} == {next(iter(e["task"] for e in events))}
+
+    # What the bench makes of it.
+    run = timeline(log, started)
+    assert 0 <= run.first_task <= (run.cdn_whole or 0) <= max(run.last_pieces)
+    assert len(run.last_pieces) == 2 and run.span > 0 and run.own > 0
+
+
+def test_a_log_it_cannot_write_stops_it_at_start(tmp_path: Path) -> None:
+    where = tmp_path / "missing" / "swarm.jsonl"
+    ran = subprocess.run(
+        [sys.executable, "-m", "supernode", "--swarm-log", str(where), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 2
+    assert "--swarm-log" in ran.stderr and "No such file or directory" in ran.stderr
+
+
+def test_a_log_without_piece_tasks_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "swarm.jsonl"
+    log.write_text(json.dumps({"t": 1.0, "event": "stored", "task": "x", "pieces": 1}) + "\n")
+    try:
+        timeline(log, 0.0)
+    except ValueError as exc:
+        assert "no piece task" in str(exc)
+    else:
+        raise AssertionError("a log without piece tasks gave a timeline")
