@@ -55,6 +55,9 @@ class Blob:
     complete: bool = False
     error: BaseException | None = None
     result: DownloadResult | None = None
+    # Every byte written and verified, the file not yet committed to the cache (its
+    # fsyncs and rename): a client streaming it has the rest, and its account, now.
+    whole: DownloadResult | None = None
     # A complete URL download: what its pieces and the origin's validators were, and
     # the file (inode, size, mtime) when its pieces last matched them (`kept.py`).
     content: Content | None = None
@@ -121,6 +124,11 @@ class Blob:
                 raise BlobUnavailable(f"blob {self.hex[:12]}: {exc}") from exc
         assert self.out is not None
         return os.dup(self.out.fd)
+
+    @property
+    def verified_whole(self) -> bool:
+        """Every byte is written and verified (committed to the cache or not yet)."""
+        return self.complete or self.whole is not None
 
     def raise_if_failed(self) -> None:
         """BlobUnavailable (the cause chained) once its download has failed."""

@@ -166,11 +166,13 @@ async def stream_download(
     """Answer 200 with a blob still downloading, sent from its file by sendfile as the
     file fills in. The download's engine hashes it whole and fails it before it
     completes if that is not its digest, so the last HOLD_BACK bytes wait for the blob
-    to be complete: the client never holds a whole wrong blob. `headers()` is asked
-    when the answer starts. Raises LengthMismatch as soon as the blob's length is
-    known to differ from the `length` announced (the reply is then left unended if it
-    had started), and BlobUnavailable if the download fails, or restarts from the
-    upstream once bytes were sent (those can no longer be vouched for)."""
+    to be verified whole: the client never holds a whole wrong blob, nor waits for the
+    cache to commit it (its fsyncs and rename are the cache's, not the client's).
+    `headers()` is asked when the answer starts. Raises LengthMismatch as soon as the
+    blob's length is known to differ from the `length` announced (the reply is then
+    left unended if it had started), and BlobUnavailable if the download fails, or
+    restarts from the upstream once bytes were sent (those can no longer be vouched
+    for)."""
     offset, source = 0, OneSource(blob, "sent")
 
     def check() -> None:
@@ -181,7 +183,7 @@ async def stream_download(
     with Reading(blob) as reading:
         while True:
             check()
-            complete = blob.complete
+            complete = blob.verified_whole
             limit = blob.filled if complete else blob.filled - HOLD_BACK
             if length is not None:
                 # Nothing before the blob's own length is known to be the one announced:

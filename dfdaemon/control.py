@@ -536,14 +536,15 @@ def _summary(blob: Blob, cached: bool) -> dict[str, Any]:
     """Where a download's bytes came from (`GET /v1/downloads/KEY`); for a URL download,
     also the origin's validators of the bytes in the file (`etag`, `last_modified`: ""
     when it gave none), which `dfget -r` keeps for its re-runs."""
-    result = None if cached else blob.result
-    validators: tuple[str, str] | None = blob.result.validators if blob.result else None
+    latest = blob.result or blob.whole  # (whole: verified, the cache still committing it)
+    result = None if cached else latest
+    validators: tuple[str, str] | None = latest.validators if latest else None
     if blob.content is not None:  # (the latest check of the file, newer than its download)
         validators = (blob.content.etag, blob.content.last_modified)
     known = {"etag": validators[0], "last_modified": validators[1]} if validators else {}
     return known | {
         "bytes": blob.length,
-        "complete": blob.complete,
+        "complete": blob.verified_whole,  # (its bytes: the cache may still commit them)
         "cached": cached,
         "from_cdn": result.from_cdn if result else 0,
         "from_peers": result.from_peers if result else 0,

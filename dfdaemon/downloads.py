@@ -140,6 +140,10 @@ async def download_blob(
             blob.length = total
         blob.notify()
 
+    def whole(result: DownloadResult) -> None:
+        blob.whole = result
+        blob.notify()
+
     def finished(result: DownloadResult) -> None:
         blob.length, blob.complete, blob.result = result.bytes, True, result
         _verified(blob, result)
@@ -153,7 +157,12 @@ async def download_blob(
         if blob.s3 is not None:  # an S3 object: signed with its first requester's keys
             request = replace(request, s3=blob.s3)
         await download(
-            request, output=out, limiter=settings.limiter, progress=progress, on_done=finished
+            request,
+            output=out,
+            limiter=settings.limiter,
+            progress=progress,
+            on_done=finished,
+            on_whole=whole,
         )
 
     try:

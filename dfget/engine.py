@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
@@ -68,6 +68,7 @@ class DownloadJob:
     started: float  # trio.current_time() when download() began
     deadline: float  # started + --timeout
     on_done: Callable[[DownloadResult], None] | None
+    on_whole: Callable[[DownloadResult], None] | None = None
     carried: Carried = field(default_factory=Carried)
 
     def done(self, result: DownloadResult) -> DownloadResult:
@@ -75,6 +76,12 @@ class DownloadJob:
         if self.on_done is not None:
             self.on_done(result)
         return result
+
+    def whole(self, result: DownloadResult) -> None:
+        """Tell the caller every byte is written and verified, before the output is
+        committed (a durable one's fsyncs and rename may take a while)."""
+        if self.on_whole is not None:
+            self.on_whole(result)
 
     def elapsed(self) -> float:
         """Seconds since download() began."""
@@ -95,14 +102,17 @@ async def download(
     output: AtomicOutput | None = None,
     limiter: RateLimiter | None = None,
     on_done: Callable[[DownloadResult], None] | None = None,
+    on_whole: Callable[[DownloadResult], None] | None = None,
 ) -> DownloadResult:
     """Download `request.url` to `request.output`; raises a DfgetError on failure.
 
     With `request.peer.seed_for`, returns only after seeding; `seconds` in the result
     is the download's own time, and `on_done(result)` is called as soon as the output
     is in place (before seeding). A caller that reads the file while it is being
-    written (dfdaemon) passes its own open `output`; a host-wide `limiter` replaces
-    the request's own `rate_limit`.
+    written (dfdaemon) passes its own open `output`, and may have `on_whole(result)`
+    called as soon as every byte of a download through a supernode is written and
+    verified, before the output is committed (a durable one's fsyncs and rename); a
+    host-wide `limiter` replaces the request's own `rate_limit`.
     """
     task_id = request.task_id()
     if not request.supernodes and not request.back_source and request.daemon_socket is None:
@@ -118,6 +128,7 @@ async def download(
             started=started,
             deadline=started + (request.timeout or math.inf),
             on_done=on_done,
+            on_whole=on_whole,
         )
         if request.daemon_socket is not None:
             # Kept connections for a file the engine writes itself (dfget -r's files, one
@@ -266,7 +277,6 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
     results: list[DownloadResult] = []
 
     async def complete(book: PieceBook) -> None:
-        await commit(job.out)
         assert book.length is not None
         result = DownloadResult.finished(
             job,
@@ -277,7 +287,9 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
             pieces=len(book.written),
             content=Content(*book.validators, book.piece_size, tuple(book.digests)),
         )
-        results.append(job.done(result))
+        job.whole(result)  # (verified whole: `_download` checked the digest it names)
+        await commit(job.out)
+        results.append(job.done(replace(result, seconds=job.elapsed())))
 
     try:  # (what no supernode would take: a usage error, not a broken protocol)
         check_request(request.url, request.headers)

@@ -268,6 +268,20 @@ async def until_equal(value: Callable[[], object], expected: object, seconds: fl
     await until(lambda: value() == expected, seconds)
 
 
+async def committed(daemon: Daemon, seconds: float = 20.0) -> None:
+    """Wait until the daemon's cache has committed (fsynced, renamed into place) every
+    download its clients already have whole: a client's file is in place once its
+    bytes are verified, before the cache's own commit (`Blob.whole`)."""
+    blobs = daemon.blobs
+    assert blobs is not None
+
+    def settled() -> bool:
+        running = (*blobs.running.values(), *blobs.running_urls.values())
+        return not any(b.whole and not b.complete and b.error is None for b in running)
+
+    await until(settled, seconds)
+
+
 class StartRegistry(Protocol):
     """`await start_registry(name, users={...})` → a running docker-registry whose data is
     in tmp_path/NAME, with htpasswd auth for USERS (none: open); stopped after the test."""

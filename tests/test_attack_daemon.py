@@ -36,6 +36,7 @@ from conftest import (
     StartSupernode,
     Stop,
     beside,
+    committed,
     flip_byte,
     metric,
     start_stoppable,
@@ -185,6 +186,7 @@ async def test_a_host_that_says_yes_gets_no_private_blob_through_the_control_soc
     async with httpx.AsyncClient(timeout=60) as client:
         url = f"http://{first.address}/v2/team/app/blobs/{layer}"
         assert (await client.get(url, auth=ALICE)).content == secret  # cached on host1
+    await committed(first)
     # A dfget (or anything that speaks to the socket) names the digest with its URL.
     asked = {"url": yes.url(f"/v2/team/app/blobs/{layer}"), "digest": layer}
     for daemon in (first, second):
@@ -1304,6 +1306,7 @@ async def test_a_range_asked_on_the_control_socket_does_not_break_the_shared_dow
     }
     answered, body = await control(daemon.socket_path, asked)
     assert answered == 200 and body == data
+    await committed(daemon)
     assert daemon.blobs is not None
     blob = daemon.blobs.running[hex_digest]
     assert blob.complete and blob.error is None and not blob.fell_back

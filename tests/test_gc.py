@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import Fetch, StartDaemon, StartSupernode, ask_for_file, beside, until
+from conftest import (
+    Fetch,
+    StartDaemon,
+    StartSupernode,
+    ask_for_file,
+    beside,
+    committed,
+    until,
+)
 
 from common.eviction import GcPolicy, StoredTask, plan
 from dfget.options import PeerOptions
@@ -219,6 +227,7 @@ async def test_url_files_go_least_recently_asked_for_first(
             ask_for_file, daemon.socket_path, origin.url(path), False
         )
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        await committed(daemon)  # (asked again: of the cache, not of its download)
     urls = daemon.blobs.urls
     await until(lambda: sum(1 for p in urls.iterdir() if len(p.name) == 64) == 2)
     popular = DownloadRequest(url=origin.url("/popular.bin"), output=urls).task_id()

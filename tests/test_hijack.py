@@ -24,7 +24,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from conftest import StartDaemon, StartSupernode, cli_env, metric, until
+from conftest import StartDaemon, StartSupernode, cli_env, committed, metric, until
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fakenet import FakeNetwork
@@ -154,6 +154,7 @@ async def test_skopeo_pulls_through_the_https_proxy_p2p(
     result = await skopeo_through(daemon, source, tmp_path / "out", tmp_path, certs)
     assert result.returncode == 0, result.stderr.decode()
     verify_dir_copy(tmp_path / "out", image)
+    await committed(daemon)  # (counted once the cache has each)
     # Every blob went the mirror's P2P way: through the supernode's CDN, which alone
     # fetched each one from the registry, once.
     total = sum(image.sizes.values())
@@ -279,6 +280,7 @@ async def test_httpx_pulls_blobs_of_an_ip_host_through_the_proxy(
             response = await client.get(f"https://{target}/v2/test/img/blobs/{digest}")
             assert response.status_code == 200
             assert f"sha256:{hashlib.sha256(response.content).hexdigest()}" == digest
+    await committed(daemon)  # (counted once the cache has each)
     assert metric(daemon, "dfdaemon_requests_total", kind="blob") == len(image.blobs)
     assert metric(daemon, "dfdaemon_downloaded_bytes_total", source="cdn") == sum(
         image.sizes.values()

@@ -22,6 +22,7 @@ from conftest import (
     StartRegistry,
     StartSupernode,
     at_rate_limit,
+    committed,
     flip_byte,
     metric,
     until,
@@ -337,6 +338,7 @@ async def test_a_blob_that_fails_its_digest_is_broken_off_and_dropped(
     url = f"http://{daemon.address}/v2/test/img/blobs/{layer}"
     async with httpx.AsyncClient(timeout=60) as client:
         assert (await client.get(url)).status_code == 200  # now cached
+        await committed(daemon)
         assert daemon.blobs is not None
         cached = daemon.blobs.path(layer.split(":")[1])
         flip_byte(cached, MiB + 5)  # the disk flips a byte
@@ -410,6 +412,7 @@ async def test_the_cache_quota_evicts_blobs_nobody_is_reading(one_image: OneImag
     async with httpx.AsyncClient(timeout=60) as client:
         for layer in (first, second, third):
             assert (await client.get(f"{base}/{layer}")).status_code == 200
+        await committed(daemon)
         # A client is still reading the oldest one: it stays, the next oldest goes.
         async with client.stream("GET", f"{base}/{first}") as reading:
             async for _ in reading.aiter_raw():
@@ -452,6 +455,7 @@ async def test_a_disk_that_refuses_to_delete_stops_nothing(
     async with httpx.AsyncClient(timeout=60) as client:
         for layer in image.layers:
             assert (await client.get(f"{base}/{layer}")).status_code == 200
+        await committed(daemon)
         monkeypatch.setattr(os, "unlink", read_only)
         monkeypatch.setattr(os, "open", no_new_files)
         evicted = blobs.collect_garbage()  # (raised OSError, which ended the daemon)
