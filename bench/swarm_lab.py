@@ -229,7 +229,10 @@ def run_ours(
         f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
     notes += "".join(f"; {host} (hit): {what}" for host, what in hit.items())
-    notes += "; " + timeline(swarm_log, started_wall).describe(times)
+    try:
+        notes += "; " + timeline(swarm_log, started_wall).describe(times)
+    except (OSError, ValueError) as exc:  # (the round's figures stand without it)
+        notes += f"; no timeline: {exc}"
     shutil.rmtree(work / "ours", ignore_errors=True)
     shutil.rmtree(work / "daemons", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})

@@ -25,18 +25,28 @@ class Timeline:
     def describe(self, in_place: list[float]) -> str:
         """One line; `in_place`: when each peer's file appeared (seconds from the start)."""
         cdn = f"+{self.cdn_whole:.2f}s" if self.cdn_whole is not None else "never"
+        placed = (
+            f"files in place p50 +{median(in_place):.2f}s max +{max(in_place):.2f}s"
+            if in_place
+            else "no file in place"
+        )
         return (
             f"timeline: first piece task +{self.first_task:.2f}s, the CDN had every piece "
             f"{cdn}, peers' last piece p50 +{median(self.last_pieces):.2f}s max "
-            f"+{max(self.last_pieces):.2f}s, files in place p50 +{median(in_place):.2f}s max "
-            f"+{max(in_place):.2f}s; a transfer {self.span:.3f}s at the scheduler, "
-            f"{self.own:.3f}s at its downloader"
+            f"+{max(self.last_pieces):.2f}s, {placed}; a transfer {self.span:.3f}s at the "
+            f"scheduler, {self.own:.3f}s at its downloader"
         )
 
 
 def timeline(path: Path, started: float) -> Timeline:
-    """The run the log at `path` holds (one task), `started` its start (time.time())."""
-    events = [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The run the log at `path` holds (one task), `started` its start (time.time());
+    ValueError if it holds no piece task or none done."""
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:  # (a last line torn by a supernode killed mid-write)
+            continue
     if not any(event["event"] == "assigned" for event in events):
         raise ValueError(f"{path}: no piece task in it")
     pieces = max((event["pieces"] for event in events if event["event"] == "stored"), default=0)

@@ -122,13 +122,16 @@ class Blob:
                 return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise BlobUnavailable(f"blob {self.hex[:12]}: {exc}") from exc
-        assert self.out is not None
+        if self.out is None:  # its download failed meanwhile (its file may be gone)
+            self.raise_if_failed()
+            raise BlobUnavailable(f"blob {self.hex[:12]}: not written")
         return os.dup(self.out.fd)
 
     @property
     def verified_whole(self) -> bool:
-        """Every byte is written and verified (committed to the cache or not yet)."""
-        return self.complete or self.whole is not None
+        """Every byte is written and verified: committed to the cache, or not yet and
+        not failed since (the commit failing: a disk that lost them)."""
+        return self.complete or (self.whole is not None and self.error is None)
 
     def raise_if_failed(self) -> None:
         """BlobUnavailable (the cause chained) once its download has failed."""

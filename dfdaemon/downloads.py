@@ -141,7 +141,7 @@ async def download_blob(
         blob.notify()
 
     def whole(result: DownloadResult) -> None:
-        blob.whole = result
+        blob.length, blob.whole = result.bytes, result  # (an empty file had no progress)
         blob.notify()
 
     def finished(result: DownloadResult) -> None:

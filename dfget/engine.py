@@ -287,7 +287,10 @@ async def _through(job: DownloadJob, address: str, within: float) -> DownloadRes
             pieces=len(book.written),
             content=Content(*book.validators, book.piece_size, tuple(book.digests)),
         )
-        job.whole(result)  # (verified whole: `_download` checked the digest it names)
+        # Verified whole (`_download` checked the digest it names), and not known to be
+        # lost by the disk (a failed flush: its pages may not read back as written).
+        job.out.raise_flush_error()
+        job.whole(result)
         await commit(job.out)
         results.append(job.done(replace(result, seconds=job.elapsed())))
 

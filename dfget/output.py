@@ -209,6 +209,14 @@ class AtomicOutput:
         with self._flushing:
             pass
 
+    def raise_flush_error(self) -> None:
+        """OutputError if a background flush failed: the disk refused what was written,
+        and a reader may no longer get those bytes back as they were (`sync` and
+        `publish` raise it too)."""
+        if self._flush_error is not None:
+            error = self._flush_error
+            raise OutputError(f"cannot write {self.temp}: {error}") from error
+
     def sync(self) -> None:
         """Durable outputs: fsync what is written so far (blocking); `publish` does it
         too, when anything was written since."""

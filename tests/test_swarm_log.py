@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 from conftest import Fetch, StartSupernode
 
@@ -86,3 +87,26 @@ def test_a_log_without_piece_tasks_is_refused(tmp_path: Path) -> None:
         assert "no piece task" in str(exc)
     else:
         raise AssertionError("a log without piece tasks gave a timeline")
+
+
+async def test_a_disk_that_refuses_the_log_ends_the_log_not_the_swarm(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its lines are written inside the CDN's fetch and the peers' requests: a full disk
+    # (here /dev/full: every write ENOSPC) failed the fetch and the peers' sessions.
+    data = os.urandom(20 * MiB)
+    origin.add("/f.bin", data)
+    node = await start_supernode(swarm_log=Path("/dev/full"))
+
+    async def one(name: str) -> None:
+        result = await fetch(origin.url("/f.bin"), node, name=name, peer=PeerOptions(listen=LOCAL))
+        assert Path(result.output).read_bytes() == data and result.from_source == 0
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b"):
+            nursery.start_soon(one, name)
+    await node.stop()
+    assert "--swarm-log /dev/full" in caplog.text and "no more lines" in caplog.text

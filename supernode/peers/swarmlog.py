@@ -5,7 +5,8 @@ each piece, when each peer had it and from whom, how long each transfer took, ho
 a peer's slots waited between two pieces (`bench/swarm.py --netlab` reads it).
 
 For benchmarks and for finding out why a swarm was slow, not for every day: it grows by
-~100 bytes a piece a peer and is written on the event loop, through a buffer. Lines:
+~100 bytes a piece a peer and is written on the event loop, through a buffer; a disk
+that refuses a line (full, failing) ends the log with a warning, and nothing else. Lines:
 
     {"t": 1796569275.58, "event": "assigned", "task": ID, "peer": ID, "piece": 3, "source": "cdn"}
     {"t": ..., "event": "result", "task": ..., "peer": ..., "piece": 3, "source": "cdn",
@@ -19,16 +20,20 @@ the transfer; `pieces` is how many pieces the CDN holds in a row from the first.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 class SwarmLog:
     def __init__(self, path: Path) -> None:
         # Opened at start (a path that cannot be written stops the supernode then),
         # appended to: a restarted supernode adds to what the last one wrote.
-        self._file = path.open("a", encoding="utf-8")
+        self.path = path
+        self._file: IO[str] | None = path.open("a", encoding="utf-8")
 
     def assigned(self, task_id: str, peer: str, index: int, source: str) -> None:
         self._write("assigned", task=task_id, peer=peer, piece=index, source=source)
@@ -50,8 +55,22 @@ class SwarmLog:
         self._write("stored", task=task_id, pieces=pieces)
 
     def _write(self, event: str, **fields: Any) -> None:
+        """One line; a disk that refuses it (full, failing) ends the log, never the
+        fetch or the peer's session whose event it was."""
+        if self._file is None:
+            return
         line = {"t": round(time.time(), 6), "event": event, **fields}
-        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        try:
+            self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            log.warning("--swarm-log %s: %s: no more lines", self.path, exc)
+            self.close()
 
     def close(self) -> None:
-        self._file.close()
+        """Write what the buffer holds and close (errors are logged, not raised)."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:  # (closed all the same: its flush failed)
+                log.warning("--swarm-log %s: %s", self.path, exc)
