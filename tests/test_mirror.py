@@ -513,6 +513,7 @@ async def test_a_damaged_blob_that_cannot_be_removed_is_not_served_again(
     async with httpx.AsyncClient(timeout=60) as client:
         assert (await client.get(url)).status_code == 200
         await until(lambda: blobs.cached(hex_digest) is not None)
+        await committed(daemon)  # (then asked of the cache, not of its download)
         flip_byte(blobs.path(hex_digest), MiB, 0xFF)
         monkeypatch.setattr(os, "unlink", refuse)
         with contextlib.suppress(httpx.HTTPError):  # hashed as sent: broken off
