@@ -91,6 +91,12 @@ def layer_bytes(image: Image, digest: str) -> bytes:
 async def control(sock: Path, body: dict[str, Any]) -> tuple[int, bytes]:
     """POST /v1/downloads on a daemon's control socket, as any local user can: the
     status and whatever body came (a body broken off counts as what arrived)."""
+    status, received, _ = await control_answer(sock, body)
+    return status, received
+
+
+async def control_answer(sock: Path, body: dict[str, Any]) -> tuple[int, bytes, httpx.Headers]:
+    """`control`, and the answer's headers."""
     transport = httpx.AsyncHTTPTransport(uds=str(sock))
     received = bytearray()
     async with httpx.AsyncClient(transport=transport, timeout=60) as client:
@@ -100,7 +106,7 @@ async def control(sock: Path, body: dict[str, Any]) -> tuple[int, bytes]:
                     received += chunk
         except httpx.RemoteProtocolError:
             pass
-    return answer.status_code, bytes(received)
+    return answer.status_code, bytes(received), answer.headers
 
 
 def says_yes(length: int) -> Callable[[Seen], Answer]:

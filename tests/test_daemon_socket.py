@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import select
-import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -35,7 +34,6 @@ import dfdaemon.control
 import dfdaemon.httpconn
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed
-from dfget.output import AtomicOutput
 from dfget.results import DownloadResult
 from proto.pieces import MiB
 from testkit.origin import FakeOrigin
@@ -493,42 +491,6 @@ async def test_joining_someone_elses_running_download_needs_access_too(
     assert info.value.status == 401
     assert not owner.done.is_set()  # it was refused while the other download still ran
     assert Path((await owner.result()).output).read_bytes() == data
-
-
-async def test_dfgets_file_is_in_place_before_the_daemons_cache_commits_it(
-    origin: FakeOrigin,
-    start_supernode: StartSupernode,
-    start_daemon: StartDaemon,
-    fetch: Fetch,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The cache's commit (its fsyncs and rename) is the cache's: a streamed download's
-    # last bytes go to dfget once they are verified whole, not once a slow disk has
-    # them (on a lab of 16 daemons sharing a disk that was 0.15-0.35 s at the end).
-    data = os.urandom(2 * MiB)  # (two pieces: the cache commits after its last one)
-    _, daemon, url, digest = await vouched_blob(origin, start_supernode, start_daemon, data)
-    disk = threading.Event()  # the slow disk's commit, held until the test lets it go
-    publish = AtomicOutput.publish
-
-    def slow_publish(self: AtomicOutput) -> None:
-        if self.durable:
-            disk.wait(30)
-        publish(self)
-
-    monkeypatch.setattr(AtomicOutput, "publish", slow_publish)
-    try:
-        with trio.fail_after(15):
-            result = await fetch(url, None, daemon_socket=daemon.socket_path, digest=digest)
-        assert Path(result.output).read_bytes() == data and result.daemon is not None
-        assert result.from_cdn + result.from_peers == len(data)
-        assert daemon.blobs is not None
-        blob = daemon.blobs.running[digest.split(":")[1]]
-        assert blob.whole is not None and not blob.complete  # the disk has not had it yet
-        assert not daemon.blobs.path(digest.split(":")[1]).exists()
-    finally:
-        disk.set()
-    await committed(daemon)
-    assert blob.complete and daemon.blobs.path(digest.split(":")[1]).read_bytes() == data
 
 
 async def test_a_cached_copy_gone_bad_is_dropped_and_dfget_still_succeeds(
