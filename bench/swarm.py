@@ -253,6 +253,13 @@ def main() -> int:
         "machine's cores, where real seeds have CPUs of their own (default 0)",
     )
     lab.add_argument(
+        "--keep-swarm-logs",
+        type=Path,
+        metavar="DIR",
+        help="keep each round's --swarm-log of the supernode (bench/swarmlog.py) in DIR "
+        "as ROUND-RUN.jsonl, e.g. 'ours via dfdaemon-1.jsonl' (default: removed)",
+    )
+    lab.add_argument(
         "--origin",
         choices=["fake", "nginx"],
         default="fake",

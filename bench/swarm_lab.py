@@ -175,6 +175,7 @@ def run_ours(
         spared = watch.spared if watch is not None else set()
         try:
             started, started_wall = time.perf_counter(), time.time()
+            busy_at_start = busy_seconds()
             for host, output in zip(peers, outputs, strict=True):
                 if daemons:  # the host's daemon downloads and seeds; dfget hands it over
                     command = dfget_command(url, output, None, "--daemon-socket", daemons[host][0])
@@ -192,6 +193,7 @@ def run_ours(
                     )
                 )
             times = wait_for_outputs(outputs, procs, started, limit, watch)
+            clocked = (busy_seconds() - busy_at_start) / (time.perf_counter() - started) / CORES
             hit = {peers[i]: spared_exit(procs[i]) for i in sorted(spared)}
             survivors = [proc for i, proc in enumerate(procs) if i not in spared]
             if daemons:
@@ -220,6 +222,7 @@ def run_ours(
     uploads = [after[host] - before[host] for host in peers]
     supernode_link = after["supernode"] - before["supernode"]
     notes = (
+        f"the machine {clocked:.0%} busy from the start to the last file; "
         f"CDN sent {cdn / size:.2f}F (sealed), supernode link {supernode_link / size:.2f}F; "
         f"from peers {from_peers / total:.1%}; peer links sent {spread(uploads, size)}; "
         f"dfget's own time (start-up left out) p50 {median(inside):.2f}s max {max(inside):.2f}s; "
@@ -233,6 +236,12 @@ def run_ours(
         notes += "; " + timeline(swarm_log, started_wall).describe(times)
     except (OSError, ValueError) as exc:  # (the round's figures stand without it)
         notes += f"; no timeline: {exc}"
+    kept: Path | None = getattr(args, "keep_swarm_logs", None)  # (bench/faults.py: none)
+    if kept is not None and swarm_log.exists():
+        kept.mkdir(parents=True, exist_ok=True)
+        kind = DAEMONS if through_daemons else "ours"
+        run = len(list(kept.glob(f"{kind}-*.jsonl"))) + 1
+        shutil.copyfile(swarm_log, kept / f"{kind}-{run}.jsonl")
     shutil.rmtree(work / "ours", ignore_errors=True)
     shutil.rmtree(work / "daemons", ignore_errors=True)
     return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
@@ -343,7 +352,7 @@ def describe(kind: str, run: Round, size: int, t_star: float) -> str:
         f"{kind}: p50 {median(run.times):.2f}s p99 {p99:.2f}s max {max(run.times):.2f}s "
         f"p99/T* {p99 / t_star:.2f}; origin egress {run.origin_bytes / size:.3f}F"
     )
-    line += f"; CPU busy {run.busy:.0%}" + (
+    line += f"; CPU busy {run.busy:.0%} over the whole round" + (
         f" (delayer {run.delayer:.0f} CPU-s)" if run.delayer else ""
     )
     return line + (f"; {run.notes}" if run.notes else "")
