@@ -25,8 +25,11 @@ what first holds the file beside the peers: for ours the supernode's CDN link (w
 must also get F from the origin once), for libtorrent the seed on the origin's link;
 every link is U here, so T* = F/U for all three. Prints p50/p99/max, p99/T*, origin
 egress / F, and ours' p99 against libtorrent's; with --runs K, K rounds interleaved and
-medians quoted. Ctrl-C (or SIGTERM: the lab makes it SystemExit) stops every process
-and removes the lab.
+medians quoted. For ours also the machine's busy share from the round's start to its
+last file, and the CPU floor: the CPU-seconds the whole machine spent busy in that
+time over its cores, the least that work takes here (the hosts share two cores; on
+hosts of their own each does a sixteenth of it). Ctrl-C (or SIGTERM: the lab makes it
+SystemExit) stops every process and removes the lab.
 """
 
 from __future__ import annotations
@@ -193,7 +196,8 @@ def run_ours(
                     )
                 )
             times = wait_for_outputs(outputs, procs, started, limit, watch)
-            clocked = (busy_seconds() - busy_at_start) / (time.perf_counter() - started) / CORES
+            busy_cpu = busy_seconds() - busy_at_start  # (the whole machine's, every core)
+            clocked = busy_cpu / (time.perf_counter() - started) / CORES
             hit = {peers[i]: spared_exit(procs[i]) for i in sorted(spared)}
             survivors = [proc for i, proc in enumerate(procs) if i not in spared]
             if daemons:
@@ -244,7 +248,8 @@ def run_ours(
         shutil.copyfile(swarm_log, kept / f"{kind}-{run}.jsonl")
     shutil.rmtree(work / "ours", ignore_errors=True)
     shutil.rmtree(work / "daemons", ignore_errors=True)
-    return Round(times, origin_bytes, notes, {"cdn": cdn / size, "from_peers": from_peers / total})
+    extra = {"cdn": cdn / size, "from_peers": from_peers / total, "cpu_floor": busy_cpu / CORES}
+    return Round(times, origin_bytes, notes, extra)
 
 
 def _start_daemons(
@@ -355,6 +360,9 @@ def describe(kind: str, run: Round, size: int, t_star: float) -> str:
     line += f"; CPU busy {run.busy:.0%} over the whole round" + (
         f" (delayer {run.delayer:.0f} CPU-s)" if run.delayer else ""
     )
+    if "cpu_floor" in run.extra:  # the least the round's CPU work takes on this machine
+        floor = run.extra["cpu_floor"]
+        line += f"; CPU floor {floor:.2f}s ({floor / t_star:.2f} T*)"
     return line + (f"; {run.notes}" if run.notes else "")
 
 
@@ -437,9 +445,11 @@ def main(args: argparse.Namespace) -> int:
         p99s[kind] = median([percentile(r.times, 99) for r in runs])
         worst = median([max(r.times) for r in runs])
         origin_f = median([r.origin_bytes / size for r in runs])
+        floors = [r.extra["cpu_floor"] for r in runs if "cpu_floor" in r.extra]
         print(
             f"  {kind:<26} {p50:7.2f}s {p99s[kind]:7.2f}s {worst:7.2f}s "
             f"{p99s[kind] / t_star:7.2f} {origin_f:8.3f}"
+            + (f"   CPU floor {median(floors) / t_star:.2f} T*" if floors else "")
         )
     target = 1.5 if args.rtt > 0 or args.loss > 0 else 1.3
     print(f"  ours p99/T* target <= {target}; origin egress target 1.00F")
