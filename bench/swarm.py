@@ -229,6 +229,15 @@ def _tso_rtt_log(text: str) -> int:
     return value
 
 
+def _min_tso_segs(text: str) -> int:
+    from testkit.netlab.plan import MIN_TSO_SEGS  # (the lab's range; loaded only for it)
+
+    value = int(text)
+    if value not in MIN_TSO_SEGS:
+        raise argparse.ArgumentTypeError(f"must be 1 to 255, not {value}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=16)
@@ -293,6 +302,16 @@ def main() -> int:
         help="the lab's hosts' net.ipv4.tcp_tso_rtt_log (default: the kernel's, 9); 15 keeps "
         "TCP's 64 KiB packets on the lab's delayed paths, as on a short one: the lab then "
         "carries each whole, at a fraction of its CPU (docs/netlab.md)",
+    )
+    lab.add_argument(
+        "--min-tso-segs",
+        type=_min_tso_segs,
+        metavar="N",
+        help="the lab's hosts' net.ipv4.tcp_min_tso_segs (default: the kernel's, 2): TCP "
+        "builds packets of about a millisecond of a flow's pace, 2-3 segments at these "
+        "rates, which the lab carries one by one through its bridge on this machine's "
+        "cores; 44 (64 KiB) makes them whole GSO packets, each costing the lab the same "
+        "(docs/benchmarks.md, the thirtieth session)",
     )
     lab.add_argument(
         "--no-idle-restart",

@@ -412,13 +412,16 @@ def main(args: argparse.Namespace) -> int:
             prefix="dfsw",
             tso_rtt_log=args.tso_rtt_log,
             idle_restart=False if args.no_idle_restart else None,
+            min_tso_segs=args.min_tso_segs,
         ) as lab,
     ):
         tso = "the kernel's" if args.tso_rtt_log is None else args.tso_rtt_log
         idle = "off" if args.no_idle_restart else "the kernel's"
+        segs = "the kernel's" if args.min_tso_segs is None else args.min_tso_segs
         print(
             f"free page reporting: {reporting}; TCP congestion control: {congestion}; "
-            f"hosts' tcp_tso_rtt_log: {tso}; slow start after idle: {idle}",
+            f"hosts' tcp_tso_rtt_log: {tso}; slow start after idle: {idle}; "
+            f"hosts' tcp_min_tso_segs: {segs}",
             flush=True,
         )
         for i in range(args.runs):

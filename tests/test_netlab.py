@@ -23,7 +23,7 @@ from registry import needs_nginx
 from bench.origin_process import nginx_origin
 from testkit.netlab import Lab, LabError, Link, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
-from testkit.netlab.lab import IDLE_RESTART, TSO_RTT_LOG
+from testkit.netlab.lab import IDLE_RESTART, MIN_TSO, TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
 from testkit.netlab.measure import datagrams, goodput, round_trips
 from testkit.netlab.plan import Names, features, host_loss, tbf
@@ -161,11 +161,14 @@ def test_while_a_link_has_loss_segments_reach_their_host_one_a_packet(
 @needs_lab
 def test_a_lab_sets_its_hosts_tcp_tso_rtt_log(untouched_root: None) -> None:
     """`tso_rtt_log` sets each host's net.ipv4.tcp_tso_rtt_log, `idle_restart` its
-    net.ipv4.tcp_slow_start_after_idle (the machine's own are left alone); the delay set
-    holds as before."""
+    net.ipv4.tcp_slow_start_after_idle, `min_tso_segs` its net.ipv4.tcp_min_tso_segs
+    (the machine's own are left alone); the delay set holds as before."""
     root, root_idle = Path(TSO_RTT_LOG).read_text(), Path(IDLE_RESTART).read_text()
-    with Lab(["a", "b"], link=Link(delay=0.005), tso_rtt_log=15, idle_restart=False) as lab:
-        values, idle = (
+    root_segs = Path(MIN_TSO).read_text()
+    with Lab(
+        ["a", "b"], link=Link(delay=0.005), tso_rtt_log=15, idle_restart=False, min_tso_segs=44
+    ) as lab:
+        values, idle, segs = (
             [
                 subprocess.run(
                     ["ip", "netns", "exec", host.namespace, "cat", setting],
@@ -175,17 +178,20 @@ def test_a_lab_sets_its_hosts_tcp_tso_rtt_log(untouched_root: None) -> None:
                 ).stdout.strip()
                 for host in lab.hosts.values()
             ]
-            for setting in (TSO_RTT_LOG, IDLE_RESTART)
+            for setting in (TSO_RTT_LOG, IDLE_RESTART, MIN_TSO)
         )
         rtt = statistics.median(round_trips(lab, "a", "b", 20)[2:])
         name = lab.name
-    assert values == ["15", "15"] and idle == ["0", "0"]
+    assert values == ["15", "15"] and idle == ["0", "0"] and segs == ["44", "44"]
     assert Path(TSO_RTT_LOG).read_text() == root
     assert Path(IDLE_RESTART).read_text() == root_idle
+    assert Path(MIN_TSO).read_text() == root_segs
     assert abs(rtt - 0.020) <= 0.002, f"RTT {rtt * 1000:.2f} ms for 20"
     assert_gone(name)
     with pytest.raises(ValueError, match="tso_rtt_log"):
         Lab(["a"], tso_rtt_log=32)
+    with pytest.raises(ValueError, match="min_tso_segs"):
+        Lab(["a"], min_tso_segs=0)
 
 
 @needs_lab

@@ -187,6 +187,7 @@ def coalescing(segmented: bool) -> list[str]:
 
 
 TSO_RTT_LOGS = range(32)  # the values a host's net.ipv4.tcp_tso_rtt_log may take
+MIN_TSO_SEGS = range(1, 256)  # ... and its net.ipv4.tcp_min_tso_segs
 
 
 CHAIN = "NETLAB"
