@@ -27,9 +27,10 @@ every link is U here, so T* = F/U for all three. Prints p50/p99/max, p99/T*, ori
 egress / F, and ours' p99 against libtorrent's; with --runs K, K rounds interleaved and
 medians quoted. For ours also the machine's busy share from the round's start to its
 last file, and the CPU floor: the CPU-seconds the whole machine spent busy in that
-time over its cores, the least that work takes here (the hosts share two cores; on
-hosts of their own each does a sixteenth of it). Ctrl-C (or SIGTERM: the lab makes it
-SystemExit) stops every process and removes the lab.
+time over its cores, the least time that work, done at the pace it ran, takes here
+(the hosts share two cores; on hosts of their own each does a sixteenth of it).
+Ctrl-C (or SIGTERM: the lab makes it SystemExit) stops every process and removes the
+lab.
 """
 
 from __future__ import annotations
@@ -360,7 +361,7 @@ def describe(kind: str, run: Round, size: int, t_star: float) -> str:
     line += f"; CPU busy {run.busy:.0%} over the whole round" + (
         f" (delayer {run.delayer:.0f} CPU-s)" if run.delayer else ""
     )
-    if "cpu_floor" in run.extra:  # the least the round's CPU work takes on this machine
+    if "cpu_floor" in run.extra:  # (the round's busy CPU-seconds over the cores)
         floor = run.extra["cpu_floor"]
         line += f"; CPU floor {floor:.2f}s ({floor / t_star:.2f} T*)"
     return line + (f"; {run.notes}" if run.notes else "")
