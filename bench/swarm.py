@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -220,22 +221,20 @@ def run_direct(args: argparse.Namespace, work: Path, payload: Path) -> tuple[lis
     return times, sent
 
 
-def _tso_rtt_log(text: str) -> int:
-    from testkit.netlab.plan import TSO_RTT_LOGS  # (the lab's range; loaded only for it)
+def _host_setting(allowed: str) -> Callable[[str], int]:
+    """A parser for a lab host's setting whose values are testkit.netlab.plan's range
+    named `allowed` (loaded only when the lab's flags are used)."""
 
-    value = int(text)
-    if value not in TSO_RTT_LOGS:
-        raise argparse.ArgumentTypeError(f"must be 0 to 31, not {value}")
-    return value
+    def parse(text: str) -> int:
+        from testkit.netlab import plan
 
+        values: range = getattr(plan, allowed)
+        value = int(text)
+        if value not in values:
+            raise argparse.ArgumentTypeError(f"must be {values[0]} to {values[-1]}, not {value}")
+        return value
 
-def _min_tso_segs(text: str) -> int:
-    from testkit.netlab.plan import MIN_TSO_SEGS  # (the lab's range; loaded only for it)
-
-    value = int(text)
-    if value not in MIN_TSO_SEGS:
-        raise argparse.ArgumentTypeError(f"must be 1 to 255, not {value}")
-    return value
+    return parse
 
 
 def main() -> int:
@@ -297,7 +296,7 @@ def main() -> int:
     )
     lab.add_argument(
         "--tso-rtt-log",
-        type=_tso_rtt_log,
+        type=_host_setting("TSO_RTT_LOGS"),
         metavar="N",
         help="the lab's hosts' net.ipv4.tcp_tso_rtt_log (default: the kernel's, 9); 15 keeps "
         "TCP's 64 KiB packets on the lab's delayed paths, as on a short one: the lab then "
@@ -305,7 +304,7 @@ def main() -> int:
     )
     lab.add_argument(
         "--min-tso-segs",
-        type=_min_tso_segs,
+        type=_host_setting("MIN_TSO_SEGS"),
         metavar="N",
         help="the lab's hosts' net.ipv4.tcp_min_tso_segs (default: the kernel's, 2): TCP "
         "builds packets of about a millisecond of a flow's pace, 2-3 segments at these "

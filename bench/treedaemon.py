@@ -34,9 +34,13 @@ PAGE = 4096
 
 
 def io_stalled() -> dict[str, float]:
-    """Seconds some and all tasks have stalled on I/O since boot."""
-    found = {}
-    for line in Path("/proc/pressure/io").read_text().splitlines():
+    """Seconds some and all tasks have stalled on I/O since boot (zero on a kernel
+    without pressure stall information)."""
+    found = {"some": 0.0, "full": 0.0}
+    pressure = Path("/proc/pressure/io")
+    if not pressure.exists():
+        return found
+    for line in pressure.read_text().splitlines():
         kind, *fields = line.split()
         found[kind] = int(fields[-1].removeprefix("total=")) / 1e6
     return found

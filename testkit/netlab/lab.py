@@ -76,6 +76,8 @@ class Lab:
             raise LabError(f"tso_rtt_log: this kernel has no {TSO_RTT_LOG}")
         if min_tso_segs is not None and min_tso_segs not in MIN_TSO_SEGS:
             raise ValueError(f"min_tso_segs must be 1 to 255, not {min_tso_segs}")
+        if min_tso_segs is not None and not Path(MIN_TSO).exists():
+            raise LabError(f"min_tso_segs: this kernel has no {MIN_TSO}")
         self._tso_rtt_log = tso_rtt_log
         # net.ipv4.tcp_min_tso_segs of each host (None: the kernel's, 2): the fewest
         # segments TCP puts in a packet it builds, which it otherwise sizes to about a
