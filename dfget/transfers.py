@@ -2,7 +2,8 @@
 
 Whenever fewer than IN_FLIGHT transfers run, ask the supernode's scheduler for piece
 tasks; for each, fetch the sealed piece from its source (a peer, or the CDN), open and
-check it in a worker thread, write it, and report the outcome on the control session,
+check it and write it (`common.io.piecework`: in a worker thread, or on the event loop
+while the machine's CPUs are all busy), and report the outcome on the control session,
 so the scheduler learns who holds what and who fails. How a failed transfer ends is
 decided by `dfget.outcomes.transfer_end`; the first copy of a piece to land cancels the
 others (endgame).
@@ -17,7 +18,7 @@ from functools import partial
 
 import trio
 
-from common.io import RateLimiter, threads
+from common.io import RateLimiter, piecework, threads
 from dfget.connect import ControlStream
 from dfget.errors import SupernodeUnavailable
 from dfget.outcomes import TRANSFER_ERRORS, transfer_end
@@ -226,13 +227,13 @@ class Transfers:
             connection.recycle(frame.payload)
             return 0
         scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
-        store = self.writer.store_piece
+        # A piece's work on the event loop or in a worker thread (`common.io.piecework`);
+        # the piece that completes a file alone, with the file's fsyncs, in a thread.
+        store, run = self.writer.store_piece, piecework.piece_work.run
         if alone and self.writer.output.durable and len(book.written) + 1 == book.piece_count:
-            store = self.writer.store_last_piece  # (its publish in the same thread)
+            store, run = self.writer.store_last_piece, threads.run_sync  # (and its publish)
         try:
-            size: int = await threads.run_sync(
-                store, index, frame.payload, book.digests[index], scratch
-            )
+            size: int = await run(store, index, frame.payload, book.digests[index], scratch)
         finally:
             self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
             connection.recycle(frame.payload)

@@ -2,8 +2,9 @@
 
 A piece is read back from the (verified) output file and sealed again: sealing is
 deterministic, so the bytes are exactly the CDN's. Both go through buffers that are
-used again (one plaintext buffer per worker thread, a pool of sealed ones): a fresh
-multi-MiB allocation per piece costs more in page faults than the sealing itself.
+used again (one plaintext buffer per thread that does piece work, a pool of sealed
+ones): a fresh multi-MiB allocation per piece costs more in page faults than the
+sealing itself.
 Every request needs a ticket the supernode signed for this task, naming the requester
 on the connection and this peer as the uploader. At most `slots` uploads run at once;
 past that the answer is `busy`, and the scheduler sends the requester elsewhere.
@@ -32,7 +33,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.connlimit import ConnectionLimit
-from common.io import RateLimiter, serve_limited
+from common.io import RateLimiter, piecework, serve_limited
 from dfget import __version__
 from dfget.defaults import DEFAULT_MAX_CONNECTIONS
 from proto.errors import BadTicket, ConnectionLost, ErrorCode, RemoteProtoError, UnexpectedMessage
@@ -131,7 +132,7 @@ class SharedTask:
     # one (key, nonce), nor send bytes the downloader blames on this peer.
     digest_of: Callable[[int], bytes] | None = None
     changed: set[int] = field(default_factory=set)  # pieces that no longer match
-    readers: int = 0  # worker threads reading `fd` now
+    readers: int = 0  # pieces being read from `fd` now (in worker threads, or the loop)
     retired: bool = False  # no longer shared: the last reader closes `fd`
 
     def retire(self) -> None:
@@ -144,16 +145,17 @@ class SharedTask:
                 os.close(self.fd)
 
     async def sealed(self, index: int, out: bytearray) -> memoryview:
-        """`read_sealed` in a worker thread; `fd` stays open until it is done."""
+        """`read_sealed` as piece work (`common.io.piecework`: on the event loop or in a
+        worker thread); `fd` stays open until it is done."""
         self.readers += 1
         try:
-            return await trio.to_thread.run_sync(self.read_sealed, index, out)
+            return await piecework.piece_work.run(self.read_sealed, index, out)
         finally:
             self.readers -= 1
             self._close_if_unused()
 
     def read_sealed(self, index: int, out: bytearray) -> memoryview:
-        """The piece as the CDN sealed it, in `out` (blocking: a worker thread calls it;
+        """The piece as the CDN sealed it, in `out` (blocking: piece work calls it;
         `out` is replaced by a new buffer when it is too small)."""
         length = self.length_of(index)
         plain = _scratch(length)
@@ -174,7 +176,7 @@ _thread = threading.local()
 
 
 def _scratch(length: int) -> memoryview:
-    """This worker thread's plaintext buffer, `length` bytes of it."""
+    """This thread's plaintext buffer, `length` bytes of it."""
     buffer: bytearray | None = getattr(_thread, "buffer", None)
     if buffer is None or len(buffer) < length:
         buffer = _thread.buffer = bytearray(length)

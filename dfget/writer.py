@@ -1,10 +1,12 @@
 """Open, verify and write pieces; check the whole file against the user's digest.
 
-`store_piece` is synchronous and thread-safe: the engine runs it in a worker thread so
-the event loop keeps receiving while a piece is decrypted (AES-GCM), digested (blake3)
-and written at its offset. Nothing reaches the file before both checks pass. The
-whole-file digest is fed in piece order: the piece at the cursor is hashed from
-memory, pieces that landed ahead of it are read back when the cursor gets there.
+`store_piece` is synchronous and thread-safe: the engine runs it as piece work
+(`common.io.piecework`: in a worker thread, so that the event loop keeps receiving while
+a piece is decrypted (AES-GCM), digested (blake3) and written at its offset; on the loop
+itself while the machine's CPUs are all busy, where the hand-over costs more).
+Nothing reaches the file before both checks pass. The whole-file digest is fed in piece
+order: the piece at the cursor is hashed from memory, pieces that landed ahead of it
+are read back when the cursor gets there.
 """
 
 from __future__ import annotations

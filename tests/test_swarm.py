@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +15,8 @@ import trio
 import trio.testing
 from conftest import PYTHON, Fetch, RunningSupernode, StartSupernode, beside, cli_env, until
 
+from common.io import piecework
+from common.io.threads import run_sync
 from common.units import format_size
 from dfget import outcomes
 from dfget.errors import NotAdmitted, SupernodeNotProven
@@ -52,12 +54,25 @@ async def swarm(
     return results
 
 
+@pytest.mark.parametrize("mode", ["inline", "threads"])
 async def test_eight_peers_share_pieces_and_all_verify(
     origin: FakeOrigin,
     start_supernode: StartSupernode,
     fetch: Fetch,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
 ) -> None:
+    # Pieces stored and sealed where `common.io.piecework` puts them: on the event loop
+    # (a machine whose CPUs are all busy) or in worker threads; both ways counted.
+    monkeypatch.setattr(piecework, "piece_work", piecework.PieceWork(mode))
+    handed: list[str] = []
+
+    async def counted(work: Callable[..., object], *args: object) -> object:
+        handed.append(getattr(work, "__name__", ""))
+        return await run_sync(work, *args)
+
+    monkeypatch.setattr(piecework, "run_sync", counted)
     caplog.set_level(logging.INFO, logger="supernode.peers.swarm")
     data = os.urandom(24 * MiB)
     origin.add("/big.bin", data)
@@ -72,6 +87,13 @@ async def test_eight_peers_share_pieces_and_all_verify(
     from_cdn = sum(r.from_cdn for r in results)
     assert from_peers > from_cdn  # most bytes came from other peers
     assert origin.stats["/big.bin"].from_start == 1
+    # Every piece stored, and every piece a peer sent, went to a thread, or none did
+    # (at least: a copy that lost a race to another, or was not taken, counts too).
+    stored, sealed = handed.count("store_piece"), handed.count("read_sealed")
+    if mode == "inline":
+        assert stored == sealed == 0
+    else:
+        assert stored >= 8 * 24 and sealed >= from_peers // MiB
     # Once the last peer has left, the supernode logs who sent the task's bytes.
     await until(lambda: "finished (its last peer left)" in caplog.text)
     line = next(r.getMessage() for r in caplog.records if "finished" in r.getMessage())
