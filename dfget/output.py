@@ -10,7 +10,7 @@ not a power loss). A `durable` output (dfdaemon's cache, which serves and seeds 
 names) is: the temp file is fsynced before the rename and its folder after, so a name
 in the folder always stands for the whole file. So that the final fsync does not wait
 for gigabytes, a durable output also has what it wrote synced every SYNC_EVERY bytes,
-by a thread of its own: a writer never waits for the disk, and neither does the event
+by a thread of its own: a writer never waits for a flush, and neither does the event
 loop (`publish`, its fsyncs and the rename, runs in a worker thread before `commit`
 closes the file: `dfget.engine.commit`).
 """
@@ -145,7 +145,7 @@ class AtomicOutput:
             self.resets += 1
 
     def piece_stored(self, index: int) -> None:
-        """A verified piece is written (from a worker thread)."""
+        """A verified piece is written (from a worker thread, or the event loop)."""
         with self._lock:
             if self._layout is not None:
                 self._stored.add(index)

@@ -76,7 +76,8 @@ class SpoolOutput(AtomicOutput):
         self._changed = trio.Event()
 
     def _changed_soon(self) -> None:
-        """Wake the reader (from any thread: pieces are written by worker threads)."""
+        """Wake the reader (from any thread: pieces are written by worker threads, or
+        on the event loop)."""
         self._token.run_sync_soon(self._notify, idempotent=True)
 
     async def wait_changed(self) -> None:

@@ -228,12 +228,18 @@ class Transfers:
             return 0
         scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
         # A piece's work on the event loop or in a worker thread (`common.io.piecework`);
-        # the piece that completes a file alone, with the file's fsyncs, in a thread.
-        store, run = self.writer.store_piece, piecework.piece_work.run
-        if alone and self.writer.output.durable and len(book.written) + 1 == book.piece_count:
-            store, run = self.writer.store_last_piece, threads.run_sync  # (and its publish)
+        # in a thread, the piece that completes a file alone (with the file's fsyncs) and
+        # one that has the whole-file hash read back pieces that landed ahead of it.
+        writer, args = self.writer, (index, frame.payload, book.digests[index], scratch)
         try:
-            size: int = await run(store, index, frame.payload, book.digests[index], scratch)
+            if alone and writer.output.durable and len(book.written) + 1 == book.piece_count:
+                size: int = await threads.run_sync(writer.store_last_piece, *args)
+            elif writer.catches_up(index):
+                size = await threads.run_sync(writer.store_piece, *args)
+            else:
+                size = await piecework.piece_work.run(
+                    writer.store_piece, *args, size=len(frame.payload)
+                )
         finally:
             self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
             connection.recycle(frame.payload)

@@ -149,7 +149,9 @@ class SharedTask:
         worker thread); `fd` stays open until it is done."""
         self.readers += 1
         try:
-            return await piecework.piece_work.run(self.read_sealed, index, out)
+            return await piecework.piece_work.run(
+                self.read_sealed, index, out, size=self.length_of(index)
+            )
         finally:
             self.readers -= 1
             self._close_if_unused()

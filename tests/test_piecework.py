@@ -4,7 +4,9 @@ next to threads for a while."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,11 @@ import trio
 
 from common.io import piecework
 from common.io.piecework import PieceWork, cpu_times, mode_from
+from dfget.output import AtomicOutput
+from dfget.writer import PieceWriter
+from proto.pieces import PieceSealer, piece_digest
+
+MiB = 1024 * 1024
 
 
 def test_the_environment_names_the_mode(caplog: pytest.LogCaptureFixture) -> None:
@@ -45,44 +52,85 @@ def test_the_machines_cpu_times_are_read_from_proc_stat(tmp_path: Path) -> None:
 def test_auto_works_on_the_loop_only_while_the_machine_is_busy() -> None:
     looks = iter([(0, 0), (50, 100), (55, 200), (58, 300), None, (90, 400)])
     work = PieceWork("auto", times=lambda: next(looks), check_every=0)
-    assert not work.inline()  # (a first look: nothing to compare yet)
-    assert not work.inline()  # half idle
-    assert work.inline()  # 5% idle
-    assert work.inline()  # 3% idle
-    assert not work.inline()  # nothing to tell: threads ...
-    assert not work.inline()  # ... and the next look starts afresh
+    assert not work.inline(MiB)  # (a first look: nothing to compare yet)
+    assert not work.inline(MiB)  # half idle
+    assert work.inline(MiB)  # 5% idle
+    assert work.inline(MiB)  # 3% idle
+    assert not work.inline(MiB)  # nothing to tell: threads ...
+    assert not work.inline(MiB)  # ... and the next look starts afresh
     once = iter([(0, 0)])  # (a second look would find none)
     waited = PieceWork("auto", times=lambda: next(once), check_every=3600)
-    assert not waited.inline() and not waited.inline()  # (one look an hour)
+    assert not waited.inline(MiB) and not waited.inline(MiB)  # (one look an hour)
 
 
 async def test_work_on_the_loop_runs_there_and_threaded_work_does_not() -> None:
     loop = threading.get_ident()
-    assert await PieceWork("inline").run(threading.get_ident) == loop
-    assert await PieceWork("threads").run(threading.get_ident) != loop
-    assert await PieceWork("auto", times=lambda: None).run(threading.get_ident) != loop
+    assert await PieceWork("inline").run(threading.get_ident, size=MiB) == loop
+    assert await PieceWork("threads").run(threading.get_ident, size=MiB) != loop
+    assert await PieceWork("auto", times=lambda: None).run(threading.get_ident, size=MiB) != loop
 
 
-async def test_slow_work_on_the_loop_sends_the_next_to_threads_for_a_while() -> None:
+async def test_work_on_the_loop_that_waits_sends_the_next_to_threads_for_a_while() -> None:
     loop = threading.get_ident()
     work = PieceWork("inline")
 
-    def slow() -> int:
-        time.sleep(piecework.SLOW + 0.01)  # (a write the disk held back)
+    def waits(seconds: float) -> int:
+        time.sleep(seconds)  # (a write the disk held back, a read it had to fetch)
         return threading.get_ident()
 
     def busy() -> None:  # slow too, but only for want of CPU: no reason to move
-        end = time.thread_time() + piecework.SLOW + 0.01
+        end = time.thread_time() + piecework.OFF_CPU_BUDGET + 0.01
         while time.thread_time() < end:
             pass
 
-    await work.run(busy)
+    await work.run(busy, size=MiB)
     assert work.threads_until == 0
-    assert await work.run(slow) == loop  # (it ran there: only then is it known slow)
+    short = piecework.OFF_CPU_BUDGET * 0.6
+    assert await work.run(waits, short, size=MiB) == loop  # (within the budget)
+    assert work.threads_until == 0
+    assert await work.run(waits, short, size=MiB) == loop  # (over it, within the window)
     assert work.threads_until >= time.monotonic() + piecework.STAY_IN_THREADS - 1
-    assert await work.run(threading.get_ident) != loop
-    work.threads_until = time.monotonic() - 1  # (the while is over)
-    assert await work.run(threading.get_ident) == loop
+    assert await work.run(threading.get_ident, size=MiB) != loop
+    work.threads_until = time.monotonic() - 1  # (the while is over, the budget afresh)
+    assert await work.run(waits, short, size=MiB) == loop
+    assert work.threads_until < time.monotonic()
+
+
+async def test_waits_spread_over_more_than_the_window_stay_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(piecework, "BUDGET_WINDOW", 0.05)
+    work = PieceWork("inline")
+    for _ in range(3):  # each 60% of the budget, a window apart
+        await work.run(time.sleep, piecework.OFF_CPU_BUDGET * 0.6, size=MiB)
+        time.sleep(0.06)
+    assert work.threads_until == 0
+
+
+async def test_a_large_piece_is_worked_in_a_thread() -> None:
+    loop = threading.get_ident()
+    work = PieceWork("inline")
+    assert await work.run(threading.get_ident, size=piecework.INLINE_AT_MOST) == loop
+    assert await work.run(threading.get_ident, size=piecework.INLINE_AT_MOST + 1) != loop
+
+
+async def test_auto_runs_the_work_where_the_last_look_says() -> None:
+    loop = threading.get_ident()
+    looks = iter([(0, 0), (2, 100), (60, 200)])
+    work = PieceWork("auto", times=lambda: next(looks), check_every=0)
+    assert await work.run(threading.get_ident, size=MiB) != loop  # (no baseline yet)
+    assert await work.run(threading.get_ident, size=MiB) == loop  # 2% idle
+    assert await work.run(threading.get_ident, size=MiB) != loop  # 58% idle
+
+
+def test_a_look_after_a_long_gap_is_no_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    looks = iter([(0, 0), (2, 100), (2, 200), (3, 300)])
+    work = PieceWork("auto", times=lambda: next(looks), check_every=0)
+    assert not work.inline(MiB) and work.inline(MiB)  # (2% idle: busy)
+    monkeypatch.setattr(piecework, "STALE", 0.0)  # (as if long ago)
+    assert not work.inline(MiB)  # (stale: no comparison, threads)
+    monkeypatch.setattr(piecework, "STALE", 3.0)
+    assert work.inline(MiB)  # (1% idle since the last look)
 
 
 async def test_work_on_the_loop_raises_as_threaded_work_does() -> None:
@@ -91,14 +139,14 @@ async def test_work_on_the_loop_raises_as_threaded_work_does() -> None:
 
     for mode in ("inline", "threads"):
         with pytest.raises(OSError, match="disk full"):
-            await PieceWork(mode).run(bad)
+            await PieceWork(mode).run(bad, size=MiB)
 
 
 async def test_cancelled_before_it_starts_work_on_the_loop_does_not_run() -> None:
     ran: list[int] = []
     with trio.CancelScope() as scope:
         scope.cancel()
-        await PieceWork("inline").run(ran.append, 1)
+        await PieceWork("inline").run(ran.append, 1, size=MiB)
     assert scope.cancelled_caught and not ran
 
 
@@ -108,7 +156,7 @@ async def test_other_tasks_run_between_pieces_worked_on_the_loop() -> None:
 
     async def pieces() -> None:
         for _ in range(3):
-            await work.run(order.append, "piece")
+            await work.run(order.append, "piece", size=MiB)
 
     async def other() -> None:
         for _ in range(3):
@@ -122,3 +170,32 @@ async def test_other_tasks_run_between_pieces_worked_on_the_loop() -> None:
     # (back to back, the three pieces would have had it run once at most).
     last = len(order) - 1 - order[::-1].index("piece")
     assert order[:last].count("other") >= 2
+
+
+def test_a_piece_that_has_the_whole_file_hash_catch_up_is_said_so(tmp_path: Path) -> None:
+    size = 4096
+    data = os.urandom(3 * size)
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    sealer = PieceSealer(os.urandom(32), "t" * 64)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with AtomicOutput(tmp_path / "blob") as out:
+        writer = PieceWriter(out, sealer, size, digest)
+        plain = PieceWriter(out, sealer, size, None)  # (no whole-file hash: never)
+
+        def store(index: int) -> None:
+            sealed = bytearray(sealer.seal(index, pieces[index]))
+            writer.store_piece(index, sealed, piece_digest(pieces[index]), bytearray(size))
+
+        assert not writer.catches_up(0)  # (nothing landed ahead of it)
+        store(2)
+        assert writer.catches_up(0) and not writer.catches_up(1) and not plain.catches_up(0)
+        writer._lock.acquire()  # (a thread hashing: say yes rather than wait)
+        try:
+            assert writer.catches_up(1)
+        finally:
+            writer._lock.release()
+        store(0)
+        assert writer.catches_up(1)  # (the cursor's piece now, with 2 ahead)
+        store(1)
+        assert not writer.catches_up(2)
+        writer.verify_whole()

@@ -1,6 +1,6 @@
 """Where a piece's blocking work runs: opening, checking and writing a piece that came
 in (`dfget.writer.PieceWriter.store_piece`), reading, checking and sealing one to send
-(`dfget.uploads.SharedTask.read_sealed`). About a millisecond of work a MiB piece.
+(`dfget.uploads.SharedTask.read_sealed`). About a millisecond of work a MiB.
 
 In a worker thread that work overlaps the event loop's (AES-GCM, blake3 and the file
 calls let go of the GIL), but handing it over and back costs CPU of its own: ~0.12-0.17
@@ -12,14 +12,19 @@ pure cost. So `auto` (the default) looks at the machine's idle share once a
 CHECK_EVERY seconds (/proc/stat): under IDLE_BELOW, the work runs on the event loop;
 otherwise in a worker thread. (docs/benchmarks.md, the thirty-first session: ~5% of a
 lab daemon's CPU, 16 of them on two cores; and a single cold pull through the mirror,
-with cores to spare, went slower with the work on the loop.)
+with cores to spare, went slower with the work on the loop.) Only a piece of at most
+INLINE_AT_MOST bytes is worked on the loop: a larger one's work (up to ~70 ms for 64
+MiB) would hold every other task up, for a saving that is the same per piece.
 
 A disk that holds a write back (dirty-page throttling) or a read that misses the page
-cache would hold up the whole loop: work on the loop that waited for something (the
-thread gave up its CPU: a voluntary context switch) and took longer than SLOW seconds
-sends the process's piece work to worker threads for STAY_IN_THREADS seconds. (Work
-that only waited for a CPU does not: on a busy machine every piece would, and there
-the loop is where the work belongs.)
+cache would hold up the whole loop: time that work on the loop spent waiting for
+something other than a CPU (the thread gave up its CPU, a voluntary context switch,
+and the wall clock ran past the thread's own CPU time) is counted, and past
+OFF_CPU_BUDGET seconds of it within BUDGET_WINDOW the process's piece work goes to
+worker threads for STAY_IN_THREADS seconds: a disk that holds every piece back costs
+the loop at most ~5% of its time. (Work that only waited for a CPU does not count:
+on a busy machine every piece would, and there the loop is where the work belongs.
+Waits for the GIL do, now and then a few ms on a busy machine.)
 
 `DF_PIECE_WORK=inline|threads|auto` in the environment sets it for the process
 (benchmarks compare the first two); anything else is `auto`, said in a warning.
@@ -47,12 +52,11 @@ CHECK_EVERY = 1.0  # seconds between looks at the machine's idle share (auto)
 IDLE_BELOW = 0.1  # the machine's idle share under which auto works on the loop
 # (RUSAGE_THREAD is Linux's; elsewhere the process's count, other threads' waits too.)
 RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
-# Work on the loop that waited and took this long sends the next to threads for a
-# while: a disk that holds every write back costs the loop at most ~1% of its time.
-# (A piece's work also waits for the GIL, now and then for tens of ms on a busy
-# machine: a lab round saw 10 such waits of 21-110 ms in 32 processes.)
-SLOW = 0.05  # seconds
-STAY_IN_THREADS = 5.0  # seconds
+INLINE_AT_MOST = 4 * 1024 * 1024  # bytes: a larger piece's work goes to a thread
+STALE = 3.0  # seconds: a look older than this is no baseline for the next (auto)
+OFF_CPU_BUDGET = 0.05  # seconds work on the loop may wait (not for a CPU) ...
+BUDGET_WINDOW = 1.0  # ... within this long, before the next goes to threads ...
+STAY_IN_THREADS = 5.0  # ... for this long
 
 
 def cpu_times(path: str = "/proc/stat") -> tuple[int, int] | None:
@@ -102,42 +106,54 @@ class PieceWork:
         self._last: tuple[int, int] | None = None  # the last look's cpu_times()
         self._checked = -check_every  # time.monotonic() of the last look
         self._busy = False  # the machine was busy (idle under IDLE_BELOW) at the last look
+        self._window = 0.0  # time.monotonic() when the off-CPU budget's window began
+        self._off_cpu = 0.0  # seconds work on the loop waited in that window
 
-    def inline(self) -> bool:
-        """Whether the next piece's work runs on the event loop."""
+    def inline(self, size: int) -> bool:
+        """Whether the next piece's work, of `size` bytes, runs on the event loop."""
         now = time.monotonic()
-        if self.mode == "threads" or now < self.threads_until:
+        if self.mode == "threads" or now < self.threads_until or size > INLINE_AT_MOST:
             return False
         if self.mode == "inline":
             return True
         if now - self._checked >= self._check_every:
+            stale = now - self._checked > STALE  # (an average over a long gap says little)
             self._checked, times = now, self._times()
             self._busy = False  # (until two looks tell otherwise)
-            if times is not None and self._last is not None:
+            if times is not None and self._last is not None and not stale:
                 idle, total = times[0] - self._last[0], times[1] - self._last[1]
                 self._busy = total > 0 and idle < IDLE_BELOW * total
             self._last = times
         return self._busy
 
-    async def run(self, work: Callable[..., T], *args: object) -> T:
-        """`work(*args)`, its result or what it raised; not cancellable while it runs,
-        as `common.io.threads.run_sync`."""
-        if not self.inline():
+    async def run(self, work: Callable[..., T], *args: object, size: int) -> T:
+        """`work(*args)` for a piece of `size` bytes; its result or what it raised; not
+        cancellable while it runs, as `common.io.threads.run_sync`."""
+        if not self.inline(size):
             return await run_sync(work, *args)
         await trio.lowlevel.checkpoint_if_cancelled()
-        started, waits = time.monotonic(), _waits()
+        started, cpu, waits = time.monotonic(), time.thread_time(), _waits()
         try:
             return work(*args)
         finally:
-            took = time.monotonic() - started
-            if took > SLOW and _waits() > waits:
-                self.threads_until = started + took + STAY_IN_THREADS
-                log.info(
-                    "piece work took %.0f ms on the event loop: in worker threads for %gs",
-                    took * 1000,
-                    STAY_IN_THREADS,
-                )
+            if _waits() > waits:  # (it gave up its CPU: what else it waited for counts)
+                self._waited(time.monotonic() - started - (time.thread_time() - cpu))
             await trio.lowlevel.cancel_shielded_checkpoint()  # (others run between pieces)
+
+    def _waited(self, seconds: float) -> None:
+        """Work on the loop waited `seconds` for something other than a CPU."""
+        now = time.monotonic()
+        if now - self._window > BUDGET_WINDOW:
+            self._window, self._off_cpu = now, 0.0
+        self._off_cpu += seconds
+        if self._off_cpu > OFF_CPU_BUDGET:
+            log.info(
+                "piece work on the event loop waited %.0f ms within %gs: in worker threads for %gs",
+                self._off_cpu * 1000,
+                BUDGET_WINDOW,
+                STAY_IN_THREADS,
+            )
+            self.threads_until, self._off_cpu = now + STAY_IN_THREADS, 0.0
 
 
 piece_work = PieceWork(mode_from(os.environ.get(ENVIRONMENT)))
