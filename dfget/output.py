@@ -17,6 +17,7 @@ closes the file: `dfget.engine.commit`).
 
 from __future__ import annotations
 
+import _thread
 import os
 import secrets
 import threading
@@ -187,14 +188,19 @@ class AtomicOutput:
 
     def _flush_now_and_then(self, written: int) -> None:
         """Past SYNC_EVERY new bytes, start a flush in a thread of its own (one at a
-        time); its errors are the final `sync`'s to report."""
+        time); its errors are the final `sync`'s to report. Started without waiting for
+        the thread to run (`threading.Thread.start` waits: on a busy machine tens of ms
+        of the event loop's, where pieces are written: `common.io.piecework`)."""
         with self._lock:
             self._dirty = True
             self._unsynced += written
             if self._unsynced < SYNC_EVERY or not self._flushing.acquire(blocking=False):
                 return
             self._unsynced = 0
-        threading.Thread(target=self._flush, name="dfget-output-flush", daemon=True).start()
+        try:
+            _thread.start_new_thread(self._flush, ())
+        except RuntimeError:  # (no thread to be had: the final sync flushes it all)
+            self._flushing.release()
 
     def _flush(self) -> None:
         """The background flush: holds `_flushing` (taken by the thread that started it)."""

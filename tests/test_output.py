@@ -58,6 +58,29 @@ def test_a_durable_outputs_background_flush_error_fails_its_commit(
     assert not target.exists()  # never named
 
 
+def test_a_flush_with_no_thread_to_be_had_leaves_it_to_the_final_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _thread
+
+    from dfget import output as output_module
+    from dfget.output import AtomicOutput
+
+    def no_thread(*_: object) -> int:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(output_module, "SYNC_EVERY", 1)
+    monkeypatch.setattr(_thread, "start_new_thread", no_thread)
+    target = tmp_path / "blob"
+    with AtomicOutput(target, durable=True) as out:
+        out.write_at(0, b"x" * 10)  # past SYNC_EVERY: no flush started, none held
+        assert out._flushing.acquire(timeout=5)
+        out._flushing.release()
+        out.write_at(10, b"y" * 10)
+        out.commit()
+    assert target.read_bytes() == b"x" * 10 + b"y" * 10
+
+
 @pytest.mark.parametrize("kind", ["atomic", "resumable"])
 def test_bytes_of_another_layout_stop_counting_for_readers(tmp_path: Path, kind: str) -> None:
     """A failover to a supernode holding another version (another layout): what was
