@@ -201,6 +201,9 @@ class AtomicOutput:
             _thread.start_new_thread(self._flush, ())
         except RuntimeError:  # (no thread to be had: the final sync flushes it all)
             self._flushing.release()
+        except BaseException:
+            self._flushing.release()
+            raise
 
     def _flush(self) -> None:
         """The background flush: holds `_flushing` (taken by the thread that started it)."""

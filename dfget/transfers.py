@@ -35,6 +35,7 @@ from proto.messages import (
     PieceTasks,
     PieceTasksRequest,
 )
+from proto.pieces import TAG_SIZE
 from proto.tickets import CDN_UPLOADER
 
 # The peer's messages keep one logger name, whichever module logs them (dfdaemon's log
@@ -229,17 +230,16 @@ class Transfers:
         scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
         # A piece's work on the event loop or in a worker thread (`common.io.piecework`);
         # in a thread, the piece that completes a file alone (with the file's fsyncs) and
-        # one that has the whole-file hash read back pieces that landed ahead of it.
+        # any of a file hashed whole as it lands (a store may read back most of it).
         writer, args = self.writer, (index, frame.payload, book.digests[index], scratch)
         try:
             if alone and writer.output.durable and len(book.written) + 1 == book.piece_count:
                 size: int = await threads.run_sync(writer.store_last_piece, *args)
-            elif writer.catches_up(index):
+            elif writer.hashes_whole:
                 size = await threads.run_sync(writer.store_piece, *args)
             else:
-                size = await piecework.piece_work.run(
-                    writer.store_piece, *args, size=len(frame.payload)
-                )
+                plain = len(frame.payload) - TAG_SIZE
+                size = await piecework.piece_work.run(writer.store_piece, *args, size=plain)
         finally:
             self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
             connection.recycle(frame.payload)

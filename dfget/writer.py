@@ -69,19 +69,14 @@ class PieceWriter:
                 self.output.publish()
         return size
 
-    def catches_up(self, index: int) -> bool:
-        """Whether storing piece `index` may read back pieces that landed ahead of the
-        whole-file hash's cursor (its work then is not one piece's: `common.io.piecework`
-        gives it a worker thread). Asked on the event loop: a lock held by a thread
-        hashing says yes rather than wait."""
-        if self._hasher is None:
-            return False
-        if not self._lock.acquire(blocking=False):
-            return True
-        try:
-            return index == self._cursor and bool(self._on_disk)
-        finally:
-            self._lock.release()
+    @property
+    def hashes_whole(self) -> bool:
+        """Whether the whole file is hashed as pieces land (a digest was named): then a
+        store may read back pieces that landed ahead of the hash's cursor, up to most of
+        the file, and waits for another store's doing so (`_lock`): such a writer's
+        pieces are stored in worker threads, never on the event loop
+        (`common.io.piecework`)."""
+        return self._hasher is not None
 
     def stored_locally(self, index: int, plain: bytes) -> None:
         """Piece `index` was in the file already, and matches its digest (a resumed

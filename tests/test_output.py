@@ -66,7 +66,10 @@ def test_a_flush_with_no_thread_to_be_had_leaves_it_to_the_final_sync(
     from dfget import output as output_module
     from dfget.output import AtomicOutput
 
-    def no_thread(*_: object) -> int:
+    tried: list[object] = []
+
+    def no_thread(*args: object) -> int:
+        tried.append(args)
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(output_module, "SYNC_EVERY", 1)
@@ -74,6 +77,7 @@ def test_a_flush_with_no_thread_to_be_had_leaves_it_to_the_final_sync(
     target = tmp_path / "blob"
     with AtomicOutput(target, durable=True) as out:
         out.write_at(0, b"x" * 10)  # past SYNC_EVERY: no flush started, none held
+        assert len(tried) == 1
         assert out._flushing.acquire(timeout=5)
         out._flushing.release()
         out.write_at(10, b"y" * 10)

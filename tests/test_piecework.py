@@ -18,7 +18,7 @@ from common.io import piecework
 from common.io.piecework import PieceWork, cpu_times, mode_from
 from dfget.output import AtomicOutput
 from dfget.writer import PieceWriter
-from proto.pieces import PieceSealer, piece_digest
+from proto.pieces import PieceSealer
 
 MiB = 1024 * 1024
 
@@ -61,6 +61,11 @@ def test_auto_works_on_the_loop_only_while_the_machine_is_busy() -> None:
     once = iter([(0, 0)])  # (a second look would find none)
     waited = PieceWork("auto", times=lambda: next(once), check_every=3600)
     assert not waited.inline(MiB) and not waited.inline(MiB)  # (one look an hour)
+    hourly = iter([(0, 0), (1, 100)])
+    slow = PieceWork("auto", times=lambda: next(hourly), check_every=3600)
+    slow.inline(MiB)
+    slow._checked -= 3600  # (an hour later: not stale for a look an hour)
+    assert slow.inline(MiB)
 
 
 async def test_work_on_the_loop_runs_there_and_threaded_work_does_not() -> None:
@@ -70,7 +75,10 @@ async def test_work_on_the_loop_runs_there_and_threaded_work_does_not() -> None:
     assert await PieceWork("auto", times=lambda: None).run(threading.get_ident, size=MiB) != loop
 
 
-async def test_work_on_the_loop_that_waits_sends_the_next_to_threads_for_a_while() -> None:
+async def test_work_on_the_loop_that_waits_sends_the_next_to_threads_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(piecework, "OFF_CPU_BUDGET", 0.3)  # (room for a busy machine)
     loop = threading.get_ident()
     work = PieceWork("inline")
 
@@ -79,31 +87,57 @@ async def test_work_on_the_loop_that_waits_sends_the_next_to_threads_for_a_while
         return threading.get_ident()
 
     def busy() -> None:  # slow too, but only for want of CPU: no reason to move
-        end = time.thread_time() + piecework.OFF_CPU_BUDGET + 0.01
+        end = time.thread_time() + 0.35
         while time.thread_time() < end:
             pass
 
     await work.run(busy, size=MiB)
     assert work.threads_until == 0
-    short = piecework.OFF_CPU_BUDGET * 0.6
-    assert await work.run(waits, short, size=MiB) == loop  # (within the budget)
+    assert await work.run(waits, 0.2, size=MiB) == loop  # (within the budget)
     assert work.threads_until == 0
-    assert await work.run(waits, short, size=MiB) == loop  # (over it, within the window)
+    assert await work.run(waits, 0.2, size=MiB) == loop  # (over it, within the window)
     assert work.threads_until >= time.monotonic() + piecework.STAY_IN_THREADS - 1
     assert await work.run(threading.get_ident, size=MiB) != loop
     work.threads_until = time.monotonic() - 1  # (the while is over, the budget afresh)
-    assert await work.run(waits, short, size=MiB) == loop
+    assert await work.run(waits, 0.2, size=MiB) == loop
     assert work.threads_until < time.monotonic()
 
 
-async def test_waits_spread_over_more_than_the_window_stay_on_the_loop(
+def test_waits_count_within_their_window_only() -> None:
+    now, work = 100.0, PieceWork("inline")
+    for _ in range(3):  # each 60% of the budget, more than a window apart
+        work._waited(piecework.OFF_CPU_BUDGET * 0.6, now)
+        now += piecework.BUDGET_WINDOW + 0.1
+    assert work.threads_until == 0
+    work._waited(piecework.OFF_CPU_BUDGET * 0.6, now)
+    now += piecework.BUDGET_WINDOW / 2
+    work._waited(piecework.OFF_CPU_BUDGET * 0.6, now)  # (two within one window: over)
+    assert work.threads_until == now + piecework.STAY_IN_THREADS
+
+
+def test_the_run_queue_delay_is_read_for_this_thread(tmp_path: Path) -> None:
+    stat = tmp_path / "schedstat"
+    for text, delay in (("123 4500000000 7\n", 4.5), ("123\n", 0.0), ("a b c\n", 0.0)):
+        stat.write_text(text)
+        fd = os.open(stat, os.O_RDONLY)
+        try:
+            assert piecework.queue_delay(fd) == delay
+        finally:
+            os.close(fd)
+    queued = piecework._queued()  # (this thread's own, on Linux)
+    assert queued >= 0 and piecework._queued() >= queued
+
+
+async def test_a_wait_for_a_cpu_is_not_counted_as_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(piecework, "BUDGET_WINDOW", 0.05)
+    # The work below sleeps 0.2 s, but the run queue says it waited 0.5 s for a CPU
+    # (as a preempted thread on a busy machine does, once it gave up its CPU once).
+    queue = iter([0.0, 0.5])
+    monkeypatch.setattr(piecework, "_queued", lambda: next(queue))
+    monkeypatch.setattr(piecework, "OFF_CPU_BUDGET", 0.1)
     work = PieceWork("inline")
-    for _ in range(3):  # each 60% of the budget, a window apart
-        await work.run(time.sleep, piecework.OFF_CPU_BUDGET * 0.6, size=MiB)
-        time.sleep(0.06)
+    await work.run(time.sleep, 0.2, size=MiB)
     assert work.threads_until == 0
 
 
@@ -172,30 +206,11 @@ async def test_other_tasks_run_between_pieces_worked_on_the_loop() -> None:
     assert order[:last].count("other") >= 2
 
 
-def test_a_piece_that_has_the_whole_file_hash_catch_up_is_said_so(tmp_path: Path) -> None:
-    size = 4096
-    data = os.urandom(3 * size)
-    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+def test_a_writer_that_hashes_the_whole_file_says_so(tmp_path: Path) -> None:
+    # (its stores may read back most of the file, and wait for one another's: never on
+    # the loop, `dfget.transfers`; tests/test_swarm.py counts them in threads)
     sealer = PieceSealer(os.urandom(32), "t" * 64)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = "sha256:" + hashlib.sha256(b"").hexdigest()
     with AtomicOutput(tmp_path / "blob") as out:
-        writer = PieceWriter(out, sealer, size, digest)
-        plain = PieceWriter(out, sealer, size, None)  # (no whole-file hash: never)
-
-        def store(index: int) -> None:
-            sealed = bytearray(sealer.seal(index, pieces[index]))
-            writer.store_piece(index, sealed, piece_digest(pieces[index]), bytearray(size))
-
-        assert not writer.catches_up(0)  # (nothing landed ahead of it)
-        store(2)
-        assert writer.catches_up(0) and not writer.catches_up(1) and not plain.catches_up(0)
-        writer._lock.acquire()  # (a thread hashing: say yes rather than wait)
-        try:
-            assert writer.catches_up(1)
-        finally:
-            writer._lock.release()
-        store(0)
-        assert writer.catches_up(1)  # (the cursor's piece now, with 2 ahead)
-        store(1)
-        assert not writer.catches_up(2)
-        writer.verify_whole()
+        assert PieceWriter(out, sealer, 4096, digest).hashes_whole
+        assert not PieceWriter(out, sealer, 4096, None).hashes_whole

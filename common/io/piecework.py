@@ -19,7 +19,8 @@ MiB) would hold every other task up, for a saving that is the same per piece.
 A disk that holds a write back (dirty-page throttling) or a read that misses the page
 cache would hold up the whole loop: time that work on the loop spent waiting for
 something other than a CPU (the thread gave up its CPU, a voluntary context switch,
-and the wall clock ran past the thread's own CPU time) is counted, and past
+and the wall clock ran past the thread's own CPU time and its wait in the run queue,
+/proc/thread-self/schedstat) is counted, and past
 OFF_CPU_BUDGET seconds of it within BUDGET_WINDOW the process's piece work goes to
 worker threads for STAY_IN_THREADS seconds: a disk that holds every piece back costs
 the loop at most ~5% of its time. (Work that only waited for a CPU does not count:
@@ -35,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -78,6 +80,30 @@ def _waits() -> int:
     return resource.getrusage(RUSAGE_THREAD).ru_nvcsw
 
 
+_schedstat = threading.local()  # each thread's /proc/thread-self/schedstat, kept open
+
+
+def _queued() -> float:
+    """Seconds this thread has waited runnable for a CPU (its run queue delay: the
+    second field of /proc/thread-self/schedstat), or 0 where there is none to read."""
+    fd: int | None = getattr(_schedstat, "fd", -1)
+    if fd == -1:
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        _schedstat.fd = fd
+    return 0.0 if fd is None else queue_delay(fd)
+
+
+def queue_delay(fd: int) -> float:
+    """The run queue delay a schedstat file open at `fd` gives, in seconds (0 if none)."""
+    try:
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def mode_from(setting: str | None) -> str:
     """The mode DF_PIECE_WORK=`setting` names: `auto` for nothing, with a warning for
     anything it does not know."""
@@ -117,7 +143,8 @@ class PieceWork:
         if self.mode == "inline":
             return True
         if now - self._checked >= self._check_every:
-            stale = now - self._checked > STALE  # (an average over a long gap says little)
+            # (an average over a long gap says little)
+            stale = now - self._checked > max(STALE, 2 * self._check_every)
             self._checked, times = now, self._times()
             self._busy = False  # (until two looks tell otherwise)
             if times is not None and self._last is not None and not stale:
@@ -132,17 +159,18 @@ class PieceWork:
         if not self.inline(size):
             return await run_sync(work, *args)
         await trio.lowlevel.checkpoint_if_cancelled()
-        started, cpu, waits = time.monotonic(), time.thread_time(), _waits()
+        started, cpu, queued, waits = time.monotonic(), time.thread_time(), _queued(), _waits()
         try:
             return work(*args)
         finally:
             if _waits() > waits:  # (it gave up its CPU: what else it waited for counts)
-                self._waited(time.monotonic() - started - (time.thread_time() - cpu))
+                now = time.monotonic()
+                off_cpu = now - started - (time.thread_time() - cpu) - (_queued() - queued)
+                self._waited(max(0.0, off_cpu), now)
             await trio.lowlevel.cancel_shielded_checkpoint()  # (others run between pieces)
 
-    def _waited(self, seconds: float) -> None:
-        """Work on the loop waited `seconds` for something other than a CPU."""
-        now = time.monotonic()
+    def _waited(self, seconds: float, now: float) -> None:
+        """Work on the loop waited `seconds` for something other than a CPU, till `now`."""
         if now - self._window > BUDGET_WINDOW:
             self._window, self._off_cpu = now, 0.0
         self._off_cpu += seconds
