@@ -10,22 +10,25 @@ futex calls in a 128-piece round). The overlap is worth it while a CPU is free t
 the thread; on a machine whose CPUs are all busy it buys nothing and the hand-over is
 pure cost. So `auto` (the default) looks at the machine's idle share once a
 CHECK_EVERY seconds (/proc/stat): under IDLE_BELOW, the work runs on the event loop;
-otherwise in a worker thread. (docs/benchmarks.md, the thirty-first session: ~5% of a
-lab daemon's CPU, 16 of them on two cores; and a single cold pull through the mirror,
-with cores to spare, went slower with the work on the loop.) Only a piece of at most
-INLINE_AT_MOST bytes is worked on the loop: a larger one's work (up to ~70 ms for 64
-MiB) would hold every other task up, for a saving that is the same per piece.
+otherwise in a worker thread. (docs/benchmarks.md, the thirty-first session: ~4.5% of
+a lab daemon's CPU, 16 of them on two cores; an earlier session's single cold pull
+through the mirror, with cores to spare, went slower with such work on the loop.)
+Only a piece of at most INLINE_AT_MOST bytes is worked on the loop: a larger one's
+work (up to ~70 ms for 64 MiB) would hold every other task up, for a saving that is
+the same per piece. The caller keeps in threads what may be more than one piece's
+work (`dfget.transfers`: a file hashed whole as it lands, whose store may read back
+most of it).
 
 A disk that holds a write back (dirty-page throttling) or a read that misses the page
 cache would hold up the whole loop: time that work on the loop spent waiting for
 something other than a CPU (the thread gave up its CPU, a voluntary context switch,
 and the wall clock ran past the thread's own CPU time and its wait in the run queue,
-/proc/thread-self/schedstat) is counted, and past
-OFF_CPU_BUDGET seconds of it within BUDGET_WINDOW the process's piece work goes to
-worker threads for STAY_IN_THREADS seconds: a disk that holds every piece back costs
-the loop at most ~5% of its time. (Work that only waited for a CPU does not count:
-on a busy machine every piece would, and there the loop is where the work belongs.
-Waits for the GIL do, now and then a few ms on a busy machine.)
+/proc/thread-self/schedstat) is counted, and past OFF_CPU_BUDGET seconds of it within
+BUDGET_WINDOW the process's piece work goes to worker threads for STAY_IN_THREADS
+seconds: a disk that holds every piece back costs the loop at most ~5% of its time.
+(Work that only waited for a CPU does not count: on a busy machine every piece would,
+and there the loop is where the work belongs. Waits for the GIL do, now and then a few
+ms on a busy machine.)
 
 `DF_PIECE_WORK=inline|threads|auto` in the environment sets it for the process
 (benchmarks compare the first two); anything else is `auto`, said in a warning.
