@@ -282,6 +282,7 @@ class PieceServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         # A server's session: a small Hello first, never a payload (server_decoder).
         framed = FramedStream(stream, Session(Side.SERVER), send_timeout=self.send_timeout)
+        framed.send_pieces_whole()
         try:
             with trio.fail_after(self.hello_timeout):
                 hello = await server_handshake(framed, role="peer", agent=AGENT)

@@ -767,6 +767,29 @@ async def test_a_requester_that_never_reads_loses_its_upload_slot(nursery: trio.
     assert server.pieces_uploaded == 0
 
 
+async def test_a_piece_the_socket_can_hold_goes_into_it_whole_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """trio lets a TCP stream hold only 16 KiB unsent (TCP_NOTSENT_LOWAT): an upload's
+    send of a piece ended only once the requester had taken all but the last 16 KiB,
+    and woke for every few segments on the way. The upload server lifts that bound:
+    a piece the socket's buffer holds goes into the kernel in one go, and its slot is
+    free before the requester has read a byte; the piece arrives whole."""
+    server = FakePieceServer(slots=1, limiter=RateLimiter(None))
+    server.size = MiB
+    address = await start_upload_server(nursery, server)
+    stream = await raw_connect(address, receive_buffer=4096)  # a window of a few KiB
+    decoder = await raw_hello(stream, "reader")
+    await stream.send_all(encode(peer_request()))
+    await until(lambda: server.pieces_uploaded == 1, seconds=5)  # none of it read yet
+    assert server.slots.borrowed_tokens == 0
+    with trio.fail_after(5):
+        while (frame := decoder.next_frame()) is None:
+            decoder.receive_data(await stream.receive_some(1 << 20))
+    assert isinstance(frame.message, PieceData)
+    assert bytes(frame.payload) == bytes(MiB)
+
+
 async def test_a_requester_that_never_reads_is_cut_off_by_the_cdn(
     origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
 ) -> None:
@@ -784,6 +807,28 @@ async def test_a_requester_that_never_reads_is_cut_off_by_the_cdn(
     except RemoteProtoError:  # the piece being sent was cut short: so much the better
         got = []
     assert len(got) < 12
+
+
+async def test_the_cdn_holds_its_upload_until_the_piece_is_nearly_on_the_wire(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch
+) -> None:
+    """The CDN's pieces go into the kernel whole, as a peer's do, but its upload (and
+    the CDN's slot at the scheduler, which stands for time on its link) ends only once
+    all but a few KiB of the piece have left the kernel: not while the requester has
+    read none of it."""
+    task_id = await fetched_task(origin, supernode, fetch, 2 * MiB)
+    cdn = supernode.node.cdn
+    served = cdn.bytes_served
+    stream = await raw_connect(supernode.address, receive_buffer=4096)
+    decoder = await raw_hello(stream, "reader")
+    await stream.send_all(encode(cdn_request(supernode, task_id, 0, "reader")))
+    await trio.sleep(0.5)
+    assert cdn.bytes_served == served  # nothing read: the upload goes on
+    with trio.fail_after(5):
+        while (frame := decoder.next_frame()) is None:
+            decoder.receive_data(await stream.receive_some(1 << 20))
+    assert isinstance(frame.message, PieceData)
+    await until(lambda: cdn.bytes_served == served + len(frame.payload))
 
 
 async def test_a_frame_the_peer_does_not_take_in_time_ends_sending(autojump_clock: object) -> None:

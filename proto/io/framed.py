@@ -47,6 +47,13 @@ FRAME_READ_SIZE = 16 * 1024
 # What a stream that the other side left (or we closed) raises.
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sending a file
+# Bytes a stream that sends pieces lets the kernel hold unsent (TCP_NOTSENT_LOWAT): a
+# whole piece of the largest size and its frame's head, so that the socket's send
+# buffer, not this, bounds what one send hands over (`FramedStream.send_pieces_whole`).
+PIECE_UNSENT = MAX_PAYLOAD + 64 * 1024
+# What trio lets a TCP stream hold unsent (its TCP_NOTSENT_LOWAT): where a send of a
+# piece ended before `send_pieces_whole`, and where `send_file(drained=True)` ends.
+TRIO_UNSENT = 16 * 1024
 LINGER = 1.0  # seconds `linger_close` waits for the peer to close after a refusal
 
 
@@ -68,11 +75,27 @@ class FramedStream:
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._lowat = 1  # the socket's SO_RCVLOWAT, as last set
         self._eager = Eager(self._socket) if self._socket is not None else None
+        self._pieces_whole = False  # `send_pieces_whole` lifted trio's bound on unsent bytes
         self.welcome: Welcome | None = None  # the server's, on a client stream
         self.hello_key = b""  # ours, on a client stream (the Welcome's proof binds it)
         # Ours, on a server stream whose Welcome named one (version 4): a Register's
         # sealed part opens with it.
         self.own_key: X25519PrivateKey | None = None
+
+    def send_pieces_whole(self) -> None:
+        """On a TCP stream that sends pieces: let the kernel take a piece whole, as far as
+        the socket's send buffer allows. trio limits every TCP stream's unsent bytes to 16
+        KiB (TCP_NOTSENT_LOWAT), so that a send ends once its last bytes are close to the
+        wire; a 1 MiB piece then went into the kernel 16 KiB past what the connection had
+        already sent, its task woken 7-8 times to add more on a shaped link
+        (docs/benchmarks.md). A send now ends once the kernel holds the piece; the
+        requester's own deadlines, and the next send's, still bound a reader that stops."""
+        if self._socket is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            try:
+                self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, PIECE_UNSENT)
+            except OSError:  # (not a TCP socket: nothing to lift)
+                return
+            self._pieces_whole = True
 
     async def send(
         self,
@@ -138,21 +161,48 @@ class FramedStream:
         return b"".join(frames)
 
     async def send_file(
-        self, message: Message, fd: int, offset: int, count: int, *, within: float | None = None
+        self,
+        message: Message,
+        fd: int,
+        offset: int,
+        count: int,
+        *,
+        within: float | None = None,
+        drained: bool = False,
     ) -> None:
-        """Send one frame whose payload is `count` bytes of file `fd` at `offset`."""
+        """Send one frame whose payload is `count` bytes of file `fd` at `offset`.
+        `drained`: on a stream that sends pieces whole, return only once all but
+        TRIO_UNSENT bytes of it have left the kernel's queue, as a send did before
+        (one wait, not one for every few segments): for a sender whose slot stands for
+        its link's time, as the CDN's do at the scheduler."""
         if self._socket is None:
             await self.send(message, os.pread(fd, count, offset), within=within)
             return
         if self._sendable_now:
             await self._send_file_now(message, fd, offset, count, within)
-            return
+        else:
+            async with self._send_lock:
+                self._check_sendable()
+                head = self.session.send(message, count)
+                with self._sending(message, within):
+                    await self.stream.send_all(head)
+                    await send_file(self._socket, fd, offset, count)
+        if drained and self._pieces_whole:
+            await self._drain(message, within)
+
+    async def _drain(self, message: Message, within: float | None) -> None:
+        """Wait until the kernel holds at most TRIO_UNSENT bytes of this stream unsent
+        (the socket is writable below half of its TCP_NOTSENT_LOWAT)."""
+        assert self._socket is not None
+        sock = self._socket
         async with self._send_lock:
             self._check_sendable()
-            head = self.session.send(message, count)
             with self._sending(message, within):
-                await self.stream.send_all(head)
-                await send_file(self._socket, fd, offset, count)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2 * TRIO_UNSENT)
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                finally:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, PIECE_UNSENT)
 
     async def _send_now(
         self, data: bytes, message: Message, within: float | None, *, shield: bool = False

@@ -67,6 +67,7 @@ class CdnUploads:
         min_send_rate: float = MIN_SEND_RATE,
     ) -> None:
         self.framed = framed
+        framed.send_pieces_whole()
         self.idle_timeout = idle_timeout
         self.min_send_timeout = min_send_timeout
         self.min_send_rate = min_send_rate
@@ -147,6 +148,7 @@ class CdnUploads:
                     pieces.offset(request.index),
                     sealed,
                     within=piece_send_timeout(sealed, self.min_send_timeout, self.min_send_rate),
+                    drained=True,  # (the CDN's slot at the scheduler: its link's time)
                 )
         except StoreError as exc:
             log.warning("cdn uploads: %s", exc)
