@@ -226,6 +226,57 @@ async def test_a_flood_of_small_frames_is_read_a_buffer_a_turn() -> None:
     assert most * len(one) <= 64 * 1024  # a read or two of 16 KiB a turn, not 16
 
 
+async def test_a_piece_arriving_in_parts_over_tcp_wakes_its_reader_once() -> None:
+    """A payload's reader asks the kernel (SO_RCVLOWAT) to wake it once the rest of the
+    piece is there: one read of a 1 MiB piece that comes in eight parts, where a wake
+    every 256 KiB took four or more (a pass through the scheduler and a system call
+    each, on every piece a daemon downloads)."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    near = trio.socket.socket()
+    await near.connect(listener.getsockname())
+    far, _ = await listener.accept()
+    listener.close()
+    server = FramedStream(trio.SocketStream(far), Session(Side.SERVER), send_timeout=30)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(server_handshake, server, role="peer"))
+        client = await client_handshake(
+            trio.SocketStream(near), role="peer", peer_id="p", max_payload=8 << 20
+        )
+    payload = os.urandom(1 << 20)
+    piece = PieceData(task_id=TASK, generation=1, index=0)
+    async with trio.open_nursery() as nursery:  # (a connection in use: its window grown)
+        nursery.start_soon(partial(server.send, piece, payload))
+        assert bytes((await client.receive()).payload) == payload
+    data = server.session.send(piece, len(payload)) + payload
+    reads = 0
+    eager = client._eager
+    assert eager is not None
+    real_read_into = eager.read_into
+
+    async def counted(view: memoryview) -> int:
+        nonlocal reads
+        reads += 1
+        return await real_read_into(view)
+
+    eager.read_into = counted  # type: ignore[method-assign]
+
+    async def send_in_parts() -> None:
+        part = len(data) // 8 + 1
+        for start in range(0, len(data), part):
+            await server.stream.send_all(data[start : start + part])
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_in_parts)
+        frame = await client.receive()
+    assert isinstance(frame.message, PieceData) and bytes(frame.payload) == payload
+    assert reads <= 2  # (the header's read may take the start of the payload with it)
+    await server.aclose()
+    await client.aclose()
+
+
 def test_registers_of_a_stranger_leave_little_remembered() -> None:
     # Only the URL's length bounded what a task id's computation kept: 512 Registers
     # each naming 4096 filter keys pinned 200 MiB in the supernode (found by review).
