@@ -101,6 +101,14 @@ class Connection:
             return 0
         return int(struct.unpack("i", raw)[0])
 
+    def hold_unread(self, size: int) -> None:
+        """`Reply.hold_unread`: this Unix socket's send buffer asked to be `size` bytes
+        (the kernel doubles it, and caps it at `net.core.wmem_max`)."""
+        if self.unix:
+            assert isinstance(self.stream, trio.SocketStream)
+            with contextlib.suppress(OSError):
+                self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
     def may_pass(self) -> bool:
         """Whether a descriptor may go out on this Unix socket now: the client has read
         all of the last answer, and its user has fewer than MAX_UNREAD_PASSES unread

@@ -111,6 +111,13 @@ class Reply:
         streamed to instead)."""
         return self._connection.unix and self._connection.may_pass()
 
+    def hold_unread(self, size: int) -> None:
+        """On a Unix socket, ask for a send buffer of `size` bytes (the kernel doubles
+        it, and caps it at `net.core.wmem_max`): so much of this answer may sit unread
+        in the client's socket, and a file's bytes go in a piece at a time, not in the
+        ~200 KiB of the default buffer, each after a wait for the client."""
+        self._connection.hold_unread(size)
+
     async def pass_file(
         self, status: int, headers: list[tuple[str, str]], fd: int, length: int
     ) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import array
 import base64
+import fcntl
 import hashlib
 import json
 import os
 import select
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -263,6 +266,36 @@ async def test_a_client_that_never_reads_a_passed_file_keeps_its_share_taken(
     for fd in fds:
         os.close(fd)
     assert len(fds) == 1  # (passed again)
+    reader.close()
+
+
+async def test_a_streamed_answer_goes_into_the_socket_a_piece_at_a_time(
+    origin: FakeOrigin, start_supernode: StartSupernode, start_daemon: StartDaemon
+) -> None:
+    """A file streamed over the control socket goes into it a piece at once: the kernel
+    holds over a MiB of it unread (STREAM_UNREAD, doubled), where its default buffer
+    held ~200 KiB and each piece took five sends, each after a wait for dfget. All of
+    it arrives."""
+    data = os.urandom(4 * MiB + 3)
+    origin.add("/streamed.bin", data)
+    node = await start_supernode()
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", node)
+    body = json.dumps({"url": origin.url("/streamed.bin")}).encode()
+    request = f"POST /v1/downloads HTTP/1.0\r\nHost: dfdaemon\r\nContent-Length: {len(body)}"
+    reader = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await reader.connect(str(daemon.socket_path))
+    await reader.send(request.encode() + b"\r\n\r\n" + body)
+
+    def unread() -> int:
+        raw = fcntl.ioctl(reader.fileno(), termios.FIONREAD, bytes(4))
+        return int(struct.unpack("i", raw)[0])
+
+    await until(lambda: unread() > MiB, seconds=10)  # nothing read yet
+    received = b""
+    with trio.fail_after(10):
+        while chunk := await reader.recv(1 << 20):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"\r\n\r\n" + data)
     reader.close()
 
 
