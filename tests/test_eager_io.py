@@ -226,24 +226,91 @@ async def test_a_flood_of_small_frames_is_read_a_buffer_a_turn() -> None:
     assert most * len(one) <= 64 * 1024  # a read or two of 16 KiB a turn, not 16
 
 
-async def test_a_piece_arriving_in_parts_over_tcp_wakes_its_reader_once() -> None:
-    """A payload's reader asks the kernel (SO_RCVLOWAT) to wake it once the rest of the
-    piece is there: one read of a 1 MiB piece that comes in eight parts, where a wake
-    every 256 KiB took four or more (a pass through the scheduler and a system call
-    each, on every piece a daemon downloads)."""
+@asynccontextmanager
+async def tcp_framed_pair(
+    sndbuf: int | None = None,
+) -> AsyncIterator[tuple[FramedStream, FramedStream]]:
+    """`framed_pair` over TCP on 127.0.0.1 (the server sending pieces whole)."""
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     near = trio.socket.socket()
+    if sndbuf is not None:
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
     await near.connect(listener.getsockname())
     far, _ = await listener.accept()
     listener.close()
+    if sndbuf is not None:
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     server = FramedStream(trio.SocketStream(far), Session(Side.SERVER), send_timeout=30)
+    server.send_pieces_whole()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(server_handshake, server, role="peer"))
         client = await client_handshake(
             trio.SocketStream(near), role="peer", peer_id="p", max_payload=8 << 20
         )
+    try:
+        yield server, client
+    finally:
+        await server.aclose()
+        await client.aclose()
+
+
+async def test_pieces_sent_whole_arrive_whole_past_a_full_socket() -> None:
+    """A piece goes with its head in one write at once, and what a full socket does not
+    take after it: frames after it arrive intact, in order."""
+    async with tcp_framed_pair(sndbuf=16384) as (server, client):
+        pieces = [os.urandom((1 << 20) + 16) for _ in range(3)]
+
+        async def send_all() -> None:
+            for index, payload in enumerate(pieces):
+                await server.send(PieceData(task_id=TASK, generation=1, index=index), payload)
+            await server.send(ErrorReply(code="busy", message="after them"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all)
+            for index, payload in enumerate(pieces):
+                await trio.sleep(0.05)  # (the socket fills meanwhile)
+                frame = await client.receive()
+                assert frame.message == PieceData(task_id=TASK, generation=1, index=index)
+                assert bytes(frame.payload) == payload
+            assert (await client.receive()).message == ErrorReply(code="busy", message="after them")
+
+
+async def test_a_piece_sent_whole_does_not_pass_the_scheduler() -> None:
+    """On a socket that takes it at once, a piece's send is one system call and no
+    pass through the scheduler (it had three: the send lock, the head, the payload)."""
+    async with tcp_framed_pair() as (server, client):
+        payload = os.urandom(1 << 20)
+        piece = PieceData(task_id=TASK, generation=1, index=0)
+        passes = 0
+
+        class Steps(trio.abc.Instrument):
+            def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                nonlocal passes
+                passes += task is sender
+
+        sender = trio.lowlevel.current_task()
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await server.send(piece, payload)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert passes == 0
+        assert bytes((await client.receive()).payload) == payload
+
+
+async def test_a_piece_arriving_in_parts_over_tcp_wakes_its_reader_once() -> None:
+    """A payload's reader asks the kernel (SO_RCVLOWAT) to wake it once the rest of the
+    piece is there: one read of a 1 MiB piece that comes in eight parts, where a wake
+    every 256 KiB took four or more (a pass through the scheduler and a system call
+    each, on every piece a daemon downloads)."""
+    async with tcp_framed_pair() as (server, client):
+        await _parts_read_once(server, client)
+
+
+async def _parts_read_once(server: FramedStream, client: FramedStream) -> None:
     payload = os.urandom(1 << 20)
     piece = PieceData(task_id=TASK, generation=1, index=0)
     async with trio.open_nursery() as nursery:  # (a connection in use: its window grown)
@@ -273,8 +340,6 @@ async def test_a_piece_arriving_in_parts_over_tcp_wakes_its_reader_once() -> Non
         frame = await client.receive()
     assert isinstance(frame.message, PieceData) and bytes(frame.payload) == payload
     assert reads <= 2  # (the header's read may take the start of the payload with it)
-    await server.aclose()
-    await client.aclose()
 
 
 def test_registers_of_a_stranger_leave_little_remembered() -> None:

@@ -71,6 +71,13 @@ class Eager:
         except BlockingIOError:
             return 0
 
+    def writev_now(self, parts: list[bytes | bytearray | memoryview]) -> int:
+        """`write_now` of `parts` one after the other, in one system call (writev)."""
+        try:
+            return os.writev(self.fileno(), parts)
+        except BlockingIOError:
+            return 0
+
     async def ran_on(self, *, full: bool = False) -> None:
         """Count a call that did not wait; every RUN_ON in a row, let the others run (a
         checkpoint that cannot raise Cancelled: what was done is done). A read that

@@ -121,6 +121,15 @@ class FramedStream:
                 data += payload
             await self._send_now(data, message, within, shield=shield)
             return
+        if payload is not None and self._pieces_whole and self._sendable_now:
+            # A piece on a stream that sends them whole: its head and payload in one
+            # write at once (all of it, as a rule), without passing the scheduler.
+            if not shield:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_sendable()
+            head = self.session.send(message, size)
+            await self._send_piece_now(head, payload, message, within, shield=shield)
+            return
         with trio.CancelScope(shield=True) if shield else contextlib.nullcontext():
             async with self._send_lock:
                 self._check_sendable()
@@ -226,6 +235,36 @@ class FramedStream:
                 await self.stream.send_all(memoryview(data)[sent:])
         finally:
             self._send_lock.release()
+
+    async def _send_piece_now(
+        self,
+        head: bytes,
+        payload: bytes | bytearray | memoryview,
+        message: Message,
+        within: float | None,
+        *,
+        shield: bool = False,
+    ) -> None:
+        """`_send_now` for a frame's head and its payload, written together (writev, no
+        copy of the payload); what the socket does not take goes as `send` sends it."""
+        assert self._eager is not None
+        with memoryview(payload) as view, view.cast("B") as body:
+            try:
+                sent = self._eager.writev_now([head, body])
+            except OSError as exc:
+                raise self._failed(exc) from exc
+            if sent == len(head) + body.nbytes:
+                await self._eager.ran_on()
+                return
+            self._send_lock.acquire_nowait()  # (free: no other task ran since it was checked)
+            try:
+                with trio.CancelScope(shield=shield), self._sending(message, within):
+                    if sent < len(head):
+                        await self.stream.send_all(memoryview(head)[sent:])
+                        sent = len(head)
+                    await self.stream.send_all(body[sent - len(head) :])
+            finally:
+                self._send_lock.release()
 
     async def _send_file_now(
         self, message: Message, fd: int, offset: int, count: int, within: float | None
