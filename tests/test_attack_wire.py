@@ -767,27 +767,53 @@ async def test_a_requester_that_never_reads_loses_its_upload_slot(nursery: trio.
     assert server.pieces_uploaded == 0
 
 
-async def test_a_piece_the_socket_can_hold_goes_into_it_whole_at_once(
+async def test_an_upload_holds_its_slot_until_the_piece_is_nearly_on_the_wire(
     nursery: trio.Nursery,
 ) -> None:
-    """trio lets a TCP stream hold only 16 KiB unsent (TCP_NOTSENT_LOWAT): an upload's
-    send of a piece ended only once the requester had taken all but the last 16 KiB,
-    and woke for every few segments on the way. The upload server lifts that bound:
-    a piece the socket's buffer holds goes into the kernel in one go, and its slot is
-    free before the requester has read a byte; the piece arrives whole."""
+    """A peer's piece goes into the kernel whole (its session lifts trio's 16 KiB bound
+    on unsent bytes), but its upload, and its slot, end only once all but a few KiB of
+    it have left the kernel's queue: not while the requester has read none of it (else
+    a requester with a ticket that stops reading could have piece after piece, and
+    refusal after refusal, put into the kernel for it). The piece arrives whole."""
     server = FakePieceServer(slots=1, limiter=RateLimiter(None))
     server.size = MiB
     address = await start_upload_server(nursery, server)
     stream = await raw_connect(address, receive_buffer=4096)  # a window of a few KiB
     decoder = await raw_hello(stream, "reader")
     await stream.send_all(encode(peer_request()))
-    await until(lambda: server.pieces_uploaded == 1, seconds=5)  # none of it read yet
-    assert server.slots.borrowed_tokens == 0
+    await until(lambda: server.slots.borrowed_tokens == 1)
+    await trio.sleep(0.5)
+    assert server.slots.borrowed_tokens == 1 and server.pieces_uploaded == 0
     with trio.fail_after(5):
         while (frame := decoder.next_frame()) is None:
             decoder.receive_data(await stream.receive_some(1 << 20))
     assert isinstance(frame.message, PieceData)
     assert bytes(frame.payload) == bytes(MiB)
+    await until(lambda: server.pieces_uploaded == 1 and server.slots.borrowed_tokens == 0)
+
+
+async def test_a_requester_that_stops_reading_a_piece_the_kernel_holds_is_cut_off(
+    nursery: trio.Nursery,
+) -> None:
+    """A piece the socket's buffer holds whole still has its deadline: a requester that
+    reads none of it loses the connection and the slot when it passes, and the close
+    resets the connection (the piece is not kept in the kernel for no one)."""
+    server = FakePieceServer(slots=1, limiter=RateLimiter(None))
+    server.size = MiB
+    server.min_piece_send, server.min_send_rate = 0.5, 1e12  # the deadline: 0.5 s
+    address = await start_upload_server(nursery, server)
+    stream = await raw_connect(address, receive_buffer=4096)
+    await raw_hello(stream, "reader")
+    await stream.send_all(encode(peer_request()))
+    await until(lambda: server.slots.borrowed_tokens == 1)
+    started = trio.current_time()
+    await until(lambda: server.limit.statistics().open == 0, seconds=10)
+    assert trio.current_time() - started >= 0.3
+    assert server.slots.borrowed_tokens == 0 and server.pieces_uploaded == 0
+    with pytest.raises(trio.BrokenResourceError):  # reset: what was unread is gone
+        with trio.fail_after(5):
+            while await stream.receive_some(1 << 20):
+                pass
 
 
 async def test_a_requester_that_never_reads_is_cut_off_by_the_cdn(

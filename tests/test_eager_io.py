@@ -49,11 +49,22 @@ async def framed_pair(
     if sndbuf is not None:
         left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         right.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
-    server = FramedStream(trio.SocketStream(left), Session(Side.SERVER), send_timeout=30)
+    async with _sessions(left, right) as pair:
+        yield pair
+
+
+@asynccontextmanager
+async def _sessions(
+    near: trio.socket.SocketType, far: trio.socket.SocketType, *, pieces_whole: bool = False
+) -> AsyncIterator[tuple[FramedStream, FramedStream]]:
+    """(server on `near`, client on `far`) after their handshake; closed after."""
+    server = FramedStream(trio.SocketStream(near), Session(Side.SERVER), send_timeout=30)
+    if pieces_whole:
+        server.send_pieces_whole()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(server_handshake, server, role="peer"))
         client = await client_handshake(
-            trio.SocketStream(right), role="peer", peer_id="p", max_payload=8 << 20
+            trio.SocketStream(far), role="peer", peer_id="p", max_payload=8 << 20
         )
     try:
         yield server, client
@@ -242,18 +253,8 @@ async def tcp_framed_pair(
     listener.close()
     if sndbuf is not None:
         far.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    server = FramedStream(trio.SocketStream(far), Session(Side.SERVER), send_timeout=30)
-    server.send_pieces_whole()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(server_handshake, server, role="peer"))
-        client = await client_handshake(
-            trio.SocketStream(near), role="peer", peer_id="p", max_payload=8 << 20
-        )
-    try:
-        yield server, client
-    finally:
-        await server.aclose()
-        await client.aclose()
+    async with _sessions(far, near, pieces_whole=True) as pair:
+        yield pair
 
 
 async def test_pieces_sent_whole_arrive_whole_past_a_full_socket() -> None:

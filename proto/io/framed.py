@@ -10,9 +10,11 @@ module sees a raw trio exception.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -54,8 +56,9 @@ SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sendi
 # buffer, not this, bounds what one send hands over (`FramedStream.send_pieces_whole`).
 PIECE_UNSENT = MAX_PAYLOAD + 64 * 1024
 # What trio lets a TCP stream hold unsent (its TCP_NOTSENT_LOWAT): where a send of a
-# piece ended before `send_pieces_whole`, and where `send_file(drained=True)` ends.
+# piece ended before `send_pieces_whole`, and about where a `drained` send ends.
 TRIO_UNSENT = 16 * 1024
+SIOCOUTQNSD = 0x894B  # Linux's ioctl for a TCP socket's bytes not yet sent
 LINGER = 1.0  # seconds `linger_close` waits for the peer to close after a refusal
 
 
@@ -90,8 +93,10 @@ class FramedStream:
         KiB (TCP_NOTSENT_LOWAT), so that a send ends once its last bytes are close to the
         wire; a 1 MiB piece then went into the kernel 16 KiB past what the connection had
         already sent, its task woken 7-8 times to add more on a shaped link
-        (docs/benchmarks.md). A send now ends once the kernel holds the piece; the
-        requester's own deadlines, and the next send's, still bound a reader that stops."""
+        (docs/benchmarks.md). A send ends once the kernel holds the piece, or with
+        `drained=True` (every upload's) once all but about TRIO_UNSENT bytes of it left
+        the kernel's queue, within the send's deadline: one wait instead of one for every
+        few segments, and a reader that stops is cut off as before."""
         if self._socket is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
             try:
                 self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, PIECE_UNSENT)
@@ -106,11 +111,17 @@ class FramedStream:
         *,
         within: float | None = None,
         shield: bool = False,
+        drained: bool = False,
     ) -> None:
         """Send one frame; concurrent senders queue behind each other. The peer must
         take it `within` seconds (default: `send_timeout`). `shield`: sent even by a
         task being cancelled (a frame cut short would end the session), still within
-        its deadline."""
+        its deadline. `drained`: as `send_file`'s."""
+        if drained and self._pieces_whole:
+            deadline = trio.current_time() + self._seconds(within)
+            await self.send(message, payload, within=within, shield=shield)
+            await self._drain(message, deadline)
+            return
         size = len(payload) if payload is not None else 0
         if size < READ_SIZE and self._sendable_now:
             if not shield:  # (as below: a cancelled task sends nothing)
@@ -182,10 +193,16 @@ class FramedStream:
         drained: bool = False,
     ) -> None:
         """Send one frame whose payload is `count` bytes of file `fd` at `offset`.
-        `drained`: on a stream that sends pieces whole, return only once all but
-        TRIO_UNSENT bytes of it have left the kernel's queue, as a send did before
-        (one wait, not one for every few segments): for a sender whose slot stands for
-        its link's time, as the CDN's do at the scheduler."""
+        `drained`: on a stream that sends pieces whole, return only once all but about
+        TRIO_UNSENT bytes of it have left the kernel's queue, as a send did before (one
+        wait, not one for every few segments), all within the one deadline: for a
+        sender whose slot stands for its link's time (an upload server's, the CDN's at
+        the scheduler), and so that a reader that stops is cut off in time."""
+        if drained and self._pieces_whole:
+            deadline = trio.current_time() + self._seconds(within)
+            await self.send_file(message, fd, offset, count, within=within)
+            await self._drain(message, deadline)
+            return
         if self._socket is None:
             await self.send(message, os.pread(fd, count, offset), within=within)
             return
@@ -198,22 +215,46 @@ class FramedStream:
                 with self._sending(message, within):
                     await self.stream.send_all(head)
                     await send_file(self._socket, fd, offset, count)
-        if drained and self._pieces_whole:
-            await self._drain(message, within)
 
-    async def _drain(self, message: Message, within: float | None) -> None:
-        """Wait until the kernel holds at most TRIO_UNSENT bytes of this stream unsent
-        (the socket is writable below half of its TCP_NOTSENT_LOWAT)."""
+    def _seconds(self, within: float | None) -> float:
+        seconds = self.send_timeout if within is None else within
+        return math.inf if seconds is None else seconds
+
+    async def _drain(self, message: Message, deadline: float) -> None:
+        """Wait, by `deadline` (trio's clock), until all but about TRIO_UNSENT bytes of
+        what was sent left the kernel's queue: no wait if they already have, else one
+        (TCP_NOTSENT_LOWAT lowered for it). ConnectionLost if the peer has not taken
+        them by then (it stopped reading): the stream is broken."""
         assert self._socket is not None
         sock = self._socket
-        async with self._send_lock:
+        try:
+            raw = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, bytes(4))
+            if struct.unpack("i", raw)[0] <= TRIO_UNSENT:
+                return
+        except OSError:
+            pass  # (asked below, by waiting)
+        if self._send_lock.locked():
+            await self._send_lock.acquire()
+        else:  # (no pass through the scheduler for it: the wait is one)
+            self._send_lock.acquire_nowait()
+        try:
             self._check_sendable()
-            with self._sending(message, within):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2 * TRIO_UNSENT)
-                try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2 * TRIO_UNSENT)
+            try:
+                with trio.fail_at(deadline):
                     await trio.lowlevel.wait_writable(sock)
-                finally:
+            finally:
+                with contextlib.suppress(OSError):  # (closed meanwhile)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, PIECE_UNSENT)
+        except trio.TooSlowError:
+            self._send_broken = (
+                f"the peer did not take a {message.TAG} frame in time (it stopped reading)"
+            )
+            raise ConnectionLost(self._send_broken, clean=False) from None
+        except STREAM_ERRORS as exc:
+            raise self._failed(exc) from exc
+        finally:
+            self._send_lock.release()
 
     async def _send_now(
         self, data: bytes, message: Message, within: float | None, *, shield: bool = False
@@ -414,9 +455,17 @@ class FramedStream:
         return self._send_broken is None
 
     async def aclose(self) -> None:
+        if self._pieces_whole and self._send_broken is not None and self._socket is not None:
+            # A piece a reader stopped taking may fill the send buffer: reset, so that it
+            # is not kept in the kernel after the close, sent to no one.
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         with trio.move_on_after(1) as scope:
             scope.shield = True
             await self.stream.aclose()
+
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: a close resets the connection
 
 
 def sendfile_now(out: int, fd: int, offset: int, count: int) -> int:
