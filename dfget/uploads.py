@@ -358,13 +358,12 @@ class PieceServer:
             # The requester must take it in time: one that never reads frees the slot
             # (the connection is reset) when this deadline passes. The piece goes into the
             # kernel whole, and the send ends once all but ~16 KiB of it have left the
-            # kernel's queue (`drained`): the slot stands for time on the link, as when
-            # trio's own bound on unsent bytes ended the send there.
+            # kernel's queue (`send_pieces_whole`): the slot stands for time on the link,
+            # as when trio's own bound on unsent bytes ended the send there.
             await framed.send(
                 PieceData(task_id=task.task_id, generation=task.generation, index=request.index),
                 sealed,
                 within=piece_send_timeout(len(sealed), self.min_piece_send, self.min_send_rate),
-                drained=True,
             )
             self.bytes_uploaded += len(sealed)
             self.pieces_uploaded += 1

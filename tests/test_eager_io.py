@@ -279,11 +279,16 @@ async def test_pieces_sent_whole_arrive_whole_past_a_full_socket() -> None:
 
 
 async def test_a_piece_sent_whole_does_not_pass_the_scheduler() -> None:
-    """On a socket that takes it at once, a piece's send is one system call and no
-    pass through the scheduler (it had three: the send lock, the head, the payload)."""
+    """On a socket that takes it at once (and whose peer takes it: nothing left to
+    drain), a piece's send is one system call and no pass through the scheduler (it
+    had three: the send lock, the head, the payload)."""
     async with tcp_framed_pair() as (server, client):
         payload = os.urandom(1 << 20)
         piece = PieceData(task_id=TASK, generation=1, index=0)
+        for _ in range(2):  # (a connection in use: its window grown past a piece)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(server.send, piece, payload))
+                assert bytes((await client.receive()).payload) == payload
         passes = 0
 
         class Steps(trio.abc.Instrument):

@@ -56,7 +56,7 @@ SENDFILE_YIELD = 16 << 20  # let other tasks run at least this often while sendi
 # buffer, not this, bounds what one send hands over (`FramedStream.send_pieces_whole`).
 PIECE_UNSENT = MAX_PAYLOAD + 64 * 1024
 # What trio lets a TCP stream hold unsent (its TCP_NOTSENT_LOWAT): where a send of a
-# piece ended before `send_pieces_whole`, and about where a `drained` send ends.
+# piece ended before `send_pieces_whole`, and about where one ends on such a stream.
 TRIO_UNSENT = 16 * 1024
 SIOCOUTQNSD = 0x894B  # Linux's ioctl for a TCP socket's bytes not yet sent
 LINGER = 1.0  # seconds `linger_close` waits for the peer to close after a refusal
@@ -93,10 +93,11 @@ class FramedStream:
         KiB (TCP_NOTSENT_LOWAT), so that a send ends once its last bytes are close to the
         wire; a 1 MiB piece then went into the kernel 16 KiB past what the connection had
         already sent, its task woken 7-8 times to add more on a shaped link
-        (docs/benchmarks.md). A send ends once the kernel holds the piece, or with
-        `drained=True` (every upload's) once all but about TRIO_UNSENT bytes of it left
-        the kernel's queue, within the send's deadline: one wait instead of one for every
-        few segments, and a reader that stops is cut off as before."""
+        (docs/benchmarks.md). A frame with a payload then goes in one write, and its send
+        ends once all but about TRIO_UNSENT bytes of it have left the kernel's queue,
+        within the send's one deadline (`_drain`): one wait instead of one for every few
+        segments; an upload's slot stands for time on the link as before (the CDN's at
+        the scheduler too), and a reader that stops is cut off as before."""
         if self._socket is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
             try:
                 self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, PIECE_UNSENT)
@@ -111,16 +112,13 @@ class FramedStream:
         *,
         within: float | None = None,
         shield: bool = False,
-        drained: bool = False,
     ) -> None:
         """Send one frame; concurrent senders queue behind each other. The peer must
         take it `within` seconds (default: `send_timeout`). `shield`: sent even by a
         task being cancelled (a frame cut short would end the session), still within
-        its deadline. `drained`: as `send_file`'s."""
-        if drained and self._pieces_whole:
-            deadline = trio.current_time() + self._seconds(within)
-            await self.send(message, payload, within=within, shield=shield)
-            await self._drain(message, deadline)
+        its deadline."""
+        if payload is not None and self._pieces_whole:
+            await self._send_piece(message, payload, within, shield)
             return
         size = len(payload) if payload is not None else 0
         if size < READ_SIZE and self._sendable_now:
@@ -132,15 +130,38 @@ class FramedStream:
                 data += payload
             await self._send_now(data, message, within, shield=shield)
             return
-        if payload is not None and self._pieces_whole and self._sendable_now:
-            # A piece on a stream that sends them whole: its head and payload in one
-            # write at once (all of it, as a rule), without passing the scheduler.
-            if not shield:
+        await self._send_locked(message, payload, within, shield)
+
+    async def _send_piece(
+        self,
+        message: Message,
+        payload: bytes | bytearray | memoryview,
+        within: float | None,
+        shield: bool,
+    ) -> None:
+        """`send` on a stream that sends pieces whole: the head and payload in one write
+        at once (all of it, as a rule) without passing the scheduler, then `_drain`,
+        all within the one deadline."""
+        deadline = trio.current_time() + self._seconds(within)
+        if self._sendable_now:
+            if not shield:  # (as `send`: a cancelled task sends nothing)
                 await trio.lowlevel.checkpoint_if_cancelled()
             self._check_sendable()
-            head = self.session.send(message, size)
+            head = self.session.send(message, len(payload))
             await self._send_piece_now(head, payload, message, within, shield=shield)
-            return
+        else:
+            await self._send_locked(message, payload, within, shield)
+        await self._drain(message, deadline)
+
+    async def _send_locked(
+        self,
+        message: Message,
+        payload: bytes | bytearray | memoryview | None,
+        within: float | None,
+        shield: bool,
+    ) -> None:
+        """`send` behind the send lock (another task is sending, or a large payload)."""
+        size = len(payload) if payload is not None else 0
         with trio.CancelScope(shield=True) if shield else contextlib.nullcontext():
             async with self._send_lock:
                 self._check_sendable()
@@ -190,19 +211,10 @@ class FramedStream:
         count: int,
         *,
         within: float | None = None,
-        drained: bool = False,
     ) -> None:
-        """Send one frame whose payload is `count` bytes of file `fd` at `offset`.
-        `drained`: on a stream that sends pieces whole, return only once all but about
-        TRIO_UNSENT bytes of it have left the kernel's queue, as a send did before (one
-        wait, not one for every few segments), all within the one deadline: for a
-        sender whose slot stands for its link's time (an upload server's, the CDN's at
-        the scheduler), and so that a reader that stops is cut off in time."""
-        if drained and self._pieces_whole:
-            deadline = trio.current_time() + self._seconds(within)
-            await self.send_file(message, fd, offset, count, within=within)
-            await self._drain(message, deadline)
-            return
+        """Send one frame whose payload is `count` bytes of file `fd` at `offset` (on a
+        stream that sends pieces whole, then `_drain`, within the one deadline)."""
+        deadline = trio.current_time() + self._seconds(within)
         if self._socket is None:
             await self.send(message, os.pread(fd, count, offset), within=within)
             return
@@ -215,6 +227,8 @@ class FramedStream:
                 with self._sending(message, within):
                     await self.stream.send_all(head)
                     await send_file(self._socket, fd, offset, count)
+        if self._pieces_whole:
+            await self._drain(message, deadline)
 
     def _seconds(self, within: float | None) -> float:
         seconds = self.send_timeout if within is None else within

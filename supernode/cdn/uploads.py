@@ -148,8 +148,7 @@ class CdnUploads:
                     pieces.offset(request.index),
                     sealed,
                     within=piece_send_timeout(sealed, self.min_send_timeout, self.min_send_rate),
-                    drained=True,  # (the CDN's slot at the scheduler: its link's time)
-                )
+                )  # (drained: the CDN's slot at the scheduler stands for its link's time)
         except StoreError as exc:
             log.warning("cdn uploads: %s", exc)
             await self._refuse(request, ErrorCode.STALE, "task generation is gone")
