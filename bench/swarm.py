@@ -281,6 +281,12 @@ def main() -> int:
         "(as on hosts that run one all the time): each peer's time runs from `dfget URL -o "
         "FILE` handing the download to its daemon until FILE is in place",
     )
+    lab.add_argument(
+        "--no-plain",
+        action="store_true",
+        help="skip the round of plain dfget processes (with --daemons: only the round "
+        "through the daemons)",
+    )
     lab.add_argument("--torrent-utp", action="store_true", help="libtorrent with uTP too")
     lab.add_argument(
         "--tcp",
@@ -326,6 +332,14 @@ def main() -> int:
         metavar="ARG",
         help="one more argument for the lab's supernode, e.g. --supernode-arg=--cdn-upload-"
         "limit=14MiB (repeatable)",
+    )
+    lab.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every lab host's dfdaemon (with --daemons), e.g. "
+        "--daemon-arg=--upload-slots=6 (repeatable)",
     )
     args = parser.parse_args()
     if args.netlab:

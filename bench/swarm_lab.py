@@ -173,7 +173,8 @@ def run_ours(
         url = f"{origin.url}/{payload.name}"
         daemons = {}
         if through_daemons:
-            daemons = _start_daemons(stack, lab, work, peers, ready["peer"], url)
+            daemon_args = list(getattr(args, "daemon_arg", None) or [])
+            daemons = _start_daemons(stack, lab, work, peers, ready["peer"], url, daemon_args)
         daemon_cpu = sum(cpu_seconds(pid) for _, pid in daemons.values())  # (start-up)
         procs: list[subprocess.Popen[str]] = []
         spared = watch.spared if watch is not None else set()
@@ -260,10 +261,11 @@ def _start_daemons(
     peers: Sequence[str],
     supernode: str,
     url: str,
+    extra: Sequence[str] = (),
 ) -> dict[str, tuple[str, int]]:
-    """A dfdaemon on every peer host, started (and listening) before the round's clock
-    starts, as on hosts that run one all the time: per host, its control socket and
-    pid."""
+    """A dfdaemon on every peer host (with `extra` arguments), started (and listening)
+    before the round's clock starts, as on hosts that run one all the time: per host,
+    its control socket and pid."""
     daemons = {}
     for host in peers:
         ready = stack.enter_context(
@@ -271,6 +273,7 @@ def _start_daemons(
                 work / "daemons" / host,
                 supernode,
                 url,  # (its --registry: the round's downloads name no registry)
+                *extra,
                 host=lab.address(host),
                 prefix=lab.command(host, []),
             )
@@ -391,6 +394,7 @@ def main(args: argparse.Namespace) -> int:
     skip = {"direct"} if args.no_direct else set()
     skip |= {"libtorrent"} if args.no_torrent else set()
     skip |= set() if args.daemons else {DAEMONS}
+    skip |= {"ours"} if args.no_plain else set()
     kinds = [k for k in KINDS if k not in skip]
     print(
         f"swarm in a lab: N={n} F={args.size_mib} MiB, every link U={u / MiB:g} MiB/s each "
