@@ -3,7 +3,8 @@ swarmlog.py): when the first piece task went out, when the CDN had every piece f
 the origin, when each peer had its last piece, and what a transfer took at the
 scheduler (its task handed out to its result reported) against its downloader's own
 count (the difference is the control path: the task's way to the peer and the result's
-back, through links full of pieces)."""
+back, through links full of pieces), and how long a piece takes from the CDN to its
+first and to its last peer (the tail after the CDN's last piece is that time)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class Timeline:
     last_pieces: list[float]  # ... each peer's last piece done, in order
     span: float  # a done transfer, its task handed out to its result, mean seconds
     own: float  # ... the same transfers as their downloaders counted them, mean
+    # A piece from the CDN storing it to its first and to its last peer's result DONE,
+    # median seconds over the pieces every peer got (None: none such): how long a piece
+    # takes through the swarm, which the tail after the CDN's last piece is made of.
+    first_hop: float | None = None
+    spread: float | None = None
 
     def describe(self, in_place: list[float]) -> str:
         """One line; `in_place`: when each peer's file appeared (seconds from the start)."""
@@ -35,6 +41,12 @@ class Timeline:
             f"{cdn}, peers' last piece p50 +{median(self.last_pieces):.2f}s max "
             f"+{max(self.last_pieces):.2f}s, {placed}; a transfer {self.span:.3f}s at the "
             f"scheduler, {self.own:.3f}s at its downloader"
+            + (
+                f"; a piece from the CDN to its first peer {self.first_hop:.2f}s, to its "
+                f"last {self.spread:.2f}s (medians)"
+                if self.first_hop is not None and self.spread is not None
+                else ""
+            )
         )
 
 
@@ -55,23 +67,35 @@ def timeline(path: Path, started: float) -> Timeline:
     spans: list[float] = []
     own: list[float] = []
     last: dict[str, float] = {}
+    stored: dict[int, float] = {}  # piece -> when the CDN had it
+    held: dict[int, dict[str, float]] = {}  # piece -> peer -> when it had it
     for event in events:
         if event["event"] == "assigned":
             handed[_transfer(event)] = event["t"]
+        elif event["event"] == "stored":
+            for index in range(len(stored), event["pieces"]):
+                stored[index] = event["t"]
         elif event["event"] == "result" and event["outcome"] == "done":
             last[event["peer"]] = max(last.get(event["peer"], 0.0), event["t"])
+            held.setdefault(event["piece"], {}).setdefault(event["peer"], event["t"])
             out = handed.pop(_transfer(event), None)
             if out is not None:
                 spans.append(event["t"] - out)
                 own.append(event["seconds"])
     if not last:
         raise ValueError(f"{path}: no piece done in it")
+    # The pieces every peer got: when the CDN had each, and when each peer did.
+    everywhere = [
+        (at, held[i].values()) for i, at in stored.items() if len(held.get(i, ())) == len(last)
+    ]
     return Timeline(
         first_task=min(e["t"] for e in events if e["event"] == "assigned") - started,
         cdn_whole=min(whole) - started if pieces and whole else None,
         last_pieces=[t - started for t in last.values()],
         span=mean(spans) if spans else 0.0,
         own=mean(own) if own else 0.0,
+        first_hop=median(min(times) - at for at, times in everywhere) if everywhere else None,
+        spread=median(max(times) - at for at, times in everywhere) if everywhere else None,
     )
 
 
