@@ -342,6 +342,8 @@ def main() -> int:
         "--daemon-arg=--upload-slots=6 (repeatable)",
     )
     args = parser.parse_args()
+    if (args.no_plain or args.daemon_arg) and not (args.netlab and args.daemons):
+        parser.error("--no-plain and --daemon-arg go with --netlab --daemons")
     if args.netlab:
         from bench import swarm_lab
 

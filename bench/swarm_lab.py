@@ -6,12 +6,14 @@ between any two hosts: each link gets a quarter of it each way) and `--loss` (ea
 link, each direction). No program has a rate limit of its own: the links are the only
 limits. Each round runs, one after the other:
 
-- ours: the origin (testkit.origin) on its host, the supernode on its host, one dfget
-  per peer host, all started at once; a peer's time runs from that start to the moment
-  its output file appears (start-up included). Origin egress is the origin's own count.
+- ours (unless --no-plain): the origin (testkit.origin) on its host, the supernode on
+  its host, one dfget per peer host, all started at once; a peer's time runs from that
+  start to the moment its output file appears (start-up included). Origin egress is
+  the origin's own count.
 - ours via dfdaemon (with --daemons): the same, but every peer host runs a dfdaemon,
   started before the clock (as on hosts that run one all the time), and its dfget hands
-  the download to it: the daemon downloads and seeds, dfget (which then loads neither
+  the download to it (`--daemon-arg` passes more arguments to every daemon): the
+  daemon downloads and seeds, dfget (which then loads neither
   trio nor the engine) copies the file into place. The time runs from the common start
   to that file appearing.
 - libtorrent: one seed on the origin's host (the same file, the same piece size), one

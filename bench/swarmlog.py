@@ -4,7 +4,7 @@ the origin, when each peer had its last piece, and what a transfer took at the
 scheduler (its task handed out to its result reported) against its downloader's own
 count (the difference is the control path: the task's way to the peer and the result's
 back, through links full of pieces), and how long a piece takes from the CDN to its
-first and to its last peer (the tail after the CDN's last piece is that time)."""
+first and to its last peer (the tail after the CDN's last piece is about that time)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ class Timeline:
     span: float  # a done transfer, its task handed out to its result, mean seconds
     own: float  # ... the same transfers as their downloaders counted them, mean
     # A piece from the CDN storing it to its first and to its last peer's result DONE,
-    # median seconds over the pieces every peer got (None: none such): how long a piece
-    # takes through the swarm, which the tail after the CDN's last piece is made of.
+    # median seconds over the pieces, among the peers that got every piece (None: no
+    # such peer, or no piece stored): how long a piece takes through the swarm, about
+    # the tail after the CDN's last piece.
     first_hop: float | None = None
-    spread: float | None = None
+    last_hop: float | None = None
 
     def describe(self, in_place: list[float]) -> str:
         """One line; `in_place`: when each peer's file appeared (seconds from the start)."""
@@ -43,8 +44,8 @@ class Timeline:
             f"scheduler, {self.own:.3f}s at its downloader"
             + (
                 f"; a piece from the CDN to its first peer {self.first_hop:.2f}s, to its "
-                f"last {self.spread:.2f}s (medians)"
-                if self.first_hop is not None and self.spread is not None
+                f"last {self.last_hop:.2f}s (medians)"
+                if self.first_hop is not None and self.last_hop is not None
                 else ""
             )
         )
@@ -84,10 +85,14 @@ def timeline(path: Path, started: float) -> Timeline:
                 own.append(event["seconds"])
     if not last:
         raise ValueError(f"{path}: no piece done in it")
-    # The pieces every peer got: when the CDN had each, and when each peer did.
-    everywhere = [
-        (at, held[i].values()) for i, at in stored.items() if len(held.get(i, ())) == len(last)
-    ]
+    # Each piece: when the CDN had it, and when each peer that got every piece did (a
+    # peer cut off mid-swarm, as bench/faults.py's, is left out, not its pieces).
+    complete = {p for p in last if all(p in held.get(i, {}) for i in stored)}
+    everywhere = (
+        [(at, [t for p, t in held[i].items() if p in complete]) for i, at in stored.items()]
+        if complete
+        else []
+    )
     return Timeline(
         first_task=min(e["t"] for e in events if e["event"] == "assigned") - started,
         cdn_whole=min(whole) - started if pieces and whole else None,
@@ -95,7 +100,7 @@ def timeline(path: Path, started: float) -> Timeline:
         span=mean(spans) if spans else 0.0,
         own=mean(own) if own else 0.0,
         first_hop=median(min(times) - at for at, times in everywhere) if everywhere else None,
-        spread=median(max(times) - at for at, times in everywhere) if everywhere else None,
+        last_hop=median(max(times) - at for at, times in everywhere) if everywhere else None,
     )
 
 
