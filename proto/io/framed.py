@@ -234,6 +234,13 @@ class FramedStream:
         seconds = self.send_timeout if within is None else within
         return math.inf if seconds is None else seconds
 
+    def _cut_off(self, message: Message, when: str) -> ConnectionLost:
+        """The peer did not take `message`'s frame `when`: the stream is broken."""
+        self._send_broken = (
+            f"the peer did not take a {message.TAG} frame {when} (it stopped reading)"
+        )
+        return ConnectionLost(self._send_broken, clean=False)
+
     async def _drain(self, message: Message, deadline: float) -> None:
         """Wait, by `deadline` (trio's clock), until all but about TRIO_UNSENT bytes of
         what was sent left the kernel's queue: no wait if they already have, else one
@@ -261,10 +268,7 @@ class FramedStream:
                 with contextlib.suppress(OSError):  # (closed meanwhile)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, PIECE_UNSENT)
         except trio.TooSlowError:
-            self._send_broken = (
-                f"the peer did not take a {message.TAG} frame in time (it stopped reading)"
-            )
-            raise ConnectionLost(self._send_broken, clean=False) from None
+            raise self._cut_off(message, "in time") from None
         except STREAM_ERRORS as exc:
             raise self._failed(exc) from exc
         finally:
@@ -367,16 +371,12 @@ class FramedStream:
     @contextlib.contextmanager
     def _sending(self, message: Message, within: float | None) -> Iterator[None]:
         """The deadline and error translation around the I/O of one frame."""
-        seconds = self.send_timeout if within is None else within
+        seconds = self._seconds(within)
         try:
-            with trio.fail_after(math.inf if seconds is None else seconds):
+            with trio.fail_after(seconds):
                 yield
         except trio.TooSlowError:
-            self._send_broken = (
-                f"the peer did not take a {message.TAG} frame within {seconds:g}s "
-                "(it stopped reading)"
-            )
-            raise ConnectionLost(self._send_broken, clean=False) from None
+            raise self._cut_off(message, f"within {seconds:g}s") from None
         except STREAM_ERRORS as exc:
             raise self._failed(exc) from exc
         except trio.Cancelled:
