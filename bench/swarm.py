@@ -341,7 +341,17 @@ def main() -> int:
         help="one more argument for every lab host's dfdaemon (with --daemons), e.g. "
         "--daemon-arg=--upload-slots=6 (repeatable)",
     )
+    lab.add_argument(
+        "--lab-floor",
+        action="store_true",
+        help="each run also measures what the lab alone costs to carry the round's bytes: "
+        "every peer host receives F from another, all at once, between programs that do "
+        "nothing else; the machine's busy CPU-seconds for it over its cores, in T*, is "
+        "the part of every round's CPU floor that no program can save on this machine",
+    )
     args = parser.parse_args()
+    if args.lab_floor and not args.netlab:
+        parser.error("--lab-floor goes with --netlab")
     if (args.no_plain or args.daemon_arg) and not (args.netlab and args.daemons):
         parser.error("--no-plain and --daemon-arg go with --netlab --daemons")
     if args.netlab:

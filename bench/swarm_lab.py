@@ -31,6 +31,10 @@ medians quoted. For ours also the machine's busy share from the round's start to
 last file, and the CPU floor: the CPU-seconds the whole machine spent busy in that
 time over its cores, the least time that work, done at the pace it ran, takes here
 (the hosts share two cores; on hosts of their own each does a sixteenth of it).
+With --lab-floor each run also measures the lab alone carrying the round's bytes (every
+peer host receives F from another, all at once, between programs that do nothing else):
+its CPU floor is the part of a round's that the lab's own kernels take, which no
+program moving the same bytes over the same links can save on this machine.
 Ctrl-C (or SIGTERM: the lab makes it SystemExit) stops every process and removes the
 lab.
 """
@@ -79,6 +83,7 @@ from bench.swarm import (
 from bench.swarmlog import timeline
 from bench.torrent_swarm import require_libtorrent, run_torrent
 from testkit.netlab import Lab, LabError, Link, require_lab
+from testkit.netlab.measure import carried
 
 DAEMONS = "ours via dfdaemon"  # (with --daemons)
 KINDS = ("ours", DAEMONS, "libtorrent", "direct")
@@ -357,6 +362,21 @@ def run_direct(lab: Lab, args: argparse.Namespace, work: Path, payload: Path) ->
     return Round(times, origin_bytes)
 
 
+def lab_floor(lab: Lab, peers: Sequence[str], size: int, t_star: float, i: int) -> float:
+    """What the lab alone costs to carry a round's bytes (`--lab-floor`): every peer
+    receives SIZE from another, all at once (`testkit.netlab.measure.carried`); prints
+    it and returns its CPU floor, the busy CPU-seconds over the machine's cores."""
+    seconds, cpu = carried(lab, peers, size)
+    floor = cpu / CORES
+    print(
+        f"run {i + 1} the lab alone: {len(peers)} hosts each received F from another in "
+        f"{seconds:.2f}s; the machine busy {cpu:.1f} CPU-s: CPU floor {floor:.2f}s "
+        f"({floor / t_star:.2f} T*)",
+        flush=True,
+    )
+    return floor
+
+
 def describe(kind: str, run: Round, size: int, t_star: float) -> str:
     p99 = percentile(run.times, 99)
     line = (
@@ -431,7 +451,10 @@ def main(args: argparse.Namespace) -> int:
             f"hosts' tcp_min_tso_segs: {segs}",
             flush=True,
         )
+        lab_floors: list[float] = []
         for i in range(args.runs):
+            if args.lab_floor:
+                lab_floors.append(lab_floor(lab, names[2:], size, t_star, i))
             for kind in kinds:
                 copies = 2 * n + 1 if kind == DAEMONS else n + 1  # (+ the daemons' caches)
                 free_hot_memory(int(1.2 * copies * size))
@@ -461,6 +484,9 @@ def main(args: argparse.Namespace) -> int:
             f"{p99s[kind] / t_star:7.2f} {origin_f:8.3f}"
             + (f"   CPU floor {median(floors) / t_star:.2f} T*" if floors else "")
         )
+    if lab_floors:
+        floor = median(lab_floors) / t_star
+        print(f"  {'the lab alone carrying N*F':<70}   CPU floor {floor:.2f} T*")
     target = 1.5 if args.rtt > 0 or args.loss > 0 else 1.3
     print(f"  ours p99/T* target <= {target}; origin egress target 1.00F")
     for ours in ("ours", DAEMONS):

@@ -25,7 +25,7 @@ from testkit.netlab import Lab, LabError, Link, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
 from testkit.netlab.lab import IDLE_RESTART, MIN_TSO, TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
-from testkit.netlab.measure import datagrams, goodput, round_trips
+from testkit.netlab.measure import carried, datagrams, goodput, round_trips
 from testkit.netlab.plan import Names, features, host_loss, tbf
 from testkit.netlab.system import shortfall
 
@@ -74,6 +74,26 @@ def test_shaped_transfer_keeps_to_its_rate(untouched_root: None) -> None:
         name = lab.name
     assert 0.9 * rate <= got <= 1.1 * rate, f"{got / MiB:.2f} MiB/s for {rate / MiB} MiB/s"
     assert sent >= 32 * MiB and received >= 32 * MiB
+    assert_gone(name)
+
+
+@needs_lab
+def test_carried_sends_each_hosts_bytes_over_the_links_all_at_once(untouched_root: None) -> None:
+    # Each host receives 8 MiB from another over its 8 MiB/s down link while it sends 8
+    # MiB over its up link: all at once, about a second; one host slower, longer.
+    rate = 8 * MiB
+    with Lab(["a", "b", "c"], link=Link(up=rate, down=rate)) as lab:
+        with pytest.raises(ValueError, match="two hosts"):
+            carried(lab, ["a"], MiB)
+        seconds, cpu = carried(lab, ["a", "b", "c"], 8 * MiB)
+        received = [lab.counters(host)[1] for host in ("a", "b", "c")]
+        lab.set_link("c", Link(up=rate, down=rate / 2))
+        slowed, _ = carried(lab, ["a", "b", "c"], 8 * MiB)
+        name = lab.name
+    assert 0.9 <= seconds <= 1.5, f"{seconds:.2f} s for 8 MiB at 8 MiB/s"
+    assert all(n >= 8 * MiB for n in received)  # (over the links, frames included)
+    assert cpu > 0.0
+    assert 1.8 <= slowed <= 2.6, f"{slowed:.2f} s for 8 MiB at 4 MiB/s"
     assert_gone(name)
 
 

@@ -10,8 +10,11 @@ import json
 import select
 import statistics
 import subprocess
+import time
+from collections.abc import Sequence
 from typing import Any
 
+from ..cpu import busy_seconds
 from . import probe
 from .lab import Lab
 from .plan import Link
@@ -57,6 +60,52 @@ def goodput(lab: Lab, src: str, dst: str, nbytes: int, port: int = 5001) -> floa
     if result["bytes"] != nbytes:
         raise LabError(f"{dst} received {result['bytes']} of {nbytes} bytes")
     return float(result["bytes"]) / float(result["seconds"])
+
+
+def carried(lab: Lab, hosts: Sequence[str], nbytes: int, port: int = 5004) -> tuple[float, float]:
+    """Every one of HOSTS receives NBYTES from the next (the last from the first), all at
+    once, between programs that do nothing else (a send from memory, a receive into one
+    reused buffer): (seconds until the last has all, CPU-seconds the whole machine was
+    busy meanwhile). What the lab itself costs to carry that many bytes, its kernels'
+    work included (TCP at both ends, the veths, the bridge, shaping, the delayer and
+    loss): no program moving the same bytes over the same links costs less."""
+    if len(hosts) < 2:
+        raise ValueError("carried needs two hosts or more")
+    sinks = [_server(lab, host, "sink", port) for host in hosts]
+    sources: list[subprocess.Popen[str]] = []
+    try:
+        for i, host in enumerate(hosts):
+            to = lab.address(hosts[(i - 1) % len(hosts)])
+            argv = probe.argv("held-source", to, port, nbytes)
+            sources.append(
+                subprocess.Popen(
+                    lab.command(host, argv),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in sources:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+            if not ready or proc.stdout.readline().strip() != "ready":
+                raise LabError(f"a held source did not start ({proc.poll()})")
+        busy, started = busy_seconds(), time.monotonic()
+        for proc in sources:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in sources:
+            proc.communicate(timeout=TIMEOUT)
+        seconds, cpu = time.monotonic() - started, busy_seconds() - busy
+        got = [_result(sink)["bytes"] for sink in sinks]
+    finally:
+        for proc in [*sources, *sinks]:
+            proc.kill()
+            proc.wait()
+    if any(n != nbytes for n in got):
+        raise LabError(f"hosts received {got} bytes, not {nbytes} each")
+    return seconds, cpu
 
 
 def round_trips(lab: Lab, src: str, dst: str, count: int = 20, port: int = 5002) -> list[float]:

@@ -5,6 +5,7 @@ program prints its result as one JSON line.
 
     python probe.py sink PORT             -> {"bytes": n, "seconds": first to last byte}
     python probe.py source HOST PORT N    -> {"bytes": n}
+    python probe.py held-source HOST PORT N  (prints "ready", sends on a line from stdin)
     python probe.py echo PORT             (echoes until the client closes)
     python probe.py rtt HOST PORT COUNT   -> {"rtts": [seconds, ...]}
     python probe.py udp-sink PORT         -> {"datagrams": n} (once QUIET s pass without one)
@@ -63,6 +64,14 @@ def source(host: str, port: int, size: int) -> dict[str, float]:
     return {"bytes": sent}
 
 
+def held_source(host: str, port: int, size: int) -> dict[str, float]:
+    """`source`, once a line comes on stdin: started ahead, so that many sources begin
+    at once and their interpreters' start-up is not in what is timed."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+    return source(host, port, size)
+
+
 def echo(port: int) -> dict[str, float]:
     with _listen(port) as server:
         conn, _ = server.accept()
@@ -117,6 +126,8 @@ def main(args: list[str]) -> None:
         result: object = sink(int(rest[0]))
     elif command == "source":
         result = source(rest[0], int(rest[1]), int(rest[2]))
+    elif command == "held-source":
+        result = held_source(rest[0], int(rest[1]), int(rest[2]))
     elif command == "echo":
         result = echo(int(rest[0]))
     elif command == "rtt":
