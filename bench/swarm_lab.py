@@ -454,6 +454,7 @@ def main(args: argparse.Namespace) -> int:
         lab_floors: list[float] = []
         for i in range(args.runs):
             if args.lab_floor:
+                free_hot_memory(int(1.2 * n * size))  # (as for a round: the kernels' buffers)
                 lab_floors.append(lab_floor(lab, names[2:], size, t_star, i))
             for kind in kinds:
                 copies = 2 * n + 1 if kind == DAEMONS else n + 1  # (+ the daemons' caches)
