@@ -82,6 +82,7 @@ def carried(lab: Lab, hosts: Sequence[str], nbytes: int, port: int = 5004) -> tu
                     lab.command(host, argv),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                     text=True,
                 )
             )
@@ -95,8 +96,10 @@ def carried(lab: Lab, hosts: Sequence[str], nbytes: int, port: int = 5004) -> tu
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        for proc in sources:
-            proc.communicate(timeout=TIMEOUT)
+        for host, proc in zip(hosts, sources, strict=True):
+            _, error = proc.communicate(timeout=TIMEOUT)
+            if proc.returncode != 0:
+                raise LabError(f"the source in {host} failed: {error.strip()[-500:]}")
         seconds, cpu = time.monotonic() - started, busy_seconds() - busy
         got = [_result(sink)["bytes"] for sink in sinks]
     finally:
