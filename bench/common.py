@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from testkit.cpu import busy_seconds as busy_seconds  # (the benchmarks' import)
+from testkit.cpu import busy_seconds as busy_seconds  # (the benchmarks' imports)
+from testkit.cpu import cpu_seconds as cpu_seconds
 from testkit.ready import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MiB = 1 << 20
-TICK = os.sysconf("SC_CLK_TCK")
 PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_order")
 
 
@@ -142,12 +142,6 @@ def median(values: Sequence[float]) -> float:
 
 def mib_s(size: int, seconds: float) -> float:
     return size / MiB / seconds
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process `pid` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def free_hot_memory(size: int) -> None:

@@ -21,7 +21,7 @@ from conftest import cli_env
 from registry import needs_nginx
 
 from bench.origin_process import nginx_origin
-from testkit.netlab import Lab, LabError, Link, require_lab
+from testkit.netlab import Lab, LabError, Link, probe, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
 from testkit.netlab.lab import IDLE_RESTART, MIN_TSO, TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
@@ -79,21 +79,32 @@ def test_shaped_transfer_keeps_to_its_rate(untouched_root: None) -> None:
 
 @needs_lab
 def test_carried_sends_each_hosts_bytes_over_the_links_all_at_once(untouched_root: None) -> None:
-    # Each host receives 8 MiB from another over its 8 MiB/s down link while it sends 8
-    # MiB over its up link: all at once, about a second; one host slower, longer.
+    # Each host receives 8 MiB from the next over its 8 MiB/s down link while it sends 8
+    # MiB over its up link: all at once, about a second. With b's down link halved, the
+    # bytes b gets from c (the last sender waited for) take two: timed to the last.
     rate = 8 * MiB
     with Lab(["a", "b", "c"], link=Link(up=rate, down=rate)) as lab:
-        with pytest.raises(ValueError, match="two hosts"):
-            carried(lab, ["a"], MiB)
+        for hosts in (["a"], ["a", "b", "a"]):
+            with pytest.raises(ValueError, match="two hosts or more, each once"):
+                carried(lab, hosts, MiB)
         seconds, cpu = carried(lab, ["a", "b", "c"], 8 * MiB)
-        received = [lab.counters(host)[1] for host in ("a", "b", "c")]
-        lab.set_link("c", Link(up=rate, down=rate / 2))
+        lab.set_link("b", Link(up=rate, down=rate / 2))
         slowed, _ = carried(lab, ["a", "b", "c"], 8 * MiB)
+        # c's port taken: its receiver cannot listen; the others are stopped, not left.
+        taken = subprocess.Popen(lab.command("c", probe.argv("echo", 5009)), stdout=subprocess.PIPE)
+        try:
+            assert taken.stdout is not None and taken.stdout.readline().strip() == b"ready"
+            with pytest.raises(LabError, match="sink in c did not start"):
+                carried(lab, ["a", "b", "c"], MiB, port=5009)
+            left = subprocess.run(["pgrep", "-f", "probe.py sink 5009"], capture_output=True)
+        finally:
+            taken.kill()
+            taken.wait()
         name = lab.name
     assert 0.9 <= seconds <= 1.5, f"{seconds:.2f} s for 8 MiB at 8 MiB/s"
-    assert all(n >= 8 * MiB for n in received)  # (over the links, frames included)
-    assert cpu > 0.0
     assert 1.8 <= slowed <= 2.6, f"{slowed:.2f} s for 8 MiB at 4 MiB/s"
+    assert cpu > 0.0
+    assert left.stdout == b""
     assert_gone(name)
 
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from ..cpu import cpu_seconds
 from . import leftovers
 from .plan import (
     BASE_FEATURES,
@@ -340,8 +341,7 @@ class Lab:
         """CPU seconds (user + system) the delayer has used, None if none runs."""
         if self._delayer is None:
             return None
-        fields = Path(f"/proc/{self._delayer.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self._delayer.pid)
 
 
 def _require_features(links: Iterable[Link]) -> None:

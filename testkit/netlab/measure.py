@@ -1,5 +1,6 @@
 """Measuring a lab from outside (`probe.py` run in its hosts): the goodput of one TCP
-transfer, TCP round trips, and how many of N datagrams arrive. Blocking; for the
+transfer, TCP round trips, how many of N datagrams arrive, and what the lab's kernels
+cost to carry bytes between many hosts at once (`carried`). Blocking; for the
 lab's own test, and for a benchmark that wants to see what its lab really gives.
 `python -m testkit.netlab.measure` surveys rates, delays and the delayer's CPU."""
 
@@ -65,50 +66,64 @@ def goodput(lab: Lab, src: str, dst: str, nbytes: int, port: int = 5001) -> floa
 def carried(lab: Lab, hosts: Sequence[str], nbytes: int, port: int = 5004) -> tuple[float, float]:
     """Every one of HOSTS receives NBYTES from the next (the last from the first), all at
     once, between programs that do nothing else (a send from memory, a receive into one
-    reused buffer): (seconds until the last has all, CPU-seconds the whole machine was
-    busy meanwhile). What the lab itself costs to carry that many bytes, its kernels'
-    work included (TCP at both ends, the veths, the bridge, shaping, the delayer and
-    loss): no program moving the same bytes over the same links costs less."""
-    if len(hosts) < 2:
-        raise ValueError("carried needs two hosts or more")
-    sinks = [_server(lab, host, "sink", port) for host in hosts]
+    reused buffer): (seconds until every sender is done, its receiver having closed, and
+    the CPU-seconds the whole machine was busy meanwhile). What the lab itself costs to
+    carry that many bytes, its kernels' work included (TCP at both ends, the veths, the
+    bridge, shaping, the delayer and loss). LabError, naming the host, if a program
+    fails or a transfer takes longer than TIMEOUT."""
+    if len(hosts) < 2 or len(set(hosts)) != len(hosts):
+        raise ValueError("carried needs two hosts or more, each once")
+    sinks: list[subprocess.Popen[str]] = []
     sources: list[subprocess.Popen[str]] = []
     try:
+        for host in hosts:
+            sinks.append(_server(lab, host, "sink", port))  # (each stopped in `finally`)
         for i, host in enumerate(hosts):
             to = lab.address(hosts[(i - 1) % len(hosts)])
             argv = probe.argv("held-source", to, port, nbytes)
+            pipe = subprocess.PIPE
+            command = lab.command(host, argv)
             sources.append(
-                subprocess.Popen(
-                    lab.command(host, argv),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
+                subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
             )
-        for proc in sources:
+        for host, proc in zip(hosts, sources, strict=True):
             assert proc.stdout is not None
             ready, _, _ = select.select([proc.stdout], [], [], 10.0)
             if not ready or proc.stdout.readline().strip() != "ready":
-                raise LabError(f"a held source did not start ({proc.poll()})")
+                raise LabError(f"the sender in {host} did not start")
         busy, started = busy_seconds(), time.monotonic()
-        for proc in sources:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
         for host, proc in zip(hosts, sources, strict=True):
-            _, error = proc.communicate(timeout=TIMEOUT)
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                raise LabError(f"the sender in {host} exited before it was to send") from None
+        for host, proc in zip(hosts, sources, strict=True):
+            try:
+                _, error = proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise LabError(f"the sender in {host} took over {TIMEOUT:.0f}s") from None
             if proc.returncode != 0:
-                raise LabError(f"the source in {host} failed: {error.strip()[-500:]}")
+                raise LabError(f"the sender in {host} failed: {error.strip()[-500:]}")
         seconds, cpu = time.monotonic() - started, busy_seconds() - busy
-        got = [_result(sink)["bytes"] for sink in sinks]
+        got = {host: _received(host, sink) for host, sink in zip(hosts, sinks, strict=True)}
     finally:
         for proc in [*sources, *sinks]:
             proc.kill()
             proc.wait()
-    if any(n != nbytes for n in got):
-        raise LabError(f"hosts received {got} bytes, not {nbytes} each")
+    short = {host: n for host, n in got.items() if n != nbytes}
+    if short:
+        raise LabError(f"hosts received {short} bytes, not {nbytes} each")
     return seconds, cpu
+
+
+def _received(host: str, sink: subprocess.Popen[str]) -> int:
+    """The bytes a sink in HOST counted (LabError if it said nothing readable)."""
+    try:
+        return int(_result(sink)["bytes"])
+    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"the receiver in {host} gave no count ({exc!r:.200})") from None
 
 
 def round_trips(lab: Lab, src: str, dst: str, count: int = 20, port: int = 5002) -> list[float]:
