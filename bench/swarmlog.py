@@ -4,7 +4,9 @@ the origin, when each peer had its last piece, and what a transfer took at the
 scheduler (its task handed out to its result reported) against its downloader's own
 count (the difference is the control path: the task's way to the peer and the result's
 back, through links full of pieces), and how long a piece takes from the CDN to its
-first and to its last peer (the tail after the CDN's last piece is about that time)."""
+first and to its last peer (the tail after the CDN's last piece is about that time), and
+how far behind the CDN its peers were when it had the file: the pieces they still
+lacked and the pace at which they had taken pieces while it stored them."""
 
 from __future__ import annotations
 
@@ -28,6 +30,15 @@ class Timeline:
     # the tail after the CDN's last piece.
     first_hop: float | None = None
     last_hop: float | None = None
+    # When the CDN held every piece, what those peers still lacked (median, most) of
+    # `pieces`, and the pieces a second they took (median) from the CDN holding a quarter
+    # of them to holding all, against the CDN's own storing over that span (None: no such
+    # peer, or the span too short to tell). A swarm keeps up with its seed only while
+    # its peers take pieces as fast as the CDN stores them; what they lack at its last
+    # piece is the tail's work.
+    pieces: int = 0
+    lacked: tuple[float, int] | None = None
+    pace: tuple[float, float] | None = None
 
     def describe(self, in_place: list[float]) -> str:
         """One line; `in_place`: when each peer's file appeared (seconds from the start)."""
@@ -46,6 +57,18 @@ class Timeline:
                 f"; a piece from the CDN to its first peer {self.first_hop:.2f}s, to its "
                 f"last {self.last_hop:.2f}s (medians)"
                 if self.first_hop is not None and self.last_hop is not None
+                else ""
+            )
+            + (
+                f"; when the CDN had every piece its peers lacked {self.lacked[0]:g} of "
+                f"{self.pieces} (median; most {self.lacked[1]})"
+                if self.lacked is not None
+                else ""
+            )
+            + (
+                f", having taken {self.pace[0]:.1f} pieces a second (median) as it stored "
+                f"{self.pace[1]:.1f}"
+                if self.pace is not None
                 else ""
             )
         )
@@ -93,6 +116,7 @@ def timeline(path: Path, started: float) -> Timeline:
         if complete
         else []
     )
+    lacked, pace = _behind(stored, held, complete, pieces)
     return Timeline(
         first_task=min(e["t"] for e in events if e["event"] == "assigned") - started,
         cdn_whole=min(whole) - started if pieces and whole else None,
@@ -101,7 +125,35 @@ def timeline(path: Path, started: float) -> Timeline:
         own=mean(own) if own else 0.0,
         first_hop=median(min(times) - at for at, times in everywhere) if everywhere else None,
         last_hop=median(max(times) - at for at, times in everywhere) if everywhere else None,
+        pieces=pieces,
+        lacked=lacked,
+        pace=pace,
     )
+
+
+def _behind(
+    stored: dict[int, float], held: dict[int, dict[str, float]], peers: set[str], pieces: int
+) -> tuple[tuple[float, int] | None, tuple[float, float] | None]:
+    """`Timeline.lacked` and `Timeline.pace` for `peers` (those that got every piece)."""
+    if not peers or not pieces or len(stored) < pieces:
+        return None, None
+    whole = max(stored.values())
+    quarter = (pieces + 3) // 4  # (the CDN holding this many pieces starts the span)
+    start = sorted(stored.values())[quarter - 1]
+
+    def count(peer: str, at: float) -> int:
+        return sum(1 for times in held.values() if times.get(peer, at + 1.0) <= at)
+
+    lacking = sorted(pieces - count(peer, whole) for peer in peers)
+    lacked = (median(lacking), lacking[-1])
+    span = whole - start
+    if span < MIN_PACE_SPAN:
+        return lacked, None
+    rates = [(count(peer, whole) - count(peer, start)) / span for peer in peers]
+    return lacked, (median(rates), (pieces - quarter) / span)
+
+
+MIN_PACE_SPAN = 1.0  # seconds: a shorter span (a small file, a warm CDN) tells nothing
 
 
 def _transfer(event: dict[str, Any]) -> tuple[str, int, str]:

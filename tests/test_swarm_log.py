@@ -96,6 +96,46 @@ def test_a_piece_that_reached_every_peer_is_timed_from_the_cdn_to_its_first_and_
     assert run.last_hop == pytest.approx(2.0)
 
 
+def test_what_the_peers_lacked_when_the_cdn_had_every_piece_and_their_pace(
+    tmp_path: Path,
+) -> None:
+    def line(t: float, event: str, **fields: object) -> str:
+        return json.dumps({"t": t, "event": event, "task": "x", **fields})
+
+    def done(peer: str, piece: int, t: float) -> list[str]:
+        return [
+            line(t - 0.1, "assigned", peer=peer, piece=piece, source="cdn"),
+            line(t, "result", peer=peer, piece=piece, source="cdn", outcome="done", seconds=0.1),
+        ]
+
+    # The CDN stores piece i at i + 1 (all 8 at 8.0); "a" has each 0.5 s later, "b"
+    # piece i at 1.5 (i + 1), "c" only piece 0 (cut off mid-swarm: left out).
+    rows = [line(i + 1.0, "stored", pieces=i + 1) for i in range(8)]
+    for i in range(8):
+        rows += done("a", i, i + 1.5) + done("b", i, 1.5 * (i + 1))
+    rows += done("c", 0, 1.2)
+    log = tmp_path / "swarm.jsonl"
+    log.write_text("\n".join(sorted(rows, key=lambda r: json.loads(r)["t"])) + "\n")
+    run = timeline(log, 0.0)
+    # At 8.0 "a" lacks piece 7, "b" pieces 5-7. From the CDN's second piece (a quarter,
+    # at 2.0) to its last, "a" took 6 pieces in 6 s, "b" 4 (1.0 and 0.67 a second, median
+    # 0.83); the CDN stored 6.
+    assert run.pieces == 8 and run.lacked == (2, 3)
+    assert run.pace == pytest.approx((5 / 6, 1.0))
+    assert "its peers lacked 2 of 8 (median; most 3)" in run.describe([12.0])
+    assert "having taken 0.8 pieces a second (median) as it stored 1.0" in run.describe([12.0])
+    # A span under a second tells no pace: what was lacked still shows.
+    fast = [line(1.0 + i * 0.1, "stored", pieces=i + 1) for i in range(8)]
+    for i in range(8):
+        fast += done("a", i, 2.0 + i * 0.1)
+    log.write_text("\n".join(sorted(fast, key=lambda r: json.loads(r)["t"])) + "\n")
+    quick = timeline(log, 0.0)
+    assert quick.lacked == (8, 8) and quick.pace is None
+    assert "lacked 8 of 8" in quick.describe([3.0]) and "pieces a second" not in quick.describe(
+        [3.0]
+    )
+
+
 def test_a_log_it_cannot_write_stops_it_at_start(tmp_path: Path) -> None:
     where = tmp_path / "missing" / "swarm.jsonl"
     ran = subprocess.run(
