@@ -70,25 +70,29 @@ async def test_the_log_holds_every_piece_task_and_its_result(
     assert "a piece from the CDN to its first peer" in run.describe([1.0])
 
 
+def _line(t: float, event: str, **fields: object) -> str:
+    """A swarm log's line of task "x"."""
+    return json.dumps({"t": t, "event": event, "task": "x", **fields})
+
+
+def _done(peer: str, piece: int, t: float) -> list[str]:
+    """A piece task from the CDN handed out 0.1 s before its DONE at `t`."""
+    return [
+        _line(t - 0.1, "assigned", peer=peer, piece=piece, source="cdn"),
+        _line(t, "result", peer=peer, piece=piece, source="cdn", outcome="done", seconds=0.1),
+    ]
+
+
 def test_a_piece_that_reached_every_peer_is_timed_from_the_cdn_to_its_first_and_last(
     tmp_path: Path,
 ) -> None:
-    def line(t: float, event: str, **fields: object) -> str:
-        return json.dumps({"t": t, "event": event, "task": "x", **fields})
-
-    def done(peer: str, piece: int, t: float) -> list[str]:
-        return [
-            line(t - 0.1, "assigned", peer=peer, piece=piece, source="cdn"),
-            line(t, "result", peer=peer, piece=piece, source="cdn", outcome="done", seconds=0.1),
-        ]
-
     log = tmp_path / "swarm.jsonl"
-    rows = [line(10.0, "stored", pieces=1), line(11.0, "stored", pieces=3)]
+    rows = [_line(10.0, "stored", pieces=1), _line(11.0, "stored", pieces=3)]
     # Pieces 0, 1 and 2 (stored at 10, 11 and 11) reach "a" and "b"; "c" got piece 0
     # only (cut off mid-swarm): left out; a second DONE of piece 0 for "b" counts once.
     for peer, piece, t in [("a", 0, 10.5), ("b", 0, 12.0), ("a", 1, 11.2), ("b", 1, 11.8)]:
-        rows += done(peer, piece, t)
-    rows += done("a", 2, 11.1) + done("b", 2, 14.0) + done("c", 0, 12.5) + done("b", 0, 13.0)
+        rows += _done(peer, piece, t)
+    rows += _done("a", 2, 11.1) + _done("b", 2, 14.0) + _done("c", 0, 12.5) + _done("b", 0, 13.0)
     log.write_text("\n".join(sorted(rows, key=lambda r: json.loads(r)["t"])) + "\n")
     run = timeline(log, 9.0)
     # First peer: 0.5, 0.2, 0.1 s after the CDN (median 0.2); last: 2.0, 0.8, 3.0 (2.0).
@@ -99,21 +103,12 @@ def test_a_piece_that_reached_every_peer_is_timed_from_the_cdn_to_its_first_and_
 def test_what_the_peers_lacked_when_the_cdn_had_every_piece_and_their_pace(
     tmp_path: Path,
 ) -> None:
-    def line(t: float, event: str, **fields: object) -> str:
-        return json.dumps({"t": t, "event": event, "task": "x", **fields})
-
-    def done(peer: str, piece: int, t: float) -> list[str]:
-        return [
-            line(t - 0.1, "assigned", peer=peer, piece=piece, source="cdn"),
-            line(t, "result", peer=peer, piece=piece, source="cdn", outcome="done", seconds=0.1),
-        ]
-
     # The CDN stores piece i at i + 1 (all 8 at 8.0); "a" has each 0.5 s later, "b"
     # piece i at 1.5 (i + 1), "c" only piece 0 (cut off mid-swarm: left out).
-    rows = [line(i + 1.0, "stored", pieces=i + 1) for i in range(8)]
+    rows = [_line(i + 1.0, "stored", pieces=i + 1) for i in range(8)]
     for i in range(8):
-        rows += done("a", i, i + 1.5) + done("b", i, 1.5 * (i + 1))
-    rows += done("c", 0, 1.2)
+        rows += _done("a", i, i + 1.5) + _done("b", i, 1.5 * (i + 1))
+    rows += _done("c", 0, 1.2)
     log = tmp_path / "swarm.jsonl"
     log.write_text("\n".join(sorted(rows, key=lambda r: json.loads(r)["t"])) + "\n")
     run = timeline(log, 0.0)
@@ -125,9 +120,9 @@ def test_what_the_peers_lacked_when_the_cdn_had_every_piece_and_their_pace(
     assert "its peers lacked 2 of 8 (median; most 3)" in run.describe([12.0])
     assert "having taken 0.8 pieces a second (median) as it stored 1.0" in run.describe([12.0])
     # A span under a second tells no pace: what was lacked still shows.
-    fast = [line(1.0 + i * 0.1, "stored", pieces=i + 1) for i in range(8)]
+    fast = [_line(1.0 + i * 0.1, "stored", pieces=i + 1) for i in range(8)]
     for i in range(8):
-        fast += done("a", i, 2.0 + i * 0.1)
+        fast += _done("a", i, 2.0 + i * 0.1)
     log.write_text("\n".join(sorted(fast, key=lambda r: json.loads(r)["t"])) + "\n")
     quick = timeline(log, 0.0)
     assert quick.lacked == (8, 8) and quick.pace is None
