@@ -70,6 +70,7 @@ from bench.common import (
     tcp_congestion,
     wait_for_exits,
 )
+from bench.labrtt import RttSampler
 from bench.origin_process import NginxOrigin, Origin, nginx_origin, origin_process
 from bench.swarm import (
     STARTUP_GRACE,
@@ -185,9 +186,12 @@ def run_ours(
         daemon_cpu = sum(cpu_seconds(pid) for _, pid in daemons.values())  # (start-up)
         procs: list[subprocess.Popen[str]] = []
         spared = watch.spared if watch is not None else set()
+        # The supernode's own connections a quarter, a half and three quarters of T* in.
+        sampler = RttSampler(lab, "supernode", [size / args.rate * f for f in (0.25, 0.5, 0.75)])
         try:
             started, started_wall = time.perf_counter(), time.time()
             busy_at_start = busy_seconds()
+            sampler.start()
             for host, output in zip(peers, outputs, strict=True):
                 if daemons:  # the host's daemon downloads and seeds; dfget hands it over
                     command = dfget_command(url, output, None, "--daemon-socket", daemons[host][0])
@@ -219,6 +223,8 @@ def run_ours(
                 summaries = end_seeding(survivors)  # every peer is done: end their seeding
         finally:
             kill_all(procs)
+            if sampler.started:
+                sampler.stop()
         origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
     after = sent(lab, ["origin", "supernode", *peers])
     for i, output in enumerate(outputs):  # a spared peer's output, if any, must be right too
@@ -245,6 +251,7 @@ def run_ours(
         f"the CDN had the file from the origin in {fetched.group(1) if fetched else '?'}s"
     )
     notes += "".join(f"; {host} (hit): {what}" for host, what in hit.items())
+    notes += "; " + sampler.describe()
     try:
         notes += "; " + timeline(swarm_log, started_wall).describe(times)
     except (OSError, ValueError) as exc:  # (the round's figures stand without it)

@@ -20,12 +20,20 @@ import pytest
 from conftest import cli_env
 from registry import needs_nginx
 
+from bench.labrtt import describe
 from bench.origin_process import nginx_origin
 from testkit.netlab import Lab, LabError, Link, probe, require_lab
 from testkit.netlab.delayer import VERDICT_SIZE, DelayLine, parse_packet, parse_packets
 from testkit.netlab.lab import IDLE_RESTART, MIN_TSO, TSO_RTT_LOG
 from testkit.netlab.leftovers import STATE
-from testkit.netlab.measure import carried, datagrams, goodput, round_trips
+from testkit.netlab.measure import (
+    carried,
+    datagrams,
+    goodput,
+    parse_rtts,
+    round_trips,
+    socket_rtts,
+)
 from testkit.netlab.plan import Names, features, host_loss, tbf
 from testkit.netlab.system import shortfall
 
@@ -122,6 +130,64 @@ def test_round_trips_take_the_delay_of_the_links_crossed(untouched_root: None) -
         assert abs(rtt - expected) <= 0.1 * expected, f"RTT {rtt * 1000:.2f} ms for {expected}"
     assert cpu is not None and cpu < 2.0
     assert_gone(name, delayer)
+
+
+@needs_lab
+def test_a_hosts_connections_show_the_round_trip_of_the_links_crossed(
+    untouched_root: None,
+) -> None:
+    links = {"a": Link(delay=0.01), "b": Link(delay=0.01)}
+    listen = (
+        "import socket; s = socket.create_server(('0.0.0.0', 5010)); print('ready', flush=True);"
+        " c, _ = s.accept(); c.recv(1)"
+    )
+    with Lab(["a", "b"], links=links) as lab:
+        server = subprocess.Popen(
+            lab.command("b", [sys.executable, "-c", listen]), stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        hold = (
+            f"import socket, sys; c = socket.create_connection(('{lab.address('b')}', 5010));"
+            " print('ready', flush=True); sys.stdin.readline(); c.send(b'x')"
+        )
+        client = subprocess.Popen(
+            lab.command("a", [sys.executable, "-c", hold]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert client.stdout is not None and client.stdout.readline().strip() == "ready"
+            seen = socket_rtts(lab, "a")
+        finally:
+            client.communicate("go\n", timeout=10)
+            server.wait(timeout=10)
+    # The handshake's round trip: 10 ms each way on each of the two links crossed.
+    assert len(seen) == 1, seen
+    smoothed, least = seen[0]
+    assert abs(smoothed - 0.040) <= 0.1 * 0.040 and abs(least - 0.040) <= 0.1 * 0.040, seen
+
+
+def test_ss_output_gives_each_connections_smoothed_and_least_round_trip() -> None:
+    text = """State Recv-Q Send-Q Local Address:Port Peer Address:Port
+ESTAB 0 651600 198.18.0.2:42375 198.18.0.11:37756
+\t cubic wscale:10,10 rto:272 rtt:68.314/6.073 ato:40 mss:1448 rcv_rtt:4 minrtt:0.767
+ESTAB 0 0 198.18.0.2:42375 198.18.0.16:47892
+\t cubic wscale:10,10 rto:200 rcv_rtt:12.5 rcv_space:14480
+ESTAB 0 638 198.18.0.2:42375 198.18.0.9:35454
+\t cubic rto:352 rtt:149.55/24.8 ato:52 cwnd:10 minrtt:2.116
+"""
+    # The second connection has measured no round trip of its own (rcv_rtt is not one).
+    found = [value for pair in parse_rtts(text) for value in pair]
+    assert found == pytest.approx([0.068314, 0.000767, 0.14955, 0.002116])
+    assert parse_rtts("") == []
+
+
+def test_sampled_round_trips_are_told_as_their_median_p90_and_least() -> None:
+    assert describe("supernode", []) == "supernode's connections: no round trip sampled"
+    samples = [(0.010 * i, 0.001) for i in range(1, 11)]  # 10 to 100 ms, least 1 ms each
+    told = describe("supernode", samples)
+    assert "median 55.0 ms (p90 100.0), least 1.00 ms (10 samples)" in told
 
 
 @needs_lab

@@ -1,6 +1,7 @@
 """Measuring a lab from outside (`probe.py` run in its hosts): the goodput of one TCP
 transfer, TCP round trips, how many of N datagrams arrive, and what the lab's kernels
-cost to carry bytes between many hosts at once (`carried`). Blocking; for the
+cost to carry bytes between many hosts at once (`carried`), and the round trips a host's
+own TCP connections see (`socket_rtts`: a full queue on the way shows there). Blocking; for the
 lab's own test, and for a benchmark that wants to see what its lab really gives.
 `python -m testkit.netlab.measure` surveys rates, delays and the delayer's CPU."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import select
 import statistics
 import subprocess
@@ -124,6 +126,38 @@ def _received(host: str, sink: subprocess.Popen[str]) -> int:
         return int(_result(sink)["bytes"])
     except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as exc:
         raise LabError(f"the receiver in {host} gave no count ({exc!r:.200})") from None
+
+
+# `ss -tin`'s figures for a connection: its smoothed round trip (rtt:SRTT/RTTVAR) and the
+# least it has seen (minrtt:MIN), in milliseconds.
+_SRTT = re.compile(r"\brtt:([0-9.]+)/")
+_MINRTT = re.compile(r"\bminrtt:([0-9.]+)")
+
+
+def socket_rtts(lab: Lab, host: str) -> list[tuple[float, float]]:
+    """(smoothed, least) round trip in seconds of each established TCP connection of
+    HOST's that has measured one (`ss -tin`): where the least is far below the smoothed,
+    the connection's packets wait in a queue on the way. LabError if `ss` fails."""
+    done = subprocess.run(
+        lab.command(host, ["ss", "-tin", "state", "established"]),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    if done.returncode != 0:
+        raise LabError(f"ss in {host} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    return parse_rtts(done.stdout)
+
+
+def parse_rtts(text: str) -> list[tuple[float, float]]:
+    """`socket_rtts` of `ss -tin`'s output: a connection's figures are on the line after
+    its addresses; one without both figures (no round trip measured yet) is left out."""
+    found = []
+    for line in text.splitlines():
+        srtt, least = _SRTT.search(line), _MINRTT.search(line)
+        if srtt is not None and least is not None:
+            found.append((float(srtt.group(1)) / 1000, float(least.group(1)) / 1000))
+    return found
 
 
 def round_trips(lab: Lab, src: str, dst: str, count: int = 20, port: int = 5002) -> list[float]:

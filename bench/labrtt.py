@@ -1,0 +1,65 @@
+"""Round trips a lab host's own TCP connections see during a round (`bench/swarm.py
+--netlab`): the supernode's, sampled a few times while the peers download. Its
+scheduler's messages cross the same queues as the CDN's uploads and the origin's file
+(docs/benchmarks.md, "A fast spell"), so a smoothed round trip far above the least one
+is time the control path waits."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from statistics import median
+
+from testkit.netlab import LabError
+from testkit.netlab.lab import Lab
+from testkit.netlab.measure import socket_rtts
+
+
+class RttSampler:
+    """Samples `socket_rtts(lab, host)` at each of `at` (seconds after `start`), in a
+    thread of its own; `stop` ends it early. A failed sample is left out."""
+
+    def __init__(self, lab: Lab, host: str, at: Sequence[float]) -> None:
+        self.lab, self.host, self.at = lab, host, sorted(at)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        waited = 0.0
+        for at in self.at:
+            if self._stop.wait(at - waited):
+                return
+            waited = at
+            try:
+                self.samples.extend(socket_rtts(self.lab, self.host))
+            except (LabError, OSError):
+                continue
+
+    def describe(self) -> str:
+        return describe(self.host, self.samples)
+
+
+def describe(host: str, samples: Sequence[tuple[float, float]]) -> str:
+    """One clause: the smoothed round trips' median and 90th percentile, the least ones'
+    median, over every sampled connection of HOST's."""
+    if not samples:
+        return f"{host}'s connections: no round trip sampled"
+    smoothed = sorted(s for s, _ in samples)
+    p90 = smoothed[min(len(smoothed) - 1, int(0.9 * len(smoothed)))]
+    return (
+        f"{host}'s connections mid-round: smoothed round trip median "
+        f"{median(smoothed) * 1000:.1f} ms (p90 {p90 * 1000:.1f}), least "
+        f"{median(least for _, least in samples) * 1000:.2f} ms ({len(samples)} samples)"
+    )
