@@ -135,7 +135,7 @@ def _behind(
     stored: dict[int, float], held: dict[int, dict[str, float]], peers: set[str], pieces: int
 ) -> tuple[tuple[float, int] | None, tuple[float, float] | None]:
     """`Timeline.lacked` and `Timeline.pace` for `peers` (those that got every piece)."""
-    if not peers or not pieces or len(stored) < pieces:
+    if not peers or not pieces:
         return None, None
     whole = max(stored.values())
     quarter = (pieces + 3) // 4  # (the CDN holding this many pieces starts the span)

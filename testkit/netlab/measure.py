@@ -134,15 +134,16 @@ _SRTT = re.compile(r"\brtt:([0-9.]+)/")
 _MINRTT = re.compile(r"\bminrtt:([0-9.]+)")
 
 
-def socket_rtts(lab: Lab, host: str) -> list[tuple[float, float]]:
+def socket_rtts(lab: Lab, host: str, timeout: float = TIMEOUT) -> list[tuple[float, float]]:
     """(smoothed, least) round trip in seconds of each established TCP connection of
     HOST's that has measured one (`ss -tin`): where the least is far below the smoothed,
-    the connection's packets wait in a queue on the way. LabError if `ss` fails."""
+    the connection's packets wait in a queue on the way. LabError if `ss` fails,
+    subprocess.TimeoutExpired past `timeout` seconds."""
     done = subprocess.run(
         lab.command(host, ["ss", "-tin", "state", "established"]),
         capture_output=True,
         text=True,
-        timeout=TIMEOUT,
+        timeout=timeout,
     )
     if done.returncode != 0:
         raise LabError(f"ss in {host} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
