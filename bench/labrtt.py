@@ -30,17 +30,15 @@ class RttSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = 0.0
 
-    @property
-    def started(self) -> bool:
-        return self._thread.ident is not None
-
     def start(self) -> None:
         self._started = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
+        """Ends the sampling; nothing to do if it never started."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
 
     def _run(self) -> None:
         for at in self.at:

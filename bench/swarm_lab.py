@@ -223,8 +223,7 @@ def run_ours(
                 summaries = end_seeding(survivors)  # every peer is done: end their seeding
         finally:
             kill_all(procs)
-            if sampler.started:
-                sampler.stop()
+            sampler.stop()
         origin_bytes = origin.stop().get("/" + payload.name, {}).get("bytes_sent", 0)
     after = sent(lab, ["origin", "supernode", *peers])
     for i, output in enumerate(outputs):  # a spared peer's output, if any, must be right too

@@ -137,9 +137,9 @@ def _behind(
     """`Timeline.lacked` and `Timeline.pace` for `peers` (those that got every piece)."""
     if not peers or not pieces:
         return None, None
-    whole = max(stored.values())
+    whole = stored[pieces - 1]  # (`stored` is by piece index, its times in order)
     quarter = (pieces + 3) // 4  # (the CDN holding this many pieces starts the span)
-    start = sorted(stored.values())[quarter - 1]
+    start = stored[quarter - 1]
 
     def count(peer: str, at: float) -> int:
         return sum(1 for times in held.values() if times.get(peer, at + 1.0) <= at)

@@ -1,8 +1,8 @@
 """Measuring a lab from outside (`probe.py` run in its hosts): the goodput of one TCP
-transfer, TCP round trips, how many of N datagrams arrive, and what the lab's kernels
-cost to carry bytes between many hosts at once (`carried`), and the round trips a host's
-own TCP connections see (`socket_rtts`: a full queue on the way shows there). Blocking; for the
-lab's own test, and for a benchmark that wants to see what its lab really gives.
+transfer, TCP round trips, how many of N datagrams arrive, what the lab's kernels cost
+to carry bytes between many hosts at once (`carried`), and the round trips a host's own
+TCP connections see (`socket_rtts`: a full queue on the way shows there). Blocking; for
+the lab's own test, and for a benchmark that wants to see what its lab really gives.
 `python -m testkit.netlab.measure` surveys rates, delays and the delayer's CPU."""
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def carried(lab: Lab, hosts: Sequence[str], nbytes: int, port: int = 5004) -> tu
             to = lab.address(hosts[(i - 1) % len(hosts)])
             argv = probe.argv("held-source", to, port, nbytes)
             pipe = subprocess.PIPE
-            command = lab.command(host, argv)
             sources.append(
-                subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
+                subprocess.Popen(
+                    lab.command(host, argv), stdin=pipe, stdout=pipe, stderr=pipe, text=True
+                )
             )
         for host, proc in zip(hosts, sources, strict=True):
             assert proc.stdout is not None
