@@ -60,6 +60,10 @@ class SwarmSetup:
     # (SchedulerConfig.keeper_pieces; 0: never held back).
     keeper_pieces: int = SchedulerConfig().keeper_pieces
     keeper_wait: float = SchedulerConfig().keeper_wait  # ... for at most this long
+    # A downloader asks for the next piece from a peer uploader `pipeline` seconds
+    # before its transfer from it should end (at its start if sooner), and the uploader
+    # sends it on the same connection once the current one is out; None: never.
+    pipeline: float | None = None
 
 
 @dataclass(eq=False)
@@ -70,6 +74,8 @@ class Transfer:
     assigned: float
     flow: Flow | None = None
     over: bool = False  # landed or cancelled
+    following: bool = False  # its pipelined follow-up was asked for
+    next: Transfer | None = None  # the follow-up queued behind it at its uploader
 
 
 @dataclass(eq=False)

@@ -367,9 +367,15 @@ class SimulatedSwarm(SimCore):
         # As `Swarm.leave`: as few held requests as for a freed slot (or, tried, all).
         self._news(slot_freed=not self.setup.leave_wakes_all)
 
+    def _drop_follow(self, transfer: Transfer) -> None:
+        if transfer.next is not None:
+            follow, transfer.next = transfer.next, None
+            self._report(follow.peer, follow.index, follow.source, Outcome.CANCELLED, 0, 0.0)
+
     def _fail(self, transfer: Transfer) -> None:
         """The uploader is gone: the downloader reports FAILED and asks again."""
         self._end_transfer(transfer)
+        self._drop_follow(transfer)
         peer = transfer.peer
         seconds = self.now - transfer.assigned
         self._ask(peer, (peer, transfer.index, transfer.source, Outcome.FAILED, 0, seconds))
@@ -384,10 +390,56 @@ class SimulatedSwarm(SimCore):
         uploader = self.hosts[transfer.source]
         transfer.flow = Flow(uploader, transfer.peer.host, size, transfer)
         self.network.start(transfer.flow, self.now)
+        lead = self.setup.pipeline
+        if lead is not None and transfer.source != CDN:
+            # (the flow's rate at its start: ask a little early rather than late)
+            rate = transfer.flow.rate or 1.0
+            self.at(self.now + max(0.0, size / rate - lead), self._ask_follow, transfer)
         if transfer.source == CDN:
             self._inbox.append(
                 (self.now, self._on_cdn_upload, (True, transfer.peer, transfer.index))
             )
+
+    def _ask_follow(self, transfer: Transfer) -> None:
+        if transfer.over or transfer.following or transfer.peer.completed is not None:
+            return
+        transfer.following = True
+        self.to_supernode(self.setup.rtt / 2, self._on_follow, transfer)
+
+    def _on_follow(self, transfer: Transfer) -> None:
+        peer = transfer.peer
+        assignment = self._call(
+            "follow", self.scheduler.follow, TASK, peer.peer_id, transfer.source, self.now
+        )
+        if assignment is not None:
+            self.reply(self.setup.rtt / 2, self._on_follow_answer, (transfer, assignment))
+
+    def _on_follow_answer(self, answer: tuple[Transfer, Assignment]) -> None:
+        transfer, assignment = answer
+        peer = transfer.peer
+        follow = Transfer(peer, assignment.index, assignment.source, self.now)
+        if not transfer.over:
+            transfer.next = follow  # (its request goes out now, behind the current one)
+            return
+        # The transfer ahead of it is over: a fresh transfer on the idle connection.
+        if (peer.have >> follow.index) & 1:
+            self._report(peer, follow.index, follow.source, Outcome.CANCELLED, 0, 0.0)
+            return
+        peer.transfers.setdefault(follow.index, []).append(follow)
+        peer.running += 1
+        self.at(self.now + self.setup.rtt, self._start_transfer, follow)
+
+    def _start_follow(self, follow: Transfer) -> bool:
+        """The follow-up of a transfer that just landed starts at once; False if its
+        downloader has the piece already (reported CANCELLED)."""
+        peer = follow.peer
+        if (peer.have >> follow.index) & 1:
+            self._report(peer, follow.index, follow.source, Outcome.CANCELLED, 0, 0.0)
+            return False
+        peer.transfers.setdefault(follow.index, []).append(follow)
+        peer.running += 1
+        self._start_transfer(follow)
+        return True
 
     def _schedule_flow_end(self, when: float, flow: Flow, version: int) -> None:
         self.at(when, self._flow_end, (flow, version))
@@ -413,9 +465,13 @@ class SimulatedSwarm(SimCore):
             if not other.over:  # the endgame's other copy
                 self._end_transfer(other)
                 reports.append((peer, index, other.source, Outcome.CANCELLED, 0, 0.0))
+                self._drop_follow(other)
                 self.tally.cancelled += 1
         for report in reports[:-1]:
             self.to_supernode(self.setup.rtt / 2, self._on_report, report)
+        if transfer.next is not None:
+            follow, transfer.next = transfer.next, None
+            self._start_follow(follow)
         if peer.held == self.pieces:
             peer.completed = self.now
             self.tally.completed[peer.number] = self.now

@@ -260,6 +260,7 @@ def setup_from(args: argparse.Namespace) -> SwarmSetup:
         keeper_pieces=args.keeper_pieces,
         keeper_wait=args.keeper_wait,
         finish_uploads=args.finish_uploads,
+        pipeline=args.pipeline,
     )
 
 
@@ -282,6 +283,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--startup", type=float, default=1.0, help="a peer's start-up, seconds")
     parser.add_argument("--upload-slots", type=int, default=8, help="as dfget's default")
     parser.add_argument("--cdn-slots", type=int, default=16)
+    parser.add_argument(
+        "--pipeline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="ask for the next piece from a peer uploader this long before the transfer "
+        "from it should end; it follows on the same connection (default: never)",
+    )
     parser.add_argument(
         "--cpu-scale",
         type=float,

@@ -88,6 +88,50 @@ def assign(
     return plan
 
 
+def follow(
+    ledger: Ledger,
+    rng: random.Random,
+    task: Task,
+    member: Member,
+    uploader: Member,
+    now: float,
+) -> Assignment | None:
+    """The piece `member` fetches next from `uploader`, pipelined behind a transfer in
+    flight from it: the uploader sends it on the same connection once the current piece
+    is out, so neither end's slot idles for the report, the next decision and the next
+    request. None if `uploader` cannot serve it now or holds nothing it wants.
+
+    It takes a slot of the uploader beyond its cap until the transfer ahead of it is
+    reported: the uploader's link carries one of them at a time.
+    """
+    if not uploader.serves or uploader.index < 0 or member.capped & uploader.bit:
+        return None
+    avoid = _avoid(task, member, now) if member.peer.busy_until or member.shunned else _NO_AVOID
+    if avoid.bits & uploader.bit:
+        return None
+    rarity = task.rarity
+    wanted = (rarity.known ^ member.have) & ~member.inflight & uploader.have
+    if (
+        wanted
+        and member.leaves
+        and task.keepers
+        and member.have_count >= member.keep_below
+        and now - (member.held_back_since or now) < ledger.config.keeper_wait
+    ):
+        wanted &= ~rarity.rare(max(ledger.config.rare_holders, task.keepers))
+    if not wanted:
+        return None
+    order: PieceOrder | IndexOrder
+    if member.in_order:
+        order = IndexOrder(wanted)
+    else:
+        random_picks = ledger.config.first_random - member.have_count - len(member.flights)
+        order = PieceOrder(rarity, wanted, rarity.held, rng, random_picks)
+    for index in order:
+        return ledger.launch(task, member, index, uploader, now)
+    return None
+
+
 def _assign_new(
     ledger: Ledger,
     rng: random.Random,

@@ -212,6 +212,18 @@ class Scheduler:
             return checks, []
         return checks, picking.assign(ledger, self._rng, task, member, min(want, MAX_WANT), now)
 
+    def follow(self, task_id: str, peer_id: str, source: str, now: float) -> Assignment | None:
+        """The next piece `peer_id` fetches from peer `source`, pipelined behind its
+        transfer in flight from it (`picking.follow`); None if there is none."""
+        ledger = self._ledger
+        ledger.tick(now)
+        task = ledger.tasks.get(task_id)
+        member = task.members.get(peer_id) if task is not None else None
+        uploader = task.members.get(source) if task is not None else None
+        if task is None or member is None or uploader is None or uploader is member:
+            return None
+        return picking.follow(ledger, self._rng, task, member, uploader, now)
+
     def claim(
         self, task_id: str, peer_id: str, indexes: Iterable[int], now: float
     ) -> tuple[Check, ...]:
