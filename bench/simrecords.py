@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from bench.flows import Flow, Host
 from dfget.peer import FINISH_UPLOADS
+from dfget.transfers import FOLLOW_UP_LEAD
 from supernode.peers.swarm import NEWS_WAKES
 from supernode.scheduler import SchedulerConfig
 
@@ -60,10 +61,10 @@ class SwarmSetup:
     # (SchedulerConfig.keeper_pieces; 0: never held back).
     keeper_pieces: int = SchedulerConfig().keeper_pieces
     keeper_wait: float = SchedulerConfig().keeper_wait  # ... for at most this long
-    # A downloader asks for the next piece from a peer uploader `pipeline` seconds
-    # before its transfer from it should end (at its start if sooner), and the uploader
-    # sends it on the same connection once the current one is out; None: never.
-    pipeline: float | None = None
+    # A downloader asks for its follow-up (the next piece from a peer uploader, sent
+    # on the same connection once the current one is out) this long before its transfer
+    # from that peer should end, at its start if sooner, as dfget does; None: never.
+    follow_up_lead: float | None = FOLLOW_UP_LEAD
 
 
 @dataclass(eq=False)
@@ -74,7 +75,7 @@ class Transfer:
     assigned: float
     flow: Flow | None = None
     over: bool = False  # landed or cancelled
-    following: bool = False  # its pipelined follow-up was asked for
+    following: bool = False  # its follow-up was asked for
     next: Transfer | None = None  # the follow-up queued behind it at its uploader
 
 
@@ -103,6 +104,7 @@ class SwarmTally:
     done_from_cdn: int = 0  # plaintext bytes reported DONE, by source
     done_from_peers: int = 0
     cancelled: int = 0
+    follow_ups: int = 0  # follow-ups the scheduler gave (bench/simswarm.py `_on_follow`)
     scheduler_cpu: float = 0.0  # process_time inside scheduler calls
     calls: dict[str, int] = field(default_factory=dict)
     cpu_by_call: dict[str, float] = field(default_factory=dict)

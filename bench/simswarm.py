@@ -390,7 +390,7 @@ class SimulatedSwarm(SimCore):
         uploader = self.hosts[transfer.source]
         transfer.flow = Flow(uploader, transfer.peer.host, size, transfer)
         self.network.start(transfer.flow, self.now)
-        lead = self.setup.pipeline
+        lead = self.setup.follow_up_lead
         if lead is not None and transfer.source != CDN:
             # (the flow's rate at its start: ask a little early rather than late)
             rate = transfer.flow.rate or 1.0
@@ -409,9 +409,16 @@ class SimulatedSwarm(SimCore):
     def _on_follow(self, transfer: Transfer) -> None:
         peer = transfer.peer
         assignment = self._call(
-            "follow", self.scheduler.follow, TASK, peer.peer_id, transfer.source, self.now
+            "follow",
+            self.scheduler.follow,
+            TASK,
+            peer.peer_id,
+            transfer.index,
+            transfer.source,
+            self.now,
         )
         if assignment is not None:
+            self.tally.follow_ups += 1
             self.reply(self.setup.rtt / 2, self._on_follow_answer, (transfer, assignment))
 
     def _on_follow_answer(self, answer: tuple[Transfer, Assignment]) -> None:

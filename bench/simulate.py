@@ -4,6 +4,7 @@
         [--piece-size SIZE] [--rate 16MiB] [--origin-rate RATE] [--cdn-rate RATE]
         [--fast-share 0.10] [--fast-factor 4] [--slow-share 0.30] [--slow-factor 0.5]
         [--join-window SECONDS] [--rtt 0.001] [--startup 1.0] [--cpu-scale 1.0]
+        [--follow-up-lead 0.15 | --no-follow-ups]
         [--leave-after SECONDS [--finish-uploads S]
             [--leave-wakes-all] [--keeper-pieces N] [--keeper-wait S]] [--seed 1] [--json]
 
@@ -55,6 +56,7 @@ from bench.simrecords import SwarmSetup, SwarmTally
 from bench.simswarm import SimulatedSwarm
 from common.units import parse_rate, parse_size
 from dfget.peer import FINISH_UPLOADS
+from dfget.transfers import FOLLOW_UP_LEAD
 from proto.pieces import piece_size_for
 from supernode.peers.swarm import NEWS_WAKES
 from supernode.scheduler import SchedulerConfig
@@ -135,6 +137,7 @@ class Figures:
             "cdn_egress_f": tally.cdn_bytes / size,
             "from_peers": tally.done_from_peers / delivered,
             "cancelled": tally.cancelled,
+            "follow_ups": tally.follow_ups,
             "scheduler_cpu": tally.scheduler_cpu,
             "simulated_seconds": span,
             "cpu_per_simulated_second": tally.scheduler_cpu / span,
@@ -176,7 +179,13 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
         f"(origin {setup.origin_rate / MiB:g}, CDN {setup.cdn_rate / MiB:g}), "
         f"join window {max(setup.joins) - min(setup.joins):.1f} s, rtt {setup.rtt * 1e3:g} ms, "
         f"start-up {setup.startup:g} s, cpu scale {setup.cpu_scale:g}, "
-        f"news wakes {'all' if setup.wake is None else setup.wake}, {after}, seed {setup.seed}"
+        f"news wakes {'all' if setup.wake is None else setup.wake}, {after}, "
+        + (
+            "no follow-ups"
+            if setup.follow_up_lead is None
+            else f"follow-ups asked {setup.follow_up_lead:g} s ahead"
+        )
+        + f", seed {setup.seed}"
     )
     print(f"  complete, every piece everywhere: {s['complete']}")
     print(
@@ -194,7 +203,8 @@ def print_summary(s: dict[str, Any], setup: SwarmSetup) -> None:
     )
     print(
         f"  origin egress {s['origin_egress_f']:.2f} F   CDN egress {s['cdn_egress_f']:.3f} F   "
-        f"from peers {s['from_peers']:.2%}   endgame copies cancelled {s['cancelled']}"
+        f"from peers {s['from_peers']:.2%}   endgame copies cancelled {s['cancelled']}   "
+        f"follow-ups {s['follow_ups']}"
     )
     print(
         f"  scheduler CPU {s['scheduler_cpu']:.2f} s over {s['simulated_seconds']:.2f} "
@@ -260,7 +270,7 @@ def setup_from(args: argparse.Namespace) -> SwarmSetup:
         keeper_pieces=args.keeper_pieces,
         keeper_wait=args.keeper_wait,
         finish_uploads=args.finish_uploads,
-        pipeline=args.pipeline,
+        follow_up_lead=None if args.no_follow_ups else args.follow_up_lead,
     )
 
 
@@ -284,12 +294,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--upload-slots", type=int, default=8, help="as dfget's default")
     parser.add_argument("--cdn-slots", type=int, default=16)
     parser.add_argument(
-        "--pipeline",
+        "--follow-up-lead",
         type=float,
-        default=None,
+        default=FOLLOW_UP_LEAD,
         metavar="SECONDS",
-        help="ask for the next piece from a peer uploader this long before the transfer "
-        "from it should end; it follows on the same connection (default: never)",
+        help="a downloader asks for the next piece from a peer this long before its "
+        "transfer from it should end, and it follows on the same connection (default "
+        f"{FOLLOW_UP_LEAD:g}, as dfget)",
+    )
+    parser.add_argument(
+        "--no-follow-ups",
+        action="store_true",
+        help="none asked for (as dfget with DF_FOLLOW_UPS=0, or a supernode before "
+        "protocol version 6)",
     )
     parser.add_argument(
         "--cpu-scale",

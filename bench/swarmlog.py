@@ -39,6 +39,10 @@ class Timeline:
     pieces: int = 0
     lacked: tuple[float, int] | None = None
     pace: tuple[float, float] | None = None
+    # Transfers from peers done, and how many of them were follow-ups (requested behind
+    # another from the same peer, protocol version 6).
+    from_peers: int = 0
+    follow_ups: int = 0
 
     def describe(self, in_place: list[float]) -> str:
         """One line; `in_place`: when each peer's file appeared (seconds from the start)."""
@@ -71,6 +75,7 @@ class Timeline:
                 if self.pace is not None
                 else ""
             )
+            + f"; follow-ups {self.follow_ups} of {self.from_peers} transfers from peers"
         )
 
 
@@ -88,6 +93,8 @@ def timeline(path: Path, started: float) -> Timeline:
     pieces = max((event["pieces"] for event in events if event["event"] == "stored"), default=0)
     whole = [e["t"] for e in events if e["event"] == "stored" and e["pieces"] == pieces]
     handed: dict[tuple[str, int, str], float] = {}
+    follow_ups: set[tuple[str, int, str]] = set()
+    from_peers = followed = 0
     spans: list[float] = []
     own: list[float] = []
     last: dict[str, float] = {}
@@ -96,6 +103,8 @@ def timeline(path: Path, started: float) -> Timeline:
     for event in events:
         if event["event"] == "assigned":
             handed[_transfer(event)] = event["t"]
+            if "follows" in event:
+                follow_ups.add(_transfer(event))
         elif event["event"] == "stored":
             for index in range(len(stored), event["pieces"]):
                 stored[index] = event["t"]
@@ -103,6 +112,10 @@ def timeline(path: Path, started: float) -> Timeline:
             last[event["peer"]] = max(last.get(event["peer"], 0.0), event["t"])
             held.setdefault(event["piece"], {}).setdefault(event["peer"], event["t"])
             out = handed.pop(_transfer(event), None)
+            if event["source"] != "cdn":
+                from_peers += 1
+                if _transfer(event) in follow_ups:
+                    followed += 1
             if out is not None:
                 spans.append(event["t"] - out)
                 own.append(event["seconds"])
@@ -128,6 +141,8 @@ def timeline(path: Path, started: float) -> Timeline:
         pieces=pieces,
         lacked=lacked,
         pace=pace,
+        from_peers=from_peers,
+        follow_ups=followed,
     )
 
 

@@ -63,6 +63,7 @@ from proto.messages import (
     KeepAlive,
     Message,
     Outcome,
+    PieceFollowUp,
     PiecesHeld,
     PiecesReady,
     PieceTasks,
@@ -125,6 +126,7 @@ class Attempt:
         self.key = X25519PrivateKey.generate()
         self.book: PieceBook | None = None
         self.wanted = 0  # piece tasks its Register asked for
+        self.transfers: Transfers | None = None  # its transfers, while they run
         self._replies_send, self._replies_recv = trio.open_memory_channel[PieceTasks](1)
 
     async def run(self, on_complete: Callable[[PieceBook], Awaitable[None]]) -> PieceBook:
@@ -252,7 +254,10 @@ class Attempt:
                 progress=self.progress,
                 pool=self.options.pieces,
                 asked=self.wanted > 0,  # (the answer to its Register's want is coming)
+                # (a download that leaves at its end is given none: `picking.follow`)
+                follow_ups=self.options.seed_for >= LEAVES_SOON,
             )
+        self.transfers = transfers
         first = transfers if self.wanted and not held else None  # (`_first_answer`)
         pool = None if first is None else first.connections.pool
         try:
@@ -440,16 +445,24 @@ class Attempt:
                 f"supernode {self.address} did not answer a piece-task request "
                 f"in {TASKS_TIMEOUT:.0f}s"
             )
+        if isinstance(answer, PieceFollowUp):  # (no transfer has run to ask for one)
+            raise SupernodeFailed("the supernode sent a follow-up nobody asked for")
         if book.piece_count == 1 and [task[0] for task in answer.tasks] == [0]:
             await transfers.fetch_alone(answer.tasks[0], readers=readers)
         else:
             self._replies_send.send_nowait(answer)
 
     async def _follow(self, control: ControlStream, book: PieceBook) -> None:
-        """Apply the supernode's news to the book; hand piece-task answers over."""
+        """Apply the supernode's news to the book; hand piece-task answers over, and
+        start follow-ups (`Transfers.followed`)."""
         while True:
             answer = self._news(book, (await control.receive()).message)
             if answer is None:
+                continue
+            if isinstance(answer, PieceFollowUp):
+                transfers = self.transfers
+                if transfers is None or book.complete or not transfers.followed(answer):
+                    await self._decline(control, book, answer)
                 continue
             if book.complete:
                 await self._decline(control, book, answer)
@@ -459,16 +472,16 @@ class Attempt:
             except trio.WouldBlock as exc:
                 raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
 
-    def _news(self, book: PieceBook, message: Message) -> PieceTasks | None:
+    def _news(self, book: PieceBook, message: Message) -> PieceTasks | PieceFollowUp | None:
         """Apply one message of the supernode's about the task to the book; a piece-task
-        answer is returned, for the caller to hand over."""
+        answer (or follow-up) is returned, for the caller to hand over."""
         if isinstance(message, TaskFailed | ErrorReply):
             raise reply_error(message.code, message.message, message.status)
-        if not isinstance(message, PiecesReady | TaskDone | PieceTasks):
+        if not isinstance(message, PiecesReady | TaskDone | PieceTasks | PieceFollowUp):
             raise SupernodeFailed(f"unexpected {message.TAG} on the control session")
         if message.task_id != book.task_id or message.generation != book.generation:
             raise SupernodeFailed("supernode reported on another task or generation")
-        if isinstance(message, PieceTasks):
+        if isinstance(message, PieceTasks | PieceFollowUp):
             return message
         try:
             if isinstance(message, PiecesReady):
@@ -481,7 +494,9 @@ class Attempt:
             raise SupernodeFailed(f"inconsistent news from the supernode: {exc}") from exc
         return None
 
-    async def _decline(self, control: ControlStream, book: PieceBook, answer: PieceTasks) -> None:
+    async def _decline(
+        self, control: ControlStream, book: PieceBook, answer: PieceTasks | PieceFollowUp
+    ) -> None:
         """A late answer to a request made before the last piece landed: report its tasks
         cancelled, so that their uploaders' slots (and the CDN's) are free at once."""
         for index, source, _, _, _ in answer.tasks:

@@ -67,6 +67,7 @@ from proto.messages import (
     KeepAlive,
     Leave,
     Message,
+    PieceFollowUp,
     PiecesReady,
     PieceTasks,
     Probe,
@@ -113,7 +114,7 @@ KEEPALIVE_EVERY = 5
 Key = tuple[str, tuple[int, int]]  # a supernode's address; the upload port and slots
 log = logging.getLogger(__name__)
 ANSWERS = (Registered, ErrorReply, TaskFailed)  # what may answer a Register
-_ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks)
+_ROUTED = (Registered, PiecesReady, TaskDone, TaskFailed, PieceTasks, PieceFollowUp)
 
 
 class _Session:

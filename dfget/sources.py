@@ -22,6 +22,7 @@ so two downloads on one would wait for each other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -110,8 +111,15 @@ class PieceConnection:
         self._break(ConnectionLost(f"connection to {self.address} closed here", clean=True))
         await self.framed.aclose()
 
-    async def fetch(self, request: PieceRequest) -> Frame:
-        """The PieceData frame answering `request`; PieceRefusedError or SourceLost."""
+    async def fetch(
+        self,
+        request: PieceRequest,
+        *,
+        soon: tuple[float, Callable[[], Awaitable[None]]] | None = None,
+    ) -> Frame:
+        """The PieceData frame answering `request`; PieceRefusedError or SourceLost.
+        `soon` (seconds, a call): if the answer is not in after that long from the
+        request's send, the call is made (and the answer still awaited)."""
         key = (request.task_id, request.index)
         waiter = _Waiter()
         if self.broken is not None:
@@ -129,6 +137,11 @@ class PieceConnection:
                 if self.framed.can_send:  # cancelled waiting its turn: it never went
                     self.unanswered -= 1
                 raise
+            if soon is not None:
+                with trio.move_on_after(soon[0]):
+                    await waiter.done.wait()
+                if not waiter.done.is_set():
+                    await soon[1]()
             await waiter.done.wait()
         finally:
             self._forget(key, waiter)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from functools import partial
 
 import trio
@@ -28,7 +29,10 @@ from dfget.sources import PieceConnections, PiecePool
 from dfget.writer import PieceWriter
 from proto.errors import ProtoError
 from proto.messages import (
+    FOLLOW_UPS,
     Outcome,
+    PieceFollowUp,
+    PieceFollowUpRequest,
     PieceRequest,
     PieceResult,
     PieceTask,
@@ -53,6 +57,13 @@ NOTHING_YET_PAUSE = 0.01  # after an empty answer to a piece-task request
 # a scheduler pass).
 ENDGAME_AFTER = 0.05
 REPORT_WITHIN = 5.0  # seconds a piece's report may take to go
+# A transfer from a peer asks for its follow-up (the next piece from that peer, requested
+# on the same connection behind it: protocol version 6) this long before it should end,
+# by the time the last piece from that peer took: about two of the supernode's round
+# trips through loaded links. The first piece from a peer asks at once.
+FOLLOW_UP_LEAD = 0.15
+# `DF_FOLLOW_UPS=0` in the environment: none asked for (to measure what they buy).
+FOLLOW_UPS_ON = os.environ.get("DF_FOLLOW_UPS", "1") != "0"
 
 
 class Transfers:
@@ -73,6 +84,7 @@ class Transfers:
         progress: Progress | None,
         pool: PiecePool | None = None,
         asked: bool = False,
+        follow_ups: bool = True,
     ) -> None:
         self.control = control
         # The first request went with the Register (version 5): its answer comes as a
@@ -90,6 +102,18 @@ class Transfers:
         self._running: dict[int, list[trio.CancelScope]] = {}
         self._last_start = -math.inf  # when the latest transfer started
         self._scratch: list[bytearray] = []
+        welcome = control.welcome
+        self.follow_ups = (
+            follow_ups and FOLLOW_UPS_ON and welcome is not None and welcome.version >= FOLLOW_UPS
+        )
+        # Where follow-ups start (transfers, readers), while `run` runs.
+        self._nurseries: tuple[trio.Nursery, trio.Nursery] | None = None
+        # By source address: when its last piece landed and what that piece took (from
+        # its request, or from the piece ahead of it on the connection landing); by
+        # transfer (index, source), when its piece began to come.
+        self._landed: dict[str, float] = {}
+        self._took: dict[str, float] = {}
+        self._began: dict[tuple[int, str], float] = {}
 
     async def run(self, *, readers: trio.Nursery) -> None:
         """Ask for piece tasks whenever there is room, start a transfer for each, until
@@ -97,6 +121,7 @@ class Transfers:
         outlives transfers)."""
         book = self.book
         async with trio.open_nursery() as transfers:
+            self._nurseries = transfers, readers
             while not book.complete:
                 running = sum(len(scopes) for scopes in self._running.values())
                 if running >= IN_FLIGHT:
@@ -135,7 +160,23 @@ class Transfers:
                     # its long-poll timeout. Ask again, after a breath.
                     with trio.move_on_after(NOTHING_YET_PAUSE):
                         await book.wait_changed()
+            self._nurseries = None
             transfers.cancel_scope.cancel()
+
+    def followed(self, answer: PieceFollowUp) -> bool:
+        """Start the follow-up the supernode answered (its request goes on the
+        connection at once, behind the transfer it follows); False if it is not wanted
+        (the download is over, or has the piece or a transfer of it): the caller
+        reports it cancelled."""
+        task = answer.tasks[0]
+        index = task[0]
+        if self._nurseries is None or self.book.holds(index) or index in self._running:
+            return False
+        transfers, readers = self._nurseries
+        scope = trio.CancelScope()
+        self._running.setdefault(index, []).append(scope)
+        transfers.start_soon(partial(self._transfer, task, scope, readers=readers))
+        return True
 
     async def fetch_alone(self, task: PieceTask, *, readers: trio.Nursery) -> None:
         """The transfer of `task`, the answer to the Register's want, in the caller's
@@ -201,7 +242,9 @@ class Transfers:
                     loser.cancel()
             # Always report, even when the whole download is being cancelled (it just
             # completed, or failed): the uploader's slot is free only once we say so.
-            seconds = max(0.0, trio.current_time() - started)
+            # (a piece behind another on its connection began to come when that one was in)
+            began = self._began.pop((index, source), started)
+            seconds = max(0.0, trio.current_time() - began)
             await report(self.control, book, index, source, outcome, size, seconds)
 
     async def _fetch(self, task: PieceTask, *, readers: trio.Nursery, alone: bool = False) -> int:
@@ -219,11 +262,21 @@ class Transfers:
         timeout = max(PIECE_TIMEOUT, 2 * book.piece_size / MIN_PIECE_RATE)
         with trio.fail_after(timeout):
             connection = await self.connections.get(address, nursery=readers)
+            sent = trio.current_time()
+            soon = None
+            if self.follow_ups and source != CDN_UPLOADER and not alone:
+                lead = max(0.0, self._took.get(address, 0.0) - FOLLOW_UP_LEAD)
+                soon = lead, partial(self._ask_follow_up, index, source)
             frame = await connection.fetch(
                 PieceRequest(
                     task_id=book.task_id, generation=book.generation, index=index, ticket=ticket
-                )
+                ),
+                soon=soon,
             )
+        now = trio.current_time()
+        began = self._began[index, source] = max(sent, self._landed.get(address, sent))
+        self._took[address] = now - began
+        self._landed[address] = now
         if book.holds(index):  # a faster copy won meanwhile
             connection.recycle(frame.payload)
             return 0
@@ -249,6 +302,17 @@ class Transfers:
         if self.progress:
             self.progress(book.bytes_written, book.length)
         return size
+
+    async def _ask_follow_up(self, index: int, source: str) -> None:
+        """The transfer of `index` from peer `source` is about to end: ask for the next
+        piece from it (answered, if at all, by a `PieceFollowUp`: `followed`)."""
+        if self.book.complete:
+            return
+        book = self.book
+        request = PieceFollowUpRequest(
+            task_id=book.task_id, generation=book.generation, index=index, source=source
+        )
+        await self.control.send(request, shield=True)
 
 
 async def report(

@@ -16,7 +16,7 @@ from proto.errors import ErrorCode, is_text
 from proto.pieces import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 from proto.taskid import check_task_id
 
-PROTOCOL_VERSIONS = (1, 2, 3, 4, 5)
+PROTOCOL_VERSIONS = (1, 2, 3, 4, 5, 6)
 # The first version whose control sessions carry many tasks: a peer may leave one task
 # and stay on the session (`Leave`), and a supernode speaking it accepts that; a peer
 # shares a session among its downloads only with such a supernode (`dfget.sessions`).
@@ -35,6 +35,11 @@ SEALED_REQUESTS = 4
 # write (a `PieceTasks` after the task's news), else the request is held for news as a
 # `PieceTasksRequest` would be. A stored small file: one exchange, not two.
 TASKS_WITH_REGISTER = 5
+# The first version whose supernode answers a `PieceFollowUpRequest`: a downloader whose
+# transfer from a peer is about to end asks for the next piece from that peer, and
+# requests it on the same connection before the one ahead of it is in, so that neither
+# end's slot waits for the report, the decision and the request in between.
+FOLLOW_UPS = 6
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -403,6 +408,44 @@ class PieceTasks(Message):
                 raise ValueError("ticket longer than 1024 bytes")
 
 
+@dataclass(frozen=True, slots=True)
+class PieceFollowUpRequest(Message):
+    """A downloader's transfer of piece `index` from peer `source` is about to end
+    (version 6): the next piece to fetch from that peer, to be requested on the same
+    connection right behind it. Answered with a `PieceFollowUp` only when there is one."""
+
+    TAG: ClassVar[str] = "piece_follow_up_request"
+    task_id: str
+    generation: int
+    index: int
+    source: str
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if self.index < 0:
+            raise ValueError("index must be >= 0")
+        if not self.source or len(self.source) > 128:
+            raise ValueError("bad source")
+
+
+@dataclass(frozen=True, slots=True)
+class PieceFollowUp(Message):
+    """The answer to a `PieceFollowUpRequest` for piece `index`: one piece task, from the
+    same source, to be requested behind it (answered like any piece task)."""
+
+    TAG: ClassVar[str] = "piece_follow_up"
+    task_id: str
+    generation: int
+    index: int
+    tasks: tuple[PieceTask, ...]
+
+    def check(self) -> None:
+        check_task_id(self.task_id)
+        if len(self.tasks) != 1:
+            raise ValueError("a follow-up names one piece task")
+        PieceTasks(self.task_id, self.generation, self.tasks).check()
+
+
 class Outcome(StrEnum):
     """What became of one piece task (`PieceResult.outcome` carries its value): the
     downloader's word, and the scheduler's vocabulary."""
@@ -635,6 +678,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PieceRefused,
     PieceTasksRequest,
     PieceTasks,
+    PieceFollowUpRequest,
+    PieceFollowUp,
     PieceResult,
     KeepAlive,
     PiecesHeld,

@@ -352,6 +352,62 @@ def test_one_downloader_takes_at_most_flights_per_source_from_one_uploader() -> 
     assert uploads(s, "S") == 4
 
 
+def test_a_follow_up_is_a_piece_from_the_same_uploader_beyond_its_slots() -> None:
+    """The next piece from the uploader of a transfer about to end, requested behind it
+    on its connection: what that uploader holds and the downloader neither holds nor
+    fetches, though the uploader's slots are all taken (the two go one after the other);
+    one per transfer; none without a transfer from that peer in flight, from the CDN,
+    or when it holds nothing more the downloader wants."""
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=10, holders={"U": (1, [2, 3, 4]), "V": (4, [5])}, downloaders=["D", "E"])
+    give(s, "t", "D", [4])
+    [ahead] = s.assign("t", "D", 1, 0.0)
+    assert ahead.source == "U" and ahead.index in (2, 3)
+    assert s.assign("t", "E", 4, 0.0) == [(5, "V")]  # U's one slot is taken
+    assert s.follow("t", "D", 5, "V", 0.0) is None  # D fetches nothing from V
+    assert s.follow("t", "E", ahead.index, "U", 0.0) is None  # E fetches nothing from U
+    follow = s.follow("t", "D", ahead.index, "U", 0.0)
+    assert follow == (5 - ahead.index, "U")  # (the other of 2 and 3: 4 D holds)
+    assert uploads(s, "U") == 2
+    assert s.follow("t", "D", ahead.index, "U", 0.0) is None  # one per transfer
+    assert s.follow("t", "D", follow.index, "U", 0.0) is None  # U has nothing more for D
+    done(s, "D", [ahead])
+    assert uploads(s, "U") == 1  # the follow-up has the slot now
+    assert s.assign("t", "E", 4, 0.0) == []  # and no one else gets it
+    done(s, "D", [follow])
+    assert uploads(s, "U") == 0 and s.has("t", "D", 2) and s.has("t", "D", 3)
+    s.cdn_ready("t", 10, total=10)
+    s.config = dataclasses.replace(s.config, cdn_upload_slots=4)
+    [from_cdn] = s.assign("t", "E", 1, 0.0)
+    assert from_cdn.source == CDN and s.follow("t", "E", from_cdn.index, CDN, 0.0) is None
+    # A downloader that leaves at its end gets none (bench/simulate.py: they cost it).
+    s.add_peer("t", "L", upload_slots=0, now=0.0, leaves=True)
+    [ahead] = s.assign("t", "L", 1, 0.0)
+    assert ahead.source == "U" and s.follow("t", "L", ahead.index, "U", 0.0) is None
+
+
+def test_follow_ups_keep_the_per_uploader_cap_and_the_downloaders_backoff() -> None:
+    """A follow-up counts among the transfers one downloader has from one uploader, is
+    not given from a source the downloader backs off from (it said busy), and is asked
+    once a transfer, whatever the answer (a downloader cannot take more by asking
+    again)."""
+    s = make(cdn_upload_slots=0, flights_per_source=2)
+    seed_task(s, total=20, holders={"U": (8, range(20))}, downloaders=["D"])
+    first, second = s.assign("t", "D", 8, 0.0)
+    assert s.follow("t", "D", first.index, "U", 0.0) is None  # D has 2 from U already
+    done(s, "D", [second])
+    assert s.follow("t", "D", first.index, "U", 0.0) is None  # asked once for `first`
+    done(s, "D", [first])
+    [third] = s.assign("t", "D", 1, 0.0)
+    assert s.follow("t", "D", third.index, "U", 0.0) is not None
+    s = make(cdn_upload_slots=0, busy_backoff_seconds=1.0)
+    seed_task(s, total=20, holders={"U": (8, range(20))}, downloaders=["D"])
+    a, b, _, busy = s.assign("t", "D", 8, 0.0)
+    s.report("t", "D", busy.index, "U", Outcome.BUSY, now=0.0)
+    assert s.follow("t", "D", a.index, "U", 0.5) is None  # U said busy to D just now
+    assert s.follow("t", "D", b.index, "U", 1.5) is not None
+
+
 def test_load_spreads_over_the_holders() -> None:
     s = make(cdn_upload_slots=0)
     holders = {f"H{n}": (10, range(50)) for n in range(10)}

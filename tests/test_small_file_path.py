@@ -111,11 +111,13 @@ async def test_a_first_transfer_that_fails_goes_on_the_general_way(
     real = dfget.sources.PieceConnection.fetch
     calls = []
 
-    async def lost_once(self: dfget.sources.PieceConnection, request: PieceRequest) -> Any:
+    async def lost_once(
+        self: dfget.sources.PieceConnection, request: PieceRequest, **how: Any
+    ) -> Any:
         calls.append(request.index)
         if len(calls) == 1:
             raise SourceLost("cut (test)")
-        return await real(self, request)
+        return await real(self, request, **how)
 
     monkeypatch.setattr(dfget.sources.PieceConnection, "fetch", lost_once)
     result, spawned = await fetch_counting(fetch, origin.url("/f.bin"), node)

@@ -30,12 +30,15 @@ from proto.errors import ErrorCode, UnexpectedMessage
 from proto.io import FramedStream
 from proto.keywrap import BadPublicKey, wrap_context, wrap_key
 from proto.messages import (
+    FOLLOW_UPS,
     MAX_VALIDATOR,
     SHARED_SESSIONS,
     TASKS_WITH_REGISTER,
     KeepAlive,
     Leave,
     Message,
+    PieceFollowUp,
+    PieceFollowUpRequest,
     PieceResult,
     PiecesHeld,
     PiecesReady,
@@ -144,6 +147,8 @@ class ControlSession:
                             nursery.start_soon(self._piece_tasks, message, token)
                         elif isinstance(message, PieceResult):
                             behind = self._piece_result(message, nursery=nursery)
+                        elif isinstance(message, PieceFollowUpRequest):
+                            await self._follow_up(message)
                         elif isinstance(message, PiecesHeld):
                             self._pieces_held(message)
                         elif isinstance(message, Leave):
@@ -427,6 +432,27 @@ class ControlSession:
             with trio.move_on_at(deadline):
                 relay = await self.swarm.wait_news(task.task_id)
         return PieceTasks(task_id=task.task_id, generation=task.generation, tasks=tasks)
+
+    async def _follow_up(self, message: PieceFollowUpRequest) -> None:
+        """The next piece from the same peer behind a transfer about to end (version
+        6): decided at once, answered only when there is one (a request of a session
+        older than that version is a broken protocol)."""
+        if (self.framed.session.version or 1) < FOLLOW_UPS:
+            raise UnexpectedMessage(f"{message.TAG} before protocol version {FOLLOW_UPS}")
+        task = self._current(message.task_id, message.generation)
+        if task is None:
+            return
+        now = trio.current_time()
+        tasks = self.swarm.follow_up(task, self.peer_id, message.index, message.source, now)
+        if tasks:
+            await self.framed.send(
+                PieceFollowUp(
+                    task_id=task.task_id,
+                    generation=task.generation,
+                    index=message.index,
+                    tasks=tasks,
+                )
+            )
 
     def _piece_result(self, message: PieceResult, *, nursery: trio.Nursery) -> Message | None:
         """Report the result; the message read right behind it, if any, for the loop.

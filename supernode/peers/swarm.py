@@ -272,6 +272,23 @@ class Swarm:
             self.decisions += 1
             self.decisions_with_reports += 1
 
+    def follow_up(
+        self, task: CdnTask, requester: str, index: int, source: str, now: float
+    ) -> tuple[PieceTask, ...]:
+        """The piece `requester` fetches from peer `source` behind its transfer of piece
+        `index` from it (`Scheduler.follow`), with its ticket; none if there is none."""
+        if not self.current(task):
+            return ()
+        started = time.perf_counter()
+        try:
+            assignment = self.scheduler.follow(task.task_id, requester, index, source, now)
+            if assignment is None:
+                return ()
+            return self._with_tickets(task, requester, [assignment], now, follows=index)
+        finally:
+            self.decision_seconds += time.perf_counter() - started
+            self.decisions += 1
+
     def current(self, task: CdnTask) -> bool:
         """Whether `task` is the generation the swarm schedules for its id: a request or
         a report of an older one (a session that registered before the content changed)
@@ -298,7 +315,13 @@ class Swarm:
         return self._with_tickets(task, requester, assignments, now)
 
     def _with_tickets(
-        self, task: CdnTask, requester: str, assignments: list[Assignment], now: float
+        self,
+        task: CdnTask,
+        requester: str,
+        assignments: list[Assignment],
+        now: float,
+        *,
+        follows: int | None = None,
     ) -> tuple[PieceTask, ...]:
         tasks: list[PieceTask] = []
         for assignment in assignments:
@@ -321,7 +344,7 @@ class Swarm:
             ticket = self.ticket(task.task_id, requester, CDN_UPLOADER if source == CDN else source)
             tasks.append((assignment.index, source, host, port, ticket))
             if self.log is not None:
-                self.log.assigned(task.task_id, requester, assignment.index, source)
+                self.log.assigned(task.task_id, requester, assignment.index, source, follows)
         return tuple(tasks)
 
     def _log_result(self, requester: str, result: PieceResult) -> None:

@@ -13,7 +13,9 @@ that refuses a line (full, failing) ends the log with a warning, and nothing els
      "outcome": "done", "seconds": 0.41}
     {"t": ..., "event": "stored", "task": ..., "pieces": 17}
 
-`source` is "cdn" or the uploading peer's id; `seconds` is the downloader's own time for
+`source` is "cdn" or the uploading peer's id; a follow-up (protocol version 6: the next
+piece from a peer, requested behind the transfer of another) names that piece,
+`"follows": 2`; `seconds` is the downloader's own time for
 the transfer; `pieces` is how many pieces the CDN holds in a row from the first.
 """
 
@@ -35,8 +37,15 @@ class SwarmLog:
         self.path = path
         self._file: IO[str] | None = path.open("a", encoding="utf-8")
 
-    def assigned(self, task_id: str, peer: str, index: int, source: str) -> None:
-        self._write("assigned", task=task_id, peer=peer, piece=index, source=source)
+    def assigned(
+        self, task_id: str, peer: str, index: int, source: str, follows: int | None = None
+    ) -> None:
+        if follows is None:
+            self._write("assigned", task=task_id, peer=peer, piece=index, source=source)
+        else:
+            self._write(
+                "assigned", task=task_id, peer=peer, piece=index, source=source, follows=follows
+            )
 
     def result(
         self, task_id: str, peer: str, index: int, source: str, outcome: str, seconds: float

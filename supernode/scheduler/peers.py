@@ -174,3 +174,4 @@ class Flight:
     queued: float = 0.0  # the deadline its place in the table is ordered by
     live: bool = True
     cdn_slot: bool = False  # it holds one of the CDN's upload slots (until sent)
+    followed: bool = False  # a follow-up was asked for behind it (`Scheduler.follow`)

@@ -96,15 +96,18 @@ def follow(
     uploader: Member,
     now: float,
 ) -> Assignment | None:
-    """The piece `member` fetches next from `uploader`, pipelined behind a transfer in
-    flight from it: the uploader sends it on the same connection once the current piece
-    is out, so neither end's slot idles for the report, the next decision and the next
-    request. None if `uploader` cannot serve it now or holds nothing it wants.
+    """The piece `member` fetches next from `uploader`, requested behind a transfer in
+    flight from it on the same connection: the uploader sends it once the piece ahead is
+    out, so neither end's slot idles for the report, the next decision and the request.
+    None if `uploader` cannot serve it now or holds nothing it wants.
 
     It takes a slot of the uploader beyond its cap until the transfer ahead of it is
-    reported: the uploader's link carries one of them at a time.
+    reported (the uploader sends one of the two at a time): it is not the pool's to give.
+    A downloader that leaves at its end gets none: in the simulation (200 peers leaving
+    at their last piece, bench/simulate.py) follow-ups for them stretched the swarm's
+    last completion by a quarter.
     """
-    if not uploader.serves or uploader.index < 0 or member.capped & uploader.bit:
+    if member.leaves or not uploader.serves or uploader.index < 0 or member.capped & uploader.bit:
         return None
     avoid = _avoid(task, member, now) if member.peer.busy_until or member.shunned else _NO_AVOID
     if avoid.bits & uploader.bit:
@@ -126,7 +129,7 @@ def follow(
         order = IndexOrder(wanted)
     else:
         random_picks = ledger.config.first_random - member.have_count - len(member.flights)
-        order = PieceOrder(rarity, wanted, rarity.held, rng, random_picks)
+        order = PieceOrder(rarity, wanted, wanted, rng, random_picks)
     for index in order:
         return ledger.launch(task, member, index, uploader, now)
     return None

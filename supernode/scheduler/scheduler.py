@@ -212,17 +212,25 @@ class Scheduler:
             return checks, []
         return checks, picking.assign(ledger, self._rng, task, member, min(want, MAX_WANT), now)
 
-    def follow(self, task_id: str, peer_id: str, source: str, now: float) -> Assignment | None:
-        """The next piece `peer_id` fetches from peer `source`, pipelined behind its
-        transfer in flight from it (`picking.follow`); None if there is none."""
+    def follow(
+        self, task_id: str, peer_id: str, index: int, source: str, now: float
+    ) -> Assignment | None:
+        """The next piece `peer_id` fetches from peer `source`, requested on the same
+        connection behind its transfer of piece `index` from it, which is about to end
+        (`picking.follow`); None if that transfer is not in flight, had its follow-up
+        already, or the source has nothing more for it. It takes a slot of the source
+        beyond its cap until the transfer ahead of it is reported."""
         ledger = self._ledger
         ledger.tick(now)
         task = ledger.tasks.get(task_id)
         member = task.members.get(peer_id) if task is not None else None
-        uploader = task.members.get(source) if task is not None else None
-        if task is None or member is None or uploader is None or uploader is member:
+        if task is None or member is None or source == CDN:
             return None
-        return picking.follow(ledger, self._rng, task, member, uploader, now)
+        ahead = member.flight(index, source)
+        if ahead is None or ahead.followed or ahead.uploader is None:
+            return None
+        ahead.followed = True
+        return picking.follow(ledger, self._rng, task, member, ahead.uploader, now)
 
     def claim(
         self, task_id: str, peer_id: str, indexes: Iterable[int], now: float

@@ -1,0 +1,213 @@
+"""Follow-ups (protocol version 6): a downloader whose transfer from a peer is about to
+end asks for the next piece from that peer and requests it on the same connection, so
+that neither end's slot waits for the report, the decision and the request in between.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Fetch, RunningSupernode, StartSupernode, until
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from test_attack_supernode import RawPeer, ask, next_message, raw_peer, register, report
+
+from dfget import transfers
+from dfget.options import PeerOptions
+from proto.errors import ConnectionLost
+from proto.io import framed as framed_io
+from proto.messages import (
+    ErrorReply,
+    KeepAlive,
+    Message,
+    PieceFollowUp,
+    PieceFollowUpRequest,
+    Probe,
+    Registered,
+)
+from proto.pieces import MiB
+from proto.tickets import CDN_UPLOADER, TicketVerifier
+from supernode.scheduler import Assignment
+from testkit.origin import FakeOrigin
+
+LOCAL = ("127.0.0.1", 0)
+
+
+def test_a_follow_up_request_and_its_answer_are_checked() -> None:
+    task_id = "a" * 64
+    PieceFollowUpRequest(task_id, 1, index=0, source="peer").check()
+    for index, source in ((-1, "peer"), (0, ""), (0, "p" * 129)):
+        with pytest.raises(ValueError):
+            PieceFollowUpRequest(task_id, 1, index=index, source=source).check()
+    task = (3, "peer", "127.0.0.1", 4000, b"ticket")
+    PieceFollowUp(task_id, 1, index=2, tasks=(task,)).check()
+    for tasks in ((), (task, task), ((3, "", "127.0.0.1", 4000, b"t"),)):
+        with pytest.raises(ValueError):
+            PieceFollowUp(task_id, 1, index=2, tasks=tasks).check()
+
+
+async def _seeding_peers(
+    fetch: Fetch, url: str, node: RunningSupernode, nursery: trio.Nursery, outputs: list[Path]
+) -> None:
+    """dfget downloads of `url` at once into `outputs` (`fetch`'s folder) that seed on
+    (and so ask for follow-ups: one that leaves at its end is given none), until all
+    are in place."""
+    for output in outputs:
+        peer = PeerOptions(listen=LOCAL, seed_for=60)
+        nursery.start_soon(partial(fetch, url, node, name=output.name, peer=peer))
+    await until(lambda: all(path.exists() for path in outputs), seconds=60)
+
+
+async def _seeded(
+    origin: FakeOrigin, node: RunningSupernode, fetch: Fetch, nursery: trio.Nursery, tmp_path: Path
+) -> str:
+    """A 16 MiB file on the CDN and on a dfget peer seeding it: its url."""
+    data = os.urandom(16 * MiB)
+    origin.add("/f.bin", data)
+    url = origin.url("/f.bin")
+    output = tmp_path / "downloads" / "seeder"
+    await _seeding_peers(fetch, url, node, nursery, [output])
+    scheduler = node.node.scheduler
+    await until(lambda: output.read_bytes() == data)
+    await until(lambda: scheduler.statistics().assignments_in_flight == 0)
+    return url
+
+
+async def _synced(peer: RawPeer) -> list[Message]:
+    """What the supernode sent before it answered a Probe (it answers in order)."""
+    await peer.framed.send(Probe())
+    seen = []
+    while not isinstance(message := await next_message(peer), KeepAlive):
+        seen.append(message)
+    return seen
+
+
+async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    """Asked for a transfer from a peer in flight, the supernode names one more piece
+    from that peer, with a ticket for it, beyond the peer's slots until the transfer
+    ahead is reported; asked again for the same transfer, for one not in flight or for
+    the CDN's, it answers nothing and hands nothing out."""
+    node = await start_supernode()
+    url = await _seeded(origin, node, fetch, nursery, tmp_path)
+    scheduler = node.node.scheduler
+    async with raw_peer(node, "downloader") as peer:
+        registered = await register(peer, url)
+        assert isinstance(registered, Registered)
+        task_id, generation = registered.task_id, registered.generation
+        tasks = (await ask(peer, 3)).tasks  # (4 from one peer at most: the cap)
+        seeder = tasks[0][1]
+        assert seeder != CDN_UPLOADER and all(task[1] == seeder for task in tasks)
+        stats = scheduler.peer_statistics(seeder)
+        assert stats is not None and stats.uploads_in_flight == 3
+        ahead = tasks[0][0]
+        await peer.framed.send(PieceFollowUpRequest(task_id, generation, ahead, seeder))
+        answer = await next_message(peer)
+        assert isinstance(answer, PieceFollowUp) and answer.index == ahead
+        [(index, source, host, port, ticket)] = answer.tasks
+        assert source == seeder and (host, port) == (tasks[0][2], tasks[0][3])
+        assert index not in [task[0] for task in tasks]
+        verifier = TicketVerifier(Ed25519PublicKey.from_public_bytes(registered.ticket_key))
+        verifier.verify(
+            ticket, task_id=task_id, requester="downloader", uploader=seeder, now=time.time()
+        )
+        stats = scheduler.peer_statistics(seeder)
+        assert stats is not None and stats.uploads_in_flight == 4
+        fetching = {index, *(task[0] for task in tasks)}
+        not_in_flight = next(i for i in range(16) if i not in fetching)
+        for again in (
+            PieceFollowUpRequest(task_id, generation, ahead, seeder),  # asked already
+            PieceFollowUpRequest(task_id, generation, not_in_flight, seeder),
+            PieceFollowUpRequest(task_id, generation, tasks[1][0], CDN_UPLOADER),
+            PieceFollowUpRequest(task_id, generation + 1, tasks[1][0], seeder),  # stale
+        ):
+            await peer.framed.send(again)
+        assert await _synced(peer) == []
+        stats = scheduler.peer_statistics(seeder)
+        assert stats is not None and stats.uploads_in_flight == 4
+        for piece, source, *_ in (*tasks, *answer.tasks):
+            await report(peer, piece, source, "cancelled")
+        await until(lambda: scheduler.statistics().assignments_in_flight == 0)
+
+
+async def test_a_follow_up_request_before_version_6_closes_the_session(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = await start_supernode()
+    url = await _seeded(origin, node, fetch, nursery, tmp_path)
+    monkeypatch.setattr(framed_io, "PROTOCOL_VERSIONS", (1, 2, 3, 4, 5))
+    async with raw_peer(node, "old") as peer:
+        assert peer.framed.welcome is not None and peer.framed.welcome.version == 5
+        registered = await register(peer, url)
+        assert isinstance(registered, Registered)
+        [(index, source, *_)] = (await ask(peer, 1)).tasks
+        request = PieceFollowUpRequest(registered.task_id, registered.generation, index, source)
+        await peer.framed.send(request)
+        reply = await next_message(peer)
+        assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+        assert "before protocol version 6" in reply.message
+        with pytest.raises(ConnectionLost):
+            await next_message(peer)
+    scheduler = node.node.scheduler
+    await until(lambda: scheduler.statistics().assignments_in_flight == 0)  # left with it
+
+
+async def test_peers_fetch_follow_ups_and_every_file_verifies(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dfget peers fetching from seeders ask for follow-ups and fetch them behind the
+    pieces they follow; every file verifies and nothing stays in flight afterwards.
+    With `DF_FOLLOW_UPS=0` none is asked for."""
+    data = os.urandom(24 * MiB)
+    origin.add("/big.bin", data)
+    url = origin.url("/big.bin")
+    node = await start_supernode()
+    scheduler = node.node.scheduler
+    folder = tmp_path / "downloads"
+    await _seeding_peers(fetch, url, node, nursery, [folder / f"seeder{i}" for i in range(3)])
+    await until(lambda: scheduler.statistics().assignments_in_flight == 0)
+    asked: list[int] = []
+    given: list[Assignment] = []
+    follow = scheduler.follow
+
+    def counted(
+        task_id: str, peer_id: str, index: int, source: str, now: float
+    ) -> Assignment | None:
+        asked.append(index)
+        assignment = follow(task_id, peer_id, index, source, now)
+        if assignment is not None:
+            given.append(assignment)
+        return assignment
+
+    monkeypatch.setattr(scheduler, "follow", counted)
+    outputs = [folder / f"peer{i}" for i in range(4)]
+    await _seeding_peers(fetch, url, node, nursery, outputs)
+    assert all(path.read_bytes() == data for path in outputs)
+    assert given and all(a.source != CDN_UPLOADER for a in given)
+    await until(lambda: scheduler.statistics().assignments_in_flight == 0)
+
+    monkeypatch.setattr(transfers, "FOLLOW_UPS_ON", False)
+    asked.clear()
+    outputs = [folder / f"late{i}" for i in range(4)]
+    await _seeding_peers(fetch, url, node, nursery, outputs)
+    assert all(path.read_bytes() == data for path in outputs)
+    assert asked == []
