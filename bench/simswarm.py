@@ -367,15 +367,13 @@ class SimulatedSwarm(SimCore):
         # As `Swarm.leave`: as few held requests as for a freed slot (or, tried, all).
         self._news(slot_freed=not self.setup.leave_wakes_all)
 
-    def _drop_follow(self, transfer: Transfer) -> None:
+    def _fail(self, transfer: Transfer) -> None:
+        """The uploader is gone: the downloader reports FAILED and asks again (and so
+        for the follow-up behind it, on the same connection)."""
+        self._end_transfer(transfer)
         if transfer.next is not None:
             follow, transfer.next = transfer.next, None
-            self._report(follow.peer, follow.index, follow.source, Outcome.CANCELLED, 0, 0.0)
-
-    def _fail(self, transfer: Transfer) -> None:
-        """The uploader is gone: the downloader reports FAILED and asks again."""
-        self._end_transfer(transfer)
-        self._drop_follow(transfer)
+            self._report(follow.peer, follow.index, follow.source, Outcome.FAILED, 0, 0.0)
         peer = transfer.peer
         seconds = self.now - transfer.assigned
         self._ask(peer, (peer, transfer.index, transfer.source, Outcome.FAILED, 0, seconds))
@@ -445,6 +443,7 @@ class SimulatedSwarm(SimCore):
             return False
         peer.transfers.setdefault(follow.index, []).append(follow)
         peer.running += 1
+        follow.assigned = self.now  # (its time runs from its piece's start, as dfget's)
         self._start_transfer(follow)
         return True
 
@@ -472,7 +471,9 @@ class SimulatedSwarm(SimCore):
             if not other.over:  # the endgame's other copy
                 self._end_transfer(other)
                 reports.append((peer, index, other.source, Outcome.CANCELLED, 0, 0.0))
-                self._drop_follow(other)
+                if other.next is not None:  # (the uploader moves on to it)
+                    follow, other.next = other.next, None
+                    self._start_follow(follow)
                 self.tally.cancelled += 1
         for report in reports[:-1]:
             self.to_supernode(self.setup.rtt / 2, self._on_report, report)

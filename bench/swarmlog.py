@@ -119,6 +119,8 @@ def timeline(path: Path, started: float) -> Timeline:
             if out is not None:
                 spans.append(event["t"] - out)
                 own.append(event["seconds"])
+        if event["event"] == "result":  # (a later task for the same piece is its own)
+            follow_ups.discard(_transfer(event))
     if not last:
         raise ValueError(f"{path}: no piece done in it")
     # Each piece: when the CDN had it, and when each peer that got every piece did (a

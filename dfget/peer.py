@@ -497,7 +497,8 @@ class Attempt:
     async def _decline(
         self, control: ControlStream, book: PieceBook, answer: PieceTasks | PieceFollowUp
     ) -> None:
-        """A late answer to a request made before the last piece landed: report its tasks
+        """An answer nobody will use (a late one to a request made before the last piece
+        landed, a follow-up for a piece held or in flight already): report its tasks
         cancelled, so that their uploaders' slots (and the CDN's) are free at once."""
         for index, source, _, _, _ in answer.tasks:
             await report(control, book, index, source, Outcome.CANCELLED, 0, 0.0)

@@ -22,8 +22,10 @@ so two downloads on one would wait for each other.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import trio
 
@@ -70,6 +72,19 @@ class _Waiter:
     done: trio.Event = field(default_factory=trio.Event)
     frame: Frame | None = None
     error: Exception | None = None
+    turn: int = 0  # answers on the connection before its own (it is next once read)
+    sent: float = 0.0
+    began: float = 0.0  # when its answer began to come: sent, or the answer ahead read
+    arrived: float = 0.0
+
+
+class Answer(NamedTuple):
+    """A piece's answer, and when it began to come (its request's send, or the answer
+    ahead of it on the connection read) and arrived: the uploader's time for it."""
+
+    frame: Frame
+    began: float
+    arrived: float
 
 
 class PieceConnection:
@@ -84,6 +99,9 @@ class PieceConnection:
         self._waiters: dict[tuple[str, int], list[_Waiter]] = {}
         self.last_active = trio.current_time()  # last request sent or answer received
         self.unanswered = 0  # requests sent whose answer has not been read (waited or not)
+        self.answered = 0  # answers read (waited for or dropped)
+        self.answered_at = -math.inf  # ... the last of them
+        self._read = trio.Event()  # set (and replaced) at each answer read, and at the end
         # When an answer last showed the uploader counting the session as in use (a
         # piece, or a refusal other than unknown_task and stale): its idle deadline runs
         # from about then. None: no such answer yet.
@@ -111,21 +129,27 @@ class PieceConnection:
         self._break(ConnectionLost(f"connection to {self.address} closed here", clean=True))
         await self.framed.aclose()
 
-    async def fetch(
+    async def fetch(self, request: PieceRequest) -> Frame:
+        """The PieceData frame answering `request`; PieceRefusedError or SourceLost."""
+        return (await self.fetch_timed(request)).frame
+
+    async def fetch_timed(
         self,
         request: PieceRequest,
         *,
         soon: tuple[float, Callable[[], Awaitable[None]]] | None = None,
-    ) -> Frame:
-        """The PieceData frame answering `request`; PieceRefusedError or SourceLost.
-        `soon` (seconds, a call): if the answer is not in after that long from the
-        request's send, the call is made (and the answer still awaited)."""
+    ) -> Answer:
+        """`fetch`, with when the answer began to come and arrived. `soon` (seconds, a
+        call): if the answer is not in that long after it began to come (once every
+        answer ahead of it on the connection is read), the call is made (and the answer
+        still awaited)."""
         key = (request.task_id, request.index)
         waiter = _Waiter()
         if self.broken is not None:
             raise SourceLost(f"{self.address}: {self.broken}")
         self._waiters.setdefault(key, []).append(waiter)
-        self.last_active = trio.current_time()
+        self.last_active = waiter.sent = trio.current_time()
+        waiter.turn = self.answered + self.unanswered
         try:
             # Counted before it goes: its answer may be read before this task runs again.
             self.unanswered += 1
@@ -138,17 +162,25 @@ class PieceConnection:
                     self.unanswered -= 1
                 raise
             if soon is not None:
-                with trio.move_on_after(soon[0]):
-                    await waiter.done.wait()
-                if not waiter.done.is_set():
-                    await soon[1]()
+                await self._soon(waiter, *soon)
             await waiter.done.wait()
         finally:
             self._forget(key, waiter)
         if waiter.error is not None:
             raise waiter.error
         assert waiter.frame is not None
-        return waiter.frame
+        return Answer(waiter.frame, waiter.began, waiter.arrived)
+
+    async def _soon(
+        self, waiter: _Waiter, after: float, call: Callable[[], Awaitable[None]]
+    ) -> None:
+        while self.answered < waiter.turn and not waiter.done.is_set():
+            read = self._read
+            await read.wait()  # (set at the end too: then `waiter` is done)
+        with trio.move_on_after(after):
+            await waiter.done.wait()
+        if not waiter.done.is_set():
+            await call()
 
     def recycle(self, payload: bytearray) -> None:
         self.framed.recycle(payload)
@@ -170,6 +202,10 @@ class PieceConnection:
                     if self.unanswered <= 0:  # (its payload would be held for reuse)
                         raise UnexpectedMessage(f"{message.TAG} answering no request")
                     self.unanswered -= 1
+                    ahead_at, self.answered_at = self.answered_at, self.last_active
+                    self.answered += 1
+                    self._read.set()
+                    self._read = trio.Event()
                     if isinstance(message, PieceData) or message.code not in _NOT_IN_USE:
                         self.kept_at = self.last_active
                     if isinstance(message, PieceRefused) and message.code == ErrorCode.BAD_TICKET:
@@ -184,6 +220,8 @@ class PieceConnection:
                     self.framed.recycle(frame.payload)
                     continue
                 waiter = waiters.pop(0)
+                waiter.began = max(waiter.sent, ahead_at)
+                waiter.arrived = self.last_active
                 if isinstance(message, PieceRefused):
                     waiter.error = PieceRefusedError(message.code, message.message)
                 else:
@@ -205,6 +243,7 @@ class PieceConnection:
     def _break(self, cause: Exception) -> None:
         if self.broken is None:
             self.broken = cause
+        self._read.set()
         for waiter in (w for waiters in self._waiters.values() for w in waiters):
             if not waiter.done.is_set():
                 waiter.error = SourceLost(f"{self.address}: {cause}")

@@ -108,10 +108,9 @@ class Transfers:
         )
         # Where follow-ups start (transfers, readers), while `run` runs.
         self._nurseries: tuple[trio.Nursery, trio.Nursery] | None = None
-        # By source address: when its last piece landed and what that piece took (from
-        # its request, or from the piece ahead of it on the connection landing); by
-        # transfer (index, source), when its piece began to come.
-        self._landed: dict[str, float] = {}
+        # By source address, what its last piece took from when it began to come (its
+        # request, or the answer ahead of it on the connection read) to when it was in;
+        # by transfer (index, source), when its piece began to come.
         self._took: dict[str, float] = {}
         self._began: dict[tuple[int, str], float] = {}
 
@@ -119,62 +118,71 @@ class Transfers:
         """Ask for piece tasks whenever there is room, start a transfer for each, until
         the book is complete (the readers of piece connections run in `readers`, which
         outlives transfers)."""
-        book = self.book
         async with trio.open_nursery() as transfers:
             self._nurseries = transfers, readers
-            while not book.complete:
-                running = sum(len(scopes) for scopes in self._running.values())
-                if running >= IN_FLIGHT:
-                    await book.wait_changed()
-                    continue
-                endgame_in = self._endgame_in()
-                if endgame_in > 0:
-                    with trio.move_on_after(endgame_in):
-                        await book.wait_changed()
-                    continue
-                if self._asked:
-                    self._asked = False
-                else:
-                    request = PieceTasksRequest(
-                        task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
-                    )
-                    # Shielded: a frame cut short (the download completing meanwhile) would
-                    # break the session for every report still to come; a small frame's
-                    # send is bounded by the session's send timeout.
-                    await self.control.send(request, shield=True)
-                with trio.move_on_after(TASKS_TIMEOUT) as waited:
-                    answer = await self.answers.receive()
-                if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
-                    raise SupernodeUnavailable(
-                        f"supernode {self.address} did not answer a piece-task request "
-                        f"in {TASKS_TIMEOUT:.0f}s"
-                    )
-                if answer.tasks:
-                    self._last_start = trio.current_time()
-                for task in answer.tasks:
-                    scope = trio.CancelScope()
-                    self._running.setdefault(task[0], []).append(scope)
-                    transfers.start_soon(partial(self._transfer, task, scope, readers=readers))
-                if not answer.tasks:
-                    # Nothing to fetch yet: the supernode held the request until news or
-                    # its long-poll timeout. Ask again, after a breath.
-                    with trio.move_on_after(NOTHING_YET_PAUSE):
-                        await book.wait_changed()
-            self._nurseries = None
+            try:
+                await self._run(transfers, readers)
+            finally:
+                self._nurseries = None
             transfers.cancel_scope.cancel()
 
+    async def _run(self, transfers: trio.Nursery, readers: trio.Nursery) -> None:
+        """`run`'s loop, in `transfers` (where follow-ups start too, while it runs)."""
+        book = self.book
+        while not book.complete:
+            running = sum(len(scopes) for scopes in self._running.values())
+            if running >= IN_FLIGHT:
+                await book.wait_changed()
+                continue
+            endgame_in = self._endgame_in()
+            if endgame_in > 0:
+                with trio.move_on_after(endgame_in):
+                    await book.wait_changed()
+                continue
+            if self._asked:
+                self._asked = False
+            else:
+                request = PieceTasksRequest(
+                    task_id=book.task_id, generation=book.generation, want=IN_FLIGHT - running
+                )
+                # Shielded: a frame cut short (the download completing meanwhile) would
+                # break the session for every report still to come; a small frame's
+                # send is bounded by the session's send timeout.
+                await self.control.send(request, shield=True)
+            with trio.move_on_after(TASKS_TIMEOUT) as waited:
+                answer = await self.answers.receive()
+            if waited.cancelled_caught:  # as if it were gone: the next one, or the origin
+                raise SupernodeUnavailable(
+                    f"supernode {self.address} did not answer a piece-task request "
+                    f"in {TASKS_TIMEOUT:.0f}s"
+                )
+            if answer.tasks:
+                self._last_start = trio.current_time()
+            for task in answer.tasks:
+                scope = trio.CancelScope()
+                self._running.setdefault(task[0], []).append(scope)
+                transfers.start_soon(partial(self._transfer, task, scope, readers=readers))
+            if not answer.tasks:
+                # Nothing to fetch yet: the supernode held the request until news or
+                # its long-poll timeout. Ask again, after a breath.
+                with trio.move_on_after(NOTHING_YET_PAUSE):
+                    await book.wait_changed()
+
     def followed(self, answer: PieceFollowUp) -> bool:
-        """Start the follow-up the supernode answered (its request goes on the
-        connection at once, behind the transfer it follows); False if it is not wanted
-        (the download is over, or has the piece or a transfer of it): the caller
+        """Start the follow-up the supernode answered (its transfer sends its request
+        on the connection of the one it follows, behind it); False if it is not wanted
+        (the transfers are over, or it has the piece or a transfer of it): the caller
         reports it cancelled."""
         task = answer.tasks[0]
         index = task[0]
         if self._nurseries is None or self.book.holds(index) or index in self._running:
             return False
         transfers, readers = self._nurseries
+        if transfers.cancel_scope.cancel_called:
+            return False
         scope = trio.CancelScope()
         self._running.setdefault(index, []).append(scope)
+        self._last_start = trio.current_time()
         transfers.start_soon(partial(self._transfer, task, scope, readers=readers))
         return True
 
@@ -262,21 +270,19 @@ class Transfers:
         timeout = max(PIECE_TIMEOUT, 2 * book.piece_size / MIN_PIECE_RATE)
         with trio.fail_after(timeout):
             connection = await self.connections.get(address, nursery=readers)
-            sent = trio.current_time()
             soon = None
             if self.follow_ups and source != CDN_UPLOADER and not alone:
-                lead = max(0.0, self._took.get(address, 0.0) - FOLLOW_UP_LEAD)
-                soon = lead, partial(self._ask_follow_up, index, source)
-            frame = await connection.fetch(
+                # (from when the piece begins to come: a follow-up waits for the one ahead)
+                after = max(0.0, self._took.get(address, 0.0) - FOLLOW_UP_LEAD)
+                soon = after, partial(self._ask_follow_up, index, source)
+            frame, began, arrived = await connection.fetch_timed(
                 PieceRequest(
                     task_id=book.task_id, generation=book.generation, index=index, ticket=ticket
                 ),
                 soon=soon,
             )
-        now = trio.current_time()
-        began = self._began[index, source] = max(sent, self._landed.get(address, sent))
-        self._took[address] = now - began
-        self._landed[address] = now
+        self._began[index, source] = began
+        self._took[address] = arrived - began
         if book.holds(index):  # a faster copy won meanwhile
             connection.recycle(frame.payload)
             return 0
@@ -306,13 +312,17 @@ class Transfers:
     async def _ask_follow_up(self, index: int, source: str) -> None:
         """The transfer of `index` from peer `source` is about to end: ask for the next
         piece from it (answered, if at all, by a `PieceFollowUp`: `followed`)."""
-        if self.book.complete:
-            return
         book = self.book
+        if book.complete:
+            return
         request = PieceFollowUpRequest(
             task_id=book.task_id, generation=book.generation, index=index, source=source
         )
-        await self.control.send(request, shield=True)
+        # As a report: whole or not at all, within its bound; a broken session is the
+        # session's reader's to notice, not this transfer's.
+        deadline = trio.current_time() + REPORT_WITHIN
+        with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(ProtoError):
+            await self.control.send(request)
 
 
 async def report(

@@ -441,6 +441,8 @@ class PieceFollowUp(Message):
 
     def check(self) -> None:
         check_task_id(self.task_id)
+        if self.index < 0:
+            raise ValueError("index must be >= 0")
         if len(self.tasks) != 1:
             raise ValueError("a follow-up names one piece task")
         PieceTasks(self.task_id, self.generation, self.tasks).check()

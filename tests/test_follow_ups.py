@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -18,18 +19,23 @@ from test_attack_supernode import RawPeer, ask, next_message, raw_peer, register
 
 from dfget import transfers
 from dfget.options import PeerOptions
+from dfget.sources import Answer, PieceConnections
 from proto.errors import ConnectionLost
+from proto.io import FramedStream, server_handshake
 from proto.io import framed as framed_io
 from proto.messages import (
     ErrorReply,
     KeepAlive,
     Message,
+    PieceData,
     PieceFollowUp,
     PieceFollowUpRequest,
+    PieceRequest,
     Probe,
     Registered,
 )
 from proto.pieces import MiB
+from proto.session import Session, Side
 from proto.tickets import CDN_UPLOADER, TicketVerifier
 from supernode.scheduler import Assignment
 from testkit.origin import FakeOrigin
@@ -45,19 +51,24 @@ def test_a_follow_up_request_and_its_answer_are_checked() -> None:
             PieceFollowUpRequest(task_id, 1, index=index, source=source).check()
     task = (3, "peer", "127.0.0.1", 4000, b"ticket")
     PieceFollowUp(task_id, 1, index=2, tasks=(task,)).check()
-    for tasks in ((), (task, task), ((3, "", "127.0.0.1", 4000, b"t"),)):
+    for index, tasks in ((2, ()), (2, (task, task)), (2, ((3, "", "h", 1, b"t"),)), (-1, (task,))):
         with pytest.raises(ValueError):
-            PieceFollowUp(task_id, 1, index=2, tasks=tasks).check()
+            PieceFollowUp(task_id, 1, index=index, tasks=tasks).check()
 
 
 async def _seeding_peers(
-    fetch: Fetch, url: str, node: RunningSupernode, nursery: trio.Nursery, outputs: list[Path]
+    fetch: Fetch,
+    url: str,
+    node: RunningSupernode,
+    nursery: trio.Nursery,
+    outputs: list[Path],
+    slots: int = 8,
 ) -> None:
     """dfget downloads of `url` at once into `outputs` (`fetch`'s folder) that seed on
     (and so ask for follow-ups: one that leaves at its end is given none), until all
     are in place."""
     for output in outputs:
-        peer = PeerOptions(listen=LOCAL, seed_for=60)
+        peer = PeerOptions(listen=LOCAL, seed_for=60, upload_slots=slots)
         nursery.start_soon(partial(fetch, url, node, name=output.name, peer=peer))
     await until(lambda: all(path.exists() for path in outputs), seconds=60)
 
@@ -65,12 +76,13 @@ async def _seeding_peers(
 async def _seeded(
     origin: FakeOrigin, node: RunningSupernode, fetch: Fetch, nursery: trio.Nursery, tmp_path: Path
 ) -> str:
-    """A 16 MiB file on the CDN and on a dfget peer seeding it: its url."""
+    """A 16 MiB file on the CDN and on a dfget peer seeding it with 2 upload slots:
+    its url."""
     data = os.urandom(16 * MiB)
     origin.add("/f.bin", data)
     url = origin.url("/f.bin")
     output = tmp_path / "downloads" / "seeder"
-    await _seeding_peers(fetch, url, node, nursery, [output])
+    await _seeding_peers(fetch, url, node, nursery, [output], slots=2)
     scheduler = node.node.scheduler
     await until(lambda: output.read_bytes() == data)
     await until(lambda: scheduler.statistics().assignments_in_flight == 0)
@@ -95,8 +107,9 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
 ) -> None:
     """Asked for a transfer from a peer in flight, the supernode names one more piece
     from that peer, with a ticket for it, beyond the peer's slots until the transfer
-    ahead is reported; asked again for the same transfer, for one not in flight or for
-    the CDN's, it answers nothing and hands nothing out."""
+    ahead is reported; asked again for the same transfer, for another while that one
+    waits, for one not in flight, for the CDN's or a stale generation, it answers
+    nothing and hands nothing out."""
     node = await start_supernode()
     url = await _seeded(origin, node, fetch, nursery, tmp_path)
     scheduler = node.node.scheduler
@@ -104,11 +117,11 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
         registered = await register(peer, url)
         assert isinstance(registered, Registered)
         task_id, generation = registered.task_id, registered.generation
-        tasks = (await ask(peer, 3)).tasks  # (4 from one peer at most: the cap)
+        tasks = (await ask(peer, 2)).tasks
         seeder = tasks[0][1]
         assert seeder != CDN_UPLOADER and all(task[1] == seeder for task in tasks)
         stats = scheduler.peer_statistics(seeder)
-        assert stats is not None and stats.uploads_in_flight == 3
+        assert stats is not None and stats.uploads_in_flight == 2  # its slots, all taken
         ahead = tasks[0][0]
         await peer.framed.send(PieceFollowUpRequest(task_id, generation, ahead, seeder))
         answer = await next_message(peer)
@@ -121,11 +134,12 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
             ticket, task_id=task_id, requester="downloader", uploader=seeder, now=time.time()
         )
         stats = scheduler.peer_statistics(seeder)
-        assert stats is not None and stats.uploads_in_flight == 4
+        assert stats is not None and stats.uploads_in_flight == 3
         fetching = {index, *(task[0] for task in tasks)}
         not_in_flight = next(i for i in range(16) if i not in fetching)
         for again in (
             PieceFollowUpRequest(task_id, generation, ahead, seeder),  # asked already
+            PieceFollowUpRequest(task_id, generation, tasks[1][0], seeder),  # one waits
             PieceFollowUpRequest(task_id, generation, not_in_flight, seeder),
             PieceFollowUpRequest(task_id, generation, tasks[1][0], CDN_UPLOADER),
             PieceFollowUpRequest(task_id, generation + 1, tasks[1][0], seeder),  # stale
@@ -133,7 +147,7 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
             await peer.framed.send(again)
         assert await _synced(peer) == []
         stats = scheduler.peer_statistics(seeder)
-        assert stats is not None and stats.uploads_in_flight == 4
+        assert stats is not None and stats.uploads_in_flight == 3
         for piece, source, *_ in (*tasks, *answer.tasks):
             await report(peer, piece, source, "cancelled")
         await until(lambda: scheduler.statistics().assignments_in_flight == 0)
@@ -199,10 +213,19 @@ async def test_peers_fetch_follow_ups_and_every_file_verifies(
         return assignment
 
     monkeypatch.setattr(scheduler, "follow", counted)
+    started: list[bool] = []
+    followed = transfers.Transfers.followed
+
+    def start(self: transfers.Transfers, answer: PieceFollowUp) -> bool:
+        started.append(followed(self, answer))
+        return started[-1]
+
+    monkeypatch.setattr(transfers.Transfers, "followed", start)
     outputs = [folder / f"peer{i}" for i in range(4)]
     await _seeding_peers(fetch, url, node, nursery, outputs)
     assert all(path.read_bytes() == data for path in outputs)
     assert given and all(a.source != CDN_UPLOADER for a in given)
+    assert any(started)  # fetched behind the pieces they follow (and every file verifies)
     await until(lambda: scheduler.statistics().assignments_in_flight == 0)
 
     monkeypatch.setattr(transfers, "FOLLOW_UPS_ON", False)
@@ -211,3 +234,52 @@ async def test_peers_fetch_follow_ups_and_every_file_verifies(
     await _seeding_peers(fetch, url, node, nursery, outputs)
     assert all(path.read_bytes() == data for path in outputs)
     assert asked == []
+
+
+async def test_a_piece_behind_another_is_timed_from_when_it_begins_to_come(
+    nursery: trio.Nursery,
+) -> None:
+    """Two requests on one piece connection, answered in order 0.3 s apart: the second
+    piece began to come when the first was in (not at its request), and its `soon`
+    call (a follow-up's ask) is timed from then too."""
+
+    async def uploader(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, Session(Side.SERVER))
+        try:
+            await server_handshake(framed, role="peer")
+            while True:
+                request = (await framed.receive()).message
+                assert isinstance(request, PieceRequest)
+                await trio.sleep(0.3)
+                answer = PieceData(task_id=request.task_id, generation=1, index=request.index)
+                await framed.send(answer, bytes(100))
+        finally:
+            await framed.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, uploader, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    connection = await PieceConnections(peer_id="d", piece_size=MiB).get(
+        f"127.0.0.1:{port}", nursery=nursery
+    )
+    answers: dict[int, Answer] = {}
+    called: list[float] = []
+
+    async def ask() -> None:
+        called.append(trio.current_time())
+
+    async def one(index: int, soon: tuple[float, Callable[[], Awaitable[None]]] | None) -> None:
+        request = PieceRequest(task_id="ab" * 32, generation=1, index=index, ticket=b"t")
+        answers[index] = await connection.fetch_timed(request, soon=soon)
+
+    sent = trio.current_time()
+    async with trio.open_nursery() as both:
+        both.start_soon(one, 0, None)
+        await trio.sleep(0.05)
+        both.start_soon(one, 1, (0.1, ask))
+    first, second = answers[0], answers[1]
+    assert first.began == pytest.approx(sent, abs=0.02)
+    assert first.arrived - first.began == pytest.approx(0.3, abs=0.1)
+    assert second.began == first.arrived  # (not its request's send, 0.05 s after the first)
+    assert second.arrived - second.began == pytest.approx(0.3, abs=0.1)
+    [at] = called
+    assert at - first.arrived == pytest.approx(0.1, abs=0.05)

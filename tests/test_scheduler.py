@@ -356,34 +356,56 @@ def test_a_follow_up_is_a_piece_from_the_same_uploader_beyond_its_slots() -> Non
     """The next piece from the uploader of a transfer about to end, requested behind it
     on its connection: what that uploader holds and the downloader neither holds nor
     fetches, though the uploader's slots are all taken (the two go one after the other);
-    one per transfer; none without a transfer from that peer in flight, from the CDN,
-    or when it holds nothing more the downloader wants."""
+    one ask a transfer; none without a transfer from that peer in flight, from the CDN, when it
+    holds nothing more the downloader wants, or for a downloader that leaves."""
     s = make(cdn_upload_slots=0)
-    seed_task(s, total=10, holders={"U": (1, [2, 3, 4]), "V": (4, [5])}, downloaders=["D", "E"])
+    holders = {"U": (1, [2, 3, 4, 6]), "V": (4, [5])}
+    seed_task(s, total=10, holders=holders, downloaders=["D", "E"])
     give(s, "t", "D", [4])
     [ahead] = s.assign("t", "D", 1, 0.0)
-    assert ahead.source == "U" and ahead.index in (2, 3)
+    assert ahead.source == "U" and ahead.index in (2, 3, 6)
     assert s.assign("t", "E", 4, 0.0) == [(5, "V")]  # U's one slot is taken
     assert s.follow("t", "D", 5, "V", 0.0) is None  # D fetches nothing from V
     assert s.follow("t", "E", ahead.index, "U", 0.0) is None  # E fetches nothing from U
     follow = s.follow("t", "D", ahead.index, "U", 0.0)
-    assert follow == (5 - ahead.index, "U")  # (the other of 2 and 3: 4 D holds)
+    assert follow is not None and follow.source == "U"
+    assert follow.index in {2, 3, 6} - {ahead.index}
     assert uploads(s, "U") == 2
-    assert s.follow("t", "D", ahead.index, "U", 0.0) is None  # one per transfer
-    assert s.follow("t", "D", follow.index, "U", 0.0) is None  # U has nothing more for D
+    assert s.follow("t", "D", ahead.index, "U", 0.0) is None  # one ask a transfer
     done(s, "D", [ahead])
     assert uploads(s, "U") == 1  # the follow-up has the slot now
     assert s.assign("t", "E", 4, 0.0) == []  # and no one else gets it
+    last = s.follow("t", "D", follow.index, "U", 0.0)  # (its piece is coming now)
+    assert last is not None and {ahead.index, follow.index, last.index} == {2, 3, 6}
     done(s, "D", [follow])
-    assert uploads(s, "U") == 0 and s.has("t", "D", 2) and s.has("t", "D", 3)
+    assert s.follow("t", "D", last.index, "U", 0.0) is None  # U has nothing more for D
+    done(s, "D", [last])
+    assert uploads(s, "U") == 0 and all(s.has("t", "D", i) for i in (2, 3, 6))
     s.cdn_ready("t", 10, total=10)
     s.config = dataclasses.replace(s.config, cdn_upload_slots=4)
-    [from_cdn] = s.assign("t", "E", 1, 0.0)
-    assert from_cdn.source == CDN and s.follow("t", "E", from_cdn.index, CDN, 0.0) is None
+    from_cdn = next(a for a in s.assign("t", "E", 4, 0.0) if a.source == CDN)
+    assert s.follow("t", "E", from_cdn.index, CDN, 0.0) is None
     # A downloader that leaves at its end gets none (bench/simulate.py: they cost it).
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=10, holders={"U": (4, range(10))})
     s.add_peer("t", "L", upload_slots=0, now=0.0, leaves=True)
     [ahead] = s.assign("t", "L", 1, 0.0)
-    assert ahead.source == "U" and s.follow("t", "L", ahead.index, "U", 0.0) is None
+    assert s.follow("t", "L", ahead.index, "U", 0.0) is None
+
+
+def test_one_follow_up_at_a_time_waits_behind_another_for_a_downloader_and_an_uploader() -> None:
+    """Beyond the uploader's slots by one at most for each downloader: a follow-up is
+    refused while another from the same uploader still waits behind its flight ahead
+    (a hostile downloader asking for every transfer cannot queue more)."""
+    s = make(cdn_upload_slots=0)
+    seed_task(s, total=10, holders={"U": (2, range(10))}, downloaders=["D"])
+    first, second = s.assign("t", "D", 2, 0.0)
+    queued = s.follow("t", "D", first.index, "U", 0.0)
+    assert queued is not None and uploads(s, "U") == 3
+    assert s.follow("t", "D", second.index, "U", 0.0) is None  # `queued` waits behind `first`
+    done(s, "D", [first])
+    assert s.follow("t", "D", queued.index, "U", 0.0) is not None  # its piece is coming
+    assert uploads(s, "U") == 3
 
 
 def test_follow_ups_keep_the_per_uploader_cap_and_the_downloaders_backoff() -> None:

@@ -108,7 +108,7 @@ async def test_a_first_transfer_that_fails_goes_on_the_general_way(
 ) -> None:
     data = os.urandom(MiB)
     node = await stored(origin, start_supernode, fetch, "/f.bin", data)
-    real = dfget.sources.PieceConnection.fetch
+    real = dfget.sources.PieceConnection.fetch_timed
     calls = []
 
     async def lost_once(
@@ -119,7 +119,7 @@ async def test_a_first_transfer_that_fails_goes_on_the_general_way(
             raise SourceLost("cut (test)")
         return await real(self, request, **how)
 
-    monkeypatch.setattr(dfget.sources.PieceConnection, "fetch", lost_once)
+    monkeypatch.setattr(dfget.sources.PieceConnection, "fetch_timed", lost_once)
     result, spawned = await fetch_counting(fetch, origin.url("/f.bin"), node)
     assert Path(result.output).read_bytes() == data
     assert calls == [0, 0]

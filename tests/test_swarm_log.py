@@ -131,6 +131,29 @@ def test_what_the_peers_lacked_when_the_cdn_had_every_piece_and_their_pace(
     )
 
 
+def test_follow_ups_are_counted_among_the_transfers_from_peers(tmp_path: Path) -> None:
+    """A piece task with `follows` (protocol version 6) done counts as a follow-up; a
+    later ordinary task for the same piece, source and peer (after the first was
+    cancelled) does not; transfers from the CDN are not transfers from peers."""
+    rows = [_line(1.0, "stored", pieces=4), *_done("a", 0, 1.5)]
+
+    def task(t: float, piece: int, outcome: str, **more: object) -> list[str]:
+        return [
+            _line(t, "assigned", peer="b", piece=piece, source="a", **more),
+            _line(
+                t + 0.2, "result", peer="b", piece=piece, source="a", outcome=outcome, seconds=0.2
+            ),
+        ]
+
+    rows += task(2.0, 0, "done") + task(2.1, 1, "done", follows=0)
+    rows += task(3.0, 2, "cancelled", follows=1) + task(3.5, 2, "done")
+    log = tmp_path / "swarm.jsonl"
+    log.write_text("\n".join(sorted(rows, key=lambda r: json.loads(r)["t"])) + "\n")
+    run = timeline(log, 0.0)
+    assert (run.follow_ups, run.from_peers) == (1, 3)
+    assert "follow-ups 1 of 3 transfers from peers" in run.describe([4.0])
+
+
 def test_a_log_it_cannot_write_stops_it_at_start(tmp_path: Path) -> None:
     where = tmp_path / "missing" / "swarm.jsonl"
     ran = subprocess.run(

@@ -175,3 +175,4 @@ class Flight:
     live: bool = True
     cdn_slot: bool = False  # it holds one of the CDN's upload slots (until sent)
     followed: bool = False  # a follow-up was asked for behind it (`Scheduler.follow`)
+    ahead: Flight | None = None  # a follow-up: the flight it was asked for behind

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from supernode.scheduler.decisions import CDN, Assignment
 from supernode.scheduler.ledger import Ledger
-from supernode.scheduler.peers import Member
+from supernode.scheduler.peers import Flight, Member
 from supernode.scheduler.rarity import IndexOrder, PieceOrder, shuffled_bits
 from supernode.scheduler.tasks import Task
 
@@ -93,35 +93,38 @@ def follow(
     rng: random.Random,
     task: Task,
     member: Member,
-    uploader: Member,
+    ahead: Flight,
     now: float,
 ) -> Assignment | None:
-    """The piece `member` fetches next from `uploader`, requested behind a transfer in
-    flight from it on the same connection: the uploader sends it once the piece ahead is
-    out, so neither end's slot idles for the report, the next decision and the request.
-    None if `uploader` cannot serve it now or holds nothing it wants.
+    """The piece `member` fetches next from the uploader of `ahead`, a transfer in
+    flight, requested behind it on the same connection: the uploader sends it once the
+    piece ahead is out, so neither end's slot idles for the report, the next decision
+    and the request. None if the uploader cannot serve it now or holds nothing it wants.
 
-    It takes a slot of the uploader beyond its cap until the transfer ahead of it is
-    reported (the uploader sends one of the two at a time): it is not the pool's to give.
-    A downloader that leaves at its end gets none: in the simulation (200 peers leaving
-    at their last piece, bench/simulate.py) follow-ups for them stretched the swarm's
-    last completion by a quarter.
+    It takes a slot of the uploader beyond its cap until the flight ahead is reported
+    (the uploader sends one of the two at a time), so one at most waits so for each
+    downloader and uploader: none while another follow-up from that uploader waits
+    behind its own flight ahead. A downloader that leaves at its end gets none: in the
+    simulation (200 peers leaving at their last piece, bench/simulate.py) follow-ups for
+    them stretched the swarm's last completion by a quarter.
     """
-    if member.leaves or not uploader.serves or uploader.index < 0 or member.capped & uploader.bit:
+    uploader = ahead.uploader
+    if (
+        member.leaves
+        or uploader is None
+        or not uploader.serves
+        or uploader.index < 0
+        or member.capped & uploader.bit
+    ):
         return None
+    for flight in member.all_flights():
+        if flight.uploader is uploader and flight.ahead is not None and flight.ahead.live:
+            return None  # (one waiting behind another from this uploader already)
     avoid = _avoid(task, member, now) if member.peer.busy_until or member.shunned else _NO_AVOID
     if avoid.bits & uploader.bit:
         return None
     rarity = task.rarity
     wanted = (rarity.known ^ member.have) & ~member.inflight & uploader.have
-    if (
-        wanted
-        and member.leaves
-        and task.keepers
-        and member.have_count >= member.keep_below
-        and now - (member.held_back_since or now) < ledger.config.keeper_wait
-    ):
-        wanted &= ~rarity.rare(max(ledger.config.rare_holders, task.keepers))
     if not wanted:
         return None
     order: PieceOrder | IndexOrder
@@ -131,7 +134,9 @@ def follow(
         random_picks = ledger.config.first_random - member.have_count - len(member.flights)
         order = PieceOrder(rarity, wanted, wanted, rng, random_picks)
     for index in order:
-        return ledger.launch(task, member, index, uploader, now)
+        assignment = ledger.launch(task, member, index, uploader, now)
+        member.flights[index].ahead = ahead
+        return assignment
     return None
 
 

@@ -217,9 +217,10 @@ class Scheduler:
     ) -> Assignment | None:
         """The next piece `peer_id` fetches from peer `source`, requested on the same
         connection behind its transfer of piece `index` from it, which is about to end
-        (`picking.follow`); None if that transfer is not in flight, had its follow-up
-        already, or the source has nothing more for it. It takes a slot of the source
-        beyond its cap until the transfer ahead of it is reported."""
+        (`picking.follow`); None if that transfer is not in flight or was asked for
+        already (one ask a transfer, whatever the answer), or the source has nothing for
+        it now. It takes a slot of the source beyond its cap until the transfer ahead of
+        it is reported: one such at a time for a downloader and an uploader."""
         ledger = self._ledger
         ledger.tick(now)
         task = ledger.tasks.get(task_id)
@@ -227,10 +228,10 @@ class Scheduler:
         if task is None or member is None or source == CDN:
             return None
         ahead = member.flight(index, source)
-        if ahead is None or ahead.followed or ahead.uploader is None:
+        if ahead is None or ahead.followed:
             return None
         ahead.followed = True
-        return picking.follow(ledger, self._rng, task, member, ahead.uploader, now)
+        return picking.follow(ledger, self._rng, task, member, ahead, now)
 
     def claim(
         self, task_id: str, peer_id: str, indexes: Iterable[int], now: float
