@@ -26,6 +26,12 @@ decision through its public calls, with the simulated `now`:
   supernode as one message, one call (`report_and_assign`) unless requests are held
   for news (those take the freed slot first), as the supernode's control session
   handles a result with the request right behind it;
+- a transfer from a peer asks for its follow-up (protocol version 6) `follow_up_lead`
+  before its flow should end at its starting rate (at its start if sooner): the ask
+  reaches the scheduler's `follow` half an `rtt` later, its answer the peer half an
+  `rtt` after that, and the follow-up starts the
+  moment the transfer ahead lands (its request went out behind it), or when that one
+  lost the endgame; one that comes after the transfer ahead ended starts as any task;
 - the CDN fetches the file from the origin once, at min(origin's up, CDN's down),
   from the first registration on, and announces each piece as it lands (`cdn_ready`);
   it uploads within its own up link, telling the scheduler when an upload starts and
@@ -101,6 +107,9 @@ class SimulatedSwarm(SimCore):
         self.left: set[str] = set()  # peers whose process ended (`--leave-after`)
         self.hosts = {peer.peer_id: peer.host for peer in self.peers} | {CDN: self.cdn}
         self.cdn_started = False
+        # Peers that leave at their end (as dfget seeding under LEAVES_SOON) ask for no
+        # follow-ups: the scheduler gives them none.
+        self.leaving = setup.leave_after is not None and setup.leave_after < LEAVES_SOON
         self.incomplete = len(self.peers)
 
     def run(self, *, progress: float = 0.0) -> SwarmTally:
@@ -389,7 +398,7 @@ class SimulatedSwarm(SimCore):
         transfer.flow = Flow(uploader, transfer.peer.host, size, transfer)
         self.network.start(transfer.flow, self.now)
         lead = self.setup.follow_up_lead
-        if lead is not None and transfer.source != CDN:
+        if lead is not None and transfer.source != CDN and not self.leaving:
             # (the flow's rate at its start: ask a little early rather than late)
             rate = transfer.flow.rate or 1.0
             self.at(self.now + max(0.0, size / rate - lead), self._ask_follow, transfer)

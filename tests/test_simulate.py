@@ -3,6 +3,7 @@ links (small swarms, simulated time, the real scheduler)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -112,6 +113,18 @@ def test_leaving_peers_that_finish_their_uploads_do_as_well_as_peers_that_stay()
         ends[name], cdn[name] = tally.end, tally.cdn_bytes / s.size
     assert ends["finish"] <= 1.15 * ends["stay"] and cdn["finish"] <= 1.15 * cdn["stay"]
     assert ends["cut"] > 2 * ends["finish"] and cdn["cut"] > 2 * cdn["finish"]  # (premise)
+
+
+def test_follow_ups_are_played_as_dfget_asks_for_them() -> None:
+    """Peers that stay ask for follow-ups (the scheduler's `follow`) and fetch them
+    behind the pieces they follow; every piece reaches every peer, the origin sends the
+    file once; without them none is asked for."""
+    for lead, asked in ((0.15, True), (None, False)):
+        s = dataclasses.replace(setup(peers=16, size=32 * MiB), rtt=0.05, follow_up_lead=lead)
+        tally = SimulatedSwarm(s).run()
+        assert tally.all_pieces and tally.origin_bytes == s.size
+        assert (tally.follow_ups > 0) is asked
+        assert (tally.calls.get("follow", 0) > 0) is asked
 
 
 def test_no_peer_finishes_faster_than_its_link_allows() -> None:

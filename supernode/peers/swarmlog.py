@@ -15,8 +15,9 @@ that refuses a line (full, failing) ends the log with a warning, and nothing els
 
 `source` is "cdn" or the uploading peer's id; a follow-up (protocol version 6: the next
 piece from a peer, requested behind the transfer of another) names that piece,
-`"follows": 2`; `seconds` is the downloader's own time for
-the transfer; `pieces` is how many pieces the CDN holds in a row from the first.
+`"follows": 2`; `seconds` is the downloader's own time for the transfer, from when its
+piece began to come (its request, or the answer ahead of it on the connection);
+`pieces` is how many pieces the CDN holds in a row from the first.
 """
 
 from __future__ import annotations
