@@ -6,7 +6,10 @@ check it and write it (`common.io.piecework`: in a worker thread, or on the even
 while the machine's CPUs are all busy), and report the outcome on the control session,
 so the scheduler learns who holds what and who fails. How a failed transfer ends is
 decided by `dfget.outcomes.transfer_end`; the first copy of a piece to land cancels the
-others (endgame).
+others (endgame). Shortly before a piece from a peer is in, the transfer asks for its
+follow-up, the next piece from that peer, which goes on the same connection behind it
+(protocol version 6: `followed`), so that neither end's slot waits for the report and
+the next task.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ ENDGAME_AFTER = 0.05
 REPORT_WITHIN = 5.0  # seconds a piece's report may take to go
 # A transfer from a peer asks for its follow-up (the next piece from that peer, requested
 # on the same connection behind it: protocol version 6) this long before it should end,
-# by the time the last piece from that peer took: about two of the supernode's round
-# trips through loaded links. The first piece from a peer asks at once.
+# by what the last piece from that peer took, counted from when its own piece begins to
+# come: about two of the supernode's round trips through loaded links. The first piece
+# from a peer asks as it begins to come.
 FOLLOW_UP_LEAD = 0.15
 # `DF_FOLLOW_UPS=0` in the environment: none asked for (to measure what they buy).
 FOLLOW_UPS_ON = os.environ.get("DF_FOLLOW_UPS", "1") != "0"
