@@ -13,6 +13,8 @@ that will pass it on have it (`SchedulerConfig.keeper_pieces`).
 Sources the downloader backs off from (BUSY) or stopped using (they failed it) are
 avoided. When the few pieces a downloader misses are all in flight, each gets a second
 source (the endgame): the first copy to arrive wins, the other is cancelled.
+`follow` picks a follow-up: the next piece from the uploader of a transfer about to
+end, requested behind it on the same connection (protocol version 6).
 
 Each assignment is launched in the ledger (ledger.py), which holds its slot.
 """

@@ -8,7 +8,9 @@ bans) take effect at the first call whose `now` is past them.
 From an async control session, call it directly on the event loop: a decision costs
 microseconds, never blocks, and one thread owning the scheduler needs no lock. Every
 assignment handed out must get exactly one `report` (the endgame loser a CANCELLED);
-`report_and_assign` is a report and the same downloader's next `assign` in one call.
+`report_and_assign` is a report and the same downloader's next `assign` in one call;
+`follow` a follow-up, the next piece from the uploader of a transfer about to end
+(reported like any assignment).
 `assign` returning [] means "nothing now": ask again after news (a report, a piece on
 the CDN, a peer joining) or after `busy_backoff_seconds` at the latest.
 
