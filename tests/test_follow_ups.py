@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -17,10 +18,14 @@ from conftest import Fetch, RunningSupernode, StartSupernode, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from test_attack_supernode import RawPeer, ask, next_message, raw_peer, register, report
 
+from common.io import RateLimiter
 from dfget import transfers
 from dfget.options import PeerOptions
+from dfget.pieces import PieceBook
 from dfget.sources import Answer, PieceConnections
+from dfget.writer import PieceWriter
 from proto.errors import ConnectionLost
+from proto.frames import Frame
 from proto.io import FramedStream, server_handshake
 from proto.io import framed as framed_io
 from proto.messages import (
@@ -31,12 +36,17 @@ from proto.messages import (
     PieceFollowUp,
     PieceFollowUpRequest,
     PieceRequest,
+    PieceResult,
+    PieceTasks,
+    PieceTasksRequest,
     Probe,
     Registered,
+    Welcome,
 )
 from proto.pieces import MiB
 from proto.session import Session, Side
 from proto.tickets import CDN_UPLOADER, TicketVerifier
+from supernode.peers.control import PROBE_ANSWER_EVERY
 from supernode.scheduler import Assignment
 from testkit.origin import FakeOrigin
 
@@ -90,7 +100,9 @@ async def _seeded(
 
 
 async def _synced(peer: RawPeer) -> list[Message]:
-    """What the supernode sent before it answered a Probe (it answers in order)."""
+    """What the supernode sent before it answered a Probe (it answers in order, one
+    Probe in PROBE_ANSWER_EVERY: a wait first)."""
+    await trio.sleep(PROBE_ANSWER_EVERY)
     await peer.framed.send(Probe())
     seen = []
     while not isinstance(message := await next_message(peer), KeepAlive):
@@ -123,6 +135,9 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
         stats = scheduler.peer_statistics(seeder)
         assert stats is not None and stats.uploads_in_flight == 2  # its slots, all taken
         ahead = tasks[0][0]
+        stale = PieceFollowUpRequest(task_id, generation + 1, ahead, seeder)
+        await peer.framed.send(stale)  # (of a generation it is not in: nothing, not even asked)
+        assert await _synced(peer) == []
         await peer.framed.send(PieceFollowUpRequest(task_id, generation, ahead, seeder))
         answer = await next_message(peer)
         assert isinstance(answer, PieceFollowUp) and answer.index == ahead
@@ -142,7 +157,6 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
             PieceFollowUpRequest(task_id, generation, tasks[1][0], seeder),  # one waits
             PieceFollowUpRequest(task_id, generation, not_in_flight, seeder),
             PieceFollowUpRequest(task_id, generation, tasks[1][0], CDN_UPLOADER),
-            PieceFollowUpRequest(task_id, generation + 1, tasks[1][0], seeder),  # stale
         ):
             await peer.framed.send(again)
         assert await _synced(peer) == []
@@ -283,3 +297,55 @@ async def test_a_piece_behind_another_is_timed_from_when_it_begins_to_come(
     assert second.arrived - second.began == pytest.approx(0.3, abs=0.1)
     [at] = called
     assert at - first.arrived == pytest.approx(0.1, abs=0.05)
+
+
+class _Control:
+    """A control session that records what goes out (`ControlStream`'s side dfget's
+    transfers use)."""
+
+    def __init__(self, version: int) -> None:
+        self.welcome = Welcome(version=version, role="supernode")
+        self.hello_key = b""
+        self.sent: list[Message] = []
+
+    async def send(self, message: Message, payload: object = None, **how: object) -> None:
+        self.sent.append(message)
+
+    async def receive(self) -> Frame:
+        await trio.sleep_forever()
+        raise AssertionError  # (never)
+
+
+async def test_a_follow_up_for_a_piece_held_or_fetched_already_is_not_started() -> None:
+    """`Transfers.followed` starts a follow-up only while its transfers run, and not for
+    a piece the download holds or fetches already (the supernode decided before that
+    came in): those the caller reports cancelled. One started is reported once."""
+    control = _Control(6)
+    book = PieceBook(task_id="ab" * 32, generation=1, piece_size=MiB, length=None)
+    _, answers = trio.open_memory_channel[PieceTasks](1)
+    transfers_ = transfers.Transfers(
+        control,
+        book,
+        cast("PieceWriter", None),  # (nothing is written: no piece comes)
+        answers=answers,
+        address="127.0.0.1:9",
+        peer_id="d",
+        limiter=RateLimiter(None),
+        progress=None,
+    )
+
+    def follow_up(index: int) -> PieceFollowUp:
+        return PieceFollowUp("ab" * 32, 1, index=0, tasks=((index, "u", "127.0.0.1", 9, b"t"),))
+
+    assert not transfers_.followed(follow_up(3))  # (its transfers do not run yet)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(transfers_.run, readers=nursery))
+        await until(lambda: any(isinstance(m, PieceTasksRequest) for m in control.sent))
+        book.piece_written(3, "peers", MiB)
+        assert not transfers_.followed(follow_up(3))  # held
+        assert transfers_.followed(follow_up(4))  # started (it waits for its digest)
+        assert not transfers_.followed(follow_up(4))  # fetched already
+        nursery.cancel_scope.cancel()
+    assert not transfers_.followed(follow_up(5))  # (its transfers ended)
+    results = [(m.index, m.outcome) for m in control.sent if isinstance(m, PieceResult)]
+    assert results == [(4, "cancelled")]
