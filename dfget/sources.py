@@ -149,6 +149,8 @@ class PieceConnection:
             raise SourceLost(f"{self.address}: {self.broken}")
         self._waiters.setdefault(key, []).append(waiter)
         self.last_active = waiter.sent = trio.current_time()
+        # (a request ahead cancelled before it went makes this one wait for an answer
+        # too many: its `soon` then never comes, which costs a follow-up, nothing more)
         waiter.turn = self.answered + self.unanswered
         try:
             # Counted before it goes: its answer may be read before this task runs again.

@@ -66,6 +66,7 @@ REPORT_WITHIN = 5.0  # seconds a piece's report may take to go
 # come: about two of the supernode's round trips through loaded links. The first piece
 # from a peer asks as it begins to come.
 FOLLOW_UP_LEAD = 0.15
+ASKS_KEPT = 4 * IN_FLIGHT  # follow-ups asked for and remembered until answered
 # `DF_FOLLOW_UPS=0` in the environment: none asked for (to measure what they buy).
 FOLLOW_UPS_ON = os.environ.get("DF_FOLLOW_UPS", "1") != "0"
 
@@ -117,6 +118,9 @@ class Transfers:
         # by transfer (index, source), when its piece began to come.
         self._took: dict[str, float] = {}
         self._began: dict[tuple[int, str], float] = {}
+        # The follow-ups asked for and not answered, (piece ahead) -> its source: only
+        # those are started (the latest ASKS_KEPT: most asks get no answer).
+        self._asks: dict[int, str] = {}
 
     async def run(self, *, readers: trio.Nursery) -> None:
         """Ask for piece tasks whenever there is room, start a transfer for each, until
@@ -175,10 +179,12 @@ class Transfers:
     def followed(self, answer: PieceFollowUp) -> bool:
         """Start the follow-up the supernode answered (its transfer sends its request
         on the connection of the one it follows, behind it); False if it is not wanted
-        (the transfers are over, or it has the piece or a transfer of it): the caller
-        reports it cancelled."""
+        (not asked for, from another source than asked, the transfers are over, or it
+        has the piece or a transfer of it): the caller reports it cancelled."""
         task = answer.tasks[0]
         index = task[0]
+        if self._asks.pop(answer.index, None) != task[1]:
+            return False  # (not asked for, or not from the source asked)
         if self._nurseries is None or self.book.holds(index) or index in self._running:
             return False
         transfers, readers = self._nurseries
@@ -322,6 +328,10 @@ class Transfers:
         request = PieceFollowUpRequest(
             task_id=book.task_id, generation=book.generation, index=index, source=source
         )
+        asks = self._asks
+        asks[index] = source
+        if len(asks) > ASKS_KEPT:
+            del asks[next(iter(asks))]
         # As a report: whole or not at all, within its bound; a broken session is the
         # session's reader's to notice, not this transfer's.
         deadline = trio.current_time() + REPORT_WITHIN

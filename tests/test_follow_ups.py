@@ -316,10 +316,11 @@ class _Control:
         raise AssertionError  # (never)
 
 
-async def test_a_follow_up_for_a_piece_held_or_fetched_already_is_not_started() -> None:
-    """`Transfers.followed` starts a follow-up only while its transfers run, and not for
-    a piece the download holds or fetches already (the supernode decided before that
-    came in): those the caller reports cancelled. One started is reported once."""
+async def test_only_follow_ups_asked_for_and_not_held_or_fetched_already_are_started() -> None:
+    """`Transfers.followed` starts a follow-up only while its transfers run, only one
+    it asked for (from the source it asked), and not for a piece the download holds or
+    fetches already (the supernode decided before that came in): the others the caller
+    reports cancelled. One started is reported once."""
     control = _Control(6)
     book = PieceBook(task_id="ab" * 32, generation=1, piece_size=MiB, length=None)
     _, answers = trio.open_memory_channel[PieceTasks](1)
@@ -334,18 +335,33 @@ async def test_a_follow_up_for_a_piece_held_or_fetched_already_is_not_started() 
         progress=None,
     )
 
-    def follow_up(index: int) -> PieceFollowUp:
-        return PieceFollowUp("ab" * 32, 1, index=0, tasks=((index, "u", "127.0.0.1", 9, b"t"),))
+    def follow_up(ahead: int, index: int, source: str = "u") -> PieceFollowUp:
+        task = (index, source, "127.0.0.1", 9, b"t")
+        return PieceFollowUp("ab" * 32, 1, index=ahead, tasks=(task,))
 
-    assert not transfers_.followed(follow_up(3))  # (its transfers do not run yet)
+    async def ask(ahead: int) -> None:
+        await transfers_._ask_follow_up(ahead, "u")  # (as a transfer from "u" would)
+
+    await ask(0)
+    assert not transfers_.followed(follow_up(0, 3))  # (its transfers do not run yet)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(transfers_.run, readers=nursery))
         await until(lambda: any(isinstance(m, PieceTasksRequest) for m in control.sent))
+        assert not transfers_.followed(follow_up(1, 3))  # not asked for
+        await ask(1)
+        assert not transfers_.followed(follow_up(1, 3, source="v"))  # another source
+        assert not transfers_.followed(follow_up(1, 3))  # (the ask was taken)
+        await ask(2)
         book.piece_written(3, "peers", MiB)
-        assert not transfers_.followed(follow_up(3))  # held
-        assert transfers_.followed(follow_up(4))  # started (it waits for its digest)
-        assert not transfers_.followed(follow_up(4))  # fetched already
+        assert not transfers_.followed(follow_up(2, 3))  # held
+        await ask(4)
+        assert transfers_.followed(follow_up(4, 5))  # started (it waits for its digest)
+        await ask(6)
+        assert not transfers_.followed(follow_up(6, 5))  # fetched already
         nursery.cancel_scope.cancel()
-    assert not transfers_.followed(follow_up(5))  # (its transfers ended)
+    await ask(7)
+    assert not transfers_.followed(follow_up(7, 8))  # (its transfers ended)
+    asked = [(m.index, m.source) for m in control.sent if isinstance(m, PieceFollowUpRequest)]
+    assert asked == [(0, "u"), (1, "u"), (2, "u"), (4, "u"), (6, "u"), (7, "u")]
     results = [(m.index, m.outcome) for m in control.sent if isinstance(m, PieceResult)]
-    assert results == [(4, "cancelled")]
+    assert results == [(5, "cancelled")]

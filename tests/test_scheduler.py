@@ -393,19 +393,30 @@ def test_a_follow_up_is_a_piece_from_the_same_uploader_beyond_its_slots() -> Non
     assert s.follow("t", "L", ahead.index, "U", 0.0) is None
 
 
-def test_one_follow_up_at_a_time_waits_behind_another_for_a_downloader_and_an_uploader() -> None:
-    """Beyond the uploader's slots by one at most for each downloader: a follow-up is
-    refused while another from the same uploader still waits behind its flight ahead
-    (a hostile downloader asking for every transfer cannot queue more)."""
+def test_few_follow_ups_wait_behind_others_for_a_downloader_and_an_uploader() -> None:
+    """Beyond the uploader's slots by two at most for each downloader: a follow-up is
+    refused while another from the same uploader waits behind its flight ahead, unless
+    the ask is that one's own (its piece came before the report of the one ahead: a
+    fast link), and by one once that report is in. A downloader asking for every
+    transfer cannot queue more."""
     s = make(cdn_upload_slots=0)
     seed_task(s, total=10, holders={"U": (2, range(10))}, downloaders=["D"])
     first, second = s.assign("t", "D", 2, 0.0)
     queued = s.follow("t", "D", first.index, "U", 0.0)
     assert queued is not None and uploads(s, "U") == 3
     assert s.follow("t", "D", second.index, "U", 0.0) is None  # `queued` waits behind `first`
+    behind = s.follow("t", "D", queued.index, "U", 0.0)  # (`first`'s report on its way)
+    assert behind is not None and uploads(s, "U") == 4
     done(s, "D", [first])
-    assert s.follow("t", "D", queued.index, "U", 0.0) is not None  # its piece is coming
     assert uploads(s, "U") == 3
+    third = s.follow("t", "D", behind.index, "U", 0.0)  # (`queued`'s report on its way)
+    assert third is not None and uploads(s, "U") == 4
+    assert s.follow("t", "D", third.index, "U", 0.0) is None  # `behind` waits behind `queued`
+    # A chain of follow-ups holds on to the last flight landed, not to every one before.
+    flights = s._ledger.tasks["t"].members["D"].flights
+    done(s, "D", [queued, behind])
+    landed = flights[third.index].ahead
+    assert landed is not None and not landed.live and landed.ahead is None
 
 
 def test_follow_ups_keep_the_per_uploader_cap_and_the_downloaders_backoff() -> None:

@@ -231,6 +231,7 @@ class Ledger:
         if flight.live:  # (`FlightTable.remove`, inline: land runs at every report)
             flight.live = False
             self.flights.live -= 1
+        flight.ahead = None  # (a chain of follow-ups holds no more than the last one landed)
         task.in_flight -= 1
         downloader = flight.downloader
         if downloader.duplicates:

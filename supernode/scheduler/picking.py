@@ -104,11 +104,14 @@ def follow(
     and the request. None if the uploader cannot serve it now or holds nothing it wants.
 
     It takes a slot of the uploader beyond its cap until the flight ahead is reported
-    (the uploader sends one of the two at a time), so one at most waits so for each
-    downloader and uploader: none while another follow-up from that uploader waits
-    behind its own flight ahead. A downloader that leaves at its end gets none: in the
-    simulation (200 peers leaving at their last piece, bench/simulate.py) follow-ups for
-    them stretched the swarm's last completion by a quarter.
+    (the uploader sends one of the two at a time), so few wait so for each downloader
+    (in a task) and uploader: none is given while another follow-up from that uploader
+    waits behind its own flight ahead, unless that one is `ahead` itself (whose piece
+    is coming, the report of the one before it still on its way when a piece takes
+    less than the lead): two at most, one once that report is in. A downloader that
+    leaves at its end gets none: in the simulation (200 peers leaving at their last
+    piece, bench/simulate.py) follow-ups for them stretched the swarm's last completion
+    by a quarter.
     """
     uploader = ahead.uploader
     if (
@@ -119,9 +122,10 @@ def follow(
         or member.capped & uploader.bit
     ):
         return None
-    for flight in member.all_flights():
-        if flight.uploader is uploader and flight.ahead is not None and flight.ahead.live:
-            return None  # (one waiting behind another from this uploader already)
+    for flight in member.all_flights():  # (a few: at most its transfers in flight)
+        waits = flight.ahead is not None and flight.ahead.live
+        if waits and flight.uploader is uploader and flight is not ahead:
+            return None  # (one waits behind another from this uploader already)
     avoid = _avoid(task, member, now) if member.peer.busy_until or member.shunned else _NO_AVOID
     if avoid.bits & uploader.bit:
         return None

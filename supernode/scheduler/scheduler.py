@@ -222,7 +222,8 @@ class Scheduler:
         (`picking.follow`); None if that transfer is not in flight or was asked for
         already (one ask a transfer, whatever the answer), or the source has nothing for
         it now. It takes a slot of the source beyond its cap until the transfer ahead of
-        it is reported: one such at a time for a downloader and an uploader."""
+        it is reported: two at most for a downloader (in a task) and an uploader, one
+        once the report of the piece ahead of the asking transfer is in."""
         ledger = self._ledger
         ledger.tick(now)
         task = ledger.tasks.get(task_id)
