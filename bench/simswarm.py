@@ -436,25 +436,22 @@ class SimulatedSwarm(SimCore):
             transfer.next = follow  # (its request goes out now, behind the current one)
             return
         # The transfer ahead of it is over: a fresh transfer on the idle connection.
+        self._start_follow(follow, after=self.setup.rtt)
+
+    def _start_follow(self, follow: Transfer, after: float = 0.0) -> None:
+        """A follow-up starts `after` seconds from now (at once: the transfer ahead of it
+        just landed), unless its downloader has the piece already (reported CANCELLED)."""
+        peer = follow.peer
         if (peer.have >> follow.index) & 1:
             self._report(peer, follow.index, follow.source, Outcome.CANCELLED, 0, 0.0)
             return
         peer.transfers.setdefault(follow.index, []).append(follow)
         peer.running += 1
-        self.at(self.now + self.setup.rtt, self._start_transfer, follow)
-
-    def _start_follow(self, follow: Transfer) -> bool:
-        """The follow-up of a transfer that just landed starts at once; False if its
-        downloader has the piece already (reported CANCELLED)."""
-        peer = follow.peer
-        if (peer.have >> follow.index) & 1:
-            self._report(peer, follow.index, follow.source, Outcome.CANCELLED, 0, 0.0)
-            return False
-        peer.transfers.setdefault(follow.index, []).append(follow)
-        peer.running += 1
         follow.assigned = self.now  # (its time runs from its piece's start, as dfget's)
-        self._start_transfer(follow)
-        return True
+        if after:
+            self.at(self.now + after, self._start_transfer, follow)
+        else:
+            self._start_transfer(follow)
 
     def _schedule_flow_end(self, when: float, flow: Flow, version: int) -> None:
         self.at(when, self._flow_end, (flow, version))

@@ -114,10 +114,8 @@ class Transfers:
         # Where follow-ups start (transfers, readers), while `run` runs.
         self._nurseries: tuple[trio.Nursery, trio.Nursery] | None = None
         # By source address, what its last piece took from when it began to come (its
-        # request, or the answer ahead of it on the connection read) to when it was in;
-        # by transfer (index, source), when its piece began to come.
+        # request, or the answer ahead of it on the connection read) to when it was in.
         self._took: dict[str, float] = {}
-        self._began: dict[tuple[int, str], float] = {}
         # The follow-ups asked for and not answered, (piece ahead) -> its source: only
         # those are started (the latest ASKS_KEPT: most asks get no answer).
         self._asks: dict[int, str] = {}
@@ -229,11 +227,11 @@ class Transfers:
         book = self.book
         index, source, _, _, _ = task
         kind = "cdn" if source == CDN_UPLOADER else "peers"
-        started = trio.current_time()
+        began = trio.current_time()  # (until its piece begins to come)
         outcome, size = Outcome.CANCELLED, 0
         try:
             with scope:
-                size = await self._fetch(task, readers=readers, alone=alone)
+                size, began = await self._fetch(task, readers=readers, alone=alone)
                 outcome = Outcome.DONE
         except TRANSFER_ERRORS as exc:
             end = transfer_end(
@@ -260,13 +258,15 @@ class Transfers:
                     loser.cancel()
             # Always report, even when the whole download is being cancelled (it just
             # completed, or failed): the uploader's slot is free only once we say so.
-            # (a piece behind another on its connection began to come when that one was in)
-            began = self._began.pop((index, source), started)
             seconds = max(0.0, trio.current_time() - began)
             await report(self.control, book, index, source, outcome, size, seconds)
 
-    async def _fetch(self, task: PieceTask, *, readers: trio.Nursery, alone: bool = False) -> int:
-        """Fetch, verify and write one piece; its plaintext length (0 if already held).
+    async def _fetch(
+        self, task: PieceTask, *, readers: trio.Nursery, alone: bool = False
+    ) -> tuple[int, float]:
+        """Fetch, verify and write one piece; its plaintext length (0 if already held)
+        and when it began to come (its request, or the answer ahead of it on the
+        connection read: a piece behind another is timed from when that one was in).
         `alone`: the download's only transfer, in its own task (`fetch_alone`): the piece
         that completes a durable output is stored and the file published in one worker
         thread (nothing else of the download runs that could fail meanwhile; on the
@@ -291,11 +291,10 @@ class Transfers:
                 ),
                 soon=soon,
             )
-        self._began[index, source] = began
         self._took[address] = arrived - began
         if book.holds(index):  # a faster copy won meanwhile
             connection.recycle(frame.payload)
-            return 0
+            return 0, began
         scratch = self._scratch.pop() if self._scratch else bytearray(book.piece_size)
         # A piece's work on the event loop or in a worker thread (`common.io.piecework`);
         # in a thread, the piece that completes a file alone (with the file's fsyncs) and
@@ -313,11 +312,11 @@ class Transfers:
             self._scratch.append(scratch)  # plaintext buffers are reused, not reallocated
             connection.recycle(frame.payload)
         if book.holds(index):
-            return 0
+            return 0, began
         book.piece_written(index, "cdn" if source == CDN_UPLOADER else "peers", size)
         if self.progress:
             self.progress(book.bytes_written, book.length)
-        return size
+        return size, began
 
     async def _ask_follow_up(self, index: int, source: str) -> None:
         """The transfer of `index` from peer `source` is about to end: ask for the next

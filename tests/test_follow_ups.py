@@ -157,6 +157,15 @@ async def test_a_follow_up_is_the_next_piece_from_the_same_peer_with_its_ticket(
             PieceFollowUpRequest(task_id, generation, tasks[1][0], seeder),  # one waits
             PieceFollowUpRequest(task_id, generation, not_in_flight, seeder),
             PieceFollowUpRequest(task_id, generation, tasks[1][0], CDN_UPLOADER),
+            PieceFollowUpRequest(task_id, generation, 2**62, seeder),  # no such piece
+            PieceFollowUpRequest(task_id, generation, ahead, "p" * 128),  # no such peer
+            # A flood of them costs a lookup each, and brings nothing to hold or send (the
+            # follow-up's own ask left out: it may have one, once).
+            *[
+                PieceFollowUpRequest(task_id, generation, i % 64, seeder)
+                for i in range(500)
+                if i % 64 != index
+            ],
         ):
             await peer.framed.send(again)
         assert await _synced(peer) == []

@@ -166,14 +166,14 @@ def session_lost_when(published: threading.Event, monkeypatch: pytest.MonkeyPatc
 
 
 def last_piece_slower(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fetch = dfget.sources.PieceConnection.fetch
+    real_fetch = dfget.sources.PieceConnection.fetch_timed
 
-    async def fetch_piece(self: Any, request: Any) -> Any:
+    async def fetch_piece(self: Any, request: Any, **how: Any) -> Any:
         if request.index == 2:  # the last to land (a slower source)
             await trio.sleep(0.2)
-        return await real_fetch(self, request)
+        return await real_fetch(self, request, **how)
 
-    monkeypatch.setattr(dfget.sources.PieceConnection, "fetch", fetch_piece)
+    monkeypatch.setattr(dfget.sources.PieceConnection, "fetch_timed", fetch_piece)
 
 
 @pytest.mark.parametrize("back_source", [False, True])

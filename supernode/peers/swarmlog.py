@@ -41,12 +41,8 @@ class SwarmLog:
     def assigned(
         self, task_id: str, peer: str, index: int, source: str, follows: int | None = None
     ) -> None:
-        if follows is None:
-            self._write("assigned", task=task_id, peer=peer, piece=index, source=source)
-        else:
-            self._write(
-                "assigned", task=task_id, peer=peer, piece=index, source=source, follows=follows
-            )
+        more = {} if follows is None else {"follows": follows}
+        self._write("assigned", task=task_id, peer=peer, piece=index, source=source, **more)
 
     def result(
         self, task_id: str, peer: str, index: int, source: str, outcome: str, seconds: float
