@@ -272,6 +272,7 @@ class Attempt:
         finally:
             if transfers is not None:  # (a daemon's next download takes them on)
                 transfers.connections.release()
+            self.transfers = None  # (nor its buffers: a seeding attempt holds none)
         # An answer `_follow` queued as the last piece landed has nobody left to take it:
         # report its tasks cancelled, or their uploaders' slots stay taken.
         while True:

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import array
 import contextvars
+import gc
 import hashlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import trio
-from conftest import Fetch, RunningSupernode, StartSupernode
+from conftest import Fetch, RunningSupernode, StartSupernode, beside, until
 
 import dfget.peer
 import dfget.sources
+import dfget.transfers
 from common.io import threads
 from dfdaemon.blob import Blob
 from dfdaemon.bodies import finished_small, length_known
@@ -98,6 +102,46 @@ async def test_a_one_piece_file_is_fetched_in_the_downloads_own_task(
     result, spawned = await fetch_counting(fetch, origin.url("/large.bin"), node)
     assert Path(result.output).read_bytes() == large
     assert spawned.general() == set(GENERAL_WAY)
+
+
+async def test_a_seeding_download_holds_no_transfers_nor_their_buffers(
+    origin: FakeOrigin,
+    start_supernode: StartSupernode,
+    fetch: Fetch,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    """A daemon seeds every file it fetched: a download kept alive for that must not keep
+    its transfers (a piece-sized plaintext buffer each, and more for a file of many
+    pieces), or a daemon that fetched 200 files of 1 MiB holds 200 MiB more."""
+    files = {"/one.bin": os.urandom(MiB), "/three.bin": os.urandom(3 * MiB)}
+    for name, data in files.items():
+        origin.add(name, data)
+    node = await start_supernode()
+    for name in files:  # (on the CDN: the one-piece file then goes its own way)
+        await fetch(origin.url(name), node)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, dfget.transfers.Transfers)]
+    seeding = PeerOptions(listen=("127.0.0.1", 0), seed_for=60)
+
+    def whole(path: Path, data: bytes) -> bool:
+        return path.exists() and path.read_bytes() == data
+
+    def seed(name: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: fetch(origin.url(name), node, name=name[1:], peer=seeding)
+
+    for name, data in files.items():
+        out = beside(nursery, seed(name))
+        placed = tmp_path / "downloads" / name[1:]
+        await until(partial(whole, placed, data))
+    peers = node.node.swarm.peers
+    await until(lambda: len(peers) >= 2)
+    attempts = [o for o in gc.get_objects() if isinstance(o, dfget.peer.Attempt)]
+    assert len(attempts) == 2  # both downloads done, and seeding
+    gc.collect()
+    assert [a.transfers for a in attempts] == [None, None]
+    assert not [o for o in gc.get_objects() if isinstance(o, dfget.transfers.Transfers)]
+    assert not out.done.is_set()  # (still seeding)
 
 
 async def test_a_first_transfer_that_fails_goes_on_the_general_way(
