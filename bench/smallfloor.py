@@ -15,9 +15,13 @@ atomically (copy_file_range into a temporary file, rename). No tickets, keys per
 scheduling, seeding or records: a floor, not a design. The protocol's least, added
 one at a time (`--extras`): a register round trip and a report per exchange, the
 control requests in HTTP/1.1 (h11 in the daemon), each file revalidated by the
-supernode with a HEAD to nginx. Each exchange asks for `--batch` files (1: one file an
-exchange at every hop, as the system does now; more: one request, register and report
-for many, each file still handed over as it is stored). Against `curl -Z` (4 at once)
+supernode with a HEAD to nginx, and each file's keys and ticket as the system's rules
+want them (`keys`: the daemon's X25519 key for the download, the supernode's, their
+exchange on both sides, the task key wrapped and unwrapped with AES-GCM, a ticket
+signed with Ed25519 and verified when its piece is asked for). Each exchange asks for
+`--batch` files (1: one file an exchange at every hop, as the system does now; more:
+one request, register and report for many, each file still handed over as it is
+stored). Against `curl -Z` (4 at once)
 from nginx on the same 200 x 1 MiB files in the same run; prints files/s, the ratio
 to curl and every process's CPU a file (the client's start-up included, as curl's
 is). Nothing here is a product path.
@@ -50,8 +54,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 HEAD = struct.Struct("!I")  # a request's count of files, then one index each
 # To the supernode: P (pieces: a count), then the indices; R (register: a count), the
 # indices and REGISTER bytes, answered; V as R, each file first revalidated with the
-# origin (a HEAD on a kept connection); D (a report: a length), not answered.
+# origin (a HEAD on a kept connection); S and W as R and V with each file's keys (its
+# X25519 public key after the REGISTER bytes; the answer begins with the supernode's and
+# the wrapped task key) and ticket (verified when its piece is asked for); D (a report:
+# a length), not answered.
 KIND = struct.Struct("!cI")
+REVALIDATED = (b"V", b"W")
+KEYED = (b"S", b"W")
+PUBLIC = 32  # an X25519 public key
+WRAPPED = 48  # a 32-byte task key sealed with AES-GCM
 REGISTER = 300  # bytes of a register (the URL, headers, a key, a proof) and its answer
 REGISTERED = 500
 REPORT = 100  # bytes of a report that the pieces are held
@@ -72,6 +83,27 @@ def nonce(index: int) -> bytes:
 def supernode_role(store: Path, ready: Path, origin: str, names: list[str]) -> None:
     import h11
     import trio
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    signer = Ed25519PrivateKey.generate()
+    checker = signer.public_key()
+    task_key = os.urandom(32)
+
+    def keyed(index: int, public: bytes) -> tuple[bytes, tuple[bytes, bytes]]:
+        """A file's register answer (the supernode's key, the task key wrapped for the
+        daemon's) and its ticket (signed body, signature)."""
+        own = X25519PrivateKey.generate()
+        shared = own.exchange(X25519PublicKey.from_public_bytes(public))
+        wrapped = AESGCM(shared).encrypt(nonce(index), task_key, None)
+        mine = own.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        body = public + index.to_bytes(4, "big") + bytes(60)
+        return mine + wrapped, (body, signer.sign(body))
 
     async def main() -> None:
         fds = [os.open(path, os.O_RDONLY) for path in sorted(store.iterdir())]
@@ -86,6 +118,7 @@ def supernode_role(store: Path, ready: Path, origin: str, names: list[str]) -> N
             kept = trio.socket.socket()
             await kept.connect((host, int(port)))
             http = h11.Connection(h11.CLIENT)
+            tickets: dict[int, tuple[bytes, bytes]] = {}  # (a connection's files' own)
             with sock, kept:
                 while True:
                     head = await receive_exactly(sock, KIND.size)
@@ -95,15 +128,26 @@ def supernode_role(store: Path, ready: Path, origin: str, names: list[str]) -> N
                     if kind == b"D":
                         await receive_exactly(sock, count)
                         continue
-                    if kind in (b"R", b"V"):
-                        body = await receive_exactly(sock, 4 * count + REGISTER)
-                        for index in struct.unpack(f"!{count}I", body[: 4 * count]):
-                            if kind == b"V":
+                    if kind in (b"R", b"V", b"S", b"W"):
+                        publics = PUBLIC * count if kind in KEYED else 0
+                        body = await receive_exactly(sock, 4 * count + REGISTER + publics)
+                        answer = bytearray()
+                        indices = struct.unpack(f"!{count}I", body[: 4 * count])
+                        for at, index in enumerate(indices):
+                            if kind in REVALIDATED:
                                 await revalidate(kept, http, names[index])
-                        await send_all(sock, bytes(REGISTERED * count))
+                            start = 4 * count + REGISTER + PUBLIC * at
+                            if kind in KEYED:
+                                head, tickets[index] = keyed(index, body[start : start + PUBLIC])
+                                answer += head + bytes(REGISTERED - len(head))
+                            else:
+                                answer += bytes(REGISTERED)
+                        await send_all(sock, bytes(answer))
                         continue
                     indices = struct.unpack(f"!{count}I", await receive_exactly(sock, 4 * count))
                     for index in indices:
+                        if index in tickets:  # (its ticket, as the piece request brings it)
+                            checker.verify(tickets[index][1], tickets.pop(index)[0])
                         await send_all(sock, LENGTH.pack(sizes[index]))
                         await send_file(sock, fds[index], sizes[index])
 
@@ -137,7 +181,12 @@ def daemon_role(
     import blake3
     import h11
     import trio
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     known = json.loads(keys.read_text())
     sealer = AESGCM(bytes.fromhex(known["key"]))
@@ -176,8 +225,24 @@ def daemon_role(
                     count = len(body) // 4
                     if "register" in extras:
                         kind = b"V" if "origin" in extras else b"R"
-                        await send_all(upstream, KIND.pack(kind, count) + body + bytes(REGISTER))
-                        await receive_exactly(upstream, REGISTERED * count)
+                        publics = b""
+                        if "keys" in extras:  # (a key for each download)
+                            kind = b"W" if kind == b"V" else b"S"
+                            own = [X25519PrivateKey.generate() for _ in range(count)]
+                            publics = b"".join(
+                                k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                                for k in own
+                            )
+                        register = KIND.pack(kind, count) + body + bytes(REGISTER) + publics
+                        await send_all(upstream, register)
+                        answer = await receive_exactly(upstream, REGISTERED * count)
+                        if "keys" in extras:
+                            indices = struct.unpack(f"!{count}I", body)
+                            for at, (index, key) in enumerate(zip(indices, own, strict=True)):
+                                head = answer[REGISTERED * at : REGISTERED * at + PUBLIC + WRAPPED]
+                                theirs = X25519PublicKey.from_public_bytes(head[:PUBLIC])
+                                shared = key.exchange(theirs)
+                                AESGCM(shared).decrypt(nonce(index), head[PUBLIC:], None)
                     await send_all(upstream, KIND.pack(b"P", count) + body)
                     head = b""
                     if http is not None:
@@ -470,10 +535,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--extras",
         nargs="+",
-        default=["", "register", "register,http", "register,http,origin"],
+        default=[
+            "",
+            "register",
+            "register,http",
+            "register,http,origin",
+            "register,http,origin,keys",
+        ],
         help="variants: register (a register round trip and a report each exchange), "
         "http (the control requests in HTTP/1.1, h11 in the daemon), origin (each "
-        "file revalidated by the supernode with a HEAD to nginx)",
+        "file revalidated by the supernode with a HEAD to nginx), keys (each file's X25519 "
+        "keys, exchanges and wrapped task key, its Ed25519 ticket signed and verified)",
     )
     return parser.parse_args(argv)
 
@@ -551,7 +623,7 @@ def report(results: Results) -> list[str]:
     ]
     for label, values in results.rates.items():
         rate = statistics.median(values)
-        line = f"{label:28} {rate:6.0f} files/s  {rate / base:5.2f}x"
+        line = f"{label:37} {rate:6.0f} files/s  {rate / base:5.2f}x"
         if label in results.cpu:
             runs = results.cpu[label]
             per = {

@@ -1,6 +1,7 @@
 """bench/smallfloor.py for real, on ten files: every variant moves every file through
-its three processes (the bench compares each copy with its source), and the report
-has a line for each, beside curl's."""
+its three processes (the bench compares each copy with its source; with `keys`, a task
+key unwrapped wrong or a ticket that fails its check ends the run), and the report has
+a line for each, beside curl's."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_every_variant_delivers_every_file_and_is_reported(tmp_path: Path) -> No
     args.batch = [1, 4]  # (4: batches of 4, 4 and 2 over 4 connections)
     results = measure(args)
     variants = [f"{b} a time {e}" for b in (1, 4) for e in ("bare", "+register", "+register,http")]
-    variants += [f"{b} a time +register,http,origin" for b in (1, 4)]
+    variants += [f"{b} a time +register,http,origin{k}" for b in (1, 4) for k in ("", ",keys")]
     assert set(results.rates) == {"curl -Z", *variants}
     assert all(len(rates) == 1 and rates[0] > 0 for rates in results.rates.values())
     for label in variants:
