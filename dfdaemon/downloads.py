@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from common.eviction import GcPolicy
+from common.frameless import frameless
 from common.io import RateLimiter
 from common.origins import OriginPolicy
 from dfdaemon.blob import Blob, file_key
@@ -270,7 +271,9 @@ def _verified(blob: Blob, result: DownloadResult) -> None:
 
 
 def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:
-    blob.error, blob.out = error, None
+    # Kept for the blob's next requests, without the frames the error came through: a
+    # failed download's own, with its buffers, or every line's of a broken session.
+    blob.error, blob.out = frameless(error), None
     blob.s3 = None  # (failed or stopped: nothing more is asked with its requester's keys)
     ended(blob)
     blob.notify()

@@ -53,6 +53,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from common.frameless import frameless
 from dfget.connect import SUPERNODE_TIMEOUT, connect_stream, translate_errors
 from dfget.engine import new_peer_id
 from dfget.peer import REGISTER_TIMEOUT, keep_alive
@@ -269,7 +270,7 @@ class _Session:
         again. If it is frozen for good, the session ends once the Register has waited
         ANSWER_TIMEOUT, or by TCP."""
         if self.retired is None:
-            self.retired = why
+            self.retired = frameless(why)  # (kept: see `end`)
             log.warning("session to %s takes no new task: %s", self.key[0], why)
         if self.registrant is not None:
             self.registrant.fail(why)
@@ -331,7 +332,10 @@ class _Session:
         """The session is over: every line's receive raises `why` once its inbox is
         read; the reader stops."""
         if self.broken is None:
-            self.broken = why
+            # Kept without the frames `why` came through (a download's buffers), and
+            # raised to each line as a copy of its own: one object raised by them all
+            # would gather every line's frames.
+            self.broken = frameless(why)
         for line in self.lines.values():
             line.inbox_in.close()
         if self.registrant is not None:  # its answer will not come: the turn goes on
@@ -403,7 +407,7 @@ class TaskLine:
             self.asked_at = trio.current_time()
         try:
             if session.broken is not None:
-                raise session.broken
+                raise frameless(session.broken)
             # Shielded: a frame cut short would break the session for every task on it
             # (the send has its deadline: the session's send timeout, or `within`).
             await session.framed.send(message, payload, within=within, shield=True)
@@ -439,7 +443,7 @@ class TaskLine:
         if session.retired is not None:
             if taken:
                 session.registering.release()  # (the turn goes on: nobody uses it here)
-            raise session.retired
+            raise frameless(session.retired)
 
     async def receive(self) -> Frame:
         """The task's next message: one already in at once (news often comes several
@@ -459,14 +463,14 @@ class TaskLine:
         except trio.EndOfChannel:
             why = self.failed or self.session.broken
             assert why is not None
-            raise why from None
+            raise frameless(why) from None
         return Frame(message, bytearray())  # (a control session carries no payload)
 
     def fail(self, why: ProtoError) -> None:
         """Its Register is given up (the supernode left a Probe unanswered): its next
         receive raises `why`, as a lost connection would."""
         if self.failed is None:
-            self.failed = why
+            self.failed = frameless(why)
             self.inbox_in.close()
 
     def answered(self) -> None:

@@ -6,7 +6,9 @@ many parts; one test keeps it and checks what a fetch of 64 MiB pieces holds."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,7 +26,7 @@ from supernode.cdn.origin import OriginClient
 from supernode.cdn.response import Validators
 from supernode.cdn.store import PartialMeta, Store
 from supernode.cdn.task import CdnTask, TaskSpec
-from supernode.errors import StoreError, TaskSuperseded
+from supernode.errors import ContentMismatch, StoreError, TaskSuperseded
 from testkit.origin import FakeOrigin
 
 LOOPBACK = OriginPolicy(allow=["127.0.0.0/8"], deny=["0.0.0.0/0", "::/0"])
@@ -232,3 +234,36 @@ def test_a_take_over_whose_new_file_fails_a_write_says_so(tmp_path: Path) -> Non
             trio.run(resume.take_over, task, partial, store, None)
     finally:
         pieces.close()
+
+
+def test_a_failed_fetch_keeps_none_of_its_buffers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A failed task is kept (for its retry delay, by a preheat, by the peers in it) with
+    # its error: an error that kept the frames it came through kept the fetch's parts,
+    # its sealed buffers and the response (~3 MiB a task), for any digest a peer names.
+    store = Store(tmp_path / "store")
+    # (pytest's capture keeps each record, and the error logged with it, for the report)
+    caplog.set_level(logging.CRITICAL, logger=fetch.__name__)
+
+    async def body(origin: FakeOrigin, client: OriginClient) -> None:
+        tasks = []
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for wrong in range(4):
+                task = CdnTask(spec_for(origin.url("/f.bin"), "sha256:" + f"{wrong:064x}"), 1)
+                assert await fetch_task(task, client, store, FetchPolicy()) is None
+                tasks.append(task)
+            del task
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        for task in tasks:
+            assert isinstance(task.error, ContentMismatch)
+            assert task.error.__traceback__ is None
+        assert held < MiB, held
+
+    with_origin(body)

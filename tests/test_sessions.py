@@ -677,6 +677,30 @@ async def test_an_error_reply_that_answers_nothing_ends_every_line(
         await scripted.accepted.receive()
 
 
+async def test_a_broken_session_raises_to_each_line_an_error_of_its_own(
+    scripted: Scripted, nursery: trio.Nursery
+) -> None:
+    # The session keeps why it ended, and each line raises it: one object raised by
+    # every line would gather every line's frames (each download's buffers), so each
+    # gets a copy, and the session's holds no frames (`common.frameless`).
+    sessions = Sessions(nursery)
+    raised: list[BaseException] = []
+    async with sessions.line(scripted.address, A) as a:
+        server = await scripted.accepted.receive()
+        await answered(a, server)
+        async with sessions.line(scripted.address, B) as b:
+            await answered(b, server)
+            await server.stream.aclose()
+            for line in (a, b, a):
+                with pytest.raises(ConnectionLost) as lost:
+                    await taken(line)
+                raised.append(lost.value)
+            broken = a.session.broken
+    assert len({id(exc) for exc in raised}) == 3
+    assert {str(exc) for exc in raised} == {str(broken)}
+    assert broken is not None and broken.__traceback__ is None
+
+
 async def test_frames_right_behind_the_end_of_a_session_crash_nothing(
     scripted: Scripted, nursery: trio.Nursery
 ) -> None:

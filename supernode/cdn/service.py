@@ -28,6 +28,7 @@ from typing import Protocol
 import trio
 
 from common import s3sign
+from common.frameless import frameless
 from common.urls import display_url
 from proto.pieces import piece_length
 from supernode.cdn.adopt import Adopter, adopted_task, can_adopt
@@ -231,7 +232,7 @@ class Cdn:
         await task.wait_started()
         if task.failed:
             assert task.error is not None
-            raise task.error
+            raise frameless(task.error)  # (each waiter's own: its frames go with it)
         task.last_used = time.monotonic()
         return task
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from common.frameless import frameless
 from proto.messages import S3Access
 from proto.pieces import TAG_SIZE, PieceSealer, new_task_key, piece_count
 from proto.ranges import parse_range
@@ -215,7 +216,9 @@ class CdnTask:
         self._notify()
 
     def fail(self, error: SupernodeError) -> None:
-        self.error = error
+        # Kept (until the task is retried, or longer by a preheat) with none of the
+        # frames it came through: the fetch's buffers, the requester's keys.
+        self.error = frameless(error)
         self.state = TaskState.FAILED
         self.failed_at = time.monotonic()
         self.close()
