@@ -220,6 +220,7 @@ class PieceConnection:
                 waiters = self._waiters.get((message.task_id, message.index))
                 if not waiters:  # nobody waits any more (cancelled): drop it
                     self.framed.recycle(frame.payload)
+                    del frame
                     continue
                 waiter = waiters.pop(0)
                 waiter.began = max(waiter.sent, ahead_at)
@@ -229,6 +230,9 @@ class PieceConnection:
                 else:
                     waiter.frame = frame
                 waiter.done.set()
+                # (not held while the next frame is awaited: a connection kept idle in a
+                # pool would keep its last piece)
+                del frame, waiter
         except (ProtoError, SourceLost) as exc:
             self._break(exc)
         finally:

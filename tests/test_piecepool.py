@@ -6,17 +6,20 @@ rested too long is closed instead, and the pool keeps a bounded number."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from functools import partial
 
 import pytest
 import trio
+import trio.testing
 from conftest import Fetch, RunningSupernode, until
 from test_attack_wire import cdn_request
 
 import dfget.sources
 from dfget.sources import PieceConnections, PiecePool, PieceRefusedError, SourceLost
 from proto.errors import ConnectionLost
+from proto.frames import Frame
 from proto.io import FramedStream, server_handshake
 from proto.messages import PieceRequest
 from proto.pieces import MiB
@@ -236,3 +239,25 @@ async def test_a_kept_cdn_connection_holds_no_evicted_piece_file(
     await used.fetch(cdn_request(supernode, ids[4], 1, "reader"))
     task.release()
     assert open_deleted_piece_files() == []
+
+
+async def test_a_connection_kept_idle_holds_no_piece(
+    origin: FakeOrigin, supernode: RunningSupernode, fetch: Fetch, nursery: trio.Nursery
+) -> None:
+    # A pool keeps up to POOLED connections for POOL_REST seconds: were each to hold its
+    # last piece (the reader's, or a payload kept for reuse), up to 32 of them (64 MiB
+    # each for a file over 8 GiB) would be held for nothing.
+    (task,) = await cdn_tasks(origin, supernode, fetch, 1)
+    pool = PiecePool(nursery)
+    connections = PieceConnections(peer_id="reader", piece_size=MiB, pool=pool)
+    connection = await connections.get(supernode.address, nursery=nursery)
+    for index in (0, 1):
+        frame = await connection.fetch(cdn_request(supernode, task, index, "reader"))
+        connection.recycle(frame.payload)  # (as a transfer does once it is stored)
+    del frame
+    connections.release()
+    assert pool.count() == 1
+    await trio.testing.wait_all_tasks_blocked()
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, Frame) and len(o.payload) > 0]
+    assert held == []
