@@ -14,6 +14,7 @@ and raises a fresh copy of it to each waiter, whose frames then go with its own.
 
 from __future__ import annotations
 
+from types import WrapperDescriptorType
 from typing import TypeVar, cast
 
 E = TypeVar("E", bound=BaseException)
@@ -24,8 +25,13 @@ _OS_FIELDS = ("errno", "strerror", "filename", "filename2")
 
 def frameless(exc: E, chain: int = CHAIN) -> E:
     """A copy of `exc` with no traceback, nor any along the chain of its causes (at most
-    `chain` of them); `exc` itself is left as it is."""
-    copy = _copy(exc)
+    `chain` of them); `exc` itself is left as it is. Never raises: an exception that
+    cannot be made this way (a constructor of its own that `__new__` goes through) is
+    given back as it is, frames and all, rather than fail the error path it is on."""
+    try:
+        copy = _copy(exc)
+    except Exception:
+        return exc
     if chain > 0:
         if exc.__cause__ is not None:
             copy.__cause__ = frameless(exc.__cause__, chain - 1)
@@ -45,6 +51,11 @@ def _copy(exc: E) -> E:
     else:
         kind: type[BaseException] = type(exc)
         copy = kind.__new__(kind, *exc.args)
+        if isinstance(kind.__init__, WrapperDescriptorType):
+            # A built-in one keeps fields of its own from its args (StopIteration's
+            # value, UnicodeError's positions, SystemExit's code): it sets them here.
+            # (One of ours would want its own arguments: what it set is in its dict.)
+            kind.__init__(copy, *exc.args)
         copy.args = exc.args
     copy.__dict__.update(vars(exc))  # (and any notes)
     for cls in type(exc).__mro__:

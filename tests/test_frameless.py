@@ -109,6 +109,10 @@ def test_errors_of_every_shape_are_copied_whole() -> None:
     assert str(missing) == "[Errno 2] No such file: '/a/b'" and missing.errno == errno.ENOENT
     group = frameless(ExceptionGroup("two", [ValueError(1), KeyError(2)]))
     assert [type(e) for e in group.exceptions] == [ValueError, KeyError]
+    assert frameless(StopIteration(5)).value == 5  # (fields a built-in keeps of its own)
+    assert frameless(SystemExit(3)).code == 3
+    undecodable = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    assert str(frameless(undecodable)) == str(undecodable)
     noted = ValueError("x")
     noted.add_note("a note")
     assert frameless(noted).__notes__ == ["a note"]
@@ -120,6 +124,26 @@ def test_errors_of_every_shape_are_copied_whole() -> None:
         except ValueError as exc:
             context = frameless(exc).__context__
     assert isinstance(context, RuntimeError) and context.__traceback__ is None
+
+
+class Picky(Exception):
+    """Made only through its own `__new__`, with an argument it does not keep."""
+
+    def __new__(cls, *args: object, secret: str = "") -> Picky:
+        if secret != "open":
+            raise TypeError("not like that")
+        return super().__new__(cls, *args)
+
+    def __init__(self, *args: object, secret: str = "") -> None:
+        super().__init__(*args)
+
+
+def test_an_error_that_cannot_be_copied_is_given_back_not_raised() -> None:
+    picky = Picky("kept", secret="open")
+    assert frameless(picky) is picky
+    outer = ValueError("outer")
+    outer.__cause__ = picky
+    assert frameless(outer).__cause__ is picky  # (the rest of the chain is still copied)
 
 
 def test_a_long_chain_is_cut() -> None:
