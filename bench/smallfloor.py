@@ -547,7 +547,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "file revalidated by the supernode with a HEAD to nginx), keys (each file's X25519 "
         "keys, exchanges and wrapped task key, its Ed25519 ticket signed and verified)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for extras in args.extras:
+        named = set(extras.split(",")) - {""}
+        if named - {"register", "http", "origin", "keys"}:
+            parser.error(f"--extras {extras}: unknown, want register, http, origin, keys")
+        if named & {"origin", "keys"} and "register" not in named:
+            parser.error(f"--extras {extras}: origin and keys go with a register")
+    return args
 
 
 def small_tree(www: Path, count: int) -> Tree:

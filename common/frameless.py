@@ -9,7 +9,9 @@ to each waiter, the one object gathers every waiter's frames as well.
 
 `frameless` copies an exception for keeping: the same type, message, attributes and
 chained causes (copied the same way), none of the tracebacks. The keeper stores a copy
-and raises a fresh copy of it to each waiter, whose frames then go with its own.
+and raises a fresh copy of it to each waiter, whose frames then go with its own. What
+the error and its causes hold besides frames is copied with them (an httpx error's
+request, with its headers): a keeper that needs no causes keeps none (`chain=0`).
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ def _copy(exc: E) -> E:
         if isinstance(kind.__init__, WrapperDescriptorType):
             # A built-in one keeps fields of its own from its args (StopIteration's
             # value, UnicodeError's positions, SystemExit's code): it sets them here.
-            # (One of ours would want its own arguments: what it set is in its dict.)
+            # (Not those it takes by keyword only: ImportError's name and path. One of
+            # ours would want its own arguments: what it set is in its dict.)
             kind.__init__(copy, *exc.args)
         copy.args = exc.args
-    copy.__dict__.update(vars(exc))  # (and any notes)
+    copy.__dict__.update(vars(exc))
+    if "__notes__" in vars(exc):  # (a list: a note added to a copy is the copy's alone)
+        copy.__notes__ = list(exc.__notes__)
     for cls in type(exc).__mro__:
         slots = getattr(cls, "__slots__", ())
         for name in (slots,) if isinstance(slots, str) else slots:

@@ -271,9 +271,10 @@ def _verified(blob: Blob, result: DownloadResult) -> None:
 
 
 def _fail(blob: Blob, error: BaseException, ended: Callable[[Blob], None]) -> None:
-    # Kept for the blob's next requests, without the frames the error came through: a
-    # failed download's own, with its buffers, or every line's of a broken session.
-    blob.error, blob.out = frameless(error), None
+    # Kept for the blob's next requests (each raises a BlobUnavailable caused by it),
+    # without the frames the error came through (a failed download's own, with its
+    # buffers) nor its causes (an upstream's httpx error, with the requester's headers).
+    blob.error, blob.out = frameless(error, chain=0), None
     blob.s3 = None  # (failed or stopped: nothing more is asked with its requester's keys)
     ended(blob)
     blob.notify()

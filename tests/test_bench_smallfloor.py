@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from registry import needs_nginx
 
 from bench.smallfloor import measure, parse_args, report
 
-pytestmark = [needs_nginx]
 
-
+@needs_nginx
 def test_every_variant_delivers_every_file_and_is_reported(tmp_path: Path) -> None:
     args = parse_args(["--work", str(tmp_path), "--runs", "1", "--count", "10"])
     args.batch = [1, 4]  # (4: batches of 4, 4 and 2 over 4 connections)
@@ -29,3 +29,10 @@ def test_every_variant_delivers_every_file_and_is_reported(tmp_path: Path) -> No
     assert lines[0] == "10 files of 1 MiB, 4 at once, medians of 1 runs"
     assert len(lines) == 1 + 1 + len(variants)
     assert all(" files/s " in line and "x" in line for line in lines[1:])
+
+
+@pytest.mark.parametrize("extras", ["keys", "origin", "http,keys", "register,bogus"])
+def test_a_variant_that_would_measure_nothing_is_refused(extras: str) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--extras", "register", extras])
+    assert refused.value.code == 2

@@ -115,7 +115,9 @@ def test_errors_of_every_shape_are_copied_whole() -> None:
     assert str(frameless(undecodable)) == str(undecodable)
     noted = ValueError("x")
     noted.add_note("a note")
-    assert frameless(noted).__notes__ == ["a note"]
+    copy = frameless(noted)
+    copy.add_note("the copy's")
+    assert copy.__notes__ == ["a note", "the copy's"] and noted.__notes__ == ["a note"]
     try:
         raise RuntimeError("during")
     except RuntimeError:
@@ -198,6 +200,9 @@ async def test_a_failed_tasks_waiters_each_raise_an_error_of_their_own(
         gate.set()
     error = cdn.tasks[spec.task_id].error
     assert error is not None and error.__traceback__ is None
+    # Nor its causes: an origin client's error holds its request, the requester's
+    # headers with it, and a peer is told the kind and message alone.
+    assert error.__cause__ is None and error.__context__ is None
     assert len({id(exc) for exc in [error, *raised]}) == 3
     assert {str(exc) for exc in raised} == {str(error)}
 
@@ -221,4 +226,4 @@ async def test_a_failed_blob_keeps_its_error_without_frames(
         await fetch(origin.url("/gone.bin"), None, daemon_socket=daemon.socket_path)
     (blob,) = ended
     assert isinstance(blob.error, OriginFailed)
-    assert [exc.__traceback__ for exc in chain(blob.error)] == [None] * len(chain(blob.error))
+    assert chain(blob.error) == [blob.error] and blob.error.__traceback__ is None

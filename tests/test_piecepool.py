@@ -254,10 +254,10 @@ async def test_a_connection_kept_idle_holds_no_piece(
     for index in (0, 1):
         frame = await connection.fetch(cdn_request(supernode, task, index, "reader"))
         connection.recycle(frame.payload)  # (as a transfer does once it is stored)
+    last = frame.payload
     del frame
     connections.release()
     assert pool.count() == 1
     await trio.testing.wait_all_tasks_blocked()
     gc.collect()
-    held = [o for o in gc.get_objects() if isinstance(o, Frame) and len(o.payload) > 0]
-    assert held == []
+    assert [o for o in gc.get_referrers(last) if isinstance(o, Frame)] == []

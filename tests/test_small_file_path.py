@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -110,6 +111,7 @@ async def test_a_seeding_download_holds_no_transfers_nor_their_buffers(
     fetch: Fetch,
     nursery: trio.Nursery,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A daemon seeds every file it fetched: a download kept alive for that must not keep
     its transfers (a piece-sized plaintext buffer each, and more for a file of many
@@ -120,8 +122,10 @@ async def test_a_seeding_download_holds_no_transfers_nor_their_buffers(
     node = await start_supernode()
     for name in files:  # (on the CDN: the one-piece file then goes its own way)
         await fetch(origin.url(name), node)
-    gc.collect()
-    assert not [o for o in gc.get_objects() if isinstance(o, dfget.transfers.Transfers)]
+    made: weakref.WeakSet[Any] = weakref.WeakSet()  # (this test's own, and no other's)
+    names: list[str] = []
+    for kind in (dfget.transfers.Transfers, dfget.peer.Attempt):
+        monkeypatch.setattr(kind, "__init__", counted(kind.__init__, made, names))
     seeding = PeerOptions(listen=("127.0.0.1", 0), seed_for=60)
 
     def whole(path: Path, data: bytes) -> bool:
@@ -134,14 +138,27 @@ async def test_a_seeding_download_holds_no_transfers_nor_their_buffers(
         out = beside(nursery, seed(name))
         placed = tmp_path / "downloads" / name[1:]
         await until(partial(whole, placed, data))
-    gc.collect()
-    attempts = [o for o in gc.get_objects() if isinstance(o, dfget.peer.Attempt)]
-    assert len(attempts) == 2  # both downloads done (a file is in place as it completes)
+    assert sorted(names) == ["Attempt", "Attempt", "Transfers", "Transfers"]
+    attempts = [each for each in made if isinstance(each, dfget.peer.Attempt)]
+    assert len(attempts) == 2  # both downloads done, and seeding
     # (the transfers are dropped as the download's end unwinds: a moment after)
     await until(lambda: all(attempt.transfers is None for attempt in attempts), 5)
     gc.collect()
-    assert not [o for o in gc.get_objects() if isinstance(o, dfget.transfers.Transfers)]
+    assert [type(each).__name__ for each in made] == ["Attempt", "Attempt"]
     assert not out.done.is_set()  # (still seeding)
+
+
+def counted(
+    init: Callable[..., None], made: weakref.WeakSet[Any], names: list[str]
+) -> Callable[..., None]:
+    """`init`, keeping a weak reference to each object it makes, and its class's name."""
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.add(self)
+        names.append(type(self).__name__)
+
+    return counting
 
 
 async def test_a_first_transfer_that_fails_goes_on_the_general_way(

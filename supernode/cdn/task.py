@@ -217,8 +217,10 @@ class CdnTask:
 
     def fail(self, error: SupernodeError) -> None:
         # Kept (until the task is retried, or longer by a preheat) with none of the
-        # frames it came through: the fetch's buffers, the requester's keys.
-        self.error = frameless(error)
+        # frames it came through (the fetch's buffers) nor its causes (an httpx error's
+        # request, with the requester's headers): its kind and message are what a peer
+        # is told.
+        self.error = frameless(error, chain=0)
         self.state = TaskState.FAILED
         self.failed_at = time.monotonic()
         self.close()
