@@ -23,7 +23,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.connlimit import ConnectionLimit
@@ -75,7 +74,6 @@ from proto.messages import (
 )
 from proto.pieces import PieceSealer, piece_digest
 from proto.requestseal import seal_secrets
-from proto.tickets import TicketVerifier
 
 if TYPE_CHECKING:
     from dfget.sessions import Sessions
@@ -232,9 +230,7 @@ class Attempt:
                     uploader=self.peer_id,
                     sealer=sealer,
                     piece_size=book.piece_size,
-                    tickets=TicketVerifier(
-                        Ed25519PublicKey.from_public_bytes(registered.ticket_key)
-                    ),
+                    tickets=server.verifier(registered.ticket_key),
                     holds=book.holds,
                     length_of=book.length_of,
                     digest_of=book.digests.__getitem__,

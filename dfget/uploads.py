@@ -58,6 +58,11 @@ MAX_SPARE = 16 * 1024 * 1024 + TAG_SIZE  # larger sealed buffers are not kept
 # A task just unshared is refused `busy` for this long (a leaving peer finishes its
 # uploads for as long: dfget.peer.FINISH_UPLOADS), of the last MAX_LEFT unshared.
 LEFT_BUSY = 5.0
+# Tickets verified and remembered, for all the tasks a server shares under one supernode
+# key (a daemon seeds up to ~1,500: one verifier each, of 1,024, would bound it by their
+# product), and the supernode keys a server keeps a verifier for (a cluster has one).
+SHARED_TICKETS = 8192
+TICKET_KEYS = 8
 MAX_LEFT = 1024
 
 
@@ -211,6 +216,22 @@ class PieceServer:
         self._idle = trio.Event()  # set when the last upload in flight ends
         self.closing = False  # its peer is leaving: no new upload starts (`stop_taking`)
         self._left: dict[str, _Left] = {}  # unshared lately (`unshare`)
+        self._verifiers: dict[bytes, TicketVerifier] = {}  # by supernode key, oldest first
+
+    def verifier(self, ticket_key: bytes) -> TicketVerifier:
+        """The verifier of the tickets a supernode signs with `ticket_key` (its raw
+        Ed25519 public key), shared by every task this server shares from it: what a
+        ticket names is checked on each request, so one remembered signature serves any
+        task it names."""
+        verifier = self._verifiers.pop(ticket_key, None)
+        if verifier is None:
+            verifier = TicketVerifier(
+                Ed25519PublicKey.from_public_bytes(ticket_key), capacity=SHARED_TICKETS
+            )
+            if len(self._verifiers) >= TICKET_KEYS:
+                del self._verifiers[next(iter(self._verifiers))]
+        self._verifiers[ticket_key] = verifier  # (last: used most lately)
+        return verifier
 
     @property
     def uploading(self) -> int:

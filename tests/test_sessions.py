@@ -27,15 +27,18 @@ from conftest import (
     supernode_process,
     until,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_attack_supernode import MiniOrigin, RawPeer, ask, next_message, raw_peer, register
 
 import dfget.sessions
 import proto.io.framed
 import proto.session
 import supernode.cdn.uploads
+from common.io import RateLimiter
 from dfdaemon.app import Daemon
 from dfget.errors import OriginFailed, SupernodeFailed, SupernodeUnavailable
 from dfget.sessions import INBOX_LIMIT, PROBE_AFTER, PROBE_TIMEOUT, Sessions, TaskLine
+from dfget.uploads import TICKET_KEYS, PieceServer
 from proto.errors import ConnectionLost, ErrorCode, LocalProtoError
 from proto.io import FramedStream, open_session, server_handshake
 from proto.keywrap import raw_public
@@ -122,6 +125,22 @@ async def test_a_daemon_holds_one_session_for_the_files_it_seeds(
     # after another, passed on to each other (`PiecePool`).
     assert node.node.server.limit.statistics().open == 2
     assert metric(daemon, "dfdaemon_supernode_sessions") == 1
+    # And one verifier of the supernode's tickets for all ten (its memory of tickets
+    # bounded once, not once a file: `PieceServer.verifier`).
+    seeded = daemon.upload.tasks.values()
+    assert len(seeded) == 10 and len({id(task.tickets) for task in seeded}) == 1
+
+
+def test_an_upload_server_keeps_a_verifier_for_a_few_supernode_keys() -> None:
+    server = PieceServer(slots=1, limiter=RateLimiter(None))
+    keys = [Ed25519PrivateKey.generate().public_key().public_bytes_raw() for _ in range(9)]
+    assert TICKET_KEYS == 8
+    made = [server.verifier(key) for key in keys[:8]]
+    assert len({id(verifier) for verifier in made}) == 8
+    assert server.verifier(keys[0]) is made[0]  # (used again: now the latest)
+    server.verifier(keys[8])  # a ninth: the one used least lately (keys[1]'s) goes
+    assert server.verifier(keys[0]) is made[0] and server.verifier(keys[2]) is made[2]
+    assert server.verifier(keys[1]) is not made[1]
 
 
 async def test_a_daemon_leaves_one_task_and_keeps_its_session(
