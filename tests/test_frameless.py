@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import socket
 import weakref
 from functools import partial
 
@@ -227,3 +228,23 @@ async def test_a_failed_blob_keeps_its_error_without_frames(
     (blob,) = ended
     assert isinstance(blob.error, OriginFailed)
     assert chain(blob.error) == [blob.error] and blob.error.__traceback__ is None
+
+
+async def test_a_failed_blob_keeps_no_cause_and_so_no_request_of_its_requester(
+    start_daemon: StartDaemon, fetch: Fetch
+) -> None:
+    # The origin refuses the connection: the download's error is caused by the HTTP
+    # client's, which holds its request, the requester's Authorization with it.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/private.bin"
+    daemon = await start_daemon("host1", "http://127.0.0.1:1", None)
+    assert daemon.blobs is not None
+    ended: list[Blob] = []
+    daemon.blobs.on_result = ended.append
+    headers = (("Authorization", "Bearer the-requesters-secret"),)
+    with pytest.raises(OriginFailed):
+        await fetch(url, None, daemon_socket=daemon.socket_path, headers=headers)
+    (blob,) = ended
+    assert isinstance(blob.error, OriginFailed) and "connect" in str(blob.error)
+    assert blob.error.__cause__ is None and blob.error.__context__ is None
