@@ -29,9 +29,9 @@ decision through its public calls, with the simulated `now`:
 - a transfer from a peer asks for its follow-up (protocol version 6) `follow_up_lead`
   before its flow should end at its starting rate (at its start if sooner): the ask
   reaches the scheduler's `follow` half an `rtt` later, its answer the peer half an
-  `rtt` after that, and the follow-up starts the
-  moment the transfer ahead lands (its request went out behind it), or when that one
-  lost the endgame; one that comes after the transfer ahead ended starts as any task;
+  `rtt` after that, and the follow-up starts the moment the transfer ahead lands (its
+  request went out behind it), or when that one lost the endgame; one that comes after
+  the transfer ahead ended starts as any task;
 - the CDN fetches the file from the origin once, at min(origin's up, CDN's down),
   from the first registration on, and announces each piece as it lands (`cdn_ready`);
   it uploads within its own up link, telling the scheduler when an upload starts and

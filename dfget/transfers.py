@@ -331,11 +331,7 @@ class Transfers:
         asks[index] = source
         if len(asks) > ASKS_KEPT:
             del asks[next(iter(asks))]
-        # As a report: whole or not at all, within its bound; a broken session is the
-        # session's reader's to notice, not this transfer's.
-        deadline = trio.current_time() + REPORT_WITHIN
-        with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(ProtoError):
-            await self.control.send(request)
+        await _send_whole(self.control, request)  # (as a report)
 
 
 async def report(
@@ -347,22 +343,27 @@ async def report(
     nbytes: int,
     seconds: float,
 ) -> None:
-    """Send one PieceResult, even from a cancelled task; a broken session is left to
-    the session's reader to notice (it raises there)."""
+    """Send one PieceResult, even from a cancelled task (`_send_whole`)."""
+    result = PieceResult(
+        task_id=book.task_id,
+        generation=book.generation,
+        index=index,
+        source=source,
+        outcome=outcome.value,  # the wire carries the plain string
+        nbytes=nbytes,
+        seconds=seconds,
+    )
+    await _send_whole(control, result)
+
+
+async def _send_whole(control: ControlStream, message: PieceResult | PieceFollowUpRequest) -> None:
+    """Send `message` whole or not at all, even from a cancelled task, within
+    REPORT_WITHIN; a broken session is left to the session's reader to notice (it raises
+    there), not to the transfer that sends."""
     # (one scope, shielded from the download's cancellation and bounded on its own)
     deadline = trio.current_time() + REPORT_WITHIN
     with trio.CancelScope(shield=True, deadline=deadline), contextlib.suppress(ProtoError):
-        await control.send(
-            PieceResult(
-                task_id=book.task_id,
-                generation=book.generation,
-                index=index,
-                source=source,
-                outcome=outcome.value,  # the wire carries the plain string
-                nbytes=nbytes,
-                seconds=seconds,
-            )
-        )
+        await control.send(message)
 
 
 def _bracket(host: str) -> str:
